@@ -1,0 +1,12 @@
+//! punchraw: NAT behaviour discovery and hole punching at packet level.
+//!
+//! The protocol logic is sans-IO: [`stun`] is the wire codec, [`server`] answers STUN
+//! requests, [`classify`] is the NAT classifier state machine. None of them touches a socket
+//! or reads a clock; [`sys`] holds the operating-system side and the drivers that feed them.
+
+pub mod error;
+pub mod server;
+pub mod stun;
+pub mod sys;
+
+pub use error::Error;

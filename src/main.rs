@@ -1,0 +1,164 @@
+//! The command line: clap structs, validation into library configs, then the library runs.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use punchraw::server::ServerConfig;
+use punchraw::sys::probe::ProbeConfig;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "punchraw",
+    version,
+    about = "Classify NATs and punch holes through them, at packet level",
+    long_about = "punchraw gets two machines behind NATs talking directly and tells you why it can or cannot.\n\n\
+                  serve  runs the STUN server (RFC 8489, RFC 5780 behaviour discovery, RFC 3489 compatible).\n\
+                  probe  classifies the NAT in front of you (mapping, filtering, port allocation, hairpinning, binding lifetime)."
+)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the STUN server (and, with --alternate, RFC 5780 behaviour discovery).
+    Serve(ServeArgs),
+    /// Classify the NAT between this host and a STUN server.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Primary IP address to listen on (must be an address of this host).
+    #[arg(long, value_name = "IP")]
+    listen: IpAddr,
+    /// Second IP address of this host. Enables RFC 5780 behaviour discovery: the server then
+    /// answers on 2 addresses x 2 ports and honours CHANGE-REQUEST.
+    #[arg(long, value_name = "IP2")]
+    alternate: Option<IpAddr>,
+    /// Primary port (UDP and TCP).
+    #[arg(long, default_value_t = 3478)]
+    port: u16,
+    /// Alternate port used for behaviour discovery [default: PORT+1].
+    #[arg(long, value_name = "PORT")]
+    alt_port: Option<u16>,
+    /// SOFTWARE attribute sent in responses; empty to send none.
+    #[arg(long, default_value = "punchraw")]
+    software: String,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// STUN server as HOST[:PORT] (port defaults to 3478). Any RFC 5780 server works for the
+    /// full classification; a plain STUN server gives a partial one.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    server: String,
+    /// Print exactly one JSON object on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Skip the TCP tests (TCP behaviour is not probed yet; accepted for forward compatibility).
+    #[arg(long)]
+    no_tcp: bool,
+    /// Also measure the UDP binding lifetime (takes up to --lifetime-max seconds).
+    #[arg(long)]
+    lifetime: bool,
+    /// Upper bound of the binding-lifetime search, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lifetime_max: u64,
+    /// Local IP to probe from [default: the address the OS routes to the server from].
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// Write every packet the probe sent and received to this pcap file (opens in Wireshark).
+    #[arg(long, value_name = "FILE.pcap")]
+    capture: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    punchraw::sys::logging::init(cli.verbose);
+    let result = match cli.cmd {
+        Command::Serve(a) => serve_config(a).and_then(|c| punchraw::sys::serve::run(c).map_err(Into::into)),
+        Command::Probe(a) => probe_config(a).and_then(punchraw::sys::probe::run),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("punchraw: error: {e:#}");
+            let code = e
+                .downcast_ref::<punchraw::Error>()
+                .map_or(1, punchraw::Error::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn serve_config(a: ServeArgs) -> Result<ServerConfig> {
+    let alt_port = match a.alt_port {
+        Some(p) => p,
+        None => a
+            .port
+            .checked_add(1)
+            .context("--port 65535 leaves no room for the default --alt-port; give --alt-port")?,
+    };
+    if a.alternate.is_some() && alt_port == a.port {
+        bail!("--alt-port must differ from --port ({}) for behaviour discovery", a.port);
+    }
+    if a.alternate == Some(a.listen) {
+        bail!("--alternate must be a different address than --listen ({})", a.listen);
+    }
+    if let Some(alt) = a.alternate {
+        if alt.is_ipv4() != a.listen.is_ipv4() {
+            bail!("--listen and --alternate must be of the same IP family");
+        }
+    }
+    Ok(ServerConfig {
+        ip: a.listen,
+        alt_ip: a.alternate,
+        port: a.port,
+        alt_port,
+        software: (!a.software.is_empty()).then_some(a.software),
+    })
+}
+
+/// HOST[:PORT] to one address, preferring IPv4 like most STUN deployments.
+fn resolve(spec: &str) -> Result<SocketAddr> {
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Ok(ip) = spec.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 3478));
+    }
+    let with_port = if spec.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        spec.to_string()
+    } else {
+        format!("{spec}:3478")
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve server {spec:?}; give HOST[:PORT] or IP[:PORT]"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("server {spec:?} resolved to no address"))
+}
+
+fn probe_config(a: ProbeArgs) -> Result<ProbeConfig> {
+    Ok(ProbeConfig {
+        server: resolve(&a.server)?,
+        json: a.json,
+        tcp: !a.no_tcp,
+        lifetime_max: a.lifetime.then(|| Duration::from_secs(a.lifetime_max)),
+        bind: a.bind,
+        capture: a.capture,
+    })
+}

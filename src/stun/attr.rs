@@ -1,0 +1,320 @@
+//! Typed STUN attributes: decoding from a checked TLV value and encoding back.
+
+use super::{ParseError, TransactionId, MAGIC_COOKIE};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Attribute type codes (RFC 8489 section 18.3, RFC 5780 section 7, RFC 3489 section 11.2).
+pub mod attr_type {
+    pub const MAPPED_ADDRESS: u16 = 0x0001;
+    /// RFC 3489 only; deliberately not honoured (it lets anyone reflect traffic at a victim).
+    pub const RESPONSE_ADDRESS: u16 = 0x0002;
+    pub const CHANGE_REQUEST: u16 = 0x0003;
+    pub const SOURCE_ADDRESS: u16 = 0x0004;
+    pub const CHANGED_ADDRESS: u16 = 0x0005;
+    pub const USERNAME: u16 = 0x0006;
+    pub const PASSWORD: u16 = 0x0007;
+    pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+    pub const ERROR_CODE: u16 = 0x0009;
+    pub const UNKNOWN_ATTRIBUTES: u16 = 0x000a;
+    pub const REFLECTED_FROM: u16 = 0x000b;
+    pub const REALM: u16 = 0x0014;
+    pub const NONCE: u16 = 0x0015;
+    pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001c;
+    pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    pub const PADDING: u16 = 0x0026;
+    pub const RESPONSE_PORT: u16 = 0x0027;
+    pub const SOFTWARE: u16 = 0x8022;
+    pub const ALTERNATE_SERVER: u16 = 0x8023;
+    pub const FINGERPRINT: u16 = 0x8028;
+    pub const RESPONSE_ORIGIN: u16 = 0x802b;
+    pub const OTHER_ADDRESS: u16 = 0x802c;
+
+    /// RFC 8489 section 14: types below 0x8000 must be understood or the request rejected
+    /// with 420.
+    pub fn is_comprehension_required(t: u16) -> bool {
+        t < 0x8000
+    }
+
+    /// The comprehension-required attributes a punchraw server knows how to treat.
+    pub fn is_known(t: u16) -> bool {
+        matches!(
+            t,
+            MAPPED_ADDRESS
+                | RESPONSE_ADDRESS
+                | CHANGE_REQUEST
+                | SOURCE_ADDRESS
+                | CHANGED_ADDRESS
+                | USERNAME
+                | PASSWORD
+                | MESSAGE_INTEGRITY
+                | ERROR_CODE
+                | UNKNOWN_ATTRIBUTES
+                | REFLECTED_FROM
+                | REALM
+                | NONCE
+                | MESSAGE_INTEGRITY_SHA256
+                | XOR_MAPPED_ADDRESS
+                | PADDING
+                | RESPONSE_PORT
+        )
+    }
+}
+
+/// RFC 8489 section 14.8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorCode<'a> {
+    /// 300..=699
+    pub code: u16,
+    pub reason: &'a str,
+}
+
+/// A decoded attribute. Values borrow from the message; nothing is allocated to decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attribute<'a> {
+    MappedAddress(SocketAddr),
+    XorMappedAddress(SocketAddr),
+    /// RFC 5780 section 7.2: ask the server to answer from its other IP and/or port.
+    ChangeRequest { change_ip: bool, change_port: bool },
+    ResponseOrigin(SocketAddr),
+    OtherAddress(SocketAddr),
+    /// RFC 5780 section 7.5: answer to this port at the requester's IP.
+    ResponsePort(u16),
+    /// RFC 5780 section 7.6: makes a response as large as this attribute's request.
+    Padding(&'a [u8]),
+    ChangedAddress(SocketAddr),
+    SourceAddress(SocketAddr),
+    ResponseAddress(SocketAddr),
+    Username(&'a [u8]),
+    Software(&'a str),
+    ErrorCode(ErrorCode<'a>),
+    UnknownAttributes(UnknownList<'a>),
+    MessageIntegrity(&'a [u8]),
+    MessageIntegritySha256(&'a [u8]),
+    Fingerprint(u32),
+    /// Anything else: its type and raw value.
+    Other { typ: u16, value: &'a [u8] },
+}
+
+/// The UNKNOWN-ATTRIBUTES value: a list of 16-bit types, kept as bytes so decoding does not
+/// allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownList<'a>(pub &'a [u8]);
+
+impl<'a> UnknownList<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
+        self.0
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+    }
+}
+
+fn bad(typ: u16, reason: &'static str) -> ParseError {
+    ParseError::BadAttribute { typ, reason }
+}
+
+/// RFC 8489 section 14.1: reserved byte, family, port, 4 or 16 address bytes.
+fn decode_address(typ: u16, v: &[u8]) -> Result<SocketAddr, ParseError> {
+    if v.len() < 4 {
+        return Err(bad(typ, "address shorter than 4 bytes"));
+    }
+    let port = u16::from_be_bytes([v[2], v[3]]);
+    match (v[1], v.len()) {
+        (0x01, 8) => {
+            let ip = Ipv4Addr::new(v[4], v[5], v[6], v[7]);
+            Ok(SocketAddr::new(IpAddr::V4(ip), port))
+        }
+        (0x02, 20) => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&v[4..20]);
+            Ok(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port))
+        }
+        (0x01, _) | (0x02, _) => Err(bad(typ, "address length does not match its family")),
+        _ => Err(bad(typ, "unknown address family")),
+    }
+}
+
+/// RFC 8489 section 14.2: port XOR the cookie's top half, address XOR cookie (+ ID for IPv6).
+fn xor_address(addr: SocketAddr, tid: &TransactionId) -> SocketAddr {
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            let mut o = ip.octets();
+            for (b, k) in o.iter_mut().zip(cookie) {
+                *b ^= k;
+            }
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port)
+        }
+        IpAddr::V6(ip) => {
+            let mut o = ip.octets();
+            // The cookie followed by the 96-bit transaction ID; tid.0 holds exactly that for
+            // RFC 8489 messages.
+            for (b, k) in o.iter_mut().zip(tid.0) {
+                *b ^= k;
+            }
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port)
+        }
+    }
+}
+
+impl<'a> Attribute<'a> {
+    pub fn typ(&self) -> u16 {
+        use attr_type::*;
+        match self {
+            Attribute::MappedAddress(_) => MAPPED_ADDRESS,
+            Attribute::XorMappedAddress(_) => XOR_MAPPED_ADDRESS,
+            Attribute::ChangeRequest { .. } => CHANGE_REQUEST,
+            Attribute::ResponseOrigin(_) => RESPONSE_ORIGIN,
+            Attribute::OtherAddress(_) => OTHER_ADDRESS,
+            Attribute::ResponsePort(_) => RESPONSE_PORT,
+            Attribute::Padding(_) => PADDING,
+            Attribute::ChangedAddress(_) => CHANGED_ADDRESS,
+            Attribute::SourceAddress(_) => SOURCE_ADDRESS,
+            Attribute::ResponseAddress(_) => RESPONSE_ADDRESS,
+            Attribute::Username(_) => USERNAME,
+            Attribute::Software(_) => SOFTWARE,
+            Attribute::ErrorCode(_) => ERROR_CODE,
+            Attribute::UnknownAttributes(_) => UNKNOWN_ATTRIBUTES,
+            Attribute::MessageIntegrity(_) => MESSAGE_INTEGRITY,
+            Attribute::MessageIntegritySha256(_) => MESSAGE_INTEGRITY_SHA256,
+            Attribute::Fingerprint(_) => FINGERPRINT,
+            Attribute::Other { typ, .. } => *typ,
+        }
+    }
+
+    /// Decodes one attribute value. `value` is exactly the attribute's declared length.
+    pub fn decode(typ: u16, value: &'a [u8], tid: &TransactionId) -> Result<Self, ParseError> {
+        use attr_type::*;
+        let v = value;
+        Ok(match typ {
+            MAPPED_ADDRESS => Attribute::MappedAddress(decode_address(typ, v)?),
+            XOR_MAPPED_ADDRESS => Attribute::XorMappedAddress(xor_address(decode_address(typ, v)?, tid)),
+            RESPONSE_ORIGIN => Attribute::ResponseOrigin(decode_address(typ, v)?),
+            OTHER_ADDRESS => Attribute::OtherAddress(decode_address(typ, v)?),
+            CHANGED_ADDRESS => Attribute::ChangedAddress(decode_address(typ, v)?),
+            SOURCE_ADDRESS => Attribute::SourceAddress(decode_address(typ, v)?),
+            RESPONSE_ADDRESS => Attribute::ResponseAddress(decode_address(typ, v)?),
+            CHANGE_REQUEST => {
+                if v.len() != 4 {
+                    return Err(bad(typ, "CHANGE-REQUEST must be 4 bytes"));
+                }
+                Attribute::ChangeRequest {
+                    change_ip: v[3] & 0x04 != 0,
+                    change_port: v[3] & 0x02 != 0,
+                }
+            }
+            RESPONSE_PORT => {
+                if v.len() != 4 {
+                    return Err(bad(typ, "RESPONSE-PORT must be 4 bytes"));
+                }
+                Attribute::ResponsePort(u16::from_be_bytes([v[0], v[1]]))
+            }
+            PADDING => Attribute::Padding(v),
+            USERNAME => {
+                // RFC 8489 section 14.3: fewer than 509 bytes.
+                if v.len() > 508 {
+                    return Err(bad(typ, "USERNAME longer than 508 bytes"));
+                }
+                Attribute::Username(v)
+            }
+            SOFTWARE => {
+                if v.len() > 763 {
+                    return Err(bad(typ, "SOFTWARE longer than 763 bytes"));
+                }
+                Attribute::Software(std::str::from_utf8(v).map_err(|_| bad(typ, "SOFTWARE is not UTF-8"))?)
+            }
+            ERROR_CODE => {
+                if v.len() < 4 || v.len() > 4 + 763 {
+                    return Err(bad(typ, "ERROR-CODE length out of range"));
+                }
+                let class = u16::from(v[2] & 0x07);
+                let number = u16::from(v[3]);
+                if !(3..=6).contains(&class) || number > 99 {
+                    return Err(bad(typ, "ERROR-CODE outside 300..699"));
+                }
+                let reason = std::str::from_utf8(&v[4..]).map_err(|_| bad(typ, "reason phrase is not UTF-8"))?;
+                Attribute::ErrorCode(ErrorCode {
+                    code: class * 100 + number,
+                    reason,
+                })
+            }
+            UNKNOWN_ATTRIBUTES => {
+                if v.len() % 2 != 0 {
+                    return Err(bad(typ, "UNKNOWN-ATTRIBUTES length is odd"));
+                }
+                Attribute::UnknownAttributes(UnknownList(v))
+            }
+            MESSAGE_INTEGRITY => {
+                if v.len() != 20 {
+                    return Err(bad(typ, "MESSAGE-INTEGRITY must be 20 bytes"));
+                }
+                Attribute::MessageIntegrity(v)
+            }
+            MESSAGE_INTEGRITY_SHA256 => {
+                // RFC 8489 section 14.6: truncated to at least 16 bytes, a multiple of 4.
+                if v.len() < 16 || v.len() > 32 || v.len() % 4 != 0 {
+                    return Err(bad(typ, "MESSAGE-INTEGRITY-SHA256 must be 16..32 bytes, multiple of 4"));
+                }
+                Attribute::MessageIntegritySha256(v)
+            }
+            FINGERPRINT => {
+                if v.len() != 4 {
+                    return Err(bad(typ, "FINGERPRINT must be 4 bytes"));
+                }
+                Attribute::Fingerprint(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+            }
+            _ => Attribute::Other { typ, value: v },
+        })
+    }
+
+    /// Appends the attribute's value (without TLV header or padding) to `out`.
+    pub(crate) fn encode_value(&self, out: &mut Vec<u8>, tid: &TransactionId) {
+        fn addr(out: &mut Vec<u8>, a: SocketAddr) {
+            out.push(0);
+            match a.ip() {
+                IpAddr::V4(ip) => {
+                    out.push(0x01);
+                    out.extend_from_slice(&a.port().to_be_bytes());
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(0x02);
+                    out.extend_from_slice(&a.port().to_be_bytes());
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+        }
+        match self {
+            Attribute::MappedAddress(a)
+            | Attribute::ResponseOrigin(a)
+            | Attribute::OtherAddress(a)
+            | Attribute::ChangedAddress(a)
+            | Attribute::SourceAddress(a)
+            | Attribute::ResponseAddress(a) => addr(out, *a),
+            Attribute::XorMappedAddress(a) => addr(out, xor_address(*a, tid)),
+            Attribute::ChangeRequest {
+                change_ip,
+                change_port,
+            } => {
+                let flags = (u8::from(*change_ip) << 2) | (u8::from(*change_port) << 1);
+                out.extend_from_slice(&[0, 0, 0, flags]);
+            }
+            Attribute::ResponsePort(p) => {
+                out.extend_from_slice(&p.to_be_bytes());
+                out.extend_from_slice(&[0, 0]);
+            }
+            Attribute::Padding(v)
+            | Attribute::Username(v)
+            | Attribute::MessageIntegrity(v)
+            | Attribute::MessageIntegritySha256(v)
+            | Attribute::Other { value: v, .. } => out.extend_from_slice(v),
+            Attribute::UnknownAttributes(l) => out.extend_from_slice(l.0),
+            Attribute::Software(s) => out.extend_from_slice(s.as_bytes()),
+            Attribute::ErrorCode(e) => {
+                out.extend_from_slice(&[0, 0, ((e.code / 100) & 0x07) as u8, (e.code % 100) as u8]);
+                out.extend_from_slice(e.reason.as_bytes());
+            }
+            Attribute::Fingerprint(f) => out.extend_from_slice(&f.to_be_bytes()),
+        }
+    }
+}
