@@ -6,7 +6,9 @@
 
 pub mod error;
 pub mod server;
+pub mod sim;
 pub mod stun;
 pub mod sys;
 
 pub use error::Error;
+pub mod classify;

@@ -1,0 +1,126 @@
+//! What the classifier concludes, in the vocabulary of RFC 4787/5780 and, for comparison with
+//! older tools, RFC 3489. Serialised names are a contract (`probe --json`).
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// RFC 4787 section 4.1 (mapping) and 5 (filtering) behaviours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behavior {
+    EndpointIndependent,
+    AddressDependent,
+    AddressAndPortDependent,
+    Unknown,
+}
+
+/// How the NAT picks the external port of a new mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocation {
+    /// External port equals the local port (RFC 4787 section 4.2.1 port preservation).
+    Preserving,
+    /// Each new mapping takes the previous one's port plus a constant `delta`.
+    Sequential,
+    Random,
+    Unknown,
+}
+
+/// RFC 3489 section 5 names, kept because many tools and people still speak them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegacyType {
+    OpenInternet,
+    FullCone,
+    RestrictedCone,
+    PortRestrictedCone,
+    Symmetric,
+    Blocked,
+    /// Not an RFC 3489 type: mapping or filtering could not be measured (for example the
+    /// server has no alternate address), so no honest legacy name exists.
+    Unknown,
+}
+
+/// The binding lifetime as found by the search: alive after `min_s`, gone after `max_s`
+/// (`None` when it outlived the search bound).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LifetimeRange {
+    pub min_s: f64,
+    pub max_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UdpReport {
+    pub local: SocketAddr,
+    pub mapped: Option<SocketAddr>,
+    pub behind_nat: bool,
+    pub mapping: Behavior,
+    pub filtering: Behavior,
+    pub allocation: Allocation,
+    pub delta: Option<i32>,
+    pub hairpinning: Option<bool>,
+    pub legacy_type: LegacyType,
+    /// Round-trip time to the server's primary endpoint (first answer without retransmission).
+    pub rtt_ms: Option<f64>,
+    /// The server's RFC 5780 alternate endpoint, when it has one.
+    pub other_address: Option<SocketAddr>,
+    /// External ports the allocation test saw, in the order the mappings were created.
+    pub allocation_samples: Vec<u16>,
+    /// Present only when the lifetime search ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<LifetimeRange>,
+    /// For every field reported `unknown`/`null`: why.
+    pub reasons: BTreeMap<&'static str, String>,
+}
+
+impl UdpReport {
+    /// What this NAT means for hole punching, in one or two plain sentences.
+    pub fn verdict(&self) -> String {
+        use Behavior::*;
+        if self.legacy_type == LegacyType::Blocked {
+            return "UDP to the server is blocked: no UDP hole punching is possible from here; a relay or TCP is needed.".into();
+        }
+        let mut v = match (self.behind_nat, self.mapping, self.filtering) {
+            (false, _, EndpointIndependent) => {
+                "No NAT and no filtering: peers can reach you directly.".to_string()
+            }
+            (false, _, _) => "No NAT, but a firewall filters unsolicited UDP: a simultaneous punch opens it.".to_string(),
+            (true, EndpointIndependent, EndpointIndependent) => {
+                "Full cone: anyone who learns your mapped address can reach you; punching always works.".to_string()
+            }
+            (true, EndpointIndependent, _) => {
+                "Your mapping is endpoint-independent, so the address the server saw is the one peers must use: direct hole punching works with any peer whose NAT is not symmetric, and with a symmetric peer when its ports can be predicted or swept.".to_string()
+            }
+            (true, m @ (AddressDependent | AddressAndPortDependent), _) => {
+                let base = if m == AddressDependent {
+                    "Symmetric (address-dependent mapping): each peer address gets its own external port."
+                } else {
+                    "Symmetric (address-and-port-dependent mapping): every new destination gets its own external port."
+                };
+                let how = match self.allocation {
+                    Allocation::Sequential => format!(
+                        " Ports are allocated sequentially (step {}), so peers can predict your next port: punching works by prediction.",
+                        self.delta.unwrap_or(1)
+                    ),
+                    Allocation::Preserving => " Ports are preserved, so peers can predict them: punching works by prediction.".to_string(),
+                    Allocation::Random => " Ports are random: punching needs a birthday sweep against a peer with endpoint-independent mapping, and fails against another random symmetric NAT.".to_string(),
+                    Allocation::Unknown => String::new(),
+                };
+                format!("{base}{how}")
+            }
+            (true, Unknown, _) => "Behind a NAT whose mapping could not be measured (see reasons).".to_string(),
+        };
+        if self.hairpinning == Some(true) {
+            v.push_str(" Hairpinning works, so peers behind the same NAT can use your mapped address.");
+        } else if self.hairpinning == Some(false) && self.behind_nat {
+            v.push_str(" No hairpinning: peers behind the same NAT must use local addresses.");
+        }
+        v
+    }
+}
+
+pub(crate) fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
