@@ -1,6 +1,7 @@
 //! Everything that touches the operating system: sockets, capture files, signals, logging.
 //! The sans-IO state machines elsewhere in the crate are driven from here.
 
+pub mod capture;
 pub mod logging;
 pub mod probe;
 pub mod serve;

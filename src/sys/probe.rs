@@ -1,8 +1,19 @@
-//! Drives the classifier with real UDP sockets for `punchraw probe`.
-use std::net::{IpAddr, SocketAddr};
+//! `punchraw probe`: binds the fresh UDP sockets the classifier asks for and drives it with
+//! real time and real datagrams.
+
+use crate::classify::{Classifier, ClassifierConfig, Event, LegacyType, UdpReport};
+use crate::sys::capture::Capture;
+use crate::sys::signals::Shutdown;
+use crate::Error;
+use anyhow::Context;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::Serialize;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -14,6 +25,223 @@ pub struct ProbeConfig {
     pub capture: Option<PathBuf>,
 }
 
-pub fn run(_cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
-    todo!()
+/// The `--json` object. Field names and order are a contract with users' scripts.
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    pub server: SocketAddr,
+    pub elapsed_ms: u64,
+    pub udp: UdpReport,
+}
+
+/// The source address the OS would use toward `server`. `connect` on UDP sends nothing.
+fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
+    let any: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let s = UdpSocket::bind(any).map_err(|e| Error::io("cannot open a UDP socket", e))?;
+    s.connect(server)
+        .map_err(|e| Error::io(format!("no route to {server}"), e))?;
+    Ok(s.local_addr().map_err(|e| Error::io("getsockname", e))?.ip())
+}
+
+/// Runs the UDP classification against `server` and returns the report.
+pub fn classify_udp(
+    server: SocketAddr,
+    bind: Option<IpAddr>,
+    lifetime_max: Option<Duration>,
+    mut capture: Option<&mut Capture>,
+    shutdown: &Shutdown,
+    mut on_event: impl FnMut(Event),
+) -> anyhow::Result<UdpReport> {
+    let local_ip = match bind {
+        Some(ip) => ip,
+        None => route_source(server)?,
+    };
+    let mut cfg = ClassifierConfig::new(server);
+    cfg.lifetime_max = lifetime_max;
+    let mut sockets = Vec::new();
+    for _ in 0..cfg.sockets_needed() {
+        let addr = SocketAddr::new(local_ip, 0);
+        let s = UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+        s.set_nonblocking(true)
+            .map_err(|e| Error::io("cannot make a UDP socket non-blocking", e))?;
+        sockets.push(s);
+    }
+    let locals = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .context("getsockname on a probe socket")?;
+    let mut c = Classifier::new(cfg, locals.clone(), Instant::now());
+    let mut buf = vec![0u8; 2048];
+    loop {
+        while let Some(t) = c.poll_transmit() {
+            if let Err(e) = sockets[t.socket].send_to(&t.payload, t.dst) {
+                // A send error (no route, EPERM from a firewall) looks like loss to the
+                // classifier, which is what it is for the result; say it at debug.
+                tracing::debug!(dst = %t.dst, error = %e, "send failed");
+            } else if let Some(cap) = capture.as_deref_mut() {
+                cap.udp(locals[t.socket], t.dst, &t.payload)?;
+            }
+        }
+        while let Some(ev) = c.poll_event() {
+            on_event(ev);
+        }
+        if let Some(r) = c.report() {
+            return Ok(r.clone());
+        }
+        if shutdown.requested() {
+            anyhow::bail!("interrupted before the classification finished");
+        }
+        let now = Instant::now();
+        let wait = c
+            .poll_timeout()
+            .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+            .min(Duration::from_millis(200));
+        let mut fds: Vec<PollFd> = sockets
+            .iter()
+            .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let ms = u16::try_from(wait.as_millis().max(1)).unwrap_or(200);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::io("poll", e.into()).into()),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            .collect();
+        drop(fds);
+        for (i, s) in sockets.iter().enumerate().filter(|(i, _)| ready[*i]) {
+            loop {
+                match s.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        if let Some(cap) = capture.as_deref_mut() {
+                            cap.udp(from, locals[i], &buf[..n])?;
+                        }
+                        c.handle_input(Instant::now(), i, from, &buf[..n]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // ICMP errors surface as ECONNREFUSED and the like: the packet is lost,
+                    // which retransmission and timeouts already account for.
+                    Err(e) => {
+                        tracing::debug!(socket = i, error = %e, "recv error");
+                        break;
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if c.poll_timeout().is_some_and(|t| t <= now) {
+            c.handle_timeout(now);
+        }
+    }
+}
+
+pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
+    let started = Instant::now();
+    if !cfg.json {
+        eprintln!("probing the NAT toward {} ...", cfg.server);
+    }
+    if let Some(max) = cfg.lifetime_max {
+        eprintln!(
+            "binding lifetime search: up to {} s (stops at the first expired binding)",
+            max.as_secs()
+        );
+    }
+    let udp = classify_udp(cfg.server, cfg.bind, cfg.lifetime_max, capture.as_mut(), &shutdown, |ev| match ev {
+        Event::ServerAnswered { mapped, rtt } => {
+            tracing::info!(%mapped, rtt_ms = rtt.as_secs_f64() * 1000.0, "server answered")
+        }
+        Event::LifetimeAlive { after } => eprintln!("  binding still open after {} s", after.as_secs_f64()),
+        Event::LifetimeExpired { after } => eprintln!("  binding gone after {} s", after.as_secs_f64()),
+    });
+    let captured = capture.map(Capture::finish).transpose()?;
+    let udp = udp?;
+    let report = ProbeReport {
+        server: cfg.server,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        udp,
+    };
+    if cfg.json {
+        println!("{}", serde_json::to_string(&report).context("serialising the report")?);
+    } else {
+        print!("{}", render(&report, cfg.tcp));
+    }
+    if let Some((path, n)) = captured {
+        eprintln!("capture: {n} packets written to {}", path.display());
+    }
+    if report.udp.legacy_type == LegacyType::Blocked {
+        return Err(Error::ServerUnreachable {
+            server: cfg.server,
+            waited_ms: report.elapsed_ms,
+        }
+        .into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn yes_no(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    }
+}
+
+fn kebab<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The human-readable table and verdict.
+pub fn render(r: &ProbeReport, tcp_requested: bool) -> String {
+    use std::fmt::Write;
+    let u = &r.udp;
+    let mut s = String::new();
+    let rtt = u.rtt_ms.map_or(String::new(), |ms| format!(", RTT {ms} ms"));
+    let _ = writeln!(s, "NAT probe against {}{rtt} -- {} ms", r.server, r.elapsed_ms);
+    let _ = writeln!(s);
+    let row = |s: &mut String, k: &str, v: String| {
+        let _ = writeln!(s, "  {k:<18} {v}");
+    };
+    row(&mut s, "UDP", String::new());
+    row(&mut s, "local address", u.local.to_string());
+    row(&mut s, "mapped address", u.mapped.map_or("none".into(), |m| m.to_string()));
+    row(&mut s, "behind NAT", yes_no(u.mapped.map(|_| u.behind_nat)).into());
+    row(&mut s, "mapping", kebab(&u.mapping));
+    row(&mut s, "filtering", kebab(&u.filtering));
+    let alloc = match u.delta {
+        Some(d) => format!("{} (delta {d})", kebab(&u.allocation)),
+        None => kebab(&u.allocation),
+    };
+    row(&mut s, "port allocation", alloc);
+    row(&mut s, "hairpinning", yes_no(u.hairpinning).into());
+    if let Some(l) = u.lifetime {
+        let v = match l.max_s {
+            Some(max) => format!("between {} s and {} s", l.min_s, max),
+            None => format!("more than {} s (search bound)", l.min_s),
+        };
+        row(&mut s, "binding lifetime", v);
+    }
+    row(&mut s, "RFC 3489 type", kebab(&u.legacy_type));
+    if tcp_requested {
+        row(&mut s, "TCP", "not probed yet (use --no-tcp to silence this line)".into());
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Verdict: {}", u.verdict());
+    if !u.reasons.is_empty() {
+        let _ = writeln!(s);
+        for (k, why) in &u.reasons {
+            let _ = writeln!(s, "  {k} unknown: {why}");
+        }
+    }
+    s
 }
