@@ -1,0 +1,389 @@
+//! NAT lab harness for integration tests: drives `tools/natlab.sh`.
+//!
+//! ```ignore
+//! mod common;
+//! use common::lab::{Lab, Node, ChildGuard};
+//!
+//! let Some(lab) = Lab::up("port-restricted-cone", Some("full-cone")) else { return };
+//! let srv = lab.spawn(Node::Srv, "sleep", ["5"]);
+//! let out = lab.cmd(Node::A, "true").output().unwrap();
+//! assert_eq!(lab.addr("SRV1").to_string(), "203.0.113.1");
+//! // the lab's namespaces are removed when `lab` is dropped, also on panic
+//! ```
+//!
+//! Without root, `ip` or `nft` the lab is skipped: `Lab::up` returns `None`
+//! after printing "skipped: ..." to stderr, unless `PUNCHRAW_REQUIRE_LAB=1`
+//! (as in CI), in which case it panics with the reason.
+//!
+//! Teardown kills every process found in the lab's namespaces (`ip netns
+//! pids`), so never leave the test process's main thread inside one (setns).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+/// natlab.sh's exit status for "a lab of that name already exists".
+const EXIT_EXISTS: i32 = 3;
+
+/// Serialises `natlab.sh up`/`down` within this test process: parallel test
+/// threads then never race on iproute2's first-time setup of /run/netns.
+static SCRIPT_LOCK: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A node of the lab topology (see the header of `tools/natlab.sh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// The server, 203.0.113.1 and 203.0.113.2.
+    Srv,
+    /// Host A behind NAT A.
+    A,
+    /// Host B behind NAT B (only when the lab has a side B).
+    B,
+    /// NAT A (or plain router for kind `none`).
+    NatA,
+    /// NAT B.
+    NatB,
+    /// The "internet" bridge (useful for captures of all WAN traffic on `br0`).
+    Wan,
+}
+
+impl Node {
+    /// Suffix of the node's namespace name, `${LAB}-<suffix>`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Node::Srv => "srv",
+            Node::A => "a",
+            Node::B => "b",
+            Node::NatA => "nata",
+            Node::NatB => "natb",
+            Node::Wan => "wan",
+        }
+    }
+}
+
+/// Parameters of `natlab.sh up`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabOptions {
+    /// Kind of NAT A, e.g. `"port-restricted-cone"` (`natlab.sh kinds`).
+    pub kind_a: String,
+    /// Kind of NAT B; `None` for a lab with side A only.
+    pub kind_b: Option<String>,
+    /// Percentage (0-100) of forwarded packets each NAT drops, both ways.
+    pub loss_pct: u8,
+    /// `nf_conntrack_udp_timeout{,_stream}` inside the NATs, in seconds.
+    pub udp_timeout_s: Option<u32>,
+}
+
+impl LabOptions {
+    pub fn new(kind_a: &str) -> LabOptions {
+        LabOptions {
+            kind_a: kind_a.to_string(),
+            kind_b: None,
+            loss_pct: 0,
+            udp_timeout_s: None,
+        }
+    }
+
+    pub fn kind_b(mut self, kind_b: &str) -> LabOptions {
+        self.kind_b = Some(kind_b.to_string());
+        self
+    }
+
+    pub fn loss_pct(mut self, pct: u8) -> LabOptions {
+        self.loss_pct = pct;
+        self
+    }
+
+    pub fn udp_timeout_s(mut self, secs: u32) -> LabOptions {
+        self.udp_timeout_s = Some(secs);
+        self
+    }
+}
+
+impl Default for LabOptions {
+    fn default() -> LabOptions {
+        LabOptions::new("port-restricted-cone")
+    }
+}
+
+/// A running lab; its namespaces (and any process left in them) are removed
+/// on drop.
+#[derive(Debug)]
+pub struct Lab {
+    name: String,
+    kind_a: String,
+    kind_b: Option<String>,
+    ip: PathBuf,
+    /// `natlab.sh info` output: SRV1, SRV2, A, NAT_A, A_GW, A_NET, KIND_A, ...
+    info: HashMap<String, String>,
+}
+
+/// Path of `tools/natlab.sh`.
+pub fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/natlab.sh")
+}
+
+/// Path of `tools/natlab-selftest.sh`.
+pub fn selftest_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/natlab-selftest.sh")
+}
+
+/// Finds an executable in PATH or, as natlab.sh does, in /usr/sbin and /sbin.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Why the lab cannot run on this machine, or `None` when it can.
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("NAT lab needs root".to_string());
+    }
+    for tool in ["ip", "nft", "bash"] {
+        if find_program(tool).is_none() {
+            return Some(format!("NAT lab needs `{tool}` (not found)"));
+        }
+    }
+    if !script().is_file() {
+        return Some(format!("{} is missing", script().display()));
+    }
+    None
+}
+
+/// True when the lab can run.  Otherwise prints "skipped: WHAT: reason" to
+/// stderr and returns false, or panics when `PUNCHRAW_REQUIRE_LAB=1`.
+pub fn available(what: &str) -> bool {
+    let Some(reason) = unavailable_reason() else {
+        return true;
+    };
+    if std::env::var("PUNCHRAW_REQUIRE_LAB").as_deref() == Ok("1") {
+        panic!("{what}: {reason} (and PUNCHRAW_REQUIRE_LAB=1)");
+    }
+    eprintln!("skipped: {what}: {reason}");
+    false
+}
+
+fn lock_scripts() -> std::sync::MutexGuard<'static, ()> {
+    // A panic elsewhere while holding the lock does not make the lab unusable.
+    SCRIPT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// "t" + pid % 100000 (5 digits) + per-process counter: at most 10 chars,
+/// as natlab.sh requires (^[a-z][a-z0-9]{0,9}$).
+fn next_name() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 10_000;
+    format!("t{:05}{}", std::process::id() % 100_000, n)
+}
+
+fn run_script(args: &[&str]) -> std::io::Result<Output> {
+    Command::new("bash")
+        .arg(script())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+}
+
+impl Lab {
+    /// A lab with NAT A of `kind_a` and, if given, NAT B of `kind_b`.
+    pub fn up(kind_a: &str, kind_b: Option<&str>) -> Option<Lab> {
+        let mut opts = LabOptions::new(kind_a);
+        opts.kind_b = kind_b.map(str::to_string);
+        Lab::up_with(opts)
+    }
+
+    /// A lab with all options; see [`LabOptions`].
+    pub fn up_with(opts: LabOptions) -> Option<Lab> {
+        let what = format!(
+            "NAT lab {}{}",
+            opts.kind_a,
+            opts.kind_b
+                .as_deref()
+                .map(|b| format!(" + {b}"))
+                .unwrap_or_default()
+        );
+        if !available(&what) {
+            return None;
+        }
+        let ip = find_program("ip").expect("checked by available()");
+
+        let loss = opts.loss_pct.to_string();
+        let timeout = opts.udp_timeout_s.map(|t| t.to_string());
+        // A name can be taken by a lab another process left behind (same
+        // pid modulo 100000): take the next one then.
+        for _attempt in 0..20 {
+            let name = next_name();
+            let mut args = vec!["up", "--name", name.as_str(), "--loss", loss.as_str()];
+            if let Some(t) = &timeout {
+                args.extend(["--udp-timeout", t.as_str()]);
+            }
+            args.push(&opts.kind_a);
+            if let Some(b) = &opts.kind_b {
+                args.push(b);
+            }
+            let out = {
+                let _guard = lock_scripts();
+                run_script(&args)
+            }
+            .unwrap_or_else(|e| panic!("running {}: {e}", script().display()));
+            if out.status.code() == Some(EXIT_EXISTS) {
+                continue;
+            }
+            if !out.status.success() {
+                panic!(
+                    "natlab.sh {} failed ({}):\n{}{}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // From here on Drop tears the lab down, also if `info` panics.
+            let mut lab = Lab {
+                name,
+                kind_a: opts.kind_a.clone(),
+                kind_b: opts.kind_b.clone(),
+                ip,
+                info: HashMap::new(),
+            };
+            lab.info = lab.read_info();
+            return Some(lab);
+        }
+        panic!("natlab.sh up: no free lab name after 20 attempts");
+    }
+
+    fn read_info(&self) -> HashMap<String, String> {
+        let out = run_script(&["info", "--name", &self.name])
+            .unwrap_or_else(|e| panic!("natlab.sh info: {e}"));
+        assert!(
+            out.status.success(),
+            "natlab.sh info --name {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The lab's name (prefix of its namespaces).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind_a(&self) -> &str {
+        &self.kind_a
+    }
+
+    pub fn kind_b(&self) -> Option<&str> {
+        self.kind_b.as_deref()
+    }
+
+    /// Name of the node's network namespace.  Panics for side B nodes of a
+    /// lab without side B.
+    pub fn ns(&self, node: Node) -> String {
+        if matches!(node, Node::B | Node::NatB) && self.kind_b.is_none() {
+            panic!("lab {} has no side B (node {node:?})", self.name);
+        }
+        format!("{}-{}", self.name, node.suffix())
+    }
+
+    /// `ip netns exec NS program`: add args, spawn or run it as usual.  The
+    /// program keeps the pid of this command (`ip netns exec` execs it).
+    pub fn cmd(&self, node: Node, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new(&self.ip);
+        c.arg("netns").arg("exec").arg(self.ns(node)).arg(program);
+        c
+    }
+
+    /// Spawns `program args` in `node`, killed when the guard drops.
+    pub fn spawn<I, S>(&self, node: Node, program: impl AsRef<OsStr>, args: I) -> ChildGuard
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = self.cmd(node, program);
+        c.args(args);
+        ChildGuard::spawn(&mut c).unwrap_or_else(|e| panic!("spawn in {node:?}: {e}"))
+    }
+
+    /// An address from `natlab.sh info`: "SRV1", "SRV2", "A", "B", "NAT_A",
+    /// "NAT_B" (also "A_GW", "B_GW").  Panics if the lab has no such key.
+    pub fn addr(&self, key: &str) -> Ipv4Addr {
+        let v = self
+            .info
+            .get(key)
+            .unwrap_or_else(|| panic!("lab {} has no address {key:?}", self.name));
+        v.parse()
+            .unwrap_or_else(|e| panic!("lab {}: {key}={v}: {e}", self.name))
+    }
+
+    /// Any `natlab.sh info` value (e.g. "A_NET", "KIND_A", "LOSS").
+    pub fn info(&self, key: &str) -> Option<&str> {
+        self.info.get(key).map(String::as_str)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _guard = lock_scripts();
+        match run_script(&["down", "--name", &self.name]) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: natlab.sh down --name {} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("warning: natlab.sh down --name {}: {e}", self.name),
+        }
+    }
+}
+
+/// Child process guard: on drop, kills the child (by its own pid, SIGKILL)
+/// and waits for it.
+#[derive(Debug)]
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<ChildGuard> {
+        cmd.spawn().map(ChildGuard)
+    }
+}
+
+impl Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Both fail harmlessly if the child has already been reaped.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

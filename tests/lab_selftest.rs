@@ -1,0 +1,105 @@
+//! The NAT lab itself: every kind behaves as named (tools/natlab-selftest.sh),
+//! and the Rust harness in tests/common/lab.rs brings labs up and down.
+
+mod common;
+
+use std::process::Command;
+
+use common::lab::{self, Lab, LabOptions, Node};
+
+#[test]
+fn natlab_selftest() {
+    if !lab::available("natlab selftest") {
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(lab::selftest_script())
+        .output()
+        .expect("run tools/natlab-selftest.sh");
+    // Captured by the test harness: shown on failure or with --nocapture.
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "natlab-selftest.sh failed: {}",
+        out.status
+    );
+}
+
+fn ns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+#[test]
+fn harness_brings_labs_up_and_down_in_parallel() {
+    if !lab::available("lab harness") {
+        return;
+    }
+    let threads: Vec<_> = [
+        ("port-restricted-cone", Some("full-cone")),
+        ("none", None),
+        ("symmetric-random", None),
+    ]
+    .into_iter()
+    .map(|(a, b)| {
+        std::thread::spawn(move || {
+            let lab = Lab::up(a, b).expect("lab available");
+            assert!(lab.name().len() <= 10 && lab.name().starts_with('t'));
+            assert_eq!(lab.addr("SRV1").to_string(), "203.0.113.1");
+            assert_eq!(lab.addr("SRV2").to_string(), "203.0.113.2");
+            assert_eq!(lab.addr("NAT_A").to_string(), "203.0.113.10");
+            let host_a = if a == "none" {
+                "198.51.100.2"
+            } else {
+                "10.0.1.2"
+            };
+            assert_eq!(lab.addr("A").to_string(), host_a);
+            assert_eq!(lab.info("KIND_A"), Some(a));
+            if b.is_some() {
+                assert_eq!(lab.addr("B").to_string(), "10.0.2.2");
+                assert_eq!(lab.addr("NAT_B").to_string(), "203.0.113.20");
+            }
+            let out = lab
+                .cmd(Node::A, "ip")
+                .args(["-4", "-o", "addr", "show", "dev", "eth0"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            assert!(String::from_utf8_lossy(&out.stdout).contains(host_a));
+            // A process left running in the lab is killed by the guard...
+            let mut child = lab.spawn(Node::Srv, "sleep", ["30"]);
+            assert!(child.try_wait().unwrap().is_none());
+            drop(child);
+            // ...and one without guard by the lab's teardown.
+            let mut orphan = lab.cmd(Node::NatA, "sleep").arg("30").spawn().unwrap();
+            let nss: Vec<String> = [Node::Srv, Node::Wan, Node::NatA, Node::A]
+                .iter()
+                .map(|&n| lab.ns(n))
+                .collect();
+            assert!(nss.iter().all(|n| ns_exists(n)), "{nss:?}");
+            drop(lab);
+            assert!(!nss.iter().any(|n| ns_exists(n)), "left behind: {nss:?}");
+            let status = orphan.wait().unwrap();
+            assert!(
+                !status.success(),
+                "orphan should have been killed: {status}"
+            );
+        })
+    })
+    .collect();
+    for t in threads {
+        t.join().expect("lab thread");
+    }
+
+    // Options reach the NATs.
+    let lab = Lab::up_with(LabOptions::new("full-cone").loss_pct(5).udp_timeout_s(7))
+        .expect("lab available");
+    assert_eq!(lab.info("LOSS"), Some("5"));
+    assert_eq!(lab.info("UDP_TIMEOUT"), Some("7"));
+    let out = lab
+        .cmd(Node::NatA, "sysctl")
+        .args(["-n", "net.netfilter.nf_conntrack_udp_timeout"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+}

@@ -1,0 +1,464 @@
+#!/usr/bin/env python3
+"""Observe how a natlab NAT really behaves (used by natlab-selftest.sh).
+
+One process does every side of a test: it enters the lab's namespaces with
+setns(2) to create its sockets (a socket stays in the namespace it was created
+in), so no receiver has to be started and synchronised in another process.
+
+Usage: natlab-probe.py LAB CHECK [ARGS]
+  kind              side A: mapping, filtering, allocation (UDP and TCP),
+                    reaction to unsolicited inbound, hairpinning
+  timeout SECS      side A and B: a binding idle for SECS+1.5 s is gone
+  loss              side A: fraction of packets passed, each direction
+  punch             A <-> B: UDP hole punch and TCP simultaneous open
+  direct            A <-> B: plain routing (both sides "none")
+Prints one line of KEY=VALUE pairs.
+"""
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+CLONE_NEWNET = 0x40000000
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux value; Python lacks the name
+HERE = os.path.dirname(os.path.abspath(__file__))
+LIBC = ctypes.CDLL(None, use_errno=True)
+ROOT_NS = os.open("/proc/self/ns/net", os.O_RDONLY)
+
+
+def _setns(fd):
+    if LIBC.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def netns(name):
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        _setns(fd)
+        yield
+    finally:
+        _setns(ROOT_NS)
+        os.close(fd)
+
+
+class Lab:
+    def __init__(self, name):
+        self.name = name
+        out = subprocess.run(
+            [os.path.join(HERE, "natlab.sh"), "info", "--name", name],
+            check=True, capture_output=True, text=True).stdout
+        self.info = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def __getitem__(self, key):
+        return self.info[key]
+
+    def ns(self, node):
+        return f"{self.name}-{node}"
+
+    def udp(self, node, ip, port):
+        with netns(self.ns(node)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            # Room for the bursts of check_loss (root may exceed rmem_max).
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)
+            s.bind((ip, port))
+        return s
+
+    def tcp(self, node, ip, port, listen=False):
+        with netns(self.ns(node)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((ip, port))
+            if listen:
+                s.listen(16)
+        return s
+
+    def raw_icmp(self, node):
+        with netns(self.ns(node)):
+            return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+
+
+def recv_all(sock, wait):
+    """Every datagram arriving on sock within `wait` seconds: [(data, src)]."""
+    got = []
+    end = time.monotonic() + wait
+    while (left := end - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            break
+        try:
+            got.append(sock.recvfrom(2048))
+        except OSError:  # e.g. ECONNREFUSED queued by an ICMP error
+            pass
+    return got
+
+
+def recv_one(sock, wait=1.0):
+    """The first datagram arriving within `wait` seconds; TimeoutError if none."""
+    got = recv_first(sock, wait)
+    if got is None:
+        raise TimeoutError("expected datagram did not arrive")
+    return got
+
+
+def recv_first(sock, wait):
+    """The first datagram arriving within `wait` seconds, or None."""
+    end = time.monotonic() + wait
+    while (left := end - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            return sock.recvfrom(2048)
+    return None
+
+
+def connect_all(socks_dests, wait):
+    """Non-blocking connect of each (sock, dest) at once: list of ok/refused/timeout/err."""
+    res = {}
+    for s, d in socks_dests:
+        s.setblocking(False)
+        rc = s.connect_ex(d)
+        if rc not in (0, errno.EINPROGRESS):
+            res[s] = "refused" if rc == errno.ECONNREFUSED else errno.errorcode.get(rc, str(rc))
+    end = time.monotonic() + wait
+    pending = [s for s, _ in socks_dests if s not in res]
+    while pending and (left := end - time.monotonic()) > 0:
+        _, w, _ = select.select([], pending, [], left)
+        for s in w:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            res[s] = "ok" if err == 0 else ("refused" if err == errno.ECONNREFUSED
+                                           else errno.errorcode.get(err, str(err)))
+            pending.remove(s)
+    for s in pending:
+        res[s] = "timeout"
+    return [res[s] for s, _ in socks_dests]
+
+
+def classify_mapping(host_ip, seen):
+    """seen: public endpoints observed by SRV1:x, SRV2:x, SRV2:x+1 (in that order)."""
+    if all(ip == host_ip for ip, _ in seen):
+        return "none"
+    if seen[0] == seen[1] == seen[2]:
+        return "EIM"
+    if seen[1] == seen[2]:
+        return "ADM"
+    return "APDM"
+
+
+def classify_alloc(mapping, lport, ports):
+    if mapping in ("none", "EIM"):
+        return "preserve" if all(p == lport for p in ports) else "fixed"
+    if mapping == "ADM":
+        return "hash"
+    steps = [(b - a) % 65536 for a, b in zip(ports, ports[1:])]
+    if all(s == 1 for s in steps):
+        return "seq+1"
+    if len(set(ports)) == len(ports):
+        return "random"
+    return "?"
+
+
+def classify_filter(same_ip_other_port, other_ip):
+    if same_ip_other_port and other_ip:
+        return "EIF"
+    if same_ip_other_port:
+        return "ADF"
+    if not other_ip:
+        return "APDF"
+    return "?"
+
+
+def udp_map(lab, lport):
+    a, s1, s2 = lab["A"], lab["SRV1"], lab["SRV2"]
+    dests = [(s1, 4000), (s2, 4000), (s2, 4001)]
+    rx = [lab.udp("srv", ip, port) for ip, port in dests]
+    tx = lab.udp("a", a, lport)
+    seen = []
+    # One destination at a time so the NAT allocates in a known order.
+    for dest, r in zip(dests, rx):
+        tx.sendto(b"map", dest)
+        seen.append(recv_one(r)[1])
+    for s in rx + [tx]:
+        s.close()
+    mapping = classify_mapping(a, seen)
+    return mapping, classify_alloc(mapping, lport, [p for _, p in seen]), seen
+
+
+def tcp_map(lab, lport):
+    a, s1, s2 = lab["A"], lab["SRV1"], lab["SRV2"]
+    dests = [(s1, 4000), (s2, 4000), (s2, 4001)]
+    listeners = [lab.tcp("srv", ip, port, listen=True) for ip, port in dests]
+    conns, seen = [], []
+    for dest, lst in zip(dests, listeners):
+        c = lab.tcp("a", a, lport)
+        c.settimeout(2.0)
+        c.connect(dest)
+        conns.append(c)
+        lst.settimeout(2.0)
+        peer, addr = lst.accept()
+        peer.close()
+        seen.append(addr)
+    for s in conns + listeners:
+        s.close()
+    mapping = classify_mapping(a, seen)
+    return mapping, classify_alloc(mapping, lport, [p for _, p in seen]), seen
+
+
+def udp_filter(lab, lport):
+    """A talks to SRV1:5000; who else can reach A's mapping?  Also hairpinning."""
+    a, s1, s2 = lab["A"], lab["SRV1"], lab["SRV2"]
+    prim = lab.udp("srv", s1, 5000)
+    same_ip = lab.udp("srv", s1, 5001)
+    other_ip = lab.udp("srv", s2, 5000)
+    tx = lab.udp("a", a, lport)
+    tx.sendto(b"hello", (s1, 5000))
+    _, mapped = recv_one(prim)
+    same_ip.sendto(b"port", mapped)
+    other_ip.sendto(b"addr", mapped)
+    time.sleep(0.05)  # let the unsolicited ones go first
+    prim.sendto(b"ctl", mapped)
+    got = {data for data, _ in recv_all(tx, 0.4)}
+    if b"ctl" not in got:
+        raise RuntimeError("udp-filter: reply from the contacted endpoint did not arrive")
+    filt = classify_filter(b"port" in got, b"addr" in got)
+
+    hairpin = "-"
+    if mapped[0] != a:
+        # Another socket on A sends to A's own public endpoint.
+        other = lab.udp("a", a, lport + 1)
+        other.sendto(b"hairpin", mapped)
+        hairpin = "yes" if recv_all(tx, 0.2) else "no"
+        other.close()
+    for s in (prim, same_ip, other_ip, tx):
+        s.close()
+    return filt, hairpin
+
+
+def tcp_filter(lab, lport):
+    """A connects to SRV1:5000 and also listens on its port: who else gets in?"""
+    a, s1, s2 = lab["A"], lab["SRV1"], lab["SRV2"]
+    prim = lab.tcp("srv", s1, 5000, listen=True)
+    c = lab.tcp("a", a, lport)
+    c.settimeout(2.0)
+    c.connect((s1, 5000))
+    prim.settimeout(2.0)
+    peer, mapped = prim.accept()
+    listener = lab.tcp("a", a, lport, listen=True)
+    same_ip = lab.tcp("srv", s1, 5001)
+    other_ip = lab.tcp("srv", s2, 5000)
+    res = connect_all([(same_ip, mapped), (other_ip, mapped)], 0.5)
+    for s in (peer, c, listener, prim, same_ip, other_ip):
+        s.close()
+    return classify_filter(res[0] == "ok", res[1] == "ok"), res
+
+
+def icmp_unreach_protos(raw, wait):
+    """Protocols (6/17) of ICMP port-unreachables arriving on raw within wait."""
+    protos = set()
+    for data, _ in recv_all(raw, wait):
+        ihl = (data[0] & 0x0F) * 4
+        icmp = data[ihl:]
+        if len(icmp) >= 8 + 20 and icmp[0] == 3 and icmp[1] == 3:
+            protos.add(icmp[8 + 9])  # protocol field of the quoted IP header
+    return protos
+
+
+def unsolicited(lab, lport):
+    """srv sends UDP and a TCP SYN to port lport of NAT A, which has no mapping.
+
+    Returns (reaction, port_after): what came back, and whether A's next
+    flow from lport to that same srv endpoint still gets public port lport.
+    (A NAT that let the unsolicited packet through to its own stack would
+    hold a conntrack entry that pushes A's flow to another port.)"""
+    a, s1, nat = lab["A"], lab["SRV1"], lab["NAT_A"]
+    raw = lab.raw_icmp("srv")
+    u = lab.udp("srv", s1, 5100)
+    u.sendto(b"unsolicited", (nat, lport))
+    t = lab.tcp("srv", s1, 5101)
+    tcp_res = connect_all([(t, (nat, lport))], 0.5)[0]
+    protos = icmp_unreach_protos(raw, 0.1)
+    t.close()
+    raw.close()
+    udp_icmp, tcp_icmp = 17 in protos, 6 in protos
+    if not udp_icmp and tcp_res == "timeout":
+        reaction = "drop"
+    elif not udp_icmp and tcp_res == "refused" and not tcp_icmp:
+        reaction = "tcp-rst"
+    elif udp_icmp and tcp_res == "refused" and tcp_icmp:
+        reaction = "icmp"
+    elif udp_icmp and tcp_res == "refused":
+        reaction = "stack"  # a host without firewall: ICMP for UDP, RST for TCP
+    else:
+        reaction = f"?(udp_icmp={udp_icmp},tcp={tcp_res},tcp_icmp={tcp_icmp})"
+
+    ua = lab.udp("a", a, lport)
+    ua.sendto(b"after", (s1, 5100))
+    _, useen = recv_one(u)
+    lst = lab.tcp("srv", s1, 5101, listen=True)
+    ta = lab.tcp("a", a, lport)
+    ta.settimeout(2.0)
+    ta.connect((s1, 5101))
+    lst.settimeout(2.0)
+    peer, tseen = lst.accept()
+    for s in (u, ua, lst, ta, peer):
+        s.close()
+    kept = "preserve" if useen[1] == lport and tseen[1] == lport else "other"
+    return reaction, kept
+
+
+def check_kind(lab):
+    um, ua, useen = udp_map(lab, 41000)
+    tm, ta, tseen = tcp_map(lab, 42000)
+    uf, hairpin = udp_filter(lab, 41010)
+    tf, tres = tcp_filter(lab, 42010)
+    un, kept = unsolicited(lab, 43500)
+    print(f"udp_map={um} udp_alloc={ua} tcp_map={tm} tcp_alloc={ta} "
+          f"udp_filter={uf} tcp_filter={tf} unsolicited={un} after_unsolicited={kept} hairpin={hairpin} "
+          f"udp_seen={','.join(f'{i}:{p}' for i, p in useen)} "
+          f"tcp_seen={','.join(f'{i}:{p}' for i, p in tseen)}")
+
+
+def check_timeout(lab, secs):
+    """A binding (conntrack and, for cone kinds, the DNAT map) lives SECS idle.
+
+    Each side opens a binding to SRV1, refreshes it, then stays idle: a reply
+    shortly before SECS must get in, one SECS+1.5 s after the last outbound
+    packet must not.  Both sides are checked at the same time."""
+    sides = [s for s in ("a", "b") if f"NAT_{s.upper()}" in lab.info]
+    srv = lab.udp("srv", lab["SRV1"], 4500)
+    hosts, mapped = {}, {}
+    for side in sides:
+        hosts[side] = lab.udp(side, lab[side.upper()], 43000)
+        hosts[side].sendto(side.encode(), (lab["SRV1"], 4500))
+        data, src = recv_one(srv)
+        mapped[data.decode()] = src
+    time.sleep(max(secs - 1.0, 0.2))
+    early = {}
+    for side in sides:
+        srv.sendto(b"early", mapped[side])
+    for side in sides:
+        early[side] = bool(recv_all(hosts[side], 0.3))
+        hosts[side].sendto(b"keep", (lab["SRV1"], 4500))  # refresh, then idle
+    recv_all(srv, 0.2)
+    time.sleep(secs + 1.5)
+    out = []
+    for side in sides:
+        srv.sendto(b"late", mapped[side])
+    for side in sides:
+        late = bool(recv_all(hosts[side], 0.3))
+        out.append(f"{side}_alive={'yes' if early[side] else 'no'} "
+                   f"{side}_after_idle={'yes' if late else 'no'}")
+        hosts[side].close()
+    srv.close()
+    print(" ".join(out))
+
+
+def check_loss(lab, n=400):
+    srv = lab.udp("srv", lab["SRV1"], 4600)
+    a = lab.udp("a", lab["A"], 43100)
+    mapped = None
+    for _ in range(50):  # the opening packet itself may be lost
+        a.sendto(b"open", (lab["SRV1"], 4600))
+        got = recv_all(srv, 0.05)
+        if got:
+            mapped = got[0][1]
+            break
+    if mapped is None:
+        raise RuntimeError("loss: nothing got through")
+    recv_all(srv, 0.1)
+    for i in range(n):
+        a.sendto(b"up%d" % i, (lab["SRV1"], 4600))
+        if i % 20 == 19:
+            time.sleep(0.002)  # stay clear of the per-CPU backlog limit
+    up = len(recv_all(srv, 0.5))
+    for i in range(n):
+        srv.sendto(b"down%d" % i, mapped)
+        if i % 20 == 19:
+            time.sleep(0.002)
+    down = len(recv_all(a, 0.5))
+    print(f"sent={n} up_passed={up} down_passed={down}")
+
+
+def check_punch(lab):
+    a, b = lab["A"], lab["B"]
+    nat_a, nat_b = lab["NAT_A"], lab["NAT_B"]
+    # UDP: both NATs preserve ports, so each side knows the other's endpoint.
+    sa = lab.udp("a", a, 44000)
+    sb = lab.udp("b", b, 44000)
+    sa.sendto(b"a1", (nat_b, 44000))      # opens NAT A, dropped by NAT B
+    time.sleep(0.05)
+    sb.sendto(b"b1", (nat_a, 44000))      # opens NAT B, passes NAT A
+    got_a = [d for d, _ in recv_all(sa, 0.3)]
+    sa.sendto(b"a2", (nat_b, 44000))
+    got_b = [d for d, _ in recv_all(sb, 0.3)]
+    udp = "ok" if got_a == [b"b1"] and got_b == [b"a2"] else f"fail(a={got_a},b={got_b})"
+    sa.close()
+    sb.close()
+    # TCP simultaneous open: A's SYN dies at NAT B, B's SYN crosses into A.
+    ta = lab.tcp("a", a, 44001)
+    tb = lab.tcp("b", b, 44001)
+    ta.setblocking(False)
+    tb.setblocking(False)
+    ta.connect_ex((nat_b, 44001))
+    time.sleep(0.1)
+    tb.connect_ex((nat_a, 44001))
+    end = time.monotonic() + 3.0
+    state = {}
+    while len(state) < 2 and time.monotonic() < end:
+        _, w, _ = select.select([], [s for s in (ta, tb) if s not in state], [], 0.1)
+        for s in w:
+            state[s] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    tcp = "ok" if state.get(ta) == 0 and state.get(tb) == 0 else \
+        f"fail(a={state.get(ta)},b={state.get(tb)})"
+    if tcp == "ok":
+        ta.setblocking(True)
+        tb.setblocking(True)
+        ta.sendall(b"x")
+        tb.settimeout(1.0)
+        if tb.recv(1) != b"x":
+            tcp = "fail(data)"
+    ta.close()
+    tb.close()
+    print(f"udp_punch={udp} tcp_simultaneous_open={tcp}")
+
+
+def check_direct(lab):
+    sa = lab.udp("a", lab["A"], 44100)
+    sb = lab.udp("b", lab["B"], 44100)
+    sa.sendto(b"direct", (lab["B"], 44100))
+    got = recv_first(sb, 1.0)
+    ok = got is not None and got[1] == (lab["A"], 44100)
+    print(f"direct={'ok' if ok else 'fail'}")
+    sa.close()
+    sb.close()
+
+
+def main(argv):
+    if len(argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    lab = Lab(argv[1])
+    check = argv[2]
+    if check == "kind":
+        check_kind(lab)
+    elif check == "timeout":
+        check_timeout(lab, float(argv[3]))
+    elif check == "loss":
+        check_loss(lab)
+    elif check == "punch":
+        check_punch(lab)
+    elif check == "direct":
+        check_direct(lab)
+    else:
+        print(f"unknown check {check!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# natlab-selftest.sh - check that every natlab kind really behaves as named.
+#
+# Brings up one lab per kind (plus a few two-sided / option labs), all in
+# parallel with unique names, observes mapping, filtering and port allocation
+# for UDP and TCP with natlab-probe.py, prints a table and exits non-zero on
+# any mismatch.  Every lab is torn down, also on failure or Ctrl-C.
+#
+# Usage: tools/natlab-selftest.sh            (as root; about 10 s)
+
+set -euo pipefail
+export PATH="${PATH}:/usr/sbin:/sbin"
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly NATLAB="$HERE/natlab.sh" PROBE="$HERE/natlab-probe.py"
+
+# What each kind must show.  Fields as printed by "natlab-probe.py LAB kind";
+# allocation: preserve = public port == local port, seq+1 = consecutive new
+# flows get consecutive ports, random = distinct non-sequential, hash = one
+# port per remote IP.  unsolicited: what a packet to an unmapped port of the
+# NAT gets (stack = a plain host: ICMP for UDP, RST for TCP); after_unsolicited:
+# the port-preserving kinds must still preserve the port for a flow to the
+# endpoint that had just sent the unsolicited packets.
+declare -A EXPECT=(
+	[none]="udp_map=none udp_alloc=preserve tcp_map=none tcp_alloc=preserve udp_filter=EIF tcp_filter=EIF unsolicited=stack after_unsolicited=preserve hairpin=-"
+	[full-cone]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=EIF tcp_filter=EIF unsolicited=drop after_unsolicited=preserve hairpin=no"
+	[restricted-cone]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=ADF tcp_filter=ADF unsolicited=drop after_unsolicited=preserve hairpin=no"
+	[port-restricted-cone]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=APDF tcp_filter=APDF unsolicited=drop after_unsolicited=preserve hairpin=no"
+	[symmetric-random]="udp_map=APDM udp_alloc=random tcp_map=APDM tcp_alloc=random udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
+	[symmetric-sequential]="udp_map=APDM udp_alloc=seq+1 tcp_map=APDM tcp_alloc=seq+1 udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
+	[address-dependent]="udp_map=ADM udp_alloc=hash tcp_map=ADM tcp_alloc=hash udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
+	[port-restricted-rst]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=APDF tcp_filter=APDF unsolicited=tcp-rst after_unsolicited=preserve hairpin=no"
+	[port-restricted-icmp]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=APDF tcp_filter=APDF unsolicited=icmp after_unsolicited=preserve hairpin=no"
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "natlab-selftest: must run as root" >&2
+	exit 1
+fi
+for tool in ip nft python3 timeout; do
+	command -v "$tool" >/dev/null || { echo "natlab-selftest: '$tool' not found" >&2; exit 1; }
+done
+
+# Lab names: "s" + pid + index stays within natlab's 10-character limit and
+# apart from the Rust harness's "t..." names.
+readonly PREFIX="s$(($$ % 100000))x"
+LABS=()
+TMP=$(mktemp -d)
+readonly TMP
+
+cleanup() {
+	local lab
+	# Kill our probes first: they may sit inside a lab namespace.
+	jobs -p | xargs -r kill 2>/dev/null || true
+	wait 2>/dev/null || true
+	for lab in "${LABS[@]}"; do
+		"$NATLAB" down --name "$lab" >/dev/null 2>&1 || true
+	done
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# new_lab: sets LAB to a fresh name and records it for cleanup (not via $(),
+# which would record it in a subshell).
+new_lab() {
+	LAB="$PREFIX${#LABS[@]}"
+	LABS+=("$LAB")
+}
+
+# run_job ID LAB UP_ARGS... -- PROBE_ARGS...: up, probe, down, in the
+# background; output in $TMP/ID.out, exit status in $TMP/ID.rc.
+run_job() {
+	local id=$1 lab=$2 up_args=() rc=0
+	shift 2
+	while [[ $1 != -- ]]; do up_args+=("$1"); shift; done
+	shift
+	(
+		{
+			"$NATLAB" up --name "$lab" "${up_args[@]}" &&
+				timeout 30 "$PROBE" "$lab" "$@"
+		} >"$TMP/$id.out" 2>"$TMP/$id.err" || rc=$?
+		"$NATLAB" down --name "$lab" >/dev/null 2>>"$TMP/$id.err" || true
+		echo "$rc" >"$TMP/$id.rc"
+	) &
+}
+
+start=$SECONDS
+mapfile -t KIND_LIST < <("$NATLAB" kinds | awk '{print $1}')
+
+for kind in "${KIND_LIST[@]}"; do
+	new_lab
+	run_job "kind-$kind" "$LAB" "$kind" -- kind
+done
+
+# Per-netns sysctls: the root namespace's value must not move.
+root_udp_timeout=$(sysctl -n net.netfilter.nf_conntrack_udp_timeout)
+new_lab
+run_job timeout "$LAB" --udp-timeout 2 port-restricted-cone full-cone -- timeout 2
+new_lab
+run_job loss "$LAB" --loss 30 port-restricted-cone -- loss
+new_lab
+run_job punch "$LAB" port-restricted-cone port-restricted-cone -- punch
+new_lab
+run_job punch-rst "$LAB" port-restricted-cone port-restricted-rst -- punch
+new_lab
+run_job direct "$LAB" none none -- direct
+
+# Command-line behaviour, checked while the jobs run.
+CLI_FAIL=()
+new_lab
+cli_lab=$LAB
+"$NATLAB" up --name "$cli_lab" none >/dev/null 2>&1 || CLI_FAIL+=("up failed")
+if [[ $(ip netns exec "$cli_lab-nata" sysctl -n net.netfilter.nf_conntrack_udp_timeout) != "$root_udp_timeout" ]]; then
+	CLI_FAIL+=("default udp timeout changed")
+fi
+rc=0
+"$NATLAB" up --name "$cli_lab" none >/dev/null 2>&1 || rc=$?
+((rc == 3)) || CLI_FAIL+=("up on an existing lab: exit $rc, want 3")
+"$NATLAB" down --name "$cli_lab" || CLI_FAIL+=("down failed")
+"$NATLAB" down --name "$cli_lab" || CLI_FAIL+=("second down not idempotent")
+if "$NATLAB" up --name "Bad-Name" none >/dev/null 2>&1; then CLI_FAIL+=("bad lab name accepted"); fi
+if "$NATLAB" up --name "$cli_lab" --loss 101 none >/dev/null 2>&1; then CLI_FAIL+=("--loss 101 accepted"); fi
+# A failure half way (here: nft refuses the ruleset) must leave nothing.
+mkdir "$TMP/fakebin"
+printf '#!/bin/sh\nexit 1\n' >"$TMP/fakebin/nft"
+chmod +x "$TMP/fakebin/nft"
+if PATH="$TMP/fakebin:$PATH" "$NATLAB" up --name "$cli_lab" full-cone >/dev/null 2>&1; then
+	CLI_FAIL+=("up with a failing nft succeeded")
+fi
+if [[ -n $("$NATLAB" list | grep -x "$cli_lab" || true) ]]; then
+	CLI_FAIL+=("failed up left namespaces behind")
+fi
+
+wait
+
+# ---- report --------------------------------------------------------------
+
+pass=0 fail=0
+field() { # field KEY LINE
+	local kv
+	for kv in $2; do
+		if [[ $kv == "$1="* ]]; then echo "${kv#*=}"; return; fi
+	done
+	echo "?"
+}
+job_line() { # the probe's output line, or "error: ..." with its stderr
+	local id=$1
+	if [[ $(cat "$TMP/$id.rc" 2>/dev/null) == 0 ]]; then
+		tail -n 1 "$TMP/$id.out"
+	else
+		echo "error: $(tail -n 3 "$TMP/$id.err" "$TMP/$id.out" 2>/dev/null | tr '\n' ' ')"
+	fi
+}
+verdict() { # verdict OK? LABEL DETAILS
+	if [[ $1 == ok ]]; then
+		pass=$((pass + 1))
+		printf '  ok    %s\n' "$2"
+	else
+		fail=$((fail + 1))
+		printf '  FAIL  %s\n        %s\n' "$2" "$3"
+	fi
+}
+
+printf '%-22s %-11s %-17s %-11s %-11s %-7s %s\n' \
+	KIND "MAP udp/tcp" "ALLOC udp/tcp" "FILT udp/tcp" UNSOLICITED HAIRPIN RESULT
+for kind in "${KIND_LIST[@]}"; do
+	line=$(job_line "kind-$kind")
+	ok=ok
+	for kv in ${EXPECT[$kind]:-missing=expectation}; do
+		if [[ $(field "${kv%%=*}" "$line") != "${kv#*=}" ]]; then ok=MISMATCH; fi
+	done
+	printf '%-22s %-11s %-17s %-11s %-11s %-7s %s\n' "$kind" \
+		"$(field udp_map "$line")/$(field tcp_map "$line")" \
+		"$(field udp_alloc "$line")/$(field tcp_alloc "$line")" \
+		"$(field udp_filter "$line")/$(field tcp_filter "$line")" \
+		"$(field unsolicited "$line")" "$(field hairpin "$line")" "$ok"
+	if [[ $ok == ok ]]; then
+		pass=$((pass + 1))
+	else
+		fail=$((fail + 1))
+		echo "    observed: $line"
+		echo "    expected: ${EXPECT[$kind]:-}"
+	fi
+done
+
+echo
+echo "Other checks:"
+line=$(job_line timeout)
+[[ $line == "a_alive=yes a_after_idle=no b_alive=yes b_after_idle=no" ]] && r=ok || r=no
+verdict "$r" "--udp-timeout 2: binding alive at 1 s, gone after 3.5 s idle (port-restricted-cone, full-cone)" "$line"
+[[ $(sysctl -n net.netfilter.nf_conntrack_udp_timeout) == "$root_udp_timeout" ]] && r=ok || r=no
+verdict "$r" "nf_conntrack_udp_timeout is per-netns (root still $root_udp_timeout)" "root value changed"
+line=$(job_line loss)
+up=$(field up_passed "$line") down=$(field down_passed "$line")
+[[ $up =~ ^[0-9]+$ && $down =~ ^[0-9]+$ ]] && ((up >= 230 && up <= 330 && down >= 230 && down <= 330)) && r=ok || r=no
+verdict "$r" "--loss 30: $line (want 230..330 of 400 each way)" "$line"
+line=$(job_line punch)
+[[ $line == "udp_punch=ok tcp_simultaneous_open=ok" ]] && r=ok || r=no
+verdict "$r" "port-restricted-cone x2: $line" "$line"
+line=$(job_line punch-rst)
+[[ $line == "udp_punch=ok tcp_simultaneous_open=fail"* ]] && r=ok || r=no
+verdict "$r" "port-restricted-cone x port-restricted-rst: $line (RST kills TCP punch)" "$line"
+line=$(job_line direct)
+[[ $line == "direct=ok" ]] && r=ok || r=no
+verdict "$r" "none x none: A reaches B's public address directly" "$line"
+if ((${#CLI_FAIL[@]} == 0)); then r=ok; else r=no; fi
+verdict "$r" "CLI: existing name (exit 3), idempotent down, name/option validation, cleanup of a failed up" \
+	"${CLI_FAIL[*]:-}"
+
+echo
+echo "natlab-selftest: $pass passed, $fail failed ($((SECONDS - start)) s)"
+((fail == 0))

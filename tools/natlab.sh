@@ -1,0 +1,594 @@
+#!/usr/bin/env bash
+# natlab.sh - a NAT lab built from network namespaces, for punchraw's tests.
+#
+# Everything lives in namespaces named "${LAB}-*"; nothing is left in the root
+# namespace (veth pairs are created directly inside the lab's namespaces), so
+# several labs with different names can run side by side (tests run in
+# parallel).  Traffic never leaves the namespaces.
+#
+# Topology (fixed addresses):
+#
+#   ${LAB}-srv    eth0 203.0.113.1/24 + 203.0.113.2/24  (server with two addresses)
+#        |
+#   ${LAB}-wan    br0: the "internet", one L2 segment 203.0.113.0/24
+#        |                                   |
+#   ${LAB}-nata   wan0 203.0.113.10/24        ${LAB}-natb   wan0 203.0.113.20/24
+#                 lan0 10.0.1.1/24                          lan0 10.0.2.1/24
+#        |                                   |
+#   ${LAB}-a      eth0 10.0.1.2/24            ${LAB}-b      eth0 10.0.2.2/24
+#                 default via 10.0.1.1                      default via 10.0.2.1
+#
+# Kind "none" (plain router, no NAT, no firewall) numbers that side's LAN with
+# public addresses instead: side A 198.51.100.1/26 (router) + host
+# 198.51.100.2, side B 198.51.100.65/26 + host 198.51.100.66; srv and the
+# other side's NAT get a route to it via the router's WAN address.
+#
+# Every NAT keeps all of its rules in one nftables table "ip natlab" inside its
+# own namespace, so deleting the namespace deletes the rules.  IPv6 is
+# disabled in the lab: it is not used, and it keeps DAD delays and
+# RS/MLD/ND chatter out of packet captures.
+#
+# No hairpinning: packets from a LAN to its NAT's own WAN address are dropped
+# by the NAT, not looped back.
+#
+# How the kinds are made (details at ruleset() below):
+#   none                  plain router, forward policy accept
+#   full-cone             masquerade + DNAT from a map {proto . public port}
+#   restricted-cone       masquerade + DNAT from a map {remote ip . proto . public port}
+#   port-restricted-cone  masquerade; unsolicited inbound dropped
+#   symmetric-random      masquerade fully-random; unsolicited inbound dropped
+#   symmetric-sequential  snat to WAN : numgen inc mod 1000 map {i : 20000+i}
+#   address-dependent     snat to WAN : jhash(int ip . int port . remote ip)
+#                         mod 4096 map {i : 30000+i}
+#   port-restricted-rst   as port-restricted-cone, inbound SYN -> "reject with tcp reset"
+#   port-restricted-icmp  as port-restricted-cone, inbound -> ICMP port-unreachable
+# All NAT kinds: TCP and UDP alike, forward policy drop except established/
+# related, LAN->WAN and (cone kinds) DNAT'd flows.  Cone kinds accept inbound
+# from new endpoints until the map entry times out: nf_conntrack_udp_timeout_stream
+# (120 s) or --udp-timeout after the last outbound packet of that mapping (also
+# for TCP).  Conntrack itself keeps unreplied UDP 30 s, so use --udp-timeout
+# (it sets both) when measuring binding lifetimes.
+#
+# Node names (for "exec"): srv, a, b, nat-a, nat-b (and wan, the bridge).
+
+set -euo pipefail
+
+# Debian keeps ip/nft in sbin, which a non-login PATH may lack.
+export PATH="${PATH}:/usr/sbin:/sbin"
+
+readonly PROG="${0##*/}"
+readonly DEFAULT_LAB=prlab
+
+readonly SRV1=203.0.113.1 SRV2=203.0.113.2 WAN_PREFIX=24
+readonly NAT_A_WAN=203.0.113.10 NAT_B_WAN=203.0.113.20
+
+# Ports handed out by the kinds that do not preserve ports.
+readonly SEQ_BASE=20000 SEQ_COUNT=1000   # symmetric-sequential: 20000..20999
+readonly HASH_BASE=30000 HASH_COUNT=4096 # address-dependent:   30000..34095
+
+# kind name, then its one-line description (printed by "kinds").
+readonly KINDS=(
+	none "no NAT, no firewall: plain router, hosts use public addresses"
+	full-cone "EIM, port preserving, endpoint-independent filtering (EIF)"
+	restricted-cone "EIM, port preserving, address-dependent filtering (ADF)"
+	port-restricted-cone "EIM, port preserving, address-and-port-dependent filtering (APDF)"
+	symmetric-random "APDM with a random port per new flow, APDF"
+	symmetric-sequential "APDM with sequential ports (step 1, ${SEQ_BASE}..$((SEQ_BASE + SEQ_COUNT - 1))), APDF"
+	address-dependent "address-dependent mapping (hashed port per remote IP), APDF"
+	port-restricted-rst "like port-restricted-cone, but unsolicited inbound TCP SYNs get a TCP RST from the NAT"
+	port-restricted-icmp "like port-restricted-cone, but unsolicited inbound gets ICMP port-unreachable"
+)
+
+# Namespace suffixes, in creation order.
+readonly SUFFIXES=(srv wan nata a natb b)
+
+usage() {
+	cat <<EOF
+Usage:
+  $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] KIND_A [KIND_B]
+  $PROG down [--name LAB]
+  $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
+  $PROG kinds           # list kinds, one per line, with a one-line description
+  $PROG info [--name LAB]    # print the addresses (KEY=VALUE lines)
+  $PROG list            # list labs present (by namespace prefix)
+
+LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
+--loss PCT          drop PCT% (0-100) of the packets each NAT forwards, both ways
+--udp-timeout SECS  nf_conntrack_udp_timeout{,_stream} inside the NATs
+
+Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
+           NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
+           kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
+Namespaces: LAB-srv LAB-wan LAB-nata LAB-a [LAB-natb LAB-b]
+EOF
+}
+
+die() {
+	echo "$PROG: $*" >&2
+	exit 1
+}
+
+usage_error() {
+	echo "$PROG: $*" >&2
+	echo "Try '$PROG -h'." >&2
+	exit 2
+}
+
+valid_lab() {
+	[[ $1 =~ ^[a-z][a-z0-9]{0,9}$ ]] || usage_error "invalid lab name '$1' (must match ^[a-z][a-z0-9]{0,9}\$)"
+}
+
+valid_kind() {
+	local i
+	for ((i = 0; i < ${#KINDS[@]}; i += 2)); do
+		[[ ${KINDS[i]} == "$1" ]] && return 0
+	done
+	usage_error "unknown kind '$1' (see '$PROG kinds')"
+}
+
+ns_exists() {
+	[[ -e /run/netns/$1 ]]
+}
+
+# Namespaces of lab $1 that exist right now.
+lab_namespaces() {
+	local s
+	for s in "${SUFFIXES[@]}"; do
+		if ns_exists "$1-$s"; then echo "$1-$s"; fi
+	done
+}
+
+need_tools() {
+	[[ $(id -u) -eq 0 ]] || die "must run as root"
+	command -v ip >/dev/null || die "'ip' (iproute2) not found"
+	command -v nft >/dev/null || die "'nft' not found (apt-get install nftables)"
+}
+
+# nsx NS CMD...: run CMD inside namespace NS.
+nsx() {
+	local ns=$1
+	shift
+	ip netns exec "$ns" "$@"
+}
+
+# Per-side addressing.  Sets globals for side $1 (a|b) with kind $2.
+side_vars() {
+	local side=$1 kind=$2
+	if [[ $side == a ]]; then
+		S_WAN=$NAT_A_WAN
+		if [[ $kind == none ]]; then
+			S_NET=198.51.100.0/26 S_GW=198.51.100.1 S_HOST=198.51.100.2 S_PFX=26
+		else
+			S_NET=10.0.1.0/24 S_GW=10.0.1.1 S_HOST=10.0.1.2 S_PFX=24
+		fi
+	else
+		S_WAN=$NAT_B_WAN
+		if [[ $kind == none ]]; then
+			S_NET=198.51.100.64/26 S_GW=198.51.100.65 S_HOST=198.51.100.66 S_PFX=26
+		else
+			S_NET=10.0.2.0/24 S_GW=10.0.2.1 S_HOST=10.0.2.2 S_PFX=24
+		fi
+	fi
+}
+
+# "0 : base, 1 : base+1, ..." - the body of an anonymous nft map from an
+# index to a port.  A map is used because "numgen ... offset P" (and likewise
+# "jhash ... offset P") lands in host byte order and yields byte-swapped ports.
+port_map_body() {
+	local base=$1 count=$2 i out=""
+	for ((i = 0; i < count; i++)); do
+		out+="${out:+, }$i : $((base + i))"
+	done
+	printf '%s' "$out"
+}
+
+# Print the nftables ruleset for a NAT of kind $1 with WAN address $2, LAN
+# prefix $3, loss percentage $4 and dynamic-map timeout $5 (seconds).
+ruleset() {
+	local kind=$1 wan=$2 lan=$3 loss=$4 map_timeout=$5
+	local loss_rule="" snat="" other_snat="" map_decl="" dnat="" learn="" inbound_accept="" unsolicited=""
+
+	if ((loss > 0)); then
+		# numgen random is drawn per packet: independent loss in both directions.
+		loss_rule="numgen random mod 100 < $loss drop"
+	fi
+
+	if [[ $kind == none ]]; then
+		# A plain router: only the loss rule, nothing filtered, nothing translated.
+		cat <<EOF
+table ip natlab {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		$loss_rule
+	}
+}
+EOF
+		return
+	fi
+
+	# Mapping.  Plain masquerade is endpoint-independent and port preserving:
+	# the kernel first reuses an existing mapping of the same internal
+	# ip:port (find_appropriate_src), else keeps the source port if free.
+	case $kind in
+	symmetric-random)
+		# fully-random skips both of the above: random port per new 5-tuple.
+		snat="masquerade fully-random"
+		;;
+	symmetric-sequential | address-dependent)
+		# These rules only handle TCP and UDP; ICMP (ping) still gets out.
+		other_snat="oifname \"wan0\" ip saddr $lan masquerade"
+		;;&
+	symmetric-sequential)
+		# One counter for the whole NAT; a single-port range per flow means
+		# the kernel cannot fall back to reusing an older mapping.
+		snat="meta l4proto { tcp, udp } snat ip to $wan : numgen inc mod $SEQ_COUNT map { $(port_map_body "$SEQ_BASE" "$SEQ_COUNT") }"
+		;;
+	address-dependent)
+		# Same internal ip:port and same remote ip -> same hash -> same port.
+		snat="meta l4proto { tcp, udp } snat ip to $wan : jhash ip saddr . th sport . ip daddr mod $HASH_COUNT map { $(port_map_body "$HASH_BASE" "$HASH_COUNT") }"
+		;;
+	*)
+		snat="masquerade"
+		;;
+	esac
+
+	# Filtering.  Conntrack alone gives address-and-port-dependent filtering.
+	# Looser filtering needs inbound DNAT from a map learned from outbound
+	# packets (after srcnat, so th sport is the public port).  "ct direction
+	# original" keeps replies of DNAT'd flows from overwriting the map.
+	case $kind in
+	full-cone)
+		map_decl="map pub { type inet_proto . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout ${map_timeout}s; }"
+		dnat="iifname \"wan0\" ip daddr $wan meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @pub"
+		learn="oifname \"wan0\" ct direction original ct status snat meta l4proto { tcp, udp } update @pub { meta l4proto . th sport : ct original ip saddr . ct original proto-src }"
+		inbound_accept="iifname \"wan0\" oifname \"lan0\" ct status dnat accept"
+		;;
+	restricted-cone)
+		# The remote IP is part of the key: only IPs we sent to may come in.
+		map_decl="map pub { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout ${map_timeout}s; }"
+		dnat="iifname \"wan0\" ip daddr $wan meta l4proto { tcp, udp } dnat ip to ip saddr . meta l4proto . th dport map @pub"
+		learn="oifname \"wan0\" ct direction original ct status snat meta l4proto { tcp, udp } update @pub { ip daddr . meta l4proto . th sport : ct original ip saddr . ct original proto-src }"
+		inbound_accept="iifname \"wan0\" oifname \"lan0\" ct status dnat accept"
+		;;
+	esac
+
+	# What the NAT does with unsolicited inbound packets addressed to itself.
+	# They are rejected/dropped in "input" so their conntrack entry is never
+	# confirmed: a confirmed one would occupy the port and make a later
+	# outbound flow from the LAN get a different (random) public port.
+	case $kind in
+	port-restricted-rst)
+		unsolicited="iifname \"wan0\" tcp flags & (syn | ack) == syn reject with tcp reset"
+		;;
+	port-restricted-icmp)
+		unsolicited="iifname \"wan0\" meta l4proto { tcp, udp } reject with icmp type port-unreachable"
+		;;
+	esac
+
+	cat <<EOF
+table ip natlab {
+	$map_decl
+
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		$dnat
+	}
+
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan0" ip saddr $lan $snat
+		$other_snat
+	}
+
+	chain learn {
+		type filter hook postrouting priority srcnat + 10; policy accept;
+		$learn
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		$loss_rule
+		ct state established,related accept
+		iifname "lan0" oifname "wan0" accept
+		$inbound_accept
+	}
+
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iif "lo" accept
+		ct state established,related accept
+		iifname "lan0" ip daddr $wan drop
+		iifname "lan0" accept
+		iifname "wan0" icmp type echo-request accept
+		$unsolicited
+		iifname "wan0" drop
+	}
+}
+EOF
+}
+
+# ---- up ------------------------------------------------------------------
+
+CREATED=()   # namespaces made by this "up", removed again if it fails
+UP_DONE=0
+
+up_cleanup() {
+	local rc=$? ns
+	if ((UP_DONE == 0 && ${#CREATED[@]} > 0)); then
+		echo "$PROG: up failed, removing what it created" >&2
+		for ns in "${CREATED[@]}"; do
+			kill_ns_pids "$ns"
+			ip netns del "$ns" 2>/dev/null || true
+		done
+	fi
+	exit "$rc"
+}
+
+new_ns() {
+	local ns=$1
+	ip netns add "$ns"
+	CREATED+=("$ns")
+	# rp_filter off (asymmetric paths are expected in a lab), no IPv6 (see
+	# header); "default" first so that interfaces created later inherit it.
+	nsx "$ns" sysctl -qw \
+		net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.all.rp_filter=0 \
+		net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1
+	ip -n "$ns" link set lo up
+}
+
+# build_side LAB SIDE KIND LOSS UDP_TIMEOUT
+build_side() {
+	local lab=$1 side=$2 kind=$3 loss=$4 udp_timeout=$5
+	local nat="$lab-nat$side" host="$lab-$side" map_timeout
+	side_vars "$side" "$kind"
+
+	new_ns "$nat"
+	new_ns "$host"
+
+	ip -n "$lab-wan" link add "nat$side" type veth peer name wan0 netns "$nat"
+	ip -n "$lab-wan" link set "nat$side" master br0 up
+	ip -n "$nat" link add lan0 type veth peer name eth0 netns "$host"
+
+	ip -n "$nat" addr add "$S_WAN/$WAN_PREFIX" dev wan0
+	ip -n "$nat" addr add "$S_GW/$S_PFX" dev lan0
+	ip -n "$nat" link set wan0 up
+	ip -n "$nat" link set lan0 up
+	ip -n "$host" addr add "$S_HOST/$S_PFX" dev eth0
+	ip -n "$host" link set eth0 up
+	ip -n "$host" route add default via "$S_GW"
+
+	nsx "$nat" sysctl -qw net.ipv4.ip_forward=1
+	if [[ -n $udp_timeout ]]; then
+		# These are per network namespace (checked by natlab-selftest.sh).
+		nsx "$nat" sysctl -qw \
+			net.netfilter.nf_conntrack_udp_timeout="$udp_timeout" \
+			net.netfilter.nf_conntrack_udp_timeout_stream="$udp_timeout"
+		map_timeout=$udp_timeout
+	else
+		map_timeout=$(nsx "$nat" sysctl -n net.netfilter.nf_conntrack_udp_timeout_stream)
+	fi
+
+	ruleset "$kind" "$S_WAN" "$S_NET" "$loss" "$map_timeout" | nsx "$nat" nft -f -
+
+	# The interface alias records the lab's parameters for "info"; it goes
+	# away with the namespace, so no state file can go stale.
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default}"
+}
+
+# Route a "none" side's public LAN via its router from srv and the other NAT.
+route_public_side() {
+	local lab=$1 side=$2 other=$3
+	side_vars "$side" none
+	ip -n "$lab-srv" route add "$S_NET" via "$S_WAN"
+	if ns_exists "$lab-nat$other"; then
+		ip -n "$lab-nat$other" route add "$S_NET" via "$S_WAN"
+	fi
+}
+
+cmd_up() {
+	local lab=$DEFAULT_LAB loss=0 udp_timeout="" kinds=()
+	while (($#)); do
+		case $1 in
+		--name) lab=${2:?--name needs a value}; shift 2 ;;
+		--name=*) lab=${1#*=}; shift ;;
+		--loss) loss=${2:?--loss needs a value}; shift 2 ;;
+		--loss=*) loss=${1#*=}; shift ;;
+		--udp-timeout) udp_timeout=${2:?--udp-timeout needs a value}; shift 2 ;;
+		--udp-timeout=*) udp_timeout=${1#*=}; shift ;;
+		-*) usage_error "up: unknown option '$1'" ;;
+		*) kinds+=("$1"); shift ;;
+		esac
+	done
+	valid_lab "$lab"
+	((${#kinds[@]} >= 1 && ${#kinds[@]} <= 2)) || usage_error "up: need KIND_A [KIND_B]"
+	valid_kind "${kinds[0]}"
+	if ((${#kinds[@]} == 2)); then valid_kind "${kinds[1]}"; fi
+	if ! [[ $loss =~ ^[0-9]{1,3}$ ]] || ((10#$loss > 100)); then
+		usage_error "--loss must be an integer 0-100"
+	fi
+	loss=$((10#$loss))
+	if [[ -n $udp_timeout ]]; then
+		if ! [[ $udp_timeout =~ ^[0-9]{1,7}$ ]] || ((10#$udp_timeout < 1)); then
+			usage_error "--udp-timeout must be a positive integer (seconds)"
+		fi
+		udp_timeout=$((10#$udp_timeout))
+	fi
+	need_tools
+
+	local existing
+	existing=$(lab_namespaces "$lab" | tr '\n' ' ')
+	[[ -z $existing ]] || {
+		echo "$PROG: lab '$lab' already exists (namespaces: ${existing% }); run '$PROG down --name $lab' first" >&2
+		exit 3
+	}
+
+	trap up_cleanup EXIT
+	trap 'exit 130' INT TERM HUP
+
+	new_ns "$lab-srv"
+	new_ns "$lab-wan"
+	ip -n "$lab-wan" link add br0 type bridge
+	ip -n "$lab-wan" link set br0 up
+	ip -n "$lab-wan" link add srv type veth peer name eth0 netns "$lab-srv"
+	ip -n "$lab-wan" link set srv master br0 up
+	ip -n "$lab-srv" addr add "$SRV1/$WAN_PREFIX" dev eth0
+	ip -n "$lab-srv" addr add "$SRV2/$WAN_PREFIX" dev eth0
+	ip -n "$lab-srv" link set eth0 up
+
+	build_side "$lab" a "${kinds[0]}" "$loss" "$udp_timeout"
+	if ((${#kinds[@]} == 2)); then
+		build_side "$lab" b "${kinds[1]}" "$loss" "$udp_timeout"
+	fi
+	# Routes to public LANs only once both sides exist.
+	if [[ ${kinds[0]} == none ]]; then route_public_side "$lab" a b; fi
+	if ((${#kinds[@]} == 2)) && [[ ${kinds[1]} == none ]]; then route_public_side "$lab" b a; fi
+
+	UP_DONE=1
+	trap - EXIT INT TERM HUP
+}
+
+# ---- down ----------------------------------------------------------------
+
+# Kill processes still running inside namespace $1: they were started in the
+# lab by us, and a namespace with processes in it would outlive "ip netns del".
+kill_ns_pids() {
+	local ns=$1 pids i
+	ns_exists "$ns" || return 0
+	pids=$(ip netns pids "$ns" 2>/dev/null | grep -vx "$$" || true)
+	[[ -n $pids ]] || return 0
+	# shellcheck disable=SC2086  # word splitting of the pid list is intended
+	kill -TERM $pids 2>/dev/null || true
+	for ((i = 0; i < 20; i++)); do
+		pids=$(ip netns pids "$ns" 2>/dev/null | grep -vx "$$" || true)
+		[[ -n $pids ]] || return 0
+		sleep 0.05
+	done
+	# shellcheck disable=SC2086
+	kill -KILL $pids 2>/dev/null || true
+}
+
+cmd_down() {
+	local lab=$DEFAULT_LAB ns rc=0
+	while (($#)); do
+		case $1 in
+		--name) lab=${2:?--name needs a value}; shift 2 ;;
+		--name=*) lab=${1#*=}; shift ;;
+		*) usage_error "down: unexpected argument '$1'" ;;
+		esac
+	done
+	valid_lab "$lab"
+	[[ $(id -u) -eq 0 ]] || die "must run as root"
+	for ns in $(lab_namespaces "$lab"); do
+		kill_ns_pids "$ns"
+		ip netns del "$ns" || rc=1
+	done
+	return "$rc"
+}
+
+# ---- exec / info / list / kinds -----------------------------------------
+
+node_ns() {
+	local lab=$1 node=$2
+	case $node in
+	srv | a | b | wan) echo "$lab-$node" ;;
+	nat-a | nata) echo "$lab-nata" ;;
+	nat-b | natb) echo "$lab-natb" ;;
+	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan)" ;;
+	esac
+}
+
+cmd_exec() {
+	local lab=$DEFAULT_LAB node="" ns
+	while (($#)); do
+		case $1 in
+		--name) lab=${2:?--name needs a value}; shift 2 ;;
+		--name=*) lab=${1#*=}; shift ;;
+		--) shift; break ;;
+		-*) usage_error "exec: unknown option '$1'" ;;
+		*)
+			[[ -z $node ]] || usage_error "exec: expected '--' after NODE"
+			node=$1
+			shift
+			;;
+		esac
+	done
+	valid_lab "$lab"
+	[[ -n $node ]] || usage_error "exec: missing NODE"
+	(($#)) || usage_error "exec: missing command after '--'"
+	ns=$(node_ns "$lab" "$node")
+	ns_exists "$ns" || die "namespace '$ns' does not exist (is lab '$lab' up, with that side?)"
+	exec ip netns exec "$ns" "$@"
+}
+
+# read_alias NS: prints "kind=... loss=... udp_timeout=..." of a NAT namespace.
+read_alias() {
+	local a
+	a=$(nsx "$1" cat /sys/class/net/wan0/ifalias)
+	echo "${a#natlab }"
+}
+
+cmd_info() {
+	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" upper
+	while (($#)); do
+		case $1 in
+		--name) lab=${2:?--name needs a value}; shift 2 ;;
+		--name=*) lab=${1#*=}; shift ;;
+		*) usage_error "info: unexpected argument '$1'" ;;
+		esac
+	done
+	valid_lab "$lab"
+	ns_exists "$lab-nata" || die "lab '$lab' is not up"
+	echo "LAB=$lab"
+	echo "SRV1=$SRV1"
+	echo "SRV2=$SRV2"
+	for side in a b; do
+		ns_exists "$lab-nat$side" || continue
+		kind="" loss="" udp_timeout=""
+		for kv in $(read_alias "$lab-nat$side"); do
+			case $kv in
+			kind=*) kind=${kv#kind=} ;;
+			loss=*) loss=${kv#loss=} ;;
+			udp_timeout=*) udp_timeout=${kv#udp_timeout=} ;;
+			esac
+		done
+		side_vars "$side" "$kind"
+		upper=${side^^}
+		echo "KIND_$upper=$kind"
+		echo "NAT_$upper=$S_WAN"
+		echo "$upper=$S_HOST"
+		echo "${upper}_GW=$S_GW"
+		echo "${upper}_NET=$S_NET"
+	done
+	echo "LOSS=$loss"
+	echo "UDP_TIMEOUT=$udp_timeout"
+}
+
+cmd_list() {
+	ip netns list 2>/dev/null | awk '{print $1}' |
+		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|nata|a|natb|b)$/\1/p' | sort -u
+}
+
+cmd_kinds() {
+	local i
+	for ((i = 0; i < ${#KINDS[@]}; i += 2)); do
+		printf '%-22s %s\n' "${KINDS[i]}" "${KINDS[i + 1]}"
+	done
+}
+
+main() {
+	(($#)) || { usage >&2; exit 2; }
+	local cmd=$1
+	shift
+	case $cmd in
+	up) cmd_up "$@" ;;
+	down) cmd_down "$@" ;;
+	exec) cmd_exec "$@" ;;
+	info) cmd_info "$@" ;;
+	list) cmd_list "$@" ;;
+	kinds) cmd_kinds "$@" ;;
+	-h | --help | help) usage ;;
+	*) usage_error "unknown command '$cmd'" ;;
+	esac
+}
+
+main "$@"
