@@ -6,7 +6,9 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("cannot bind {addr}: {source} (is another server running there, or is the address not on this host?)")]
+    #[error(
+        "cannot bind {addr} (is another server running there, or is the address not on this host?)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -14,13 +16,13 @@ pub enum Error {
     },
     #[error("no STUN answer from {server} over UDP within {waited_ms} ms: the server is down, unreachable, or UDP is blocked on the path")]
     ServerUnreachable { server: SocketAddr, waited_ms: u64 },
-    #[error("cannot write capture {path}: {source}")]
+    #[error("cannot write capture {path}")]
     Capture {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -47,7 +47,9 @@ impl ServerConfig {
     /// The endpoints this configuration listens on, in `EndpointId` order.
     pub fn endpoints(&self) -> Vec<(EndpointId, SocketAddr)> {
         let n = if self.discovery() { 4 } else { 1 };
-        (0..n).map(|i| (EndpointId(i), self.addr(EndpointId(i)))).collect()
+        (0..n)
+            .map(|i| (EndpointId(i), self.addr(EndpointId(i))))
+            .collect()
     }
 
     pub fn addr(&self, e: EndpointId) -> SocketAddr {
@@ -56,7 +58,14 @@ impl ServerConfig {
         } else {
             self.ip
         };
-        SocketAddr::new(ip, if e.alt_port() { self.alt_port } else { self.port })
+        SocketAddr::new(
+            ip,
+            if e.alt_port() {
+                self.alt_port
+            } else {
+                self.port
+            },
+        )
     }
 }
 
@@ -71,7 +80,10 @@ pub enum DropReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Send the bytes written to `out` from endpoint `from` to `to`.
-    Reply { from: EndpointId, to: SocketAddr },
+    Reply {
+        from: EndpointId,
+        to: SocketAddr,
+    },
     Drop(DropReason),
 }
 
@@ -181,7 +193,13 @@ impl StunServer {
         if response_port.is_some() && (padding.is_some() || transport == Transport::Tcp) {
             // RFC 5780 section 6.1: RESPONSE-PORT with PADDING is a 400; over TCP there is no
             // other port to answer to.
-            self.error(&msg, 400, "RESPONSE-PORT not usable with this request", &[], out);
+            self.error(
+                &msg,
+                400,
+                "RESPONSE-PORT not usable with this request",
+                &[],
+                out,
+            );
             return error_to;
         }
         if response_port == Some(0) {
@@ -194,7 +212,13 @@ impl StunServer {
         // the server can never be aimed at a third party's address.
         let to = SocketAddr::new(src.ip(), response_port.unwrap_or(src.port()));
         let origin = self.cfg.addr(from);
-        let other = self.cfg.discovery().then(|| self.cfg.addr(from.flip(true, true)));
+        // RFC 5780 section 7.4 / RFC 3489 section 11.2.3 name the endpoint that "change IP
+        // and port" answers from. For a request to the primary endpoint (Test I, the only
+        // answer RFC 5780 clients read it from) that is the alternate endpoint. We give the
+        // alternate endpoint on every answer, as coturn does: coturn's own client takes
+        // OTHER-ADDRESS from its Test II answer and would otherwise aim Test III at the
+        // primary IP and misreport address-dependent mapping.
+        let other = self.cfg.discovery().then(|| self.cfg.addr(EndpointId(3)));
 
         let mut e = Encoder::new(out, MessageType::BINDING_SUCCESS, tid);
         if tid.is_rfc3489() {
@@ -229,7 +253,14 @@ impl StunServer {
         Outcome::Reply { from, to }
     }
 
-    fn error(&mut self, req: &Message<'_>, code: u16, reason: &str, unknown: &[u8], out: &mut Vec<u8>) {
+    fn error(
+        &mut self,
+        req: &Message<'_>,
+        code: u16,
+        reason: &str,
+        unknown: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         self.stats.errors += 1;
         let tid = req.transaction_id();
         let mt = MessageType {
@@ -239,7 +270,9 @@ impl StunServer {
         let mut e = Encoder::new(out, mt, tid);
         e.push(&Attribute::ErrorCode(ErrorCode { code, reason }));
         if !unknown.is_empty() {
-            e.push(&Attribute::UnknownAttributes(crate::stun::UnknownList(unknown)));
+            e.push(&Attribute::UnknownAttributes(crate::stun::UnknownList(
+                unknown,
+            )));
         }
         if !tid.is_rfc3489() {
             e.fingerprint();
@@ -247,3 +280,5 @@ impl StunServer {
     }
 }
 
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,751 @@
+//! Unit tests of the sans-IO STUN server: bytes in, (bytes, endpoint, destination) out.
+
+use super::*;
+use crate::stun::{Class, Encoder, Message, MessageType, Method, TransactionId};
+use proptest::prelude::*;
+
+const PRIMARY_IP: [u8; 4] = [192, 0, 2, 1];
+const ALT_IP: [u8; 4] = [192, 0, 2, 2];
+
+fn config(discovery: bool) -> ServerConfig {
+    ServerConfig {
+        ip: IpAddr::from(PRIMARY_IP),
+        alt_ip: discovery.then(|| IpAddr::from(ALT_IP)),
+        port: 3478,
+        alt_port: 3479,
+        software: Some("punchraw".to_string()),
+    }
+}
+
+fn config_v6() -> ServerConfig {
+    ServerConfig {
+        ip: "2001:db8::1".parse().unwrap(),
+        alt_ip: Some("2001:db8::2".parse().unwrap()),
+        port: 3478,
+        alt_port: 3479,
+        software: None,
+    }
+}
+
+fn src() -> SocketAddr {
+    "203.0.113.7:54321".parse().unwrap()
+}
+
+/// A request with the given attributes, optionally closed by a FINGERPRINT.
+fn build(
+    mt: MessageType,
+    tid: TransactionId,
+    attrs: &[Attribute<'_>],
+    fingerprint: bool,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    let mut e = Encoder::new(&mut v, mt, tid);
+    for a in attrs {
+        e.push(a);
+    }
+    if fingerprint {
+        e.fingerprint();
+    }
+    v
+}
+
+fn binding(attrs: &[Attribute<'_>]) -> Vec<u8> {
+    build(
+        MessageType::BINDING_REQUEST,
+        TransactionId::new_random(),
+        attrs,
+        false,
+    )
+}
+
+fn change(ip: bool, port: bool) -> Attribute<'static> {
+    Attribute::ChangeRequest {
+        change_ip: ip,
+        change_port: port,
+    }
+}
+
+struct Answer {
+    outcome: Outcome,
+    out: Vec<u8>,
+}
+
+impl Answer {
+    fn msg(&self) -> Message<'_> {
+        Message::parse(&self.out).expect("the server's output parses (and its FINGERPRINT checks)")
+    }
+    fn get(&self, typ: u16) -> Option<Attribute<'_>> {
+        self.msg().get(typ).map(|r| r.expect("attribute decodes"))
+    }
+    fn addr(&self, typ: u16) -> Option<SocketAddr> {
+        match self.get(typ)? {
+            Attribute::MappedAddress(a)
+            | Attribute::XorMappedAddress(a)
+            | Attribute::ResponseOrigin(a)
+            | Attribute::OtherAddress(a)
+            | Attribute::SourceAddress(a)
+            | Attribute::ChangedAddress(a) => Some(a),
+            other => panic!("not an address: {other:?}"),
+        }
+    }
+    fn error_code(&self) -> u16 {
+        assert_eq!(
+            self.msg().message_type().class,
+            Class::Error,
+            "{:?}",
+            self.msg()
+        );
+        match self.get(attr_type::ERROR_CODE) {
+            Some(Attribute::ErrorCode(e)) => e.code,
+            other => panic!("no ERROR-CODE: {other:?}"),
+        }
+    }
+    fn unknown(&self) -> Vec<u16> {
+        match self.get(attr_type::UNKNOWN_ATTRIBUTES) {
+            Some(Attribute::UnknownAttributes(l)) => l.iter().collect(),
+            other => panic!("no UNKNOWN-ATTRIBUTES: {other:?}"),
+        }
+    }
+    fn types(&self) -> Vec<u16> {
+        self.msg().attributes().map(|a| a.typ).collect()
+    }
+}
+
+fn ask(
+    s: &mut StunServer,
+    transport: Transport,
+    local: EndpointId,
+    from: SocketAddr,
+    input: &[u8],
+) -> Answer {
+    let mut out = vec![0xee; 7]; // handle must clear what a previous call left
+    let outcome = s.handle(transport, local, from, input, &mut out);
+    Answer { outcome, out }
+}
+
+fn ask_udp(s: &mut StunServer, input: &[u8]) -> Answer {
+    ask(s, Transport::Udp, EndpointId::PRIMARY, src(), input)
+}
+
+fn reply_from(a: &Answer) -> EndpointId {
+    match a.outcome {
+        Outcome::Reply { from, .. } => from,
+        Outcome::Drop(r) => panic!("dropped: {r:?}"),
+    }
+}
+
+#[test]
+fn binding_success_carries_every_address_and_a_fingerprint() {
+    let cfg = config(true);
+    let mut s = StunServer::new(cfg.clone());
+    let req = binding(&[]);
+    let a = ask_udp(&mut s, &req);
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId::PRIMARY,
+            to: src()
+        }
+    );
+    let m = a.msg();
+    assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+    assert_eq!(
+        m.transaction_id(),
+        Message::parse(&req).unwrap().transaction_id()
+    );
+    assert_eq!(a.addr(attr_type::XOR_MAPPED_ADDRESS), Some(src()));
+    assert_eq!(a.addr(attr_type::MAPPED_ADDRESS), Some(src()));
+    assert_eq!(
+        a.addr(attr_type::RESPONSE_ORIGIN),
+        Some(cfg.addr(EndpointId::PRIMARY))
+    );
+    assert_eq!(
+        a.addr(attr_type::OTHER_ADDRESS),
+        Some(cfg.addr(EndpointId(3)))
+    );
+    assert_eq!(
+        a.get(attr_type::SOFTWARE),
+        Some(Attribute::Software("punchraw"))
+    );
+    // RFC 8489 section 14.7: FINGERPRINT last; `msg()` already checked its CRC.
+    assert_eq!(a.types().last(), Some(&attr_type::FINGERPRINT));
+    assert!(a.get(attr_type::SOURCE_ADDRESS).is_none());
+    assert_eq!(
+        (s.stats.requests, s.stats.success, s.stats.errors),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn fingerprinted_request_is_answered() {
+    let mut s = StunServer::new(config(true));
+    let req = build(
+        MessageType::BINDING_REQUEST,
+        TransactionId::new_random(),
+        &[],
+        true,
+    );
+    assert_eq!(reply_from(&ask_udp(&mut s, &req)), EndpointId::PRIMARY);
+}
+
+#[test]
+fn ipv6_xor_mapped_address_uses_the_transaction_id() {
+    let cfg = config_v6();
+    let mut s = StunServer::new(cfg.clone());
+    let from: SocketAddr = "[2001:db8:ffff::7]:40000".parse().unwrap();
+    let a = ask(&mut s, Transport::Udp, EndpointId(2), from, &binding(&[]));
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId(2),
+            to: from
+        }
+    );
+    assert_eq!(a.addr(attr_type::XOR_MAPPED_ADDRESS), Some(from));
+    assert_eq!(
+        a.addr(attr_type::RESPONSE_ORIGIN),
+        Some(cfg.addr(EndpointId(2)))
+    );
+    // Always the alternate endpoint, whichever endpoint answered (coturn interop).
+    assert_eq!(
+        a.addr(attr_type::OTHER_ADDRESS),
+        Some(cfg.addr(EndpointId(3)))
+    );
+}
+
+#[test]
+fn without_alternate_there_is_no_other_address() {
+    let cfg = config(false);
+    let mut s = StunServer::new(cfg.clone());
+    let a = ask_udp(&mut s, &binding(&[]));
+    assert_eq!(
+        a.addr(attr_type::RESPONSE_ORIGIN),
+        Some(cfg.addr(EndpointId::PRIMARY))
+    );
+    assert!(a.get(attr_type::OTHER_ADDRESS).is_none());
+}
+
+#[test]
+fn change_request_answers_from_the_flipped_endpoint() {
+    let cfg = config(true);
+    let mut s = StunServer::new(cfg.clone());
+    for local in 0..4u8 {
+        for (ip, port) in [(false, false), (false, true), (true, false), (true, true)] {
+            let a = ask(
+                &mut s,
+                Transport::Udp,
+                EndpointId(local),
+                src(),
+                &binding(&[change(ip, port)]),
+            );
+            let want = EndpointId(local ^ (u8::from(ip) << 1) ^ u8::from(port));
+            assert_eq!(
+                a.outcome,
+                Outcome::Reply {
+                    from: want,
+                    to: src()
+                },
+                "local {local} ip {ip} port {port}"
+            );
+            assert_eq!(a.addr(attr_type::RESPONSE_ORIGIN), Some(cfg.addr(want)));
+            assert_eq!(want.alt_ip(), EndpointId(local).alt_ip() ^ ip);
+            assert_eq!(want.alt_port(), EndpointId(local).alt_port() ^ port);
+            // The alternate endpoint on every answer, so clients that read it from a later
+            // test (coturn's) still aim at the alternate address and port.
+            assert_eq!(
+                a.addr(attr_type::OTHER_ADDRESS),
+                Some(cfg.addr(EndpointId(3)))
+            );
+        }
+    }
+}
+
+#[test]
+fn change_request_without_alternate_is_420() {
+    let mut s = StunServer::new(config(false));
+    for (ip, port) in [(false, true), (true, false), (true, true)] {
+        let a = ask_udp(&mut s, &binding(&[change(ip, port)]));
+        assert_eq!(
+            a.outcome,
+            Outcome::Reply {
+                from: EndpointId::PRIMARY,
+                to: src()
+            }
+        );
+        assert_eq!(a.error_code(), 420);
+        assert_eq!(a.unknown(), vec![attr_type::CHANGE_REQUEST]);
+        assert_eq!(a.types().last(), Some(&attr_type::FINGERPRINT));
+    }
+}
+
+#[test]
+fn empty_change_request_is_a_plain_binding() {
+    // Some clients (jstun) always send CHANGE-REQUEST, with no flag for the first test.
+    let mut s = StunServer::new(config(false));
+    let a = ask_udp(&mut s, &binding(&[change(false, false)]));
+    assert_eq!(a.msg().message_type(), MessageType::BINDING_SUCCESS);
+}
+
+#[test]
+fn change_request_over_tcp_is_420() {
+    let mut s = StunServer::new(config(true));
+    let a = ask(
+        &mut s,
+        Transport::Tcp,
+        EndpointId(1),
+        src(),
+        &binding(&[change(true, true)]),
+    );
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId(1),
+            to: src()
+        }
+    );
+    assert_eq!(a.error_code(), 420);
+    assert_eq!(a.unknown(), vec![attr_type::CHANGE_REQUEST]);
+}
+
+#[test]
+fn response_port_changes_only_the_port() {
+    let mut s = StunServer::new(config(true));
+    let a = ask_udp(&mut s, &binding(&[Attribute::ResponsePort(9999)]));
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId::PRIMARY,
+            to: SocketAddr::new(src().ip(), 9999)
+        }
+    );
+    // The mapped address is still where the request came from.
+    assert_eq!(a.addr(attr_type::XOR_MAPPED_ADDRESS), Some(src()));
+
+    let a = ask_udp(
+        &mut s,
+        &binding(&[change(true, false), Attribute::ResponsePort(7)]),
+    );
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId(2),
+            to: SocketAddr::new(src().ip(), 7)
+        }
+    );
+}
+
+#[test]
+fn response_port_is_refused_where_it_cannot_apply() {
+    let mut s = StunServer::new(config(true));
+    // Over TCP there is no other port to answer to.
+    let a = ask(
+        &mut s,
+        Transport::Tcp,
+        EndpointId::PRIMARY,
+        src(),
+        &binding(&[Attribute::ResponsePort(9999)]),
+    );
+    assert_eq!(a.error_code(), 400);
+    // RFC 5780 section 6.1: RESPONSE-PORT together with PADDING.
+    let a = ask_udp(
+        &mut s,
+        &binding(&[Attribute::ResponsePort(9999), Attribute::Padding(&[0; 64])]),
+    );
+    assert_eq!(a.error_code(), 400);
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId::PRIMARY,
+            to: src()
+        }
+    );
+    let a = ask_udp(&mut s, &binding(&[Attribute::ResponsePort(0)]));
+    assert_eq!(a.error_code(), 400);
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId::PRIMARY,
+            to: src()
+        }
+    );
+}
+
+#[test]
+fn padding_never_makes_the_response_larger_than_the_request() {
+    let mut s = StunServer::new(config(true));
+    let base = ask_udp(&mut s, &binding(&[])).out.len();
+    static PAD: [u8; 1400] = [0; 1400];
+    for plen in (0..=PAD.len()).step_by(4) {
+        let req = binding(&[Attribute::Padding(&PAD[..plen])]);
+        let a = ask_udp(&mut s, &req);
+        let m = a.msg();
+        assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+        assert!(a.get(attr_type::PADDING).is_some(), "padding {plen}");
+        // An empty PADDING attribute (4 bytes) is the most a small request can add.
+        assert!(
+            a.out.len() <= req.len().max(base + 4),
+            "padding {plen}: request {} response {}",
+            req.len(),
+            a.out.len()
+        );
+        if req.len() > base + 64 {
+            // RFC 5780 section 6.1: the response does grow towards the request's size.
+            assert!(
+                a.out.len() + 8 >= req.len(),
+                "padding {plen}: {} vs {}",
+                a.out.len(),
+                req.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn rfc3489_request_gets_classic_attributes() {
+    let cfg = config(true);
+    let mut s = StunServer::new(cfg.clone());
+    let tid = TransactionId::new_rfc3489([0x5a; 16]);
+    assert!(tid.is_rfc3489());
+    let req = build(MessageType::BINDING_REQUEST, tid, &[], false);
+    let a = ask(&mut s, Transport::Udp, EndpointId(1), src(), &req);
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId(1),
+            to: src()
+        }
+    );
+    assert_eq!(a.msg().transaction_id(), tid);
+    assert_eq!(a.addr(attr_type::MAPPED_ADDRESS), Some(src()));
+    assert_eq!(
+        a.addr(attr_type::SOURCE_ADDRESS),
+        Some(cfg.addr(EndpointId(1)))
+    );
+    // The alternate endpoint, as for OTHER-ADDRESS.
+    assert_eq!(
+        a.addr(attr_type::CHANGED_ADDRESS),
+        Some(cfg.addr(EndpointId(3)))
+    );
+    for absent in [
+        attr_type::XOR_MAPPED_ADDRESS,
+        attr_type::RESPONSE_ORIGIN,
+        attr_type::OTHER_ADDRESS,
+        attr_type::FINGERPRINT,
+    ] {
+        assert!(
+            a.get(absent).is_none(),
+            "0x{absent:04x} in an RFC 3489 response"
+        );
+    }
+
+    // RFC 3489 section 11.2.3: CHANGED-ADDRESS does not follow the change.
+    let req = build(
+        MessageType::BINDING_REQUEST,
+        tid,
+        &[change(true, true)],
+        false,
+    );
+    let a = ask(&mut s, Transport::Udp, EndpointId::PRIMARY, src(), &req);
+    assert_eq!(reply_from(&a), EndpointId(3));
+    assert_eq!(
+        a.addr(attr_type::SOURCE_ADDRESS),
+        Some(cfg.addr(EndpointId(3)))
+    );
+    assert_eq!(
+        a.addr(attr_type::CHANGED_ADDRESS),
+        Some(cfg.addr(EndpointId(3)))
+    );
+}
+
+#[test]
+fn rfc3489_errors_have_no_fingerprint() {
+    let mut s = StunServer::new(config(false));
+    let tid = TransactionId::new_rfc3489([0x11; 16]);
+    let a = ask_udp(
+        &mut s,
+        &build(
+            MessageType::BINDING_REQUEST,
+            tid,
+            &[change(true, false)],
+            false,
+        ),
+    );
+    assert_eq!(a.error_code(), 420);
+    assert!(a.get(attr_type::FINGERPRINT).is_none());
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_is_420() {
+    let mut s = StunServer::new(config(true));
+    let req = binding(&[
+        Attribute::Other {
+            typ: 0x7777,
+            value: b"abcd",
+        },
+        Attribute::Other {
+            typ: 0x8777,
+            value: b"opt",
+        },
+        Attribute::Other {
+            typ: 0x0030,
+            value: b"",
+        },
+    ]);
+    let a = ask_udp(&mut s, &req);
+    assert_eq!(a.error_code(), 420);
+    assert_eq!(a.unknown(), vec![0x7777, 0x0030]);
+    assert_eq!(
+        a.msg().transaction_id(),
+        Message::parse(&req).unwrap().transaction_id()
+    );
+    assert_eq!(
+        (s.stats.requests, s.stats.errors, s.stats.success),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn unknown_comprehension_optional_attribute_is_ignored() {
+    let mut s = StunServer::new(config(true));
+    let req = binding(&[Attribute::Other {
+        typ: 0xc057,
+        value: b"\x00\x01\x00\x00",
+    }]);
+    assert_eq!(
+        ask_udp(&mut s, &req).msg().message_type(),
+        MessageType::BINDING_SUCCESS
+    );
+}
+
+#[test]
+fn many_unknown_attributes_do_not_buy_a_larger_answer() {
+    let mut s = StunServer::new(config(true));
+    let attrs: Vec<_> = (0x7000..0x7040u16)
+        .map(|typ| Attribute::Other { typ, value: b"" })
+        .collect();
+    let req = binding(&attrs);
+    let a = ask_udp(&mut s, &req);
+    assert_eq!(a.error_code(), 420);
+    assert_eq!(a.unknown(), (0x7000..0x7010).collect::<Vec<u16>>());
+    assert!(a.out.len() <= req.len());
+}
+
+#[test]
+fn malformed_known_attribute_is_400() {
+    let mut s = StunServer::new(config(true));
+    let req = binding(&[Attribute::Other {
+        typ: attr_type::CHANGE_REQUEST,
+        value: &[0, 0, 0, 6, 0, 0, 0, 0],
+    }]);
+    assert_eq!(ask_udp(&mut s, &req).error_code(), 400);
+    // A broken comprehension-optional attribute is ignored (RFC 8489 section 14).
+    let req = binding(&[Attribute::Other {
+        typ: attr_type::SOFTWARE,
+        value: &[0xff, 0xfe, 0xfd, 0xfc],
+    }]);
+    assert_eq!(
+        ask_udp(&mut s, &req).msg().message_type(),
+        MessageType::BINDING_SUCCESS
+    );
+}
+
+#[test]
+fn unknown_method_is_400() {
+    let mut s = StunServer::new(config(true));
+    let mt = MessageType {
+        method: Method::Other(0x003),
+        class: Class::Request,
+    };
+    let a = ask_udp(&mut s, &build(mt, TransactionId::new_random(), &[], false));
+    assert_eq!(a.error_code(), 400);
+    assert_eq!(a.msg().message_type().method, Method::Other(0x003));
+    assert_eq!(
+        a.outcome,
+        Outcome::Reply {
+            from: EndpointId::PRIMARY,
+            to: src()
+        }
+    );
+}
+
+#[test]
+fn malformed_input_is_dropped() {
+    let mut s = StunServer::new(config(true));
+    let good = build(
+        MessageType::BINDING_REQUEST,
+        TransactionId::new_random(),
+        &[],
+        true,
+    );
+    let mut bad_fingerprint = good.clone();
+    *bad_fingerprint.last_mut().unwrap() ^= 1;
+    let mut long_header = good.clone();
+    long_header[3] += 4;
+    let mut high_bits = good.clone();
+    high_bits[0] |= 0x80;
+    let mut overrun = binding(&[Attribute::Other {
+        typ: 0x8001,
+        value: b"abcd",
+    }]);
+    overrun[22..24].copy_from_slice(&200u16.to_be_bytes());
+    let cases: [&[u8]; 7] = [
+        b"",
+        &good[..19],
+        &good[..good.len() - 4],
+        &bad_fingerprint,
+        &long_header,
+        &high_bits,
+        &overrun,
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let a = ask_udp(&mut s, c);
+        assert_eq!(a.outcome, Outcome::Drop(DropReason::Malformed), "case {i}");
+        assert!(a.out.is_empty(), "case {i}");
+    }
+    assert_eq!(s.stats.malformed, cases.len() as u64);
+    assert_eq!(s.stats.requests, 0);
+}
+
+#[test]
+fn indications_and_responses_are_dropped() {
+    let mut s = StunServer::new(config(true));
+    for class in [Class::Indication, Class::Success, Class::Error] {
+        let mt = MessageType {
+            method: Method::Binding,
+            class,
+        };
+        let a = ask_udp(&mut s, &build(mt, TransactionId::new_random(), &[], true));
+        assert_eq!(
+            a.outcome,
+            Outcome::Drop(DropReason::NotRequest),
+            "{class:?}"
+        );
+        assert!(a.out.is_empty());
+    }
+    assert_eq!((s.stats.not_request, s.stats.requests), (3, 0));
+}
+
+#[test]
+fn plain_binding_answer_is_no_larger_than_coturns() {
+    // Anti-amplification: a 20-byte request must not buy more than coturn's 92-byte answer.
+    for discovery in [false, true] {
+        let mut s = StunServer::new(config(discovery));
+        let req = binding(&[]);
+        assert_eq!(req.len(), 20);
+        let a = ask_udp(&mut s, &req);
+        assert_eq!(a.msg().message_type(), MessageType::BINDING_SUCCESS);
+        assert!(
+            a.out.len() <= 92,
+            "discovery {discovery}: {} bytes",
+            a.out.len()
+        );
+    }
+}
+
+fn arbitrary_attr() -> impl Strategy<Value = (u16, Vec<u8>)> {
+    let typ = prop_oneof![
+        Just(attr_type::CHANGE_REQUEST),
+        Just(attr_type::RESPONSE_PORT),
+        Just(attr_type::PADDING),
+        Just(attr_type::MAPPED_ADDRESS),
+        Just(attr_type::XOR_MAPPED_ADDRESS),
+        Just(attr_type::USERNAME),
+        Just(attr_type::SOFTWARE),
+        Just(attr_type::ERROR_CODE),
+        Just(attr_type::UNKNOWN_ATTRIBUTES),
+        Just(attr_type::MESSAGE_INTEGRITY),
+        any::<u16>(),
+    ];
+    (typ, prop::collection::vec(any::<u8>(), 0..48))
+}
+
+/// Well-framed messages with arbitrary types, IDs and attributes: they get past the parser,
+/// so they exercise the request logic rather than only the length checks.
+fn framed() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<u16>(),
+        any::<bool>(),
+        any::<[u8; 16]>(),
+        prop::collection::vec(arbitrary_attr(), 0..6),
+        any::<bool>(),
+    )
+        .prop_map(|(typ, request, mut tid, attrs, fingerprint)| {
+            let mut mt = MessageType::from_u16(typ & 0x3fff);
+            if request {
+                mt.class = Class::Request;
+            }
+            if tid[0] & 1 == 0 {
+                tid[..4].copy_from_slice(&crate::stun::MAGIC_COOKIE.to_be_bytes());
+            }
+            let attrs: Vec<_> = attrs
+                .iter()
+                .map(|(typ, value)| Attribute::Other { typ: *typ, value })
+                .collect();
+            build(mt, TransactionId(tid), &attrs, fingerprint)
+        })
+}
+
+fn check_any_input(
+    input: &[u8],
+    transport: Transport,
+    local: u8,
+    peer: SocketAddr,
+) -> Result<(), TestCaseError> {
+    for cfg in [config(true), config(false)] {
+        let n = cfg.endpoints().len() as u8;
+        let local = EndpointId(local % n);
+        let mut s = StunServer::new(cfg);
+        let mut out = Vec::new();
+        match s.handle(transport, local, peer, input, &mut out) {
+            Outcome::Reply { from, to } => {
+                prop_assert_eq!(to.ip(), peer.ip());
+                prop_assert!(from.0 < n);
+                if transport == Transport::Tcp {
+                    prop_assert_eq!((from, to), (local, peer));
+                }
+                prop_assert!(Message::parse(&out).is_ok());
+                // Amplification bound: never more than the request or a plain answer.
+                prop_assert!(
+                    out.len() <= input.len().max(92),
+                    "{} -> {}",
+                    input.len(),
+                    out.len()
+                );
+            }
+            Outcome::Drop(_) => prop_assert!(out.is_empty()),
+        }
+    }
+    Ok(())
+}
+
+fn transport() -> impl Strategy<Value = Transport> {
+    prop_oneof![Just(Transport::Udp), Just(Transport::Tcp)]
+}
+
+fn peer() -> impl Strategy<Value = SocketAddr> {
+    (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_replies_go_to_the_sender(
+        input in prop::collection::vec(any::<u8>(), 0..600),
+        transport in transport(),
+        local in 0u8..4,
+        peer in peer(),
+    ) {
+        check_any_input(&input, transport, local, peer)?;
+    }
+
+    #[test]
+    fn framed_messages_never_panic_and_replies_go_to_the_sender(
+        input in framed(),
+        transport in transport(),
+        local in 0u8..4,
+        peer in peer(),
+    ) {
+        check_any_input(&input, transport, local, peer)?;
+    }
+}
