@@ -84,7 +84,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     punchraw::sys::logging::init(cli.verbose);
     let result = match cli.cmd {
-        Command::Serve(a) => serve_config(a).and_then(|c| punchraw::sys::serve::run(c).map_err(Into::into)),
+        Command::Serve(a) => {
+            serve_config(a).and_then(|c| punchraw::sys::serve::run(c).map_err(Into::into))
+        }
         Command::Probe(a) => probe_config(a).and_then(punchraw::sys::probe::run),
     };
     match result {
@@ -108,10 +110,16 @@ fn serve_config(a: ServeArgs) -> Result<ServerConfig> {
             .context("--port 65535 leaves no room for the default --alt-port; give --alt-port")?,
     };
     if a.alternate.is_some() && alt_port == a.port {
-        bail!("--alt-port must differ from --port ({}) for behaviour discovery", a.port);
+        bail!(
+            "--alt-port must differ from --port ({}) for behaviour discovery",
+            a.port
+        );
     }
     if a.alternate == Some(a.listen) {
-        bail!("--alternate must be a different address than --listen ({})", a.listen);
+        bail!(
+            "--alternate must be a different address than --listen ({})",
+            a.listen
+        );
     }
     if let Some(alt) = a.alternate {
         if alt.is_ipv4() != a.listen.is_ipv4() {
@@ -135,7 +143,10 @@ fn resolve(spec: &str) -> Result<SocketAddr> {
     if let Ok(ip) = spec.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, 3478));
     }
-    let with_port = if spec.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if spec
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         spec.to_string()
     } else {
         format!("{spec}:3478")

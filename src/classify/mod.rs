@@ -34,8 +34,8 @@ const BASE_ATTEMPTS: u32 = 6;
 pub const DEFAULT_ALLOC_SOCKETS: usize = 5;
 /// Points of the binding-lifetime search, in seconds; only those up to the bound are used.
 const LIFETIME_GRID: [f64; 22] = [
-    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0, 80.0, 100.0, 128.0,
-    180.0, 256.0, 360.0,
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0, 80.0,
+    100.0, 128.0, 180.0, 256.0, 360.0,
 ];
 
 #[derive(Debug, Clone)]
@@ -169,7 +169,11 @@ impl Classifier {
     /// `locals[i]` is the local address of the driver's socket `i`; there must be
     /// `cfg.sockets_needed()` of them, all bound to the same IP.
     pub fn new(cfg: ClassifierConfig, locals: Vec<SocketAddr>, now: Instant) -> Self {
-        assert_eq!(locals.len(), cfg.sockets_needed(), "driver must bind sockets_needed() sockets");
+        assert_eq!(
+            locals.len(),
+            cfg.sockets_needed(),
+            "driver must bind sockets_needed() sockets"
+        );
         let lifetime_points = cfg.lifetime_points();
         let n_life = lifetime_points.len();
         let mut c = Classifier {
@@ -193,8 +197,22 @@ impl Classifier {
             c.add(now, Kind::Alloc(i), SOCK_ALLOC0 + i, server, None, None);
         }
         c.add(now, Kind::Base, SOCK_A, server, None, None);
-        c.add(now, Kind::FilterIpPort, SOCK_B, server, Some((true, true)), None);
-        c.add(now, Kind::FilterPort, SOCK_C, server, Some((false, true)), None);
+        c.add(
+            now,
+            Kind::FilterIpPort,
+            SOCK_B,
+            server,
+            Some((true, true)),
+            None,
+        );
+        c.add(
+            now,
+            Kind::FilterPort,
+            SOCK_C,
+            server,
+            Some((false, true)),
+            None,
+        );
         c.flush(now);
         c
     }
@@ -219,13 +237,20 @@ impl Classifier {
         let mut payload = Vec::with_capacity(48);
         let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, id);
         if let Some((change_ip, change_port)) = change {
-            e.push(&Attribute::ChangeRequest { change_ip, change_port });
+            e.push(&Attribute::ChangeRequest {
+                change_ip,
+                change_port,
+            });
         }
         if let Some(p) = response_port {
             e.push(&Attribute::ResponsePort(p));
         }
         e.fingerprint();
-        let max_sends = if kind == Kind::Base { BASE_ATTEMPTS } else { ATTEMPTS };
+        let max_sends = if kind == Kind::Base {
+            BASE_ATTEMPTS
+        } else {
+            ATTEMPTS
+        };
         self.txns.push(Txn {
             id,
             kind,
@@ -360,7 +385,10 @@ impl Classifier {
             _ => t.socket,
         };
         if socket != expected_socket {
-            if matches!(t.kind, Kind::LifetimeCheck(_)) && socket == t.socket && class == Class::Success {
+            if matches!(t.kind, Kind::LifetimeCheck(_))
+                && socket == t.socket
+                && class == Class::Success
+            {
                 // The answer came back to the asking socket: the server ignores RESPONSE-PORT
                 // (RFC 5780 section 7.5), so lifetimes cannot be measured through it.
                 self.txns[ti].outcome = Outcome::Rejected(0);
@@ -415,7 +443,13 @@ impl Classifier {
         SOCK_ALLOC0 + self.cfg.alloc_sockets + self.lifetime_points.len()
     }
 
-    fn on_answer(&mut self, now: Instant, kind: Kind, mapped: Option<SocketAddr>, other: Option<SocketAddr>) {
+    fn on_answer(
+        &mut self,
+        now: Instant,
+        kind: Kind,
+        mapped: Option<SocketAddr>,
+        other: Option<SocketAddr>,
+    ) {
         match kind {
             Kind::Base => {
                 let Some(mapped) = mapped else { return };
@@ -423,7 +457,14 @@ impl Classifier {
                     self.events.push_back(Event::ServerAnswered { mapped, rtt });
                 }
                 if let Some(o) = other {
-                    self.add(now, Kind::MapAltIp, SOCK_A, SocketAddr::new(o.ip(), self.cfg.server.port()), None, None);
+                    self.add(
+                        now,
+                        Kind::MapAltIp,
+                        SOCK_A,
+                        SocketAddr::new(o.ip(), self.cfg.server.port()),
+                        None,
+                        None,
+                    );
                     self.add(now, Kind::MapAltBoth, SOCK_A, o, None, None);
                 }
                 self.add(now, Kind::Hairpin, SOCK_H, mapped, None, None);
@@ -447,7 +488,10 @@ impl Classifier {
     }
 
     fn outcome(&self, kind: Kind) -> Option<&Outcome> {
-        self.txns.iter().find(|t| t.kind == kind).map(|t| &t.outcome)
+        self.txns
+            .iter()
+            .find(|t| t.kind == kind)
+            .map(|t| &t.outcome)
     }
 
     fn finish_if_settled(&mut self) {
@@ -457,7 +501,10 @@ impl Classifier {
         let pending = self.txns.iter().any(|t| t.outcome == Outcome::Pending)
             || (0..self.lifetime_points.len())
                 .any(|i| self.lifetime_opened[i].is_some() && self.lifetime_state[i].is_none());
-        let base_failed = matches!(self.outcome(Kind::Base), Some(Outcome::TimedOut | Outcome::Rejected(_)));
+        let base_failed = matches!(
+            self.outcome(Kind::Base),
+            Some(Outcome::TimedOut | Outcome::Rejected(_))
+        );
         if !pending || base_failed {
             self.report = Some(self.conclude());
         }
@@ -484,7 +531,10 @@ impl Classifier {
                     });
                 }
             }
-            if matches!(self.outcome(Kind::LifetimeOpen(i)), Some(Outcome::TimedOut | Outcome::Rejected(_))) {
+            if matches!(
+                self.outcome(Kind::LifetimeOpen(i)),
+                Some(Outcome::TimedOut | Outcome::Rejected(_))
+            ) {
                 self.lifetime_state[i].get_or_insert(false);
             }
         }
@@ -493,33 +543,54 @@ impl Classifier {
             for i in first_dead + 1..n {
                 if self.lifetime_state[i].is_none() {
                     self.lifetime_state[i] = Some(false);
-                    for t in self.txns.iter_mut().filter(|t| t.kind == Kind::LifetimeCheck(i)) {
+                    for t in self
+                        .txns
+                        .iter_mut()
+                        .filter(|t| t.kind == Kind::LifetimeCheck(i))
+                    {
                         t.outcome = Outcome::TimedOut;
                     }
                 }
             }
         }
         for i in 0..n {
-            let Some(opened) = self.lifetime_opened[i] else { continue };
+            let Some(opened) = self.lifetime_opened[i] else {
+                continue;
+            };
             if self.lifetime_state[i].is_some()
                 || self.txns.iter().any(|t| t.kind == Kind::LifetimeCheck(i))
                 || now < opened + self.lifetime_points[i]
             {
                 continue;
             }
-            let Some(Outcome::Answered { mapped: Some(m), .. }) = self.outcome(Kind::LifetimeOpen(i)) else {
+            let Some(Outcome::Answered {
+                mapped: Some(m), ..
+            }) = self.outcome(Kind::LifetimeOpen(i))
+            else {
                 continue;
             };
             // RFC 5780 section 4.6: ask from another socket for the answer to go to the
             // probe's mapped port, so the probe itself never refreshes its binding.
             let checker = self.lifetime_checker();
-            self.add(now, Kind::LifetimeCheck(i), checker, self.cfg.server, None, Some(m.port()));
+            self.add(
+                now,
+                Kind::LifetimeCheck(i),
+                checker,
+                self.cfg.server,
+                None,
+                Some(m.port()),
+            );
         }
     }
 
     fn answered(&self, kind: Kind) -> Option<(SocketAddr, Option<SocketAddr>, Option<SocketAddr>)> {
         match self.outcome(kind) {
-            Some(Outcome::Answered { from, mapped, other, .. }) => Some((*from, *mapped, *other)),
+            Some(Outcome::Answered {
+                from,
+                mapped,
+                other,
+                ..
+            }) => Some((*from, *mapped, *other)),
             _ => None,
         }
     }
@@ -530,10 +601,18 @@ impl Classifier {
         let server = self.cfg.server;
         let Some((_, Some(mapped), other)) = self.answered(Kind::Base) else {
             let why = match self.outcome(Kind::Base) {
-                Some(Outcome::Rejected(code)) => format!("the server rejected a plain Binding request with error {code}"),
+                Some(Outcome::Rejected(code)) => {
+                    format!("the server rejected a plain Binding request with error {code}")
+                }
                 _ => format!("no answer from {server} over UDP"),
             };
-            for k in ["mapping", "filtering", "allocation", "hairpinning", "mapped"] {
+            for k in [
+                "mapping",
+                "filtering",
+                "allocation",
+                "hairpinning",
+                "mapped",
+            ] {
                 reasons.insert(k, why.clone());
             }
             return UdpReport {
@@ -611,31 +690,49 @@ impl Classifier {
                 Some((_, Some(m3), _)) if m3 == m2 => Behavior::AddressDependent,
                 Some((_, Some(_), _)) => Behavior::AddressAndPortDependent,
                 _ => {
-                    reasons.insert("mapping", "the server's alternate address and port did not answer".into());
+                    reasons.insert(
+                        "mapping",
+                        "the server's alternate address and port did not answer".into(),
+                    );
                     Behavior::Unknown
                 }
             },
             _ => {
-                reasons.insert("mapping", "the server's alternate address did not answer".into());
+                reasons.insert(
+                    "mapping",
+                    "the server's alternate address did not answer".into(),
+                );
                 Behavior::Unknown
             }
         }
     }
 
-    fn filtering(&self, other: Option<SocketAddr>, reasons: &mut BTreeMap<&'static str, String>) -> Behavior {
+    fn filtering(
+        &self,
+        other: Option<SocketAddr>,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> Behavior {
         let server = self.cfg.server;
         // Only an answer that really came from the changed address counts; a server that
         // ignores CHANGE-REQUEST would otherwise make every NAT look like a full cone.
-        let changed_both = |from: SocketAddr| from.ip() != server.ip() && from.port() != server.port();
-        let changed_port = |from: SocketAddr| from.ip() == server.ip() && from.port() != server.port();
+        let changed_both =
+            |from: SocketAddr| from.ip() != server.ip() && from.port() != server.port();
+        let changed_port =
+            |from: SocketAddr| from.ip() == server.ip() && from.port() != server.port();
         let b = self.outcome(Kind::FilterIpPort);
         let c = self.outcome(Kind::FilterPort);
         match (b, c) {
-            (Some(Outcome::Answered { from, .. }), _) if changed_both(*from) => Behavior::EndpointIndependent,
-            (Some(Outcome::TimedOut), Some(Outcome::Answered { from, .. })) if changed_port(*from) => {
+            (Some(Outcome::Answered { from, .. }), _) if changed_both(*from) => {
+                Behavior::EndpointIndependent
+            }
+            (Some(Outcome::TimedOut), Some(Outcome::Answered { from, .. }))
+                if changed_port(*from) =>
+            {
                 Behavior::AddressDependent
             }
-            (Some(Outcome::TimedOut), Some(Outcome::TimedOut)) if other.is_some() => Behavior::AddressAndPortDependent,
+            (Some(Outcome::TimedOut), Some(Outcome::TimedOut)) if other.is_some() => {
+                Behavior::AddressAndPortDependent
+            }
             (Some(Outcome::Rejected(code)), _) | (_, Some(Outcome::Rejected(code))) => {
                 reasons.insert(
                     "filtering",
@@ -651,13 +748,19 @@ impl Classifier {
                 Behavior::Unknown
             }
             _ => {
-                reasons.insert("filtering", "the server answered CHANGE-REQUEST from an unchanged address".into());
+                reasons.insert(
+                    "filtering",
+                    "the server answered CHANGE-REQUEST from an unchanged address".into(),
+                );
                 Behavior::Unknown
             }
         }
     }
 
-    fn allocation(&self, reasons: &mut BTreeMap<&'static str, String>) -> (Allocation, Option<i32>, Vec<u16>) {
+    fn allocation(
+        &self,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> (Allocation, Option<i32>, Vec<u16>) {
         let samples: Vec<(usize, u16, u16)> = (0..self.cfg.alloc_sockets)
             .filter_map(|i| match self.answered(Kind::Alloc(i)) {
                 Some((_, Some(m), _)) => Some((i, self.locals[SOCK_ALLOC0 + i].port(), m.port())),
@@ -669,19 +772,27 @@ impl Classifier {
         if alloc == Allocation::Unknown {
             reasons.insert(
                 "allocation",
-                format!("only {} of {} allocation probes were answered", samples.len(), self.cfg.alloc_sockets),
+                format!(
+                    "only {} of {} allocation probes were answered",
+                    samples.len(),
+                    self.cfg.alloc_sockets
+                ),
             );
         }
         (alloc, delta, ports)
     }
 
-    fn lifetime_result(&self, reasons: &mut BTreeMap<&'static str, String>) -> Option<LifetimeRange> {
+    fn lifetime_result(
+        &self,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> Option<LifetimeRange> {
         if self.lifetime_points.is_empty() {
             return None;
         }
         if let Some(code) = self.lifetime_unsupported {
             let why = if code == 0 {
-                "the server ignores RESPONSE-PORT (RFC 5780), which the lifetime test needs".to_string()
+                "the server ignores RESPONSE-PORT (RFC 5780), which the lifetime test needs"
+                    .to_string()
             } else {
                 format!("the server refused RESPONSE-PORT (error {code}), which the lifetime test needs")
             };
@@ -695,7 +806,10 @@ impl Classifier {
         let dead = (0..self.lifetime_points.len())
             .filter(|&i| {
                 self.lifetime_state[i] == Some(false)
-                    && matches!(self.outcome(Kind::LifetimeCheck(i)), Some(Outcome::TimedOut))
+                    && matches!(
+                        self.outcome(Kind::LifetimeCheck(i)),
+                        Some(Outcome::TimedOut)
+                    )
             })
             .map(|i| self.lifetime_points[i])
             .filter(|d| alive.is_none_or(|a| *d > a))

@@ -113,7 +113,9 @@ impl UdpReport {
             (true, Unknown, _) => "Behind a NAT whose mapping could not be measured (see reasons).".to_string(),
         };
         if self.hairpinning == Some(true) {
-            v.push_str(" Hairpinning works, so peers behind the same NAT can use your mapped address.");
+            v.push_str(
+                " Hairpinning works, so peers behind the same NAT can use your mapped address.",
+            );
         } else if self.hairpinning == Some(false) && self.behind_nat {
             v.push_str(" No hairpinning: peers behind the same NAT must use local addresses.");
         }

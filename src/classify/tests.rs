@@ -32,7 +32,14 @@ fn check(
 
 #[test]
 fn no_nat_is_open_internet() {
-    let r = check(None, EndpointIndependent, EndpointIndependent, Allocation::Preserving, None, LegacyType::OpenInternet);
+    let r = check(
+        None,
+        EndpointIndependent,
+        EndpointIndependent,
+        Allocation::Preserving,
+        None,
+        LegacyType::OpenInternet,
+    );
     assert_eq!(r.hairpinning, Some(true));
     assert!(r.reasons.is_empty(), "{:?}", r.reasons);
 }
@@ -40,7 +47,11 @@ fn no_nat_is_open_internet() {
 #[test]
 fn full_cone() {
     let r = check(
-        nat(EndpointIndependent, EndpointIndependent, PortAlloc::Preserve),
+        nat(
+            EndpointIndependent,
+            EndpointIndependent,
+            PortAlloc::Preserve,
+        ),
         EndpointIndependent,
         EndpointIndependent,
         Allocation::Preserving,
@@ -65,7 +76,11 @@ fn restricted_cone() {
 #[test]
 fn port_restricted_cone() {
     check(
-        nat(EndpointIndependent, AddressAndPortDependent, PortAlloc::Preserve),
+        nat(
+            EndpointIndependent,
+            AddressAndPortDependent,
+            PortAlloc::Preserve,
+        ),
         EndpointIndependent,
         AddressAndPortDependent,
         Allocation::Preserving,
@@ -77,7 +92,11 @@ fn port_restricted_cone() {
 #[test]
 fn symmetric_random() {
     check(
-        nat(AddressAndPortDependent, AddressAndPortDependent, PortAlloc::Random),
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Random,
+        ),
         AddressAndPortDependent,
         AddressAndPortDependent,
         Allocation::Random,
@@ -90,7 +109,11 @@ fn symmetric_random() {
 fn symmetric_sequential_reports_step() {
     for step in [1u16, 2, 7] {
         check(
-            nat(AddressAndPortDependent, AddressAndPortDependent, PortAlloc::Sequential { start: 20000, step }),
+            nat(
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAlloc::Sequential { start: 20000, step },
+            ),
             AddressAndPortDependent,
             AddressAndPortDependent,
             Allocation::Sequential,
@@ -115,7 +138,14 @@ fn address_dependent_mapping() {
 #[test]
 fn eim_with_sequential_ports() {
     check(
-        nat(EndpointIndependent, AddressDependent, PortAlloc::Sequential { start: 40000, step: 1 }),
+        nat(
+            EndpointIndependent,
+            AddressDependent,
+            PortAlloc::Sequential {
+                start: 40000,
+                step: 1,
+            },
+        ),
         EndpointIndependent,
         AddressDependent,
         Allocation::Sequential,
@@ -126,7 +156,11 @@ fn eim_with_sequential_ports() {
 
 #[test]
 fn hairpinning_detected() {
-    let mut b = NatBehavior::new(EndpointIndependent, EndpointIndependent, PortAlloc::Preserve);
+    let mut b = NatBehavior::new(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    );
     b.hairpin = true;
     let (r, _) = sim::classify(Some(b), true, 0.0, 1, None);
     assert_eq!(r.hairpinning, Some(true));
@@ -134,14 +168,22 @@ fn hairpinning_detected() {
 
 #[test]
 fn server_without_alternate_reports_unknown_with_reasons() {
-    let n = nat(EndpointIndependent, AddressAndPortDependent, PortAlloc::Preserve);
+    let n = nat(
+        EndpointIndependent,
+        AddressAndPortDependent,
+        PortAlloc::Preserve,
+    );
     let (r, _) = sim::classify(n, false, 0.0, 3, None);
     assert_eq!(r.mapping, Unknown);
     assert_eq!(r.filtering, Unknown);
     assert_eq!(r.legacy_type, LegacyType::Unknown);
     assert_eq!(r.allocation, Allocation::Preserving);
     assert!(r.mapped.is_some());
-    assert!(r.reasons.contains_key("mapping") && r.reasons.contains_key("filtering"), "{:?}", r.reasons);
+    assert!(
+        r.reasons.contains_key("mapping") && r.reasons.contains_key("filtering"),
+        "{:?}",
+        r.reasons
+    );
     assert!(r.reasons["filtering"].contains("420"), "{:?}", r.reasons);
 }
 
@@ -150,13 +192,20 @@ fn blocked_when_server_never_answers() {
     let (r, elapsed) = sim::classify(None, true, 1.0, 5, None);
     assert_eq!(r.legacy_type, LegacyType::Blocked);
     assert_eq!(r.mapped, None);
-    assert!(elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
 }
 
 #[test]
 fn loss_is_tolerated_for_cones() {
     // 10% loss per packet: retransmissions keep the verdict right almost always.
-    let n = nat(EndpointIndependent, EndpointIndependent, PortAlloc::Preserve);
+    let n = nat(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    );
     let mut right = 0;
     for seed in 0..50 {
         let (r, _) = sim::classify(n, true, 0.10, seed, None);
@@ -169,18 +218,29 @@ fn loss_is_tolerated_for_cones() {
 
 #[test]
 fn lifetime_range_brackets_the_nat_timeout() {
-    let mut b = NatBehavior::new(EndpointIndependent, AddressAndPortDependent, PortAlloc::Preserve);
+    let mut b = NatBehavior::new(
+        EndpointIndependent,
+        AddressAndPortDependent,
+        PortAlloc::Preserve,
+    );
     b.timeout = Duration::from_secs(30);
     let (r, elapsed) = sim::classify(Some(b), true, 0.0, 7, Some(Duration::from_secs(120)));
     let l = r.lifetime.expect("lifetime measured");
-    assert!(l.min_s < 30.0 && l.max_s.is_some_and(|m| m >= 30.0), "{l:?}");
+    assert!(
+        l.min_s < 30.0 && l.max_s.is_some_and(|m| m >= 30.0),
+        "{l:?}"
+    );
     // The search stops at the first expiry instead of running to the bound.
     assert!(elapsed < Duration::from_secs(40), "{elapsed:?}");
 }
 
 #[test]
 fn lifetime_longer_than_bound() {
-    let mut b = NatBehavior::new(EndpointIndependent, EndpointIndependent, PortAlloc::Preserve);
+    let mut b = NatBehavior::new(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    );
     b.timeout = Duration::from_secs(600);
     let (r, _) = sim::classify(Some(b), true, 0.0, 8, Some(Duration::from_secs(10)));
     let l = r.lifetime.expect("lifetime measured");
@@ -191,10 +251,25 @@ fn lifetime_longer_than_bound() {
 #[test]
 fn allocation_tolerates_one_interloper() {
     // Ports 100,101,102,104,105: another flow took 103.
-    let s: Vec<(usize, u16, u16)> = [100u16, 101, 102, 104, 105].iter().enumerate().map(|(i, &p)| (i, 5000 + i as u16, p)).collect();
+    let s: Vec<(usize, u16, u16)> = [100u16, 101, 102, 104, 105]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i, 5000 + i as u16, p))
+        .collect();
     assert_eq!(classify_allocation(&s), (Allocation::Sequential, Some(1)));
-    let wrap: Vec<(usize, u16, u16)> = [65534u16, 65535, 0, 1, 2].iter().enumerate().map(|(i, &p)| (i, 5000 + i as u16, p)).collect();
-    assert_eq!(classify_allocation(&wrap), (Allocation::Sequential, Some(1)));
-    let random: Vec<(usize, u16, u16)> = [4000u16, 61000, 1200, 33333, 9].iter().enumerate().map(|(i, &p)| (i, 5000 + i as u16, p)).collect();
+    let wrap: Vec<(usize, u16, u16)> = [65534u16, 65535, 0, 1, 2]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i, 5000 + i as u16, p))
+        .collect();
+    assert_eq!(
+        classify_allocation(&wrap),
+        (Allocation::Sequential, Some(1))
+    );
+    let random: Vec<(usize, u16, u16)> = [4000u16, 61000, 1200, 33333, 9]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i, 5000 + i as u16, p))
+        .collect();
     assert_eq!(classify_allocation(&random).0, Allocation::Random);
 }

@@ -17,7 +17,10 @@ pub enum PortAlloc {
     /// Keep the internal port when free.
     Preserve,
     /// A counter shared by all new mappings, advancing by `step`.
-    Sequential { start: u16, step: u16 },
+    Sequential {
+        start: u16,
+        step: u16,
+    },
     Random,
 }
 
@@ -87,7 +90,8 @@ impl SimNat {
 
     fn expire(&mut self, now: Instant) {
         let t = self.behavior.timeout;
-        self.bindings.retain(|b| now.saturating_duration_since(b.last_used) < t);
+        self.bindings
+            .retain(|b| now.saturating_duration_since(b.last_used) < t);
     }
 
     fn port_free(&self, p: u16) -> bool {
@@ -98,7 +102,11 @@ impl SimNat {
     pub fn outbound(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr) -> SocketAddr {
         self.expire(now);
         let key = self.key(dst);
-        if let Some(b) = self.bindings.iter_mut().find(|b| b.internal == src && b.key_dst == key) {
+        if let Some(b) = self
+            .bindings
+            .iter_mut()
+            .find(|b| b.internal == src && b.key_dst == key)
+        {
             b.last_used = now;
             if !b.contacted.contains(&dst) {
                 b.contacted.push(dst);
@@ -132,7 +140,12 @@ impl SimNat {
     }
 
     /// Where an incoming packet to `dst` (an external address) goes, if the filter lets it.
-    pub fn inbound(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr) -> Option<SocketAddr> {
+    pub fn inbound(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<SocketAddr> {
         self.expire(now);
         let filtering = self.behavior.filtering;
         let b = self.bindings.iter_mut().find(|b| {
@@ -194,7 +207,11 @@ pub const SIM_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
 impl SimNet {
     pub fn new(nat: Option<NatBehavior>, alternate: bool, seed: u64) -> Self {
-        let host_ip = if nat.is_some() { IpAddr::V4(SIM_HOST) } else { IpAddr::V4(SIM_NAT) };
+        let host_ip = if nat.is_some() {
+            IpAddr::V4(SIM_HOST)
+        } else {
+            IpAddr::V4(SIM_NAT)
+        };
         SimNet {
             now: Instant::now(),
             nat: nat.map(|b| SimNat::new(IpAddr::V4(SIM_NAT), b, seed ^ 0x5eed)),
@@ -257,7 +274,10 @@ impl SimNet {
 
     fn server_endpoint(&self, dst: SocketAddr) -> Option<EndpointId> {
         let cfg = self.server.config();
-        cfg.endpoints().into_iter().find(|(_, a)| *a == dst).map(|(id, _)| id)
+        cfg.endpoints()
+            .into_iter()
+            .find(|(_, a)| *a == dst)
+            .map(|(id, _)| id)
     }
 
     /// Delivers everything due by `until`, advancing the clock; returns when the queue has
@@ -281,7 +301,10 @@ impl SimNet {
     fn deliver(&mut self, p: InFlight) {
         if let Some(ep) = self.server_endpoint(p.dst) {
             let mut out = Vec::new();
-            if let Outcome::Reply { from, to } = self.server.handle(Transport::Udp, ep, p.src, &p.data, &mut out) {
+            if let Outcome::Reply { from, to } =
+                self.server
+                    .handle(Transport::Udp, ep, p.src, &p.data, &mut out)
+            {
                 let from = self.server.config().addr(from);
                 self.push(from, to, out);
             }
@@ -320,7 +343,8 @@ pub fn classify(
             locals.push(a);
         }
     }
-    let index: HashMap<SocketAddr, usize> = locals.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+    let index: HashMap<SocketAddr, usize> =
+        locals.iter().enumerate().map(|(i, a)| (*a, i)).collect();
     let start = net.now;
     let mut c = Classifier::new(cfg, locals.clone(), start);
     let limit = start + Duration::from_secs(3600);
@@ -351,5 +375,10 @@ pub fn classify(
         }
     }
     let elapsed = c.elapsed(net.now);
-    (c.report().cloned().expect("classifier must finish within the virtual hour"), elapsed)
+    (
+        c.report()
+            .cloned()
+            .expect("classifier must finish within the virtual hour"),
+        elapsed,
+    )
 }

@@ -59,7 +59,9 @@ impl Capture {
                 source: std::io::Error::other(e.to_string()),
             });
         }
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let pkt = PcapPacket::new(ts, self.buf.len() as u32, &self.buf);
         self.writer.write_packet(&pkt).map_err(|e| Error::Capture {
             path: self.path.clone(),

@@ -43,7 +43,9 @@ fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
     let s = UdpSocket::bind(any).map_err(|e| Error::io("cannot open a UDP socket", e))?;
     s.connect(server)
         .map_err(|e| Error::io(format!("no route to {server}"), e))?;
-    Ok(s.local_addr().map_err(|e| Error::io("getsockname", e))?.ip())
+    Ok(s.local_addr()
+        .map_err(|e| Error::io("getsockname", e))?
+        .ip())
 }
 
 /// Runs the UDP classification against `server` and returns the report.
@@ -98,7 +100,9 @@ pub fn classify_udp(
         let now = Instant::now();
         let wait = c
             .poll_timeout()
-            .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+            .map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(now)
+            })
             .min(Duration::from_millis(200));
         let mut fds: Vec<PollFd> = sockets
             .iter()
@@ -154,13 +158,24 @@ pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
             max.as_secs()
         );
     }
-    let udp = classify_udp(cfg.server, cfg.bind, cfg.lifetime_max, capture.as_mut(), &shutdown, |ev| match ev {
-        Event::ServerAnswered { mapped, rtt } => {
-            tracing::info!(%mapped, rtt_ms = rtt.as_secs_f64() * 1000.0, "server answered")
-        }
-        Event::LifetimeAlive { after } => eprintln!("  binding still open after {} s", after.as_secs_f64()),
-        Event::LifetimeExpired { after } => eprintln!("  binding gone after {} s", after.as_secs_f64()),
-    });
+    let udp = classify_udp(
+        cfg.server,
+        cfg.bind,
+        cfg.lifetime_max,
+        capture.as_mut(),
+        &shutdown,
+        |ev| match ev {
+            Event::ServerAnswered { mapped, rtt } => {
+                tracing::info!(%mapped, rtt_ms = rtt.as_secs_f64() * 1000.0, "server answered")
+            }
+            Event::LifetimeAlive { after } => {
+                eprintln!("  binding still open after {} s", after.as_secs_f64())
+            }
+            Event::LifetimeExpired { after } => {
+                eprintln!("  binding gone after {} s", after.as_secs_f64())
+            }
+        },
+    );
     let captured = capture.map(Capture::finish).transpose()?;
     let udp = udp?;
     let report = ProbeReport {
@@ -169,7 +184,10 @@ pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
         udp,
     };
     if cfg.json {
-        println!("{}", serde_json::to_string(&report).context("serialising the report")?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("serialising the report")?
+        );
     } else {
         print!("{}", render(&report, cfg.tcp));
     }
@@ -206,16 +224,30 @@ pub fn render(r: &ProbeReport, tcp_requested: bool) -> String {
     use std::fmt::Write;
     let u = &r.udp;
     let mut s = String::new();
-    let rtt = u.rtt_ms.map_or(String::new(), |ms| format!(", RTT {ms} ms"));
-    let _ = writeln!(s, "NAT probe against {}{rtt} -- {} ms", r.server, r.elapsed_ms);
+    let rtt = u
+        .rtt_ms
+        .map_or(String::new(), |ms| format!(", RTT {ms} ms"));
+    let _ = writeln!(
+        s,
+        "NAT probe against {}{rtt} -- {} ms",
+        r.server, r.elapsed_ms
+    );
     let _ = writeln!(s);
     let row = |s: &mut String, k: &str, v: String| {
         let _ = writeln!(s, "  {k:<18} {v}");
     };
     row(&mut s, "UDP", String::new());
     row(&mut s, "local address", u.local.to_string());
-    row(&mut s, "mapped address", u.mapped.map_or("none".into(), |m| m.to_string()));
-    row(&mut s, "behind NAT", yes_no(u.mapped.map(|_| u.behind_nat)).into());
+    row(
+        &mut s,
+        "mapped address",
+        u.mapped.map_or("none".into(), |m| m.to_string()),
+    );
+    row(
+        &mut s,
+        "behind NAT",
+        yes_no(u.mapped.map(|_| u.behind_nat)).into(),
+    );
     row(&mut s, "mapping", kebab(&u.mapping));
     row(&mut s, "filtering", kebab(&u.filtering));
     let alloc = match u.delta {
@@ -233,7 +265,11 @@ pub fn render(r: &ProbeReport, tcp_requested: bool) -> String {
     }
     row(&mut s, "RFC 3489 type", kebab(&u.legacy_type));
     if tcp_requested {
-        row(&mut s, "TCP", "not probed yet (use --no-tcp to silence this line)".into());
+        row(
+            &mut s,
+            "TCP",
+            "not probed yet (use --no-tcp to silence this line)".into(),
+        );
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "Verdict: {}", u.verdict());

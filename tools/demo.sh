@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The punchraw demo: a NAT lab with two different NATs and an RFC 5780 server, then
+# `punchraw probe` from behind each NAT. Everything it creates is removed on exit,
+# Ctrl-C included.
+#
+#   sudo tools/demo.sh [KIND_A] [KIND_B]      (kinds: tools/natlab.sh kinds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KIND_A="${1:-port-restricted-cone}"
+KIND_B="${2:-symmetric-sequential}"
+LAB="${PUNCHRAW_DEMO_LAB:-prdemo}"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "demo: needs root to build network namespaces and nftables NATs; run: sudo $0 $*" >&2
+  exit 1
+fi
+for cmd in ip nft; do
+  command -v "$cmd" >/dev/null || { echo "demo: '$cmd' is missing; install iproute2 and nftables (apt-get install -y iproute2 nftables)" >&2; exit 1; }
+done
+
+BIN="${PUNCHRAW_BIN:-}"
+if [ -z "$BIN" ]; then
+  echo "== building punchraw (release)"
+  cargo build --release --quiet
+  BIN="$PWD/target/release/punchraw"
+fi
+
+SRV_PID=""
+cleanup() {
+  if [ -n "$SRV_PID" ] && kill -0 "$SRV_PID" 2>/dev/null; then
+    kill -TERM "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+  fi
+  tools/natlab.sh down --name "$LAB" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== NAT lab: host A behind '$KIND_A', host B behind '$KIND_B'"
+tools/natlab.sh up --name "$LAB" "$KIND_A" "$KIND_B"
+eval "$(tools/natlab.sh info --name "$LAB")"
+
+echo "== punchraw serve on $SRV1 and $SRV2 (RFC 5780: 2 addresses x 2 ports)"
+tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" &
+SRV_PID=$!
+sleep 0.5
+
+for side in a b; do
+  kind="$KIND_A"; [ "$side" = b ] && kind="$KIND_B"
+  echo
+  echo "== probe from host $side (behind $kind)"
+  tools/natlab.sh exec --name "$LAB" "$side" -- "$BIN" probe --server "$SRV1" --no-tcp
+done
+echo
+echo "== done; removing the lab"
