@@ -236,7 +236,7 @@ pub fn render(r: &ProbeReport, tcp_requested: bool) -> String {
     let row = |s: &mut String, k: &str, v: String| {
         let _ = writeln!(s, "  {k:<18} {v}");
     };
-    row(&mut s, "UDP", String::new());
+    let _ = writeln!(s, "  UDP");
     row(&mut s, "local address", u.local.to_string());
     row(
         &mut s,
