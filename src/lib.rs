@@ -5,6 +5,7 @@
 //! or reads a clock; [`sys`] holds the operating-system side and the drivers that feed them.
 
 pub mod error;
+pub mod rendezvous;
 pub mod server;
 pub mod sim;
 pub mod stun;

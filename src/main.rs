@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use punchraw::rendezvous::RendezvousConfig;
 use punchraw::server::ServerConfig;
 use punchraw::sys::probe::ProbeConfig;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -52,6 +53,13 @@ struct ServeArgs {
     /// SOFTWARE attribute sent in responses; empty to send none.
     #[arg(long, default_value = "punchraw")]
     software: String,
+    /// Rendezvous: how long a lone peer waits for the other before it is told the other
+    /// never came, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    wait_timeout: u64,
+    /// Rendezvous: most sessions held at once; beyond, new sessions are refused.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_sessions: usize,
 }
 
 #[derive(Args)]
@@ -85,7 +93,7 @@ fn main() -> ExitCode {
     punchraw::sys::logging::init(cli.verbose);
     let result = match cli.cmd {
         Command::Serve(a) => {
-            serve_config(a).and_then(|c| punchraw::sys::serve::run(c).map_err(Into::into))
+            serve_config(a).and_then(|(c, r)| punchraw::sys::serve::run(c, r).map_err(Into::into))
         }
         Command::Probe(a) => probe_config(a).and_then(punchraw::sys::probe::run),
     };
@@ -101,7 +109,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_config(a: ServeArgs) -> Result<ServerConfig> {
+fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
     let alt_port = match a.alt_port {
         Some(p) => p,
         None => a
@@ -126,13 +134,19 @@ fn serve_config(a: ServeArgs) -> Result<ServerConfig> {
             bail!("--listen and --alternate must be of the same IP family");
         }
     }
-    Ok(ServerConfig {
+    let rendezvous = RendezvousConfig {
+        wait_timeout: Duration::from_secs(a.wait_timeout),
+        max_sessions: a.max_sessions,
+        ..RendezvousConfig::default()
+    };
+    let server = ServerConfig {
         ip: a.listen,
         alt_ip: a.alternate,
         port: a.port,
         alt_port,
         software: (!a.software.is_empty()).then_some(a.software),
-    })
+    };
+    Ok((server, rendezvous))
 }
 
 /// HOST[:PORT] to one address, preferring IPv4 like most STUN deployments.

@@ -1,13 +1,13 @@
 //! What the classifier concludes, in the vocabulary of RFC 4787/5780 and, for comparison with
 //! older tools, RFC 3489. Serialised names are a contract (`probe --json`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// RFC 4787 section 4.1 (mapping) and 5 (filtering) behaviours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Behavior {
     EndpointIndependent,
@@ -17,7 +17,7 @@ pub enum Behavior {
 }
 
 /// How the NAT picks the external port of a new mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Allocation {
     /// External port equals the local port (RFC 4787 section 4.2.1 port preservation).

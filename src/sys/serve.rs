@@ -7,6 +7,7 @@
 //! Each thread owns its own `StunServer` (only config and counters), so the hot path takes no
 //! lock; counters are folded into shared atomics in batches.
 
+use crate::rendezvous::{Msg, Rendezvous, RendezvousConfig};
 use crate::server::{DropReason, EndpointId, Outcome, ServerConfig, Stats, StunServer, Transport};
 use crate::stun::Message;
 use crate::sys::signals::Shutdown;
@@ -231,12 +232,12 @@ impl ServerHandle {
 }
 
 /// `punchraw serve`: binds, serves until SIGINT or SIGTERM, prints the final counters.
-pub fn run(cfg: ServerConfig) -> Result<ExitCode, Error> {
+pub fn run(cfg: ServerConfig, rendezvous: RendezvousConfig) -> Result<ExitCode, Error> {
     // Installed before binding so a signal that arrives during startup still ends in the
     // orderly path below.
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install SIGINT/SIGTERM handlers", e))?;
-    let handle = spawn(cfg, shutdown.clone())?;
+    let handle = spawn_with(cfg, rendezvous, shutdown.clone())?;
     announce(&handle);
     while !shutdown.requested() {
         if handle.degraded() {
@@ -289,6 +290,16 @@ fn announce(h: &ServerHandle) {
 /// both ports are chosen by the OS and the returned handle (and every response's
 /// RESPONSE-ORIGIN and OTHER-ADDRESS) carries the actual ones.
 pub fn spawn(cfg: ServerConfig, shutdown: Shutdown) -> Result<ServerHandle, Error> {
+    spawn_with(cfg, RendezvousConfig::default(), shutdown)
+}
+
+/// [`spawn`] with the rendezvous settings given; the rendezvous runs on the primary UDP
+/// endpoint.
+pub fn spawn_with(
+    cfg: ServerConfig,
+    rendezvous: RendezvousConfig,
+    shutdown: Shutdown,
+) -> Result<ServerHandle, Error> {
     let bound = bind_all(&cfg)?;
     let config = bound.config;
     let endpoints = config.endpoints();
@@ -314,8 +325,11 @@ pub fn spawn(cfg: ServerConfig, shutdown: Shutdown) -> Result<ServerHandle, Erro
                 stop.clone(),
                 Arc::clone(&shared),
             );
+            // Only the primary endpoint's thread introduces peers, so the registry needs no
+            // lock.
+            let rdv = (id == EndpointId::PRIMARY).then(|| Rendezvous::new(rendezvous.clone()));
             handle.threads.push(start(format!("udp {addr}"), move || {
-                udp_loop(id, &udp, cfg, &stop, &shared)
+                udp_loop(id, &udp, cfg, rdv, &stop, &shared)
             })?);
         }
         for (&(id, addr), listener) in endpoints.iter().zip(bound.tcp) {
@@ -470,18 +484,38 @@ fn udp_loop(
     id: EndpointId,
     sockets: &[UdpSocket],
     cfg: ServerConfig,
+    mut rdv: Option<Rendezvous>,
     stop: &Stop,
     shared: &Shared,
 ) {
     let local = cfg.addr(id);
     let sock = &sockets[usize::from(id.0)];
+    let mut last_expiry = Instant::now();
+    let send_all = |msgs: Vec<(SocketAddr, Vec<u8>)>| {
+        for (to, bytes) in msgs {
+            if let Err(e) = sock.send_to(&bytes, to) {
+                debug!(%to, error = %e, "rendezvous send failed");
+            }
+        }
+    };
     let mut server = StunServer::new(cfg);
     let mut buf = vec![0u8; UDP_BUF_LEN];
     let mut out = Vec::with_capacity(1500);
     let mut unflushed = 0u32;
     // Checked on every datagram, not only on timeouts: under a flood recv never times out.
     while !stop.requested() {
+        if let Some(r) = rdv.as_mut() {
+            if last_expiry.elapsed() >= Duration::from_millis(500) {
+                last_expiry = Instant::now();
+                send_all(r.expire(last_expiry));
+            }
+        }
         match sock.recv_from(&mut buf) {
+            Ok((n, src)) if rdv.is_some() && Msg::is_rendezvous(&buf[..n]) => {
+                if let Some(r) = rdv.as_mut() {
+                    send_all(r.handle(Instant::now(), src, &buf[..n]));
+                }
+            }
             Ok((n, src)) => {
                 match server.handle(Transport::Udp, id, src, &buf[..n], &mut out) {
                     Outcome::Reply { from, to } => {
