@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod rendezvous;
+pub mod punch;
 pub mod server;
 pub mod sim;
 pub mod stun;

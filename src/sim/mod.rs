@@ -382,3 +382,110 @@ pub fn classify(
         elapsed,
     )
 }
+
+/// Two hosts, each behind its own (optional) NAT, and a stand-in for the rendezvous server
+/// that only records which public endpoint a registration came from.
+pub struct PairNet {
+    pub now: Instant,
+    pub nats: [Option<SimNat>; 2],
+    pub hosts: [IpAddr; 2],
+    pub latency: Duration,
+    /// Extra random delay up to this much per packet, which reorders packets.
+    pub jitter: Duration,
+    pub loss: f64,
+    queue: BinaryHeap<InFlight>,
+    seq: u64,
+    rng: StdRng,
+    /// (side, internal destination, source, data) delivered to a host.
+    pub delivered: Vec<(usize, SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+pub const PAIR_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(SIM_SERVER), 3478);
+
+impl PairNet {
+    pub fn new(a: Option<NatBehavior>, b: Option<NatBehavior>, seed: u64) -> Self {
+        let public = [
+            Ipv4Addr::new(198, 51, 100, 10),
+            Ipv4Addr::new(198, 51, 100, 20),
+        ];
+        let private = [Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 2, 2)];
+        let mk = |i: usize, n: Option<NatBehavior>| {
+            n.map(|b| SimNat::new(IpAddr::V4(public[i]), b, seed ^ (i as u64 + 77)))
+        };
+        PairNet {
+            now: Instant::now(),
+            hosts: [
+                IpAddr::V4(if a.is_some() { private[0] } else { public[0] }),
+                IpAddr::V4(if b.is_some() { private[1] } else { public[1] }),
+            ],
+            nats: [mk(0, a), mk(1, b)],
+            latency: Duration::from_millis(15),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(seed),
+            delivered: Vec::new(),
+        }
+    }
+
+    /// The endpoint the rendezvous server would see for a registration from `src`.
+    pub fn register(&mut self, side: usize, src: SocketAddr) -> SocketAddr {
+        let now = self.now;
+        match &mut self.nats[side] {
+            Some(nat) => nat.outbound(now, src, PAIR_SERVER),
+            None => src,
+        }
+    }
+
+    pub fn send(&mut self, side: usize, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        let now = self.now;
+        let ext = match &mut self.nats[side] {
+            Some(nat) => nat.outbound(now, src, dst),
+            None => src,
+        };
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            return;
+        }
+        let jitter = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.jitter.mul_f64(self.rng.random::<f64>())
+        };
+        self.seq += 1;
+        self.queue.push(InFlight {
+            at: self.now + self.latency + jitter,
+            seq: self.seq,
+            src: ext,
+            dst,
+            data,
+        });
+    }
+
+    pub fn next_delivery(&self) -> Option<Instant> {
+        self.queue.peek().map(|p| p.at)
+    }
+
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(p) = self.queue.peek() {
+            if p.at > until {
+                break;
+            }
+            let p = self.queue.pop().expect("peeked");
+            self.now = self.now.max(p.at);
+            let now = self.now;
+            for side in 0..2 {
+                let internal = match &mut self.nats[side] {
+                    Some(nat) if nat.public_ip == p.dst.ip() => nat.inbound(now, p.src, p.dst),
+                    None if self.hosts[side] == p.dst.ip() => Some(p.dst),
+                    _ => None,
+                };
+                if let Some(dst) = internal {
+                    self.delivered.push((side, dst, p.src, p.data));
+                    break;
+                }
+            }
+        }
+        self.now = self.now.max(until);
+    }
+}
