@@ -5,12 +5,10 @@ use crate::classify::{Classifier, ClassifierConfig, Event, LegacyType, UdpReport
 use crate::sys::capture::Capture;
 use crate::sys::signals::Shutdown;
 use crate::Error;
+use crate::sys::udp::{bind_fresh, drive, route_source};
 use anyhow::Context;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::Serialize;
-use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -33,21 +31,6 @@ pub struct ProbeReport {
     pub udp: UdpReport,
 }
 
-/// The source address the OS would use toward `server`. `connect` on UDP sends nothing.
-fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
-    let any: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let s = UdpSocket::bind(any).map_err(|e| Error::io("cannot open a UDP socket", e))?;
-    s.connect(server)
-        .map_err(|e| Error::io(format!("no route to {server}"), e))?;
-    Ok(s.local_addr()
-        .map_err(|e| Error::io("getsockname", e))?
-        .ip())
-}
-
 /// Runs the UDP classification against `server` and returns the report.
 pub fn classify_udp(
     server: SocketAddr,
@@ -63,86 +46,16 @@ pub fn classify_udp(
     };
     let mut cfg = ClassifierConfig::new(server);
     cfg.lifetime_max = lifetime_max;
-    let mut sockets = Vec::new();
-    for _ in 0..cfg.sockets_needed() {
-        let addr = SocketAddr::new(local_ip, 0);
-        let s = UdpSocket::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-        s.set_nonblocking(true)
-            .map_err(|e| Error::io("cannot make a UDP socket non-blocking", e))?;
-        sockets.push(s);
-    }
-    let locals = sockets
-        .iter()
-        .map(|s| s.local_addr())
-        .collect::<Result<Vec<_>, _>>()
-        .context("getsockname on a probe socket")?;
+    let (sockets, locals) = bind_fresh(local_ip, cfg.sockets_needed())?;
     let mut c = Classifier::new(cfg, locals.clone(), Instant::now());
-    let mut buf = vec![0u8; 2048];
-    loop {
-        while let Some(t) = c.poll_transmit() {
-            if let Err(e) = sockets[t.socket].send_to(&t.payload, t.dst) {
-                // A send error (no route, EPERM from a firewall) looks like loss to the
-                // classifier, which is what it is for the result; say it at debug.
-                tracing::debug!(dst = %t.dst, error = %e, "send failed");
-            } else if let Some(cap) = capture.as_deref_mut() {
-                cap.udp(locals[t.socket], t.dst, &t.payload)?;
-            }
-        }
+    drive(&mut c, &sockets, &locals, capture.as_deref_mut(), shutdown, |c| {
         while let Some(ev) = c.poll_event() {
             on_event(ev);
         }
-        if let Some(r) = c.report() {
-            return Ok(r.clone());
-        }
-        if shutdown.requested() {
-            anyhow::bail!("interrupted before the classification finished");
-        }
-        let now = Instant::now();
-        let wait = c
-            .poll_timeout()
-            .map_or(Duration::from_millis(200), |t| {
-                t.saturating_duration_since(now)
-            })
-            .min(Duration::from_millis(200));
-        let mut fds: Vec<PollFd> = sockets
-            .iter()
-            .map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN))
-            .collect();
-        let ms = u16::try_from(wait.as_millis().max(1)).unwrap_or(200);
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::io("poll", e.into()).into()),
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
-            .collect();
-        drop(fds);
-        for (i, s) in sockets.iter().enumerate().filter(|(i, _)| ready[*i]) {
-            loop {
-                match s.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        if let Some(cap) = capture.as_deref_mut() {
-                            cap.udp(from, locals[i], &buf[..n])?;
-                        }
-                        c.handle_input(Instant::now(), i, from, &buf[..n]);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // ICMP errors surface as ECONNREFUSED and the like: the packet is lost,
-                    // which retransmission and timeouts already account for.
-                    Err(e) => {
-                        tracing::debug!(socket = i, error = %e, "recv error");
-                        break;
-                    }
-                }
-            }
-        }
-        let now = Instant::now();
-        if c.poll_timeout().is_some_and(|t| t <= now) {
-            c.handle_timeout(now);
-        }
-    }
+        true
+    })
+    .map_err(|e| e.context("the classification did not finish"))?;
+    Ok(c.report().cloned().expect("drive returns when the classifier is done"))
 }
 
 pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
