@@ -22,6 +22,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("the other peer never came to session {session:?} (waited {waited_s} s); check that both sides use the same --server and --session")]
+    PeerNeverCame { session: String, waited_s: u64 },
+    #[error("session {session:?} is taken: two other peers are in it; pick another session name")]
+    SessionTaken { session: String },
+    #[error("peer authentication failed: {rejected} packets claiming to be the peer failed the integrity check (different --secret on the two sides?)")]
+    AuthFailed { rejected: u64 },
+    #[error("punching failed ({strategy}, {probes} probes sent): {explanation}")]
+    PunchFailed {
+        strategy: &'static str,
+        probes: u64,
+        explanation: String,
+    },
+    #[error("rendezvous refused: {0}")]
+    Rendezvous(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Quic(#[from] crate::sys::quic::QuicError),
     #[error("{what}")]
     Io {
         what: String,
@@ -32,12 +50,24 @@ pub enum Error {
 
 impl Error {
     /// Exit codes: 1 generic, 2 usage (clap), 3 server unreachable / UDP blocked,
-    /// 4 local setup (bind, capture file).
+    /// 4 local setup (bind, capture file), 5 peer never came, 6 session taken,
+    /// 7 peer authentication failed, 8 punching failed within the budget, 9 the stream
+    /// failed after the hole was open, 130 interrupted.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::ServerUnreachable { .. } => 3,
             Error::Bind { .. } | Error::Capture { .. } => 4,
-            Error::Io { .. } => 1,
+            Error::PeerNeverCame { .. } => 5,
+            Error::SessionTaken { .. } => 6,
+            Error::AuthFailed { .. } => 7,
+            Error::PunchFailed { .. } => 8,
+            Error::Quic(
+                crate::sys::quic::QuicError::PeerAuthFailed { .. }
+                | crate::sys::quic::QuicError::RejectedByPeer { .. },
+            ) => 7,
+            Error::Quic(_) => 9,
+            Error::Interrupted => 130,
+            Error::Rendezvous(_) | Error::Io { .. } => 1,
         }
     }
 

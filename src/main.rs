@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use punchraw::rendezvous::RendezvousConfig;
 use punchraw::server::ServerConfig;
+use punchraw::sys::connect::ConnectConfig;
 use punchraw::sys::probe::ProbeConfig;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -33,6 +34,60 @@ enum Command {
     Serve(ServeArgs),
     /// Classify the NAT between this host and a STUN server.
     Probe(ProbeArgs),
+    /// Punch a hole to a peer through both NATs and carry stdin/stdout over an encrypted,
+    /// reliable stream (QUIC) on it.
+    Connect(ConnectArgs),
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// The punchraw server both peers use for the rendezvous, HOST[:PORT].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    server: String,
+    /// Session name both peers give; the server introduces the two peers of a session.
+    #[arg(long, value_name = "NAME")]
+    session: String,
+    /// Shared secret that authenticates the peer (every punch packet carries a MAC keyed from
+    /// it, and the QUIC certificates are pinned through it). Without it the session name is
+    /// the key. Also read from PUNCHRAW_SECRET.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "PUNCHRAW_SECRET",
+        hide_env_values = true
+    )]
+    secret: Option<String>,
+    /// Give up when not connected within this many seconds (waiting for the peer included).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    timeout: u64,
+    /// Write a JSON report of the attempt to this file.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Write the packets of the classification and the punch to this pcap file.
+    #[arg(long, value_name = "FILE.pcap")]
+    capture: Option<PathBuf>,
+    /// No status messages on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Local IP to use [default: the address the OS routes to the server from].
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// Keep-alive interval on the established stream, in seconds; well under common NAT
+    /// UDP timeouts (30 s on Linux for unreplied flows).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=25))]
+    keepalive: u64,
+    /// Time for the punch itself, from the agreed start, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=600))]
+    punch_budget: u64,
+    /// Most punch probes per second (the sweep's probing rate).
+    #[arg(long, value_name = "PPS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=20000))]
+    rate: u32,
+    /// Ports past the peer's last seen port to try when predicting a sequential NAT.
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    window: u16,
+    /// Mappings the random side opens in a birthday sweep.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    sweep_sockets: u16,
 }
 
 #[derive(Args)]
@@ -96,6 +151,7 @@ fn main() -> ExitCode {
             serve_config(a).and_then(|(c, r)| punchraw::sys::serve::run(c, r).map_err(Into::into))
         }
         Command::Probe(a) => probe_config(a).and_then(punchraw::sys::probe::run),
+        Command::Connect(a) => connect_config(a).and_then(punchraw::sys::connect::run),
     };
     match result {
         Ok(code) => code,
@@ -185,5 +241,29 @@ fn probe_config(a: ProbeArgs) -> Result<ProbeConfig> {
         lifetime_max: a.lifetime.then(|| Duration::from_secs(a.lifetime_max)),
         bind: a.bind,
         capture: a.capture,
+    })
+}
+
+fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
+    if a.session.is_empty() || a.session.len() > 128 || a.session.chars().any(char::is_control) {
+        bail!("--session must be 1 to 128 printable characters");
+    }
+    if a.secret.as_deref() == Some("") {
+        bail!("--secret must not be empty (leave it out to use the session name as the key)");
+    }
+    Ok(ConnectConfig {
+        server: resolve(&a.server)?,
+        session: a.session,
+        secret: a.secret,
+        timeout: Duration::from_secs(a.timeout),
+        report: a.report,
+        capture: a.capture,
+        quiet: a.quiet,
+        bind: a.bind,
+        keepalive: Duration::from_secs(a.keepalive),
+        rate: a.rate,
+        window: a.window,
+        sweep_sockets: usize::from(a.sweep_sockets),
+        punch_budget: Duration::from_secs(a.punch_budget),
     })
 }

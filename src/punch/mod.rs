@@ -143,6 +143,11 @@ impl PunchConfig {
     /// Chance that a sweep finds a pair within the budget: every probe hits one of the
     /// sprayer's mappings with probability sockets / port space.
     pub fn sweep_success_probability(&self) -> f64 {
+        if !predictable(&self.my_nat) && !predictable(&self.peer.nat) {
+            // Each random probe leaves from a new random port of our own NAT, which the
+            // peer's mappings (aimed at our registered port) never expect.
+            return 0.0;
+        }
         let probes = f64::from(self.rate) * self.budget.as_secs_f64();
         let per_probe = self.sweep_sockets as f64 / RANDOM_PORT_SPACE;
         1.0 - (1.0 - per_probe).powf(probes)

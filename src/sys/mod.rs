@@ -2,7 +2,10 @@
 //! The sans-IO state machines elsewhere in the crate are driven from here.
 
 pub mod capture;
+pub mod connect;
 pub mod logging;
 pub mod probe;
+pub mod quic;
 pub mod serve;
 pub mod signals;
+pub mod udp;

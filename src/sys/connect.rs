@@ -1,0 +1,450 @@
+//! `punchraw connect`: quick classification, rendezvous, the punch at the agreed moment, then
+//! a QUIC stream carrying stdin/stdout over the punched socket.
+
+use crate::classify::{Allocation, LegacyType};
+use crate::punch::{derive_key, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy};
+use crate::rendezvous::{ErrorCode, Msg, NatInfo, PeerData};
+use crate::sys::capture::Capture;
+use crate::sys::probe::classify_udp;
+use crate::sys::quic::{self, Identity, Role};
+use crate::sys::signals::Shutdown;
+use crate::sys::udp::{bind_fresh, drive, flush};
+use crate::Error;
+use anyhow::Context;
+use serde::Serialize;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    pub server: SocketAddr,
+    pub session: String,
+    pub secret: Option<String>,
+    /// Bounds the wait for the peer plus the punch.
+    pub timeout: Duration,
+    pub report: Option<PathBuf>,
+    pub capture: Option<PathBuf>,
+    pub quiet: bool,
+    pub bind: Option<IpAddr>,
+    pub keepalive: Duration,
+    pub rate: u32,
+    pub window: u16,
+    pub sweep_sockets: usize,
+    /// Time allowed for the punch itself, from the agreed start.
+    pub punch_budget: Duration,
+}
+
+/// The `--report` object; its shape is a contract.
+#[derive(Debug, Serialize)]
+pub struct ConnectReport {
+    pub connected: bool,
+    pub transport: &'static str,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub strategy: Option<Strategy>,
+    pub elapsed_ms: u64,
+    pub probes_sent: u64,
+    pub error: Option<String>,
+    /// Bytes carried by the stream, once it ran.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+struct Status {
+    quiet: bool,
+}
+
+impl Status {
+    fn say(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("punchraw: {}", msg.as_ref());
+        }
+    }
+}
+
+fn nat_info(u: &crate::classify::UdpReport) -> NatInfo {
+    NatInfo {
+        mapping: u.mapping,
+        filtering: u.filtering,
+        allocation: u.allocation,
+        delta: u.delta,
+    }
+}
+
+/// What the rendezvous gave us.
+struct Introduction {
+    me: SocketAddr,
+    peer: PeerData,
+    start: Instant,
+}
+
+/// Registers from `sock` until the server introduces the peer, it refuses, or time runs out.
+#[allow(clippy::too_many_arguments)]
+fn rendezvous(
+    sock: &UdpSocket,
+    cfg: &ConnectConfig,
+    my_id: &str,
+    locals: &[SocketAddr],
+    nat: NatInfo,
+    rtt: Duration,
+    deadline: Instant,
+    shutdown: &Shutdown,
+    status: &Status,
+) -> Result<Introduction, Error> {
+    let register = Msg::Register {
+        session: cfg.session.clone(),
+        peer: my_id.to_string(),
+        locals: locals.to_vec(),
+        nat,
+        rtt_ms: rtt.as_millis().min(u128::from(u32::MAX)) as u32,
+    }
+    .encode();
+    let mut buf = [0u8; 2048];
+    let mut next_send = Instant::now();
+    let mut last_answer = Instant::now();
+    let mut said_waiting = false;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(|e| Error::io("socket option", e))?;
+    sock.set_nonblocking(false)
+        .map_err(|e| Error::io("socket option", e))?;
+    loop {
+        let now = Instant::now();
+        if shutdown.requested() {
+            return Err(Error::Interrupted);
+        }
+        if now >= deadline {
+            return Err(Error::PeerNeverCame {
+                session: cfg.session.clone(),
+                waited_s: cfg.timeout.as_secs(),
+            });
+        }
+        if now.duration_since(last_answer) > Duration::from_secs(5) {
+            return Err(Error::ServerUnreachable {
+                server: cfg.server,
+                waited_ms: 5000,
+            });
+        }
+        if now >= next_send {
+            // Re-registering also keeps our NAT binding toward the server (and so the
+            // endpoint the peer will be told) alive.
+            let _ = sock.send_to(&register, cfg.server);
+            next_send = now + Duration::from_millis(300);
+        }
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => continue,
+        };
+        if from != cfg.server {
+            // The peer may already be punching; it retransmits, so nothing is lost.
+            continue;
+        }
+        let Some(msg) = Msg::decode(&buf[..n]) else {
+            continue;
+        };
+        last_answer = Instant::now();
+        match msg {
+            Msg::Waiting { wait_left_ms, .. } => {
+                if !said_waiting {
+                    status.say(format!(
+                        "waiting for the peer in session {:?} (server holds it {} s more)",
+                        cfg.session,
+                        wait_left_ms / 1000
+                    ));
+                    said_waiting = true;
+                }
+            }
+            Msg::Peer {
+                you,
+                peer,
+                start_in_ms,
+            } => {
+                return Ok(Introduction {
+                    me: you,
+                    peer,
+                    start: Instant::now() + Duration::from_millis(start_in_ms.min(10_000)),
+                })
+            }
+            Msg::Error { code, message } => {
+                return Err(match code {
+                    ErrorCode::SessionFull => Error::SessionTaken {
+                        session: cfg.session.clone(),
+                    },
+                    ErrorCode::PeerTimeout => Error::PeerNeverCame {
+                        session: cfg.session.clone(),
+                        waited_s: cfg.timeout.as_secs(),
+                    },
+                    _ => Error::Rendezvous(message),
+                })
+            }
+            _ => {}
+        }
+    }
+}
+
+fn hex_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub fn run(cfg: ConnectConfig) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let status = Status { quiet: cfg.quiet };
+    let mut report = ConnectReport {
+        connected: false,
+        transport: "udp",
+        local: None,
+        peer: None,
+        strategy: None,
+        elapsed_ms: 0,
+        probes_sent: 0,
+        error: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+    };
+    let result = connect(&cfg, &status, started, &mut report);
+    report.elapsed_ms = report.elapsed_ms.max(if report.connected {
+        report.elapsed_ms
+    } else {
+        started.elapsed().as_millis() as u64
+    });
+    if let Err(e) = &result {
+        report.error = Some(format!("{e:#}"));
+    }
+    if let Some(path) = &cfg.report {
+        let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn connect(
+    cfg: &ConnectConfig,
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+) -> anyhow::Result<()> {
+    let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    let secret = match &cfg.secret {
+        Some(s) => s.clone(),
+        None => {
+            status.say(
+                "warning: no --secret; the session name is the key, so anyone who knows it can pose as the peer",
+            );
+            cfg.session.clone()
+        }
+    };
+    let key = derive_key(secret.as_bytes(), &cfg.session);
+    let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
+
+    status.say(format!("classifying the NAT toward {} ...", cfg.server));
+    let udp = classify_udp(
+        cfg.server,
+        cfg.bind,
+        None,
+        capture.as_mut(),
+        &shutdown,
+        |_| {},
+    )?;
+    if udp.legacy_type == LegacyType::Blocked {
+        return Err(Error::ServerUnreachable {
+            server: cfg.server,
+            waited_ms: started.elapsed().as_millis() as u64,
+        }
+        .into());
+    }
+    let nat = nat_info(&udp);
+    status.say(format!(
+        "NAT: mapping {}, filtering {}, allocation {}",
+        kebab(&nat.mapping),
+        kebab(&nat.filtering),
+        kebab(&nat.allocation)
+    ));
+    let identity = Identity::generate()?;
+    let local_ip = udp.local.ip();
+    let (main, main_local) = bind_fresh(local_ip, 1)?;
+    let main = main.into_iter().next().expect("one socket");
+    let my_id = hex_id();
+    let deadline = started + cfg.timeout;
+    let rtt = Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0);
+    let intro = rendezvous(
+        &main,
+        cfg,
+        &my_id,
+        &main_local,
+        nat,
+        rtt,
+        deadline,
+        &shutdown,
+        status,
+    )?;
+    main.set_nonblocking(true).context("socket option")?;
+
+    let mut pcfg = PunchConfig {
+        my_id,
+        my_nat: nat,
+        my_public: intro.me,
+        my_locals: main_local.clone(),
+        peer: intro.peer.clone(),
+        key,
+        fingerprint: identity.fingerprint(),
+        budget: cfg.punch_budget,
+        rate: cfg.rate,
+        window: cfg.window,
+        sweep_sockets: cfg.sweep_sockets,
+        seed: rand::random(),
+    };
+    let strategy = pcfg.strategy();
+    report.strategy = Some(strategy);
+    // The punch must end before the overall timeout.
+    let left = deadline.saturating_duration_since(intro.start);
+    pcfg.budget = pcfg.budget.min(left.max(Duration::from_secs(1)));
+    status.say(format!(
+        "peer {} (NAT mapping {}, allocation {}); strategy {}",
+        intro.peer.public,
+        kebab(&intro.peer.nat.mapping),
+        kebab(&intro.peer.nat.allocation),
+        strategy.as_str()
+    ));
+    if strategy == Strategy::Sweep {
+        let me_random = pcfg.i_spray();
+        status.say(format!(
+            "birthday sweep: {} for {} s at {} probes/s with {} mappings; expected success probability {:.1}%{}",
+            if me_random {
+                "opening many mappings toward the peer"
+            } else {
+                "probing random ports of the peer"
+            },
+            pcfg.budget.as_secs(),
+            cfg.rate,
+            cfg.sweep_sockets,
+            100.0 * pcfg.sweep_success_probability(),
+            if nat.allocation == Allocation::Random && intro.peer.nat.allocation == Allocation::Random {
+                " (both sides random: neither can be reached by a sweep)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let mut sockets = vec![main];
+    let mut locals = main_local;
+    if pcfg.sockets_needed() > 1 {
+        let (more, more_locals) = bind_fresh(local_ip, pcfg.sockets_needed() - 1)?;
+        sockets.extend(more);
+        locals.extend(more_locals);
+    }
+    let controlling = pcfg.my_id > pcfg.peer.id;
+    let mut punch = Punch::new(pcfg, intro.start);
+    let mut outcome = None;
+    status.say("punching ...");
+    drive(
+        &mut punch,
+        &sockets,
+        &locals,
+        capture.as_mut(),
+        &shutdown,
+        |p| {
+            while let Some(ev) = p.poll_event() {
+                match ev {
+                    PunchEvent::Progress { probes } => {
+                        status.say(format!("sweep: {probes} probes sent"))
+                    }
+                    PunchEvent::Connected { .. } | PunchEvent::Failed(_) => outcome = Some(ev),
+                    PunchEvent::Started { .. } => {}
+                }
+            }
+            outcome.is_none()
+        },
+    )?;
+    report.probes_sent = punch.probes;
+    let (socket, remote, peer_fp) = match outcome {
+        Some(PunchEvent::Connected {
+            socket,
+            remote,
+            peer_fingerprint,
+            ..
+        }) => (socket, remote, peer_fingerprint),
+        Some(PunchEvent::Failed(Failure::AuthFailed { rejected })) => {
+            return Err(Error::AuthFailed { rejected }.into());
+        }
+        _ => {
+            return Err(Error::PunchFailed {
+                strategy: strategy.as_str(),
+                probes: punch.probes,
+                explanation: explain_failure(&nat, &intro.peer.nat, strategy),
+            }
+            .into())
+        }
+    };
+    // The last answer and the nominations still go out on the chosen socket.
+    flush(&mut punch, &sockets, &locals, capture.as_mut())?;
+    if let Some(c) = capture.take() {
+        let (path, n) = c.finish()?;
+        status.say(format!(
+            "capture: {n} packets written to {}",
+            path.display()
+        ));
+    }
+    let local = locals[socket];
+    let chosen = sockets.swap_remove(socket);
+    drop(sockets);
+    chosen.set_nonblocking(false).context("socket option")?;
+    report.local = Some(local);
+    report.peer = Some(remote);
+    report.connected = true;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    status.say(format!(
+        "connected to {remote} via {} in {} ms ({} probes); starting the encrypted stream",
+        strategy.as_str(),
+        report.elapsed_ms,
+        report.probes_sent
+    ));
+    let role = if controlling {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let stats = quic::run_stream(
+        chosen,
+        remote,
+        role,
+        &identity,
+        peer_fp,
+        std::io::stdin(),
+        std::io::stdout(),
+        cfg.keepalive,
+        Duration::from_secs(10),
+    )?;
+    report.bytes_sent = stats.sent;
+    report.bytes_received = stats.received;
+    status.say(format!(
+        "done: {} bytes sent, {} bytes received",
+        stats.sent, stats.received
+    ));
+    Ok(())
+}
+
+fn kebab<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
+    if me.allocation == Allocation::Random
+        && peer.allocation == Allocation::Random
+        && me.mapping != crate::classify::Behavior::EndpointIndependent
+        && peer.mapping != crate::classify::Behavior::EndpointIndependent
+    {
+        return "both NATs are symmetric with random ports: neither side's port can be predicted or reached by a sweep within the budget; a relay is needed (or a longer --punch-budget and more --sweep-sockets for a small chance)".into();
+    }
+    match s {
+        Strategy::Direct => "no punch packet got through: a firewall may block UDP between the peers, or one side's NAT changed its mapping".into(),
+        Strategy::Predict => "the predicted ports were wrong: other traffic through the sequential NAT moved its counter; try a larger --window".into(),
+        Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
+    }
+}

@@ -1,0 +1,316 @@
+//! QUIC stream over a handed-over UDP socket, between threads on loopback: data integrity in
+//! both directions, half-close, certificate pinning on both sides, strangers refused.
+
+use punchraw::sys::quic::{run_stream, Identity, QuicError, Role, StreamStats};
+use sha2::{Digest, Sha256};
+use std::io::{self, Cursor, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const KEEPALIVE: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Failure tests make the server wait out its whole timeout, so theirs is short.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn socket() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = s.local_addr().unwrap();
+    (s, addr)
+}
+
+/// Deterministic, incompressible-looking bytes (xorshift64*), different per seed.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+#[derive(Clone, Default)]
+struct Sink {
+    buf: Arc<Mutex<Vec<u8>>>,
+    /// Holds the first write back, so the other side finishes first.
+    delay: Option<Duration>,
+}
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if let Some(d) = self.delay.take() {
+            thread::sleep(d);
+        }
+        self.buf.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut self.buf.lock().unwrap())
+    }
+}
+
+struct Side {
+    socket: UdpSocket,
+    peer: SocketAddr,
+    role: Role,
+    me: Identity,
+    pin: [u8; 32],
+    input: Vec<u8>,
+    out: Sink,
+    timeout: Duration,
+}
+
+fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, QuicError>> {
+    thread::spawn(move || {
+        let t = Instant::now();
+        let role = side.role;
+        let r = run_stream(
+            side.socket,
+            side.peer,
+            side.role,
+            &side.me,
+            side.pin,
+            Cursor::new(side.input),
+            side.out,
+            KEEPALIVE,
+            side.timeout,
+        );
+        eprintln!("{role:?} took {:?}", t.elapsed());
+        r
+    })
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// Client and server with correct pins and the given payloads; returns both results and
+/// what each side received.
+fn exchange(
+    client_data: Vec<u8>,
+    server_data: Vec<u8>,
+    client_delay: Option<Duration>,
+) -> (
+    (Result<StreamStats, QuicError>, Vec<u8>),
+    (Result<StreamStats, QuicError>, Vec<u8>),
+) {
+    let (cs, ca) = socket();
+    let (ss, sa) = socket();
+    let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (cpin, spin) = (si.fingerprint(), ci.fingerprint());
+    let (cout, sout) = (
+        Sink {
+            delay: client_delay,
+            ..Sink::default()
+        },
+        Sink::default(),
+    );
+    // The client goes first: its Initial waits in the server socket's buffer, as it may when
+    // the server is still busy punching.
+    let client = spawn(Side {
+        socket: cs,
+        peer: sa,
+        role: Role::Client,
+        me: ci,
+        pin: cpin,
+        input: client_data,
+        out: cout.clone(),
+        timeout: TIMEOUT,
+    });
+    thread::sleep(Duration::from_millis(150));
+    let server = spawn(Side {
+        socket: ss,
+        peer: ca,
+        role: Role::Server,
+        me: si,
+        pin: spin,
+        input: server_data,
+        out: sout.clone(),
+        timeout: TIMEOUT,
+    });
+    let c = client.join().unwrap();
+    let s = server.join().unwrap();
+    ((c, cout.take()), (s, sout.take()))
+}
+
+#[test]
+fn one_mebibyte_each_way() {
+    const LEN: usize = 1 << 20;
+    let (a, b) = (data(LEN, 1), data(LEN, 2));
+    let (ha, hb) = (sha(&a), sha(&b));
+    let started = Instant::now();
+    let ((c, c_got), (s, s_got)) = exchange(a, b, None);
+    let (c, s) = (c.expect("client"), s.expect("server"));
+    let both = StreamStats {
+        sent: LEN as u64,
+        received: LEN as u64,
+    };
+    assert_eq!(c, both);
+    assert_eq!(s, both);
+    assert_eq!(sha(&c_got), hb, "client received the server's data");
+    assert_eq!(sha(&s_got), ha, "server received the client's data");
+    eprintln!("1 MiB each way in {:?}", started.elapsed());
+}
+
+#[test]
+fn one_side_sends_nothing() {
+    const LEN: usize = 100 * 1024;
+    for (client_len, server_len) in [(0, LEN), (LEN, 0), (0, 0)] {
+        let (a, b) = (data(client_len, 3), data(server_len, 4));
+        let ((c, c_got), (s, s_got)) = exchange(a.clone(), b.clone(), None);
+        let (c, s) = (c.expect("client"), s.expect("server"));
+        assert_eq!((c.sent, c.received), (client_len as u64, server_len as u64));
+        assert_eq!((s.sent, s.received), (server_len as u64, client_len as u64));
+        assert!(
+            c_got == b && s_got == a,
+            "data of {client_len}/{server_len}"
+        );
+    }
+}
+
+#[test]
+fn slow_output_still_gets_everything_after_the_peer_closed() {
+    // The server is done long before the client has written what it received; the server's
+    // close must not cut the client's output short.
+    const LEN: usize = 512 * 1024;
+    let b = data(LEN, 5);
+    let ((c, c_got), (s, _)) = exchange(Vec::new(), b.clone(), Some(Duration::from_millis(500)));
+    assert_eq!(c.expect("client").received, LEN as u64);
+    assert_eq!(s.expect("server").sent, LEN as u64);
+    assert!(c_got == b);
+}
+
+/// Runs a pair where `wrong_on` pins a certificate that is not the peer's.
+fn wrong_pin(wrong_on: Role) -> (QuicError, QuicError) {
+    let (cs, ca) = socket();
+    let (ss, sa) = socket();
+    let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let other = Identity::generate().unwrap().fingerprint();
+    let (mut cpin, mut spin) = (si.fingerprint(), ci.fingerprint());
+    match wrong_on {
+        Role::Client => cpin = other,
+        Role::Server => spin = other,
+    }
+    let server = spawn(Side {
+        socket: ss,
+        peer: ca,
+        role: Role::Server,
+        me: si,
+        pin: spin,
+        input: data(1000, 6),
+        out: Sink::default(),
+        timeout: SHORT_TIMEOUT,
+    });
+    let client = spawn(Side {
+        socket: cs,
+        peer: sa,
+        role: Role::Client,
+        me: ci,
+        pin: cpin,
+        input: data(1000, 7),
+        out: Sink::default(),
+        timeout: SHORT_TIMEOUT,
+    });
+    let c = client.join().unwrap().expect_err("client must fail");
+    let s = server.join().unwrap().expect_err("server must fail");
+    (c, s)
+}
+
+#[test]
+fn wrong_pin_on_client() {
+    let (c, s) = wrong_pin(Role::Client);
+    assert!(
+        c.to_string().contains("peer authentication failed"),
+        "client: {c}"
+    );
+    assert!(
+        matches!(c, QuicError::PeerAuthFailed { .. }),
+        "client: {c:?}"
+    );
+    assert!(matches!(s, QuicError::RejectedByPeer { .. }), "server: {s}");
+    eprintln!("client: {c}\nserver: {s}");
+}
+
+#[test]
+fn wrong_pin_on_server() {
+    let (c, s) = wrong_pin(Role::Server);
+    assert!(
+        s.to_string().contains("peer authentication failed"),
+        "server: {s}"
+    );
+    assert!(
+        matches!(s, QuicError::PeerAuthFailed { .. }),
+        "server: {s:?}"
+    );
+    assert!(matches!(c, QuicError::RejectedByPeer { .. }), "client: {c}");
+    eprintln!("client: {c}\nserver: {s}");
+}
+
+#[test]
+fn strangers_are_refused_and_the_real_client_gets_through() {
+    let (cs, ca) = socket();
+    let (ss, sa) = socket();
+    let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let server_fp = si.fingerprint();
+    let server_data = data(50_000, 8);
+    let sout = Sink::default();
+    let server = spawn(Side {
+        socket: ss,
+        peer: ca,
+        role: Role::Server,
+        me: si,
+        pin: ci.fingerprint(),
+        input: server_data.clone(),
+        out: sout.clone(),
+        timeout: TIMEOUT,
+    });
+    let stranger = |socket: UdpSocket| {
+        run_stream(
+            socket,
+            sa,
+            Role::Client,
+            &Identity::generate().unwrap(),
+            server_fp,
+            Cursor::new(b"let me in".to_vec()),
+            Sink::default(),
+            KEEPALIVE,
+            TIMEOUT,
+        )
+        .expect_err("a stranger must be refused")
+    };
+    // From another address: refused before any handshake.
+    let e = stranger(socket().0);
+    assert!(matches!(e, QuicError::Refused { .. }), "{e}");
+    // From the peer's own address but with another certificate: refused by the pin.
+    let e = stranger(cs.try_clone().unwrap());
+    assert!(matches!(e, QuicError::RejectedByPeer { .. }), "{e}");
+
+    let cout = Sink::default();
+    let c = run_stream(
+        cs,
+        sa,
+        Role::Client,
+        &ci,
+        server_fp,
+        Cursor::new(b"it's me".to_vec()),
+        cout.clone(),
+        KEEPALIVE,
+        TIMEOUT,
+    )
+    .expect("the real client");
+    let s = server.join().unwrap().expect("server");
+    assert_eq!(c.received, server_data.len() as u64);
+    assert_eq!(s.received, 7);
+    assert_eq!(cout.take(), server_data);
+    assert_eq!(sout.take(), b"it's me");
+}
