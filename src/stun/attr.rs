@@ -74,7 +74,10 @@ pub enum Attribute<'a> {
     MappedAddress(SocketAddr),
     XorMappedAddress(SocketAddr),
     /// RFC 5780 section 7.2: ask the server to answer from its other IP and/or port.
-    ChangeRequest { change_ip: bool, change_port: bool },
+    ChangeRequest {
+        change_ip: bool,
+        change_port: bool,
+    },
     ResponseOrigin(SocketAddr),
     OtherAddress(SocketAddr),
     /// RFC 5780 section 7.5: answer to this port at the requester's IP.
@@ -92,7 +95,10 @@ pub enum Attribute<'a> {
     MessageIntegritySha256(&'a [u8]),
     Fingerprint(u32),
     /// Anything else: its type and raw value.
-    Other { typ: u16, value: &'a [u8] },
+    Other {
+        typ: u16,
+        value: &'a [u8],
+    },
 }
 
 /// The UNKNOWN-ATTRIBUTES value: a list of 16-bit types, kept as bytes so decoding does not
@@ -188,7 +194,9 @@ impl<'a> Attribute<'a> {
         let v = value;
         Ok(match typ {
             MAPPED_ADDRESS => Attribute::MappedAddress(decode_address(typ, v)?),
-            XOR_MAPPED_ADDRESS => Attribute::XorMappedAddress(xor_address(decode_address(typ, v)?, tid)),
+            XOR_MAPPED_ADDRESS => {
+                Attribute::XorMappedAddress(xor_address(decode_address(typ, v)?, tid))
+            }
             RESPONSE_ORIGIN => Attribute::ResponseOrigin(decode_address(typ, v)?),
             OTHER_ADDRESS => Attribute::OtherAddress(decode_address(typ, v)?),
             CHANGED_ADDRESS => Attribute::ChangedAddress(decode_address(typ, v)?),
@@ -221,7 +229,9 @@ impl<'a> Attribute<'a> {
                 if v.len() > 763 {
                     return Err(bad(typ, "SOFTWARE longer than 763 bytes"));
                 }
-                Attribute::Software(std::str::from_utf8(v).map_err(|_| bad(typ, "SOFTWARE is not UTF-8"))?)
+                Attribute::Software(
+                    std::str::from_utf8(v).map_err(|_| bad(typ, "SOFTWARE is not UTF-8"))?,
+                )
             }
             ERROR_CODE => {
                 if v.len() < 4 || v.len() > 4 + 763 {
@@ -232,7 +242,8 @@ impl<'a> Attribute<'a> {
                 if !(3..=6).contains(&class) || number > 99 {
                     return Err(bad(typ, "ERROR-CODE outside 300..699"));
                 }
-                let reason = std::str::from_utf8(&v[4..]).map_err(|_| bad(typ, "reason phrase is not UTF-8"))?;
+                let reason = std::str::from_utf8(&v[4..])
+                    .map_err(|_| bad(typ, "reason phrase is not UTF-8"))?;
                 Attribute::ErrorCode(ErrorCode {
                     code: class * 100 + number,
                     reason,
@@ -253,7 +264,10 @@ impl<'a> Attribute<'a> {
             MESSAGE_INTEGRITY_SHA256 => {
                 // RFC 8489 section 14.6: truncated to at least 16 bytes, a multiple of 4.
                 if v.len() < 16 || v.len() > 32 || v.len() % 4 != 0 {
-                    return Err(bad(typ, "MESSAGE-INTEGRITY-SHA256 must be 16..32 bytes, multiple of 4"));
+                    return Err(bad(
+                        typ,
+                        "MESSAGE-INTEGRITY-SHA256 must be 16..32 bytes, multiple of 4",
+                    ));
                 }
                 Attribute::MessageIntegritySha256(v)
             }

@@ -99,20 +99,24 @@ impl<'a> Message<'a> {
                 });
             }
             if typ == attr_type::FINGERPRINT {
+                // Checked here so that the CRC comparison below reads exactly the value (a
+                // shorter one would let padding stand in for CRC bytes; a zero-length one at
+                // the very end would put the read past the buffer).
+                if len != 4 {
+                    return Err(ParseError::BadAttribute {
+                        typ,
+                        reason: "FINGERPRINT must be 4 bytes",
+                    });
+                }
                 fingerprint_at = Some(pos);
             }
             pos += 4 + padded(len);
         }
         let msg = Message { buf };
         if let Some(at) = fingerprint_at {
-            let want = u32::from_be_bytes(
-                buf[at + 4..at + 8]
-                    .try_into()
-                    .map_err(|_| ParseError::BadAttribute {
-                        typ: attr_type::FINGERPRINT,
-                        reason: "FINGERPRINT must be 4 bytes",
-                    })?,
-            );
+            // The loop proved the FINGERPRINT value is 4 bytes inside `buf` and is the last
+            // attribute, so `at + 8 == buf.len()`.
+            let want = u32::from_be_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
             if buf.len() != at + 8 || fingerprint_of(&buf[..at]) != want {
                 return Err(ParseError::BadFingerprint);
             }
@@ -145,7 +149,9 @@ impl<'a> Message<'a> {
     /// but malformed.
     pub fn get(&self, typ: u16) -> Option<Result<Attribute<'a>, ParseError>> {
         let tid = self.transaction_id();
-        self.attributes().find(|a| a.typ == typ).map(|a| a.decode(&tid))
+        self.attributes()
+            .find(|a| a.typ == typ)
+            .map(|a| a.decode(&tid))
     }
 
     /// The address the server saw: XOR-MAPPED-ADDRESS, or MAPPED-ADDRESS from servers that
@@ -171,7 +177,10 @@ impl<'a> Message<'a> {
     /// RFC 8489 section 14.5: HMAC-SHA1 over the message up to MESSAGE-INTEGRITY with the
     /// header length set as if it were the last attribute.
     pub fn verify_integrity(&self, key: &[u8]) -> bool {
-        let Some(a) = self.attributes().find(|a| a.typ == attr_type::MESSAGE_INTEGRITY) else {
+        let Some(a) = self
+            .attributes()
+            .find(|a| a.typ == attr_type::MESSAGE_INTEGRITY)
+        else {
             return false;
         };
         let mut mac = match Hmac::<sha1::Sha1>::new_from_slice(key) {
@@ -190,6 +199,12 @@ impl<'a> Message<'a> {
         else {
             return false;
         };
+        // RFC 8489 section 14.6: the tag is 16 to 32 bytes and a multiple of 4. Checking only
+        // that it is a prefix of the HMAC would accept a 1-byte tag, a 1-in-256 forgery.
+        let n = a.value.len();
+        if !(16..=32).contains(&n) || n % 4 != 0 {
+            return false;
+        }
         let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(key) {
             Ok(m) => m,
             Err(_) => return false,
@@ -274,7 +289,8 @@ impl<'b> Encoder<'b> {
     pub fn message_integrity(&mut self, key: &[u8]) -> &mut Self {
         self.push_mac(attr_type::MESSAGE_INTEGRITY, 20, |prefix| {
             // HMAC accepts keys of any length.
-            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(key).expect("HMAC takes any key length");
+            let mut mac =
+                Hmac::<sha1::Sha1>::new_from_slice(key).expect("HMAC takes any key length");
             mac.update(prefix);
             mac.finalize().into_bytes().to_vec()
         });
@@ -284,7 +300,8 @@ impl<'b> Encoder<'b> {
     /// RFC 8489 section 14.6 MESSAGE-INTEGRITY-SHA256 (full 32 bytes).
     pub fn message_integrity_sha256(&mut self, key: &[u8]) -> &mut Self {
         self.push_mac(attr_type::MESSAGE_INTEGRITY_SHA256, 32, |prefix| {
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+            let mut mac =
+                Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
             mac.update(prefix);
             mac.finalize().into_bytes().to_vec()
         });
@@ -294,7 +311,8 @@ impl<'b> Encoder<'b> {
     /// RFC 8489 section 14.7: must be the last attribute.
     pub fn fingerprint(&mut self) -> &mut Self {
         let hdr = self.out.len();
-        self.out.extend_from_slice(&attr_type::FINGERPRINT.to_be_bytes());
+        self.out
+            .extend_from_slice(&attr_type::FINGERPRINT.to_be_bytes());
         self.out.extend_from_slice(&4u16.to_be_bytes());
         self.out.extend_from_slice(&[0; 4]);
         self.set_len();

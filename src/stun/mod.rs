@@ -7,6 +7,8 @@
 
 mod attr;
 mod message;
+#[cfg(test)]
+mod tests;
 
 pub use attr::{attr_type, Attribute, ErrorCode, UnknownList};
 pub use message::{AttrIter, Encoder, Message, RawAttr};
