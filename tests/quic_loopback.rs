@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const KEEPALIVE: Duration = Duration::from_secs(1);
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Failure tests make the server wait out its whole timeout, so theirs is short.
-const SHORT_TIMEOUT: Duration = Duration::from_secs(2);
+const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn socket() -> (UdpSocket, SocketAddr) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
@@ -72,9 +72,7 @@ struct Side {
 
 fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, QuicError>> {
     thread::spawn(move || {
-        let t = Instant::now();
-        let role = side.role;
-        let r = run_stream(
+        run_stream(
             side.socket,
             side.peer,
             side.role,
@@ -84,9 +82,7 @@ fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, QuicError>> {
             side.out,
             KEEPALIVE,
             side.timeout,
-        );
-        eprintln!("{role:?} took {:?}", t.elapsed());
-        r
+        )
     })
 }
 
@@ -94,16 +90,16 @@ fn sha(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
 
+/// What `run_stream` returned and what its output received.
+type Outcome = (Result<StreamStats, QuicError>, Vec<u8>);
+
 /// Client and server with correct pins and the given payloads; returns both results and
 /// what each side received.
 fn exchange(
     client_data: Vec<u8>,
     server_data: Vec<u8>,
     client_delay: Option<Duration>,
-) -> (
-    (Result<StreamStats, QuicError>, Vec<u8>),
-    (Result<StreamStats, QuicError>, Vec<u8>),
-) {
+) -> (Outcome, Outcome) {
     let (cs, ca) = socket();
     let (ss, sa) = socket();
     let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
@@ -313,4 +309,65 @@ fn strangers_are_refused_and_the_real_client_gets_through() {
     assert_eq!(s.received, 7);
     assert_eq!(cout.take(), server_data);
     assert_eq!(sout.take(), b"it's me");
+}
+
+#[test]
+fn timeouts_say_what_was_missing() {
+    let quick = Duration::from_secs(1);
+    // Nobody runs QUIC behind the client's peer address.
+    let (_silent, silent_addr) = socket();
+    let (cs, _) = socket();
+    let me = Identity::generate().unwrap();
+    let e = run_stream(
+        cs,
+        silent_addr,
+        Role::Client,
+        &me,
+        [0; 32],
+        io::empty(),
+        io::sink(),
+        KEEPALIVE,
+        quick,
+    )
+    .expect_err("no server");
+    assert!(
+        e.to_string().contains(&format!(
+            "QUIC handshake with {silent_addr} timed out after 1 s"
+        )),
+        "{e}"
+    );
+
+    // Only a stranger comes to the server: its timeout names that address.
+    let (ss, sa) = socket();
+    let (_, absent_peer) = socket();
+    let server = spawn(Side {
+        socket: ss,
+        peer: absent_peer,
+        role: Role::Server,
+        me: Identity::generate().unwrap(),
+        pin: [0; 32],
+        input: Vec::new(),
+        out: Sink::default(),
+        timeout: quick,
+    });
+    let (stranger, stranger_addr) = socket();
+    let refused = run_stream(
+        stranger,
+        sa,
+        Role::Client,
+        &me,
+        [0; 32],
+        io::empty(),
+        io::sink(),
+        KEEPALIVE,
+        quick,
+    )
+    .expect_err("refused");
+    assert!(matches!(refused, QuicError::Refused { .. }), "{refused}");
+    let e = server.join().unwrap().expect_err("server times out");
+    assert!(
+        matches!(e, QuicError::HandshakeTimeout { .. })
+            && e.to_string().contains(&stranger_addr.to_string()),
+        "{e}"
+    );
 }

@@ -12,9 +12,11 @@
 //! it the server could not send anything before the client's input produced its first byte.
 //!
 //! Ending cleanly: a side is done when its own data is acknowledged and it has read the peer's
-//! FIN; it then closes the connection with [`CLOSE_DONE`]. That close tells the peer both of
-//! those things too, so the peer treats it as success even when the close overtakes the last
-//! acknowledgement. Data already received stays readable after the close.
+//! FIN and written it out; the server then closes the connection with [`CLOSE_DONE`], and the
+//! client waits for that close (briefly, then closes itself), so only one side lingers to
+//! repeat a lost close. The close tells the peer both of those things too, so the peer treats
+//! it as success even when the close overtakes the last acknowledgement. Data already received
+//! stays readable after the close (quinn reads buffered data before reporting the close).
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
@@ -140,7 +142,7 @@ pub enum QuicError {
     HandshakeTimeout {
         peer: SocketAddr,
         secs: f64,
-        hint: &'static str,
+        hint: String,
     },
     #[error("QUIC handshake with {peer} failed: {reason}")]
     Handshake { peer: SocketAddr, reason: String },
@@ -327,6 +329,10 @@ fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
     // The client opens exactly one stream; nothing else may be opened.
     t.max_concurrent_bidi_streams(1u32.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // With segmentation offload a burst of datagrams crosses each NAT's netfilter hooks as
+    // one buffer, so one drop loses the whole burst; loss on punched paths is then far
+    // burstier than the congestion controller expects and the transfer crawls.
+    t.enable_segmentation_offload(false);
     Arc::new(t)
 }
 
@@ -394,6 +400,8 @@ fn server_config(
 /// authenticated peer), not the transfer, which ends only on a stall of [`IDLE_TIMEOUT`].
 /// `keepalive` should be well under [`IDLE_TIMEOUT`] and short enough to keep the NAT
 /// bindings open; zero turns keep-alives off.
+///
+/// Blocking: it runs its own tokio runtime, so it must not be called from async code.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stream(
     socket: UdpSocket,
@@ -443,6 +451,7 @@ pub fn run_stream(
 
     let session = Session {
         peer,
+        role,
         verifier,
         timeout,
     };
@@ -457,19 +466,23 @@ pub fn run_stream(
         .map_err(|e| QuicError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
         let mut conn = None;
         let result = session
-            .run(&endpoint, role, client, in_rx, out_tx, written_rx, &mut conn)
+            .run(&endpoint, client, in_rx, out_tx, written_rx, &mut conn)
             .await;
-        match &result {
-            Ok(_) => endpoint.close(CLOSE_DONE.into(), b"done"),
-            Err(e) => endpoint.close(CLOSE_ERROR.into(), close_reason(e).as_bytes()),
-        }
-        // When the peer closed first there is nothing left to tell it, and quinn's drain
-        // period (3 PTO, long if the first packets waited in a socket buffer) is no reason to
-        // keep the user waiting. When we closed first, linger so that a lost close is resent.
-        let peer_closed = conn.is_some_and(|c: quinn::Connection| {
-            !matches!(c.close_reason(), Some(ConnectionError::LocallyClosed) | None)
-        });
-        if !peer_closed
+        // Linger (quinn's 3 PTO) only when the peer still has something to learn from us,
+        // so that a lost close is repeated. After the peer's own close, a refusal or a
+        // timeout there is nothing to say, and 3 PTO can be seconds when the RTT estimate
+        // is still the initial one or includes time spent in a socket buffer.
+        let linger = match (&result, &conn) {
+            (_, Some(c)) => c.close_reason().is_none(),
+            (Err(QuicError::PeerAuthFailed { .. }), None) => true,
+            _ => false,
+        };
+        let (code, reason) = match &result {
+            Ok(_) => (CLOSE_DONE, "done".to_string()),
+            Err(e) => (CLOSE_ERROR, close_reason(e)),
+        };
+        endpoint.close(code.into(), reason.as_bytes());
+        if linger
             && tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle())
                 .await
                 .is_err()
@@ -564,6 +577,7 @@ fn is_done(e: &ConnectionError) -> bool {
 
 struct Session {
     peer: SocketAddr,
+    role: Role,
     verifier: Arc<PinVerifier>,
     timeout: Duration,
 }
@@ -572,7 +586,6 @@ impl Session {
     async fn run(
         &self,
         endpoint: &Endpoint,
-        role: Role,
         client: Option<quinn::ClientConfig>,
         input: mpsc::Receiver<io::Result<Vec<u8>>>,
         output: mpsc::Sender<Vec<u8>>,
@@ -584,17 +597,29 @@ impl Session {
             Some(config) => self.connect(endpoint, config, deadline).await?,
             None => self.accept(endpoint, deadline).await?,
         };
-        info!(peer = %self.peer, ?role, "QUIC connection up, peer authenticated");
+        info!(peer = %self.peer, role = ?self.role, "QUIC connection up, peer authenticated");
         let conn = established.insert(conn);
-        self.transfer(conn, role, deadline, input, output, written)
-            .await
+        let stats = self
+            .transfer(conn, deadline, input, output, written)
+            .await?;
+        if self.role == Role::Client {
+            // Both sides being done at once would make both close and both linger. Instead
+            // the server closes and lingers, and the client leaves as soon as that close
+            // arrives (or closes itself if it does not).
+            if let Ok(e) = tokio::time::timeout(CLOSE_LINGER, conn.closed()).await {
+                if !is_done(&e) {
+                    return Err(self.connection_error(e));
+                }
+            }
+        }
+        Ok(stats)
     }
 
-    fn timed_out(&self, hint: &'static str) -> QuicError {
+    fn timed_out(&self, hint: impl Into<String>) -> QuicError {
         QuicError::HandshakeTimeout {
             peer: self.peer,
             secs: self.timeout.as_secs_f64(),
-            hint,
+            hint: hint.into(),
         }
     }
 
@@ -630,6 +655,7 @@ impl Session {
         // A failed attempt from the peer's address is reported if nothing better arrives:
         // it may have been a stranger (so keep waiting), but most likely it is the reason.
         let mut failure = None;
+        let mut stranger = None;
         let waiting = async {
             loop {
                 let Some(incoming) = endpoint.accept().await else {
@@ -639,6 +665,7 @@ impl Session {
                 if !same_addr(from, self.peer) {
                     info!(%from, peer = %self.peer, "refusing a QUIC connection from an address that is not the peer's");
                     incoming.refuse();
+                    stranger = Some(from);
                     continue;
                 }
                 match incoming.await {
@@ -654,8 +681,13 @@ impl Session {
         let outcome = tokio::time::timeout_at(deadline, waiting).await;
         match outcome {
             Ok(result) => result,
-            Err(_) => Err(failure.unwrap_or_else(|| {
-                self.timed_out("it did not connect (is it running, and is the hole still open?)")
+            Err(_) => Err(failure.unwrap_or_else(|| match stranger {
+                // Most likely the peer itself, from a port its NAT picked anew.
+                Some(from) => self.timed_out(format!(
+                    "only {from} tried to connect, which is not the peer's address (did the peer's NAT change its mapping?)"
+                )),
+                None => self
+                    .timed_out("it did not connect (is it running, and is the hole still open?)"),
             })),
         }
     }
@@ -726,14 +758,13 @@ impl Session {
     async fn transfer(
         &self,
         conn: &quinn::Connection,
-        role: Role,
         deadline: Instant,
         mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
         output: mpsc::Sender<Vec<u8>>,
         written: oneshot::Receiver<io::Result<()>>,
     ) -> Result<StreamStats, QuicError> {
         let peer = self.peer;
-        let (mut send, mut recv) = match role {
+        let (mut send, mut recv) = match self.role {
             Role::Client => {
                 let (mut send, recv) =
                     conn.open_bi().await.map_err(|e| self.connection_error(e))?;
