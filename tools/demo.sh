@@ -53,4 +53,26 @@ for side in a b; do
   tools/natlab.sh exec --name "$LAB" "$side" -- "$BIN" probe --server "$SRV1" --no-tcp
 done
 echo
+echo "== punch UDP between host A and host B, then move 1 MiB each way over QUIC"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"; cleanup' EXIT
+head -c 1048576 /dev/urandom > "$WORK/a.in"
+head -c 1048576 /dev/urandom > "$WORK/b.in"
+SECRET="demo-$RANDOM$RANDOM"
+tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect --server "$SRV1" --session demo --secret "$SECRET" \
+  --report "$WORK/a.json" < "$WORK/a.in" > "$WORK/a.out" 2> >(sed 's/^/  [A] /' >&2) &
+A_PID=$!
+sleep 0.5
+tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect --server "$SRV1" --session demo --secret "$SECRET" \
+  --report "$WORK/b.json" < "$WORK/b.in" > "$WORK/b.out" 2> >(sed 's/^/  [B] /' >&2) || true
+wait "$A_PID" || true
+echo
+echo "  report of A: $(tr -d '\n ' < "$WORK/a.json")"
+echo "  report of B: $(tr -d '\n ' < "$WORK/b.json")"
+if cmp -s "$WORK/a.in" "$WORK/b.out" && cmp -s "$WORK/b.in" "$WORK/a.out"; then
+  echo "  data: 1 MiB each way arrived intact"
+else
+  echo "  data: MISMATCH"
+fi
+echo
 echo "== done; removing the lab"

@@ -147,15 +147,13 @@ fn rendezvous(
         };
         last_answer = Instant::now();
         match msg {
-            Msg::Waiting { wait_left_ms, .. } => {
-                if !said_waiting {
-                    status.say(format!(
-                        "waiting for the peer in session {:?} (server holds it {} s more)",
-                        cfg.session,
-                        wait_left_ms / 1000
-                    ));
-                    said_waiting = true;
-                }
+            Msg::Waiting { wait_left_ms, .. } if !said_waiting => {
+                status.say(format!(
+                    "waiting for the peer in session {:?} (server holds it {} s more)",
+                    cfg.session,
+                    wait_left_ms / 1000
+                ));
+                said_waiting = true;
             }
             Msg::Peer {
                 you,

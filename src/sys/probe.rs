@@ -4,8 +4,8 @@
 use crate::classify::{Classifier, ClassifierConfig, Event, LegacyType, UdpReport};
 use crate::sys::capture::Capture;
 use crate::sys::signals::Shutdown;
-use crate::Error;
 use crate::sys::udp::{bind_fresh, drive, route_source};
+use crate::Error;
 use anyhow::Context;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +36,7 @@ pub fn classify_udp(
     server: SocketAddr,
     bind: Option<IpAddr>,
     lifetime_max: Option<Duration>,
-    mut capture: Option<&mut Capture>,
+    capture: Option<&mut Capture>,
     shutdown: &Shutdown,
     mut on_event: impl FnMut(Event),
 ) -> anyhow::Result<UdpReport> {
@@ -48,14 +48,16 @@ pub fn classify_udp(
     cfg.lifetime_max = lifetime_max;
     let (sockets, locals) = bind_fresh(local_ip, cfg.sockets_needed())?;
     let mut c = Classifier::new(cfg, locals.clone(), Instant::now());
-    drive(&mut c, &sockets, &locals, capture.as_deref_mut(), shutdown, |c| {
+    drive(&mut c, &sockets, &locals, capture, shutdown, |c| {
         while let Some(ev) = c.poll_event() {
             on_event(ev);
         }
         true
     })
     .map_err(|e| e.context("the classification did not finish"))?;
-    Ok(c.report().cloned().expect("drive returns when the classifier is done"))
+    Ok(c.report()
+        .cloned()
+        .expect("drive returns when the classifier is done"))
 }
 
 pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
