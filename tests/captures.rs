@@ -13,7 +13,11 @@ fn tshark_fields(pcap: &Path, fields: &[&str]) -> Option<(String, String)> {
     }
     match cmd.output() {
         Ok(o) => {
-            assert!(o.status.success(), "tshark failed on {}: {o:?}", pcap.display());
+            assert!(
+                o.status.success(),
+                "tshark failed on {}: {o:?}",
+                pcap.display()
+            );
             Some((
                 String::from_utf8_lossy(&o.stdout).into_owned(),
                 String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -40,14 +44,24 @@ fn sample_captures_dissect_as_stun_without_warnings() {
             continue;
         }
         seen += 1;
-        let Some((out, err)) = tshark_fields(&path, &["stun.type"]) else { return };
+        let Some((out, err)) = tshark_fields(&path, &["stun.type"]) else {
+            return;
+        };
         let warnings: Vec<&str> = err
             .lines()
             .filter(|l| !l.contains("Running as user") && !l.trim().is_empty())
             .collect();
-        assert!(warnings.is_empty(), "{}: tshark warned: {warnings:?}", path.display());
+        assert!(
+            warnings.is_empty(),
+            "{}: tshark warned: {warnings:?}",
+            path.display()
+        );
         let stun = out.lines().filter(|l| l.starts_with("0x0")).count();
         assert!(stun >= 5, "{}: only {stun} STUN packets", path.display());
     }
-    assert!(seen >= 2, "expected the sample captures in {}", dir.display());
+    assert!(
+        seen >= 2,
+        "expected the sample captures in {}",
+        dir.display()
+    );
 }

@@ -4,29 +4,7 @@
 
 mod common;
 
-use common::lab::{ChildGuard, Lab, Node};
-use std::process::Stdio;
-use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_punchraw");
-
-fn start_server(lab: &Lab) -> ChildGuard {
-    let child = lab
-        .cmd(Node::Srv, BIN)
-        .args([
-            "serve",
-            "--listen",
-            "203.0.113.1",
-            "--alternate",
-            "203.0.113.2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start punchraw serve");
-    std::thread::sleep(Duration::from_millis(400));
-    ChildGuard(child)
-}
+use common::lab::{Lab, Node};
 
 fn run(lab: &Lab, program: &str, args: &[&str]) -> String {
     let out = lab
@@ -47,7 +25,7 @@ fn stun_client(kind: &str, verdict: &str) {
     let Some(lab) = Lab::up(kind, None) else {
         return;
     };
-    let _srv = start_server(&lab);
+    let _srv = common::punchraw_serve_5780(&lab);
     let out = run(&lab, "stun", &["203.0.113.1", "-v"]);
     assert!(
         out.contains("MappedAddress = 203.0.113.10:"),
@@ -86,7 +64,7 @@ fn natdiscovery(kind: &str, mapping: &str, filtering: &str) {
     let Some(lab) = Lab::up(kind, None) else {
         return;
     };
-    let _srv = start_server(&lab);
+    let _srv = common::punchraw_serve_5780(&lab);
     let out = run(&lab, "turnutils_natdiscovery", &["-m", "-f", "203.0.113.1"]);
     assert!(
         out.contains(&format!("NAT with {mapping} Mapping")),

@@ -57,27 +57,33 @@ struct Pair {
     data_ok: bool,
 }
 
-fn server(lab: &Lab) -> ChildGuard {
-    let child = lab
-        .cmd(Node::Srv, BIN)
-        .args(["serve", "--listen", "203.0.113.1", "--alternate", "203.0.113.2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start punchraw serve");
-    std::thread::sleep(Duration::from_millis(400));
-    ChildGuard(child)
-}
-
-fn connect_cmd(lab: &Lab, node: Node, dir: &Path, name: &str, session: &str, secret: &str, extra: &[&str]) -> Command {
+fn connect_cmd(
+    lab: &Lab,
+    node: Node,
+    dir: &Path,
+    name: &str,
+    session: &str,
+    secret: &str,
+    extra: &[&str],
+) -> Command {
     let mut c = lab.cmd(node, BIN);
-    c.args(["connect", "--server", "203.0.113.1", "--session", session, "--secret", secret, "--timeout", "40"])
-        .arg("--report")
-        .arg(dir.join(format!("{name}.json")))
-        .args(extra)
-        .stdin(std::fs::File::open(dir.join(format!("{name}.in"))).expect("input"))
-        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("output"))
-        .stderr(Stdio::piped());
+    c.args([
+        "connect",
+        "--server",
+        "203.0.113.1",
+        "--session",
+        session,
+        "--secret",
+        secret,
+        "--timeout",
+        "40",
+    ])
+    .arg("--report")
+    .arg(dir.join(format!("{name}.json")))
+    .args(extra)
+    .stdin(std::fs::File::open(dir.join(format!("{name}.in"))).expect("input"))
+    .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("output"))
+    .stderr(Stdio::piped());
     c
 }
 
@@ -104,7 +110,8 @@ fn pair(lab: &Lab, try_no: u32, secret_b: &str, len: usize, extra: &[&str]) -> P
             .unwrap_or(Value::Null),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
-    let data_ok = sha(&dir.0.join("a.in")) == sha(&dir.0.join("b.out")) && sha(&dir.0.join("b.in")) == sha(&dir.0.join("a.out"));
+    let data_ok = sha(&dir.0.join("a.in")) == sha(&dir.0.join("b.out"))
+        && sha(&dir.0.join("b.in")) == sha(&dir.0.join("a.out"));
     Pair {
         a: side("a", a_out.0, a_out.1),
         b: side("b", b.status.code(), b.stderr),
@@ -129,14 +136,25 @@ impl WaitRef for std::process::Child {
 
 fn check_connected(p: &Pair, strategy: &str, what: &str) {
     for (n, s) in [("A", &p.a), ("B", &p.b)] {
-        assert_eq!(s.code, Some(0), "{what}: {n} exit code; stderr:\n{}", s.stderr);
+        assert_eq!(
+            s.code,
+            Some(0),
+            "{what}: {n} exit code; stderr:\n{}",
+            s.stderr
+        );
         let r = &s.report;
         assert_eq!(r["connected"], true, "{what}: {n} {r:#}");
         assert_eq!(r["transport"], "udp", "{what}: {n} {r:#}");
         assert_eq!(r["strategy"], strategy, "{what}: {n} {r:#}");
         assert!(r["error"].is_null(), "{what}: {n} {r:#}");
-        assert!(r["local"].is_string() && r["peer"].is_string(), "{what}: {n} {r:#}");
-        assert!(r["elapsed_ms"].is_u64() && r["probes_sent"].is_u64(), "{what}: {n} {r:#}");
+        assert!(
+            r["local"].is_string() && r["peer"].is_string(),
+            "{what}: {n} {r:#}"
+        );
+        assert!(
+            r["elapsed_ms"].is_u64() && r["probes_sent"].is_u64(),
+            "{what}: {n} {r:#}"
+        );
     }
     assert!(p.data_ok, "{what}: data differs");
 }
@@ -144,8 +162,10 @@ fn check_connected(p: &Pair, strategy: &str, what: &str) {
 /// `tries` attempts in one lab; every one must connect with `strategy` and move 1 MiB each
 /// way intact.
 fn all_connect(kind_a: &str, kind_b: &str, strategy: &str, tries: u32) {
-    let Some(lab) = Lab::up(kind_a, Some(kind_b)) else { return };
-    let _srv = server(&lab);
+    let Some(lab) = Lab::up(kind_a, Some(kind_b)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..tries {
         let p = pair(&lab, t, "right", MIB, &[]);
         check_connected(&p, strategy, &format!("{kind_a} x {kind_b}, try {t}"));
@@ -169,13 +189,20 @@ fn restricted_cone_and_random_symmetric_connect_directly() {
 
 #[test]
 fn sequential_symmetric_connects_by_prediction() {
-    all_connect("port-restricted-cone", "symmetric-sequential", "predict", 10);
+    all_connect(
+        "port-restricted-cone",
+        "symmetric-sequential",
+        "predict",
+        10,
+    );
 }
 
 #[test]
 fn random_symmetric_connects_by_sweep() {
-    let Some(lab) = Lab::up("port-restricted-cone", Some("symmetric-random")) else { return };
-    let _srv = server(&lab);
+    let Some(lab) = Lab::up("port-restricted-cone", Some("symmetric-random")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
     let tries = 20;
     let mut ok = 0;
     let mut failures = Vec::new();
@@ -188,31 +215,52 @@ fn random_symmetric_connects_by_sweep() {
             failures.push(format!("A: {}\nB: {}", p.a.stderr, p.b.stderr));
         }
     }
-    assert!(ok * 100 >= tries * 95, "{ok}/{tries} connected; failures:\n{}", failures.join("\n---\n"));
+    assert!(
+        ok * 100 >= tries * 95,
+        "{ok}/{tries} connected; failures:\n{}",
+        failures.join("\n---\n")
+    );
 }
 
 #[test]
 fn random_symmetric_on_both_sides_fails_cleanly() {
-    let Some(lab) = Lab::up("symmetric-random", Some("symmetric-random")) else { return };
-    let _srv = server(&lab);
+    let Some(lab) = Lab::up("symmetric-random", Some("symmetric-random")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
     let p = pair(&lab, 0, "right", 1024, &["--punch-budget", "3"]);
     for s in [&p.a, &p.b] {
         if s.code == Some(0) {
             continue; // connecting anyway is allowed
         }
         assert_eq!(s.code, Some(8), "{}", s.stderr);
-        assert!(s.stderr.contains("both NATs are symmetric with random ports"), "{}", s.stderr);
+        assert!(
+            s.stderr
+                .contains("both NATs are symmetric with random ports"),
+            "{}",
+            s.stderr
+        );
         assert_eq!(s.report["connected"], false);
-        assert!(s.report["error"].as_str().is_some_and(|e| e.contains("punching failed")), "{:#}", s.report);
+        assert!(
+            s.report["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("punching failed")),
+            "{:#}",
+            s.report
+        );
     }
 }
 
 #[test]
 fn cones_connect_through_20_percent_loss() {
-    let Some(lab) = Lab::up_with(LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone").loss_pct(20)) else {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("port-restricted-cone")
+            .kind_b("port-restricted-cone")
+            .loss_pct(20),
+    ) else {
         return;
     };
-    let _srv = server(&lab);
+    let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..3 {
         let p = pair(&lab, t, "right", MIB, &[]);
         check_connected(&p, "direct", &format!("20% loss, try {t}"));
@@ -221,33 +269,47 @@ fn cones_connect_through_20_percent_loss() {
 
 #[test]
 fn wrong_secret_fails_with_authentication_error() {
-    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else { return };
-    let _srv = server(&lab);
+    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
     let p = pair(&lab, 0, "wrong", 1024, &["--punch-budget", "2"]);
     for s in [&p.a, &p.b] {
         assert_eq!(s.code, Some(7), "{}", s.stderr);
-        assert!(s.stderr.contains("peer authentication failed"), "{}", s.stderr);
+        assert!(
+            s.stderr.contains("peer authentication failed"),
+            "{}",
+            s.stderr
+        );
     }
 }
 
 #[test]
 fn lone_peer_is_told_the_other_never_came() {
-    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else { return };
-    let child = lab
-        .cmd(Node::Srv, BIN)
-        .args(["serve", "--listen", "203.0.113.1", "--alternate", "203.0.113.2", "--wait-timeout", "3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start punchraw serve");
-    let _srv = ChildGuard(child);
-    std::thread::sleep(Duration::from_millis(400));
+    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve(&lab, &["--alternate", "203.0.113.2", "--wait-timeout", "3"]);
     let out = lab
         .cmd(Node::A, BIN)
-        .args(["connect", "--server", "203.0.113.1", "--session", "alone", "--secret", "s", "-q"])
+        .args([
+            "connect",
+            "--server",
+            "203.0.113.1",
+            "--session",
+            "alone",
+            "--secret",
+            "s",
+            "-q",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run connect");
-    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("never came"));
 }

@@ -27,24 +27,6 @@ const EI: &str = "endpoint-independent";
 const AD: &str = "address-dependent";
 const APD: &str = "address-and-port-dependent";
 
-fn start_punchraw_server(lab: &Lab) -> ChildGuard {
-    let child = lab
-        .cmd(Node::Srv, BIN)
-        .args([
-            "serve",
-            "--listen",
-            "203.0.113.1",
-            "--alternate",
-            "203.0.113.2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start punchraw serve");
-    std::thread::sleep(Duration::from_millis(400));
-    ChildGuard(child)
-}
-
 /// coturn's STUN server with RFC 5780 on both addresses. Debian's default config disables
 /// RFC 5780, hence an empty config file.
 fn start_coturn(lab: &Lab) -> (ChildGuard, tempdir::Dir) {
@@ -138,7 +120,7 @@ fn classify_kind(e: Expect) {
         return;
     };
     {
-        let _srv = start_punchraw_server(&lab);
+        let _srv = common::punchraw_serve_5780(&lab);
         let v = probe_json(&lab, &[]);
         check(&v, &e, "punchraw serve");
     }
@@ -252,15 +234,7 @@ fn probe_without_alternate_reports_unknown_with_reasons() {
     let Some(lab) = Lab::up("port-restricted-cone", None) else {
         return;
     };
-    let child = lab
-        .cmd(Node::Srv, BIN)
-        .args(["serve", "--listen", "203.0.113.1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start punchraw serve");
-    let _srv = ChildGuard(child);
-    std::thread::sleep(Duration::from_millis(400));
+    let _srv = common::punchraw_serve(&lab, &[]);
     let v = probe_json(&lab, &[]);
     let u = &v["udp"];
     assert_eq!(u["mapping"], "unknown", "{v:#}");
@@ -301,7 +275,7 @@ fn capture_is_read_by_tshark() {
     let Some(lab) = Lab::up("symmetric-sequential", None) else {
         return;
     };
-    let _srv = start_punchraw_server(&lab);
+    let _srv = common::punchraw_serve_5780(&lab);
     let dir = tempdir::Dir::new(&format!("{}-cap", lab.name()));
     let pcap = dir.path.join("probe.pcap");
     let v = probe_json(&lab, &["--capture", pcap.to_str().expect("utf-8 path")]);
@@ -339,7 +313,7 @@ fn lifetime_search_brackets_conntrack_timeout() {
     let Some(lab) = Lab::up_with(opts) else {
         return;
     };
-    let _srv = start_punchraw_server(&lab);
+    let _srv = common::punchraw_serve_5780(&lab);
     let started = std::time::Instant::now();
     let v = probe_json(&lab, &["--lifetime", "--lifetime-max", "30"]);
     let l = &v["udp"]["lifetime"];

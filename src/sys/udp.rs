@@ -21,41 +21,31 @@ pub trait Machine {
     fn finished(&self) -> bool;
 }
 
-impl Machine for crate::classify::Classifier {
-    fn next_transmit(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)> {
-        self.poll_transmit().map(|t| (t.socket, t.dst, t.payload))
-    }
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
-        self.handle_input(now, socket, from, data)
-    }
-    fn timeout(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn finished(&self) -> bool {
-        self.is_done()
-    }
+/// Both machines share the quinn-proto style method names; the trait only adapts them.
+macro_rules! impl_machine {
+    ($t:ty) => {
+        impl Machine for $t {
+            fn next_transmit(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)> {
+                self.poll_transmit().map(|t| (t.socket, t.dst, t.payload))
+            }
+            fn next_timeout(&self) -> Option<Instant> {
+                self.poll_timeout()
+            }
+            fn input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
+                self.handle_input(now, socket, from, data)
+            }
+            fn timeout(&mut self, now: Instant) {
+                self.handle_timeout(now)
+            }
+            fn finished(&self) -> bool {
+                self.is_done()
+            }
+        }
+    };
 }
 
-impl Machine for crate::punch::Punch {
-    fn next_transmit(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)> {
-        self.poll_transmit().map(|t| (t.socket, t.dst, t.payload))
-    }
-    fn next_timeout(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
-        self.handle_input(now, socket, from, data)
-    }
-    fn timeout(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn finished(&self) -> bool {
-        self.is_done()
-    }
-}
+impl_machine!(crate::classify::Classifier);
+impl_machine!(crate::punch::Punch);
 
 /// The source address the OS would use toward `server`. `connect` on UDP sends nothing.
 pub fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
@@ -67,7 +57,9 @@ pub fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
     let s = UdpSocket::bind(any).map_err(|e| Error::io("cannot open a UDP socket", e))?;
     s.connect(server)
         .map_err(|e| Error::io(format!("no route to {server}"), e))?;
-    Ok(s.local_addr().map_err(|e| Error::io("getsockname", e))?.ip())
+    Ok(s.local_addr()
+        .map_err(|e| Error::io("getsockname", e))?
+        .ip())
 }
 
 /// `n` fresh non-blocking UDP sockets on `ip` with OS-chosen ports, and their addresses.
@@ -130,7 +122,9 @@ pub fn drive<M: Machine>(
         let now = Instant::now();
         let wait = m
             .next_timeout()
-            .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
+            .map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(now)
+            })
             .min(Duration::from_millis(200));
         let mut fds: Vec<PollFd> = sockets
             .iter()
