@@ -99,9 +99,55 @@ regressions = {
     "regress_fingerprint_len0": bytes.fromhex("001100082112a442f986fa87dfae80220027000b4100000080280000"),
 }
 
+
+# rendezvous_msg and punch_input take records [source][advance][len: u16 BE][bytes].
+def record(source, advance, data):
+    return struct.pack(">BBH", source, advance, len(data)) + data
+
+
+def rdv(obj_json):
+    return b"PRV1" + obj_json.encode()
+
+
+NAT = '{"mapping":"endpoint-independent","filtering":"address-and-port-dependent","allocation":"preserving","delta":null}'
+MAC = "ab" * 32
+KEYHEX = "cd" * 32
+REGISTER_A = rdv(
+    '{"t":"register","session":"team-42","peer":"0123456789abcdef","seq":1,"key":"%s",'
+    '"locals":["10.0.1.2:40000"],"nat":%s,"rtt_ms":3,"mac":"%s"}' % (KEYHEX, NAT, MAC)
+)
+REGISTER_B = rdv(
+    '{"t":"register","session":"team-42","peer":"fedcba9876543210","seq":1,'
+    '"locals":["10.0.2.2:40000"],"nat":%s,"rtt_ms":4,"mac":"%s"}' % (NAT, MAC)
+)
+BYE = rdv('{"t":"bye","session":"team-42","peer":"0123456789abcdef","seq":2,"mac":"%s"}' % MAC)
+rendezvous = {
+    "register_one": record(0, 0, REGISTER_A),
+    "register_pair": record(0, 0, REGISTER_A) + record(1, 5, REGISTER_B) + record(1, 5, REGISTER_B),
+    "register_bye": record(0, 0, REGISTER_A) + record(0, 10, BYE),
+    # Without the magic prefix in the data: the source's top bit adds it.
+    "prefix_added": record(0x80, 0, REGISTER_A[4:]),
+    "server_messages": record(2, 0, rdv('{"t":"waiting","you":"203.0.113.9:1","wait_left_ms":5}'))
+    + record(2, 0, rdv('{"t":"error","code":"session-full","message":"x"}')),
+    "junk": record(3, 200, b"PRV1{") + record(3, 200, b"\xff" * 40),
+}
+
+# A punch check as the peer sends it (the target re-signs it with the session key).
+PUNCH_TID = struct.pack(">I", COOKIE) + bytes(range(40, 52))
+punch = {
+    "check": b"\x80" + record(0, 0, message(BINDING_REQUEST, [attr(0xC0A1, b"\x42" * 32)], tid16=PUNCH_TID)),
+    "nominate": b"\x00"
+    + record(0, 20, message(BINDING_REQUEST, [attr(0xC0A1, b"\x42" * 32), attr(0xC0A2, b"")], tid16=PUNCH_TID))
+    + record(0x10, 20, bytes([0x80]) + b"\0" * 40),
+    "success": b"\x81" + record(0, 30, message(BINDING_SUCCESS, [attr(0x0020, xor_v4([198, 51, 100, 1], 50000))])),
+    "stray": b"\x17" + record(1, 1, b"\xc0" + b"\0" * 30) + record(2, 255, b""),
+}
+
 for target, seeds in {
     "stun_parse": {**requests, **responses, **regressions},
     "server_handle": {**requests, **responses, **regressions},
+    "rendezvous_msg": rendezvous,
+    "punch_input": punch,
 }.items():
     d = os.path.join(HERE, "corpus_seed", target)
     os.makedirs(d, exist_ok=True)

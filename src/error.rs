@@ -34,6 +34,10 @@ pub enum Error {
         probes: u64,
         explanation: String,
     },
+    #[error("session {session:?} exists at the rendezvous server with another secret (or someone else created it); check --secret on both sides or pick another session name")]
+    SessionKeyMismatch { session: String },
+    #[error("the rendezvous server {server} cannot reach its session registry (Redis is down or unreachable from it); try again shortly or use another server")]
+    RegistryUnavailable { server: SocketAddr },
     #[error("rendezvous refused: {0}")]
     Rendezvous(String),
     #[error("interrupted")]
@@ -49,17 +53,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// Exit codes: 1 generic, 2 usage (clap), 3 server unreachable / UDP blocked,
+    /// Exit codes: 1 generic, 2 usage (clap), 3 server unreachable / UDP blocked / its registry down,
     /// 4 local setup (bind, capture file), 5 peer never came, 6 session taken,
-    /// 7 peer authentication failed, 8 punching failed within the budget, 9 the stream
+    /// 7 peer authentication failed (or the session has another secret), 8 punching failed within the budget, 9 the stream
     /// failed after the hole was open, 130 interrupted.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::ServerUnreachable { .. } => 3,
+            Error::ServerUnreachable { .. } | Error::RegistryUnavailable { .. } => 3,
             Error::Bind { .. } | Error::Capture { .. } => 4,
             Error::PeerNeverCame { .. } => 5,
             Error::SessionTaken { .. } => 6,
-            Error::AuthFailed { .. } => 7,
+            Error::AuthFailed { .. } | Error::SessionKeyMismatch { .. } => 7,
             Error::PunchFailed { .. } => 8,
             Error::Quic(
                 crate::sys::quic::QuicError::PeerAuthFailed { .. }

@@ -5,8 +5,8 @@
 //! or reads a clock; [`sys`] holds the operating-system side and the drivers that feed them.
 
 pub mod error;
-pub mod rendezvous;
 pub mod punch;
+pub mod rendezvous;
 pub mod server;
 pub mod sim;
 pub mod stun;

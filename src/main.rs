@@ -115,6 +115,16 @@ struct ServeArgs {
     /// Rendezvous: most sessions held at once; beyond, new sessions are refused.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     max_sessions: usize,
+    /// Rendezvous: keep sessions in Redis instead of this process's memory, so several
+    /// servers behind one name share them (and a restart loses none), e.g.
+    /// redis://10.0.0.5:6379.
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    registry: Option<String>,
+    /// Answer at most N UDP requests per second from one source address (IPv6: one /64),
+    /// with bursts of N, so that a spoofed victim receives at most that rate. Off by default:
+    /// behind carrier-grade NAT many users share one address.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    per_source_limit: Option<u32>,
 }
 
 #[derive(Args)]
@@ -193,6 +203,7 @@ fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
     let rendezvous = RendezvousConfig {
         wait_timeout: Duration::from_secs(a.wait_timeout),
         max_sessions: a.max_sessions,
+        registry: a.registry,
         ..RendezvousConfig::default()
     };
     let server = ServerConfig {
@@ -201,6 +212,7 @@ fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
         port: a.port,
         alt_port,
         software: (!a.software.is_empty()).then_some(a.software),
+        per_source_limit: a.per_source_limit,
     };
     Ok((server, rendezvous))
 }

@@ -24,6 +24,7 @@ fn start(alternate: bool) -> (ServerHandle, Shutdown) {
         port: 0,
         alt_port: 0,
         software: Some("punchraw-test".into()),
+        per_source_limit: None,
     };
     let h = serve::spawn(cfg, shutdown.clone()).expect("server starts on loopback");
     (h, shutdown)

@@ -1,19 +1,21 @@
 //! Feeds arbitrary bytes to `StunServer::handle` under every server configuration, transport,
 //! arrival endpoint and source address family, and checks the server's safety properties:
 //! it never panics, never aims a reply at an IP other than the sender's, answers only
-//! well-formed requests with well-formed responses, and never answers with more bytes than it
-//! received beyond a fixed-size response (so it cannot be used as an amplifier).
+//! well-formed requests with well-formed responses, and never answers with more than
+//! `max(request length, coturn's 92-byte answer)` (140 bytes for an IPv6 source), so it is no
+//! better an amplifier than coturn; `--per-source-limit` drops only UDP requests.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::server::{DropReason, Outcome, ServerConfig, StunServer, Transport};
-use punchraw::stun::{attr_type, Class, Message};
+use punchraw::server::{
+    response_limit, DropReason, Outcome, ServerConfig, SourceLimiter, StunServer, Transport,
+    COTURN_BINDING_V4,
+};
+use punchraw::stun::{Class, Message};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-/// The largest error response: 420 with the 16 unknown types the server lists, plus
-/// FINGERPRINT (20 + (8 + 20) + (4 + 32) + 8).
-const MAX_ERROR_RESPONSE: usize = 92;
+use std::sync::Arc;
+use std::time::Instant;
 
 fn configs() -> Vec<ServerConfig> {
     let v4 = |d| IpAddr::V4(Ipv4Addr::new(198, 51, 100, d));
@@ -26,6 +28,7 @@ fn configs() -> Vec<ServerConfig> {
             port: 3478,
             alt_port: 3479,
             software: None,
+            per_source_limit: None,
         },
         ServerConfig {
             ip: v4(1),
@@ -33,6 +36,7 @@ fn configs() -> Vec<ServerConfig> {
             port: 3478,
             alt_port: 3479,
             software: None,
+            per_source_limit: None,
         },
         ServerConfig {
             ip: v6(1),
@@ -40,37 +44,22 @@ fn configs() -> Vec<ServerConfig> {
             port: 3478,
             alt_port: 3479,
             software: Some("punchraw fuzz".into()),
+            per_source_limit: None,
+        },
+        // A long SOFTWARE that never fits a small answer, and a per-source limit of 2.
+        ServerConfig {
+            ip: v4(1),
+            alt_ip: Some(v4(2)),
+            port: 3478,
+            alt_port: 3479,
+            software: Some("s".repeat(300)),
+            per_source_limit: Some(2),
         },
     ]
 }
 
-fn addr_attr_len(a: SocketAddr) -> usize {
-    4 + if a.is_ipv4() { 8 } else { 20 }
-}
-
-/// Size of this configuration's success response to `src` without PADDING: XOR-MAPPED- and
-/// MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS, SOFTWARE, FINGERPRINT (the RFC 3489 form
-/// is smaller). Taken at the largest origin/other over all endpoints.
-fn success_len(cfg: &ServerConfig, src: SocketAddr) -> usize {
-    let largest_addr = cfg
-        .endpoints()
-        .iter()
-        .map(|(_, a)| addr_attr_len(*a))
-        .max()
-        .unwrap_or(0);
-    20 + 2 * addr_attr_len(src)
-        + largest_addr
-        + if cfg.discovery() { largest_addr } else { 0 }
-        + cfg
-            .software
-            .as_ref()
-            .map_or(0, |s| 4 + ((s.len() + 3) & !3))
-        + 8
-}
-
 fuzz_target!(|data: &[u8]| {
     let parsed = Message::parse(data).ok();
-    let padded = parsed.is_some_and(|m| m.attributes().any(|a| a.typ == attr_type::PADDING));
     let sources = [
         SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), 40000),
         SocketAddr::new(
@@ -81,15 +70,26 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Vec::new();
     for cfg in configs() {
         let endpoints = cfg.endpoints();
-        let mut server = StunServer::new(cfg.clone());
+        // Virtual time stands still, so the limited server answers 2 per source, then drops.
+        let t0 = Instant::now();
+        // A small table: the default 64 Ki buckets per input would dominate the run time.
+        let limiter = cfg
+            .per_source_limit
+            .map(|r| Arc::new(SourceLimiter::with_buckets(r, t0, 64)));
+        let mut server = StunServer::with_limiter(cfg.clone(), limiter);
         for transport in [Transport::Udp, Transport::Tcp] {
             for &(local, _) in &endpoints {
                 for src in sources {
-                    let outcome = server.handle(transport, local, src, data, &mut out);
+                    let outcome = server.handle_at(t0, transport, local, src, data, &mut out);
                     let (from, to) = match outcome {
                         Outcome::Reply { from, to } => (from, to),
                         Outcome::Drop(why) => {
                             assert!(out.is_empty(), "dropped but wrote a reply");
+                            if why == DropReason::RateLimited {
+                                assert!(cfg.per_source_limit.is_some());
+                                assert_eq!(transport, Transport::Udp, "TCP is never limited");
+                                continue;
+                            }
                             let want = match parsed {
                                 None => DropReason::Malformed,
                                 Some(m) => {
@@ -119,16 +119,17 @@ fuzz_target!(|data: &[u8]| {
                         resp.message_type().class,
                         Class::Success | Class::Error
                     ));
-                    let fixed = MAX_ERROR_RESPONSE.max(success_len(&cfg, src));
-                    let bound = data.len().max(fixed + if padded { 4 } else { 0 });
+                    // The amplification bound: never more than the request or coturn's
+                    // answer to a bare Binding request (92 bytes to IPv4, 140 to IPv6).
+                    let bound = response_limit(data.len(), src);
                     assert!(
                         out.len() <= bound,
-                        "{} byte reply to a {} byte request (padded: {padded})",
+                        "{} byte reply to a {} byte request from {src}",
                         out.len(),
                         data.len()
                     );
-                    if !padded && !cfg.discovery() && src.is_ipv4() && cfg.software.is_none() {
-                        assert!(out.len() <= data.len().max(MAX_ERROR_RESPONSE));
+                    if src.is_ipv4() {
+                        assert!(out.len() <= data.len().max(COTURN_BINDING_V4));
                     }
                 }
             }

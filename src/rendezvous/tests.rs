@@ -5,15 +5,53 @@ fn addr(last: u8, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)), port)
 }
 
+const SECRET: &[u8] = b"right";
+
+fn key(session: &str) -> [u8; 32] {
+    derive_rendezvous_key(SECRET, session)
+}
+
+/// A register signed with the right key, carrying the key (creates the session if needed).
 fn register(session: &str, peer: &str, rtt_ms: u32) -> Vec<u8> {
+    register_seq(session, peer, rtt_ms, next_seq())
+}
+
+fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+fn register_seq(session: &str, peer: &str, rtt_ms: u32, seq: u64) -> Vec<u8> {
+    signed_register(
+        session,
+        peer,
+        rtt_ms,
+        seq,
+        Some(&key(session)),
+        &key(session),
+    )
+}
+
+fn signed_register(
+    session: &str,
+    peer: &str,
+    rtt_ms: u32,
+    seq: u64,
+    send_key: Option<&[u8; 32]>,
+    mac_key: &[u8; 32],
+) -> Vec<u8> {
     Msg::Register {
         session: session.into(),
         peer: peer.into(),
+        seq,
+        key: send_key.map(|k| hex(k)),
         locals: vec![addr(200, 5000)],
         nat: NatInfo::unknown(),
         rtt_ms,
+        mac: String::new(),
     }
-    .encode()
+    .encode_signed(mac_key)
 }
 
 const A: &str = "00000000000000aa";
@@ -152,7 +190,7 @@ fn junk_and_forged_messages_are_dropped() {
     .encode();
     assert!(r.handle(t, addr(1, 1), &forged).is_empty());
     assert!(r
-        .handle(t, addr(1, 1), &register("s", "not-hex", 1))
+        .handle(t, addr(1, 1), &register("s", "not-hexnot-hex00", 1))
         .is_empty());
     assert!(r.handle(t, addr(1, 1), &vec![b'P'; 5000]).is_empty());
     assert_eq!(r.sessions(), 0);
@@ -166,10 +204,255 @@ fn bye_frees_only_the_senders_own_entry() {
     let bye = Msg::Bye {
         session: "s".into(),
         peer: A.into(),
+        seq: next_seq(),
+        mac: String::new(),
     }
-    .encode();
+    .encode_signed(&key("s"));
     r.handle(t, addr(9, 9), &bye);
     assert_eq!(r.sessions(), 1, "a stranger cannot remove A");
     r.handle(t, addr(1, 1), &bye);
+    assert_eq!(r.sessions(), 0);
+}
+
+fn error_code(out: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Option<ErrorCode> {
+    match decode(out, to)[..] {
+        [Msg::Error { code, .. }] => Some(code),
+        _ => None,
+    }
+}
+
+#[test]
+fn signed_messages_verify_and_tampering_fails() {
+    let k = key("s");
+    let m = register("s", A, 1);
+    assert!(verify_mac(&k, &m));
+    assert!(!verify_mac(&key("other"), &m));
+    // Any changed byte before the MAC breaks it.
+    let mut t = m.clone();
+    let i = t.windows(6).position(|w| w == b"rtt_ms").unwrap() + 8;
+    t[i] = b'9';
+    assert!(Msg::decode(&t).is_some());
+    assert!(!verify_mac(&k, &t));
+    // A second `mac` member is refused by the decoder.
+    let mut dup = m[..m.len() - 1].to_vec();
+    dup.extend_from_slice(format!(",\"mac\":\"{}\"}}", "0".repeat(64)).as_bytes());
+    assert!(Msg::decode(&dup).is_none());
+    // Unsigned registers do not decode.
+    let unsigned = Msg::Register {
+        session: "s".into(),
+        peer: A.into(),
+        seq: 1,
+        key: None,
+        locals: vec![],
+        nat: NatInfo::unknown(),
+        rtt_ms: 1,
+        mac: String::new(),
+    }
+    .encode();
+    assert!(Msg::decode(&unsigned).is_none());
+}
+
+#[test]
+fn the_key_matches_the_documented_derivation() {
+    // HMAC-SHA256(secret, "punchraw v1 rendezvous\0" || session), independent of the punch key.
+    let k = derive_rendezvous_key(b"right", "s");
+    assert_ne!(k, crate::punch::derive_key(b"right", "s"));
+    let mut m = HmacSha256::new_from_slice(b"right").unwrap();
+    m.update(b"punchraw v1 rendezvous\0s");
+    assert_eq!(k, <[u8; 32]>::from(m.finalize().into_bytes()));
+}
+
+#[test]
+fn unknown_session_without_key_asks_for_it_in_a_small_answer() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    let m = signed_register("s", A, 1, 1, None, &key("s"));
+    let out = r.handle(t, addr(1, 1), &m);
+    assert_eq!(
+        error_code(&out, addr(1, 1)),
+        Some(ErrorCode::UnknownSession)
+    );
+    assert!(out.iter().all(|(_, b)| b.len() <= m.len()));
+    assert_eq!(r.sessions(), 0);
+    // With the key it is created; later registers need only the MAC.
+    let out = r.handle(
+        t,
+        addr(1, 1),
+        &signed_register("s", A, 1, 2, Some(&key("s")), &key("s")),
+    );
+    assert!(matches!(
+        decode(&out, addr(1, 1))[..],
+        [Msg::Waiting { .. }]
+    ));
+    let out = r.handle(
+        t,
+        addr(1, 1),
+        &signed_register("s", A, 1, 3, None, &key("s")),
+    );
+    assert!(matches!(
+        decode(&out, addr(1, 1))[..],
+        [Msg::Waiting { .. }]
+    ));
+}
+
+#[test]
+fn wrong_key_is_refused_and_cannot_read_the_peer() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let wrong = derive_rendezvous_key(b"guess", "s");
+    for (seq, send_key) in [(1, None), (2, Some(&wrong))] {
+        let m = signed_register("s", B, 1, seq, send_key, &wrong);
+        let out = r.handle(t, addr(2, 2), &m);
+        assert_eq!(error_code(&out, addr(2, 2)), Some(ErrorCode::Unauthorized));
+        assert!(out
+            .iter()
+            .all(|(to, b)| *to == addr(2, 2) && b.len() <= m.len()));
+        assert!(
+            decode(&out, addr(1, 1)).is_empty(),
+            "A learns nothing of the intruder"
+        );
+    }
+    // The right peer still gets in, and meets A.
+    let out = r.handle(t, addr(3, 3), &register("s", B, 1));
+    assert!(
+        matches!(&decode(&out, addr(3, 3))[..], [Msg::Peer { peer, .. }] if peer.id == A && peer.public == addr(1, 1))
+    );
+}
+
+#[test]
+fn a_replayed_register_from_elsewhere_cannot_take_over() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    let a1 = register_seq("s", A, 1, 10);
+    r.handle(t, addr(1, 1), &a1);
+    // The attacker saw A's register and replays it from its own address.
+    let out = r.handle(t, addr(6, 6), &a1);
+    assert!(out.is_empty(), "a replay earns no answer: {out:?}");
+    // An older one is no better.
+    assert!(r
+        .handle(t, addr(6, 6), &register_seq("s", A, 1, 9))
+        .is_empty());
+    // B arrives and is told A's real endpoint; the attacker hears nothing.
+    let out = r.handle(t, addr(2, 2), &register("s", B, 1));
+    assert!(decode(&out, addr(6, 6)).is_empty());
+    let to_b = decode(&out, addr(2, 2));
+    assert!(
+        matches!(&to_b[..], [Msg::Peer { peer, .. }] if peer.public == addr(1, 1)),
+        "{to_b:?}"
+    );
+    // A forged bye (wrong key) or a replayed one cannot remove A either.
+    let bye = Msg::Bye {
+        session: "s".into(),
+        peer: A.into(),
+        seq: 5,
+        mac: String::new(),
+    }
+    .encode_signed(&key("s"));
+    r.handle(t, addr(1, 1), &bye);
+    assert_eq!(r.sessions(), 1);
+}
+
+#[test]
+fn answers_to_unauthenticated_messages_are_never_larger() {
+    let mut r = Rendezvous::new(RendezvousConfig {
+        max_sessions: 1,
+        ..Default::default()
+    });
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let wrong = derive_rendezvous_key(b"x", "s");
+    for m in [
+        signed_register("s", B, 1, 1, None, &wrong),
+        signed_register("t", B, 1, 1, None, &key("t")),
+        signed_register("t", B, 1, 1, Some(&key("t")), &key("t")), // server-busy
+        signed_register("t", B, 1, 1, Some(&wrong), &key("t")),
+    ] {
+        let out = r.handle(t, addr(2, 2), &m);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].1.len() <= m.len(),
+            "{} > {}",
+            out[0].1.len(),
+            m.len()
+        );
+    }
+    assert!(small_error(ErrorCode::Unauthorized, "long text", 10).is_none());
+    let e = small_error(ErrorCode::Unauthorized, "long text here", 60).unwrap();
+    assert!(e.len() <= 60 && Msg::decode(&e).is_some());
+}
+
+#[test]
+fn stored_state_holds_the_session_key_not_the_secret() {
+    let mut reg = MemoryRegistry::new();
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    r.handle(Instant::now(), addr(1, 1), &register("s", A, 1));
+    // Same path through the trait object: the stored key is the derived one.
+    let out = reg.transact(Instant::now(), "s", &mut |_, s| {
+        assert!(s.is_none());
+        (Change::Keep, Vec::new())
+    });
+    assert!(out.unwrap().is_empty());
+    let stored = r.registry.transact(Instant::now(), "s", &mut |_, s| {
+        let s = s.expect("stored");
+        assert_eq!(s.key, key("s"));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("right"));
+        (Change::Keep, Vec::new())
+    });
+    assert!(stored.is_ok());
+}
+
+/// A registry that is down: every transaction fails.
+struct Down;
+impl Registry for Down {
+    fn transact(
+        &mut self,
+        _: Instant,
+        _: &str,
+        _: &mut dyn FnMut(u64, Option<Session>) -> (Change, Out),
+    ) -> Result<Out, RegistryError> {
+        Err(RegistryError::Unavailable("test".into()))
+    }
+    fn sessions(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[test]
+fn a_registry_outage_is_reported_to_the_peer() {
+    let mut r = Rendezvous::with_registry(RendezvousConfig::default(), Box::new(Down));
+    let m = register("s", A, 1);
+    let out = r.handle(Instant::now(), addr(1, 1), &m);
+    assert_eq!(
+        error_code(&out, addr(1, 1)),
+        Some(ErrorCode::RegistryUnavailable)
+    );
+    assert!(out[0].1.len() <= m.len());
+}
+
+#[test]
+fn sessions_expire_lazily_without_a_sweep() {
+    // What a TTL-based store relies on: the lone peer's next register after the wait tells
+    // it the other never came.
+    let cfg = RendezvousConfig {
+        wait_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut r = Rendezvous::new(cfg);
+    let t = Instant::now();
+    for i in 0..6 {
+        r.handle(
+            t + Duration::from_millis(300 * i),
+            addr(1, 1),
+            &register("s", A, 1),
+        );
+    }
+    let out = r.handle(
+        t + Duration::from_millis(2100),
+        addr(1, 1),
+        &register("s", A, 1),
+    );
+    assert_eq!(error_code(&out, addr(1, 1)), Some(ErrorCode::PeerTimeout));
     assert_eq!(r.sessions(), 0);
 }

@@ -1,9 +1,81 @@
 //! The STUN server's protocol logic, sans-IO: bytes and the endpoint they arrived on go in,
 //! a response and the endpoint to send it from come out. The socket loops live in
 //! [`crate::sys::serve`].
+//!
+//! # Amplification bound
+//!
+//! A UDP request's source address can be spoofed, so whatever the server answers can be aimed
+//! at a victim. The rule, enforced by construction in [`StunServer::handle`] and checked by
+//! the unit, property and fuzz tests:
+//!
+//! > a response is never longer than `max(request length, B)`, with `B` = 92 bytes for an
+//! > IPv4 source and 140 bytes for an IPv6 source ([`response_limit`]),
+//!
+//! where `B` is what coturn (4.6.1, `--stun-only`, two addresses) answers to a bare 20-byte
+//! Binding request. The largest amplification factor is therefore coturn's own (4.6x for
+//! IPv4, 7x for IPv6, for that 20-byte request), and larger requests are never answered with
+//! more than they sent. coturn itself exceeds its own factor: it pads a PADDING request to
+//! 1500 bytes whatever its size, and lists every unknown attribute of a 420.
+//!
+//! Inside the budget the response is built in order of need and an attribute that does not
+//! fit is left out (FINGERPRINT's 8 bytes are reserved first):
+//!
+//! 1. XOR-MAPPED-ADDRESS, the answer itself (RFC 8489 section 14.2), or for RFC 3489
+//!    clients MAPPED-ADDRESS (RFC 3489 section 11.2.1);
+//! 2. RESPONSE-ORIGIN and OTHER-ADDRESS, which behaviour discovery needs (RFC 5780 sections
+//!    7.3, 7.4), or SOURCE-ADDRESS and CHANGED-ADDRESS for RFC 3489 clients;
+//! 3. MAPPED-ADDRESS for magic-cookie clients: only for backwards compatibility (RFC 8489
+//!    section 14.1), since every RFC 5389/8489 client reads XOR-MAPPED-ADDRESS;
+//! 4. SOFTWARE, informational only (RFC 8489 section 14.14, "SHOULD"), dropped when a long
+//!    `--software` does not fit;
+//! 5. PADDING, only up to the request's own size (RFC 5780 section 7.6 asks for the MTU;
+//!    a client that wants a large answer to test fragmentation sends a large request);
+//! 6. FINGERPRINT (RFC 8489 section 14.7; never for RFC 3489 clients).
+//!
+//! Items 1, 2 and 6 always fit: at most 20 + 3 x 24 + 8 = 100 bytes with IPv6 addresses,
+//! 88 for an IPv4 source. An error response is ERROR-CODE with its reason phrase cut to fit
+//! (RFC 8489 section 14.8 makes the phrase advisory) and, for a 420, as many
+//! UNKNOWN-ATTRIBUTES as fit (16 with the phrase, 26 without, for an IPv4 source at 92
+//! bytes; RFC 8489 section 14.9 sets no minimum, and every listed type took at least 4
+//! request bytes, so larger lists come with larger requests).
+//!
+//! RESPONSE-PORT and CHANGE-REQUEST change only the port and the local endpoint, never the
+//! destination IP, so the server can never be aimed at an address that did not send the
+//! request.
+
+mod limit;
+
+pub use limit::SourceLimiter;
 
 use crate::stun::{attr_type, Attribute, Class, Encoder, ErrorCode, Message, MessageType, Method};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// coturn's answer to a bare 20-byte Binding request from an IPv4 source, in bytes.
+pub const COTURN_BINDING_V4: usize = 92;
+/// coturn's answer to a bare 20-byte Binding request from an IPv6 source, in bytes.
+pub const COTURN_BINDING_V6: usize = 140;
+
+/// The most bytes the server answers a `request_len`-byte request from `src` with.
+pub fn response_limit(request_len: usize, src: SocketAddr) -> usize {
+    let base = if src.is_ipv4() {
+        COTURN_BINDING_V4
+    } else {
+        COTURN_BINDING_V6
+    };
+    request_len.max(base)
+}
+
+const FINGERPRINT_LEN: usize = 8;
+
+fn padded(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn addr_attr_len(a: SocketAddr) -> usize {
+    4 + if a.is_ipv4() { 8 } else { 20 }
+}
 
 /// One of the up to four local endpoints of an RFC 5780 server: bit 1 selects the alternate
 /// IP, bit 0 the alternate port. `EndpointId(0)` is the primary address and port.
@@ -37,6 +109,11 @@ pub struct ServerConfig {
     pub port: u16,
     pub alt_port: u16,
     pub software: Option<String>,
+    /// `--per-source-limit`: most UDP responses per second to one source (an IPv4 address
+    /// or an IPv6 /64), bursts of as many; `None` answers everyone (the default, since many
+    /// users can share one address behind carrier-grade NAT). TCP is not limited: its
+    /// source cannot be spoofed.
+    pub per_source_limit: Option<u32>,
 }
 
 impl ServerConfig {
@@ -74,6 +151,8 @@ impl ServerConfig {
 pub enum DropReason {
     Malformed,
     NotRequest,
+    /// `--per-source-limit`: the source's response budget is spent.
+    RateLimited,
 }
 
 /// What to do with one input.
@@ -95,19 +174,38 @@ pub struct Stats {
     pub errors: u64,
     pub malformed: u64,
     pub not_request: u64,
+    /// Well-formed requests left unanswered by `--per-source-limit`.
+    pub rate_limited: u64,
 }
 
 pub struct StunServer {
     cfg: ServerConfig,
+    limiter: Option<Arc<SourceLimiter>>,
     pub stats: Stats,
 }
 
 impl StunServer {
+    /// A server with a limiter of its own when `cfg.per_source_limit` is set. Servers on
+    /// several threads should share one: [`with_limiter`](Self::with_limiter).
     pub fn new(cfg: ServerConfig) -> Self {
+        let limiter = Self::limiter_for(&cfg, Instant::now());
+        Self::with_limiter(cfg, limiter)
+    }
+
+    /// A server using `limiter` (shared with other threads' servers, so the budget is per
+    /// source, not per source and thread); `None` answers everyone.
+    pub fn with_limiter(cfg: ServerConfig, limiter: Option<Arc<SourceLimiter>>) -> Self {
         StunServer {
             cfg,
+            limiter,
             stats: Stats::default(),
         }
+    }
+
+    /// The limiter for `cfg.per_source_limit`, for [`with_limiter`](Self::with_limiter).
+    pub fn limiter_for(cfg: &ServerConfig, now: Instant) -> Option<Arc<SourceLimiter>> {
+        cfg.per_source_limit
+            .map(|r| Arc::new(SourceLimiter::new(r, now)))
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -115,9 +213,36 @@ impl StunServer {
     }
 
     /// Handles one datagram (or one framed TCP message) that arrived on `local` from `src`.
-    /// On `Outcome::Reply` the response is in `out` (cleared first).
+    /// On `Outcome::Reply` the response is in `out` (cleared first), at most
+    /// [`response_limit`]`(input.len(), src)` bytes. Reads the clock only when a per-source
+    /// limit is set; [`handle_at`](Self::handle_at) takes the time instead.
     pub fn handle(
         &mut self,
+        transport: Transport,
+        local: EndpointId,
+        src: SocketAddr,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        self.handle_inner(None, transport, local, src, input, out)
+    }
+
+    /// [`handle`](Self::handle) at `now` (the per-source limit's clock).
+    pub fn handle_at(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        local: EndpointId,
+        src: SocketAddr,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        self.handle_inner(Some(now), transport, local, src, input, out)
+    }
+
+    fn handle_inner(
+        &mut self,
+        now: Option<Instant>,
         transport: Transport,
         local: EndpointId,
         src: SocketAddr,
@@ -138,24 +263,35 @@ impl StunServer {
             self.stats.not_request += 1;
             return Outcome::Drop(DropReason::NotRequest);
         }
+        if transport == Transport::Udp {
+            if let Some(l) = &self.limiter {
+                // Every answer, error or success, goes to `src.ip()`: one token per answer.
+                if !l.allow(now.unwrap_or_else(Instant::now), src.ip()) {
+                    self.stats.rate_limited += 1;
+                    return Outcome::Drop(DropReason::RateLimited);
+                }
+            }
+        }
         self.stats.requests += 1;
+        let limit = response_limit(input.len(), src);
         let error_to = Outcome::Reply {
             from: local,
             to: src,
         };
         if mt.method != Method::Binding {
-            self.error(&msg, 400, "Only Binding is served here", &[], out);
+            self.error(limit, &msg, 400, "Only Binding is served here", &[], out);
             return error_to;
         }
-        // RFC 8489 section 6.3.1.1: unknown comprehension-required attributes -> 420.
-        let mut unknown = [0u8; 32];
+        // RFC 8489 section 6.3.1.1: unknown comprehension-required attributes -> 420. The
+        // list is cut to what fits the response budget in `error`.
+        let mut unknown = [0u8; 64];
         let mut n = 0;
         for t in msg.unknown_required().take(unknown.len() / 2) {
             unknown[n..n + 2].copy_from_slice(&t.to_be_bytes());
             n += 2;
         }
         if n > 0 {
-            self.error(&msg, 420, "Unknown Attribute", &unknown[..n], out);
+            self.error(limit, &msg, 420, "Unknown Attribute", &unknown[..n], out);
             return error_to;
         }
 
@@ -176,7 +312,7 @@ impl StunServer {
                 Ok(Attribute::Padding(p)) => padding = Some(p.len()),
                 Ok(_) => {}
                 Err(_) if attr_type::is_comprehension_required(a.typ) => {
-                    self.error(&msg, 400, "Malformed attribute", &[], out);
+                    self.error(limit, &msg, 400, "Malformed attribute", &[], out);
                     return error_to;
                 }
                 Err(_) => {}
@@ -187,13 +323,21 @@ impl StunServer {
             // RFC 5780 section 6.1: a server that cannot answer from another address treats
             // CHANGE-REQUEST as unknown; over TCP the answer must use the same connection.
             let unk = attr_type::CHANGE_REQUEST.to_be_bytes();
-            self.error(&msg, 420, "CHANGE-REQUEST not available here", &unk, out);
+            self.error(
+                limit,
+                &msg,
+                420,
+                "CHANGE-REQUEST not available here",
+                &unk,
+                out,
+            );
             return error_to;
         }
         if response_port.is_some() && (padding.is_some() || transport == Transport::Tcp) {
             // RFC 5780 section 6.1: RESPONSE-PORT with PADDING is a 400; over TCP there is no
             // other port to answer to.
             self.error(
+                limit,
                 &msg,
                 400,
                 "RESPONSE-PORT not usable with this request",
@@ -203,7 +347,7 @@ impl StunServer {
             return error_to;
         }
         if response_port == Some(0) {
-            self.error(&msg, 400, "RESPONSE-PORT 0", &[], out);
+            self.error(limit, &msg, 400, "RESPONSE-PORT 0", &[], out);
             return error_to;
         }
 
@@ -220,41 +364,65 @@ impl StunServer {
         // primary IP and misreport address-dependent mapping.
         let other = self.cfg.discovery().then(|| self.cfg.addr(EndpointId(3)));
 
+        // The budget for everything but FINGERPRINT; see the module documentation.
+        let rfc3489 = tid.is_rfc3489();
+        let room = limit - if rfc3489 { 0 } else { FINGERPRINT_LEN };
         let mut e = Encoder::new(out, MessageType::BINDING_SUCCESS, tid);
-        if tid.is_rfc3489() {
+        let push = |e: &mut Encoder<'_>, a: &Attribute<'_>, len: usize| {
+            if e.len() + len <= room {
+                e.push(a);
+            }
+        };
+        if rfc3489 {
             // RFC 3489 section 11.2: classic clients read these three.
-            e.push(&Attribute::MappedAddress(src));
-            e.push(&Attribute::SourceAddress(origin));
+            push(&mut e, &Attribute::MappedAddress(src), addr_attr_len(src));
+            push(
+                &mut e,
+                &Attribute::SourceAddress(origin),
+                addr_attr_len(origin),
+            );
             if let Some(o) = other {
-                e.push(&Attribute::ChangedAddress(o));
+                push(&mut e, &Attribute::ChangedAddress(o), addr_attr_len(o));
             }
         } else {
-            e.push(&Attribute::XorMappedAddress(src));
-            // RFC 5389-era clients that predate XOR-MAPPED-ADDRESS still read this.
-            e.push(&Attribute::MappedAddress(src));
-            e.push(&Attribute::ResponseOrigin(origin));
+            push(
+                &mut e,
+                &Attribute::XorMappedAddress(src),
+                addr_attr_len(src),
+            );
+            push(
+                &mut e,
+                &Attribute::ResponseOrigin(origin),
+                addr_attr_len(origin),
+            );
             if let Some(o) = other {
-                e.push(&Attribute::OtherAddress(o));
+                push(&mut e, &Attribute::OtherAddress(o), addr_attr_len(o));
             }
+            // RFC 8489 section 14.1: for backwards compatibility only.
+            push(&mut e, &Attribute::MappedAddress(src), addr_attr_len(src));
             if let Some(s) = &self.cfg.software {
-                e.push(&Attribute::Software(s));
+                push(&mut e, &Attribute::Software(s), 4 + padded(s.len()));
             }
             if let Some(plen) = padding {
-                // RFC 5780 section 6.1 asks for MTU-sized padding; we pad only up to the
+                // RFC 5780 section 7.6 asks for MTU-sized padding; we pad only up to the
                 // request's own size so a small request can never buy a large answer.
-                let room = input.len().saturating_sub(e.len() + 4 + 8 + 4);
-                let want = plen.min(room) & !3;
                 static ZEROS: [u8; 1500] = [0; 1500];
-                e.push(&Attribute::Padding(&ZEROS[..want.min(ZEROS.len())]));
+                let fits = room.saturating_sub(e.len() + 4) & !3;
+                let want = (plen & !3).min(fits).min(ZEROS.len());
+                push(&mut e, &Attribute::Padding(&ZEROS[..want]), 4 + want);
             }
             e.fingerprint();
         }
+        debug_assert!(out.len() <= limit);
         self.stats.success += 1;
         Outcome::Reply { from, to }
     }
 
+    /// An error response of at most `limit` bytes: the reason phrase and the list of
+    /// unknown attributes (`unknown`, big-endian types) are cut to fit.
     fn error(
         &mut self,
+        limit: usize,
         req: &Message<'_>,
         code: u16,
         reason: &str,
@@ -267,16 +435,36 @@ impl StunServer {
             method: req.message_type().method,
             class: Class::Error,
         };
+        let fp = if tid.is_rfc3489() { 0 } else { FINGERPRINT_LEN };
+        // Header, ERROR-CODE without a phrase, FINGERPRINT: 36 bytes, within any limit.
+        let fixed = 20 + 8 + fp;
+        let list_len = |n: usize| if n == 0 { 0 } else { 4 + padded(n) };
+        let (phrase, n) = if fixed + padded(reason.len()) + list_len(unknown.len()) <= limit {
+            (reason, unknown.len())
+        } else if unknown.is_empty() {
+            // Reason phrases are ASCII; cut to whole 4-byte words.
+            let keep = (limit.saturating_sub(fixed) & !3).min(reason.len());
+            (reason.get(..keep).unwrap_or(""), 0)
+        } else {
+            // The list is what the client acts on (RFC 8489 section 14.9): drop the phrase
+            // and list as many types as fit (an even number of bytes; 26 at 92 bytes).
+            let left = limit.saturating_sub(fixed + 4) & !3;
+            ("", left.min(unknown.len()))
+        };
         let mut e = Encoder::new(out, mt, tid);
-        e.push(&Attribute::ErrorCode(ErrorCode { code, reason }));
-        if !unknown.is_empty() {
+        e.push(&Attribute::ErrorCode(ErrorCode {
+            code,
+            reason: phrase,
+        }));
+        if n > 0 {
             e.push(&Attribute::UnknownAttributes(crate::stun::UnknownList(
-                unknown,
+                &unknown[..n],
             )));
         }
-        if !tid.is_rfc3489() {
+        if fp > 0 {
             e.fingerprint();
         }
+        debug_assert!(out.len() <= limit.max(fixed));
     }
 }
 

@@ -3,6 +3,7 @@
 use super::*;
 use crate::stun::{Class, Encoder, Message, MessageType, Method, TransactionId};
 use proptest::prelude::*;
+use std::time::Duration;
 
 const PRIMARY_IP: [u8; 4] = [192, 0, 2, 1];
 const ALT_IP: [u8; 4] = [192, 0, 2, 2];
@@ -14,6 +15,7 @@ fn config(discovery: bool) -> ServerConfig {
         port: 3478,
         alt_port: 3479,
         software: Some("punchraw".to_string()),
+        per_source_limit: None,
     }
 }
 
@@ -24,6 +26,7 @@ fn config_v6() -> ServerConfig {
         port: 3478,
         alt_port: 3479,
         software: None,
+        per_source_limit: None,
     }
 }
 
@@ -526,8 +529,43 @@ fn many_unknown_attributes_do_not_buy_a_larger_answer() {
     let req = binding(&attrs);
     let a = ask_udp(&mut s, &req);
     assert_eq!(a.error_code(), 420);
-    assert_eq!(a.unknown(), (0x7000..0x7010).collect::<Vec<u16>>());
+    // A prefix of the unknown types, in request order, as many as the server collects.
+    assert_eq!(a.unknown(), (0x7000..0x7020).collect::<Vec<u16>>());
     assert!(a.out.len() <= req.len());
+    // Sixteen unknown types in an 84-byte request: all listed, within coturn's 92 bytes.
+    let req = binding(&attrs[..16]);
+    let a = ask_udp(&mut s, &req);
+    assert_eq!(a.unknown(), (0x7000..0x7010).collect::<Vec<u16>>());
+    assert!(a.out.len() <= 92, "{}", a.out.len());
+}
+
+#[test]
+fn error_responses_cut_the_phrase_and_the_list_to_the_budget() {
+    let mut s = StunServer::new(config(true));
+    let req = binding(&[]);
+    let msg = Message::parse(&req).unwrap();
+    let types: Vec<u8> = (0x7000..0x7028u16).flat_map(u16::to_be_bytes).collect();
+    let mut out = Vec::new();
+    s.error(92, &msg, 420, "Unknown Attribute", &types, &mut out);
+    assert!(out.len() <= 92, "{}", out.len());
+    let m = Message::parse(&out).unwrap();
+    let Some(Ok(Attribute::ErrorCode(e))) = m.get(attr_type::ERROR_CODE) else {
+        panic!("no ERROR-CODE");
+    };
+    assert_eq!((e.code, e.reason), (420, ""));
+    let Some(Ok(Attribute::UnknownAttributes(l))) = m.get(attr_type::UNKNOWN_ATTRIBUTES) else {
+        panic!("no UNKNOWN-ATTRIBUTES");
+    };
+    assert_eq!(
+        l.iter().collect::<Vec<_>>(),
+        (0x7000..0x701a).collect::<Vec<u16>>()
+    );
+    // A phrase alone is cut to whole words when it does not fit.
+    let long = "x".repeat(200);
+    out.clear();
+    s.error(92, &msg, 400, &long, &[], &mut out);
+    assert_eq!(out.len(), 92);
+    assert!(Message::parse(&out).is_ok());
 }
 
 #[test]
@@ -626,6 +664,159 @@ fn indications_and_responses_are_dropped() {
 }
 
 #[test]
+fn long_software_is_left_out_rather_than_exceed_the_budget() {
+    let mut cfg = config(true);
+    cfg.software = Some("x".repeat(300));
+    let mut s = StunServer::new(cfg);
+    let a = ask_udp(&mut s, &binding(&[]));
+    assert!(a.out.len() <= 92, "{}", a.out.len());
+    assert!(a.get(attr_type::SOFTWARE).is_none());
+    for t in [
+        attr_type::XOR_MAPPED_ADDRESS,
+        attr_type::RESPONSE_ORIGIN,
+        attr_type::OTHER_ADDRESS,
+        attr_type::MAPPED_ADDRESS,
+    ] {
+        assert!(a.get(t).is_some(), "{t:#06x}");
+    }
+    assert_eq!(a.types().last(), Some(&attr_type::FINGERPRINT));
+}
+
+#[test]
+fn ipv6_answers_keep_every_discovery_attribute_within_coturns_size() {
+    let mut cfg = config_v6();
+    cfg.software = Some("punchraw".into());
+    let mut s = StunServer::new(cfg);
+    let src6: SocketAddr = "[2001:db8:9::7]:40000".parse().unwrap();
+    let req = binding(&[]);
+    let a = ask(&mut s, Transport::Udp, EndpointId::PRIMARY, src6, &req);
+    assert!(a.out.len() <= COTURN_BINDING_V6, "{}", a.out.len());
+    for t in [
+        attr_type::XOR_MAPPED_ADDRESS,
+        attr_type::RESPONSE_ORIGIN,
+        attr_type::OTHER_ADDRESS,
+        attr_type::MAPPED_ADDRESS,
+        attr_type::SOFTWARE,
+        attr_type::FINGERPRINT,
+    ] {
+        assert!(a.get(t).is_some(), "{t:#06x}");
+    }
+}
+
+/// What coturn 4.6.1 (`turnserver --stun-only -L 127.0.0.1 -L 127.0.0.2 -L ::1`) answered to
+/// each request shape on loopback, IPv4 and IPv6 source; `None`: no answer at all.
+#[test]
+fn no_answer_is_larger_than_coturns_to_the_same_request() {
+    static PAD100: [u8; 100] = [0; 100];
+    static PAD1000: [u8; 1000] = [0; 1000];
+    let unknown: Vec<_> = (0x0040..0x005eu16)
+        .map(|typ| Attribute::Other { typ, value: b"" })
+        .collect();
+    let long_software = "s".repeat(200);
+    let fp = |attrs: &[Attribute<'_>]| {
+        build(
+            MessageType::BINDING_REQUEST,
+            TransactionId::new_random(),
+            attrs,
+            true,
+        )
+    };
+    let mut classic_tid = [7u8; 16];
+    classic_tid[0] = 0;
+    // (name, request, coturn's answer to IPv4, coturn's answer to IPv6)
+    type Shape = (&'static str, Vec<u8>, Option<usize>, Option<usize>);
+    let shapes: Vec<Shape> = vec![
+        ("plain", binding(&[]), Some(92), Some(140)),
+        ("fingerprint", fp(&[]), Some(100), Some(148)),
+        (
+            "rfc3489",
+            build(
+                MessageType::BINDING_REQUEST,
+                TransactionId(classic_tid),
+                &[],
+                false,
+            ),
+            Some(84),
+            Some(120),
+        ),
+        (
+            "change ip+port",
+            binding(&[change(true, true)]),
+            Some(92),
+            Some(140),
+        ),
+        (
+            "change port",
+            binding(&[change(false, true)]),
+            Some(92),
+            Some(140),
+        ),
+        ("16 unknown", binding(&unknown[..16]), Some(108), Some(108)),
+        ("30 unknown", binding(&unknown[..30]), Some(136), Some(136)),
+        (
+            "padding 100",
+            binding(&[Attribute::Padding(&PAD100)]),
+            Some(1596),
+            Some(1644),
+        ),
+        (
+            "padding 1000",
+            binding(&[Attribute::Padding(&PAD1000)]),
+            Some(1596),
+            Some(1644),
+        ),
+        (
+            "bad xor-mapped",
+            binding(&[Attribute::Other {
+                typ: attr_type::XOR_MAPPED_ADDRESS,
+                value: b"\0",
+            }]),
+            Some(80),
+            Some(80),
+        ),
+        (
+            "username",
+            binding(&[Attribute::Username(&[b'u'; 40])]),
+            Some(92),
+            Some(140),
+        ),
+        (
+            "software",
+            binding(&[Attribute::Software(&long_software)]),
+            Some(92),
+            Some(140),
+        ),
+        // coturn ignores other methods; we answer 400 as RFC 8489 section 6.3.1 asks, within
+        // the size of a Binding answer (which anyone can ask for instead).
+        (
+            "allocate",
+            build(
+                MessageType::from_u16(0x0003),
+                TransactionId::new_random(),
+                &[],
+                false,
+            ),
+            None,
+            None,
+        ),
+    ];
+    let src6: SocketAddr = "[2001:db8:9::7]:40000".parse().unwrap();
+    for (name, req, v4, v6) in &shapes {
+        for (cfg, src, coturn) in [(config(true), src(), v4), (config_v6(), src6, v6)] {
+            let mut s = StunServer::new(cfg);
+            let a = ask(&mut s, Transport::Udp, EndpointId::PRIMARY, src, req);
+            let bound = coturn.unwrap_or(response_limit(0, src));
+            assert!(
+                a.out.len() <= bound,
+                "{name} from {src}: {} bytes, coturn {coturn:?}",
+                a.out.len()
+            );
+            assert!(a.out.len() <= response_limit(req.len(), src));
+        }
+    }
+}
+
+#[test]
 fn plain_binding_answer_is_no_larger_than_coturns() {
     // Anti-amplification: a 20-byte request must not buy more than coturn's 92-byte answer.
     for discovery in [false, true] {
@@ -691,7 +882,7 @@ fn check_any_input(
     local: u8,
     peer: SocketAddr,
 ) -> Result<(), TestCaseError> {
-    for cfg in [config(true), config(false)] {
+    for cfg in [config(true), config(false), config_v6()] {
         let n = cfg.endpoints().len() as u8;
         let local = EndpointId(local % n);
         let mut s = StunServer::new(cfg);
@@ -704,9 +895,10 @@ fn check_any_input(
                     prop_assert_eq!((from, to), (local, peer));
                 }
                 prop_assert!(Message::parse(&out).is_ok());
-                // Amplification bound: never more than the request or a plain answer.
+                // Amplification bound: never more than the request or coturn's plain
+                // answer (92 bytes to IPv4, 140 to IPv6).
                 prop_assert!(
-                    out.len() <= input.len().max(92),
+                    out.len() <= response_limit(input.len(), peer),
                     "{} -> {}",
                     input.len(),
                     out.len()
@@ -723,7 +915,10 @@ fn transport() -> impl Strategy<Value = Transport> {
 }
 
 fn peer() -> impl Strategy<Value = SocketAddr> {
-    (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port)))
+    prop_oneof![
+        3 => (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        1 => (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
 }
 
 proptest! {
@@ -748,4 +943,172 @@ proptest! {
     ) {
         check_any_input(&input, transport, local, peer)?;
     }
+}
+
+// --per-source-limit
+
+fn limited(rate: u32) -> ServerConfig {
+    ServerConfig {
+        per_source_limit: Some(rate),
+        ..config(true)
+    }
+}
+
+/// Sends `per_tick` Binding requests in `victim`'s name every `tick` for `secs` seconds of
+/// virtual time; returns the answers per whole second.
+fn flood(
+    s: &mut StunServer,
+    t0: Instant,
+    victim: SocketAddr,
+    secs: u64,
+    tick: Duration,
+    per_tick: usize,
+) -> Vec<u64> {
+    let req = binding(&[]);
+    let mut out = Vec::new();
+    let mut per_second = vec![0u64; secs as usize];
+    let mut t = Duration::ZERO;
+    while t < Duration::from_secs(secs) {
+        for _ in 0..per_tick {
+            let o = s.handle_at(
+                t0 + t,
+                Transport::Udp,
+                EndpointId::PRIMARY,
+                victim,
+                &req,
+                &mut out,
+            );
+            if let Outcome::Reply { to, .. } = o {
+                assert_eq!(to.ip(), victim.ip());
+                per_second[t.as_secs() as usize] += 1;
+            }
+        }
+        t += tick;
+    }
+    per_second
+}
+
+#[test]
+fn spoofed_victim_receives_at_most_the_limit() {
+    let t0 = Instant::now();
+    let rate = 50;
+    let mut s = StunServer::new(limited(rate));
+    // 100,000 requests per second of virtual time in the victim's name, for 10 s.
+    let got = flood(&mut s, t0, src(), 10, Duration::from_millis(1), 100);
+    // A burst of `rate`, then the sustained rate: never more than 2 x rate in any second,
+    // rate x t + rate over any t seconds, and the budget is used.
+    let total: u64 = got.iter().sum();
+    assert!(total <= 10 * u64::from(rate) + u64::from(rate), "{got:?}");
+    assert!(total >= 10 * u64::from(rate), "{got:?}");
+    for (i, n) in got.iter().enumerate().skip(1) {
+        assert!(*n <= u64::from(rate) + 1, "second {i}: {n}");
+    }
+    assert!(got[0] <= 2 * u64::from(rate));
+    assert_eq!(s.stats.rate_limited + total, 1_000_000);
+    assert_eq!(s.stats.requests, total);
+}
+
+#[test]
+fn limit_applies_to_errors_and_every_endpoint_and_not_to_tcp() {
+    let t0 = Instant::now();
+    let mut s = StunServer::new(limited(3));
+    let bad = binding(&[Attribute::Other {
+        typ: 0x7777,
+        value: b"",
+    }]);
+    let mut out = Vec::new();
+    let mut answered = 0;
+    for i in 0..40u8 {
+        let local = EndpointId(i % 4);
+        if let Outcome::Reply { .. } = s.handle_at(t0, Transport::Udp, local, src(), &bad, &mut out)
+        {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 3);
+    assert_eq!(s.stats.rate_limited, 37);
+    for _ in 0..40 {
+        let o = s.handle_at(
+            t0,
+            Transport::Tcp,
+            EndpointId::PRIMARY,
+            src(),
+            &bad,
+            &mut out,
+        );
+        assert!(matches!(o, Outcome::Reply { .. }), "TCP is never limited");
+    }
+    // After a second the budget is back.
+    let later = t0 + Duration::from_secs(1);
+    let o = s.handle_at(
+        later,
+        Transport::Udp,
+        EndpointId::PRIMARY,
+        src(),
+        &bad,
+        &mut out,
+    );
+    assert!(matches!(o, Outcome::Reply { .. }));
+}
+
+#[test]
+fn one_limiter_shared_by_threads_bounds_the_total() {
+    let t0 = Instant::now();
+    let cfg = limited(100);
+    let limiter = StunServer::limiter_for(&cfg, t0);
+    let answered: u64 = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let mut s = StunServer::with_limiter(cfg.clone(), limiter.clone());
+                sc.spawn(move || flood(&mut s, t0, src(), 2, Duration::from_millis(10), 50))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap().iter().sum::<u64>())
+            .sum()
+    });
+    assert!(answered <= 2 * 100 + 100, "{answered}");
+}
+
+#[test]
+fn other_sources_keep_their_own_budget_and_memory_is_fixed() {
+    let t0 = Instant::now();
+    let lim = SourceLimiter::new(2, t0);
+    // A spoofed flood from a million sources: the table does not grow.
+    for i in 0..1_000_000u32 {
+        lim.allow(t0, IpAddr::from(i.to_be_bytes()));
+    }
+    assert_eq!(
+        format!("{lim:?}"),
+        format!("SourceLimiter {{ rate: 2, buckets: {} }}", limit::BUCKETS)
+    );
+    // Sources that share nothing with the victim still get answers (a few may share its
+    // bucket by chance of the hash, and then its budget).
+    let victim = IpAddr::from([198, 51, 100, 9]);
+    let t1 = t0 + Duration::from_secs(5);
+    while lim.allow(t1, victim) {}
+    let others = (0..200u8)
+        .filter(|&i| lim.allow(t1, IpAddr::from([100, 64, 7, i])))
+        .count();
+    assert!(others >= 190, "{others}");
+    // IPv6 sources in one /64 share a budget; another /64 has its own.
+    let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let b: IpAddr = "2001:db8:1:2:ffff::99".parse().unwrap();
+    let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    assert!(lim.allow(t1, a) && lim.allow(t1, b));
+    assert!(!lim.allow(t1, a) && !lim.allow(t1, b));
+    assert!(lim.allow(t1, c));
+}
+
+#[test]
+fn a_tiny_table_only_lowers_what_each_source_gets() {
+    let t0 = Instant::now();
+    let lim = SourceLimiter::with_buckets(10, t0, 1);
+    let mut n = 0;
+    for i in 0..100u8 {
+        if lim.allow(t0, IpAddr::from([10, 0, 0, i])) {
+            n += 1;
+        }
+    }
+    assert_eq!(n, 10);
 }

@@ -221,6 +221,7 @@ impl SimNet {
                 port: 3478,
                 alt_port: 3479,
                 software: None,
+                per_source_limit: None,
             }),
             host_ip,
             latency: Duration::from_millis(10),

@@ -3,7 +3,7 @@
 
 use crate::classify::{Allocation, LegacyType};
 use crate::punch::{derive_key, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy};
-use crate::rendezvous::{ErrorCode, Msg, NatInfo, PeerData};
+use crate::rendezvous::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData};
 use crate::sys::capture::Capture;
 use crate::sys::probe::classify_udp;
 use crate::sys::quic::{self, Identity, Role};
@@ -81,6 +81,9 @@ struct Introduction {
     start: Instant,
 }
 
+/// How long `registry-unavailable` answers are retried before giving up.
+const REGISTRY_GRACE: Duration = Duration::from_millis(1500);
+
 /// Registers from `sock` until the server introduces the peer, it refuses, or time runs out.
 #[allow(clippy::too_many_arguments)]
 fn rendezvous(
@@ -90,22 +93,36 @@ fn rendezvous(
     locals: &[SocketAddr],
     nat: NatInfo,
     rtt: Duration,
+    secret: &[u8],
     deadline: Instant,
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
-    let register = Msg::Register {
-        session: cfg.session.clone(),
-        peer: my_id.to_string(),
-        locals: locals.to_vec(),
-        nat,
-        rtt_ms: rtt.as_millis().min(u128::from(u32::MAX)) as u32,
-    }
-    .encode();
+    // Registers are signed with the session's rendezvous key; the key itself goes out only
+    // when the server says the session does not exist yet (we create it, trust on first use).
+    let rkey = derive_rendezvous_key(secret, &cfg.session);
+    let mut seq = 0u64;
+    let mut send_key = false;
+    let mut register = |send_key: bool| {
+        seq += 1;
+        Msg::Register {
+            session: cfg.session.clone(),
+            peer: my_id.to_string(),
+            seq,
+            key: send_key.then(|| hex(&rkey)),
+            locals: locals.to_vec(),
+            nat,
+            rtt_ms: rtt.as_millis().min(u128::from(u32::MAX)) as u32,
+            mac: String::new(),
+        }
+        .encode_signed(&rkey)
+    };
     let mut buf = [0u8; 2048];
     let mut next_send = Instant::now();
     let mut last_answer = Instant::now();
     let mut said_waiting = false;
+    // When the server's registry is down: since when (a failover may take a moment).
+    let mut registry_down: Option<Instant> = None;
     sock.set_read_timeout(Some(Duration::from_millis(50)))
         .map_err(|e| Error::io("socket option", e))?;
     sock.set_nonblocking(false)
@@ -130,7 +147,7 @@ fn rendezvous(
         if now >= next_send {
             // Re-registering also keeps our NAT binding toward the server (and so the
             // endpoint the peer will be told) alive.
-            let _ = sock.send_to(&register, cfg.server);
+            let _ = sock.send_to(&register(send_key), cfg.server);
             next_send = now + Duration::from_millis(300);
         }
         let (n, from) = match sock.recv_from(&mut buf) {
@@ -146,8 +163,19 @@ fn rendezvous(
             continue;
         };
         last_answer = Instant::now();
+        if !matches!(
+            msg,
+            Msg::Error {
+                code: ErrorCode::RegistryUnavailable,
+                ..
+            }
+        ) {
+            registry_down = None;
+        }
         match msg {
-            Msg::Waiting { wait_left_ms, .. } if !said_waiting => {
+            Msg::Waiting { .. } if said_waiting => send_key = false,
+            Msg::Waiting { wait_left_ms, .. } => {
+                send_key = false;
                 status.say(format!(
                     "waiting for the peer in session {:?} (server holds it {} s more)",
                     cfg.session,
@@ -166,8 +194,26 @@ fn rendezvous(
                     start: Instant::now() + Duration::from_millis(start_in_ms.min(10_000)),
                 })
             }
+            Msg::Error {
+                code: ErrorCode::UnknownSession,
+                ..
+            } => {
+                // First here (or the server forgot the session): create it at once.
+                send_key = true;
+                next_send = Instant::now();
+            }
+            Msg::Error {
+                code: ErrorCode::RegistryUnavailable,
+                ..
+            } if registry_down.get_or_insert(last_answer).elapsed() < REGISTRY_GRACE => {}
             Msg::Error { code, message } => {
                 return Err(match code {
+                    ErrorCode::Unauthorized => Error::SessionKeyMismatch {
+                        session: cfg.session.clone(),
+                    },
+                    ErrorCode::RegistryUnavailable => {
+                        Error::RegistryUnavailable { server: cfg.server }
+                    }
                     ErrorCode::SessionFull => Error::SessionTaken {
                         session: cfg.session.clone(),
                     },
@@ -275,6 +321,7 @@ fn connect(
         &main_local,
         nat,
         rtt,
+        secret.as_bytes(),
         deadline,
         &shutdown,
         status,

@@ -4,8 +4,10 @@
 pub mod capture;
 pub mod connect;
 pub mod logging;
+pub mod mmsg;
 pub mod probe;
 pub mod quic;
+pub mod registry;
 pub mod serve;
 pub mod signals;
 pub mod udp;

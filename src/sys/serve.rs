@@ -1,15 +1,23 @@
 //! Socket loops for `punchraw serve`: they feed the sans-IO [`StunServer`] and send what it
 //! answers.
 //!
-//! Threads, not an event loop: UDP has one thread per endpoint socket, TCP one accept thread
-//! per endpoint and one thread per connection (bounded). Every blocking call has a short
-//! timeout so that all threads notice [`Shutdown`] within about [`POLL_INTERVAL`].
-//! Each thread owns its own `StunServer` (only config and counters), so the hot path takes no
-//! lock; counters are folded into shared atomics in batches.
+//! Threads, not an event loop: UDP has, per endpoint, one socket and thread per core (the
+//! sockets share the port with SO_REUSEPORT, so the kernel spreads clients over them by their
+//! address and port), TCP one accept thread per endpoint and one thread per connection
+//! (bounded). Every blocking call has a short timeout so that all threads notice [`Shutdown`]
+//! within about [`POLL_INTERVAL`].
+//! Each thread owns its own `StunServer` (only config and counters) and its own buffers,
+//! receives and sends in batches (`recvmmsg`/`sendmmsg`, [`super::mmsg`]) and allocates
+//! nothing per datagram; the hot path takes no lock; counters are folded into shared atomics
+//! in batches. Only rendezvous messages, which are rare, take the registry's lock.
 
-use crate::rendezvous::{Msg, Rendezvous, RendezvousConfig};
-use crate::server::{DropReason, EndpointId, Outcome, ServerConfig, Stats, StunServer, Transport};
+use crate::rendezvous::{Msg, RendezvousConfig};
+use crate::server::{
+    DropReason, EndpointId, Outcome, ServerConfig, SourceLimiter, Stats, StunServer, Transport,
+};
 use crate::stun::Message;
+use crate::sys::mmsg::{RecvBatch, SendBatch, MAX_BATCH};
+use crate::sys::registry::RendezvousService;
 use crate::sys::signals::Shutdown;
 use crate::Error;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -36,8 +44,18 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TCP_MAX_FRAME: usize = 2048;
 /// A peer that does not read its responses cannot hold a connection thread longer than this.
 const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// The largest UDP payload, so a datagram is never truncated into something that parses.
-const UDP_BUF_LEN: usize = 65536;
+/// Receive slot per datagram. A STUN request (even with RFC 5780 PADDING up to the MTU) and
+/// any rendezvous message fit; a longer datagram arrives flagged as truncated and is counted
+/// as malformed, so it is never cut short into something that parses.
+const UDP_BUF_LEN: usize = 2048;
+/// Room reserved per response; an answer never needs more than the request's size plus the
+/// fixed attributes, and a buffer that grows stays grown.
+const UDP_OUT_LEN: usize = 2048;
+/// Environment override for the number of UDP sockets and threads per endpoint (default: the
+/// available parallelism).
+pub const UDP_THREADS_ENV: &str = "PUNCHRAW_UDP_THREADS";
+/// Upper bound on that number, whatever the machine or the environment says.
+const MAX_UDP_THREADS: usize = 64;
 /// Fold per-thread counters into the shared ones after this many datagrams.
 const UDP_FLUSH_EVERY: u32 = 256;
 /// With ephemeral ports, the port the OS picked for one socket can be taken on the other IP
@@ -88,6 +106,13 @@ impl fmt::Display for ServeStats {
             t.malformed,
             t.not_request,
         )?;
+        if u.rate_limited > 0 {
+            write!(
+                f,
+                "; {} udp requests over --per-source-limit",
+                u.rate_limited
+            )?;
+        }
         if self.thread_panics > 0 {
             write!(f, "; {} server threads panicked", self.thread_panics)?;
         }
@@ -102,6 +127,7 @@ struct Counters {
     errors: AtomicU64,
     malformed: AtomicU64,
     not_request: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl Counters {
@@ -114,6 +140,7 @@ impl Counters {
             (&self.errors, d.errors),
             (&self.malformed, d.malformed),
             (&self.not_request, d.not_request),
+            (&self.rate_limited, d.rate_limited),
         ] {
             if v != 0 {
                 c.fetch_add(v, Ordering::Relaxed);
@@ -128,12 +155,15 @@ impl Counters {
             errors: self.errors.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             not_request: self.not_request.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
         }
     }
 }
 
 #[derive(Default)]
 struct Shared {
+    /// `--per-source-limit`, shared by all UDP threads.
+    limiter: Option<Arc<SourceLimiter>>,
     udp: Counters,
     tcp: Counters,
     udp_send_errors: AtomicU64,
@@ -307,7 +337,11 @@ pub fn spawn_with(
         external: shutdown,
         own: Arc::new(AtomicBool::new(false)),
     };
-    let shared = Arc::new(Shared::default());
+    // One per-source budget for every UDP thread of every endpoint.
+    let shared = Arc::new(Shared {
+        limiter: StunServer::limiter_for(&config, Instant::now()),
+        ..Shared::default()
+    });
     let udp = Arc::new(bound.udp);
     let mut handle = ServerHandle {
         config: config.clone(),
@@ -317,20 +351,28 @@ pub fn spawn_with(
         threads: Vec::new(),
     };
 
+    // Only the primary endpoint introduces peers. Its sockets share one registry: the two
+    // peers of a session come from different addresses, so the kernel may hand them to
+    // different sockets. With Redis (`rendezvous.registry`) a worker thread of its own talks
+    // to Redis and answers from a clone of the primary socket.
+    let rdv = Arc::new(RendezvousService::start(&rendezvous, &udp[0][0])?);
     let started = (|| {
         for &(id, addr) in &endpoints {
-            let (udp, cfg, stop, shared) = (
-                Arc::clone(&udp),
-                config.clone(),
-                stop.clone(),
-                Arc::clone(&shared),
-            );
-            // Only the primary endpoint's thread introduces peers, so the registry needs no
-            // lock.
-            let rdv = (id == EndpointId::PRIMARY).then(|| Rendezvous::new(rendezvous.clone()));
-            handle.threads.push(start(format!("udp {addr}"), move || {
-                udp_loop(id, &udp, cfg, rdv, &stop, &shared)
-            })?);
+            let group = udp.get(usize::from(id.0)).map_or(0, Vec::len);
+            for k in 0..group {
+                let (udp, cfg, stop, shared) = (
+                    Arc::clone(&udp),
+                    config.clone(),
+                    stop.clone(),
+                    Arc::clone(&shared),
+                );
+                let rdv = (id == EndpointId::PRIMARY).then(|| Arc::clone(&rdv));
+                handle
+                    .threads
+                    .push(start(format!("udp {addr} #{k}"), move || {
+                        udp_loop(id, k, &udp, cfg, rdv.as_deref(), &stop, &shared)
+                    })?);
+            }
         }
         for (&(id, addr), listener) in endpoints.iter().zip(bound.tcp) {
             let (cfg, stop, shared) = (config.clone(), stop.clone(), Arc::clone(&shared));
@@ -358,9 +400,20 @@ fn start(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHand
 
 struct Bound {
     config: ServerConfig,
-    /// In `EndpointId` order, so `udp[from.0]` is the socket to answer from.
-    udp: Vec<UdpSocket>,
+    /// In `EndpointId` order, so any socket of `udp[from.0]` can answer from that endpoint;
+    /// each group holds [`udp_threads`] sockets sharing the endpoint's address.
+    udp: Vec<Vec<UdpSocket>>,
     tcp: Vec<TcpListener>,
+}
+
+/// UDP sockets (and threads) per endpoint: one per core unless [`UDP_THREADS_ENV`] says.
+pub fn udp_threads() -> usize {
+    std::env::var(UDP_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(MAX_UDP_THREADS)
 }
 
 fn invalid(what: &str) -> Error {
@@ -407,19 +460,20 @@ fn bind_all(cfg: &ServerConfig) -> Result<Bound, Error> {
 /// One binding attempt. The first UDP socket on each port fixes that port (the OS picks it
 /// when asked for 0); every other socket then uses the same number.
 fn try_bind(cfg: &ServerConfig) -> Result<Bound, (SocketAddr, io::Error)> {
+    let n = udp_threads();
     let mut config = cfg.clone();
-    let primary = bind_udp(SocketAddr::new(cfg.ip, cfg.port))?;
-    config.port = port_of(&primary)?;
+    let primary = bind_udp_group(SocketAddr::new(cfg.ip, cfg.port), n)?;
+    config.port = port_of(&primary[0])?;
     let mut udp = vec![primary];
     if cfg.discovery() {
         let want = if cfg.port == 0 { 0 } else { cfg.alt_port };
-        let alt_port = bind_udp(SocketAddr::new(cfg.ip, want))?;
-        config.alt_port = port_of(&alt_port)?;
+        let alt_port = bind_udp_group(SocketAddr::new(cfg.ip, want), n)?;
+        config.alt_port = port_of(&alt_port[0])?;
         udp.push(alt_port);
     }
     let endpoints = config.endpoints();
     for &(_, addr) in &endpoints[udp.len()..] {
-        udp.push(bind_udp(addr)?);
+        udp.push(bind_udp_group(addr, n)?);
     }
     let tcp = endpoints
         .iter()
@@ -444,10 +498,31 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket>
     Ok(s)
 }
 
-fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, (SocketAddr, io::Error)> {
+/// Binds `n` UDP sockets to `addr` (the port the OS picks when it is 0), sharing it with
+/// SO_REUSEPORT when `n > 1`.
+///
+/// SO_REUSEPORT alone would let this group join a port that another process of the same user
+/// already serves with SO_REUSEPORT (and the kernel may even pick such a port for port 0), so
+/// the port is first taken with a plain socket, which fails if anyone holds it, and released
+/// just before the group binds. A process that binds the port with SO_REUSEPORT after we
+/// started can still join; run one server per port.
+fn bind_udp_group(addr: SocketAddr, n: usize) -> Result<Vec<UdpSocket>, (SocketAddr, io::Error)> {
+    let first = bind_udp(addr, false)?;
+    if n <= 1 {
+        return Ok(vec![first]);
+    }
+    let addr = first.local_addr().map_err(|e| (addr, e))?;
+    drop(first);
+    (0..n).map(|_| bind_udp(addr, true)).collect()
+}
+
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, (SocketAddr, io::Error)> {
     let go = || -> io::Result<UdpSocket> {
         // No SO_REUSEADDR: on UDP it would let two servers share the port silently.
         let s = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
         // Best effort: a deeper queue absorbs bursts; the kernel caps it at rmem_max.
         let _ = s.set_recv_buffer_size(1 << 20);
         s.bind(&addr.into())?;
@@ -480,16 +555,19 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// Serves socket `k` of endpoint `id` until shutdown. `rdv` is the rendezvous registry, on
+/// the primary endpoint only.
 fn udp_loop(
     id: EndpointId,
-    sockets: &[UdpSocket],
+    k: usize,
+    sockets: &[Vec<UdpSocket>],
     cfg: ServerConfig,
-    mut rdv: Option<Rendezvous>,
+    rdv: Option<&RendezvousService>,
     stop: &Stop,
     shared: &Shared,
 ) {
     let local = cfg.addr(id);
-    let sock = &sockets[usize::from(id.0)];
+    let sock = &sockets[usize::from(id.0)][k];
     let mut last_expiry = Instant::now();
     let send_all = |msgs: Vec<(SocketAddr, Vec<u8>)>| {
         for (to, bytes) in msgs {
@@ -498,56 +576,93 @@ fn udp_loop(
             }
         }
     };
-    let mut server = StunServer::new(cfg);
-    let mut buf = vec![0u8; UDP_BUF_LEN];
-    let mut out = Vec::with_capacity(1500);
+    let mut server = StunServer::with_limiter(cfg, shared.limiter.clone());
+    let mut rx = RecvBatch::new(MAX_BATCH, UDP_BUF_LEN);
+    let mut tx = SendBatch::new(UDP_OUT_LEN);
+    let mut out = Vec::with_capacity(UDP_OUT_LEN);
     let mut unflushed = 0u32;
-    // Checked on every datagram, not only on timeouts: under a flood recv never times out.
+    // Checked on every batch, not only on timeouts: under a flood recv never times out.
     while !stop.requested() {
-        if let Some(r) = rdv.as_mut() {
+        // One socket of the group runs the expiry, so it runs once per period.
+        if let Some(r) = rdv.filter(|_| k == 0) {
             if last_expiry.elapsed() >= Duration::from_millis(500) {
                 last_expiry = Instant::now();
-                send_all(r.expire(last_expiry));
+                let msgs = r.expire(last_expiry);
+                send_all(msgs);
             }
         }
-        match sock.recv_from(&mut buf) {
-            Ok((n, src)) if rdv.is_some() && Msg::is_rendezvous(&buf[..n]) => {
-                if let Some(r) = rdv.as_mut() {
-                    send_all(r.handle(Instant::now(), src, &buf[..n]));
-                }
-            }
-            Ok((n, src)) => {
-                match server.handle(Transport::Udp, id, src, &buf[..n], &mut out) {
-                    Outcome::Reply { from, to } => {
-                        // RFC 5780 section 6.1: CHANGE-REQUEST answers leave from the other
-                        // IP and/or port, so the sending socket is the one `from` names.
-                        let Some(tx) = sockets.get(usize::from(from.0)) else {
-                            debug!(%src, ?from, "no socket for the endpoint to answer from");
-                            continue;
-                        };
-                        if let Err(e) = tx.send_to(&out, to) {
-                            shared.udp_send_errors.fetch_add(1, Ordering::Relaxed);
-                            debug!(%to, %src, %local, error = %e, "udp send failed");
-                        }
-                    }
-                    Outcome::Drop(reason) => log_drop(Transport::Udp, reason, src, local, n),
-                }
-                unflushed += 1;
-                if unflushed >= UDP_FLUSH_EVERY {
-                    shared.udp.drain_from(&mut server.stats);
-                    unflushed = 0;
-                }
-            }
+        let n = match rx.recv(sock) {
+            Ok(n) => n,
             Err(e) if is_timeout(&e) => {
                 shared.udp.drain_from(&mut server.stats);
                 unflushed = 0;
+                continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // E.g. an ICMP error surfacing on the socket: transient, but do not spin.
                 debug!(%local, error = %e, "udp receive failed");
                 thread::sleep(Duration::from_millis(1));
+                continue;
             }
+        };
+        for i in 0..n {
+            let (data, src, truncated) = rx.get(i);
+            let Some(src) = src else { continue };
+            if truncated {
+                server.stats.malformed += 1;
+                log_drop(
+                    Transport::Udp,
+                    DropReason::Malformed,
+                    src,
+                    local,
+                    data.len(),
+                );
+                continue;
+            }
+            if let Some(r) = rdv.filter(|_| Msg::is_rendezvous(data)) {
+                let msgs = r.handle(Instant::now(), src, data);
+                send_all(msgs);
+                continue;
+            }
+            // The common case answers from this very endpoint: straight into the send batch.
+            let Some(buf) = tx.next_buf() else {
+                unreachable!("the send batch is flushed after every receive batch");
+            };
+            match server.handle(Transport::Udp, id, src, data, buf) {
+                Outcome::Reply { from, to } if from == id => tx.commit(to),
+                Outcome::Reply { from, to } => {
+                    // RFC 5780 section 6.1: CHANGE-REQUEST answers leave from the other IP
+                    // and/or port, so the sending socket is one of the group `from` names.
+                    std::mem::swap(buf, &mut out);
+                    let Some(group) = sockets.get(usize::from(from.0)).filter(|g| !g.is_empty())
+                    else {
+                        debug!(%src, ?from, "no socket for the endpoint to answer from");
+                        continue;
+                    };
+                    if let Err(e) = group[k % group.len()].send_to(&out, to) {
+                        shared.udp_send_errors.fetch_add(1, Ordering::Relaxed);
+                        debug!(%to, %src, %local, error = %e, "udp send failed");
+                    }
+                }
+                Outcome::Drop(reason) => log_drop(Transport::Udp, reason, src, local, data.len()),
+            }
+        }
+        if !tx.is_empty() {
+            let (_, failed, err) = tx.flush(sock);
+            if failed > 0 {
+                shared
+                    .udp_send_errors
+                    .fetch_add(failed as u64, Ordering::Relaxed);
+                if let Some(e) = err {
+                    debug!(%local, failed, error = %e, "udp send failed");
+                }
+            }
+        }
+        unflushed += n as u32;
+        if unflushed >= UDP_FLUSH_EVERY {
+            shared.udp.drain_from(&mut server.stats);
+            unflushed = 0;
         }
     }
     shared.udp.drain_from(&mut server.stats);
@@ -565,6 +680,9 @@ fn log_drop(
             debug!(?transport, %src, %local, len, "dropped: not a well-formed STUN message")
         }
         DropReason::NotRequest => debug!(?transport, %src, %local, len, "dropped: not a request"),
+        DropReason::RateLimited => {
+            debug!(?transport, %src, %local, len, "dropped: --per-source-limit reached")
+        }
     }
 }
 
@@ -799,8 +917,9 @@ fn serve_frames(
                 }
             }
             Outcome::Drop(DropReason::Malformed) => return (used + len, Some(Close::Malformed)),
-            // Indications (e.g. keepalives) get no answer but keep the connection.
-            Outcome::Drop(DropReason::NotRequest) => {}
+            // Indications (e.g. keepalives) get no answer but keep the connection; TCP is
+            // never rate limited.
+            Outcome::Drop(DropReason::NotRequest | DropReason::RateLimited) => {}
         }
         used += len;
     }
@@ -819,6 +938,7 @@ mod tests {
             port: 3478,
             alt_port: 3479,
             software: None,
+            per_source_limit: None,
         })
     }
 
