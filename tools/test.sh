@@ -12,7 +12,7 @@ else
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 # Fuzz targets must keep building; a few seconds each catches regressions in the parsers.
 if [ -x tools/fuzz.sh ]; then
@@ -21,4 +21,4 @@ fi
 
 # Lab tests each build their own namespaces under unique names, so they may run in
 # parallel; two threads match the machine.
-cargo test --all-targets -- --test-threads="${PUNCHRAW_TEST_THREADS:-2}"
+cargo test --workspace --all-targets -- --test-threads="${PUNCHRAW_TEST_THREADS:-2}"
