@@ -273,3 +273,47 @@ fn allocation_tolerates_one_interloper() {
         .collect();
     assert_eq!(classify_allocation(&random).0, Allocation::Random);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn behavior() -> impl Strategy<Value = Behavior> {
+        prop_oneof![
+            Just(EndpointIndependent),
+            Just(AddressDependent),
+            Just(AddressAndPortDependent)
+        ]
+    }
+
+    fn alloc() -> impl Strategy<Value = PortAlloc> {
+        prop_oneof![
+            Just(PortAlloc::Preserve),
+            Just(PortAlloc::Random),
+            (1u16..=8, 2000u16..60000)
+                .prop_map(|(step, start)| PortAlloc::Sequential { start, step }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever RFC 4787 behaviour the simulated NAT has, the classifier names it.
+        #[test]
+        fn classifies_any_simulated_nat(m in behavior(), f in behavior(), a in alloc(), seed in any::<u64>()) {
+            let (r, _) = sim::classify(Some(NatBehavior::new(m, f, a)), true, 0.0, seed, None);
+            prop_assert_eq!(r.mapping, m);
+            prop_assert_eq!(r.filtering, f);
+            prop_assert!(r.behind_nat);
+            prop_assert_eq!(r.hairpinning, Some(false));
+            let (want, delta) = match a {
+                PortAlloc::Preserve => (Allocation::Preserving, None),
+                PortAlloc::Random => (Allocation::Random, None),
+                PortAlloc::Sequential { step, .. } => (Allocation::Sequential, Some(i32::from(step))),
+            };
+            prop_assert_eq!(r.allocation, want);
+            prop_assert_eq!(r.delta, delta);
+            prop_assert!(r.reasons.is_empty(), "{:?}", r.reasons);
+        }
+    }
+}
