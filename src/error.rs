@@ -34,8 +34,14 @@ pub enum Error {
         probes: u64,
         explanation: String,
     },
-    #[error("session {session:?} exists at the rendezvous server with another secret (or someone else created it); check --secret on both sides or pick another session name")]
+    #[error("peer authentication failed: session {session:?} exists at the rendezvous server with another secret (or someone else created it); check --secret on both sides or pick another session name")]
     SessionKeyMismatch { session: String },
+    #[error("peer authentication failed: {rejected} registrations for session {session:?} used another secret, and no peer with this secret came within {waited_s} s; check --secret on both sides")]
+    WrongSecretPeer {
+        session: String,
+        rejected: u32,
+        waited_s: u64,
+    },
     #[error("the rendezvous server {server} cannot reach its session registry (Redis is down or unreachable from it); try again shortly or use another server")]
     RegistryUnavailable { server: SocketAddr },
     #[error("rendezvous refused: {0}")]
@@ -63,7 +69,9 @@ impl Error {
             Error::Bind { .. } | Error::Capture { .. } => 4,
             Error::PeerNeverCame { .. } => 5,
             Error::SessionTaken { .. } => 6,
-            Error::AuthFailed { .. } | Error::SessionKeyMismatch { .. } => 7,
+            Error::AuthFailed { .. }
+            | Error::SessionKeyMismatch { .. }
+            | Error::WrongSecretPeer { .. } => 7,
             Error::PunchFailed { .. } => 8,
             Error::Quic(
                 crate::sys::quic::QuicError::PeerAuthFailed { .. }

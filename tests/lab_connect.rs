@@ -75,9 +75,12 @@ fn connect_cmd(
         session,
         "--secret",
         secret,
-        "--timeout",
-        "40",
     ])
+    .args(if extra.contains(&"--timeout") {
+        &[][..]
+    } else {
+        &["--timeout", "40"][..]
+    })
     .arg("--report")
     .arg(dir.join(format!("{name}.json")))
     .args(extra)

@@ -96,6 +96,11 @@ pub enum Msg {
     Waiting {
         you: SocketAddr,
         wait_left_ms: u64,
+        /// Registrations for this session refused because their MAC was made with another
+        /// secret: the waiting peer learns that someone tried, without the stranger being able
+        /// to end its wait.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        rejected: u32,
     },
     /// Server to client: the other peer, and when to start punching (relative, because the
     /// two clocks are not synchronised).
@@ -308,6 +313,13 @@ pub struct Session {
     /// Set once both peers are there: the agreed start, on the registry's clock.
     pub start_at: Option<u64>,
     pub matched_at: Option<u64>,
+    /// Registrations refused for a MAC under another key (see [`Msg::Waiting`]).
+    #[serde(default)]
+    pub rejected: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a transaction does to the stored session.
@@ -610,10 +622,16 @@ fn register(
     let mut s = match stored {
         Some(s) => {
             if !verify_mac(&s.key, req.data) || req.key.is_some_and(|k| k != s.key) {
-                return refuse(
+                let (_, out) = refuse(
                     ErrorCode::Unauthorized,
                     "this session was created with another secret",
                 );
+                let t = ttl(cfg, &s, now);
+                let s = Session {
+                    rejected: s.rejected.saturating_add(1),
+                    ..s
+                };
+                return (Change::Put(s, t), out);
             }
             // Lazily apply the expiry rules, for registries without a sweep.
             match expire_session(cfg, now, s.clone()) {
@@ -649,6 +667,7 @@ fn register(
                 members: Vec::new(),
                 start_at: None,
                 matched_at: None,
+                rejected: 0,
             }
         }
     };
@@ -682,6 +701,7 @@ fn register(
         let msg = Msg::Waiting {
             you: src,
             wait_left_ms: ms(cfg.wait_timeout).saturating_sub(waited),
+            rejected: s.rejected,
         };
         let t = ttl(cfg, &s, now);
         return (Change::Put(s, t), vec![(src, msg.encode())]);

@@ -186,6 +186,7 @@ fn junk_and_forged_messages_are_dropped() {
     let forged = Msg::Waiting {
         you: addr(1, 1),
         wait_left_ms: 0,
+        rejected: 0,
     }
     .encode();
     assert!(r.handle(t, addr(1, 1), &forged).is_empty());
@@ -455,4 +456,28 @@ fn sessions_expire_lazily_without_a_sweep() {
     );
     assert_eq!(error_code(&out, addr(1, 1)), Some(ErrorCode::PeerTimeout));
     assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn the_waiting_peer_learns_of_refused_joins_but_keeps_waiting() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let wrong = derive_rendezvous_key(b"guess", "s");
+    for seq in 1..=2 {
+        r.handle(
+            t,
+            addr(2, 2),
+            &signed_register("s", B, 1, seq, Some(&wrong), &wrong),
+        );
+    }
+    let out = r.handle(t, addr(1, 1), &register("s", A, 1));
+    assert!(
+        matches!(
+            decode(&out, addr(1, 1))[..],
+            [Msg::Waiting { rejected: 2, .. }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(r.sessions(), 1, "a stranger cannot end the wait");
 }

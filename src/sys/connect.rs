@@ -121,6 +121,7 @@ fn rendezvous(
     let mut next_send = Instant::now();
     let mut last_answer = Instant::now();
     let mut said_waiting = false;
+    let mut rejected = 0u32;
     // When the server's registry is down: since when (a failover may take a moment).
     let mut registry_down: Option<Instant> = None;
     sock.set_read_timeout(Some(Duration::from_millis(50)))
@@ -133,9 +134,17 @@ fn rendezvous(
             return Err(Error::Interrupted);
         }
         if now >= deadline {
-            return Err(Error::PeerNeverCame {
-                session: cfg.session.clone(),
-                waited_s: cfg.timeout.as_secs(),
+            return Err(if rejected > 0 {
+                Error::WrongSecretPeer {
+                    session: cfg.session.clone(),
+                    rejected,
+                    waited_s: cfg.timeout.as_secs(),
+                }
+            } else {
+                Error::PeerNeverCame {
+                    session: cfg.session.clone(),
+                    waited_s: cfg.timeout.as_secs(),
+                }
             });
         }
         if now.duration_since(last_answer) > Duration::from_secs(5) {
@@ -171,6 +180,15 @@ fn rendezvous(
             }
         ) {
             registry_down = None;
+        }
+        if let Msg::Waiting { rejected: r, .. } = msg {
+            if r > rejected {
+                status.say(format!(
+                    "a peer tried to join session {:?} with another secret ({r} so far); still waiting for one with this secret",
+                    cfg.session
+                ));
+                rejected = r;
+            }
         }
         match msg {
             Msg::Waiting { .. } if said_waiting => send_key = false,
