@@ -5,6 +5,7 @@ use punchraw::sys::quic::{run_stream, Identity, QuicError, Role, StreamStats};
 use sha2::{Digest, Sha256};
 use std::io::{self, Cursor, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,6 +14,8 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Failure tests make the server wait out its whole timeout, so theirs is short.
 const SHORT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Setup through a lossy path may need several handshake retransmissions (as `connect`).
+const LOSSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn socket() -> (UdpSocket, SocketAddr) {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
@@ -370,4 +373,139 @@ fn timeouts_say_what_was_missing() {
             && e.to_string().contains(&stranger_addr.to_string()),
         "{e}"
     );
+}
+
+/// A userspace stand-in for a path through two lossy NATs: forwards datagrams between a
+/// client and a server and drops each one at either of two hops with `loss_pct` percent,
+/// independently, in both directions and for every kind of packet (ACKs included).
+struct LossyRelay {
+    /// The address the client sends to (its "peer").
+    for_client: SocketAddr,
+    /// The address the server sees the client at (its "peer").
+    for_server: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl LossyRelay {
+    fn start(client: SocketAddr, server: SocketAddr, loss_pct: u64, seed: u64) -> Self {
+        let (to_client, for_client) = socket();
+        let (to_server, for_server) = socket();
+        let stop = Arc::new(AtomicBool::new(false));
+        let forward = |from: &UdpSocket, to: &UdpSocket, dest: SocketAddr, seed: u64| {
+            let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+            from.set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut x = seed | 1;
+                let mut hop_drops = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x % 100 < loss_pct
+                };
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, _)) = from.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    // Two NATs on the way, each dropping on its own.
+                    let dropped = hop_drops() | hop_drops();
+                    if !dropped {
+                        let _ = to.send_to(&buf[..n], dest);
+                    }
+                }
+            })
+        };
+        let threads = vec![
+            forward(&to_client, &to_server, server, seed),
+            forward(&to_server, &to_client, client, seed.wrapping_add(1)),
+        ];
+        LossyRelay {
+            for_client,
+            for_server,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+#[ignore = "known failure: quinn stalls through ~36% loss per direction (see issue 3); run with --ignored to reproduce without root"]
+fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
+    // About 36% of the packets are lost in each direction, ACKs included, as between two
+    // hosts behind NATs that drop 20% each (the NAT lab's --loss 20).
+    const LEN: usize = 1 << 20;
+    const BUDGET: Duration = Duration::from_secs(20);
+    for try_no in 0..3u64 {
+        let (a, b) = (data(LEN, 10 + try_no), data(LEN, 20 + try_no));
+        let (cs, ca) = socket();
+        let (ss, sa) = socket();
+        let relay = LossyRelay::start(ca, sa, 20, 0x5eed + try_no);
+        let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (cpin, spin) = (si.fingerprint(), ci.fingerprint());
+        let (cout, sout) = (Sink::default(), Sink::default());
+        let started = Instant::now();
+        let client = spawn(Side {
+            socket: cs,
+            peer: relay.for_client,
+            role: Role::Client,
+            me: ci,
+            pin: cpin,
+            input: a.clone(),
+            out: cout.clone(),
+            timeout: LOSSY_TIMEOUT,
+        });
+        let server = spawn(Side {
+            socket: ss,
+            peer: relay.for_server,
+            role: Role::Server,
+            me: si,
+            pin: spin,
+            input: b.clone(),
+            out: sout.clone(),
+            timeout: LOSSY_TIMEOUT,
+        });
+        let c = client.join().unwrap();
+        let s = server.join().unwrap();
+        let took = started.elapsed();
+        drop(relay);
+        eprintln!("try {try_no}: 1 MiB each way through ~36% loss per direction in {took:?}");
+        let (c, s) = (
+            c.unwrap_or_else(|e| panic!("try {try_no}: client: {e}")),
+            s.unwrap_or_else(|e| panic!("try {try_no}: server: {e}")),
+        );
+        assert_eq!(
+            (c.sent, c.received),
+            (LEN as u64, LEN as u64),
+            "try {try_no}"
+        );
+        assert_eq!(
+            (s.sent, s.received),
+            (LEN as u64, LEN as u64),
+            "try {try_no}"
+        );
+        assert!(
+            cout.take() == b,
+            "try {try_no}: client received the server's data"
+        );
+        assert!(
+            sout.take() == a,
+            "try {try_no}: server received the client's data"
+        );
+        assert!(
+            took < BUDGET,
+            "try {try_no}: took {took:?}, budget {BUDGET:?}"
+        );
+    }
 }
