@@ -142,8 +142,9 @@ fn check_connected(p: &Pair, strategy: &str, what: &str) {
         assert_eq!(
             s.code,
             Some(0),
-            "{what}: {n} exit code; stderr:\n{}",
-            s.stderr
+            "{what}: {n} exit code; stderr of A:\n{}\nstderr of B:\n{}",
+            p.a.stderr,
+            p.b.stderr
         );
         let r = &s.report;
         assert_eq!(r["connected"], true, "{what}: {n} {r:#}");
