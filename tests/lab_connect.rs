@@ -272,7 +272,6 @@ fn cones_connect_through_10_percent_loss() {
 }
 
 #[test]
-#[ignore = "known failure: QUIC (quinn) through ~36% loss per direction stalls for the idle timeout; the punch itself succeeds. Run with --ignored."]
 fn cones_connect_through_20_percent_loss() {
     let Some(lab) = Lab::up_with(
         LabOptions::new("port-restricted-cone")

@@ -441,7 +441,6 @@ impl Drop for LossyRelay {
 }
 
 #[test]
-#[ignore = "known failure: quinn stalls through ~36% loss per direction (see issue 3); run with --ignored to reproduce without root"]
 fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
     // About 36% of the packets are lost in each direction, ACKs included, as between two
     // hosts behind NATs that drop 20% each (the NAT lab's --loss 20).

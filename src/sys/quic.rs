@@ -7,21 +7,46 @@
 //! signatures are still verified by rustls' own helpers, so presenting a copied certificate
 //! without its private key does not get anyone in.
 //!
-//! One bidirectional stream carries the data. The client writes a one-byte preamble first,
-//! because a QUIC stream only becomes visible to the peer once a frame is sent on it: without
-//! it the server could not send anything before the client's input produced its first byte.
+//! Each direction has a connection of its own, with one unidirectional stream: the client opens
+//! both, and the server name it asks for tells the server which is which. Both directions on
+//! one connection stall on lossy paths: whenever a connection has stream data waiting, quinn
+//! (0.11) sends its ACKs only in packets that congestion control lets through, so with data
+//! flowing both ways each side's ACKs wait for the other side's ACKs. Under loss both sides
+//! then sit congestion-blocked until a probe timeout, which backs off exponentially and grows
+//! with the round-trip estimate that the held-back ACKs inflate; at 36% loss per direction the
+//! transfer crawled and died on the idle timeout. On a connection that carries data one way
+//! the receiver has only ACKs and flow-control updates to send, so its ACKs go out at once.
 //!
-//! Ending cleanly: a side is done when its own data is acknowledged and it has read the peer's
-//! FIN and written it out; the server then closes the connection with [`CLOSE_DONE`], and the
-//! client waits for that close (briefly, then closes itself), so only one side lingers to
-//! repeat a lost close. The close tells the peer both of those things too, so the peer treats
-//! it as success even when the close overtakes the last acknowledgement. Data already received
-//! stays readable after the close (quinn reads buffered data before reporting the close).
+//! Setting up: under heavy loss a quinn handshake can stall for longer than any setup budget:
+//! when the client's Finished is lost, the client may repeat it only after a probe timeout that
+//! is still backed off from the Initial exchange and computed from a round trip inflated by a
+//! delayed ACK, while the server drops everything else the client sends. So the client starts a
+//! fresh handshake for a direction every [`ATTEMPT_INTERVAL`] until one is confirmed (the
+//! server's HANDSHAKE_DONE arrived, so the server has it too), and then commits to a pair: its
+//! stream's first byte names the server-to-client attempt it chose, and the server uses that
+//! one and the connection the byte arrived on. The server never starts before the commitment,
+//! so the two sides cannot pick different connections.
+//!
+//! Congestion control is BBR: a loss-based controller (quinn's default is CUBIC) takes random
+//! loss for congestion and shrinks its window to two packets, where nearly every loss waits
+//! for a probe timeout.
+//!
+//! Ending cleanly: each connection is closed by its sender, with [`CLOSE_DONE`], as soon as all
+//! of its data is acknowledged; until then it may need acknowledgements of retransmissions, so
+//! the receiver keeps the connection open after reading the FIN and waits for that close. A
+//! lost close is repeated by the sender (quinn does so for every packet it receives in its
+//! closing period of 3 PTO), so the waiting receiver sends small datagrams to draw it out;
+//! after that period the sender's endpoint answers with a stateless reset, which also ends the
+//! wait, and [`CLOSE_LINGER`] bounds it in any case. Nothing the receiver still needs hangs on
+//! the close: it has all data by then, and data already received stays readable after a close
+//! or reset (quinn reads buffered data before reporting the error). A side that fails closes
+//! both connections with [`CLOSE_ERROR`] and a reason.
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
-    ConnectionError, Endpoint, EndpointConfig, ReadError, ReadExactError, StoppedError,
-    TokioRuntime, TransportConfig, TransportErrorCode, VarInt, WriteError,
+    AckFrequencyConfig, ConnectionError, Endpoint, EndpointConfig, ReadError, ReadExactError,
+    RecvStream, SendStream, StoppedError, TokioRuntime, TransportConfig, TransportErrorCode,
+    VarInt, WriteError,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -32,6 +57,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -41,18 +67,17 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 /// The only application protocol spoken; a peer of another version fails the handshake
-/// instead of misreading the stream.
-pub const ALPN: &[u8] = b"punchraw/1";
+/// instead of misreading the stream. Version 1 carried both directions on one connection.
+pub const ALPN: &[u8] = b"punchraw/2";
 /// Without a keep-alive or data for this long, the connection counts as lost.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Application close code: "I have read your whole stream and you acknowledged mine".
+/// Application close code of a connection's sender: "you acknowledged all of my data". From a
+/// receiver that gave up waiting for that close: "I have read your whole stream".
 pub const CLOSE_DONE: u32 = 0;
 /// Application close code for every failure; the reason text says which.
 pub const CLOSE_ERROR: u32 = 1;
 /// Stream stop code: our output failed, so we will not read further.
 const STOP_OUTPUT_FAILED: u32 = 1;
-/// The client's first byte on the stream; stripped by the server.
-const PREAMBLE: u8 = 0x01;
 /// Certificates are pinned, so the name is never checked; rustls only needs a valid one.
 const SERVER_NAME: &str = "punchraw";
 /// Size of one read from the input and from the stream.
@@ -60,8 +85,32 @@ const CHUNK: usize = 64 * 1024;
 /// Chunks in flight between the blocking I/O threads and the connection.
 const CHANNEL_DEPTH: usize = 8;
 /// Upper bound on waiting for our close to reach the peer (quinn waits 3 PTO, which on a
-/// bad path could be long; the peer's idle timeout is the fallback).
+/// bad path could be long; the peer's idle timeout is the fallback), and on waiting for the
+/// peer's close of a connection whose data we have read.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// Datagrams sent at most to draw out a lost close: few enough that unacknowledged ones never
+/// fill the congestion window, which would hold back our ACKs (see the module documentation).
+const CLOSE_PROBES: u32 = 40;
+/// Bounds of the interval between them, a quarter of the round trip, so that several fall into
+/// the sender's closing period of 3 PTO (each at least a round trip).
+const CLOSE_PROBE_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(2), Duration::from_millis(100));
+/// While no handshake for a direction is confirmed, another one starts this often.
+const ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Handshakes per direction at most; the attempt number travels in one byte.
+const MAX_ATTEMPTS: u8 = 10;
+/// How often a new connection is checked for the server's HANDSHAKE_DONE.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
+/// Round-trip estimate before the first sample. quinn's default, RFC 9002's 333 ms, makes a
+/// handshake wait 1 s, then 2 s, then 4 s to repeat a lost packet, too slow for a 10 s setup
+/// budget under heavy loss; on a longer path a low estimate costs a few spurious
+/// retransmissions of handshake packets, and the first sample replaces it.
+const INITIAL_RTT: Duration = Duration::from_millis(25);
+/// Asked of the peer (ACK frequency extension): acknowledge every ack-eliciting packet at once,
+/// and count on at most this much delay otherwise. quinn's default, every second packet or
+/// after 25 ms, leaves a lone packet whose partner was lost unacknowledged for 25 ms, and the
+/// probe timeout includes the peer's delay, which dominates it on short paths.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 /// Close reasons travel in one packet.
 const MAX_REASON: usize = 200;
 
@@ -115,7 +164,58 @@ pub enum Role {
     Server,
 }
 
-/// Payload bytes of the stream, without the preamble.
+/// Which way a connection carries data. The client asks for a server name per direction and
+/// attempt, which is how the server tells its connections apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+impl Direction {
+    const BOTH: [Direction; 2] = [Direction::ClientToServer, Direction::ServerToClient];
+
+    fn label(self) -> &'static str {
+        match self {
+            Direction::ClientToServer => "client-to-server",
+            Direction::ServerToClient => "server-to-client",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn server_name(self, attempt: u8) -> String {
+        format!("{}-{attempt}.{SERVER_NAME}", self.label())
+    }
+
+    /// Direction and attempt of a connection accepted by the server.
+    fn of(conn: &quinn::Connection) -> Option<(Direction, u8)> {
+        let data = conn
+            .handshake_data()?
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .ok()?;
+        let name = data.server_name?;
+        let name = name.strip_suffix(SERVER_NAME)?.strip_suffix('.')?;
+        Direction::BOTH.into_iter().find_map(|d| {
+            let attempt = name.strip_prefix(d.label())?.strip_prefix('-')?;
+            Some((d, attempt.parse().ok()?))
+        })
+    }
+}
+
+/// The two connections a session settled on, and the stream that carried the commitment.
+struct Link {
+    outgoing: quinn::Connection,
+    incoming: quinn::Connection,
+    /// The client's stream on `outgoing`, the commitment already written.
+    send: Option<SendStream>,
+    /// The server's stream on `incoming`, the commitment already read.
+    recv: Option<RecvStream>,
+}
+
+/// Payload bytes of each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamStats {
     pub sent: u64,
@@ -326,9 +426,16 @@ fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
     ));
     // A zero interval would mean sending keep-alives continuously; treat it as "off".
     t.keep_alive_interval((!keepalive.is_zero()).then_some(keepalive));
-    // The client opens exactly one stream; nothing else may be opened.
-    t.max_concurrent_bidi_streams(1u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
+    // The sender of each connection opens exactly one unidirectional stream.
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(1u32.into());
+    // Random loss is not congestion; see the module documentation.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.initial_rtt(INITIAL_RTT);
+    let mut acks = AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(0u32.into())
+        .max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
     // With segmentation offload a burst of datagrams crosses each NAT's netfilter hooks as
     // one buffer, so one drop loses the whole burst; loss on punched paths is then far
     // burstier than the congestion controller expects and the transfer crawls.
@@ -388,13 +495,13 @@ fn server_config(
 }
 
 /// Runs QUIC on `socket` (already bound, possibly already used for punching; it is handed
-/// over) with the peer at `peer`. The client connects; the server accepts only a connection
+/// over) with the peer at `peer`. The client connects; the server accepts only connections
 /// from `peer` whose certificate matches the pin, refusing others and waiting on.
 ///
 /// Both sides present their certificate and verify that the peer's SHA-256 equals
-/// `peer_fingerprint`. Then `input` is copied to one bidirectional stream and the stream's
-/// incoming bytes to `output`; at the end of `input` our send side is finished (half-close).
-/// Returns when both directions are done, after closing the connection so the peer exits too.
+/// `peer_fingerprint`. Then `input` is copied to a stream to the peer and the peer's stream to
+/// `output`, on a connection per direction; at the end of `input` our stream is finished
+/// (half-close). Returns when both directions are done and closed, so the peer exits too.
 ///
 /// `timeout` bounds connection setup (the client's handshake; the server's wait for the
 /// authenticated peer), not the transfer, which ends only on a stall of [`IDLE_TIMEOUT`].
@@ -464,18 +571,20 @@ pub fn run_stream(
             Arc::new(TokioRuntime),
         )
         .map_err(|e| QuicError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
-        let mut conn = None;
+        let mut conns = Vec::new();
         let result = session
-            .run(&endpoint, client, in_rx, out_tx, written_rx, &mut conn)
+            .run(&endpoint, client, in_rx, out_tx, written_rx, &mut conns)
             .await;
         // Linger (quinn's 3 PTO) only when the peer still has something to learn from us,
-        // so that a lost close is repeated. After the peer's own close, a refusal or a
-        // timeout there is nothing to say, and 3 PTO can be seconds when the RTT estimate
-        // is still the initial one or includes time spent in a socket buffer.
-        let linger = match (&result, &conn) {
-            (_, Some(c)) => c.close_reason().is_none(),
-            (Err(QuicError::PeerAuthFailed { .. }), None) => true,
-            _ => false,
+        // so that a lost close is repeated: after success, the close of the connection we
+        // sent on; after a failure, our reason. After the peer's own close (it closes both
+        // connections at once), a refusal or a timeout there is nothing to say, and 3 PTO
+        // can be seconds when the RTT estimate is still the initial one or includes time
+        // spent in a socket buffer.
+        let linger = match &result {
+            Ok(_) => true,
+            Err(QuicError::PeerAuthFailed { .. }) if conns.is_empty() => true,
+            Err(_) => !conns.is_empty() && conns.iter().all(|c| c.close_reason().is_none()),
         };
         let (code, reason) = match &result {
             Ok(_) => (CLOSE_DONE, "done".to_string()),
@@ -554,6 +663,43 @@ fn write_output(
     let _ = written.send(result);
 }
 
+/// Completes a client handshake and waits until the server confirms it (HANDSHAKE_DONE), which
+/// says the server has the connection too: the client's side is complete as soon as it sends
+/// its Finished, and until that arrives the server drops everything else the client sends.
+async fn confirmed_handshake(
+    connecting: quinn::Connecting,
+) -> Result<quinn::Connection, ConnectionError> {
+    let conn = connecting.await?;
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(conn);
+        }
+        if let Some(e) = conn.close_reason() {
+            return Err(e);
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
+    }
+}
+
+/// Reads the client's commitment from the first stream on a client-to-server connection: the
+/// attempt number of the server-to-client connection that goes with it. `Err(Ok(_))` means
+/// the connection ended first (an attempt the client dropped), `Err(Err(_))` a broken stream.
+async fn read_commitment(
+    conn: quinn::Connection,
+) -> Result<(quinn::Connection, RecvStream, u8), Result<ConnectionError, QuicError>> {
+    let peer = conn.remote_address();
+    let mut recv = conn.accept_uni().await.map_err(Ok)?;
+    let mut attempt = [0u8; 1];
+    match recv.read_exact(&mut attempt).await {
+        Ok(()) => Ok((conn, recv, attempt[0])),
+        Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => Err(Ok(e)),
+        Err(e) => Err(Err(QuicError::Protocol {
+            peer,
+            reason: format!("its stream did not start with a commitment ({e})"),
+        })),
+    }
+}
+
 fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
     // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6 addresses.
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
@@ -590,29 +736,20 @@ impl Session {
         input: mpsc::Receiver<io::Result<Vec<u8>>>,
         output: mpsc::Sender<Vec<u8>>,
         written: oneshot::Receiver<io::Result<()>>,
-        established: &mut Option<quinn::Connection>,
+        established: &mut Vec<quinn::Connection>,
     ) -> Result<StreamStats, QuicError> {
         let deadline = Instant::now() + self.timeout;
-        let conn = match client {
-            Some(config) => self.connect(endpoint, config, deadline).await?,
-            None => self.accept(endpoint, deadline).await?,
+        let link = match client {
+            Some(config) => self.connect(endpoint, config, deadline).await,
+            None => self.accept(endpoint, deadline).await,
         };
-        info!(peer = %self.peer, role = ?self.role, "QUIC connection up, peer authenticated");
-        let conn = established.insert(conn);
-        let stats = self
-            .transfer(conn, deadline, input, output, written)
-            .await?;
-        if self.role == Role::Client {
-            // Both sides being done at once would make both close and both linger. Instead
-            // the server closes and lingers, and the client leaves as soon as that close
-            // arrives (or closes itself if it does not).
-            if let Ok(e) = tokio::time::timeout(CLOSE_LINGER, conn.closed()).await {
-                if !is_done(&e) {
-                    return Err(self.connection_error(e));
-                }
-            }
-        }
-        Ok(stats)
+        let link = link.map_err(|(e, up)| {
+            established.extend(up);
+            e
+        })?;
+        established.extend([link.outgoing.clone(), link.incoming.clone()]);
+        info!(peer = %self.peer, role = ?self.role, "QUIC connections up, peer authenticated");
+        self.transfer(link, input, output, written).await
     }
 
     fn timed_out(&self, hint: impl Into<String>) -> QuicError {
@@ -623,73 +760,213 @@ impl Session {
         }
     }
 
+    /// Why setup ran out of time, from what did come up.
+    fn setup_timed_out(&self, up: &[quinn::Connection], stranger: Option<SocketAddr>) -> QuicError {
+        if !up.is_empty() {
+            return self.timed_out(
+                "only part of the connections came up (is the path losing most packets?)",
+            );
+        }
+        match (self.role, stranger) {
+            (Role::Client, _) => {
+                self.timed_out("no answer (is the peer running, and is the hole still open?)")
+            }
+            // Most likely the peer itself, from a port its NAT picked anew.
+            (Role::Server, Some(from)) => self.timed_out(format!(
+                "only {from} tried to connect, which is not the peer's address (did the peer's NAT change its mapping?)"
+            )),
+            (Role::Server, None) => self
+                .timed_out("it did not connect (is it running, and is the hole still open?)"),
+        }
+    }
+
+    /// Races handshakes for both directions until one of each is confirmed, then commits to
+    /// that pair. On failure, also returns the connections that came up.
     async fn connect(
         &self,
         endpoint: &Endpoint,
         config: quinn::ClientConfig,
         deadline: Instant,
-    ) -> Result<quinn::Connection, QuicError> {
-        loop {
-            let connecting = endpoint
-                .connect_with(config.clone(), self.peer, SERVER_NAME)
-                .map_err(|e| QuicError::Setup(format!("cannot connect to {}: {e}", self.peer)))?;
-            match tokio::time::timeout_at(deadline, connecting).await {
-                Err(_) => {
-                    return Err(self
-                        .timed_out("no answer (is the peer running, and is the hole still open?)"))
+    ) -> Result<Link, (QuicError, Vec<quinn::Connection>)> {
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut started = [0u8; 2];
+        let mut confirmed: [Option<(u8, quinn::Connection)>; 2] = [None, None];
+        let mut next_round = Instant::now();
+        let racing = async {
+            loop {
+                if let [Some((_, to_server)), Some((attempt, to_client))] = &confirmed {
+                    return Ok((to_server.clone(), *attempt, to_client.clone()));
                 }
-                Ok(Ok(conn)) => return Ok(conn),
-                // quinn gives up on a silent peer after the idle timeout, which may be
-                // shorter than the caller's timeout.
-                Ok(Err(ConnectionError::TimedOut)) if Instant::now() < deadline => {}
-                Ok(Err(e)) => return Err(self.connection_error(e)),
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_round) => {
+                        next_round += ATTEMPT_INTERVAL;
+                        for d in Direction::BOTH {
+                            let n = &mut started[d.index()];
+                            if confirmed[d.index()].is_some() || *n >= MAX_ATTEMPTS {
+                                continue;
+                            }
+                            let connecting = endpoint
+                                .connect_with(config.clone(), self.peer, &d.server_name(*n))
+                                .map_err(|e| QuicError::Setup(format!("cannot connect to {}: {e}", self.peer)))?;
+                            if *n > 0 {
+                                debug!(peer = %self.peer, direction = d.label(), attempt = *n, "no confirmed handshake yet; starting another");
+                            }
+                            let attempt = *n;
+                            *n += 1;
+                            attempts.spawn(async move { (d, attempt, confirmed_handshake(connecting).await) });
+                        }
+                    }
+                    Some(Ok((d, attempt, outcome))) = attempts.join_next() => match outcome {
+                        Ok(conn) if confirmed[d.index()].is_none() => {
+                            confirmed[d.index()] = Some((attempt, conn));
+                        }
+                        Ok(conn) => conn.close(CLOSE_ERROR.into(), b"superseded by another attempt"),
+                        // quinn gives up on a silent peer after the idle timeout, which may be
+                        // shorter than the caller's timeout; the next round tries again.
+                        Err(ConnectionError::TimedOut) => {}
+                        Err(e) => return Err(self.connection_error(e)),
+                    },
+                }
             }
+        };
+        let outcome = tokio::time::timeout_at(deadline, racing).await;
+        let up = || {
+            confirmed
+                .iter()
+                .flatten()
+                .map(|(_, c)| c.clone())
+                .collect::<Vec<_>>()
+        };
+        let (to_server, attempt, to_client) = match outcome {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err((e, up())),
+            Err(_) => return Err((self.setup_timed_out(&up(), None), up())),
+        };
+        // Unconfirmed attempts still in flight are dropped here, which closes them.
+        drop(attempts);
+        let commit = async {
+            let mut send = to_server
+                .open_uni()
+                .await
+                .map_err(|e| self.connection_error(e))?;
+            send.write_all(&[attempt])
+                .await
+                .map_err(|e| self.write_error(e))?;
+            Ok(send)
+        };
+        match commit.await {
+            Ok(send) => Ok(Link {
+                outgoing: to_server,
+                incoming: to_client,
+                send: Some(send),
+                recv: None,
+            }),
+            Err(e) => Err((e, vec![to_server, to_client])),
         }
     }
 
+    /// Accepts the client's handshakes from the peer's address, side by side, until the
+    /// client commits to a pair. On failure, also returns the connections that came up.
     async fn accept(
         &self,
         endpoint: &Endpoint,
         deadline: Instant,
-    ) -> Result<quinn::Connection, QuicError> {
+    ) -> Result<Link, (QuicError, Vec<quinn::Connection>)> {
         // A failed attempt from the peer's address is reported if nothing better arrives:
         // it may have been a stranger (so keep waiting), but most likely it is the reason.
         let mut failure = None;
         let mut stranger = None;
+        let mut up: Vec<quinn::Connection> = Vec::new();
+        let mut to_client: Vec<(u8, quinn::Connection)> = Vec::new();
+        let mut committed: Option<(quinn::Connection, RecvStream, u8)> = None;
+        let mut handshakes = tokio::task::JoinSet::new();
+        let mut commitments = tokio::task::JoinSet::new();
         let waiting = async {
             loop {
-                let Some(incoming) = endpoint.accept().await else {
-                    return Err(QuicError::Setup("the QUIC endpoint closed".into()));
-                };
-                let from = incoming.remote_address();
-                if !same_addr(from, self.peer) {
-                    info!(%from, peer = %self.peer, "refusing a QUIC connection from an address that is not the peer's");
-                    incoming.refuse();
-                    stranger = Some(from);
-                    continue;
-                }
-                match incoming.await {
-                    Ok(conn) => return Ok(conn),
-                    Err(e) => {
-                        let e = self.connection_error(e);
-                        warn!(%from, "QUIC connection attempt failed, waiting on: {e}");
-                        failure = Some(e);
+                if let Some((_, _, attempt)) = &committed {
+                    // The client saw this handshake confirmed, so it completes here too,
+                    // if perhaps a moment after the commitment arrived.
+                    if let Some((_, chosen)) = to_client.iter().find(|(n, _)| n == attempt) {
+                        let chosen = chosen.clone();
+                        let (from_client, recv, _) = committed.take().expect("checked above");
+                        return Ok((from_client, recv, chosen));
                     }
+                }
+                tokio::select! {
+                    incoming = endpoint.accept() => {
+                        let Some(incoming) = incoming else {
+                            return Err(QuicError::Setup("the QUIC endpoint closed".into()));
+                        };
+                        let from = incoming.remote_address();
+                        if !same_addr(from, self.peer) {
+                            info!(%from, peer = %self.peer, "refusing a QUIC connection from an address that is not the peer's");
+                            incoming.refuse();
+                            stranger = Some(from);
+                            continue;
+                        }
+                        handshakes.spawn(async move { (from, incoming.await) });
+                    }
+                    Some(Ok((from, handshake))) = handshakes.join_next() => {
+                        let conn = match handshake {
+                            Ok(conn) => conn,
+                            Err(e) => {
+                                let e = self.connection_error(e);
+                                warn!(%from, "QUIC connection attempt failed, waiting on: {e}");
+                                // A client that fails its pin check closes its other
+                                // handshakes too, and those closes carry no reason (RFC 9000
+                                // section 10.2.3); the certificate verdict is the one to keep.
+                                if !failure.as_ref().is_some_and(QuicError::is_auth_failure) {
+                                    failure = Some(e);
+                                }
+                                continue;
+                            }
+                        };
+                        up.push(conn.clone());
+                        match Direction::of(&conn) {
+                            Some((Direction::ClientToServer, _)) => {
+                                commitments.spawn(read_commitment(conn));
+                            }
+                            Some((Direction::ServerToClient, attempt)) => to_client.push((attempt, conn)),
+                            None => {
+                                return Err(QuicError::Protocol {
+                                    peer: self.peer,
+                                    reason: "it opened a connection for no known direction".into(),
+                                })
+                            }
+                        }
+                    }
+                    Some(Ok(commitment)) = commitments.join_next() => match commitment {
+                        Ok(c) => committed = Some(c),
+                        // An attempt the client gave up on.
+                        Err(Ok(e)) => debug!(peer = %self.peer, "a connection ended before its commitment: {e}"),
+                        Err(Err(e)) => return Err(e),
+                    },
                 }
             }
         };
         let outcome = tokio::time::timeout_at(deadline, waiting).await;
-        match outcome {
-            Ok(result) => result,
-            Err(_) => Err(failure.unwrap_or_else(|| match stranger {
-                // Most likely the peer itself, from a port its NAT picked anew.
-                Some(from) => self.timed_out(format!(
-                    "only {from} tried to connect, which is not the peer's address (did the peer's NAT change its mapping?)"
-                )),
-                None => self
-                    .timed_out("it did not connect (is it running, and is the hole still open?)"),
-            })),
+        let (from_client, recv, to_client_chosen) = match outcome {
+            Ok(Ok(chosen)) => chosen,
+            Ok(Err(e)) => return Err((e, up)),
+            Err(_) => {
+                let e = failure.unwrap_or_else(|| self.setup_timed_out(&up, stranger));
+                return Err((e, up));
+            }
+        };
+        // The handshakes and connections the client did not choose are closed when dropped.
+        for conn in up.iter().filter(|c| {
+            ![&from_client, &to_client_chosen]
+                .iter()
+                .any(|k| k.stable_id() == c.stable_id())
+        }) {
+            conn.close(CLOSE_ERROR.into(), b"not chosen");
         }
+        Ok(Link {
+            outgoing: to_client_chosen,
+            incoming: from_client,
+            send: None,
+            recv: Some(recv),
+        })
     }
 
     fn connection_error(&self, e: ConnectionError) -> QuicError {
@@ -755,51 +1032,28 @@ impl Session {
         }
     }
 
+    /// Copies the input to a stream on the outgoing connection and the stream that the peer
+    /// opens on the incoming one to the output. The server's stream becomes visible to the
+    /// client with its first frame, so the client waits as long as the server's input stays
+    /// silent.
     async fn transfer(
         &self,
-        conn: &quinn::Connection,
-        deadline: Instant,
+        link: Link,
         mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
         output: mpsc::Sender<Vec<u8>>,
         written: oneshot::Receiver<io::Result<()>>,
     ) -> Result<StreamStats, QuicError> {
         let peer = self.peer;
-        let (mut send, mut recv) = match self.role {
-            Role::Client => {
-                let (mut send, recv) =
-                    conn.open_bi().await.map_err(|e| self.connection_error(e))?;
-                send.write_all(&[PREAMBLE])
-                    .await
-                    .map_err(|e| self.write_error(e))?;
-                (send, recv)
-            }
-            Role::Server => {
-                let opened = async {
-                    let (send, mut recv) = conn
-                        .accept_bi()
-                        .await
-                        .map_err(|e| self.connection_error(e))?;
-                    let mut first = [0u8; 1];
-                    match recv.read_exact(&mut first).await {
-                        Ok(()) if first[0] == PREAMBLE => Ok((send, recv)),
-                        Ok(()) => Err(QuicError::Protocol {
-                            peer,
-                            reason: format!("stream starts with {:#04x}", first[0]),
-                        }),
-                        Err(ReadExactError::FinishedEarly(_)) => Err(QuicError::Protocol {
-                            peer,
-                            reason: "stream ended before its preamble".into(),
-                        }),
-                        Err(ReadExactError::ReadError(e)) => Err(self.read_error(e)),
-                    }
-                };
-                tokio::time::timeout_at(deadline, opened)
-                    .await
-                    .map_err(|_| self.timed_out("it connected but opened no stream"))??
-            }
-        };
+        let (outgoing, incoming) = (&link.outgoing, &link.incoming);
 
         let sending = async {
+            let mut send = match link.send {
+                Some(send) => send,
+                None => outgoing
+                    .open_uni()
+                    .await
+                    .map_err(|e| self.connection_error(e))?,
+            };
             let mut sent = 0u64;
             while let Some(chunk) = input.recv().await {
                 let chunk = chunk.map_err(QuicError::Input)?;
@@ -811,9 +1065,13 @@ impl Session {
             // Fails only if the stream is already reset, which `stopped` reports below.
             let _ = send.finish();
             match send.stopped().await {
-                Ok(None) => Ok(sent),
+                Ok(None) => {
+                    // All acknowledged: the peer needs nothing more on this connection.
+                    outgoing.close(CLOSE_DONE.into(), b"done");
+                    Ok(sent)
+                }
                 Ok(Some(_)) => Err(QuicError::PeerStopped { peer }),
-                // The peer's "done" says it read our stream to the end.
+                // The peer read our stream to the end and gave up waiting for our close.
                 Err(StoppedError::ConnectionLost(e)) if is_done(&e) => Ok(sent),
                 Err(StoppedError::ConnectionLost(e)) => Err(self.connection_error(e)),
                 Err(StoppedError::ZeroRttRejected) => Err(QuicError::Protocol {
@@ -824,6 +1082,13 @@ impl Session {
         };
 
         let receiving = async {
+            let mut recv = match link.recv {
+                Some(recv) => recv,
+                None => incoming
+                    .accept_uni()
+                    .await
+                    .map_err(|e| self.connection_error(e))?,
+            };
             let mut received = 0u64;
             let output_failed = |written: oneshot::Receiver<io::Result<()>>| async {
                 match written.await {
@@ -846,17 +1111,63 @@ impl Session {
             }
             drop(output);
             match written.await {
-                Ok(Ok(())) => Ok(received),
-                Ok(Err(e)) => Err(QuicError::Output(e)),
-                Err(_) => Err(QuicError::Output(io::Error::other(
-                    "the output thread ended",
-                ))),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(QuicError::Output(e)),
+                Err(_) => {
+                    return Err(QuicError::Output(io::Error::other(
+                        "the output thread ended",
+                    )))
+                }
             }
+            // The connection that carried more traffic has the better estimate, and the
+            // minimum is not inflated by the handshake or by delayed ACKs.
+            let rtt = [outgoing, incoming]
+                .map(|c| c.stats().path.min_rtt)
+                .into_iter()
+                .min()
+                .unwrap_or(INITIAL_RTT);
+            self.await_close(incoming, rtt).await?;
+            Ok(received)
         };
 
         let (sent, received) = tokio::try_join!(sending, receiving)?;
         debug!(%peer, sent, received, "both directions done");
         Ok(StreamStats { sent, received })
+    }
+
+    /// After reading the whole stream on `conn`: waits (bounded by [`CLOSE_LINGER`]) for the
+    /// peer to close the connection, which it does once it has our acknowledgement of all its
+    /// data. Until then it may retransmit and need acknowledgements, so the connection stays
+    /// open; a few datagrams make a peer whose close was lost repeat it.
+    async fn await_close(&self, conn: &quinn::Connection, rtt: Duration) -> Result<(), QuicError> {
+        let mut closed = pin!(conn.closed());
+        let mut give_up = pin!(tokio::time::sleep(CLOSE_LINGER));
+        let (min, max) = CLOSE_PROBE_INTERVAL;
+        let interval = (rtt / 4).clamp(min, max);
+        let mut probes = 0;
+        let e = loop {
+            tokio::select! {
+                e = &mut closed => break e,
+                () = &mut give_up => {
+                    debug!(peer = %self.peer, "no close from the peer after its data; closing");
+                    conn.close(CLOSE_DONE.into(), b"done");
+                    return Ok(());
+                }
+                () = tokio::time::sleep(interval), if probes < CLOSE_PROBES => {
+                    probes += 1;
+                    // Fails only once the connection is closed, which `closed` reports.
+                    let _ = conn.send_datagram(Vec::new().into());
+                }
+            }
+        };
+        match e {
+            // The peer's close, or its endpoint's reset after its closing period.
+            e if is_done(&e) => Ok(()),
+            ConnectionError::Reset | ConnectionError::TimedOut | ConnectionError::LocallyClosed => {
+                Ok(())
+            }
+            e => Err(self.connection_error(e)),
+        }
     }
 
     fn write_error(&self, e: WriteError) -> QuicError {
