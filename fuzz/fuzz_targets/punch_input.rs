@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
             public: peer,
             locals: vec!["10.0.1.2:50000".parse().unwrap()],
             nat: nat(c.rotate_left(3)),
+            tcp: None,
         },
         key: KEY,
         fingerprint: [0x24; 32],

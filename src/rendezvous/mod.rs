@@ -69,6 +69,34 @@ pub struct PeerData {
     /// Addresses of the peer's punching socket on its own interfaces (for peers on one LAN).
     pub locals: Vec<SocketAddr>,
     pub nat: NatInfo,
+    /// Present when the peer punches TCP (`connect --tcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpOffer>,
+}
+
+/// What a peer tells the other for a TCP punch: where its next TCP connection will appear
+/// and which certificate it will present. The server relays it unchanged; `mac` is keyed
+/// from the secret (not from the rendezvous key the server holds), so a server cannot
+/// substitute the fingerprint or redirect the punch. See `crate::punch::tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpOffer {
+    /// The local port every punch connection (and the listener) uses; 0 when the peer opens
+    /// connections from fresh ports (its NAT allocates randomly).
+    pub local_port: u16,
+    /// Predicted external port of the peer's next connection; 0 when unpredictable.
+    pub port: u16,
+    pub nat: NatInfo,
+    /// SHA-256 of the certificate the peer's TLS will present (hex).
+    pub fp: String,
+    /// HMAC-SHA256 under the punch key (hex).
+    pub mac: String,
+}
+
+impl TcpOffer {
+    fn valid(&self) -> bool {
+        unhex32(&self.fp).is_some() && unhex32(&self.mac).is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +114,8 @@ pub enum Msg {
         key: Option<String>,
         locals: Vec<SocketAddr>,
         nat: NatInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tcp: Option<TcpOffer>,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].
@@ -186,18 +216,24 @@ impl Msg {
                 locals,
                 key,
                 mac,
+                tcp,
                 ..
             } => {
                 valid_session(session)
                     && valid_peer_id(peer)
                     && locals.len() <= MAX_LOCALS
+                    && tcp.as_ref().is_none_or(TcpOffer::valid)
                     && key.as_deref().is_none_or(|k| unhex32(k).is_some())
                     && unhex32(mac).is_some()
             }
             Msg::Bye {
                 session, peer, mac, ..
             } => valid_session(session) && valid_peer_id(peer) && unhex32(mac).is_some(),
-            Msg::Peer { peer, .. } => valid_peer_id(&peer.id) && peer.locals.len() <= MAX_LOCALS,
+            Msg::Peer { peer, .. } => {
+                valid_peer_id(&peer.id)
+                    && peer.locals.len() <= MAX_LOCALS
+                    && peer.tcp.as_ref().is_none_or(TcpOffer::valid)
+            }
             _ => true,
         }
     }
@@ -481,6 +517,7 @@ impl Rendezvous {
                 key,
                 locals,
                 nat,
+                tcp,
                 rtt_ms,
                 ..
             } => {
@@ -493,6 +530,7 @@ impl Rendezvous {
                         public: src,
                         locals,
                         nat,
+                        tcp,
                     },
                     seq,
                     rtt_ms: rtt_ms.min(10_000),

@@ -48,6 +48,7 @@ fn signed_register(
         key: send_key.map(|k| hex(k)),
         locals: vec![addr(200, 5000)],
         nat: NatInfo::unknown(),
+        tcp: None,
         rtt_ms,
         mac: String::new(),
     }
@@ -246,6 +247,7 @@ fn signed_messages_verify_and_tampering_fails() {
         key: None,
         locals: vec![],
         nat: NatInfo::unknown(),
+        tcp: None,
         rtt_ms: 1,
         mac: String::new(),
     }

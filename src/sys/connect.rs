@@ -112,6 +112,7 @@ fn rendezvous(
             key: send_key.then(|| hex(&rkey)),
             locals: locals.to_vec(),
             nat,
+            tcp: None,
             rtt_ms: rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         }

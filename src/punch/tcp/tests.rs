@@ -1,0 +1,408 @@
+use super::*;
+use std::collections::HashMap;
+
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn nat(mapping: Behavior, allocation: Allocation, delta: Option<i32>) -> NatInfo {
+    NatInfo {
+        mapping,
+        filtering: Behavior::AddressAndPortDependent,
+        allocation,
+        delta,
+    }
+}
+
+fn cone() -> NatInfo {
+    nat(Behavior::EndpointIndependent, Allocation::Preserving, None)
+}
+fn seq(d: i32) -> NatInfo {
+    nat(
+        Behavior::AddressAndPortDependent,
+        Allocation::Sequential,
+        Some(d),
+    )
+}
+fn random() -> NatInfo {
+    nat(Behavior::AddressAndPortDependent, Allocation::Random, None)
+}
+
+#[test]
+fn prediction_from_port_observations() {
+    let p = predict(40000, &[40000, 40000, 40000]);
+    assert_eq!(p.port, 40000);
+    assert_eq!(p.nat.mapping, Behavior::EndpointIndependent);
+    assert_eq!(p.nat.allocation, Allocation::Preserving);
+
+    let p = predict(40000, &[51000, 51000, 51000]);
+    assert_eq!((p.port, p.nat.allocation), (51000, Allocation::Unknown));
+
+    let p = predict(40000, &[20005, 20006, 20007]);
+    assert_eq!(p.nat.allocation, Allocation::Sequential);
+    assert_eq!((p.nat.delta, p.port), (Some(1), 20008));
+
+    let p = predict(40000, &[20010, 20008, 20006]);
+    assert_eq!((p.nat.delta, p.port), (Some(-2), 20004));
+
+    let p = predict(40000, &[33123, 61002, 1877]);
+    assert_eq!(p.nat.allocation, Allocation::Random);
+    assert_eq!(p.port, 0);
+
+    // Two differing samples cannot tell a counter from chance.
+    let p = predict(40000, &[20005, 20006]);
+    assert_eq!(p.nat.allocation, Allocation::Unknown);
+    assert_eq!(p.port, 0);
+
+    // Nothing seen, or a step that would leave the port range.
+    assert_eq!(predict(1, &[]).port, 0);
+    assert_eq!(predict(1, &[65533, 65534, 65535]).port, 0);
+}
+
+#[test]
+fn strategy_is_symmetric_and_plans_fit_it() {
+    let kinds = [cone(), seq(1), seq(3), random()];
+    for a in &kinds {
+        for b in &kinds {
+            assert_eq!(strategy(a, b), strategy(b, a));
+        }
+    }
+    assert_eq!(strategy(&cone(), &cone()), Strategy::Direct);
+    assert_eq!(strategy(&cone(), &seq(1)), Strategy::Predict);
+    assert_eq!(strategy(&seq(1), &seq(2)), Strategy::Predict);
+    assert_eq!(strategy(&cone(), &random()), Strategy::Sweep);
+    assert_eq!(plan(&cone(), &cone()), Plan::Direct);
+    assert_eq!(plan(&seq(1), &cone()), Plan::Direct);
+    assert_eq!(plan(&cone(), &seq(2)), Plan::Window { delta: 2 });
+    assert_eq!(plan(&cone(), &random()), Plan::Probe);
+    assert_eq!(plan(&random(), &cone()), Plan::Spray);
+}
+
+#[test]
+fn offers_verify_only_unaltered_and_under_the_same_key() {
+    let key = [7u8; 32];
+    let pred = Prediction {
+        nat: seq(1),
+        port: 20008,
+    };
+    let o = make_offer(&key, "aaaaaaaaaaaaaaaa", 40000, &pred, &[9; 32]);
+    assert_eq!(verify_offer(&key, "aaaaaaaaaaaaaaaa", &o), Some([9; 32]));
+    assert_eq!(verify_offer(&[8; 32], "aaaaaaaaaaaaaaaa", &o), None);
+    assert_eq!(verify_offer(&key, "bbbbbbbbbbbbbbbb", &o), None);
+    let mut bad = o.clone();
+    bad.port += 1;
+    assert_eq!(verify_offer(&key, "aaaaaaaaaaaaaaaa", &bad), None);
+    let mut bad = o.clone();
+    bad.fp = hex(&[1; 32]);
+    assert_eq!(verify_offer(&key, "aaaaaaaaaaaaaaaa", &bad), None);
+    let mut bad = o;
+    bad.nat = cone();
+    assert_eq!(verify_offer(&key, "aaaaaaaaaaaaaaaa", &bad), None);
+}
+
+fn cfg(plan: Plan, peer_port: u16) -> TcpPunchConfig {
+    TcpPunchConfig {
+        plan,
+        peer_ip: "203.0.113.20".parse().unwrap(),
+        peer_port,
+        local_port: 40000,
+        window: 8,
+        rate: 100,
+        sweep_sockets: 16,
+        budget: Duration::from_secs(5),
+        seed: 1,
+    }
+}
+
+fn drain(p: &mut TcpPunch) -> Vec<Action> {
+    std::iter::from_fn(|| p.poll_action()).collect()
+}
+
+#[test]
+fn nothing_before_the_start_then_one_direct_attempt() {
+    let start = t0() + Duration::from_secs(1);
+    let mut p = TcpPunch::new(cfg(Plan::Direct, 5000), start);
+    p.handle_timeout(start - Duration::from_millis(1));
+    assert!(drain(&mut p).is_empty());
+    assert_eq!(p.poll_timeout(), Some(start));
+    p.handle_timeout(start);
+    let a = drain(&mut p);
+    assert_eq!(
+        a,
+        vec![Action::Connect {
+            id: 0,
+            from_port: 40000,
+            to: "203.0.113.20:5000".parse().unwrap()
+        }]
+    );
+    p.handle_timeout(start + Duration::from_secs(1));
+    assert!(drain(&mut p).is_empty());
+}
+
+#[test]
+fn refused_attempts_are_repeated_until_the_budget_ends() {
+    let start = t0();
+    let mut p = TcpPunch::new(cfg(Plan::Direct, 5000), start);
+    p.handle_timeout(start);
+    drain(&mut p);
+    let mut now = start;
+    let mut id = 0;
+    let mut repeats = 0;
+    while !p.expired(now) {
+        p.handle_failure(now, id, AttemptError::Refused);
+        let when = p.poll_timeout().unwrap();
+        assert!(when >= now + Duration::from_millis(RETRY_PAUSE.0));
+        assert!(when <= now + Duration::from_millis(RETRY_PAUSE.1));
+        now = when;
+        p.handle_timeout(now);
+        match drain(&mut p).as_slice() {
+            [Action::Connect { id: i, to, .. }] => {
+                assert_eq!(to.port(), 5000);
+                id = *i;
+                repeats += 1;
+            }
+            [] => assert!(p.expired(now)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(repeats >= 5_000 / 300, "{repeats}");
+    assert_eq!(p.refused, repeats + 1);
+}
+
+#[test]
+fn window_goes_ahead_of_the_prediction_first_and_is_paced() {
+    let start = t0();
+    let mut p = TcpPunch::new(cfg(Plan::Window { delta: 2 }, 20000), start);
+    let mut ports = Vec::new();
+    let mut now = start;
+    for _ in 0..40 {
+        p.handle_timeout(now);
+        for a in drain(&mut p) {
+            if let Action::Connect { to, from_port, .. } = a {
+                assert_eq!(from_port, 40000);
+                ports.push(to.port());
+            }
+        }
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(
+        ports,
+        vec![20000, 20002, 20004, 20006, 20008, 20010, 20012, 20014, 20016, 19998, 19996]
+    );
+    // 100 per second: the 11 attempts took 100 ms.
+    assert_eq!(p.attempts, 11);
+}
+
+#[test]
+fn probes_are_distinct_paced_and_closed_when_stale() {
+    let start = t0();
+    let mut p = TcpPunch::new(cfg(Plan::Probe, 0), start);
+    let mut seen = HashSet::new();
+    let mut abandoned = 0;
+    let mut now = start;
+    while !p.expired(now) {
+        p.handle_timeout(now);
+        for a in drain(&mut p) {
+            match a {
+                Action::Connect { to, from_port, .. } => {
+                    assert_eq!(from_port, 40000);
+                    assert!(to.port() >= 1024);
+                    assert!(seen.insert(to.port()));
+                }
+                Action::Abandon { .. } => abandoned += 1,
+            }
+        }
+        now = p
+            .poll_timeout()
+            .unwrap()
+            .max(now + Duration::from_millis(1));
+    }
+    // 5 s at 100 per second.
+    assert!((495..=505).contains(&seen.len()), "{}", seen.len());
+    // Everything older than the linger time was closed.
+    assert!(abandoned >= 195, "{abandoned}");
+    // A refused probe is a wrong port: not repeated.
+    let before = p.attempts;
+    p.handle_failure(now, 499, AttemptError::Refused);
+    p.handle_timeout(now + Duration::from_millis(500));
+    assert_eq!(p.attempts, before);
+}
+
+#[test]
+fn spray_opens_fresh_ports_toward_the_one_port() {
+    let start = t0();
+    let mut p = TcpPunch::new(cfg(Plan::Spray, 7000), start);
+    let mut n = 0;
+    let mut now = start;
+    for _ in 0..100 {
+        p.handle_timeout(now);
+        for a in drain(&mut p) {
+            if let Action::Connect { to, from_port, .. } = a {
+                assert_eq!((from_port, to.port()), (0, 7000));
+                n += 1;
+            }
+        }
+        now += Duration::from_millis(10);
+    }
+    assert_eq!(n, 16);
+}
+
+/// A TCP NAT as the planner meets it: what external port each new (local port, destination)
+/// flow gets.
+struct SimTcpNat {
+    kind: NatInfo,
+    next: u16,
+    rng: StdRng,
+    flows: HashMap<(u16, SocketAddr), u16>,
+}
+
+impl SimTcpNat {
+    fn new(kind: NatInfo, seed: u64) -> Self {
+        SimTcpNat {
+            kind,
+            next: 20000,
+            rng: StdRng::seed_from_u64(seed),
+            flows: HashMap::new(),
+        }
+    }
+
+    fn map(&mut self, local: u16, to: SocketAddr) -> u16 {
+        if let Some(&p) = self.flows.get(&(local, to)) {
+            return p;
+        }
+        let p = match self.kind.allocation {
+            _ if self.kind.mapping == Behavior::EndpointIndependent => local,
+            Allocation::Sequential => {
+                let p = self.next;
+                self.next = (i32::from(self.next) + self.kind.delta.unwrap()) as u16;
+                p
+            }
+            _ => self.rng.random_range(1024..=65535),
+        };
+        self.flows.insert((local, to), p);
+        p
+    }
+
+    /// Three observation connections from `local` to the server, as `connect --tcp` makes.
+    fn observe(&mut self, local: u16) -> Prediction {
+        let seen: Vec<u16> = (0..3)
+            .map(|i| self.map(local, SocketAddr::from(([203, 0, 113, 1], 3478 + i))))
+            .collect();
+        predict(local, &seen)
+    }
+}
+
+/// Runs both planners on simulated NATs, `extra` other flows through B's NAT between its
+/// observation and the punch; true when some attempt of A and some attempt of B are the two
+/// halves of one 4-tuple while both are open.
+fn sim_pair(a_kind: NatInfo, b_kind: NatInfo, extra: u16, seed: u64) -> bool {
+    let ip_a: IpAddr = "203.0.113.10".parse().unwrap();
+    let ip_b: IpAddr = "203.0.113.20".parse().unwrap();
+    let mut nats = [
+        SimTcpNat::new(a_kind, seed),
+        SimTcpNat::new(b_kind, seed ^ 0xabc),
+    ];
+    let locals = [40000u16, 41000];
+    let preds = [nats[0].observe(locals[0]), nats[1].observe(locals[1])];
+    for i in 0..extra {
+        nats[1].map(9000 + i, SocketAddr::from(([198, 51, 100, 9], 80)));
+    }
+    let start = t0();
+    let mk = |me: usize| {
+        let peer = 1 - me;
+        let c = TcpPunchConfig {
+            plan: plan(&preds[me].nat, &preds[peer].nat),
+            peer_ip: [ip_a, ip_b][peer],
+            peer_port: preds[peer].port,
+            local_port: locals[me],
+            window: 24,
+            rate: 500,
+            sweep_sockets: 256,
+            budget: Duration::from_secs(10),
+            seed: seed.wrapping_add(me as u64),
+        };
+        TcpPunch::new(c, start)
+    };
+    let mut punches = [mk(0), mk(1)];
+    let ips = [ip_a, ip_b];
+    // Open flows per side by attempt, and the same as a set of (our external endpoint,
+    // remote endpoint) for the lookup of the other side's half.
+    let mut open: [HashMap<u64, (SocketAddr, SocketAddr)>; 2] = [HashMap::new(), HashMap::new()];
+    let mut halves: [HashMap<(SocketAddr, SocketAddr), u32>; 2] = [HashMap::new(), HashMap::new()];
+    let mut fresh = [50000u16, 50000];
+    let mut now = start;
+    while now < start + Duration::from_secs(10) {
+        for s in 0..2 {
+            punches[s].handle_timeout(now);
+            while let Some(a) = punches[s].poll_action() {
+                match a {
+                    Action::Connect { id, from_port, to } => {
+                        let local = if from_port == 0 {
+                            fresh[s] += 1;
+                            fresh[s]
+                        } else {
+                            from_port
+                        };
+                        let ext = SocketAddr::new(ips[s], nats[s].map(local, to));
+                        if halves[1 - s].contains_key(&(to, ext)) {
+                            return true;
+                        }
+                        open[s].insert(id, (ext, to));
+                        *halves[s].entry((ext, to)).or_default() += 1;
+                    }
+                    Action::Abandon { id } => {
+                        if let Some(k) = open[s].remove(&id) {
+                            if let Some(n) = halves[s].get_mut(&k) {
+                                *n -= 1;
+                                if *n == 0 {
+                                    halves[s].remove(&k);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        now = punches[0]
+            .poll_timeout()
+            .into_iter()
+            .chain(punches[1].poll_timeout())
+            .min()
+            .unwrap()
+            .max(now + Duration::from_millis(1));
+    }
+    false
+}
+
+#[test]
+fn simulated_pairs_meet_by_prediction() {
+    for seed in 0..10 {
+        assert!(sim_pair(cone(), cone(), 0, seed));
+        assert!(sim_pair(cone(), seq(1), 0, seed));
+        assert!(sim_pair(seq(1), seq(1), 0, seed));
+        assert!(sim_pair(seq(2), cone(), 0, seed));
+        // Other traffic moved B's counter on: A's window still covers it.
+        assert!(sim_pair(cone(), seq(1), 5, seed), "seed {seed}");
+    }
+}
+
+#[test]
+fn simulated_sweep_meets_in_at_least_95_percent() {
+    let won = (0..100)
+        .filter(|&seed| sim_pair(cone(), random(), 0, seed))
+        .count();
+    assert!(won >= 95, "{won}/100");
+    let won = (0..20)
+        .filter(|&seed| sim_pair(random(), cone(), 0, seed))
+        .count();
+    assert!(won >= 19, "{won}/20");
+    assert!(sweep_success_probability(256, 5000) > 0.99);
+}
+
+#[test]
+fn simulated_random_pairs_do_not_meet() {
+    let won = (0..10)
+        .filter(|&seed| sim_pair(random(), random(), 0, seed))
+        .count();
+    assert!(won <= 1, "{won}/10");
+}
