@@ -326,7 +326,7 @@ impl TcpPunch {
         self.start
     }
 
-    fn from_port(&self) -> u16 {
+    fn source_port(&self) -> u16 {
         match self.cfg.plan {
             Plan::Spray => 0,
             _ => self.cfg.local_port,
@@ -399,7 +399,7 @@ impl TcpPunch {
             };
             let Some(port) = port else { break };
             let to = SocketAddr::new(self.cfg.peer_ip, port);
-            let from = self.from_port();
+            let from = self.source_port();
             self.connect(now, from, to);
             self.next_send += interval;
             budget -= 1;
