@@ -46,6 +46,8 @@ pub enum Error {
     RegistryUnavailable { server: SocketAddr },
     #[error("rendezvous refused: {0}")]
     Rendezvous(String),
+    #[error("missing privileges: {missing}; run with sudo, or grant them with `setcap cap_net_admin,cap_net_raw+ep` on the binary")]
+    Privileges { missing: String },
     #[error("interrupted")]
     Interrupted,
     #[error(transparent)]
@@ -66,7 +68,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::ServerUnreachable { .. } | Error::RegistryUnavailable { .. } => 3,
-            Error::Bind { .. } | Error::Capture { .. } => 4,
+            Error::Bind { .. } | Error::Capture { .. } | Error::Privileges { .. } => 4,
             Error::PeerNeverCame { .. } => 5,
             Error::SessionTaken { .. } => 6,
             Error::AuthFailed { .. }

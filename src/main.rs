@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use punchraw::rendezvous::RendezvousConfig;
 use punchraw::server::ServerConfig;
-use punchraw::sys::connect::ConnectConfig;
+use punchraw::sys::connect::{ConnectConfig, PrimeTtl};
 use punchraw::sys::probe::ProbeConfig;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ enum Command {
     /// Classify the NAT between this host and a STUN server.
     Probe(ProbeArgs),
     /// Punch a hole to a peer through both NATs and carry stdin/stdout over an encrypted,
-    /// reliable stream (QUIC) on it.
+    /// reliable stream on it (QUIC over UDP; TLS over TCP with --tcp).
     Connect(ConnectArgs),
 }
 
@@ -88,6 +88,28 @@ struct ConnectArgs {
     /// Mappings the random side opens in a birthday sweep.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     sweep_sockets: u16,
+    /// Punch TCP instead of UDP: simultaneous open toward the peer's predicted port, with
+    /// kernel sockets sweeping ports around the prediction, then TLS with pinned certificates.
+    /// Needs CAP_NET_ADMIN (a temporary nft rule drops this host's RSTs to the peer) and
+    /// CAP_NET_RAW (SYN/RST/ICMP watching); run with sudo. Both peers must give it.
+    #[arg(long)]
+    tcp: bool,
+    /// TCP only: TTL of each attempt's first SYN. "auto" measures toward the peer and picks a
+    /// TTL that opens our NAT but dies before the peer's (or none when no hop lies between);
+    /// "off" sends the normal TTL; a number forces it.
+    #[arg(long, value_name = "auto|off|N", default_value = "auto", value_parser = parse_prime_ttl)]
+    prime_ttl: PrimeTtl,
+}
+
+fn parse_prime_ttl(s: &str) -> std::result::Result<PrimeTtl, String> {
+    match s {
+        "auto" => Ok(PrimeTtl::Auto),
+        "off" => Ok(PrimeTtl::Off),
+        n => match n.parse::<u8>() {
+            Ok(t) if t >= 1 => Ok(PrimeTtl::Fixed(t)),
+            _ => Err(format!("{n:?} is not auto, off or a TTL of 1 to 255")),
+        },
+    }
 }
 
 #[derive(Args)]
@@ -277,5 +299,7 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         window: a.window,
         sweep_sockets: usize::from(a.sweep_sockets),
         punch_budget: Duration::from_secs(a.punch_budget),
+        tcp: a.tcp,
+        prime_ttl: a.prime_ttl,
     })
 }

@@ -59,10 +59,16 @@ impl Capture {
                 source: std::io::Error::other(e.to_string()),
             });
         }
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let pkt = PcapPacket::new(ts, self.buf.len() as u32, &self.buf);
+        let buf = std::mem::take(&mut self.buf);
+        let r = self.ip(&buf, SystemTime::now());
+        self.buf = buf;
+        r
+    }
+
+    /// Records one IP packet exactly as seen on an interface (an AF_PACKET capture).
+    pub fn ip(&mut self, packet: &[u8], at: SystemTime) -> Result<(), Error> {
+        let ts = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let pkt = PcapPacket::new(ts, packet.len() as u32, packet);
         self.writer.write_packet(&pkt).map_err(|e| Error::Capture {
             path: self.path.clone(),
             source: std::io::Error::other(e.to_string()),

@@ -3,7 +3,7 @@
 
 use crate::classify::{Allocation, LegacyType};
 use crate::punch::{derive_key, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy};
-use crate::rendezvous::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData};
+use crate::rendezvous::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
 use crate::sys::capture::Capture;
 use crate::sys::probe::classify_udp;
 use crate::sys::quic::{self, Identity, Role};
@@ -35,6 +35,20 @@ pub struct ConnectConfig {
     pub sweep_sockets: usize,
     /// Time allowed for the punch itself, from the agreed start.
     pub punch_budget: Duration,
+    /// Punch TCP instead of UDP (`--tcp`).
+    pub tcp: bool,
+    /// TTL of the first SYN of each TCP attempt.
+    pub prime_ttl: PrimeTtl,
+}
+
+/// `--prime-ttl`: low-TTL priming of TCP attempts (a first SYN that opens our own NAT but
+/// dies before the peer's, so a hostile far NAT never sees it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrimeTtl {
+    /// Measured toward the peer at the start of the punch.
+    Auto,
+    Off,
+    Fixed(u8),
 }
 
 /// The `--report` object; its shape is a contract.
@@ -92,6 +106,7 @@ fn rendezvous(
     my_id: &str,
     locals: &[SocketAddr],
     nat: NatInfo,
+    tcp: Option<&TcpOffer>,
     rtt: Duration,
     secret: &[u8],
     deadline: Instant,
@@ -112,7 +127,7 @@ fn rendezvous(
             key: send_key.then(|| hex(&rkey)),
             locals: locals.to_vec(),
             nat,
-            tcp: None,
+            tcp: tcp.cloned(),
             rtt_ms: rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         }
@@ -339,6 +354,7 @@ fn connect(
         &my_id,
         &main_local,
         nat,
+        None,
         rtt,
         secret.as_bytes(),
         deadline,

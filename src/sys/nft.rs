@@ -1,0 +1,150 @@
+//! The nftables rules a TCP punch needs while it runs, in a table of their own that is always
+//! removed: when the guard is dropped (success, error, panic unwinding, Ctrl-C and SIGTERM,
+//! which end the punch loop), and at the next start for tables whose process is gone (after
+//! SIGKILL).
+//!
+//! Why the rules: while the punch runs, SYN-ACKs and SYNs may reach this host on 4-tuples no
+//! socket owns any more (an attempt closed, a probe abandoned). The kernel would answer them
+//! with RST, and that RST, passing our NAT, would end the conntrack entry the punch relies on
+//! (RFC 5382 section 5.2 expects NATs to let RSTs close a mapping). ICMP time-exceeded answers
+//! to low-TTL priming SYNs come back as RELATED and would abort the SYN_SENT socket
+//! (EHOSTUNREACH), so they are dropped on the host too.
+//!
+//! The rules are applied with the `nft` command (Debian package `nftables`).
+
+use crate::Error;
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+/// Tables of ours are named this plus the owning process id.
+const PREFIX: &str = "punchraw_";
+
+fn nft(script: &str) -> Result<(), Error> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::io(
+                "cannot run `nft` (install the nftables package: apt-get install nftables)",
+                e,
+            )
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())
+        .map_err(|e| Error::io("cannot talk to `nft`", e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io("cannot run `nft`", e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::io(
+            format!(
+                "`nft` refused the punch rules: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            std::io::Error::other("nft failed"),
+        ))
+    }
+}
+
+/// The punch's rules; dropping it removes them.
+#[derive(Debug)]
+pub struct PunchRules {
+    table: String,
+    removed: bool,
+}
+
+impl PunchRules {
+    /// Drops this host's RSTs toward `peer`, and (with `drop_time_exceeded`) ICMP
+    /// time-exceeded toward this host, until the guard is dropped.
+    pub fn install(peer: IpAddr, drop_time_exceeded: bool) -> Result<Self, Error> {
+        remove_stale();
+        let table = format!("{PREFIX}{}", std::process::id());
+        let family = if peer.is_ipv4() { "ip" } else { "ip6" };
+        let mut script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}\n\
+             add rule inet {table} out {family} daddr {peer} tcp flags & rst == rst counter drop\n"
+        );
+        if drop_time_exceeded {
+            script.push_str(&format!(
+                "add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n\
+                 add rule inet {table} in icmp type time-exceeded counter drop\n\
+                 add rule inet {table} in icmpv6 type time-exceeded counter drop\n"
+            ));
+        }
+        // Tear down a half-made table rather than leave it.
+        let guard = PunchRules {
+            table,
+            removed: false,
+        };
+        nft(&script)?;
+        Ok(guard)
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Removes the rules now (also done on drop).
+    pub fn remove(mut self) -> Result<(), Error> {
+        self.removed = true;
+        delete_table(&self.table)
+    }
+}
+
+impl Drop for PunchRules {
+    fn drop(&mut self) {
+        if !self.removed {
+            if let Err(e) = delete_table(&self.table) {
+                tracing::warn!("{e}; remove it with: nft delete table inet {}", self.table);
+            }
+        }
+    }
+}
+
+fn delete_table(table: &str) -> Result<(), Error> {
+    // `destroy` would not fail on a missing table, but needs nftables >= 1.0.8; a missing
+    // table is checked by listing instead.
+    if !list_tables().iter().any(|t| t == table) {
+        return Ok(());
+    }
+    nft(&format!("delete table inet {table}\n"))
+}
+
+fn list_tables() -> Vec<String> {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter(|t| t.starts_with(PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes punch tables whose process no longer exists (it was killed before it could).
+pub fn remove_stale() {
+    for t in list_tables() {
+        let Some(pid) = t.strip_prefix(PREFIX).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = nft(&format!("delete table inet {t}\n"));
+        }
+    }
+}
+
+/// Tables of punchraw's present in this network namespace (for tests and diagnostics).
+pub fn tables() -> Vec<String> {
+    list_tables()
+}
