@@ -110,7 +110,15 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr) -> std::io::Result<Vec<Hop>> {
     let dst = SocketAddr::new(IpAddr::V4(peer), PROBE_PORT);
     for ttl in 1..=MAX_HOPS {
         sock.set_ttl(u32::from(ttl))?;
-        sock.send_to(&[ttl], dst)?;
+        // With IP_RECVERR an earlier probe's ICMP error is reported by the next send (which
+        // then sends nothing); the error itself stays in the queue, so just send again.
+        let mut tries = 0;
+        while let Err(e) = sock.send_to(&[ttl], dst) {
+            tries += 1;
+            if tries > 3 || e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(e);
+            }
+        }
     }
     let mut hops = vec![Hop::Silent; usize::from(MAX_HOPS)];
     let deadline = Instant::now() + WAIT;
