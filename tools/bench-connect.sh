@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Connect benchmark: for several NAT pairs, the time from the second peer's start to
 # "connected" (from its --report), against the floor of one RTT to the server plus one RTT
-# between the peers, and the probes sent (the sweep's cost). One lab per pair, one run.
+# between the peers, and the probes sent (the sweep's cost; for TCP the SYN attempts). UDP and
+# TCP (`--tcp`) per pair. One lab per pair.
 #
 #   sudo tools/bench-connect.sh [RUNS]       (default 3 runs per pair)
 set -euo pipefail
@@ -26,10 +27,12 @@ trap 'exit 130' INT TERM
 
 field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 
-printf '%-44s %-8s %10s %10s %8s %8s\n' "pair (A x B)" strategy "B->conn" floor ratio probes
-for pair in "port-restricted-cone port-restricted-cone" "full-cone symmetric-random" \
-            "port-restricted-cone symmetric-sequential" "port-restricted-cone symmetric-random"; do
+printf '%-44s %-4s %-8s %10s %10s %8s %8s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes
+for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp" \
+            "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp" \
+            "port-restricted-cone symmetric-random udp tcp"; do
   set -- $pair
+  transports="${*:3}"
   tools/natlab.sh up --name "$LAB" "$1" "$2" >/dev/null
   eval "$(tools/natlab.sh info --name "$LAB")"
   tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" 2>/dev/null &
@@ -40,12 +43,15 @@ for pair in "port-restricted-cone port-restricted-cone" "full-cone symmetric-ran
   rtt=$(tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --json --no-tcp \
         | sed -n 's/.*"rtt_ms":\([0-9.]*\).*/\1/p')
   for i in $(seq 1 "$RUNS"); do
-    s="bench$i$RANDOM"
-    tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect -q --server "$SRV1" --session "$s" --secret b \
+   for t in $transports; do
+    s="bench$i$t$RANDOM"
+    flag=""; [ "$t" = tcp ] && flag="--tcp"
+    rm -f "$WORK/a.json" "$WORK/b.json"
+    tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect -q $flag --server "$SRV1" --session "$s" --secret b \
       --report "$WORK/a.json" </dev/null >/dev/null 2>&1 &
     a=$!
     sleep 0.3
-    tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect -q --server "$SRV1" --session "$s" --secret b \
+    tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect -q $flag --server "$SRV1" --session "$s" --secret b \
       --report "$WORK/b.json" </dev/null >/dev/null 2>&1 || true
     wait "$a" || true
     ms=$(field elapsed_ms "$WORK/b.json"); probes=$(field probes_sent "$WORK/a.json")
@@ -53,9 +59,11 @@ for pair in "port-restricted-cone port-restricted-cone" "full-cone symmetric-ran
     floor=$(awk -v r="$rtt" 'BEGIN { printf "%.1f", 2 * r }')
     ratio=$(awk -v m="$ms" -v f="$floor" 'BEGIN { if (f > 0) printf "%.0f", m / f; else print "-" }')
     [ "$ok" = true ] || strat="FAILED"
-    printf '%-44s %-8s %8s ms %8s ms %8s %8s\n' "$1 x $2" "$strat" "$ms" "$floor" "$ratio" "$probes"
+    printf '%-44s %-4s %-8s %8s ms %8s ms %8s %8s\n' "$1 x $2" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"
+   done
   done
   cleanup
 done
 echo "B->conn includes B's own quick NAT classification (~0.4 s behind a filtering NAT);"
-echo "probes = punch packets sent by A (the prober in a sweep)."
+echo "probes = punch packets sent by A (the prober in a sweep); for tcp, connection attempts (SYNs) by A;"
+echo "TCP's B->conn includes observing the NAT's TCP ports through the server and the TLS handshake."
