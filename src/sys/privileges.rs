@@ -30,3 +30,135 @@ pub fn missing(needed: &[(u32, &str, &str)]) -> Vec<String> {
         .map(|(_, name, why)| format!("{name} ({why})"))
         .collect()
 }
+
+/// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): 64-bit sets in two 32-bit halves.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// What [`drop_except`] did, for the status line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The user switched to (from SUDO_UID), when running under sudo.
+    pub user: Option<u32>,
+    pub kept: Vec<u32>,
+}
+
+/// Gives up root as far as the rest of the run allows: every capability except `keep`, and,
+/// under sudo, the root user itself (back to SUDO_UID/SUDO_GID). The kept capabilities are
+/// also raised as ambient ones, so that a program we run later (`nft`, to remove our rules)
+/// still has them after the user switch.
+pub fn drop_except(keep: &[u32]) -> std::io::Result<Dropped> {
+    let mask: u64 = keep.iter().fold(0, |m, c| m | (1u64 << c));
+    let sudo = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    let mut user = None;
+    if nix::unistd::getuid().is_root() {
+        if let (Some(uid), Some(gid)) = (sudo("SUDO_UID"), sudo("SUDO_GID")) {
+            if uid != 0 {
+                // SAFETY: prctl(PR_SET_KEEPCAPS) takes plain integers and touches no memory
+                // of ours; it keeps the permitted set across the setuid below.
+                if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
+                    .map_err(std::io::Error::from)?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+                    .map_err(std::io::Error::from)?;
+                user = Some(uid);
+            }
+        }
+    }
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let lo = mask as u32;
+    let hi = (mask >> 32) as u32;
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: capset(2) reads one header and two data structs of exactly the layout
+    // declared above (version 3), both alive for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut hdr as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for &cap in keep {
+        // SAFETY: prctl with integer arguments only; raising an ambient capability that is
+        // permitted and inheritable (set just above) is allowed for any process.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                libc::c_ulong::from(cap),
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(Dropped {
+        user,
+        kept: keep.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_in_a_child_keeps_only_what_was_asked() {
+        // Capabilities are per thread; a forked child keeps the test process intact.
+        if !has(CAP_NET_ADMIN) {
+            eprintln!("skipped: needs CAP_NET_ADMIN");
+            return;
+        }
+        // SAFETY: the child only calls async-signal-safe-enough code paths of its own and
+        // exits with _exit; the test harness's other threads are not touched by the child.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let ok = drop_except(&[CAP_NET_ADMIN]).is_ok()
+                    && has(CAP_NET_ADMIN)
+                    && !has(CAP_NET_RAW)
+                    && !has(0);
+                // SAFETY: _exit ends the child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}
