@@ -101,13 +101,7 @@ pub fn drop_except(keep: &[u32]) -> std::io::Result<Dropped> {
     ];
     // SAFETY: capset(2) reads one header and two data structs of exactly the layout
     // declared above (version 3), both alive for the duration of the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut hdr as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
