@@ -143,11 +143,35 @@ punch = {
     "stray": b"\x17" + record(1, 1, b"\xc0" + b"\0" * 30) + record(2, 255, b""),
 }
 
+def ipv4(src, dst, proto, payload, ttl=64):
+    """An IPv4 header (no options) in front of payload; the checksum is left zero, which the
+    parser under test does not check (the kernel already did)."""
+    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, ttl, proto, 0,
+                       bytes(src), bytes(dst)) + payload
+
+
+def tcp_seg(sport, dport, seq, ack, flags):
+    return struct.pack(">HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
+
+
+SYN, ACK, RST = 0x02, 0x10, 0x04
+HOST, PEER_NAT, OWN_NAT = [10, 0, 1, 2], [203, 0, 113, 20], [10, 0, 1, 1]
+OUR_SYN = ipv4(HOST, PEER_NAT, 6, tcp_seg(40000, 5000, 1000, 0, SYN))
+captured = {
+    "syn": OUR_SYN,
+    "synack": ipv4(PEER_NAT, HOST, 6, tcp_seg(5000, 40000, 7000, 1001, SYN | ACK)),
+    "rst": ipv4(PEER_NAT, HOST, 6, tcp_seg(5000, 40000, 0, 1001, RST | ACK)),
+    # ICMP port unreachable and time exceeded quoting our SYN's header and 8 bytes.
+    "icmp_unreachable": ipv4(PEER_NAT, HOST, 1, struct.pack(">BBHI", 3, 3, 0, 0) + OUR_SYN[:28]),
+    "icmp_time_exceeded": ipv4(OWN_NAT, HOST, 1, struct.pack(">BBHI", 11, 0, 0, 0) + OUR_SYN[:28]),
+}
+
 for target, seeds in {
     "stun_parse": {**requests, **responses, **regressions},
     "server_handle": {**requests, **responses, **regressions},
     "rendezvous_msg": rendezvous,
     "punch_input": punch,
+    "captured_packet": captured,
 }.items():
     d = os.path.join(HERE, "corpus_seed", target)
     os.makedirs(d, exist_ok=True)

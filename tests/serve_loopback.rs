@@ -617,3 +617,31 @@ fn tcp_idle_connection_is_closed() {
     let stats = stop(h, &sd);
     assert_eq!(stats.tcp_closed_idle, 1, "{stats}");
 }
+
+/// The TCP probe's and the TCP punch's primitive: Binding over TCP from one shared local port
+/// to every endpoint in turn (SO_REUSEADDR/SO_REUSEPORT), each answer naming that port.
+#[test]
+fn tcp_bindings_from_one_shared_local_port() {
+    use punchraw::sys::tcp_stun;
+    let (h, shutdown) = start(true);
+    // A listener on the port as well, as the punch keeps one: the connections still bind.
+    let listener = tcp_stun::shared_port_socket(SocketAddr::new(IP1, 0)).expect("bind");
+    listener.listen(8).expect("listen");
+    let local = listener
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    for &(_, ep) in h.endpoints() {
+        let b = tcp_stun::binding(local, ep, &[], Duration::from_secs(2)).expect("binding");
+        assert_eq!(b.local, local);
+        assert_eq!(b.mapped, local, "no NAT on loopback");
+        assert_eq!(b.other, h.addr(EndpointId(3)));
+    }
+    // Nothing listening: a clear connection error, not a hang.
+    let closed = SocketAddr::new(IP1, free_port(IP1));
+    let e = tcp_stun::binding(SocketAddr::new(IP1, 0), closed, &[], Duration::from_secs(2))
+        .expect_err("nothing listens there");
+    assert!(e.unreachable(), "{e}");
+    stop(h, &shutdown);
+}

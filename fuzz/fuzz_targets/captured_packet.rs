@@ -1,0 +1,25 @@
+//! Feeds arbitrary bytes to `wire::Seen::parse`, the reader of packets from the AF_PACKET
+//! socket a TCP punch and the TCP probe watch (anything on the network can put bytes there).
+//!
+//! Checks: no panic; a parsed TCP segment or quoted segment keeps one address family.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use punchraw::wire::Seen;
+
+fuzz_target!(|data: &[u8]| {
+    match Seen::parse(data) {
+        Some(Seen::Tcp { src, dst, .. }) => assert_eq!(src.is_ipv4(), dst.is_ipv4()),
+        Some(Seen::IcmpTcp {
+            from,
+            quoted_src,
+            quoted_dst,
+            ..
+        }) => {
+            assert_eq!(quoted_src.is_ipv4(), quoted_dst.is_ipv4());
+            let _ = from;
+        }
+        None => {}
+    }
+});

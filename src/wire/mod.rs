@@ -1,0 +1,179 @@
+//! Captured IP packets, read the way a TCP punch needs them: which TCP control segment went
+//! between which endpoints, and which ICMP error answered which of our segments.
+//!
+//! The parsing itself is etherparse's; this module only reduces a packet to a [`Seen`], the
+//! one thing the punch and the probe look at. Like smoltcp's `wire`, [`Seen::parse`] takes any
+//! bytes at all (they come off an AF_PACKET socket, so from the network) and returns `None`
+//! for anything it does not understand; it never panics.
+
+use etherparse::{
+    IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice, NetSlice, SlicedPacket, TransportSlice,
+};
+use std::net::{IpAddr, SocketAddr};
+
+/// The TCP control bits a punch cares about (RFC 9293 section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Segment {
+    Syn,
+    SynAck,
+    Rst,
+    /// Anything else (data, pure ACK, FIN): not part of the handshake.
+    Other,
+}
+
+/// What an ICMP error says about the segment it quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IcmpKind {
+    /// Destination unreachable (ICMPv4 type 3, ICMPv6 type 1) with its code.
+    Unreachable(u8),
+    /// Time exceeded in transit (ICMPv4 type 11, ICMPv6 type 3): a low-TTL SYN died.
+    TimeExceeded,
+}
+
+/// One captured packet, reduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Tcp {
+        src: SocketAddr,
+        dst: SocketAddr,
+        segment: Segment,
+        seq: u32,
+        ack: u32,
+        ttl: u8,
+    },
+    /// An ICMP error from `from` about a TCP segment `quoted_src` -> `quoted_dst` (RFC 792 and
+    /// RFC 4443 quote the offending packet's IP header and at least 8 bytes after it, which is
+    /// where TCP keeps its ports).
+    IcmpTcp {
+        from: IpAddr,
+        to: IpAddr,
+        kind: IcmpKind,
+        quoted_src: SocketAddr,
+        quoted_dst: SocketAddr,
+    },
+}
+
+impl Seen {
+    /// `packet` starts at the IP header (AF_PACKET with SOCK_DGRAM, or pcap LINKTYPE_RAW).
+    pub fn parse(packet: &[u8]) -> Option<Seen> {
+        let p = SlicedPacket::from_ip(packet).ok()?;
+        let (src_ip, dst_ip, ttl) = match p.net.as_ref()? {
+            NetSlice::Ipv4(v4) => {
+                let h = v4.header();
+                (
+                    IpAddr::V4(h.source_addr()),
+                    IpAddr::V4(h.destination_addr()),
+                    h.ttl(),
+                )
+            }
+            NetSlice::Ipv6(v6) => {
+                let h = v6.header();
+                (
+                    IpAddr::V6(h.source_addr()),
+                    IpAddr::V6(h.destination_addr()),
+                    h.hop_limit(),
+                )
+            }
+        };
+        match p.transport.as_ref()? {
+            TransportSlice::Tcp(t) => {
+                let segment = match (t.syn(), t.ack(), t.rst()) {
+                    (_, _, true) => Segment::Rst,
+                    (true, false, false) => Segment::Syn,
+                    (true, true, false) => Segment::SynAck,
+                    _ => Segment::Other,
+                };
+                Some(Seen::Tcp {
+                    src: SocketAddr::new(src_ip, t.source_port()),
+                    dst: SocketAddr::new(dst_ip, t.destination_port()),
+                    segment,
+                    seq: t.sequence_number(),
+                    ack: t.acknowledgment_number(),
+                    ttl,
+                })
+            }
+            TransportSlice::Icmpv4(i) => {
+                let kind = match i.type_u8() {
+                    3 => IcmpKind::Unreachable(i.code_u8()),
+                    11 => IcmpKind::TimeExceeded,
+                    _ => return None,
+                };
+                let (quoted_src, quoted_dst) = quoted_tcp(i.payload())?;
+                Some(Seen::IcmpTcp {
+                    from: src_ip,
+                    to: dst_ip,
+                    kind,
+                    quoted_src,
+                    quoted_dst,
+                })
+            }
+            TransportSlice::Icmpv6(i) => {
+                let kind = match i.type_u8() {
+                    1 => IcmpKind::Unreachable(i.code_u8()),
+                    3 => IcmpKind::TimeExceeded,
+                    _ => return None,
+                };
+                let (quoted_src, quoted_dst) = quoted_tcp(i.payload())?;
+                Some(Seen::IcmpTcp {
+                    from: src_ip,
+                    to: dst_ip,
+                    kind,
+                    quoted_src,
+                    quoted_dst,
+                })
+            }
+            TransportSlice::Udp(_) => None,
+        }
+    }
+
+    /// Is this a packet between `a` and `b` (either direction), or an ICMP error about one?
+    pub fn involves(&self, a: IpAddr, b: IpAddr) -> bool {
+        let pair = |x: IpAddr, y: IpAddr| (x == a && y == b) || (x == b && y == a);
+        match *self {
+            Seen::Tcp { src, dst, .. } => pair(src.ip(), dst.ip()),
+            Seen::IcmpTcp {
+                quoted_src,
+                quoted_dst,
+                ..
+            } => pair(quoted_src.ip(), quoted_dst.ip()),
+        }
+    }
+}
+
+/// The TCP endpoints of the packet quoted in an ICMP error: an IP header (v4 or v6 without
+/// extension headers) followed by at least the TCP ports.
+fn quoted_tcp(quote: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    let (src, dst, rest) = match quote.first()? >> 4 {
+        4 => {
+            let h = Ipv4HeaderSlice::from_slice(quote).ok()?;
+            if h.protocol() != IpNumber::TCP {
+                return None;
+            }
+            let len = usize::from(h.ihl()) * 4;
+            (
+                IpAddr::V4(h.source_addr()),
+                IpAddr::V4(h.destination_addr()),
+                quote.get(len..)?,
+            )
+        }
+        6 => {
+            let h = Ipv6HeaderSlice::from_slice(quote).ok()?;
+            if h.next_header() != IpNumber::TCP {
+                return None;
+            }
+            (
+                IpAddr::V6(h.source_addr()),
+                IpAddr::V6(h.destination_addr()),
+                quote.get(40..)?,
+            )
+        }
+        _ => return None,
+    };
+    let ports = rest.get(..4)?;
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    Some((SocketAddr::new(src, sport), SocketAddr::new(dst, dport)))
+}
+
+#[cfg(test)]
+mod tests;
