@@ -7,6 +7,8 @@ pub mod logging;
 pub mod mmsg;
 pub mod nft;
 pub mod packet;
+pub mod pin;
+pub mod pipe;
 pub mod privileges;
 pub mod probe;
 pub mod quic;

@@ -42,23 +42,20 @@
 //! or reset (quinn reads buffered data before reporting the error). A side that fails closes
 //! both connections with [`CLOSE_ERROR`] and a reason.
 
+use crate::sys::pin::{self, IdentityError, PinVerifier, SERVER_NAME};
+pub use crate::sys::pin::{fingerprint_hex, Identity};
+use crate::sys::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
     AckFrequencyConfig, ConnectionError, Endpoint, EndpointConfig, ReadError, ReadExactError,
     RecvStream, SendStream, StoppedError, TokioRuntime, TransportConfig, TransportErrorCode,
     VarInt, WriteError,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use sha2::{Digest, Sha256};
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 use thiserror::Error;
@@ -78,12 +75,6 @@ pub const CLOSE_DONE: u32 = 0;
 pub const CLOSE_ERROR: u32 = 1;
 /// Stream stop code: our output failed, so we will not read further.
 const STOP_OUTPUT_FAILED: u32 = 1;
-/// Certificates are pinned, so the name is never checked; rustls only needs a valid one.
-const SERVER_NAME: &str = "punchraw";
-/// Size of one read from the input and from the stream.
-const CHUNK: usize = 64 * 1024;
-/// Chunks in flight between the blocking I/O threads and the connection.
-const CHANNEL_DEPTH: usize = 8;
 /// Upper bound on waiting for our close to reach the peer (quinn waits 3 PTO, which on a
 /// bad path could be long; the peer's idle timeout is the fallback), and on waiting for the
 /// peer's close of a connection whose data we have read.
@@ -113,50 +104,6 @@ const INITIAL_RTT: Duration = Duration::from_millis(25);
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 /// Close reasons travel in one packet.
 const MAX_REASON: usize = 200;
-
-/// A per-run identity: a self-signed ECDSA P-256 certificate and its private key.
-pub struct Identity {
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
-}
-
-impl Identity {
-    pub fn generate() -> Result<Self, QuicError> {
-        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-            .map_err(|e| QuicError::Identity(e.to_string()))?;
-        Ok(Identity {
-            cert: certified.cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()),
-        })
-    }
-
-    /// SHA-256 of the certificate DER: what the peer pins.
-    pub fn fingerprint(&self) -> [u8; 32] {
-        fingerprint(&self.cert)
-    }
-
-    pub fn certificate_der(&self) -> &[u8] {
-        &self.cert
-    }
-}
-
-impl fmt::Debug for Identity {
-    // The private key must not end up in logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("fingerprint", &fingerprint_hex(&self.fingerprint()))
-            .finish_non_exhaustive()
-    }
-}
-
-/// Lower-case hex, as users compare fingerprints by eye.
-pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
-    fp.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn fingerprint(cert: &[u8]) -> [u8; 32] {
-    Sha256::digest(cert).into()
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -224,8 +171,8 @@ pub struct StreamStats {
 
 #[derive(Debug, Error)]
 pub enum QuicError {
-    #[error("cannot create this run's certificate: {0}")]
-    Identity(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("cannot set up QUIC: {0}")]
     Setup(String),
     #[error("peer authentication failed: its certificate fingerprint does not match the one from the authenticated punch ({peer} presented {got}, the punch announced {expected})")]
@@ -271,148 +218,6 @@ impl QuicError {
     }
 }
 
-/// Pins one certificate by its SHA-256, for either side of the handshake.
-#[derive(Debug)]
-struct PinVerifier {
-    expected: [u8; 32],
-    provider: Arc<CryptoProvider>,
-    /// What the last rejected certificate hashed to, so the error can name it.
-    mismatch: Mutex<Option<[u8; 32]>>,
-}
-
-impl PinVerifier {
-    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        let got = fingerprint(end_entity);
-        if got == self.expected {
-            Ok(())
-        } else {
-            *self.mismatch.lock().unwrap_or_else(|p| p.into_inner()) = Some(got);
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn take_mismatch(&self) -> Option<[u8; 32]> {
-        self.mismatch
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity)
-            .map(|()| ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes()
-    }
-}
-
-impl ClientCertVerifier for PinVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity)
-            .map(|()| ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes()
-    }
-}
-
 fn setup_err(what: &str) -> impl FnOnce(rustls::Error) -> QuicError + '_ {
     move |e| QuicError::Setup(format!("{what}: {e}"))
 }
@@ -449,19 +254,8 @@ fn client_config(
     provider: Arc<CryptoProvider>,
     keepalive: Duration,
 ) -> Result<quinn::ClientConfig, QuicError> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(setup_err("TLS client configuration"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(
-            vec![me.cert.clone()],
-            PrivateKeyDer::Pkcs8(me.key.clone_key()),
-        )
-        .map_err(setup_err("TLS client certificate"))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    // A resumed TLS 1.3 session skips certificate verification; every run must pin afresh.
-    tls.resumption = rustls::client::Resumption::disabled();
+    let tls = pin::client_tls(me, verifier, provider, ALPN)
+        .map_err(setup_err("TLS client configuration"))?;
     let quic = QuicClientConfig::try_from(tls)
         .map_err(|e| QuicError::Setup(format!("QUIC client configuration: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -475,18 +269,8 @@ fn server_config(
     provider: Arc<CryptoProvider>,
     keepalive: Duration,
 ) -> Result<quinn::ServerConfig, QuicError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(setup_err("TLS server configuration"))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![me.cert.clone()],
-            PrivateKeyDer::Pkcs8(me.key.clone_key()),
-        )
-        .map_err(setup_err("TLS server certificate"))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    tls.send_tls13_tickets = 0;
+    let tls = pin::server_tls(me, verifier, provider, ALPN)
+        .map_err(setup_err("TLS server configuration"))?;
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| QuicError::Setup(format!("QUIC server configuration: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -522,11 +306,7 @@ pub fn run_stream(
     timeout: Duration,
 ) -> Result<StreamStats, QuicError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinVerifier {
-        expected: peer_fingerprint,
-        provider: provider.clone(),
-        mismatch: Mutex::new(None),
-    });
+    let verifier = Arc::new(PinVerifier::new(peer_fingerprint, provider.clone()));
     let (client, server) = match role {
         Role::Client => (
             Some(client_config(me, verifier.clone(), provider, keepalive)?),
@@ -617,50 +397,6 @@ fn close_reason(e: &QuicError) -> String {
         reason.truncate(cut);
     }
     reason
-}
-
-fn read_input(mut input: impl Read, tx: mpsc::Sender<io::Result<Vec<u8>>>) {
-    loop {
-        let mut buf = vec![0; CHUNK];
-        match input.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.blocking_send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-/// Reports through `written` once everything is written and flushed, or the first error;
-/// the receive direction counts as done only then.
-fn write_output(
-    mut output: impl Write,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    written: oneshot::Sender<io::Result<()>>,
-) {
-    let mut copy = || -> io::Result<()> {
-        while let Some(chunk) = rx.blocking_recv() {
-            output.write_all(&chunk)?;
-            // Flush when caught up, so interactive use sees data at once without a flush per
-            // chunk during bulk transfers.
-            if rx.is_empty() {
-                output.flush()?;
-            }
-        }
-        output.flush()
-    };
-    let result = copy();
-    // Closing the channel first makes the connection side stop sending chunks at once.
-    drop(rx);
-    let _ = written.send(result);
 }
 
 /// Completes a client handshake and waits until the server confirms it (HANDSHAKE_DONE), which
