@@ -48,6 +48,12 @@ pub enum Error {
     Rendezvous(String),
     #[error("missing privileges: {missing}; run with sudo, or grant them with `setcap cap_net_admin,cap_net_raw+ep` on the binary")]
     Privileges { missing: String },
+    #[error("cannot reach the server {server} over TCP ({reason}); --tcp learns the NAT's TCP ports from TCP connections to the server, so TCP to it must work (is TCP blocked on the path?)")]
+    TcpServerUnreachable { server: SocketAddr, reason: String },
+    #[error("the peer punches {}, we punch {}: give --tcp on both sides or on neither", if *.peer_tcp { "TCP" } else { "UDP" }, if *.peer_tcp { "UDP" } else { "TCP" })]
+    TransportMismatch { peer_tcp: bool },
+    #[error(transparent)]
+    Tls(#[from] crate::sys::tls::TlsError),
     #[error("interrupted")]
     Interrupted,
     #[error(transparent)]
@@ -67,7 +73,9 @@ impl Error {
     /// failed after the hole was open, 130 interrupted.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::ServerUnreachable { .. } | Error::RegistryUnavailable { .. } => 3,
+            Error::ServerUnreachable { .. }
+            | Error::RegistryUnavailable { .. }
+            | Error::TcpServerUnreachable { .. } => 3,
             Error::Bind { .. } | Error::Capture { .. } | Error::Privileges { .. } => 4,
             Error::PeerNeverCame { .. } => 5,
             Error::SessionTaken { .. } => 6,
@@ -80,6 +88,9 @@ impl Error {
                 | crate::sys::quic::QuicError::RejectedByPeer { .. },
             ) => 7,
             Error::Quic(_) => 9,
+            Error::Tls(e) if e.is_auth_failure() => 7,
+            Error::Tls(_) => 9,
+            Error::TransportMismatch { .. } => 1,
             Error::Interrupted => 130,
             Error::Rendezvous(_) | Error::Io { .. } => 1,
         }

@@ -2,12 +2,14 @@
 //! a QUIC stream carrying stdin/stdout over the punched socket.
 
 use crate::classify::{Allocation, LegacyType};
-use crate::punch::{derive_key, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy};
+use crate::punch::{derive_key, tcp, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy};
 use crate::rendezvous::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
 use crate::sys::capture::Capture;
 use crate::sys::probe::classify_udp;
 use crate::sys::quic::{self, Identity, Role};
 use crate::sys::signals::Shutdown;
+use crate::sys::tcp_punch;
+use crate::sys::tls::TlsSide;
 use crate::sys::udp::{bind_fresh, drive, flush};
 use crate::Error;
 use anyhow::Context;
@@ -270,9 +272,19 @@ fn hex_id() -> String {
 pub fn run(cfg: ConnectConfig) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let status = Status { quiet: cfg.quiet };
+    // Created now, while we may still write where root may: `--tcp` gives up root before
+    // the report is written, and a bad path is better told before the punch than after.
+    let report_file = cfg
+        .report
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write report {}", path.display()))
+        })
+        .transpose()?;
     let mut report = ConnectReport {
         connected: false,
-        transport: "udp",
+        transport: if cfg.tcp { "tcp" } else { "udp" },
         local: None,
         peer: None,
         strategy: None,
@@ -291,9 +303,9 @@ pub fn run(cfg: ConnectConfig) -> anyhow::Result<ExitCode> {
     if let Err(e) = &result {
         report.error = Some(format!("{e:#}"));
     }
-    if let Some(path) = &cfg.report {
+    if let (Some(mut file), Some(path)) = (report_file, &cfg.report) {
         let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
-        std::fs::write(path, json + "\n")
+        std::io::Write::write_all(&mut file, (json + "\n").as_bytes())
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
     result.map(|()| ExitCode::SUCCESS)
@@ -306,6 +318,9 @@ fn connect(
     report: &mut ConnectReport,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+    if cfg.tcp {
+        tcp_punch::check_privileges()?;
+    }
     let secret = match &cfg.secret {
         Some(s) => s.clone(),
         None => {
@@ -348,19 +363,62 @@ fn connect(
     let my_id = hex_id();
     let deadline = started + cfg.timeout;
     let rtt = Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0);
+    let tcp = if cfg.tcp {
+        status.say(format!(
+            "predicting our NAT's TCP ports toward {} ...",
+            cfg.server
+        ));
+        let prep = tcp_punch::prepare(cfg.server, local_ip, udp.other_address, nat)?;
+        status.say(prep.describe());
+        let offer = tcp::make_offer(
+            &key,
+            &my_id,
+            prep.local.port(),
+            &prep.prediction,
+            &identity.fingerprint(),
+        );
+        Some((prep, offer))
+    } else {
+        None
+    };
     let intro = rendezvous(
         &main,
         cfg,
         &my_id,
         &main_local,
         nat,
-        None,
+        tcp.as_ref().map(|(_, o)| o),
         rtt,
         secret.as_bytes(),
         deadline,
         &shutdown,
         status,
     )?;
+    if intro.peer.tcp.is_some() != cfg.tcp {
+        return Err(Error::TransportMismatch {
+            peer_tcp: intro.peer.tcp.is_some(),
+        }
+        .into());
+    }
+    if let Some((prep, _)) = tcp {
+        // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
+        // the server, which nothing needs any more, but closing it costs nothing either.
+        return connect_tcp(
+            cfg,
+            status,
+            started,
+            report,
+            TcpStart {
+                intro,
+                prep,
+                identity,
+                key,
+                my_id,
+            },
+            capture,
+            &shutdown,
+        );
+    }
     main.set_nonblocking(true).context("socket option")?;
 
     let mut pcfg = PunchConfig {
@@ -505,6 +563,209 @@ fn connect(
         stats.sent, stats.received
     ));
     Ok(())
+}
+
+/// What the TCP punch starts from.
+struct TcpStart {
+    intro: Introduction,
+    prep: tcp_punch::TcpPrep,
+    identity: Identity,
+    key: [u8; 32],
+    my_id: String,
+}
+
+fn connect_tcp(
+    cfg: &ConnectConfig,
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+    t: TcpStart,
+    mut capture: Option<Capture>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let TcpStart {
+        intro,
+        prep,
+        identity,
+        key,
+        my_id,
+    } = t;
+    let offer = intro
+        .peer
+        .tcp
+        .as_ref()
+        .expect("checked by the caller: the peer punches TCP");
+    // The offer is MACed under the punch key, which the relaying server never has: a failed
+    // check means another secret (or a server that altered the offer).
+    let peer_fp =
+        tcp::verify_offer(&key, &intro.peer.id, offer).ok_or(Error::AuthFailed { rejected: 1 })?;
+    let me = prep.prediction.nat;
+    let them = offer.nat;
+    let plan = tcp::plan(&me, &them);
+    let strategy = tcp::strategy(&me, &them);
+    report.strategy = Some(strategy);
+    let peer_ip = intro.peer.public.ip();
+    let deadline = started + cfg.timeout;
+    let left = deadline.saturating_duration_since(intro.start);
+    let budget = cfg.punch_budget.min(left.max(Duration::from_secs(1)));
+    status.say(format!(
+        "peer {peer_ip}: TCP mapping {}, allocation {}, next port {}; strategy {} ({})",
+        kebab(&them.mapping),
+        kebab(&them.allocation),
+        if offer.port == 0 {
+            "unpredictable".to_string()
+        } else {
+            offer.port.to_string()
+        },
+        strategy.as_str(),
+        describe_plan(plan, cfg)
+    ));
+    if strategy == Strategy::Sweep {
+        let probes = u64::from(cfg.rate) * budget.as_secs().max(1);
+        status.say(format!(
+            "birthday sweep over TCP: for {} s at {} attempts/s against {} mappings; expected success probability {:.1}%{}",
+            budget.as_secs(),
+            cfg.rate,
+            cfg.sweep_sockets,
+            100.0 * tcp::sweep_success_probability(cfg.sweep_sockets, probes),
+            if matches!(plan, tcp::Plan::Window { .. }) {
+                " (neither NAT can be found by a sweep: both are symmetric with random ports)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &me, prep.local.ip(), peer_ip);
+    status.say(line);
+    let (watcher, rules) = tcp_punch::arm(peer_ip, prime_ttl.is_some())?;
+    status.say(format!(
+        "nft table inet {} drops this host's RSTs to {peer_ip} until the punch ends",
+        rules.table()
+    ));
+    let role = if my_id > intro.peer.id {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let setup = tcp_punch::PunchSetup {
+        plan,
+        strategy,
+        local: prep.local,
+        peer_ip,
+        peer_port: offer.port,
+        window: cfg.window,
+        rate: cfg.rate,
+        sweep_sockets: cfg.sweep_sockets,
+        budget,
+        start: intro.start.max(Instant::now()),
+        prime_ttl,
+        keepalive: cfg.keepalive,
+        tls: std::sync::Arc::new(TlsSide::new(
+            role,
+            identity,
+            peer_fp,
+            tcp_punch::TLS_TIMEOUT,
+        )),
+    };
+    status.say("punching TCP ...");
+    let outcome = tcp_punch::punch(&setup, watcher, capture.as_mut(), shutdown, &mut |line| {
+        status.say(line)
+    });
+    if let Err(e) = rules.remove() {
+        status.say(format!("warning: {e}"));
+    }
+    if let Some(c) = capture.take() {
+        let (path, n) = c.finish()?;
+        status.say(format!(
+            "capture: {n} packets written to {}",
+            path.display()
+        ));
+    }
+    let punched = match outcome {
+        Ok(p) => p,
+        Err(tcp_punch::PunchEnd::Interrupted) => return Err(Error::Interrupted.into()),
+        Err(tcp_punch::PunchEnd::Setup(e)) => return Err(e.into()),
+        Err(tcp_punch::PunchEnd::Exhausted {
+            attempts,
+            refused,
+            seen,
+            auth,
+        }) => {
+            report.probes_sent = attempts;
+            if let Some(e) = auth {
+                return Err(Error::Tls(*e).into());
+            }
+            return Err(Error::PunchFailed {
+                strategy: strategy.as_str(),
+                probes: attempts,
+                explanation: explain_tcp_failure(&me, &them, strategy, refused, &seen),
+            }
+            .into());
+        }
+    };
+    report.probes_sent = punched.attempts;
+    report.local = Some(punched.local);
+    report.peer = Some(punched.remote);
+    report.connected = true;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    status.say(format!(
+        "connected to {} via {} in {} ms ({} connection attempts); TLS authenticated, starting the stream",
+        punched.remote,
+        strategy.as_str(),
+        report.elapsed_ms,
+        punched.attempts
+    ));
+    let stats = tcp_punch::transfer(punched, std::io::stdin(), std::io::stdout(), shutdown)?;
+    report.bytes_sent = stats.sent;
+    report.bytes_received = stats.received;
+    status.say(format!(
+        "done: {} bytes sent, {} bytes received",
+        stats.sent, stats.received
+    ));
+    Ok(())
+}
+
+fn describe_plan(plan: tcp::Plan, cfg: &ConnectConfig) -> String {
+    match plan {
+        tcp::Plan::Direct => "one simultaneous open at the peer's port".into(),
+        tcp::Plan::Window { delta } => format!(
+            "simultaneous opens at the predicted port and the next {} by step {delta}",
+            cfg.window
+        ),
+        tcp::Plan::Probe => "probing random ports of the peer from our one port".into(),
+        tcp::Plan::Spray => format!(
+            "{} connections from fresh ports toward the peer's one port",
+            cfg.sweep_sockets
+        ),
+    }
+}
+
+fn explain_tcp_failure(
+    me: &NatInfo,
+    peer: &NatInfo,
+    s: Strategy,
+    refused: u64,
+    seen: &tcp_punch::Seen4,
+) -> String {
+    use crate::classify::Behavior::EndpointIndependent;
+    let predictable =
+        |n: &NatInfo| n.mapping == EndpointIndependent || n.allocation == Allocation::Sequential;
+    let mut why = if !predictable(me) && !predictable(peer) {
+        "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
+    } else if let Some(h) = seen.hostile() {
+        h
+    } else {
+        match s {
+            Strategy::Direct => "no SYN got through: a firewall may block TCP between the peers, or a NAT changed its mapping".into(),
+            Strategy::Predict => "the predicted ports were wrong: other connections through the sequential NAT moved its counter; try a larger --window".into(),
+            Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
+        }
+    };
+    why.push_str(&format!(
+        " (seen: {} SYN-ACK, {} SYN from the peer, {} RST, {} ICMP unreachable; {refused} attempts refused)",
+        seen.synack_in, seen.syn_in, seen.rst_in, seen.icmp_unreachable
+    ));
+    why
 }
 
 fn kebab<T: Serialize>(v: &T) -> String {

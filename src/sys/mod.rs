@@ -15,6 +15,8 @@ pub mod quic;
 pub mod registry;
 pub mod serve;
 pub mod signals;
+pub mod tcp_punch;
 pub mod tcp_stun;
+pub mod tls;
 pub mod ttl;
 pub mod udp;
