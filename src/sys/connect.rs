@@ -4,6 +4,7 @@
 use crate::classify::{Allocation, LegacyType};
 use crate::punch::{derive_key, tcp, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy};
 use crate::rendezvous::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
+use crate::stun::{Encoder, MessageType, TransactionId};
 use crate::sys::capture::Capture;
 use crate::sys::probe::classify_udp;
 use crate::sys::quic::{self, Identity, Role};
@@ -360,6 +361,20 @@ fn connect(
     let local_ip = udp.local.ip();
     let (main, main_local) = bind_fresh(local_ip, 1)?;
     let main = main.into_iter().next().expect("one socket");
+    if cfg.tcp {
+        // The rendezvous socket is a new flow through our NAT. A NAT with a port counter
+        // shared by all flows would move it by one when the first register goes out, after
+        // the TCP prediction below; a Binding request now opens that flow first, so the
+        // prediction counts it.
+        let mut req = Vec::new();
+        Encoder::new(
+            &mut req,
+            MessageType::BINDING_REQUEST,
+            TransactionId::new_random(),
+        )
+        .fingerprint();
+        let _ = main.send_to(&req, cfg.server);
+    }
     let my_id = hex_id();
     let deadline = started + cfg.timeout;
     let rtt = Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0);

@@ -63,21 +63,35 @@ pub struct PunchRules {
 }
 
 impl PunchRules {
-    /// Drops this host's RSTs toward `peer`, and (with `drop_time_exceeded`) ICMP
-    /// time-exceeded toward this host, until the guard is dropped.
+    /// Drops this host's RSTs toward `peer` and ICMP destination-unreachable from it, and
+    /// (with `drop_time_exceeded`) ICMP time-exceeded toward this host, until the guard is
+    /// dropped.
+    ///
+    /// A NAT that answers an early SYN with ICMP port-unreachable (instead of the silence
+    /// RFC 5382 REQ-4 asks for) does not end its own connection tracking entry, since ICMP
+    /// errors do not change TCP state there; it only makes our socket give up
+    /// (port-unreachable is a hard error that aborts the connection, RFC 1122 section
+    /// 4.2.3.9). Dropping the error on this host keeps the socket in SYN-SENT, so the peer's
+    /// SYN, which our NAT still lets in, completes it. The AF_PACKET watcher sees the error
+    /// before netfilter and still reports it.
     pub fn install(peer: IpAddr, drop_time_exceeded: bool) -> Result<Self, Error> {
         remove_stale();
         let table = format!("{PREFIX}{}", std::process::id());
-        let family = if peer.is_ipv4() { "ip" } else { "ip6" };
+        let (family, icmp) = if peer.is_ipv4() {
+            ("ip", "icmp type destination-unreachable")
+        } else {
+            ("ip6", "icmpv6 type destination-unreachable")
+        };
         let mut script = format!(
             "add table inet {table}\n\
              add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}\n\
-             add rule inet {table} out {family} daddr {peer} tcp flags & rst == rst counter drop\n"
+             add rule inet {table} out {family} daddr {peer} tcp flags & rst == rst counter drop\n\
+             add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n\
+             add rule inet {table} in {family} saddr {peer} {icmp} counter drop\n"
         );
         if drop_time_exceeded {
             script.push_str(&format!(
-                "add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n\
-                 add rule inet {table} in icmp type time-exceeded counter drop\n\
+                "add rule inet {table} in icmp type time-exceeded counter drop\n\
                  add rule inet {table} in icmpv6 type time-exceeded counter drop\n"
             ));
         }

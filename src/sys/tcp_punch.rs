@@ -278,7 +278,7 @@ impl Seen4 {
             Seen::IcmpTcp { from, kind, .. } if !outgoing => match kind {
                 IcmpKind::Unreachable(code) => {
                     self.icmp_unreachable += 1;
-                    (self.icmp_unreachable == 1).then(|| format!("ICMP destination unreachable (code {code}) from {from}: a NAT refused a SYN of ours; retrying"))
+                    (self.icmp_unreachable == 1).then(|| format!("ICMP destination unreachable (code {code}) from {from}: the peer's NAT refused a SYN of ours; the error is dropped here, so the attempt stays open for the peer's SYN"))
                 }
                 IcmpKind::TimeExceeded => {
                     self.icmp_time_exceeded += 1;
