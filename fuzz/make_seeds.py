@@ -79,6 +79,8 @@ requests = {
     "rfc3489": message(BINDING_REQUEST, [attr(0x0003, b"\0\0\0\x04")], tid16=bytes(range(16, 32))),
     "other_method": message(0x0002, []),
     "rfc5769_request": RFC5769_REQUEST,
+    # punchraw's CONNECT-BACK (0xC0B0, CHANGE-REQUEST's flags), change IP and port.
+    "connect_back": message(BINDING_REQUEST, [attr(0xC0B0, b"\0\0\0\x06")], fingerprint=True),
 }
 responses = {
     "indication": message(BINDING_INDICATION, [attr(0x8022, b"ind")]),
@@ -91,6 +93,12 @@ responses = {
         0x0111, [attr(0x0009, b"\0\0\x04\x14Unknown Attribute"), attr(0x000A, b"\x77\x77")], fingerprint=True
     ),
     "rfc5769_ipv4_response": RFC5769_IPV4_RESPONSE,
+    # The answer to it: CONNECT-BACK-ORIGIN (0xC0B1) names where the SYN will come from.
+    "connect_back_origin": message(
+        BINDING_SUCCESS,
+        [attr(0x0020, xor_v4([192, 0, 2, 1], 32853)), attr(0xC0B1, plain_v4([192, 0, 2, 2], 3479))],
+        fingerprint=True,
+    ),
 }
 
 # Inputs that once crashed a target (kept so every run starts by replaying them).

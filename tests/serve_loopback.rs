@@ -645,3 +645,117 @@ fn tcp_bindings_from_one_shared_local_port() {
     assert!(e.unreachable(), "{e}");
     stop(h, &shutdown);
 }
+
+fn connect_back_origin(m: &Message<'_>) -> Option<SocketAddr> {
+    match m.get(attr_type::CONNECT_BACK_ORIGIN)? {
+        Ok(Attribute::ConnectBackOrigin(a)) => Some(a),
+        other => panic!("CONNECT-BACK-ORIGIN: {other:?}"),
+    }
+}
+
+/// CONNECT-BACK: the server answers on the connection, names the endpoint it will connect
+/// from, and a SYN from exactly that address and port reaches the client's port, where a
+/// listener (sharing the port with the connection, as the probe's watcher would see it)
+/// accepts it.
+#[test]
+fn tcp_connect_back_comes_from_the_promised_endpoint() {
+    use punchraw::sys::tcp_stun;
+    let (h, sd) = start(true);
+    let primary = h.addr(EndpointId::PRIMARY).unwrap();
+    for (change_ip, change_port, want) in [
+        (false, true, EndpointId(1)),
+        (true, true, EndpointId(3)),
+        (true, false, EndpointId(2)),
+    ] {
+        // A fresh port each time: the last connection's TIME_WAIT holds its 4-tuple.
+        let listener = tcp_stun::shared_port_socket(SocketAddr::new(IP1, 0)).expect("bind");
+        listener.listen(8).expect("listen");
+        let listener: TcpListener = listener.into();
+        let local = listener.local_addr().unwrap();
+        let origin = h.addr(want).unwrap();
+        let sock = tcp_stun::shared_port_socket(local).expect("bind the shared port");
+        sock.connect(&primary.into()).expect("connect");
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let (req, tid) = request(&[Attribute::ConnectBack {
+            change_ip,
+            change_port,
+        }]);
+        s.write_all(&req).unwrap();
+        let resp = read_msg(&mut s);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.transaction_id(), tid);
+        assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(addr_attr(&m, attr_type::XOR_MAPPED_ADDRESS), Some(local));
+        assert_eq!(connect_back_origin(&m), Some(origin), "{m:?}");
+        let (tx, rx) = mpsc::channel();
+        let l = listener.try_clone().unwrap();
+        thread::spawn(move || tx.send(l.accept().map(|(_, from)| from)));
+        let from = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the connect-back arrives within 2 s")
+            .expect("accept");
+        assert_eq!(from, origin, "SYN from the promised endpoint");
+    }
+    let stats = stop(h, &sd);
+    assert_eq!(stats.tcp_connect_backs, 3, "{stats}");
+}
+
+/// Where CONNECT-BACK cannot be honoured the answer makes no promise: over UDP, and on a
+/// server without an alternate address.
+#[test]
+fn connect_back_is_not_promised_over_udp_or_without_alternate() {
+    let (h, sd) = start(true);
+    let c = client(IP1);
+    let cb = Attribute::ConnectBack {
+        change_ip: true,
+        change_port: true,
+    };
+    let to = h.addr(EndpointId::PRIMARY).unwrap();
+    let (resp, _) = exchange(&c, to, std::slice::from_ref(&cb), Duration::from_secs(2));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+    assert_eq!(connect_back_origin(&m), None);
+    stop(h, &sd);
+
+    let (req, _) = request(&[cb]);
+    let (h, sd) = start(false);
+    let mut s = tcp(h.addr(EndpointId::PRIMARY).unwrap());
+    s.write_all(&req).unwrap();
+    let resp = read_msg(&mut s);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+    assert_eq!(connect_back_origin(&m), None);
+    let stats = stop(h, &sd);
+    assert_eq!(stats.tcp_connect_backs, 0, "{stats}");
+}
+
+/// The listeners share their port with SO_REUSEPORT (for CONNECT-BACK), yet a server does
+/// not start on a TCP port that another process's SO_REUSEPORT listener (another punchraw
+/// serve, say) holds: it would silently share that listener's connections.
+#[test]
+fn tcp_port_held_by_a_reuseport_listener_is_refused() {
+    use punchraw::sys::tcp_stun;
+    let held = tcp_stun::shared_port_socket(SocketAddr::new(IP1, 0)).expect("bind");
+    held.listen(8).expect("listen");
+    let port = held.local_addr().unwrap().as_socket().unwrap().port();
+    if UdpSocket::bind((IP1, port)).is_err() {
+        return; // the UDP port is taken by someone else; that would fail first
+    }
+    let cfg = ServerConfig {
+        ip: IP1,
+        alt_ip: None,
+        port,
+        alt_port: 0,
+        software: None,
+        per_source_limit: None,
+    };
+    match serve::spawn(cfg, Shutdown::manual()) {
+        Ok(h) => {
+            h.stop();
+            h.join();
+            panic!("the server joined a foreign SO_REUSEPORT listener on port {port}");
+        }
+        Err(e) => assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}"),
+    }
+}

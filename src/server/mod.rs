@@ -42,6 +42,21 @@
 //! RESPONSE-PORT and CHANGE-REQUEST change only the port and the local endpoint, never the
 //! destination IP, so the server can never be aimed at an address that did not send the
 //! request.
+//!
+//! # CONNECT-BACK (punchraw's TCP filtering test)
+//!
+//! RFC 5780's filtering test answers from another address, which TCP cannot do on the same
+//! connection (section 6.1). Its TCP counterpart is a new connection: a request carrying
+//! punchraw's comprehension-optional CONNECT-BACK ([`attr_type::CONNECT_BACK`], the flags of
+//! CHANGE-REQUEST) asks the server to answer normally and then send a SYN from the endpoint
+//! the flags select to the requester's source address. The answer then carries
+//! CONNECT-BACK-ORIGIN, the endpoint the SYN will leave from; without it the server will not
+//! send one. Whether that unsolicited SYN reaches the client is the NAT's TCP filtering
+//! (RFC 5382 section 4.3). It is honoured over TCP only, whose source address was proven by the
+//! handshake, only with discovery configured, only when at least one flag is set (the
+//! unchanged endpoint already has this very connection to the requester), and only when the
+//! caller says it has room ([`StunServer::handle_tcp`]): one SYN per request, to the
+//! requester and nobody else.
 
 mod limit;
 
@@ -166,6 +181,15 @@ pub enum Outcome {
     Drop(DropReason),
 }
 
+/// A TCP connection to open after answering a CONNECT-BACK request: from the server's endpoint
+/// `from` (the listening endpoint's own address and port, so the SYN shows exactly that source)
+/// to `to`, the requester's source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectBack {
+    pub from: EndpointId,
+    pub to: SocketAddr,
+}
+
 /// Counters only: the server keeps no per-client state, so junk cannot grow its memory.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -216,6 +240,9 @@ impl StunServer {
     /// On `Outcome::Reply` the response is in `out` (cleared first), at most
     /// [`response_limit`]`(input.len(), src)` bytes. Reads the clock only when a per-source
     /// limit is set; [`handle_at`](Self::handle_at) takes the time instead.
+    ///
+    /// Never offers a CONNECT-BACK, since nothing would open that connection; TCP servers that
+    /// can use [`handle_tcp`](Self::handle_tcp).
     pub fn handle(
         &mut self,
         transport: Transport,
@@ -224,7 +251,31 @@ impl StunServer {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Outcome {
-        self.handle_inner(None, transport, local, src, input, out)
+        self.handle_inner(None, transport, local, src, input, out, false)
+            .0
+    }
+
+    /// One framed message that arrived over a TCP connection to `local` from `src`. With
+    /// `connect_back_room` (the caller can open one more connection now) a CONNECT-BACK
+    /// request is honoured: the response says so in CONNECT-BACK-ORIGIN and the second value
+    /// says which connection to open. Over TCP the reply always goes back on the connection.
+    pub fn handle_tcp(
+        &mut self,
+        local: EndpointId,
+        src: SocketAddr,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        connect_back_room: bool,
+    ) -> (Outcome, Option<ConnectBack>) {
+        self.handle_inner(
+            None,
+            Transport::Tcp,
+            local,
+            src,
+            input,
+            out,
+            connect_back_room,
+        )
     }
 
     /// [`handle`](Self::handle) at `now` (the per-source limit's clock).
@@ -237,9 +288,11 @@ impl StunServer {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Outcome {
-        self.handle_inner(Some(now), transport, local, src, input, out)
+        self.handle_inner(Some(now), transport, local, src, input, out, false)
+            .0
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn handle_inner(
         &mut self,
         now: Option<Instant>,
@@ -248,27 +301,28 @@ impl StunServer {
         src: SocketAddr,
         input: &[u8],
         out: &mut Vec<u8>,
-    ) -> Outcome {
+        connect_back_room: bool,
+    ) -> (Outcome, Option<ConnectBack>) {
         out.clear();
         let msg = match Message::parse(input) {
             Ok(m) => m,
             Err(_) => {
                 self.stats.malformed += 1;
-                return Outcome::Drop(DropReason::Malformed);
+                return (Outcome::Drop(DropReason::Malformed), None);
             }
         };
         let mt = msg.message_type();
         if mt.class != Class::Request {
             // RFC 8489 section 6.3: indications and responses get no answer from a server.
             self.stats.not_request += 1;
-            return Outcome::Drop(DropReason::NotRequest);
+            return (Outcome::Drop(DropReason::NotRequest), None);
         }
         if transport == Transport::Udp {
             if let Some(l) = &self.limiter {
                 // Every answer, error or success, goes to `src.ip()`: one token per answer.
                 if !l.allow(now.unwrap_or_else(Instant::now), src.ip()) {
                     self.stats.rate_limited += 1;
-                    return Outcome::Drop(DropReason::RateLimited);
+                    return (Outcome::Drop(DropReason::RateLimited), None);
                 }
             }
         }
@@ -280,7 +334,7 @@ impl StunServer {
         };
         if mt.method != Method::Binding {
             self.error(limit, &msg, 400, "Only Binding is served here", &[], out);
-            return error_to;
+            return (error_to, None);
         }
         // RFC 8489 section 6.3.1.1: unknown comprehension-required attributes -> 420. The
         // list is cut to what fits the response budget in `error`.
@@ -292,13 +346,14 @@ impl StunServer {
         }
         if n > 0 {
             self.error(limit, &msg, 420, "Unknown Attribute", &unknown[..n], out);
-            return error_to;
+            return (error_to, None);
         }
 
         let tid = msg.transaction_id();
         let (mut change_ip, mut change_port) = (false, false);
         let mut response_port = None;
         let mut padding = None;
+        let mut connect_back = None;
         for a in msg.attributes() {
             match a.decode(&tid) {
                 Ok(Attribute::ChangeRequest {
@@ -310,10 +365,14 @@ impl StunServer {
                 }
                 Ok(Attribute::ResponsePort(p)) => response_port = Some(p),
                 Ok(Attribute::Padding(p)) => padding = Some(p.len()),
+                Ok(Attribute::ConnectBack {
+                    change_ip: i,
+                    change_port: p,
+                }) => connect_back = Some((i, p)),
                 Ok(_) => {}
                 Err(_) if attr_type::is_comprehension_required(a.typ) => {
                     self.error(limit, &msg, 400, "Malformed attribute", &[], out);
-                    return error_to;
+                    return (error_to, None);
                 }
                 Err(_) => {}
             }
@@ -331,7 +390,7 @@ impl StunServer {
                 &unk,
                 out,
             );
-            return error_to;
+            return (error_to, None);
         }
         if response_port.is_some() && (padding.is_some() || transport == Transport::Tcp) {
             // RFC 5780 section 6.1: RESPONSE-PORT with PADDING is a 400; over TCP there is no
@@ -344,11 +403,11 @@ impl StunServer {
                 &[],
                 out,
             );
-            return error_to;
+            return (error_to, None);
         }
         if response_port == Some(0) {
             self.error(limit, &msg, 400, "RESPONSE-PORT 0", &[], out);
-            return error_to;
+            return (error_to, None);
         }
 
         let from = local.flip(change_ip, change_port);
@@ -363,6 +422,22 @@ impl StunServer {
         // OTHER-ADDRESS from its Test II answer and would otherwise aim Test III at the
         // primary IP and misreport address-dependent mapping.
         let other = self.cfg.discovery().then(|| self.cfg.addr(EndpointId(3)));
+
+        // CONNECT-BACK: see the module documentation for every condition. Neither flag would
+        // mean a second connection on this connection's own 4-tuple.
+        let connect_back = connect_back
+            .filter(|&(i, p)| {
+                (i || p)
+                    && connect_back_room
+                    && transport == Transport::Tcp
+                    && self.cfg.discovery()
+                    && !tid.is_rfc3489()
+            })
+            .map(|(i, p)| ConnectBack {
+                from: local.flip(i, p),
+                to: src,
+            });
+        let mut promised = None;
 
         // The budget for everything but FINGERPRINT; see the module documentation.
         let rfc3489 = tid.is_rfc3489();
@@ -398,6 +473,17 @@ impl StunServer {
             if let Some(o) = other {
                 push(&mut e, &Attribute::OtherAddress(o), addr_attr_len(o));
             }
+            if let Some(cb) = connect_back {
+                // Before MAPPED-ADDRESS: the client asked for it, and only a response that
+                // carries it may be followed by the SYN. It always fits (76 bytes for IPv4
+                // with what precedes it, 124 for IPv6), but is checked like everything else.
+                let o = self.cfg.addr(cb.from);
+                let before = e.len();
+                push(&mut e, &Attribute::ConnectBackOrigin(o), addr_attr_len(o));
+                if e.len() > before {
+                    promised = Some(cb);
+                }
+            }
             // RFC 8489 section 14.1: for backwards compatibility only.
             push(&mut e, &Attribute::MappedAddress(src), addr_attr_len(src));
             if let Some(s) = &self.cfg.software {
@@ -415,7 +501,7 @@ impl StunServer {
         }
         debug_assert!(out.len() <= limit);
         self.stats.success += 1;
-        Outcome::Reply { from, to }
+        (Outcome::Reply { from, to }, promised)
     }
 
     /// An error response of at most `limit` bytes: the reason phrase and the list of

@@ -836,6 +836,7 @@ fn plain_binding_answer_is_no_larger_than_coturns() {
 fn arbitrary_attr() -> impl Strategy<Value = (u16, Vec<u8>)> {
     let typ = prop_oneof![
         Just(attr_type::CHANGE_REQUEST),
+        Just(attr_type::CONNECT_BACK),
         Just(attr_type::RESPONSE_PORT),
         Just(attr_type::PADDING),
         Just(attr_type::MAPPED_ADDRESS),
@@ -1111,4 +1112,240 @@ fn a_tiny_table_only_lowers_what_each_source_gets() {
         }
     }
     assert_eq!(n, 10);
+}
+
+// CONNECT-BACK (punchraw's TCP filtering test)
+
+fn connect_back(ip: bool, port: bool) -> Attribute<'static> {
+    Attribute::ConnectBack {
+        change_ip: ip,
+        change_port: port,
+    }
+}
+
+fn ask_tcp(
+    s: &mut StunServer,
+    local: EndpointId,
+    from: SocketAddr,
+    input: &[u8],
+    room: bool,
+) -> (Answer, Option<ConnectBack>) {
+    let mut out = vec![0xee; 7];
+    let (outcome, cb) = s.handle_tcp(local, from, input, &mut out, room);
+    (Answer { outcome, out }, cb)
+}
+
+#[test]
+fn connect_back_is_promised_and_asked_for_from_the_flipped_endpoint() {
+    let cfg = config(true);
+    for local in 0..4u8 {
+        let local = EndpointId(local);
+        for (ip, port) in [(false, true), (true, false), (true, true)] {
+            let mut s = StunServer::new(cfg.clone());
+            let req = build(
+                MessageType::BINDING_REQUEST,
+                TransactionId::new_random(),
+                &[connect_back(ip, port)],
+                true,
+            );
+            let (a, cb) = ask_tcp(&mut s, local, src(), &req, true);
+            assert_eq!(a.msg().message_type(), MessageType::BINDING_SUCCESS);
+            // The answer itself goes back on the connection.
+            assert_eq!(
+                a.outcome,
+                Outcome::Reply {
+                    from: local,
+                    to: src()
+                }
+            );
+            let want = local.flip(ip, port);
+            assert_eq!(
+                cb,
+                Some(ConnectBack {
+                    from: want,
+                    to: src()
+                })
+            );
+            assert_eq!(
+                a.get(attr_type::CONNECT_BACK_ORIGIN),
+                Some(Attribute::ConnectBackOrigin(cfg.addr(want)))
+            );
+            assert_eq!(a.addr(attr_type::XOR_MAPPED_ADDRESS), Some(src()));
+            // Still everything RFC 5780 clients read.
+            assert_eq!(
+                a.addr(attr_type::OTHER_ADDRESS),
+                Some(cfg.addr(EndpointId(3)))
+            );
+        }
+    }
+}
+
+#[test]
+fn connect_back_is_ignored_where_it_cannot_or_must_not_happen() {
+    let req = binding(&[connect_back(true, true)]);
+    let no_origin = |a: &Answer| {
+        assert_eq!(a.msg().message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(a.get(attr_type::CONNECT_BACK_ORIGIN), None);
+    };
+    // Over UDP: the source address is not proven, and `handle` never offers it.
+    let mut s = StunServer::new(config(true));
+    no_origin(&ask_udp(&mut s, &req));
+    no_origin(&ask(
+        &mut s,
+        Transport::Tcp,
+        EndpointId::PRIMARY,
+        src(),
+        &req,
+    ));
+    // No alternate address: there is no other endpoint to connect from.
+    let mut s = StunServer::new(config(false));
+    let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &req, true);
+    no_origin(&a);
+    assert_eq!(cb, None);
+    // The caller has no room for another connection.
+    let mut s = StunServer::new(config(true));
+    let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &req, false);
+    no_origin(&a);
+    assert_eq!(cb, None);
+    // Neither flag: that would be this connection's own 4-tuple.
+    let (a, cb) = ask_tcp(
+        &mut s,
+        EndpointId::PRIMARY,
+        src(),
+        &binding(&[connect_back(false, false)]),
+        true,
+    );
+    no_origin(&a);
+    assert_eq!(cb, None);
+    // A malformed value of a comprehension-optional attribute is ignored (RFC 8489
+    // section 14), not an error.
+    let bad = binding(&[Attribute::Other {
+        typ: attr_type::CONNECT_BACK,
+        value: b"\x00\x06",
+    }]);
+    let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &bad, true);
+    no_origin(&a);
+    assert_eq!(cb, None);
+    // An RFC 3489 client cannot have meant it.
+    let classic = build(
+        MessageType::BINDING_REQUEST,
+        TransactionId::new_rfc3489([7; 16]),
+        &[connect_back(true, true)],
+        false,
+    );
+    let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &classic, true);
+    assert_eq!(a.get(attr_type::CONNECT_BACK_ORIGIN), None);
+    assert_eq!(cb, None);
+    // With CHANGE-REQUEST, which TCP cannot honour, the 420 wins and nothing is opened.
+    let both = binding(&[connect_back(true, true), change(false, true)]);
+    let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &both, true);
+    assert_eq!(a.error_code(), 420);
+    assert_eq!(cb, None);
+}
+
+#[test]
+fn connect_back_answers_stay_within_the_budget() {
+    for (cfg, peer) in [
+        (config(true), src()),
+        (config_v6(), "[2001:db8:9::7]:40000".parse().unwrap()),
+    ] {
+        let mut s = StunServer::new(cfg);
+        // The smallest request that can carry it: header, CONNECT-BACK, no FINGERPRINT.
+        let req = binding(&[connect_back(false, true)]);
+        let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, peer, &req, true);
+        assert!(cb.is_some());
+        assert!(
+            a.out.len() <= response_limit(req.len(), peer),
+            "{}",
+            a.out.len()
+        );
+        assert!(a.get(attr_type::CONNECT_BACK_ORIGIN).is_some());
+        assert!(a.get(attr_type::FINGERPRINT).is_some());
+    }
+}
+
+fn check_connect_back(input: &[u8], local: u8, peer: SocketAddr) -> Result<(), TestCaseError> {
+    for cfg in [config(true), config(false), config_v6()] {
+        let n = cfg.endpoints().len() as u8;
+        let local = EndpointId(local % n);
+        let mut s = StunServer::new(cfg.clone());
+        let mut out = Vec::new();
+        let (outcome, cb) = s.handle_tcp(local, peer, input, &mut out, true);
+        if let Some(cb) = cb {
+            // Only to the requester, from another of our endpoints, after a success that
+            // says where from.
+            prop_assert_eq!(cb.to, peer);
+            prop_assert_ne!(cb.from, local);
+            prop_assert!(cb.from.0 < n);
+            prop_assert_eq!(
+                outcome,
+                Outcome::Reply {
+                    from: local,
+                    to: peer
+                }
+            );
+            let m = Message::parse(&out).expect("parses");
+            prop_assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+            prop_assert_eq!(
+                m.get(attr_type::CONNECT_BACK_ORIGIN),
+                Some(Ok(Attribute::ConnectBackOrigin(cfg.addr(cb.from))))
+            );
+        } else if let Ok(m) = Message::parse(&out) {
+            prop_assert!(m.get(attr_type::CONNECT_BACK_ORIGIN).is_none());
+        }
+        if let Outcome::Reply { .. } = outcome {
+            prop_assert!(out.len() <= response_limit(input.len(), peer));
+        }
+    }
+    Ok(())
+}
+
+fn connect_back_request() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<[u8; 12]>(),
+        prop::collection::vec(arbitrary_attr(), 0..4),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(ip, port, tid, attrs, first, fingerprint)| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&crate::stun::MAGIC_COOKIE.to_be_bytes());
+            id[4..].copy_from_slice(&tid);
+            let tid = TransactionId(id);
+            let mut list: Vec<Attribute<'_>> = attrs
+                .iter()
+                .map(|(typ, value)| Attribute::Other { typ: *typ, value })
+                .collect();
+            let cb = connect_back(ip, port);
+            if first {
+                list.insert(0, cb);
+            } else {
+                list.push(cb);
+            }
+            build(MessageType::BINDING_REQUEST, tid, &list, fingerprint)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn connect_back_goes_only_to_the_requester(
+        input in connect_back_request(),
+        local in 0u8..4,
+        peer in peer(),
+    ) {
+        check_connect_back(&input, local, peer)?;
+    }
+
+    #[test]
+    fn connect_back_on_arbitrary_bytes_never_panics(
+        input in prop::collection::vec(any::<u8>(), 0..300),
+        local in 0u8..4,
+        peer in peer(),
+    ) {
+        check_connect_back(&input, local, peer)?;
+    }
 }

@@ -28,6 +28,16 @@ pub mod attr_type {
     pub const FINGERPRINT: u16 = 0x8028;
     pub const RESPONSE_ORIGIN: u16 = 0x802b;
     pub const OTHER_ADDRESS: u16 = 0x802c;
+    /// punchraw's own, comprehension-optional (RFC 8489 section 18.3 leaves 0xC000-0xFFFF to
+    /// private use), request side: over TCP, "after answering, open a TCP connection to my
+    /// source address from your other IP and/or port" (the flags of CHANGE-REQUEST). It is the
+    /// TCP counterpart of RFC 5780's filtering test: the SYN it sends is unsolicited at the
+    /// NAT, and whether it gets through is the NAT's TCP filtering (RFC 5382 section 4.3).
+    /// Servers that do not know it ignore it, as RFC 8489 section 14 requires.
+    pub const CONNECT_BACK: u16 = 0xc0b0;
+    /// Response side of [`CONNECT_BACK`]: the endpoint the server will send the SYN from.
+    /// Present only when the server will really send it.
+    pub const CONNECT_BACK_ORIGIN: u16 = 0xc0b1;
 
     /// RFC 8489 section 14: types below 0x8000 must be understood or the request rejected
     /// with 420.
@@ -80,6 +90,13 @@ pub enum Attribute<'a> {
     },
     ResponseOrigin(SocketAddr),
     OtherAddress(SocketAddr),
+    /// punchraw's CONNECT-BACK ([`attr_type::CONNECT_BACK`]): same layout as CHANGE-REQUEST.
+    ConnectBack {
+        change_ip: bool,
+        change_port: bool,
+    },
+    /// punchraw's CONNECT-BACK-ORIGIN ([`attr_type::CONNECT_BACK_ORIGIN`]).
+    ConnectBackOrigin(SocketAddr),
     /// RFC 5780 section 7.5: answer to this port at the requester's IP.
     ResponsePort(u16),
     /// RFC 5780 section 7.6: makes a response as large as this attribute's request.
@@ -139,6 +156,22 @@ fn decode_address(typ: u16, v: &[u8]) -> Result<SocketAddr, ParseError> {
     }
 }
 
+/// RFC 5780 section 7.2: the "change IP" (0x04) and "change port" (0x02) bits of the last
+/// byte; the other bits are zero and ignored.
+fn change_flags(typ: u16, v: &[u8]) -> Result<(bool, bool), ParseError> {
+    if v.len() != 4 {
+        return Err(bad(
+            typ,
+            if typ == attr_type::CHANGE_REQUEST {
+                "CHANGE-REQUEST must be 4 bytes"
+            } else {
+                "CONNECT-BACK must be 4 bytes"
+            },
+        ));
+    }
+    Ok((v[3] & 0x04 != 0, v[3] & 0x02 != 0))
+}
+
 /// RFC 8489 section 14.2: port XOR the cookie's top half, address XOR cookie (+ ID for IPv6).
 fn xor_address(addr: SocketAddr, tid: &TransactionId) -> SocketAddr {
     let cookie = MAGIC_COOKIE.to_be_bytes();
@@ -172,6 +205,8 @@ impl<'a> Attribute<'a> {
             Attribute::ChangeRequest { .. } => CHANGE_REQUEST,
             Attribute::ResponseOrigin(_) => RESPONSE_ORIGIN,
             Attribute::OtherAddress(_) => OTHER_ADDRESS,
+            Attribute::ConnectBack { .. } => CONNECT_BACK,
+            Attribute::ConnectBackOrigin(_) => CONNECT_BACK_ORIGIN,
             Attribute::ResponsePort(_) => RESPONSE_PORT,
             Attribute::Padding(_) => PADDING,
             Attribute::ChangedAddress(_) => CHANGED_ADDRESS,
@@ -203,14 +238,20 @@ impl<'a> Attribute<'a> {
             SOURCE_ADDRESS => Attribute::SourceAddress(decode_address(typ, v)?),
             RESPONSE_ADDRESS => Attribute::ResponseAddress(decode_address(typ, v)?),
             CHANGE_REQUEST => {
-                if v.len() != 4 {
-                    return Err(bad(typ, "CHANGE-REQUEST must be 4 bytes"));
-                }
+                let (change_ip, change_port) = change_flags(typ, v)?;
                 Attribute::ChangeRequest {
-                    change_ip: v[3] & 0x04 != 0,
-                    change_port: v[3] & 0x02 != 0,
+                    change_ip,
+                    change_port,
                 }
             }
+            CONNECT_BACK => {
+                let (change_ip, change_port) = change_flags(typ, v)?;
+                Attribute::ConnectBack {
+                    change_ip,
+                    change_port,
+                }
+            }
+            CONNECT_BACK_ORIGIN => Attribute::ConnectBackOrigin(decode_address(typ, v)?),
             RESPONSE_PORT => {
                 if v.len() != 4 {
                     return Err(bad(typ, "RESPONSE-PORT must be 4 bytes"));
@@ -302,11 +343,16 @@ impl<'a> Attribute<'a> {
             Attribute::MappedAddress(a)
             | Attribute::ResponseOrigin(a)
             | Attribute::OtherAddress(a)
+            | Attribute::ConnectBackOrigin(a)
             | Attribute::ChangedAddress(a)
             | Attribute::SourceAddress(a)
             | Attribute::ResponseAddress(a) => addr(out, *a),
             Attribute::XorMappedAddress(a) => addr(out, xor_address(*a, tid)),
             Attribute::ChangeRequest {
+                change_ip,
+                change_port,
+            }
+            | Attribute::ConnectBack {
                 change_ip,
                 change_port,
             } => {

@@ -663,7 +663,7 @@ fn assert_bad(typ: u16, value: &[u8]) {
     }
 }
 
-const ADDRESS_TYPES: [u16; 7] = [
+const ADDRESS_TYPES: [u16; 8] = [
     attr_type::MAPPED_ADDRESS,
     attr_type::XOR_MAPPED_ADDRESS,
     attr_type::RESPONSE_ORIGIN,
@@ -671,6 +671,7 @@ const ADDRESS_TYPES: [u16; 7] = [
     attr_type::CHANGED_ADDRESS,
     attr_type::SOURCE_ADDRESS,
     attr_type::RESPONSE_ADDRESS,
+    attr_type::CONNECT_BACK_ORIGIN,
 ];
 
 #[test]
@@ -704,6 +705,7 @@ fn bad_fixed_size_values() {
     use attr_type::*;
     for (typ, good) in [
         (CHANGE_REQUEST, 4usize),
+        (CONNECT_BACK, 4),
         (RESPONSE_PORT, 4),
         (MESSAGE_INTEGRITY, 20),
         (FINGERPRINT, 4),
@@ -740,6 +742,20 @@ fn bad_fixed_size_values() {
         Ok(Attribute::ChangeRequest {
             change_ip: true,
             change_port: true
+        })
+    );
+    assert_eq!(
+        decode_one(CONNECT_BACK, &[0, 0, 0, 2]),
+        Ok(Attribute::ConnectBack {
+            change_ip: false,
+            change_port: true
+        })
+    );
+    assert_eq!(
+        decode_one(CONNECT_BACK, &[0xff, 0xff, 0xff, 0xfd]),
+        Ok(Attribute::ConnectBack {
+            change_ip: true,
+            change_port: false
         })
     );
     assert_eq!(
@@ -979,6 +995,7 @@ fn short_sha1_tags_do_not_verify() {
 enum Owned {
     Address(usize, SocketAddr),
     ChangeRequest(bool, bool),
+    ConnectBack(bool, bool),
     ResponsePort(u16),
     Padding(Vec<u8>),
     Username(Vec<u8>),
@@ -998,9 +1015,14 @@ impl Owned {
                 3 => Attribute::OtherAddress(*a),
                 4 => Attribute::ChangedAddress(*a),
                 5 => Attribute::SourceAddress(*a),
+                6 => Attribute::ConnectBackOrigin(*a),
                 _ => Attribute::ResponseAddress(*a),
             },
             Owned::ChangeRequest(i, p) => Attribute::ChangeRequest {
+                change_ip: *i,
+                change_port: *p,
+            },
+            Owned::ConnectBack(i, p) => Attribute::ConnectBack {
                 change_ip: *i,
                 change_port: *p,
             },
@@ -1031,6 +1053,8 @@ fn decodes_specially(t: u16) -> bool {
             | SOURCE_ADDRESS
             | RESPONSE_ADDRESS
             | CHANGE_REQUEST
+            | CONNECT_BACK
+            | CONNECT_BACK_ORIGIN
             | RESPONSE_PORT
             | PADDING
             | USERNAME
@@ -1068,8 +1092,9 @@ fn text(max_chars: usize, max_bytes: usize) -> impl Strategy<Value = String> {
 
 fn owned_attr() -> impl Strategy<Value = Owned> {
     prop_oneof![
-        (0usize..7, socket_addr()).prop_map(|(k, a)| Owned::Address(k, a)),
+        (0usize..8, socket_addr()).prop_map(|(k, a)| Owned::Address(k, a)),
         (any::<bool>(), any::<bool>()).prop_map(|(i, p)| Owned::ChangeRequest(i, p)),
+        (any::<bool>(), any::<bool>()).prop_map(|(i, p)| Owned::ConnectBack(i, p)),
         any::<u16>().prop_map(Owned::ResponsePort),
         prop::collection::vec(any::<u8>(), 0..600).prop_map(Owned::Padding),
         prop::collection::vec(any::<u8>(), 0..=508).prop_map(Owned::Username),
@@ -1363,6 +1388,23 @@ fn fuzz_seeds_parse_as_their_names_say() {
         assert!(exercise(&bytes));
         for a in m.attributes() {
             assert!(a.decode(&m.transaction_id()).is_ok(), "seed {name}: {a:?}");
+        }
+        if name == "connect_back" {
+            assert_eq!(
+                m.get(attr_type::CONNECT_BACK),
+                Some(Ok(Attribute::ConnectBack {
+                    change_ip: true,
+                    change_port: true
+                }))
+            );
+        }
+        if name == "connect_back_origin" {
+            assert_eq!(
+                m.get(attr_type::CONNECT_BACK_ORIGIN),
+                Some(Ok(Attribute::ConnectBackOrigin(
+                    "192.0.2.2:3479".parse().unwrap()
+                )))
+            );
         }
         if name == "integrity" {
             assert!(m.verify_integrity(b"fuzz-key"));

@@ -13,9 +13,10 @@
 
 use crate::rendezvous::{Msg, RendezvousConfig};
 use crate::server::{
-    DropReason, EndpointId, Outcome, ServerConfig, SourceLimiter, Stats, StunServer, Transport,
+    ConnectBack, DropReason, EndpointId, Outcome, ServerConfig, SourceLimiter, Stats, StunServer,
+    Transport,
 };
-use crate::stun::Message;
+use crate::stun::{attr_type, Message};
 use crate::sys::mmsg::{RecvBatch, SendBatch, MAX_BATCH};
 use crate::sys::registry::RendezvousService;
 use crate::sys::signals::Shutdown;
@@ -44,6 +45,15 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TCP_MAX_FRAME: usize = 2048;
 /// A peer that does not read its responses cannot hold a connection thread longer than this.
 const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// CONNECT-BACK connections open at once over the whole server; a request beyond this is
+/// answered without the promise (no CONNECT-BACK-ORIGIN), so the client knows.
+pub const MAX_CONNECT_BACKS: usize = 32;
+/// CONNECT-BACKs one TCP connection may ask for: the probe needs one per connection.
+const CONNECT_BACKS_PER_CONNECTION: usize = 2;
+/// A connect-back socket is closed after this long if the handshake has neither completed
+/// nor failed: long enough for the kernel's one SYN retransmission (RFC 6298 section 2's
+/// 1 s initial RTO), short enough to keep the number of open sockets small.
+const CONNECT_BACK_LIFETIME: Duration = Duration::from_secs(2);
 /// Receive slot per datagram. A STUN request (even with RFC 5780 PADDING up to the MTU) and
 /// any rendezvous message fit; a longer datagram arrives flagged as truncated and is counted
 /// as malformed, so it is never cut short into something that parses.
@@ -78,6 +88,10 @@ pub struct ServeStats {
     pub tcp_closed_junk: u64,
     pub tcp_closed_idle: u64,
     pub tcp_active: u64,
+    /// CONNECT-BACK connections started, and those refused because [`MAX_CONNECT_BACKS`]
+    /// were open.
+    pub tcp_connect_backs: u64,
+    pub tcp_connect_backs_refused: u64,
     /// Server threads that panicked; non-zero means the server was degraded.
     pub thread_panics: u64,
 }
@@ -111,6 +125,13 @@ impl fmt::Display for ServeStats {
                 f,
                 "; {} udp requests over --per-source-limit",
                 u.rate_limited
+            )?;
+        }
+        if self.tcp_connect_backs + self.tcp_connect_backs_refused > 0 {
+            write!(
+                f,
+                "; {} tcp connect-backs ({} refused over the limit)",
+                self.tcp_connect_backs, self.tcp_connect_backs_refused
             )?;
         }
         if self.thread_panics > 0 {
@@ -172,6 +193,9 @@ struct Shared {
     tcp_closed_junk: AtomicU64,
     tcp_closed_idle: AtomicU64,
     tcp_active: AtomicUsize,
+    connect_backs_active: AtomicUsize,
+    tcp_connect_backs: AtomicU64,
+    tcp_connect_backs_refused: AtomicU64,
     thread_panics: AtomicU64,
 }
 
@@ -186,6 +210,8 @@ impl Shared {
             tcp_closed_junk: self.tcp_closed_junk.load(Ordering::Relaxed),
             tcp_closed_idle: self.tcp_closed_idle.load(Ordering::Relaxed),
             tcp_active: self.tcp_active.load(Ordering::Relaxed) as u64,
+            tcp_connect_backs: self.tcp_connect_backs.load(Ordering::Relaxed),
+            tcp_connect_backs_refused: self.tcp_connect_backs_refused.load(Ordering::Relaxed),
             thread_panics: self.thread_panics.load(Ordering::Relaxed),
         }
     }
@@ -305,7 +331,7 @@ fn announce(h: &ServerHandle) {
         .join(", ");
     say(&format!("serving STUN over UDP and TCP on {list}"));
     if h.config().discovery() {
-        say("behaviour discovery (RFC 5780) is on: CHANGE-REQUEST is answered from the other address/port");
+        say("behaviour discovery (RFC 5780) is on: CHANGE-REQUEST is answered from the other address/port, CONNECT-BACK over TCP with a SYN from there");
     } else {
         say("behaviour discovery (RFC 5780) is off: give --alternate IP2 to enable it");
     }
@@ -532,12 +558,24 @@ fn bind_udp(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket, (SocketAddr
     go().map_err(|e| (addr, e))
 }
 
+/// The listener of one endpoint. It shares its port with SO_REUSEPORT because CONNECT-BACK
+/// sends its SYN from this very address and port, from a socket that must bind it too (Linux
+/// lets a second socket bind a listening port only when both have SO_REUSEPORT).
+///
+/// SO_REUSEPORT would also let this listener join another same-user process's listener on
+/// the port without an error, so the port is first bound by a plain socket, which fails if
+/// anyone listens there, as with the UDP sockets ([`bind_udp_group`]).
 fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, (SocketAddr, io::Error)> {
     let go = || -> io::Result<TcpListener> {
+        // SO_REUSEADDR on both: a restart must not wait out TIME_WAIT of the previous run's
+        // connections; a port held by a live listener still fails the check.
+        let check = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+        check.set_reuse_address(true)?;
+        check.bind(&addr.into())?;
+        drop(check);
         let s = new_socket(addr, Type::STREAM, Protocol::TCP)?;
-        // A restart must not wait out TIME_WAIT of the previous run's connections; a port held
-        // by a live listener still fails.
         s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
         s.bind(&addr.into())?;
         s.listen(TCP_BACKLOG)?;
         // poll() says when to accept; non-blocking keeps a connection reset in between from
@@ -833,17 +871,45 @@ fn serve_connection(
         debug!(%peer, error = %e, "cannot set up tcp connection");
         return;
     }
-    let mut server = StunServer::new(cfg);
+    let mut server = StunServer::new(cfg.clone());
     let mut buf = [0u8; TCP_MAX_FRAME];
     let mut have = 0;
     let mut out = Vec::with_capacity(256);
     let mut last_input = Instant::now();
+    let mut backs = ConnectBacks::new(shared);
+    let mut pending: Vec<PendingBack<'_>> = Vec::new();
     let why = loop {
-        let (used, closed) =
-            serve_frames(&mut server, id, peer, &buf[..have], &mut out, &mut stream);
+        let (used, closed) = serve_frames(
+            &mut server,
+            id,
+            peer,
+            &buf[..have],
+            &mut out,
+            &mut stream,
+            &mut backs,
+        );
         shared.tcp.drain_from(&mut server.stats);
         buf.copy_within(used..have, 0);
         have -= used;
+        // After the answers are written: the client learns the origin before the SYN comes.
+        for (cb, slot) in backs.asked.drain(..) {
+            let from = cfg.addr(cb.from);
+            match open_connect_back(from, cb.to) {
+                Ok(sock) => {
+                    shared.tcp_connect_backs.fetch_add(1, Ordering::Relaxed);
+                    debug!(%from, to = %cb.to, "tcp connect-back: SYN sent");
+                    pending.push(PendingBack {
+                        sock,
+                        from,
+                        to: cb.to,
+                        until: Instant::now() + CONNECT_BACK_LIFETIME,
+                        _slot: slot,
+                    });
+                }
+                Err(e) => debug!(%from, to = %cb.to, error = %e, "tcp connect-back failed"),
+            }
+        }
+        reap_connect_backs(&mut pending);
         if let Some(c) = closed {
             break c;
         }
@@ -875,18 +941,120 @@ fn serve_connection(
         _ => {}
     }
     debug!(%peer, remote_port = peer.port(), %local, reason = ?why, "tcp connection closed");
+    // A client may close as soon as it has its answer; its SYN keeps its one retransmission.
+    while !pending.is_empty() && !stop.requested() {
+        thread::sleep(Duration::from_millis(50));
+        reap_connect_backs(&mut pending);
+    }
+}
+
+/// The CONNECT-BACKs of one connection: how many it may still ask for, and those asked for
+/// by the frames just answered, each holding one of the server's [`MAX_CONNECT_BACKS`] slots.
+struct ConnectBacks<'a> {
+    shared: &'a Shared,
+    left: usize,
+    asked: Vec<(ConnectBack, BackSlot<'a>)>,
+}
+
+/// One of the server-wide connect-back slots, given back on drop.
+struct BackSlot<'a>(&'a AtomicUsize);
+
+impl Drop for BackSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<'a> ConnectBacks<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        ConnectBacks {
+            shared,
+            left: CONNECT_BACKS_PER_CONNECTION,
+            asked: Vec::new(),
+        }
+    }
+
+    /// A slot for a request that carries CONNECT-BACK, if this connection and the server
+    /// have room for one more.
+    fn reserve(&mut self, request: &[u8]) -> Option<BackSlot<'a>> {
+        let wants = Message::parse(request)
+            .ok()
+            .is_some_and(|m| m.get(attr_type::CONNECT_BACK).is_some());
+        if !wants || self.left == 0 {
+            return None;
+        }
+        let active = &self.shared.connect_backs_active;
+        if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECT_BACKS {
+            active.fetch_sub(1, Ordering::Relaxed);
+            self.shared
+                .tcp_connect_backs_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(BackSlot(active))
+    }
+}
+
+/// A connect-back whose handshake is under way.
+struct PendingBack<'a> {
+    sock: Socket,
+    from: SocketAddr,
+    to: SocketAddr,
+    until: Instant,
+    _slot: BackSlot<'a>,
+}
+
+/// Sends the SYN: a non-blocking connect from `from` (the endpoint's own address and port,
+/// shared with its listener through SO_REUSEPORT) to `to`.
+fn open_connect_back(from: SocketAddr, to: SocketAddr) -> io::Result<Socket> {
+    let s = new_socket(from, Type::STREAM, Protocol::TCP)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&from.into())?;
+    s.set_nonblocking(true)?;
+    // Closing with linger 0 ends a completed handshake with a RST instead of leaving a
+    // TIME_WAIT on the endpoint's port toward the client.
+    let _ = s.set_linger(Some(Duration::ZERO));
+    match s.connect(&to.into()) {
+        Ok(()) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+        Err(e) => Err(e),
+    }
+}
+
+/// Closes the connect-backs whose handshake completed or failed (a RST or an ICMP error from
+/// the client's NAT, say) or whose time is up.
+fn reap_connect_backs(pending: &mut Vec<PendingBack<'_>>) {
+    let now = Instant::now();
+    pending.retain(|p| {
+        let result = match p.sock.take_error() {
+            Ok(Some(e)) => Some(format!("failed: {e}")),
+            Err(e) => Some(format!("failed: {e}")),
+            Ok(None) if p.sock.peer_addr().is_ok() => Some("connected".to_string()),
+            Ok(None) if now >= p.until => Some("no answer".to_string()),
+            Ok(None) => None,
+        };
+        match result {
+            Some(r) => {
+                debug!(from = %p.from, to = %p.to, result = %r, "tcp connect-back closed");
+                false
+            }
+            None => true,
+        }
+    });
 }
 
 /// Answers every complete message at the start of `input` (RFC 8489 section 6.2.2: over TCP
 /// the STUN header's length field is the framing). Returns how many bytes were consumed and
 /// whether the connection must close.
-fn serve_frames(
+fn serve_frames<'a>(
     server: &mut StunServer,
     id: EndpointId,
     peer: SocketAddr,
     input: &[u8],
     out: &mut Vec<u8>,
     stream: &mut impl Write,
+    backs: &mut ConnectBacks<'a>,
 ) -> (usize, Option<Close>) {
     let mut used = 0;
     loop {
@@ -908,12 +1076,19 @@ fn serve_frames(
         if rest.len() < len {
             return (used, None);
         }
-        match server.handle(Transport::Tcp, id, peer, &rest[..len], out) {
+        let slot = backs.reserve(&rest[..len]);
+        let (outcome, cb) = server.handle_tcp(id, peer, &rest[..len], out, slot.is_some());
+        match outcome {
             // Over TCP the answer goes back on the same connection whatever `from`/`to` say;
             // the logic refuses CHANGE-REQUEST and RESPONSE-PORT on TCP (RFC 5780 section 6.1).
             Outcome::Reply { .. } => {
                 if let Err(e) = stream.write_all(out) {
                     return (used + len, Some(Close::Io(e.kind())));
+                }
+                // The promise is in what was just written; an unused slot goes back on drop.
+                if let (Some(cb), Some(slot)) = (cb, slot) {
+                    backs.left -= 1;
+                    backs.asked.push((cb, slot));
                 }
             }
             Outcome::Drop(DropReason::Malformed) => return (used + len, Some(Close::Malformed)),
@@ -968,11 +1143,19 @@ mod tests {
                 &two[..cut],
                 &mut out,
                 &mut wire,
+                &mut ConnectBacks::new(&Shared::default()),
             );
             assert_eq!(close, None);
             let rest = &two[used..];
-            let (used2, close2) =
-                serve_frames(&mut s, EndpointId::PRIMARY, PEER, rest, &mut out, &mut wire);
+            let (used2, close2) = serve_frames(
+                &mut s,
+                EndpointId::PRIMARY,
+                PEER,
+                rest,
+                &mut out,
+                &mut wire,
+                &mut ConnectBacks::new(&Shared::default()),
+            );
             assert_eq!((used2, close2), (rest.len(), None));
             assert_eq!(s.stats.success, 2, "cut at {cut}");
             let first = Message::frame_len(&wire).unwrap();
@@ -992,6 +1175,7 @@ mod tests {
             b"GET / HTTP/1.1\r\n",
             &mut out,
             &mut wire,
+            &mut ConnectBacks::new(&Shared::default()),
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
         let r = serve_frames(
@@ -1001,6 +1185,7 @@ mod tests {
             b"\xff",
             &mut out,
             &mut wire,
+            &mut ConnectBacks::new(&Shared::default()),
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
         let mut long = request();
@@ -1012,15 +1197,110 @@ mod tests {
             &long,
             &mut out,
             &mut wire,
+            &mut ConnectBacks::new(&Shared::default()),
         );
         assert_eq!(r, (0, Some(Close::TooLong(4020))));
         // Framed correctly but not a valid message (length not a multiple of 4).
         let mut bad = request();
         bad[3] = 2;
         bad.extend_from_slice(&[0, 0]);
-        let r = serve_frames(&mut s, EndpointId::PRIMARY, PEER, &bad, &mut out, &mut wire);
+        let r = serve_frames(
+            &mut s,
+            EndpointId::PRIMARY,
+            PEER,
+            &bad,
+            &mut out,
+            &mut wire,
+            &mut ConnectBacks::new(&Shared::default()),
+        );
         assert_eq!(r, (22, Some(Close::Malformed)));
         assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn connect_backs_are_bounded_per_connection_and_per_server() {
+        let mut s = StunServer::new(ServerConfig {
+            alt_ip: Some(IpAddr::from([127, 0, 0, 2])),
+            ..server().config().clone()
+        });
+        let ask = || {
+            let mut v = Vec::new();
+            let mut e = Encoder::new(
+                &mut v,
+                MessageType::BINDING_REQUEST,
+                TransactionId::new_random(),
+            );
+            e.push(&crate::stun::Attribute::ConnectBack {
+                change_ip: true,
+                change_port: true,
+            });
+            v
+        };
+        let promised = |wire: &[u8]| {
+            let mut n = 0;
+            let mut at = 0;
+            while at < wire.len() {
+                let len = Message::frame_len(&wire[at..]).unwrap();
+                let m = Message::parse(&wire[at..at + len]).unwrap();
+                n += usize::from(m.get(attr_type::CONNECT_BACK_ORIGIN).is_some());
+                at += len;
+            }
+            n
+        };
+        let shared = Shared::default();
+        let input = [ask(), ask(), ask()].concat();
+        let (mut out, mut wire) = (Vec::new(), Vec::new());
+        let mut backs = ConnectBacks::new(&shared);
+        let r = serve_frames(
+            &mut s,
+            EndpointId::PRIMARY,
+            PEER,
+            &input,
+            &mut out,
+            &mut wire,
+            &mut backs,
+        );
+        assert_eq!(r, (input.len(), None));
+        assert_eq!(s.stats.success, 3);
+        // Two per connection, each promised in its answer and holding a server-wide slot.
+        assert_eq!(backs.asked.len(), CONNECT_BACKS_PER_CONNECTION);
+        assert_eq!(promised(&wire), CONNECT_BACKS_PER_CONNECTION);
+        assert_eq!(
+            backs.asked[0].0,
+            ConnectBack {
+                from: EndpointId(3),
+                to: PEER
+            }
+        );
+        assert_eq!(shared.connect_backs_active.load(Ordering::Relaxed), 2);
+        drop(backs);
+        assert_eq!(shared.connect_backs_active.load(Ordering::Relaxed), 0);
+        // A plain request takes no slot.
+        let mut backs = ConnectBacks::new(&shared);
+        assert!(backs.reserve(&request()).is_none());
+        // With every server-wide slot taken the answer carries no promise.
+        shared
+            .connect_backs_active
+            .store(MAX_CONNECT_BACKS, Ordering::Relaxed);
+        wire.clear();
+        let one = ask();
+        let r = serve_frames(
+            &mut s,
+            EndpointId::PRIMARY,
+            PEER,
+            &one,
+            &mut out,
+            &mut wire,
+            &mut backs,
+        );
+        assert_eq!(r, (one.len(), None));
+        assert!(backs.asked.is_empty());
+        assert_eq!(promised(&wire), 0);
+        assert_eq!(shared.tcp_connect_backs_refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            shared.connect_backs_active.load(Ordering::Relaxed),
+            MAX_CONNECT_BACKS
+        );
     }
 
     #[test]
@@ -1044,6 +1324,7 @@ mod tests {
             &input,
             &mut out,
             &mut wire,
+            &mut ConnectBacks::new(&Shared::default()),
         );
         assert_eq!(r, (input.len(), None));
         assert_eq!(s.stats.not_request, 1);
