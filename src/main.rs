@@ -99,6 +99,10 @@ struct ConnectArgs {
     /// "off" sends the normal TTL; a number forces it.
     #[arg(long, value_name = "auto|off|N", default_value = "auto", value_parser = parse_prime_ttl)]
     prime_ttl: PrimeTtl,
+    /// Start punching this many milliseconds after the moment agreed with the peer (testing:
+    /// makes the other side's packets arrive first).
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    start_delay_ms: u64,
 }
 
 fn parse_prime_ttl(s: &str) -> std::result::Result<PrimeTtl, String> {
@@ -158,7 +162,8 @@ struct ProbeArgs {
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
-    /// Skip the TCP tests (TCP behaviour is not probed yet; accepted for forward compatibility).
+    /// Skip the TCP tests (TCP mapping, filtering and port allocation, run after the UDP ones;
+    /// the filtering test needs CAP_NET_RAW and reports `unknown` without it).
     #[arg(long)]
     no_tcp: bool,
     /// Also measure the UDP binding lifetime (takes up to --lifetime-max seconds).
@@ -301,5 +306,6 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         punch_budget: Duration::from_secs(a.punch_budget),
         tcp: a.tcp,
         prime_ttl: a.prime_ttl,
+        start_delay: Duration::from_millis(a.start_delay_ms),
     })
 }

@@ -60,8 +60,26 @@ fn sample_captures_dissect_as_stun_without_warnings() {
         assert!(stun >= 5, "{}: only {stun} STUN packets", path.display());
     }
     assert!(
-        seen >= 2,
+        seen >= 3,
         "expected the sample captures in {}",
         dir.display()
+    );
+}
+
+/// The TCP punch capture shows the simultaneous open: our SYN, the peer's SYN or SYN-ACK.
+#[test]
+fn tcp_punch_capture_shows_the_handshake() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures/tcp-punch-a.pcap");
+    let Some((out, _)) = tshark_fields(&path, &["tcp.flags.syn", "tcp.flags.ack", "ip.src"]) else {
+        return;
+    };
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split('\t').collect()).collect();
+    let syn = |r: &Vec<&str>| r.first().is_some_and(|f| *f == "1" || *f == "True");
+    let ack = |r: &Vec<&str>| r.get(1).is_some_and(|f| *f == "1" || *f == "True");
+    let syns = rows.iter().filter(|r| syn(r) && !ack(r)).count();
+    let synacks = rows.iter().filter(|r| syn(r) && ack(r)).count();
+    assert!(
+        syns >= 1 && synacks >= 1,
+        "{syns} SYNs, {synacks} SYN-ACKs:\n{out}"
     );
 }

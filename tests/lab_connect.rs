@@ -92,6 +92,18 @@ fn connect_cmd(
 
 /// One connection attempt: A starts, B follows 300 ms later.
 fn pair(lab: &Lab, try_no: u32, secret_b: &str, len: usize, extra: &[&str]) -> Pair {
+    pair_with(lab, try_no, secret_b, len, extra, &[])
+}
+
+/// [`pair`] with `extra_b` given to B only.
+fn pair_with(
+    lab: &Lab,
+    try_no: u32,
+    secret_b: &str,
+    len: usize,
+    extra: &[&str],
+    extra_b: &[&str],
+) -> Pair {
     let dir = Dir::new(&format!("{}-{try_no}", lab.name()));
     std::fs::write(dir.0.join("a.in"), data(u64::from(try_no) * 2 + 1, len)).expect("write");
     std::fs::write(dir.0.join("b.in"), data(u64::from(try_no) * 2 + 2, len)).expect("write");
@@ -101,7 +113,8 @@ fn pair(lab: &Lab, try_no: u32, secret_b: &str, len: usize, extra: &[&str]) -> P
         .expect("start connect A");
     let mut a = ChildGuard(a);
     std::thread::sleep(Duration::from_millis(300));
-    let b = connect_cmd(lab, Node::B, &dir.0, "b", &session, secret_b, extra)
+    let extra_b: Vec<&str> = extra.iter().chain(extra_b).copied().collect();
+    let b = connect_cmd(lab, Node::B, &dir.0, "b", &session, secret_b, &extra_b)
         .output()
         .expect("run connect B");
     let a_out = a.0.wait_with_output_ref();
@@ -113,6 +126,9 @@ fn pair(lab: &Lab, try_no: u32, secret_b: &str, len: usize, extra: &[&str]) -> P
             .unwrap_or(Value::Null),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
+    if extra.contains(&"--tcp") {
+        assert_no_punch_rules(lab);
+    }
     let data_ok = sha(&dir.0.join("a.in")) == sha(&dir.0.join("b.out"))
         && sha(&dir.0.join("b.in")) == sha(&dir.0.join("a.out"));
     Pair {
@@ -138,6 +154,10 @@ impl WaitRef for std::process::Child {
 }
 
 fn check_connected(p: &Pair, strategy: &str, what: &str) {
+    check_connected_over(p, "udp", strategy, what)
+}
+
+fn check_connected_over(p: &Pair, transport: &str, strategy: &str, what: &str) {
     for (n, s) in [("A", &p.a), ("B", &p.b)] {
         assert_eq!(
             s.code,
@@ -148,7 +168,7 @@ fn check_connected(p: &Pair, strategy: &str, what: &str) {
         );
         let r = &s.report;
         assert_eq!(r["connected"], true, "{what}: {n} {r:#}");
-        assert_eq!(r["transport"], "udp", "{what}: {n} {r:#}");
+        assert_eq!(r["transport"], transport, "{what}: {n} {r:#}");
         assert_eq!(r["strategy"], strategy, "{what}: {n} {r:#}");
         assert!(r["error"].is_null(), "{what}: {n} {r:#}");
         assert!(
@@ -332,4 +352,245 @@ fn lone_peer_is_told_the_other_never_came() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("never came"));
+}
+
+/// No nft table of punchraw's is left in either host's namespace.
+fn assert_no_punch_rules(lab: &Lab) {
+    for node in [Node::A, Node::B] {
+        let out = lab
+            .cmd(node, "nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("run nft");
+        let tables = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !tables.contains("punchraw_"),
+            "{node:?} still has punch rules:\n{tables}"
+        );
+    }
+}
+
+fn all_connect_tcp(kind_a: &str, kind_b: &str, strategy: &str, tries: u32) {
+    let Some(lab) = Lab::up(kind_a, Some(kind_b)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..tries {
+        let p = pair(&lab, t, "right", MIB, &["--tcp"]);
+        check_connected_over(
+            &p,
+            "tcp",
+            strategy,
+            &format!("TCP {kind_a} x {kind_b}, try {t}"),
+        );
+    }
+}
+
+#[test]
+fn tcp_cone_and_cone_connect_directly() {
+    all_connect_tcp("port-restricted-cone", "port-restricted-cone", "direct", 5);
+}
+
+#[test]
+fn tcp_cone_and_sequential_connect_by_prediction() {
+    all_connect_tcp("port-restricted-cone", "symmetric-sequential", "predict", 5);
+}
+
+#[test]
+fn tcp_sequential_and_sequential_connect_by_prediction() {
+    all_connect_tcp("symmetric-sequential", "symmetric-sequential", "predict", 5);
+}
+
+#[test]
+fn tcp_cone_and_random_connect_by_sweep() {
+    let Some(lab) = Lab::up("port-restricted-cone", Some("symmetric-random")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let tries = 20;
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for t in 0..tries {
+        let p = pair(&lab, t, "right", 64 * 1024, &["--tcp"]);
+        assert_eq!(p.a.report["strategy"], "sweep", "{}", p.a.stderr);
+        if p.a.code == Some(0) && p.b.code == Some(0) && p.data_ok {
+            ok += 1;
+        } else {
+            failures.push(format!("A: {}\nB: {}", p.a.stderr, p.b.stderr));
+        }
+    }
+    assert!(
+        ok * 100 >= tries * 95,
+        "{ok}/{tries} connected; failures:\n{}",
+        failures.join("\n---\n")
+    );
+}
+
+#[test]
+fn tcp_random_and_random_fails_cleanly() {
+    let Some(lab) = Lab::up("symmetric-random", Some("symmetric-random")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", 1024, &["--tcp", "--punch-budget", "3"]);
+    for s in [&p.a, &p.b] {
+        if s.code == Some(0) {
+            continue; // connecting anyway is allowed
+        }
+        assert_eq!(s.code, Some(8), "{}", s.stderr);
+        assert!(s.stderr.contains("neither NAT"), "{}", s.stderr);
+        assert_eq!(s.report["connected"], false);
+        assert_eq!(s.report["transport"], "tcp");
+    }
+}
+
+/// B starts punching this long after the agreed moment, so that A's first SYN (and its
+/// retransmission one second later: in the lab the very first ICMP error of a fresh NAT
+/// namespace is not sent) reaches B's hostile NAT before B's own SYN has opened it.
+const LATE: &str = "1600";
+
+/// A NAT that answers unsolicited SYNs with ICMP port-unreachable keeps its own mapping; only
+/// our socket would give up, and the punch drops the error on the host, so the attempt is
+/// still there when the peer's SYN arrives: these pairs connect, and A says what it saw.
+#[test]
+fn tcp_through_nats_that_answer_with_icmp() {
+    let kind = "port-restricted-icmp";
+    let Some(lab) = Lab::up(kind, Some(kind)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..3 {
+        let p = pair_with(
+            &lab,
+            t,
+            "right",
+            64 * 1024,
+            &["--tcp", "--punch-budget", "8"],
+            &["--start-delay-ms", LATE],
+        );
+        check_connected_over(&p, "tcp", "direct", &format!("{kind} try {t}"));
+        assert!(
+            p.a.stderr.contains("ICMP destination unreachable"),
+            "A did not report the ICMP error:\n{}",
+            p.a.stderr
+        );
+    }
+}
+
+/// A NAT that answers unsolicited SYNs with RST ends the mapping our SYN opened in our own
+/// NAT (the RST passes it), so the SYNs must cross in flight. The tool retries, says what it
+/// saw, and ends cleanly either way.
+#[test]
+fn tcp_through_nats_that_answer_with_rst() {
+    let kind = "port-restricted-rst";
+    let Some(lab) = Lab::up(kind, Some(kind)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..3 {
+        let p = pair_with(
+            &lab,
+            t,
+            "right",
+            64 * 1024,
+            &["--tcp", "--punch-budget", "5"],
+            &["--start-delay-ms", LATE],
+        );
+        assert!(
+            p.a.stderr.contains("RST from 203.0.113.20"),
+            "A did not report the RST:\n{}",
+            p.a.stderr
+        );
+        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            assert!(
+                matches!(s.code, Some(0) | Some(8)),
+                "{kind} try {t}: {n} ended with {:?}:\n{}",
+                s.code,
+                s.stderr
+            );
+            assert_eq!(s.report["transport"], "tcp", "{n}: {:#}", s.report);
+            if s.code == Some(8) {
+                assert!(
+                    s.stderr.contains("answered our SYNs with"),
+                    "{n}: {}",
+                    s.stderr
+                );
+                assert_eq!(s.report["connected"], false);
+            }
+        }
+        if p.a.code == Some(0) && p.b.code == Some(0) {
+            assert!(p.data_ok, "{kind} try {t}: data differs");
+        }
+    }
+}
+
+#[test]
+fn tcp_wrong_secret_fails_with_authentication_error() {
+    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "wrong", 1024, &["--tcp", "--punch-budget", "2"]);
+    for s in [&p.a, &p.b] {
+        assert_eq!(s.code, Some(7), "{}", s.stderr);
+        assert!(
+            s.stderr.contains("peer authentication failed"),
+            "{}",
+            s.stderr
+        );
+    }
+}
+
+#[test]
+fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
+    let Some(lab) = Lab::up("symmetric-random", Some("symmetric-random")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-int", lab.name()));
+    for n in ["a", "b"] {
+        std::fs::write(dir.0.join(format!("{n}.in")), b"x").expect("write");
+    }
+    let extra = ["--tcp", "--punch-budget", "60", "--timeout", "90"];
+    let mut kids: Vec<ChildGuard> = [(Node::A, "a"), (Node::B, "b")]
+        .into_iter()
+        .map(|(node, n)| {
+            ChildGuard(
+                connect_cmd(&lab, node, &dir.0, n, "int", "right", &extra)
+                    .spawn()
+                    .expect("start connect"),
+            )
+        })
+        .collect();
+    // Long enough for the rendezvous and the start of the punch.
+    std::thread::sleep(Duration::from_secs(5));
+    // The rules exist while the punch runs, so their absence afterwards means removal.
+    let tables = lab
+        .cmd(Node::A, "nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    assert!(
+        String::from_utf8_lossy(&tables.stdout).contains("punchraw_"),
+        "no punch rules during the punch"
+    );
+    for k in &kids {
+        // `ip netns exec` execs the program, so this is punchraw's own pid.
+        let pid = k.0.id();
+        let st = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+    for k in &mut kids {
+        let (code, err) = k.0.wait_with_output_ref();
+        let err = String::from_utf8_lossy(&err);
+        assert!(
+            err.contains("punching TCP"),
+            "not in the punch when interrupted:\n{err}"
+        );
+        assert_eq!(code, Some(130), "{err}");
+    }
+    assert_no_punch_rules(&lab);
 }

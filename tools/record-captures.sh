@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the sample captures in captures/ from the NAT lab: a probe from behind a
-# sequential symmetric NAT and a UDP punch between a port-restricted cone and that NAT.
+# sequential symmetric NAT, and a UDP and a TCP punch between a port-restricted cone and that
+# NAT (the TCP one: the classification's STUN, then every SYN, SYN-ACK, RST and ICMP of the
+# punch as seen on host A).
 #
 #   sudo tools/record-captures.sh
 set -euo pipefail
@@ -36,5 +38,13 @@ A=$!
 sleep 0.3
 echo hello-from-b | tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect -q --server "$SRV1" \
   --session capture --secret capture >/dev/null
+wait "$A"
+
+echo hello-from-a | tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect -q --tcp --server "$SRV1" \
+  --session capture-tcp --secret capture --capture "$OUT/tcp-punch-a.pcap" >/dev/null &
+A=$!
+sleep 0.3
+echo hello-from-b | tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect -q --tcp --server "$SRV1" \
+  --session capture-tcp --secret capture >/dev/null
 wait "$A"
 ls -l "$OUT"

@@ -42,6 +42,9 @@ pub struct ConnectConfig {
     pub tcp: bool,
     /// TTL of the first SYN of each TCP attempt.
     pub prime_ttl: PrimeTtl,
+    /// Start the punch this long after the agreed moment (`--start-delay-ms`, for tests that
+    /// need one side's packets to arrive first).
+    pub start_delay: Duration,
 }
 
 /// `--prime-ttl`: low-TTL priming of TCP attempts (a first SYN that opens our own NAT but
@@ -228,7 +231,9 @@ fn rendezvous(
                 return Ok(Introduction {
                     me: you,
                     peer,
-                    start: Instant::now() + Duration::from_millis(start_in_ms.min(10_000)),
+                    start: Instant::now()
+                        + Duration::from_millis(start_in_ms.min(10_000))
+                        + cfg.start_delay,
                 })
             }
             Msg::Error {

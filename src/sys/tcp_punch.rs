@@ -47,6 +47,8 @@ use tokio_rustls::TlsStream;
 const BINDING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time for the TLS handshake (and the commitment) on one punched connection.
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(6);
+/// How often a sweep reports its progress.
+const PROGRESS: Duration = Duration::from_secs(1);
 /// How often the punch loop looks at Ctrl-C and its planner when nothing else happens.
 const TICK: Duration = Duration::from_millis(20);
 /// Open descriptors a sweep may need: the probing side keeps every probe for
@@ -511,6 +513,8 @@ async fn run_punch(
     let mut seen = Seen4::default();
     let mut auth_failure: Option<Box<TlsError>> = None;
     let mut handshakes = 0usize;
+    let sweeping = matches!(setup.plan, Plan::Probe | Plan::Spray);
+    let mut next_progress = setup.start + PROGRESS;
 
     // A SYN from the peer on a 4-tuple no attempt has (the peer's NAT chose another port than
     // we tried) is completed by the kernel here.
@@ -559,6 +563,14 @@ async fn run_punch(
         }
         let now = Instant::now();
         planner.handle_timeout(now);
+        if sweeping && now >= next_progress {
+            next_progress = now + PROGRESS;
+            on_status(format!(
+                "sweep: {} attempts so far, {} refused",
+                planner.attempts,
+                planner.refused + planner.unreachable
+            ));
+        }
         while let Some(a) = planner.poll_action() {
             match a {
                 Action::Connect { id, from_port, to } => {
