@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The punchraw demo: a NAT lab with two different NATs and an RFC 5780 server, then
-# `punchraw probe` from behind each NAT. Everything it creates is removed on exit,
-# Ctrl-C included.
+# `punchraw probe` from behind each NAT, then a UDP and a TCP punch between the two hosts,
+# each moving 1 MiB each way. Everything it creates is removed on exit, Ctrl-C included.
 #
 #   sudo tools/demo.sh [KIND_A] [KIND_B]      (kinds: tools/natlab.sh kinds)
 set -euo pipefail
@@ -52,27 +52,38 @@ for side in a b; do
   echo "== probe from host $side (behind $kind)"
   tools/natlab.sh exec --name "$LAB" "$side" -- "$BIN" probe --server "$SRV1" --no-tcp
 done
-echo
-echo "== punch UDP between host A and host B, then move 1 MiB each way over QUIC"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; cleanup' EXIT
 head -c 1048576 /dev/urandom > "$WORK/a.in"
 head -c 1048576 /dev/urandom > "$WORK/b.in"
 SECRET="demo-$RANDOM$RANDOM"
-tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect --server "$SRV1" --session demo --secret "$SECRET" \
-  --report "$WORK/a.json" < "$WORK/a.in" > "$WORK/a.out" 2> >(sed 's/^/  [A] /' >&2) &
-A_PID=$!
-sleep 0.5
-tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect --server "$SRV1" --session demo --secret "$SECRET" \
-  --report "$WORK/b.json" < "$WORK/b.in" > "$WORK/b.out" 2> >(sed 's/^/  [B] /' >&2) || true
-wait "$A_PID" || true
+
+# punch TRANSPORT [FLAGS...]: A starts, B follows half a second later; both move 1 MiB.
+punch() {
+  local transport=$1; shift
+  rm -f "$WORK"/*.out "$WORK"/*.json
+  tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect --server "$SRV1" --session "demo-$transport" \
+    --secret "$SECRET" --report "$WORK/a.json" "$@" < "$WORK/a.in" > "$WORK/a.out" 2> >(sed 's/^/  [A] /' >&2) &
+  local a_pid=$!
+  sleep 0.5
+  tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect --server "$SRV1" --session "demo-$transport" \
+    --secret "$SECRET" --report "$WORK/b.json" "$@" < "$WORK/b.in" > "$WORK/b.out" 2> >(sed 's/^/  [B] /' >&2) || true
+  wait "$a_pid" || true
+  echo
+  echo "  report of A: $(tr -d '\n ' < "$WORK/a.json")"
+  echo "  report of B: $(tr -d '\n ' < "$WORK/b.json")"
+  if cmp -s "$WORK/a.in" "$WORK/b.out" && cmp -s "$WORK/b.in" "$WORK/a.out"; then
+    echo "  data: 1 MiB each way arrived intact over $transport"
+  else
+    echo "  data: MISMATCH over $transport"
+  fi
+}
+
 echo
-echo "  report of A: $(tr -d '\n ' < "$WORK/a.json")"
-echo "  report of B: $(tr -d '\n ' < "$WORK/b.json")"
-if cmp -s "$WORK/a.in" "$WORK/b.out" && cmp -s "$WORK/b.in" "$WORK/a.out"; then
-  echo "  data: 1 MiB each way arrived intact"
-else
-  echo "  data: MISMATCH"
-fi
+echo "== punch UDP between host A and host B, then move 1 MiB each way over QUIC"
+punch udp
+echo
+echo "== punch TCP (simultaneous open at the predicted ports), then 1 MiB each way over TLS"
+punch tcp --tcp
 echo
 echo "== done; removing the lab"

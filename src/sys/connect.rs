@@ -729,7 +729,7 @@ fn connect_tcp(
     report.connected = true;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     status.say(format!(
-        "connected to {} via {} in {} ms ({} connection attempts); TLS authenticated, starting the stream",
+        "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",
         punched.remote,
         strategy.as_str(),
         report.elapsed_ms,
