@@ -1,5 +1,6 @@
 //! `punchraw probe` behind every lab NAT, against `punchraw serve` and against coturn's
-//! server, plus the pcap capture read by tshark and the binding-lifetime search.
+//! server, over UDP and TCP, plus the pcap capture read by tshark and the binding-lifetime
+//! search.
 //! Needs root (network namespaces, nftables); skipped otherwise unless
 //! PUNCHRAW_REQUIRE_LAB=1.
 
@@ -21,6 +22,15 @@ struct Expect {
     delta: Option<i64>,
     hairpinning: bool,
     legacy: &'static str,
+    tcp: Tcp,
+}
+
+/// What the `tcp` object must say (RFC 5382 terms; `behind_nat` is the UDP one's).
+struct Tcp {
+    mapping: &'static str,
+    filtering: &'static str,
+    allocation: &'static str,
+    delta: Option<i64>,
 }
 
 const EI: &str = "endpoint-independent";
@@ -78,10 +88,23 @@ mod tempdir {
     }
 }
 
+/// `probe --json EXTRA...` from host A (TCP included unless EXTRA says `--no-tcp`).
 fn probe_json(lab: &Lab, extra: &[&str]) -> Value {
-    let out = lab
-        .cmd(Node::A, BIN)
-        .args(["probe", "--server", "203.0.113.1", "--json", "--no-tcp"])
+    probe_json_via(lab, &[], extra)
+}
+
+/// The same, run through `wrapper` (e.g. `setpriv` with its options) when not empty.
+fn probe_json_via(lab: &Lab, wrapper: &[&str], extra: &[&str]) -> Value {
+    let mut c = match wrapper.split_first() {
+        Some((prog, args)) => {
+            let mut c = lab.cmd(Node::A, prog);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => lab.cmd(Node::A, BIN),
+    };
+    let out = c
+        .args(["probe", "--server", "203.0.113.1", "--json"])
         .args(extra)
         .output()
         .expect("run punchraw probe");
@@ -96,7 +119,8 @@ fn probe_json(lab: &Lab, extra: &[&str]) -> Value {
     serde_json::from_str(&stdout).expect("stdout is one JSON object")
 }
 
-fn check(v: &Value, e: &Expect, against: &str) {
+/// `connect_back`: the server does punchraw's CONNECT-BACK, so TCP filtering is measured.
+fn check(v: &Value, e: &Expect, against: &str, connect_back: bool) {
     let u = &v["udp"];
     let ctx = format!("{} against {against}: {v:#}", e.kind);
     assert_eq!(u["behind_nat"], e.behind_nat, "behind_nat, {ctx}");
@@ -112,6 +136,29 @@ fn check(v: &Value, e: &Expect, against: &str) {
         u["local"].as_str().is_some() && u["mapped"].as_str().is_some(),
         "{ctx}"
     );
+    let t = &v["tcp"];
+    assert_eq!(t["behind_nat"], e.behind_nat, "tcp behind_nat, {ctx}");
+    assert_eq!(t["mapping"], e.tcp.mapping, "tcp mapping, {ctx}");
+    assert_eq!(t["allocation"], e.tcp.allocation, "tcp allocation, {ctx}");
+    assert_eq!(t["delta"].as_i64(), e.tcp.delta, "tcp delta, {ctx}");
+    assert!(
+        t["local"].as_str().is_some() && t["mapped"].as_str().is_some(),
+        "{ctx}"
+    );
+    assert_eq!(t["other_address"], "203.0.113.2:3479", "{ctx}");
+    if connect_back {
+        assert_eq!(t["filtering"], e.tcp.filtering, "tcp filtering, {ctx}");
+        assert_eq!(t["reasons"], serde_json::json!({}), "tcp reasons, {ctx}");
+    } else {
+        // coturn ignores CONNECT-BACK, as a comprehension-optional attribute must be.
+        assert_eq!(t["filtering"], "unknown", "tcp filtering, {ctx}");
+        assert!(
+            t["reasons"]["filtering"]
+                .as_str()
+                .is_some_and(|s| s.contains("does not offer CONNECT-BACK")),
+            "tcp filtering reason, {ctx}"
+        );
+    }
 }
 
 /// Classifies the lab NAT with punchraw's own server, then with coturn's.
@@ -122,11 +169,12 @@ fn classify_kind(e: Expect) {
     {
         let _srv = common::punchraw_serve_5780(&lab);
         let v = probe_json(&lab, &[]);
-        check(&v, &e, "punchraw serve");
+        eprintln!("{}: probe took {} ms", e.kind, v["elapsed_ms"]);
+        check(&v, &e, "punchraw serve", true);
     }
     let (_coturn, _dir) = start_coturn(&lab);
     let v = probe_json(&lab, &[]);
-    check(&v, &e, "coturn");
+    check(&v, &e, "coturn", false);
 }
 
 #[test]
@@ -140,6 +188,12 @@ fn probe_none() {
         delta: None,
         hairpinning: true,
         legacy: "open-internet",
+        tcp: Tcp {
+            mapping: EI,
+            filtering: EI,
+            allocation: "preserving",
+            delta: None,
+        },
     });
 }
 
@@ -154,6 +208,12 @@ fn probe_full_cone() {
         delta: None,
         hairpinning: false,
         legacy: "full-cone",
+        tcp: Tcp {
+            mapping: EI,
+            filtering: EI,
+            allocation: "preserving",
+            delta: None,
+        },
     });
 }
 
@@ -168,6 +228,12 @@ fn probe_restricted_cone() {
         delta: None,
         hairpinning: false,
         legacy: "restricted-cone",
+        tcp: Tcp {
+            mapping: EI,
+            filtering: AD,
+            allocation: "preserving",
+            delta: None,
+        },
     });
 }
 
@@ -182,6 +248,12 @@ fn probe_port_restricted_cone() {
         delta: None,
         hairpinning: false,
         legacy: "port-restricted-cone",
+        tcp: Tcp {
+            mapping: EI,
+            filtering: APD,
+            allocation: "preserving",
+            delta: None,
+        },
     });
 }
 
@@ -196,6 +268,12 @@ fn probe_symmetric_random() {
         delta: None,
         hairpinning: false,
         legacy: "symmetric",
+        tcp: Tcp {
+            mapping: APD,
+            filtering: APD,
+            allocation: "random",
+            delta: None,
+        },
     });
 }
 
@@ -210,6 +288,12 @@ fn probe_symmetric_sequential() {
         delta: Some(1),
         hairpinning: false,
         legacy: "symmetric",
+        tcp: Tcp {
+            mapping: APD,
+            filtering: APD,
+            allocation: "sequential",
+            delta: Some(1),
+        },
     });
 }
 
@@ -224,6 +308,12 @@ fn probe_address_dependent_mapping() {
         delta: None,
         hairpinning: false,
         legacy: "symmetric",
+        tcp: Tcp {
+            mapping: AD,
+            filtering: APD,
+            allocation: "random",
+            delta: None,
+        },
     });
 }
 
@@ -236,17 +326,19 @@ fn probe_without_alternate_reports_unknown_with_reasons() {
     };
     let _srv = common::punchraw_serve(&lab, &[]);
     let v = probe_json(&lab, &[]);
-    let u = &v["udp"];
-    assert_eq!(u["mapping"], "unknown", "{v:#}");
-    assert_eq!(u["filtering"], "unknown", "{v:#}");
-    assert_eq!(u["allocation"], "preserving", "{v:#}");
-    assert_eq!(u["behind_nat"], true, "{v:#}");
-    assert!(
-        u["reasons"]["mapping"]
-            .as_str()
-            .is_some_and(|s| s.contains("alternate")),
-        "{v:#}"
-    );
+    for u in [&v["udp"], &v["tcp"]] {
+        assert_eq!(u["mapping"], "unknown", "{v:#}");
+        assert_eq!(u["filtering"], "unknown", "{v:#}");
+        assert_eq!(u["allocation"], "preserving", "{v:#}");
+        assert_eq!(u["behind_nat"], true, "{v:#}");
+        assert!(
+            u["reasons"]["mapping"]
+                .as_str()
+                .is_some_and(|s| s.contains("alternate")),
+            "{v:#}"
+        );
+        assert!(u["reasons"]["filtering"].as_str().is_some(), "{v:#}");
+    }
 }
 
 #[test]
@@ -266,6 +358,126 @@ fn probe_unreachable_server_fails_clearly() {
         err.contains("no STUN answer from 203.0.113.1:3478"),
         "{err}"
     );
+    // With TCP: the same exit, and the report says why TCP knows nothing either.
+    let out = lab
+        .cmd(Node::A, BIN)
+        .args(["probe", "--server", "203.0.113.1", "--json"])
+        .output()
+        .expect("run probe");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("the report is still printed");
+    let t = &v["tcp"];
+    assert_eq!(t["mapped"], Value::Null, "{v:#}");
+    assert_eq!(t["mapping"], "unknown", "{v:#}");
+    assert!(
+        t["reasons"]["mapped"]
+            .as_str()
+            .is_some_and(|s| s.contains("cannot connect to 203.0.113.1:3478 over TCP")),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn probe_port_restricted_rst() {
+    classify_kind(Expect {
+        kind: "port-restricted-rst",
+        behind_nat: true,
+        mapping: EI,
+        filtering: APD,
+        allocation: "preserving",
+        delta: None,
+        hairpinning: false,
+        legacy: "port-restricted-cone",
+        // The NAT answers the unsolicited SYN with a RST to the server: still filtered.
+        tcp: Tcp {
+            mapping: EI,
+            filtering: APD,
+            allocation: "preserving",
+            delta: None,
+        },
+    });
+}
+
+#[test]
+fn probe_port_restricted_icmp() {
+    classify_kind(Expect {
+        kind: "port-restricted-icmp",
+        behind_nat: true,
+        mapping: EI,
+        filtering: APD,
+        allocation: "preserving",
+        delta: None,
+        hairpinning: false,
+        legacy: "port-restricted-cone",
+        tcp: Tcp {
+            mapping: EI,
+            filtering: APD,
+            allocation: "preserving",
+            delta: None,
+        },
+    });
+}
+
+/// `--no-tcp` skips TCP: the key stays, as null.
+#[test]
+fn no_tcp_skips_the_tcp_tests() {
+    let Some(lab) = Lab::up("full-cone", None) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let v = probe_json(&lab, &["--no-tcp"]);
+    assert_eq!(v["tcp"], Value::Null, "{v:#}");
+    assert!(
+        v.as_object().is_some_and(|o| o.contains_key("tcp")),
+        "{v:#}"
+    );
+    assert_eq!(v["udp"]["filtering"], EI, "{v:#}");
+}
+
+/// Without CAP_NET_RAW the SYN cannot be watched: filtering is unknown, with the reason, and
+/// the rest of the TCP classification (and the exit status) is unaffected.
+#[test]
+fn tcp_filtering_without_cap_net_raw_is_unknown_with_the_reason() {
+    let Some(lab) = Lab::up("restricted-cone", None) else {
+        return;
+    };
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("PUNCHRAW_REQUIRE_LAB").is_none(),
+            "setpriv (util-linux) is needed to drop CAP_NET_RAW"
+        );
+        eprintln!("skipped: no setpriv");
+        return;
+    }
+    let _srv = common::punchraw_serve_5780(&lab);
+    let v = probe_json_via(
+        &lab,
+        &[
+            "setpriv",
+            "--bounding-set",
+            "-net_raw",
+            "--inh-caps",
+            "-net_raw",
+            "--",
+        ],
+        &[],
+    );
+    let t = &v["tcp"];
+    assert_eq!(t["filtering"], "unknown", "{v:#}");
+    assert!(
+        t["reasons"]["filtering"]
+            .as_str()
+            .is_some_and(|s| s.contains("CAP_NET_RAW")),
+        "{v:#}"
+    );
+    assert_eq!(t["mapping"], EI, "{v:#}");
+    assert_eq!(t["allocation"], "preserving", "{v:#}");
+    // UDP needs no privilege at all.
+    assert_eq!(v["udp"]["filtering"], AD, "{v:#}");
 }
 
 /// The capture holds what the probe sent and received and tshark dissects it as STUN with
@@ -303,6 +515,22 @@ fn capture_is_read_by_tshark() {
     );
     // Answers from the alternate address prove the capture has both directions.
     assert!(stdout.contains("203.0.113.2"), "{stdout}");
+    // The TCP tests are in it too (the AF_PACKET watcher's view): one SYN per connection
+    // (three mapping, five allocation, two filtering tests) and STUN answers over TCP.
+    let tshark = |filter: &str, field: &str| {
+        let out = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(["-Y", filter, "-T", "fields", "-e", field])
+            .output()
+            .expect("run tshark");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let syns = tshark("tcp.flags.syn == 1 && tcp.flags.ack == 0", "ip.dst");
+    assert!(syns.lines().count() >= 10, "{syns}");
+    let answers = tshark("tcp && stun.type == 0x0101", "ip.src");
+    assert!(answers.lines().count() >= 10, "{answers}");
 }
 
 /// The lifetime search brackets the NAT's real UDP timeout and stops soon after it.
@@ -315,7 +543,7 @@ fn lifetime_search_brackets_conntrack_timeout() {
     };
     let _srv = common::punchraw_serve_5780(&lab);
     let started = std::time::Instant::now();
-    let v = probe_json(&lab, &["--lifetime", "--lifetime-max", "30"]);
+    let v = probe_json(&lab, &["--no-tcp", "--lifetime", "--lifetime-max", "30"]);
     let l = &v["udp"]["lifetime"];
     let min = l["min_s"].as_f64().expect("min_s");
     let max = l["max_s"]

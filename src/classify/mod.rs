@@ -13,8 +13,10 @@
 //! known, and the optional binding-lifetime search (4.6).
 
 mod report;
+pub mod tcp;
 
 pub use report::{Allocation, Behavior, LegacyType, LifetimeRange, UdpReport};
+pub use tcp::TcpReport;
 
 use crate::stun::{attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId};
 use report::secs;

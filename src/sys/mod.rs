@@ -11,6 +11,7 @@ pub mod pin;
 pub mod pipe;
 pub mod privileges;
 pub mod probe;
+pub mod probe_tcp;
 pub mod quic;
 pub mod registry;
 pub mod serve;

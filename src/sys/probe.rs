@@ -1,7 +1,7 @@
 //! `punchraw probe`: binds the fresh UDP sockets the classifier asks for and drives it with
-//! real time and real datagrams.
+//! real time and real datagrams, then runs the TCP tests ([`super::probe_tcp`]).
 
-use crate::classify::{Classifier, ClassifierConfig, Event, LegacyType, UdpReport};
+use crate::classify::{Classifier, ClassifierConfig, Event, LegacyType, TcpReport, UdpReport};
 use crate::sys::capture::Capture;
 use crate::sys::signals::Shutdown;
 use crate::sys::udp::{bind_fresh, drive, route_source};
@@ -29,6 +29,8 @@ pub struct ProbeReport {
     pub server: SocketAddr,
     pub elapsed_ms: u64,
     pub udp: UdpReport,
+    /// `null` with `--no-tcp`.
+    pub tcp: Option<TcpReport>,
 }
 
 /// Runs the UDP classification against `server` and returns the report.
@@ -91,12 +93,32 @@ pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
             }
         },
     );
+    let udp = match udp {
+        Ok(u) => u,
+        Err(e) => {
+            capture.map(Capture::finish).transpose()?;
+            return Err(e);
+        }
+    };
+    // After UDP, not interleaved with it: a sequential NAT's one counter serves both, and the
+    // allocation tests of each must see consecutive ports.
+    let tcp = if cfg.tcp {
+        Some(crate::sys::probe_tcp::classify_tcp(
+            cfg.server,
+            udp.local.ip(),
+            udp.other_address,
+            capture.as_mut(),
+            &shutdown,
+        )?)
+    } else {
+        None
+    };
     let captured = capture.map(Capture::finish).transpose()?;
-    let udp = udp?;
     let report = ProbeReport {
         server: cfg.server,
         elapsed_ms: started.elapsed().as_millis() as u64,
         udp,
+        tcp,
     };
     if cfg.json {
         println!(
@@ -104,7 +126,7 @@ pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
             serde_json::to_string(&report).context("serialising the report")?
         );
     } else {
-        print!("{}", render(&report, cfg.tcp));
+        print!("{}", render(&report));
     }
     if let Some((path, n)) = captured {
         eprintln!("capture: {n} packets written to {}", path.display());
@@ -134,8 +156,8 @@ fn kebab<T: Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-/// The human-readable table and verdict.
-pub fn render(r: &ProbeReport, tcp_requested: bool) -> String {
+/// The human-readable table and verdicts.
+pub fn render(r: &ProbeReport) -> String {
     use std::fmt::Write;
     let u = &r.udp;
     let mut s = String::new();
@@ -179,20 +201,120 @@ pub fn render(r: &ProbeReport, tcp_requested: bool) -> String {
         row(&mut s, "binding lifetime", v);
     }
     row(&mut s, "RFC 3489 type", kebab(&u.legacy_type));
-    if tcp_requested {
+    let _ = writeln!(s);
+    if let Some(t) = &r.tcp {
+        let _ = writeln!(s, "  TCP");
+        row(&mut s, "local address", t.local.to_string());
         row(
             &mut s,
-            "TCP",
-            "not probed yet (use --no-tcp to silence this line)".into(),
+            "mapped address",
+            t.mapped.map_or("none".into(), |m| m.to_string()),
         );
+        row(
+            &mut s,
+            "behind NAT",
+            yes_no(t.mapped.map(|_| t.behind_nat)).into(),
+        );
+        row(&mut s, "mapping", kebab(&t.mapping));
+        row(&mut s, "filtering", kebab(&t.filtering));
+        let alloc = match t.delta {
+            Some(d) => format!("{} (delta {d})", kebab(&t.allocation)),
+            None => kebab(&t.allocation),
+        };
+        row(&mut s, "port allocation", alloc);
+        let _ = writeln!(s);
     }
-    let _ = writeln!(s);
-    let _ = writeln!(s, "Verdict: {}", u.verdict());
-    if !u.reasons.is_empty() {
+    let _ = writeln!(s, "Verdict (UDP): {}", u.verdict());
+    if let Some(t) = &r.tcp {
+        let _ = writeln!(s, "Verdict (TCP): {}", t.verdict());
+    }
+    let tcp_reasons = r.tcp.iter().flat_map(|t| t.reasons.iter());
+    if !u.reasons.is_empty() || r.tcp.as_ref().is_some_and(|t| !t.reasons.is_empty()) {
         let _ = writeln!(s);
         for (k, why) in &u.reasons {
             let _ = writeln!(s, "  {k} unknown: {why}");
         }
+        for (k, why) in tcp_reasons {
+            let _ = writeln!(s, "  tcp {k} unknown: {why}");
+        }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Allocation, Behavior};
+    use std::collections::BTreeMap;
+
+    fn report(tcp: bool) -> ProbeReport {
+        let local: SocketAddr = "10.0.1.2:40000".parse().unwrap();
+        let mapped: SocketAddr = "203.0.113.10:40000".parse().unwrap();
+        let udp = UdpReport {
+            local,
+            mapped: Some(mapped),
+            behind_nat: true,
+            mapping: Behavior::EndpointIndependent,
+            filtering: Behavior::AddressAndPortDependent,
+            allocation: Allocation::Preserving,
+            delta: None,
+            hairpinning: Some(false),
+            legacy_type: LegacyType::PortRestrictedCone,
+            rtt_ms: Some(0.5),
+            other_address: None,
+            allocation_samples: vec![40001, 40002],
+            lifetime: None,
+            reasons: BTreeMap::new(),
+        };
+        let tcp = tcp.then(|| TcpReport {
+            local,
+            mapped: Some(mapped),
+            behind_nat: true,
+            mapping: Behavior::EndpointIndependent,
+            filtering: Behavior::Unknown,
+            allocation: Allocation::Preserving,
+            delta: None,
+            rtt_ms: Some(1.0),
+            other_address: None,
+            allocation_samples: vec![40003, 40004],
+            reasons: BTreeMap::from([("filtering", "needs CAP_NET_RAW".to_string())]),
+        });
+        ProbeReport {
+            server: "203.0.113.1:3478".parse().unwrap(),
+            elapsed_ms: 700,
+            udp,
+            tcp,
+        }
+    }
+
+    #[test]
+    fn table_has_a_tcp_section_verdict_and_reasons_when_probed() {
+        let t = render(&report(true));
+        assert!(t.contains("  TCP\n"), "{t}");
+        assert!(t.contains("Verdict (UDP): "), "{t}");
+        assert!(
+            t.contains("Verdict (TCP): Endpoint-independent TCP mapping"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  tcp filtering unknown: needs CAP_NET_RAW"),
+            "{t}"
+        );
+        let t = render(&report(false));
+        assert!(!t.contains("TCP"), "{t}");
+    }
+
+    #[test]
+    fn json_keeps_its_keys_in_order_with_tcp_last() {
+        for tcp in [true, false] {
+            let j = serde_json::to_string(&report(tcp)).unwrap();
+            let at = |k: &str| j.find(&format!("\"{k}\":")).unwrap();
+            assert!(at("server") < at("elapsed_ms"), "{j}");
+            assert!(at("elapsed_ms") < at("udp"), "{j}");
+            assert!(at("udp") < at("tcp"), "{j}");
+            if !tcp {
+                assert!(j.ends_with(",\"tcp\":null}"), "{j}");
+            }
+        }
+    }
 }
