@@ -136,15 +136,16 @@ pub fn classify_tcp(
     stop()?;
 
     // Filtering.
+    // Without an alternate address no privilege would help, so that reason comes first.
     match (&watcher, base.other) {
-        (Err(why), _) => {
-            o.filter_port = SynTest::Unknown(why.clone());
-            o.filter_both = SynTest::Unknown(why.clone());
-        }
-        (Ok(_), None) => {
+        (_, None) => {
             let why = "the server has no RFC 5780 alternate address, so there is no other endpoint it could connect back from".to_string();
             o.filter_port = SynTest::Unknown(why.clone());
             o.filter_both = SynTest::Unknown(why);
+        }
+        (Err(why), Some(_)) => {
+            o.filter_port = SynTest::Unknown(why.clone());
+            o.filter_both = SynTest::Unknown(why.clone());
         }
         (Ok(w), Some(_)) => {
             let wait = SYN_WAIT_BASE + base.rtt * SYN_WAIT_RTTS;
