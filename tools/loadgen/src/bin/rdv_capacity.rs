@@ -54,6 +54,7 @@ fn registrations(n: usize, round: u32) -> Vec<(SocketAddr, Vec<u8>)> {
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(172, 17, 0, 1)), 50000),
                 ],
                 nat: NatInfo::unknown(),
+                tcp: None,
                 rtt_ms: 20,
                 mac: String::new(),
             };
