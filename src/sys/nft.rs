@@ -8,7 +8,8 @@
 //! with RST, and that RST, passing our NAT, would end the conntrack entry the punch relies on
 //! (RFC 5382 section 5.2 expects NATs to let RSTs close a mapping). ICMP time-exceeded answers
 //! to low-TTL priming SYNs come back as RELATED and would abort the SYN_SENT socket
-//! (EHOSTUNREACH), so they are dropped on the host too.
+//! (EHOSTUNREACH), so they are dropped on the host too, and so is ICMP destination-unreachable
+//! from the peer (see [`PunchRules::install`]).
 //!
 //! The rules are applied with the `nft` command (Debian package `nftables`).
 
