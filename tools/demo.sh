@@ -50,7 +50,7 @@ for side in a b; do
   kind="$KIND_A"; [ "$side" = b ] && kind="$KIND_B"
   echo
   echo "== probe from host $side (behind $kind)"
-  tools/natlab.sh exec --name "$LAB" "$side" -- "$BIN" probe --server "$SRV1" --no-tcp
+  tools/natlab.sh exec --name "$LAB" "$side" -- "$BIN" probe --server "$SRV1"
 done
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; cleanup' EXIT

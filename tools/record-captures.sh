@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the sample captures in captures/ from the NAT lab: a probe from behind a
-# sequential symmetric NAT, and a UDP and a TCP punch between a port-restricted cone and that
+# Regenerates the sample captures in captures/ from the NAT lab: a probe (UDP and TCP) from
+# behind a sequential symmetric NAT, and a UDP and a TCP punch between a port-restricted cone and that
 # NAT (the TCP one: the classification's STUN, then every SYN, SYN-ACK, RST and ICMP of the
 # punch as seen on host A).
 #
@@ -30,7 +30,7 @@ tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --altern
 SRV_PID=$!
 sleep 0.5
 
-tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --no-tcp --capture "$OUT/probe-symmetric-sequential.pcap" >/dev/null
+tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --capture "$OUT/probe-symmetric-sequential.pcap" >/dev/null
 
 echo hello-from-a | tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect -q --server "$SRV1" \
   --session capture --secret capture --capture "$OUT/udp-punch-a.pcap" >/dev/null &
