@@ -231,7 +231,7 @@ fn random_symmetric_connects_by_sweep() {
     let mut ok = 0;
     let mut failures = Vec::new();
     for t in 0..tries {
-        let p = pair(&lab, t, "right", 64 * 1024, &[]);
+        let p = pair(&lab, t, "right", MIB, &[]);
         assert_eq!(p.a.report["strategy"], "sweep", "{}", p.a.stderr);
         if p.a.code == Some(0) && p.b.code == Some(0) && p.data_ok {
             ok += 1;
@@ -411,7 +411,7 @@ fn tcp_cone_and_random_connect_by_sweep() {
     let mut ok = 0;
     let mut failures = Vec::new();
     for t in 0..tries {
-        let p = pair(&lab, t, "right", 64 * 1024, &["--tcp"]);
+        let p = pair(&lab, t, "right", MIB, &["--tcp"]);
         assert_eq!(p.a.report["strategy"], "sweep", "{}", p.a.stderr);
         if p.a.code == Some(0) && p.b.code == Some(0) && p.data_ok {
             ok += 1;
@@ -464,7 +464,7 @@ fn tcp_through_nats_that_answer_with_icmp() {
             &lab,
             t,
             "right",
-            64 * 1024,
+            MIB,
             &["--tcp", "--punch-budget", "8"],
             &["--start-delay-ms", LATE],
         );
@@ -492,7 +492,7 @@ fn tcp_through_nats_that_answer_with_rst() {
             &lab,
             t,
             "right",
-            64 * 1024,
+            MIB,
             &["--tcp", "--punch-budget", "5"],
             &["--start-delay-ms", LATE],
         );
@@ -593,4 +593,17 @@ fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
         assert_eq!(code, Some(130), "{err}");
     }
     assert_no_punch_rules(&lab);
+    // And the lab's namespaces go with the lab.
+    let name = lab.name().to_string();
+    drop(kids);
+    drop(lab);
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !left.lines().any(|l| l.starts_with(&format!("{name}-"))),
+        "namespaces left:\n{left}"
+    );
 }
