@@ -576,13 +576,17 @@ fn connect(
         cfg.keepalive,
         Duration::from_secs(10),
     )?;
+    done(report, status, stats);
+    Ok(())
+}
+
+fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats) {
     report.bytes_sent = stats.sent;
     report.bytes_received = stats.received;
     status.say(format!(
         "done: {} bytes sent, {} bytes received",
         stats.sent, stats.received
     ));
-    Ok(())
 }
 
 /// What the TCP punch starts from.
@@ -736,12 +740,7 @@ fn connect_tcp(
         punched.attempts
     ));
     let stats = tcp_punch::transfer(punched, std::io::stdin(), std::io::stdout(), shutdown)?;
-    report.bytes_sent = stats.sent;
-    report.bytes_received = stats.received;
-    status.say(format!(
-        "done: {} bytes sent, {} bytes received",
-        stats.sent, stats.received
-    ));
+    done(report, status, stats);
     Ok(())
 }
 

@@ -135,16 +135,14 @@ impl TlsSide {
                     s.flush()
                         .await
                         .map_err(|e| self.error(peer, &verifier, e))?;
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b)
-                        .await
-                        .map_err(|e| self.error(peer, &verifier, e))?;
-                    if b[0] != ACCEPT {
-                        return Err(TlsError::Protocol {
-                            peer,
-                            reason: format!("it answered our commitment with {:#04x}", b[0]),
-                        });
-                    }
+                    self.expect_byte(
+                        &mut s,
+                        peer,
+                        &verifier,
+                        ACCEPT,
+                        "its answer to our commitment",
+                    )
+                    .await?;
                     Ok(TlsStream::from(s))
                 }
                 Role::Server => {
@@ -154,19 +152,8 @@ impl TlsSide {
                         .accept(tcp)
                         .await
                         .map_err(|e| self.error(peer, &verifier, e))?;
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b)
-                        .await
-                        .map_err(|e| self.error(peer, &verifier, e))?;
-                    if b[0] != COMMIT {
-                        return Err(TlsError::Protocol {
-                            peer,
-                            reason: format!(
-                                "its stream began with {:#04x}, not the commitment",
-                                b[0]
-                            ),
-                        });
-                    }
+                    self.expect_byte(&mut s, peer, &verifier, COMMIT, "its first byte")
+                        .await?;
                     Ok(TlsStream::from(s))
                 }
             }
@@ -177,6 +164,29 @@ impl TlsSide {
                 peer,
                 secs: self.timeout.as_secs(),
             }),
+        }
+    }
+
+    /// Reads one byte of the stream protocol, which must be `want`.
+    async fn expect_byte(
+        &self,
+        s: &mut (impl tokio::io::AsyncRead + Unpin),
+        peer: SocketAddr,
+        verifier: &PinVerifier,
+        want: u8,
+        what: &str,
+    ) -> Result<(), TlsError> {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
+            .await
+            .map_err(|e| self.error(peer, verifier, e))?;
+        if b[0] == want {
+            Ok(())
+        } else {
+            Err(TlsError::Protocol {
+                peer,
+                reason: format!("{what} was {:#04x}, not {want:#04x}", b[0]),
+            })
         }
     }
 

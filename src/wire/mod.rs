@@ -92,36 +92,26 @@ impl Seen {
                     ttl,
                 })
             }
-            TransportSlice::Icmpv4(i) => {
-                let kind = match i.type_u8() {
+            // Destination unreachable and time exceeded: ICMPv4 types 3 and 11 (RFC 792),
+            // ICMPv6 types 1 and 3 (RFC 4443).
+            TransportSlice::Icmpv4(i) => icmp_error(
+                (src_ip, dst_ip),
+                match i.type_u8() {
                     3 => IcmpKind::Unreachable(i.code_u8()),
                     11 => IcmpKind::TimeExceeded,
                     _ => return None,
-                };
-                let (quoted_src, quoted_dst) = quoted_tcp(i.payload())?;
-                Some(Seen::IcmpTcp {
-                    from: src_ip,
-                    to: dst_ip,
-                    kind,
-                    quoted_src,
-                    quoted_dst,
-                })
-            }
-            TransportSlice::Icmpv6(i) => {
-                let kind = match i.type_u8() {
+                },
+                i.payload(),
+            ),
+            TransportSlice::Icmpv6(i) => icmp_error(
+                (src_ip, dst_ip),
+                match i.type_u8() {
                     1 => IcmpKind::Unreachable(i.code_u8()),
                     3 => IcmpKind::TimeExceeded,
                     _ => return None,
-                };
-                let (quoted_src, quoted_dst) = quoted_tcp(i.payload())?;
-                Some(Seen::IcmpTcp {
-                    from: src_ip,
-                    to: dst_ip,
-                    kind,
-                    quoted_src,
-                    quoted_dst,
-                })
-            }
+                },
+                i.payload(),
+            ),
             TransportSlice::Udp(_) => None,
         }
     }
@@ -138,6 +128,17 @@ impl Seen {
             } => pair(quoted_src.ip(), quoted_dst.ip()),
         }
     }
+}
+
+fn icmp_error((from, to): (IpAddr, IpAddr), kind: IcmpKind, quote: &[u8]) -> Option<Seen> {
+    let (quoted_src, quoted_dst) = quoted_tcp(quote)?;
+    Some(Seen::IcmpTcp {
+        from,
+        to,
+        kind,
+        quoted_src,
+        quoted_dst,
+    })
 }
 
 /// The TCP endpoints of the packet quoted in an ICMP error: an IP header (v4 or v6 without
