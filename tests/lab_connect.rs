@@ -169,7 +169,11 @@ fn check_connected_over(p: &Pair, transport: &str, strategy: &str, what: &str) {
         let r = &s.report;
         assert_eq!(r["connected"], true, "{what}: {n} {r:#}");
         assert_eq!(r["transport"], transport, "{what}: {n} {r:#}");
-        assert_eq!(r["strategy"], strategy, "{what}: {n} {r:#}");
+        // `strategy` may name alternatives, "a|b".
+        assert!(
+            strategy.split('|').any(|st| r["strategy"] == st),
+            "{what}: {n} strategy is not {strategy}: {r:#}"
+        );
         assert!(r["error"].is_null(), "{what}: {n} {r:#}");
         assert!(
             r["local"].is_string() && r["peer"].is_string(),
@@ -293,7 +297,9 @@ fn cones_connect_through_10_percent_loss() {
     let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..3 {
         let p = pair(&lab, t, "right", MIB, &[]);
-        check_connected(&p, "direct", &format!("10% loss, try {t}"));
+        // A classification answer lost 10% of the time each way may leave the mapping
+        // unknown, and the strategy is then the prediction (which covers this pair too).
+        check_connected(&p, "direct|predict", &format!("10% loss, try {t}"));
     }
 }
 
@@ -309,7 +315,9 @@ fn cones_connect_through_20_percent_loss() {
     let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..3 {
         let p = pair(&lab, t, "right", MIB, &[]);
-        check_connected(&p, "direct", &format!("20% loss, try {t}"));
+        // A classification answer lost 20% of the time each way may leave the mapping
+        // unknown, and the strategy is then the prediction (which covers this pair too).
+        check_connected(&p, "direct|predict", &format!("20% loss, try {t}"));
     }
 }
 
