@@ -434,6 +434,7 @@ fn connect(
                 identity,
                 key,
                 my_id,
+                rtt,
             },
             capture,
             &shutdown,
@@ -596,6 +597,8 @@ struct TcpStart {
     identity: Identity,
     key: [u8; 32],
     my_id: String,
+    /// Round trip to the server, the scale of the hop measurement's wait.
+    rtt: Duration,
 }
 
 fn connect_tcp(
@@ -613,6 +616,7 @@ fn connect_tcp(
         identity,
         key,
         my_id,
+        rtt,
     } = t;
     let offer = intro
         .peer
@@ -659,7 +663,7 @@ fn connect_tcp(
             }
         ));
     }
-    let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &me, prep.local.ip(), peer_ip);
+    let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &me, prep.local.ip(), peer_ip, rtt);
     status.say(line);
     let (watcher, rules) = tcp_punch::arm(peer_ip, prime_ttl.is_some())?;
     status.say(format!(

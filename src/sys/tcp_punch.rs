@@ -203,6 +203,7 @@ pub fn priming(
     my_nat: &NatInfo,
     local: IpAddr,
     peer: IpAddr,
+    server_rtt: Duration,
 ) -> (Option<u32>, String) {
     use crate::sys::connect::PrimeTtl;
     match choice {
@@ -218,7 +219,7 @@ pub fn priming(
             "low-TTL priming off: measuring the hops would move our NAT's port counter (set --prime-ttl N to force it)".into(),
         ),
         PrimeTtl::Auto => {
-            let p = ttl::priming_ttl(local, peer);
+            let p = ttl::priming_ttl(local, peer, ttl::wait_for(server_rtt));
             (p.ttl, p.explain())
         }
     }

@@ -15,8 +15,16 @@ use std::time::{Duration, Instant};
 
 /// Hops probed at most.
 const MAX_HOPS: u8 = 8;
-/// Time for the answers.
-const WAIT: Duration = Duration::from_millis(400);
+/// Time for the answers, at most. A hop that stays silent (a NAT dropping the probe) never
+/// answers however long we wait, so the wait scales with the round trip to the server, the
+/// best estimate of the distance to the peer we have: [`wait_for`].
+const MAX_WAIT: Duration = Duration::from_millis(400);
+const MIN_WAIT: Duration = Duration::from_millis(60);
+
+/// Waiting for ICMP answers: four round trips to the server plus a margin, within bounds.
+pub fn wait_for(server_rtt: Duration) -> Duration {
+    (server_rtt * 4 + Duration::from_millis(40)).clamp(MIN_WAIT, MAX_WAIT)
+}
 /// Traceroute's customary first port; any closed port would do.
 const PROBE_PORT: u16 = 33434;
 
@@ -92,9 +100,9 @@ fn inside(a: Ipv4Addr) -> bool {
 }
 
 /// Measures the hops toward `peer` from `local`. Any failure means "no priming".
-pub fn priming_ttl(local: IpAddr, peer: IpAddr) -> Priming {
+pub fn priming_ttl(local: IpAddr, peer: IpAddr, wait: Duration) -> Priming {
     let hops = match (local, peer) {
-        (IpAddr::V4(l), IpAddr::V4(p)) => trace(l, p).unwrap_or_else(|e| {
+        (IpAddr::V4(l), IpAddr::V4(p)) => trace(l, p, wait).unwrap_or_else(|e| {
             tracing::debug!("TTL measurement failed: {e}");
             Vec::new()
         }),
@@ -103,7 +111,7 @@ pub fn priming_ttl(local: IpAddr, peer: IpAddr) -> Priming {
     decide(&hops)
 }
 
-fn trace(local: Ipv4Addr, peer: Ipv4Addr) -> std::io::Result<Vec<Hop>> {
+fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec<Hop>> {
     let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(local), 0))?;
     setsockopt(&sock, sockopt::Ipv4RecvErr, &true).map_err(std::io::Error::from)?;
     sock.set_nonblocking(true)?;
@@ -121,7 +129,7 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr) -> std::io::Result<Vec<Hop>> {
         }
     }
     let mut hops = vec![Hop::Silent; usize::from(MAX_HOPS)];
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     let mut answered = 0;
     while Instant::now() < deadline && answered < hops.len() {
         let mut payload = [0u8; 64];
@@ -200,6 +208,16 @@ mod tests {
         let p = decide(&[r([10, 0, 0, 1]), r([203, 0, 113, 1]), r([203, 0, 113, 2])]);
         assert_eq!(p.ttl, Some(2));
         assert_eq!(p.far, None);
+    }
+
+    #[test]
+    fn the_wait_follows_the_round_trip_within_bounds() {
+        assert_eq!(wait_for(Duration::ZERO), MIN_WAIT);
+        assert_eq!(
+            wait_for(Duration::from_millis(30)),
+            Duration::from_millis(160)
+        );
+        assert_eq!(wait_for(Duration::from_secs(1)), MAX_WAIT);
     }
 
     #[test]
