@@ -518,6 +518,29 @@ fn tcp_through_nats_that_answer_with_rst() {
     }
 }
 
+/// With a router between the NATs, as on the Internet, `--prime-ttl auto` finds a TTL that
+/// opens our NAT but dies at that router, so neither RST-answering NAT ever sees an early SYN:
+/// the pair that fails above connects, every time.
+#[test]
+fn tcp_low_ttl_priming_gets_through_nats_that_answer_with_rst() {
+    let kind = "port-restricted-rst";
+    let Some(lab) = Lab::up_with(LabOptions::new(kind).kind_b(kind).router_b()) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..3 {
+        let p = pair(&lab, t, "right", MIB, &["--tcp", "--punch-budget", "8"]);
+        check_connected_over(&p, "tcp", "direct", &format!("primed {kind} try {t}"));
+        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            assert!(
+                s.stderr.contains("low-TTL priming: first SYNs with TTL 2"),
+                "{n} did not prime:\n{}",
+                s.stderr
+            );
+        }
+    }
+}
+
 #[test]
 fn tcp_wrong_secret_fails_with_authentication_error() {
     let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {

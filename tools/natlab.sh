@@ -18,6 +18,12 @@
 #   ${LAB}-a      eth0 10.0.1.2/24            ${LAB}-b      eth0 10.0.2.2/24
 #                 default via 10.0.1.1                      default via 10.0.2.1
 #
+# With --router-b a plain router ${LAB}-rtb stands between NAT B and the bridge
+# (up0 on the bridge, down0 to NAT B's wan0, both 203.0.113.21, proxy ARP on
+# both so no address changes): one more hop between the NATs, as on the
+# Internet, which low-TTL priming needs (a SYN that opens our NAT but dies
+# before the peer's).  Not with kind "none" on side B.
+#
 # Kind "none" (plain router, no NAT, no firewall) numbers that side's LAN with
 # public addresses instead: side A 198.51.100.1/26 (router) + host
 # 198.51.100.2, side B 198.51.100.65/26 + host 198.51.100.66; srv and the
@@ -80,12 +86,13 @@ readonly KINDS=(
 )
 
 # Namespace suffixes, in creation order.
-readonly SUFFIXES=(srv wan nata a natb b)
+readonly SUFFIXES=(srv wan nata a rtb natb b)
+readonly ROUTER_B=203.0.113.21
 
 usage() {
 	cat <<EOF
 Usage:
-  $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] KIND_A [KIND_B]
+  $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b] KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
   $PROG kinds           # list kinds, one per line, with a one-line description
@@ -95,11 +102,12 @@ Usage:
 LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
 --loss PCT          drop PCT% (0-100) of the packets each NAT forwards, both ways
 --udp-timeout SECS  nf_conntrack_udp_timeout{,_stream} inside the NATs
+--router-b          a router hop ($ROUTER_B) between the bridge and NAT B
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
            kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
-Namespaces: LAB-srv LAB-wan LAB-nata LAB-a [LAB-natb LAB-b]
+Namespaces: LAB-srv LAB-wan LAB-nata LAB-a [LAB-rtb] [LAB-natb LAB-b]
 EOF
 }
 
@@ -345,8 +353,17 @@ build_side() {
 	new_ns "$nat"
 	new_ns "$host"
 
-	ip -n "$lab-wan" link add "nat$side" type veth peer name wan0 netns "$nat"
-	ip -n "$lab-wan" link set "nat$side" master br0 up
+	if [[ $side == b && $ROUTER == 1 ]]; then
+		build_router_b "$lab"
+		ip -n "$lab-rtb" link add down0 type veth peer name wan0 netns "$nat"
+		ip -n "$lab-rtb" link set down0 up
+		ip -n "$lab-rtb" addr add "$ROUTER_B/32" dev down0
+		ip -n "$lab-rtb" route add "$S_WAN/32" dev down0
+		nsx "$lab-rtb" sysctl -qw net.ipv4.conf.down0.proxy_arp=1 net.ipv4.neigh.down0.proxy_delay=0
+	else
+		ip -n "$lab-wan" link add "nat$side" type veth peer name wan0 netns "$nat"
+		ip -n "$lab-wan" link set "nat$side" master br0 up
+	fi
 	ip -n "$nat" link add lan0 type veth peer name eth0 netns "$host"
 
 	ip -n "$nat" addr add "$S_WAN/$WAN_PREFIX" dev wan0
@@ -375,6 +392,22 @@ build_side() {
 	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default}"
 }
 
+# The router in front of NAT B: a bridge port up0 with the router's address,
+# forwarding, and proxy ARP so that NAT B keeps its on-link /24 view of the
+# "internet" and the others keep theirs of NAT B.
+build_router_b() {
+	local lab=$1
+	new_ns "$lab-rtb"
+	ip -n "$lab-wan" link add rtb type veth peer name up0 netns "$lab-rtb"
+	ip -n "$lab-wan" link set rtb master br0 up
+	ip -n "$lab-rtb" addr add "$ROUTER_B/$WAN_PREFIX" dev up0
+	ip -n "$lab-rtb" link set up0 up
+	# proxy_delay: answer proxied ARP at once (the default waits up to 0.8 s, which the
+	# first packets across the router would otherwise spend queued).
+	nsx "$lab-rtb" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.up0.proxy_arp=1 \
+		net.ipv4.neigh.up0.proxy_delay=0
+}
+
 # Route a "none" side's public LAN via its router from srv and the other NAT.
 route_public_side() {
 	local lab=$1 side=$2 other=$3
@@ -387,10 +420,12 @@ route_public_side() {
 
 cmd_up() {
 	local lab=$DEFAULT_LAB loss=0 udp_timeout="" kinds=()
+	ROUTER=0
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
 		--name=*) lab=${1#*=}; shift ;;
+		--router-b) ROUTER=1; shift ;;
 		--loss) loss=${2:?--loss needs a value}; shift 2 ;;
 		--loss=*) loss=${1#*=}; shift ;;
 		--udp-timeout) udp_timeout=${2:?--udp-timeout needs a value}; shift 2 ;;
@@ -403,6 +438,9 @@ cmd_up() {
 	((${#kinds[@]} >= 1 && ${#kinds[@]} <= 2)) || usage_error "up: need KIND_A [KIND_B]"
 	valid_kind "${kinds[0]}"
 	if ((${#kinds[@]} == 2)); then valid_kind "${kinds[1]}"; fi
+	if ((ROUTER == 1)) && { ((${#kinds[@]} < 2)) || [[ ${kinds[1]} == none ]]; }; then
+		usage_error "--router-b needs a NAT kind other than 'none' on side B"
+	fi
 	if ! [[ $loss =~ ^[0-9]{1,3}$ ]] || ((10#$loss > 100)); then
 		usage_error "--loss must be an integer 0-100"
 	fi
@@ -490,10 +528,10 @@ cmd_down() {
 node_ns() {
 	local lab=$1 node=$2
 	case $node in
-	srv | a | b | wan) echo "$lab-$node" ;;
+	srv | a | b | wan | rtb) echo "$lab-$node" ;;
 	nat-a | nata) echo "$lab-nata" ;;
 	nat-b | natb) echo "$lab-natb" ;;
-	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan)" ;;
+	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb)" ;;
 	esac
 }
 
@@ -565,7 +603,7 @@ cmd_info() {
 
 cmd_list() {
 	ip netns list 2>/dev/null | awk '{print $1}' |
-		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|nata|a|natb|b)$/\1/p' | sort -u
+		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|nata|a|rtb|natb|b)$/\1/p' | sort -u
 }
 
 cmd_kinds() {

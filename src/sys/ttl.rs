@@ -116,7 +116,7 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
     setsockopt(&sock, sockopt::Ipv4RecvErr, &true).map_err(std::io::Error::from)?;
     sock.set_nonblocking(true)?;
     let dst = SocketAddr::new(IpAddr::V4(peer), PROBE_PORT);
-    for ttl in 1..=MAX_HOPS {
+    let send = |ttl: u8| -> std::io::Result<()> {
         sock.set_ttl(u32::from(ttl))?;
         // With IP_RECVERR an earlier probe's ICMP error is reported by the next send (which
         // then sends nothing); the error itself stays in the queue, so just send again.
@@ -127,11 +127,28 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
                 return Err(e);
             }
         }
+        Ok(())
+    };
+    for ttl in 1..=MAX_HOPS {
+        send(ttl)?;
     }
     let mut hops = vec![Hop::Silent; usize::from(MAX_HOPS)];
-    let deadline = Instant::now() + wait;
+    let started = Instant::now();
+    let deadline = started + wait;
+    // Routers rate-limit ICMP, and one that must first resolve our address may drop the
+    // error of the first probe (seen in the lab); the still-silent hops get a second probe
+    // halfway through.
+    let mut resent = false;
     let mut answered = 0;
     while Instant::now() < deadline && answered < hops.len() {
+        if !resent && started.elapsed() >= wait / 2 {
+            resent = true;
+            for (i, h) in hops.iter().enumerate() {
+                if *h == Hop::Silent {
+                    send(i as u8 + 1)?;
+                }
+            }
+        }
         let mut payload = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut payload)];
         let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);

@@ -78,6 +78,8 @@ pub struct LabOptions {
     pub loss_pct: u8,
     /// `nf_conntrack_udp_timeout{,_stream}` inside the NATs, in seconds.
     pub udp_timeout_s: Option<u32>,
+    /// A router hop between the "internet" and NAT B (`--router-b`).
+    pub router_b: bool,
 }
 
 impl LabOptions {
@@ -87,7 +89,13 @@ impl LabOptions {
             kind_b: None,
             loss_pct: 0,
             udp_timeout_s: None,
+            router_b: false,
         }
+    }
+
+    pub fn router_b(mut self) -> LabOptions {
+        self.router_b = true;
+        self
     }
 
     pub fn kind_b(mut self, kind_b: &str) -> LabOptions {
@@ -230,6 +238,9 @@ impl Lab {
             let mut args = vec!["up", "--name", name.as_str(), "--loss", loss.as_str()];
             if let Some(t) = &timeout {
                 args.extend(["--udp-timeout", t.as_str()]);
+            }
+            if opts.router_b {
+                args.push("--router-b");
             }
             args.push(&opts.kind_a);
             if let Some(b) = &opts.kind_b {
