@@ -30,10 +30,15 @@ field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 printf '%-44s %-4s %-8s %10s %10s %8s %8s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes
 for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp" \
             "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp" \
-            "port-restricted-cone symmetric-random udp tcp"; do
+            "port-restricted-cone symmetric-random udp tcp" \
+            "port-restricted-rst port-restricted-rst+router tcp"; do
   set -- $pair
   transports="${*:3}"
-  tools/natlab.sh up --name "$LAB" "$1" "$2" >/dev/null
+  # KIND_B+router: a router hop in front of NAT B, where low-TTL priming can work.
+  lab_opts=()
+  case "$2" in *+router) lab_opts=(--router-b); set -- "$1" "${2%+router}" "${@:3}" ;; esac
+  label="$1 x $2${lab_opts[*]:+ (router)}"
+  tools/natlab.sh up --name "$LAB" "${lab_opts[@]}" "$1" "$2" >/dev/null
   eval "$(tools/natlab.sh info --name "$LAB")"
   tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" 2>/dev/null &
   SRV_PID=$!
@@ -59,7 +64,7 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
     floor=$(awk -v r="$rtt" 'BEGIN { printf "%.1f", 2 * r }')
     ratio=$(awk -v m="$ms" -v f="$floor" 'BEGIN { if (f > 0) printf "%.0f", m / f; else print "-" }')
     [ "$ok" = true ] || strat="FAILED"
-    printf '%-44s %-4s %-8s %8s ms %8s ms %8s %8s\n' "$1 x $2" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"
+    printf '%-44s %-4s %-8s %8s ms %8s ms %8s %8s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"
    done
   done
   cleanup
