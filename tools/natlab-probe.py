@@ -12,6 +12,8 @@ Usage: natlab-probe.py LAB CHECK [ARGS]
   loss              side A: fraction of packets passed, each direction
   punch             A <-> B: UDP hole punch and TCP simultaneous open
   direct            A <-> B: plain routing (both sides "none")
+  hops              A -> NAT B: who answers UDP probes with TTL 1, 2 and 3
+                    (time exceeded), as low-TTL priming sees it
 Prints one line of KEY=VALUE pairs.
 """
 
@@ -438,6 +440,42 @@ def check_direct(lab):
     sb.close()
 
 
+IP_RECVERR = 11
+SO_EE_ORIGIN_ICMP = 2
+
+
+def check_hops(lab):
+    """One UDP probe per TTL from host A toward NAT B's address, each TTL sent twice (routers
+    rate-limit ICMP); the ICMP errors come back on the socket's error queue (ip(7))."""
+    s = lab.udp("a", lab["A"], 0)
+    s.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+    s.setblocking(False)
+    seen = {}
+    for _ in range(2):
+        for ttl in (1, 2, 3):
+            s.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
+            for _attempt in range(3):
+                try:
+                    s.sendto(bytes([ttl]), (lab["NAT_B"], 33434))
+                    break
+                except OSError:
+                    pass  # an earlier probe's error reported by this send
+        deadline = time.time() + 0.3
+        while time.time() < deadline:
+            try:
+                data, anc, _flags, _addr = s.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            for _lvl, _typ, d in anc:
+                origin, icmp_type = d[4], d[5]
+                if origin == SO_EE_ORIGIN_ICMP and data:
+                    who = socket.inet_ntoa(d[20:24]) if icmp_type == 11 else "reached"
+                    seen.setdefault(data[0], who)
+    s.close()
+    print(" ".join(f"ttl{t}={seen.get(t, 'silent')}" for t in (1, 2, 3)))
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -454,6 +492,8 @@ def main(argv):
         check_punch(lab)
     elif check == "direct":
         check_direct(lab)
+    elif check == "hops":
+        check_hops(lab)
     else:
         print(f"unknown check {check!r}", file=sys.stderr)
         return 2

@@ -105,6 +105,8 @@ new_lab
 run_job punch-rst "$LAB" port-restricted-cone port-restricted-rst -- punch
 new_lab
 run_job direct "$LAB" none none -- direct
+new_lab
+run_job hops "$LAB" --router-b port-restricted-cone port-restricted-rst -- hops
 
 # Command-line behaviour, checked while the jobs run.
 CLI_FAIL=()
@@ -195,6 +197,9 @@ line=$(job_line loss)
 up=$(field up_passed "$line") down=$(field down_passed "$line")
 [[ $up =~ ^[0-9]+$ && $down =~ ^[0-9]+$ ]] && ((up >= 230 && up <= 330 && down >= 230 && down <= 330)) && r=ok || r=no
 verdict "$r" "--loss 30: $line (want 230..330 of 400 each way)" "$line"
+line=$(job_line hops)
+[[ $line == "ttl1=10.0.1.1 ttl2=203.0.113.21 ttl3=silent" ]] && r=ok || r=no
+verdict "$r" "--router-b: TTL 1 dies at NAT A, TTL 2 at the router, NAT B silent: $line" "$line"
 line=$(job_line punch)
 [[ $line == "udp_punch=ok tcp_simultaneous_open=ok" ]] && r=ok || r=no
 verdict "$r" "port-restricted-cone x2: $line" "$line"
