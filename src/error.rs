@@ -34,6 +34,10 @@ pub enum Error {
         probes: u64,
         explanation: String,
     },
+    #[error("peer authentication failed: the peer's TCP offer does not verify under our secret (is --secret the same on both sides? a rendezvous server that altered the offer fails the same way)")]
+    OfferAuthFailed,
+    #[error("the server {server} answered over TCP, but not as a STUN server should ({reason}); --tcp needs a server that serves STUN Binding over TCP, such as punchraw serve")]
+    TcpServerBroken { server: SocketAddr, reason: String },
     #[error("peer authentication failed: session {session:?} exists at the rendezvous server with another secret (or someone else created it); check --secret on both sides or pick another session name")]
     SessionKeyMismatch { session: String },
     #[error("peer authentication failed: {rejected} registrations for session {session:?} used another secret, and no peer with this secret came within {waited_s} s; check --secret on both sides")]
@@ -75,11 +79,13 @@ impl Error {
         match self {
             Error::ServerUnreachable { .. }
             | Error::RegistryUnavailable { .. }
-            | Error::TcpServerUnreachable { .. } => 3,
+            | Error::TcpServerUnreachable { .. }
+            | Error::TcpServerBroken { .. } => 3,
             Error::Bind { .. } | Error::Capture { .. } | Error::Privileges { .. } => 4,
             Error::PeerNeverCame { .. } => 5,
             Error::SessionTaken { .. } => 6,
             Error::AuthFailed { .. }
+            | Error::OfferAuthFailed
             | Error::SessionKeyMismatch { .. }
             | Error::WrongSecretPeer { .. } => 7,
             Error::PunchFailed { .. } => 8,

@@ -272,7 +272,11 @@ pub struct TcpPunch {
 impl TcpPunch {
     pub fn new(cfg: TcpPunchConfig, start: Instant) -> Self {
         let mut pending = VecDeque::new();
+        // Port 0 is "unpredictable": aiming at the ports around it would only scan the peer's
+        // address. Such a plan makes no attempt and leaves the peer's to the listener.
+        let aimless = cfg.peer_port == 0 && cfg.plan != Plan::Probe;
         match cfg.plan {
+            _ if aimless => {}
             Plan::Direct => pending.push_back(cfg.peer_port),
             Plan::Window { delta } => {
                 let d = if delta == 0 { 1 } else { delta };
@@ -316,6 +320,11 @@ impl TcpPunch {
 
     fn interval(&self) -> Duration {
         Duration::from_secs_f64(1.0 / f64::from(self.cfg.rate.max(1)))
+    }
+
+    /// No attempt will be made: the peer's port is unknown and the plan needs one.
+    pub fn aimless(&self) -> bool {
+        self.cfg.peer_port == 0 && self.cfg.plan != Plan::Probe
     }
 
     pub fn expired(&self, now: Instant) -> bool {

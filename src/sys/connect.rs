@@ -101,6 +101,34 @@ struct Introduction {
     start: Instant,
 }
 
+/// While waiting for the peer, the TCP prediction is redone this often: it ages (a sequential
+/// NAT's counter moves with other traffic of this host, conntrack forgets the connections it
+/// was made from), and a re-register replaces what the server tells the peer.
+const OFFER_REFRESH: Duration = Duration::from_secs(20);
+
+/// Our TCP offer while the rendezvous runs, and how to make it anew.
+struct TcpOfferState<'a> {
+    prep: tcp_punch::TcpPrep,
+    offer: TcpOffer,
+    made: Instant,
+    redo: &'a dyn Fn() -> Result<(tcp_punch::TcpPrep, TcpOffer), Error>,
+}
+
+impl TcpOfferState<'_> {
+    fn refresh(&mut self, now: Instant, status: &Status) {
+        self.made = now;
+        match (self.redo)() {
+            Ok((prep, offer)) => {
+                tracing::info!("{}", prep.describe());
+                self.prep = prep;
+                self.offer = offer;
+            }
+            // The old prediction is still the best there is.
+            Err(e) => status.say(format!("warning: cannot refresh the TCP prediction: {e}")),
+        }
+    }
+}
+
 /// How long `registry-unavailable` answers are retried before giving up.
 const REGISTRY_GRACE: Duration = Duration::from_millis(1500);
 
@@ -112,7 +140,7 @@ fn rendezvous(
     my_id: &str,
     locals: &[SocketAddr],
     nat: NatInfo,
-    tcp: Option<&TcpOffer>,
+    mut tcp: Option<&mut TcpOfferState<'_>>,
     rtt: Duration,
     secret: &[u8],
     deadline: Instant,
@@ -124,7 +152,7 @@ fn rendezvous(
     let rkey = derive_rendezvous_key(secret, &cfg.session);
     let mut seq = 0u64;
     let mut send_key = false;
-    let mut register = |send_key: bool| {
+    let mut register = |send_key: bool, tcp: Option<&TcpOffer>| {
         seq += 1;
         Msg::Register {
             session: cfg.session.clone(),
@@ -178,7 +206,13 @@ fn rendezvous(
         if now >= next_send {
             // Re-registering also keeps our NAT binding toward the server (and so the
             // endpoint the peer will be told) alive.
-            let _ = sock.send_to(&register(send_key), cfg.server);
+            if let Some(t) = tcp.as_deref_mut() {
+                if said_waiting && now.duration_since(t.made) >= OFFER_REFRESH {
+                    t.refresh(now, status);
+                }
+            }
+            let offer = tcp.as_deref().map(|t| &t.offer);
+            let _ = sock.send_to(&register(send_key, offer), cfg.server);
             next_send = now + Duration::from_millis(300);
         }
         let (n, from) = match sock.recv_from(&mut buf) {
@@ -383,21 +417,31 @@ fn connect(
     let my_id = hex_id();
     let deadline = started + cfg.timeout;
     let rtt = Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0);
-    let tcp = if cfg.tcp {
-        status.say(format!(
-            "predicting our NAT's TCP ports toward {} ...",
-            cfg.server
-        ));
+    let fingerprint = identity.fingerprint();
+    let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
         let prep = tcp_punch::prepare(cfg.server, local_ip, udp.other_address, nat)?;
-        status.say(prep.describe());
         let offer = tcp::make_offer(
             &key,
             &my_id,
             prep.local.port(),
             &prep.prediction,
-            &identity.fingerprint(),
+            &fingerprint,
         );
-        Some((prep, offer))
+        Ok((prep, offer))
+    };
+    let mut tcp = if cfg.tcp {
+        status.say(format!(
+            "predicting our NAT's TCP ports toward {} ...",
+            cfg.server
+        ));
+        let (prep, offer) = predict_tcp()?;
+        status.say(prep.describe());
+        Some(TcpOfferState {
+            prep,
+            offer,
+            made: Instant::now(),
+            redo: &predict_tcp,
+        })
     } else {
         None
     };
@@ -407,7 +451,7 @@ fn connect(
         &my_id,
         &main_local,
         nat,
-        tcp.as_ref().map(|(_, o)| o),
+        tcp.as_mut(),
         rtt,
         secret.as_bytes(),
         deadline,
@@ -420,7 +464,7 @@ fn connect(
         }
         .into());
     }
-    if let Some((prep, _)) = tcp {
+    if let Some(TcpOfferState { prep, .. }) = tcp {
         // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
         // the server, which nothing needs any more, but closing it costs nothing either.
         return connect_tcp(
@@ -625,8 +669,7 @@ fn connect_tcp(
         .expect("checked by the caller: the peer punches TCP");
     // The offer is MACed under the punch key, which the relaying server never has: a failed
     // check means another secret (or a server that altered the offer).
-    let peer_fp =
-        tcp::verify_offer(&key, &intro.peer.id, offer).ok_or(Error::AuthFailed { rejected: 1 })?;
+    let peer_fp = tcp::verify_offer(&key, &intro.peer.id, offer).ok_or(Error::OfferAuthFailed)?;
     let me = prep.prediction.nat;
     let them = offer.nat;
     let plan = tcp::plan(&me, &them);
@@ -716,6 +759,7 @@ fn connect_tcp(
         Err(tcp_punch::PunchEnd::Exhausted {
             attempts,
             refused,
+            came_up,
             seen,
             auth,
         }) => {
@@ -726,7 +770,7 @@ fn connect_tcp(
             return Err(Error::PunchFailed {
                 strategy: strategy.as_str(),
                 probes: attempts,
-                explanation: explain_tcp_failure(&me, &them, strategy, refused, &seen),
+                explanation: explain_tcp_failure(&me, &them, strategy, refused, came_up, &seen),
             }
             .into());
         }
@@ -768,12 +812,15 @@ fn explain_tcp_failure(
     peer: &NatInfo,
     s: Strategy,
     refused: u64,
+    came_up: u64,
     seen: &tcp_punch::Seen4,
 ) -> String {
     use crate::classify::Behavior::EndpointIndependent;
     let predictable =
         |n: &NatInfo| n.mapping == EndpointIndependent || n.allocation == Allocation::Sequential;
-    let mut why = if !predictable(me) && !predictable(peer) {
+    let mut why = if came_up > 0 {
+        format!("{came_up} TCP connection(s) came up but none completed the authenticated TLS setup (see the lines above)")
+    } else if !predictable(me) && !predictable(peer) {
         "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
     } else if let Some(h) = seen.hostile() {
         h

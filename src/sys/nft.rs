@@ -21,7 +21,33 @@ use std::process::{Command, Stdio};
 /// Tables of ours are named this plus the owning process id.
 const PREFIX: &str = "punchraw_";
 
-fn nft(script: &str) -> Result<(), Error> {
+/// Fails unless `nft` runs and may read this namespace's ruleset: checked before the
+/// rendezvous, so that a missing package or privilege is told before the peer is kept waiting.
+pub fn check_usable() -> Result<(), Error> {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::io(
+                "cannot run `nft` (install the nftables package: apt-get install nftables)",
+                e,
+            )
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Privileges {
+            missing: format!(
+                "`nft` may not manage rules here ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// Runs `nft -f -` on `script`; `what` names the change for the error message.
+fn nft(script: &str, what: &str) -> Result<(), Error> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -48,7 +74,7 @@ fn nft(script: &str) -> Result<(), Error> {
     } else {
         Err(Error::io(
             format!(
-                "`nft` refused the punch rules: {}",
+                "`nft` refused to {what}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
             std::io::Error::other("nft failed"),
@@ -79,7 +105,11 @@ impl PunchRules {
         remove_stale();
         let table = format!("{PREFIX}{}", std::process::id());
         let (family, icmp) = if peer.is_ipv4() {
-            ("ip", "icmp type destination-unreachable")
+            // Not fragmentation-needed: path MTU discovery must go on working.
+            (
+                "ip",
+                "icmp type destination-unreachable icmp code != frag-needed",
+            )
         } else {
             ("ip6", "icmpv6 type destination-unreachable")
         };
@@ -101,7 +131,7 @@ impl PunchRules {
             table,
             removed: false,
         };
-        nft(&script)?;
+        nft(&script, "install the punch rules")?;
         Ok(guard)
     }
 
@@ -132,7 +162,10 @@ fn delete_table(table: &str) -> Result<(), Error> {
     if !list_tables().iter().any(|t| t == table) {
         return Ok(());
     }
-    nft(&format!("delete table inet {table}\n"))
+    nft(
+        &format!("delete table inet {table}\n"),
+        &format!("remove table inet {table}"),
+    )
 }
 
 fn list_tables() -> Vec<String> {
@@ -154,7 +187,10 @@ pub fn remove_stale() {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = nft(&format!("delete table inet {t}\n"));
+            let _ = nft(
+                &format!("delete table inet {t}\n"),
+                "remove a stale punch table",
+            );
         }
     }
 }

@@ -169,13 +169,15 @@ pub struct Watcher {
 impl Watcher {
     /// Opens the socket on every interface, filtered to ICMP and TCP with `hosts`.
     pub fn open(hosts: &[IpAddr]) -> io::Result<Self> {
+        // Protocol 0 receives nothing until the bind below, so no packet reaches the queue
+        // before the filter is attached (packet(7)).
         // SAFETY: socket(2) takes plain integers; the returned descriptor is checked before
         // it is wrapped, and OwnedFd then closes it exactly once.
         let raw = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                (libc::ETH_P_ALL as u16).to_be() as libc::c_int,
+                0,
             )
         };
         if raw < 0 {
@@ -197,6 +199,21 @@ impl Watcher {
                 SO_ATTACH_FILTER,
                 &prog as *const libc::sock_fprog as *const libc::c_void,
                 std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: an all-zero sockaddr_ll is a valid value of this plain C struct.
+        let mut all: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        all.sll_family = libc::AF_PACKET as u16;
+        all.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: bind(2) reads `len` bytes of `all`, a live sockaddr_ll on our stack.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &all as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
         if r != 0 {

@@ -56,15 +56,118 @@ pub struct Dropped {
     pub kept: Vec<u32>,
 }
 
+/// Ambient capabilities (Linux 4.3) are what lets `nft`, run by us, inherit ours.
+fn ambient_supported() -> bool {
+    // SAFETY: prctl with integer arguments only; PR_CAP_AMBIENT_IS_SET reads our own state.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_IS_SET,
+            libc::c_ulong::from(CAP_NET_ADMIN),
+            0,
+            0,
+        ) >= 0
+    }
+}
+
+/// The thread's (effective, permitted, inheritable) sets.
+fn get_sets() -> std::io::Result<(u64, u64, u64)> {
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget(2) reads the header and writes two data structs of exactly the layout
+    // declared above (version 3); both are alive and exclusively ours for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ))
+}
+
+fn set_sets(effective: u64, permitted: u64, inheritable: u64) -> std::io::Result<()> {
+    let mut hdr = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let half = |v: u64, hi: bool| if hi { (v >> 32) as u32 } else { v as u32 };
+    let data = [false, true].map(|hi| CapData {
+        effective: half(effective, hi),
+        permitted: half(permitted, hi),
+        inheritable: half(inheritable, hi),
+    });
+    // SAFETY: capset(2) reads one header and two data structs of exactly the layout
+    // declared above (version 3), both alive for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn raise_ambient(keep: &[u32]) -> std::io::Result<()> {
+    for &cap in keep {
+        // SAFETY: prctl with integer arguments only; raising an ambient capability that is
+        // permitted and inheritable (set by the caller) is allowed for any process.
+        let r = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                libc::c_ulong::from(cap),
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes `caps` (those we have) pass to the programs we run. A root process's children get
+/// every capability anyway; one that holds them from file capabilities (`setcap` on the
+/// binary, run by a normal user) passes none unless they are inheritable and ambient.
+pub fn lend_to_children(caps: &[u32]) -> std::io::Result<()> {
+    let mask: u64 = caps.iter().fold(0, |m, c| m | (1u64 << c));
+    let (eff, perm, inh) = get_sets()?;
+    let lend = mask & perm;
+    if lend & !inh != 0 {
+        set_sets(eff, perm, inh | lend)?;
+    }
+    if ambient_supported() {
+        let have: Vec<u32> = caps
+            .iter()
+            .copied()
+            .filter(|c| lend & (1u64 << c) != 0)
+            .collect();
+        raise_ambient(&have)?;
+    }
+    Ok(())
+}
+
 /// Gives up root as far as the rest of the run allows: every capability except `keep`, and,
 /// under sudo, the root user itself (back to SUDO_UID/SUDO_GID). The kept capabilities are
 /// also raised as ambient ones, so that a program we run later (`nft`, to remove our rules)
-/// still has them after the user switch.
+/// still has them after the user switch; where the kernel has no ambient capabilities the
+/// user stays root (with only `keep`), since otherwise that program would run without them.
 pub fn drop_except(keep: &[u32]) -> std::io::Result<Dropped> {
     let mask: u64 = keep.iter().fold(0, |m, c| m | (1u64 << c));
     let sudo = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
     let mut user = None;
-    if nix::unistd::getuid().is_root() {
+    if nix::unistd::getuid().is_root() && ambient_supported() {
         if let (Some(uid), Some(gid)) = (sudo("SUDO_UID"), sudo("SUDO_GID")) {
             if uid != 0 {
                 // SAFETY: prctl(PR_SET_KEEPCAPS) takes plain integers and touches no memory
@@ -81,45 +184,11 @@ pub fn drop_except(keep: &[u32]) -> std::io::Result<Dropped> {
             }
         }
     }
-    let mut hdr = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let lo = mask as u32;
-    let hi = (mask >> 32) as u32;
-    let data = [
-        CapData {
-            effective: lo,
-            permitted: lo,
-            inheritable: lo,
-        },
-        CapData {
-            effective: hi,
-            permitted: hi,
-            inheritable: hi,
-        },
-    ];
-    // SAFETY: capset(2) reads one header and two data structs of exactly the layout
-    // declared above (version 3), both alive for the duration of the call.
-    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    for &cap in keep {
-        // SAFETY: prctl with integer arguments only; raising an ambient capability that is
-        // permitted and inheritable (set just above) is allowed for any process.
-        let r = unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_RAISE,
-                libc::c_ulong::from(cap),
-                0,
-                0,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let (_, perm, _) = get_sets()?;
+    let mask = mask & perm;
+    set_sets(mask, mask, mask)?;
+    if ambient_supported() {
+        raise_ambient(keep)?;
     }
     Ok(Dropped {
         user,

@@ -47,6 +47,9 @@ use tokio_rustls::TlsStream;
 const BINDING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time for the TLS handshake (and the commitment) on one punched connection.
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(6);
+/// TLS handshakes at most at once: a sweep may bring up several connections, but a flood of
+/// them at the listener is someone else.
+const MAX_HANDSHAKES: usize = 16;
 /// How often a sweep reports its progress.
 const PROGRESS: Duration = Duration::from_secs(1);
 /// How often the punch loop looks at Ctrl-C and its planner when nothing else happens.
@@ -69,16 +72,19 @@ pub const NEEDED: [(u32, &str, &str); 2] = [
     ),
 ];
 
-/// Fails with the exact missing capabilities, before any work starts.
+/// Fails with the exact missing capabilities, before any work starts, and checks that the
+/// `nft` we will run gets CAP_NET_ADMIN from us (with file capabilities instead of root it
+/// must be lent explicitly).
 pub fn check_privileges() -> Result<(), Error> {
     let missing = privileges::missing(&NEEDED);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Privileges {
+    if !missing.is_empty() {
+        return Err(Error::Privileges {
             missing: missing.join(", "),
-        })
+        });
     }
+    privileges::lend_to_children(&[CAP_NET_ADMIN])
+        .map_err(|e| Error::io("cannot pass CAP_NET_ADMIN on to `nft`", e))?;
+    crate::sys::nft::check_usable()
 }
 
 /// What the connections to the server showed about our NAT's TCP mapping.
@@ -164,8 +170,14 @@ pub fn prepare(
                 local = b.local;
                 samples.push((ep, b.mapped));
             }
-            Err(e) if i == 0 => {
+            Err(e) if i == 0 && e.unreachable() => {
                 return Err(Error::TcpServerUnreachable {
+                    server,
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) if i == 0 => {
+                return Err(Error::TcpServerBroken {
                     server,
                     reason: e.to_string(),
                 })
@@ -278,10 +290,22 @@ impl Seen4 {
                 self.syn_out += 1;
                 None
             }
-            Seen::IcmpTcp { from, kind, .. } if !outgoing => match kind {
+            Seen::IcmpTcp {
+                from,
+                kind,
+                quoted_dst,
+                ..
+            } if !outgoing && quoted_dst.ip() == peer => match kind {
                 IcmpKind::Unreachable(code) => {
                     self.icmp_unreachable += 1;
-                    (self.icmp_unreachable == 1).then(|| format!("ICMP destination unreachable (code {code}) from {from}: the peer's NAT refused a SYN of ours; the error is dropped here, so the attempt stays open for the peer's SYN"))
+                    let what = if from == peer {
+                        "the peer's NAT refused a SYN of ours; the error is dropped here, so the attempt stays open for the peer's SYN"
+                    } else {
+                        "a router on the way refused a SYN of ours"
+                    };
+                    (self.icmp_unreachable == 1).then(|| {
+                        format!("ICMP destination unreachable (code {code}) from {from}: {what}")
+                    })
                 }
                 IcmpKind::TimeExceeded => {
                     self.icmp_time_exceeded += 1;
@@ -321,6 +345,8 @@ pub enum PunchEnd {
     Exhausted {
         attempts: u64,
         refused: u64,
+        /// TCP connections that came up (and then failed TLS).
+        came_up: u64,
         seen: Seen4,
         /// A connection came up but failed authentication.
         auth: Option<Box<TlsError>>,
@@ -340,10 +366,19 @@ pub struct Punched {
 }
 
 enum Ev {
-    Connected { id: u64, stream: TcpStream },
-    Failed { id: u64, why: AttemptError },
-    Accepted { stream: TcpStream },
-    Tls(Box<Result<TlsStream<TcpStream>, TlsError>>),
+    Connected {
+        id: u64,
+        stream: TcpStream,
+    },
+    Failed {
+        id: u64,
+        why: AttemptError,
+    },
+    Accepted {
+        stream: TcpStream,
+    },
+    /// The TLS outcome of a connection, with the attempt it came from (none: accepted).
+    Tls(Option<u64>, Box<Result<TlsStream<TcpStream>, TlsError>>),
 }
 
 /// Opens the watcher and the nft rules, then gives up root (keeping CAP_NET_ADMIN, which the
@@ -404,7 +439,7 @@ pub fn punch(
                         Err(_) => return,
                     }
                     while let Ok(Some(p)) = watcher.recv() {
-                        if pkt_tx.send(p).is_err() {
+                        if pkt_tx.send(p).is_err() || stop.load(Ordering::Relaxed) {
                             return;
                         }
                     }
@@ -425,7 +460,9 @@ pub fn punch(
     // Packets seen up to the end still go to the capture.
     while let Ok(p) = pkt_rx.try_recv() {
         if let Some(c) = capture.as_deref_mut() {
-            let _ = c.ip(&p.data, p.at);
+            if concerns(&p, setup.peer_ip) {
+                let _ = c.ip(&p.data, p.at);
+            }
         }
     }
     result.map(|p| Punched {
@@ -507,6 +544,9 @@ async fn run_punch(
         },
         setup.start,
     );
+    if planner.aimless() {
+        on_status("the peer's next TCP port cannot be predicted, so no attempt can aim at it; waiting out the budget in case the peer's attempts get through".into());
+    }
     let (tx, mut rx) = mpsc::unbounded_channel::<Ev>();
     let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
     let mut others: Vec<JoinHandle<()>> = Vec::new();
@@ -514,6 +554,10 @@ async fn run_punch(
     let mut seen = Seen4::default();
     let mut auth_failure: Option<Box<TlsError>> = None;
     let mut handshakes = 0usize;
+    let mut came_up = 0u64;
+    // Handshakes still running when the budget ends get their timeout, then the punch ends
+    // whatever they do.
+    let hard_stop = setup.start + setup.budget + TLS_TIMEOUT;
     let sweeping = matches!(setup.plan, Plan::Probe | Plan::Spray);
     let mut next_progress = setup.start + PROGRESS;
 
@@ -531,9 +575,19 @@ async fn run_punch(
             Ok(listener) => {
                 let tx = tx.clone();
                 others.push(tokio::spawn(async move {
-                    while let Ok((stream, _)) = listener.accept().await {
-                        if tx.send(Ev::Accepted { stream }).is_err() {
-                            return;
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, _)) => {
+                                if tx.send(Ev::Accepted { stream }).is_err() {
+                                    return;
+                                }
+                            }
+                            // Out of descriptors during a wide sweep, or a connection reset
+                            // before it was accepted: the listener itself is fine.
+                            Err(e) => {
+                                tracing::debug!("accept failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                         }
                     }
                 }));
@@ -543,6 +597,7 @@ async fn run_punch(
     }
 
     let spawn_tls = |stream: TcpStream,
+                     attempt: Option<u64>,
                      tx: &mpsc::UnboundedSender<Ev>,
                      others: &mut Vec<JoinHandle<()>>,
                      handshakes: &mut usize| {
@@ -553,7 +608,7 @@ async fn run_punch(
         *handshakes += 1;
         others.push(tokio::spawn(async move {
             let r = side.handshake(stream, Some(&turn)).await;
-            let _ = tx.send(Ev::Tls(Box::new(r)));
+            let _ = tx.send(Ev::Tls(attempt, Box::new(r)));
         }));
     };
 
@@ -621,11 +676,12 @@ async fn run_punch(
                 }
             }
         }
-        if planner.expired(now) && handshakes == 0 {
+        if planner.expired(now) && (handshakes == 0 || now >= hard_stop) {
             abort_all(&mut tasks, &mut others);
             return Err(PunchEnd::Exhausted {
                 attempts: planner.attempts,
                 refused: planner.refused + planner.unreachable,
+                came_up,
                 seen,
                 auth: auth_failure,
             });
@@ -642,8 +698,10 @@ async fn run_punch(
                     }
                 }
                 if let Some(c) = capture.as_deref_mut() {
-                    if let Err(e) = c.ip(&p.data, p.at) {
-                        tracing::warn!("capture: {e}");
+                    if concerns(&p, setup.peer_ip) {
+                        if let Err(e) = c.ip(&p.data, p.at) {
+                            tracing::warn!("capture: {e}");
+                        }
                     }
                 }
             }
@@ -653,19 +711,28 @@ async fn run_punch(
                     if let Ok(r) = stream.peer_addr() {
                         on_status(format!("TCP connection up with {r}; authenticating (TLS)"));
                     }
-                    spawn_tls(stream, &tx, &mut others, &mut handshakes);
+                    came_up += 1;
+                    spawn_tls(stream, Some(id), &tx, &mut others, &mut handshakes);
                 }
                 Ev::Accepted { stream } => {
-                    if let Ok(r) = stream.peer_addr() {
+                    // Anyone may connect to the listener; only the peer's address gets a
+                    // handshake, and only so many at once.
+                    let from = stream.peer_addr().ok();
+                    if from.map(|r| r.ip()) != Some(setup.peer_ip) || handshakes >= MAX_HANDSHAKES {
+                        tracing::debug!(?from, "closing a connection to the listener that is not the peer's");
+                        continue;
+                    }
+                    if let Some(r) = from {
                         on_status(format!("TCP connection from {r} accepted; authenticating (TLS)"));
                     }
-                    spawn_tls(stream, &tx, &mut others, &mut handshakes);
+                    came_up += 1;
+                    spawn_tls(stream, None, &tx, &mut others, &mut handshakes);
                 }
                 Ev::Failed { id, why } => {
                     tasks.remove(&id);
                     planner.handle_failure(Instant::now(), id, why);
                 }
-                Ev::Tls(r) => match *r {
+                Ev::Tls(attempt, r) => match *r {
                 Ok(mut stream) => {
                     if setup.tls.role() == Role::Server {
                         if let Err(e) = tls::accept_commitment(&mut stream).await {
@@ -700,6 +767,10 @@ async fn run_punch(
                 Err(e) => {
                     handshakes -= 1;
                     on_status(format!("{e}; closing that connection and punching on"));
+                    // An attempt whose connection failed is the planner's to repeat.
+                    if let Some(id) = attempt {
+                        planner.handle_failure(Instant::now(), id, AttemptError::TimedOut);
+                    }
                     if e.is_auth_failure() {
                         auth_failure = Some(Box::new(e));
                     }
@@ -707,6 +778,20 @@ async fn run_punch(
                 },
             },
         }
+    }
+}
+
+/// Packets of the punch: TCP with the peer, and ICMP errors about such TCP (the filter lets
+/// every ICMP through, and IPv6 TCP with anyone).
+fn concerns(p: &crate::sys::packet::Packet, peer: IpAddr) -> bool {
+    match p.seen {
+        Some(Seen::Tcp { src, dst, .. }) => src.ip() == peer || dst.ip() == peer,
+        Some(Seen::IcmpTcp {
+            quoted_src,
+            quoted_dst,
+            ..
+        }) => quoted_src.ip() == peer || quoted_dst.ip() == peer,
+        None => false,
     }
 }
 

@@ -97,10 +97,11 @@ impl TlsSide {
         self.role
     }
 
-    /// The TLS handshake on `tcp` (the client also sends [`COMMIT`] and waits for
-    /// [`ACCEPT`] when `commit` is given: it serialises commitments across connections). The
-    /// server returns once the client's commitment arrived; it still owes the [`ACCEPT`],
-    /// which [`accept_commitment`] sends on the one connection it keeps.
+    /// The TLS handshake on `tcp`, within the timeout; the client then sends [`COMMIT`] and
+    /// waits for [`ACCEPT`] (holding `commit`, when given, which serialises commitments across
+    /// connections; that part is bounded by the caller). The server returns once the client's
+    /// commitment arrived, also within the timeout; it still owes the [`ACCEPT`], which
+    /// [`accept_commitment`] sends on the one connection it keeps.
     pub async fn handshake(
         &self,
         tcp: TcpStream,
@@ -114,40 +115,49 @@ impl TlsSide {
         // A verifier per connection, so a stranger's mismatch is never reported as the
         // peer's.
         let verifier = Arc::new(PinVerifier::new(self.peer_fingerprint, provider.clone()));
-        let work = async {
-            match self.role {
-                Role::Client => {
-                    let tls = pin::client_tls(&self.me, verifier.clone(), provider, ALPN)
-                        .map_err(|e| TlsError::Setup(e.to_string()))?;
-                    let name = ServerName::try_from(SERVER_NAME)
-                        .map_err(|e| TlsError::Setup(e.to_string()))?;
-                    let mut s = TlsConnector::from(Arc::new(tls))
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| self.error(peer, &verifier, e))?;
-                    let _turn = match commit {
-                        Some(m) => Some(m.lock().await),
-                        None => None,
-                    };
-                    s.write_all(&[COMMIT])
-                        .await
-                        .map_err(|e| self.error(peer, &verifier, e))?;
-                    s.flush()
-                        .await
-                        .map_err(|e| self.error(peer, &verifier, e))?;
-                    self.expect_byte(
-                        &mut s,
-                        peer,
-                        &verifier,
-                        ACCEPT,
-                        "its answer to our commitment",
-                    )
-                    .await?;
-                    Ok(TlsStream::from(s))
-                }
-                Role::Server => {
-                    let tls = pin::server_tls(&self.me, verifier.clone(), provider, ALPN)
-                        .map_err(|e| TlsError::Setup(e.to_string()))?;
+        let timed_out = || TlsError::HandshakeTimeout {
+            peer,
+            secs: self.timeout.as_secs(),
+        };
+        match self.role {
+            Role::Client => {
+                let tls = pin::client_tls(&self.me, verifier.clone(), provider, ALPN)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let name = ServerName::try_from(SERVER_NAME)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let connecting = TlsConnector::from(Arc::new(tls)).connect(name, tcp);
+                let mut s = tokio::time::timeout(self.timeout, connecting)
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| self.error(peer, &verifier, e))?;
+                // Our turn to commit may take a while (another connection is committing);
+                // the punch bounds that wait. Once COMMIT is sent the server may have
+                // accepted this connection and dropped the others, so only the connection
+                // ending (not a timeout) lets us give it up.
+                let _turn = match commit {
+                    Some(m) => Some(m.lock().await),
+                    None => None,
+                };
+                s.write_all(&[COMMIT])
+                    .await
+                    .map_err(|e| self.error(peer, &verifier, e))?;
+                s.flush()
+                    .await
+                    .map_err(|e| self.error(peer, &verifier, e))?;
+                self.expect_byte(
+                    &mut s,
+                    peer,
+                    &verifier,
+                    ACCEPT,
+                    "its answer to our commitment",
+                )
+                .await?;
+                Ok(TlsStream::from(s))
+            }
+            Role::Server => {
+                let tls = pin::server_tls(&self.me, verifier.clone(), provider, ALPN)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let work = async {
                     let mut s = TlsAcceptor::from(Arc::new(tls))
                         .accept(tcp)
                         .await
@@ -155,15 +165,11 @@ impl TlsSide {
                     self.expect_byte(&mut s, peer, &verifier, COMMIT, "its first byte")
                         .await?;
                     Ok(TlsStream::from(s))
-                }
+                };
+                tokio::time::timeout(self.timeout, work)
+                    .await
+                    .map_err(|_| timed_out())?
             }
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(TlsError::HandshakeTimeout {
-                peer,
-                secs: self.timeout.as_secs(),
-            }),
         }
     }
 

@@ -3,9 +3,11 @@
 //! ICMP and so wipe that mapping again; RFC 5382 REQ-4 asks NATs not to, many do).
 //!
 //! Measured like traceroute: UDP datagrams toward the peer's public address with TTL 1, 2, ...
-//! from one socket (one flow through our NAT, so a NAT with a shared port counter moves by one
-//! step at most), ICMP errors read from the socket's error queue (IP_RECVERR, ip(7)). Hops that
-//! answer time-exceeded from private addresses are on our side of the NAT.
+//! from one socket, each to the port traceroute would use for that TTL, ICMP errors read from
+//! the socket's error queue (IP_RECVERR, ip(7)). Each is a new flow through our NAT, which is
+//! why `connect` measures only behind a NAT that maps endpoint-independently (where new flows
+//! move no port counter). Hops that answer time-exceeded from private addresses are on our
+//! side of the NAT.
 
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use std::io::IoSliceMut;
@@ -115,13 +117,15 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
     let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(local), 0))?;
     setsockopt(&sock, sockopt::Ipv4RecvErr, &true).map_err(std::io::Error::from)?;
     sock.set_nonblocking(true)?;
-    let dst = SocketAddr::new(IpAddr::V4(peer), PROBE_PORT);
+    // The TTL is in the destination port, as traceroute does: a router may quote only the
+    // IP header and 8 bytes (RFC 792), which leaves no payload to read it from.
+    let dst = |ttl: u8| SocketAddr::new(IpAddr::V4(peer), PROBE_PORT + u16::from(ttl) - 1);
     let send = |ttl: u8| -> std::io::Result<()> {
         sock.set_ttl(u32::from(ttl))?;
         // With IP_RECVERR an earlier probe's ICMP error is reported by the next send (which
         // then sends nothing); the error itself stays in the queue, so just send again.
         let mut tries = 0;
-        while let Err(e) = sock.send_to(&[ttl], dst) {
+        while let Err(e) = sock.send_to(&[ttl], dst(ttl)) {
             tries += 1;
             if tries > 3 || e.kind() == std::io::ErrorKind::PermissionDenied {
                 return Err(e);
@@ -145,7 +149,8 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
             resent = true;
             for (i, h) in hops.iter().enumerate() {
                 if *h == Hop::Silent {
-                    send(i as u8 + 1)?;
+                    // What the first round found still counts if this fails.
+                    let _ = send(i as u8 + 1);
                 }
             }
         }
@@ -181,10 +186,12 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
                 }
             }
         }
+        // ip(7): on the error queue, msg_name is the original destination.
         let ttl = msg
-            .iovs()
-            .next()
-            .and_then(|b| b.first().copied())
+            .address
+            .map(|a| a.port())
+            .and_then(|p| p.checked_sub(PROBE_PORT - 1))
+            .and_then(|t| u8::try_from(t).ok())
             .unwrap_or(0);
         if let (Some(w), Some(slot)) = (what, hops.get_mut(usize::from(ttl).wrapping_sub(1))) {
             if *slot == Hop::Silent {

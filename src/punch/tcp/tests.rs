@@ -406,3 +406,22 @@ fn simulated_random_pairs_do_not_meet() {
         .count();
     assert!(won <= 1, "{won}/10");
 }
+
+#[test]
+fn an_unpredictable_port_gets_no_attempts_instead_of_a_scan_of_low_ports() {
+    let start = t0();
+    for plan in [Plan::Direct, Plan::Window { delta: 1 }, Plan::Spray] {
+        let mut p = TcpPunch::new(cfg(plan, 0), start);
+        assert!(p.aimless(), "{plan:?}");
+        for ms in (0..2000).step_by(50) {
+            p.handle_timeout(start + Duration::from_millis(ms));
+        }
+        assert_eq!(drain(&mut p), Vec::new(), "{plan:?}");
+        assert_eq!(p.attempts, 0);
+    }
+    // Probing random ports needs no prediction.
+    let mut p = TcpPunch::new(cfg(Plan::Probe, 0), start);
+    assert!(!p.aimless());
+    p.handle_timeout(start + Duration::from_millis(100));
+    assert!(!drain(&mut p).is_empty());
+}
