@@ -541,6 +541,51 @@ fn tcp_low_ttl_priming_gets_through_nats_that_answer_with_rst() {
     }
 }
 
+/// A peer that waits for the other redoes its TCP prediction every 20 s: here host A's
+/// sequential NAT hands out 60 ports to other flows while A waits, which would put A's next
+/// port far outside B's window had A's offer not been refreshed.
+#[test]
+fn tcp_prediction_is_refreshed_while_waiting() {
+    let Some(lab) = Lab::up("symmetric-sequential", Some("port-restricted-cone")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-refresh", lab.name()));
+    for n in ["a", "b"] {
+        std::fs::write(dir.0.join(format!("{n}.in")), data(n.len() as u64, 4096)).expect("write");
+    }
+    let extra = ["--tcp", "--timeout", "60"];
+    let mut a = ChildGuard(
+        connect_cmd(&lab, Node::A, &dir.0, "a", "refresh", "right", &extra)
+            .spawn()
+            .expect("start A"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Each redirection opens a new UDP socket: a new flow, a new port of the NAT's counter.
+    let st = lab
+        .cmd(Node::A, "bash")
+        .args([
+            "-c",
+            "for i in $(seq 60); do echo x > /dev/udp/203.0.113.1/9; done",
+        ])
+        .status()
+        .expect("bash");
+    assert!(st.success());
+    std::thread::sleep(Duration::from_secs(21));
+    let b = connect_cmd(&lab, Node::B, &dir.0, "b", "refresh", "right", &extra)
+        .output()
+        .expect("run B");
+    let (code_a, err_a) = a.0.wait_with_output_ref();
+    let err_a = String::from_utf8_lossy(&err_a);
+    let err_b = String::from_utf8_lossy(&b.stderr);
+    assert_eq!(code_a, Some(0), "A:\n{err_a}\nB:\n{err_b}");
+    assert_eq!(b.status.code(), Some(0), "A:\n{err_a}\nB:\n{err_b}");
+    assert_eq!(
+        std::fs::read(dir.0.join("a.in")).unwrap(),
+        std::fs::read(dir.0.join("b.out")).unwrap()
+    );
+}
+
 #[test]
 fn tcp_wrong_secret_fails_with_authentication_error() {
     let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
