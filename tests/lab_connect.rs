@@ -586,6 +586,100 @@ fn tcp_prediction_is_refreshed_while_waiting() {
     );
 }
 
+/// `connect --tcp` as a normal user from a binary with file capabilities (`setcap
+/// cap_net_admin,cap_net_raw+ep`, as the privilege error suggests): the punch works, and the
+/// `nft` it runs gets CAP_NET_ADMIN from it, so the rules go away afterwards too.
+#[test]
+fn tcp_works_as_a_normal_user_with_file_capabilities() {
+    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
+        return;
+    };
+    for tool in ["setcap", "setpriv"] {
+        assert!(
+            common::lab::find_program(tool).is_some(),
+            "`{tool}` is needed (apt-get install libcap2-bin util-linux)"
+        );
+    }
+    let _srv = common::punchraw_serve_5780(&lab);
+    // A directory of ours that the unprivileged user can enter and write to, with a copy of
+    // the binary carrying the capabilities (the build's copy stays untouched).
+    let dir = Dir::new(&format!("{}-caps", lab.name()));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let bin = dir.0.join("punchraw");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let st = Command::new(common::lab::find_program("setcap").unwrap())
+        .arg("cap_net_admin,cap_net_raw+ep")
+        .arg(&bin)
+        .status()
+        .expect("setcap");
+    assert!(st.success(), "setcap failed");
+    for n in ["a", "b"] {
+        let f = dir.0.join(format!("{n}.in"));
+        std::fs::write(&f, data(n.as_bytes()[0].into(), 64 * 1024)).expect("write");
+    }
+    let run = |node: Node, n: &str| {
+        let mut c = lab.cmd(node, "setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .args([
+            "connect",
+            "--tcp",
+            "--server",
+            "203.0.113.1",
+            "--session",
+            "caps",
+            "--secret",
+            "s",
+            "--timeout",
+            "30",
+        ])
+        .arg("--report")
+        .arg(dir.0.join(format!("{n}.json")))
+        .stdin(std::fs::File::open(dir.0.join(format!("{n}.in"))).expect("input"))
+        .stdout(std::fs::File::create(dir.0.join(format!("{n}.out"))).expect("output"))
+        .stderr(Stdio::piped());
+        c
+    };
+    let mut a = ChildGuard(run(Node::A, "a").spawn().expect("start A"));
+    std::thread::sleep(Duration::from_millis(300));
+    let b = run(Node::B, "b").output().expect("run B");
+    let (code_a, err_a) = a.0.wait_with_output_ref();
+    let err_a = String::from_utf8_lossy(&err_a);
+    let err_b = String::from_utf8_lossy(&b.stderr);
+    if err_a.contains("missing privileges: CAP_NET_ADMIN") {
+        // File capabilities are ignored on a nosuid mount: nothing to test here.
+        let nosuid = Command::new("findmnt")
+            .args(["-n", "-o", "OPTIONS", "-T"])
+            .arg(&dir.0)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("nosuid"))
+            .unwrap_or(false);
+        assert!(nosuid, "file capabilities not honoured:\n{err_a}");
+        eprintln!("skipped: {} is on a nosuid mount", dir.0.display());
+        return;
+    }
+    assert_eq!(code_a, Some(0), "A:\n{err_a}\nB:\n{err_b}");
+    assert_eq!(b.status.code(), Some(0), "A:\n{err_a}\nB:\n{err_b}");
+    assert_eq!(
+        sha(&dir.0.join("a.in")),
+        sha(&dir.0.join("b.out")),
+        "data A -> B"
+    );
+    assert_eq!(
+        sha(&dir.0.join("b.in")),
+        sha(&dir.0.join("a.out")),
+        "data B -> A"
+    );
+    assert_no_punch_rules(&lab);
+}
+
 #[test]
 fn tcp_wrong_secret_fails_with_authentication_error() {
     let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
