@@ -552,7 +552,8 @@ fn tcp_prediction_is_refreshed_while_waiting() {
     let _srv = common::punchraw_serve_5780(&lab);
     let dir = Dir::new(&format!("{}-refresh", lab.name()));
     for n in ["a", "b"] {
-        std::fs::write(dir.0.join(format!("{n}.in")), data(n.len() as u64, 4096)).expect("write");
+        let seed = u64::from(n.as_bytes()[0]);
+        std::fs::write(dir.0.join(format!("{n}.in")), data(seed, 4096)).expect("write");
     }
     let extra = ["--tcp", "--timeout", "60"];
     let mut a = ChildGuard(
