@@ -105,11 +105,17 @@ fn sequential(n: &NatInfo) -> bool {
     !eim(n) && n.allocation == Allocation::Sequential
 }
 
+/// Whether the peer can aim at this NAT's next TCP port: one port for every destination, or
+/// a counter with a known step.
+pub fn predictable(n: &NatInfo) -> bool {
+    eim(n) || sequential(n)
+}
+
 /// The pair's strategy, the same on both sides.
 pub fn strategy(a: &NatInfo, b: &NatInfo) -> Strategy {
     if eim(a) && eim(b) {
         Strategy::Direct
-    } else if (eim(a) || sequential(a)) && (eim(b) || sequential(b)) {
+    } else if predictable(a) && predictable(b) {
         Strategy::Predict
     } else {
         Strategy::Sweep

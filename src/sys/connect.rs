@@ -6,6 +6,7 @@ use crate::punch::{derive_key, tcp, Event as PunchEvent, Failure, Punch, PunchCo
 use crate::rendezvous::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
 use crate::stun::{Encoder, MessageType, TransactionId};
 use crate::sys::capture::Capture;
+use crate::sys::kebab;
 use crate::sys::probe::classify_udp;
 use crate::sys::quic::{self, Identity, Role};
 use crate::sys::signals::Shutdown;
@@ -720,7 +721,6 @@ fn connect_tcp(
     };
     let setup = tcp_punch::PunchSetup {
         plan,
-        strategy,
         local: prep.local,
         peer_ip,
         peer_port: offer.port,
@@ -775,17 +775,17 @@ fn connect_tcp(
             .into());
         }
     };
-    report.probes_sent = punched.attempts;
-    report.local = Some(punched.local);
-    report.peer = Some(punched.remote);
+    report.probes_sent = punched.conn.attempts;
+    report.local = Some(punched.conn.local);
+    report.peer = Some(punched.conn.remote);
     report.connected = true;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     status.say(format!(
         "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",
-        punched.remote,
+        punched.conn.remote,
         strategy.as_str(),
         report.elapsed_ms,
-        punched.attempts
+        punched.conn.attempts
     ));
     let stats = tcp_punch::transfer(punched, std::io::stdin(), std::io::stdout(), shutdown)?;
     done(report, status, stats);
@@ -813,14 +813,11 @@ fn explain_tcp_failure(
     s: Strategy,
     refused: u64,
     came_up: u64,
-    seen: &tcp_punch::Seen4,
+    seen: &tcp_punch::WatchCounts,
 ) -> String {
-    use crate::classify::Behavior::EndpointIndependent;
-    let predictable =
-        |n: &NatInfo| n.mapping == EndpointIndependent || n.allocation == Allocation::Sequential;
     let mut why = if came_up > 0 {
         format!("{came_up} TCP connection(s) came up but none completed the authenticated TLS setup (see the lines above)")
-    } else if !predictable(me) && !predictable(peer) {
+    } else if !tcp::predictable(me) && !tcp::predictable(peer) {
         "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
     } else if let Some(h) = seen.hostile() {
         h
@@ -836,13 +833,6 @@ fn explain_tcp_failure(
         seen.synack_in, seen.syn_in, seen.rst_in, seen.icmp_unreachable
     ));
     why
-}
-
-fn kebab<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {

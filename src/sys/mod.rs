@@ -21,3 +21,12 @@ pub mod tcp_stun;
 pub mod tls;
 pub mod ttl;
 pub mod udp;
+
+/// The serialised (kebab-case) name of a unit enum value, as `--json` writes it, for the
+/// human-readable lines that name the same values.
+pub(crate) fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

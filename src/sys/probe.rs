@@ -3,6 +3,7 @@
 
 use crate::classify::{Classifier, ClassifierConfig, Event, LegacyType, TcpReport, UdpReport};
 use crate::sys::capture::Capture;
+use crate::sys::kebab;
 use crate::sys::signals::Shutdown;
 use crate::sys::udp::{bind_fresh, drive, route_source};
 use crate::Error;
@@ -147,13 +148,6 @@ fn yes_no(b: Option<bool>) -> &'static str {
         Some(false) => "no",
         None => "unknown",
     }
-}
-
-fn kebab<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The human-readable table and verdicts.

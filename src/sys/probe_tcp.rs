@@ -20,7 +20,7 @@
 
 use crate::classify::tcp::{classify, SynTest, TcpAnswer, TcpObservations, TcpReport};
 use crate::classify::DEFAULT_ALLOC_SOCKETS;
-use crate::stun::{attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId};
+use crate::stun::{attr_type, Attribute, Message};
 use crate::sys::capture::Capture;
 use crate::sys::packet::Watcher;
 use crate::sys::privileges::{self, CAP_NET_RAW};
@@ -28,8 +28,7 @@ use crate::sys::signals::Shutdown;
 use crate::sys::tcp_stun::{self, shared_port_socket};
 use crate::wire::{Seen, Segment};
 use crate::Error;
-use socket2::Socket;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -39,8 +38,6 @@ const BINDING_TIMEOUT: Duration = Duration::from_millis(2500);
 /// of the CONNECT-BACK answer; it leaves the server right after that answer.
 const SYN_WAIT_BASE: Duration = Duration::from_millis(300);
 const SYN_WAIT_RTTS: u32 = 4;
-/// Longest STUN response read; a Binding success is under 200 bytes.
-const MAX_RESPONSE: usize = 2048;
 
 /// Runs the TCP tests against `server` from `local_ip`. `hint` is the alternate endpoint the
 /// UDP tests learned (so the watcher can be opened before the first connection).
@@ -81,7 +78,7 @@ pub fn classify_tcp(
         Ok(b) => b,
         Err(e) => {
             o.primary = Err(e.to_string());
-            drain(&watcher, capture.as_deref_mut(), |_| {})?;
+            drain(&watcher, capture.as_deref_mut())?;
             return Ok(classify(&o));
         }
     };
@@ -94,7 +91,7 @@ pub fn classify_tcp(
     if let Some(other) = base.other {
         if !hosts.contains(&other.ip()) {
             // The UDP answer named no (or another) alternate: watch the one TCP named.
-            drain(&watcher, capture.as_deref_mut(), |_| {})?;
+            drain(&watcher, capture.as_deref_mut())?;
             hosts.push(other.ip());
             watcher = open_watcher(&hosts);
         }
@@ -123,7 +120,7 @@ pub fn classify_tcp(
         }
     }
     drop(hold);
-    drain(&watcher, capture.as_deref_mut(), |_| {})?;
+    drain(&watcher, capture.as_deref_mut())?;
     stop()?;
 
     // Allocation: fresh ports, one right after the other.
@@ -132,7 +129,7 @@ pub fn classify_tcp(
         o.allocation
             .push(b.map(|b| (b.local.port(), b.mapped.port())));
     }
-    drain(&watcher, capture.as_deref_mut(), |_| {})?;
+    drain(&watcher, capture.as_deref_mut())?;
     stop()?;
 
     // Filtering.
@@ -166,15 +163,20 @@ fn open_watcher(hosts: &[IpAddr]) -> Result<Watcher, String> {
     })
 }
 
+/// Reads every packet the watcher (if there is one) has queued into the capture.
+fn drain(watcher: &Result<Watcher, String>, capture: Option<&mut Capture>) -> Result<(), Error> {
+    match watcher {
+        Ok(w) => read_queued(w, capture, |_| {}),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Reads every queued packet: into the capture, and what it is to `each`.
-fn drain(
-    watcher: &Result<Watcher, String>,
+fn read_queued(
+    w: &Watcher,
     mut capture: Option<&mut Capture>,
     mut each: impl FnMut(&crate::sys::packet::Packet),
 ) -> Result<(), Error> {
-    let Ok(w) = watcher else {
-        return Ok(());
-    };
     loop {
         match w.recv() {
             Ok(Some(p)) => {
@@ -195,14 +197,15 @@ fn drain(
 /// One CONNECT-BACK connection: open while its SYN is awaited.
 struct Back {
     local: SocketAddr,
-    stream: TcpStream,
-    tid: TransactionId,
-    result: Option<SynTest>,
-    origin: Option<SocketAddr>,
+    /// Kept open: a NAT may drop a closed connection's mapping (RFC 5382 section 5).
+    _stream: TcpStream,
+    /// Where the server promised the SYN will come from.
+    origin: SocketAddr,
+    arrived: bool,
 }
 
 /// RFC 5780 section 4.4 tests III (change port) and II (change IP and port) with a SYN: two
-/// connections from fresh ports, both asked at once and awaited together.
+/// connections from fresh ports, asked one after the other and awaited together.
 fn connect_back_tests(
     w: &Watcher,
     any: SocketAddr,
@@ -214,62 +217,37 @@ fn connect_back_tests(
     let flags = [(false, true), (true, true)];
     let mut backs: [Result<Back, String>; 2] =
         flags.map(|(ip, port)| ask_connect_back(any, server, ip, port));
-    for b in backs.iter_mut() {
-        let Ok(back) = b else { continue };
-        if let Err(why) = read_promise(back, server) {
-            back.result = Some(SynTest::Unknown(why));
-        }
-    }
     let deadline = Instant::now() + wait;
     loop {
         let mut seen: Vec<(SocketAddr, SocketAddr)> = Vec::new();
-        loop {
-            match w.recv() {
-                Ok(Some(p)) => {
-                    if let Some(c) = capture.as_deref_mut() {
-                        c.ip(&p.data, p.at)?;
-                    }
-                    if let Some(Seen::Tcp {
-                        src,
-                        dst,
-                        segment: Segment::Syn,
-                        ..
-                    }) = p.seen
-                    {
-                        if !p.outgoing {
-                            seen.push((src, dst));
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "AF_PACKET receive failed");
-                    break;
+        read_queued(w, capture.as_deref_mut(), |p| {
+            if let Some(Seen::Tcp {
+                src,
+                dst,
+                segment: Segment::Syn,
+                ..
+            }) = p.seen
+            {
+                if !p.outgoing {
+                    seen.push((src, dst));
                 }
             }
-        }
-        for b in backs.iter_mut().flatten() {
-            if b.result.is_some() {
-                continue;
-            }
-            let Some(origin) = b.origin else { continue };
+        })?;
+        for b in backs.iter_mut().flatten().filter(|b| !b.arrived) {
             // After the NAT the SYN is addressed to our own port (and, without a NAT, to our
             // own address too).
             if seen
                 .iter()
-                .any(|&(src, dst)| src == origin && dst.port() == b.local.port())
+                .any(|&(src, dst)| src == b.origin && dst.port() == b.local.port())
             {
-                tracing::info!(%origin, local = %b.local, "unsolicited SYN arrived");
-                b.result = Some(SynTest::Watched {
-                    origin,
-                    arrived: true,
-                });
+                tracing::info!(origin = %b.origin, local = %b.local, "unsolicited SYN arrived");
+                b.arrived = true;
             }
         }
         if shutdown.requested() {
             return Err(Error::Interrupted);
         }
-        let open = backs.iter().flatten().any(|b| b.result.is_none());
+        let open = backs.iter().flatten().any(|b| !b.arrived);
         let now = Instant::now();
         if !open || now >= deadline {
             break;
@@ -278,131 +256,43 @@ fn connect_back_tests(
     }
     Ok(backs.map(|b| match b {
         Err(why) => SynTest::Unknown(why),
-        Ok(Back {
-            result: Some(r), ..
-        }) => r,
-        Ok(Back {
-            origin: Some(origin),
-            ..
-        }) => SynTest::Watched {
-            origin,
-            arrived: false,
+        Ok(b) => SynTest::Watched {
+            origin: b.origin,
+            arrived: b.arrived,
         },
-        // read_promise sets one of the two; kept total rather than trusted.
-        Ok(_) => SynTest::Unknown("the CONNECT-BACK answer was not read".into()),
     }))
 }
 
-/// Connects from a fresh port and sends the Binding request with CONNECT-BACK.
+/// A Binding request with CONNECT-BACK from a fresh port, the connection kept open, and
+/// where the answer says the SYN will come from.
 fn ask_connect_back(
     any: SocketAddr,
     server: SocketAddr,
     change_ip: bool,
     change_port: bool,
 ) -> Result<Back, String> {
-    let sock: Socket =
-        shared_port_socket(any).map_err(|e| format!("cannot open a TCP socket: {e}"))?;
-    sock.connect_timeout(&server.into(), BINDING_TIMEOUT)
-        .map_err(|e| format!("cannot connect to {server} over TCP for the filtering test: {e}"))?;
-    let local = sock
-        .local_addr()
+    let ask = Attribute::ConnectBack {
+        change_ip,
+        change_port,
+    };
+    let (b, stream) =
+        tcp_stun::exchange(any, server, &[ask], BINDING_TIMEOUT).map_err(|e| match e {
+            tcp_stun::TcpStunError::ErrorResponse { code, .. } => {
+                format!("{server} refused the CONNECT-BACK request with error {code}")
+            }
+            e => format!("the CONNECT-BACK request failed: {e}"),
+        })?;
+    let origin = Message::parse(&b.response)
         .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(any);
-    let mut stream: TcpStream = sock.into();
-    let _ = stream.set_nodelay(true);
-    let tid = TransactionId::new_random();
-    let mut req = Vec::with_capacity(40);
-    {
-        let mut e = Encoder::new(&mut req, MessageType::BINDING_REQUEST, tid);
-        e.push(&Attribute::ConnectBack {
-            change_ip,
-            change_port,
-        });
-        e.fingerprint();
-    }
-    stream
-        .set_write_timeout(Some(BINDING_TIMEOUT))
-        .and_then(|()| stream.write_all(&req))
-        .map_err(|e| format!("cannot send the CONNECT-BACK request to {server}: {e}"))?;
+        .and_then(|m| match m.get(attr_type::CONNECT_BACK_ORIGIN) {
+            Some(Ok(Attribute::ConnectBackOrigin(origin))) => Some(origin),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{server} does not offer CONNECT-BACK (punchraw's TCP filtering test: not a punchraw server, an older one, or one without --alternate), so TCP filtering cannot be measured"))?;
     Ok(Back {
-        local,
-        stream,
-        tid,
-        result: None,
-        origin: None,
+        local: b.local,
+        _stream: stream,
+        origin,
+        arrived: false,
     })
-}
-
-/// Reads the answer to a CONNECT-BACK request and notes where the SYN will come from.
-fn read_promise(b: &mut Back, server: SocketAddr) -> Result<(), String> {
-    let started = Instant::now();
-    let mut buf = vec![0u8; MAX_RESPONSE];
-    let mut have = 0;
-    let garbage = || {
-        format!("{server} answered the CONNECT-BACK request with something that is not a STUN Binding response")
-    };
-    let len = loop {
-        match Message::frame_len(&buf[..have]) {
-            Some(n) if n > MAX_RESPONSE => return Err(garbage()),
-            Some(n) if have >= n => break n,
-            None if have >= 4 => return Err(garbage()),
-            _ => {}
-        }
-        let left = BINDING_TIMEOUT
-            .checked_sub(started.elapsed())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                format!(
-                    "no answer to the CONNECT-BACK request from {server} within {} ms",
-                    BINDING_TIMEOUT.as_millis()
-                )
-            })?;
-        b.stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| e.to_string())?;
-        match b.stream.read(&mut buf[have..]) {
-            Ok(0) => {
-                return Err(format!(
-                    "{server} closed the connection instead of answering the CONNECT-BACK request"
-                ))
-            }
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                return Err(format!(
-                    "reading the CONNECT-BACK answer from {server}: {e}"
-                ))
-            }
-        }
-    };
-    let msg = Message::parse(&buf[..len]).map_err(|_| garbage())?;
-    if msg.transaction_id() != b.tid {
-        return Err(garbage());
-    }
-    match msg.message_type().class {
-        Class::Success => {}
-        Class::Error => {
-            let code = match msg.get(attr_type::ERROR_CODE) {
-                Some(Ok(Attribute::ErrorCode(e))) => e.code,
-                _ => 0,
-            };
-            return Err(format!(
-                "{server} refused the CONNECT-BACK request with error {code}"
-            ));
-        }
-        _ => return Err(garbage()),
-    }
-    match msg.get(attr_type::CONNECT_BACK_ORIGIN) {
-        Some(Ok(Attribute::ConnectBackOrigin(origin))) => {
-            b.origin = Some(origin);
-            Ok(())
-        }
-        _ => Err(format!("{server} does not offer CONNECT-BACK (punchraw's TCP filtering test: not a punchraw server, an older one, or one without --alternate), so TCP filtering cannot be measured")),
-    }
 }

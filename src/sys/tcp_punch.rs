@@ -18,9 +18,9 @@ use crate::classify::Behavior;
 use crate::punch::tcp::{
     self as plan_tcp, Action, AttemptError, Plan, Prediction, TcpPunch, TcpPunchConfig,
 };
-use crate::punch::Strategy;
 use crate::rendezvous::NatInfo;
 use crate::sys::capture::Capture;
+use crate::sys::kebab;
 use crate::sys::nft::PunchRules;
 use crate::sys::packet::Watcher;
 use crate::sys::privileges::{self, CAP_NET_ADMIN, CAP_NET_RAW};
@@ -125,13 +125,6 @@ impl TcpPrep {
         }
         s
     }
-}
-
-fn kebab<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The server endpoints in the order RFC 5780 section 4.3 tests the mapping (primary, then
@@ -240,7 +233,6 @@ pub fn priming(
 /// Everything the punch needs, resolved by `connect`.
 pub struct PunchSetup {
     pub plan: Plan,
-    pub strategy: Strategy,
     pub local: SocketAddr,
     pub peer_ip: IpAddr,
     pub peer_port: u16,
@@ -256,16 +248,14 @@ pub struct PunchSetup {
 
 /// What the watcher saw of the peer during the punch.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Seen4 {
-    pub syn_out: u64,
+pub struct WatchCounts {
     pub syn_in: u64,
     pub synack_in: u64,
     pub rst_in: u64,
     pub icmp_unreachable: u64,
-    pub icmp_time_exceeded: u64,
 }
 
-impl Seen4 {
+impl WatchCounts {
     fn note(&mut self, s: &Seen, outgoing: bool, peer: IpAddr) -> Option<String> {
         match *s {
             Seen::Tcp { src, segment, .. } if !outgoing && src.ip() == peer => match segment {
@@ -283,13 +273,6 @@ impl Seen4 {
                 }
                 Segment::Other => None,
             },
-            Seen::Tcp {
-                segment: Segment::Syn,
-                ..
-            } if outgoing => {
-                self.syn_out += 1;
-                None
-            }
             Seen::IcmpTcp {
                 from,
                 kind,
@@ -307,10 +290,8 @@ impl Seen4 {
                         format!("ICMP destination unreachable (code {code}) from {from}: {what}")
                     })
                 }
-                IcmpKind::TimeExceeded => {
-                    self.icmp_time_exceeded += 1;
-                    None
-                }
+                // Our own priming SYNs dying on the way, as intended.
+                IcmpKind::TimeExceeded => None,
             },
             _ => None,
         }
@@ -347,22 +328,27 @@ pub enum PunchEnd {
         refused: u64,
         /// TCP connections that came up (and then failed TLS).
         came_up: u64,
-        seen: Seen4,
+        seen: WatchCounts,
         /// A connection came up but failed authentication.
         auth: Option<Box<TlsError>>,
     },
     Setup(Error),
 }
 
+/// The authenticated connection the punch made.
+pub struct Connection {
+    pub stream: TlsStream<TcpStream>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Connection attempts made (first SYNs).
+    pub attempts: u64,
+}
+
 /// The punch's outcome.
 pub struct Punched {
     /// The stream's sockets are registered with this runtime, so it carries the transfer.
     runtime: tokio::runtime::Runtime,
-    pub stream: TlsStream<TcpStream>,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub attempts: u64,
-    pub seen: Seen4,
+    pub conn: Connection,
 }
 
 enum Ev {
@@ -465,14 +451,7 @@ pub fn punch(
             }
         }
     }
-    result.map(|p| Punched {
-        runtime,
-        stream: p.stream,
-        local: p.local,
-        remote: p.remote,
-        attempts: p.attempts,
-        seen: p.seen,
-    })
+    result.map(|conn| Punched { runtime, conn })
 }
 
 /// A socket for attempt `from_port` (0: fresh) -> `to`, its first SYN sent. Errors are local
@@ -513,22 +492,13 @@ fn attempt_error(e: &io::Error) -> AttemptError {
     }
 }
 
-/// [`Punched`] before the runtime is attached.
-struct PunchedParts {
-    stream: TlsStream<TcpStream>,
-    local: SocketAddr,
-    remote: SocketAddr,
-    attempts: u64,
-    seen: Seen4,
-}
-
 async fn run_punch(
     setup: &PunchSetup,
     packets: &mut mpsc::UnboundedReceiver<crate::sys::packet::Packet>,
     capture: &mut Option<&mut Capture>,
     shutdown: &Shutdown,
     on_status: &mut dyn FnMut(String),
-) -> Result<PunchedParts, PunchEnd> {
+) -> Result<Connection, PunchEnd> {
     let local_ip = setup.local.ip();
     let mut planner = TcpPunch::new(
         TcpPunchConfig {
@@ -551,7 +521,7 @@ async fn run_punch(
     let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
     let mut others: Vec<JoinHandle<()>> = Vec::new();
     let commit_turn = Arc::new(tokio::sync::Mutex::new(()));
-    let mut seen = Seen4::default();
+    let mut seen = WatchCounts::default();
     let mut auth_failure: Option<Box<TlsError>> = None;
     let mut handshakes = 0usize;
     let mut came_up = 0u64;
@@ -756,12 +726,11 @@ async fn run_punch(
                         let _ = SockRef::from(tcp).set_tcp_keepalive(&ka);
                     }
                     abort_all(&mut tasks, &mut others);
-                    return Ok(PunchedParts {
+                    return Ok(Connection {
                         stream,
                         local,
                         remote,
                         attempts: planner.attempts,
-                        seen,
                     });
                 }
                 Err(e) => {
@@ -813,9 +782,7 @@ pub fn transfer(
 ) -> Result<StreamStats, Error> {
     let Punched {
         runtime,
-        stream,
-        remote,
-        ..
+        conn: Connection { stream, remote, .. },
     } = p;
     runtime.block_on(async {
         let work = tls::transfer(stream, remote, input, output);

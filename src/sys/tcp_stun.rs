@@ -91,6 +91,17 @@ pub fn binding(
     extra: &[Attribute<'_>],
     timeout: Duration,
 ) -> Result<TcpBinding, TcpStunError> {
+    exchange(local, server, extra, timeout).map(|(b, _)| b)
+}
+
+/// [`binding`], handing back the connection still open (for a caller that must keep the
+/// NAT's mapping of it alive while it waits for something else).
+pub fn exchange(
+    local: SocketAddr,
+    server: SocketAddr,
+    extra: &[Attribute<'_>],
+    timeout: Duration,
+) -> Result<(TcpBinding, TcpStream), TcpStunError> {
     let started = Instant::now();
     let sock =
         shared_port_socket(local).map_err(|source| TcpStunError::Socket { local, source })?;
@@ -189,12 +200,13 @@ pub fn binding(
         Some(Ok(Attribute::OtherAddress(a))) => Some(a),
         _ => None,
     };
-    Ok(TcpBinding {
+    let b = TcpBinding {
         local: bound,
         server,
         mapped,
         other,
         rtt,
         response,
-    })
+    };
+    Ok((b, stream))
 }
