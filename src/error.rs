@@ -57,11 +57,11 @@ pub enum Error {
     #[error("the peer punches {}, we punch {}: give --tcp on both sides or on neither", if *.peer_tcp { "TCP" } else { "UDP" }, if *.peer_tcp { "UDP" } else { "TCP" })]
     TransportMismatch { peer_tcp: bool },
     #[error(transparent)]
-    Tls(#[from] crate::sys::tls::TlsError),
+    Tls(#[from] crate::transport::tls::TlsError),
     #[error("interrupted")]
     Interrupted,
     #[error(transparent)]
-    Quic(#[from] crate::sys::quic::QuicError),
+    Quic(#[from] crate::transport::quic::QuicError),
     #[error("{what}")]
     Io {
         what: String,
@@ -90,8 +90,8 @@ impl Error {
             | Error::WrongSecretPeer { .. } => 7,
             Error::PunchFailed { .. } => 8,
             Error::Quic(
-                crate::sys::quic::QuicError::PeerAuthFailed { .. }
-                | crate::sys::quic::QuicError::RejectedByPeer { .. },
+                crate::transport::quic::QuicError::PeerAuthFailed { .. }
+                | crate::transport::quic::QuicError::RejectedByPeer { .. },
             ) => 7,
             Error::Quic(_) => 9,
             Error::Tls(e) if e.is_auth_failure() => 7,

@@ -1,17 +1,19 @@
 //! punchraw: NAT behaviour discovery and hole punching at packet level.
 //!
-//! The protocol logic is sans-IO: [`stun`] is the wire codec, [`server`] answers STUN
-//! requests, [`classify`] is the NAT classifier state machine, [`wire`] reads captured TCP/ICMP packets. None of them touches a socket
-//! or reads a clock; [`sys`] holds the operating-system side and the drivers that feed them.
+//! The crate is layered; see `ARCHITECTURE.md` for what may import what:
+//! - [`core`]: sans-IO state machines and codecs (STUN, the STUN server's answers, the NAT
+//!   classifiers, the rendezvous, the punch). No sockets, clocks or unseeded randomness.
+//! - [`os`]: the operating system (raw sockets, AF_PACKET, nft, privileges, signals); the
+//!   only module with `unsafe`.
+//! - [`transport`]: the encrypted streams over a punched path (QUIC, TLS).
+//! - [`driver`]: one thin loop per command feeding the core from `os` and `transport`.
+//! - [`cli`]: clap, messages, exit codes.
 
+pub mod cli;
+pub mod core;
+pub mod driver;
 pub mod error;
-pub mod punch;
-pub mod rendezvous;
-pub mod server;
-pub mod sim;
-pub mod stun;
-pub mod sys;
-pub mod wire;
+pub mod os;
+pub mod transport;
 
 pub use error::Error;
-pub mod classify;

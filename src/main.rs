@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use punchraw::rendezvous::RendezvousConfig;
-use punchraw::server::ServerConfig;
-use punchraw::sys::connect::{ConnectConfig, PrimeTtl};
-use punchraw::sys::probe::ProbeConfig;
+use punchraw::core::rendezvous::RendezvousConfig;
+use punchraw::core::server::ServerConfig;
+use punchraw::driver::connect::{ConnectConfig, PrimeTtl};
+use punchraw::driver::probe::ProbeConfig;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,13 +182,12 @@ struct ProbeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    punchraw::sys::logging::init(cli.verbose);
+    punchraw::cli::logging::init(cli.verbose);
     let result = match cli.cmd {
-        Command::Serve(a) => {
-            serve_config(a).and_then(|(c, r)| punchraw::sys::serve::run(c, r).map_err(Into::into))
-        }
-        Command::Probe(a) => probe_config(a).and_then(punchraw::sys::probe::run),
-        Command::Connect(a) => connect_config(a).and_then(punchraw::sys::connect::run),
+        Command::Serve(a) => serve_config(a)
+            .and_then(|(c, r)| punchraw::driver::serve::run(c, r).map_err(Into::into)),
+        Command::Probe(a) => probe_config(a).and_then(punchraw::driver::probe::run),
+        Command::Connect(a) => connect_config(a).and_then(punchraw::driver::connect::run),
     };
     match result {
         Ok(code) => code,

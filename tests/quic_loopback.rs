@@ -1,7 +1,7 @@
 //! QUIC stream over a handed-over UDP socket, between threads on loopback: data integrity in
 //! both directions, half-close, certificate pinning on both sides, strangers refused.
 
-use punchraw::sys::quic::{run_stream, Identity, QuicError, Role, StreamStats};
+use punchraw::transport::quic::{run_stream, Identity, QuicError, Role, StreamStats};
 use sha2::{Digest, Sha256};
 use std::io::{self, Cursor, Write};
 use std::net::{SocketAddr, UdpSocket};

@@ -1,10 +1,12 @@
 //! `punchraw serve` over real sockets on loopback: 127.0.0.1 and 127.0.0.2 (both on `lo` on
 //! Linux) stand in for the two addresses of an RFC 5780 server.
 
-use punchraw::server::{EndpointId, ServerConfig};
-use punchraw::stun::{attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId};
-use punchraw::sys::serve::{self, ServeStats, ServerHandle, MAX_TCP_CONNECTIONS};
-use punchraw::sys::signals::Shutdown;
+use punchraw::core::server::{EndpointId, ServerConfig};
+use punchraw::core::stun::{
+    attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
+};
+use punchraw::driver::serve::{self, ServeStats, ServerHandle, MAX_TCP_CONNECTIONS};
+use punchraw::os::signals::Shutdown;
 use rand::Rng;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -622,7 +624,7 @@ fn tcp_idle_connection_is_closed() {
 /// to every endpoint in turn (SO_REUSEADDR/SO_REUSEPORT), each answer naming that port.
 #[test]
 fn tcp_bindings_from_one_shared_local_port() {
-    use punchraw::sys::tcp_stun;
+    use punchraw::driver::tcp_stun;
     let (h, shutdown) = start(true);
     // A listener on the port as well, as the punch keeps one: the connections still bind.
     let listener = tcp_stun::shared_port_socket(SocketAddr::new(IP1, 0)).expect("bind");
@@ -659,7 +661,7 @@ fn connect_back_origin(m: &Message<'_>) -> Option<SocketAddr> {
 /// accepts it.
 #[test]
 fn tcp_connect_back_comes_from_the_promised_endpoint() {
-    use punchraw::sys::tcp_stun;
+    use punchraw::driver::tcp_stun;
     let (h, sd) = start(true);
     let primary = h.addr(EndpointId::PRIMARY).unwrap();
     for (change_ip, change_port, want) in [
@@ -735,7 +737,7 @@ fn connect_back_is_not_promised_over_udp_or_without_alternate() {
 /// serve, say) holds: it would silently share that listener's connections.
 #[test]
 fn tcp_port_held_by_a_reuseport_listener_is_refused() {
-    use punchraw::sys::tcp_stun;
+    use punchraw::driver::tcp_stun;
     let held = tcp_stun::shared_port_socket(SocketAddr::new(IP1, 0)).expect("bind");
     held.listen(8).expect("listen");
     let port = held.local_addr().unwrap().as_socket().unwrap().port();

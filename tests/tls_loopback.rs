@@ -2,8 +2,8 @@
 //! commitment that makes both sides keep the same connection, a half-closing transfer of
 //! 1 MiB each way, and the failures a stranger or a wrong pin must cause. No root needed.
 
-use punchraw::sys::quic::{Identity, Role};
-use punchraw::sys::tls::{self, TlsError, TlsSide};
+use punchraw::transport::quic::{Identity, Role};
+use punchraw::transport::tls::{self, TlsError, TlsSide};
 use std::io::{Cursor, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

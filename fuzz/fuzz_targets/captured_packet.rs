@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::wire::Seen;
+use punchraw::core::wire::Seen;
 
 fuzz_target!(|data: &[u8]| {
     match Seen::parse(data) {

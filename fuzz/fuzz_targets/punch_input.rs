@@ -12,10 +12,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::classify::{Allocation, Behavior};
-use punchraw::punch::{Punch, PunchConfig, ATTR_CERT_FINGERPRINT};
-use punchraw::rendezvous::{NatInfo, PeerData};
-use punchraw::stun::{attr_type, Attribute, Encoder, Message};
+use punchraw::core::classify::{Allocation, Behavior};
+use punchraw::core::punch::{Punch, PunchConfig, ATTR_CERT_FINGERPRINT};
+use punchraw::core::rendezvous::{NatInfo, PeerData};
+use punchraw::core::stun::{attr_type, Attribute, Encoder, Message};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

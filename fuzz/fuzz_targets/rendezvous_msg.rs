@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::rendezvous::{Msg, Rendezvous, RendezvousConfig, MAGIC};
+use punchraw::core::rendezvous::{Msg, Rendezvous, RendezvousConfig, MAGIC};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};

@@ -8,11 +8,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::server::{
+use punchraw::core::server::{
     response_limit, DropReason, Outcome, ServerConfig, SourceLimiter, StunServer, Transport,
     COTURN_BINDING_V4,
 };
-use punchraw::stun::{Class, Message};
+use punchraw::core::stun::{Class, Message};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::stun::{attr_type, Attribute, Encoder, Message, ParseError, HEADER_LEN};
+use punchraw::core::stun::{attr_type, Attribute, Encoder, Message, ParseError, HEADER_LEN};
 
 const KEY: &[u8] = b"fuzz-key";
 

@@ -9,7 +9,7 @@
 //! sockets wait at most one timeout for the requests still in flight.
 
 use clap::Parser;
-use punchraw::sys::mmsg::{RecvBatch, SendBatch};
+use punchraw::os::mmsg::{RecvBatch, SendBatch};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,9 +1,9 @@
 //! The load generator against `punchraw serve` (the library's server, on 127.0.0.1) for about
 //! a second: it must see answers and every answer must match a request it sent.
 
-use punchraw::server::ServerConfig;
-use punchraw::sys::serve;
-use punchraw::sys::signals::Shutdown;
+use punchraw::core::server::ServerConfig;
+use punchraw::driver::serve;
+use punchraw::os::signals::Shutdown;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 

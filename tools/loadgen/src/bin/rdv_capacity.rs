@@ -5,7 +5,7 @@
 //! is gone and that a second round of registrations reuses the freed memory.
 
 use clap::Parser;
-use punchraw::rendezvous::{
+use punchraw::core::rendezvous::{
     derive_rendezvous_key, hex, Msg, NatInfo, Rendezvous, RendezvousConfig,
 };
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

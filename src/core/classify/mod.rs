@@ -1,0 +1,885 @@
+//! The UDP NAT classifier: RFC 5780 behaviour discovery as a sans-IO state machine.
+//!
+//! Drive it like quinn-proto's `Connection`: after construction and after every
+//! [`Classifier::handle_input`] or [`Classifier::handle_timeout`], drain
+//! [`Classifier::poll_transmit`], then sleep until [`Classifier::poll_timeout`] or until a
+//! datagram arrives; stop when [`Classifier::is_done`]. The classifier never reads a clock
+//! and owns no socket: it names sockets by index into the `locals` it was built with, each of
+//! which the driver binds fresh, so no test can contaminate another's binding.
+//!
+//! All tests that do not depend on an earlier answer start at once: mapping (RFC 5780 section
+//! 4.3) on socket A, filtering (4.4) on two more sockets with one CHANGE-REQUEST each,
+//! port allocation on a burst of fresh sockets, hairpinning (4.5) as soon as A's mapping is
+//! known, and the optional binding-lifetime search (4.6).
+
+mod report;
+pub mod tcp;
+
+pub use report::{Allocation, Behavior, LegacyType, LifetimeRange, UdpReport};
+pub use tcp::TcpReport;
+
+use crate::core::stun::{
+    attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
+};
+use report::secs;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// First retransmission timeout before the RTT is known. RFC 8489 section 6.2.1 suggests
+/// 500 ms for the open Internet; NAT discovery talks to one server and measures its RTT
+/// first, so it can start near 100 ms and scale from the measurement.
+const INITIAL_RTO: Duration = Duration::from_millis(100);
+/// Sends per transaction whose silence is itself a result (filtering, hairpinning): at 0,
+/// RTO and 3 RTO, then one more RTO (at least three RTTs) of waiting. With 5% loss each way
+/// all three exchanges fail with probability below 0.1%; the time this costs is what a
+/// restrictive NAT's classification takes, so it is kept to this.
+const ATTEMPTS: u32 = 3;
+/// Sends of the very first request before the server is declared unreachable.
+const BASE_ATTEMPTS: u32 = 6;
+/// Fresh sockets used to observe the port-allocation pattern.
+pub const DEFAULT_ALLOC_SOCKETS: usize = 5;
+/// Points of the binding-lifetime search, in seconds; only those up to the bound are used.
+const LIFETIME_GRID: [f64; 22] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0, 80.0,
+    100.0, 128.0, 180.0, 256.0, 360.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct ClassifierConfig {
+    pub server: SocketAddr,
+    pub alloc_sockets: usize,
+    /// Run the binding-lifetime search, bounded by this duration.
+    pub lifetime_max: Option<Duration>,
+}
+
+impl ClassifierConfig {
+    pub fn new(server: SocketAddr) -> Self {
+        ClassifierConfig {
+            server,
+            alloc_sockets: DEFAULT_ALLOC_SOCKETS,
+            lifetime_max: None,
+        }
+    }
+
+    fn lifetime_points(&self) -> Vec<Duration> {
+        let Some(max) = self.lifetime_max else {
+            return Vec::new();
+        };
+        let mut v: Vec<Duration> = LIFETIME_GRID
+            .iter()
+            .map(|&s| Duration::from_secs_f64(s))
+            .filter(|&d| d < max)
+            .collect();
+        v.push(max);
+        v
+    }
+
+    /// How many fresh sockets the driver must bind before constructing the classifier.
+    pub fn sockets_needed(&self) -> usize {
+        let lifetime = self.lifetime_points().len();
+        // A, B, C, H, allocation burst, lifetime probes plus the socket that checks them.
+        4 + self.alloc_sockets + if lifetime > 0 { lifetime + 1 } else { 0 }
+    }
+}
+
+/// A datagram to send from socket `socket` (index into the driver's sockets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub socket: usize,
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Progress worth telling a person about while the classifier runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    ServerAnswered { mapped: SocketAddr, rtt: Duration },
+    LifetimeAlive { after: Duration },
+    LifetimeExpired { after: Duration },
+}
+
+const SOCK_A: usize = 0;
+const SOCK_B: usize = 1;
+const SOCK_C: usize = 2;
+const SOCK_H: usize = 3;
+const SOCK_ALLOC0: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Test I: A to the primary endpoint.
+    Base,
+    /// Test II: A to the alternate IP, primary port.
+    MapAltIp,
+    /// Test III: A to the alternate IP and port.
+    MapAltBoth,
+    /// Filtering test II: answer from the other IP and port.
+    FilterIpPort,
+    /// Filtering test III: answer from the other port only.
+    FilterPort,
+    /// H sends to A's mapped address; success is A receiving it.
+    Hairpin,
+    Alloc(usize),
+    LifetimeOpen(usize),
+    /// Sent from the checker socket with RESPONSE-PORT set to probe `i`'s mapped port.
+    LifetimeCheck(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    Pending,
+    Answered {
+        from: SocketAddr,
+        mapped: Option<SocketAddr>,
+        other: Option<SocketAddr>,
+        socket: usize,
+        at: Instant,
+    },
+    /// The server answered with an error (e.g. 420: it cannot change address).
+    Rejected(u16),
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Txn {
+    id: TransactionId,
+    kind: Kind,
+    socket: usize,
+    dst: SocketAddr,
+    payload: Vec<u8>,
+    first_sent: Option<Instant>,
+    sent: u32,
+    max_sends: u32,
+    rto0: Duration,
+    next: Instant,
+    outcome: Outcome,
+}
+
+pub struct Classifier {
+    cfg: ClassifierConfig,
+    locals: Vec<SocketAddr>,
+    start: Instant,
+    txns: Vec<Txn>,
+    queue: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    srtt: Option<Duration>,
+    lifetime_points: Vec<Duration>,
+    /// When each lifetime probe's mapping was last refreshed by its own answer.
+    lifetime_opened: Vec<Option<Instant>>,
+    lifetime_state: Vec<Option<bool>>,
+    /// Set when the server refused or ignored RESPONSE-PORT (error code, 0 for ignored).
+    lifetime_unsupported: Option<u16>,
+    report: Option<UdpReport>,
+}
+
+impl Classifier {
+    /// `locals[i]` is the local address of the driver's socket `i`; there must be
+    /// `cfg.sockets_needed()` of them, all bound to the same IP.
+    pub fn new(cfg: ClassifierConfig, locals: Vec<SocketAddr>, now: Instant) -> Self {
+        assert_eq!(
+            locals.len(),
+            cfg.sockets_needed(),
+            "driver must bind sockets_needed() sockets"
+        );
+        let lifetime_points = cfg.lifetime_points();
+        let n_life = lifetime_points.len();
+        let mut c = Classifier {
+            locals,
+            start: now,
+            txns: Vec::new(),
+            queue: VecDeque::new(),
+            events: VecDeque::new(),
+            srtt: None,
+            lifetime_opened: vec![None; n_life],
+            lifetime_state: vec![None; n_life],
+            lifetime_unsupported: None,
+            lifetime_points,
+            report: None,
+            cfg,
+        };
+        let server = c.cfg.server;
+        // The allocation burst goes first and back to back, so the NAT creates these mappings
+        // consecutively and a sequential allocator shows its true step.
+        for i in 0..c.cfg.alloc_sockets {
+            c.add(now, Kind::Alloc(i), SOCK_ALLOC0 + i, server, None, None);
+        }
+        c.add(now, Kind::Base, SOCK_A, server, None, None);
+        c.add(
+            now,
+            Kind::FilterIpPort,
+            SOCK_B,
+            server,
+            Some((true, true)),
+            None,
+        );
+        c.add(
+            now,
+            Kind::FilterPort,
+            SOCK_C,
+            server,
+            Some((false, true)),
+            None,
+        );
+        c.flush(now);
+        c
+    }
+
+    fn rto0(&self) -> Duration {
+        match self.srtt {
+            Some(rtt) => (rtt * 2).clamp(INITIAL_RTO, Duration::from_secs(1)),
+            None => INITIAL_RTO,
+        }
+    }
+
+    fn add(
+        &mut self,
+        now: Instant,
+        kind: Kind,
+        socket: usize,
+        dst: SocketAddr,
+        change: Option<(bool, bool)>,
+        response_port: Option<u16>,
+    ) {
+        let id = TransactionId::new_random();
+        let mut payload = Vec::with_capacity(48);
+        let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, id);
+        if let Some((change_ip, change_port)) = change {
+            e.push(&Attribute::ChangeRequest {
+                change_ip,
+                change_port,
+            });
+        }
+        if let Some(p) = response_port {
+            e.push(&Attribute::ResponsePort(p));
+        }
+        e.fingerprint();
+        let max_sends = if kind == Kind::Base {
+            BASE_ATTEMPTS
+        } else {
+            ATTEMPTS
+        };
+        self.txns.push(Txn {
+            id,
+            kind,
+            socket,
+            dst,
+            payload,
+            first_sent: None,
+            sent: 0,
+            max_sends,
+            rto0: self.rto0(),
+            next: now,
+            outcome: Outcome::Pending,
+        });
+    }
+
+    /// Sends what is due, expires what has waited long enough, and concludes when nothing
+    /// is left pending.
+    fn flush(&mut self, now: Instant) {
+        self.progress_lifetime(now);
+        let rtt_wait = self.srtt.map_or(Duration::ZERO, |r| r * 3);
+        for t in &mut self.txns {
+            if t.outcome != Outcome::Pending || t.next > now {
+                continue;
+            }
+            if t.sent >= t.max_sends {
+                t.outcome = Outcome::TimedOut;
+                continue;
+            }
+            t.first_sent.get_or_insert(now);
+            t.sent += 1;
+            self.queue.push_back(Transmit {
+                socket: t.socket,
+                dst: t.dst,
+                payload: t.payload.clone(),
+            });
+            // Doubling RTO between sends; after the last one, wait one initial RTO (at least
+            // three RTTs) for a late answer.
+            let wait = if t.sent < t.max_sends {
+                t.rto0 * (1u32 << (t.sent - 1))
+            } else {
+                t.rto0.max(rtt_wait)
+            };
+            t.next = now + wait;
+        }
+        self.progress_lifetime(now);
+        self.finish_if_settled();
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.queue.pop_front()
+    }
+
+    /// Whether `poll_transmit` has something; lets a driver loop until the queue is empty.
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.report.is_some() {
+            return None;
+        }
+        let mut next = self
+            .txns
+            .iter()
+            .filter(|t| t.outcome == Outcome::Pending)
+            .map(|t| t.next)
+            .min();
+        for (i, opened) in self.lifetime_opened.iter().enumerate() {
+            if let (Some(at), None) = (opened, self.lifetime_state[i]) {
+                if !self.txns.iter().any(|t| t.kind == Kind::LifetimeCheck(i)) {
+                    let due = *at + self.lifetime_points[i];
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            }
+        }
+        next
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.flush(now);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.report.is_some()
+    }
+
+    /// The result, once [`Classifier::is_done`].
+    pub fn report(&self) -> Option<&UdpReport> {
+        self.report.as_ref()
+    }
+
+    /// How long the classification took, once done.
+    pub fn elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.start)
+    }
+
+    /// A datagram arrived on socket `socket` from `from`. Anything that is not an answer to
+    /// one of our transactions is ignored: stray traffic cannot change the result.
+    pub fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
+        let Ok(msg) = Message::parse(data) else {
+            return;
+        };
+        let id = msg.transaction_id();
+        let Some(ti) = self.txns.iter().position(|t| t.id == id) else {
+            return;
+        };
+        let class = msg.message_type().class;
+        let t = &self.txns[ti];
+        if t.outcome != Outcome::Pending {
+            return;
+        }
+        if t.kind == Kind::Hairpin {
+            // Our own request looped back by the NAT to socket A (RFC 5780 section 4.5).
+            if class == Class::Request && socket == SOCK_A {
+                self.txns[ti].outcome = Outcome::Answered {
+                    from,
+                    mapped: None,
+                    other: None,
+                    socket,
+                    at: now,
+                };
+            }
+            self.flush(now);
+            return;
+        }
+        let expected_socket = match t.kind {
+            Kind::LifetimeCheck(i) => self.lifetime_socket(i),
+            _ => t.socket,
+        };
+        if socket != expected_socket {
+            if matches!(t.kind, Kind::LifetimeCheck(_))
+                && socket == t.socket
+                && class == Class::Success
+            {
+                // The answer came back to the asking socket: the server ignores RESPONSE-PORT
+                // (RFC 5780 section 7.5), so lifetimes cannot be measured through it.
+                self.txns[ti].outcome = Outcome::Rejected(0);
+                self.flush(now);
+            }
+            return;
+        }
+        match class {
+            Class::Success => {
+                let mapped = msg.mapped_address();
+                let other = match msg.get(attr_type::OTHER_ADDRESS) {
+                    Some(Ok(Attribute::OtherAddress(a))) => Some(a),
+                    _ => match msg.get(attr_type::CHANGED_ADDRESS) {
+                        Some(Ok(Attribute::ChangedAddress(a))) => Some(a),
+                        _ => None,
+                    },
+                };
+                let t = &mut self.txns[ti];
+                if t.sent == 1 && t.kind == Kind::Base {
+                    // Karn's rule: only an unambiguous sample (no retransmission) sets the RTT.
+                    if let Some(first) = t.first_sent {
+                        self.srtt = Some(now.saturating_duration_since(first));
+                    }
+                }
+                t.outcome = Outcome::Answered {
+                    from,
+                    mapped,
+                    other,
+                    socket,
+                    at: now,
+                };
+                let kind = t.kind;
+                self.on_answer(now, kind, mapped, other);
+            }
+            Class::Error => {
+                let code = match msg.get(attr_type::ERROR_CODE) {
+                    Some(Ok(Attribute::ErrorCode(e))) => e.code,
+                    _ => 0,
+                };
+                self.txns[ti].outcome = Outcome::Rejected(code);
+            }
+            _ => {}
+        }
+        self.flush(now);
+    }
+
+    fn lifetime_socket(&self, i: usize) -> usize {
+        SOCK_ALLOC0 + self.cfg.alloc_sockets + i
+    }
+
+    fn lifetime_checker(&self) -> usize {
+        SOCK_ALLOC0 + self.cfg.alloc_sockets + self.lifetime_points.len()
+    }
+
+    fn on_answer(
+        &mut self,
+        now: Instant,
+        kind: Kind,
+        mapped: Option<SocketAddr>,
+        other: Option<SocketAddr>,
+    ) {
+        match kind {
+            Kind::Base => {
+                let Some(mapped) = mapped else { return };
+                if let Some(rtt) = self.srtt {
+                    self.events.push_back(Event::ServerAnswered { mapped, rtt });
+                }
+                if let Some(o) = other {
+                    self.add(
+                        now,
+                        Kind::MapAltIp,
+                        SOCK_A,
+                        SocketAddr::new(o.ip(), self.cfg.server.port()),
+                        None,
+                        None,
+                    );
+                    self.add(now, Kind::MapAltBoth, SOCK_A, o, None, None);
+                }
+                self.add(now, Kind::Hairpin, SOCK_H, mapped, None, None);
+                for i in 0..self.lifetime_points.len() {
+                    let s = self.lifetime_socket(i);
+                    self.add(now, Kind::LifetimeOpen(i), s, self.cfg.server, None, None);
+                }
+            }
+            Kind::LifetimeOpen(i) => {
+                // The clock starts at the answer: that is when the NAT last saw the binding used.
+                self.lifetime_opened[i] = Some(now);
+            }
+            Kind::LifetimeCheck(i) => {
+                self.lifetime_state[i] = Some(true);
+                self.events.push_back(Event::LifetimeAlive {
+                    after: self.lifetime_points[i],
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn outcome(&self, kind: Kind) -> Option<&Outcome> {
+        self.txns
+            .iter()
+            .find(|t| t.kind == kind)
+            .map(|t| &t.outcome)
+    }
+
+    fn finish_if_settled(&mut self) {
+        if self.report.is_some() {
+            return;
+        }
+        let pending = self.txns.iter().any(|t| t.outcome == Outcome::Pending)
+            || (0..self.lifetime_points.len())
+                .any(|i| self.lifetime_opened[i].is_some() && self.lifetime_state[i].is_none());
+        let base_failed = matches!(
+            self.outcome(Kind::Base),
+            Some(Outcome::TimedOut | Outcome::Rejected(_))
+        );
+        if !pending || base_failed {
+            self.report = Some(self.conclude());
+        }
+    }
+
+    fn progress_lifetime(&mut self, now: Instant) {
+        let n = self.lifetime_points.len();
+        if let Some(code) = (0..n).find_map(|i| match self.outcome(Kind::LifetimeCheck(i)) {
+            Some(Outcome::Rejected(code)) => Some(*code),
+            _ => None,
+        }) {
+            self.lifetime_unsupported.get_or_insert(code);
+            for st in &mut self.lifetime_state {
+                st.get_or_insert(false);
+            }
+            return;
+        }
+        for i in 0..n {
+            if let Some(Outcome::TimedOut) = self.outcome(Kind::LifetimeCheck(i)) {
+                if self.lifetime_state[i].is_none() {
+                    self.lifetime_state[i] = Some(false);
+                    self.events.push_back(Event::LifetimeExpired {
+                        after: self.lifetime_points[i],
+                    });
+                }
+            }
+            if matches!(
+                self.outcome(Kind::LifetimeOpen(i)),
+                Some(Outcome::TimedOut | Outcome::Rejected(_))
+            ) {
+                self.lifetime_state[i].get_or_insert(false);
+            }
+        }
+        // A binding that expired after T has also expired after any longer wait: stop those.
+        if let Some(first_dead) = (0..n).find(|&i| self.lifetime_state[i] == Some(false)) {
+            for i in first_dead + 1..n {
+                if self.lifetime_state[i].is_none() {
+                    self.lifetime_state[i] = Some(false);
+                    for t in self
+                        .txns
+                        .iter_mut()
+                        .filter(|t| t.kind == Kind::LifetimeCheck(i))
+                    {
+                        t.outcome = Outcome::TimedOut;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            let Some(opened) = self.lifetime_opened[i] else {
+                continue;
+            };
+            if self.lifetime_state[i].is_some()
+                || self.txns.iter().any(|t| t.kind == Kind::LifetimeCheck(i))
+                || now < opened + self.lifetime_points[i]
+            {
+                continue;
+            }
+            let Some(Outcome::Answered {
+                mapped: Some(m), ..
+            }) = self.outcome(Kind::LifetimeOpen(i))
+            else {
+                continue;
+            };
+            // RFC 5780 section 4.6: ask from another socket for the answer to go to the
+            // probe's mapped port, so the probe itself never refreshes its binding.
+            let checker = self.lifetime_checker();
+            self.add(
+                now,
+                Kind::LifetimeCheck(i),
+                checker,
+                self.cfg.server,
+                None,
+                Some(m.port()),
+            );
+        }
+    }
+
+    fn answered(&self, kind: Kind) -> Option<(SocketAddr, Option<SocketAddr>, Option<SocketAddr>)> {
+        match self.outcome(kind) {
+            Some(Outcome::Answered {
+                from,
+                mapped,
+                other,
+                ..
+            }) => Some((*from, *mapped, *other)),
+            _ => None,
+        }
+    }
+
+    fn conclude(&self) -> UdpReport {
+        let mut reasons = BTreeMap::new();
+        let local = self.locals[SOCK_A];
+        let server = self.cfg.server;
+        let Some((_, Some(mapped), other)) = self.answered(Kind::Base) else {
+            let why = match self.outcome(Kind::Base) {
+                Some(Outcome::Rejected(code)) => {
+                    format!("the server rejected a plain Binding request with error {code}")
+                }
+                _ => format!("no answer from {server} over UDP"),
+            };
+            for k in [
+                "mapping",
+                "filtering",
+                "allocation",
+                "hairpinning",
+                "mapped",
+            ] {
+                reasons.insert(k, why.clone());
+            }
+            return UdpReport {
+                local,
+                mapped: None,
+                behind_nat: false,
+                mapping: Behavior::Unknown,
+                filtering: Behavior::Unknown,
+                allocation: Allocation::Unknown,
+                delta: None,
+                hairpinning: None,
+                legacy_type: LegacyType::Blocked,
+                rtt_ms: None,
+                other_address: None,
+                allocation_samples: Vec::new(),
+                lifetime: None,
+                reasons,
+            };
+        };
+        let behind_nat = mapped != local;
+
+        let mapping = self.mapping(mapped, other, behind_nat, &mut reasons);
+        let filtering = self.filtering(other, &mut reasons);
+        let (allocation, delta, samples) = self.allocation(&mut reasons);
+        let hairpinning = match self.outcome(Kind::Hairpin) {
+            Some(Outcome::Answered { .. }) => Some(true),
+            Some(Outcome::TimedOut) => Some(false),
+            _ => {
+                reasons.insert("hairpinning", "the hairpin test did not finish".into());
+                None
+            }
+        };
+        let legacy_type = legacy(behind_nat, mapping, filtering);
+        UdpReport {
+            local,
+            mapped: Some(mapped),
+            behind_nat,
+            mapping,
+            filtering,
+            allocation,
+            delta,
+            hairpinning,
+            legacy_type,
+            rtt_ms: self.srtt.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
+            other_address: other,
+            allocation_samples: samples,
+            lifetime: self.lifetime_result(&mut reasons),
+            reasons,
+        }
+    }
+
+    fn mapping(
+        &self,
+        mapped: SocketAddr,
+        other: Option<SocketAddr>,
+        behind_nat: bool,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> Behavior {
+        if other.is_none() {
+            // Without a second server address no two destinations differ in IP.
+            let why = if behind_nat {
+                "the server has no RFC 5780 alternate address (no OTHER-ADDRESS), so mapping cannot be compared across destinations"
+            } else {
+                "the server has no RFC 5780 alternate address; there is no NAT, but a firewall's behaviour cannot be measured"
+            };
+            if !behind_nat {
+                return Behavior::EndpointIndependent;
+            }
+            reasons.insert("mapping", why.into());
+            return Behavior::Unknown;
+        }
+        match self.answered(Kind::MapAltIp) {
+            Some((_, Some(m2), _)) if m2 == mapped => Behavior::EndpointIndependent,
+            Some((_, Some(m2), _)) => match self.answered(Kind::MapAltBoth) {
+                Some((_, Some(m3), _)) if m3 == m2 => Behavior::AddressDependent,
+                Some((_, Some(_), _)) => Behavior::AddressAndPortDependent,
+                _ => {
+                    reasons.insert(
+                        "mapping",
+                        "the server's alternate address and port did not answer".into(),
+                    );
+                    Behavior::Unknown
+                }
+            },
+            _ => {
+                reasons.insert(
+                    "mapping",
+                    "the server's alternate address did not answer".into(),
+                );
+                Behavior::Unknown
+            }
+        }
+    }
+
+    fn filtering(
+        &self,
+        other: Option<SocketAddr>,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> Behavior {
+        let server = self.cfg.server;
+        // Only an answer that really came from the changed address counts; a server that
+        // ignores CHANGE-REQUEST would otherwise make every NAT look like a full cone.
+        let changed_both =
+            |from: SocketAddr| from.ip() != server.ip() && from.port() != server.port();
+        let changed_port =
+            |from: SocketAddr| from.ip() == server.ip() && from.port() != server.port();
+        let b = self.outcome(Kind::FilterIpPort);
+        let c = self.outcome(Kind::FilterPort);
+        match (b, c) {
+            (Some(Outcome::Answered { from, .. }), _) if changed_both(*from) => {
+                Behavior::EndpointIndependent
+            }
+            (Some(Outcome::TimedOut), Some(Outcome::Answered { from, .. }))
+                if changed_port(*from) =>
+            {
+                Behavior::AddressDependent
+            }
+            (Some(Outcome::TimedOut), Some(Outcome::TimedOut)) if other.is_some() => {
+                Behavior::AddressAndPortDependent
+            }
+            (Some(Outcome::Rejected(code)), _) | (_, Some(Outcome::Rejected(code))) => {
+                reasons.insert(
+                    "filtering",
+                    format!("the server refused CHANGE-REQUEST (error {code}): it has no RFC 5780 alternate address"),
+                );
+                Behavior::Unknown
+            }
+            (Some(Outcome::TimedOut), Some(Outcome::TimedOut)) => {
+                reasons.insert(
+                    "filtering",
+                    "the server has no RFC 5780 alternate address and did not answer CHANGE-REQUEST".into(),
+                );
+                Behavior::Unknown
+            }
+            _ => {
+                reasons.insert(
+                    "filtering",
+                    "the server answered CHANGE-REQUEST from an unchanged address".into(),
+                );
+                Behavior::Unknown
+            }
+        }
+    }
+
+    fn allocation(
+        &self,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> (Allocation, Option<i32>, Vec<u16>) {
+        let samples: Vec<(usize, u16, u16)> = (0..self.cfg.alloc_sockets)
+            .filter_map(|i| match self.answered(Kind::Alloc(i)) {
+                Some((_, Some(m), _)) => Some((i, self.locals[SOCK_ALLOC0 + i].port(), m.port())),
+                _ => None,
+            })
+            .collect();
+        let ports: Vec<u16> = samples.iter().map(|s| s.2).collect();
+        let (alloc, delta) = classify_allocation(&samples);
+        if alloc == Allocation::Unknown {
+            reasons.insert(
+                "allocation",
+                format!(
+                    "only {} of {} allocation probes were answered",
+                    samples.len(),
+                    self.cfg.alloc_sockets
+                ),
+            );
+        }
+        (alloc, delta, ports)
+    }
+
+    fn lifetime_result(
+        &self,
+        reasons: &mut BTreeMap<&'static str, String>,
+    ) -> Option<LifetimeRange> {
+        if self.lifetime_points.is_empty() {
+            return None;
+        }
+        if let Some(code) = self.lifetime_unsupported {
+            let why = if code == 0 {
+                "the server ignores RESPONSE-PORT (RFC 5780), which the lifetime test needs"
+                    .to_string()
+            } else {
+                format!("the server refused RESPONSE-PORT (error {code}), which the lifetime test needs")
+            };
+            reasons.insert("lifetime", why);
+            return None;
+        }
+        let alive = (0..self.lifetime_points.len())
+            .filter(|&i| self.lifetime_state[i] == Some(true))
+            .map(|i| self.lifetime_points[i])
+            .max();
+        let dead = (0..self.lifetime_points.len())
+            .filter(|&i| {
+                self.lifetime_state[i] == Some(false)
+                    && matches!(
+                        self.outcome(Kind::LifetimeCheck(i)),
+                        Some(Outcome::TimedOut)
+                    )
+            })
+            .map(|i| self.lifetime_points[i])
+            .filter(|d| alive.is_none_or(|a| *d > a))
+            .min();
+        Some(LifetimeRange {
+            min_s: alive.map_or(0.0, secs),
+            max_s: dead.map(secs),
+        })
+    }
+}
+
+/// Port allocation from `(probe index, local port, external port)` samples taken in the
+/// order the mappings were created.
+pub fn classify_allocation(samples: &[(usize, u16, u16)]) -> (Allocation, Option<i32>) {
+    if samples.len() < 2 {
+        return (Allocation::Unknown, None);
+    }
+    if samples.iter().all(|&(_, l, m)| l == m) {
+        return (Allocation::Preserving, None);
+    }
+    // Steps per probe index, modulo the 16-bit port space so a wrap still counts as a step.
+    let mut steps = Vec::new();
+    for w in samples.windows(2) {
+        let (i0, _, p0) = w[0];
+        let (i1, _, p1) = w[1];
+        let diff = i32::from(p1.wrapping_sub(p0) as i16);
+        let gap = (i1 - i0) as i32;
+        if diff % gap != 0 {
+            steps.push(0);
+        } else {
+            steps.push(diff / gap);
+        }
+    }
+    let mut best = (0, 0usize);
+    for &s in &steps {
+        let n = steps.iter().filter(|&&x| x == s).count();
+        if n > best.1 {
+            best = (s, n);
+        }
+    }
+    let (d, n) = best;
+    // Another host behind the same NAT may take a port between two of ours, so one step in
+    // four may be off; a tiny constant step can hardly be chance with random allocation.
+    if d != 0 && d.abs() <= 100 && n * 4 >= steps.len() * 3 {
+        (Allocation::Sequential, Some(d))
+    } else {
+        (Allocation::Random, None)
+    }
+}
+
+fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -> LegacyType {
+    use Behavior::*;
+    match (behind_nat, mapping, filtering) {
+        (_, AddressDependent | AddressAndPortDependent, _) => LegacyType::Symmetric,
+        (false, _, EndpointIndependent) => LegacyType::OpenInternet,
+        (true, EndpointIndependent, EndpointIndependent) => LegacyType::FullCone,
+        // RFC 3489 calls a NAT-less filtering host a "symmetric UDP firewall"; what matters
+        // for punching is its filtering, which the cone names say.
+        (_, EndpointIndependent, AddressDependent) => LegacyType::RestrictedCone,
+        (_, EndpointIndependent, AddressAndPortDependent) => LegacyType::PortRestrictedCone,
+        _ => LegacyType::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests;

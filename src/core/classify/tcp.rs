@@ -1,0 +1,275 @@
+//! The TCP NAT classifier, sans-IO: what a set of TCP observations says about the NAT, in
+//! RFC 5382's terms (which reuse RFC 4787's mapping and filtering vocabulary for TCP).
+//!
+//! Unlike UDP there is nothing to retransmit or time here (the kernel's TCP does that), so the
+//! classifier is a pure function of what the driver ([`crate::driver::probe::tcp`]) saw:
+//!
+//! - mapping (RFC 5780 section 4.3 tests I-III, over TCP): connections from one local port L
+//!   (shared with SO_REUSEADDR/SO_REUSEPORT) to the server's primary endpoint, its alternate
+//!   IP, and its alternate IP and port, each answering with the mapped address it saw;
+//! - allocation: the mapped ports of several fresh connections to the primary endpoint, made
+//!   back to back, in order;
+//! - filtering (RFC 5780 section 4.4 tests II and III, with a SYN instead of a datagram): two
+//!   fresh connections to the primary endpoint, each asking with CONNECT-BACK for an
+//!   unsolicited SYN to its mapped address, from the alternate IP and port and from the
+//!   alternate port only, and whether that SYN reached the local port.
+//!
+//! The filtering tests use ports of their own, not L: after the mapping tests L's mapping has
+//! sent to the alternate IP, so an address-dependent filter would let the change-IP SYN in and
+//! the NAT would look endpoint-independent.
+
+use super::classify_allocation;
+use super::report::{Allocation, Behavior};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What one STUN Binding over TCP answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpAnswer {
+    pub mapped: SocketAddr,
+    /// OTHER-ADDRESS, the server's alternate endpoint.
+    pub other: Option<SocketAddr>,
+}
+
+/// What became of one CONNECT-BACK's unsolicited SYN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SynTest {
+    /// The server promised a SYN from `origin` (CONNECT-BACK-ORIGIN); `arrived` says whether
+    /// one reached the local port within the wait.
+    Watched { origin: SocketAddr, arrived: bool },
+    /// The test could not be made or watched, and why (no CAP_NET_RAW, a server without
+    /// CONNECT-BACK, a failed connection, ...).
+    Unknown(String),
+}
+
+/// Everything the driver saw. An `Err` or `Unknown` carries the reason, which ends up in the
+/// report's `reasons`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpObservations {
+    /// The server's primary endpoint.
+    pub server: SocketAddr,
+    /// L, the local address of the mapping tests.
+    pub local: SocketAddr,
+    /// Test I: L to the primary endpoint.
+    pub primary: Result<TcpAnswer, String>,
+    /// Connect plus Binding of test I.
+    pub rtt: Option<Duration>,
+    /// Test II: L to the alternate IP and primary port; `None` when not made.
+    pub alt_ip: Option<Result<SocketAddr, String>>,
+    /// Test III: L to the alternate IP and port; `None` when not made.
+    pub alt_both: Option<Result<SocketAddr, String>>,
+    /// Fresh connections to the primary endpoint in the order they were made: (local port,
+    /// mapped port), `None` for one that failed.
+    pub allocation: Vec<Option<(u16, u16)>>,
+    /// CONNECT-BACK from the alternate port only (RFC 5780 section 4.4 test III).
+    pub filter_port: SynTest,
+    /// CONNECT-BACK from the alternate IP and port (test II).
+    pub filter_both: SynTest,
+}
+
+/// The `tcp` object of `probe --json`: the keys of `udp` that mean the same for TCP, with the
+/// same names and value shapes. Field names and order are a contract.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpReport {
+    pub local: SocketAddr,
+    pub mapped: Option<SocketAddr>,
+    pub behind_nat: bool,
+    pub mapping: Behavior,
+    pub filtering: Behavior,
+    pub allocation: Allocation,
+    pub delta: Option<i32>,
+    /// Connect plus Binding to the primary endpoint.
+    pub rtt_ms: Option<f64>,
+    pub other_address: Option<SocketAddr>,
+    /// External ports of the allocation test, in the order the connections were made.
+    pub allocation_samples: Vec<u16>,
+    /// For every field reported `unknown`/`null`: why.
+    pub reasons: BTreeMap<&'static str, String>,
+}
+
+/// Classifies the NAT's TCP behaviour from what the driver saw.
+pub fn classify(o: &TcpObservations) -> TcpReport {
+    let mut reasons = BTreeMap::new();
+    let base = match &o.primary {
+        Ok(a) => *a,
+        Err(why) => {
+            for k in ["mapped", "mapping", "filtering", "allocation"] {
+                reasons.insert(k, why.clone());
+            }
+            return TcpReport {
+                local: o.local,
+                mapped: None,
+                behind_nat: false,
+                mapping: Behavior::Unknown,
+                filtering: Behavior::Unknown,
+                allocation: Allocation::Unknown,
+                delta: None,
+                rtt_ms: None,
+                other_address: None,
+                allocation_samples: Vec::new(),
+                reasons,
+            };
+        }
+    };
+    let behind_nat = base.mapped != o.local;
+    let mapping = mapping(o, base, behind_nat, &mut reasons);
+    let filtering = filtering(o, &mut reasons);
+    let samples: Vec<(usize, u16, u16)> = o
+        .allocation
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.map(|(l, m)| (i, l, m)))
+        .collect();
+    let (allocation, delta) = classify_allocation(&samples);
+    if allocation == Allocation::Unknown {
+        reasons.insert(
+            "allocation",
+            format!(
+                "only {} of {} allocation connections were answered",
+                samples.len(),
+                o.allocation.len()
+            ),
+        );
+    }
+    TcpReport {
+        local: o.local,
+        mapped: Some(base.mapped),
+        behind_nat,
+        mapping,
+        filtering,
+        allocation,
+        delta,
+        rtt_ms: o.rtt.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
+        other_address: base.other,
+        allocation_samples: samples.iter().map(|s| s.2).collect(),
+        reasons,
+    }
+}
+
+fn mapping(
+    o: &TcpObservations,
+    base: TcpAnswer,
+    behind_nat: bool,
+    reasons: &mut BTreeMap<&'static str, String>,
+) -> Behavior {
+    if base.other.is_none() {
+        if !behind_nat {
+            // No translation at all: nothing can depend on the destination.
+            return Behavior::EndpointIndependent;
+        }
+        reasons.insert(
+            "mapping",
+            "the server has no RFC 5780 alternate address (no OTHER-ADDRESS), so the TCP mapping cannot be compared across destinations".into(),
+        );
+        return Behavior::Unknown;
+    }
+    let failed = |what: &str, r: &Option<Result<SocketAddr, String>>| match r {
+        Some(Err(why)) => format!("the server's {what} did not answer over TCP: {why}"),
+        _ => format!("the test toward the server's {what} was not made"),
+    };
+    match &o.alt_ip {
+        Some(Ok(m2)) if *m2 == base.mapped => Behavior::EndpointIndependent,
+        Some(Ok(m2)) => match &o.alt_both {
+            Some(Ok(m3)) if m3 == m2 => Behavior::AddressDependent,
+            Some(Ok(_)) => Behavior::AddressAndPortDependent,
+            r => {
+                reasons.insert("mapping", failed("alternate address and port", r));
+                Behavior::Unknown
+            }
+        },
+        r => {
+            reasons.insert("mapping", failed("alternate address", r));
+            Behavior::Unknown
+        }
+    }
+}
+
+fn filtering(o: &TcpObservations, reasons: &mut BTreeMap<&'static str, String>) -> Behavior {
+    let server = o.server;
+    // Only a SYN promised from the changed endpoint counts: a server that connected back from
+    // the primary endpoint would make every NAT look endpoint-independent.
+    let both_changed = |a: SocketAddr| a.ip() != server.ip() && a.port() != server.port();
+    let port_changed = |a: SocketAddr| a.ip() == server.ip() && a.port() != server.port();
+    use SynTest::*;
+    let why = match (&o.filter_both, &o.filter_port) {
+        (
+            Watched {
+                origin,
+                arrived: true,
+            },
+            _,
+        ) if both_changed(*origin) => return Behavior::EndpointIndependent,
+        (
+            Watched {
+                origin: ob,
+                arrived: false,
+            },
+            Watched {
+                origin: op,
+                arrived,
+            },
+        ) if both_changed(*ob) && port_changed(*op) => {
+            return if *arrived {
+                Behavior::AddressDependent
+            } else {
+                Behavior::AddressAndPortDependent
+            };
+        }
+        (Unknown(why), _) | (_, Unknown(why)) => why.clone(),
+        _ => "the server promised its SYN from an unchanged address or port, so it is not the test that was asked for".to_string(),
+    };
+    reasons.insert("filtering", why);
+    Behavior::Unknown
+}
+
+impl TcpReport {
+    /// What this NAT means for TCP hole punching, in one or two plain sentences.
+    pub fn verdict(&self) -> String {
+        use Behavior::*;
+        if self.mapped.is_none() {
+            return "TCP to the server failed, so nothing is known about TCP through this NAT (see reasons).".into();
+        }
+        match (self.behind_nat, self.mapping, self.filtering) {
+            (false, _, EndpointIndependent) => {
+                "No NAT and no TCP filtering: peers can connect to you directly.".into()
+            }
+            (false, _, Unknown) => {
+                "No NAT; whether unsolicited TCP SYNs are filtered is unknown (see reasons).".into()
+            }
+            (false, _, _) => {
+                "No NAT, but unsolicited TCP SYNs are filtered: a TCP simultaneous open gets through.".into()
+            }
+            (true, EndpointIndependent, EndpointIndependent) => {
+                "Endpoint-independent TCP mapping and filtering: a peer can connect straight to your mapped port while the mapping lasts.".into()
+            }
+            (true, EndpointIndependent, _) => {
+                "Endpoint-independent TCP mapping (RFC 5382 REQ-1): the port the server saw is the one peers must use, so a TCP simultaneous open works with any peer whose NAT is not symmetric, and by prediction or a sweep with one that is.".into()
+            }
+            (true, m @ (AddressDependent | AddressAndPortDependent), _) => {
+                let base = if m == AddressDependent {
+                    "Symmetric for TCP (address-dependent mapping): each peer address gets its own external port."
+                } else {
+                    "Symmetric for TCP (address-and-port-dependent mapping): every new destination gets its own external port."
+                };
+                let how = match self.allocation {
+                    Allocation::Sequential => format!(
+                        " Ports are allocated sequentially (step {}), so the next one can be predicted: TCP punching works by prediction.",
+                        self.delta.unwrap_or(1)
+                    ),
+                    Allocation::Preserving => " Ports are preserved, so they can be predicted: TCP punching works by prediction.".into(),
+                    Allocation::Random => " Ports are random: TCP punching needs a sweep of SYNs against a peer with endpoint-independent mapping, and fails against another random symmetric NAT.".into(),
+                    Allocation::Unknown => String::new(),
+                };
+                format!("{base}{how}")
+            }
+            (true, Unknown, _) => {
+                "Behind a NAT whose TCP mapping could not be measured (see reasons).".into()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

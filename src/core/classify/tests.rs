@@ -1,0 +1,319 @@
+//! The classifier against simulated NATs of every kind, on a virtual clock.
+
+use super::*;
+use crate::core::sim::{self, NatBehavior, PortAlloc};
+use Behavior::*;
+
+fn nat(mapping: Behavior, filtering: Behavior, alloc: PortAlloc) -> Option<NatBehavior> {
+    Some(NatBehavior::new(mapping, filtering, alloc))
+}
+
+fn check(
+    n: Option<NatBehavior>,
+    mapping: Behavior,
+    filtering: Behavior,
+    allocation: Allocation,
+    delta: Option<i32>,
+    legacy: LegacyType,
+) -> UdpReport {
+    for seed in 0..8 {
+        let (r, elapsed) = sim::classify(n, true, 0.0, seed, None);
+        assert_eq!(r.mapping, mapping, "mapping, seed {seed}: {r:#?}");
+        assert_eq!(r.filtering, filtering, "filtering, seed {seed}: {r:#?}");
+        assert_eq!(r.allocation, allocation, "allocation, seed {seed}: {r:#?}");
+        assert_eq!(r.delta, delta, "delta, seed {seed}: {r:#?}");
+        assert_eq!(r.legacy_type, legacy, "legacy, seed {seed}: {r:#?}");
+        assert_eq!(r.behind_nat, n.is_some());
+        // With 20 ms RTT the slowest case (silence means "filtered") stays under a second.
+        assert!(elapsed < Duration::from_millis(1000), "took {elapsed:?}");
+    }
+    sim::classify(n, true, 0.0, 99, None).0
+}
+
+#[test]
+fn no_nat_is_open_internet() {
+    let r = check(
+        None,
+        EndpointIndependent,
+        EndpointIndependent,
+        Allocation::Preserving,
+        None,
+        LegacyType::OpenInternet,
+    );
+    assert_eq!(r.hairpinning, Some(true));
+    assert!(r.reasons.is_empty(), "{:?}", r.reasons);
+}
+
+#[test]
+fn full_cone() {
+    let r = check(
+        nat(
+            EndpointIndependent,
+            EndpointIndependent,
+            PortAlloc::Preserve,
+        ),
+        EndpointIndependent,
+        EndpointIndependent,
+        Allocation::Preserving,
+        None,
+        LegacyType::FullCone,
+    );
+    assert_eq!(r.hairpinning, Some(false));
+}
+
+#[test]
+fn restricted_cone() {
+    check(
+        nat(EndpointIndependent, AddressDependent, PortAlloc::Preserve),
+        EndpointIndependent,
+        AddressDependent,
+        Allocation::Preserving,
+        None,
+        LegacyType::RestrictedCone,
+    );
+}
+
+#[test]
+fn port_restricted_cone() {
+    check(
+        nat(
+            EndpointIndependent,
+            AddressAndPortDependent,
+            PortAlloc::Preserve,
+        ),
+        EndpointIndependent,
+        AddressAndPortDependent,
+        Allocation::Preserving,
+        None,
+        LegacyType::PortRestrictedCone,
+    );
+}
+
+#[test]
+fn symmetric_random() {
+    check(
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Random,
+        ),
+        AddressAndPortDependent,
+        AddressAndPortDependent,
+        Allocation::Random,
+        None,
+        LegacyType::Symmetric,
+    );
+}
+
+#[test]
+fn symmetric_sequential_reports_step() {
+    for step in [1u16, 2, 7] {
+        check(
+            nat(
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAlloc::Sequential { start: 20000, step },
+            ),
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            Allocation::Sequential,
+            Some(i32::from(step)),
+            LegacyType::Symmetric,
+        );
+    }
+}
+
+#[test]
+fn address_dependent_mapping() {
+    check(
+        nat(AddressDependent, AddressAndPortDependent, PortAlloc::Random),
+        AddressDependent,
+        AddressAndPortDependent,
+        Allocation::Random,
+        None,
+        LegacyType::Symmetric,
+    );
+}
+
+#[test]
+fn eim_with_sequential_ports() {
+    check(
+        nat(
+            EndpointIndependent,
+            AddressDependent,
+            PortAlloc::Sequential {
+                start: 40000,
+                step: 1,
+            },
+        ),
+        EndpointIndependent,
+        AddressDependent,
+        Allocation::Sequential,
+        Some(1),
+        LegacyType::RestrictedCone,
+    );
+}
+
+#[test]
+fn hairpinning_detected() {
+    let mut b = NatBehavior::new(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    );
+    b.hairpin = true;
+    let (r, _) = sim::classify(Some(b), true, 0.0, 1, None);
+    assert_eq!(r.hairpinning, Some(true));
+}
+
+#[test]
+fn server_without_alternate_reports_unknown_with_reasons() {
+    let n = nat(
+        EndpointIndependent,
+        AddressAndPortDependent,
+        PortAlloc::Preserve,
+    );
+    let (r, _) = sim::classify(n, false, 0.0, 3, None);
+    assert_eq!(r.mapping, Unknown);
+    assert_eq!(r.filtering, Unknown);
+    assert_eq!(r.legacy_type, LegacyType::Unknown);
+    assert_eq!(r.allocation, Allocation::Preserving);
+    assert!(r.mapped.is_some());
+    assert!(
+        r.reasons.contains_key("mapping") && r.reasons.contains_key("filtering"),
+        "{:?}",
+        r.reasons
+    );
+    assert!(r.reasons["filtering"].contains("420"), "{:?}", r.reasons);
+}
+
+#[test]
+fn blocked_when_server_never_answers() {
+    let (r, elapsed) = sim::classify(None, true, 1.0, 5, None);
+    assert_eq!(r.legacy_type, LegacyType::Blocked);
+    assert_eq!(r.mapped, None);
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+}
+
+#[test]
+fn loss_is_tolerated_for_cones() {
+    // 10% loss per packet: retransmissions keep the verdict right almost always.
+    let n = nat(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    );
+    let mut right = 0;
+    for seed in 0..50 {
+        let (r, _) = sim::classify(n, true, 0.10, seed, None);
+        if r.legacy_type == LegacyType::FullCone {
+            right += 1;
+        }
+    }
+    assert!(right >= 48, "{right}/50");
+}
+
+#[test]
+fn lifetime_range_brackets_the_nat_timeout() {
+    let mut b = NatBehavior::new(
+        EndpointIndependent,
+        AddressAndPortDependent,
+        PortAlloc::Preserve,
+    );
+    b.timeout = Duration::from_secs(30);
+    let (r, elapsed) = sim::classify(Some(b), true, 0.0, 7, Some(Duration::from_secs(120)));
+    let l = r.lifetime.expect("lifetime measured");
+    assert!(
+        l.min_s < 30.0 && l.max_s.is_some_and(|m| m >= 30.0),
+        "{l:?}"
+    );
+    // The search stops at the first expiry instead of running to the bound.
+    assert!(elapsed < Duration::from_secs(40), "{elapsed:?}");
+}
+
+#[test]
+fn lifetime_longer_than_bound() {
+    let mut b = NatBehavior::new(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    );
+    b.timeout = Duration::from_secs(600);
+    let (r, _) = sim::classify(Some(b), true, 0.0, 8, Some(Duration::from_secs(10)));
+    let l = r.lifetime.expect("lifetime measured");
+    assert_eq!(l.max_s, None);
+    assert_eq!(l.min_s, 10.0);
+}
+
+#[test]
+fn allocation_tolerates_one_interloper() {
+    // Ports 100,101,102,104,105: another flow took 103.
+    let s: Vec<(usize, u16, u16)> = [100u16, 101, 102, 104, 105]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i, 5000 + i as u16, p))
+        .collect();
+    assert_eq!(classify_allocation(&s), (Allocation::Sequential, Some(1)));
+    let wrap: Vec<(usize, u16, u16)> = [65534u16, 65535, 0, 1, 2]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i, 5000 + i as u16, p))
+        .collect();
+    assert_eq!(
+        classify_allocation(&wrap),
+        (Allocation::Sequential, Some(1))
+    );
+    let random: Vec<(usize, u16, u16)> = [4000u16, 61000, 1200, 33333, 9]
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (i, 5000 + i as u16, p))
+        .collect();
+    assert_eq!(classify_allocation(&random).0, Allocation::Random);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn behavior() -> impl Strategy<Value = Behavior> {
+        prop_oneof![
+            Just(EndpointIndependent),
+            Just(AddressDependent),
+            Just(AddressAndPortDependent)
+        ]
+    }
+
+    fn alloc() -> impl Strategy<Value = PortAlloc> {
+        prop_oneof![
+            Just(PortAlloc::Preserve),
+            Just(PortAlloc::Random),
+            (1u16..=8, 2000u16..60000)
+                .prop_map(|(step, start)| PortAlloc::Sequential { start, step }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever RFC 4787 behaviour the simulated NAT has, the classifier names it.
+        #[test]
+        fn classifies_any_simulated_nat(m in behavior(), f in behavior(), a in alloc(), seed in any::<u64>()) {
+            let (r, _) = sim::classify(Some(NatBehavior::new(m, f, a)), true, 0.0, seed, None);
+            prop_assert_eq!(r.mapping, m);
+            prop_assert_eq!(r.filtering, f);
+            prop_assert!(r.behind_nat);
+            prop_assert_eq!(r.hairpinning, Some(false));
+            let (want, delta) = match a {
+                PortAlloc::Preserve => (Allocation::Preserving, None),
+                PortAlloc::Random => (Allocation::Random, None),
+                PortAlloc::Sequential { step, .. } => (Allocation::Sequential, Some(i32::from(step))),
+            };
+            prop_assert_eq!(r.allocation, want);
+            prop_assert_eq!(r.delta, delta);
+            prop_assert!(r.reasons.is_empty(), "{:?}", r.reasons);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The sans-IO core: every protocol state machine and codec. Nothing here opens a socket,
+//! starts a thread, reads a clock or draws unseeded randomness; time comes in as `now`,
+//! packets come in as bytes, and what to send comes out as [`Transmit`]s.
+
+pub mod classify;
+pub mod punch;
+pub mod rendezvous;
+pub mod server;
+pub mod sim;
+pub mod stun;
+pub mod wire;

@@ -1,0 +1,540 @@
+//! UDP hole punching between two peers, sans-IO.
+//!
+//! Both peers learn each other's public endpoint, local candidates and NAT classification
+//! from the rendezvous and start at the agreed moment. Every punch packet is a STUN Binding
+//! request (responses are Binding success) carrying `USERNAME = "<to>:<from>"`, our TLS
+//! certificate fingerprint and MESSAGE-INTEGRITY-SHA256 keyed from the shared secret, the
+//! way ICE (RFC 8445 section 7.2) authenticates its connectivity checks: a stray or forged
+//! packet is never taken for the peer. The peer with the larger id is *controlling*: it picks
+//! the first pair that worked both ways and nominates it; the other side follows.
+//!
+//! Strategies ([`choose_strategy`]): `direct` when at least one side maps
+//! endpoint-independently in a way the other can reach; `predict` when a symmetric side
+//! allocates ports sequentially (the other side tries the next ports by the measured step);
+//! `sweep` against random allocation (a birthday attack: the random side opens many
+//! mappings toward the other's fixed endpoint while the other probes random ports).
+
+pub mod tcp;
+#[cfg(test)]
+mod tests;
+
+use crate::core::classify::{Allocation, Behavior};
+use crate::core::rendezvous::{NatInfo, PeerData};
+use crate::core::stun::{
+    attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
+};
+use hmac::{Hmac, Mac};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Comprehension-optional attributes (RFC 8489 section 18.3: 0x8000-0xFFFF) private to
+/// punchraw: the sender's certificate fingerprint, and the controlling side's nomination.
+pub const ATTR_CERT_FINGERPRINT: u16 = 0xC0A1;
+pub const ATTR_NOMINATE: u16 = 0xC0A2;
+
+/// Ports a random-allocating NAT draws from (Linux uses 1024-65535 for masquerade).
+const RANDOM_PORT_SPACE: f64 = 64512.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Direct,
+    Predict,
+    Sweep,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Direct => "direct",
+            Strategy::Predict => "predict",
+            Strategy::Sweep => "sweep",
+        }
+    }
+}
+
+fn eim(n: &NatInfo) -> bool {
+    n.mapping == Behavior::EndpointIndependent
+}
+
+fn predictable(n: &NatInfo) -> bool {
+    eim(n)
+        || matches!(
+            n.allocation,
+            Allocation::Sequential | Allocation::Preserving
+        )
+}
+
+/// The same answer on both sides: it depends only on the pair of classifications.
+pub fn choose_strategy(a: &NatInfo, b: &NatInfo) -> Strategy {
+    let reachable = |x: &NatInfo| {
+        eim(x)
+            && matches!(
+                x.filtering,
+                Behavior::EndpointIndependent | Behavior::AddressDependent
+            )
+    };
+    if (eim(a) && eim(b)) || reachable(a) || reachable(b) {
+        Strategy::Direct
+    } else if predictable(a) && predictable(b) {
+        Strategy::Predict
+    } else {
+        Strategy::Sweep
+    }
+}
+
+/// Derives the punch key from the secret and session: HMAC-SHA256(secret, label | session),
+/// so one secret used for two sessions gives two keys.
+pub fn derive_key(secret: &[u8], session: &str) -> [u8; 32] {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"punchraw v1 punch key\0");
+    mac.update(session.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+#[derive(Debug, Clone)]
+pub struct PunchConfig {
+    pub my_id: String,
+    pub my_nat: NatInfo,
+    /// Our socket 0 as the rendezvous saw it, and its local addresses: the peer targets
+    /// these, and prediction must know how many flows the peer creates before its window.
+    pub my_public: SocketAddr,
+    pub my_locals: Vec<SocketAddr>,
+    pub peer: PeerData,
+    pub key: [u8; 32],
+    /// SHA-256 of our per-run certificate; the peer pins it.
+    pub fingerprint: [u8; 32],
+    /// Give up after this long from the start.
+    pub budget: Duration,
+    /// Probes per second toward random ports (sweep), and the cap on all punch traffic.
+    pub rate: u32,
+    /// How many ports past the peer's last seen one to try (predict).
+    pub window: u16,
+    /// Extra sockets the random side opens in a sweep.
+    pub sweep_sockets: usize,
+    pub seed: u64,
+}
+
+impl PunchConfig {
+    pub fn strategy(&self) -> Strategy {
+        choose_strategy(&self.my_nat, &self.peer.nat)
+    }
+
+    /// Whether this side opens many mappings (it is the random, symmetric side of a sweep).
+    pub fn i_spray(&self) -> bool {
+        self.strategy() == Strategy::Sweep && !predictable(&self.my_nat)
+    }
+
+    /// Whether this side probes random ports of the peer.
+    pub fn i_probe_random(&self) -> bool {
+        self.strategy() == Strategy::Sweep && !predictable(&self.peer.nat)
+    }
+
+    /// Socket 0 is the one registered at the rendezvous; a sprayer needs more.
+    pub fn sockets_needed(&self) -> usize {
+        1 + if self.i_spray() {
+            self.sweep_sockets
+        } else {
+            0
+        }
+    }
+
+    /// Chance that a sweep finds a pair within the budget: every probe hits one of the
+    /// sprayer's mappings with probability sockets / port space.
+    pub fn sweep_success_probability(&self) -> f64 {
+        if !predictable(&self.my_nat) && !predictable(&self.peer.nat) {
+            // Each random probe leaves from a new random port of our own NAT, which the
+            // peer's mappings (aimed at our registered port) never expect.
+            return 0.0;
+        }
+        let probes = f64::from(self.rate) * self.budget.as_secs_f64();
+        let per_probe = self.sweep_sockets as f64 / RANDOM_PORT_SPACE;
+        1.0 - (1.0 - per_probe).powf(probes)
+    }
+
+    fn controlling(&self) -> bool {
+        self.my_id > self.peer.id
+    }
+}
+
+/// What socket 0 contacts every round, in order: the endpoint the server saw, then the local
+/// candidates.
+fn base_targets(public: SocketAddr, locals: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut v = vec![public];
+    v.extend(locals.iter().copied().filter(|a| *a != public));
+    v
+}
+
+/// Socket 0's targets: the peer's candidates, then (predict) the peer's next ports.
+///
+/// A sequential NAT gives each new flow the next port, so the peer's flow toward our k-th
+/// candidate leaves from its port `public + delta * k` (k from 1). When both sides predict,
+/// each side's window flows also take consecutive ports; if our i-th window target is the
+/// peer's port at offset `c_peer + i`, where `c_peer` counts the flows the peer makes before
+/// its window (its base targets plus one), our i-th flow and the peer's i-th flow are each
+/// other's reverse and both NATs let them through.
+fn targets(cfg: &PunchConfig) -> Vec<SocketAddr> {
+    let mut v = base_targets(cfg.peer.public, &cfg.peer.locals);
+    if cfg.strategy() != Strategy::Predict || eim(&cfg.peer.nat) {
+        return v;
+    }
+    let step = cfg.peer.nat.delta.unwrap_or(1);
+    let first = if eim(&cfg.my_nat) {
+        1
+    } else {
+        1 + base_targets(cfg.my_public, &cfg.my_locals).len() as i32
+    };
+    let base = i32::from(cfg.peer.public.port());
+    // The ports below the expected first one come last, so they do not shift our own
+    // window flows' ports.
+    for k in (first..first + i32::from(cfg.window)).chain(1..first) {
+        let p = (base + step * k).rem_euclid(65536) as u16;
+        if p != 0 {
+            let a = SocketAddr::new(cfg.peer.public.ip(), p);
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+    }
+    v
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub socket: usize,
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Packets claiming to be the peer failed the integrity check, and none passed.
+    AuthFailed { rejected: u64 },
+    /// Nothing got through within the budget.
+    NoPath { strategy: Strategy, probes: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started {
+        strategy: Strategy,
+    },
+    /// A sweep's progress (probes sent so far).
+    Progress {
+        probes: u64,
+    },
+    Connected {
+        socket: usize,
+        remote: SocketAddr,
+        peer_fingerprint: [u8; 32],
+        probes: u64,
+    },
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Check,
+    Nominate,
+}
+
+pub struct Punch {
+    cfg: PunchConfig,
+    start: Instant,
+    rng: StdRng,
+    /// Where socket 0 sends every round: the peer's public endpoint, its locals, and the
+    /// predicted ports.
+    fixed_targets: Vec<SocketAddr>,
+    next_round: Instant,
+    next_random: Instant,
+    next_spray: Instant,
+    /// Our outstanding requests: transaction id to (socket, remote, role).
+    pending: HashMap<TransactionId, (usize, SocketAddr, Role)>,
+    /// Remotes that sent us a valid request, per socket.
+    heard_from: Vec<(usize, SocketAddr)>,
+    peer_fingerprint: Option<[u8; 32]>,
+    queue: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    pub probes: u64,
+    pub rejected: u64,
+    pub stray: u64,
+    done: bool,
+    last_progress: u64,
+}
+
+const ROUND: Duration = Duration::from_millis(100);
+const SPRAY_EVERY: Duration = Duration::from_millis(1000);
+
+impl Punch {
+    /// `start` is the agreed moment; nothing is sent before it.
+    pub fn new(cfg: PunchConfig, start: Instant) -> Self {
+        let fixed = targets(&cfg);
+        let seed = cfg.seed;
+        let strategy = cfg.strategy();
+        Punch {
+            cfg,
+            start,
+            rng: StdRng::seed_from_u64(seed),
+            fixed_targets: fixed,
+            next_round: start,
+            next_random: start,
+            next_spray: start,
+            pending: HashMap::new(),
+            heard_from: Vec::new(),
+            peer_fingerprint: None,
+            queue: VecDeque::new(),
+            events: VecDeque::from([Event::Started { strategy }]),
+            probes: 0,
+            rejected: 0,
+            stray: 0,
+            done: false,
+            last_progress: 0,
+        }
+    }
+
+    pub fn config(&self) -> &PunchConfig {
+        &self.cfg
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.queue.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        let mut t = self.next_round.min(self.start + self.cfg.budget);
+        if self.cfg.i_probe_random() {
+            t = t.min(self.next_random);
+        }
+        if self.cfg.i_spray() {
+            t = t.min(self.next_spray);
+        }
+        Some(t)
+    }
+
+    fn request(&mut self, socket: usize, dst: SocketAddr, role: Role) {
+        let tid = TransactionId::new_random();
+        let mut payload = Vec::with_capacity(120);
+        let username = format!("{}:{}", self.cfg.peer.id, self.cfg.my_id);
+        let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, tid);
+        e.push(&Attribute::Username(username.as_bytes()));
+        e.push(&Attribute::Other {
+            typ: ATTR_CERT_FINGERPRINT,
+            value: &self.cfg.fingerprint,
+        });
+        if role == Role::Nominate {
+            e.push(&Attribute::Other {
+                typ: ATTR_NOMINATE,
+                value: &[],
+            });
+        }
+        e.message_integrity_sha256(&self.cfg.key);
+        e.fingerprint();
+        // Old transactions are kept: a late answer to any of them still proves the pair.
+        if self.pending.len() > 100_000 {
+            self.pending.clear();
+        }
+        self.pending.insert(tid, (socket, dst, role));
+        self.probes += 1;
+        self.queue.push_back(Transmit {
+            socket,
+            dst,
+            payload,
+        });
+    }
+
+    fn respond(&mut self, socket: usize, to: SocketAddr, tid: TransactionId) {
+        let mut payload = Vec::with_capacity(120);
+        let mut e = Encoder::new(&mut payload, MessageType::BINDING_SUCCESS, tid);
+        e.push(&Attribute::XorMappedAddress(to));
+        e.push(&Attribute::Other {
+            typ: ATTR_CERT_FINGERPRINT,
+            value: &self.cfg.fingerprint,
+        });
+        e.message_integrity_sha256(&self.cfg.key);
+        e.fingerprint();
+        self.queue.push_back(Transmit {
+            socket,
+            dst: to,
+            payload,
+        });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.done || now < self.start {
+            return;
+        }
+        if now >= self.start + self.cfg.budget {
+            self.done = true;
+            let f = if self.rejected > 0 && self.peer_fingerprint.is_none() {
+                Failure::AuthFailed {
+                    rejected: self.rejected,
+                }
+            } else {
+                Failure::NoPath {
+                    strategy: self.cfg.strategy(),
+                    probes: self.probes,
+                }
+            };
+            self.events.push_back(Event::Failed(f));
+            return;
+        }
+        if now >= self.next_round {
+            for dst in self.fixed_targets.clone() {
+                self.request(0, dst, Role::Check);
+            }
+            self.next_round = now + ROUND;
+        }
+        if self.cfg.i_spray() && now >= self.next_spray {
+            // Each extra socket keeps a mapping toward the peer's fixed endpoint open; the
+            // peer's random probes are what have to land on one of them.
+            for s in 1..self.cfg.sockets_needed() {
+                self.request(s, self.cfg.peer.public, Role::Check);
+            }
+            self.next_spray = now + SPRAY_EVERY;
+        }
+        if self.cfg.i_probe_random() && now >= self.next_random {
+            // Catch up on the probes the rate allows since the last call, in 10 ms slices.
+            let per_slice = (self.cfg.rate / 100).max(1);
+            for _ in 0..per_slice {
+                let port = self.rng.random_range(1024..=65535u16);
+                self.request(
+                    0,
+                    SocketAddr::new(self.cfg.peer.public.ip(), port),
+                    Role::Check,
+                );
+            }
+            self.next_random = now + Duration::from_millis(10);
+            if self.probes >= self.last_progress + u64::from(self.cfg.rate) {
+                self.last_progress = self.probes;
+                self.events.push_back(Event::Progress {
+                    probes: self.probes,
+                });
+            }
+        }
+    }
+
+    fn connected(&mut self, socket: usize, remote: SocketAddr) {
+        if self.done {
+            return;
+        }
+        let Some(fp) = self.peer_fingerprint else {
+            return;
+        };
+        self.done = true;
+        self.events.push_back(Event::Connected {
+            socket,
+            remote,
+            peer_fingerprint: fp,
+            probes: self.probes,
+        });
+    }
+
+    /// Authenticates a message as the peer's: USERNAME names us then the peer, and the
+    /// MESSAGE-INTEGRITY-SHA256 verifies with the shared key.
+    fn authentic(&mut self, msg: &Message<'_>, expect_username: bool) -> Option<[u8; 32]> {
+        if expect_username {
+            let want = format!("{}:{}", self.cfg.my_id, self.cfg.peer.id);
+            match msg.get(attr_type::USERNAME) {
+                Some(Ok(Attribute::Username(u))) if u == want.as_bytes() => {}
+                _ => {
+                    self.stray += 1;
+                    return None;
+                }
+            }
+        }
+        if !msg.verify_integrity_sha256(&self.cfg.key) {
+            self.rejected += 1;
+            return None;
+        }
+        let fp = msg.attributes().find(|a| a.typ == ATTR_CERT_FINGERPRINT)?;
+        let fp: [u8; 32] = fp.value.try_into().ok()?;
+        if self.peer_fingerprint.is_some_and(|known| known != fp) {
+            // Authenticated, but a different certificate than before: not the same run.
+            self.rejected += 1;
+            return None;
+        }
+        self.peer_fingerprint = Some(fp);
+        Some(fp)
+    }
+
+    /// A datagram arrived on `socket` from `from`. After [`Event::Connected`], the driver
+    /// must still drain [`Punch::poll_transmit`] (the last answer and nominations) before
+    /// handing the socket to QUIC.
+    pub fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        let Ok(msg) = Message::parse(data) else {
+            // A QUIC long-header packet (first bit set) from an authenticated remote: the
+            // controlling side has moved on, so its nomination was lost; follow it.
+            if !self.cfg.controlling()
+                && data.first().is_some_and(|b| b & 0x80 != 0)
+                && self.heard_from.contains(&(socket, from))
+            {
+                self.connected(socket, from);
+            } else {
+                self.stray += 1;
+            }
+            return;
+        };
+        let tid = msg.transaction_id();
+        match msg.message_type().class {
+            Class::Request => {
+                if self.authentic(&msg, true).is_none() {
+                    return;
+                }
+                self.respond(socket, from, tid);
+                let nominated = msg.attributes().any(|a| a.typ == ATTR_NOMINATE);
+                if !self.heard_from.contains(&(socket, from)) {
+                    self.heard_from.push((socket, from));
+                    // A triggered check (RFC 8445 section 7.3.1.4): answer the newly heard
+                    // remote with our own request so the pair is proven both ways quickly.
+                    if now >= self.start {
+                        self.request(socket, from, Role::Check);
+                    }
+                }
+                if nominated && !self.cfg.controlling() {
+                    self.connected(socket, from);
+                }
+            }
+            Class::Success => {
+                let Some(&(s, dst, role)) = self.pending.get(&tid) else {
+                    self.stray += 1;
+                    return;
+                };
+                if s != socket || self.authentic(&msg, false).is_none() {
+                    return;
+                }
+                // The answer may come from another port than we sent to (a symmetric peer);
+                // `from` is where the peer really is.
+                let _ = dst;
+                if self.cfg.controlling() {
+                    if role == Role::Check {
+                        // Nominate the first working pair, several times because the
+                        // follower learns of it only from this.
+                        for _ in 0..3 {
+                            self.request(socket, from, Role::Nominate);
+                        }
+                    }
+                    self.connected(socket, from);
+                }
+            }
+            _ => self.stray += 1,
+        }
+    }
+}

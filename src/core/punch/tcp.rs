@@ -1,0 +1,474 @@
+//! TCP hole punching, sans-IO: port prediction from the ports the server saw, and the plan of
+//! connection attempts around the prediction.
+//!
+//! TCP punching is a simultaneous open (RFC 9293 section 3.5, figure 8): both peers `connect()`
+//! toward the other's predicted external endpoint at the agreed moment. The first SYN to reach
+//! the far NAT finds no mapping and is dropped (or answered, by hostile NATs); the crossing SYN
+//! then finds the mapping the first one opened in its own NAT and passes. Every attempt is a
+//! kernel socket bound to the same local port (SO_REUSEADDR/SO_REUSEPORT), one per candidate
+//! port of the peer, so that whichever 4-tuple the peer's SYN arrives on, a socket with the
+//! sequence number the NATs' conntrack saw is there to finish the handshake (a raw SYN with
+//! another sequence number leaves the later packets out of conntrack's window, and the NAT
+//! drops them as invalid).
+//!
+//! Per side, the plan depends on both NATs (RFC 5382 terms):
+//! - the peer maps endpoint-independently: one attempt, at its mapped port (`direct`);
+//! - the peer allocates sequentially: attempts at its predicted port and the next ones by its
+//!   step, paced (`predict`);
+//! - the peer allocates randomly and we map endpoint-independently: attempts at random ports of
+//!   the peer, paced at the configured rate (`sweep`, probing side);
+//! - we allocate randomly and the peer maps endpoint-independently: many attempts from fresh
+//!   local ports toward the peer's one port, each a new random mapping in our NAT that the
+//!   peer's probes may hit (`sweep`, spraying side; the birthday paradox of the Super
+//!   Holepunch design).
+//!
+//! A refused attempt (the far NAT answered with RST or ICMP, which also wipes the mapping our
+//! SYN opened in our own NAT) is repeated after a short random pause, until the budget ends.
+
+use super::Strategy;
+use crate::core::classify::{Allocation, Behavior};
+use crate::core::rendezvous::{hex, unhex32, NatInfo, TcpOffer};
+use hmac::{Hmac, Mac};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Largest port step still taken for sequential allocation; a larger constant difference
+/// between three samples is more likely chance than a counter.
+const MAX_DELTA: i32 = 64;
+/// Pause bounds before repeating a refused attempt. Random, so that two peers refused at the
+/// same moment do not keep crossing in the same unlucky order.
+const RETRY_PAUSE: (u64, u64) = (80, 300);
+/// An unanswered probe of a random port is closed after this long: if the port were the
+/// peer's, the peer's socket would have answered within a round trip.
+pub const PROBE_LINGER: Duration = Duration::from_secs(3);
+/// Ports a random-allocating NAT draws from (Linux uses 1024-65535).
+const RANDOM_PORTS: (u16, u16) = (1024, 65535);
+
+/// What the ports the server saw from one local port say about our NAT, and where our next
+/// connection from that port will appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prediction {
+    pub nat: NatInfo,
+    /// 0 when unpredictable.
+    pub port: u16,
+}
+
+/// `mapped` are the external ports the server saw for successive connections from local port
+/// `local`, each to another server endpoint, in the order they were made.
+pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
+    let mut nat = NatInfo::unknown();
+    let Some((&first, rest)) = mapped.split_first() else {
+        return Prediction { nat, port: 0 };
+    };
+    if rest.iter().all(|&p| p == first) {
+        // One external port for every destination: endpoint-independent mapping (RFC 5382
+        // REQ-1), and the next connection from `local` reuses it.
+        nat.mapping = Behavior::EndpointIndependent;
+        nat.filtering = Behavior::Unknown;
+        nat.allocation = if first == local {
+            Allocation::Preserving
+        } else {
+            Allocation::Unknown
+        };
+        return Prediction { nat, port: first };
+    }
+    nat.mapping = Behavior::AddressAndPortDependent;
+    let deltas: Vec<i32> = mapped
+        .windows(2)
+        .map(|w| i32::from(w[1]) - i32::from(w[0]))
+        .collect();
+    let d = deltas[0];
+    if deltas.len() >= 2 && d != 0 && d.abs() <= MAX_DELTA && deltas.iter().all(|&x| x == d) {
+        nat.allocation = Allocation::Sequential;
+        nat.delta = Some(d);
+        let last = *mapped.last().expect("non-empty");
+        let next = i32::from(last) + d;
+        let port = u16::try_from(next).unwrap_or(0);
+        return Prediction { nat, port };
+    }
+    nat.allocation = if deltas.len() >= 2 {
+        Allocation::Random
+    } else {
+        Allocation::Unknown
+    };
+    Prediction { nat, port: 0 }
+}
+
+fn eim(n: &NatInfo) -> bool {
+    n.mapping == Behavior::EndpointIndependent
+}
+
+fn sequential(n: &NatInfo) -> bool {
+    !eim(n) && n.allocation == Allocation::Sequential
+}
+
+/// Whether the peer can aim at this NAT's next TCP port: one port for every destination, or
+/// a counter with a known step.
+pub fn predictable(n: &NatInfo) -> bool {
+    eim(n) || sequential(n)
+}
+
+/// The pair's strategy, the same on both sides.
+pub fn strategy(a: &NatInfo, b: &NatInfo) -> Strategy {
+    if eim(a) && eim(b) {
+        Strategy::Direct
+    } else if predictable(a) && predictable(b) {
+        Strategy::Predict
+    } else {
+        Strategy::Sweep
+    }
+}
+
+/// What this side does in the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// One attempt at the peer's predicted port.
+    Direct,
+    /// The peer's predicted port, then the next ones by its step, then the ones before.
+    Window { delta: i32 },
+    /// Random ports of the peer, from our one local port.
+    Probe,
+    /// Many attempts from fresh local ports toward the peer's one port.
+    Spray,
+}
+
+pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
+    if eim(peer) {
+        if eim(me) || sequential(me) {
+            Plan::Direct
+        } else {
+            Plan::Spray
+        }
+    } else if sequential(peer) {
+        Plan::Window {
+            delta: peer.delta.unwrap_or(1),
+        }
+    } else if eim(me) {
+        Plan::Probe
+    } else {
+        // Neither side can be found by the other: a window around whatever the peer
+        // predicted is the best left (it connects only by luck).
+        Plan::Window { delta: 1 }
+    }
+}
+
+/// The chance that a sweep connects: `mappings` random ports open on the spraying side,
+/// `probes` random ports tried by the probing side.
+pub fn sweep_success_probability(mappings: usize, probes: u64) -> f64 {
+    let space = f64::from(RANDOM_PORTS.1 - RANDOM_PORTS.0) + 1.0;
+    let miss = 1.0 - (mappings as f64 / space).min(1.0);
+    1.0 - miss.powf(probes as f64)
+}
+
+type HmacSha256 = Hmac<sha2::Sha256>;
+
+fn offer_mac(key: &[u8; 32], from_id: &str, o: &TcpOffer) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"punchraw v1 tcp offer\0");
+    mac.update(from_id.as_bytes());
+    mac.update(&[0]);
+    mac.update(&o.local_port.to_be_bytes());
+    mac.update(&o.port.to_be_bytes());
+    mac.update(o.fp.as_bytes());
+    // The NAT description steers the peer's plan, so it is covered too.
+    mac.update(serde_json::to_string(&o.nat).unwrap_or_default().as_bytes());
+    mac
+}
+
+/// Our offer, MACed under the punch key so that the server relaying it cannot alter it.
+pub fn make_offer(
+    key: &[u8; 32],
+    my_id: &str,
+    local_port: u16,
+    p: &Prediction,
+    fingerprint: &[u8; 32],
+) -> TcpOffer {
+    let mut o = TcpOffer {
+        local_port,
+        port: p.port,
+        nat: p.nat,
+        fp: hex(fingerprint),
+        mac: String::new(),
+    };
+    o.mac = hex(&offer_mac(key, my_id, &o).finalize().into_bytes());
+    o
+}
+
+/// The peer's certificate fingerprint, when its offer verifies under our punch key.
+pub fn verify_offer(key: &[u8; 32], peer_id: &str, o: &TcpOffer) -> Option<[u8; 32]> {
+    let tag = unhex32(&o.mac)?;
+    offer_mac(key, peer_id, o).verify_slice(&tag).ok()?;
+    unhex32(&o.fp)
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpPunchConfig {
+    pub plan: Plan,
+    pub peer_ip: IpAddr,
+    /// The peer's predicted port (0: unknown).
+    pub peer_port: u16,
+    /// Our fixed local port (unused by `Spray`).
+    pub local_port: u16,
+    pub window: u16,
+    /// Attempts per second at most.
+    pub rate: u32,
+    pub sweep_sockets: usize,
+    pub budget: Duration,
+    pub seed: u64,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open a socket bound to `from_port` (0: a fresh port) and `connect()` it to `to`.
+    Connect {
+        id: u64,
+        from_port: u16,
+        to: SocketAddr,
+    },
+    /// Close attempt `id`: it can no longer succeed.
+    Abandon { id: u64 },
+}
+
+/// Why an attempt ended without a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    /// RST (ECONNREFUSED): the far NAT or host refused.
+    Refused,
+    /// ICMP error (EHOSTUNREACH, ENETUNREACH, ...).
+    Unreachable,
+    /// The kernel gave up retransmitting the SYN.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    to: SocketAddr,
+    from_port: u16,
+    /// When to close it if still unanswered (random probes only).
+    linger_until: Option<Instant>,
+}
+
+/// The attempt scheduler. Drive: `handle_timeout(now)` whenever `poll_timeout()` passes,
+/// report failed attempts with `handle_failure`, and drain `poll_action()` after each call.
+#[derive(Debug)]
+pub struct TcpPunch {
+    cfg: TcpPunchConfig,
+    start: Instant,
+    deadline: Instant,
+    rng: StdRng,
+    /// Targets not yet tried, in order.
+    pending: VecDeque<u16>,
+    /// Attempts to repeat, by when.
+    retries: BTreeMap<Instant, Vec<(u16, SocketAddr)>>,
+    next_send: Instant,
+    live: BTreeMap<u64, Attempt>,
+    next_id: u64,
+    actions: VecDeque<Action>,
+    probed: HashSet<u16>,
+    /// Attempts made (SYNs the kernel sent first; retransmissions not counted).
+    pub attempts: u64,
+    pub refused: u64,
+    pub unreachable: u64,
+}
+
+impl TcpPunch {
+    pub fn new(cfg: TcpPunchConfig, start: Instant) -> Self {
+        let mut pending = VecDeque::new();
+        // Port 0 is "unpredictable": aiming at the ports around it would only scan the peer's
+        // address. Such a plan makes no attempt and leaves the peer's to the listener.
+        let aimless = cfg.peer_port == 0 && cfg.plan != Plan::Probe;
+        match cfg.plan {
+            _ if aimless => {}
+            Plan::Direct => pending.push_back(cfg.peer_port),
+            Plan::Window { delta } => {
+                let d = if delta == 0 { 1 } else { delta };
+                let base = i32::from(cfg.peer_port);
+                // Other traffic through a sequential NAT only moves its counter forward, so
+                // the ports after the prediction come first.
+                let ahead = (0..=i32::from(cfg.window)).map(|k| base + k * d);
+                let behind = (1..=i32::from(cfg.window / 4)).map(|k| base - k * d);
+                for p in ahead.chain(behind) {
+                    if let Ok(p) = u16::try_from(p) {
+                        if p != 0 {
+                            pending.push_back(p);
+                        }
+                    }
+                }
+            }
+            Plan::Spray => {
+                pending.extend(std::iter::repeat_n(cfg.peer_port, cfg.sweep_sockets.max(1)))
+            }
+            // Drawn lazily, as many as the budget allows.
+            Plan::Probe => {}
+        }
+        let rng = StdRng::seed_from_u64(cfg.seed);
+        TcpPunch {
+            deadline: start + cfg.budget,
+            start,
+            rng,
+            pending,
+            retries: BTreeMap::new(),
+            next_send: start,
+            live: BTreeMap::new(),
+            next_id: 0,
+            actions: VecDeque::new(),
+            probed: HashSet::new(),
+            attempts: 0,
+            refused: 0,
+            unreachable: 0,
+            cfg,
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.cfg.rate.max(1)))
+    }
+
+    /// No attempt will be made: the peer's port is unknown and the plan needs one.
+    pub fn aimless(&self) -> bool {
+        self.cfg.peer_port == 0 && self.cfg.plan != Plan::Probe
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    fn source_port(&self) -> u16 {
+        match self.cfg.plan {
+            Plan::Spray => 0,
+            _ => self.cfg.local_port,
+        }
+    }
+
+    fn random_port(&mut self) -> Option<u16> {
+        let space = usize::from(RANDOM_PORTS.1 - RANDOM_PORTS.0) + 1;
+        if self.probed.len() >= space {
+            return None;
+        }
+        loop {
+            let p = self.rng.random_range(RANDOM_PORTS.0..=RANDOM_PORTS.1);
+            if self.probed.insert(p) {
+                return Some(p);
+            }
+        }
+    }
+
+    fn connect(&mut self, now: Instant, from_port: u16, to: SocketAddr) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.attempts += 1;
+        let linger_until = (self.cfg.plan == Plan::Probe).then(|| now + PROBE_LINGER);
+        self.live.insert(
+            id,
+            Attempt {
+                to,
+                from_port,
+                linger_until,
+            },
+        );
+        self.actions
+            .push_back(Action::Connect { id, from_port, to });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.start {
+            return;
+        }
+        if self.expired(now) {
+            self.pending.clear();
+            self.retries.clear();
+            return;
+        }
+        // Repeats of refused attempts go out at their time, outside the pacing: they are few.
+        let due: Vec<Instant> = self.retries.range(..=now).map(|(t, _)| *t).collect();
+        for t in due {
+            for (from, to) in self.retries.remove(&t).unwrap_or_default() {
+                self.connect(now, from, to);
+            }
+        }
+        let lingered: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, a)| a.linger_until.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lingered {
+            self.live.remove(&id);
+            self.actions.push_back(Action::Abandon { id });
+        }
+        // Paced first attempts; after a stall (a slow driver) no burst to catch up.
+        let interval = self.interval();
+        let mut budget = 64;
+        while now >= self.next_send && budget > 0 {
+            let port = match self.cfg.plan {
+                Plan::Probe => self.random_port(),
+                _ => self.pending.pop_front(),
+            };
+            let Some(port) = port else { break };
+            let to = SocketAddr::new(self.cfg.peer_ip, port);
+            let from = self.source_port();
+            self.connect(now, from, to);
+            self.next_send += interval;
+            budget -= 1;
+        }
+        if self.next_send < now {
+            self.next_send = now;
+        }
+    }
+
+    /// Attempt `id` failed. Refused or unreachable attempts at a target chosen on purpose are
+    /// repeated (the far NAT may have answered before the peer's own SYN opened it); random
+    /// probes are not, a refusal there just means a wrong port.
+    pub fn handle_failure(&mut self, now: Instant, id: u64, why: AttemptError) {
+        let Some(a) = self.live.remove(&id) else {
+            return;
+        };
+        match why {
+            AttemptError::Refused => self.refused += 1,
+            AttemptError::Unreachable => self.unreachable += 1,
+            AttemptError::TimedOut => {}
+        }
+        if self.cfg.plan == Plan::Probe || self.expired(now) {
+            return;
+        }
+        let pause = Duration::from_millis(self.rng.random_range(RETRY_PAUSE.0..=RETRY_PAUSE.1));
+        self.retries
+            .entry(now + pause)
+            .or_default()
+            .push((a.from_port, a.to));
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.deadline;
+        if let Some((&r, _)) = self.retries.iter().next() {
+            t = t.min(r);
+        }
+        if !self.pending.is_empty() || self.cfg.plan == Plan::Probe {
+            t = t.min(self.next_send.max(self.start));
+        }
+        if let Some(l) = self.live.values().filter_map(|a| a.linger_until).min() {
+            t = t.min(l);
+        }
+        Some(t)
+    }
+
+    /// The attempt's target, for reports.
+    pub fn target(&self, id: u64) -> Option<SocketAddr> {
+        self.live.get(&id).map(|a| a.to)
+    }
+}
+
+#[cfg(test)]
+mod tests;

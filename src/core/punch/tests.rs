@@ -1,0 +1,341 @@
+//! Two punch state machines through two simulated NATs on a virtual clock.
+
+use super::*;
+use crate::core::sim::{NatBehavior, PairNet, PortAlloc};
+use std::net::IpAddr;
+use Behavior::*;
+
+fn info(n: &Option<NatBehavior>) -> NatInfo {
+    match n {
+        None => NatInfo {
+            mapping: EndpointIndependent,
+            filtering: EndpointIndependent,
+            allocation: Allocation::Preserving,
+            delta: None,
+        },
+        Some(b) => NatInfo {
+            mapping: b.mapping,
+            filtering: b.filtering,
+            allocation: match b.alloc {
+                PortAlloc::Preserve => Allocation::Preserving,
+                PortAlloc::Sequential { .. } => Allocation::Sequential,
+                PortAlloc::Random => Allocation::Random,
+            },
+            delta: match b.alloc {
+                PortAlloc::Sequential { step, .. } => Some(i32::from(step)),
+                _ => None,
+            },
+        },
+    }
+}
+
+struct Outcome {
+    events: [Option<Event>; 2],
+    strategy: Strategy,
+    elapsed: Duration,
+}
+
+fn run(
+    a: Option<NatBehavior>,
+    b: Option<NatBehavior>,
+    loss: f64,
+    seed: u64,
+    same_key: bool,
+) -> Outcome {
+    let mut net = PairNet::new(a, b, seed);
+    net.loss = loss;
+    if loss > 0.0 {
+        net.jitter = Duration::from_millis(10);
+    }
+    let ids = [
+        "1111111111111111".to_string(),
+        "2222222222222222".to_string(),
+    ];
+    let infos = [info(&a), info(&b)];
+    let main: [SocketAddr; 2] = [0, 1].map(|i| SocketAddr::new(net.hosts[i], 40000));
+    let public = [net.register(0, main[0]), net.register(1, main[1])];
+    let start = net.now + Duration::from_millis(50);
+    let mut punches: Vec<Punch> = (0..2)
+        .map(|i| {
+            let j = 1 - i;
+            let secret: &[u8] = if same_key || i == 0 {
+                b"right"
+            } else {
+                b"wrong"
+            };
+            let cfg = PunchConfig {
+                my_id: ids[i].clone(),
+                my_nat: infos[i],
+                my_public: public[i],
+                my_locals: vec![main[i]],
+                peer: PeerData {
+                    id: ids[j].clone(),
+                    public: public[j],
+                    locals: vec![main[j]],
+                    nat: infos[j],
+                    tcp: None,
+                },
+                key: derive_key(secret, "sim"),
+                fingerprint: [i as u8 + 1; 32],
+                budget: Duration::from_secs(10),
+                rate: 500,
+                window: 16,
+                sweep_sockets: 256,
+                seed: seed * 2 + i as u64,
+            };
+            Punch::new(cfg, start)
+        })
+        .collect();
+    let strategy = punches[0].config().strategy();
+    assert_eq!(
+        strategy,
+        punches[1].config().strategy(),
+        "both sides choose alike"
+    );
+    let sockets: Vec<Vec<SocketAddr>> = (0..2)
+        .map(|i| {
+            (0..punches[i].config().sockets_needed())
+                .map(|k| SocketAddr::new(net.hosts[i], 40000 + k as u16))
+                .collect()
+        })
+        .collect();
+    let mut events: [Option<Event>; 2] = [None, None];
+    let limit = start + Duration::from_secs(30);
+    loop {
+        for i in 0..2 {
+            while let Some(t) = punches[i].poll_transmit() {
+                net.send(i, sockets[i][t.socket], t.dst, t.payload);
+            }
+            while let Some(e) = punches[i].poll_event() {
+                if matches!(e, Event::Connected { .. } | Event::Failed(_)) {
+                    events[i] = Some(e);
+                }
+            }
+        }
+        if punches.iter().all(Punch::is_done) || net.now >= limit {
+            break;
+        }
+        let mut wake = punches
+            .iter()
+            .filter_map(Punch::poll_timeout)
+            .min()
+            .unwrap_or(limit);
+        if let Some(d) = net.next_delivery() {
+            wake = wake.min(d);
+        }
+        net.run_until(wake);
+        for (side, dst, src, data) in std::mem::take(&mut net.delivered) {
+            if let Some(k) = sockets[side].iter().position(|s| *s == dst) {
+                punches[side].handle_input(net.now, k, src, &data);
+            }
+        }
+        for p in &mut punches {
+            if p.poll_timeout().is_some_and(|t| t <= net.now) {
+                p.handle_timeout(net.now);
+            }
+        }
+    }
+    Outcome {
+        events,
+        strategy,
+        elapsed: net.now.saturating_duration_since(start),
+    }
+}
+
+fn nat(m: Behavior, f: Behavior, a: PortAlloc) -> Option<NatBehavior> {
+    Some(NatBehavior::new(m, f, a))
+}
+
+fn cone() -> Option<NatBehavior> {
+    nat(
+        EndpointIndependent,
+        AddressAndPortDependent,
+        PortAlloc::Preserve,
+    )
+}
+
+fn full_cone() -> Option<NatBehavior> {
+    nat(
+        EndpointIndependent,
+        EndpointIndependent,
+        PortAlloc::Preserve,
+    )
+}
+
+fn sym_random() -> Option<NatBehavior> {
+    nat(
+        AddressAndPortDependent,
+        AddressAndPortDependent,
+        PortAlloc::Random,
+    )
+}
+
+fn sym_seq() -> Option<NatBehavior> {
+    nat(
+        AddressAndPortDependent,
+        AddressAndPortDependent,
+        PortAlloc::Sequential {
+            start: 20000,
+            step: 1,
+        },
+    )
+}
+
+fn assert_connected(o: &Outcome, what: &str) {
+    let ips: Vec<IpAddr> = o
+        .events
+        .iter()
+        .map(|e| match e {
+            Some(Event::Connected {
+                remote,
+                peer_fingerprint,
+                ..
+            }) => {
+                assert!(peer_fingerprint[0] == 1 || peer_fingerprint[0] == 2);
+                remote.ip()
+            }
+            other => panic!(
+                "{what}: not connected: {other:?} (strategy {:?})",
+                o.strategy
+            ),
+        })
+        .collect();
+    assert_ne!(ips[0], ips[1], "{what}: each side talks to the other");
+}
+
+#[test]
+fn strategy_table() {
+    let i = |n: Option<NatBehavior>| info(&n);
+    assert_eq!(choose_strategy(&i(cone()), &i(cone())), Strategy::Direct);
+    assert_eq!(
+        choose_strategy(&i(full_cone()), &i(sym_random())),
+        Strategy::Direct
+    );
+    assert_eq!(
+        choose_strategy(&i(cone()), &i(sym_seq())),
+        Strategy::Predict
+    );
+    assert_eq!(
+        choose_strategy(&i(sym_seq()), &i(sym_seq())),
+        Strategy::Predict
+    );
+    assert_eq!(
+        choose_strategy(&i(cone()), &i(sym_random())),
+        Strategy::Sweep
+    );
+    assert_eq!(
+        choose_strategy(&i(sym_random()), &i(sym_random())),
+        Strategy::Sweep
+    );
+    assert_eq!(
+        choose_strategy(&i(None), &i(sym_random())),
+        Strategy::Direct
+    );
+}
+
+#[test]
+fn cones_connect_directly() {
+    for seed in 0..10 {
+        let o = run(cone(), cone(), 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Direct);
+        assert_connected(&o, "cone-cone");
+        assert!(o.elapsed < Duration::from_millis(500), "{:?}", o.elapsed);
+    }
+}
+
+#[test]
+fn full_cone_reaches_random_symmetric_directly() {
+    for seed in 0..10 {
+        let o = run(full_cone(), sym_random(), 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Direct);
+        assert_connected(&o, "full-cone vs symmetric-random");
+    }
+}
+
+#[test]
+fn sequential_symmetric_connects_by_prediction() {
+    for seed in 0..10 {
+        let o = run(cone(), sym_seq(), 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Predict);
+        assert_connected(&o, "cone vs symmetric-sequential");
+        let o = run(sym_seq(), sym_seq(), 0.0, seed, true);
+        assert_connected(&o, "sequential vs sequential");
+    }
+}
+
+#[test]
+fn random_symmetric_connects_by_sweep() {
+    let mut ok = 0;
+    for seed in 0..20 {
+        let o = run(cone(), sym_random(), 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Sweep);
+        if o.events
+            .iter()
+            .all(|e| matches!(e, Some(Event::Connected { .. })))
+        {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 19, "{ok}/20");
+}
+
+#[test]
+fn both_random_fails_cleanly_within_budget() {
+    let o = run(sym_random(), sym_random(), 0.0, 1, true);
+    for e in &o.events {
+        match e {
+            Some(Event::Failed(Failure::NoPath { strategy, .. })) => {
+                assert_eq!(*strategy, Strategy::Sweep)
+            }
+            Some(Event::Connected { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(o.elapsed <= Duration::from_secs(11), "{:?}", o.elapsed);
+}
+
+#[test]
+fn wrong_secret_is_an_authentication_failure() {
+    let o = run(cone(), cone(), 0.0, 3, false);
+    for e in &o.events {
+        assert!(
+            matches!(e, Some(Event::Failed(Failure::AuthFailed { .. }))),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn cones_connect_through_loss_and_reordering() {
+    for seed in 0..10 {
+        let o = run(cone(), cone(), 0.2, seed, true);
+        assert_connected(&o, "cone-cone with 20% loss");
+    }
+}
+
+#[test]
+fn sweep_probability_matches_budget() {
+    let cfg = PunchConfig {
+        my_id: "1".repeat(16),
+        my_nat: info(&cone()),
+        my_public: "198.51.100.2:2".parse().unwrap(),
+        my_locals: vec![],
+        peer: PeerData {
+            id: "2".repeat(16),
+            public: "198.51.100.1:1".parse().unwrap(),
+            locals: vec![],
+            nat: info(&sym_random()),
+            tcp: None,
+        },
+        key: [0; 32],
+        fingerprint: [0; 32],
+        budget: Duration::from_secs(10),
+        rate: 500,
+        window: 16,
+        sweep_sockets: 256,
+        seed: 0,
+    };
+    let p = cfg.sweep_success_probability();
+    assert!(p > 0.999 && p <= 1.0, "{p}");
+    assert!(cfg.i_probe_random() && !cfg.i_spray());
+}

@@ -1,0 +1,485 @@
+use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+fn addr(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, last)), port)
+}
+
+const SECRET: &[u8] = b"right";
+
+fn key(session: &str) -> [u8; 32] {
+    derive_rendezvous_key(SECRET, session)
+}
+
+/// A register signed with the right key, carrying the key (creates the session if needed).
+fn register(session: &str, peer: &str, rtt_ms: u32) -> Vec<u8> {
+    register_seq(session, peer, rtt_ms, next_seq())
+}
+
+fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+fn register_seq(session: &str, peer: &str, rtt_ms: u32, seq: u64) -> Vec<u8> {
+    signed_register(
+        session,
+        peer,
+        rtt_ms,
+        seq,
+        Some(&key(session)),
+        &key(session),
+    )
+}
+
+fn signed_register(
+    session: &str,
+    peer: &str,
+    rtt_ms: u32,
+    seq: u64,
+    send_key: Option<&[u8; 32]>,
+    mac_key: &[u8; 32],
+) -> Vec<u8> {
+    Msg::Register {
+        session: session.into(),
+        peer: peer.into(),
+        seq,
+        key: send_key.map(|k| hex(k)),
+        locals: vec![addr(200, 5000)],
+        nat: NatInfo::unknown(),
+        tcp: None,
+        rtt_ms,
+        mac: String::new(),
+    }
+    .encode_signed(mac_key)
+}
+
+const A: &str = "00000000000000aa";
+const B: &str = "00000000000000bb";
+const C: &str = "00000000000000cc";
+
+fn decode(out: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Vec<Msg> {
+    out.iter()
+        .filter(|(d, _)| *d == to)
+        .map(|(_, b)| Msg::decode(b).expect("server sends valid messages"))
+        .collect()
+}
+
+#[test]
+fn two_peers_meet_with_start_times_that_coincide() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t0 = Instant::now();
+    let out = r.handle(t0, addr(1, 1000), &register("s", A, 40));
+    assert!(matches!(
+        decode(&out, addr(1, 1000))[..],
+        [Msg::Waiting { .. }]
+    ));
+    let t1 = t0 + Duration::from_millis(500);
+    let out = r.handle(t1, addr(2, 2000), &register("s", B, 100));
+    let to_a = decode(&out, addr(1, 1000));
+    let to_b = decode(&out, addr(2, 2000));
+    let (
+        Msg::Peer {
+            peer: pa,
+            start_in_ms: sa,
+            you: ya,
+        },
+        Msg::Peer {
+            peer: pb,
+            start_in_ms: sb,
+            ..
+        },
+    ) = (&to_a[0], &to_b[0])
+    else {
+        panic!("both get the other: {to_a:?} {to_b:?}");
+    };
+    assert_eq!(pa.id, B);
+    assert_eq!(pa.public, addr(2, 2000));
+    assert_eq!(pb.id, A);
+    assert_eq!(*ya, addr(1, 1000));
+    // Arrival (half the RTT) plus the wait must be the same moment for both.
+    assert_eq!(sa + 20, sb + 50);
+    assert!(*sb >= 100, "starts after the slower peer has heard: {sb}");
+}
+
+#[test]
+fn third_peer_is_refused() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    r.handle(t, addr(2, 2), &register("s", B, 1));
+    let out = r.handle(t, addr(3, 3), &register("s", C, 1));
+    assert!(matches!(
+        decode(&out, addr(3, 3))[..],
+        [Msg::Error {
+            code: ErrorCode::SessionFull,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn lone_peer_is_told_the_other_never_came() {
+    let cfg = RendezvousConfig {
+        wait_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let mut r = Rendezvous::new(cfg);
+    let t = Instant::now();
+    for i in 0..10 {
+        r.handle(
+            t + Duration::from_millis(300 * i),
+            addr(1, 1),
+            &register("s", A, 1),
+        );
+    }
+    let out = r.expire(t + Duration::from_secs(3));
+    assert!(matches!(
+        decode(&out, addr(1, 1))[..],
+        [Msg::Error {
+            code: ErrorCode::PeerTimeout,
+            ..
+        }]
+    ));
+    assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn sessions_are_bounded_and_expire() {
+    let cfg = RendezvousConfig {
+        max_sessions: 10,
+        ..Default::default()
+    };
+    let mut r = Rendezvous::new(cfg);
+    let t = Instant::now();
+    for i in 0..10u16 {
+        r.handle(t, addr(1, i), &register(&format!("s{i}"), A, 1));
+    }
+    let out = r.handle(t, addr(1, 99), &register("new", A, 1));
+    assert!(matches!(
+        decode(&out, addr(1, 99))[..],
+        [Msg::Error {
+            code: ErrorCode::ServerBusy,
+            ..
+        }]
+    ));
+    // Idle peers vanish, and so do their sessions.
+    r.expire(t + Duration::from_secs(6));
+    assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn junk_and_forged_messages_are_dropped() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    for junk in [
+        &b""[..],
+        b"PRV1",
+        b"PRV1{",
+        b"PRV1{\"t\":\"register\"}",
+        b"PRV1{\"t\":\"peer\",\"you\":\"1.2.3.4:5\"}",
+        b"\x00\x01\x00\x00",
+    ] {
+        assert!(r.handle(t, addr(1, 1), junk).is_empty());
+    }
+    // A server-to-client message sent to the server, or a bad peer id, is not answered.
+    let forged = Msg::Waiting {
+        you: addr(1, 1),
+        wait_left_ms: 0,
+        rejected: 0,
+    }
+    .encode();
+    assert!(r.handle(t, addr(1, 1), &forged).is_empty());
+    assert!(r
+        .handle(t, addr(1, 1), &register("s", "not-hexnot-hex00", 1))
+        .is_empty());
+    assert!(r.handle(t, addr(1, 1), &vec![b'P'; 5000]).is_empty());
+    assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn bye_frees_only_the_senders_own_entry() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let bye = Msg::Bye {
+        session: "s".into(),
+        peer: A.into(),
+        seq: next_seq(),
+        mac: String::new(),
+    }
+    .encode_signed(&key("s"));
+    r.handle(t, addr(9, 9), &bye);
+    assert_eq!(r.sessions(), 1, "a stranger cannot remove A");
+    r.handle(t, addr(1, 1), &bye);
+    assert_eq!(r.sessions(), 0);
+}
+
+fn error_code(out: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Option<ErrorCode> {
+    match decode(out, to)[..] {
+        [Msg::Error { code, .. }] => Some(code),
+        _ => None,
+    }
+}
+
+#[test]
+fn signed_messages_verify_and_tampering_fails() {
+    let k = key("s");
+    let m = register("s", A, 1);
+    assert!(verify_mac(&k, &m));
+    assert!(!verify_mac(&key("other"), &m));
+    // Any changed byte before the MAC breaks it.
+    let mut t = m.clone();
+    let i = t.windows(6).position(|w| w == b"rtt_ms").unwrap() + 8;
+    t[i] = b'9';
+    assert!(Msg::decode(&t).is_some());
+    assert!(!verify_mac(&k, &t));
+    // A second `mac` member is refused by the decoder.
+    let mut dup = m[..m.len() - 1].to_vec();
+    dup.extend_from_slice(format!(",\"mac\":\"{}\"}}", "0".repeat(64)).as_bytes());
+    assert!(Msg::decode(&dup).is_none());
+    // Unsigned registers do not decode.
+    let unsigned = Msg::Register {
+        session: "s".into(),
+        peer: A.into(),
+        seq: 1,
+        key: None,
+        locals: vec![],
+        nat: NatInfo::unknown(),
+        tcp: None,
+        rtt_ms: 1,
+        mac: String::new(),
+    }
+    .encode();
+    assert!(Msg::decode(&unsigned).is_none());
+}
+
+#[test]
+fn the_key_matches_the_documented_derivation() {
+    // HMAC-SHA256(secret, "punchraw v1 rendezvous\0" || session), independent of the punch key.
+    let k = derive_rendezvous_key(b"right", "s");
+    assert_ne!(k, crate::core::punch::derive_key(b"right", "s"));
+    let mut m = HmacSha256::new_from_slice(b"right").unwrap();
+    m.update(b"punchraw v1 rendezvous\0s");
+    assert_eq!(k, <[u8; 32]>::from(m.finalize().into_bytes()));
+}
+
+#[test]
+fn unknown_session_without_key_asks_for_it_in_a_small_answer() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    let m = signed_register("s", A, 1, 1, None, &key("s"));
+    let out = r.handle(t, addr(1, 1), &m);
+    assert_eq!(
+        error_code(&out, addr(1, 1)),
+        Some(ErrorCode::UnknownSession)
+    );
+    assert!(out.iter().all(|(_, b)| b.len() <= m.len()));
+    assert_eq!(r.sessions(), 0);
+    // With the key it is created; later registers need only the MAC.
+    let out = r.handle(
+        t,
+        addr(1, 1),
+        &signed_register("s", A, 1, 2, Some(&key("s")), &key("s")),
+    );
+    assert!(matches!(
+        decode(&out, addr(1, 1))[..],
+        [Msg::Waiting { .. }]
+    ));
+    let out = r.handle(
+        t,
+        addr(1, 1),
+        &signed_register("s", A, 1, 3, None, &key("s")),
+    );
+    assert!(matches!(
+        decode(&out, addr(1, 1))[..],
+        [Msg::Waiting { .. }]
+    ));
+}
+
+#[test]
+fn wrong_key_is_refused_and_cannot_read_the_peer() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let wrong = derive_rendezvous_key(b"guess", "s");
+    for (seq, send_key) in [(1, None), (2, Some(&wrong))] {
+        let m = signed_register("s", B, 1, seq, send_key, &wrong);
+        let out = r.handle(t, addr(2, 2), &m);
+        assert_eq!(error_code(&out, addr(2, 2)), Some(ErrorCode::Unauthorized));
+        assert!(out
+            .iter()
+            .all(|(to, b)| *to == addr(2, 2) && b.len() <= m.len()));
+        assert!(
+            decode(&out, addr(1, 1)).is_empty(),
+            "A learns nothing of the intruder"
+        );
+    }
+    // The right peer still gets in, and meets A.
+    let out = r.handle(t, addr(3, 3), &register("s", B, 1));
+    assert!(
+        matches!(&decode(&out, addr(3, 3))[..], [Msg::Peer { peer, .. }] if peer.id == A && peer.public == addr(1, 1))
+    );
+}
+
+#[test]
+fn a_replayed_register_from_elsewhere_cannot_take_over() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    let a1 = register_seq("s", A, 1, 10);
+    r.handle(t, addr(1, 1), &a1);
+    // The attacker saw A's register and replays it from its own address.
+    let out = r.handle(t, addr(6, 6), &a1);
+    assert!(out.is_empty(), "a replay earns no answer: {out:?}");
+    // An older one is no better.
+    assert!(r
+        .handle(t, addr(6, 6), &register_seq("s", A, 1, 9))
+        .is_empty());
+    // B arrives and is told A's real endpoint; the attacker hears nothing.
+    let out = r.handle(t, addr(2, 2), &register("s", B, 1));
+    assert!(decode(&out, addr(6, 6)).is_empty());
+    let to_b = decode(&out, addr(2, 2));
+    assert!(
+        matches!(&to_b[..], [Msg::Peer { peer, .. }] if peer.public == addr(1, 1)),
+        "{to_b:?}"
+    );
+    // A forged bye (wrong key) or a replayed one cannot remove A either.
+    let bye = Msg::Bye {
+        session: "s".into(),
+        peer: A.into(),
+        seq: 5,
+        mac: String::new(),
+    }
+    .encode_signed(&key("s"));
+    r.handle(t, addr(1, 1), &bye);
+    assert_eq!(r.sessions(), 1);
+}
+
+#[test]
+fn answers_to_unauthenticated_messages_are_never_larger() {
+    let mut r = Rendezvous::new(RendezvousConfig {
+        max_sessions: 1,
+        ..Default::default()
+    });
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let wrong = derive_rendezvous_key(b"x", "s");
+    for m in [
+        signed_register("s", B, 1, 1, None, &wrong),
+        signed_register("t", B, 1, 1, None, &key("t")),
+        signed_register("t", B, 1, 1, Some(&key("t")), &key("t")), // server-busy
+        signed_register("t", B, 1, 1, Some(&wrong), &key("t")),
+    ] {
+        let out = r.handle(t, addr(2, 2), &m);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].1.len() <= m.len(),
+            "{} > {}",
+            out[0].1.len(),
+            m.len()
+        );
+    }
+    assert!(small_error(ErrorCode::Unauthorized, "long text", 10).is_none());
+    let e = small_error(ErrorCode::Unauthorized, "long text here", 60).unwrap();
+    assert!(e.len() <= 60 && Msg::decode(&e).is_some());
+}
+
+#[test]
+fn stored_state_holds_the_session_key_not_the_secret() {
+    let mut reg = MemoryRegistry::new();
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    r.handle(Instant::now(), addr(1, 1), &register("s", A, 1));
+    // Same path through the trait object: the stored key is the derived one.
+    let out = reg.transact(Instant::now(), "s", &mut |_, s| {
+        assert!(s.is_none());
+        (Change::Keep, Vec::new())
+    });
+    assert!(out.unwrap().is_empty());
+    let stored = r.registry.transact(Instant::now(), "s", &mut |_, s| {
+        let s = s.expect("stored");
+        assert_eq!(s.key, key("s"));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("right"));
+        (Change::Keep, Vec::new())
+    });
+    assert!(stored.is_ok());
+}
+
+/// A registry that is down: every transaction fails.
+struct Down;
+impl Registry for Down {
+    fn transact(
+        &mut self,
+        _: Instant,
+        _: &str,
+        _: &mut dyn FnMut(u64, Option<Session>) -> (Change, Out),
+    ) -> Result<Out, RegistryError> {
+        Err(RegistryError::Unavailable("test".into()))
+    }
+    fn sessions(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[test]
+fn a_registry_outage_is_reported_to_the_peer() {
+    let mut r = Rendezvous::with_registry(RendezvousConfig::default(), Box::new(Down));
+    let m = register("s", A, 1);
+    let out = r.handle(Instant::now(), addr(1, 1), &m);
+    assert_eq!(
+        error_code(&out, addr(1, 1)),
+        Some(ErrorCode::RegistryUnavailable)
+    );
+    assert!(out[0].1.len() <= m.len());
+}
+
+#[test]
+fn sessions_expire_lazily_without_a_sweep() {
+    // What a TTL-based store relies on: the lone peer's next register after the wait tells
+    // it the other never came.
+    let cfg = RendezvousConfig {
+        wait_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mut r = Rendezvous::new(cfg);
+    let t = Instant::now();
+    for i in 0..6 {
+        r.handle(
+            t + Duration::from_millis(300 * i),
+            addr(1, 1),
+            &register("s", A, 1),
+        );
+    }
+    let out = r.handle(
+        t + Duration::from_millis(2100),
+        addr(1, 1),
+        &register("s", A, 1),
+    );
+    assert_eq!(error_code(&out, addr(1, 1)), Some(ErrorCode::PeerTimeout));
+    assert_eq!(r.sessions(), 0);
+}
+
+#[test]
+fn the_waiting_peer_learns_of_refused_joins_but_keeps_waiting() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    r.handle(t, addr(1, 1), &register("s", A, 1));
+    let wrong = derive_rendezvous_key(b"guess", "s");
+    for seq in 1..=2 {
+        r.handle(
+            t,
+            addr(2, 2),
+            &signed_register("s", B, 1, seq, Some(&wrong), &wrong),
+        );
+    }
+    let out = r.handle(t, addr(1, 1), &register("s", A, 1));
+    assert!(
+        matches!(
+            decode(&out, addr(1, 1))[..],
+            [Msg::Waiting { rejected: 2, .. }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(r.sessions(), 1, "a stranger cannot end the wait");
+}

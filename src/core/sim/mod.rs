@@ -1,0 +1,492 @@
+//! A simulated network on a virtual clock: NATs with configurable RFC 4787 behaviour, the
+//! real sans-IO STUN server, latency and loss. Deterministic for a given seed and fast,
+//! so the classifier (and later the punching state machines) can be tested for every NAT
+//! kind without root.
+
+use crate::core::classify::{Behavior, Classifier, ClassifierConfig, UdpReport};
+use crate::core::server::{EndpointId, Outcome, ServerConfig, StunServer, Transport};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How a simulated NAT picks external ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortAlloc {
+    /// Keep the internal port when free.
+    Preserve,
+    /// A counter shared by all new mappings, advancing by `step`.
+    Sequential {
+        start: u16,
+        step: u16,
+    },
+    Random,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NatBehavior {
+    pub mapping: Behavior,
+    pub filtering: Behavior,
+    pub alloc: PortAlloc,
+    pub hairpin: bool,
+    /// Idle time after which a binding is forgotten (RFC 4787 REQ-5 says at least 2 min).
+    pub timeout: Duration,
+}
+
+impl NatBehavior {
+    pub fn new(mapping: Behavior, filtering: Behavior, alloc: PortAlloc) -> Self {
+        NatBehavior {
+            mapping,
+            filtering,
+            alloc,
+            hairpin: false,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Binding {
+    internal: SocketAddr,
+    /// The part of the destination the mapping depends on (none, IP, or IP and port).
+    key_dst: Option<SocketAddr>,
+    external: u16,
+    /// Remote endpoints this binding sent to; what filtering compares against.
+    contacted: Vec<SocketAddr>,
+    last_used: Instant,
+}
+
+pub struct SimNat {
+    pub public_ip: IpAddr,
+    pub behavior: NatBehavior,
+    bindings: Vec<Binding>,
+    next_seq: u16,
+    rng: StdRng,
+}
+
+impl SimNat {
+    pub fn new(public_ip: IpAddr, behavior: NatBehavior, seed: u64) -> Self {
+        let next_seq = match behavior.alloc {
+            PortAlloc::Sequential { start, .. } => start,
+            _ => 0,
+        };
+        SimNat {
+            public_ip,
+            behavior,
+            bindings: Vec::new(),
+            next_seq,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    fn key(&self, dst: SocketAddr) -> Option<SocketAddr> {
+        match self.behavior.mapping {
+            Behavior::AddressDependent => Some(SocketAddr::new(dst.ip(), 0)),
+            Behavior::AddressAndPortDependent => Some(dst),
+            _ => None,
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let t = self.behavior.timeout;
+        self.bindings
+            .retain(|b| now.saturating_duration_since(b.last_used) < t);
+    }
+
+    fn port_free(&self, p: u16) -> bool {
+        p >= 1024 && !self.bindings.iter().any(|b| b.external == p)
+    }
+
+    /// Translates an outgoing packet's source; creates or refreshes the binding.
+    pub fn outbound(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr) -> SocketAddr {
+        self.expire(now);
+        let key = self.key(dst);
+        if let Some(b) = self
+            .bindings
+            .iter_mut()
+            .find(|b| b.internal == src && b.key_dst == key)
+        {
+            b.last_used = now;
+            if !b.contacted.contains(&dst) {
+                b.contacted.push(dst);
+            }
+            return SocketAddr::new(self.public_ip, b.external);
+        }
+        let external = match self.behavior.alloc {
+            PortAlloc::Preserve if self.port_free(src.port()) => src.port(),
+            PortAlloc::Sequential { step, .. } => loop {
+                let p = self.next_seq;
+                self.next_seq = self.next_seq.wrapping_add(step);
+                if self.port_free(p) {
+                    break p;
+                }
+            },
+            _ => loop {
+                let p = self.rng.random_range(1024..=65535);
+                if self.port_free(p) {
+                    break p;
+                }
+            },
+        };
+        self.bindings.push(Binding {
+            internal: src,
+            key_dst: key,
+            external,
+            contacted: vec![dst],
+            last_used: now,
+        });
+        SocketAddr::new(self.public_ip, external)
+    }
+
+    /// Where an incoming packet to `dst` (an external address) goes, if the filter lets it.
+    pub fn inbound(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<SocketAddr> {
+        self.expire(now);
+        let filtering = self.behavior.filtering;
+        let b = self.bindings.iter_mut().find(|b| {
+            b.external == dst.port()
+                && match filtering {
+                    Behavior::EndpointIndependent => true,
+                    Behavior::AddressDependent => b.contacted.iter().any(|c| c.ip() == src.ip()),
+                    _ => b.contacted.contains(&src),
+                }
+        })?;
+        b.last_used = now;
+        Some(b.internal)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl Ord for InFlight {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Earliest first from a max-heap.
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// One host (optionally behind a NAT) and an RFC 5780 STUN server, with a packet queue
+/// ordered by delivery time.
+pub struct SimNet {
+    pub now: Instant,
+    pub nat: Option<SimNat>,
+    pub server: StunServer,
+    pub host_ip: IpAddr,
+    /// One-way latency between the NAT (or host) and the server.
+    pub latency: Duration,
+    /// Probability that any one packet is lost.
+    pub loss: f64,
+    queue: BinaryHeap<InFlight>,
+    seq: u64,
+    rng: StdRng,
+    /// Datagrams delivered to the host, per destination socket address.
+    pub delivered: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+pub const SIM_SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const SIM_SERVER_ALT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const SIM_NAT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+pub const SIM_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+impl SimNet {
+    pub fn new(nat: Option<NatBehavior>, alternate: bool, seed: u64) -> Self {
+        let host_ip = if nat.is_some() {
+            IpAddr::V4(SIM_HOST)
+        } else {
+            IpAddr::V4(SIM_NAT)
+        };
+        SimNet {
+            now: Instant::now(),
+            nat: nat.map(|b| SimNat::new(IpAddr::V4(SIM_NAT), b, seed ^ 0x5eed)),
+            server: StunServer::new(ServerConfig {
+                ip: IpAddr::V4(SIM_SERVER),
+                alt_ip: alternate.then_some(IpAddr::V4(SIM_SERVER_ALT)),
+                port: 3478,
+                alt_port: 3479,
+                software: None,
+                per_source_limit: None,
+            }),
+            host_ip,
+            latency: Duration::from_millis(10),
+            loss: 0.0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(seed),
+            delivered: Vec::new(),
+        }
+    }
+
+    pub fn server_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(SIM_SERVER), 3478)
+    }
+
+    fn push(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            return;
+        }
+        self.seq += 1;
+        self.queue.push(InFlight {
+            at: self.now + self.latency,
+            seq: self.seq,
+            src,
+            dst,
+            data,
+        });
+    }
+
+    /// The host sends a datagram from `src` (a local address).
+    pub fn send_from_host(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        let now = self.now;
+        match &mut self.nat {
+            None => self.push(src, dst, data),
+            Some(nat) if dst.ip() == nat.public_ip => {
+                // A packet to the NAT's own address from inside: hairpin or drop.
+                if !nat.behavior.hairpin {
+                    return;
+                }
+                let ext_src = nat.outbound(now, src, dst);
+                if let Some(internal) = nat.inbound(now, ext_src, dst) {
+                    self.delivered.push((internal, ext_src, data));
+                }
+            }
+            Some(nat) => {
+                let ext = nat.outbound(now, src, dst);
+                self.push(ext, dst, data);
+            }
+        }
+    }
+
+    fn server_endpoint(&self, dst: SocketAddr) -> Option<EndpointId> {
+        let cfg = self.server.config();
+        cfg.endpoints()
+            .into_iter()
+            .find(|(_, a)| *a == dst)
+            .map(|(id, _)| id)
+    }
+
+    /// Delivers everything due by `until`, advancing the clock; returns when the queue has
+    /// nothing due by then.
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(p) = self.queue.peek() {
+            if p.at > until {
+                break;
+            }
+            let p = self.queue.pop().expect("peeked");
+            self.now = self.now.max(p.at);
+            self.deliver(p);
+        }
+        self.now = self.now.max(until);
+    }
+
+    pub fn next_delivery(&self) -> Option<Instant> {
+        self.queue.peek().map(|p| p.at)
+    }
+
+    fn deliver(&mut self, p: InFlight) {
+        if let Some(ep) = self.server_endpoint(p.dst) {
+            let mut out = Vec::new();
+            if let Outcome::Reply { from, to } =
+                self.server
+                    .handle(Transport::Udp, ep, p.src, &p.data, &mut out)
+            {
+                let from = self.server.config().addr(from);
+                self.push(from, to, out);
+            }
+            return;
+        }
+        let now = self.now;
+        let internal = match &mut self.nat {
+            Some(nat) if p.dst.ip() == nat.public_ip => nat.inbound(now, p.src, p.dst),
+            None if p.dst.ip() == self.host_ip => Some(p.dst),
+            _ => None,
+        };
+        if let Some(dst) = internal {
+            self.delivered.push((dst, p.src, p.data));
+        }
+    }
+}
+
+/// Runs a full classification of the given NAT (or none) on the virtual clock and returns
+/// the report and how long it took in virtual time.
+pub fn classify(
+    nat: Option<NatBehavior>,
+    alternate: bool,
+    loss: f64,
+    seed: u64,
+    lifetime_max: Option<Duration>,
+) -> (UdpReport, Duration) {
+    let mut net = SimNet::new(nat, alternate, seed);
+    net.loss = loss;
+    let mut cfg = ClassifierConfig::new(net.server_addr());
+    cfg.lifetime_max = lifetime_max;
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+    let mut locals: Vec<SocketAddr> = Vec::new();
+    while locals.len() < cfg.sockets_needed() {
+        let a = SocketAddr::new(net.host_ip, rng.random_range(32768..61000));
+        if !locals.contains(&a) {
+            locals.push(a);
+        }
+    }
+    let index: HashMap<SocketAddr, usize> =
+        locals.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+    let start = net.now;
+    let mut c = Classifier::new(cfg, locals.clone(), start);
+    let limit = start + Duration::from_secs(3600);
+    while !c.is_done() && net.now < limit {
+        while let Some(t) = c.poll_transmit() {
+            net.send_from_host(locals[t.socket], t.dst, t.payload);
+        }
+        for (dst, src, data) in std::mem::take(&mut net.delivered) {
+            if let Some(&i) = index.get(&dst) {
+                c.handle_input(net.now, i, src, &data);
+            }
+        }
+        if c.is_done() {
+            break;
+        }
+        if c.poll_transmit_pending() {
+            continue;
+        }
+        let wake = match (c.poll_timeout(), net.next_delivery()) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => break,
+        };
+        net.run_until(wake);
+        if c.poll_timeout().is_some_and(|t| t <= net.now) {
+            c.handle_timeout(net.now);
+        }
+    }
+    let elapsed = c.elapsed(net.now);
+    (
+        c.report()
+            .cloned()
+            .expect("classifier must finish within the virtual hour"),
+        elapsed,
+    )
+}
+
+/// Two hosts, each behind its own (optional) NAT, and a stand-in for the rendezvous server
+/// that only records which public endpoint a registration came from.
+pub struct PairNet {
+    pub now: Instant,
+    pub nats: [Option<SimNat>; 2],
+    pub hosts: [IpAddr; 2],
+    pub latency: Duration,
+    /// Extra random delay up to this much per packet, which reorders packets.
+    pub jitter: Duration,
+    pub loss: f64,
+    queue: BinaryHeap<InFlight>,
+    seq: u64,
+    rng: StdRng,
+    /// (side, internal destination, source, data) delivered to a host.
+    pub delivered: Vec<(usize, SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+pub const PAIR_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(SIM_SERVER), 3478);
+
+impl PairNet {
+    pub fn new(a: Option<NatBehavior>, b: Option<NatBehavior>, seed: u64) -> Self {
+        let public = [
+            Ipv4Addr::new(198, 51, 100, 10),
+            Ipv4Addr::new(198, 51, 100, 20),
+        ];
+        let private = [Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 2, 2)];
+        let mk = |i: usize, n: Option<NatBehavior>| {
+            n.map(|b| SimNat::new(IpAddr::V4(public[i]), b, seed ^ (i as u64 + 77)))
+        };
+        PairNet {
+            now: Instant::now(),
+            hosts: [
+                IpAddr::V4(if a.is_some() { private[0] } else { public[0] }),
+                IpAddr::V4(if b.is_some() { private[1] } else { public[1] }),
+            ],
+            nats: [mk(0, a), mk(1, b)],
+            latency: Duration::from_millis(15),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: StdRng::seed_from_u64(seed),
+            delivered: Vec::new(),
+        }
+    }
+
+    /// The endpoint the rendezvous server would see for a registration from `src`.
+    pub fn register(&mut self, side: usize, src: SocketAddr) -> SocketAddr {
+        let now = self.now;
+        match &mut self.nats[side] {
+            Some(nat) => nat.outbound(now, src, PAIR_SERVER),
+            None => src,
+        }
+    }
+
+    pub fn send(&mut self, side: usize, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        let now = self.now;
+        let ext = match &mut self.nats[side] {
+            Some(nat) => nat.outbound(now, src, dst),
+            None => src,
+        };
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            return;
+        }
+        let jitter = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.jitter.mul_f64(self.rng.random::<f64>())
+        };
+        self.seq += 1;
+        self.queue.push(InFlight {
+            at: self.now + self.latency + jitter,
+            seq: self.seq,
+            src: ext,
+            dst,
+            data,
+        });
+    }
+
+    pub fn next_delivery(&self) -> Option<Instant> {
+        self.queue.peek().map(|p| p.at)
+    }
+
+    pub fn run_until(&mut self, until: Instant) {
+        while let Some(p) = self.queue.peek() {
+            if p.at > until {
+                break;
+            }
+            let p = self.queue.pop().expect("peeked");
+            self.now = self.now.max(p.at);
+            let now = self.now;
+            for side in 0..2 {
+                let internal = match &mut self.nats[side] {
+                    Some(nat) if nat.public_ip == p.dst.ip() => nat.inbound(now, p.src, p.dst),
+                    None if self.hosts[side] == p.dst.ip() => Some(p.dst),
+                    _ => None,
+                };
+                if let Some(dst) = internal {
+                    self.delivered.push((side, dst, p.src, p.data));
+                    break;
+                }
+            }
+        }
+        self.now = self.now.max(until);
+    }
+}

@@ -1,0 +1,214 @@
+//! STUN Binding over TCP (RFC 8489 section 6.2.2) from a chosen local port: the primitive of
+//! both the TCP probe and the TCP punch's port prediction. Every socket is bound with
+//! SO_REUSEADDR and SO_REUSEPORT, so that several connections (and a listener) can share one
+//! local port toward different destinations, which is what makes the NAT's TCP mapping of
+//! that port observable (RFC 5382 REQ-1).
+
+use crate::core::stun::{
+    attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Longest response read; a Binding success is under 200 bytes.
+const MAX_RESPONSE: usize = 2048;
+
+#[derive(Debug, Error)]
+pub enum TcpStunError {
+    #[error("cannot open a TCP socket on {local}: {source}")]
+    Socket {
+        local: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot connect to {server} over TCP from {local}: {source}")]
+    Connect {
+        local: SocketAddr,
+        server: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no STUN answer over TCP from {server} within {ms} ms")]
+    Timeout { server: SocketAddr, ms: u64 },
+    #[error("{server} answered over TCP with something that is not a STUN Binding response")]
+    Garbage { server: SocketAddr },
+    #[error("{server} answered the TCP Binding request with error {code}: {reason}")]
+    ErrorResponse {
+        server: SocketAddr,
+        code: u16,
+        reason: String,
+    },
+    #[error("{server}'s TCP Binding response has no mapped address")]
+    NoMapped { server: SocketAddr },
+}
+
+impl TcpStunError {
+    /// The connection itself failed (nothing answered, or the path refused it), as opposed to
+    /// a server that answered badly.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            TcpStunError::Connect { .. } | TcpStunError::Timeout { .. }
+        )
+    }
+}
+
+/// What one TCP Binding exchange showed.
+#[derive(Debug, Clone)]
+pub struct TcpBinding {
+    /// Our end of the connection (the port is the one asked for, or the OS's choice for 0).
+    pub local: SocketAddr,
+    pub server: SocketAddr,
+    /// Where the server saw the connection come from.
+    pub mapped: SocketAddr,
+    /// The server's RFC 5780 alternate endpoint, when it named one.
+    pub other: Option<SocketAddr>,
+    /// Connect plus request/response.
+    pub rtt: Duration,
+    /// The raw response, for attributes a caller looks for itself.
+    pub response: Vec<u8>,
+}
+
+/// A TCP socket bound to `local` (port 0: a fresh one) that can share its port.
+pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(local),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&local.into())?;
+    Ok(s)
+}
+
+/// One Binding request over a new TCP connection from `local` to `server`, with `extra`
+/// attributes, within `timeout`. The connection is closed before returning.
+pub fn binding(
+    local: SocketAddr,
+    server: SocketAddr,
+    extra: &[Attribute<'_>],
+    timeout: Duration,
+) -> Result<TcpBinding, TcpStunError> {
+    exchange(local, server, extra, timeout).map(|(b, _)| b)
+}
+
+/// [`binding`], handing back the connection still open (for a caller that must keep the
+/// NAT's mapping of it alive while it waits for something else).
+pub fn exchange(
+    local: SocketAddr,
+    server: SocketAddr,
+    extra: &[Attribute<'_>],
+    timeout: Duration,
+) -> Result<(TcpBinding, TcpStream), TcpStunError> {
+    let started = Instant::now();
+    let sock =
+        shared_port_socket(local).map_err(|source| TcpStunError::Socket { local, source })?;
+    let bound = sock
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(local);
+    sock.connect_timeout(&server.into(), timeout)
+        .map_err(|source| TcpStunError::Connect {
+            local: bound,
+            server,
+            source,
+        })?;
+    let mut stream: TcpStream = sock.into();
+    let _ = stream.set_nodelay(true);
+    let tid = TransactionId::new_random();
+    let mut req = Vec::with_capacity(64);
+    {
+        let mut e = Encoder::new(&mut req, MessageType::BINDING_REQUEST, tid);
+        for a in extra {
+            e.push(a);
+        }
+        e.fingerprint();
+    }
+    let left = || -> Result<Duration, TcpStunError> {
+        timeout
+            .checked_sub(started.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or(TcpStunError::Timeout {
+                server,
+                ms: timeout.as_millis() as u64,
+            })
+    };
+    let io_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TcpStunError::Timeout {
+            server,
+            ms: timeout.as_millis() as u64,
+        },
+        _ => TcpStunError::Connect {
+            local: bound,
+            server,
+            source: e,
+        },
+    };
+    stream.set_write_timeout(Some(left()?)).map_err(io_err)?;
+    stream.write_all(&req).map_err(io_err)?;
+    let mut buf = vec![0u8; MAX_RESPONSE];
+    let mut have = 0;
+    let want = loop {
+        if let Some(n) = Message::frame_len(&buf[..have]) {
+            if n > MAX_RESPONSE {
+                return Err(TcpStunError::Garbage { server });
+            }
+            if have >= n {
+                break n;
+            }
+        } else if have >= 4 {
+            return Err(TcpStunError::Garbage { server });
+        }
+        stream.set_read_timeout(Some(left()?)).map_err(io_err)?;
+        match stream.read(&mut buf[have..]) {
+            Ok(0) => return Err(TcpStunError::Garbage { server }),
+            Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    };
+    let rtt = started.elapsed();
+    let response = buf[..want].to_vec();
+    let msg = Message::parse(&response).map_err(|_| TcpStunError::Garbage { server })?;
+    if msg.transaction_id() != tid
+        || msg.message_type().method != MessageType::BINDING_REQUEST.method
+    {
+        return Err(TcpStunError::Garbage { server });
+    }
+    match msg.message_type().class {
+        Class::Success => {}
+        Class::Error => {
+            let (code, reason) = match msg.get(attr_type::ERROR_CODE) {
+                Some(Ok(Attribute::ErrorCode(e))) => (e.code, e.reason.to_string()),
+                _ => (0, String::new()),
+            };
+            return Err(TcpStunError::ErrorResponse {
+                server,
+                code,
+                reason,
+            });
+        }
+        _ => return Err(TcpStunError::Garbage { server }),
+    }
+    let mapped = msg
+        .mapped_address()
+        .ok_or(TcpStunError::NoMapped { server })?;
+    let other = match msg.get(attr_type::OTHER_ADDRESS) {
+        Some(Ok(Attribute::OtherAddress(a))) => Some(a),
+        _ => None,
+    };
+    let b = TcpBinding {
+        local: bound,
+        server,
+        mapped,
+        other,
+        rtt,
+        response,
+    };
+    Ok((b, stream))
+}

@@ -1,0 +1,12 @@
+//! The operating system: sockets and batched I/O, AF_PACKET capture with BPF, nft rules,
+//! capabilities and privilege dropping, hop measurement, signals, capture files. The only
+//! module allowed `unsafe`; every block says why it is sound in a `// SAFETY:` comment.
+
+pub mod capture;
+pub mod mmsg;
+pub mod nft;
+pub mod packet;
+pub mod privileges;
+pub mod signals;
+pub mod ttl;
+pub mod udp;

@@ -1,0 +1,935 @@
+//! A reliable, ordered, encrypted byte stream between two punched peers: QUIC (quinn) on the
+//! very UDP socket that punched the hole, so the NAT bindings that the punch opened carry it.
+//!
+//! There is no CA and no name to check: each side presents a per-run self-signed certificate
+//! and pins the peer's by its SHA-256, which it learned from the authenticated punch. The
+//! custom verifiers below replace only the chain and name checks; the TLS 1.3 handshake
+//! signatures are still verified by rustls' own helpers, so presenting a copied certificate
+//! without its private key does not get anyone in.
+//!
+//! Each direction has a connection of its own, with one unidirectional stream: the client opens
+//! both, and the server name it asks for tells the server which is which. Both directions on
+//! one connection stall on lossy paths: whenever a connection has stream data waiting, quinn
+//! (0.11) sends its ACKs only in packets that congestion control lets through, so with data
+//! flowing both ways each side's ACKs wait for the other side's ACKs. Under loss both sides
+//! then sit congestion-blocked until a probe timeout, which backs off exponentially and grows
+//! with the round-trip estimate that the held-back ACKs inflate; at 36% loss per direction the
+//! transfer crawled and died on the idle timeout. On a connection that carries data one way
+//! the receiver has only ACKs and flow-control updates to send, so its ACKs go out at once.
+//!
+//! Setting up: under heavy loss a quinn handshake can stall for longer than any setup budget:
+//! when the client's Finished is lost, the client may repeat it only after a probe timeout that
+//! is still backed off from the Initial exchange and computed from a round trip inflated by a
+//! delayed ACK, while the server drops everything else the client sends. So the client starts a
+//! fresh handshake for a direction every [`ATTEMPT_INTERVAL`] until one is confirmed (the
+//! server's HANDSHAKE_DONE arrived, so the server has it too), and then commits to a pair: its
+//! stream's first byte names the server-to-client attempt it chose, and the server uses that
+//! one and the connection the byte arrived on. The server never starts before the commitment,
+//! so the two sides cannot pick different connections.
+//!
+//! Congestion control is BBR: a loss-based controller (quinn's default is CUBIC) takes random
+//! loss for congestion and shrinks its window to two packets, where nearly every loss waits
+//! for a probe timeout.
+//!
+//! Ending cleanly: each connection is closed by its sender, with [`CLOSE_DONE`], as soon as all
+//! of its data is acknowledged; until then it may need acknowledgements of retransmissions, so
+//! the receiver keeps the connection open after reading the FIN and waits for that close. A
+//! lost close is repeated by the sender (quinn does so for every packet it receives in its
+//! closing period of 3 PTO), so the waiting receiver sends small datagrams to draw it out;
+//! after that period the sender's endpoint answers with a stateless reset, which also ends the
+//! wait, and [`CLOSE_LINGER`] bounds it in any case. Nothing the receiver still needs hangs on
+//! the close: it has all data by then, and data already received stays readable after a close
+//! or reset (quinn reads buffered data before reporting the error). A side that fails closes
+//! both connections with [`CLOSE_ERROR`] and a reason.
+
+use crate::transport::pin::{self, IdentityError, PinVerifier, SERVER_NAME};
+pub use crate::transport::pin::{fingerprint_hex, Identity};
+use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{
+    AckFrequencyConfig, ConnectionError, Endpoint, EndpointConfig, ReadError, ReadExactError,
+    RecvStream, SendStream, StoppedError, TokioRuntime, TransportConfig, TransportErrorCode,
+    VarInt, WriteError,
+};
+use rustls::crypto::CryptoProvider;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::pin;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// The only application protocol spoken; a peer of another version fails the handshake
+/// instead of misreading the stream. Version 1 carried both directions on one connection.
+pub const ALPN: &[u8] = b"punchraw/2";
+/// Without a keep-alive or data for this long, the connection counts as lost.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Application close code of a connection's sender: "you acknowledged all of my data". From a
+/// receiver that gave up waiting for that close: "I have read your whole stream".
+pub const CLOSE_DONE: u32 = 0;
+/// Application close code for every failure; the reason text says which.
+pub const CLOSE_ERROR: u32 = 1;
+/// Stream stop code: our output failed, so we will not read further.
+const STOP_OUTPUT_FAILED: u32 = 1;
+/// Upper bound on waiting for our close to reach the peer (quinn waits 3 PTO, which on a
+/// bad path could be long; the peer's idle timeout is the fallback), and on waiting for the
+/// peer's close of a connection whose data we have read.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// Datagrams sent at most to draw out a lost close: few enough that unacknowledged ones never
+/// fill the congestion window, which would hold back our ACKs (see the module documentation).
+const CLOSE_PROBES: u32 = 40;
+/// Bounds of the interval between them, a quarter of the round trip, so that several fall into
+/// the sender's closing period of 3 PTO (each at least a round trip).
+const CLOSE_PROBE_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(2), Duration::from_millis(100));
+/// While no handshake for a direction is confirmed, another one starts this often.
+const ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Handshakes per direction at most; the attempt number travels in one byte.
+const MAX_ATTEMPTS: u8 = 10;
+/// How often a new connection is checked for the server's HANDSHAKE_DONE.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
+/// Round-trip estimate before the first sample. quinn's default, RFC 9002's 333 ms, makes a
+/// handshake wait 1 s, then 2 s, then 4 s to repeat a lost packet, too slow for a 10 s setup
+/// budget under heavy loss; on a longer path a low estimate costs a few spurious
+/// retransmissions of handshake packets, and the first sample replaces it.
+const INITIAL_RTT: Duration = Duration::from_millis(25);
+/// Asked of the peer (ACK frequency extension): acknowledge every ack-eliciting packet at once,
+/// and count on at most this much delay otherwise. quinn's default, every second packet or
+/// after 25 ms, leaves a lone packet whose partner was lost unacknowledged for 25 ms, and the
+/// probe timeout includes the peer's delay, which dominates it on short paths.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
+/// Close reasons travel in one packet.
+const MAX_REASON: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Which way a connection carries data. The client asks for a server name per direction and
+/// attempt, which is how the server tells its connections apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+impl Direction {
+    const BOTH: [Direction; 2] = [Direction::ClientToServer, Direction::ServerToClient];
+
+    fn label(self) -> &'static str {
+        match self {
+            Direction::ClientToServer => "client-to-server",
+            Direction::ServerToClient => "server-to-client",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn server_name(self, attempt: u8) -> String {
+        format!("{}-{attempt}.{SERVER_NAME}", self.label())
+    }
+
+    /// Direction and attempt of a connection accepted by the server.
+    fn of(conn: &quinn::Connection) -> Option<(Direction, u8)> {
+        let data = conn
+            .handshake_data()?
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .ok()?;
+        let name = data.server_name?;
+        let name = name.strip_suffix(SERVER_NAME)?.strip_suffix('.')?;
+        Direction::BOTH.into_iter().find_map(|d| {
+            let attempt = name.strip_prefix(d.label())?.strip_prefix('-')?;
+            Some((d, attempt.parse().ok()?))
+        })
+    }
+}
+
+/// The two connections a session settled on, and the stream that carried the commitment.
+struct Link {
+    outgoing: quinn::Connection,
+    incoming: quinn::Connection,
+    /// The client's stream on `outgoing`, the commitment already written.
+    send: Option<SendStream>,
+    /// The server's stream on `incoming`, the commitment already read.
+    recv: Option<RecvStream>,
+}
+
+/// Payload bytes of each direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub sent: u64,
+    pub received: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum QuicError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot set up QUIC: {0}")]
+    Setup(String),
+    #[error("peer authentication failed: its certificate fingerprint does not match the one from the authenticated punch ({peer} presented {got}, the punch announced {expected})")]
+    PeerAuthFailed {
+        peer: SocketAddr,
+        expected: String,
+        got: String,
+    },
+    #[error("{peer} refused our certificate ({reason}): it pins a different fingerprint for us than the one we announced in the punch")]
+    RejectedByPeer { peer: SocketAddr, reason: String },
+    #[error("{peer} refused the QUIC connection: it expects us at another address (did the NAT change our mapping?)")]
+    Refused { peer: SocketAddr },
+    #[error("QUIC handshake with {peer} timed out after {secs} s: {hint}")]
+    HandshakeTimeout {
+        peer: SocketAddr,
+        secs: f64,
+        hint: String,
+    },
+    #[error("QUIC handshake with {peer} failed: {reason}")]
+    Handshake { peer: SocketAddr, reason: String },
+    #[error("connection lost: {reason} (peer {peer})")]
+    ConnectionLost { peer: SocketAddr, reason: String },
+    #[error("{peer} closed the connection: {reason}")]
+    ClosedByPeer { peer: SocketAddr, reason: String },
+    #[error("{peer} stopped reading our data before its end (its output failed?)")]
+    PeerStopped { peer: SocketAddr },
+    #[error("{peer} broke the stream protocol: {reason}")]
+    Protocol { peer: SocketAddr, reason: String },
+    #[error("cannot read input")]
+    Input(#[source] io::Error),
+    #[error("cannot write output")]
+    Output(#[source] io::Error),
+}
+
+impl QuicError {
+    /// Either side's pin check failed: the two peers disagree about who the other is, which
+    /// is a security event rather than a network problem.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            QuicError::PeerAuthFailed { .. } | QuicError::RejectedByPeer { .. }
+        )
+    }
+}
+
+fn setup_err(what: &str) -> impl FnOnce(rustls::Error) -> QuicError + '_ {
+    move |e| QuicError::Setup(format!("{what}: {e}"))
+}
+
+fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("30 s is a valid idle timeout"),
+    ));
+    // A zero interval would mean sending keep-alives continuously; treat it as "off".
+    t.keep_alive_interval((!keepalive.is_zero()).then_some(keepalive));
+    // The sender of each connection opens exactly one unidirectional stream.
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(1u32.into());
+    // Random loss is not congestion; see the module documentation.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.initial_rtt(INITIAL_RTT);
+    let mut acks = AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(0u32.into())
+        .max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
+    // With segmentation offload a burst of datagrams crosses each NAT's netfilter hooks as
+    // one buffer, so one drop loses the whole burst; loss on punched paths is then far
+    // burstier than the congestion controller expects and the transfer crawls.
+    t.enable_segmentation_offload(false);
+    Arc::new(t)
+}
+
+fn client_config(
+    me: &Identity,
+    verifier: Arc<PinVerifier>,
+    provider: Arc<CryptoProvider>,
+    keepalive: Duration,
+) -> Result<quinn::ClientConfig, QuicError> {
+    let tls = pin::client_tls(me, verifier, provider, ALPN)
+        .map_err(setup_err("TLS client configuration"))?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| QuicError::Setup(format!("QUIC client configuration: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config(keepalive));
+    Ok(config)
+}
+
+fn server_config(
+    me: &Identity,
+    verifier: Arc<PinVerifier>,
+    provider: Arc<CryptoProvider>,
+    keepalive: Duration,
+) -> Result<quinn::ServerConfig, QuicError> {
+    let tls = pin::server_tls(me, verifier, provider, ALPN)
+        .map_err(setup_err("TLS server configuration"))?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| QuicError::Setup(format!("QUIC server configuration: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config(keepalive));
+    Ok(config)
+}
+
+/// Runs QUIC on `socket` (already bound, possibly already used for punching; it is handed
+/// over) with the peer at `peer`. The client connects; the server accepts only connections
+/// from `peer` whose certificate matches the pin, refusing others and waiting on.
+///
+/// Both sides present their certificate and verify that the peer's SHA-256 equals
+/// `peer_fingerprint`. Then `input` is copied to a stream to the peer and the peer's stream to
+/// `output`, on a connection per direction; at the end of `input` our stream is finished
+/// (half-close). Returns when both directions are done and closed, so the peer exits too.
+///
+/// `timeout` bounds connection setup (the client's handshake; the server's wait for the
+/// authenticated peer), not the transfer, which ends only on a stall of [`IDLE_TIMEOUT`].
+/// `keepalive` should be well under [`IDLE_TIMEOUT`] and short enough to keep the NAT
+/// bindings open; zero turns keep-alives off.
+///
+/// Blocking: it runs its own tokio runtime, so it must not be called from async code.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stream(
+    socket: UdpSocket,
+    peer: SocketAddr,
+    role: Role,
+    me: &Identity,
+    peer_fingerprint: [u8; 32],
+    input: impl Read + Send + 'static,
+    output: impl Write + Send + 'static,
+    keepalive: Duration,
+    timeout: Duration,
+) -> Result<StreamStats, QuicError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinVerifier::new(peer_fingerprint, provider.clone()));
+    let (client, server) = match role {
+        Role::Client => (
+            Some(client_config(me, verifier.clone(), provider, keepalive)?),
+            None,
+        ),
+        Role::Server => (
+            None,
+            Some(server_config(me, verifier.clone(), provider, keepalive)?),
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| QuicError::Setup(format!("cannot start the async runtime: {e}")))?;
+
+    // Input and output are blocking (stdin, stdout, files), so each gets a thread of its own.
+    // The reader is never joined: on failure it may sit in a read that never returns.
+    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    thread::Builder::new()
+        .name("quic-input".into())
+        .spawn(move || read_input(input, in_tx))
+        .map_err(|e| QuicError::Setup(format!("cannot start the input thread: {e}")))?;
+    let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (written_tx, written_rx) = oneshot::channel();
+    let writer = thread::Builder::new()
+        .name("quic-output".into())
+        .spawn(move || write_output(output, out_rx, written_tx))
+        .map_err(|e| QuicError::Setup(format!("cannot start the output thread: {e}")))?;
+
+    let session = Session {
+        peer,
+        role,
+        verifier,
+        timeout,
+    };
+    let result = runtime.block_on(async {
+        // quinn's socket wrapper needs the runtime's reactor, so it is built in here.
+        let endpoint = Endpoint::new(
+            EndpointConfig::default(),
+            server,
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .map_err(|e| QuicError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
+        let mut conns = Vec::new();
+        let result = session
+            .run(&endpoint, client, in_rx, out_tx, written_rx, &mut conns)
+            .await;
+        // Linger (quinn's 3 PTO) only when the peer still has something to learn from us,
+        // so that a lost close is repeated: after success, the close of the connection we
+        // sent on; after a failure, our reason. After the peer's own close (it closes both
+        // connections at once), a refusal or a timeout there is nothing to say, and 3 PTO
+        // can be seconds when the RTT estimate is still the initial one or includes time
+        // spent in a socket buffer.
+        let linger = match &result {
+            Ok(_) => true,
+            Err(QuicError::PeerAuthFailed { .. }) if conns.is_empty() => true,
+            Err(_) => !conns.is_empty() && conns.iter().all(|c| c.close_reason().is_none()),
+        };
+        let (code, reason) = match &result {
+            Ok(_) => (CLOSE_DONE, "done".to_string()),
+            Err(e) => (CLOSE_ERROR, close_reason(e)),
+        };
+        endpoint.close(code.into(), reason.as_bytes());
+        if linger
+            && tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle())
+                .await
+                .is_err()
+        {
+            debug!("the close did not complete within {CLOSE_LINGER:?}; leaving it to the peer's idle timeout");
+        }
+        result
+    });
+    if result.is_ok() {
+        // Everything is written by now (the thread reported it); this only reaps the thread.
+        let _ = writer.join();
+    }
+    result
+}
+
+fn close_reason(e: &QuicError) -> String {
+    let mut reason = e.to_string();
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+/// Completes a client handshake and waits until the server confirms it (HANDSHAKE_DONE), which
+/// says the server has the connection too: the client's side is complete as soon as it sends
+/// its Finished, and until that arrives the server drops everything else the client sends.
+async fn confirmed_handshake(
+    connecting: quinn::Connecting,
+) -> Result<quinn::Connection, ConnectionError> {
+    let conn = connecting.await?;
+    loop {
+        if conn.stats().frame_rx.handshake_done > 0 {
+            return Ok(conn);
+        }
+        if let Some(e) = conn.close_reason() {
+            return Err(e);
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
+    }
+}
+
+/// Reads the client's commitment from the first stream on a client-to-server connection: the
+/// attempt number of the server-to-client connection that goes with it. `Err(Ok(_))` means
+/// the connection ended first (an attempt the client dropped), `Err(Err(_))` a broken stream.
+async fn read_commitment(
+    conn: quinn::Connection,
+) -> Result<(quinn::Connection, RecvStream, u8), Result<ConnectionError, QuicError>> {
+    let peer = conn.remote_address();
+    let mut recv = conn.accept_uni().await.map_err(Ok)?;
+    let mut attempt = [0u8; 1];
+    match recv.read_exact(&mut attempt).await {
+        Ok(()) => Ok((conn, recv, attempt[0])),
+        Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => Err(Ok(e)),
+        Err(e) => Err(Err(QuicError::Protocol {
+            peer,
+            reason: format!("its stream did not start with a commitment ({e})"),
+        })),
+    }
+}
+
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6 addresses.
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+/// TLS alerts by which a peer says it does not accept our certificate.
+fn is_certificate_alert(code: TransportErrorCode) -> bool {
+    const BAD_CERTIFICATE: u8 = 42;
+    const CERTIFICATE_UNKNOWN: u8 = 46;
+    const ACCESS_DENIED: u8 = 49;
+    const CERTIFICATE_REQUIRED: u8 = 116;
+    let code = u64::from(code);
+    (BAD_CERTIFICATE..=CERTIFICATE_UNKNOWN)
+        .chain([ACCESS_DENIED, CERTIFICATE_REQUIRED])
+        .any(|alert| code == u64::from(TransportErrorCode::crypto(alert)))
+}
+
+fn is_done(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSE_DONE))
+}
+
+struct Session {
+    peer: SocketAddr,
+    role: Role,
+    verifier: Arc<PinVerifier>,
+    timeout: Duration,
+}
+
+impl Session {
+    async fn run(
+        &self,
+        endpoint: &Endpoint,
+        client: Option<quinn::ClientConfig>,
+        input: mpsc::Receiver<io::Result<Vec<u8>>>,
+        output: mpsc::Sender<Vec<u8>>,
+        written: oneshot::Receiver<io::Result<()>>,
+        established: &mut Vec<quinn::Connection>,
+    ) -> Result<StreamStats, QuicError> {
+        let deadline = Instant::now() + self.timeout;
+        let link = match client {
+            Some(config) => self.connect(endpoint, config, deadline).await,
+            None => self.accept(endpoint, deadline).await,
+        };
+        let link = link.map_err(|(e, up)| {
+            established.extend(up);
+            e
+        })?;
+        established.extend([link.outgoing.clone(), link.incoming.clone()]);
+        info!(peer = %self.peer, role = ?self.role, "QUIC connections up, peer authenticated");
+        self.transfer(link, input, output, written).await
+    }
+
+    fn timed_out(&self, hint: impl Into<String>) -> QuicError {
+        QuicError::HandshakeTimeout {
+            peer: self.peer,
+            secs: self.timeout.as_secs_f64(),
+            hint: hint.into(),
+        }
+    }
+
+    /// Why setup ran out of time, from what did come up.
+    fn setup_timed_out(&self, up: &[quinn::Connection], stranger: Option<SocketAddr>) -> QuicError {
+        if !up.is_empty() {
+            return self.timed_out(
+                "only part of the connections came up (is the path losing most packets?)",
+            );
+        }
+        match (self.role, stranger) {
+            (Role::Client, _) => {
+                self.timed_out("no answer (is the peer running, and is the hole still open?)")
+            }
+            // Most likely the peer itself, from a port its NAT picked anew.
+            (Role::Server, Some(from)) => self.timed_out(format!(
+                "only {from} tried to connect, which is not the peer's address (did the peer's NAT change its mapping?)"
+            )),
+            (Role::Server, None) => self
+                .timed_out("it did not connect (is it running, and is the hole still open?)"),
+        }
+    }
+
+    /// Races handshakes for both directions until one of each is confirmed, then commits to
+    /// that pair. On failure, also returns the connections that came up.
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        config: quinn::ClientConfig,
+        deadline: Instant,
+    ) -> Result<Link, (QuicError, Vec<quinn::Connection>)> {
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut started = [0u8; 2];
+        let mut confirmed: [Option<(u8, quinn::Connection)>; 2] = [None, None];
+        let mut next_round = Instant::now();
+        let racing = async {
+            loop {
+                if let [Some((_, to_server)), Some((attempt, to_client))] = &confirmed {
+                    return Ok((to_server.clone(), *attempt, to_client.clone()));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_round) => {
+                        next_round += ATTEMPT_INTERVAL;
+                        for d in Direction::BOTH {
+                            let n = &mut started[d.index()];
+                            if confirmed[d.index()].is_some() || *n >= MAX_ATTEMPTS {
+                                continue;
+                            }
+                            let connecting = endpoint
+                                .connect_with(config.clone(), self.peer, &d.server_name(*n))
+                                .map_err(|e| QuicError::Setup(format!("cannot connect to {}: {e}", self.peer)))?;
+                            if *n > 0 {
+                                debug!(peer = %self.peer, direction = d.label(), attempt = *n, "no confirmed handshake yet; starting another");
+                            }
+                            let attempt = *n;
+                            *n += 1;
+                            attempts.spawn(async move { (d, attempt, confirmed_handshake(connecting).await) });
+                        }
+                    }
+                    Some(Ok((d, attempt, outcome))) = attempts.join_next() => match outcome {
+                        Ok(conn) if confirmed[d.index()].is_none() => {
+                            confirmed[d.index()] = Some((attempt, conn));
+                        }
+                        Ok(conn) => conn.close(CLOSE_ERROR.into(), b"superseded by another attempt"),
+                        // quinn gives up on a silent peer after the idle timeout, which may be
+                        // shorter than the caller's timeout; the next round tries again.
+                        Err(ConnectionError::TimedOut) => {}
+                        Err(e) => return Err(self.connection_error(e)),
+                    },
+                }
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, racing).await;
+        let up = || {
+            confirmed
+                .iter()
+                .flatten()
+                .map(|(_, c)| c.clone())
+                .collect::<Vec<_>>()
+        };
+        let (to_server, attempt, to_client) = match outcome {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err((e, up())),
+            Err(_) => return Err((self.setup_timed_out(&up(), None), up())),
+        };
+        // Unconfirmed attempts still in flight are dropped here, which closes them.
+        drop(attempts);
+        let commit = async {
+            let mut send = to_server
+                .open_uni()
+                .await
+                .map_err(|e| self.connection_error(e))?;
+            send.write_all(&[attempt])
+                .await
+                .map_err(|e| self.write_error(e))?;
+            Ok(send)
+        };
+        match commit.await {
+            Ok(send) => Ok(Link {
+                outgoing: to_server,
+                incoming: to_client,
+                send: Some(send),
+                recv: None,
+            }),
+            Err(e) => Err((e, vec![to_server, to_client])),
+        }
+    }
+
+    /// Accepts the client's handshakes from the peer's address, side by side, until the
+    /// client commits to a pair. On failure, also returns the connections that came up.
+    async fn accept(
+        &self,
+        endpoint: &Endpoint,
+        deadline: Instant,
+    ) -> Result<Link, (QuicError, Vec<quinn::Connection>)> {
+        // A failed attempt from the peer's address is reported if nothing better arrives:
+        // it may have been a stranger (so keep waiting), but most likely it is the reason.
+        let mut failure = None;
+        let mut stranger = None;
+        let mut up: Vec<quinn::Connection> = Vec::new();
+        let mut to_client: Vec<(u8, quinn::Connection)> = Vec::new();
+        let mut committed: Option<(quinn::Connection, RecvStream, u8)> = None;
+        let mut handshakes = tokio::task::JoinSet::new();
+        let mut commitments = tokio::task::JoinSet::new();
+        let waiting = async {
+            loop {
+                if let Some((_, _, attempt)) = &committed {
+                    // The client saw this handshake confirmed, so it completes here too,
+                    // if perhaps a moment after the commitment arrived.
+                    if let Some((_, chosen)) = to_client.iter().find(|(n, _)| n == attempt) {
+                        let chosen = chosen.clone();
+                        let (from_client, recv, _) = committed.take().expect("checked above");
+                        return Ok((from_client, recv, chosen));
+                    }
+                }
+                tokio::select! {
+                    incoming = endpoint.accept() => {
+                        let Some(incoming) = incoming else {
+                            return Err(QuicError::Setup("the QUIC endpoint closed".into()));
+                        };
+                        let from = incoming.remote_address();
+                        if !same_addr(from, self.peer) {
+                            info!(%from, peer = %self.peer, "refusing a QUIC connection from an address that is not the peer's");
+                            incoming.refuse();
+                            stranger = Some(from);
+                            continue;
+                        }
+                        handshakes.spawn(async move { (from, incoming.await) });
+                    }
+                    Some(Ok((from, handshake))) = handshakes.join_next() => {
+                        let conn = match handshake {
+                            Ok(conn) => conn,
+                            Err(e) => {
+                                let e = self.connection_error(e);
+                                warn!(%from, "QUIC connection attempt failed, waiting on: {e}");
+                                // A client that fails its pin check closes its other
+                                // handshakes too, and those closes carry no reason (RFC 9000
+                                // section 10.2.3); the certificate verdict is the one to keep.
+                                if !failure.as_ref().is_some_and(QuicError::is_auth_failure) {
+                                    failure = Some(e);
+                                }
+                                continue;
+                            }
+                        };
+                        up.push(conn.clone());
+                        match Direction::of(&conn) {
+                            Some((Direction::ClientToServer, _)) => {
+                                commitments.spawn(read_commitment(conn));
+                            }
+                            Some((Direction::ServerToClient, attempt)) => to_client.push((attempt, conn)),
+                            None => {
+                                return Err(QuicError::Protocol {
+                                    peer: self.peer,
+                                    reason: "it opened a connection for no known direction".into(),
+                                })
+                            }
+                        }
+                    }
+                    Some(Ok(commitment)) = commitments.join_next() => match commitment {
+                        Ok(c) => committed = Some(c),
+                        // An attempt the client gave up on.
+                        Err(Ok(e)) => debug!(peer = %self.peer, "a connection ended before its commitment: {e}"),
+                        Err(Err(e)) => return Err(e),
+                    },
+                }
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, waiting).await;
+        let (from_client, recv, to_client_chosen) = match outcome {
+            Ok(Ok(chosen)) => chosen,
+            Ok(Err(e)) => return Err((e, up)),
+            Err(_) => {
+                let e = failure.unwrap_or_else(|| self.setup_timed_out(&up, stranger));
+                return Err((e, up));
+            }
+        };
+        // The handshakes and connections the client did not choose are closed when dropped.
+        for conn in up.iter().filter(|c| {
+            ![&from_client, &to_client_chosen]
+                .iter()
+                .any(|k| k.stable_id() == c.stable_id())
+        }) {
+            conn.close(CLOSE_ERROR.into(), b"not chosen");
+        }
+        Ok(Link {
+            outgoing: to_client_chosen,
+            incoming: from_client,
+            send: None,
+            recv: Some(recv),
+        })
+    }
+
+    fn connection_error(&self, e: ConnectionError) -> QuicError {
+        let peer = self.peer;
+        match e {
+            ConnectionError::TransportError(e) => match self.verifier.take_mismatch() {
+                Some(got) => QuicError::PeerAuthFailed {
+                    peer,
+                    expected: fingerprint_hex(&self.verifier.expected),
+                    got: fingerprint_hex(&got),
+                },
+                None => QuicError::Handshake {
+                    peer,
+                    reason: e.to_string(),
+                },
+            },
+            ConnectionError::ConnectionClosed(c) => {
+                let reason = String::from_utf8_lossy(&c.reason).into_owned();
+                if c.error_code == TransportErrorCode::CONNECTION_REFUSED {
+                    QuicError::Refused { peer }
+                } else if is_certificate_alert(c.error_code) {
+                    QuicError::RejectedByPeer { peer, reason }
+                } else {
+                    QuicError::ClosedByPeer {
+                        peer,
+                        reason: c.to_string(),
+                    }
+                }
+            }
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == VarInt::from_u32(CLOSE_DONE) =>
+            {
+                QuicError::Protocol {
+                    peer,
+                    reason: "it ended the connection before all of our data was delivered".into(),
+                }
+            }
+            ConnectionError::ApplicationClosed(c) => QuicError::ClosedByPeer {
+                peer,
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            ConnectionError::TimedOut => QuicError::ConnectionLost {
+                peer,
+                reason: format!(
+                    "nothing heard from the peer for {} s",
+                    IDLE_TIMEOUT.as_secs()
+                ),
+            },
+            ConnectionError::Reset => QuicError::ConnectionLost {
+                peer,
+                reason: "the peer reset the connection (did it restart?)".into(),
+            },
+            ConnectionError::VersionMismatch => QuicError::Handshake {
+                peer,
+                reason: "the peer speaks no QUIC version we do".into(),
+            },
+            e @ (ConnectionError::LocallyClosed | ConnectionError::CidsExhausted) => {
+                QuicError::ConnectionLost {
+                    peer,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Copies the input to a stream on the outgoing connection and the stream that the peer
+    /// opens on the incoming one to the output. The server's stream becomes visible to the
+    /// client with its first frame, so the client waits as long as the server's input stays
+    /// silent.
+    async fn transfer(
+        &self,
+        link: Link,
+        mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
+        output: mpsc::Sender<Vec<u8>>,
+        written: oneshot::Receiver<io::Result<()>>,
+    ) -> Result<StreamStats, QuicError> {
+        let peer = self.peer;
+        let (outgoing, incoming) = (&link.outgoing, &link.incoming);
+
+        let sending = async {
+            let mut send = match link.send {
+                Some(send) => send,
+                None => outgoing
+                    .open_uni()
+                    .await
+                    .map_err(|e| self.connection_error(e))?,
+            };
+            let mut sent = 0u64;
+            while let Some(chunk) = input.recv().await {
+                let chunk = chunk.map_err(QuicError::Input)?;
+                send.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                sent += chunk.len() as u64;
+            }
+            // Fails only if the stream is already reset, which `stopped` reports below.
+            let _ = send.finish();
+            match send.stopped().await {
+                Ok(None) => {
+                    // All acknowledged: the peer needs nothing more on this connection.
+                    outgoing.close(CLOSE_DONE.into(), b"done");
+                    Ok(sent)
+                }
+                Ok(Some(_)) => Err(QuicError::PeerStopped { peer }),
+                // The peer read our stream to the end and gave up waiting for our close.
+                Err(StoppedError::ConnectionLost(e)) if is_done(&e) => Ok(sent),
+                Err(StoppedError::ConnectionLost(e)) => Err(self.connection_error(e)),
+                Err(StoppedError::ZeroRttRejected) => Err(QuicError::Protocol {
+                    peer,
+                    reason: "0-RTT rejected although none was sent".into(),
+                }),
+            }
+        };
+
+        let receiving = async {
+            let mut recv = match link.recv {
+                Some(recv) => recv,
+                None => incoming
+                    .accept_uni()
+                    .await
+                    .map_err(|e| self.connection_error(e))?,
+            };
+            let mut received = 0u64;
+            let output_failed = |written: oneshot::Receiver<io::Result<()>>| async {
+                match written.await {
+                    Ok(Err(e)) => QuicError::Output(e),
+                    _ => QuicError::Output(io::Error::other("the output thread ended")),
+                }
+            };
+            loop {
+                match recv.read_chunk(CHUNK, true).await {
+                    Ok(Some(chunk)) => {
+                        received += chunk.bytes.len() as u64;
+                        if output.send(chunk.bytes.to_vec()).await.is_err() {
+                            let _ = recv.stop(STOP_OUTPUT_FAILED.into());
+                            return Err(output_failed(written).await);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(self.read_error(e)),
+                }
+            }
+            drop(output);
+            match written.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(QuicError::Output(e)),
+                Err(_) => {
+                    return Err(QuicError::Output(io::Error::other(
+                        "the output thread ended",
+                    )))
+                }
+            }
+            // The connection that carried more traffic has the better estimate, and the
+            // minimum is not inflated by the handshake or by delayed ACKs.
+            let rtt = [outgoing, incoming]
+                .map(|c| c.stats().path.min_rtt)
+                .into_iter()
+                .min()
+                .unwrap_or(INITIAL_RTT);
+            self.await_close(incoming, rtt).await?;
+            Ok(received)
+        };
+
+        let (sent, received) = tokio::try_join!(sending, receiving)?;
+        debug!(%peer, sent, received, "both directions done");
+        Ok(StreamStats { sent, received })
+    }
+
+    /// After reading the whole stream on `conn`: waits (bounded by [`CLOSE_LINGER`]) for the
+    /// peer to close the connection, which it does once it has our acknowledgement of all its
+    /// data. Until then it may retransmit and need acknowledgements, so the connection stays
+    /// open; a few datagrams make a peer whose close was lost repeat it.
+    async fn await_close(&self, conn: &quinn::Connection, rtt: Duration) -> Result<(), QuicError> {
+        let mut closed = pin!(conn.closed());
+        let mut give_up = pin!(tokio::time::sleep(CLOSE_LINGER));
+        let (min, max) = CLOSE_PROBE_INTERVAL;
+        let interval = (rtt / 4).clamp(min, max);
+        let mut probes = 0;
+        let e = loop {
+            tokio::select! {
+                e = &mut closed => break e,
+                () = &mut give_up => {
+                    debug!(peer = %self.peer, "no close from the peer after its data; closing");
+                    conn.close(CLOSE_DONE.into(), b"done");
+                    return Ok(());
+                }
+                () = tokio::time::sleep(interval), if probes < CLOSE_PROBES => {
+                    probes += 1;
+                    // Fails only once the connection is closed, which `closed` reports.
+                    let _ = conn.send_datagram(Vec::new().into());
+                }
+            }
+        };
+        match e {
+            // The peer's close, or its endpoint's reset after its closing period.
+            e if is_done(&e) => Ok(()),
+            ConnectionError::Reset | ConnectionError::TimedOut | ConnectionError::LocallyClosed => {
+                Ok(())
+            }
+            e => Err(self.connection_error(e)),
+        }
+    }
+
+    fn write_error(&self, e: WriteError) -> QuicError {
+        match e {
+            WriteError::Stopped(_) => QuicError::PeerStopped { peer: self.peer },
+            WriteError::ConnectionLost(e) => self.connection_error(e),
+            e @ (WriteError::ClosedStream | WriteError::ZeroRttRejected) => QuicError::Protocol {
+                peer: self.peer,
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn read_error(&self, e: ReadError) -> QuicError {
+        match e {
+            ReadError::Reset(code) => QuicError::Protocol {
+                peer: self.peer,
+                reason: format!("it aborted its data stream (code {code})"),
+            },
+            ReadError::ConnectionLost(e) => self.connection_error(e),
+            e @ (ReadError::ClosedStream
+            | ReadError::IllegalOrderedRead
+            | ReadError::ZeroRttRejected) => QuicError::Protocol {
+                peer: self.peer,
+                reason: e.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The encrypted, authenticated byte stream over a punched TCP connection: TLS 1.3 (rustls)
+//! with each side's per-run certificate pinned by the fingerprint from the peer's
+//! authenticated TCP offer, as the QUIC stream does for UDP (see [`crate::transport::pin`]).
+//!
+//! During a punch several TCP connections may come up (a listener is open, and a sweep opens
+//! many), and anyone could connect to the listener. So every connection is authenticated
+//! before any user byte flows, and the two sides agree on one: after the handshake the TLS
+//! client sends [`COMMIT`] on the one connection it chose, and the server, which verified
+//! the client's certificate by then, answers [`ACCEPT`] on the first connection that brought
+//! a commitment and only there. The client commits on one connection at a time, so the two
+//! cannot pick different ones. A connection that fails any of this is closed and the punch
+//! goes on.
+//!
+//! After that, input goes out on the connection and the peer's bytes to the output; at the
+//! end of the input our side sends TLS close_notify and a TCP FIN (a half-close: TLS 1.3,
+//! RFC 8446 section 6.1, lets the peer go on sending), and the stream is done when both
+//! directions have ended.
+
+use crate::transport::pin::{self, fingerprint_hex, Identity, PinVerifier, SERVER_NAME};
+use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
+use crate::transport::quic::{Role, StreamStats};
+use rustls::pki_types::ServerName;
+use rustls::AlertDescription;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+
+/// Distinct from the QUIC stream's, so a TCP peer and a UDP peer never mistake each other.
+pub const ALPN: &[u8] = b"punchraw-tcp/1";
+/// The client's one byte after the handshake: "this connection carries the stream".
+pub const COMMIT: u8 = 0xc1;
+/// The server's answer: "accepted; I use this one too".
+pub const ACCEPT: u8 = 0xa1;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
+    #[error("peer authentication failed: {peer} presented a certificate whose fingerprint is {got}, but the authenticated TCP offer announced {expected}")]
+    PeerAuthFailed {
+        peer: SocketAddr,
+        expected: String,
+        got: String,
+    },
+    #[error("peer authentication failed: {peer} refused our certificate ({reason}); it pins another fingerprint for us than the one we announced")]
+    RejectedByPeer { peer: SocketAddr, reason: String },
+    #[error("TLS handshake with {peer} failed: {reason}")]
+    Handshake { peer: SocketAddr, reason: String },
+    #[error("TLS handshake with {peer} did not finish within {secs} s")]
+    HandshakeTimeout { peer: SocketAddr, secs: u64 },
+    #[error("{peer} did not follow the stream protocol: {reason}")]
+    Protocol { peer: SocketAddr, reason: String },
+    #[error("connection to {peer} lost: {reason}")]
+    ConnectionLost { peer: SocketAddr, reason: String },
+    #[error("cannot read input")]
+    Input(#[source] io::Error),
+    #[error("cannot write output")]
+    Output(#[source] io::Error),
+}
+
+impl TlsError {
+    /// Either side's pin check failed: the peers disagree about who the other is.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            TlsError::PeerAuthFailed { .. } | TlsError::RejectedByPeer { .. }
+        )
+    }
+}
+
+/// Our side of the TLS setup: who we are, whom we accept, and which role we play.
+pub struct TlsSide {
+    role: Role,
+    me: Identity,
+    peer_fingerprint: [u8; 32],
+    timeout: Duration,
+}
+
+impl TlsSide {
+    pub fn new(role: Role, me: Identity, peer_fingerprint: [u8; 32], timeout: Duration) -> Self {
+        TlsSide {
+            role,
+            me,
+            peer_fingerprint,
+            timeout,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The TLS handshake on `tcp`, within the timeout; the client then sends [`COMMIT`] and
+    /// waits for [`ACCEPT`] (holding `commit`, when given, which serialises commitments across
+    /// connections; that part is bounded by the caller). The server returns once the client's
+    /// commitment arrived, also within the timeout; it still owes the [`ACCEPT`], which
+    /// [`accept_commitment`] sends on the one connection it keeps.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        commit: Option<&tokio::sync::Mutex<()>>,
+    ) -> Result<TlsStream<TcpStream>, TlsError> {
+        let peer = tcp.peer_addr().map_err(|e| TlsError::ConnectionLost {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: e.to_string(),
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // A verifier per connection, so a stranger's mismatch is never reported as the
+        // peer's.
+        let verifier = Arc::new(PinVerifier::new(self.peer_fingerprint, provider.clone()));
+        let timed_out = || TlsError::HandshakeTimeout {
+            peer,
+            secs: self.timeout.as_secs(),
+        };
+        match self.role {
+            Role::Client => {
+                let tls = pin::client_tls(&self.me, verifier.clone(), provider, ALPN)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let name = ServerName::try_from(SERVER_NAME)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let connecting = TlsConnector::from(Arc::new(tls)).connect(name, tcp);
+                let mut s = tokio::time::timeout(self.timeout, connecting)
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| self.error(peer, &verifier, e))?;
+                // Our turn to commit may take a while (another connection is committing);
+                // the punch bounds that wait. Once COMMIT is sent the server may have
+                // accepted this connection and dropped the others, so only the connection
+                // ending (not a timeout) lets us give it up.
+                let _turn = match commit {
+                    Some(m) => Some(m.lock().await),
+                    None => None,
+                };
+                s.write_all(&[COMMIT])
+                    .await
+                    .map_err(|e| self.error(peer, &verifier, e))?;
+                s.flush()
+                    .await
+                    .map_err(|e| self.error(peer, &verifier, e))?;
+                self.expect_byte(
+                    &mut s,
+                    peer,
+                    &verifier,
+                    ACCEPT,
+                    "its answer to our commitment",
+                )
+                .await?;
+                Ok(TlsStream::from(s))
+            }
+            Role::Server => {
+                let tls = pin::server_tls(&self.me, verifier.clone(), provider, ALPN)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let work = async {
+                    let mut s = TlsAcceptor::from(Arc::new(tls))
+                        .accept(tcp)
+                        .await
+                        .map_err(|e| self.error(peer, &verifier, e))?;
+                    self.expect_byte(&mut s, peer, &verifier, COMMIT, "its first byte")
+                        .await?;
+                    Ok(TlsStream::from(s))
+                };
+                tokio::time::timeout(self.timeout, work)
+                    .await
+                    .map_err(|_| timed_out())?
+            }
+        }
+    }
+
+    /// Reads one byte of the stream protocol, which must be `want`.
+    async fn expect_byte(
+        &self,
+        s: &mut (impl tokio::io::AsyncRead + Unpin),
+        peer: SocketAddr,
+        verifier: &PinVerifier,
+        want: u8,
+        what: &str,
+    ) -> Result<(), TlsError> {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
+            .await
+            .map_err(|e| self.error(peer, verifier, e))?;
+        if b[0] == want {
+            Ok(())
+        } else {
+            Err(TlsError::Protocol {
+                peer,
+                reason: format!("{what} was {:#04x}, not {want:#04x}", b[0]),
+            })
+        }
+    }
+
+    fn error(&self, peer: SocketAddr, verifier: &PinVerifier, e: io::Error) -> TlsError {
+        if let Some(got) = verifier.take_mismatch() {
+            return TlsError::PeerAuthFailed {
+                peer,
+                expected: fingerprint_hex(&self.peer_fingerprint),
+                got: fingerprint_hex(&got),
+            };
+        }
+        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        match inner {
+            Some(rustls::Error::AlertReceived(
+                a @ (AlertDescription::BadCertificate
+                | AlertDescription::UnsupportedCertificate
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::AccessDenied
+                | AlertDescription::CertificateRequired),
+            )) => TlsError::RejectedByPeer {
+                peer,
+                reason: format!("TLS alert {a:?}"),
+            },
+            Some(r) => TlsError::Handshake {
+                peer,
+                reason: r.to_string(),
+            },
+            None => TlsError::Handshake {
+                peer,
+                reason: match e.kind() {
+                    io::ErrorKind::UnexpectedEof => {
+                        "the connection closed during the handshake".into()
+                    }
+                    _ => e.to_string(),
+                },
+            },
+        }
+    }
+}
+
+/// The server's answer on the connection it keeps (see the module documentation).
+pub async fn accept_commitment(s: &mut TlsStream<TcpStream>) -> io::Result<()> {
+    s.write_all(&[ACCEPT]).await?;
+    s.flush().await
+}
+
+/// Copies `input` to the peer and the peer's bytes to `output` until both directions have
+/// ended (see the module documentation). Blocking input and output each get a thread.
+pub async fn transfer(
+    stream: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    input: impl Read + Send + 'static,
+    output: impl Write + Send + 'static,
+) -> Result<StreamStats, TlsError> {
+    let (in_tx, mut in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    thread::Builder::new()
+        .name("tls-input".into())
+        .spawn(move || read_input(input, in_tx))
+        .map_err(|e| TlsError::Setup(format!("cannot start the input thread: {e}")))?;
+    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
+    let (written_tx, written_rx) = oneshot::channel();
+    thread::Builder::new()
+        .name("tls-output".into())
+        .spawn(move || write_output(output, out_rx, written_tx))
+        .map_err(|e| TlsError::Setup(format!("cannot start the output thread: {e}")))?;
+    let lost = |e: io::Error| TlsError::ConnectionLost {
+        peer,
+        reason: match e.kind() {
+            // rustls reports a TCP FIN without close_notify so: the data may be cut short.
+            io::ErrorKind::UnexpectedEof => {
+                "the peer's data ended without a TLS close (was the connection cut?)".into()
+            }
+            _ => e.to_string(),
+        },
+    };
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let send = async {
+        let mut sent = 0u64;
+        while let Some(chunk) = in_rx.recv().await {
+            let chunk = chunk.map_err(TlsError::Input)?;
+            wr.write_all(&chunk).await.map_err(lost)?;
+            sent += chunk.len() as u64;
+            if in_rx.is_empty() {
+                wr.flush().await.map_err(lost)?;
+            }
+        }
+        wr.shutdown().await.map_err(lost)?;
+        Ok::<u64, TlsError>(sent)
+    };
+    let recv = async {
+        let mut received = 0u64;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = rd.read(&mut buf).await.map_err(lost)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            received += n as u64;
+            if out_tx.send(buf).await.is_err() {
+                break;
+            }
+        }
+        drop(out_tx);
+        match written_rx.await {
+            Ok(Ok(())) => Ok(received),
+            Ok(Err(e)) => Err(TlsError::Output(e)),
+            Err(_) => Err(TlsError::Output(io::Error::other(
+                "the output thread ended early",
+            ))),
+        }
+    };
+    let (sent, received) = tokio::try_join!(send, recv)?;
+    Ok(StreamStats { sent, received })
+}
