@@ -9,10 +9,15 @@
 //! - [`driver`]: one thin loop per command feeding the core from `os` and `transport`.
 //! - [`cli`]: clap, messages, exit codes.
 
+// `unsafe` lives in `os` alone, and there every block says why it is sound.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cli;
 pub mod core;
 pub mod driver;
 pub mod error;
+#[allow(unsafe_code)]
 pub mod os;
 pub mod transport;
 

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod mmsg;
 pub mod nft;
 pub mod packet;
+pub mod poll;
 pub mod privileges;
 pub mod signals;
 pub mod ttl;

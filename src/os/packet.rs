@@ -8,7 +8,7 @@
 use crate::core::wire::Seen;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, SystemTime};
 
 /// asm-generic/socket.h; libc does not export it for glibc targets.
@@ -226,23 +226,7 @@ impl Watcher {
 
     /// Waits up to `timeout` for the socket to become readable.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: poll(2) on one pollfd that lives on our stack for the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(r > 0)
+        crate::os::poll::wait_readable(self.fd.as_fd(), timeout)
     }
 
     /// The next packet, if one is queued (never blocks).

@@ -27,7 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -728,26 +728,7 @@ fn log_drop(
 
 /// Waits until `l` has a connection to accept or `timeout` passes.
 fn wait_acceptable(l: &TcpListener, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: l.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is a valid, exclusively borrowed pollfd and the count passed is 1.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    match r {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        0 => Ok(false),
-        _ => Ok(true),
-    }
+    crate::os::poll::wait_readable(l.as_fd(), timeout)
 }
 
 /// Decrements the open-connection count however the connection thread ends.
