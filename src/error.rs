@@ -57,11 +57,9 @@ pub enum Error {
     #[error("the peer punches {}, we punch {}: give --tcp on both sides or on neither", if *.peer_tcp { "TCP" } else { "UDP" }, if *.peer_tcp { "UDP" } else { "TCP" })]
     TransportMismatch { peer_tcp: bool },
     #[error(transparent)]
-    Tls(#[from] crate::transport::tls::TlsError),
+    Stream(#[from] StreamError),
     #[error("interrupted")]
     Interrupted,
-    #[error(transparent)]
-    Quic(#[from] crate::transport::quic::QuicError),
     #[error("{what}")]
     Io {
         what: String,
@@ -89,13 +87,8 @@ impl Error {
             | Error::SessionKeyMismatch { .. }
             | Error::WrongSecretPeer { .. } => 7,
             Error::PunchFailed { .. } => 8,
-            Error::Quic(
-                crate::transport::quic::QuicError::PeerAuthFailed { .. }
-                | crate::transport::quic::QuicError::RejectedByPeer { .. },
-            ) => 7,
-            Error::Quic(_) => 9,
-            Error::Tls(e) if e.is_auth_failure() => 7,
-            Error::Tls(_) => 9,
+            Error::Stream(e) if e.is_auth_failure() => 7,
+            Error::Stream(_) => 9,
             Error::TransportMismatch { .. } => 1,
             Error::Interrupted => 130,
             Error::Rendezvous(_) | Error::Io { .. } => 1,
@@ -107,5 +100,62 @@ impl Error {
             what: what.into(),
             source,
         }
+    }
+}
+
+/// What ends an encrypted stream, QUIC over a punched UDP path or TLS over a punched TCP
+/// connection (`crate::transport`): one type, so the exit codes and the authentication
+/// failures are decided once.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    #[error("cannot create this run's certificate: {0}")]
+    Identity(String),
+    #[error("cannot set up the stream: {0}")]
+    Setup(String),
+    #[error("peer authentication failed: {peer} presented a certificate whose fingerprint is {got}, but the authenticated punch announced {expected}")]
+    PeerAuthFailed {
+        peer: SocketAddr,
+        expected: String,
+        got: String,
+    },
+    #[error("peer authentication failed: {peer} refused our certificate ({reason}); it pins another fingerprint for us than the one we announced")]
+    RejectedByPeer { peer: SocketAddr, reason: String },
+    #[error("{peer} refused the QUIC connection: it expects us at another address (did the NAT change our mapping?)")]
+    Refused { peer: SocketAddr },
+    #[error("{proto} handshake with {peer} timed out after {secs} s{}", if hint.is_empty() { String::new() } else { format!(": {hint}") })]
+    HandshakeTimeout {
+        proto: &'static str,
+        peer: SocketAddr,
+        secs: f64,
+        hint: String,
+    },
+    #[error("{proto} handshake with {peer} failed: {reason}")]
+    Handshake {
+        proto: &'static str,
+        peer: SocketAddr,
+        reason: String,
+    },
+    #[error("connection to {peer} lost: {reason}")]
+    ConnectionLost { peer: SocketAddr, reason: String },
+    #[error("{peer} closed the connection: {reason}")]
+    ClosedByPeer { peer: SocketAddr, reason: String },
+    #[error("{peer} stopped reading our data before its end (its output failed?)")]
+    PeerStopped { peer: SocketAddr },
+    #[error("{peer} did not follow the stream protocol: {reason}")]
+    Protocol { peer: SocketAddr, reason: String },
+    #[error("cannot read input")]
+    Input(#[source] std::io::Error),
+    #[error("cannot write output")]
+    Output(#[source] std::io::Error),
+}
+
+impl StreamError {
+    /// Either side's pin check failed: the two peers disagree about who the other is, which
+    /// is a security event rather than a network problem.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            StreamError::PeerAuthFailed { .. } | StreamError::RejectedByPeer { .. }
+        )
     }
 }

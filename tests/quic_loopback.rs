@@ -1,7 +1,8 @@
 //! QUIC stream over a handed-over UDP socket, between threads on loopback: data integrity in
 //! both directions, half-close, certificate pinning on both sides, strangers refused.
 
-use punchraw::transport::quic::{run_stream, Identity, QuicError, Role, StreamStats};
+use punchraw::error::StreamError;
+use punchraw::transport::quic::{run_stream, Identity, Role, StreamStats};
 use sha2::{Digest, Sha256};
 use std::io::{self, Cursor, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -73,7 +74,7 @@ struct Side {
     timeout: Duration,
 }
 
-fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, QuicError>> {
+fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, StreamError>> {
     thread::spawn(move || {
         run_stream(
             side.socket,
@@ -94,7 +95,7 @@ fn sha(b: &[u8]) -> [u8; 32] {
 }
 
 /// What `run_stream` returned and what its output received.
-type Outcome = (Result<StreamStats, QuicError>, Vec<u8>);
+type Outcome = (Result<StreamStats, StreamError>, Vec<u8>);
 
 /// Client and server with correct pins and the given payloads; returns both results and
 /// what each side received.
@@ -190,7 +191,7 @@ fn slow_output_still_gets_everything_after_the_peer_closed() {
 }
 
 /// Runs a pair where `wrong_on` pins a certificate that is not the peer's.
-fn wrong_pin(wrong_on: Role) -> (QuicError, QuicError) {
+fn wrong_pin(wrong_on: Role) -> (StreamError, StreamError) {
     let (cs, ca) = socket();
     let (ss, sa) = socket();
     let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
@@ -233,10 +234,13 @@ fn wrong_pin_on_client() {
         "client: {c}"
     );
     assert!(
-        matches!(c, QuicError::PeerAuthFailed { .. }),
+        matches!(c, StreamError::PeerAuthFailed { .. }),
         "client: {c:?}"
     );
-    assert!(matches!(s, QuicError::RejectedByPeer { .. }), "server: {s}");
+    assert!(
+        matches!(s, StreamError::RejectedByPeer { .. }),
+        "server: {s}"
+    );
     eprintln!("client: {c}\nserver: {s}");
 }
 
@@ -248,10 +252,13 @@ fn wrong_pin_on_server() {
         "server: {s}"
     );
     assert!(
-        matches!(s, QuicError::PeerAuthFailed { .. }),
+        matches!(s, StreamError::PeerAuthFailed { .. }),
         "server: {s:?}"
     );
-    assert!(matches!(c, QuicError::RejectedByPeer { .. }), "client: {c}");
+    assert!(
+        matches!(c, StreamError::RejectedByPeer { .. }),
+        "client: {c}"
+    );
     eprintln!("client: {c}\nserver: {s}");
 }
 
@@ -289,10 +296,10 @@ fn strangers_are_refused_and_the_real_client_gets_through() {
     };
     // From another address: refused before any handshake.
     let e = stranger(socket().0);
-    assert!(matches!(e, QuicError::Refused { .. }), "{e}");
+    assert!(matches!(e, StreamError::Refused { .. }), "{e}");
     // From the peer's own address but with another certificate: refused by the pin.
     let e = stranger(cs.try_clone().unwrap());
-    assert!(matches!(e, QuicError::RejectedByPeer { .. }), "{e}");
+    assert!(matches!(e, StreamError::RejectedByPeer { .. }), "{e}");
 
     let cout = Sink::default();
     let c = run_stream(
@@ -366,10 +373,10 @@ fn timeouts_say_what_was_missing() {
         quick,
     )
     .expect_err("refused");
-    assert!(matches!(refused, QuicError::Refused { .. }), "{refused}");
+    assert!(matches!(refused, StreamError::Refused { .. }), "{refused}");
     let e = server.join().unwrap().expect_err("server times out");
     assert!(
-        matches!(e, QuicError::HandshakeTimeout { .. })
+        matches!(e, StreamError::HandshakeTimeout { .. })
             && e.to_string().contains(&stranger_addr.to_string()),
         "{e}"
     );

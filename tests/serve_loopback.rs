@@ -47,7 +47,7 @@ fn stop(h: ServerHandle, shutdown: &Shutdown) -> ServeStats {
 }
 
 fn request(attrs: &[Attribute<'_>]) -> (Vec<u8>, TransactionId) {
-    let tid = TransactionId::new_random();
+    let tid = TransactionId::random(&mut rand::rng());
     let mut v = Vec::new();
     let mut e = Encoder::new(&mut v, MessageType::BINDING_REQUEST, tid);
     for a in attrs {

@@ -2,8 +2,9 @@
 //! commitment that makes both sides keep the same connection, a half-closing transfer of
 //! 1 MiB each way, and the failures a stranger or a wrong pin must cause. No root needed.
 
+use punchraw::error::StreamError;
 use punchraw::transport::quic::{Identity, Role};
-use punchraw::transport::tls::{self, TlsError, TlsSide};
+use punchraw::transport::tls::{self, TlsSide};
 use std::io::{Cursor, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,11 +56,11 @@ fn sides(server_pins_client: bool) -> (TlsSide, TlsSide) {
 async fn server_keeps(
     server: &TlsSide,
     b: TcpStream,
-) -> Result<tokio_rustls::TlsStream<TcpStream>, TlsError> {
+) -> Result<tokio_rustls::TlsStream<TcpStream>, StreamError> {
     let mut s = server.handshake(b, None).await?;
     tls::accept_commitment(&mut s)
         .await
-        .map_err(|e| TlsError::ConnectionLost {
+        .map_err(|e| StreamError::ConnectionLost {
             peer: "127.0.0.1:1".parse().unwrap(),
             reason: e.to_string(),
         })?;
@@ -118,7 +119,7 @@ async fn a_certificate_other_than_the_pinned_one_fails_authentication_on_both_si
     let (ca, sb) = tokio::join!(client.handshake(a, None), server.handshake(b, None));
     let se = sb.expect_err("the server must refuse the client's certificate");
     assert!(
-        matches!(se, TlsError::PeerAuthFailed { .. }),
+        matches!(se, StreamError::PeerAuthFailed { .. }),
         "server: {se}"
     );
     assert!(
@@ -139,6 +140,6 @@ async fn a_silent_connection_times_out_instead_of_hanging() {
         .handshake(b, None)
         .await
         .expect_err("no client hello");
-    assert!(matches!(e, TlsError::HandshakeTimeout { .. }), "{e}");
+    assert!(matches!(e, StreamError::HandshakeTimeout { .. }), "{e}");
     drop(a);
 }

@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         for transport in [Transport::Udp, Transport::Tcp] {
             for &(local, _) in &endpoints {
                 for src in sources {
-                    let outcome = server.handle_at(t0, transport, local, src, data, &mut out);
+                    let outcome = server.handle(t0, transport, local, src, data, &mut out);
                     let (from, to) = match outcome {
                         Outcome::Reply { from, to } => (from, to),
                         Outcome::Drop(why) => {

@@ -120,7 +120,7 @@ pub fn exchange(
         })?;
     let mut stream: TcpStream = sock.into();
     let _ = stream.set_nodelay(true);
-    let tid = TransactionId::new_random();
+    let tid = TransactionId::random(&mut rand::rng());
     let mut req = Vec::with_capacity(64);
     {
         let mut e = Encoder::new(&mut req, MessageType::BINDING_REQUEST, tid);

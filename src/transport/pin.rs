@@ -6,6 +6,7 @@
 //! checks; the TLS 1.3 handshake signatures are still verified by rustls' own helpers, so
 //! presenting a copied certificate without its private key does not get anyone in.
 
+use crate::error::StreamError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -14,14 +15,9 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use thiserror::Error;
 
 /// Certificates are pinned, so the name is never checked; rustls only needs a valid one.
 pub(crate) const SERVER_NAME: &str = "punchraw";
-
-#[derive(Debug, Error)]
-#[error("cannot create this run's certificate: {0}")]
-pub struct IdentityError(String);
 
 /// A per-run identity: a self-signed ECDSA P-256 certificate and its private key.
 pub struct Identity {
@@ -30,9 +26,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn generate() -> Result<Self, IdentityError> {
+    pub fn generate() -> Result<Self, StreamError> {
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-            .map_err(|e| IdentityError(e.to_string()))?;
+            .map_err(|e| StreamError::Identity(e.to_string()))?;
         Ok(Identity {
             cert: certified.cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()),

@@ -42,9 +42,11 @@
 //! or reset (quinn reads buffered data before reporting the error). A side that fails closes
 //! both connections with [`CLOSE_ERROR`] and a reason.
 
-use crate::transport::pin::{self, IdentityError, PinVerifier, SERVER_NAME};
+use crate::error::StreamError;
+use crate::transport::pin::{self, PinVerifier, SERVER_NAME};
 pub use crate::transport::pin::{fingerprint_hex, Identity};
 use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
+pub use crate::transport::{Role, StreamStats};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{
     AckFrequencyConfig, ConnectionError, Endpoint, EndpointConfig, ReadError, ReadExactError,
@@ -58,7 +60,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -104,12 +105,6 @@ const INITIAL_RTT: Duration = Duration::from_millis(25);
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 /// Close reasons travel in one packet.
 const MAX_REASON: usize = 200;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Client,
-    Server,
-}
 
 /// Which way a connection carries data. The client asks for a server name per direction and
 /// attempt, which is how the server tells its connections apart.
@@ -162,64 +157,8 @@ struct Link {
     recv: Option<RecvStream>,
 }
 
-/// Payload bytes of each direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StreamStats {
-    pub sent: u64,
-    pub received: u64,
-}
-
-#[derive(Debug, Error)]
-pub enum QuicError {
-    #[error(transparent)]
-    Identity(#[from] IdentityError),
-    #[error("cannot set up QUIC: {0}")]
-    Setup(String),
-    #[error("peer authentication failed: its certificate fingerprint does not match the one from the authenticated punch ({peer} presented {got}, the punch announced {expected})")]
-    PeerAuthFailed {
-        peer: SocketAddr,
-        expected: String,
-        got: String,
-    },
-    #[error("{peer} refused our certificate ({reason}): it pins a different fingerprint for us than the one we announced in the punch")]
-    RejectedByPeer { peer: SocketAddr, reason: String },
-    #[error("{peer} refused the QUIC connection: it expects us at another address (did the NAT change our mapping?)")]
-    Refused { peer: SocketAddr },
-    #[error("QUIC handshake with {peer} timed out after {secs} s: {hint}")]
-    HandshakeTimeout {
-        peer: SocketAddr,
-        secs: f64,
-        hint: String,
-    },
-    #[error("QUIC handshake with {peer} failed: {reason}")]
-    Handshake { peer: SocketAddr, reason: String },
-    #[error("connection lost: {reason} (peer {peer})")]
-    ConnectionLost { peer: SocketAddr, reason: String },
-    #[error("{peer} closed the connection: {reason}")]
-    ClosedByPeer { peer: SocketAddr, reason: String },
-    #[error("{peer} stopped reading our data before its end (its output failed?)")]
-    PeerStopped { peer: SocketAddr },
-    #[error("{peer} broke the stream protocol: {reason}")]
-    Protocol { peer: SocketAddr, reason: String },
-    #[error("cannot read input")]
-    Input(#[source] io::Error),
-    #[error("cannot write output")]
-    Output(#[source] io::Error),
-}
-
-impl QuicError {
-    /// Either side's pin check failed: the two peers disagree about who the other is, which
-    /// is a security event rather than a network problem.
-    pub fn is_auth_failure(&self) -> bool {
-        matches!(
-            self,
-            QuicError::PeerAuthFailed { .. } | QuicError::RejectedByPeer { .. }
-        )
-    }
-}
-
-fn setup_err(what: &str) -> impl FnOnce(rustls::Error) -> QuicError + '_ {
-    move |e| QuicError::Setup(format!("{what}: {e}"))
+fn setup_err(what: &str) -> impl FnOnce(rustls::Error) -> StreamError + '_ {
+    move |e| StreamError::Setup(format!("{what}: {e}"))
 }
 
 fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
@@ -253,11 +192,11 @@ fn client_config(
     verifier: Arc<PinVerifier>,
     provider: Arc<CryptoProvider>,
     keepalive: Duration,
-) -> Result<quinn::ClientConfig, QuicError> {
+) -> Result<quinn::ClientConfig, StreamError> {
     let tls = pin::client_tls(me, verifier, provider, ALPN)
         .map_err(setup_err("TLS client configuration"))?;
     let quic = QuicClientConfig::try_from(tls)
-        .map_err(|e| QuicError::Setup(format!("QUIC client configuration: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("QUIC client configuration: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport_config(keepalive));
     Ok(config)
@@ -268,11 +207,11 @@ fn server_config(
     verifier: Arc<PinVerifier>,
     provider: Arc<CryptoProvider>,
     keepalive: Duration,
-) -> Result<quinn::ServerConfig, QuicError> {
+) -> Result<quinn::ServerConfig, StreamError> {
     let tls = pin::server_tls(me, verifier, provider, ALPN)
         .map_err(setup_err("TLS server configuration"))?;
     let quic = QuicServerConfig::try_from(tls)
-        .map_err(|e| QuicError::Setup(format!("QUIC server configuration: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("QUIC server configuration: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport_config(keepalive));
     Ok(config)
@@ -304,7 +243,7 @@ pub fn run_stream(
     output: impl Write + Send + 'static,
     keepalive: Duration,
     timeout: Duration,
-) -> Result<StreamStats, QuicError> {
+) -> Result<StreamStats, StreamError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinVerifier::new(peer_fingerprint, provider.clone()));
     let (client, server) = match role {
@@ -320,7 +259,7 @@ pub fn run_stream(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| QuicError::Setup(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("cannot start the async runtime: {e}")))?;
 
     // Input and output are blocking (stdin, stdout, files), so each gets a thread of its own.
     // The reader is never joined: on failure it may sit in a read that never returns.
@@ -328,13 +267,13 @@ pub fn run_stream(
     thread::Builder::new()
         .name("quic-input".into())
         .spawn(move || read_input(input, in_tx))
-        .map_err(|e| QuicError::Setup(format!("cannot start the input thread: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("cannot start the input thread: {e}")))?;
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (written_tx, written_rx) = oneshot::channel();
     let writer = thread::Builder::new()
         .name("quic-output".into())
         .spawn(move || write_output(output, out_rx, written_tx))
-        .map_err(|e| QuicError::Setup(format!("cannot start the output thread: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("cannot start the output thread: {e}")))?;
 
     let session = Session {
         peer,
@@ -350,7 +289,7 @@ pub fn run_stream(
             socket,
             Arc::new(TokioRuntime),
         )
-        .map_err(|e| QuicError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
         let mut conns = Vec::new();
         let result = session
             .run(&endpoint, client, in_rx, out_tx, written_rx, &mut conns)
@@ -363,7 +302,7 @@ pub fn run_stream(
         // spent in a socket buffer.
         let linger = match &result {
             Ok(_) => true,
-            Err(QuicError::PeerAuthFailed { .. }) if conns.is_empty() => true,
+            Err(StreamError::PeerAuthFailed { .. }) if conns.is_empty() => true,
             Err(_) => !conns.is_empty() && conns.iter().all(|c| c.close_reason().is_none()),
         };
         let (code, reason) = match &result {
@@ -387,7 +326,7 @@ pub fn run_stream(
     result
 }
 
-fn close_reason(e: &QuicError) -> String {
+fn close_reason(e: &StreamError) -> String {
     let mut reason = e.to_string();
     if reason.len() > MAX_REASON {
         let mut cut = MAX_REASON;
@@ -422,14 +361,14 @@ async fn confirmed_handshake(
 /// the connection ended first (an attempt the client dropped), `Err(Err(_))` a broken stream.
 async fn read_commitment(
     conn: quinn::Connection,
-) -> Result<(quinn::Connection, RecvStream, u8), Result<ConnectionError, QuicError>> {
+) -> Result<(quinn::Connection, RecvStream, u8), Result<ConnectionError, StreamError>> {
     let peer = conn.remote_address();
     let mut recv = conn.accept_uni().await.map_err(Ok)?;
     let mut attempt = [0u8; 1];
     match recv.read_exact(&mut attempt).await {
         Ok(()) => Ok((conn, recv, attempt[0])),
         Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => Err(Ok(e)),
-        Err(e) => Err(Err(QuicError::Protocol {
+        Err(e) => Err(Err(StreamError::Protocol {
             peer,
             reason: format!("its stream did not start with a commitment ({e})"),
         })),
@@ -473,7 +412,7 @@ impl Session {
         output: mpsc::Sender<Vec<u8>>,
         written: oneshot::Receiver<io::Result<()>>,
         established: &mut Vec<quinn::Connection>,
-    ) -> Result<StreamStats, QuicError> {
+    ) -> Result<StreamStats, StreamError> {
         let deadline = Instant::now() + self.timeout;
         let link = match client {
             Some(config) => self.connect(endpoint, config, deadline).await,
@@ -488,8 +427,9 @@ impl Session {
         self.transfer(link, input, output, written).await
     }
 
-    fn timed_out(&self, hint: impl Into<String>) -> QuicError {
-        QuicError::HandshakeTimeout {
+    fn timed_out(&self, hint: impl Into<String>) -> StreamError {
+        StreamError::HandshakeTimeout {
+            proto: "QUIC",
             peer: self.peer,
             secs: self.timeout.as_secs_f64(),
             hint: hint.into(),
@@ -497,7 +437,11 @@ impl Session {
     }
 
     /// Why setup ran out of time, from what did come up.
-    fn setup_timed_out(&self, up: &[quinn::Connection], stranger: Option<SocketAddr>) -> QuicError {
+    fn setup_timed_out(
+        &self,
+        up: &[quinn::Connection],
+        stranger: Option<SocketAddr>,
+    ) -> StreamError {
         if !up.is_empty() {
             return self.timed_out(
                 "only part of the connections came up (is the path losing most packets?)",
@@ -523,7 +467,7 @@ impl Session {
         endpoint: &Endpoint,
         config: quinn::ClientConfig,
         deadline: Instant,
-    ) -> Result<Link, (QuicError, Vec<quinn::Connection>)> {
+    ) -> Result<Link, (StreamError, Vec<quinn::Connection>)> {
         let mut attempts = tokio::task::JoinSet::new();
         let mut started = [0u8; 2];
         let mut confirmed: [Option<(u8, quinn::Connection)>; 2] = [None, None];
@@ -543,7 +487,7 @@ impl Session {
                             }
                             let connecting = endpoint
                                 .connect_with(config.clone(), self.peer, &d.server_name(*n))
-                                .map_err(|e| QuicError::Setup(format!("cannot connect to {}: {e}", self.peer)))?;
+                                .map_err(|e| StreamError::Setup(format!("cannot connect to {}: {e}", self.peer)))?;
                             if *n > 0 {
                                 debug!(peer = %self.peer, direction = d.label(), attempt = *n, "no confirmed handshake yet; starting another");
                             }
@@ -607,7 +551,7 @@ impl Session {
         &self,
         endpoint: &Endpoint,
         deadline: Instant,
-    ) -> Result<Link, (QuicError, Vec<quinn::Connection>)> {
+    ) -> Result<Link, (StreamError, Vec<quinn::Connection>)> {
         // A failed attempt from the peer's address is reported if nothing better arrives:
         // it may have been a stranger (so keep waiting), but most likely it is the reason.
         let mut failure = None;
@@ -631,7 +575,7 @@ impl Session {
                 tokio::select! {
                     incoming = endpoint.accept() => {
                         let Some(incoming) = incoming else {
-                            return Err(QuicError::Setup("the QUIC endpoint closed".into()));
+                            return Err(StreamError::Setup("the QUIC endpoint closed".into()));
                         };
                         let from = incoming.remote_address();
                         if !same_addr(from, self.peer) {
@@ -651,7 +595,7 @@ impl Session {
                                 // A client that fails its pin check closes its other
                                 // handshakes too, and those closes carry no reason (RFC 9000
                                 // section 10.2.3); the certificate verdict is the one to keep.
-                                if !failure.as_ref().is_some_and(QuicError::is_auth_failure) {
+                                if !failure.as_ref().is_some_and(StreamError::is_auth_failure) {
                                     failure = Some(e);
                                 }
                                 continue;
@@ -664,7 +608,7 @@ impl Session {
                             }
                             Some((Direction::ServerToClient, attempt)) => to_client.push((attempt, conn)),
                             None => {
-                                return Err(QuicError::Protocol {
+                                return Err(StreamError::Protocol {
                                     peer: self.peer,
                                     reason: "it opened a connection for no known direction".into(),
                                 })
@@ -705,16 +649,17 @@ impl Session {
         })
     }
 
-    fn connection_error(&self, e: ConnectionError) -> QuicError {
+    fn connection_error(&self, e: ConnectionError) -> StreamError {
         let peer = self.peer;
         match e {
             ConnectionError::TransportError(e) => match self.verifier.take_mismatch() {
-                Some(got) => QuicError::PeerAuthFailed {
+                Some(got) => StreamError::PeerAuthFailed {
                     peer,
                     expected: fingerprint_hex(&self.verifier.expected),
                     got: fingerprint_hex(&got),
                 },
-                None => QuicError::Handshake {
+                None => StreamError::Handshake {
+                    proto: "QUIC",
                     peer,
                     reason: e.to_string(),
                 },
@@ -722,11 +667,11 @@ impl Session {
             ConnectionError::ConnectionClosed(c) => {
                 let reason = String::from_utf8_lossy(&c.reason).into_owned();
                 if c.error_code == TransportErrorCode::CONNECTION_REFUSED {
-                    QuicError::Refused { peer }
+                    StreamError::Refused { peer }
                 } else if is_certificate_alert(c.error_code) {
-                    QuicError::RejectedByPeer { peer, reason }
+                    StreamError::RejectedByPeer { peer, reason }
                 } else {
-                    QuicError::ClosedByPeer {
+                    StreamError::ClosedByPeer {
                         peer,
                         reason: c.to_string(),
                     }
@@ -735,32 +680,33 @@ impl Session {
             ConnectionError::ApplicationClosed(c)
                 if c.error_code == VarInt::from_u32(CLOSE_DONE) =>
             {
-                QuicError::Protocol {
+                StreamError::Protocol {
                     peer,
                     reason: "it ended the connection before all of our data was delivered".into(),
                 }
             }
-            ConnectionError::ApplicationClosed(c) => QuicError::ClosedByPeer {
+            ConnectionError::ApplicationClosed(c) => StreamError::ClosedByPeer {
                 peer,
                 reason: String::from_utf8_lossy(&c.reason).into_owned(),
             },
-            ConnectionError::TimedOut => QuicError::ConnectionLost {
+            ConnectionError::TimedOut => StreamError::ConnectionLost {
                 peer,
                 reason: format!(
                     "nothing heard from the peer for {} s",
                     IDLE_TIMEOUT.as_secs()
                 ),
             },
-            ConnectionError::Reset => QuicError::ConnectionLost {
+            ConnectionError::Reset => StreamError::ConnectionLost {
                 peer,
                 reason: "the peer reset the connection (did it restart?)".into(),
             },
-            ConnectionError::VersionMismatch => QuicError::Handshake {
+            ConnectionError::VersionMismatch => StreamError::Handshake {
+                proto: "QUIC",
                 peer,
                 reason: "the peer speaks no QUIC version we do".into(),
             },
             e @ (ConnectionError::LocallyClosed | ConnectionError::CidsExhausted) => {
-                QuicError::ConnectionLost {
+                StreamError::ConnectionLost {
                     peer,
                     reason: e.to_string(),
                 }
@@ -778,7 +724,7 @@ impl Session {
         mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
         output: mpsc::Sender<Vec<u8>>,
         written: oneshot::Receiver<io::Result<()>>,
-    ) -> Result<StreamStats, QuicError> {
+    ) -> Result<StreamStats, StreamError> {
         let peer = self.peer;
         let (outgoing, incoming) = (&link.outgoing, &link.incoming);
 
@@ -792,7 +738,7 @@ impl Session {
             };
             let mut sent = 0u64;
             while let Some(chunk) = input.recv().await {
-                let chunk = chunk.map_err(QuicError::Input)?;
+                let chunk = chunk.map_err(StreamError::Input)?;
                 send.write_all(&chunk)
                     .await
                     .map_err(|e| self.write_error(e))?;
@@ -806,11 +752,11 @@ impl Session {
                     outgoing.close(CLOSE_DONE.into(), b"done");
                     Ok(sent)
                 }
-                Ok(Some(_)) => Err(QuicError::PeerStopped { peer }),
+                Ok(Some(_)) => Err(StreamError::PeerStopped { peer }),
                 // The peer read our stream to the end and gave up waiting for our close.
                 Err(StoppedError::ConnectionLost(e)) if is_done(&e) => Ok(sent),
                 Err(StoppedError::ConnectionLost(e)) => Err(self.connection_error(e)),
-                Err(StoppedError::ZeroRttRejected) => Err(QuicError::Protocol {
+                Err(StoppedError::ZeroRttRejected) => Err(StreamError::Protocol {
                     peer,
                     reason: "0-RTT rejected although none was sent".into(),
                 }),
@@ -828,8 +774,8 @@ impl Session {
             let mut received = 0u64;
             let output_failed = |written: oneshot::Receiver<io::Result<()>>| async {
                 match written.await {
-                    Ok(Err(e)) => QuicError::Output(e),
-                    _ => QuicError::Output(io::Error::other("the output thread ended")),
+                    Ok(Err(e)) => StreamError::Output(e),
+                    _ => StreamError::Output(io::Error::other("the output thread ended")),
                 }
             };
             loop {
@@ -848,9 +794,9 @@ impl Session {
             drop(output);
             match written.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(QuicError::Output(e)),
+                Ok(Err(e)) => return Err(StreamError::Output(e)),
                 Err(_) => {
-                    return Err(QuicError::Output(io::Error::other(
+                    return Err(StreamError::Output(io::Error::other(
                         "the output thread ended",
                     )))
                 }
@@ -875,7 +821,11 @@ impl Session {
     /// peer to close the connection, which it does once it has our acknowledgement of all its
     /// data. Until then it may retransmit and need acknowledgements, so the connection stays
     /// open; a few datagrams make a peer whose close was lost repeat it.
-    async fn await_close(&self, conn: &quinn::Connection, rtt: Duration) -> Result<(), QuicError> {
+    async fn await_close(
+        &self,
+        conn: &quinn::Connection,
+        rtt: Duration,
+    ) -> Result<(), StreamError> {
         let mut closed = pin!(conn.closed());
         let mut give_up = pin!(tokio::time::sleep(CLOSE_LINGER));
         let (min, max) = CLOSE_PROBE_INTERVAL;
@@ -906,27 +856,27 @@ impl Session {
         }
     }
 
-    fn write_error(&self, e: WriteError) -> QuicError {
+    fn write_error(&self, e: WriteError) -> StreamError {
         match e {
-            WriteError::Stopped(_) => QuicError::PeerStopped { peer: self.peer },
+            WriteError::Stopped(_) => StreamError::PeerStopped { peer: self.peer },
             WriteError::ConnectionLost(e) => self.connection_error(e),
-            e @ (WriteError::ClosedStream | WriteError::ZeroRttRejected) => QuicError::Protocol {
+            e @ (WriteError::ClosedStream | WriteError::ZeroRttRejected) => StreamError::Protocol {
                 peer: self.peer,
                 reason: e.to_string(),
             },
         }
     }
 
-    fn read_error(&self, e: ReadError) -> QuicError {
+    fn read_error(&self, e: ReadError) -> StreamError {
         match e {
-            ReadError::Reset(code) => QuicError::Protocol {
+            ReadError::Reset(code) => StreamError::Protocol {
                 peer: self.peer,
                 reason: format!("it aborted its data stream (code {code})"),
             },
             ReadError::ConnectionLost(e) => self.connection_error(e),
             e @ (ReadError::ClosedStream
             | ReadError::IllegalOrderedRead
-            | ReadError::ZeroRttRejected) => QuicError::Protocol {
+            | ReadError::ZeroRttRejected) => StreamError::Protocol {
                 peer: self.peer,
                 reason: e.to_string(),
             },

@@ -16,9 +16,10 @@
 //! RFC 8446 section 6.1, lets the peer go on sending), and the stream is done when both
 //! directions have ended.
 
+use crate::error::StreamError;
 use crate::transport::pin::{self, fingerprint_hex, Identity, PinVerifier, SERVER_NAME};
 use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
-use crate::transport::quic::{Role, StreamStats};
+use crate::transport::{Role, StreamStats};
 use rustls::pki_types::ServerName;
 use rustls::AlertDescription;
 use std::io::{self, Read, Write};
@@ -26,7 +27,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -38,42 +38,6 @@ pub const ALPN: &[u8] = b"punchraw-tcp/1";
 pub const COMMIT: u8 = 0xc1;
 /// The server's answer: "accepted; I use this one too".
 pub const ACCEPT: u8 = 0xa1;
-
-#[derive(Debug, Error)]
-pub enum TlsError {
-    #[error("cannot set up TLS: {0}")]
-    Setup(String),
-    #[error("peer authentication failed: {peer} presented a certificate whose fingerprint is {got}, but the authenticated TCP offer announced {expected}")]
-    PeerAuthFailed {
-        peer: SocketAddr,
-        expected: String,
-        got: String,
-    },
-    #[error("peer authentication failed: {peer} refused our certificate ({reason}); it pins another fingerprint for us than the one we announced")]
-    RejectedByPeer { peer: SocketAddr, reason: String },
-    #[error("TLS handshake with {peer} failed: {reason}")]
-    Handshake { peer: SocketAddr, reason: String },
-    #[error("TLS handshake with {peer} did not finish within {secs} s")]
-    HandshakeTimeout { peer: SocketAddr, secs: u64 },
-    #[error("{peer} did not follow the stream protocol: {reason}")]
-    Protocol { peer: SocketAddr, reason: String },
-    #[error("connection to {peer} lost: {reason}")]
-    ConnectionLost { peer: SocketAddr, reason: String },
-    #[error("cannot read input")]
-    Input(#[source] io::Error),
-    #[error("cannot write output")]
-    Output(#[source] io::Error),
-}
-
-impl TlsError {
-    /// Either side's pin check failed: the peers disagree about who the other is.
-    pub fn is_auth_failure(&self) -> bool {
-        matches!(
-            self,
-            TlsError::PeerAuthFailed { .. } | TlsError::RejectedByPeer { .. }
-        )
-    }
-}
 
 /// Our side of the TLS setup: who we are, whom we accept, and which role we play.
 pub struct TlsSide {
@@ -106,8 +70,8 @@ impl TlsSide {
         &self,
         tcp: TcpStream,
         commit: Option<&tokio::sync::Mutex<()>>,
-    ) -> Result<TlsStream<TcpStream>, TlsError> {
-        let peer = tcp.peer_addr().map_err(|e| TlsError::ConnectionLost {
+    ) -> Result<TlsStream<TcpStream>, StreamError> {
+        let peer = tcp.peer_addr().map_err(|e| StreamError::ConnectionLost {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             reason: e.to_string(),
         })?;
@@ -115,16 +79,18 @@ impl TlsSide {
         // A verifier per connection, so a stranger's mismatch is never reported as the
         // peer's.
         let verifier = Arc::new(PinVerifier::new(self.peer_fingerprint, provider.clone()));
-        let timed_out = || TlsError::HandshakeTimeout {
+        let timed_out = || StreamError::HandshakeTimeout {
+            proto: "TLS",
             peer,
-            secs: self.timeout.as_secs(),
+            secs: self.timeout.as_secs_f64(),
+            hint: String::new(),
         };
         match self.role {
             Role::Client => {
                 let tls = pin::client_tls(&self.me, verifier.clone(), provider, ALPN)
-                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                    .map_err(|e| StreamError::Setup(format!("TLS: {e}")))?;
                 let name = ServerName::try_from(SERVER_NAME)
-                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                    .map_err(|e| StreamError::Setup(format!("TLS: {e}")))?;
                 let connecting = TlsConnector::from(Arc::new(tls)).connect(name, tcp);
                 let mut s = tokio::time::timeout(self.timeout, connecting)
                     .await
@@ -156,7 +122,7 @@ impl TlsSide {
             }
             Role::Server => {
                 let tls = pin::server_tls(&self.me, verifier.clone(), provider, ALPN)
-                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                    .map_err(|e| StreamError::Setup(format!("TLS: {e}")))?;
                 let work = async {
                     let mut s = TlsAcceptor::from(Arc::new(tls))
                         .accept(tcp)
@@ -181,7 +147,7 @@ impl TlsSide {
         verifier: &PinVerifier,
         want: u8,
         what: &str,
-    ) -> Result<(), TlsError> {
+    ) -> Result<(), StreamError> {
         let mut b = [0u8; 1];
         s.read_exact(&mut b)
             .await
@@ -189,16 +155,16 @@ impl TlsSide {
         if b[0] == want {
             Ok(())
         } else {
-            Err(TlsError::Protocol {
+            Err(StreamError::Protocol {
                 peer,
                 reason: format!("{what} was {:#04x}, not {want:#04x}", b[0]),
             })
         }
     }
 
-    fn error(&self, peer: SocketAddr, verifier: &PinVerifier, e: io::Error) -> TlsError {
+    fn error(&self, peer: SocketAddr, verifier: &PinVerifier, e: io::Error) -> StreamError {
         if let Some(got) = verifier.take_mismatch() {
-            return TlsError::PeerAuthFailed {
+            return StreamError::PeerAuthFailed {
                 peer,
                 expected: fingerprint_hex(&self.peer_fingerprint),
                 got: fingerprint_hex(&got),
@@ -214,15 +180,17 @@ impl TlsSide {
                 | AlertDescription::CertificateUnknown
                 | AlertDescription::AccessDenied
                 | AlertDescription::CertificateRequired),
-            )) => TlsError::RejectedByPeer {
+            )) => StreamError::RejectedByPeer {
                 peer,
                 reason: format!("TLS alert {a:?}"),
             },
-            Some(r) => TlsError::Handshake {
+            Some(r) => StreamError::Handshake {
+                proto: "TLS",
                 peer,
                 reason: r.to_string(),
             },
-            None => TlsError::Handshake {
+            None => StreamError::Handshake {
+                proto: "TLS",
                 peer,
                 reason: match e.kind() {
                     io::ErrorKind::UnexpectedEof => {
@@ -248,19 +216,19 @@ pub async fn transfer(
     peer: SocketAddr,
     input: impl Read + Send + 'static,
     output: impl Write + Send + 'static,
-) -> Result<StreamStats, TlsError> {
+) -> Result<StreamStats, StreamError> {
     let (in_tx, mut in_rx) = mpsc::channel(CHANNEL_DEPTH);
     thread::Builder::new()
         .name("tls-input".into())
         .spawn(move || read_input(input, in_tx))
-        .map_err(|e| TlsError::Setup(format!("cannot start the input thread: {e}")))?;
+        .map_err(|e| StreamError::Setup(format!("cannot start the input thread: {e}")))?;
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
     let (written_tx, written_rx) = oneshot::channel();
     thread::Builder::new()
         .name("tls-output".into())
         .spawn(move || write_output(output, out_rx, written_tx))
-        .map_err(|e| TlsError::Setup(format!("cannot start the output thread: {e}")))?;
-    let lost = |e: io::Error| TlsError::ConnectionLost {
+        .map_err(|e| StreamError::Setup(format!("cannot start the output thread: {e}")))?;
+    let lost = |e: io::Error| StreamError::ConnectionLost {
         peer,
         reason: match e.kind() {
             // rustls reports a TCP FIN without close_notify so: the data may be cut short.
@@ -274,7 +242,7 @@ pub async fn transfer(
     let send = async {
         let mut sent = 0u64;
         while let Some(chunk) = in_rx.recv().await {
-            let chunk = chunk.map_err(TlsError::Input)?;
+            let chunk = chunk.map_err(StreamError::Input)?;
             wr.write_all(&chunk).await.map_err(lost)?;
             sent += chunk.len() as u64;
             if in_rx.is_empty() {
@@ -282,7 +250,7 @@ pub async fn transfer(
             }
         }
         wr.shutdown().await.map_err(lost)?;
-        Ok::<u64, TlsError>(sent)
+        Ok::<u64, StreamError>(sent)
     };
     let recv = async {
         let mut received = 0u64;
@@ -301,8 +269,8 @@ pub async fn transfer(
         drop(out_tx);
         match written_rx.await {
             Ok(Ok(())) => Ok(received),
-            Ok(Err(e)) => Err(TlsError::Output(e)),
-            Err(_) => Err(TlsError::Output(io::Error::other(
+            Ok(Err(e)) => Err(StreamError::Output(e)),
+            Err(_) => Err(StreamError::Output(io::Error::other(
                 "the output thread ended early",
             ))),
         }

@@ -21,6 +21,8 @@ pub use tcp::TcpReport;
 use crate::core::stun::{
     attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
 };
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use report::secs;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -51,6 +53,8 @@ pub struct ClassifierConfig {
     pub alloc_sockets: usize,
     /// Run the binding-lifetime search, bounded by this duration.
     pub lifetime_max: Option<Duration>,
+    /// Seeds the transaction IDs; the driver draws it, tests fix it.
+    pub seed: u64,
 }
 
 impl ClassifierConfig {
@@ -59,6 +63,7 @@ impl ClassifierConfig {
             server,
             alloc_sockets: DEFAULT_ALLOC_SOCKETS,
             lifetime_max: None,
+            seed: 0,
         }
     }
 
@@ -170,6 +175,7 @@ pub struct Classifier {
     /// Set when the server refused or ignored RESPONSE-PORT (error code, 0 for ignored).
     lifetime_unsupported: Option<u16>,
     report: Option<UdpReport>,
+    rng: StdRng,
 }
 
 impl Classifier {
@@ -195,6 +201,7 @@ impl Classifier {
             lifetime_unsupported: None,
             lifetime_points,
             report: None,
+            rng: StdRng::seed_from_u64(cfg.seed),
             cfg,
         };
         let server = c.cfg.server;
@@ -240,7 +247,7 @@ impl Classifier {
         change: Option<(bool, bool)>,
         response_port: Option<u16>,
     ) {
-        let id = TransactionId::new_random();
+        let id = TransactionId::random(&mut self.rng);
         let mut payload = Vec::with_capacity(48);
         let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, id);
         if let Some((change_ip, change_port)) = change {

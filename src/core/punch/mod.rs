@@ -327,7 +327,7 @@ impl Punch {
     }
 
     fn request(&mut self, socket: usize, dst: SocketAddr, role: Role) {
-        let tid = TransactionId::new_random();
+        let tid = TransactionId::random(&mut self.rng);
         let mut payload = Vec::with_capacity(120);
         let username = format!("{}:{}", self.cfg.peer.id, self.cfg.my_id);
         let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, tid);

@@ -402,23 +402,25 @@ pub trait Registry: Send {
 
 /// The in-memory registry: one process, no lock of its own.
 pub struct MemoryRegistry {
-    epoch: Instant,
+    /// The registry clock's zero: set from the first `now` a caller passes (a second before
+    /// it, so times never saturate at zero), since the core reads no clock of its own.
+    epoch: Option<Instant>,
     map: HashMap<String, Session>,
 }
 
 impl MemoryRegistry {
     pub fn new() -> Self {
         MemoryRegistry {
-            // Earlier than any `now` a caller passes, so times never saturate at zero.
-            epoch: Instant::now()
-                .checked_sub(Duration::from_secs(1))
-                .unwrap_or_else(Instant::now),
+            epoch: None,
             map: HashMap::new(),
         }
     }
 
-    fn ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.epoch).as_millis() as u64
+    fn ms(&mut self, now: Instant) -> u64 {
+        let epoch = *self
+            .epoch
+            .get_or_insert_with(|| now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+        now.saturating_duration_since(epoch).as_millis() as u64
     }
 }
 

@@ -213,8 +213,8 @@ pub struct StunServer {
 impl StunServer {
     /// A server with a limiter of its own when `cfg.per_source_limit` is set. Servers on
     /// several threads should share one: [`with_limiter`](Self::with_limiter).
-    pub fn new(cfg: ServerConfig) -> Self {
-        let limiter = Self::limiter_for(&cfg, Instant::now());
+    pub fn new(cfg: ServerConfig, now: Instant) -> Self {
+        let limiter = Self::limiter_for(&cfg, now);
         Self::with_limiter(cfg, limiter)
     }
 
@@ -238,22 +238,22 @@ impl StunServer {
         &self.cfg
     }
 
-    /// Handles one datagram (or one framed TCP message) that arrived on `local` from `src`.
-    /// On `Outcome::Reply` the response is in `out` (cleared first), at most
-    /// [`response_limit`]`(input.len(), src)` bytes. Reads the clock only when a per-source
-    /// limit is set; [`handle_at`](Self::handle_at) takes the time instead.
+    /// Handles one datagram (or one framed TCP message) that arrived on `local` from `src`
+    /// at `now` (the per-source limit's clock). On `Outcome::Reply` the response is in `out`
+    /// (cleared first), at most [`response_limit`]`(input.len(), src)` bytes.
     ///
     /// Never offers a CONNECT-BACK, since nothing would open that connection; TCP servers that
     /// can use [`handle_tcp`](Self::handle_tcp).
     pub fn handle(
         &mut self,
+        now: Instant,
         transport: Transport,
         local: EndpointId,
         src: SocketAddr,
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Outcome {
-        self.handle_inner(None, transport, local, src, input, out, false)
+        self.handle_inner(Some(now), transport, local, src, input, out, false)
             .0
     }
 
@@ -278,20 +278,6 @@ impl StunServer {
             out,
             connect_back_room,
         )
-    }
-
-    /// [`handle`](Self::handle) at `now` (the per-source limit's clock).
-    pub fn handle_at(
-        &mut self,
-        now: Instant,
-        transport: Transport,
-        local: EndpointId,
-        src: SocketAddr,
-        input: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Outcome {
-        self.handle_inner(Some(now), transport, local, src, input, out, false)
-            .0
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -319,13 +305,13 @@ impl StunServer {
             self.stats.not_request += 1;
             return (Outcome::Drop(DropReason::NotRequest), None);
         }
-        if transport == Transport::Udp {
-            if let Some(l) = &self.limiter {
-                // Every answer, error or success, goes to `src.ip()`: one token per answer.
-                if !l.allow(now.unwrap_or_else(Instant::now), src.ip()) {
-                    self.stats.rate_limited += 1;
-                    return (Outcome::Drop(DropReason::RateLimited), None);
-                }
+        // Only UDP sources can be spoofed; a TCP source has completed a handshake (and TCP
+        // requests come without a `now`).
+        if let (Transport::Udp, Some(l), Some(now)) = (transport, &self.limiter, now) {
+            // Every answer, error or success, goes to `src.ip()`: one token per answer.
+            if !l.allow(now, src.ip()) {
+                self.stats.rate_limited += 1;
+                return (Outcome::Drop(DropReason::RateLimited), None);
             }
         }
         self.stats.requests += 1;

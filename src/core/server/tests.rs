@@ -55,7 +55,7 @@ fn build(
 fn binding(attrs: &[Attribute<'_>]) -> Vec<u8> {
     build(
         MessageType::BINDING_REQUEST,
-        TransactionId::new_random(),
+        TransactionId::random(&mut rand::rng()),
         attrs,
         false,
     )
@@ -122,7 +122,7 @@ fn ask(
     input: &[u8],
 ) -> Answer {
     let mut out = vec![0xee; 7]; // handle must clear what a previous call left
-    let outcome = s.handle(transport, local, from, input, &mut out);
+    let outcome = s.handle(Instant::now(), transport, local, from, input, &mut out);
     Answer { outcome, out }
 }
 
@@ -140,7 +140,7 @@ fn reply_from(a: &Answer) -> EndpointId {
 #[test]
 fn binding_success_carries_every_address_and_a_fingerprint() {
     let cfg = config(true);
-    let mut s = StunServer::new(cfg.clone());
+    let mut s = StunServer::new(cfg.clone(), Instant::now());
     let req = binding(&[]);
     let a = ask_udp(&mut s, &req);
     assert_eq!(
@@ -181,10 +181,10 @@ fn binding_success_carries_every_address_and_a_fingerprint() {
 
 #[test]
 fn fingerprinted_request_is_answered() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let req = build(
         MessageType::BINDING_REQUEST,
-        TransactionId::new_random(),
+        TransactionId::random(&mut rand::rng()),
         &[],
         true,
     );
@@ -194,7 +194,7 @@ fn fingerprinted_request_is_answered() {
 #[test]
 fn ipv6_xor_mapped_address_uses_the_transaction_id() {
     let cfg = config_v6();
-    let mut s = StunServer::new(cfg.clone());
+    let mut s = StunServer::new(cfg.clone(), Instant::now());
     let from: SocketAddr = "[2001:db8:ffff::7]:40000".parse().unwrap();
     let a = ask(&mut s, Transport::Udp, EndpointId(2), from, &binding(&[]));
     assert_eq!(
@@ -219,7 +219,7 @@ fn ipv6_xor_mapped_address_uses_the_transaction_id() {
 #[test]
 fn without_alternate_there_is_no_other_address() {
     let cfg = config(false);
-    let mut s = StunServer::new(cfg.clone());
+    let mut s = StunServer::new(cfg.clone(), Instant::now());
     let a = ask_udp(&mut s, &binding(&[]));
     assert_eq!(
         a.addr(attr_type::RESPONSE_ORIGIN),
@@ -231,7 +231,7 @@ fn without_alternate_there_is_no_other_address() {
 #[test]
 fn change_request_answers_from_the_flipped_endpoint() {
     let cfg = config(true);
-    let mut s = StunServer::new(cfg.clone());
+    let mut s = StunServer::new(cfg.clone(), Instant::now());
     for local in 0..4u8 {
         for (ip, port) in [(false, false), (false, true), (true, false), (true, true)] {
             let a = ask(
@@ -265,7 +265,7 @@ fn change_request_answers_from_the_flipped_endpoint() {
 
 #[test]
 fn change_request_without_alternate_is_420() {
-    let mut s = StunServer::new(config(false));
+    let mut s = StunServer::new(config(false), Instant::now());
     for (ip, port) in [(false, true), (true, false), (true, true)] {
         let a = ask_udp(&mut s, &binding(&[change(ip, port)]));
         assert_eq!(
@@ -284,14 +284,14 @@ fn change_request_without_alternate_is_420() {
 #[test]
 fn empty_change_request_is_a_plain_binding() {
     // Some clients (jstun) always send CHANGE-REQUEST, with no flag for the first test.
-    let mut s = StunServer::new(config(false));
+    let mut s = StunServer::new(config(false), Instant::now());
     let a = ask_udp(&mut s, &binding(&[change(false, false)]));
     assert_eq!(a.msg().message_type(), MessageType::BINDING_SUCCESS);
 }
 
 #[test]
 fn change_request_over_tcp_is_420() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let a = ask(
         &mut s,
         Transport::Tcp,
@@ -312,7 +312,7 @@ fn change_request_over_tcp_is_420() {
 
 #[test]
 fn response_port_changes_only_the_port() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let a = ask_udp(&mut s, &binding(&[Attribute::ResponsePort(9999)]));
     assert_eq!(
         a.outcome,
@@ -339,7 +339,7 @@ fn response_port_changes_only_the_port() {
 
 #[test]
 fn response_port_is_refused_where_it_cannot_apply() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     // Over TCP there is no other port to answer to.
     let a = ask(
         &mut s,
@@ -375,7 +375,7 @@ fn response_port_is_refused_where_it_cannot_apply() {
 
 #[test]
 fn padding_never_makes_the_response_larger_than_the_request() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let base = ask_udp(&mut s, &binding(&[])).out.len();
     static PAD: [u8; 1400] = [0; 1400];
     for plen in (0..=PAD.len()).step_by(4) {
@@ -406,7 +406,7 @@ fn padding_never_makes_the_response_larger_than_the_request() {
 #[test]
 fn rfc3489_request_gets_classic_attributes() {
     let cfg = config(true);
-    let mut s = StunServer::new(cfg.clone());
+    let mut s = StunServer::new(cfg.clone(), Instant::now());
     let tid = TransactionId::new_rfc3489([0x5a; 16]);
     assert!(tid.is_rfc3489());
     let req = build(MessageType::BINDING_REQUEST, tid, &[], false);
@@ -462,7 +462,7 @@ fn rfc3489_request_gets_classic_attributes() {
 
 #[test]
 fn rfc3489_errors_have_no_fingerprint() {
-    let mut s = StunServer::new(config(false));
+    let mut s = StunServer::new(config(false), Instant::now());
     let tid = TransactionId::new_rfc3489([0x11; 16]);
     let a = ask_udp(
         &mut s,
@@ -479,7 +479,7 @@ fn rfc3489_errors_have_no_fingerprint() {
 
 #[test]
 fn unknown_comprehension_required_attribute_is_420() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let req = binding(&[
         Attribute::Other {
             typ: 0x7777,
@@ -509,7 +509,7 @@ fn unknown_comprehension_required_attribute_is_420() {
 
 #[test]
 fn unknown_comprehension_optional_attribute_is_ignored() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let req = binding(&[Attribute::Other {
         typ: 0xc057,
         value: b"\x00\x01\x00\x00",
@@ -522,7 +522,7 @@ fn unknown_comprehension_optional_attribute_is_ignored() {
 
 #[test]
 fn many_unknown_attributes_do_not_buy_a_larger_answer() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let attrs: Vec<_> = (0x7000..0x7040u16)
         .map(|typ| Attribute::Other { typ, value: b"" })
         .collect();
@@ -541,7 +541,7 @@ fn many_unknown_attributes_do_not_buy_a_larger_answer() {
 
 #[test]
 fn error_responses_cut_the_phrase_and_the_list_to_the_budget() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let req = binding(&[]);
     let msg = Message::parse(&req).unwrap();
     let types: Vec<u8> = (0x7000..0x7028u16).flat_map(u16::to_be_bytes).collect();
@@ -570,7 +570,7 @@ fn error_responses_cut_the_phrase_and_the_list_to_the_budget() {
 
 #[test]
 fn malformed_known_attribute_is_400() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let req = binding(&[Attribute::Other {
         typ: attr_type::CHANGE_REQUEST,
         value: &[0, 0, 0, 6, 0, 0, 0, 0],
@@ -589,12 +589,15 @@ fn malformed_known_attribute_is_400() {
 
 #[test]
 fn unknown_method_is_400() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let mt = MessageType {
         method: Method::Other(0x003),
         class: Class::Request,
     };
-    let a = ask_udp(&mut s, &build(mt, TransactionId::new_random(), &[], false));
+    let a = ask_udp(
+        &mut s,
+        &build(mt, TransactionId::random(&mut rand::rng()), &[], false),
+    );
     assert_eq!(a.error_code(), 400);
     assert_eq!(a.msg().message_type().method, Method::Other(0x003));
     assert_eq!(
@@ -608,10 +611,10 @@ fn unknown_method_is_400() {
 
 #[test]
 fn malformed_input_is_dropped() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let good = build(
         MessageType::BINDING_REQUEST,
-        TransactionId::new_random(),
+        TransactionId::random(&mut rand::rng()),
         &[],
         true,
     );
@@ -646,13 +649,16 @@ fn malformed_input_is_dropped() {
 
 #[test]
 fn indications_and_responses_are_dropped() {
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     for class in [Class::Indication, Class::Success, Class::Error] {
         let mt = MessageType {
             method: Method::Binding,
             class,
         };
-        let a = ask_udp(&mut s, &build(mt, TransactionId::new_random(), &[], true));
+        let a = ask_udp(
+            &mut s,
+            &build(mt, TransactionId::random(&mut rand::rng()), &[], true),
+        );
         assert_eq!(
             a.outcome,
             Outcome::Drop(DropReason::NotRequest),
@@ -667,7 +673,7 @@ fn indications_and_responses_are_dropped() {
 fn long_software_is_left_out_rather_than_exceed_the_budget() {
     let mut cfg = config(true);
     cfg.software = Some("x".repeat(300));
-    let mut s = StunServer::new(cfg);
+    let mut s = StunServer::new(cfg, Instant::now());
     let a = ask_udp(&mut s, &binding(&[]));
     assert!(a.out.len() <= 92, "{}", a.out.len());
     assert!(a.get(attr_type::SOFTWARE).is_none());
@@ -686,7 +692,7 @@ fn long_software_is_left_out_rather_than_exceed_the_budget() {
 fn ipv6_answers_keep_every_discovery_attribute_within_coturns_size() {
     let mut cfg = config_v6();
     cfg.software = Some("punchraw".into());
-    let mut s = StunServer::new(cfg);
+    let mut s = StunServer::new(cfg, Instant::now());
     let src6: SocketAddr = "[2001:db8:9::7]:40000".parse().unwrap();
     let req = binding(&[]);
     let a = ask(&mut s, Transport::Udp, EndpointId::PRIMARY, src6, &req);
@@ -716,7 +722,7 @@ fn no_answer_is_larger_than_coturns_to_the_same_request() {
     let fp = |attrs: &[Attribute<'_>]| {
         build(
             MessageType::BINDING_REQUEST,
-            TransactionId::new_random(),
+            TransactionId::random(&mut rand::rng()),
             attrs,
             true,
         )
@@ -792,7 +798,7 @@ fn no_answer_is_larger_than_coturns_to_the_same_request() {
             "allocate",
             build(
                 MessageType::from_u16(0x0003),
-                TransactionId::new_random(),
+                TransactionId::random(&mut rand::rng()),
                 &[],
                 false,
             ),
@@ -803,7 +809,7 @@ fn no_answer_is_larger_than_coturns_to_the_same_request() {
     let src6: SocketAddr = "[2001:db8:9::7]:40000".parse().unwrap();
     for (name, req, v4, v6) in &shapes {
         for (cfg, src, coturn) in [(config(true), src(), v4), (config_v6(), src6, v6)] {
-            let mut s = StunServer::new(cfg);
+            let mut s = StunServer::new(cfg, Instant::now());
             let a = ask(&mut s, Transport::Udp, EndpointId::PRIMARY, src, req);
             let bound = coturn.unwrap_or(response_limit(0, src));
             assert!(
@@ -820,7 +826,7 @@ fn no_answer_is_larger_than_coturns_to_the_same_request() {
 fn plain_binding_answer_is_no_larger_than_coturns() {
     // Anti-amplification: a 20-byte request must not buy more than coturn's 92-byte answer.
     for discovery in [false, true] {
-        let mut s = StunServer::new(config(discovery));
+        let mut s = StunServer::new(config(discovery), Instant::now());
         let req = binding(&[]);
         assert_eq!(req.len(), 20);
         let a = ask_udp(&mut s, &req);
@@ -886,9 +892,9 @@ fn check_any_input(
     for cfg in [config(true), config(false), config_v6()] {
         let n = cfg.endpoints().len() as u8;
         let local = EndpointId(local % n);
-        let mut s = StunServer::new(cfg);
+        let mut s = StunServer::new(cfg, Instant::now());
         let mut out = Vec::new();
-        match s.handle(transport, local, peer, input, &mut out) {
+        match s.handle(Instant::now(), transport, local, peer, input, &mut out) {
             Outcome::Reply { from, to } => {
                 prop_assert_eq!(to.ip(), peer.ip());
                 prop_assert!(from.0 < n);
@@ -971,7 +977,7 @@ fn flood(
     let mut t = Duration::ZERO;
     while t < Duration::from_secs(secs) {
         for _ in 0..per_tick {
-            let o = s.handle_at(
+            let o = s.handle(
                 t0 + t,
                 Transport::Udp,
                 EndpointId::PRIMARY,
@@ -993,7 +999,7 @@ fn flood(
 fn spoofed_victim_receives_at_most_the_limit() {
     let t0 = Instant::now();
     let rate = 50;
-    let mut s = StunServer::new(limited(rate));
+    let mut s = StunServer::new(limited(rate), Instant::now());
     // 100,000 requests per second of virtual time in the victim's name, for 10 s.
     let got = flood(&mut s, t0, src(), 10, Duration::from_millis(1), 100);
     // A burst of `rate`, then the sustained rate: never more than 2 x rate in any second,
@@ -1012,7 +1018,7 @@ fn spoofed_victim_receives_at_most_the_limit() {
 #[test]
 fn limit_applies_to_errors_and_every_endpoint_and_not_to_tcp() {
     let t0 = Instant::now();
-    let mut s = StunServer::new(limited(3));
+    let mut s = StunServer::new(limited(3), t0);
     let bad = binding(&[Attribute::Other {
         typ: 0x7777,
         value: b"",
@@ -1021,15 +1027,14 @@ fn limit_applies_to_errors_and_every_endpoint_and_not_to_tcp() {
     let mut answered = 0;
     for i in 0..40u8 {
         let local = EndpointId(i % 4);
-        if let Outcome::Reply { .. } = s.handle_at(t0, Transport::Udp, local, src(), &bad, &mut out)
-        {
+        if let Outcome::Reply { .. } = s.handle(t0, Transport::Udp, local, src(), &bad, &mut out) {
             answered += 1;
         }
     }
     assert_eq!(answered, 3);
     assert_eq!(s.stats.rate_limited, 37);
     for _ in 0..40 {
-        let o = s.handle_at(
+        let o = s.handle(
             t0,
             Transport::Tcp,
             EndpointId::PRIMARY,
@@ -1041,7 +1046,7 @@ fn limit_applies_to_errors_and_every_endpoint_and_not_to_tcp() {
     }
     // After a second the budget is back.
     let later = t0 + Duration::from_secs(1);
-    let o = s.handle_at(
+    let o = s.handle(
         later,
         Transport::Udp,
         EndpointId::PRIMARY,
@@ -1141,10 +1146,10 @@ fn connect_back_is_promised_and_asked_for_from_the_flipped_endpoint() {
     for local in 0..4u8 {
         let local = EndpointId(local);
         for (ip, port) in [(false, true), (true, false), (true, true)] {
-            let mut s = StunServer::new(cfg.clone());
+            let mut s = StunServer::new(cfg.clone(), Instant::now());
             let req = build(
                 MessageType::BINDING_REQUEST,
-                TransactionId::new_random(),
+                TransactionId::random(&mut rand::rng()),
                 &[connect_back(ip, port)],
                 true,
             );
@@ -1188,7 +1193,7 @@ fn connect_back_is_ignored_where_it_cannot_or_must_not_happen() {
         assert_eq!(a.get(attr_type::CONNECT_BACK_ORIGIN), None);
     };
     // Over UDP: the source address is not proven, and `handle` never offers it.
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     no_origin(&ask_udp(&mut s, &req));
     no_origin(&ask(
         &mut s,
@@ -1198,12 +1203,12 @@ fn connect_back_is_ignored_where_it_cannot_or_must_not_happen() {
         &req,
     ));
     // No alternate address: there is no other endpoint to connect from.
-    let mut s = StunServer::new(config(false));
+    let mut s = StunServer::new(config(false), Instant::now());
     let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &req, true);
     no_origin(&a);
     assert_eq!(cb, None);
     // The caller has no room for another connection.
-    let mut s = StunServer::new(config(true));
+    let mut s = StunServer::new(config(true), Instant::now());
     let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, src(), &req, false);
     no_origin(&a);
     assert_eq!(cb, None);
@@ -1249,7 +1254,7 @@ fn connect_back_answers_stay_within_the_budget() {
         (config(true), src()),
         (config_v6(), "[2001:db8:9::7]:40000".parse().unwrap()),
     ] {
-        let mut s = StunServer::new(cfg);
+        let mut s = StunServer::new(cfg, Instant::now());
         // The smallest request that can carry it: header, CONNECT-BACK, no FINGERPRINT.
         let req = binding(&[connect_back(false, true)]);
         let (a, cb) = ask_tcp(&mut s, EndpointId::PRIMARY, peer, &req, true);
@@ -1268,7 +1273,7 @@ fn check_connect_back(input: &[u8], local: u8, peer: SocketAddr) -> Result<(), T
     for cfg in [config(true), config(false), config_v6()] {
         let n = cfg.endpoints().len() as u8;
         let local = EndpointId(local % n);
-        let mut s = StunServer::new(cfg.clone());
+        let mut s = StunServer::new(cfg.clone(), Instant::now());
         let mut out = Vec::new();
         let (outcome, cb) = s.handle_tcp(local, peer, input, &mut out, true);
         if let Some(cb) = cb {

@@ -212,17 +212,21 @@ impl SimNet {
         } else {
             IpAddr::V4(SIM_NAT)
         };
+        let now = Instant::now();
         SimNet {
-            now: Instant::now(),
+            now,
             nat: nat.map(|b| SimNat::new(IpAddr::V4(SIM_NAT), b, seed ^ 0x5eed)),
-            server: StunServer::new(ServerConfig {
-                ip: IpAddr::V4(SIM_SERVER),
-                alt_ip: alternate.then_some(IpAddr::V4(SIM_SERVER_ALT)),
-                port: 3478,
-                alt_port: 3479,
-                software: None,
-                per_source_limit: None,
-            }),
+            server: StunServer::new(
+                ServerConfig {
+                    ip: IpAddr::V4(SIM_SERVER),
+                    alt_ip: alternate.then_some(IpAddr::V4(SIM_SERVER_ALT)),
+                    port: 3478,
+                    alt_port: 3479,
+                    software: None,
+                    per_source_limit: None,
+                },
+                now,
+            ),
             host_ip,
             latency: Duration::from_millis(10),
             loss: 0.0,
@@ -304,7 +308,7 @@ impl SimNet {
             let mut out = Vec::new();
             if let Outcome::Reply { from, to } =
                 self.server
-                    .handle(Transport::Udp, ep, p.src, &p.data, &mut out)
+                    .handle(self.now, Transport::Udp, ep, p.src, &p.data, &mut out)
             {
                 let from = self.server.config().addr(from);
                 self.push(from, to, out);
@@ -335,6 +339,7 @@ pub fn classify(
     let mut net = SimNet::new(nat, alternate, seed);
     net.loss = loss;
     let mut cfg = ClassifierConfig::new(net.server_addr());
+    cfg.seed = seed;
     cfg.lifetime_max = lifetime_max;
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let mut locals: Vec<SocketAddr> = Vec::new();

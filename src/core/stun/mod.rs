@@ -109,11 +109,13 @@ impl MessageType {
 pub struct TransactionId(pub [u8; 16]);
 
 impl TransactionId {
-    /// A new RFC 8489 transaction ID (cookie plus 96 random bits).
-    pub fn new_random() -> Self {
+    /// A new RFC 8489 transaction ID: the cookie plus 96 bits from `rng` (section 6 asks
+    /// for them to be uniformly random). The caller chooses the generator: a seeded one in
+    /// the state machines, so a seed reproduces a run.
+    pub fn random(rng: &mut impl rand::Rng) -> Self {
         let mut b = [0u8; 16];
         b[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        rand::Rng::fill(&mut rand::rng(), &mut b[4..]);
+        rng.fill(&mut b[4..]);
         TransactionId(b)
     }
     /// An RFC 3489 (cookie-less) transaction ID, as classic clients send.

@@ -415,7 +415,7 @@ fn connect(
         Encoder::new(
             &mut req,
             MessageType::BINDING_REQUEST,
-            TransactionId::new_random(),
+            TransactionId::random(&mut rand::rng()),
         )
         .fingerprint();
         let _ = main.send_to(&req, cfg.server);
@@ -770,7 +770,7 @@ fn connect_tcp(
         }) => {
             report.probes_sent = attempts;
             if let Some(e) = auth {
-                return Err(Error::Tls(*e).into());
+                return Err(Error::Stream(*e).into());
             }
             return Err(Error::PunchFailed {
                 strategy: strategy.as_str(),

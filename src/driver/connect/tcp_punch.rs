@@ -22,14 +22,15 @@ use crate::core::rendezvous::NatInfo;
 use crate::core::wire::{IcmpKind, Seen, Segment};
 use crate::driver::kebab;
 use crate::driver::tcp_stun;
+use crate::error::StreamError;
 use crate::os::capture::Capture;
 use crate::os::nft::PunchRules;
 use crate::os::packet::Watcher;
 use crate::os::privileges::{self, CAP_NET_ADMIN, CAP_NET_RAW};
 use crate::os::signals::Shutdown;
 use crate::os::ttl;
-use crate::transport::quic::{Role, StreamStats};
-use crate::transport::tls::{self, TlsError, TlsSide};
+use crate::transport::tls::{self, TlsSide};
+use crate::transport::{Role, StreamStats};
 use crate::Error;
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::HashMap;
@@ -330,7 +331,7 @@ pub enum PunchEnd {
         came_up: u64,
         seen: WatchCounts,
         /// A connection came up but failed authentication.
-        auth: Option<Box<TlsError>>,
+        auth: Option<Box<StreamError>>,
     },
     Setup(Error),
 }
@@ -364,7 +365,7 @@ enum Ev {
         stream: TcpStream,
     },
     /// The TLS outcome of a connection, with the attempt it came from (none: accepted).
-    Tls(Option<u64>, Box<Result<TlsStream<TcpStream>, TlsError>>),
+    Tls(Option<u64>, Box<Result<TlsStream<TcpStream>, StreamError>>),
 }
 
 /// Opens the watcher and the nft rules, then gives up root (keeping CAP_NET_ADMIN, which the
@@ -522,7 +523,7 @@ async fn run_punch(
     let mut others: Vec<JoinHandle<()>> = Vec::new();
     let commit_turn = Arc::new(tokio::sync::Mutex::new(()));
     let mut seen = WatchCounts::default();
-    let mut auth_failure: Option<Box<TlsError>> = None;
+    let mut auth_failure: Option<Box<StreamError>> = None;
     let mut handshakes = 0usize;
     let mut came_up = 0u64;
     // Handshakes still running when the budget ends get their timeout, then the punch ends

@@ -52,6 +52,7 @@ pub fn classify_udp(
         None => route_source(server)?,
     };
     let mut cfg = ClassifierConfig::new(server);
+    cfg.seed = rand::random();
     cfg.lifetime_max = lifetime_max;
     let (sockets, locals) = bind_fresh(local_ip, cfg.sockets_needed())?;
     let mut c = Classifier::new(cfg, locals.clone(), Instant::now());

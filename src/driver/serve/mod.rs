@@ -646,6 +646,8 @@ fn udp_loop(
                 continue;
             }
         };
+        // One clock read per batch: the datagrams of a batch arrived together.
+        let now = Instant::now();
         for i in 0..n {
             let (data, src, truncated) = rx.get(i);
             let Some(src) = src else { continue };
@@ -661,7 +663,7 @@ fn udp_loop(
                 continue;
             }
             if let Some(r) = rdv.filter(|_| Msg::is_rendezvous(data)) {
-                let msgs = r.handle(Instant::now(), src, data);
+                let msgs = r.handle(now, src, data);
                 send_all(msgs);
                 continue;
             }
@@ -669,7 +671,7 @@ fn udp_loop(
             let Some(buf) = tx.next_buf() else {
                 unreachable!("the send batch is flushed after every receive batch");
             };
-            match server.handle(Transport::Udp, id, src, data, buf) {
+            match server.handle(now, Transport::Udp, id, src, data, buf) {
                 Outcome::Reply { from, to } if from == id => tx.commit(to),
                 Outcome::Reply { from, to } => {
                     // RFC 5780 section 6.1: CHANGE-REQUEST answers leave from the other IP
@@ -854,7 +856,7 @@ fn serve_connection(
         debug!(%peer, error = %e, "cannot set up tcp connection");
         return;
     }
-    let mut server = StunServer::new(cfg.clone());
+    let mut server = StunServer::new(cfg.clone(), Instant::now());
     let mut buf = [0u8; TCP_MAX_FRAME];
     let mut have = 0;
     let mut out = Vec::with_capacity(256);
@@ -1090,14 +1092,17 @@ mod tests {
     use std::net::IpAddr;
 
     fn server() -> StunServer {
-        StunServer::new(ServerConfig {
-            ip: IpAddr::from([127, 0, 0, 1]),
-            alt_ip: None,
-            port: 3478,
-            alt_port: 3479,
-            software: None,
-            per_source_limit: None,
-        })
+        StunServer::new(
+            ServerConfig {
+                ip: IpAddr::from([127, 0, 0, 1]),
+                alt_ip: None,
+                port: 3478,
+                alt_port: 3479,
+                software: None,
+                per_source_limit: None,
+            },
+            Instant::now(),
+        )
     }
 
     fn request() -> Vec<u8> {
@@ -1105,7 +1110,7 @@ mod tests {
         Encoder::new(
             &mut v,
             MessageType::BINDING_REQUEST,
-            TransactionId::new_random(),
+            TransactionId::random(&mut rand::rng()),
         );
         v
     }
@@ -1202,16 +1207,19 @@ mod tests {
 
     #[test]
     fn connect_backs_are_bounded_per_connection_and_per_server() {
-        let mut s = StunServer::new(ServerConfig {
-            alt_ip: Some(IpAddr::from([127, 0, 0, 2])),
-            ..server().config().clone()
-        });
+        let mut s = StunServer::new(
+            ServerConfig {
+                alt_ip: Some(IpAddr::from([127, 0, 0, 2])),
+                ..server().config().clone()
+            },
+            Instant::now(),
+        );
         let ask = || {
             let mut v = Vec::new();
             let mut e = Encoder::new(
                 &mut v,
                 MessageType::BINDING_REQUEST,
-                TransactionId::new_random(),
+                TransactionId::random(&mut rand::rng()),
             );
             e.push(&crate::core::stun::Attribute::ConnectBack {
                 change_ip: true,
@@ -1297,7 +1305,7 @@ mod tests {
                 method: crate::core::stun::Method::Binding,
                 class: crate::core::stun::Class::Indication,
             },
-            TransactionId::new_random(),
+            TransactionId::random(&mut rand::rng()),
         );
         let input = [ind.clone(), request()].concat();
         let r = serve_frames(
