@@ -196,6 +196,18 @@ pub fn drop_except(keep: &[u32]) -> std::io::Result<Dropped> {
     })
 }
 
+/// Raises the soft limit on open descriptors toward `want` (never past the hard limit);
+/// best effort, as a lower limit only shortens what needs many sockets.
+pub fn raise_file_limit(want: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = want.min(hard);
+        if soft < want {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,15 +53,7 @@ pub struct ConnectConfig {
     pub start_delay: Duration,
 }
 
-/// `--prime-ttl`: low-TTL priming of TCP attempts (a first SYN that opens our own NAT but
-/// dies before the peer's, so a hostile far NAT never sees it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PrimeTtl {
-    /// Measured toward the peer at the start of the punch.
-    Auto,
-    Off,
-    Fixed(u8),
-}
+pub use crate::core::punch::priming::PrimeTtl;
 
 /// The `--report` object; its shape is a contract.
 #[derive(Debug, Serialize)]

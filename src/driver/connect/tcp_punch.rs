@@ -14,13 +14,12 @@
 //! Low-TTL priming sets IP_TTL on the socket for its first SYN only: its retransmissions and
 //! the handshake go out with the normal TTL.
 
-use crate::core::classify::Behavior;
-use crate::core::punch::tcp::{
-    self as plan_tcp, Action, AttemptError, Plan, Prediction, TcpPunch, TcpPunchConfig,
-};
+mod predict;
+
+use crate::core::punch::priming::{self, PrimeTtl};
+use crate::core::punch::tcp::{Action, AttemptError, Plan, TcpPunch, TcpPunchConfig};
 use crate::core::rendezvous::NatInfo;
 use crate::core::wire::{IcmpKind, Seen, Segment};
-use crate::driver::kebab;
 use crate::driver::tcp_stun;
 use crate::error::StreamError;
 use crate::os::capture::Capture;
@@ -32,6 +31,7 @@ use crate::os::ttl;
 use crate::transport::tls::{self, TlsSide};
 use crate::transport::{Role, StreamStats};
 use crate::Error;
+pub use predict::{prepare, TcpPrep};
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::HashMap;
 use std::io;
@@ -44,8 +44,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsStream;
 
-/// Time for one TCP Binding exchange with the server while predicting.
-const BINDING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time for the TLS handshake (and the commitment) on one punched connection.
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(6);
 /// TLS handshakes at most at once: a sweep may bring up several connections, but a flood of
@@ -56,7 +54,7 @@ const PROGRESS: Duration = Duration::from_secs(1);
 /// How often the punch loop looks at Ctrl-C and its planner when nothing else happens.
 const TICK: Duration = Duration::from_millis(20);
 /// Open descriptors a sweep may need: the probing side keeps every probe for
-/// [`plan_tcp::PROBE_LINGER`] at up to the maximum rate.
+/// [`crate::core::punch::tcp::PROBE_LINGER`] at up to the maximum rate.
 const WANT_FILES: u64 = 65_536;
 
 /// The capabilities `--tcp` needs, for the up-front check.
@@ -88,144 +86,19 @@ pub fn check_privileges() -> Result<(), Error> {
     crate::os::nft::check_usable()
 }
 
-/// What the connections to the server showed about our NAT's TCP mapping.
-#[derive(Debug, Clone)]
-pub struct TcpPrep {
-    /// Our address and the local port every punch connection uses.
-    pub local: SocketAddr,
-    pub prediction: Prediction,
-    /// (server endpoint, where it saw us), in the order the connections were made.
-    pub samples: Vec<(SocketAddr, SocketAddr)>,
-}
-
-impl TcpPrep {
-    pub fn describe(&self) -> String {
-        let ports: Vec<String> = self
-            .samples
-            .iter()
-            .map(|(_, m)| m.port().to_string())
-            .collect();
-        let n = &self.prediction.nat;
-        let mut s = format!(
-            "TCP from port {}: the server saw ports {} -> mapping {}, allocation {}",
-            self.local.port(),
-            ports.join(", "),
-            kebab(&n.mapping),
-            kebab(&n.allocation)
-        );
-        if let Some(d) = n.delta {
-            s.push_str(&format!(" (delta {d})"));
-        }
-        if self.prediction.port != 0 {
-            s.push_str(&format!(
-                "; our next TCP port predicted: {}",
-                self.prediction.port
-            ));
-        } else {
-            s.push_str("; our next TCP port cannot be predicted");
-        }
-        s
-    }
-}
-
-/// The server endpoints in the order RFC 5780 section 4.3 tests the mapping (primary, then
-/// other address, then other address and port), with the other port of the primary address
-/// first: that step tells port-dependent from address-dependent mapping.
-fn endpoints(server: SocketAddr, other: Option<SocketAddr>) -> Vec<SocketAddr> {
-    let mut v = vec![server];
-    if let Some(o) = other {
-        for e in [
-            SocketAddr::new(server.ip(), o.port()),
-            SocketAddr::new(o.ip(), server.port()),
-            o,
-        ] {
-            if !v.contains(&e) {
-                v.push(e);
-            }
-        }
-    }
-    v
-}
-
-/// Connects from one fresh local port to each server endpoint and predicts where our next
-/// connection from that port will appear. `udp` (from the UDP classification) stands in when
-/// the server has no alternate endpoints to compare with.
-pub fn prepare(
-    server: SocketAddr,
-    local_ip: IpAddr,
-    other: Option<SocketAddr>,
-    udp: NatInfo,
-) -> Result<TcpPrep, Error> {
-    let mut local = SocketAddr::new(local_ip, 0);
-    let mut samples = Vec::new();
-    for (i, ep) in endpoints(server, other).into_iter().enumerate() {
-        match tcp_stun::binding(local, ep, &[], BINDING_TIMEOUT) {
-            Ok(b) => {
-                local = b.local;
-                samples.push((ep, b.mapped));
-            }
-            Err(e) if i == 0 && e.unreachable() => {
-                return Err(Error::TcpServerUnreachable {
-                    server,
-                    reason: e.to_string(),
-                })
-            }
-            Err(e) if i == 0 => {
-                return Err(Error::TcpServerBroken {
-                    server,
-                    reason: e.to_string(),
-                })
-            }
-            // The other endpoints only sharpen the prediction.
-            Err(e) => tracing::warn!("TCP Binding to {ep} failed: {e}"),
-        }
-    }
-    let ports: Vec<u16> = samples.iter().map(|(_, m)| m.port()).collect();
-    let prediction = if ports.len() >= 2 {
-        plan_tcp::predict(local.port(), &ports)
-    } else {
-        // One sample says nothing about mapping; assume TCP maps as UDP does (Linux NATs
-        // treat both alike).
-        let seen = ports[0];
-        let port = match (udp.mapping, udp.delta) {
-            (Behavior::EndpointIndependent, _) => seen,
-            (_, Some(d)) if udp.allocation == crate::core::classify::Allocation::Sequential => {
-                u16::try_from(i32::from(seen) + d).unwrap_or(0)
-            }
-            _ => 0,
-        };
-        Prediction { nat: udp, port }
-    };
-    Ok(TcpPrep {
-        local,
-        prediction,
-        samples,
-    })
-}
-
-/// `--prime-ttl` resolved for this punch.
+/// `--prime-ttl` resolved for this punch, measuring the hops toward the peer when the core
+/// asks for it.
 pub fn priming(
-    choice: crate::driver::connect::PrimeTtl,
+    choice: PrimeTtl,
     my_nat: &NatInfo,
     local: IpAddr,
     peer: IpAddr,
     server_rtt: Duration,
 ) -> (Option<u32>, String) {
-    use crate::driver::connect::PrimeTtl;
-    match choice {
-        PrimeTtl::Off => (None, "low-TTL priming off (--prime-ttl off)".into()),
-        PrimeTtl::Fixed(t) => (
-            Some(u32::from(t)),
-            format!("low-TTL priming: first SYNs with TTL {t} (--prime-ttl)"),
-        ),
-        // The measurement is one new UDP flow through our NAT; a NAT that allocates per
-        // flow would move its counter and spoil the prediction already sent to the peer.
-        PrimeTtl::Auto if my_nat.mapping != Behavior::EndpointIndependent => (
-            None,
-            "low-TTL priming off: measuring the hops would move our NAT's port counter (set --prime-ttl N to force it)".into(),
-        ),
-        PrimeTtl::Auto => {
-            let p = ttl::priming_ttl(local, peer, ttl::wait_for(server_rtt));
+    match priming::choose(choice, my_nat) {
+        priming::Choice::Decided(ttl, why) => (ttl, why),
+        priming::Choice::Measure => {
+            let p = ttl::priming_ttl(local, peer, priming::wait_for(server_rtt));
             (p.ttl, p.explain())
         }
     }
@@ -382,20 +255,10 @@ pub fn arm(peer: IpAddr, priming: bool) -> Result<(Watcher, PunchRules), Error> 
         Ok(d) => tracing::info!(user = ?d.user, "privileges dropped, CAP_NET_ADMIN kept"),
         Err(e) => tracing::warn!("could not drop privileges: {e}"),
     }
-    raise_file_limit();
+    // A probing sweep keeps hundreds of sockets open at once; the usual soft limit of 1024
+    // descriptors would end it early.
+    privileges::raise_file_limit(WANT_FILES);
     Ok((watcher, rules))
-}
-
-/// A probing sweep keeps hundreds of sockets open at once; the usual soft limit of 1024
-/// descriptors would end it early.
-fn raise_file_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let want = WANT_FILES.min(hard);
-        if soft < want {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
-        }
-    }
 }
 
 /// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C.
@@ -493,6 +356,30 @@ fn attempt_error(e: &io::Error) -> AttemptError {
     }
 }
 
+/// The punch loop's state: the planner, the attempts in flight, the handshakes and what the
+/// watcher saw. Each phase of [`run_punch`] is a method.
+struct PunchLoop<'a> {
+    setup: &'a PunchSetup,
+    planner: TcpPunch,
+    tx: mpsc::UnboundedSender<Ev>,
+    /// Attempts in flight, by planner id.
+    tasks: HashMap<u64, JoinHandle<()>>,
+    /// The listener and the TLS handshakes.
+    others: Vec<JoinHandle<()>>,
+    /// Serialises the TLS client's commitments across connections (see `transport::tls`).
+    commit_turn: Arc<tokio::sync::Mutex<()>>,
+    seen: WatchCounts,
+    auth_failure: Option<Box<StreamError>>,
+    handshakes: usize,
+    came_up: u64,
+}
+
+/// What ended one turn of the loop.
+enum Turn {
+    Go,
+    Done(Box<Result<Connection, PunchEnd>>),
+}
+
 async fn run_punch(
     setup: &PunchSetup,
     packets: &mut mpsc::UnboundedReceiver<crate::os::packet::Packet>,
@@ -500,135 +387,138 @@ async fn run_punch(
     shutdown: &Shutdown,
     on_status: &mut dyn FnMut(String),
 ) -> Result<Connection, PunchEnd> {
-    let local_ip = setup.local.ip();
-    let mut planner = TcpPunch::new(
-        TcpPunchConfig {
-            plan: setup.plan,
-            peer_ip: setup.peer_ip,
-            peer_port: setup.peer_port,
-            local_port: setup.local.port(),
-            window: setup.window,
-            rate: setup.rate,
-            sweep_sockets: setup.sweep_sockets,
-            budget: setup.budget,
-            seed: rand::random(),
-        },
-        setup.start,
-    );
-    if planner.aimless() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Ev>();
+    let mut l = PunchLoop::new(setup, tx);
+    if l.planner.aimless() {
         on_status("the peer's next TCP port cannot be predicted, so no attempt can aim at it; waiting out the budget in case the peer's attempts get through".into());
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<Ev>();
-    let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
-    let mut others: Vec<JoinHandle<()>> = Vec::new();
-    let commit_turn = Arc::new(tokio::sync::Mutex::new(()));
-    let mut seen = WatchCounts::default();
-    let mut auth_failure: Option<Box<StreamError>> = None;
-    let mut handshakes = 0usize;
-    let mut came_up = 0u64;
+    // A SYN from the peer on a 4-tuple no attempt has (the peer's NAT chose another port than
+    // we tried) is completed by the kernel here.
+    if setup.plan != Plan::Spray {
+        l.open_listener();
+    }
     // Handshakes still running when the budget ends get their timeout, then the punch ends
     // whatever they do.
     let hard_stop = setup.start + setup.budget + TLS_TIMEOUT;
     let sweeping = matches!(setup.plan, Plan::Probe | Plan::Spray);
     let mut next_progress = setup.start + PROGRESS;
+    let result = loop {
+        if shutdown.requested() {
+            break Err(PunchEnd::Interrupted);
+        }
+        let now = Instant::now();
+        l.planner.handle_timeout(now);
+        if sweeping && now >= next_progress {
+            next_progress = now + PROGRESS;
+            on_status(format!(
+                "sweep: {} attempts so far, {} refused",
+                l.planner.attempts,
+                l.planner.refused + l.planner.unreachable
+            ));
+        }
+        l.start_attempts(now);
+        if l.planner.expired(now) && (l.handshakes == 0 || now >= hard_stop) {
+            break Err(l.exhausted());
+        }
+        let wake = l
+            .planner
+            .poll_timeout()
+            .map_or(now + TICK, |t| t.min(now + TICK).max(now));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            Some(p) = packets.recv() => l.on_packet(&p, capture, on_status),
+            Some(ev) = rx.recv() => {
+                if let Turn::Done(r) = l.on_event(ev, on_status).await {
+                    break *r;
+                }
+            }
+        }
+    };
+    l.abort_all();
+    result
+}
 
-    // A SYN from the peer on a 4-tuple no attempt has (the peer's NAT chose another port than
-    // we tried) is completed by the kernel here.
-    if setup.plan != Plan::Spray {
-        let l = tcp_stun::shared_port_socket(setup.local)
+impl<'a> PunchLoop<'a> {
+    fn new(setup: &'a PunchSetup, tx: mpsc::UnboundedSender<Ev>) -> Self {
+        let planner = TcpPunch::new(
+            TcpPunchConfig {
+                plan: setup.plan,
+                peer_ip: setup.peer_ip,
+                peer_port: setup.peer_port,
+                local_port: setup.local.port(),
+                window: setup.window,
+                rate: setup.rate,
+                sweep_sockets: setup.sweep_sockets,
+                budget: setup.budget,
+                seed: rand::random(),
+            },
+            setup.start,
+        );
+        PunchLoop {
+            setup,
+            planner,
+            tx,
+            tasks: HashMap::new(),
+            others: Vec::new(),
+            commit_turn: Arc::new(tokio::sync::Mutex::new(())),
+            seen: WatchCounts::default(),
+            auth_failure: None,
+            handshakes: 0,
+            came_up: 0,
+        }
+    }
+
+    /// A listener on the punch port, feeding accepted connections in as [`Ev::Accepted`].
+    fn open_listener(&mut self) {
+        let l = tcp_stun::shared_port_socket(self.setup.local)
             .and_then(|s| {
                 s.listen(64)?;
                 s.set_nonblocking(true)?;
                 Ok(s)
             })
             .and_then(|s| TcpListener::from_std(s.into()));
-        match l {
-            Ok(listener) => {
-                let tx = tx.clone();
-                others.push(tokio::spawn(async move {
-                    loop {
-                        match listener.accept().await {
-                            Ok((stream, _)) => {
-                                if tx.send(Ev::Accepted { stream }).is_err() {
-                                    return;
-                                }
-                            }
-                            // Out of descriptors during a wide sweep, or a connection reset
-                            // before it was accepted: the listener itself is fine.
-                            Err(e) => {
-                                tracing::debug!("accept failed: {e}");
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
+        let listener = match l {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("no listener on {}: {e}", self.setup.local);
+                return;
+            }
+        };
+        let tx = self.tx.clone();
+        self.others.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        if tx.send(Ev::Accepted { stream }).is_err() {
+                            return;
                         }
                     }
-                }));
+                    // Out of descriptors during a wide sweep, or a connection reset before
+                    // it was accepted: the listener itself is fine.
+                    Err(e) => {
+                        tracing::debug!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
             }
-            Err(e) => tracing::warn!("no listener on {}: {e}", setup.local),
-        }
+        }));
     }
 
-    let spawn_tls = |stream: TcpStream,
-                     attempt: Option<u64>,
-                     tx: &mpsc::UnboundedSender<Ev>,
-                     others: &mut Vec<JoinHandle<()>>,
-                     handshakes: &mut usize| {
-        let _ = stream.set_nodelay(true);
-        let tx = tx.clone();
-        let turn = commit_turn.clone();
-        let side = setup.tls.clone();
-        *handshakes += 1;
-        others.push(tokio::spawn(async move {
-            let r = side.handshake(stream, Some(&turn)).await;
-            let _ = tx.send(Ev::Tls(attempt, Box::new(r)));
-        }));
-    };
-
-    loop {
-        if shutdown.requested() {
-            abort_all(&mut tasks, &mut others);
-            return Err(PunchEnd::Interrupted);
-        }
-        let now = Instant::now();
-        planner.handle_timeout(now);
-        if sweeping && now >= next_progress {
-            next_progress = now + PROGRESS;
-            on_status(format!(
-                "sweep: {} attempts so far, {} refused",
-                planner.attempts,
-                planner.refused + planner.unreachable
-            ));
-        }
-        while let Some(a) = planner.poll_action() {
+    /// Carries out what the planner asks: new attempts (a kernel socket each, watched by a
+    /// task until it connects or fails) and abandoned ones.
+    fn start_attempts(&mut self, now: Instant) {
+        while let Some(a) = self.planner.poll_action() {
             match a {
                 Action::Connect { id, from_port, to } => {
-                    match start_attempt(local_ip, from_port, to, setup.prime_ttl)
+                    match start_attempt(self.setup.local.ip(), from_port, to, self.setup.prime_ttl)
                         .and_then(TcpStream::from_std)
                     {
                         Ok(stream) => {
-                            let tx = tx.clone();
-                            tasks.insert(
+                            let tx = self.tx.clone();
+                            self.tasks.insert(
                                 id,
                                 tokio::spawn(async move {
-                                    let ev = match stream.writable().await {
-                                        Err(e) => Ev::Failed {
-                                            id,
-                                            why: attempt_error(&e),
-                                        },
-                                        Ok(()) => match stream.take_error() {
-                                            Ok(Some(e)) | Err(e) => Ev::Failed {
-                                                id,
-                                                why: attempt_error(&e),
-                                            },
-                                            Ok(None) => match stream.peer_addr() {
-                                                Ok(_) => Ev::Connected { id, stream },
-                                                Err(e) => Ev::Failed {
-                                                    id,
-                                                    why: attempt_error(&e),
-                                                },
-                                            },
-                                        },
-                                    };
-                                    let _ = tx.send(ev);
+                                    let _ = tx.send(attempt_outcome(id, stream).await);
                                 }),
                             );
                         }
@@ -636,118 +526,180 @@ async fn run_punch(
                             tracing::debug!(
                                 "attempt to {to} from port {from_port} could not start: {e}"
                             );
-                            planner.handle_failure(now, id, AttemptError::Unreachable);
+                            self.planner
+                                .handle_failure(now, id, AttemptError::Unreachable);
                         }
                     }
                 }
                 Action::Abandon { id } => {
-                    if let Some(t) = tasks.remove(&id) {
+                    if let Some(t) = self.tasks.remove(&id) {
                         t.abort();
                     }
                 }
             }
         }
-        if planner.expired(now) && (handshakes == 0 || now >= hard_stop) {
-            abort_all(&mut tasks, &mut others);
-            return Err(PunchEnd::Exhausted {
-                attempts: planner.attempts,
-                refused: planner.refused + planner.unreachable,
-                came_up,
-                seen,
-                auth: auth_failure,
-            });
+    }
+
+    /// A packet from the watcher: counted, told, captured.
+    fn on_packet(
+        &mut self,
+        p: &crate::os::packet::Packet,
+        capture: &mut Option<&mut Capture>,
+        on_status: &mut dyn FnMut(String),
+    ) {
+        if let Some(s) = &p.seen {
+            if let Some(line) = self.seen.note(s, p.outgoing, self.setup.peer_ip) {
+                on_status(line);
+            }
         }
-        let wake = planner
-            .poll_timeout()
-            .map_or(now + TICK, |t| t.min(now + TICK).max(now));
-        tokio::select! {
-            () = tokio::time::sleep_until(wake.into()) => {}
-            Some(p) = packets.recv() => {
-                if let Some(s) = &p.seen {
-                    if let Some(line) = seen.note(s, p.outgoing, setup.peer_ip) {
-                        on_status(line);
-                    }
-                }
-                if let Some(c) = capture.as_deref_mut() {
-                    if concerns(&p, setup.peer_ip) {
-                        if let Err(e) = c.ip(&p.data, p.at) {
-                            tracing::warn!("capture: {e}");
-                        }
-                    }
+        if let Some(c) = capture.as_deref_mut() {
+            if concerns(p, self.setup.peer_ip) {
+                if let Err(e) = c.ip(&p.data, p.at) {
+                    tracing::warn!("capture: {e}");
                 }
             }
-            Some(ev) = rx.recv() => match ev {
-                Ev::Connected { id, stream } => {
-                    tasks.remove(&id);
-                    if let Ok(r) = stream.peer_addr() {
-                        on_status(format!("TCP connection up with {r}; authenticating (TLS)"));
-                    }
-                    came_up += 1;
-                    spawn_tls(stream, Some(id), &tx, &mut others, &mut handshakes);
-                }
-                Ev::Accepted { stream } => {
-                    // Anyone may connect to the listener; only the peer's address gets a
-                    // handshake, and only so many at once.
-                    let from = stream.peer_addr().ok();
-                    if from.map(|r| r.ip()) != Some(setup.peer_ip) || handshakes >= MAX_HANDSHAKES {
-                        tracing::debug!(?from, "closing a connection to the listener that is not the peer's");
-                        continue;
-                    }
-                    if let Some(r) = from {
-                        on_status(format!("TCP connection from {r} accepted; authenticating (TLS)"));
-                    }
-                    came_up += 1;
-                    spawn_tls(stream, None, &tx, &mut others, &mut handshakes);
-                }
-                Ev::Failed { id, why } => {
-                    tasks.remove(&id);
-                    planner.handle_failure(Instant::now(), id, why);
-                }
-                Ev::Tls(attempt, r) => match *r {
-                Ok(mut stream) => {
-                    if setup.tls.role() == Role::Server {
-                        if let Err(e) = tls::accept_commitment(&mut stream).await {
-                            handshakes -= 1;
-                            on_status(format!("the chosen connection failed: {e}; punching on"));
-                            continue;
-                        }
-                    }
-                    let (tcp, _) = stream.get_ref();
-                    let (local, remote) = match (tcp.local_addr(), tcp.peer_addr()) {
-                        (Ok(l), Ok(r)) => (l, r),
-                        _ => {
-                            handshakes -= 1;
-                            continue;
-                        }
-                    };
-                    if !setup.keepalive.is_zero() {
-                        let ka = TcpKeepalive::new()
-                            .with_time(setup.keepalive)
-                            .with_interval(setup.keepalive);
-                        let _ = SockRef::from(tcp).set_tcp_keepalive(&ka);
-                    }
-                    abort_all(&mut tasks, &mut others);
-                    return Ok(Connection {
-                        stream,
-                        local,
-                        remote,
-                        attempts: planner.attempts,
-                    });
-                }
-                Err(e) => {
-                    handshakes -= 1;
-                    on_status(format!("{e}; closing that connection and punching on"));
-                    // An attempt whose connection failed is the planner's to repeat.
-                    if let Some(id) = attempt {
-                        planner.handle_failure(Instant::now(), id, AttemptError::TimedOut);
-                    }
-                    if e.is_auth_failure() {
-                        auth_failure = Some(Box::new(e));
-                    }
-                }
-                },
-            },
         }
+    }
+
+    async fn on_event(&mut self, ev: Ev, on_status: &mut dyn FnMut(String)) -> Turn {
+        match ev {
+            Ev::Connected { id, stream } => {
+                self.tasks.remove(&id);
+                if let Ok(r) = stream.peer_addr() {
+                    on_status(format!("TCP connection up with {r}; authenticating (TLS)"));
+                }
+                self.came_up += 1;
+                self.spawn_tls(stream, Some(id));
+            }
+            Ev::Accepted { stream } => {
+                // Anyone may connect to the listener; only the peer's address gets a
+                // handshake, and only so many at once.
+                let from = stream.peer_addr().ok();
+                if from.map(|r| r.ip()) != Some(self.setup.peer_ip)
+                    || self.handshakes >= MAX_HANDSHAKES
+                {
+                    tracing::debug!(
+                        ?from,
+                        "closing a connection to the listener that is not the peer's"
+                    );
+                    return Turn::Go;
+                }
+                if let Some(r) = from {
+                    on_status(format!(
+                        "TCP connection from {r} accepted; authenticating (TLS)"
+                    ));
+                }
+                self.came_up += 1;
+                self.spawn_tls(stream, None);
+            }
+            Ev::Failed { id, why } => {
+                self.tasks.remove(&id);
+                self.planner.handle_failure(Instant::now(), id, why);
+            }
+            Ev::Tls(attempt, r) => return self.on_handshake(attempt, *r, on_status).await,
+        }
+        Turn::Go
+    }
+
+    /// A TLS handshake ended: the connection to keep, or one more failure to learn from.
+    async fn on_handshake(
+        &mut self,
+        attempt: Option<u64>,
+        r: Result<TlsStream<TcpStream>, StreamError>,
+        on_status: &mut dyn FnMut(String),
+    ) -> Turn {
+        let mut stream = match r {
+            Ok(s) => s,
+            Err(e) => {
+                self.handshakes -= 1;
+                on_status(format!("{e}; closing that connection and punching on"));
+                // An attempt whose connection failed is the planner's to repeat.
+                if let Some(id) = attempt {
+                    self.planner
+                        .handle_failure(Instant::now(), id, AttemptError::TimedOut);
+                }
+                if e.is_auth_failure() {
+                    self.auth_failure = Some(Box::new(e));
+                }
+                return Turn::Go;
+            }
+        };
+        if self.setup.tls.role() == Role::Server {
+            if let Err(e) = tls::accept_commitment(&mut stream).await {
+                self.handshakes -= 1;
+                on_status(format!("the chosen connection failed: {e}; punching on"));
+                return Turn::Go;
+            }
+        }
+        let (tcp, _) = stream.get_ref();
+        let (local, remote) = match (tcp.local_addr(), tcp.peer_addr()) {
+            (Ok(l), Ok(r)) => (l, r),
+            _ => {
+                self.handshakes -= 1;
+                return Turn::Go;
+            }
+        };
+        if !self.setup.keepalive.is_zero() {
+            let ka = TcpKeepalive::new()
+                .with_time(self.setup.keepalive)
+                .with_interval(self.setup.keepalive);
+            let _ = SockRef::from(tcp).set_tcp_keepalive(&ka);
+        }
+        Turn::Done(Box::new(Ok(Connection {
+            stream,
+            local,
+            remote,
+            attempts: self.planner.attempts,
+        })))
+    }
+
+    fn spawn_tls(&mut self, stream: TcpStream, attempt: Option<u64>) {
+        let _ = stream.set_nodelay(true);
+        let tx = self.tx.clone();
+        let turn = self.commit_turn.clone();
+        let side = self.setup.tls.clone();
+        self.handshakes += 1;
+        self.others.push(tokio::spawn(async move {
+            let r = side.handshake(stream, Some(&turn)).await;
+            let _ = tx.send(Ev::Tls(attempt, Box::new(r)));
+        }));
+    }
+
+    fn exhausted(&mut self) -> PunchEnd {
+        PunchEnd::Exhausted {
+            attempts: self.planner.attempts,
+            refused: self.planner.refused + self.planner.unreachable,
+            came_up: self.came_up,
+            seen: self.seen,
+            auth: self.auth_failure.take(),
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for (_, t) in self.tasks.drain() {
+            t.abort();
+        }
+        for t in self.others.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// How one attempt's non-blocking connect ended: writable with no error means connected.
+async fn attempt_outcome(id: u64, stream: TcpStream) -> Ev {
+    let failed = |e: &io::Error| Ev::Failed {
+        id,
+        why: attempt_error(e),
+    };
+    if let Err(e) = stream.writable().await {
+        return failed(&e);
+    }
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => failed(&e),
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => Ev::Connected { id, stream },
+            Err(e) => failed(&e),
+        },
     }
 }
 
@@ -762,15 +714,6 @@ fn concerns(p: &crate::os::packet::Packet, peer: IpAddr) -> bool {
             ..
         }) => quoted_src.ip() == peer || quoted_dst.ip() == peer,
         None => false,
-    }
-}
-
-fn abort_all(tasks: &mut HashMap<u64, JoinHandle<()>>, others: &mut Vec<JoinHandle<()>>) {
-    for (_, t) in tasks.drain() {
-        t.abort();
-    }
-    for t in others.drain(..) {
-        t.abort();
     }
 }
 

@@ -1,0 +1,130 @@
+//! Our NAT's next TCP port, predicted from TCP Binding requests to the server made from the
+//! one local port every punch connection will use (RFC 5382 REQ-1: a NAT that maps that port
+//! endpoint-independently shows the same external port to every server endpoint).
+
+use crate::core::classify::{Allocation, Behavior};
+use crate::core::punch::tcp::{self as plan_tcp, Prediction};
+use crate::core::rendezvous::NatInfo;
+use crate::driver::kebab;
+use crate::driver::tcp_stun;
+use crate::Error;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Time for one TCP Binding exchange with the server while predicting.
+const BINDING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the connections to the server showed about our NAT's TCP mapping.
+#[derive(Debug, Clone)]
+pub struct TcpPrep {
+    /// Our address and the local port every punch connection uses.
+    pub local: SocketAddr,
+    pub prediction: Prediction,
+    /// (server endpoint, where it saw us), in the order the connections were made.
+    pub samples: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl TcpPrep {
+    pub fn describe(&self) -> String {
+        let ports: Vec<String> = self
+            .samples
+            .iter()
+            .map(|(_, m)| m.port().to_string())
+            .collect();
+        let n = &self.prediction.nat;
+        let mut s = format!(
+            "TCP from port {}: the server saw ports {} -> mapping {}, allocation {}",
+            self.local.port(),
+            ports.join(", "),
+            kebab(&n.mapping),
+            kebab(&n.allocation)
+        );
+        if let Some(d) = n.delta {
+            s.push_str(&format!(" (delta {d})"));
+        }
+        if self.prediction.port != 0 {
+            s.push_str(&format!(
+                "; our next TCP port predicted: {}",
+                self.prediction.port
+            ));
+        } else {
+            s.push_str("; our next TCP port cannot be predicted");
+        }
+        s
+    }
+}
+
+/// The server endpoints in the order RFC 5780 section 4.3 tests the mapping (primary, then
+/// other address, then other address and port), with the other port of the primary address
+/// first: that step tells port-dependent from address-dependent mapping.
+fn endpoints(server: SocketAddr, other: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let mut v = vec![server];
+    if let Some(o) = other {
+        for e in [
+            SocketAddr::new(server.ip(), o.port()),
+            SocketAddr::new(o.ip(), server.port()),
+            o,
+        ] {
+            if !v.contains(&e) {
+                v.push(e);
+            }
+        }
+    }
+    v
+}
+
+/// Connects from one fresh local port to each server endpoint and predicts where our next
+/// connection from that port will appear. `udp` (from the UDP classification) stands in when
+/// the server has no alternate endpoints to compare with.
+pub fn prepare(
+    server: SocketAddr,
+    local_ip: IpAddr,
+    other: Option<SocketAddr>,
+    udp: NatInfo,
+) -> Result<TcpPrep, Error> {
+    let mut local = SocketAddr::new(local_ip, 0);
+    let mut samples = Vec::new();
+    for (i, ep) in endpoints(server, other).into_iter().enumerate() {
+        match tcp_stun::binding(local, ep, &[], BINDING_TIMEOUT) {
+            Ok(b) => {
+                local = b.local;
+                samples.push((ep, b.mapped));
+            }
+            Err(e) if i == 0 && e.unreachable() => {
+                return Err(Error::TcpServerUnreachable {
+                    server,
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) if i == 0 => {
+                return Err(Error::TcpServerBroken {
+                    server,
+                    reason: e.to_string(),
+                })
+            }
+            // The other endpoints only sharpen the prediction.
+            Err(e) => tracing::warn!("TCP Binding to {ep} failed: {e}"),
+        }
+    }
+    let ports: Vec<u16> = samples.iter().map(|(_, m)| m.port()).collect();
+    let prediction = if ports.len() >= 2 {
+        plan_tcp::predict(local.port(), &ports)
+    } else {
+        // One sample says nothing about mapping; assume TCP maps as UDP does (Linux NATs
+        // treat both alike).
+        let seen = ports[0];
+        let port = match (udp.mapping, udp.delta) {
+            (Behavior::EndpointIndependent, _) => seen,
+            (_, Some(d)) if udp.allocation == Allocation::Sequential => {
+                u16::try_from(i32::from(seen) + d).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        Prediction { nat: udp, port }
+    };
+    Ok(TcpPrep {
+        local,
+        prediction,
+        samples,
+    })
+}
