@@ -13,9 +13,10 @@ use crate::core::rendezvous::{
 use crate::core::stun::{Encoder, MessageType, TransactionId};
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
+use crate::driver::udp::{drive, flush};
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
-use crate::os::udp::{bind_fresh, drive, flush};
+use crate::os::udp::bind_fresh;
 use crate::transport::quic::{self, Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;

@@ -7,9 +7,10 @@ use crate::core::classify::{
     Classifier, ClassifierConfig, Event, LegacyType, TcpReport, UdpReport,
 };
 use crate::driver::kebab;
+use crate::driver::udp::drive;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
-use crate::os::udp::{bind_fresh, drive, route_source};
+use crate::os::udp::{bind_fresh, route_source};
 use crate::Error;
 use anyhow::Context;
 use serde::Serialize;
