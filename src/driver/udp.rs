@@ -71,7 +71,8 @@ pub fn flush(
 }
 
 /// Runs `m` until it is finished or `between` says stop (it is called after every step and
-/// may inspect the machine's events). Polls at least every 200 ms so Ctrl-C is noticed.
+/// may inspect the machine's events). Polls at least every 200 ms so Ctrl-C is noticed; on
+/// SIGINT or SIGTERM it returns [`Error::Interrupted`] naming the signal.
 pub fn drive<M: Machine>(
     m: &mut M,
     sockets: &[UdpSocket],
@@ -79,7 +80,7 @@ pub fn drive<M: Machine>(
     mut capture: Option<&mut Capture>,
     shutdown: &Shutdown,
     mut between: impl FnMut(&mut M) -> bool,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut buf = vec![0u8; 2048];
     loop {
         flush(m, sockets, locals, capture.as_deref_mut())?;
@@ -87,7 +88,7 @@ pub fn drive<M: Machine>(
             return Ok(());
         }
         if shutdown.requested() {
-            anyhow::bail!("interrupted");
+            return Err(shutdown.interrupted());
         }
         let now = Instant::now();
         let wait = m
@@ -104,7 +105,7 @@ pub fn drive<M: Machine>(
         let ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(200);
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Error::io("poll", e.into()).into()),
+            Err(e) => return Err(Error::io("poll", e.into())),
         }
         let ready: Vec<bool> = fds
             .iter()

@@ -188,7 +188,7 @@ fn rendezvous(
     loop {
         let now = Instant::now();
         if shutdown.requested() {
-            return Err(Error::Interrupted);
+            return Err(shutdown.interrupted());
         }
         if now >= deadline {
             return Err(if rejected > 0 {
@@ -760,7 +760,7 @@ fn connect_tcp(
     }
     let punched = match outcome {
         Ok(p) => p,
-        Err(tcp_punch::PunchEnd::Interrupted) => return Err(Error::Interrupted.into()),
+        Err(tcp_punch::PunchEnd::Interrupted) => return Err(shutdown.interrupted().into()),
         Err(tcp_punch::PunchEnd::Setup(e)) => return Err(e.into()),
         Err(tcp_punch::PunchEnd::Exhausted {
             attempts,
