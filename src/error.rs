@@ -58,8 +58,9 @@ pub enum Error {
     TransportMismatch { peer_tcp: bool },
     #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("interrupted")]
-    Interrupted,
+    /// SIGINT (Ctrl-C) or SIGTERM arrived; the command stopped after its cleanup.
+    #[error("interrupted ({signal})")]
+    Interrupted { signal: Signal },
     #[error("{what}")]
     Io {
         what: String,
@@ -68,11 +69,39 @@ pub enum Error {
     },
 }
 
+/// The signals that stop a command in an orderly way (see `crate::os::signals`). Here rather
+/// than in `os` so that the error type depends on nothing below the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Int,
+    Term,
+}
+
+impl Signal {
+    /// The POSIX signal number (the same on every Unix for these two).
+    pub fn number(self) -> u8 {
+        match self {
+            Signal::Int => 2,
+            Signal::Term => 15,
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        })
+    }
+}
+
 impl Error {
     /// Exit codes: 1 generic, 2 usage (clap), 3 server unreachable / UDP blocked / its registry down,
     /// 4 local setup (bind, capture file), 5 peer never came, 6 session taken,
     /// 7 peer authentication failed (or the session has another secret), 8 punching failed within the budget, 9 the stream
-    /// failed after the hole was open, 130 interrupted.
+    /// failed after the hole was open, 130 interrupted by SIGINT, 143 by SIGTERM (the shell's
+    /// 128 + signal number, which a supervisor reads as "stopped by that signal").
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::ServerUnreachable { .. }
@@ -90,7 +119,7 @@ impl Error {
             Error::Stream(e) if e.is_auth_failure() => 7,
             Error::Stream(_) => 9,
             Error::TransportMismatch { .. } => 1,
-            Error::Interrupted => 130,
+            Error::Interrupted { signal } => 128 + signal.number(),
             Error::Rendezvous(_) | Error::Io { .. } => 1,
         }
     }

@@ -192,11 +192,14 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("punchraw: error: {e:#}");
-            let code = e
-                .downcast_ref::<punchraw::Error>()
-                .map_or(1, punchraw::Error::exit_code);
-            ExitCode::from(code)
+            let known = e.downcast_ref::<punchraw::Error>();
+            if let Some(i @ punchraw::Error::Interrupted { .. }) = known {
+                // Not a failure: the user (or a supervisor) asked, and the cleanup has run.
+                eprintln!("punchraw: {i}");
+            } else {
+                eprintln!("punchraw: error: {e:#}");
+            }
+            ExitCode::from(known.map_or(1, punchraw::Error::exit_code))
         }
     }
 }

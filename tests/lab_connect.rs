@@ -700,11 +700,22 @@ fn tcp_wrong_secret_fails_with_authentication_error() {
 
 #[test]
 fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
+    tcp_signal_in_the_middle_of_a_punch_leaves_nothing("INT", 130);
+}
+
+#[test]
+fn tcp_sigterm_in_the_middle_of_a_punch_leaves_nothing() {
+    tcp_signal_in_the_middle_of_a_punch_leaves_nothing("TERM", 143);
+}
+
+/// Both peers get SIG`sig` in the middle of a TCP punch: each exits `want` (128 + the
+/// signal's number) and removes its nft table first.
+fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(sig: &str, want: i32) {
     let Some(lab) = Lab::up("symmetric-random", Some("symmetric-random")) else {
         return;
     };
     let _srv = common::punchraw_serve_5780(&lab);
-    let dir = Dir::new(&format!("{}-int", lab.name()));
+    let dir = Dir::new(&format!("{}-{sig}", lab.name()));
     for n in ["a", "b"] {
         std::fs::write(dir.0.join(format!("{n}.in")), b"x").expect("write");
     }
@@ -713,7 +724,7 @@ fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
         .into_iter()
         .map(|(node, n)| {
             ChildGuard(
-                connect_cmd(&lab, node, &dir.0, n, "int", "right", &extra)
+                connect_cmd(&lab, node, &dir.0, n, sig, "right", &extra)
                     .spawn()
                     .expect("start connect"),
             )
@@ -735,7 +746,7 @@ fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
         // `ip netns exec` execs the program, so this is punchraw's own pid.
         let pid = k.0.id();
         let st = Command::new("kill")
-            .args(["-INT", &pid.to_string()])
+            .args([&format!("-{sig}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(st.success());
@@ -747,7 +758,11 @@ fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
             err.contains("punching TCP"),
             "not in the punch when interrupted:\n{err}"
         );
-        assert_eq!(code, Some(130), "{err}");
+        assert_eq!(code, Some(want), "{err}");
+        assert!(
+            err.contains(&format!("punchraw: interrupted (SIG{sig})")),
+            "{err}"
+        );
     }
     assert_no_punch_rules(&lab);
     // And the lab's namespaces go with the lab.

@@ -97,7 +97,7 @@ const RULES: &[Rule] = &[
         under: &["os/"],
         except: &[],
         skip_tests: false,
-        forbidden: &["crate::transport", "crate::driver", "crate::cli"],
+        forbidden: &["crate::transport", "crate::driver", "crate::cli", "anyhow"],
         why: "os offers primitives to the layers above and names none of them",
     },
     Rule {

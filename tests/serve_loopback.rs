@@ -472,7 +472,7 @@ fn free_port(ip: IpAddr) -> u16 {
 }
 
 #[test]
-fn binary_serves_and_exits_0_on_sigterm() {
+fn binary_serves_and_exits_143_on_sigterm() {
     let port = free_port(IP1);
     let mut p = punchraw(&[
         "serve",
@@ -507,7 +507,8 @@ fn binary_serves_and_exits_0_on_sigterm() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let st = p.wait_for(Duration::from_secs(5));
     let err = p.stderr();
-    assert_eq!(st.code(), Some(0), "{st:?}\n{err}");
+    // 128 + SIGTERM, like every command stopped by a signal.
+    assert_eq!(st.code(), Some(143), "{st:?}\n{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(
         err.contains("behaviour discovery (RFC 5780) is off: give --alternate IP2 to enable it"),
@@ -562,7 +563,7 @@ fn binary_with_alternate_honours_change_request() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let st = p.wait_for(Duration::from_secs(5));
     let err = p.stderr();
-    assert_eq!(st.code(), Some(0), "{st:?}\n{err}");
+    assert_eq!(st.code(), Some(130), "{st:?}\n{err}");
     assert!(!err.contains("is off"), "{err}");
 }
 

@@ -23,7 +23,8 @@ fi
 
 SRV_PID=""
 cleanup() {
-  [ -n "$SRV_PID" ] && kill -TERM "$SRV_PID" 2>/dev/null && wait "$SRV_PID" 2>/dev/null
+  # serve exits 143 on SIGTERM; that must not end the cleanup under set -e.
+  [ -n "$SRV_PID" ] && kill -TERM "$SRV_PID" 2>/dev/null && wait "$SRV_PID" 2>/dev/null || true
   tools/natlab.sh down --name "$LAB" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

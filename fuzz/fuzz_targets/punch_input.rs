@@ -12,6 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use punchraw::core::Machine;
 use punchraw::core::classify::{Allocation, Behavior};
 use punchraw::core::punch::{Punch, PunchConfig, ATTR_CERT_FINGERPRINT};
 use punchraw::core::rendezvous::{NatInfo, PeerData};

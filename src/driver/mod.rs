@@ -5,6 +5,7 @@ pub mod connect;
 pub mod probe;
 pub mod serve;
 pub mod tcp_stun;
+pub mod udp;
 
 /// The serialised (kebab-case) name of a unit enum value, as `--json` writes it, for the
 /// human-readable lines that name the same values.

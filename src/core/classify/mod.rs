@@ -21,6 +21,7 @@ pub use tcp::TcpReport;
 use crate::core::stun::{
     attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
 };
+use crate::core::{Machine, Transmit};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use report::secs;
@@ -86,14 +87,6 @@ impl ClassifierConfig {
         // A, B, C, H, allocation burst, lifetime probes plus the socket that checks them.
         4 + self.alloc_sockets + if lifetime > 0 { lifetime + 1 } else { 0 }
     }
-}
-
-/// A datagram to send from socket `socket` (index into the driver's sockets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub socket: usize,
-    pub dst: SocketAddr,
-    pub payload: Vec<u8>,
 }
 
 /// Progress worth telling a person about while the classifier runs.
@@ -313,46 +306,9 @@ impl Classifier {
         self.finish_if_settled();
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.queue.pop_front()
-    }
-
     /// Whether `poll_transmit` has something; lets a driver loop until the queue is empty.
     pub fn poll_transmit_pending(&self) -> bool {
         !self.queue.is_empty()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.report.is_some() {
-            return None;
-        }
-        let mut next = self
-            .txns
-            .iter()
-            .filter(|t| t.outcome == Outcome::Pending)
-            .map(|t| t.next)
-            .min();
-        for (i, opened) in self.lifetime_opened.iter().enumerate() {
-            if let (Some(at), None) = (opened, self.lifetime_state[i]) {
-                if !self.txns.iter().any(|t| t.kind == Kind::LifetimeCheck(i)) {
-                    let due = *at + self.lifetime_points[i];
-                    next = Some(next.map_or(due, |n| n.min(due)));
-                }
-            }
-        }
-        next
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.flush(now);
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.report.is_some()
     }
 
     /// The result, once [`Classifier::is_done`].
@@ -363,90 +319,6 @@ impl Classifier {
     /// How long the classification took, once done.
     pub fn elapsed(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.start)
-    }
-
-    /// A datagram arrived on socket `socket` from `from`. Anything that is not an answer to
-    /// one of our transactions is ignored: stray traffic cannot change the result.
-    pub fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
-        let Ok(msg) = Message::parse(data) else {
-            return;
-        };
-        let id = msg.transaction_id();
-        let Some(ti) = self.txns.iter().position(|t| t.id == id) else {
-            return;
-        };
-        let class = msg.message_type().class;
-        let t = &self.txns[ti];
-        if t.outcome != Outcome::Pending {
-            return;
-        }
-        if t.kind == Kind::Hairpin {
-            // Our own request looped back by the NAT to socket A (RFC 5780 section 4.5).
-            if class == Class::Request && socket == SOCK_A {
-                self.txns[ti].outcome = Outcome::Answered {
-                    from,
-                    mapped: None,
-                    other: None,
-                    socket,
-                    at: now,
-                };
-            }
-            self.flush(now);
-            return;
-        }
-        let expected_socket = match t.kind {
-            Kind::LifetimeCheck(i) => self.lifetime_socket(i),
-            _ => t.socket,
-        };
-        if socket != expected_socket {
-            if matches!(t.kind, Kind::LifetimeCheck(_))
-                && socket == t.socket
-                && class == Class::Success
-            {
-                // The answer came back to the asking socket: the server ignores RESPONSE-PORT
-                // (RFC 5780 section 7.5), so lifetimes cannot be measured through it.
-                self.txns[ti].outcome = Outcome::Rejected(0);
-                self.flush(now);
-            }
-            return;
-        }
-        match class {
-            Class::Success => {
-                let mapped = msg.mapped_address();
-                let other = match msg.get(attr_type::OTHER_ADDRESS) {
-                    Some(Ok(Attribute::OtherAddress(a))) => Some(a),
-                    _ => match msg.get(attr_type::CHANGED_ADDRESS) {
-                        Some(Ok(Attribute::ChangedAddress(a))) => Some(a),
-                        _ => None,
-                    },
-                };
-                let t = &mut self.txns[ti];
-                if t.sent == 1 && t.kind == Kind::Base {
-                    // Karn's rule: only an unambiguous sample (no retransmission) sets the RTT.
-                    if let Some(first) = t.first_sent {
-                        self.srtt = Some(now.saturating_duration_since(first));
-                    }
-                }
-                t.outcome = Outcome::Answered {
-                    from,
-                    mapped,
-                    other,
-                    socket,
-                    at: now,
-                };
-                let kind = t.kind;
-                self.on_answer(now, kind, mapped, other);
-            }
-            Class::Error => {
-                let code = match msg.get(attr_type::ERROR_CODE) {
-                    Some(Ok(Attribute::ErrorCode(e))) => e.code,
-                    _ => 0,
-                };
-                self.txns[ti].outcome = Outcome::Rejected(code);
-            }
-            _ => {}
-        }
-        self.flush(now);
     }
 
     fn lifetime_socket(&self, i: usize) -> usize {
@@ -885,6 +757,131 @@ fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -> LegacyTyp
         (_, EndpointIndependent, AddressDependent) => LegacyType::RestrictedCone,
         (_, EndpointIndependent, AddressAndPortDependent) => LegacyType::PortRestrictedCone,
         _ => LegacyType::Unknown,
+    }
+}
+
+impl Machine for Classifier {
+    type Event = Event;
+
+    /// A datagram arrived on socket `socket` from `from`. Anything that is not an answer to
+    /// one of our transactions is ignored: stray traffic cannot change the result.
+    fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
+        let Ok(msg) = Message::parse(data) else {
+            return;
+        };
+        let id = msg.transaction_id();
+        let Some(ti) = self.txns.iter().position(|t| t.id == id) else {
+            return;
+        };
+        let class = msg.message_type().class;
+        let t = &self.txns[ti];
+        if t.outcome != Outcome::Pending {
+            return;
+        }
+        if t.kind == Kind::Hairpin {
+            // Our own request looped back by the NAT to socket A (RFC 5780 section 4.5).
+            if class == Class::Request && socket == SOCK_A {
+                self.txns[ti].outcome = Outcome::Answered {
+                    from,
+                    mapped: None,
+                    other: None,
+                    socket,
+                    at: now,
+                };
+            }
+            self.flush(now);
+            return;
+        }
+        let expected_socket = match t.kind {
+            Kind::LifetimeCheck(i) => self.lifetime_socket(i),
+            _ => t.socket,
+        };
+        if socket != expected_socket {
+            if matches!(t.kind, Kind::LifetimeCheck(_))
+                && socket == t.socket
+                && class == Class::Success
+            {
+                // The answer came back to the asking socket: the server ignores RESPONSE-PORT
+                // (RFC 5780 section 7.5), so lifetimes cannot be measured through it.
+                self.txns[ti].outcome = Outcome::Rejected(0);
+                self.flush(now);
+            }
+            return;
+        }
+        match class {
+            Class::Success => {
+                let mapped = msg.mapped_address();
+                let other = match msg.get(attr_type::OTHER_ADDRESS) {
+                    Some(Ok(Attribute::OtherAddress(a))) => Some(a),
+                    _ => match msg.get(attr_type::CHANGED_ADDRESS) {
+                        Some(Ok(Attribute::ChangedAddress(a))) => Some(a),
+                        _ => None,
+                    },
+                };
+                let t = &mut self.txns[ti];
+                if t.sent == 1 && t.kind == Kind::Base {
+                    // Karn's rule: only an unambiguous sample (no retransmission) sets the RTT.
+                    if let Some(first) = t.first_sent {
+                        self.srtt = Some(now.saturating_duration_since(first));
+                    }
+                }
+                t.outcome = Outcome::Answered {
+                    from,
+                    mapped,
+                    other,
+                    socket,
+                    at: now,
+                };
+                let kind = t.kind;
+                self.on_answer(now, kind, mapped, other);
+            }
+            Class::Error => {
+                let code = match msg.get(attr_type::ERROR_CODE) {
+                    Some(Ok(Attribute::ErrorCode(e))) => e.code,
+                    _ => 0,
+                };
+                self.txns[ti].outcome = Outcome::Rejected(code);
+            }
+            _ => {}
+        }
+        self.flush(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.flush(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.queue.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.report.is_some() {
+            return None;
+        }
+        let mut next = self
+            .txns
+            .iter()
+            .filter(|t| t.outcome == Outcome::Pending)
+            .map(|t| t.next)
+            .min();
+        for (i, opened) in self.lifetime_opened.iter().enumerate() {
+            if let (Some(at), None) = (opened, self.lifetime_state[i]) {
+                if !self.txns.iter().any(|t| t.kind == Kind::LifetimeCheck(i)) {
+                    let due = *at + self.lifetime_points[i];
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                }
+            }
+        }
+        next
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn is_done(&self) -> bool {
+        self.report.is_some()
     }
 }
 

@@ -24,6 +24,7 @@ use crate::core::rendezvous::{NatInfo, PeerData};
 use crate::core::stun::{
     attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
 };
+use crate::core::{Machine, Transmit};
 use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -205,13 +206,6 @@ fn targets(cfg: &PunchConfig) -> Vec<SocketAddr> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub socket: usize,
-    pub dst: SocketAddr,
-    pub payload: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// Packets claiming to be the peer failed the integrity check, and none passed.
     AuthFailed { rejected: u64 },
@@ -301,32 +295,6 @@ impl Punch {
         &self.cfg
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.queue.pop_front()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.done {
-            return None;
-        }
-        let mut t = self.next_round.min(self.start + self.cfg.budget);
-        if self.cfg.i_probe_random() {
-            t = t.min(self.next_random);
-        }
-        if self.cfg.i_spray() {
-            t = t.min(self.next_spray);
-        }
-        Some(t)
-    }
-
     fn request(&mut self, socket: usize, dst: SocketAddr, role: Role) {
         let tid = TransactionId::random(&mut self.rng);
         let mut payload = Vec::with_capacity(120);
@@ -375,60 +343,6 @@ impl Punch {
         });
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.done || now < self.start {
-            return;
-        }
-        if now >= self.start + self.cfg.budget {
-            self.done = true;
-            let f = if self.rejected > 0 && self.peer_fingerprint.is_none() {
-                Failure::AuthFailed {
-                    rejected: self.rejected,
-                }
-            } else {
-                Failure::NoPath {
-                    strategy: self.cfg.strategy(),
-                    probes: self.probes,
-                }
-            };
-            self.events.push_back(Event::Failed(f));
-            return;
-        }
-        if now >= self.next_round {
-            for dst in self.fixed_targets.clone() {
-                self.request(0, dst, Role::Check);
-            }
-            self.next_round = now + ROUND;
-        }
-        if self.cfg.i_spray() && now >= self.next_spray {
-            // Each extra socket keeps a mapping toward the peer's fixed endpoint open; the
-            // peer's random probes are what have to land on one of them.
-            for s in 1..self.cfg.sockets_needed() {
-                self.request(s, self.cfg.peer.public, Role::Check);
-            }
-            self.next_spray = now + SPRAY_EVERY;
-        }
-        if self.cfg.i_probe_random() && now >= self.next_random {
-            // Catch up on the probes the rate allows since the last call, in 10 ms slices.
-            let per_slice = (self.cfg.rate / 100).max(1);
-            for _ in 0..per_slice {
-                let port = self.rng.random_range(1024..=65535u16);
-                self.request(
-                    0,
-                    SocketAddr::new(self.cfg.peer.public.ip(), port),
-                    Role::Check,
-                );
-            }
-            self.next_random = now + Duration::from_millis(10);
-            if self.probes >= self.last_progress + u64::from(self.cfg.rate) {
-                self.last_progress = self.probes;
-                self.events.push_back(Event::Progress {
-                    probes: self.probes,
-                });
-            }
-        }
-    }
-
     fn connected(&mut self, socket: usize, remote: SocketAddr) {
         if self.done {
             return;
@@ -472,11 +386,15 @@ impl Punch {
         self.peer_fingerprint = Some(fp);
         Some(fp)
     }
+}
+
+impl Machine for Punch {
+    type Event = Event;
 
     /// A datagram arrived on `socket` from `from`. After [`Event::Connected`], the driver
     /// must still drain [`Punch::poll_transmit`] (the last answer and nominations) before
     /// handing the socket to QUIC.
-    pub fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
+    fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
         if self.done {
             return;
         }
@@ -537,5 +455,85 @@ impl Punch {
             }
             _ => self.stray += 1,
         }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.done || now < self.start {
+            return;
+        }
+        if now >= self.start + self.cfg.budget {
+            self.done = true;
+            let f = if self.rejected > 0 && self.peer_fingerprint.is_none() {
+                Failure::AuthFailed {
+                    rejected: self.rejected,
+                }
+            } else {
+                Failure::NoPath {
+                    strategy: self.cfg.strategy(),
+                    probes: self.probes,
+                }
+            };
+            self.events.push_back(Event::Failed(f));
+            return;
+        }
+        if now >= self.next_round {
+            for dst in self.fixed_targets.clone() {
+                self.request(0, dst, Role::Check);
+            }
+            self.next_round = now + ROUND;
+        }
+        if self.cfg.i_spray() && now >= self.next_spray {
+            // Each extra socket keeps a mapping toward the peer's fixed endpoint open; the
+            // peer's random probes are what have to land on one of them.
+            for s in 1..self.cfg.sockets_needed() {
+                self.request(s, self.cfg.peer.public, Role::Check);
+            }
+            self.next_spray = now + SPRAY_EVERY;
+        }
+        if self.cfg.i_probe_random() && now >= self.next_random {
+            // Catch up on the probes the rate allows since the last call, in 10 ms slices.
+            let per_slice = (self.cfg.rate / 100).max(1);
+            for _ in 0..per_slice {
+                let port = self.rng.random_range(1024..=65535u16);
+                self.request(
+                    0,
+                    SocketAddr::new(self.cfg.peer.public.ip(), port),
+                    Role::Check,
+                );
+            }
+            self.next_random = now + Duration::from_millis(10);
+            if self.probes >= self.last_progress + u64::from(self.cfg.rate) {
+                self.last_progress = self.probes;
+                self.events.push_back(Event::Progress {
+                    probes: self.probes,
+                });
+            }
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.queue.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        let mut t = self.next_round.min(self.start + self.cfg.budget);
+        if self.cfg.i_probe_random() {
+            t = t.min(self.next_random);
+        }
+        if self.cfg.i_spray() {
+            t = t.min(self.next_spray);
+        }
+        Some(t)
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
     }
 }

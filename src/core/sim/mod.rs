@@ -5,6 +5,7 @@
 
 use crate::core::classify::{Behavior, Classifier, ClassifierConfig, UdpReport};
 use crate::core::server::{EndpointId, Outcome, ServerConfig, StunServer, Transport};
+use crate::core::Machine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BinaryHeap, HashMap};

@@ -11,11 +11,13 @@ use crate::core::rendezvous::{
     derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer,
 };
 use crate::core::stun::{Encoder, MessageType, TransactionId};
+use crate::core::Machine;
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
+use crate::driver::udp::{drive, flush};
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
-use crate::os::udp::{bind_fresh, drive, flush};
+use crate::os::udp::bind_fresh;
 use crate::transport::quic::{self, Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
@@ -179,7 +181,7 @@ fn rendezvous(
     loop {
         let now = Instant::now();
         if shutdown.requested() {
-            return Err(Error::Interrupted);
+            return Err(shutdown.interrupted());
         }
         if now >= deadline {
             return Err(if rejected > 0 {
@@ -751,7 +753,7 @@ fn connect_tcp(
     }
     let punched = match outcome {
         Ok(p) => p,
-        Err(tcp_punch::PunchEnd::Interrupted) => return Err(Error::Interrupted.into()),
+        Err(tcp_punch::PunchEnd::Interrupted) => return Err(shutdown.interrupted().into()),
         Err(tcp_punch::PunchEnd::Setup(e)) => return Err(e.into()),
         Err(tcp_punch::PunchEnd::Exhausted {
             attempts,

@@ -736,7 +736,7 @@ pub fn transfer(
                 r = &mut work => return r.map_err(Error::from),
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
                     if shutdown.requested() {
-                        return Err(Error::Interrupted);
+                        return Err(shutdown.interrupted());
                     }
                 }
             }

@@ -6,10 +6,12 @@ pub mod tcp;
 use crate::core::classify::{
     Classifier, ClassifierConfig, Event, LegacyType, TcpReport, UdpReport,
 };
+use crate::core::Machine;
 use crate::driver::kebab;
+use crate::driver::udp::drive;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
-use crate::os::udp::{bind_fresh, drive, route_source};
+use crate::os::udp::{bind_fresh, route_source};
 use crate::Error;
 use anyhow::Context;
 use serde::Serialize;
@@ -62,7 +64,11 @@ pub fn classify_udp(
         }
         true
     })
-    .map_err(|e| e.context("the classification did not finish"))?;
+    .map_err(|e| match e {
+        // Stopped on purpose: the signal is the whole story, and main maps it to 130/143.
+        Error::Interrupted { .. } => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context("the classification did not finish"),
+    })?;
     Ok(c.report()
         .cloned()
         .expect("drive returns when the classifier is done"))
@@ -99,27 +105,39 @@ pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
             }
         },
     );
-    let udp = match udp {
-        Ok(u) => u,
+    // After UDP, not interleaved with it: a sequential NAT's one counter serves both, and the
+    // allocation tests of each must see consecutive ports.
+    let tests = udp.and_then(|udp| {
+        let tcp = if cfg.tcp {
+            Some(crate::driver::probe::tcp::classify_tcp(
+                cfg.server,
+                udp.local.ip(),
+                udp.other_address,
+                capture.as_mut(),
+                &shutdown,
+            )?)
+        } else {
+            None
+        };
+        Ok((udp, tcp))
+    });
+    // Finished on every path, an interrupt included, so the file is complete either way.
+    let captured = capture.map(Capture::finish).transpose();
+    let say_captured = |captured: &Option<(PathBuf, u64)>| {
+        if let Some((path, n)) = captured {
+            eprintln!("capture: {n} packets written to {}", path.display());
+        }
+    };
+    let (udp, tcp) = match tests {
+        Ok(t) => t,
         Err(e) => {
-            capture.map(Capture::finish).transpose()?;
+            if let Ok(c) = &captured {
+                say_captured(c);
+            }
             return Err(e);
         }
     };
-    // After UDP, not interleaved with it: a sequential NAT's one counter serves both, and the
-    // allocation tests of each must see consecutive ports.
-    let tcp = if cfg.tcp {
-        Some(crate::driver::probe::tcp::classify_tcp(
-            cfg.server,
-            udp.local.ip(),
-            udp.other_address,
-            capture.as_mut(),
-            &shutdown,
-        )?)
-    } else {
-        None
-    };
-    let captured = capture.map(Capture::finish).transpose()?;
+    let captured = captured?;
     let report = ProbeReport {
         server: cfg.server,
         elapsed_ms: started.elapsed().as_millis() as u64,
@@ -134,9 +152,7 @@ pub fn run(cfg: ProbeConfig) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", render(&report));
     }
-    if let Some((path, n)) = captured {
-        eprintln!("capture: {n} packets written to {}", path.display());
-    }
+    say_captured(&captured);
     if report.udp.legacy_type == LegacyType::Blocked {
         return Err(Error::ServerUnreachable {
             server: cfg.server,

@@ -98,7 +98,7 @@ pub fn classify_tcp(
     }
     let stop = || {
         if shutdown.requested() {
-            Err(Error::Interrupted)
+            Err(shutdown.interrupted())
         } else {
             Ok(())
         }
@@ -245,7 +245,7 @@ fn connect_back_tests(
             }
         }
         if shutdown.requested() {
-            return Err(Error::Interrupted);
+            return Err(shutdown.interrupted());
         }
         let open = backs.iter().flatten().any(|b| !b.arrived);
         let now = Instant::now();

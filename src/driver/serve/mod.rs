@@ -289,7 +289,8 @@ impl ServerHandle {
     }
 }
 
-/// `punchraw serve`: binds, serves until SIGINT or SIGTERM, prints the final counters.
+/// `punchraw serve`: binds, serves until SIGINT or SIGTERM, prints the final counters, then
+/// returns [`Error::Interrupted`] naming the signal (or exit 1 if a server thread crashed).
 pub fn run(cfg: ServerConfig, rendezvous: RendezvousConfig) -> Result<ExitCode, Error> {
     // Installed before binding so a signal that arrives during startup still ends in the
     // orderly path below.
@@ -307,11 +308,16 @@ pub fn run(cfg: ServerConfig, rendezvous: RendezvousConfig) -> Result<ExitCode, 
     handle.stop();
     let stats = handle.join();
     say(&format!("stopped; {stats}"));
-    Ok(if stats.thread_panics == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if stats.thread_panics > 0 {
+        // A crashed thread is what the operator must hear about, signal or not.
+        return Ok(ExitCode::FAILURE);
+    }
+    // Stopping on a signal is the normal end of a server, and it still ends like every
+    // other command stopped by one (130/143), so a supervisor sees which signal it was.
+    match shutdown.signal() {
+        Some(signal) => Err(Error::Interrupted { signal }),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Logs at info; when info is filtered out (the CLI default), prints a plain line instead so
