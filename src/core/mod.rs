@@ -7,6 +7,8 @@ pub mod classify;
 pub mod punch;
 pub mod rendezvous;
 pub mod server;
+/// Simulated NATs and servers for tests (and, with the `sim` feature, for other crates).
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stun;
 pub mod wire;

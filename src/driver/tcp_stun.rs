@@ -105,6 +105,69 @@ pub fn exchange(
     timeout: Duration,
 ) -> Result<(TcpBinding, TcpStream), TcpStunError> {
     let started = Instant::now();
+    let budget = Budget {
+        started,
+        timeout,
+        server,
+    };
+    let (mut stream, bound) = connect(local, server, timeout)?;
+    let tid = TransactionId::random(&mut rand::rng());
+    let io_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => budget.expired(),
+        _ => TcpStunError::Connect {
+            local: bound,
+            server,
+            source: e,
+        },
+    };
+    stream
+        .set_write_timeout(Some(budget.left()?))
+        .map_err(io_err)?;
+    stream.write_all(&request(tid, extra)).map_err(io_err)?;
+    let response = read_response(&mut stream, &budget, io_err)?;
+    let rtt = started.elapsed();
+    let (mapped, other) = decode(&response, tid, server)?;
+    let b = TcpBinding {
+        local: bound,
+        server,
+        mapped,
+        other,
+        rtt,
+        response,
+    };
+    Ok((b, stream))
+}
+
+/// What is left of one exchange's time.
+struct Budget {
+    started: Instant,
+    timeout: Duration,
+    server: SocketAddr,
+}
+
+impl Budget {
+    fn expired(&self) -> TcpStunError {
+        TcpStunError::Timeout {
+            server: self.server,
+            ms: self.timeout.as_millis() as u64,
+        }
+    }
+
+    /// The time left, or the timeout error when none is.
+    fn left(&self) -> Result<Duration, TcpStunError> {
+        self.timeout
+            .checked_sub(self.started.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| self.expired())
+    }
+}
+
+/// The connection from `local` (a shared port) to `server`, and its local address.
+fn connect(
+    local: SocketAddr,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), TcpStunError> {
     let sock =
         shared_port_socket(local).map_err(|source| TcpStunError::Socket { local, source })?;
     let bound = sock
@@ -118,39 +181,30 @@ pub fn exchange(
             server,
             source,
         })?;
-    let mut stream: TcpStream = sock.into();
+    let stream: TcpStream = sock.into();
     let _ = stream.set_nodelay(true);
-    let tid = TransactionId::random(&mut rand::rng());
+    Ok((stream, bound))
+}
+
+/// A Binding request with `extra` attributes and a FINGERPRINT.
+fn request(tid: TransactionId, extra: &[Attribute<'_>]) -> Vec<u8> {
     let mut req = Vec::with_capacity(64);
-    {
-        let mut e = Encoder::new(&mut req, MessageType::BINDING_REQUEST, tid);
-        for a in extra {
-            e.push(a);
-        }
-        e.fingerprint();
+    let mut e = Encoder::new(&mut req, MessageType::BINDING_REQUEST, tid);
+    for a in extra {
+        e.push(a);
     }
-    let left = || -> Result<Duration, TcpStunError> {
-        timeout
-            .checked_sub(started.elapsed())
-            .filter(|d| !d.is_zero())
-            .ok_or(TcpStunError::Timeout {
-                server,
-                ms: timeout.as_millis() as u64,
-            })
-    };
-    let io_err = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TcpStunError::Timeout {
-            server,
-            ms: timeout.as_millis() as u64,
-        },
-        _ => TcpStunError::Connect {
-            local: bound,
-            server,
-            source: e,
-        },
-    };
-    stream.set_write_timeout(Some(left()?)).map_err(io_err)?;
-    stream.write_all(&req).map_err(io_err)?;
+    e.fingerprint();
+    req
+}
+
+/// Reads one framed STUN message (RFC 8489 section 6.2.2: over TCP the header's length
+/// delimits it) within the budget.
+fn read_response(
+    stream: &mut TcpStream,
+    budget: &Budget,
+    io_err: impl Fn(io::Error) -> TcpStunError,
+) -> Result<Vec<u8>, TcpStunError> {
+    let server = budget.server;
     let mut buf = vec![0u8; MAX_RESPONSE];
     let mut have = 0;
     let want = loop {
@@ -164,7 +218,9 @@ pub fn exchange(
         } else if have >= 4 {
             return Err(TcpStunError::Garbage { server });
         }
-        stream.set_read_timeout(Some(left()?)).map_err(io_err)?;
+        stream
+            .set_read_timeout(Some(budget.left()?))
+            .map_err(&io_err)?;
         match stream.read(&mut buf[have..]) {
             Ok(0) => return Err(TcpStunError::Garbage { server }),
             Ok(n) => have += n,
@@ -172,9 +228,18 @@ pub fn exchange(
             Err(e) => return Err(io_err(e)),
         }
     };
-    let rtt = started.elapsed();
-    let response = buf[..want].to_vec();
-    let msg = Message::parse(&response).map_err(|_| TcpStunError::Garbage { server })?;
+    buf.truncate(want);
+    Ok(buf)
+}
+
+/// The mapped address and OTHER-ADDRESS of a Binding success response to `tid`; an error
+/// response or anything else is an error.
+fn decode(
+    response: &[u8],
+    tid: TransactionId,
+    server: SocketAddr,
+) -> Result<(SocketAddr, Option<SocketAddr>), TcpStunError> {
+    let msg = Message::parse(response).map_err(|_| TcpStunError::Garbage { server })?;
     if msg.transaction_id() != tid
         || msg.message_type().method != MessageType::BINDING_REQUEST.method
     {
@@ -202,13 +267,5 @@ pub fn exchange(
         Some(Ok(Attribute::OtherAddress(a))) => Some(a),
         _ => None,
     };
-    let b = TcpBinding {
-        local: bound,
-        server,
-        mapped,
-        other,
-        rtt,
-        response,
-    };
-    Ok((b, stream))
+    Ok((mapped, other))
 }

@@ -18,6 +18,10 @@
 //! sent to the alternate IP, so an address-dependent filter would let the change-IP SYN in and
 //! the NAT would look endpoint-independent.
 
+pub mod plan;
+
+pub use plan::TcpProbe;
+
 use super::classify_allocation;
 use super::report::{Allocation, Behavior};
 use serde::Serialize;

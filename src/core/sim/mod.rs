@@ -3,6 +3,8 @@
 //! so the classifier (and later the punching state machines) can be tested for every NAT
 //! kind without root.
 
+pub mod tcp;
+
 use crate::core::classify::{Behavior, Classifier, ClassifierConfig, UdpReport};
 use crate::core::server::{EndpointId, Outcome, ServerConfig, StunServer, Transport};
 use crate::core::Machine;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::core::sim::tcp::SimTcpNat;
 use std::collections::HashMap;
 
 fn t0() -> Instant {
@@ -245,51 +246,6 @@ fn spray_opens_fresh_ports_toward_the_one_port() {
         now += Duration::from_millis(10);
     }
     assert_eq!(n, 16);
-}
-
-/// A TCP NAT as the planner meets it: what external port each new (local port, destination)
-/// flow gets.
-struct SimTcpNat {
-    kind: NatInfo,
-    next: u16,
-    rng: StdRng,
-    flows: HashMap<(u16, SocketAddr), u16>,
-}
-
-impl SimTcpNat {
-    fn new(kind: NatInfo, seed: u64) -> Self {
-        SimTcpNat {
-            kind,
-            next: 20000,
-            rng: StdRng::seed_from_u64(seed),
-            flows: HashMap::new(),
-        }
-    }
-
-    fn map(&mut self, local: u16, to: SocketAddr) -> u16 {
-        if let Some(&p) = self.flows.get(&(local, to)) {
-            return p;
-        }
-        let p = match self.kind.allocation {
-            _ if self.kind.mapping == Behavior::EndpointIndependent => local,
-            Allocation::Sequential => {
-                let p = self.next;
-                self.next = (i32::from(self.next) + self.kind.delta.unwrap()) as u16;
-                p
-            }
-            _ => self.rng.random_range(1024..=65535),
-        };
-        self.flows.insert((local, to), p);
-        p
-    }
-
-    /// Three observation connections from `local` to the server, as `connect --tcp` makes.
-    fn observe(&mut self, local: u16) -> Prediction {
-        let seen: Vec<u16> = (0..3)
-            .map(|i| self.map(local, SocketAddr::from(([203, 0, 113, 1], 3478 + i))))
-            .collect();
-        predict(local, &seen)
-    }
 }
 
 /// Runs both planners on simulated NATs, `extra` other flows through B's NAT between its
