@@ -78,40 +78,17 @@ pub struct UdpReport {
 impl UdpReport {
     /// What this NAT means for hole punching, in one or two plain sentences.
     pub fn verdict(&self) -> String {
-        use Behavior::*;
         if self.legacy_type == LegacyType::Blocked {
             return "UDP to the server is blocked: no UDP hole punching is possible from here; a relay or TCP is needed.".into();
         }
-        let mut v = match (self.behind_nat, self.mapping, self.filtering) {
-            (false, _, EndpointIndependent) => {
-                "No NAT and no filtering: peers can reach you directly.".to_string()
-            }
-            (false, _, _) => "No NAT, but a firewall filters unsolicited UDP: a simultaneous punch opens it.".to_string(),
-            (true, EndpointIndependent, EndpointIndependent) => {
-                "Full cone: anyone who learns your mapped address can reach you; punching always works.".to_string()
-            }
-            (true, EndpointIndependent, _) => {
-                "Your mapping is endpoint-independent, so the address the server saw is the one peers must use: direct hole punching works with any peer whose NAT is not symmetric, and with a symmetric peer when its ports can be predicted or swept.".to_string()
-            }
-            (true, m @ (AddressDependent | AddressAndPortDependent), _) => {
-                let base = if m == AddressDependent {
-                    "Symmetric (address-dependent mapping): each peer address gets its own external port."
-                } else {
-                    "Symmetric (address-and-port-dependent mapping): every new destination gets its own external port."
-                };
-                let how = match self.allocation {
-                    Allocation::Sequential => format!(
-                        " Ports are allocated sequentially (step {}), so peers can predict your next port: punching works by prediction.",
-                        self.delta.unwrap_or(1)
-                    ),
-                    Allocation::Preserving => " Ports are preserved, so peers can predict them: punching works by prediction.".to_string(),
-                    Allocation::Random => " Ports are random: punching needs a birthday sweep against a peer with endpoint-independent mapping, and fails against another random symmetric NAT.".to_string(),
-                    Allocation::Unknown => String::new(),
-                };
-                format!("{base}{how}")
-            }
-            (true, Unknown, _) => "Behind a NAT whose mapping could not be measured (see reasons).".to_string(),
-        };
+        let mut v = nat_verdict(
+            Proto::Udp,
+            self.behind_nat,
+            self.mapping,
+            self.filtering,
+            self.allocation,
+            self.delta,
+        );
         if self.hairpinning == Some(true) {
             v.push_str(
                 " Hairpinning works, so peers behind the same NAT can use your mapped address.",
@@ -120,6 +97,81 @@ impl UdpReport {
             v.push_str(" No hairpinning: peers behind the same NAT must use local addresses.");
         }
         v
+    }
+}
+
+/// Which transport a verdict speaks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proto {
+    Udp,
+    Tcp,
+}
+
+/// The verdict on one transport's NAT behaviour, the same reasoning for UDP (RFC 4787) and
+/// TCP (RFC 5382): what the mapping and filtering mean for hole punching.
+pub(crate) fn nat_verdict(
+    proto: Proto,
+    behind_nat: bool,
+    mapping: Behavior,
+    filtering: Behavior,
+    allocation: Allocation,
+    delta: Option<i32>,
+) -> String {
+    use Behavior::*;
+    let (name, punch, sweep, open) = match proto {
+        Proto::Udp => (
+            "UDP",
+            "punching",
+            "a birthday sweep",
+            "a simultaneous punch",
+        ),
+        Proto::Tcp => (
+            "TCP",
+            "TCP punching",
+            "a sweep of SYNs",
+            "a TCP simultaneous open",
+        ),
+    };
+    match (behind_nat, mapping, filtering) {
+        (false, _, EndpointIndependent) => {
+            format!("No NAT and no {name} filtering: peers can reach you directly.")
+        }
+        (false, _, Unknown) => {
+            format!("No NAT; whether unsolicited {name} is filtered is unknown (see reasons).")
+        }
+        (false, _, _) => {
+            format!("No NAT, but unsolicited {name} is filtered: {open} gets through.")
+        }
+        (true, EndpointIndependent, EndpointIndependent) => format!(
+            "Endpoint-independent {name} mapping and filtering (full cone): anyone who learns your mapped address can reach you while the mapping lasts; {punch} always works."
+        ),
+        (true, EndpointIndependent, _) => format!(
+            "Endpoint-independent {name} mapping: the address the server saw is the one peers must use, so {punch} works with any peer whose NAT is not symmetric, and with a symmetric peer when its ports can be predicted or swept."
+        ),
+        (true, m @ (AddressDependent | AddressAndPortDependent), _) => {
+            let base = if m == AddressDependent {
+                "address-dependent mapping): each peer address gets its own external port."
+            } else {
+                "address-and-port-dependent mapping): every new destination gets its own external port."
+            };
+            let how = match allocation {
+                Allocation::Sequential => format!(
+                    " Ports are allocated sequentially (step {}), so peers can predict your next port: {punch} works by prediction.",
+                    delta.unwrap_or(1)
+                ),
+                Allocation::Preserving => {
+                    format!(" Ports are preserved, so peers can predict them: {punch} works by prediction.")
+                }
+                Allocation::Random => format!(
+                    " Ports are random: {punch} needs {sweep} against a peer with endpoint-independent mapping, and fails against another random symmetric NAT."
+                ),
+                Allocation::Unknown => String::new(),
+            };
+            format!("Symmetric for {name} ({base}{how}")
+        }
+        (true, Unknown, _) => {
+            format!("Behind a NAT whose {name} mapping could not be measured (see reasons).")
+        }
     }
 }
 

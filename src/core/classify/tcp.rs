@@ -23,7 +23,7 @@ pub mod plan;
 pub use plan::TcpProbe;
 
 use super::classify_allocation;
-use super::report::{Allocation, Behavior};
+use super::report::{nat_verdict, Allocation, Behavior, Proto};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -231,47 +231,17 @@ fn filtering(o: &TcpObservations, reasons: &mut BTreeMap<&'static str, String>) 
 impl TcpReport {
     /// What this NAT means for TCP hole punching, in one or two plain sentences.
     pub fn verdict(&self) -> String {
-        use Behavior::*;
         if self.mapped.is_none() {
             return "TCP to the server failed, so nothing is known about TCP through this NAT (see reasons).".into();
         }
-        match (self.behind_nat, self.mapping, self.filtering) {
-            (false, _, EndpointIndependent) => {
-                "No NAT and no TCP filtering: peers can connect to you directly.".into()
-            }
-            (false, _, Unknown) => {
-                "No NAT; whether unsolicited TCP SYNs are filtered is unknown (see reasons).".into()
-            }
-            (false, _, _) => {
-                "No NAT, but unsolicited TCP SYNs are filtered: a TCP simultaneous open gets through.".into()
-            }
-            (true, EndpointIndependent, EndpointIndependent) => {
-                "Endpoint-independent TCP mapping and filtering: a peer can connect straight to your mapped port while the mapping lasts.".into()
-            }
-            (true, EndpointIndependent, _) => {
-                "Endpoint-independent TCP mapping (RFC 5382 REQ-1): the port the server saw is the one peers must use, so a TCP simultaneous open works with any peer whose NAT is not symmetric, and by prediction or a sweep with one that is.".into()
-            }
-            (true, m @ (AddressDependent | AddressAndPortDependent), _) => {
-                let base = if m == AddressDependent {
-                    "Symmetric for TCP (address-dependent mapping): each peer address gets its own external port."
-                } else {
-                    "Symmetric for TCP (address-and-port-dependent mapping): every new destination gets its own external port."
-                };
-                let how = match self.allocation {
-                    Allocation::Sequential => format!(
-                        " Ports are allocated sequentially (step {}), so the next one can be predicted: TCP punching works by prediction.",
-                        self.delta.unwrap_or(1)
-                    ),
-                    Allocation::Preserving => " Ports are preserved, so they can be predicted: TCP punching works by prediction.".into(),
-                    Allocation::Random => " Ports are random: TCP punching needs a sweep of SYNs against a peer with endpoint-independent mapping, and fails against another random symmetric NAT.".into(),
-                    Allocation::Unknown => String::new(),
-                };
-                format!("{base}{how}")
-            }
-            (true, Unknown, _) => {
-                "Behind a NAT whose TCP mapping could not be measured (see reasons).".into()
-            }
-        }
+        nat_verdict(
+            Proto::Tcp,
+            self.behind_nat,
+            self.mapping,
+            self.filtering,
+            self.allocation,
+            self.delta,
+        )
     }
 }
 
