@@ -219,6 +219,17 @@ fn open_main(cfg: &ConnectConfig, c: &Classified) -> anyhow::Result<(UdpSocket, 
     Ok((main, main_local))
 }
 
+/// Who we are in this run, settled before the rendezvous.
+struct Me {
+    classified: Classified,
+    /// Addresses of the rendezvous socket on our interfaces.
+    main_local: Vec<SocketAddr>,
+    my_id: String,
+    /// The punch key (never sent; the rendezvous key is derived apart from it).
+    key: [u8; 32],
+    fingerprint: [u8; 32],
+}
+
 fn connect(
     cfg: &ConnectConfig,
     status: &Status,
@@ -233,25 +244,56 @@ fn connect(
     let key = derive_key(secret.as_bytes(), &cfg.session);
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
     let classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
-    let nat = classified.nat;
     let identity = Identity::generate()?;
     let (main, main_local) = open_main(cfg, &classified)?;
-    let my_id = hex_id();
+    let me = Me {
+        classified,
+        main_local,
+        my_id: hex_id(),
+        key,
+        fingerprint: identity.fingerprint(),
+    };
     let deadline = started + cfg.timeout;
-    let fingerprint = identity.fingerprint();
+    let (intro, tcp_prep) = meet(cfg, status, &shutdown, deadline, &main, &me, secret)?;
+    if let Some(prep) = tcp_prep {
+        // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
+        // the server, which nothing needs any more, but closing it costs nothing either.
+        let start = TcpStart {
+            intro,
+            prep,
+            identity,
+            key: me.key,
+            my_id: me.my_id,
+            rtt: me.classified.rtt,
+        };
+        return connect_tcp(cfg, status, started, report, start, capture, &shutdown);
+    }
+    let punched = punch_udp(
+        cfg, status, deadline, report, intro, main, me, capture, &shutdown,
+    )?;
+    stream_udp(cfg, status, started, report, punched, &identity)
+}
+
+/// Makes the first TCP offer (with `--tcp`) and meets the peer at the rendezvous; returns
+/// the introduction and, with `--tcp`, the TCP prediction as last refreshed.
+fn meet(
+    cfg: &ConnectConfig,
+    status: &Status,
+    shutdown: &Shutdown,
+    deadline: Instant,
+    main: &UdpSocket,
+    me: &Me,
+    secret: String,
+) -> anyhow::Result<(Introduction, Option<tcp_punch::TcpPrep>)> {
+    let c = &me.classified;
     let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
-        let prep = tcp_punch::prepare(
-            cfg.server,
-            classified.local_ip,
-            classified.other_address,
-            nat,
-        )?;
+        let prep = tcp_punch::prepare(cfg.server, c.local_ip, c.other_address, c.nat)?;
         let offer = tcp::make_offer(
-            &key,
-            &my_id,
+            &me.key,
+            &me.my_id,
             prep.local.port(),
             &prep.prediction,
-            &fingerprint,
+            &me.fingerprint,
         );
         Ok((prep, offer))
     };
@@ -271,55 +313,38 @@ fn connect(
     } else {
         None
     };
-    let intro = rendezvous(
-        &main,
-        ClientConfig {
-            server: cfg.server,
-            session: cfg.session.clone(),
-            secret: secret.into_bytes(),
-            peer_id: my_id.clone(),
-            locals: main_local.clone(),
-            nat,
-            tcp: first_offer,
-            rtt: classified.rtt,
-            deadline,
-            timeout: cfg.timeout,
-            start_delay: cfg.start_delay,
-        },
-        tcp.as_mut(),
-        &shutdown,
-        status,
-    )?;
+    let client = ClientConfig {
+        server: cfg.server,
+        session: cfg.session.clone(),
+        secret: secret.into_bytes(),
+        peer_id: me.my_id.clone(),
+        locals: me.main_local.clone(),
+        nat: c.nat,
+        tcp: first_offer,
+        rtt: c.rtt,
+        deadline,
+        timeout: cfg.timeout,
+        start_delay: cfg.start_delay,
+    };
+    let intro = rendezvous(main, client, tcp.as_mut(), shutdown, status)?;
     if intro.peer.tcp.is_some() != cfg.tcp {
         return Err(Error::TransportMismatch {
             peer_tcp: intro.peer.tcp.is_some(),
         }
         .into());
     }
-    if let Some(TcpOfferState { prep, .. }) = tcp {
-        // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
-        // the server, which nothing needs any more, but closing it costs nothing either.
-        let start = TcpStart {
-            intro,
-            prep,
-            identity,
-            key,
-            my_id,
-            rtt: classified.rtt,
-        };
-        return connect_tcp(cfg, status, started, report, start, capture, &shutdown);
-    }
-    let start = UdpStart {
-        intro,
-        nat,
-        main,
-        main_local,
-        local_ip: classified.local_ip,
-        key,
-        my_id,
-        fingerprint,
-    };
-    let punched = punch_udp(cfg, status, deadline, report, start, capture, &shutdown)?;
+    Ok((intro, tcp.map(|t| t.prep)))
+}
+
+/// Carries stdin/stdout over QUIC on the punched socket.
+fn stream_udp(
+    cfg: &ConnectConfig,
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+    punched: UdpPunched,
+    identity: &Identity,
+) -> anyhow::Result<()> {
     report.local = Some(punched.local);
     report.peer = Some(punched.remote);
     report.connected = true;
@@ -340,7 +365,7 @@ fn connect(
         punched.socket,
         punched.remote,
         role,
-        &identity,
+        identity,
         punched.peer_fp,
         std::io::stdin(),
         std::io::stdout(),
@@ -360,19 +385,6 @@ fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats) {
     ));
 }
 
-/// What the UDP punch starts from.
-struct UdpStart {
-    intro: Introduction,
-    nat: NatInfo,
-    /// The rendezvous socket, which punches first.
-    main: UdpSocket,
-    main_local: Vec<SocketAddr>,
-    local_ip: IpAddr,
-    key: [u8; 32],
-    my_id: String,
-    fingerprint: [u8; 32],
-}
-
 /// A punched UDP path.
 struct UdpPunched {
     socket: UdpSocket,
@@ -386,34 +398,28 @@ struct UdpPunched {
 
 /// Punches from the agreed start until a pair works both ways, the budget ends, or the
 /// peer's packets fail authentication.
+#[allow(clippy::too_many_arguments)]
 fn punch_udp(
     cfg: &ConnectConfig,
     status: &Status,
     deadline: Instant,
     report: &mut ConnectReport,
-    s: UdpStart,
+    intro: Introduction,
+    main: UdpSocket,
+    me: Me,
     mut capture: Option<Capture>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<UdpPunched> {
-    let UdpStart {
-        intro,
-        nat,
-        main,
-        main_local,
-        local_ip,
-        key,
-        my_id,
-        fingerprint,
-    } = s;
+    let nat = me.classified.nat;
     main.set_nonblocking(true).context("socket option")?;
     let mut pcfg = PunchConfig {
-        my_id,
+        my_id: me.my_id,
         my_nat: nat,
         my_public: intro.me,
-        my_locals: main_local.clone(),
+        my_locals: me.main_local.clone(),
         peer: intro.peer.clone(),
-        key,
-        fingerprint,
+        key: me.key,
+        fingerprint: me.fingerprint,
         budget: cfg.punch_budget,
         rate: cfg.rate,
         window: cfg.window,
@@ -453,9 +459,9 @@ fn punch_udp(
         ));
     }
     let mut sockets = vec![main];
-    let mut locals = main_local;
+    let mut locals = me.main_local;
     if pcfg.sockets_needed() > 1 {
-        let (more, more_locals) = bind_fresh(local_ip, pcfg.sockets_needed() - 1)?;
+        let (more, more_locals) = bind_fresh(me.classified.local_ip, pcfg.sockets_needed() - 1)?;
         sockets.extend(more);
         locals.extend(more_locals);
     }
