@@ -14,6 +14,7 @@
 //! `sweep` against random allocation (a birthday attack: the random side opens many
 //! mappings toward the other's fixed endpoint while the other probes random ports).
 
+pub mod explain;
 pub mod priming;
 pub mod tcp;
 #[cfg(test)]

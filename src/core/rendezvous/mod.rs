@@ -10,6 +10,9 @@
 //! ([`derive_rendezvous_key`]); the first registrant of a session hands the server that key
 //! (never the secret), later messages must carry a valid MAC under it. Session state lives in
 //! a [`Registry`]: [`MemoryRegistry`] here, a Redis one in `crate::driver::serve::registry`.
+//! The client side is the sans-IO [`client::Client`].
+
+pub mod client;
 
 use crate::core::classify::{Allocation, Behavior};
 use hmac::{Hmac, Mac};

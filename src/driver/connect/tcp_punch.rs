@@ -120,14 +120,8 @@ pub struct PunchSetup {
     pub tls: Arc<TlsSide>,
 }
 
-/// What the watcher saw of the peer during the punch.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WatchCounts {
-    pub syn_in: u64,
-    pub synack_in: u64,
-    pub rst_in: u64,
-    pub icmp_unreachable: u64,
-}
+/// What the watcher saw of the peer during the punch (counted here, explained in core).
+pub use crate::core::punch::explain::WatchCounts;
 
 impl WatchCounts {
     fn note(&mut self, s: &Seen, outgoing: bool, peer: IpAddr) -> Option<String> {
@@ -169,26 +163,6 @@ impl WatchCounts {
             },
             _ => None,
         }
-    }
-
-    /// What the far side did with our SYNs, for the failure message.
-    pub fn hostile(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        if self.rst_in > 0 {
-            parts.push(format!("{} RST", self.rst_in));
-        }
-        if self.icmp_unreachable > 0 {
-            parts.push(format!(
-                "{} ICMP destination-unreachable",
-                self.icmp_unreachable
-            ));
-        }
-        (!parts.is_empty()).then(|| {
-            format!(
-                "the peer's NAT answered our SYNs with {} instead of staying silent (RFC 5382 REQ-4); every answer closes the mapping our SYN opened, so the SYNs have to cross in flight. Try --prime-ttl N (a TTL that passes our NAT but dies before the peer's) if a router lies between the NATs",
-                parts.join(" and ")
-            )
-        })
     }
 }
 

@@ -1,0 +1,102 @@
+//! What a punch plan does and why a punch failed, in words for the user: pure functions of
+//! the two NAT classifications, the strategy and what was seen on the wire.
+
+use crate::core::classify::{Allocation, Behavior};
+use crate::core::punch::{tcp, Strategy};
+use crate::core::rendezvous::NatInfo;
+
+/// Why a UDP punch found no path.
+pub fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
+    if me.allocation == Allocation::Random
+        && peer.allocation == Allocation::Random
+        && me.mapping != Behavior::EndpointIndependent
+        && peer.mapping != Behavior::EndpointIndependent
+    {
+        return "both NATs are symmetric with random ports: neither side's port can be predicted or reached by a sweep within the budget; a relay is needed (or a longer --punch-budget and more --sweep-sockets for a small chance)".into();
+    }
+    match s {
+        Strategy::Direct => "no punch packet got through: a firewall may block UDP between the peers, or one side's NAT changed its mapping".into(),
+        Strategy::Predict => "the predicted ports were wrong: other traffic through the sequential NAT moved its counter; try a larger --window".into(),
+        Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
+    }
+}
+
+/// What the packet watcher saw of the peer during a TCP punch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WatchCounts {
+    pub syn_in: u64,
+    pub synack_in: u64,
+    pub rst_in: u64,
+    pub icmp_unreachable: u64,
+}
+
+impl WatchCounts {
+    /// What the far side did with our SYNs, for the failure message: `None` when it stayed
+    /// silent, as it should.
+    pub fn hostile(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.rst_in > 0 {
+            parts.push(format!("{} RST", self.rst_in));
+        }
+        if self.icmp_unreachable > 0 {
+            parts.push(format!(
+                "{} ICMP destination-unreachable",
+                self.icmp_unreachable
+            ));
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "the peer's NAT answered our SYNs with {} instead of staying silent (RFC 5382 REQ-4); every answer closes the mapping our SYN opened, so the SYNs have to cross in flight. Try --prime-ttl N (a TTL that passes our NAT but dies before the peer's) if a router lies between the NATs",
+                parts.join(" and ")
+            )
+        })
+    }
+}
+
+/// Why a TCP punch found no connection: `refused` attempts were refused locally,
+/// `came_up` connections came up but failed the authenticated TLS setup.
+pub fn explain_tcp_failure(
+    me: &NatInfo,
+    peer: &NatInfo,
+    s: Strategy,
+    refused: u64,
+    came_up: u64,
+    seen: &WatchCounts,
+) -> String {
+    let mut why = if came_up > 0 {
+        format!("{came_up} TCP connection(s) came up but none completed the authenticated TLS setup (see the lines above)")
+    } else if !tcp::predictable(me) && !tcp::predictable(peer) {
+        "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
+    } else if let Some(h) = seen.hostile() {
+        h
+    } else {
+        match s {
+            Strategy::Direct => "no SYN got through: a firewall may block TCP between the peers, or a NAT changed its mapping".into(),
+            Strategy::Predict => "the predicted ports were wrong: other connections through the sequential NAT moved its counter; try a larger --window".into(),
+            Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
+        }
+    };
+    why.push_str(&format!(
+        " (seen: {} SYN-ACK, {} SYN from the peer, {} RST, {} ICMP unreachable; {refused} attempts refused)",
+        seen.synack_in, seen.syn_in, seen.rst_in, seen.icmp_unreachable
+    ));
+    why
+}
+
+/// What this side's TCP plan does, for the status line (`window` and `sweep_sockets` as
+/// configured).
+pub fn describe_plan(plan: tcp::Plan, window: u16, sweep_sockets: usize) -> String {
+    match plan {
+        tcp::Plan::Direct => "one simultaneous open at the peer's port".into(),
+        tcp::Plan::Window { delta } => format!(
+            "simultaneous opens at the predicted port and the next {window} by step {delta}"
+        ),
+        tcp::Plan::Probe => "probing random ports of the peer from our one port".into(),
+        tcp::Plan::Spray => {
+            format!("{sweep_sockets} connections from fresh ports toward the peer's one port")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+use super::*;
+
+fn nat(mapping: Behavior, allocation: Allocation) -> NatInfo {
+    NatInfo {
+        mapping,
+        filtering: Behavior::AddressAndPortDependent,
+        allocation,
+        delta: (allocation == Allocation::Sequential).then_some(1),
+    }
+}
+
+fn cone() -> NatInfo {
+    nat(Behavior::EndpointIndependent, Allocation::Preserving)
+}
+
+fn sequential() -> NatInfo {
+    nat(Behavior::AddressAndPortDependent, Allocation::Sequential)
+}
+
+fn random() -> NatInfo {
+    nat(Behavior::AddressAndPortDependent, Allocation::Random)
+}
+
+#[test]
+fn udp_failure_blames_two_random_symmetric_nats_whatever_the_strategy() {
+    let both = explain_failure(&random(), &random(), Strategy::Sweep);
+    assert!(
+        both.starts_with("both NATs are symmetric with random ports"),
+        "{both}"
+    );
+    assert_eq!(
+        both,
+        explain_failure(&random(), &random(), Strategy::Direct)
+    );
+    // One endpoint-independent side (even with random ports) is not that case.
+    let eim_random = nat(Behavior::EndpointIndependent, Allocation::Random);
+    assert!(explain_failure(&eim_random, &random(), Strategy::Sweep).starts_with("the sweep found"));
+}
+
+#[test]
+fn udp_failure_otherwise_follows_the_strategy() {
+    assert_eq!(
+        explain_failure(&cone(), &cone(), Strategy::Direct),
+        "no punch packet got through: a firewall may block UDP between the peers, or one side's NAT changed its mapping"
+    );
+    assert_eq!(
+        explain_failure(&cone(), &sequential(), Strategy::Predict),
+        "the predicted ports were wrong: other traffic through the sequential NAT moved its counter; try a larger --window"
+    );
+    assert_eq!(
+        explain_failure(&cone(), &random(), Strategy::Sweep),
+        "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets"
+    );
+}
+
+const NOTHING_SEEN: &str =
+    " (seen: 0 SYN-ACK, 0 SYN from the peer, 0 RST, 0 ICMP unreachable; 0 attempts refused)";
+
+#[test]
+fn tcp_failure_puts_failed_tls_first() {
+    let seen = WatchCounts {
+        rst_in: 3,
+        ..Default::default()
+    };
+    let why = explain_tcp_failure(&random(), &random(), Strategy::Sweep, 0, 2, &seen);
+    assert!(
+        why.starts_with(
+            "2 TCP connection(s) came up but none completed the authenticated TLS setup"
+        ),
+        "{why}"
+    );
+}
+
+#[test]
+fn tcp_failure_between_two_unpredictable_nats_needs_a_relay() {
+    let why = explain_tcp_failure(
+        &random(),
+        &random(),
+        Strategy::Sweep,
+        0,
+        0,
+        &WatchCounts::default(),
+    );
+    assert_eq!(
+        why,
+        "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
+            + NOTHING_SEEN
+    );
+}
+
+#[test]
+fn tcp_failure_names_a_hostile_nat_and_counts_what_was_seen() {
+    let seen = WatchCounts {
+        syn_in: 1,
+        synack_in: 2,
+        rst_in: 4,
+        icmp_unreachable: 5,
+    };
+    let why = explain_tcp_failure(&cone(), &sequential(), Strategy::Predict, 7, 0, &seen);
+    assert!(
+        why.starts_with(
+            "the peer's NAT answered our SYNs with 4 RST and 5 ICMP destination-unreachable instead of staying silent (RFC 5382 REQ-4)"
+        ),
+        "{why}"
+    );
+    assert!(
+        why.ends_with(
+            " (seen: 2 SYN-ACK, 1 SYN from the peer, 4 RST, 5 ICMP unreachable; 7 attempts refused)"
+        ),
+        "{why}"
+    );
+    let only_icmp = WatchCounts {
+        icmp_unreachable: 1,
+        ..Default::default()
+    };
+    assert!(only_icmp.hostile().unwrap().starts_with(
+        "the peer's NAT answered our SYNs with 1 ICMP destination-unreachable instead"
+    ));
+    assert_eq!(WatchCounts::default().hostile(), None);
+}
+
+#[test]
+fn tcp_failure_otherwise_follows_the_strategy() {
+    let none = WatchCounts::default();
+    assert_eq!(
+        explain_tcp_failure(&cone(), &cone(), Strategy::Direct, 0, 0, &none),
+        "no SYN got through: a firewall may block TCP between the peers, or a NAT changed its mapping".to_string()
+            + NOTHING_SEEN
+    );
+    assert!(
+        explain_tcp_failure(&cone(), &sequential(), Strategy::Predict, 0, 0, &none)
+            .starts_with("the predicted ports were wrong: other connections through")
+    );
+    assert!(
+        explain_tcp_failure(&cone(), &random(), Strategy::Sweep, 0, 0, &none)
+            .starts_with("the sweep found no open port pair within the budget")
+    );
+}
+
+#[test]
+fn plans_are_described_with_their_numbers() {
+    assert_eq!(
+        describe_plan(tcp::Plan::Direct, 8, 64),
+        "one simultaneous open at the peer's port"
+    );
+    assert_eq!(
+        describe_plan(tcp::Plan::Window { delta: 2 }, 8, 64),
+        "simultaneous opens at the predicted port and the next 8 by step 2"
+    );
+    assert_eq!(
+        describe_plan(tcp::Plan::Probe, 8, 64),
+        "probing random ports of the peer from our one port"
+    );
+    assert_eq!(
+        describe_plan(tcp::Plan::Spray, 8, 64),
+        "64 connections from fresh ports toward the peer's one port"
+    );
+}

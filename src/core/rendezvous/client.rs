@@ -1,0 +1,336 @@
+//! The rendezvous client, sans-IO: registers with the server until it introduces the peer,
+//! refuses, or time runs out.
+//!
+//! # Call order
+//!
+//! Like quinn-proto's `Connection`, a [`Client`] never touches a socket or a clock; its
+//! driver owns both and calls, in a loop:
+//!
+//! 1. [`Client::handle_timeout`] whenever [`Client::poll_timeout`] is at or before `now`
+//!    (right after [`Client::new`] it is: the first register is due at once);
+//! 2. [`Client::handle_input`] for every datagram received on the socket (from anyone: the
+//!    client drops what does not come from the server);
+//! 3. [`Client::poll_event`] until it returns `None`, answering
+//!    [`ClientEvent::RefreshTcpOffer`] with [`Client::set_tcp_offer`] (or not at all, to keep
+//!    the old offer when a new prediction fails), **before** step 4: the register that is
+//!    due goes out with the offer current when it is polled;
+//! 4. [`Client::poll_transmit`] until it returns `None`, sending each datagram to the server;
+//! 5. waiting for a datagram no longer than until [`Client::poll_timeout`].
+//!
+//! [`ClientEvent::Introduced`] and [`ClientEvent::Failed`] end the rendezvous; after either,
+//! the client is inert: no timeout, no transmits, input ignored.
+//!
+//! # Behaviour
+//!
+//! A register goes out every [`REGISTER_EVERY`]; it also keeps our NAT binding toward the
+//! server (and so the endpoint the peer will be told) alive. Registers are signed with the
+//! session's rendezvous key; the key itself goes out only after the server answered
+//! `unknown-session` (we create the session, trust on first use: the first time, or when
+//! the server forgot it), and stops again with the next `waiting`. `registry-unavailable`
+//! answers are ridden out for [`REGISTRY_GRACE`] (a Redis failover may take a moment).
+//! While waiting, a TCP offer is renewed every [`OFFER_REFRESH`]. [`SERVER_SILENCE`]
+//! without any answer means the server is unreachable; the caller's deadline means the
+//! peer never came, or (when the server counted registrations under another secret) that
+//! only a peer with another secret did.
+
+use super::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
+use crate::Error;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How often the client re-registers while it waits.
+pub const REGISTER_EVERY: Duration = Duration::from_millis(300);
+/// No answer at all from the server for this long: it is unreachable (or UDP to it is
+/// blocked).
+pub const SERVER_SILENCE: Duration = Duration::from_secs(5);
+/// How long `registry-unavailable` answers are retried before giving up.
+pub const REGISTRY_GRACE: Duration = Duration::from_millis(1500);
+/// While waiting for the peer, the TCP prediction is redone this often: it ages (a
+/// sequential NAT's counter moves with other traffic of this host, conntrack forgets the
+/// connections it was made from), and a re-register replaces what the server tells the peer.
+pub const OFFER_REFRESH: Duration = Duration::from_secs(20);
+/// A `start_in_ms` beyond this is not believed (a confused or hostile server would
+/// otherwise park us for as long as it likes).
+const MAX_START_IN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Where registers go; datagrams from anywhere else are ignored.
+    pub server: SocketAddr,
+    pub session: String,
+    /// The shared secret; only the rendezvous key derived from it is ever sent.
+    pub secret: Vec<u8>,
+    /// Our per-run peer id, 16 hex digits (the driver draws it: no randomness here).
+    pub peer_id: String,
+    /// Addresses of our punching socket on our own interfaces.
+    pub locals: Vec<SocketAddr>,
+    pub nat: NatInfo,
+    /// Our TCP offer, when we punch TCP; renewed through [`ClientEvent::RefreshTcpOffer`].
+    pub tcp: Option<TcpOffer>,
+    /// Our round trip to the server, for the server's choice of the start time.
+    pub rtt: Duration,
+    /// When to give up waiting for the peer.
+    pub deadline: Instant,
+    /// The whole wait the user allowed (`--timeout`), as the errors report it.
+    pub timeout: Duration,
+    /// Added to the start the server gives (`--start-delay-ms`).
+    pub start_delay: Duration,
+}
+
+/// What the rendezvous gave us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Introduction {
+    /// Our public endpoint as the server saw it.
+    pub me: SocketAddr,
+    pub peer: PeerData,
+    /// The agreed moment to start punching, on the caller's clock.
+    pub start: Instant,
+}
+
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// Registered; the peer is not there yet. Said once, at the first `waiting`.
+    Waiting {
+        wait_left_ms: u64,
+    },
+    /// The server refused `count` registrations (in all so far) made with another secret;
+    /// said each time the count grows.
+    StrangerRejected {
+        count: u32,
+    },
+    /// Our TCP offer is [`OFFER_REFRESH`] old: redo the prediction and hand the new offer to
+    /// [`Client::set_tcp_offer`] before the next [`Client::poll_transmit`].
+    RefreshTcpOffer,
+    Introduced(Introduction),
+    Failed(Error),
+}
+
+pub struct Client {
+    cfg: ClientConfig,
+    key: [u8; 32],
+    seq: u64,
+    /// Whether registers carry the key (after `unknown-session`, until `waiting`).
+    send_key: bool,
+    next_send: Instant,
+    /// A register is due; it is encoded when polled, with the offer current then.
+    register_due: bool,
+    last_answer: Instant,
+    said_waiting: bool,
+    /// Registrations with another secret, as the server last counted them.
+    rejected: u32,
+    /// When the server's registry went down (the first `registry-unavailable` of a run).
+    registry_down: Option<Instant>,
+    offer_made: Instant,
+    events: VecDeque<ClientEvent>,
+    done: bool,
+}
+
+impl Client {
+    /// `now` starts the clocks: the first register is due at once, and the server has
+    /// [`SERVER_SILENCE`] from now to answer. The TCP offer in `cfg` counts as made now.
+    pub fn new(cfg: ClientConfig, now: Instant) -> Self {
+        let key = derive_rendezvous_key(&cfg.secret, &cfg.session);
+        Client {
+            cfg,
+            key,
+            seq: 0,
+            send_key: false,
+            next_send: now,
+            register_due: false,
+            last_answer: now,
+            said_waiting: false,
+            rejected: 0,
+            registry_down: None,
+            offer_made: now,
+            events: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// The driver's answer to [`ClientEvent::RefreshTcpOffer`]: the offer the next
+    /// registers carry.
+    pub fn set_tcp_offer(&mut self, offer: TcpOffer) {
+        self.cfg.tcp = Some(offer);
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next register, signed, for the server.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.done || !self.register_due {
+            return None;
+        }
+        self.register_due = false;
+        self.seq += 1;
+        let msg = Msg::Register {
+            session: self.cfg.session.clone(),
+            peer: self.cfg.peer_id.clone(),
+            seq: self.seq,
+            key: self.send_key.then(|| hex(&self.key)),
+            locals: self.cfg.locals.clone(),
+            nat: self.cfg.nat,
+            tcp: self.cfg.tcp.clone(),
+            rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
+            mac: String::new(),
+        };
+        Some(msg.encode_signed(&self.key))
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        Some(
+            self.next_send
+                .min(self.cfg.deadline)
+                .min(self.last_answer + SERVER_SILENCE),
+        )
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        if now >= self.cfg.deadline {
+            let err = if self.rejected > 0 {
+                Error::WrongSecretPeer {
+                    session: self.cfg.session.clone(),
+                    rejected: self.rejected,
+                    waited_s: self.cfg.timeout.as_secs(),
+                }
+            } else {
+                Error::PeerNeverCame {
+                    session: self.cfg.session.clone(),
+                    waited_s: self.cfg.timeout.as_secs(),
+                }
+            };
+            return self.finish(ClientEvent::Failed(err));
+        }
+        if now.saturating_duration_since(self.last_answer) >= SERVER_SILENCE {
+            return self.finish(ClientEvent::Failed(Error::ServerUnreachable {
+                server: self.cfg.server,
+                waited_ms: SERVER_SILENCE.as_millis() as u64,
+            }));
+        }
+        if now >= self.next_send {
+            if self.cfg.tcp.is_some()
+                && self.said_waiting
+                && now.saturating_duration_since(self.offer_made) >= OFFER_REFRESH
+            {
+                // Counted from the request: a failed refresh is not retried at once.
+                self.offer_made = now;
+                self.events.push_back(ClientEvent::RefreshTcpOffer);
+            }
+            self.register_due = true;
+            self.next_send = now + REGISTER_EVERY;
+        }
+    }
+
+    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if self.done || from != self.cfg.server {
+            // The peer may already be punching; it retransmits, so nothing is lost.
+            return;
+        }
+        let Some(msg) = Msg::decode(data) else {
+            return;
+        };
+        self.last_answer = now;
+        if !matches!(
+            msg,
+            Msg::Error {
+                code: ErrorCode::RegistryUnavailable,
+                ..
+            }
+        ) {
+            self.registry_down = None;
+        }
+        match msg {
+            Msg::Waiting {
+                wait_left_ms,
+                rejected,
+                ..
+            } => {
+                if rejected > self.rejected {
+                    self.rejected = rejected;
+                    self.events
+                        .push_back(ClientEvent::StrangerRejected { count: rejected });
+                }
+                // The session exists (again): the key need not travel any more.
+                self.send_key = false;
+                if !self.said_waiting {
+                    self.said_waiting = true;
+                    self.events.push_back(ClientEvent::Waiting { wait_left_ms });
+                }
+            }
+            Msg::Peer {
+                you,
+                peer,
+                start_in_ms,
+            } => {
+                let start = now
+                    + Duration::from_millis(start_in_ms).min(MAX_START_IN)
+                    + self.cfg.start_delay;
+                self.finish(ClientEvent::Introduced(Introduction {
+                    me: you,
+                    peer,
+                    start,
+                }));
+            }
+            Msg::Error {
+                code: ErrorCode::UnknownSession,
+                ..
+            } => {
+                // First here (or the server forgot the session): create it at once.
+                self.send_key = true;
+                self.next_send = now;
+            }
+            Msg::Error {
+                code: ErrorCode::RegistryUnavailable,
+                ..
+            } if now.saturating_duration_since(*self.registry_down.get_or_insert(now))
+                < REGISTRY_GRACE => {}
+            Msg::Error { code, message } => {
+                let err = self.refusal(code, message);
+                self.finish(ClientEvent::Failed(err));
+            }
+            _ => {}
+        }
+    }
+
+    /// The error for a server's refusal.
+    fn refusal(&self, code: ErrorCode, message: String) -> Error {
+        let session = self.cfg.session.clone();
+        match code {
+            ErrorCode::Unauthorized => Error::SessionKeyMismatch { session },
+            ErrorCode::RegistryUnavailable => Error::RegistryUnavailable {
+                server: self.cfg.server,
+            },
+            ErrorCode::SessionFull => Error::SessionTaken { session },
+            ErrorCode::PeerTimeout => Error::PeerNeverCame {
+                session,
+                waited_s: self.cfg.timeout.as_secs(),
+            },
+            _ => Error::Rendezvous(message),
+        }
+    }
+
+    fn finish(&mut self, ev: ClientEvent) {
+        self.done = true;
+        self.register_due = false;
+        self.events.push_back(ev);
+    }
+}
+
+#[cfg(test)]
+mod tests;

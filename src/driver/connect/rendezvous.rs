@@ -1,0 +1,97 @@
+//! The rendezvous client's driver: a blocking loop on the punching socket around the sans-IO
+//! [`Client`], which holds every rule (timers, messages, errors).
+
+use super::tcp_punch::TcpPrep;
+use super::Status;
+use crate::core::rendezvous::client::{Client, ClientConfig, ClientEvent, Introduction};
+use crate::core::rendezvous::TcpOffer;
+use crate::os::signals::Shutdown;
+use crate::Error;
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+/// The longest a receive blocks: the bound on noticing Ctrl-C.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Our TCP prediction while the rendezvous runs, and how to make it anew.
+pub(super) struct TcpOfferState<'a> {
+    pub prep: TcpPrep,
+    pub redo: &'a dyn Fn() -> Result<(TcpPrep, TcpOffer), Error>,
+}
+
+impl TcpOfferState<'_> {
+    /// A new prediction and its offer; `None` keeps the old ones.
+    fn refresh(&mut self, status: &Status) -> Option<TcpOffer> {
+        match (self.redo)() {
+            Ok((prep, offer)) => {
+                tracing::info!("{}", prep.describe());
+                self.prep = prep;
+                Some(offer)
+            }
+            // The old prediction is still the best there is.
+            Err(e) => {
+                status.say(format!("warning: cannot refresh the TCP prediction: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Registers from `sock` until the server introduces the peer, it refuses, or time runs out.
+pub(super) fn rendezvous(
+    sock: &UdpSocket,
+    cfg: ClientConfig,
+    mut tcp: Option<&mut TcpOfferState<'_>>,
+    shutdown: &Shutdown,
+    status: &Status,
+) -> Result<Introduction, Error> {
+    let server = cfg.server;
+    let session = cfg.session.clone();
+    let mut client = Client::new(cfg, Instant::now());
+    sock.set_nonblocking(false)
+        .map_err(|e| Error::io("socket option", e))?;
+    let mut buf = [0u8; 2048];
+    loop {
+        if shutdown.requested() {
+            return Err(shutdown.interrupted());
+        }
+        let now = Instant::now();
+        if client.poll_timeout().is_some_and(|t| t <= now) {
+            client.handle_timeout(now);
+        }
+        // Events before transmits: a refreshed offer must ride the register that is due.
+        while let Some(ev) = client.poll_event() {
+            match ev {
+                ClientEvent::Waiting { wait_left_ms } => status.say(format!(
+                    "waiting for the peer in session {session:?} (server holds it {} s more)",
+                    wait_left_ms / 1000
+                )),
+                ClientEvent::StrangerRejected { count } => status.say(format!(
+                    "a peer tried to join session {session:?} with another secret ({count} so far); still waiting for one with this secret"
+                )),
+                ClientEvent::RefreshTcpOffer => {
+                    if let Some(offer) = tcp.as_deref_mut().and_then(|t| t.refresh(status)) {
+                        client.set_tcp_offer(offer);
+                    }
+                }
+                ClientEvent::Introduced(intro) => return Ok(intro),
+                ClientEvent::Failed(e) => return Err(e),
+            }
+        }
+        while let Some(datagram) = client.poll_transmit() {
+            // A lost register is replaced by the next one.
+            let _ = sock.send_to(&datagram, server);
+        }
+        let wait = client.poll_timeout().map_or(POLL, |t| {
+            t.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), POLL)
+        });
+        sock.set_read_timeout(Some(wait))
+            .map_err(|e| Error::io("socket option", e))?;
+        // Errors (a timeout, an ICMP error reported on the socket) are like silence: the
+        // client's own timers decide when silence is too long.
+        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+            client.handle_input(Instant::now(), from, &buf[..n]);
+        }
+    }
+}
