@@ -61,6 +61,13 @@ pub enum Error {
     /// SIGINT (Ctrl-C) or SIGTERM arrived; the command stopped after its cleanup.
     #[error("interrupted ({signal})")]
     Interrupted { signal: Signal },
+    /// What was being done when `source` happened; exits as `source` does.
+    #[error("{what}")]
+    Context {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("{what}")]
     Io {
         what: String,
@@ -120,8 +127,29 @@ impl Error {
             Error::Stream(_) => 9,
             Error::TransportMismatch { .. } => 1,
             Error::Interrupted { signal } => 128 + signal.number(),
+            Error::Context { source, .. } => source.exit_code(),
             Error::Rendezvous(_) | Error::Io { .. } => 1,
         }
+    }
+
+    /// `source`, said to have happened while doing `what`.
+    pub fn context(what: impl Into<String>, source: Error) -> Self {
+        Error::Context {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+
+    /// The message with every underlying cause, `a: b: c`, as the CLI prints it.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            cause = c.source();
+        }
+        s
     }
 
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {

@@ -238,7 +238,7 @@ fn probe_stops(sig: Signal) {
     // The capture is complete: every record whole, as many as the probe says it wrote.
     let said: usize = err
         .lines()
-        .find_map(|l| l.strip_prefix("capture: "))
+        .find_map(|l| l.strip_prefix("punchraw: capture: "))
         .and_then(|l| l.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no capture line; stderr:\n{err}"));

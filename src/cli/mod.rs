@@ -1,5 +1,184 @@
-//! The command line: clap structs, their validation into the library's configs, the
-//! messages a user reads and the exit codes. The only module (with `main.rs`) that uses
+//! The command line: clap structs ([`args`]), their validation into the library's configs,
+//! the messages a user reads and the exit codes. The only module (with `main.rs`) that uses
 //! `anyhow`; everything below returns [`crate::Error`].
 
+pub mod args;
 pub mod logging;
+pub mod table;
+
+use crate::core::rendezvous::RendezvousConfig;
+use crate::core::server::ServerConfig;
+use crate::driver::connect::ConnectConfig;
+use crate::driver::probe::ProbeConfig;
+use crate::driver::Status;
+use anyhow::{bail, Context, Result};
+use args::{Cli, Command, ConnectArgs, ProbeArgs, ServeArgs};
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Parses the command line, runs the command, prints the outcome, and says how to exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::cli::logging::init(cli.verbose);
+    let result = match cli.cmd {
+        Command::Serve(a) => serve_config(a).and_then(|(c, r)| {
+            crate::driver::serve::run(c, r, &Status::stderr()).map_err(Into::into)
+        }),
+        Command::Probe(a) => probe_config(a).and_then(probe),
+        Command::Connect(a) => {
+            // --quiet silences the status lines, not the final error.
+            let status = if a.quiet {
+                Status::silent()
+            } else {
+                Status::stderr()
+            };
+            connect_config(a)
+                .and_then(|c| crate::driver::connect::run(c, &status).map_err(Into::into))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let known = e.downcast_ref::<crate::Error>();
+            if let Some(i @ crate::Error::Interrupted { .. }) = known {
+                // Not a failure: the user (or a supervisor) asked, and the cleanup has run.
+                eprintln!("punchraw: {i}");
+            } else {
+                eprintln!("punchraw: error: {e:#}");
+            }
+            ExitCode::from(known.map_or(1, crate::Error::exit_code))
+        }
+    }
+}
+
+fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
+    let alt_port = match a.alt_port {
+        Some(p) => p,
+        None => a
+            .port
+            .checked_add(1)
+            .context("--port 65535 leaves no room for the default --alt-port; give --alt-port")?,
+    };
+    if a.alternate.is_some() && alt_port == a.port {
+        bail!(
+            "--alt-port must differ from --port ({}) for behaviour discovery",
+            a.port
+        );
+    }
+    if a.alternate == Some(a.listen) {
+        bail!(
+            "--alternate must be a different address than --listen ({})",
+            a.listen
+        );
+    }
+    if let Some(alt) = a.alternate {
+        if alt.is_ipv4() != a.listen.is_ipv4() {
+            bail!("--listen and --alternate must be of the same IP family");
+        }
+    }
+    let rendezvous = RendezvousConfig {
+        wait_timeout: Duration::from_secs(a.wait_timeout),
+        max_sessions: a.max_sessions,
+        registry: a.registry,
+        ..RendezvousConfig::default()
+    };
+    let server = ServerConfig {
+        ip: a.listen,
+        alt_ip: a.alternate,
+        port: a.port,
+        alt_port,
+        software: (!a.software.is_empty()).then_some(a.software),
+        per_source_limit: a.per_source_limit,
+    };
+    Ok((server, rendezvous))
+}
+
+/// HOST[:PORT] to one address, preferring IPv4 like most STUN deployments.
+fn resolve(spec: &str) -> Result<SocketAddr> {
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Ok(ip) = spec.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 3478));
+    }
+    let with_port = if spec
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        spec.to_string()
+    } else {
+        format!("{spec}:3478")
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve server {spec:?}; give HOST[:PORT] or IP[:PORT]"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("server {spec:?} resolved to no address"))
+}
+
+fn probe_config(a: ProbeArgs) -> Result<ProbeConfig> {
+    Ok(ProbeConfig {
+        server: resolve(&a.server)?,
+        json: a.json,
+        tcp: !a.no_tcp,
+        lifetime_max: a.lifetime.then(|| Duration::from_secs(a.lifetime_max)),
+        bind: a.bind,
+        capture: a.capture,
+    })
+}
+
+fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
+    if a.session.is_empty() || a.session.len() > 128 || a.session.chars().any(char::is_control) {
+        bail!("--session must be 1 to 128 printable characters");
+    }
+    if a.secret.as_deref() == Some("") {
+        bail!("--secret must not be empty (leave it out to use the session name as the key)");
+    }
+    Ok(ConnectConfig {
+        server: resolve(&a.server)?,
+        session: a.session,
+        secret: a.secret,
+        timeout: Duration::from_secs(a.timeout),
+        report: a.report,
+        capture: a.capture,
+        bind: a.bind,
+        keepalive: Duration::from_secs(a.keepalive),
+        rate: a.rate,
+        window: a.window,
+        sweep_sockets: usize::from(a.sweep_sockets),
+        punch_budget: Duration::from_secs(a.punch_budget),
+        tcp: a.tcp,
+        prime_ttl: a.prime_ttl,
+        start_delay: Duration::from_millis(a.start_delay_ms),
+    })
+}
+
+/// Runs the probe and prints its report: one JSON object on stdout with `--json`, the table
+/// otherwise. A server that never answered is still reported, then exits 3.
+fn probe(cfg: ProbeConfig) -> Result<ExitCode> {
+    let (json, server) = (cfg.json, cfg.server);
+    let report = crate::driver::probe::run(cfg, &Status::stderr())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("serialising the report")?
+        );
+    } else {
+        print!("{}", table::render(&report));
+    }
+    if report.udp.legacy_type == crate::core::classify::LegacyType::Blocked {
+        return Err(crate::Error::ServerUnreachable {
+            server,
+            waited_ms: report.elapsed_ms,
+        }
+        .into());
+    }
+    Ok(ExitCode::SUCCESS)
+}

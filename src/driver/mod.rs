@@ -7,6 +7,8 @@ pub mod serve;
 pub mod tcp_stun;
 pub mod udp;
 
+use std::sync::Arc;
+
 /// The serialised (kebab-case) name of a unit enum value, as `--json` writes it, for the
 /// human-readable lines that name the same values.
 pub(crate) fn kebab<T: serde::Serialize>(v: &T) -> String {
@@ -14,4 +16,57 @@ pub(crate) fn kebab<T: serde::Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+/// Where a command's status lines go ("waiting for the peer ...", "capture: 12 packets
+/// written ..."): the one place that prints them. The command line picks [`Status::stderr`]
+/// or, with `--quiet`, [`Status::silent`]; a program embedding punchraw passes its own sink.
+#[derive(Clone)]
+pub struct Status {
+    out: Option<Arc<Sink>>,
+}
+
+/// What receives the status lines.
+type Sink = dyn Fn(&str) + Send + Sync;
+
+impl Status {
+    /// Lines on stderr as `punchraw: LINE`; with `-v` (tracing at info) they go to the log
+    /// instead, so they interleave with it in order.
+    pub fn stderr() -> Self {
+        Status::to(|line| {
+            if tracing::event_enabled!(tracing::Level::INFO) {
+                tracing::info!("{line}");
+            } else {
+                eprintln!("punchraw: {line}");
+            }
+        })
+    }
+
+    /// Nothing is said.
+    pub fn silent() -> Self {
+        Status { out: None }
+    }
+
+    /// Every line goes to `f`.
+    pub fn to(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Status {
+            out: Some(Arc::new(f)),
+        }
+    }
+
+    pub fn say(&self, line: impl AsRef<str>) {
+        if let Some(out) = &self.out {
+            out(line.as_ref());
+        }
+    }
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.out.is_some() {
+            "Status"
+        } else {
+            "Status(silent)"
+        })
+    }
 }

@@ -16,13 +16,13 @@ use crate::core::Machine;
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
 use crate::driver::udp::{drive, flush};
+use crate::driver::Status;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
 use crate::os::udp::bind_fresh;
 use crate::transport::quic::{self, Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
-use anyhow::Context;
 use rendezvous::{rendezvous, TcpOfferState};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -39,7 +39,6 @@ pub struct ConnectConfig {
     pub timeout: Duration,
     pub report: Option<PathBuf>,
     pub capture: Option<PathBuf>,
-    pub quiet: bool,
     pub bind: Option<IpAddr>,
     pub keepalive: Duration,
     pub rate: u32,
@@ -74,25 +73,12 @@ pub struct ConnectReport {
     pub bytes_received: u64,
 }
 
-struct Status {
-    quiet: bool,
-}
-
-impl Status {
-    fn say(&self, msg: impl AsRef<str>) {
-        if !self.quiet {
-            eprintln!("punchraw: {}", msg.as_ref());
-        }
-    }
-}
-
 fn hex_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-pub fn run(cfg: ConnectConfig) -> anyhow::Result<ExitCode> {
+pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
     let started = Instant::now();
-    let status = Status { quiet: cfg.quiet };
     // Created now, while we may still write where root may: `--tcp` gives up root before
     // the report is written, and a bad path is better told before the punch than after.
     let report_file = cfg
@@ -100,7 +86,7 @@ pub fn run(cfg: ConnectConfig) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|path| {
             std::fs::File::create(path)
-                .with_context(|| format!("cannot write report {}", path.display()))
+                .map_err(|e| Error::io(format!("cannot write report {}", path.display()), e))
         })
         .transpose()?;
     let mut report = ConnectReport {
@@ -115,19 +101,20 @@ pub fn run(cfg: ConnectConfig) -> anyhow::Result<ExitCode> {
         bytes_sent: 0,
         bytes_received: 0,
     };
-    let result = connect(&cfg, &status, started, &mut report);
+    let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
         report.elapsed_ms
     } else {
         started.elapsed().as_millis() as u64
     });
     if let Err(e) = &result {
-        report.error = Some(format!("{e:#}"));
+        report.error = Some(e.chain());
     }
     if let (Some(mut file), Some(path)) = (report_file, &cfg.report) {
-        let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::io("serialising the report", e.into()))?;
         std::io::Write::write_all(&mut file, (json + "\n").as_bytes())
-            .with_context(|| format!("cannot write report {}", path.display()))?;
+            .map_err(|e| Error::io(format!("cannot write report {}", path.display()), e))?;
     }
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -161,15 +148,14 @@ fn classify(
     started: Instant,
     shutdown: &Shutdown,
     capture: Option<&mut Capture>,
-) -> anyhow::Result<Classified> {
+) -> Result<Classified, Error> {
     status.say(format!("classifying the NAT toward {} ...", cfg.server));
     let udp = classify_udp(cfg.server, cfg.bind, None, capture, shutdown, |_| {})?;
     if udp.legacy_type == LegacyType::Blocked {
         return Err(Error::ServerUnreachable {
             server: cfg.server,
             waited_ms: started.elapsed().as_millis() as u64,
-        }
-        .into());
+        });
     }
     let nat = NatInfo {
         mapping: udp.mapping,
@@ -193,7 +179,7 @@ fn classify(
 
 /// The socket that registers with the server and (for UDP) punches: the peer is told the
 /// endpoint the server sees it from.
-fn open_main(cfg: &ConnectConfig, c: &Classified) -> anyhow::Result<(UdpSocket, Vec<SocketAddr>)> {
+fn open_main(cfg: &ConnectConfig, c: &Classified) -> Result<(UdpSocket, Vec<SocketAddr>), Error> {
     let (main, main_local) = bind_fresh(c.local_ip, 1)?;
     let main = main.into_iter().next().expect("one socket");
     if cfg.tcp {
@@ -229,8 +215,9 @@ fn connect(
     status: &Status,
     started: Instant,
     report: &mut ConnectReport,
-) -> anyhow::Result<()> {
-    let shutdown = Shutdown::install().context("cannot install signal handlers")?;
+) -> Result<(), Error> {
+    let shutdown =
+        Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?;
     if cfg.tcp {
         tcp_punch::check_privileges()?;
     }
@@ -278,7 +265,7 @@ fn meet(
     main: &UdpSocket,
     me: &Me,
     secret: String,
-) -> anyhow::Result<(Introduction, Option<tcp_punch::TcpPrep>)> {
+) -> Result<(Introduction, Option<tcp_punch::TcpPrep>), Error> {
     let c = &me.classified;
     let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
         let prep = tcp_punch::prepare(cfg.server, c.local_ip, c.other_address, c.nat)?;
@@ -324,8 +311,7 @@ fn meet(
     if intro.peer.tcp.is_some() != cfg.tcp {
         return Err(Error::TransportMismatch {
             peer_tcp: intro.peer.tcp.is_some(),
-        }
-        .into());
+        });
     }
     Ok((intro, tcp.map(|t| t.prep)))
 }
@@ -338,7 +324,7 @@ fn stream_udp(
     report: &mut ConnectReport,
     punched: UdpPunched,
     identity: &Identity,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     report.local = Some(punched.local);
     report.peer = Some(punched.remote);
     report.connected = true;
@@ -403,9 +389,10 @@ fn punch_udp(
     me: Me,
     mut capture: Option<Capture>,
     shutdown: &Shutdown,
-) -> anyhow::Result<UdpPunched> {
+) -> Result<UdpPunched, Error> {
     let nat = me.classified.nat;
-    main.set_nonblocking(true).context("socket option")?;
+    main.set_nonblocking(true)
+        .map_err(|e| Error::io("socket option", e))?;
     let mut pcfg = PunchConfig {
         my_id: me.my_id,
         my_nat: nat,
@@ -491,15 +478,14 @@ fn punch_udp(
             ..
         }) => (socket, remote, peer_fingerprint),
         Some(PunchEvent::Failed(Failure::AuthFailed { rejected })) => {
-            return Err(Error::AuthFailed { rejected }.into());
+            return Err(Error::AuthFailed { rejected });
         }
         _ => {
             return Err(Error::PunchFailed {
                 strategy: strategy.as_str(),
                 probes: punch.probes,
                 explanation: explain_failure(&nat, &intro.peer.nat, strategy),
-            }
-            .into())
+            })
         }
     };
     // The last answer and the nominations still go out on the chosen socket.
@@ -508,7 +494,9 @@ fn punch_udp(
     let local = locals[socket];
     let chosen = sockets.swap_remove(socket);
     drop(sockets);
-    chosen.set_nonblocking(false).context("socket option")?;
+    chosen
+        .set_nonblocking(false)
+        .map_err(|e| Error::io("socket option", e))?;
     Ok(UdpPunched {
         socket: chosen,
         local,
@@ -519,7 +507,7 @@ fn punch_udp(
     })
 }
 
-fn finish_capture(capture: Option<Capture>, status: &Status) -> anyhow::Result<()> {
+fn finish_capture(capture: Option<Capture>, status: &Status) -> Result<(), Error> {
     if let Some(c) = capture {
         let (path, n) = c.finish()?;
         status.say(format!(
@@ -562,7 +550,7 @@ fn connect_tcp(
     t: TcpStart,
     capture: Option<Capture>,
     shutdown: &Shutdown,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let plan = plan_tcp(cfg, status, started + cfg.timeout, &t)?;
     report.strategy = Some(plan.strategy);
     let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
@@ -655,7 +643,7 @@ fn punch_tcp(
     t: TcpStart,
     mut capture: Option<Capture>,
     shutdown: &Shutdown,
-) -> anyhow::Result<tcp_punch::Punched> {
+) -> Result<tcp_punch::Punched, Error> {
     let TcpStart {
         intro,
         prep,
@@ -706,8 +694,8 @@ fn punch_tcp(
     finish_capture(capture, status)?;
     match outcome {
         Ok(punched) => Ok(punched),
-        Err(tcp_punch::PunchEnd::Interrupted) => Err(shutdown.interrupted().into()),
-        Err(tcp_punch::PunchEnd::Setup(e)) => Err(e.into()),
+        Err(tcp_punch::PunchEnd::Interrupted) => Err(shutdown.interrupted()),
+        Err(tcp_punch::PunchEnd::Setup(e)) => Err(e),
         Err(tcp_punch::PunchEnd::Exhausted {
             attempts,
             refused,
@@ -717,7 +705,7 @@ fn punch_tcp(
         }) => {
             report.probes_sent = attempts;
             if let Some(e) = auth {
-                return Err(Error::Stream(*e).into());
+                return Err(Error::Stream(*e));
             }
             Err(Error::PunchFailed {
                 strategy: p.strategy.as_str(),
@@ -725,8 +713,7 @@ fn punch_tcp(
                 explanation: explain_tcp_failure(
                     &p.me, &p.them, p.strategy, refused, came_up, &seen,
                 ),
-            }
-            .into())
+            })
         }
     }
 }

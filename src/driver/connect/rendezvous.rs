@@ -2,9 +2,9 @@
 //! [`Client`], which holds every rule (timers, messages, errors).
 
 use super::tcp_punch::TcpPrep;
-use super::Status;
 use crate::core::rendezvous::client::{Client, ClientConfig, ClientEvent, Introduction};
 use crate::core::rendezvous::TcpOffer;
+use crate::driver::Status;
 use crate::os::signals::Shutdown;
 use crate::Error;
 use std::net::UdpSocket;

@@ -23,6 +23,7 @@ use udp::udp_loop;
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::{EndpointId, ServerConfig, SourceLimiter, Stats, StunServer};
 use crate::driver::serve::registry::RendezvousService;
+use crate::driver::Status;
 use crate::os::signals::Shutdown;
 use crate::Error;
 use std::fmt;
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Upper bound on how long any server thread blocks before it looks at the shutdown flag.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -291,13 +292,17 @@ impl ServerHandle {
 
 /// `punchraw serve`: binds, serves until SIGINT or SIGTERM, prints the final counters, then
 /// returns [`Error::Interrupted`] naming the signal (or exit 1 if a server thread crashed).
-pub fn run(cfg: ServerConfig, rendezvous: RendezvousConfig) -> Result<ExitCode, Error> {
+pub fn run(
+    cfg: ServerConfig,
+    rendezvous: RendezvousConfig,
+    status: &Status,
+) -> Result<ExitCode, Error> {
     // Installed before binding so a signal that arrives during startup still ends in the
     // orderly path below.
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install SIGINT/SIGTERM handlers", e))?;
-    let handle = spawn_with(cfg, rendezvous, shutdown.clone())?;
-    announce(&handle);
+    let handle = spawn_with(cfg, rendezvous, shutdown.clone(), status)?;
+    announce(&handle, status);
     while !shutdown.requested() {
         if handle.degraded() {
             warn!("a server thread stopped unexpectedly; shutting down");
@@ -307,7 +312,7 @@ pub fn run(cfg: ServerConfig, rendezvous: RendezvousConfig) -> Result<ExitCode, 
     }
     handle.stop();
     let stats = handle.join();
-    say(&format!("stopped; {stats}"));
+    status.say(format!("stopped; {stats}"));
     if stats.thread_panics > 0 {
         // A crashed thread is what the operator must hear about, signal or not.
         return Ok(ExitCode::FAILURE);
@@ -320,28 +325,18 @@ pub fn run(cfg: ServerConfig, rendezvous: RendezvousConfig) -> Result<ExitCode, 
     }
 }
 
-/// Logs at info; when info is filtered out (the CLI default), prints a plain line instead so
-/// the operator still sees what is served.
-fn say(line: &str) {
-    if tracing::event_enabled!(tracing::Level::INFO) {
-        info!("{line}");
-    } else {
-        eprintln!("punchraw: {line}");
-    }
-}
-
-fn announce(h: &ServerHandle) {
+fn announce(h: &ServerHandle, status: &Status) {
     let list = h
         .endpoints()
         .iter()
         .map(|(_, a)| a.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    say(&format!("serving STUN over UDP and TCP on {list}"));
+    status.say(format!("serving STUN over UDP and TCP on {list}"));
     if h.config().discovery() {
-        say("behaviour discovery (RFC 5780) is on: CHANGE-REQUEST is answered from the other address/port, CONNECT-BACK over TCP with a SYN from there");
+        status.say("behaviour discovery (RFC 5780) is on: CHANGE-REQUEST is answered from the other address/port, CONNECT-BACK over TCP with a SYN from there");
     } else {
-        say("behaviour discovery (RFC 5780) is off: give --alternate IP2 to enable it");
+        status.say("behaviour discovery (RFC 5780) is off: give --alternate IP2 to enable it");
     }
     if h.config().ip.is_unspecified() || h.config().alt_ip.is_some_and(|a| a.is_unspecified()) {
         // RFC 5780 section 7.3: RESPONSE-ORIGIN must name the address the response left from,
@@ -354,7 +349,12 @@ fn announce(h: &ServerHandle) {
 /// both ports are chosen by the OS and the returned handle (and every response's
 /// RESPONSE-ORIGIN and OTHER-ADDRESS) carries the actual ones.
 pub fn spawn(cfg: ServerConfig, shutdown: Shutdown) -> Result<ServerHandle, Error> {
-    spawn_with(cfg, RendezvousConfig::default(), shutdown)
+    spawn_with(
+        cfg,
+        RendezvousConfig::default(),
+        shutdown,
+        &Status::stderr(),
+    )
 }
 
 /// [`spawn`] with the rendezvous settings given; the rendezvous runs on the primary UDP
@@ -363,6 +363,7 @@ pub fn spawn_with(
     cfg: ServerConfig,
     rendezvous: RendezvousConfig,
     shutdown: Shutdown,
+    status: &Status,
 ) -> Result<ServerHandle, Error> {
     let bound = bind_all(&cfg)?;
     let config = bound.config;
@@ -389,7 +390,7 @@ pub fn spawn_with(
     // peers of a session come from different addresses, so the kernel may hand them to
     // different sockets. With Redis (`rendezvous.registry`) a worker thread of its own talks
     // to Redis and answers from a clone of the primary socket.
-    let rdv = Arc::new(RendezvousService::start(&rendezvous, &udp[0][0])?);
+    let rdv = Arc::new(RendezvousService::start(&rendezvous, &udp[0][0], status)?);
     let started = (|| {
         for &(id, addr) in &endpoints {
             let group = udp.get(usize::from(id.0)).map_or(0, Vec::len);

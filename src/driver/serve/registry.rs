@@ -9,6 +9,7 @@
 use crate::core::rendezvous::{
     Change, Out, Registry, RegistryError, Rendezvous, RendezvousConfig, Session,
 };
+use crate::driver::Status;
 use crate::Error;
 use sha2::{Digest, Sha256};
 use std::io;
@@ -17,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// Bound on every Redis call (connect, read, write).
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
@@ -47,6 +48,7 @@ pub struct RedisRegistry {
     down_until: Option<Instant>,
     /// Logged once per outage.
     down: bool,
+    status: Status,
 }
 
 impl RedisRegistry {
@@ -62,6 +64,7 @@ impl RedisRegistry {
             con: None,
             down_until: None,
             down: false,
+            status: Status::stderr(),
         })
     }
 
@@ -89,7 +92,7 @@ impl RedisRegistry {
                 })
                 .map_err(|e| self.failed(e))?;
             if self.down {
-                say("rendezvous registry: redis is back");
+                self.status.say("rendezvous registry: redis is back");
                 self.down = false;
             }
             self.con = Some(con);
@@ -141,15 +144,6 @@ impl RedisRegistry {
         };
         // EXEC answers nil when a watched key changed in between: run `f` again.
         Ok(done.map(|_| out))
-    }
-}
-
-/// Logs at info, or prints a plain line when info is filtered out (the CLI default).
-fn say(line: &str) {
-    if tracing::event_enabled!(tracing::Level::INFO) {
-        info!("{line}");
-    } else {
-        eprintln!("punchraw: {line}");
     }
 }
 
@@ -213,15 +207,20 @@ pub struct Worker {
 impl RendezvousService {
     /// Opens the registry `cfg.registry` names; `primary` is the socket rendezvous answers
     /// leave from (cloned for the Redis worker).
-    pub fn start(cfg: &RendezvousConfig, primary: &UdpSocket) -> Result<Self, Error> {
+    pub fn start(
+        cfg: &RendezvousConfig,
+        primary: &UdpSocket,
+        status: &Status,
+    ) -> Result<Self, Error> {
         let Some(url) = cfg.registry.as_deref() else {
             return Ok(RendezvousService::Local(Mutex::new(Rendezvous::new(
                 cfg.clone(),
             ))));
         };
         let mut reg = RedisRegistry::open(url)?;
+        reg.status = status.clone();
         match reg.check() {
-            Ok(()) => say(&format!("rendezvous sessions are kept in redis at {url}")),
+            Ok(()) => status.say(format!("rendezvous sessions are kept in redis at {url}")),
             Err(RegistryError::Unavailable(why)) => {
                 warn!(registry = %url, %why, "redis is not reachable yet; rendezvous answers registry-unavailable until it is")
             }

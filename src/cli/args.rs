@@ -1,0 +1,179 @@
+//! The clap structs: every flag, its default and its help text. Names and defaults are a
+//! contract with users' scripts.
+
+use crate::driver::connect::PrimeTtl;
+use clap::{Args, Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "punchraw",
+    version,
+    about = "Classify NATs and punch holes through them, at packet level",
+    long_about = "punchraw gets two machines behind NATs talking directly and tells you why it can or cannot.\n\n\
+                  serve  runs the STUN server (RFC 8489, RFC 5780 behaviour discovery, RFC 3489 compatible).\n\
+                  probe  classifies the NAT in front of you (mapping, filtering, port allocation, hairpinning, binding lifetime).\n\
+                  connect punches a hole to a peer (UDP, or TCP by simultaneous open) and carries stdin/stdout over it, encrypted.\n\n\
+                  Exit codes: 0 success, 1 other failure, 2 usage, 3 server unreachable, 4 local setup, 5 peer never came, 6 session taken, \
+                  7 peer authentication failed, 8 punching failed, 9 stream failed, 130 SIGINT, 143 SIGTERM."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the STUN server (and, with --alternate, RFC 5780 behaviour discovery).
+    Serve(ServeArgs),
+    /// Classify the NAT between this host and a STUN server.
+    Probe(ProbeArgs),
+    /// Punch a hole to a peer through both NATs and carry stdin/stdout over an encrypted,
+    /// reliable stream on it (QUIC over UDP; TLS over TCP with --tcp).
+    Connect(ConnectArgs),
+}
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    /// The punchraw server both peers use for the rendezvous, HOST[:PORT].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: String,
+    /// Session name both peers give; the server introduces the two peers of a session.
+    #[arg(long, value_name = "NAME")]
+    pub session: String,
+    /// Shared secret that authenticates the peer (every punch packet carries a MAC keyed from
+    /// it, and the QUIC certificates are pinned through it). Without it the session name is
+    /// the key. Also read from PUNCHRAW_SECRET.
+    #[arg(
+        long,
+        value_name = "S",
+        env = "PUNCHRAW_SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+    /// Give up when not connected within this many seconds (waiting for the peer included).
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: u64,
+    /// Write a JSON report of the attempt to this file.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Write the packets of the classification and the punch to this pcap file.
+    #[arg(long, value_name = "FILE.pcap")]
+    pub capture: Option<PathBuf>,
+    /// No status messages on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Local IP to use [default: the address the OS routes to the server from].
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Keep-alive interval on the established stream, in seconds; well under common NAT
+    /// UDP timeouts (30 s on Linux for unreplied flows).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=25))]
+    pub keepalive: u64,
+    /// Time for the punch itself, from the agreed start, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub punch_budget: u64,
+    /// Most punch probes per second (the sweep's probing rate).
+    #[arg(long, value_name = "PPS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=20000))]
+    pub rate: u32,
+    /// Ports past the peer's last seen port to try when predicting a sequential NAT.
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    pub window: u16,
+    /// Mappings the random side opens in a birthday sweep.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub sweep_sockets: u16,
+    /// Punch TCP instead of UDP: simultaneous open toward the peer's predicted port, with
+    /// kernel sockets sweeping ports around the prediction, then TLS with pinned certificates.
+    /// Needs CAP_NET_ADMIN (a temporary nft rule drops this host's RSTs to the peer) and
+    /// CAP_NET_RAW (SYN/RST/ICMP watching); run with sudo. Both peers must give it.
+    #[arg(long)]
+    pub tcp: bool,
+    /// TCP only: TTL of each attempt's first SYN. "auto" measures toward the peer and picks a
+    /// TTL that opens our NAT but dies before the peer's (or none when no hop lies between);
+    /// "off" sends the normal TTL; a number forces it.
+    #[arg(long, value_name = "auto|off|N", default_value = "auto", value_parser = parse_prime_ttl)]
+    pub prime_ttl: PrimeTtl,
+    /// Start punching this many milliseconds after the moment agreed with the peer (testing:
+    /// makes the other side's packets arrive first).
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub start_delay_ms: u64,
+}
+
+fn parse_prime_ttl(s: &str) -> std::result::Result<PrimeTtl, String> {
+    match s {
+        "auto" => Ok(PrimeTtl::Auto),
+        "off" => Ok(PrimeTtl::Off),
+        n => match n.parse::<u8>() {
+            Ok(t) if t >= 1 => Ok(PrimeTtl::Fixed(t)),
+            _ => Err(format!("{n:?} is not auto, off or a TTL of 1 to 255")),
+        },
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Primary IP address to listen on (must be an address of this host).
+    #[arg(long, value_name = "IP")]
+    pub listen: IpAddr,
+    /// Second IP address of this host. Enables RFC 5780 behaviour discovery: the server then
+    /// answers on 2 addresses x 2 ports and honours CHANGE-REQUEST.
+    #[arg(long, value_name = "IP2")]
+    pub alternate: Option<IpAddr>,
+    /// Primary port (UDP and TCP).
+    #[arg(long, default_value_t = 3478)]
+    pub port: u16,
+    /// Alternate port used for behaviour discovery [default: PORT+1].
+    #[arg(long, value_name = "PORT")]
+    pub alt_port: Option<u16>,
+    /// SOFTWARE attribute sent in responses; empty to send none.
+    #[arg(long, default_value = "punchraw")]
+    pub software: String,
+    /// Rendezvous: how long a lone peer waits for the other before it is told the other
+    /// never came, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub wait_timeout: u64,
+    /// Rendezvous: most sessions held at once; beyond, new sessions are refused.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_sessions: usize,
+    /// Rendezvous: keep sessions in Redis instead of this process's memory, so several
+    /// servers behind one name share them (and a restart loses none), e.g.
+    /// redis://10.0.0.5:6379.
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    pub registry: Option<String>,
+    /// Answer at most N UDP requests per second from one source address (IPv6: one /64),
+    /// with bursts of N, so that a spoofed victim receives at most that rate. Off by default:
+    /// behind carrier-grade NAT many users share one address.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub per_source_limit: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// STUN server as HOST[:PORT] (port defaults to 3478). Any RFC 5780 server works for the
+    /// full classification; a plain STUN server gives a partial one.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: String,
+    /// Print exactly one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Skip the TCP tests (TCP mapping, filtering and port allocation, run after the UDP ones;
+    /// the filtering test needs CAP_NET_RAW and reports `unknown` without it).
+    #[arg(long)]
+    pub no_tcp: bool,
+    /// Also measure the UDP binding lifetime (takes up to --lifetime-max seconds).
+    #[arg(long)]
+    pub lifetime: bool,
+    /// Upper bound of the binding-lifetime search, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lifetime_max: u64,
+    /// Local IP to probe from [default: the address the OS routes to the server from].
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+    /// Write every packet the probe sent and received to this pcap file (opens in Wireshark).
+    #[arg(long, value_name = "FILE.pcap")]
+    pub capture: Option<PathBuf>,
+}
