@@ -210,5 +210,4 @@ fn no_source_file_is_too_long() {
 const TOO_LONG_FOR_NOW: &[&str] = &[
     "transport/quic.rs",
     "core/classify/mod.rs",
-    "core/rendezvous/mod.rs",
 ];

@@ -1,0 +1,390 @@
+//! The rendezvous server, sans-IO: authenticates each client message against its session's
+//! key, introduces the two peers of a session with an agreed start, and expires what is idle.
+//! Every answer to a message that did not authenticate is no larger than that message.
+
+use super::registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
+use super::{unhex32, verify_mac, ErrorCode, Msg, PeerData};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct RendezvousConfig {
+    /// How long a lone peer waits before it is told the other never came.
+    pub wait_timeout: Duration,
+    /// A peer that has not re-registered for this long is gone.
+    pub peer_idle: Duration,
+    /// Sessions held at most; beyond, new sessions are refused with `server-busy` (in-memory
+    /// registry; Redis is bounded by its own `maxmemory`).
+    pub max_sessions: usize,
+    /// How far ahead of the later peer's arrival the punch starts, on top of the slower
+    /// peer's one-way delay.
+    pub start_margin: Duration,
+    /// How long a matched session answers re-registrations (lost `peer` messages) before it
+    /// is freed.
+    pub linger: Duration,
+    /// Where session state lives: `None` in this process's memory, or a `redis://HOST:PORT`
+    /// URL (opened by `crate::driver::serve::registry`).
+    pub registry: Option<String>,
+}
+
+impl Default for RendezvousConfig {
+    fn default() -> Self {
+        RendezvousConfig {
+            wait_timeout: Duration::from_secs(60),
+            peer_idle: Duration::from_secs(5),
+            max_sessions: 100_000,
+            start_margin: Duration::from_millis(150),
+            linger: Duration::from_secs(20),
+            registry: None,
+        }
+    }
+}
+
+/// The server side: authenticates messages and introduces the two peers of a session; the
+/// state lives in a [`Registry`].
+pub struct Rendezvous {
+    cfg: RendezvousConfig,
+    pub(super) registry: Box<dyn Registry>,
+    pub dropped: u64,
+}
+
+impl Rendezvous {
+    /// With the in-memory registry.
+    pub fn new(cfg: RendezvousConfig) -> Self {
+        Self::with_registry(cfg, Box::new(MemoryRegistry::new()))
+    }
+
+    pub fn with_registry(cfg: RendezvousConfig, registry: Box<dyn Registry>) -> Self {
+        Rendezvous {
+            cfg,
+            registry,
+            dropped: 0,
+        }
+    }
+
+    /// Sessions held (in-memory registry; 0 when the registry cannot tell).
+    pub fn sessions(&self) -> usize {
+        self.registry.sessions().unwrap_or(0)
+    }
+
+    /// Handles one datagram from `src`; returns the datagrams to send (to `src` and, when a
+    /// session completes, to the other peer too). Any answer to a message that did not
+    /// authenticate against an existing session is no larger than that message.
+    pub fn handle(&mut self, now: Instant, src: SocketAddr, data: &[u8]) -> Out {
+        let Some(msg) = Msg::decode(data) else {
+            self.dropped += 1;
+            return Vec::new();
+        };
+        let limit = data.len();
+        let (name, result) = match msg {
+            Msg::Register {
+                session,
+                peer,
+                seq,
+                key,
+                locals,
+                nat,
+                tcp,
+                rtt_ms,
+                ..
+            } => {
+                let req = Req {
+                    src,
+                    data,
+                    key: key.as_deref().and_then(unhex32),
+                    member: PeerData {
+                        id: peer,
+                        public: src,
+                        locals,
+                        nat,
+                        tcp,
+                    },
+                    seq,
+                    rtt_ms: rtt_ms.min(10_000),
+                };
+                let full = self
+                    .registry
+                    .sessions()
+                    .is_some_and(|n| n >= self.cfg.max_sessions);
+                let cfg = &self.cfg;
+                let r = self.registry.transact(now, &session, &mut |now, s| {
+                    register(cfg, now, s, &req, full)
+                });
+                (session, r)
+            }
+            Msg::Bye {
+                session, peer, seq, ..
+            } => {
+                let cfg = &self.cfg;
+                let r = self.registry.transact(now, &session, &mut |now, s| {
+                    let Some(mut s) = s else {
+                        return (Change::Keep, Vec::new());
+                    };
+                    if !verify_mac(&s.key, data) {
+                        return (Change::Keep, Vec::new());
+                    }
+                    // Only the registered endpoint may remove its own entry, with a fresh seq.
+                    s.members
+                        .retain(|m| !(m.data.id == peer && m.data.public == src && seq > m.seq));
+                    if s.members.is_empty() {
+                        (Change::Delete, Vec::new())
+                    } else {
+                        let t = ttl(cfg, &s, now);
+                        (Change::Put(s, t), Vec::new())
+                    }
+                });
+                (session, r)
+            }
+            _ => {
+                self.dropped += 1;
+                return Vec::new();
+            }
+        };
+        match result {
+            Ok(out) => out,
+            Err(RegistryError::Unavailable(why)) => {
+                tracing::debug!(session = %name, %why, "rendezvous registry unavailable");
+                small_error(
+                    ErrorCode::RegistryUnavailable,
+                    "the rendezvous server's session registry is down; try again shortly",
+                    limit,
+                )
+                .map(|b| vec![(src, b)])
+                .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Frees idle, timed-out and finished sessions; returns `peer-timeout` errors to send to
+    /// lone peers whose wait ran out. Registries that expire by themselves (Redis TTLs) do
+    /// nothing here; their lone peers hear `peer-timeout` on their next register.
+    pub fn expire(&mut self, now: Instant) -> Out {
+        let cfg = &self.cfg;
+        self.registry
+            .sweep(now, &mut |now, s| expire_session(cfg, now, s.clone()))
+    }
+}
+
+/// A register as the transaction sees it.
+struct Req<'a> {
+    src: SocketAddr,
+    data: &'a [u8],
+    key: Option<[u8; 32]>,
+    member: PeerData,
+    seq: u64,
+    rtt_ms: u32,
+}
+
+/// Applies the expiry rules to `s` at `now`: idle peers leave, a lone peer's wait ends, a
+/// matched session lingers then goes.
+fn expire_session(cfg: &RendezvousConfig, now: u64, mut s: Session) -> (Change, Out) {
+    if let Some(at) = s.matched_at {
+        return if now.saturating_sub(at) < ms(cfg.linger) {
+            (Change::Keep, Vec::new())
+        } else {
+            (Change::Delete, Vec::new())
+        };
+    }
+    let before = s.members.len();
+    s.members
+        .retain(|m| now.saturating_sub(m.last_seen) < ms(cfg.peer_idle));
+    if let [m] = s.members.as_slice() {
+        if now.saturating_sub(m.first_seen) >= ms(cfg.wait_timeout) {
+            let msg = error(
+                ErrorCode::PeerTimeout,
+                &format!(
+                    "the other peer did not come within {} s",
+                    cfg.wait_timeout.as_secs()
+                ),
+            );
+            return (Change::Delete, vec![(m.data.public, msg)]);
+        }
+    }
+    if s.members.is_empty() {
+        (Change::Delete, Vec::new())
+    } else if s.members.len() != before {
+        let t = ttl(cfg, &s, now);
+        (Change::Put(s, t), Vec::new())
+    } else {
+        (Change::Keep, Vec::new())
+    }
+}
+
+fn register(
+    cfg: &RendezvousConfig,
+    now: u64,
+    stored: Option<Session>,
+    req: &Req<'_>,
+    full: bool,
+) -> (Change, Out) {
+    let src = req.src;
+    let refuse = |code, message: &str| -> (Change, Out) {
+        let out = small_error(code, message, req.data.len())
+            .map(|b| vec![(src, b)])
+            .unwrap_or_default();
+        (Change::Keep, out)
+    };
+    let mut s = match stored {
+        Some(s) => {
+            if !verify_mac(&s.key, req.data) || req.key.is_some_and(|k| k != s.key) {
+                let (_, out) = refuse(
+                    ErrorCode::Unauthorized,
+                    "this session was created with another secret",
+                );
+                let t = ttl(cfg, &s, now);
+                let s = Session {
+                    rejected: s.rejected.saturating_add(1),
+                    ..s
+                };
+                return (Change::Put(s, t), out);
+            }
+            // Lazily apply the expiry rules, for registries without a sweep.
+            match expire_session(cfg, now, s.clone()) {
+                (Change::Delete, out) if s.matched_at.is_none() && !out.is_empty() => {
+                    // The lone peer's wait is over.
+                    return (Change::Delete, out);
+                }
+                (Change::Delete, _) => Session {
+                    members: Vec::new(),
+                    start_at: None,
+                    matched_at: None,
+                    ..s
+                },
+                (Change::Put(n, _), _) => n,
+                (Change::Keep, _) => s,
+            }
+        }
+        None => {
+            let Some(key) = req.key else {
+                return refuse(ErrorCode::UnknownSession, "no such session; send the key");
+            };
+            if !verify_mac(&key, req.data) {
+                return refuse(ErrorCode::Unauthorized, "the MAC does not match the key");
+            }
+            if full {
+                return refuse(
+                    ErrorCode::ServerBusy,
+                    "the rendezvous server is full; try again later",
+                );
+            }
+            Session {
+                key,
+                members: Vec::new(),
+                start_at: None,
+                matched_at: None,
+                rejected: 0,
+            }
+        }
+    };
+    if let Some(m) = s.members.iter_mut().find(|m| m.data.id == req.member.id) {
+        if req.seq <= m.seq {
+            // A replay (or a reordered duplicate): it may come from anywhere, so it must not
+            // move the peer's endpoint, and it earns no answer.
+            return (Change::Keep, Vec::new());
+        }
+        // A re-registration; the public endpoint may change if the NAT rebinds.
+        m.last_seen = now;
+        m.seq = req.seq;
+        m.data = req.member.clone();
+        m.rtt_ms = req.rtt_ms;
+    } else if s.members.len() >= 2 {
+        return refuse(
+            ErrorCode::SessionFull,
+            "this session already has two peers; pick another session name",
+        );
+    } else {
+        s.members.push(Member {
+            data: req.member.clone(),
+            rtt_ms: req.rtt_ms,
+            seq: req.seq,
+            first_seen: now,
+            last_seen: now,
+        });
+    }
+    if s.members.len() < 2 {
+        let waited = now.saturating_sub(s.members[0].first_seen);
+        let msg = Msg::Waiting {
+            you: src,
+            wait_left_ms: ms(cfg.wait_timeout).saturating_sub(waited),
+            rejected: s.rejected,
+        };
+        let t = ttl(cfg, &s, now);
+        return (Change::Put(s, t), vec![(src, msg.encode())]);
+    }
+    let first_match = s.matched_at.is_none();
+    let start_at = *s.start_at.get_or_insert_with(|| {
+        // Both peers must hear of each other before the start: the slower one-way delay
+        // (half its RTT) plus a margin for a lost message and its retransmission.
+        let slow = s
+            .members
+            .iter()
+            .map(|m| u64::from(m.rtt_ms))
+            .max()
+            .unwrap_or_default();
+        now + slow / 2 + ms(cfg.start_margin)
+    });
+    s.matched_at.get_or_insert(now);
+    let mut out = Vec::new();
+    for (i, m) in s.members.iter().enumerate() {
+        let other = &s.members[1 - i];
+        // Each peer starts when the message has reached it plus the time left.
+        let start_in = start_at
+            .saturating_sub(now)
+            .saturating_sub(u64::from(m.rtt_ms) / 2);
+        let msg = Msg::Peer {
+            you: m.data.public,
+            peer: other.data.clone(),
+            start_in_ms: start_in,
+        };
+        // The newcomer always hears; the other peer hears on the first match (its later
+        // re-registrations get their own answer).
+        if m.data.id == req.member.id || first_match {
+            out.push((m.data.public, msg.encode()));
+        }
+    }
+    let t = ttl(cfg, &s, now);
+    (Change::Put(s, t), out)
+}
+
+/// How long a store may keep `s` unseen, from `now`: a matched session until its linger
+/// ends, a waiting one until its last peer has been idle too long.
+fn ttl(cfg: &RendezvousConfig, s: &Session, now: u64) -> u64 {
+    let until = match s.matched_at {
+        Some(at) => at + ms(cfg.linger),
+        None => s.members.iter().map(|m| m.last_seen).max().unwrap_or(now) + ms(cfg.peer_idle),
+    };
+    until.saturating_sub(now).max(1)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn error(code: ErrorCode, message: &str) -> Vec<u8> {
+    Msg::Error {
+        code,
+        message: message.to_string(),
+    }
+    .encode()
+}
+
+/// An `error` of at most `limit` bytes: the message is shortened (to nothing if need be);
+/// `None` when even that does not fit. Used for every answer to a message that did not
+/// authenticate, so the server never sends more than it received.
+pub fn small_error(code: ErrorCode, message: &str, limit: usize) -> Option<Vec<u8>> {
+    let mut text = message;
+    loop {
+        let b = error(code, text);
+        if b.len() <= limit {
+            return Some(b);
+        }
+        if text.is_empty() {
+            return None;
+        }
+        let mut cut = text.len().saturating_sub(b.len() - limit);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text = &text[..cut];
+    }
+}
