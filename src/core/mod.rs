@@ -4,6 +4,7 @@
 //! call order every datagram machine follows.
 
 pub mod classify;
+pub mod hex;
 pub mod punch;
 pub mod rendezvous;
 pub mod server;

@@ -49,14 +49,12 @@ impl fmt::Debug for Identity {
     // The private key must not end up in logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
-            .field("fingerprint", &fingerprint_hex(&self.fingerprint()))
+            .field(
+                "fingerprint",
+                &crate::core::hex::encode(&self.fingerprint()),
+            )
             .finish_non_exhaustive()
     }
-}
-
-/// Lower-case hex, as users compare fingerprints by eye.
-pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
-    fp.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) fn fingerprint(cert: &[u8]) -> [u8; 32] {

@@ -43,8 +43,8 @@
 //! both connections with [`CLOSE_ERROR`] and a reason.
 
 use crate::error::StreamError;
+pub use crate::transport::pin::Identity;
 use crate::transport::pin::{self, PinVerifier, SERVER_NAME};
-pub use crate::transport::pin::{fingerprint_hex, Identity};
 use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
 pub use crate::transport::{Role, StreamStats};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -655,8 +655,8 @@ impl Session {
             ConnectionError::TransportError(e) => match self.verifier.take_mismatch() {
                 Some(got) => StreamError::PeerAuthFailed {
                     peer,
-                    expected: fingerprint_hex(&self.verifier.expected),
-                    got: fingerprint_hex(&got),
+                    expected: crate::core::hex::encode(&self.verifier.expected),
+                    got: crate::core::hex::encode(&got),
                 },
                 None => StreamError::Handshake {
                     proto: "QUIC",

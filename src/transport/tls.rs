@@ -17,7 +17,7 @@
 //! directions have ended.
 
 use crate::error::StreamError;
-use crate::transport::pin::{self, fingerprint_hex, Identity, PinVerifier, SERVER_NAME};
+use crate::transport::pin::{self, Identity, PinVerifier, SERVER_NAME};
 use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
 use crate::transport::{Role, StreamStats};
 use rustls::pki_types::ServerName;
@@ -166,8 +166,8 @@ impl TlsSide {
         if let Some(got) = verifier.take_mismatch() {
             return StreamError::PeerAuthFailed {
                 peer,
-                expected: fingerprint_hex(&self.peer_fingerprint),
-                got: fingerprint_hex(&got),
+                expected: crate::core::hex::encode(&self.peer_fingerprint),
+                got: crate::core::hex::encode(&got),
             };
         }
         let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());

@@ -27,7 +27,7 @@
 
 use super::Strategy;
 use crate::core::classify::{Allocation, Behavior};
-use crate::core::rendezvous::{hex, unhex32, NatInfo, TcpOffer};
+use crate::core::rendezvous::{NatInfo, TcpOffer};
 use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -190,18 +190,18 @@ pub fn make_offer(
         local_port,
         port: p.port,
         nat: p.nat,
-        fp: hex(fingerprint),
+        fp: crate::core::hex::encode(fingerprint),
         mac: String::new(),
     };
-    o.mac = hex(&offer_mac(key, my_id, &o).finalize().into_bytes());
+    o.mac = crate::core::hex::encode(&offer_mac(key, my_id, &o).finalize().into_bytes());
     o
 }
 
 /// The peer's certificate fingerprint, when its offer verifies under our punch key.
 pub fn verify_offer(key: &[u8; 32], peer_id: &str, o: &TcpOffer) -> Option<[u8; 32]> {
-    let tag = unhex32(&o.mac)?;
+    let tag = crate::core::hex::decode32(&o.mac)?;
     offer_mac(key, peer_id, o).verify_slice(&tag).ok()?;
-    unhex32(&o.fp)
+    crate::core::hex::decode32(&o.fp)
 }
 
 #[derive(Debug, Clone)]

@@ -33,7 +33,7 @@
 //! peer never came, or (when the server counted registrations under another secret) that
 //! only a peer with another secret did.
 
-use super::{derive_rendezvous_key, hex, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
+use super::{derive_rendezvous_key, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
 use crate::Error;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -177,7 +177,7 @@ impl Client {
             session: self.cfg.session.clone(),
             peer: self.cfg.peer_id.clone(),
             seq: self.seq,
-            key: self.send_key.then(|| hex(&self.key)),
+            key: self.send_key.then(|| crate::core::hex::encode(&self.key)),
             locals: self.cfg.locals.clone(),
             nat: self.cfg.nat,
             tcp: self.cfg.tcp.clone(),

@@ -101,7 +101,8 @@ pub struct TcpOffer {
 
 impl TcpOffer {
     fn valid(&self) -> bool {
-        unhex32(&self.fp).is_some() && unhex32(&self.mac).is_some()
+        crate::core::hex::decode32(&self.fp).is_some()
+            && crate::core::hex::decode32(&self.mac).is_some()
     }
 }
 
@@ -199,7 +200,7 @@ impl Msg {
         v.pop();
         let tag = mac_of(key, &v);
         v.extend_from_slice(MAC_PREFIX);
-        v.extend_from_slice(hex(&tag).as_bytes());
+        v.extend_from_slice(crate::core::hex::encode(&tag).as_bytes());
         v.extend_from_slice(b"\"}");
         v
     }
@@ -229,12 +230,18 @@ impl Msg {
                     && valid_peer_id(peer)
                     && locals.len() <= MAX_LOCALS
                     && tcp.as_ref().is_none_or(TcpOffer::valid)
-                    && key.as_deref().is_none_or(|k| unhex32(k).is_some())
-                    && unhex32(mac).is_some()
+                    && key
+                        .as_deref()
+                        .is_none_or(|k| crate::core::hex::decode32(k).is_some())
+                    && crate::core::hex::decode32(mac).is_some()
             }
             Msg::Bye {
                 session, peer, mac, ..
-            } => valid_session(session) && valid_peer_id(peer) && unhex32(mac).is_some(),
+            } => {
+                valid_session(session)
+                    && valid_peer_id(peer)
+                    && crate::core::hex::decode32(mac).is_some()
+            }
             Msg::Peer { peer, .. } => {
                 valid_peer_id(&peer.id)
                     && peer.locals.len() <= MAX_LOCALS
@@ -261,7 +268,7 @@ pub fn verify_mac(key: &[u8; 32], data: &[u8]) -> bool {
     }
     let Some(tag) = std::str::from_utf8(&tail[MAC_PREFIX.len()..MAC_PREFIX.len() + 64])
         .ok()
-        .and_then(unhex32)
+        .and_then(crate::core::hex::decode32)
     else {
         return false;
     };
@@ -274,22 +281,6 @@ fn mac_of(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     m.update(data);
     m.finalize().into_bytes().into()
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// 64 hex digits to 32 bytes.
-pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn valid_session(s: &str) -> bool {

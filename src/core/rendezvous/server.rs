@@ -3,7 +3,7 @@
 //! Every answer to a message that did not authenticate is no larger than that message.
 
 use super::registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
-use super::{unhex32, verify_mac, ErrorCode, Msg, PeerData};
+use super::{verify_mac, ErrorCode, Msg, PeerData};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -91,7 +91,7 @@ impl Rendezvous {
                 let req = Req {
                     src,
                     data,
-                    key: key.as_deref().and_then(unhex32),
+                    key: key.as_deref().and_then(crate::core::hex::decode32),
                     member: PeerData {
                         id: peer,
                         public: src,

@@ -46,7 +46,7 @@ fn signed_register(
         session: session.into(),
         peer: peer.into(),
         seq,
-        key: send_key.map(|k| hex(k)),
+        key: send_key.map(|k| crate::core::hex::encode(k)),
         locals: vec![addr(200, 5000)],
         nat: NatInfo::unknown(),
         tcp: None,

@@ -129,10 +129,7 @@ impl TransactionId {
 
 impl std::fmt::Debug for TransactionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&crate::core::hex::encode(&self.0))
     }
 }
 

@@ -34,7 +34,7 @@ const QUEUE: usize = 4096;
 /// hash tag so that every key of one session maps to one Redis Cluster slot.
 pub fn session_key(name: &str) -> String {
     let h = Sha256::digest(name.as_bytes());
-    format!("punchraw:v1:{{{}}}", crate::core::rendezvous::hex(&h[..16]))
+    format!("punchraw:v1:{{{}}}", crate::core::hex::encode(&h[..16]))
 }
 
 /// Sessions in Redis: one key per session holding its JSON state, with a `PX` TTL matching

@@ -94,7 +94,7 @@ fn offers_verify_only_unaltered_and_under_the_same_key() {
     bad.port += 1;
     assert_eq!(verify_offer(&key, "aaaaaaaaaaaaaaaa", &bad), None);
     let mut bad = o.clone();
-    bad.fp = hex(&[1; 32]);
+    bad.fp = crate::core::hex::encode(&[1; 32]);
     assert_eq!(verify_offer(&key, "aaaaaaaaaaaaaaaa", &bad), None);
     let mut bad = o;
     bad.nat = cone();

@@ -6,7 +6,7 @@
 
 use clap::Parser;
 use punchraw::core::rendezvous::{
-    derive_rendezvous_key, hex, Msg, NatInfo, Rendezvous, RendezvousConfig,
+    derive_rendezvous_key, Msg, NatInfo, Rendezvous, RendezvousConfig,
 };
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -48,7 +48,7 @@ fn registrations(n: usize, round: u32) -> Vec<(SocketAddr, Vec<u8>)> {
                 session,
                 peer: format!("{:016x}", (u64::from(round) << 40) | i as u64),
                 seq: 1,
-                key: Some(hex(&key)),
+                key: Some(punchraw::core::hex::encode(&key)),
                 locals: vec![
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)), 50000),
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(172, 17, 0, 1)), 50000),
