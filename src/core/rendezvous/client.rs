@@ -14,7 +14,8 @@
 //!    [`ClientEvent::RefreshTcpOffer`] with [`Client::set_tcp_offer`] (or not at all, to keep
 //!    the old offer when a new prediction fails), **before** step 4: the register that is
 //!    due goes out with the offer current when it is polled;
-//! 4. [`Client::poll_transmit`] until it returns `None`, sending each datagram to the server;
+//! 4. [`Client::poll_transmit`] until it returns `None`, sending each datagram to the server
+//!    (it is a [`Machine`]: the one socket is number 0);
 //! 5. waiting for a datagram no longer than until [`Client::poll_timeout`].
 //!
 //! [`ClientEvent::Introduced`] and [`ClientEvent::Failed`] end the rendezvous; after either,
@@ -34,6 +35,7 @@
 //! only a peer with another secret did.
 
 use super::{derive_rendezvous_key, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
+use crate::core::{Machine, Transmit};
 use crate::Error;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -158,86 +160,35 @@ impl Client {
         self.cfg.tcp = Some(offer);
     }
 
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
-    }
-
-    /// The next register, signed, for the server.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.done || !self.register_due {
-            return None;
-        }
-        self.register_due = false;
-        self.seq += 1;
-        let msg = Msg::Register {
-            session: self.cfg.session.clone(),
-            peer: self.cfg.peer_id.clone(),
-            seq: self.seq,
-            key: self.send_key.then(|| crate::core::hex::encode(&self.key)),
-            locals: self.cfg.locals.clone(),
-            nat: self.cfg.nat,
-            tcp: self.cfg.tcp.clone(),
-            rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
-            mac: String::new(),
-        };
-        Some(msg.encode_signed(&self.key))
-    }
-
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.done {
-            return None;
-        }
-        Some(
-            self.next_send
-                .min(self.cfg.deadline)
-                .min(self.last_answer + SERVER_SILENCE),
-        )
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.done {
-            return;
-        }
-        if now >= self.cfg.deadline {
-            let err = if self.rejected > 0 {
-                Error::WrongSecretPeer {
-                    session: self.cfg.session.clone(),
-                    rejected: self.rejected,
-                    waited_s: self.cfg.timeout.as_secs(),
-                }
-            } else {
-                Error::PeerNeverCame {
-                    session: self.cfg.session.clone(),
-                    waited_s: self.cfg.timeout.as_secs(),
-                }
-            };
-            return self.finish(ClientEvent::Failed(err));
-        }
-        if now.saturating_duration_since(self.last_answer) >= SERVER_SILENCE {
-            return self.finish(ClientEvent::Failed(Error::ServerUnreachable {
+    /// The error for a server's refusal.
+    fn refusal(&self, code: ErrorCode, message: String) -> Error {
+        let session = self.cfg.session.clone();
+        match code {
+            ErrorCode::Unauthorized => Error::SessionKeyMismatch { session },
+            ErrorCode::RegistryUnavailable => Error::RegistryUnavailable {
                 server: self.cfg.server,
-                waited_ms: SERVER_SILENCE.as_millis() as u64,
-            }));
-        }
-        if now >= self.next_send {
-            if self.cfg.tcp.is_some()
-                && self.said_waiting
-                && now.saturating_duration_since(self.offer_made) >= OFFER_REFRESH
-            {
-                // Counted from the request: a failed refresh is not retried at once.
-                self.offer_made = now;
-                self.events.push_back(ClientEvent::RefreshTcpOffer);
-            }
-            self.register_due = true;
-            self.next_send = now + REGISTER_EVERY;
+            },
+            ErrorCode::SessionFull => Error::SessionTaken { session },
+            ErrorCode::PeerTimeout => Error::PeerNeverCame {
+                session,
+                waited_s: self.cfg.timeout.as_secs(),
+            },
+            _ => Error::Rendezvous(message),
         }
     }
 
-    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+    fn finish(&mut self, ev: ClientEvent) {
+        self.done = true;
+        self.register_due = false;
+        self.events.push_back(ev);
+    }
+}
+
+impl Machine for Client {
+    type Event = ClientEvent;
+
+    /// `socket` is ignored: the client has one socket, number 0.
+    fn handle_input(&mut self, now: Instant, _socket: usize, from: SocketAddr, data: &[u8]) {
         if self.done || from != self.cfg.server {
             // The peer may already be punching; it retransmits, so nothing is lost.
             return;
@@ -308,27 +259,87 @@ impl Client {
         }
     }
 
-    /// The error for a server's refusal.
-    fn refusal(&self, code: ErrorCode, message: String) -> Error {
-        let session = self.cfg.session.clone();
-        match code {
-            ErrorCode::Unauthorized => Error::SessionKeyMismatch { session },
-            ErrorCode::RegistryUnavailable => Error::RegistryUnavailable {
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.done {
+            return;
+        }
+        if now >= self.cfg.deadline {
+            let err = if self.rejected > 0 {
+                Error::WrongSecretPeer {
+                    session: self.cfg.session.clone(),
+                    rejected: self.rejected,
+                    waited_s: self.cfg.timeout.as_secs(),
+                }
+            } else {
+                Error::PeerNeverCame {
+                    session: self.cfg.session.clone(),
+                    waited_s: self.cfg.timeout.as_secs(),
+                }
+            };
+            return self.finish(ClientEvent::Failed(err));
+        }
+        if now.saturating_duration_since(self.last_answer) >= SERVER_SILENCE {
+            return self.finish(ClientEvent::Failed(Error::ServerUnreachable {
                 server: self.cfg.server,
-            },
-            ErrorCode::SessionFull => Error::SessionTaken { session },
-            ErrorCode::PeerTimeout => Error::PeerNeverCame {
-                session,
-                waited_s: self.cfg.timeout.as_secs(),
-            },
-            _ => Error::Rendezvous(message),
+                waited_ms: SERVER_SILENCE.as_millis() as u64,
+            }));
+        }
+        if now >= self.next_send {
+            if self.cfg.tcp.is_some()
+                && self.said_waiting
+                && now.saturating_duration_since(self.offer_made) >= OFFER_REFRESH
+            {
+                // Counted from the request: a failed refresh is not retried at once.
+                self.offer_made = now;
+                self.events.push_back(ClientEvent::RefreshTcpOffer);
+            }
+            self.register_due = true;
+            self.next_send = now + REGISTER_EVERY;
         }
     }
 
-    fn finish(&mut self, ev: ClientEvent) {
-        self.done = true;
+    /// The next register, signed, for the server.
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.done || !self.register_due {
+            return None;
+        }
         self.register_due = false;
-        self.events.push_back(ev);
+        self.seq += 1;
+        let msg = Msg::Register {
+            session: self.cfg.session.clone(),
+            peer: self.cfg.peer_id.clone(),
+            seq: self.seq,
+            key: self.send_key.then(|| crate::core::hex::encode(&self.key)),
+            locals: self.cfg.locals.clone(),
+            nat: self.cfg.nat,
+            tcp: self.cfg.tcp.clone(),
+            rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
+            mac: String::new(),
+        };
+        Some(Transmit {
+            socket: 0,
+            dst: self.cfg.server,
+            payload: msg.encode_signed(&self.key),
+        })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
+        }
+        Some(
+            self.next_send
+                .min(self.cfg.deadline)
+                .min(self.last_answer + SERVER_SILENCE),
+        )
+    }
+
+    fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
     }
 }
 

@@ -4,6 +4,7 @@
 use super::tcp_punch::TcpPrep;
 use crate::core::rendezvous::client::{Client, ClientConfig, ClientEvent, Introduction};
 use crate::core::rendezvous::TcpOffer;
+use crate::core::Machine;
 use crate::driver::Status;
 use crate::os::signals::Shutdown;
 use crate::Error;
@@ -45,7 +46,6 @@ pub(super) fn rendezvous(
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
-    let server = cfg.server;
     let session = cfg.session.clone();
     let mut client = Client::new(cfg, Instant::now());
     sock.set_nonblocking(false)
@@ -78,9 +78,9 @@ pub(super) fn rendezvous(
                 ClientEvent::Failed(e) => return Err(e),
             }
         }
-        while let Some(datagram) = client.poll_transmit() {
+        while let Some(t) = client.poll_transmit() {
             // A lost register is replaced by the next one.
-            let _ = sock.send_to(&datagram, server);
+            let _ = sock.send_to(&t.payload, t.dst);
         }
         let wait = client.poll_timeout().map_or(POLL, |t| {
             t.saturating_duration_since(Instant::now())
@@ -91,7 +91,7 @@ pub(super) fn rendezvous(
         // Errors (a timeout, an ICMP error reported on the socket) are like silence: the
         // client's own timers decide when silence is too long.
         if let Ok((n, from)) = sock.recv_from(&mut buf) {
-            client.handle_input(Instant::now(), from, &buf[..n]);
+            client.handle_input(Instant::now(), 0, from, &buf[..n]);
         }
     }
 }

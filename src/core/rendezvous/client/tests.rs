@@ -219,7 +219,7 @@ impl Net {
             } else if let Some(p) = self.peers.iter_mut().find(|p| p.addr == to) {
                 let msg = Msg::decode(&bytes).expect("valid");
                 p.received.push((now, msg));
-                p.client.handle_input(now, from, &bytes);
+                p.client.handle_input(now, 0, from, &bytes);
             }
         }
         if now >= self.next_expire {
@@ -240,7 +240,9 @@ impl Net {
                 }
                 p.events.push((now, ev));
             }
-            while let Some(b) = p.client.poll_transmit() {
+            while let Some(t) = p.client.poll_transmit() {
+                assert_eq!(t.dst, SERVER);
+                let b = t.payload;
                 p.sent.push((now, Msg::decode(&b).expect("valid register")));
                 out.push((p.addr, b));
             }
@@ -636,12 +638,12 @@ fn strangers_and_junk_are_ignored() {
     }
     .encode();
     // The same refusal from anyone but the server, and junk from the server, change nothing.
-    c.handle_input(now, addr(9), &refusal);
-    c.handle_input(now, SERVER, b"PRV1{not json");
-    c.handle_input(now, SERVER, &[0u8; 20]);
+    c.handle_input(now, 0, addr(9), &refusal);
+    c.handle_input(now, 0, SERVER, b"PRV1{not json");
+    c.handle_input(now, 0, SERVER, &[0u8; 20]);
     assert!(c.poll_event().is_none());
     assert!(!c.is_done());
-    c.handle_input(now, SERVER, &refusal);
+    c.handle_input(now, 0, SERVER, &refusal);
     assert!(matches!(
         c.poll_event(),
         Some(ClientEvent::Failed(Error::SessionTaken { .. }))
