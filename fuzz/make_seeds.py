@@ -140,6 +140,19 @@ rendezvous = {
     "junk": record(3, 200, b"PRV1{") + record(3, 200, b"\xff" * 40),
 }
 
+# What a server says to a client (even source: the server, odd: a stranger).
+PEER_B = ('{"id":"fedcba9876543210","public":"203.0.113.20:40000","locals":["10.0.2.2:40000"],'
+          '"nat":%s}' % NAT)
+client = {
+    "waiting_then_peer": record(0, 5, rdv('{"t":"waiting","you":"203.0.113.10:40000","wait_left_ms":60000}'))
+    + record(0, 30, rdv('{"t":"peer","you":"203.0.113.10:40000","peer":%s,"start_in_ms":150}' % PEER_B)),
+    "unknown_then_unavailable": record(0, 3, rdv('{"t":"error","code":"unknown-session","message":""}'))
+    + record(0, 3, rdv('{"t":"error","code":"registry-unavailable","message":""}'))
+    + record(0, 200, rdv('{"t":"error","code":"registry-unavailable","message":""}')),
+    "stranger_and_rejected": record(1, 5, rdv('{"t":"peer","you":"203.0.113.10:40000","peer":%s,"start_in_ms":1}' % PEER_B))
+    + record(0, 5, rdv('{"t":"waiting","you":"203.0.113.10:40000","wait_left_ms":9,"rejected":3}')),
+}
+
 # A punch check as the peer sends it (the target re-signs it with the session key).
 PUNCH_TID = struct.pack(">I", COOKIE) + bytes(range(40, 52))
 punch = {
@@ -178,6 +191,7 @@ for target, seeds in {
     "stun_parse": {**requests, **responses, **regressions},
     "server_handle": {**requests, **responses, **regressions},
     "rendezvous_msg": rendezvous,
+    "rendezvous_client": client,
     "punch_input": punch,
     "captured_packet": captured,
 }.items():
