@@ -41,8 +41,14 @@
 //! the close: it has all data by then, and data already received stays readable after a close
 //! or reset (quinn reads buffered data before reporting the error). A side that fails closes
 //! both connections with [`CLOSE_ERROR`] and a reason.
+//!
+//! Stopping: the caller's [`Shutdown`] flag is polled throughout, setup and transfer alike. A
+//! side asked to stop closes everything with [`CLOSE_INTERRUPTED`] and the reason
+//! "interrupted", so the peer ends at once with that reason instead of waiting out
+//! [`IDLE_TIMEOUT`], and returns [`StreamError::Interrupted`].
 
 use crate::error::StreamError;
+use crate::os::signals::Shutdown;
 use crate::transport::pin::{self, PinVerifier, SERVER_NAME};
 pub use crate::transport::pin::{fingerprint_hex, Identity};
 use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH, CHUNK};
@@ -54,6 +60,7 @@ use quinn::{
     VarInt, WriteError,
 };
 use rustls::crypto::CryptoProvider;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::pin;
@@ -74,6 +81,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CLOSE_DONE: u32 = 0;
 /// Application close code for every failure; the reason text says which.
 pub const CLOSE_ERROR: u32 = 1;
+/// Application close code of a side that was asked to stop (Ctrl-C, SIGTERM). A peer that
+/// predates it reads it as any other failure, by its reason.
+pub const CLOSE_INTERRUPTED: u32 = 2;
 /// Stream stop code: our output failed, so we will not read further.
 const STOP_OUTPUT_FAILED: u32 = 1;
 /// Upper bound on waiting for our close to reach the peer (quinn waits 3 PTO, which on a
@@ -105,6 +115,8 @@ const INITIAL_RTT: Duration = Duration::from_millis(25);
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
 /// Close reasons travel in one packet.
 const MAX_REASON: usize = 200;
+/// How often the stop flag is looked at: well below what a person notices.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Which way a connection carries data. The client asks for a server name per direction and
 /// attempt, which is how the server tells its connections apart.
@@ -231,6 +243,10 @@ fn server_config(
 /// `keepalive` should be well under [`IDLE_TIMEOUT`] and short enough to keep the NAT
 /// bindings open; zero turns keep-alives off.
 ///
+/// Once `stop` is requested, setup or transfer ends: the connections are closed with the
+/// reason "interrupted" (the peer fails with that reason) and the result is
+/// [`StreamError::Interrupted`].
+///
 /// Blocking: it runs its own tokio runtime, so it must not be called from async code.
 #[allow(clippy::too_many_arguments)]
 pub fn run_stream(
@@ -243,6 +259,7 @@ pub fn run_stream(
     output: impl Write + Send + 'static,
     keepalive: Duration,
     timeout: Duration,
+    stop: &Shutdown,
 ) -> Result<StreamStats, StreamError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinVerifier::new(peer_fingerprint, provider.clone()));
@@ -291,9 +308,11 @@ pub fn run_stream(
         )
         .map_err(|e| StreamError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
         let mut conns = Vec::new();
-        let result = session
-            .run(&endpoint, client, in_rx, out_tx, written_rx, &mut conns)
-            .await;
+        let run = session.run(&endpoint, client, in_rx, out_tx, written_rx, &mut conns);
+        let result = until_stopped(run, &endpoint, stop).await;
+        if let Err(StreamError::Interrupted) = result {
+            return result;
+        }
         // Linger (quinn's 3 PTO) only when the peer still has something to learn from us,
         // so that a lost close is repeated: after success, the close of the connection we
         // sent on; after a failure, our reason. After the peer's own close (it closes both
@@ -324,6 +343,37 @@ pub fn run_stream(
         let _ = writer.join();
     }
     result
+}
+
+/// Runs the session until it ends or `stop` is requested. On the stop, closes every
+/// connection with [`CLOSE_INTERRUPTED`] and lingers as after any close, and only then drops
+/// the session: it still holds connections, some perhaps in mid-handshake, and dropping one
+/// closes it with code 0, which would read as "done". The close, once sent, is repeated for
+/// a peer that keeps sending (quinn's closing period).
+async fn until_stopped(
+    run: impl Future<Output = Result<StreamStats, StreamError>>,
+    endpoint: &Endpoint,
+    stop: &Shutdown,
+) -> Result<StreamStats, StreamError> {
+    let mut run = pin!(run);
+    let requested = async {
+        while !stop.requested() {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    };
+    tokio::select! {
+        result = &mut run => return result,
+        () = requested => {}
+    }
+    debug!("asked to stop; closing the QUIC connections");
+    endpoint.close(CLOSE_INTERRUPTED.into(), b"interrupted");
+    if tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        debug!("the close did not complete within {CLOSE_LINGER:?}; leaving it to the peer's idle timeout");
+    }
+    Err(StreamError::Interrupted)
 }
 
 fn close_reason(e: &StreamError) -> String {
@@ -394,6 +444,22 @@ fn is_certificate_alert(code: TransportErrorCode) -> bool {
 
 fn is_done(e: &ConnectionError) -> bool {
     matches!(e, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSE_DONE))
+}
+
+/// Returns the close of `conn` once the peer has closed it for a failure or a stop; never
+/// for any other end (ours, a clean one, or one that the stream operations report).
+async fn closed_by_failure(conn: &quinn::Connection) -> ConnectionError {
+    match conn.closed().await {
+        ConnectionError::ApplicationClosed(c) if c.error_code != VarInt::from_u32(CLOSE_DONE) => {
+            ConnectionError::ApplicationClosed(c)
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// The peer was asked to stop: nothing more will come from it, in setup either.
+fn is_interrupted(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSE_INTERRUPTED))
 }
 
 struct Session {
@@ -589,6 +655,7 @@ impl Session {
                     Some(Ok((from, handshake))) = handshakes.join_next() => {
                         let conn = match handshake {
                             Ok(conn) => conn,
+                            Err(e) if is_interrupted(&e) => return Err(self.connection_error(e)),
                             Err(e) => {
                                 let e = self.connection_error(e);
                                 warn!(%from, "QUIC connection attempt failed, waiting on: {e}");
@@ -617,6 +684,7 @@ impl Session {
                     }
                     Some(Ok(commitment)) = commitments.join_next() => match commitment {
                         Ok(c) => committed = Some(c),
+                        Err(Ok(e)) if is_interrupted(&e) => return Err(self.connection_error(e)),
                         // An attempt the client gave up on.
                         Err(Ok(e)) => debug!(peer = %self.peer, "a connection ended before its commitment: {e}"),
                         Err(Err(e)) => return Err(e),
@@ -812,9 +880,25 @@ impl Session {
             Ok(received)
         };
 
-        let (sent, received) = tokio::try_join!(sending, receiving)?;
+        let (sent, received) = tokio::select! {
+            both = async { tokio::try_join!(sending, receiving) } => both?,
+            e = self.peer_failed(outgoing, incoming) => return Err(e),
+        };
         debug!(%peer, sent, received, "both directions done");
         Ok(StreamStats { sent, received })
+    }
+
+    /// Returns once the peer closes either connection for a failure or a stop, which the
+    /// directions would notice only on their own connection and, when our input is silent,
+    /// the sending one not at all. The peer's close may also reach us on one connection only:
+    /// quinn (0.11) never sends the close of a connection whose congestion window is full of
+    /// stream data (quinn-rs/quinn#2785), which is the connection a busy sender sends on.
+    async fn peer_failed(&self, a: &quinn::Connection, b: &quinn::Connection) -> StreamError {
+        let e = tokio::select! {
+            e = closed_by_failure(a) => e,
+            e = closed_by_failure(b) => e,
+        };
+        self.connection_error(e)
     }
 
     /// After reading the whole stream on `conn`: waits (bounded by [`CLOSE_LINGER`]) for the

@@ -620,7 +620,12 @@ fn connect(
         std::io::stdout(),
         cfg.keepalive,
         Duration::from_secs(10),
-    )?;
+        &shutdown,
+    )
+    .map_err(|e| match e {
+        crate::error::StreamError::Interrupted => shutdown.interrupted(),
+        e => e.into(),
+    })?;
     done(report, status, stats);
     Ok(())
 }
