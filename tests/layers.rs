@@ -208,7 +208,6 @@ fn no_source_file_is_too_long() {
 /// promise to split it, and the list only shrinks.
 const TOO_LONG_FOR_NOW: &[&str] = &[
     "driver/connect/mod.rs",
-    "transport/quic.rs",
     "core/classify/mod.rs",
     "core/rendezvous/mod.rs",
 ];
