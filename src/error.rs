@@ -204,6 +204,10 @@ pub enum StreamError {
     Input(#[source] std::io::Error),
     #[error("cannot write output")]
     Output(#[source] std::io::Error),
+    /// Our side was asked to stop (SIGINT, SIGTERM) and closed the stream; the caller knows
+    /// which signal it was and maps this to its own [`Error::Interrupted`].
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl StreamError {

@@ -1,13 +1,15 @@
 //! QUIC stream over a handed-over UDP socket, between threads on loopback: data integrity in
-//! both directions, half-close, certificate pinning on both sides, strangers refused.
+//! both directions, half-close, certificate pinning on both sides, strangers refused, a stop
+//! request ending setup or transfer with the peer told why.
 
 use punchraw::error::StreamError;
+use punchraw::os::signals::Shutdown;
 use punchraw::transport::quic::{run_stream, Identity, Role, StreamStats};
 use sha2::{Digest, Sha256};
-use std::io::{self, Cursor, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -74,7 +76,17 @@ struct Side {
     timeout: Duration,
 }
 
-fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, StreamError>> {
+fn spawn(mut side: Side) -> thread::JoinHandle<Result<StreamStats, StreamError>> {
+    let input = Cursor::new(std::mem::take(&mut side.input));
+    spawn_with(side, input, Shutdown::manual())
+}
+
+/// As `spawn`, reading `input` instead of `side.input`, until `stop` is requested.
+fn spawn_with(
+    side: Side,
+    input: impl Read + Send + 'static,
+    stop: Shutdown,
+) -> thread::JoinHandle<Result<StreamStats, StreamError>> {
     thread::spawn(move || {
         run_stream(
             side.socket,
@@ -82,12 +94,18 @@ fn spawn(side: Side) -> thread::JoinHandle<Result<StreamStats, StreamError>> {
             side.role,
             &side.me,
             side.pin,
-            Cursor::new(side.input),
+            input,
             side.out,
             KEEPALIVE,
             side.timeout,
+            &stop,
         )
     })
+}
+
+/// Nobody asks these to stop.
+fn never() -> Shutdown {
+    Shutdown::manual()
 }
 
 fn sha(b: &[u8]) -> [u8; 32] {
@@ -291,6 +309,7 @@ fn strangers_are_refused_and_the_real_client_gets_through() {
             Sink::default(),
             KEEPALIVE,
             TIMEOUT,
+            &never(),
         )
         .expect_err("a stranger must be refused")
     };
@@ -312,6 +331,7 @@ fn strangers_are_refused_and_the_real_client_gets_through() {
         cout.clone(),
         KEEPALIVE,
         TIMEOUT,
+        &never(),
     )
     .expect("the real client");
     let s = server.join().unwrap().expect("server");
@@ -338,6 +358,7 @@ fn timeouts_say_what_was_missing() {
         io::sink(),
         KEEPALIVE,
         quick,
+        &never(),
     )
     .expect_err("no server");
     assert!(
@@ -371,6 +392,7 @@ fn timeouts_say_what_was_missing() {
         io::sink(),
         KEEPALIVE,
         quick,
+        &never(),
     )
     .expect_err("refused");
     assert!(matches!(refused, StreamError::Refused { .. }), "{refused}");
@@ -510,5 +532,155 @@ fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
         );
         // How long it took is printed, not asserted: on a loaded 2-core CI machine the same
         // transfer took 31 s where it takes 3 s alone. Speed belongs in a benchmark.
+    }
+}
+
+/// An input that stays open, like a pipe whose writer never closes it: yields what is sent to
+/// it and ends only when the sender is dropped.
+struct OpenPipe(mpsc::Receiver<Vec<u8>>);
+
+impl Read for OpenPipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.recv() {
+            Ok(chunk) => {
+                // The tests send chunks far smaller than the reader's buffer.
+                buf[..chunk.len()].copy_from_slice(&chunk);
+                Ok(chunk.len())
+            }
+            Err(_) => Ok(0),
+        }
+    }
+}
+
+/// Generous: on loopback the stop takes well under a second (one poll plus 3 PTO).
+const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Joins `h`, failing the test if it is still running after `bound`.
+fn join_within<T>(h: thread::JoinHandle<T>, bound: Duration, what: &str) -> T {
+    let end = Instant::now() + bound;
+    while !h.is_finished() {
+        assert!(
+            Instant::now() < end,
+            "{what} still running {bound:?} after the stop"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    h.join().expect("no panic")
+}
+
+/// Waits until `sink` holds at least `n` bytes.
+fn wait_for_bytes(sink: &Sink, n: usize, what: &str) {
+    let end = Instant::now() + TIMEOUT * 2;
+    while sink.buf.lock().unwrap().len() < n {
+        assert!(Instant::now() < end, "{what} received nothing");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Both sides' inputs stay open, so the transfer would run forever; `stopping` is asked to
+/// stop once data flows both ways.
+fn stop_mid_transfer(stopping: Role) {
+    let (cs, ca) = socket();
+    let (ss, sa) = socket();
+    let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (cpin, spin) = (si.fingerprint(), ci.fingerprint());
+    let (cout, sout) = (Sink::default(), Sink::default());
+    let stop = Shutdown::manual();
+    // The stopping side sends without end; the other a greeting, then nothing, input open.
+    let (greet, pipe) = mpsc::channel();
+    greet.send(b"hello".to_vec()).unwrap();
+    let (c_in, s_in): (Box<dyn Read + Send>, Box<dyn Read + Send>) = match stopping {
+        Role::Client => (Box::new(io::repeat(b'x')), Box::new(OpenPipe(pipe))),
+        Role::Server => (Box::new(OpenPipe(pipe)), Box::new(io::repeat(b'x'))),
+    };
+    let stop_of = |role: Role| {
+        if role == stopping {
+            stop.clone()
+        } else {
+            never()
+        }
+    };
+    let client = spawn_with(
+        Side {
+            socket: cs,
+            peer: sa,
+            role: Role::Client,
+            me: ci,
+            pin: cpin,
+            input: Vec::new(),
+            out: cout.clone(),
+            timeout: TIMEOUT,
+        },
+        c_in,
+        stop_of(Role::Client),
+    );
+    let server = spawn_with(
+        Side {
+            socket: ss,
+            peer: ca,
+            role: Role::Server,
+            me: si,
+            pin: spin,
+            input: Vec::new(),
+            out: sout.clone(),
+            timeout: TIMEOUT,
+        },
+        s_in,
+        stop_of(Role::Server),
+    );
+    wait_for_bytes(&cout, 5, "the client");
+    wait_for_bytes(&sout, 5, "the server");
+    stop.trigger();
+    let (stopped, other) = match stopping {
+        Role::Client => (client, server),
+        Role::Server => (server, client),
+    };
+    let e = join_within(stopped, STOP_BOUND, "the stopped side").expect_err("stopped");
+    assert!(matches!(e, StreamError::Interrupted), "stopped side: {e}");
+    let e = join_within(other, STOP_BOUND, "its peer").expect_err("the peer was stopped");
+    assert!(
+        matches!(&e, StreamError::ClosedByPeer { reason, .. } if reason == "interrupted"),
+        "the peer: {e:?}"
+    );
+    eprintln!("{stopping:?} stopped; its peer: {e}");
+    // The open pipe's writer is dropped only now, so the input never ended before.
+    drop(greet);
+}
+
+#[test]
+fn a_stopped_client_ends_the_transfer_and_tells_the_server() {
+    stop_mid_transfer(Role::Client)
+}
+
+#[test]
+fn a_stopped_server_ends_the_transfer_and_tells_the_client() {
+    stop_mid_transfer(Role::Server)
+}
+
+#[test]
+fn a_stop_during_setup_ends_the_wait() {
+    // Nobody is at the peer address: without the stop, each side would wait out the timeout.
+    for role in [Role::Client, Role::Server] {
+        let (s, _) = socket();
+        let (_absent, absent_addr) = socket();
+        let stop = Shutdown::manual();
+        let h = spawn_with(
+            Side {
+                socket: s,
+                peer: absent_addr,
+                role,
+                me: Identity::generate().unwrap(),
+                pin: [0; 32],
+                input: Vec::new(),
+                out: Sink::default(),
+                timeout: Duration::from_secs(60),
+            },
+            io::empty(),
+            stop.clone(),
+        );
+        thread::sleep(Duration::from_millis(300));
+        stop.trigger();
+        let e = join_within(h, STOP_BOUND, &format!("the {role:?}")).expect_err("stopped");
+        assert!(matches!(e, StreamError::Interrupted), "{role:?}: {e}");
     }
 }

@@ -1,13 +1,14 @@
 //! Every command stops on SIGINT with exit 130 and on SIGTERM with exit 143 (the shell's
 //! 128 + signal number), after its cleanup: serve prints its statistics, probe finishes its
-//! capture file, connect writes its report. Runs the built binary on 127.0.0.1 (no root, no
-//! fixed ports: the server binds port 0 and says which it got) and signals it by PID.
+//! capture file, connect writes its report, and a connect whose stream runs closes it so that
+//! its peer ends at once. Runs the built binary on 127.0.0.1 (no root, no fixed ports: the
+//! server binds port 0 and says which it got) and signals it by PID.
 //! `connect --tcp` needs root; its signal tests are in `lab_connect.rs`.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,24 +29,33 @@ struct Proc {
     stderr: String,
 }
 
+/// The lines of `from`, read on a thread of their own.
+fn lines_of(from: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 impl Proc {
     fn start(args: &[&str]) -> Proc {
+        Proc::start_with(args, Stdio::null(), Stdio::null())
+    }
+
+    fn start_with(args: &[&str], stdin: Stdio, stdout: Stdio) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start punchraw");
-        let err = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stderr.take().expect("stderr piped"));
         Proc {
             child,
             lines,
@@ -315,4 +325,67 @@ fn connect_exits_130_on_sigint_with_its_report() {
 #[test]
 fn connect_exits_143_on_sigterm_with_its_report() {
     connect_stops(Signal::SIGTERM)
+}
+
+/// Two connects meet on 127.0.0.1 and their stream carries a line each way, inputs left
+/// open; then one gets `sig`. It exits with the signal's code, and its peer, told by the
+/// close, ends at once with the stream failure code (9) instead of waiting out the QUIC idle
+/// timeout (30 s, beyond `WAIT`).
+fn connect_stream_stops(sig: Signal) {
+    let (_srv, addr) = serve();
+    let session = format!("sig-stream-{}-{}", std::process::id(), expected(sig).0);
+    let args = [
+        "connect",
+        "--server",
+        &addr.to_string(),
+        "--session",
+        &session,
+        "--secret",
+        "s",
+    ];
+    let start = || Proc::start_with(&args, Stdio::piped(), Stdio::piped());
+    let (mut a, mut b) = (start(), start());
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    for (p, line) in [(&mut a, "from a\n"), (&mut b, "from b\n")] {
+        p.wait_for("connected to");
+        let mut stdin = p.child.stdin.take().expect("stdin piped");
+        stdin.write_all(line.as_bytes()).expect("write stdin");
+        stdin.flush().expect("flush stdin");
+        // Kept open: the stream would otherwise end by itself.
+        inputs.push(stdin);
+        outputs.push(lines_of(p.child.stdout.take().expect("stdout piped")));
+    }
+    for (out, want) in outputs.iter().zip(["from b", "from a"]) {
+        match out.recv_timeout(WAIT) {
+            Ok(line) => assert_eq!(line, want),
+            Err(e) => panic!(
+                "no {want:?} through the stream ({e}); stderr:\n{}\n{}",
+                a.stderr, b.stderr
+            ),
+        }
+    }
+
+    a.signal(sig);
+    let (code, err) = a.finish();
+    assert_interrupted(code, &err, sig);
+    let (code, err) = b.finish();
+    assert_eq!(code, Some(9), "the peer's exit code; stderr:\n{err}");
+    assert!(
+        err.lines()
+            .last()
+            .is_some_and(|l| l.ends_with("closed the connection: interrupted")),
+        "the peer's last line; stderr:\n{err}"
+    );
+    drop(inputs);
+}
+
+#[test]
+fn connect_stream_exits_130_on_sigint_and_its_peer_ends_at_once() {
+    connect_stream_stops(Signal::SIGINT)
+}
+
+#[test]
+fn connect_stream_exits_143_on_sigterm_and_its_peer_ends_at_once() {
+    connect_stream_stops(Signal::SIGTERM)
 }

@@ -17,6 +17,7 @@ use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
 use crate::driver::udp::{drive, flush};
 use crate::driver::Status;
+use crate::error::StreamError;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
 use crate::os::udp::bind_fresh;
@@ -252,7 +253,7 @@ fn connect(
     let punched = punch_udp(
         cfg, status, deadline, report, intro, main, me, capture, &shutdown,
     )?;
-    stream_udp(cfg, status, started, report, punched, &identity)
+    stream_udp(cfg, status, started, report, punched, &identity, &shutdown)
 }
 
 /// Makes the first TCP offer (with `--tcp`) and meets the peer at the rendezvous; returns
@@ -324,6 +325,7 @@ fn stream_udp(
     report: &mut ConnectReport,
     punched: UdpPunched,
     identity: &Identity,
+    shutdown: &Shutdown,
 ) -> Result<(), Error> {
     report.local = Some(punched.local);
     report.peer = Some(punched.remote);
@@ -351,7 +353,12 @@ fn stream_udp(
         std::io::stdout(),
         cfg.keepalive,
         Duration::from_secs(10),
-    )?;
+        shutdown,
+    )
+    .map_err(|e| match e {
+        StreamError::Interrupted => shutdown.interrupted(),
+        e => e.into(),
+    })?;
     done(report, status, stats);
     Ok(())
 }

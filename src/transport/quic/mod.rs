@@ -1,0 +1,479 @@
+//! A reliable, ordered, encrypted byte stream between two punched peers: QUIC (quinn) on the
+//! very UDP socket that punched the hole, so the NAT bindings that the punch opened carry it.
+//!
+//! There is no CA and no name to check: each side presents a per-run self-signed certificate
+//! and pins the peer's by its SHA-256, which it learned from the authenticated punch. The
+//! custom verifiers below replace only the chain and name checks; the TLS 1.3 handshake
+//! signatures are still verified by rustls' own helpers, so presenting a copied certificate
+//! without its private key does not get anyone in.
+//!
+//! Each direction has a connection of its own, with one unidirectional stream: the client opens
+//! both, and the server name it asks for tells the server which is which. Both directions on
+//! one connection stall on lossy paths: whenever a connection has stream data waiting, quinn
+//! (0.11) sends its ACKs only in packets that congestion control lets through, so with data
+//! flowing both ways each side's ACKs wait for the other side's ACKs. Under loss both sides
+//! then sit congestion-blocked until a probe timeout, which backs off exponentially and grows
+//! with the round-trip estimate that the held-back ACKs inflate; at 36% loss per direction the
+//! transfer crawled and died on the idle timeout. On a connection that carries data one way
+//! the receiver has only ACKs and flow-control updates to send, so its ACKs go out at once.
+//!
+//! Setting up: under heavy loss a quinn handshake can stall for longer than any setup budget:
+//! when the client's Finished is lost, the client may repeat it only after a probe timeout that
+//! is still backed off from the Initial exchange and computed from a round trip inflated by a
+//! delayed ACK, while the server drops everything else the client sends. So the client starts
+//! a fresh handshake for a direction every second (`ATTEMPT_INTERVAL`) until one is confirmed
+//! (the server's HANDSHAKE_DONE arrived, so the server has it too), and then commits to a pair: its
+//! stream's first byte names the server-to-client attempt it chose, and the server uses that
+//! one and the connection the byte arrived on. The server never starts before the commitment,
+//! so the two sides cannot pick different connections.
+//!
+//! Congestion control is BBR: a loss-based controller (quinn's default is CUBIC) takes random
+//! loss for congestion and shrinks its window to two packets, where nearly every loss waits
+//! for a probe timeout.
+//!
+//! Ending cleanly: each connection is closed by its sender, with [`CLOSE_DONE`], as soon as all
+//! of its data is acknowledged; until then it may need acknowledgements of retransmissions, so
+//! the receiver keeps the connection open after reading the FIN and waits for that close. A
+//! lost close is repeated by the sender (quinn does so for every packet it receives in its
+//! closing period of 3 PTO), so the waiting receiver sends small datagrams to draw it out;
+//! after that period the sender's endpoint answers with a stateless reset, which also ends the
+//! wait, and `CLOSE_LINGER` (3 s) bounds it in any case. Nothing the receiver still needs
+//! hangs on the close: it has all data by then, and data already received stays readable after
+//! a close or reset (quinn reads buffered data before reporting the error). A side that fails
+//! closes both connections with [`CLOSE_ERROR`] and a reason.
+//!
+//! Stopping: the caller's [`Shutdown`] flag is polled throughout, setup and transfer alike. A
+//! side asked to stop closes everything with [`CLOSE_INTERRUPTED`] and the reason
+//! "interrupted", so the peer ends at once with that reason instead of waiting out
+//! [`IDLE_TIMEOUT`], and returns [`StreamError::Interrupted`].
+//!
+//! Here are the public API, the configuration and the error mapping; `setup` brings the two
+//! connections up, `transfer` moves the bytes and closes them.
+
+use crate::error::StreamError;
+use crate::os::signals::Shutdown;
+pub use crate::transport::pin::Identity;
+use crate::transport::pin::{self, PinVerifier};
+use crate::transport::pipe::{read_input, write_output, CHANNEL_DEPTH};
+pub use crate::transport::{Role, StreamStats};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{
+    AckFrequencyConfig, ConnectionError, Endpoint, EndpointConfig, ReadError, TokioRuntime,
+    TransportConfig, TransportErrorCode, VarInt, WriteError,
+};
+use rustls::crypto::CryptoProvider;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::pin;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+mod setup;
+mod transfer;
+
+/// The only application protocol spoken; a peer of another version fails the handshake
+/// instead of misreading the stream. Version 1 carried both directions on one connection.
+pub const ALPN: &[u8] = b"punchraw/2";
+/// Without a keep-alive or data for this long, the connection counts as lost.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Application close code of a connection's sender: "you acknowledged all of my data". From a
+/// receiver that gave up waiting for that close: "I have read your whole stream".
+pub const CLOSE_DONE: u32 = 0;
+/// Application close code for every failure; the reason text says which.
+pub const CLOSE_ERROR: u32 = 1;
+/// Application close code of a side that was asked to stop (Ctrl-C, SIGTERM). A peer that
+/// predates it reads it as any other failure, by its reason.
+pub const CLOSE_INTERRUPTED: u32 = 2;
+/// Stream stop code: our output failed, so we will not read further.
+const STOP_OUTPUT_FAILED: u32 = 1;
+/// Upper bound on waiting for our close to reach the peer (quinn waits 3 PTO, which on a
+/// bad path could be long; the peer's idle timeout is the fallback), and on waiting for the
+/// peer's close of a connection whose data we have read.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// Datagrams sent at most to draw out a lost close: few enough that unacknowledged ones never
+/// fill the congestion window, which would hold back our ACKs (see the module documentation).
+const CLOSE_PROBES: u32 = 40;
+/// Bounds of the interval between them, a quarter of the round trip, so that several fall into
+/// the sender's closing period of 3 PTO (each at least a round trip).
+const CLOSE_PROBE_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(2), Duration::from_millis(100));
+/// While no handshake for a direction is confirmed, another one starts this often.
+const ATTEMPT_INTERVAL: Duration = Duration::from_secs(1);
+/// Handshakes per direction at most; the attempt number travels in one byte.
+const MAX_ATTEMPTS: u8 = 10;
+/// How often a new connection is checked for the server's HANDSHAKE_DONE.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
+/// Round-trip estimate before the first sample. quinn's default, RFC 9002's 333 ms, makes a
+/// handshake wait 1 s, then 2 s, then 4 s to repeat a lost packet, too slow for a 10 s setup
+/// budget under heavy loss; on a longer path a low estimate costs a few spurious
+/// retransmissions of handshake packets, and the first sample replaces it.
+const INITIAL_RTT: Duration = Duration::from_millis(25);
+/// Asked of the peer (ACK frequency extension): acknowledge every ack-eliciting packet at once,
+/// and count on at most this much delay otherwise. quinn's default, every second packet or
+/// after 25 ms, leaves a lone packet whose partner was lost unacknowledged for 25 ms, and the
+/// probe timeout includes the peer's delay, which dominates it on short paths.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
+/// Close reasons travel in one packet.
+const MAX_REASON: usize = 200;
+/// How often the stop flag is looked at: well below what a person notices.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+fn setup_err(what: &str) -> impl FnOnce(rustls::Error) -> StreamError + '_ {
+    move |e| StreamError::Setup(format!("{what}: {e}"))
+}
+
+fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("30 s is a valid idle timeout"),
+    ));
+    // A zero interval would mean sending keep-alives continuously; treat it as "off".
+    t.keep_alive_interval((!keepalive.is_zero()).then_some(keepalive));
+    // The sender of each connection opens exactly one unidirectional stream.
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.max_concurrent_uni_streams(1u32.into());
+    // Random loss is not congestion; see the module documentation.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.initial_rtt(INITIAL_RTT);
+    let mut acks = AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(0u32.into())
+        .max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
+    // With segmentation offload a burst of datagrams crosses each NAT's netfilter hooks as
+    // one buffer, so one drop loses the whole burst; loss on punched paths is then far
+    // burstier than the congestion controller expects and the transfer crawls.
+    t.enable_segmentation_offload(false);
+    Arc::new(t)
+}
+
+fn client_config(
+    me: &Identity,
+    verifier: Arc<PinVerifier>,
+    provider: Arc<CryptoProvider>,
+    keepalive: Duration,
+) -> Result<quinn::ClientConfig, StreamError> {
+    let tls = pin::client_tls(me, verifier, provider, ALPN)
+        .map_err(setup_err("TLS client configuration"))?;
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| StreamError::Setup(format!("QUIC client configuration: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config(keepalive));
+    Ok(config)
+}
+
+fn server_config(
+    me: &Identity,
+    verifier: Arc<PinVerifier>,
+    provider: Arc<CryptoProvider>,
+    keepalive: Duration,
+) -> Result<quinn::ServerConfig, StreamError> {
+    let tls = pin::server_tls(me, verifier, provider, ALPN)
+        .map_err(setup_err("TLS server configuration"))?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| StreamError::Setup(format!("QUIC server configuration: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config(keepalive));
+    Ok(config)
+}
+
+/// Runs QUIC on `socket` (already bound, possibly already used for punching; it is handed
+/// over) with the peer at `peer`. The client connects; the server accepts only connections
+/// from `peer` whose certificate matches the pin, refusing others and waiting on.
+///
+/// Both sides present their certificate and verify that the peer's SHA-256 equals
+/// `peer_fingerprint`. Then `input` is copied to a stream to the peer and the peer's stream to
+/// `output`, on a connection per direction; at the end of `input` our stream is finished
+/// (half-close). Returns when both directions are done and closed, so the peer exits too.
+///
+/// `timeout` bounds connection setup (the client's handshake; the server's wait for the
+/// authenticated peer), not the transfer, which ends only on a stall of [`IDLE_TIMEOUT`].
+/// `keepalive` should be well under [`IDLE_TIMEOUT`] and short enough to keep the NAT
+/// bindings open; zero turns keep-alives off.
+///
+/// Once `stop` is requested, setup or transfer ends: the connections are closed with the
+/// reason "interrupted" (the peer fails with that reason) and the result is
+/// [`StreamError::Interrupted`].
+///
+/// Blocking: it runs its own tokio runtime, so it must not be called from async code.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stream(
+    socket: UdpSocket,
+    peer: SocketAddr,
+    role: Role,
+    me: &Identity,
+    peer_fingerprint: [u8; 32],
+    input: impl Read + Send + 'static,
+    output: impl Write + Send + 'static,
+    keepalive: Duration,
+    timeout: Duration,
+    stop: &Shutdown,
+) -> Result<StreamStats, StreamError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinVerifier::new(peer_fingerprint, provider.clone()));
+    let (client, server) = match role {
+        Role::Client => (
+            Some(client_config(me, verifier.clone(), provider, keepalive)?),
+            None,
+        ),
+        Role::Server => (
+            None,
+            Some(server_config(me, verifier.clone(), provider, keepalive)?),
+        ),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StreamError::Setup(format!("cannot start the async runtime: {e}")))?;
+
+    // Input and output are blocking (stdin, stdout, files), so each gets a thread of its own.
+    // The reader is never joined: on failure it may sit in a read that never returns.
+    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    thread::Builder::new()
+        .name("quic-input".into())
+        .spawn(move || read_input(input, in_tx))
+        .map_err(|e| StreamError::Setup(format!("cannot start the input thread: {e}")))?;
+    let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (written_tx, written_rx) = oneshot::channel();
+    let writer = thread::Builder::new()
+        .name("quic-output".into())
+        .spawn(move || write_output(output, out_rx, written_tx))
+        .map_err(|e| StreamError::Setup(format!("cannot start the output thread: {e}")))?;
+
+    let session = Session {
+        peer,
+        role,
+        verifier,
+        timeout,
+    };
+    let result = runtime.block_on(async {
+        // quinn's socket wrapper needs the runtime's reactor, so it is built in here.
+        let endpoint = Endpoint::new(
+            EndpointConfig::default(),
+            server,
+            socket,
+            Arc::new(TokioRuntime),
+        )
+        .map_err(|e| StreamError::Setup(format!("cannot run QUIC on the socket: {e}")))?;
+        let mut conns = Vec::new();
+        let run = session.run(&endpoint, client, in_rx, out_tx, written_rx, &mut conns);
+        let result = until_stopped(run, &endpoint, stop).await;
+        if let Err(StreamError::Interrupted) = result {
+            return result;
+        }
+        // Linger (quinn's 3 PTO) only when the peer still has something to learn from us,
+        // so that a lost close is repeated: after success, the close of the connection we
+        // sent on; after a failure, our reason. After the peer's own close (it closes both
+        // connections at once), a refusal or a timeout there is nothing to say, and 3 PTO
+        // can be seconds when the RTT estimate is still the initial one or includes time
+        // spent in a socket buffer.
+        let linger = match &result {
+            Ok(_) => true,
+            Err(StreamError::PeerAuthFailed { .. }) if conns.is_empty() => true,
+            Err(_) => !conns.is_empty() && conns.iter().all(|c| c.close_reason().is_none()),
+        };
+        let (code, reason) = match &result {
+            Ok(_) => (CLOSE_DONE, "done".to_string()),
+            Err(e) => (CLOSE_ERROR, close_reason(e)),
+        };
+        endpoint.close(code.into(), reason.as_bytes());
+        if linger
+            && tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle())
+                .await
+                .is_err()
+        {
+            debug!("the close did not complete within {CLOSE_LINGER:?}; leaving it to the peer's idle timeout");
+        }
+        result
+    });
+    if result.is_ok() {
+        // Everything is written by now (the thread reported it); this only reaps the thread.
+        let _ = writer.join();
+    }
+    result
+}
+
+/// Runs the session until it ends or `stop` is requested. On the stop, closes every
+/// connection with [`CLOSE_INTERRUPTED`] and lingers as after any close, and only then drops
+/// the session: it still holds connections, some perhaps in mid-handshake, and dropping one
+/// closes it with code 0, which would read as "done". The close, once sent, is repeated for
+/// a peer that keeps sending (quinn's closing period).
+async fn until_stopped(
+    run: impl Future<Output = Result<StreamStats, StreamError>>,
+    endpoint: &Endpoint,
+    stop: &Shutdown,
+) -> Result<StreamStats, StreamError> {
+    let mut run = pin!(run);
+    let requested = async {
+        while !stop.requested() {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    };
+    tokio::select! {
+        result = &mut run => return result,
+        () = requested => {}
+    }
+    debug!("asked to stop; closing the QUIC connections");
+    endpoint.close(CLOSE_INTERRUPTED.into(), b"interrupted");
+    if tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        debug!("the close did not complete within {CLOSE_LINGER:?}; leaving it to the peer's idle timeout");
+    }
+    Err(StreamError::Interrupted)
+}
+
+fn close_reason(e: &StreamError) -> String {
+    let mut reason = e.to_string();
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+/// TLS alerts by which a peer says it does not accept our certificate.
+fn is_certificate_alert(code: TransportErrorCode) -> bool {
+    const BAD_CERTIFICATE: u8 = 42;
+    const CERTIFICATE_UNKNOWN: u8 = 46;
+    const ACCESS_DENIED: u8 = 49;
+    const CERTIFICATE_REQUIRED: u8 = 116;
+    let code = u64::from(code);
+    (BAD_CERTIFICATE..=CERTIFICATE_UNKNOWN)
+        .chain([ACCESS_DENIED, CERTIFICATE_REQUIRED])
+        .any(|alert| code == u64::from(TransportErrorCode::crypto(alert)))
+}
+
+struct Session {
+    peer: SocketAddr,
+    role: Role,
+    verifier: Arc<PinVerifier>,
+    timeout: Duration,
+}
+
+impl Session {
+    async fn run(
+        &self,
+        endpoint: &Endpoint,
+        client: Option<quinn::ClientConfig>,
+        input: mpsc::Receiver<io::Result<Vec<u8>>>,
+        output: mpsc::Sender<Vec<u8>>,
+        written: oneshot::Receiver<io::Result<()>>,
+        established: &mut Vec<quinn::Connection>,
+    ) -> Result<StreamStats, StreamError> {
+        let deadline = Instant::now() + self.timeout;
+        let link = match client {
+            Some(config) => self.connect(endpoint, config, deadline).await,
+            None => self.accept(endpoint, deadline).await,
+        };
+        let link = link.map_err(|(e, up)| {
+            established.extend(up);
+            e
+        })?;
+        established.extend([link.outgoing.clone(), link.incoming.clone()]);
+        info!(peer = %self.peer, role = ?self.role, "QUIC connections up, peer authenticated");
+        self.transfer(link, input, output, written).await
+    }
+
+    fn connection_error(&self, e: ConnectionError) -> StreamError {
+        let peer = self.peer;
+        match e {
+            ConnectionError::TransportError(e) => match self.verifier.take_mismatch() {
+                Some(got) => StreamError::PeerAuthFailed {
+                    peer,
+                    expected: crate::core::hex::encode(&self.verifier.expected),
+                    got: crate::core::hex::encode(&got),
+                },
+                None => StreamError::Handshake {
+                    proto: "QUIC",
+                    peer,
+                    reason: e.to_string(),
+                },
+            },
+            ConnectionError::ConnectionClosed(c) => {
+                let reason = String::from_utf8_lossy(&c.reason).into_owned();
+                if c.error_code == TransportErrorCode::CONNECTION_REFUSED {
+                    StreamError::Refused { peer }
+                } else if is_certificate_alert(c.error_code) {
+                    StreamError::RejectedByPeer { peer, reason }
+                } else {
+                    StreamError::ClosedByPeer {
+                        peer,
+                        reason: c.to_string(),
+                    }
+                }
+            }
+            ConnectionError::ApplicationClosed(c)
+                if c.error_code == VarInt::from_u32(CLOSE_DONE) =>
+            {
+                StreamError::Protocol {
+                    peer,
+                    reason: "it ended the connection before all of our data was delivered".into(),
+                }
+            }
+            ConnectionError::ApplicationClosed(c) => StreamError::ClosedByPeer {
+                peer,
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            ConnectionError::TimedOut => StreamError::ConnectionLost {
+                peer,
+                reason: format!(
+                    "nothing heard from the peer for {} s",
+                    IDLE_TIMEOUT.as_secs()
+                ),
+            },
+            ConnectionError::Reset => StreamError::ConnectionLost {
+                peer,
+                reason: "the peer reset the connection (did it restart?)".into(),
+            },
+            ConnectionError::VersionMismatch => StreamError::Handshake {
+                proto: "QUIC",
+                peer,
+                reason: "the peer speaks no QUIC version we do".into(),
+            },
+            e @ (ConnectionError::LocallyClosed | ConnectionError::CidsExhausted) => {
+                StreamError::ConnectionLost {
+                    peer,
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+
+    fn write_error(&self, e: WriteError) -> StreamError {
+        match e {
+            WriteError::Stopped(_) => StreamError::PeerStopped { peer: self.peer },
+            WriteError::ConnectionLost(e) => self.connection_error(e),
+            e @ (WriteError::ClosedStream | WriteError::ZeroRttRejected) => StreamError::Protocol {
+                peer: self.peer,
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn read_error(&self, e: ReadError) -> StreamError {
+        match e {
+            ReadError::Reset(code) => StreamError::Protocol {
+                peer: self.peer,
+                reason: format!("it aborted its data stream (code {code})"),
+            },
+            ReadError::ConnectionLost(e) => self.connection_error(e),
+            e @ (ReadError::ClosedStream
+            | ReadError::IllegalOrderedRead
+            | ReadError::ZeroRttRejected) => StreamError::Protocol {
+                peer: self.peer,
+                reason: e.to_string(),
+            },
+        }
+    }
+}

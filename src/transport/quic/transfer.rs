@@ -1,0 +1,192 @@
+//! Moving the bytes over the two connections and closing them: each by its sender once all
+//! of its data is acknowledged, or at once when the peer reports a failure.
+
+use super::setup::Link;
+use super::{
+    Session, CLOSE_DONE, CLOSE_LINGER, CLOSE_PROBES, CLOSE_PROBE_INTERVAL, INITIAL_RTT,
+    STOP_OUTPUT_FAILED,
+};
+use crate::error::StreamError;
+use crate::transport::pipe::CHUNK;
+use crate::transport::StreamStats;
+use quinn::{ConnectionError, StoppedError, VarInt};
+use std::io;
+use std::pin::pin;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+fn is_done(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSE_DONE))
+}
+
+/// Returns the close of `conn` once the peer has closed it for a failure or a stop; never
+/// for any other end (ours, a clean one, or one that the stream operations report).
+async fn closed_by_failure(conn: &quinn::Connection) -> ConnectionError {
+    match conn.closed().await {
+        ConnectionError::ApplicationClosed(c) if c.error_code != VarInt::from_u32(CLOSE_DONE) => {
+            ConnectionError::ApplicationClosed(c)
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+impl Session {
+    /// Copies the input to a stream on the outgoing connection and the stream that the peer
+    /// opens on the incoming one to the output. The server's stream becomes visible to the
+    /// client with its first frame, so the client waits as long as the server's input stays
+    /// silent.
+    pub(super) async fn transfer(
+        &self,
+        link: Link,
+        mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
+        output: mpsc::Sender<Vec<u8>>,
+        written: oneshot::Receiver<io::Result<()>>,
+    ) -> Result<StreamStats, StreamError> {
+        let peer = self.peer;
+        let (outgoing, incoming) = (&link.outgoing, &link.incoming);
+
+        let sending = async {
+            let mut send = match link.send {
+                Some(send) => send,
+                None => outgoing
+                    .open_uni()
+                    .await
+                    .map_err(|e| self.connection_error(e))?,
+            };
+            let mut sent = 0u64;
+            while let Some(chunk) = input.recv().await {
+                let chunk = chunk.map_err(StreamError::Input)?;
+                send.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                sent += chunk.len() as u64;
+            }
+            // Fails only if the stream is already reset, which `stopped` reports below.
+            let _ = send.finish();
+            match send.stopped().await {
+                Ok(None) => {
+                    // All acknowledged: the peer needs nothing more on this connection.
+                    outgoing.close(CLOSE_DONE.into(), b"done");
+                    Ok(sent)
+                }
+                Ok(Some(_)) => Err(StreamError::PeerStopped { peer }),
+                // The peer read our stream to the end and gave up waiting for our close.
+                Err(StoppedError::ConnectionLost(e)) if is_done(&e) => Ok(sent),
+                Err(StoppedError::ConnectionLost(e)) => Err(self.connection_error(e)),
+                Err(StoppedError::ZeroRttRejected) => Err(StreamError::Protocol {
+                    peer,
+                    reason: "0-RTT rejected although none was sent".into(),
+                }),
+            }
+        };
+
+        let receiving = async {
+            let mut recv = match link.recv {
+                Some(recv) => recv,
+                None => incoming
+                    .accept_uni()
+                    .await
+                    .map_err(|e| self.connection_error(e))?,
+            };
+            let mut received = 0u64;
+            let output_failed = |written: oneshot::Receiver<io::Result<()>>| async {
+                match written.await {
+                    Ok(Err(e)) => StreamError::Output(e),
+                    _ => StreamError::Output(io::Error::other("the output thread ended")),
+                }
+            };
+            loop {
+                match recv.read_chunk(CHUNK, true).await {
+                    Ok(Some(chunk)) => {
+                        received += chunk.bytes.len() as u64;
+                        if output.send(chunk.bytes.to_vec()).await.is_err() {
+                            let _ = recv.stop(STOP_OUTPUT_FAILED.into());
+                            return Err(output_failed(written).await);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(self.read_error(e)),
+                }
+            }
+            drop(output);
+            match written.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StreamError::Output(e)),
+                Err(_) => {
+                    return Err(StreamError::Output(io::Error::other(
+                        "the output thread ended",
+                    )))
+                }
+            }
+            // The connection that carried more traffic has the better estimate, and the
+            // minimum is not inflated by the handshake or by delayed ACKs.
+            let rtt = [outgoing, incoming]
+                .map(|c| c.stats().path.min_rtt)
+                .into_iter()
+                .min()
+                .unwrap_or(INITIAL_RTT);
+            self.await_close(incoming, rtt).await?;
+            Ok(received)
+        };
+
+        let (sent, received) = tokio::select! {
+            both = async { tokio::try_join!(sending, receiving) } => both?,
+            e = self.peer_failed(outgoing, incoming) => return Err(e),
+        };
+        debug!(%peer, sent, received, "both directions done");
+        Ok(StreamStats { sent, received })
+    }
+
+    /// Returns once the peer closes either connection for a failure or a stop, which the
+    /// directions would notice only on their own connection and, when our input is silent,
+    /// the sending one not at all. The peer's close may also reach us on one connection only:
+    /// quinn (0.11) never sends the close of a connection whose congestion window is full of
+    /// stream data (quinn-rs/quinn#2785), which is the connection a busy sender sends on.
+    async fn peer_failed(&self, a: &quinn::Connection, b: &quinn::Connection) -> StreamError {
+        let e = tokio::select! {
+            e = closed_by_failure(a) => e,
+            e = closed_by_failure(b) => e,
+        };
+        self.connection_error(e)
+    }
+
+    /// After reading the whole stream on `conn`: waits (bounded by [`CLOSE_LINGER`]) for the
+    /// peer to close the connection, which it does once it has our acknowledgement of all its
+    /// data. Until then it may retransmit and need acknowledgements, so the connection stays
+    /// open; a few datagrams make a peer whose close was lost repeat it.
+    async fn await_close(
+        &self,
+        conn: &quinn::Connection,
+        rtt: Duration,
+    ) -> Result<(), StreamError> {
+        let mut closed = pin!(conn.closed());
+        let mut give_up = pin!(tokio::time::sleep(CLOSE_LINGER));
+        let (min, max) = CLOSE_PROBE_INTERVAL;
+        let interval = (rtt / 4).clamp(min, max);
+        let mut probes = 0;
+        let e = loop {
+            tokio::select! {
+                e = &mut closed => break e,
+                () = &mut give_up => {
+                    debug!(peer = %self.peer, "no close from the peer after its data; closing");
+                    conn.close(CLOSE_DONE.into(), b"done");
+                    return Ok(());
+                }
+                () = tokio::time::sleep(interval), if probes < CLOSE_PROBES => {
+                    probes += 1;
+                    // Fails only once the connection is closed, which `closed` reports.
+                    let _ = conn.send_datagram(Vec::new().into());
+                }
+            }
+        };
+        match e {
+            // The peer's close, or its endpoint's reset after its closing period.
+            e if is_done(&e) => Ok(()),
+            ConnectionError::Reset | ConnectionError::TimedOut | ConnectionError::LocallyClosed => {
+                Ok(())
+            }
+            e => Err(self.connection_error(e)),
+        }
+    }
+}
