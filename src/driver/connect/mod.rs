@@ -419,33 +419,7 @@ fn punch_udp(
     // The punch must end before the overall timeout.
     let left = deadline.saturating_duration_since(intro.start);
     pcfg.budget = pcfg.budget.min(left.max(Duration::from_secs(1)));
-    status.say(format!(
-        "peer {} (NAT mapping {}, allocation {}); strategy {}",
-        intro.peer.public,
-        kebab(&intro.peer.nat.mapping),
-        kebab(&intro.peer.nat.allocation),
-        strategy.as_str()
-    ));
-    if strategy == Strategy::Sweep {
-        let me_random = pcfg.i_spray();
-        status.say(format!(
-            "birthday sweep: {} for {} s at {} probes/s with {} mappings; expected success probability {:.1}%{}",
-            if me_random {
-                "opening many mappings toward the peer"
-            } else {
-                "probing random ports of the peer"
-            },
-            pcfg.budget.as_secs(),
-            cfg.rate,
-            cfg.sweep_sockets,
-            100.0 * pcfg.sweep_success_probability(),
-            if nat.allocation == Allocation::Random && intro.peer.nat.allocation == Allocation::Random {
-                " (both sides random: neither can be reached by a sweep)"
-            } else {
-                ""
-            }
-        ));
-    }
+    announce_udp_punch(status, cfg, &pcfg, &nat, &intro);
     let mut sockets = vec![main];
     let mut locals = me.main_local;
     if pcfg.sockets_needed() > 1 {
@@ -512,6 +486,44 @@ fn punch_udp(
         controlling,
         strategy,
     })
+}
+
+/// Tells the user what the UDP punch is about to do with this peer.
+fn announce_udp_punch(
+    status: &Status,
+    cfg: &ConnectConfig,
+    pcfg: &PunchConfig,
+    nat: &NatInfo,
+    intro: &Introduction,
+) {
+    let strategy = pcfg.strategy();
+    status.say(format!(
+        "peer {} (NAT mapping {}, allocation {}); strategy {}",
+        intro.peer.public,
+        kebab(&intro.peer.nat.mapping),
+        kebab(&intro.peer.nat.allocation),
+        strategy.as_str()
+    ));
+    if strategy == Strategy::Sweep {
+        let me_random = pcfg.i_spray();
+        status.say(format!(
+            "birthday sweep: {} for {} s at {} probes/s with {} mappings; expected success probability {:.1}%{}",
+            if me_random {
+                "opening many mappings toward the peer"
+            } else {
+                "probing random ports of the peer"
+            },
+            pcfg.budget.as_secs(),
+            cfg.rate,
+            cfg.sweep_sockets,
+            100.0 * pcfg.sweep_success_probability(),
+            if nat.allocation == Allocation::Random && intro.peer.nat.allocation == Allocation::Random {
+                " (both sides random: neither can be reached by a sweep)"
+            } else {
+                ""
+            }
+        ));
+    }
 }
 
 fn finish_capture(capture: Option<Capture>, status: &Status) -> Result<(), Error> {
