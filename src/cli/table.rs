@@ -1,7 +1,9 @@
 //! The probe's table: what `punchraw probe` prints without `--json`.
 
+use crate::core::classify::{Allocation, Behavior, TcpReport, UdpReport};
 use crate::driver::kebab;
 use crate::driver::probe::ProbeReport;
+use std::net::SocketAddr;
 
 fn yes_no(b: Option<bool>) -> &'static str {
     match b {
@@ -9,6 +11,69 @@ fn yes_no(b: Option<bool>) -> &'static str {
         Some(false) => "no",
         None => "unknown",
     }
+}
+
+fn row(s: &mut String, k: &str, v: String) {
+    use std::fmt::Write;
+    let _ = writeln!(s, "  {k:<18} {v}");
+}
+
+/// The rows UDP and TCP have in common.
+struct Nat {
+    local: SocketAddr,
+    mapped: Option<SocketAddr>,
+    behind_nat: bool,
+    mapping: Behavior,
+    filtering: Behavior,
+    allocation: Allocation,
+    delta: Option<i32>,
+}
+
+impl Nat {
+    fn from_udp(u: &UdpReport) -> Self {
+        Nat {
+            local: u.local,
+            mapped: u.mapped,
+            behind_nat: u.behind_nat,
+            mapping: u.mapping,
+            filtering: u.filtering,
+            allocation: u.allocation,
+            delta: u.delta,
+        }
+    }
+
+    fn from_tcp(t: &TcpReport) -> Self {
+        Nat {
+            local: t.local,
+            mapped: t.mapped,
+            behind_nat: t.behind_nat,
+            mapping: t.mapping,
+            filtering: t.filtering,
+            allocation: t.allocation,
+            delta: t.delta,
+        }
+    }
+}
+
+fn nat_rows(s: &mut String, n: &Nat) {
+    row(s, "local address", n.local.to_string());
+    row(
+        s,
+        "mapped address",
+        n.mapped.map_or("none".into(), |m| m.to_string()),
+    );
+    row(
+        s,
+        "behind NAT",
+        yes_no(n.mapped.map(|_| n.behind_nat)).into(),
+    );
+    row(s, "mapping", kebab(&n.mapping));
+    row(s, "filtering", kebab(&n.filtering));
+    let alloc = match n.delta {
+        Some(d) => format!("{} (delta {d})", kebab(&n.allocation)),
+        None => kebab(&n.allocation),
+    };
+    row(s, "port allocation", alloc);
 }
 
 /// The human-readable table and verdicts.
@@ -25,28 +90,8 @@ pub fn render(r: &ProbeReport) -> String {
         r.server, r.elapsed_ms
     );
     let _ = writeln!(s);
-    let row = |s: &mut String, k: &str, v: String| {
-        let _ = writeln!(s, "  {k:<18} {v}");
-    };
     let _ = writeln!(s, "  UDP");
-    row(&mut s, "local address", u.local.to_string());
-    row(
-        &mut s,
-        "mapped address",
-        u.mapped.map_or("none".into(), |m| m.to_string()),
-    );
-    row(
-        &mut s,
-        "behind NAT",
-        yes_no(u.mapped.map(|_| u.behind_nat)).into(),
-    );
-    row(&mut s, "mapping", kebab(&u.mapping));
-    row(&mut s, "filtering", kebab(&u.filtering));
-    let alloc = match u.delta {
-        Some(d) => format!("{} (delta {d})", kebab(&u.allocation)),
-        None => kebab(&u.allocation),
-    };
-    row(&mut s, "port allocation", alloc);
+    nat_rows(&mut s, &Nat::from_udp(u));
     row(&mut s, "hairpinning", yes_no(u.hairpinning).into());
     if let Some(l) = u.lifetime {
         let v = match l.max_s {
@@ -59,24 +104,7 @@ pub fn render(r: &ProbeReport) -> String {
     let _ = writeln!(s);
     if let Some(t) = &r.tcp {
         let _ = writeln!(s, "  TCP");
-        row(&mut s, "local address", t.local.to_string());
-        row(
-            &mut s,
-            "mapped address",
-            t.mapped.map_or("none".into(), |m| m.to_string()),
-        );
-        row(
-            &mut s,
-            "behind NAT",
-            yes_no(t.mapped.map(|_| t.behind_nat)).into(),
-        );
-        row(&mut s, "mapping", kebab(&t.mapping));
-        row(&mut s, "filtering", kebab(&t.filtering));
-        let alloc = match t.delta {
-            Some(d) => format!("{} (delta {d})", kebab(&t.allocation)),
-            None => kebab(&t.allocation),
-        };
-        row(&mut s, "port allocation", alloc);
+        nat_rows(&mut s, &Nat::from_tcp(t));
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "Verdict (UDP): {}", u.verdict());
