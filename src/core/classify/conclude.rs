@@ -2,7 +2,9 @@
 //! what each test saw into mapping, filtering, allocation and lifetime, and the RFC 3489
 //! name for the combination.
 
-use super::report::{secs, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport};
+use super::report::{
+    secs, unreachable_reasons, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport,
+};
 use super::{Classifier, Kind, Outcome, SOCK_A, SOCK_ALLOC0};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,15 +36,16 @@ impl Classifier {
                 }
                 _ => format!("no answer from {server} over UDP"),
             };
-            for k in [
-                "mapping",
-                "filtering",
-                "allocation",
-                "hairpinning",
-                "mapped",
-            ] {
-                reasons.insert(k, why.clone());
-            }
+            let reasons = unreachable_reasons(
+                &[
+                    "mapping",
+                    "filtering",
+                    "allocation",
+                    "hairpinning",
+                    "mapped",
+                ],
+                &why,
+            );
             return UdpReport {
                 local,
                 mapped: None,

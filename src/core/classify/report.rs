@@ -100,6 +100,15 @@ impl UdpReport {
     }
 }
 
+/// The reasons of a report whose first exchange with the server failed: every value that
+/// needed it is unknown for the same reason.
+pub(crate) fn unreachable_reasons(
+    keys: &[&'static str],
+    why: &str,
+) -> BTreeMap<&'static str, String> {
+    keys.iter().map(|&k| (k, why.to_string())).collect()
+}
+
 /// Which transport a verdict speaks of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Proto {

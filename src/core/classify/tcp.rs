@@ -23,7 +23,7 @@ pub mod plan;
 pub use plan::TcpProbe;
 
 use super::classify_allocation;
-use super::report::{nat_verdict, Allocation, Behavior, Proto};
+use super::report::{nat_verdict, unreachable_reasons, Allocation, Behavior, Proto};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -99,9 +99,8 @@ pub fn classify(o: &TcpObservations) -> TcpReport {
     let base = match &o.primary {
         Ok(a) => *a,
         Err(why) => {
-            for k in ["mapped", "mapping", "filtering", "allocation"] {
-                reasons.insert(k, why.clone());
-            }
+            let reasons =
+                unreachable_reasons(&["mapped", "mapping", "filtering", "allocation"], why);
             return TcpReport {
                 local: o.local,
                 mapped: None,
