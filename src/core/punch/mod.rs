@@ -146,10 +146,17 @@ impl PunchConfig {
         }
     }
 
+    /// Neither side can be found by the other: both map per destination and allocate at
+    /// random. Endpoint-independent mapping is reachable at its mapped port whatever its
+    /// allocation (RFC 4787 section 4.1), so it never makes a sweep hopeless.
+    pub fn sweep_hopeless(&self) -> bool {
+        !predictable(&self.my_nat) && !predictable(&self.peer.nat)
+    }
+
     /// Chance that a sweep finds a pair within the budget: every probe hits one of the
     /// sprayer's mappings with probability sockets / port space.
     pub fn sweep_success_probability(&self) -> f64 {
-        if !predictable(&self.my_nat) && !predictable(&self.peer.nat) {
+        if self.sweep_hopeless() {
             // Each random probe leaves from a new random port of our own NAT, which the
             // peer's mappings (aimed at our registered port) never expect.
             return 0.0;

@@ -338,4 +338,48 @@ fn sweep_probability_matches_budget() {
     let p = cfg.sweep_success_probability();
     assert!(p > 0.999 && p <= 1.0, "{p}");
     assert!(cfg.i_probe_random() && !cfg.i_spray());
+    assert!(!cfg.sweep_hopeless());
+
+    // Endpoint-independent mapping with random ports is as reachable as a cone: the sweep
+    // is not hopeless, whatever the allocation says.
+    let mut eim_random = cfg.clone();
+    eim_random.my_nat = info(&eim_translated());
+    assert!(!eim_random.sweep_hopeless());
+    assert_eq!(
+        eim_random.sweep_success_probability(),
+        cfg.sweep_success_probability()
+    );
+    assert!(eim_random.i_probe_random() && !eim_random.i_spray());
+
+    // Both symmetric with random ports: hopeless, and the probability says so.
+    let mut both = cfg.clone();
+    both.my_nat = info(&sym_random());
+    assert!(both.sweep_hopeless());
+    assert_eq!(both.sweep_success_probability(), 0.0);
+}
+
+/// Endpoint-independent mapping that does not preserve ports (carrier-grade NATs per RFC
+/// 6888, libslirp): the mapped port is random but the same toward every destination.
+fn eim_translated() -> Option<NatBehavior> {
+    nat(
+        EndpointIndependent,
+        AddressAndPortDependent,
+        PortAlloc::Random,
+    )
+}
+
+#[test]
+fn endpoint_independent_with_translated_ports_meets_random_symmetric() {
+    let mut ok = 0;
+    for seed in 0..20 {
+        let o = run(eim_translated(), sym_random(), 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Sweep, "seed {seed}");
+        if o.events
+            .iter()
+            .all(|e| matches!(e, Some(Event::Connected { .. })))
+        {
+            ok += 1;
+        }
+    }
+    assert!(ok >= 19, "{ok}/20");
 }

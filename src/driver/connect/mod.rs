@@ -4,7 +4,7 @@
 mod rendezvous;
 pub mod tcp_punch;
 
-use crate::core::classify::{Allocation, LegacyType};
+use crate::core::classify::LegacyType;
 use crate::core::punch::explain::{describe_plan, explain_failure, explain_tcp_failure};
 use crate::core::punch::{
     derive_key, tcp, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy,
@@ -419,7 +419,7 @@ fn punch_udp(
     // The punch must end before the overall timeout.
     let left = deadline.saturating_duration_since(intro.start);
     pcfg.budget = pcfg.budget.min(left.max(Duration::from_secs(1)));
-    announce_udp_punch(status, cfg, &pcfg, &nat, &intro);
+    announce_udp_punch(status, cfg, &pcfg, &intro);
     let mut sockets = vec![main];
     let mut locals = me.main_local;
     if pcfg.sockets_needed() > 1 {
@@ -493,7 +493,6 @@ fn announce_udp_punch(
     status: &Status,
     cfg: &ConnectConfig,
     pcfg: &PunchConfig,
-    nat: &NatInfo,
     intro: &Introduction,
 ) {
     let strategy = pcfg.strategy();
@@ -517,8 +516,8 @@ fn announce_udp_punch(
             cfg.rate,
             cfg.sweep_sockets,
             100.0 * pcfg.sweep_success_probability(),
-            if nat.allocation == Allocation::Random && intro.peer.nat.allocation == Allocation::Random {
-                " (both sides random: neither can be reached by a sweep)"
+            if pcfg.sweep_hopeless() {
+                " (both sides symmetric with random ports: neither can be reached by a sweep)"
             } else {
                 ""
             }
