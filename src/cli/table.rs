@@ -27,6 +27,7 @@ struct Nat {
     filtering: Behavior,
     allocation: Allocation,
     delta: Option<i32>,
+    port_range: Option<[u16; 2]>,
 }
 
 impl Nat {
@@ -39,6 +40,7 @@ impl Nat {
             filtering: u.filtering,
             allocation: u.allocation,
             delta: u.delta,
+            port_range: u.port_range,
         }
     }
 
@@ -51,6 +53,7 @@ impl Nat {
             filtering: t.filtering,
             allocation: t.allocation,
             delta: t.delta,
+            port_range: t.port_range,
         }
     }
 }
@@ -74,6 +77,9 @@ fn nat_rows(s: &mut String, n: &Nat) {
         None => kebab(&n.allocation),
     };
     row(s, "port allocation", alloc);
+    if let Some([lo, hi]) = n.port_range {
+        row(s, "port range", format!("{lo}-{hi} (seen)"));
+    }
 }
 
 /// The human-readable table and verdicts.
@@ -148,6 +154,7 @@ mod tests {
             rtt_ms: Some(0.5),
             other_address: None,
             allocation_samples: vec![40001, 40002],
+            port_range: None,
             lifetime: None,
             reasons: BTreeMap::new(),
         };
@@ -162,6 +169,7 @@ mod tests {
             rtt_ms: Some(1.0),
             other_address: None,
             allocation_samples: vec![40003, 40004],
+            port_range: None,
             reasons: BTreeMap::from([("filtering", "needs CAP_NET_RAW".to_string())]),
         });
         ProbeReport {

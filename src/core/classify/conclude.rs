@@ -3,7 +3,8 @@
 //! name for the combination.
 
 use super::report::{
-    secs, unreachable_reasons, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport,
+    port_range, secs, unreachable_reasons, Allocation, Behavior, LegacyType, LifetimeRange,
+    UdpReport,
 };
 use super::{Classifier, Kind, Outcome, SOCK_A, SOCK_ALLOC0};
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ impl Classifier {
                 rtt_ms: None,
                 other_address: None,
                 allocation_samples: Vec::new(),
+                port_range: None,
                 lifetime: None,
                 reasons,
             };
@@ -89,6 +91,7 @@ impl Classifier {
             legacy_type,
             rtt_ms: self.srtt.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
             other_address: other,
+            port_range: port_range(allocation, &samples),
             allocation_samples: samples,
             lifetime: self.lifetime_result(&mut reasons),
             reasons,

@@ -73,6 +73,9 @@ pub struct UdpReport {
     pub lifetime: Option<LifetimeRange>,
     /// For every field reported `unknown`/`null`: why.
     pub reasons: BTreeMap<&'static str, String>,
+    /// `[lowest, highest]` external port the allocation test saw, for `random` and
+    /// `sequential` allocation (`null` otherwise): the range a sweep has to cover.
+    pub port_range: Option<[u16; 2]>,
 }
 
 impl UdpReport {
@@ -89,6 +92,11 @@ impl UdpReport {
             self.allocation,
             self.delta,
         );
+        v.push_str(&block_sentence(
+            self.allocation,
+            self.port_range,
+            self.allocation_samples.len(),
+        ));
         if self.hairpinning == Some(true) {
             v.push_str(
                 " Hairpinning works, so peers behind the same NAT can use your mapped address.",
@@ -97,6 +105,35 @@ impl UdpReport {
             v.push_str(" No hairpinning: peers behind the same NAT must use local addresses.");
         }
         v
+    }
+}
+
+/// The range the allocation samples span, where the allocation leaves one to search.
+pub(crate) fn port_range(allocation: Allocation, samples: &[u16]) -> Option<[u16; 2]> {
+    if !matches!(allocation, Allocation::Random | Allocation::Sequential) {
+        return None;
+    }
+    Some([*samples.iter().min()?, *samples.iter().max()?])
+}
+
+/// The sentence that names a port block, when random samples cluster in one. Five ports
+/// drawn uniformly from the 64,512 non-privileged ones all land within 1/16 of that space
+/// with probability about 5 x (1/16)^4 < 1e-4, so a span that narrow is a block the NAT
+/// confines this host to (carrier-grade NATs assign per-subscriber blocks, RFC 6888
+/// section 5), not chance.
+pub(crate) fn block_sentence(allocation: Allocation, range: Option<[u16; 2]>, n: usize) -> String {
+    const PORT_SPACE: u32 = 65536 - 1024;
+    match range {
+        Some([lo, hi])
+            if allocation == Allocation::Random
+                && n >= 4
+                && u32::from(hi - lo) < PORT_SPACE / 16 =>
+        {
+            format!(
+                " The random ports all fall within {lo}-{hi}: a port block like those carrier-grade NATs give each subscriber, so peers need to search only that range."
+            )
+        }
+        _ => String::new(),
     }
 }
 

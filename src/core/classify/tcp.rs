@@ -23,7 +23,9 @@ pub mod plan;
 pub use plan::TcpProbe;
 
 use super::classify_allocation;
-use super::report::{nat_verdict, unreachable_reasons, Allocation, Behavior, Proto};
+use super::report::{
+    block_sentence, nat_verdict, port_range, unreachable_reasons, Allocation, Behavior, Proto,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -91,6 +93,9 @@ pub struct TcpReport {
     pub allocation_samples: Vec<u16>,
     /// For every field reported `unknown`/`null`: why.
     pub reasons: BTreeMap<&'static str, String>,
+    /// `[lowest, highest]` external port the allocation test saw, for `random` and
+    /// `sequential` allocation (`null` otherwise), as in the UDP report.
+    pub port_range: Option<[u16; 2]>,
 }
 
 /// Classifies the NAT's TCP behaviour from what the driver saw.
@@ -112,6 +117,7 @@ pub fn classify(o: &TcpObservations) -> TcpReport {
                 rtt_ms: None,
                 other_address: None,
                 allocation_samples: Vec::new(),
+                port_range: None,
                 reasons,
             };
         }
@@ -147,6 +153,7 @@ pub fn classify(o: &TcpObservations) -> TcpReport {
         rtt_ms: o.rtt.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
         other_address: base.other,
         allocation_samples: samples.iter().map(|s| s.2).collect(),
+        port_range: port_range(allocation, &samples.iter().map(|s| s.2).collect::<Vec<_>>()),
         reasons,
     }
 }
@@ -233,14 +240,20 @@ impl TcpReport {
         if self.mapped.is_none() {
             return "TCP to the server failed, so nothing is known about TCP through this NAT (see reasons).".into();
         }
-        nat_verdict(
+        let mut v = nat_verdict(
             Proto::Tcp,
             self.behind_nat,
             self.mapping,
             self.filtering,
             self.allocation,
             self.delta,
-        )
+        );
+        v.push_str(&block_sentence(
+            self.allocation,
+            self.port_range,
+            self.allocation_samples.len(),
+        ));
+        v
     }
 }
 

@@ -274,6 +274,81 @@ fn allocation_tolerates_one_interloper() {
     assert_eq!(classify_allocation(&random).0, Allocation::Random);
 }
 
+#[test]
+fn port_range_for_random_and_sequential_only() {
+    let r = check(
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Random,
+        ),
+        AddressAndPortDependent,
+        AddressAndPortDependent,
+        Allocation::Random,
+        None,
+        LegacyType::Symmetric,
+    );
+    let [lo, hi] = r.port_range.expect("a range for random allocation");
+    assert!(r.allocation_samples.iter().all(|p| (lo..=hi).contains(p)));
+    assert!(r.allocation_samples.contains(&lo) && r.allocation_samples.contains(&hi));
+    let seq = sim::classify(
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Sequential {
+                start: 20000,
+                step: 1,
+            },
+        ),
+        true,
+        0.0,
+        1,
+        None,
+    )
+    .0;
+    let [lo, hi] = seq.port_range.expect("a range for sequential allocation");
+    assert!(lo >= 20000 && hi > lo && hi - lo < 64, "{lo}-{hi}");
+    let cone = sim::classify(
+        nat(
+            EndpointIndependent,
+            AddressAndPortDependent,
+            PortAlloc::Preserve,
+        ),
+        true,
+        0.0,
+        1,
+        None,
+    )
+    .0;
+    assert_eq!(cone.port_range, None);
+    let json = serde_json::to_string(&cone).unwrap();
+    assert!(json.ends_with(",\"port_range\":null}"), "{json}");
+}
+
+#[test]
+fn random_ports_inside_a_block_are_named_in_the_verdict() {
+    use super::report::{block_sentence, port_range};
+    let block = [40961u16, 40100, 40466, 40007, 40311];
+    let r = port_range(Allocation::Random, &block);
+    assert_eq!(r, Some([40007, 40961]));
+    let v = block_sentence(Allocation::Random, r, block.len());
+    assert!(v.contains("40007-40961") && v.contains("block"), "{v}");
+    // Spread over the whole space: no block.
+    let spread = [4000u16, 61000, 1200, 33333, 9000];
+    let r = port_range(Allocation::Random, &spread);
+    assert_eq!(block_sentence(Allocation::Random, r, spread.len()), "");
+    // Too few samples to tell a block from luck, or not random at all: no block either.
+    assert_eq!(
+        block_sentence(Allocation::Random, Some([40000, 40010]), 2),
+        ""
+    );
+    assert_eq!(
+        block_sentence(Allocation::Sequential, Some([40000, 40004]), 5),
+        ""
+    );
+    assert_eq!(port_range(Allocation::Preserving, &block), None);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

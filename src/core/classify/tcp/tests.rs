@@ -275,6 +275,8 @@ fn report_serialises_with_the_udp_key_names_and_shapes() {
         "other_address",
         "allocation_samples",
         "reasons",
+        // Added by #10 (after every key that was there before): the range seen.
+        "port_range",
     ]
     .iter()
     .map(|k| at(k))
@@ -286,6 +288,7 @@ fn report_serialises_with_the_udp_key_names_and_shapes() {
     assert_eq!(v["mapping"], "address-and-port-dependent");
     assert_eq!(v["allocation"], "sequential");
     assert_eq!(v["delta"], 1);
+    assert_eq!(v["port_range"], serde_json::json!([20003, 20005]));
 }
 
 /// Runs the probe's sequence against a simulated NAT (or none) and returns what the driver
