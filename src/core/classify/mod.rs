@@ -1,16 +1,18 @@
 //! The UDP NAT classifier: RFC 5780 behaviour discovery as a sans-IO state machine.
 //!
-//! Drive it like quinn-proto's `Connection`: after construction and after every
-//! [`Classifier::handle_input`] or [`Classifier::handle_timeout`], drain
+//! Drive it as a [`crate::core::Machine`], like quinn-proto's `Connection`: after
+//! construction and after every [`Classifier::handle_input`] or
+//! [`Classifier::handle_timeout`], drain
 //! [`Classifier::poll_transmit`], then sleep until [`Classifier::poll_timeout`] or until a
 //! datagram arrives; stop when [`Classifier::is_done`]. The classifier never reads a clock
 //! and owns no socket: it names sockets by index into the `locals` it was built with, each of
 //! which the driver binds fresh, so no test can contaminate another's binding.
 //!
 //! All tests that do not depend on an earlier answer start at once: mapping (RFC 5780 section
-//! 4.3) on socket A, filtering (4.4) on two more sockets with one CHANGE-REQUEST each,
-//! port allocation on a burst of fresh sockets, hairpinning (4.5) as soon as A's mapping is
-//! known, and the optional binding-lifetime search (4.6).
+//! 4.3) on socket A and filtering (4.4) on two more sockets with one CHANGE-REQUEST each.
+//! The first answer starts the rest: port allocation on a burst of fresh sockets toward the
+//! server's two endpoints in turn, hairpinning (4.5) toward A's mapping, and the optional
+//! binding-lifetime search (4.6).
 
 mod conclude;
 mod report;
@@ -199,11 +201,8 @@ impl Classifier {
             cfg,
         };
         let server = c.cfg.server;
-        // The allocation burst goes first and back to back, so the NAT creates these mappings
-        // consecutively and a sequential allocator shows its true step.
-        for i in 0..c.cfg.alloc_sockets {
-            c.add(now, Kind::Alloc(i), SOCK_ALLOC0 + i, server, None, None);
-        }
+        // The allocation burst waits for the first answer, which names the server's other
+        // endpoint (see `on_answer`).
         c.add(now, Kind::Base, SOCK_A, server, None, None);
         c.add(
             now,
@@ -342,6 +341,18 @@ impl Classifier {
                 let Some(mapped) = mapped else { return };
                 if let Some(rtt) = self.srtt {
                     self.events.push_back(Event::ServerAnswered { mapped, rtt });
+                }
+                // The allocation burst goes first and back to back, so the NAT creates these
+                // mappings consecutively and a sequential allocator shows its true step. It
+                // alternates between the server's two endpoints: an allocator that counts per
+                // destination from a hashed offset (RFC 6056 algorithms 3 and 4) is
+                // sequential toward one destination and unpredictable toward a new one, which
+                // is what a peer is; one destination alone would call it sequential.
+                let dests: Vec<SocketAddr> =
+                    std::iter::once(self.cfg.server).chain(other).collect();
+                for i in 0..self.cfg.alloc_sockets {
+                    let to = dests[i % dests.len()];
+                    self.add(now, Kind::Alloc(i), SOCK_ALLOC0 + i, to, None, None);
                 }
                 if let Some(o) = other {
                     self.add(

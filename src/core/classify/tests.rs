@@ -367,6 +367,7 @@ mod properties {
             Just(PortAlloc::Random),
             (1u16..=8, 2000u16..60000)
                 .prop_map(|(step, start)| PortAlloc::Sequential { start, step }),
+            (1u16..=8).prop_map(|step| PortAlloc::PerDestination { step }),
         ]
     }
 
@@ -385,6 +386,9 @@ mod properties {
                 PortAlloc::Preserve => (Allocation::Preserving, None),
                 PortAlloc::Random => (Allocation::Random, None),
                 PortAlloc::Sequential { step, .. } => (Allocation::Sequential, Some(i32::from(step))),
+                // Sequential toward each destination from its own offset: toward a new peer
+                // that is as good as random, and sampling two destinations shows it.
+                PortAlloc::PerDestination { .. } => (Allocation::Random, None),
             };
             prop_assert_eq!(r.allocation, want);
             prop_assert_eq!(r.delta, delta);

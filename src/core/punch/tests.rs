@@ -19,7 +19,7 @@ fn info(n: &Option<NatBehavior>) -> NatInfo {
             allocation: match b.alloc {
                 PortAlloc::Preserve => Allocation::Preserving,
                 PortAlloc::Sequential { .. } => Allocation::Sequential,
-                PortAlloc::Random => Allocation::Random,
+                PortAlloc::Random | PortAlloc::PerDestination { .. } => Allocation::Random,
             },
             delta: match b.alloc {
                 PortAlloc::Sequential { step, .. } => Some(i32::from(step)),

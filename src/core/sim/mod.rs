@@ -25,6 +25,12 @@ pub enum PortAlloc {
         step: u16,
     },
     Random,
+    /// A counter per destination, each starting at its own hashed offset (RFC 6056
+    /// algorithms 3 and 4, as Linux picks ephemeral ports and libslirp inherits): sequential
+    /// toward one destination, unpredictable toward a new one.
+    PerDestination {
+        step: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +71,8 @@ pub struct SimNat {
     pub behavior: NatBehavior,
     bindings: Vec<Binding>,
     next_seq: u16,
+    /// Next port toward each destination ([`PortAlloc::PerDestination`]).
+    per_dst: HashMap<SocketAddr, u16>,
     rng: StdRng,
 }
 
@@ -79,6 +87,7 @@ impl SimNat {
             behavior,
             bindings: Vec::new(),
             next_seq,
+            per_dst: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -125,6 +134,15 @@ impl SimNat {
                     break p;
                 }
             },
+            PortAlloc::PerDestination { step } => {
+                let first = self.rng.random_range(1024..=60000);
+                let mut p = *self.per_dst.entry(dst).or_insert(first);
+                while !self.port_free(p) {
+                    p = p.wrapping_add(step).max(1024);
+                }
+                self.per_dst.insert(dst, p.wrapping_add(step).max(1024));
+                p
+            }
             _ => loop {
                 let p = self.rng.random_range(1024..=65535);
                 if self.port_free(p) {

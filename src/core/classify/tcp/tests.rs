@@ -385,7 +385,9 @@ proptest! {
                 prop_assert_eq!(r.allocation, Allocation::Sequential);
                 prop_assert_eq!(r.delta, Some(i32::from(step)));
             }
-            PortAlloc::Random => prop_assert_eq!(r.allocation, Allocation::Random),
+            PortAlloc::Random | PortAlloc::PerDestination { .. } => {
+                prop_assert_eq!(r.allocation, Allocation::Random)
+            }
         }
         prop_assert!(r.reasons.is_empty(), "{:?}", r.reasons);
         prop_assert!(!r.verdict().is_empty());
