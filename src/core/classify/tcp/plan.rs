@@ -38,7 +38,8 @@
 //!    alternate IP (test II, only with an alternate), to the alternate IP and port (test III,
 //!    only when test II answered); when test I names an alternate the watcher does not
 //!    cover yet, the watcher is reopened to include it;
-//! 4. the allocation connections, each from a fresh port;
+//! 4. the allocation connections, each from a fresh port, toward the primary endpoint and
+//!    (when test III answered) the alternate one in turn;
 //! 5. the two CONNECT-BACK connections (change port, then change IP and port), each from a
 //!    fresh port and held open by the executor while the SYN is awaited (a NAT may drop a
 //!    closed connection's mapping, RFC 5382 section 5), for [`SYN_WAIT_RTTS`] round trips of
@@ -352,9 +353,16 @@ impl TcpProbe {
 
     fn next_allocation(&mut self, n: usize) {
         if n < DEFAULT_ALLOC_SOCKETS {
-            let server = self.obs.server;
+            // Toward the server's two endpoints in turn, when the other one answered TCP
+            // (test III): an allocator that counts per destination from a hashed offset (RFC
+            // 6056 algorithms 3 and 4, Linux's ephemeral ports as libslirp uses them) is
+            // sequential toward one destination but unpredictable toward a new peer.
+            let to = match (self.other, &self.obs.alt_both) {
+                (Some(other), Some(Ok(_))) if n % 2 == 1 => other,
+                _ => self.obs.server,
+            };
             self.queue
-                .push_back(binding(Test::Allocation(n), Source::Fresh, server));
+                .push_back(binding(Test::Allocation(n), Source::Fresh, to));
         } else {
             self.queue.push_back(Step::Drain);
             self.filtering();

@@ -123,7 +123,8 @@ fn every_lab_nat_kind_is_classified_as_the_lab_expects() {
 }
 
 /// The connections and their order: the mapping tests from L while it is held, the
-/// allocation connections back to back from fresh ports, then the two CONNECT-BACKs.
+/// allocation connections back to back from fresh ports (toward the two endpoints in turn,
+/// since test III answered), then the two CONNECT-BACKs.
 #[test]
 fn the_steps_come_in_the_drivers_order() {
     let kind = nat(
@@ -151,7 +152,8 @@ fn the_steps_come_in_the_drivers_order() {
         Event::Release,
     ];
     for i in 0..DEFAULT_ALLOC_SOCKETS as u16 {
-        want.push(connect(fresh(i + 1), server(), ext(20003 + i)));
+        let to = if i % 2 == 1 { alt() } else { server() };
+        want.push(connect(fresh(i + 1), to, ext(20003 + i)));
     }
     let n = DEFAULT_ALLOC_SOCKETS as u16;
     want.extend([
@@ -390,6 +392,19 @@ fn test_iii_is_made_only_when_test_ii_answered() {
         }
     ));
     assert_eq!(p.observations().alt_both, None);
+    // The alternate did not answer TCP, so every allocation connection goes to the primary.
+    for n in 0..DEFAULT_ALLOC_SOCKETS {
+        assert_eq!(
+            p.next_step(),
+            Step::Binding {
+                test: Test::Allocation(n),
+                from: Source::Fresh,
+                to: server(),
+                timeout: BINDING_TIMEOUT
+            }
+        );
+        p.handle_binding(answer("198.51.100.7:40100", Some(alt())));
+    }
     let r = p.report();
     assert_eq!(r.mapping, Unknown);
     assert!(
