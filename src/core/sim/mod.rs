@@ -357,8 +357,28 @@ pub fn classify(
     seed: u64,
     lifetime_max: Option<Duration>,
 ) -> (UdpReport, Duration) {
+    classify_with_latency(
+        nat,
+        alternate,
+        loss,
+        seed,
+        lifetime_max,
+        Duration::from_millis(10),
+    )
+}
+
+/// [`classify`] with `latency` one way between the host and the server.
+pub fn classify_with_latency(
+    nat: Option<NatBehavior>,
+    alternate: bool,
+    loss: f64,
+    seed: u64,
+    lifetime_max: Option<Duration>,
+    latency: Duration,
+) -> (UdpReport, Duration) {
     let mut net = SimNet::new(nat, alternate, seed);
     net.loss = loss;
+    net.latency = latency;
     let mut cfg = ClassifierConfig::new(net.server_addr());
     cfg.seed = seed;
     cfg.lifetime_max = lifetime_max;
