@@ -163,7 +163,14 @@ fn check(v: &Value, e: &Expect, against: &str, connect_back: bool) {
 
 /// Classifies the lab NAT with punchraw's own server, then with coturn's.
 fn classify_kind(e: Expect) {
-    let Some(lab) = Lab::up(e.kind, None) else {
+    classify_kind_with(LabOptions::new(e.kind), e);
+}
+
+/// [`classify_kind`] in a lab with `opts` (whose `kind_a` is `e.kind`).
+fn classify_kind_with(opts: LabOptions, e: Expect) {
+    assert_eq!(opts.kind_a, e.kind);
+    let delay_ms = opts.delay_ms;
+    let Some(lab) = Lab::up_with(opts) else {
         return;
     };
     {
@@ -171,6 +178,11 @@ fn classify_kind(e: Expect) {
         let v = probe_json(&lab, &[]);
         eprintln!("{}: probe took {} ms", e.kind, v["elapsed_ms"]);
         check(&v, &e, "punchraw serve", true);
+        if let Some(d) = delay_ms {
+            // The delay is really on the path (the element never forwards early).
+            let rtt = v["udp"]["rtt_ms"].as_f64().expect("udp rtt_ms");
+            assert!(rtt >= f64::from(2 * d), "RTT {rtt} ms with {d} ms each way");
+        }
     }
     let (_coturn, _dir) = start_coturn(&lab);
     let v = probe_json(&lab, &[]);
@@ -239,7 +251,21 @@ fn probe_restricted_cone() {
 
 #[test]
 fn probe_port_restricted_cone() {
-    classify_kind(Expect {
+    classify_kind(port_restricted_cone());
+}
+
+/// 40 ms each way on both uplinks (RTT to the server +80 ms): the classification must not
+/// depend on the path's delay.
+#[test]
+fn probe_port_restricted_cone_with_40_ms_delay() {
+    classify_kind_with(
+        LabOptions::new("port-restricted-cone").delay_ms(40),
+        port_restricted_cone(),
+    );
+}
+
+fn port_restricted_cone() -> Expect {
+    Expect {
         kind: "port-restricted-cone",
         behind_nat: true,
         mapping: EI,
@@ -254,12 +280,24 @@ fn probe_port_restricted_cone() {
             allocation: "preserving",
             delta: None,
         },
-    });
+    }
 }
 
 #[test]
 fn probe_symmetric_random() {
-    classify_kind(Expect {
+    classify_kind(symmetric_random());
+}
+
+#[test]
+fn probe_symmetric_random_with_40_ms_delay() {
+    classify_kind_with(
+        LabOptions::new("symmetric-random").delay_ms(40),
+        symmetric_random(),
+    );
+}
+
+fn symmetric_random() -> Expect {
+    Expect {
         kind: "symmetric-random",
         behind_nat: true,
         mapping: APD,
@@ -274,7 +312,7 @@ fn probe_symmetric_random() {
             allocation: "random",
             delta: None,
         },
-    });
+    }
 }
 
 #[test]
