@@ -321,6 +321,40 @@ fn cones_connect_through_20_percent_loss() {
     }
 }
 
+/// Two port-restricted cones with a delay element of 40 ms each way on each NAT's uplink:
+/// A and B are 80 ms apart one way (160 ms RTT), each 40 ms + 40 ms from the server.
+fn cones_with_40_ms_delay() -> Option<Lab> {
+    Lab::up_with(
+        LabOptions::new("port-restricted-cone")
+            .kind_b("port-restricted-cone")
+            .delay_ms(40),
+    )
+}
+
+#[test]
+fn cones_connect_through_40_ms_delay() {
+    let Some(lab) = cones_with_40_ms_delay() else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..3 {
+        let p = pair(&lab, t, "right", MIB, &[]);
+        check_connected(&p, "direct", &format!("40 ms delay, try {t}"));
+    }
+}
+
+#[test]
+fn tcp_cones_connect_through_40_ms_delay() {
+    let Some(lab) = cones_with_40_ms_delay() else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..3 {
+        let p = pair(&lab, t, "right", MIB, &["--tcp"]);
+        check_connected_over(&p, "tcp", "direct", &format!("TCP, 40 ms delay, try {t}"));
+    }
+}
+
 #[test]
 fn wrong_secret_fails_with_authentication_error() {
     let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {

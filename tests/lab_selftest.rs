@@ -103,3 +103,41 @@ fn harness_brings_labs_up_and_down_in_parallel() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
 }
+
+#[test]
+fn harness_brings_up_a_lab_with_a_delay_element() {
+    if !lab::available("lab harness with --delay") {
+        return;
+    }
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("port-restricted-cone")
+            .kind_b("full-cone")
+            .delay_ms(15)
+            .jitter_ms(5),
+    ) else {
+        return;
+    };
+    assert_eq!(lab.info("DELAY"), Some("15/5"));
+    assert_eq!(lab.info("REORDER"), Some("0"));
+    let nss: Vec<String> = ["dla", "dlb"]
+        .iter()
+        .map(|s| format!("{}-{s}", lab.name()))
+        .collect();
+    assert!(nss.iter().all(|n| ns_exists(n)), "{nss:?}");
+    let pidfiles: Vec<_> = nss
+        .iter()
+        .map(|n| std::path::Path::new("/run/natlab").join(format!("{n}.pid")))
+        .collect();
+    assert!(pidfiles.iter().all(|p| p.exists()), "{pidfiles:?}");
+    drop(lab);
+    assert!(!nss.iter().any(|n| ns_exists(n)), "left behind: {nss:?}");
+    assert!(
+        !pidfiles.iter().any(|p| p.exists()),
+        "left behind: {pidfiles:?}"
+    );
+
+    // Without --delay there is no element.
+    let lab = Lab::up("port-restricted-cone", Some("full-cone")).expect("lab available");
+    assert_eq!(lab.info("DELAY"), Some("none"));
+    assert!(!ns_exists(&format!("{}-dla", lab.name())));
+}

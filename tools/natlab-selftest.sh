@@ -6,6 +6,9 @@
 # for UDP and TCP with natlab-probe.py, prints a table and exits non-zero on
 # any mismatch.  Every lab is torn down, also on failure or Ctrl-C.
 #
+# With --delay: the RTT through the delay elements, UDP and TCP through
+# them, the order of jittered frames, and that "down" leaves nothing.
+#
 # Usage: tools/natlab-selftest.sh            (as root; about 10 s)
 
 set -euo pipefail
@@ -37,7 +40,7 @@ if [[ $(id -u) -ne 0 ]]; then
 	echo "natlab-selftest: must run as root" >&2
 	exit 1
 fi
-for tool in ip nft python3 timeout; do
+for tool in ip nft python3 timeout ethtool; do
 	command -v "$tool" >/dev/null || { echo "natlab-selftest: '$tool' not found" >&2; exit 1; }
 done
 
@@ -85,6 +88,92 @@ run_job() {
 	) &
 }
 
+# The client and server of the --delay checks (run in the lab's namespaces
+# with "natlab.sh exec").  serve ADDR PEER: UDP and TCP echo on ADDR:7, and
+# counts out-of-order arrivals of numbered datagrams on ADDR:9 (reported to
+# PEER:9 on request), for 20 s.  rtt ADDR: UDP RTTs (the first exchanges,
+# which include ARP across the delay, not counted), then a TCP echo of
+# 256 KiB.  order ADDR SELF: 300 numbered datagrams, then the report.
+cat >"$TMP/delaycheck.py" <<'PY'
+import select, socket, statistics, sys, time
+mode, addr = sys.argv[1], sys.argv[2]
+if mode == "serve":
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((addr, 7))
+    o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); o.bind((addr, 9))
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, 7)); l.listen()
+    last = -1; inversions = received = 0
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        r, _, _ = select.select([u, o, l], [], [], 0.5)
+        if u in r:
+            d, a = u.recvfrom(2048); u.sendto(d, a)
+        if o in r:
+            d, a = o.recvfrom(64); n = int(d)
+            if n < 0:  # the report request
+                o.sendto(b"%d %d" % (received, inversions), a)
+                continue
+            received += 1; inversions += n < last; last = n
+        if l in r:
+            c, _ = l.accept()
+            with c:
+                while True:
+                    d = c.recv(65536)
+                    if not d: break
+                    c.sendall(d)
+elif mode == "rtt":
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
+    rtts = []
+    for i in range(13):
+        t = time.monotonic(); u.sendto(b"%d" % i, (addr, 7))
+        while u.recv(64) != b"%d" % i: pass
+        rtts.append((time.monotonic() - t) * 1000); time.sleep(0.02)
+    rtts = rtts[3:]
+    c = socket.create_connection((addr, 7), timeout=10)
+    data = bytes(range(256)) * 1024; back = b""
+    c.sendall(data); c.shutdown(socket.SHUT_WR)
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        back += d
+    print("rtt_min=%.1f rtt_median=%.1f udp=ok tcp=%s" % (
+        min(rtts), statistics.median(rtts), "ok" if back == data else "fail(%d)" % len(back)))
+elif mode == "order":
+    o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); o.settimeout(3)
+    for i in range(300):
+        o.sendto(b"%d" % i, (addr, 9)); time.sleep(0.001)
+    time.sleep(0.5)
+    o.sendto(b"-1", (addr, 9))
+    got, inv = o.recv(64).split()
+    print("received=%s inversions=%s" % (got.decode(), inv.decode()))
+PY
+
+# delay_job ID LAB DELAY CHECK: up with --delay DELAY (port-restricted-cone on
+# side A), delaycheck.py CHECK from A to SRV1, down, then what is left of the
+# lab: namespaces, pid files, delay processes.  Line in $TMP/ID.out.
+delay_job() {
+	local id=$1 lab=$2 delay=$3 check=$4
+	(
+		line="" rc=0 left=""
+		{
+			"$NATLAB" up --name "$lab" --delay "$delay" port-restricted-cone &&
+				{ "$NATLAB" exec --name "$lab" srv -- python3 "$TMP/delaycheck.py" serve "$SRV1" & } &&
+				sleep 0.5 &&
+				line=$(timeout 30 "$NATLAB" exec --name "$lab" a -- \
+					python3 "$TMP/delaycheck.py" "$check" "$SRV1")
+		} 2>"$TMP/$id.err" || rc=$?
+		# down kills the server (it runs in the lab).
+		"$NATLAB" down --name "$lab" >/dev/null 2>>"$TMP/$id.err" || rc=1
+		wait
+		left+=$(ip netns list | awk '{print $1}' | grep "^$lab-" | tr '\n' ' ' || true)
+		left+=$(find /run/natlab -name "$lab-*" 2>/dev/null | tr '\n' ' ' || true)
+		left+=$(pgrep -f "natlab-delay.py .*--netns $lab-" | tr '\n' ' ' || true)
+		echo "$line left=${left:-none}" >"$TMP/$id.out"
+		echo "$rc" >"$TMP/$id.rc"
+	) &
+}
+readonly SRV1=203.0.113.1
+
 start=$SECONDS
 mapfile -t KIND_LIST < <("$NATLAB" kinds | awk '{print $1}')
 
@@ -107,6 +196,13 @@ new_lab
 run_job direct "$LAB" none none -- direct
 new_lab
 run_job hops "$LAB" --router-b port-restricted-cone port-restricted-rst -- hops
+# --delay: classification unchanged, RTT, UDP and TCP, order, clean down.
+new_lab
+run_job delay-kind "$LAB" --delay 40 port-restricted-cone -- kind
+new_lab
+delay_job delay "$LAB" 40 rtt
+new_lab
+delay_job delay-jitter "$LAB" 20/15 order
 
 # Command-line behaviour, checked while the jobs run.
 CLI_FAIL=()
@@ -123,6 +219,8 @@ rc=0
 "$NATLAB" down --name "$cli_lab" || CLI_FAIL+=("second down not idempotent")
 if "$NATLAB" up --name "Bad-Name" none >/dev/null 2>&1; then CLI_FAIL+=("bad lab name accepted"); fi
 if "$NATLAB" up --name "$cli_lab" --loss 101 none >/dev/null 2>&1; then CLI_FAIL+=("--loss 101 accepted"); fi
+if "$NATLAB" up --name "$cli_lab" --delay 10/11 none >/dev/null 2>&1; then CLI_FAIL+=("--delay 10/11 accepted"); fi
+if "$NATLAB" up --name "$cli_lab" --reorder none >/dev/null 2>&1; then CLI_FAIL+=("--reorder without --delay accepted"); fi
 # A failure half way (here: nft refuses the ruleset) must leave nothing.
 mkdir "$TMP/fakebin"
 printf '#!/bin/sh\nexit 1\n' >"$TMP/fakebin/nft"
@@ -209,6 +307,26 @@ verdict "$r" "port-restricted-cone x port-restricted-rst: $line (RST kills TCP p
 line=$(job_line direct)
 [[ $line == "direct=ok" ]] && r=ok || r=no
 verdict "$r" "none x none: A reaches B's public address directly" "$line"
+line=$(job_line delay-kind)
+r=ok
+for kv in ${EXPECT[port-restricted-cone]}; do
+	if [[ $(field "${kv%%=*}" "$line") != "${kv#*=}" ]]; then r=no; fi
+done
+verdict "$r" "--delay 40: port-restricted-cone classifies as without delay" "$line"
+line=$(job_line delay)
+rtt_min=$(field rtt_min "$line") rtt_median=$(field rtt_median "$line")
+# Never early: the element holds every frame its full time, both ways.  The
+# upper bound is a generous margin for a loaded machine, not a speed target.
+if [[ $line == *"udp=ok tcp=ok left=none" ]] &&
+	awk -v lo="$rtt_min" -v med="$rtt_median" 'BEGIN { exit !(lo >= 80 && med < 80 + 80) }'; then
+	r=ok
+else
+	r=no
+fi
+verdict "$r" "--delay 40: UDP RTT A->srv >= 80 ms (min $rtt_min, median $rtt_median), UDP and TCP pass, down leaves nothing" "$line"
+line=$(job_line delay-jitter)
+[[ $line == "received=300 inversions=0 left=none" ]] && r=ok || r=no
+verdict "$r" "--delay 20/15: 300 jittered datagrams arrive in order, down leaves nothing" "$line"
 if ((${#CLI_FAIL[@]} == 0)); then r=ok; else r=no; fi
 verdict "$r" "CLI: existing name (exit 3), idempotent down, name/option validation, cleanup of a failed up" \
 	"${CLI_FAIL[*]:-}"

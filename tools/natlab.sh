@@ -24,6 +24,17 @@
 # Internet, which low-TTL priming needs (a SYN that opens our NAT but dies
 # before the peer's).  Not with kind "none" on side B.
 #
+# With --delay MS[/JITTER] a delay element stands on each NAT's uplink: a
+# namespace ${LAB}-dla (${LAB}-dlb) between the NAT's wan0 and the bridge (or
+# NAT B's router), with veth ends up0 (bridge side) and dn0 (NAT side) that
+# tools/natlab-delay.py bridges in userspace, holding every frame MS ms (+-
+# a uniform JITTER, without reordering unless --reorder) in each direction:
+# the RTT from a host to the server grows by 2*MS.  It is transparent at
+# layer 2 (no addresses); TX checksum offload is off on every interface that
+# sends into the WAN segment (see tools/natlab-delay.py).  Its pid file and
+# log are /run/natlab/${LAB}-dl{a,b}.{pid,log}; "down" stops it by that pid.
+# Without --delay there is no element and nothing of the above.
+#
 # Kind "none" (plain router, no NAT, no firewall) numbers that side's LAN with
 # public addresses instead: side A 198.51.100.1/26 (router) + host
 # 198.51.100.2, side B 198.51.100.65/26 + host 198.51.100.66; srv and the
@@ -86,15 +97,21 @@ readonly KINDS=(
 )
 
 # Namespace suffixes, in creation order.
-readonly SUFFIXES=(srv wan nata a rtb natb b)
+readonly SUFFIXES=(srv wan dla nata a rtb dlb natb b)
 readonly ROUTER_B=203.0.113.21
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE
+readonly DELAY_PROG="$HERE/natlab-delay.py" RUN_DIR=/run/natlab
 
 usage() {
 	cat <<EOF
 Usage:
-  $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b] KIND_A [KIND_B]
+  $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b]
+             [--delay MS[/JITTER] [--reorder]] KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
+                                                  #       | rtb | dla | dlb
   $PROG kinds           # list kinds, one per line, with a one-line description
   $PROG info [--name LAB]    # print the addresses (KEY=VALUE lines)
   $PROG list            # list labs present (by namespace prefix)
@@ -103,11 +120,16 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
 --loss PCT          drop PCT% (0-100) of the packets each NAT forwards, both ways
 --udp-timeout SECS  nf_conntrack_udp_timeout{,_stream} inside the NATs
 --router-b          a router hop ($ROUTER_B) between the bridge and NAT B
+--delay MS[/JITTER] a userspace delay element on each NAT's uplink: MS ms
+                    (0-10000) one way, both directions (RTT host->server
+                    +2*MS), +- uniform JITTER ms (0-MS); frames keep their
+                    order unless --reorder; needs python3 and ethtool
+--reorder           with --delay: jitter may reorder frames
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
            kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
-Namespaces: LAB-srv LAB-wan LAB-nata LAB-a [LAB-rtb] [LAB-natb LAB-b]
+Namespaces: LAB-srv LAB-wan [LAB-dla] LAB-nata LAB-a [LAB-rtb] [LAB-dlb LAB-natb LAB-b]
 EOF
 }
 
@@ -150,6 +172,10 @@ need_tools() {
 	[[ $(id -u) -eq 0 ]] || die "must run as root"
 	command -v ip >/dev/null || die "'ip' (iproute2) not found"
 	command -v nft >/dev/null || die "'nft' not found (apt-get install nftables)"
+	if [[ -n $DELAY ]]; then
+		command -v python3 >/dev/null || die "--delay needs 'python3'"
+		command -v ethtool >/dev/null || die "--delay needs 'ethtool' (apt-get install ethtool)"
+	fi
 }
 
 # nsx NS CMD...: run CMD inside namespace NS.
@@ -319,11 +345,15 @@ EOF
 
 CREATED=()   # namespaces made by this "up", removed again if it fails
 UP_DONE=0
+UP_LAB=""
+DELAY=""     # --delay: "MS JITTER" once parsed, empty without
+REORDER=0
 
 up_cleanup() {
 	local rc=$? ns
 	if ((UP_DONE == 0 && ${#CREATED[@]} > 0)); then
 		echo "$PROG: up failed, removing what it created" >&2
+		stop_delays "$UP_LAB"
 		for ns in "${CREATED[@]}"; do
 			kill_ns_pids "$ns"
 			ip netns del "$ns" 2>/dev/null || true
@@ -344,6 +374,83 @@ new_ns() {
 	ip -n "$ns" link set lo up
 }
 
+# tx_csum_off NS IF: the interface computes UDP/TCP checksums itself.  Frames
+# it sends otherwise carry unfinished checksums (CHECKSUM_PARTIAL), which the
+# delay element copies verbatim and the receiver then drops.  Only with
+# --delay, so that the lab without it stays as it was.
+tx_csum_off() {
+	[[ -n $DELAY ]] || return 0
+	nsx "$1" ethtool -K "$2" tx off >/dev/null
+}
+
+# uplink LAB SIDE PEER_NS PEER_IF NAT_NS: the NAT's wan0, its peer PEER_IF in
+# PEER_NS (the bridge's or the router's namespace; the caller configures
+# it), and with --delay the delay element's namespace in between.
+uplink() {
+	local lab=$1 side=$2 peer_ns=$3 peer_if=$4 nat=$5
+	local dl="$lab-dl$side" delay_ms jitter_ms
+	if [[ -z $DELAY ]]; then
+		ip -n "$peer_ns" link add "$peer_if" type veth peer name wan0 netns "$nat"
+		return
+	fi
+	new_ns "$dl"
+	ip -n "$peer_ns" link add "$peer_if" type veth peer name up0 netns "$dl"
+	ip -n "$dl" link add dn0 type veth peer name wan0 netns "$nat"
+	tx_csum_off "$nat" wan0
+	tx_csum_off "$peer_ns" "$peer_if"
+	local dev
+	for dev in up0 dn0; do
+		# GRO could merge frames into one larger than the MTU, which the
+		# element could then not send on.
+		nsx "$dl" ethtool -K "$dev" tx off gro off >/dev/null
+		ip -n "$dl" link set "$dev" up
+	done
+	read -r delay_ms jitter_ms <<<"$DELAY"
+	start_delay "$dl" up0 dn0 "$delay_ms" "$jitter_ms"
+}
+
+# start_delay NS IF1 IF2 MS JITTER: runs natlab-delay.py in NS, detached
+# (own session, no inherited stdout/stderr, which would keep a caller reading
+# natlab.sh's output waiting), and waits for its pid file: the sockets are
+# ready then.
+start_delay() {
+	local ns=$1 if1=$2 if2=$3 ms=$4 jitter=$5 i pid
+	local pidfile="$RUN_DIR/$ns.pid" log="$RUN_DIR/$ns.log" extra=()
+	((REORDER == 0)) || extra+=(--reorder)
+	mkdir -p "$RUN_DIR"
+	rm -f "$pidfile"
+	nsx "$ns" setsid python3 "$DELAY_PROG" --pidfile "$pidfile" --netns "$ns" \
+		"${extra[@]}" "$if1" "$if2" "$ms" "$jitter" </dev/null >"$log" 2>&1 &
+	pid=$!
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $pidfile ]] && return 0
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	die "delay element in $ns did not start: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
+}
+
+# stop_delays LAB: stops the lab's delay elements by the pids in their pid
+# files (only a process that is still natlab-delay.py: pids get reused), and
+# removes pid files and logs.
+stop_delays() {
+	local lab=$1 side pidfile pid i
+	[[ -n $lab ]] || return 0
+	for side in a b; do
+		pidfile="$RUN_DIR/$lab-dl$side.pid"
+		pid=$(cat "$pidfile" 2>/dev/null || true)
+		if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q natlab-delay; then
+			kill -TERM "$pid" 2>/dev/null || true
+			for ((i = 0; i < 40; i++)); do
+				kill -0 "$pid" 2>/dev/null || break
+				sleep 0.05
+			done
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+		rm -f "$pidfile" "$RUN_DIR/$lab-dl$side.log"
+	done
+}
+
 # build_side LAB SIDE KIND LOSS UDP_TIMEOUT
 build_side() {
 	local lab=$1 side=$2 kind=$3 loss=$4 udp_timeout=$5
@@ -355,13 +462,13 @@ build_side() {
 
 	if [[ $side == b && $ROUTER == 1 ]]; then
 		build_router_b "$lab"
-		ip -n "$lab-rtb" link add down0 type veth peer name wan0 netns "$nat"
+		uplink "$lab" "$side" "$lab-rtb" down0 "$nat"
 		ip -n "$lab-rtb" link set down0 up
 		ip -n "$lab-rtb" addr add "$ROUTER_B/32" dev down0
 		ip -n "$lab-rtb" route add "$S_WAN/32" dev down0
 		nsx "$lab-rtb" sysctl -qw net.ipv4.conf.down0.proxy_arp=1 net.ipv4.neigh.down0.proxy_delay=0
 	else
-		ip -n "$lab-wan" link add "nat$side" type veth peer name wan0 netns "$nat"
+		uplink "$lab" "$side" "$lab-wan" "nat$side" "$nat"
 		ip -n "$lab-wan" link set "nat$side" master br0 up
 	fi
 	ip -n "$nat" link add lan0 type veth peer name eth0 netns "$host"
@@ -389,7 +496,12 @@ build_side() {
 
 	# The interface alias records the lab's parameters for "info"; it goes
 	# away with the namespace, so no state file can go stale.
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default}"
+	local delay_info=none
+	if [[ -n $DELAY ]]; then
+		delay_info=${DELAY% *}
+		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
+	fi
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -400,6 +512,7 @@ build_router_b() {
 	new_ns "$lab-rtb"
 	ip -n "$lab-wan" link add rtb type veth peer name up0 netns "$lab-rtb"
 	ip -n "$lab-wan" link set rtb master br0 up
+	tx_csum_off "$lab-rtb" up0
 	ip -n "$lab-rtb" addr add "$ROUTER_B/$WAN_PREFIX" dev up0
 	ip -n "$lab-rtb" link set up0 up
 	# proxy_delay: answer proxied ARP at once (the default waits up to 0.8 s, which the
@@ -419,7 +532,7 @@ route_public_side() {
 }
 
 cmd_up() {
-	local lab=$DEFAULT_LAB loss=0 udp_timeout="" kinds=()
+	local lab=$DEFAULT_LAB loss=0 udp_timeout="" delay="" kinds=()
 	ROUTER=0
 	while (($#)); do
 		case $1 in
@@ -430,6 +543,9 @@ cmd_up() {
 		--loss=*) loss=${1#*=}; shift ;;
 		--udp-timeout) udp_timeout=${2:?--udp-timeout needs a value}; shift 2 ;;
 		--udp-timeout=*) udp_timeout=${1#*=}; shift ;;
+		--delay) delay=${2:?--delay needs a value}; shift 2 ;;
+		--delay=*) delay=${1#*=}; shift ;;
+		--reorder) REORDER=1; shift ;;
 		-*) usage_error "up: unknown option '$1'" ;;
 		*) kinds+=("$1"); shift ;;
 		esac
@@ -451,6 +567,15 @@ cmd_up() {
 		fi
 		udp_timeout=$((10#$udp_timeout))
 	fi
+	if [[ -n $delay ]]; then
+		if ! [[ $delay =~ ^([0-9]{1,5})(/([0-9]{1,5}))?$ ]] ||
+			((10#${BASH_REMATCH[1]} > 10000 || 10#${BASH_REMATCH[3]:-0} > 10#${BASH_REMATCH[1]})); then
+			usage_error "--delay must be MS or MS/JITTER, integers with 0 <= JITTER <= MS <= 10000"
+		fi
+		DELAY="$((10#${BASH_REMATCH[1]})) $((10#${BASH_REMATCH[3]:-0}))"
+	elif ((REORDER == 1)); then
+		usage_error "--reorder needs --delay"
+	fi
 	need_tools
 
 	local existing
@@ -460,6 +585,7 @@ cmd_up() {
 		exit 3
 	}
 
+	UP_LAB=$lab
 	trap up_cleanup EXIT
 	trap 'exit 130' INT TERM HUP
 
@@ -472,6 +598,7 @@ cmd_up() {
 	ip -n "$lab-srv" addr add "$SRV1/$WAN_PREFIX" dev eth0
 	ip -n "$lab-srv" addr add "$SRV2/$WAN_PREFIX" dev eth0
 	ip -n "$lab-srv" link set eth0 up
+	tx_csum_off "$lab-srv" eth0
 
 	build_side "$lab" a "${kinds[0]}" "$loss" "$udp_timeout"
 	if ((${#kinds[@]} == 2)); then
@@ -516,6 +643,7 @@ cmd_down() {
 	done
 	valid_lab "$lab"
 	[[ $(id -u) -eq 0 ]] || die "must run as root"
+	stop_delays "$lab"
 	for ns in $(lab_namespaces "$lab"); do
 		kill_ns_pids "$ns"
 		ip netns del "$ns" || rc=1
@@ -528,10 +656,10 @@ cmd_down() {
 node_ns() {
 	local lab=$1 node=$2
 	case $node in
-	srv | a | b | wan | rtb) echo "$lab-$node" ;;
+	srv | a | b | wan | rtb | dla | dlb) echo "$lab-$node" ;;
 	nat-a | nata) echo "$lab-nata" ;;
 	nat-b | natb) echo "$lab-natb" ;;
-	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb)" ;;
+	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb | dla | dlb)" ;;
 	esac
 }
 
@@ -566,7 +694,7 @@ read_alias() {
 }
 
 cmd_info() {
-	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" upper
+	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 upper
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
@@ -587,6 +715,8 @@ cmd_info() {
 			kind=*) kind=${kv#kind=} ;;
 			loss=*) loss=${kv#loss=} ;;
 			udp_timeout=*) udp_timeout=${kv#udp_timeout=} ;;
+			delay=*) delay=${kv#delay=} ;;
+			reorder=*) reorder=${kv#reorder=} ;;
 			esac
 		done
 		side_vars "$side" "$kind"
@@ -599,11 +729,14 @@ cmd_info() {
 	done
 	echo "LOSS=$loss"
 	echo "UDP_TIMEOUT=$udp_timeout"
+	# "none", or MS/JITTER of --delay (one way, each direction).
+	echo "DELAY=$delay"
+	echo "REORDER=$reorder"
 }
 
 cmd_list() {
 	ip netns list 2>/dev/null | awk '{print $1}' |
-		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|nata|a|rtb|natb|b)$/\1/p' | sort -u
+		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|dla|nata|a|rtb|dlb|natb|b)$/\1/p' | sort -u
 }
 
 cmd_kinds() {

@@ -80,6 +80,13 @@ pub struct LabOptions {
     pub udp_timeout_s: Option<u32>,
     /// A router hop between the "internet" and NAT B (`--router-b`).
     pub router_b: bool,
+    /// One-way delay in ms of the delay element on each NAT's uplink, both
+    /// directions (`--delay MS`); `None`: no element at all.
+    pub delay_ms: Option<u32>,
+    /// Uniform jitter in ms, +-, with `delay_ms` (`--delay MS/JITTER`).
+    pub jitter_ms: u32,
+    /// Let the jitter reorder frames (`--reorder`).
+    pub reorder: bool,
 }
 
 impl LabOptions {
@@ -90,7 +97,30 @@ impl LabOptions {
             loss_pct: 0,
             udp_timeout_s: None,
             router_b: false,
+            delay_ms: None,
+            jitter_ms: 0,
+            reorder: false,
         }
+    }
+
+    /// A delay element on each NAT's uplink: `ms` one way, each direction
+    /// (the RTT from a host to the server grows by `2 * ms`).
+    pub fn delay_ms(mut self, ms: u32) -> LabOptions {
+        self.delay_ms = Some(ms);
+        self
+    }
+
+    /// Jitter (uniform, +-`ms`) of the delay set with [`LabOptions::delay_ms`].
+    pub fn jitter_ms(mut self, ms: u32) -> LabOptions {
+        self.jitter_ms = ms;
+        self
+    }
+
+    /// Let the jitter reorder frames (without it a frame never leaves before
+    /// the one before it in the same direction).
+    pub fn reorder(mut self) -> LabOptions {
+        self.reorder = true;
+        self
     }
 
     pub fn router_b(mut self) -> LabOptions {
@@ -176,9 +206,25 @@ pub fn unavailable_reason() -> Option<String> {
 /// True when the lab can run.  Otherwise prints "skipped: WHAT: reason" to
 /// stderr and returns false, or panics when `PUNCHRAW_REQUIRE_LAB=1`.
 pub fn available(what: &str) -> bool {
-    let Some(reason) = unavailable_reason() else {
-        return true;
-    };
+    match unavailable_reason() {
+        None => true,
+        Some(reason) => skip(what, &reason),
+    }
+}
+
+/// Why a lab with a delay element (`--delay`) cannot run here, beyond
+/// [`unavailable_reason`]: natlab.sh runs the element with `python3` and
+/// turns checksum offload off with `ethtool`.
+pub fn delay_unavailable_reason() -> Option<String> {
+    ["python3", "ethtool"]
+        .into_iter()
+        .find(|tool| find_program(tool).is_none())
+        .map(|tool| format!("NAT lab with --delay needs `{tool}` (not found)"))
+}
+
+/// Prints "skipped: WHAT: REASON" and returns false, or panics when
+/// `PUNCHRAW_REQUIRE_LAB=1`.
+fn skip(what: &str, reason: &str) -> bool {
     if std::env::var("PUNCHRAW_REQUIRE_LAB").as_deref() == Ok("1") {
         panic!("{what}: {reason} (and PUNCHRAW_REQUIRE_LAB=1)");
     }
@@ -227,10 +273,17 @@ impl Lab {
         if !available(&what) {
             return None;
         }
+        if opts.delay_ms.is_some() {
+            if let Some(reason) = delay_unavailable_reason() {
+                skip(&what, &reason);
+                return None;
+            }
+        }
         let ip = find_program("ip").expect("checked by available()");
 
         let loss = opts.loss_pct.to_string();
         let timeout = opts.udp_timeout_s.map(|t| t.to_string());
+        let delay = opts.delay_ms.map(|d| format!("{d}/{}", opts.jitter_ms));
         // A name can be taken by a lab another process left behind (same
         // pid modulo 100000): take the next one then.
         for _attempt in 0..20 {
@@ -241,6 +294,12 @@ impl Lab {
             }
             if opts.router_b {
                 args.push("--router-b");
+            }
+            if let Some(d) = &delay {
+                args.extend(["--delay", d.as_str()]);
+                if opts.reorder {
+                    args.push("--reorder");
+                }
             }
             args.push(&opts.kind_a);
             if let Some(b) = &opts.kind_b {
