@@ -262,9 +262,6 @@ fn probe_port_restricted_cone_with_40_ms_delay() {
 /// slower than the first retransmission timeout: here the first answer, which includes ARP
 /// across the delayed links, comes after 160 ms.
 #[test]
-#[ignore = "finding: the first STUN answer comes after the 100 ms initial RTO, so Binding \
-            test I is retransmitted, Karn's rule discards the sample and srtt stays unset for \
-            the whole probe: udp.rtt_ms is null and every later wait uses the 100 ms initial RTO"]
 fn probe_measures_the_rtt_with_40_ms_delay() {
     let Some(lab) = Lab::up_with(LabOptions::new("port-restricted-cone").delay_ms(40)) else {
         return;
@@ -279,10 +276,6 @@ fn probe_measures_the_rtt_with_40_ms_delay() {
 /// 200 ms each way (400 ms RTT, a long satellite-like path): a full cone still classifies as
 /// one.
 #[test]
-#[ignore = "finding: with a 400 ms RTT every request's first answer comes after the 100 ms \
-            initial RTO, srtt is never set (Karn's rule), so the waits never grow: the full \
-            cone is reported UDP filtering address-and-port-dependent, mapping unknown (the \
-            server's alternate address did not answer), allocation unknown (0 of 5 answered)"]
 fn probe_full_cone_with_200_ms_delay() {
     classify_kind_with(
         LabOptions::new("full-cone").delay_ms(200),

@@ -598,15 +598,19 @@ impl Machine for Classifier {
                     },
                 };
                 let t = &mut self.txns[ti];
-                if t.kind == Kind::Base && self.pace.is_none() {
-                    if let Some(first) = t.first_sent {
-                        let since_first = now.saturating_duration_since(first);
-                        // Karn's rule: only an unambiguous sample (no retransmission) is the
-                        // RTT reported; pacing takes the upper bound either way, or past an
-                        // RTT of INITIAL_RTO every later request would give up too early.
-                        if t.sent == 1 {
-                            self.srtt = Some(since_first);
-                        }
+                if let Some(first) = t.first_sent {
+                    let since_first = now.saturating_duration_since(first);
+                    // Karn's rule: only an unambiguous sample (no retransmission) is an RTT,
+                    // the first such answer of any request (on a path slower than
+                    // INITIAL_RTO the first request is always resent, later ones need not
+                    // be). Until one comes, pacing takes the first answer's upper bound, or
+                    // every later request would give up before its answer.
+                    // A hairpinned answer never left the NAT: not the server's RTT.
+                    if t.sent == 1 && self.srtt.is_none() && t.kind != Kind::Hairpin {
+                        self.srtt = Some(since_first);
+                        self.pace = Some(since_first);
+                        self.reschedule();
+                    } else if self.pace.is_none() && t.kind != Kind::Hairpin {
                         self.pace = Some(since_first);
                         self.reschedule();
                     }
