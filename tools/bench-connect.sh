@@ -4,9 +4,17 @@
 # between the peers, and the probes sent (the sweep's cost; for TCP the SYN attempts). UDP and
 # TCP (`--tcp`) per pair. One lab per pair.
 #
-#   sudo tools/bench-connect.sh [RUNS]       (default 3 runs per pair)
+#   sudo tools/bench-connect.sh [--delay MS] [RUNS]   (default: no delay, 3 runs per pair)
+#
+# --delay MS puts MS one way on each NAT's uplink (tools/natlab.sh --delay), so the peers are
+# 4 x MS apart and the server 2 x MS from each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ONEWAY=""
+if [ "${1:-}" = --delay ]; then
+  ONEWAY="${2:?--delay needs MS}"
+  shift 2
+fi
 RUNS="${1:-3}"
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces); run: sudo $0 $*" >&2; exit 1; }
 BIN="${PUNCHRAW_BIN:-}"
@@ -39,13 +47,15 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
   lab_opts=()
   case "$2" in *+router) lab_opts=(--router-b); set -- "$1" "${2%+router}" "${@:3}" ;; esac
   label="$1 x $2${lab_opts[*]:+ (router)}"
-  tools/natlab.sh up --name "$LAB" "${lab_opts[@]}" "$1" "$2" >/dev/null
+  tools/natlab.sh up --name "$LAB" ${ONEWAY:+--delay "$ONEWAY"} "${lab_opts[@]}" "$1" "$2" >/dev/null
   eval "$(tools/natlab.sh info --name "$LAB")"
   tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" 2>/dev/null &
   SRV_PID=$!
   sleep 0.5
-  # The floor: RTT to the server (from the probe) plus one RTT between the peers, which in
-  # this lab crosses the same bridge, so it is taken as the same again.
+  # The floor: RTT to the server (from the probe) plus one RTT between the peers. Without
+  # --delay the peers cross the same bridge as the server path, so that is the RTT again;
+  # with --delay they cross both delayed uplinks where the server path crosses one, so the
+  # peer RTT is twice the server's and the floor three server RTTs (#10: 240 ms at 80 ms).
   rtt=$(tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --json --no-tcp \
         | sed -n 's/.*"rtt_ms":\([0-9.]*\).*/\1/p')
   for i in $(seq 1 "$RUNS"); do
@@ -62,7 +72,7 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
     wait "$a" || true
     ms=$(field elapsed_ms "$WORK/b.json"); probes=$(field probes_sent "$WORK/a.json")
     strat=$(field strategy "$WORK/b.json"); ok=$(field connected "$WORK/b.json")
-    floor=$(awk -v r="$rtt" 'BEGIN { printf "%.1f", 2 * r }')
+    floor=$(awk -v r="$rtt" -v k="${ONEWAY:+3}" 'BEGIN { if (k == "") k = 2; printf "%.1f", k * r }')
     ratio=$(awk -v m="$ms" -v f="$floor" 'BEGIN { if (f > 0) printf "%.0f", m / f; else print "-" }')
     [ "$ok" = true ] || strat="FAILED"
     printf '%-44s %-4s %-8s %8s ms %8s ms %8s %8s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"

@@ -4,9 +4,17 @@
 # same lab NAT, in one run. Prints medians and the ratios the project targets
 # (punchraw <= 1/2 of stun, <= 1/8 of turnutils_natdiscovery).
 #
-#   sudo tools/bench-probe.sh [KIND] [RUNS]     (default: port-restricted-cone, 5)
+#   sudo tools/bench-probe.sh [--delay MS] [KIND] [RUNS]   (default: no delay, port-restricted-cone, 5)
+#
+# --delay MS puts MS one way on the NAT's uplink (tools/natlab.sh --delay): the probe at a
+# real round-trip time, where the goal is also at most 6 RTTs + 150 ms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ONEWAY=""
+if [ "${1:-}" = --delay ]; then
+  ONEWAY="${2:?--delay needs MS}"
+  shift 2
+fi
 KIND="${1:-port-restricted-cone}"
 RUNS="${2:-5}"
 LAB="${PUNCHRAW_BENCH_LAB:-prbench}"
@@ -30,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-tools/natlab.sh up --name "$LAB" "$KIND" >/dev/null
+tools/natlab.sh up --name "$LAB" ${ONEWAY:+--delay "$ONEWAY"} "$KIND" >/dev/null
 eval "$(tools/natlab.sh info --name "$LAB")"
 tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" 2>/dev/null &
 SRV_PID=$!
@@ -58,11 +66,12 @@ done
 p=$(echo ${all[punchraw]} | median)
 s=$(echo ${all[stun]} | median)
 n=$(echo ${all[natdiscovery]} | median)
-echo "NAT kind: $KIND, runs: $RUNS (median wall time, ms)"
+echo "NAT kind: $KIND, one-way delay: ${ONEWAY:-0} ms, runs: $RUNS (median wall time, ms)"
 printf '  %-34s %6s ms   (%s)\n' "punchraw probe --no-tcp" "$p" "${all[punchraw]# }"
 printf '  %-34s %6s ms   (%s)\n' "stun (RFC 3489 client)" "$s" "${all[stun]# }"
 printf '  %-34s %6s ms   (%s)\n' "turnutils_natdiscovery -m -f" "$n" "${all[natdiscovery]# }"
-awk -v p="$p" -v s="$s" -v n="$n" 'BEGIN {
+awk -v p="$p" -v s="$s" -v n="$n" -v d="${ONEWAY:-0}" 'BEGIN {
   printf "ratio punchraw/stun:          %.3f  (target <= 0.5)\n", p / s;
   printf "ratio punchraw/natdiscovery:  %.3f  (target <= 0.125)\n", p / n;
+  if (d > 0) printf "punchraw / (6 RTT + 150 ms):  %.3f  (target <= 1; RTT %d ms from the delay alone)\n", p / (12 * d + 150), 2 * d;
 }'

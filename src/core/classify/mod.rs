@@ -40,7 +40,7 @@ const INITIAL_RTO: Duration = Duration::from_millis(100);
 /// loss each way all three exchanges fail with probability below 0.1%; the time this costs
 /// is what a restrictive NAT's classification takes, so the copies are spaced by the
 /// measured RTT ([`copy_gap`]) rather than by a doubling timeout, and the last one is given
-/// [`answer_wait`]: the same loss tolerance in about 5 RTTs instead of 9.
+/// [`answer_wait`]: the same loss tolerance in about 3 RTTs instead of 9.
 const ATTEMPTS: u32 = 3;
 /// Sends of the very first request before the server is declared unreachable.
 const BASE_ATTEMPTS: u32 = 6;
@@ -527,16 +527,17 @@ fn after_send(t: &Txn, srtt: Option<Duration>, rtt_wait: Duration) -> Duration {
     }
 }
 
-/// Between copies of a request: one RTT, so a loss burst shorter than that does not take
-/// every copy; at least 20 ms for the same reason on a LAN, at most 500 ms.
+/// Between copies of a request: half an RTT, so a loss burst shorter than that does not
+/// take every copy; at least 10 ms for the same reason on a LAN, at most 250 ms.
 fn copy_gap(rtt: Duration) -> Duration {
-    rtt.clamp(Duration::from_millis(20), Duration::from_millis(500))
+    (rtt / 2).clamp(Duration::from_millis(10), Duration::from_millis(250))
 }
 
-/// After the last copy, how long an answer may take: three RTTs, and at least one RTT plus
-/// 50 ms for a server or path that is slower on this request than on the first.
+/// After the last copy, how long an answer may take: two RTTs (an RTT of queueing on top of
+/// the measured one), and at least one RTT plus 50 ms for a server or path that is slower
+/// on this request than on the first.
 fn answer_wait(rtt: Duration) -> Duration {
-    (rtt * 3).max(rtt + Duration::from_millis(50))
+    (rtt * 2).max(rtt + Duration::from_millis(50))
 }
 
 impl Machine for Classifier {
