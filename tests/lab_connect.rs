@@ -104,6 +104,22 @@ fn pair_with(
     extra: &[&str],
     extra_b: &[&str],
 ) -> Pair {
+    pair_between(lab, try_no, secret_b, len, extra, extra_b, &|| {
+        std::thread::sleep(Duration::from_millis(300))
+    })
+}
+
+/// [`pair_with`], running `between` (instead of a 300 ms wait) after A started and
+/// before B starts.
+fn pair_between(
+    lab: &Lab,
+    try_no: u32,
+    secret_b: &str,
+    len: usize,
+    extra: &[&str],
+    extra_b: &[&str],
+    between: &dyn Fn(),
+) -> Pair {
     let dir = Dir::new(&format!("{}-{try_no}", lab.name()));
     std::fs::write(dir.0.join("a.in"), data(u64::from(try_no) * 2 + 1, len)).expect("write");
     std::fs::write(dir.0.join("b.in"), data(u64::from(try_no) * 2 + 2, len)).expect("write");
@@ -112,7 +128,7 @@ fn pair_with(
         .spawn()
         .expect("start connect A");
     let mut a = ChildGuard(a);
-    std::thread::sleep(Duration::from_millis(300));
+    between();
     let extra_b: Vec<&str> = extra.iter().chain(extra_b).copied().collect();
     let b = connect_cmd(lab, Node::B, &dir.0, "b", &session, secret_b, &extra_b)
         .output()
@@ -223,6 +239,43 @@ fn sequential_symmetric_connects_by_prediction() {
         "predict",
         10,
     );
+}
+
+/// Issue #10: two sequential NATs over UDP. Neither lab NAT routes the other's private
+/// address, so the probes of the private candidates move neither counter, which neither side
+/// can know: the windows have to meet anyway.
+#[test]
+fn sequential_and_sequential_connect_by_prediction() {
+    all_connect("symmetric-sequential", "symmetric-sequential", "predict", 5);
+}
+
+/// Two sequential NATs, and one flow of another program through A's NAT after A registered
+/// and before the punch (A waits for B meanwhile): its counter is one port further than any
+/// count of A's own flows says. Which side controls is drawn per run, so the extra flow
+/// falls on either role. (Two extra flows would cancel the unrouted private probes, the one
+/// case a diagonal window alone meets.)
+#[test]
+fn sequential_pair_connects_despite_other_flows_before_the_window() {
+    let kind = "symmetric-sequential";
+    let Some(lab) = Lab::up(kind, Some(kind)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let other_flows = || {
+        // Long enough for A's classification and registration.
+        std::thread::sleep(Duration::from_secs(2));
+        // The redirection opens a new UDP socket: a new flow, a new port of the counter.
+        let st = lab
+            .cmd(Node::A, "bash")
+            .args(["-c", "echo x > /dev/udp/203.0.113.1/9"])
+            .status()
+            .expect("bash");
+        assert!(st.success());
+    };
+    for t in 0..5 {
+        let p = pair_between(&lab, t, "right", MIB, &[], &[], &other_flows);
+        check_connected(&p, "predict", &format!("{kind} x {kind} + 1 flow, try {t}"));
+    }
 }
 
 #[test]
