@@ -262,8 +262,28 @@ fn sequential_pair_connects_despite_other_flows_before_the_window() {
     };
     let _srv = common::punchraw_serve_5780(&lab);
     let other_flows = || {
-        // Long enough for A's classification and registration.
-        std::thread::sleep(Duration::from_secs(2));
+        // After A's classification (whose delta measurement a foreign flow would spoil, which
+        // is not the case here): its several sockets are closed and only the rendezvous
+        // socket is left.
+        let udp_sockets = || {
+            let out = lab.cmd(Node::A, "ss").args(["-Huan"]).output().expect("ss");
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let (mut classifying, mut ones) = (false, 0);
+        while std::time::Instant::now() < until && ones < 2 {
+            match udp_sockets() {
+                1 if classifying => ones += 1,
+                n => {
+                    classifying |= n > 1;
+                    ones = 0;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(classifying, "A's classification was never seen");
+        // And its registration, which follows at once.
+        std::thread::sleep(Duration::from_millis(300));
         // The redirection opens a new UDP socket: a new flow, a new port of the counter.
         let st = lab
             .cmd(Node::A, "bash")
@@ -274,7 +294,38 @@ fn sequential_pair_connects_despite_other_flows_before_the_window() {
     };
     for t in 0..5 {
         let p = pair_between(&lab, t, "right", MIB, &[], &[], &other_flows);
-        check_connected(&p, "predict", &format!("{kind} x {kind} + 1 flow, try {t}"));
+        let what = format!("{kind} x {kind} + 1 flow, try {t}");
+        check_connected(&p, "predict", &what);
+        // The foreign flow did come after A's registration: NAT A gave it a later port than
+        // the one B was told.
+        let registered: u32 =
+            p.b.stderr
+                .split("peer 203.0.113.10:")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|port| port.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: B did not name A's port:\n{}", p.b.stderr));
+        let table = lab
+            .cmd(Node::NatA, "cat")
+            .arg("/proc/net/nf_conntrack")
+            .output()
+            .expect("conntrack table");
+        let foreign = String::from_utf8_lossy(&table.stdout)
+            .lines()
+            .filter(|l| l.contains("dport=9 "))
+            .filter_map(|l| {
+                l.rsplit("dport=")
+                    .next()?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max();
+        assert!(
+            foreign.is_some_and(|f| f > registered),
+            "{what}: the foreign flow's port {foreign:?} is not past A's registered {registered}"
+        );
     }
 }
 
