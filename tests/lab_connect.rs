@@ -104,6 +104,22 @@ fn pair_with(
     extra: &[&str],
     extra_b: &[&str],
 ) -> Pair {
+    pair_between(lab, try_no, secret_b, len, extra, extra_b, &|| {
+        std::thread::sleep(Duration::from_millis(300))
+    })
+}
+
+/// [`pair_with`], running `between` (instead of a 300 ms wait) after A started and
+/// before B starts.
+fn pair_between(
+    lab: &Lab,
+    try_no: u32,
+    secret_b: &str,
+    len: usize,
+    extra: &[&str],
+    extra_b: &[&str],
+    between: &dyn Fn(),
+) -> Pair {
     let dir = Dir::new(&format!("{}-{try_no}", lab.name()));
     std::fs::write(dir.0.join("a.in"), data(u64::from(try_no) * 2 + 1, len)).expect("write");
     std::fs::write(dir.0.join("b.in"), data(u64::from(try_no) * 2 + 2, len)).expect("write");
@@ -112,7 +128,7 @@ fn pair_with(
         .spawn()
         .expect("start connect A");
     let mut a = ChildGuard(a);
-    std::thread::sleep(Duration::from_millis(300));
+    between();
     let extra_b: Vec<&str> = extra.iter().chain(extra_b).copied().collect();
     let b = connect_cmd(lab, Node::B, &dir.0, "b", &session, secret_b, &extra_b)
         .output()
@@ -223,6 +239,94 @@ fn sequential_symmetric_connects_by_prediction() {
         "predict",
         10,
     );
+}
+
+/// Issue #10: two sequential NATs over UDP. Neither lab NAT routes the other's private
+/// address, so the probes of the private candidates move neither counter, which neither side
+/// can know: the windows have to meet anyway.
+#[test]
+fn sequential_and_sequential_connect_by_prediction() {
+    all_connect("symmetric-sequential", "symmetric-sequential", "predict", 5);
+}
+
+/// Two sequential NATs, and one flow of another program through A's NAT after A registered
+/// and before the punch (A waits for B meanwhile): its counter is one port further than any
+/// count of A's own flows says. Which side controls is drawn per run, so the extra flow
+/// falls on either role. (Two extra flows would cancel the unrouted private probes, the one
+/// case a diagonal window alone meets.)
+#[test]
+fn sequential_pair_connects_despite_other_flows_before_the_window() {
+    let kind = "symmetric-sequential";
+    let Some(lab) = Lab::up(kind, Some(kind)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let other_flows = || {
+        // After A's classification (whose delta measurement a foreign flow would spoil, which
+        // is not the case here): its several sockets are closed and only the rendezvous
+        // socket is left.
+        let udp_sockets = || {
+            let out = lab.cmd(Node::A, "ss").args(["-Huan"]).output().expect("ss");
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let (mut classifying, mut ones) = (false, 0);
+        while std::time::Instant::now() < until && ones < 2 {
+            match udp_sockets() {
+                1 if classifying => ones += 1,
+                n => {
+                    classifying |= n > 1;
+                    ones = 0;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(classifying, "A's classification was never seen");
+        // And its registration, which follows at once.
+        std::thread::sleep(Duration::from_millis(300));
+        // The redirection opens a new UDP socket: a new flow, a new port of the counter.
+        let st = lab
+            .cmd(Node::A, "bash")
+            .args(["-c", "echo x > /dev/udp/203.0.113.1/9"])
+            .status()
+            .expect("bash");
+        assert!(st.success());
+    };
+    for t in 0..5 {
+        let p = pair_between(&lab, t, "right", MIB, &[], &[], &other_flows);
+        let what = format!("{kind} x {kind} + 1 flow, try {t}");
+        check_connected(&p, "predict", &what);
+        // The foreign flow did come after A's registration: NAT A gave it a later port than
+        // the one B was told.
+        let registered: u32 =
+            p.b.stderr
+                .split("peer 203.0.113.10:")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|port| port.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: B did not name A's port:\n{}", p.b.stderr));
+        let table = lab
+            .cmd(Node::NatA, "cat")
+            .arg("/proc/net/nf_conntrack")
+            .output()
+            .expect("conntrack table");
+        let foreign = String::from_utf8_lossy(&table.stdout)
+            .lines()
+            .filter(|l| l.contains("dport=9 "))
+            .filter_map(|l| {
+                l.rsplit("dport=")
+                    .next()?
+                    .split(' ')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max();
+        assert!(
+            foreign.is_some_and(|f| f > registered),
+            "{what}: the foreign flow's port {foreign:?} is not past A's registered {registered}"
+        );
+    }
 }
 
 #[test]

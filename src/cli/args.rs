@@ -80,7 +80,9 @@ pub struct ConnectArgs {
     /// Most punch probes per second (the sweep's probing rate).
     #[arg(long, value_name = "PPS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=20000))]
     pub rate: u32,
-    /// Ports past the peer's last seen port to try when predicting a sequential NAT.
+    /// Ports past the peer's last seen port to try when predicting a sequential NAT. Between
+    /// two sequential NATs a quarter of it is how many other flows through each NAT the
+    /// prediction tolerates; give both peers the same value.
     #[arg(long, value_name = "N", default_value_t = 24)]
     pub window: u16,
     /// Mappings the random side opens in a birthday sweep.

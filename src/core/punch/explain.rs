@@ -2,6 +2,7 @@
 //! the two NAT classifications, the strategy and what was seen on the wire.
 
 use crate::core::classify::{Allocation, Behavior};
+use crate::core::punch::lockstep::Lockstep;
 use crate::core::punch::{tcp, Strategy};
 use crate::core::rendezvous::NatInfo;
 
@@ -19,6 +20,14 @@ pub fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
         Strategy::Predict => "the predicted ports were wrong: other traffic through the sequential NAT moved its counter; try a larger --window".into(),
         Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
     }
+}
+
+/// Why two sequential NATs found no pair: what the window covered, and what lies outside it.
+pub fn explain_lockstep_failure(l: &Lockstep) -> String {
+    format!(
+        "no predicted port pair met: both NATs allocate ports in sequence, and our {} window flows and the peer's {} cover up to {} flows through our NAT and {} through the peer's between the registration and the window (probes of private candidates included, whether routed or not); more went through one of them (other programs' traffic), a NAT skipped ports, or UDP between the NATs is blocked; try a larger --window",
+        l.my_flows, l.peer_flows, l.my_extra_max, l.peer_extra_max
+    )
 }
 
 /// What the packet watcher saw of the peer during a TCP punch.

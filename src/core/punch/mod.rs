@@ -15,6 +15,7 @@
 //! mappings toward the other's fixed endpoint while the other probes random ports).
 
 pub mod explain;
+pub mod lockstep;
 pub mod priming;
 pub mod tcp;
 #[cfg(test)]
@@ -115,7 +116,9 @@ pub struct PunchConfig {
     pub budget: Duration,
     /// Probes per second toward random ports (sweep), and the cap on all punch traffic.
     pub rate: u32,
-    /// How many ports past the peer's last seen one to try (predict).
+    /// How many ports past the peer's last seen one to try (predict). Between two
+    /// sequential NATs a quarter of it is the tolerance for unexpected flows on either side
+    /// ([`lockstep`]).
     pub window: u16,
     /// Extra sockets the random side opens in a sweep.
     pub sweep_sockets: usize,
@@ -186,13 +189,23 @@ fn base_targets(public: SocketAddr, locals: &[SocketAddr]) -> Vec<SocketAddr> {
 /// each side's window flows also take consecutive ports; if our i-th window target is the
 /// peer's port at offset `c_peer + i`, where `c_peer` counts the flows the peer makes before
 /// its window (its base targets plus one), our i-th flow and the peer's i-th flow are each
-/// other's reverse and both NATs let them through.
+/// other's reverse and both NATs let them through. That needs both counts exact; between two
+/// sequential NATs they are not known exactly, and [`lockstep`] searches over them instead.
 fn targets(cfg: &PunchConfig) -> Vec<SocketAddr> {
     let mut v = base_targets(cfg.peer.public, &cfg.peer.locals);
     if cfg.strategy() != Strategy::Predict || eim(&cfg.peer.nat) {
         return v;
     }
     let step = cfg.peer.nat.delta.unwrap_or(1);
+    if let Some(l) = lockstep::Lockstep::new(cfg) {
+        // Both sides count: the flows before either window are not known exactly.
+        for a in l.targets(cfg.peer.public, step) {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+        return v;
+    }
     let first = if eim(&cfg.my_nat) {
         1
     } else {
@@ -301,6 +314,11 @@ impl Punch {
 
     pub fn config(&self) -> &PunchConfig {
         &self.cfg
+    }
+
+    /// The window of two sequential NATs, when this pair uses it (for the failure text).
+    pub fn lockstep(&self) -> Option<lockstep::Lockstep> {
+        lockstep::Lockstep::new(&self.cfg)
     }
 
     fn request(&mut self, socket: usize, dst: SocketAddr, role: Role) {

@@ -35,6 +35,21 @@ struct Outcome {
     elapsed: Duration,
 }
 
+/// What else happens on the paths besides the punch.
+#[derive(Debug, Clone, Copy)]
+struct Paths {
+    /// Whether the NATs route (and so translate) probes of the peer's private candidates.
+    routes_private: bool,
+    /// Flows of other programs through each side's NAT between the registration and the
+    /// punch.
+    other_flows: [u16; 2],
+}
+
+const PLAIN: Paths = Paths {
+    routes_private: true,
+    other_flows: [0, 0],
+};
+
 fn run(
     a: Option<NatBehavior>,
     b: Option<NatBehavior>,
@@ -42,8 +57,20 @@ fn run(
     seed: u64,
     same_key: bool,
 ) -> Outcome {
+    run_on(a, b, loss, seed, same_key, PLAIN)
+}
+
+fn run_on(
+    a: Option<NatBehavior>,
+    b: Option<NatBehavior>,
+    loss: f64,
+    seed: u64,
+    same_key: bool,
+    paths: Paths,
+) -> Outcome {
     let mut net = PairNet::new(a, b, seed);
     net.loss = loss;
+    net.routes_private = [paths.routes_private; 2];
     if loss > 0.0 {
         net.jitter = Duration::from_millis(10);
     }
@@ -54,6 +81,9 @@ fn run(
     let infos = [info(&a), info(&b)];
     let main: [SocketAddr; 2] = [0, 1].map(|i| SocketAddr::new(net.hosts[i], 40000));
     let public = [net.register(0, main[0]), net.register(1, main[1])];
+    for (side, n) in paths.other_flows.into_iter().enumerate() {
+        net.other_flows(side, n);
+    }
     let start = net.now + Duration::from_millis(50);
     let mut punches: Vec<Punch> = (0..2)
         .map(|i| {
@@ -171,13 +201,14 @@ fn sym_random() -> Option<NatBehavior> {
 }
 
 fn sym_seq() -> Option<NatBehavior> {
+    sym_seq_from(20000)
+}
+
+fn sym_seq_from(start: u16) -> Option<NatBehavior> {
     nat(
         AddressAndPortDependent,
         AddressAndPortDependent,
-        PortAlloc::Sequential {
-            start: 20000,
-            step: 1,
-        },
+        PortAlloc::Sequential { start, step: 1 },
     )
 }
 
@@ -260,6 +291,30 @@ fn sequential_symmetric_connects_by_prediction() {
         assert_connected(&o, "cone vs symmetric-sequential");
         let o = run(sym_seq(), sym_seq(), 0.0, seed, true);
         assert_connected(&o, "sequential vs sequential");
+    }
+}
+
+/// Issue #10: between two sequential NATs, neither side knows exactly how many flows the
+/// other opened before its window: a probe of a private candidate moves a counter only where
+/// the NAT routes it, and other programs' flows move it too. The pair must meet either way.
+#[test]
+fn two_sequential_nats_meet_whatever_flows_came_before_the_window() {
+    for routes_private in [true, false] {
+        for other_flows in [[0, 0], [1, 0], [0, 1], [1, 1], [2, 0], [0, 2], [2, 2]] {
+            for seed in 0..5 {
+                let paths = Paths {
+                    routes_private,
+                    other_flows,
+                };
+                let (a, b) = (sym_seq_from(20000 + 37 * seed as u16), sym_seq_from(41000));
+                let o = run_on(a, b, 0.0, seed, true, paths);
+                assert_eq!(o.strategy, Strategy::Predict);
+                assert_connected(
+                    &o,
+                    &format!("sequential x sequential, {paths:?}, seed {seed}"),
+                );
+            }
+        }
     }
 }
 

@@ -440,6 +440,11 @@ pub struct PairNet {
     /// Extra random delay up to this much per packet, which reorders packets.
     pub jitter: Duration,
     pub loss: f64,
+    /// Whether each side's NAT routes packets toward private (RFC 1918) addresses out of its
+    /// WAN side, as a NAT with a default route does: such a packet (a probe of the peer's
+    /// local candidate) then creates a mapping and moves a sequential counter. A NAT without
+    /// a route for them drops them before translation, and its counter stays.
+    pub routes_private: [bool; 2],
     queue: BinaryHeap<InFlight>,
     seq: u64,
     rng: StdRng,
@@ -469,10 +474,24 @@ impl PairNet {
             latency: Duration::from_millis(15),
             jitter: Duration::ZERO,
             loss: 0.0,
+            routes_private: [true; 2],
             queue: BinaryHeap::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
             delivered: Vec::new(),
+        }
+    }
+
+    /// `n` new flows through `side`'s NAT from another program on the host (each to its own
+    /// destination, so each takes a new mapping): other traffic that moves a sequential
+    /// counter.
+    pub fn other_flows(&mut self, side: usize, n: u16) {
+        let now = self.now;
+        let src = SocketAddr::new(self.hosts[side], 53000);
+        if let Some(nat) = &mut self.nats[side] {
+            for i in 0..n {
+                nat.outbound(now, src, SocketAddr::new(PAIR_SERVER.ip(), 9000 + i));
+            }
         }
     }
 
@@ -487,6 +506,10 @@ impl PairNet {
 
     pub fn send(&mut self, side: usize, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
         let now = self.now;
+        let private = matches!(dst.ip(), IpAddr::V4(a) if a.is_private());
+        if private && self.nats[side].is_some() && !self.routes_private[side] {
+            return;
+        }
         let ext = match &mut self.nats[side] {
             Some(nat) => nat.outbound(now, src, dst),
             None => src,

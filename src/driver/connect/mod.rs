@@ -5,7 +5,9 @@ mod rendezvous;
 pub mod tcp_punch;
 
 use crate::core::classify::LegacyType;
-use crate::core::punch::explain::{describe_plan, explain_failure, explain_tcp_failure};
+use crate::core::punch::explain::{
+    describe_plan, explain_failure, explain_lockstep_failure, explain_tcp_failure,
+};
 use crate::core::punch::{
     derive_key, tcp, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy,
 };
@@ -465,7 +467,10 @@ fn punch_udp(
             return Err(Error::PunchFailed {
                 strategy: strategy.as_str(),
                 probes: punch.probes,
-                explanation: explain_failure(&nat, &intro.peer.nat, strategy),
+                explanation: match punch.lockstep() {
+                    Some(l) => explain_lockstep_failure(&l),
+                    None => explain_failure(&nat, &intro.peer.nat, strategy),
+                },
             })
         }
     };
@@ -503,6 +508,15 @@ fn announce_udp_punch(
         kebab(&intro.peer.nat.allocation),
         strategy.as_str()
     ));
+    if let Some(l) = crate::core::punch::lockstep::Lockstep::new(pcfg) {
+        status.say(format!(
+            "both NATs count their ports: {} window flows at the peer's ports {} apart, covering up to {} earlier flows through our NAT and {} through the peer's",
+            l.my_flows,
+            if l.controlling { 1 } else { 2 },
+            l.my_extra_max,
+            l.peer_extra_max
+        ));
+    }
     if strategy == Strategy::Sweep {
         let me_random = pcfg.i_spray();
         status.say(format!(

@@ -53,6 +53,27 @@ fn udp_failure_otherwise_follows_the_strategy() {
     );
 }
 
+#[test]
+fn udp_failure_between_two_sequential_nats_says_what_the_window_covered() {
+    let l = crate::core::punch::lockstep::Lockstep {
+        controlling: true,
+        my_extra_max: 5,
+        peer_extra_max: 6,
+        my_flows: 18,
+        peer_flows: 12,
+    };
+    let why = explain_lockstep_failure(&l);
+    assert!(why.starts_with("no predicted port pair met"), "{why}");
+    assert!(
+        why.contains("our 18 window flows and the peer's 12 cover up to 5 flows through our NAT and 6 through the peer's"),
+        "{why}"
+    );
+    assert!(
+        !why.contains("other traffic through the sequential NAT moved"),
+        "{why}"
+    );
+}
+
 const NOTHING_SEEN: &str =
     " (seen: 0 SYN-ACK, 0 SYN from the peer, 0 RST, 0 ICMP unreachable; 0 attempts refused)";
 

@@ -1,0 +1,153 @@
+//! The window of two sequential NATs that predict each other: a small two-dimensional search
+//! over how many flows each side opened before its window.
+//!
+//! A NAT with a port counter shared by all flows gives each new flow of ours the next port
+//! after the one the rendezvous saw (offset 0). Before its window each side opens one flow to
+//! the other's public endpoint (offset 1, always), then one per private candidate of the other
+//! *if* its NAT routes private addresses outward (many have no route for them and drop the
+//! probe untranslated), and any other program's flows move the counter too. So each side's
+//! first window flow sits at offset `2 + x`, where `x` (the "extra" flows) is known only to lie
+//! in `0..=locals + tolerance`; a guess that is off by one on both sides misses every pair.
+//!
+//! The search: the controlling side's k-th window flow aims at the follower's offset `2 + k`,
+//! the follower's l-th at the controlling side's offset `2 + 2l`. With extra flows `xc` and
+//! `xf`, the controlling side's k-th flow leaves from its offset `2 + xc + k` and the
+//! follower's l-th from `2 + xf + l`; for `l = xc + xf` and `k = xc + 2 * xf` each flow leaves
+//! from the port the other aims at, so the two are each other's reverse and both NATs let them
+//! through. One such pair exists for every (xc, xf) in range once the follower opens
+//! `xc_max + xf_max + 1` flows and the controlling side `xc_max + 2 * xf_max + 1`; neither needs
+//! to know whether the private candidates were routable.
+
+use super::PunchConfig;
+use crate::core::classify::{Allocation, Behavior};
+use crate::core::rendezvous::NatInfo;
+use std::net::SocketAddr;
+
+/// Extra flows tolerated on each side beyond its private-candidate probes: a quarter of
+/// `--window`, at least one.
+pub fn tolerance(window: u16) -> u16 {
+    (window / 4).max(1)
+}
+
+/// Whether the pair uses the lockstep: both NATs map per destination and count their ports.
+pub fn applies(me: &NatInfo, peer: &NatInfo) -> bool {
+    let counting = |n: &NatInfo| {
+        n.mapping != Behavior::EndpointIndependent && n.allocation == Allocation::Sequential
+    };
+    counting(me) && counting(peer)
+}
+
+/// The plan both sides derive alike from the rendezvous data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockstep {
+    pub controlling: bool,
+    /// Most extra flows covered before our window, and before the peer's.
+    pub my_extra_max: u16,
+    pub peer_extra_max: u16,
+    /// Our window flows, and the peer's.
+    pub my_flows: u16,
+    pub peer_flows: u16,
+}
+
+/// Private candidates a side probes besides the public endpoint (each may or may not be a
+/// flow through its NAT).
+fn candidates(public: SocketAddr, locals: &[SocketAddr]) -> u16 {
+    let mut seen: Vec<SocketAddr> = Vec::new();
+    for a in locals {
+        if *a != public && !seen.contains(a) {
+            seen.push(*a);
+        }
+    }
+    u16::try_from(seen.len()).unwrap_or(u16::MAX)
+}
+
+impl Lockstep {
+    /// `None` unless both sides predict each other's sequential ports.
+    pub fn new(cfg: &PunchConfig) -> Option<Self> {
+        if cfg.strategy() != super::Strategy::Predict || !applies(&cfg.my_nat, &cfg.peer.nat) {
+            return None;
+        }
+        let t = tolerance(cfg.window);
+        // Our flows before the window are the probes of the peer's candidates, and its are of
+        // ours.
+        let my_extra_max = candidates(cfg.peer.public, &cfg.peer.locals).saturating_add(t);
+        let peer_extra_max = candidates(cfg.my_public, &cfg.my_locals).saturating_add(t);
+        let controlling = cfg.my_id > cfg.peer.id;
+        let (c, f) = if controlling {
+            (my_extra_max, peer_extra_max)
+        } else {
+            (peer_extra_max, my_extra_max)
+        };
+        let c_flows = c.saturating_add(f.saturating_mul(2)).saturating_add(1);
+        let f_flows = c.saturating_add(f).saturating_add(1);
+        let (my_flows, peer_flows) = if controlling {
+            (c_flows, f_flows)
+        } else {
+            (f_flows, c_flows)
+        };
+        Some(Lockstep {
+            controlling,
+            my_extra_max,
+            peer_extra_max,
+            my_flows,
+            peer_flows,
+        })
+    }
+
+    /// The peer's offsets (in flows past its registered port) our window flows aim at, in
+    /// the order they must be opened.
+    pub fn peer_offsets(&self) -> impl Iterator<Item = i32> {
+        let stride = if self.controlling { 1 } else { 2 };
+        (0..i32::from(self.my_flows)).map(move |i| 2 + stride * i)
+    }
+
+    /// Our window's targets: the peer's registered port advanced by its measured step.
+    pub fn targets(&self, peer_public: SocketAddr, step: i32) -> Vec<SocketAddr> {
+        let base = i32::from(peer_public.port());
+        self.peer_offsets()
+            .map(|k| (base + step * k).rem_euclid(65536) as u16)
+            .filter(|p| *p != 0)
+            .map(|p| SocketAddr::new(peer_public.ip(), p))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the extra flows within the bounds, one flow of each side is the other's
+    /// reverse: the property the module's comment derives.
+    #[test]
+    fn every_pair_of_extra_counts_in_range_meets() {
+        for (xc_max, xf_max) in [(1u16, 1u16), (5, 5), (2, 7), (0, 0)] {
+            let c = Lockstep {
+                controlling: true,
+                my_extra_max: xc_max,
+                peer_extra_max: xf_max,
+                my_flows: xc_max + 2 * xf_max + 1,
+                peer_flows: xc_max + xf_max + 1,
+            };
+            let f = Lockstep {
+                controlling: false,
+                my_extra_max: xf_max,
+                peer_extra_max: xc_max,
+                my_flows: c.peer_flows,
+                peer_flows: c.my_flows,
+            };
+            let c_aims: Vec<i32> = c.peer_offsets().collect();
+            let f_aims: Vec<i32> = f.peer_offsets().collect();
+            for xc in 0..=i32::from(xc_max) {
+                for xf in 0..=i32::from(xf_max) {
+                    // (from, to) offsets of each side's window flows.
+                    let c_flows: Vec<(i32, i32)> =
+                        (0..).zip(&c_aims).map(|(k, a)| (2 + xc + k, *a)).collect();
+                    let met = (0..)
+                        .zip(&f_aims)
+                        .any(|(l, a)| c_flows.contains(&(*a, 2 + xf + l)));
+                    assert!(met, "xc {xc} xf {xf} ({xc_max}, {xf_max})");
+                }
+            }
+        }
+    }
+}
