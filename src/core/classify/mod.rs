@@ -144,11 +144,16 @@ enum Outcome {
 
 #[derive(Debug)]
 struct Txn {
-    id: TransactionId,
+    /// One transaction ID per copy sent, with when it left. Every copy is a request of its
+    /// own rather than a retransmission (RFC 8489 section 6.2.1 would reuse the ID), so an
+    /// answer says which copy it answers and every answer is an exact RTT sample: Karn's
+    /// ambiguity never arises, however slow the path.
+    ids: Vec<(TransactionId, Instant)>,
     kind: Kind,
     socket: usize,
     dst: SocketAddr,
-    payload: Vec<u8>,
+    change: Option<(bool, bool)>,
+    response_port: Option<u16>,
     first_sent: Option<Instant>,
     last_sent: Option<Instant>,
     sent: u32,
@@ -166,10 +171,6 @@ pub struct Classifier {
     queue: VecDeque<Transmit>,
     events: VecDeque<Event>,
     srtt: Option<Duration>,
-    /// The RTT that paces the other requests: `srtt`, or when the first request had to be
-    /// retransmitted (Karn's rule leaves `srtt` unset) the time from its first send to the
-    /// answer, an upper bound that errs on the side of waiting.
-    pace: Option<Duration>,
     lifetime_points: Vec<Duration>,
     /// When each lifetime probe's mapping was last refreshed by its own answer.
     lifetime_opened: Vec<Option<Instant>>,
@@ -198,7 +199,6 @@ impl Classifier {
             queue: VecDeque::new(),
             events: VecDeque::new(),
             srtt: None,
-            pace: None,
             lifetime_opened: vec![None; n_life],
             lifetime_state: vec![None; n_life],
             lifetime_unsupported: None,
@@ -231,9 +231,9 @@ impl Classifier {
         c
     }
 
-    /// The RTT is known now: what was scheduled by the initial timeout follows it instead.
+    /// The RTT is known, or smaller than thought: what was scheduled follows it.
     fn reschedule(&mut self) {
-        let srtt = self.pace;
+        let srtt = self.srtt;
         let rtt_wait = srtt.map_or(Duration::ZERO, |r| r * 3);
         for t in &mut self.txns {
             if t.outcome != Outcome::Pending {
@@ -246,7 +246,7 @@ impl Classifier {
     }
 
     fn rto0(&self) -> Duration {
-        match self.pace {
+        match self.srtt {
             Some(rtt) => (rtt * 2).clamp(INITIAL_RTO, Duration::from_secs(1)),
             None => INITIAL_RTO,
         }
@@ -261,30 +261,18 @@ impl Classifier {
         change: Option<(bool, bool)>,
         response_port: Option<u16>,
     ) {
-        let id = TransactionId::random(&mut self.rng);
-        let mut payload = Vec::with_capacity(48);
-        let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, id);
-        if let Some((change_ip, change_port)) = change {
-            e.push(&Attribute::ChangeRequest {
-                change_ip,
-                change_port,
-            });
-        }
-        if let Some(p) = response_port {
-            e.push(&Attribute::ResponsePort(p));
-        }
-        e.fingerprint();
         let max_sends = if kind == Kind::Base {
             BASE_ATTEMPTS
         } else {
             ATTEMPTS
         };
         self.txns.push(Txn {
-            id,
+            ids: Vec::new(),
             kind,
             socket,
             dst,
-            payload,
+            change,
+            response_port,
             first_sent: None,
             last_sent: None,
             sent: 0,
@@ -299,13 +287,13 @@ impl Classifier {
     /// is left pending.
     fn flush(&mut self, now: Instant) {
         self.progress_lifetime(now);
-        let rtt_wait = self.pace.map_or(Duration::ZERO, |r| r * 3);
+        let rtt_wait = self.srtt.map_or(Duration::ZERO, |r| r * 3);
         for t in &mut self.txns {
             if t.outcome != Outcome::Pending || t.next > now {
                 continue;
             }
             if t.sent >= t.max_sends {
-                if t.kind != Kind::Base && self.pace.is_none() {
+                if t.kind != Kind::Base && self.srtt.is_none() {
                     // No RTT yet to judge silence by (the first answer is still on its way,
                     // on a long path): keep listening; the RTT, or the server's silence,
                     // decides.
@@ -318,12 +306,14 @@ impl Classifier {
             t.first_sent.get_or_insert(now);
             t.last_sent = Some(now);
             t.sent += 1;
+            let id = TransactionId::random(&mut self.rng);
+            t.ids.push((id, now));
             self.queue.push_back(Transmit {
                 socket: t.socket,
                 dst: t.dst,
-                payload: t.payload.clone(),
+                payload: binding_request(id, t.change, t.response_port),
             });
-            t.next = now + after_send(t, self.pace, rtt_wait);
+            t.next = now + after_send(t, self.srtt, rtt_wait);
         }
         self.progress_lifetime(now);
         self.finish_if_settled();
@@ -505,6 +495,27 @@ impl Classifier {
     }
 }
 
+/// A Binding request with the given transaction ID and attributes, FINGERPRINTed.
+fn binding_request(
+    id: TransactionId,
+    change: Option<(bool, bool)>,
+    response_port: Option<u16>,
+) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(48);
+    let mut e = Encoder::new(&mut payload, MessageType::BINDING_REQUEST, id);
+    if let Some((change_ip, change_port)) = change {
+        e.push(&Attribute::ChangeRequest {
+            change_ip,
+            change_port,
+        });
+    }
+    if let Some(p) = response_port {
+        e.push(&Attribute::ResponsePort(p));
+    }
+    e.fingerprint();
+    payload
+}
+
 /// Time from a send of `t` to its next send, or (after its last) to giving up on it.
 fn after_send(t: &Txn, srtt: Option<Duration>, rtt_wait: Duration) -> Duration {
     match srtt {
@@ -550,7 +561,12 @@ impl Machine for Classifier {
             return;
         };
         let id = msg.transaction_id();
-        let Some(ti) = self.txns.iter().position(|t| t.id == id) else {
+        let Some((ti, sent_at)) = self.txns.iter().enumerate().find_map(|(i, t)| {
+            t.ids
+                .iter()
+                .find(|(tid, _)| *tid == id)
+                .map(|&(_, at)| (i, at))
+        }) else {
             return;
         };
         let class = msg.message_type().class;
@@ -598,23 +614,13 @@ impl Machine for Classifier {
                         _ => None,
                     },
                 };
-                let t = &mut self.txns[ti];
-                if let Some(first) = t.first_sent {
-                    let since_first = now.saturating_duration_since(first);
-                    // Karn's rule: only an unambiguous sample (no retransmission) is an RTT,
-                    // the first such answer of any request (on a path slower than
-                    // INITIAL_RTO the first request is always resent, later ones need not
-                    // be). Until one comes, pacing takes the first answer's upper bound, or
-                    // every later request would give up before its answer.
-                    // A hairpinned answer never left the NAT: not the server's RTT.
-                    if t.sent == 1 && self.srtt.is_none() && t.kind != Kind::Hairpin {
-                        self.srtt = Some(since_first);
-                        self.pace = Some(since_first);
-                        self.reschedule();
-                    } else if self.pace.is_none() && t.kind != Kind::Hairpin {
-                        self.pace = Some(since_first);
-                        self.reschedule();
-                    }
+                // The smallest RTT seen so far paces what follows (the first answer of a
+                // fresh path may include the NAT's neighbour discovery, later ones do not);
+                // a hairpinned answer never left the NAT, so it says nothing of the server.
+                let sample = now.saturating_duration_since(sent_at);
+                if self.txns[ti].kind != Kind::Hairpin && self.srtt.is_none_or(|r| sample < r) {
+                    self.srtt = Some(sample);
+                    self.reschedule();
                 }
                 let t = &mut self.txns[ti];
                 t.outcome = Outcome::Answered {

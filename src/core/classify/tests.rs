@@ -424,6 +424,13 @@ fn silent_tests_end_within_six_rtts_at_real_round_trip_times() {
                 "{one_way_ms} ms one way, seed {seed}, after {elapsed:?}: {r:#?}"
             );
             assert_eq!(r.hairpinning, Some(false));
+            // Every copy is a request of its own, so the RTT is measured exactly even where
+            // every request is sent more than once (800 ms RTT: copies 250 ms apart).
+            assert_eq!(
+                r.rtt_ms,
+                Some(2.0 * one_way_ms as f64),
+                "{one_way_ms} ms one way"
+            );
             assert!(
                 elapsed <= rtt * 6 + Duration::from_millis(150),
                 "{one_way_ms} ms one way: {elapsed:?}"
