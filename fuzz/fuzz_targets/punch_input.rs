@@ -39,6 +39,9 @@ fn nat(b: u8) -> NatInfo {
             _ => Allocation::Random,
         },
         delta: Some(1),
+        // A narrow block (down to one port, or inverted as a hostile peer could send it)
+        // exercises the block-aware random probing.
+        range: (b & 0x80 != 0).then(|| [40000 + u16::from(b & 0x3f), 40000 + u16::from(b & 0x0f)]),
     }
 }
 

@@ -19,7 +19,7 @@ mod report;
 pub mod tcp;
 
 pub use conclude::classify_allocation;
-pub use report::{Allocation, Behavior, LegacyType, LifetimeRange, UdpReport};
+pub use report::{search_range, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport};
 pub use tcp::TcpReport;
 
 use crate::core::stun::{

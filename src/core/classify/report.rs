@@ -122,19 +122,36 @@ pub(crate) fn port_range(allocation: Allocation, samples: &[u16]) -> Option<[u16
 /// confines this host to (carrier-grade NATs assign per-subscriber blocks, RFC 6888
 /// section 5), not chance.
 pub(crate) fn block_sentence(allocation: Allocation, range: Option<[u16; 2]>, n: usize) -> String {
-    const PORT_SPACE: u32 = 65536 - 1024;
     match range {
-        Some([lo, hi])
-            if allocation == Allocation::Random
-                && n >= 4
-                && u32::from(hi - lo) < PORT_SPACE / 16 =>
-        {
+        Some([lo, hi]) if is_block(allocation, range, n) => {
             format!(
                 " The random ports all fall within {lo}-{hi}: a port block like those carrier-grade NATs give each subscriber, so peers need to search only that range."
             )
         }
         _ => String::new(),
     }
+}
+
+/// Whether random samples cluster in a block (see [`block_sentence`] for why 1/16).
+fn is_block(allocation: Allocation, range: Option<[u16; 2]>, n: usize) -> bool {
+    const PORT_SPACE: u32 = 65536 - 1024;
+    matches!(range, Some([lo, hi])
+        if allocation == Allocation::Random && n >= 4 && u32::from(hi - lo) < PORT_SPACE / 16)
+}
+
+/// The ports a peer should search for this NAT's random mappings: `None` (the whole
+/// non-privileged range) unless the samples cluster in a block. The `n` samples are taken
+/// as uniform in the block; the block then extends past the extreme samples by about one
+/// gap between neighbouring samples, `span / (n - 1)`, on each side.
+pub fn search_range(allocation: Allocation, range: Option<[u16; 2]>, n: usize) -> Option<[u16; 2]> {
+    if !is_block(allocation, range, n) {
+        return None;
+    }
+    let [lo, hi] = range?;
+    let pad = u32::from(hi - lo) / (n as u32 - 1) + 1;
+    let lo = u32::from(lo).saturating_sub(pad).max(1024);
+    let hi = (u32::from(hi) + pad).min(65535);
+    Some([lo as u16, hi as u16])
 }
 
 /// The reasons of a report whose first exchange with the server failed: every value that

@@ -384,7 +384,7 @@ mod properties {
             prop_assert_eq!(r.hairpinning, Some(false));
             let (want, delta) = match a {
                 PortAlloc::Preserve => (Allocation::Preserving, None),
-                PortAlloc::Random => (Allocation::Random, None),
+                PortAlloc::Random | PortAlloc::RandomIn { .. } => (Allocation::Random, None),
                 PortAlloc::Sequential { step, .. } => (Allocation::Sequential, Some(i32::from(step))),
                 // Sequential toward each destination from its own offset: toward a new peer
                 // that is as good as random, and sampling two destinations shows it.
@@ -456,4 +456,54 @@ fn silent_tests_end_within_six_rtts_at_real_round_trip_times() {
             );
         }
     }
+}
+
+/// A carrier-grade NAT's port block: the probe reports random allocation, the range it saw
+/// inside the block, names the block in the verdict, and the search range it hands the
+/// peer covers (nearly) the whole block.
+#[test]
+fn random_ports_in_a_block_are_reported_as_one() {
+    let (lo, hi) = (40960u16, 41471u16);
+    let mut widths = Vec::new();
+    for seed in 0..8 {
+        let (r, _) = sim::classify(
+            nat(
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAlloc::RandomIn { lo, hi },
+            ),
+            true,
+            0.0,
+            seed,
+            None,
+        );
+        assert_eq!(r.allocation, Allocation::Random, "seed {seed}");
+        let [a, b] = r.port_range.expect("a range");
+        assert!(lo <= a && b <= hi, "{a}-{b}");
+        assert!(r.verdict().contains("port block"), "{}", r.verdict());
+        let [s0, s1] = search_range(r.allocation, r.port_range, r.allocation_samples.len())
+            .expect("a block to search");
+        assert!(s0 <= a && b <= s1, "the search covers what was seen");
+        widths.push(u32::from(s1 - s0) + 1);
+    }
+    // Five samples are few, so one estimate may be well off; on average the estimator
+    // (the seen span plus one mean gap on each side) lands near the block's 512 ports.
+    let mean = widths.iter().sum::<u32>() / widths.len() as u32;
+    assert!((384..=640).contains(&mean), "{widths:?}");
+    // Random over everything: no block, so the peer searches everything.
+    let (r, _) = sim::classify(
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Random,
+        ),
+        true,
+        0.0,
+        3,
+        None,
+    );
+    assert_eq!(
+        search_range(r.allocation, r.port_range, r.allocation_samples.len()),
+        None
+    );
 }

@@ -40,8 +40,19 @@ use std::time::{Duration, Instant};
 pub const ATTR_CERT_FINGERPRINT: u16 = 0xC0A1;
 pub const ATTR_NOMINATE: u16 = 0xC0A2;
 
-/// Ports a random-allocating NAT draws from (Linux uses 1024-65535 for masquerade).
-const RANDOM_PORT_SPACE: f64 = 64512.0;
+/// Ports a random-allocating NAT draws from when nothing narrower is known (Linux uses
+/// 1024-65535 for masquerade).
+const RANDOM_PORTS: [u16; 2] = [1024, 65535];
+
+/// Where `n`'s random mappings are: its block when the probe found one, else every
+/// non-privileged port. The range comes from the peer through the rendezvous, so one that
+/// makes no sense (inverted, privileged) counts as unknown rather than as a panic.
+pub fn random_ports(n: &NatInfo) -> [u16; 2] {
+    match n.range {
+        Some([lo, hi]) if RANDOM_PORTS[0] <= lo && lo <= hi => [lo, hi],
+        _ => RANDOM_PORTS,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -165,7 +176,15 @@ impl PunchConfig {
             return 0.0;
         }
         let probes = f64::from(self.rate) * self.budget.as_secs_f64();
-        let per_probe = self.sweep_sockets as f64 / RANDOM_PORT_SPACE;
+        // The sprayer's mappings lie in its NAT's ports, which the prober searches.
+        let sprayer = if self.i_spray() {
+            &self.my_nat
+        } else {
+            &self.peer.nat
+        };
+        let [lo, hi] = random_ports(sprayer);
+        let space = f64::from(hi - lo) + 1.0;
+        let per_probe = (self.sweep_sockets as f64 / space).min(1.0);
         1.0 - (1.0 - per_probe).powf(probes)
     }
 
@@ -520,7 +539,8 @@ impl Machine for Punch {
             // Catch up on the probes the rate allows since the last call, in 10 ms slices.
             let per_slice = (self.cfg.rate / 100).max(1);
             for _ in 0..per_slice {
-                let port = self.rng.random_range(1024..=65535u16);
+                let [lo, hi] = random_ports(&self.cfg.peer.nat);
+                let port = self.rng.random_range(lo..=hi);
                 self.request(
                     0,
                     SocketAddr::new(self.cfg.peer.public.ip(), port),

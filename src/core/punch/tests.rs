@@ -12,6 +12,7 @@ fn info(n: &Option<NatBehavior>) -> NatInfo {
             filtering: EndpointIndependent,
             allocation: Allocation::Preserving,
             delta: None,
+            range: None,
         },
         Some(b) => NatInfo {
             mapping: b.mapping,
@@ -19,10 +20,17 @@ fn info(n: &Option<NatBehavior>) -> NatInfo {
             allocation: match b.alloc {
                 PortAlloc::Preserve => Allocation::Preserving,
                 PortAlloc::Sequential { .. } => Allocation::Sequential,
-                PortAlloc::Random | PortAlloc::PerDestination { .. } => Allocation::Random,
+                PortAlloc::Random
+                | PortAlloc::PerDestination { .. }
+                | PortAlloc::RandomIn { .. } => Allocation::Random,
             },
             delta: match b.alloc {
                 PortAlloc::Sequential { step, .. } => Some(i32::from(step)),
+                _ => None,
+            },
+            // What the probe's samples would show, taken as exact here.
+            range: match b.alloc {
+                PortAlloc::RandomIn { lo, hi } => Some([lo, hi]),
                 _ => None,
             },
         },
@@ -43,11 +51,14 @@ struct Paths {
     /// Flows of other programs through each side's NAT between the registration and the
     /// punch.
     other_flows: [u16; 2],
+    /// The punch's time budget.
+    budget: Duration,
 }
 
 const PLAIN: Paths = Paths {
     routes_private: true,
     other_flows: [0, 0],
+    budget: Duration::from_secs(10),
 };
 
 fn run(
@@ -107,7 +118,7 @@ fn run_on(
                 },
                 key: derive_key(secret, "sim"),
                 fingerprint: [i as u8 + 1; 32],
-                budget: Duration::from_secs(10),
+                budget: paths.budget,
                 rate: 500,
                 window: 16,
                 sweep_sockets: 256,
@@ -305,6 +316,7 @@ fn two_sequential_nats_meet_whatever_flows_came_before_the_window() {
                 let paths = Paths {
                     routes_private,
                     other_flows,
+                    ..PLAIN
                 };
                 let (a, b) = (sym_seq_from(20000 + 37 * seed as u16), sym_seq_from(41000));
                 let o = run_on(a, b, 0.0, seed, true, paths);
@@ -437,4 +449,61 @@ fn endpoint_independent_with_translated_ports_meets_random_symmetric() {
         }
     }
     assert!(ok >= 19, "{ok}/20");
+}
+
+/// A carrier-grade NAT's block: random ports, but only within the subscriber's 512.
+fn sym_random_in_block() -> Option<NatBehavior> {
+    nat(
+        AddressAndPortDependent,
+        AddressAndPortDependent,
+        PortAlloc::RandomIn {
+            lo: 40960,
+            hi: 41471,
+        },
+    )
+}
+
+/// Issue #10: the sweep searches the peer's block, not 1024-65535. With a 1 s budget (500
+/// probes) a cone finds the random peer in its 512-port block every time, where over the
+/// whole range the chance would be 86%; the probability said beforehand follows the range.
+#[test]
+fn the_sweep_searches_the_peers_port_block() {
+    let paths = Paths {
+        budget: Duration::from_secs(1),
+        ..PLAIN
+    };
+    for seed in 0..20 {
+        let o = run_on(cone(), sym_random_in_block(), 0.0, seed, true, paths);
+        assert_eq!(o.strategy, Strategy::Sweep);
+        assert_connected(&o, &format!("cone vs random in a block, seed {seed}"));
+    }
+    let mut cfg = PunchConfig {
+        my_id: "1".repeat(16),
+        my_nat: info(&cone()),
+        my_public: "198.51.100.2:2".parse().unwrap(),
+        my_locals: vec![],
+        peer: PeerData {
+            id: "2".repeat(16),
+            public: "198.51.100.1:1".parse().unwrap(),
+            locals: vec![],
+            nat: info(&sym_random_in_block()),
+            tcp: None,
+        },
+        key: [0; 32],
+        fingerprint: [0; 32],
+        budget: Duration::from_secs(1),
+        rate: 500,
+        window: 16,
+        sweep_sockets: 256,
+        seed: 0,
+    };
+    assert!(cfg.sweep_success_probability() > 0.999);
+    cfg.peer.nat.range = None;
+    let p = cfg.sweep_success_probability();
+    assert!((0.8..0.9).contains(&p), "{p}");
+    // A hostile or confused peer's range is ignored, not trusted into a panic.
+    cfg.peer.nat.range = Some([50000, 40000]);
+    assert_eq!(random_ports(&cfg.peer.nat), [1024, 65535]);
+    cfg.peer.nat.range = Some([80, 90]);
+    assert_eq!(random_ports(&cfg.peer.nat), [1024, 65535]);
 }

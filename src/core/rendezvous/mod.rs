@@ -52,6 +52,11 @@ pub struct NatInfo {
     pub filtering: Behavior,
     pub allocation: Allocation,
     pub delta: Option<i32>,
+    /// With random allocation confined to a block (a carrier-grade NAT's per-subscriber
+    /// ports): the ports to search, estimated from the probe's samples. Absent: the whole
+    /// non-privileged range. Older peers neither send nor read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[u16; 2]>,
 }
 
 impl NatInfo {
@@ -61,6 +66,7 @@ impl NatInfo {
             filtering: Behavior::Unknown,
             allocation: Allocation::Unknown,
             delta: None,
+            range: None,
         }
     }
 }

@@ -31,6 +31,12 @@ pub enum PortAlloc {
     PerDestination {
         step: u16,
     },
+    /// Random within `lo..=hi`, the block of ports a carrier-grade NAT gives this
+    /// subscriber (RFC 6888 section 5).
+    RandomIn {
+        lo: u16,
+        hi: u16,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +149,12 @@ impl SimNat {
                 self.per_dst.insert(dst, p.wrapping_add(step).max(1024));
                 p
             }
+            PortAlloc::RandomIn { lo, hi } => loop {
+                let p = self.rng.random_range(lo..=hi);
+                if self.port_free(p) {
+                    break p;
+                }
+            },
             _ => loop {
                 let p = self.rng.random_range(1024..=65535);
                 if self.port_free(p) {

@@ -165,6 +165,11 @@ fn classify(
         filtering: udp.filtering,
         allocation: udp.allocation,
         delta: udp.delta,
+        range: crate::core::classify::search_range(
+            udp.allocation,
+            udp.port_range,
+            udp.allocation_samples.len(),
+        ),
     };
     status.say(format!(
         "NAT: mapping {}, filtering {}, allocation {}",
@@ -522,9 +527,15 @@ fn announce_udp_punch(
         status.say(format!(
             "birthday sweep: {} for {} s at {} probes/s with {} mappings; expected success probability {:.1}%{}",
             if me_random {
-                "opening many mappings toward the peer"
+                "opening many mappings toward the peer".to_string()
             } else {
-                "probing random ports of the peer"
+                match pcfg.peer.nat.range {
+                    Some(_) => {
+                        let [lo, hi] = crate::core::punch::random_ports(&pcfg.peer.nat);
+                        format!("probing random ports {lo}-{hi} of the peer (its NAT's port block)")
+                    }
+                    None => "probing random ports of the peer".to_string(),
+                }
             },
             pcfg.budget.as_secs(),
             cfg.rate,

@@ -385,7 +385,7 @@ proptest! {
                 prop_assert_eq!(r.allocation, Allocation::Sequential);
                 prop_assert_eq!(r.delta, Some(i32::from(step)));
             }
-            PortAlloc::Random | PortAlloc::PerDestination { .. } => {
+            PortAlloc::Random | PortAlloc::PerDestination { .. } | PortAlloc::RandomIn { .. } => {
                 prop_assert_eq!(r.allocation, Allocation::Random)
             }
         }

@@ -6,6 +6,7 @@ fn nat(mapping: Behavior, allocation: Allocation) -> NatInfo {
         filtering: Behavior::AddressAndPortDependent,
         allocation,
         delta: (allocation == Allocation::Sequential).then_some(1),
+        range: None,
     }
 }
 

@@ -12,6 +12,7 @@ fn nat(mapping: Behavior, allocation: Allocation, delta: Option<i32>) -> NatInfo
         filtering: Behavior::AddressAndPortDependent,
         allocation,
         delta,
+        range: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn nat() -> NatInfo {
         filtering: Behavior::AddressAndPortDependent,
         allocation: Allocation::Preserving,
         delta: None,
+        range: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn nat(mapping: Behavior, filtering: Behavior, allocation: Allocation) -> NatInf
         filtering,
         allocation,
         delta: (allocation == Allocation::Sequential).then_some(1),
+        range: None,
     }
 }
 
