@@ -94,6 +94,13 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
     } else {
         Allocation::Unknown
     };
+    // Random ports that cluster are a block (a carrier-grade NAT's per-subscriber ports):
+    // what the peer's sweep should search.
+    let seen = [
+        *mapped.iter().min().expect("non-empty"),
+        *mapped.iter().max().expect("non-empty"),
+    ];
+    nat.range = crate::core::classify::search_range(nat.allocation, Some(seen), mapped.len());
     Prediction { nat, port: 0 }
 }
 
@@ -156,9 +163,9 @@ pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
 }
 
 /// The chance that a sweep connects: `mappings` random ports open on the spraying side,
-/// `probes` random ports tried by the probing side.
-pub fn sweep_success_probability(mappings: usize, probes: u64) -> f64 {
-    let space = f64::from(RANDOM_PORTS.1 - RANDOM_PORTS.0) + 1.0;
+/// within its NAT's `ports`, and `probes` random ports of those tried by the probing side.
+pub fn sweep_success_probability(mappings: usize, probes: u64, ports: [u16; 2]) -> f64 {
+    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
     let miss = 1.0 - (mappings as f64 / space).min(1.0);
     1.0 - miss.powf(probes as f64)
 }
@@ -217,6 +224,9 @@ pub struct TcpPunchConfig {
     pub rate: u32,
     pub sweep_sockets: usize,
     pub budget: Duration,
+    /// The ports the peer's NAT draws random mappings from (`Probe` searches them):
+    /// [`crate::core::punch::random_ports`] of its offer.
+    pub peer_ports: [u16; 2],
     pub seed: u64,
 }
 
@@ -349,12 +359,14 @@ impl TcpPunch {
     }
 
     fn random_port(&mut self) -> Option<u16> {
-        let space = usize::from(RANDOM_PORTS.1 - RANDOM_PORTS.0) + 1;
+        let [lo, hi] = self.cfg.peer_ports;
+        let (lo, hi) = if lo <= hi { (lo, hi) } else { RANDOM_PORTS };
+        let space = usize::from(hi - lo) + 1;
         if self.probed.len() >= space {
             return None;
         }
         loop {
-            let p = self.rng.random_range(RANDOM_PORTS.0..=RANDOM_PORTS.1);
+            let p = self.rng.random_range(lo..=hi);
             if self.probed.insert(p) {
                 return Some(p);
             }

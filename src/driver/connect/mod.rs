@@ -581,6 +581,8 @@ struct TcpPlan {
     peer_ip: IpAddr,
     /// The port the peer's next connection is predicted at (0: unpredictable).
     peer_port: u16,
+    /// Where the peer's NAT draws random ports (its block, when it has one).
+    peer_ports: [u16; 2],
     peer_fp: [u8; 32],
     budget: Duration,
 }
@@ -657,7 +659,17 @@ fn plan_tcp(
             budget.as_secs(),
             cfg.rate,
             cfg.sweep_sockets,
-            100.0 * tcp::sweep_success_probability(cfg.sweep_sockets, probes),
+            100.0
+                * tcp::sweep_success_probability(
+                    cfg.sweep_sockets,
+                    probes,
+                    // The mappings are the random (spraying) side's.
+                    crate::core::punch::random_ports(if tcp::predictable(&me) {
+                        &them
+                    } else {
+                        &me
+                    }),
+                ),
             if matches!(plan, tcp::Plan::Window { .. }) {
                 " (neither NAT can be found by a sweep: both are symmetric with random ports)"
             } else {
@@ -672,6 +684,7 @@ fn plan_tcp(
         strategy,
         peer_ip,
         peer_port: offer.port,
+        peer_ports: crate::core::punch::random_ports(&them),
         peer_fp,
         budget,
     })
@@ -713,6 +726,7 @@ fn punch_tcp(
         local: prep.local,
         peer_ip,
         peer_port: p.peer_port,
+        peer_ports: p.peer_ports,
         window: cfg.window,
         rate: cfg.rate,
         sweep_sockets: cfg.sweep_sockets,

@@ -110,6 +110,8 @@ pub struct PunchSetup {
     pub local: SocketAddr,
     pub peer_ip: IpAddr,
     pub peer_port: u16,
+    /// Where the peer's NAT draws random ports (a `Probe` searches them).
+    pub peer_ports: [u16; 2],
     pub window: u16,
     pub rate: u32,
     pub sweep_sockets: usize,
@@ -419,6 +421,7 @@ impl<'a> PunchLoop<'a> {
                 plan: setup.plan,
                 peer_ip: setup.peer_ip,
                 peer_port: setup.peer_port,
+                peer_ports: setup.peer_ports,
                 local_port: setup.local.port(),
                 window: setup.window,
                 rate: setup.rate,

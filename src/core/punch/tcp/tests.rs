@@ -112,6 +112,7 @@ fn cfg(plan: Plan, peer_port: u16) -> TcpPunchConfig {
         rate: 100,
         sweep_sockets: 16,
         budget: Duration::from_secs(5),
+        peer_ports: [1024, 65535],
         seed: 1,
     }
 }
@@ -276,6 +277,7 @@ fn sim_pair(a_kind: NatInfo, b_kind: NatInfo, extra: u16, seed: u64) -> bool {
             rate: 500,
             sweep_sockets: 256,
             budget: Duration::from_secs(10),
+            peer_ports: crate::core::punch::random_ports(&preds[peer].nat),
             seed: seed.wrapping_add(me as u64),
         };
         TcpPunch::new(c, start)
@@ -353,7 +355,10 @@ fn simulated_sweep_meets_in_at_least_95_percent() {
         .filter(|&seed| sim_pair(random(), cone(), 0, seed))
         .count();
     assert!(won >= 19, "{won}/20");
-    assert!(sweep_success_probability(256, 5000) > 0.99);
+    assert!(sweep_success_probability(256, 5000, [1024, 65535]) > 0.99);
+    // Within a 512-port block 500 attempts against 256 mappings cannot miss.
+    assert!(sweep_success_probability(256, 500, [40960, 41471]) > 0.999);
+    assert!(sweep_success_probability(256, 500, [1024, 65535]) < 0.9);
 }
 
 #[test]
@@ -381,4 +386,36 @@ fn an_unpredictable_port_gets_no_attempts_instead_of_a_scan_of_low_ports() {
     assert!(!p.aimless());
     p.handle_timeout(start + Duration::from_millis(100));
     assert!(!drain(&mut p).is_empty());
+}
+
+/// A probe of a peer whose NAT draws from a block aims only inside it (issue #10), and a
+/// block from the network that makes no sense falls back to the whole range.
+#[test]
+fn probing_stays_inside_the_peers_block() {
+    let mut c = cfg(Plan::Probe, 0);
+    c.peer_ports = [40960, 41471];
+    let mut p = TcpPunch::new(c.clone(), t0());
+    p.handle_timeout(t0() + Duration::from_secs(2));
+    let ports: Vec<u16> = drain(&mut p)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Connect { to, .. } => Some(to.port()),
+            _ => None,
+        })
+        .collect();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|p| (40960..=41471).contains(p)),
+        "{ports:?}"
+    );
+    c.peer_ports = [50000, 40000];
+    let mut p = TcpPunch::new(c, t0());
+    p.handle_timeout(t0() + Duration::from_secs(2));
+    assert!(!drain(&mut p).is_empty());
+    // Random ports that cluster are predicted as a block to search.
+    let pred = predict(40000, &[41000, 41220, 40990, 41400]);
+    assert_eq!(pred.nat.allocation, Allocation::Random);
+    let [lo, hi] = pred.nat.range.expect("a block");
+    assert!(lo <= 40990 && hi >= 41400 && hi - lo < 1024, "{lo}-{hi}");
+    assert_eq!(predict(40000, &[4000, 61000, 1200, 33333]).nat.range, None);
 }
