@@ -13,6 +13,11 @@ pub fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
         && me.mapping != Behavior::EndpointIndependent
         && peer.mapping != Behavior::EndpointIndependent
     {
+        if me.range.is_some() && peer.range.is_some() {
+            // Blocks make a two-sided sweep possible, but only by chance (at best about 63%
+            // for two full blocks: each side holds at most its block in new mappings).
+            return "both NATs are symmetric with random ports, each within a port block: the two-sided sweep met by chance or not at all, and this time it did not; try again, or use a relay".into();
+        }
         return "both NATs are symmetric with random ports: neither side's port can be predicted or reached by a sweep within the budget; a relay is needed (or a longer --punch-budget and more --sweep-sockets for a small chance)".into();
     }
     match s {

@@ -141,9 +141,13 @@ impl PunchConfig {
         choose_strategy(&self.my_nat, &self.peer.nat)
     }
 
-    /// Whether this side opens many mappings (it is the random, symmetric side of a sweep).
+    /// Whether this side opens many mappings toward the peer's registered endpoint (it is
+    /// the random, symmetric side of a sweep against a peer that can be found). Against a
+    /// peer that is random too that endpoint leads nowhere, so nothing is sprayed.
     pub fn i_spray(&self) -> bool {
-        self.strategy() == Strategy::Sweep && !predictable(&self.my_nat)
+        self.strategy() == Strategy::Sweep
+            && !predictable(&self.my_nat)
+            && predictable(&self.peer.nat)
     }
 
     /// Whether this side probes random ports of the peer.
@@ -160,20 +164,37 @@ impl PunchConfig {
         }
     }
 
-    /// Neither side can be found by the other: both map per destination and allocate at
-    /// random. Endpoint-independent mapping is reachable at its mapped port whatever its
-    /// allocation (RFC 4787 section 4.1), so it never makes a sweep hopeless.
-    pub fn sweep_hopeless(&self) -> bool {
+    /// Neither side can be found by the other (both map per destination and allocate at
+    /// random), so only a two-sided birthday sweep can meet: each side probes random ports
+    /// of the other from its socket 0, every probe a new random mapping of its own NAT, and
+    /// a probe gets through when it happens to be the reverse of one of the peer's.
+    /// Endpoint-independent mapping is reachable at its mapped port whatever its allocation
+    /// (RFC 4787 section 4.1), so it never makes a sweep two-sided.
+    pub fn two_sided(&self) -> bool {
         !predictable(&self.my_nat) && !predictable(&self.peer.nat)
     }
 
-    /// Chance that a sweep finds a pair within the budget: every probe hits one of the
-    /// sprayer's mappings with probability sockets / port space.
+    /// A two-sided sweep with under 1% chance: over whole port ranges it is, inside two
+    /// carrier-grade port blocks it is not.
+    pub fn sweep_hopeless(&self) -> bool {
+        self.two_sided() && self.sweep_success_probability() < 0.01
+    }
+
+    /// Chance that a sweep finds a pair within the budget. One-sided: every probe hits one
+    /// of the sprayer's mappings with probability sockets / port space. Two-sided: with
+    /// `n_a` and `n_b` probes (each side can hold at most its NAT's ports in new mappings
+    /// within the budget), `n_a * n_b / (|A| * |B|)` pairs meet on average, and a Poisson
+    /// count is zero with probability `e^-that`.
     pub fn sweep_success_probability(&self) -> f64 {
-        if self.sweep_hopeless() {
-            // Each random probe leaves from a new random port of our own NAT, which the
-            // peer's mappings (aimed at our registered port) never expect.
-            return 0.0;
+        let probes = f64::from(self.rate) * self.budget.as_secs_f64();
+        if self.two_sided() {
+            let size = |n: &NatInfo| {
+                let [lo, hi] = random_ports(n);
+                f64::from(hi - lo) + 1.0
+            };
+            let (a, b) = (size(&self.my_nat), size(&self.peer.nat));
+            let meet = probes.min(a) * probes.min(b) / (a * b);
+            return 1.0 - (-meet).exp();
         }
         let probes = f64::from(self.rate) * self.budget.as_secs_f64();
         // The sprayer's mappings lie in its NAT's ports, which the prober searches.

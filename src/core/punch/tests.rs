@@ -418,11 +418,13 @@ fn sweep_probability_matches_budget() {
     );
     assert!(eim_random.i_probe_random() && !eim_random.i_spray());
 
-    // Both symmetric with random ports: hopeless, and the probability says so.
+    // Both symmetric with random ports over the whole range: a two-sided sweep that meets
+    // with under 1% chance, hopeless, and the probability says so.
     let mut both = cfg.clone();
     both.my_nat = info(&sym_random());
-    assert!(both.sweep_hopeless());
-    assert_eq!(both.sweep_success_probability(), 0.0);
+    assert!(both.two_sided() && both.sweep_hopeless());
+    assert!(both.sweep_success_probability() < 0.01);
+    assert!(!both.i_spray() && both.i_probe_random());
 }
 
 /// Endpoint-independent mapping that does not preserve ports (carrier-grade NATs per RFC
@@ -506,4 +508,56 @@ fn the_sweep_searches_the_peers_port_block() {
     assert_eq!(random_ports(&cfg.peer.nat), [1024, 65535]);
     cfg.peer.nat.range = Some([80, 90]);
     assert_eq!(random_ports(&cfg.peer.nat), [1024, 65535]);
+}
+
+/// Issue #10: two carrier-grade NATs with random ports in 512-port blocks. Each side can
+/// hold at most its 512 ports in new mappings, so on average one pair of probes meets: the
+/// probability said beforehand is 1 - 1/e (63%), and the simulated pairs meet about that
+/// often; over whole port ranges the same sweep is hopeless.
+#[test]
+fn two_random_nats_in_blocks_meet_by_a_two_sided_sweep() {
+    let block = |lo: u16| {
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::RandomIn { lo, hi: lo + 511 },
+        )
+    };
+    let mut met = 0;
+    for seed in 0..20 {
+        let o = run(block(40960), block(20480), 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Sweep);
+        if o.events
+            .iter()
+            .all(|e| matches!(e, Some(Event::Connected { .. })))
+        {
+            met += 1;
+        }
+    }
+    eprintln!("two blocks of 512: {met}/20 met");
+    assert!((7..=19).contains(&met), "{met}/20");
+    let cfg = PunchConfig {
+        my_id: "1".repeat(16),
+        my_nat: info(&block(40960)),
+        my_public: "198.51.100.2:2".parse().unwrap(),
+        my_locals: vec![],
+        peer: PeerData {
+            id: "2".repeat(16),
+            public: "198.51.100.1:1".parse().unwrap(),
+            locals: vec![],
+            nat: info(&block(20480)),
+            tcp: None,
+        },
+        key: [0; 32],
+        fingerprint: [0; 32],
+        budget: Duration::from_secs(10),
+        rate: 500,
+        window: 16,
+        sweep_sockets: 256,
+        seed: 0,
+    };
+    assert!(cfg.two_sided() && !cfg.sweep_hopeless());
+    let p = cfg.sweep_success_probability();
+    assert!((p - (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{p}");
+    assert!(!cfg.i_spray() && cfg.i_probe_random());
 }

@@ -116,8 +116,15 @@ impl SimNat {
         p >= 1024 && !self.bindings.iter().any(|b| b.external == p)
     }
 
-    /// Translates an outgoing packet's source; creates or refreshes the binding.
-    pub fn outbound(&mut self, now: Instant, src: SocketAddr, dst: SocketAddr) -> SocketAddr {
+    /// Translates an outgoing packet's source; creates or refreshes the binding. `None` when
+    /// a new binding is needed and the NAT has no port left for it (a port block is full):
+    /// the packet is dropped, as a real NAT drops it.
+    pub fn outbound(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<SocketAddr> {
         self.expire(now);
         let key = self.key(dst);
         if let Some(b) = self
@@ -129,7 +136,7 @@ impl SimNat {
             if !b.contacted.contains(&dst) {
                 b.contacted.push(dst);
             }
-            return SocketAddr::new(self.public_ip, b.external);
+            return Some(SocketAddr::new(self.public_ip, b.external));
         }
         let external = match self.behavior.alloc {
             PortAlloc::Preserve if self.port_free(src.port()) => src.port(),
@@ -149,12 +156,18 @@ impl SimNat {
                 self.per_dst.insert(dst, p.wrapping_add(step).max(1024));
                 p
             }
-            PortAlloc::RandomIn { lo, hi } => loop {
-                let p = self.rng.random_range(lo..=hi);
-                if self.port_free(p) {
-                    break p;
+            PortAlloc::RandomIn { lo, hi } => {
+                // Random tries first (the usual case), then a scan: a full block is a drop.
+                let mut tried = None;
+                for _ in 0..64 {
+                    let p = self.rng.random_range(lo..=hi);
+                    if self.port_free(p) {
+                        tried = Some(p);
+                        break;
+                    }
                 }
-            },
+                tried.or_else(|| (lo..=hi).find(|&p| self.port_free(p)))?
+            }
             _ => loop {
                 let p = self.rng.random_range(1024..=65535);
                 if self.port_free(p) {
@@ -169,7 +182,7 @@ impl SimNat {
             contacted: vec![dst],
             last_used: now,
         });
-        SocketAddr::new(self.public_ip, external)
+        Some(SocketAddr::new(self.public_ip, external))
     }
 
     /// Where an incoming packet to `dst` (an external address) goes, if the filter lets it.
@@ -298,14 +311,17 @@ impl SimNet {
                 if !nat.behavior.hairpin {
                     return;
                 }
-                let ext_src = nat.outbound(now, src, dst);
+                let Some(ext_src) = nat.outbound(now, src, dst) else {
+                    return;
+                };
                 if let Some(internal) = nat.inbound(now, ext_src, dst) {
                     self.delivered.push((internal, ext_src, data));
                 }
             }
             Some(nat) => {
-                let ext = nat.outbound(now, src, dst);
-                self.push(ext, dst, data);
+                if let Some(ext) = nat.outbound(now, src, dst) {
+                    self.push(ext, dst, data);
+                }
             }
         }
     }
@@ -502,7 +518,7 @@ impl PairNet {
         let src = SocketAddr::new(self.hosts[side], 53000);
         if let Some(nat) = &mut self.nats[side] {
             for i in 0..n {
-                nat.outbound(now, src, SocketAddr::new(PAIR_SERVER.ip(), 9000 + i));
+                let _ = nat.outbound(now, src, SocketAddr::new(PAIR_SERVER.ip(), 9000 + i));
             }
         }
     }
@@ -511,7 +527,9 @@ impl PairNet {
     pub fn register(&mut self, side: usize, src: SocketAddr) -> SocketAddr {
         let now = self.now;
         match &mut self.nats[side] {
-            Some(nat) => nat.outbound(now, src, PAIR_SERVER),
+            Some(nat) => nat
+                .outbound(now, src, PAIR_SERVER)
+                .expect("a fresh NAT has a port for the registration"),
             None => src,
         }
     }
@@ -523,7 +541,10 @@ impl PairNet {
             return;
         }
         let ext = match &mut self.nats[side] {
-            Some(nat) => nat.outbound(now, src, dst),
+            Some(nat) => match nat.outbound(now, src, dst) {
+                Some(ext) => ext,
+                None => return,
+            },
             None => src,
         };
         if self.loss > 0.0 && self.rng.random_bool(self.loss) {

@@ -543,6 +543,8 @@ fn announce_udp_punch(
             100.0 * pcfg.sweep_success_probability(),
             if pcfg.sweep_hopeless() {
                 " (both sides symmetric with random ports: neither can be reached by a sweep)"
+            } else if pcfg.two_sided() {
+                " (two-sided: both NATs draw random ports from blocks small enough to meet by chance)"
             } else {
                 ""
             }

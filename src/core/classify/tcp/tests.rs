@@ -303,7 +303,7 @@ fn simulate(nat: Option<NatBehavior>, alternate: bool, seed: u64) -> TcpObservat
     };
     let mut nat = nat.map(|n| SimNat::new(IpAddr::from([203, 0, 113, 10]), n, seed));
     let mut out = |src: SocketAddr, dst: SocketAddr| match &mut nat {
-        Some(n) => n.outbound(now, src, dst),
+        Some(n) => n.outbound(now, src, dst).expect("a port"),
         None => src,
     };
     let l = SocketAddr::new(host, 40000);

@@ -178,3 +178,18 @@ fn plans_are_described_with_their_numbers() {
         "64 connections from fresh ports toward the peer's one port"
     );
 }
+
+#[test]
+fn two_random_blocks_are_explained_as_a_chance_that_missed() {
+    let mut a = random();
+    let mut b = random();
+    a.range = Some([40960, 41471]);
+    b.range = Some([20480, 20991]);
+    let why = explain_failure(&a, &b, Strategy::Sweep);
+    assert!(
+        why.contains("port block") && why.contains("two-sided"),
+        "{why}"
+    );
+    b.range = None;
+    assert!(explain_failure(&a, &b, Strategy::Sweep).contains("a relay is needed"));
+}
