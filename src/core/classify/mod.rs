@@ -245,6 +245,20 @@ impl Classifier {
         }
     }
 
+    /// The first RTT is known, after the tests that started with the first request have
+    /// sent all their copies blind (an initial timeout apart, so on a path slower than that
+    /// they were all in flight at once, and the first answers of a fresh path may also wait
+    /// for neighbour discovery): each such test still waiting gets one more copy now, paced
+    /// like every later one, so its silence is judged by the path's real RTT.
+    fn resend_blind(&mut self, now: Instant) {
+        for t in &mut self.txns {
+            if t.outcome == Outcome::Pending && t.kind != Kind::Base && t.sent >= t.max_sends {
+                t.max_sends = t.sent + 1;
+                t.next = now;
+            }
+        }
+    }
+
     fn rto0(&self) -> Duration {
         match self.srtt {
             Some(rtt) => (rtt * 2).clamp(INITIAL_RTO, Duration::from_secs(1)),
@@ -619,6 +633,9 @@ impl Machine for Classifier {
                 // a hairpinned answer never left the NAT, so it says nothing of the server.
                 let sample = now.saturating_duration_since(sent_at);
                 if self.txns[ti].kind != Kind::Hairpin && self.srtt.is_none_or(|r| sample < r) {
+                    if self.srtt.is_none() {
+                        self.resend_blind(now);
+                    }
                     self.srtt = Some(sample);
                     self.reschedule();
                 }
