@@ -50,13 +50,13 @@
 #
 # The CGN confines its subscriber to a block of 512 ports (the per-subscriber
 # port sets of RFC 6888 section 5 / RFC 7422): side A 12288-12799, side B
-# 12800-13311, both below Linux's ephemeral range so that a host's source
-# port is never by chance one of the block (which EIM-translated would then
-# keep).  --delay
-# and --router-b stand in front of the CGN, --loss is applied by the CGN only
-# (so a path loses as much as through a single NAT), --udp-timeout applies to
-# both NATs.  "info" adds CGN_A (the CGN's inside address), HOME_A (the home
-# NAT's WAN address) and BLOCK_A=LO-HI.
+# 12800-13311, both below Linux's ephemeral range (32768-60999) so that a
+# host's ephemeral source port is never by chance one of the block (which
+# cgn-eim-translated would then keep).  --delay and --router-b stand in front
+# of the CGN, --loss is applied by the CGN only (so a path loses as much as
+# through a single NAT), --udp-timeout applies to both NATs.  "info" adds
+# CGN_A (the CGN's inside address), HOME_A (the home NAT's WAN address) and
+# BLOCK_A=LO-HI.  Exec nodes: cgn-a, cgn-b.
 #
 # Kind "none" (plain router, no NAT, no firewall) numbers that side's LAN with
 # public addresses instead: side A 198.51.100.1/26 (router) + host
@@ -114,8 +114,7 @@ readonly NAT_A_WAN=203.0.113.10 NAT_B_WAN=203.0.113.20
 readonly SEQ_BASE=20000 SEQ_COUNT=1000   # symmetric-sequential: 20000..20999
 readonly HASH_BASE=30000 HASH_COUNT=4096 # address-dependent:   30000..34095
 readonly BLOCK_BASE=12288 BLOCK_SIZE=512  # cgn-*: side A's block; side B's follows it
-# The home NAT of the cgn-* kinds and its CGN's inside: 100.64.1.0/24 (side
-# A), 100.64.2.0/24 (side B), in RFC 6598's shared address space.
+# The kind of the home NAT behind the CGN of the cgn-* kinds.
 readonly CGN_HOME_KIND=port-restricted-cone
 
 # kind name, then its one-line description (printed by "kinds").
