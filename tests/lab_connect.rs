@@ -917,3 +917,104 @@ fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(sig: &str, want: i32) {
         "namespaces left:\n{left}"
     );
 }
+
+/// `tries` attempts in a lab of `kind_a` x `kind_b` with `extra` options; each must use
+/// `strategy`, and at least `min_ok` must connect over `transport` and move 1 MiB each way
+/// intact.
+fn mostly_connect(
+    kind_a: &str,
+    kind_b: &str,
+    extra: &[&str],
+    transport: &str,
+    strategy: &str,
+    tries: u32,
+    min_ok: u32,
+) {
+    let Some(lab) = Lab::up(kind_a, Some(kind_b)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for t in 0..tries {
+        let p = pair(&lab, t, "right", MIB, extra);
+        let what = format!("{kind_a} x {kind_b} {extra:?}, try {t}");
+        assert_eq!(
+            p.a.report["strategy"], strategy,
+            "{what}: A {:#}\n{}",
+            p.a.report, p.a.stderr
+        );
+        if p.a.code == Some(0) && p.b.code == Some(0) && p.data_ok {
+            check_connected_over(&p, transport, strategy, &what);
+            ok += 1;
+        } else {
+            failures.push(format!("{what}\nA: {}\nB: {}", p.a.stderr, p.b.stderr));
+        }
+    }
+    eprintln!("{kind_a} x {kind_b} {extra:?}: {ok}/{tries} connected");
+    assert!(
+        ok >= min_ok,
+        "{ok}/{tries} connected (want {min_ok}); failures:\n{}",
+        failures.join("\n---\n")
+    );
+}
+
+/// Issue #10: a cone and a carrier-grade NAT with random ports inside a 512-port block
+/// (behind it a home NAT, 100.64.0.0/10 between them). The cone's prober draws its ports
+/// from the block the CGN side reported, so the sweep finds the mapping far sooner than over
+/// the whole port range.
+#[test]
+fn cone_and_cgn_block_random_connect_by_sweep() {
+    mostly_connect(
+        "port-restricted-cone",
+        "cgn-block-random",
+        &[],
+        "udp",
+        "sweep",
+        5,
+        4,
+    );
+}
+
+/// The same over TCP.
+#[test]
+fn tcp_cone_and_cgn_block_random_connect_by_sweep() {
+    mostly_connect(
+        "port-restricted-cone",
+        "cgn-block-random",
+        &["--tcp"],
+        "tcp",
+        "sweep",
+        5,
+        4,
+    );
+}
+
+/// A CGN with endpoint-independent mapping whose ports are translated (not the host's) and
+/// a random symmetric NAT: the CGN side is reachable at its mapped port, as a cone is.
+#[test]
+fn cgn_eim_translated_and_random_symmetric_connect_by_sweep() {
+    mostly_connect(
+        "cgn-eim-translated",
+        "symmetric-random",
+        &[],
+        "udp",
+        "sweep",
+        5,
+        4,
+    );
+}
+
+/// The same over TCP.
+#[test]
+fn tcp_cgn_eim_translated_and_random_symmetric_connect_by_sweep() {
+    mostly_connect(
+        "cgn-eim-translated",
+        "symmetric-random",
+        &["--tcp"],
+        "tcp",
+        "sweep",
+        5,
+        4,
+    );
+}

@@ -632,3 +632,166 @@ fn lifetime_search_brackets_conntrack_timeout() {
         "search ran past the expiry"
     );
 }
+
+/// Behind a double NAT (`cgn-*`: a home NAT behind a carrier-grade NAT, RFC 6598 between
+/// them): the classification as for a single NAT of that behaviour, against punchraw's
+/// server and coturn, and for UDP and TCP every allocation sample and the reported
+/// `port_range` inside the CGN's port block. With `names_block`, the human-readable UDP and
+/// TCP verdicts name the block (as a range inside it).
+fn classify_cgn(e: Expect, names_block: bool) {
+    let Some(lab) = Lab::up(e.kind, None) else {
+        return;
+    };
+    let [lo, hi] = lab.block("BLOCK_A");
+    let in_block = |v: &Value, against: &str| {
+        for proto in ["udp", "tcp"] {
+            let r = &v[proto];
+            let ctx = format!(
+                "{} {proto} against {against}, block {lo}-{hi}: {v:#}",
+                e.kind
+            );
+            let samples: Vec<u64> = r["allocation_samples"]
+                .as_array()
+                .unwrap_or_else(|| panic!("allocation_samples, {ctx}"))
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            assert!(samples.len() >= 4, "allocation samples, {ctx}");
+            assert!(
+                samples
+                    .iter()
+                    .all(|&p| (u64::from(lo)..=u64::from(hi)).contains(&p)),
+                "allocation samples outside the block, {ctx}"
+            );
+            let range: Vec<u64> = r["port_range"]
+                .as_array()
+                .unwrap_or_else(|| panic!("port_range, {ctx}"))
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            assert!(
+                range.len() == 2
+                    && u64::from(lo) <= range[0]
+                    && range[0] <= range[1]
+                    && range[1] <= u64::from(hi),
+                "port_range not inside the block, {ctx}"
+            );
+            let mapped_port = r["mapped"]
+                .as_str()
+                .and_then(|m| m.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .unwrap_or_else(|| panic!("mapped, {ctx}"));
+            assert!((lo..=hi).contains(&mapped_port), "mapped port, {ctx}");
+        }
+    };
+    {
+        let _srv = common::punchraw_serve_5780(&lab);
+        let v = probe_json(&lab, &[]);
+        check(&v, &e, "punchraw serve", true);
+        in_block(&v, "punchraw serve");
+        if names_block {
+            let out = lab
+                .cmd(Node::A, BIN)
+                .args(["probe", "--server", "203.0.113.1"])
+                .output()
+                .expect("run punchraw probe");
+            assert!(out.status.success(), "{out:?}");
+            let table = String::from_utf8_lossy(&out.stdout);
+            for proto in ["UDP", "TCP"] {
+                let verdict = table
+                    .lines()
+                    .find(|l| l.starts_with(&format!("Verdict ({proto}):")))
+                    .unwrap_or_else(|| panic!("no {proto} verdict:\n{table}"));
+                let named = verdict
+                    .split("fall within ")
+                    .nth(1)
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)));
+                assert!(
+                    verdict.contains("port block")
+                        && named.is_some_and(|(a, b)| lo <= a && a <= b && b <= hi),
+                    "the {proto} verdict does not name a range inside {lo}-{hi}: {verdict}"
+                );
+            }
+        }
+    }
+    let (_coturn, _dir) = start_coturn(&lab);
+    let v = probe_json(&lab, &[]);
+    check(&v, &e, "coturn", false);
+    in_block(&v, "coturn");
+}
+
+/// A CGN that maps address-and-port-dependently with random ports inside a 512-port block:
+/// symmetric, random, and the verdict says the ports stay in a block.
+#[test]
+fn probe_cgn_block_random() {
+    classify_cgn(
+        Expect {
+            kind: "cgn-block-random",
+            behind_nat: true,
+            mapping: APD,
+            filtering: APD,
+            allocation: "random",
+            delta: None,
+            hairpinning: false,
+            legacy: "symmetric",
+            tcp: Tcp {
+                mapping: APD,
+                filtering: APD,
+                allocation: "random",
+                delta: None,
+            },
+        },
+        true,
+    );
+}
+
+/// A CGN with endpoint-independent mapping whose ports are translated into its block (never
+/// the source port): a port-restricted cone whose new mappings get random ports of the block.
+#[test]
+fn probe_cgn_eim_translated() {
+    classify_cgn(
+        Expect {
+            kind: "cgn-eim-translated",
+            behind_nat: true,
+            mapping: EI,
+            filtering: APD,
+            allocation: "random",
+            delta: None,
+            hairpinning: false,
+            legacy: "port-restricted-cone",
+            tcp: Tcp {
+                mapping: EI,
+                filtering: APD,
+                allocation: "random",
+                delta: None,
+            },
+        },
+        false,
+    );
+}
+
+/// A CGN with sequential ports inside its block: sequential, step 1.
+#[test]
+fn probe_cgn_block_sequential() {
+    classify_cgn(
+        Expect {
+            kind: "cgn-block-sequential",
+            behind_nat: true,
+            mapping: APD,
+            filtering: APD,
+            allocation: "sequential",
+            delta: Some(1),
+            hairpinning: false,
+            legacy: "symmetric",
+            tcp: Tcp {
+                mapping: APD,
+                filtering: APD,
+                allocation: "sequential",
+                delta: Some(1),
+            },
+        },
+        false,
+    );
+}

@@ -141,3 +141,46 @@ fn harness_brings_up_a_lab_with_a_delay_element() {
     assert_eq!(lab.info("DELAY"), Some("none"));
     assert!(!ns_exists(&format!("{}-dla", lab.name())));
 }
+
+/// A double NAT on both sides (with a router in front of CGN B): the CGNs hold the public
+/// addresses, the home NATs' WANs are in 100.64.0.0/10, and every namespace goes away.
+#[test]
+fn harness_brings_up_double_nats() {
+    if !lab::available("lab harness with cgn-* kinds") {
+        return;
+    }
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("cgn-block-random")
+            .kind_b("cgn-eim-translated")
+            .router_b(),
+    ) else {
+        return;
+    };
+    assert_eq!(lab.addr("NAT_A").to_string(), "203.0.113.10");
+    assert_eq!(lab.addr("NAT_B").to_string(), "203.0.113.20");
+    assert_eq!(lab.addr("A").to_string(), "10.0.1.2");
+    assert_eq!(lab.addr("CGN_A").to_string(), "100.64.1.1");
+    assert_eq!(lab.addr("HOME_B").to_string(), "100.64.2.2");
+    let [lo_a, hi_a] = lab.block("BLOCK_A");
+    let [lo_b, hi_b] = lab.block("BLOCK_B");
+    assert_eq!((hi_a - lo_a + 1, hi_b - lo_b + 1), (512, 512));
+    assert!(hi_a < lo_b, "per-side blocks do not overlap");
+    let addrs = |node: Node, dev: &str| {
+        let out = lab
+            .cmd(node, "ip")
+            .args(["-4", "-o", "addr", "show", "dev", dev])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(addrs(Node::CgnA, "wan0").contains("203.0.113.10/24"));
+    assert!(addrs(Node::NatA, "wan0").contains("100.64.1.2/24"));
+    assert!(addrs(Node::CgnB, "wan0").contains("203.0.113.20/24"));
+    let nss: Vec<String> = [Node::CgnA, Node::NatA, Node::CgnB, Node::NatB]
+        .iter()
+        .map(|&n| lab.ns(n))
+        .collect();
+    assert!(nss.iter().all(|n| ns_exists(n)), "{nss:?}");
+    drop(lab);
+    assert!(!nss.iter().any(|n| ns_exists(n)), "left behind: {nss:?}");
+}

@@ -14,6 +14,10 @@ Usage: natlab-probe.py LAB CHECK [ARGS]
   direct            A <-> B: plain routing (both sides "none")
   hops              A -> NAT B: who answers UDP probes with TTL 1, 2 and 3
                     (time exceeded), as low-TTL priming sees it
+  block             side A of a cgn-* kind (double NAT): many flows, UDP
+                    and TCP: mapping, allocation, every public port inside
+                    the CGN's block (BLOCK_A), translated or not; the
+                    hops to the server (home NAT, CGN inside, server)
 Prints one line of KEY=VALUE pairs.
 """
 
@@ -447,6 +451,12 @@ SO_EE_ORIGIN_ICMP = 2
 def check_hops(lab):
     """One UDP probe per TTL from host A toward NAT B's address, each TTL sent twice (routers
     rate-limit ICMP); the ICMP errors come back on the socket's error queue (ip(7))."""
+    seen = hops(lab, lab["NAT_B"])
+    print(" ".join(f"ttl{t}={seen.get(t, 'silent')}" for t in (1, 2, 3)))
+
+
+def hops(lab, dest):
+    """{ttl: who answered} for TTLs 1-3 of UDP probes from host A to dest."""
     s = lab.udp("a", lab["A"], 0)
     s.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
     s.setblocking(False)
@@ -456,7 +466,7 @@ def check_hops(lab):
             s.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
             for _attempt in range(3):
                 try:
-                    s.sendto(bytes([ttl]), (lab["NAT_B"], 33434))
+                    s.sendto(bytes([ttl]), (dest, 33434))
                     break
                 except OSError:
                     pass  # an earlier probe's error reported by this send
@@ -473,7 +483,94 @@ def check_hops(lab):
                     who = socket.inet_ntoa(d[20:24]) if icmp_type == 11 else "reached"
                     seen.setdefault(data[0], who)
     s.close()
-    print(" ".join(f"ttl{t}={seen.get(t, 'silent')}" for t in (1, 2, 3)))
+    return seen
+
+
+def block_alloc(ports, lo, size):
+    """How a CGN allocated the public ports of consecutive new flows inside its block.
+
+    seq+1: each port one past the one before, wrapping inside the block.  random: not
+    that, and the ports spread over at least half the block (n >= 20 uniform draws
+    fall within half of it with probability < n / 2^(n-1))."""
+    steps = [((b - lo) - (a - lo)) % size for a, b in zip(ports, ports[1:])]
+    if all(st == 1 for st in steps):
+        return "seq+1"
+    if max(ports) - min(ports) >= size // 2 and len(set(ports)) >= len(ports) // 2:
+        return "random"
+    return "?"
+
+
+def block_mapping(lport, ports_one_source, other_sources):
+    """ports_one_source: public ports of one local port toward many destinations;
+    other_sources: [(local port, public port)] toward one destination."""
+    if len(set(ports_one_source)) == 1:
+        translated = all(p != lp for lp, p in [(lport, ports_one_source[0])] + other_sources)
+        distinct = len({p for _, p in other_sources}) == len(other_sources)
+        return "EIM", ("translated" if translated and distinct else "?")
+    return "APDM", None
+
+
+def check_block(lab, n_udp=24, n_tcp=20):
+    a, s1, s2 = lab["A"], lab["SRV1"], lab["SRV2"]
+    lo, hi = (int(x) for x in lab["BLOCK_A"].split("-"))
+    size = hi - lo + 1
+    out = {}
+
+    # UDP: one local port to n_udp destinations, one at a time (the NAT
+    # allocates in a known order), then 6 more local ports to one destination.
+    dests = [((s1, s2)[i % 2], 6000 + i) for i in range(n_udp)]
+    rx = [lab.udp("srv", ip, port) for ip, port in dests]
+    tx = lab.udp("a", a, 41100)
+    ports = []
+    for dest, r in zip(dests, rx):
+        tx.sendto(b"blk", dest)
+        ports.append(recv_one(r)[1][1])
+    others = []
+    for i in range(6):
+        t = lab.udp("a", a, 41101 + i)
+        t.sendto(b"src", dests[0])
+        others.append((41101 + i, recv_one(rx[0])[1][1]))
+        t.close()
+    for s in rx + [tx]:
+        s.close()
+    mapping, eim_alloc = block_mapping(41100, ports, others)
+    out["udp_map"] = mapping
+    out["udp_alloc"] = eim_alloc or block_alloc(ports, lo, size)
+    every = ports + [p for _, p in others]
+    out["udp_in_block"] = "yes" if all(lo <= p <= hi for p in every) else "no"
+    out["udp_ports"] = ",".join(map(str, every))
+
+    # TCP: the same with connections (one local port, SO_REUSEADDR/PORT).
+    dests = [((s1, s2)[i % 2], 6100 + i) for i in range(n_tcp)]
+    listeners = [lab.tcp("srv", ip, port, listen=True) for ip, port in dests]
+    conns, ports = [], []
+
+    def connect_from(lport, dest, lst):
+        c = lab.tcp("a", a, lport)
+        c.settimeout(2.0)
+        c.connect(dest)
+        conns.append(c)
+        lst.settimeout(2.0)
+        peer, addr = lst.accept()
+        peer.close()
+        return addr[1]
+
+    for dest, lst in zip(dests, listeners):
+        ports.append(connect_from(42100, dest, lst))
+    others = [(42101 + i, connect_from(42101 + i, dests[0], listeners[0])) for i in range(6)]
+    for s in conns + listeners:
+        s.close()
+    mapping, eim_alloc = block_mapping(42100, ports, others)
+    out["tcp_map"] = mapping
+    out["tcp_alloc"] = eim_alloc or block_alloc(ports, lo, size)
+    every = ports + [p for _, p in others]
+    out["tcp_in_block"] = "yes" if all(lo <= p <= hi for p in every) else "no"
+    out["tcp_ports"] = ",".join(map(str, every))
+
+    # The double NAT on the way: home NAT (LAN side), CGN (its 100.64 side), server.
+    seen = hops(lab, s1)
+    out["hops"] = ",".join(seen.get(t, "silent") for t in (1, 2, 3))
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
 
 
 def main(argv):
@@ -494,6 +591,8 @@ def main(argv):
         check_direct(lab)
     elif check == "hops":
         check_hops(lab)
+    elif check == "block":
+        check_block(lab)
     else:
         print(f"unknown check {check!r}", file=sys.stderr)
         return 2

@@ -35,6 +35,29 @@
 # log are /run/natlab/${LAB}-dl{a,b}.{pid,log}; "down" stops it by that pid.
 # Without --delay there is no element and nothing of the above.
 #
+# The cgn-* kinds are a double NAT (RFC 6598): host A sits behind a home NAT
+# (kind port-restricted-cone, in ${LAB}-nata as usual), whose WAN is in the
+# shared address space 100.64.0.0/10, behind a carrier-grade NAT ${LAB}-cgna
+# that holds the public address:
+#
+#   ${LAB}-cgna   wan0 203.0.113.10/24 (NAT_A, on the bridge as before)
+#                 lan0 100.64.1.1/24          (side B: 203.0.113.20, 100.64.2.1)
+#        |
+#   ${LAB}-nata   wan0 100.64.1.2/24, default via 100.64.1.1   (side B: 100.64.2.2)
+#                 lan0 10.0.1.1/24
+#        |
+#   ${LAB}-a      eth0 10.0.1.2/24
+#
+# The CGN confines its subscriber to a block of 512 ports (the per-subscriber
+# port sets of RFC 6888 section 5 / RFC 7422): side A 12288-12799, side B
+# 12800-13311, both below Linux's ephemeral range (32768-60999) so that a
+# host's ephemeral source port is never by chance one of the block (which
+# cgn-eim-translated would then keep).  --delay and --router-b stand in front
+# of the CGN, --loss is applied by the CGN only (so a path loses as much as
+# through a single NAT), --udp-timeout applies to both NATs.  "info" adds
+# CGN_A (the CGN's inside address), HOME_A (the home NAT's WAN address) and
+# BLOCK_A=LO-HI.  Exec nodes: cgn-a, cgn-b.
+#
 # Kind "none" (plain router, no NAT, no firewall) numbers that side's LAN with
 # public addresses instead: side A 198.51.100.1/26 (router) + host
 # 198.51.100.2, side B 198.51.100.65/26 + host 198.51.100.66; srv and the
@@ -59,6 +82,14 @@
 #                         mod 4096 map {i : 30000+i}
 #   port-restricted-rst   as port-restricted-cone, inbound SYN -> "reject with tcp reset"
 #   port-restricted-icmp  as port-restricted-cone, inbound -> ICMP port-unreachable
+# The cgn-* kinds: the home NAT is port-restricted-cone, the CGN does
+#   cgn-block-random      snat to WAN : LO-HI random (a random port of the
+#                         block per new 5-tuple: APDM)
+#   cgn-eim-translated    snat to WAN : LO-HI (a source port outside the range
+#                         gets a port of it, and the kernel reuses that
+#                         mapping for every destination: EIM, not preserving)
+#   cgn-block-sequential  snat to WAN : numgen inc mod 512 map {i : LO+i}
+# and filters like port-restricted-cone (conntrack only: APDF).
 # All NAT kinds: TCP and UDP alike, forward policy drop except established/
 # related, LAN->WAN and (cone kinds) DNAT'd flows.  Cone kinds accept inbound
 # from new endpoints until the map entry times out: nf_conntrack_udp_timeout_stream
@@ -82,6 +113,9 @@ readonly NAT_A_WAN=203.0.113.10 NAT_B_WAN=203.0.113.20
 # Ports handed out by the kinds that do not preserve ports.
 readonly SEQ_BASE=20000 SEQ_COUNT=1000   # symmetric-sequential: 20000..20999
 readonly HASH_BASE=30000 HASH_COUNT=4096 # address-dependent:   30000..34095
+readonly BLOCK_BASE=12288 BLOCK_SIZE=512  # cgn-*: side A's block; side B's follows it
+# The kind of the home NAT behind the CGN of the cgn-* kinds.
+readonly CGN_HOME_KIND=port-restricted-cone
 
 # kind name, then its one-line description (printed by "kinds").
 readonly KINDS=(
@@ -94,10 +128,13 @@ readonly KINDS=(
 	address-dependent "address-dependent mapping (hashed port per remote IP), APDF"
 	port-restricted-rst "like port-restricted-cone, but unsolicited inbound TCP SYNs get a TCP RST from the NAT"
 	port-restricted-icmp "like port-restricted-cone, but unsolicited inbound gets ICMP port-unreachable"
+	cgn-block-random "double NAT: port-restricted-cone behind a CGN (100.64.0.0/10 between) with APDM, a random port per new flow inside a 512-port block, APDF"
+	cgn-eim-translated "double NAT: port-restricted-cone behind a CGN with EIM whose ports are translated (not preserved) into a 512-port block, APDF"
+	cgn-block-sequential "double NAT: port-restricted-cone behind a CGN with APDM, sequential ports (step 1) inside a 512-port block, APDF"
 )
 
 # Namespace suffixes, in creation order.
-readonly SUFFIXES=(srv wan dla nata a rtb dlb natb b)
+readonly SUFFIXES=(srv wan dla cgna nata a rtb dlb cgnb natb b)
 readonly ROUTER_B=203.0.113.21
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -111,7 +148,7 @@ Usage:
              [--delay MS[/JITTER] [--reorder]] KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
-                                                  #       | rtb | dla | dlb
+                                                  #       | rtb | dla | dlb | cgn-a | cgn-b
   $PROG kinds           # list kinds, one per line, with a one-line description
   $PROG info [--name LAB]    # print the addresses (KEY=VALUE lines)
   $PROG list            # list labs present (by namespace prefix)
@@ -129,7 +166,10 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
            kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
-Namespaces: LAB-srv LAB-wan [LAB-dla] LAB-nata LAB-a [LAB-rtb] [LAB-dlb LAB-natb LAB-b]
+           kinds cgn-*: the home NAT's WAN 100.64.1.2 (B: 100.64.2.2) behind
+           a CGN (LAB-cgna, LAB-cgnb) holding NAT_A (NAT_B)
+Namespaces: LAB-srv LAB-wan [LAB-dla] [LAB-cgna] LAB-nata LAB-a [LAB-rtb]
+            [LAB-dlb LAB-cgnb LAB-natb LAB-b]
 EOF
 }
 
@@ -185,9 +225,17 @@ nsx() {
 	ip netns exec "$ns" "$@"
 }
 
-# Per-side addressing.  Sets globals for side $1 (a|b) with kind $2.
+is_cgn() {
+	[[ $1 == cgn-* ]]
+}
+
+# Per-side addressing.  Sets globals for side $1 (a|b) with kind $2; for the
+# cgn-* kinds also S_CGN_IN/S_HOME_WAN/S_CGN_NET (RFC 6598) and S_BLOCK_LO.
 side_vars() {
-	local side=$1 kind=$2
+	local side=$1 kind=$2 n=1
+	[[ $side == a ]] || n=2
+	S_CGN_NET=100.64.$n.0/24 S_CGN_IN=100.64.$n.1 S_HOME_WAN=100.64.$n.2
+	S_BLOCK_LO=$((BLOCK_BASE + (n - 1) * BLOCK_SIZE))
 	if [[ $side == a ]]; then
 		S_WAN=$NAT_A_WAN
 		if [[ $kind == none ]]; then
@@ -217,9 +265,10 @@ port_map_body() {
 }
 
 # Print the nftables ruleset for a NAT of kind $1 with WAN address $2, LAN
-# prefix $3, loss percentage $4 and dynamic-map timeout $5 (seconds).
+# prefix $3, loss percentage $4, dynamic-map timeout $5 (seconds) and, for
+# the cgn-* kinds (the CGN's own ruleset), the first port $6 of its block.
 ruleset() {
-	local kind=$1 wan=$2 lan=$3 loss=$4 map_timeout=$5
+	local kind=$1 wan=$2 lan=$3 loss=$4 map_timeout=$5 block_lo=${6:-0}
 	local loss_rule="" snat="" other_snat="" map_decl="" dnat="" learn="" inbound_accept="" unsolicited=""
 
 	if ((loss > 0)); then
@@ -248,7 +297,7 @@ EOF
 		# fully-random skips both of the above: random port per new 5-tuple.
 		snat="masquerade fully-random"
 		;;
-	symmetric-sequential | address-dependent)
+	symmetric-sequential | address-dependent | cgn-*)
 		# These rules only handle TCP and UDP; ICMP (ping) still gets out.
 		other_snat="oifname \"wan0\" ip saddr $lan masquerade"
 		;;&
@@ -260,6 +309,21 @@ EOF
 	address-dependent)
 		# Same internal ip:port and same remote ip -> same hash -> same port.
 		snat="meta l4proto { tcp, udp } snat ip to $wan : jhash ip saddr . th sport . ip daddr mod $HASH_COUNT map { $(port_map_body "$HASH_BASE" "$HASH_COUNT") }"
+		;;
+	cgn-block-random)
+		# "random" draws every new 5-tuple's port from the block (it also
+		# skips the reuse of an existing mapping: APDM).
+		snat="meta l4proto { tcp, udp } snat ip to $wan : $block_lo-$((block_lo + BLOCK_SIZE - 1)) random"
+		;;
+	cgn-eim-translated)
+		# Without "random" the kernel reuses the mapping an internal
+		# ip:port already has (EIM); the home NAT's source port lies outside
+		# the block, so it is always translated into it.
+		snat="meta l4proto { tcp, udp } snat ip to $wan : $block_lo-$((block_lo + BLOCK_SIZE - 1))"
+		;;
+	cgn-block-sequential)
+		# As symmetric-sequential, with the counter running over the block.
+		snat="meta l4proto { tcp, udp } snat ip to $wan : numgen inc mod $BLOCK_SIZE map { $(port_map_body "$block_lo" "$BLOCK_SIZE") }"
 		;;
 	*)
 		snat="masquerade"
@@ -454,45 +518,72 @@ stop_delays() {
 # build_side LAB SIDE KIND LOSS UDP_TIMEOUT
 build_side() {
 	local lab=$1 side=$2 kind=$3 loss=$4 udp_timeout=$5
-	local nat="$lab-nat$side" host="$lab-$side" map_timeout
+	local nat="$lab-nat$side" host="$lab-$side" map_timeout ns
+	# outer: the namespace holding the public address (the NAT, or its CGN).
+	local outer=$nat nat_kind=$kind nat_wan nat_loss=$loss
 	side_vars "$side" "$kind"
+	nat_wan=$S_WAN
 
+	if is_cgn "$kind"; then
+		outer="$lab-cgn$side"
+		new_ns "$outer"
+	fi
 	new_ns "$nat"
 	new_ns "$host"
 
 	if [[ $side == b && $ROUTER == 1 ]]; then
 		build_router_b "$lab"
-		uplink "$lab" "$side" "$lab-rtb" down0 "$nat"
+		uplink "$lab" "$side" "$lab-rtb" down0 "$outer"
 		ip -n "$lab-rtb" link set down0 up
 		ip -n "$lab-rtb" addr add "$ROUTER_B/32" dev down0
 		ip -n "$lab-rtb" route add "$S_WAN/32" dev down0
 		nsx "$lab-rtb" sysctl -qw net.ipv4.conf.down0.proxy_arp=1 net.ipv4.neigh.down0.proxy_delay=0
 	else
-		uplink "$lab" "$side" "$lab-wan" "nat$side" "$nat"
+		uplink "$lab" "$side" "$lab-wan" "nat$side" "$outer"
 		ip -n "$lab-wan" link set "nat$side" master br0 up
 	fi
 	ip -n "$nat" link add lan0 type veth peer name eth0 netns "$host"
 
-	ip -n "$nat" addr add "$S_WAN/$WAN_PREFIX" dev wan0
+	if is_cgn "$kind"; then
+		# The CGN: public wan0, lan0 to the home NAT's WAN in 100.64.0.0/10.
+		ip -n "$outer" link add lan0 type veth peer name wan0 netns "$nat"
+		ip -n "$outer" addr add "$S_WAN/$WAN_PREFIX" dev wan0
+		ip -n "$outer" addr add "$S_CGN_IN/24" dev lan0
+		ip -n "$outer" link set wan0 up
+		ip -n "$outer" link set lan0 up
+		ip -n "$nat" addr add "$S_HOME_WAN/24" dev wan0
+		nat_kind=$CGN_HOME_KIND nat_wan=$S_HOME_WAN nat_loss=0
+	else
+		ip -n "$nat" addr add "$S_WAN/$WAN_PREFIX" dev wan0
+	fi
 	ip -n "$nat" addr add "$S_GW/$S_PFX" dev lan0
 	ip -n "$nat" link set wan0 up
 	ip -n "$nat" link set lan0 up
+	if is_cgn "$kind"; then ip -n "$nat" route add default via "$S_CGN_IN"; fi
 	ip -n "$host" addr add "$S_HOST/$S_PFX" dev eth0
 	ip -n "$host" link set eth0 up
 	ip -n "$host" route add default via "$S_GW"
 
-	nsx "$nat" sysctl -qw net.ipv4.ip_forward=1
+	for ns in "$nat" "$outer"; do
+		nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
+		if [[ -n $udp_timeout ]]; then
+			# These are per network namespace (checked by natlab-selftest.sh).
+			nsx "$ns" sysctl -qw \
+				net.netfilter.nf_conntrack_udp_timeout="$udp_timeout" \
+				net.netfilter.nf_conntrack_udp_timeout_stream="$udp_timeout"
+		fi
+	done
 	if [[ -n $udp_timeout ]]; then
-		# These are per network namespace (checked by natlab-selftest.sh).
-		nsx "$nat" sysctl -qw \
-			net.netfilter.nf_conntrack_udp_timeout="$udp_timeout" \
-			net.netfilter.nf_conntrack_udp_timeout_stream="$udp_timeout"
 		map_timeout=$udp_timeout
 	else
 		map_timeout=$(nsx "$nat" sysctl -n net.netfilter.nf_conntrack_udp_timeout_stream)
 	fi
 
-	ruleset "$kind" "$S_WAN" "$S_NET" "$loss" "$map_timeout" | nsx "$nat" nft -f -
+	ruleset "$nat_kind" "$nat_wan" "$S_NET" "$nat_loss" "$map_timeout" | nsx "$nat" nft -f -
+	if is_cgn "$kind"; then
+		# Loss only here: a path through the double NAT loses what one NAT's would.
+		ruleset "$kind" "$S_WAN" "$S_CGN_NET" "$loss" "$map_timeout" "$S_BLOCK_LO" | nsx "$outer" nft -f -
+	fi
 
 	# The interface alias records the lab's parameters for "info"; it goes
 	# away with the namespace, so no state file can go stale.
@@ -521,12 +612,15 @@ build_router_b() {
 		net.ipv4.neigh.up0.proxy_delay=0
 }
 
-# Route a "none" side's public LAN via its router from srv and the other NAT.
+# Route a "none" side's public LAN via its router from srv and the other NAT
+# (its CGN, which holds the other side's public address, if it has one).
 route_public_side() {
 	local lab=$1 side=$2 other=$3
 	side_vars "$side" none
 	ip -n "$lab-srv" route add "$S_NET" via "$S_WAN"
-	if ns_exists "$lab-nat$other"; then
+	if ns_exists "$lab-cgn$other"; then
+		ip -n "$lab-cgn$other" route add "$S_NET" via "$S_WAN"
+	elif ns_exists "$lab-nat$other"; then
 		ip -n "$lab-nat$other" route add "$S_NET" via "$S_WAN"
 	fi
 }
@@ -659,7 +753,9 @@ node_ns() {
 	srv | a | b | wan | rtb | dla | dlb) echo "$lab-$node" ;;
 	nat-a | nata) echo "$lab-nata" ;;
 	nat-b | natb) echo "$lab-natb" ;;
-	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb | dla | dlb)" ;;
+	cgn-a | cgna) echo "$lab-cgna" ;;
+	cgn-b | cgnb) echo "$lab-cgnb" ;;
+	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb | dla | dlb | cgn-a | cgn-b)" ;;
 	esac
 }
 
@@ -726,6 +822,12 @@ cmd_info() {
 		echo "$upper=$S_HOST"
 		echo "${upper}_GW=$S_GW"
 		echo "${upper}_NET=$S_NET"
+		if is_cgn "$kind"; then
+			# The double NAT: the CGN's inside, the home NAT's WAN, the block.
+			echo "CGN_$upper=$S_CGN_IN"
+			echo "HOME_$upper=$S_HOME_WAN"
+			echo "BLOCK_$upper=$S_BLOCK_LO-$((S_BLOCK_LO + BLOCK_SIZE - 1))"
+		fi
 	done
 	echo "LOSS=$loss"
 	echo "UDP_TIMEOUT=$udp_timeout"
@@ -736,7 +838,7 @@ cmd_info() {
 
 cmd_list() {
 	ip netns list 2>/dev/null | awk '{print $1}' |
-		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|dla|nata|a|rtb|dlb|natb|b)$/\1/p' | sort -u
+		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|dla|cgna|nata|a|rtb|dlb|cgnb|natb|b)$/\1/p' | sort -u
 }
 
 cmd_kinds() {

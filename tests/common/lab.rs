@@ -45,10 +45,16 @@ pub enum Node {
     A,
     /// Host B behind NAT B (only when the lab has a side B).
     B,
-    /// NAT A (or plain router for kind `none`).
+    /// NAT A (or plain router for kind `none`); for the `cgn-*` kinds the home NAT, whose
+    /// WAN is in 100.64.0.0/10 (RFC 6598) behind [`Node::CgnA`].
     NatA,
-    /// NAT B.
+    /// NAT B (for the `cgn-*` kinds the home NAT, behind [`Node::CgnB`]).
     NatB,
+    /// The carrier-grade NAT in front of NAT A, holding the public address `NAT_A` (only
+    /// with a `cgn-*` kind on side A).
+    CgnA,
+    /// The carrier-grade NAT in front of NAT B (only with a `cgn-*` kind on side B).
+    CgnB,
     /// The "internet" bridge (useful for captures of all WAN traffic on `br0`).
     Wan,
 }
@@ -62,6 +68,8 @@ impl Node {
             Node::B => "b",
             Node::NatA => "nata",
             Node::NatB => "natb",
+            Node::CgnA => "cgna",
+            Node::CgnB => "cgnb",
             Node::Wan => "wan",
         }
     }
@@ -366,10 +374,16 @@ impl Lab {
     }
 
     /// Name of the node's network namespace.  Panics for side B nodes of a
-    /// lab without side B.
+    /// lab without side B, and for a CGN node of a side without one.
     pub fn ns(&self, node: Node) -> String {
-        if matches!(node, Node::B | Node::NatB) && self.kind_b.is_none() {
+        if matches!(node, Node::B | Node::NatB | Node::CgnB) && self.kind_b.is_none() {
             panic!("lab {} has no side B (node {node:?})", self.name);
+        }
+        let cgn = |kind: Option<&str>| kind.is_some_and(|k| k.starts_with("cgn-"));
+        if (node == Node::CgnA && !cgn(Some(&self.kind_a)))
+            || (node == Node::CgnB && !cgn(self.kind_b.as_deref()))
+        {
+            panic!("lab {} has no CGN on that side (node {node:?})", self.name);
         }
         format!("{}-{}", self.name, node.suffix())
     }
@@ -404,9 +418,26 @@ impl Lab {
             .unwrap_or_else(|e| panic!("lab {}: {key}={v}: {e}", self.name))
     }
 
-    /// Any `natlab.sh info` value (e.g. "A_NET", "KIND_A", "LOSS").
+    /// Any `natlab.sh info` value (e.g. "A_NET", "KIND_A", "LOSS"; with a `cgn-*` kind
+    /// also "CGN_A", "HOME_A" and "BLOCK_A").
     pub fn info(&self, key: &str) -> Option<&str> {
         self.info.get(key).map(String::as_str)
+    }
+
+    /// The CGN's port block under `key` ("BLOCK_A" or "BLOCK_B", `LO-HI` in `natlab.sh
+    /// info`), for the `cgn-*` kinds.  Panics if that side has none.
+    pub fn block(&self, key: &str) -> [u16; 2] {
+        let v = self
+            .info(key)
+            .unwrap_or_else(|| panic!("lab {} has no {key:?}", self.name));
+        let (lo, hi) = v
+            .split_once('-')
+            .unwrap_or_else(|| panic!("lab {}: {key}={v}", self.name));
+        let port = |p: &str| {
+            p.parse()
+                .unwrap_or_else(|e| panic!("lab {}: {key}={v}: {e}", self.name))
+        };
+        [port(lo), port(hi)]
     }
 }
 
