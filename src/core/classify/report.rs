@@ -95,7 +95,7 @@ impl UdpReport {
         v.push_str(&block_sentence(
             self.allocation,
             self.port_range,
-            self.allocation_samples.len(),
+            &self.allocation_samples,
         ));
         if self.hairpinning == Some(true) {
             v.push_str(
@@ -121,9 +121,13 @@ pub(crate) fn port_range(allocation: Allocation, samples: &[u16]) -> Option<[u16
 /// with probability about 5 x (1/16)^4 < 1e-4, so a span that narrow is a block the NAT
 /// confines this host to (carrier-grade NATs assign per-subscriber blocks, RFC 6888
 /// section 5), not chance.
-pub(crate) fn block_sentence(allocation: Allocation, range: Option<[u16; 2]>, n: usize) -> String {
+pub(crate) fn block_sentence(
+    allocation: Allocation,
+    range: Option<[u16; 2]>,
+    samples: &[u16],
+) -> String {
     match range {
-        Some([lo, hi]) if is_block(allocation, range, n) => {
+        Some([lo, hi]) if is_block(allocation, range, samples.len()) => {
             format!(
                 " The random ports all fall within {lo}-{hi}: a port block like those carrier-grade NATs give each subscriber, so peers need to search only that range."
             )

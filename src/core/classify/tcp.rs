@@ -240,20 +240,14 @@ impl TcpReport {
         if self.mapped.is_none() {
             return "TCP to the server failed, so nothing is known about TCP through this NAT (see reasons).".into();
         }
-        let mut v = nat_verdict(
+        nat_verdict(
             Proto::Tcp,
             self.behind_nat,
             self.mapping,
             self.filtering,
             self.allocation,
             self.delta,
-        );
-        v.push_str(&block_sentence(
-            self.allocation,
-            self.port_range,
-            self.allocation_samples.len(),
-        ));
-        v
+        ) + &block_sentence(self.allocation, self.port_range, &self.allocation_samples)
     }
 }
 

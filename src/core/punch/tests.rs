@@ -380,28 +380,33 @@ fn cones_connect_through_loss_and_reordering() {
     }
 }
 
-#[test]
-fn sweep_probability_matches_budget() {
-    let cfg = PunchConfig {
+/// A sweep's configuration between two NATs, for the probability and role checks.
+fn sweep_config(my_nat: NatInfo, peer_nat: NatInfo, budget: Duration) -> PunchConfig {
+    PunchConfig {
         my_id: "1".repeat(16),
-        my_nat: info(&cone()),
+        my_nat,
         my_public: "198.51.100.2:2".parse().unwrap(),
         my_locals: vec![],
         peer: PeerData {
             id: "2".repeat(16),
             public: "198.51.100.1:1".parse().unwrap(),
             locals: vec![],
-            nat: info(&sym_random()),
+            nat: peer_nat,
             tcp: None,
         },
         key: [0; 32],
         fingerprint: [0; 32],
-        budget: Duration::from_secs(10),
+        budget,
         rate: 500,
         window: 16,
         sweep_sockets: 256,
         seed: 0,
-    };
+    }
+}
+
+#[test]
+fn sweep_probability_matches_budget() {
+    let cfg = sweep_config(info(&cone()), info(&sym_random()), Duration::from_secs(10));
     let p = cfg.sweep_success_probability();
     assert!(p > 0.999 && p <= 1.0, "{p}");
     assert!(cfg.i_probe_random() && !cfg.i_spray());
@@ -479,26 +484,11 @@ fn the_sweep_searches_the_peers_port_block() {
         assert_eq!(o.strategy, Strategy::Sweep);
         assert_connected(&o, &format!("cone vs random in a block, seed {seed}"));
     }
-    let mut cfg = PunchConfig {
-        my_id: "1".repeat(16),
-        my_nat: info(&cone()),
-        my_public: "198.51.100.2:2".parse().unwrap(),
-        my_locals: vec![],
-        peer: PeerData {
-            id: "2".repeat(16),
-            public: "198.51.100.1:1".parse().unwrap(),
-            locals: vec![],
-            nat: info(&sym_random_in_block()),
-            tcp: None,
-        },
-        key: [0; 32],
-        fingerprint: [0; 32],
-        budget: Duration::from_secs(1),
-        rate: 500,
-        window: 16,
-        sweep_sockets: 256,
-        seed: 0,
-    };
+    let mut cfg = sweep_config(
+        info(&cone()),
+        info(&sym_random_in_block()),
+        Duration::from_secs(1),
+    );
     assert!(cfg.sweep_success_probability() > 0.999);
     cfg.peer.nat.range = None;
     let p = cfg.sweep_success_probability();
@@ -536,26 +526,11 @@ fn two_random_nats_in_blocks_meet_by_a_two_sided_sweep() {
     }
     eprintln!("two blocks of 512: {met}/20 met");
     assert!((7..=19).contains(&met), "{met}/20");
-    let cfg = PunchConfig {
-        my_id: "1".repeat(16),
-        my_nat: info(&block(40960)),
-        my_public: "198.51.100.2:2".parse().unwrap(),
-        my_locals: vec![],
-        peer: PeerData {
-            id: "2".repeat(16),
-            public: "198.51.100.1:1".parse().unwrap(),
-            locals: vec![],
-            nat: info(&block(20480)),
-            tcp: None,
-        },
-        key: [0; 32],
-        fingerprint: [0; 32],
-        budget: Duration::from_secs(10),
-        rate: 500,
-        window: 16,
-        sweep_sockets: 256,
-        seed: 0,
-    };
+    let cfg = sweep_config(
+        info(&block(40960)),
+        info(&block(20480)),
+        Duration::from_secs(10),
+    );
     assert!(cfg.two_sided() && !cfg.sweep_hopeless());
     let p = cfg.sweep_success_probability();
     assert!((p - (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{p}");
