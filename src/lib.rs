@@ -8,6 +8,8 @@
 //! - [`transport`]: the encrypted streams over a punched path (QUIC, TLS).
 //! - [`driver`]: one thin loop per command feeding the core from `os` and `transport`.
 //! - [`cli`]: clap, messages, exit codes.
+//!
+//! Beside them, `sim` (tests only) simulates NATs and networks on a virtual clock.
 
 // `unsafe` lives in `os` alone, and there every block says why it is sound.
 #![deny(unsafe_code)]
@@ -19,6 +21,11 @@ pub mod driver;
 pub mod error;
 #[allow(unsafe_code)]
 pub mod os;
+/// Simulated NATs and networks on a virtual clock, driving the real core machines: the
+/// tests' stand-in for the lab (and, with the `sim` feature, other crates'). Test support,
+/// not a layer: it may read the clock once for its virtual clock's origin.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod transport;
 
 pub use error::Error;

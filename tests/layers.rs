@@ -67,9 +67,8 @@ const RULES: &[Rule] = &[
         why: "the core is sans-IO: it depends on nothing above it and touches no OS",
     },
     Rule {
-        // The simulator is test infrastructure: its virtual clock starts at a real instant.
         under: &["core/"],
-        except: &["core/sim/"],
+        except: &[],
         skip_tests: true,
         forbidden: &[
             "Instant::now",

@@ -8,9 +8,6 @@ pub mod hex;
 pub mod punch;
 pub mod rendezvous;
 pub mod server;
-/// Simulated NATs and servers for tests (and, with the `sim` feature, for other crates).
-#[cfg(any(test, feature = "sim"))]
-pub mod sim;
 pub mod stun;
 pub mod wire;
 

@@ -1,7 +1,7 @@
 //! The classifier against simulated NATs of every kind, on a virtual clock.
 
 use super::*;
-use crate::core::sim::{self, NatBehavior, PortAlloc};
+use crate::sim::{self, NatBehavior, PortAlloc};
 use Behavior::*;
 
 fn nat(mapping: Behavior, filtering: Behavior, alloc: PortAlloc) -> Option<NatBehavior> {

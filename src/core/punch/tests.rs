@@ -1,7 +1,7 @@
 //! Two punch state machines through two simulated NATs on a virtual clock.
 
 use super::*;
-use crate::core::sim::{NatBehavior, PairNet, PortAlloc};
+use crate::sim::{NatBehavior, PairNet, PortAlloc};
 use std::net::IpAddr;
 use Behavior::*;
 

@@ -1,6 +1,6 @@
 //! The TCP probe's sequence of steps, sans-IO: what `probe` does over TCP, in which order, and
 //! what each answer changes about what comes next. The executor
-//! ([`crate::driver::probe::tcp`], or the simulator in `core::sim::tcp`) owns the
+//! ([`crate::driver::probe::tcp`], or the simulator in `crate::sim::tcp`) owns the
 //! sockets, the AF_PACKET watcher and the clock; this module owns every decision.
 //!
 //! Call order:

@@ -2,7 +2,7 @@
 //! way `probe` drives a real one.
 
 use super::*;
-use crate::core::sim::{NatBehavior, PortAlloc, SimNat};
+use crate::sim::{NatBehavior, PortAlloc, SimNat};
 use proptest::prelude::*;
 use std::net::IpAddr;
 use std::time::Instant;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::core::sim::tcp::SimTcpNat;
+use crate::sim::tcp::SimTcpNat;
 use std::collections::HashMap;
 
 fn t0() -> Instant {

@@ -4,11 +4,11 @@
 use super::*;
 use crate::core::classify::{Allocation, Behavior};
 use crate::core::rendezvous::NatInfo;
-use crate::core::sim::tcp::{
+use crate::core::stun::{Encoder, MessageType, TransactionId};
+use crate::sim::tcp::{
     probe, Event, SimTcpNet, SIM_TCP_FRESH_PORT, SIM_TCP_SERVER, SIM_TCP_SERVER_ALT,
     SIM_TCP_SHARED_PORT,
 };
-use crate::core::stun::{Encoder, MessageType, TransactionId};
 use Behavior::*;
 
 fn nat(mapping: Behavior, filtering: Behavior, allocation: Allocation) -> NatInfo {
