@@ -154,8 +154,6 @@ struct Txn {
     dst: SocketAddr,
     change: Option<(bool, bool)>,
     response_port: Option<u16>,
-    first_sent: Option<Instant>,
-    last_sent: Option<Instant>,
     sent: u32,
     max_sends: u32,
     rto0: Duration,
@@ -239,7 +237,7 @@ impl Classifier {
             if t.outcome != Outcome::Pending {
                 continue;
             }
-            if let Some(last) = t.last_sent {
+            if let Some(&(_, last)) = t.ids.last() {
                 t.next = t.next.min(last + after_send(t, srtt, rtt_wait));
             }
         }
@@ -287,8 +285,6 @@ impl Classifier {
             dst,
             change,
             response_port,
-            first_sent: None,
-            last_sent: None,
             sent: 0,
             max_sends,
             rto0: self.rto0(),
@@ -317,8 +313,6 @@ impl Classifier {
                 t.outcome = Outcome::TimedOut;
                 continue;
             }
-            t.first_sent.get_or_insert(now);
-            t.last_sent = Some(now);
             t.sent += 1;
             let id = TransactionId::random(&mut self.rng);
             t.ids.push((id, now));
