@@ -1018,3 +1018,21 @@ fn tcp_cgn_eim_translated_and_random_symmetric_connect_by_sweep() {
         4,
     );
 }
+
+/// Issue #10: two carrier-grade NATs that each draw a random port from a 512-port block per
+/// new flow. Neither side can be found, so both sweep the other's block from a few sockets
+/// (a two-sided birthday sweep); Linux's NAT gives one port to several destinations, so the
+/// mappings of both sides are many times the blocks' product's square root and the sweeps
+/// meet in at least 90% of tries.
+#[test]
+fn cgn_block_random_pair_connects_by_two_sided_sweep() {
+    mostly_connect(
+        "cgn-block-random",
+        "cgn-block-random",
+        &[],
+        "udp",
+        "sweep",
+        10,
+        9,
+    );
+}

@@ -36,6 +36,10 @@ pub enum PortAlloc {
     RandomIn {
         lo: u16,
         hi: u16,
+        /// A port may serve several destinations at once, as Linux's `snat ... random`
+        /// allows (conntrack needs only the reply tuples to differ), so the block holds more
+        /// mappings than ports; without it a full block drops new flows.
+        reuse: bool,
     },
 }
 
@@ -156,17 +160,28 @@ impl SimNat {
                 self.per_dst.insert(dst, p.wrapping_add(step).max(1024));
                 p
             }
-            PortAlloc::RandomIn { lo, hi } => {
+            PortAlloc::RandomIn { lo, hi, reuse } => {
+                let free = |nat: &Self, p: u16| {
+                    if reuse {
+                        p >= 1024
+                            && !nat
+                                .bindings
+                                .iter()
+                                .any(|b| b.external == p && b.key_dst == key)
+                    } else {
+                        nat.port_free(p)
+                    }
+                };
                 // Random tries first (the usual case), then a scan: a full block is a drop.
                 let mut tried = None;
                 for _ in 0..64 {
                     let p = self.rng.random_range(lo..=hi);
-                    if self.port_free(p) {
+                    if free(self, p) {
                         tried = Some(p);
                         break;
                     }
                 }
-                tried.or_else(|| (lo..=hi).find(|&p| self.port_free(p)))?
+                tried.or_else(|| (lo..=hi).find(|&p| free(self, p)))?
             }
             _ => loop {
                 let p = self.rng.random_range(1024..=65535);

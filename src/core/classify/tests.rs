@@ -470,7 +470,11 @@ fn random_ports_in_a_block_are_reported_as_one() {
             nat(
                 AddressAndPortDependent,
                 AddressAndPortDependent,
-                PortAlloc::RandomIn { lo, hi },
+                PortAlloc::RandomIn {
+                    lo,
+                    hi,
+                    reuse: false,
+                },
             ),
             true,
             0.0,

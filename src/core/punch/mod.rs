@@ -29,6 +29,7 @@ use crate::core::stun::{
 use crate::core::{Machine, Transmit};
 use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +45,12 @@ pub const ATTR_NOMINATE: u16 = 0xC0A2;
 /// 1024-65535 for masquerade).
 const RANDOM_PORTS: [u16; 2] = [1024, 65535];
 
+/// Most sockets one side sends from in a two-sided sweep. Each socket's probe toward one of
+/// the peer's ports is a mapping of its own, so `k` sockets make `k` times as many distinct
+/// (our port, their port) pairs as one; four sockets over two 512-port blocks expect 16
+/// meetings, and more only cost time the first meeting no longer needs.
+const TWO_SIDED_MAX_SOCKETS: usize = 4;
+
 /// Where `n`'s random mappings are: its block when the probe found one, else every
 /// non-privileged port. The range comes from the peer through the rendezvous, so one that
 /// makes no sense (inverted, privileged) counts as unknown rather than as a panic.
@@ -52,6 +59,12 @@ pub fn random_ports(n: &NatInfo) -> [u16; 2] {
         Some([lo, hi]) if RANDOM_PORTS[0] <= lo && lo <= hi => [lo, hi],
         _ => RANDOM_PORTS,
     }
+}
+
+/// How many ports [`random_ports`] spans.
+fn port_count(n: &NatInfo) -> f64 {
+    let [lo, hi] = random_ports(n);
+    f64::from(hi - lo) + 1.0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -155,13 +168,35 @@ impl PunchConfig {
         self.strategy() == Strategy::Sweep && !predictable(&self.peer.nat)
     }
 
-    /// Socket 0 is the one registered at the rendezvous; a sprayer needs more.
+    /// Socket 0 is the one registered at the rendezvous; a sprayer needs more, and so does
+    /// each side of a two-sided sweep ([`PunchConfig::two_sided_sockets`]).
     pub fn sockets_needed(&self) -> usize {
-        1 + if self.i_spray() {
-            self.sweep_sockets
+        if self.two_sided() {
+            self.two_sided_sockets()
+        } else if self.i_spray() {
+            1 + self.sweep_sockets
         } else {
-            0
+            1
         }
+    }
+
+    /// Probes one side sends within the budget at the rate.
+    fn probes_in_budget(&self) -> f64 {
+        f64::from(self.rate) * self.budget.as_secs_f64()
+    }
+
+    /// Sockets that send this side's probes in a two-sided sweep: one toward each port of
+    /// the peer's range is all one socket can do (a second probe to the same port reuses the
+    /// mapping), so when the budget allows more probes than the peer has ports, more
+    /// sockets make more distinct mappings, up to [`TWO_SIDED_MAX_SOCKETS`] and
+    /// `--sweep-sockets`.
+    pub fn two_sided_sockets(&self) -> usize {
+        Self::sockets_for(self.probes_in_budget(), &self.peer.nat, self.sweep_sockets)
+    }
+
+    fn sockets_for(probes: f64, toward: &NatInfo, cap: usize) -> usize {
+        let k = (probes / port_count(toward)).ceil() as usize;
+        k.clamp(1, TWO_SIDED_MAX_SOCKETS.min(cap.max(1)))
     }
 
     /// Neither side can be found by the other (both map per destination and allocate at
@@ -181,32 +216,40 @@ impl PunchConfig {
     }
 
     /// Chance that a sweep finds a pair within the budget. One-sided: every probe hits one
-    /// of the sprayer's mappings with probability sockets / port space. Two-sided: with
-    /// `n_a` and `n_b` probes (each side can hold at most its NAT's ports in new mappings
-    /// within the budget), `n_a * n_b / (|A| * |B|)` pairs meet on average, and a Poisson
-    /// count is zero with probability `e^-that`.
+    /// of the sprayer's mappings with probability sockets / port space. Two-sided: see
+    /// [`PunchConfig::two_sided_probabilities`]; this is the larger of the two.
     pub fn sweep_success_probability(&self) -> f64 {
-        let probes = f64::from(self.rate) * self.budget.as_secs_f64();
         if self.two_sided() {
-            let size = |n: &NatInfo| {
-                let [lo, hi] = random_ports(n);
-                f64::from(hi - lo) + 1.0
-            };
-            let (a, b) = (size(&self.my_nat), size(&self.peer.nat));
-            let meet = probes.min(a) * probes.min(b) / (a * b);
-            return 1.0 - (-meet).exp();
+            return self.two_sided_probabilities().0;
         }
-        let probes = f64::from(self.rate) * self.budget.as_secs_f64();
+        let probes = self.probes_in_budget();
         // The sprayer's mappings lie in its NAT's ports, which the prober searches.
         let sprayer = if self.i_spray() {
             &self.my_nat
         } else {
             &self.peer.nat
         };
-        let [lo, hi] = random_ports(sprayer);
-        let space = f64::from(hi - lo) + 1.0;
-        let per_probe = (self.sweep_sockets as f64 / space).min(1.0);
+        let per_probe = (self.sweep_sockets as f64 / port_count(sprayer)).min(1.0);
         1.0 - (1.0 - per_probe).powf(probes)
+    }
+
+    /// A two-sided sweep's chance, as (if the NATs give a port to several destinations, if
+    /// they do not). Each side's probes are distinct (socket, peer port) pairs, at most
+    /// sockets x the peer's ports, each a new mapping at a random port of its own NAT; a
+    /// probe meets when the peer sent the exact reverse, so `n_a * n_b / (|A| * |B|)` pairs
+    /// meet on average and a Poisson count is zero with probability `e^-that`. A NAT that
+    /// keeps each port for one mapping (no reuse across destinations; Linux's conntrack
+    /// reuses, since the reply tuples differ) holds at most its block's size of them, which
+    /// caps the mean at one meeting: 63%. The peer is assumed to run the same rate, budget
+    /// and socket cap.
+    pub fn two_sided_probabilities(&self) -> (f64, f64) {
+        let probes = self.probes_in_budget();
+        let (a, b) = (port_count(&self.my_nat), port_count(&self.peer.nat));
+        let cap = self.sweep_sockets;
+        let n_a = probes.min(Self::sockets_for(probes, &self.peer.nat, cap) as f64 * b);
+        let n_b = probes.min(Self::sockets_for(probes, &self.my_nat, cap) as f64 * a);
+        let p = |meet: f64| 1.0 - (-meet).exp();
+        (p(n_a * n_b / (a * b)), p(n_a.min(a) * n_b.min(b) / (a * b)))
     }
 
     fn controlling(&self) -> bool {
@@ -320,6 +363,10 @@ pub struct Punch {
     pub stray: u64,
     done: bool,
     last_progress: u64,
+    /// A two-sided sweep's probes in the order they go out: every (socket, peer port) pair
+    /// once, shuffled, so no probe repeats a mapping before all were made.
+    sweep: Vec<(usize, u16)>,
+    sweep_next: usize,
 }
 
 const ROUND: Duration = Duration::from_millis(100);
@@ -331,10 +378,21 @@ impl Punch {
         let fixed = targets(&cfg);
         let seed = cfg.seed;
         let strategy = cfg.strategy();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sweep = Vec::new();
+        if cfg.two_sided() {
+            let [lo, hi] = random_ports(&cfg.peer.nat);
+            for socket in 0..cfg.two_sided_sockets() {
+                sweep.extend((lo..=hi).map(|p| (socket, p)));
+            }
+            sweep.shuffle(&mut rng);
+        }
         Punch {
             cfg,
             start,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
+            sweep,
+            sweep_next: 0,
             fixed_targets: fixed,
             next_round: start,
             next_random: start,
@@ -560,10 +618,18 @@ impl Machine for Punch {
             // Catch up on the probes the rate allows since the last call, in 10 ms slices.
             let per_slice = (self.cfg.rate / 100).max(1);
             for _ in 0..per_slice {
-                let [lo, hi] = random_ports(&self.cfg.peer.nat);
-                let port = self.rng.random_range(lo..=hi);
+                let (socket, port) = if self.sweep.is_empty() {
+                    let [lo, hi] = random_ports(&self.cfg.peer.nat);
+                    (0, self.rng.random_range(lo..=hi))
+                } else {
+                    // Round after round through the same order: a repeat refreshes the
+                    // mappings the first pass made.
+                    let next = self.sweep[self.sweep_next % self.sweep.len()];
+                    self.sweep_next += 1;
+                    next
+                };
                 self.request(
-                    0,
+                    socket,
                     SocketAddr::new(self.cfg.peer.public.ip(), port),
                     Role::Check,
                 );

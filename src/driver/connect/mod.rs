@@ -523,33 +523,60 @@ fn announce_udp_punch(
         ));
     }
     if strategy == Strategy::Sweep {
-        let me_random = pcfg.i_spray();
-        status.say(format!(
-            "birthday sweep: {} for {} s at {} probes/s with {} mappings; expected success probability {:.1}%{}",
-            if me_random {
-                "opening many mappings toward the peer".to_string()
-            } else {
-                match pcfg.peer.nat.range {
-                    Some(_) => {
-                        let [lo, hi] = crate::core::punch::random_ports(&pcfg.peer.nat);
-                        format!("probing random ports {lo}-{hi} of the peer (its NAT's port block)")
-                    }
-                    None => "probing random ports of the peer".to_string(),
-                }
-            },
-            pcfg.budget.as_secs(),
-            cfg.rate,
-            cfg.sweep_sockets,
-            100.0 * pcfg.sweep_success_probability(),
-            if pcfg.sweep_hopeless() {
-                " (both sides symmetric with random ports: neither can be reached by a sweep)"
-            } else if pcfg.two_sided() {
-                " (two-sided: both NATs draw random ports from blocks small enough to meet by chance)"
-            } else {
-                ""
-            }
-        ));
+        status.say(udp_sweep_line(cfg, pcfg));
     }
+}
+
+/// The status line that says what a UDP sweep does and how likely it is to work.
+fn udp_sweep_line(cfg: &ConnectConfig, pcfg: &PunchConfig) -> String {
+    let what = if pcfg.i_spray() {
+        format!("opening {} mappings toward the peer", cfg.sweep_sockets)
+    } else {
+        let ports = match pcfg.peer.nat.range {
+            Some(_) => {
+                let [lo, hi] = crate::core::punch::random_ports(&pcfg.peer.nat);
+                format!("random ports {lo}-{hi} of the peer (its NAT's port block)")
+            }
+            None => "random ports of the peer".to_string(),
+        };
+        if pcfg.two_sided() {
+            format!(
+                "probing {ports} from {} socket(s)",
+                pcfg.two_sided_sockets()
+            )
+        } else {
+            format!("probing {ports}")
+        }
+    };
+    let chance = if pcfg.sweep_hopeless() {
+        format!(
+            "expected success probability {:.1}% (both sides symmetric with random ports: neither can be reached by a sweep)",
+            100.0 * pcfg.sweep_success_probability()
+        )
+    } else if pcfg.two_sided() {
+        let (reused, single) = pcfg.two_sided_probabilities();
+        let mut s = format!(
+            "expected success probability {:.1}% (two-sided: both NATs draw random ports from blocks small enough to meet by chance",
+            100.0 * reused
+        );
+        if single < reused - 0.0005 {
+            s += &format!(
+                "; {:.1}% if a NAT never gives one port to two destinations",
+                100.0 * single
+            );
+        }
+        s + ")"
+    } else {
+        format!(
+            "expected success probability {:.1}%",
+            100.0 * pcfg.sweep_success_probability()
+        )
+    };
+    format!(
+        "birthday sweep: {what} for {} s at {} probes/s; {chance}",
+        pcfg.budget.as_secs(),
+        cfg.rate
+    )
 }
 
 fn finish_capture(capture: Option<Capture>, status: &Status) -> Result<(), Error> {
