@@ -419,12 +419,27 @@ pub fn classify_with_latency(
     lifetime_max: Option<Duration>,
     latency: Duration,
 ) -> (UdpReport, Duration) {
+    classify_configured(nat, alternate, loss, seed, latency, |cfg| {
+        cfg.lifetime_max = lifetime_max;
+    })
+}
+
+/// [`classify_with_latency`] with the classifier's configuration adjusted by `tune` (the
+/// server address and the seed are set before).
+pub fn classify_configured(
+    nat: Option<NatBehavior>,
+    alternate: bool,
+    loss: f64,
+    seed: u64,
+    latency: Duration,
+    tune: impl FnOnce(&mut ClassifierConfig),
+) -> (UdpReport, Duration) {
     let mut net = SimNet::new(nat, alternate, seed);
     net.loss = loss;
     net.latency = latency;
     let mut cfg = ClassifierConfig::new(net.server_addr());
     cfg.seed = seed;
-    cfg.lifetime_max = lifetime_max;
+    tune(&mut cfg);
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
     let mut locals: Vec<SocketAddr> = Vec::new();
     while locals.len() < cfg.sockets_needed() {

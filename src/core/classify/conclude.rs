@@ -73,6 +73,13 @@ impl Classifier {
         let hairpinning = match self.outcome(Kind::Hairpin) {
             Some(Outcome::Answered { .. }) => Some(true),
             Some(Outcome::TimedOut) => Some(false),
+            None if self.cfg.quick => {
+                reasons.insert(
+                    "hairpinning",
+                    "not tested: the quick classification before a punch skips it".into(),
+                );
+                None
+            }
             _ => {
                 reasons.insert("hairpinning", "the hairpin test did not finish".into());
                 None

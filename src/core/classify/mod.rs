@@ -60,6 +60,8 @@ pub struct ClassifierConfig {
     pub lifetime_max: Option<Duration>,
     /// Seeds the transaction IDs; the driver draws it, tests fix it.
     pub seed: u64,
+    /// Classify only what a punch needs, as soon as it is known ([`ClassifierConfig::quick`]).
+    pub quick: bool,
 }
 
 impl ClassifierConfig {
@@ -69,6 +71,22 @@ impl ClassifierConfig {
             alloc_sockets: DEFAULT_ALLOC_SOCKETS,
             lifetime_max: None,
             seed: 0,
+            quick: false,
+        }
+    }
+
+    /// For `connect`: the punch's strategy needs the mapping, the allocation, and whether
+    /// the filtering lets any host in (endpoint-independent or address-dependent), which a
+    /// filtering test's *answer* shows one RTT after its first copy. So hairpinning is not
+    /// tested, and once everything else is settled and a filtering test's first copy has
+    /// had two RTTs, its silence counts as the restrictive answer rather than waiting out
+    /// every copy: a lost answer then makes the strategy the conservative one (the peer
+    /// sweeps or predicts toward us; our replies still come from the one mapping), never an
+    /// impossible one. The probe keeps the full test, since its answer is the product.
+    pub fn quick(server: SocketAddr) -> Self {
+        ClassifierConfig {
+            quick: true,
+            ..Self::new(server)
         }
     }
 
@@ -324,7 +342,35 @@ impl Classifier {
             t.next = now + after_send(t, self.srtt, rtt_wait);
         }
         self.progress_lifetime(now);
+        self.settle_quick(now);
         self.finish_if_settled();
+    }
+
+    /// Quick mode ([`ClassifierConfig::quick`]): a silent filtering test is settled two RTTs
+    /// after its first copy once nothing else is pending, and wakes the caller then.
+    fn settle_quick(&mut self, now: Instant) {
+        let Some(rtt) = self.srtt.filter(|_| self.cfg.quick) else {
+            return;
+        };
+        let filter = |k: Kind| matches!(k, Kind::FilterIpPort | Kind::FilterPort);
+        let others_settled = self
+            .txns
+            .iter()
+            .all(|t| filter(t.kind) || t.outcome != Outcome::Pending);
+        for t in &mut self.txns {
+            if !filter(t.kind) || t.outcome != Outcome::Pending {
+                continue;
+            }
+            let Some(&(_, first)) = t.ids.first() else {
+                continue;
+            };
+            let due = first + rtt * 2;
+            if others_settled && now >= due {
+                t.outcome = Outcome::TimedOut;
+            } else if due > now {
+                t.next = t.next.min(due);
+            }
+        }
     }
 
     /// Whether `poll_transmit` has something; lets a driver loop until the queue is empty.
@@ -386,7 +432,9 @@ impl Classifier {
                     );
                     self.add(now, Kind::MapAltBoth, SOCK_A, o, None, None);
                 }
-                self.add(now, Kind::Hairpin, SOCK_H, mapped, None, None);
+                if !self.cfg.quick {
+                    self.add(now, Kind::Hairpin, SOCK_H, mapped, None, None);
+                }
                 for i in 0..self.lifetime_points.len() {
                     let s = self.lifetime_socket(i);
                     self.add(now, Kind::LifetimeOpen(i), s, self.cfg.server, None, None);

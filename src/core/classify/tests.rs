@@ -511,3 +511,61 @@ fn random_ports_in_a_block_are_reported_as_one() {
         None
     );
 }
+
+/// `connect`'s quick classification (#10: start punching as soon as the strategy's inputs
+/// are known) gives the same mapping, filtering and allocation as the full one for the
+/// kinds a punch distinguishes, skips hairpinning, and is done two RTTs after it starts:
+/// the mapping and allocation answers take two, and a silent filtering test is not waited
+/// out beyond them. Virtual time, so the bound is exact.
+#[test]
+fn quick_classification_takes_two_rtts_and_agrees_on_what_a_punch_needs() {
+    let kinds = [
+        (
+            EndpointIndependent,
+            EndpointIndependent,
+            PortAlloc::Preserve,
+        ),
+        (EndpointIndependent, AddressDependent, PortAlloc::Preserve),
+        (
+            EndpointIndependent,
+            AddressAndPortDependent,
+            PortAlloc::Preserve,
+        ),
+        (
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Sequential {
+                start: 20000,
+                step: 1,
+            },
+        ),
+        (
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::Random,
+        ),
+    ];
+    for one_way_ms in [1u64, 40, 400] {
+        let one_way = Duration::from_millis(one_way_ms);
+        for (seed, (m, f, a)) in kinds.into_iter().enumerate() {
+            let seed = seed as u64;
+            let (full, _) =
+                sim::classify_with_latency(nat(m, f, a), true, 0.0, seed, None, one_way);
+            let (quick, elapsed) =
+                sim::classify_configured(nat(m, f, a), true, 0.0, seed, one_way, |c| {
+                    c.quick = true
+                });
+            let what = format!("{m:?}/{f:?}/{a:?} at {one_way_ms} ms one way");
+            assert_eq!(quick.mapping, full.mapping, "{what}");
+            assert_eq!(quick.filtering, full.filtering, "{what}");
+            assert_eq!(quick.allocation, full.allocation, "{what}");
+            assert_eq!(quick.delta, full.delta, "{what}");
+            assert_eq!(quick.hairpinning, None, "{what}");
+            assert!(quick.reasons.contains_key("hairpinning"), "{what}");
+            assert!(
+                elapsed <= one_way * 4 + Duration::from_millis(1),
+                "{what}: {elapsed:?}"
+            );
+        }
+    }
+}

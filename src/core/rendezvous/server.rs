@@ -17,7 +17,8 @@ pub struct RendezvousConfig {
     /// registry; Redis is bounded by its own `maxmemory`).
     pub max_sessions: usize,
     /// How far ahead of the later peer's arrival the punch starts, on top of the slower
-    /// peer's one-way delay.
+    /// peer's one-way delay and a quarter of its RTT (the one-way delays are estimated as
+    /// half an RTT, which path asymmetry and jitter make wrong by a fraction of it).
     pub start_margin: Duration,
     /// How long a matched session answers re-registrations (lost `peer` messages) before it
     /// is freed.
@@ -33,7 +34,7 @@ impl Default for RendezvousConfig {
             wait_timeout: Duration::from_secs(60),
             peer_idle: Duration::from_secs(5),
             max_sessions: 100_000,
-            start_margin: Duration::from_millis(150),
+            start_margin: Duration::from_millis(10),
             linger: Duration::from_secs(20),
             registry: None,
         }
@@ -313,15 +314,18 @@ fn register(
     }
     let first_match = s.matched_at.is_none();
     let start_at = *s.start_at.get_or_insert_with(|| {
-        // Both peers must hear of each other before the start: the slower one-way delay
-        // (half its RTT) plus a margin for a lost message and its retransmission.
+        // Both peers should hear of each other before the start: the slower one-way delay
+        // (half its RTT) plus what that estimate may be off by. Waiting longer only delays
+        // the punch; a peer whose message is late or lost starts when it hears (start
+        // times in the past mean now), and the other's first probes are repeated every
+        // round, so a late start costs a round, never the punch.
         let slow = s
             .members
             .iter()
             .map(|m| u64::from(m.rtt_ms))
             .max()
             .unwrap_or_default();
-        now + slow / 2 + ms(cfg.start_margin)
+        now + slow / 2 + slow / 4 + ms(cfg.start_margin)
     });
     s.matched_at.get_or_insert(now);
     let mut out = Vec::new();

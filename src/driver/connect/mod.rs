@@ -4,7 +4,7 @@
 mod rendezvous;
 pub mod tcp_punch;
 
-use crate::core::classify::LegacyType;
+use crate::core::classify::{ClassifierConfig, LegacyType};
 use crate::core::punch::explain::{
     describe_plan, explain_failure, explain_lockstep_failure, explain_tcp_failure,
 };
@@ -153,7 +153,13 @@ fn classify(
     capture: Option<&mut Capture>,
 ) -> Result<Classified, Error> {
     status.say(format!("classifying the NAT toward {} ...", cfg.server));
-    let udp = classify_udp(cfg.server, cfg.bind, None, capture, shutdown, |_| {})?;
+    let udp = classify_udp(
+        ClassifierConfig::quick(cfg.server),
+        cfg.bind,
+        capture,
+        shutdown,
+        |_| {},
+    )?;
     if udp.legacy_type == LegacyType::Blocked {
         return Err(Error::ServerUnreachable {
             server: cfg.server,

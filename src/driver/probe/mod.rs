@@ -38,20 +38,17 @@ pub struct ProbeReport {
 
 /// Runs the UDP classification against `server` and returns the report.
 pub fn classify_udp(
-    server: SocketAddr,
+    mut cfg: ClassifierConfig,
     bind: Option<IpAddr>,
-    lifetime_max: Option<Duration>,
     capture: Option<&mut Capture>,
     shutdown: &Shutdown,
     mut on_event: impl FnMut(Event),
 ) -> Result<UdpReport, Error> {
     let local_ip = match bind {
         Some(ip) => ip,
-        None => route_source(server)?,
+        None => route_source(cfg.server)?,
     };
-    let mut cfg = ClassifierConfig::new(server);
     cfg.seed = rand::random();
-    cfg.lifetime_max = lifetime_max;
     let (sockets, locals) = bind_fresh(local_ip, cfg.sockets_needed())?;
     let mut c = Classifier::new(cfg, locals.clone(), Instant::now());
     drive(&mut c, &sockets, &locals, capture, shutdown, |c| {
@@ -88,9 +85,11 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
         ));
     }
     let udp = classify_udp(
-        cfg.server,
+        ClassifierConfig {
+            lifetime_max: cfg.lifetime_max,
+            ..ClassifierConfig::new(cfg.server)
+        },
         cfg.bind,
-        cfg.lifetime_max,
         capture.as_mut(),
         &shutdown,
         |ev| match ev {
