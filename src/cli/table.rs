@@ -1,6 +1,6 @@
 //! The probe's table: what `punchraw probe` prints without `--json`.
 
-use crate::core::classify::{Allocation, Behavior, TcpReport, UdpReport};
+use crate::core::classify::{disturbance, Allocation, Behavior, TcpReport, UdpReport};
 use crate::driver::kebab;
 use crate::driver::probe::ProbeReport;
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ struct Nat {
     allocation: Allocation,
     delta: Option<i32>,
     port_range: Option<[u16; 2]>,
+    delta_spread: Option<[u16; 2]>,
 }
 
 impl Nat {
@@ -41,6 +42,7 @@ impl Nat {
             allocation: u.allocation,
             delta: u.delta,
             port_range: u.port_range,
+            delta_spread: u.delta_spread,
         }
     }
 
@@ -54,6 +56,7 @@ impl Nat {
             allocation: t.allocation,
             delta: t.delta,
             port_range: t.port_range,
+            delta_spread: t.delta_spread,
         }
     }
 }
@@ -73,7 +76,11 @@ fn nat_rows(s: &mut String, n: &Nat) {
     row(s, "mapping", kebab(&n.mapping));
     row(s, "filtering", kebab(&n.filtering));
     let alloc = match n.delta {
-        Some(d) => format!("{} (delta {d})", kebab(&n.allocation)),
+        Some(d) => format!(
+            "{} (delta {d}{})",
+            kebab(&n.allocation),
+            disturbance(n.delta_spread)
+        ),
         None => kebab(&n.allocation),
     };
     row(s, "port allocation", alloc);
@@ -155,6 +162,7 @@ mod tests {
             other_address: None,
             allocation_samples: vec![40001, 40002],
             port_range: None,
+            delta_spread: None,
             lifetime: None,
             reasons: BTreeMap::new(),
         };
@@ -170,6 +178,7 @@ mod tests {
             other_address: None,
             allocation_samples: vec![40003, 40004],
             port_range: None,
+            delta_spread: None,
             reasons: BTreeMap::from([("filtering", "needs CAP_NET_RAW".to_string())]),
         });
         ProbeReport {
@@ -209,5 +218,33 @@ mod tests {
                 assert!(j.ends_with(",\"tcp\":null}"), "{j}");
             }
         }
+    }
+
+    /// A sequential counter others' flows moved: the allocation row and the verdict say by
+    /// how much; an undisturbed one reads as before.
+    #[test]
+    fn allocation_row_names_the_disturbance() {
+        let mut r = report(true);
+        r.udp.mapping = Behavior::AddressAndPortDependent;
+        r.udp.allocation = Allocation::Sequential;
+        r.udp.delta = Some(1);
+        r.udp.delta_spread = Some([0, 3]);
+        let t = render(&r);
+        assert!(
+            t.contains(
+                "  port allocation    sequential (delta 1, disturbed by up to 3 other flows between samples)\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("(step 1, disturbed by up to 3 other flows between samples)"),
+            "{t}"
+        );
+        r.udp.delta_spread = Some([0, 0]);
+        let t = render(&r);
+        assert!(
+            t.contains("  port allocation    sequential (delta 1)\n"),
+            "{t}"
+        );
     }
 }

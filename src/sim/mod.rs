@@ -24,6 +24,14 @@ pub enum PortAlloc {
         start: u16,
         step: u16,
     },
+    /// [`PortAlloc::Sequential`] on a NAT other hosts use too: before each new mapping of
+    /// ours, up to `max_extra` flows of others (a number drawn from the NAT's seeded
+    /// generator) take the counter's next ports, as Klinec and Matyas (2014) model a busy NAT.
+    SequentialDisturbed {
+        start: u16,
+        step: u16,
+        max_extra: u16,
+    },
     Random,
     /// A counter per destination, each starting at its own hashed offset (RFC 6056
     /// algorithms 3 and 4, as Linux picks ephemeral ports and libslirp inherits): sequential
@@ -89,7 +97,9 @@ pub struct SimNat {
 impl SimNat {
     pub fn new(public_ip: IpAddr, behavior: NatBehavior, seed: u64) -> Self {
         let next_seq = match behavior.alloc {
-            PortAlloc::Sequential { start, .. } => start,
+            PortAlloc::Sequential { start, .. } | PortAlloc::SequentialDisturbed { start, .. } => {
+                start
+            }
             _ => 0,
         };
         SimNat {
@@ -151,6 +161,20 @@ impl SimNat {
                     break p;
                 }
             },
+            PortAlloc::SequentialDisturbed {
+                step, max_extra, ..
+            } => {
+                // Others' mappings are not simulated, only the ports they take.
+                let others = self.rng.random_range(0..=max_extra);
+                self.next_seq = self.next_seq.wrapping_add(step.wrapping_mul(others));
+                loop {
+                    let p = self.next_seq;
+                    self.next_seq = self.next_seq.wrapping_add(step);
+                    if self.port_free(p) {
+                        break p;
+                    }
+                }
+            }
             PortAlloc::PerDestination { step } => {
                 let first = self.rng.random_range(1024..=60000);
                 let mut p = *self.per_dst.entry(dst).or_insert(first);

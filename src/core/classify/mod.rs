@@ -18,8 +18,10 @@ mod conclude;
 mod report;
 pub mod tcp;
 
-pub use conclude::classify_allocation;
-pub use report::{search_range, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport};
+pub use conclude::{classify_allocation, fit_allocation, AllocationFit, MAX_EXTRA_FLOWS};
+pub use report::{
+    disturbance, search_range, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport,
+};
 pub use tcp::TcpReport;
 
 use crate::core::stun::{

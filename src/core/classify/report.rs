@@ -22,7 +22,8 @@ pub enum Behavior {
 pub enum Allocation {
     /// External port equals the local port (RFC 4787 section 4.2.1 port preservation).
     Preserving,
-    /// Each new mapping takes the previous one's port plus a constant `delta`.
+    /// Each new mapping takes the previous one's port plus a constant `delta`, once more for
+    /// each flow of other hosts the NAT mapped in between (`delta_spread`).
     Sequential,
     Random,
     Unknown,
@@ -76,6 +77,10 @@ pub struct UdpReport {
     /// `[lowest, highest]` external port the allocation test saw, for `random` and
     /// `sequential` allocation (`null` otherwise): the range a sweep has to cover.
     pub port_range: Option<[u16; 2]>,
+    /// For `sequential` allocation, `[fewest, most]` flows of other hosts that took a port
+    /// of the NAT's counter between two consecutive allocation samples (`[0, 0]`: the steps
+    /// were exactly `delta`); `null` otherwise.
+    pub delta_spread: Option<[u16; 2]>,
 }
 
 impl UdpReport {
@@ -91,6 +96,7 @@ impl UdpReport {
             self.filtering,
             self.allocation,
             self.delta,
+            self.delta_spread,
         );
         v.push_str(&block_sentence(
             self.allocation,
@@ -183,6 +189,7 @@ pub(crate) fn nat_verdict(
     filtering: Behavior,
     allocation: Allocation,
     delta: Option<i32>,
+    spread: Option<[u16; 2]>,
 ) -> String {
     use Behavior::*;
     let (name, punch, sweep, open) = match proto {
@@ -223,8 +230,9 @@ pub(crate) fn nat_verdict(
             };
             let how = match allocation {
                 Allocation::Sequential => format!(
-                    " Ports are allocated sequentially (step {}), so peers can predict your next port: {punch} works by prediction.",
-                    delta.unwrap_or(1)
+                    " Ports are allocated sequentially (step {}{}), so peers can predict your next port: {punch} works by prediction.",
+                    delta.unwrap_or(1),
+                    disturbance(spread)
                 ),
                 Allocation::Preserving => {
                     format!(" Ports are preserved, so peers can predict them: {punch} works by prediction.")
@@ -239,6 +247,18 @@ pub(crate) fn nat_verdict(
         (true, Unknown, _) => {
             format!("Behind a NAT whose {name} mapping could not be measured (see reasons).")
         }
+    }
+}
+
+/// How far others' flows moved a sequential counter between samples, for the verdict and
+/// the table; empty for an undisturbed counter.
+pub fn disturbance(spread: Option<[u16; 2]>) -> String {
+    match spread {
+        Some([_, most]) if most > 0 => {
+            let flows = if most == 1 { "flow" } else { "flows" };
+            format!(", disturbed by up to {most} other {flows} between samples")
+        }
+        _ => String::new(),
     }
 }
 

@@ -22,7 +22,7 @@ pub mod plan;
 
 pub use plan::TcpProbe;
 
-use super::classify_allocation;
+use super::fit_allocation;
 use super::report::{
     block_sentence, nat_verdict, port_range, unreachable_reasons, Allocation, Behavior, Proto,
 };
@@ -96,6 +96,9 @@ pub struct TcpReport {
     /// `[lowest, highest]` external port the allocation test saw, for `random` and
     /// `sequential` allocation (`null` otherwise), as in the UDP report.
     pub port_range: Option<[u16; 2]>,
+    /// For `sequential` allocation, `[fewest, most]` flows of others between two
+    /// consecutive allocation connections, as in the UDP report; `null` otherwise.
+    pub delta_spread: Option<[u16; 2]>,
 }
 
 /// Classifies the NAT's TCP behaviour from what the driver saw.
@@ -118,6 +121,7 @@ pub fn classify(o: &TcpObservations) -> TcpReport {
                 other_address: None,
                 allocation_samples: Vec::new(),
                 port_range: None,
+                delta_spread: None,
                 reasons,
             };
         }
@@ -131,7 +135,8 @@ pub fn classify(o: &TcpObservations) -> TcpReport {
         .enumerate()
         .filter_map(|(i, s)| s.map(|(l, m)| (i, l, m)))
         .collect();
-    let (allocation, delta) = classify_allocation(&samples);
+    let fit = fit_allocation(&samples);
+    let (allocation, delta) = (fit.allocation, fit.delta);
     if allocation == Allocation::Unknown {
         reasons.insert(
             "allocation",
@@ -154,6 +159,7 @@ pub fn classify(o: &TcpObservations) -> TcpReport {
         other_address: base.other,
         allocation_samples: samples.iter().map(|s| s.2).collect(),
         port_range: port_range(allocation, &samples.iter().map(|s| s.2).collect::<Vec<_>>()),
+        delta_spread: fit.spread,
         reasons,
     }
 }
@@ -247,6 +253,7 @@ impl TcpReport {
             self.filtering,
             self.allocation,
             self.delta,
+            self.delta_spread,
         ) + &block_sentence(self.allocation, self.port_range, &self.allocation_samples)
     }
 }

@@ -274,6 +274,109 @@ fn allocation_tolerates_one_interloper() {
     assert_eq!(classify_allocation(&random).0, Allocation::Random);
 }
 
+/// Ports from a NAT whose counter others' flows move between our samples (steps 1, 3, 1,
+/// 2, 5, as in #10): a counter of step 1 disturbed by up to 4 flows, which the modal-step
+/// rule alone called random. Steps that only grow by a few are a counter however they vary;
+/// a step that shrinks is none of it, and more extras than the punch can cover are random.
+#[test]
+fn allocation_predicts_through_a_few_other_flows() {
+    let samples = |ports: &[u16]| -> Vec<(usize, u16, u16)> {
+        (0..)
+            .zip(ports)
+            .map(|(i, &p)| (i, 5000 + i as u16, p))
+            .collect()
+    };
+    let fit = fit_allocation(&samples(&[30000, 30001, 30004, 30005, 30007, 30012]));
+    assert_eq!(fit.allocation, Allocation::Sequential);
+    assert_eq!(fit.delta, Some(1));
+    assert_eq!(fit.spread, Some([0, 4]));
+    // Downward, with a step of 2 (twice disturbed by one flow), across the 16-bit wrap.
+    let fit = fit_allocation(&samples(&[3, 1, 65533, 65531, 65527]));
+    assert_eq!(
+        (fit.allocation, fit.delta),
+        (Allocation::Sequential, Some(-2))
+    );
+    assert_eq!(fit.spread, Some([0, 1]));
+    // A probe that went unanswered (index 2 missing) is a gap of two flows of ours.
+    let fit = fit_allocation(&[(0, 1, 100), (1, 2, 101), (3, 4, 104), (4, 5, 105)]);
+    assert_eq!((fit.delta, fit.spread), (Some(1), Some([0, 1])));
+    // Every step but one was disturbed alike, the smallest shows the step: 2, not 4.
+    let fit = fit_allocation(&samples(&[100, 104, 108, 112, 114]));
+    assert_eq!((fit.delta, fit.spread), (Some(2), Some([0, 1])));
+    // One more flow than the punch covers between two samples, twice: random. (Once, with
+    // three exact steps, is the modal rule's one tolerated interloper, as before.)
+    let max = MAX_EXTRA_FLOWS;
+    let busy = [100, 101, 103 + max, 104 + max, 106 + max];
+    assert_eq!(
+        fit_allocation(&samples(&busy)).allocation,
+        Allocation::Random
+    );
+    let busy = [100, 102 + max, 103 + max, 105 + 2 * max, 106 + 2 * max];
+    assert_eq!(
+        fit_allocation(&samples(&busy)).allocation,
+        Allocation::Random
+    );
+    // The interloper of the modal rule is a spread of one; an exact counter has none.
+    let fit = fit_allocation(&samples(&[100, 101, 102, 104, 105]));
+    assert_eq!(fit.spread, Some([0, 1]));
+    let fit = fit_allocation(&samples(&[100, 101, 102, 103, 104]));
+    assert_eq!(fit.spread, Some([0, 0]));
+    assert_eq!(
+        fit_allocation(&samples(&[4000, 61000, 1200, 33333, 9])).spread,
+        None
+    );
+}
+
+/// The simulated NAT whose counter others advance: up to a few flows between samples is
+/// `sequential` with the step and the spread the NAT caused, in the report, the verdict and
+/// the JSON key after `port_range`; hundreds of flows are `random` within the range seen.
+#[test]
+fn disturbed_counter_is_sequential_when_predictable_else_random() {
+    let disturbed = |step, max_extra| {
+        nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAlloc::SequentialDisturbed {
+                start: 20000,
+                step,
+                max_extra,
+            },
+        )
+    };
+    let mut spreads = Vec::new();
+    for seed in 0..16 {
+        let (r, _) = sim::classify(disturbed(1, 4), true, 0.0, seed, None);
+        assert_eq!(r.allocation, Allocation::Sequential, "seed {seed}: {r:#?}");
+        assert_eq!(r.delta, Some(1), "seed {seed}: {r:#?}");
+        let [lo, hi] = r.delta_spread.expect("a spread");
+        assert!(lo <= hi && hi <= 4, "seed {seed}: {r:#?}");
+        if hi > 0 {
+            let v = r.verdict();
+            let want = format!("(step 1, disturbed by up to {hi} other flow");
+            assert!(v.contains(&want), "{v}");
+        }
+        spreads.push(hi);
+        let json = serde_json::to_string(&r).expect("json");
+        assert!(
+            json.ends_with(&format!(",\"delta_spread\":[{lo},{hi}]}}")),
+            "{json}"
+        );
+    }
+    assert!(
+        spreads.iter().any(|&h| h > 1),
+        "the NAT was disturbed: {spreads:?}"
+    );
+    for seed in 0..16 {
+        let (r, _) = sim::classify(disturbed(1, 500), true, 0.0, seed, None);
+        assert_eq!(r.allocation, Allocation::Random, "seed {seed}: {r:#?}");
+        assert_eq!((r.delta, r.delta_spread), (None, None));
+        let [lo, hi] = r.port_range.expect("the range seen");
+        assert!(r.allocation_samples.iter().all(|p| (lo..=hi).contains(p)));
+        let json = serde_json::to_string(&r).expect("json");
+        assert!(json.ends_with(",\"delta_spread\":null}"), "{json}");
+    }
+}
+
 #[test]
 fn port_range_for_random_and_sequential_only() {
     let r = check(
@@ -322,7 +425,11 @@ fn port_range_for_random_and_sequential_only() {
     .0;
     assert_eq!(cone.port_range, None);
     let json = serde_json::to_string(&cone).unwrap();
-    assert!(json.ends_with(",\"port_range\":null}"), "{json}");
+    // port_range is followed only by the key #10 added after it.
+    assert!(
+        json.ends_with(",\"port_range\":null,\"delta_spread\":null}"),
+        "{json}"
+    );
 }
 
 #[test]
@@ -367,6 +474,15 @@ mod properties {
             Just(PortAlloc::Random),
             (1u16..=8, 2000u16..60000)
                 .prop_map(|(step, start)| PortAlloc::Sequential { start, step }),
+            (1u16..=8, 2000u16..60000, 0u16..=MAX_EXTRA_FLOWS).prop_map(
+                |(step, start, max_extra)| {
+                    PortAlloc::SequentialDisturbed {
+                        start,
+                        step,
+                        max_extra,
+                    }
+                }
+            ),
             (1u16..=8).prop_map(|step| PortAlloc::PerDestination { step }),
         ]
     }
@@ -386,12 +502,26 @@ mod properties {
                 PortAlloc::Preserve => (Allocation::Preserving, None),
                 PortAlloc::Random | PortAlloc::RandomIn { .. } => (Allocation::Random, None),
                 PortAlloc::Sequential { step, .. } => (Allocation::Sequential, Some(i32::from(step))),
+                // Others' flows within the bound: a counter of the step, or of a multiple of
+                // it when every step happened to be disturbed alike, never more disturbed
+                // than the NAT was.
+                PortAlloc::SequentialDisturbed { step, max_extra, .. } => {
+                    let d = r.delta.expect("a step");
+                    prop_assert!(d % i32::from(step) == 0, "{:?}", r);
+                    let [lo, hi] = r.delta_spread.expect("a spread");
+                    prop_assert!(lo <= hi && hi <= max_extra, "{:?}", r);
+                    (Allocation::Sequential, Some(d))
+                }
                 // Sequential toward each destination from its own offset: toward a new peer
                 // that is as good as random, and sampling two destinations shows it.
                 PortAlloc::PerDestination { .. } => (Allocation::Random, None),
             };
             prop_assert_eq!(r.allocation, want);
             prop_assert_eq!(r.delta, delta);
+            prop_assert_eq!(r.delta_spread.is_some(), want == Allocation::Sequential);
+            if let PortAlloc::Sequential { .. } = a {
+                prop_assert_eq!(r.delta_spread, Some([0, 0]));
+            }
             prop_assert!(r.reasons.is_empty(), "{:?}", r.reasons);
         }
     }

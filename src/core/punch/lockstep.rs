@@ -116,6 +116,13 @@ impl Lockstep {
 mod tests {
     use super::*;
 
+    /// The probe calls a counter `sequential` only while others' flows between two of its
+    /// samples stay within what this window tolerates at the default `--window` of 24.
+    #[test]
+    fn probe_bound_is_the_default_window_tolerance() {
+        assert_eq!(crate::core::classify::MAX_EXTRA_FLOWS, tolerance(24));
+    }
+
     /// Whatever the extra flows within the bounds, one flow of each side is the other's
     /// reverse: the property the module's comment derives.
     #[test]

@@ -80,8 +80,12 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
         .windows(2)
         .map(|w| i32::from(w[1]) - i32::from(w[0]))
         .collect();
-    let d = deltas[0];
-    if deltas.len() >= 2 && d != 0 && d.abs() <= MAX_DELTA && deltas.iter().all(|&x| x == d) {
+    let counter = if deltas.iter().all(|&x| x == deltas[0]) {
+        Some(deltas[0])
+    } else {
+        disturbed_step(local, mapped, &deltas)
+    };
+    if let Some(d) = counter.filter(|&d| deltas.len() >= 2 && d != 0 && d.abs() <= MAX_DELTA) {
         nat.allocation = Allocation::Sequential;
         nat.delta = Some(d);
         let last = *mapped.last().expect("non-empty");
@@ -102,6 +106,23 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
     ];
     nat.range = crate::core::classify::search_range(nat.allocation, Some(seen), mapped.len());
     Prediction { nat, port: 0 }
+}
+
+/// The step of a counter that other hosts' flows moved between our connections (the
+/// probe's model, [`crate::core::classify::fit_allocation`]: each step is the counter's step
+/// times one more than those flows, at most a few). The prediction is the undisturbed next
+/// port; the window's later ports by the step cover flows of others before the punch. Only
+/// without a wrap of the port space, which the prediction could not follow.
+fn disturbed_step(local: u16, mapped: &[u16], deltas: &[i32]) -> Option<i32> {
+    let samples: Vec<(usize, u16, u16)> = (0..).zip(mapped).map(|(i, &p)| (i, local, p)).collect();
+    let fit = crate::core::classify::fit_allocation(&samples);
+    let d = fit
+        .delta
+        .filter(|_| fit.allocation == Allocation::Sequential)?;
+    deltas
+        .iter()
+        .all(|&x| x.signum() == d.signum())
+        .then_some(d)
 }
 
 fn eim(n: &NatInfo) -> bool {

@@ -2,6 +2,7 @@
 //! way `probe` drives a real one.
 
 use super::*;
+use crate::core::classify::MAX_EXTRA_FLOWS;
 use crate::sim::{NatBehavior, PortAlloc, SimNat};
 use proptest::prelude::*;
 use std::net::IpAddr;
@@ -277,6 +278,8 @@ fn report_serialises_with_the_udp_key_names_and_shapes() {
         "reasons",
         // Added by #10 (after every key that was there before): the range seen.
         "port_range",
+        // Added by #10 after port_range: the flows of others a sequential counter showed.
+        "delta_spread",
     ]
     .iter()
     .map(|k| at(k))
@@ -358,6 +361,13 @@ fn port_alloc() -> impl Strategy<Value = PortAlloc> {
     prop_oneof![
         Just(PortAlloc::Preserve),
         (1024u16..60000, 1u16..=8).prop_map(|(start, step)| PortAlloc::Sequential { start, step }),
+        (1024u16..60000, 1u16..=8, 0u16..=MAX_EXTRA_FLOWS).prop_map(|(start, step, max_extra)| {
+            PortAlloc::SequentialDisturbed {
+                start,
+                step,
+                max_extra,
+            }
+        }),
         Just(PortAlloc::Random),
     ]
 }
@@ -384,6 +394,17 @@ proptest! {
             PortAlloc::Sequential { step, .. } => {
                 prop_assert_eq!(r.allocation, Allocation::Sequential);
                 prop_assert_eq!(r.delta, Some(i32::from(step)));
+                prop_assert_eq!(r.delta_spread, Some([0, 0]));
+            }
+            // Others' flows within the bound: still a counter, of the step or (when every
+            // step happened to be disturbed alike) a multiple of it, and never more
+            // disturbed than the NAT was.
+            PortAlloc::SequentialDisturbed { step, max_extra, .. } => {
+                prop_assert_eq!(r.allocation, Allocation::Sequential);
+                let d = r.delta.expect("a step");
+                prop_assert!(d > 0 && d % i32::from(step) == 0, "{:?}", r);
+                let [lo, hi] = r.delta_spread.expect("a spread");
+                prop_assert!(lo <= hi && hi <= max_extra, "{:?}", r);
             }
             PortAlloc::Random | PortAlloc::PerDestination { .. } | PortAlloc::RandomIn { .. } => {
                 prop_assert_eq!(r.allocation, Allocation::Random)

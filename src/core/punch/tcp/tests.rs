@@ -56,6 +56,17 @@ fn prediction_from_port_observations() {
     assert_eq!(p.nat.allocation, Allocation::Unknown);
     assert_eq!(p.port, 0);
 
+    // A counter other hosts' flows moved between our connections (#10): steps 1, 3, 2
+    // are step 1 with up to two flows of others; the next connection's undisturbed port is
+    // predicted and the window's later ports cover more. Too busy a counter stays random.
+    let p = predict(40000, &[20005, 20006, 20009, 20011]);
+    assert_eq!(p.nat.allocation, Allocation::Sequential);
+    assert_eq!((p.nat.delta, p.port), (Some(1), 20012));
+    let p = predict(40000, &[20010, 20006, 20004]);
+    assert_eq!((p.nat.delta, p.port), (Some(-2), 20002));
+    let p = predict(40000, &[20005, 20006, 20020, 20021]);
+    assert_eq!((p.nat.allocation, p.port), (Allocation::Random, 0));
+
     // Nothing seen, or a step that would leave the port range.
     assert_eq!(predict(1, &[]).port, 0);
     assert_eq!(predict(1, &[65533, 65534, 65535]).port, 0);
