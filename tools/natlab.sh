@@ -702,8 +702,56 @@ cmd_up() {
 	if [[ ${kinds[0]} == none ]]; then route_public_side "$lab" a b; fi
 	if ((${#kinds[@]} == 2)) && [[ ${kinds[1]} == none ]]; then route_public_side "$lab" b a; fi
 
+	pin_wan_neighbours "$lab"
+
 	UP_DONE=1
 	trap - EXIT INT TERM HUP
+}
+
+# Resolve every WAN neighbour once and pin it (nud permanent) in every namespace
+# on the WAN side.  On the internet a NAT's next hop is resolved long before a
+# punch; in the lab the NATs and the server share one L2 segment, and with
+# --delay the first packet toward a new neighbour would wait for an ARP round
+# trip through the delay elements (two one-way delays) -- a cost of the lab,
+# not of the path, that would show up in every first exchange.  A one-byte UDP
+# datagram to the discard port triggers the resolution (no ping here); the
+# entry is then pinned with the link-layer address that answered, which is
+# also right behind proxy ARP (--router-b).
+pin_wan_neighbours() {
+	local lab=$1 ns line dev ip wan=() n
+	for ns in $(lab_namespaces "$lab"); do
+		while read -r line; do
+			dev=${line%% *}
+			ip=${line#* }
+			wan+=("$ns $dev $ip")
+		done < <(ip -n "$ns" -o -4 addr show | awk '$4 ~ /^203\.0\.113\./ { sub(/\/.*/, "", $4); print $2, $4 }')
+	done
+	local entry target tns tdev tip
+	for entry in "${wan[@]}"; do
+		read -r ns dev ip <<<"$entry"
+		for target in "${wan[@]}"; do
+			read -r tns tdev tip <<<"$target"
+			[[ $tns == "$ns" ]] && continue
+			nsx "$ns" bash -c "echo x > /dev/udp/$tip/9" 2>/dev/null || true
+		done
+	done
+	for entry in "${wan[@]}"; do
+		read -r ns dev ip <<<"$entry"
+		for target in "${wan[@]}"; do
+			read -r tns tdev tip <<<"$target"
+			[[ $tns == "$ns" ]] && continue
+			# Only where this namespace sends toward it (a router has two WAN sides).
+			[[ $(ip -n "$ns" -o route get "$tip" 2>/dev/null) == *" dev $dev "* ]] || continue
+			# Up to ~3 s for the answer to come back through the delay elements.
+			for n in $(seq 1 60); do
+				line=$(ip -n "$ns" neigh show to "$tip" dev "$dev" | awk '/lladdr/ { for (i = 1; i < NF; i++) if ($i == "lladdr") print $(i + 1) }')
+				[[ -n $line ]] && break
+				sleep 0.05
+			done
+			[[ -n $line ]] && ip -n "$ns" neigh replace "$tip" lladdr "$line" dev "$dev" nud permanent
+		done
+	done
+	return 0
 }
 
 # ---- down ----------------------------------------------------------------
