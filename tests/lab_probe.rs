@@ -161,9 +161,18 @@ fn check(v: &Value, e: &Expect, against: &str, connect_back: bool) {
     }
 }
 
+/// The one-way delay on each NAT's uplink in the tests "with 40 ms delay": the RTT to the
+/// server grows by 80 ms; the classification must not depend on it.
+const DELAY_MS: u32 = 40;
+
 /// Classifies the lab NAT with punchraw's own server, then with coturn's.
 fn classify_kind(e: Expect) {
     classify_kind_with(LabOptions::new(e.kind), e);
+}
+
+/// [`classify_kind`] with [`DELAY_MS`] one way on the NAT's uplink.
+fn classify_kind_with_delay(e: Expect) {
+    classify_kind_with(LabOptions::new(e.kind).delay_ms(DELAY_MS), e);
 }
 
 /// [`classify_kind`] in a lab with `opts` (whose `kind_a` is `e.kind`).
@@ -185,7 +194,16 @@ fn classify_kind_with(opts: LabOptions, e: Expect) {
 
 #[test]
 fn probe_none() {
-    classify_kind(Expect {
+    classify_kind(no_nat());
+}
+
+#[test]
+fn probe_none_with_40_ms_delay() {
+    classify_kind_with_delay(no_nat());
+}
+
+fn no_nat() -> Expect {
+    Expect {
         kind: "none",
         behind_nat: false,
         mapping: EI,
@@ -200,12 +218,21 @@ fn probe_none() {
             allocation: "preserving",
             delta: None,
         },
-    });
+    }
 }
 
 #[test]
 fn probe_full_cone() {
-    classify_kind(Expect {
+    classify_kind(full_cone());
+}
+
+#[test]
+fn probe_full_cone_with_40_ms_delay() {
+    classify_kind_with_delay(full_cone());
+}
+
+fn full_cone() -> Expect {
+    Expect {
         kind: "full-cone",
         behind_nat: true,
         mapping: EI,
@@ -220,12 +247,21 @@ fn probe_full_cone() {
             allocation: "preserving",
             delta: None,
         },
-    });
+    }
 }
 
 #[test]
 fn probe_restricted_cone() {
-    classify_kind(Expect {
+    classify_kind(restricted_cone());
+}
+
+#[test]
+fn probe_restricted_cone_with_40_ms_delay() {
+    classify_kind_with_delay(restricted_cone());
+}
+
+fn restricted_cone() -> Expect {
+    Expect {
         kind: "restricted-cone",
         behind_nat: true,
         mapping: EI,
@@ -240,7 +276,7 @@ fn probe_restricted_cone() {
             allocation: "preserving",
             delta: None,
         },
-    });
+    }
 }
 
 #[test]
@@ -351,7 +387,16 @@ fn symmetric_random() -> Expect {
 
 #[test]
 fn probe_symmetric_sequential() {
-    classify_kind(Expect {
+    classify_kind(symmetric_sequential());
+}
+
+#[test]
+fn probe_symmetric_sequential_with_40_ms_delay() {
+    classify_kind_with_delay(symmetric_sequential());
+}
+
+fn symmetric_sequential() -> Expect {
+    Expect {
         kind: "symmetric-sequential",
         behind_nat: true,
         mapping: APD,
@@ -366,12 +411,21 @@ fn probe_symmetric_sequential() {
             allocation: "sequential",
             delta: Some(1),
         },
-    });
+    }
 }
 
 #[test]
 fn probe_address_dependent_mapping() {
-    classify_kind(Expect {
+    classify_kind(address_dependent());
+}
+
+#[test]
+fn probe_address_dependent_mapping_with_40_ms_delay() {
+    classify_kind_with_delay(address_dependent());
+}
+
+fn address_dependent() -> Expect {
+    Expect {
         kind: "address-dependent",
         behind_nat: true,
         mapping: AD,
@@ -386,7 +440,7 @@ fn probe_address_dependent_mapping() {
             allocation: "random",
             delta: None,
         },
-    });
+    }
 }
 
 /// Without --alternate the server is plain STUN: the probe still reports what it can and
@@ -456,7 +510,16 @@ fn probe_unreachable_server_fails_clearly() {
 
 #[test]
 fn probe_port_restricted_rst() {
-    classify_kind(Expect {
+    classify_kind(port_restricted_rst());
+}
+
+#[test]
+fn probe_port_restricted_rst_with_40_ms_delay() {
+    classify_kind_with_delay(port_restricted_rst());
+}
+
+fn port_restricted_rst() -> Expect {
+    Expect {
         kind: "port-restricted-rst",
         behind_nat: true,
         mapping: EI,
@@ -472,12 +535,21 @@ fn probe_port_restricted_rst() {
             allocation: "preserving",
             delta: None,
         },
-    });
+    }
 }
 
 #[test]
 fn probe_port_restricted_icmp() {
-    classify_kind(Expect {
+    classify_kind(port_restricted_icmp());
+}
+
+#[test]
+fn probe_port_restricted_icmp_with_40_ms_delay() {
+    classify_kind_with_delay(port_restricted_icmp());
+}
+
+fn port_restricted_icmp() -> Expect {
+    Expect {
         kind: "port-restricted-icmp",
         behind_nat: true,
         mapping: EI,
@@ -492,7 +564,7 @@ fn probe_port_restricted_icmp() {
             allocation: "preserving",
             delta: None,
         },
-    });
+    }
 }
 
 /// `--no-tcp` skips TCP: the key stays, as null.
@@ -639,7 +711,13 @@ fn lifetime_search_brackets_conntrack_timeout() {
 /// `port_range` inside the CGN's port block. With `names_block`, the human-readable UDP and
 /// TCP verdicts name the block (as a range inside it).
 fn classify_cgn(e: Expect, names_block: bool) {
-    let Some(lab) = Lab::up(e.kind, None) else {
+    classify_cgn_with(LabOptions::new(e.kind), e, names_block)
+}
+
+/// [`classify_cgn`] in a lab with `opts` (whose `kind_a` is `e.kind`).
+fn classify_cgn_with(opts: LabOptions, e: Expect, names_block: bool) {
+    assert_eq!(opts.kind_a, e.kind);
+    let Some(lab) = Lab::up_with(opts) else {
         return;
     };
     let [lo, hi] = lab.block("BLOCK_A");
@@ -726,72 +804,102 @@ fn classify_cgn(e: Expect, names_block: bool) {
 /// symmetric, random, and the verdict says the ports stay in a block.
 #[test]
 fn probe_cgn_block_random() {
-    classify_cgn(
-        Expect {
-            kind: "cgn-block-random",
-            behind_nat: true,
+    classify_cgn(cgn_block_random(), true);
+}
+
+#[test]
+fn probe_cgn_block_random_with_40_ms_delay() {
+    classify_cgn_with(
+        LabOptions::new("cgn-block-random").delay_ms(DELAY_MS),
+        cgn_block_random(),
+        true,
+    );
+}
+
+fn cgn_block_random() -> Expect {
+    Expect {
+        kind: "cgn-block-random",
+        behind_nat: true,
+        mapping: APD,
+        filtering: APD,
+        allocation: "random",
+        delta: None,
+        hairpinning: false,
+        legacy: "symmetric",
+        tcp: Tcp {
             mapping: APD,
             filtering: APD,
             allocation: "random",
             delta: None,
-            hairpinning: false,
-            legacy: "symmetric",
-            tcp: Tcp {
-                mapping: APD,
-                filtering: APD,
-                allocation: "random",
-                delta: None,
-            },
         },
-        true,
-    );
+    }
 }
 
 /// A CGN with endpoint-independent mapping whose ports are translated into its block (never
 /// the source port): a port-restricted cone whose new mappings get random ports of the block.
 #[test]
 fn probe_cgn_eim_translated() {
-    classify_cgn(
-        Expect {
-            kind: "cgn-eim-translated",
-            behind_nat: true,
+    classify_cgn(cgn_eim_translated(), false);
+}
+
+#[test]
+fn probe_cgn_eim_translated_with_40_ms_delay() {
+    classify_cgn_with(
+        LabOptions::new("cgn-eim-translated").delay_ms(DELAY_MS),
+        cgn_eim_translated(),
+        false,
+    );
+}
+
+fn cgn_eim_translated() -> Expect {
+    Expect {
+        kind: "cgn-eim-translated",
+        behind_nat: true,
+        mapping: EI,
+        filtering: APD,
+        allocation: "random",
+        delta: None,
+        hairpinning: false,
+        legacy: "port-restricted-cone",
+        tcp: Tcp {
             mapping: EI,
             filtering: APD,
             allocation: "random",
             delta: None,
-            hairpinning: false,
-            legacy: "port-restricted-cone",
-            tcp: Tcp {
-                mapping: EI,
-                filtering: APD,
-                allocation: "random",
-                delta: None,
-            },
         },
-        false,
-    );
+    }
 }
 
 /// A CGN with sequential ports inside its block: sequential, step 1.
 #[test]
 fn probe_cgn_block_sequential() {
-    classify_cgn(
-        Expect {
-            kind: "cgn-block-sequential",
-            behind_nat: true,
+    classify_cgn(cgn_block_sequential(), false);
+}
+
+#[test]
+fn probe_cgn_block_sequential_with_40_ms_delay() {
+    classify_cgn_with(
+        LabOptions::new("cgn-block-sequential").delay_ms(DELAY_MS),
+        cgn_block_sequential(),
+        false,
+    );
+}
+
+fn cgn_block_sequential() -> Expect {
+    Expect {
+        kind: "cgn-block-sequential",
+        behind_nat: true,
+        mapping: APD,
+        filtering: APD,
+        allocation: "sequential",
+        delta: Some(1),
+        hairpinning: false,
+        legacy: "symmetric",
+        tcp: Tcp {
             mapping: APD,
             filtering: APD,
             allocation: "sequential",
             delta: Some(1),
-            hairpinning: false,
-            legacy: "symmetric",
-            tcp: Tcp {
-                mapping: APD,
-                filtering: APD,
-                allocation: "sequential",
-                delta: Some(1),
-            },
         },
-        false,
-    );
+    }
 }

@@ -142,6 +142,40 @@ fn harness_brings_up_a_lab_with_a_delay_element() {
     assert!(!ns_exists(&format!("{}-dla", lab.name())));
 }
 
+/// With `--default-route` a packet from host A to B's private address leaves through NAT A,
+/// translated (a step of its sequential counter); without it NAT A drops it untranslated.
+#[test]
+fn default_route_translates_packets_to_the_peers_private_address() {
+    if !lab::available("lab harness with --default-route") {
+        return;
+    }
+    let kind = "symmetric-sequential";
+    for routed in [false, true] {
+        let opts = LabOptions::new(kind).kind_b(kind);
+        let opts = if routed { opts.default_route() } else { opts };
+        let Some(lab) = Lab::up_with(opts) else {
+            return;
+        };
+        assert_eq!(
+            lab.info("DEFAULT_ROUTE"),
+            Some(if routed { "1" } else { "0" })
+        );
+        let to = format!("echo x > /dev/udp/{}/5000", lab.addr("B"));
+        // bash reports the unreachable network of the unrouted case; that is expected.
+        let _ = lab.cmd(Node::A, "bash").args(["-c", &to]).output().unwrap();
+        let table = lab
+            .cmd(Node::NatA, "cat")
+            .arg("/proc/net/nf_conntrack")
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&table.stdout);
+        let translated = table
+            .lines()
+            .any(|l| l.contains("dport=5000") && l.contains("dport=20000"));
+        assert_eq!(translated, routed, "routed {routed}:\n{table}");
+    }
+}
+
 /// A double NAT on both sides (with a router in front of CGN B): the CGNs hold the public
 /// addresses, the home NATs' WANs are in 100.64.0.0/10, and every namespace goes away.
 #[test]

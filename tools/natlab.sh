@@ -58,6 +58,14 @@
 # CGN_A (the CGN's inside address), HOME_A (the home NAT's WAN address) and
 # BLOCK_A=LO-HI.  Exec nodes: cgn-a, cgn-b.
 #
+# With --default-route the NAT holding each side's public address (the CGN of
+# a cgn-* kind) gets a default route via SRV1, as a NAT has toward its ISP: a
+# packet to an address the lab does not route (a peer's private 10.x address,
+# say) then leaves through the NAT -- taking a mapping, and a step of a
+# sequential NAT's counter -- and is dropped silently by srv, which does not
+# forward.  Without it the NATs have no default route and drop such a packet
+# before translation.
+#
 # Kind "none" (plain router, no NAT, no firewall) numbers that side's LAN with
 # public addresses instead: side A 198.51.100.1/26 (router) + host
 # 198.51.100.2, side B 198.51.100.65/26 + host 198.51.100.66; srv and the
@@ -145,7 +153,7 @@ usage() {
 	cat <<EOF
 Usage:
   $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b]
-             [--delay MS[/JITTER] [--reorder]] KIND_A [KIND_B]
+             [--delay MS[/JITTER] [--reorder]] [--default-route] KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
                                                   #       | rtb | dla | dlb | cgn-a | cgn-b
@@ -162,6 +170,9 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
                     +2*MS), +- uniform JITTER ms (0-MS); frames keep their
                     order unless --reorder; needs python3 and ethtool
 --reorder           with --delay: jitter may reorder frames
+--default-route     each side's public NAT routes unknown destinations (the
+                    other side's private LAN among them) out to SRV1, which
+                    drops them: they take a NAT mapping first
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
@@ -412,6 +423,7 @@ UP_DONE=0
 UP_LAB=""
 DELAY=""     # --delay: "MS JITTER" once parsed, empty without
 REORDER=0
+DEFAULT_ROUTE=0  # --default-route
 
 up_cleanup() {
 	local rc=$? ns
@@ -560,6 +572,9 @@ build_side() {
 	ip -n "$nat" link set wan0 up
 	ip -n "$nat" link set lan0 up
 	if is_cgn "$kind"; then ip -n "$nat" route add default via "$S_CGN_IN"; fi
+	# srv has forwarding off (a new namespace's default) and drops what is routed to it
+	# for another address, without an ICMP error.
+	if ((DEFAULT_ROUTE == 1)); then ip -n "$outer" route add default via "$SRV1"; fi
 	ip -n "$host" addr add "$S_HOST/$S_PFX" dev eth0
 	ip -n "$host" link set eth0 up
 	ip -n "$host" route add default via "$S_GW"
@@ -592,7 +607,7 @@ build_side() {
 		delay_info=${DELAY% *}
 		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
 	fi
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER"
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -640,6 +655,7 @@ cmd_up() {
 		--delay) delay=${2:?--delay needs a value}; shift 2 ;;
 		--delay=*) delay=${1#*=}; shift ;;
 		--reorder) REORDER=1; shift ;;
+		--default-route) DEFAULT_ROUTE=1; shift ;;
 		-*) usage_error "up: unknown option '$1'" ;;
 		*) kinds+=("$1"); shift ;;
 		esac
@@ -838,7 +854,7 @@ read_alias() {
 }
 
 cmd_info() {
-	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 upper
+	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
@@ -861,6 +877,7 @@ cmd_info() {
 			udp_timeout=*) udp_timeout=${kv#udp_timeout=} ;;
 			delay=*) delay=${kv#delay=} ;;
 			reorder=*) reorder=${kv#reorder=} ;;
+			default_route=*) default_route=${kv#default_route=} ;;
 			esac
 		done
 		side_vars "$side" "$kind"
@@ -882,6 +899,7 @@ cmd_info() {
 	# "none", or MS/JITTER of --delay (one way, each direction).
 	echo "DELAY=$delay"
 	echo "REORDER=$reorder"
+	echo "DEFAULT_ROUTE=$default_route"
 }
 
 cmd_list() {

@@ -95,6 +95,10 @@ pub struct LabOptions {
     pub jitter_ms: u32,
     /// Let the jitter reorder frames (`--reorder`).
     pub reorder: bool,
+    /// Each side's public NAT routes unknown destinations (the other side's private LAN
+    /// among them) out to the server, which drops them (`--default-route`): a probe of a
+    /// peer's private address then takes a mapping, as behind a NAT with a default route.
+    pub default_route: bool,
 }
 
 impl LabOptions {
@@ -108,6 +112,7 @@ impl LabOptions {
             delay_ms: None,
             jitter_ms: 0,
             reorder: false,
+            default_route: false,
         }
     }
 
@@ -129,6 +134,21 @@ impl LabOptions {
     pub fn reorder(mut self) -> LabOptions {
         self.reorder = true;
         self
+    }
+
+    /// See [`LabOptions::default_route`].
+    pub fn default_route(mut self) -> LabOptions {
+        self.default_route = true;
+        self
+    }
+
+    /// `delay_ms(ms)` unless `ms` is 0, which leaves the lab without a delay element.
+    pub fn delay_ms_if_any(self, ms: u32) -> LabOptions {
+        if ms == 0 {
+            self
+        } else {
+            self.delay_ms(ms)
+        }
     }
 
     pub fn router_b(mut self) -> LabOptions {
@@ -302,6 +322,9 @@ impl Lab {
             }
             if opts.router_b {
                 args.push("--router-b");
+            }
+            if opts.default_route {
+                args.push("--default-route");
             }
             if let Some(d) = &delay {
                 args.extend(["--delay", d.as_str()]);
