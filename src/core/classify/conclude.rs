@@ -319,33 +319,27 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
     if samples.iter().all(|&(_, l, m)| l == m) {
         return fit(Allocation::Preserving, None, None);
     }
-    // (port difference, probe-index gap) per consecutive pair of samples.
-    let steps: Vec<(i32, i32)> = samples
-        .windows(2)
-        .map(|w| {
-            let diff = i32::from(w[1].2.wrapping_sub(w[0].2) as i16);
-            (diff, i32::try_from(w[1].0 - w[0].0).unwrap_or(i32::MAX))
-        })
-        .collect();
-    // Every step fits one `delta` with at most MAX_EXTRA_FLOWS extras. Of the `delta`s that
-    // fit, the one that needs the fewest extras in all is the counter's: an undisturbed step
-    // shows it exactly, and others' flows are the exception at a rate the punch can predict
-    // through. A step smaller than `delta` fits no counter of that `delta`, since a step
-    // only grows. One step alone could be chance (see MAX_EXTRA_FLOWS).
-    if steps.len() >= 2 {
-        let mut found: Option<(u32, i32, Vec<u16>)> = None;
-        for d in (1..=MAX_DELTA).flat_map(|d| [d, -d]) {
-            let extras: Vec<u16> = steps.iter().filter_map(|&s| extra(s, d)).collect();
-            if extras.len() < steps.len() {
-                continue;
+    let steps = steps_of(samples);
+    if let Some((d, extras)) = counter_fit(&steps) {
+        return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
+    }
+    // One sample that is no counter's at all: a local port the OS handed out again while the
+    // NAT still held its mapping from an earlier run toward the same server (30 s unreplied,
+    // 2 min replied on Linux) comes back with that old port. Without it, at least three
+    // steps must still fit one counter, so chance stays as unlikely as above.
+    if samples.len() >= 5 {
+        for skip in 0..samples.len() {
+            let rest: Vec<(usize, u16, u16)> = samples
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != skip)
+                // The stale mapping took no port of the counter: the probes after it are
+                // one flow earlier in the counter's sequence.
+                .map(|(i, &(k, l, m))| (if i > skip { k - 1 } else { k }, l, m))
+                .collect();
+            if let Some((d, extras)) = counter_fit(&steps_of(&rest)) {
+                return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
             }
-            let total: u32 = extras.iter().map(|&e| u32::from(e)).sum();
-            if found.as_ref().is_none_or(|f| total < f.0) {
-                found = Some((total, d, extras));
-            }
-        }
-        if let Some((_, d, extras)) = found {
-            return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
         }
     }
     // Three steps in four equal the modal step; the fourth may be anything, a wrap of the
@@ -368,6 +362,40 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
         return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
     }
     fit(Allocation::Random, None, None)
+}
+
+/// (port difference, probe-index gap) per consecutive pair of samples.
+fn steps_of(samples: &[(usize, u16, u16)]) -> Vec<(i32, i32)> {
+    samples
+        .windows(2)
+        .map(|w| {
+            let diff = i32::from(w[1].2.wrapping_sub(w[0].2) as i16);
+            (diff, i32::try_from(w[1].0 - w[0].0).unwrap_or(i32::MAX))
+        })
+        .collect()
+}
+
+/// Every step fits one `delta` with at most MAX_EXTRA_FLOWS extras. Of the `delta`s that fit,
+/// the one that needs the fewest extras in all is the counter's: an undisturbed step shows it
+/// exactly, and others' flows are the exception at a rate the punch can predict through. A
+/// step smaller than `delta` fits no counter of that `delta`, since a step only grows. One
+/// step alone could be chance (see MAX_EXTRA_FLOWS).
+fn counter_fit(steps: &[(i32, i32)]) -> Option<(i32, Vec<u16>)> {
+    if steps.len() < 2 {
+        return None;
+    }
+    let mut found: Option<(u32, i32, Vec<u16>)> = None;
+    for d in (1..=MAX_DELTA).flat_map(|d| [d, -d]) {
+        let extras: Vec<u16> = steps.iter().filter_map(|&s| extra(s, d)).collect();
+        if extras.len() < steps.len() {
+            continue;
+        }
+        let total: u32 = extras.iter().map(|&e| u32::from(e)).sum();
+        if found.as_ref().is_none_or(|f| total < f.0) {
+            found = Some((total, d, extras));
+        }
+    }
+    found.map(|(_, d, extras)| (d, extras))
 }
 
 /// Flows of others in a step of `diff` ports over `gap` of our probes, for a counter of step
@@ -399,4 +427,28 @@ pub(super) fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -
         (_, EndpointIndependent, AddressAndPortDependent) => LegacyType::PortRestrictedCone,
         _ => LegacyType::Unknown,
     }
+}
+
+/// Whether `port`, the mapping of a new flow through a NAT whose counter gave `samples`
+/// (in probe order) with step `delta`, comes after them on the counter: ahead of all but at
+/// most one sample (which may itself be stale) by at most `ahead` flows. A mapping that
+/// is not is stale: the OS reused a local port whose old mapping toward the same server
+/// the NAT still holds, so the port is an old one and a peer predicting from it misses.
+pub fn counter_ahead(port: u16, samples: &[u16], delta: i32, ahead: i32) -> bool {
+    if delta == 0 || samples.is_empty() {
+        return true;
+    }
+    // A sample's own port: the OS gave us a local port of the classification itself, whose
+    // mapping the NAT still holds.
+    if samples.contains(&port) {
+        return false;
+    }
+    let behind = samples
+        .iter()
+        .filter(|&&s| {
+            let flows = i32::from(port.wrapping_sub(s) as i16) / delta;
+            !(1..=ahead).contains(&flows)
+        })
+        .count();
+    behind <= 1 && behind < samples.len()
 }

@@ -18,7 +18,9 @@ mod conclude;
 mod report;
 pub mod tcp;
 
-pub use conclude::{classify_allocation, fit_allocation, AllocationFit, MAX_EXTRA_FLOWS};
+pub use conclude::{
+    classify_allocation, counter_ahead, fit_allocation, AllocationFit, MAX_EXTRA_FLOWS,
+};
 pub use report::{
     disturbance, search_range, Allocation, Behavior, LegacyType, LifetimeRange, UdpReport,
 };

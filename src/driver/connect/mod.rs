@@ -1,6 +1,7 @@
 //! `punchraw connect`: quick classification, rendezvous, the punch at the agreed moment, then
 //! a QUIC stream carrying stdin/stdout over the punched socket.
 
+mod main_socket;
 mod rendezvous;
 pub mod tcp_punch;
 
@@ -13,7 +14,6 @@ use crate::core::punch::{
 };
 use crate::core::rendezvous::client::{ClientConfig, Introduction};
 use crate::core::rendezvous::{NatInfo, TcpOffer};
-use crate::core::stun::{Encoder, MessageType, TransactionId};
 use crate::core::Machine;
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
@@ -143,6 +143,8 @@ struct Classified {
     other_address: Option<SocketAddr>,
     /// Round trip to the server.
     rtt: Duration,
+    /// The allocation probes' mapped ports, in probe order.
+    samples: Vec<u16>,
 }
 
 fn classify(
@@ -188,29 +190,8 @@ fn classify(
         local_ip: udp.local.ip(),
         other_address: udp.other_address,
         rtt: Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0),
+        samples: udp.allocation_samples,
     })
-}
-
-/// The socket that registers with the server and (for UDP) punches: the peer is told the
-/// endpoint the server sees it from.
-fn open_main(cfg: &ConnectConfig, c: &Classified) -> Result<(UdpSocket, Vec<SocketAddr>), Error> {
-    let (main, main_local) = bind_fresh(c.local_ip, 1)?;
-    let main = main.into_iter().next().expect("one socket");
-    if cfg.tcp {
-        // The rendezvous socket is a new flow through our NAT. A NAT with a port counter
-        // shared by all flows would move it by one when the first register goes out, after
-        // the TCP prediction below; a Binding request now opens that flow first, so the
-        // prediction counts it.
-        let mut req = Vec::new();
-        Encoder::new(
-            &mut req,
-            MessageType::BINDING_REQUEST,
-            TransactionId::random(&mut rand::rng()),
-        )
-        .fingerprint();
-        let _ = main.send_to(&req, cfg.server);
-    }
-    Ok((main, main_local))
 }
 
 /// Who we are in this run, settled before the rendezvous.
@@ -240,7 +221,7 @@ fn connect(
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
     let classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
     let identity = Identity::generate()?;
-    let (main, main_local) = open_main(cfg, &classified)?;
+    let (main, main_local) = main_socket::open_main(cfg, status, &classified)?;
     let me = Me {
         classified,
         main_local,

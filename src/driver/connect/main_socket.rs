@@ -1,0 +1,102 @@
+//! The socket that registers with the server and (for UDP) punches: the peer is told the
+//! endpoint the server sees it from, and behind a sequential NAT predicts from it.
+
+use super::{Classified, ConnectConfig};
+use crate::core::classify::{counter_ahead, Allocation};
+use crate::core::stun::{Encoder, Message, MessageType, TransactionId};
+use crate::driver::Status;
+use crate::os::udp::bind_fresh;
+use crate::Error;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// Fresh sockets tried before a stale mapping is accepted as it is.
+const TRIES: usize = 3;
+/// How far past the classification's samples the rendezvous flow's port may be, in flows
+/// of the NAT's counter (others' flows in between included).
+const AHEAD: i32 = 64;
+
+pub(super) fn open_main(
+    cfg: &ConnectConfig,
+    status: &Status,
+    c: &Classified,
+) -> Result<(UdpSocket, Vec<SocketAddr>), Error> {
+    for attempt in 1..=TRIES {
+        let (main, main_local) = bind_fresh(c.local_ip, 1)?;
+        let main = main.into_iter().next().expect("one socket");
+        let delta = match (c.nat.allocation, c.nat.delta) {
+            (Allocation::Sequential, Some(d)) if !c.samples.is_empty() => d,
+            _ => {
+                if cfg.tcp {
+                    // The rendezvous socket is a new flow through our NAT. A NAT with a port
+                    // counter shared by all flows would move it by one when the first
+                    // register goes out, after the TCP prediction; a Binding request now
+                    // opens that flow first, so the prediction counts it.
+                    let _ = main.send_to(&binding_request().1, cfg.server);
+                }
+                return Ok((main, main_local));
+            }
+        };
+        // Behind a port counter the peer predicts from this flow's port, so it must be the
+        // counter's next one. The OS may hand out a local port that an earlier run used
+        // toward the same server while the NAT still holds that mapping (Linux keeps it
+        // 30 s unreplied, 2 min replied): the port the server sees is then an old one.
+        // Asking the server (this opens the flow the register will use, so the count of
+        // flows is the same) shows it; a fresh socket gets a new mapping.
+        match mapped_port(&main, cfg.server, c.rtt) {
+            Some(port) if !counter_ahead(port, &c.samples, delta, AHEAD) && attempt < TRIES => {
+                status.say(format!(
+                    "our NAT mapped the rendezvous socket to port {port}, behind its counter ({:?}): an old mapping of a reused local port; trying a fresh socket",
+                    c.samples
+                ));
+            }
+            _ => return Ok((main, main_local)),
+        }
+    }
+    unreachable!("the last try returns")
+}
+
+fn binding_request() -> (TransactionId, Vec<u8>) {
+    let tid = TransactionId::random(&mut rand::rng());
+    let mut req = Vec::new();
+    Encoder::new(&mut req, MessageType::BINDING_REQUEST, tid).fingerprint();
+    (tid, req)
+}
+
+/// The server's view of `sock`'s port: two tries, each given two RTTs; `None` when no
+/// answer came (the register's own retries then take over).
+fn mapped_port(sock: &UdpSocket, server: SocketAddr, rtt: Duration) -> Option<u16> {
+    // bind_fresh makes sockets non-blocking; the read timeout needs a blocking one.
+    sock.set_nonblocking(false).ok()?;
+    let port = ask_port(sock, server, rtt);
+    sock.set_nonblocking(true).ok()?;
+    port
+}
+
+fn ask_port(sock: &UdpSocket, server: SocketAddr, rtt: Duration) -> Option<u16> {
+    let wait = (rtt * 2).max(Duration::from_millis(50));
+    let mut buf = [0u8; 1500];
+    for _ in 0..2 {
+        let (tid, req) = binding_request();
+        sock.send_to(&req, server).ok()?;
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            if from != server {
+                continue;
+            }
+            if let Ok(m) = Message::parse(&buf[..n]) {
+                if m.transaction_id() == tid {
+                    return m.mapped_address().map(|a| a.port());
+                }
+            }
+        }
+    }
+    None
+}
