@@ -81,6 +81,6 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
   done
   cleanup
 done
-echo "B->conn includes B's own quick NAT classification (~0.4 s behind a filtering NAT);"
+echo "B->conn includes B's own quick NAT classification (two RTTs to the server);"
 echo "probes = punch packets sent by A (the prober in a sweep); for tcp, connection attempts (SYNs) by A;"
 echo "TCP's B->conn includes observing the NAT's TCP ports through the server and the TLS handshake."
