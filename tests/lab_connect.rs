@@ -336,7 +336,7 @@ fn sequential_symmetric_connects_by_prediction_at_40_ms() {
 /// can know: the windows have to meet anyway.
 #[test]
 fn sequential_and_sequential_connect_by_prediction() {
-    all_connect("symmetric-sequential", "symmetric-sequential", "predict", 5);
+    all_connect("symmetric-sequential", "symmetric-sequential", "predict", 10);
 }
 
 /// A socket of a later try may get a local port that an earlier try used toward the same
@@ -402,7 +402,7 @@ fn sequential_and_sequential_with_routed_private_candidates_connect_by_predictio
     all_connect_in(
         sequential_pair_with_routed_private_candidates(0),
         "predict",
-        5,
+        10,
     );
 }
 
@@ -440,7 +440,7 @@ fn sequential_pair_connects_despite_other_flows_before_the_window_at_40_ms() {
 /// probe on each side, besides the foreign one).
 #[test]
 fn sequential_pair_with_routed_private_candidates_connects_despite_other_flows() {
-    sequential_pair_with_one_more_flow(sequential_pair_with_routed_private_candidates(0), 5);
+    sequential_pair_with_one_more_flow(sequential_pair_with_routed_private_candidates(0), 10);
 }
 
 /// `tries` of [`sequential_pair_connects_despite_other_flows_before_the_window`] in `lab`
