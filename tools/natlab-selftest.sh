@@ -337,6 +337,21 @@ fi
 if [[ -n $("$NATLAB" list | grep -x "$cli_lab" || true) ]]; then
 	CLI_FAIL+=("failed up left namespaces behind")
 fi
+# A failure after side A's background flows started (side B's generator does
+# not start) must stop A's generator too.
+printf '#!/bin/sh\ncase "$*" in *natlab-bgflows.py*-bgb*) exit 1 ;; esac\nexec %s "$@"\n' \
+	"$(command -v python3)" >"$TMP/fakebin/python3"
+chmod +x "$TMP/fakebin/python3"
+rm "$TMP/fakebin/nft"
+if PATH="$TMP/fakebin:$PATH" "$NATLAB" up --name "$cli_lab" --background-flows 50 full-cone full-cone >/dev/null 2>&1; then
+	CLI_FAIL+=("up with a failing generator on side B succeeded")
+fi
+if [[ -n $("$NATLAB" list | grep -x "$cli_lab" || true) ]]; then
+	CLI_FAIL+=("up with a failing generator left namespaces behind")
+fi
+if pgrep -f "natlab-bgflows.py .*--netns $cli_lab-" >/dev/null || [[ -n $(find /run/natlab -name "$cli_lab-*" 2>/dev/null) ]]; then
+	CLI_FAIL+=("up with a failing generator left the generator of side A or its files behind")
+fi
 
 wait
 

@@ -80,7 +80,8 @@
 # With --background-flows RATE (both sides present) or --background-flows-a
 # RATE / --background-flows-b RATE, other subscribers stand behind that NAT:
 # a namespace ${LAB}-bga (${LAB}-bgb) on the host's LAN with the host's
-# address + 1 (10.0.1.3, 10.0.2.3; kind none: 198.51.100.3, .67), where
+# address + 1 (10.0.1.3, 10.0.2.3; kind none: 198.51.100.3, .67; the cgn-*
+# kinds: behind the home NAT, so the flows pass the CGN too), where
 # tools/natlab-bgflows.py opens RATE new UDP flows per second (1-1000), each
 # one datagram from a new source port, to the discard address SRV_BG
 # 203.0.113.3 on ${LAB}-srv (dropped there by nftables, so no ICMP comes
@@ -206,6 +207,8 @@ Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
            kinds cgn-*: the home NAT's WAN 100.64.1.2 (B: 100.64.2.2) behind
            a CGN (LAB-cgna, LAB-cgnb) holding NAT_A (NAT_B)
+           background flows: from BG_A=10.0.1.3 (BG_B=10.0.2.3; kind none
+           .3/.67) in LAB-bga (LAB-bgb) to SRV_BG=$SRV_BG
 Namespaces: LAB-srv LAB-wan [LAB-dla] [LAB-cgna] LAB-nata LAB-a [LAB-bga]
             [LAB-rtb] [LAB-dlb LAB-cgnb LAB-natb LAB-b LAB-bgb]
 EOF
