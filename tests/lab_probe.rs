@@ -334,6 +334,33 @@ fn probe_full_cone_with_200_ms_delay() {
     );
 }
 
+/// A NAT that hairpins (RFC 4787 section 6, `natlab.sh up --hairpin`): the probe's hairpin
+/// test (RFC 5780 section 4.5) sees its own request come back to socket A, whatever the
+/// NAT's filtering; nothing else of the classification changes.
+#[test]
+fn probe_port_restricted_cone_with_hairpinning() {
+    classify_kind_with(
+        LabOptions::new("port-restricted-cone").hairpin_a(),
+        Expect {
+            hairpinning: true,
+            ..port_restricted_cone()
+        },
+    );
+}
+
+/// A symmetric NAT that hairpins: the hairpinned request arrives from a new mapping of
+/// the NAT (its source is not the mapping the server saw), which is still hairpinning.
+#[test]
+fn probe_symmetric_random_with_hairpinning() {
+    classify_kind_with(
+        LabOptions::new("symmetric-random").hairpin_a(),
+        Expect {
+            hairpinning: true,
+            ..symmetric_random()
+        },
+    );
+}
+
 fn port_restricted_cone() -> Expect {
     Expect {
         kind: "port-restricted-cone",

@@ -218,3 +218,60 @@ fn harness_brings_up_double_nats() {
     drop(lab);
     assert!(!nss.iter().any(|n| ns_exists(n)), "left behind: {nss:?}");
 }
+
+/// Hairpinning and background flows through the harness: the options reach `natlab.sh`,
+/// the other subscribers' generator runs in its own namespace, and dropping the lab stops it
+/// (by its pid file) and removes the namespace, the pid file and its log.
+#[test]
+fn harness_brings_up_hairpinning_and_background_flows() {
+    if !lab::available("lab harness with --hairpin and --background-flows") {
+        return;
+    }
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("symmetric-sequential")
+            .kind_b("port-restricted-cone")
+            .background_flows_a(50)
+            .hairpin_b(),
+    ) else {
+        return;
+    };
+    assert_eq!(lab.info("BG_FLOWS_A"), Some("50"));
+    assert_eq!(lab.info("BG_FLOWS_B"), Some("0"));
+    assert_eq!(lab.addr("BG_A").to_string(), "10.0.1.3");
+    assert_eq!(lab.addr("SRV_BG").to_string(), "203.0.113.3");
+    assert_eq!(lab.info("HAIRPIN_A"), Some("0"));
+    assert_eq!(lab.info("HAIRPIN_B"), Some("1"));
+    let ns = lab.ns(Node::BgA);
+    assert!(ns_exists(&ns), "{ns}");
+    assert!(!ns_exists(&format!("{}-bgb", lab.name())));
+    let run = std::path::Path::new("/run/natlab");
+    let pidfile = run.join(format!("{ns}.pid"));
+    let log = run.join(format!("{ns}.log"));
+    let pid = std::fs::read_to_string(&pidfile).expect("the generator's pid file");
+    let proc_dir = std::path::Path::new("/proc").join(pid.trim());
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).expect("the generator runs");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("natlab-bgflows.py"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    // Only NAT B hairpins.
+    let rules = |node: Node| {
+        let out = lab.cmd(node, "nft").args(["list", "ruleset"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    assert!(rules(Node::NatB).contains("map hp"));
+    assert!(!rules(Node::NatA).contains("map hp"));
+    drop(lab);
+    assert!(!ns_exists(&ns), "left behind: {ns}");
+    assert!(
+        !pidfile.exists() && !log.exists(),
+        "left behind: {pidfile:?}"
+    );
+    // The pid may be reused at once by an unrelated process: only ours must be gone.
+    let still = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&still).contains("natlab-bgflows.py"),
+        "the generator outlived the lab"
+    );
+}

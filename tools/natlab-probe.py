@@ -18,6 +18,11 @@ Usage: natlab-probe.py LAB CHECK [ARGS]
                     and TCP: mapping, allocation, every public port inside
                     the CGN's block (BLOCK_A), translated or not; the
                     hops to the server (home NAT, CGN inside, server)
+  hairpin           side A (--hairpin): a second socket (UDP, TCP) of host A
+                    reaches the first one's mapping through the NAT's public
+                    address; the source seen, and the way back
+  seqgap N          side A (symmetric-sequential): the public ports of N+1
+                    consecutive flows of host A, 0.2 s apart; the gaps
 Prints one line of KEY=VALUE pairs.
 """
 
@@ -573,6 +578,115 @@ def check_block(lab, n_udp=24, n_tcp=20):
     print(" ".join(f"{k}={v}" for k, v in out.items()))
 
 
+def hairpin_source(src, sender_mapped, nat, host):
+    """What a hairpinned packet's source says: the sender's own mapping (RFC 4787
+    REQ-9b), another public port of the NAT (a new mapping: APDM), or untranslated."""
+    if src == sender_mapped:
+        return "mapped"
+    if src[0] == nat:
+        return "nat-other"
+    if src[0] == host:
+        return "internal"
+    return f"?{src[0]}:{src[1]}"
+
+
+def check_hairpin(lab):
+    """X and Y, two sockets of host A, each first talk to SRV1 (so each has a
+    mapping the server sees); then Y sends to X's mapping.  With hairpinning X
+    gets it from Y's mapping (EIM) or from another public port of the NAT,
+    and X's answer to that source reaches Y from X's mapping."""
+    a, s1, nat = lab["A"], lab["SRV1"], lab["NAT_A"]
+    out = {}
+    srv = lab.udp("srv", s1, 4700)
+    x = lab.udp("a", a, 45000)
+    y = lab.udp("a", a, 45001)
+    x.sendto(b"x", (s1, 4700))
+    mx = recv_one(srv)[1]
+    y.sendto(b"y", (s1, 4700))
+    my = recv_one(srv)[1]
+    y.sendto(b"hairpin", mx)
+    got = recv_first(x, 1.0)
+    out["udp_hairpin"] = "yes" if got and got[0] == b"hairpin" else "no"
+    out["udp_src"] = hairpin_source(got[1], my, nat, a) if got else "-"
+    back = "-"
+    if got:
+        x.sendto(b"back", got[1])
+        r = recv_first(y, 1.0)
+        back = "yes" if r == (b"back", mx) else ("no" if r is None else f"?{r[1][0]}:{r[1][1]}")
+    out["udp_back"] = back
+    # Nothing else of the NAT answers: a public port nobody holds stays dead.
+    y.sendto(b"nobody", (nat, 45999))
+    out["udp_unmapped"] = "silent" if not recv_all(x, 0.2) + recv_all(y, 0.01) else "answered"
+    if "BG_A" in lab.info:
+        # Another host of the LAN (the background flows' namespace) does the
+        # same from X's local port: its mapping to SRV1 cannot keep that port
+        # (X's mapping holds it toward the same endpoint), so a source equal to
+        # Z's mapping shows the NAT reusing it (REQ-9b), not preserving the port.
+        z = lab.udp("bga", lab["BG_A"], 45000)
+        z.sendto(b"z", (s1, 4700))
+        mz = recv_one(srv)[1]
+        z.sendto(b"lan-hairpin", mx)
+        got = recv_first(x, 1.0)
+        out["lan_hairpin"] = "yes" if got and got[0] == b"lan-hairpin" else "no"
+        out["lan_src"] = hairpin_source(got[1], mz, nat, lab["BG_A"]) if got else "-"
+        out["lan_translated"] = "yes" if mz[1] != 45000 else "no"
+        z.close()
+    for s in (srv, x, y):
+        s.close()
+
+    # TCP: X connects to SRV1 and listens on its port; Y connects to SRV1, then
+    # from the same port to X's mapping.
+    lst = lab.tcp("srv", s1, 4701, listen=True)
+    lst.settimeout(2.0)
+    conns = []
+
+    def via_srv(lport):
+        c = lab.tcp("a", a, lport)
+        c.settimeout(2.0)
+        c.connect((s1, 4701))
+        conns.append(c)
+        peer, addr = lst.accept()
+        conns.append(peer)
+        return addr
+
+    mx = via_srv(45010)
+    xl = lab.tcp("a", a, 45010, listen=True)
+    xl.settimeout(1.0)
+    my = via_srv(45011)
+    yc = lab.tcp("a", a, 45011)
+    res = connect_all([(yc, mx)], 1.0)[0]
+    out["tcp_hairpin"] = "yes" if res == "ok" else "no"
+    out["tcp_src"] = "-"
+    if res == "ok":
+        try:
+            peer, src = xl.accept()
+            conns.append(peer)
+            out["tcp_src"] = hairpin_source(src, my, nat, a)
+        except OSError:
+            out["tcp_src"] = "not-accepted"
+    for s in conns + [lst, xl, yc]:
+        s.close()
+    out["tcp_seen"] = f"x={mx[0]}:{mx[1]},y={my[0]}:{my[1]}"
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
+
+
+def check_seqgap(lab, n):
+    """Public ports of n+1 consecutive new flows of host A, 0.2 s apart, and
+    the gaps between them (modulo the NAT's range)."""
+    a, s1 = lab["A"], lab["SRV1"]
+    srv = lab.udp("srv", s1, 4800)
+    ports = []
+    for i in range(n + 1):
+        t = lab.udp("a", a, 45100 + i)
+        t.sendto(b"seq", (s1, 4800))
+        ports.append(recv_one(srv)[1][1])
+        t.close()
+        time.sleep(0.2)
+    srv.close()
+    gaps = [(b - a) % 1000 for a, b in zip(ports, ports[1:])]
+    print(f"gaps={','.join(map(str, gaps))} ports={','.join(map(str, ports))}")
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -593,6 +707,10 @@ def main(argv):
         check_hops(lab)
     elif check == "block":
         check_block(lab)
+    elif check == "hairpin":
+        check_hairpin(lab)
+    elif check == "seqgap":
+        check_seqgap(lab, int(argv[3]))
     else:
         print(f"unknown check {check!r}", file=sys.stderr)
         return 2

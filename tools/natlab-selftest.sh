@@ -54,6 +54,23 @@ declare -A BLOCK_EXPECT=(
 	[cgn-block-sequential]="udp_map=APDM udp_alloc=seq+1 udp_in_block=yes tcp_map=APDM tcp_alloc=seq+1 tcp_in_block=yes $CGN_HOPS"
 )
 
+# --hairpin, "natlab-probe.py LAB hairpin": host A's second socket reaches
+# the first one's mapping through NAT A's public address, from its own
+# mapping (EIM kinds, RFC 4787 REQ-9b) or another public port of the NAT
+# (APDM kinds: a new mapping), and the answer finds its way back; a public
+# port nobody holds stays silent.
+readonly HP_EIM="udp_hairpin=yes udp_src=mapped udp_back=yes udp_unmapped=silent tcp_hairpin=yes tcp_src=mapped"
+readonly HP_APDM="udp_hairpin=yes udp_src=nat-other udp_back=yes udp_unmapped=silent tcp_hairpin=yes tcp_src=nat-other"
+declare -A HAIRPIN_EXPECT=(
+	[full-cone]=$HP_EIM
+	[restricted-cone]=$HP_EIM
+	[port-restricted-cone]=$HP_EIM
+	[port-restricted-rst]=$HP_EIM
+	[symmetric-random]=$HP_APDM
+	[symmetric-sequential]=$HP_APDM
+	[address-dependent]=$HP_APDM
+)
+
 if [[ $(id -u) -ne 0 ]]; then
 	echo "natlab-selftest: must run as root" >&2
 	exit 1
@@ -192,7 +209,7 @@ delay_job() {
 		# down kills the server (it runs in the lab).
 		"$NATLAB" down --name "$lab" >/dev/null 2>>"$TMP/$id.err" || rc=1
 		wait
-		left+=$(ip netns list | awk '{print $1}' | grep "^$lab-" | tr '\n' ' ' || true)
+		left+=$(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$lab-" | tr '\n' ' ' || true)
 		left+=$(find /run/natlab -name "$lab-*" 2>/dev/null | tr '\n' ' ' || true)
 		left+=$(pgrep -f "natlab-delay.py .*--netns $lab-" | tr '\n' ' ' || true)
 		echo "$line left=${left:-none}" >"$TMP/$id.out"
@@ -200,6 +217,29 @@ delay_job() {
 	) &
 }
 readonly SRV1=203.0.113.1
+
+# bg_job ID LAB RATE KIND: up with --background-flows-a RATE, whether the
+# generator runs (pid file, process), "natlab-probe.py seqgap 4", down, then
+# what is left of the lab: namespaces, pid files, generator processes.
+bg_job() {
+	local id=$1 lab=$2 rate=$3 kind=$4
+	(
+		line="" rc=0 left="" running=no pid=""
+		{
+			"$NATLAB" up --name "$lab" --background-flows-a "$rate" "$kind" &&
+				pid=$(cat "/run/natlab/$lab-bga.pid") &&
+				{ tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "natlab-bgflows.py .*--netns $lab-bga"; } &&
+				running=yes &&
+				line=$(timeout 30 "$PROBE" "$lab" seqgap 4)
+		} 2>"$TMP/$id.err" || rc=$?
+		"$NATLAB" down --name "$lab" >/dev/null 2>>"$TMP/$id.err" || rc=1
+		left+=$(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$lab-" | tr '\n' ' ' || true)
+		left+=$(find /run/natlab -name "$lab-*" 2>/dev/null | tr '\n' ' ' || true)
+		left+=$(pgrep -f "natlab-bgflows.py .*--netns $lab-" | tr '\n' ' ' || true)
+		echo "$line running=$running left=${left:-none}" >"$TMP/$id.out"
+		echo "$rc" >"$TMP/$id.rc"
+	) &
+}
 
 start=$SECONDS
 mapfile -t KIND_LIST < <("$NATLAB" kinds | awk '{print $1}')
@@ -212,6 +252,22 @@ for kind in "${!BLOCK_EXPECT[@]}"; do
 	new_lab
 	run_job "block-$kind" "$LAB" "$kind" -- block
 done
+
+for kind in "${!HAIRPIN_EXPECT[@]}"; do
+	new_lab
+	run_job "hairpin-$kind" "$LAB" --hairpin "$kind" -- hairpin
+done
+# Hairpinning changes nothing else of the kind.
+new_lab
+run_job hairpin-kind "$LAB" --hairpin port-restricted-cone -- kind
+# Another host of the LAN (the background flows' namespace) hairpins too, from
+# its own mapping, which here is not its local port (REQ-9b).
+new_lab
+run_job hairpin-lan "$LAB" --hairpin --background-flows-a 5 port-restricted-cone -- hairpin
+# Background flows move a sequential NAT's counter between a host's own
+# flows; without them each new flow gets the next port.
+new_lab
+run_job seqgap-quiet "$LAB" symmetric-sequential -- seqgap 4
 
 # Per-netns sysctls: the root namespace's value must not move.
 root_udp_timeout=$(sysctl -n net.netfilter.nf_conntrack_udp_timeout)
@@ -241,6 +297,8 @@ run_job cgn-timeout "$LAB" --udp-timeout 2 cgn-eim-translated cgn-block-random -
 new_lab
 run_job cgn-loss "$LAB" --loss 30 cgn-block-random -- loss
 new_lab
+bg_job seqgap-busy "$LAB" 200 symmetric-sequential
+new_lab
 delay_job delay "$LAB" 40 rtt
 new_lab
 delay_job delay-jitter "$LAB" 20/15 order
@@ -262,6 +320,13 @@ if "$NATLAB" up --name "Bad-Name" none >/dev/null 2>&1; then CLI_FAIL+=("bad lab
 if "$NATLAB" up --name "$cli_lab" --loss 101 none >/dev/null 2>&1; then CLI_FAIL+=("--loss 101 accepted"); fi
 if "$NATLAB" up --name "$cli_lab" --delay 10/11 none >/dev/null 2>&1; then CLI_FAIL+=("--delay 10/11 accepted"); fi
 if "$NATLAB" up --name "$cli_lab" --reorder none >/dev/null 2>&1; then CLI_FAIL+=("--reorder without --delay accepted"); fi
+for args in "--hairpin none" "--hairpin cgn-block-sequential" "--hairpin b full-cone" \
+	"--background-flows 0 full-cone" "--background-flows 1001 full-cone" "--background-flows-b 5 full-cone"; do
+	rc=0
+	# shellcheck disable=SC2086  # the arguments are words
+	"$NATLAB" up --name "$cli_lab" $args >/dev/null 2>&1 || rc=$?
+	((rc == 2)) || CLI_FAIL+=("up $args: exit $rc, want 2 (usage)")
+done
 # A failure half way (here: nft refuses the ruleset) must leave nothing.
 mkdir "$TMP/fakebin"
 printf '#!/bin/sh\nexit 1\n' >"$TMP/fakebin/nft"
@@ -271,6 +336,21 @@ if PATH="$TMP/fakebin:$PATH" "$NATLAB" up --name "$cli_lab" full-cone >/dev/null
 fi
 if [[ -n $("$NATLAB" list | grep -x "$cli_lab" || true) ]]; then
 	CLI_FAIL+=("failed up left namespaces behind")
+fi
+# A failure after side A's background flows started (side B's generator does
+# not start) must stop A's generator too.
+printf '#!/bin/sh\ncase "$*" in *natlab-bgflows.py*-bgb*) exit 1 ;; esac\nexec %s "$@"\n' \
+	"$(command -v python3)" >"$TMP/fakebin/python3"
+chmod +x "$TMP/fakebin/python3"
+rm "$TMP/fakebin/nft"
+if PATH="$TMP/fakebin:$PATH" "$NATLAB" up --name "$cli_lab" --background-flows 50 full-cone full-cone >/dev/null 2>&1; then
+	CLI_FAIL+=("up with a failing generator on side B succeeded")
+fi
+if [[ -n $("$NATLAB" list | grep -x "$cli_lab" || true) ]]; then
+	CLI_FAIL+=("up with a failing generator left namespaces behind")
+fi
+if pgrep -f "natlab-bgflows.py .*--netns $cli_lab-" >/dev/null || [[ -n $(find /run/natlab -name "$cli_lab-*" 2>/dev/null) ]]; then
+	CLI_FAIL+=("up with a failing generator left the generator of side A or its files behind")
 fi
 
 wait
@@ -335,6 +415,44 @@ for kind in "${!BLOCK_EXPECT[@]}"; do
 	done
 	verdict "$r" "$kind: ${BLOCK_EXPECT[$kind]}" "$line"
 done
+
+echo
+echo "Hairpinning (--hairpin):"
+for kind in "${!HAIRPIN_EXPECT[@]}"; do
+	line=$(job_line "hairpin-$kind")
+	r=ok
+	for kv in ${HAIRPIN_EXPECT[$kind]}; do
+		if [[ $(field "${kv%%=*}" "$line") != "${kv#*=}" ]]; then r=no; fi
+	done
+	verdict "$r" "$kind: ${HAIRPIN_EXPECT[$kind]}" "$line"
+done
+line=$(job_line hairpin-kind)
+r=ok
+for kv in ${EXPECT[port-restricted-cone]/hairpin=no/hairpin=yes}; do
+	if [[ $(field "${kv%%=*}" "$line") != "${kv#*=}" ]]; then r=no; fi
+done
+verdict "$r" "--hairpin port-restricted-cone classifies as without, but hairpin=yes" "$line"
+line=$(job_line hairpin-lan)
+r=ok
+for kv in $HP_EIM lan_hairpin=yes lan_src=mapped lan_translated=yes; do
+	if [[ $(field "${kv%%=*}" "$line") != "${kv#*=}" ]]; then r=no; fi
+done
+verdict "$r" "another LAN host hairpins from its own (translated) mapping: $line" "$line"
+
+echo
+echo "Background flows (--background-flows):"
+line=$(job_line seqgap-quiet)
+[[ $(field gaps "$line") == "1,1,1,1" ]] && r=ok || r=no
+verdict "$r" "symmetric-sequential alone: consecutive flows 0.2 s apart get consecutive ports: $line" "$line"
+line=$(job_line seqgap-busy)
+r=ok
+gaps=$(field gaps "$line")
+[[ $gaps =~ ^[0-9]+(,[0-9]+){3}$ ]] || r=no
+for g in ${gaps//,/ }; do
+	[[ $g =~ ^[0-9]+$ ]] && ((g > 1)) || r=no
+done
+[[ $line == *" running=yes left=none" ]] || r=no
+verdict "$r" "symmetric-sequential + 200 flows/s: every gap larger than the step, down leaves nothing: $line" "$line"
 
 echo
 echo "Other checks:"

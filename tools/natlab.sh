@@ -76,8 +76,32 @@
 # disabled in the lab: it is not used, and it keeps DAD delays and
 # RS/MLD/ND chatter out of packet captures.
 #
-# No hairpinning: packets from a LAN to its NAT's own WAN address are dropped
-# by the NAT, not looped back.
+# Hairpinning only with --hairpin: without it, packets from a LAN to its NAT's
+# own WAN address are dropped by the NAT, not looped back.  --hairpin (both
+# sides present) or --hairpin a|b|both makes that NAT loop a packet from its
+# LAN to its own WAN address and a public port back onto the internal
+# endpoint holding that port, with the source translated to the sender's
+# mapping (RFC 4787 section 6, REQ-9), whatever the kind's filtering.  Every
+# NAT kind but none and the cgn-* kinds (whose public address belongs to the
+# CGN, a second NAT away).  See ruleset().
+#
+# With --background-flows RATE (both sides present) or --background-flows-a
+# RATE / --background-flows-b RATE, other subscribers stand behind that NAT:
+# a namespace ${LAB}-bga (${LAB}-bgb) on the host's LAN with the host's
+# address + 1 (10.0.1.3, 10.0.2.3; kind none: 198.51.100.3, .67; the cgn-*
+# kinds: behind the home NAT, so the flows pass the CGN too), where
+# tools/natlab-bgflows.py opens RATE new UDP flows per second (1-1000), each
+# one datagram from a new source port, to the discard address SRV_BG
+# 203.0.113.3 on ${LAB}-srv (dropped there by nftables, so no ICMP comes
+# back).  Every flow makes the NAT (and a CGN behind it) allocate a new
+# mapping: a sequential NAT's counter moves between a host's own flows.  The
+# NAT's lan0 is then a bridge with ports lanh (to the host) and lanbg (to the
+# other subscribers); without the option it is the plain veth as before.  Its
+# pid file and log are /run/natlab/${LAB}-bg{a,b}.{pid,log}; "down" (and a
+# failed "up") stops it by that pid.  The flows never clash with a host's own
+# mappings: no host talks to SRV_BG.  With a sequential kind the counter wraps
+# after its 1000 (512) ports: at RATE 40 a host's mapping may see its port
+# handed out again to another flow after 25 s (to another destination).
 #
 # How the kinds are made (details at ruleset() below):
 #   none                  plain router, forward policy accept
@@ -105,7 +129,8 @@
 # for TCP).  Conntrack itself keeps unreplied UDP 30 s, so use --udp-timeout
 # (it sets both) when measuring binding lifetimes.
 #
-# Node names (for "exec"): srv, a, b, nat-a, nat-b (and wan, the bridge).
+# Node names (for "exec"): srv, a, b, nat-a, nat-b (and wan, the bridge;
+# bg-a, bg-b with background flows).
 
 set -euo pipefail
 
@@ -116,6 +141,8 @@ readonly PROG="${0##*/}"
 readonly DEFAULT_LAB=prlab
 
 readonly SRV1=203.0.113.1 SRV2=203.0.113.2 WAN_PREFIX=24
+# The discard address of the background flows (only with them).
+readonly SRV_BG=203.0.113.3
 readonly NAT_A_WAN=203.0.113.10 NAT_B_WAN=203.0.113.20
 
 # Ports handed out by the kinds that do not preserve ports.
@@ -142,21 +169,25 @@ readonly KINDS=(
 )
 
 # Namespace suffixes, in creation order.
-readonly SUFFIXES=(srv wan dla cgna nata a rtb dlb cgnb natb b)
+readonly SUFFIXES=(srv wan dla cgna nata a bga rtb dlb cgnb natb b bgb)
 readonly ROUTER_B=203.0.113.21
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
-readonly DELAY_PROG="$HERE/natlab-delay.py" RUN_DIR=/run/natlab
+readonly DELAY_PROG="$HERE/natlab-delay.py" BG_PROG="$HERE/natlab-bgflows.py" RUN_DIR=/run/natlab
 
 usage() {
 	cat <<EOF
 Usage:
   $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b]
-             [--delay MS[/JITTER] [--reorder]] [--default-route] KIND_A [KIND_B]
+             [--delay MS[/JITTER] [--reorder]] [--default-route]
+             [--hairpin [a|b|both]] [--background-flows RATE]
+             [--background-flows-a RATE] [--background-flows-b RATE]
+             KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
                                                   #       | rtb | dla | dlb | cgn-a | cgn-b
+                                                  #       | bg-a | bg-b
   $PROG kinds           # list kinds, one per line, with a one-line description
   $PROG info [--name LAB]    # print the addresses (KEY=VALUE lines)
   $PROG list            # list labs present (by namespace prefix)
@@ -173,14 +204,25 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
 --default-route     each side's public NAT routes unknown destinations (the
                     other side's private LAN among them) out to SRV1, which
                     drops them: they take a NAT mapping first
+--hairpin [a|b|both] the NAT(s) loop LAN packets to their own WAN address
+                    back to the internal endpoint holding the port (RFC 4787
+                    REQ-9); default: every side present; not for kinds none
+                    and cgn-*
+--background-flows RATE
+                    other subscribers behind every NAT present open RATE
+                    new UDP flows per second (1-1000) to $SRV_BG; needs python3
+--background-flows-a RATE, --background-flows-b RATE
+                    the same for one side only (overrides the above)
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
            kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
            kinds cgn-*: the home NAT's WAN 100.64.1.2 (B: 100.64.2.2) behind
            a CGN (LAB-cgna, LAB-cgnb) holding NAT_A (NAT_B)
-Namespaces: LAB-srv LAB-wan [LAB-dla] [LAB-cgna] LAB-nata LAB-a [LAB-rtb]
-            [LAB-dlb LAB-cgnb LAB-natb LAB-b]
+           background flows: from BG_A=10.0.1.3 (BG_B=10.0.2.3; kind none
+           .3/.67) in LAB-bga (LAB-bgb) to SRV_BG=$SRV_BG
+Namespaces: LAB-srv LAB-wan [LAB-dla] [LAB-cgna] LAB-nata LAB-a [LAB-bga]
+            [LAB-rtb] [LAB-dlb LAB-cgnb LAB-natb LAB-b LAB-bgb]
 EOF
 }
 
@@ -227,6 +269,9 @@ need_tools() {
 		command -v python3 >/dev/null || die "--delay needs 'python3'"
 		command -v ethtool >/dev/null || die "--delay needs 'ethtool' (apt-get install ethtool)"
 	fi
+	if ((BG_RATE_A + BG_RATE_B > 0)); then
+		command -v python3 >/dev/null || die "--background-flows needs 'python3'"
+	fi
 }
 
 # nsx NS CMD...: run CMD inside namespace NS.
@@ -262,6 +307,8 @@ side_vars() {
 			S_NET=10.0.2.0/24 S_GW=10.0.2.1 S_HOST=10.0.2.2 S_PFX=24
 		fi
 	fi
+	# The other subscribers of --background-flows: the host's address + 1.
+	S_BG=${S_HOST%.*}.$((${S_HOST##*.} + 1))
 }
 
 # "0 : base, 1 : base+1, ..." - the body of an anonymous nft map from an
@@ -276,11 +323,13 @@ port_map_body() {
 }
 
 # Print the nftables ruleset for a NAT of kind $1 with WAN address $2, LAN
-# prefix $3, loss percentage $4, dynamic-map timeout $5 (seconds) and, for
-# the cgn-* kinds (the CGN's own ruleset), the first port $6 of its block.
+# prefix $3, loss percentage $4, dynamic-map timeout $5 (seconds), for the
+# cgn-* kinds (the CGN's own ruleset) the first port $6 of its block, and
+# hairpinning $7 (1: on; not for kind none or the cgn-* kinds).
 ruleset() {
-	local kind=$1 wan=$2 lan=$3 loss=$4 map_timeout=$5 block_lo=${6:-0}
+	local kind=$1 wan=$2 lan=$3 loss=$4 map_timeout=$5 block_lo=${6:-0} hairpin=${7:-0}
 	local loss_rule="" snat="" other_snat="" map_decl="" dnat="" learn="" inbound_accept="" unsolicited=""
+	local hp_decl="" hp_dnat="" hp_learn="" hp_snat="" hp_accept=""
 
 	if ((loss > 0)); then
 		# numgen random is drawn per packet: independent loss in both directions.
@@ -361,6 +410,31 @@ EOF
 		;;
 	esac
 
+	# Hairpinning (RFC 4787 section 6, REQ-9): a packet from the LAN to the
+	# NAT's own WAN address and a public port is DNAT'd to the internal
+	# endpoint holding that port, found in a map {proto . public port} learned
+	# like full-cone's (every kind here keeps one public port per internal
+	# endpoint and flow, so the map names its holder), whatever the kind's
+	# filtering: the hairpinned packet is not inbound from the Internet.  Its
+	# source becomes the sender's mapping (REQ-9b, "external source IP address
+	# and port"): "snat" with the kind's own allocation, and without "random"
+	# the kernel reuses a mapping the sender's ip:port already has
+	# (find_appropriate_src), as it does for outbound flows.  A port nobody
+	# holds misses the map and is dropped by "input" as without hairpinning.
+	if ((hairpin == 1)); then
+		hp_decl="map hp { type inet_proto . inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout ${map_timeout}s; }"
+		hp_dnat="iifname \"lan0\" ip daddr $wan meta l4proto { tcp, udp } dnat ip to meta l4proto . th dport map @hp"
+		hp_learn="oifname \"wan0\" ct direction original ct status snat meta l4proto { tcp, udp } update @hp { meta l4proto . th sport : ct original ip saddr . ct original proto-src }"
+		case $snat in
+		masquerade*) hp_snat="snat ip to $wan${snat#masquerade}" ;; # masquerade would take lan0's address
+		*) hp_snat=$snat ;;
+		esac
+		# "ip saddr $lan" keeps inbound DNAT'd flows of the cone kinds (also
+		# "ct status dnat", also out of lan0) from being translated.
+		hp_snat="oifname \"lan0\" ip saddr $lan ct status dnat $hp_snat"
+		hp_accept="iifname \"lan0\" oifname \"lan0\" ct status dnat accept"
+	fi
+
 	# What the NAT does with unsolicited inbound packets addressed to itself.
 	# They are rejected/dropped in "input" so their conntrack entry is never
 	# confirmed: a confirmed one would occupy the port and make a later
@@ -377,21 +451,25 @@ EOF
 	cat <<EOF
 table ip natlab {
 	$map_decl
+	$hp_decl
 
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
 		$dnat
+		$hp_dnat
 	}
 
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "wan0" ip saddr $lan $snat
 		$other_snat
+		$hp_snat
 	}
 
 	chain learn {
 		type filter hook postrouting priority srcnat + 10; policy accept;
 		$learn
+		$hp_learn
 	}
 
 	chain forward {
@@ -400,6 +478,7 @@ table ip natlab {
 		ct state established,related accept
 		iifname "lan0" oifname "wan0" accept
 		$inbound_accept
+		$hp_accept
 	}
 
 	chain input {
@@ -424,12 +503,14 @@ UP_LAB=""
 DELAY=""     # --delay: "MS JITTER" once parsed, empty without
 REORDER=0
 DEFAULT_ROUTE=0  # --default-route
+HAIRPIN_A=0 HAIRPIN_B=0   # --hairpin, per side
+BG_RATE_A=0 BG_RATE_B=0   # --background-flows*, per side (0: none)
 
 up_cleanup() {
 	local rc=$? ns
 	if ((UP_DONE == 0 && ${#CREATED[@]} > 0)); then
 		echo "$PROG: up failed, removing what it created" >&2
-		stop_delays "$UP_LAB"
+		stop_helpers "$UP_LAB"
 		for ns in "${CREATED[@]}"; do
 			kill_ns_pids "$ns"
 			ip netns del "$ns" 2>/dev/null || true
@@ -506,16 +587,37 @@ start_delay() {
 	die "delay element in $ns did not start: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
 }
 
-# stop_delays LAB: stops the lab's delay elements by the pids in their pid
-# files (only a process that is still natlab-delay.py: pids get reused), and
-# removes pid files and logs.
-stop_delays() {
-	local lab=$1 side pidfile pid i
+# start_bgflows NS SRC RATE: the other subscribers' flow generator in NS,
+# from address SRC, detached like the delay element, ready once its pid file
+# exists.
+start_bgflows() {
+	local ns=$1 src=$2 rate=$3 i pid
+	local pidfile="$RUN_DIR/$ns.pid" log="$RUN_DIR/$ns.log"
+	mkdir -p "$RUN_DIR"
+	rm -f "$pidfile"
+	nsx "$ns" setsid python3 "$BG_PROG" --pidfile "$pidfile" --netns "$ns" \
+		--src "$src" --dst "$SRV_BG" --rate "$rate" </dev/null >"$log" 2>&1 &
+	pid=$!
+	for ((i = 0; i < 100; i++)); do
+		[[ -s $pidfile ]] && return 0
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	die "background flows in $ns did not start: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
+}
+
+# stop_helpers LAB: stops the lab's delay elements and background-flow
+# generators by the pids in their pid files (only a process that is still
+# natlab-delay.py or natlab-bgflows.py: pids get reused), and removes pid
+# files and logs.
+stop_helpers() {
+	local lab=$1 node pidfile pid i
 	[[ -n $lab ]] || return 0
-	for side in a b; do
-		pidfile="$RUN_DIR/$lab-dl$side.pid"
+	for node in dla dlb bga bgb; do
+		pidfile="$RUN_DIR/$lab-$node.pid"
 		pid=$(cat "$pidfile" 2>/dev/null || true)
-		if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q natlab-delay; then
+		if [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+			grep -qE "natlab-(delay|bgflows)\.py .*--netns $lab-$node( |\$)"; then
 			kill -TERM "$pid" 2>/dev/null || true
 			for ((i = 0; i < 40; i++)); do
 				kill -0 "$pid" 2>/dev/null || break
@@ -523,14 +625,14 @@ stop_delays() {
 			done
 			kill -KILL "$pid" 2>/dev/null || true
 		fi
-		rm -f "$pidfile" "$RUN_DIR/$lab-dl$side.log"
+		rm -f "$pidfile" "$RUN_DIR/$lab-$node.log"
 	done
 }
 
-# build_side LAB SIDE KIND LOSS UDP_TIMEOUT
+# build_side LAB SIDE KIND LOSS UDP_TIMEOUT HAIRPIN BG_RATE
 build_side() {
-	local lab=$1 side=$2 kind=$3 loss=$4 udp_timeout=$5
-	local nat="$lab-nat$side" host="$lab-$side" map_timeout ns
+	local lab=$1 side=$2 kind=$3 loss=$4 udp_timeout=$5 hairpin=$6 bg_rate=$7
+	local nat="$lab-nat$side" host="$lab-$side" bg="$lab-bg$side" map_timeout ns
 	# outer: the namespace holding the public address (the NAT, or its CGN).
 	local outer=$nat nat_kind=$kind nat_wan nat_loss=$loss
 	side_vars "$side" "$kind"
@@ -542,6 +644,7 @@ build_side() {
 	fi
 	new_ns "$nat"
 	new_ns "$host"
+	if ((bg_rate > 0)); then new_ns "$bg"; fi
 
 	if [[ $side == b && $ROUTER == 1 ]]; then
 		build_router_b "$lab"
@@ -554,7 +657,26 @@ build_side() {
 		uplink "$lab" "$side" "$lab-wan" "nat$side" "$outer"
 		ip -n "$lab-wan" link set "nat$side" master br0 up
 	fi
-	ip -n "$nat" link add lan0 type veth peer name eth0 netns "$host"
+	if ((bg_rate > 0)); then
+		# One LAN segment for the host and the other subscribers: lan0 is a
+		# bridge (the NAT's rules name lan0 either way).
+		ip -n "$nat" link add lan0 type bridge
+		# br_netfilter (built in here) would run the NAT's ip hooks on
+		# bridged frames too: a packet DNAT'd back to its own sender would
+		# then be bridged out of the port it came from, i.e. dropped.  The
+		# LAN is a plain switch; only routed packets meet the rules.
+		nsx "$nat" sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+			net.bridge.bridge-nf-call-arptables=0
+		ip -n "$nat" link add lanh type veth peer name eth0 netns "$host"
+		ip -n "$nat" link add lanbg type veth peer name eth0 netns "$bg"
+		ip -n "$nat" link set lanh master lan0 up
+		ip -n "$nat" link set lanbg master lan0 up
+		ip -n "$bg" addr add "$S_BG/$S_PFX" dev eth0
+		ip -n "$bg" link set eth0 up
+		ip -n "$bg" route add default via "$S_GW"
+	else
+		ip -n "$nat" link add lan0 type veth peer name eth0 netns "$host"
+	fi
 
 	if is_cgn "$kind"; then
 		# The CGN: public wan0, lan0 to the home NAT's WAN in 100.64.0.0/10.
@@ -594,7 +716,7 @@ build_side() {
 		map_timeout=$(nsx "$nat" sysctl -n net.netfilter.nf_conntrack_udp_timeout_stream)
 	fi
 
-	ruleset "$nat_kind" "$nat_wan" "$S_NET" "$nat_loss" "$map_timeout" | nsx "$nat" nft -f -
+	ruleset "$nat_kind" "$nat_wan" "$S_NET" "$nat_loss" "$map_timeout" 0 "$hairpin" | nsx "$nat" nft -f -
 	if is_cgn "$kind"; then
 		# Loss only here: a path through the double NAT loses what one NAT's would.
 		ruleset "$kind" "$S_WAN" "$S_CGN_NET" "$loss" "$map_timeout" "$S_BLOCK_LO" | nsx "$outer" nft -f -
@@ -607,7 +729,7 @@ build_side() {
 		delay_info=${DELAY% *}
 		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
 	fi
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE"
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -641,7 +763,7 @@ route_public_side() {
 }
 
 cmd_up() {
-	local lab=$DEFAULT_LAB loss=0 udp_timeout="" delay="" kinds=()
+	local lab=$DEFAULT_LAB loss=0 udp_timeout="" delay="" kinds=() hairpin="" bg="" bg_a="" bg_b="" side k
 	ROUTER=0
 	while (($#)); do
 		case $1 in
@@ -656,6 +778,20 @@ cmd_up() {
 		--delay=*) delay=${1#*=}; shift ;;
 		--reorder) REORDER=1; shift ;;
 		--default-route) DEFAULT_ROUTE=1; shift ;;
+		--hairpin)
+			# The side is optional: no kind is named a, b or both.
+			case ${2:-} in
+			a | b | both) hairpin=$2; shift 2 ;;
+			*) hairpin=present; shift ;;
+			esac
+			;;
+		--hairpin=*) hairpin=${1#*=}; shift ;;
+		--background-flows) bg=${2:?--background-flows needs a value}; shift 2 ;;
+		--background-flows=*) bg=${1#*=}; shift ;;
+		--background-flows-a) bg_a=${2:?--background-flows-a needs a value}; shift 2 ;;
+		--background-flows-a=*) bg_a=${1#*=}; shift ;;
+		--background-flows-b) bg_b=${2:?--background-flows-b needs a value}; shift 2 ;;
+		--background-flows-b=*) bg_b=${1#*=}; shift ;;
 		-*) usage_error "up: unknown option '$1'" ;;
 		*) kinds+=("$1"); shift ;;
 		esac
@@ -686,6 +822,33 @@ cmd_up() {
 	elif ((REORDER == 1)); then
 		usage_error "--reorder needs --delay"
 	fi
+	case $hairpin in
+	"") ;;
+	a) HAIRPIN_A=1 ;;
+	b) HAIRPIN_B=1 ;;
+	both) HAIRPIN_A=1 HAIRPIN_B=1 ;;
+	present) HAIRPIN_A=1 HAIRPIN_B=$((${#kinds[@]} == 2 ? 1 : 0)) ;;
+	*) usage_error "--hairpin takes a, b or both, not '$hairpin'" ;;
+	esac
+	for side in a b; do
+		[[ $side == a ]] && k=${kinds[0]} || k=${kinds[1]:-}
+		if [[ $side == a ]] && ((HAIRPIN_A == 0)); then continue; fi
+		if [[ $side == b ]] && ((HAIRPIN_B == 0)); then continue; fi
+		[[ -n $k ]] || usage_error "--hairpin $hairpin: the lab has no side B"
+		if [[ $k == none ]] || is_cgn "$k"; then
+			usage_error "--hairpin: kind '$k' (side ${side^^}) cannot hairpin: none has no NAT, and a cgn-* kind's public address is its CGN's, a second NAT away; name the side(s) with --hairpin a|b"
+		fi
+	done
+	for k in bg bg_a bg_b; do
+		if [[ -n ${!k} ]] && { ! [[ ${!k} =~ ^[0-9]{1,4}$ ]] || ((10#${!k} < 1 || 10#${!k} > 1000)); }; then
+			usage_error "--background-flows${k#bg}: RATE must be an integer 1-1000 (new flows per second)"
+		fi
+	done
+	k=${kinds[1]:+${bg:-0}}
+	BG_RATE_A=$((10#${bg_a:-${bg:-0}})) BG_RATE_B=$((10#${bg_b:-${k:-0}}))
+	if ((BG_RATE_B > 0 && ${#kinds[@]} < 2)); then
+		usage_error "--background-flows-b: the lab has no side B"
+	fi
 	need_tools
 
 	local existing
@@ -710,13 +873,30 @@ cmd_up() {
 	ip -n "$lab-srv" link set eth0 up
 	tx_csum_off "$lab-srv" eth0
 
-	build_side "$lab" a "${kinds[0]}" "$loss" "$udp_timeout"
+	if ((BG_RATE_A + BG_RATE_B > 0)); then
+		# The background flows' discard address: dropped on arrival, so that
+		# no ICMP port-unreachable goes back through the NATs.
+		ip -n "$lab-srv" addr add "$SRV_BG/$WAN_PREFIX" dev eth0
+		printf 'table ip natlab { chain input { type filter hook input priority filter; policy accept; ip daddr %s drop; }; }\n' \
+			"$SRV_BG" | nsx "$lab-srv" nft -f -
+	fi
+
+	build_side "$lab" a "${kinds[0]}" "$loss" "$udp_timeout" "$HAIRPIN_A" "$BG_RATE_A"
 	if ((${#kinds[@]} == 2)); then
-		build_side "$lab" b "${kinds[1]}" "$loss" "$udp_timeout"
+		build_side "$lab" b "${kinds[1]}" "$loss" "$udp_timeout" "$HAIRPIN_B" "$BG_RATE_B"
 	fi
 	# Routes to public LANs only once both sides exist.
 	if [[ ${kinds[0]} == none ]]; then route_public_side "$lab" a b; fi
 	if ((${#kinds[@]} == 2)) && [[ ${kinds[1]} == none ]]; then route_public_side "$lab" b a; fi
+	# The generators last: every route they need exists.
+	if ((BG_RATE_A > 0)); then
+		side_vars a "${kinds[0]}"
+		start_bgflows "$lab-bga" "$S_BG" "$BG_RATE_A"
+	fi
+	if ((BG_RATE_B > 0)); then
+		side_vars b "${kinds[1]}"
+		start_bgflows "$lab-bgb" "$S_BG" "$BG_RATE_B"
+	fi
 
 	pin_wan_neighbours "$lab"
 
@@ -801,7 +981,7 @@ cmd_down() {
 	done
 	valid_lab "$lab"
 	[[ $(id -u) -eq 0 ]] || die "must run as root"
-	stop_delays "$lab"
+	stop_helpers "$lab"
 	for ns in $(lab_namespaces "$lab"); do
 		kill_ns_pids "$ns"
 		ip netns del "$ns" || rc=1
@@ -815,11 +995,13 @@ node_ns() {
 	local lab=$1 node=$2
 	case $node in
 	srv | a | b | wan | rtb | dla | dlb) echo "$lab-$node" ;;
+	bg-a | bga) echo "$lab-bga" ;;
+	bg-b | bgb) echo "$lab-bgb" ;;
 	nat-a | nata) echo "$lab-nata" ;;
 	nat-b | natb) echo "$lab-natb" ;;
 	cgn-a | cgna) echo "$lab-cgna" ;;
 	cgn-b | cgnb) echo "$lab-cgnb" ;;
-	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb | dla | dlb | cgn-a | cgn-b)" ;;
+	*) usage_error "unknown node '$node' (srv | a | b | nat-a | nat-b | wan | rtb | dla | dlb | cgn-a | cgn-b | bg-a | bg-b)" ;;
 	esac
 }
 
@@ -854,7 +1036,7 @@ read_alias() {
 }
 
 cmd_info() {
-	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper
+	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
@@ -869,7 +1051,7 @@ cmd_info() {
 	echo "SRV2=$SRV2"
 	for side in a b; do
 		ns_exists "$lab-nat$side" || continue
-		kind="" loss="" udp_timeout=""
+		kind="" loss="" udp_timeout="" hairpin=0 bg_flows=0
 		for kv in $(read_alias "$lab-nat$side"); do
 			case $kv in
 			kind=*) kind=${kv#kind=} ;;
@@ -878,6 +1060,8 @@ cmd_info() {
 			delay=*) delay=${kv#delay=} ;;
 			reorder=*) reorder=${kv#reorder=} ;;
 			default_route=*) default_route=${kv#default_route=} ;;
+			hairpin=*) hairpin=${kv#hairpin=} ;;
+			bg_flows=*) bg_flows=${kv#bg_flows=} ;;
 			esac
 		done
 		side_vars "$side" "$kind"
@@ -893,7 +1077,16 @@ cmd_info() {
 			echo "HOME_$upper=$S_HOME_WAN"
 			echo "BLOCK_$upper=$S_BLOCK_LO-$((S_BLOCK_LO + BLOCK_SIZE - 1))"
 		fi
+		# --hairpin (0|1) and --background-flows* (new flows per second, 0:
+		# none); with background flows also BG_A, the other subscribers' address.
+		echo "HAIRPIN_$upper=$hairpin"
+		echo "BG_FLOWS_$upper=$bg_flows"
+		if ((bg_flows > 0)); then
+			echo "BG_$upper=$S_BG"
+			any_bg=1
+		fi
 	done
+	if ((any_bg == 1)); then echo "SRV_BG=$SRV_BG"; fi
 	echo "LOSS=$loss"
 	echo "UDP_TIMEOUT=$udp_timeout"
 	# "none", or MS/JITTER of --delay (one way, each direction).
@@ -904,7 +1097,7 @@ cmd_info() {
 
 cmd_list() {
 	ip netns list 2>/dev/null | awk '{print $1}' |
-		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|dla|cgna|nata|a|rtb|dlb|cgnb|natb|b)$/\1/p' | sort -u
+		sed -nE 's/^([a-z][a-z0-9]{0,9})-(srv|wan|dla|cgna|nata|a|bga|rtb|dlb|cgnb|natb|b|bgb)$/\1/p' | sort -u
 }
 
 cmd_kinds() {

@@ -57,6 +57,11 @@ pub enum Node {
     CgnB,
     /// The "internet" bridge (useful for captures of all WAN traffic on `br0`).
     Wan,
+    /// The other subscribers on NAT A's LAN, `BG_A` (only with background flows on side A,
+    /// [`LabOptions::background_flows_a`]).
+    BgA,
+    /// The other subscribers on NAT B's LAN (only with background flows on side B).
+    BgB,
 }
 
 impl Node {
@@ -71,6 +76,8 @@ impl Node {
             Node::CgnA => "cgna",
             Node::CgnB => "cgnb",
             Node::Wan => "wan",
+            Node::BgA => "bga",
+            Node::BgB => "bgb",
         }
     }
 }
@@ -99,6 +106,16 @@ pub struct LabOptions {
     /// among them) out to the server, which drops them (`--default-route`): a probe of a
     /// peer's private address then takes a mapping, as behind a NAT with a default route.
     pub default_route: bool,
+    /// NAT A loops LAN packets to its own public address back to the internal endpoint
+    /// holding the port (`--hairpin a`; RFC 4787 section 6).
+    pub hairpin_a: bool,
+    /// The same for NAT B (`--hairpin b`).
+    pub hairpin_b: bool,
+    /// Other subscribers behind NAT A open this many new UDP flows per second
+    /// (`--background-flows-a RATE`, 1-1000); 0: none.
+    pub background_flows_a: u32,
+    /// The same behind NAT B (`--background-flows-b RATE`).
+    pub background_flows_b: u32,
 }
 
 impl LabOptions {
@@ -113,7 +130,36 @@ impl LabOptions {
             jitter_ms: 0,
             reorder: false,
             default_route: false,
+            hairpin_a: false,
+            hairpin_b: false,
+            background_flows_a: 0,
+            background_flows_b: 0,
         }
+    }
+
+    /// Hairpinning on NAT A (`--hairpin a`).
+    pub fn hairpin_a(mut self) -> LabOptions {
+        self.hairpin_a = true;
+        self
+    }
+
+    /// Hairpinning on NAT B (`--hairpin b`).
+    pub fn hairpin_b(mut self) -> LabOptions {
+        self.hairpin_b = true;
+        self
+    }
+
+    /// `rate` new UDP flows per second of other subscribers behind NAT A, so that a
+    /// sequential NAT's counter moves between the host's own flows.
+    pub fn background_flows_a(mut self, rate: u32) -> LabOptions {
+        self.background_flows_a = rate;
+        self
+    }
+
+    /// The same behind NAT B.
+    pub fn background_flows_b(mut self, rate: u32) -> LabOptions {
+        self.background_flows_b = rate;
+        self
     }
 
     /// A delay element on each NAT's uplink: `ms` one way, each direction
@@ -312,6 +358,17 @@ impl Lab {
         let loss = opts.loss_pct.to_string();
         let timeout = opts.udp_timeout_s.map(|t| t.to_string());
         let delay = opts.delay_ms.map(|d| format!("{d}/{}", opts.jitter_ms));
+        let hairpin = match (opts.hairpin_a, opts.hairpin_b) {
+            (true, true) => Some("both"),
+            (true, false) => Some("a"),
+            (false, true) => Some("b"),
+            (false, false) => None,
+        };
+        let bg = [
+            ("--background-flows-a", opts.background_flows_a),
+            ("--background-flows-b", opts.background_flows_b),
+        ]
+        .map(|(flag, rate)| (flag, rate.to_string(), rate > 0));
         // A name can be taken by a lab another process left behind (same
         // pid modulo 100000): take the next one then.
         for _attempt in 0..20 {
@@ -330,6 +387,14 @@ impl Lab {
                 args.extend(["--delay", d.as_str()]);
                 if opts.reorder {
                     args.push("--reorder");
+                }
+            }
+            if let Some(h) = hairpin {
+                args.extend(["--hairpin", h]);
+            }
+            for (flag, rate, on) in &bg {
+                if *on {
+                    args.extend([*flag, rate.as_str()]);
                 }
             }
             args.push(&opts.kind_a);
@@ -407,6 +472,13 @@ impl Lab {
             || (node == Node::CgnB && !cgn(self.kind_b.as_deref()))
         {
             panic!("lab {} has no CGN on that side (node {node:?})", self.name);
+        }
+        let bg = |key: &str| self.info(key).is_some_and(|r| r != "0");
+        if (node == Node::BgA && !bg("BG_FLOWS_A")) || (node == Node::BgB && !bg("BG_FLOWS_B")) {
+            panic!(
+                "lab {} has no background flows on that side (node {node:?})",
+                self.name
+            );
         }
         format!("{}-{}", self.name, node.suffix())
     }
