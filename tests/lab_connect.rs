@@ -336,7 +336,12 @@ fn sequential_symmetric_connects_by_prediction_at_40_ms() {
 /// can know: the windows have to meet anyway.
 #[test]
 fn sequential_and_sequential_connect_by_prediction() {
-    all_connect("symmetric-sequential", "symmetric-sequential", "predict", 10);
+    all_connect(
+        "symmetric-sequential",
+        "symmetric-sequential",
+        "predict",
+        10,
+    );
 }
 
 /// A socket of a later try may get a local port that an earlier try used toward the same
@@ -1415,4 +1420,22 @@ fn tcp_cgn_eim_translated_and_random_symmetric_connect_by_sweep_at_40_ms() {
         DELAYED_TRIES,
         DELAYED_TRIES,
     );
+}
+
+/// Issue #10: other subscribers behind both sequential NATs open new flows (`natlab.sh
+/// --background-flows`), so each counter moves between a peer's registration and its window
+/// by flows neither side can count. At a few flows a second the lockstep's tolerance (a
+/// quarter of `--window` per NAT) covers them, over UDP at 40 ms one way as well.
+#[test]
+fn sequential_pair_connects_with_other_subscribers_flows() {
+    for delay_ms in [0, DELAY_MS] {
+        let lab = Lab::up_with(
+            LabOptions::new("symmetric-sequential")
+                .kind_b("symmetric-sequential")
+                .background_flows_a(5)
+                .background_flows_b(5)
+                .delay_ms_if_any(delay_ms),
+        );
+        all_connect_in(lab, "predict", 5);
+    }
 }
