@@ -351,7 +351,8 @@ impl Classifier {
     }
 
     /// Quick mode ([`ClassifierConfig::quick`]): a silent filtering test is settled two RTTs
-    /// after its first copy once nothing else is pending, and wakes the caller then.
+    /// (at least one plus 50 ms) after its first copy once nothing else is pending, and
+    /// wakes the caller then.
     fn settle_quick(&mut self, now: Instant) {
         let Some(rtt) = self.srtt.filter(|_| self.cfg.quick) else {
             return;
@@ -368,7 +369,9 @@ impl Classifier {
             let Some(&(_, first)) = t.ids.first() else {
                 continue;
             };
-            let due = first + rtt * 2;
+            // Two RTTs, and never less than one RTT plus 50 ms: on a LAN-short path the
+            // answer's lateness is the hosts' scheduling, not the path (as in `answer_wait`).
+            let due = first + (rtt * 2).max(rtt + Duration::from_millis(50));
             if others_settled && now >= due {
                 t.outcome = Outcome::TimedOut;
             } else if due > now {
