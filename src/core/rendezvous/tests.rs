@@ -102,10 +102,10 @@ fn two_peers_meet_with_start_times_that_coincide() {
     // Arrival (half the RTT) plus the wait must be the same moment for both.
     assert_eq!(sa + 20, sb + 50);
     // The slower peer (B, 100 ms RTT) hears 50 ms after the server sent; the start leaves
-    // it a quarter of its RTT more for an estimate that is off, and no fixed 150 ms.
+    // it a quarter of its RTT more for an estimate that is off, plus the 50 ms margin.
     assert!(*sb >= 25, "starts after the slower peer has heard: {sb}");
     assert!(
-        *sb <= 50,
+        *sb <= 100,
         "starts soon after the slower peer has heard: {sb}"
     );
 }
