@@ -350,8 +350,9 @@ fn sequential_and_sequential_connect_by_prediction() {
 /// registered (connect asks the server first and takes a fresh socket). Host A's ephemeral
 /// ports are narrowed to 400 (`PUNCHRAW_TEST_PORTS` overrides) so that it happens in most
 /// tries: about one try in 70 failed with the normal range before the fixes, one in ten
-/// with this one (9/10 twice), and 10/10 twice after. Two stale samples in one
-/// classification still make it "random" (8-9/10 with 200 ports).
+/// with this one (9/10 twice); leaving one stale sample out of five still lost 8/10 once
+/// (two stale samples); connect's seven samples with two left out: 10/10 four times (9/10
+/// with 200 ports).
 #[test]
 fn sequential_pair_connects_when_local_ports_are_reused() {
     let ports = std::env::var("PUNCHRAW_TEST_PORTS").unwrap_or_else(|_| "45000 45399".into());

@@ -323,23 +323,27 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
     if let Some((d, extras)) = counter_fit(&steps) {
         return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
     }
-    // One sample that is no counter's at all: a local port the OS handed out again while the
+    // Samples that are no counter's at all: a local port the OS handed out again while the
     // NAT still held its mapping from an earlier run toward the same server (30 s unreplied,
-    // 2 min replied on Linux) comes back with that old port. Without it, at least three
-    // steps must still fit one counter, so chance stays as unlikely as above.
-    if samples.len() >= 5 {
-        for skip in 0..samples.len() {
-            let rest: Vec<(usize, u16, u16)> = samples
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != skip)
-                // The stale mapping took no port of the counter: the probes after it are
-                // one flow earlier in the counter's sequence.
-                .map(|(i, &(k, l, m))| (if i > skip { k - 1 } else { k }, l, m))
-                .collect();
-            if let Some((d, extras)) = counter_fit(&steps_of(&rest)) {
-                return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
-            }
+    // 2 min replied on Linux) comes back with that old port. One is left out of five or six
+    // samples, two of seven or more, so that at least four samples (three steps), or five
+    // when two are left out, still fit one counter and chance stays as unlikely as above.
+    let n = samples.len();
+    let singles = (0..n).filter(|_| n >= 5).map(|a| vec![a]);
+    let pairs = (0..n)
+        .flat_map(|a| (a + 1..n).map(move |b| vec![a, b]))
+        .filter(|_| n >= 7);
+    for skip in singles.chain(pairs) {
+        let rest: Vec<(usize, u16, u16)> = samples
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            // A stale mapping took no port of the counter: the probes after it are one flow
+            // earlier in the counter's sequence.
+            .map(|(i, &(idx, l, m))| (idx - skip.iter().filter(|&&x| x < i).count(), l, m))
+            .collect();
+        if let Some((d, extras)) = counter_fit(&steps_of(&rest)) {
+            return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
         }
     }
     // Three steps in four equal the modal step; the fourth may be anything, a wrap of the
@@ -430,8 +434,8 @@ pub(super) fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -
 }
 
 /// Whether `port`, the mapping of a new flow through a NAT whose counter gave `samples`
-/// (in probe order) with step `delta`, comes after them on the counter: ahead of all but at
-/// most one sample (which may itself be stale) by at most `ahead` flows. A mapping that
+/// (in probe order) with step `delta`, comes after them on the counter: ahead of all but
+/// about a third of them (which may themselves be stale) by at most `ahead` flows. A mapping that
 /// is not is stale: the OS reused a local port whose old mapping toward the same server
 /// the NAT still holds, so the port is an old one and a peer predicting from it misses.
 pub fn counter_ahead(port: u16, samples: &[u16], delta: i32, ahead: i32) -> bool {
@@ -450,5 +454,6 @@ pub fn counter_ahead(port: u16, samples: &[u16], delta: i32, ahead: i32) -> bool
             !(1..=ahead).contains(&flows)
         })
         .count();
-    behind <= 1 && behind < samples.len()
+    // As many stale samples as the allocation fit leaves out (one in five, two in seven).
+    behind * 3 <= samples.len().saturating_sub(1) && behind < samples.len()
 }

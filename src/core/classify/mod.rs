@@ -50,6 +50,8 @@ const ATTEMPTS: u32 = 3;
 const BASE_ATTEMPTS: u32 = 6;
 /// Fresh sockets used to observe the port-allocation pattern.
 pub const DEFAULT_ALLOC_SOCKETS: usize = 5;
+/// The same for the quick classification before a punch ([`ClassifierConfig::quick`]).
+pub const QUICK_ALLOC_SOCKETS: usize = 7;
 /// Points of the binding-lifetime search, in seconds; only those up to the bound are used.
 const LIFETIME_GRID: [f64; 22] = [
     1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0, 80.0,
@@ -87,9 +89,14 @@ impl ClassifierConfig {
     /// every copy: a lost answer then makes the strategy the conservative one (the peer
     /// sweeps or predicts toward us; our replies still come from the one mapping), never an
     /// impossible one. The probe keeps the full test, since its answer is the product.
+    ///
+    /// It also takes seven allocation samples instead of five (in the same burst, so no
+    /// time): a rerun within the NAT's mapping timeout may get local ports whose old mappings
+    /// the NAT still holds, and seven samples let the fit leave two such stale ones out.
     pub fn quick(server: SocketAddr) -> Self {
         ClassifierConfig {
             quick: true,
+            alloc_sockets: QUICK_ALLOC_SOCKETS,
             ..Self::new(server)
         }
     }

@@ -769,3 +769,27 @@ fn a_stale_mapping_is_behind_the_counter() {
     assert!(counter_ahead(3, &[65533, 65535, 1], 2, 64));
     assert!(!counter_ahead(65533, &[65533, 65535, 1], 2, 64));
 }
+
+/// Seven samples (the quick classification's) see through two stale ones.
+#[test]
+fn seven_samples_survive_two_stale_mappings() {
+    let stale = [(1, 20031u16), (4, 19990)];
+    let mut next = 20100u16;
+    let s: Vec<(usize, u16, u16)> = (0..7)
+        .map(|i| match stale.iter().find(|(at, _)| *at == i) {
+            Some(&(_, p)) => (i, 40000 + i as u16, p),
+            None => {
+                next += 1;
+                (i, 40000 + i as u16, next - 1)
+            }
+        })
+        .collect();
+    assert_eq!(
+        classify_allocation(&s),
+        (Allocation::Sequential, Some(1)),
+        "{s:?}"
+    );
+    let ports: Vec<u16> = s.iter().map(|x| x.2).collect();
+    assert!(counter_ahead(next, &ports, 1, 64));
+    assert!(!counter_ahead(20031, &ports, 1, 64));
+}
