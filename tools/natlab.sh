@@ -566,44 +566,38 @@ uplink() {
 	start_delay "$dl" up0 dn0 "$delay_ms" "$jitter_ms"
 }
 
-# start_delay NS IF1 IF2 MS JITTER: runs natlab-delay.py in NS, detached
-# (own session, no inherited stdout/stderr, which would keep a caller reading
-# natlab.sh's output waiting), and waits for its pid file: the sockets are
-# ready then.
-start_delay() {
-	local ns=$1 if1=$2 if2=$3 ms=$4 jitter=$5 i pid
-	local pidfile="$RUN_DIR/$ns.pid" log="$RUN_DIR/$ns.log" extra=()
-	((REORDER == 0)) || extra+=(--reorder)
-	mkdir -p "$RUN_DIR"
-	rm -f "$pidfile"
-	nsx "$ns" setsid python3 "$DELAY_PROG" --pidfile "$pidfile" --netns "$ns" \
-		"${extra[@]}" "$if1" "$if2" "$ms" "$jitter" </dev/null >"$log" 2>&1 &
-	pid=$!
-	for ((i = 0; i < 100; i++)); do
-		[[ -s $pidfile ]] && return 0
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.05
-	done
-	die "delay element in $ns did not start: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
-}
-
-# start_bgflows NS SRC RATE: the other subscribers' flow generator in NS,
-# from address SRC, detached like the delay element, ready once its pid file
-# exists.
-start_bgflows() {
-	local ns=$1 src=$2 rate=$3 i pid
+# start_helper NS WHAT PROG ARGS...: runs the python helper PROG in NS with
+# --pidfile and --netns before ARGS, detached (own session, no inherited
+# stdout/stderr, which would keep a caller reading natlab.sh's output
+# waiting), and waits for its pid file: it is ready then.  WHAT names it in
+# the error when it does not start.
+start_helper() {
+	local ns=$1 what=$2 prog=$3 i pid
+	shift 3
 	local pidfile="$RUN_DIR/$ns.pid" log="$RUN_DIR/$ns.log"
 	mkdir -p "$RUN_DIR"
 	rm -f "$pidfile"
-	nsx "$ns" setsid python3 "$BG_PROG" --pidfile "$pidfile" --netns "$ns" \
-		--src "$src" --dst "$SRV_BG" --rate "$rate" </dev/null >"$log" 2>&1 &
+	nsx "$ns" setsid python3 "$prog" --pidfile "$pidfile" --netns "$ns" "$@" </dev/null >"$log" 2>&1 &
 	pid=$!
 	for ((i = 0; i < 100; i++)); do
 		[[ -s $pidfile ]] && return 0
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.05
 	done
-	die "background flows in $ns did not start: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
+	die "$what in $ns did not start: $(tail -n 5 "$log" 2>/dev/null | tr '\n' ' ')"
+}
+
+# start_delay NS IF1 IF2 MS JITTER: the delay element (natlab-delay.py) in NS.
+start_delay() {
+	local extra=()
+	((REORDER == 0)) || extra+=(--reorder)
+	start_helper "$1" "delay element" "$DELAY_PROG" "${extra[@]}" "$2" "$3" "$4" "$5"
+}
+
+# start_bgflows NS SRC RATE: the other subscribers' flow generator
+# (natlab-bgflows.py) in NS, from address SRC.
+start_bgflows() {
+	start_helper "$1" "background flows" "$BG_PROG" --src "$2" --dst "$SRV_BG" --rate "$3"
 }
 
 # stop_helpers LAB: stops the lab's delay elements and background-flow

@@ -200,9 +200,10 @@ impl PunchConfig {
     }
 
     /// Neither side can be found by the other (both map per destination and allocate at
-    /// random), so only a two-sided birthday sweep can meet: each side probes random ports
-    /// of the other from its socket 0, every probe a new random mapping of its own NAT, and
-    /// a probe gets through when it happens to be the reverse of one of the peer's.
+    /// random), so only a two-sided birthday sweep can meet: each side probes the ports of
+    /// the other from its sockets ([`PunchConfig::two_sided_sockets`]), every probe a new
+    /// random mapping of its own NAT, and a probe gets through when it happens to be the
+    /// reverse of one of the peer's.
     /// Endpoint-independent mapping is reachable at its mapped port whatever its allocation
     /// (RFC 4787 section 4.1), so it never makes a sweep two-sided.
     pub fn two_sided(&self) -> bool {
