@@ -8,6 +8,8 @@ pub mod nft;
 pub mod packet;
 pub mod poll;
 pub mod privileges;
+pub mod rawtcp;
 pub mod signals;
+pub mod tcp_repair;
 pub mod ttl;
 pub mod udp;

@@ -282,6 +282,8 @@ impl SimTcpNet {
                     seq: 0,
                     ack: 0,
                     ttl: 64,
+                    window: 64240,
+                    options: Default::default(),
                 });
             }
         }

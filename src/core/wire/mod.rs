@@ -6,10 +6,25 @@
 //! bytes at all (they come off an AF_PACKET socket, so from the network) and returns `None`
 //! for anything it does not understand; it never panics.
 
+pub mod craft;
+
 use etherparse::{
-    IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice, NetSlice, SlicedPacket, TransportSlice,
+    IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice, NetSlice, SlicedPacket, TcpOptionElement,
+    TransportSlice,
 };
 use std::net::{IpAddr, SocketAddr};
+
+/// The TCP options a SYN negotiates (RFC 9293 section 3.7.1 MSS, RFC 7323 window scale and
+/// timestamps, RFC 2018 SACK-permitted): what a crafted SYN must carry to look like the
+/// kernel socket that continues the connection, and what the peer's SYN asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TcpOptions {
+    pub mss: Option<u16>,
+    pub wscale: Option<u8>,
+    pub sack_permitted: bool,
+    /// (TSval, TSecr).
+    pub timestamps: Option<(u32, u32)>,
+}
 
 /// The TCP control bits a punch cares about (RFC 9293 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +55,9 @@ pub enum Seen {
         seq: u32,
         ack: u32,
         ttl: u8,
+        /// The advertised window, unscaled as on the wire.
+        window: u16,
+        options: TcpOptions,
     },
     /// An ICMP error from `from` about a TCP segment `quoted_src` -> `quoted_dst` (RFC 792 and
     /// RFC 4443 quote the offending packet's IP header and at least 8 bytes after it, which is
@@ -90,6 +108,8 @@ impl Seen {
                     seq: t.sequence_number(),
                     ack: t.acknowledgment_number(),
                     ttl,
+                    window: t.window_size(),
+                    options: tcp_options(t.options_iterator()),
                 })
             }
             // Destination unreachable and time exceeded: ICMPv4 types 3 and 11 (RFC 792),
@@ -128,6 +148,24 @@ impl Seen {
             } => pair(quoted_src.ip(), quoted_dst.ip()),
         }
     }
+}
+
+/// Known options are read until the first malformed one (whatever came before it stays).
+fn tcp_options(
+    iter: impl Iterator<Item = Result<TcpOptionElement, etherparse::TcpOptionReadError>>,
+) -> TcpOptions {
+    let mut o = TcpOptions::default();
+    for e in iter {
+        match e {
+            Ok(TcpOptionElement::MaximumSegmentSize(m)) => o.mss = Some(m),
+            Ok(TcpOptionElement::WindowScale(w)) => o.wscale = Some(w),
+            Ok(TcpOptionElement::SelectiveAcknowledgementPermitted) => o.sack_permitted = true,
+            Ok(TcpOptionElement::Timestamp(v, e)) => o.timestamps = Some((v, e)),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    o
 }
 
 fn icmp_error((from, to): (IpAddr, IpAddr), kind: IcmpKind, quote: &[u8]) -> Option<Seen> {

@@ -45,6 +45,8 @@ fn tcp_control_segments_are_told_apart() {
                 seq: 77,
                 ack: if flags.contains('a') { 99 } else { 0 },
                 ttl: 7,
+                window: 64240,
+                options: Default::default(),
             },
             "{flags}"
         );
@@ -182,4 +184,35 @@ fn the_python_written_seeds_read_as_intended() {
             other => panic!("{n}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_syns_options_are_read() {
+    use crate::core::wire::TcpOptions;
+    use etherparse::TcpOptionElement as O;
+    let b = PacketBuilder::ipv4(A, B, 64)
+        .tcp(40000, 5000, 1234, 64240)
+        .syn()
+        .options(&[
+            O::MaximumSegmentSize(1460),
+            O::SelectiveAcknowledgementPermitted,
+            O::Timestamp(7, 0),
+            O::Noop,
+            O::WindowScale(7),
+        ])
+        .expect("options fit");
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).expect("build");
+    let Some(Seen::Tcp { options, .. }) = Seen::parse(&out) else {
+        panic!("not a TCP segment");
+    };
+    assert_eq!(
+        options,
+        TcpOptions {
+            mss: Some(1460),
+            wscale: Some(7),
+            sack_permitted: true,
+            timestamps: Some((7, 0)),
+        }
+    );
 }

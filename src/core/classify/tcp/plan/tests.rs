@@ -489,6 +489,8 @@ fn syn(src: SocketAddr, dst: SocketAddr) -> Seen {
         seq: 0,
         ack: 0,
         ttl: 64,
+        window: 64240,
+        options: Default::default(),
     }
 }
 
