@@ -1440,3 +1440,20 @@ fn sequential_pair_connects_with_other_subscribers_flows() {
         all_connect_in(lab, "predict", 5);
     }
 }
+
+/// #10: a sequential NAT whose other subscribers open 300 new flows a second moves its
+/// counter further between the probe and the punch than a prediction absorbs. Its probe
+/// times the counter and calls it random within where it moves; the cone's sweep searches
+/// that range and the pair connects, UDP, at 0 and 40 ms.
+#[test]
+fn cone_connects_to_a_busy_sequential_nat_by_a_sweep_of_its_range() {
+    for delay_ms in [0, DELAY_MS] {
+        let lab = Lab::up_with(
+            LabOptions::new("port-restricted-cone")
+                .kind_b("symmetric-sequential")
+                .background_flows_b(300)
+                .delay_ms_if_any(delay_ms),
+        );
+        all_connect_in(lab, "sweep", 3);
+    }
+}

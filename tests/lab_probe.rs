@@ -930,3 +930,48 @@ fn cgn_block_sequential() -> Expect {
         },
     }
 }
+
+/// #10: a sequential NAT that other subscribers behind it keep busy. Their flows never fall
+/// inside the back-to-back allocation burst; the two late probes time them. A few a second
+/// stay `sequential` (and the rate is reported); hundreds a second make the counter
+/// `random`, with a search range reaching past the samples toward where it moves.
+#[test]
+fn probe_times_a_busy_sequential_counter() {
+    for (rate, want) in [(5u32, "sequential"), (400, "random")] {
+        let Some(lab) =
+            Lab::up_with(LabOptions::new("symmetric-sequential").background_flows_a(rate))
+        else {
+            return;
+        };
+        let _srv = common::punchraw_serve_5780(&lab);
+        let v = probe_json(&lab, &["--no-tcp"]);
+        let u = &v["udp"];
+        let ctx = format!("{rate} flows/s: {v:#}");
+        eprintln!(
+            "{rate} flows/s: allocation {}, measured {}, search range {}",
+            u["allocation"], u["other_flows_per_s"], u["search_range"]
+        );
+        assert_eq!(u["allocation"], want, "{ctx}");
+        let measured = u["other_flows_per_s"].as_f64().expect(&ctx);
+        if want == "sequential" {
+            assert_eq!(u["delta"], 1, "{ctx}");
+            assert!(measured < 60.0, "{ctx}");
+            continue;
+        }
+        assert!(measured > 100.0, "{ctx}");
+        let range = |k: &str| {
+            let r = u[k].as_array().unwrap_or_else(|| panic!("{k}: {ctx}"));
+            [r[0].as_u64().unwrap(), r[1].as_u64().unwrap()]
+        };
+        let [seen_lo, seen_hi] = range("port_range");
+        let [lo, hi] = range("search_range");
+        assert_eq!(lo, seen_lo, "{ctx}");
+        assert!(hi > seen_hi + 100, "{ctx}");
+        // The ports the counter gives next lie there: a flow opened now gets one.
+        let next = probe_json(&lab, &["--no-tcp"]);
+        let first = next["udp"]["allocation_samples"][0]
+            .as_u64()
+            .expect("a sample");
+        assert!((lo..=hi).contains(&first), "next port {first}: {ctx}");
+    }
+}

@@ -105,6 +105,16 @@ pub fn render(r: &ProbeReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "  UDP");
     nat_rows(&mut s, &Nat::from_udp(u));
+    if let Some(r) = u.other_flows_per_s {
+        row(&mut s, "others' new flows", format!("{r} a second (timed)"));
+    }
+    if let Some([lo, hi]) = u.search_range {
+        row(
+            &mut s,
+            "search range",
+            format!("{lo}-{hi} (for a peer's sweep)"),
+        );
+    }
     row(&mut s, "hairpinning", yes_no(u.hairpinning).into());
     if let Some(l) = u.lifetime {
         let v = match l.max_s {
@@ -163,6 +173,8 @@ mod tests {
             allocation_samples: vec![40001, 40002],
             port_range: None,
             delta_spread: None,
+            other_flows_per_s: None,
+            search_range: None,
             lifetime: None,
             reasons: BTreeMap::new(),
         };

@@ -32,6 +32,14 @@ pub enum PortAlloc {
         step: u16,
         max_extra: u16,
     },
+    /// [`PortAlloc::Sequential`] on a NAT whose other hosts open `per_s` new flows a second,
+    /// evenly in time: between two of our mappings the counter moves by as many flows as
+    /// fell in the interval (the late allocation probes time this).
+    SequentialBusy {
+        start: u16,
+        step: u16,
+        per_s: u32,
+    },
     Random,
     /// A counter per destination, each starting at its own hashed offset (RFC 6056
     /// algorithms 3 and 4, as Linux picks ephemeral ports and libslirp inherits): sequential
@@ -91,15 +99,18 @@ pub struct SimNat {
     next_seq: u16,
     /// Next port toward each destination ([`PortAlloc::PerDestination`]).
     per_dst: HashMap<SocketAddr, u16>,
+    /// [`PortAlloc::SequentialBusy`]: when others' flows were last counted, and the
+    /// fraction of a flow carried over.
+    busy_since: Option<(Instant, f64)>,
     rng: StdRng,
 }
 
 impl SimNat {
     pub fn new(public_ip: IpAddr, behavior: NatBehavior, seed: u64) -> Self {
         let next_seq = match behavior.alloc {
-            PortAlloc::Sequential { start, .. } | PortAlloc::SequentialDisturbed { start, .. } => {
-                start
-            }
+            PortAlloc::Sequential { start, .. }
+            | PortAlloc::SequentialDisturbed { start, .. }
+            | PortAlloc::SequentialBusy { start, .. } => start,
             _ => 0,
         };
         SimNat {
@@ -108,6 +119,7 @@ impl SimNat {
             bindings: Vec::new(),
             next_seq,
             per_dst: HashMap::new(),
+            busy_since: None,
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -128,6 +140,18 @@ impl SimNat {
 
     fn port_free(&self, p: u16) -> bool {
         p >= 1024 && !self.bindings.iter().any(|b| b.external == p)
+    }
+
+    /// The shared counter's next free port after `others` flows of other hosts took theirs.
+    fn counter(&mut self, step: u16, others: u16) -> u16 {
+        self.next_seq = self.next_seq.wrapping_add(step.wrapping_mul(others));
+        loop {
+            let p = self.next_seq;
+            self.next_seq = self.next_seq.wrapping_add(step);
+            if self.port_free(p) {
+                break p;
+            }
+        }
     }
 
     /// Translates an outgoing packet's source; creates or refreshes the binding. `None` when
@@ -154,26 +178,19 @@ impl SimNat {
         }
         let external = match self.behavior.alloc {
             PortAlloc::Preserve if self.port_free(src.port()) => src.port(),
-            PortAlloc::Sequential { step, .. } => loop {
-                let p = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(step);
-                if self.port_free(p) {
-                    break p;
-                }
-            },
+            PortAlloc::Sequential { step, .. } => self.counter(step, 0),
             PortAlloc::SequentialDisturbed {
                 step, max_extra, ..
             } => {
                 // Others' mappings are not simulated, only the ports they take.
                 let others = self.rng.random_range(0..=max_extra);
-                self.next_seq = self.next_seq.wrapping_add(step.wrapping_mul(others));
-                loop {
-                    let p = self.next_seq;
-                    self.next_seq = self.next_seq.wrapping_add(step);
-                    if self.port_free(p) {
-                        break p;
-                    }
-                }
+                self.counter(step, others)
+            }
+            PortAlloc::SequentialBusy { step, per_s, .. } => {
+                let (since, carry) = self.busy_since.unwrap_or((now, 0.0));
+                let flows = carry + f64::from(per_s) * (now - since).as_secs_f64();
+                self.busy_since = Some((now, flows.fract()));
+                self.counter(step, flows.trunc() as u16)
             }
             PortAlloc::PerDestination { step } => {
                 let first = self.rng.random_range(1024..=60000);

@@ -9,8 +9,21 @@ use super::report::{
 use super::{Classifier, Kind, Outcome, SOCK_A, SOCK_ALLOC0};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How far past the late probes a busy counter's search range reaches: the rendezvous and
+/// the start of the punch, when both peers are up, come within about this.
+const BUSY_AHEAD: Duration = Duration::from_secs(2);
 
 impl Classifier {
+    /// The ports the late allocation probes got.
+    fn late_ports(&self) -> Vec<u16> {
+        (0..super::busy::LATE_SOCKETS)
+            .filter_map(|i| self.answered(Kind::Late(i)).and_then(|a| a.1))
+            .map(|m| m.port())
+            .collect()
+    }
+
     pub(super) fn answered(
         &self,
         kind: Kind,
@@ -62,6 +75,8 @@ impl Classifier {
                 allocation_samples: Vec::new(),
                 port_range: None,
                 delta_spread: None,
+                other_flows_per_s: None,
+                search_range: None,
                 lifetime: None,
                 reasons,
             };
@@ -70,7 +85,23 @@ impl Classifier {
 
         let mapping = self.mapping(mapped, other, behind_nat, &mut reasons);
         let filtering = self.filtering(other, &mut reasons);
-        let (fit, samples) = self.allocation(&mut reasons);
+        let (mut fit, samples) = self.allocation(&mut reasons);
+        let busy = self.busy(&fit, &samples, &mut reasons);
+        let mut seen = port_range(fit.allocation, &samples);
+        let search = match (busy, fit.delta, seen) {
+            (Some(b), Some(d), Some(range)) if b.too_busy => {
+                fit.allocation = Allocation::Random;
+                fit.delta = None;
+                fit.spread = None;
+                seen = Some(
+                    self.late_ports()
+                        .into_iter()
+                        .fold(range, |[lo, hi], p| [lo.min(p), hi.max(p)]),
+                );
+                seen.map(|r| super::busy_range(r, d, b.per_s, BUSY_AHEAD))
+            }
+            _ => super::search_range(fit.allocation, seen, samples.len()),
+        };
         let (allocation, delta) = (fit.allocation, fit.delta);
         let hairpinning = match self.outcome(Kind::Hairpin) {
             Some(Outcome::Answered { .. }) => Some(true),
@@ -100,8 +131,10 @@ impl Classifier {
             legacy_type,
             rtt_ms: self.srtt.map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
             other_address: other,
-            port_range: port_range(allocation, &samples),
+            port_range: seen,
             delta_spread: fit.spread,
+            other_flows_per_s: busy.map(|b| b.per_s),
+            search_range: search,
             allocation_samples: samples,
             lifetime: self.lifetime_result(&mut reasons),
             reasons,
@@ -205,12 +238,7 @@ impl Classifier {
         &self,
         reasons: &mut BTreeMap<&'static str, String>,
     ) -> (AllocationFit, Vec<u16>) {
-        let samples: Vec<(usize, u16, u16)> = (0..self.cfg.alloc_sockets)
-            .filter_map(|i| match self.answered(Kind::Alloc(i)) {
-                Some((_, Some(m), _)) => Some((i, self.locals[SOCK_ALLOC0 + i].port(), m.port())),
-                _ => None,
-            })
-            .collect();
+        let samples = self.alloc_samples();
         let ports: Vec<u16> = samples.iter().map(|s| s.2).collect();
         let fit = fit_allocation(&samples);
         if fit.allocation == Allocation::Unknown {
@@ -224,6 +252,16 @@ impl Classifier {
             );
         }
         (fit, ports)
+    }
+
+    /// `(probe index, local port, external port)` of every answered allocation probe.
+    pub(super) fn alloc_samples(&self) -> Vec<(usize, u16, u16)> {
+        (0..self.cfg.alloc_sockets)
+            .filter_map(|i| match self.answered(Kind::Alloc(i)) {
+                Some((_, Some(m), _)) => Some((i, self.locals[SOCK_ALLOC0 + i].port(), m.port())),
+                _ => None,
+            })
+            .collect()
     }
 
     pub(super) fn lifetime_result(

@@ -14,10 +14,12 @@
 //! server's two endpoints in turn, hairpinning (4.5) toward A's mapping, and the optional
 //! binding-lifetime search (4.6).
 
+mod busy;
 mod conclude;
 mod report;
 pub mod tcp;
 
+pub use busy::{busy_range, punch_horizon, Busy};
 pub use conclude::{
     classify_allocation, counter_ahead, fit_allocation, AllocationFit, MAX_EXTRA_FLOWS,
 };
@@ -117,8 +119,9 @@ impl ClassifierConfig {
     /// How many fresh sockets the driver must bind before constructing the classifier.
     pub fn sockets_needed(&self) -> usize {
         let lifetime = self.lifetime_points().len();
-        // A, B, C, H, allocation burst, lifetime probes plus the socket that checks them.
-        4 + self.alloc_sockets + if lifetime > 0 { lifetime + 1 } else { 0 }
+        // A, B, C, H, allocation burst, lifetime probes plus the socket that checks them,
+        // the two late allocation probes.
+        4 + self.alloc_sockets + if lifetime > 0 { lifetime + 1 } else { 0 } + busy::LATE_SOCKETS
     }
 }
 
@@ -154,6 +157,8 @@ enum Kind {
     LifetimeOpen(usize),
     /// Sent from the checker socket with RESPONSE-PORT set to probe `i`'s mapped port.
     LifetimeCheck(usize),
+    /// The late allocation probes that time a port counter ([`busy`]).
+    Late(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -353,6 +358,7 @@ impl Classifier {
             t.next = now + after_send(t, self.srtt, rtt_wait);
         }
         self.progress_lifetime(now);
+        self.drop_moot_late();
         self.settle_quick(now);
         self.finish_if_settled();
     }
@@ -453,6 +459,7 @@ impl Classifier {
                     let s = self.lifetime_socket(i);
                     self.add(now, Kind::LifetimeOpen(i), s, self.cfg.server, None, None);
                 }
+                self.add_late_pair(now);
             }
             Kind::LifetimeOpen(i) => {
                 // The clock starts at the answer: that is when the NAT last saw the binding used.

@@ -81,6 +81,12 @@ pub struct UdpReport {
     /// of the NAT's counter between two consecutive allocation samples (`[0, 0]`: the steps
     /// were exactly `delta`); `null` otherwise.
     pub delta_spread: Option<[u16; 2]>,
+    /// For a port counter: new flows of other hosts it maps a second, from two late probes
+    /// an interval apart; `null` when not measured.
+    pub other_flows_per_s: Option<f64>,
+    /// The ports a peer's sweep should search for this NAT's next mapping (`null`: all of
+    /// 1024-65535, or no search needed): a port block, or where a busy counter moves.
+    pub search_range: Option<[u16; 2]>,
 }
 
 impl UdpReport {
@@ -102,6 +108,11 @@ impl UdpReport {
             self.allocation,
             self.port_range,
             &self.allocation_samples,
+        ));
+        v.push_str(&busy_sentence(
+            self.allocation,
+            self.other_flows_per_s,
+            self.search_range,
         ));
         if self.hairpinning == Some(true) {
             v.push_str(
@@ -136,6 +147,25 @@ pub(crate) fn block_sentence(
         Some([lo, hi]) if is_block(allocation, range, samples.len()) => {
             format!(
                 " The random ports all fall within {lo}-{hi}: a port block like those carrier-grade NATs give each subscriber, so peers need to search only that range."
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// The sentence for a port counter too busy to predict ([`super::busy`]).
+pub(crate) fn busy_sentence(
+    allocation: Allocation,
+    per_s: Option<f64>,
+    search: Option<[u16; 2]>,
+) -> String {
+    match (allocation, per_s) {
+        (Allocation::Random, Some(r)) => {
+            let range = search.map_or(String::new(), |[lo, hi]| {
+                format!(", so peers search where it moves, {lo}-{hi}")
+            });
+            format!(
+                " The ports come from a counter that other hosts move by about {r:.0} new flows a second: too fast to predict a port a few round trips ahead{range}."
             )
         }
         _ => String::new(),

@@ -327,56 +327,6 @@ fn allocation_predicts_through_a_few_other_flows() {
     );
 }
 
-/// The simulated NAT whose counter others advance: up to a few flows between samples is
-/// `sequential` with the step and the spread the NAT caused, in the report, the verdict and
-/// the JSON key after `port_range`; hundreds of flows are `random` within the range seen.
-#[test]
-fn disturbed_counter_is_sequential_when_predictable_else_random() {
-    let disturbed = |step, max_extra| {
-        nat(
-            AddressAndPortDependent,
-            AddressAndPortDependent,
-            PortAlloc::SequentialDisturbed {
-                start: 20000,
-                step,
-                max_extra,
-            },
-        )
-    };
-    let mut spreads = Vec::new();
-    for seed in 0..16 {
-        let (r, _) = sim::classify(disturbed(1, 4), true, 0.0, seed, None);
-        assert_eq!(r.allocation, Allocation::Sequential, "seed {seed}: {r:#?}");
-        assert_eq!(r.delta, Some(1), "seed {seed}: {r:#?}");
-        let [lo, hi] = r.delta_spread.expect("a spread");
-        assert!(lo <= hi && hi <= 4, "seed {seed}: {r:#?}");
-        if hi > 0 {
-            let v = r.verdict();
-            let want = format!("(step 1, disturbed by up to {hi} other flow");
-            assert!(v.contains(&want), "{v}");
-        }
-        spreads.push(hi);
-        let json = serde_json::to_string(&r).expect("json");
-        assert!(
-            json.ends_with(&format!(",\"delta_spread\":[{lo},{hi}]}}")),
-            "{json}"
-        );
-    }
-    assert!(
-        spreads.iter().any(|&h| h > 1),
-        "the NAT was disturbed: {spreads:?}"
-    );
-    for seed in 0..16 {
-        let (r, _) = sim::classify(disturbed(1, 500), true, 0.0, seed, None);
-        assert_eq!(r.allocation, Allocation::Random, "seed {seed}: {r:#?}");
-        assert_eq!((r.delta, r.delta_spread), (None, None));
-        let [lo, hi] = r.port_range.expect("the range seen");
-        assert!(r.allocation_samples.iter().all(|p| (lo..=hi).contains(p)));
-        let json = serde_json::to_string(&r).expect("json");
-        assert!(json.ends_with(",\"delta_spread\":null}"), "{json}");
-    }
-}
-
 #[test]
 fn port_range_for_random_and_sequential_only() {
     let r = check(
@@ -425,9 +375,11 @@ fn port_range_for_random_and_sequential_only() {
     .0;
     assert_eq!(cone.port_range, None);
     let json = serde_json::to_string(&cone).unwrap();
-    // port_range is followed only by the key #10 added after it.
+    // port_range is followed only by the keys #10 added after it.
     assert!(
-        json.ends_with(",\"port_range\":null,\"delta_spread\":null}"),
+        json.ends_with(
+            ",\"port_range\":null,\"delta_spread\":null,\"other_flows_per_s\":null,\"search_range\":null}"
+        ),
         "{json}"
     );
 }
@@ -505,6 +457,14 @@ mod properties {
                 // Others' flows within the bound: a counter of the step, or of a multiple of
                 // it when every step happened to be disturbed alike, never more disturbed
                 // than the NAT was.
+                // ... unless the late probes saw so many of them in their interval that over
+                // a punch's horizon a prediction could not absorb them: random, said why.
+                PortAlloc::SequentialDisturbed { .. } if r.allocation == Allocation::Random => {
+                    let rate = r.other_flows_per_s.expect("a measured rate");
+                    prop_assert!(rate > 0.0, "{:?}", r);
+                    prop_assert!(r.verdict().contains("new flows a second"), "{:?}", r);
+                    (Allocation::Random, None)
+                }
                 PortAlloc::SequentialDisturbed { step, max_extra, .. } => {
                     let d = r.delta.expect("a step");
                     prop_assert!(d % i32::from(step) == 0, "{:?}", r);
@@ -515,6 +475,8 @@ mod properties {
                 // Sequential toward each destination from its own offset: toward a new peer
                 // that is as good as random, and sampling two destinations shows it.
                 PortAlloc::PerDestination { .. } => (Allocation::Random, None),
+                // Not generated (time-based; see busy/tests.rs).
+                PortAlloc::SequentialBusy { .. } => (r.allocation, r.delta),
             };
             prop_assert_eq!(r.allocation, want);
             prop_assert_eq!(r.delta, delta);
@@ -646,7 +608,8 @@ fn random_ports_in_a_block_are_reported_as_one() {
 /// are known) gives the same mapping, filtering and allocation as the full one for the
 /// kinds a punch distinguishes, skips hairpinning, and is done two RTTs (at least one plus
 /// 50 ms) after it starts: the mapping and allocation answers take two, and a silent
-/// filtering test is not waited out beyond them. Virtual time, so the bound is exact.
+/// filtering test is not waited out beyond them (a port counter's rate takes one RTT
+/// more). Virtual time, so the bound is exact.
 #[test]
 fn quick_classification_takes_two_rtts_and_agrees_on_what_a_punch_needs() {
     let kinds = [
@@ -692,10 +655,14 @@ fn quick_classification_takes_two_rtts_and_agrees_on_what_a_punch_needs() {
             assert_eq!(quick.delta, full.delta, "{what}");
             assert_eq!(quick.hairpinning, None, "{what}");
             assert!(quick.reasons.contains_key("hairpinning"), "{what}");
+            // A port counter also waits for the second late probe, sent half a punch
+            // horizon (an RTT plus 25 ms) after the burst: three RTTs plus 25 ms.
+            let mut bound = (one_way * 4).max(one_way * 2 + Duration::from_millis(50));
+            if matches!(a, PortAlloc::Sequential { .. }) {
+                bound = bound.max(one_way * 6 + Duration::from_millis(25));
+            }
             assert!(
-                elapsed
-                    <= (one_way * 4).max(one_way * 2 + Duration::from_millis(50))
-                        + Duration::from_millis(1),
+                elapsed <= bound + Duration::from_millis(1),
                 "{what}: {elapsed:?}"
             );
         }

@@ -19,16 +19,17 @@ fn info(n: &Option<NatBehavior>) -> NatInfo {
             filtering: b.filtering,
             allocation: match b.alloc {
                 PortAlloc::Preserve => Allocation::Preserving,
-                PortAlloc::Sequential { .. } | PortAlloc::SequentialDisturbed { .. } => {
-                    Allocation::Sequential
-                }
+                PortAlloc::Sequential { .. }
+                | PortAlloc::SequentialDisturbed { .. }
+                | PortAlloc::SequentialBusy { .. } => Allocation::Sequential,
                 PortAlloc::Random
                 | PortAlloc::PerDestination { .. }
                 | PortAlloc::RandomIn { .. } => Allocation::Random,
             },
             delta: match b.alloc {
                 PortAlloc::Sequential { step, .. }
-                | PortAlloc::SequentialDisturbed { step, .. } => Some(i32::from(step)),
+                | PortAlloc::SequentialDisturbed { step, .. }
+                | PortAlloc::SequentialBusy { step, .. } => Some(i32::from(step)),
                 _ => None,
             },
             // What the probe's samples would show, taken as exact here.

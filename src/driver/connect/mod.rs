@@ -173,11 +173,7 @@ fn classify(
         filtering: udp.filtering,
         allocation: udp.allocation,
         delta: udp.delta,
-        range: crate::core::classify::search_range(
-            udp.allocation,
-            udp.port_range,
-            udp.allocation_samples.len(),
-        ),
+        range: udp.search_range,
     };
     status.say(format!(
         "NAT: mapping {}, filtering {}, allocation {}",
