@@ -1457,3 +1457,70 @@ fn cone_connects_to_a_busy_sequential_nat_by_a_sweep_of_its_range() {
         all_connect_in(lab, "sweep", 3);
     }
 }
+
+/// A path like the Internet's rather than the lab's: 40 ms one way with +-10 ms of jitter
+/// that reorders frames, and 2% random loss on each NAT. Every punching strategy, UDP and
+/// TCP, still connects (1 MiB each way by hash) in most tries; what is measured on the path
+/// -- RTT samples, observed ports -- has to carry it, not the lab's exact timing.
+#[test]
+fn pairs_connect_over_a_jittery_lossy_path() {
+    let cases: [(&str, &str, &[&str], &str, &str); 4] = [
+        (
+            "port-restricted-cone",
+            "port-restricted-cone",
+            &[],
+            "udp",
+            "direct|predict",
+        ),
+        (
+            "port-restricted-cone",
+            "symmetric-sequential",
+            &[],
+            "udp",
+            "predict",
+        ),
+        (
+            "port-restricted-cone",
+            "symmetric-random",
+            &[],
+            "udp",
+            "sweep",
+        ),
+        (
+            "port-restricted-cone",
+            "symmetric-sequential",
+            &["--tcp"],
+            "tcp",
+            "predict",
+        ),
+    ];
+    for (kind_a, kind_b, extra, transport, strategy) in cases {
+        let Some(lab) = Lab::up_with(
+            LabOptions::new(kind_a)
+                .kind_b(kind_b)
+                .delay_ms(DELAY_MS)
+                .jitter_ms(10)
+                .reorder()
+                .loss_pct(2),
+        ) else {
+            return;
+        };
+        let _srv = common::punchraw_serve_5780(&lab);
+        let mut failures = Vec::new();
+        for t in 0..3 {
+            let p = pair(&lab, t, "right", MIB, extra);
+            let what = format!("{kind_a} x {kind_b} {extra:?} jittery+lossy, try {t}");
+            let ok = p.a.code == Some(0) && p.b.code == Some(0);
+            if ok {
+                check_connected_over(&p, transport, strategy, &what);
+            } else {
+                failures.push(format!(
+                    "{what}: exit {:?}/{:?}\nA: {}\nB: {}",
+                    p.a.code, p.b.code, p.a.stderr, p.b.stderr
+                ));
+            }
+        }
+        eprintln!("{kind_a} x {kind_b} {extra:?}: {} of 3 failed", failures.len());
+        assert!(failures.len() <= 1, "{}", failures.join("\n\n"));
+    }
+}
