@@ -145,6 +145,8 @@ struct Classified {
     rtt: Duration,
     /// The allocation probes' mapped ports, in probe order.
     samples: Vec<u16>,
+    /// How fast a busy counter's search range moves, ports per second.
+    range_drift: Option<f64>,
 }
 
 fn classify(
@@ -186,6 +188,7 @@ fn classify(
         local_ip: udp.local.ip(),
         other_address: udp.other_address,
         rtt: Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0),
+        range_drift: udp.range_drift(),
         samples: udp.allocation_samples,
     })
 }
@@ -297,8 +300,14 @@ fn meet(
         deadline,
         timeout: cfg.timeout,
         start_delay: cfg.start_delay,
+        range_drift: c.range_drift,
     };
-    let intro = rendezvous(main, client, tcp.as_mut(), shutdown, status)?;
+    let measure = || main_socket::fresh_mapped_port(c, cfg.server);
+    let counter = c
+        .range_drift
+        .is_some()
+        .then_some(&measure as &dyn Fn() -> Option<u16>);
+    let intro = rendezvous(main, client, tcp.as_mut(), counter, shutdown, status)?;
     if intro.peer.tcp.is_some() != cfg.tcp {
         return Err(Error::TransportMismatch {
             peer_tcp: intro.peer.tcp.is_some(),
