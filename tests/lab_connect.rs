@@ -171,6 +171,7 @@ fn pair_between(
     };
     if extra.contains(&"--tcp") {
         assert_no_punch_rules(lab);
+        lab.assert_strict_tcp_tracking();
     }
     let data_ok = sha(&dir.0.join("a.in")) == sha(&dir.0.join("b.out"))
         && sha(&dir.0.join("b.in")) == sha(&dir.0.join("a.out"));
