@@ -74,6 +74,9 @@ pub struct ConnectReport {
     /// Bytes carried by the stream, once it ran.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// From connected until both directions of the stream were done (its setup and close
+    /// included); `null` when no stream ran to its end.
+    pub stream_ms: Option<u64>,
 }
 
 fn hex_id() -> String {
@@ -103,6 +106,7 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         error: None,
         bytes_sent: 0,
         bytes_received: 0,
+        stream_ms: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -358,13 +362,15 @@ fn stream_udp(
         StreamError::Interrupted => shutdown.interrupted(),
         e => e.into(),
     })?;
-    done(report, status, stats);
+    done(report, status, stats, started);
     Ok(())
 }
 
-fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats) {
+fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats, started: Instant) {
     report.bytes_sent = stats.sent;
     report.bytes_received = stats.received;
+    let total = started.elapsed().as_millis() as u64;
+    report.stream_ms = Some(total.saturating_sub(report.elapsed_ms));
     status.say(format!(
         "done: {} bytes sent, {} bytes received",
         stats.sent, stats.received
@@ -633,7 +639,7 @@ fn connect_tcp(
         punched.conn.attempts
     ));
     let stats = tcp_punch::transfer(punched, std::io::stdin(), std::io::stdout(), shutdown)?;
-    done(report, status, stats);
+    done(report, status, stats, started);
     Ok(())
 }
 

@@ -29,7 +29,13 @@
 //!
 //! Congestion control is BBR: a loss-based controller (quinn's default is CUBIC) takes random
 //! loss for congestion and shrinks its window to two packets, where nearly every loss waits
-//! for a probe timeout.
+//! for a probe timeout. Measured in the lab (two port-restricted cones, one way, MiB/s, two
+//! runs each, 2026-12-03, other work on the machine): no loss and ~0 RTT: BBR 261/195, CUBIC
+//! 308/225; 1% loss at each NAT: BBR 59/52, CUBIC 108/116; 5%: BBR 47/44, CUBIC 3/11; 20%:
+//! BBR 4/7, CUBIC 0.3 and one stall; 160 ms RTT, no loss: BBR 7/9, CUBIC 9/9 (the lab's
+//! delay element caps those); 1%: BBR 5/5. CUBIC is ahead only on clean or nearly clean
+//! paths, by less than a factor of two; BBR keeps lossy ones alive, which is where a punched
+//! path across carrier NATs and radio links tends to be.
 //!
 //! Ending cleanly: each connection is closed by its sender, with [`CLOSE_DONE`], as soon as all
 //! of its data is acknowledged; until then it may need acknowledgements of retransmissions, so
