@@ -48,8 +48,11 @@ fn fits(s: &Crafted, own: &mut Option<u32>, other: Option<u32>) -> bool {
             *own = Some(s.seq);
             true
         }
+        // The ACK that ends a TCP_REPAIR socket's repair mode is a window probe one byte
+        // before its next sequence number, i.e. at its ISN (os::tcp_repair); conntrack's
+        // window accepts it.
         Flags::Ack => {
-            own.map(|o| o.wrapping_add(1)) == Some(s.seq)
+            own.is_some_and(|o| s.seq == o || s.seq == o.wrapping_add(1))
                 && other.map(|o| o.wrapping_add(1)) == Some(s.ack)
         }
         Flags::Rst => own.map(|o| o.wrapping_add(1)) == Some(s.seq),
@@ -188,7 +191,7 @@ pub fn seen(s: &Crafted) -> Seen {
 }
 
 /// A host running the raw engine. Each [`Established`] becomes a socket that, leaving repair
-/// mode, sends one ACK (what `os::tcp_repair` does).
+/// mode, sends one ACK: a window probe at `snd_nxt - 1` (what `os::tcp_repair` does).
 pub struct RawHost {
     pub engine: RawPunch,
     conns: Vec<(Established, bool)>,
@@ -213,7 +216,7 @@ impl RawHost {
                 src: e.local,
                 dst: e.remote,
                 ttl: 64,
-                seq: e.snd_nxt,
+                seq: e.snd_nxt.wrapping_sub(1),
                 ack: e.rcv_nxt,
                 flags: Flags::Ack,
                 window: e.our_window,
@@ -228,12 +231,12 @@ impl WireHost for RawHost {
     fn handle_segment(&mut self, now: Instant, s: &Crafted) {
         // The peer's ACK, or its SYN-ACK, shows the connection passes both NATs both ways.
         for (e, acked) in &mut self.conns {
-            let seq = match s.flags {
-                Flags::Ack => e.rcv_nxt,
-                Flags::SynAck => e.rcv_nxt.wrapping_sub(1),
+            let ok = match s.flags {
+                Flags::Ack => s.seq.wrapping_sub(e.rcv_nxt.wrapping_sub(1)) <= 1,
+                Flags::SynAck => s.seq == e.rcv_nxt.wrapping_sub(1),
                 _ => continue,
             };
-            if e.remote == s.src && s.seq == seq && s.ack == e.snd_nxt {
+            if e.remote == s.src && ok && s.ack == e.snd_nxt {
                 *acked = true;
             }
         }
@@ -372,10 +375,13 @@ impl WireHost for KernelHost {
                 self.socks[i].state = State::Established { acked: true };
                 self.segment(i, Flags::Ack, 64);
             }
-            (State::SynReceived, Flags::Ack) if acks_us => {
+            // Linux takes no window probe (seq one before rcv_nxt) as the handshake's ACK.
+            (State::SynReceived, Flags::Ack) if acks_us && s.seq == k.rcv_nxt => {
                 self.socks[i].state = State::Established { acked: true };
             }
-            (State::Established { .. }, Flags::Ack) if acks_us && s.seq == k.rcv_nxt => {
+            (State::Established { .. }, Flags::Ack)
+                if acks_us && s.seq.wrapping_sub(k.rcv_nxt.wrapping_sub(1)) <= 1 =>
+            {
                 self.socks[i].state = State::Established { acked: true };
             }
             _ => {}

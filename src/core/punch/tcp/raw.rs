@@ -163,10 +163,13 @@ impl RawPunch {
         self.local
     }
 
-    /// Our timestamp clock at `now` (1 ms ticks, RFC 7323 section 5.4).
+    /// Our timestamp clock at `now` (1 ms ticks, RFC 7323 section 5.4), always even: Linux
+    /// (since 6.7) reads an odd TCP_TIMESTAMP value as a request for microsecond timestamps
+    /// and rounds it up (`os::tcp_repair`), so the TCP_REPAIR socket's clock continues these
+    /// values exactly only when they are even. Rounding down keeps the clock monotonic.
     fn tsval(&self, now: Instant) -> u32 {
         let ms = now.saturating_duration_since(self.start).as_millis();
-        self.ts_base.wrapping_add(ms as u32)
+        self.ts_base.wrapping_add(ms as u32) & !1
     }
 
     /// What every SYN of ours carries; the timestamp is the clock's at `now`.
@@ -328,6 +331,28 @@ impl RawPunch {
                             timestamps: options.timestamps.map(|(v, _)| (self.tsval(now), v)),
                             ..self.syn_options(now)
                         };
+                        // The handshake's third segment (RFC 9293 section 3.5, figure 7), at
+                        // once: the TCP_REPAIR socket's own first segment is a window probe
+                        // one byte before it, which a kernel peer in SYN-RECEIVED does not
+                        // take as the ACK of its SYN (it would wait for its SYN-ACK's
+                        // retransmission, a second later).
+                        self.transmits.push_back(Crafted {
+                            src: self.local,
+                            dst: src,
+                            ttl: self.cfg.ttl,
+                            seq: self.isn.wrapping_add(1),
+                            ack: seq.wrapping_add(1),
+                            flags: Flags::Ack,
+                            // Scaled once both sides offered scaling (RFC 7323 section 2.2).
+                            window: match options.wscale {
+                                Some(_) => self.cfg.window >> self.cfg.wscale.min(14),
+                                None => self.cfg.window,
+                            },
+                            options: TcpOptions {
+                                timestamps: ours.timestamps,
+                                ..TcpOptions::default()
+                            },
+                        });
                         self.finish(src, seq, window, ours, options, None);
                     }
                     // Once the handshake finished, the kernel socket owns the 4-tuple.
