@@ -821,6 +821,12 @@ fn tcp_raw_cone_and_cone_connect_directly_at_40_ms() {
 }
 
 #[test]
+fn tcp_raw_cone_and_random_connect_by_sweep() {
+    // The cone side probes with crafted SYNs, the random side sprays with kernel sockets.
+    sweep_connects_at(0, 5, &["--tcp", "--syn-engine", "raw"]);
+}
+
+#[test]
 fn tcp_cone_and_cone_connect_directly() {
     all_connect_tcp("port-restricted-cone", "port-restricted-cone", "direct", 5);
 }
