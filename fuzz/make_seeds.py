@@ -187,6 +187,22 @@ captured = {
     "icmp_time_exceeded": ipv4(OWN_NAT, HOST, 1, struct.pack(">BBHI", 11, 0, 0, 0) + OUR_SYN[:28]),
 }
 
+
+def crafted(which, ttl=64):
+    """The field layout the crafted_segment target reads: src ip, src port, dst ip, dst port,
+    ttl, which (bits 0-1 the flags Syn/SynAck/Ack/Rst; then MSS, window scale, SACK-permitted,
+    timestamps present), seq, ack, window, mss, wscale, tsval, tsecr."""
+    return (bytes([10, 0, 1, 2]) + struct.pack(">H", 40000) + bytes([203, 0, 113, 20])
+            + struct.pack(">H", 5000) + bytes([ttl, which])
+            + struct.pack(">IIHHBII", 0x12345678, 0x9ABCDEF0, 64240, 1460, 7, 0xDEADBEEF, 0))
+
+
+crafted_seeds = {
+    "syn_all_options": crafted(0 | 4 | 8 | 16 | 32),
+    "synack_low_ttl": crafted(1 | 4 | 32, ttl=2),
+    "rst_bare": crafted(3),
+}
+
 for target, seeds in {
     "stun_parse": {**requests, **responses, **regressions},
     "server_handle": {**requests, **responses, **regressions},
@@ -194,6 +210,7 @@ for target, seeds in {
     "rendezvous_client": client,
     "punch_input": punch,
     "captured_packet": captured,
+    "crafted_segment": crafted_seeds,
 }.items():
     d = os.path.join(HERE, "corpus_seed", target)
     os.makedirs(d, exist_ok=True)

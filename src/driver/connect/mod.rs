@@ -56,6 +56,8 @@ pub struct ConnectConfig {
     /// Start the punch this long after the agreed moment (`--start-delay-ms`, for tests that
     /// need one side's packets to arrive first).
     pub start_delay: Duration,
+    /// Who sends the TCP punch's SYNs (`--syn-engine`).
+    pub syn_engine: tcp_punch::SynEngine,
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
@@ -217,7 +219,7 @@ fn connect(
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?;
     if cfg.tcp {
-        tcp_punch::check_privileges()?;
+        tcp_punch::check_privileges(cfg.syn_engine)?;
     }
     let secret = secret(cfg, status);
     let key = derive_key(secret.as_bytes(), &cfg.session);
@@ -738,7 +740,7 @@ fn punch_tcp(
     let peer_ip = p.peer_ip;
     let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt);
     status.say(line);
-    let (watcher, rules) = tcp_punch::arm(peer_ip, prime_ttl.is_some())?;
+    let (watcher, rules, raw) = tcp_punch::arm(peer_ip, prime_ttl.is_some(), cfg.syn_engine)?;
     status.say(format!(
         "nft table inet {} drops this host's RSTs to {peer_ip} until the punch ends",
         rules.table()
@@ -767,6 +769,8 @@ fn punch_tcp(
             p.peer_fp,
             tcp_punch::TLS_TIMEOUT,
         )),
+        rtt: tcp_punch::peer_rtt(rtt),
+        raw,
     };
     status.say("punching TCP ...");
     let outcome = tcp_punch::punch(&setup, watcher, capture.as_mut(), shutdown, &mut |line| {
