@@ -1,11 +1,11 @@
 //! `punchraw connect`: quick classification, rendezvous, the punch at the agreed moment, then
 //! a QUIC stream carrying stdin/stdout over the punched socket.
 
+mod classify;
 mod main_socket;
 mod rendezvous;
 pub mod tcp_punch;
 
-use crate::core::classify::{ClassifierConfig, LegacyType};
 use crate::core::punch::explain::{
     describe_plan, explain_failure, explain_lockstep_failure, explain_tcp_failure,
 };
@@ -16,7 +16,6 @@ use crate::core::rendezvous::client::{ClientConfig, Introduction};
 use crate::core::rendezvous::{NatInfo, TcpOffer};
 use crate::core::Machine;
 use crate::driver::kebab;
-use crate::driver::probe::classify_udp;
 use crate::driver::udp::{drive, flush};
 use crate::driver::Status;
 use crate::error::StreamError;
@@ -26,6 +25,7 @@ use crate::os::udp::bind_fresh;
 use crate::transport::quic::{self, Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
+use classify::{classify, Classified};
 use rendezvous::{rendezvous, TcpOfferState};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -139,64 +139,6 @@ fn secret(cfg: &ConnectConfig, status: &Status) -> String {
             cfg.session.clone()
         }
     }
-}
-
-/// Our NAT as the quick classification saw it: what the rendezvous and the punch start from.
-struct Classified {
-    nat: NatInfo,
-    local_ip: IpAddr,
-    /// The server's RFC 5780 alternate endpoint, when it has one.
-    other_address: Option<SocketAddr>,
-    /// Round trip to the server.
-    rtt: Duration,
-    /// The allocation probes' mapped ports, in probe order.
-    samples: Vec<u16>,
-    /// How fast a busy counter's search range moves, ports per second.
-    range_drift: Option<f64>,
-}
-
-fn classify(
-    cfg: &ConnectConfig,
-    status: &Status,
-    started: Instant,
-    shutdown: &Shutdown,
-    capture: Option<&mut Capture>,
-) -> Result<Classified, Error> {
-    status.say(format!("classifying the NAT toward {} ...", cfg.server));
-    let udp = classify_udp(
-        ClassifierConfig::quick(cfg.server),
-        cfg.bind,
-        capture,
-        shutdown,
-        |_| {},
-    )?;
-    if udp.legacy_type == LegacyType::Blocked {
-        return Err(Error::ServerUnreachable {
-            server: cfg.server,
-            waited_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-    let nat = NatInfo {
-        mapping: udp.mapping,
-        filtering: udp.filtering,
-        allocation: udp.allocation,
-        delta: udp.delta,
-        range: udp.search_range,
-    };
-    status.say(format!(
-        "NAT: mapping {}, filtering {}, allocation {}",
-        kebab(&nat.mapping),
-        kebab(&nat.filtering),
-        kebab(&nat.allocation)
-    ));
-    Ok(Classified {
-        nat,
-        local_ip: udp.local.ip(),
-        other_address: udp.other_address,
-        rtt: Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0),
-        range_drift: udp.range_drift(),
-        samples: udp.allocation_samples,
-    })
 }
 
 /// Who we are in this run, settled before the rendezvous.
