@@ -758,30 +758,31 @@ fn all_connect_tcp_at(delay_ms: u32, kind_a: &str, kind_b: &str, strategy: &str,
     }
 }
 
-/// `--syn-engine raw` (#11): crafted SYNs from one port with one sequence number, the
-/// connection continued by a TCP_REPAIR socket, through NATs that track TCP strictly.
-fn all_connect_tcp_raw(delay_ms: u32, kind_a: &str, kind_b: &str, strategy: &str, tries: u32) {
+/// `--syn-engine ENGINE` (#11). `raw`, the default: crafted SYNs from one port with one
+/// sequence number, the connection continued by a TCP_REPAIR socket; `kernel`: a kernel
+/// socket per attempt. Both through NATs that track TCP strictly (checked by `pair`).
+fn all_connect_tcp_engine(
+    engine: &str,
+    delay_ms: u32,
+    kind_a: &str,
+    kind_b: &str,
+    strategy: &str,
+    tries: u32,
+) {
     let Some(lab) = lab_at(delay_ms, kind_a, kind_b) else {
         return;
     };
-    for n in [Node::NatA, Node::NatB] {
-        let out = lab
-            .cmd(n, "cat")
-            .arg("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-            .output()
-            .expect("read the sysctl");
-        let v = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(v.trim(), "0", "{n:?} must track TCP strictly");
-    }
     let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..tries {
-        let p = pair(&lab, t, "right", MIB, &["--tcp", "--syn-engine", "raw"]);
-        let what = format!("raw TCP {kind_a} x {kind_b}{}, try {t}", at(delay_ms));
+        let p = pair(&lab, t, "right", MIB, &["--tcp", "--syn-engine", engine]);
+        let what = format!("{engine} TCP {kind_a} x {kind_b}{}, try {t}", at(delay_ms));
         check_connected_over(&p, "tcp", strategy, &what);
         for (n, s) in [("A", &p.a), ("B", &p.b)] {
-            assert!(
-                s.stderr.contains("raw SYN engine") && s.stderr.contains("crafted handshake"),
-                "{what}: {n} did not use the raw engine:\n{}",
+            let raw = s.stderr.contains("raw SYN engine") && s.stderr.contains("crafted handshake");
+            assert_eq!(
+                raw,
+                engine == "raw",
+                "{what}: {n} used the other engine:\n{}",
                 s.stderr
             );
         }
@@ -790,7 +791,8 @@ fn all_connect_tcp_raw(delay_ms: u32, kind_a: &str, kind_b: &str, strategy: &str
 
 #[test]
 fn tcp_raw_cone_and_cone_connect_directly() {
-    all_connect_tcp_raw(
+    all_connect_tcp_engine(
+        "raw",
         0,
         "port-restricted-cone",
         "port-restricted-cone",
@@ -801,7 +803,8 @@ fn tcp_raw_cone_and_cone_connect_directly() {
 
 #[test]
 fn tcp_raw_cone_and_sequential_connect_by_prediction() {
-    all_connect_tcp_raw(
+    all_connect_tcp_engine(
+        "raw",
         0,
         "port-restricted-cone",
         "symmetric-sequential",
@@ -812,7 +815,8 @@ fn tcp_raw_cone_and_sequential_connect_by_prediction() {
 
 #[test]
 fn tcp_raw_cone_and_cone_connect_directly_at_40_ms() {
-    all_connect_tcp_raw(
+    all_connect_tcp_engine(
+        "raw",
         DELAY_MS,
         "port-restricted-cone",
         "port-restricted-cone",
@@ -825,6 +829,28 @@ fn tcp_raw_cone_and_cone_connect_directly_at_40_ms() {
 fn tcp_raw_cone_and_random_connect_by_sweep() {
     // The cone side probes with crafted SYNs, the random side sprays with kernel sockets.
     sweep_connects_at(0, 5, &["--tcp", "--syn-engine", "raw"]);
+}
+
+/// The kernel engine stays tested now that the raw one is the default.
+#[test]
+fn tcp_kernel_engine_connects_every_kind_of_pair() {
+    let cases = [
+        ("port-restricted-cone", "port-restricted-cone", "direct"),
+        ("port-restricted-cone", "symmetric-sequential", "predict"),
+        ("symmetric-sequential", "symmetric-sequential", "predict"),
+    ];
+    for (a, b, strategy) in cases {
+        all_connect_tcp_engine("kernel", 0, a, b, strategy, 2);
+    }
+    all_connect_tcp_engine(
+        "kernel",
+        DELAY_MS,
+        "port-restricted-cone",
+        "port-restricted-cone",
+        "direct",
+        2,
+    );
+    sweep_connects_at(0, 3, &["--tcp", "--syn-engine", "kernel"]);
 }
 
 #[test]
