@@ -521,10 +521,16 @@ mod upnp_plan {
         assert_eq!(
             p.first(),
             Some(UpnpAsk {
-                any: true,
+                any: false,
                 external_port: 40000,
                 lease_s: 60
             })
+        );
+        // Taken: a v2 router picks another port.
+        assert!(
+            p.next(&UpnpRefusal::from_code(718, "Conflict"))
+                .unwrap()
+                .any
         );
     }
 
@@ -571,6 +577,7 @@ mod upnp_plan {
     fn no_v2_falls_back_to_add_port_mapping_and_gives_up_in_bounded_tries() {
         let mut p = UpnpPlan::new(40000, 60, true, 1);
         p.first();
+        assert!(p.next(&UpnpRefusal::PortInUse).unwrap().any);
         let a = p
             .next(&UpnpRefusal::from_code(401, "Invalid Action"))
             .unwrap();

@@ -10,8 +10,10 @@
 //!   since the router never will.
 //! - A port taken (718 ConflictInMappingEntry) or, below 1024, refused (606, 729 and others
 //!   some routers use for "privileged" ports): ask for a random port of 1024-65535.
-//! - An external port that differs from the internal one is simply what `AddAnyPortMapping`
-//!   returns: the caller uses the port granted, not the one asked for.
+//! - An external port that differs from the internal one: the first request asks for the
+//!   internal port (`AddPortMapping`, which every IGD has); when that one is taken, a v2
+//!   router's `AddAnyPortMapping` picks another, and the caller uses the port granted, not
+//!   the one asked for.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,6 +88,7 @@ impl UpnpRefusal {
 pub struct UpnpPlan {
     internal_port: u16,
     lease_s: u32,
+    has_add_any: bool,
     any: bool,
     permanent: bool,
     same_port_only: bool,
@@ -100,7 +103,8 @@ impl UpnpPlan {
         UpnpPlan {
             internal_port,
             lease_s: lease_s.max(1),
-            any: has_add_any,
+            has_add_any,
+            any: false,
             permanent: false,
             same_port_only: false,
             tries: 0,
@@ -155,7 +159,12 @@ impl UpnpPlan {
                 self.same_port_only = true;
                 None
             }
+            UpnpRefusal::PortInUse if self.has_add_any && !self.any => {
+                self.any = true;
+                self.ask(last.external_port)
+            }
             UpnpRefusal::PortInUse if !self.same_port_only => {
+                self.any = false;
                 let p = self.random_port();
                 self.ask(p)
             }

@@ -4,6 +4,7 @@
 pub mod tcp;
 
 use crate::core::classify::{Classifier, ClassifierConfig, Event, TcpReport, UdpReport};
+use crate::core::portmap::Offer;
 use crate::core::Machine;
 use crate::driver::udp::drive;
 use crate::driver::Status;
@@ -24,6 +25,8 @@ pub struct ProbeConfig {
     pub lifetime_max: Option<Duration>,
     pub bind: Option<IpAddr>,
     pub capture: Option<PathBuf>,
+    /// Ask the router for a test mapping (PCP, NAT-PMP, UPnP IGD) and delete it.
+    pub port_mapping: bool,
 }
 
 /// The `--json` object. Field names and order are a contract with users' scripts.
@@ -34,6 +37,8 @@ pub struct ProbeReport {
     pub udp: UdpReport,
     /// `null` with `--no-tcp`.
     pub tcp: Option<TcpReport>,
+    /// What the router offers to map ports on request; `null` with `--no-port-mapping`.
+    pub port_mapping: Option<Offer>,
 }
 
 /// Runs the UDP classification against `server` and returns the report.
@@ -119,7 +124,15 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
         } else {
             None
         };
-        Ok((udp, tcp))
+        // Last: a router's port-mapping service has nothing to do with the NAT's own
+        // behaviour, and the test mapping is of another port.
+        let port_mapping = cfg
+            .port_mapping
+            .then(|| crate::driver::portmap::probe(cfg.bind, &shutdown));
+        if shutdown.requested() {
+            return Err(shutdown.interrupted());
+        }
+        Ok((udp, tcp, port_mapping))
     });
     // Finished on every path, an interrupt included, so the file is complete either way.
     let captured = capture.map(Capture::finish).transpose();
@@ -131,7 +144,7 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
             ));
         }
     };
-    let (udp, tcp) = match tests {
+    let (udp, tcp, port_mapping) = match tests {
         Ok(t) => t,
         Err(e) => {
             if let Ok(c) = &captured {
@@ -146,6 +159,7 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
         elapsed_ms: started.elapsed().as_millis() as u64,
         udp,
         tcp,
+        port_mapping,
     };
     say_captured(&captured);
     Ok(report)
