@@ -821,6 +821,9 @@ start_upnpd() {
 	local conf="$RUN_DIR/$nat-upnpd.conf" pidfile="$RUN_DIR/$nat-upnpd.pid" log="$RUN_DIR/$nat-upnpd.log"
 	[[ ,$PORTMAP, == *,natpmp,* || ,$PORTMAP, == *,pcp,* ]] && natpmp=yes
 	[[ ,$PORTMAP, == *,upnp,* ]] && upnp=yes
+	# --portmap none: a router without the service (miniupnpd will not run with
+	# nothing enabled).
+	[[ $natpmp == yes || $upnp == yes ]] || return 0
 	nsx "$nat" nft -f - <<-EOF
 		table inet miniupnpd {
 			chain forward { type filter hook forward priority filter - 1; policy accept; jump miniupnpd; }
@@ -858,7 +861,6 @@ start_upnpd() {
 	for ((i = 0; i < 100; i++)); do
 		if { [[ $natpmp == no ]] || nsx "$nat" ss -Hlun 'sport = :5351' | grep -q .; } &&
 			{ [[ $upnp == no ]] || nsx "$nat" ss -Hltn 'sport = :5000' | grep -q .; }; then
-			[[ $natpmp == yes || $upnp == yes ]] || sleep 0.2
 			kill -0 $! 2>/dev/null || die "miniupnpd in $nat exited: $(tail -n 5 "$log" | tr '\n' ' ')"
 			return 0
 		fi
