@@ -215,6 +215,22 @@ portmap_client = {
     "announce": b"\x01" + pm_record(2, 1, pcp_announce) + pm_record(0, 200, pcp_announce),
 }
 
+
+def crafted(which, ttl=64):
+    """The field layout the crafted_segment target reads: src ip, src port, dst ip, dst port,
+    ttl, which (bits 0-1 the flags Syn/SynAck/Ack/Rst; then MSS, window scale, SACK-permitted,
+    timestamps present), seq, ack, window, mss, wscale, tsval, tsecr."""
+    return (bytes([10, 0, 1, 2]) + struct.pack(">H", 40000) + bytes([203, 0, 113, 20])
+            + struct.pack(">H", 5000) + bytes([ttl, which])
+            + struct.pack(">IIHHBII", 0x12345678, 0x9ABCDEF0, 64240, 1460, 7, 0xDEADBEEF, 0))
+
+
+crafted_seeds = {
+    "syn_all_options": crafted(0 | 4 | 8 | 16 | 32),
+    "synack_low_ttl": crafted(1 | 4 | 32, ttl=2),
+    "rst_bare": crafted(3),
+}
+
 for target, seeds in {
     "stun_parse": {**requests, **responses, **regressions},
     "server_handle": {**requests, **responses, **regressions},
@@ -224,6 +240,7 @@ for target, seeds in {
     "captured_packet": captured,
     "portmap_parse": portmap_parse,
     "portmap_client": portmap_client,
+    "crafted_segment": crafted_seeds,
 }.items():
     d = os.path.join(HERE, "corpus_seed", target)
     os.makedirs(d, exist_ok=True)

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
         deadline: t0 + TIMEOUT,
         timeout: TIMEOUT,
         start_delay: Duration::ZERO,
+        range_drift: None,
     };
     let mut c = Client::new(cfg, t0);
     let mut now = t0;

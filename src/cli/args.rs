@@ -1,6 +1,7 @@
 //! The clap structs: every flag, its default and its help text. Names and defaults are a
 //! contract with users' scripts.
 
+use crate::driver::connect::tcp_punch::SynEngine;
 use crate::driver::connect::PrimeTtl;
 use clap::{Args, Parser, Subcommand};
 use std::net::IpAddr;
@@ -99,10 +100,25 @@ pub struct ConnectArgs {
     /// "off" sends the normal TTL; a number forces it.
     #[arg(long, value_name = "auto|off|N", default_value = "auto", value_parser = parse_prime_ttl)]
     pub prime_ttl: PrimeTtl,
+    /// TCP only: who sends the punch's SYNs. "kernel": a kernel socket per attempt, all on one
+    /// local port. "raw": crafted SYNs on a raw socket, every one with one sequence number
+    /// and one set of options, repeated at the measured round trip; a TCP_REPAIR socket
+    /// continues the handshake that succeeds (IPv4; the spraying side of a sweep keeps kernel
+    /// sockets). Both need CAP_NET_RAW and CAP_NET_ADMIN.
+    #[arg(long, value_name = "raw|kernel", default_value = "kernel", value_parser = parse_syn_engine)]
+    pub syn_engine: SynEngine,
     /// Start punching this many milliseconds after the moment agreed with the peer (testing:
     /// makes the other side's packets arrive first).
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub start_delay_ms: u64,
+}
+
+fn parse_syn_engine(s: &str) -> std::result::Result<SynEngine, String> {
+    match s {
+        "raw" => Ok(SynEngine::Raw),
+        "kernel" => Ok(SynEngine::Kernel),
+        _ => Err(format!("{s:?} is not raw or kernel")),
+    }
 }
 
 fn parse_prime_ttl(s: &str) -> std::result::Result<PrimeTtl, String> {

@@ -157,6 +157,7 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         punch_budget: Duration::from_secs(a.punch_budget),
         tcp: a.tcp,
         prime_ttl: a.prime_ttl,
+        syn_engine: a.syn_engine,
         start_delay: Duration::from_millis(a.start_delay_ms),
     })
 }

@@ -217,6 +217,7 @@ mod tests {
             delta_spread: None,
             other_flows_per_s: None,
             search_range: None,
+            busy_step: None,
             lifetime: None,
             reasons: BTreeMap::new(),
         };

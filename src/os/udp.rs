@@ -33,3 +33,20 @@ pub fn bind_fresh(ip: IpAddr, n: usize) -> Result<(Vec<UdpSocket>, Vec<SocketAdd
     }
     Ok((sockets, locals))
 }
+
+/// Gives `sock` socket buffers of `bytes` each way: beyond `net.core.rmem_max`/`wmem_max`
+/// when we hold CAP_NET_ADMIN (SO_RCVBUFFORCE, socket(7)), up to them otherwise. A stream at
+/// line rate outruns the default ~200 KB receive buffer between two reads of the runtime,
+/// and every datagram dropped there is a loss the congestion controller pays for. Returns
+/// the receive buffer the kernel granted (it reports twice what was asked, for its own
+/// bookkeeping).
+pub fn grow_buffers(sock: &UdpSocket, bytes: usize) -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(sock, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(sock, sockopt::RcvBuf, &bytes);
+    }
+    if setsockopt(sock, sockopt::SndBufForce, &bytes).is_err() {
+        let _ = setsockopt(sock, sockopt::SndBuf, &bytes);
+    }
+    getsockopt(sock, sockopt::RcvBuf).unwrap_or(0)
+}

@@ -4,6 +4,7 @@
 //! kind without root.
 
 pub mod tcp;
+pub mod tcp_wire;
 
 use crate::core::classify::{Behavior, Classifier, ClassifierConfig, UdpReport};
 use crate::core::server::{EndpointId, Outcome, ServerConfig, StunServer, Transport};

@@ -496,6 +496,32 @@ impl Lab {
         format!("{}-{}", self.name, node.suffix())
     }
 
+    /// Every NAT of the lab (home NATs and CGNs) tracks TCP strictly: conntrack's
+    /// `nf_conntrack_tcp_be_liberal` is 0 (the kernel's default, per network namespace), so
+    /// a segment outside the window its SYN opened is INVALID and dropped. A TCP punch that
+    /// connects here kept one sequence space from its first SYN on. Panics otherwise.
+    pub fn assert_strict_tcp_tracking(&self) {
+        let cgn = |kind: Option<&str>| kind.is_some_and(|k| k.starts_with("cgn-"));
+        let mut nats = vec![Node::NatA];
+        nats.extend(self.kind_b.is_some().then_some(Node::NatB));
+        nats.extend(cgn(Some(&self.kind_a)).then_some(Node::CgnA));
+        nats.extend(cgn(self.kind_b.as_deref()).then_some(Node::CgnB));
+        for node in nats {
+            let out = self
+                .cmd(node, "cat")
+                .arg("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+                .output()
+                .unwrap_or_else(|e| panic!("read be_liberal in {node:?}: {e}"));
+            let v = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                v.trim(),
+                "0",
+                "lab {}: {node:?} must track TCP strictly (nf_conntrack_tcp_be_liberal=0)",
+                self.name
+            );
+        }
+    }
+
     /// `ip netns exec NS program`: add args, spawn or run it as usual.  The
     /// program keeps the pid of this command (`ip netns exec` execs it).
     pub fn cmd(&self, node: Node, program: impl AsRef<OsStr>) -> Command {

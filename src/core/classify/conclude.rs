@@ -9,11 +9,6 @@ use super::report::{
 use super::{Classifier, Kind, Outcome, SOCK_A, SOCK_ALLOC0};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
-
-/// How far past the late probes a busy counter's search range reaches: the rendezvous and
-/// the start of the punch, when both peers are up, come within about this.
-const BUSY_AHEAD: Duration = Duration::from_secs(2);
 
 impl Classifier {
     /// The ports the late allocation probes got.
@@ -77,6 +72,7 @@ impl Classifier {
                 delta_spread: None,
                 other_flows_per_s: None,
                 search_range: None,
+                busy_step: None,
                 lifetime: None,
                 reasons,
             };
@@ -88,8 +84,10 @@ impl Classifier {
         let (mut fit, samples) = self.allocation(&mut reasons);
         let busy = self.busy(&fit, &samples, &mut reasons);
         let mut seen = port_range(fit.allocation, &samples);
+        let mut busy_step = None;
         let search = match (busy, fit.delta, seen) {
             (Some(b), Some(d), Some(range)) if b.too_busy => {
+                busy_step = Some(d);
                 fit.allocation = Allocation::Random;
                 fit.delta = None;
                 fit.spread = None;
@@ -98,7 +96,7 @@ impl Classifier {
                         .into_iter()
                         .fold(range, |[lo, hi], p| [lo.min(p), hi.max(p)]),
                 );
-                seen.map(|r| super::busy_range(r, d, b.per_s, BUSY_AHEAD))
+                seen.map(|r| super::busy_range(r, d, b.per_s, super::BUSY_AHEAD))
             }
             _ => super::search_range(fit.allocation, seen, samples.len()),
         };
@@ -135,6 +133,7 @@ impl Classifier {
             delta_spread: fit.spread,
             other_flows_per_s: busy.map(|b| b.per_s),
             search_range: search,
+            busy_step,
             allocation_samples: samples,
             lifetime: self.lifetime_result(&mut reasons),
             reasons,

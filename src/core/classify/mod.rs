@@ -19,7 +19,7 @@ mod conclude;
 mod report;
 pub mod tcp;
 
-pub use busy::{busy_range, punch_horizon, Busy};
+pub use busy::{busy_range, drift_range, punch_horizon, range_ahead, Busy, BUSY_AHEAD};
 pub use conclude::{
     classify_allocation, counter_ahead, fit_allocation, AllocationFit, MAX_EXTRA_FLOWS,
 };

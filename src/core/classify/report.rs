@@ -87,9 +87,19 @@ pub struct UdpReport {
     /// The ports a peer's sweep should search for this NAT's next mapping (`null`: all of
     /// 1024-65535, or no search needed): a port block, or where a busy counter moves.
     pub search_range: Option<[u16; 2]>,
+    /// The step of a counter reported `random` because it is too busy: with
+    /// `other_flows_per_s` it says how fast `search_range` moves (not in the JSON).
+    #[serde(skip)]
+    pub busy_step: Option<i32>,
 }
 
 impl UdpReport {
+    /// Ports per second by which a busy counter's `search_range` moves; `None` unless the
+    /// counter is reported `random` for its rate.
+    pub fn range_drift(&self) -> Option<f64> {
+        Some(self.other_flows_per_s? * f64::from(self.busy_step?))
+    }
+
     /// What this NAT means for hole punching, in one or two plain sentences.
     pub fn verdict(&self) -> String {
         if self.legacy_type == LegacyType::Blocked {

@@ -25,6 +25,8 @@
 //! A refused attempt (the far NAT answered with RST or ICMP, which also wipes the mapping our
 //! SYN opened in our own NAT) is repeated after a short random pause, until the budget ends.
 
+pub mod raw;
+
 use super::Strategy;
 use crate::core::classify::{Allocation, Behavior};
 use crate::core::rendezvous::{NatInfo, TcpOffer};
@@ -370,6 +372,15 @@ impl TcpPunch {
 
     pub fn start(&self) -> Instant {
         self.start
+    }
+
+    pub fn plan(&self) -> Plan {
+        self.cfg.plan
+    }
+
+    /// The fixed local port of the attempts (unused by `Spray`).
+    pub fn local_port(&self) -> u16 {
+        self.cfg.local_port
     }
 
     fn source_port(&self) -> u16 {

@@ -12,8 +12,9 @@
 //!    client drops what does not come from the server);
 //! 3. [`Client::poll_event`] until it returns `None`, answering
 //!    [`ClientEvent::RefreshTcpOffer`] with [`Client::set_tcp_offer`] (or not at all, to keep
-//!    the old offer when a new prediction fails), **before** step 4: the register that is
-//!    due goes out with the offer current when it is polled;
+//!    the old offer when a new prediction fails) and [`ClientEvent::MeasureCounter`] with
+//!    [`Client::counter_measured`], **before** step 4: the register that is due goes out
+//!    with the offer and range current when it is polled;
 //! 4. [`Client::poll_transmit`] until it returns `None`, sending each datagram to the server
 //!    (it is a [`Machine`]: the one socket is number 0);
 //! 5. waiting for a datagram no longer than until [`Client::poll_timeout`].
@@ -52,6 +53,8 @@ pub const REGISTRY_GRACE: Duration = Duration::from_millis(1500);
 /// sequential NAT's counter moves with other traffic of this host, conntrack forgets the
 /// connections it was made from), and a re-register replaces what the server tells the peer.
 pub const OFFER_REFRESH: Duration = Duration::from_secs(20);
+/// How often a busy counter is measured anew while we wait ([`ClientEvent::MeasureCounter`]).
+pub const COUNTER_REFRESH: Duration = Duration::from_secs(1);
 /// A `start_in_ms` beyond this is not believed (a confused or hostile server would
 /// otherwise park us for as long as it likes).
 const MAX_START_IN: Duration = Duration::from_secs(10);
@@ -78,6 +81,9 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Added to the start the server gives (`--start-delay-ms`).
     pub start_delay: Duration,
+    /// Ports per second by which `nat.range` moves while we wait: a port counter too busy to
+    /// predict is searched where it is when the peer comes, not where the probe saw it.
+    pub range_drift: Option<f64>,
 }
 
 /// What the rendezvous gave us.
@@ -104,6 +110,11 @@ pub enum ClientEvent {
     /// Our TCP offer is [`OFFER_REFRESH`] old: redo the prediction and hand the new offer to
     /// [`Client::set_tcp_offer`] before the next [`Client::poll_transmit`].
     RefreshTcpOffer,
+    /// Our port counter is too busy to predict and its search range drifts: ask the server
+    /// for a fresh socket's mapped port and hand it to [`Client::counter_measured`]. Every
+    /// [`COUNTER_REFRESH`] while we wait: extrapolating the drift alone misses a counter that
+    /// wraps around its NAT's pool, whose bounds nobody told us.
+    MeasureCounter,
     Introduced(Introduction),
     Failed(Error),
 }
@@ -124,11 +135,27 @@ pub struct Client {
     /// When the server's registry went down (the first `registry-unavailable` of a run).
     registry_down: Option<Instant>,
     offer_made: Instant,
+    /// When the client was made: the drift of `nat.range` counts from here.
+    started: Instant,
+    /// When the register that is due was scheduled.
+    register_at: Instant,
+    /// When the counter was last asked to be measured.
+    measured: Instant,
     events: VecDeque<ClientEvent>,
     done: bool,
 }
 
 impl Client {
+    /// Our NAT as the next register says it: a drifting search range moved on to now.
+    fn nat_now(&self) -> NatInfo {
+        let mut nat = self.cfg.nat;
+        if let (Some(range), Some(drift)) = (nat.range, self.cfg.range_drift) {
+            let elapsed = self.register_at.saturating_duration_since(self.started);
+            nat.range = Some(crate::core::classify::drift_range(range, drift, elapsed));
+        }
+        nat
+    }
+
     /// `now` starts the clocks: the first register is due at once, and the server has
     /// [`SERVER_SILENCE`] from now to answer. The TCP offer in `cfg` counts as made now.
     pub fn new(cfg: ClientConfig, now: Instant) -> Self {
@@ -145,6 +172,9 @@ impl Client {
             rejected: 0,
             registry_down: None,
             offer_made: now,
+            started: now,
+            register_at: now,
+            measured: now,
             events: VecDeque::new(),
             done: false,
         }
@@ -152,6 +182,17 @@ impl Client {
 
     pub fn config(&self) -> &ClientConfig {
         &self.cfg
+    }
+
+    /// The driver's answer to [`ClientEvent::MeasureCounter`]: the port `port` the counter
+    /// gave a new flow at `now`. The search range starts there and reaches as far as the
+    /// drift carries it in [`crate::core::classify::BUSY_AHEAD`], and drifts on from `now`.
+    pub fn counter_measured(&mut self, now: Instant, port: u16) {
+        if let Some(drift) = self.cfg.range_drift {
+            let range = crate::core::classify::range_ahead(port, drift);
+            self.cfg.nat.range = Some(range);
+            self.started = now;
+        }
     }
 
     /// The driver's answer to [`ClientEvent::RefreshTcpOffer`]: the offer the next
@@ -293,7 +334,15 @@ impl Machine for Client {
                 self.offer_made = now;
                 self.events.push_back(ClientEvent::RefreshTcpOffer);
             }
+            if self.cfg.range_drift.is_some()
+                && self.said_waiting
+                && now.saturating_duration_since(self.measured) >= COUNTER_REFRESH
+            {
+                self.measured = now;
+                self.events.push_back(ClientEvent::MeasureCounter);
+            }
             self.register_due = true;
+            self.register_at = now;
             self.next_send = now + REGISTER_EVERY;
         }
     }
@@ -311,7 +360,7 @@ impl Machine for Client {
             seq: self.seq,
             key: self.send_key.then(|| crate::core::hex::encode(&self.key)),
             locals: self.cfg.locals.clone(),
-            nat: self.cfg.nat,
+            nat: self.nat_now(),
             tcp: self.cfg.tcp.clone(),
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),

@@ -56,10 +56,132 @@ pub struct Established {
     pub our_window: u16,
 }
 
+/// IPv4 header without options (RFC 791 section 3.1).
+const IPV4_HEADER: usize = 20;
+/// TCP header without options (RFC 9293 section 3.1).
+const TCP_HEADER: usize = 20;
+/// IP protocol number of TCP.
+const IPPROTO_TCP: u8 = 6;
+
 impl Crafted {
     /// The IPv4 packet, checksums filled in, ready for a raw socket with IP_HDRINCL.
+    ///
+    /// Don't Fragment is set, as Linux sets it on every TCP segment (path MTU discovery,
+    /// RFC 1191). The identification field of such an atomic datagram means nothing to the
+    /// receiver (RFC 6864 section 4.1); it is derived from the segment, so the packets of a
+    /// sweep differ and a retransmitted one is byte-identical. The raw socket sends it
+    /// unchanged except that Linux rewrites a zero id (see [`Crafted::ip_id`]).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Filled in by the packet-building change (pnet's builders).
-        Vec::new()
+        use pnet_packet::ip::IpNextHeaderProtocol;
+        use pnet_packet::ipv4::{self, Ipv4Flags, MutableIpv4Packet};
+        use pnet_packet::tcp::{self, MutableTcpPacket, TcpFlags};
+        use pnet_packet::MutablePacket;
+
+        let options = option_bytes(&self.options);
+        let tcp_len = TCP_HEADER + options.len();
+        let total = IPV4_HEADER + tcp_len;
+        let mut buf = vec![0u8; total];
+        {
+            let mut t = MutableTcpPacket::new(&mut buf[IPV4_HEADER..])
+                .expect("the buffer holds a TCP header");
+            t.set_source(self.src.port());
+            t.set_destination(self.dst.port());
+            t.set_sequence(self.seq);
+            let (flags, ack) = match self.flags {
+                Flags::Syn => (TcpFlags::SYN, 0),
+                Flags::SynAck => (TcpFlags::SYN | TcpFlags::ACK, self.ack),
+                Flags::Ack => (TcpFlags::ACK, self.ack),
+                Flags::Rst => (TcpFlags::RST, 0),
+            };
+            t.set_acknowledgement(ack);
+            t.set_flags(flags);
+            // In 32-bit words (RFC 9293 section 3.1); options are at most 20 bytes.
+            t.set_data_offset((tcp_len / 4) as u8);
+            t.set_window(self.window);
+            t.set_urgent_ptr(0);
+            t.packet_mut()[TCP_HEADER..].copy_from_slice(&options);
+            let sum = tcp::ipv4_checksum(&t.to_immutable(), self.src.ip(), self.dst.ip());
+            t.set_checksum(sum);
+        }
+        {
+            let mut ip = MutableIpv4Packet::new(&mut buf[..IPV4_HEADER])
+                .expect("the buffer holds an IPv4 header");
+            ip.set_version(4);
+            ip.set_header_length((IPV4_HEADER / 4) as u8);
+            ip.set_dscp(0);
+            ip.set_ecn(0);
+            ip.set_total_length(total as u16);
+            ip.set_identification(self.ip_id());
+            ip.set_flags(Ipv4Flags::DontFragment);
+            ip.set_fragment_offset(0);
+            ip.set_ttl(self.ttl);
+            ip.set_next_level_protocol(IpNextHeaderProtocol::new(IPPROTO_TCP));
+            ip.set_source(*self.src.ip());
+            ip.set_destination(*self.dst.ip());
+            let sum = ipv4::checksum(&ip.to_immutable());
+            ip.set_checksum(sum);
+        }
+        buf
+    }
+
+    /// The IPv4 identification [`Crafted::to_bytes`] writes: a hash of the segment, never 0
+    /// (Linux replaces a zero id of an IP_HDRINCL packet with one of its own, raw(7)).
+    pub fn ip_id(&self) -> u16 {
+        // FNV-1a over the fields that tell the packets of one sweep apart.
+        let mut h: u32 = 0x811c_9dc5;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+        };
+        eat(&self.src.ip().octets());
+        eat(&self.src.port().to_be_bytes());
+        eat(&self.dst.ip().octets());
+        eat(&self.dst.port().to_be_bytes());
+        eat(&self.seq.to_be_bytes());
+        eat(&self.ack.to_be_bytes());
+        eat(&[self.ttl, self.flags as u8]);
+        let id = (h ^ (h >> 16)) as u16;
+        if id == 0 {
+            1
+        } else {
+            id
+        }
     }
 }
+
+/// The options in the order and with the padding Linux writes them (tcp_options_write in
+/// net/ipv4/tcp_output.c), so a crafted SYN looks like the kernel's own: MSS; then
+/// SACK-permitted and timestamps sharing one 32-bit word group (or two NOPs before the
+/// timestamps, or before SACK-permitted when only one of them is sent); then NOP and window
+/// scale. At most 20 bytes, always a multiple of 4.
+pub fn option_bytes(o: &TcpOptions) -> Vec<u8> {
+    const NOP: u8 = 1;
+    let mut out = Vec::with_capacity(20);
+    if let Some(mss) = o.mss {
+        // Kind 2, length 4 (RFC 9293 section 3.2).
+        out.extend_from_slice(&[2, 4]);
+        out.extend_from_slice(&mss.to_be_bytes());
+    }
+    match (o.timestamps, o.sack_permitted) {
+        (Some((val, ecr)), sack) => {
+            // SACK-permitted is kind 4, length 2 (RFC 2018 section 2); timestamps kind 8,
+            // length 10 (RFC 7323 section 3.2).
+            out.extend_from_slice(if sack { &[4, 2] } else { &[NOP, NOP] });
+            out.extend_from_slice(&[8, 10]);
+            out.extend_from_slice(&val.to_be_bytes());
+            out.extend_from_slice(&ecr.to_be_bytes());
+        }
+        (None, true) => out.extend_from_slice(&[NOP, NOP, 4, 2]),
+        (None, false) => {}
+    }
+    if let Some(shift) = o.wscale {
+        // Kind 3, length 3 (RFC 7323 section 2.2).
+        out.extend_from_slice(&[NOP, 3, 3, shift]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

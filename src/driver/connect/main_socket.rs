@@ -56,6 +56,13 @@ pub(super) fn open_main(
     unreachable!("the last try returns")
 }
 
+/// The port our NAT gives a new flow now, from a fresh socket (for a busy counter's range,
+/// re-measured while we wait); `None` without an answer.
+pub(super) fn fresh_mapped_port(c: &Classified, server: SocketAddr) -> Option<u16> {
+    let (socks, _) = bind_fresh(c.local_ip, 1).ok()?;
+    mapped_port(socks.first()?, server, c.rtt)
+}
+
 fn binding_request() -> (TransactionId, Vec<u8>) {
     let tid = TransactionId::random(&mut rand::rng());
     let mut req = Vec::new();

@@ -1,11 +1,11 @@
 //! `punchraw connect`: quick classification, rendezvous, the punch at the agreed moment, then
 //! a QUIC stream carrying stdin/stdout over the punched socket.
 
+mod classify;
 mod main_socket;
 mod rendezvous;
 pub mod tcp_punch;
 
-use crate::core::classify::{ClassifierConfig, LegacyType};
 use crate::core::punch::explain::{
     describe_plan, explain_failure, explain_lockstep_failure, explain_tcp_failure,
 };
@@ -16,7 +16,6 @@ use crate::core::rendezvous::client::{ClientConfig, Introduction};
 use crate::core::rendezvous::{NatInfo, TcpOffer};
 use crate::core::Machine;
 use crate::driver::kebab;
-use crate::driver::probe::classify_udp;
 use crate::driver::udp::{drive, flush};
 use crate::driver::Status;
 use crate::error::StreamError;
@@ -26,6 +25,7 @@ use crate::os::udp::bind_fresh;
 use crate::transport::quic::{self, Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
+use classify::{classify, Classified};
 use rendezvous::{rendezvous, TcpOfferState};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -56,6 +56,8 @@ pub struct ConnectConfig {
     /// Start the punch this long after the agreed moment (`--start-delay-ms`, for tests that
     /// need one side's packets to arrive first).
     pub start_delay: Duration,
+    /// Who sends the TCP punch's SYNs (`--syn-engine`).
+    pub syn_engine: tcp_punch::SynEngine,
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
@@ -74,6 +76,9 @@ pub struct ConnectReport {
     /// Bytes carried by the stream, once it ran.
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// From connected until both directions of the stream were done (its setup and close
+    /// included); `null` when no stream ran to its end.
+    pub stream_ms: Option<u64>,
 }
 
 fn hex_id() -> String {
@@ -103,6 +108,7 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         error: None,
         bytes_sent: 0,
         bytes_received: 0,
+        stream_ms: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -135,61 +141,6 @@ fn secret(cfg: &ConnectConfig, status: &Status) -> String {
     }
 }
 
-/// Our NAT as the quick classification saw it: what the rendezvous and the punch start from.
-struct Classified {
-    nat: NatInfo,
-    local_ip: IpAddr,
-    /// The server's RFC 5780 alternate endpoint, when it has one.
-    other_address: Option<SocketAddr>,
-    /// Round trip to the server.
-    rtt: Duration,
-    /// The allocation probes' mapped ports, in probe order.
-    samples: Vec<u16>,
-}
-
-fn classify(
-    cfg: &ConnectConfig,
-    status: &Status,
-    started: Instant,
-    shutdown: &Shutdown,
-    capture: Option<&mut Capture>,
-) -> Result<Classified, Error> {
-    status.say(format!("classifying the NAT toward {} ...", cfg.server));
-    let udp = classify_udp(
-        ClassifierConfig::quick(cfg.server),
-        cfg.bind,
-        capture,
-        shutdown,
-        |_| {},
-    )?;
-    if udp.legacy_type == LegacyType::Blocked {
-        return Err(Error::ServerUnreachable {
-            server: cfg.server,
-            waited_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-    let nat = NatInfo {
-        mapping: udp.mapping,
-        filtering: udp.filtering,
-        allocation: udp.allocation,
-        delta: udp.delta,
-        range: udp.search_range,
-    };
-    status.say(format!(
-        "NAT: mapping {}, filtering {}, allocation {}",
-        kebab(&nat.mapping),
-        kebab(&nat.filtering),
-        kebab(&nat.allocation)
-    ));
-    Ok(Classified {
-        nat,
-        local_ip: udp.local.ip(),
-        other_address: udp.other_address,
-        rtt: Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0),
-        samples: udp.allocation_samples,
-    })
-}
-
 /// Who we are in this run, settled before the rendezvous.
 struct Me {
     classified: Classified,
@@ -210,7 +161,7 @@ fn connect(
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?;
     if cfg.tcp {
-        tcp_punch::check_privileges()?;
+        tcp_punch::check_privileges(cfg.syn_engine)?;
     }
     let secret = secret(cfg, status);
     let key = derive_key(secret.as_bytes(), &cfg.session);
@@ -297,8 +248,14 @@ fn meet(
         deadline,
         timeout: cfg.timeout,
         start_delay: cfg.start_delay,
+        range_drift: c.range_drift,
     };
-    let intro = rendezvous(main, client, tcp.as_mut(), shutdown, status)?;
+    let measure = || main_socket::fresh_mapped_port(c, cfg.server);
+    let counter = c
+        .range_drift
+        .is_some()
+        .then_some(&measure as &dyn Fn() -> Option<u16>);
+    let intro = rendezvous(main, client, tcp.as_mut(), counter, shutdown, status)?;
     if intro.peer.tcp.is_some() != cfg.tcp {
         return Err(Error::TransportMismatch {
             peer_tcp: intro.peer.tcp.is_some(),
@@ -349,13 +306,15 @@ fn stream_udp(
         StreamError::Interrupted => shutdown.interrupted(),
         e => e.into(),
     })?;
-    done(report, status, stats);
+    done(report, status, stats, started);
     Ok(())
 }
 
-fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats) {
+fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats, started: Instant) {
     report.bytes_sent = stats.sent;
     report.bytes_received = stats.received;
+    let total = started.elapsed().as_millis() as u64;
+    report.stream_ms = Some(total.saturating_sub(report.elapsed_ms));
     status.say(format!(
         "done: {} bytes sent, {} bytes received",
         stats.sent, stats.received
@@ -624,7 +583,7 @@ fn connect_tcp(
         punched.conn.attempts
     ));
     let stats = tcp_punch::transfer(punched, std::io::stdin(), std::io::stdout(), shutdown)?;
-    done(report, status, stats);
+    done(report, status, stats, started);
     Ok(())
 }
 
@@ -723,7 +682,7 @@ fn punch_tcp(
     let peer_ip = p.peer_ip;
     let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt);
     status.say(line);
-    let (watcher, rules) = tcp_punch::arm(peer_ip, prime_ttl.is_some())?;
+    let (watcher, rules, raw) = tcp_punch::arm(peer_ip, prime_ttl.is_some(), cfg.syn_engine)?;
     status.say(format!(
         "nft table inet {} drops this host's RSTs to {peer_ip} until the punch ends",
         rules.table()
@@ -752,6 +711,8 @@ fn punch_tcp(
             p.peer_fp,
             tcp_punch::TLS_TIMEOUT,
         )),
+        rtt: tcp_punch::peer_rtt(rtt),
+        raw,
     };
     status.say("punching TCP ...");
     let outcome = tcp_punch::punch(&setup, watcher, capture.as_mut(), shutdown, &mut |line| {

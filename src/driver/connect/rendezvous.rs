@@ -43,6 +43,7 @@ pub(super) fn rendezvous(
     sock: &UdpSocket,
     cfg: ClientConfig,
     mut tcp: Option<&mut TcpOfferState<'_>>,
+    counter: Option<&dyn Fn() -> Option<u16>>,
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
@@ -72,6 +73,11 @@ pub(super) fn rendezvous(
                 ClientEvent::RefreshTcpOffer => {
                     if let Some(offer) = tcp.as_deref_mut().and_then(|t| t.refresh(status)) {
                         client.set_tcp_offer(offer);
+                    }
+                }
+                ClientEvent::MeasureCounter => {
+                    if let Some(port) = counter.and_then(|measure| measure()) {
+                        client.counter_measured(Instant::now(), port);
                     }
                 }
                 ClientEvent::Introduced(intro) => return Ok(intro),

@@ -15,6 +15,7 @@
 //! the handshake go out with the normal TTL.
 
 mod predict;
+mod raw;
 
 use crate::core::punch::priming::{self, PrimeTtl};
 use crate::core::punch::tcp::{Action, AttemptError, Plan, TcpPunch, TcpPunchConfig};
@@ -26,12 +27,14 @@ use crate::os::capture::Capture;
 use crate::os::nft::PunchRules;
 use crate::os::packet::Watcher;
 use crate::os::privileges::{self, CAP_NET_ADMIN, CAP_NET_RAW};
+use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
 use crate::os::ttl;
 use crate::transport::tls::{self, TlsSide};
 use crate::transport::{Role, StreamStats};
 use crate::Error;
 pub use predict::{prepare, TcpPrep};
+pub use raw::{peer_rtt, SynEngine};
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::HashMap;
 use std::io;
@@ -71,11 +74,29 @@ pub const NEEDED: [(u32, &str, &str); 2] = [
     ),
 ];
 
+/// What `--syn-engine raw` needs, for the up-front check.
+pub const NEEDED_RAW: [(u32, &str, &str); 2] = [
+    (
+        CAP_NET_ADMIN,
+        "CAP_NET_ADMIN",
+        "for the nft rule that keeps this host's RSTs from closing the NAT mapping during the punch, and for the TCP_REPAIR socket that continues the crafted handshake",
+    ),
+    (
+        CAP_NET_RAW,
+        "CAP_NET_RAW",
+        "for the AF_PACKET socket that watches SYN, SYN-ACK, RST and ICMP, and the raw socket that sends the crafted SYNs",
+    ),
+];
+
 /// Fails with the exact missing capabilities, before any work starts, and checks that the
 /// `nft` we will run gets CAP_NET_ADMIN from us (with file capabilities instead of root it
 /// must be lent explicitly).
-pub fn check_privileges() -> Result<(), Error> {
-    let missing = privileges::missing(&NEEDED);
+pub fn check_privileges(engine: SynEngine) -> Result<(), Error> {
+    let needed = match engine {
+        SynEngine::Kernel => &NEEDED,
+        SynEngine::Raw => &NEEDED_RAW,
+    };
+    let missing = privileges::missing(needed);
     if !missing.is_empty() {
         return Err(Error::Privileges {
             missing: missing.join(", "),
@@ -120,6 +141,10 @@ pub struct PunchSetup {
     pub prime_ttl: Option<u32>,
     pub keepalive: Duration,
     pub tls: Arc<TlsSide>,
+    /// The round trip toward the peer as best known ([`peer_rtt`]): the raw engine's pace.
+    pub rtt: Duration,
+    /// The raw socket, with `--syn-engine raw` ([`arm`] opens it).
+    pub raw: Option<RawTcpSender>,
 }
 
 /// What the watcher saw of the peer during the punch (counted here, explained in core).
@@ -217,15 +242,24 @@ enum Ev {
     Tls(Option<u64>, Box<Result<TlsStream<TcpStream>, StreamError>>),
 }
 
-/// Opens the watcher and the nft rules, then gives up root (keeping CAP_NET_ADMIN, which the
-/// rules' removal needs). Returns the guards; dropping them undoes both.
-pub fn arm(peer: IpAddr, priming: bool) -> Result<(Watcher, PunchRules), Error> {
+/// Opens the watcher, the nft rules and (raw engine) the raw socket, then gives up root
+/// (keeping CAP_NET_ADMIN, which the rules' removal and TCP_REPAIR need). Returns the guards;
+/// dropping them undoes all.
+pub fn arm(
+    peer: IpAddr,
+    priming: bool,
+    engine: SynEngine,
+) -> Result<(Watcher, PunchRules, Option<RawTcpSender>), Error> {
     let watcher = Watcher::open(&[peer]).map_err(|e| {
         Error::io(
             "cannot open the AF_PACKET socket that watches the punch (needs CAP_NET_RAW)",
             e,
         )
     })?;
+    let sender = match engine {
+        SynEngine::Raw if peer.is_ipv4() => Some(raw::open_sender()?),
+        _ => None,
+    };
     let rules = PunchRules::install(peer, priming)?;
     match privileges::drop_except(&[CAP_NET_ADMIN]) {
         Ok(d) => tracing::info!(user = ?d.user, "privileges dropped, CAP_NET_ADMIN kept"),
@@ -234,7 +268,7 @@ pub fn arm(peer: IpAddr, priming: bool) -> Result<(Watcher, PunchRules), Error> 
     // A probing sweep keeps hundreds of sockets open at once; the usual soft limit of 1024
     // descriptors would end it early.
     privileges::raise_file_limit(WANT_FILES);
-    Ok((watcher, rules))
+    Ok((watcher, rules, sender))
 }
 
 /// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C.
@@ -274,13 +308,30 @@ pub fn punch(
             .map_err(|e| PunchEnd::Setup(Error::io("cannot start the watcher thread", e)))?
     };
     let mut capture = capture;
-    let result = runtime.block_on(run_punch(
-        setup,
-        &mut pkt_rx,
-        &mut capture,
-        shutdown,
-        on_status,
-    ));
+    let engine = setup
+        .raw
+        .as_ref()
+        .and_then(|s| Some((s, raw::engine(setup)?)));
+    if setup.raw.is_some() && engine.is_none() {
+        on_status("the raw SYN engine leaves the spraying side of a sweep to kernel sockets (a fresh port per attempt); punching with them".into());
+    }
+    let result = runtime.block_on(async {
+        match engine {
+            Some((sender, engine)) => {
+                raw::run(
+                    setup,
+                    engine,
+                    sender,
+                    &mut pkt_rx,
+                    &mut capture,
+                    shutdown,
+                    on_status,
+                )
+                .await
+            }
+            None => run_punch(setup, &mut pkt_rx, &mut capture, shutdown, on_status).await,
+        }
+    });
     stop.store(true, Ordering::Relaxed);
     let _ = watch.join();
     // Packets seen up to the end still go to the capture.

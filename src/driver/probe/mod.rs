@@ -113,22 +113,28 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
     // After UDP, not interleaved with it: a sequential NAT's one counter serves both, and the
     // allocation tests of each must see consecutive ports.
     let tests = udp.and_then(|udp| {
-        let tcp = if cfg.tcp {
-            Some(crate::driver::probe::tcp::classify_tcp(
-                cfg.server,
-                udp.local.ip(),
-                udp.other_address,
-                capture.as_mut(),
-                &shutdown,
-            )?)
-        } else {
-            None
-        };
-        // Last: a router's port-mapping service has nothing to do with the NAT's own
-        // behaviour, and the test mapping is of another port.
-        let port_mapping = cfg
-            .port_mapping
-            .then(|| crate::driver::portmap::probe(cfg.bind, &shutdown));
+        // Beside the TCP half, not the UDP one: a router that takes the test mapping's port
+        // from the NAT's own UDP pool would disturb the allocation burst, and the SSDP wait
+        // of UPnP discovery is then hidden behind the TCP tests instead of added to them.
+        let port_mapping = cfg.port_mapping.then(|| {
+            let (bind, shutdown) = (cfg.bind, shutdown.clone());
+            std::thread::spawn(move || crate::driver::portmap::probe(bind, &shutdown))
+        });
+        let tcp = cfg
+            .tcp
+            .then(|| {
+                crate::driver::probe::tcp::classify_tcp(
+                    cfg.server,
+                    udp.local.ip(),
+                    udp.other_address,
+                    capture.as_mut(),
+                    &shutdown,
+                )
+            })
+            .transpose();
+        // Joined on every path: the thread deletes its test mapping before it ends.
+        let port_mapping = port_mapping.map(|t| t.join().unwrap_or_default());
+        let tcp = tcp?;
         if shutdown.requested() {
             return Err(shutdown.interrupted());
         }

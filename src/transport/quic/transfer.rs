@@ -133,6 +133,7 @@ impl Session {
         let (sent, received) = tokio::select! {
             both = async { tokio::try_join!(sending, receiving) } => both?,
             e = self.peer_failed(outgoing, incoming) => return Err(e),
+            never = super::gso::watch(&self.gso_open, [outgoing, incoming]) => match never {},
         };
         debug!(%peer, sent, received, "both directions done");
         Ok(StreamStats { sent, received })

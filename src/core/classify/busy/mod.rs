@@ -160,5 +160,25 @@ pub fn busy_range(seen: [u16; 2], delta: i32, per_s: f64, ahead: Duration) -> [u
     }
 }
 
+/// How far past the last port seen a busy counter's search range reaches: the rendezvous and
+/// the start of the punch, when both peers are up, come within about this.
+pub const BUSY_AHEAD: Duration = Duration::from_secs(2);
+
+/// The search range of a busy counter that just gave a new flow `port`, moving
+/// `ports_per_s`: from there to where it is [`BUSY_AHEAD`] later.
+pub fn range_ahead(port: u16, ports_per_s: f64) -> [u16; 2] {
+    let end = (f64::from(port) + ports_per_s * BUSY_AHEAD.as_secs_f64()).clamp(1024.0, 65535.0);
+    let end = end as u16;
+    [port.min(end), port.max(end)]
+}
+
+/// `range` (from the probe) moved on by `ports_per_s` over `elapsed`: where a busy counter's
+/// next mappings fall now. A range pushed past either end of the port space stops there.
+pub fn drift_range(range: [u16; 2], ports_per_s: f64, elapsed: Duration) -> [u16; 2] {
+    let moved = ports_per_s * elapsed.as_secs_f64();
+    let shift = |p: u16| (f64::from(p) + moved).clamp(1024.0, 65535.0) as u16;
+    [shift(range[0]), shift(range[1])]
+}
+
 #[cfg(test)]
 mod tests;

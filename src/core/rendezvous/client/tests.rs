@@ -155,6 +155,7 @@ impl Net {
             deadline: self.now + timeout,
             timeout,
             start_delay: Duration::ZERO,
+            range_drift: None,
         }
     }
 
@@ -230,6 +231,7 @@ impl Net {
             self.next_expire = now + ms(100);
         }
         let mut out = Vec::new();
+        let t0 = self.t0;
         for p in &mut self.peers {
             if p.client.poll_timeout().is_some_and(|t| t <= now) {
                 p.client.handle_timeout(now);
@@ -238,6 +240,11 @@ impl Net {
                 if matches!(ev, ClientEvent::RefreshTcpOffer) {
                     p.client.set_tcp_offer(offer(p.next_offer_port));
                     p.next_offer_port += 1;
+                }
+                if matches!(ev, ClientEvent::MeasureCounter) {
+                    // A counter that others move 100 ports a second from 20000.
+                    let port = 20_000 + (now - t0).as_millis() / 10;
+                    p.client.counter_measured(now, port as u16);
                 }
                 p.events.push((now, ev));
             }
@@ -648,5 +655,50 @@ fn strangers_and_junk_are_ignored() {
     assert!(matches!(
         c.poll_event(),
         Some(ClientEvent::Failed(Error::SessionTaken { .. }))
+    ));
+}
+
+/// A busy counter's search range moves with it while we wait (#10): the waiting side
+/// measures its counter anew every second and extrapolates in between, so the peer who
+/// comes 10 s later is told where the counter is then, not where the probe saw it.
+#[test]
+fn a_drifting_search_range_is_moved_on_while_waiting() {
+    let mut net = Net::new();
+    let mut cfg = net.config(1, "s3cret", Duration::from_secs(60));
+    cfg.nat.range = Some([20_000, 20_200]);
+    cfg.range_drift = Some(100.0);
+    let a = net.join(1, cfg);
+    net.run_for(Duration::from_secs(10));
+    let measures = net.peers[a]
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, ClientEvent::MeasureCounter))
+        .count();
+    assert!((8..=10).contains(&measures), "{measures}");
+    let b = net.join(2, net.config(2, "s3cret", Duration::from_secs(60)));
+    net.run_for(ms(1000));
+    let ib = net.peers[b].introduction().expect("b introduced").1;
+    let [lo, hi] = ib.peer.nat.range.expect("a range");
+    // The counter is near 21000 then; the range reaches two seconds of drift past it.
+    assert!((20_950..=21_050).contains(&lo), "{lo}-{hi}");
+    assert_eq!(hi - lo, 200, "{lo}-{hi}");
+    let first = &net.peers[a].sent[0].1;
+    assert!(matches!(first, Msg::Register { nat, .. } if nat.range == Some([20_000, 20_200])));
+}
+
+/// Without a drift nothing is measured and the range stays the probe's.
+#[test]
+fn a_steady_range_is_left_alone() {
+    let mut net = Net::new();
+    let mut cfg = net.config(1, "s3cret", Duration::from_secs(60));
+    cfg.nat.range = Some([20_000, 20_511]);
+    let a = net.join(1, cfg);
+    net.run_for(Duration::from_secs(5));
+    assert!(!net.peers[a]
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, ClientEvent::MeasureCounter)));
+    assert!(net.peers[a].sent.iter().all(
+        |(_, m)| matches!(m, Msg::Register { nat, .. } if nat.range == Some([20_000, 20_511]))
     ));
 }

@@ -1,0 +1,487 @@
+//! The raw SYN engine of a TCP punch (`connect --tcp --syn-engine raw`), sans-IO: the attempts
+//! [`TcpPunch`] plans, as crafted segments from one punch port instead of one kernel socket
+//! each.
+//!
+//! Every SYN of the punch, whichever port of the peer it aims at, carries one initial sequence
+//! number and one set of options (MSS, window scale, SACK-permitted, timestamps from one clock).
+//! So whichever 4-tuple the peer's SYN or SYN-ACK arrives on, the handshake continues the
+//! sequence space both NATs' connection tracking learned from our SYN on that 4-tuple, as
+//! strict tracking (nf_conntrack_tcp_be_liberal=0) requires. The engine answers the peer's SYN
+//! itself with a SYN-ACK (the simultaneous open of RFC 9293 section 3.5, figure 8, in which
+//! each side acknowledges the other's SYN), within the call that reports it, and hands the
+//! driver an [`Established`]: the state of the kernel socket (TCP_REPAIR) that carries the data.
+//!
+//! Timing is the engine's, not the kernel's: the first SYN of an attempt may go out with a low
+//! TTL (priming, [`super::super::priming`]) and every later one with the full TTL; SYNs are
+//! repeated after the measured round trip (doubling up to [`MAX_RTO`]) instead of the
+//! kernel's 1 s initial RTO (RFC 6298 section 2.1), and repeats share the configured rate
+//! with the planner's first SYNs.
+//!
+//! Attempts from fresh local ports ([`Plan::Spray`]) are not the raw engine's: each needs a
+//! port of its own to open a mapping of its own in a random-allocating NAT, so a descriptor per
+//! attempt is spent anyway, and a kernel socket's SYN already carries the sequence number its
+//! own handshake continues. [`RawPunch::new`] declines that plan (and IPv6 peers); the driver
+//! runs the kernel engine for them. A raw prober and a kernel sprayer meet as any pair does.
+//!
+//! Drive it in the order quinn-proto documents for its `Connection` (ARCHITECTURE.md):
+//! 1. [`RawPunch::handle_seen`] for each packet the watcher saw (inbound);
+//! 2. [`RawPunch::handle_timeout`] when [`RawPunch::poll_timeout`] has passed;
+//! 3. [`RawPunch::poll_transmit`] until `None`, sending each segment on the raw socket;
+//! 4. [`RawPunch::poll_established`] until `None`, making the socket for each;
+//! 5. sleep until the next packet or `poll_timeout()`.
+//!
+//! A SYN-ACK answering the peer's SYN is queued by step 1, so it goes out in step 3 of the same
+//! turn: within one round trip of the SYN, as the punch needs.
+
+use super::{Action, AttemptError, Plan, TcpPunch, TcpPunchConfig};
+use crate::core::wire::craft::{Crafted, Established, Flags};
+use crate::core::wire::{IcmpKind, Seen, Segment, TcpOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+/// Shortest pause before a SYN is repeated: below it a round trip measured on a LAN would make
+/// the repeats a flood that tells the peer nothing new.
+pub const MIN_RTO: Duration = Duration::from_millis(25);
+/// Longest pause between repeats: the kernel's initial RTO (RFC 6298 section 2.1), which the
+/// engine never waits longer than.
+pub const MAX_RTO: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    /// The plan; its `local_port` is the punch port P every SYN comes from.
+    pub punch: TcpPunchConfig,
+    pub local_ip: Ipv4Addr,
+    /// The round trip toward the peer as best known (the driver: twice ours to the server).
+    pub rtt: Duration,
+    /// TTL of each attempt's first SYN (low-TTL priming); `None`: the full TTL.
+    pub prime_ttl: Option<u8>,
+    /// The full TTL.
+    pub ttl: u8,
+    pub mss: u16,
+    /// Our window scale shift (RFC 7323 section 2.3).
+    pub wscale: u8,
+    /// The window our SYN and SYN-ACK advertise (never scaled in a SYN, RFC 7323 section 2.2).
+    pub window: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    to: SocketAddrV4,
+    /// SYNs sent so far.
+    sent: u32,
+    /// When to send the next.
+    next: Instant,
+}
+
+/// How a 4-tuple's handshake finished, for repeating our SYN-ACK.
+#[derive(Debug, Clone, Copy)]
+struct Done {
+    /// The peer's ISN, when we answered its SYN (a repeated SYN gets the same SYN-ACK again).
+    answered: Option<u32>,
+    options: TcpOptions,
+}
+
+/// The engine. See the module documentation for the order of calls.
+#[derive(Debug)]
+pub struct RawPunch {
+    planner: TcpPunch,
+    cfg: RawConfig,
+    peer: Ipv4Addr,
+    local: SocketAddrV4,
+    isn: u32,
+    /// The timestamp clock (RFC 7323 section 5.4): this value at the start, 1 ms per tick.
+    ts_base: u32,
+    start: Instant,
+    /// Live attempts by planner id, and the id of the live attempt per target.
+    attempts: BTreeMap<u64, Attempt>,
+    by_target: HashMap<SocketAddrV4, u64>,
+    /// 4-tuples (by the peer's end) whose handshake finished.
+    done: HashMap<SocketAddrV4, Done>,
+    /// 4-tuples given up on after their connection failed: never tried again (their
+    /// connection tracking entry has a history a new handshake would not match).
+    dead: HashSet<SocketAddrV4>,
+    /// The earliest moment a repeat may go out (the rate is shared with first SYNs).
+    next_slot: Instant,
+    transmits: VecDeque<Crafted>,
+    established: VecDeque<Established>,
+    /// SYNs sent (first ones and repeats), SYN-ACKs sent.
+    pub syns: u64,
+    pub synacks: u64,
+}
+
+impl RawPunch {
+    /// `None` when the raw engine does not take this punch: a peer that is not IPv4, or the
+    /// spraying side of a sweep (see the module documentation).
+    pub fn new(cfg: RawConfig, start: Instant) -> Option<Self> {
+        let IpAddr::V4(peer) = cfg.punch.peer_ip else {
+            return None;
+        };
+        if cfg.punch.plan == Plan::Spray {
+            return None;
+        }
+        // The sequence number and the timestamp clock come from the seeded generator, apart
+        // from the planner's draws; unpredictable to others as RFC 6528 wants, given a
+        // random seed.
+        let mut rng = StdRng::seed_from_u64(cfg.punch.seed ^ 0x5eed_1517_0000_0001);
+        let isn = rng.random();
+        let ts_base = rng.random();
+        let local = SocketAddrV4::new(cfg.local_ip, cfg.punch.local_port);
+        Some(RawPunch {
+            planner: TcpPunch::new(cfg.punch.clone(), start),
+            peer,
+            local,
+            isn,
+            ts_base,
+            start,
+            attempts: BTreeMap::new(),
+            by_target: HashMap::new(),
+            done: HashMap::new(),
+            dead: HashSet::new(),
+            next_slot: start,
+            transmits: VecDeque::new(),
+            established: VecDeque::new(),
+            syns: 0,
+            synacks: 0,
+            cfg,
+        })
+    }
+
+    /// The plan's scheduler (attempt and refusal counts, budget).
+    pub fn planner(&self) -> &TcpPunch {
+        &self.planner
+    }
+
+    /// Our initial sequence number, the same in every SYN.
+    pub fn isn(&self) -> u32 {
+        self.isn
+    }
+
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// Our timestamp clock at `now` (1 ms ticks, RFC 7323 section 5.4), always even: Linux
+    /// (since 6.7) reads an odd TCP_TIMESTAMP value as a request for microsecond timestamps
+    /// and rounds it up (`os::tcp_repair`), so the TCP_REPAIR socket's clock continues these
+    /// values exactly only when they are even. Rounding down keeps the clock monotonic.
+    fn tsval(&self, now: Instant) -> u32 {
+        let ms = now.saturating_duration_since(self.start).as_millis();
+        self.ts_base.wrapping_add(ms as u32) & !1
+    }
+
+    /// What every SYN of ours carries; the timestamp is the clock's at `now`.
+    fn syn_options(&self, now: Instant) -> TcpOptions {
+        TcpOptions {
+            mss: Some(self.cfg.mss),
+            wscale: Some(self.cfg.wscale),
+            sack_permitted: true,
+            timestamps: Some((self.tsval(now), 0)),
+        }
+    }
+
+    /// What our SYN-ACK to a SYN carrying `theirs` carries: window scale, SACK-permitted and
+    /// timestamps only when the SYN offered them (RFC 7323 sections 2.2 and 3.2, RFC 2018
+    /// section 2); MSS always (RFC 9293 section 3.7.1).
+    fn synack_options(&self, now: Instant, theirs: &TcpOptions) -> TcpOptions {
+        TcpOptions {
+            mss: Some(self.cfg.mss),
+            wscale: theirs.wscale.map(|_| self.cfg.wscale),
+            sack_permitted: theirs.sack_permitted,
+            timestamps: theirs.timestamps.map(|(v, _)| (self.tsval(now), v)),
+        }
+    }
+
+    /// The pause before SYN number `sent + 1` of an attempt. A primed first SYN is followed
+    /// after half a round trip (the peer's own priming SYN has opened its NAT by then, within
+    /// the start's skew); after that, the round trip doubling, as RFC 6298 section 5.5 backs
+    /// off, within [`MIN_RTO`] and [`MAX_RTO`].
+    fn rto(&self, sent: u32) -> Duration {
+        let rtt = self.cfg.rtt;
+        let d = match (self.cfg.prime_ttl.is_some(), sent) {
+            (true, 1) => rtt / 2,
+            (true, n) => rtt.saturating_mul(1 << (n - 2).min(6)),
+            (false, n) => rtt.saturating_mul(1 << (n - 1).min(6)),
+        };
+        d.clamp(MIN_RTO, MAX_RTO)
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.cfg.punch.rate.max(1)))
+    }
+
+    fn send_syn(&mut self, now: Instant, id: u64) {
+        let Some(a) = self.attempts.get(&id).copied() else {
+            return;
+        };
+        let ttl = match self.cfg.prime_ttl {
+            Some(t) if a.sent == 0 => t,
+            _ => self.cfg.ttl,
+        };
+        self.transmits.push_back(Crafted {
+            src: self.local,
+            dst: a.to,
+            ttl,
+            seq: self.isn,
+            ack: 0,
+            flags: Flags::Syn,
+            window: self.cfg.window,
+            options: self.syn_options(now),
+        });
+        self.syns += 1;
+        self.next_slot = self.next_slot.max(now) + self.interval();
+        let sent = a.sent + 1;
+        let next = now + self.rto(sent);
+        self.attempts.insert(id, Attempt { sent, next, ..a });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.planner.handle_timeout(now);
+        self.take_actions(now);
+        if self.planner.expired(now) {
+            return;
+        }
+        // Repeats in the order they fell due, each in a free slot of the rate.
+        let mut due: Vec<(Instant, u64)> = self
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.next <= now)
+            .map(|(id, a)| (a.next, *id))
+            .collect();
+        due.sort();
+        for (_, id) in due {
+            if now < self.next_slot {
+                break;
+            }
+            self.send_syn(now, id);
+        }
+    }
+
+    fn take_actions(&mut self, now: Instant) {
+        while let Some(a) = self.planner.poll_action() {
+            match a {
+                Action::Connect { id, to, .. } => {
+                    let SocketAddr::V4(to) = to else { continue };
+                    if self.dead.contains(&to) || self.done.contains_key(&to) {
+                        continue;
+                    }
+                    if let Some(old) = self.by_target.insert(to, id) {
+                        self.attempts.remove(&old);
+                    }
+                    self.attempts.insert(
+                        id,
+                        Attempt {
+                            to,
+                            sent: 0,
+                            next: now,
+                        },
+                    );
+                    // First SYNs go out when the planner says: it paces them itself.
+                    self.send_syn(now, id);
+                }
+                Action::Abandon { id } => self.forget(id),
+            }
+        }
+    }
+
+    fn forget(&mut self, id: u64) {
+        if let Some(a) = self.attempts.remove(&id) {
+            if self.by_target.get(&a.to) == Some(&id) {
+                self.by_target.remove(&a.to);
+            }
+        }
+    }
+
+    /// The attempt at `to` failed: the planner decides about a repeat.
+    fn fail(&mut self, now: Instant, to: SocketAddrV4, why: AttemptError) {
+        if let Some(id) = self.by_target.remove(&to) {
+            self.attempts.remove(&id);
+            self.planner.handle_failure(now, id, why);
+            self.take_actions(now);
+        }
+    }
+
+    /// A packet the watcher saw coming in. Anything not between the peer and our punch port
+    /// is ignored, as is what does not fit our handshake (a SYN-ACK or RST that does not
+    /// acknowledge our ISN, RFC 9293 section 3.10.7.3).
+    pub fn handle_seen(&mut self, now: Instant, seen: &Seen) {
+        match *seen {
+            Seen::Tcp {
+                src: SocketAddr::V4(src),
+                dst: SocketAddr::V4(dst),
+                segment,
+                seq,
+                ack,
+                window,
+                options,
+                ..
+            } if *src.ip() == self.peer && dst == self.local => {
+                if self.dead.contains(&src) {
+                    return;
+                }
+                match segment {
+                    Segment::Syn => self.on_syn(now, src, seq, window, options),
+                    Segment::SynAck if ack == self.isn.wrapping_add(1) => {
+                        if self.done.contains_key(&src) {
+                            return;
+                        }
+                        let ours = TcpOptions {
+                            timestamps: options.timestamps.map(|(v, _)| (self.tsval(now), v)),
+                            ..self.syn_options(now)
+                        };
+                        // The handshake's third segment (RFC 9293 section 3.5, figure 7), at
+                        // once: the TCP_REPAIR socket's own first segment is a window probe
+                        // one byte before it, which a kernel peer in SYN-RECEIVED does not
+                        // take as the ACK of its SYN (it would wait for its SYN-ACK's
+                        // retransmission, a second later).
+                        self.transmits.push_back(Crafted {
+                            src: self.local,
+                            dst: src,
+                            ttl: self.cfg.ttl,
+                            seq: self.isn.wrapping_add(1),
+                            ack: seq.wrapping_add(1),
+                            flags: Flags::Ack,
+                            // Scaled once both sides offered scaling (RFC 7323 section 2.2).
+                            window: match options.wscale {
+                                Some(_) => self.cfg.window >> self.cfg.wscale.min(14),
+                                None => self.cfg.window,
+                            },
+                            options: TcpOptions {
+                                timestamps: ours.timestamps,
+                                ..TcpOptions::default()
+                            },
+                        });
+                        self.finish(src, seq, window, ours, options, None);
+                    }
+                    // Once the handshake finished, the kernel socket owns the 4-tuple.
+                    Segment::Rst
+                        if ack == self.isn.wrapping_add(1) && !self.done.contains_key(&src) =>
+                    {
+                        self.fail(now, src, AttemptError::Refused)
+                    }
+                    _ => {}
+                }
+            }
+            Seen::IcmpTcp {
+                from,
+                kind: IcmpKind::Unreachable(_),
+                quoted_src: SocketAddr::V4(qs),
+                quoted_dst: SocketAddr::V4(qd),
+                ..
+            // As with the kernel engine: an error from the peer's NAT is dropped on this host
+            // (the nft rule), so the attempt stays for the peer's SYN; one from a router on the
+            // way ends it, and the planner may repeat it.
+            } if qs == self.local
+                && *qd.ip() == self.peer
+                && from != IpAddr::V4(self.peer)
+                && !self.done.contains_key(&qd) =>
+            {
+                self.fail(now, qd, AttemptError::Unreachable)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_syn(
+        &mut self,
+        now: Instant,
+        src: SocketAddrV4,
+        seq: u32,
+        window: u16,
+        theirs: TcpOptions,
+    ) {
+        if let Some(d) = self.done.get(&src).copied() {
+            // The peer repeated its SYN: our SYN-ACK may have been lost. Anything else on a
+            // finished 4-tuple is the kernel socket's.
+            if d.answered == Some(seq) {
+                self.synack(src, seq, d.options);
+            }
+            return;
+        }
+        let ours = self.synack_options(now, &theirs);
+        self.synack(src, seq, ours);
+        self.finish(src, seq, window, ours, theirs, Some(seq));
+    }
+
+    fn synack(&mut self, to: SocketAddrV4, their_isn: u32, options: TcpOptions) {
+        self.transmits.push_back(Crafted {
+            src: self.local,
+            dst: to,
+            ttl: self.cfg.ttl,
+            seq: self.isn,
+            ack: their_isn.wrapping_add(1),
+            flags: Flags::SynAck,
+            window: self.cfg.window,
+            options,
+        });
+        self.synacks += 1;
+    }
+
+    fn finish(
+        &mut self,
+        remote: SocketAddrV4,
+        their_isn: u32,
+        peer_window: u16,
+        ours: TcpOptions,
+        theirs: TcpOptions,
+        answered: Option<u32>,
+    ) {
+        // No more SYNs on this 4-tuple; the planner keeps the attempt as live (it succeeded).
+        if let Some(id) = self.by_target.remove(&remote) {
+            self.attempts.remove(&id);
+        }
+        self.done.insert(
+            remote,
+            Done {
+                answered,
+                options: ours,
+            },
+        );
+        self.established.push_back(Established {
+            local: self.local,
+            remote,
+            snd_nxt: self.isn.wrapping_add(1),
+            rcv_nxt: their_isn.wrapping_add(1),
+            ours,
+            theirs,
+            peer_window,
+            our_window: self.cfg.window,
+        });
+    }
+
+    /// The connection on `remote` failed after its handshake (TLS, or the socket could not be
+    /// made): that 4-tuple is not tried again.
+    pub fn handle_closed(&mut self, remote: SocketAddrV4) {
+        self.done.remove(&remote);
+        self.dead.insert(remote);
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Crafted> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_established(&mut self) -> Option<Established> {
+        self.established.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let planner = self.planner.poll_timeout();
+        // Past the budget nothing is repeated.
+        let repeat = self
+            .attempts
+            .values()
+            .map(|a| a.next)
+            .min()
+            .map(|t| t.max(self.next_slot))
+            .filter(|&t| !self.planner.expired(t));
+        match (planner, repeat) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

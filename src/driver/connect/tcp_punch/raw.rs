@@ -1,0 +1,224 @@
+//! `connect --tcp --syn-engine raw`: the punch as crafted segments. The sans-IO engine
+//! ([`RawPunch`]) decides every SYN and SYN-ACK; this loop sends them on one raw socket
+//! ([`RawTcpSender`]), feeds it what the AF_PACKET watcher sees, and turns each finished
+//! handshake into a kernel socket with TCP_REPAIR ([`crate::os::tcp_repair`]), which then
+//! takes the same TLS and commitment path as the kernel engine's connections.
+//!
+//! The punch port is held by a socket bound to it (SO_REUSEADDR/SO_REUSEPORT, not listening)
+//! so that no other program takes it. Nothing listens on it: a listening socket would answer
+//! the peer's SYN with a SYN-ACK of the kernel's own ISN, not the one the NATs saw. The kernel
+//! therefore answers the peer's SYN and SYN-ACK with a RST, which the punch's nft rule drops
+//! (it drops every RST of this host's to the peer while the punch runs).
+
+use super::{Connection, PunchEnd, PunchLoop, PunchSetup, Turn, TICK};
+use crate::core::punch::tcp::raw::{RawConfig, RawPunch};
+use crate::core::punch::tcp::{Plan, TcpPunchConfig};
+use crate::driver::tcp_stun;
+use crate::os::capture::Capture;
+use crate::os::packet::Packet;
+use crate::os::rawtcp::RawTcpSender;
+use crate::os::signals::Shutdown;
+use crate::Error;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// `--syn-engine`: who sends the punch's SYNs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynEngine {
+    /// A kernel socket per attempt.
+    #[default]
+    Kernel,
+    /// Crafted segments on a raw socket, TCP_REPAIR for the connection.
+    Raw,
+}
+
+/// Linux's defaults for a SYN on an Ethernet path: MSS 1460, window 64240 (44 segments),
+/// window scale 7. The TCP_REPAIR socket continues with what was negotiated.
+const MSS: u16 = 1460;
+const WINDOW: u16 = 64240;
+const WSCALE: u8 = 7;
+const TTL: u8 = 64;
+
+/// The engine for `setup`, when the raw engine takes this punch (IPv4, not the spraying side
+/// of a sweep, which stays with kernel sockets: see [`crate::core::punch::tcp::raw`]).
+pub(super) fn engine(setup: &PunchSetup) -> Option<RawPunch> {
+    let IpAddr::V4(local_ip) = setup.local.ip() else {
+        return None;
+    };
+    if setup.plan == Plan::Spray {
+        return None;
+    }
+    RawPunch::new(
+        RawConfig {
+            punch: TcpPunchConfig {
+                plan: setup.plan,
+                peer_ip: setup.peer_ip,
+                peer_port: setup.peer_port,
+                peer_ports: setup.peer_ports,
+                local_port: setup.local.port(),
+                window: setup.window,
+                rate: setup.rate,
+                sweep_sockets: setup.sweep_sockets,
+                budget: setup.budget,
+                seed: rand::random(),
+            },
+            local_ip,
+            rtt: setup.rtt,
+            prime_ttl: setup.prime_ttl.map(|t| t.min(255) as u8),
+            ttl: TTL,
+            mss: MSS,
+            wscale: WSCALE,
+            window: WINDOW,
+        },
+        setup.start,
+    )
+}
+
+/// Opens the raw socket (needs CAP_NET_RAW, so before privileges are dropped).
+pub fn open_sender() -> Result<RawTcpSender, Error> {
+    RawTcpSender::open().map_err(|e| {
+        Error::io(
+            "cannot open the raw IPv4 socket that sends the crafted SYNs (needs CAP_NET_RAW); --syn-engine kernel needs none",
+            e,
+        )
+    })
+}
+
+/// The raw punch loop; the kernel engine's [`PunchLoop`] carries the TLS handshakes.
+pub(super) async fn run(
+    setup: &PunchSetup,
+    mut engine: RawPunch,
+    sender: &RawTcpSender,
+    packets: &mut mpsc::UnboundedReceiver<Packet>,
+    capture: &mut Option<&mut Capture>,
+    shutdown: &Shutdown,
+    on_status: &mut dyn FnMut(String),
+) -> Result<Connection, PunchEnd> {
+    // Held until the punch ends; the TCP_REPAIR sockets bind beside it.
+    let _hold = tcp_stun::shared_port_socket(setup.local).map_err(|e| {
+        PunchEnd::Setup(Error::io(
+            format!("cannot hold the punch port {}", setup.local),
+            e,
+        ))
+    })?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut l = PunchLoop::new(setup, tx);
+    if engine.planner().aimless() {
+        on_status("the peer's next TCP port cannot be predicted, so no attempt can aim at it; waiting out the budget in case the peer's SYN gets through".into());
+    }
+    on_status(format!(
+        "raw SYN engine: every SYN from port {} with sequence number {}, repeated after {} ms",
+        setup.local.port(),
+        engine.isn(),
+        setup.rtt.as_millis().max(25)
+    ));
+    let hard_stop = setup.start + setup.budget + super::TLS_TIMEOUT;
+    let sweeping = setup.plan == Plan::Probe;
+    let mut next_progress = setup.start + super::PROGRESS;
+    let mut send_errors = 0u64;
+    let result = loop {
+        if shutdown.requested() {
+            break Err(PunchEnd::Interrupted);
+        }
+        let now = Instant::now();
+        engine.handle_timeout(now);
+        flush(&mut engine, sender, &mut send_errors);
+        establish(&mut engine, &mut l, on_status);
+        if sweeping && now >= next_progress {
+            next_progress = now + super::PROGRESS;
+            on_status(format!(
+                "sweep: {} SYNs to {} ports so far, {} refused",
+                engine.syns,
+                engine.planner().attempts,
+                engine.planner().refused + engine.planner().unreachable
+            ));
+        }
+        if engine.planner().expired(now) && (l.handshakes == 0 || now >= hard_stop) {
+            let p = engine.planner();
+            let mut end = l.exhausted();
+            if let PunchEnd::Exhausted {
+                attempts, refused, ..
+            } = &mut end
+            {
+                *attempts = p.attempts;
+                *refused = p.refused + p.unreachable;
+            }
+            if send_errors > 0 {
+                on_status(format!(
+                    "{send_errors} crafted segment(s) could not be sent"
+                ));
+            }
+            break Err(end);
+        }
+        let wake = engine
+            .poll_timeout()
+            .map_or(now + TICK, |t| t.min(now + TICK).max(now));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            Some(p) = packets.recv() => {
+                l.on_packet(&p, capture, on_status);
+                if let (false, Some(s)) = (p.outgoing, &p.seen) {
+                    engine.handle_seen(Instant::now(), s);
+                    // A SYN-ACK to the peer's SYN goes out now, not at the next tick.
+                    flush(&mut engine, sender, &mut send_errors);
+                    establish(&mut engine, &mut l, on_status);
+                }
+            }
+            Some(ev) = rx.recv() => {
+                if let Turn::Done(r) = l.on_event(ev, on_status).await {
+                    break r.map(|mut c| {
+                        c.attempts = engine.planner().attempts;
+                        c
+                    });
+                }
+            }
+        }
+    };
+    l.abort_all();
+    result
+}
+
+fn flush(engine: &mut RawPunch, sender: &RawTcpSender, errors: &mut u64) {
+    while let Some(c) = engine.poll_transmit() {
+        if let Err(e) = sender.send(&c) {
+            *errors += 1;
+            tracing::debug!("crafted {:?} to {} not sent: {e}", c.flags, c.dst);
+        }
+    }
+}
+
+/// Each finished handshake becomes a kernel socket in the sequence space the NATs saw, and
+/// goes to TLS.
+fn establish(engine: &mut RawPunch, l: &mut PunchLoop<'_>, on_status: &mut dyn FnMut(String)) {
+    while let Some(e) = engine.poll_established() {
+        let stream = crate::os::tcp_repair::established(&e).and_then(|s| {
+            s.set_nonblocking(true)?;
+            TcpStream::from_std(s)
+        });
+        match stream {
+            Ok(s) => {
+                on_status(format!(
+                    "TCP connection up with {} (crafted handshake); authenticating (TLS)",
+                    e.remote
+                ));
+                l.came_up += 1;
+                l.spawn_tls(s, None);
+            }
+            Err(err) => {
+                on_status(format!(
+                    "the handshake with {} finished, but its socket could not be made (TCP_REPAIR needs CAP_NET_ADMIN): {err}",
+                    e.remote
+                ));
+                engine.handle_closed(e.remote);
+            }
+        }
+    }
+}
+
+/// How long the raw engine waits before repeating a SYN, from the round trip to the server:
+/// the peer is about as far again (both are measured to one server).
+pub fn peer_rtt(server_rtt: Duration) -> Duration {
+    server_rtt * 2
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Stream benchmark (#17): MiB/s of the QUIC stream (UDP punch), the TLS stream (--tcp punch)
+# and a plain TCP baseline (no punchraw: a DNAT on NAT B, so the same two hosts through both
+# NATs -- the path's capacity), one way from A to B, between two port-restricted cones, in
+# one run per configuration, with the ratios the issue targets (QUIC >= 0.8 x TLS and
+# >= 0.5 x plain TCP on clean paths).
+#
+#   sudo tools/bench-stream.sh [RUNS]     (default 2 runs per cell; medians printed)
+#
+# Configurations: 0 and 40 ms one way on each NAT uplink (tools/natlab.sh --delay; that delay
+# element is a userspace bridge, so it is also the capacity limit of the delayed cells), each
+# with 0, 1 and 5% random loss at each NAT. Sizes: 256 MiB without delay and loss, 32 MiB
+# otherwise. Throughput = bytes / stream_ms of B's --report (from connected to done) for
+# punchraw, bytes / transfer time for the baseline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-2}"
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces); run: sudo $0 $*" >&2; exit 1; }
+BIN="${PUNCHRAW_BIN:-}"
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet
+  BIN="$PWD/target/release/punchraw"
+fi
+LAB="${PUNCHRAW_BENCH_LAB:-prbstrm}"
+WORK=$(mktemp -d)
+SRV_PID=""
+SINK_PID=""
+cleanup() {
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null || true
+  [ -n "$SRV_PID" ] && kill -TERM "$SRV_PID" 2>/dev/null && wait "$SRV_PID" 2>/dev/null || true
+  SRV_PID="" SINK_PID=""
+  tools/natlab.sh down --name "$LAB" >/dev/null 2>&1 || true
+}
+trap 'cleanup; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+
+field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+mibs() { awk -v b="$1" -v ms="$2" 'BEGIN { if (ms <= 0) print "nan"; else printf "%.1f\n", b / 1048576 / (ms / 1000) }'; }
+
+# One punchraw transfer of $1 MiB from A to B; prints MiB/s (or "fail").
+punchraw_run() {
+  local mib=$1 session=$2; shift 2
+  head -c $((mib * 1048576)) /dev/zero > "$WORK/in"
+  tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect --server "$SRV1" --session "$session" \
+    --secret bench --timeout 60 -q "$@" < "$WORK/in" > /dev/null 2>"$WORK/a.err" &
+  local a=$!
+  sleep 0.3
+  if tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect --server "$SRV1" --session "$session" \
+      --secret bench --timeout 60 -q --report "$WORK/b.json" "$@" < /dev/null > "$WORK/out" 2>"$WORK/b.err" \
+     && wait "$a" && [ "$(stat -c %s "$WORK/out")" = $((mib * 1048576)) ]; then
+    mibs "$((mib * 1048576))" "$(field stream_ms "$WORK/b.json")"
+  else
+    wait "$a" 2>/dev/null || true
+    echo fail
+  fi
+}
+
+# The baseline: a plain TCP connection A -> NAT_B:5201, forwarded by NAT B to B.
+tcp_run() {
+  local mib=$1
+  tools/natlab.sh exec --name "$LAB" b -- timeout 120 python3 -c '
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5201)); s.listen(1); c, _ = s.accept(); n = 0; t0 = None
+while True:
+    d = c.recv(1 << 20)
+    if not d: break
+    if t0 is None: t0 = time.monotonic()
+    n += len(d)
+print(n, int((time.monotonic() - t0) * 1000))' > "$WORK/sink" &
+  SINK_PID=$!
+  sleep 0.3
+  tools/natlab.sh exec --name "$LAB" a -- timeout 120 python3 -c '
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5201)); buf = bytes(1 << 20)
+for _ in range(int(sys.argv[2])): c.sendall(buf)
+c.close()' "$NAT_B" "$mib" || true
+  wait "$SINK_PID" || true
+  SINK_PID=""
+  read -r bytes ms < "$WORK/sink" || { echo fail; return; }
+  [ "$bytes" = $((mib * 1048576)) ] && mibs "$bytes" "$ms" || echo fail
+}
+
+printf '%-16s %8s %8s %8s %10s %10s\n' "delay/loss" QUIC TLS TCP "QUIC/TLS" "QUIC/TCP"
+n=0
+for delay in 0 40; do
+  for loss in 0 1 5; do
+    opts=()
+    [ "$delay" != 0 ] && opts+=(--delay "$delay")
+    [ "$loss" != 0 ] && opts+=(--loss "$loss")
+    mib=32
+    [ "$delay" = 0 ] && [ "$loss" = 0 ] && mib=256
+    tools/natlab.sh up --name "$LAB" "${opts[@]}" port-restricted-cone port-restricted-cone >/dev/null
+    eval "$(tools/natlab.sh info --name "$LAB")"
+    tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" 2>/dev/null &
+    SRV_PID=$!
+    # The baseline's port forward, inside the lab's own table (its forward chain drops new
+    # inbound flows; a chain of another table could not overrule that).
+    tools/natlab.sh exec --name "$LAB" nat-b -- nft add rule ip natlab prerouting \
+      ip daddr "$NAT_B" tcp dport 5201 dnat to "$B"
+    tools/natlab.sh exec --name "$LAB" nat-b -- nft insert rule ip natlab forward \
+      ip daddr "$B" tcp dport 5201 accept
+    sleep 0.5
+    q=() t=() p=()
+    for r in $(seq "$RUNS"); do
+      n=$((n + 1)); q+=("$(punchraw_run "$mib" "s$n")")
+      n=$((n + 1)); t+=("$(punchraw_run "$mib" "s$n" --tcp)")
+      p+=("$(tcp_run "$mib")")
+    done
+    mq=$(printf '%s\n' "${q[@]}" | grep -v fail | median)
+    mt=$(printf '%s\n' "${t[@]}" | grep -v fail | median)
+    mp=$(printf '%s\n' "${p[@]}" | grep -v fail | median)
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f\n", a / b }'; }
+    printf '%-16s %8s %8s %8s %10s %10s   (%s MiB; runs QUIC %s, TLS %s, TCP %s)\n' \
+      "${delay} ms / ${loss}%" "$mq" "$mt" "$mp" "$(ratio "$mq" "$mt")" "$(ratio "$mq" "$mp")" \
+      "$mib" "${q[*]}" "${t[*]}" "${p[*]}"
+    cleanup
+  done
+done
