@@ -187,6 +187,34 @@ captured = {
     "icmp_time_exceeded": ipv4(OWN_NAT, HOST, 1, struct.pack(">BBHI", 11, 0, 0, 0) + OUR_SYN[:28]),
 }
 
+# NAT-PMP (RFC 6886) and PCP (RFC 6887), written from the RFCs' layouts.
+NONCE = bytes(range(12))
+V4MAPPED = b"\0" * 10 + b"\xff\xff"
+pmp_ext_ok = struct.pack(">BBHI4s", 0, 128, 0, 77, bytes([11, 22, 33, 44]))
+pmp_map_ok = struct.pack(">BBHIHHI", 0, 129, 0, 77, 4000, 4000, 60)
+pmp_unsupp = struct.pack(">BBHI", 0, 129, 1, 77)
+pcp_map_body = NONCE + bytes([17, 0, 0, 0]) + struct.pack(">HH", 4000, 4000) + V4MAPPED + bytes([11, 22, 33, 44])
+pcp_map_ok = struct.pack(">BBBBII", 2, 0x81, 0, 0, 60, 77) + b"\0" * 12 + pcp_map_body
+pcp_announce = struct.pack(">BBBBII", 2, 0x80, 0, 0, 0, 3) + b"\0" * 12
+pcp_request = struct.pack(">BBHI", 2, 1, 0, 60) + V4MAPPED + bytes([10, 0, 1, 2]) + pcp_map_body
+portmap_parse = {
+    "pmp_ext_ok": pmp_ext_ok, "pmp_map_ok": pmp_map_ok, "pmp_unsupp": pmp_unsupp,
+    "pmp_request": struct.pack(">BBHHHI", 0, 1, 0, 4000, 4000, 60),
+    "pcp_map_ok": pcp_map_ok, "pcp_announce": pcp_announce, "pcp_request": pcp_request,
+}
+
+
+def pm_record(source, advance, payload):
+    return bytes([source, advance, len(payload)]) + payload
+
+
+portmap_client = {
+    # PCP on and NAT-PMP on, UDP: a NAT-PMP gateway's answers after a PCP request.
+    "natpmp": b"\x03" + pm_record(0, 1, pmp_unsupp) + pm_record(0, 1, pmp_ext_ok)
+    + pm_record(0, 1, pmp_map_ok) + pm_record(0x80, 1, pmp_map_ok),
+    "announce": b"\x01" + pm_record(2, 1, pcp_announce) + pm_record(0, 200, pcp_announce),
+}
+
 
 def crafted(which, ttl=64):
     """The field layout the crafted_segment target reads: src ip, src port, dst ip, dst port,
@@ -210,6 +238,8 @@ for target, seeds in {
     "rendezvous_client": client,
     "punch_input": punch,
     "captured_packet": captured,
+    "portmap_parse": portmap_parse,
+    "portmap_client": portmap_client,
     "crafted_segment": crafted_seeds,
 }.items():
     d = os.path.join(HERE, "corpus_seed", target)

@@ -57,7 +57,7 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
   # with --delay they cross both delayed uplinks where the server path crosses one, so the
   # peer RTT is twice the server's and the floor three server RTTs (#10: 240 ms at 80 ms).
   # The first rtt_ms is the UDP one (a greedy match would take a later, possibly null, one).
-  rtt=$(tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --json --no-tcp \
+  rtt=$(tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --json --no-tcp --no-port-mapping \
         | grep -o '"rtt_ms":[0-9.]*' | head -n 1 | cut -d: -f2)
   for i in $(seq 1 "$RUNS"); do
    for t in $transports; do

@@ -57,7 +57,9 @@ median() { tr ' ' '\n' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 declare -A all
 for tool in punchraw stun natdiscovery; do all[$tool]=""; done
 for i in $(seq 1 "$RUNS"); do
-  all[punchraw]+=" $(time_ms "$BIN" probe --server "$SRV1" --no-tcp --json)"
+  # --no-port-mapping: neither anchor asks the router for mappings; this compares the NAT
+  # classification alone (the port-mapping check runs beside the TCP half by default).
+  all[punchraw]+=" $(time_ms "$BIN" probe --server "$SRV1" --no-tcp --no-port-mapping --json)"
   all[stun]+=" $(time_ms stun "$SRV1")"
   all[natdiscovery]+=" $(time_ms turnutils_natdiscovery -m -f "$SRV1")"
   echo "run $i/$RUNS done" >&2
@@ -67,7 +69,7 @@ p=$(echo ${all[punchraw]} | median)
 s=$(echo ${all[stun]} | median)
 n=$(echo ${all[natdiscovery]} | median)
 echo "NAT kind: $KIND, one-way delay: ${ONEWAY:-0} ms, runs: $RUNS (median wall time, ms)"
-printf '  %-34s %6s ms   (%s)\n' "punchraw probe --no-tcp" "$p" "${all[punchraw]# }"
+printf '  %-34s %6s ms   (%s)\n' "punchraw probe --no-tcp --no-port-mapping" "$p" "${all[punchraw]# }"
 printf '  %-34s %6s ms   (%s)\n' "stun (RFC 3489 client)" "$s" "${all[stun]# }"
 printf '  %-34s %6s ms   (%s)\n' "turnutils_natdiscovery -m -f" "$n" "${all[natdiscovery]# }"
 awk -v p="$p" -v s="$s" -v n="$n" -v d="${ONEWAY:-0}" 'BEGIN {

@@ -30,6 +30,8 @@ declare -A EXPECT=(
 	[restricted-cone]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=ADF tcp_filter=ADF unsolicited=drop after_unsolicited=preserve hairpin=no"
 	[port-restricted-cone]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=APDF tcp_filter=APDF unsolicited=drop after_unsolicited=preserve hairpin=no"
 	[symmetric-random]="udp_map=APDM udp_alloc=random tcp_map=APDM tcp_alloc=random udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
+	# miniupnpd on the router changes nothing of the NAT itself.
+	[upnp-random]="udp_map=APDM udp_alloc=random tcp_map=APDM tcp_alloc=random udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
 	[symmetric-sequential]="udp_map=APDM udp_alloc=seq+1 tcp_map=APDM tcp_alloc=seq+1 udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
 	[address-dependent]="udp_map=ADM udp_alloc=hash tcp_map=ADM tcp_alloc=hash udp_filter=APDF tcp_filter=APDF unsolicited=drop hairpin=no"
 	[port-restricted-rst]="udp_map=EIM udp_alloc=preserve tcp_map=EIM tcp_alloc=preserve udp_filter=APDF tcp_filter=APDF unsolicited=tcp-rst after_unsolicited=preserve hairpin=no"
@@ -241,6 +243,43 @@ bg_job() {
 	) &
 }
 
+# portmap_job ID LAB PORTMAP: up upnp-random with --portmap PORTMAP, then
+# Debian's own clients on host A against NAT A's miniupnpd: natpmpc maps UDP
+# 40001 (and the dnat rule appears), upnpc maps UDP 40002, "upnpc -l" lists
+# both, both are deleted and the chain is empty again; down, then what is
+# left (namespaces, files).  Independent of punchraw.
+portmap_job() {
+	local id=$1 lab=$2 portmap=$3
+	(
+		rc=0 out="" left=""
+		x() { "$NATLAB" exec --name "$lab" "$@"; }
+		rules() { x nat-a -- nft list chain inet miniupnpd prerouting_miniupnpd | grep -c dnat || true; }
+		{
+			"$NATLAB" up --name "$lab" --portmap "$portmap" upnp-random &&
+				{
+					r=no
+					x a -- timeout 10 natpmpc -g 10.0.1.1 -a 40001 40001 udp 60 2>&1 | grep -q "Mapped public port 40001 protocol UDP" && r=ok
+					out+="natpmp_map=$r "
+					r=no
+					x a -- timeout 20 upnpc -a 10.0.1.2 40002 40002 UDP 2>&1 | grep -q "external 11.0.113.10:40002 UDP is redirected" && r=ok
+					out+="upnp_map=$r rules=$(rules) "
+					l=$(x a -- timeout 20 upnpc -l 2>&1 || true)
+					r=no
+					[[ $l == *"UDP 40001->10.0.1.2:40001"* && $l == *"UDP 40002->10.0.1.2:40002"* ]] && r=ok
+					out+="upnp_list=$r "
+					x a -- timeout 10 natpmpc -g 10.0.1.1 -a 40001 0 udp 0 >/dev/null 2>&1 || true
+					x a -- timeout 20 upnpc -d 40002 UDP >/dev/null 2>&1 || true
+					out+="after_delete=$(rules)"
+				}
+		} 2>"$TMP/$id.err" || rc=$?
+		"$NATLAB" down --name "$lab" >/dev/null 2>>"$TMP/$id.err" || rc=1
+		left+=$(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$lab-" | tr '\n' ' ' || true)
+		left+=$(find /run/natlab -name "$lab-*" 2>/dev/null | tr '\n' ' ' || true)
+		echo "$out left=${left:-none}" >"$TMP/$id.out"
+		echo "$rc" >"$TMP/$id.rc"
+	) &
+}
+
 start=$SECONDS
 mapfile -t KIND_LIST < <("$NATLAB" kinds | awk '{print $1}')
 
@@ -298,6 +337,10 @@ new_lab
 run_job cgn-loss "$LAB" --loss 30 cgn-block-random -- loss
 new_lab
 bg_job seqgap-busy "$LAB" 200 symmetric-sequential
+new_lab
+portmap_job portmap-all "$LAB" upnp,natpmp,pcp
+new_lab
+portmap_job portmap-upnp "$LAB" upnp
 new_lab
 delay_job delay "$LAB" 40 rtt
 new_lab
@@ -513,6 +556,12 @@ line=$(job_line cgn-loss)
 up=$(field up_passed "$line") down=$(field down_passed "$line")
 [[ $up =~ ^[0-9]+$ && $down =~ ^[0-9]+$ ]] && ((up >= 230 && up <= 330 && down >= 230 && down <= 330)) && r=ok || r=no
 verdict "$r" "--loss 30 through a double NAT, lost once: $line (want 230..330 of 400 each way)" "$line"
+line=$(job_line portmap-all)
+[[ $line == "natpmp_map=ok upnp_map=ok rules=2 upnp_list=ok after_delete=0 left=none" ]] && r=ok || r=no
+verdict "$r" "upnp-random: natpmpc and upnpc map on miniupnpd, upnpc -l lists both, both deleted, down leaves nothing: $line" "$line"
+line=$(job_line portmap-upnp)
+[[ $line == "natpmp_map=no upnp_map=ok rules=1 upnp_list=no after_delete=0 left=none" ]] && r=ok || r=no
+verdict "$r" "upnp-random --portmap upnp: NAT-PMP unanswered, UPnP maps: $line" "$line"
 if ((${#CLI_FAIL[@]} == 0)); then r=ok; else r=no; fi
 verdict "$r" "CLI: existing name (exit 3), idempotent down, name/option validation, cleanup of a failed up" \
 	"${CLI_FAIL[*]:-}"

@@ -129,6 +129,26 @@
 # for TCP).  Conntrack itself keeps unreplied UDP 30 s, so use --udp-timeout
 # (it sets both) when measuring binding lifetimes.
 #
+# Kind upnp-random is symmetric-random whose NAT also runs Debian's miniupnpd
+# (miniupnpd-nftables), the port-mapping service of many home routers: UPnP IGD
+# (SSDP on the LAN, SOAP on TCP 5000), NAT-PMP and PCP (UDP 5351).  miniupnpd
+# refuses a WAN address in a reserved range (private, 100.64/10 and the
+# documentation ranges this lab's WAN uses): "Port forwarding is impossible".
+# So that NAT's wan0 alone is numbered from PM_WAN_NET (11.0.113.0/24, not
+# reserved; nothing leaves the machine), on the same bridge: it reaches
+# 203.0.113.0/24 on-link, and srv and the other NAT reach it on-link too.
+# --portmap LIST (comma-separated of upnp, natpmp, pcp; or none; default all
+# three) picks what it serves: upnp is miniupnpd's enable_upnp; enable_natpmp
+# serves NAT-PMP and PCP together, so natpmp without pcp (or the reverse)
+# drops the other's requests (the first payload byte: version 0 NAT-PMP,
+# version 2 PCP) in the NAT's input chain, and the client hears nothing.
+# Mappings are dnat rules in chain prerouting_miniupnpd of the NAT's table
+# "inet miniupnpd" (list them with "exec nat-a -- nft list chain inet
+# miniupnpd prerouting_miniupnpd" or "exec a -- upnpc -l").  Only external
+# ports 1024-65535 may be mapped (a router refusing low ports).  Its config,
+# pid file and log are /run/natlab/LAB-natX-upnpd.{conf,pid,log}; "down"
+# stops it with the namespace.  Not with --router-b on side B.
+#
 # Node names (for "exec"): srv, a, b, nat-a, nat-b (and wan, the bridge;
 # bg-a, bg-b with background flows).
 
@@ -144,6 +164,11 @@ readonly SRV1=203.0.113.1 SRV2=203.0.113.2 WAN_PREFIX=24
 # The discard address of the background flows (only with them).
 readonly SRV_BG=203.0.113.3
 readonly NAT_A_WAN=203.0.113.10 NAT_B_WAN=203.0.113.20
+# The WAN of the upnp-* kinds (see the header): not a reserved range.
+readonly PM_WAN_NET=11.0.113.0/24 PM_A_WAN=11.0.113.10 PM_B_WAN=11.0.113.20
+readonly WAN_NET=203.0.113.0/24
+# What the upnp-* kinds' router serves when --portmap is not given.
+readonly PORTMAP_ALL=upnp,natpmp,pcp
 
 # Ports handed out by the kinds that do not preserve ports.
 readonly SEQ_BASE=20000 SEQ_COUNT=1000   # symmetric-sequential: 20000..20999
@@ -166,6 +191,7 @@ readonly KINDS=(
 	cgn-block-random "double NAT: port-restricted-cone behind a CGN (100.64.0.0/10 between) with APDM, a random port per new flow inside a 512-port block, APDF"
 	cgn-eim-translated "double NAT: port-restricted-cone behind a CGN with EIM whose ports are translated (not preserved) into a 512-port block, APDF"
 	cgn-block-sequential "double NAT: port-restricted-cone behind a CGN with APDM, sequential ports (step 1) inside a 512-port block, APDF"
+	upnp-random "symmetric-random whose router maps ports on request: miniupnpd with UPnP IGD, NAT-PMP, PCP (--portmap)"
 )
 
 # Namespace suffixes, in creation order.
@@ -183,6 +209,7 @@ Usage:
              [--delay MS[/JITTER] [--reorder]] [--default-route]
              [--hairpin [a|b|both]] [--background-flows RATE]
              [--background-flows-a RATE] [--background-flows-b RATE]
+             [--portmap upnp,natpmp,pcp|none]
              KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
@@ -213,12 +240,16 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
                     new UDP flows per second (1-1000) to $SRV_BG; needs python3
 --background-flows-a RATE, --background-flows-b RATE
                     the same for one side only (overrides the above)
+--portmap LIST      what the upnp-* kinds' miniupnpd serves: a comma-separated
+                    subset of upnp, natpmp, pcp, or none (default: all three);
+                    needs miniupnpd (apt-get install miniupnpd-nftables)
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
            kind none: A=198.51.100.2 (gw .1/26), B=198.51.100.66 (gw .65/26)
            kinds cgn-*: the home NAT's WAN 100.64.1.2 (B: 100.64.2.2) behind
            a CGN (LAB-cgna, LAB-cgnb) holding NAT_A (NAT_B)
+           kind upnp-*: NAT_A=$PM_A_WAN (B: $PM_B_WAN), in $PM_WAN_NET
            background flows: from BG_A=10.0.1.3 (BG_B=10.0.2.3; kind none
            .3/.67) in LAB-bga (LAB-bgb) to SRV_BG=$SRV_BG
 Namespaces: LAB-srv LAB-wan [LAB-dla] [LAB-cgna] LAB-nata LAB-a [LAB-bga]
@@ -272,6 +303,13 @@ need_tools() {
 	if ((BG_RATE_A + BG_RATE_B > 0)); then
 		command -v python3 >/dev/null || die "--background-flows needs 'python3'"
 	fi
+	if ((NEED_UPNPD == 1)); then
+		command -v miniupnpd >/dev/null || die "kind upnp-* needs 'miniupnpd' (apt-get install miniupnpd-nftables)"
+	fi
+}
+
+is_upnp() {
+	[[ $1 == upnp-* ]]
 }
 
 # nsx NS CMD...: run CMD inside namespace NS.
@@ -294,6 +332,7 @@ side_vars() {
 	S_BLOCK_LO=$((BLOCK_BASE + (n - 1) * BLOCK_SIZE))
 	if [[ $side == a ]]; then
 		S_WAN=$NAT_A_WAN
+		if is_upnp "$kind"; then S_WAN=$PM_A_WAN; fi
 		if [[ $kind == none ]]; then
 			S_NET=198.51.100.0/26 S_GW=198.51.100.1 S_HOST=198.51.100.2 S_PFX=26
 		else
@@ -301,6 +340,7 @@ side_vars() {
 		fi
 	else
 		S_WAN=$NAT_B_WAN
+		if is_upnp "$kind"; then S_WAN=$PM_B_WAN; fi
 		if [[ $kind == none ]]; then
 			S_NET=198.51.100.64/26 S_GW=198.51.100.65 S_HOST=198.51.100.66 S_PFX=26
 		else
@@ -329,7 +369,7 @@ port_map_body() {
 ruleset() {
 	local kind=$1 wan=$2 lan=$3 loss=$4 map_timeout=$5 block_lo=${6:-0} hairpin=${7:-0}
 	local loss_rule="" snat="" other_snat="" map_decl="" dnat="" learn="" inbound_accept="" unsolicited=""
-	local hp_decl="" hp_dnat="" hp_learn="" hp_snat="" hp_accept=""
+	local hp_decl="" hp_dnat="" hp_learn="" hp_snat="" hp_accept="" pm_input=""
 
 	if ((loss > 0)); then
 		# numgen random is drawn per packet: independent loss in both directions.
@@ -353,7 +393,7 @@ EOF
 	# the kernel first reuses an existing mapping of the same internal
 	# ip:port (find_appropriate_src), else keeps the source port if free.
 	case $kind in
-	symmetric-random)
+	symmetric-random | upnp-random)
 		# fully-random skips both of the above: random port per new 5-tuple.
 		snat="masquerade fully-random"
 		;;
@@ -407,6 +447,15 @@ EOF
 		dnat="iifname \"wan0\" ip daddr $wan meta l4proto { tcp, udp } dnat ip to ip saddr . meta l4proto . th dport map @pub"
 		learn="oifname \"wan0\" ct direction original ct status snat meta l4proto { tcp, udp } update @pub { ip daddr . meta l4proto . th sport : ct original ip saddr . ct original proto-src }"
 		inbound_accept="iifname \"wan0\" oifname \"lan0\" ct status dnat accept"
+		;;
+	upnp-random)
+		# Inbound to what miniupnpd mapped: its dnat rules (table inet
+		# miniupnpd) mark those flows "ct status dnat".
+		inbound_accept="iifname \"wan0\" oifname \"lan0\" ct status dnat accept"
+		# --portmap: NAT-PMP and PCP share miniupnpd's switch and port; the
+		# first payload byte (the version) tells them apart.
+		[[ ,$PORTMAP, == *,natpmp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 0 drop; "
+		[[ ,$PORTMAP, == *,pcp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 2 drop; "
 		;;
 	esac
 
@@ -486,6 +535,7 @@ table ip natlab {
 		iif "lo" accept
 		ct state established,related accept
 		iifname "lan0" ip daddr $wan drop
+		$pm_input
 		iifname "lan0" accept
 		iifname "wan0" icmp type echo-request accept
 		$unsolicited
@@ -505,6 +555,8 @@ REORDER=0
 DEFAULT_ROUTE=0  # --default-route
 HAIRPIN_A=0 HAIRPIN_B=0   # --hairpin, per side
 BG_RATE_A=0 BG_RATE_B=0   # --background-flows*, per side (0: none)
+PORTMAP=$PORTMAP_ALL      # --portmap
+NEED_UPNPD=0              # an upnp-* kind is in the lab
 
 up_cleanup() {
 	local rc=$? ns
@@ -688,6 +740,8 @@ build_side() {
 	ip -n "$nat" link set wan0 up
 	ip -n "$nat" link set lan0 up
 	if is_cgn "$kind"; then ip -n "$nat" route add default via "$S_CGN_IN"; fi
+	# upnp-*: the rest of the WAN is another /24 on the same segment.
+	if is_upnp "$kind"; then ip -n "$nat" route add "$WAN_NET" dev wan0; fi
 	# srv has forwarding off (a new namespace's default) and drops what is routed to it
 	# for another address, without an ICMP error.
 	if ((DEFAULT_ROUTE == 1)); then ip -n "$outer" route add default via "$SRV1"; fi
@@ -723,7 +777,7 @@ build_side() {
 		delay_info=${DELAY% *}
 		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
 	fi
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate"
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none)"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -741,6 +795,79 @@ build_router_b() {
 	# first packets across the router would otherwise spend queued).
 	nsx "$lab-rtb" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.up0.proxy_arp=1 \
 		net.ipv4.neigh.up0.proxy_delay=0
+}
+
+# route_portmap_side LAB SIDE OTHER: srv and the other side's outer NAT reach
+# an upnp-* side's WAN address (in PM_WAN_NET) on-link, on the shared bridge.
+route_portmap_side() {
+	local lab=$1 side=$2 other=$3
+	ip -n "$lab-srv" route add "$PM_WAN_NET" dev eth0
+	if ns_exists "$lab-cgn$other"; then
+		ip -n "$lab-cgn$other" route add "$PM_WAN_NET" dev wan0
+	elif ns_exists "$lab-nat$other"; then
+		ip -n "$lab-nat$other" route replace "$PM_WAN_NET" dev wan0
+	fi
+}
+
+# start_upnpd LAB SIDE: miniupnpd in that side's NAT, serving what --portmap
+# names, its rules in the table "inet miniupnpd" made here (Debian's
+# nft_init.sh would make the same chains in the root namespace).  Its dnat
+# chain runs before the lab's (dstnat - 1) and its snat chain too (srcnat -
+# 1): NAT rules of the first chain that translates a flow win, so that an
+# outbound flow from a mapped internal port leaves from the mapped port.
+start_upnpd() {
+	local lab=$1 side=$2
+	local nat="$lab-nat$side" i natpmp=no upnp=no
+	local conf="$RUN_DIR/$nat-upnpd.conf" pidfile="$RUN_DIR/$nat-upnpd.pid" log="$RUN_DIR/$nat-upnpd.log"
+	[[ ,$PORTMAP, == *,natpmp,* || ,$PORTMAP, == *,pcp,* ]] && natpmp=yes
+	[[ ,$PORTMAP, == *,upnp,* ]] && upnp=yes
+	# --portmap none: a router without the service (miniupnpd will not run with
+	# nothing enabled).
+	[[ $natpmp == yes || $upnp == yes ]] || return 0
+	nsx "$nat" nft -f - <<-EOF
+		table inet miniupnpd {
+			chain forward { type filter hook forward priority filter - 1; policy accept; jump miniupnpd; }
+			chain miniupnpd { }
+			chain prerouting { type nat hook prerouting priority dstnat - 1; policy accept; jump prerouting_miniupnpd; }
+			chain prerouting_miniupnpd { }
+			chain postrouting { type nat hook postrouting priority srcnat - 1; policy accept; jump postrouting_miniupnpd; }
+			chain postrouting_miniupnpd { }
+		}
+	EOF
+	mkdir -p "$RUN_DIR"
+	# A fixed uuid per side: the description is the same every run.
+	cat >"$conf" <<-EOF
+		ext_ifname=wan0
+		listening_ip=lan0
+		http_port=5000
+		enable_upnp=$upnp
+		enable_natpmp=$natpmp
+		secure_mode=yes
+		system_uptime=no
+		notify_interval=60
+		clean_ruleset_interval=600
+		uuid=3d3cec3a-8cf0-11e0-98ee-00000000000$([[ $side == a ]] && echo 1 || echo 2)
+		upnp_table_name=miniupnpd
+		upnp_nat_table_name=miniupnpd
+		upnp_forward_chain=miniupnpd
+		upnp_nat_chain=prerouting_miniupnpd
+		upnp_nat_postrouting_chain=postrouting_miniupnpd
+		allow 1024-65535 $S_NET 1024-65535
+		deny 0-65535 0.0.0.0/0 0-65535
+	EOF
+	rm -f "$pidfile"
+	nsx "$nat" setsid miniupnpd -f "$conf" -d -4 -P "$pidfile" </dev/null >"$log" 2>&1 &
+	# Ready when it listens for what it serves (nothing to wait for with none).
+	for ((i = 0; i < 100; i++)); do
+		if { [[ $natpmp == no ]] || nsx "$nat" ss -Hlun 'sport = :5351' | grep -q .; } &&
+			{ [[ $upnp == no ]] || nsx "$nat" ss -Hltn 'sport = :5000' | grep -q .; }; then
+			kill -0 $! 2>/dev/null || die "miniupnpd in $nat exited: $(tail -n 5 "$log" | tr '\n' ' ')"
+			return 0
+		fi
+		kill -0 $! 2>/dev/null || die "miniupnpd in $nat exited: $(tail -n 5 "$log" | tr '\n' ' ')"
+		sleep 0.05
+	done
+	die "miniupnpd in $nat did not start: $(tail -n 5 "$log" | tr '\n' ' ')"
 }
 
 # Route a "none" side's public LAN via its router from srv and the other NAT
@@ -786,6 +913,8 @@ cmd_up() {
 		--background-flows-a=*) bg_a=${1#*=}; shift ;;
 		--background-flows-b) bg_b=${2:?--background-flows-b needs a value}; shift 2 ;;
 		--background-flows-b=*) bg_b=${1#*=}; shift ;;
+		--portmap) PORTMAP=${2:?--portmap needs a value}; shift 2 ;;
+		--portmap=*) PORTMAP=${1#*=}; shift ;;
 		-*) usage_error "up: unknown option '$1'" ;;
 		*) kinds+=("$1"); shift ;;
 		esac
@@ -843,6 +972,15 @@ cmd_up() {
 	if ((BG_RATE_B > 0 && ${#kinds[@]} < 2)); then
 		usage_error "--background-flows-b: the lab has no side B"
 	fi
+	[[ $PORTMAP =~ ^(none|(upnp|natpmp|pcp)(,(upnp|natpmp|pcp))*)$ ]] ||
+		usage_error "--portmap takes none or a comma-separated list of upnp, natpmp, pcp, not '$PORTMAP'"
+	[[ $PORTMAP != none ]] || PORTMAP=""
+	for k in "${kinds[@]}"; do
+		if is_upnp "$k"; then NEED_UPNPD=1; fi
+	done
+	if ((ROUTER == 1)) && is_upnp "${kinds[1]}"; then
+		usage_error "--router-b: not with an upnp-* kind on side B"
+	fi
 	need_tools
 
 	local existing
@@ -882,6 +1020,16 @@ cmd_up() {
 	# Routes to public LANs only once both sides exist.
 	if [[ ${kinds[0]} == none ]]; then route_public_side "$lab" a b; fi
 	if ((${#kinds[@]} == 2)) && [[ ${kinds[1]} == none ]]; then route_public_side "$lab" b a; fi
+	if is_upnp "${kinds[0]}"; then
+		route_portmap_side "$lab" a b
+		side_vars a "${kinds[0]}"
+		start_upnpd "$lab" a
+	fi
+	if ((${#kinds[@]} == 2)) && is_upnp "${kinds[1]}"; then
+		route_portmap_side "$lab" b a
+		side_vars b "${kinds[1]}"
+		start_upnpd "$lab" b
+	fi
 	# The generators last: every route they need exists.
 	if ((BG_RATE_A > 0)); then
 		side_vars a "${kinds[0]}"
@@ -914,7 +1062,7 @@ pin_wan_neighbours() {
 			dev=${line%% *}
 			ip=${line#* }
 			wan+=("$ns $dev $ip")
-		done < <(ip -n "$ns" -o -4 addr show | awk '$4 ~ /^203\.0\.113\./ { sub(/\/.*/, "", $4); print $2, $4 }')
+		done < <(ip -n "$ns" -o -4 addr show | awk '$4 ~ /^(203\.0\.113|11\.0\.113)\./ { sub(/\/.*/, "", $4); print $2, $4 }')
 	done
 	local entry target tns tdev tip
 	for entry in "${wan[@]}"; do
@@ -980,6 +1128,7 @@ cmd_down() {
 		kill_ns_pids "$ns"
 		ip netns del "$ns" || rc=1
 	done
+	rm -f "$RUN_DIR/$lab"-nat[ab]-upnpd.{conf,pid,log}
 	return "$rc"
 }
 
@@ -1030,7 +1179,7 @@ read_alias() {
 }
 
 cmd_info() {
-	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0
+	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0 portmap
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
@@ -1045,7 +1194,7 @@ cmd_info() {
 	echo "SRV2=$SRV2"
 	for side in a b; do
 		ns_exists "$lab-nat$side" || continue
-		kind="" loss="" udp_timeout="" hairpin=0 bg_flows=0
+		kind="" loss="" udp_timeout="" hairpin=0 bg_flows=0 portmap=none
 		for kv in $(read_alias "$lab-nat$side"); do
 			case $kv in
 			kind=*) kind=${kv#kind=} ;;
@@ -1056,6 +1205,7 @@ cmd_info() {
 			default_route=*) default_route=${kv#default_route=} ;;
 			hairpin=*) hairpin=${kv#hairpin=} ;;
 			bg_flows=*) bg_flows=${kv#bg_flows=} ;;
+			portmap=*) portmap=${kv#portmap=} ;;
 			esac
 		done
 		side_vars "$side" "$kind"
@@ -1075,6 +1225,8 @@ cmd_info() {
 		# none); with background flows also BG_A, the other subscribers' address.
 		echo "HAIRPIN_$upper=$hairpin"
 		echo "BG_FLOWS_$upper=$bg_flows"
+		# What the side's router maps ports with (upnp,natpmp,pcp), or none.
+		echo "PORTMAP_$upper=$portmap"
 		if ((bg_flows > 0)); then
 			echo "BG_$upper=$S_BG"
 			any_bg=1

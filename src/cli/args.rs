@@ -194,4 +194,8 @@ pub struct ProbeArgs {
     /// Write every packet the probe sent and received to this pcap file (opens in Wireshark).
     #[arg(long, value_name = "FILE.pcap")]
     pub capture: Option<PathBuf>,
+    /// Do not ask the router for a test port mapping (PCP, NAT-PMP, UPnP IGD); the JSON's
+    /// `port_mapping` is then null.
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }

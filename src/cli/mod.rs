@@ -131,6 +131,7 @@ fn probe_config(a: ProbeArgs) -> Result<ProbeConfig> {
         lifetime_max: a.lifetime.then(|| Duration::from_secs(a.lifetime_max)),
         bind: a.bind,
         capture: a.capture,
+        port_mapping: !a.no_port_mapping,
     })
 }
 

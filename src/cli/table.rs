@@ -1,6 +1,7 @@
 //! The probe's table: what `punchraw probe` prints without `--json`.
 
 use crate::core::classify::{disturbance, Allocation, Behavior, TcpReport, UdpReport};
+use crate::core::portmap::Offer;
 use crate::driver::kebab;
 use crate::driver::probe::ProbeReport;
 use std::net::SocketAddr;
@@ -89,6 +90,22 @@ fn nat_rows(s: &mut String, n: &Nat) {
     }
 }
 
+/// What the router's port mapping changes for a peer that wants to reach us.
+fn port_mapping_verdict(pm: &Offer, u: &UdpReport) -> String {
+    if !pm.any() {
+        return "your router maps no ports on request: hole punching alone decides".into();
+    }
+    let nat = if u.mapping == Behavior::EndpointIndependent {
+        "without a punch"
+    } else {
+        "although your NAT is symmetric"
+    };
+    format!(
+        "your router maps ports on request ({}): peers can reach you {nat}",
+        pm.names()
+    )
+}
+
 /// The human-readable table and verdicts.
 pub fn render(r: &ProbeReport) -> String {
     use std::fmt::Write;
@@ -130,9 +147,34 @@ pub fn render(r: &ProbeReport) -> String {
         nat_rows(&mut s, &Nat::from_tcp(t));
         let _ = writeln!(s);
     }
+    if let Some(pm) = &r.port_mapping {
+        let _ = writeln!(s, "  Port mapping (the router, on request)");
+        let offered = |b: bool, k: &str| {
+            if b {
+                "yes".to_string()
+            } else {
+                format!("no ({})", pm.reasons.get(k).map_or("not offered", |s| s))
+            }
+        };
+        row(&mut s, "PCP", offered(pm.pcp, "pcp"));
+        row(&mut s, "NAT-PMP", offered(pm.nat_pmp, "nat_pmp"));
+        row(&mut s, "UPnP IGD", offered(pm.upnp, "upnp"));
+        if let Some(ext) = &pm.external {
+            let life = match pm.lifetime_s {
+                Some(0) => " (permanent lease)".to_string(),
+                Some(l) => format!(" (lifetime {l} s)"),
+                None => String::new(),
+            };
+            row(&mut s, "test mapping", format!("{ext}{life}, deleted"));
+        }
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "Verdict (UDP): {}", u.verdict());
     if let Some(t) = &r.tcp {
         let _ = writeln!(s, "Verdict (TCP): {}", t.verdict());
+    }
+    if let Some(pm) = &r.port_mapping {
+        let _ = writeln!(s, "Verdict (port mapping): {}", port_mapping_verdict(pm, u));
     }
     let tcp_reasons = r.tcp.iter().flat_map(|t| t.reasons.iter());
     if !u.reasons.is_empty() || r.tcp.as_ref().is_some_and(|t| !t.reasons.is_empty()) {
@@ -199,6 +241,7 @@ mod tests {
             elapsed_ms: 700,
             udp,
             tcp,
+            port_mapping: None,
         }
     }
 
@@ -227,10 +270,44 @@ mod tests {
             assert!(at("server") < at("elapsed_ms"), "{j}");
             assert!(at("elapsed_ms") < at("udp"), "{j}");
             assert!(at("udp") < at("tcp"), "{j}");
+            assert!(at("tcp") < at("port_mapping"), "{j}");
             if !tcp {
-                assert!(j.ends_with(",\"tcp\":null}"), "{j}");
+                assert!(j.ends_with(",\"tcp\":null,\"port_mapping\":null}"), "{j}");
             }
         }
+    }
+
+    /// The `port_mapping` object's keys, exactly, and what the table and verdict say.
+    #[test]
+    fn port_mapping_json_and_verdict() {
+        let mut r = report(false);
+        r.udp.mapping = Behavior::AddressAndPortDependent;
+        let mut pm = Offer {
+            pcp: true,
+            nat_pmp: true,
+            external: Some("11.0.113.10:40000".into()),
+            lifetime_s: Some(120),
+            ..Offer::default()
+        };
+        pm.reasons
+            .insert("upnp".into(), "no UPnP IGD answered".into());
+        r.port_mapping = Some(pm);
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(
+            j.ends_with(
+                ",\"port_mapping\":{\"upnp\":false,\"nat_pmp\":true,\"pcp\":true,\"external\":\"11.0.113.10:40000\",\"lifetime_s\":120,\"reasons\":{\"upnp\":\"no UPnP IGD answered\"}}}"
+            ),
+            "{j}"
+        );
+        let t = render(&r);
+        assert!(
+            t.contains("  UPnP IGD           no (no UPnP IGD answered)\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("Verdict (port mapping): your router maps ports on request (PCP, NAT-PMP): peers can reach you although your NAT is symmetric"),
+            "{t}"
+        );
     }
 
     /// A sequential counter others' flows moved: the allocation row and the verdict say by

@@ -2,6 +2,7 @@
 //! and hands punched paths to [`crate::transport`].
 
 pub mod connect;
+pub mod portmap;
 pub mod probe;
 pub mod serve;
 pub mod tcp_stun;

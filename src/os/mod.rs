@@ -9,6 +9,7 @@ pub mod packet;
 pub mod poll;
 pub mod privileges;
 pub mod rawtcp;
+pub mod route;
 pub mod signals;
 pub mod tcp_repair;
 pub mod ttl;

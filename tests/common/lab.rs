@@ -116,6 +116,9 @@ pub struct LabOptions {
     pub background_flows_a: u32,
     /// The same behind NAT B (`--background-flows-b RATE`).
     pub background_flows_b: u32,
+    /// What an upnp-* kind's miniupnpd serves (`--portmap LIST`: "upnp,natpmp,pcp",
+    /// "none", ...); `None`: natlab's default, all three.
+    pub portmap: Option<String>,
 }
 
 impl LabOptions {
@@ -134,7 +137,14 @@ impl LabOptions {
             hairpin_b: false,
             background_flows_a: 0,
             background_flows_b: 0,
+            portmap: None,
         }
+    }
+
+    /// What the upnp-* kinds' router serves (`--portmap LIST`).
+    pub fn portmap(mut self, list: &str) -> LabOptions {
+        self.portmap = Some(list.to_string());
+        self
     }
 
     /// Hairpinning on NAT A (`--hairpin a`).
@@ -396,6 +406,9 @@ impl Lab {
                 if *on {
                     args.extend([*flag, rate.as_str()]);
                 }
+            }
+            if let Some(p) = &opts.portmap {
+                args.extend(["--portmap", p.as_str()]);
             }
             args.push(&opts.kind_a);
             if let Some(b) = &opts.kind_b {

@@ -4,6 +4,7 @@
 pub mod tcp;
 
 use crate::core::classify::{Classifier, ClassifierConfig, Event, TcpReport, UdpReport};
+use crate::core::portmap::Offer;
 use crate::core::Machine;
 use crate::driver::udp::drive;
 use crate::driver::Status;
@@ -24,6 +25,8 @@ pub struct ProbeConfig {
     pub lifetime_max: Option<Duration>,
     pub bind: Option<IpAddr>,
     pub capture: Option<PathBuf>,
+    /// Ask the router for a test mapping (PCP, NAT-PMP, UPnP IGD) and delete it.
+    pub port_mapping: bool,
 }
 
 /// The `--json` object. Field names and order are a contract with users' scripts.
@@ -34,6 +37,8 @@ pub struct ProbeReport {
     pub udp: UdpReport,
     /// `null` with `--no-tcp`.
     pub tcp: Option<TcpReport>,
+    /// What the router offers to map ports on request; `null` with `--no-port-mapping`.
+    pub port_mapping: Option<Offer>,
 }
 
 /// Runs the UDP classification against `server` and returns the report.
@@ -108,18 +113,32 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
     // After UDP, not interleaved with it: a sequential NAT's one counter serves both, and the
     // allocation tests of each must see consecutive ports.
     let tests = udp.and_then(|udp| {
-        let tcp = if cfg.tcp {
-            Some(crate::driver::probe::tcp::classify_tcp(
-                cfg.server,
-                udp.local.ip(),
-                udp.other_address,
-                capture.as_mut(),
-                &shutdown,
-            )?)
-        } else {
-            None
-        };
-        Ok((udp, tcp))
+        // Beside the TCP half, not the UDP one: a router that takes the test mapping's port
+        // from the NAT's own UDP pool would disturb the allocation burst, and the SSDP wait
+        // of UPnP discovery is then hidden behind the TCP tests instead of added to them.
+        let port_mapping = cfg.port_mapping.then(|| {
+            let (bind, shutdown) = (cfg.bind, shutdown.clone());
+            std::thread::spawn(move || crate::driver::portmap::probe(bind, &shutdown))
+        });
+        let tcp = cfg
+            .tcp
+            .then(|| {
+                crate::driver::probe::tcp::classify_tcp(
+                    cfg.server,
+                    udp.local.ip(),
+                    udp.other_address,
+                    capture.as_mut(),
+                    &shutdown,
+                )
+            })
+            .transpose();
+        // Joined on every path: the thread deletes its test mapping before it ends.
+        let port_mapping = port_mapping.map(|t| t.join().unwrap_or_default());
+        let tcp = tcp?;
+        if shutdown.requested() {
+            return Err(shutdown.interrupted());
+        }
+        Ok((udp, tcp, port_mapping))
     });
     // Finished on every path, an interrupt included, so the file is complete either way.
     let captured = capture.map(Capture::finish).transpose();
@@ -131,7 +150,7 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
             ));
         }
     };
-    let (udp, tcp) = match tests {
+    let (udp, tcp, port_mapping) = match tests {
         Ok(t) => t,
         Err(e) => {
             if let Ok(c) = &captured {
@@ -146,6 +165,7 @@ pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
         elapsed_ms: started.elapsed().as_millis() as u64,
         udp,
         tcp,
+        port_mapping,
     };
     say_captured(&captured);
     Ok(report)
