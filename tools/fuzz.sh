@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every cargo-fuzz target in fuzz/ (`cargo fuzz list`: stun_parse, server_handle,
-# rendezvous_msg, rendezvous_client, punch_input, captured_packet, and any added later) and runs each for SECONDS (default 30), from
+# rendezvous_msg, rendezvous_client, punch_input, captured_packet, channel_data, turn_client,
+# and any added later) and runs each for SECONDS (default 30), from
 # the committed seeds in fuzz/corpus_seed/<target>/. New corpus entries go to
 # fuzz/corpus/<target>/ and crash inputs to fuzz/artifacts/<target>/ (both gitignored).
 # Exits non-zero if any target crashes, leaks, times out or fails to build.
