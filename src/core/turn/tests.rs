@@ -756,6 +756,35 @@ fn failed_channel_bind_falls_back_to_indications() {
 }
 
 #[test]
+fn failed_rebind_keeps_receiving_on_the_channel() {
+    let (mut c, t0, ch) = bound(Transport::Udp);
+    let t1 = t0 + CHANNEL_REFRESH;
+    c.handle_timeout(t1);
+    let reqs = sent(&mut c);
+    let bind = reqs
+        .iter()
+        .find(|r| method(r).0 == Method::ChannelBind)
+        .unwrap();
+    feed(&mut c, t1, &error(bind, 508, &[]));
+    assert!(events(&mut c)
+        .iter()
+        .any(|e| matches!(e, Event::ChannelBindFailed { .. })));
+    assert_eq!(c.channel(peer()), None);
+    let mut cd = Vec::new();
+    ChannelData::encode(ch, b"still", false, &mut cd);
+    feed(&mut c, t1, &cd);
+    assert_eq!(
+        events(&mut c),
+        [Event::Data {
+            peer: peer(),
+            bytes: b"still".to_vec()
+        }]
+    );
+    c.send_to(t1, peer(), b"x").unwrap();
+    assert!(sent(&mut c).iter().any(|b| method(b).0 == Method::Send));
+}
+
+#[test]
 fn data_indications_and_channel_data_become_data_events() {
     let (mut c, t0, ch) = bound(Transport::Udp);
     let mut ind = Vec::new();

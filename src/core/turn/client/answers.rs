@@ -259,8 +259,13 @@ impl Client {
                 }
             }
             Kind::ChannelBind(peer, number) => {
-                self.chans.remove(&peer);
-                self.by_number.remove(&number);
+                // A failed rebind leaves the server's binding until it expires, and the
+                // server may go on sending on it: keep receiving on the number, send
+                // indications from now on.
+                let was_bound = self.chans.remove(&peer).is_some_and(|c| c.bound);
+                if !was_bound {
+                    self.by_number.remove(&number);
+                }
                 self.events
                     .push_back(Event::ChannelBindFailed { peer, error });
             }
