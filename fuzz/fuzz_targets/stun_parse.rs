@@ -42,8 +42,12 @@ fuzz_target!(|data: &[u8]| {
                     | Attribute::Username(s)
                     | Attribute::MessageIntegrity(s)
                     | Attribute::MessageIntegritySha256(s)
+                    | Attribute::Nonce(s)
+                    | Attribute::Data(s)
                     | Attribute::Other { value: s, .. } => assert!(within(s)),
-                    Attribute::Software(s) => assert!(within(s.as_bytes())),
+                    Attribute::Software(s) | Attribute::Realm(s) => {
+                        assert!(within(s.as_bytes()))
+                    }
                     Attribute::ErrorCode(e) => assert!(within(e.reason.as_bytes())),
                     Attribute::UnknownAttributes(l) => {
                         assert!(within(l.0));

@@ -10,6 +10,7 @@ pub mod punch;
 pub mod rendezvous;
 pub mod server;
 pub mod stun;
+pub mod turn;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -591,7 +591,7 @@ fn malformed_known_attribute_is_400() {
 fn unknown_method_is_400() {
     let mut s = StunServer::new(config(true), Instant::now());
     let mt = MessageType {
-        method: Method::Other(0x003),
+        method: Method::Other(0x00b),
         class: Class::Request,
     };
     let a = ask_udp(
@@ -599,7 +599,7 @@ fn unknown_method_is_400() {
         &build(mt, TransactionId::random(&mut rand::rng()), &[], false),
     );
     assert_eq!(a.error_code(), 400);
-    assert_eq!(a.msg().message_type().method, Method::Other(0x003));
+    assert_eq!(a.msg().message_type().method, Method::Other(0x00b));
     assert_eq!(
         a.outcome,
         Outcome::Reply {

@@ -17,12 +17,31 @@ pub mod attr_type {
     pub const ERROR_CODE: u16 = 0x0009;
     pub const UNKNOWN_ATTRIBUTES: u16 = 0x000a;
     pub const REFLECTED_FROM: u16 = 0x000b;
+    /// RFC 8656 section 18: TURN's attributes (comprehension-required below 0x8000).
+    pub const CHANNEL_NUMBER: u16 = 0x000c;
+    pub const LIFETIME: u16 = 0x000d;
+    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    pub const DATA: u16 = 0x0013;
     pub const REALM: u16 = 0x0014;
     pub const NONCE: u16 = 0x0015;
+    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+    pub const EVEN_PORT: u16 = 0x0018;
+    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+    pub const DONT_FRAGMENT: u16 = 0x001a;
     pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001c;
+    /// RFC 8489 section 18.3: negotiated password hashing (kept as raw values).
+    pub const PASSWORD_ALGORITHM: u16 = 0x001d;
+    pub const USERHASH: u16 = 0x001e;
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    pub const RESERVATION_TOKEN: u16 = 0x0022;
     pub const PADDING: u16 = 0x0026;
     pub const RESPONSE_PORT: u16 = 0x0027;
+    /// RFC 8656 section 18 (comprehension-optional, kept as raw values).
+    pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
+    pub const ICMP: u16 = 0x8004;
     pub const SOFTWARE: u16 = 0x8022;
     pub const ALTERNATE_SERVER: u16 = 0x8023;
     pub const FINGERPRINT: u16 = 0x8028;
@@ -111,6 +130,32 @@ pub enum Attribute<'a> {
     MessageIntegrity(&'a [u8]),
     MessageIntegritySha256(&'a [u8]),
     Fingerprint(u32),
+    /// RFC 8489 section 14.9: UTF-8, fewer than 128 characters.
+    Realm(&'a str),
+    /// RFC 8489 section 14.10: opaque to the client, fewer than 128 characters.
+    Nonce(&'a [u8]),
+    /// RFC 8656 section 18.1: the channel (0x4000-0x4FFF are valid; the codec keeps any).
+    ChannelNumber(u16),
+    /// RFC 8656 section 18.2: seconds the allocation lives (0 frees it).
+    Lifetime(u32),
+    /// RFC 8656 section 18.3: the peer's transport address, XORed as XOR-MAPPED-ADDRESS.
+    XorPeerAddress(SocketAddr),
+    /// RFC 8656 section 18.4: the application bytes of a Send or Data indication.
+    Data(&'a [u8]),
+    /// RFC 8656 section 18.5: the relayed transport address the server allocated.
+    XorRelayedAddress(SocketAddr),
+    /// RFC 8656 section 18.6: the family byte (0x01 IPv4, 0x02 IPv6; others kept).
+    RequestedAddressFamily(u8),
+    /// RFC 8656 section 18.7: the R bit asks the server to reserve port + 1 as well.
+    EvenPort {
+        reserve: bool,
+    },
+    /// RFC 8656 section 18.8: the IP protocol number of the relayed transport (17: UDP).
+    RequestedTransport(u8),
+    /// RFC 8656 section 18.9: set DF on the relayed IPv4 datagrams; no value.
+    DontFragment,
+    /// RFC 8656 section 18.10: the token that claims a port an EVEN-PORT reserved.
+    ReservationToken([u8; 8]),
     /// Anything else: its type and raw value.
     Other {
         typ: u16,
@@ -172,6 +217,11 @@ fn change_flags(typ: u16, v: &[u8]) -> Result<(bool, bool), ParseError> {
     Ok((v[3] & 0x04 != 0, v[3] & 0x02 != 0))
 }
 
+/// A value that must be exactly 4 bytes.
+fn four(typ: u16, v: &[u8], reason: &'static str) -> Result<[u8; 4], ParseError> {
+    v.try_into().map_err(|_| bad(typ, reason))
+}
+
 /// RFC 8489 section 14.2: port XOR the cookie's top half, address XOR cookie (+ ID for IPv6).
 fn xor_address(addr: SocketAddr, tid: &TransactionId) -> SocketAddr {
     let cookie = MAGIC_COOKIE.to_be_bytes();
@@ -219,6 +269,18 @@ impl<'a> Attribute<'a> {
             Attribute::MessageIntegrity(_) => MESSAGE_INTEGRITY,
             Attribute::MessageIntegritySha256(_) => MESSAGE_INTEGRITY_SHA256,
             Attribute::Fingerprint(_) => FINGERPRINT,
+            Attribute::Realm(_) => REALM,
+            Attribute::Nonce(_) => NONCE,
+            Attribute::ChannelNumber(_) => CHANNEL_NUMBER,
+            Attribute::Lifetime(_) => LIFETIME,
+            Attribute::XorPeerAddress(_) => XOR_PEER_ADDRESS,
+            Attribute::Data(_) => DATA,
+            Attribute::XorRelayedAddress(_) => XOR_RELAYED_ADDRESS,
+            Attribute::RequestedAddressFamily(_) => REQUESTED_ADDRESS_FAMILY,
+            Attribute::EvenPort { .. } => EVEN_PORT,
+            Attribute::RequestedTransport(_) => REQUESTED_TRANSPORT,
+            Attribute::DontFragment => DONT_FRAGMENT,
+            Attribute::ReservationToken(_) => RESERVATION_TOKEN,
             Attribute::Other { typ, .. } => *typ,
         }
     }
@@ -318,6 +380,59 @@ impl<'a> Attribute<'a> {
                 }
                 Attribute::Fingerprint(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
             }
+            REALM => {
+                // RFC 8489 section 14.9: fewer than 128 characters, at most 763 bytes.
+                if v.len() > 763 {
+                    return Err(bad(typ, "REALM longer than 763 bytes"));
+                }
+                Attribute::Realm(
+                    std::str::from_utf8(v).map_err(|_| bad(typ, "REALM is not UTF-8"))?,
+                )
+            }
+            NONCE => {
+                if v.len() > 763 {
+                    return Err(bad(typ, "NONCE longer than 763 bytes"));
+                }
+                Attribute::Nonce(v)
+            }
+            CHANNEL_NUMBER => {
+                let [hi, lo, ..] = four(typ, v, "CHANNEL-NUMBER must be 4 bytes")?;
+                Attribute::ChannelNumber(u16::from_be_bytes([hi, lo]))
+            }
+            LIFETIME => Attribute::Lifetime(u32::from_be_bytes(four(
+                typ,
+                v,
+                "LIFETIME must be 4 bytes",
+            )?)),
+            XOR_PEER_ADDRESS => {
+                Attribute::XorPeerAddress(xor_address(decode_address(typ, v)?, tid))
+            }
+            XOR_RELAYED_ADDRESS => {
+                Attribute::XorRelayedAddress(xor_address(decode_address(typ, v)?, tid))
+            }
+            DATA => Attribute::Data(v),
+            REQUESTED_ADDRESS_FAMILY => Attribute::RequestedAddressFamily(
+                four(typ, v, "REQUESTED-ADDRESS-FAMILY must be 4 bytes")?[0],
+            ),
+            REQUESTED_TRANSPORT => Attribute::RequestedTransport(
+                four(typ, v, "REQUESTED-TRANSPORT must be 4 bytes")?[0],
+            ),
+            EVEN_PORT => match v {
+                [b] => Attribute::EvenPort {
+                    reserve: b & 0x80 != 0,
+                },
+                _ => return Err(bad(typ, "EVEN-PORT must be 1 byte")),
+            },
+            DONT_FRAGMENT => {
+                if !v.is_empty() {
+                    return Err(bad(typ, "DONT-FRAGMENT must be empty"));
+                }
+                Attribute::DontFragment
+            }
+            RESERVATION_TOKEN => Attribute::ReservationToken(
+                v.try_into()
+                    .map_err(|_| bad(typ, "RESERVATION-TOKEN must be 8 bytes"))?,
+            ),
             _ => Attribute::Other { typ, value: v },
         })
     }
@@ -347,7 +462,9 @@ impl<'a> Attribute<'a> {
             | Attribute::ChangedAddress(a)
             | Attribute::SourceAddress(a)
             | Attribute::ResponseAddress(a) => addr(out, *a),
-            Attribute::XorMappedAddress(a) => addr(out, xor_address(*a, tid)),
+            Attribute::XorMappedAddress(a)
+            | Attribute::XorPeerAddress(a)
+            | Attribute::XorRelayedAddress(a) => addr(out, xor_address(*a, tid)),
             Attribute::ChangeRequest {
                 change_ip,
                 change_port,
@@ -367,7 +484,21 @@ impl<'a> Attribute<'a> {
             | Attribute::Username(v)
             | Attribute::MessageIntegrity(v)
             | Attribute::MessageIntegritySha256(v)
+            | Attribute::Nonce(v)
+            | Attribute::Data(v)
             | Attribute::Other { value: v, .. } => out.extend_from_slice(v),
+            Attribute::Realm(s) => out.extend_from_slice(s.as_bytes()),
+            Attribute::ChannelNumber(c) => {
+                out.extend_from_slice(&c.to_be_bytes());
+                out.extend_from_slice(&[0, 0]);
+            }
+            Attribute::Lifetime(l) => out.extend_from_slice(&l.to_be_bytes()),
+            Attribute::RequestedAddressFamily(b) | Attribute::RequestedTransport(b) => {
+                out.extend_from_slice(&[*b, 0, 0, 0]);
+            }
+            Attribute::EvenPort { reserve } => out.push(u8::from(*reserve) << 7),
+            Attribute::DontFragment => {}
+            Attribute::ReservationToken(t) => out.extend_from_slice(t),
             Attribute::UnknownAttributes(l) => out.extend_from_slice(l.0),
             Attribute::Software(s) => out.extend_from_slice(s.as_bytes()),
             Attribute::ErrorCode(e) => {

@@ -6,11 +6,17 @@
 //! into a caller-owned `Vec<u8>` so that a server can reuse one buffer per thread.
 
 mod attr;
+mod channel_data;
+mod credentials;
 mod message;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod turn_tests;
 
 pub use attr::{attr_type, Attribute, ErrorCode, UnknownList};
+pub use channel_data::{frame_len, ChannelData, ChannelDataError, CHANNEL_DATA_HEADER_LEN};
+pub use credentials::{long_term_key, long_term_key_sha256};
 pub use message::{AttrIter, Encoder, Message, RawAttr};
 
 use thiserror::Error;
@@ -22,11 +28,20 @@ pub const FINGERPRINT_XOR: u32 = 0x5354_554e;
 /// Every STUN message starts with this fixed-size header.
 pub const HEADER_LEN: usize = 20;
 
-/// STUN methods this crate understands. Anything else is carried as `Other` so a server can
-/// answer it with an error instead of dropping it.
+/// STUN methods this crate understands: Binding (RFC 8489) and TURN's (RFC 8656 section
+/// 17). Anything else is carried as `Other` so a server can answer it with an error instead
+/// of dropping it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     Binding,
+    Allocate,
+    Refresh,
+    /// Indications only (RFC 8656 section 11).
+    Send,
+    /// Indications only.
+    Data,
+    CreatePermission,
+    ChannelBind,
     Other(u16),
 }
 
@@ -34,12 +49,24 @@ impl Method {
     pub fn code(self) -> u16 {
         match self {
             Method::Binding => 0x001,
+            Method::Allocate => 0x003,
+            Method::Refresh => 0x004,
+            Method::Send => 0x006,
+            Method::Data => 0x007,
+            Method::CreatePermission => 0x008,
+            Method::ChannelBind => 0x009,
             Method::Other(c) => c & 0x0fff,
         }
     }
     pub fn from_code(code: u16) -> Self {
         match code & 0x0fff {
             0x001 => Method::Binding,
+            0x003 => Method::Allocate,
+            0x004 => Method::Refresh,
+            0x006 => Method::Send,
+            0x007 => Method::Data,
+            0x008 => Method::CreatePermission,
+            0x009 => Method::ChannelBind,
             c => Method::Other(c),
         }
     }

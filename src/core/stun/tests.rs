@@ -836,7 +836,9 @@ fn bad_unknown_attributes_and_integrity_values() {
 
 #[test]
 fn unknown_types_decode_as_other() {
-    for typ in [0x0007u16, 0x0014, 0x0015, 0x0024, 0x7fff, 0x8029, 0xffff] {
+    for typ in [
+        0x0007u16, 0x001d, 0x001e, 0x0024, 0x7fff, 0x8002, 0x8029, 0xffff,
+    ] {
         assert_eq!(
             decode_one(typ, b"xyz"),
             Ok(Attribute::Other { typ, value: b"xyz" })
@@ -1064,6 +1066,18 @@ fn decodes_specially(t: u16) -> bool {
             | MESSAGE_INTEGRITY
             | MESSAGE_INTEGRITY_SHA256
             | FINGERPRINT
+            | REALM
+            | NONCE
+            | CHANNEL_NUMBER
+            | LIFETIME
+            | XOR_PEER_ADDRESS
+            | DATA
+            | XOR_RELAYED_ADDRESS
+            | REQUESTED_ADDRESS_FAMILY
+            | EVEN_PORT
+            | REQUESTED_TRANSPORT
+            | DONT_FRAGMENT
+            | RESERVATION_TOKEN
     )
 }
 
@@ -1155,8 +1169,10 @@ fn exercise(buf: &[u8]) -> bool {
             | Ok(Attribute::Username(s))
             | Ok(Attribute::MessageIntegrity(s))
             | Ok(Attribute::MessageIntegritySha256(s))
+            | Ok(Attribute::Nonce(s))
+            | Ok(Attribute::Data(s))
             | Ok(Attribute::Other { value: s, .. }) => assert!(within(s)),
-            Ok(Attribute::Software(s)) => assert!(within(s.as_bytes())),
+            Ok(Attribute::Software(s)) | Ok(Attribute::Realm(s)) => assert!(within(s.as_bytes())),
             Ok(Attribute::ErrorCode(e)) => assert!(within(e.reason.as_bytes())),
             Ok(Attribute::UnknownAttributes(l)) => {
                 assert!(within(l.0));
