@@ -8,7 +8,6 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use serde_json::Value;
-use std::process::Stdio;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_punchraw");
@@ -39,53 +38,9 @@ const APD: &str = "address-and-port-dependent";
 
 /// coturn's STUN server with RFC 5780 on both addresses. Debian's default config disables
 /// RFC 5780, hence an empty config file.
-fn start_coturn(lab: &Lab) -> (ChildGuard, tempdir::Dir) {
-    let dir = tempdir::Dir::new(lab.name());
-    let conf = dir.path.join("turnserver.conf");
-    std::fs::write(&conf, "").expect("write empty coturn config");
-    let child = lab
-        .cmd(Node::Srv, "turnserver")
-        .arg("-c")
-        .arg(&conf)
-        .args([
-            "--stun-only",
-            "-L",
-            "203.0.113.1",
-            "-L",
-            "203.0.113.2",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--log-file",
-            "stdout",
-            "--pidfile",
-        ])
-        .arg(dir.path.join("turnserver.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start coturn turnserver (apt-get install coturn)");
-    std::thread::sleep(Duration::from_millis(800));
-    (ChildGuard(child), dir)
-}
-
-/// A temporary directory removed on drop, without pulling in a crate for it.
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("punchraw-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            Dir { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+fn start_coturn(lab: &Lab) -> (ChildGuard, common::tempdir::Dir) {
+    let both = ["--stun-only", "-L", "203.0.113.1", "-L", "203.0.113.2"];
+    common::coturn(lab, &both)
 }
 
 /// `probe --json EXTRA...` from host A (TCP included unless EXTRA says `--no-tcp`).
@@ -664,7 +619,7 @@ fn capture_is_read_by_tshark() {
         return;
     };
     let _srv = common::punchraw_serve_5780(&lab);
-    let dir = tempdir::Dir::new(&format!("{}-cap", lab.name()));
+    let dir = common::tempdir::Dir::new(&format!("{}-cap", lab.name()));
     let pcap = dir.path.join("probe.pcap");
     let v = probe_json(&lab, &["--capture", pcap.to_str().expect("utf-8 path")]);
     assert_eq!(v["udp"]["allocation"], "sequential");

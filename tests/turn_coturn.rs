@@ -19,7 +19,6 @@ use punchraw::core::turn::{Client, Event, SendError, TurnConfig, TurnError};
 use punchraw::core::Machine;
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const USER: &str = "alice";
@@ -44,39 +43,21 @@ fn lab(what: &str) -> Option<Lab> {
 }
 
 /// coturn as a relay with long-term credentials (the NAT-LAB.md command line) plus `extra`.
-fn start_coturn(lab: &Lab, extra: &[&str]) -> (ChildGuard, tempdir::Dir) {
-    let dir = tempdir::Dir::new(lab.name());
-    let conf = dir.path.join("turnserver.conf");
-    std::fs::write(&conf, "").expect("write empty coturn config");
-    let child = lab
-        .cmd(Node::Srv, "turnserver")
-        .arg("-c")
-        .arg(&conf)
-        .args([
-            "-L",
-            "203.0.113.1",
-            "--relay-ip",
-            "203.0.113.1",
-            "--lt-cred-mech",
-            "--user",
-            &format!("{USER}:{PASS}"),
-            "--realm",
-            REALM,
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--log-file",
-            "stdout",
-            "--pidfile",
-        ])
-        .arg(dir.path.join("turnserver.pid"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start coturn turnserver (apt-get install coturn)");
-    std::thread::sleep(Duration::from_millis(800));
-    (ChildGuard(child), dir)
+fn start_coturn(lab: &Lab, extra: &[&str]) -> (ChildGuard, common::tempdir::Dir) {
+    let user = format!("{USER}:{PASS}");
+    let mut args = vec![
+        "-L",
+        "203.0.113.1",
+        "--relay-ip",
+        "203.0.113.1",
+        "--lt-cred-mech",
+        "--user",
+        &user,
+        "--realm",
+        REALM,
+    ];
+    args.extend_from_slice(extra);
+    common::coturn(lab, &args)
 }
 
 /// A UDP socket bound inside namespace `ns`: a helper thread enters it (setns affects only
@@ -569,24 +550,4 @@ fn coturn_refusals_are_typed_errors() {
         "close",
         |s| s[0].client.is_done(),
     );
-}
-
-mod tempdir {
-    /// A directory for coturn's config and pid file, removed on drop.
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new(tag: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("punchraw-turn-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&path).expect("create temp dir");
-            Dir { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }

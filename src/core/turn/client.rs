@@ -400,29 +400,38 @@ impl Client {
         self.events.push_back(Event::Closed);
     }
 
-    /// Requests what was asked for before the allocation existed.
-    fn request_wanted(&mut self, now: Instant) {
-        let ips: Vec<IpAddr> = self
-            .perms
+    /// The permissions that `due` selects among those with no request in flight, now marked
+    /// as having one.
+    fn take_perms(&mut self, due: impl Fn(&Perm) -> bool) -> Vec<IpAddr> {
+        self.perms
             .iter_mut()
-            .filter(|(_, p)| !p.installed && !p.pending)
+            .filter(|(_, p)| !p.pending && due(p))
             .map(|(ip, p)| {
                 p.pending = true;
                 *ip
             })
-            .collect();
-        if !ips.is_empty() {
-            self.start(now, Kind::Permission(ips), 0);
-        }
-        let chans: Vec<(SocketAddr, u16)> = self
-            .chans
+            .collect()
+    }
+
+    /// The same for channel bindings: `(peer, channel number)`.
+    fn take_chans(&mut self, due: impl Fn(&Chan) -> bool) -> Vec<(SocketAddr, u16)> {
+        self.chans
             .iter_mut()
-            .filter(|(_, c)| !c.bound && !c.pending)
+            .filter(|(_, c)| !c.pending && due(c))
             .map(|(peer, c)| {
                 c.pending = true;
                 (*peer, c.number)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Requests what was asked for before the allocation existed.
+    fn request_wanted(&mut self, now: Instant) {
+        let ips = self.take_perms(|p| !p.installed);
+        if !ips.is_empty() {
+            self.start(now, Kind::Permission(ips), 0);
+        }
+        let chans = self.take_chans(|c| !c.bound);
         for (peer, number) in chans {
             self.start(now, Kind::ChannelBind(peer, number), 0);
         }
@@ -484,27 +493,11 @@ impl Client {
             self.refresh_at = None;
             self.start(now, Kind::Refresh(self.lifetime), 0);
         }
-        let ips: Vec<IpAddr> = self
-            .perms
-            .iter_mut()
-            .filter(|(_, p)| p.installed && !p.pending && p.refresh_at.is_some_and(|t| t <= now))
-            .map(|(ip, p)| {
-                p.pending = true;
-                *ip
-            })
-            .collect();
+        let ips = self.take_perms(|p| p.installed && p.refresh_at.is_some_and(|t| t <= now));
         if !ips.is_empty() {
             self.start(now, Kind::Permission(ips), 0);
         }
-        let chans: Vec<(SocketAddr, u16)> = self
-            .chans
-            .iter_mut()
-            .filter(|(_, c)| c.bound && !c.pending && c.refresh_at.is_some_and(|t| t <= now))
-            .map(|(peer, c)| {
-                c.pending = true;
-                (*peer, c.number)
-            })
-            .collect();
+        let chans = self.take_chans(|c| c.bound && c.refresh_at.is_some_and(|t| t <= now));
         for (peer, number) in chans {
             self.start(now, Kind::ChannelBind(peer, number), 0);
         }

@@ -149,6 +149,24 @@ pub struct PunchSetup {
     pub raw: Option<RawTcpSender>,
 }
 
+impl PunchSetup {
+    /// The attempt planner's configuration, the same for both engines.
+    pub(super) fn punch_config(&self) -> TcpPunchConfig {
+        TcpPunchConfig {
+            plan: self.plan,
+            peer_ip: self.peer_ip,
+            peer_port: self.peer_port,
+            peer_ports: self.peer_ports,
+            local_port: self.local.port(),
+            window: self.window,
+            rate: self.rate,
+            sweep_sockets: self.sweep_sockets,
+            budget: self.budget,
+            seed: rand::random(),
+        }
+    }
+}
+
 /// What the watcher saw of the peer during the punch (counted here, explained in core).
 pub use crate::core::punch::explain::WatchCounts;
 
@@ -469,21 +487,7 @@ async fn run_punch(
 
 impl<'a> PunchLoop<'a> {
     fn new(setup: &'a PunchSetup, tx: mpsc::UnboundedSender<Ev>) -> Self {
-        let planner = TcpPunch::new(
-            TcpPunchConfig {
-                plan: setup.plan,
-                peer_ip: setup.peer_ip,
-                peer_port: setup.peer_port,
-                peer_ports: setup.peer_ports,
-                local_port: setup.local.port(),
-                window: setup.window,
-                rate: setup.rate,
-                sweep_sockets: setup.sweep_sockets,
-                budget: setup.budget,
-                seed: rand::random(),
-            },
-            setup.start,
-        );
+        let planner = TcpPunch::new(setup.punch_config(), setup.start);
         PunchLoop {
             setup,
             planner,

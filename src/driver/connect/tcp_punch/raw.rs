@@ -12,7 +12,7 @@
 
 use super::{Connection, PunchEnd, PunchLoop, PunchSetup, Turn, TICK};
 use crate::core::punch::tcp::raw::{RawConfig, RawPunch};
-use crate::core::punch::tcp::{Plan, TcpPunchConfig};
+use crate::core::punch::tcp::Plan;
 use crate::driver::tcp_stun;
 use crate::os::capture::Capture;
 use crate::os::packet::Packet;
@@ -52,18 +52,7 @@ pub(super) fn engine(setup: &PunchSetup) -> Option<RawPunch> {
     }
     RawPunch::new(
         RawConfig {
-            punch: TcpPunchConfig {
-                plan: setup.plan,
-                peer_ip: setup.peer_ip,
-                peer_port: setup.peer_port,
-                peer_ports: setup.peer_ports,
-                local_port: setup.local.port(),
-                window: setup.window,
-                rate: setup.rate,
-                sweep_sockets: setup.sweep_sockets,
-                budget: setup.budget,
-                seed: rand::random(),
-            },
+            punch: setup.punch_config(),
             local_ip,
             rtt: setup.rtt,
             prime_ttl: setup.prime_ttl.map(|t| t.min(255) as u8),
