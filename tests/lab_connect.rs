@@ -110,10 +110,15 @@ fn connect_cmd(
     })
     .arg("--report")
     .arg(dir.join(format!("{name}.json")))
-    .args(extra)
-    .stdin(std::fs::File::open(dir.join(format!("{name}.in"))).expect("input"))
-    .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("output"))
-    .stderr(Stdio::piped());
+    .args(extra);
+    // For chasing a rare failure: every connect keeps a capture named by its session.
+    if let Some(d) = std::env::var_os("PUNCHRAW_TEST_CAPTURES") {
+        c.arg("--capture")
+            .arg(Path::new(&d).join(format!("{session}-{name}.pcap")));
+    }
+    c.stdin(std::fs::File::open(dir.join(format!("{name}.in"))).expect("input"))
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).expect("output"))
+        .stderr(Stdio::piped());
     c
 }
 
