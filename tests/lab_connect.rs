@@ -152,11 +152,24 @@ fn pair_between(
     extra_b: &[&str],
     between: &dyn Fn(),
 ) -> Pair {
+    pair_sides(lab, try_no, secret_b, len, [extra, &[], extra_b], between)
+}
+
+/// The general attempt: `extra[0]` to both, `extra[1]` to A only, `extra[2]` to B only.
+fn pair_sides(
+    lab: &Lab,
+    try_no: u32,
+    secret_b: &str,
+    len: usize,
+    [extra, extra_a, extra_b]: [&[&str]; 3],
+    between: &dyn Fn(),
+) -> Pair {
     let dir = Dir::new(&format!("{}-{try_no}", lab.name()));
     std::fs::write(dir.0.join("a.in"), data(u64::from(try_no) * 2 + 1, len)).expect("write");
     std::fs::write(dir.0.join("b.in"), data(u64::from(try_no) * 2 + 2, len)).expect("write");
     let session = format!("{}-{try_no}", lab.name());
-    let a = connect_cmd(lab, Node::A, &dir.0, "a", &session, "right", extra)
+    let extra_a: Vec<&str> = extra.iter().chain(extra_a).copied().collect();
+    let a = connect_cmd(lab, Node::A, &dir.0, "a", &session, "right", &extra_a)
         .spawn()
         .expect("start connect A");
     let mut a = ChildGuard(a);
@@ -834,6 +847,87 @@ fn tcp_raw_cone_and_cone_connect_directly_at_40_ms() {
 fn tcp_raw_cone_and_random_connect_by_sweep() {
     // The cone side probes with crafted SYNs, the random side sprays with kernel sockets.
     sweep_connects_at(0, 5, &["--tcp", "--syn-engine", "raw"]);
+}
+
+/// #11: the raw engine's sweep as `--capture` shows it: every crafted SYN toward the peer
+/// leaves from the one punch port with the one sequence number of the socket that finishes
+/// the handshake, to many ports of the peer, and tshark finds nothing to warn about.
+#[test]
+fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
+    let Some(lab) = lab_at(0, "port-restricted-cone", "symmetric-random") else {
+        return;
+    };
+    if common::lab::find_program("tshark").is_none() {
+        eprintln!("skipped: tshark not installed");
+        return;
+    }
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-capture", lab.name()));
+    let cap = dir.0.join("a.pcap");
+    let cap_arg = cap.to_str().expect("a UTF-8 temp path");
+    let p = pair_sides(
+        &lab,
+        0,
+        "right",
+        1024,
+        [
+            &["--tcp", "--syn-engine", "raw"],
+            &["--capture", cap_arg],
+            &[],
+        ],
+        &|| std::thread::sleep(Duration::from_millis(300)),
+    );
+    assert_eq!(p.a.report["strategy"], "sweep", "{}", p.a.stderr);
+    let tshark = |args: &[&str]| {
+        let o = Command::new("tshark")
+            .arg("-r")
+            .arg(&cap)
+            .args(args)
+            .output()
+            .expect("run tshark");
+        assert!(o.status.success(), "tshark {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // The server's addresses carry the probe's own connections, not the sweep.
+    let syns = tshark(&[
+        "-o",
+        "tcp.relative_sequence_numbers:FALSE",
+        "-Y",
+        "tcp.flags.syn==1 && tcp.flags.ack==0 && ip.src==10.0.1.2 \
+         && ip.dst!=203.0.113.1 && ip.dst!=203.0.113.2",
+        "-T",
+        "fields",
+        "-e",
+        "tcp.srcport",
+        "-e",
+        "tcp.seq",
+        "-e",
+        "tcp.dstport",
+    ]);
+    let rows: Vec<Vec<&str>> = syns.lines().map(|l| l.split('\t').collect()).collect();
+    let distinct = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert!(
+        distinct(2) >= 10,
+        "the sweep reached only {} ports:\n{syns}\n{}",
+        distinct(2),
+        p.a.stderr
+    );
+    assert_eq!(distinct(0), 1, "SYNs from more than one port:\n{syns}");
+    assert_eq!(
+        distinct(1),
+        1,
+        "SYNs with more than one sequence number:\n{syns}"
+    );
+    let warnings = tshark(&["-q", "-z", "expert,warn"]);
+    assert!(
+        warnings.trim().is_empty(),
+        "tshark warns about the capture:\n{warnings}"
+    );
 }
 
 /// The kernel engine (the default) across the kinds of pair, named explicitly.
