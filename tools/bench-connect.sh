@@ -2,7 +2,9 @@
 # Connect benchmark: for several NAT pairs, the time from the second peer's start to
 # "connected" (from its --report), against the floor of one RTT to the server plus one RTT
 # between the peers, and the probes sent (the sweep's cost; for TCP the SYN attempts). UDP and
-# TCP (`--tcp`) per pair. One lab per pair.
+# TCP (`--tcp`) per pair, TCP with each SYN engine (kernel sockets, crafted SYNs), and per
+# pair the raw engine's mean time over the kernel engine's (#11: never above 1). One lab per
+# pair.
 #
 #   sudo tools/bench-connect.sh [--delay MS] [RUNS]   (default: no delay, 3 runs per pair)
 #
@@ -36,7 +38,7 @@ trap 'exit 130' INT TERM
 
 field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 
-printf '%-44s %-4s %-8s %10s %10s %8s %8s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes
+printf '%-44s %-10s %-8s %10s %10s %8s %8s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes
 for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp" \
             "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp" \
             "port-restricted-cone symmetric-random udp tcp" \
@@ -59,10 +61,16 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
   # The first rtt_ms is the UDP one (a greedy match would take a later, possibly null, one).
   rtt=$(tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --json --no-tcp --no-port-mapping \
         | grep -o '"rtt_ms":[0-9.]*' | head -n 1 | cut -d: -f2)
+  declare -A total=() count=()
+  variants=""
+  for t in $transports; do
+    case $t in tcp) variants+=" tcp-kernel tcp-raw" ;; *) variants+=" $t" ;; esac
+  done
   for i in $(seq 1 "$RUNS"); do
-   for t in $transports; do
-    s="bench$i$t$RANDOM"
-    flag=""; [ "$t" = tcp ] && flag="--tcp"
+   for t in $variants; do
+    s="bench$i${t%%-*}$RANDOM"
+    flag=""
+    case $t in tcp-*) flag="--tcp --syn-engine ${t#tcp-}" ;; esac
     rm -f "$WORK/a.json" "$WORK/b.json"
     tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect -q $flag --server "$SRV1" --session "$s" --secret b \
       --report "$WORK/a.json" </dev/null >/dev/null 2>&1 &
@@ -76,9 +84,17 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
     floor=$(awk -v r="$rtt" -v k="${ONEWAY:+3}" 'BEGIN { if (k == "") k = 2; printf "%.1f", k * r }')
     ratio=$(awk -v m="$ms" -v f="$floor" 'BEGIN { if (f > 0) printf "%.0f", m / f; else print "-" }')
     [ "$ok" = true ] || strat="FAILED"
-    printf '%-44s %-4s %-8s %8s ms %8s ms %8s %8s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"
+    if [ "$ok" = true ]; then
+      total[$t]=$(( ${total[$t]:-0} + ms )); count[$t]=$(( ${count[$t]:-0} + 1 ))
+    fi
+    printf '%-44s %-10s %-8s %8s ms %8s ms %8s %8s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"
    done
   done
+  if [ -n "${count[tcp-kernel]:-}" ] && [ -n "${count[tcp-raw]:-}" ]; then
+    awk -v l="$label" -v r="${total[tcp-raw]}" -v rn="${count[tcp-raw]}" -v k="${total[tcp-kernel]}" -v kn="${count[tcp-kernel]}" \
+      'BEGIN { printf "%-44s raw/kernel mean time to connected: %.0f / %.0f ms = %.2f\n", l, r / rn, k / kn, (r / rn) / (k / kn) }'
+  fi
+  unset total count
   cleanup
 done
 echo "B->conn includes B's own quick NAT classification (two RTTs to the server);"
