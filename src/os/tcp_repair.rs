@@ -20,7 +20,9 @@
 //!   TSval is the given value now; since Linux 6.7 the value's lowest bit also selects
 //!   microsecond timestamps (an odd value made the socket's clock run 1000 times faster in
 //!   the lab), so the value is made even. Crafted SYNs should carry an even TSval for the
-//!   clock to continue exactly.
+//!   clock to continue exactly. It is set before connect(): the socket is ESTABLISHED from
+//!   connect() on and, repair mode or not, answers what arrives (a peer's SYN-ACK that
+//!   crossed ours draws an ACK), so the clock must be right before anything can be sent.
 //! - TCP_REPAIR_WINDOW after connect(), since connect() resets the windows (snd_wnd 0
 //!   would leave the socket probing a zero window until the peer's first ACK).
 //! - Leaving repair mode with TCP_REPAIR_OFF sends one window probe: an ACK with
@@ -143,6 +145,13 @@ fn negotiated(e: &Established) -> Vec<RepairOpt> {
 /// Leaving repair mode sends one ACK (seq = our ISN, ack = `rcv_nxt`); nothing else is sent.
 /// The stream is in blocking mode; callers set what they need.
 pub fn established(e: &Established) -> io::Result<TcpStream> {
+    established_pausing(e, || {})
+}
+
+/// [`established`], with `pause` run while the socket is ESTABLISHED with its negotiated
+/// options but still in repair mode: the moment at which a peer's segment can already draw
+/// an answer from the kernel. For tests of what the socket sends then.
+pub fn established_pausing(e: &Established, pause: impl FnOnce()) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
         .map_err(|err| io::Error::new(err.kind(), format!("cannot open a TCP socket: {err}")))?;
     let fd = socket.as_raw_fd();
@@ -186,6 +195,20 @@ pub fn established(e: &Established) -> io::Result<TcpStream> {
         &e.rcv_nxt,
         "set the receive sequence",
     )?;
+    // Before connect(): from then on the kernel may answer a peer's segment although the
+    // socket is still in repair mode (its SYN-ACK crossing ours draws an ACK), and every
+    // TSval it sends must already continue the crafted clock. Set later, one such ACK went
+    // out on the kernel's own clock; the peer took it as ts_recent and then dropped every
+    // segment on the crafted clock as old (PAWS, RFC 7323 section 5), so TLS stalled.
+    // connect() keeps tsoffset in repair mode (tcp_v4_connect sets it only outside repair).
+    if let (Some((tsval, _)), Some(_)) = (e.ours.timestamps, e.theirs.timestamps) {
+        set(
+            fd,
+            libc::TCP_TIMESTAMP,
+            &ms_clock(tsval),
+            "continue the timestamp clock",
+        )?;
+    }
     let mss = libc::c_int::from(e.theirs.mss.unwrap_or(DEFAULT_MSS));
     // Below 88 the kernel refuses TCP_MAXSEG; such a peer is then served by mss_clamp.
     if mss >= 88 {
@@ -211,14 +234,7 @@ pub fn established(e: &Established) -> io::Result<TcpStream> {
         &negotiated(e),
         "set the negotiated options",
     )?;
-    if let (Some((tsval, _)), Some(_)) = (e.ours.timestamps, e.theirs.timestamps) {
-        set(
-            fd,
-            libc::TCP_TIMESTAMP,
-            &ms_clock(tsval),
-            "continue the timestamp clock",
-        )?;
-    }
+    pause();
     let window = RepairWindow {
         // The peer's SYN (sequence rcv_nxt - 1) last updated the send window.
         snd_wl1: e.rcv_nxt.wrapping_sub(1),
