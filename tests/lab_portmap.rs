@@ -6,9 +6,8 @@
 mod common;
 
 use common::lab::{find_program, Lab, LabOptions, Node};
+use common::pair::{check_connected, pair, BIN, MIB};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_punchraw");
 
 fn tools_present() -> bool {
     for p in ["miniupnpd", "natpmpc", "upnpc"] {
@@ -147,4 +146,68 @@ fn no_port_mapping_flag_gives_null() {
         .expect("run punchraw probe");
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert!(v["port_mapping"].is_null(), "{v:#}");
+}
+
+/// A behind miniupnpd serving `portmap` (random-symmetric NAT), B behind a random-symmetric
+/// NAT without one: a pair no punch connects (`random_symmetric_on_both_sides_fails_cleanly`
+/// in lab_connect).
+fn pair_lab(portmap: &str) -> Option<Lab> {
+    if !tools_present() {
+        return None;
+    }
+    Lab::up_with(
+        LabOptions::new("upnp-random")
+            .portmap(portmap)
+            .kind_b("symmetric-random"),
+    )
+}
+
+/// UDP through the mapping `via` (the report's name) that A's router granted, 1 MiB each
+/// way; nothing of ours left on the router after.
+fn connects_through(portmap: &str, via: &str, extra: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", MIB, extra);
+    let what = format!("--portmap {portmap} {extra:?}");
+    check_connected(&p, "mapped", &what);
+    let pm = &p.a.report["port_mapping"];
+    assert_eq!(pm["via"], via, "{what}: A's mapping {pm:#}\n{}", p.a.stderr);
+    assert!(
+        pm["external"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("11.0.113.10:")),
+        "{what}: {pm:#}"
+    );
+    assert!(
+        p.a.stderr.contains("port mapping: ") && p.b.stderr.contains("sending there"),
+        "{what}: status lines\nA:\n{}\nB:\n{}",
+        p.a.stderr,
+        p.b.stderr
+    );
+    // B's router offers nothing: B went on without and said why.
+    let pb = &p.b.report["port_mapping"];
+    assert!(
+        pb["via"].is_null() && pb["reasons"].is_object(),
+        "{what}: B {pb:#}"
+    );
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "{what}: a mapping left on the router"
+    );
+}
+
+#[test]
+fn udp_connects_through_natpmp() {
+    connects_through("natpmp", "nat_pmp", &[]);
+}
+
+#[test]
+fn udp_connects_through_pcp() {
+    connects_through("pcp", "pcp", &[]);
+}
+
+#[test]
+fn udp_connects_through_upnp() {
+    connects_through("upnp", "upnp", &[]);
 }

@@ -107,10 +107,26 @@ pub struct ConnectArgs {
     /// sockets). Both need CAP_NET_RAW and CAP_NET_ADMIN.
     #[arg(long, value_name = "raw|kernel", default_value = "kernel", value_parser = parse_syn_engine)]
     pub syn_engine: SynEngine,
+    /// Ask the router for a port mapping of the punch port: "auto" asks by PCP, then NAT-PMP,
+    /// then UPnP IGD (UDP; TCP with --tcp), offers the mapped endpoint to the peer (who then
+    /// sends straight to it: a mapping makes even a symmetric NAT reachable), renews it
+    /// before it expires and deletes it on every exit (Ctrl-C and SIGTERM included). A router
+    /// that offers none or refuses is said and connect goes on without. "off" never asks.
+    #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = parse_port_mapping)]
+    pub port_mapping: bool,
     /// Start punching this many milliseconds after the moment agreed with the peer (testing:
     /// makes the other side's packets arrive first).
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub start_delay_ms: u64,
+}
+
+/// `auto` -> true, `off` -> false.
+fn parse_port_mapping(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "auto" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is not auto or off")),
+    }
 }
 
 fn parse_syn_engine(s: &str) -> std::result::Result<SynEngine, String> {

@@ -3,6 +3,7 @@
 
 mod classify;
 mod main_socket;
+mod portmap;
 mod rendezvous;
 pub mod tcp_punch;
 
@@ -58,6 +59,8 @@ pub struct ConnectConfig {
     pub start_delay: Duration,
     /// Who sends the TCP punch's SYNs (`--syn-engine`).
     pub syn_engine: tcp_punch::SynEngine,
+    /// Ask the router to map the punch port (`--port-mapping auto`).
+    pub port_mapping: bool,
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
@@ -79,6 +82,9 @@ pub struct ConnectReport {
     /// From connected until both directions of the stream were done (its setup and close
     /// included); `null` when no stream ran to its end.
     pub stream_ms: Option<u64>,
+    /// The router's port mapping of our punch port, or why there was none; `null` with
+    /// `--port-mapping off`.
+    pub port_mapping: Option<portmap::MappingReport>,
 }
 
 fn hex_id() -> String {
@@ -109,6 +115,7 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         bytes_sent: 0,
         bytes_received: 0,
         stream_ms: None,
+        port_mapping: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -150,6 +157,8 @@ struct Me {
     /// The punch key (never sent; the rendezvous key is derived apart from it).
     key: [u8; 32],
     fingerprint: [u8; 32],
+    /// Our punch port as our router maps it.
+    mapped: Option<SocketAddr>,
 }
 
 fn connect(
@@ -169,7 +178,17 @@ fn connect(
     let classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
     let identity = Identity::generate()?;
     let (main, main_local) = main_socket::open_main(cfg, status, &classified)?;
+    // Held until we return, whichever way: dropping it deletes the mapping.
+    let (_mapping, mapped) = portmap::for_connect(
+        cfg.port_mapping && !cfg.tcp,
+        crate::core::portmap::Protocol::Udp,
+        main_local[0],
+        status,
+        &shutdown,
+        &mut report.port_mapping,
+    )?;
     let me = Me {
+        mapped,
         classified,
         main_local,
         my_id: hex_id(),
@@ -244,6 +263,7 @@ fn meet(
         locals: me.main_local.clone(),
         nat: c.nat,
         tcp: first_offer,
+        mapped: me.mapped,
         rtt: c.rtt,
         deadline,
         timeout: cfg.timeout,
@@ -354,6 +374,7 @@ fn punch_udp(
         my_nat: nat,
         my_public: intro.me,
         my_locals: me.main_local.clone(),
+        my_mapped: me.mapped,
         peer: intro.peer.clone(),
         key: me.key,
         fingerprint: me.fingerprint,
@@ -466,6 +487,12 @@ fn announce_udp_punch(
     }
     if strategy == Strategy::Sweep {
         status.say(udp_sweep_line(cfg, pcfg));
+    }
+    if strategy == Strategy::Mapped {
+        status.say(match pcfg.peer.mapped {
+            Some(m) => format!("the peer's router maps its punch port at {m}: sending there"),
+            None => "our router maps our punch port: answering what the peer sends through it, silent toward its public endpoint".into(),
+        });
     }
 }
 
