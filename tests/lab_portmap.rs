@@ -5,9 +5,12 @@
 
 mod common;
 
+use common::lab::ChildGuard;
 use common::lab::{find_program, Lab, LabOptions, Node};
-use common::pair::{check_connected, pair, BIN, MIB};
+use common::pair::{check_connected, connect_cmd, pair, Dir, WaitRef, BIN, MIB};
 use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn tools_present() -> bool {
     for p in ["miniupnpd", "natpmpc", "upnpc"] {
@@ -210,4 +213,135 @@ fn udp_connects_through_pcp() {
 #[test]
 fn udp_connects_through_upnp() {
     connects_through("upnp", "upnp", &[]);
+}
+
+/// Waits up to `secs` for miniupnpd to hold a mapping; its rules.
+fn wait_for_rule(lab: &Lab, secs: u64) -> String {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = router_rules(lab);
+        if !r.is_empty() || Instant::now() >= until {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A alone (the peer never comes) holds a mapping through `portmap`; it ends by SIGINT, by
+/// SIGTERM and by its --timeout (exit 5), and after each the router holds nothing of ours.
+fn every_exit_deletes_the_mapping(portmap: &str) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-exits", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    for (how, want) in [("INT", 130), ("TERM", 143), ("timeout", 5)] {
+        let session = format!("{}-{how}", lab.name());
+        let timeout = if how == "timeout" { "6" } else { "60" };
+        let mut a = ChildGuard(
+            connect_cmd(
+                &lab,
+                Node::A,
+                &dir.0,
+                "a",
+                &session,
+                "right",
+                &["--timeout", timeout],
+            )
+            .spawn()
+            .expect("start connect"),
+        );
+        let rules = wait_for_rule(&lab, 10);
+        assert!(
+            rules.contains("dnat"),
+            "--portmap {portmap}: no mapping while A waits"
+        );
+        if how != "timeout" {
+            // `ip netns exec` execs the program, so this is punchraw's own pid.
+            let st = Command::new("kill")
+                .args([&format!("-{how}"), &a.0.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(st.success());
+        }
+        let (code, err) = a.0.wait_with_output_ref();
+        let err = String::from_utf8_lossy(&err);
+        assert_eq!(code, Some(want), "--portmap {portmap}, {how}: {err}");
+        assert!(err.contains("port mapping: "), "{err}");
+        assert_eq!(
+            router_rules(&lab),
+            "",
+            "--portmap {portmap}: a mapping left after {how}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn every_exit_deletes_the_natpmp_mapping() {
+    every_exit_deletes_the_mapping("natpmp");
+}
+
+#[test]
+fn every_exit_deletes_the_pcp_mapping() {
+    every_exit_deletes_the_mapping("pcp");
+}
+
+#[test]
+fn every_exit_deletes_the_upnp_mapping() {
+    every_exit_deletes_the_mapping("upnp");
+}
+
+/// Without a mapping the pair is two random-symmetric NATs again: exit 8 with the usual
+/// explanation, and (for a router that offers none) a status line saying why.
+fn fails_as_without(portmap: &str, extra: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let mut args = vec!["--punch-budget", "3"];
+    args.extend_from_slice(extra);
+    let p = pair(&lab, 0, "right", 1024, &args);
+    let what = format!("--portmap {portmap} {extra:?}");
+    for s in [&p.a, &p.b] {
+        assert_ne!(s.report["strategy"], "mapped", "{what}: {:#}", s.report);
+        if s.code == Some(0) {
+            continue; // a two-sided sweep may meet by chance
+        }
+        assert_eq!(s.code, Some(8), "{what}: {}", s.stderr);
+        assert!(
+            s.stderr
+                .contains("both NATs are symmetric with random ports"),
+            "{what}: {}",
+            s.stderr
+        );
+    }
+    assert_eq!(router_rules(&lab), "", "{what}");
+    check_without(&p.a.report["port_mapping"], &p.a.stderr, extra, &what);
+}
+
+fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
+    if extra.contains(&"off") {
+        assert!(pm.is_null(), "{what}: {pm:#}");
+        assert!(!err.contains("port mapping"), "{what}: {err}");
+    } else {
+        assert!(pm["via"].is_null(), "{what}: {pm:#}");
+        for k in ["pcp", "nat_pmp", "upnp"] {
+            assert!(
+                pm["reasons"][k].is_string(),
+                "{what}: no reason for {k}: {pm:#}"
+            );
+        }
+        assert!(
+            err.contains("port mapping: none for UDP ("),
+            "{what}: {err}"
+        );
+        assert!(err.contains("going on without"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn port_mapping_off_fails_as_before() {
+    fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
+}
+
+#[test]
+fn a_router_without_port_mapping_goes_on_and_says_why() {
+    fails_as_without("none", &[]);
 }

@@ -112,7 +112,7 @@ pub struct ConnectArgs {
     /// sends straight to it: a mapping makes even a symmetric NAT reachable), renews it
     /// before it expires and deletes it on every exit (Ctrl-C and SIGTERM included). A router
     /// that offers none or refuses is said and connect goes on without. "off" never asks.
-    #[arg(long, value_name = "auto|off", default_value = "auto", value_parser = parse_port_mapping)]
+    #[arg(long, value_name = "auto|off", default_value = "auto", action = clap::ArgAction::Set, value_parser = parse_port_mapping)]
     pub port_mapping: bool,
     /// Start punching this many milliseconds after the moment agreed with the peer (testing:
     /// makes the other side's packets arrive first).
@@ -214,4 +214,28 @@ pub struct ProbeArgs {
     /// `port_mapping` is then null.
     #[arg(long)]
     pub no_port_mapping: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port_mapping(extra: &[&str]) -> Result<bool, clap::Error> {
+        let base = ["punchraw", "connect", "--server", "h", "--session", "s"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        match cli.cmd {
+            Command::Connect(a) => Ok(a.port_mapping),
+            _ => unreachable!("a connect command line"),
+        }
+    }
+
+    #[test]
+    fn port_mapping_is_auto_by_default_and_takes_auto_or_off() {
+        assert!(port_mapping(&[]).unwrap());
+        assert!(port_mapping(&["--port-mapping", "auto"]).unwrap());
+        assert!(!port_mapping(&["--port-mapping", "off"]).unwrap());
+        assert!(!port_mapping(&["--port-mapping=off"]).unwrap());
+        let e = port_mapping(&["--port-mapping", "on"]).unwrap_err();
+        assert!(e.to_string().contains("not auto or off"), "{e}");
+    }
 }
