@@ -20,16 +20,21 @@
 //!
 //! A mapping (a DNAT rule on the router, miniupnpd's `prerouting_miniupnpd` chain on Linux)
 //! lets anyone in at the mapped endpoint, but it does not make our own new flows leave from
-//! it: miniupnpd adds no SNAT rule for a MAP (only for PCP PEER), so our outgoing packets
-//! still get the NAT's ordinary (here random) source port. So the peer sends to the mapped
-//! endpoint, and the mapped side stays silent toward the peer's public address and only
-//! answers what arrives: its answers match the conntrack entry the peer's packet created
-//! through the DNAT rule and leave from the mapped port. Were the mapped side to send to the
-//! peer's endpoint first, its NAT would hold a conntrack entry whose original tuple (our
-//! socket to the peer) is the reply tuple the peer's packet needs; the kernel drops that
-//! packet at confirmation as a clash, and our later packets leave from the other entry's
-//! random port. Against a peer whose NAT maps endpoint-independently that is the very
-//! endpoint the peer sends from, hence the silence.
+//! it: miniupnpd adds no SNAT rule for a MAP (its `postrouting_miniupnpd` chain stays empty;
+//! it is for PCP PEER), so our outgoing packets still get the NAT's ordinary (here random)
+//! source port. So the peer sends to the mapped endpoint, and the mapped side answers what
+//! arrives, to the source it arrived from: the answer matches the conntrack entry the
+//! peer's packet created through the DNAT rule and leaves from the mapped port.
+//!
+//! The mapped side stays silent toward the peer's public endpoint. Seen in the lab (Linux
+//! 6.18, miniupnpd 2.3.1, nftables): when it sends there first, its NAT holds an entry whose
+//! original tuple (our socket to the peer) is the reply tuple the peer's packet through the
+//! mapping needs. The kernel does not drop that packet; it resolves the clash by rewriting
+//! the inbound flow's source port, so the peer appears at another port of its address, and
+//! only answers to that port go back through the mapping; our own packets to the peer's
+//! real endpoint keep leaving from the first entry's random port, which a filtering peer NAT
+//! drops. Older kernels (and other NATs) may drop the clashing packet instead. Silence
+//! avoids both: the first packet of the flow is the peer's.
 
 pub mod explain;
 pub mod lockstep;

@@ -10,14 +10,16 @@
 //! (SSDP waits for answers) and asked only when neither of the two granted. A router that
 //! offers nothing or refuses costs the SSDP wait, about 2 s, and connect goes on without.
 //!
-//! Facts from the lab (miniupnpd 2.3 with nftables, Linux 6.x):
-//! - A mapping is a `dnat` rule in `inet miniupnpd`'s `prerouting_miniupnpd` chain (and an
-//!   accept in its `miniupnpd` filter chain); no SNAT rule comes with a MAP, so our own new
-//!   flows keep leaving from the NAT's random ports. Hence the peer sends to the mapping and
-//!   we only answer (see `core::punch`'s module note).
+//! Facts from the lab (miniupnpd 2.3.1 with nftables, Linux 6.18):
+//! - A mapping is a `dnat` rule in `inet miniupnpd`'s `prerouting_miniupnpd` chain and an
+//!   accept in its `miniupnpd` chain (forward hook), the same for UPnP, NAT-PMP and PCP MAP;
+//!   `postrouting_miniupnpd` stays empty, so our own new flows keep leaving from the NAT's
+//!   random ports (`masquerade fully-random` in the lab). Hence the peer sends to the
+//!   mapping and we only answer (see `core::punch`'s module note on the conntrack clash).
 //! - miniupnpd grants the internal port as the external one when it is free, and the
-//!   lifetime asked for (NAT-PMP/PCP) or the lease (UPnP); a delete (lifetime 0,
-//!   `DeletePortMapping`) removes the rule at once.
+//!   lifetime asked for (NAT-PMP, PCP) or the lease (UPnP); a delete (lifetime 0,
+//!   `DeletePortMapping`) removes both rules at once, which `tests/lab_portmap.rs` checks
+//!   after every way out.
 
 use crate::core::portmap::client::{Event, PortMapConfig, PortMapper};
 use crate::core::portmap::{Protocol, Via};
