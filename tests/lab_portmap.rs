@@ -7,7 +7,7 @@ mod common;
 
 use common::lab::ChildGuard;
 use common::lab::{find_program, Lab, LabOptions, Node};
-use common::pair::{check_connected, connect_cmd, pair, Dir, WaitRef, BIN, MIB};
+use common::pair::{check_connected_over, connect_cmd, pair, Dir, WaitRef, BIN, MIB};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -165,14 +165,20 @@ fn pair_lab(portmap: &str) -> Option<Lab> {
     )
 }
 
-/// UDP through the mapping `via` (the report's name) that A's router granted, 1 MiB each
-/// way; nothing of ours left on the router after.
+/// UDP (TCP with `--tcp` in `extra`) through the mapping `via` (the report's name) that
+/// A's router granted, 1 MiB each way; nothing of ours left on the router after.
 fn connects_through(portmap: &str, via: &str, extra: &[&str]) {
     let Some(lab) = pair_lab(portmap) else { return };
     let _srv = common::punchraw_serve_5780(&lab);
     let p = pair(&lab, 0, "right", MIB, extra);
     let what = format!("--portmap {portmap} {extra:?}");
-    check_connected(&p, "mapped", &what);
+    let tcp = extra.contains(&"--tcp");
+    check_connected_over(&p, if tcp { "tcp" } else { "udp" }, "mapped", &what);
+    let (proto, b_says) = if tcp {
+        ("TCP", "connecting there")
+    } else {
+        ("UDP", "sending there")
+    };
     let pm = &p.a.report["port_mapping"];
     assert_eq!(pm["via"], via, "{what}: A's mapping {pm:#}\n{}", p.a.stderr);
     assert!(
@@ -181,8 +187,9 @@ fn connects_through(portmap: &str, via: &str, extra: &[&str]) {
             .is_some_and(|e| e.starts_with("11.0.113.10:")),
         "{what}: {pm:#}"
     );
+    assert_eq!(pm["protocol"], proto.to_lowercase(), "{what}: {pm:#}");
     assert!(
-        p.a.stderr.contains("port mapping: ") && p.b.stderr.contains("sending there"),
+        p.a.stderr.contains(&format!("maps {proto} 11.0.113.10:")) && p.b.stderr.contains(b_says),
         "{what}: status lines\nA:\n{}\nB:\n{}",
         p.a.stderr,
         p.b.stderr
@@ -215,6 +222,26 @@ fn udp_connects_through_upnp() {
     connects_through("upnp", "upnp", &[]);
 }
 
+#[test]
+fn tcp_connects_through_natpmp() {
+    connects_through("natpmp", "nat_pmp", &["--tcp"]);
+}
+
+#[test]
+fn tcp_connects_through_pcp() {
+    connects_through("pcp", "pcp", &["--tcp"]);
+}
+
+#[test]
+fn tcp_connects_through_upnp() {
+    connects_through("upnp", "upnp", &["--tcp"]);
+}
+
+#[test]
+fn tcp_connects_through_a_mapping_with_the_raw_syn_engine() {
+    connects_through("natpmp", "nat_pmp", &["--tcp", "--syn-engine", "raw"]);
+}
+
 /// Waits up to `secs` for miniupnpd to hold a mapping; its rules.
 fn wait_for_rule(lab: &Lab, secs: u64) -> String {
     let until = Instant::now() + Duration::from_secs(secs);
@@ -229,7 +256,7 @@ fn wait_for_rule(lab: &Lab, secs: u64) -> String {
 
 /// A alone (the peer never comes) holds a mapping through `portmap`; it ends by SIGINT, by
 /// SIGTERM and by its --timeout (exit 5), and after each the router holds nothing of ours.
-fn every_exit_deletes_the_mapping(portmap: &str) {
+fn every_exit_deletes_the_mapping(portmap: &str, extra: &[&str]) {
     let Some(lab) = pair_lab(portmap) else { return };
     let _srv = common::punchraw_serve_5780(&lab);
     let dir = Dir::new(&format!("{}-exits", lab.name()));
@@ -265,29 +292,39 @@ fn every_exit_deletes_the_mapping(portmap: &str) {
         }
         let (code, err) = a.0.wait_with_output_ref();
         let err = String::from_utf8_lossy(&err);
-        assert_eq!(code, Some(want), "--portmap {portmap}, {how}: {err}");
+        assert_eq!(
+            code,
+            Some(want),
+            "--portmap {portmap} {extra:?}, {how}: {err}"
+        );
         assert!(err.contains("port mapping: "), "{err}");
         assert_eq!(
             router_rules(&lab),
             "",
-            "--portmap {portmap}: a mapping left after {how}:\n{err}"
+            "--portmap {portmap} {extra:?}: a mapping left after {how}:\n{err}"
         );
     }
 }
 
 #[test]
 fn every_exit_deletes_the_natpmp_mapping() {
-    every_exit_deletes_the_mapping("natpmp");
+    every_exit_deletes_the_mapping("natpmp", &[]);
 }
 
 #[test]
 fn every_exit_deletes_the_pcp_mapping() {
-    every_exit_deletes_the_mapping("pcp");
+    every_exit_deletes_the_mapping("pcp", &[]);
 }
 
 #[test]
 fn every_exit_deletes_the_upnp_mapping() {
-    every_exit_deletes_the_mapping("upnp");
+    every_exit_deletes_the_mapping("upnp", &[]);
+}
+
+#[test]
+fn every_exit_deletes_the_tcp_mappings() {
+    every_exit_deletes_the_mapping("pcp", &["--tcp"]);
+    every_exit_deletes_the_mapping("upnp", &["--tcp"]);
 }
 
 /// Without a mapping the pair is two random-symmetric NATs again: exit 8 with the usual

@@ -159,8 +159,18 @@ struct Me {
     /// The punch key (never sent; the rendezvous key is derived apart from it).
     key: [u8; 32],
     fingerprint: [u8; 32],
-    /// Our punch port as our router maps it.
+    /// Our UDP punch port as our router maps it.
     mapped: Option<SocketAddr>,
+    secret: String,
+}
+
+/// With `--tcp`: the router's mapping of the TCP punch port, asked for once the
+/// prediction has chosen that port. Dropping it deletes the mapping.
+#[derive(Default)]
+struct TcpMapping {
+    keeper: Option<portmap::Keeper>,
+    mapped: Option<SocketAddr>,
+    report: Option<portmap::MappingReport>,
 }
 
 fn connect(
@@ -191,6 +201,7 @@ fn connect(
     )?;
     let me = Me {
         mapped,
+        secret,
         classified,
         main_local,
         my_id: hex_id(),
@@ -198,7 +209,20 @@ fn connect(
         fingerprint: identity.fingerprint(),
     };
     let deadline = started + cfg.timeout;
-    let (intro, tcp_prep) = meet(cfg, status, &shutdown, deadline, &main, &me, secret)?;
+    let mut tcp_mapping = TcpMapping::default();
+    let met = meet(
+        cfg,
+        status,
+        &shutdown,
+        deadline,
+        &main,
+        &me,
+        &mut tcp_mapping,
+    );
+    if tcp_mapping.report.is_some() {
+        report.port_mapping = tcp_mapping.report.take();
+    }
+    let (intro, tcp_prep) = met?;
     if let Some(prep) = tcp_prep {
         // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
         // the server, which nothing needs any more, but closing it costs nothing either.
@@ -209,6 +233,7 @@ fn connect(
             key: me.key,
             my_id: me.my_id,
             rtt: me.classified.rtt,
+            my_mapped: tcp_mapping.mapped,
         };
         return connect_tcp(cfg, status, started, report, start, capture, &shutdown);
     }
@@ -227,10 +252,15 @@ fn meet(
     deadline: Instant,
     main: &UdpSocket,
     me: &Me,
-    secret: String,
+    mapping: &mut TcpMapping,
 ) -> Result<(Introduction, Option<tcp_punch::TcpPrep>), Error> {
     let c = &me.classified;
+    // Once the router maps the punch port, the prediction keeps that port.
+    let pinned = std::cell::OnceCell::new();
     let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
+        if let Some(held) = pinned.get() {
+            return Ok(Clone::clone(held));
+        }
         let prep = tcp_punch::prepare(cfg.server, c.local_ip, c.other_address, c.nat)?;
         let offer = tcp::make_offer(
             &me.key,
@@ -249,6 +279,18 @@ fn meet(
         ));
         let (prep, offer) = predict_tcp()?;
         status.say(prep.describe());
+        let (keeper, mapped) = portmap::for_connect(
+            cfg.port_mapping,
+            crate::core::portmap::Protocol::Tcp,
+            prep.local,
+            status,
+            shutdown,
+            &mut mapping.report,
+        )?;
+        if mapped.is_some() {
+            let _ = pinned.set((prep.clone(), offer.clone()));
+        }
+        (mapping.keeper, mapping.mapped) = (keeper, mapped);
         first_offer = Some(offer);
         Some(TcpOfferState {
             prep,
@@ -260,12 +302,12 @@ fn meet(
     let client = ClientConfig {
         server: cfg.server,
         session: cfg.session.clone(),
-        secret: secret.into_bytes(),
+        secret: me.secret.clone().into_bytes(),
         peer_id: me.my_id.clone(),
         locals: me.main_local.clone(),
         nat: c.nat,
         tcp: first_offer,
-        mapped: me.mapped,
+        mapped: me.mapped.or(mapping.mapped),
         rtt: c.rtt,
         deadline,
         timeout: cfg.timeout,
@@ -483,6 +525,8 @@ struct TcpStart {
     my_id: String,
     /// Round trip to the server, the scale of the hop measurement's wait.
     rtt: Duration,
+    /// Our TCP punch port as our router maps it.
+    my_mapped: Option<SocketAddr>,
 }
 
 /// The TCP punch both sides agreed on, from our prediction and the peer's verified offer.
@@ -548,23 +592,34 @@ fn plan_tcp(
         tcp::verify_offer(&t.key, &t.intro.peer.id, offer).ok_or(Error::OfferAuthFailed)?;
     let me = t.prep.prediction.nat;
     let them = offer.nat;
-    let plan = tcp::plan(&me, &them);
-    let strategy = tcp::strategy(&me, &them);
-    let peer_ip = t.intro.peer.public.ip();
+    let peer_mapped = t.intro.peer.mapped;
+    let strategy = tcp::strategy_mapped(&me, &them, t.my_mapped.is_some() || peer_mapped.is_some());
+    let (plan, peer_ip, peer_port) = if strategy == Strategy::Mapped {
+        tcp::mapped_plan(peer_mapped, t.intro.peer.public.ip())
+    } else {
+        (tcp::plan(&me, &them), t.intro.peer.public.ip(), offer.port)
+    };
     let left = deadline.saturating_duration_since(t.intro.start);
     let budget = cfg.punch_budget.min(left.max(Duration::from_secs(1)));
-    status.say(format!(
-        "peer {peer_ip}: TCP mapping {}, allocation {}, next port {}; strategy {} ({})",
-        kebab(&them.mapping),
-        kebab(&them.allocation),
-        if offer.port == 0 {
-            "unpredictable".to_string()
-        } else {
-            offer.port.to_string()
-        },
-        strategy.as_str(),
-        describe_plan(plan, cfg.window, cfg.sweep_sockets)
-    ));
+    if strategy == Strategy::Mapped {
+        status.say(match peer_mapped {
+            Some(m) => format!("peer {peer_ip}: its router maps its TCP punch port at {m}; strategy mapped: connecting there"),
+            None => format!("peer {peer_ip}: strategy mapped: our router maps our TCP punch port, so the peer connects to it and we only accept"),
+        });
+    } else {
+        status.say(format!(
+            "peer {peer_ip}: TCP mapping {}, allocation {}, next port {}; strategy {} ({})",
+            kebab(&them.mapping),
+            kebab(&them.allocation),
+            if offer.port == 0 {
+                "unpredictable".to_string()
+            } else {
+                offer.port.to_string()
+            },
+            strategy.as_str(),
+            describe_plan(plan, cfg.window, cfg.sweep_sockets)
+        ));
+    }
     if strategy == Strategy::Sweep {
         let probes = u64::from(cfg.rate) * budget.as_secs().max(1);
         status.say(format!(
@@ -596,7 +651,7 @@ fn plan_tcp(
         plan,
         strategy,
         peer_ip,
-        peer_port: offer.port,
+        peer_port,
         peer_ports: crate::core::punch::random_ports(&them),
         peer_fp,
         budget,
@@ -622,7 +677,16 @@ fn punch_tcp(
         ..
     } = t;
     let peer_ip = p.peer_ip;
-    let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt);
+    let (prime_ttl, line) = if p.strategy == Strategy::Mapped {
+        // A SYN that dies on the way only delays the connection to a mapping by the
+        // kernel's 1 s retransmission: nothing needs opening in our NAT.
+        (
+            None,
+            "no low-TTL priming: the path goes through a port mapping".into(),
+        )
+    } else {
+        tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt)
+    };
     status.say(line);
     let (watcher, rules, raw) = tcp_punch::arm(peer_ip, prime_ttl.is_some(), cfg.syn_engine)?;
     status.say(format!(
