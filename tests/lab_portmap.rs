@@ -382,3 +382,69 @@ fn port_mapping_off_fails_as_before() {
 fn a_router_without_port_mapping_goes_on_and_says_why() {
     fails_as_without("none", &[]);
 }
+
+/// Asked for a 4 s lifetime, A's mapping is still there 10 s later (renewed at half of it),
+/// while a 4 s mapping made by Debian's own client (`control`, run in A's namespace)
+/// expired by then: miniupnpd does remove what is not renewed.
+fn the_mapping_is_renewed(portmap: &str, control: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let out = lab
+        .cmd(Node::A, control[0])
+        .args(&control[1..])
+        .output()
+        .expect("run the control client");
+    assert!(out.status.success(), "{control:?}: {out:?}");
+    assert!(
+        wait_for_rule(&lab, 5).contains("dnat"),
+        "{control:?} mapped nothing"
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "--portmap {portmap}: the control mapping of 4 s did not expire within 10 s"
+    );
+    let dir = Dir::new(&format!("{}-renew", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let args = ["--timeout", "60", "--port-mapping-lifetime", "4"];
+    let mut a = ChildGuard(
+        connect_cmd(&lab, Node::A, &dir.0, "a", lab.name(), "right", &args)
+            .spawn()
+            .expect("start connect"),
+    );
+    let first = wait_for_rule(&lab, 10);
+    assert!(first.contains("dnat"), "--portmap {portmap}: no mapping");
+    std::thread::sleep(Duration::from_secs(10));
+    let later = router_rules(&lab);
+    let st = Command::new("kill")
+        .args(["-INT", &a.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let (code, err) = a.0.wait_with_output_ref();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(later, first, "--portmap {portmap}: not renewed:\n{err}");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(!err.contains("renewal failed"), "{err}");
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "--portmap {portmap}: left after SIGINT"
+    );
+}
+
+#[test]
+fn the_natpmp_mapping_is_renewed() {
+    the_mapping_is_renewed("natpmp", &["natpmpc", "-a", "40000", "40000", "udp", "4"]);
+}
+
+#[test]
+fn the_upnp_mapping_is_renewed() {
+    the_mapping_is_renewed(
+        "upnp",
+        &[
+            "upnpc", "-e", "control", "-a", "10.0.1.2", "40000", "40000", "UDP", "4",
+        ],
+    );
+}

@@ -114,6 +114,12 @@ pub struct ConnectArgs {
     /// that offers none or refuses is said and connect goes on without. "off" never asks.
     #[arg(long, value_name = "auto|off", default_value = "auto", action = clap::ArgAction::Set, value_parser = parse_port_mapping)]
     pub port_mapping: bool,
+    /// The port mapping's lifetime to ask for, in seconds (testing: a short one shows the
+    /// renewals).
+    // 600 s: renewals are rare, and a mapping left by a killed run (SIGKILL, power loss)
+    // does not linger long.
+    #[arg(long, value_name = "SECS", default_value_t = 600, hide = true, value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub port_mapping_lifetime: u64,
     /// Start punching this many milliseconds after the moment agreed with the peer (testing:
     /// makes the other side's packets arrive first).
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]

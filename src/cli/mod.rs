@@ -159,6 +159,7 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         prime_ttl: a.prime_ttl,
         syn_engine: a.syn_engine,
         port_mapping: a.port_mapping,
+        port_mapping_lifetime: Duration::from_secs(a.port_mapping_lifetime),
         start_delay: Duration::from_millis(a.start_delay_ms),
     })
 }

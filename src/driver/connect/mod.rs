@@ -63,6 +63,8 @@ pub struct ConnectConfig {
     pub syn_engine: tcp_punch::SynEngine,
     /// Ask the router to map the punch port (`--port-mapping auto`).
     pub port_mapping: bool,
+    /// The lifetime to ask for (renewed at half of what is granted).
+    pub port_mapping_lifetime: Duration,
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
@@ -194,6 +196,7 @@ fn connect(
     let (_mapping, mapped) = portmap::for_connect(
         cfg.port_mapping && !cfg.tcp,
         crate::core::portmap::Protocol::Udp,
+        cfg.port_mapping_lifetime,
         main_local[0],
         status,
         &shutdown,
@@ -282,6 +285,7 @@ fn meet(
         let (keeper, mapped) = portmap::for_connect(
             cfg.port_mapping,
             crate::core::portmap::Protocol::Tcp,
+            cfg.port_mapping_lifetime,
             prep.local,
             status,
             shutdown,

@@ -36,9 +36,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The lifetime asked for: long enough that renewals are rare, short enough that a mapping
-/// left by a killed run (SIGKILL, power loss) does not linger long.
-const LIFETIME: Duration = Duration::from_secs(600);
 /// How long SSDP discovery waits for the IGD to answer.
 const UPNP_WAIT: Duration = Duration::from_secs(2);
 /// Bound on one UPnP SOAP exchange (a router that accepted the TCP connection and went
@@ -125,6 +122,7 @@ impl Drop for Keeper {
 /// `shutdown` came meanwhile (whatever was granted is deleted first).
 pub(super) fn start(
     protocol: Protocol,
+    lifetime: Duration,
     local: SocketAddr,
     status: &Status,
     shutdown: &Shutdown,
@@ -153,7 +151,16 @@ pub(super) fn start(
         let (stop, status) = (stop.clone(), status.clone());
         std::thread::Builder::new()
             .name("port-mapping".into())
-            .spawn(move || keep(gw, client, protocol, local.port(), &stop, tx, &status))
+            .spawn(move || {
+                let ask = Ask {
+                    gw,
+                    client,
+                    protocol,
+                    port: local.port(),
+                    lifetime,
+                };
+                keep(&ask, &stop, tx, &status)
+            })
             .map_err(|e| Error::io("cannot start the port-mapping thread", e))?
     };
     let keeper = Keeper {
@@ -188,17 +195,24 @@ pub(super) fn start(
     }
 }
 
-/// The thread: PCP / NAT-PMP, else UPnP; holds what it got until `stop`, then deletes it.
-/// The first outcome goes to `tx`.
-fn keep(
+/// What to map, and where to ask.
+struct Ask {
     gw: Ipv4Addr,
     client: Ipv4Addr,
     protocol: Protocol,
     port: u16,
-    stop: &Shutdown,
-    tx: mpsc::Sender<MappingReport>,
-    status: &Status,
-) {
+    lifetime: Duration,
+}
+
+/// The thread: PCP / NAT-PMP, else UPnP; holds what it got until `stop`, then deletes it.
+/// The first outcome goes to `tx`.
+fn keep(ask: &Ask, stop: &Shutdown, tx: mpsc::Sender<MappingReport>, status: &Status) {
+    let &Ask {
+        client,
+        protocol,
+        port,
+        ..
+    } = ask;
     let discovery = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -208,16 +222,7 @@ fn keep(
     });
     let mut reasons = BTreeMap::new();
     let mut tx = Some(tx);
-    if pcp_or_natpmp(
-        gw,
-        client,
-        protocol,
-        port,
-        stop,
-        &mut tx,
-        &mut reasons,
-        status,
-    ) {
+    if pcp_or_natpmp(ask, stop, &mut tx, &mut reasons, status) {
         return;
     }
     let gateway = match discovery.join() {
@@ -251,7 +256,7 @@ fn keep(
         }
     };
     let local = SocketAddrV4::new(client, port);
-    let lease = LIFETIME.as_secs() as u32;
+    let lease = u32::try_from(ask.lifetime.as_secs()).unwrap_or(u32::MAX);
     let mapped = rt.block_on(async {
         tokio::time::timeout(
             UPNP_EXCHANGE * 2,
@@ -337,17 +342,20 @@ fn send(tx: &mut Option<mpsc::Sender<MappingReport>>, r: MappingReport) {
 
 /// PCP, then NAT-PMP. True when one granted (it was then held until `stop` and deleted)
 /// or `stop` came; false with the reasons in `reasons` when neither granted.
-#[allow(clippy::too_many_arguments)]
 fn pcp_or_natpmp(
-    gw: Ipv4Addr,
-    client: Ipv4Addr,
-    protocol: Protocol,
-    port: u16,
+    ask: &Ask,
     stop: &Shutdown,
     tx: &mut Option<mpsc::Sender<MappingReport>>,
     reasons: &mut BTreeMap<String, String>,
     status: &Status,
 ) -> bool {
+    let &Ask {
+        gw,
+        client,
+        protocol,
+        port,
+        lifetime,
+    } = ask;
     let sock = match bind_fresh(IpAddr::V4(client), 1) {
         Ok((mut s, _)) => s.remove(0),
         Err(e) => {
@@ -358,7 +366,7 @@ fn pcp_or_natpmp(
         }
     };
     let cfg = PortMapConfig {
-        lifetime: LIFETIME,
+        lifetime,
         seed: rand::random(),
         ..PortMapConfig::new(IpAddr::V4(gw), IpAddr::V4(client), protocol, port)
     };
@@ -416,6 +424,7 @@ fn pcp_or_natpmp(
 pub(super) fn for_connect(
     on: bool,
     protocol: Protocol,
+    lifetime: Duration,
     local: SocketAddr,
     status: &Status,
     shutdown: &Shutdown,
@@ -424,7 +433,7 @@ pub(super) fn for_connect(
     if !on {
         return Ok((None, None));
     }
-    let (keeper, r) = start(protocol, local, status, shutdown)?;
+    let (keeper, r) = start(protocol, lifetime, local, status, shutdown)?;
     status.say(r.describe());
     let mapped = r.external;
     *report = Some(r);
