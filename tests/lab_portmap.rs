@@ -46,10 +46,15 @@ fn probe(lab: &Lab) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
-/// The dnat rules miniupnpd holds (one per mapping).
+/// The dnat rules miniupnpd holds on NAT A (one per mapping).
 fn router_rules(lab: &Lab) -> String {
+    rules_on(lab, Node::NatA)
+}
+
+/// The dnat rules miniupnpd holds on `nat`.
+fn rules_on(lab: &Lab, nat: Node) -> String {
     let out = lab
-        .cmd(Node::NatA, "nft")
+        .cmd(nat, "nft")
         .args(["list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"])
         .output()
         .expect("nft");
@@ -447,4 +452,40 @@ fn the_upnp_mapping_is_renewed() {
             "upnpc", "-e", "control", "-a", "10.0.1.2", "40000", "40000", "UDP", "4",
         ],
     );
+}
+
+/// Both routers map: each side sends to (connects to) the other's mapping; the first
+/// authenticated path wins. Nothing left on either router.
+fn both_mapped_connect(extra: &[&str]) {
+    if !tools_present() {
+        return;
+    }
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("upnp-random")
+            .portmap("upnp,natpmp,pcp")
+            .kind_b("upnp-random"),
+    ) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", MIB, extra);
+    let tcp = extra.contains(&"--tcp");
+    let what = format!("both mapped {extra:?}");
+    check_connected_over(&p, if tcp { "tcp" } else { "udp" }, "mapped", &what);
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.report["port_mapping"]["via"], "pcp", "{what}: {n}");
+    }
+    for node in [Node::NatA, Node::NatB] {
+        assert_eq!(rules_on(&lab, node), "", "{what}: left on {node:?}");
+    }
+}
+
+#[test]
+fn both_mapped_connect_over_udp() {
+    both_mapped_connect(&[]);
+}
+
+#[test]
+fn both_mapped_connect_over_tcp() {
+    both_mapped_connect(&["--tcp"]);
 }
