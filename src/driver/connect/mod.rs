@@ -189,19 +189,28 @@ fn connect(
     let secret = secret(cfg, status);
     let key = derive_key(secret.as_bytes(), &cfg.session);
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
+    // The UDP mapping is asked for while the NAT is classified.
+    let (pre_bound, early) = portmap::udp_early(cfg, status)?;
     let classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
     let identity = Identity::generate()?;
-    let (main, main_local) = main_socket::open_main(cfg, status, &classified)?;
+    let pre_local = pre_bound.as_ref().map(|b| b.1);
     // Held until we return, whichever way: dropping it deletes the mapping.
-    let (_mapping, mapped) = portmap::for_connect(
-        cfg.port_mapping && !cfg.tcp,
-        crate::core::portmap::Protocol::Udp,
-        cfg.port_mapping_lifetime,
-        main_local[0],
-        status,
-        &shutdown,
-        &mut report.port_mapping,
-    )?;
+    let (mut _mapping, mut mapped) =
+        portmap::finish(early, status, &shutdown, &mut report.port_mapping)?;
+    let (main, main_local) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
+    if pre_local.is_some_and(|l| l != main_local[0]) {
+        // A fresh socket replaced the one mapped (a stale NAT mapping of its port).
+        drop(_mapping.take());
+        (_mapping, mapped) = portmap::for_connect(
+            true,
+            crate::core::portmap::Protocol::Udp,
+            cfg.port_mapping_lifetime,
+            main_local[0],
+            status,
+            &shutdown,
+            &mut report.port_mapping,
+        )?;
+    }
     let me = Me {
         mapped,
         secret,
@@ -291,9 +300,18 @@ fn meet(
             shutdown,
             &mut mapping.report,
         )?;
-        if mapped.is_some() {
+        let (prep, offer) = if mapped.is_some() {
             let _ = pinned.set((prep.clone(), offer.clone()));
-        }
+            (prep, offer)
+        } else if cfg.port_mapping {
+            // The wait for the router aged the prediction (a counter moves on with other
+            // hosts' flows): a fresh one.
+            let (prep, offer) = predict_tcp()?;
+            tracing::info!("{}", prep.describe());
+            (prep, offer)
+        } else {
+            (prep, offer)
+        };
         (mapping.keeper, mapping.mapped) = (keeper, mapped);
         first_offer = Some(offer);
         Some(TcpOfferState {

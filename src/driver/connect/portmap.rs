@@ -27,11 +27,11 @@ use crate::driver::portmap::{run as drive, upnp};
 use crate::driver::Status;
 use crate::os::route::default_gateway;
 use crate::os::signals::Shutdown;
-use crate::os::udp::bind_fresh;
+use crate::os::udp::{bind_fresh, route_source};
 use crate::Error;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -118,28 +118,44 @@ impl Drop for Keeper {
     }
 }
 
-/// Asks for a mapping of `local`'s port and waits for the outcome. `Err` only when
-/// `shutdown` came meanwhile (whatever was granted is deleted first).
-pub(super) fn start(
+/// A request under way: the keeper (already asking) and where its first outcome comes.
+pub(super) struct Pending {
+    keeper: Keeper,
+    rx: mpsc::Receiver<MappingReport>,
+    protocol: Protocol,
+}
+
+/// A mapping asked for, or settled at once (no gateway to ask).
+pub(super) enum Started {
+    Pending(Pending),
+    Done(Option<Keeper>, MappingReport),
+}
+
+fn all_reasons(why: &str) -> BTreeMap<String, String> {
+    ["pcp", "nat_pmp", "upnp"]
+        .into_iter()
+        .map(|k| (k.to_string(), why.to_string()))
+        .collect()
+}
+
+/// Starts asking for a mapping of `local`'s port; [`wait`] for the outcome.
+fn begin(
     protocol: Protocol,
     lifetime: Duration,
     local: SocketAddr,
     status: &Status,
-    shutdown: &Shutdown,
-) -> Result<(Option<Keeper>, MappingReport), Error> {
-    let mut reasons = BTreeMap::new();
-    let mut all = |why: String| {
-        for k in ["pcp", "nat_pmp", "upnp"] {
-            reasons.insert(k.to_string(), why.clone());
-        }
+) -> Result<Started, Error> {
+    let none = |why: String| {
+        Ok(Started::Done(
+            None,
+            MappingReport::none(protocol, all_reasons(&why)),
+        ))
     };
     let Some(gw) = default_gateway() else {
-        all("no IPv4 default route, so no router to ask".into());
-        return Ok((None, MappingReport::none(protocol, reasons)));
+        return none("no IPv4 default route, so no router to ask".into());
     };
     let IpAddr::V4(client) = local.ip() else {
-        all(format!("{} is not IPv4, the gateway {gw} is", local.ip()));
-        return Ok((None, MappingReport::none(protocol, reasons)));
+        return none(format!("{} is not IPv4, the gateway {gw} is", local.ip()));
     };
     status.say(format!(
         "asking the router {gw} for a port mapping of {protocol} port {} (PCP, NAT-PMP, UPnP IGD) ...",
@@ -163,32 +179,48 @@ pub(super) fn start(
             })
             .map_err(|e| Error::io("cannot start the port-mapping thread", e))?
     };
-    let keeper = Keeper {
-        stop,
-        thread: Some(thread),
+    Ok(Started::Pending(Pending {
+        keeper: Keeper {
+            stop,
+            thread: Some(thread),
+        },
+        rx,
+        protocol,
+    }))
+}
+
+/// The outcome of [`begin`]. `Err` only when `shutdown` came meanwhile (whatever was
+/// granted is deleted first).
+fn wait(started: Started, shutdown: &Shutdown) -> Result<(Option<Keeper>, MappingReport), Error> {
+    let p = match started {
+        Started::Done(k, r) => return Ok((k, r)),
+        Started::Pending(p) => p,
     };
+    let none = |why: String| MappingReport::none(p.protocol, all_reasons(&why));
     let until = Instant::now() + FIRST_ANSWER;
     loop {
         if shutdown.requested() {
-            drop(keeper);
+            drop(p.keeper);
             return Err(shutdown.interrupted());
         }
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        match p.rx.recv_timeout(Duration::from_millis(100)) {
             Ok(r) => {
-                let keeper = r.via.is_some().then_some(keeper);
+                let keeper = r.via.is_some().then_some(p.keeper);
                 return Ok((keeper, r));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                all("the port-mapping thread ended unexpectedly".into());
-                return Ok((None, MappingReport::none(protocol, reasons)));
+                return Ok((
+                    None,
+                    none("the port-mapping thread ended unexpectedly".into()),
+                ));
             }
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= until => {
-                all(format!(
+                let why = format!(
                     "the router did not settle a mapping within {} s",
                     FIRST_ANSWER.as_secs()
-                ));
+                );
                 // The keeper stays: should a grant still come, dropping it deletes it.
-                return Ok((Some(keeper), MappingReport::none(protocol, reasons)));
+                return Ok((Some(p.keeper), none(why)));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -433,9 +465,52 @@ pub(super) fn for_connect(
     if !on {
         return Ok((None, None));
     }
-    let (keeper, r) = start(protocol, lifetime, local, status, shutdown)?;
+    let started = begin(protocol, lifetime, local, status)?;
+    finish(Some(started), status, shutdown, report)
+}
+
+/// The outcome of [`udp_early`]'s request (`None`: off), said and put in the report.
+pub(super) fn finish(
+    early: Option<Started>,
+    status: &Status,
+    shutdown: &Shutdown,
+    report: &mut Option<MappingReport>,
+) -> Result<(Option<Keeper>, Option<SocketAddr>), Error> {
+    let Some(started) = early else {
+        return Ok((None, None));
+    };
+    let (keeper, r) = wait(started, shutdown)?;
     status.say(r.describe());
     let mapped = r.external;
     *report = Some(r);
     Ok((keeper, mapped))
+}
+
+/// A socket bound (nothing sent yet) and its address.
+pub(super) type Bound = (UdpSocket, SocketAddr);
+
+/// connect's UDP punch socket, bound before the classification so that its mapping is
+/// asked for meanwhile, and settled ([`finish`]) before the socket's first packet: the wait
+/// (up to SSDP's 2 s when no router answers) must not fall between that packet, which
+/// opens the flow whose port the peer is told, and the registration, or a port counter
+/// moved by other hosts' flows leaves the prediction behind. `(None, None)` with `--port-mapping off`, with
+/// `--tcp` (its port is chosen later) or when the route to the server is unknown yet (the
+/// classification then says why).
+pub(super) fn udp_early(
+    cfg: &super::ConnectConfig,
+    status: &Status,
+) -> Result<(Option<Bound>, Option<Started>), Error> {
+    if !cfg.port_mapping || cfg.tcp {
+        return Ok((None, None));
+    }
+    let ip = match cfg.bind {
+        Some(ip) => ip,
+        None => match route_source(cfg.server) {
+            Ok(ip) => ip,
+            Err(_) => return Ok((None, None)),
+        },
+    };
+    let (mut socks, locals) = bind_fresh(ip, 1)?;
+    let started = begin(Protocol::Udp, cfg.port_mapping_lifetime, locals[0], status)?;
+    Ok((Some((socks.remove(0), locals[0])), Some(started)))
 }
