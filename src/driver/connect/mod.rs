@@ -191,12 +191,19 @@ fn connect(
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
     // The UDP mapping is asked for while the NAT is classified.
     let (pre_bound, early) = portmap::udp_early(cfg, status)?;
-    let classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
+    let mut classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
+    let classified_at = Instant::now();
     let identity = Identity::generate()?;
     let pre_local = pre_bound.as_ref().map(|b| b.1);
     // Held until we return, whichever way: dropping it deletes the mapping.
     let (mut _mapping, mut mapped) =
         portmap::finish(early, status, &shutdown, &mut report.port_mapping)?;
+    // A busy counter moved on while the router was asked: its range starts from here.
+    let c = &mut classified;
+    if let (Some(range), Some(drift)) = (c.nat.range, c.range_drift) {
+        let moved = crate::core::classify::drift_range(range, drift, classified_at.elapsed());
+        c.nat.range = Some(moved);
+    }
     let (main, main_local) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
     if pre_local.is_some_and(|l| l != main_local[0]) {
         // A fresh socket replaced the one mapped (a stale NAT mapping of its port).

@@ -151,6 +151,10 @@ fn begin(
             MappingReport::none(protocol, all_reasons(&why)),
         ))
     };
+    if local.ip().is_loopback() {
+        // A server on this host: no router lies between, and none could map this address.
+        return none(format!("{} is a loopback address", local.ip()));
+    }
     let Some(gw) = default_gateway() else {
         return none("no IPv4 default route, so no router to ask".into());
     };
