@@ -518,3 +518,40 @@ pub(super) fn udp_early(
     let started = begin(Protocol::Udp, cfg.port_mapping_lifetime, locals[0], status)?;
     Ok((Some((socks.remove(0), locals[0])), Some(started)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_the_mapping_or_every_reason() {
+        let granted = MappingReport {
+            via: Some(Via::NatPmp),
+            protocol: Protocol::Udp,
+            external: Some("11.0.113.10:4000".parse().unwrap()),
+            lifetime_s: Some(600),
+            reasons: all_reasons("PCP MAP refused"),
+        };
+        let line = granted.describe();
+        for part in ["NAT-PMP", "UDP 11.0.113.10:4000", "600 s"] {
+            assert!(line.contains(part), "{line}");
+        }
+        let permanent = MappingReport {
+            lifetime_s: Some(0),
+            ..granted
+        };
+        assert!(permanent.describe().contains("permanent"));
+        let mut reasons = all_reasons("no answer");
+        reasons.insert("upnp".into(), "refused (606)".into());
+        let line = MappingReport::none(Protocol::Tcp, reasons).describe();
+        for part in [
+            "none for TCP",
+            "pcp: no answer",
+            "nat_pmp: no answer",
+            "upnp: refused (606)",
+            "going on without",
+        ] {
+            assert!(line.contains(part), "{line}");
+        }
+    }
+}
