@@ -5,10 +5,12 @@
 
 mod common;
 
+use common::lab::ChildGuard;
 use common::lab::{find_program, Lab, LabOptions, Node};
+use common::pair::{check_connected_over, connect_cmd, pair, Dir, WaitRef, BIN, MIB};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_punchraw");
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn tools_present() -> bool {
     for p in ["miniupnpd", "natpmpc", "upnpc"] {
@@ -44,10 +46,15 @@ fn probe(lab: &Lab) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
-/// The dnat rules miniupnpd holds (one per mapping).
+/// The dnat rules miniupnpd holds on NAT A (one per mapping).
 fn router_rules(lab: &Lab) -> String {
+    rules_on(lab, Node::NatA)
+}
+
+/// The dnat rules miniupnpd holds on `nat`.
+fn rules_on(lab: &Lab, nat: Node) -> String {
     let out = lab
-        .cmd(Node::NatA, "nft")
+        .cmd(nat, "nft")
         .args(["list", "chain", "inet", "miniupnpd", "prerouting_miniupnpd"])
         .output()
         .expect("nft");
@@ -147,4 +154,338 @@ fn no_port_mapping_flag_gives_null() {
         .expect("run punchraw probe");
     let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert!(v["port_mapping"].is_null(), "{v:#}");
+}
+
+/// A behind miniupnpd serving `portmap` (random-symmetric NAT), B behind a random-symmetric
+/// NAT without one: a pair no punch connects (`random_symmetric_on_both_sides_fails_cleanly`
+/// in lab_connect).
+fn pair_lab(portmap: &str) -> Option<Lab> {
+    if !tools_present() {
+        return None;
+    }
+    Lab::up_with(
+        LabOptions::new("upnp-random")
+            .portmap(portmap)
+            .kind_b("symmetric-random"),
+    )
+}
+
+/// UDP (TCP with `--tcp` in `extra`) through the mapping `via` (the report's name) that
+/// A's router granted, 1 MiB each way; nothing of ours left on the router after.
+fn connects_through(portmap: &str, via: &str, extra: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", MIB, extra);
+    let what = format!("--portmap {portmap} {extra:?}");
+    let tcp = extra.contains(&"--tcp");
+    check_connected_over(&p, if tcp { "tcp" } else { "udp" }, "mapped", &what);
+    let (proto, b_says) = if tcp {
+        ("TCP", "connecting there")
+    } else {
+        ("UDP", "sending there")
+    };
+    let pm = &p.a.report["port_mapping"];
+    assert_eq!(pm["via"], via, "{what}: A's mapping {pm:#}\n{}", p.a.stderr);
+    assert!(
+        pm["external"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("11.0.113.10:")),
+        "{what}: {pm:#}"
+    );
+    assert_eq!(pm["protocol"], proto.to_lowercase(), "{what}: {pm:#}");
+    assert!(
+        p.a.stderr.contains(&format!("maps {proto} 11.0.113.10:")) && p.b.stderr.contains(b_says),
+        "{what}: status lines\nA:\n{}\nB:\n{}",
+        p.a.stderr,
+        p.b.stderr
+    );
+    // B's router offers nothing: B went on without and said why.
+    let pb = &p.b.report["port_mapping"];
+    assert!(
+        pb["via"].is_null() && pb["reasons"].is_object(),
+        "{what}: B {pb:#}"
+    );
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "{what}: a mapping left on the router"
+    );
+}
+
+#[test]
+fn udp_connects_through_natpmp() {
+    connects_through("natpmp", "nat_pmp", &[]);
+}
+
+#[test]
+fn udp_connects_through_pcp() {
+    connects_through("pcp", "pcp", &[]);
+}
+
+#[test]
+fn udp_connects_through_upnp() {
+    connects_through("upnp", "upnp", &[]);
+}
+
+#[test]
+fn tcp_connects_through_natpmp() {
+    connects_through("natpmp", "nat_pmp", &["--tcp"]);
+}
+
+#[test]
+fn tcp_connects_through_pcp() {
+    connects_through("pcp", "pcp", &["--tcp"]);
+}
+
+#[test]
+fn tcp_connects_through_upnp() {
+    connects_through("upnp", "upnp", &["--tcp"]);
+}
+
+#[test]
+fn tcp_connects_through_a_mapping_with_the_raw_syn_engine() {
+    connects_through("natpmp", "nat_pmp", &["--tcp", "--syn-engine", "raw"]);
+}
+
+/// Waits up to `secs` for miniupnpd to hold a mapping; its rules.
+fn wait_for_rule(lab: &Lab, secs: u64) -> String {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = router_rules(lab);
+        if !r.is_empty() || Instant::now() >= until {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A alone (the peer never comes) holds a mapping through `portmap`; it ends by SIGINT, by
+/// SIGTERM and by its --timeout (exit 5), and after each the router holds nothing of ours.
+fn every_exit_deletes_the_mapping(portmap: &str, extra: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-exits", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    for (how, want) in [("INT", 130), ("TERM", 143), ("timeout", 5)] {
+        let session = format!("{}-{how}", lab.name());
+        let timeout = if how == "timeout" { "6" } else { "60" };
+        let mut a = ChildGuard(
+            connect_cmd(
+                &lab,
+                Node::A,
+                &dir.0,
+                "a",
+                &session,
+                "right",
+                &["--timeout", timeout],
+            )
+            .spawn()
+            .expect("start connect"),
+        );
+        let rules = wait_for_rule(&lab, 10);
+        assert!(
+            rules.contains("dnat"),
+            "--portmap {portmap}: no mapping while A waits"
+        );
+        if how != "timeout" {
+            // `ip netns exec` execs the program, so this is punchraw's own pid.
+            let st = Command::new("kill")
+                .args([&format!("-{how}"), &a.0.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(st.success());
+        }
+        let (code, err) = a.0.wait_with_output_ref();
+        let err = String::from_utf8_lossy(&err);
+        assert_eq!(
+            code,
+            Some(want),
+            "--portmap {portmap} {extra:?}, {how}: {err}"
+        );
+        assert!(err.contains("port mapping: "), "{err}");
+        assert_eq!(
+            router_rules(&lab),
+            "",
+            "--portmap {portmap} {extra:?}: a mapping left after {how}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn every_exit_deletes_the_natpmp_mapping() {
+    every_exit_deletes_the_mapping("natpmp", &[]);
+}
+
+#[test]
+fn every_exit_deletes_the_pcp_mapping() {
+    every_exit_deletes_the_mapping("pcp", &[]);
+}
+
+#[test]
+fn every_exit_deletes_the_upnp_mapping() {
+    every_exit_deletes_the_mapping("upnp", &[]);
+}
+
+#[test]
+fn every_exit_deletes_the_tcp_mappings() {
+    every_exit_deletes_the_mapping("pcp", &["--tcp"]);
+    every_exit_deletes_the_mapping("upnp", &["--tcp"]);
+}
+
+/// Without a mapping the pair is two random-symmetric NATs again: exit 8 with the usual
+/// explanation, and (for a router that offers none) a status line saying why.
+fn fails_as_without(portmap: &str, extra: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let mut args = vec!["--punch-budget", "3"];
+    args.extend_from_slice(extra);
+    let p = pair(&lab, 0, "right", 1024, &args);
+    let what = format!("--portmap {portmap} {extra:?}");
+    for s in [&p.a, &p.b] {
+        assert_ne!(s.report["strategy"], "mapped", "{what}: {:#}", s.report);
+        if s.code == Some(0) {
+            continue; // a two-sided sweep may meet by chance
+        }
+        assert_eq!(s.code, Some(8), "{what}: {}", s.stderr);
+        assert!(
+            s.stderr
+                .contains("both NATs are symmetric with random ports"),
+            "{what}: {}",
+            s.stderr
+        );
+    }
+    assert_eq!(router_rules(&lab), "", "{what}");
+    check_without(&p.a.report["port_mapping"], &p.a.stderr, extra, &what);
+}
+
+fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
+    if extra.contains(&"off") {
+        assert!(pm.is_null(), "{what}: {pm:#}");
+        assert!(!err.contains("port mapping"), "{what}: {err}");
+    } else {
+        assert!(pm["via"].is_null(), "{what}: {pm:#}");
+        for k in ["pcp", "nat_pmp", "upnp"] {
+            assert!(
+                pm["reasons"][k].is_string(),
+                "{what}: no reason for {k}: {pm:#}"
+            );
+        }
+        assert!(
+            err.contains("port mapping: none for UDP ("),
+            "{what}: {err}"
+        );
+        assert!(err.contains("going on without"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn port_mapping_off_fails_as_before() {
+    fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
+}
+
+#[test]
+fn a_router_without_port_mapping_goes_on_and_says_why() {
+    fails_as_without("none", &[]);
+}
+
+/// Asked for a 4 s lifetime, A's mapping is still there 10 s later (renewed at half of it),
+/// while a 4 s mapping made by Debian's own client (`control`, run in A's namespace)
+/// expired by then: miniupnpd does remove what is not renewed.
+fn the_mapping_is_renewed(portmap: &str, control: &[&str]) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let out = lab
+        .cmd(Node::A, control[0])
+        .args(&control[1..])
+        .output()
+        .expect("run the control client");
+    assert!(out.status.success(), "{control:?}: {out:?}");
+    assert!(
+        wait_for_rule(&lab, 5).contains("dnat"),
+        "{control:?} mapped nothing"
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "--portmap {portmap}: the control mapping of 4 s did not expire within 10 s"
+    );
+    let dir = Dir::new(&format!("{}-renew", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let args = ["--timeout", "60", "--port-mapping-lifetime", "4"];
+    let mut a = ChildGuard(
+        connect_cmd(&lab, Node::A, &dir.0, "a", lab.name(), "right", &args)
+            .spawn()
+            .expect("start connect"),
+    );
+    let first = wait_for_rule(&lab, 10);
+    assert!(first.contains("dnat"), "--portmap {portmap}: no mapping");
+    std::thread::sleep(Duration::from_secs(10));
+    let later = router_rules(&lab);
+    let st = Command::new("kill")
+        .args(["-INT", &a.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let (code, err) = a.0.wait_with_output_ref();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(later, first, "--portmap {portmap}: not renewed:\n{err}");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(!err.contains("renewal failed"), "{err}");
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "--portmap {portmap}: left after SIGINT"
+    );
+}
+
+#[test]
+fn the_natpmp_mapping_is_renewed() {
+    the_mapping_is_renewed("natpmp", &["natpmpc", "-a", "40000", "40000", "udp", "4"]);
+}
+
+#[test]
+fn the_upnp_mapping_is_renewed() {
+    the_mapping_is_renewed(
+        "upnp",
+        &[
+            "upnpc", "-e", "control", "-a", "10.0.1.2", "40000", "40000", "UDP", "4",
+        ],
+    );
+}
+
+/// Both routers map: each side sends to (connects to) the other's mapping; the first
+/// authenticated path wins. Nothing left on either router.
+fn both_mapped_connect(extra: &[&str]) {
+    if !tools_present() {
+        return;
+    }
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("upnp-random")
+            .portmap("upnp,natpmp,pcp")
+            .kind_b("upnp-random"),
+    ) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", MIB, extra);
+    let tcp = extra.contains(&"--tcp");
+    let what = format!("both mapped {extra:?}");
+    check_connected_over(&p, if tcp { "tcp" } else { "udp" }, "mapped", &what);
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.report["port_mapping"]["via"], "pcp", "{what}: {n}");
+    }
+    for node in [Node::NatA, Node::NatB] {
+        assert_eq!(rules_on(&lab, node), "", "{what}: left on {node:?}");
+    }
+}
+
+#[test]
+fn both_mapped_connect_over_udp() {
+    both_mapped_connect(&[]);
+}
+
+#[test]
+fn both_mapped_connect_over_tcp() {
+    both_mapped_connect(&["--tcp"]);
 }

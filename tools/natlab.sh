@@ -804,7 +804,8 @@ build_router_b() {
 # an upnp-* side's WAN address (in PM_WAN_NET) on-link, on the shared bridge.
 route_portmap_side() {
 	local lab=$1 side=$2 other=$3
-	ip -n "$lab-srv" route add "$PM_WAN_NET" dev eth0
+	# replace: with upnp-* on both sides the second call finds the route.
+	ip -n "$lab-srv" route replace "$PM_WAN_NET" dev eth0
 	if ns_exists "$lab-cgn$other"; then
 		ip -n "$lab-cgn$other" route add "$PM_WAN_NET" dev wan0
 	elif ns_exists "$lab-nat$other"; then

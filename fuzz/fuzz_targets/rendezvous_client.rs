@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         locals: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2)), 40000)],
         nat: NatInfo::unknown(),
         tcp: None,
+        mapped: None,
         rtt: Duration::from_millis(20),
         deadline: t0 + TIMEOUT,
         timeout: TIMEOUT,

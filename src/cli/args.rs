@@ -107,10 +107,32 @@ pub struct ConnectArgs {
     /// sockets). Both need CAP_NET_RAW and CAP_NET_ADMIN.
     #[arg(long, value_name = "raw|kernel", default_value = "raw", value_parser = parse_syn_engine)]
     pub syn_engine: SynEngine,
+    /// Ask the router for a port mapping of the punch port: "auto" asks by PCP, then NAT-PMP,
+    /// then UPnP IGD (UDP; TCP with --tcp), offers the mapped endpoint to the peer (who then
+    /// sends straight to it: a mapping makes even a symmetric NAT reachable), renews it
+    /// before it expires and deletes it on every exit (Ctrl-C and SIGTERM included). A router
+    /// that offers none or refuses is said and connect goes on without. "off" never asks.
+    #[arg(long, value_name = "auto|off", default_value = "auto", action = clap::ArgAction::Set, value_parser = parse_port_mapping)]
+    pub port_mapping: bool,
+    /// The port mapping's lifetime to ask for, in seconds (testing: a short one shows the
+    /// renewals).
+    // 600 s: renewals are rare, and a mapping left by a killed run (SIGKILL, power loss)
+    // does not linger long.
+    #[arg(long, value_name = "SECS", default_value_t = 600, hide = true, value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub port_mapping_lifetime: u64,
     /// Start punching this many milliseconds after the moment agreed with the peer (testing:
     /// makes the other side's packets arrive first).
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub start_delay_ms: u64,
+}
+
+/// `auto` -> true, `off` -> false.
+fn parse_port_mapping(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "auto" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is not auto or off")),
+    }
 }
 
 fn parse_syn_engine(s: &str) -> std::result::Result<SynEngine, String> {
@@ -198,4 +220,28 @@ pub struct ProbeArgs {
     /// `port_mapping` is then null.
     #[arg(long)]
     pub no_port_mapping: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port_mapping(extra: &[&str]) -> Result<bool, clap::Error> {
+        let base = ["punchraw", "connect", "--server", "h", "--session", "s"];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        match cli.cmd {
+            Command::Connect(a) => Ok(a.port_mapping),
+            _ => unreachable!("a connect command line"),
+        }
+    }
+
+    #[test]
+    fn port_mapping_is_auto_by_default_and_takes_auto_or_off() {
+        assert!(port_mapping(&[]).unwrap());
+        assert!(port_mapping(&["--port-mapping", "auto"]).unwrap());
+        assert!(!port_mapping(&["--port-mapping", "off"]).unwrap());
+        assert!(!port_mapping(&["--port-mapping=off"]).unwrap());
+        let e = port_mapping(&["--port-mapping", "on"]).unwrap_err();
+        assert!(e.to_string().contains("not auto or off"), "{e}");
+    }
 }

@@ -158,6 +158,8 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         tcp: a.tcp,
         prime_ttl: a.prime_ttl,
         syn_engine: a.syn_engine,
+        port_mapping: a.port_mapping,
+        port_mapping_lifetime: Duration::from_secs(a.port_mapping_lifetime),
         start_delay: Duration::from_millis(a.start_delay_ms),
     })
 }

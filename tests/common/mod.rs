@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod pair;
 
 use lab::{ChildGuard, Lab, Node};
 use std::process::Stdio;

@@ -6,8 +6,13 @@ use crate::core::punch::lockstep::Lockstep;
 use crate::core::punch::{tcp, Strategy};
 use crate::core::rendezvous::NatInfo;
 
+const MAPPED_FAILED: &str = "nothing came through the router's port mapping: a firewall may block UDP between the peers, or the router dropped the mapping; try again with --port-mapping off to see whether the punch alone works";
+
 /// Why a UDP punch found no path.
 pub fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
+    if s == Strategy::Mapped {
+        return MAPPED_FAILED.into();
+    }
     if me.allocation == Allocation::Random
         && peer.allocation == Allocation::Random
         && me.mapping != Behavior::EndpointIndependent
@@ -24,6 +29,7 @@ pub fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
         Strategy::Direct => "no punch packet got through: a firewall may block UDP between the peers, or one side's NAT changed its mapping".into(),
         Strategy::Predict => "the predicted ports were wrong: other traffic through the sequential NAT moved its counter; try a larger --window".into(),
         Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
+        Strategy::Mapped => MAPPED_FAILED.into(),
     }
 }
 
@@ -88,6 +94,7 @@ pub fn explain_tcp_failure(
             Strategy::Direct => "no SYN got through: a firewall may block TCP between the peers, or a NAT changed its mapping".into(),
             Strategy::Predict => "the predicted ports were wrong: other connections through the sequential NAT moved its counter; try a larger --window".into(),
             Strategy::Sweep => "the sweep found no open port pair within the budget; try a longer --punch-budget or more --sweep-sockets".into(),
+            Strategy::Mapped => "no connection came through the router's TCP port mapping: a firewall may block TCP between the peers, or the router dropped the mapping".into(),
         }
     };
     why.push_str(&format!(

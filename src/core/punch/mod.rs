@@ -12,7 +12,29 @@
 //! endpoint-independently in a way the other can reach; `predict` when a symmetric side
 //! allocates ports sequentially (the other side tries the next ports by the measured step);
 //! `sweep` against random allocation (a birthday attack: the random side opens many
-//! mappings toward the other's fixed endpoint while the other probes random ports).
+//! mappings toward the other's fixed endpoint while the other probes random ports);
+//! `mapped` when no plain strategy is sure to work and one side's router maps its punch
+//! port on request (PCP, NAT-PMP, UPnP IGD; see [`PunchConfig::strategy`]).
+//!
+//! # Through a router's port mapping
+//!
+//! A mapping (a DNAT rule on the router, miniupnpd's `prerouting_miniupnpd` chain on Linux)
+//! lets anyone in at the mapped endpoint, but it does not make our own new flows leave from
+//! it: miniupnpd adds no SNAT rule for a MAP (its `postrouting_miniupnpd` chain stays empty;
+//! it is for PCP PEER), so our outgoing packets still get the NAT's ordinary (here random)
+//! source port. So the peer sends to the mapped endpoint, and the mapped side answers what
+//! arrives, to the source it arrived from: the answer matches the conntrack entry the
+//! peer's packet created through the DNAT rule and leaves from the mapped port.
+//!
+//! The mapped side stays silent toward the peer's public endpoint. Seen in the lab (Linux
+//! 6.18, miniupnpd 2.3.1, nftables): when it sends there first, its NAT holds an entry whose
+//! original tuple (our socket to the peer) is the reply tuple the peer's packet through the
+//! mapping needs. The kernel does not drop that packet; it resolves the clash by rewriting
+//! the inbound flow's source port, so the peer appears at another port of its address, and
+//! only answers to that port go back through the mapping; our own packets to the peer's
+//! real endpoint keep leaving from the first entry's random port, which a filtering peer NAT
+//! drops. Older kernels (and other NATs) may drop the clashing packet instead. Silence
+//! avoids both: the first packet of the flow is the peer's.
 
 pub mod explain;
 pub mod lockstep;
@@ -73,6 +95,8 @@ pub enum Strategy {
     Direct,
     Predict,
     Sweep,
+    /// The peer sends to a port mapping the other side's router granted.
+    Mapped,
 }
 
 impl Strategy {
@@ -81,6 +105,7 @@ impl Strategy {
             Strategy::Direct => "direct",
             Strategy::Predict => "predict",
             Strategy::Sweep => "sweep",
+            Strategy::Mapped => "mapped",
         }
     }
 }
@@ -132,6 +157,9 @@ pub struct PunchConfig {
     /// these, and prediction must know how many flows the peer creates before its window.
     pub my_public: SocketAddr,
     pub my_locals: Vec<SocketAddr>,
+    /// Our socket 0's port as our router maps it, when it granted a mapping (the peer
+    /// learns it as [`PeerData::mapped`]).
+    pub my_mapped: Option<SocketAddr>,
     pub peer: PeerData,
     pub key: [u8; 32],
     /// SHA-256 of our per-run certificate; the peer pins it.
@@ -150,8 +178,17 @@ pub struct PunchConfig {
 }
 
 impl PunchConfig {
+    /// [`choose_strategy`], except that a port mapping on either side replaces anything
+    /// but `direct`: a mapped endpoint is reachable from anyone, while prediction can be
+    /// thrown off by other traffic and a sweep is a gamble. `direct` stays, because it
+    /// already works without the router. Both sides know both mappings, so both agree.
     pub fn strategy(&self) -> Strategy {
-        choose_strategy(&self.my_nat, &self.peer.nat)
+        let s = choose_strategy(&self.my_nat, &self.peer.nat);
+        if s != Strategy::Direct && (self.my_mapped.is_some() || self.peer.mapped.is_some()) {
+            Strategy::Mapped
+        } else {
+            s
+        }
     }
 
     /// Whether this side opens many mappings toward the peer's registered endpoint (it is
@@ -207,7 +244,9 @@ impl PunchConfig {
     /// Endpoint-independent mapping is reachable at its mapped port whatever its allocation
     /// (RFC 4787 section 4.1), so it never makes a sweep two-sided.
     pub fn two_sided(&self) -> bool {
-        !predictable(&self.my_nat) && !predictable(&self.peer.nat)
+        self.strategy() == Strategy::Sweep
+            && !predictable(&self.my_nat)
+            && !predictable(&self.peer.nat)
     }
 
     /// A two-sided sweep with under 1% chance: over whole port ranges it is, inside two
@@ -275,7 +314,20 @@ fn base_targets(public: SocketAddr, locals: &[SocketAddr]) -> Vec<SocketAddr> {
 /// its window (its base targets plus one), our i-th flow and the peer's i-th flow are each
 /// other's reverse and both NATs let them through. That needs both counts exact; between two
 /// sequential NATs they are not known exactly, and [`lockstep`] searches over them instead.
+///
+/// With a port mapping: the peer's mapped endpoint and its local candidates, never its
+/// public endpoint (see the module note on conntrack clashes); a side whose peer has no
+/// mapping so sends to local candidates only, and answers what comes through its own.
 fn targets(cfg: &PunchConfig) -> Vec<SocketAddr> {
+    if cfg.strategy() == Strategy::Mapped {
+        let mut v: Vec<SocketAddr> = cfg.peer.mapped.into_iter().collect();
+        for a in &cfg.peer.locals {
+            if *a != cfg.peer.public && !v.contains(a) {
+                v.push(*a);
+            }
+        }
+        return v;
+    }
     let mut v = base_targets(cfg.peer.public, &cfg.peer.locals);
     if cfg.strategy() != Strategy::Predict || eim(&cfg.peer.nat) {
         return v;

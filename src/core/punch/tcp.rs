@@ -152,6 +152,28 @@ pub fn strategy(a: &NatInfo, b: &NatInfo) -> Strategy {
     }
 }
 
+/// [`strategy`] once the port mappings are known: a mapping on either side (`any_mapped`)
+/// replaces anything but `direct`, as for UDP ([`super::PunchConfig::strategy`]).
+pub fn strategy_mapped(a: &NatInfo, b: &NatInfo, any_mapped: bool) -> Strategy {
+    match strategy(a, b) {
+        Strategy::Direct => Strategy::Direct,
+        _ if any_mapped => Strategy::Mapped,
+        s => s,
+    }
+}
+
+/// Under [`Strategy::Mapped`]: our plan and where it aims, as (plan, ip, port). Toward the
+/// peer's mapping, one attempt, repeated if refused (the peer's listener on its mapped port
+/// takes it). Without one the peer connects to our mapping: no attempt at all (port 0), the
+/// listener alone accepts. Our own SYN toward the peer would only open a mapping of our NAT
+/// that nobody aims at (see [`super`]'s note on the mapped side's silence).
+pub fn mapped_plan(peer_mapped: Option<SocketAddr>, peer_public: IpAddr) -> (Plan, IpAddr, u16) {
+    match peer_mapped {
+        Some(m) => (Plan::Direct, m.ip(), m.port()),
+        None => (Plan::Direct, peer_public, 0),
+    }
+}
+
 /// What this side does in the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {

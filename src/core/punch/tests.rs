@@ -113,12 +113,14 @@ fn run_on(
                 my_nat: infos[i],
                 my_public: public[i],
                 my_locals: vec![main[i]],
+                my_mapped: None,
                 peer: PeerData {
                     id: ids[j].clone(),
                     public: public[j],
                     locals: vec![main[j]],
                     nat: infos[j],
                     tcp: None,
+                    mapped: None,
                 },
                 key: derive_key(secret, "sim"),
                 fingerprint: [i as u8 + 1; 32],
@@ -391,12 +393,14 @@ fn sweep_config(my_nat: NatInfo, peer_nat: NatInfo, budget: Duration) -> PunchCo
         my_nat,
         my_public: "198.51.100.2:2".parse().unwrap(),
         my_locals: vec![],
+        my_mapped: None,
         peer: PeerData {
             id: "2".repeat(16),
             public: "198.51.100.1:1".parse().unwrap(),
             locals: vec![],
             nat: peer_nat,
             tcp: None,
+            mapped: None,
         },
         key: [0; 32],
         fingerprint: [0; 32],
@@ -555,4 +559,65 @@ fn two_random_nats_in_blocks_meet_by_a_two_sided_sweep() {
     assert!((not - (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{not}");
     assert_eq!(cfg.sweep_success_probability(), reused);
     assert!(!cfg.i_spray() && cfg.i_probe_random());
+}
+
+/// Where each side's punch sends in its first round, as (socket, destination).
+fn first_round(cfg: PunchConfig) -> Vec<(usize, SocketAddr)> {
+    let t0 = Instant::now();
+    let mut p = Punch::new(cfg, t0);
+    p.handle_timeout(t0);
+    std::iter::from_fn(|| p.poll_transmit())
+        .map(|t| (t.socket, t.dst))
+        .collect()
+}
+
+#[test]
+fn a_port_mapping_replaces_the_sweep_and_the_mapped_side_stays_silent() {
+    let mapped: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+    let peer_local: SocketAddr = "10.0.2.2:5000".parse().unwrap();
+    // We hold the mapping; the peer is random-symmetric as we are.
+    let mut me = sweep_config(
+        info(&sym_random()),
+        info(&sym_random()),
+        Duration::from_secs(5),
+    );
+    me.my_mapped = Some(mapped);
+    me.peer.locals = vec![peer_local];
+    // The peer's view of the same pair.
+    let mut peer = sweep_config(
+        info(&sym_random()),
+        info(&sym_random()),
+        Duration::from_secs(5),
+    );
+    peer.peer.mapped = Some(mapped);
+    for c in [&me, &peer] {
+        assert_eq!(c.strategy(), Strategy::Mapped);
+        assert!(!c.two_sided() && !c.i_spray() && !c.i_probe_random());
+        assert_eq!(c.sockets_needed(), 1);
+    }
+    // The mapped side sends nothing toward the peer's public endpoint (it would clash with
+    // the conntrack entry the peer's packet needs), only to its local candidates.
+    assert_eq!(first_round(me), vec![(0, peer_local)]);
+    // The other side sends straight to the mapping, and not to random ports.
+    assert_eq!(first_round(peer), vec![(0, mapped)]);
+}
+
+#[test]
+fn a_port_mapping_leaves_direct_and_is_ignored_without_one() {
+    let mut cfg = sweep_config(
+        info(&full_cone()),
+        info(&sym_random()),
+        Duration::from_secs(5),
+    );
+    cfg.peer.mapped = Some("198.51.100.1:4000".parse().unwrap());
+    assert_eq!(cfg.strategy(), Strategy::Direct);
+    let plain = sweep_config(
+        info(&sym_seq()),
+        info(&sym_random()),
+        Duration::from_secs(5),
+    );
+    assert_eq!(plain.strategy(), Strategy::Sweep);
+    let mut mapped = plain.clone();
+    mapped.peer.mapped = Some("198.51.100.1:4000".parse().unwrap());
+    assert_eq!(mapped.strategy(), Strategy::Mapped);
 }

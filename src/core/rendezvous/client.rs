@@ -73,6 +73,8 @@ pub struct ClientConfig {
     pub nat: NatInfo,
     /// Our TCP offer, when we punch TCP; renewed through [`ClientEvent::RefreshTcpOffer`].
     pub tcp: Option<TcpOffer>,
+    /// Our punch port as our router maps it, offered to the peer.
+    pub mapped: Option<SocketAddr>,
     /// Our round trip to the server, for the server's choice of the start time.
     pub rtt: Duration,
     /// When to give up waiting for the peer.
@@ -362,6 +364,7 @@ impl Machine for Client {
             locals: self.cfg.locals.clone(),
             nat: self.nat_now(),
             tcp: self.cfg.tcp.clone(),
+            mapped: self.cfg.mapped,
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         };

@@ -84,6 +84,11 @@ pub struct PeerData {
     /// Present when the peer punches TCP (`connect --tcp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpOffer>,
+    /// The endpoint the peer's router maps to its punch port on request (PCP, NAT-PMP or
+    /// UPnP IGD; UDP, or TCP with `tcp`): anyone reaches the peer there. Older peers
+    /// neither send nor read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<SocketAddr>,
 }
 
 /// What a peer tells the other for a TCP punch: where its next TCP connection will appear
@@ -129,6 +134,11 @@ pub enum Msg {
         nat: NatInfo,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tcp: Option<TcpOffer>,
+        /// Our punch port as our router maps it ([`PeerData::mapped`]); absent without a
+        /// mapping, so a server that predates it still reads the registers of clients that
+        /// have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mapped: Option<SocketAddr>,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].

@@ -89,6 +89,7 @@ impl Rendezvous {
                 locals,
                 nat,
                 tcp,
+                mapped,
                 rtt_ms,
                 ..
             } => {
@@ -102,6 +103,7 @@ impl Rendezvous {
                         locals,
                         nat,
                         tcp,
+                        mapped,
                     },
                     seq,
                     rtt_ms: rtt_ms.min(10_000),

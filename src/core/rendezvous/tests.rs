@@ -50,6 +50,7 @@ fn signed_register(
         locals: vec![addr(200, 5000)],
         nat: NatInfo::unknown(),
         tcp: None,
+        mapped: None,
         rtt_ms,
         mac: String::new(),
     }
@@ -255,6 +256,7 @@ fn signed_messages_verify_and_tampering_fails() {
         locals: vec![],
         nat: NatInfo::unknown(),
         tcp: None,
+        mapped: None,
         rtt_ms: 1,
         mac: String::new(),
     }
@@ -489,4 +491,48 @@ fn the_waiting_peer_learns_of_refused_joins_but_keeps_waiting() {
         "{out:?}"
     );
     assert_eq!(r.sessions(), 1, "a stranger cannot end the wait");
+}
+
+#[test]
+fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
+    let mapped = addr(9, 4000);
+    let with = |peer: &str, mapped: Option<SocketAddr>| {
+        Msg::Register {
+            session: "m".into(),
+            peer: peer.into(),
+            seq: next_seq(),
+            key: Some(crate::core::hex::encode(&key("m"))),
+            locals: vec![],
+            nat: NatInfo::unknown(),
+            tcp: None,
+            mapped,
+            rtt_ms: 10,
+            mac: String::new(),
+        }
+        .encode_signed(&key("m"))
+    };
+    // Without a mapping the member is left out: a server that predates it reads the
+    // register, whose fields it checks strictly.
+    let plain = with(B, None);
+    assert!(!String::from_utf8_lossy(&plain).contains("mapped"));
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t0 = Instant::now();
+    r.handle(t0, addr(1, 1000), &with(A, Some(mapped)));
+    let out = r.handle(t0, addr(2, 2000), &plain);
+    match &decode(&out, addr(2, 2000))[..] {
+        [Msg::Peer { peer, .. }] => assert_eq!(peer.mapped, Some(mapped)),
+        m => panic!("B is told of A: {m:?}"),
+    }
+    match &decode(&out, addr(1, 1000))[..] {
+        [Msg::Peer { peer, .. }] => assert_eq!(peer.mapped, None),
+        m => panic!("A is told of B: {m:?}"),
+    }
+    // A peer that predates the field reads a PeerData that has it (serde ignores it), and
+    // one without it decodes as no mapping.
+    let old: serde_json::Value = serde_json::json!({
+        "id": A, "public": "198.51.100.1:1000", "locals": [],
+        "nat": NatInfo::unknown(),
+    });
+    let p: PeerData = serde_json::from_value(old).expect("decodes");
+    assert_eq!(p.mapped, None);
 }

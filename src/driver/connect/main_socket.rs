@@ -16,14 +16,22 @@ const TRIES: usize = 3;
 /// of the NAT's counter (others' flows in between included).
 const AHEAD: i32 = 64;
 
+/// `first`: a socket bound earlier (non-blocking, nothing sent yet; its port may already be
+/// asked to be mapped), the first to try.
 pub(super) fn open_main(
     cfg: &ConnectConfig,
     status: &Status,
     c: &Classified,
+    mut first: Option<(UdpSocket, SocketAddr)>,
 ) -> Result<(UdpSocket, Vec<SocketAddr>), Error> {
     for attempt in 1..=TRIES {
-        let (main, main_local) = bind_fresh(c.local_ip, 1)?;
-        let main = main.into_iter().next().expect("one socket");
+        let (main, main_local) = match first.take() {
+            Some((s, local)) => (s, vec![local]),
+            None => {
+                let (s, l) = bind_fresh(c.local_ip, 1)?;
+                (s.into_iter().next().expect("one socket"), l)
+            }
+        };
         let delta = match (c.nat.allocation, c.nat.delta) {
             (Allocation::Sequential, Some(d)) if !c.samples.is_empty() => d,
             _ => {

@@ -1,8 +1,10 @@
 //! `punchraw connect`: quick classification, rendezvous, the punch at the agreed moment, then
 //! a QUIC stream carrying stdin/stdout over the punched socket.
 
+mod announce;
 mod classify;
 mod main_socket;
+mod portmap;
 mod rendezvous;
 pub mod tcp_punch;
 
@@ -25,6 +27,7 @@ use crate::os::udp::bind_fresh;
 use crate::transport::quic::{self, Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
+use announce::announce_udp_punch;
 use classify::{classify, Classified};
 use rendezvous::{rendezvous, TcpOfferState};
 use serde::Serialize;
@@ -58,6 +61,10 @@ pub struct ConnectConfig {
     pub start_delay: Duration,
     /// Who sends the TCP punch's SYNs (`--syn-engine`).
     pub syn_engine: tcp_punch::SynEngine,
+    /// Ask the router to map the punch port (`--port-mapping auto`).
+    pub port_mapping: bool,
+    /// The lifetime to ask for (renewed at half of what is granted).
+    pub port_mapping_lifetime: Duration,
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
@@ -79,6 +86,9 @@ pub struct ConnectReport {
     /// From connected until both directions of the stream were done (its setup and close
     /// included); `null` when no stream ran to its end.
     pub stream_ms: Option<u64>,
+    /// The router's port mapping of our punch port, or why there was none; `null` with
+    /// `--port-mapping off`.
+    pub port_mapping: Option<portmap::MappingReport>,
 }
 
 fn hex_id() -> String {
@@ -109,6 +119,7 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         bytes_sent: 0,
         bytes_received: 0,
         stream_ms: None,
+        port_mapping: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -150,6 +161,18 @@ struct Me {
     /// The punch key (never sent; the rendezvous key is derived apart from it).
     key: [u8; 32],
     fingerprint: [u8; 32],
+    /// Our UDP punch port as our router maps it.
+    mapped: Option<SocketAddr>,
+    secret: String,
+}
+
+/// With `--tcp`: the router's mapping of the TCP punch port, asked for once the
+/// prediction has chosen that port. Dropping it deletes the mapping.
+#[derive(Default)]
+struct TcpMapping {
+    keeper: Option<portmap::Keeper>,
+    mapped: Option<SocketAddr>,
+    report: Option<portmap::MappingReport>,
 }
 
 fn connect(
@@ -166,10 +189,38 @@ fn connect(
     let secret = secret(cfg, status);
     let key = derive_key(secret.as_bytes(), &cfg.session);
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
-    let classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
+    // The UDP mapping is asked for while the NAT is classified.
+    let (pre_bound, early) = portmap::udp_early(cfg, status)?;
+    let mut classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
+    let classified_at = Instant::now();
     let identity = Identity::generate()?;
-    let (main, main_local) = main_socket::open_main(cfg, status, &classified)?;
+    let pre_local = pre_bound.as_ref().map(|b| b.1);
+    // Held until we return, whichever way: dropping it deletes the mapping.
+    let (mut _mapping, mut mapped) =
+        portmap::finish(early, status, &shutdown, &mut report.port_mapping)?;
+    // A busy counter moved on while the router was asked: its range starts from here.
+    let c = &mut classified;
+    if let (Some(range), Some(drift)) = (c.nat.range, c.range_drift) {
+        let moved = crate::core::classify::drift_range(range, drift, classified_at.elapsed());
+        c.nat.range = Some(moved);
+    }
+    let (main, main_local) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
+    if pre_local.is_some_and(|l| l != main_local[0]) {
+        // A fresh socket replaced the one mapped (a stale NAT mapping of its port).
+        drop(_mapping.take());
+        (_mapping, mapped) = portmap::for_connect(
+            true,
+            crate::core::portmap::Protocol::Udp,
+            cfg.port_mapping_lifetime,
+            main_local[0],
+            status,
+            &shutdown,
+            &mut report.port_mapping,
+        )?;
+    }
     let me = Me {
+        mapped,
+        secret,
         classified,
         main_local,
         my_id: hex_id(),
@@ -177,7 +228,20 @@ fn connect(
         fingerprint: identity.fingerprint(),
     };
     let deadline = started + cfg.timeout;
-    let (intro, tcp_prep) = meet(cfg, status, &shutdown, deadline, &main, &me, secret)?;
+    let mut tcp_mapping = TcpMapping::default();
+    let met = meet(
+        cfg,
+        status,
+        &shutdown,
+        deadline,
+        &main,
+        &me,
+        &mut tcp_mapping,
+    );
+    if tcp_mapping.report.is_some() {
+        report.port_mapping = tcp_mapping.report.take();
+    }
+    let (intro, tcp_prep) = met?;
     if let Some(prep) = tcp_prep {
         // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
         // the server, which nothing needs any more, but closing it costs nothing either.
@@ -188,6 +252,7 @@ fn connect(
             key: me.key,
             my_id: me.my_id,
             rtt: me.classified.rtt,
+            my_mapped: tcp_mapping.mapped,
         };
         return connect_tcp(cfg, status, started, report, start, capture, &shutdown);
     }
@@ -206,10 +271,15 @@ fn meet(
     deadline: Instant,
     main: &UdpSocket,
     me: &Me,
-    secret: String,
+    mapping: &mut TcpMapping,
 ) -> Result<(Introduction, Option<tcp_punch::TcpPrep>), Error> {
     let c = &me.classified;
+    // Once the router maps the punch port, the prediction keeps that port.
+    let pinned = std::cell::OnceCell::new();
     let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
+        if let Some(held) = pinned.get() {
+            return Ok(Clone::clone(held));
+        }
         let prep = tcp_punch::prepare(cfg.server, c.local_ip, c.other_address, c.nat)?;
         let offer = tcp::make_offer(
             &me.key,
@@ -228,6 +298,28 @@ fn meet(
         ));
         let (prep, offer) = predict_tcp()?;
         status.say(prep.describe());
+        let (keeper, mapped) = portmap::for_connect(
+            cfg.port_mapping,
+            crate::core::portmap::Protocol::Tcp,
+            cfg.port_mapping_lifetime,
+            prep.local,
+            status,
+            shutdown,
+            &mut mapping.report,
+        )?;
+        let (prep, offer) = if mapped.is_some() {
+            let _ = pinned.set((prep.clone(), offer.clone()));
+            (prep, offer)
+        } else if cfg.port_mapping {
+            // The wait for the router aged the prediction (a counter moves on with other
+            // hosts' flows): a fresh one.
+            let (prep, offer) = predict_tcp()?;
+            tracing::info!("{}", prep.describe());
+            (prep, offer)
+        } else {
+            (prep, offer)
+        };
+        (mapping.keeper, mapping.mapped) = (keeper, mapped);
         first_offer = Some(offer);
         Some(TcpOfferState {
             prep,
@@ -239,11 +331,12 @@ fn meet(
     let client = ClientConfig {
         server: cfg.server,
         session: cfg.session.clone(),
-        secret: secret.into_bytes(),
+        secret: me.secret.clone().into_bytes(),
         peer_id: me.my_id.clone(),
         locals: me.main_local.clone(),
         nat: c.nat,
         tcp: first_offer,
+        mapped: me.mapped.or(mapping.mapped),
         rtt: c.rtt,
         deadline,
         timeout: cfg.timeout,
@@ -354,6 +447,7 @@ fn punch_udp(
         my_nat: nat,
         my_public: intro.me,
         my_locals: me.main_local.clone(),
+        my_mapped: me.mapped,
         peer: intro.peer.clone(),
         key: me.key,
         fingerprint: me.fingerprint,
@@ -440,87 +534,6 @@ fn punch_udp(
     })
 }
 
-/// Tells the user what the UDP punch is about to do with this peer.
-fn announce_udp_punch(
-    status: &Status,
-    cfg: &ConnectConfig,
-    pcfg: &PunchConfig,
-    intro: &Introduction,
-) {
-    let strategy = pcfg.strategy();
-    status.say(format!(
-        "peer {} (NAT mapping {}, allocation {}); strategy {}",
-        intro.peer.public,
-        kebab(&intro.peer.nat.mapping),
-        kebab(&intro.peer.nat.allocation),
-        strategy.as_str()
-    ));
-    if let Some(l) = crate::core::punch::lockstep::Lockstep::new(pcfg) {
-        status.say(format!(
-            "both NATs count their ports: {} window flows at the peer's ports {} apart, covering up to {} earlier flows through our NAT and {} through the peer's",
-            l.my_flows,
-            if l.controlling { 1 } else { 2 },
-            l.my_extra_max,
-            l.peer_extra_max
-        ));
-    }
-    if strategy == Strategy::Sweep {
-        status.say(udp_sweep_line(cfg, pcfg));
-    }
-}
-
-/// The status line that says what a UDP sweep does and how likely it is to work.
-fn udp_sweep_line(cfg: &ConnectConfig, pcfg: &PunchConfig) -> String {
-    let what = if pcfg.i_spray() {
-        format!("opening {} mappings toward the peer", cfg.sweep_sockets)
-    } else {
-        let ports = match pcfg.peer.nat.range {
-            Some(_) => {
-                let [lo, hi] = crate::core::punch::random_ports(&pcfg.peer.nat);
-                format!("random ports {lo}-{hi} of the peer (its NAT's port block)")
-            }
-            None => "random ports of the peer".to_string(),
-        };
-        if pcfg.two_sided() {
-            format!(
-                "probing {ports} from {} socket(s)",
-                pcfg.two_sided_sockets()
-            )
-        } else {
-            format!("probing {ports}")
-        }
-    };
-    let chance = if pcfg.sweep_hopeless() {
-        format!(
-            "expected success probability {:.1}% (both sides symmetric with random ports: neither can be reached by a sweep)",
-            100.0 * pcfg.sweep_success_probability()
-        )
-    } else if pcfg.two_sided() {
-        let (reused, single) = pcfg.two_sided_probabilities();
-        let mut s = format!(
-            "expected success probability {:.1}% (two-sided: both NATs draw random ports from blocks small enough to meet by chance",
-            100.0 * reused
-        );
-        if single < reused - 0.0005 {
-            s += &format!(
-                "; {:.1}% if a NAT never gives one port to two destinations",
-                100.0 * single
-            );
-        }
-        s + ")"
-    } else {
-        format!(
-            "expected success probability {:.1}%",
-            100.0 * pcfg.sweep_success_probability()
-        )
-    };
-    format!(
-        "birthday sweep: {what} for {} s at {} probes/s; {chance}",
-        pcfg.budget.as_secs(),
-        cfg.rate
-    )
-}
-
 fn finish_capture(capture: Option<Capture>, status: &Status) -> Result<(), Error> {
     if let Some(c) = capture {
         let (path, n) = c.finish()?;
@@ -541,6 +554,8 @@ struct TcpStart {
     my_id: String,
     /// Round trip to the server, the scale of the hop measurement's wait.
     rtt: Duration,
+    /// Our TCP punch port as our router maps it.
+    my_mapped: Option<SocketAddr>,
 }
 
 /// The TCP punch both sides agreed on, from our prediction and the peer's verified offer.
@@ -606,23 +621,34 @@ fn plan_tcp(
         tcp::verify_offer(&t.key, &t.intro.peer.id, offer).ok_or(Error::OfferAuthFailed)?;
     let me = t.prep.prediction.nat;
     let them = offer.nat;
-    let plan = tcp::plan(&me, &them);
-    let strategy = tcp::strategy(&me, &them);
-    let peer_ip = t.intro.peer.public.ip();
+    let peer_mapped = t.intro.peer.mapped;
+    let strategy = tcp::strategy_mapped(&me, &them, t.my_mapped.is_some() || peer_mapped.is_some());
+    let (plan, peer_ip, peer_port) = if strategy == Strategy::Mapped {
+        tcp::mapped_plan(peer_mapped, t.intro.peer.public.ip())
+    } else {
+        (tcp::plan(&me, &them), t.intro.peer.public.ip(), offer.port)
+    };
     let left = deadline.saturating_duration_since(t.intro.start);
     let budget = cfg.punch_budget.min(left.max(Duration::from_secs(1)));
-    status.say(format!(
-        "peer {peer_ip}: TCP mapping {}, allocation {}, next port {}; strategy {} ({})",
-        kebab(&them.mapping),
-        kebab(&them.allocation),
-        if offer.port == 0 {
-            "unpredictable".to_string()
-        } else {
-            offer.port.to_string()
-        },
-        strategy.as_str(),
-        describe_plan(plan, cfg.window, cfg.sweep_sockets)
-    ));
+    if strategy == Strategy::Mapped {
+        status.say(match peer_mapped {
+            Some(m) => format!("peer {peer_ip}: its router maps its TCP punch port at {m}; strategy mapped: connecting there"),
+            None => format!("peer {peer_ip}: strategy mapped: our router maps our TCP punch port, so the peer connects to it and we only accept"),
+        });
+    } else {
+        status.say(format!(
+            "peer {peer_ip}: TCP mapping {}, allocation {}, next port {}; strategy {} ({})",
+            kebab(&them.mapping),
+            kebab(&them.allocation),
+            if offer.port == 0 {
+                "unpredictable".to_string()
+            } else {
+                offer.port.to_string()
+            },
+            strategy.as_str(),
+            describe_plan(plan, cfg.window, cfg.sweep_sockets)
+        ));
+    }
     if strategy == Strategy::Sweep {
         let probes = u64::from(cfg.rate) * budget.as_secs().max(1);
         status.say(format!(
@@ -654,7 +680,7 @@ fn plan_tcp(
         plan,
         strategy,
         peer_ip,
-        peer_port: offer.port,
+        peer_port,
         peer_ports: crate::core::punch::random_ports(&them),
         peer_fp,
         budget,
@@ -680,7 +706,16 @@ fn punch_tcp(
         ..
     } = t;
     let peer_ip = p.peer_ip;
-    let (prime_ttl, line) = tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt);
+    let (prime_ttl, line) = if p.strategy == Strategy::Mapped {
+        // A SYN that dies on the way only delays the connection to a mapping by the
+        // kernel's 1 s retransmission: nothing needs opening in our NAT.
+        (
+            None,
+            "no low-TTL priming: the path goes through a port mapping".into(),
+        )
+    } else {
+        tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt)
+    };
     status.say(line);
     let (watcher, rules, raw) = tcp_punch::arm(peer_ip, prime_ttl.is_some(), cfg.syn_engine)?;
     status.say(format!(

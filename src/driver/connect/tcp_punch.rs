@@ -437,7 +437,7 @@ async fn run_punch(
     let (tx, mut rx) = mpsc::unbounded_channel::<Ev>();
     let mut l = PunchLoop::new(setup, tx);
     if l.planner.aimless() {
-        on_status("the peer's next TCP port cannot be predicted, so no attempt can aim at it; waiting out the budget in case the peer's attempts get through".into());
+        on_status("no attempt aims at the peer (its next TCP port cannot be predicted, or it connects to our port mapping); waiting out the budget for the peer's attempts".into());
     }
     // A SYN from the peer on a 4-tuple no attempt has (the peer's NAT chose another port than
     // we tried) is completed by the kernel here.

@@ -23,7 +23,7 @@ const PROBE_LIFETIME: Duration = Duration::from_secs(120);
 
 /// Sends what `m` queued and feeds it what arrives, until `until(m)` or it is done.
 /// `shutdown`, when given, stops the loop (the caller then deletes what was mapped).
-fn run(
+pub(crate) fn run(
     m: &mut PortMapper,
     sock: &UdpSocket,
     shutdown: Option<&Shutdown>,

@@ -136,6 +136,21 @@ pub async fn map(
     Err(format!("UPnP mapping refused: {}", last.describe()))
 }
 
+/// Extends `m`'s lease (an `AddPortMapping` of the same ports from the same client
+/// updates the entry, UPnP-gw-WANIPConnection-v2 section 2.5.16).
+pub async fn renew(m: &UpnpMapping, local: SocketAddrV4, description: &str) -> Result<(), String> {
+    m.gateway
+        .add_port(
+            proto(m.protocol),
+            m.external.port(),
+            SocketAddr::V4(local),
+            m.lease_s,
+            description,
+        )
+        .await
+        .map_err(|e| format!("UPnP AddPortMapping (renewal) failed: {e}"))
+}
+
 pub async fn unmap(m: &UpnpMapping) -> Result<(), String> {
     m.gateway
         .remove_port(proto(m.protocol), m.external.port())

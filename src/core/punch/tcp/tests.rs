@@ -430,3 +430,43 @@ fn probing_stays_inside_the_peers_block() {
     assert!(lo <= 40990 && hi >= 41400 && hi - lo < 1024, "{lo}-{hi}");
     assert_eq!(predict(40000, &[4000, 61000, 1200, 33333]).nat.range, None);
 }
+
+#[test]
+fn a_tcp_mapping_makes_the_peer_connect_to_it_and_the_mapped_side_only_listen() {
+    assert_eq!(
+        strategy_mapped(&random(), &random(), false),
+        Strategy::Sweep
+    );
+    assert_eq!(
+        strategy_mapped(&random(), &random(), true),
+        Strategy::Mapped
+    );
+    assert_eq!(strategy_mapped(&seq(1), &seq(1), true), Strategy::Mapped);
+    assert_eq!(strategy_mapped(&cone(), &cone(), true), Strategy::Direct);
+    let mapped: SocketAddr = "11.0.113.10:40000".parse().unwrap();
+    let public: IpAddr = "203.0.113.20".parse().unwrap();
+    // The side whose peer is mapped: one attempt at the mapping.
+    let (plan, ip, port) = mapped_plan(Some(mapped), public);
+    let start = t0();
+    let mut c = cfg(plan, port);
+    c.peer_ip = ip;
+    let mut p = TcpPunch::new(c, start);
+    p.handle_timeout(start);
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::Connect {
+            id: 0,
+            from_port: 40000,
+            to: mapped
+        }]
+    );
+    // The mapped side: nothing but its listener.
+    let (plan, ip, port) = mapped_plan(None, public);
+    assert_eq!(ip, public);
+    let mut p = TcpPunch::new(cfg(plan, port), start);
+    assert!(p.aimless());
+    for ms in (0..2000).step_by(50) {
+        p.handle_timeout(start + Duration::from_millis(ms));
+    }
+    assert_eq!(drain(&mut p), Vec::new());
+}

@@ -151,6 +151,7 @@ impl Net {
             )],
             nat: nat(),
             tcp: None,
+            mapped: None,
             rtt: 2 * DELAY,
             deadline: self.now + timeout,
             timeout,

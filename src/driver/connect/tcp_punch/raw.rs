@@ -95,7 +95,7 @@ pub(super) async fn run(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut l = PunchLoop::new(setup, tx);
     if engine.planner().aimless() {
-        on_status("the peer's next TCP port cannot be predicted, so no attempt can aim at it; waiting out the budget in case the peer's SYN gets through".into());
+        on_status("no SYN aims at the peer (its next TCP port cannot be predicted, or it connects to our port mapping); waiting out the budget for the peer's SYN".into());
     }
     on_status(format!(
         "raw SYN engine: every SYN from port {} with sequence number {}, repeated after {} ms",

@@ -55,6 +55,7 @@ fn registrations(n: usize, round: u32) -> Vec<(SocketAddr, Vec<u8>)> {
                 ],
                 nat: NatInfo::unknown(),
                 tcp: None,
+                mapped: None,
                 rtt_ms: 20,
                 mac: String::new(),
             };

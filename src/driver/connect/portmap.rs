@@ -1,0 +1,557 @@
+//! The port mapping `connect` holds for its punch port (`--port-mapping auto`): asked for
+//! before the rendezvous, so the registration can offer it; kept by a thread of its own
+//! (renewed at half its lifetime, re-requested after a router restart, both decided by
+//! `core::portmap::client::PortMapper`; a UPnP lease re-added at half its length) and
+//! deleted when the [`Keeper`] is dropped, which `connect` does on every way out: success,
+//! error, and after SIGINT or SIGTERM, whose handlers only set a flag the loops poll.
+//!
+//! PCP, then NAT-PMP (RFC 6887 section 9's order) on a socket of their own: both map the
+//! port named in the request, for the sender's address. UPnP IGD is discovered meanwhile
+//! (SSDP waits for answers) and asked only when neither of the two granted. A router that
+//! offers nothing or refuses costs the SSDP wait, about 2 s, and connect goes on without.
+//!
+//! Facts from the lab (miniupnpd 2.3.1 with nftables, Linux 6.18):
+//! - A mapping is a `dnat` rule in `inet miniupnpd`'s `prerouting_miniupnpd` chain and an
+//!   accept in its `miniupnpd` chain (forward hook), the same for UPnP, NAT-PMP and PCP MAP;
+//!   `postrouting_miniupnpd` stays empty, so our own new flows keep leaving from the NAT's
+//!   random ports (`masquerade fully-random` in the lab). Hence the peer sends to the
+//!   mapping and we only answer (see `core::punch`'s module note on the conntrack clash).
+//! - miniupnpd grants the internal port as the external one when it is free, and the
+//!   lifetime asked for (NAT-PMP, PCP) or the lease (UPnP); a delete (lifetime 0,
+//!   `DeletePortMapping`) removes both rules at once, which `tests/lab_portmap.rs` checks
+//!   after every way out.
+
+use crate::core::portmap::client::{Event, PortMapConfig, PortMapper};
+use crate::core::portmap::{Protocol, Via};
+use crate::driver::portmap::{run as drive, upnp};
+use crate::driver::Status;
+use crate::os::route::default_gateway;
+use crate::os::signals::Shutdown;
+use crate::os::udp::{bind_fresh, route_source};
+use crate::Error;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long SSDP discovery waits for the IGD to answer.
+const UPNP_WAIT: Duration = Duration::from_secs(2);
+/// Bound on one UPnP SOAP exchange (a router that accepted the TCP connection and went
+/// silent must not hold connect, nor its exit).
+const UPNP_EXCHANGE: Duration = Duration::from_secs(4);
+/// Bound on the wait for the first answer: PCP and NAT-PMP give up within 2 s, UPnP's
+/// discovery within `UPNP_WAIT` and its mapping within a few of its exchanges.
+const FIRST_ANSWER: Duration = Duration::from_secs(12);
+const DESCRIPTION: &str = "punchraw connect";
+
+/// `connect --report`'s `port_mapping`: the mapping held, or why there is none.
+#[derive(Debug, Clone, Serialize)]
+pub struct MappingReport {
+    pub via: Option<Via>,
+    pub protocol: Protocol,
+    /// Where peers reach us, `ip:port`.
+    pub external: Option<SocketAddr>,
+    /// Granted lifetime; 0 for a permanent UPnP lease (deleted on exit all the same).
+    pub lifetime_s: Option<u64>,
+    /// Why each protocol tried gave no mapping (`pcp`, `nat_pmp`, `upnp`).
+    pub reasons: BTreeMap<String, String>,
+}
+
+impl MappingReport {
+    fn none(protocol: Protocol, reasons: BTreeMap<String, String>) -> Self {
+        MappingReport {
+            via: None,
+            protocol,
+            external: None,
+            lifetime_s: None,
+            reasons,
+        }
+    }
+
+    /// The status line.
+    pub fn describe(&self) -> String {
+        match (self.via, self.external) {
+            (Some(via), Some(ext)) => format!(
+                "port mapping: {via} maps {} {ext} to our punch port, {}; the peer is told to send there",
+                self.protocol,
+                match self.lifetime_s {
+                    Some(0) => "as a permanent lease (deleted when we exit)".to_string(),
+                    Some(s) => format!("for {s} s (renewed at half that)"),
+                    None => "lifetime unknown".to_string(),
+                }
+            ),
+            _ => {
+                let why: Vec<String> = self
+                    .reasons
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                format!(
+                    "port mapping: none for {} ({}); going on without",
+                    self.protocol,
+                    if why.is_empty() {
+                        "no router offered one".to_string()
+                    } else {
+                        why.join("; ")
+                    }
+                )
+            }
+        }
+    }
+}
+
+/// The thread that holds the mapping; dropping it deletes the mapping (and waits for the
+/// router's answer, a few seconds at most).
+pub(super) struct Keeper {
+    stop: Shutdown,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A request under way: the keeper (already asking) and where its first outcome comes.
+pub(super) struct Pending {
+    keeper: Keeper,
+    rx: mpsc::Receiver<MappingReport>,
+    protocol: Protocol,
+}
+
+/// A mapping asked for, or settled at once (no gateway to ask).
+pub(super) enum Started {
+    Pending(Pending),
+    Done(Option<Keeper>, MappingReport),
+}
+
+fn all_reasons(why: &str) -> BTreeMap<String, String> {
+    ["pcp", "nat_pmp", "upnp"]
+        .into_iter()
+        .map(|k| (k.to_string(), why.to_string()))
+        .collect()
+}
+
+/// Starts asking for a mapping of `local`'s port; [`wait`] for the outcome.
+fn begin(
+    protocol: Protocol,
+    lifetime: Duration,
+    local: SocketAddr,
+    status: &Status,
+) -> Result<Started, Error> {
+    let none = |why: String| {
+        Ok(Started::Done(
+            None,
+            MappingReport::none(protocol, all_reasons(&why)),
+        ))
+    };
+    if local.ip().is_loopback() {
+        // A server on this host: no router lies between, and none could map this address.
+        return none(format!("{} is a loopback address", local.ip()));
+    }
+    let Some(gw) = default_gateway() else {
+        return none("no IPv4 default route, so no router to ask".into());
+    };
+    let IpAddr::V4(client) = local.ip() else {
+        return none(format!("{} is not IPv4, the gateway {gw} is", local.ip()));
+    };
+    status.say(format!(
+        "asking the router {gw} for a port mapping of {protocol} port {} (PCP, NAT-PMP, UPnP IGD) ...",
+        local.port()
+    ));
+    let stop = Shutdown::manual();
+    let (tx, rx) = mpsc::channel();
+    let thread = {
+        let (stop, status) = (stop.clone(), status.clone());
+        std::thread::Builder::new()
+            .name("port-mapping".into())
+            .spawn(move || {
+                let ask = Ask {
+                    gw,
+                    client,
+                    protocol,
+                    port: local.port(),
+                    lifetime,
+                };
+                keep(&ask, &stop, tx, &status)
+            })
+            .map_err(|e| Error::io("cannot start the port-mapping thread", e))?
+    };
+    Ok(Started::Pending(Pending {
+        keeper: Keeper {
+            stop,
+            thread: Some(thread),
+        },
+        rx,
+        protocol,
+    }))
+}
+
+/// The outcome of [`begin`]. `Err` only when `shutdown` came meanwhile (whatever was
+/// granted is deleted first).
+fn wait(started: Started, shutdown: &Shutdown) -> Result<(Option<Keeper>, MappingReport), Error> {
+    let p = match started {
+        Started::Done(k, r) => return Ok((k, r)),
+        Started::Pending(p) => p,
+    };
+    let none = |why: String| MappingReport::none(p.protocol, all_reasons(&why));
+    let until = Instant::now() + FIRST_ANSWER;
+    loop {
+        if shutdown.requested() {
+            drop(p.keeper);
+            return Err(shutdown.interrupted());
+        }
+        match p.rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => {
+                let keeper = r.via.is_some().then_some(p.keeper);
+                return Ok((keeper, r));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Ok((
+                    None,
+                    none("the port-mapping thread ended unexpectedly".into()),
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= until => {
+                let why = format!(
+                    "the router did not settle a mapping within {} s",
+                    FIRST_ANSWER.as_secs()
+                );
+                // The keeper stays: should a grant still come, dropping it deletes it.
+                return Ok((Some(p.keeper), none(why)));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// What to map, and where to ask.
+struct Ask {
+    gw: Ipv4Addr,
+    client: Ipv4Addr,
+    protocol: Protocol,
+    port: u16,
+    lifetime: Duration,
+}
+
+/// The thread: PCP / NAT-PMP, else UPnP; holds what it got until `stop`, then deletes it.
+/// The first outcome goes to `tx`.
+fn keep(ask: &Ask, stop: &Shutdown, tx: mpsc::Sender<MappingReport>, status: &Status) {
+    let &Ask {
+        client,
+        protocol,
+        port,
+        ..
+    } = ask;
+    let discovery = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the UPnP client: {e}"))?;
+        rt.block_on(upnp::discover(client, UPNP_WAIT))
+    });
+    let mut reasons = BTreeMap::new();
+    let mut tx = Some(tx);
+    if pcp_or_natpmp(ask, stop, &mut tx, &mut reasons, status) {
+        return;
+    }
+    let gateway = match discovery.join() {
+        Ok(Ok(g)) => g,
+        Ok(Err(why)) => {
+            reasons.insert("upnp".into(), why);
+            send(&mut tx, MappingReport::none(protocol, reasons));
+            return;
+        }
+        Err(_) => {
+            reasons.insert(
+                "upnp".into(),
+                "the UPnP discovery failed unexpectedly".into(),
+            );
+            send(&mut tx, MappingReport::none(protocol, reasons));
+            return;
+        }
+    };
+    if stop.requested() {
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            reasons.insert("upnp".into(), format!("cannot start the UPnP client: {e}"));
+            send(&mut tx, MappingReport::none(protocol, reasons));
+            return;
+        }
+    };
+    let local = SocketAddrV4::new(client, port);
+    let lease = u32::try_from(ask.lifetime.as_secs()).unwrap_or(u32::MAX);
+    let mapped = rt.block_on(async {
+        tokio::time::timeout(
+            UPNP_EXCHANGE * 2,
+            upnp::map(
+                &gateway,
+                protocol,
+                local,
+                lease,
+                DESCRIPTION,
+                rand::random(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the UPnP IGD at {} stopped answering",
+                gateway.addr
+            ))
+        })
+    });
+    let m = match mapped {
+        Ok(m) => m,
+        Err(why) => {
+            reasons.insert("upnp".into(), why);
+            send(&mut tx, MappingReport::none(protocol, reasons));
+            return;
+        }
+    };
+    send(
+        &mut tx,
+        MappingReport {
+            via: Some(Via::Upnp),
+            protocol,
+            external: Some(m.external),
+            lifetime_s: Some(u64::from(m.lease_s)),
+            reasons,
+        },
+    );
+    // A permanent lease needs no renewal, only the delete.
+    let every = (m.lease_s > 0)
+        .then(|| Duration::from_secs(u64::from(m.lease_s) / 2).max(Duration::from_secs(1)));
+    let mut next = every.map(|e| Instant::now() + e);
+    while !stop.requested() {
+        std::thread::sleep(Duration::from_millis(100));
+        if let (Some(at), Some(e)) = (next, every) {
+            if Instant::now() >= at {
+                next = Some(at + e);
+                let r = rt.block_on(async {
+                    tokio::time::timeout(UPNP_EXCHANGE, upnp::renew(&m, local, DESCRIPTION))
+                        .await
+                        .unwrap_or_else(|_| Err("the router did not answer".into()))
+                });
+                if let Err(why) = r {
+                    status.say(format!("port mapping: renewal failed: {why}"));
+                }
+            }
+        }
+    }
+    let r = rt.block_on(async {
+        tokio::time::timeout(UPNP_EXCHANGE, upnp::unmap(&m))
+            .await
+            .unwrap_or_else(|_| Err("the router did not answer".into()))
+    });
+    match r {
+        Ok(()) => tracing::debug!("UPnP mapping deleted"),
+        Err(why) => status.say(format!(
+            "warning: the UPnP mapping {} was not deleted ({why}){}",
+            m.external,
+            if m.lease_s > 0 {
+                "; it expires by itself"
+            } else {
+                ""
+            }
+        )),
+    }
+}
+
+fn send(tx: &mut Option<mpsc::Sender<MappingReport>>, r: MappingReport) {
+    if let Some(tx) = tx.take() {
+        let _ = tx.send(r);
+    }
+}
+
+/// PCP, then NAT-PMP. True when one granted (it was then held until `stop` and deleted)
+/// or `stop` came; false with the reasons in `reasons` when neither granted.
+fn pcp_or_natpmp(
+    ask: &Ask,
+    stop: &Shutdown,
+    tx: &mut Option<mpsc::Sender<MappingReport>>,
+    reasons: &mut BTreeMap<String, String>,
+    status: &Status,
+) -> bool {
+    let &Ask {
+        gw,
+        client,
+        protocol,
+        port,
+        lifetime,
+    } = ask;
+    let sock = match bind_fresh(IpAddr::V4(client), 1) {
+        Ok((mut s, _)) => s.remove(0),
+        Err(e) => {
+            for k in ["pcp", "nat_pmp"] {
+                reasons.insert(k.into(), e.to_string());
+            }
+            return false;
+        }
+    };
+    let cfg = PortMapConfig {
+        lifetime,
+        seed: rand::random(),
+        ..PortMapConfig::new(IpAddr::V4(gw), IpAddr::V4(client), protocol, port)
+    };
+    let mut m = PortMapper::new(cfg, Instant::now());
+    let mut granted = false;
+    let finished = drive(&mut m, &sock, Some(stop), |_, ev| match ev {
+        Event::Mapped(map) => {
+            if !granted {
+                granted = true;
+                send(
+                    tx,
+                    MappingReport {
+                        via: Some(map.via),
+                        protocol,
+                        external: Some(map.external),
+                        lifetime_s: Some(map.lifetime.as_secs()),
+                        reasons: reasons.clone(),
+                    },
+                );
+            } else {
+                tracing::debug!(external = %map.external, lifetime = ?map.lifetime, "port mapping renewed");
+            }
+        }
+        Event::Unavailable(r) => {
+            for (k, why) in [("pcp", r.pcp), ("nat_pmp", r.nat_pmp)] {
+                if let Some(why) = why {
+                    reasons.insert(k.into(), why);
+                }
+            }
+        }
+        Event::RouterRestarted { via } => status.say(format!(
+            "port mapping: the router restarted and forgot it; asking {via} again"
+        )),
+        Event::Lost { reason } => status.say(format!("port mapping lost: {reason}")),
+        Event::Deleted { .. } => {}
+    });
+    if finished {
+        // Unavailable (on to UPnP), or lost after a grant (nothing left to delete).
+        return granted;
+    }
+    m.delete(Instant::now());
+    drive(&mut m, &sock, None, |_, ev| {
+        if let Event::Deleted { confirmed } = ev {
+            if !confirmed {
+                status.say("warning: the router did not confirm the delete of our port mapping; it expires by itself");
+            }
+        }
+    });
+    true
+}
+
+/// `connect`'s step: with `--port-mapping auto`, a mapping of `local` (the punch socket),
+/// said on a status line and put in the report. Returns the keeper to hold until exit and
+/// the endpoint to offer the peer.
+pub(super) fn for_connect(
+    on: bool,
+    protocol: Protocol,
+    lifetime: Duration,
+    local: SocketAddr,
+    status: &Status,
+    shutdown: &Shutdown,
+    report: &mut Option<MappingReport>,
+) -> Result<(Option<Keeper>, Option<SocketAddr>), Error> {
+    if !on {
+        return Ok((None, None));
+    }
+    let started = begin(protocol, lifetime, local, status)?;
+    finish(Some(started), status, shutdown, report)
+}
+
+/// The outcome of [`udp_early`]'s request (`None`: off), said and put in the report.
+pub(super) fn finish(
+    early: Option<Started>,
+    status: &Status,
+    shutdown: &Shutdown,
+    report: &mut Option<MappingReport>,
+) -> Result<(Option<Keeper>, Option<SocketAddr>), Error> {
+    let Some(started) = early else {
+        return Ok((None, None));
+    };
+    let (keeper, r) = wait(started, shutdown)?;
+    status.say(r.describe());
+    let mapped = r.external;
+    *report = Some(r);
+    Ok((keeper, mapped))
+}
+
+/// A socket bound (nothing sent yet) and its address.
+pub(super) type Bound = (UdpSocket, SocketAddr);
+
+/// connect's UDP punch socket, bound before the classification so that its mapping is
+/// asked for meanwhile, and settled ([`finish`]) before the socket's first packet: the wait
+/// (up to SSDP's 2 s when no router answers) must not fall between that packet, which
+/// opens the flow whose port the peer is told, and the registration, or a port counter
+/// moved by other hosts' flows leaves the prediction behind. `(None, None)` with `--port-mapping off`, with
+/// `--tcp` (its port is chosen later) or when the route to the server is unknown yet (the
+/// classification then says why).
+pub(super) fn udp_early(
+    cfg: &super::ConnectConfig,
+    status: &Status,
+) -> Result<(Option<Bound>, Option<Started>), Error> {
+    if !cfg.port_mapping || cfg.tcp {
+        return Ok((None, None));
+    }
+    let ip = match cfg.bind {
+        Some(ip) => ip,
+        None => match route_source(cfg.server) {
+            Ok(ip) => ip,
+            Err(_) => return Ok((None, None)),
+        },
+    };
+    let (mut socks, locals) = bind_fresh(ip, 1)?;
+    let started = begin(Protocol::Udp, cfg.port_mapping_lifetime, locals[0], status)?;
+    Ok((Some((socks.remove(0), locals[0])), Some(started)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_the_mapping_or_every_reason() {
+        let granted = MappingReport {
+            via: Some(Via::NatPmp),
+            protocol: Protocol::Udp,
+            external: Some("11.0.113.10:4000".parse().unwrap()),
+            lifetime_s: Some(600),
+            reasons: all_reasons("PCP MAP refused"),
+        };
+        let line = granted.describe();
+        for part in ["NAT-PMP", "UDP 11.0.113.10:4000", "600 s"] {
+            assert!(line.contains(part), "{line}");
+        }
+        let permanent = MappingReport {
+            lifetime_s: Some(0),
+            ..granted
+        };
+        assert!(permanent.describe().contains("permanent"));
+        let mut reasons = all_reasons("no answer");
+        reasons.insert("upnp".into(), "refused (606)".into());
+        let line = MappingReport::none(Protocol::Tcp, reasons).describe();
+        for part in [
+            "none for TCP",
+            "pcp: no answer",
+            "nat_pmp: no answer",
+            "upnp: refused (606)",
+            "going on without",
+        ] {
+            assert!(line.contains(part), "{line}");
+        }
+    }
+}
