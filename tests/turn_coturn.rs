@@ -14,10 +14,9 @@
 mod common;
 
 use common::lab::{find_program, ChildGuard, Lab, Node};
-use punchraw::core::stun::{attr_type, Attribute, ChannelData, Class, Message, Method};
-use punchraw::core::turn::{Client, Event, SendError, TurnConfig, TurnError};
+use common::turn::{exchange, run, udp_socket_in, Clock, Side};
+use punchraw::core::turn::{Event, SendError, TurnError};
 use punchraw::core::Machine;
-use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -42,6 +41,11 @@ fn lab(what: &str) -> Option<Lab> {
     Lab::up("symmetric-random", Some("port-restricted-cone"))
 }
 
+/// Our client of user alice on coturn.
+fn side(name: &'static str, sock: UdpSocket, password: &str, seed: u64, t: Instant) -> Side {
+    Side::new(name, sock, server(), (USER, password), seed, t)
+}
+
 /// coturn as a relay with long-term credentials (the NAT-LAB.md command line) plus `extra`.
 fn start_coturn(lab: &Lab, extra: &[&str]) -> (ChildGuard, common::tempdir::Dir) {
     let user = format!("{USER}:{PASS}");
@@ -60,202 +64,6 @@ fn start_coturn(lab: &Lab, extra: &[&str]) -> (ChildGuard, common::tempdir::Dir)
     common::coturn(lab, &args)
 }
 
-/// A UDP socket bound inside namespace `ns`: a helper thread enters it (setns affects only
-/// the calling thread), binds, and ends; the socket keeps its namespace.
-fn udp_socket_in(ns: String) -> UdpSocket {
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open the lab netns");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket in the lab");
-        s.set_nonblocking(true).expect("nonblocking");
-        s
-    })
-    .join()
-    .expect("socket thread")
-}
-
-/// What crossed one side's socket, by kind, as the test checks the wire forms.
-#[derive(Default, Debug)]
-struct Wire {
-    sent_send_indications: u32,
-    sent_channel_data: u32,
-    recv_data_indications: u32,
-    recv_channel_data: u32,
-    recv_438: u32,
-}
-
-/// One TURN client and its socket.
-struct Side {
-    name: &'static str,
-    sock: UdpSocket,
-    client: Client,
-    events: Vec<Event>,
-    wire: Wire,
-}
-
-impl Side {
-    fn new(name: &'static str, sock: UdpSocket, password: &str, seed: u64, t: Instant) -> Side {
-        let mut cfg = TurnConfig::new(server(), USER, password, seed);
-        cfg.rto = Duration::from_millis(200);
-        cfg.software = Some("punchraw turn_coturn test".into());
-        Side {
-            name,
-            sock,
-            client: Client::new(cfg, t),
-            events: Vec::new(),
-            wire: Wire::default(),
-        }
-    }
-
-    /// One turn of the `Machine` loop at time `t`: input, timeout, transmits, events.
-    fn pump(&mut self, t: Instant) {
-        let mut buf = vec![0u8; 65_536];
-        loop {
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let b = &buf[..n];
-                    if ChannelData::is_channel_data(b) {
-                        self.wire.recv_channel_data += 1;
-                    } else if let Ok(m) = Message::parse(b) {
-                        let mt = m.message_type();
-                        if mt.method == Method::Data && mt.class == Class::Indication {
-                            self.wire.recv_data_indications += 1;
-                        }
-                        if let Some(Ok(Attribute::ErrorCode(e))) = m.get(attr_type::ERROR_CODE) {
-                            if e.code == 438 {
-                                self.wire.recv_438 += 1;
-                            }
-                        }
-                    }
-                    self.client.handle_input(t, 0, from, b);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{}: recv: {e}", self.name),
-            }
-        }
-        if self.client.poll_timeout().is_some_and(|d| d <= t) {
-            self.client.handle_timeout(t);
-        }
-        self.flush();
-        while let Some(ev) = self.client.poll_event() {
-            self.events.push(ev);
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Some(tx) = self.client.poll_transmit() {
-            if ChannelData::is_channel_data(&tx.payload) {
-                self.wire.sent_channel_data += 1;
-            } else if Message::parse(&tx.payload)
-                .is_ok_and(|m| m.message_type().method == Method::Send)
-            {
-                self.wire.sent_send_indications += 1;
-            }
-            self.sock
-                .send_to(&tx.payload, tx.dst)
-                .unwrap_or_else(|e| panic!("{}: send to {}: {e}", self.name, tx.dst));
-        }
-    }
-
-    fn take(&mut self, f: impl Fn(&Event) -> bool) -> Option<Event> {
-        let i = self.events.iter().position(f)?;
-        Some(self.events.remove(i))
-    }
-
-    fn relayed(&self) -> SocketAddr {
-        self.client.relayed().expect("allocated")
-    }
-}
-
-/// The test's clock: real time plus a skip, so a refresh due in minutes can be made due now
-/// (the machine only knows the instants it is given).
-struct Clock {
-    skip: Duration,
-}
-
-impl Clock {
-    fn now(&self) -> Instant {
-        Instant::now() + self.skip
-    }
-}
-
-/// Pumps all sides until `done` holds, panicking with the events seen after `limit`.
-fn run(
-    sides: &mut [&mut Side],
-    clock: &Clock,
-    limit: Duration,
-    what: &str,
-    done: impl Fn(&mut [&mut Side]) -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        for s in sides.iter_mut() {
-            s.pump(clock.now());
-        }
-        if done(sides) {
-            return;
-        }
-        if Instant::now() > deadline {
-            let seen: Vec<_> = sides.iter().map(|s| (s.name, &s.events, &s.wire)).collect();
-            panic!("{what}: not within {limit:?}; seen {seen:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// Sends `count` numbered datagrams each way and waits for all of them; returns nothing but
-/// panics on loss, corruption or a wrong sender.
-fn exchange(a: &mut Side, b: &mut Side, clock: &Clock, tag: &str, count: u32) {
-    let (ra, rb) = (a.relayed(), b.relayed());
-    let payload = |from: &str, i: u32| -> Vec<u8> {
-        let mut p = format!("{tag} {from} #{i} ").into_bytes();
-        p.resize(1200, (i % 251) as u8);
-        p
-    };
-    for i in 0..count {
-        a.client
-            .send_to(clock.now(), rb, &payload("a", i))
-            .expect("a sends");
-        b.client
-            .send_to(clock.now(), ra, &payload("b", i))
-            .expect("b sends");
-    }
-    a.flush();
-    b.flush();
-    let got = |s: &mut Side, from: SocketAddr, who: &str| -> HashSet<u32> {
-        let mut seen = HashSet::new();
-        s.events.retain(|e| match e {
-            Event::Data { peer, bytes } if *peer == from => {
-                let i = (0..count)
-                    .find(|&i| *bytes == payload(who, i))
-                    .unwrap_or_else(|| panic!("{tag}: unexpected bytes from {who}"));
-                seen.insert(i);
-                false
-            }
-            _ => true,
-        });
-        seen
-    };
-    let mut at_b = HashSet::new();
-    let mut at_a = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while at_a.len() < count as usize || at_b.len() < count as usize {
-        a.pump(clock.now());
-        b.pump(clock.now());
-        at_b.extend(got(b, ra, "a"));
-        at_a.extend(got(a, rb, "b"));
-        assert!(
-            Instant::now() < deadline,
-            "{tag}: a got {} of {count}, b got {} of {count}; a {:?} b {:?}",
-            at_a.len(),
-            at_b.len(),
-            a.wire,
-            b.wire
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn turn_client_against_coturn() {
     let Some(lab) = lab("turn client against coturn") else {
@@ -266,8 +74,8 @@ fn turn_client_against_coturn() {
     let clock = Clock {
         skip: Duration::ZERO,
     };
-    let mut a = Side::new("a", udp_socket_in(lab.ns(Node::A)), PASS, 1, clock.now());
-    let mut b = Side::new("b", udp_socket_in(lab.ns(Node::B)), PASS, 2, clock.now());
+    let mut a = side("a", udp_socket_in(lab.ns(Node::A)), PASS, 1, clock.now());
+    let mut b = side("b", udp_socket_in(lab.ns(Node::B)), PASS, 2, clock.now());
 
     // Allocate: 401, then authenticated.
     run(
@@ -442,7 +250,7 @@ fn turn_client_against_coturn() {
     let mut sock = a.sock;
     let freed = Instant::now();
     let mut again = loop {
-        let mut s = Side::new("a again", sock, PASS, 3, clock.now());
+        let mut s = side("a again", sock, PASS, 3, clock.now());
         run(
             &mut [&mut s],
             &clock,
@@ -486,7 +294,7 @@ fn coturn_refusals_are_typed_errors() {
     };
 
     // Wrong password: 401, then 401 again to the authenticated request.
-    let mut wrong = Side::new(
+    let mut wrong = side(
         "wrong",
         udp_socket_in(lab.ns(Node::A)),
         "not-it",
@@ -509,7 +317,7 @@ fn coturn_refusals_are_typed_errors() {
     );
 
     // Quota 1: the second allocation of the same user is refused with 486.
-    let mut first = Side::new(
+    let mut first = side(
         "first",
         udp_socket_in(lab.ns(Node::A)),
         PASS,
@@ -527,7 +335,7 @@ fn coturn_refusals_are_typed_errors() {
                 .any(|e| matches!(e, Event::Allocated { .. }))
         },
     );
-    let mut second = Side::new(
+    let mut second = side(
         "second",
         udp_socket_in(lab.ns(Node::B)),
         PASS,

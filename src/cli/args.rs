@@ -189,6 +189,66 @@ pub struct ServeArgs {
     /// behind carrier-grade NAT many users share one address.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub per_source_limit: Option<u32>,
+    /// Also be a TURN relay (RFC 8656) on the primary port (UDP and TCP), for peers no hole
+    /// can be punched between. Peers of a rendezvous session authenticate with credentials
+    /// derived from its key and relay only toward each other; standard TURN clients
+    /// (coturn's turnutils_uclient, WebRTC) use the long-term credentials of --relay-user.
+    /// Never an open relay: every allocation needs a password, and allocations are bounded in
+    /// number and lifetime.
+    #[arg(long, help_heading = "Relay (TURN)")]
+    pub relay: bool,
+    /// Relay: the UDP ports relayed addresses are taken from, LO-HI.
+    #[arg(long, value_name = "LO-HI", default_value = "49152-65535", value_parser = parse_port_range, help_heading = "Relay (TURN)")]
+    pub relay_ports: (u16, u16),
+    /// Relay: a long-term TURN user USER:PASS (repeat for more users); needed with
+    /// --registry, where session credentials are not available.
+    #[arg(long, value_name = "USER:PASS", value_parser = parse_user, help_heading = "Relay (TURN)")]
+    pub relay_user: Vec<(String, String)>,
+    /// Relay: the realm of the credentials (1 to 32 printable ASCII characters).
+    #[arg(
+        long,
+        value_name = "REALM",
+        default_value = "punchraw",
+        help_heading = "Relay (TURN)"
+    )]
+    pub relay_realm: String,
+    /// Relay: most allocations one user may hold at once (486 beyond).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Relay (TURN)")]
+    pub relay_user_quota: u32,
+    /// Relay: most allocations over all users (508 beyond).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Relay (TURN)")]
+    pub relay_max_allocations: u32,
+}
+
+/// `LO-HI` (or a single port) to an inclusive range of ports.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("{p:?} is not a port (1-65535)"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!(
+            "the range {lo}-{hi} is empty: give LO-HI with LO <= HI"
+        ));
+    }
+    Ok((lo, hi))
+}
+
+/// `USER:PASS`, both non-empty printable ASCII (the password may contain ':').
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    let (u, p) = s
+        .split_once(':')
+        .ok_or_else(|| "give USER:PASS (a colon between user and password)".to_string())?;
+    let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+    if !printable(u) || !printable(p) {
+        return Err("user and password must be non-empty printable ASCII".into());
+    }
+    Ok((u.to_string(), p.to_string()))
 }
 
 #[derive(Args)]

@@ -8,6 +8,7 @@ pub mod table;
 
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::ServerConfig;
+use crate::core::turn::server::TurnServerConfig;
 use crate::driver::connect::ConnectConfig;
 use crate::driver::probe::ProbeConfig;
 use crate::driver::Status;
@@ -23,8 +24,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::cli::logging::init(cli.verbose);
     let result = match cli.cmd {
-        Command::Serve(a) => serve_config(a).and_then(|(c, r)| {
-            crate::driver::serve::run(c, r, &Status::stderr()).map_err(Into::into)
+        Command::Serve(a) => serve_config(a).and_then(|(c, r, t)| {
+            crate::driver::serve::run(c, r, t, &Status::stderr()).map_err(Into::into)
         }),
         Command::Probe(a) => probe_config(a).and_then(probe),
         Command::Connect(a) => {
@@ -53,7 +54,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
+fn serve_config(
+    a: ServeArgs,
+) -> Result<(ServerConfig, RendezvousConfig, Option<TurnServerConfig>)> {
     let alt_port = match a.alt_port {
         Some(p) => p,
         None => a
@@ -78,6 +81,7 @@ fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
             bail!("--listen and --alternate must be of the same IP family");
         }
     }
+    let relay = relay_config(&a)?;
     let rendezvous = RendezvousConfig {
         wait_timeout: Duration::from_secs(a.wait_timeout),
         max_sessions: a.max_sessions,
@@ -92,7 +96,35 @@ fn serve_config(a: ServeArgs) -> Result<(ServerConfig, RendezvousConfig)> {
         software: (!a.software.is_empty()).then_some(a.software),
         per_source_limit: a.per_source_limit,
     };
-    Ok((server, rendezvous))
+    Ok((server, rendezvous, relay))
+}
+
+/// `--relay` and its options into the TURN server's configuration.
+fn relay_config(a: &ServeArgs) -> Result<Option<TurnServerConfig>> {
+    if !a.relay {
+        if !a.relay_user.is_empty() {
+            bail!("--relay-user is given but --relay is not: add --relay to serve TURN");
+        }
+        return Ok(None);
+    }
+    if a.relay_user.is_empty() && a.registry.is_some() {
+        bail!("with --registry, --relay needs at least one --relay-user USER:PASS: session credentials need the in-memory registry (the relay is never open)");
+    }
+    if a.listen.is_unspecified() {
+        bail!("--relay needs --listen to be this host's own address, not {}: relayed addresses are handed to peers", a.listen);
+    }
+    let mut cfg = TurnServerConfig::new(a.listen, a.relay_ports, a.relay_user.clone());
+    cfg.realm = a.relay_realm.clone();
+    cfg.user_quota = a.relay_user_quota as usize;
+    cfg.max_allocations = a.relay_max_allocations as usize;
+    cfg.software = (!a.software.is_empty()).then(|| a.software.clone());
+    // Peers of a rendezvous session relay with credentials derived from its key.
+    cfg.session_credentials = a.registry.is_none();
+    // The nonces' key and the port choice: fresh per run, from the OS.
+    cfg.secret = rand::random();
+    cfg.seed = rand::random();
+    cfg.validate().context("--relay")?;
+    Ok(Some(cfg))
 }
 
 /// HOST[:PORT] to one address, preferring IPv4 like most STUN deployments.

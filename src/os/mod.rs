@@ -1,5 +1,5 @@
 //! The operating system: sockets and batched I/O, AF_PACKET capture with BPF, nft rules,
-//! capabilities and privilege dropping, hop measurement, signals, capture files. The only
+//! capabilities and privilege dropping, a pollable queue between threads, hop measurement, signals, capture files. The only
 //! module allowed `unsafe`; every block says why it is sound in a `// SAFETY:` comment.
 
 pub mod capture;
@@ -8,6 +8,7 @@ pub mod nft;
 pub mod packet;
 pub mod poll;
 pub mod privileges;
+pub mod queue;
 pub mod rawtcp;
 pub mod route;
 pub mod signals;

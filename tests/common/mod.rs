@@ -4,6 +4,7 @@
 
 pub mod lab;
 pub mod pair;
+pub mod turn;
 
 use lab::{ChildGuard, Lab, Node};
 use std::process::Stdio;
@@ -12,12 +13,17 @@ use std::time::Duration;
 /// Starts `punchraw serve --listen 203.0.113.1 EXTRA...` in the lab's server namespace and
 /// gives it a moment to bind.
 pub fn punchraw_serve(lab: &Lab, extra: &[&str]) -> ChildGuard {
+    punchraw_serve_to(lab, extra, Stdio::null())
+}
+
+/// [`punchraw_serve`] with its stderr (status lines, the statistics at exit) to `stderr`.
+pub fn punchraw_serve_to(lab: &Lab, extra: &[&str], stderr: Stdio) -> ChildGuard {
     let child = lab
         .cmd(Node::Srv, env!("CARGO_BIN_EXE_punchraw"))
         .args(["serve", "--listen", "203.0.113.1"])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start punchraw serve");
     std::thread::sleep(Duration::from_millis(400));

@@ -66,6 +66,21 @@ impl Rendezvous {
         }
     }
 
+    /// Session `name`'s rendezvous key and the public addresses of its members, for the
+    /// relay's session credentials (`None`: no such session, or the registry is down).
+    pub fn session_info(
+        &mut self,
+        now: Instant,
+        name: &str,
+    ) -> Option<([u8; 32], Vec<SocketAddr>)> {
+        let mut found = None;
+        let _ = self.registry.transact(now, name, &mut |_, s| {
+            found = s.map(|s| (s.key, s.members.iter().map(|m| m.data.public).collect()));
+            (Change::Keep, Vec::new())
+        });
+        found
+    }
+
     /// Sessions held (in-memory registry; 0 when the registry cannot tell).
     pub fn sessions(&self) -> usize {
         self.registry.sessions().unwrap_or(0)

@@ -1,5 +1,6 @@
-//! The TURN client (RFC 8656), sans-IO: one allocation on one TURN server, its permissions
-//! and channels, and the data relayed through it.
+//! TURN (RFC 8656), sans-IO: the client here, the server in [`server`]. The client holds one
+//! allocation on one TURN server, its permissions and channels, and the data relayed through
+//! it.
 //!
 //! # What it does
 //!
@@ -36,11 +37,13 @@
 
 mod client;
 mod error;
+pub mod server;
 #[cfg(test)]
 mod tests;
 
 pub use client::Client;
 pub use error::TurnError;
+pub use server::TurnServer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

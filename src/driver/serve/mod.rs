@@ -13,6 +13,7 @@
 
 mod bind;
 pub mod registry;
+mod relay;
 mod tcp;
 mod udp;
 
@@ -22,6 +23,7 @@ use udp::udp_loop;
 
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::{EndpointId, ServerConfig, SourceLimiter, Stats, StunServer};
+use crate::core::turn::server::{TurnServerConfig, TurnStats};
 use crate::driver::serve::registry::RendezvousService;
 use crate::driver::Status;
 use crate::os::signals::Shutdown;
@@ -43,6 +45,12 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// A TCP connection that sends nothing for this long is closed.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a connection that holds a TURN allocation, whose client may be quiet until
+/// its next refresh (at most the longest lifetime).
+pub const TURN_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3660);
+/// Largest TURN frame over TCP: a STUN message of the longest length, or ChannelData with 65535
+/// bytes and its padding (RFC 8656 section 12.5).
+pub const TURN_TCP_MAX_FRAME: usize = 20 + 65_535;
 /// Largest STUN message accepted over TCP. A Binding request needs far less; refusing longer
 /// frames bounds the per-connection buffer.
 pub const TCP_MAX_FRAME: usize = 2048;
@@ -61,6 +69,10 @@ const CONNECT_BACK_LIFETIME: Duration = Duration::from_secs(2);
 /// any rendezvous message fit; a longer datagram arrives flagged as truncated and is counted
 /// as malformed, so it is never cut short into something that parses.
 const UDP_BUF_LEN: usize = 2048;
+/// The same on the primary endpoint with `--relay`, whose clients send application datagrams
+/// in ChannelData and Send indications: room for jumbo frames and then some (a batch is 1 MiB
+/// per thread). Longer TURN datagrams are dropped and counted as malformed, as above.
+const UDP_RELAY_BUF_LEN: usize = 16 * 1024;
 /// Room reserved per response; an answer never needs more than the request's size plus the
 /// fixed attributes, and a buffer that grows stays grown.
 const UDP_OUT_LEN: usize = 2048;
@@ -97,6 +109,63 @@ pub struct ServeStats {
     pub tcp_connect_backs_refused: u64,
     /// Server threads that panicked; non-zero means the server was degraded.
     pub thread_panics: u64,
+    /// `--relay`: the TURN server's counters.
+    pub relay: Option<RelayStats>,
+}
+
+/// The TURN relay's counters (`serve --relay`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayStats {
+    pub turn: TurnStats,
+    /// Allocations that exist now (0 after the server stopped: it frees them all).
+    pub active: u64,
+    /// TURN datagrams the UDP threads could not hand to the relay thread (queue full).
+    pub forward_dropped: u64,
+    pub send_errors: u64,
+}
+
+impl fmt::Display for RelayStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.turn;
+        write!(
+            f,
+            "relay: {} requests; allocations {} made, {} active, {} freed by the client, \
+             {} expired, {} freed at exit; {} permissions, {} channels; relayed {} bytes \
+             ({} datagrams) to peers and {} bytes ({} datagrams) to clients; dropped {} \
+             without permission, {} over the byte bound, {} malformed",
+            t.requests,
+            t.allocations_made,
+            self.active,
+            t.allocations_freed,
+            t.allocations_expired,
+            t.allocations_closed,
+            t.permissions_created,
+            t.channels_bound,
+            t.bytes_to_peers,
+            t.datagrams_to_peers,
+            t.bytes_to_clients,
+            t.datagrams_to_clients,
+            t.dropped_no_permission,
+            t.dropped_over_bytes,
+            t.malformed,
+        )?;
+        let refusals: Vec<String> = t
+            .refusals
+            .iter()
+            .map(|(c, n)| format!("{c} x{n}"))
+            .collect();
+        if !refusals.is_empty() {
+            write!(f, "; refusals: {}", refusals.join(", "))?;
+        }
+        if self.forward_dropped + self.send_errors > 0 {
+            write!(
+                f,
+                "; {} queue drops, {} send errors",
+                self.forward_dropped, self.send_errors
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for ServeStats {
@@ -139,6 +208,9 @@ impl fmt::Display for ServeStats {
         }
         if self.thread_panics > 0 {
             write!(f, "; {} server threads panicked", self.thread_panics)?;
+        }
+        if let Some(r) = &self.relay {
+            write!(f, "; {r}")?;
         }
         Ok(())
     }
@@ -200,6 +272,8 @@ struct Shared {
     tcp_connect_backs: AtomicU64,
     tcp_connect_backs_refused: AtomicU64,
     thread_panics: AtomicU64,
+    /// `--relay`: the forwarder's drops and the relay thread's counters.
+    relay: Option<(Arc<relay::Forwarder>, Arc<relay::RelayShared>)>,
 }
 
 impl Shared {
@@ -216,6 +290,12 @@ impl Shared {
             tcp_connect_backs: self.tcp_connect_backs.load(Ordering::Relaxed),
             tcp_connect_backs_refused: self.tcp_connect_backs_refused.load(Ordering::Relaxed),
             thread_panics: self.thread_panics.load(Ordering::Relaxed),
+            relay: self.relay.as_ref().map(|(fwd, r)| RelayStats {
+                turn: r.stats.lock().ok().and_then(|s| *s).unwrap_or_default(),
+                active: r.active.load(Ordering::Relaxed) as u64,
+                forward_dropped: fwd.dropped.load(Ordering::Relaxed),
+                send_errors: r.send_errors.load(Ordering::Relaxed),
+            }),
         }
     }
 }
@@ -242,6 +322,7 @@ impl Stop {
 pub struct ServerHandle {
     config: ServerConfig,
     endpoints: Vec<(EndpointId, SocketAddr)>,
+    relay: Option<TurnServerConfig>,
     stop: Stop,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -295,13 +376,14 @@ impl ServerHandle {
 pub fn run(
     cfg: ServerConfig,
     rendezvous: RendezvousConfig,
+    relay: Option<TurnServerConfig>,
     status: &Status,
 ) -> Result<ExitCode, Error> {
     // Installed before binding so a signal that arrives during startup still ends in the
     // orderly path below.
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install SIGINT/SIGTERM handlers", e))?;
-    let handle = spawn_with(cfg, rendezvous, shutdown.clone(), status)?;
+    let handle = spawn_relay(cfg, rendezvous, relay, shutdown.clone(), status)?;
     announce(&handle, status);
     while !shutdown.requested() {
         if handle.degraded() {
@@ -333,6 +415,17 @@ fn announce(h: &ServerHandle, status: &Status) {
         .collect::<Vec<_>>()
         .join(", ");
     status.say(format!("serving STUN over UDP and TCP on {list}"));
+    if let Some(r) = &h.relay {
+        status.say(format!(
+            "relaying TURN (RFC 8656) over UDP on {}, relay ports {}-{} on {}, realm {:?}, {} user(s)",
+            h.endpoints()[0].1,
+            r.ports.0,
+            r.ports.1,
+            r.relay_ip,
+            r.realm,
+            r.users.len()
+        ));
+    }
     if h.config().discovery() {
         status.say("behaviour discovery (RFC 5780) is on: CHANGE-REQUEST is answered from the other address/port, CONNECT-BACK over TCP with a SYN from there");
     } else {
@@ -365,6 +458,22 @@ pub fn spawn_with(
     shutdown: Shutdown,
     status: &Status,
 ) -> Result<ServerHandle, Error> {
+    spawn_relay(cfg, rendezvous, None, shutdown, status)
+}
+
+/// [`spawn_with`] plus, with `relay`, a TURN server on the primary UDP port (`serve
+/// --relay`); its relayed addresses are on `relay.relay_ip`.
+pub fn spawn_relay(
+    cfg: ServerConfig,
+    rendezvous: RendezvousConfig,
+    relay: Option<TurnServerConfig>,
+    shutdown: Shutdown,
+    status: &Status,
+) -> Result<ServerHandle, Error> {
+    if let Some(r) = &relay {
+        r.validate()
+            .map_err(|e| bind::invalid(&format!("--relay: {e}")))?;
+    }
     let bound = bind_all(&cfg)?;
     let config = bound.config;
     let endpoints = config.endpoints();
@@ -372,15 +481,27 @@ pub fn spawn_with(
         external: shutdown,
         own: Arc::new(AtomicBool::new(false)),
     };
+    let relay_parts = match &relay {
+        Some(_) => Some(
+            relay::channel(&bound.udp[0][0])
+                .map_err(|e| Error::io("cannot set up the relay thread's queue", e))?,
+        ),
+        None => None,
+    };
     // One per-source budget for every UDP thread of every endpoint.
     let shared = Arc::new(Shared {
         limiter: StunServer::limiter_for(&config, Instant::now()),
+        relay: relay_parts
+            .as_ref()
+            .map(|(fwd, _)| (Arc::clone(fwd), Arc::new(relay::RelayShared::default()))),
         ..Shared::default()
     });
+    let forwarder = relay_parts.as_ref().map(|(fwd, _)| Arc::clone(fwd));
     let udp = Arc::new(bound.udp);
     let mut handle = ServerHandle {
         config: config.clone(),
         endpoints: endpoints.clone(),
+        relay: relay.clone(),
         stop: stop.clone(),
         shared: Arc::clone(&shared),
         threads: Vec::new(),
@@ -402,12 +523,28 @@ pub fn spawn_with(
                     Arc::clone(&shared),
                 );
                 let rdv = (id == EndpointId::PRIMARY).then(|| Arc::clone(&rdv));
+                let fwd = forwarder
+                    .as_ref()
+                    .filter(|_| id == EndpointId::PRIMARY)
+                    .map(Arc::clone);
                 handle
                     .threads
                     .push(start(format!("udp {addr} #{k}"), move || {
-                        udp_loop(id, k, &udp, cfg, rdv.as_deref(), &stop, &shared)
+                        let services = udp::Services {
+                            rdv: rdv.as_deref(),
+                            relay: fwd.as_deref(),
+                        };
+                        udp_loop(id, k, &udp, cfg, services, &stop, &shared)
                     })?);
             }
+        }
+        if let (Some(turn), Some((_, parts)), Some((_, rs))) =
+            (relay, relay_parts, shared.relay.clone())
+        {
+            let (stop, rdv) = (stop.clone(), Arc::clone(&rdv));
+            handle.threads.push(start("turn relay".into(), move || {
+                relay::relay_loop(turn, parts, &rdv, &stop, &rs)
+            })?);
         }
         for (&(id, addr), listener) in endpoints.iter().zip(bound.tcp) {
             let (cfg, stop, shared) = (config.clone(), stop.clone(), Arc::clone(&shared));

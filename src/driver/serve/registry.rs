@@ -264,6 +264,19 @@ impl RendezvousService {
         }
     }
 
+    /// What the relay's session credentials need of session `name` (its key and members).
+    /// The in-memory registry only: the Redis one is the worker's, and a relay lookup must
+    /// not wait on Redis, so `--registry` servers relay for `--relay-user`s only.
+    pub fn session_info(&self, now: Instant, name: &str) -> Option<([u8; 32], Vec<SocketAddr>)> {
+        match self {
+            RendezvousService::Local(r) => r
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .session_info(now, name),
+            RendezvousService::Remote(_) => None,
+        }
+    }
+
     /// The periodic expiry (in memory; Redis expires keys by itself).
     pub fn expire(&self, now: Instant) -> Out {
         match self {

@@ -4,7 +4,8 @@
 use super::bind::new_socket;
 use super::*;
 use crate::core::server::{ConnectBack, DropReason, EndpointId, Outcome, ServerConfig, StunServer};
-use crate::core::stun::{attr_type, Message};
+use crate::core::stun::{attr_type, frame_len, Message};
+use crate::core::turn::TurnServer;
 use socket2::{Protocol, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -144,13 +145,35 @@ pub(super) fn serve_connection(
         return;
     }
     let mut server = StunServer::new(cfg.clone(), Instant::now());
-    let mut buf = [0u8; TCP_MAX_FRAME];
+    // `--relay`: TURN frames on the primary port go to the relay thread, which answers on a
+    // second handle of this stream, registered at the first TURN frame (RFC 8656 section 3.1).
+    let relay = shared.relay.as_ref().filter(|_| id == EndpointId::PRIMARY);
+    let mut turn_half = relay.and_then(|_| stream.try_clone().ok());
+    let mut buf = vec![
+        0u8;
+        if relay.is_some() {
+            TURN_TCP_MAX_FRAME
+        } else {
+            TCP_MAX_FRAME
+        }
+    ];
     let mut have = 0;
     let mut out = Vec::with_capacity(256);
     let mut last_input = Instant::now();
     let mut backs = ConnectBacks::new(shared);
     let mut pending: Vec<PendingBack<'_>> = Vec::new();
     let why = loop {
+        let mut to_relay = |frame: &[u8]| {
+            let Some((fwd, rs)) = relay else {
+                return;
+            };
+            if let Some(s) = turn_half.take() {
+                if let Ok(mut conns) = rs.tcp.lock() {
+                    conns.insert(peer, s);
+                }
+            }
+            fwd.forward(peer, true, frame);
+        };
         let (used, closed) = serve_frames(
             &mut server,
             id,
@@ -159,6 +182,7 @@ pub(super) fn serve_connection(
             &mut out,
             &mut stream,
             &mut backs,
+            relay.map(|_| &mut to_relay as ToRelay<'_>),
         );
         shared.tcp.drain_from(&mut server.stats);
         buf.copy_within(used..have, 0);
@@ -195,7 +219,13 @@ pub(super) fn serve_connection(
                 last_input = Instant::now();
             }
             Err(e) if is_timeout(&e) => {
-                if last_input.elapsed() >= TCP_IDLE_TIMEOUT {
+                // An allocation's client may stay quiet between refreshes.
+                let idle = if turn_half.is_none() && relay.is_some() {
+                    TURN_TCP_IDLE_TIMEOUT
+                } else {
+                    TCP_IDLE_TIMEOUT
+                };
+                if last_input.elapsed() >= idle {
                     break Close::Idle;
                 }
             }
@@ -213,6 +243,12 @@ pub(super) fn serve_connection(
         _ => {}
     }
     debug!(%peer, remote_port = peer.port(), %local, reason = ?why, "tcp connection closed");
+    if let Some((fwd, rs)) = relay.filter(|_| turn_half.is_none()) {
+        if let Ok(mut conns) = rs.tcp.lock() {
+            conns.remove(&peer);
+        }
+        fwd.tcp_gone(peer);
+    }
     // A client may close as soon as it has its answer; its SYN keeps its one retransmission.
     while !pending.is_empty() && !stop.requested() {
         thread::sleep(Duration::from_millis(50));
@@ -316,9 +352,15 @@ pub(super) fn reap_connect_backs(pending: &mut Vec<PendingBack<'_>>) {
     });
 }
 
+/// Where TURN frames go (`--relay`): hands one frame to the relay thread.
+pub(super) type ToRelay<'f> = &'f mut dyn FnMut(&[u8]);
+
 /// Answers every complete message at the start of `input` (RFC 8489 section 6.2.2: over TCP
-/// the STUN header's length field is the framing). Returns how many bytes were consumed and
-/// whether the connection must close.
+/// the STUN header's length field is the framing). With `turn` (`--relay`, primary endpoint)
+/// TURN frames -- ChannelData and STUN methods other than Binding, framed per RFC 8656
+/// section 12.5 -- go to it instead. Returns how many bytes were consumed and whether the
+/// connection must close.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn serve_frames<'a>(
     server: &mut StunServer,
     id: EndpointId,
@@ -327,6 +369,7 @@ pub(super) fn serve_frames<'a>(
     out: &mut Vec<u8>,
     stream: &mut impl Write,
     backs: &mut ConnectBacks<'a>,
+    mut turn: Option<ToRelay<'_>>,
 ) -> (usize, Option<Close>) {
     let mut used = 0;
     loop {
@@ -334,19 +377,30 @@ pub(super) fn serve_frames<'a>(
         if rest.is_empty() {
             return (used, None);
         }
+        let is_turn = turn.is_some() && TurnServer::is_turn(rest);
         // RFC 8489 section 5: the two top bits of a STUN message are zero. Checked on the first
         // byte so junk is refused before 4 bytes arrive.
-        if rest[0] & 0xc0 != 0 {
+        if rest[0] & 0xc0 != 0 && !is_turn {
             return (used, Some(Close::NotStun));
         }
-        let Some(len) = Message::frame_len(rest) else {
+        let (len, max) = if is_turn {
+            (frame_len(rest), TURN_TCP_MAX_FRAME)
+        } else {
+            (Message::frame_len(rest), TCP_MAX_FRAME)
+        };
+        let Some(len) = len else {
             return (used, None);
         };
-        if len > TCP_MAX_FRAME {
+        if len > max {
             return (used, Some(Close::TooLong(len)));
         }
         if rest.len() < len {
             return (used, None);
+        }
+        if let Some(f) = turn.as_mut().filter(|_| is_turn) {
+            f(&rest[..len]);
+            used += len;
+            continue;
         }
         let slot = backs.reserve(&rest[..len]);
         let (outcome, cb) = server.handle_tcp(id, peer, &rest[..len], out, slot.is_some());
@@ -419,6 +473,7 @@ mod tests {
                 &mut out,
                 &mut wire,
                 &mut ConnectBacks::new(&Shared::default()),
+                None,
             );
             assert_eq!(close, None);
             let rest = &two[used..];
@@ -430,6 +485,7 @@ mod tests {
                 &mut out,
                 &mut wire,
                 &mut ConnectBacks::new(&Shared::default()),
+                None,
             );
             assert_eq!((used2, close2), (rest.len(), None));
             assert_eq!(s.stats.success, 2, "cut at {cut}");
@@ -437,6 +493,61 @@ mod tests {
             Message::parse(&wire[..first]).unwrap();
             Message::parse(&wire[first..]).unwrap();
         }
+    }
+
+    #[test]
+    fn turn_frames_go_to_the_relay_and_binding_to_stun() {
+        use crate::core::stun::{ChannelData, Class, Method};
+        let mut alloc = Vec::new();
+        let mt = MessageType {
+            method: Method::Allocate,
+            class: Class::Request,
+        };
+        Encoder::new(&mut alloc, mt, TransactionId::random(&mut rand::rng()));
+        let mut cd = Vec::new();
+        ChannelData::encode(0x4000, b"abcde", true, &mut cd);
+        let input = [alloc.clone(), request(), cd.clone()].concat();
+        for cut in [input.len(), alloc.len() + 2, input.len() - 3] {
+            let mut s = server();
+            let (mut out, mut wire) = (Vec::new(), Vec::new());
+            let mut frames: Vec<Vec<u8>> = Vec::new();
+            let mut to_relay = |f: &[u8]| frames.push(f.to_vec());
+            let r = serve_frames(
+                &mut s,
+                EndpointId::PRIMARY,
+                PEER,
+                &input[..cut],
+                &mut out,
+                &mut wire,
+                &mut ConnectBacks::new(&Shared::default()),
+                Some(&mut to_relay),
+            );
+            assert_eq!(r.1, None, "cut {cut}");
+            // Only whole frames are taken; a cut one waits for the rest.
+            let want = [alloc.clone(), cd.clone()];
+            assert!(want.starts_with(&frames), "cut {cut}: {frames:?}");
+            if cut == input.len() {
+                assert_eq!(r.0, input.len());
+                assert_eq!(frames.len(), 2);
+                assert_eq!(s.stats.success, 1, "the Binding went to STUN");
+            } else {
+                assert!(r.0 < input.len());
+            }
+        }
+        // Without a relay, ChannelData is junk on a STUN connection.
+        let mut s = server();
+        let (mut out, mut wire) = (Vec::new(), Vec::new());
+        let r = serve_frames(
+            &mut s,
+            EndpointId::PRIMARY,
+            PEER,
+            &cd,
+            &mut out,
+            &mut wire,
+            &mut ConnectBacks::new(&Shared::default()),
+            None,
+        );
+        assert_eq!(r, (0, Some(Close::NotStun)));
     }
 
     #[test]
@@ -451,6 +562,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
         let r = serve_frames(
@@ -461,6 +573,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
         let mut long = request();
@@ -473,6 +586,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
         );
         assert_eq!(r, (0, Some(Close::TooLong(4020))));
         // Framed correctly but not a valid message (length not a multiple of 4).
@@ -487,6 +601,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
         );
         assert_eq!(r, (22, Some(Close::Malformed)));
         assert!(wire.is_empty());
@@ -537,6 +652,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut backs,
+            None,
         );
         assert_eq!(r, (input.len(), None));
         assert_eq!(s.stats.success, 3);
@@ -570,6 +686,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut backs,
+            None,
         );
         assert_eq!(r, (one.len(), None));
         assert!(backs.asked.is_empty());
@@ -603,6 +720,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
         );
         assert_eq!(r, (input.len(), None));
         assert_eq!(s.stats.not_request, 1);

@@ -3,7 +3,9 @@
 use super::*;
 use crate::core::rendezvous::Msg;
 use crate::core::server::{DropReason, EndpointId, Outcome, ServerConfig, StunServer, Transport};
+use crate::core::turn::TurnServer;
 use crate::driver::serve::registry::RendezvousService;
+use crate::driver::serve::relay::Forwarder;
 use crate::os::mmsg::{RecvBatch, SendBatch, MAX_BATCH};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -12,17 +14,26 @@ use std::thread::{self};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
-/// Serves socket `k` of endpoint `id` until shutdown. `rdv` is the rendezvous registry, on
-/// the primary endpoint only.
+/// What the primary endpoint serves besides STUN.
+pub(super) struct Services<'a> {
+    /// The rendezvous registry.
+    pub(super) rdv: Option<&'a RendezvousService>,
+    /// `--relay`: TURN datagrams go to the relay thread.
+    pub(super) relay: Option<&'a Forwarder>,
+}
+
+/// Serves socket `k` of endpoint `id` until shutdown; `services` are on the primary
+/// endpoint only.
 pub(super) fn udp_loop(
     id: EndpointId,
     k: usize,
     sockets: &[Vec<UdpSocket>],
     cfg: ServerConfig,
-    rdv: Option<&RendezvousService>,
+    services: Services<'_>,
     stop: &Stop,
     shared: &Shared,
 ) {
+    let Services { rdv, relay } = services;
     let local = cfg.addr(id);
     let sock = &sockets[usize::from(id.0)][k];
     let mut last_expiry = Instant::now();
@@ -34,7 +45,12 @@ pub(super) fn udp_loop(
         }
     };
     let mut server = StunServer::with_limiter(cfg, shared.limiter.clone());
-    let mut rx = RecvBatch::new(MAX_BATCH, UDP_BUF_LEN);
+    let slot = if relay.is_some() {
+        UDP_RELAY_BUF_LEN
+    } else {
+        UDP_BUF_LEN
+    };
+    let mut rx = RecvBatch::new(MAX_BATCH, slot);
     let mut tx = SendBatch::new(UDP_OUT_LEN);
     let mut out = Vec::with_capacity(UDP_OUT_LEN);
     let mut unflushed = 0u32;
@@ -82,6 +98,11 @@ pub(super) fn udp_loop(
             if let Some(r) = rdv.filter(|_| Msg::is_rendezvous(data)) {
                 let msgs = r.handle(now, src, data);
                 send_all(msgs);
+                continue;
+            }
+            // After the rendezvous check: its magic starts with bits 01, like ChannelData.
+            if let Some(f) = relay.filter(|_| TurnServer::is_turn(data)) {
+                f.forward(src, false, data);
                 continue;
             }
             // The common case answers from this very endpoint: straight into the send batch.
