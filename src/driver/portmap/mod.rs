@@ -30,14 +30,32 @@ pub(crate) fn run(
     mut on_event: impl FnMut(&mut PortMapper, Event),
 ) -> bool {
     let mut buf = [0u8; 1100];
+    // A router without a PCP/NAT-PMP server answers each request with an ICMP port
+    // unreachable, which a connected socket reports as ECONNREFUSED. Until the router has
+    // answered once, that ends our retransmissions (RFC 6886 section 3.1's schedule would send
+    // several): each would draw another ICMP error, and Linux allows only a burst of six per
+    // destination, then one per second (icmp_ratelimit) -- the budget the TTL measurement
+    // before a TCP punch needs for the time-exceeded answers of that same router.
+    let mut answered = false;
+    let mut refused = false;
     loop {
         let now = Instant::now();
         if m.poll_timeout().is_some_and(|t| t <= now) {
             m.handle_timeout(now);
         }
         while let Some(t) = m.poll_transmit() {
-            if let Err(e) = sock.send_to(&t.payload, t.dst) {
-                tracing::debug!(dst = %t.dst, error = %e, "port-mapping request not sent");
+            if refused && !answered {
+                continue;
+            }
+            if sock.peer_addr().is_err() {
+                let _ = sock.connect(t.dst);
+            }
+            match sock.send_to(&t.payload, t.dst) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused = true,
+                Err(e) => {
+                    tracing::debug!(dst = %t.dst, error = %e, "port-mapping request not sent")
+                }
+                Ok(_) => {}
             }
         }
         while let Some(ev) = m.poll_event() {
@@ -56,11 +74,19 @@ pub(crate) fn run(
             })
             .min(Duration::from_millis(200));
         match poll::readable(&[sock.as_fd()], wait) {
-            Ok(r) if r[0] => {
-                while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    m.handle_input(Instant::now(), 0, from, &buf[..n]);
+            Ok(r) if r[0] => loop {
+                match sock.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        answered = true;
+                        m.handle_input(Instant::now(), 0, from, &buf[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        tracing::debug!("port-mapping server refused (ICMP port unreachable)");
+                        refused = true;
+                    }
+                    Err(_) => break,
                 }
-            }
+            },
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "poll");
