@@ -10,7 +10,18 @@ use common::lab::{find_program, Lab, LabOptions, Node};
 use common::pair::{check_connected_over, connect_cmd, pair, Dir, WaitRef, BIN, MIB};
 use serde_json::Value;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// These tests run one at a time: each holds a miniupnpd, and its checks (a mapping present
+/// while connect waits, gone right after it exits, renewed within its 4 s lifetime) are timed
+/// against that daemon's answers; two labs and their transfers at once on a 2-core machine
+/// made miniupnpd and the signal's timing race (a rule still there after the exit, a signal
+/// before the status line).
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn tools_present() -> bool {
     for p in ["miniupnpd", "natpmpc", "upnpc"] {
@@ -111,31 +122,37 @@ fn check_offer(portmap: &str, upnp: bool, nat_pmp: bool, pcp: bool) {
 
 #[test]
 fn probe_sees_all_three() {
+    let _alone = one_at_a_time();
     check_offer("upnp,natpmp,pcp", true, true, true);
 }
 
 #[test]
 fn probe_sees_upnp_alone() {
+    let _alone = one_at_a_time();
     check_offer("upnp", true, false, false);
 }
 
 #[test]
 fn probe_sees_natpmp_alone() {
+    let _alone = one_at_a_time();
     check_offer("natpmp", false, true, false);
 }
 
 #[test]
 fn probe_sees_pcp_alone() {
+    let _alone = one_at_a_time();
     check_offer("pcp", false, false, true);
 }
 
 #[test]
 fn probe_sees_none() {
+    let _alone = one_at_a_time();
     check_offer("none", false, false, false);
 }
 
 #[test]
 fn no_port_mapping_flag_gives_null() {
+    let _alone = one_at_a_time();
     let Some(lab) = lab("upnp,natpmp,pcp") else {
         return;
     };
@@ -214,36 +231,43 @@ fn connects_through(portmap: &str, via: &str, extra: &[&str]) {
 
 #[test]
 fn udp_connects_through_natpmp() {
+    let _alone = one_at_a_time();
     connects_through("natpmp", "nat_pmp", &[]);
 }
 
 #[test]
 fn udp_connects_through_pcp() {
+    let _alone = one_at_a_time();
     connects_through("pcp", "pcp", &[]);
 }
 
 #[test]
 fn udp_connects_through_upnp() {
+    let _alone = one_at_a_time();
     connects_through("upnp", "upnp", &[]);
 }
 
 #[test]
 fn tcp_connects_through_natpmp() {
+    let _alone = one_at_a_time();
     connects_through("natpmp", "nat_pmp", &["--tcp"]);
 }
 
 #[test]
 fn tcp_connects_through_pcp() {
+    let _alone = one_at_a_time();
     connects_through("pcp", "pcp", &["--tcp"]);
 }
 
 #[test]
 fn tcp_connects_through_upnp() {
+    let _alone = one_at_a_time();
     connects_through("upnp", "upnp", &["--tcp"]);
 }
 
 #[test]
 fn tcp_connects_through_a_mapping_with_the_raw_syn_engine() {
+    let _alone = one_at_a_time();
     connects_through("natpmp", "nat_pmp", &["--tcp", "--syn-engine", "raw"]);
 }
 
@@ -313,21 +337,25 @@ fn every_exit_deletes_the_mapping(portmap: &str, extra: &[&str]) {
 
 #[test]
 fn every_exit_deletes_the_natpmp_mapping() {
+    let _alone = one_at_a_time();
     every_exit_deletes_the_mapping("natpmp", &[]);
 }
 
 #[test]
 fn every_exit_deletes_the_pcp_mapping() {
+    let _alone = one_at_a_time();
     every_exit_deletes_the_mapping("pcp", &[]);
 }
 
 #[test]
 fn every_exit_deletes_the_upnp_mapping() {
+    let _alone = one_at_a_time();
     every_exit_deletes_the_mapping("upnp", &[]);
 }
 
 #[test]
 fn every_exit_deletes_the_tcp_mappings() {
+    let _alone = one_at_a_time();
     every_exit_deletes_the_mapping("pcp", &["--tcp"]);
     every_exit_deletes_the_mapping("upnp", &["--tcp"]);
 }
@@ -380,11 +408,13 @@ fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
 
 #[test]
 fn port_mapping_off_fails_as_before() {
+    let _alone = one_at_a_time();
     fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
 }
 
 #[test]
 fn a_router_without_port_mapping_goes_on_and_says_why() {
+    let _alone = one_at_a_time();
     fails_as_without("none", &[]);
 }
 
@@ -441,11 +471,13 @@ fn the_mapping_is_renewed(portmap: &str, control: &[&str]) {
 
 #[test]
 fn the_natpmp_mapping_is_renewed() {
+    let _alone = one_at_a_time();
     the_mapping_is_renewed("natpmp", &["natpmpc", "-a", "40000", "40000", "udp", "4"]);
 }
 
 #[test]
 fn the_upnp_mapping_is_renewed() {
+    let _alone = one_at_a_time();
     the_mapping_is_renewed(
         "upnp",
         &[
@@ -482,10 +514,12 @@ fn both_mapped_connect(extra: &[&str]) {
 
 #[test]
 fn both_mapped_connect_over_udp() {
+    let _alone = one_at_a_time();
     both_mapped_connect(&[]);
 }
 
 #[test]
 fn both_mapped_connect_over_tcp() {
+    let _alone = one_at_a_time();
     both_mapped_connect(&["--tcp"]);
 }

@@ -195,7 +195,11 @@ fn begin(
 
 /// The outcome of [`begin`]. `Err` only when `shutdown` came meanwhile (whatever was
 /// granted is deleted first).
-fn wait(started: Started, shutdown: &Shutdown) -> Result<(Option<Keeper>, MappingReport), Error> {
+fn wait(
+    started: Started,
+    status: &Status,
+    shutdown: &Shutdown,
+) -> Result<(Option<Keeper>, MappingReport), Error> {
     let p = match started {
         Started::Done(k, r) => return Ok((k, r)),
         Started::Pending(p) => p,
@@ -204,6 +208,16 @@ fn wait(started: Started, shutdown: &Shutdown) -> Result<(Option<Keeper>, Mappin
     let until = Instant::now() + FIRST_ANSWER;
     loop {
         if shutdown.requested() {
+            // Said either way: a mapping may exist on the router by now, and the user should
+            // read that it is being removed.
+            match p.rx.try_recv() {
+                Ok(r) => status.say(r.describe()),
+                Err(_) => status.say(format!(
+                    "port mapping: interrupted before the router settled one for {}; \
+                     deleting anything it grants",
+                    p.protocol
+                )),
+            }
             drop(p.keeper);
             return Err(shutdown.interrupted());
         }
@@ -483,7 +497,7 @@ pub(super) fn finish(
     let Some(started) = early else {
         return Ok((None, None));
     };
-    let (keeper, r) = wait(started, shutdown)?;
+    let (keeper, r) = wait(started, status, shutdown)?;
     status.say(r.describe());
     let mapped = r.external;
     *report = Some(r);
