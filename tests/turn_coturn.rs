@@ -14,7 +14,7 @@
 mod common;
 
 use common::lab::{find_program, ChildGuard, Lab, Node};
-use common::turn::{exchange, run, udp_socket_in, Clock, Side};
+use common::turn::{await_both, exchange, run, udp_socket_in, Clock, Side};
 use punchraw::core::turn::{Event, SendError, TurnError};
 use punchraw::core::Machine;
 use std::net::{SocketAddr, UdpSocket};
@@ -123,21 +123,9 @@ fn turn_client_against_coturn() {
     let (ra, rb) = (a.relayed(), b.relayed());
     a.client.create_permission(clock.now(), rb.ip());
     b.client.create_permission(clock.now(), ra.ip());
-    run(
-        &mut [&mut a, &mut b],
-        &clock,
-        Duration::from_secs(10),
-        "permissions",
-        |s| {
-            s.iter().all(|s| {
-                s.events
-                    .iter()
-                    .any(|e| matches!(e, Event::PermissionCreated { .. }))
-            })
-        },
-    );
-    a.events.clear();
-    b.events.clear();
+    await_both(&mut a, &mut b, &clock, "permissions", |e| {
+        matches!(e, Event::PermissionCreated { .. })
+    });
 
     // Data through Send and Data indications.
     exchange(&mut a, &mut b, &clock, "indication", 50);

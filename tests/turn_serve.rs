@@ -10,7 +10,7 @@
 mod common;
 
 use common::lab::{find_program, ChildGuard, Lab, Node};
-use common::turn::{exchange, run, udp_socket_in, Clock, Side};
+use common::turn::{await_both, exchange, run, udp_socket_in, Clock, Side};
 use punchraw::core::turn::{Event, TurnError};
 use punchraw::core::Machine;
 use std::net::SocketAddr;
@@ -221,42 +221,18 @@ fn our_client_relays_between_two_nated_hosts() {
     let (ra, rb) = (a.relayed(), b.relayed());
     a.client.create_permission(clock.now(), rb.ip());
     b.client.create_permission(clock.now(), ra.ip());
-    run(
-        &mut [&mut a, &mut b],
-        &clock,
-        Duration::from_secs(10),
-        "permissions",
-        |s| {
-            s.iter().all(|s| {
-                s.events
-                    .iter()
-                    .any(|e| matches!(e, Event::PermissionCreated { .. }))
-            })
-        },
-    );
-    a.events.clear();
-    b.events.clear();
+    await_both(&mut a, &mut b, &clock, "permissions", |e| {
+        matches!(e, Event::PermissionCreated { .. })
+    });
     exchange(&mut a, &mut b, &clock, "indication", 50);
     assert_eq!(a.wire.recv_data_indications, 50);
     assert_eq!(b.wire.recv_data_indications, 50);
 
     a.client.bind_channel(clock.now(), rb).expect("a channel");
     b.client.bind_channel(clock.now(), ra).expect("b channel");
-    run(
-        &mut [&mut a, &mut b],
-        &clock,
-        Duration::from_secs(10),
-        "channel binds",
-        |s| {
-            s.iter().all(|s| {
-                s.events
-                    .iter()
-                    .any(|e| matches!(e, Event::ChannelBound { .. }))
-            })
-        },
-    );
-    a.events.clear();
-    b.events.clear();
+    await_both(&mut a, &mut b, &clock, "channel binds", |e| {
+        matches!(e, Event::ChannelBound { .. })
+    });
     exchange(&mut a, &mut b, &clock, "channel", 50);
     assert_eq!(a.wire.recv_channel_data, 50, "{:?}", a.wire);
     assert_eq!(b.wire.recv_channel_data, 50, "{:?}", b.wire);

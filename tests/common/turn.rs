@@ -160,6 +160,16 @@ pub fn run(
     }
 }
 
+/// Pumps both sides until each has an event that `seen` matches (a permission created, a
+/// channel bound), then forgets their events.
+pub fn await_both(a: &mut Side, b: &mut Side, clock: &Clock, what: &str, seen: fn(&Event) -> bool) {
+    run(&mut [a, b], clock, Duration::from_secs(10), what, |s| {
+        s.iter().all(|s| s.events.iter().any(seen))
+    });
+    a.events.clear();
+    b.events.clear();
+}
+
 /// Sends `count` numbered datagrams each way and waits for all of them; returns nothing but
 /// panics on loss, corruption or a wrong sender.
 pub fn exchange(a: &mut Side, b: &mut Side, clock: &Clock, tag: &str, count: u32) {
