@@ -204,6 +204,8 @@ fn run_side(side: Side, start: Arc<Barrier>) -> Result<Outcome, String> {
                 theirs: options,
                 peer_window: window,
                 our_window: OUR_WINDOW,
+                // Both sides answer at once here; the window probe is the test's final ACK.
+                awaiting_peer: false,
             };
             match segment {
                 Segment::Syn if side.answer == Answer::Prompt => {
@@ -537,4 +539,83 @@ fn a_segment_answered_during_the_repair_continues_the_crafted_clock() {
     b.pause_in_repair = Duration::from_millis(100);
     punch(&lab, a, b, &[Node::NatA, Node::NatB]);
     check_conntrack(&lab);
+}
+
+/// A socket built after our own SYN-ACK (`awaiting_peer`) sends nothing when it leaves repair
+/// mode -- a window probe would move our NAT's tracking to ESTABLISHED, which then drops our
+/// repeated SYN-ACKs (core::punch::tcp::raw) -- and its first segment is the first data
+/// written to it. Built after the peer's SYN-ACK, it sends the window probe at once.
+#[test]
+fn a_socket_awaiting_the_peer_sends_nothing_until_written_to() {
+    let Some(lab) = Lab::up("none", Some("none")) else {
+        return;
+    };
+    let (a, _) = sides(&lab, false, false);
+    let watched = std::thread::spawn(move || -> Result<Vec<Vec<(Segment, u32)>>, String> {
+        enter(&a.ns).map_err(|e| format!("setns: {e}"))?;
+        let watcher =
+            Watcher::open(&[IpAddr::V4(*a.peer.ip())]).map_err(|e| format!("watcher: {e}"))?;
+        let mut seen = Vec::new();
+        for (k, awaiting_peer) in [true, false].into_iter().enumerate() {
+            let local = SocketAddrV4::new(*a.local.ip(), a.local.port() + k as u16);
+            let _hold = placeholder(local).map_err(|e| format!("placeholder: {e}"))?;
+            let e = Established {
+                local,
+                remote: a.peer,
+                snd_nxt: a.isn.wrapping_add(1),
+                rcv_nxt: 1001,
+                ours: a.options,
+                theirs: linux_like(500),
+                peer_window: 64240,
+                our_window: OUR_WINDOW,
+                awaiting_peer,
+            };
+            let mut s = tcp_repair::established(&e).map_err(|e| format!("TCP_REPAIR: {e}"))?;
+            let sent = |wait: Duration| -> Result<Vec<(Segment, u32)>, String> {
+                let until = Instant::now() + wait;
+                let mut out = Vec::new();
+                while Instant::now() < until {
+                    watcher
+                        .wait(Duration::from_millis(20))
+                        .map_err(|e| format!("watch: {e}"))?;
+                    while let Some(p) = watcher.recv().map_err(|e| format!("watch: {e}"))? {
+                        if let (
+                            true,
+                            Some(Seen::Tcp {
+                                src, segment, seq, ..
+                            }),
+                        ) = (p.outgoing, p.seen)
+                        {
+                            if src == SocketAddr::V4(local) {
+                                out.push((segment, seq));
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            seen.push(sent(Duration::from_millis(300))?);
+            if awaiting_peer {
+                s.write_all(b"hello").map_err(|e| format!("write: {e}"))?;
+                seen.push(sent(Duration::from_millis(200))?);
+            }
+        }
+        Ok(seen)
+    });
+    let seen = watched
+        .join()
+        .expect("the watching thread panicked")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (isn, data) = (0x8000_0000u32 + 0x1234, 0x8000_0000u32 + 0x1235);
+    assert_eq!(
+        seen[0],
+        [],
+        "the awaiting socket sent before it was written to"
+    );
+    assert_eq!(seen[1].first(), Some(&(Segment::Other, data)), "{seen:?}");
+    assert_eq!(
+        seen[2],
+        [(Segment::Other, isn)],
+        "the window probe (seq = ISN) was not sent"
+    );
 }

@@ -26,8 +26,10 @@
 //! - TCP_REPAIR_WINDOW after connect(), since connect() resets the windows (snd_wnd 0
 //!   would leave the socket probing a zero window until the peer's first ACK).
 //! - Leaving repair mode with TCP_REPAIR_OFF sends one window probe: an ACK with
-//!   seq = snd_una - 1 and ack = rcv_nxt. It is kept: it is the handshake's final ACK for
-//!   both NATs' conntrack, and the peer answers it with an ACK that carries its window.
+//!   seq = snd_una - 1 and ack = rcv_nxt. It is kept after a SYN-ACK of the peer's: it is
+//!   the handshake's final ACK for both NATs' conntrack, and the peer answers it with an ACK
+//!   that carries its window. After our own SYN-ACK ([`Established::awaiting_peer`]) the
+//!   socket leaves with TCP_REPAIR_OFF_NO_WP (-1) and sends nothing.
 
 use crate::core::wire::craft::Established;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -38,6 +40,8 @@ use std::os::fd::{AsRawFd, RawFd};
 // include/uapi/linux/tcp.h; libc exports the option names but not these values.
 const TCP_REPAIR_ON: libc::c_int = 1;
 const TCP_REPAIR_OFF: libc::c_int = 0;
+/// Leaves repair mode without the window probe (Linux 4.8 on).
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 const TCP_RECV_QUEUE: libc::c_int = 1;
 const TCP_SEND_QUEUE: libc::c_int = 2;
 /// TCP option kinds as TCP_REPAIR_OPTIONS names them (the wire's kinds, RFC 9293 section
@@ -142,7 +146,8 @@ fn negotiated(e: &Established) -> Vec<RepairOpt> {
 /// (SO_REUSEADDR/SO_REUSEPORT), out of repair mode and ready for data. `ours.timestamps`'s
 /// TSval is where the socket's timestamp clock continues.
 ///
-/// Leaving repair mode sends one ACK (seq = our ISN, ack = `rcv_nxt`); nothing else is sent.
+/// Leaving repair mode sends one ACK (seq = our ISN, ack = `rcv_nxt`), unless
+/// `e.awaiting_peer`; nothing else is sent.
 /// The stream is in blocking mode; callers set what they need.
 pub fn established(e: &Established) -> io::Result<TcpStream> {
     established_pausing(e, || {})
@@ -244,7 +249,12 @@ pub fn established_pausing(e: &Established, pause: impl FnOnce()) -> io::Result<
         rcv_wup: e.rcv_nxt,
     };
     set(fd, libc::TCP_REPAIR_WINDOW, &window, "set the windows")?;
-    set(fd, libc::TCP_REPAIR, &TCP_REPAIR_OFF, "leave repair mode")?;
+    let leave = if e.awaiting_peer {
+        TCP_REPAIR_OFF_NO_WP
+    } else {
+        TCP_REPAIR_OFF
+    };
+    set(fd, libc::TCP_REPAIR, &leave, "leave repair mode")?;
     Ok(socket.into())
 }
 
@@ -263,6 +273,7 @@ mod tests {
             theirs,
             peer_window: 1000,
             our_window: 2000,
+            awaiting_peer: false,
         }
     }
 

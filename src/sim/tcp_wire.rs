@@ -9,6 +9,13 @@
 //! ([`WireNat::invalid`] counts them). Segments carry no data; the last ACK of each side is
 //! what shows the connection passes both NATs.
 //!
+//! Each tracked connection also has Linux's conntrack state as far as a handshake goes, with
+//! the transitions of net/netfilter/nf_conntrack_proto_tcp.c's table: a segment the table
+//! calls invalid is dropped ([`WireNat::out_of_state`] counts them), one it ignores passes
+//! without a change. That is what makes a lost SYN-ACK hard to recover from: after our SYN-ACK
+//! our NAT drops the peer's repeated SYNs (reply SYN in SYN_RECV), and after our ACK it drops
+//! our repeated SYN-ACKs too (original SYN-ACK in ESTABLISHED).
+//!
 //! TTL: a segment leaves its host with its TTL; each NAT and each router between them forwards
 //! it only with a TTL of 2 or more and takes one off, so a priming SYN with TTL 2 opens its own
 //! NAT's mapping and dies at the first router.
@@ -25,13 +32,57 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-/// One tracked connection: its mapping and the ISN each direction showed.
+/// One tracked connection: its mapping, the ISN each direction showed, its state.
 #[derive(Debug, Clone, Copy)]
 struct Track {
     local: u16,
     ext: u16,
     inside: Option<u32>,
     outside: Option<u32>,
+    state: Ct,
+    /// Whether the first SYN came from our host (the "original" direction).
+    orig_inside: bool,
+}
+
+/// Linux conntrack's TCP states, as far as a handshake goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ct {
+    SynSent,
+    SynSent2,
+    SynRecv,
+    Established,
+    Close,
+}
+
+/// What the state table does with a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    To(Ct),
+    Ignore,
+    Invalid,
+}
+
+/// The state table (nf_conntrack_proto_tcp.c, tcp_conntracks) for the states above.
+fn step(state: Ct, original: bool, flags: Flags) -> Step {
+    use Ct::*;
+    use Step::{Ignore, Invalid, To};
+    match (original, flags, state) {
+        (_, Flags::Rst, _) => To(Close),
+        (true, Flags::Syn, SynSent | Close) => To(SynSent),
+        (true, Flags::Syn, SynSent2) => To(SynSent2),
+        (true, Flags::Syn, SynRecv | Established) => Ignore,
+        (true, Flags::SynAck, SynRecv | SynSent2) => To(SynRecv),
+        (true, Flags::SynAck, _) => Invalid,
+        (true, Flags::Ack, SynRecv | Established) => To(Established),
+        (true, Flags::Ack, Close) => To(Close),
+        (true, Flags::Ack, _) => Invalid,
+        (false, Flags::Syn, SynSent | SynSent2) => To(SynSent2),
+        (false, Flags::Syn, _) => Invalid,
+        (false, Flags::SynAck, SynSent | SynSent2) => To(SynRecv),
+        (false, Flags::SynAck, _) => Ignore,
+        (false, Flags::Ack, SynSent | SynSent2) => Ignore,
+        (false, Flags::Ack, state) => To(state),
+    }
 }
 
 /// Whether `s` fits what the tracking knows of its direction (`own`, learned here from a SYN)
@@ -70,6 +121,8 @@ pub struct WireNat {
     by_ext: HashMap<(u16, SocketAddrV4), usize>,
     /// Segments dropped as invalid by the strict tracking.
     pub invalid: u64,
+    /// Segments dropped as invalid by the state table.
+    pub out_of_state: u64,
     /// Unsolicited segments the filter dropped.
     pub filtered: u64,
 }
@@ -84,6 +137,7 @@ impl WireNat {
             by_local: HashMap::new(),
             by_ext: HashMap::new(),
             invalid: 0,
+            out_of_state: 0,
             filtered: 0,
         }
     }
@@ -95,17 +149,52 @@ impl WireNat {
             .map(|&i| self.tracks[i].ext)
     }
 
-    fn track(&mut self, local: u16, remote: SocketAddrV4, ext: u16) -> usize {
+    fn track(&mut self, local: u16, remote: SocketAddrV4, ext: u16, orig_inside: bool) -> usize {
         self.tracks.push(Track {
             local,
             ext,
             inside: None,
             outside: None,
+            state: Ct::SynSent,
+            orig_inside,
         });
         let i = self.tracks.len() - 1;
         self.by_local.insert((local, remote), i);
         self.by_ext.insert((ext, remote), i);
         i
+    }
+
+    /// Whether track `i` lets `s` through (from our host when `inside`), updating it.
+    fn pass(&mut self, i: usize, s: &Crafted, inside: bool) -> bool {
+        let t = &mut self.tracks[i];
+        let original = t.orig_inside == inside;
+        let to = match step(t.state, original, s.flags) {
+            Step::Invalid => {
+                self.out_of_state += 1;
+                return false;
+            }
+            Step::Ignore => None,
+            Step::To(to) => Some(to),
+        };
+        // A SYN reopening a closed connection starts it afresh (nf_conntrack deletes the
+        // closed entry and tracks the SYN as new).
+        if t.state == Ct::Close && to == Some(Ct::SynSent) {
+            t.inside = None;
+            t.outside = None;
+        }
+        let ok = if inside {
+            fits(s, &mut t.inside, t.outside)
+        } else {
+            fits(s, &mut t.outside, t.inside)
+        };
+        if !ok {
+            self.invalid += 1;
+            return false;
+        }
+        if let Some(to) = to {
+            t.state = to;
+        }
+        true
     }
 
     /// From the host to the Internet.
@@ -117,18 +206,17 @@ impl WireNat {
             Some(&i) => i,
             None if s.flags == Flags::Syn => {
                 let ext = self.nat.map(s.src.port(), SocketAddr::V4(s.dst));
-                self.track(s.src.port(), s.dst, ext)
+                self.track(s.src.port(), s.dst, ext, true)
             }
             None => {
                 self.invalid += 1;
                 return None;
             }
         };
-        let t = &mut self.tracks[i];
-        if !fits(&s, &mut t.inside, t.outside) {
-            self.invalid += 1;
+        if !self.pass(i, &s, true) {
             return None;
         }
+        let t = &self.tracks[i];
         s.src = SocketAddrV4::new(self.public, t.ext);
         s.ttl -= 1;
         Some(s)
@@ -143,18 +231,17 @@ impl WireNat {
         let i = match self.by_ext.get(&(port, s.src)) {
             Some(&i) => i,
             None => match self.nat.inbound(SocketAddr::V4(s.src), port) {
-                Some(local) if s.flags == Flags::Syn => self.track(local, s.src, port),
+                Some(local) if s.flags == Flags::Syn => self.track(local, s.src, port, false),
                 _ => {
                     self.filtered += 1;
                     return None;
                 }
             },
         };
-        let t = &mut self.tracks[i];
-        if !fits(&s, &mut t.outside, t.inside) {
-            self.invalid += 1;
+        if !self.pass(i, &s, false) {
             return None;
         }
+        let t = &self.tracks[i];
         s.dst = SocketAddrV4::new(self.host, t.local);
         s.ttl -= 1;
         Some(s)
@@ -191,7 +278,9 @@ pub fn seen(s: &Crafted) -> Seen {
 }
 
 /// A host running the raw engine. Each [`Established`] becomes a socket that, leaving repair
-/// mode, sends one ACK: a window probe at `snd_nxt - 1` (what `os::tcp_repair` does).
+/// mode, sends one ACK: a window probe at `snd_nxt - 1` (what `os::tcp_repair` does), unless
+/// it is [`Established::awaiting_peer`]; such a socket sends its first segment (an ACK at
+/// `snd_nxt`, standing for TLS's first record) once the engine confirms it.
 pub struct RawHost {
     pub engine: RawPunch,
     conns: Vec<(Established, bool)>,
@@ -212,18 +301,30 @@ impl RawHost {
             self.out.push_back(c);
         }
         while let Some(e) = self.engine.poll_established() {
-            self.out.push_back(Crafted {
-                src: e.local,
-                dst: e.remote,
-                ttl: 64,
-                seq: e.snd_nxt.wrapping_sub(1),
-                ack: e.rcv_nxt,
-                flags: Flags::Ack,
-                window: e.our_window,
-                options: TcpOptions::default(),
-            });
+            if !e.awaiting_peer {
+                self.out.push_back(ack(&e, e.snd_nxt.wrapping_sub(1)));
+            }
             self.conns.push((e, false));
         }
+        while let Some(remote) = self.engine.poll_confirmed() {
+            if let Some((e, _)) = self.conns.iter().find(|(e, _)| e.remote == remote) {
+                self.out.push_back(ack(e, e.snd_nxt));
+            }
+        }
+    }
+}
+
+/// An ACK of the socket `e` with sequence number `seq`.
+fn ack(e: &Established, seq: u32) -> Crafted {
+    Crafted {
+        src: e.local,
+        dst: e.remote,
+        ttl: 64,
+        seq,
+        ack: e.rcv_nxt,
+        flags: Flags::Ack,
+        window: e.our_window,
+        options: TcpOptions::default(),
     }
 }
 
@@ -239,9 +340,6 @@ impl WireHost for RawHost {
             if e.remote == s.src && ok && s.ack == e.snd_nxt {
                 *acked = true;
             }
-        }
-        if s.flags == Flags::Ack {
-            return;
         }
         let before = self.conns.len();
         self.engine.handle_seen(now, &seen(s));
@@ -456,6 +554,7 @@ impl WireHost for KernelHost {
                         theirs: TcpOptions::default(),
                         peer_window: 64240,
                         our_window: 64240,
+                        awaiting_peer: false,
                     },
                     acked,
                 )),
@@ -475,6 +574,9 @@ pub struct WireWorld {
     in_flight: Vec<(Instant, usize, Crafted)>,
     /// Every segment a host sent, by side, in order.
     pub sent: [Vec<Crafted>; 2],
+    /// Segments to lose between the NATs: the next one with these flags that side's NAT sent
+    /// on, per entry.
+    pub lose: Vec<(usize, Flags)>,
 }
 
 pub const WIRE_HOSTS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 2, 2)];
@@ -493,6 +595,7 @@ impl WireWorld {
             routers,
             in_flight: Vec::new(),
             sent: [Vec::new(), Vec::new()],
+            lose: Vec::new(),
         }
     }
 
@@ -501,6 +604,10 @@ impl WireWorld {
         let Some(mut s) = self.nats[side].outbound(s) else {
             return;
         };
+        if let Some(k) = self.lose.iter().position(|&l| l == (side, s.flags)) {
+            self.lose.remove(k);
+            return;
+        }
         for _ in 0..self.routers {
             if s.ttl < 2 {
                 return;

@@ -54,6 +54,11 @@ pub struct Established {
     pub peer_window: u16,
     /// Our window as advertised in our SYN.
     pub our_window: u16,
+    /// We answered the peer's SYN and the peer has not yet shown that our SYN-ACK arrived:
+    /// the socket must send nothing until it has (no window probe when it leaves repair mode,
+    /// no data), or our NAT's connection tracking would drop our repeated SYN-ACKs
+    /// (`core::punch::tcp::raw`).
+    pub awaiting_peer: bool,
 }
 
 /// IPv4 header without options (RFC 791 section 3.1).

@@ -32,6 +32,16 @@
 //!
 //! A SYN-ACK answering the peer's SYN is queued by step 1, so it goes out in step 3 of the same
 //! turn: within one round trip of the SYN, as the punch needs.
+//!
+//! A SYN-ACK can be lost, and nothing else brings it back: the socket is ESTABLISHED on our
+//! side, and once our NAT's connection tracking has seen our SYN-ACK it drops the peer's repeated
+//! SYNs (a SYN from the reply side in SYN_RECV is invalid for Linux's conntrack), so the peer's
+//! repeats never reach us to be answered. The engine therefore repeats that SYN-ACK itself,
+//! paced like its SYNs, until the peer shows it arrived (its ACK, data, or its own SYN-ACK on
+//! that 4-tuple), and reports the 4-tuple through [`RawPunch::poll_confirmed`] then. Until
+//! then the socket must send nothing (no window probe, no TLS): an ACK of ours would move our
+//! NAT's tracking to ESTABLISHED, in which it drops our repeated SYN-ACKs as invalid too
+//! (net/netfilter/nf_conntrack_proto_tcp.c, the state table).
 
 use super::{Action, AttemptError, Plan, TcpPunch, TcpPunchConfig};
 use crate::core::wire::craft::{Crafted, Established, Flags};
@@ -81,7 +91,11 @@ struct Attempt {
 struct Done {
     /// The peer's ISN, when we answered its SYN (a repeated SYN gets the same SYN-ACK again).
     answered: Option<u32>,
+    /// Our SYN-ACK's options. A repeat carries them unchanged, its TSval too: the socket's clock
+    /// continues from that TSval, and a later one would run ahead of it (RFC 7323 section 5).
     options: TcpOptions,
+    /// Until the peer shows it has our SYN-ACK: SYN-ACKs sent, and when to send the next.
+    unconfirmed: Option<(u32, Instant)>,
 }
 
 /// The engine. See the module documentation for the order of calls.
@@ -107,6 +121,7 @@ pub struct RawPunch {
     next_slot: Instant,
     transmits: VecDeque<Crafted>,
     established: VecDeque<Established>,
+    confirmed: VecDeque<SocketAddrV4>,
     /// SYNs sent (first ones and repeats), SYN-ACKs sent.
     pub syns: u64,
     pub synacks: u64,
@@ -143,6 +158,7 @@ impl RawPunch {
             next_slot: start,
             transmits: VecDeque::new(),
             established: VecDeque::new(),
+            confirmed: VecDeque::new(),
             syns: 0,
             synacks: 0,
             cfg,
@@ -199,12 +215,17 @@ impl RawPunch {
     /// the start's skew); after that, the round trip doubling, as RFC 6298 section 5.5 backs
     /// off, within [`MIN_RTO`] and [`MAX_RTO`].
     fn rto(&self, sent: u32) -> Duration {
-        let rtt = self.cfg.rtt;
-        let d = match (self.cfg.prime_ttl.is_some(), sent) {
-            (true, 1) => rtt / 2,
-            (true, n) => rtt.saturating_mul(1 << (n - 2).min(6)),
-            (false, n) => rtt.saturating_mul(1 << (n - 1).min(6)),
-        };
+        match (self.cfg.prime_ttl.is_some(), sent) {
+            (true, 1) => (self.cfg.rtt / 2).clamp(MIN_RTO, MAX_RTO),
+            (true, n) => self.backoff(n - 1),
+            (false, n) => self.backoff(n),
+        }
+    }
+
+    /// The pause after the `n`th unanswered segment: the round trip doubling (RFC 6298 section
+    /// 5.5), within [`MIN_RTO`] and [`MAX_RTO`].
+    fn backoff(&self, n: u32) -> Duration {
+        let d = self.cfg.rtt.saturating_mul(1 << n.saturating_sub(1).min(6));
         d.clamp(MIN_RTO, MAX_RTO)
     }
 
@@ -256,6 +277,44 @@ impl RawPunch {
                 break;
             }
             self.send_syn(now, id);
+        }
+        self.repeat_synacks(now);
+    }
+
+    /// SYN-ACKs the peer has not shown it received, again (see the module documentation).
+    /// Outside the rate: one per answered 4-tuple and round trip at most.
+    fn repeat_synacks(&mut self, now: Instant) {
+        let due: Vec<(SocketAddrV4, u32, u32, TcpOptions)> = self
+            .done
+            .iter()
+            .filter_map(|(to, d)| match (d.answered, d.unconfirmed) {
+                (Some(isn), Some((sent, next))) if next <= now => Some((*to, isn, sent, d.options)),
+                _ => None,
+            })
+            .collect();
+        for (to, isn, sent, options) in due {
+            self.synack(to, isn, options);
+            let next = now + self.backoff(sent + 1);
+            if let Some(d) = self.done.get_mut(&to) {
+                d.unconfirmed = Some((sent + 1, next));
+            }
+        }
+    }
+
+    /// Whether `segment` from the peer on the answered 4-tuple `src` shows our SYN-ACK arrived:
+    /// anything but a SYN or RST that acknowledges our SYN (the peer's ACK, its data, or the
+    /// SYN-ACK to our own SYN, which says the peer is established too).
+    fn confirm(&mut self, src: SocketAddrV4, segment: Segment, ack: u32) {
+        let Some(d) = self.done.get_mut(&src) else {
+            return;
+        };
+        let acks_ours = ack.wrapping_sub(self.isn.wrapping_add(1)) < 1 << 30;
+        if d.unconfirmed.is_some()
+            && acks_ours
+            && matches!(segment, Segment::Other | Segment::SynAck)
+        {
+            d.unconfirmed = None;
+            self.confirmed.push_back(src);
         }
     }
 
@@ -321,6 +380,7 @@ impl RawPunch {
                 if self.dead.contains(&src) {
                     return;
                 }
+                self.confirm(src, segment, ack);
                 match segment {
                     Segment::Syn => self.on_syn(now, src, seq, window, options),
                     Segment::SynAck if ack == self.isn.wrapping_add(1) => {
@@ -403,6 +463,10 @@ impl RawPunch {
         let ours = self.synack_options(now, &theirs);
         self.synack(src, seq, ours);
         self.finish(src, seq, window, ours, theirs, Some(seq));
+        let next = now + self.backoff(1);
+        if let Some(d) = self.done.get_mut(&src) {
+            d.unconfirmed = Some((1, next));
+        }
     }
 
     fn synack(&mut self, to: SocketAddrV4, their_isn: u32, options: TcpOptions) {
@@ -437,6 +501,7 @@ impl RawPunch {
             Done {
                 answered,
                 options: ours,
+                unconfirmed: None,
             },
         );
         self.established.push_back(Established {
@@ -448,6 +513,7 @@ impl RawPunch {
             theirs,
             peer_window,
             our_window: self.cfg.window,
+            awaiting_peer: answered.is_some(),
         });
     }
 
@@ -466,6 +532,12 @@ impl RawPunch {
         self.established.pop_front()
     }
 
+    /// A 4-tuple given out with [`Established::awaiting_peer`] whose peer has shown it has our
+    /// SYN-ACK: its socket may send now.
+    pub fn poll_confirmed(&mut self) -> Option<SocketAddrV4> {
+        self.confirmed.pop_front()
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         let planner = self.planner.poll_timeout();
         // Past the budget nothing is repeated.
@@ -476,10 +548,15 @@ impl RawPunch {
             .min()
             .map(|t| t.max(self.next_slot))
             .filter(|&t| !self.planner.expired(t));
-        match (planner, repeat) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // SYN-ACKs are repeated past the budget: their connection is up on our side, and the
+        // driver bounds how long it waits for the peer.
+        let synack = self
+            .done
+            .values()
+            .filter_map(|d| d.unconfirmed)
+            .map(|u| u.1)
+            .min();
+        [planner, repeat, synack].into_iter().flatten().min()
     }
 }
 

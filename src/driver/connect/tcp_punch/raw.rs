@@ -19,7 +19,8 @@ use crate::os::packet::Packet;
 use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
 use crate::Error;
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -104,6 +105,8 @@ pub(super) async fn run(
         setup.rtt.as_millis().max(25)
     ));
     let hard_stop = setup.start + setup.budget + super::TLS_TIMEOUT;
+    // Sockets built from a SYN we answered, silent until the peer shows it has our SYN-ACK.
+    let mut waiting: HashMap<SocketAddrV4, TcpStream> = HashMap::new();
     let sweeping = setup.plan == Plan::Probe;
     let mut next_progress = setup.start + super::PROGRESS;
     let mut send_errors = 0u64;
@@ -114,7 +117,7 @@ pub(super) async fn run(
         let now = Instant::now();
         engine.handle_timeout(now);
         flush(&mut engine, sender, &mut send_errors);
-        establish(&mut engine, &mut l, on_status);
+        establish(&mut engine, &mut l, &mut waiting, on_status);
         if sweeping && now >= next_progress {
             next_progress = now + super::PROGRESS;
             on_status(format!(
@@ -124,7 +127,15 @@ pub(super) async fn run(
                 engine.planner().refused + engine.planner().unreachable
             ));
         }
-        if engine.planner().expired(now) && (l.handshakes == 0 || now >= hard_stop) {
+        if engine.planner().expired(now)
+            && ((l.handshakes == 0 && waiting.is_empty()) || now >= hard_stop)
+        {
+            for remote in waiting.keys() {
+                on_status(format!(
+                    "the peer never showed that our SYN-ACK to {remote} arrived ({} SYN-ACKs sent in all, repeated at the round trip); its NAT may drop them",
+                    engine.synacks
+                ));
+            }
             let p = engine.planner();
             let mut end = l.exhausted();
             if let PunchEnd::Exhausted {
@@ -152,7 +163,7 @@ pub(super) async fn run(
                     engine.handle_seen(Instant::now(), s);
                     // A SYN-ACK to the peer's SYN goes out now, not at the next tick.
                     flush(&mut engine, sender, &mut send_errors);
-                    establish(&mut engine, &mut l, on_status);
+                    establish(&mut engine, &mut l, &mut waiting, on_status);
                 }
             }
             Some(ev) = rx.recv() => {
@@ -179,22 +190,40 @@ fn flush(engine: &mut RawPunch, sender: &RawTcpSender, errors: &mut u64) {
 }
 
 /// Each finished handshake becomes a kernel socket in the sequence space the NATs saw, and
-/// goes to TLS.
-fn establish(engine: &mut RawPunch, l: &mut PunchLoop<'_>, on_status: &mut dyn FnMut(String)) {
+/// goes to TLS: at once after the peer's SYN-ACK, after the peer's confirmation when we
+/// answered its SYN (until then the socket waits in `waiting`, sending nothing).
+fn establish(
+    engine: &mut RawPunch,
+    l: &mut PunchLoop<'_>,
+    waiting: &mut HashMap<SocketAddrV4, TcpStream>,
+    on_status: &mut dyn FnMut(String),
+) {
+    fn up(
+        l: &mut PunchLoop<'_>,
+        s: TcpStream,
+        remote: SocketAddrV4,
+        on_status: &mut dyn FnMut(String),
+    ) {
+        on_status(format!(
+            "TCP connection up with {remote} (crafted handshake); authenticating (TLS)"
+        ));
+        l.came_up += 1;
+        l.spawn_tls(s, None);
+    }
     while let Some(e) = engine.poll_established() {
         let stream = crate::os::tcp_repair::established(&e).and_then(|s| {
             s.set_nonblocking(true)?;
             TcpStream::from_std(s)
         });
         match stream {
-            Ok(s) => {
-                on_status(format!(
-                    "TCP connection up with {} (crafted handshake); authenticating (TLS)",
+            Ok(s) if e.awaiting_peer => {
+                tracing::debug!(
+                    "answered the SYN from {}; waiting for the peer to show it has our SYN-ACK",
                     e.remote
-                ));
-                l.came_up += 1;
-                l.spawn_tls(s, None);
+                );
+                waiting.insert(e.remote, s);
             }
+            Ok(s) => up(l, s, e.remote, on_status),
             Err(err) => {
                 on_status(format!(
                     "the handshake with {} finished, but its socket could not be made (TCP_REPAIR needs CAP_NET_ADMIN): {err}",
@@ -202,6 +231,11 @@ fn establish(engine: &mut RawPunch, l: &mut PunchLoop<'_>, on_status: &mut dyn F
                 ));
                 engine.handle_closed(e.remote);
             }
+        }
+    }
+    while let Some(remote) = engine.poll_confirmed() {
+        if let Some(s) = waiting.remove(&remote) {
+            up(l, s, remote, on_status);
         }
     }
 }

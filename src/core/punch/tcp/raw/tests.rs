@@ -184,7 +184,57 @@ fn the_peers_syn_is_answered_in_the_same_call_and_established_once() {
         [Flags::SynAck]
     );
     assert!(e.poll_established().is_none());
+    // The peer's ACK shows our SYN-ACK arrived: nothing more goes out.
+    e.handle_seen(
+        now,
+        &tcp(
+            peer(20000),
+            Segment::Other,
+            1001,
+            e.isn().wrapping_add(1),
+            theirs,
+        ),
+    );
+    assert_eq!(e.poll_confirmed(), Some(peer(20000)));
     assert!(run(&mut e, now, Duration::from_secs(3)).is_empty());
+}
+
+#[test]
+fn a_syn_ack_to_the_peers_syn_is_repeated_until_the_peer_shows_it_arrived() {
+    let t0 = Instant::now();
+    let mut e = RawPunch::new(config(Plan::Direct, 20000), t0).expect("raw");
+    e.handle_timeout(t0);
+    drain(&mut e);
+    let o = TcpOptions {
+        timestamps: Some((555, 0)),
+        ..TcpOptions::default()
+    };
+    e.handle_seen(t0, &tcp(peer(20000), Segment::Syn, 1000, 0, o));
+    let first = drain(&mut e);
+    let est = e.poll_established().expect("established");
+    assert!(est.awaiting_peer, "the socket must wait for the peer");
+    // Unanswered: repeated after the round trip (100 ms), doubling, each one unchanged (the
+    // socket's timestamp clock continues from the first one's TSval).
+    let out = run(&mut e, t0, Duration::from_millis(750));
+    let times: Vec<u128> = out.iter().map(|(t, _)| t.as_millis()).collect();
+    assert_eq!(times, [100, 300, 700], "{out:?}");
+    assert!(out.iter().all(|(_, c)| *c == first[0]));
+    // Neither a SYN nor a RST nor something that does not acknowledge our SYN shows the
+    // peer has it.
+    let now = t0 + Duration::from_millis(750);
+    let isn1 = e.isn().wrapping_add(1);
+    e.handle_seen(now, &tcp(peer(20000), Segment::Rst, 0, isn1, o));
+    e.handle_seen(now, &tcp(peer(20000), Segment::Other, 1001, 5, o));
+    e.handle_seen(now, &tcp(peer(20001), Segment::Other, 1001, isn1, o));
+    assert_eq!(e.poll_confirmed(), None);
+    // Its own SYN-ACK to our SYN does: it is established too.
+    e.handle_seen(now, &tcp(peer(20000), Segment::SynAck, 1000, isn1, o));
+    assert_eq!(e.poll_confirmed(), Some(peer(20000)));
+    assert_eq!(e.poll_confirmed(), None);
+    assert!(e.poll_established().is_none());
+    assert!(run(&mut e, now, Duration::from_secs(3))
+        .iter()
+        .all(|(_, c)| c.flags != Flags::SynAck));
 }
 
 #[test]
@@ -478,4 +528,28 @@ fn sim_raw_probe_finds_a_kernel_spray_of_a_random_nat() {
         "found only after some probes ({})",
         a.engine.syns
     );
+}
+
+#[test]
+fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns() {
+    // B's SYNs are lost; A's SYN reaches B, whose SYN-ACK is lost beyond B's NAT. From then
+    // on B's NAT drops A's repeated SYNs (reply SYN in SYN_RECV), so only B's own repeats can
+    // finish the handshake.
+    let latency = 40;
+    let mut w = world([cone(), cone()], latency, 0);
+    w.lose = vec![(1, Flags::Syn), (1, Flags::Syn), (1, Flags::SynAck)];
+    let t0 = w.now;
+    let rtt = Duration::from_millis(2 * latency);
+    let (ca, _) = side(&mut w, 0, 9);
+    let (cb, _) = side(&mut w, 1, 10);
+    let mut a = raw_host(ca, 0, rtt, None, t0 + Duration::from_millis(60));
+    let mut b = raw_host(cb, 1, rtt, None, t0);
+    let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
+    assert!(w.lose.is_empty(), "a segment to lose was never sent");
+    assert!(
+        w.nats[1].out_of_state > 0,
+        "B's NAT never dropped A's repeated SYN"
+    );
+    assert_one_connection(&w, r.expect("B's repeated SYN-ACK finishes the handshake"));
+    assert!(b.engine.synacks >= 2);
 }
