@@ -548,9 +548,9 @@ fn all_connect_tcp_at(delay_ms: u32, kind_a: &str, kind_b: &str, strategy: &str,
     }
 }
 
-/// `--syn-engine ENGINE` (#11). `raw`: crafted SYNs from one port with one
+/// `--syn-engine ENGINE` (#11). `raw`, the default: crafted SYNs from one port with one
 /// sequence number, the connection continued by a TCP_REPAIR socket; `kernel`: a kernel
-/// socket per attempt (the default). Both through NATs that track TCP strictly (checked by `pair`).
+/// socket per attempt. Both through NATs that track TCP strictly (checked by `pair`).
 fn all_connect_tcp_engine(
     engine: &str,
     delay_ms: u32,
@@ -702,7 +702,7 @@ fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
     );
 }
 
-/// The kernel engine (the default) across the kinds of pair, named explicitly.
+/// The kernel engine stays tested now that the raw one is the default.
 #[test]
 fn tcp_kernel_engine_connects_every_kind_of_pair() {
     let cases = [

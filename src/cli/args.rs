@@ -105,7 +105,7 @@ pub struct ConnectArgs {
     /// and one set of options, repeated at the measured round trip; a TCP_REPAIR socket
     /// continues the handshake that succeeds (IPv4; the spraying side of a sweep keeps kernel
     /// sockets). Both need CAP_NET_RAW and CAP_NET_ADMIN.
-    #[arg(long, value_name = "raw|kernel", default_value = "kernel", value_parser = parse_syn_engine)]
+    #[arg(long, value_name = "raw|kernel", default_value = "raw", value_parser = parse_syn_engine)]
     pub syn_engine: SynEngine,
     /// Ask the router for a port mapping of the punch port: "auto" asks by PCP, then NAT-PMP,
     /// then UPnP IGD (UDP; TCP with --tcp), offers the mapped endpoint to the peer (who then

@@ -5,13 +5,13 @@
 //! suppressed by an nft rule while it runs; finally TLS over the first connection that
 //! authenticates.
 //!
-//! Two engines send the attempts. The kernel engine (the default) opens a kernel
+//! Two engines send the attempts. The kernel engine (`--syn-engine kernel`) opens a kernel
 //! socket per candidate port: the NATs' connection tracking learns the sequence number of the
 //! SYN that opened a mapping, and with strict tracking (Linux's default,
 //! nf_conntrack_tcp_be_liberal=0) later segments with another sequence number are dropped as
 //! invalid, so whichever 4-tuple the peer's SYN arrives on must find a socket in SYN-SENT
 //! with that sequence number to complete the simultaneous open (RFC 9293 section 3.5). The raw
-//! engine (`raw.rs`, `--syn-engine raw`) gets the same guarantee with one sequence number for every
+//! engine (`raw.rs`, the default) gets the same guarantee with one sequence number for every
 //! crafted SYN and a TCP_REPAIR socket that continues it. Low-TTL priming: the kernel engine
 //! sets IP_TTL on the socket for its first SYN only; the raw engine writes the TTL into the
 //! packet.
