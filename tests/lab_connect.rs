@@ -695,6 +695,16 @@ fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
         1,
         "SYNs with more than one sequence number:\n{syns}"
     );
+    // No descriptor per candidate: the raw socket, the held port and the repaired socket(s).
+    let (sockets, sent) = (
+        p.a.report["punch_sockets"].as_u64().unwrap_or(u64::MAX),
+        p.a.report["syns_sent"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        sockets <= 4 && sent >= rows.len() as u64,
+        "{sockets} sockets and {sent} SYNs reported for {} SYNs captured",
+        rows.len()
+    );
     let warnings = tshark(&["-q", "-z", "expert,warn"]);
     assert!(
         warnings.trim().is_empty(),
@@ -722,6 +732,16 @@ fn tcp_kernel_engine_connects_every_kind_of_pair() {
         2,
     );
     sweep_connects_at(0, 3, &["--tcp", "--syn-engine", "kernel"]);
+}
+
+/// The kernel engine with the NATs that answer early SYNs (RST, ICMP) and with low-TTL
+/// priming, one try each (the raw engine's tests above take three). Two random NATs are
+/// the same for both engines: both sides spray from fresh ports, which is the kernel's.
+#[test]
+fn tcp_kernel_engine_through_hostile_nats_and_priming() {
+    tcp_through_rst_nats("kernel", 0, 1);
+    tcp_through_icmp_nats("kernel", 0, 1);
+    tcp_low_ttl_priming("kernel", 0, 1);
 }
 
 #[test]
@@ -808,15 +828,15 @@ const LATE: &str = "1600";
 /// still there when the peer's SYN arrives: these pairs connect, and A says what it saw.
 #[test]
 fn tcp_through_nats_that_answer_with_icmp() {
-    tcp_through_icmp_nats(0, 3);
+    tcp_through_icmp_nats("raw", 0, 3);
 }
 
 #[test]
 fn tcp_through_nats_that_answer_with_icmp_at_40_ms() {
-    tcp_through_icmp_nats(DELAY_MS, DELAYED_TRIES);
+    tcp_through_icmp_nats("raw", DELAY_MS, DELAYED_TRIES);
 }
 
-fn tcp_through_icmp_nats(delay_ms: u32, tries: u32) {
+fn tcp_through_icmp_nats(engine: &str, delay_ms: u32, tries: u32) {
     let kind = "port-restricted-icmp";
     let Some(lab) = lab_at(delay_ms, kind, kind) else {
         return;
@@ -828,7 +848,7 @@ fn tcp_through_icmp_nats(delay_ms: u32, tries: u32) {
             t,
             "right",
             MIB,
-            &["--tcp", "--punch-budget", "8"],
+            &["--tcp", "--punch-budget", "8", "--syn-engine", engine],
             &["--start-delay-ms", LATE],
         );
         check_connected_over(
@@ -850,15 +870,15 @@ fn tcp_through_icmp_nats(delay_ms: u32, tries: u32) {
 /// saw, and ends cleanly either way.
 #[test]
 fn tcp_through_nats_that_answer_with_rst() {
-    tcp_through_rst_nats(0, 3);
+    tcp_through_rst_nats("raw", 0, 3);
 }
 
 #[test]
 fn tcp_through_nats_that_answer_with_rst_at_40_ms() {
-    tcp_through_rst_nats(DELAY_MS, DELAYED_TRIES);
+    tcp_through_rst_nats("raw", DELAY_MS, DELAYED_TRIES);
 }
 
-fn tcp_through_rst_nats(delay_ms: u32, tries: u32) {
+fn tcp_through_rst_nats(engine: &str, delay_ms: u32, tries: u32) {
     let kind = "port-restricted-rst";
     let Some(lab) = lab_at(delay_ms, kind, kind) else {
         return;
@@ -870,7 +890,7 @@ fn tcp_through_rst_nats(delay_ms: u32, tries: u32) {
             t,
             "right",
             MIB,
-            &["--tcp", "--punch-budget", "5"],
+            &["--tcp", "--punch-budget", "5", "--syn-engine", engine],
             &["--start-delay-ms", LATE],
         );
         assert!(
@@ -906,15 +926,49 @@ fn tcp_through_rst_nats(delay_ms: u32, tries: u32) {
 /// the pair that fails above connects, every time.
 #[test]
 fn tcp_low_ttl_priming_gets_through_nats_that_answer_with_rst() {
-    tcp_low_ttl_priming(0, 3);
+    tcp_low_ttl_priming("raw", 0, 3);
+}
+
+/// A punch that ends before the peer's first SYN (its NAT refuses ours with RST all along)
+/// says in its failure which ports our SYNs went to and which port each answer came from.
+#[test]
+fn tcp_failure_names_the_ports_syns_went_to_and_answers_came_from() {
+    let kind = "port-restricted-rst";
+    let Some(lab) = Lab::up(kind, Some(kind)) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair_sides(
+        &lab,
+        0,
+        "right",
+        1024,
+        [
+            &["--tcp"],
+            &["--punch-budget", "1"],
+            &["--start-delay-ms", "2500"],
+        ],
+        &|| std::thread::sleep(Duration::from_millis(300)),
+    );
+    assert_eq!(p.a.code, Some(8), "{}", p.a.stderr);
+    for want in [
+        "our SYNs went to 1 port(s) of the peer: ".to_string(),
+        "RST (from port ".to_string(),
+    ] {
+        assert!(
+            p.a.stderr.contains(&want),
+            "no {want:?} in:\n{}",
+            p.a.stderr
+        );
+    }
 }
 
 #[test]
 fn tcp_low_ttl_priming_gets_through_nats_that_answer_with_rst_at_40_ms() {
-    tcp_low_ttl_priming(DELAY_MS, DELAYED_TRIES);
+    tcp_low_ttl_priming("raw", DELAY_MS, DELAYED_TRIES);
 }
 
-fn tcp_low_ttl_priming(delay_ms: u32, tries: u32) {
+fn tcp_low_ttl_priming(engine: &str, delay_ms: u32, tries: u32) {
     let kind = "port-restricted-rst";
     let Some(lab) = Lab::up_with(
         LabOptions::new(kind)
@@ -926,12 +980,18 @@ fn tcp_low_ttl_priming(delay_ms: u32, tries: u32) {
     };
     let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..tries {
-        let p = pair(&lab, t, "right", MIB, &["--tcp", "--punch-budget", "8"]);
+        let p = pair(
+            &lab,
+            t,
+            "right",
+            MIB,
+            &["--tcp", "--punch-budget", "8", "--syn-engine", engine],
+        );
         check_connected_over(
             &p,
             "tcp",
             "direct",
-            &format!("primed {kind}{} try {t}", at(delay_ms)),
+            &format!("primed {kind}{} ({engine}) try {t}", at(delay_ms)),
         );
         for (n, s) in [("A", &p.a), ("B", &p.b)] {
             assert!(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Connect benchmark: for several NAT pairs, the time from the second peer's start to
 # "connected" (from its --report), against the floor of one RTT to the server plus one RTT
-# between the peers, and the probes sent (the sweep's cost; for TCP the SYN attempts). UDP and
+# between the peers, and the probes sent (the sweep's cost; for TCP the SYN attempts, and A's
+# SYNs sent with repeats and the sockets its punch opened: the descriptors). UDP and
 # TCP (`--tcp`) per pair, TCP with each SYN engine (kernel sockets, crafted SYNs), and per
 # pair the raw engine's mean time over the kernel engine's (#11: never above 1). One lab per
 # pair.
@@ -38,7 +39,7 @@ trap 'exit 130' INT TERM
 
 field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 
-printf '%-44s %-10s %-8s %10s %10s %8s %8s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes
+printf '%-44s %-10s %-8s %10s %10s %8s %8s %6s %6s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes syns socks
 for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp" \
             "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp" \
             "port-restricted-cone symmetric-random udp tcp" \
@@ -81,13 +82,14 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
     wait "$a" || true
     ms=$(field elapsed_ms "$WORK/b.json"); probes=$(field probes_sent "$WORK/a.json")
     strat=$(field strategy "$WORK/b.json"); ok=$(field connected "$WORK/b.json")
+    syns=$(field syns_sent "$WORK/a.json"); socks=$(field punch_sockets "$WORK/a.json")
     floor=$(awk -v r="$rtt" -v k="${ONEWAY:+3}" 'BEGIN { if (k == "") k = 2; printf "%.1f", k * r }')
     ratio=$(awk -v m="$ms" -v f="$floor" 'BEGIN { if (f > 0) printf "%.0f", m / f; else print "-" }')
     [ "$ok" = true ] || strat="FAILED"
     if [ "$ok" = true ]; then
       total[$t]=$(( ${total[$t]:-0} + ms )); count[$t]=$(( ${count[$t]:-0} + 1 ))
     fi
-    printf '%-44s %-10s %-8s %8s ms %8s ms %8s %8s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes"
+    printf '%-44s %-10s %-8s %8s ms %8s ms %8s %8s %6s %6s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes" "${syns:--}" "${socks:--}"
    done
   done
   if [ -n "${count[tcp-kernel]:-}" ] && [ -n "${count[tcp-raw]:-}" ]; then
@@ -99,4 +101,5 @@ for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symme
 done
 echo "B->conn includes B's own quick NAT classification (two RTTs to the server);"
 echo "probes = punch packets sent by A (the prober in a sweep); for tcp, connection attempts (SYNs) by A;"
+echo "syns, socks = tcp only: SYNs A sent (repeats included) and sockets A's punch opened (null: not connected);"
 echo "TCP's B->conn includes observing the NAT's TCP ports through the server and the TLS handshake."

@@ -5,6 +5,7 @@ use crate::core::classify::{Allocation, Behavior};
 use crate::core::punch::lockstep::Lockstep;
 use crate::core::punch::{tcp, Strategy};
 use crate::core::rendezvous::NatInfo;
+use std::collections::BTreeSet;
 
 const MAPPED_FAILED: &str = "nothing came through the router's port mapping: a firewall may block UDP between the peers, or the router dropped the mapping; try again with --port-mapping off to see whether the punch alone works";
 
@@ -41,13 +42,71 @@ pub fn explain_lockstep_failure(l: &Lockstep) -> String {
     )
 }
 
-/// What the packet watcher saw of the peer during a TCP punch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What the packet watcher saw of the peer during a TCP punch: how many of each answer, and
+/// the peer's ports involved (which port a SYN, SYN-ACK or RST came from; which port an ICMP
+/// error's quoted SYN was going to; which ports our SYNs went to).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WatchCounts {
     pub syn_in: u64,
     pub synack_in: u64,
     pub rst_in: u64,
     pub icmp_unreachable: u64,
+    /// SYNs this host sent to the peer, repeats included.
+    pub syn_out: u64,
+    pub syn_to: PortSet,
+    pub syn_from: PortSet,
+    pub synack_from: PortSet,
+    pub rst_from: PortSet,
+    pub icmp_for: PortSet,
+}
+
+/// A set of ports, said as ranges ("20000-20024, 20030").
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PortSet(BTreeSet<u16>);
+
+/// Ranges said at most; the rest is counted.
+const RANGES_SAID: usize = 6;
+
+impl PortSet {
+    pub fn insert(&mut self, port: u16) {
+        self.0.insert(port);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for &p in &self.0 {
+            match ranges.last_mut() {
+                Some((_, hi)) if hi.checked_add(1) == Some(p) => *hi = p,
+                _ => ranges.push((p, p)),
+            }
+        }
+        let mut said = 0;
+        for (i, &(lo, hi)) in ranges.iter().take(RANGES_SAID).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+            said += usize::from(hi - lo) + 1;
+        }
+        if said < self.0.len() {
+            write!(f, " and {} more", self.0.len() - said)?;
+        }
+        Ok(())
+    }
 }
 
 impl WatchCounts {
@@ -97,9 +156,34 @@ pub fn explain_tcp_failure(
             Strategy::Mapped => "no connection came through the router's TCP port mapping: a firewall may block TCP between the peers, or the router dropped the mapping".into(),
         }
     };
+    // Which ports: "from port(s) ..." after each count that is not 0.
+    let from = |n: u64, ports: &PortSet, word: &str| {
+        if n == 0 || ports.is_empty() {
+            String::new()
+        } else {
+            let unit = if ports.len() == 1 { "port" } else { "ports" };
+            format!(" ({word} {unit} {ports})")
+        }
+    };
+    let to = if seen.syn_to.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "our SYNs went to {} port(s) of the peer: {}; ",
+            seen.syn_to.len(),
+            seen.syn_to
+        )
+    };
     why.push_str(&format!(
-        " (seen: {} SYN-ACK, {} SYN from the peer, {} RST, {} ICMP unreachable; {refused} attempts refused)",
-        seen.synack_in, seen.syn_in, seen.rst_in, seen.icmp_unreachable
+        " ({to}seen: {} SYN-ACK{}, {} SYN from the peer{}, {} RST{}, {} ICMP unreachable{}; {refused} attempts refused)",
+        seen.synack_in,
+        from(seen.synack_in, &seen.synack_from, "from"),
+        seen.syn_in,
+        from(seen.syn_in, &seen.syn_from, "from"),
+        seen.rst_in,
+        from(seen.rst_in, &seen.rst_from, "from"),
+        seen.icmp_unreachable,
+        from(seen.icmp_unreachable, &seen.icmp_for, "for"),
     ));
     why
 }

@@ -89,6 +89,10 @@ pub struct ConnectReport {
     /// The router's port mapping of our punch port, or why there was none; `null` with
     /// `--port-mapping off`.
     pub port_mapping: Option<portmap::MappingReport>,
+    /// TCP: SYNs sent to the peer (repeats included) and sockets the punch opened; `null`
+    /// for UDP and when no connection came up.
+    pub syns_sent: Option<u64>,
+    pub punch_sockets: Option<u64>,
 }
 
 fn hex_id() -> String {
@@ -120,6 +124,8 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         bytes_received: 0,
         stream_ms: None,
         port_mapping: None,
+        syns_sent: None,
+        punch_sockets: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -586,6 +592,8 @@ fn connect_tcp(
     report.strategy = Some(plan.strategy);
     let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
     report.probes_sent = punched.conn.attempts;
+    report.syns_sent = Some(punched.conn.syns);
+    report.punch_sockets = Some(punched.conn.sockets);
     report.local = Some(punched.conn.local);
     report.peer = Some(punched.conn.remote);
     report.connected = true;

@@ -173,17 +173,29 @@ pub use crate::core::punch::explain::WatchCounts;
 impl WatchCounts {
     fn note(&mut self, s: &Seen, outgoing: bool, peer: IpAddr) -> Option<String> {
         match *s {
+            Seen::Tcp {
+                dst,
+                segment: Segment::Syn,
+                ..
+            } if outgoing && dst.ip() == peer => {
+                self.syn_out += 1;
+                self.syn_to.insert(dst.port());
+                None
+            }
             Seen::Tcp { src, segment, .. } if !outgoing && src.ip() == peer => match segment {
                 Segment::Syn => {
                     self.syn_in += 1;
+                    self.syn_from.insert(src.port());
                     (self.syn_in == 1).then(|| format!("the peer's SYN arrived from {src}"))
                 }
                 Segment::SynAck => {
                     self.synack_in += 1;
+                    self.synack_from.insert(src.port());
                     (self.synack_in == 1).then(|| format!("SYN-ACK from {src}"))
                 }
                 Segment::Rst => {
                     self.rst_in += 1;
+                    self.rst_from.insert(src.port());
                     (self.rst_in == 1).then(|| format!("RST from {src}: the peer's NAT refused a SYN of ours that came before the peer's own (it wipes the mapping our SYN opened); retrying"))
                 }
                 Segment::Other => None,
@@ -196,6 +208,7 @@ impl WatchCounts {
             } if !outgoing && quoted_dst.ip() == peer => match kind {
                 IcmpKind::Unreachable(code) => {
                     self.icmp_unreachable += 1;
+                    self.icmp_for.insert(quoted_dst.port());
                     let what = if from == peer {
                         "the peer's NAT refused a SYN of ours; the error is dropped here, so the attempt stays open for the peer's SYN"
                     } else {
@@ -223,7 +236,7 @@ pub enum PunchEnd {
         refused: u64,
         /// TCP connections that came up (and then failed TLS).
         came_up: u64,
-        seen: WatchCounts,
+        seen: Box<WatchCounts>,
         /// A connection came up but failed authentication.
         auth: Option<Box<StreamError>>,
     },
@@ -237,6 +250,11 @@ pub struct Connection {
     pub remote: SocketAddr,
     /// Connection attempts made (first SYNs).
     pub attempts: u64,
+    /// SYNs sent to the peer, repeats included (as the watcher saw them leave).
+    pub syns: u64,
+    /// Sockets the punch opened (listener, one per kernel attempt, accepted connections; the
+    /// raw engine's raw socket, held port and repaired sockets).
+    pub sockets: u64,
 }
 
 /// The punch's outcome.
@@ -419,6 +437,8 @@ struct PunchLoop<'a> {
     auth_failure: Option<Box<StreamError>>,
     handshakes: usize,
     came_up: u64,
+    /// Sockets opened so far ([`Connection::sockets`]).
+    sockets: u64,
 }
 
 /// What ended one turn of the loop.
@@ -499,6 +519,7 @@ impl<'a> PunchLoop<'a> {
             auth_failure: None,
             handshakes: 0,
             came_up: 0,
+            sockets: 0,
         }
     }
 
@@ -518,6 +539,7 @@ impl<'a> PunchLoop<'a> {
                 return;
             }
         };
+        self.sockets += 1;
         let tx = self.tx.clone();
         self.others.push(tokio::spawn(async move {
             loop {
@@ -548,6 +570,7 @@ impl<'a> PunchLoop<'a> {
                         .and_then(TcpStream::from_std)
                     {
                         Ok(stream) => {
+                            self.sockets += 1;
                             let tx = self.tx.clone();
                             self.tasks.insert(
                                 id,
@@ -606,6 +629,7 @@ impl<'a> PunchLoop<'a> {
                 self.spawn_tls(stream, Some(id));
             }
             Ev::Accepted { stream } => {
+                self.sockets += 1;
                 // Anyone may connect to the listener; only the peer's address gets a
                 // handshake, and only so many at once.
                 let from = stream.peer_addr().ok();
@@ -684,6 +708,8 @@ impl<'a> PunchLoop<'a> {
             local,
             remote,
             attempts: self.planner.attempts,
+            syns: self.seen.syn_out,
+            sockets: self.sockets,
         })))
     }
 
@@ -704,7 +730,7 @@ impl<'a> PunchLoop<'a> {
             attempts: self.planner.attempts,
             refused: self.planner.refused + self.planner.unreachable,
             came_up: self.came_up,
-            seen: self.seen,
+            seen: Box::new(std::mem::take(&mut self.seen)),
             auth: self.auth_failure.take(),
         }
     }

@@ -117,6 +117,7 @@ fn tcp_failure_names_a_hostile_nat_and_counts_what_was_seen() {
         synack_in: 2,
         rst_in: 4,
         icmp_unreachable: 5,
+        ..Default::default()
     };
     let why = explain_tcp_failure(&cone(), &sequential(), Strategy::Predict, 7, 0, &seen);
     assert!(
@@ -192,4 +193,42 @@ fn two_random_blocks_are_explained_as_a_chance_that_missed() {
     );
     b.range = None;
     assert!(explain_failure(&a, &b, Strategy::Sweep).contains("a relay is needed"));
+}
+
+#[test]
+fn tcp_failure_names_the_ports_of_the_sweep_and_of_each_answer() {
+    let mut seen = WatchCounts {
+        syn_in: 1,
+        rst_in: 3,
+        icmp_unreachable: 1,
+        ..Default::default()
+    };
+    for p in (20000..=20024).chain([20030, 65535]) {
+        seen.syn_to.insert(p);
+    }
+    seen.syn_from.insert(39357);
+    for p in [20001, 20002, 20010] {
+        seen.rst_from.insert(p);
+    }
+    seen.icmp_for.insert(20030);
+    let why = explain_tcp_failure(&cone(), &sequential(), Strategy::Predict, 3, 0, &seen);
+    assert!(
+        why.ends_with(
+            " (our SYNs went to 27 port(s) of the peer: 20000-20024, 20030, 65535; seen: 0 SYN-ACK, 1 SYN from the peer (from port 39357), 3 RST (from ports 20001-20002, 20010), 1 ICMP unreachable (for port 20030); 3 attempts refused)"
+        ),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_long_port_set_is_cut_after_six_ranges() {
+    let mut s = PortSet::default();
+    for p in (1000..1020).step_by(2) {
+        s.insert(p);
+    }
+    assert_eq!(
+        s.to_string(),
+        "1000, 1002, 1004, 1006, 1008, 1010 and 4 more"
+    );
+    assert_eq!(PortSet::default().to_string(), "");
 }

@@ -29,9 +29,9 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SynEngine {
     /// A kernel socket per attempt.
-    #[default]
     Kernel,
     /// Crafted segments on a raw socket, TCP_REPAIR for the connection.
+    #[default]
     Raw,
 }
 
@@ -95,6 +95,8 @@ pub(super) async fn run(
     })?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut l = PunchLoop::new(setup, tx);
+    // The raw socket and the held port.
+    l.sockets += 2;
     if engine.planner().aimless() {
         on_status("no SYN aims at the peer (its next TCP port cannot be predicted, or it connects to our port mapping); waiting out the budget for the peer's SYN".into());
     }
@@ -211,6 +213,7 @@ fn establish(
         l.spawn_tls(s, None);
     }
     while let Some(e) = engine.poll_established() {
+        l.sockets += 1;
         let stream = crate::os::tcp_repair::established(&e).and_then(|s| {
             s.set_nonblocking(true)?;
             TcpStream::from_std(s)
