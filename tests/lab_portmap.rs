@@ -418,6 +418,32 @@ fn a_router_without_port_mapping_goes_on_and_says_why() {
     fails_as_without("none", &[]);
 }
 
+/// Behind NATs that map endpoint-independently the punch opens the way by itself, so connect
+/// does not wait out SSDP's discovery for a mapping nobody offers: it says it did not wait,
+/// for UDP and for TCP, and connects directly.
+#[test]
+fn behind_endpoint_independent_nats_connect_does_not_wait_for_a_mapping() {
+    let _alone = one_at_a_time();
+    let Some(lab) = Lab::up("port-restricted-cone", Some("port-restricted-cone")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for (t, extra) in [&[][..], &["--tcp"][..]].into_iter().enumerate() {
+        let p = pair(&lab, t as u32, "right", 1024, extra);
+        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            assert_eq!(s.code, Some(0), "{extra:?} {n}: {}", s.stderr);
+            assert_eq!(s.report["strategy"], "direct", "{extra:?} {n}");
+            let pm = &s.report["port_mapping"];
+            assert!(pm["via"].is_null(), "{extra:?} {n}: {pm:#}");
+            let why = pm["reasons"]["upnp"].as_str().unwrap_or_default();
+            assert!(
+                why.starts_with("not waited for: our NAT maps"),
+                "{extra:?} {n}: {pm:#}"
+            );
+        }
+    }
+}
+
 /// Asked for a 4 s lifetime, A's mapping is still there 10 s later (renewed at half of it),
 /// while a 4 s mapping made by Debian's own client (`control`, run in A's namespace)
 /// expired by then: miniupnpd does remove what is not renewed.

@@ -202,8 +202,9 @@ fn connect(
     let identity = Identity::generate()?;
     let pre_local = pre_bound.as_ref().map(|b| b.1);
     // Held until we return, whichever way: dropping it deletes the mapping.
+    let patience = portmap::Patience::for_mapping(classified.nat.mapping, classified_at);
     let (mut _mapping, mut mapped) =
-        portmap::finish(early, status, &shutdown, &mut report.port_mapping)?;
+        portmap::finish(early, status, &shutdown, &mut report.port_mapping, patience)?;
     // A busy counter moved on while the router was asked: its range starts from here.
     let c = &mut classified;
     if let (Some(range), Some(drift)) = (c.nat.range, c.range_drift) {
@@ -215,13 +216,13 @@ fn connect(
         // A fresh socket replaced the one mapped (a stale NAT mapping of its port).
         drop(_mapping.take());
         (_mapping, mapped) = portmap::for_connect(
-            true,
+            cfg,
             crate::core::portmap::Protocol::Udp,
-            cfg.port_mapping_lifetime,
             main_local[0],
             status,
             &shutdown,
             &mut report.port_mapping,
+            portmap::Patience::for_mapping(classified.nat.mapping, Instant::now()),
         )?;
     }
     let me = Me {
@@ -304,19 +305,25 @@ fn meet(
         ));
         let (prep, offer) = predict_tcp()?;
         status.say(prep.describe());
+        // Endpoint-independent: what PCP or NAT-PMP settle within a round trip to the server
+        // (the router is nearer), nothing of SSDP's wait.
+        let patience = portmap::Patience::for_mapping(
+            prep.prediction.nat.mapping,
+            Instant::now() + me.classified.rtt,
+        );
         let (keeper, mapped) = portmap::for_connect(
-            cfg.port_mapping,
+            cfg,
             crate::core::portmap::Protocol::Tcp,
-            cfg.port_mapping_lifetime,
             prep.local,
             status,
             shutdown,
             &mut mapping.report,
+            patience,
         )?;
         let (prep, offer) = if mapped.is_some() {
             let _ = pinned.set((prep.clone(), offer.clone()));
             (prep, offer)
-        } else if cfg.port_mapping {
+        } else if cfg.port_mapping && matches!(patience, portmap::Patience::Full) {
             // The wait for the router aged the prediction (a counter moves on with other
             // hosts' flows): a fresh one.
             let (prep, offer) = predict_tcp()?;

@@ -10,6 +10,12 @@
 //! (SSDP waits for answers) and asked only when neither of the two granted. A router that
 //! offers nothing or refuses costs the SSDP wait, about 2 s, and connect goes on without.
 //!
+//! That wait is paid only where the mapping is what makes us reachable: behind a NAT that maps
+//! endpoint-independently the punch itself opens the way, and a mapping only spares a sweep
+//! against a peer whose ports cannot be predicted. There connect takes what the router has
+//! settled by the end of the classification ([`Patience::Until`]) and goes on; a grant that
+//! comes later is held and deleted on exit like any other.
+//!
 //! Facts from the lab (miniupnpd 2.3.1 with nftables, Linux 6.18):
 //! - A mapping is a `dnat` rule in `inet miniupnpd`'s `prerouting_miniupnpd` chain and an
 //!   accept in its `miniupnpd` chain (forward hook), the same for UPnP, NAT-PMP and PCP MAP;
@@ -83,10 +89,17 @@ impl MappingReport {
                 }
             ),
             _ => {
-                let why: Vec<String> = self
-                    .reasons
+                // Protocols with the same reason are named together.
+                let mut by_reason: Vec<(Vec<&str>, &str)> = Vec::new();
+                for (k, v) in &self.reasons {
+                    match by_reason.iter_mut().find(|(_, r)| r == v) {
+                        Some((ks, _)) => ks.push(k),
+                        None => by_reason.push((vec![k], v)),
+                    }
+                }
+                let why: Vec<String> = by_reason
                     .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
+                    .map(|(ks, v)| format!("{}: {v}", ks.join(", ")))
                     .collect();
                 format!(
                     "port mapping: none for {} ({}); going on without",
@@ -114,6 +127,27 @@ impl Drop for Keeper {
         self.stop.trigger();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// How long connect waits for the router's first outcome.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Patience {
+    /// Until the router settles (within [`FIRST_ANSWER`]): our NAT needs the mapping.
+    Full,
+    /// Until this moment only: our NAT maps endpoint-independently (see the module notes).
+    Until(Instant),
+}
+
+impl Patience {
+    /// The patience for a NAT whose `mapping` was just measured: full unless it is
+    /// endpoint-independent, then until `until`.
+    pub(super) fn for_mapping(mapping: crate::core::classify::Behavior, until: Instant) -> Self {
+        if mapping == crate::core::classify::Behavior::EndpointIndependent {
+            Patience::Until(until)
+        } else {
+            Patience::Full
         }
     }
 }
@@ -199,13 +233,29 @@ fn wait(
     started: Started,
     status: &Status,
     shutdown: &Shutdown,
+    patience: Patience,
 ) -> Result<(Option<Keeper>, MappingReport), Error> {
     let p = match started {
         Started::Done(k, r) => return Ok((k, r)),
         Started::Pending(p) => p,
     };
     let none = |why: String| MappingReport::none(p.protocol, all_reasons(&why));
-    let until = Instant::now() + FIRST_ANSWER;
+    let asked = Instant::now();
+    let until = asked + FIRST_ANSWER;
+    if let Patience::Until(t) = patience {
+        if let Some(r) = settled_by(&p, t) {
+            let keeper = r.via.is_some().then_some(p.keeper);
+            return Ok((keeper, r));
+        }
+        let why = format!(
+            "not waited for: our NAT maps {} endpoint-independently, so the punch reaches us \
+             without a mapping, and the router had not settled one by the end of the \
+             classification",
+            p.protocol
+        );
+        // The keeper stays: should a grant still come, dropping it deletes it.
+        return Ok((Some(p.keeper), none(why)));
+    }
     loop {
         if shutdown.requested() {
             // Said either way: a mapping may exist on the router by now, and the user should
@@ -243,6 +293,12 @@ fn wait(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
+}
+
+/// The router's first outcome if it comes by `t` (at once if `t` has passed).
+fn settled_by(p: &Pending, t: Instant) -> Option<MappingReport> {
+    let left = t.saturating_duration_since(Instant::now());
+    p.rx.recv_timeout(left).ok()
 }
 
 /// What to map, and where to ask.
@@ -460,7 +516,9 @@ fn pcp_or_natpmp(
     m.delete(Instant::now());
     drive(&mut m, &sock, None, |_, ev| {
         if let Event::Deleted { confirmed } = ev {
-            if !confirmed {
+            // Without a grant the delete only covers an answer that may have been lost: no
+            // mapping we know of is left behind.
+            if !confirmed && granted {
                 status.say("warning: the router did not confirm the delete of our port mapping; it expires by itself");
             }
         }
@@ -472,19 +530,19 @@ fn pcp_or_natpmp(
 /// said on a status line and put in the report. Returns the keeper to hold until exit and
 /// the endpoint to offer the peer.
 pub(super) fn for_connect(
-    on: bool,
+    cfg: &super::ConnectConfig,
     protocol: Protocol,
-    lifetime: Duration,
     local: SocketAddr,
     status: &Status,
     shutdown: &Shutdown,
     report: &mut Option<MappingReport>,
+    patience: Patience,
 ) -> Result<(Option<Keeper>, Option<SocketAddr>), Error> {
-    if !on {
+    if !cfg.port_mapping {
         return Ok((None, None));
     }
-    let started = begin(protocol, lifetime, local, status)?;
-    finish(Some(started), status, shutdown, report)
+    let started = begin(protocol, cfg.port_mapping_lifetime, local, status)?;
+    finish(Some(started), status, shutdown, report, patience)
 }
 
 /// The outcome of [`udp_early`]'s request (`None`: off), said and put in the report.
@@ -493,11 +551,12 @@ pub(super) fn finish(
     status: &Status,
     shutdown: &Shutdown,
     report: &mut Option<MappingReport>,
+    patience: Patience,
 ) -> Result<(Option<Keeper>, Option<SocketAddr>), Error> {
     let Some(started) = early else {
         return Ok((None, None));
     };
-    let (keeper, r) = wait(started, status, shutdown)?;
+    let (keeper, r) = wait(started, status, shutdown, patience)?;
     status.say(r.describe());
     let mapped = r.external;
     *report = Some(r);
@@ -560,12 +619,13 @@ mod tests {
         let line = MappingReport::none(Protocol::Tcp, reasons).describe();
         for part in [
             "none for TCP",
-            "pcp: no answer",
-            "nat_pmp: no answer",
+            // Protocols with one reason are named together, the reason said once.
+            "nat_pmp, pcp: no answer",
             "upnp: refused (606)",
             "going on without",
         ] {
             assert!(line.contains(part), "{line}");
         }
+        assert_eq!(line.matches("no answer").count(), 1, "{line}");
     }
 }
