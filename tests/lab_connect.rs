@@ -1162,18 +1162,36 @@ fn tcp_wrong_secret_fails_with_authentication_error() {
 
 #[test]
 fn tcp_sigint_in_the_middle_of_a_punch_leaves_nothing() {
-    tcp_signal_in_the_middle_of_a_punch_leaves_nothing("INT", 130);
+    // A raw-engine sweep: the cone side probes random ports of the peer with crafted SYNs,
+    // slowly, toward a random NAT that opened one mapping only, so it is still sweeping.
+    tcp_signal_in_the_middle_of_a_punch_leaves_nothing(
+        "INT",
+        130,
+        ["port-restricted-cone", "symmetric-random"],
+        [&["--rate", "50"], &["--sweep-sockets", "1"]],
+    );
 }
 
 #[test]
 fn tcp_sigterm_in_the_middle_of_a_punch_leaves_nothing() {
-    tcp_signal_in_the_middle_of_a_punch_leaves_nothing("TERM", 143);
+    // Both sides spray kernel sockets from fresh ports.
+    tcp_signal_in_the_middle_of_a_punch_leaves_nothing(
+        "TERM",
+        143,
+        ["symmetric-random", "symmetric-random"],
+        [&[], &[]],
+    );
 }
 
 /// Both peers get SIG`sig` in the middle of a TCP punch: each exits `want` (128 + the
 /// signal's number) and removes its nft table first.
-fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(sig: &str, want: i32) {
-    let Some(lab) = Lab::up("symmetric-random", Some("symmetric-random")) else {
+fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(
+    sig: &str,
+    want: i32,
+    [kind_a, kind_b]: [&str; 2],
+    own: [&[&str]; 2],
+) {
+    let Some(lab) = Lab::up(kind_a, Some(kind_b)) else {
         return;
     };
     let _srv = common::punchraw_serve_5780(&lab);
@@ -1181,10 +1199,12 @@ fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(sig: &str, want: i32) {
     for n in ["a", "b"] {
         std::fs::write(dir.0.join(format!("{n}.in")), b"x").expect("write");
     }
-    let extra = ["--tcp", "--punch-budget", "60", "--timeout", "90"];
     let mut kids: Vec<ChildGuard> = [(Node::A, "a"), (Node::B, "b")]
         .into_iter()
-        .map(|(node, n)| {
+        .zip(own)
+        .map(|((node, n), own)| {
+            let mut extra = vec!["--tcp", "--punch-budget", "60", "--timeout", "90"];
+            extra.extend_from_slice(own);
             ChildGuard(
                 connect_cmd(&lab, node, &dir.0, n, sig, "right", &extra)
                     .spawn()
@@ -1213,13 +1233,17 @@ fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(sig: &str, want: i32) {
             .expect("kill");
         assert!(st.success());
     }
-    for k in &mut kids {
+    for (i, k) in kids.iter_mut().enumerate() {
         let (code, err) = k.0.wait_with_output_ref();
         let err = String::from_utf8_lossy(&err);
         assert!(
             err.contains("punching TCP"),
             "not in the punch when interrupted:\n{err}"
         );
+        // The prober of a cone x random pair sweeps with the raw engine.
+        if i == 0 && kind_a != kind_b {
+            assert!(err.contains("raw SYN engine"), "{err}");
+        }
         assert_eq!(code, Some(want), "{err}");
         assert!(
             err.contains(&format!("punchraw: interrupted (SIG{sig})")),
