@@ -760,3 +760,45 @@ fn seven_samples_survive_two_stale_mappings() {
     assert!(counter_ahead(next, &ports, 1, 64));
     assert!(!counter_ahead(20031, &ports, 1, 64));
 }
+
+/// Toward a silent server the first request goes out eight times, never more than 500 ms
+/// apart, and the verdict (blocked) comes after about 3.2 s: on a path that loses 20% each
+/// way, eight exchanges all fail about 3 times in 10,000 (six, as before, 1 in 500).
+#[test]
+fn a_silent_server_gets_eight_copies_of_the_first_request_within_3_2_s() {
+    let server: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+    let cfg = ClassifierConfig::quick(server);
+    let locals: Vec<SocketAddr> = (0..cfg.sockets_needed())
+        .map(|i| SocketAddr::from(([10, 0, 1, 2], 40000 + i as u16)))
+        .collect();
+    let t0 = Instant::now();
+    let mut c = Classifier::new(cfg, locals, t0);
+    let mut now = t0;
+    let mut base = Vec::new();
+    while !c.is_done() {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_transmit() {
+            if t.socket == 0 && t.dst == server {
+                base.push(now - t0);
+            }
+        }
+        match c.poll_timeout() {
+            Some(next) if next > now => now = next,
+            Some(_) => {}
+            None => break,
+        }
+        assert!(now - t0 < Duration::from_secs(10), "never concluded");
+    }
+    assert_eq!(base.len(), 8, "{base:?}");
+    assert!(
+        base.windows(2)
+            .all(|w| w[1] - w[0] <= Duration::from_millis(500)),
+        "{base:?}"
+    );
+    let verdict = now - t0;
+    assert!(
+        verdict >= Duration::from_millis(3000) && verdict <= Duration::from_millis(3300),
+        "{verdict:?}"
+    );
+    assert_eq!(c.report().map(|r| r.legacy_type), Some(LegacyType::Blocked));
+}
