@@ -649,6 +649,37 @@ fn tcp_bindings_from_one_shared_local_port() {
     stop(h, &shutdown);
 }
 
+/// The TCP prediction's side-by-side form: one request per endpoint from one shared port,
+/// every answer in the order of the endpoints given and naming that port; an endpoint where
+/// nothing listens fails alone, as a connection error.
+#[test]
+fn tcp_bindings_side_by_side_answer_in_order() {
+    use punchraw::driver::tcp_stun;
+    let (h, shutdown) = start(true);
+    let listener = tcp_stun::shared_port_socket(SocketAddr::new(IP1, 0)).expect("bind");
+    listener.listen(8).expect("listen");
+    let local = listener
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let closed = SocketAddr::new(IP1, free_port(IP1));
+    let mut eps: Vec<SocketAddr> = h.endpoints().iter().map(|&(_, ep)| ep).collect();
+    eps.insert(1, closed);
+    let got = tcp_stun::bindings_in_order(local, &eps, Duration::from_secs(2));
+    assert_eq!(got.len(), eps.len());
+    for (ep, r) in eps.iter().zip(&got) {
+        if *ep == closed {
+            let e = r.as_ref().expect_err("nothing listens there");
+            assert!(e.unreachable(), "{e}");
+            continue;
+        }
+        let b = r.as_ref().unwrap_or_else(|e| panic!("{ep}: {e}"));
+        assert_eq!((b.server, b.local, b.mapped), (*ep, local, local));
+    }
+    stop(h, &shutdown);
+}
+
 fn connect_back_origin(m: &Message<'_>) -> Option<SocketAddr> {
     match m.get(attr_type::CONNECT_BACK_ORIGIN)? {
         Ok(Attribute::ConnectBackOrigin(a)) => Some(a),

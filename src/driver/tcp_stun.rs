@@ -105,12 +105,79 @@ pub fn exchange(
     timeout: Duration,
 ) -> Result<(TcpBinding, TcpStream), TcpStunError> {
     let started = Instant::now();
+    let (stream, bound) = connect(local, server, timeout)?;
+    finish(stream, bound, server, extra, started, timeout)
+}
+
+/// Binding requests over new TCP connections from `local` (a port already in use by this
+/// host's shared sockets, not 0) to each of `servers`, side by side: every SYN leaves from
+/// this thread in the order given, so a NAT that allocates ports in sequence meets them in
+/// that order, and the exchanges then run at once (a thread each), one round trip in all
+/// instead of one per server. Each connection is closed before returning.
+pub fn bindings_in_order(
+    local: SocketAddr,
+    servers: &[SocketAddr],
+    timeout: Duration,
+) -> Vec<Result<TcpBinding, TcpStunError>> {
+    let started = Instant::now();
+    let opened: Vec<Result<(TcpStream, SocketAddr), TcpStunError>> = servers
+        .iter()
+        .map(|&server| {
+            let sock = shared_port_socket(local)
+                .map_err(|source| TcpStunError::Socket { local, source })?;
+            let err = |source| TcpStunError::Connect {
+                local,
+                server,
+                source,
+            };
+            sock.set_nonblocking(true).map_err(err)?;
+            // The SYN goes out here; the connection completes while the others start.
+            match sock.connect(&server.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(err(e)),
+            }
+            // Blocking again: the request's write waits for the handshake (within the
+            // write timeout `finish` sets), and fails as the connect would have.
+            sock.set_nonblocking(false).map_err(err)?;
+            Ok((sock.into(), local))
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = opened
+            .into_iter()
+            .zip(servers)
+            .map(|(o, &server)| {
+                scope.spawn(move || {
+                    let (stream, bound) = o?;
+                    finish(stream, bound, server, &[], started, timeout).map(|(b, _)| b)
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .zip(servers)
+            .map(|(h, &server)| h.join().unwrap_or(Err(TcpStunError::Garbage { server })))
+            .collect()
+    })
+}
+
+/// The request on the connected (or connecting) `stream` and its answer, within what is left
+/// of `timeout` since `started`.
+fn finish(
+    mut stream: TcpStream,
+    bound: SocketAddr,
+    server: SocketAddr,
+    extra: &[Attribute<'_>],
+    started: Instant,
+    timeout: Duration,
+) -> Result<(TcpBinding, TcpStream), TcpStunError> {
     let budget = Budget {
         started,
         timeout,
         server,
     };
-    let (mut stream, bound) = connect(local, server, timeout)?;
+    let _ = stream.set_nodelay(true);
     let tid = TransactionId::random(&mut rand::rng());
     let io_err = |e: io::Error| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => budget.expired(),

@@ -82,26 +82,26 @@ pub fn prepare(
     other: Option<SocketAddr>,
     udp: NatInfo,
 ) -> Result<TcpPrep, Error> {
-    let mut local = SocketAddr::new(local_ip, 0);
-    let mut samples = Vec::new();
-    for (i, ep) in endpoints(server, other).into_iter().enumerate() {
-        match tcp_stun::binding(local, ep, &[], BINDING_TIMEOUT) {
-            Ok(b) => {
-                local = b.local;
-                samples.push((ep, b.mapped));
+    let eps = endpoints(server, other);
+    // The first connection picks the local port (and tells whether the server answers at
+    // all); the others leave from it side by side, their SYNs in `eps`'s order, so that a
+    // sequential NAT numbers them in that order while the whole takes one more round trip
+    // instead of one per endpoint.
+    let first = tcp_stun::binding(SocketAddr::new(local_ip, 0), server, &[], BINDING_TIMEOUT)
+        .map_err(|e| {
+            let reason = e.to_string();
+            if e.unreachable() {
+                Error::TcpServerUnreachable { server, reason }
+            } else {
+                Error::TcpServerBroken { server, reason }
             }
-            Err(e) if i == 0 && e.unreachable() => {
-                return Err(Error::TcpServerUnreachable {
-                    server,
-                    reason: e.to_string(),
-                })
-            }
-            Err(e) if i == 0 => {
-                return Err(Error::TcpServerBroken {
-                    server,
-                    reason: e.to_string(),
-                })
-            }
+        })?;
+    let local = first.local;
+    let mut samples = vec![(server, first.mapped)];
+    let rest = tcp_stun::bindings_in_order(local, &eps[1..], BINDING_TIMEOUT);
+    for (ep, r) in eps[1..].iter().zip(rest) {
+        match r {
+            Ok(b) => samples.push((*ep, b.mapped)),
             // The other endpoints only sharpen the prediction.
             Err(e) => tracing::warn!("TCP Binding to {ep} failed: {e}"),
         }
