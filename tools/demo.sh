@@ -70,8 +70,9 @@ punch() {
     --secret "$SECRET" --report "$WORK/b.json" "$@" < "$WORK/b.in" > "$WORK/b.out" 2> >(sed 's/^/  [B] /' >&2) || true
   wait "$a_pid" || true
   echo
-  echo "  report of A: $(tr -d '\n ' < "$WORK/a.json")"
-  echo "  report of B: $(tr -d '\n ' < "$WORK/b.json")"
+  # One line each; spaces inside the strings (the reasons) stay.
+  echo "  report of A: $(python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))' < "$WORK/a.json")"
+  echo "  report of B: $(python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin), separators=(",", ":")))' < "$WORK/b.json")"
   if cmp -s "$WORK/a.in" "$WORK/b.out" && cmp -s "$WORK/b.in" "$WORK/a.out"; then
     echo "  data: 1 MiB each way arrived intact over $transport"
   else
