@@ -75,6 +75,8 @@ pub struct ClientConfig {
     pub tcp: Option<TcpOffer>,
     /// Our punch port as our router maps it, offered to the peer.
     pub mapped: Option<SocketAddr>,
+    /// Our relayed address on a TURN server, offered to the peer; see [`Client::set_relayed`].
+    pub relayed: Option<SocketAddr>,
     /// Our round trip to the server, for the server's choice of the start time.
     pub rtt: Duration,
     /// When to give up waiting for the peer.
@@ -201,6 +203,13 @@ impl Client {
     /// registers carry.
     pub fn set_tcp_offer(&mut self, offer: TcpOffer) {
         self.cfg.tcp = Some(offer);
+    }
+
+    /// Our relayed address, once the allocation exists: the next registers carry it (an
+    /// allocation with session credentials needs the session, so the first of two peers
+    /// learns its relayed address only after its first registers).
+    pub fn set_relayed(&mut self, relayed: SocketAddr) {
+        self.cfg.relayed = Some(relayed);
     }
 
     /// The error for a server's refusal.
@@ -365,6 +374,7 @@ impl Machine for Client {
             nat: self.nat_now(),
             tcp: self.cfg.tcp.clone(),
             mapped: self.cfg.mapped,
+            relayed: self.cfg.relayed,
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         };

@@ -89,6 +89,11 @@ pub struct PeerData {
     /// neither send nor read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapped: Option<SocketAddr>,
+    /// The peer's relayed transport address on a TURN server (RFC 8656 section 2): where
+    /// the peer is reached through its allocation when no hole opens. Absent without an
+    /// allocation; older peers neither send nor read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<SocketAddr>,
 }
 
 /// What a peer tells the other for a TCP punch: where its next TCP connection will appear
@@ -139,6 +144,10 @@ pub enum Msg {
         /// have none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mapped: Option<SocketAddr>,
+        /// Our relayed address ([`PeerData::relayed`]); absent without an allocation, so a
+        /// server that predates it still reads the registers of clients that have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relayed: Option<SocketAddr>,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].

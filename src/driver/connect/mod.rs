@@ -350,6 +350,7 @@ fn meet(
         nat: c.nat,
         tcp: first_offer,
         mapped: me.mapped.or(mapping.mapped),
+        relayed: None,
         rtt: c.rtt,
         deadline,
         timeout: cfg.timeout,

@@ -152,6 +152,7 @@ impl Net {
             nat: nat(),
             tcp: None,
             mapped: None,
+            relayed: None,
             rtt: 2 * DELAY,
             deadline: self.now + timeout,
             timeout,
