@@ -35,7 +35,7 @@
 //! peer never came, or (when the server counted registrations under another secret) that
 //! only a peer with another secret did.
 
-use super::{derive_rendezvous_key, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
+use super::{derive_rendezvous_key, ErrorCode, Msg, NatInfo, PeerData, RelayOffer, TcpOffer};
 use crate::core::{Machine, Transmit};
 use crate::Error;
 use std::collections::VecDeque;
@@ -76,7 +76,7 @@ pub struct ClientConfig {
     /// Our punch port as our router maps it, offered to the peer.
     pub mapped: Option<SocketAddr>,
     /// Our relayed address on a TURN server, offered to the peer; see [`Client::set_relayed`].
-    pub relayed: Option<SocketAddr>,
+    pub relayed: Option<RelayOffer>,
     /// Our round trip to the server, for the server's choice of the start time.
     pub rtt: Duration,
     /// When to give up waiting for the peer.
@@ -119,7 +119,7 @@ pub enum ClientEvent {
     /// [`COUNTER_REFRESH`] while we wait: extrapolating the drift alone misses a counter that
     /// wraps around its NAT's pool, whose bounds nobody told us.
     MeasureCounter,
-    Introduced(Introduction),
+    Introduced(Box<Introduction>),
     Failed(Error),
 }
 
@@ -208,7 +208,7 @@ impl Client {
     /// Our relayed address, once the allocation exists: the next registers carry it (an
     /// allocation with session credentials needs the session, so the first of two peers
     /// learns its relayed address only after its first registers).
-    pub fn set_relayed(&mut self, relayed: SocketAddr) {
+    pub fn set_relayed(&mut self, relayed: RelayOffer) {
         self.cfg.relayed = Some(relayed);
     }
 
@@ -284,11 +284,11 @@ impl Machine for Client {
                 let start = now
                     + Duration::from_millis(start_in_ms).min(MAX_START_IN)
                     + self.cfg.start_delay;
-                self.finish(ClientEvent::Introduced(Introduction {
+                self.finish(ClientEvent::Introduced(Box::new(Introduction {
                     me: you,
                     peer,
                     start,
-                }));
+                })));
             }
             Msg::Error {
                 code: ErrorCode::UnknownSession,
@@ -374,7 +374,7 @@ impl Machine for Client {
             nat: self.nat_now(),
             tcp: self.cfg.tcp.clone(),
             mapped: self.cfg.mapped,
-            relayed: self.cfg.relayed,
+            relayed: self.cfg.relayed.clone(),
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         };

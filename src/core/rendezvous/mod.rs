@@ -89,11 +89,26 @@ pub struct PeerData {
     /// neither send nor read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapped: Option<SocketAddr>,
-    /// The peer's relayed transport address on a TURN server (RFC 8656 section 2): where
-    /// the peer is reached through its allocation when no hole opens. Absent without an
+    /// The peer's relayed transport address on a TURN server (RFC 8656 section 2), where
+    /// it is reached through its allocation when no hole opens. Absent without an
     /// allocation; older peers neither send nor read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relayed: Option<SocketAddr>,
+    pub relayed: Option<RelayOffer>,
+}
+
+/// A peer's relayed address and the certificate its QUIC stream will present there, MACed
+/// like [`TcpOffer`] under the punch key, which the server never has: a server cannot
+/// redirect the relayed stream or substitute the certificate. Without a punch there are
+/// no authenticated probes to carry the fingerprint, so the offer does.
+/// See `crate::core::turn::offer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayOffer {
+    pub addr: SocketAddr,
+    /// SHA-256 of the certificate (hex).
+    pub fp: String,
+    /// HMAC-SHA256 under the punch key (hex).
+    pub mac: String,
 }
 
 /// What a peer tells the other for a TCP punch: where its next TCP connection will appear
@@ -147,7 +162,7 @@ pub enum Msg {
         /// Our relayed address ([`PeerData::relayed`]); absent without an allocation, so a
         /// server that predates it still reads the registers of clients that have none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        relayed: Option<SocketAddr>,
+        relayed: Option<RelayOffer>,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].

@@ -542,8 +542,12 @@ fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
 
 #[test]
 fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
-    let relayed = addr(7, 50_000);
-    let with = |peer: &str, relayed: Option<SocketAddr>| {
+    let relayed = RelayOffer {
+        addr: addr(7, 50_000),
+        fp: "ab".repeat(32),
+        mac: "cd".repeat(32),
+    };
+    let with = |peer: &str, relayed: Option<RelayOffer>| {
         Msg::Register {
             session: "r".into(),
             peer: peer.into(),
@@ -568,7 +572,7 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
     // A learns its relayed address only after registering (the allocation needs the
     // session): the re-registration that carries it replaces what the server holds.
     r.handle(t0, addr(1, 1000), &with(A, None));
-    r.handle(t0, addr(1, 1000), &with(A, Some(relayed)));
+    r.handle(t0, addr(1, 1000), &with(A, Some(relayed.clone())));
     let out = r.handle(t0, addr(2, 2000), &plain);
     match &decode(&out, addr(2, 2000))[..] {
         [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, Some(relayed)),

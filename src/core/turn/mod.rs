@@ -37,6 +37,7 @@
 
 mod client;
 mod error;
+pub mod offer;
 pub mod server;
 #[cfg(test)]
 mod tests;

@@ -80,7 +80,7 @@ pub(super) fn rendezvous(
                         client.counter_measured(Instant::now(), port);
                     }
                 }
-                ClientEvent::Introduced(intro) => return Ok(intro),
+                ClientEvent::Introduced(intro) => return Ok(*intro),
                 ClientEvent::Failed(e) => return Err(e),
             }
         }

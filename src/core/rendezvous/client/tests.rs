@@ -63,7 +63,7 @@ struct Peer {
 impl Peer {
     fn introduction(&self) -> Option<(Instant, &Introduction)> {
         self.events.iter().find_map(|(t, e)| match e {
-            ClientEvent::Introduced(i) => Some((*t, i)),
+            ClientEvent::Introduced(i) => Some((*t, &**i)),
             _ => None,
         })
     }
