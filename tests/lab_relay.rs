@@ -127,3 +127,42 @@ fn random_symmetric_pair_with_relay_off_fails_as_before() {
     }
     assert_eq!(count(&log, "made"), 0, "{log}");
 }
+
+/// A peer interrupted while it waits for the other, its allocation made: SIGINT frees it
+/// (exit 130), so the server ends with it freed by the client, none active.
+#[test]
+fn sigint_frees_the_allocation() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let dir = Dir::new(&format!("{}-sigint", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let session = format!("{}-sigint", lab.name());
+    let a = connect_cmd(
+        &lab,
+        common::lab::Node::A,
+        &dir.0,
+        "a",
+        &session,
+        "right",
+        &[],
+    )
+    .spawn()
+    .expect("start connect A");
+    let mut a = ChildGuard(a);
+    // Classification and the port-mapping wait (~3 s), the refused first Allocate, the
+    // register that creates the session, the retry 1.2 s later.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(a.0.try_wait().expect("wait A").is_none(), "A ended early");
+    let pid = nix::unistd::Pid::from_raw(a.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal A");
+    let (code, stderr) = a.0.wait_with_output_ref();
+    assert_eq!(code, Some(130), "{}", String::from_utf8_lossy(&stderr));
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(stderr.contains("offering our relayed address"), "{stderr}");
+    let log = serve.stop();
+    assert_eq!(count(&log, "made"), 1, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
+    assert_eq!(count(&log, "freed by the client"), 1, "{log}");
+}
