@@ -166,3 +166,54 @@ fn sigint_frees_the_allocation() {
     assert_eq!(count(&log, "active"), 0, "{log}");
     assert_eq!(count(&log, "freed by the client"), 1, "{log}");
 }
+
+/// `--relay turn://USER:PASS@HOST:PORT`: the same pair through coturn (long-term
+/// credentials) instead of the rendezvous server's relay.
+#[test]
+fn random_symmetric_pair_connects_through_coturn() {
+    if common::lab::find_program("turnserver").is_none() {
+        if std::env::var("PUNCHRAW_REQUIRE_LAB").as_deref() == Ok("1") {
+            panic!("turnserver (coturn) not found (and PUNCHRAW_REQUIRE_LAB=1)");
+        }
+        eprintln!("skipped: turnserver (coturn) not found");
+        return;
+    }
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let _serve = common::punchraw_serve_5780(&lab);
+    let (_coturn, _dir) = common::coturn(
+        &lab,
+        &[
+            "-L",
+            "203.0.113.1",
+            "--listening-port",
+            "3480",
+            "--relay-ip",
+            "203.0.113.1",
+            "--min-port",
+            "41000",
+            "--max-port",
+            "41999",
+            "--lt-cred-mech",
+            "--user",
+            "relayuser:relaypass",
+            "--realm",
+            "lab",
+        ],
+    );
+    let relay = "turn://relayuser:relaypass@203.0.113.1:3480";
+    let p = pair(
+        &lab,
+        0,
+        "right",
+        1 << 20,
+        &["--punch-budget", "2", "--relay", relay],
+    );
+    let what = format!("stderr of A:\n{}\nstderr of B:\n{}", p.a.stderr, p.b.stderr);
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        assert_eq!(s.report["path"], "relay", "{n}: {:#}", s.report);
+    }
+    assert!(p.data_ok, "data differs: {what}");
+}
