@@ -301,6 +301,11 @@ pub(super) fn begin(
     deadline: Instant,
     stop: &dyn Fn() -> bool,
 ) -> Option<Relay> {
+    if cfg.tcp {
+        // Only the UDP stream falls back to the relay so far.
+        tracing::info!("--tcp: no relay allocation (the TCP punch has no relay fallback yet)");
+        return None;
+    }
     let relay = match Relay::start(
         &cfg.relay,
         cfg.server,
