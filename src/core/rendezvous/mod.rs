@@ -130,6 +130,13 @@ pub struct TcpOffer {
     pub mac: String,
 }
 
+impl RelayOffer {
+    fn valid(&self) -> bool {
+        crate::core::hex::decode32(&self.fp).is_some()
+            && crate::core::hex::decode32(&self.mac).is_some()
+    }
+}
+
 impl TcpOffer {
     fn valid(&self) -> bool {
         crate::core::hex::decode32(&self.fp).is_some()
@@ -264,12 +271,14 @@ impl Msg {
                 key,
                 mac,
                 tcp,
+                relayed,
                 ..
             } => {
                 valid_session(session)
                     && valid_peer_id(peer)
                     && locals.len() <= MAX_LOCALS
                     && tcp.as_ref().is_none_or(TcpOffer::valid)
+                    && relayed.as_ref().is_none_or(RelayOffer::valid)
                     && key
                         .as_deref()
                         .is_none_or(|k| crate::core::hex::decode32(k).is_some())
@@ -286,6 +295,7 @@ impl Msg {
                 valid_peer_id(&peer.id)
                     && peer.locals.len() <= MAX_LOCALS
                     && peer.tcp.as_ref().is_none_or(TcpOffer::valid)
+                    && peer.relayed.as_ref().is_none_or(RelayOffer::valid)
             }
             _ => true,
         }

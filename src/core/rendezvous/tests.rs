@@ -575,7 +575,7 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
     r.handle(t0, addr(1, 1000), &with(A, Some(relayed.clone())));
     let out = r.handle(t0, addr(2, 2000), &plain);
     match &decode(&out, addr(2, 2000))[..] {
-        [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, Some(relayed)),
+        [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, Some(relayed.clone())),
         m => panic!("B is told of A: {m:?}"),
     }
     match &decode(&out, addr(1, 1000))[..] {
@@ -589,4 +589,10 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
     });
     let p: PeerData = serde_json::from_value(old).expect("decodes");
     assert_eq!(p.relayed, None);
+    // A malformed offer makes the register junk.
+    let bad = RelayOffer {
+        fp: "not hex".into(),
+        ..relayed
+    };
+    assert_eq!(Msg::decode(&with(B, Some(bad))), None);
 }
