@@ -71,7 +71,21 @@ fn random_pair() -> Option<Lab> {
 
 #[test]
 fn random_symmetric_pair_connects_through_the_relay() {
-    let Some(lab) = random_pair() else {
+    through_the_relay(random_pair());
+}
+
+/// The same with 40 ms one way on each NAT's uplink (A and B 160 ms apart round trip).
+#[test]
+fn random_symmetric_pair_connects_through_the_relay_at_40_ms() {
+    through_the_relay(Lab::up_with(
+        LabOptions::new("symmetric-random")
+            .kind_b("symmetric-random")
+            .delay_ms(40),
+    ));
+}
+
+fn through_the_relay(lab: Option<Lab>) {
+    let Some(lab) = lab else {
         return;
     };
     let serve = Serve::start(&lab);
