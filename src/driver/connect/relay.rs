@@ -342,9 +342,11 @@ pub(super) fn begin(
         State::Allocating {
             last_error: Some(e),
         } => {
+            // Only `auto` retries: session credentials of a session not registered yet.
+            tracing::debug!(error = %e, "first Allocate refused");
             status.say(format!(
-                "relay: {} refused the allocation ({e}); trying again once our register has created the session",
-                relay.server
+                "relay: {} does not know session {:?} yet (401); allocating again once our register has created it",
+                relay.server, cfg.session
             ));
             Some(relay)
         }
