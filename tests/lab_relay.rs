@@ -231,3 +231,37 @@ fn random_symmetric_pair_connects_through_coturn() {
     }
     assert!(p.data_ok, "data differs: {what}");
 }
+
+/// NATs that forget an idle UDP binding after 20 s, and B coming 30 s after A: A's
+/// allocation is kept reachable by Binding indications to the server every 15 s, so the
+/// relayed stream still reaches A.
+#[test]
+fn a_long_wait_behind_a_forgetful_nat_keeps_the_relay_reachable() {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("symmetric-random")
+            .kind_b("symmetric-random")
+            .udp_timeout_s(20),
+    ) else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let p = pair_between(
+        &lab,
+        0,
+        "right",
+        1 << 16,
+        &["--punch-budget", "2", "--timeout", "60"],
+        &[],
+        &|| std::thread::sleep(Duration::from_secs(30)),
+    );
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        assert_eq!(s.report["path"], "relay", "{n}: {:#}", s.report);
+    }
+    assert!(p.data_ok, "data differs: {what}");
+}

@@ -41,6 +41,9 @@ const POLL: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_millis(1200);
 /// The wait for the server to confirm the freeing Refresh before giving up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Binding indications toward the TURN server this often: below the 30 s after which some
+/// NATs forget an idle UDP binding.
+const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Relayed datagrams waiting for QUIC; beyond, they are dropped as a full socket would.
 const QUEUE: usize = 4096;
 
@@ -116,7 +119,9 @@ impl Relay {
         };
         let sock = UdpSocket::bind(SocketAddr::new(any, 0))
             .map_err(|e| format!("cannot open a socket for the relay: {e}"))?;
-        let cfg = TurnConfig::new(server, &username, &password, rand::random());
+        let mut cfg = TurnConfig::new(server, &username, &password, rand::random());
+        // The peer may keep us waiting longer than a NAT keeps an idle binding.
+        cfg.keepalive = Some(KEEPALIVE);
         let shared = Arc::new(Shared {
             sock,
             client: Mutex::new(Client::new(cfg.clone(), Instant::now())),
