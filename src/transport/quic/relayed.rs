@@ -1,7 +1,7 @@
 //! QUIC through a TURN allocation (RFC 8656): a [`quinn::AsyncUdpSocket`] whose datagrams go
 //! to the peer's relayed transport address through our own allocation, and whose received
-//! datagrams are what the server relayed to us from it (ChannelData or Data indications,
-//! sections 11.6 and 12.6), handed up as coming from that address. quinn then sees an
+//! datagrams are what the server relayed to us from it (Data indications or ChannelData,
+//! sections 11 and 12), handed up as coming from that address. quinn then sees an
 //! ordinary path between two relayed addresses.
 //!
 //! The TURN client and its socket to the server belong to the caller (a driver thread keeps
@@ -71,7 +71,7 @@ impl AsyncUdpSocket for RelayedSocket {
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         // One relayed datagram per QUIC datagram: each travels in its own ChannelData
-        // message (RFC 8656 section 12.4), so a burst is split here.
+        // message (RFC 8656 section 12), so a burst is split here.
         match transmit.segment_size {
             Some(size) if size > 0 => {
                 for chunk in transmit.contents.chunks(size) {
