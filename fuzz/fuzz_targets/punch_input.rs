@@ -100,6 +100,7 @@ fuzz_target!(|data: &[u8]| {
             nat: nat(c.rotate_left(3)),
             tcp: None,
             mapped: None,
+            relayed: None,
         },
         key: KEY,
         fingerprint: [0x24; 32],

@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         nat: NatInfo::unknown(),
         tcp: None,
         mapped: None,
+        relayed: None,
         rtt: Duration::from_millis(20),
         deadline: t0 + TIMEOUT,
         timeout: TIMEOUT,

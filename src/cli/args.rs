@@ -124,6 +124,45 @@ pub struct ConnectArgs {
     /// makes the other side's packets arrive first).
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub start_delay_ms: u64,
+    /// The TURN relay (RFC 8656) to carry the stream when no hole opens. "auto": the
+    /// rendezvous server's own (`punchraw serve --relay`), with credentials derived from the
+    /// session key; a server that refuses or does not relay is said and connect goes on
+    /// without. "turn://USER:PASS@HOST:PORT": that TURN server (coturn, say). "off": none.
+    /// The allocation is made before the rendezvous and freed on every exit.
+    #[arg(long, value_name = "auto|off|turn://USER:PASS@HOST:PORT", default_value = "auto", value_parser = parse_relay)]
+    pub relay: RelayArg,
+}
+
+/// `--relay`, before the host is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayArg {
+    Off,
+    Auto,
+    Turn {
+        host: String,
+        username: String,
+        password: String,
+    },
+}
+
+fn parse_relay(s: &str) -> std::result::Result<RelayArg, String> {
+    match s {
+        "auto" => return Ok(RelayArg::Auto),
+        "off" => return Ok(RelayArg::Off),
+        _ => {}
+    }
+    let bad = || format!("{s:?} is not auto, off or turn://USER:PASS@HOST:PORT");
+    let rest = s.strip_prefix("turn://").ok_or_else(bad)?;
+    let (creds, host) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (username, password) = creds.split_once(':').ok_or_else(bad)?;
+    if username.is_empty() || host.is_empty() || host.contains('?') {
+        return Err(bad());
+    }
+    Ok(RelayArg::Turn {
+        host: host.to_string(),
+        username: username.to_string(),
+        password: password.to_string(),
+    })
 }
 
 /// `auto` -> true, `off` -> false.
@@ -292,6 +331,30 @@ mod tests {
         match cli.cmd {
             Command::Connect(a) => Ok(a.port_mapping),
             _ => unreachable!("a connect command line"),
+        }
+    }
+
+    #[test]
+    fn relay_is_auto_by_default_and_takes_off_or_a_turn_url() {
+        let relay = |extra: &[&str]| {
+            let base = ["punchraw", "connect", "--server", "h", "--session", "s"];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|c| match c.cmd {
+                Command::Connect(a) => a.relay,
+                _ => unreachable!("a connect command line"),
+            })
+        };
+        assert_eq!(relay(&[]).unwrap(), RelayArg::Auto);
+        assert_eq!(relay(&["--relay", "off"]).unwrap(), RelayArg::Off);
+        assert_eq!(
+            relay(&["--relay", "turn://u:p:q@h.example:3478"]).unwrap(),
+            RelayArg::Turn {
+                host: "h.example:3478".into(),
+                username: "u".into(),
+                password: "p:q".into()
+            }
+        );
+        for bad in ["on", "turn://h:3478", "turn://:p@h", "http://u:p@h"] {
+            assert!(relay(&["--relay", bad]).is_err(), "{bad}");
         }
     }
 

@@ -9,7 +9,7 @@ pub mod table;
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::ServerConfig;
 use crate::core::turn::server::TurnServerConfig;
-use crate::driver::connect::ConnectConfig;
+use crate::driver::connect::{ConnectConfig, RelayMode};
 use crate::driver::probe::ProbeConfig;
 use crate::driver::Status;
 use anyhow::{bail, Context, Result};
@@ -193,6 +193,19 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         port_mapping: a.port_mapping,
         port_mapping_lifetime: Duration::from_secs(a.port_mapping_lifetime),
         start_delay: Duration::from_millis(a.start_delay_ms),
+        relay: match a.relay {
+            args::RelayArg::Off => RelayMode::Off,
+            args::RelayArg::Auto => RelayMode::Auto,
+            args::RelayArg::Turn {
+                host,
+                username,
+                password,
+            } => RelayMode::Turn {
+                server: resolve(&host)?,
+                username,
+                password,
+            },
+        },
     })
 }
 

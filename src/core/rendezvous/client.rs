@@ -35,7 +35,7 @@
 //! peer never came, or (when the server counted registrations under another secret) that
 //! only a peer with another secret did.
 
-use super::{derive_rendezvous_key, ErrorCode, Msg, NatInfo, PeerData, TcpOffer};
+use super::{derive_rendezvous_key, ErrorCode, Msg, NatInfo, PeerData, RelayOffer, TcpOffer};
 use crate::core::{Machine, Transmit};
 use crate::Error;
 use std::collections::VecDeque;
@@ -58,6 +58,10 @@ pub const COUNTER_REFRESH: Duration = Duration::from_secs(1);
 /// A `start_in_ms` beyond this is not believed (a confused or hostile server would
 /// otherwise park us for as long as it likes).
 const MAX_START_IN: Duration = Duration::from_secs(10);
+/// After the introduction, how long a peer with a relay keeps registering until both relayed
+/// offers are known: the first peer's allocation needs the session, so it may come after the
+/// match; each re-register after it is answered with the other peer's latest data.
+pub const RELAY_SYNC: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -75,6 +79,8 @@ pub struct ClientConfig {
     pub tcp: Option<TcpOffer>,
     /// Our punch port as our router maps it, offered to the peer.
     pub mapped: Option<SocketAddr>,
+    /// Our relayed address on a TURN server, offered to the peer; see [`Client::set_relayed`].
+    pub relayed: Option<RelayOffer>,
     /// Our round trip to the server, for the server's choice of the start time.
     pub rtt: Duration,
     /// When to give up waiting for the peer.
@@ -117,7 +123,7 @@ pub enum ClientEvent {
     /// [`COUNTER_REFRESH`] while we wait: extrapolating the drift alone misses a counter that
     /// wraps around its NAT's pool, whose bounds nobody told us.
     MeasureCounter,
-    Introduced(Introduction),
+    Introduced(Box<Introduction>),
     Failed(Error),
 }
 
@@ -145,6 +151,12 @@ pub struct Client {
     measured: Instant,
     events: VecDeque<ClientEvent>,
     done: bool,
+    /// Our allocation is under way ([`Client::relay_pending`]).
+    relay_pending: bool,
+    /// A register carrying our relayed offer went out.
+    offer_sent: bool,
+    /// The introduction held back while the relayed offers are exchanged, and until when.
+    held: Option<(Introduction, Instant)>,
 }
 
 impl Client {
@@ -179,7 +191,28 @@ impl Client {
             measured: now,
             events: VecDeque::new(),
             done: false,
+            relay_pending: false,
+            offer_sent: false,
+            held: None,
         }
+    }
+
+    /// Our allocation is under way: an introduction waits (at most [`RELAY_SYNC`]) for
+    /// our offer ([`Client::set_relayed`]) to reach the server and for the peer's.
+    pub fn relay_pending(&mut self) {
+        self.relay_pending = self.cfg.relayed.is_none();
+    }
+
+    /// Our allocation failed for good: the introduction no longer waits for it.
+    pub fn relay_given_up(&mut self) {
+        self.relay_pending = false;
+    }
+
+    /// Whether `intro` must wait for relayed offers: we have or expect one, and ours has not
+    /// been sent or the peer's is missing.
+    fn relay_unsettled(&self, intro: &Introduction) -> bool {
+        let ours = self.relay_pending || self.cfg.relayed.is_some();
+        ours && (!self.offer_sent || intro.peer.relayed.is_none())
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -201,6 +234,14 @@ impl Client {
     /// registers carry.
     pub fn set_tcp_offer(&mut self, offer: TcpOffer) {
         self.cfg.tcp = Some(offer);
+    }
+
+    /// Our relayed address, once the allocation exists: the next registers carry it (an
+    /// allocation with session credentials needs the session, so the first of two peers
+    /// learns its relayed address only after its first registers).
+    pub fn set_relayed(&mut self, relayed: RelayOffer) {
+        self.cfg.relayed = Some(relayed);
+        self.relay_pending = false;
     }
 
     /// The error for a server's refusal.
@@ -275,11 +316,18 @@ impl Machine for Client {
                 let start = now
                     + Duration::from_millis(start_in_ms).min(MAX_START_IN)
                     + self.cfg.start_delay;
-                self.finish(ClientEvent::Introduced(Introduction {
+                let intro = Introduction {
                     me: you,
                     peer,
                     start,
-                }));
+                };
+                let until = self.held.as_ref().map_or(now + RELAY_SYNC, |h| h.1);
+                if self.relay_unsettled(&intro) && now < until {
+                    // The registers go on; the next answers carry the peer's latest data.
+                    self.held = Some((intro, until));
+                    return;
+                }
+                self.finish(ClientEvent::Introduced(Box::new(intro)));
             }
             Msg::Error {
                 code: ErrorCode::UnknownSession,
@@ -305,6 +353,11 @@ impl Machine for Client {
     fn handle_timeout(&mut self, now: Instant) {
         if self.done {
             return;
+        }
+        if self.held.as_ref().is_some_and(|h| now >= h.1) {
+            // The peer (or our allocation) never completed the exchange: go without.
+            let (intro, _) = self.held.take().expect("checked above");
+            return self.finish(ClientEvent::Introduced(Box::new(intro)));
         }
         if now >= self.cfg.deadline {
             let err = if self.rejected > 0 {
@@ -356,6 +409,7 @@ impl Machine for Client {
         }
         self.register_due = false;
         self.seq += 1;
+        self.offer_sent |= self.cfg.relayed.is_some();
         let msg = Msg::Register {
             session: self.cfg.session.clone(),
             peer: self.cfg.peer_id.clone(),
@@ -365,6 +419,7 @@ impl Machine for Client {
             nat: self.nat_now(),
             tcp: self.cfg.tcp.clone(),
             mapped: self.cfg.mapped,
+            relayed: self.cfg.relayed.clone(),
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         };
@@ -379,11 +434,12 @@ impl Machine for Client {
         if self.done {
             return None;
         }
-        Some(
-            self.next_send
-                .min(self.cfg.deadline)
-                .min(self.last_answer + SERVER_SILENCE),
-        )
+        let held = self.held.as_ref().map(|h| h.1);
+        let t = self
+            .next_send
+            .min(self.cfg.deadline)
+            .min(self.last_answer + SERVER_SILENCE);
+        Some(held.map_or(t, |h| h.min(t)))
     }
 
     fn poll_event(&mut self) -> Option<ClientEvent> {

@@ -89,6 +89,26 @@ pub struct PeerData {
     /// neither send nor read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapped: Option<SocketAddr>,
+    /// The peer's relayed transport address on a TURN server (RFC 8656 section 2), where
+    /// it is reached through its allocation when no hole opens. Absent without an
+    /// allocation; older peers neither send nor read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<RelayOffer>,
+}
+
+/// A peer's relayed address and the certificate its QUIC stream will present there, MACed
+/// like [`TcpOffer`] under the punch key, which the server never has: a server cannot
+/// redirect the relayed stream or substitute the certificate. Without a punch there are
+/// no authenticated probes to carry the fingerprint, so the offer does.
+/// See `crate::core::turn::offer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayOffer {
+    pub addr: SocketAddr,
+    /// SHA-256 of the certificate (hex).
+    pub fp: String,
+    /// HMAC-SHA256 under the punch key (hex).
+    pub mac: String,
 }
 
 /// What a peer tells the other for a TCP punch: where its next TCP connection will appear
@@ -108,6 +128,13 @@ pub struct TcpOffer {
     pub fp: String,
     /// HMAC-SHA256 under the punch key (hex).
     pub mac: String,
+}
+
+impl RelayOffer {
+    fn valid(&self) -> bool {
+        crate::core::hex::decode32(&self.fp).is_some()
+            && crate::core::hex::decode32(&self.mac).is_some()
+    }
 }
 
 impl TcpOffer {
@@ -139,6 +166,10 @@ pub enum Msg {
         /// have none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mapped: Option<SocketAddr>,
+        /// Our relayed address ([`PeerData::relayed`]); absent without an allocation, so a
+        /// server that predates it still reads the registers of clients that have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relayed: Option<RelayOffer>,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].
@@ -240,12 +271,14 @@ impl Msg {
                 key,
                 mac,
                 tcp,
+                relayed,
                 ..
             } => {
                 valid_session(session)
                     && valid_peer_id(peer)
                     && locals.len() <= MAX_LOCALS
                     && tcp.as_ref().is_none_or(TcpOffer::valid)
+                    && relayed.as_ref().is_none_or(RelayOffer::valid)
                     && key
                         .as_deref()
                         .is_none_or(|k| crate::core::hex::decode32(k).is_some())
@@ -262,6 +295,7 @@ impl Msg {
                 valid_peer_id(&peer.id)
                     && peer.locals.len() <= MAX_LOCALS
                     && peer.tcp.as_ref().is_none_or(TcpOffer::valid)
+                    && peer.relayed.as_ref().is_none_or(RelayOffer::valid)
             }
             _ => true,
         }

@@ -105,6 +105,7 @@ impl Rendezvous {
                 nat,
                 tcp,
                 mapped,
+                relayed,
                 rtt_ms,
                 ..
             } => {
@@ -119,6 +120,7 @@ impl Rendezvous {
                         nat,
                         tcp,
                         mapped,
+                        relayed,
                     },
                     seq,
                     rtt_ms: rtt_ms.min(10_000),

@@ -51,6 +51,7 @@ fn signed_register(
         nat: NatInfo::unknown(),
         tcp: None,
         mapped: None,
+        relayed: None,
         rtt_ms,
         mac: String::new(),
     }
@@ -257,6 +258,7 @@ fn signed_messages_verify_and_tampering_fails() {
         nat: NatInfo::unknown(),
         tcp: None,
         mapped: None,
+        relayed: None,
         rtt_ms: 1,
         mac: String::new(),
     }
@@ -506,6 +508,7 @@ fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
             nat: NatInfo::unknown(),
             tcp: None,
             mapped,
+            relayed: None,
             rtt_ms: 10,
             mac: String::new(),
         }
@@ -535,4 +538,61 @@ fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
     });
     let p: PeerData = serde_json::from_value(old).expect("decodes");
     assert_eq!(p.mapped, None);
+}
+
+#[test]
+fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
+    let relayed = RelayOffer {
+        addr: addr(7, 50_000),
+        fp: "ab".repeat(32),
+        mac: "cd".repeat(32),
+    };
+    let with = |peer: &str, relayed: Option<RelayOffer>| {
+        Msg::Register {
+            session: "r".into(),
+            peer: peer.into(),
+            seq: next_seq(),
+            key: Some(crate::core::hex::encode(&key("r"))),
+            locals: vec![],
+            nat: NatInfo::unknown(),
+            tcp: None,
+            mapped: None,
+            relayed,
+            rtt_ms: 10,
+            mac: String::new(),
+        }
+        .encode_signed(&key("r"))
+    };
+    // Without an allocation the member is left out: a server that predates it reads the
+    // register, whose fields it checks strictly.
+    let plain = with(B, None);
+    assert!(!String::from_utf8_lossy(&plain).contains("relayed"));
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t0 = Instant::now();
+    // A learns its relayed address only after registering (the allocation needs the
+    // session): the re-registration that carries it replaces what the server holds.
+    r.handle(t0, addr(1, 1000), &with(A, None));
+    r.handle(t0, addr(1, 1000), &with(A, Some(relayed.clone())));
+    let out = r.handle(t0, addr(2, 2000), &plain);
+    match &decode(&out, addr(2, 2000))[..] {
+        [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, Some(relayed.clone())),
+        m => panic!("B is told of A: {m:?}"),
+    }
+    match &decode(&out, addr(1, 1000))[..] {
+        [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, None),
+        m => panic!("A is told of B: {m:?}"),
+    }
+    // A peer that predates the field decodes as no relayed address.
+    let old: serde_json::Value = serde_json::json!({
+        "id": A, "public": "198.51.100.1:1000", "locals": [],
+        "nat": NatInfo::unknown(),
+    });
+    let p: PeerData = serde_json::from_value(old).expect("decodes");
+    assert_eq!(p.relayed, None);
+    // A malformed offer makes the register junk.
+    let bad = RelayOffer {
+        fp: "not hex".into(),
+        ..relayed
+    };
+    assert_eq!(Msg::decode(&with(B, Some(bad))), None);
 }

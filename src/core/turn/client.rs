@@ -119,6 +119,8 @@ pub struct Client {
     lifetime: u32,
     expires: Option<Instant>,
     refresh_at: Option<Instant>,
+    /// The next Binding indication ([`TurnConfig::keepalive`]).
+    keepalive_at: Option<Instant>,
     txns: Vec<Txn>,
     perms: BTreeMap<IpAddr, Perm>,
     chans: BTreeMap<SocketAddr, Chan>,
@@ -145,6 +147,7 @@ impl Client {
             lifetime,
             expires: None,
             refresh_at: None,
+            keepalive_at: None,
             txns: Vec::new(),
             perms: BTreeMap::new(),
             chans: BTreeMap::new(),
@@ -384,6 +387,26 @@ impl Client {
         let l = Duration::from_secs(u64::from(secs));
         self.expires = Some(now + l);
         self.refresh_at = Some(now + l - REFRESH_MARGIN.min(l / 2));
+        if self.keepalive_at.is_none() && self.cfg.transport == Transport::Udp {
+            self.keepalive_at = self.cfg.keepalive.map(|k| now + k);
+        }
+    }
+
+    fn keepalive_due(&mut self, now: Instant) {
+        let (Some(at), Some(every)) = (self.keepalive_at, self.cfg.keepalive) else {
+            return;
+        };
+        if at <= now {
+            self.keepalive_at = Some(now + every);
+            let tid = TransactionId::random(&mut self.rng);
+            let mut payload = Vec::with_capacity(28);
+            let mt = MessageType {
+                method: Method::Binding,
+                class: Class::Indication,
+            };
+            Encoder::new(&mut payload, mt, tid).fingerprint();
+            self.transmit(payload);
+        }
     }
 
     fn die(&mut self, error: TurnError) {
@@ -542,6 +565,7 @@ impl Machine for Client {
         self.retransmit(now);
         if self.state == State::Allocated {
             self.refresh_due(now);
+            self.keepalive_due(now);
         }
     }
 
@@ -566,7 +590,9 @@ impl Machine for Client {
                 .values()
                 .filter(|c| c.bound && !c.pending)
                 .filter_map(|c| c.refresh_at);
-            let timers = [self.refresh_at, self.expires].into_iter().flatten();
+            let timers = [self.refresh_at, self.expires, self.keepalive_at]
+                .into_iter()
+                .flatten();
             t = t.into_iter().chain(timers).chain(perms).chain(chans).min();
         }
         t

@@ -37,6 +37,7 @@
 
 mod client;
 mod error;
+pub mod offer;
 pub mod server;
 #[cfg(test)]
 mod tests;
@@ -89,6 +90,11 @@ pub struct TurnConfig {
     pub software: Option<String>,
     /// Seeds the transaction IDs.
     pub seed: u64,
+    /// Over UDP, a STUN Binding indication to the server this often while allocated, so
+    /// that our NAT keeps the binding toward the server between Refreshes (a Refresh comes
+    /// only every few minutes, and NATs forget idle UDP bindings after 30 s or more); the
+    /// keep-alive ICE uses, RFC 8445 section 11. `None`: none.
+    pub keepalive: Option<Duration>,
 }
 
 impl TurnConfig {
@@ -105,6 +111,7 @@ impl TurnConfig {
             lifetime: None,
             software: None,
             seed,
+            keepalive: None,
         }
     }
 }

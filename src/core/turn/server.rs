@@ -402,7 +402,12 @@ impl TurnServer {
         if self.sessions.len() >= MAX_CACHED {
             self.sessions.clear();
         }
-        let until = now + session::SESSION_CACHE;
+        let until = now
+            + if info.is_some() {
+                session::SESSION_CACHE
+            } else {
+                session::SESSION_MISS_CACHE
+            };
         self.sessions.insert(session.to_string(), (info, until));
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()

@@ -968,3 +968,27 @@ fn turn_errors_have_distinct_messages() {
     assert!(errors[0].to_string().contains("password"));
     let _ = IpAddr::V4(Ipv4Addr::LOCALHOST);
 }
+
+/// Over UDP, a Binding indication every `keepalive` while allocated keeps our NAT's binding
+/// toward the server; none without the option.
+#[test]
+fn keepalive_sends_binding_indications_while_allocated() {
+    let mut c = cfg();
+    c.keepalive = Some(Duration::from_secs(15));
+    let (mut client, t) = allocated_with(c, 600);
+    sent(&mut client);
+    assert_eq!(client.poll_timeout(), Some(t + Duration::from_secs(15)));
+    for i in 1..=3u64 {
+        let now = t + Duration::from_secs(15 * i);
+        client.handle_timeout(now);
+        let b = one(&mut client);
+        assert_eq!(method(&b), (Method::Binding, Class::Indication));
+        assert_eq!(b.len(), 28, "header and FINGERPRINT");
+        client.handle_timeout(now);
+        assert!(sent(&mut client).is_empty(), "once per interval");
+    }
+    let (mut plain, t) = allocated();
+    sent(&mut plain);
+    plain.handle_timeout(t + Duration::from_secs(60));
+    assert!(sent(&mut plain).is_empty());
+}

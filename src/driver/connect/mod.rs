@@ -5,7 +5,9 @@ mod announce;
 mod classify;
 mod main_socket;
 mod portmap;
+mod relay;
 mod rendezvous;
+mod stream;
 pub mod tcp_punch;
 
 use crate::core::punch::explain::{
@@ -20,11 +22,10 @@ use crate::core::Machine;
 use crate::driver::kebab;
 use crate::driver::udp::{drive, flush};
 use crate::driver::Status;
-use crate::error::StreamError;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
 use crate::os::udp::bind_fresh;
-use crate::transport::quic::{self, Identity, Role};
+use crate::transport::quic::{Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
 use announce::announce_udp_punch;
@@ -35,6 +36,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use stream::{done, stream_udp, UdpPunched};
 
 #[derive(Debug, Clone)]
 pub struct ConnectConfig {
@@ -65,9 +67,12 @@ pub struct ConnectConfig {
     pub port_mapping: bool,
     /// The lifetime to ask for (renewed at half of what is granted).
     pub port_mapping_lifetime: Duration,
+    /// The TURN relay to fall back to when no hole opens (`--relay`).
+    pub relay: RelayMode,
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
+pub use relay::RelayMode;
 
 /// The `--report` object; its shape is a contract.
 #[derive(Debug, Serialize)]
@@ -93,6 +98,10 @@ pub struct ConnectReport {
     /// for UDP and when no connection came up.
     pub syns_sent: Option<u64>,
     pub punch_sockets: Option<u64>,
+    /// The stream's path: "direct" (punched) or "relay" (TURN); `null` without a stream.
+    pub path: Option<&'static str>,
+    /// Our relayed address, when we held an allocation.
+    pub relay: Option<SocketAddr>,
 }
 
 fn hex_id() -> String {
@@ -126,6 +135,8 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         port_mapping: None,
         syns_sent: None,
         punch_sockets: None,
+        path: None,
+        relay: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -235,6 +246,8 @@ fn connect(
         fingerprint: identity.fingerprint(),
     };
     let deadline = started + cfg.timeout;
+    // Freed when dropped, on every way out of here.
+    let relay = relay::begin(cfg, status, &me.secret, deadline, &|| shutdown.requested());
     let mut tcp_mapping = TcpMapping::default();
     let met = meet(
         cfg,
@@ -244,7 +257,9 @@ fn connect(
         &main,
         &me,
         &mut tcp_mapping,
+        relay.as_ref(),
     );
+    report.relay = relay.as_ref().and_then(|r| r.relayed());
     if tcp_mapping.report.is_some() {
         report.port_mapping = tcp_mapping.report.take();
     }
@@ -263,14 +278,29 @@ fn connect(
         };
         return connect_tcp(cfg, status, started, report, start, capture, &shutdown);
     }
-    let punched = punch_udp(
+    let peer = stream::RelayPeer {
+        offer: intro.peer.relayed.clone(),
+        peer_id: intro.peer.id.clone(),
+        key: me.key,
+        controlling: me.my_id > intro.peer.id,
+    };
+    let punched = match punch_udp(
         cfg, status, deadline, report, intro, main, me, capture, &shutdown,
-    )?;
+    ) {
+        Err(failed @ Error::PunchFailed { .. }) => {
+            let r = relay.as_ref();
+            return stream::stream_relayed(
+                cfg, status, started, report, r, peer, &identity, &shutdown, failed,
+            );
+        }
+        punched => punched?,
+    };
     stream_udp(cfg, status, started, report, punched, &identity, &shutdown)
 }
 
 /// Makes the first TCP offer (with `--tcp`) and meets the peer at the rendezvous; returns
 /// the introduction and, with `--tcp`, the TCP prediction as last refreshed.
+#[allow(clippy::too_many_arguments)]
 fn meet(
     cfg: &ConnectConfig,
     status: &Status,
@@ -279,6 +309,7 @@ fn meet(
     main: &UdpSocket,
     me: &Me,
     mapping: &mut TcpMapping,
+    relay: Option<&relay::Relay>,
 ) -> Result<(Introduction, Option<tcp_punch::TcpPrep>), Error> {
     let c = &me.classified;
     // Once the router maps the punch port, the prediction keeps that port.
@@ -350,6 +381,9 @@ fn meet(
         nat: c.nat,
         tcp: first_offer,
         mapped: me.mapped.or(mapping.mapped),
+        relayed: relay
+            .and_then(|r| r.relayed())
+            .map(|a| crate::core::turn::offer::make_offer(&me.key, &me.my_id, a, &me.fingerprint)),
         rtt: c.rtt,
         deadline,
         timeout: cfg.timeout,
@@ -361,81 +395,21 @@ fn meet(
         .range_drift
         .is_some()
         .then_some(&measure as &dyn Fn() -> Option<u16>);
-    let intro = rendezvous(main, client, tcp.as_mut(), counter, shutdown, status)?;
+    let offer = || match relay.map(|r| r.state()) {
+        Some(relay::State::Allocated(a)) => rendezvous::RelayState::Offer(
+            crate::core::turn::offer::make_offer(&me.key, &me.my_id, a, &me.fingerprint),
+        ),
+        Some(relay::State::Allocating { .. }) => rendezvous::RelayState::Pending,
+        _ => rendezvous::RelayState::GivenUp,
+    };
+    let offer = relay.map(|_| &offer as &dyn Fn() -> rendezvous::RelayState);
+    let intro = rendezvous(main, client, tcp.as_mut(), counter, offer, shutdown, status)?;
     if intro.peer.tcp.is_some() != cfg.tcp {
         return Err(Error::TransportMismatch {
             peer_tcp: intro.peer.tcp.is_some(),
         });
     }
     Ok((intro, tcp.map(|t| t.prep)))
-}
-
-/// Carries stdin/stdout over QUIC on the punched socket.
-fn stream_udp(
-    cfg: &ConnectConfig,
-    status: &Status,
-    started: Instant,
-    report: &mut ConnectReport,
-    punched: UdpPunched,
-    identity: &Identity,
-    shutdown: &Shutdown,
-) -> Result<(), Error> {
-    report.local = Some(punched.local);
-    report.peer = Some(punched.remote);
-    report.connected = true;
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    status.say(format!(
-        "connected to {} via {} in {} ms ({} probes); starting the encrypted stream",
-        punched.remote,
-        punched.strategy.as_str(),
-        report.elapsed_ms,
-        report.probes_sent
-    ));
-    let role = if punched.controlling {
-        Role::Client
-    } else {
-        Role::Server
-    };
-    let stats = quic::run_stream(
-        punched.socket,
-        punched.remote,
-        role,
-        identity,
-        punched.peer_fp,
-        std::io::stdin(),
-        std::io::stdout(),
-        cfg.keepalive,
-        Duration::from_secs(10),
-        shutdown,
-    )
-    .map_err(|e| match e {
-        StreamError::Interrupted => shutdown.interrupted(),
-        e => e.into(),
-    })?;
-    done(report, status, stats, started);
-    Ok(())
-}
-
-fn done(report: &mut ConnectReport, status: &Status, stats: quic::StreamStats, started: Instant) {
-    report.bytes_sent = stats.sent;
-    report.bytes_received = stats.received;
-    let total = started.elapsed().as_millis() as u64;
-    report.stream_ms = Some(total.saturating_sub(report.elapsed_ms));
-    status.say(format!(
-        "done: {} bytes sent, {} bytes received",
-        stats.sent, stats.received
-    ));
-}
-
-/// A punched UDP path.
-struct UdpPunched {
-    socket: UdpSocket,
-    local: SocketAddr,
-    remote: SocketAddr,
-    peer_fp: [u8; 32],
-    /// The side with the larger id is the QUIC client.
-    controlling: bool,
-    strategy: Strategy,
 }
 
 /// Punches from the agreed start until a pair works both ways, the budget ends, or the

@@ -3,7 +3,7 @@
 
 use super::tcp_punch::TcpPrep;
 use crate::core::rendezvous::client::{Client, ClientConfig, ClientEvent, Introduction};
-use crate::core::rendezvous::TcpOffer;
+use crate::core::rendezvous::{RelayOffer, TcpOffer};
 use crate::core::Machine;
 use crate::driver::Status;
 use crate::os::signals::Shutdown;
@@ -38,12 +38,20 @@ impl TcpOfferState<'_> {
     }
 }
 
+/// Where our relayed offer stands while we meet the peer.
+pub(super) enum RelayState {
+    Offer(RelayOffer),
+    Pending,
+    GivenUp,
+}
+
 /// Registers from `sock` until the server introduces the peer, it refuses, or time runs out.
 pub(super) fn rendezvous(
     sock: &UdpSocket,
     cfg: ClientConfig,
     mut tcp: Option<&mut TcpOfferState<'_>>,
     counter: Option<&dyn Fn() -> Option<u16>>,
+    relayed: Option<&dyn Fn() -> RelayState>,
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
@@ -52,7 +60,29 @@ pub(super) fn rendezvous(
     sock.set_nonblocking(false)
         .map_err(|e| Error::io("socket option", e))?;
     let mut buf = [0u8; 2048];
+    // The first peer's allocation exists only once its register created the session.
+    let mut offered = client.config().relayed.is_some() || relayed.is_none();
+    if !offered {
+        client.relay_pending();
+    }
     loop {
+        if !offered {
+            match relayed.map_or(RelayState::GivenUp, |f| f()) {
+                RelayState::Offer(offer) => {
+                    status.say(format!(
+                        "relay: allocated; offering our relayed address {}",
+                        offer.addr
+                    ));
+                    client.set_relayed(offer);
+                    offered = true;
+                }
+                RelayState::Pending => {}
+                RelayState::GivenUp => {
+                    client.relay_given_up();
+                    offered = true;
+                }
+            }
+        }
         if shutdown.requested() {
             return Err(shutdown.interrupted());
         }
@@ -80,7 +110,7 @@ pub(super) fn rendezvous(
                         client.counter_measured(Instant::now(), port);
                     }
                 }
-                ClientEvent::Introduced(intro) => return Ok(intro),
+                ClientEvent::Introduced(intro) => return Ok(*intro),
                 ClientEvent::Failed(e) => return Err(e),
             }
         }

@@ -80,8 +80,17 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 mod gso;
+mod relayed;
 mod setup;
 mod transfer;
+
+pub use relayed::{RelayLink, RelaySend};
+
+/// What QUIC runs on: the punched socket, or a TURN allocation ([`relayed`]).
+pub enum Path {
+    Udp(UdpSocket),
+    Relayed(RelayLink),
+}
 
 /// The only application protocol spoken; a peer of another version fails the handshake
 /// instead of misreading the stream. Version 1 carried both directions on one connection.
@@ -233,6 +242,34 @@ pub fn run_stream(
     timeout: Duration,
     stop: &Shutdown,
 ) -> Result<StreamStats, StreamError> {
+    run_stream_on(
+        Path::Udp(socket),
+        peer,
+        role,
+        me,
+        peer_fingerprint,
+        input,
+        output,
+        keepalive,
+        timeout,
+        stop,
+    )
+}
+
+/// [`run_stream`] on either path: through a relay, `peer` is the peer's relayed address.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stream_on(
+    path: Path,
+    peer: SocketAddr,
+    role: Role,
+    me: &Identity,
+    peer_fingerprint: [u8; 32],
+    input: impl Read + Send + 'static,
+    output: impl Write + Send + 'static,
+    keepalive: Duration,
+    timeout: Duration,
+    stop: &Shutdown,
+) -> Result<StreamStats, StreamError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinVerifier::new(peer_fingerprint, provider.clone()));
     let (client, server) = match role {
@@ -274,14 +311,19 @@ pub fn run_stream(
     let result = runtime.block_on(async {
         // quinn's socket wrapper needs the runtime's reactor, so it is built in here.
         let setup = |e: io::Error| StreamError::Setup(format!("cannot run QUIC on the socket: {e}"));
-        let granted = crate::os::udp::grow_buffers(&socket, SOCKET_BUFFER);
-        debug!(granted, "UDP receive buffer");
-        let inner = TokioRuntime.wrap_udp_socket(socket).map_err(setup)?;
-        let gate = gso::GsoGate::new(inner, session.gso_open.clone());
+        let socket: Arc<dyn quinn::AsyncUdpSocket> = match path {
+            Path::Udp(socket) => {
+                let granted = crate::os::udp::grow_buffers(&socket, SOCKET_BUFFER);
+                debug!(granted, "UDP receive buffer");
+                let inner = TokioRuntime.wrap_udp_socket(socket).map_err(setup)?;
+                gso::GsoGate::new(inner, session.gso_open.clone())
+            }
+            Path::Relayed(link) => relayed::RelayedSocket::new(link),
+        };
         let endpoint = Endpoint::new_with_abstract_socket(
             EndpointConfig::default(),
             server,
-            gate,
+            socket,
             Arc::new(TokioRuntime),
         )
         .map_err(setup)?;

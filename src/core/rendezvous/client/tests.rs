@@ -63,7 +63,7 @@ struct Peer {
 impl Peer {
     fn introduction(&self) -> Option<(Instant, &Introduction)> {
         self.events.iter().find_map(|(t, e)| match e {
-            ClientEvent::Introduced(i) => Some((*t, i)),
+            ClientEvent::Introduced(i) => Some((*t, &**i)),
             _ => None,
         })
     }
@@ -152,6 +152,7 @@ impl Net {
             nat: nat(),
             tcp: None,
             mapped: None,
+            relayed: None,
             rtt: 2 * DELAY,
             deadline: self.now + timeout,
             timeout,
@@ -702,4 +703,64 @@ fn a_steady_range_is_left_alone() {
     assert!(net.peers[a].sent.iter().all(
         |(_, m)| matches!(m, Msg::Register { nat, .. } if nat.range == Some([20_000, 20_511]))
     ));
+}
+
+fn relay_offer(n: u8) -> crate::core::rendezvous::RelayOffer {
+    crate::core::rendezvous::RelayOffer {
+        addr: SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+            50_000 + u16::from(n),
+        ),
+        fp: "ab".repeat(32),
+        mac: "cd".repeat(32),
+    }
+}
+
+/// Both peers' allocations need the session, so they come after the match (here 1.5 s
+/// into the run): the introductions wait for them and carry both offers.
+#[test]
+fn allocations_made_after_the_match_still_reach_both_introductions() {
+    let mut net = Net::new();
+    let a = net.join(1, net.config(1, "s3cret", Duration::from_secs(30)));
+    net.peers[a].client.relay_pending();
+    net.run_for(ms(300));
+    let b = net.join(2, net.config(2, "s3cret", Duration::from_secs(30)));
+    net.peers[b].client.relay_pending();
+    net.run_for(ms(1200));
+    assert!(net.peers[a].introduction().is_none(), "held for the offers");
+    assert!(net.peers[b].introduction().is_none(), "held for the offers");
+    net.peers[a].client.set_relayed(relay_offer(1));
+    net.peers[b].client.set_relayed(relay_offer(2));
+    net.run_for(ms(1000));
+    let (ta, ia) = net.peers[a].introduction().expect("a introduced");
+    let (tb, ib) = net.peers[b].introduction().expect("b introduced");
+    assert_eq!(ia.peer.relayed, Some(relay_offer(2)));
+    assert_eq!(ib.peer.relayed, Some(relay_offer(1)));
+    assert!(
+        ta.max(tb) - ta.min(tb) <= ms(700),
+        "{:?}",
+        ta.max(tb) - ta.min(tb)
+    );
+}
+
+/// A peer without a relay never offers one: the other waits [`RELAY_SYNC`], then goes on.
+#[test]
+fn a_peer_without_a_relay_delays_the_introduction_by_the_sync_at_most() {
+    let mut net = Net::new();
+    let mut cfg = net.config(1, "s3cret", Duration::from_secs(30));
+    cfg.relayed = Some(relay_offer(1));
+    let a = net.join(1, cfg);
+    net.run_for(ms(300));
+    let b = net.join(2, net.config(2, "s3cret", Duration::from_secs(30)));
+    net.run_for(Duration::from_secs(5));
+    let (tb, ib) = net.peers[b].introduction().expect("b introduced");
+    assert_eq!(ib.peer.relayed, Some(relay_offer(1)));
+    assert!(tb - net.t0 < ms(400), "b has no relay and does not wait");
+    let (ta, ia) = net.peers[a].introduction().expect("a introduced");
+    assert_eq!(ia.peer.relayed, None);
+    let waited = ta - net.t0;
+    assert!(
+        waited >= RELAY_SYNC && waited < RELAY_SYNC + ms(500),
+        "{waited:?}"
+    );
 }

@@ -9,7 +9,9 @@
 //! [`SESSION_PREFIX`]`<session>` it asks the driver ([`super::RelayEvent::Lookup`]), holds the
 //! request (at most [`MAX_PARKED`] in all) and answers it once the driver says what the
 //! registry holds ([`super::TurnServer::session_found`]); answers are cached for
-//! [`SESSION_CACHE`].
+//! [`SESSION_CACHE`], a session not found only for [`SESSION_MISS_CACHE`]: the first peer of
+//! a session allocates as it registers, and the session it creates must be found moments
+//! later.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -22,6 +24,9 @@ pub const SESSION_PREFIX: &str = "session:";
 pub const MAX_PARKED: usize = 64;
 /// How long a lookup's answer (found or not) is reused.
 pub const SESSION_CACHE: Duration = Duration::from_secs(30);
+/// How long a lookup that found nothing is reused: enough to spare the registry a flood of
+/// requests with a wrong name, short enough for a peer that retries once its session exists.
+pub const SESSION_MISS_CACHE: Duration = Duration::from_secs(1);
 /// Sessions remembered at once; beyond, the cache starts over.
 pub(super) const MAX_CACHED: usize = 4096;
 

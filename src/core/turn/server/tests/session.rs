@@ -160,6 +160,22 @@ fn session_credentials_wait_for_the_lookup_and_then_allocate() {
     assert_eq!(s.srv.stats().requests, 4);
 }
 
+/// The first peer of a session allocates before its register has created the session: a
+/// miss is remembered only briefly, so its retry a second later finds the session.
+#[test]
+fn a_session_not_found_is_looked_up_again_after_a_second() {
+    let mut s = S::new(true);
+    assert_eq!(s.allocate(at(member(0)), "later", &KEY), Some(401));
+    let attrs = [Attribute::RequestedTransport(17)];
+    let out = s.request(at(member(0)), Method::Allocate, &attrs, "later", &KEY);
+    assert_eq!(S::code(&out), Some(401), "the miss is cached for a moment");
+    assert!(s.srv.poll_event().is_none());
+    s.t += crate::core::turn::server::session::SESSION_MISS_CACHE;
+    let out = s.request(at(member(0)), Method::Allocate, &attrs, "later", &KEY);
+    assert!(out.is_empty(), "held for a fresh lookup");
+    assert_eq!(s.serve_events(), ["later"]);
+}
+
 #[test]
 fn unknown_session_or_wrong_key_is_401_and_off_means_no_lookup() {
     let mut s = S::new(true);

@@ -1,0 +1,366 @@
+//! The relay fallback's allocation: a thread that drives the sans-IO TURN client
+//! (`core::turn::Client`) on a UDP socket of its own to the TURN server, keeps the allocation
+//! refreshed while connect runs (RFC 8656 section 8), and frees it with a Refresh of lifetime
+//! 0 when dropped -- after success, an error or a signal alike.
+//!
+//! With `--relay auto` the TURN server is the rendezvous server itself (`serve --relay`, on
+//! its primary port) with session credentials derived from the session key. The session
+//! exists only once its first peer registered, so that peer's first Allocate is refused
+//! (401): the thread tries again every [`RETRY`] until the rendezvous ends, and the
+//! rendezvous loop offers the relayed address as soon as there is one.
+
+use crate::core::rendezvous::derive_rendezvous_key;
+use crate::core::turn::server::session::session_credentials;
+use crate::core::turn::{Client, Event, TurnConfig, TurnError};
+use crate::core::Machine;
+use crate::transport::quic::RelayLink;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// `connect --relay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayMode {
+    Off,
+    /// The rendezvous server's own relay, with session credentials.
+    Auto,
+    Turn {
+        server: SocketAddr,
+        username: String,
+        password: String,
+    },
+}
+
+/// The longest a receive blocks: the bound on noticing a stop.
+const POLL: Duration = Duration::from_millis(50);
+/// A refused first Allocate is tried again this often (the server remembers a session it
+/// did not find for 1 s).
+const RETRY: Duration = Duration::from_millis(1200);
+/// The wait for the server to confirm the freeing Refresh before giving up on it.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Binding indications toward the TURN server this often: below the 30 s after which some
+/// NATs forget an idle UDP binding.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Relayed datagrams waiting for QUIC; beyond, they are dropped as a full socket would.
+const QUEUE: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub(super) enum State {
+    Allocating { last_error: Option<String> },
+    Allocated(SocketAddr),
+    Failed(String),
+}
+
+/// Where relayed datagrams go once the stream runs: to the QUIC socket's queue.
+type Relayed = mpsc::Sender<(SocketAddr, Vec<u8>)>;
+
+struct Shared {
+    sock: UdpSocket,
+    client: Mutex<Client>,
+    state: Mutex<State>,
+    stop: AtomicBool,
+    data: Mutex<Option<Relayed>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn flush(&self, c: &mut Client) {
+        while let Some(t) = c.poll_transmit() {
+            // A lost datagram is repeated by the client's own timers (or lost, as on UDP).
+            let _ = self.sock.send_to(&t.payload, t.dst);
+        }
+    }
+}
+
+/// A running allocation; dropping it frees it.
+pub(super) struct Relay {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    pub(super) server: SocketAddr,
+    pub(super) username: String,
+}
+
+impl Relay {
+    /// Starts allocating; `None` with `--relay off` or when there is nothing to allocate
+    /// with (said in the returned reason).
+    pub(super) fn start(
+        mode: &RelayMode,
+        rendezvous: SocketAddr,
+        session: &str,
+        secret: &str,
+        bind: Option<IpAddr>,
+        retry_until: Instant,
+    ) -> Result<Option<Relay>, String> {
+        let (server, username, password, retry) = match mode {
+            RelayMode::Off => return Ok(None),
+            RelayMode::Auto => {
+                let key = derive_rendezvous_key(secret.as_bytes(), session);
+                let (u, p) = session_credentials(&key, session).ok_or_else(|| {
+                    "the session name cannot be a TURN username (printable ASCII only)".to_string()
+                })?;
+                (rendezvous, u, p, true)
+            }
+            RelayMode::Turn {
+                server,
+                username,
+                password,
+            } => (*server, username.clone(), password.clone(), false),
+        };
+        let any: IpAddr = match (bind, server) {
+            (Some(ip), _) => ip,
+            (None, SocketAddr::V4(_)) => IpAddr::from([0u8; 4]),
+            (None, SocketAddr::V6(_)) => IpAddr::from([0u16; 8]),
+        };
+        let sock = UdpSocket::bind(SocketAddr::new(any, 0))
+            .map_err(|e| format!("cannot open a socket for the relay: {e}"))?;
+        let mut cfg = TurnConfig::new(server, &username, &password, rand::random());
+        // The peer may keep us waiting longer than a NAT keeps an idle binding.
+        cfg.keepalive = Some(KEEPALIVE);
+        let shared = Arc::new(Shared {
+            sock,
+            client: Mutex::new(Client::new(cfg.clone(), Instant::now())),
+            state: Mutex::new(State::Allocating { last_error: None }),
+            stop: AtomicBool::new(false),
+            data: Mutex::new(None),
+        });
+        let s = shared.clone();
+        let retry_until = retry.then_some(retry_until);
+        let thread = std::thread::Builder::new()
+            .name("turn-relay".into())
+            .spawn(move || run(&s, cfg, retry_until))
+            .map_err(|e| format!("cannot start the relay thread: {e}"))?;
+        Ok(Some(Relay {
+            shared,
+            thread: Some(thread),
+            server,
+            username,
+        }))
+    }
+
+    pub(super) fn state(&self) -> State {
+        lock(&self.shared.state).clone()
+    }
+
+    pub(super) fn relayed(&self) -> Option<SocketAddr> {
+        match self.state() {
+            State::Allocated(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Waits until the first Allocate is settled (allocated, refused, failed) or `max`.
+    pub(super) fn settle(&self, max: Duration, stop: &dyn Fn() -> bool) -> State {
+        let until = Instant::now() + max;
+        loop {
+            let s = self.state();
+            match s {
+                State::Allocating { last_error: None } if Instant::now() < until && !stop() => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                s => return s,
+            }
+        }
+    }
+
+    /// The QUIC socket's link to `peer` (its relayed address) through our allocation: a
+    /// channel is bound to it (RFC 8656 section 12, with its permission, section 9); until
+    /// the binding is confirmed, data goes in Send indications once the permission is in.
+    pub(super) fn link(&self, peer: SocketAddr) -> Option<RelayLink> {
+        let local = self.relayed()?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        *lock(&self.shared.data) = Some(tx);
+        {
+            let mut c = lock(&self.shared.client);
+            c.bind_channel(Instant::now(), peer)?;
+            self.shared.flush(&mut c);
+        }
+        let shared = self.shared.clone();
+        let send = Box::new(move |dst: SocketAddr, d: &[u8]| {
+            let mut c = lock(&shared.client);
+            // Too large or no allocation any more: lost, as a datagram may be.
+            let _ = c.send_to(Instant::now(), dst, d);
+            shared.flush(&mut c);
+        });
+        Some(RelayLink {
+            local,
+            send,
+            recv: rx,
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether a failed first Allocate may succeed once the session exists.
+fn retryable(e: &TurnError) -> bool {
+    matches!(e, TurnError::Unauthorized { .. })
+}
+
+fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
+    let mut buf = vec![0u8; 65_536];
+    let mut retry_at: Option<Instant> = None;
+    let mut closing: Option<Instant> = None;
+    let mut allocated = false;
+    loop {
+        let now = Instant::now();
+        if s.stop.load(Ordering::Relaxed) && closing.is_none() {
+            closing = Some(now);
+            retry_at = None;
+            let mut c = lock(&s.client);
+            c.close(now);
+            s.flush(&mut c);
+        }
+        if closing.is_some_and(|t| now.duration_since(t) >= CLOSE_WAIT) {
+            tracing::debug!("the TURN server did not confirm the freeing Refresh");
+            return;
+        }
+        if retry_at.is_some_and(|t| t <= now) {
+            retry_at = None;
+            let mut cfg = cfg.clone();
+            cfg.seed = rand::random();
+            let mut c = lock(&s.client);
+            *c = Client::new(cfg, now);
+            s.flush(&mut c);
+        }
+        let (events, timeout, done) = {
+            let mut c = lock(&s.client);
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+                s.flush(&mut c);
+            }
+            let events: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+            (events, c.poll_timeout(), c.is_done())
+        };
+        for ev in events {
+            match ev {
+                Event::Allocated { relayed, .. } => {
+                    allocated = true;
+                    *lock(&s.state) = State::Allocated(relayed);
+                }
+                Event::Data { peer, bytes } => {
+                    if let Some(tx) = lock(&s.data).as_ref() {
+                        let _ = tx.try_send((peer, bytes));
+                    }
+                }
+                Event::Failed(e) if closing.is_none() => {
+                    let again =
+                        !allocated && retryable(&e) && retry_until.is_some_and(|u| now + RETRY < u);
+                    let text = e.to_string();
+                    *lock(&s.state) = if again {
+                        retry_at = Some(now + RETRY);
+                        State::Allocating {
+                            last_error: Some(text),
+                        }
+                    } else {
+                        State::Failed(text)
+                    };
+                }
+                Event::PermissionFailed { peer, error } => {
+                    tracing::warn!(%peer, %error, "TURN permission refused");
+                }
+                Event::ChannelBindFailed { peer, error } => {
+                    tracing::debug!(%peer, %error, "ChannelBind refused; Send indications go on");
+                }
+                _ => {}
+            }
+        }
+        if done && retry_at.is_none() {
+            return;
+        }
+        let wake = [timeout, retry_at].into_iter().flatten().min();
+        let wait = wake.map_or(POLL, |t| {
+            t.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), POLL)
+        });
+        if s.sock.set_read_timeout(Some(wait)).is_err() {
+            return;
+        }
+        if let Ok((n, from)) = s.sock.recv_from(&mut buf) {
+            let mut c = lock(&s.client);
+            c.handle_input(Instant::now(), 0, from, &buf[..n]);
+            s.flush(&mut c);
+        }
+    }
+}
+
+/// Starts the allocation for `connect` and says how it went; `None` when there is none.
+/// Waits for the first answer at most [`SETTLE`], so that a second peer (whose session
+/// exists) offers its relayed address in its very first register.
+pub(super) fn begin(
+    cfg: &super::ConnectConfig,
+    status: &crate::driver::Status,
+    secret: &str,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Option<Relay> {
+    if cfg.tcp {
+        // Only the UDP stream falls back to the relay so far.
+        tracing::info!("--tcp: no relay allocation (the TCP punch has no relay fallback yet)");
+        return None;
+    }
+    let relay = match Relay::start(
+        &cfg.relay,
+        cfg.server,
+        &cfg.session,
+        secret,
+        cfg.bind,
+        deadline,
+    ) {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(why) => {
+            status.say(format!("relay: none ({why}); going on without"));
+            return None;
+        }
+    };
+    match relay.settle(SETTLE, stop) {
+        State::Allocated(a) => {
+            status.say(format!(
+                "relay: allocated {a} on {} as {}",
+                relay.server, relay.username
+            ));
+            Some(relay)
+        }
+        State::Allocating { last_error: None } => {
+            // A server that relays answers within a few round trips, also to refuse; one that
+            // does not answer in SETTLE would only hold up the rendezvous.
+            status.say(format!(
+                "relay: no answer from {} within {} s; going on without",
+                relay.server,
+                SETTLE.as_secs()
+            ));
+            None
+        }
+        State::Allocating {
+            last_error: Some(e),
+        } => {
+            // Only `auto` retries: session credentials of a session not registered yet.
+            tracing::debug!(error = %e, "first Allocate refused");
+            status.say(format!(
+                "relay: {} does not know session {:?} yet (401); allocating again once our register has created it",
+                relay.server, cfg.session
+            ));
+            Some(relay)
+        }
+        State::Failed(e) => {
+            status.say(format!("relay: none ({e}); going on without"));
+            None
+        }
+    }
+}
+
+/// The wait for the first allocation's outcome before the rendezvous starts.
+const SETTLE: Duration = Duration::from_secs(2);

@@ -1,0 +1,168 @@
+//! The stream once a path is open: QUIC on the punched socket, or through the relay when no
+//! hole opened (RFC 8656: between the two peers' relayed transport addresses).
+
+use super::relay::Relay;
+use super::{ConnectConfig, ConnectReport};
+use crate::core::punch::Strategy;
+use crate::core::rendezvous::RelayOffer;
+use crate::driver::Status;
+use crate::error::StreamError;
+use crate::os::signals::Shutdown;
+use crate::transport::quic::{self, Identity, Path, Role};
+use crate::Error;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// Carries stdin/stdout over QUIC on the punched socket.
+pub(super) fn stream_udp(
+    cfg: &ConnectConfig,
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+    punched: UdpPunched,
+    identity: &Identity,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    report.local = Some(punched.local);
+    report.peer = Some(punched.remote);
+    report.connected = true;
+    report.path = Some("direct");
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    status.say(format!(
+        "connected to {} via {} in {} ms ({} probes); starting the encrypted stream",
+        punched.remote,
+        punched.strategy.as_str(),
+        report.elapsed_ms,
+        report.probes_sent
+    ));
+    let role = if punched.controlling {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let stats = quic::run_stream(
+        punched.socket,
+        punched.remote,
+        role,
+        identity,
+        punched.peer_fp,
+        std::io::stdin(),
+        std::io::stdout(),
+        cfg.keepalive,
+        Duration::from_secs(10),
+        shutdown,
+    )
+    .map_err(|e| match e {
+        StreamError::Interrupted => shutdown.interrupted(),
+        e => e.into(),
+    })?;
+    done(report, status, stats, started);
+    Ok(())
+}
+
+pub(super) fn done(
+    report: &mut ConnectReport,
+    status: &Status,
+    stats: quic::StreamStats,
+    started: Instant,
+) {
+    report.bytes_sent = stats.sent;
+    report.bytes_received = stats.received;
+    let total = started.elapsed().as_millis() as u64;
+    report.stream_ms = Some(total.saturating_sub(report.elapsed_ms));
+    status.say(format!(
+        "done: {} bytes sent, {} bytes received",
+        stats.sent, stats.received
+    ));
+}
+
+/// A punched UDP path.
+pub(super) struct UdpPunched {
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub peer_fp: [u8; 32],
+    /// The side with the larger id is the QUIC client.
+    pub controlling: bool,
+    pub strategy: Strategy,
+}
+
+/// What the fallback needs to know of the rendezvous.
+pub(super) struct RelayPeer {
+    /// The peer's offer, if it made one.
+    pub offer: Option<RelayOffer>,
+    pub peer_id: String,
+    /// The punch key, under which the peer MACed its offer.
+    pub key: [u8; 32],
+    /// The side with the larger id is the QUIC client (as after a punch).
+    pub controlling: bool,
+}
+
+/// After a failed punch: when both sides hold allocations, the stream runs between the two
+/// relayed addresses (a channel toward the peer's, RFC 8656 section 12); `failed` is
+/// returned otherwise (or when the peer's offer does not verify, which says so).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stream_relayed(
+    cfg: &ConnectConfig,
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+    relay: Option<&Relay>,
+    peer: RelayPeer,
+    identity: &Identity,
+    shutdown: &Shutdown,
+    failed: Error,
+) -> Result<(), Error> {
+    let Some(relay) = relay else {
+        return Err(failed);
+    };
+    let Some(offer) = peer.offer else {
+        status
+            .say("relay: the peer offered no relayed address, so there is no relayed path either");
+        return Err(failed);
+    };
+    let Some((peer_relayed, peer_fp)) =
+        crate::core::turn::offer::verify_offer(&peer.key, &peer.peer_id, &offer)
+    else {
+        status
+            .say("relay: the peer's relayed offer does not verify under our secret; not using it");
+        return Err(failed);
+    };
+    let Some(link) = relay.link(peer_relayed) else {
+        status.say("relay: our allocation is gone; no relayed path");
+        return Err(failed);
+    };
+    status.say(format!("warning: {failed}"));
+    report.local = Some(link.local);
+    report.peer = Some(peer_relayed);
+    report.connected = true;
+    report.path = Some("relay");
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    status.say(format!(
+        "no direct path: the stream goes through the relay {} (our relayed address {}, the peer's {}); starting the encrypted stream",
+        relay.server, link.local, peer_relayed
+    ));
+    let role = if peer.controlling {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let stats = quic::run_stream_on(
+        Path::Relayed(link),
+        peer_relayed,
+        role,
+        identity,
+        peer_fp,
+        std::io::stdin(),
+        std::io::stdout(),
+        cfg.keepalive,
+        Duration::from_secs(10),
+        shutdown,
+    )
+    .map_err(|e| match e {
+        StreamError::Interrupted => shutdown.interrupted(),
+        e => e.into(),
+    })?;
+    done(report, status, stats, started);
+    Ok(())
+}

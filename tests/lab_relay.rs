@@ -1,0 +1,267 @@
+//! `punchraw connect` falls back to the TURN relay (RFC 8656) when no hole opens: two
+//! random-port symmetric NATs, the rendezvous server also a relay (`serve --relay`, session
+//! credentials), 1 MiB each way checked by hash; with `--relay off` the same pair fails as
+//! before (exit 8). Every allocation is freed by its client: the server's statistics at exit
+//! show none active and none left to free. Needs root; skipped otherwise unless
+//! PUNCHRAW_REQUIRE_LAB=1.
+
+mod common;
+
+use common::lab::{ChildGuard, Lab, LabOptions};
+use common::pair::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// `serve --relay` with behaviour discovery, its stderr kept for the statistics.
+struct Serve {
+    child: ChildGuard,
+    log: std::path::PathBuf,
+    _dir: common::tempdir::Dir,
+}
+
+impl Serve {
+    fn start(lab: &Lab) -> Serve {
+        let dir = common::tempdir::Dir::new(&format!("{}-serve", lab.name()));
+        let log = dir.path.join("serve.log");
+        let file = std::fs::File::create(&log).expect("serve log");
+        let child = common::punchraw_serve_to(
+            lab,
+            &["--alternate", "203.0.113.2", "--relay"],
+            Stdio::from(file),
+        );
+        Serve {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// SIGINT, then the relay statistics line.
+    fn stop(mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(self.child.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.0.try_wait().expect("wait serve").is_none() {
+            assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(&self.log).expect("read serve log")
+    }
+}
+
+/// The number before `what` in the relay statistics.
+fn count(log: &str, what: &str) -> u64 {
+    let relay = log
+        .split("relay: ")
+        .last()
+        .unwrap_or_else(|| panic!("no relay statistics in {log}"));
+    let at = relay
+        .find(&format!(" {what}"))
+        .unwrap_or_else(|| panic!("no {what:?} in {relay}"));
+    relay[..at]
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {what:?} in {relay}"))
+}
+
+fn random_pair() -> Option<Lab> {
+    Lab::up_with(LabOptions::new("symmetric-random").kind_b("symmetric-random"))
+}
+
+#[test]
+fn random_symmetric_pair_connects_through_the_relay() {
+    through_the_relay(random_pair());
+}
+
+/// The same with 40 ms one way on each NAT's uplink (A and B 160 ms apart round trip).
+#[test]
+fn random_symmetric_pair_connects_through_the_relay_at_40_ms() {
+    through_the_relay(Lab::up_with(
+        LabOptions::new("symmetric-random")
+            .kind_b("symmetric-random")
+            .delay_ms(40),
+    ));
+}
+
+fn through_the_relay(lab: Option<Lab>) {
+    let Some(lab) = lab else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let p = pair(&lab, 0, "right", 1 << 20, &["--punch-budget", "2"]);
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        let r = &s.report;
+        assert_eq!(r["connected"], true, "{n}: {r:#}");
+        assert_eq!(r["path"], "relay", "{n}: {r:#}");
+        assert!(r["relay"].is_string(), "{n}: {r:#}");
+        assert_eq!(
+            r["peer"].as_str().map(|p| p.starts_with("203.0.113.1:")),
+            Some(true),
+            "{n}: {r:#}"
+        );
+        assert_eq!(r["bytes_sent"], 1 << 20, "{n}: {r:#}");
+        assert!(s.stderr.contains("goes through the relay"), "{n}: {what}");
+    }
+    assert!(p.data_ok, "data differs: {what}");
+    assert_eq!(count(&log, "made"), 2, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
+    assert_eq!(count(&log, "freed by the client"), 2, "{log}");
+    assert_eq!(count(&log, "freed at exit"), 0, "{log}");
+}
+
+#[test]
+fn random_symmetric_pair_with_relay_off_fails_as_before() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let p = pair(
+        &lab,
+        0,
+        "right",
+        1024,
+        &["--punch-budget", "2", "--relay", "off"],
+    );
+    let log = serve.stop();
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(8), "{n}: {}", s.stderr);
+        assert_eq!(s.report["connected"], false, "{n}: {:#}", s.report);
+        assert!(
+            s.report["path"].is_null() && s.report["relay"].is_null(),
+            "{n}: {:#}",
+            s.report
+        );
+    }
+    assert_eq!(count(&log, "made"), 0, "{log}");
+}
+
+/// A peer interrupted while it waits for the other, its allocation made: SIGINT frees it
+/// (exit 130), so the server ends with it freed by the client, none active.
+#[test]
+fn sigint_frees_the_allocation() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let dir = Dir::new(&format!("{}-sigint", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let session = format!("{}-sigint", lab.name());
+    let a = connect_cmd(
+        &lab,
+        common::lab::Node::A,
+        &dir.0,
+        "a",
+        &session,
+        "right",
+        &[],
+    )
+    .spawn()
+    .expect("start connect A");
+    let mut a = ChildGuard(a);
+    // Classification and the port-mapping wait (~3 s), the refused first Allocate, the
+    // register that creates the session, the retry 1.2 s later.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(a.0.try_wait().expect("wait A").is_none(), "A ended early");
+    let pid = nix::unistd::Pid::from_raw(a.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal A");
+    let (code, stderr) = a.0.wait_with_output_ref();
+    assert_eq!(code, Some(130), "{}", String::from_utf8_lossy(&stderr));
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(stderr.contains("offering our relayed address"), "{stderr}");
+    let log = serve.stop();
+    assert_eq!(count(&log, "made"), 1, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
+    assert_eq!(count(&log, "freed by the client"), 1, "{log}");
+}
+
+/// `--relay turn://USER:PASS@HOST:PORT`: the same pair through coturn (long-term
+/// credentials) instead of the rendezvous server's relay.
+#[test]
+fn random_symmetric_pair_connects_through_coturn() {
+    if common::lab::find_program("turnserver").is_none() {
+        if std::env::var("PUNCHRAW_REQUIRE_LAB").as_deref() == Ok("1") {
+            panic!("turnserver (coturn) not found (and PUNCHRAW_REQUIRE_LAB=1)");
+        }
+        eprintln!("skipped: turnserver (coturn) not found");
+        return;
+    }
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let _serve = common::punchraw_serve_5780(&lab);
+    let (_coturn, _dir) = common::coturn(
+        &lab,
+        &[
+            "-L",
+            "203.0.113.1",
+            "--listening-port",
+            "3480",
+            "--relay-ip",
+            "203.0.113.1",
+            "--min-port",
+            "41000",
+            "--max-port",
+            "41999",
+            "--lt-cred-mech",
+            "--user",
+            "relayuser:relaypass",
+            "--realm",
+            "lab",
+        ],
+    );
+    let relay = "turn://relayuser:relaypass@203.0.113.1:3480";
+    let p = pair(
+        &lab,
+        0,
+        "right",
+        1 << 20,
+        &["--punch-budget", "2", "--relay", relay],
+    );
+    let what = format!("stderr of A:\n{}\nstderr of B:\n{}", p.a.stderr, p.b.stderr);
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        assert_eq!(s.report["path"], "relay", "{n}: {:#}", s.report);
+    }
+    assert!(p.data_ok, "data differs: {what}");
+}
+
+/// NATs that forget an idle UDP binding after 20 s, and B coming 30 s after A: A's
+/// allocation is kept reachable by Binding indications to the server every 15 s, so the
+/// relayed stream still reaches A.
+#[test]
+fn a_long_wait_behind_a_forgetful_nat_keeps_the_relay_reachable() {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("symmetric-random")
+            .kind_b("symmetric-random")
+            .udp_timeout_s(20),
+    ) else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let p = pair_between(
+        &lab,
+        0,
+        "right",
+        1 << 16,
+        &["--punch-budget", "2", "--timeout", "60"],
+        &[],
+        &|| std::thread::sleep(Duration::from_secs(30)),
+    );
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        assert_eq!(s.report["path"], "relay", "{n}: {:#}", s.report);
+    }
+    assert!(p.data_ok, "data differs: {what}");
+}
