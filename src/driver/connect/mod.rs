@@ -206,8 +206,11 @@ fn connect(
     let secret = secret(cfg, status);
     let key = derive_key(secret.as_bytes(), &cfg.session);
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
-    // The UDP mapping is asked for while the NAT is classified.
+    // The UDP mapping and the relay allocation are asked for while the NAT is classified.
     let (pre_bound, early) = portmap::udp_early(cfg, status)?;
+    let deadline = started + cfg.timeout;
+    // Freed when dropped, on every way out of here.
+    let relay = relay::begin(cfg, status, &secret, deadline);
     let mut classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
     let classified_at = Instant::now();
     let identity = Identity::generate()?;
@@ -245,9 +248,7 @@ fn connect(
         key,
         fingerprint: identity.fingerprint(),
     };
-    let deadline = started + cfg.timeout;
-    // Freed when dropped, on every way out of here.
-    let relay = relay::begin(cfg, status, &me.secret, deadline, &|| shutdown.requested());
+    let relay = relay::settled(relay, cfg, status, &|| shutdown.requested());
     let mut tcp_mapping = TcpMapping::default();
     let met = meet(
         cfg,

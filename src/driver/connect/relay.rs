@@ -84,6 +84,7 @@ pub(super) struct Relay {
     thread: Option<JoinHandle<()>>,
     pub(super) server: SocketAddr,
     pub(super) username: String,
+    started: Instant,
 }
 
 impl Relay {
@@ -140,6 +141,7 @@ impl Relay {
             thread: Some(thread),
             server,
             username,
+            started: Instant::now(),
         }))
     }
 
@@ -214,6 +216,9 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
     let mut retry_at: Option<Instant> = None;
     let mut closing: Option<Instant> = None;
     let mut allocated = false;
+    // The client queued its first Allocate when it was made; it goes now, not when the
+    // first retransmission timer (an RTO later) next flushes the queue.
+    s.flush(&mut lock(&s.client));
     loop {
         let now = Instant::now();
         if s.stop.load(Ordering::Relaxed) && closing.is_none() {
@@ -296,22 +301,20 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
     }
 }
 
-/// Starts the allocation for `connect` and says how it went; `None` when there is none.
-/// Waits for the first answer at most [`SETTLE`], so that a second peer (whose session
-/// exists) offers its relayed address in its very first register.
+/// Starts the allocation for `connect`, before the classification so that the two overlap;
+/// `None` when there is none (said). [`settled`] waits for the outcome.
 pub(super) fn begin(
     cfg: &super::ConnectConfig,
     status: &crate::driver::Status,
     secret: &str,
     deadline: Instant,
-    stop: &dyn Fn() -> bool,
 ) -> Option<Relay> {
     if cfg.tcp {
         // Only the UDP stream falls back to the relay so far.
         tracing::info!("--tcp: no relay allocation (the TCP punch has no relay fallback yet)");
         return None;
     }
-    let relay = match Relay::start(
+    match Relay::start(
         &cfg.relay,
         cfg.server,
         &cfg.session,
@@ -319,14 +322,25 @@ pub(super) fn begin(
         cfg.bind,
         deadline,
     ) {
-        Ok(Some(r)) => r,
-        Ok(None) => return None,
+        Ok(r) => r,
         Err(why) => {
             status.say(format!("relay: none ({why}); going on without"));
-            return None;
+            None
         }
-    };
-    match relay.settle(SETTLE, stop) {
+    }
+}
+
+/// Says how [`begin`]'s allocation went and keeps it if it may still serve. Waits for the
+/// first answer at most [`SETTLE`] from the start, so that a second peer (whose session
+/// exists) offers its relayed address in its very first register.
+pub(super) fn settled(
+    relay: Option<Relay>,
+    cfg: &super::ConnectConfig,
+    status: &crate::driver::Status,
+    stop: &dyn Fn() -> bool,
+) -> Option<Relay> {
+    let relay = relay?;
+    match relay.settle(SETTLE.saturating_sub(relay.started.elapsed()), stop) {
         State::Allocated(a) => {
             status.say(format!(
                 "relay: allocated {a} on {} as {}",
