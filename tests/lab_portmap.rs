@@ -113,6 +113,17 @@ fn check_offer(portmap: &str, upnp: bool, nat_pmp: bool, pcp: bool) {
     for (k, on) in [("upnp", upnp), ("nat_pmp", nat_pmp), ("pcp", pcp)] {
         assert_eq!(pm["reasons"].get(k).is_some(), !on, "reason for {k}, {ctx}");
     }
+    // Nothing listens on 5351 then: the router's ICMP port unreachable is the reason, not
+    // a wait for an answer that cannot come.
+    if !nat_pmp && !pcp {
+        for k in ["nat_pmp", "pcp"] {
+            let why = pm["reasons"][k].as_str().unwrap_or_default();
+            assert!(
+                why.starts_with("refused: the router answered with ICMP port unreachable"),
+                "{k}: {ctx}"
+            );
+        }
+    }
     assert_eq!(
         router_rules(&lab),
         "",
@@ -384,6 +395,17 @@ fn fails_as_without(portmap: &str, extra: &[&str]) {
     }
     assert_eq!(router_rules(&lab), "", "{what}");
     check_without(&p.a.report["port_mapping"], &p.a.stderr, extra, &what);
+    if portmap == "none" {
+        // Nothing listens on 5351: the ICMP refusal is the reason, said on the status line.
+        let pm = &p.a.report["port_mapping"];
+        for (k, name) in [("pcp", "PCP"), ("nat_pmp", "NAT-PMP")] {
+            let why = format!(
+                "refused: the router answered with ICMP port unreachable (no {name} server)"
+            );
+            assert_eq!(pm["reasons"][k], why.as_str(), "{what}: {pm:#}");
+            assert!(p.a.stderr.contains(&why), "{what}: {}", p.a.stderr);
+        }
+    }
 }
 
 fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
@@ -407,15 +429,15 @@ fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
 }
 
 #[test]
-fn port_mapping_off_fails_as_before() {
-    let _alone = one_at_a_time();
-    fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
-}
-
-#[test]
 fn a_router_without_port_mapping_goes_on_and_says_why() {
     let _alone = one_at_a_time();
     fails_as_without("none", &[]);
+}
+
+#[test]
+fn port_mapping_off_fails_as_before() {
+    let _alone = one_at_a_time();
+    fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
 }
 
 /// Behind NATs that map endpoint-independently the punch opens the way by itself, so connect

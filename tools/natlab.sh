@@ -141,7 +141,8 @@
 # three) picks what it serves: upnp is miniupnpd's enable_upnp; enable_natpmp
 # serves NAT-PMP and PCP together, so natpmp without pcp (or the reverse)
 # drops the other's requests (the first payload byte: version 0 NAT-PMP,
-# version 2 PCP) in the NAT's input chain, and the client hears nothing.
+# version 2 PCP) in the NAT's input chain, and the client hears nothing; with
+# neither, 5351 is closed (ICMP port unreachable).
 # Mappings are dnat rules in chain prerouting_miniupnpd of the NAT's table
 # "inet miniupnpd" (list them with "exec nat-a -- nft list chain inet
 # miniupnpd prerouting_miniupnpd" or "exec a -- upnpc -l").  Only external
@@ -456,9 +457,13 @@ EOF
 		# miniupnpd) mark those flows "ct status dnat".
 		inbound_accept="iifname \"wan0\" oifname \"lan0\" ct status dnat accept"
 		# --portmap: NAT-PMP and PCP share miniupnpd's switch and port; the
-		# first payload byte (the version) tells them apart.
-		[[ ,$PORTMAP, == *,natpmp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 0 drop; "
-		[[ ,$PORTMAP, == *,pcp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 2 drop; "
+		# first payload byte (the version) tells them apart.  With neither,
+		# nothing listens on 5351 and the kernel answers ICMP port
+		# unreachable, as a router without the service does.
+		if [[ ,$PORTMAP, == *,natpmp,* || ,$PORTMAP, == *,pcp,* ]]; then
+			[[ ,$PORTMAP, == *,natpmp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 0 drop; "
+			[[ ,$PORTMAP, == *,pcp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 2 drop; "
+		fi
 		;;
 	esac
 

@@ -238,6 +238,40 @@ impl PortMapper {
         }
     }
 
+    /// The gateway answered our last request with an ICMP port unreachable (the driver's
+    /// socket, connected to it, reports ECONNREFUSED): nothing listens on port 5351. PCP and
+    /// NAT-PMP share that port (RFC 6887 section 19.1), so a first request refused settles
+    /// both at once, instead of retransmitting into more ICMP errors until `give_up`. A
+    /// renewal keeps its schedule (a router restarting its daemon is closed for a moment);
+    /// a delete ends unconfirmed.
+    pub fn handle_refused(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(ask) = self.exchange.as_ref().map(|x| x.ask) else {
+            return;
+        };
+        match ask {
+            Ask::Delete(_) => self.finish(Event::Deleted { confirmed: false }),
+            _ if self.mapping.is_some() => {}
+            _ => {
+                let why = |name: &str| {
+                    format!(
+                        "refused: the router answered with ICMP port unreachable (no {name} server)"
+                    )
+                };
+                if via_of(ask) == Via::Pcp {
+                    self.reasons.pcp = Some(why("PCP"));
+                }
+                if self.cfg.nat_pmp {
+                    self.reasons.nat_pmp = Some(why("NAT-PMP"));
+                }
+                let reasons = self.reasons.clone();
+                self.finish(Event::Unavailable(reasons));
+            }
+        }
+    }
+
     fn finish(&mut self, ev: Event) {
         self.done = true;
         self.exchange = None;
