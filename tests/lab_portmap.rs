@@ -571,3 +571,36 @@ fn both_mapped_connect_over_tcp() {
     let _alone = one_at_a_time();
     both_mapped_connect(&["--tcp"]);
 }
+
+/// A router that answers with an error (miniupnpd whose WAN interface is missing: NAT-PMP
+/// result 3, PCP NETWORK_FAILURE, UPnP no external address): connect goes on without a
+/// mapping, fails as two random-symmetric NATs do, and its report and status line name each
+/// refusal with its code.
+#[test]
+fn a_router_that_refuses_goes_on_without_and_names_the_error() {
+    let _alone = one_at_a_time();
+    let Some(lab) = pair_lab("upnp,natpmp,pcp,wandown") else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", 1024, &["--punch-budget", "3"]);
+    let a = &p.a;
+    assert_ne!(a.report["strategy"], "mapped", "{:#}", a.report);
+    if a.code != Some(0) {
+        assert_eq!(a.code, Some(8), "{}", a.stderr);
+    }
+    let pm = &a.report["port_mapping"];
+    assert!(pm["via"].is_null(), "{pm:#}");
+    for (k, code) in [("pcp", "NETWORK_FAILURE"), ("nat_pmp", "network failure")] {
+        let why = pm["reasons"][k].as_str().unwrap_or_default();
+        assert!(why.contains(code), "{k}: {pm:#}");
+        assert!(a.stderr.contains(why), "{k}: {}", a.stderr);
+    }
+    let why = pm["reasons"]["upnp"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("the router has no external address"),
+        "upnp: {pm:#}"
+    );
+    assert!(a.stderr.contains("going on without"), "{}", a.stderr);
+    assert_eq!(router_rules(&lab), "");
+}
