@@ -604,3 +604,112 @@ fn a_router_that_refuses_goes_on_without_and_names_the_error() {
     assert!(a.stderr.contains("going on without"), "{}", a.stderr);
     assert_eq!(router_rules(&lab), "");
 }
+
+/// The rule miniupnpd holds for one mapping: (external port, internal port).
+fn rule_ports(rule: &str) -> (u16, u16) {
+    let after = |key: &str| -> Option<u16> {
+        let rest = &rule[rule.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let ext = after("dport ").expect("the external port in the rule");
+    let int = after("10.0.1.2:").expect("the internal endpoint in the rule");
+    (ext, int)
+}
+
+/// While connect holds a mapping (its peer never comes), Debian's own client run in A's
+/// namespace (`upnpc -l`) lists it and deletes it like one of its own (`delete`, given the rule's
+/// external and internal port); punchraw then exits by SIGTERM (143) without complaining
+/// about the mapping that vanished under it.
+fn a_debian_client_lists_and_deletes_ours(
+    portmap: &str,
+    description: &str,
+    delete: fn(u16, u16) -> Vec<String>,
+) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-interop", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let mut a = ChildGuard(
+        connect_cmd(
+            &lab,
+            Node::A,
+            &dir.0,
+            "a",
+            lab.name(),
+            "right",
+            &["--timeout", "60"],
+        )
+        .spawn()
+        .expect("start connect"),
+    );
+    let rule = wait_for_rule(&lab, 10);
+    assert!(rule.contains("dnat"), "--portmap {portmap}: no mapping");
+    let (ext, int) = rule_ports(&rule);
+    let out = lab
+        .cmd(Node::A, "upnpc")
+        .arg("-l")
+        .output()
+        .expect("upnpc -l");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ours = text
+        .lines()
+        .find(|l| l.contains(&format!("{ext}->10.0.1.2:{int}")))
+        .unwrap_or_default();
+    assert!(
+        ours.contains(&format!("'{description}")),
+        "--portmap {portmap}: upnpc -l does not list ours ({ext} -> {int}) as '{description}':\n{text}"
+    );
+    let del = delete(ext, int);
+    let out = lab
+        .cmd(Node::A, &del[0])
+        .args(&del[1..])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{del:?}: {out:?}");
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "--portmap {portmap}: {del:?} left the rule"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let st = Command::new("kill")
+        .args(["-TERM", &a.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let (code, err) = a.0.wait_with_output_ref();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(code, Some(143), "--portmap {portmap}: {err}");
+    for bad in ["error", "warning", "lost", "failed"] {
+        assert!(
+            !err.to_lowercase().contains(bad),
+            "--portmap {portmap}: '{bad}' after the delete:\n{err}"
+        );
+    }
+    assert_eq!(router_rules(&lab), "", "--portmap {portmap}: {err}");
+}
+
+#[test]
+fn upnpc_lists_and_deletes_our_upnp_mapping() {
+    let _alone = one_at_a_time();
+    a_debian_client_lists_and_deletes_ours("upnp", "punchraw connect", |ext, _| {
+        vec!["upnpc".into(), "-d".into(), ext.to_string(), "UDP".into()]
+    });
+}
+
+/// NAT-PMP has no list request and no description: miniupnpd's UPnP side lists the mapping
+/// under a name of its own. The delete names the internal port, lifetime 0 (RFC 6886
+/// section 3.4).
+#[test]
+fn upnpc_lists_and_natpmpc_deletes_our_natpmp_mapping() {
+    let _alone = one_at_a_time();
+    a_debian_client_lists_and_deletes_ours("upnp,natpmp", "NAT-PMP", |ext, int| {
+        let (ext, int) = (ext.to_string(), int.to_string());
+        ["natpmpc", "-a", &ext, &int, "udp", "0"]
+            .map(String::from)
+            .to_vec()
+    });
+}
