@@ -450,6 +450,10 @@ impl PortMapper {
                     return;
                 }
                 match asking {
+                    // A success with a lifetime left answers an earlier renewal, late: the
+                    // delete's own answer carries lifetime 0 (RFC 6887 section 15).
+                    Some(Ask::Delete(Via::Pcp))
+                        if r.result == PcpResult::Success && r.lifetime_s > 0 => {}
                     Some(Ask::Delete(Via::Pcp)) => {
                         self.finish(Event::Deleted {
                             confirmed: r.result == PcpResult::Success,
@@ -544,6 +548,10 @@ impl PortMapper {
                     return;
                 }
                 match asking {
+                    // As for PCP: a late renewal answer, not the delete's (RFC 6886
+                    // section 3.4 answers a delete with lifetime 0).
+                    Some(Ask::Delete(Via::NatPmp))
+                        if result == PmpResult::Success && lifetime_s > 0 => {}
                     Some(Ask::Delete(Via::NatPmp)) => self.finish(Event::Deleted {
                         confirmed: result == PmpResult::Success,
                     }),

@@ -658,3 +658,44 @@ fn icmp_refusal_of_a_renewal_keeps_trying_and_of_a_delete_ends_it() {
     assert_eq!(events(&mut m), [Event::Deleted { confirmed: false }]);
     assert!(m.is_done());
 }
+
+/// The answer to a renewal that arrives after the delete was sent is not the delete's
+/// confirmation (that one has lifetime 0): taking it so let punchraw exit before the router
+/// had removed the mapping.
+#[test]
+fn a_late_renewal_answer_does_not_confirm_the_delete() {
+    for pcp in [true, false] {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut m = PortMapper::new(cfg(pcp, !pcp), t0);
+        let mut sent = run_until(&mut m, &mut now, Duration::ZERO);
+        if !pcp {
+            let ext = natpmp::Response::ExternalAddress {
+                result: PmpResult::Success,
+                epoch: 1,
+                external: WAN,
+            };
+            m.handle_input(now, 0, gw(), &ext.encode());
+            sent = run_until(&mut m, &mut now, Duration::ZERO);
+        }
+        let answer = |req: &[u8]| {
+            if pcp {
+                let lifetime = pcp::Request::decode(req).unwrap().lifetime_s;
+                pcp_answer(req, PcpResult::Success, lifetime, 1, 40000)
+            } else {
+                pmp_map_answer(req, PmpResult::Success, 40000, 1)
+            }
+        };
+        m.handle_input(now, 0, gw(), &answer(&sent[0].1));
+        events(&mut m);
+        let renew = run_until(&mut m, &mut now, Duration::from_secs(60));
+        assert_eq!(renew.len(), 1, "pcp {pcp}");
+        m.delete(now);
+        let del = run_until(&mut m, &mut now, Duration::ZERO);
+        m.handle_input(now, 0, gw(), &answer(&renew[0].1));
+        assert!(events(&mut m).is_empty(), "pcp {pcp}");
+        m.handle_input(now, 0, gw(), &answer(&del[0].1));
+        let ev = events(&mut m);
+        assert_eq!(ev, [Event::Deleted { confirmed: true }], "pcp {pcp}");
+    }
+}
