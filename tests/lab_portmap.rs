@@ -713,3 +713,33 @@ fn upnpc_lists_and_natpmpc_deletes_our_natpmp_mapping() {
             .to_vec()
     });
 }
+
+/// The mapping is asked for while the NAT is classified; a signal then (here the STUN
+/// server is absent, so the classification waits) still says the mapping is deleted, and
+/// it is.
+#[test]
+fn an_interrupt_during_the_classification_says_the_mapping_goes() {
+    let _alone = one_at_a_time();
+    let Some(lab) = pair_lab("pcp") else { return };
+    let dir = Dir::new(&format!("{}-classify", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let mut a = ChildGuard(
+        connect_cmd(&lab, Node::A, &dir.0, "a", lab.name(), "right", &[])
+            .spawn()
+            .expect("start connect"),
+    );
+    assert!(wait_for_rule(&lab, 10).contains("dnat"), "no mapping");
+    let st = Command::new("kill")
+        .args(["-INT", &a.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let (code, err) = a.0.wait_with_output_ref();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        err.contains("port mapping: stopped while asking the router"),
+        "{err}"
+    );
+    assert_eq!(router_rules(&lab), "", "left after SIGINT:\n{err}");
+}
