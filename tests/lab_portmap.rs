@@ -113,6 +113,17 @@ fn check_offer(portmap: &str, upnp: bool, nat_pmp: bool, pcp: bool) {
     for (k, on) in [("upnp", upnp), ("nat_pmp", nat_pmp), ("pcp", pcp)] {
         assert_eq!(pm["reasons"].get(k).is_some(), !on, "reason for {k}, {ctx}");
     }
+    // Nothing listens on 5351 then: the router's ICMP port unreachable is the reason, not
+    // a wait for an answer that cannot come.
+    if !nat_pmp && !pcp {
+        for k in ["nat_pmp", "pcp"] {
+            let why = pm["reasons"][k].as_str().unwrap_or_default();
+            assert!(
+                why.starts_with("refused: the router answered with ICMP port unreachable"),
+                "{k}: {ctx}"
+            );
+        }
+    }
     assert_eq!(
         router_rules(&lab),
         "",
@@ -384,6 +395,17 @@ fn fails_as_without(portmap: &str, extra: &[&str]) {
     }
     assert_eq!(router_rules(&lab), "", "{what}");
     check_without(&p.a.report["port_mapping"], &p.a.stderr, extra, &what);
+    if portmap == "none" {
+        // Nothing listens on 5351: the ICMP refusal is the reason, said on the status line.
+        let pm = &p.a.report["port_mapping"];
+        for (k, name) in [("pcp", "PCP"), ("nat_pmp", "NAT-PMP")] {
+            let why = format!(
+                "refused: the router answered with ICMP port unreachable (no {name} server)"
+            );
+            assert_eq!(pm["reasons"][k], why.as_str(), "{what}: {pm:#}");
+            assert!(p.a.stderr.contains(&why), "{what}: {}", p.a.stderr);
+        }
+    }
 }
 
 fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
@@ -407,15 +429,15 @@ fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {
 }
 
 #[test]
-fn port_mapping_off_fails_as_before() {
-    let _alone = one_at_a_time();
-    fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
-}
-
-#[test]
 fn a_router_without_port_mapping_goes_on_and_says_why() {
     let _alone = one_at_a_time();
     fails_as_without("none", &[]);
+}
+
+#[test]
+fn port_mapping_off_fails_as_before() {
+    let _alone = one_at_a_time();
+    fails_as_without("upnp,natpmp,pcp", &["--port-mapping", "off"]);
 }
 
 /// Behind NATs that map endpoint-independently the punch opens the way by itself, so connect
@@ -548,4 +570,176 @@ fn both_mapped_connect_over_udp() {
 fn both_mapped_connect_over_tcp() {
     let _alone = one_at_a_time();
     both_mapped_connect(&["--tcp"]);
+}
+
+/// A router that answers with an error (miniupnpd whose WAN interface is missing: NAT-PMP
+/// result 3, PCP NETWORK_FAILURE, UPnP no external address): connect goes on without a
+/// mapping, fails as two random-symmetric NATs do, and its report and status line name each
+/// refusal with its code.
+#[test]
+fn a_router_that_refuses_goes_on_without_and_names_the_error() {
+    let _alone = one_at_a_time();
+    let Some(lab) = pair_lab("upnp,natpmp,pcp,wandown") else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", 1024, &["--punch-budget", "3"]);
+    let a = &p.a;
+    assert_ne!(a.report["strategy"], "mapped", "{:#}", a.report);
+    if a.code != Some(0) {
+        assert_eq!(a.code, Some(8), "{}", a.stderr);
+    }
+    let pm = &a.report["port_mapping"];
+    assert!(pm["via"].is_null(), "{pm:#}");
+    for (k, code) in [("pcp", "NETWORK_FAILURE"), ("nat_pmp", "network failure")] {
+        let why = pm["reasons"][k].as_str().unwrap_or_default();
+        assert!(why.contains(code), "{k}: {pm:#}");
+        assert!(a.stderr.contains(why), "{k}: {}", a.stderr);
+    }
+    let why = pm["reasons"]["upnp"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("the router has no external address"),
+        "upnp: {pm:#}"
+    );
+    assert!(a.stderr.contains("going on without"), "{}", a.stderr);
+    assert_eq!(router_rules(&lab), "");
+}
+
+/// The rule miniupnpd holds for one mapping: (external port, internal port).
+fn rule_ports(rule: &str) -> (u16, u16) {
+    let after = |key: &str| -> Option<u16> {
+        let rest = &rule[rule.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let ext = after("dport ").expect("the external port in the rule");
+    let int = after("10.0.1.2:").expect("the internal endpoint in the rule");
+    (ext, int)
+}
+
+/// While connect holds a mapping (its peer never comes), Debian's own client run in A's
+/// namespace (`upnpc -l`) lists it and deletes it like one of its own (`delete`, given the rule's
+/// external and internal port); punchraw then exits by SIGTERM (143) without complaining
+/// about the mapping that vanished under it.
+fn a_debian_client_lists_and_deletes_ours(
+    portmap: &str,
+    description: &str,
+    delete: fn(u16, u16) -> Vec<String>,
+) {
+    let Some(lab) = pair_lab(portmap) else { return };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-interop", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let mut a = ChildGuard(
+        connect_cmd(
+            &lab,
+            Node::A,
+            &dir.0,
+            "a",
+            lab.name(),
+            "right",
+            &["--timeout", "60"],
+        )
+        .spawn()
+        .expect("start connect"),
+    );
+    let rule = wait_for_rule(&lab, 10);
+    assert!(rule.contains("dnat"), "--portmap {portmap}: no mapping");
+    let (ext, int) = rule_ports(&rule);
+    let out = lab
+        .cmd(Node::A, "upnpc")
+        .arg("-l")
+        .output()
+        .expect("upnpc -l");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ours = text
+        .lines()
+        .find(|l| l.contains(&format!("{ext}->10.0.1.2:{int}")))
+        .unwrap_or_default();
+    assert!(
+        ours.contains(&format!("'{description}")),
+        "--portmap {portmap}: upnpc -l does not list ours ({ext} -> {int}) as '{description}':\n{text}"
+    );
+    let del = delete(ext, int);
+    let out = lab
+        .cmd(Node::A, &del[0])
+        .args(&del[1..])
+        .output()
+        .expect("delete");
+    assert!(out.status.success(), "{del:?}: {out:?}");
+    assert_eq!(
+        router_rules(&lab),
+        "",
+        "--portmap {portmap}: {del:?} left the rule"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let st = Command::new("kill")
+        .args(["-TERM", &a.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let (code, err) = a.0.wait_with_output_ref();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(code, Some(143), "--portmap {portmap}: {err}");
+    for bad in ["error", "warning", "lost", "failed"] {
+        assert!(
+            !err.to_lowercase().contains(bad),
+            "--portmap {portmap}: '{bad}' after the delete:\n{err}"
+        );
+    }
+    assert_eq!(router_rules(&lab), "", "--portmap {portmap}: {err}");
+}
+
+#[test]
+fn upnpc_lists_and_deletes_our_upnp_mapping() {
+    let _alone = one_at_a_time();
+    a_debian_client_lists_and_deletes_ours("upnp", "punchraw connect", |ext, _| {
+        vec!["upnpc".into(), "-d".into(), ext.to_string(), "UDP".into()]
+    });
+}
+
+/// NAT-PMP has no list request and no description: miniupnpd's UPnP side lists the mapping
+/// under a name of its own. The delete names the internal port, lifetime 0 (RFC 6886
+/// section 3.4).
+#[test]
+fn upnpc_lists_and_natpmpc_deletes_our_natpmp_mapping() {
+    let _alone = one_at_a_time();
+    a_debian_client_lists_and_deletes_ours("upnp,natpmp", "NAT-PMP", |ext, int| {
+        let (ext, int) = (ext.to_string(), int.to_string());
+        ["natpmpc", "-a", &ext, &int, "udp", "0"]
+            .map(String::from)
+            .to_vec()
+    });
+}
+
+/// The mapping is asked for while the NAT is classified; a signal then (here the STUN
+/// server is absent, so the classification waits) still says the mapping is deleted, and
+/// it is.
+#[test]
+fn an_interrupt_during_the_classification_says_the_mapping_goes() {
+    let _alone = one_at_a_time();
+    let Some(lab) = pair_lab("pcp") else { return };
+    let dir = Dir::new(&format!("{}-classify", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let mut a = ChildGuard(
+        connect_cmd(&lab, Node::A, &dir.0, "a", lab.name(), "right", &[])
+            .spawn()
+            .expect("start connect"),
+    );
+    assert!(wait_for_rule(&lab, 10).contains("dnat"), "no mapping");
+    let st = Command::new("kill")
+        .args(["-INT", &a.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let (code, err) = a.0.wait_with_output_ref();
+    let err = String::from_utf8_lossy(&err);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        err.contains("port mapping: stopped while asking the router"),
+        "{err}"
+    );
+    assert_eq!(router_rules(&lab), "", "left after SIGINT:\n{err}");
 }

@@ -141,7 +141,11 @@
 # three) picks what it serves: upnp is miniupnpd's enable_upnp; enable_natpmp
 # serves NAT-PMP and PCP together, so natpmp without pcp (or the reverse)
 # drops the other's requests (the first payload byte: version 0 NAT-PMP,
-# version 2 PCP) in the NAT's input chain, and the client hears nothing.
+# version 2 PCP) in the NAT's input chain, and the client hears nothing; with
+# neither, 5351 is closed (ICMP port unreachable).  With wandown in the list
+# miniupnpd's ext_ifname names an interface that does not exist, a router whose
+# WAN is down: it runs and answers every request with an error (NAT-PMP result
+# 3 network failure, PCP NETWORK_FAILURE, UPnP an empty external address).
 # Mappings are dnat rules in chain prerouting_miniupnpd of the NAT's table
 # "inet miniupnpd" (list them with "exec nat-a -- nft list chain inet
 # miniupnpd prerouting_miniupnpd" or "exec a -- upnpc -l").  Only external
@@ -245,6 +249,8 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
                     the same for one side only (overrides the above)
 --portmap LIST      what the upnp-* kinds' miniupnpd serves: a comma-separated
                     subset of upnp, natpmp, pcp, or none (default: all three);
+                    with wandown added its WAN interface is missing and it
+                    answers every request with an error;
                     needs miniupnpd (apt-get install miniupnpd-nftables)
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
@@ -456,9 +462,13 @@ EOF
 		# miniupnpd) mark those flows "ct status dnat".
 		inbound_accept="iifname \"wan0\" oifname \"lan0\" ct status dnat accept"
 		# --portmap: NAT-PMP and PCP share miniupnpd's switch and port; the
-		# first payload byte (the version) tells them apart.
-		[[ ,$PORTMAP, == *,natpmp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 0 drop; "
-		[[ ,$PORTMAP, == *,pcp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 2 drop; "
+		# first payload byte (the version) tells them apart.  With neither,
+		# nothing listens on 5351 and the kernel answers ICMP port
+		# unreachable, as a router without the service does.
+		if [[ ,$PORTMAP, == *,natpmp,* || ,$PORTMAP, == *,pcp,* ]]; then
+			[[ ,$PORTMAP, == *,natpmp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 0 drop; "
+			[[ ,$PORTMAP, == *,pcp,* ]] || pm_input+="iifname \"lan0\" udp dport 5351 @th,64,8 2 drop; "
+		fi
 		;;
 	esac
 
@@ -825,6 +835,8 @@ start_upnpd() {
 	local conf="$RUN_DIR/$nat-upnpd.conf" pidfile="$RUN_DIR/$nat-upnpd.pid" log="$RUN_DIR/$nat-upnpd.log"
 	[[ ,$PORTMAP, == *,natpmp,* || ,$PORTMAP, == *,pcp,* ]] && natpmp=yes
 	[[ ,$PORTMAP, == *,upnp,* ]] && upnp=yes
+	local ext=wan0
+	[[ ,$PORTMAP, == *,wandown,* ]] && ext=wan9
 	# --portmap none: a router without the service (miniupnpd will not run with
 	# nothing enabled).
 	[[ $natpmp == yes || $upnp == yes ]] || return 0
@@ -841,7 +853,7 @@ start_upnpd() {
 	mkdir -p "$RUN_DIR"
 	# A fixed uuid per side: the description is the same every run.
 	cat >"$conf" <<-EOF
-		ext_ifname=wan0
+		ext_ifname=$ext
 		listening_ip=lan0
 		http_port=5000
 		enable_upnp=$upnp
@@ -976,8 +988,8 @@ cmd_up() {
 	if ((BG_RATE_B > 0 && ${#kinds[@]} < 2)); then
 		usage_error "--background-flows-b: the lab has no side B"
 	fi
-	[[ $PORTMAP =~ ^(none|(upnp|natpmp|pcp)(,(upnp|natpmp|pcp))*)$ ]] ||
-		usage_error "--portmap takes none or a comma-separated list of upnp, natpmp, pcp, not '$PORTMAP'"
+	[[ $PORTMAP =~ ^(none|(upnp|natpmp|pcp|wandown)(,(upnp|natpmp|pcp|wandown))*)$ ]] ||
+		usage_error "--portmap takes none or a comma-separated list of upnp, natpmp, pcp, wandown, not '$PORTMAP'"
 	[[ $PORTMAP != none ]] || PORTMAP=""
 	for k in "${kinds[@]}"; do
 		if is_upnp "$k"; then NEED_UPNPD=1; fi

@@ -238,6 +238,40 @@ impl PortMapper {
         }
     }
 
+    /// The gateway answered our last request with an ICMP port unreachable (the driver's
+    /// socket, connected to it, reports ECONNREFUSED): nothing listens on port 5351. PCP and
+    /// NAT-PMP share that port (RFC 6887 section 19.1), so a first request refused settles
+    /// both at once, instead of retransmitting into more ICMP errors until `give_up`. A
+    /// renewal keeps its schedule (a router restarting its daemon is closed for a moment);
+    /// a delete ends unconfirmed.
+    pub fn handle_refused(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(ask) = self.exchange.as_ref().map(|x| x.ask) else {
+            return;
+        };
+        match ask {
+            Ask::Delete(_) => self.finish(Event::Deleted { confirmed: false }),
+            _ if self.mapping.is_some() => {}
+            _ => {
+                let why = |name: &str| {
+                    format!(
+                        "refused: the router answered with ICMP port unreachable (no {name} server)"
+                    )
+                };
+                if via_of(ask) == Via::Pcp {
+                    self.reasons.pcp = Some(why("PCP"));
+                }
+                if self.cfg.nat_pmp {
+                    self.reasons.nat_pmp = Some(why("NAT-PMP"));
+                }
+                let reasons = self.reasons.clone();
+                self.finish(Event::Unavailable(reasons));
+            }
+        }
+    }
+
     fn finish(&mut self, ev: Event) {
         self.done = true;
         self.exchange = None;
@@ -416,6 +450,10 @@ impl PortMapper {
                     return;
                 }
                 match asking {
+                    // A success with a lifetime left answers an earlier renewal, late: the
+                    // delete's own answer carries lifetime 0 (RFC 6887 section 15).
+                    Some(Ask::Delete(Via::Pcp))
+                        if r.result == PcpResult::Success && r.lifetime_s > 0 => {}
                     Some(Ask::Delete(Via::Pcp)) => {
                         self.finish(Event::Deleted {
                             confirmed: r.result == PcpResult::Success,
@@ -510,6 +548,10 @@ impl PortMapper {
                     return;
                 }
                 match asking {
+                    // As for PCP: a late renewal answer, not the delete's (RFC 6886
+                    // section 3.4 answers a delete with lifetime 0).
+                    Some(Ask::Delete(Via::NatPmp))
+                        if result == PmpResult::Success && lifetime_s > 0 => {}
                     Some(Ask::Delete(Via::NatPmp)) => self.finish(Event::Deleted {
                         confirmed: result == PmpResult::Success,
                     }),

@@ -590,3 +590,112 @@ mod upnp_plan {
         assert_eq!(p.next(&UpnpRefusal::SamePortRequired), None);
     }
 }
+
+/// A router with nothing on port 5351 answers with ICMP port unreachable: the first refusal
+/// settles PCP and NAT-PMP (one port for both) at once, with no retransmission and no
+/// "no answer" after waiting out the schedule.
+#[test]
+fn icmp_refusal_settles_both_at_once_with_the_reason() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut m = PortMapper::new(cfg(true, true), t0);
+    let sent = run_until(&mut m, &mut now, Duration::from_millis(10));
+    assert_eq!(sent.len(), 1);
+    m.handle_refused();
+    let later = run_until(&mut m, &mut now, Duration::from_secs(5));
+    assert!(later.is_empty(), "{later:?}");
+    let ev = events(&mut m);
+    let [Event::Unavailable(r)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        r.pcp.as_deref(),
+        Some("refused: the router answered with ICMP port unreachable (no PCP server)")
+    );
+    assert_eq!(
+        r.nat_pmp.as_deref(),
+        Some("refused: the router answered with ICMP port unreachable (no NAT-PMP server)")
+    );
+    assert!(m.is_done());
+
+    // NAT-PMP alone (probe's check), refused on its external-address request.
+    let mut m = PortMapper::new(cfg(false, true), t0);
+    let mut now = t0;
+    run_until(&mut m, &mut now, Duration::ZERO);
+    m.handle_refused();
+    let ev = events(&mut m);
+    let [Event::Unavailable(r)] = &ev[..] else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(r.pcp, None);
+    assert!(r.nat_pmp.as_deref().unwrap().contains("no NAT-PMP server"));
+}
+
+/// A refusal during a renewal does not drop the mapping (the router's daemon may be
+/// restarting); one during the delete ends it unconfirmed.
+#[test]
+fn icmp_refusal_of_a_renewal_keeps_trying_and_of_a_delete_ends_it() {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut m = PortMapper::new(cfg(true, false), t0);
+    let sent = run_until(&mut m, &mut now, Duration::ZERO);
+    m.handle_input(
+        now,
+        0,
+        gw(),
+        &pcp_answer(&sent[0].1, PcpResult::Success, 120, 1, 40000),
+    );
+    events(&mut m);
+    let renew = run_until(&mut m, &mut now, Duration::from_secs(60));
+    assert_eq!(renew.len(), 1);
+    m.handle_refused();
+    assert!(events(&mut m).is_empty());
+    assert!(m.mapping().is_some());
+    assert!(!run_until(&mut m, &mut now, Duration::from_secs(2)).is_empty());
+    m.delete(now);
+    run_until(&mut m, &mut now, Duration::ZERO);
+    m.handle_refused();
+    assert_eq!(events(&mut m), [Event::Deleted { confirmed: false }]);
+    assert!(m.is_done());
+}
+
+/// The answer to a renewal that arrives after the delete was sent is not the delete's
+/// confirmation (that one has lifetime 0): taking it so let punchraw exit before the router
+/// had removed the mapping.
+#[test]
+fn a_late_renewal_answer_does_not_confirm_the_delete() {
+    for pcp in [true, false] {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut m = PortMapper::new(cfg(pcp, !pcp), t0);
+        let mut sent = run_until(&mut m, &mut now, Duration::ZERO);
+        if !pcp {
+            let ext = natpmp::Response::ExternalAddress {
+                result: PmpResult::Success,
+                epoch: 1,
+                external: WAN,
+            };
+            m.handle_input(now, 0, gw(), &ext.encode());
+            sent = run_until(&mut m, &mut now, Duration::ZERO);
+        }
+        let answer = |req: &[u8]| {
+            if pcp {
+                let lifetime = pcp::Request::decode(req).unwrap().lifetime_s;
+                pcp_answer(req, PcpResult::Success, lifetime, 1, 40000)
+            } else {
+                pmp_map_answer(req, PmpResult::Success, 40000, 1)
+            }
+        };
+        m.handle_input(now, 0, gw(), &answer(&sent[0].1));
+        events(&mut m);
+        let renew = run_until(&mut m, &mut now, Duration::from_secs(60));
+        assert_eq!(renew.len(), 1, "pcp {pcp}");
+        m.delete(now);
+        let del = run_until(&mut m, &mut now, Duration::ZERO);
+        m.handle_input(now, 0, gw(), &answer(&renew[0].1));
+        assert!(events(&mut m).is_empty(), "pcp {pcp}");
+        m.handle_input(now, 0, gw(), &answer(&del[0].1));
+        let ev = events(&mut m);
+        assert_eq!(ev, [Event::Deleted { confirmed: true }], "pcp {pcp}");
+    }
+}

@@ -154,9 +154,27 @@ impl Patience {
 
 /// A request under way: the keeper (already asking) and where its first outcome comes.
 pub(super) struct Pending {
+    /// Before `keeper`: fields drop in order, so the line comes before the delete.
+    unsettled: Unsettled,
     keeper: Keeper,
     rx: mpsc::Receiver<MappingReport>,
     protocol: Protocol,
+}
+
+/// Says that the mapping is being deleted when a [`Pending`] is dropped before [`wait`] took
+/// it: connect stopped (a signal during the classification, which runs while the router is
+/// asked) and the user has read "asking the router ..." but no outcome.
+struct Unsettled(Option<(Status, Protocol)>);
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if let Some((status, protocol)) = self.0.take() {
+            status.say(format!(
+                "port mapping: stopped while asking the router for one for {protocol}; \
+                 deleting anything it granted"
+            ));
+        }
+    }
 }
 
 /// A mapping asked for, or settled at once (no gateway to ask).
@@ -218,6 +236,7 @@ fn begin(
             .map_err(|e| Error::io("cannot start the port-mapping thread", e))?
     };
     Ok(Started::Pending(Pending {
+        unsettled: Unsettled(Some((status.clone(), protocol))),
         keeper: Keeper {
             stop,
             thread: Some(thread),
@@ -235,10 +254,11 @@ fn wait(
     shutdown: &Shutdown,
     patience: Patience,
 ) -> Result<(Option<Keeper>, MappingReport), Error> {
-    let p = match started {
+    let mut p = match started {
         Started::Done(k, r) => return Ok((k, r)),
         Started::Pending(p) => p,
     };
+    p.unsettled.0 = None;
     let none = |why: String| MappingReport::none(p.protocol, all_reasons(&why));
     let asked = Instant::now();
     let until = asked + FIRST_ANSWER;

@@ -35,7 +35,8 @@ pub(crate) fn run(
     // answered once, that ends our retransmissions (RFC 6886 section 3.1's schedule would send
     // several): each would draw another ICMP error, and Linux allows only a burst of six per
     // destination, then one per second (icmp_ratelimit) -- the budget the TTL measurement
-    // before a TCP punch needs for the time-exceeded answers of that same router.
+    // before a TCP punch needs for the time-exceeded answers of that same router. The
+    // machine learns of the refusal too: it settles the protocols with that reason at once.
     let mut answered = false;
     let mut refused = false;
     loop {
@@ -51,7 +52,10 @@ pub(crate) fn run(
                 let _ = sock.connect(t.dst);
             }
             match sock.send_to(&t.payload, t.dst) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused = true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    refused = true;
+                    m.handle_refused();
+                }
                 Err(e) => {
                     tracing::debug!(dst = %t.dst, error = %e, "port-mapping request not sent")
                 }
@@ -83,6 +87,7 @@ pub(crate) fn run(
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                         tracing::debug!("port-mapping server refused (ICMP port unreachable)");
                         refused = true;
+                        m.handle_refused();
                     }
                     Err(_) => break,
                 }

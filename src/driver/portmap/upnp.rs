@@ -92,10 +92,16 @@ pub async fn map(
     description: &str,
     seed: u64,
 ) -> Result<UpnpMapping, String> {
-    let ext_ip = gw
-        .get_external_ip()
-        .await
-        .map_err(|e| format!("UPnP GetExternalIPAddress failed: {e}"))?;
+    let ext_ip = gw.get_external_ip().await.map_err(|e| match e {
+        // miniupnpd answers with an empty address when its WAN interface has none.
+        igd_next::GetExternalIpError::RequestError(igd_next::RequestError::InvalidResponse(
+            ref body,
+        )) if body.contains("<NewExternalIPAddress></NewExternalIPAddress>") => {
+            "UPnP GetExternalIPAddress: the router has no external address (an empty answer)"
+                .to_string()
+        }
+        e => format!("UPnP GetExternalIPAddress failed: {e}"),
+    })?;
     let has_any = gw.control_schema.contains_key("AddAnyPortMapping");
     let mut plan = UpnpPlan::new(local.port(), lease_s, has_any, seed);
     let mut ask = plan.first();
