@@ -56,6 +56,7 @@ fn registrations(n: usize, round: u32) -> Vec<(SocketAddr, Vec<u8>)> {
                 nat: NatInfo::unknown(),
                 tcp: None,
                 mapped: None,
+                relayed: None,
                 rtt_ms: 20,
                 mac: String::new(),
             };
