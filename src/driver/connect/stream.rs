@@ -9,6 +9,7 @@ use crate::driver::Status;
 use crate::error::StreamError;
 use crate::os::signals::Shutdown;
 use crate::transport::quic::{self, Identity, Path, Role};
+use crate::transport::StreamStats;
 use crate::Error;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -40,12 +41,35 @@ pub(super) fn stream_udp(
     } else {
         Role::Server
     };
-    let stats = quic::run_stream(
-        punched.socket,
+    let stats = run_quic(
+        Path::Udp(punched.socket),
         punched.remote,
         role,
         identity,
         punched.peer_fp,
+        cfg,
+        shutdown,
+    )?;
+    done(report, status, stats, started);
+    Ok(())
+}
+
+/// The QUIC stream over `path` between stdin/stdout and the peer at `peer`.
+fn run_quic(
+    path: Path,
+    peer: SocketAddr,
+    role: Role,
+    identity: &Identity,
+    peer_fp: [u8; 32],
+    cfg: &ConnectConfig,
+    shutdown: &Shutdown,
+) -> Result<StreamStats, Error> {
+    quic::run_stream_on(
+        path,
+        peer,
+        role,
+        identity,
+        peer_fp,
         std::io::stdin(),
         std::io::stdout(),
         cfg.keepalive,
@@ -55,9 +79,7 @@ pub(super) fn stream_udp(
     .map_err(|e| match e {
         StreamError::Interrupted => shutdown.interrupted(),
         e => e.into(),
-    })?;
-    done(report, status, stats, started);
-    Ok(())
+    })
 }
 
 pub(super) fn done(
@@ -147,22 +169,15 @@ pub(super) fn stream_relayed(
     } else {
         Role::Server
     };
-    let stats = quic::run_stream_on(
+    let stats = run_quic(
         Path::Relayed(link),
         peer_relayed,
         role,
         identity,
         peer_fp,
-        std::io::stdin(),
-        std::io::stdout(),
-        cfg.keepalive,
-        Duration::from_secs(10),
+        cfg,
         shutdown,
-    )
-    .map_err(|e| match e {
-        StreamError::Interrupted => shutdown.interrupted(),
-        e => e.into(),
-    })?;
+    )?;
     done(report, status, stats, started);
     Ok(())
 }
