@@ -160,24 +160,18 @@ impl Classifier {
             reasons.insert("mapping", why.into());
             return Behavior::Unknown;
         }
-        match self.answered(Kind::MapAltIp) {
-            Some((_, Some(m2), _)) if m2 == mapped => Behavior::EndpointIndependent,
-            Some((_, Some(m2), _)) => match self.answered(Kind::MapAltBoth) {
-                Some((_, Some(m3), _)) if m3 == m2 => Behavior::AddressDependent,
-                Some((_, Some(_), _)) => Behavior::AddressAndPortDependent,
-                _ => {
-                    reasons.insert(
-                        "mapping",
-                        "the server's alternate address and port did not answer".into(),
-                    );
-                    Behavior::Unknown
-                }
-            },
-            _ => {
-                reasons.insert(
-                    "mapping",
-                    "the server's alternate address did not answer".into(),
-                );
+        let mapped_by = |k| self.answered(k).and_then(|a| a.1);
+        let m2 = mapped_by(Kind::MapAltIp);
+        let m3 = mapped_by(Kind::MapAltBoth);
+        match compare_mappings(mapped, m2, m3, mapped_by(Kind::MapAltPort)) {
+            Some(b) => b,
+            None => {
+                let why = if m2.is_none() {
+                    "the server's alternate address did not answer"
+                } else {
+                    "the server's alternate address and port did not answer"
+                };
+                reasons.insert("mapping", why.into());
                 Behavior::Unknown
             }
         }
@@ -454,6 +448,32 @@ fn spread(extras: &[u16]) -> [u16; 2] {
         extras.iter().copied().min().unwrap_or(0),
         extras.iter().copied().max().unwrap_or(0),
     ]
+}
+
+/// RFC 5780 section 4.3's mapping verdict from one local endpoint's mappings toward the
+/// server's primary endpoint (`base`), the alternate IP (test II), the alternate IP and port
+/// (test III) and the primary IP with the alternate port (`alt_port`, a second port test).
+/// `None` when the tests made cannot decide (test II unanswered, or test III unanswered
+/// after test II differed).
+///
+/// A random allocator can draw the same port for two mappings by chance (1 in the size of
+/// its range, a CGN's port block being small), so a single equality is not trusted where a
+/// second test can contradict it: a port change alone that moved the mapping (test III
+/// against II, or `alt_port` against `base`) is port dependence, whatever else matched.
+pub(crate) fn compare_mappings(
+    base: SocketAddr,
+    alt_ip: Option<SocketAddr>,
+    alt_both: Option<SocketAddr>,
+    alt_port: Option<SocketAddr>,
+) -> Option<Behavior> {
+    let m2 = alt_ip?;
+    if alt_both.is_some_and(|m3| m3 != m2) || alt_port.is_some_and(|m4| m4 != base) {
+        return Some(Behavior::AddressAndPortDependent);
+    }
+    if m2 == base {
+        return Some(Behavior::EndpointIndependent);
+    }
+    alt_both.map(|_| Behavior::AddressDependent)
 }
 
 pub(super) fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -> LegacyType {

@@ -155,6 +155,10 @@ enum Kind {
     MapAltIp,
     /// Test III: A to the alternate IP and port.
     MapAltBoth,
+    /// A to the primary IP and the alternate port: a second look at port dependence, so that
+    /// test III matching test II by chance (a random allocator drawing the same port twice)
+    /// is not taken for an address-dependent mapping.
+    MapAltPort,
     /// Filtering test II: answer from the other IP and port.
     FilterIpPort,
     /// Filtering test III: answer from the other port only.
@@ -459,6 +463,14 @@ impl Classifier {
                         None,
                     );
                     self.add(now, Kind::MapAltBoth, SOCK_A, o, None, None);
+                    self.add(
+                        now,
+                        Kind::MapAltPort,
+                        SOCK_A,
+                        SocketAddr::new(self.cfg.server.ip(), o.port()),
+                        None,
+                        None,
+                    );
                 }
                 if !self.cfg.quick {
                     self.add(now, Kind::Hairpin, SOCK_H, mapped, None, None);

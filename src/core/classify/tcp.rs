@@ -22,6 +22,7 @@ pub mod plan;
 
 pub use plan::TcpProbe;
 
+use super::conclude::compare_mappings;
 use super::fit_allocation;
 use super::report::{
     block_sentence, nat_verdict, port_range, unreachable_reasons, Allocation, Behavior, Proto,
@@ -66,6 +67,9 @@ pub struct TcpObservations {
     pub alt_ip: Option<Result<SocketAddr, String>>,
     /// Test III: L to the alternate IP and port; `None` when not made.
     pub alt_both: Option<Result<SocketAddr, String>>,
+    /// L to the primary IP and the alternate port, made only when test III matched test II
+    /// (see [`compare_mappings`]); `None` when not made.
+    pub alt_port: Option<Result<SocketAddr, String>>,
     /// Fresh connections to the primary endpoint in the order they were made: (local port,
     /// mapped port), `None` for one that failed.
     pub allocation: Vec<Option<(u16, u16)>>,
@@ -185,18 +189,16 @@ fn mapping(
         Some(Err(why)) => format!("the server's {what} did not answer over TCP: {why}"),
         _ => format!("the test toward the server's {what} was not made"),
     };
-    match &o.alt_ip {
-        Some(Ok(m2)) if *m2 == base.mapped => Behavior::EndpointIndependent,
-        Some(Ok(m2)) => match &o.alt_both {
-            Some(Ok(m3)) if m3 == m2 => Behavior::AddressDependent,
-            Some(Ok(_)) => Behavior::AddressAndPortDependent,
-            r => {
-                reasons.insert("mapping", failed("alternate address and port", r));
-                Behavior::Unknown
-            }
-        },
-        r => {
-            reasons.insert("mapping", failed("alternate address", r));
+    let ok =
+        |r: &Option<Result<SocketAddr, String>>| r.as_ref().and_then(|r| r.as_ref().ok().copied());
+    match compare_mappings(base.mapped, ok(&o.alt_ip), ok(&o.alt_both), ok(&o.alt_port)) {
+        Some(b) => b,
+        None => {
+            let why = match &o.alt_ip {
+                Some(Ok(_)) => failed("alternate address and port", &o.alt_both),
+                r => failed("alternate address", r),
+            };
+            reasons.insert("mapping", why);
             Behavior::Unknown
         }
     }

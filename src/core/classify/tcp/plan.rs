@@ -36,8 +36,10 @@
 //!    nobody else between the three mapping tests;
 //! 3. RFC 5780 section 4.3 tests I-III over TCP from L: to the primary endpoint, to the
 //!    alternate IP (test II, only with an alternate), to the alternate IP and port (test III,
-//!    only when test II answered); when test I names an alternate the watcher does not
-//!    cover yet, the watcher is reopened to include it;
+//!    only when test II answered), and, when test III matched a test II that differed from
+//!    test I, to the primary IP and alternate port (a second look at port dependence); when
+//!    test I names an alternate the watcher does not cover yet, the watcher is reopened to
+//!    include it;
 //! 4. the allocation connections, each from a fresh port, toward the primary endpoint and
 //!    (when test III answered) the alternate one in turn;
 //! 5. the two CONNECT-BACK connections (change port, then change IP and port), each from a
@@ -83,6 +85,10 @@ pub enum Test {
     AltIp,
     /// Test III: L to the alternate IP and port.
     AltBoth,
+    /// L to the primary IP and the alternate port, when test III matched a test II that
+    /// differed from test I: a random allocator's chance repeat is not an address-dependent
+    /// mapping (see [`super::TcpObservations::alt_port`]).
+    AltPort,
     /// The `n`th allocation connection (from 0).
     Allocation(usize),
 }
@@ -234,6 +240,7 @@ impl TcpProbe {
                 rtt: None,
                 alt_ip: None,
                 alt_both: None,
+                alt_port: None,
                 allocation: Vec::new(),
                 filter_port: SynTest::Unknown(String::new()),
                 filter_both: SynTest::Unknown(String::new()),
@@ -332,7 +339,21 @@ impl TcpProbe {
                 }
             }
             Test::AltBoth => {
+                let m3 = r.as_ref().ok().map(|a| a.mapped);
                 self.obs.alt_both = Some(r.map(|a| a.mapped));
+                let m2 = self.obs.alt_ip.as_ref().and_then(|r| r.as_ref().ok());
+                let m1 = self.obs.primary.as_ref().ok().map(|a| a.mapped);
+                match self.other {
+                    Some(other) if m3.is_some() && m2 == m3.as_ref() && m1 != m3 => {
+                        let to = SocketAddr::new(server.ip(), other.port());
+                        self.queue
+                            .push_back(binding(Test::AltPort, Source::Shared, to));
+                    }
+                    _ => self.allocation(),
+                }
+            }
+            Test::AltPort => {
+                self.obs.alt_port = Some(r.map(|a| a.mapped));
                 self.allocation();
             }
             Test::Allocation(n) => {

@@ -41,6 +41,7 @@ fn obs(m: [&str; 3], alloc: &[u16], port_syn: bool, both_syn: bool) -> TcpObserv
         rtt: Some(Duration::from_micros(1234)),
         alt_ip: Some(Ok(addr(m[1]))),
         alt_both: Some(Ok(addr(m[2]))),
+        alt_port: None,
         allocation: alloc
             .iter()
             .enumerate()
@@ -120,6 +121,30 @@ fn symmetric_kinds() {
     assert_eq!(ad.mapping, AddressDependent);
     assert_eq!(ad.allocation, Allocation::Random);
     assert!(ad.verdict().contains("random"), "{}", ad.verdict());
+}
+
+/// One equality between two random draws is not trusted where another test contradicts it
+/// (see `compare_mappings`): a port change alone that moved the mapping is port dependence.
+#[test]
+fn a_port_drawn_twice_is_not_taken_for_independence() {
+    let alloc = [33000, 30101, 34001, 31777, 30555];
+    let (x, y) = ("203.0.113.10:30007", "203.0.113.10:31234");
+    for (m, alt_port, want) in [
+        ([x, y, y], None, AddressDependent),
+        ([x, y, y], Some(x), AddressDependent),
+        (
+            [x, y, y],
+            Some("203.0.113.10:32222"),
+            AddressAndPortDependent,
+        ),
+        // Test II drew test I's port again, test III did not: no endpoint-independent NAT
+        // maps one local endpoint to two ports.
+        ([x, x, y], None, AddressAndPortDependent),
+    ] {
+        let mut o = obs(m, &alloc, false, false);
+        o.alt_port = alt_port.map(|a| Ok(addr(a)));
+        assert_eq!(classify(&o).mapping, want, "{m:?} then {alt_port:?}");
+    }
 }
 
 #[test]
@@ -316,6 +341,7 @@ fn simulate(nat: Option<NatBehavior>, alternate: bool, seed: u64) -> TcpObservat
     };
     let alt_ip = alternate.then(|| Ok(out(l, a)));
     let alt_both = alternate.then(|| Ok(out(l, b)));
+    let alt_port = alternate.then(|| Ok(out(l, c)));
     let allocation = (1..=5u16)
         .map(|i| {
             let s = SocketAddr::new(host, 40000 + i);
@@ -343,6 +369,7 @@ fn simulate(nat: Option<NatBehavior>, alternate: bool, seed: u64) -> TcpObservat
         rtt: Some(Duration::from_millis(1)),
         alt_ip,
         alt_both,
+        alt_port,
         allocation,
         filter_port,
         filter_both,

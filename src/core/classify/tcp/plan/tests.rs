@@ -269,7 +269,8 @@ fn without_cap_net_raw_filtering_is_unknown_with_the_reason_and_the_rest_is_meas
                 .iter()
                 .filter(|e| matches!(e, Event::Connect { .. }))
                 .count(),
-            3 + DEFAULT_ALLOC_SOCKETS,
+            // Tests I-III, and the second port test where test III matched test II.
+            3 + usize::from(mapping == AddressDependent) + DEFAULT_ALLOC_SOCKETS,
             "{ctx}"
         );
     }
@@ -424,6 +425,57 @@ fn test_iii_is_made_only_when_test_ii_answered() {
             timeout: BINDING_TIMEOUT
         }
     );
+}
+
+/// When test III matches a test II that differed from test I, the mapping looks
+/// address-dependent, but a random allocator may have drawn the same port twice: a fourth
+/// test (primary IP, alternate port) decides. A port change alone that moves the mapping is
+/// port dependence. Test III differing from test II needs no fourth test.
+#[test]
+fn an_address_dependent_look_gets_a_second_port_test() {
+    for (m4, want) in [
+        ("198.51.100.7:40000", AddressDependent),
+        ("198.51.100.7:40777", AddressAndPortDependent),
+    ] {
+        let mut p = up_to_test_ii();
+        p.handle_binding(answer("198.51.100.7:40312", Some(alt())));
+        assert!(matches!(
+            p.next_step(),
+            Step::Binding {
+                test: Test::AltBoth,
+                ..
+            }
+        ));
+        p.handle_binding(answer("198.51.100.7:40312", Some(alt())));
+        assert_eq!(
+            p.next_step(),
+            Step::Binding {
+                test: Test::AltPort,
+                from: Source::Shared,
+                to: SocketAddr::new(server().ip(), alt().port()),
+                timeout: BINDING_TIMEOUT
+            }
+        );
+        p.handle_binding(answer(m4, Some(alt())));
+        assert_eq!(p.next_step(), Step::Release);
+        assert_eq!(p.next_step(), Step::Drain);
+        for _ in 0..DEFAULT_ALLOC_SOCKETS {
+            assert!(matches!(
+                p.next_step(),
+                Step::Binding {
+                    test: Test::Allocation(_),
+                    ..
+                }
+            ));
+            p.handle_binding(answer("198.51.100.7:40100", Some(alt())));
+        }
+        assert_eq!(p.report().mapping, want, "fourth mapping {m4}");
+    }
+    let mut p = up_to_test_ii();
+    p.handle_binding(answer("198.51.100.7:40312", Some(alt())));
+    p.next_step();
+    p.handle_binding(answer("198.51.100.7:40313", Some(alt())));
+    assert_eq!(p.next_step(), Step::Release);
 }
 
 /// A step that needs an answer is handed out again until it gets one; answers to steps not
