@@ -194,7 +194,18 @@ impl SimNat {
                 self.counter(step, flows.trunc() as u16)
             }
             PortAlloc::PerDestination { step } => {
-                let first = self.rng.random_range(1024..=60000);
+                // Two offsets a few steps apart make two counters that interleave into one
+                // (1 in several thousand draws): no sampling could tell that NAT from a
+                // sequential one, so the simulated one keeps its counters apart.
+                let apart = |nat: &Self, p: u16| {
+                    nat.per_dst
+                        .values()
+                        .all(|&q| p.abs_diff(q) > step.saturating_mul(64))
+                };
+                let mut first = self.rng.random_range(1024..=60000);
+                while !self.per_dst.contains_key(&dst) && !apart(self, first) {
+                    first = self.rng.random_range(1024..=60000);
+                }
                 let mut p = *self.per_dst.entry(dst).or_insert(first);
                 while !self.port_free(p) {
                     p = p.wrapping_add(step).max(1024);

@@ -824,3 +824,19 @@ fn a_silent_server_gets_eight_copies_of_the_first_request_within_3_2_s() {
     );
     assert_eq!(c.report().map(|r| r.legacy_type), Some(LegacyType::Blocked));
 }
+
+/// A seed whose two per-destination offsets once fell one port apart, so the counters
+/// interleaved into one (samples 28272-28276): no classifier can tell that from a sequential
+/// NAT, and the simulator now keeps its counters apart (`classifies_any_simulated_nat` drew it).
+#[test]
+fn per_destination_counters_are_not_read_as_one() {
+    let a = PortAlloc::PerDestination { step: 1 };
+    let n = nat(EndpointIndependent, EndpointIndependent, a);
+    let (r, _) = sim::classify(n, true, 0.0, 11969066615025666967, None);
+    assert_eq!(
+        r.allocation,
+        Allocation::Random,
+        "{:?}",
+        r.allocation_samples
+    );
+}
