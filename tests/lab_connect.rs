@@ -7,7 +7,7 @@ mod common;
 use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use common::pair::*;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The one-way delay of the delay element on each NAT's uplink in the tests named "at 40
 /// ms": A and B are 80 ms apart one way (160 ms RTT), each 40 ms + 40 ms from the server.
@@ -1215,18 +1215,24 @@ fn tcp_signal_in_the_middle_of_a_punch_leaves_nothing(
             )
         })
         .collect();
-    // Long enough for the rendezvous and the start of the punch.
-    std::thread::sleep(Duration::from_secs(5));
-    // The rules exist while the punch runs, so their absence afterwards means removal.
-    let tables = lab
-        .cmd(Node::A, "nft")
-        .args(["list", "tables"])
-        .output()
-        .expect("nft");
-    assert!(
-        String::from_utf8_lossy(&tables.stdout).contains("punchraw_"),
-        "no punch rules during the punch"
-    );
+    // The rules exist while the punch runs (so their absence afterwards means removal): both
+    // sides are punching once both have them. How long the rendezvous takes depends on the
+    // machine's load, so this waits for them rather than for a fixed time.
+    let punching = |node: Node| {
+        let tables = lab
+            .cmd(node, "nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&tables.stdout).contains("punchraw_")
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(punching(Node::A) && punching(Node::B)) {
+        assert!(Instant::now() < until, "no punch rules within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Into the sweep, not just its first SYN.
+    std::thread::sleep(Duration::from_secs(1));
     for k in &kids {
         // `ip netns exec` execs the program, so this is punchraw's own pid.
         let pid = k.0.id();

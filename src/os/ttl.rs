@@ -8,7 +8,7 @@
 //! move no port counter). Hops that answer time-exceeded from private addresses are on our
 //! side of the NAT.
 
-use crate::core::punch::priming::{decide, Hop, Priming, MAX_HOPS, PROBE_PORT};
+use crate::core::punch::priming::{decide, settled, Hop, Priming, MAX_HOPS, PROBE_PORT};
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
@@ -58,7 +58,7 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
     // halfway through.
     let mut resent = false;
     let mut answered = 0;
-    while Instant::now() < deadline && answered < hops.len() {
+    while Instant::now() < deadline && answered < hops.len() && !settled(&hops) {
         if !resent && started.elapsed() >= wait / 2 {
             resent = true;
             for (i, h) in hops.iter().enumerate() {

@@ -53,9 +53,27 @@ pub const MAX_HOPS: u8 = 8;
 const MAX_WAIT: Duration = Duration::from_millis(400);
 const MIN_WAIT: Duration = Duration::from_millis(60);
 
-/// Waiting for ICMP answers: four round trips to the server plus a margin, within bounds.
+/// Waiting for ICMP answers: one round trip to the peer (about two to the server, as both
+/// are measured to one server) plus a margin, within bounds. Every hop that matters lies
+/// before the peer, so its answer is due within that; what stays silent longer is a hop that
+/// never answers (the peer's NAT dropping the probe), and [`settled`] ends the wait early
+/// when the answers already decide.
 pub fn wait_for(server_rtt: Duration) -> Duration {
-    (server_rtt * 4 + Duration::from_millis(40)).clamp(MIN_WAIT, MAX_WAIT)
+    (server_rtt * 2 + Duration::from_millis(40)).clamp(MIN_WAIT, MAX_WAIT)
+}
+
+/// Whether [`decide`] can no longer change whatever the silent hops answer later: our own
+/// routers from the first hop on have answered, and so has the first hop past them (a
+/// public router gives the TTL, the peer reached gives none). Hops beyond it never count.
+pub fn settled(hops: &[Hop]) -> bool {
+    for h in hops {
+        match h {
+            Hop::Router(a) if inside(*a) => continue,
+            Hop::Silent => return false,
+            Hop::Router(_) | Hop::Reached => return true,
+        }
+    }
+    false
 }
 /// Traceroute's customary first port; any closed port would do.
 pub const PROBE_PORT: u16 = 33434;
@@ -186,9 +204,37 @@ mod tests {
         assert_eq!(wait_for(Duration::ZERO), MIN_WAIT);
         assert_eq!(
             wait_for(Duration::from_millis(30)),
-            Duration::from_millis(160)
+            Duration::from_millis(100)
         );
         assert_eq!(wait_for(Duration::from_secs(1)), MAX_WAIT);
+    }
+
+    /// The wait ends once the answers decide: our routers, then one hop past them.
+    #[test]
+    fn the_first_hop_past_our_nats_settles_the_decision() {
+        let (own, cgn, public) = (r([10, 0, 1, 1]), r([100, 64, 0, 1]), r([203, 0, 113, 9]));
+        let s = Hop::Silent;
+        for (hops, done) in [
+            (vec![own, public, s, s], true),
+            (vec![own, cgn, public, s], true),
+            (vec![own, Hop::Reached, s], true),
+            // The first hop already public: no NAT of ours answers, nothing to prime.
+            (vec![public, s], true),
+            (vec![own, s, public], false),
+            (vec![own, cgn, s], false),
+            (vec![s, own, public], false),
+            (vec![own, own], false),
+        ] {
+            assert_eq!(settled(&hops), done, "{hops:?}");
+            if done {
+                // Whatever the silent hops say later, the decision stays.
+                let mut later = hops.clone();
+                for h in later.iter_mut().filter(|h| **h == s) {
+                    *h = Hop::Reached;
+                }
+                assert_eq!(decide(&later).ttl, decide(&hops).ttl, "{hops:?}");
+            }
+        }
     }
 
     #[test]

@@ -83,11 +83,23 @@ pub fn prepare(
     udp: NatInfo,
 ) -> Result<TcpPrep, Error> {
     let eps = endpoints(server, other);
-    // The first connection picks the local port (and tells whether the server answers at
-    // all); the others leave from it side by side, their SYNs in `eps`'s order, so that a
-    // sequential NAT numbers them in that order while the whole takes one more round trip
-    // instead of one per endpoint.
-    let first = tcp_stun::binding(SocketAddr::new(local_ip, 0), server, &[], BINDING_TIMEOUT)
+    // One local port for every connection, held by a bound socket while they run; their SYNs
+    // leave side by side in `eps`'s order, so that a sequential NAT numbers them in that
+    // order while the whole takes two round trips (handshake, Binding) rather than two per
+    // endpoint.
+    let reserved = tcp_stun::shared_port_socket(SocketAddr::new(local_ip, 0))
+        .and_then(|s| {
+            let a = s.local_addr()?.as_socket();
+            a.map(|a| (s, a))
+                .ok_or_else(|| std::io::Error::other("not an IP socket"))
+        })
+        .map_err(|e| Error::io("cannot reserve a local TCP port for the punch", e))?;
+    let local = reserved.1;
+    let mut results = tcp_stun::bindings_in_order(local, &eps, BINDING_TIMEOUT).into_iter();
+    drop(reserved);
+    let first = results
+        .next()
+        .unwrap_or(Err(tcp_stun::TcpStunError::Garbage { server }))
         .map_err(|e| {
             let reason = e.to_string();
             if e.unreachable() {
@@ -96,10 +108,8 @@ pub fn prepare(
                 Error::TcpServerBroken { server, reason }
             }
         })?;
-    let local = first.local;
     let mut samples = vec![(server, first.mapped)];
-    let rest = tcp_stun::bindings_in_order(local, &eps[1..], BINDING_TIMEOUT);
-    for (ep, r) in eps[1..].iter().zip(rest) {
+    for (ep, r) in eps[1..].iter().zip(results) {
         match r {
             Ok(b) => samples.push((*ep, b.mapped)),
             // The other endpoints only sharpen the prediction.
