@@ -550,7 +550,11 @@ pub struct PairNet {
     pub latency: Duration,
     /// Extra random delay up to this much per packet, which reorders packets.
     pub jitter: Duration,
+    /// Packets lost past the NAT (after it mapped them).
     pub loss: f64,
+    /// Packets lost on the way to the NAT (a busy Wi-Fi link, a NAT dropping under load),
+    /// before it mapped them: a sequential NAT's counter does not move for them.
+    pub loss_before_nat: f64,
     /// Whether each side's NAT routes packets toward private (RFC 1918) addresses out of its
     /// WAN side, as a NAT with a default route does: such a packet (a probe of the peer's
     /// local candidate) then creates a mapping and moves a sequential counter. A NAT without
@@ -585,6 +589,7 @@ impl PairNet {
             latency: Duration::from_millis(15),
             jitter: Duration::ZERO,
             loss: 0.0,
+            loss_before_nat: 0.0,
             routes_private: [true; 2],
             queue: BinaryHeap::new(),
             seq: 0,
@@ -621,6 +626,9 @@ impl PairNet {
         let now = self.now;
         let private = matches!(dst.ip(), IpAddr::V4(a) if a.is_private());
         if private && self.nats[side].is_some() && !self.routes_private[side] {
+            return;
+        }
+        if self.loss_before_nat > 0.0 && self.rng.random_bool(self.loss_before_nat) {
             return;
         }
         let ext = match &mut self.nats[side] {
