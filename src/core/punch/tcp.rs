@@ -78,10 +78,20 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
         return Prediction { nat, port: first };
     }
     nat.mapping = Behavior::AddressAndPortDependent;
-    let deltas: Vec<i32> = mapped
-        .windows(2)
-        .map(|w| i32::from(w[1]) - i32::from(w[0]))
-        .collect();
+    let steps = |m: &[u16]| -> Vec<i32> {
+        m.windows(2)
+            .map(|w| i32::from(w[1]) - i32::from(w[0]))
+            .collect()
+    };
+    let reordered;
+    let mapped = match counter_order(mapped, &steps(mapped)) {
+        Some(v) => {
+            reordered = v;
+            &reordered[..]
+        }
+        None => mapped,
+    };
+    let deltas = steps(mapped);
     let counter = if deltas.iter().all(|&x| x == deltas[0]) {
         Some(deltas[0])
     } else {
@@ -108,6 +118,30 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
     ];
     nat.range = crate::core::classify::search_range(nat.allocation, Some(seen), mapped.len());
     Prediction { nat, port: 0 }
+}
+
+/// The ports in the order a counter handed them out, when that is not the order the
+/// connections were asked for: a connection whose first SYN was lost on the way to the NAT
+/// gets its port only when the kernel repeats the SYN (a second later, RFC 6298 section
+/// 2), after the others took theirs. A counter's ports, sorted, step evenly; random ports
+/// (almost) never do. The direction is the one most steps in the asked order went.
+fn counter_order(mapped: &[u16], deltas: &[i32]) -> Option<Vec<u16>> {
+    if mapped.len() < 3 || deltas.iter().all(|&d| d == deltas[0]) {
+        return None;
+    }
+    let mut sorted = mapped.to_vec();
+    sorted.sort_unstable();
+    let d = i32::from(sorted[1]) - i32::from(sorted[0]);
+    let even = sorted
+        .windows(2)
+        .all(|w| i32::from(w[1]) - i32::from(w[0]) == d);
+    if !even || d == 0 || d > MAX_DELTA {
+        return None;
+    }
+    if deltas.iter().map(|d| d.signum()).sum::<i32>() < 0 {
+        sorted.reverse();
+    }
+    Some(sorted)
 }
 
 /// The step of a counter that other hosts' flows moved between our connections (the

@@ -67,6 +67,20 @@ fn prediction_from_port_observations() {
     let p = predict(40000, &[20005, 20006, 20020, 20021]);
     assert_eq!((p.nat.allocation, p.port), (Allocation::Random, 0));
 
+    // One connection's first SYN lost before the NAT: its port came after the others'
+    // (the kernel's repeat a second later). The counter is still seen, in its own order.
+    let p = predict(40000, &[20005, 20008, 20006, 20007]);
+    assert_eq!(
+        (p.nat.allocation, p.nat.delta),
+        (Allocation::Sequential, Some(1))
+    );
+    assert_eq!(p.port, 20009);
+    let p = predict(40000, &[20010, 20004, 20008, 20006]);
+    assert_eq!((p.nat.delta, p.port), (Some(-2), 20002));
+    // Random ports that merely differ stay random.
+    let p = predict(40000, &[20005, 20107, 20006, 20007]);
+    assert_eq!((p.nat.allocation, p.port), (Allocation::Random, 0));
+
     // Nothing seen, or a step that would leave the port range.
     assert_eq!(predict(1, &[]).port, 0);
     assert_eq!(predict(1, &[65533, 65534, 65535]).port, 0);
