@@ -56,12 +56,23 @@ pub(super) fn classify(
         delta: udp.delta,
         range: udp.search_range,
     };
-    status.say(format!(
+    let mut line = format!(
         "NAT: mapping {}, filtering {}, allocation {}",
         kebab(&nat.mapping),
         kebab(&nat.filtering),
         kebab(&nat.allocation)
-    ));
+    );
+    if let Some(d) = nat.delta {
+        line.push_str(&format!(" (delta {d})"));
+    }
+    status.say(line);
+    // What a wrong prediction is traced back to.
+    tracing::info!(
+        samples = ?udp.allocation_samples,
+        spread = ?udp.delta_spread,
+        search = ?udp.search_range,
+        "allocation probes' mapped ports, in probe order"
+    );
     Ok(Classified {
         nat,
         local_ip: udp.local.ip(),
