@@ -84,12 +84,23 @@ fn random_symmetric_pair_connects_through_the_relay_at_40_ms() {
     ));
 }
 
+/// With `--tcp` a TCP punch that fails falls back to the relay the same way (the relayed
+/// stream is QUIC over the two allocations, as without `--tcp`).
+#[test]
+fn random_symmetric_pair_with_tcp_connects_through_the_relay() {
+    through_the_relay_with(random_pair(), &["--tcp", "--punch-budget", "2"]);
+}
+
 fn through_the_relay(lab: Option<Lab>) {
+    through_the_relay_with(lab, &["--punch-budget", "2"]);
+}
+
+fn through_the_relay_with(lab: Option<Lab>, extra: &[&str]) {
     let Some(lab) = lab else {
         return;
     };
     let serve = Serve::start(&lab);
-    let p = pair(&lab, 0, "right", 1 << 20, &["--punch-budget", "2"]);
+    let p = pair(&lab, 0, "right", 1 << 20, extra);
     let log = serve.stop();
     let what = format!(
         "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",

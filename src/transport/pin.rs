@@ -35,6 +35,15 @@ impl Identity {
         })
     }
 
+    /// The same certificate and key again (for a second transport that must show the peer
+    /// the certificate it already pinned).
+    pub fn duplicate(&self) -> Self {
+        Identity {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+
     /// SHA-256 of the certificate DER: what the peer pins.
     pub fn fingerprint(&self) -> [u8; 32] {
         fingerprint(&self.cert)

@@ -156,19 +156,6 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-/// The session's secret: `--secret`, or (with a warning) the session name.
-fn secret(cfg: &ConnectConfig, status: &Status) -> String {
-    match &cfg.secret {
-        Some(s) => s.clone(),
-        None => {
-            status.say(
-                "warning: no --secret; the session name is the key, so anyone who knows it can pose as the peer",
-            );
-            cfg.session.clone()
-        }
-    }
-}
-
 /// Who we are in this run, settled before the rendezvous.
 struct Me {
     classified: Classified,
@@ -183,15 +170,6 @@ struct Me {
     secret: String,
 }
 
-/// With `--tcp`: the router's mapping of the TCP punch port, asked for once the
-/// prediction has chosen that port. Dropping it deletes the mapping.
-#[derive(Default)]
-struct TcpMapping {
-    keeper: Option<portmap::Keeper>,
-    mapped: Option<SocketAddr>,
-    report: Option<portmap::MappingReport>,
-}
-
 fn connect(
     cfg: &ConnectConfig,
     status: &Status,
@@ -203,11 +181,12 @@ fn connect(
     if cfg.tcp {
         tcp_punch::check_privileges(cfg.syn_engine)?;
     }
-    let secret = secret(cfg, status);
+    let secret = rendezvous::secret(cfg, status);
     let key = derive_key(secret.as_bytes(), &cfg.session);
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
     // The UDP mapping and the relay allocation are asked for while the NAT is classified.
     let (pre_bound, early) = portmap::udp_early(cfg, status)?;
+    let (reserved, tcp_early) = portmap::tcp_early(cfg, status)?;
     let deadline = started + cfg.timeout;
     // Freed when dropped, on every way out of here.
     let relay = relay::begin(cfg, status, &secret, deadline);
@@ -249,7 +228,11 @@ fn connect(
         fingerprint: identity.fingerprint(),
     };
     let relay = relay::settled(relay, cfg, status, &|| shutdown.requested());
-    let mut tcp_mapping = TcpMapping::default();
+    let mut tcp_mapping = portmap::TcpMapping {
+        reserved,
+        early: tcp_early,
+        ..portmap::TcpMapping::default()
+    };
     let met = meet(
         cfg,
         status,
@@ -265,26 +248,36 @@ fn connect(
         report.port_mapping = tcp_mapping.report.take();
     }
     let (intro, tcp_prep) = met?;
-    if let Some(prep) = tcp_prep {
-        // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
-        // the server, which nothing needs any more, but closing it costs nothing either.
-        let start = TcpStart {
-            intro,
-            prep,
-            identity,
-            key: me.key,
-            my_id: me.my_id,
-            rtt: me.classified.rtt,
-            my_mapped: tcp_mapping.mapped,
-        };
-        return connect_tcp(cfg, status, started, report, start, capture, &shutdown);
-    }
     let peer = stream::RelayPeer {
         offer: intro.peer.relayed.clone(),
         peer_id: intro.peer.id.clone(),
         key: me.key,
         controlling: me.my_id > intro.peer.id,
     };
+    if let Some(prep) = tcp_prep {
+        // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
+        // the server, which nothing needs any more, but closing it costs nothing either.
+        let start = TcpStart {
+            intro,
+            prep,
+            // The relayed stream, should the punch fail, shows the peer the same
+            // certificate that our relayed offer named.
+            identity: identity.duplicate(),
+            key: me.key,
+            my_id: me.my_id,
+            rtt: me.classified.rtt,
+            my_mapped: tcp_mapping.mapped,
+        };
+        return match connect_tcp(cfg, status, started, report, start, capture, &shutdown) {
+            Err(failed @ Error::PunchFailed { .. }) => {
+                let r = relay.as_ref();
+                stream::stream_relayed(
+                    cfg, status, started, report, r, peer, &identity, &shutdown, failed,
+                )
+            }
+            r => r,
+        };
+    }
     let punched = match punch_udp(
         cfg, status, deadline, report, intro, main, me, capture, &shutdown,
     ) {
@@ -309,17 +302,13 @@ fn meet(
     deadline: Instant,
     main: &UdpSocket,
     me: &Me,
-    mapping: &mut TcpMapping,
+    mapping: &mut portmap::TcpMapping,
     relay: Option<&relay::Relay>,
 ) -> Result<(Introduction, Option<tcp_punch::TcpPrep>), Error> {
     let c = &me.classified;
     // Once the router maps the punch port, the prediction keeps that port.
     let pinned = std::cell::OnceCell::new();
-    let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
-        if let Some(held) = pinned.get() {
-            return Ok(Clone::clone(held));
-        }
-        let prep = tcp_punch::prepare(cfg.server, c.local_ip, c.other_address, c.nat)?;
+    let with_offer = |prep: tcp_punch::TcpPrep| {
         let offer = tcp::make_offer(
             &me.key,
             &me.my_id,
@@ -327,7 +316,14 @@ fn meet(
             &prep.prediction,
             &me.fingerprint,
         );
-        Ok((prep, offer))
+        (prep, offer)
+    };
+    let predict_tcp = || -> Result<(tcp_punch::TcpPrep, TcpOffer), Error> {
+        if let Some(held) = pinned.get() {
+            return Ok(Clone::clone(held));
+        }
+        let prep = tcp_punch::prepare(cfg.server, c.local_ip, c.other_address, c.nat)?;
+        Ok(with_offer(prep))
     };
     let mut first_offer = None;
     let mut tcp = if cfg.tcp {
@@ -335,23 +331,47 @@ fn meet(
             "predicting our NAT's TCP ports toward {} ...",
             cfg.server
         ));
-        let (prep, offer) = predict_tcp()?;
+        // From the port reserved at the start, whose router mapping was asked for while the
+        // NAT was classified.
+        let (prep, offer) = match mapping.reserved.take() {
+            Some(r) if r.local.ip() == c.local_ip => with_offer(tcp_punch::prepare_from(
+                r,
+                cfg.server,
+                c.other_address,
+                c.nat,
+            )?),
+            _ => predict_tcp()?,
+        };
         status.say(prep.describe());
-        // Endpoint-independent: what PCP or NAT-PMP settle within a round trip to the server
-        // (the router is nearer), nothing of SSDP's wait.
-        let patience = portmap::Patience::for_mapping(
-            prep.prediction.nat.mapping,
-            Instant::now() + me.classified.rtt,
-        );
-        let (keeper, mapped) = portmap::for_connect(
-            cfg,
-            crate::core::portmap::Protocol::Tcp,
-            prep.local,
-            status,
-            shutdown,
-            &mut mapping.report,
-            patience,
-        )?;
+        // Endpoint-independent: what the router settled since it was asked, nothing of
+        // SSDP's wait. A request not made early (another local address) gets a round trip
+        // to the server (the router is nearer) for PCP or NAT-PMP.
+        let early = mapping.early.take();
+        let extra = if early.is_some() {
+            Duration::ZERO
+        } else {
+            me.classified.rtt
+        };
+        let patience =
+            portmap::Patience::for_mapping(prep.prediction.nat.mapping, Instant::now() + extra);
+        let (keeper, mapped) = match early {
+            Some(started) => portmap::finish(
+                Some(started),
+                status,
+                shutdown,
+                &mut mapping.report,
+                patience,
+            )?,
+            None => portmap::for_connect(
+                cfg,
+                crate::core::portmap::Protocol::Tcp,
+                prep.local,
+                status,
+                shutdown,
+                &mut mapping.report,
+                patience,
+            )?,
+        };
         let (prep, offer) = if mapped.is_some() {
             let _ = pinned.set((prep.clone(), offer.clone()));
             (prep, offer)
@@ -579,6 +599,7 @@ fn connect_tcp(
     report.local = Some(punched.conn.local);
     report.peer = Some(punched.conn.remote);
     report.connected = true;
+    report.path = Some("direct");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     status.say(format!(
         "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",

@@ -583,6 +583,17 @@ pub(super) fn finish(
     Ok((keeper, mapped))
 }
 
+/// With `--tcp`: the punch port, reserved at the start, and the router's mapping of it,
+/// asked for meanwhile. Dropping it deletes the mapping.
+#[derive(Default)]
+pub(super) struct TcpMapping {
+    pub reserved: Option<super::tcp_punch::Reserved>,
+    pub early: Option<Started>,
+    pub keeper: Option<Keeper>,
+    pub mapped: Option<SocketAddr>,
+    pub report: Option<MappingReport>,
+}
+
 /// A socket bound (nothing sent yet) and its address.
 pub(super) type Bound = (UdpSocket, SocketAddr);
 
@@ -600,16 +611,44 @@ pub(super) fn udp_early(
     if !cfg.port_mapping || cfg.tcp {
         return Ok((None, None));
     }
-    let ip = match cfg.bind {
-        Some(ip) => ip,
-        None => match route_source(cfg.server) {
-            Ok(ip) => ip,
-            Err(_) => return Ok((None, None)),
-        },
+    let Some(ip) = source_ip(cfg) else {
+        return Ok((None, None));
     };
     let (mut socks, locals) = bind_fresh(ip, 1)?;
     let started = begin(Protocol::Udp, cfg.port_mapping_lifetime, locals[0], status)?;
     Ok((Some((socks.remove(0), locals[0])), Some(started)))
+}
+
+/// With `--tcp`, [`udp_early`]'s counterpart: the TCP punch port, reserved before the
+/// classification, and its mapping asked for meanwhile (with `--port-mapping auto`). Nothing
+/// is sent from the port yet, so the prediction that follows the classification still sees
+/// its first connections; a router slow to answer (SSDP) is waited for while the NAT is
+/// classified instead of after.
+pub(super) fn tcp_early(
+    cfg: &super::ConnectConfig,
+    status: &Status,
+) -> Result<(Option<super::tcp_punch::Reserved>, Option<Started>), Error> {
+    let Some(ip) = source_ip(cfg).filter(|_| cfg.tcp) else {
+        return Ok((None, None));
+    };
+    let reserved = super::tcp_punch::Reserved::new(ip)?;
+    let started = cfg
+        .port_mapping
+        .then(|| {
+            begin(
+                Protocol::Tcp,
+                cfg.port_mapping_lifetime,
+                reserved.local,
+                status,
+            )
+        })
+        .transpose()?;
+    Ok((Some(reserved), started))
+}
+
+/// The local address toward the server: `--bind`, or the route's source.
+fn source_ip(cfg: &super::ConnectConfig) -> Option<IpAddr> {
+    cfg.bind.or_else(|| route_source(cfg.server).ok())
 }
 
 #[cfg(test)]

@@ -309,11 +309,6 @@ pub(super) fn begin(
     secret: &str,
     deadline: Instant,
 ) -> Option<Relay> {
-    if cfg.tcp {
-        // Only the UDP stream falls back to the relay so far.
-        tracing::info!("--tcp: no relay allocation (the TCP punch has no relay fallback yet)");
-        return None;
-    }
     match Relay::start(
         &cfg.relay,
         cfg.server,

@@ -131,3 +131,16 @@ pub(super) fn rendezvous(
         }
     }
 }
+
+/// The session's secret: `--secret`, or (with a warning) the session name.
+pub(super) fn secret(cfg: &super::ConnectConfig, status: &Status) -> String {
+    match &cfg.secret {
+        Some(s) => s.clone(),
+        None => {
+            status.say(
+                "warning: no --secret; the session name is the key, so anyone who knows it can pose as the peer",
+            );
+            cfg.session.clone()
+        }
+    }
+}

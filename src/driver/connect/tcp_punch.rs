@@ -36,7 +36,7 @@ use crate::os::ttl;
 use crate::transport::tls::{self, TlsSide};
 use crate::transport::{Role, StreamStats};
 use crate::Error;
-pub use predict::{prepare, TcpPrep};
+pub use predict::{prepare, prepare_from, Reserved, TcpPrep};
 pub use raw::{peer_rtt, SynEngine};
 use socket2::{SockRef, TcpKeepalive};
 use std::collections::HashMap;

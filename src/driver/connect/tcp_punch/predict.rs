@@ -73,6 +73,25 @@ fn endpoints(server: SocketAddr, other: Option<SocketAddr>) -> Vec<SocketAddr> {
     v
 }
 
+/// A fresh local TCP port held by a bound (not listening, not connecting) socket that
+/// shares it, so that nobody else gets it before the punch's connections use it.
+pub struct Reserved {
+    _sock: socket2::Socket,
+    pub local: SocketAddr,
+}
+
+impl Reserved {
+    pub fn new(ip: IpAddr) -> Result<Self, Error> {
+        tcp_stun::shared_port_socket(SocketAddr::new(ip, 0))
+            .and_then(|s| {
+                let a = s.local_addr()?.as_socket();
+                a.map(|local| Reserved { _sock: s, local })
+                    .ok_or_else(|| std::io::Error::other("not an IP socket"))
+            })
+            .map_err(|e| Error::io("cannot reserve a local TCP port for the punch", e))
+    }
+}
+
 /// Connects from one fresh local port to each server endpoint and predicts where our next
 /// connection from that port will appear. `udp` (from the UDP classification) stands in when
 /// the server has no alternate endpoints to compare with.
@@ -82,19 +101,21 @@ pub fn prepare(
     other: Option<SocketAddr>,
     udp: NatInfo,
 ) -> Result<TcpPrep, Error> {
+    prepare_from(Reserved::new(local_ip)?, server, other, udp)
+}
+
+/// [`prepare`] from a port reserved earlier (its router mapping asked for meanwhile).
+pub fn prepare_from(
+    reserved: Reserved,
+    server: SocketAddr,
+    other: Option<SocketAddr>,
+    udp: NatInfo,
+) -> Result<TcpPrep, Error> {
     let eps = endpoints(server, other);
-    // One local port for every connection, held by a bound socket while they run; their SYNs
-    // leave side by side in `eps`'s order, so that a sequential NAT numbers them in that
-    // order while the whole takes two round trips (handshake, Binding) rather than two per
-    // endpoint.
-    let reserved = tcp_stun::shared_port_socket(SocketAddr::new(local_ip, 0))
-        .and_then(|s| {
-            let a = s.local_addr()?.as_socket();
-            a.map(|a| (s, a))
-                .ok_or_else(|| std::io::Error::other("not an IP socket"))
-        })
-        .map_err(|e| Error::io("cannot reserve a local TCP port for the punch", e))?;
-    let local = reserved.1;
+    // Every connection leaves from the reserved port; their SYNs go side by side in `eps`'s
+    // order, so that a sequential NAT numbers them in that order while the whole takes two
+    // round trips (handshake, Binding) rather than two per endpoint.
+    let local = reserved.local;
     let mut results = tcp_stun::bindings_in_order(local, &eps, BINDING_TIMEOUT).into_iter();
     drop(reserved);
     let first = results
