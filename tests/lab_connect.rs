@@ -445,6 +445,30 @@ fn cones_connect_through_20_percent_loss() {
     }
 }
 
+/// Two sequential NATs that predict each other, 40 ms from the server each and 5% loss on
+/// each: a window flow's first packet lost before its NAT used to shift every later flow's
+/// port (4 of 12 failed), and a SYN lost before the NAT made the TCP prediction read the
+/// counter as random. UDP four times, TCP twice.
+#[test]
+fn sequential_pair_connects_through_5_percent_loss_at_40_ms() {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("symmetric-sequential")
+            .kind_b("symmetric-sequential")
+            .delay_ms(40)
+            .loss_pct(5),
+    ) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..6 {
+        let tcp: &[&str] = if t >= 4 { &["--tcp"] } else { &[] };
+        let p = pair(&lab, t, "right", MIB, tcp);
+        let transport = if tcp.is_empty() { "udp" } else { "tcp" };
+        // A lost classification answer may leave a NAT's allocation unknown: a sweep then.
+        check_connected_over(&p, transport, "predict|sweep", &format!("5% loss, try {t}"));
+    }
+}
+
 /// Two port-restricted cones with a delay element of 40 ms each way on each NAT's uplink:
 /// A and B are 80 ms apart one way (160 ms RTT), each 40 ms + 40 ms from the server.
 fn cones_with_40_ms_delay() -> Option<Lab> {
