@@ -107,12 +107,55 @@ fn through_the_relay(lab: Option<Lab>) {
             "{n}: {r:#}"
         );
         assert_eq!(r["bytes_sent"], 1 << 20, "{n}: {r:#}");
+        // Never direct; the first byte came through the relay.
+        assert!(r["time_to_direct_ms"].is_null(), "{n}: {r:#}");
+        assert!(r["time_to_first_byte_ms"].is_u64(), "{n}: {r:#}");
         assert!(s.stderr.contains("goes through the relay"), "{n}: {what}");
     }
     assert!(p.data_ok, "data differs: {what}");
     assert_eq!(count(&log, "made"), 2, "{log}");
     assert_eq!(count(&log, "active"), 0, "{log}");
     assert_eq!(count(&log, "freed by the client"), 2, "{log}");
+    assert_eq!(count(&log, "freed at exit"), 0, "{log}");
+}
+
+/// A cone pair punches a hole even with the relay on offer: the stream goes direct, the
+/// report says when (before its first byte), and both allocations are freed.
+#[test]
+fn cone_pair_ends_direct() {
+    let Some(lab) =
+        Lab::up_with(LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone"))
+    else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let p = pair(&lab, 0, "right", 1 << 20, &[]);
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        let r = &s.report;
+        assert_eq!(r["path"], "direct", "{n}: {r:#}");
+        let direct = r["time_to_direct_ms"].as_u64();
+        let first = r["time_to_first_byte_ms"].as_u64();
+        assert!(
+            direct.is_some() && first.is_some() && direct <= first,
+            "{n}: {r:#}"
+        );
+        assert!(
+            first
+                <= r["elapsed_ms"]
+                    .as_u64()
+                    .zip(r["stream_ms"].as_u64())
+                    .map(|(a, b)| a + b),
+            "{n}: {r:#}"
+        );
+    }
+    assert!(p.data_ok, "data differs: {what}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
     assert_eq!(count(&log, "freed at exit"), 0, "{log}");
 }
 
@@ -135,6 +178,12 @@ fn random_symmetric_pair_with_relay_off_fails_as_before() {
         assert_eq!(s.report["connected"], false, "{n}: {:#}", s.report);
         assert!(
             s.report["path"].is_null() && s.report["relay"].is_null(),
+            "{n}: {:#}",
+            s.report
+        );
+        // No stream: neither time exists.
+        assert!(
+            s.report["time_to_direct_ms"].is_null() && s.report["time_to_first_byte_ms"].is_null(),
             "{n}: {:#}",
             s.report
         );
