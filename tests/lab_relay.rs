@@ -21,14 +21,20 @@ struct Serve {
 
 impl Serve {
     fn start(lab: &Lab) -> Serve {
+        Serve::start_with(lab, &[])
+    }
+
+    /// With `extra` options (relay users, quotas).
+    fn start_with(lab: &Lab, extra: &[&str]) -> Serve {
         let dir = common::tempdir::Dir::new(&format!("{}-serve", lab.name()));
         let log = dir.path.join("serve.log");
         let file = std::fs::File::create(&log).expect("serve log");
-        let child = common::punchraw_serve_to(
-            lab,
-            &["--alternate", "203.0.113.2", "--relay"],
-            Stdio::from(file),
-        );
+        let args: Vec<&str> = ["--alternate", "203.0.113.2", "--relay"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let child = common::punchraw_serve_to(lab, &args, Stdio::from(file));
         Serve {
             child,
             log,
@@ -313,4 +319,103 @@ fn a_long_wait_behind_a_forgetful_nat_keeps_the_relay_reachable() {
         assert_eq!(s.report["path"], "relay", "{n}: {:#}", s.report);
     }
     assert!(p.data_ok, "data differs: {what}");
+}
+
+/// `--relay turn://USER:PASS@...` with a wrong password: connect stops at once, before the
+/// rendezvous, with exit 7 and what to fix.
+#[test]
+fn wrong_relay_password_is_exit_7_at_once() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start_with(&lab, &["--relay-user", "relayuser:relaypass"]);
+    let dir = Dir::new(&format!("{}-badpass", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let session = format!("{}-badpass", lab.name());
+    let relay = "turn://relayuser:wrong@203.0.113.1:3478";
+    let started = Instant::now();
+    let a = connect_cmd(
+        &lab,
+        common::lab::Node::A,
+        &dir.0,
+        "a",
+        &session,
+        "right",
+        &["--relay", relay],
+    )
+    .output()
+    .expect("run connect A");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    let log = serve.stop();
+    assert_eq!(a.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("203.0.113.1:3478 refused user \"relayuser\"'s credentials (401")
+            && stderr.contains("check USER:PASS in --relay"),
+        "{stderr}"
+    );
+    // Classification and the first Allocate; no waiting for a peer that never comes.
+    assert!(took < Duration::from_secs(15), "took {took:?}: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("a.json")).expect("report"))
+            .expect("report JSON");
+    assert!(
+        report["error"].as_str().is_some_and(|e| e.contains("401")),
+        "{report:#}"
+    );
+    assert_eq!(count(&log, "made"), 0, "{log}");
+}
+
+/// A relay whose user quota (1) is used up by A: B's Allocate gets 486, which B says and
+/// punches on; when the punch fails, B ends with exit 7 naming the refusal instead of the
+/// bare exit 8, and A (its peer offered no relayed address) with exit 8.
+#[test]
+fn relay_quota_refusal_is_exit_7_when_no_hole_opens() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start_with(
+        &lab,
+        &[
+            "--relay-user",
+            "relayuser:relaypass",
+            "--relay-user-quota",
+            "1",
+        ],
+    );
+    let relay = "turn://relayuser:relaypass@203.0.113.1:3478";
+    let p = pair(
+        &lab,
+        0,
+        "right",
+        1024,
+        &["--punch-budget", "2", "--relay", relay],
+    );
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    assert_eq!(p.a.code, Some(8), "A: {what}");
+    assert_eq!(p.b.code, Some(7), "B: {what}");
+    assert!(
+        p.b.stderr.contains("refused our allocation")
+            && p.b.stderr.contains("486 Allocation Quota Reached")
+            && p.b.stderr.contains("punching on without a relay"),
+        "B: {what}"
+    );
+    assert!(
+        p.b.stderr
+            .contains("no direct path, and the relay 203.0.113.1:3478"),
+        "B: {what}"
+    );
+    assert!(
+        p.b.report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("486") && e.contains("punching failed")),
+        "B: {:#}",
+        p.b.report
+    );
+    assert_eq!(count(&log, "made"), 1, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
 }

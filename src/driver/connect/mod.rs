@@ -256,7 +256,7 @@ fn connect(
         key,
         fingerprint: identity.fingerprint(),
     };
-    let relay = relay::settled(relay, cfg, status, &|| shutdown.requested());
+    let (relay, refused) = relay::settled(relay, cfg, status, &|| shutdown.requested())?;
     let mut tcp_mapping = TcpMapping::default();
     let met = meet(
         cfg,
@@ -298,6 +298,7 @@ fn connect(
     ) {
         Err(failed @ Error::PunchFailed { .. }) => {
             let r = relay.as_ref();
+            let failed = relay::no_direct_path(r, refused, failed);
             return stream::stream_relayed(
                 cfg, status, started, report, r, peer, &identity, &shutdown, failed,
             );
