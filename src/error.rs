@@ -72,6 +72,14 @@ pub enum Error {
         #[source]
         punch: Box<Error>,
     },
+    /// The relayed stream ended because the relay stopped relaying, with no direct path.
+    #[error("the relay {server} stopped relaying ({why}), and there is no direct path to the peer to go on with")]
+    RelayLost {
+        server: SocketAddr,
+        why: String,
+        #[source]
+        stream: Box<Error>,
+    },
     #[error(transparent)]
     Stream(#[from] StreamError),
     /// SIGINT (Ctrl-C) or SIGTERM arrived; the command stopped after its cleanup.
@@ -124,7 +132,7 @@ impl Error {
     /// 4 local setup (bind, capture file), 5 peer never came, 6 session taken,
     /// 7 peer authentication failed (or the session has another secret; or the relay refused
     /// our credentials, or refused us when no hole opened), 8 punching failed within the
-    /// budget, 9 the stream failed after the hole was open, 130 interrupted by SIGINT, 143 by SIGTERM (the shell's
+    /// budget, 9 the stream failed after the hole was open (or the relay carrying it died), 130 interrupted by SIGINT, 143 by SIGTERM (the shell's
     /// 128 + signal number, which a supervisor reads as "stopped by that signal").
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -143,7 +151,7 @@ impl Error {
             | Error::RelayRefused { .. } => 7,
             Error::PunchFailed { .. } => 8,
             Error::Stream(e) if e.is_auth_failure() => 7,
-            Error::Stream(_) => 9,
+            Error::Stream(_) | Error::RelayLost { .. } => 9,
             Error::TransportMismatch { .. } => 1,
             Error::Interrupted { signal } => 128 + signal.number(),
             Error::Context { source, .. } => source.exit_code(),

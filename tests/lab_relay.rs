@@ -419,3 +419,85 @@ fn relay_quota_refusal_is_exit_7_when_no_hole_opens() {
     assert_eq!(count(&log, "made"), 1, "{log}");
     assert_eq!(count(&log, "active"), 0, "{log}");
 }
+
+/// The relay dies (SIGKILL) while a relayed stream runs and no direct path exists: both
+/// peers end within a bounded time with exit 9 and a message that names the relay, and
+/// neither panics.
+#[test]
+fn relay_dying_mid_stream_is_exit_9() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let mut serve = Serve::start(&lab);
+    let dir = Dir::new(&format!("{}-relaydies", lab.name()));
+    let session = format!("{}-relaydies", lab.name());
+    let mut sides = Vec::new();
+    for (node, name) in [(common::lab::Node::A, "a"), (common::lab::Node::B, "b")] {
+        std::fs::write(dir.0.join(format!("{name}.in")), b"").expect("write");
+        let mut cmd = connect_cmd(
+            &lab,
+            node,
+            &dir.0,
+            name,
+            &session,
+            "right",
+            &["--punch-budget", "2", "--timeout", "40"],
+        );
+        // Endless input, 64 KiB every 20 ms, so the stream is still busy when the relay
+        // dies; the writer stops when the connect is gone.
+        cmd.stdin(Stdio::piped());
+        let mut child = ChildGuard(cmd.spawn().expect("start connect"));
+        let mut input = child.0.stdin.take().expect("stdin");
+        std::thread::spawn(move || loop {
+            if std::io::Write::write_all(&mut input, &[7u8; 65536]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        sides.push((name, child));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Both have received relayed data: the stream runs through the relay.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let received =
+        |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
+    while received("a") == 0 || received("b") == 0 {
+        assert!(Instant::now() < deadline, "no relayed stream came up");
+        for (name, c) in &mut sides {
+            assert!(
+                c.0.try_wait().expect("wait").is_none(),
+                "{name} ended early"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    serve.child.0.kill().expect("kill serve");
+    let _ = serve.child.0.wait();
+    let killed = Instant::now();
+    for (name, mut c) in sides {
+        let (code, stderr) = c.0.wait_with_output_ref();
+        let took = killed.elapsed();
+        let stderr = String::from_utf8_lossy(&stderr);
+        assert_eq!(code, Some(9), "{name}: {stderr}");
+        assert!(
+            stderr.contains("the relay 203.0.113.1:3478 stopped relaying")
+                && stderr.contains("no direct path"),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        // QUIC's idle timeout (30 s) is what ends the stream.
+        assert!(
+            took < Duration::from_secs(45),
+            "{name} took {took:?}: {stderr}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.0.join(format!("{name}.json"))).expect("report"),
+        )
+        .expect("report JSON");
+        assert_eq!(report["path"], "relay", "{name}: {report:#}");
+        assert!(
+            report["time_to_first_byte_ms"].is_u64(),
+            "{name}: {report:#}"
+        );
+    }
+}

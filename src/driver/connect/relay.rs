@@ -64,6 +64,9 @@ struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
     data: Mutex<Option<Relayed>>,
+    /// The server's host answered ICMP port unreachable after the allocation was made:
+    /// nothing listens there any more (the socket is connected, so Linux reports it).
+    unreachable: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +126,11 @@ impl Relay {
         };
         let sock = UdpSocket::bind(SocketAddr::new(any, 0))
             .map_err(|e| format!("cannot open a socket for the relay: {e}"))?;
+        // Connected, so that an ICMP port unreachable from a relay that died reaches us as
+        // ECONNREFUSED (an unconnected UDP socket never hears of it); the client only ever
+        // talks to this one server.
+        sock.connect(server)
+            .map_err(|e| format!("cannot reach the relay {server}: {e}"))?;
         let mut cfg = TurnConfig::new(server, &username, &password, rand::random());
         // The peer may keep us waiting longer than a NAT keeps an idle binding.
         cfg.keepalive = Some(KEEPALIVE);
@@ -132,6 +140,7 @@ impl Relay {
             state: Mutex::new(State::Allocating { last_error: None }),
             stop: AtomicBool::new(false),
             data: Mutex::new(None),
+            unreachable: AtomicBool::new(false),
         });
         let s = shared.clone();
         let retry_until = retry.then_some(retry_until);
@@ -156,6 +165,18 @@ impl Relay {
     pub(super) fn relayed(&self) -> Option<SocketAddr> {
         match self.state() {
             State::Allocated(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Why the allocation stopped serving, once it did: the server's host said nothing
+    /// listens there any more, or the allocation failed (a Refresh unanswered or refused).
+    pub(super) fn lost(&self) -> Option<String> {
+        if self.shared.unreachable.load(Ordering::Relaxed) {
+            return Some("its host answers ICMP port unreachable: the TURN server is gone".into());
+        }
+        match self.state() {
+            State::Failed(e) => Some(e.to_string()),
             _ => None,
         }
     }
@@ -296,10 +317,18 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
         if s.sock.set_read_timeout(Some(wait)).is_err() {
             return;
         }
-        if let Ok((n, from)) = s.sock.recv_from(&mut buf) {
-            let mut c = lock(&s.client);
-            c.handle_input(Instant::now(), 0, from, &buf[..n]);
-            s.flush(&mut c);
+        match s.sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let mut c = lock(&s.client);
+                c.handle_input(Instant::now(), 0, from, &buf[..n]);
+                s.flush(&mut c);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && allocated => {
+                if !s.unreachable.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the TURN server's host answers ICMP port unreachable");
+                }
+            }
+            Err(_) => {}
         }
     }
 }

@@ -266,6 +266,27 @@ pub(super) fn stream_relayed(
         first.clone(),
     );
     first.report(report, started);
-    done(report, status, stats?, started);
+    let stats = stats.map_err(|e| relay_lost(relay, e))?;
+    done(report, status, stats, started);
     Ok(())
+}
+
+/// A relayed stream's failure, said in terms of the relay when the relay is what stopped
+/// (its host refuses our datagrams, or a Refresh failed): QUIC itself only sees silence
+/// until its idle timeout. Exit 9 either way; an authentication failure stays one.
+fn relay_lost(relay: &Relay, e: Error) -> Error {
+    match e {
+        Error::Stream(ref s) if !s.is_auth_failure() => match relay.lost() {
+            Some(why) => Error::RelayLost {
+                server: relay.server,
+                why,
+                stream: Box::new(e),
+            },
+            None => Error::context(
+                format!("the relayed stream through {} failed", relay.server),
+                e,
+            ),
+        },
+        e => e,
+    }
 }
