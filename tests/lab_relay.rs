@@ -429,48 +429,7 @@ fn relay_dying_mid_stream_is_exit_9() {
         return;
     };
     let mut serve = Serve::start(&lab);
-    let dir = Dir::new(&format!("{}-relaydies", lab.name()));
-    let session = format!("{}-relaydies", lab.name());
-    let mut sides = Vec::new();
-    for (node, name) in [(common::lab::Node::A, "a"), (common::lab::Node::B, "b")] {
-        std::fs::write(dir.0.join(format!("{name}.in")), b"").expect("write");
-        let mut cmd = connect_cmd(
-            &lab,
-            node,
-            &dir.0,
-            name,
-            &session,
-            "right",
-            &["--punch-budget", "2", "--timeout", "40"],
-        );
-        // Endless input, 64 KiB every 20 ms, so the stream is still busy when the relay
-        // dies; the writer stops when the connect is gone.
-        cmd.stdin(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().expect("start connect"));
-        let mut input = child.0.stdin.take().expect("stdin");
-        std::thread::spawn(move || loop {
-            if std::io::Write::write_all(&mut input, &[7u8; 65536]).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        });
-        sides.push((name, child));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    // Both have received relayed data: the stream runs through the relay.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let received =
-        |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
-    while received("a") == 0 || received("b") == 0 {
-        assert!(Instant::now() < deadline, "no relayed stream came up");
-        for (name, c) in &mut sides {
-            assert!(
-                c.0.try_wait().expect("wait").is_none(),
-                "{name} ended early"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (dir, sides) = relayed_endless(&lab, "relaydies");
     serve.child.0.kill().expect("kill serve");
     let _ = serve.child.0.wait();
     let killed = Instant::now();
@@ -500,4 +459,82 @@ fn relay_dying_mid_stream_is_exit_9() {
             "{name}: {report:#}"
         );
     }
+}
+
+/// A random x random pair (`serve --relay` already running) with endless input on both
+/// sides, once data flows both ways through the relay: the stream is busy at that moment.
+fn relayed_endless(lab: &Lab, tag: &str) -> (Dir, Vec<(&'static str, ChildGuard)>) {
+    let dir = Dir::new(&format!("{}-{tag}", lab.name()));
+    let session = format!("{}-{tag}", lab.name());
+    let mut sides = Vec::new();
+    for (node, name) in [(common::lab::Node::A, "a"), (common::lab::Node::B, "b")] {
+        std::fs::write(dir.0.join(format!("{name}.in")), b"").expect("write");
+        let mut cmd = connect_cmd(
+            lab,
+            node,
+            &dir.0,
+            name,
+            &session,
+            "right",
+            &["--punch-budget", "2", "--timeout", "40"],
+        );
+        // Endless input, 64 KiB every 20 ms, so the stream is still busy at the fault the
+        // test makes; the writer stops when the connect is gone.
+        cmd.stdin(Stdio::piped());
+        let mut child = ChildGuard(cmd.spawn().expect("start connect"));
+        let mut input = child.0.stdin.take().expect("stdin");
+        std::thread::spawn(move || loop {
+            if std::io::Write::write_all(&mut input, &[7u8; 65536]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        sides.push((name, child));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Both have received relayed data: the stream runs through the relay.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let received =
+        |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
+    while received("a") == 0 || received("b") == 0 {
+        assert!(Instant::now() < deadline, "no relayed stream came up");
+        for (name, c) in &mut sides {
+            assert!(
+                c.0.try_wait().expect("wait").is_none(),
+                "{name} ended early"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (dir, sides)
+}
+
+/// SIGINT to one peer while the relayed stream is busy: it exits 130, the other ends (the
+/// stream was closed as interrupted), and both allocations are freed by their clients.
+#[test]
+fn sigint_mid_relayed_stream_frees_both_allocations() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let (_dir, mut sides) = relayed_endless(&lab, "sigintrelayed");
+    let pid = nix::unistd::Pid::from_raw(sides[0].1 .0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal A");
+    let stopped = Instant::now();
+    let (code_a, err_a) = sides[0].1 .0.wait_with_output_ref();
+    let (code_b, err_b) = sides[1].1 .0.wait_with_output_ref();
+    let took = stopped.elapsed();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}",
+        String::from_utf8_lossy(&err_a),
+        String::from_utf8_lossy(&err_b)
+    );
+    let log = serve.stop();
+    assert_eq!(code_a, Some(130), "{what}");
+    // B hears the close at once rather than waiting out the idle timeout.
+    assert_eq!(code_b, Some(9), "{what}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {what}");
+    assert_eq!(count(&log, "made"), 2, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
+    assert_eq!(count(&log, "freed by the client"), 2, "{log}");
 }
