@@ -444,9 +444,10 @@ fn relay_dying_mid_stream_is_exit_9() {
             "{name}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
-        // QUIC's idle timeout (30 s) is what ends the stream.
+        // The relay's host refusing our datagrams ends the stream, not QUIC's idle timeout
+        // (30 s).
         assert!(
-            took < Duration::from_secs(45),
+            took < Duration::from_secs(10),
             "{name} took {took:?}: {stderr}"
         );
         let report: serde_json::Value = serde_json::from_slice(

@@ -45,6 +45,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Binding indications toward the TURN server this often: below the 30 s after which some
 /// NATs forget an idle UDP binding.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long the relay's host must keep refusing our datagrams (ICMP port unreachable) before
+/// the relay counts as gone: one refusal may be a stray, a second a second later is not.
+const GONE_AFTER: Duration = Duration::from_secs(1);
 /// Relayed datagrams waiting for QUIC; beyond, they are dropped as a full socket would.
 const QUEUE: usize = 4096;
 
@@ -67,6 +70,9 @@ struct Shared {
     /// The server's host answered ICMP port unreachable after the allocation was made:
     /// nothing listens there any more (the socket is connected, so Linux reports it).
     unreachable: AtomicBool,
+    /// Since when the server's host refuses our datagrams, with nothing heard since.
+    refused_since: Mutex<Option<Instant>>,
+    allocated: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,8 +83,35 @@ impl Shared {
     fn flush(&self, c: &mut Client) {
         while let Some(t) = c.poll_transmit() {
             // A lost datagram is repeated by the client's own timers (or lost, as on UDP).
-            let _ = self.sock.send_to(&t.payload, t.dst);
+            if let Err(e) = self.sock.send_to(&t.payload, t.dst) {
+                self.note_error(&e);
+            }
         }
+    }
+
+    /// A pending ICMP error is reported by whichever call on the socket comes next, a send
+    /// as well as a receive, so both note it. An allocated relay whose host keeps refusing
+    /// our datagrams for [`GONE_AFTER`], with nothing received meanwhile, is gone.
+    fn note_error(&self, e: &std::io::Error) {
+        if e.kind() != std::io::ErrorKind::ConnectionRefused
+            || !self.allocated.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let now = Instant::now();
+        let first = *lock(&self.refused_since).get_or_insert(now);
+        if now.duration_since(first) >= GONE_AFTER
+            && !self.unreachable.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("the TURN server's host keeps answering ICMP port unreachable");
+            // The relayed QUIC socket's receive side ends, which ends its stream now rather
+            // than at QUIC's idle timeout.
+            lock(&self.data).take();
+        }
+    }
+
+    fn note_heard(&self) {
+        *lock(&self.refused_since) = None;
     }
 }
 
@@ -141,6 +174,8 @@ impl Relay {
             stop: AtomicBool::new(false),
             data: Mutex::new(None),
             unreachable: AtomicBool::new(false),
+            refused_since: Mutex::new(None),
+            allocated: AtomicBool::new(false),
         });
         let s = shared.clone();
         let retry_until = retry.then_some(retry_until);
@@ -278,6 +313,7 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
             match ev {
                 Event::Allocated { relayed, .. } => {
                     allocated = true;
+                    s.allocated.store(true, Ordering::Relaxed);
                     *lock(&s.state) = State::Allocated(relayed);
                 }
                 Event::Data { peer, bytes } => {
@@ -319,16 +355,12 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
         }
         match s.sock.recv_from(&mut buf) {
             Ok((n, from)) => {
+                s.note_heard();
                 let mut c = lock(&s.client);
                 c.handle_input(Instant::now(), 0, from, &buf[..n]);
                 s.flush(&mut c);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && allocated => {
-                if !s.unreachable.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("the TURN server's host answers ICMP port unreachable");
-                }
-            }
-            Err(_) => {}
+            Err(e) => s.note_error(&e),
         }
     }
 }
