@@ -77,8 +77,10 @@ pub enum Error {
     RelayLost {
         server: SocketAddr,
         why: String,
+        /// How the stream ended, unless it ended only because we closed its relayed socket
+        /// on learning that the relay is gone (then QUIC's words would mislead).
         #[source]
-        stream: Box<Error>,
+        stream: Option<Box<Error>>,
     },
     #[error(transparent)]
     Stream(#[from] StreamError),

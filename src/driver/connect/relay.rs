@@ -205,13 +205,15 @@ impl Relay {
     }
 
     /// Why the allocation stopped serving, once it did: the server's host said nothing
-    /// listens there any more, or the allocation failed (a Refresh unanswered or refused).
-    pub(super) fn lost(&self) -> Option<String> {
+    /// listens there any more (then `true`: we closed the relayed socket for that), or the
+    /// allocation failed (a Refresh unanswered or refused).
+    pub(super) fn lost(&self) -> Option<(String, bool)> {
         if self.shared.unreachable.load(Ordering::Relaxed) {
-            return Some("its host answers ICMP port unreachable: the TURN server is gone".into());
+            let why = "its host answers ICMP port unreachable: the TURN server is gone";
+            return Some((why.into(), true));
         }
         match self.state() {
-            State::Failed(e) => Some(e.to_string()),
+            State::Failed(e) => Some((e.to_string(), false)),
             _ => None,
         }
     }

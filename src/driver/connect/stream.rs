@@ -277,11 +277,14 @@ pub(super) fn stream_relayed(
 fn relay_lost(relay: &Relay, e: Error) -> Error {
     match e {
         Error::Stream(ref s) if !s.is_auth_failure() => match relay.lost() {
-            Some(why) => Error::RelayLost {
-                server: relay.server,
-                why,
-                stream: Box::new(e),
-            },
+            Some((why, closed_by_us)) => {
+                tracing::debug!(error = %e.chain(), "the relayed stream ended");
+                Error::RelayLost {
+                    server: relay.server,
+                    why,
+                    stream: (!closed_by_us).then(|| Box::new(e)),
+                }
+            }
             None => Error::context(
                 format!("the relayed stream through {} failed", relay.server),
                 e,
