@@ -56,6 +56,32 @@ pub enum Error {
     TcpServerUnreachable { server: SocketAddr, reason: String },
     #[error("the peer punches {}, we punch {}: give --tcp on both sides or on neither", if *.peer_tcp { "TCP" } else { "UDP" }, if *.peer_tcp { "UDP" } else { "TCP" })]
     TransportMismatch { peer_tcp: bool },
+    /// `--relay turn://...` with a username or password the TURN server does not accept.
+    #[error("the TURN server {server} refused user {username:?}'s credentials (401 Unauthorized after authenticating, realm {realm:?}): check USER:PASS in --relay turn://USER:PASS@HOST:PORT")]
+    RelayCredentials {
+        server: SocketAddr,
+        username: String,
+        realm: String,
+    },
+    /// No hole opened, and the relay that would have carried the stream refused our
+    /// allocation (quota, capacity, policy); `refusal` names its error code and what to do.
+    #[error("no direct path, and the relay {server} that would have carried the stream refused our allocation: {refusal}")]
+    RelayRefused {
+        server: SocketAddr,
+        refusal: String,
+        #[source]
+        punch: Box<Error>,
+    },
+    /// The relayed stream ended because the relay stopped relaying, with no direct path.
+    #[error("the relay {server} stopped relaying ({why}), and there is no direct path to the peer to go on with")]
+    RelayLost {
+        server: SocketAddr,
+        why: String,
+        /// How the stream ended, unless it ended only because we closed its relayed socket
+        /// on learning that the relay is gone (then QUIC's words would mislead).
+        #[source]
+        stream: Option<Box<Error>>,
+    },
     #[error(transparent)]
     Stream(#[from] StreamError),
     /// SIGINT (Ctrl-C) or SIGTERM arrived; the command stopped after its cleanup.
@@ -106,8 +132,9 @@ impl std::fmt::Display for Signal {
 impl Error {
     /// Exit codes: 1 generic, 2 usage (clap), 3 server unreachable / UDP blocked / its registry down,
     /// 4 local setup (bind, capture file), 5 peer never came, 6 session taken,
-    /// 7 peer authentication failed (or the session has another secret), 8 punching failed within the budget, 9 the stream
-    /// failed after the hole was open, 130 interrupted by SIGINT, 143 by SIGTERM (the shell's
+    /// 7 peer authentication failed (or the session has another secret; or the relay refused
+    /// our credentials, or refused us when no hole opened), 8 punching failed within the
+    /// budget, 9 the stream failed after the hole was open (or the relay carrying it died), 130 interrupted by SIGINT, 143 by SIGTERM (the shell's
     /// 128 + signal number, which a supervisor reads as "stopped by that signal").
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -121,10 +148,12 @@ impl Error {
             Error::AuthFailed { .. }
             | Error::OfferAuthFailed
             | Error::SessionKeyMismatch { .. }
-            | Error::WrongSecretPeer { .. } => 7,
+            | Error::WrongSecretPeer { .. }
+            | Error::RelayCredentials { .. }
+            | Error::RelayRefused { .. } => 7,
             Error::PunchFailed { .. } => 8,
             Error::Stream(e) if e.is_auth_failure() => 7,
-            Error::Stream(_) => 9,
+            Error::Stream(_) | Error::RelayLost { .. } => 9,
             Error::TransportMismatch { .. } => 1,
             Error::Interrupted { signal } => 128 + signal.number(),
             Error::Context { source, .. } => source.exit_code(),

@@ -21,14 +21,20 @@ struct Serve {
 
 impl Serve {
     fn start(lab: &Lab) -> Serve {
+        Serve::start_with(lab, &[])
+    }
+
+    /// With `extra` options (relay users, quotas).
+    fn start_with(lab: &Lab, extra: &[&str]) -> Serve {
         let dir = common::tempdir::Dir::new(&format!("{}-serve", lab.name()));
         let log = dir.path.join("serve.log");
         let file = std::fs::File::create(&log).expect("serve log");
-        let child = common::punchraw_serve_to(
-            lab,
-            &["--alternate", "203.0.113.2", "--relay"],
-            Stdio::from(file),
-        );
+        let args: Vec<&str> = ["--alternate", "203.0.113.2", "--relay"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        let child = common::punchraw_serve_to(lab, &args, Stdio::from(file));
         Serve {
             child,
             log,
@@ -118,12 +124,55 @@ fn through_the_relay_with(lab: Option<Lab>, extra: &[&str]) {
             "{n}: {r:#}"
         );
         assert_eq!(r["bytes_sent"], 1 << 20, "{n}: {r:#}");
+        // Never direct; the first byte came through the relay.
+        assert!(r["time_to_direct_ms"].is_null(), "{n}: {r:#}");
+        assert!(r["time_to_first_byte_ms"].is_u64(), "{n}: {r:#}");
         assert!(s.stderr.contains("goes through the relay"), "{n}: {what}");
     }
     assert!(p.data_ok, "data differs: {what}");
     assert_eq!(count(&log, "made"), 2, "{log}");
     assert_eq!(count(&log, "active"), 0, "{log}");
     assert_eq!(count(&log, "freed by the client"), 2, "{log}");
+    assert_eq!(count(&log, "freed at exit"), 0, "{log}");
+}
+
+/// A cone pair punches a hole even with the relay on offer: the stream goes direct, the
+/// report says when (before its first byte), and both allocations are freed.
+#[test]
+fn cone_pair_ends_direct() {
+    let Some(lab) =
+        Lab::up_with(LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone"))
+    else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let p = pair(&lab, 0, "right", 1 << 20, &[]);
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert_eq!(s.code, Some(0), "{n}: {what}");
+        let r = &s.report;
+        assert_eq!(r["path"], "direct", "{n}: {r:#}");
+        let direct = r["time_to_direct_ms"].as_u64();
+        let first = r["time_to_first_byte_ms"].as_u64();
+        assert!(
+            direct.is_some() && first.is_some() && direct <= first,
+            "{n}: {r:#}"
+        );
+        assert!(
+            first
+                <= r["elapsed_ms"]
+                    .as_u64()
+                    .zip(r["stream_ms"].as_u64())
+                    .map(|(a, b)| a + b),
+            "{n}: {r:#}"
+        );
+    }
+    assert!(p.data_ok, "data differs: {what}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
     assert_eq!(count(&log, "freed at exit"), 0, "{log}");
 }
 
@@ -146,6 +195,12 @@ fn random_symmetric_pair_with_relay_off_fails_as_before() {
         assert_eq!(s.report["connected"], false, "{n}: {:#}", s.report);
         assert!(
             s.report["path"].is_null() && s.report["relay"].is_null(),
+            "{n}: {:#}",
+            s.report
+        );
+        // No stream: neither time exists.
+        assert!(
+            s.report["time_to_direct_ms"].is_null() && s.report["time_to_first_byte_ms"].is_null(),
             "{n}: {:#}",
             s.report
         );
@@ -275,4 +330,233 @@ fn a_long_wait_behind_a_forgetful_nat_keeps_the_relay_reachable() {
         assert_eq!(s.report["path"], "relay", "{n}: {:#}", s.report);
     }
     assert!(p.data_ok, "data differs: {what}");
+}
+
+/// `--relay turn://USER:PASS@...` with a wrong password: connect stops at once, before the
+/// rendezvous, with exit 7 and what to fix.
+#[test]
+fn wrong_relay_password_is_exit_7_at_once() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start_with(&lab, &["--relay-user", "relayuser:relaypass"]);
+    let dir = Dir::new(&format!("{}-badpass", lab.name()));
+    std::fs::write(dir.0.join("a.in"), b"x").expect("write");
+    let session = format!("{}-badpass", lab.name());
+    let relay = "turn://relayuser:wrong@203.0.113.1:3478";
+    let started = Instant::now();
+    let a = connect_cmd(
+        &lab,
+        common::lab::Node::A,
+        &dir.0,
+        "a",
+        &session,
+        "right",
+        &["--relay", relay],
+    )
+    .output()
+    .expect("run connect A");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&a.stderr);
+    let log = serve.stop();
+    assert_eq!(a.status.code(), Some(7), "{stderr}");
+    assert!(
+        stderr.contains("203.0.113.1:3478 refused user \"relayuser\"'s credentials (401")
+            && stderr.contains("check USER:PASS in --relay"),
+        "{stderr}"
+    );
+    // Classification and the first Allocate; no waiting for a peer that never comes.
+    assert!(took < Duration::from_secs(15), "took {took:?}: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("a.json")).expect("report"))
+            .expect("report JSON");
+    assert!(
+        report["error"].as_str().is_some_and(|e| e.contains("401")),
+        "{report:#}"
+    );
+    assert_eq!(count(&log, "made"), 0, "{log}");
+}
+
+/// A relay whose user quota (1) is used up by one peer: the other's Allocate gets 486,
+/// which it says and punches on; when the punch fails, it ends with exit 7 naming the
+/// refusal instead of the bare exit 8, and the first (its peer offered no relayed address)
+/// with exit 8.
+#[test]
+fn relay_quota_refusal_is_exit_7_when_no_hole_opens() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start_with(
+        &lab,
+        &[
+            "--relay-user",
+            "relayuser:relaypass",
+            "--relay-user-quota",
+            "1",
+        ],
+    );
+    let relay = "turn://relayuser:relaypass@203.0.113.1:3478";
+    let p = pair(
+        &lab,
+        0,
+        "right",
+        1024,
+        &["--punch-budget", "2", "--relay", relay],
+    );
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        p.a.stderr, p.b.stderr
+    );
+    // A starts 300 ms first, so its Allocate normally wins; either order is right.
+    let (first, refused) = if p.a.code == Some(7) {
+        (&p.b, &p.a)
+    } else {
+        (&p.a, &p.b)
+    };
+    assert_eq!(first.code, Some(8), "{what}");
+    assert_eq!(refused.code, Some(7), "{what}");
+    let err = &refused.stderr;
+    assert!(
+        err.contains("refused our allocation")
+            && err.contains("486 Allocation Quota Reached")
+            && err.contains("punching on without a relay"),
+        "{what}"
+    );
+    assert!(
+        err.contains("no direct path, and the relay 203.0.113.1:3478"),
+        "{what}"
+    );
+    assert!(
+        refused.report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("486") && e.contains("punching failed")),
+        "{:#}",
+        refused.report
+    );
+    assert_eq!(count(&log, "made"), 1, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
+}
+
+/// The relay dies (SIGKILL) while a relayed stream runs and no direct path exists: both
+/// peers end within a bounded time with exit 9 and a message that names the relay, and
+/// neither panics.
+#[test]
+fn relay_dying_mid_stream_is_exit_9() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let mut serve = Serve::start(&lab);
+    let (dir, sides) = relayed_endless(&lab, "relaydies");
+    serve.child.0.kill().expect("kill serve");
+    let _ = serve.child.0.wait();
+    let killed = Instant::now();
+    for (name, mut c) in sides {
+        let (code, stderr) = c.0.wait_with_output_ref();
+        let took = killed.elapsed();
+        let stderr = String::from_utf8_lossy(&stderr);
+        assert_eq!(code, Some(9), "{name}: {stderr}");
+        assert!(
+            stderr.contains("the relay 203.0.113.1:3478 stopped relaying")
+                && stderr.contains("no direct path"),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        // Not quinn's words for the socket we closed on learning that the relay is gone.
+        let error = stderr.lines().find(|l| l.contains("error: ")).unwrap_or("");
+        assert!(!error.contains("endpoint driver"), "{name}: {stderr}");
+        // The relay's host refusing our datagrams ends the stream, not QUIC's idle timeout
+        // (30 s).
+        assert!(
+            took < Duration::from_secs(10),
+            "{name} took {took:?}: {stderr}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.0.join(format!("{name}.json"))).expect("report"),
+        )
+        .expect("report JSON");
+        assert_eq!(report["path"], "relay", "{name}: {report:#}");
+        assert!(
+            report["time_to_first_byte_ms"].is_u64(),
+            "{name}: {report:#}"
+        );
+    }
+}
+
+/// A random x random pair (`serve --relay` already running) with endless input on both
+/// sides, once data flows both ways through the relay: the stream is busy at that moment.
+fn relayed_endless(lab: &Lab, tag: &str) -> (Dir, Vec<(&'static str, ChildGuard)>) {
+    let dir = Dir::new(&format!("{}-{tag}", lab.name()));
+    let session = format!("{}-{tag}", lab.name());
+    let mut sides = Vec::new();
+    for (node, name) in [(common::lab::Node::A, "a"), (common::lab::Node::B, "b")] {
+        std::fs::write(dir.0.join(format!("{name}.in")), b"").expect("write");
+        let mut cmd = connect_cmd(
+            lab,
+            node,
+            &dir.0,
+            name,
+            &session,
+            "right",
+            &["--punch-budget", "2", "--timeout", "40"],
+        );
+        // Endless input, 64 KiB every 20 ms, so the stream is still busy at the fault the
+        // test makes; the writer stops when the connect is gone.
+        cmd.stdin(Stdio::piped());
+        let mut child = ChildGuard(cmd.spawn().expect("start connect"));
+        let mut input = child.0.stdin.take().expect("stdin");
+        std::thread::spawn(move || loop {
+            if std::io::Write::write_all(&mut input, &[7u8; 65536]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        sides.push((name, child));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Both have received relayed data: the stream runs through the relay.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let received =
+        |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
+    while received("a") == 0 || received("b") == 0 {
+        assert!(Instant::now() < deadline, "no relayed stream came up");
+        for (name, c) in &mut sides {
+            assert!(
+                c.0.try_wait().expect("wait").is_none(),
+                "{name} ended early"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (dir, sides)
+}
+
+/// SIGINT to one peer while the relayed stream is busy: it exits 130, the other ends (the
+/// stream was closed as interrupted), and both allocations are freed by their clients.
+#[test]
+fn sigint_mid_relayed_stream_frees_both_allocations() {
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let (_dir, mut sides) = relayed_endless(&lab, "sigintrelayed");
+    let pid = nix::unistd::Pid::from_raw(sides[0].1 .0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal A");
+    let stopped = Instant::now();
+    let (code_a, err_a) = sides[0].1 .0.wait_with_output_ref();
+    let (code_b, err_b) = sides[1].1 .0.wait_with_output_ref();
+    let took = stopped.elapsed();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}",
+        String::from_utf8_lossy(&err_a),
+        String::from_utf8_lossy(&err_b)
+    );
+    let log = serve.stop();
+    assert_eq!(code_a, Some(130), "{what}");
+    // B hears the close at once rather than waiting out the idle timeout.
+    assert_eq!(code_b, Some(9), "{what}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {what}");
+    assert_eq!(count(&log, "made"), 2, "{log}");
+    assert_eq!(count(&log, "active"), 0, "{log}");
+    assert_eq!(count(&log, "freed by the client"), 2, "{log}");
 }

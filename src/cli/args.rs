@@ -127,7 +127,9 @@ pub struct ConnectArgs {
     /// The TURN relay (RFC 8656) to carry the stream when no hole opens. "auto": the
     /// rendezvous server's own (`punchraw serve --relay`), with credentials derived from the
     /// session key; a server that refuses or does not relay is said and connect goes on
-    /// without. "turn://USER:PASS@HOST:PORT": that TURN server (coturn, say). "off": none.
+    /// without. "turn://USER:PASS@HOST:PORT": that TURN server (coturn, say); credentials
+    /// it refuses end connect at once (exit 7). A relay that refuses an allocation (486
+    /// quota, 508 capacity) turns a failed punch into exit 7. "off": none.
     /// The allocation is made before the rendezvous and freed on every exit.
     #[arg(long, value_name = "auto|off|turn://USER:PASS@HOST:PORT", default_value = "auto", value_parser = parse_relay)]
     pub relay: RelayArg,

@@ -36,7 +36,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use stream::{done, stream_udp, UdpPunched};
+use stream::{stream_udp, UdpPunched};
 
 #[derive(Debug, Clone)]
 pub struct ConnectConfig {
@@ -102,6 +102,12 @@ pub struct ConnectReport {
     pub path: Option<&'static str>,
     /// Our relayed address, when we held an allocation.
     pub relay: Option<SocketAddr>,
+    /// From the start until the first byte of the peer's data was handed to our output;
+    /// `null` when none came (no stream, or an empty one).
+    pub time_to_first_byte_ms: Option<u64>,
+    /// From the start until the direct (punched) path carried the stream: the moment the
+    /// punch confirmed it, before the stream's first byte; `null` when it never went direct.
+    pub time_to_direct_ms: Option<u64>,
 }
 
 fn hex_id() -> String {
@@ -137,6 +143,8 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         punch_sockets: None,
         path: None,
         relay: None,
+        time_to_first_byte_ms: None,
+        time_to_direct_ms: None,
     };
     let result = connect(&cfg, status, started, &mut report);
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
@@ -227,7 +235,7 @@ fn connect(
         key,
         fingerprint: identity.fingerprint(),
     };
-    let relay = relay::settled(relay, cfg, status, &|| shutdown.requested());
+    let (relay, refused) = relay::settled(relay, cfg, status, &|| shutdown.requested())?;
     let mut tcp_mapping = portmap::TcpMapping {
         reserved,
         early: tcp_early,
@@ -254,6 +262,14 @@ fn connect(
         key: me.key,
         controlling: me.my_id > intro.peer.id,
     };
+    // No hole opened: through the relay, when both sides hold allocations.
+    let relayed = |failed: Error, report: &mut ConnectReport| {
+        let r = relay.as_ref();
+        let failed = relay::no_direct_path(r, refused, failed);
+        stream::stream_relayed(
+            cfg, status, started, report, r, peer, &identity, &shutdown, failed,
+        )
+    };
     if let Some(prep) = tcp_prep {
         // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
         // the server, which nothing needs any more, but closing it costs nothing either.
@@ -269,24 +285,14 @@ fn connect(
             my_mapped: tcp_mapping.mapped,
         };
         return match connect_tcp(cfg, status, started, report, start, capture, &shutdown) {
-            Err(failed @ Error::PunchFailed { .. }) => {
-                let r = relay.as_ref();
-                stream::stream_relayed(
-                    cfg, status, started, report, r, peer, &identity, &shutdown, failed,
-                )
-            }
+            Err(failed @ Error::PunchFailed { .. }) => relayed(failed, report),
             r => r,
         };
     }
     let punched = match punch_udp(
         cfg, status, deadline, report, intro, main, me, capture, &shutdown,
     ) {
-        Err(failed @ Error::PunchFailed { .. }) => {
-            let r = relay.as_ref();
-            return stream::stream_relayed(
-                cfg, status, started, report, r, peer, &identity, &shutdown, failed,
-            );
-        }
+        Err(failed @ Error::PunchFailed { .. }) => return relayed(failed, report),
         punched => punched?,
     };
     stream_udp(cfg, status, started, report, punched, &identity, &shutdown)
@@ -593,24 +599,7 @@ fn connect_tcp(
     let plan = plan_tcp(cfg, status, started + cfg.timeout, &t)?;
     report.strategy = Some(plan.strategy);
     let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
-    report.probes_sent = punched.conn.attempts;
-    report.syns_sent = Some(punched.conn.syns);
-    report.punch_sockets = Some(punched.conn.sockets);
-    report.local = Some(punched.conn.local);
-    report.peer = Some(punched.conn.remote);
-    report.connected = true;
-    report.path = Some("direct");
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    status.say(format!(
-        "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",
-        punched.conn.remote,
-        plan.strategy.as_str(),
-        report.elapsed_ms,
-        punched.conn.attempts
-    ));
-    let stats = tcp_punch::transfer(punched, std::io::stdin(), std::io::stdout(), shutdown)?;
-    done(report, status, stats, started);
-    Ok(())
+    stream::stream_tcp(status, started, report, punched, plan.strategy, shutdown)
 }
 
 /// Verifies the peer's offer and settles what each side does; says so.

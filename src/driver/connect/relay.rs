@@ -14,6 +14,7 @@ use crate::core::turn::server::session::session_credentials;
 use crate::core::turn::{Client, Event, TurnConfig, TurnError};
 use crate::core::Machine;
 use crate::transport::quic::RelayLink;
+use crate::Error;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +45,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Binding indications toward the TURN server this often: below the 30 s after which some
 /// NATs forget an idle UDP binding.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long the relay's host must keep refusing our datagrams (ICMP port unreachable) before
+/// the relay counts as gone: one refusal may be a stray, a second a second later is not.
+const GONE_AFTER: Duration = Duration::from_secs(1);
 /// Relayed datagrams waiting for QUIC; beyond, they are dropped as a full socket would.
 const QUEUE: usize = 4096;
 
@@ -51,7 +55,7 @@ const QUEUE: usize = 4096;
 pub(super) enum State {
     Allocating { last_error: Option<String> },
     Allocated(SocketAddr),
-    Failed(String),
+    Failed(TurnError),
 }
 
 /// Where relayed datagrams go once the stream runs: to the QUIC socket's queue.
@@ -63,6 +67,12 @@ struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
     data: Mutex<Option<Relayed>>,
+    /// The server's host answered ICMP port unreachable after the allocation was made:
+    /// nothing listens there any more (the socket is connected, so Linux reports it).
+    unreachable: AtomicBool,
+    /// Since when the server's host refuses our datagrams, with nothing heard since.
+    refused_since: Mutex<Option<Instant>>,
+    allocated: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,8 +83,35 @@ impl Shared {
     fn flush(&self, c: &mut Client) {
         while let Some(t) = c.poll_transmit() {
             // A lost datagram is repeated by the client's own timers (or lost, as on UDP).
-            let _ = self.sock.send_to(&t.payload, t.dst);
+            if let Err(e) = self.sock.send_to(&t.payload, t.dst) {
+                self.note_error(&e);
+            }
         }
+    }
+
+    /// A pending ICMP error is reported by whichever call on the socket comes next, a send
+    /// as well as a receive, so both note it. An allocated relay whose host keeps refusing
+    /// our datagrams for [`GONE_AFTER`], with nothing received meanwhile, is gone.
+    fn note_error(&self, e: &std::io::Error) {
+        if e.kind() != std::io::ErrorKind::ConnectionRefused
+            || !self.allocated.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let now = Instant::now();
+        let first = *lock(&self.refused_since).get_or_insert(now);
+        if now.duration_since(first) >= GONE_AFTER
+            && !self.unreachable.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("the TURN server's host keeps answering ICMP port unreachable");
+            // The relayed QUIC socket's receive side ends, which ends its stream now rather
+            // than at QUIC's idle timeout.
+            lock(&self.data).take();
+        }
+    }
+
+    fn note_heard(&self) {
+        *lock(&self.refused_since) = None;
     }
 }
 
@@ -84,6 +121,8 @@ pub(super) struct Relay {
     thread: Option<JoinHandle<()>>,
     pub(super) server: SocketAddr,
     pub(super) username: String,
+    /// `--relay turn://...`: the user chose this relay, so its refusal is an error.
+    explicit: bool,
     started: Instant,
 }
 
@@ -120,6 +159,11 @@ impl Relay {
         };
         let sock = UdpSocket::bind(SocketAddr::new(any, 0))
             .map_err(|e| format!("cannot open a socket for the relay: {e}"))?;
+        // Connected, so that an ICMP port unreachable from a relay that died reaches us as
+        // ECONNREFUSED (an unconnected UDP socket never hears of it); the client only ever
+        // talks to this one server.
+        sock.connect(server)
+            .map_err(|e| format!("cannot reach the relay {server}: {e}"))?;
         let mut cfg = TurnConfig::new(server, &username, &password, rand::random());
         // The peer may keep us waiting longer than a NAT keeps an idle binding.
         cfg.keepalive = Some(KEEPALIVE);
@@ -129,6 +173,9 @@ impl Relay {
             state: Mutex::new(State::Allocating { last_error: None }),
             stop: AtomicBool::new(false),
             data: Mutex::new(None),
+            unreachable: AtomicBool::new(false),
+            refused_since: Mutex::new(None),
+            allocated: AtomicBool::new(false),
         });
         let s = shared.clone();
         let retry_until = retry.then_some(retry_until);
@@ -141,6 +188,7 @@ impl Relay {
             thread: Some(thread),
             server,
             username,
+            explicit: matches!(mode, RelayMode::Turn { .. }),
             started: Instant::now(),
         }))
     }
@@ -152,6 +200,20 @@ impl Relay {
     pub(super) fn relayed(&self) -> Option<SocketAddr> {
         match self.state() {
             State::Allocated(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Why the allocation stopped serving, once it did: the server's host said nothing
+    /// listens there any more (then `true`: we closed the relayed socket for that), or the
+    /// allocation failed (a Refresh unanswered or refused).
+    pub(super) fn lost(&self) -> Option<(String, bool)> {
+        if self.shared.unreachable.load(Ordering::Relaxed) {
+            let why = "its host answers ICMP port unreachable: the TURN server is gone";
+            return Some((why.into(), true));
+        }
+        match self.state() {
+            State::Failed(e) => Some((e.to_string(), false)),
             _ => None,
         }
     }
@@ -253,6 +315,7 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
             match ev {
                 Event::Allocated { relayed, .. } => {
                     allocated = true;
+                    s.allocated.store(true, Ordering::Relaxed);
                     *lock(&s.state) = State::Allocated(relayed);
                 }
                 Event::Data { peer, bytes } => {
@@ -263,14 +326,13 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
                 Event::Failed(e) if closing.is_none() => {
                     let again =
                         !allocated && retryable(&e) && retry_until.is_some_and(|u| now + RETRY < u);
-                    let text = e.to_string();
                     *lock(&s.state) = if again {
                         retry_at = Some(now + RETRY);
                         State::Allocating {
-                            last_error: Some(text),
+                            last_error: Some(e.to_string()),
                         }
                     } else {
-                        State::Failed(text)
+                        State::Failed(e)
                     };
                 }
                 Event::PermissionFailed { peer, error } => {
@@ -293,10 +355,14 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
         if s.sock.set_read_timeout(Some(wait)).is_err() {
             return;
         }
-        if let Ok((n, from)) = s.sock.recv_from(&mut buf) {
-            let mut c = lock(&s.client);
-            c.handle_input(Instant::now(), 0, from, &buf[..n]);
-            s.flush(&mut c);
+        match s.sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                s.note_heard();
+                let mut c = lock(&s.client);
+                c.handle_input(Instant::now(), 0, from, &buf[..n]);
+                s.flush(&mut c);
+            }
+            Err(e) => s.note_error(&e),
         }
     }
 }
@@ -333,9 +399,11 @@ pub(super) fn settled(
     cfg: &super::ConnectConfig,
     status: &crate::driver::Status,
     stop: &dyn Fn() -> bool,
-) -> Option<Relay> {
-    let relay = relay?;
-    match relay.settle(SETTLE.saturating_sub(relay.started.elapsed()), stop) {
+) -> Result<(Option<Relay>, Option<Refusal>), Error> {
+    let Some(relay) = relay else {
+        return Ok((None, None));
+    };
+    let relay = match relay.settle(SETTLE.saturating_sub(relay.started.elapsed()), stop) {
         State::Allocated(a) => {
             status.say(format!(
                 "relay: allocated {a} on {} as {}",
@@ -365,11 +433,158 @@ pub(super) fn settled(
             Some(relay)
         }
         State::Failed(e) => {
-            status.say(format!("relay: none ({e}); going on without"));
-            None
+            let refusal = refusal(relay.server, relay.explicit, e)?;
+            match &refusal {
+                Some(r) => status.say(format!(
+                    "relay: {} refused our allocation ({}); punching on without a relay to fall back to",
+                    r.server, r.error
+                )),
+                None => status.say("relay: none; going on without"),
+            }
+            return Ok((None, refusal));
         }
+    };
+    Ok((relay, None))
+}
+
+/// A relay's refusal that matters if no hole opens: that relay was the fallback.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    server: SocketAddr,
+    error: TurnError,
+}
+
+/// What a failed allocation means (said at debug level when it means nothing): with
+/// `--relay turn://...`, refused credentials are the user's to fix now (exit 7), and any
+/// other error response is the relay refusing to serve; with `auto`, only a relay that
+/// says it is full (486, 508) refused -- any other answer (a 400 from a server that does
+/// not relay, a 401 for a session it never learnt) means there is no relay to use.
+fn refusal(server: SocketAddr, explicit: bool, error: TurnError) -> Result<Option<Refusal>, Error> {
+    tracing::debug!(%error, "the allocation failed");
+    let counts = match (&error, explicit) {
+        (TurnError::Unauthorized { username, realm }, true) => {
+            return Err(Error::RelayCredentials {
+                server,
+                username: username.clone(),
+                realm: realm.clone(),
+            })
+        }
+        (TurnError::AllocationQuota | TurnError::InsufficientCapacity, _) => true,
+        (TurnError::Timeout { .. } | TurnError::BadResponse { .. }, _) => false,
+        (_, explicit) => explicit,
+    };
+    Ok(counts.then_some(Refusal { server, error }))
+}
+
+/// The error when no hole opened: the relay's refusal (exit 7, it can be acted on) when the
+/// fallback was refused -- at the start (`refused`) or later, after a retried Allocate --
+/// and the punch's failure otherwise.
+pub(super) fn no_direct_path(
+    relay: Option<&Relay>,
+    refused: Option<Refusal>,
+    failed: Error,
+) -> Error {
+    let later = || {
+        let relay = relay?;
+        match relay.state() {
+            State::Failed(e) => refusal(relay.server, relay.explicit, e).unwrap_or(None),
+            _ => None,
+        }
+    };
+    match refused.or_else(later) {
+        Some(r) => Error::RelayRefused {
+            server: r.server,
+            refusal: r.error.to_string(),
+            punch: Box::new(failed),
+        },
+        None => failed,
     }
 }
 
 /// The wait for the first allocation's outcome before the rendezvous starts.
 const SETTLE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "192.0.2.1:3478";
+
+    fn judged(explicit: bool, e: TurnError) -> Result<Option<u16>, u8> {
+        let server = SERVER.parse().unwrap();
+        match refusal(server, explicit, e) {
+            Ok(r) => Ok(r.map(|r| match r.error {
+                TurnError::AllocationQuota => 486,
+                TurnError::InsufficientCapacity => 508,
+                TurnError::Refused { code, .. } => code,
+                _ => 0,
+            })),
+            Err(e) => Err(e.exit_code()),
+        }
+    }
+
+    fn refused(code: u16) -> TurnError {
+        TurnError::Refused {
+            request: "Allocate",
+            code,
+            reason: "x".into(),
+        }
+    }
+
+    #[test]
+    fn explicit_relay_with_wrong_credentials_is_exit_7_at_once() {
+        let e = TurnError::Unauthorized {
+            username: "u".into(),
+            realm: "r".into(),
+        };
+        assert_eq!(judged(true, e.clone()), Err(7));
+        // `auto`: session credentials of a session the server never learnt; no relay.
+        assert_eq!(judged(false, e), Ok(None));
+    }
+
+    #[test]
+    fn a_full_relay_is_a_refusal_in_either_mode() {
+        for explicit in [true, false] {
+            assert_eq!(judged(explicit, TurnError::AllocationQuota), Ok(Some(486)));
+            assert_eq!(
+                judged(explicit, TurnError::InsufficientCapacity),
+                Ok(Some(508))
+            );
+        }
+    }
+
+    #[test]
+    fn other_refusals_count_only_for_an_explicit_relay() {
+        // A rendezvous server without --relay answers an Allocate with 400.
+        assert_eq!(judged(false, refused(400)), Ok(None));
+        assert_eq!(judged(true, refused(400)), Ok(Some(400)));
+        let silent = TurnError::Timeout {
+            request: "Allocate",
+            waited_ms: 1,
+        };
+        assert_eq!(judged(true, silent), Ok(None));
+    }
+
+    #[test]
+    fn a_refused_fallback_replaces_the_punch_failure() {
+        let punch = || Error::PunchFailed {
+            strategy: "sweep",
+            probes: 1,
+            explanation: "x".into(),
+        };
+        let r = Refusal {
+            server: SERVER.parse().unwrap(),
+            error: TurnError::InsufficientCapacity,
+        };
+        let e = no_direct_path(None, Some(r), punch());
+        assert_eq!(e.exit_code(), 7);
+        let text = e.chain();
+        assert!(
+            text.contains("192.0.2.1:3478")
+                && text.contains("508")
+                && text.contains("punching failed"),
+            "{text}"
+        );
+        assert_eq!(no_direct_path(None, None, punch()).exit_code(), 8);
+    }
+}

@@ -2,6 +2,7 @@
 //! hole opened (RFC 8656: between the two peers' relayed transport addresses).
 
 use super::relay::Relay;
+use super::tcp_punch;
 use super::{ConnectConfig, ConnectReport};
 use crate::core::punch::Strategy;
 use crate::core::rendezvous::RelayOffer;
@@ -11,7 +12,9 @@ use crate::os::signals::Shutdown;
 use crate::transport::quic::{self, Identity, Path, Role};
 use crate::transport::StreamStats;
 use crate::Error;
+use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Carries stdin/stdout over QUIC on the punched socket.
@@ -29,6 +32,7 @@ pub(super) fn stream_udp(
     report.connected = true;
     report.path = Some("direct");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.time_to_direct_ms = Some(report.elapsed_ms);
     status.say(format!(
         "connected to {} via {} in {} ms ({} probes); starting the encrypted stream",
         punched.remote,
@@ -41,6 +45,7 @@ pub(super) fn stream_udp(
     } else {
         Role::Server
     };
+    let first = FirstByte::new();
     let stats = run_quic(
         Path::Udp(punched.socket),
         punched.remote,
@@ -49,12 +54,47 @@ pub(super) fn stream_udp(
         punched.peer_fp,
         cfg,
         shutdown,
-    )?;
-    done(report, status, stats, started);
+        first.clone(),
+    );
+    first.report(report, started);
+    done(report, status, stats?, started);
     Ok(())
 }
 
-/// The QUIC stream over `path` between stdin/stdout and the peer at `peer`.
+/// Carries stdin/stdout over TLS on the punched TCP connection.
+pub(super) fn stream_tcp(
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+    punched: tcp_punch::Punched,
+    strategy: Strategy,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    report.probes_sent = punched.conn.attempts;
+    report.syns_sent = Some(punched.conn.syns);
+    report.punch_sockets = Some(punched.conn.sockets);
+    report.local = Some(punched.conn.local);
+    report.peer = Some(punched.conn.remote);
+    report.connected = true;
+    report.path = Some("direct");
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.time_to_direct_ms = Some(report.elapsed_ms);
+    status.say(format!(
+        "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",
+        punched.conn.remote,
+        strategy.as_str(),
+        report.elapsed_ms,
+        punched.conn.attempts
+    ));
+    let first = FirstByte::new();
+    let stats = tcp_punch::transfer(punched, std::io::stdin(), first.clone(), shutdown);
+    first.report(report, started);
+    done(report, status, stats?, started);
+    Ok(())
+}
+
+/// The QUIC stream over `path` between stdin/stdout (through `first`) and the peer at `peer`.
+#[allow(clippy::too_many_arguments)]
 fn run_quic(
     path: Path,
     peer: SocketAddr,
@@ -63,6 +103,7 @@ fn run_quic(
     peer_fp: [u8; 32],
     cfg: &ConnectConfig,
     shutdown: &Shutdown,
+    first: FirstByte,
 ) -> Result<StreamStats, Error> {
     quic::run_stream_on(
         path,
@@ -71,7 +112,7 @@ fn run_quic(
         identity,
         peer_fp,
         std::io::stdin(),
-        std::io::stdout(),
+        first,
         cfg.keepalive,
         Duration::from_secs(10),
         shutdown,
@@ -80,6 +121,50 @@ fn run_quic(
         StreamError::Interrupted => shutdown.interrupted(),
         e => e.into(),
     })
+}
+
+/// Stdout, noting when the first byte of the peer's data is written to it: the report's
+/// `time_to_first_byte_ms`. The output thread writes each chunk as soon as the stream
+/// hands it over, so this is when the byte arrived, give or take a thread switch.
+#[derive(Clone)]
+struct FirstByte {
+    at: Arc<OnceLock<Instant>>,
+}
+
+impl FirstByte {
+    fn new() -> FirstByte {
+        FirstByte {
+            at: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Sets the report's field, also when the stream failed after data came.
+    fn report(&self, report: &mut ConnectReport, started: Instant) {
+        report.time_to_first_byte_ms = self
+            .at
+            .get()
+            .map(|t| t.saturating_duration_since(started).as_millis() as u64);
+    }
+}
+
+impl Write for FirstByte {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.is_empty() {
+            self.at.get_or_init(Instant::now);
+        }
+        std::io::stdout().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if !buf.is_empty() {
+            self.at.get_or_init(Instant::now);
+        }
+        std::io::stdout().write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
 }
 
 pub(super) fn done(
@@ -169,6 +254,7 @@ pub(super) fn stream_relayed(
     } else {
         Role::Server
     };
+    let first = FirstByte::new();
     let stats = run_quic(
         Path::Relayed(link),
         peer_relayed,
@@ -177,7 +263,33 @@ pub(super) fn stream_relayed(
         peer_fp,
         cfg,
         shutdown,
-    )?;
+        first.clone(),
+    );
+    first.report(report, started);
+    let stats = stats.map_err(|e| relay_lost(relay, e))?;
     done(report, status, stats, started);
     Ok(())
+}
+
+/// A relayed stream's failure, said in terms of the relay when the relay is what stopped
+/// (its host refuses our datagrams, or a Refresh failed): QUIC itself only sees silence
+/// until its idle timeout. Exit 9 either way; an authentication failure stays one.
+fn relay_lost(relay: &Relay, e: Error) -> Error {
+    match e {
+        Error::Stream(ref s) if !s.is_auth_failure() => match relay.lost() {
+            Some((why, closed_by_us)) => {
+                tracing::debug!(error = %e.chain(), "the relayed stream ended");
+                Error::RelayLost {
+                    server: relay.server,
+                    why,
+                    stream: (!closed_by_us).then(|| Box::new(e)),
+                }
+            }
+            None => Error::context(
+                format!("the relayed stream through {} failed", relay.server),
+                e,
+            ),
+        },
+        e => e,
+    }
 }
