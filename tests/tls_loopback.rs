@@ -143,3 +143,83 @@ async fn a_silent_connection_times_out_instead_of_hanging() {
     assert!(matches!(e, StreamError::HandshakeTimeout { .. }), "{e}");
     drop(a);
 }
+
+/// An output that takes nothing for a while, then notes when it started taking.
+#[derive(Clone)]
+struct SlowSink {
+    hold: Duration,
+    took_from: Arc<Mutex<Option<std::time::Instant>>>,
+    got: Arc<Mutex<usize>>,
+}
+impl Write for SlowSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let mut t = self.took_from.lock().unwrap();
+        if t.is_none() {
+            std::thread::sleep(self.hold);
+            *t = Some(std::time::Instant::now());
+        }
+        *self.got.lock().unwrap() += b.len();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The transfer ends only once the peer's TCP has acknowledged everything we sent: our
+/// bytes may still sit in our send buffer when the input is written and the peer's
+/// close_notify is in, and a process that exits then leaves them to a socket that gives up
+/// after a few retransmissions (a lossy path lost a stream's end so). Here the peer takes
+/// nothing until its output starts taking: our transfer may not end before that.
+#[tokio::test]
+async fn the_transfer_ends_after_the_peer_acknowledged_everything() {
+    let (client, server) = sides(true);
+    // The peer's receive buffer small (set before listen, inherited on accept), so its
+    // window closes while it does not read.
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.set_recv_buffer_size(4096).unwrap();
+    l.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    l.listen(1).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let l = TcpListener::from_std(l.into()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let (a, b) = (a.unwrap(), b.unwrap().0);
+    // Room on our side for what the peer does not take yet, so our writes finish early.
+    let _ = socket2::SockRef::from(&a).set_send_buffer_size(1 << 20);
+    let turn = tokio::sync::Mutex::new(());
+    let (ca, sb) = tokio::join!(client.handshake(a, Some(&turn)), server_keeps(&server, b));
+    let sink = SlowSink {
+        hold: Duration::from_millis(500),
+        took_from: Arc::default(),
+        got: Arc::default(),
+    };
+    let data = bytes(5, 300_000);
+    let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let ours = async {
+        let r = tls::transfer(
+            ca.unwrap(),
+            peer,
+            Cursor::new(data.clone()),
+            Sink::default(),
+        )
+        .await;
+        (r, std::time::Instant::now())
+    };
+    let theirs = tls::transfer(sb.unwrap(), peer, Cursor::new(Vec::new()), sink.clone());
+    let ((ra, ended), rb) = tokio::join!(ours, theirs);
+    assert_eq!(ra.expect("our transfer").sent, 300_000);
+    assert_eq!(rb.expect("their transfer").received, 300_000);
+    let took_from = sink.took_from.lock().unwrap().expect("the sink took data");
+    assert!(
+        ended >= took_from,
+        "our transfer ended {:?} before the peer started taking our bytes",
+        took_from - ended
+    );
+}

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod rawtcp;
 pub mod route;
 pub mod signals;
+pub mod tcp_queue;
 pub mod tcp_repair;
 pub mod ttl;
 pub mod udp;
