@@ -761,6 +761,13 @@ build_side() {
 	ip -n "$host" addr add "$S_HOST/$S_PFX" dev eth0
 	ip -n "$host" link set eth0 up
 	ip -n "$host" route add default via "$S_GW"
+	if ((loss > 0)); then
+		# The host's TCP would otherwise hand the veth 64 KB segmentation-offload
+		# super-packets, which the NAT forwards whole, so the loss rule would drop
+		# 45 wire packets at once: the host segments, loss is per packet.
+		nsx "$host" ethtool -K eth0 tso off gso off >/dev/null 2>&1 ||
+			echo "$PROG: warning: ethtool could not turn segmentation offload off; TCP loses whole 64 KB bursts" >&2
+	fi
 
 	for ns in "$nat" "$outer"; do
 		nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
