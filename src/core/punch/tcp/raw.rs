@@ -96,6 +96,11 @@ struct Done {
     options: TcpOptions,
     /// Until the peer shows it has our SYN-ACK: SYN-ACKs sent, and when to send the next.
     unconfirmed: Option<(u32, Instant)>,
+    /// The handshake's third segment, when the peer's SYN-ACK finished it: sent again when
+    /// the peer repeats that SYN-ACK, which says our ACK was lost. The repaired socket would
+    /// answer it only with a rate-limited challenge ACK (RFC 5961 section 4), and a peer
+    /// that waits for it before its first byte (as ours does) would wait in vain.
+    third: Option<Crafted>,
 }
 
 /// The engine. See the module documentation for the order of calls.
@@ -384,7 +389,10 @@ impl RawPunch {
                 match segment {
                     Segment::Syn => self.on_syn(now, src, seq, window, options),
                     Segment::SynAck if ack == self.isn.wrapping_add(1) => {
-                        if self.done.contains_key(&src) {
+                        if let Some(d) = self.done.get(&src) {
+                            if let Some(t) = d.third.filter(|t| t.ack == seq.wrapping_add(1)) {
+                                self.transmits.push_back(t);
+                            }
                             return;
                         }
                         let ours = TcpOptions {
@@ -396,7 +404,7 @@ impl RawPunch {
                         // one byte before it, which a kernel peer in SYN-RECEIVED does not
                         // take as the ACK of its SYN (it would wait for its SYN-ACK's
                         // retransmission, a second later).
-                        self.transmits.push_back(Crafted {
+                        let third = Crafted {
                             src: self.local,
                             dst: src,
                             ttl: self.cfg.ttl,
@@ -412,8 +420,12 @@ impl RawPunch {
                                 timestamps: ours.timestamps,
                                 ..TcpOptions::default()
                             },
-                        });
+                        };
+                        self.transmits.push_back(third);
                         self.finish(src, seq, window, ours, options, None);
+                        if let Some(d) = self.done.get_mut(&src) {
+                            d.third = Some(third);
+                        }
                     }
                     // Once the handshake finished, the kernel socket owns the 4-tuple.
                     Segment::Rst
@@ -502,6 +514,7 @@ impl RawPunch {
                 answered,
                 options: ours,
                 unconfirmed: None,
+                third: None,
             },
         );
         self.established.push_back(Established {

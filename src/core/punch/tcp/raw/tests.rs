@@ -263,6 +263,14 @@ fn a_syn_ack_of_our_isn_establishes_and_others_are_ignored() {
         (a.flags, a.seq, a.ack, a.dst),
         (Flags::Ack, e.isn().wrapping_add(1), 10, peer(20002))
     );
+    // The peer repeats its SYN-ACK: our ACK was lost, and the same ACK goes again (a peer
+    // that answered our SYN waits for it before its first byte). Another SYN-ACK on that
+    // 4-tuple is not the handshake's.
+    let isn1 = e.isn().wrapping_add(1);
+    e.handle_seen(t0, &tcp(peer(20002), Segment::SynAck, 9, isn1, o));
+    assert_eq!(drain(&mut e), [a]);
+    e.handle_seen(t0, &tcp(peer(20002), Segment::SynAck, 77, isn1, o));
+    assert!(drain(&mut e).is_empty() && e.poll_established().is_none());
     // Another peer address, or another local port: not ours.
     let mut s = tcp(peer(20003), Segment::Syn, 1, 0, o);
     if let Seen::Tcp { dst, .. } = &mut s {
@@ -551,5 +559,30 @@ fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns(
         "B's NAT never dropped A's repeated SYN"
     );
     assert_one_connection(&w, r.expect("B's repeated SYN-ACK finishes the handshake"));
+    assert!(b.engine.synacks >= 2);
+}
+
+#[test]
+fn sim_raw_a_lost_handshake_ack_is_sent_again_when_the_peer_repeats_its_syn_ack() {
+    // B's SYNs are lost; A's SYN reaches B, which answers it and waits for A to show it has
+    // the SYN-ACK. A's ACK and its socket's window probe are lost: only B's repeated SYN-ACK
+    // can bring A's ACK again.
+    let latency = 40;
+    let mut w = world([cone(), cone()], latency, 0);
+    w.lose = vec![
+        (1, Flags::Syn),
+        (1, Flags::Syn),
+        (0, Flags::Ack),
+        (0, Flags::Ack),
+    ];
+    let t0 = w.now;
+    let rtt = Duration::from_millis(2 * latency);
+    let (ca, _) = side(&mut w, 0, 9);
+    let (cb, _) = side(&mut w, 1, 10);
+    let mut a = raw_host(ca, 0, rtt, None, t0 + Duration::from_millis(60));
+    let mut b = raw_host(cb, 1, rtt, None, t0);
+    let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
+    assert!(w.lose.is_empty(), "a segment to lose was never sent");
+    assert_one_connection(&w, r.expect("A's repeated ACK confirms B's SYN-ACK"));
     assert!(b.engine.synacks >= 2);
 }
