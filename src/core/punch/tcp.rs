@@ -61,6 +61,13 @@ pub struct Prediction {
 /// `mapped` are the external ports the server saw for successive connections from local port
 /// `local`, each to another server endpoint, in the order they were made.
 pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
+    predict_counting(local, mapped, None)
+}
+
+/// [`predict`], told which way the NAT's counter runs (the sign of the UDP classification's
+/// step, when it saw one): samples that came out of order are put back in that direction
+/// rather than in the one most of their steps went.
+pub fn predict_counting(local: u16, mapped: &[u16], direction: Option<i32>) -> Prediction {
     let mut nat = NatInfo::unknown();
     let Some((&first, rest)) = mapped.split_first() else {
         return Prediction { nat, port: 0 };
@@ -84,7 +91,7 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
             .collect()
     };
     let reordered;
-    let mapped = match counter_order(mapped, &steps(mapped)) {
+    let mapped = match counter_order(mapped, &steps(mapped), direction) {
         Some(v) => {
             reordered = v;
             &reordered[..]
@@ -125,7 +132,7 @@ pub fn predict(local: u16, mapped: &[u16]) -> Prediction {
 /// gets its port only when the kernel repeats the SYN (a second later, RFC 6298 section
 /// 2), after the others took theirs. A counter's ports, sorted, step evenly; random ports
 /// (almost) never do. The direction is the one most steps in the asked order went.
-fn counter_order(mapped: &[u16], deltas: &[i32]) -> Option<Vec<u16>> {
+fn counter_order(mapped: &[u16], deltas: &[i32], direction: Option<i32>) -> Option<Vec<u16>> {
     if mapped.len() < 3 || deltas.iter().all(|&d| d == deltas[0]) {
         return None;
     }
@@ -138,7 +145,13 @@ fn counter_order(mapped: &[u16], deltas: &[i32]) -> Option<Vec<u16>> {
     if !even || d == 0 || d > MAX_DELTA {
         return None;
     }
-    if deltas.iter().map(|d| d.signum()).sum::<i32>() < 0 {
+    // Two late connections can make most steps point backwards: the direction measured
+    // over UDP, when there is one, wins.
+    let down = match direction.filter(|&d| d != 0) {
+        Some(d) => d < 0,
+        None => deltas.iter().map(|d| d.signum()).sum::<i32>() < 0,
+    };
+    if down {
         sorted.reverse();
     }
     Some(sorted)

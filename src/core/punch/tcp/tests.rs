@@ -77,6 +77,10 @@ fn prediction_from_port_observations() {
     assert_eq!(p.port, 20009);
     let p = predict(40000, &[20010, 20004, 20008, 20006]);
     assert_eq!((p.nat.delta, p.port), (Some(-2), 20002));
+    // Two late connections (the first and the third) make most steps point down; the
+    // direction the UDP counter runs puts them back the right way.
+    let p = predict_counting(40000, &[20007, 20005, 20008, 20006], Some(1));
+    assert_eq!((p.nat.delta, p.port), (Some(1), 20009));
     // Random ports that merely differ stay random.
     let p = predict(40000, &[20005, 20107, 20006, 20007]);
     assert_eq!((p.nat.allocation, p.port), (Allocation::Random, 0));

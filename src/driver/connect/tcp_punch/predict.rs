@@ -142,7 +142,10 @@ pub fn prepare_from(
     }
     let ports: Vec<u16> = samples.iter().map(|(_, m)| m.port()).collect();
     let prediction = if ports.len() >= 2 {
-        plan_tcp::predict(local.port(), &ports)
+        let direction = udp
+            .delta
+            .filter(|_| udp.allocation == Allocation::Sequential);
+        plan_tcp::predict_counting(local.port(), &ports, direction)
     } else {
         // One sample says nothing about mapping; assume TCP maps as UDP does (Linux NATs
         // treat both alike).
