@@ -463,14 +463,12 @@ impl Classifier {
                         None,
                     );
                     self.add(now, Kind::MapAltBoth, SOCK_A, o, None, None);
-                    self.add(
-                        now,
-                        Kind::MapAltPort,
-                        SOCK_A,
-                        SocketAddr::new(self.cfg.server.ip(), o.port()),
-                        None,
-                        None,
-                    );
+                    // Not for connect's quick look: address- or port-dependent is the same
+                    // punch, and a sequential counter should see no flow it need not.
+                    if !self.cfg.quick {
+                        let alt_port = SocketAddr::new(self.cfg.server.ip(), o.port());
+                        self.add(now, Kind::MapAltPort, SOCK_A, alt_port, None, None);
+                    }
                 }
                 if !self.cfg.quick {
                     self.add(now, Kind::Hairpin, SOCK_H, mapped, None, None);
