@@ -339,7 +339,9 @@ fn meet(
         ));
         // From the port reserved at the start, whose router mapping was asked for while the
         // NAT was classified.
-        let (prep, offer) = match mapping.reserved.take() {
+        let reserved = mapping.reserved.take();
+        let early_local = reserved.as_ref().map(|r| r.local);
+        let (prep, offer) = match reserved {
             Some(r) if r.local.ip() == c.local_ip => with_offer(tcp_punch::prepare_from(
                 r,
                 cfg.server,
@@ -352,7 +354,12 @@ fn meet(
         // Endpoint-independent: what the router settled since it was asked, nothing of
         // SSDP's wait. A request not made early (another local address) gets a round trip
         // to the server (the router is nearer) for PCP or NAT-PMP.
-        let early = mapping.early.take();
+        // The early request maps the reserved port; a prediction from another one (another
+        // local address) asks for its own mapping.
+        let early = mapping
+            .early
+            .take()
+            .filter(|_| early_local == Some(prep.local));
         let extra = if early.is_some() {
             Duration::ZERO
         } else {
