@@ -6,6 +6,7 @@
 # >= 0.5 x plain TCP on clean paths).
 #
 #   sudo tools/bench-stream.sh [RUNS]     (default 2 runs per cell; medians printed)
+#   DELAYS="0" LOSSES="0 1" sudo tools/bench-stream.sh 3   (only those cells)
 #
 # Configurations: 0 and 40 ms one way on each NAT uplink (tools/natlab.sh --delay; that delay
 # element is a userspace bridge, so it is also the capacity limit of the delayed cells), each
@@ -84,8 +85,8 @@ c.close()' "$NAT_B" "$mib" || true
 
 printf '%-16s %8s %8s %8s %10s %10s\n' "delay/loss" QUIC TLS TCP "QUIC/TLS" "QUIC/TCP"
 n=0
-for delay in 0 40; do
-  for loss in 0 1 5; do
+for delay in ${DELAYS:-0 40}; do
+  for loss in ${LOSSES:-0 1 5}; do
     opts=()
     [ "$delay" != 0 ] && opts+=(--delay "$delay")
     [ "$loss" != 0 ] && opts+=(--loss "$loss")
