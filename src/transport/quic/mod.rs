@@ -435,7 +435,7 @@ impl Session {
         endpoint: &Endpoint,
         client: Option<quinn::ClientConfig>,
         input: mpsc::Receiver<io::Result<Vec<u8>>>,
-        output: mpsc::Sender<Vec<u8>>,
+        output: mpsc::Sender<Vec<bytes::Bytes>>,
         written: oneshot::Receiver<io::Result<()>>,
         established: &mut Vec<quinn::Connection>,
     ) -> Result<StreamStats, StreamError> {

@@ -7,14 +7,18 @@ use super::{
     STOP_OUTPUT_FAILED,
 };
 use crate::error::StreamError;
-use crate::transport::pipe::CHUNK;
 use crate::transport::StreamStats;
+use bytes::Bytes;
 use quinn::{ConnectionError, StoppedError, VarInt};
 use std::io;
 use std::pin::pin;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
+
+/// Stream segments taken from quinn at once (each is about one packet's payload): what has
+/// arrived in order goes to the output thread as one message.
+const SEGMENTS: usize = 64;
 
 fn is_done(e: &ConnectionError) -> bool {
     matches!(e, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSE_DONE))
@@ -40,7 +44,7 @@ impl Session {
         &self,
         link: Link,
         mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
-        output: mpsc::Sender<Vec<u8>>,
+        output: mpsc::Sender<Vec<Bytes>>,
         written: oneshot::Receiver<io::Result<()>>,
     ) -> Result<StreamStats, StreamError> {
         let peer = self.peer;
@@ -57,10 +61,11 @@ impl Session {
             let mut sent = 0u64;
             while let Some(chunk) = input.recv().await {
                 let chunk = chunk.map_err(StreamError::Input)?;
-                send.write_all(&chunk)
+                // Handed over as it is: `write_all` would copy every byte into quinn.
+                sent += chunk.len() as u64;
+                send.write_chunk(Bytes::from(chunk))
                     .await
                     .map_err(|e| self.write_error(e))?;
-                sent += chunk.len() as u64;
             }
             // Fails only if the stream is already reset, which `stopped` reports below.
             let _ = send.finish();
@@ -96,11 +101,14 @@ impl Session {
                     _ => StreamError::Output(io::Error::other("the output thread ended")),
                 }
             };
+            let mut segments: [Bytes; SEGMENTS] = std::array::from_fn(|_| Bytes::new());
             loop {
-                match recv.read_chunk(CHUNK, true).await {
-                    Ok(Some(chunk)) => {
-                        received += chunk.bytes.len() as u64;
-                        if output.send(chunk.bytes.to_vec()).await.is_err() {
+                match recv.read_chunks(&mut segments).await {
+                    Ok(Some(n)) => {
+                        let batch: Vec<Bytes> =
+                            segments[..n].iter_mut().map(std::mem::take).collect();
+                        received += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+                        if output.send(batch).await.is_err() {
                             let _ = recv.stop(STOP_OUTPUT_FAILED.into());
                             return Err(output_failed(written).await);
                         }
