@@ -143,7 +143,17 @@ impl Session {
             e = self.peer_failed(outgoing, incoming) => return Err(e),
             never = super::gso::watch(&self.gso_open, [outgoing, incoming]) => match never {},
         };
-        debug!(%peer, sent, received, "both directions done");
+        let path = outgoing.stats().path;
+        debug!(
+            %peer, sent, received,
+            packets = path.sent_packets,
+            lost = path.lost_packets,
+            congestion_events = path.congestion_events,
+            cwnd = path.cwnd,
+            mtu = path.current_mtu,
+            rtt = ?path.rtt,
+            "both directions done"
+        );
         Ok(StreamStats { sent, received })
     }
 
