@@ -577,6 +577,9 @@ pub struct WireWorld {
     /// Segments to lose between the NATs: the next one with these flags that side's NAT sent
     /// on, per entry.
     pub lose: Vec<(usize, Flags)>,
+    /// The same, for segments lost between a host and its NAT: the NAT never sees them, so
+    /// they take no mapping.
+    pub lose_before_nat: Vec<(usize, Flags)>,
 }
 
 pub const WIRE_HOSTS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 2, 2)];
@@ -596,11 +599,20 @@ impl WireWorld {
             in_flight: Vec::new(),
             sent: [Vec::new(), Vec::new()],
             lose: Vec::new(),
+            lose_before_nat: Vec::new(),
         }
     }
 
     fn send(&mut self, side: usize, s: Crafted) {
         self.sent[side].push(s);
+        if let Some(k) = self
+            .lose_before_nat
+            .iter()
+            .position(|&l| l == (side, s.flags))
+        {
+            self.lose_before_nat.remove(k);
+            return;
+        }
         let Some(mut s) = self.nats[side].outbound(s) else {
             return;
         };

@@ -182,6 +182,20 @@ fn sequential(n: &NatInfo) -> bool {
     !eim(n) && n.allocation == Allocation::Sequential
 }
 
+/// Copies of each first SYN the raw engine sends, given our NAT. Behind a NAT that takes the
+/// next port of a counter for every new destination, a first SYN lost before the NAT (a
+/// full queue, a lossy LAN or radio link) leaves its port to the next attempt's SYN, so every
+/// later attempt leaves from the port the peer predicted for the one before and the
+/// prediction misses as a whole. Two copies back to back make that a loss of both. Elsewhere
+/// a lost first SYN costs only its own attempt a repeat, so one is sent.
+pub fn first_syn_copies(me: &NatInfo) -> u8 {
+    if sequential(me) {
+        2
+    } else {
+        1
+    }
+}
+
 /// Whether the peer can aim at this NAT's next TCP port: one port for every destination, or
 /// a counter with a known step.
 pub fn predictable(n: &NatInfo) -> bool {

@@ -754,6 +754,7 @@ fn punch_tcp(
             tcp_punch::TLS_TIMEOUT,
         )),
         rtt: tcp_punch::peer_rtt(rtt),
+        first_syn_copies: tcp::first_syn_copies(&p.me),
         raw,
     };
     status.say("punching TCP ...");

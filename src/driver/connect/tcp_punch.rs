@@ -146,6 +146,8 @@ pub struct PunchSetup {
     pub tls: Arc<TlsSide>,
     /// The round trip toward the peer as best known ([`peer_rtt`]): the raw engine's pace.
     pub rtt: Duration,
+    /// Copies of each first SYN on the raw engine ([`crate::core::punch::tcp::first_syn_copies`]).
+    pub first_syn_copies: u8,
     /// The raw socket, with `--syn-engine raw` ([`arm`] opens it).
     pub raw: Option<RawTcpSender>,
 }

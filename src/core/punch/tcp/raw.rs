@@ -73,6 +73,9 @@ pub struct RawConfig {
     pub mss: u16,
     /// Our window scale shift (RFC 7323 section 2.3).
     pub wscale: u8,
+    /// Copies of each attempt's first SYN, sent back to back
+    /// ([`super::first_syn_copies`]); at least one.
+    pub first_copies: u8,
     /// The window our SYN and SYN-ACK advertise (never scaled in a SYN, RFC 7323 section 2.2).
     pub window: u16,
 }
@@ -246,7 +249,7 @@ impl RawPunch {
             Some(t) if a.sent == 0 => t,
             _ => self.cfg.ttl,
         };
-        self.transmits.push_back(Crafted {
+        let syn = Crafted {
             src: self.local,
             dst: a.to,
             ttl,
@@ -255,9 +258,18 @@ impl RawPunch {
             flags: Flags::Syn,
             window: self.cfg.window,
             options: self.syn_options(now),
-        });
-        self.syns += 1;
-        self.next_slot = self.next_slot.max(now) + self.interval();
+        };
+        // Identical copies: one 4-tuple, one sequence number, one tracking entry.
+        let copies = if a.sent == 0 {
+            u32::from(self.cfg.first_copies.max(1))
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            self.transmits.push_back(syn);
+            self.syns += 1;
+            self.next_slot = self.next_slot.max(now) + self.interval();
+        }
         let sent = a.sent + 1;
         let next = now + self.rto(sent);
         self.attempts.insert(id, Attempt { sent, next, ..a });

@@ -61,6 +61,7 @@ pub(super) fn engine(setup: &PunchSetup) -> Option<RawPunch> {
             mss: MSS,
             wscale: WSCALE,
             window: WINDOW,
+            first_copies: setup.first_syn_copies,
         },
         setup.start,
     )

@@ -1,6 +1,6 @@
 use super::*;
 use crate::core::classify::{Allocation, Behavior};
-use crate::core::punch::tcp::plan;
+use crate::core::punch::tcp::{first_syn_copies, plan};
 use crate::core::rendezvous::NatInfo;
 use crate::sim::tcp_wire::{KernelHost, RawHost, WireWorld, WIRE_HOSTS, WIRE_PUBLIC};
 
@@ -29,6 +29,7 @@ fn config(plan: Plan, peer_port: u16) -> RawConfig {
         mss: 1460,
         wscale: 7,
         window: 64240,
+        first_copies: 1,
     }
 }
 
@@ -123,6 +124,19 @@ fn syns_are_repeated_by_the_round_trip_and_primed_only_first() {
         .map(|(t, c)| (t.as_millis() as u64, c.ttl))
         .collect();
     assert_eq!(&seen[..4], &[(0, 2), (50, 64), (150, 64), (350, 64)]);
+}
+
+#[test]
+fn a_first_syn_goes_out_in_copies_and_its_repeats_alone() {
+    let t0 = Instant::now();
+    let mut cfg = config(Plan::Direct, 20000);
+    cfg.first_copies = 2;
+    let mut e = RawPunch::new(cfg, t0).expect("raw");
+    let sent = run(&mut e, t0, Duration::from_millis(350));
+    let at: Vec<u64> = sent.iter().map(|(t, _)| t.as_millis() as u64).collect();
+    assert_eq!(at, [0, 0, 100, 300]);
+    assert_eq!(sent[0].1, sent[1].1, "the copy is the same segment");
+    assert_eq!(e.syns, 4);
 }
 
 #[test]
@@ -394,6 +408,7 @@ fn side(world: &mut WireWorld, i: usize, seed: u64) -> (TcpPunchConfig, [NatInfo
 fn raw_host(
     cfg: TcpPunchConfig,
     i: usize,
+    first_copies: u8,
     rtt: Duration,
     prime: Option<u8>,
     t0: Instant,
@@ -409,6 +424,7 @@ fn raw_host(
                 mss: 1460,
                 wscale: 7,
                 window: 64240,
+                first_copies,
             },
             t0,
         )
@@ -451,8 +467,15 @@ fn sim_raw_cones_meet_on_one_4_tuple_with_one_sequence_space() {
         let (ca, _) = side(&mut w, 0, 1);
         let (cb, _) = side(&mut w, 1, 2);
         assert_eq!(ca.plan, Plan::Direct);
-        let mut a = raw_host(ca, 0, rtt, prime, t0);
-        let mut b = raw_host(cb, 1, rtt, prime, t0 + Duration::from_millis(latency / 2));
+        let mut a = raw_host(ca, 0, 1, rtt, prime, t0);
+        let mut b = raw_host(
+            cb,
+            1,
+            1,
+            rtt,
+            prime,
+            t0 + Duration::from_millis(latency / 2),
+        );
         let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
         let r = r.unwrap_or_else(|| panic!("no connection at {latency} ms, priming {prime:?}"));
         assert_one_connection(&w, r);
@@ -478,7 +501,7 @@ fn sim_raw_and_kernel_engines_meet() {
     let t0 = w.now;
     let (ca, _) = side(&mut w, 0, 3);
     let (cb, _) = side(&mut w, 1, 4);
-    let mut a = raw_host(ca, 0, Duration::from_millis(80), None, t0);
+    let mut a = raw_host(ca, 0, 1, Duration::from_millis(80), None, t0);
     let mut b = KernelHost::new(cb, WIRE_HOSTS[1], None, t0 + Duration::from_millis(15));
     let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
     assert_one_connection(&w, r.expect("raw and kernel connect"));
@@ -504,8 +527,8 @@ fn sim_raw_cone_and_sequential_meet_through_the_prediction_window() {
                 .map(50000 + k, SocketAddr::from(([192, 0, 2, 7], 80)));
         }
         let rtt = Duration::from_millis(80);
-        let mut a = raw_host(ca, 0, rtt, None, t0);
-        let mut b = raw_host(cb, 1, rtt, None, t0 + Duration::from_millis(5));
+        let mut a = raw_host(ca, 0, 1, rtt, None, t0);
+        let mut b = raw_host(cb, 1, 1, rtt, None, t0 + Duration::from_millis(5));
         let r = w
             .run([&mut a, &mut b], t0 + Duration::from_secs(12))
             .unwrap_or_else(|| panic!("no connection with {disturbance} other flows"));
@@ -525,7 +548,7 @@ fn sim_raw_probe_finds_a_kernel_spray_of_a_random_nat() {
     let (ca, _) = side(&mut w, 0, 7);
     let (cb, _) = side(&mut w, 1, 8);
     assert_eq!((ca.plan, cb.plan), (Plan::Probe, Plan::Spray));
-    let mut a = raw_host(ca, 0, Duration::from_millis(40), None, t0);
+    let mut a = raw_host(ca, 0, 1, Duration::from_millis(40), None, t0);
     let mut b = KernelHost::new(cb, WIRE_HOSTS[1], None, t0);
     let r = w
         .run([&mut a, &mut b], t0 + Duration::from_secs(12))
@@ -550,8 +573,8 @@ fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns(
     let rtt = Duration::from_millis(2 * latency);
     let (ca, _) = side(&mut w, 0, 9);
     let (cb, _) = side(&mut w, 1, 10);
-    let mut a = raw_host(ca, 0, rtt, None, t0 + Duration::from_millis(60));
-    let mut b = raw_host(cb, 1, rtt, None, t0);
+    let mut a = raw_host(ca, 0, 1, rtt, None, t0 + Duration::from_millis(60));
+    let mut b = raw_host(cb, 1, 1, rtt, None, t0);
     let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
     assert!(w.lose.is_empty(), "a segment to lose was never sent");
     assert!(
@@ -579,10 +602,38 @@ fn sim_raw_a_lost_handshake_ack_is_sent_again_when_the_peer_repeats_its_syn_ack(
     let rtt = Duration::from_millis(2 * latency);
     let (ca, _) = side(&mut w, 0, 9);
     let (cb, _) = side(&mut w, 1, 10);
-    let mut a = raw_host(ca, 0, rtt, None, t0 + Duration::from_millis(60));
-    let mut b = raw_host(cb, 1, rtt, None, t0);
+    let mut a = raw_host(ca, 0, 1, rtt, None, t0 + Duration::from_millis(60));
+    let mut b = raw_host(cb, 1, 1, rtt, None, t0);
     let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
     assert!(w.lose.is_empty(), "a segment to lose was never sent");
     assert_one_connection(&w, r.expect("A's repeated ACK confirms B's SYN-ACK"));
     assert!(b.engine.synacks >= 2);
+}
+
+#[test]
+fn sim_raw_sequential_nats_meet_when_a_first_syn_is_lost_before_the_nat() {
+    // A's first SYN never reaches A's NAT, so that attempt's port goes to the next attempt's
+    // SYN, and so on: with one copy of each first SYN every attempt leaves from the port B
+    // predicted for the one before, and the lockstep windows never meet.
+    let mut w = world(
+        [
+            symmetric(Allocation::Sequential),
+            symmetric(Allocation::Sequential),
+        ],
+        20,
+        0,
+    );
+    w.lose_before_nat = vec![(0, Flags::Syn)];
+    let t0 = w.now;
+    let (ca, [me_a, _]) = side(&mut w, 0, 11);
+    let (cb, [me_b, _]) = side(&mut w, 1, 12);
+    assert!(matches!(ca.plan, Plan::Window { .. }), "{:?}", ca.plan);
+    let rtt = Duration::from_millis(80);
+    let mut a = raw_host(ca, 0, first_syn_copies(&me_a), rtt, None, t0);
+    let mut b = raw_host(cb, 1, first_syn_copies(&me_b), rtt, None, t0);
+    let r = w
+        .run([&mut a, &mut b], t0 + Duration::from_secs(12))
+        .expect("the second copy takes the lost SYN's port");
+    assert!(w.lose_before_nat.is_empty(), "no SYN was lost");
+    assert_one_connection(&w, r);
 }
