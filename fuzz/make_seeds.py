@@ -231,6 +231,29 @@ crafted_seeds = {
     "rst_bare": crafted(3),
 }
 
+def relay_offer(peer_id, ip, port, fp_hex, key=bytes([0x5A]) * 32):
+    """The relay_offer target's layout, with the MAC the offer carries: HMAC-SHA256 under the
+    punch key of a label, the peer id, the address as text and the fingerprint's hex, each
+    after a NUL."""
+    addr = "%d.%d.%d.%d:%d" % (*ip, port)
+    msg = (b"punchraw v1 relay offer\0" + peer_id.encode() + b"\0" + addr.encode() + b"\0"
+           + fp_hex.encode())
+    mac = hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return (bytes([len(peer_id)]) + peer_id.encode() + b"\0" + bytes(ip) + struct.pack(">H", port)
+            + bytes([len(fp_hex)]) + fp_hex.encode() + mac.encode())
+
+
+def signed_pair(seed):
+    """The genuine MAC with one digit pair "0x" spelled "+x", which reads as the same byte
+    to a parser that accepts a sign."""
+    mac = seed[-64:]
+    i = next(k for k in range(0, 64, 2) if mac[k:k + 1] == b"0")
+    return seed[:-64] + mac[:i] + b"+" + mac[i + 1:]
+
+
+genuine = relay_offer("a1b2", [203, 0, 113, 5], 50000, "07" * 32)
+relay_offer_seeds = {"genuine": genuine, "signed_mac": signed_pair(genuine)}
+
 for target, seeds in {
     "stun_parse": {**requests, **responses, **regressions},
     "server_handle": {**requests, **responses, **regressions},
@@ -241,6 +264,7 @@ for target, seeds in {
     "portmap_parse": portmap_parse,
     "portmap_client": portmap_client,
     "crafted_segment": crafted_seeds,
+    "relay_offer": relay_offer_seeds,
 }.items():
     d = os.path.join(HERE, "corpus_seed", target)
     os.makedirs(d, exist_ok=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every cargo-fuzz target in fuzz/ (`cargo fuzz list`: stun_parse, server_handle,
 # rendezvous_msg, rendezvous_client, punch_input, captured_packet, crafted_segment,
-# portmap_parse, portmap_client, channel_data, turn_client, turn_server, and any added later)
+# portmap_parse, portmap_client, channel_data, turn_client, turn_server, relay_offer, and any
+# added later)
 # and runs each for SECONDS (default 30), from
 # the committed seeds in fuzz/corpus_seed/<target>/. New corpus entries go to
 # fuzz/corpus/<target>/ and crash inputs to fuzz/artifacts/<target>/ (both gitignored).

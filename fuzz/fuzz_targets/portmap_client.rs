@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let gw = IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1));
-    let protocol = if conf & 4 != 0 { Protocol::Tcp } else { Protocol::Udp };
+    let protocol = if conf & 4 != 0 {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
     let cfg = PortMapConfig {
         pcp: conf & 1 != 0,
         nat_pmp: conf & 2 != 0,

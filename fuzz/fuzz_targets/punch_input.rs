@@ -12,11 +12,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use punchraw::core::Machine;
 use punchraw::core::classify::{Allocation, Behavior};
 use punchraw::core::punch::{Punch, PunchConfig, ATTR_CERT_FINGERPRINT};
 use punchraw::core::rendezvous::{NatInfo, PeerData};
 use punchraw::core::stun::{attr_type, Attribute, Encoder, Message};
+use punchraw::core::Machine;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

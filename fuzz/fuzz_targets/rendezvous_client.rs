@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         session: "fuzz".into(),
         secret: b"secret".to_vec(),
         peer_id: "0123456789abcdef".into(),
-        locals: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2)), 40000)],
+        locals: vec![SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 1, 2)),
+            40000,
+        )],
         nat: NatInfo::unknown(),
         tcp: None,
         mapped: None,
@@ -83,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
     // Past the deadline (and the server's silence) the client has ended either way.
     let end = t0 + TIMEOUT + Duration::from_secs(6);
     while now < end {
-        now = c.poll_timeout().unwrap_or(end).max(now + Duration::from_millis(1));
+        now = c
+            .poll_timeout()
+            .unwrap_or(end)
+            .max(now + Duration::from_millis(1));
         turn(&mut c, now, &mut ended);
     }
     assert!(ended && c.is_done(), "the client outlived its deadline");

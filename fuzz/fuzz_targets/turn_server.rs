@@ -18,7 +18,7 @@
 use libfuzzer_sys::fuzz_target;
 use punchraw::core::server::response_limit;
 use punchraw::core::stun::{
-    attr_type, long_term_key, Attribute, Encoder, Message, MessageType, Method, Class,
+    attr_type, long_term_key, Attribute, Class, Encoder, Message, MessageType, Method,
     TransactionId,
 };
 use punchraw::core::turn::server::session::{session_credentials, SessionInfo};
@@ -67,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
         match op % 4 {
             0 => {
                 if Message::parse(body).is_ok_and(|m| {
-                    !m.attributes().any(|a| a.typ == attr_type::MESSAGE_INTEGRITY)
+                    !m.attributes()
+                        .any(|a| a.typ == attr_type::MESSAGE_INTEGRITY)
                 }) {
                     unauth_len = Some(body.len());
                 }
