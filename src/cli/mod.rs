@@ -9,7 +9,7 @@ pub mod table;
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::ServerConfig;
 use crate::core::turn::server::TurnServerConfig;
-use crate::driver::connect::{ConnectConfig, RelayMode};
+use crate::driver::connect::{ConnectConfig, RelayMode, RelayTransport};
 use crate::driver::probe::ProbeConfig;
 use crate::driver::Status;
 use anyhow::{bail, Context, Result};
@@ -200,12 +200,55 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
                 host,
                 username,
                 password,
+                transport,
             } => RelayMode::Turn {
                 server: resolve(&host)?,
                 username,
                 password,
+                transport: relay_transport(transport, &host, a.relay_ca.as_deref())?,
             },
         },
+    })
+}
+
+/// `?transport=` with what TLS needs: the name the certificate must carry (HOST without
+/// its port) and the CAs to trust, from --relay-ca or the system's bundle.
+fn relay_transport(
+    t: args::TurnTransport,
+    host: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<RelayTransport> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    Ok(match t {
+        args::TurnTransport::Udp => RelayTransport::Udp,
+        args::TurnTransport::Tcp => RelayTransport::Tcp,
+        args::TurnTransport::Tls => {
+            let name = match host.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok() => h,
+                _ => host,
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            let file = match ca {
+                Some(f) => f.to_path_buf(),
+                None => std::env::var_os("SSL_CERT_FILE")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
+            };
+            let roots = CertificateDer::pem_file_iter(&file)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read CA certificates from {}", file.display()))?;
+            if roots.is_empty() {
+                bail!(
+                    "{} holds no PEM certificate to check the relay's with (--relay-ca)",
+                    file.display()
+                );
+            }
+            RelayTransport::Tls {
+                name: name.to_string(),
+                roots,
+            }
+        }
     })
 }
 
