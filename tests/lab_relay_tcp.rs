@@ -264,3 +264,157 @@ fn tcp_relay_dying_mid_stream_is_exit_9() {
         );
     }
 }
+
+/// RFC 4648 base64, for the PEM files the test writes (rcgen is built without its PEM
+/// feature).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let body = base64(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A self-signed certificate for `name` written to `dir`: (certificate, key) paths.
+fn self_signed(dir: &std::path::Path, tag: &str, name: &str) -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
+    let cert = dir.join(format!("{tag}.crt"));
+    let key = dir.join(format!("{tag}.key"));
+    std::fs::write(&cert, pem("CERTIFICATE", ck.cert.der())).expect("write certificate");
+    std::fs::write(&key, pem("PRIVATE KEY", &ck.key_pair.serialize_der())).expect("write key");
+    let s = |p: std::path::PathBuf| p.to_str().expect("UTF-8 path").to_string();
+    (s(cert), s(key))
+}
+
+/// coturn with TLS on 203.0.113.1:5349 (and UDP/TCP on 3480), `cert` and `key` its own.
+fn coturn_tls(lab: &Lab, dir: &std::path::Path, cert: &str, key: &str) -> ChildGuard {
+    let conf = dir.join("turnserver.conf");
+    std::fs::write(&conf, "").expect("write empty coturn config");
+    let child = lab
+        .cmd(Node::Srv, "turnserver")
+        .arg("-c")
+        .arg(&conf)
+        .args(coturn_args("3480"))
+        .args([
+            "--tls-listening-port",
+            "5349",
+            "--cert",
+            cert,
+            "--pkey",
+            key,
+        ])
+        .args(["--no-cli", "--no-dtls", "--log-file", "stdout", "--pidfile"])
+        .arg(dir.join("turnserver.pid"))
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.join("coturn.log")).expect("coturn log"),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start coturn turnserver");
+    std::thread::sleep(Duration::from_millis(800));
+    ChildGuard(child)
+}
+
+/// `?transport=tls` through coturn, trusting its self-signed certificate with --relay-ca.
+#[test]
+fn random_symmetric_pair_connects_through_coturn_over_tls() {
+    if !have_coturn() {
+        return;
+    }
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let dir = common::tempdir::Dir::new(&format!("{}-tls", lab.name()));
+    let (cert, key) = self_signed(&dir.path, "relay", "203.0.113.1");
+    let _serve = common::punchraw_serve_5780(&lab);
+    let _coturn = coturn_tls(&lab, &dir.path, &cert, &key);
+    let relay = "turn://relayuser:relaypass@203.0.113.1:5349?transport=tls";
+    let p = pair(
+        &lab,
+        0,
+        "right",
+        1 << 20,
+        &["--punch-budget", "2", "--relay", relay, "--relay-ca", &cert],
+    );
+    let coturn = std::fs::read_to_string(dir.path.join("coturn.log")).unwrap_or_default();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\ncoturn:\n{coturn}",
+        p.a.stderr, p.b.stderr
+    );
+    assert_relayed(&p, &what);
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        assert!(s.stderr.contains("over TLS"), "{n}: {what}");
+    }
+}
+
+/// A certificate that does not chain to --relay-ca, or that does not name HOST, is not the
+/// relay's: no allocation is made (said), and connect goes on without a relay.
+#[test]
+fn a_relay_certificate_not_trusted_or_for_another_name_is_refused() {
+    if !have_coturn() {
+        return;
+    }
+    let Some(lab) = random_pair() else {
+        return;
+    };
+    let dir = common::tempdir::Dir::new(&format!("{}-badtls", lab.name()));
+    let (cert, key) = self_signed(&dir.path, "relay", "203.0.113.9");
+    let (other, _) = self_signed(&dir.path, "other", "203.0.113.1");
+    let _serve = common::punchraw_serve_5780(&lab);
+    let _coturn = coturn_tls(&lab, &dir.path, &cert, &key);
+    let relay = "turn://relayuser:relaypass@203.0.113.1:5349?transport=tls";
+    std::fs::write(dir.path.join("a.in"), b"x").expect("write");
+    let cases = [
+        (&other, "invalid peer certificate"),
+        (&cert, "not valid for name \"203.0.113.1\""),
+    ];
+    for (i, (ca, says)) in cases.into_iter().enumerate() {
+        let out = connect_cmd(
+            &lab,
+            Node::A,
+            &dir.path,
+            "a",
+            &format!("{}-badtls{i}", lab.name()),
+            "right",
+            &["--timeout", "3", "--relay", relay, "--relay-ca", ca],
+        )
+        .output()
+        .expect("run connect");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "relay: cannot reach 203.0.113.1:5349 over TLS (the TLS handshake failed"
+            ) && stderr.contains(says)
+                && stderr.contains("going on without"),
+            "{says}: {stderr}"
+        );
+        // No peer comes.
+        assert_eq!(out.status.code(), Some(5), "{says}: {stderr}");
+    }
+}
