@@ -495,11 +495,13 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>, dial_to: Optio
                     // RFC 8656 section 3.1: the allocation lives only as long as the
                     // connection it was made on.
                     tracing::warn!(%why, "the connection to the TURN server ended");
-                    let why = format!("{why}; the allocation ended with the connection");
                     if allocated {
+                        let why = format!("{why}; the allocation ended with the connection");
                         s.set_gone(why.clone());
+                        *lock(&s.state) = State::Unreachable(why);
+                    } else {
+                        *lock(&s.state) = State::Unreachable(why);
                     }
-                    *lock(&s.state) = State::Unreachable(why);
                     return;
                 }
             },
