@@ -90,7 +90,23 @@ fn assert_relayed(p: &Pair, what: &str) {
 /// is freed by its client.
 #[test]
 fn random_symmetric_pair_connects_through_serve_relay_over_tcp() {
-    let Some(lab) = random_pair() else {
+    over_tcp_through_serve(random_pair());
+}
+
+/// The same with 40 ms one way on each NAT's uplink: QUIC's congestion control paces the
+/// stream over the TCP legs (relayed data the writer cannot take is dropped, not queued
+/// without bound).
+#[test]
+fn random_symmetric_pair_connects_through_serve_relay_over_tcp_at_40_ms() {
+    over_tcp_through_serve(Lab::up_with(
+        LabOptions::new("symmetric-random")
+            .kind_b("symmetric-random")
+            .delay_ms(40),
+    ));
+}
+
+fn over_tcp_through_serve(lab: Option<Lab>) {
+    let Some(lab) = lab else {
         return;
     };
     let serve = Serve::start(&lab);
