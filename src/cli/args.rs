@@ -128,11 +128,19 @@ pub struct ConnectArgs {
     /// rendezvous server's own (`punchraw serve --relay`), with credentials derived from the
     /// session key; a server that refuses or does not relay is said and connect goes on
     /// without. "turn://USER:PASS@HOST:PORT": that TURN server (coturn, say); credentials
-    /// it refuses end connect at once (exit 7). A relay that refuses an allocation (486
-    /// quota, 508 capacity) turns a failed punch into exit 7. "off": none.
+    /// it refuses end connect at once (exit 7). "?transport=tcp" reaches it over TCP and
+    /// "?transport=tls" over TLS (its certificate must name HOST; see --relay-ca) instead of
+    /// UDP ("?transport=udp", the default); the relayed leg to the peer is UDP either way,
+    /// and the allocation lives only as long as the connection. A relay that refuses an
+    /// allocation (486 quota, 508 capacity) turns a failed punch into exit 7. "off": none.
     /// The allocation is made before the rendezvous and freed on every exit.
-    #[arg(long, value_name = "auto|off|turn://USER:PASS@HOST:PORT", default_value = "auto", value_parser = parse_relay)]
+    #[arg(long, value_name = "auto|off|turn://USER:PASS@HOST:PORT[?transport=udp|tcp|tls]", default_value = "auto", value_parser = parse_relay)]
     pub relay: RelayArg,
+    /// With --relay turn://...?transport=tls: trust the TURN server's certificate only if
+    /// it chains to a certificate in FILE (PEM; the server's own self-signed one will do).
+    /// Without it, the system's CA bundle is used.
+    #[arg(long, value_name = "FILE.pem")]
+    pub relay_ca: Option<PathBuf>,
 }
 
 /// `--relay`, before the host is resolved.
@@ -144,7 +152,16 @@ pub enum RelayArg {
         host: String,
         username: String,
         password: String,
+        transport: TurnTransport,
     },
+}
+
+/// `?transport=` of a `turn://` URL: how we reach the TURN server (RFC 8656 section 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnTransport {
+    Udp,
+    Tcp,
+    Tls,
 }
 
 fn parse_relay(s: &str) -> std::result::Result<RelayArg, String> {
@@ -153,17 +170,39 @@ fn parse_relay(s: &str) -> std::result::Result<RelayArg, String> {
         "off" => return Ok(RelayArg::Off),
         _ => {}
     }
-    let bad = || format!("{s:?} is not auto, off or turn://USER:PASS@HOST:PORT");
+    let bad =
+        || format!("{s:?} is not auto, off or turn://USER:PASS@HOST:PORT[?transport=udp|tcp|tls]");
     let rest = s.strip_prefix("turn://").ok_or_else(bad)?;
+    // The password may hold '?' and '@': the query is after the host, which follows the
+    // last '@'.
     let (creds, host) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (host, query) = match host.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (host, None),
+    };
     let (username, password) = creds.split_once(':').ok_or_else(bad)?;
-    if username.is_empty() || host.is_empty() || host.contains('?') {
+    if username.is_empty() || host.is_empty() {
         return Err(bad());
     }
+    let transport = match query {
+        None => TurnTransport::Udp,
+        Some(q) => match q.strip_prefix("transport=") {
+            Some("udp") => TurnTransport::Udp,
+            Some("tcp") => TurnTransport::Tcp,
+            Some("tls") => TurnTransport::Tls,
+            Some(t) => return Err(format!("{s:?}: transport {t:?} is not udp, tcp or tls")),
+            None => {
+                return Err(format!(
+                    "{s:?}: the only query a turn:// URL takes is ?transport=udp|tcp|tls, not {q:?}"
+                ))
+            }
+        },
+    };
     Ok(RelayArg::Turn {
         host: host.to_string(),
         username: username.to_string(),
         password: password.to_string(),
+        transport,
     })
 }
 
@@ -352,11 +391,59 @@ mod tests {
             RelayArg::Turn {
                 host: "h.example:3478".into(),
                 username: "u".into(),
-                password: "p:q".into()
+                password: "p:q".into(),
+                transport: TurnTransport::Udp,
             }
         );
         for bad in ["on", "turn://h:3478", "turn://:p@h", "http://u:p@h"] {
             assert!(relay(&["--relay", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_turn_url_takes_the_transport_to_the_server() {
+        let relay = |url: &str| {
+            let base = ["punchraw", "connect", "--server", "h", "--session", "s"];
+            let args = base.iter().copied().chain(["--relay", url]);
+            Cli::try_parse_from(args).map(|c| match c.cmd {
+                Command::Connect(a) => a.relay,
+                _ => unreachable!("a connect command line"),
+            })
+        };
+        for (q, t) in [
+            ("", TurnTransport::Udp),
+            ("?transport=udp", TurnTransport::Udp),
+            ("?transport=tcp", TurnTransport::Tcp),
+            ("?transport=tls", TurnTransport::Tls),
+        ] {
+            assert_eq!(
+                relay(&format!("turn://u:p?@x@192.0.2.1:3478{q}")).unwrap(),
+                RelayArg::Turn {
+                    host: "192.0.2.1:3478".into(),
+                    username: "u".into(),
+                    password: "p?@x".into(),
+                    transport: t,
+                },
+                "{q}"
+            );
+        }
+        for (bad, says) in [
+            (
+                "turn://u:p@h:3478?transport=sctp",
+                "transport \"sctp\" is not udp, tcp or tls",
+            ),
+            (
+                "turn://u:p@h:3478?transport=",
+                "transport \"\" is not udp, tcp or tls",
+            ),
+            (
+                "turn://u:p@h:3478?proto=tcp",
+                "the only query a turn:// URL takes is ?transport=udp|tcp|tls",
+            ),
+            ("turn://u:p@?transport=tcp", "is not auto, off or turn://"),
+        ] {
+            let e = relay(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
         }
     }
 

@@ -9,7 +9,7 @@ pub mod table;
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::ServerConfig;
 use crate::core::turn::server::TurnServerConfig;
-use crate::driver::connect::{ConnectConfig, RelayMode};
+use crate::driver::connect::{ConnectConfig, RelayMode, RelayTransport};
 use crate::driver::probe::ProbeConfig;
 use crate::driver::Status;
 use anyhow::{bail, Context, Result};
@@ -174,6 +174,16 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
     if a.secret.as_deref() == Some("") {
         bail!("--secret must not be empty (leave it out to use the session name as the key)");
     }
+    let tls = matches!(
+        a.relay,
+        args::RelayArg::Turn {
+            transport: args::TurnTransport::Tls,
+            ..
+        }
+    );
+    if a.relay_ca.is_some() && !tls {
+        bail!("--relay-ca is for --relay turn://USER:PASS@HOST:PORT?transport=tls only");
+    }
     Ok(ConnectConfig {
         server: resolve(&a.server)?,
         session: a.session,
@@ -200,13 +210,64 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
                 host,
                 username,
                 password,
+                transport,
             } => RelayMode::Turn {
                 server: resolve(&host)?,
                 username,
                 password,
+                transport: relay_transport(transport, &host, a.relay_ca.as_deref())?,
             },
         },
     })
+}
+
+/// `?transport=` with what TLS needs: the name the certificate must carry (HOST without
+/// its port) and the CAs to trust, from --relay-ca or the system's bundle.
+fn relay_transport(
+    t: args::TurnTransport,
+    host: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<RelayTransport> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    Ok(match t {
+        args::TurnTransport::Udp => RelayTransport::Udp,
+        args::TurnTransport::Tcp => RelayTransport::Tcp,
+        args::TurnTransport::Tls => {
+            let name = tls_name(host);
+            let file = match ca {
+                Some(f) => f.to_path_buf(),
+                None => std::env::var_os("SSL_CERT_FILE")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into()),
+            };
+            let roots = CertificateDer::pem_file_iter(&file)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .with_context(|| format!("cannot read CA certificates from {}", file.display()))?;
+            if roots.is_empty() {
+                bail!(
+                    "{} holds no PEM certificate to check the relay's with (--relay-ca)",
+                    file.display()
+                );
+            }
+            RelayTransport::Tls { name, roots }
+        }
+    })
+}
+
+/// The name a TURN server's certificate must carry: HOST of HOST[:PORT], an IP address
+/// as such (IPv6 with or without brackets).
+fn tls_name(host: &str) -> String {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return ip.to_string();
+    }
+    if let Ok(sa) = host.parse::<SocketAddr>() {
+        return sa.ip().to_string();
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h.to_string(),
+        _ => host.to_string(),
+    }
 }
 
 /// Runs the probe and prints its report: one JSON object on stdout with `--json`, the table
@@ -230,4 +291,23 @@ fn probe(cfg: ProbeConfig) -> Result<ExitCode> {
         .into());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_name;
+
+    #[test]
+    fn the_tls_name_of_a_relay_is_its_host_without_the_port() {
+        for (host, name) in [
+            ("turn.example:5349", "turn.example"),
+            ("turn.example", "turn.example"),
+            ("203.0.113.1:5349", "203.0.113.1"),
+            ("203.0.113.1", "203.0.113.1"),
+            ("[2001:db8::1]:5349", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            assert_eq!(tls_name(host), name, "{host}");
+        }
+    }
 }

@@ -72,7 +72,7 @@ pub struct ConnectConfig {
 }
 
 pub use crate::core::punch::priming::PrimeTtl;
-pub use relay::RelayMode;
+pub use relay::{RelayMode, RelayTransport};
 
 /// The `--report` object; its shape is a contract.
 #[derive(Debug, Serialize)]

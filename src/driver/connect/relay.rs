@@ -1,7 +1,8 @@
 //! The relay fallback's allocation: a thread that drives the sans-IO TURN client
-//! (`core::turn::Client`) on a UDP socket of its own to the TURN server, keeps the allocation
-//! refreshed while connect runs (RFC 8656 section 8), and frees it with a Refresh of lifetime
-//! 0 when dropped -- after success, an error or a signal alike.
+//! (`core::turn::Client`) on a UDP socket of its own to the TURN server -- or a TCP or TLS
+//! connection, `?transport=tcp|tls` ([`stream`]) -- keeps the allocation refreshed while
+//! connect runs (RFC 8656 section 8), and frees it with a Refresh of lifetime 0 when
+//! dropped -- after success, an error or a signal alike.
 //!
 //! With `--relay auto` the TURN server is the rendezvous server itself (`serve --relay`, on
 //! its primary port) with session credentials derived from the session key. The session
@@ -11,16 +12,18 @@
 
 use crate::core::rendezvous::derive_rendezvous_key;
 use crate::core::turn::server::session::session_credentials;
-use crate::core::turn::{Client, Event, TurnConfig, TurnError};
+use crate::core::turn::{Client, Event, Transport, TurnConfig, TurnError};
 use crate::core::Machine;
 use crate::transport::quic::RelayLink;
 use crate::Error;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+mod stream;
 
 /// `connect --relay`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,20 @@ pub enum RelayMode {
         server: SocketAddr,
         username: String,
         password: String,
+        transport: RelayTransport,
+    },
+}
+
+/// How we reach an explicit TURN server (RFC 8656 section 3.1); the relayed leg is UDP
+/// whichever it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayTransport {
+    Udp,
+    Tcp,
+    /// TLS over TCP: the server's certificate must name `name` and chain to one of `roots`.
+    Tls {
+        name: String,
+        roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
 }
 
@@ -53,23 +70,36 @@ const QUEUE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub(super) enum State {
-    Allocating { last_error: Option<String> },
+    Allocating {
+        last_error: Option<String>,
+    },
     Allocated(SocketAddr),
     Failed(TurnError),
+    /// The TCP or TLS connection to the server could not be made, or ended (and the
+    /// allocation with it).
+    Unreachable(String),
 }
 
 /// Where relayed datagrams go once the stream runs: to the QUIC socket's queue.
 type Relayed = mpsc::Sender<(SocketAddr, Vec<u8>)>;
 
+/// The way to the server: set once connected (at once for UDP); until then the client
+/// keeps what it has to send.
+enum Link {
+    Udp(UdpSocket),
+    Stream(stream::Writer),
+}
+
 struct Shared {
-    sock: UdpSocket,
+    link: OnceLock<Link>,
     client: Mutex<Client>,
     state: Mutex<State>,
     stop: AtomicBool,
     data: Mutex<Option<Relayed>>,
-    /// The server's host answered ICMP port unreachable after the allocation was made:
-    /// nothing listens there any more (the socket is connected, so Linux reports it).
-    unreachable: AtomicBool,
+    /// Why the allocation stopped serving, once we know it did without the server saying
+    /// so: its host answered ICMP port unreachable (nothing listens there any more; the UDP
+    /// socket is connected, so Linux reports it), or the TCP connection ended.
+    gone: Mutex<Option<String>>,
     /// Since when the server's host refuses our datagrams, with nothing heard since.
     refused_since: Mutex<Option<Instant>>,
     allocated: AtomicBool,
@@ -81,11 +111,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn flush(&self, c: &mut Client) {
+        let Some(link) = self.link.get() else {
+            return;
+        };
         while let Some(t) = c.poll_transmit() {
-            // A lost datagram is repeated by the client's own timers (or lost, as on UDP).
-            if let Err(e) = self.sock.send_to(&t.payload, t.dst) {
-                self.note_error(&e);
+            match link {
+                // A lost datagram is repeated by the client's own timers (or lost, as on UDP).
+                Link::Udp(sock) => {
+                    if let Err(e) = sock.send_to(&t.payload, t.dst) {
+                        self.note_error(&e);
+                    }
+                }
+                Link::Stream(w) => w.send(&t.payload),
             }
+        }
+    }
+
+    /// The allocation is gone for `why`; the relayed QUIC socket's receive side ends, which
+    /// ends its stream now rather than at QUIC's idle timeout.
+    fn set_gone(&self, why: String) {
+        let mut gone = lock(&self.gone);
+        if gone.is_none() {
+            *gone = Some(why);
+            lock(&self.data).take();
         }
     }
 
@@ -100,13 +148,9 @@ impl Shared {
         }
         let now = Instant::now();
         let first = *lock(&self.refused_since).get_or_insert(now);
-        if now.duration_since(first) >= GONE_AFTER
-            && !self.unreachable.swap(true, Ordering::Relaxed)
-        {
+        if now.duration_since(first) >= GONE_AFTER && lock(&self.gone).is_none() {
             tracing::warn!("the TURN server's host keeps answering ICMP port unreachable");
-            // The relayed QUIC socket's receive side ends, which ends its stream now rather
-            // than at QUIC's idle timeout.
-            lock(&self.data).take();
+            self.set_gone("its host answers ICMP port unreachable: the TURN server is gone".into());
         }
     }
 
@@ -121,6 +165,8 @@ pub(super) struct Relay {
     thread: Option<JoinHandle<()>>,
     pub(super) server: SocketAddr,
     pub(super) username: String,
+    /// How we reach the server: "UDP", "TCP" or "TLS".
+    over: &'static str,
     /// `--relay turn://...`: the user chose this relay, so its refusal is an error.
     explicit: bool,
     started: Instant,
@@ -137,43 +183,75 @@ impl Relay {
         bind: Option<IpAddr>,
         retry_until: Instant,
     ) -> Result<Option<Relay>, String> {
-        let (server, username, password, retry) = match mode {
+        let (server, username, password, retry, transport) = match mode {
             RelayMode::Off => return Ok(None),
             RelayMode::Auto => {
                 let key = derive_rendezvous_key(secret.as_bytes(), session);
                 let (u, p) = session_credentials(&key, session).ok_or_else(|| {
                     "the session name cannot be a TURN username (printable ASCII only)".to_string()
                 })?;
-                (rendezvous, u, p, true)
+                (rendezvous, u, p, true, &RelayTransport::Udp)
             }
             RelayMode::Turn {
                 server,
                 username,
                 password,
-            } => (*server, username.clone(), password.clone(), false),
+                transport,
+            } => (
+                *server,
+                username.clone(),
+                password.clone(),
+                false,
+                transport,
+            ),
         };
         let any: IpAddr = match (bind, server) {
             (Some(ip), _) => ip,
             (None, SocketAddr::V4(_)) => IpAddr::from([0u8; 4]),
             (None, SocketAddr::V6(_)) => IpAddr::from([0u16; 8]),
         };
-        let sock = UdpSocket::bind(SocketAddr::new(any, 0))
-            .map_err(|e| format!("cannot open a socket for the relay: {e}"))?;
-        // Connected, so that an ICMP port unreachable from a relay that died reaches us as
-        // ECONNREFUSED (an unconnected UDP socket never hears of it); the client only ever
-        // talks to this one server.
-        sock.connect(server)
-            .map_err(|e| format!("cannot reach the relay {server}: {e}"))?;
         let mut cfg = TurnConfig::new(server, &username, &password, rand::random());
-        // The peer may keep us waiting longer than a NAT keeps an idle binding.
-        cfg.keepalive = Some(KEEPALIVE);
+        let link = OnceLock::new();
+        // Made on the thread (connecting and a handshake take round trips).
+        let mut dial = None;
+        let over = match transport {
+            RelayTransport::Udp => "UDP",
+            RelayTransport::Tcp => "TCP",
+            RelayTransport::Tls { .. } => "TLS",
+        };
+        match transport {
+            RelayTransport::Udp => {
+                let sock = UdpSocket::bind(SocketAddr::new(any, 0))
+                    .map_err(|e| format!("cannot open a socket for the relay: {e}"))?;
+                // Connected, so that an ICMP port unreachable from a relay that died reaches
+                // us as ECONNREFUSED (an unconnected UDP socket never hears of it); the
+                // client only ever talks to this one server.
+                sock.connect(server)
+                    .map_err(|e| format!("cannot reach the relay {server}: {e}"))?;
+                let _ = link.set(Link::Udp(sock));
+                // The peer may keep us waiting longer than a NAT keeps an idle binding.
+                cfg.keepalive = Some(KEEPALIVE);
+            }
+            RelayTransport::Tcp => {
+                cfg.transport = Transport::Stream;
+                dial = Some(Dial { bind, tls: None });
+            }
+            RelayTransport::Tls { name, roots } => {
+                cfg.transport = Transport::Stream;
+                let tls = stream::tls(name, roots)?;
+                dial = Some(Dial {
+                    bind,
+                    tls: Some(tls),
+                });
+            }
+        }
         let shared = Arc::new(Shared {
-            sock,
+            link,
             client: Mutex::new(Client::new(cfg.clone(), Instant::now())),
             state: Mutex::new(State::Allocating { last_error: None }),
             stop: AtomicBool::new(false),
             data: Mutex::new(None),
-            unreachable: AtomicBool::new(false),
+            gone: Mutex::new(None),
             refused_since: Mutex::new(None),
             allocated: AtomicBool::new(false),
         });
@@ -181,13 +259,14 @@ impl Relay {
         let retry_until = retry.then_some(retry_until);
         let thread = std::thread::Builder::new()
             .name("turn-relay".into())
-            .spawn(move || run(&s, cfg, retry_until))
+            .spawn(move || run(&s, cfg, retry_until, dial))
             .map_err(|e| format!("cannot start the relay thread: {e}"))?;
         Ok(Some(Relay {
             shared,
             thread: Some(thread),
             server,
             username,
+            over,
             explicit: matches!(mode, RelayMode::Turn { .. }),
             started: Instant::now(),
         }))
@@ -208,9 +287,8 @@ impl Relay {
     /// listens there any more (then `true`: we closed the relayed socket for that), or the
     /// allocation failed (a Refresh unanswered or refused).
     pub(super) fn lost(&self) -> Option<(String, bool)> {
-        if self.shared.unreachable.load(Ordering::Relaxed) {
-            let why = "its host answers ICMP port unreachable: the TURN server is gone";
-            return Some((why.into(), true));
+        if let Some(why) = lock(&self.shared.gone).clone() {
+            return Some((why, true));
         }
         match self.state() {
             State::Failed(e) => Some((e.to_string(), false)),
@@ -273,8 +351,42 @@ fn retryable(e: &TurnError) -> bool {
     matches!(e, TurnError::Unauthorized { .. })
 }
 
-fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
-    let mut buf = vec![0u8; 65_536];
+/// A TCP or TLS connection for the relay thread to make.
+struct Dial {
+    bind: Option<IpAddr>,
+    tls: Option<stream::Tls>,
+}
+
+/// Where the relay thread reads the server's messages from.
+enum Source {
+    Udp(Vec<u8>),
+    Stream(stream::Reader),
+}
+
+/// Makes the stream to the server, if there is one to make; `None` when it cannot be made
+/// (said in the state).
+fn dial(s: &Shared, cfg: &TurnConfig, dial: Option<Dial>) -> Option<Source> {
+    let Some(d) = dial else {
+        return Some(Source::Udp(vec![0u8; 65_536]));
+    };
+    match stream::connect(cfg.server, d.bind, d.tls) {
+        Ok((writer, reader)) => {
+            let _ = s.link.set(Link::Stream(writer));
+            // The client's clock for its first Allocate starts now that it can go.
+            *lock(&s.client) = Client::new(cfg.clone(), Instant::now());
+            Some(Source::Stream(reader))
+        }
+        Err(why) => {
+            *lock(&s.state) = State::Unreachable(why);
+            None
+        }
+    }
+}
+
+fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>, dial_to: Option<Dial>) {
+    let Some(mut source) = dial(s, &cfg, dial_to) else {
+        return;
+    };
     let mut retry_at: Option<Instant> = None;
     let mut closing: Option<Instant> = None;
     let mut allocated = false;
@@ -352,17 +464,47 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>) {
             t.saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), POLL)
         });
-        if s.sock.set_read_timeout(Some(wait)).is_err() {
-            return;
-        }
-        match s.sock.recv_from(&mut buf) {
-            Ok((n, from)) => {
-                s.note_heard();
-                let mut c = lock(&s.client);
-                c.handle_input(Instant::now(), 0, from, &buf[..n]);
-                s.flush(&mut c);
+        match &mut source {
+            Source::Udp(buf) => {
+                let Some(Link::Udp(sock)) = s.link.get() else {
+                    return;
+                };
+                if sock.set_read_timeout(Some(wait)).is_err() {
+                    return;
+                }
+                match sock.recv_from(buf) {
+                    Ok((n, from)) => {
+                        s.note_heard();
+                        let mut c = lock(&s.client);
+                        c.handle_input(Instant::now(), 0, from, &buf[..n]);
+                        s.flush(&mut c);
+                    }
+                    Err(e) => s.note_error(&e),
+                }
             }
-            Err(e) => s.note_error(&e),
+            Source::Stream(r) => match r.read(wait) {
+                Ok(frames) => {
+                    let mut c = lock(&s.client);
+                    for f in frames {
+                        c.handle_input(Instant::now(), 0, cfg.server, &f);
+                    }
+                    s.flush(&mut c);
+                }
+                Err(_) if closing.is_some() => return,
+                Err(why) => {
+                    // RFC 8656 section 3.1: the allocation lives only as long as the
+                    // connection it was made on.
+                    tracing::warn!(%why, "the connection to the TURN server ended");
+                    if allocated {
+                        let why = format!("{why}; the allocation ended with the connection");
+                        s.set_gone(why.clone());
+                        *lock(&s.state) = State::Unreachable(why);
+                    } else {
+                        *lock(&s.state) = State::Unreachable(why);
+                    }
+                    return;
+                }
+            },
         }
     }
 }
@@ -406,8 +548,8 @@ pub(super) fn settled(
     let relay = match relay.settle(SETTLE.saturating_sub(relay.started.elapsed()), stop) {
         State::Allocated(a) => {
             status.say(format!(
-                "relay: allocated {a} on {} as {}",
-                relay.server, relay.username
+                "relay: allocated {a} on {} as {} over {}",
+                relay.server, relay.username, relay.over
             ));
             Some(relay)
         }
@@ -431,6 +573,13 @@ pub(super) fn settled(
                 relay.server, cfg.session
             ));
             Some(relay)
+        }
+        State::Unreachable(why) => {
+            status.say(format!(
+                "relay: cannot reach {} over {} ({why}); going on without",
+                relay.server, relay.over
+            ));
+            return Ok((None, None));
         }
         State::Failed(e) => {
             let refusal = refusal(relay.server, relay.explicit, e)?;
