@@ -1,0 +1,193 @@
+//! IPv6 beside IPv4 (issue 14, first phase): `punchraw serve` on both families, `punchraw
+//! probe` classifying each, in the dual-stack lab (`natlab.sh up --ipv6`), where IPv6 is
+//! routed, not translated, through each NAT namespace's stateful firewall.
+//! Needs root (network namespaces, nftables); skipped otherwise unless
+//! PUNCHRAW_REQUIRE_LAB=1.
+
+mod common;
+
+use common::lab::{Lab, LabOptions, Node};
+use serde_json::Value;
+use std::process::Output;
+
+const BIN: &str = env!("CARGO_BIN_EXE_punchraw");
+const EI: &str = "endpoint-independent";
+const APD: &str = "address-and-port-dependent";
+
+/// `punchraw serve` with RFC 5780 discovery on both families.
+fn serve_dual(lab: &Lab) -> common::lab::ChildGuard {
+    common::punchraw_serve(
+        lab,
+        &[
+            "--alternate",
+            "203.0.113.2",
+            "--listen",
+            "2001:db8::1",
+            "--alternate",
+            "2001:db8::2",
+        ],
+    )
+}
+
+/// `probe ARGS...` from host A.
+fn probe(lab: &Lab, args: &[&str]) -> Output {
+    lab.cmd(Node::A, BIN)
+        .arg("probe")
+        .args(args)
+        .output()
+        .expect("run punchraw probe")
+}
+
+fn json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 1, "exactly one JSON line: {stdout}");
+    serde_json::from_str(&stdout).expect("stdout is one JSON object")
+}
+
+/// What a host with a global address behind a stateful firewall is, on `family` ("udp" or
+/// "tcp" of the `ipv6` object).
+fn assert_firewall_only(v: &Value, family: &str, filtering: &str) {
+    let f = &v["ipv6"][family];
+    let ctx = format!("ipv6 {family}: {v:#}");
+    assert_eq!(f["behind_nat"], false, "{ctx}");
+    assert_eq!(f["mapping"], EI, "{ctx}");
+    assert_eq!(f["filtering"], filtering, "{ctx}");
+    assert_eq!(f["allocation"], "preserving", "{ctx}");
+    assert_eq!(f["local"], f["mapped"], "{ctx}");
+    assert!(
+        f["local"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("[2001:db8:1::2]:")),
+        "{ctx}"
+    );
+    assert_eq!(f["other_address"], "[2001:db8::2]:3479", "{ctx}");
+    assert_eq!(f["reasons"], serde_json::json!({}), "{ctx}");
+}
+
+/// Behind a symmetric IPv4 NAT whose IPv6 is routed through a stateful firewall: the name
+/// is probed on both families; IPv4 reads as before (APDM, random ports), IPv6 says no NAT,
+/// endpoint-independent and port preserving, with the firewall's address-and-port-dependent
+/// filtering, over UDP and TCP (CONNECT-BACK from the alternate IPv6 address).
+#[test]
+fn probe_classifies_the_ipv6_firewall_beside_the_ipv4_nat() {
+    let Some(lab) = Lab::up_with(LabOptions::new("symmetric-random").ipv6()) else {
+        return;
+    };
+    let _srv = serve_dual(&lab);
+    let v = json(&probe(
+        &lab,
+        &["--server", "srv.lab", "--json", "--no-port-mapping"],
+    ));
+    assert_eq!(v["server"], "203.0.113.1:3478", "{v:#}");
+    for family in ["udp", "tcp"] {
+        let f = &v[family];
+        assert_eq!(f["behind_nat"], true, "ipv4 {family}: {v:#}");
+        assert_eq!(f["mapping"], APD, "ipv4 {family}: {v:#}");
+        assert_eq!(f["filtering"], APD, "ipv4 {family}: {v:#}");
+        assert_eq!(f["allocation"], "random", "ipv4 {family}: {v:#}");
+        assert_eq!(f["other_address"], "203.0.113.2:3479", "{v:#}");
+    }
+    assert_eq!(v["udp"]["legacy_type"], "symmetric", "{v:#}");
+    assert_firewall_only(&v, "udp", APD);
+    assert_firewall_only(&v, "tcp", APD);
+    let keys = |o: &Value| o.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&v["ipv6"]["udp"]), keys(&v["udp"]), "{v:#}");
+    assert_eq!(keys(&v["ipv6"]["tcp"]), keys(&v["tcp"]), "{v:#}");
+
+    // -6 alone: IPv4's keys are null, the table names the family.
+    let out = probe(&lab, &["--server", "srv.lab", "-6", "--no-port-mapping"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.contains("  UDP (IPv6)\n"), "{table}");
+    assert!(table.contains("  TCP (IPv6)\n"), "{table}");
+    assert!(!table.contains("  UDP\n"), "{table}");
+    assert!(table.contains("Verdict (UDP, IPv6): No NAT"), "{table}");
+    let v = json(&probe(
+        &lab,
+        &[
+            "--server",
+            "srv.lab",
+            "-6",
+            "--json",
+            "--no-tcp",
+            "--no-port-mapping",
+        ],
+    ));
+    assert_eq!(v["udp"], Value::Null, "{v:#}");
+    assert_eq!(v["ipv6"]["tcp"], Value::Null, "{v:#}");
+    assert_firewall_only(&v, "udp", APD);
+}
+
+/// Kind none routes IPv6 unfiltered: the probe sees the open Internet.
+#[test]
+fn probe_sees_unfiltered_ipv6_behind_a_plain_router() {
+    let Some(lab) = Lab::up_with(LabOptions::new("none").ipv6()) else {
+        return;
+    };
+    let _srv = serve_dual(&lab);
+    let v = json(&probe(
+        &lab,
+        &["--server", "srv.lab", "-6", "--json", "--no-port-mapping"],
+    ));
+    assert_firewall_only(&v, "udp", EI);
+    assert_firewall_only(&v, "tcp", EI);
+}
+
+/// `-6` toward a server that has no IPv6 (the name has no AAAA address, an IPv6 literal
+/// this host has no route to, or a server that does not answer on IPv6): a clear error and
+/// exit 3, as for an unreachable server.
+#[test]
+fn probe_6_without_ipv6_exits_3_and_says_why() {
+    // A lab without --ipv6: srv.lab has only its A address, and the hosts no IPv6 at all.
+    let Some(lab) = Lab::up_with(LabOptions::new("port-restricted-cone")) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let out = probe(&lab, &["--server", "srv.lab", "-6", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(
+            "server \"srv.lab\" has no IPv6 (-6) address; it has only 203.0.113.1:3478 (IPv4)"
+        ),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = probe(&lab, &["--server", "2001:db8::1", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot be reached from this host"), "{err}");
+    // Without -6 the name is probed on the family it has, as before.
+    let v = json(&probe(
+        &lab,
+        &[
+            "--server",
+            "srv.lab",
+            "--json",
+            "--no-tcp",
+            "--no-port-mapping",
+        ],
+    ));
+    assert_eq!(v["ipv6"], Value::Null, "{v:#}");
+    assert_eq!(v["udp"]["mapping"], EI, "{v:#}");
+    drop(lab);
+
+    // A dual-stack lab whose server answers on IPv4 only.
+    let Some(lab) = Lab::up_with(LabOptions::new("port-restricted-cone").ipv6()) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let out = probe(&lab, &["--server", "srv.lab", "-6", "--no-tcp"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no STUN answer from [2001:db8::1]:3478 over UDP"),
+        "{err}"
+    );
+}
