@@ -191,3 +191,53 @@ fn probe_6_without_ipv6_exits_3_and_says_why() {
         "{err}"
     );
 }
+
+/// Every NAT kind's namespace is, for IPv6, the same stateful firewall (the cgn-* kinds:
+/// the home NAT, behind the CGN routing IPv6): no NAT, EIM, preserving, APDF on UDP and TCP;
+/// the server's name resolves to both families in the host's namespace, and `down` removes
+/// the hosts file again.
+#[test]
+fn every_nat_kind_is_a_stateful_ipv6_firewall() {
+    let kinds = [
+        "full-cone",
+        "restricted-cone",
+        "port-restricted-cone",
+        "symmetric-sequential",
+        "address-dependent",
+        "port-restricted-rst",
+        "port-restricted-icmp",
+        "cgn-block-random",
+        "cgn-eim-translated",
+        "cgn-block-sequential",
+    ];
+    for kind in kinds {
+        let Some(lab) = Lab::up_with(LabOptions::new(kind).kind_b("none").ipv6()) else {
+            return;
+        };
+        for node in [Node::A, Node::B] {
+            let out = lab
+                .cmd(node, "getent")
+                .args(["ahosts", "srv.lab"])
+                .output()
+                .expect("run getent");
+            let hosts = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                hosts.contains("203.0.113.1 ") && hosts.contains("2001:db8::1 "),
+                "{kind} {node:?}: {hosts}"
+            );
+        }
+        let _srv = serve_dual(&lab);
+        let v = json(&probe(
+            &lab,
+            &["--server", "srv.lab", "-6", "--json", "--no-port-mapping"],
+        ));
+        assert_eq!(v["server"], "[2001:db8::1]:3478", "{kind}: {v:#}");
+        assert_firewall_only(&v, "udp", APD);
+        assert_firewall_only(&v, "tcp", APD);
+        let hosts = std::path::PathBuf::from(format!("/etc/netns/{}-a/hosts", lab.name()));
+        assert!(hosts.exists(), "{}", hosts.display());
+        drop(_srv);
+        drop(lab);
+        assert!(!hosts.exists(), "down removes {}", hosts.display());
+    }
+}
