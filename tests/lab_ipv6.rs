@@ -241,3 +241,52 @@ fn every_nat_kind_is_a_stateful_ipv6_firewall() {
         assert!(!hosts.exists(), "down removes {}", hosts.display());
     }
 }
+
+/// NAT66 (`--nat66`) is classified as what it does: behind a NAT on IPv6, with the mapping
+/// and allocation of its masquerade (EIM and preserving, or APDM with random ports for
+/// "fully-random").
+#[test]
+fn nat66_is_classified_as_what_it_does() {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("symmetric-random")
+            .kind_b("port-restricted-cone")
+            .nat66(),
+    ) else {
+        return;
+    };
+    let _srv = serve_dual(&lab);
+    for (node, wan, mapping, allocation) in [
+        (Node::A, "[2001:db8::10]:", APD, "random"),
+        (Node::B, "[2001:db8::20]:", EI, "preserving"),
+    ] {
+        let out = lab
+            .cmd(node, BIN)
+            .args([
+                "probe",
+                "--server",
+                "srv.lab",
+                "-6",
+                "--json",
+                "--no-port-mapping",
+            ])
+            .output()
+            .expect("run punchraw probe");
+        let v = json(&out);
+        for family in ["udp", "tcp"] {
+            let f = &v["ipv6"][family];
+            let ctx = format!("{node:?} ipv6 {family}: {v:#}");
+            assert_eq!(f["behind_nat"], true, "{ctx}");
+            assert_eq!(f["mapping"], mapping, "{ctx}");
+            assert_eq!(f["filtering"], APD, "{ctx}");
+            assert_eq!(f["allocation"], allocation, "{ctx}");
+            assert!(
+                f["local"].as_str().is_some_and(|l| l.starts_with("[fd00:")),
+                "{ctx}"
+            );
+            assert!(
+                f["mapped"].as_str().is_some_and(|m| m.starts_with(wan)),
+                "{ctx}"
+            );
+        }
+    }
+}

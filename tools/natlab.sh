@@ -96,6 +96,13 @@
 # DAD is off, so they are usable at once; router solicitations, SLAAC and
 # RA are off.  Not with --router-b (its proxy ARP has no IPv6 twin here).
 #
+# --nat66 (implies --ipv6) translates IPv6 too, as some routers do: every
+# side with a NAT kind numbers its LAN from the ULA prefix fd00:1::/64 (side
+# B fd00:2::/64; host ::2, router ::1), which nobody routes, and the NAT
+# masquerades it to its WAN address (NAT_A_V6): endpoint-independent and
+# port preserving, "fully-random" (a random port per flow) for the *-random
+# kinds, filtering by conntrack as before.  Not with the cgn-* kinds.
+#
 # Names: every lab writes /etc/netns/${LAB}-a/hosts (and -b), which "ip
 # netns exec" mounts over /etc/hosts: SRV_NAME (srv.lab) resolves there to
 # SRV1 and, with --ipv6, to SRV1_V6 too (both an A and an AAAA address,
@@ -246,7 +253,7 @@ Usage:
              [--delay MS[/JITTER] [--reorder]] [--default-route]
              [--hairpin [a|b|both]] [--background-flows RATE]
              [--background-flows-a RATE] [--background-flows-b RATE]
-             [--portmap upnp,natpmp,pcp|none] [--ipv6]
+             [--portmap upnp,natpmp,pcp|none] [--ipv6|--nat66]
              KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
@@ -284,6 +291,9 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
                     needs miniupnpd (apt-get install miniupnpd-nftables)
 --ipv6              dual stack: routed IPv6 LANs behind stateful IPv6
                     firewalls (no NAT66), see the header; not with --router-b
+--nat66             --ipv6, but the NAT kinds' LANs are ULA (fd00:1::/64,
+                    fd00:2::/64) masqueraded to the NAT's WAN address; not
+                    with the cgn-* kinds
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
@@ -367,6 +377,12 @@ is_cgn() {
 	[[ $1 == cgn-* ]]
 }
 
+# is_nat66 KIND: with --nat66, a side of KIND translates IPv6 (every kind
+# but none).
+is_nat66() {
+	((NAT66 == 1)) && [[ $1 != none ]]
+}
+
 # Per-side addressing.  Sets globals for side $1 (a|b) with kind $2; for the
 # cgn-* kinds also S_CGN_IN/S_HOME_WAN/S_CGN_NET (RFC 6598) and S_BLOCK_LO.
 side_vars() {
@@ -395,6 +411,9 @@ side_vars() {
 	S_BG=${S_HOST%.*}.$((${S_HOST##*.} + 1))
 	# --ipv6: the same shape on both sides, whatever the kind.
 	S_NET6=2001:db8:$n::/64 S_GW6=2001:db8:$n::1 S_HOST6=2001:db8:$n::2
+	if is_nat66 "$kind"; then
+		S_NET6=fd00:$n::/64 S_GW6=fd00:$n::1 S_HOST6=fd00:$n::2
+	fi
 	S_CGN_IN6=2001:db8:c$n::1 S_HOME_WAN6=2001:db8:c$n::2
 	S_WAN6=$NAT_A_V6
 	[[ $side == a ]] || S_WAN6=$NAT_B_V6
@@ -603,7 +622,7 @@ EOF
 # port-dependent filtering) for every kind but none.  The kinds that
 # answer unsolicited inbound with a RST or an ICMP error do so here too.
 ruleset6() {
-	local kind=$1 loss=$2 loss_rule="" unsolicited=""
+	local kind=$1 loss=$2 loss_rule="" unsolicited="" nat66=""
 	if ((loss > 0)); then loss_rule="numgen random mod 100 < $loss drop"; fi
 	if [[ $kind == none ]]; then
 		cat <<EOF
@@ -624,10 +643,20 @@ EOF
 		unsolicited="iifname \"wan0\" meta l4proto { tcp, udp } reject with icmpv6 type port-unreachable"
 		;;
 	esac
+	if is_nat66 "$kind"; then
+		local lan6=fd00::/16
+		case $kind in
+		*-random) nat66="oifname \"wan0\" ip6 saddr $lan6 masquerade fully-random" ;;
+		*) nat66="oifname \"wan0\" ip6 saddr $lan6 masquerade" ;;
+		esac
+		nat66="chain postrouting { type nat hook postrouting priority srcnat; policy accept; $nat66; }"
+	fi
 	# Neighbour discovery is link-local and never forwarded, but the
 	# router's own input must take it, or its links die.
 	cat <<EOF
 table ip6 natlab6 {
+	$nat66
+
 	chain forward {
 		type filter hook forward priority filter; policy drop;
 		$loss_rule
@@ -661,6 +690,7 @@ HAIRPIN_A=0 HAIRPIN_B=0   # --hairpin, per side
 BG_RATE_A=0 BG_RATE_B=0   # --background-flows*, per side (0: none)
 PORTMAP=$PORTMAP_ALL      # --portmap
 IPV6=0                    # --ipv6
+NAT66=0                   # --nat66
 NEED_UPNPD=0              # an upnp-* kind is in the lab
 
 up_cleanup() {
@@ -757,7 +787,9 @@ build_side_v6() {
 # route_v6_side LAB SIDE OTHER (--ipv6): srv and the other side's outer
 # router reach SIDE's LAN via its router's WAN address.
 route_v6_side() {
-	local lab=$1 side=$2 other=$3
+	local lab=$1 side=$2 other=$3 kind=$4
+	# A NAT66 side's LAN is reached through its WAN address, not routed.
+	if is_nat66 "$kind"; then return 0; fi
 	side_vars "$side" none
 	ip -n "$lab-srv" route add "$S_NET6" via "$S_WAN6"
 	if ns_exists "$lab-cgn$other"; then
@@ -971,7 +1003,7 @@ build_side() {
 		delay_info=${DELAY% *}
 		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
 	fi
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6"
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6 nat66=$NAT66"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -1113,6 +1145,7 @@ cmd_up() {
 		--portmap) PORTMAP=${2:?--portmap needs a value}; shift 2 ;;
 		--portmap=*) PORTMAP=${1#*=}; shift ;;
 		--ipv6) IPV6=1; shift ;;
+		--nat66) IPV6=1 NAT66=1; shift ;;
 		-*) usage_error "up: unknown option '$1'" ;;
 		*) kinds+=("$1"); shift ;;
 		esac
@@ -1182,6 +1215,9 @@ cmd_up() {
 	if ((ROUTER == 1 && IPV6 == 1)); then
 		usage_error "--ipv6: not with --router-b"
 	fi
+	for k in "${kinds[@]}"; do
+		if ((NAT66 == 1)) && is_cgn "$k"; then usage_error "--nat66: not with kind '$k'"; fi
+	done
 	need_tools
 
 	local existing
@@ -1226,8 +1262,8 @@ cmd_up() {
 	# Routes to public LANs only once both sides exist.
 	if [[ ${kinds[0]} == none ]]; then route_public_side "$lab" a b; fi
 	if ((IPV6 == 1)); then
-		route_v6_side "$lab" a b
-		if ((${#kinds[@]} == 2)); then route_v6_side "$lab" b a; fi
+		route_v6_side "$lab" a b "${kinds[0]}"
+		if ((${#kinds[@]} == 2)); then route_v6_side "$lab" b a "${kinds[1]}"; fi
 	fi
 	write_hosts "$lab" "$lab-a"
 	if ((${#kinds[@]} == 2)); then write_hosts "$lab" "$lab-b"; fi
@@ -1421,6 +1457,7 @@ cmd_info() {
 			bg_flows=*) bg_flows=${kv#bg_flows=} ;;
 			portmap=*) portmap=${kv#portmap=} ;;
 			ipv6=*) ipv6=${kv#ipv6=} ;;
+			nat66=*) NAT66=${kv#nat66=} ;;
 			esac
 		done
 		side_vars "$side" "$kind"

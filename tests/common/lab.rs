@@ -121,6 +121,8 @@ pub struct LabOptions {
     pub portmap: Option<String>,
     /// Dual stack (`--ipv6`): routed IPv6 LANs behind stateful IPv6 firewalls, no NAT66.
     pub ipv6: bool,
+    /// With `ipv6`: the NAT kinds also translate IPv6 (`--nat66`, masquerade from ULA LANs).
+    pub nat66: bool,
 }
 
 impl LabOptions {
@@ -141,12 +143,20 @@ impl LabOptions {
             background_flows_b: 0,
             portmap: None,
             ipv6: false,
+            nat66: false,
         }
     }
 
     /// IPv6 beside IPv4 (`--ipv6`; addresses in `info`: "SRV1_V6", "A_V6", ...).
     pub fn ipv6(mut self) -> LabOptions {
         self.ipv6 = true;
+        self
+    }
+
+    /// IPv6 translated by every NAT kind (`--nat66`; implies [`LabOptions::ipv6`]).
+    pub fn nat66(mut self) -> LabOptions {
+        self.ipv6 = true;
+        self.nat66 = true;
         self
     }
 
@@ -419,7 +429,9 @@ impl Lab {
             if let Some(p) = &opts.portmap {
                 args.extend(["--portmap", p.as_str()]);
             }
-            if opts.ipv6 {
+            if opts.nat66 {
+                args.push("--nat66");
+            } else if opts.ipv6 {
                 args.push("--ipv6");
             }
             args.push(&opts.kind_a);
