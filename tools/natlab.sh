@@ -1302,7 +1302,8 @@ cmd_up() {
 # not of the path, that would show up in every first exchange.  A one-byte UDP
 # datagram to the discard port triggers the resolution (no ping here); the
 # entry is then pinned with the link-layer address that answered, which is
-# also right behind proxy ARP (--router-b).
+# also right behind proxy ARP (--router-b).  With --ipv6 the same for the
+# IPv6 WAN (2001:db8::/64) and neighbour discovery, within each family.
 pin_wan_neighbours() {
 	local lab=$1 ns line dev ip wan=() n
 	for ns in $(lab_namespaces "$lab"); do
@@ -1310,7 +1311,7 @@ pin_wan_neighbours() {
 			dev=${line%% *}
 			ip=${line#* }
 			wan+=("$ns $dev $ip")
-		done < <(ip -n "$ns" -o -4 addr show | awk '$4 ~ /^(203\.0\.113|11\.0\.113)\./ { sub(/\/.*/, "", $4); print $2, $4 }')
+		done < <(ip -n "$ns" -o addr show | awk '$4 ~ /^(203\.0\.113|11\.0\.113)\.|^2001:db8::[0-9a-f]+\/64$/ { sub(/\/.*/, "", $4); print $2, $4 }')
 	done
 	local entry target tns tdev tip
 	for entry in "${wan[@]}"; do
@@ -1318,6 +1319,7 @@ pin_wan_neighbours() {
 		for target in "${wan[@]}"; do
 			read -r tns tdev tip <<<"$target"
 			[[ $tns == "$ns" ]] && continue
+			same_family "$ip" "$tip" || continue
 			nsx "$ns" bash -c "echo x > /dev/udp/$tip/9" 2>/dev/null || true
 		done
 	done
@@ -1326,6 +1328,7 @@ pin_wan_neighbours() {
 		for target in "${wan[@]}"; do
 			read -r tns tdev tip <<<"$target"
 			[[ $tns == "$ns" ]] && continue
+			same_family "$ip" "$tip" || continue
 			# Only where this namespace sends toward it (a router has two WAN sides).
 			[[ $(ip -n "$ns" -o route get "$tip" 2>/dev/null) == *" dev $dev "* ]] || continue
 			# Up to ~3 s for the answer to come back through the delay elements.
@@ -1338,6 +1341,11 @@ pin_wan_neighbours() {
 		done
 	done
 	return 0
+}
+
+# same_family IP1 IP2: both IPv4 or both IPv6.
+same_family() {
+	[[ $1 == *:* && $2 == *:* ]] || [[ $1 != *:* && $2 != *:* ]]
 }
 
 # ---- down ----------------------------------------------------------------
