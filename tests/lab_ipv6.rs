@@ -290,3 +290,37 @@ fn nat66_is_classified_as_what_it_does() {
         }
     }
 }
+
+/// coturn's STUN server on both families (RFC 5780 on each: two addresses per family) gives
+/// the same IPv6 classification over UDP; TCP filtering is unknown there (no CONNECT-BACK).
+#[test]
+fn probe_classifies_ipv6_against_coturn_too() {
+    let Some(lab) = Lab::up_with(LabOptions::new("port-restricted-cone").ipv6()) else {
+        return;
+    };
+    let (_coturn, _dir) = common::coturn(
+        &lab,
+        &[
+            "--stun-only",
+            "-L",
+            "203.0.113.1",
+            "-L",
+            "203.0.113.2",
+            "-L",
+            "2001:db8::1",
+            "-L",
+            "2001:db8::2",
+        ],
+    );
+    let v = json(&probe(
+        &lab,
+        &["--server", "srv.lab", "--json", "--no-port-mapping"],
+    ));
+    assert_eq!(v["udp"]["mapping"], EI, "{v:#}");
+    assert_eq!(v["udp"]["behind_nat"], true, "{v:#}");
+    assert_firewall_only(&v, "udp", APD);
+    let t = &v["ipv6"]["tcp"];
+    assert_eq!(t["behind_nat"], false, "{v:#}");
+    assert_eq!(t["mapping"], EI, "{v:#}");
+    assert_eq!(t["filtering"], "unknown", "{v:#}");
+}
