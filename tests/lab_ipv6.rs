@@ -190,6 +190,19 @@ fn probe_6_without_ipv6_exits_3_and_says_why() {
         err.contains("no STUN answer from [2001:db8::1]:3478 over UDP"),
         "{err}"
     );
+    // Both families: IPv4 decides the exit status as before, IPv6 reports blocked.
+    let v = json(&probe(
+        &lab,
+        &[
+            "--server",
+            "srv.lab",
+            "--json",
+            "--no-tcp",
+            "--no-port-mapping",
+        ],
+    ));
+    assert_eq!(v["udp"]["legacy_type"], "port-restricted-cone", "{v:#}");
+    assert_eq!(v["ipv6"]["udp"]["legacy_type"], "blocked", "{v:#}");
 }
 
 /// Every NAT kind's namespace is, for IPv6, the same stateful firewall (the cgn-* kinds:
