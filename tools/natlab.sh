@@ -73,8 +73,40 @@
 #
 # Every NAT keeps all of its rules in one nftables table "ip natlab" inside its
 # own namespace, so deleting the namespace deletes the rules.  IPv6 is
-# disabled in the lab: it is not used, and it keeps DAD delays and
-# RS/MLD/ND chatter out of packet captures.
+# disabled in the lab unless --ipv6: it keeps DAD delays and RS/MLD/ND
+# chatter out of packet captures.
+#
+# With --ipv6 the lab is dual stack: IPv6 beside IPv4, routed, never
+# translated (no NAT66), as most home and mobile IPv6 is:
+#
+#   ${LAB}-srv    eth0 2001:db8::1/64 + 2001:db8::2/64 (SRV1_V6, SRV2_V6)
+#   ${LAB}-nata   wan0 2001:db8::10/64 (NAT_A_V6; side B ::20)
+#                 lan0 2001:db8:1::1/64 (side B 2001:db8:2::1/64)
+#   ${LAB}-a      eth0 2001:db8:1::2/64 (A_V6; B_V6 2001:db8:2::2)
+#
+# srv and the other side route each LAN /64 via its router's WAN address.
+# Every NAT kind but none is then also a stateful IPv6 firewall, the usual
+# CPE: table "ip6 natlab6", forward policy drop but established/related in
+# and LAN->WAN out, which is address-and-port-dependent filtering with
+# endpoint-independent, port-preserving "mapping" (the host's own address
+# and port).  ICMPv6 neighbour discovery is accepted, or IPv6 on the link
+# dies.  Kind none routes IPv6 unfiltered.  The cgn-* kinds: the CGN
+# routes IPv6 (an ISP router, its inside link 2001:db8:c1::/64, side B
+# c2), the home NAT is the firewall.  Addresses are added with "nodad" and
+# DAD is off, so they are usable at once; router solicitations, SLAAC and
+# RA are off.  Not with --router-b (its proxy ARP has no IPv6 twin here).
+#
+# --nat66 (implies --ipv6) translates IPv6 too, as some routers do: every
+# side with a NAT kind numbers its LAN from the ULA prefix fd00:1::/64 (side
+# B fd00:2::/64; host ::2, router ::1), which nobody routes, and the NAT
+# masquerades it to its WAN address (NAT_A_V6): endpoint-independent and
+# port preserving, "fully-random" (a random port per flow) for the *-random
+# kinds, filtering by conntrack as before.  Not with the cgn-* kinds.
+#
+# Names: every lab writes /etc/netns/${LAB}-a/hosts (and -b), which "ip
+# netns exec" mounts over /etc/hosts: SRV_NAME (srv.lab) resolves there to
+# SRV1 and, with --ipv6, to SRV1_V6 too (both an A and an AAAA address,
+# without DNS).  "down" (and a failed "up") removes them.
 #
 # Hairpinning only with --hairpin: without it, packets from a LAN to its NAT's
 # own WAN address are dropped by the NAT, not looped back.  --hairpin (both
@@ -171,6 +203,11 @@ readonly NAT_A_WAN=203.0.113.10 NAT_B_WAN=203.0.113.20
 # The WAN of the upnp-* kinds (see the header): not a reserved range.
 readonly PM_WAN_NET=11.0.113.0/24 PM_A_WAN=11.0.113.10 PM_B_WAN=11.0.113.20
 readonly WAN_NET=203.0.113.0/24
+# --ipv6 (see the header): documentation prefixes, routed, never translated.
+readonly SRV1_V6=2001:db8::1 SRV2_V6=2001:db8::2 WAN6_PREFIX=64
+readonly NAT_A_V6=2001:db8::10 NAT_B_V6=2001:db8::20
+# The server's name in the host namespaces' /etc/hosts.
+readonly SRV_NAME=srv.lab
 # What the upnp-* kinds' router serves when --portmap is not given.
 readonly PORTMAP_ALL=upnp,natpmp,pcp
 
@@ -216,7 +253,7 @@ Usage:
              [--delay MS[/JITTER] [--reorder]] [--default-route]
              [--hairpin [a|b|both]] [--background-flows RATE]
              [--background-flows-a RATE] [--background-flows-b RATE]
-             [--portmap upnp,natpmp,pcp|none]
+             [--portmap upnp,natpmp,pcp|none] [--ipv6|--nat66]
              KIND_A [KIND_B]
   $PROG down [--name LAB]
   $PROG exec [--name LAB] NODE -- CMD [ARGS...]   # NODE: srv | a | b | nat-a | nat-b | wan
@@ -252,6 +289,11 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
                     with wandown added its WAN interface is missing and it
                     answers every request with an error;
                     needs miniupnpd (apt-get install miniupnpd-nftables)
+--ipv6              dual stack: routed IPv6 LANs behind stateful IPv6
+                    firewalls (no NAT66), see the header; not with --router-b
+--nat66             --ipv6, but the NAT kinds' LANs are ULA (fd00:1::/64,
+                    fd00:2::/64) masqueraded to the NAT's WAN address; not
+                    with the cgn-* kinds
 
 Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            NAT_B=$NAT_B_WAN B=10.0.2.2 (gw 10.0.2.1)
@@ -261,6 +303,9 @@ Addresses: SRV1=$SRV1 SRV2=$SRV2 NAT_A=$NAT_A_WAN A=10.0.1.2 (gw 10.0.1.1)
            kind upnp-*: NAT_A=$PM_A_WAN (B: $PM_B_WAN), in $PM_WAN_NET
            background flows: from BG_A=10.0.1.3 (BG_B=10.0.2.3; kind none
            .3/.67) in LAB-bga (LAB-bgb) to SRV_BG=$SRV_BG
+           --ipv6: SRV1_V6=$SRV1_V6 SRV2_V6=$SRV2_V6 NAT_A_V6=$NAT_A_V6
+           A_V6=2001:db8:1::2 NAT_B_V6=$NAT_B_V6 B_V6=2001:db8:2::2
+           name $SRV_NAME in LAB-a and LAB-b (A, and AAAA with --ipv6)
 Namespaces: LAB-srv LAB-wan [LAB-dla] [LAB-cgna] LAB-nata LAB-a [LAB-bga]
             [LAB-rtb] [LAB-dlb LAB-cgnb LAB-natb LAB-b LAB-bgb]
 EOF
@@ -332,6 +377,12 @@ is_cgn() {
 	[[ $1 == cgn-* ]]
 }
 
+# is_nat66 KIND: with --nat66, a side of KIND translates IPv6 (every kind
+# but none).
+is_nat66() {
+	((NAT66 == 1)) && [[ $1 != none ]]
+}
+
 # Per-side addressing.  Sets globals for side $1 (a|b) with kind $2; for the
 # cgn-* kinds also S_CGN_IN/S_HOME_WAN/S_CGN_NET (RFC 6598) and S_BLOCK_LO.
 side_vars() {
@@ -358,6 +409,14 @@ side_vars() {
 	fi
 	# The other subscribers of --background-flows: the host's address + 1.
 	S_BG=${S_HOST%.*}.$((${S_HOST##*.} + 1))
+	# --ipv6: the same shape on both sides, whatever the kind.
+	S_NET6=2001:db8:$n::/64 S_GW6=2001:db8:$n::1 S_HOST6=2001:db8:$n::2
+	if is_nat66 "$kind"; then
+		S_NET6=fd00:$n::/64 S_GW6=fd00:$n::1 S_HOST6=fd00:$n::2
+	fi
+	S_CGN_IN6=2001:db8:c$n::1 S_HOME_WAN6=2001:db8:c$n::2
+	S_WAN6=$NAT_A_V6
+	[[ $side == a ]] || S_WAN6=$NAT_B_V6
 }
 
 # "0 : base, 1 : base+1, ..." - the body of an anonymous nft map from an
@@ -558,6 +617,67 @@ table ip natlab {
 EOF
 }
 
+# Print the IPv6 ruleset of a NAT of kind $1 (--ipv6) with loss percentage
+# $2: no translation, a stateful firewall (conntrack alone: address-and-
+# port-dependent filtering) for every kind but none.  The kinds that
+# answer unsolicited inbound with a RST or an ICMP error do so here too.
+ruleset6() {
+	local kind=$1 loss=$2 loss_rule="" unsolicited="" nat66=""
+	if ((loss > 0)); then loss_rule="numgen random mod 100 < $loss drop"; fi
+	if [[ $kind == none ]]; then
+		cat <<EOF
+table ip6 natlab6 {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		$loss_rule
+	}
+}
+EOF
+		return
+	fi
+	case $kind in
+	port-restricted-rst)
+		unsolicited="iifname \"wan0\" tcp flags & (syn | ack) == syn reject with tcp reset"
+		;;
+	port-restricted-icmp)
+		unsolicited="iifname \"wan0\" meta l4proto { tcp, udp } reject with icmpv6 type port-unreachable"
+		;;
+	esac
+	if is_nat66 "$kind"; then
+		local lan6=fd00::/16
+		case $kind in
+		*-random) nat66="oifname \"wan0\" ip6 saddr $lan6 masquerade fully-random" ;;
+		*) nat66="oifname \"wan0\" ip6 saddr $lan6 masquerade" ;;
+		esac
+		nat66="chain postrouting { type nat hook postrouting priority srcnat; policy accept; $nat66; }"
+	fi
+	# Neighbour discovery is link-local and never forwarded, but the
+	# router's own input must take it, or its links die.
+	cat <<EOF
+table ip6 natlab6 {
+	$nat66
+
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		$loss_rule
+		ct state established,related accept
+		iifname "lan0" oifname "wan0" accept
+		$unsolicited
+	}
+
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iif "lo" accept
+		ct state established,related accept
+		icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept
+		iifname "lan0" accept
+		iifname "wan0" icmpv6 type echo-request accept
+		iifname "wan0" drop
+	}
+}
+EOF
+}
+
 # ---- up ------------------------------------------------------------------
 
 CREATED=()   # namespaces made by this "up", removed again if it fails
@@ -569,6 +689,8 @@ DEFAULT_ROUTE=0  # --default-route
 HAIRPIN_A=0 HAIRPIN_B=0   # --hairpin, per side
 BG_RATE_A=0 BG_RATE_B=0   # --background-flows*, per side (0: none)
 PORTMAP=$PORTMAP_ALL      # --portmap
+IPV6=0                    # --ipv6
+NAT66=0                   # --nat66
 NEED_UPNPD=0              # an upnp-* kind is in the lab
 
 up_cleanup() {
@@ -580,6 +702,7 @@ up_cleanup() {
 			kill_ns_pids "$ns"
 			ip netns del "$ns" 2>/dev/null || true
 		done
+		remove_hosts "$UP_LAB"
 	fi
 	exit "$rc"
 }
@@ -593,7 +716,87 @@ new_ns() {
 	nsx "$ns" sysctl -qw \
 		net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.all.rp_filter=0 \
 		net.ipv6.conf.default.disable_ipv6=1 net.ipv6.conf.all.disable_ipv6=1
+	if ((IPV6 == 1)); then
+		# Inherited by the interfaces made later, before IPv6 is turned on
+		# (enable_v6): no DAD delay, no SLAAC, no RS/RA chatter.
+		nsx "$ns" sysctl -qw \
+			net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0 \
+			net.ipv6.conf.default.accept_ra=0 net.ipv6.conf.all.accept_ra=0 \
+			net.ipv6.conf.default.autoconf=0 net.ipv6.conf.all.autoconf=0 \
+			net.ipv6.conf.default.router_solicitations=0 net.ipv6.conf.all.router_solicitations=0
+	fi
 	ip -n "$ns" link set lo up
+}
+
+# enable_v6 NS [forward]: IPv6 on in NS (every interface it has now), with
+# forwarding when asked (--ipv6).
+enable_v6() {
+	nsx "$1" sysctl -qw net.ipv6.conf.default.disable_ipv6=0 net.ipv6.conf.all.disable_ipv6=0
+	if [[ ${2:-} == forward ]]; then nsx "$1" sysctl -qw net.ipv6.conf.all.forwarding=1; fi
+}
+
+# write_hosts LAB NS: /etc/netns/NS/hosts, which "ip netns exec NS" mounts
+# over /etc/hosts, with the server's name (A, and AAAA with --ipv6).
+write_hosts() {
+	local dir="/etc/netns/$2"
+	mkdir -p "$dir"
+	{
+		echo "127.0.0.1 localhost"
+		echo "::1 localhost ip6-localhost ip6-loopback"
+		echo "$SRV1 $SRV_NAME"
+		if ((IPV6 == 1)); then echo "$SRV1_V6 $SRV_NAME"; fi
+	} >"$dir/hosts"
+}
+
+# remove_hosts LAB: what write_hosts made for the lab's hosts.
+remove_hosts() {
+	local side
+	[[ -n $1 ]] || return 0
+	for side in a b; do
+		rm -f "/etc/netns/$1-$side/hosts"
+		rmdir "/etc/netns/$1-$side" 2>/dev/null || true
+	done
+}
+
+# build_side_v6 LAB SIDE KIND LOSS (--ipv6): addresses, routes toward the
+# server and the firewall of one side; its namespaces exist already.
+build_side_v6() {
+	local lab=$1 side=$2 kind=$3 loss=$4
+	local nat="$lab-nat$side" host="$lab-$side" outer="$lab-nat$side"
+	side_vars "$side" "$kind"
+	if is_cgn "$kind"; then
+		outer="$lab-cgn$side"
+		enable_v6 "$outer" forward
+		ip -n "$outer" addr add "$S_WAN6/$WAN6_PREFIX" dev wan0 nodad
+		ip -n "$outer" addr add "$S_CGN_IN6/64" dev lan0 nodad
+		ip -n "$outer" route add "$S_NET6" via "$S_HOME_WAN6"
+		enable_v6 "$nat" forward
+		ip -n "$nat" addr add "$S_HOME_WAN6/64" dev wan0 nodad
+		ip -n "$nat" route add default via "$S_CGN_IN6"
+	else
+		enable_v6 "$nat" forward
+		ip -n "$nat" addr add "$S_WAN6/$WAN6_PREFIX" dev wan0 nodad
+	fi
+	ip -n "$nat" addr add "$S_GW6/64" dev lan0 nodad
+	enable_v6 "$host"
+	ip -n "$host" addr add "$S_HOST6/64" dev eth0 nodad
+	ip -n "$host" route add default via "$S_GW6"
+	ruleset6 "$kind" "$loss" | nsx "$nat" nft -f -
+}
+
+# route_v6_side LAB SIDE OTHER (--ipv6): srv and the other side's outer
+# router reach SIDE's LAN via its router's WAN address.
+route_v6_side() {
+	local lab=$1 side=$2 other=$3 kind=$4
+	# A NAT66 side's LAN is reached through its WAN address, not routed.
+	if is_nat66 "$kind"; then return 0; fi
+	side_vars "$side" none
+	ip -n "$lab-srv" route add "$S_NET6" via "$S_WAN6"
+	if ns_exists "$lab-cgn$other"; then
+		ip -n "$lab-cgn$other" route add "$S_NET6" via "$S_WAN6"
+	elif ns_exists "$lab-nat$other"; then
+		ip -n "$lab-nat$other" route add "$S_NET6" via "$S_WAN6"
+	fi
 }
 
 # tx_csum_off NS IF: the interface computes UDP/TCP checksums itself.  Frames
@@ -726,6 +929,7 @@ build_side() {
 		# LAN is a plain switch; only routed packets meet the rules.
 		nsx "$nat" sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
 			net.bridge.bridge-nf-call-arptables=0
+		if ((IPV6 == 1)); then nsx "$nat" sysctl -qw net.bridge.bridge-nf-call-ip6tables=0; fi
 		ip -n "$nat" link add lanh type veth peer name eth0 netns "$host"
 		ip -n "$nat" link add lanbg type veth peer name eth0 netns "$bg"
 		ip -n "$nat" link set lanh master lan0 up
@@ -790,6 +994,8 @@ build_side() {
 		ruleset "$kind" "$S_WAN" "$S_CGN_NET" "$loss" "$map_timeout" "$S_BLOCK_LO" | nsx "$outer" nft -f -
 	fi
 
+	if ((IPV6 == 1)); then build_side_v6 "$lab" "$side" "$kind" "$loss"; fi
+
 	# The interface alias records the lab's parameters for "info"; it goes
 	# away with the namespace, so no state file can go stale.
 	local delay_info=none
@@ -797,7 +1003,7 @@ build_side() {
 		delay_info=${DELAY% *}
 		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
 	fi
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none)"
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6 nat66=$NAT66"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -938,6 +1144,8 @@ cmd_up() {
 		--background-flows-b=*) bg_b=${1#*=}; shift ;;
 		--portmap) PORTMAP=${2:?--portmap needs a value}; shift 2 ;;
 		--portmap=*) PORTMAP=${1#*=}; shift ;;
+		--ipv6) IPV6=1; shift ;;
+		--nat66) IPV6=1 NAT66=1; shift ;;
 		-*) usage_error "up: unknown option '$1'" ;;
 		*) kinds+=("$1"); shift ;;
 		esac
@@ -1004,6 +1212,12 @@ cmd_up() {
 	if ((ROUTER == 1)) && is_upnp "${kinds[1]}"; then
 		usage_error "--router-b: not with an upnp-* kind on side B"
 	fi
+	if ((ROUTER == 1 && IPV6 == 1)); then
+		usage_error "--ipv6: not with --router-b"
+	fi
+	for k in "${kinds[@]}"; do
+		if ((NAT66 == 1)) && is_cgn "$k"; then usage_error "--nat66: not with kind '$k'"; fi
+	done
 	need_tools
 
 	local existing
@@ -1027,6 +1241,11 @@ cmd_up() {
 	ip -n "$lab-srv" addr add "$SRV2/$WAN_PREFIX" dev eth0
 	ip -n "$lab-srv" link set eth0 up
 	tx_csum_off "$lab-srv" eth0
+	if ((IPV6 == 1)); then
+		enable_v6 "$lab-srv"
+		ip -n "$lab-srv" addr add "$SRV1_V6/$WAN6_PREFIX" dev eth0 nodad
+		ip -n "$lab-srv" addr add "$SRV2_V6/$WAN6_PREFIX" dev eth0 nodad
+	fi
 
 	if ((BG_RATE_A + BG_RATE_B > 0)); then
 		# The background flows' discard address: dropped on arrival, so that
@@ -1042,6 +1261,12 @@ cmd_up() {
 	fi
 	# Routes to public LANs only once both sides exist.
 	if [[ ${kinds[0]} == none ]]; then route_public_side "$lab" a b; fi
+	if ((IPV6 == 1)); then
+		route_v6_side "$lab" a b "${kinds[0]}"
+		if ((${#kinds[@]} == 2)); then route_v6_side "$lab" b a "${kinds[1]}"; fi
+	fi
+	write_hosts "$lab" "$lab-a"
+	if ((${#kinds[@]} == 2)); then write_hosts "$lab" "$lab-b"; fi
 	if ((${#kinds[@]} == 2)) && [[ ${kinds[1]} == none ]]; then route_public_side "$lab" b a; fi
 	if is_upnp "${kinds[0]}"; then
 		route_portmap_side "$lab" a b
@@ -1077,7 +1302,8 @@ cmd_up() {
 # not of the path, that would show up in every first exchange.  A one-byte UDP
 # datagram to the discard port triggers the resolution (no ping here); the
 # entry is then pinned with the link-layer address that answered, which is
-# also right behind proxy ARP (--router-b).
+# also right behind proxy ARP (--router-b).  With --ipv6 the same for the
+# IPv6 WAN (2001:db8::/64) and neighbour discovery, within each family.
 pin_wan_neighbours() {
 	local lab=$1 ns line dev ip wan=() n
 	for ns in $(lab_namespaces "$lab"); do
@@ -1085,7 +1311,7 @@ pin_wan_neighbours() {
 			dev=${line%% *}
 			ip=${line#* }
 			wan+=("$ns $dev $ip")
-		done < <(ip -n "$ns" -o -4 addr show | awk '$4 ~ /^(203\.0\.113|11\.0\.113)\./ { sub(/\/.*/, "", $4); print $2, $4 }')
+		done < <(ip -n "$ns" -o addr show | awk '$4 ~ /^(203\.0\.113|11\.0\.113)\.|^2001:db8::[0-9a-f]+\/64$/ { sub(/\/.*/, "", $4); print $2, $4 }')
 	done
 	local entry target tns tdev tip
 	for entry in "${wan[@]}"; do
@@ -1093,6 +1319,7 @@ pin_wan_neighbours() {
 		for target in "${wan[@]}"; do
 			read -r tns tdev tip <<<"$target"
 			[[ $tns == "$ns" ]] && continue
+			same_family "$ip" "$tip" || continue
 			nsx "$ns" bash -c "echo x > /dev/udp/$tip/9" 2>/dev/null || true
 		done
 	done
@@ -1101,6 +1328,7 @@ pin_wan_neighbours() {
 		for target in "${wan[@]}"; do
 			read -r tns tdev tip <<<"$target"
 			[[ $tns == "$ns" ]] && continue
+			same_family "$ip" "$tip" || continue
 			# Only where this namespace sends toward it (a router has two WAN sides).
 			[[ $(ip -n "$ns" -o route get "$tip" 2>/dev/null) == *" dev $dev "* ]] || continue
 			# Up to ~3 s for the answer to come back through the delay elements.
@@ -1113,6 +1341,11 @@ pin_wan_neighbours() {
 		done
 	done
 	return 0
+}
+
+# same_family IP1 IP2: both IPv4 or both IPv6.
+same_family() {
+	[[ $1 == *:* && $2 == *:* ]] || [[ $1 != *:* && $2 != *:* ]]
 }
 
 # ---- down ----------------------------------------------------------------
@@ -1152,6 +1385,7 @@ cmd_down() {
 		ip netns del "$ns" || rc=1
 	done
 	rm -f "$RUN_DIR/$lab"-nat[ab]-upnpd.{conf,pid,log}
+	remove_hosts "$lab"
 	return "$rc"
 }
 
@@ -1202,7 +1436,7 @@ read_alias() {
 }
 
 cmd_info() {
-	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0 portmap
+	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0 portmap ipv6=0
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
@@ -1215,9 +1449,10 @@ cmd_info() {
 	echo "LAB=$lab"
 	echo "SRV1=$SRV1"
 	echo "SRV2=$SRV2"
+	echo "SRV_NAME=$SRV_NAME"
 	for side in a b; do
 		ns_exists "$lab-nat$side" || continue
-		kind="" loss="" udp_timeout="" hairpin=0 bg_flows=0 portmap=none
+		kind="" loss="" udp_timeout="" hairpin=0 bg_flows=0 portmap=none ipv6=0
 		for kv in $(read_alias "$lab-nat$side"); do
 			case $kv in
 			kind=*) kind=${kv#kind=} ;;
@@ -1229,6 +1464,8 @@ cmd_info() {
 			hairpin=*) hairpin=${kv#hairpin=} ;;
 			bg_flows=*) bg_flows=${kv#bg_flows=} ;;
 			portmap=*) portmap=${kv#portmap=} ;;
+			ipv6=*) ipv6=${kv#ipv6=} ;;
+			nat66=*) NAT66=${kv#nat66=} ;;
 			esac
 		done
 		side_vars "$side" "$kind"
@@ -1254,7 +1491,19 @@ cmd_info() {
 			echo "BG_$upper=$S_BG"
 			any_bg=1
 		fi
+		if ((ipv6 == 1)); then
+			echo "NAT_${upper}_V6=$S_WAN6"
+			echo "${upper}_V6=$S_HOST6"
+			echo "${upper}_GW_V6=$S_GW6"
+			echo "${upper}_NET_V6=$S_NET6"
+		fi
 	done
+	# 1 with --ipv6; then also the server's IPv6 addresses.
+	echo "IPV6=$ipv6"
+	if ((ipv6 == 1)); then
+		echo "SRV1_V6=$SRV1_V6"
+		echo "SRV2_V6=$SRV2_V6"
+	fi
 	if ((any_bg == 1)); then echo "SRV_BG=$SRV_BG"; fi
 	echo "LOSS=$loss"
 	echo "UDP_TIMEOUT=$udp_timeout"

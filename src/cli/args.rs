@@ -236,13 +236,16 @@ fn parse_prime_ttl(s: &str) -> std::result::Result<PrimeTtl, String> {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Primary IP address to listen on (must be an address of this host).
-    #[arg(long, value_name = "IP")]
-    pub listen: IpAddr,
-    /// Second IP address of this host. Enables RFC 5780 behaviour discovery: the server then
-    /// answers on 2 addresses x 2 ports and honours CHANGE-REQUEST.
+    /// Primary IP address to listen on (must be an address of this host). Give it once per
+    /// family (an IPv4 and an IPv6 address) to serve both; the rendezvous and --relay run on
+    /// the IPv4 one.
+    #[arg(long, value_name = "IP", required = true)]
+    pub listen: Vec<IpAddr>,
+    /// Second IP address of this host, of the family of a --listen address (once per
+    /// family). Enables RFC 5780 behaviour discovery on that family: the server then answers
+    /// on 2 addresses x 2 ports and honours CHANGE-REQUEST.
     #[arg(long, value_name = "IP2")]
-    pub alternate: Option<IpAddr>,
+    pub alternate: Vec<IpAddr>,
     /// Primary port (UDP and TCP).
     #[arg(long, default_value_t = 3478)]
     pub port: u16,
@@ -331,12 +334,79 @@ fn parse_user(s: &str) -> Result<(String, String), String> {
     Ok((u.to_string(), p.to_string()))
 }
 
+/// One family's addresses of `serve`: the primary (`--listen`) and the alternate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeFamily {
+    pub listen: IpAddr,
+    pub alternate: Option<IpAddr>,
+}
+
+impl ServeArgs {
+    /// `--listen` and `--alternate` paired by family, the IPv4 one first (it carries the
+    /// rendezvous and the relay): at most one of each per family, and no alternate without a
+    /// primary of its family (OTHER-ADDRESS names an address of the family the request came
+    /// in on, RFC 5780 section 7.4, so the two families are two servers side by side).
+    pub fn families(&self) -> Result<Vec<ServeFamily>, String> {
+        let family = |ip: &IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let mut out: Vec<ServeFamily> = Vec::new();
+        for &ip in &self.listen {
+            if let Some(f) = out.iter().find(|f| f.listen.is_ipv4() == ip.is_ipv4()) {
+                return Err(format!(
+                    "--listen is given twice for {} ({} and {ip}): give at most one address per family",
+                    family(&ip),
+                    f.listen
+                ));
+            }
+            out.push(ServeFamily {
+                listen: ip,
+                alternate: None,
+            });
+        }
+        for &alt in &self.alternate {
+            let Some(f) = out.iter_mut().find(|f| f.listen.is_ipv4() == alt.is_ipv4()) else {
+                return Err(format!(
+                    "--alternate {alt} is {} but no --listen address is: give a --listen of that family",
+                    family(&alt)
+                ));
+            };
+            if let Some(prev) = f.alternate {
+                return Err(format!(
+                    "--alternate is given twice for {} ({prev} and {alt}): give at most one address per family",
+                    family(&alt)
+                ));
+            }
+            if alt == f.listen {
+                return Err(format!(
+                    "--alternate must be a different address than --listen ({alt})"
+                ));
+            }
+            f.alternate = Some(alt);
+        }
+        out.sort_by_key(|f| !f.listen.is_ipv4());
+        Ok(out)
+    }
+}
+
+/// `probe -4`/`-6`: the one family to probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
 #[derive(Args)]
 pub struct ProbeArgs {
     /// STUN server as HOST[:PORT] (port defaults to 3478). Any RFC 5780 server works for the
-    /// full classification; a plain STUN server gives a partial one.
+    /// full classification; a plain STUN server gives a partial one. A name is probed on
+    /// every family it resolves to (IPv4 and IPv6), one after the other.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub server: String,
+    /// Probe over IPv4 only.
+    #[arg(short = '4', conflicts_with = "ipv6_only")]
+    pub ipv4_only: bool,
+    /// Probe over IPv6 only.
+    #[arg(short = '6')]
+    pub ipv6_only: bool,
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -360,6 +430,17 @@ pub struct ProbeArgs {
     /// `port_mapping` is then null.
     #[arg(long)]
     pub no_port_mapping: bool,
+}
+
+impl ProbeArgs {
+    /// The family `-4` or `-6` picks; `None`: every family the server resolves to.
+    pub fn family(&self) -> Option<Family> {
+        match (self.ipv4_only, self.ipv6_only) {
+            (true, _) => Some(Family::V4),
+            (_, true) => Some(Family::V6),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -398,6 +479,92 @@ mod tests {
         for bad in ["on", "turn://h:3478", "turn://:p@h", "http://u:p@h"] {
             assert!(relay(&["--relay", bad]).is_err(), "{bad}");
         }
+    }
+
+    fn serve(extra: &[&str]) -> Result<Vec<ServeFamily>, String> {
+        let cli = Cli::try_parse_from(["punchraw", "serve"].iter().chain(extra))
+            .map_err(|e| e.to_string())?;
+        match cli.cmd {
+            Command::Serve(a) => a.families(),
+            _ => unreachable!("a serve command line"),
+        }
+    }
+
+    fn fam(listen: &str, alternate: Option<&str>) -> ServeFamily {
+        ServeFamily {
+            listen: listen.parse().unwrap(),
+            alternate: alternate.map(|a| a.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn serve_takes_one_listen_and_one_alternate_per_family() {
+        assert_eq!(
+            serve(&["--listen", "10.0.0.1"]).unwrap(),
+            [fam("10.0.0.1", None)]
+        );
+        assert_eq!(
+            serve(&[
+                "--listen",
+                "2001:db8::1",
+                "--alternate",
+                "2001:db8::2",
+                "--listen",
+                "10.0.0.1",
+                "--alternate",
+                "10.0.0.2"
+            ])
+            .unwrap(),
+            [
+                fam("10.0.0.1", Some("10.0.0.2")),
+                fam("2001:db8::1", Some("2001:db8::2"))
+            ]
+        );
+        assert_eq!(
+            serve(&[
+                "--listen",
+                "10.0.0.1",
+                "--listen",
+                "::1",
+                "--alternate",
+                "::2"
+            ])
+            .unwrap(),
+            [fam("10.0.0.1", None), fam("::1", Some("::2"))]
+        );
+        let e = serve(&["--listen", "10.0.0.1", "--listen", "10.0.0.2"]).unwrap_err();
+        assert!(e.contains("--listen is given twice for IPv4"), "{e}");
+        let e = serve(&["--listen", "10.0.0.1", "--alternate", "::2"]).unwrap_err();
+        assert!(e.contains("no --listen address is"), "{e}");
+        let e = serve(&[
+            "--listen",
+            "::1",
+            "--alternate",
+            "::2",
+            "--alternate",
+            "::3",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--alternate is given twice for IPv6"), "{e}");
+        let e = serve(&["--listen", "::1", "--alternate", "::1"]).unwrap_err();
+        assert!(e.contains("different address"), "{e}");
+        assert!(serve(&[]).is_err(), "--listen is required");
+    }
+
+    #[test]
+    fn probe_takes_4_or_6_but_not_both() {
+        let family = |extra: &[&str]| {
+            Cli::try_parse_from(["punchraw", "probe", "--server", "h"].iter().chain(extra)).map(
+                |c| match c.cmd {
+                    Command::Probe(a) => a.family(),
+                    _ => unreachable!("a probe command line"),
+                },
+            )
+        };
+        assert_eq!(family(&[]).unwrap(), None);
+        assert_eq!(family(&["-4"]).unwrap(), Some(Family::V4));
+        assert_eq!(family(&["-6"]).unwrap(), Some(Family::V6));
+        assert!(family(&["-4", "-6"]).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::driver::connect::{ConnectConfig, RelayMode, RelayTransport};
 use crate::driver::probe::ProbeConfig;
 use crate::driver::Status;
 use anyhow::{bail, Context, Result};
-use args::{Cli, Command, ConnectArgs, ProbeArgs, ServeArgs};
+use args::{Cli, Command, ConnectArgs, Family, ProbeArgs, ServeArgs};
 use clap::Parser;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -27,7 +27,15 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve_config(a).and_then(|(c, r, t)| {
             crate::driver::serve::run(c, r, t, &Status::stderr()).map_err(Into::into)
         }),
-        Command::Probe(a) => probe_config(a).and_then(probe),
+        Command::Probe(a) => probe_config(a).and_then(|c| match c {
+            Ok(c) => probe(c),
+            Err(unreachable) => {
+                // Not a failure of this host: the server cannot be reached on the family
+                // asked for, the exit status of an unreachable server.
+                eprintln!("punchraw: error: {unreachable}");
+                Ok(ExitCode::from(3))
+            }
+        }),
         Command::Connect(a) => {
             // --quiet silences the status lines, not the final error.
             let status = if a.quiet {
@@ -56,7 +64,12 @@ pub fn main() -> ExitCode {
 
 fn serve_config(
     a: ServeArgs,
-) -> Result<(ServerConfig, RendezvousConfig, Option<TurnServerConfig>)> {
+) -> Result<(
+    Vec<ServerConfig>,
+    RendezvousConfig,
+    Option<TurnServerConfig>,
+)> {
+    let families = a.families().map_err(anyhow::Error::msg)?;
     let alt_port = match a.alt_port {
         Some(p) => p,
         None => a
@@ -64,43 +77,36 @@ fn serve_config(
             .checked_add(1)
             .context("--port 65535 leaves no room for the default --alt-port; give --alt-port")?,
     };
-    if a.alternate.is_some() && alt_port == a.port {
+    if !a.alternate.is_empty() && alt_port == a.port {
         bail!(
             "--alt-port must differ from --port ({}) for behaviour discovery",
             a.port
         );
     }
-    if a.alternate == Some(a.listen) {
-        bail!(
-            "--alternate must be a different address than --listen ({})",
-            a.listen
-        );
-    }
-    if let Some(alt) = a.alternate {
-        if alt.is_ipv4() != a.listen.is_ipv4() {
-            bail!("--listen and --alternate must be of the same IP family");
-        }
-    }
-    let relay = relay_config(&a)?;
+    // The relay hands out addresses of the first family (IPv4 when given).
+    let relay = relay_config(&a, families[0].listen)?;
     let rendezvous = RendezvousConfig {
         wait_timeout: Duration::from_secs(a.wait_timeout),
         max_sessions: a.max_sessions,
         registry: a.registry,
         ..RendezvousConfig::default()
     };
-    let server = ServerConfig {
-        ip: a.listen,
-        alt_ip: a.alternate,
-        port: a.port,
-        alt_port,
-        software: (!a.software.is_empty()).then_some(a.software),
-        per_source_limit: a.per_source_limit,
-    };
-    Ok((server, rendezvous, relay))
+    let servers = families
+        .iter()
+        .map(|f| ServerConfig {
+            ip: f.listen,
+            alt_ip: f.alternate,
+            port: a.port,
+            alt_port,
+            software: (!a.software.is_empty()).then(|| a.software.clone()),
+            per_source_limit: a.per_source_limit,
+        })
+        .collect();
+    Ok((servers, rendezvous, relay))
 }
 
 /// `--relay` and its options into the TURN server's configuration.
-fn relay_config(a: &ServeArgs) -> Result<Option<TurnServerConfig>> {
+fn relay_config(a: &ServeArgs, listen: IpAddr) -> Result<Option<TurnServerConfig>> {
     if !a.relay {
         if !a.relay_user.is_empty() {
             bail!("--relay-user is given but --relay is not: add --relay to serve TURN");
@@ -110,10 +116,10 @@ fn relay_config(a: &ServeArgs) -> Result<Option<TurnServerConfig>> {
     if a.relay_user.is_empty() && a.registry.is_some() {
         bail!("with --registry, --relay needs at least one --relay-user USER:PASS: session credentials need the in-memory registry (the relay is never open)");
     }
-    if a.listen.is_unspecified() {
-        bail!("--relay needs --listen to be this host's own address, not {}: relayed addresses are handed to peers", a.listen);
+    if listen.is_unspecified() {
+        bail!("--relay needs --listen to be this host's own address, not {listen}: relayed addresses are handed to peers");
     }
-    let mut cfg = TurnServerConfig::new(a.listen, a.relay_ports, a.relay_user.clone());
+    let mut cfg = TurnServerConfig::new(listen, a.relay_ports, a.relay_user.clone());
     cfg.realm = a.relay_realm.clone();
     cfg.user_quota = a.relay_user_quota as usize;
     cfg.max_allocations = a.relay_max_allocations as usize;
@@ -155,16 +161,96 @@ fn resolve(spec: &str) -> Result<SocketAddr> {
         .with_context(|| format!("server {spec:?} resolved to no address"))
 }
 
-fn probe_config(a: ProbeArgs) -> Result<ProbeConfig> {
-    Ok(ProbeConfig {
-        server: resolve(&a.server)?,
+/// HOST[:PORT] to one address per family it has, IPv4 first, limited to `only`. The error
+/// (`Ok(Err)`) says why no family is left: the server has none of the family asked for.
+fn resolve_families(spec: &str, only: Option<Family>) -> Result<Result<Vec<SocketAddr>, String>> {
+    let name = |a: &SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    let all: Vec<SocketAddr> = if let Ok(sa) = spec.parse::<SocketAddr>() {
+        vec![sa]
+    } else if let Ok(ip) = spec.parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, 3478)]
+    } else {
+        let with_port = if spec
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            spec.to_string()
+        } else {
+            format!("{spec}:3478")
+        };
+        let addrs: Vec<SocketAddr> = with_port
+            .to_socket_addrs()
+            .with_context(|| {
+                format!("cannot resolve server {spec:?}; give HOST[:PORT] or IP[:PORT]")
+            })?
+            .collect();
+        let v4 = addrs.iter().find(|a| a.is_ipv4());
+        let v6 = addrs.iter().find(|a| a.is_ipv6());
+        v4.into_iter().chain(v6).copied().collect()
+    };
+    if all.is_empty() {
+        bail!("server {spec:?} resolved to no address");
+    }
+    let wanted: Vec<SocketAddr> = all
+        .iter()
+        .filter(|a| match only {
+            Some(Family::V4) => a.is_ipv4(),
+            Some(Family::V6) => a.is_ipv6(),
+            None => true,
+        })
+        .copied()
+        .collect();
+    if wanted.is_empty() {
+        let asked = if only == Some(Family::V4) {
+            "IPv4 (-4)"
+        } else {
+            "IPv6 (-6)"
+        };
+        let has: Vec<String> = all.iter().map(|a| format!("{a} ({})", name(a))).collect();
+        return Ok(Err(format!(
+            "server {spec:?} has no {asked} address; it has only {}",
+            has.join(", ")
+        )));
+    }
+    Ok(Ok(wanted))
+}
+
+/// The probe's configuration, or (`Ok(Err)`) why the server cannot be probed at all: it has
+/// no address of the family asked for, or none this host can reach.
+fn probe_config(a: ProbeArgs) -> Result<std::result::Result<ProbeConfig, String>> {
+    let servers = match resolve_families(&a.server, a.family())? {
+        Ok(s) => s,
+        Err(why) => return Ok(Err(why)),
+    };
+    // A family this host has no route for is left out (a host without IPv6 probes a
+    // dual-stack name over IPv4 as before); if none is left, that is the answer.
+    let mut reachable = Vec::new();
+    let mut unreachable = Vec::new();
+    for s in servers {
+        match crate::driver::probe::source_for(s, a.bind) {
+            Ok(_) => reachable.push(s),
+            Err(e) => unreachable.push(format!("{s}: {e:#}")),
+        }
+    }
+    if reachable.is_empty() {
+        return Ok(Err(format!(
+            "server {:?} cannot be reached from this host on any family it was probed on ({})",
+            a.server,
+            unreachable.join("; ")
+        )));
+    }
+    for u in &unreachable {
+        eprintln!("punchraw: not probing {u}");
+    }
+    Ok(Ok(ProbeConfig {
+        servers: reachable,
         json: a.json,
         tcp: !a.no_tcp,
         lifetime_max: a.lifetime.then(|| Duration::from_secs(a.lifetime_max)),
         bind: a.bind,
         capture: a.capture,
         port_mapping: !a.no_port_mapping,
-    })
+    }))
 }
 
 fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
@@ -273,7 +359,7 @@ fn tls_name(host: &str) -> String {
 /// Runs the probe and prints its report: one JSON object on stdout with `--json`, the table
 /// otherwise. A server that never answered is still reported, then exits 3.
 fn probe(cfg: ProbeConfig) -> Result<ExitCode> {
-    let (json, server) = (cfg.json, cfg.server);
+    let json = cfg.json;
     let report = crate::driver::probe::run(cfg, &Status::stderr())?;
     if json {
         println!(
@@ -283,9 +369,11 @@ fn probe(cfg: ProbeConfig) -> Result<ExitCode> {
     } else {
         print!("{}", table::render(&report));
     }
-    if report.udp.legacy_type == crate::core::classify::LegacyType::Blocked {
+    // The IPv4 verdict decides as it always did; a lone IPv6 probe decides for itself.
+    let first = report.families().first().map(|(_, u, _)| u.legacy_type);
+    if first == Some(crate::core::classify::LegacyType::Blocked) {
         return Err(crate::Error::ServerUnreachable {
-            server,
+            server: report.server,
             waited_ms: report.elapsed_ms,
         }
         .into());

@@ -106,13 +106,15 @@ fn port_mapping_verdict(pm: &Offer, u: &UdpReport) -> String {
     )
 }
 
-/// The human-readable table and verdicts.
+/// The human-readable table and verdicts. IPv4 reads as it always did; IPv6, when probed,
+/// has sections and verdicts of its own, named so.
 pub fn render(r: &ProbeReport) -> String {
     use std::fmt::Write;
-    let u = &r.udp;
+    let families = r.families();
     let mut s = String::new();
-    let rtt = u
-        .rtt_ms
+    let rtt = families
+        .first()
+        .and_then(|(_, u, _)| u.rtt_ms)
         .map_or(String::new(), |ms| format!(", RTT {ms} ms"));
     let _ = writeln!(
         s,
@@ -120,32 +122,41 @@ pub fn render(r: &ProbeReport) -> String {
         r.server, r.elapsed_ms
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "  UDP");
-    nat_rows(&mut s, &Nat::from_udp(u));
-    if let Some(r) = u.other_flows_per_s {
-        row(&mut s, "others' new flows", format!("{r} a second (timed)"));
-    }
-    if let Some([lo, hi]) = u.search_range {
-        row(
-            &mut s,
-            "search range",
-            format!("{lo}-{hi} (for a peer's sweep)"),
-        );
-    }
-    row(&mut s, "hairpinning", yes_no(u.hairpinning).into());
-    if let Some(l) = u.lifetime {
-        let v = match l.max_s {
-            Some(max) => format!("between {} s and {} s", l.min_s, max),
-            None => format!("more than {} s (search bound)", l.min_s),
-        };
-        row(&mut s, "binding lifetime", v);
-    }
-    row(&mut s, "RFC 3489 type", kebab(&u.legacy_type));
-    let _ = writeln!(s);
-    if let Some(t) = &r.tcp {
-        let _ = writeln!(s, "  TCP");
-        nat_rows(&mut s, &Nat::from_tcp(t));
+    let tag = |family: &str| {
+        if family == "IPv4" {
+            String::new()
+        } else {
+            format!(" ({family})")
+        }
+    };
+    for &(family, u, t) in &families {
+        let _ = writeln!(s, "  UDP{}", tag(family));
+        nat_rows(&mut s, &Nat::from_udp(u));
+        if let Some(r) = u.other_flows_per_s {
+            row(&mut s, "others' new flows", format!("{r} a second (timed)"));
+        }
+        if let Some([lo, hi]) = u.search_range {
+            row(
+                &mut s,
+                "search range",
+                format!("{lo}-{hi} (for a peer's sweep)"),
+            );
+        }
+        row(&mut s, "hairpinning", yes_no(u.hairpinning).into());
+        if let Some(l) = u.lifetime {
+            let v = match l.max_s {
+                Some(max) => format!("between {} s and {} s", l.min_s, max),
+                None => format!("more than {} s (search bound)", l.min_s),
+            };
+            row(&mut s, "binding lifetime", v);
+        }
+        row(&mut s, "RFC 3489 type", kebab(&u.legacy_type));
         let _ = writeln!(s);
+        if let Some(t) = t {
+            let _ = writeln!(s, "  TCP{}", tag(family));
+            nat_rows(&mut s, &Nat::from_tcp(t));
+            let _ = writeln!(s);
+        }
     }
     if let Some(pm) = &r.port_mapping {
         let _ = writeln!(s, "  Port mapping (the router, on request)");
@@ -169,21 +180,35 @@ pub fn render(r: &ProbeReport) -> String {
         }
         let _ = writeln!(s);
     }
-    let _ = writeln!(s, "Verdict (UDP): {}", u.verdict());
-    if let Some(t) = &r.tcp {
-        let _ = writeln!(s, "Verdict (TCP): {}", t.verdict());
+    let vtag = |family: &str| {
+        if family == "IPv4" {
+            String::new()
+        } else {
+            format!(", {family}")
+        }
+    };
+    for &(family, u, t) in &families {
+        let _ = writeln!(s, "Verdict (UDP{}): {}", vtag(family), u.verdict());
+        if let Some(t) = t {
+            let _ = writeln!(s, "Verdict (TCP{}): {}", vtag(family), t.verdict());
+        }
     }
-    if let Some(pm) = &r.port_mapping {
+    if let (Some(pm), Some((_, u, _))) = (&r.port_mapping, families.first()) {
         let _ = writeln!(s, "Verdict (port mapping): {}", port_mapping_verdict(pm, u));
     }
-    let tcp_reasons = r.tcp.iter().flat_map(|t| t.reasons.iter());
-    if !u.reasons.is_empty() || r.tcp.as_ref().is_some_and(|t| !t.reasons.is_empty()) {
+    let any_reasons = families
+        .iter()
+        .any(|(_, u, t)| !u.reasons.is_empty() || t.is_some_and(|t| !t.reasons.is_empty()));
+    if any_reasons {
         let _ = writeln!(s);
-        for (k, why) in &u.reasons {
-            let _ = writeln!(s, "  {k} unknown: {why}");
-        }
-        for (k, why) in tcp_reasons {
-            let _ = writeln!(s, "  tcp {k} unknown: {why}");
+        for &(family, u, t) in &families {
+            let pre = if family == "IPv4" { "" } else { "ipv6 " };
+            for (k, why) in &u.reasons {
+                let _ = writeln!(s, "  {pre}{k} unknown: {why}");
+            }
+            for (k, why) in t.iter().flat_map(|t| t.reasons.iter()) {
+                let _ = writeln!(s, "  {pre}tcp {k} unknown: {why}");
+            }
         }
     }
     s
@@ -239,9 +264,10 @@ mod tests {
         ProbeReport {
             server: "203.0.113.1:3478".parse().unwrap(),
             elapsed_ms: 700,
-            udp,
+            udp: Some(udp),
             tcp,
             port_mapping: None,
+            ipv6: None,
         }
     }
 
@@ -271,8 +297,12 @@ mod tests {
             assert!(at("elapsed_ms") < at("udp"), "{j}");
             assert!(at("udp") < at("tcp"), "{j}");
             assert!(at("tcp") < at("port_mapping"), "{j}");
+            assert!(at("port_mapping") < at("ipv6"), "{j}");
             if !tcp {
-                assert!(j.ends_with(",\"tcp\":null,\"port_mapping\":null}"), "{j}");
+                assert!(
+                    j.ends_with(",\"tcp\":null,\"port_mapping\":null,\"ipv6\":null}"),
+                    "{j}"
+                );
             }
         }
     }
@@ -281,7 +311,7 @@ mod tests {
     #[test]
     fn port_mapping_json_and_verdict() {
         let mut r = report(false);
-        r.udp.mapping = Behavior::AddressAndPortDependent;
+        r.udp.as_mut().unwrap().mapping = Behavior::AddressAndPortDependent;
         let mut pm = Offer {
             pcp: true,
             nat_pmp: true,
@@ -295,7 +325,7 @@ mod tests {
         let j = serde_json::to_string(&r).unwrap();
         assert!(
             j.ends_with(
-                ",\"port_mapping\":{\"upnp\":false,\"nat_pmp\":true,\"pcp\":true,\"external\":\"11.0.113.10:40000\",\"lifetime_s\":120,\"reasons\":{\"upnp\":\"no UPnP IGD answered\"}}}"
+                ",\"port_mapping\":{\"upnp\":false,\"nat_pmp\":true,\"pcp\":true,\"external\":\"11.0.113.10:40000\",\"lifetime_s\":120,\"reasons\":{\"upnp\":\"no UPnP IGD answered\"}},\"ipv6\":null}"
             ),
             "{j}"
         );
@@ -310,15 +340,56 @@ mod tests {
         );
     }
 
+    /// The IPv6 family: its own sections, verdicts and reasons, after IPv4's, and in the
+    /// JSON the keys of the top-level ones under `ipv6`.
+    #[test]
+    fn ipv6_has_its_own_sections_verdicts_and_json_object() {
+        let mut r = report(true);
+        let v4 = report(true);
+        let mut u6 = v4.udp.unwrap();
+        u6.local = "[2001:db8:1::2]:40000".parse().unwrap();
+        u6.mapped = Some(u6.local);
+        u6.behind_nat = false;
+        u6.reasons
+            .insert("hairpinning", "no hairpin without a NAT".into());
+        r.ipv6 = Some(crate::driver::probe::FamilyReport { udp: u6, tcp: None });
+        let t = render(&r);
+        let at = |k: &str| t.find(k).unwrap_or_else(|| panic!("{k} in {t}"));
+        assert!(at("  UDP\n") < at("  TCP\n"), "{t}");
+        assert!(at("  TCP\n") < at("  UDP (IPv6)\n"), "{t}");
+        assert!(!t.contains("TCP (IPv6)"), "{t}");
+        assert!(at("Verdict (UDP): ") < at("Verdict (UDP, IPv6): "), "{t}");
+        assert!(t.contains("  ipv6 hairpinning unknown: no hairpin"), "{t}");
+        let j: serde_json::Value = serde_json::to_value(&r).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(keys(&j["ipv6"]), ["tcp", "udp"]);
+        assert_eq!(keys(&j["ipv6"]["udp"]), keys(&j["udp"]));
+        assert_eq!(j["ipv6"]["tcp"], serde_json::Value::Null);
+        assert_eq!(j["ipv6"]["udp"]["behind_nat"], false);
+        // IPv6 alone: the top-level IPv4 keys are null, the table has IPv6 only.
+        r.udp = None;
+        r.tcp = None;
+        let t = render(&r);
+        assert!(
+            !t.contains("  UDP\n") && t.contains("  UDP (IPv6)\n"),
+            "{t}"
+        );
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains(",\"udp\":null,\"tcp\":null,"), "{j}");
+    }
+
     /// A sequential counter others' flows moved: the allocation row and the verdict say by
     /// how much; an undisturbed one reads as before.
     #[test]
     fn allocation_row_names_the_disturbance() {
         let mut r = report(true);
-        r.udp.mapping = Behavior::AddressAndPortDependent;
-        r.udp.allocation = Allocation::Sequential;
-        r.udp.delta = Some(1);
-        r.udp.delta_spread = Some([0, 3]);
+        let u = r.udp.as_mut().unwrap();
+        u.mapping = Behavior::AddressAndPortDependent;
+        u.allocation = Allocation::Sequential;
+        u.delta = Some(1);
+        u.delta_spread = Some([0, 3]);
         let t = render(&r);
         assert!(
             t.contains(
@@ -330,7 +401,7 @@ mod tests {
             t.contains("(step 1, disturbed by up to 3 other flows between samples)"),
             "{t}"
         );
-        r.udp.delta_spread = Some([0, 0]);
+        r.udp.as_mut().unwrap().delta_spread = Some([0, 0]);
         let t = render(&r);
         assert!(
             t.contains("  port allocation    sequential (delta 1)\n"),

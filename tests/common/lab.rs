@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -119,6 +119,10 @@ pub struct LabOptions {
     /// What an upnp-* kind's miniupnpd serves (`--portmap LIST`: "upnp,natpmp,pcp",
     /// "none", ...); `None`: natlab's default, all three.
     pub portmap: Option<String>,
+    /// Dual stack (`--ipv6`): routed IPv6 LANs behind stateful IPv6 firewalls, no NAT66.
+    pub ipv6: bool,
+    /// With `ipv6`: the NAT kinds also translate IPv6 (`--nat66`, masquerade from ULA LANs).
+    pub nat66: bool,
 }
 
 impl LabOptions {
@@ -138,7 +142,22 @@ impl LabOptions {
             background_flows_a: 0,
             background_flows_b: 0,
             portmap: None,
+            ipv6: false,
+            nat66: false,
         }
+    }
+
+    /// IPv6 beside IPv4 (`--ipv6`; addresses in `info`: "SRV1_V6", "A_V6", ...).
+    pub fn ipv6(mut self) -> LabOptions {
+        self.ipv6 = true;
+        self
+    }
+
+    /// IPv6 translated by every NAT kind (`--nat66`; implies [`LabOptions::ipv6`]).
+    pub fn nat66(mut self) -> LabOptions {
+        self.ipv6 = true;
+        self.nat66 = true;
+        self
     }
 
     /// What the upnp-* kinds' router serves (`--portmap LIST`).
@@ -410,6 +429,11 @@ impl Lab {
             if let Some(p) = &opts.portmap {
                 args.extend(["--portmap", p.as_str()]);
             }
+            if opts.nat66 {
+                args.push("--nat66");
+            } else if opts.ipv6 {
+                args.push("--ipv6");
+            }
             args.push(&opts.kind_a);
             if let Some(b) = &opts.kind_b {
                 args.push(b);
@@ -544,6 +568,17 @@ impl Lab {
     /// An address from `natlab.sh info`: "SRV1", "SRV2", "A", "B", "NAT_A",
     /// "NAT_B" (also "A_GW", "B_GW").  Panics if the lab has no such key.
     pub fn addr(&self, key: &str) -> Ipv4Addr {
+        let v = self
+            .info
+            .get(key)
+            .unwrap_or_else(|| panic!("lab {} has no address {key:?}", self.name));
+        v.parse()
+            .unwrap_or_else(|e| panic!("lab {}: {key}={v}: {e}", self.name))
+    }
+
+    /// An IPv6 address from `natlab.sh info` of a lab made with [`LabOptions::ipv6`]:
+    /// "SRV1_V6", "SRV2_V6", "A_V6", "B_V6", "NAT_A_V6", ...
+    pub fn addr6(&self, key: &str) -> Ipv6Addr {
         let v = self
             .info
             .get(key)

@@ -373,8 +373,15 @@ impl ServerHandle {
 
 /// `punchraw serve`: binds, serves until SIGINT or SIGTERM, prints the final counters, then
 /// returns [`Error::Interrupted`] naming the signal (or exit 1 if a server thread crashed).
+///
+/// `cfgs` holds one configuration per address family, the first one also carrying the
+/// rendezvous' primary role and `relay`. Each family is a server of its own, side by side in
+/// this process: RFC 5780's OTHER-ADDRESS and CHANGE-REQUEST stay within the family a
+/// request came in on (section 7.4), and the per-source limit counts IPv6 sources per /64
+/// in the core either way. A later family gets a rendezvous of its own (with the in-memory
+/// registry its sessions are its own; with Redis they are shared).
 pub fn run(
-    cfg: ServerConfig,
+    cfgs: Vec<ServerConfig>,
     rendezvous: RendezvousConfig,
     relay: Option<TurnServerConfig>,
     status: &Status,
@@ -383,19 +390,53 @@ pub fn run(
     // orderly path below.
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install SIGINT/SIGTERM handlers", e))?;
-    let handle = spawn_relay(cfg, rendezvous, relay, shutdown.clone(), status)?;
-    announce(&handle, status);
+    let mut handles: Vec<ServerHandle> = Vec::new();
+    let mut relay = relay;
+    for cfg in cfgs {
+        match spawn_relay(
+            cfg,
+            rendezvous.clone(),
+            relay.take(),
+            shutdown.clone(),
+            status,
+        ) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The families already started stop before the error is told.
+                for h in handles {
+                    h.stop();
+                    h.join();
+                }
+                return Err(e);
+            }
+        }
+    }
+    for h in &handles {
+        announce(h, status);
+    }
     while !shutdown.requested() {
-        if handle.degraded() {
+        if handles.iter().any(ServerHandle::degraded) {
             warn!("a server thread stopped unexpectedly; shutting down");
             break;
         }
         thread::sleep(Duration::from_millis(50));
     }
-    handle.stop();
-    let stats = handle.join();
-    status.say(format!("stopped; {stats}"));
-    if stats.thread_panics > 0 {
+    for h in &handles {
+        h.stop();
+    }
+    let several = handles.len() > 1;
+    let mut panics = 0;
+    for h in handles {
+        let primary = h.config().addr(EndpointId::PRIMARY);
+        let stats = h.join();
+        panics += stats.thread_panics;
+        if several {
+            status.say(format!("stopped {primary}; {stats}"));
+        } else {
+            status.say(format!("stopped; {stats}"));
+        }
+    }
+    if panics > 0 {
         // A crashed thread is what the operator must hear about, signal or not.
         return Ok(ExitCode::FAILURE);
     }
