@@ -130,7 +130,8 @@ pub struct ConnectArgs {
     /// without. "turn://USER:PASS@HOST:PORT": that TURN server (coturn, say); credentials
     /// it refuses end connect at once (exit 7). "?transport=tcp" reaches it over TCP and
     /// "?transport=tls" over TLS (its certificate must name HOST; see --relay-ca) instead of
-    /// UDP ("?transport=udp", the default); the relayed leg to the peer is UDP either way,
+    /// UDP ("?transport=udp", the default); without :PORT the port is 3478, 5349 with tls
+    /// (RFC 7065). The relayed leg to the peer is UDP either way,
     /// and the allocation lives only as long as the connection. A relay that refuses an
     /// allocation (486 quota, 508 capacity) turns a failed punch into exit 7. "off": none.
     /// The allocation is made before the rendezvous and freed on every exit.

@@ -135,11 +135,29 @@ fn relay_config(a: &ServeArgs, listen: IpAddr) -> Result<Option<TurnServerConfig
 
 /// HOST[:PORT] to one address, preferring IPv4 like most STUN deployments.
 fn resolve(spec: &str) -> Result<SocketAddr> {
+    resolve_port(spec, STUN_PORT)
+}
+
+/// STUN and TURN over UDP and TCP (RFC 8489 section 18.6, RFC 8656 section 17).
+const STUN_PORT: u16 = 3478;
+/// STUN and TURN over TLS ("stuns"/"turns", RFC 8489 section 18.6, RFC 7065 section 4).
+const STUNS_PORT: u16 = 5349;
+
+/// A TURN server's port when its URL names none.
+fn turn_port(t: args::TurnTransport) -> u16 {
+    match t {
+        args::TurnTransport::Tls => STUNS_PORT,
+        args::TurnTransport::Udp | args::TurnTransport::Tcp => STUN_PORT,
+    }
+}
+
+/// [`resolve`] with `port` when HOST has none.
+fn resolve_port(spec: &str, port: u16) -> Result<SocketAddr> {
     if let Ok(sa) = spec.parse::<SocketAddr>() {
         return Ok(sa);
     }
     if let Ok(ip) = spec.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, 3478));
+        return Ok(SocketAddr::new(ip, port));
     }
     let with_port = if spec
         .rsplit_once(':')
@@ -147,7 +165,7 @@ fn resolve(spec: &str) -> Result<SocketAddr> {
     {
         spec.to_string()
     } else {
-        format!("{spec}:3478")
+        format!("{spec}:{port}")
     };
     let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
@@ -298,7 +316,7 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
                 password,
                 transport,
             } => RelayMode::Turn {
-                server: resolve(&host)?,
+                server: resolve_port(&host, turn_port(transport))?,
                 username,
                 password,
                 transport: relay_transport(transport, &host, a.relay_ca.as_deref())?,
@@ -384,6 +402,17 @@ fn probe(cfg: ProbeConfig) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::tls_name;
+
+    #[test]
+    fn a_tls_relay_without_a_port_is_on_5349_others_on_3478() {
+        use super::{args::TurnTransport, resolve_port, turn_port};
+        let port = |host: &str, t| resolve_port(host, turn_port(t)).unwrap().port();
+        assert_eq!(port("192.0.2.1", TurnTransport::Udp), 3478);
+        assert_eq!(port("192.0.2.1", TurnTransport::Tcp), 3478);
+        assert_eq!(port("192.0.2.1", TurnTransport::Tls), 5349);
+        assert_eq!(port("192.0.2.1:443", TurnTransport::Tls), 443);
+        assert_eq!(port("[2001:db8::1]:3480", TurnTransport::Udp), 3480);
+    }
 
     #[test]
     fn the_tls_name_of_a_relay_is_its_host_without_the_port() {
