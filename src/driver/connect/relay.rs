@@ -65,6 +65,8 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long the relay's host must keep refusing our datagrams (ICMP port unreachable) before
 /// the relay counts as gone: one refusal may be a stray, a second a second later is not.
 const GONE_AFTER: Duration = Duration::from_secs(1);
+/// The relay socket's buffers each way, as the QUIC socket's (`transport::quic`).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// Relayed datagrams waiting for QUIC; beyond, they are dropped as a full socket would.
 const QUEUE: usize = 4096;
 
@@ -228,6 +230,9 @@ impl Relay {
                 // client only ever talks to this one server.
                 sock.connect(server)
                     .map_err(|e| format!("cannot reach the relay {server}: {e}"))?;
+                // The whole stream arrives here in bursts while this thread may be busy
+                // sending; the default buffer (~200 KB) overflowed at tens of MB/s.
+                crate::os::udp::grow_buffers(&sock, SOCKET_BUFFER);
                 let _ = link.set(Link::Udp(sock));
                 // The peer may keep us waiting longer than a NAT keeps an idle binding.
                 cfg.keepalive = Some(KEEPALIVE);
