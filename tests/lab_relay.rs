@@ -9,70 +9,12 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions};
 use common::pair::*;
-use std::process::Stdio;
+use common::relay::{random_pair, relayed_endless, Serve};
 use std::time::{Duration, Instant};
-
-/// `serve --relay` with behaviour discovery, its stderr kept for the statistics.
-struct Serve {
-    child: ChildGuard,
-    log: std::path::PathBuf,
-    _dir: common::tempdir::Dir,
-}
-
-impl Serve {
-    fn start(lab: &Lab) -> Serve {
-        Serve::start_with(lab, &[])
-    }
-
-    /// With `extra` options (relay users, quotas).
-    fn start_with(lab: &Lab, extra: &[&str]) -> Serve {
-        let dir = common::tempdir::Dir::new(&format!("{}-serve", lab.name()));
-        let log = dir.path.join("serve.log");
-        let file = std::fs::File::create(&log).expect("serve log");
-        let args: Vec<&str> = ["--alternate", "203.0.113.2", "--relay"]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect();
-        let child = common::punchraw_serve_to(lab, &args, Stdio::from(file));
-        Serve {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// SIGINT, then the relay statistics line.
-    fn stop(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.0.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.0.try_wait().expect("wait serve").is_none() {
-            assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(&self.log).expect("read serve log")
-    }
-}
 
 /// The number before `what` in the relay statistics.
 fn count(log: &str, what: &str) -> u64 {
-    let relay = log
-        .split("relay: ")
-        .last()
-        .unwrap_or_else(|| panic!("no relay statistics in {log}"));
-    let at = relay
-        .find(&format!(" {what}"))
-        .unwrap_or_else(|| panic!("no {what:?} in {relay}"));
-    relay[..at]
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number before {what:?} in {relay}"))
-}
-
-fn random_pair() -> Option<Lab> {
-    Lab::up_with(LabOptions::new("symmetric-random").kind_b("symmetric-random"))
+    common::relay::count(log, "relay: ", what)
 }
 
 #[test]
@@ -447,7 +389,7 @@ fn relay_dying_mid_stream_is_exit_9() {
         return;
     };
     let mut serve = Serve::start(&lab);
-    let (dir, sides) = relayed_endless(&lab, "relaydies");
+    let (dir, sides) = relayed_endless(&lab, "relaydies", &[]);
     serve.child.0.kill().expect("kill serve");
     let _ = serve.child.0.wait();
     let killed = Instant::now();
@@ -483,54 +425,6 @@ fn relay_dying_mid_stream_is_exit_9() {
     }
 }
 
-/// A random x random pair (`serve --relay` already running) with endless input on both
-/// sides, once data flows both ways through the relay: the stream is busy at that moment.
-fn relayed_endless(lab: &Lab, tag: &str) -> (Dir, Vec<(&'static str, ChildGuard)>) {
-    let dir = Dir::new(&format!("{}-{tag}", lab.name()));
-    let session = format!("{}-{tag}", lab.name());
-    let mut sides = Vec::new();
-    for (node, name) in [(common::lab::Node::A, "a"), (common::lab::Node::B, "b")] {
-        std::fs::write(dir.0.join(format!("{name}.in")), b"").expect("write");
-        let mut cmd = connect_cmd(
-            lab,
-            node,
-            &dir.0,
-            name,
-            &session,
-            "right",
-            &["--punch-budget", "2", "--timeout", "40"],
-        );
-        // Endless input, 64 KiB every 20 ms, so the stream is still busy at the fault the
-        // test makes; the writer stops when the connect is gone.
-        cmd.stdin(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().expect("start connect"));
-        let mut input = child.0.stdin.take().expect("stdin");
-        std::thread::spawn(move || loop {
-            if std::io::Write::write_all(&mut input, &[7u8; 65536]).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        });
-        sides.push((name, child));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    // Both have received relayed data: the stream runs through the relay.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let received =
-        |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
-    while received("a") == 0 || received("b") == 0 {
-        assert!(Instant::now() < deadline, "no relayed stream came up");
-        for (name, c) in &mut sides {
-            assert!(
-                c.0.try_wait().expect("wait").is_none(),
-                "{name} ended early"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (dir, sides)
-}
-
 /// SIGINT to one peer while the relayed stream is busy: it exits 130, the other ends (the
 /// stream was closed as interrupted), and both allocations are freed by their clients.
 #[test]
@@ -539,7 +433,7 @@ fn sigint_mid_relayed_stream_frees_both_allocations() {
         return;
     };
     let serve = Serve::start(&lab);
-    let (_dir, mut sides) = relayed_endless(&lab, "sigintrelayed");
+    let (_dir, mut sides) = relayed_endless(&lab, "sigintrelayed", &[]);
     let pid = nix::unistd::Pid::from_raw(sides[0].1 .0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal A");
     let stopped = Instant::now();

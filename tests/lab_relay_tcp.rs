@@ -8,67 +8,13 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use common::pair::*;
+use common::relay::{count, random_pair, relayed_endless, Serve};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// `serve --relay --relay-user relayuser:relaypass`, its stderr kept for the statistics.
-struct Serve {
-    child: ChildGuard,
-    log: std::path::PathBuf,
-    _dir: common::tempdir::Dir,
-}
-
-impl Serve {
-    fn start(lab: &Lab) -> Serve {
-        let dir = common::tempdir::Dir::new(&format!("{}-serve", lab.name()));
-        let log = dir.path.join("serve.log");
-        let file = std::fs::File::create(&log).expect("serve log");
-        let args = [
-            "--alternate",
-            "203.0.113.2",
-            "--relay",
-            "--relay-user",
-            "relayuser:relaypass",
-        ];
-        let child = common::punchraw_serve_to(lab, &args, Stdio::from(file));
-        Serve {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// SIGINT, then its log with the statistics.
-    fn stop(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.0.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.0.try_wait().expect("wait serve").is_none() {
-            assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(&self.log).expect("read serve log")
-    }
-}
-
-/// The number before `what` in the statistics section that starts with `section`.
-fn count(log: &str, section: &str, what: &str) -> u64 {
-    let part = log
-        .split(section)
-        .last()
-        .unwrap_or_else(|| panic!("no {section:?} statistics in {log}"));
-    let at = part
-        .find(&format!(" {what}"))
-        .unwrap_or_else(|| panic!("no {what:?} in {part}"));
-    part[..at]
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number before {what:?} in {part}"))
-}
-
-fn random_pair() -> Option<Lab> {
-    Lab::up_with(LabOptions::new("symmetric-random").kind_b("symmetric-random"))
+fn serve(lab: &Lab) -> Serve {
+    Serve::start_with(lab, &["--relay-user", "relayuser:relaypass"])
 }
 
 /// Both peers ended well, relayed, with the data intact.
@@ -109,7 +55,7 @@ fn over_tcp_through_serve(lab: Option<Lab>) {
     let Some(lab) = lab else {
         return;
     };
-    let serve = Serve::start(&lab);
+    let serve = serve(&lab);
     let relay = "turn://relayuser:relaypass@203.0.113.1:3478?transport=tcp";
     let p = pair(
         &lab,
@@ -218,48 +164,9 @@ fn tcp_relay_dying_mid_stream_is_exit_9() {
     let Some(lab) = random_pair() else {
         return;
     };
-    let mut serve = Serve::start(&lab);
+    let mut serve = serve(&lab);
     let relay = "turn://relayuser:relaypass@203.0.113.1:3478?transport=tcp";
-    let dir = Dir::new(&format!("{}-tcpdies", lab.name()));
-    let session = format!("{}-tcpdies", lab.name());
-    let mut sides = Vec::new();
-    for (node, name) in [(Node::A, "a"), (Node::B, "b")] {
-        std::fs::write(dir.0.join(format!("{name}.in")), b"").expect("write");
-        let mut cmd = connect_cmd(
-            &lab,
-            node,
-            &dir.0,
-            name,
-            &session,
-            "right",
-            &["--punch-budget", "2", "--timeout", "40", "--relay", relay],
-        );
-        // Endless input, so the stream is busy when the relay dies.
-        cmd.stdin(Stdio::piped());
-        let mut child = ChildGuard(cmd.spawn().expect("start connect"));
-        let mut input = child.0.stdin.take().expect("stdin");
-        std::thread::spawn(move || loop {
-            if std::io::Write::write_all(&mut input, &[7u8; 65536]).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        });
-        sides.push((name, child));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let received =
-        |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
-    while received("a") == 0 || received("b") == 0 {
-        assert!(Instant::now() < deadline, "no relayed stream came up");
-        for (name, c) in &mut sides {
-            assert!(
-                c.0.try_wait().expect("wait").is_none(),
-                "{name} ended early"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (_dir, sides) = relayed_endless(&lab, "tcpdies", &["--relay", relay]);
     serve.child.0.kill().expect("kill serve");
     let _ = serve.child.0.wait();
     let killed = Instant::now();

@@ -4,6 +4,7 @@
 
 pub mod lab;
 pub mod pair;
+pub mod relay;
 pub mod turn;
 
 use lab::{ChildGuard, Lab, Node};
