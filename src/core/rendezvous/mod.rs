@@ -15,9 +15,14 @@
 pub mod client;
 mod registry;
 mod server;
+mod stream;
 
 pub use registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
 pub use server::{small_error, Rendezvous, RendezvousConfig};
+pub use stream::{
+    from_stream_frame, may_be_stream_frame, stream_frame_len, to_stream_frame, StreamFrame,
+    MAX_STREAM_FRAME, STREAM_HEADER_LEN,
+};
 
 use crate::core::classify::{Allocation, Behavior};
 use hmac::{Hmac, Mac};
