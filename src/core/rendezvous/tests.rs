@@ -52,6 +52,7 @@ fn signed_register(
         tcp: None,
         mapped: None,
         relayed: None,
+        udp_blocked: false,
         rtt_ms,
         mac: String::new(),
     }
@@ -259,6 +260,7 @@ fn signed_messages_verify_and_tampering_fails() {
         tcp: None,
         mapped: None,
         relayed: None,
+        udp_blocked: false,
         rtt_ms: 1,
         mac: String::new(),
     }
@@ -509,6 +511,7 @@ fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
             tcp: None,
             mapped,
             relayed: None,
+            udp_blocked: false,
             rtt_ms: 10,
             mac: String::new(),
         }
@@ -558,6 +561,7 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
             tcp: None,
             mapped: None,
             relayed,
+            udp_blocked: false,
             rtt_ms: 10,
             mac: String::new(),
         }
