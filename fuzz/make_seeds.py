@@ -138,6 +138,9 @@ rendezvous = {
     "server_messages": record(2, 0, rdv('{"t":"waiting","you":"203.0.113.9:1","wait_left_ms":5}'))
     + record(2, 0, rdv('{"t":"error","code":"session-full","message":"x"}')),
     "junk": record(3, 200, b"PRV1{") + record(3, 200, b"\xff" * 40),
+    # The TCP stream framing (PRV1, u16 BE length, JSON): measured and unframed.
+    "stream_frame": record(0, 0, b"PRV1" + struct.pack(">H", len(REGISTER_A) - 4) + REGISTER_A[4:])
+    + record(1, 0, b"PRV1\xff\xff"),
 }
 
 # What a server says to a client (even source: the server, odd: a stranger).

@@ -101,6 +101,7 @@ fuzz_target!(|data: &[u8]| {
             tcp: None,
             mapped: None,
             relayed: None,
+            udp_blocked: false,
         },
         key: KEY,
         fingerprint: [0x24; 32],

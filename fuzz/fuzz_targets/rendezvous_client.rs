@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
         timeout: TIMEOUT,
         start_delay: Duration::ZERO,
         range_drift: None,
+        udp_blocked: false,
     };
     let mut c = Client::new(cfg, t0);
     let mut now = t0;

@@ -92,6 +92,8 @@ pub struct ClientConfig {
     /// Ports per second by which `nat.range` moves while we wait: a port counter too busy to
     /// predict is searched where it is when the peer comes, not where the probe saw it.
     pub range_drift: Option<f64>,
+    /// Our UDP to the server is blocked: we register over TCP and can only be relayed.
+    pub udp_blocked: bool,
 }
 
 /// What the rendezvous gave us.
@@ -420,6 +422,7 @@ impl Machine for Client {
             tcp: self.cfg.tcp.clone(),
             mapped: self.cfg.mapped,
             relayed: self.cfg.relayed.clone(),
+            udp_blocked: self.cfg.udp_blocked,
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         };

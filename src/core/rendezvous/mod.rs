@@ -15,9 +15,14 @@
 pub mod client;
 mod registry;
 mod server;
+mod stream;
 
 pub use registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
 pub use server::{small_error, Rendezvous, RendezvousConfig};
+pub use stream::{
+    from_stream_frame, may_be_stream_frame, stream_frame_len, to_stream_frame, StreamFrame,
+    MAX_STREAM_FRAME, STREAM_HEADER_LEN,
+};
 
 use crate::core::classify::{Allocation, Behavior};
 use hmac::{Hmac, Mac};
@@ -94,6 +99,15 @@ pub struct PeerData {
     /// allocation; older peers neither send nor read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relayed: Option<RelayOffer>,
+    /// The peer's UDP to the server got no answer; it met us over TCP and can only be reached
+    /// through its relayed address, so punching toward it is pointless. Absent when false;
+    /// older peers neither send nor read it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub udp_blocked: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A peer's relayed address and the certificate its QUIC stream will present there, MACed
@@ -170,6 +184,10 @@ pub enum Msg {
         /// server that predates it still reads the registers of clients that have none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         relayed: Option<RelayOffer>,
+        /// [`PeerData::udp_blocked`]; absent when false, so servers that predate it still
+        /// read the registers of every client whose UDP works.
+        #[serde(default, skip_serializing_if = "is_false")]
+        udp_blocked: bool,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].

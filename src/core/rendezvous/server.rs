@@ -106,6 +106,7 @@ impl Rendezvous {
                 tcp,
                 mapped,
                 relayed,
+                udp_blocked,
                 rtt_ms,
                 ..
             } => {
@@ -121,6 +122,7 @@ impl Rendezvous {
                         tcp,
                         mapped,
                         relayed,
+                        udp_blocked,
                     },
                     seq,
                     rtt_ms: rtt_ms.min(10_000),

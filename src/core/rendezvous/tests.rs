@@ -52,6 +52,7 @@ fn signed_register(
         tcp: None,
         mapped: None,
         relayed: None,
+        udp_blocked: false,
         rtt_ms,
         mac: String::new(),
     }
@@ -259,6 +260,7 @@ fn signed_messages_verify_and_tampering_fails() {
         tcp: None,
         mapped: None,
         relayed: None,
+        udp_blocked: false,
         rtt_ms: 1,
         mac: String::new(),
     }
@@ -509,6 +511,7 @@ fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
             tcp: None,
             mapped,
             relayed: None,
+            udp_blocked: false,
             rtt_ms: 10,
             mac: String::new(),
         }
@@ -558,6 +561,7 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
             tcp: None,
             mapped: None,
             relayed,
+            udp_blocked: false,
             rtt_ms: 10,
             mac: String::new(),
         }
@@ -595,4 +599,46 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
         ..relayed
     };
     assert_eq!(Msg::decode(&with(B, Some(bad))), None);
+}
+
+#[test]
+fn udp_blocked_reaches_the_peer_and_is_absent_when_false() {
+    let with = |peer: &str, udp_blocked: bool| {
+        Msg::Register {
+            session: "u".into(),
+            peer: peer.into(),
+            seq: next_seq(),
+            key: Some(crate::core::hex::encode(&key("u"))),
+            locals: vec![],
+            nat: NatInfo::unknown(),
+            tcp: None,
+            mapped: None,
+            relayed: None,
+            udp_blocked,
+            rtt_ms: 10,
+            mac: String::new(),
+        }
+        .encode_signed(&key("u"))
+    };
+    // A client whose UDP works sends what servers that predate the field read.
+    let plain = with(B, false);
+    assert!(!String::from_utf8_lossy(&plain).contains("udp_blocked"));
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t0 = Instant::now();
+    r.handle(t0, addr(1, 1000), &with(A, true));
+    let out = r.handle(t0, addr(2, 2000), &plain);
+    match &decode(&out, addr(2, 2000))[..] {
+        [Msg::Peer { peer, .. }] => assert!(peer.udp_blocked),
+        m => panic!("B is told of A: {m:?}"),
+    }
+    match &decode(&out, addr(1, 1000))[..] {
+        [Msg::Peer { peer, .. }] => assert!(!peer.udp_blocked),
+        m => panic!("A is told of B: {m:?}"),
+    }
+    let old: serde_json::Value = serde_json::json!({
+        "id": A, "public": "198.51.100.1:1000", "locals": [],
+        "nat": NatInfo::unknown(),
+    });
+    let p: PeerData = serde_json::from_value(old).expect("decodes");
+    assert!(!p.udp_blocked);
 }

@@ -4,6 +4,8 @@ use super::ConnectConfig;
 use crate::core::punch::{PunchConfig, Strategy};
 use crate::core::rendezvous::client::Introduction;
 use crate::driver::{kebab, Status};
+use crate::os::capture::Capture;
+use crate::Error;
 
 /// Tells the user what the UDP punch is about to do with this peer.
 pub(super) fn announce_udp_punch(
@@ -90,4 +92,15 @@ fn udp_sweep_line(cfg: &ConnectConfig, pcfg: &PunchConfig) -> String {
         pcfg.budget.as_secs(),
         cfg.rate
     )
+}
+
+pub(super) fn finish_capture(capture: Option<Capture>, status: &Status) -> Result<(), Error> {
+    if let Some(c) = capture {
+        let (path, n) = c.finish()?;
+        status.say(format!(
+            "capture: {n} packets written to {}",
+            path.display()
+        ));
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! a QUIC stream carrying stdin/stdout over the punched socket.
 
 mod announce;
+mod blocked;
 mod classify;
 mod main_socket;
 mod portmap;
@@ -29,8 +30,9 @@ use crate::transport::quic::{Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
 use announce::announce_udp_punch;
+use announce::finish_capture;
 use classify::{classify, Classified};
-use rendezvous::{rendezvous, TcpOfferState};
+use rendezvous::{hex_id, rendezvous, TcpOfferState};
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -108,10 +110,6 @@ pub struct ConnectReport {
     /// From the start until the direct (punched) path carried the stream: the moment the
     /// punch confirmed it, before the stream's first byte; `null` when it never went direct.
     pub time_to_direct_ms: Option<u64>,
-}
-
-fn hex_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
@@ -198,7 +196,12 @@ fn connect(
     let deadline = started + cfg.timeout;
     // Freed when dropped, on every way out of here.
     let relay = relay::begin(cfg, status, &secret, deadline);
-    let mut classified = classify(cfg, status, started, &shutdown, capture.as_mut())?;
+    let mut classified = match classify(cfg, status, started, &shutdown, capture.as_mut())? {
+        Ok(c) => c,
+        Err(b) => {
+            return blocked::connect(cfg, status, started, report, b, relay, secret, &shutdown)
+        }
+    };
     let classified_at = Instant::now();
     let identity = Identity::generate()?;
     let pre_local = pre_bound.as_ref().map(|b| b.1);
@@ -270,6 +273,9 @@ fn connect(
             cfg, status, started, report, r, peer, &identity, &shutdown, failed,
         )
     };
+    if intro.peer.udp_blocked {
+        return relayed(blocked::peer_blocked(status), report);
+    }
     if let Some(prep) = tcp_prep {
         // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
         // the server, which nothing needs any more, but closing it costs nothing either.
@@ -423,6 +429,7 @@ fn meet(
         timeout: cfg.timeout,
         start_delay: cfg.start_delay,
         range_drift: c.range_drift,
+        udp_blocked: false,
     };
     let measure = || main_socket::fresh_mapped_port(c, cfg.server);
     let counter = c
@@ -553,17 +560,6 @@ fn punch_udp(
         controlling,
         strategy,
     })
-}
-
-fn finish_capture(capture: Option<Capture>, status: &Status) -> Result<(), Error> {
-    if let Some(c) = capture {
-        let (path, n) = c.finish()?;
-        status.say(format!(
-            "capture: {n} packets written to {}",
-            path.display()
-        ));
-    }
-    Ok(())
 }
 
 /// What the TCP punch starts from.

@@ -184,6 +184,7 @@ impl Relay {
         secret: &str,
         bind: Option<IpAddr>,
         retry_until: Instant,
+        auto_over: &RelayTransport,
     ) -> Result<Option<Relay>, String> {
         let (server, username, password, retry, transport) = match mode {
             RelayMode::Off => return Ok(None),
@@ -192,7 +193,7 @@ impl Relay {
                 let (u, p) = session_credentials(&key, session).ok_or_else(|| {
                     "the session name cannot be a TURN username (printable ASCII only)".to_string()
                 })?;
-                (rendezvous, u, p, true, &RelayTransport::Udp)
+                (rendezvous, u, p, true, auto_over)
             }
             RelayMode::Turn {
                 server,
@@ -522,6 +523,18 @@ pub(super) fn begin(
     secret: &str,
     deadline: Instant,
 ) -> Option<Relay> {
+    begin_over(cfg, status, secret, deadline, &RelayTransport::Udp)
+}
+
+/// [`begin`], reaching the rendezvous server's own relay (`--relay auto`) over `auto_over`:
+/// TCP when UDP to it is blocked.
+pub(super) fn begin_over(
+    cfg: &super::ConnectConfig,
+    status: &crate::driver::Status,
+    secret: &str,
+    deadline: Instant,
+    auto_over: &RelayTransport,
+) -> Option<Relay> {
     match Relay::start(
         &cfg.relay,
         cfg.server,
@@ -529,6 +542,7 @@ pub(super) fn begin(
         secret,
         cfg.bind,
         deadline,
+        auto_over,
     ) {
         Ok(r) => r,
         Err(why) => {

@@ -8,7 +8,7 @@ use crate::core::Machine;
 use crate::driver::Status;
 use crate::os::signals::Shutdown;
 use crate::Error;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// The longest a receive blocks: the bound on noticing Ctrl-C.
@@ -45,9 +45,56 @@ pub(super) enum RelayState {
     GivenUp,
 }
 
+/// Where the rendezvous messages travel: UDP datagrams, or frames on a TCP connection when
+/// UDP is blocked (`super::blocked`).
+pub(super) trait Wire {
+    /// A lost message is replaced by the next one, so errors are only logged.
+    fn send(&mut self, dst: SocketAddr, payload: &[u8]);
+    /// One message and its source, or `None` after `wait` of silence; an error only when the
+    /// wire is gone for good.
+    fn recv(
+        &mut self,
+        wait: Duration,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, SocketAddr)>, Error>;
+}
+
+impl Wire for &UdpSocket {
+    fn send(&mut self, dst: SocketAddr, payload: &[u8]) {
+        let _ = self.send_to(payload, dst);
+    }
+
+    fn recv(
+        &mut self,
+        wait: Duration,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, SocketAddr)>, Error> {
+        self.set_read_timeout(Some(wait))
+            .map_err(|e| Error::io("socket option", e))?;
+        // Errors (a timeout, an ICMP error reported on the socket) are like silence: the
+        // client's own timers decide when silence is too long.
+        Ok(self.recv_from(buf).ok())
+    }
+}
+
 /// Registers from `sock` until the server introduces the peer, it refuses, or time runs out.
 pub(super) fn rendezvous(
     sock: &UdpSocket,
+    cfg: ClientConfig,
+    tcp: Option<&mut TcpOfferState<'_>>,
+    counter: Option<&dyn Fn() -> Option<u16>>,
+    relayed: Option<&dyn Fn() -> RelayState>,
+    shutdown: &Shutdown,
+    status: &Status,
+) -> Result<Introduction, Error> {
+    sock.set_nonblocking(false)
+        .map_err(|e| Error::io("socket option", e))?;
+    rendezvous_on(&mut { sock }, cfg, tcp, counter, relayed, shutdown, status)
+}
+
+/// [`rendezvous`] over any [`Wire`].
+pub(super) fn rendezvous_on(
+    wire: &mut dyn Wire,
     cfg: ClientConfig,
     mut tcp: Option<&mut TcpOfferState<'_>>,
     counter: Option<&dyn Fn() -> Option<u16>>,
@@ -57,8 +104,6 @@ pub(super) fn rendezvous(
 ) -> Result<Introduction, Error> {
     let session = cfg.session.clone();
     let mut client = Client::new(cfg, Instant::now());
-    sock.set_nonblocking(false)
-        .map_err(|e| Error::io("socket option", e))?;
     let mut buf = [0u8; 2048];
     // The first peer's allocation exists only once its register created the session.
     let mut offered = client.config().relayed.is_some() || relayed.is_none();
@@ -115,18 +160,13 @@ pub(super) fn rendezvous(
             }
         }
         while let Some(t) = client.poll_transmit() {
-            // A lost register is replaced by the next one.
-            let _ = sock.send_to(&t.payload, t.dst);
+            wire.send(t.dst, &t.payload);
         }
         let wait = client.poll_timeout().map_or(POLL, |t| {
             t.saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), POLL)
         });
-        sock.set_read_timeout(Some(wait))
-            .map_err(|e| Error::io("socket option", e))?;
-        // Errors (a timeout, an ICMP error reported on the socket) are like silence: the
-        // client's own timers decide when silence is too long.
-        if let Ok((n, from)) = sock.recv_from(&mut buf) {
+        if let Some((n, from)) = wire.recv(wait, &mut buf)? {
             client.handle_input(Instant::now(), 0, from, &buf[..n]);
         }
     }
@@ -143,4 +183,9 @@ pub(super) fn secret(cfg: &super::ConnectConfig, status: &Status) -> String {
             cfg.session.clone()
         }
     }
+}
+
+/// A random per-run peer id, 16 hex digits.
+pub(super) fn hex_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }

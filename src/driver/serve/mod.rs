@@ -15,6 +15,7 @@ mod bind;
 pub mod registry;
 mod relay;
 mod tcp;
+mod tcp_rdv;
 mod udp;
 
 use bind::bind_all;
@@ -274,6 +275,8 @@ struct Shared {
     thread_panics: AtomicU64,
     /// `--relay`: the forwarder's drops and the relay thread's counters.
     relay: Option<(Arc<relay::Forwarder>, Arc<relay::RelayShared>)>,
+    /// Peers that meet over TCP (UDP blocked), where their rendezvous messages go.
+    rdv_tcp: tcp_rdv::RdvConns,
 }
 
 impl Shared {
@@ -589,8 +592,9 @@ pub fn spawn_relay(
         }
         for (&(id, addr), listener) in endpoints.iter().zip(bound.tcp) {
             let (cfg, stop, shared) = (config.clone(), stop.clone(), Arc::clone(&shared));
+            let rdv = (id == EndpointId::PRIMARY).then(|| (Arc::clone(&rdv), Arc::clone(&udp)));
             handle.threads.push(start(format!("tcp {addr}"), move || {
-                accept_loop(id, listener, cfg, &stop, &shared)
+                accept_loop(id, listener, cfg, &stop, &shared, rdv)
             })?);
         }
         Ok::<_, io::Error>(())

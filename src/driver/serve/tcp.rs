@@ -2,7 +2,9 @@
 //! the CONNECT-BACK connections the TCP filtering test asks for (docs/connect-back.md).
 
 use super::bind::new_socket;
+use super::tcp_rdv::{RdvParts, RdvTcp};
 use super::*;
+use crate::core::rendezvous::{may_be_stream_frame, stream_frame_len, StreamFrame};
 use crate::core::server::{ConnectBack, DropReason, EndpointId, Outcome, ServerConfig, StunServer};
 use crate::core::stun::{attr_type, frame_len, Message};
 use crate::core::turn::TurnServer;
@@ -36,6 +38,7 @@ pub(super) fn accept_loop(
     cfg: ServerConfig,
     stop: &Stop,
     shared: &Arc<Shared>,
+    rdv: Option<RdvParts>,
 ) {
     let local = cfg.addr(id);
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
@@ -81,9 +84,17 @@ pub(super) fn accept_loop(
             let slot = Slot(Arc::clone(shared));
             shared.tcp_accepted.fetch_add(1, Ordering::Relaxed);
             let (cfg, stop, shared2) = (cfg.clone(), stop.clone(), Arc::clone(shared));
+            let rdv = rdv.clone();
             let spawned = start(format!("tcp {peer}"), move || {
                 let _slot = slot;
-                serve_connection(id, stream, peer, cfg, &stop, &shared2);
+                let rdv = rdv.as_ref().and_then(|(service, udp)| {
+                    Some(RdvTcp {
+                        service,
+                        conns: &shared2.rdv_tcp,
+                        udp: udp.first()?.first()?,
+                    })
+                });
+                serve_connection(id, stream, peer, cfg, &stop, &shared2, rdv.as_ref());
             });
             match spawned {
                 Ok(h) => conns.push(h),
@@ -131,6 +142,7 @@ pub(super) fn serve_connection(
     cfg: ServerConfig,
     stop: &Stop,
     shared: &Shared,
+    rdv: Option<&RdvTcp<'_>>,
 ) {
     let local = cfg.addr(id);
     debug!(%peer, remote_port = peer.port(), %local, "tcp connection opened");
@@ -162,7 +174,13 @@ pub(super) fn serve_connection(
     let mut last_input = Instant::now();
     let mut backs = ConnectBacks::new(shared);
     let mut pending: Vec<PendingBack<'_>> = Vec::new();
+    let rdv_half = rdv.and_then(|_| stream.try_clone().ok());
     let why = loop {
+        let mut to_rdv = |frame: &[u8]| {
+            if let (Some(r), Some(s)) = (rdv, rdv_half.as_ref()) {
+                r.handle(peer, s, frame);
+            }
+        };
         let mut to_relay = |frame: &[u8]| {
             let Some((fwd, rs)) = relay else {
                 return;
@@ -183,6 +201,7 @@ pub(super) fn serve_connection(
             &mut stream,
             &mut backs,
             relay.map(|_| &mut to_relay as ToRelay<'_>),
+            rdv.map(|_| &mut to_rdv as ToRelay<'_>),
         );
         shared.tcp.drain_from(&mut server.stats);
         buf.copy_within(used..have, 0);
@@ -243,6 +262,9 @@ pub(super) fn serve_connection(
         _ => {}
     }
     debug!(%peer, remote_port = peer.port(), %local, reason = ?why, "tcp connection closed");
+    if let Some(r) = rdv {
+        r.conns.remove(peer);
+    }
     if let Some((fwd, rs)) = relay.filter(|_| turn_half.is_none()) {
         if let Ok(mut conns) = rs.tcp.lock() {
             conns.remove(&peer);
@@ -274,7 +296,7 @@ impl Drop for BackSlot<'_> {
 }
 
 impl<'a> ConnectBacks<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    pub(super) fn new(shared: &'a Shared) -> Self {
         ConnectBacks {
             shared,
             left: CONNECT_BACKS_PER_CONNECTION,
@@ -358,7 +380,8 @@ pub(super) type ToRelay<'f> = &'f mut dyn FnMut(&[u8]);
 /// Answers every complete message at the start of `input` (RFC 8489 section 6.2.2: over TCP
 /// the STUN header's length field is the framing). With `turn` (`--relay`, primary endpoint)
 /// TURN frames -- ChannelData and STUN methods other than Binding, framed per RFC 8656
-/// section 12.5 -- go to it instead. Returns how many bytes were consumed and whether the
+/// section 12.5 -- go to it instead, and with `rdv` (primary endpoint) rendezvous frames
+/// (docs/rendezvous.md, "Over TCP") go to it. Returns how many bytes were consumed and whether the
 /// connection must close.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn serve_frames<'a>(
@@ -370,12 +393,25 @@ pub(super) fn serve_frames<'a>(
     stream: &mut impl Write,
     backs: &mut ConnectBacks<'a>,
     mut turn: Option<ToRelay<'_>>,
+    mut rdv: Option<ToRelay<'_>>,
 ) -> (usize, Option<Close>) {
     let mut used = 0;
     loop {
         let rest = &input[used..];
         if rest.is_empty() {
             return (used, None);
+        }
+        // Before the TURN check: the magic's first byte has the top bits 01, like ChannelData.
+        if let Some(f) = rdv.as_mut().filter(|_| may_be_stream_frame(rest)) {
+            match stream_frame_len(rest) {
+                StreamFrame::Incomplete => return (used, None),
+                StreamFrame::Complete(n) => {
+                    f(&rest[..n]);
+                    used += n;
+                    continue;
+                }
+                StreamFrame::Invalid => return (used, Some(Close::Malformed)),
+            }
         }
         let is_turn = turn.is_some() && TurnServer::is_turn(rest);
         // RFC 8489 section 5: the two top bits of a STUN message are zero. Checked on the first
@@ -427,12 +463,12 @@ pub(super) fn serve_frames<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::core::stun::{Encoder, MessageType, TransactionId};
     use std::net::IpAddr;
 
-    fn server() -> StunServer {
+    pub(in crate::driver::serve) fn server() -> StunServer {
         StunServer::new(
             ServerConfig {
                 ip: IpAddr::from([127, 0, 0, 1]),
@@ -446,7 +482,7 @@ mod tests {
         )
     }
 
-    fn request() -> Vec<u8> {
+    pub(in crate::driver::serve) fn request() -> Vec<u8> {
         let mut v = Vec::new();
         Encoder::new(
             &mut v,
@@ -456,7 +492,7 @@ mod tests {
         v
     }
 
-    const PEER: SocketAddr =
+    pub(in crate::driver::serve) const PEER: SocketAddr =
         SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 9)), 40000);
 
     #[test]
@@ -474,6 +510,7 @@ mod tests {
                 &mut wire,
                 &mut ConnectBacks::new(&Shared::default()),
                 None,
+                None,
             );
             assert_eq!(close, None);
             let rest = &two[used..];
@@ -485,6 +522,7 @@ mod tests {
                 &mut out,
                 &mut wire,
                 &mut ConnectBacks::new(&Shared::default()),
+                None,
                 None,
             );
             assert_eq!((used2, close2), (rest.len(), None));
@@ -521,6 +559,7 @@ mod tests {
                 &mut wire,
                 &mut ConnectBacks::new(&Shared::default()),
                 Some(&mut to_relay),
+                None,
             );
             assert_eq!(r.1, None, "cut {cut}");
             // Only whole frames are taken; a cut one waits for the rest.
@@ -546,6 +585,7 @@ mod tests {
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
             None,
+            None,
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
     }
@@ -563,6 +603,7 @@ mod tests {
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
             None,
+            None,
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
         let r = serve_frames(
@@ -573,6 +614,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
             None,
         );
         assert_eq!(r, (0, Some(Close::NotStun)));
@@ -586,6 +628,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
             None,
         );
         assert_eq!(r, (0, Some(Close::TooLong(4020))));
@@ -601,6 +644,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
             None,
         );
         assert_eq!(r, (22, Some(Close::Malformed)));
@@ -653,6 +697,7 @@ mod tests {
             &mut wire,
             &mut backs,
             None,
+            None,
         );
         assert_eq!(r, (input.len(), None));
         assert_eq!(s.stats.success, 3);
@@ -687,6 +732,7 @@ mod tests {
             &mut wire,
             &mut backs,
             None,
+            None,
         );
         assert_eq!(r, (one.len(), None));
         assert!(backs.asked.is_empty());
@@ -720,6 +766,7 @@ mod tests {
             &mut out,
             &mut wire,
             &mut ConnectBacks::new(&Shared::default()),
+            None,
             None,
         );
         assert_eq!(r, (input.len(), None));

@@ -37,13 +37,8 @@ pub(super) fn udp_loop(
     let local = cfg.addr(id);
     let sock = &sockets[usize::from(id.0)][k];
     let mut last_expiry = Instant::now();
-    let send_all = |msgs: Vec<(SocketAddr, Vec<u8>)>| {
-        for (to, bytes) in msgs {
-            if let Err(e) = sock.send_to(&bytes, to) {
-                debug!(%to, error = %e, "rendezvous send failed");
-            }
-        }
-    };
+    // A peer that met over TCP gets its messages down its connection.
+    let send_all = |msgs: Vec<(SocketAddr, Vec<u8>)>| shared.rdv_tcp.send_all(msgs, sock);
     let mut server = StunServer::with_limiter(cfg, shared.limiter.clone());
     let slot = if relay.is_some() {
         UDP_RELAY_BUF_LEN

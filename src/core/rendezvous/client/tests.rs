@@ -158,6 +158,7 @@ impl Net {
             timeout,
             start_delay: Duration::ZERO,
             range_drift: None,
+            udp_blocked: false,
         }
     }
 
