@@ -7,8 +7,9 @@
 
 mod common;
 
-use common::lab::{ChildGuard, Lab, LabOptions, Node};
+use common::lab::{Lab, LabOptions, Node};
 use common::pair::*;
+use common::relay::Serve;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -30,39 +31,6 @@ fn nat_a_forwards_no(lab: &Lab, protocols: &str) {
         .expect("write nft rules");
     drop(nft.stdin.take());
     assert!(nft.wait().expect("wait nft").success(), "nft failed");
-}
-
-/// `serve --relay` with its stderr (statistics at exit) kept.
-struct Serve {
-    child: ChildGuard,
-    log: std::path::PathBuf,
-    _dir: common::tempdir::Dir,
-}
-
-impl Serve {
-    fn start(lab: &Lab) -> Serve {
-        let dir = common::tempdir::Dir::new(&format!("{}-serve", lab.name()));
-        let log = dir.path.join("serve.log");
-        let file = std::fs::File::create(&log).expect("serve log");
-        let args = ["--alternate", "203.0.113.2", "--relay"];
-        let child = common::punchraw_serve_to(lab, &args, Stdio::from(file));
-        Serve {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn stop(mut self) -> String {
-        let pid = nix::unistd::Pid::from_raw(self.child.0.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.0.try_wait().expect("wait serve").is_none() {
-            assert!(Instant::now() < deadline, "serve did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(&self.log).expect("read serve log")
-    }
 }
 
 #[test]

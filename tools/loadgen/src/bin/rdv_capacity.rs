@@ -58,6 +58,7 @@ fn registrations(n: usize, round: u32) -> Vec<(SocketAddr, Vec<u8>)> {
                 mapped: None,
                 relayed: None,
                 rtt_ms: 20,
+                udp_blocked: false,
                 mac: String::new(),
             };
             (src, msg.encode_signed(&key))
