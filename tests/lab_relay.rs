@@ -9,7 +9,7 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions};
 use common::pair::*;
-use common::relay::{random_pair, relayed_endless, Serve};
+use common::relay::{kill_under, random_pair, relayed_endless, Ended, Serve};
 use std::time::{Duration, Instant};
 
 /// The number before `what` in the relay statistics.
@@ -390,13 +390,13 @@ fn relay_dying_mid_stream_is_exit_9() {
     };
     let mut serve = Serve::start(&lab);
     let (dir, sides) = relayed_endless(&lab, "relaydies", &[]);
-    serve.child.0.kill().expect("kill serve");
-    let _ = serve.child.0.wait();
-    let killed = Instant::now();
-    for (name, mut c) in sides {
-        let (code, stderr) = c.0.wait_with_output_ref();
-        let took = killed.elapsed();
-        let stderr = String::from_utf8_lossy(&stderr);
+    for Ended {
+        name,
+        code,
+        stderr,
+        took,
+    } in kill_under(&mut serve, sides)
+    {
         assert_eq!(code, Some(9), "{name}: {stderr}");
         assert!(
             stderr.contains("the relay 203.0.113.1:3478 stopped relaying")

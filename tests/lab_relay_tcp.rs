@@ -8,9 +8,9 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use common::pair::*;
-use common::relay::{count, random_pair, relayed_endless, Serve};
+use common::relay::{count, kill_under, random_pair, relayed_endless, Ended, Serve};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `serve --relay --relay-user relayuser:relaypass`, its stderr kept for the statistics.
 fn serve(lab: &Lab) -> Serve {
@@ -87,16 +87,7 @@ fn block_udp_to(lab: &Lab, port: u16) {
          add chain inet relaytest input {{ type filter hook input priority 0; }}\n\
          add rule inet relaytest input udp dport {port} drop\n"
     );
-    let mut nft = lab
-        .cmd(Node::Srv, "nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    std::io::Write::write_all(nft.stdin.as_mut().expect("nft stdin"), rules.as_bytes())
-        .expect("write nft rules");
-    drop(nft.stdin.take());
-    assert!(nft.wait().expect("wait nft").success(), "nft failed");
+    lab.nft(Node::Srv, &rules);
 }
 
 /// coturn's arguments: a relay on 203.0.113.1:`port` (UDP and TCP) with one long-term user.
@@ -167,13 +158,13 @@ fn tcp_relay_dying_mid_stream_is_exit_9() {
     let mut serve = serve(&lab);
     let relay = "turn://relayuser:relaypass@203.0.113.1:3478?transport=tcp";
     let (_dir, sides) = relayed_endless(&lab, "tcpdies", &["--relay", relay]);
-    serve.child.0.kill().expect("kill serve");
-    let _ = serve.child.0.wait();
-    let killed = Instant::now();
-    for (name, mut c) in sides {
-        let (code, stderr) = c.0.wait_with_output_ref();
-        let took = killed.elapsed();
-        let stderr = String::from_utf8_lossy(&stderr);
+    for Ended {
+        name,
+        code,
+        stderr,
+        took,
+    } in kill_under(&mut serve, sides)
+    {
         assert_eq!(code, Some(9), "{name}: {stderr}");
         assert!(
             stderr.contains("the relay 203.0.113.1:3478 stopped relaying")

@@ -10,7 +10,6 @@ mod common;
 use common::lab::{Lab, LabOptions, Node};
 use common::pair::*;
 use common::relay::Serve;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Drops every forwarded datagram of `protocols` (e.g. "udp") in NAT A: host A behind it
@@ -21,16 +20,7 @@ fn nat_a_forwards_no(lab: &Lab, protocols: &str) {
          add chain inet udpblocked forward {{ type filter hook forward priority -10; }}\n\
          add rule inet udpblocked forward meta l4proto {{ {protocols} }} drop\n"
     );
-    let mut nft = lab
-        .cmd(Node::NatA, "nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    std::io::Write::write_all(nft.stdin.as_mut().expect("nft stdin"), rules.as_bytes())
-        .expect("write nft rules");
-    drop(nft.stdin.take());
-    assert!(nft.wait().expect("wait nft").success(), "nft failed");
+    lab.nft(Node::NatA, &rules);
 }
 
 #[test]

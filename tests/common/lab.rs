@@ -554,6 +554,20 @@ impl Lab {
         c
     }
 
+    /// Loads `rules` (an `nft -f` script) in `node`; they go with the lab's namespace.
+    pub fn nft(&self, node: Node, rules: &str) {
+        let mut nft = self
+            .cmd(node, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        std::io::Write::write_all(nft.stdin.as_mut().expect("nft stdin"), rules.as_bytes())
+            .expect("write nft rules");
+        drop(nft.stdin.take());
+        assert!(nft.wait().expect("wait nft").success(), "nft failed");
+    }
+
     /// Spawns `program args` in `node`, killed when the guard drops.
     pub fn spawn<I, S>(&self, node: Node, program: impl AsRef<OsStr>, args: I) -> ChildGuard
     where

@@ -2,7 +2,7 @@
 //! random-symmetric NATs (no hole opens) whose relayed stream is kept busy.
 
 use super::lab::{ChildGuard, Lab, LabOptions, Node};
-use super::pair::{connect_cmd, Dir};
+use super::pair::{connect_cmd, Dir, WaitRef};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,34 @@ pub fn count(log: &str, section: &str, what: &str) -> u64 {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number before {what:?} in {part}"))
+}
+
+/// How one side of a [`relayed_endless`] pair ended after [`kill_under`].
+pub struct Ended {
+    pub name: &'static str,
+    pub code: Option<i32>,
+    pub stderr: String,
+    /// From the kill to the side's exit.
+    pub took: Duration,
+}
+
+/// SIGKILLs the relay under a busy relayed pair and waits for each side to end.
+pub fn kill_under(serve: &mut Serve, sides: Vec<(&'static str, ChildGuard)>) -> Vec<Ended> {
+    serve.child.0.kill().expect("kill serve");
+    let _ = serve.child.0.wait();
+    let killed = Instant::now();
+    sides
+        .into_iter()
+        .map(|(name, mut c)| {
+            let (code, stderr) = c.0.wait_with_output_ref();
+            Ended {
+                name,
+                code,
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                took: killed.elapsed(),
+            }
+        })
+        .collect()
 }
 
 /// Two random-port symmetric NATs: no hole opens between them.
