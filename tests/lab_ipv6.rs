@@ -7,6 +7,7 @@
 mod common;
 
 use common::lab::{Lab, LabOptions, Node};
+use common::pair::{check_connected, pair, pair_sides, MIB};
 use serde_json::Value;
 use std::process::Output;
 
@@ -336,4 +337,68 @@ fn probe_classifies_ipv6_against_coturn_too() {
     assert_eq!(t["behind_nat"], false, "{v:#}");
     assert_eq!(t["mapping"], EI, "{v:#}");
     assert_eq!(t["filtering"], "unknown", "{v:#}");
+}
+
+/// `connect` beside IPv4 (issue 14, second phase): two hosts behind random-symmetric IPv4
+/// NATs (no IPv4 punch can be expected: a two-sided sweep over whole port ranges) whose IPv6
+/// is routed through the NAT namespaces' stateful firewalls. Each offers its IPv6 address
+/// among its locals and probes the other's from its IPv6 socket: the simultaneous probes
+/// open both firewalls, and 1 MiB each way crosses the IPv6 path.
+#[test]
+fn random_symmetric_ipv4_pair_connects_over_ipv6() {
+    let opts = LabOptions::new("symmetric-random").kind_b("symmetric-random");
+    let Some(lab) = Lab::up_with(opts.ipv6()) else {
+        return;
+    };
+    let _serve = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 1, "right", MIB, &["--relay", "off"]);
+    check_connected(&p, "direct", "random x random, IPv6 beside");
+    for (n, s, own) in [("A", &p.a, "2001:db8:1::2"), ("B", &p.b, "2001:db8:2::2")] {
+        let peer = s.report["peer"].as_str().unwrap_or_default();
+        let other = if own.contains(":1::") {
+            "[2001:db8:2::2]:"
+        } else {
+            "[2001:db8:1::2]:"
+        };
+        assert!(peer.starts_with(other), "{n}: peer {peer}\n{}", s.stderr);
+        assert!(
+            s.stderr.contains("IPv6: probing the peer at"),
+            "{n} says it tries IPv6:\n{}",
+            s.stderr
+        );
+        assert_eq!(s.report["path"], "direct", "{n}");
+    }
+}
+
+/// An IPv4-only peer (`-4`) and a dual-stack one: the dual-stack side's IPv6 candidates are
+/// left alone by the other, it says the peer offered none, and the pair meets over IPv4.
+#[test]
+fn ipv4_only_and_dual_stack_peers_connect_over_ipv4() {
+    let opts = LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone");
+    let Some(lab) = Lab::up_with(opts.ipv6()) else {
+        return;
+    };
+    let _serve = common::punchraw_serve_5780(&lab);
+    let p = pair_sides(&lab, 1, "right", MIB, [&[], &["-4"], &[]], &|| {
+        std::thread::sleep(std::time::Duration::from_millis(300))
+    });
+    check_connected(&p, "direct", "IPv4-only A, dual-stack B");
+    for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        let peer = s.report["peer"].as_str().unwrap_or_default();
+        assert!(
+            peer.parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.is_ipv4()),
+            "{n}: peer {peer}"
+        );
+    }
+    assert!(
+        !p.a.stderr.contains("IPv6"),
+        "-4 leaves IPv6 out:\n{}",
+        p.a.stderr
+    );
+    assert!(
+        p.b.stderr.contains("the peer offered no IPv6 address"),
+        "B:\n{}",
+        p.b.stderr
+    );
 }

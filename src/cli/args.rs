@@ -68,9 +68,15 @@ pub struct ConnectArgs {
     /// No status messages on stderr.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Local IP to use [default: the address the OS routes to the server from].
+    /// Local IP to use [default: the address the OS routes to the server from]. An IPv4
+    /// address also keeps the punch to IPv4.
     #[arg(long, value_name = "IP")]
     pub bind: Option<IpAddr>,
+    /// IPv4 only: offer the peer none of this host's IPv6 addresses. By default (UDP) the
+    /// punch also tries the peer's IPv6 addresses from this host's, beside IPv4, and keeps
+    /// whichever path is authenticated first.
+    #[arg(short = '4')]
+    pub ipv4_only: bool,
     /// Keep-alive interval on the established stream, in seconds; well under common NAT
     /// UDP timeouts (30 s on Linux for unreplied flows).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=25))]

@@ -296,6 +296,7 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         report: a.report,
         capture: a.capture,
         bind: a.bind,
+        ipv6: !a.ipv4_only && a.bind.is_none_or(|b| b.is_ipv6()),
         keepalive: Duration::from_secs(a.keepalive),
         rate: a.rate,
         window: a.window,

@@ -19,6 +19,57 @@ pub fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
         .ip())
 }
 
+/// This host's IPv6 addresses another host may reach: global unicast and unique-local
+/// (RFC 4193; reachable inside a site, and behind a NAT66 all a host has), in interface
+/// order, without loopback, link-local (which needs a scope), multicast or IPv4-mapped.
+pub fn ipv6_host_addresses() -> Vec<std::net::Ipv6Addr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for a in addrs {
+        let Some(ip) = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in6())
+            .map(|s| s.ip())
+        else {
+            continue;
+        };
+        let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+        if ip.is_loopback()
+            || ip.is_unspecified()
+            || ip.is_multicast()
+            || link_local
+            || ip.to_ipv4_mapped().is_some()
+            || out.contains(&ip)
+        {
+            continue;
+        }
+        out.push(ip);
+    }
+    out
+}
+
+/// A fresh non-blocking UDP socket for IPv6 only (IPV6_V6ONLY, so IPv4 never arrives as
+/// mapped addresses) on every address of the host, on an OS-chosen port.
+pub fn bind_ipv6_any() -> Result<(UdpSocket, u16), Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr: SocketAddr = "[::]:0".parse().expect("literal");
+    let bind = |source| Error::Bind { addr, source };
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).map_err(bind)?;
+    s.set_only_v6(true).map_err(bind)?;
+    s.bind(&addr.into()).map_err(bind)?;
+    s.set_nonblocking(true)
+        .map_err(|e| Error::io("cannot make a UDP socket non-blocking", e))?;
+    let s: UdpSocket = s.into();
+    let port = s
+        .local_addr()
+        .map_err(|e| Error::io("getsockname", e))?
+        .port();
+    Ok((s, port))
+}
+
 /// `n` fresh non-blocking UDP sockets on `ip` with OS-chosen ports, and their addresses.
 pub fn bind_fresh(ip: IpAddr, n: usize) -> Result<(Vec<UdpSocket>, Vec<SocketAddr>), Error> {
     let mut sockets = Vec::with_capacity(n);

@@ -560,6 +560,12 @@ pub struct PairNet {
     /// local candidate) then creates a mapping and moves a sequential counter. A NAT without
     /// a route for them drops them before translation, and its counter stays.
     pub routes_private: [bool; 2],
+    /// Each host's IPv6 address, routed (never translated) beside its IPv4 NAT
+    /// ([`PairNet::add_ipv6`]).
+    pub hosts6: [Option<IpAddr>; 2],
+    /// The stateful IPv6 firewall in front of each host, a "NAT" that keeps addresses and
+    /// ports and only filters; `None` routes IPv6 unfiltered.
+    firewalls6: [Option<SimNat>; 2],
     queue: BinaryHeap<InFlight>,
     seq: u64,
     rng: StdRng,
@@ -591,11 +597,35 @@ impl PairNet {
             loss: 0.0,
             loss_before_nat: 0.0,
             routes_private: [true; 2],
+            hosts6: [None, None],
+            firewalls6: [None, None],
             queue: BinaryHeap::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
             delivered: Vec::new(),
         }
+    }
+
+    /// Gives `side` a global IPv6 address (`2001:db8:<side+1>::2`), behind a stateful
+    /// firewall that lets in what answers the host's own traffic with `filtering`
+    /// (RFC 6092 section 3.2.3 recommends address-and-port-dependent), or unfiltered.
+    pub fn add_ipv6(&mut self, side: usize, filtering: Option<Behavior>) -> IpAddr {
+        let ip = IpAddr::V6(std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            side as u16 + 1,
+            0,
+            0,
+            0,
+            0,
+            2,
+        ));
+        self.hosts6[side] = Some(ip);
+        self.firewalls6[side] = filtering.map(|f| {
+            let b = NatBehavior::new(Behavior::EndpointIndependent, f, PortAlloc::Preserve);
+            SimNat::new(ip, b, side as u64)
+        });
+        ip
     }
 
     /// `n` new flows through `side`'s NAT from another program on the host (each to its own
@@ -631,7 +661,19 @@ impl PairNet {
         if self.loss_before_nat > 0.0 && self.rng.random_bool(self.loss_before_nat) {
             return;
         }
-        let ext = match &mut self.nats[side] {
+        if src.is_ipv4() != dst.is_ipv4() {
+            // A socket of one family cannot send to the other (EAFNOSUPPORT).
+            return;
+        }
+        let translator = if dst.is_ipv6() {
+            if self.hosts6[side].is_none() {
+                return;
+            }
+            &mut self.firewalls6[side]
+        } else {
+            &mut self.nats[side]
+        };
+        let ext = match translator {
             Some(nat) => match nat.outbound(now, src, dst) {
                 Some(ext) => ext,
                 None => return,
@@ -669,9 +711,14 @@ impl PairNet {
             self.now = self.now.max(p.at);
             let now = self.now;
             for side in 0..2 {
-                let internal = match &mut self.nats[side] {
+                let (host, translator) = if p.dst.is_ipv6() {
+                    (self.hosts6[side], &mut self.firewalls6[side])
+                } else {
+                    (Some(self.hosts[side]), &mut self.nats[side])
+                };
+                let internal = match translator {
                     Some(nat) if nat.public_ip == p.dst.ip() => nat.inbound(now, p.src, p.dst),
-                    None if self.hosts[side] == p.dst.ip() => Some(p.dst),
+                    None if host == Some(p.dst.ip()) => Some(p.dst),
                     _ => None,
                 };
                 if let Some(dst) = internal {

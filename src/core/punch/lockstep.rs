@@ -50,11 +50,11 @@ pub struct Lockstep {
 }
 
 /// Private candidates a side probes besides the public endpoint (each may or may not be a
-/// flow through its NAT).
+/// flow through its NAT; those of the other family never are).
 fn candidates(public: SocketAddr, locals: &[SocketAddr]) -> u16 {
     let mut seen: Vec<SocketAddr> = Vec::new();
     for a in locals {
-        if *a != public && !seen.contains(a) {
+        if *a != public && a.is_ipv4() == public.is_ipv4() && !seen.contains(a) {
             seen.push(*a);
         }
     }

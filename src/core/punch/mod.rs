@@ -39,6 +39,8 @@
 pub mod explain;
 pub mod lockstep;
 pub mod priming;
+mod targets;
+use targets::{same_family, targets};
 pub mod tcp;
 #[cfg(test)]
 mod tests;
@@ -295,71 +297,6 @@ impl PunchConfig {
     fn controlling(&self) -> bool {
         self.my_id > self.peer.id
     }
-}
-
-/// What socket 0 contacts every round, in order: the endpoint the server saw, then the local
-/// candidates.
-fn base_targets(public: SocketAddr, locals: &[SocketAddr]) -> Vec<SocketAddr> {
-    let mut v = vec![public];
-    v.extend(locals.iter().copied().filter(|a| *a != public));
-    v
-}
-
-/// Socket 0's targets: the peer's candidates, then (predict) the peer's next ports.
-///
-/// A sequential NAT gives each new flow the next port, so the peer's flow toward our k-th
-/// candidate leaves from its port `public + delta * k` (k from 1). When both sides predict,
-/// each side's window flows also take consecutive ports; if our i-th window target is the
-/// peer's port at offset `c_peer + i`, where `c_peer` counts the flows the peer makes before
-/// its window (its base targets plus one), our i-th flow and the peer's i-th flow are each
-/// other's reverse and both NATs let them through. That needs both counts exact; between two
-/// sequential NATs they are not known exactly, and [`lockstep`] searches over them instead.
-///
-/// With a port mapping: the peer's mapped endpoint and its local candidates, never its
-/// public endpoint (see the module note on conntrack clashes); a side whose peer has no
-/// mapping so sends to local candidates only, and answers what comes through its own.
-fn targets(cfg: &PunchConfig) -> Vec<SocketAddr> {
-    if cfg.strategy() == Strategy::Mapped {
-        let mut v: Vec<SocketAddr> = cfg.peer.mapped.into_iter().collect();
-        for a in &cfg.peer.locals {
-            if *a != cfg.peer.public && !v.contains(a) {
-                v.push(*a);
-            }
-        }
-        return v;
-    }
-    let mut v = base_targets(cfg.peer.public, &cfg.peer.locals);
-    if cfg.strategy() != Strategy::Predict || eim(&cfg.peer.nat) {
-        return v;
-    }
-    let step = cfg.peer.nat.delta.unwrap_or(1);
-    if let Some(l) = lockstep::Lockstep::new(cfg) {
-        // Both sides count: the flows before either window are not known exactly.
-        for a in l.targets(cfg.peer.public, step) {
-            if !v.contains(&a) {
-                v.push(a);
-            }
-        }
-        return v;
-    }
-    let first = if eim(&cfg.my_nat) {
-        1
-    } else {
-        1 + base_targets(cfg.my_public, &cfg.my_locals).len() as i32
-    };
-    let base = i32::from(cfg.peer.public.port());
-    // The ports below the expected first one come last, so they do not shift our own
-    // window flows' ports.
-    for k in (first..first + i32::from(cfg.window)).chain(1..first) {
-        let p = (base + step * k).rem_euclid(65536) as u16;
-        if p != 0 {
-            let a = SocketAddr::new(cfg.peer.public.ip(), p);
-            if !v.contains(&a) {
-                v.push(a);
-            }
-        }
-    }
-    v
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -669,7 +606,15 @@ impl Machine for Punch {
                     1
                 };
             for dst in self.fixed_targets.clone() {
-                self.request(0, dst, Role::Check);
+                let socket = if same_family(&dst, &self.cfg.my_public) {
+                    0
+                } else {
+                    match self.cfg.other_family_socket() {
+                        Some(s) => s,
+                        None => continue,
+                    }
+                };
+                self.request(socket, dst, Role::Check);
                 if let Some(t) = self.queue.back().cloned() {
                     for _ in 1..copies {
                         self.queue.push_back(t.clone());

@@ -59,6 +59,9 @@ struct Paths {
     budget: Duration,
     /// Loss on each side's way to its NAT, before the NAT maps a packet.
     loss_before_nat: f64,
+    /// Which sides also have a global IPv6 address behind a stateful firewall
+    /// (address-and-port-dependent filtering), offered among their locals.
+    ipv6: [bool; 2],
 }
 
 const PLAIN: Paths = Paths {
@@ -66,6 +69,7 @@ const PLAIN: Paths = Paths {
     other_flows: [0, 0],
     budget: Duration::from_secs(10),
     loss_before_nat: 0.0,
+    ipv6: [false; 2],
 };
 
 fn run(
@@ -100,6 +104,12 @@ fn run_on(
     let infos = [info(&a), info(&b)];
     let main: [SocketAddr; 2] = [0, 1].map(|i| SocketAddr::new(net.hosts[i], 40000));
     let public = [net.register(0, main[0]), net.register(1, main[1])];
+    // The IPv6 socket's address, the one after the IPv4 sockets.
+    let v6: [Option<SocketAddr>; 2] = [0, 1].map(|i| {
+        paths.ipv6[i]
+            .then(|| SocketAddr::new(net.add_ipv6(i, Some(AddressAndPortDependent)), 41000))
+    });
+    let locals = |i: usize| -> Vec<SocketAddr> { std::iter::once(main[i]).chain(v6[i]).collect() };
     for (side, n) in paths.other_flows.into_iter().enumerate() {
         net.other_flows(side, n);
     }
@@ -116,12 +126,12 @@ fn run_on(
                 my_id: ids[i].clone(),
                 my_nat: infos[i],
                 my_public: public[i],
-                my_locals: vec![main[i]],
+                my_locals: locals(i),
                 my_mapped: None,
                 peer: PeerData {
                     id: ids[j].clone(),
                     public: public[j],
-                    locals: vec![main[j]],
+                    locals: locals(j),
                     nat: infos[j],
                     tcp: None,
                     mapped: None,
@@ -147,9 +157,15 @@ fn run_on(
     );
     let sockets: Vec<Vec<SocketAddr>> = (0..2)
         .map(|i| {
-            (0..punches[i].config().sockets_needed())
+            let c = punches[i].config();
+            let mut v: Vec<SocketAddr> = (0..c.sockets_needed())
                 .map(|k| SocketAddr::new(net.hosts[i], 40000 + k as u16))
-                .collect()
+                .collect();
+            if let Some(k) = c.other_family_socket() {
+                assert_eq!(k, v.len(), "the IPv6 socket comes after the IPv4 ones");
+                v.extend(v6[i]);
+            }
+            v
         })
         .collect();
     let mut events: [Option<Event>; 2] = [None, None];
@@ -646,4 +662,63 @@ fn a_port_mapping_leaves_direct_and_is_ignored_without_one() {
     let mut mapped = plain.clone();
     mapped.peer.mapped = Some("198.51.100.1:4000".parse().unwrap());
     assert_eq!(mapped.strategy(), Strategy::Mapped);
+}
+
+/// Issue #14: two hosts behind random-symmetric IPv4 NATs (a two-sided sweep over whole port
+/// ranges: hopeless) whose IPv6 is routed through address-and-port-dependent firewalls. The
+/// IPv6 candidates among the locals are probed from the IPv6 socket every round, so the
+/// simultaneous probes open both firewalls within the first rounds and the pair is IPv6.
+#[test]
+fn random_symmetric_ipv4_pair_connects_over_ipv6_through_firewalls() {
+    let paths = Paths {
+        ipv6: [true, true],
+        budget: Duration::from_secs(5),
+        ..PLAIN
+    };
+    for seed in 0..10 {
+        let o = run_on(sym_random(), sym_random(), 0.0, seed, true, paths);
+        assert_eq!(o.strategy, Strategy::Sweep, "the IPv4 plan is unchanged");
+        assert_connected(&o, &format!("IPv6 beside random x random, seed {seed}"));
+        for e in &o.events {
+            let Some(Event::Connected { remote, socket, .. }) = e else {
+                unreachable!("checked connected")
+            };
+            assert!(remote.is_ipv6(), "seed {seed}: connected over {remote}");
+            assert!(*socket > 0, "not socket 0, the IPv4 one");
+        }
+        assert!(o.elapsed < Duration::from_secs(1), "{:?}", o.elapsed);
+    }
+    // At 10% loss too (probes repeat every round).
+    for seed in 0..10 {
+        let o = run_on(sym_random(), sym_random(), 0.1, seed, true, paths);
+        assert_connected(&o, &format!("IPv6 at 10% loss, seed {seed}"));
+    }
+}
+
+/// A dual-stack host and an IPv4-only one: the IPv4-only side has no socket for the IPv6
+/// candidates and ignores them, the dual-stack side's IPv6 probes reach nobody, and the pair
+/// meets over IPv4 as it would without IPv6. The prediction between two sequential NATs
+/// does not count the IPv6 candidates as flows through the NATs.
+#[test]
+fn dual_stack_and_ipv4_only_meet_over_ipv4() {
+    for (ipv6, what) in [
+        ([true, false], "A dual stack"),
+        ([false, true], "B dual stack"),
+    ] {
+        let paths = Paths { ipv6, ..PLAIN };
+        for seed in 0..5 {
+            for (a, b) in [
+                (cone(), sym_random()),
+                (sym_seq_from(20000 + 37 * seed as u16), sym_seq_from(41000)),
+            ] {
+                let o = run_on(a, b, 0.0, seed, true, paths);
+                assert_connected(&o, &format!("{what}, seed {seed}"));
+                for e in o.events.iter().flatten() {
+                    if let Event::Connected { remote, .. } = e {
+                        assert!(remote.is_ipv4(), "{what}: connected over {remote}");
+                    }
+                }
+            }
+        }
+    }
 }

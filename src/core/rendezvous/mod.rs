@@ -33,7 +33,8 @@ pub const MAGIC: &[u8; 4] = b"PRV1";
 /// Keeps every message inside one unfragmented datagram on any sane path.
 pub const MAX_MESSAGE: usize = 1200;
 const MAX_SESSION_NAME: usize = 128;
-const MAX_LOCALS: usize = 8;
+/// The most `locals` a register may carry.
+pub const MAX_LOCALS: usize = 8;
 /// `,"mac":"` + 64 hex digits + `"}`: the fixed tail of every signed message.
 const MAC_PREFIX: &[u8] = b",\"mac\":\"";
 const MAC_TAIL_LEN: usize = MAC_PREFIX.len() + 64 + 2;

@@ -31,6 +31,21 @@ pub(super) fn announce_udp_punch(
             l.peer_extra_max
         ));
     }
+    if pcfg.other_family_socket().is_some() {
+        let v6: Vec<String> = pcfg
+            .other_family_targets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        status.say(if v6.is_empty() {
+            "the peer offered no IPv6 address: IPv4 only".to_string()
+        } else {
+            format!(
+                "IPv6: probing the peer at {} directly, beside IPv4; the first path to answer authenticated is kept",
+                v6.join(", ")
+            )
+        });
+    }
     if strategy == Strategy::Sweep {
         status.say(udp_sweep_line(cfg, pcfg));
     }

@@ -5,9 +5,9 @@ use super::{Classified, ConnectConfig};
 use crate::core::classify::{counter_ahead, Allocation};
 use crate::core::stun::{Encoder, Message, MessageType, TransactionId};
 use crate::driver::Status;
-use crate::os::udp::bind_fresh;
+use crate::os::udp::{bind_fresh, bind_ipv6_any, ipv6_host_addresses};
 use crate::Error;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// Fresh sockets tried before a stale mapping is accepted as it is.
@@ -114,4 +114,44 @@ fn ask_port(sock: &UdpSocket, server: SocketAddr, rtt: Duration) -> Option<u16> 
         }
     }
     None
+}
+
+/// The IPv6 punch socket beside the IPv4 one, and the addresses the peer reaches it at.
+pub(super) struct Ipv6Side {
+    pub socket: UdpSocket,
+    /// This host's IPv6 addresses with the socket's port, offered among our locals.
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// With `connect` over UDP to an IPv4 server (not `-4`, no IPv4 `--bind`): a socket on every
+/// IPv6 address of this host, if it has one another host may reach. Those addresses are
+/// usually global and behind a stateful firewall, not a NAT: the peer probes them with the
+/// same port it sees in the candidate, and our probes toward its own open our firewall
+/// (RFC 6092 section 3.2.3). At most `room` candidates (the register's limit on locals).
+pub(super) fn open_ipv6(cfg: &ConnectConfig, status: &Status, room: usize) -> Option<Ipv6Side> {
+    if !cfg.ipv6 || cfg.tcp || cfg.server.is_ipv6() || room == 0 {
+        return None;
+    }
+    let ips = ipv6_host_addresses();
+    if ips.is_empty() {
+        return None;
+    }
+    let (socket, port) = match bind_ipv6_any() {
+        Ok(s) => s,
+        Err(e) => {
+            status.say(format!("IPv6 left out: {}", e.chain()));
+            return None;
+        }
+    };
+    let candidates: Vec<SocketAddr> = ips
+        .into_iter()
+        .take(room)
+        .map(|ip| SocketAddr::new(IpAddr::V6(ip), port))
+        .collect();
+    let shown: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+    status.say(format!(
+        "IPv6: offering {} beside IPv4 (-4 leaves it out)",
+        shown.join(", ")
+    ));
+    Some(Ipv6Side { socket, candidates })
 }

@@ -10,26 +10,19 @@ mod relay;
 mod rendezvous;
 mod stream;
 pub mod tcp_punch;
+mod udp_punch;
 
-use crate::core::punch::explain::{
-    describe_plan, explain_failure, explain_lockstep_failure, explain_tcp_failure,
-};
-use crate::core::punch::{
-    derive_key, tcp, Event as PunchEvent, Failure, Punch, PunchConfig, Strategy,
-};
+use crate::core::punch::explain::{describe_plan, explain_tcp_failure};
+use crate::core::punch::{derive_key, tcp, Strategy};
 use crate::core::rendezvous::client::{ClientConfig, Introduction};
-use crate::core::rendezvous::{NatInfo, TcpOffer};
-use crate::core::Machine;
+use crate::core::rendezvous::{NatInfo, TcpOffer, MAX_LOCALS};
 use crate::driver::kebab;
-use crate::driver::udp::{drive, flush};
 use crate::driver::Status;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
-use crate::os::udp::bind_fresh;
 use crate::transport::quic::{Identity, Role};
 use crate::transport::tls::TlsSide;
 use crate::Error;
-use announce::announce_udp_punch;
 use announce::finish_capture;
 use classify::{classify, Classified};
 use rendezvous::{hex_id, rendezvous, TcpOfferState};
@@ -38,7 +31,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use stream::{stream_udp, UdpPunched};
+use stream::stream_udp;
+use udp_punch::punch_udp;
 
 #[derive(Debug, Clone)]
 pub struct ConnectConfig {
@@ -50,6 +44,8 @@ pub struct ConnectConfig {
     pub report: Option<PathBuf>,
     pub capture: Option<PathBuf>,
     pub bind: Option<IpAddr>,
+    /// Offer and try IPv6 host addresses beside the IPv4 path (not `-4`).
+    pub ipv6: bool,
     pub keepalive: Duration,
     pub rate: u32,
     pub window: u16,
@@ -174,6 +170,15 @@ struct Me {
     /// Our UDP punch port as our router maps it.
     mapped: Option<SocketAddr>,
     secret: String,
+    ipv6: Option<main_socket::Ipv6Side>,
+}
+
+impl Me {
+    /// What the peer learns as our locals: the rendezvous socket's, then our IPv6 ones.
+    fn locals(&self) -> Vec<SocketAddr> {
+        let v6 = self.ipv6.iter().flat_map(|s| s.candidates.iter());
+        self.main_local.iter().chain(v6).copied().collect()
+    }
 }
 
 fn connect(
@@ -229,7 +234,9 @@ fn connect(
             portmap::Patience::for_mapping(classified.nat.mapping, Instant::now()),
         )?;
     }
+    let ipv6 = main_socket::open_ipv6(cfg, status, MAX_LOCALS - main_local.len());
     let me = Me {
+        ipv6,
         mapped,
         secret,
         classified,
@@ -417,7 +424,7 @@ fn meet(
         session: cfg.session.clone(),
         secret: me.secret.clone().into_bytes(),
         peer_id: me.my_id.clone(),
-        locals: me.main_local.clone(),
+        locals: me.locals(),
         nat: c.nat,
         tcp: first_offer,
         mapped: me.mapped.or(mapping.mapped),
@@ -451,115 +458,6 @@ fn meet(
         });
     }
     Ok((intro, tcp.map(|t| t.prep)))
-}
-
-/// Punches from the agreed start until a pair works both ways, the budget ends, or the
-/// peer's packets fail authentication.
-#[allow(clippy::too_many_arguments)]
-fn punch_udp(
-    cfg: &ConnectConfig,
-    status: &Status,
-    deadline: Instant,
-    report: &mut ConnectReport,
-    intro: Introduction,
-    main: UdpSocket,
-    me: Me,
-    mut capture: Option<Capture>,
-    shutdown: &Shutdown,
-) -> Result<UdpPunched, Error> {
-    let nat = me.classified.nat;
-    main.set_nonblocking(true)
-        .map_err(|e| Error::io("socket option", e))?;
-    let mut pcfg = PunchConfig {
-        my_id: me.my_id,
-        my_nat: nat,
-        my_public: intro.me,
-        my_locals: me.main_local.clone(),
-        my_mapped: me.mapped,
-        peer: intro.peer.clone(),
-        key: me.key,
-        fingerprint: me.fingerprint,
-        budget: cfg.punch_budget,
-        rate: cfg.rate,
-        window: cfg.window,
-        sweep_sockets: cfg.sweep_sockets,
-        seed: rand::random(),
-    };
-    let strategy = pcfg.strategy();
-    report.strategy = Some(strategy);
-    // The punch must end before the overall timeout.
-    let left = deadline.saturating_duration_since(intro.start);
-    pcfg.budget = pcfg.budget.min(left.max(Duration::from_secs(1)));
-    announce_udp_punch(status, cfg, &pcfg, &intro);
-    let mut sockets = vec![main];
-    let mut locals = me.main_local;
-    if pcfg.sockets_needed() > 1 {
-        let (more, more_locals) = bind_fresh(me.classified.local_ip, pcfg.sockets_needed() - 1)?;
-        sockets.extend(more);
-        locals.extend(more_locals);
-    }
-    let controlling = pcfg.my_id > pcfg.peer.id;
-    let mut punch = Punch::new(pcfg, intro.start);
-    let mut outcome = None;
-    status.say("punching ...");
-    drive(
-        &mut punch,
-        &sockets,
-        &locals,
-        capture.as_mut(),
-        shutdown,
-        |p| {
-            while let Some(ev) = p.poll_event() {
-                match ev {
-                    PunchEvent::Progress { probes } => {
-                        status.say(format!("sweep: {probes} probes sent"))
-                    }
-                    PunchEvent::Connected { .. } | PunchEvent::Failed(_) => outcome = Some(ev),
-                    PunchEvent::Started { .. } => {}
-                }
-            }
-            outcome.is_none()
-        },
-    )?;
-    report.probes_sent = punch.probes;
-    let (socket, remote, peer_fp) = match outcome {
-        Some(PunchEvent::Connected {
-            socket,
-            remote,
-            peer_fingerprint,
-            ..
-        }) => (socket, remote, peer_fingerprint),
-        Some(PunchEvent::Failed(Failure::AuthFailed { rejected })) => {
-            return Err(Error::AuthFailed { rejected });
-        }
-        _ => {
-            return Err(Error::PunchFailed {
-                strategy: strategy.as_str(),
-                probes: punch.probes,
-                explanation: match punch.lockstep() {
-                    Some(l) => explain_lockstep_failure(&l),
-                    None => explain_failure(&nat, &intro.peer.nat, strategy),
-                },
-            })
-        }
-    };
-    // The last answer and the nominations still go out on the chosen socket.
-    flush(&mut punch, &sockets, &locals, capture.as_mut())?;
-    finish_capture(capture, status)?;
-    let local = locals[socket];
-    let chosen = sockets.swap_remove(socket);
-    drop(sockets);
-    chosen
-        .set_nonblocking(false)
-        .map_err(|e| Error::io("socket option", e))?;
-    Ok(UdpPunched {
-        socket: chosen,
-        local,
-        remote,
-        peer_fp,
-        controlling,
-        strategy,
-    })
 }
 
 /// What the TCP punch starts from.
