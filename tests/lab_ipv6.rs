@@ -7,7 +7,7 @@
 mod common;
 
 use common::lab::{Lab, LabOptions, Node};
-use common::pair::{check_connected, pair, pair_sides, MIB};
+use common::pair::{check_connected, check_connected_over, pair, pair_sides, MIB};
 use serde_json::Value;
 use std::process::Output;
 
@@ -340,33 +340,52 @@ fn probe_classifies_ipv6_against_coturn_too() {
 }
 
 /// `connect` beside IPv4 (issue 14, second phase): two hosts behind random-symmetric IPv4
-/// NATs (no IPv4 punch can be expected: a two-sided sweep over whole port ranges) whose IPv6
-/// is routed through the NAT namespaces' stateful firewalls. Each offers its IPv6 address
-/// among its locals and probes the other's from its IPv6 socket: the simultaneous probes
-/// open both firewalls, and 1 MiB each way crosses the IPv6 path.
+/// NATs (no IPv4 punch can be expected: a two-sided sweep over whole port ranges, or a TCP
+/// window around an unpredictable port) whose IPv6 is routed through the NAT namespaces'
+/// stateful firewalls. Each offers its IPv6 address among its locals and punches it beside
+/// IPv4: the simultaneous probes (UDP) or SYNs (TCP) open both firewalls, and 1 MiB each way
+/// crosses the IPv6 path, over UDP and over TCP.
 #[test]
-fn random_symmetric_ipv4_pair_connects_over_ipv6() {
+fn random_symmetric_ipv4_pair_connects_over_ipv6_udp_and_tcp() {
     let opts = LabOptions::new("symmetric-random").kind_b("symmetric-random");
     let Some(lab) = Lab::up_with(opts.ipv6()) else {
         return;
     };
     let _serve = common::punchraw_serve_5780(&lab);
-    let p = pair(&lab, 1, "right", MIB, &["--relay", "off"]);
-    check_connected(&p, "direct", "random x random, IPv6 beside");
-    for (n, s, own) in [("A", &p.a, "2001:db8:1::2"), ("B", &p.b, "2001:db8:2::2")] {
-        let peer = s.report["peer"].as_str().unwrap_or_default();
-        let other = if own.contains(":1::") {
-            "[2001:db8:2::2]:"
-        } else {
-            "[2001:db8:1::2]:"
-        };
-        assert!(peer.starts_with(other), "{n}: peer {peer}\n{}", s.stderr);
-        assert!(
-            s.stderr.contains("IPv6: probing the peer at"),
-            "{n} says it tries IPv6:\n{}",
-            s.stderr
-        );
-        assert_eq!(s.report["path"], "direct", "{n}");
+    for (try_no, transport, extra, says) in [
+        (
+            1,
+            "udp",
+            &["--relay", "off"][..],
+            "IPv6: probing the peer at",
+        ),
+        (
+            2,
+            "tcp",
+            &["--relay", "off", "--tcp"][..],
+            "IPv6: punching TCP to",
+        ),
+    ] {
+        let p = pair(&lab, try_no, "right", MIB, extra);
+        let what = format!("random x random, IPv6 beside, {transport}");
+        check_connected_over(&p, transport, "direct", &what);
+        for (n, s, other) in [
+            ("A", &p.a, "[2001:db8:2::2]:"),
+            ("B", &p.b, "[2001:db8:1::2]:"),
+        ] {
+            let peer = s.report["peer"].as_str().unwrap_or_default();
+            assert!(
+                peer.starts_with(other),
+                "{what}: {n}: peer {peer}\n{}",
+                s.stderr
+            );
+            assert!(
+                s.stderr.contains(says),
+                "{what}: {n} says it tries IPv6:\n{}",
+                s.stderr
+            );
+            assert_eq!(s.report["path"], "direct", "{what}: {n}");
+        }
     }
 }
 

@@ -134,7 +134,7 @@ fn run_side(side: Side, start: Arc<Barrier>) -> Result<Outcome, String> {
     };
     enter(&side.ns).map_err(|e| err("setns")(&e))?;
     let _hold = placeholder(side.local).map_err(|e| err("placeholder")(&e))?;
-    let rules = PunchRules::install(IpAddr::V4(*side.peer.ip()), false)
+    let rules = PunchRules::install(&[IpAddr::V4(*side.peer.ip())], false)
         .map_err(|e| err("nft rules")(&e))?;
     let watcher = Watcher::open(&[IpAddr::V4(*side.peer.ip())]).map_err(|e| err("watcher")(&e))?;
     let raw = RawTcpSender::open().map_err(|e| err("raw socket")(&e))?;

@@ -71,7 +71,7 @@ async fn server_keeps(
 async fn one_mebibyte_each_way_with_half_close() {
     let (client, server) = sides(true);
     let (a, b) = tcp_pair().await;
-    let turn = tokio::sync::Mutex::new(());
+    let turn = tls::Commitment::default();
     let (ca, sb) = tokio::join!(client.handshake(a, Some(&turn)), server_keeps(&server, b));
     let (ca, sb) = (ca.expect("client handshake"), sb.expect("server handshake"));
     let (out_a, out_b) = (Sink::default(), Sink::default());
@@ -193,7 +193,7 @@ async fn the_transfer_ends_after_the_peer_acknowledged_everything() {
     let (a, b) = (a.unwrap(), b.unwrap().0);
     // Room on our side for what the peer does not take yet, so our writes finish early.
     let _ = socket2::SockRef::from(&a).set_send_buffer_size(1 << 20);
-    let turn = tokio::sync::Mutex::new(());
+    let turn = tls::Commitment::default();
     let (ca, sb) = tokio::join!(client.handshake(a, Some(&turn)), server_keeps(&server, b));
     let sink = SlowSink {
         hold: Duration::from_millis(500),
@@ -221,5 +221,30 @@ async fn the_transfer_ends_after_the_peer_acknowledged_everything() {
         ended >= took_from,
         "our transfer ended {:?} before the peer started taking our bytes",
         took_from - ended
+    );
+}
+
+/// Two punches at once (one per address family) share one commitment: once the client's
+/// commitment on one connection was accepted, a second authenticated connection is refused
+/// before any COMMIT goes out on it, so the server can never keep another one.
+#[tokio::test]
+async fn after_one_accepted_commitment_no_other_connection_commits() {
+    let (client, server) = sides(true);
+    let turn = tls::Commitment::default();
+    let (a, b) = tcp_pair().await;
+    let (ca, sb) = tokio::join!(client.handshake(a, Some(&turn)), server_keeps(&server, b));
+    ca.expect("first connection commits");
+    sb.expect("server keeps it");
+    let (a2, b2) = tcp_pair().await;
+    let server_side = async {
+        // The server's handshake waits for a COMMIT that never comes.
+        tokio::time::timeout(Duration::from_millis(500), server.handshake(b2, None)).await
+    };
+    let (ca2, sb2) = tokio::join!(client.handshake(a2, Some(&turn)), server_side);
+    let e = ca2.expect_err("the second connection is refused");
+    assert!(e.to_string().contains("carries the stream"), "{e}");
+    assert!(
+        !matches!(sb2, Ok(Ok(_))),
+        "the server got no commitment on the second connection"
     );
 }

@@ -81,6 +81,10 @@ pub fn shared_port_socket(local: SocketAddr) -> io::Result<Socket> {
     )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    if local.is_ipv6() {
+        // Never IPv4-mapped: the IPv4 side of the port is another punch's, or nobody's.
+        s.set_only_v6(true)?;
+    }
     s.bind(&local.into())?;
     Ok(s)
 }

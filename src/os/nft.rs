@@ -90,7 +90,8 @@ pub struct PunchRules {
 }
 
 impl PunchRules {
-    /// Drops this host's RSTs toward `peer` and ICMP destination-unreachable from it, and
+    /// Drops this host's RSTs toward each of `peers` and ICMP destination-unreachable from
+    /// them, and
     /// (with `drop_time_exceeded`) ICMP time-exceeded toward this host, until the guard is
     /// dropped.
     ///
@@ -101,25 +102,30 @@ impl PunchRules {
     /// 4.2.3.9). Dropping the error on this host keeps the socket in SYN-SENT, so the peer's
     /// SYN, which our NAT still lets in, completes it. The AF_PACKET watcher sees the error
     /// before netfilter and still reports it.
-    pub fn install(peer: IpAddr, drop_time_exceeded: bool) -> Result<Self, Error> {
+    pub fn install(peers: &[IpAddr], drop_time_exceeded: bool) -> Result<Self, Error> {
         remove_stale();
         let table = format!("{PREFIX}{}", std::process::id());
-        let (family, icmp) = if peer.is_ipv4() {
-            // Not fragmentation-needed: path MTU discovery must go on working.
-            (
-                "ip",
-                "icmp type destination-unreachable icmp code != frag-needed",
-            )
-        } else {
-            ("ip6", "icmpv6 type destination-unreachable")
-        };
         let mut script = format!(
             "add table inet {table}\n\
              add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}\n\
-             add rule inet {table} out {family} daddr {peer} tcp flags & rst == rst counter drop\n\
-             add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n\
-             add rule inet {table} in {family} saddr {peer} {icmp} counter drop\n"
+             add chain inet {table} in {{ type filter hook input priority 0; policy accept; }}\n"
         );
+        for peer in peers {
+            let (family, icmp) = if peer.is_ipv4() {
+                // Not fragmentation-needed: path MTU discovery must go on working.
+                (
+                    "ip",
+                    "icmp type destination-unreachable icmp code != frag-needed",
+                )
+            } else {
+                // Not packet-too-big (a type of its own in ICMPv6): the same reason.
+                ("ip6", "icmpv6 type destination-unreachable")
+            };
+            script.push_str(&format!(
+                "add rule inet {table} out {family} daddr {peer} tcp flags & rst == rst counter drop\n\
+                 add rule inet {table} in {family} saddr {peer} {icmp} counter drop\n"
+            ));
+        }
         if drop_time_exceeded {
             script.push_str(&format!(
                 "add rule inet {table} in icmp type time-exceeded counter drop\n\

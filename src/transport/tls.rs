@@ -39,6 +39,11 @@ pub const COMMIT: u8 = 0xc1;
 /// The server's answer: "accepted; I use this one too".
 pub const ACCEPT: u8 = 0xa1;
 
+/// The TLS client's turn to commit, shared by every connection of a punch (and by the
+/// punches of both address families): one commitment at a time, none after one was accepted.
+#[derive(Default)]
+pub struct Commitment(tokio::sync::Mutex<bool>);
+
 /// Our side of the TLS setup: who we are, whom we accept, and which role we play.
 pub struct TlsSide {
     role: Role,
@@ -63,13 +68,14 @@ impl TlsSide {
 
     /// The TLS handshake on `tcp`, within the timeout; the client then sends [`COMMIT`] and
     /// waits for [`ACCEPT`] (holding `commit`, when given, which serialises commitments across
-    /// connections; that part is bounded by the caller). The server returns once the client's
-    /// commitment arrived, also within the timeout; it still owes the [`ACCEPT`], which
-    /// [`accept_commitment`] sends on the one connection it keeps.
+    /// connections, and once one was accepted refuses every later one: two punches at once,
+    /// one per address family, share it; that part is bounded by the caller). The server
+    /// returns once the client's commitment arrived, also within the timeout; it still owes
+    /// the [`ACCEPT`], which [`accept_commitment`] sends on the one connection it keeps.
     pub async fn handshake(
         &self,
         tcp: TcpStream,
-        commit: Option<&tokio::sync::Mutex<()>>,
+        commit: Option<&Commitment>,
     ) -> Result<TlsStream<TcpStream>, StreamError> {
         let peer = tcp.peer_addr().map_err(|e| StreamError::ConnectionLost {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -100,10 +106,15 @@ impl TlsSide {
                 // the punch bounds that wait. Once COMMIT is sent the server may have
                 // accepted this connection and dropped the others, so only the connection
                 // ending (not a timeout) lets us give it up.
-                let _turn = match commit {
-                    Some(m) => Some(m.lock().await),
+                let mut turn = match commit {
+                    Some(m) => Some(m.0.lock().await),
                     None => None,
                 };
+                if turn.as_deref() == Some(&true) {
+                    return Err(StreamError::Setup(format!(
+                        "another connection than the one with {peer} carries the stream"
+                    )));
+                }
                 s.write_all(&[COMMIT])
                     .await
                     .map_err(|e| self.error(peer, &verifier, e))?;
@@ -118,6 +129,9 @@ impl TlsSide {
                     "its answer to our commitment",
                 )
                 .await?;
+                if let Some(decided) = turn.as_deref_mut() {
+                    *decided = true;
+                }
                 Ok(TlsStream::from(s))
             }
             Role::Server => {

@@ -7,7 +7,7 @@ use crate::core::stun::{Encoder, Message, MessageType, TransactionId};
 use crate::driver::Status;
 use crate::os::udp::{bind_fresh, bind_ipv6_any, ipv6_host_addresses};
 use crate::Error;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// Fresh sockets tried before a stale mapping is accepted as it is.
@@ -118,29 +118,49 @@ fn ask_port(sock: &UdpSocket, server: SocketAddr, rtt: Duration) -> Option<u16> 
 
 /// The IPv6 punch socket beside the IPv4 one, and the addresses the peer reaches it at.
 pub(super) struct Ipv6Side {
-    pub socket: UdpSocket,
+    /// UDP: the socket that punches.
+    pub udp: Option<UdpSocket>,
+    /// TCP: a socket holding the punch port (SO_REUSEPORT, not listening) until the punch's
+    /// own sockets bind beside it.
+    pub tcp_hold: Option<socket2::Socket>,
     /// This host's IPv6 addresses with the socket's port, offered among our locals.
     pub candidates: Vec<SocketAddr>,
 }
 
-/// With `connect` over UDP to an IPv4 server (not `-4`, no IPv4 `--bind`): a socket on every
-/// IPv6 address of this host, if it has one another host may reach. Those addresses are
-/// usually global and behind a stateful firewall, not a NAT: the peer probes them with the
-/// same port it sees in the candidate, and our probes toward its own open our firewall
-/// (RFC 6092 section 3.2.3). At most `room` candidates (the register's limit on locals).
+/// With `connect` to an IPv4 server (not `-4`, no IPv4 `--bind`): a UDP socket, or with
+/// `--tcp` a TCP port, on every IPv6 address of this host, if it has one another host may
+/// reach. Those addresses are usually global and behind a stateful firewall, not a NAT: the
+/// peer tries them with the port it sees in the candidate, and our packets toward its own
+/// open our firewall (RFC 6092 sections 3.2.3 and 3.3.3). At most `room` candidates (the
+/// register's limit on locals).
 pub(super) fn open_ipv6(cfg: &ConnectConfig, status: &Status, room: usize) -> Option<Ipv6Side> {
-    if !cfg.ipv6 || cfg.tcp || cfg.server.is_ipv6() || room == 0 {
+    if !cfg.ipv6 || cfg.server.is_ipv6() || room == 0 {
         return None;
     }
     let ips = ipv6_host_addresses();
     if ips.is_empty() {
         return None;
     }
-    let (socket, port) = match bind_ipv6_any() {
-        Ok(s) => s,
-        Err(e) => {
-            status.say(format!("IPv6 left out: {}", e.chain()));
-            return None;
+    let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+    let (udp, tcp_hold, port) = if cfg.tcp {
+        let held = crate::driver::tcp_stun::shared_port_socket(any).and_then(|s| {
+            let port = s.local_addr()?.as_socket().map_or(0, |a| a.port());
+            Ok((s, port))
+        });
+        match held {
+            Ok((s, port)) => (None, Some(s), port),
+            Err(e) => {
+                status.say(format!("IPv6 left out: cannot bind a TCP port: {e}"));
+                return None;
+            }
+        }
+    } else {
+        match bind_ipv6_any() {
+            Ok((s, port)) => (Some(s), None, port),
+            Err(e) => {
+                status.say(format!("IPv6 left out: {}", e.chain()));
+                return None;
+            }
         }
     };
     let candidates: Vec<SocketAddr> = ips
@@ -153,5 +173,9 @@ pub(super) fn open_ipv6(cfg: &ConnectConfig, status: &Status, room: usize) -> Op
         "IPv6: offering {} beside IPv4 (-4 leaves it out)",
         shown.join(", ")
     ));
-    Some(Ipv6Side { socket, candidates })
+    Some(Ipv6Side {
+        udp,
+        tcp_hold,
+        candidates,
+    })
 }

@@ -296,6 +296,7 @@ fn connect(
             my_id: me.my_id,
             rtt: me.classified.rtt,
             my_mapped: tcp_mapping.mapped,
+            ipv6: me.ipv6,
         };
         return match connect_tcp(cfg, status, started, report, start, capture, &shutdown) {
             Err(failed @ Error::PunchFailed { .. }) => relayed(failed, report),
@@ -471,6 +472,8 @@ struct TcpStart {
     rtt: Duration,
     /// Our TCP punch port as our router maps it.
     my_mapped: Option<SocketAddr>,
+    /// Our IPv6 TCP punch port, held, and the candidates the peer was offered.
+    ipv6: Option<main_socket::Ipv6Side>,
 }
 
 /// The TCP punch both sides agreed on, from our prediction and the peer's verified offer.
@@ -500,7 +503,18 @@ fn connect_tcp(
     let plan = plan_tcp(cfg, status, started + cfg.timeout, &t)?;
     report.strategy = Some(plan.strategy);
     let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
-    stream::stream_tcp(status, started, report, punched, plan.strategy, shutdown)
+    // The IPv6 path is direct, whatever the IPv4 plan was.
+    let strategy = if punched.conn.remote.is_ipv6() {
+        status.say(format!(
+            "the {} path came first: over IPv6",
+            punched.conn.remote
+        ));
+        report.strategy = Some(Strategy::Direct);
+        Strategy::Direct
+    } else {
+        plan.strategy
+    };
+    stream::stream_tcp(status, started, report, punched, strategy, shutdown)
 }
 
 /// Verifies the peer's offer and settles what each side does; says so.
@@ -550,10 +564,13 @@ fn plan_tcp(
             describe_plan(plan, cfg.window, cfg.sweep_sockets)
         ));
     }
-    if strategy == Strategy::Sweep {
+    if strategy == Strategy::Sweep && matches!(plan, tcp::Plan::Window { .. }) {
+        // A sweep's odds need one side that can be found; this window has none to offer.
+        status.say("no birthday sweep over TCP: both NATs are symmetric with random ports, so neither can be found by one; the window connects only by luck");
+    } else if strategy == Strategy::Sweep {
         let probes = u64::from(cfg.rate) * budget.as_secs().max(1);
         status.say(format!(
-            "birthday sweep over TCP: for {} s at {} attempts/s against {} mappings; expected success probability {:.1}%{}",
+            "birthday sweep over TCP: for {} s at {} attempts/s against {} mappings; expected success probability {:.1}%",
             budget.as_secs(),
             cfg.rate,
             cfg.sweep_sockets,
@@ -568,11 +585,6 @@ fn plan_tcp(
                         &me
                     }),
                 ),
-            if matches!(plan, tcp::Plan::Window { .. }) {
-                " (neither NAT can be found by a sweep: both are symmetric with random ports)"
-            } else {
-                ""
-            }
         ));
     }
     Ok(TcpPlan {
@@ -604,9 +616,25 @@ fn punch_tcp(
         identity,
         my_id,
         rtt,
+        ipv6,
         ..
     } = t;
     let peer_ip = p.peer_ip;
+    // Our IPv6 punch port, when the peer offered an IPv6 address too; the port is let go
+    // here, as privileges are dropped, so the punch's own sockets can bind it.
+    let v6_local = ipv6.and_then(|s| {
+        drop(s.tcp_hold);
+        let port = s.candidates.first()?.port();
+        let peer = intro.peer.locals.iter().find(|a| a.is_ipv6())?;
+        status.say(format!(
+            "IPv6: punching TCP to {peer} from port {port} directly, beside IPv4; the first connection to authenticate is kept"
+        ));
+        Some(SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port))
+    });
+    let v6_peer = v6_local.and_then(|_| intro.peer.locals.iter().find(|a| a.is_ipv6()));
+    let peers: Vec<IpAddr> = std::iter::once(peer_ip)
+        .chain(v6_peer.map(SocketAddr::ip))
+        .collect();
     let (prime_ttl, line) = if p.strategy == Strategy::Mapped {
         // A SYN that dies on the way only delays the connection to a mapping by the
         // kernel's 1 s retransmission: nothing needs opening in our NAT.
@@ -618,10 +646,12 @@ fn punch_tcp(
         tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt)
     };
     status.say(line);
-    let (watcher, rules, raw) = tcp_punch::arm(peer_ip, prime_ttl.is_some(), cfg.syn_engine)?;
+    let (watcher, rules, raw) = tcp_punch::arm(&peers, prime_ttl.is_some(), cfg.syn_engine)?;
+    let shown: Vec<String> = peers.iter().map(ToString::to_string).collect();
     status.say(format!(
-        "nft table inet {} drops this host's RSTs to {peer_ip} until the punch ends",
-        rules.table()
+        "nft table inet {} drops this host's RSTs to {} until the punch ends",
+        rules.table(),
+        shown.join(" and ")
     ));
     let role = if my_id > intro.peer.id {
         Role::Client
@@ -650,11 +680,18 @@ fn punch_tcp(
         rtt: tcp_punch::peer_rtt(rtt),
         first_syn_copies: tcp::first_syn_copies(&p.me),
         raw,
+        commitment: Default::default(),
     };
+    let also = v6_local.and_then(|l| tcp_punch::ipv6_setup(&setup, l, &intro.peer.locals));
     status.say("punching TCP ...");
-    let outcome = tcp_punch::punch(&setup, watcher, capture.as_mut(), shutdown, &mut |line| {
-        status.say(line)
-    });
+    let outcome = tcp_punch::punch(
+        &setup,
+        also.as_ref(),
+        watcher,
+        capture.as_mut(),
+        shutdown,
+        &mut |line| status.say(line),
+    );
     if let Err(e) = rules.remove() {
         status.say(format!("warning: {e}"));
     }

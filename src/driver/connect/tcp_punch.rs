@@ -16,6 +16,7 @@
 //! sets IP_TTL on the socket for its first SYN only; the raw engine writes the TTL into the
 //! packet.
 
+mod dual;
 mod predict;
 mod raw;
 mod watch;
@@ -36,9 +37,12 @@ use crate::os::ttl;
 use crate::transport::tls::{self, TlsSide};
 use crate::transport::{Role, StreamStats};
 use crate::Error;
+pub use dual::ipv6_setup;
+use dual::{first_connected, Lane};
 pub use predict::{prepare, prepare_from, Reserved, TcpPrep};
 pub use raw::{peer_rtt, SynEngine};
 use socket2::{SockRef, TcpKeepalive};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -150,6 +154,9 @@ pub struct PunchSetup {
     pub first_syn_copies: u8,
     /// The raw socket, with `--syn-engine raw` ([`arm`] opens it).
     pub raw: Option<RawTcpSender>,
+    /// Serialises the TLS client's commitments across connections, and across the punches of
+    /// both families, which share it (see `transport::tls`).
+    pub commitment: Arc<tls::Commitment>,
 }
 
 impl PunchSetup {
@@ -227,25 +234,26 @@ enum Ev {
     Tls(Option<u64>, Box<Result<TlsStream<TcpStream>, StreamError>>),
 }
 
-/// Opens the watcher, the nft rules and (raw engine) the raw socket, then gives up root
+/// Opens the watcher and the nft rules for `peers` (the peer's IPv4 address, and its IPv6
+/// one when both families are punched) and (raw engine, IPv4) the raw socket, then gives up root
 /// (keeping CAP_NET_ADMIN, which the rules' removal and TCP_REPAIR need). Returns the guards;
 /// dropping them undoes all.
 pub fn arm(
-    peer: IpAddr,
+    peers: &[IpAddr],
     priming: bool,
     engine: SynEngine,
 ) -> Result<(Watcher, PunchRules, Option<RawTcpSender>), Error> {
-    let watcher = Watcher::open(&[peer]).map_err(|e| {
+    let watcher = Watcher::open(peers).map_err(|e| {
         Error::io(
             "cannot open the AF_PACKET socket that watches the punch (needs CAP_NET_RAW)",
             e,
         )
     })?;
     let sender = match engine {
-        SynEngine::Raw if peer.is_ipv4() => Some(raw::open_sender()?),
+        SynEngine::Raw if peers.first().is_some_and(IpAddr::is_ipv4) => Some(raw::open_sender()?),
         _ => None,
     };
-    let rules = PunchRules::install(peer, priming)?;
+    let rules = PunchRules::install(peers, priming)?;
     match privileges::drop_except(&[CAP_NET_ADMIN]) {
         Ok(d) => tracing::info!(user = ?d.user, "privileges dropped, CAP_NET_ADMIN kept"),
         Err(e) => tracing::warn!("could not drop privileges: {e}"),
@@ -256,10 +264,17 @@ pub fn arm(
     Ok((watcher, rules, sender))
 }
 
-/// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C.
-/// `on_status` gets the lines worth telling the user.
+/// The capture, shared by the punches of both families.
+type CaptureCell<'a> = RefCell<Option<&'a mut Capture>>;
+
+/// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C. With
+/// `also` (the peer's IPv6 beside IPv4), that punch runs at the same time on kernel sockets
+/// and the first connection to authenticate is kept: the TLS client commits to one only
+/// (the two share [`PunchSetup::commitment`]), and the other punch is dropped with all it
+/// opened. `on_status` gets the lines worth telling the user.
 pub fn punch(
     setup: &PunchSetup,
+    also: Option<&PunchSetup>,
     watcher: Watcher,
     capture: Option<&mut Capture>,
     shutdown: &Shutdown,
@@ -269,9 +284,12 @@ pub fn punch(
         .enable_all()
         .build()
         .map_err(|e| PunchEnd::Setup(Error::io("cannot start the async runtime", e)))?;
-    // The watcher blocks in poll(2); a thread feeds its packets in.
+    // The watcher blocks in poll(2); a thread feeds its packets in, each to its family's
+    // punch.
     let stop = Arc::new(AtomicBool::new(false));
     let (pkt_tx, mut pkt_rx) = mpsc::unbounded_channel();
+    let (also_tx, mut also_rx) = mpsc::unbounded_channel();
+    let also_peer = also.map(|s| s.peer_ip);
     let watch = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -284,7 +302,11 @@ pub fn punch(
                         Err(_) => return,
                     }
                     while let Ok(Some(p)) = watcher.recv() {
-                        if pkt_tx.send(p).is_err() || stop.load(Ordering::Relaxed) {
+                        let to = match also_peer {
+                            Some(peer) if concerns(&p, peer) => &also_tx,
+                            _ => &pkt_tx,
+                        };
+                        if to.send(p).is_err() || stop.load(Ordering::Relaxed) {
                             return;
                         }
                     }
@@ -292,7 +314,7 @@ pub fn punch(
             })
             .map_err(|e| PunchEnd::Setup(Error::io("cannot start the watcher thread", e)))?
     };
-    let mut capture = capture;
+    let capture: CaptureCell<'_> = RefCell::new(capture);
     let engine = setup
         .raw
         .as_ref()
@@ -300,30 +322,43 @@ pub fn punch(
     if setup.raw.is_some() && engine.is_none() {
         on_status("the raw SYN engine leaves the spraying side of a sweep to kernel sockets (a fresh port per attempt); punching with them".into());
     }
+    let status = RefCell::new(on_status);
+    let mut say = |line: String| (*status.borrow_mut())(line);
+    let mut say_also = |line: String| (*status.borrow_mut())(format!("IPv6: {line}"));
     let result = runtime.block_on(async {
-        match engine {
-            Some((sender, engine)) => {
-                raw::run(
-                    setup,
-                    engine,
-                    sender,
-                    &mut pkt_rx,
-                    &mut capture,
-                    shutdown,
-                    on_status,
-                )
-                .await
+        let first: Lane<'_> = match engine {
+            Some((sender, engine)) => Box::pin(raw::run(
+                setup,
+                engine,
+                sender,
+                &mut pkt_rx,
+                &capture,
+                shutdown,
+                &mut say,
+            )),
+            None => Box::pin(run_punch(setup, &mut pkt_rx, &capture, shutdown, &mut say)),
+        };
+        match also {
+            None => first.await,
+            Some(v6) => {
+                let second = run_punch(v6, &mut also_rx, &capture, shutdown, &mut say_also);
+                first_connected(first, Box::pin(second)).await
             }
-            None => run_punch(setup, &mut pkt_rx, &mut capture, shutdown, on_status).await,
         }
     });
     stop.store(true, Ordering::Relaxed);
     let _ = watch.join();
     // Packets seen up to the end still go to the capture.
-    while let Ok(p) = pkt_rx.try_recv() {
-        if let Some(c) = capture.as_deref_mut() {
-            if concerns(&p, setup.peer_ip) {
-                let _ = c.ip(&p.data, p.at);
+    let mut capture = capture.into_inner();
+    for (rx, peer) in [
+        (&mut pkt_rx, Some(setup.peer_ip)),
+        (&mut also_rx, also_peer),
+    ] {
+        while let Ok(p) = rx.try_recv() {
+            if let (Some(c), Some(peer)) = (capture.as_deref_mut(), peer) {
+                if concerns(&p, peer) {
+                    let _ = c.ip(&p.data, p.at);
+                }
             }
         }
     }
@@ -378,8 +413,6 @@ struct PunchLoop<'a> {
     tasks: HashMap<u64, JoinHandle<()>>,
     /// The listener and the TLS handshakes.
     others: Vec<JoinHandle<()>>,
-    /// Serialises the TLS client's commitments across connections (see `transport::tls`).
-    commit_turn: Arc<tokio::sync::Mutex<()>>,
     seen: WatchCounts,
     auth_failure: Option<Box<StreamError>>,
     handshakes: usize,
@@ -397,7 +430,7 @@ enum Turn {
 async fn run_punch(
     setup: &PunchSetup,
     packets: &mut mpsc::UnboundedReceiver<crate::os::packet::Packet>,
-    capture: &mut Option<&mut Capture>,
+    capture: &CaptureCell<'_>,
     shutdown: &Shutdown,
     on_status: &mut dyn FnMut(String),
 ) -> Result<Connection, PunchEnd> {
@@ -461,7 +494,6 @@ impl<'a> PunchLoop<'a> {
             tx,
             tasks: HashMap::new(),
             others: Vec::new(),
-            commit_turn: Arc::new(tokio::sync::Mutex::new(())),
             seen: WatchCounts::default(),
             auth_failure: None,
             handshakes: 0,
@@ -548,7 +580,7 @@ impl<'a> PunchLoop<'a> {
     fn on_packet(
         &mut self,
         p: &crate::os::packet::Packet,
-        capture: &mut Option<&mut Capture>,
+        capture: &CaptureCell<'_>,
         on_status: &mut dyn FnMut(String),
     ) {
         if let Some(s) = &p.seen {
@@ -556,7 +588,7 @@ impl<'a> PunchLoop<'a> {
                 on_status(line);
             }
         }
-        if let Some(c) = capture.as_deref_mut() {
+        if let Some(c) = capture.borrow_mut().as_deref_mut() {
             if concerns(p, self.setup.peer_ip) {
                 if let Err(e) = c.ip(&p.data, p.at) {
                     tracing::warn!("capture: {e}");
@@ -663,7 +695,7 @@ impl<'a> PunchLoop<'a> {
     fn spawn_tls(&mut self, stream: TcpStream, attempt: Option<u64>) {
         let _ = stream.set_nodelay(true);
         let tx = self.tx.clone();
-        let turn = self.commit_turn.clone();
+        let turn = self.setup.commitment.clone();
         let side = self.setup.tls.clone();
         self.handshakes += 1;
         self.others.push(tokio::spawn(async move {
@@ -689,6 +721,15 @@ impl<'a> PunchLoop<'a> {
         for t in self.others.drain(..) {
             t.abort();
         }
+    }
+}
+
+/// A punch given up because the other family's connected first leaves nothing running in
+/// the runtime that goes on to carry the stream (its listener would accept, its attempts
+/// connect).
+impl Drop for PunchLoop<'_> {
+    fn drop(&mut self) {
+        self.abort_all();
     }
 }
 

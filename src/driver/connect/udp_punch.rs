@@ -64,9 +64,11 @@ pub(super) fn punch_udp(
         locals.extend(more_locals);
     }
     if let (Some(k), Some(v6)) = (pcfg.other_family_socket(), me.ipv6) {
-        debug_assert_eq!(k, sockets.len(), "the IPv6 socket follows the IPv4 ones");
-        sockets.push(v6.socket);
-        locals.push(v6.candidates[0]);
+        if let Some(socket) = v6.udp {
+            debug_assert_eq!(k, sockets.len(), "the IPv6 socket follows the IPv4 ones");
+            sockets.push(socket);
+            locals.push(v6.candidates[0]);
+        }
     }
     let controlling = pcfg.my_id > pcfg.peer.id;
     let mut punch = Punch::new(pcfg, intro.start);

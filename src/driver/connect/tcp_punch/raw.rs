@@ -14,7 +14,6 @@ use super::{Connection, PunchEnd, PunchLoop, PunchSetup, Turn, TICK};
 use crate::core::punch::tcp::raw::{RawConfig, RawPunch};
 use crate::core::punch::tcp::Plan;
 use crate::driver::tcp_stun;
-use crate::os::capture::Capture;
 use crate::os::packet::Packet;
 use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
@@ -83,7 +82,7 @@ pub(super) async fn run(
     mut engine: RawPunch,
     sender: &RawTcpSender,
     packets: &mut mpsc::UnboundedReceiver<Packet>,
-    capture: &mut Option<&mut Capture>,
+    capture: &super::CaptureCell<'_>,
     shutdown: &Shutdown,
     on_status: &mut dyn FnMut(String),
 ) -> Result<Connection, PunchEnd> {

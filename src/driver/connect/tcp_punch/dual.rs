@@ -1,0 +1,66 @@
+//! The TCP punch over IPv6 beside the one over IPv4: a host behind an IPv4 NAT usually has
+//! a global IPv6 address behind a stateful firewall (RFC 6092), which a simultaneous open
+//! passes as a port-preserving, endpoint-independent NAT would. Both punches run at once and
+//! the first connection to authenticate carries the stream.
+
+use super::{Connection, PunchEnd, PunchSetup};
+use crate::core::punch::tcp::Plan;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+/// A punch of one family, on either engine.
+pub(super) type Lane<'a> = Pin<Box<dyn Future<Output = Result<Connection, PunchEnd>> + 'a>>;
+
+/// The IPv6 punch that goes with `v4`: from our IPv6 punch port (`local`, the unspecified
+/// address and the port our candidates carry) to the first of the peer's IPv6 candidates,
+/// directly (nothing translates the ports), on kernel sockets (the raw engine crafts IPv4
+/// only), without low-TTL priming. `None` when the peer offered no IPv6 address.
+pub fn ipv6_setup(v4: &PunchSetup, local: SocketAddr, peer: &[SocketAddr]) -> Option<PunchSetup> {
+    let to = peer.iter().find(|a| a.is_ipv6())?;
+    Some(PunchSetup {
+        plan: Plan::Direct,
+        local,
+        peer_ip: to.ip(),
+        peer_port: to.port(),
+        peer_ports: [to.port(), to.port()],
+        window: v4.window,
+        rate: v4.rate,
+        sweep_sockets: v4.sweep_sockets,
+        budget: v4.budget,
+        start: v4.start,
+        prime_ttl: None,
+        keepalive: v4.keepalive,
+        tls: v4.tls.clone(),
+        rtt: v4.rtt,
+        first_syn_copies: 1,
+        raw: None,
+        commitment: v4.commitment.clone(),
+    })
+}
+
+/// The first of two punches to connect; when neither does, the first one's end explains
+/// (an interruption wins).
+pub(super) async fn first_connected(
+    mut a: Lane<'_>,
+    mut b: Lane<'_>,
+) -> Result<Connection, PunchEnd> {
+    let (mut end_a, mut end_b) = (None, None);
+    while end_a.is_none() || end_b.is_none() {
+        tokio::select! {
+            r = &mut a, if end_a.is_none() => match r {
+                Ok(c) => return Ok(c),
+                Err(e) => end_a = Some(e),
+            },
+            r = &mut b, if end_b.is_none() => match r {
+                Ok(c) => return Ok(c),
+                Err(e) => end_b = Some(e),
+            },
+        }
+    }
+    match (end_a, end_b) {
+        (_, Some(PunchEnd::Interrupted)) => Err(PunchEnd::Interrupted),
+        (Some(e), _) => Err(e),
+        (None, _) => unreachable!("the loop ends when both have"),
+    }
+}
