@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 /// A punch of one family, on either engine.
-pub(super) type Lane<'a> = Pin<Box<dyn Future<Output = Result<Connection, PunchEnd>> + 'a>>;
+pub(super) type Lane<'a, T = Connection> = Pin<Box<dyn Future<Output = Result<T, PunchEnd>> + 'a>>;
 
 /// The IPv6 punch that goes with `v4`: from our IPv6 punch port (`local`, the unspecified
 /// address and the port our candidates carry) to the first of the peer's IPv6 candidates,
@@ -41,10 +41,10 @@ pub fn ipv6_setup(v4: &PunchSetup, local: SocketAddr, peer: &[SocketAddr]) -> Op
 
 /// The first of two punches to connect; when neither does, the first one's end explains
 /// (an interruption wins).
-pub(super) async fn first_connected(
-    mut a: Lane<'_>,
-    mut b: Lane<'_>,
-) -> Result<Connection, PunchEnd> {
+pub(super) async fn first_connected<T>(
+    mut a: Lane<'_, T>,
+    mut b: Lane<'_, T>,
+) -> Result<T, PunchEnd> {
     let (mut end_a, mut end_b) = (None, None);
     while end_a.is_none() || end_b.is_none() {
         tokio::select! {
@@ -62,5 +62,48 @@ pub(super) async fn first_connected(
         (_, Some(PunchEnd::Interrupted)) => Err(PunchEnd::Interrupted),
         (Some(e), _) => Err(e),
         (None, _) => unreachable!("the loop ends when both have"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lane(after_ms: u64, r: Result<u32, PunchEnd>) -> Lane<'static, u32> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(after_ms)).await;
+            r
+        })
+    }
+
+    fn exhausted(attempts: u64) -> PunchEnd {
+        PunchEnd::Exhausted {
+            attempts,
+            refused: 0,
+            came_up: 0,
+            seen: Box::default(),
+            auth: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_connection_wins_and_a_failure_waits_for_the_other() {
+        // The IPv4 punch fails first; the IPv6 one connects later and is kept.
+        let r = first_connected(lane(10, Err(exhausted(1))), lane(50, Ok(6))).await;
+        assert_eq!(r.ok(), Some(6));
+        // Whichever connects first, the other is not waited for.
+        let r = first_connected(lane(10, Ok(4)), lane(10_000, Ok(6))).await;
+        assert_eq!(r.ok(), Some(4));
+        // Neither: the first one's end explains (the IPv4 punch's counts).
+        let r = first_connected(lane(50, Err(exhausted(4))), lane(10, Err(exhausted(6)))).await;
+        assert!(matches!(r, Err(PunchEnd::Exhausted { attempts: 4, .. })));
+        // Ctrl-C during either is an interruption.
+        let r = first_connected(
+            lane(50, Err(exhausted(4))),
+            lane(10, Err(PunchEnd::Interrupted)),
+        )
+        .await;
+        assert!(matches!(r, Err(PunchEnd::Interrupted)));
     }
 }
