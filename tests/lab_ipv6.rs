@@ -421,3 +421,38 @@ fn ipv4_only_and_dual_stack_peers_connect_over_ipv4() {
         p.b.stderr
     );
 }
+
+/// A rendezvous over IPv6 (`--server` an IPv6 address; the server's IPv6 side has one of its
+/// own): the peers classify, register and punch over IPv6 alone, UDP and TCP, with nothing
+/// said about a second family.
+#[test]
+fn a_rendezvous_over_ipv6_connects_udp_and_tcp() {
+    let opts = LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone");
+    let Some(lab) = Lab::up_with(opts.ipv6()) else {
+        return;
+    };
+    let _serve = serve_dual(&lab);
+    let v6 = ["--server", "2001:db8::1", "--relay", "off"];
+    for (try_no, transport, tcp) in [(1, "udp", &[][..]), (2, "tcp", &["--tcp"][..])] {
+        let extra: Vec<&str> = v6.iter().chain(tcp).copied().collect();
+        let p = pair(&lab, try_no, "right", MIB, &extra);
+        let what = format!("IPv6 rendezvous, {transport}");
+        check_connected_over(&p, transport, "direct", &what);
+        for (n, s, other) in [
+            ("A", &p.a, "[2001:db8:2::2]:"),
+            ("B", &p.b, "[2001:db8:1::2]:"),
+        ] {
+            let peer = s.report["peer"].as_str().unwrap_or_default();
+            assert!(
+                peer.starts_with(other),
+                "{what}: {n}: peer {peer}\n{}",
+                s.stderr
+            );
+            assert!(
+                !s.stderr.contains("beside IPv4") && !s.stderr.contains("came first"),
+                "{what}: {n} punched one family:\n{}",
+                s.stderr
+            );
+        }
+    }
+}

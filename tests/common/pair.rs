@@ -65,23 +65,21 @@ pub fn connect_cmd(
     extra: &[&str],
 ) -> Command {
     let mut c = lab.cmd(node, BIN);
-    c.args([
-        "connect",
-        "--server",
-        "203.0.113.1",
-        "--session",
-        session,
-        "--secret",
-        secret,
-    ])
-    .args(if extra.contains(&"--timeout") {
-        &[][..]
-    } else {
-        &["--timeout", "40"][..]
-    })
-    .arg("--report")
-    .arg(dir.join(format!("{name}.json")))
-    .args(extra);
+    c.arg("connect")
+        .args(if extra.contains(&"--server") {
+            &[][..]
+        } else {
+            &["--server", "203.0.113.1"][..]
+        })
+        .args(["--session", session, "--secret", secret])
+        .args(if extra.contains(&"--timeout") {
+            &[][..]
+        } else {
+            &["--timeout", "40"][..]
+        })
+        .arg("--report")
+        .arg(dir.join(format!("{name}.json")))
+        .args(extra);
     // For chasing a rare failure: every connect keeps a capture named by its session.
     if let Some(d) = std::env::var_os("PUNCHRAW_TEST_CAPTURES") {
         c.arg("--capture")

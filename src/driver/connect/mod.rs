@@ -502,9 +502,10 @@ fn connect_tcp(
 ) -> Result<(), Error> {
     let plan = plan_tcp(cfg, status, started + cfg.timeout, &t)?;
     report.strategy = Some(plan.strategy);
+    let registered_v4 = t.intro.me.is_ipv4();
     let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
-    // The IPv6 path is direct, whatever the IPv4 plan was.
-    let strategy = if punched.conn.remote.is_ipv6() {
+    // The other family's path (IPv6 beside IPv4) is direct, whatever the IPv4 plan was.
+    let strategy = if punched.conn.remote.is_ipv4() != registered_v4 {
         status.say(format!(
             "the {} path came first: over IPv6",
             punched.conn.remote
