@@ -16,6 +16,12 @@ pub enum Error {
     },
     #[error("no STUN answer from {server} over UDP within {waited_ms} ms: the server is down, unreachable, or UDP is blocked on the path")]
     ServerUnreachable { server: SocketAddr, waited_ms: u64 },
+    /// The host has no route (or no address) of the server's family.
+    #[error("this host has no {} route to the server {server} ({error}): it may have no {} address; give the server's {} address or a name that has one", family(server), family(server), if server.is_ipv4() { "IPv6" } else { "IPv4" })]
+    NoRoute {
+        server: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("cannot write capture {path}")]
     Capture {
         path: std::path::PathBuf,
@@ -129,6 +135,14 @@ impl std::fmt::Display for Signal {
     }
 }
 
+fn family(a: &SocketAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
 impl Error {
     /// Exit codes: 1 generic, 2 usage (clap), 3 server unreachable / UDP blocked / its registry down,
     /// 4 local setup (bind, capture file), 5 peer never came, 6 session taken,
@@ -139,6 +153,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::ServerUnreachable { .. }
+            | Error::NoRoute { .. }
             | Error::RegistryUnavailable { .. }
             | Error::TcpServerUnreachable { .. }
             | Error::TcpServerBroken { .. } => 3,

@@ -142,7 +142,7 @@ fn probe_sees_unfiltered_ipv6_behind_a_plain_router() {
 
 /// `-6` toward a server that has no IPv6 (the name has no AAAA address, an IPv6 literal
 /// this host has no route to, or a server that does not answer on IPv6): a clear error and
-/// exit 3, as for an unreachable server.
+/// exit 3, as for an unreachable server; `connect` to such a literal too.
 #[test]
 fn probe_6_without_ipv6_exits_3_and_says_why() {
     // A lab without --ipv6: srv.lab has only its A address, and the hosts no IPv6 at all.
@@ -177,6 +177,21 @@ fn probe_6_without_ipv6_exits_3_and_says_why() {
     ));
     assert_eq!(v["ipv6"], Value::Null, "{v:#}");
     assert_eq!(v["udp"]["mapping"], EI, "{v:#}");
+    // `connect` to an IPv6 server from a host without IPv6: the same exit and a way out.
+    let out = lab
+        .cmd(Node::A, BIN)
+        .args(["connect", "--server", "2001:db8::1", "--session", "s"])
+        .args(["--relay", "off", "--timeout", "5"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run punchraw connect");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("this host has no IPv6 route to the server [2001:db8::1]:3478")
+            && err.contains("give the server's IPv4 address"),
+        "{err}"
+    );
     drop(lab);
 
     // A dual-stack lab whose server answers on IPv4 only.

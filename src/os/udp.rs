@@ -13,7 +13,7 @@ pub fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
     };
     let s = UdpSocket::bind(any).map_err(|e| Error::io("cannot open a UDP socket", e))?;
     s.connect(server)
-        .map_err(|e| Error::io(format!("no route to {server}"), e))?;
+        .map_err(|error| Error::NoRoute { server, error })?;
     Ok(s.local_addr()
         .map_err(|e| Error::io("getsockname", e))?
         .ip())
