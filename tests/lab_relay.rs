@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::lab::{ChildGuard, Lab, LabOptions};
+use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use common::pair::*;
 use common::relay::{kill_under, random_pair, relayed_endless, Ended, Serve};
 use std::time::{Duration, Instant};
@@ -69,7 +69,8 @@ fn through_the_relay_with(lab: Option<Lab>, extra: &[&str]) {
         // Never direct; the first byte came through the relay.
         assert!(r["time_to_direct_ms"].is_null(), "{n}: {r:#}");
         assert!(r["time_to_first_byte_ms"].is_u64(), "{n}: {r:#}");
-        assert!(s.stderr.contains("goes through the relay"), "{n}: {what}");
+        // UDP starts there at once (relay first); TCP falls back to it after the punch.
+        assert!(s.stderr.contains("through the relay"), "{n}: {what}");
     }
     assert!(p.data_ok, "data differs: {what}");
     assert_eq!(count(&log, "made"), 2, "{log}");
@@ -78,8 +79,8 @@ fn through_the_relay_with(lab: Option<Lab>, extra: &[&str]) {
     assert_eq!(count(&log, "freed at exit"), 0, "{log}");
 }
 
-/// A cone pair punches a hole even with the relay on offer: the stream goes direct, the
-/// report says when (before its first byte), and both allocations are freed.
+/// A cone pair punches a hole even with the relay on offer: the stream, which started on
+/// the relay, ends direct, the report says when, and both allocations are freed.
 #[test]
 fn cone_pair_ends_direct() {
     let Some(lab) =
@@ -100,10 +101,7 @@ fn cone_pair_ends_direct() {
         assert_eq!(r["path"], "direct", "{n}: {r:#}");
         let direct = r["time_to_direct_ms"].as_u64();
         let first = r["time_to_first_byte_ms"].as_u64();
-        assert!(
-            direct.is_some() && first.is_some() && direct <= first,
-            "{n}: {r:#}"
-        );
+        assert!(direct.is_some() && first.is_some(), "{n}: {r:#}");
         assert!(
             first
                 <= r["elapsed_ms"]
@@ -452,5 +450,89 @@ fn sigint_mid_relayed_stream_frees_both_allocations() {
     assert!(took < Duration::from_secs(10), "took {took:?}: {what}");
     assert_eq!(count(&log, "made"), 2, "{log}");
     assert_eq!(count(&log, "active"), 0, "{log}");
+    assert_eq!(count(&log, "freed by the client"), 2, "{log}");
+}
+
+/// Relay first, then direct, while data flows: a cone pair whose punch starts a second
+/// late (`--start-delay-ms`); each side sends half of its 1 MiB at once (through the relay,
+/// where the stream starts), pauses, then sends the rest, which crosses the direct path the
+/// punch opened meanwhile. Every byte arrives once and in order, the first byte came before
+/// the direct path, and the report ends direct.
+#[test]
+fn a_relay_first_stream_moves_to_the_direct_path_while_data_flows() {
+    let Some(lab) =
+        Lab::up_with(LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone"))
+    else {
+        return;
+    };
+    let serve = Serve::start(&lab);
+    let dir = Dir::new(&format!("{}-upgrade", lab.name()));
+    let half = 512 << 10;
+    let start = |node: Node, name: &str, seed: u64| {
+        let input = dir.0.join(format!("{name}.in"));
+        std::fs::write(&input, data(seed, 2 * half)).expect("write input");
+        // The input in two halves with a pause between, longer than the punch's delay.
+        let feeder = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "head -c {half} {p}; sleep 2.5; tail -c +{} {p}",
+                half + 1,
+                p = input.display()
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the feeder");
+        let mut feeder = ChildGuard(feeder);
+        let stdin = feeder.0.stdout.take().expect("piped");
+        let mut c = connect_cmd(
+            &lab,
+            node,
+            &dir.0,
+            name,
+            &format!("{}-upgrade", lab.name()),
+            "right",
+            &["--start-delay-ms", "1000"],
+        );
+        c.stdin(stdin);
+        (ChildGuard(c.spawn().expect("start connect")), feeder)
+    };
+    let (mut a, _fa) = start(Node::A, "a", 11);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (mut b, _fb) = start(Node::B, "b", 12);
+    let (code_a, err_a) = a.0.wait_with_output_ref();
+    let (code_b, err_b) = b.0.wait_with_output_ref();
+    let log = serve.stop();
+    let what = format!(
+        "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",
+        String::from_utf8_lossy(&err_a),
+        String::from_utf8_lossy(&err_b)
+    );
+    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{what}");
+    for (name, err) in [("a", &err_a), ("b", &err_b)] {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.0.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(r["path"], "direct", "{name}: {r:#}\n{what}");
+        let (first, direct) = (
+            r["time_to_first_byte_ms"].as_u64(),
+            r["time_to_direct_ms"].as_u64(),
+        );
+        assert!(
+            first.is_some() && direct.is_some() && first < direct,
+            "{name}: the first byte came through the relay, before the direct path: {r:#}"
+        );
+        let err = String::from_utf8_lossy(err);
+        assert!(
+            err.contains("relay first: the stream starts through the relay"),
+            "{what}"
+        );
+        assert!(err.contains("path: direct to"), "{what}");
+    }
+    for (from, to) in [("a", "b"), ("b", "a")] {
+        assert!(
+            sha(&dir.0.join(format!("{from}.in"))) == sha(&dir.0.join(format!("{to}.out"))),
+            "{from} to {to} intact: {what}"
+        );
+    }
     assert_eq!(count(&log, "freed by the client"), 2, "{log}");
 }

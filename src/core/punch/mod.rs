@@ -515,10 +515,13 @@ impl Machine for Punch {
             return;
         }
         let Ok(msg) = Message::parse(data) else {
-            // A QUIC long-header packet (first bit set) from an authenticated remote: the
-            // controlling side has moved on, so its nomination was lost; follow it.
+            // A QUIC packet from an authenticated remote (the long header's first bit, or
+            // the short header's fixed bit, RFC 9000 section 17: a stream already running
+            // through a relay moves over in short-header packets), or one of the relay-first
+            // stream's path probes: the controlling side has moved on, so its nomination was
+            // lost; follow it. STUN's two top bits are zero.
             if !self.cfg.controlling()
-                && data.first().is_some_and(|b| b & 0x80 != 0)
+                && data.first().is_some_and(|b| b & 0xc0 != 0)
                 && self.heard_from.contains(&(socket, from))
             {
                 self.connected(socket, from);

@@ -7,6 +7,7 @@ mod classify;
 mod main_socket;
 mod portmap;
 mod relay;
+mod relay_first;
 mod rendezvous;
 mod stream;
 pub mod tcp_punch;
@@ -73,7 +74,7 @@ pub use crate::core::punch::priming::PrimeTtl;
 pub use relay::{RelayMode, RelayTransport};
 
 /// The `--report` object; its shape is a contract.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct ConnectReport {
     pub connected: bool,
     pub transport: &'static str,
@@ -272,6 +273,11 @@ fn connect(
         key: me.key,
         controlling: me.my_id > intro.peer.id,
     };
+    // Both sides hold allocations: the stream starts on the relay while the UDP punch goes on.
+    let relay_first = (!cfg.tcp && !intro.peer.udp_blocked)
+        .then(|| relay_first::ready(relay.as_ref(), &peer))
+        .flatten();
+    let controlling = peer.controlling;
     // No hole opened: through the relay, when both sides hold allocations.
     let relayed = |failed: Error, report: &mut ConnectReport| {
         let r = relay.as_ref();
@@ -302,6 +308,24 @@ fn connect(
             Err(failed @ Error::PunchFailed { .. }) => relayed(failed, report),
             r => r,
         };
+    }
+    if let (Some(via), Some(r)) = (relay_first, relay.as_ref()) {
+        return relay_first::run(
+            cfg,
+            status,
+            started,
+            deadline,
+            report,
+            intro,
+            main,
+            me,
+            capture,
+            &shutdown,
+            r,
+            via,
+            &identity,
+            controlling,
+        );
     }
     let punched = match punch_udp(
         cfg, status, deadline, report, intro, main, me, capture, &shutdown,

@@ -95,7 +95,7 @@ pub(super) fn stream_tcp(
 
 /// The QUIC stream over `path` between stdin/stdout (through `first`) and the peer at `peer`.
 #[allow(clippy::too_many_arguments)]
-fn run_quic(
+pub(super) fn run_quic(
     path: Path,
     peer: SocketAddr,
     role: Role,
@@ -127,19 +127,19 @@ fn run_quic(
 /// `time_to_first_byte_ms`. The output thread writes each chunk as soon as the stream
 /// hands it over, so this is when the byte arrived, give or take a thread switch.
 #[derive(Clone)]
-struct FirstByte {
+pub(super) struct FirstByte {
     at: Arc<OnceLock<Instant>>,
 }
 
 impl FirstByte {
-    fn new() -> FirstByte {
+    pub(super) fn new() -> FirstByte {
         FirstByte {
             at: Arc::new(OnceLock::new()),
         }
     }
 
     /// Sets the report's field, also when the stream failed after data came.
-    fn report(&self, report: &mut ConnectReport, started: Instant) {
+    pub(super) fn report(&self, report: &mut ConnectReport, started: Instant) {
         report.time_to_first_byte_ms = self
             .at
             .get()
@@ -274,7 +274,7 @@ pub(super) fn stream_relayed(
 /// A relayed stream's failure, said in terms of the relay when the relay is what stopped
 /// (its host refuses our datagrams, or a Refresh failed): QUIC itself only sees silence
 /// until its idle timeout. Exit 9 either way; an authentication failure stays one.
-fn relay_lost(relay: &Relay, e: Error) -> Error {
+pub(super) fn relay_lost(relay: &Relay, e: Error) -> Error {
     match e {
         Error::Stream(ref s) if !s.is_auth_failure() => match relay.lost() {
             Some((why, closed_by_us)) => {

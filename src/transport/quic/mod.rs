@@ -83,6 +83,7 @@ mod gso;
 mod relayed;
 mod setup;
 mod transfer;
+pub mod upgrade;
 
 pub use relayed::{RelayLink, RelaySend};
 
@@ -90,6 +91,8 @@ pub use relayed::{RelayLink, RelaySend};
 pub enum Path {
     Udp(UdpSocket),
     Relayed(RelayLink),
+    /// Through the relay until a punch hands over a direct path ([`upgrade`]).
+    RelayFirst(RelayLink, Arc<upgrade::Upgrade>),
 }
 
 /// The only application protocol spoken; a peer of another version fails the handshake
@@ -319,6 +322,13 @@ pub fn run_stream_on(
                 gso::GsoGate::new(inner, session.gso_open.clone())
             }
             Path::Relayed(link) => relayed::RelayedSocket::new(link),
+            Path::RelayFirst(link, up) => upgrade::SwitchingSocket::new(
+                relayed::RelayedSocket::new(link),
+                up,
+                peer,
+                session.gso_open.clone(),
+            )
+            .map_err(setup)?,
         };
         let endpoint = Endpoint::new_with_abstract_socket(
             EndpointConfig::default(),

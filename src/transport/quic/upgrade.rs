@@ -1,0 +1,408 @@
+//! Relay first, then direct: the socket quinn runs on while a punch may still open a direct
+//! path. It starts as the relayed socket ([`super::relayed`]); once the punch hands over its
+//! socket ([`Upgrade::install`]) every datagram goes out on the direct path, and what comes
+//! in there from the punched peer endpoint is handed up as if it came from the peer's relayed
+//! address. quinn sees one path and one peer address throughout, so the switch costs its
+//! stream nothing: QUIC already retransmits what a path loses and puts bytes in order.
+//!
+//! The direct path is watched with small probes of our own while it carries the stream, as
+//! ICE's consent freshness does (RFC 7675), but at the pace of the path's measured round
+//! trip: a probe goes out at most once per round trip (at least [`MIN_PROBE_EVERY`] apart)
+//! when quinn sends, the peer's socket answers it at once, and when no answer came for
+//! [`DEAD_AFTER_RTTS`] round trips (at least [`MIN_DEAD_AFTER`]) the path is given up and
+//! everything goes through the relay again. A probe is 12 bytes: the magic `PRPB` (answer
+//! `PRPA`) and a nonce, shorter than any QUIC packet, so neither side mistakes it for one.
+
+use super::gso::GsoGate;
+use super::relayed::RelayedSocket;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+const PROBE: &[u8; 4] = b"PRPB";
+const ANSWER: &[u8; 4] = b"PRPA";
+const PROBE_LEN: usize = 12;
+/// Probes closer together than this would only add packets: a path that answers within it
+/// is judged by the next probe anyway.
+pub const MIN_PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Round trips without an answer before the direct path counts as gone.
+pub const DEAD_AFTER_RTTS: u32 = 6;
+/// The shortest silence that gives the path up, whatever its round trip: a scheduling hiccup
+/// on either host must not send the stream back to the relay.
+pub const MIN_DEAD_AFTER: Duration = Duration::from_millis(1000);
+
+/// The punched socket and the peer's endpoint on it.
+pub struct DirectPath {
+    pub socket: UdpSocket,
+    pub remote: SocketAddr,
+}
+
+/// A change of the path the stream's datagrams take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// Our datagrams go to the peer's punched endpoint from now on.
+    Direct { remote: SocketAddr },
+    /// The direct path stopped answering for `silent`; back through the relay.
+    Relay { silent: Duration },
+}
+
+type OnChange = Box<dyn Fn(PathChange) + Send + Sync>;
+
+/// The handover point between the punch and the stream.
+pub struct Upgrade {
+    state: Mutex<State>,
+    on_change: OnChange,
+}
+
+struct State {
+    /// Installed, not yet registered with the runtime (that needs its reactor).
+    pending: Option<DirectPath>,
+    direct: Option<Direct>,
+    /// quinn's receive task, woken when a direct path arrives so it polls that too.
+    waker: Option<Waker>,
+    /// The round trip the direct path starts from (the punch's view of it).
+    rtt: Duration,
+}
+
+struct Direct {
+    socket: Arc<dyn AsyncUdpSocket>,
+    remote: SocketAddr,
+    /// Given up: the relay carries everything again, for good.
+    dead: bool,
+    rtt: Duration,
+    next_probe: Instant,
+    /// The latest probe (nonce, sent), and when the oldest one still unanswered went out.
+    last_probe: Option<(u64, Instant)>,
+    unanswered_since: Option<Instant>,
+    nonce: u64,
+}
+
+impl Upgrade {
+    /// `rtt` is the round trip to assume toward the peer until probes measure it;
+    /// `on_change` hears every path change (from quinn's task: it must not block).
+    pub fn new(rtt: Duration, on_change: OnChange) -> Arc<Upgrade> {
+        Arc::new(Upgrade {
+            state: Mutex::new(State {
+                pending: None,
+                direct: None,
+                waker: None,
+                rtt,
+            }),
+            on_change,
+        })
+    }
+
+    /// Hands over the punched socket: the stream moves to it at its next datagram.
+    pub fn install(&self, path: DirectPath) {
+        let mut s = self.lock();
+        s.pending = Some(path);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether the stream's datagrams now take the direct path.
+    pub fn is_direct(&self) -> bool {
+        let s = self.lock();
+        s.pending.is_some() || s.direct.as_ref().is_some_and(|d| !d.dead)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl State {
+    /// Registers a freshly installed socket with the runtime (we are inside it here).
+    fn take_pending(&mut self, gso_open: &Arc<AtomicBool>) -> Option<PathChange> {
+        let p = self.pending.take()?;
+        let _ = p.socket.set_nonblocking(true);
+        let inner = match TokioRuntime.wrap_udp_socket(p.socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("the punched socket cannot carry the stream: {e}");
+                return None;
+            }
+        };
+        let now = Instant::now();
+        self.direct = Some(Direct {
+            socket: GsoGate::new(inner, gso_open.clone()),
+            remote: p.remote,
+            dead: false,
+            rtt: self.rtt,
+            next_probe: now,
+            last_probe: None,
+            unanswered_since: None,
+            nonce: rand::random(),
+        });
+        Some(PathChange::Direct { remote: p.remote })
+    }
+}
+
+impl Direct {
+    fn probe_every(&self) -> Duration {
+        self.rtt.max(MIN_PROBE_EVERY)
+    }
+
+    fn dead_after(&self) -> Duration {
+        (self.rtt * DEAD_AFTER_RTTS).max(MIN_DEAD_AFTER)
+    }
+
+    fn send_small(&self, magic: &[u8; 4], nonce: u64) {
+        let mut b = [0u8; PROBE_LEN];
+        b[..4].copy_from_slice(magic);
+        b[4..].copy_from_slice(&nonce.to_be_bytes());
+        let t = Transmit {
+            destination: self.remote,
+            ecn: None,
+            contents: &b,
+            segment_size: None,
+            src_ip: None,
+        };
+        // A probe the socket cannot take now is one unanswered probe, which is allowed.
+        let _ = self.socket.try_send(&t);
+    }
+
+    /// Before a datagram goes out: a probe when one is due, and whether the path still
+    /// answers (`Some` when it was just given up).
+    fn check(&mut self, now: Instant) -> Option<PathChange> {
+        if let Some(since) = self.unanswered_since {
+            let silent = now.saturating_duration_since(since);
+            if silent > self.dead_after() {
+                self.dead = true;
+                return Some(PathChange::Relay { silent });
+            }
+        }
+        if now >= self.next_probe {
+            self.nonce = self.nonce.wrapping_add(1);
+            self.send_small(PROBE, self.nonce);
+            self.last_probe = Some((self.nonce, now));
+            self.unanswered_since.get_or_insert(now);
+            self.next_probe = now + self.probe_every();
+        }
+        None
+    }
+
+    /// A 12-byte datagram of ours from the peer: answered or counted; `false` when it is
+    /// not one (a QUIC packet).
+    fn small(&mut self, data: &[u8], now: Instant) -> bool {
+        if data.len() != PROBE_LEN {
+            return false;
+        }
+        let nonce = u64::from_be_bytes(data[4..].try_into().expect("12 - 4 bytes"));
+        if &data[..4] == PROBE {
+            self.send_small(ANSWER, nonce);
+            true
+        } else if &data[..4] == ANSWER {
+            if let Some((n, sent)) = self.last_probe {
+                if n == nonce {
+                    self.rtt = now.saturating_duration_since(sent);
+                    self.unanswered_since = None;
+                    self.last_probe = None;
+                }
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The socket quinn runs on: the relayed one, and the direct one once installed.
+pub(super) struct SwitchingSocket {
+    relay: Arc<RelayedSocket>,
+    up: Arc<Upgrade>,
+    /// The peer's relayed address: where quinn believes the peer is, on either path.
+    peer: SocketAddr,
+    gso_open: Arc<AtomicBool>,
+    /// Receive batch size of a UDP socket here (quinn sizes its buffers once, at the start).
+    max_receive: usize,
+    /// Which path is polled first, alternated so neither starves the other.
+    direct_first: AtomicBool,
+}
+
+impl SwitchingSocket {
+    pub(super) fn new(
+        relay: Arc<RelayedSocket>,
+        up: Arc<Upgrade>,
+        peer: SocketAddr,
+        gso_open: Arc<AtomicBool>,
+    ) -> io::Result<Arc<Self>> {
+        // What a UDP socket of this host takes per receive call (GRO), learnt from one.
+        let probe = TokioRuntime.wrap_udp_socket(UdpSocket::bind("0.0.0.0:0")?)?;
+        Ok(Arc::new(SwitchingSocket {
+            relay,
+            up,
+            peer,
+            gso_open,
+            max_receive: probe.max_receive_segments(),
+            direct_first: AtomicBool::new(true),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        let mut s = self.up.lock();
+        if let Some(change) = s.take_pending(&self.gso_open) {
+            (self.up.on_change)(change);
+        }
+        s
+    }
+
+    fn poll_direct(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.state();
+        s.waker = Some(cx.waker().clone());
+        let Some(d) = s.direct.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            let n = match d.socket.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("direct path receive: {e}");
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            let now = Instant::now();
+            let mut kept = 0;
+            for i in 0..n {
+                let len = meta[i].len;
+                if meta[i].addr != d.remote || d.small(&bufs[i][..len], now) {
+                    continue;
+                }
+                if kept != i {
+                    let (to, from) = bufs.split_at_mut(i);
+                    to[kept][..len].copy_from_slice(&from[0][..len]);
+                    meta[kept] = meta[i];
+                }
+                meta[kept].addr = self.peer;
+                kept += 1;
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SwitchingSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwitchingSocket")
+            .field("peer", &self.peer)
+            .field("direct", &self.up.is_direct())
+            .finish()
+    }
+}
+
+impl AsyncUdpSocket for SwitchingSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(SwitchPoller {
+            socket: self,
+            direct: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let mut s = self.state();
+        if let Some(d) = s.direct.as_mut().filter(|d| !d.dead) {
+            match d.check(Instant::now()) {
+                Some(change) => (self.up.on_change)(change),
+                None => {
+                    return d.socket.try_send(&Transmit {
+                        destination: d.remote,
+                        ..*transmit
+                    })
+                }
+            }
+        }
+        drop(s);
+        self.relay.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let direct_first = !self.direct_first.fetch_xor(true, Ordering::Relaxed);
+        if direct_first {
+            if let Poll::Ready(r) = self.poll_direct(cx, bufs, meta) {
+                return Poll::Ready(r);
+            }
+            self.relay.poll_recv(cx, bufs, meta)
+        } else {
+            match self.relay.poll_recv(cx, bufs, meta) {
+                Poll::Pending => self.poll_direct(cx, bufs, meta),
+                ready => ready,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.relay.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        match self.state().direct.as_ref().filter(|d| !d.dead) {
+            Some(d) => d.socket.max_transmit_segments(),
+            None => 1,
+        }
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.max_receive
+    }
+
+    fn may_fragment(&self) -> bool {
+        false
+    }
+}
+
+/// Writable when the path in use is: the relay always, the direct socket when its own
+/// poller says so.
+struct SwitchPoller {
+    socket: Arc<SwitchingSocket>,
+    direct: Option<Pin<Box<dyn UdpPoller>>>,
+}
+
+impl fmt::Debug for SwitchPoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwitchPoller").finish()
+    }
+}
+
+impl UdpPoller for SwitchPoller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        if self.direct.is_none() {
+            let socket = self
+                .socket
+                .state()
+                .direct
+                .as_ref()
+                .filter(|d| !d.dead)
+                .map(|d| d.socket.clone());
+            self.direct = socket.map(|s| s.create_io_poller());
+        }
+        let dead = self.socket.state().direct.as_ref().is_none_or(|d| d.dead);
+        match self.direct.as_mut() {
+            Some(p) if !dead => p.as_mut().poll_writable(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
