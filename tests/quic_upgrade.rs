@@ -56,15 +56,25 @@ impl Read for Trickle {
     }
 }
 
-/// Two stand-in allocations, counting the datagrams they carry.
-fn links(a: SocketAddr, b: SocketAddr, relayed: Arc<AtomicU64>) -> (RelayLink, RelayLink) {
+type Queue = Arc<Mutex<Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>>>;
+
+/// Two stand-in allocations, counting the datagrams they carry; emptying `gone`'s queues
+/// ends both (each side's receive queue closes, as when the TURN server is gone).
+fn links(
+    a: SocketAddr,
+    b: SocketAddr,
+    relayed: Arc<AtomicU64>,
+    gone: &Mutex<Vec<Queue>>,
+) -> (RelayLink, RelayLink) {
     let (to_a, from_b) = mpsc::channel(4096);
     let (to_b, from_a) = mpsc::channel(4096);
     let make = |me: SocketAddr, peer: SocketAddr, tx: mpsc::Sender<(SocketAddr, Vec<u8>)>| {
         let relayed = relayed.clone();
+        let tx: Queue = Arc::new(Mutex::new(Some(tx)));
+        gone.lock().unwrap().push(tx.clone());
         Box::new(move |dst: SocketAddr, d: &[u8]| {
             relayed.fetch_add(1, Ordering::Relaxed);
-            if dst == peer {
+            if let (true, Some(tx)) = (dst == peer, tx.lock().unwrap().as_ref()) {
                 let _ = tx.try_send((me, d.to_vec()));
             }
         })
@@ -99,12 +109,13 @@ struct Run {
 }
 
 /// 2 MiB each way, trickling; `direct` makes the two direct paths, handed over after
-/// `after`.
-fn run(after: Duration, direct: impl FnOnce() -> [DirectPath; 2]) -> Run {
+/// `after`; with `relay_gone`, the relay goes away 300 ms later.
+fn run(after: Duration, relay_gone: bool, direct: impl FnOnce() -> [DirectPath; 2]) -> Run {
     let a: SocketAddr = "203.0.113.1:50000".parse().unwrap();
     let b: SocketAddr = "203.0.113.1:50002".parse().unwrap();
     let relayed = Arc::new(AtomicU64::new(0));
-    let (la, lb) = links(a, b, relayed.clone());
+    let queues = Mutex::new(Vec::new());
+    let (la, lb) = links(a, b, relayed.clone(), &queues);
     let changes: [Changes; 2] = Default::default();
     let ups = [upgrade(&changes[0]), upgrade(&changes[1])];
     let (ia, ib) = (Identity::generate().unwrap(), Identity::generate().unwrap());
@@ -143,6 +154,12 @@ fn run(after: Duration, direct: impl FnOnce() -> [DirectPath; 2]) -> Run {
     let [pa, pb] = direct();
     ups[0].install(pa);
     ups[1].install(pb);
+    if relay_gone {
+        thread::sleep(Duration::from_millis(300));
+        for q in queues.lock().unwrap().iter() {
+            q.lock().unwrap().take();
+        }
+    }
     let ra = ta.join().unwrap().expect("A's stream");
     let rb = tb.join().unwrap().expect("B's stream");
     assert_eq!((ra.sent, ra.received), (len as u64, len as u64));
@@ -163,7 +180,7 @@ fn loopback() -> UdpSocket {
 
 #[test]
 fn the_stream_moves_to_the_direct_path_while_data_flows() {
-    let r = run(Duration::from_millis(400), || {
+    let r = run(Duration::from_millis(400), false, || {
         let (sa, sb) = (loopback(), loopback());
         let (a, b) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
         [
@@ -197,7 +214,7 @@ fn the_stream_moves_to_the_direct_path_while_data_flows() {
 fn a_direct_path_that_never_answers_is_given_up_for_the_relay() {
     // Each side's "peer" is a socket nobody reads: our probes go unanswered.
     let holes = [loopback(), loopback()];
-    let r = run(Duration::from_millis(200), || {
+    let r = run(Duration::from_millis(200), false, || {
         let [ha, hb] = [&holes[0], &holes[1]].map(|h| h.local_addr().unwrap());
         [
             DirectPath {
@@ -219,5 +236,28 @@ fn a_direct_path_that_never_answers_is_given_up_for_the_relay() {
             }
             other => panic!("to direct, then back to the relay: {other:?}"),
         }
+    }
+}
+
+/// The relay going away (its queues close, as when the TURN server is gone) under a stream
+/// that moved to the direct path: the stream goes on there to its end.
+#[test]
+fn the_relay_going_away_under_a_direct_stream_costs_nothing() {
+    let r = run(Duration::from_millis(300), true, || {
+        let (sa, sb) = (loopback(), loopback());
+        let (a, b) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
+        [
+            DirectPath {
+                socket: sa,
+                remote: b,
+            },
+            DirectPath {
+                socket: sb,
+                remote: a,
+            },
+        ]
+    });
+    for c in &r.changes {
+        assert_eq!(c.lock().unwrap().len(), 1, "direct, and no change after");
     }
 }

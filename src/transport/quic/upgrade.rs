@@ -229,6 +229,8 @@ pub(super) struct SwitchingSocket {
     max_receive: usize,
     /// Which path is polled first, alternated so neither starves the other.
     direct_first: AtomicBool,
+    /// The allocation went away under a direct stream (said once).
+    relay_gone: AtomicBool,
 }
 
 impl SwitchingSocket {
@@ -247,6 +249,7 @@ impl SwitchingSocket {
             gso_open,
             max_receive: probe.max_receive_segments(),
             direct_first: AtomicBool::new(true),
+            relay_gone: AtomicBool::new(false),
         }))
     }
 
@@ -300,6 +303,28 @@ impl SwitchingSocket {
     }
 }
 
+impl SwitchingSocket {
+    /// The relay's datagrams; once the allocation is gone that is an error for quinn only
+    /// when no direct path carries the stream (the relay dying under a direct stream
+    /// costs it nothing).
+    fn poll_relay(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        match self.relay.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Err(e)) if self.up.is_direct() => {
+                if !self.relay_gone.swap(true, Ordering::Relaxed) {
+                    tracing::info!("the relay is gone ({e}); the direct path carries on");
+                }
+                Poll::Pending
+            }
+            r => r,
+        }
+    }
+}
+
 impl fmt::Debug for SwitchingSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SwitchingSocket")
@@ -345,9 +370,9 @@ impl AsyncUdpSocket for SwitchingSocket {
             if let Poll::Ready(r) = self.poll_direct(cx, bufs, meta) {
                 return Poll::Ready(r);
             }
-            self.relay.poll_recv(cx, bufs, meta)
+            self.poll_relay(cx, bufs, meta)
         } else {
-            match self.relay.poll_recv(cx, bufs, meta) {
+            match self.poll_relay(cx, bufs, meta) {
                 Poll::Pending => self.poll_direct(cx, bufs, meta),
                 ready => ready,
             }
