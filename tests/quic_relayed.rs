@@ -39,11 +39,17 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Queue ends held for as long as the test runs: an allocation's receive queue stays open
+/// when the peer's side ends (a TURN server does not close it), while a closed one tells
+/// the socket that the allocation is gone and ends its stream at once.
+type Held = [mpsc::Sender<(SocketAddr, Vec<u8>)>; 2];
+
 /// Two links: what A sends to B's relayed address arrives at B from A's, and back. Every
 /// `drop_every`-th datagram is lost (0: none).
-fn links(a: SocketAddr, b: SocketAddr, drop_every: u64) -> (RelayLink, RelayLink) {
+fn links(a: SocketAddr, b: SocketAddr, drop_every: u64) -> (RelayLink, RelayLink, Held) {
     let (to_a, from_b) = mpsc::channel(4096);
     let (to_b, from_a) = mpsc::channel(4096);
+    let held = [to_a.clone(), to_b.clone()];
     let sent = Arc::new(AtomicU64::new(0));
     let make = |me: SocketAddr, peer: SocketAddr, tx: mpsc::Sender<(SocketAddr, Vec<u8>)>| {
         let sent = sent.clone();
@@ -65,13 +71,14 @@ fn links(a: SocketAddr, b: SocketAddr, drop_every: u64) -> (RelayLink, RelayLink
             send: make(b, a, to_a),
             recv: from_a,
         },
+        held,
     )
 }
 
 fn run(drop_every: u64) {
     let a: SocketAddr = "203.0.113.1:50000".parse().unwrap();
     let b: SocketAddr = "203.0.113.1:50002".parse().unwrap();
-    let (la, lb) = links(a, b, drop_every);
+    let (la, lb, _held) = links(a, b, drop_every);
     let (ia, ib) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let (pin_a, pin_b) = (ib.fingerprint(), ia.fingerprint());
     let (da, db) = (data(1 << 20, 1), data(1 << 20, 2));
@@ -94,8 +101,11 @@ fn run(drop_every: u64) {
     };
     let ta = side(la, b, Role::Client, ia, pin_a, da.clone(), oa.clone());
     let tb = side(lb, a, Role::Server, ib, pin_b, db.clone(), ob.clone());
-    let ra = ta.join().unwrap().expect("A's stream");
-    let rb = tb.join().unwrap().expect("B's stream");
+    // Both ends are told: one side's failure is often what ended the other.
+    let (ra, rb) = match (ta.join().unwrap(), tb.join().unwrap()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => panic!("A's stream: {a:?}\nB's stream: {b:?}"),
+    };
     assert_eq!((ra.sent, ra.received), (1 << 20, 1 << 20));
     assert_eq!((rb.sent, rb.received), (1 << 20, 1 << 20));
     let sha = |v: &[u8]| -> [u8; 32] { Sha256::digest(v).into() };

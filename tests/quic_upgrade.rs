@@ -160,8 +160,11 @@ fn run(after: Duration, relay_gone: bool, direct: impl FnOnce() -> [DirectPath; 
             q.lock().unwrap().take();
         }
     }
-    let ra = ta.join().unwrap().expect("A's stream");
-    let rb = tb.join().unwrap().expect("B's stream");
+    // Both ends are told: one side's failure is often what ended the other.
+    let (ra, rb) = match (ta.join().unwrap(), tb.join().unwrap()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => panic!("A's stream: {a:?}\nB's stream: {b:?}"),
+    };
     assert_eq!((ra.sent, ra.received), (len as u64, len as u64));
     assert_eq!((rb.sent, rb.received), (len as u64, len as u64));
     let sha = |v: &[u8]| -> [u8; 32] { Sha256::digest(v).into() };
