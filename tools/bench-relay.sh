@@ -11,13 +11,15 @@
 #   allocations on each server from the server's namespace and holds them; the server's
 #   resident memory (VmRSS) before and while they are held, divided by ALLOCS. Also the rate
 #   at which they were made.
-# - Time to first byte with relay-first against direct-only is not measured: connect does
-#   not start relayed yet (#12).
+# - Time to first byte: a port-restricted-cone pair (a hole opens) DELAY ms (default 40) one
+#   way from the server and each other, the server's relay on offer: B's time_to_first_byte_ms
+#   with relay first (the default) against direct only (`--relay off`), medians of RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-2}"
 MIB="${MIB:-64}"
 ALLOCS="${ALLOCS:-10000}"
+DELAY="${DELAY:-40}"
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces); run: sudo $0 $*" >&2; exit 1; }
 command -v turnserver >/dev/null || { echo "bench: needs coturn's turnserver (apt-get install coturn)" >&2; exit 1; }
 cargo build --release --quiet -p punchraw -p punchraw-loadgen
@@ -29,6 +31,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   PIDS=()
   tools/natlab.sh down --name "$LAB" >/dev/null 2>&1 || true
+  tools/natlab.sh down --name "${LAB}c" >/dev/null 2>&1 || true
 }
 trap 'cleanup; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
@@ -116,6 +119,38 @@ per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { if (n <= 0) print "nan"; else
 pp=$(per "$pb" "$pa" "$pn")
 cp=$(per "$cb" "$ca" "$cn")
 
+# Time to first byte on a cone pair: relay first against direct only. Prints B's ms.
+cleanup
+tools/natlab.sh up --name "${LAB}c" --delay "$DELAY" port-restricted-cone port-restricted-cone >/dev/null
+eval "$(tools/natlab.sh info --name "${LAB}c")"
+tools/natlab.sh exec --name "${LAB}c" srv -- "$BIN/punchraw" serve --listen "$SRV1" --alternate "$SRV2" \
+  --relay 2>/dev/null &
+PIDS+=($!)
+sleep 0.5
+first_byte() {
+  local session=$1; shift
+  head -c 4096 /dev/urandom > "$WORK/small"
+  tools/natlab.sh exec --name "${LAB}c" a -- "$BIN/punchraw" connect --server "$SRV1" --session "$session" \
+    --secret bench --timeout 30 -q "$@" < "$WORK/small" > /dev/null 2>/dev/null &
+  local a=$!
+  sleep 0.3
+  if tools/natlab.sh exec --name "${LAB}c" b -- "$BIN/punchraw" connect --server "$SRV1" --session "$session" \
+      --secret bench --timeout 30 -q --report "$WORK/f.json" "$@" < /dev/null > /dev/null 2>/dev/null; then
+    wait "$a" || true
+    field time_to_first_byte_ms "$WORK/f.json"
+  else
+    wait "$a" 2>/dev/null || true
+    echo fail
+  fi
+}
+rf=() d=()
+for r in $(seq "$RUNS"); do
+  rf+=("$(first_byte "f$r")")
+  d+=("$(first_byte "d$r" --relay off)")
+done
+mrf=$(printf '%s\n' "${rf[@]}" | grep -v fail | median)
+md=$(printf '%s\n' "${d[@]}" | grep -v fail | median)
+
 printf '%-34s %12s %12s %8s\n' "" punchraw coturn ratio
 printf '%-34s %12s %12s %8s   (runs punchraw %s, coturn %s)\n' "relayed MiB/s ($MIB MiB one way)" \
   "$mp" "$mc" "$(ratio "$mp" "$mc")" "${p[*]}" "${c[*]}"
@@ -123,3 +158,6 @@ printf '%-34s %12s %12s %8s   (%s and %s of %s held; RSS %s->%s KB, %s->%s KB)\n
   "bytes of memory per allocation" "$pp" "$cp" "$(ratio "$pp" "$cp")" "$pn" "$cn" "$ALLOCS" \
   "$pb" "$pa" "$cb" "$ca"
 printf '%-34s %12s %12s %8s\n' "allocations made per second" "$prate" "$crate" "$(ratio "$prate" "$crate")"
+printf '\n%-34s %12s %12s %8s\n' "" "relay first" "direct only" ratio
+printf '%-34s %12s %12s %8s   (runs %s and %s)\n' "cone pair, ms to first byte ($DELAY ms)" \
+  "$mrf" "$md" "$(ratio "$mrf" "$md")" "${rf[*]}" "${d[*]}"

@@ -76,12 +76,73 @@ struct Direct {
     remote: SocketAddr,
     /// Given up: the relay carries everything again, for good.
     dead: bool,
+    consent: Consent,
+}
+
+/// The direct path's probes and their answers, without I/O.
+struct Consent {
     rtt: Duration,
     next_probe: Instant,
-    /// The latest probe (nonce, sent), and when the oldest one still unanswered went out.
-    last_probe: Option<(u64, Instant)>,
-    unanswered_since: Option<Instant>,
-    nonce: u64,
+    /// Probes not answered yet, oldest first (nonce, sent). An answer to any of them shows
+    /// the path alive and answers the older ones too: on a path whose round trip is as long
+    /// as the probe interval, the answer to one probe comes after the next went out.
+    outstanding: std::collections::VecDeque<(u64, Instant)>,
+    next_nonce: u64,
+}
+
+/// Unanswered probes remembered; older ones only tell that the path was silent since then,
+/// which the oldest remembered one tells as well.
+const OUTSTANDING: usize = 64;
+
+impl Consent {
+    fn new(rtt: Duration, now: Instant, first_nonce: u64) -> Consent {
+        Consent {
+            rtt,
+            next_probe: now,
+            outstanding: std::collections::VecDeque::new(),
+            next_nonce: first_nonce,
+        }
+    }
+
+    fn probe_every(&self) -> Duration {
+        self.rtt.max(MIN_PROBE_EVERY)
+    }
+
+    fn dead_after(&self) -> Duration {
+        (self.rtt * DEAD_AFTER_RTTS).max(MIN_DEAD_AFTER)
+    }
+
+    /// Before a datagram goes out: `Err(silence)` when the path stopped answering, else the
+    /// nonce of a probe to send now, if one is due.
+    fn due(&mut self, now: Instant) -> Result<Option<u64>, Duration> {
+        if let Some(&(_, since)) = self.outstanding.front() {
+            let silent = now.saturating_duration_since(since);
+            if silent > self.dead_after() {
+                return Err(silent);
+            }
+        }
+        if now < self.next_probe {
+            return Ok(None);
+        }
+        let nonce = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        if self.outstanding.len() == OUTSTANDING {
+            // Keep the oldest (the start of the silence); drop the one after it.
+            self.outstanding.remove(1);
+        }
+        self.outstanding.push_back((nonce, now));
+        self.next_probe = now + self.probe_every();
+        Ok(Some(nonce))
+    }
+
+    /// The peer answered probe `nonce`: a round-trip sample, and the silence is over.
+    fn answered(&mut self, nonce: u64, now: Instant) {
+        let Some(i) = self.outstanding.iter().position(|&(n, _)| n == nonce) else {
+            return;
+        };
+        self.rtt = now.saturating_duration_since(self.outstanding[i].1);
+        self.outstanding.drain(..=i);
+    }
 }
 
 impl Upgrade {
@@ -134,30 +195,17 @@ impl State {
                 return None;
             }
         };
-        let now = Instant::now();
         self.direct = Some(Direct {
             socket: GsoGate::new(inner, gso_open.clone()),
             remote: p.remote,
             dead: false,
-            rtt: self.rtt,
-            next_probe: now,
-            last_probe: None,
-            unanswered_since: None,
-            nonce: rand::random(),
+            consent: Consent::new(self.rtt, Instant::now(), rand::random()),
         });
         Some(PathChange::Direct { remote: p.remote })
     }
 }
 
 impl Direct {
-    fn probe_every(&self) -> Duration {
-        self.rtt.max(MIN_PROBE_EVERY)
-    }
-
-    fn dead_after(&self) -> Duration {
-        (self.rtt * DEAD_AFTER_RTTS).max(MIN_DEAD_AFTER)
-    }
-
     fn send_small(&self, magic: &[u8; 4], nonce: u64) {
         let mut b = [0u8; PROBE_LEN];
         b[..4].copy_from_slice(magic);
@@ -176,21 +224,17 @@ impl Direct {
     /// Before a datagram goes out: a probe when one is due, and whether the path still
     /// answers (`Some` when it was just given up).
     fn check(&mut self, now: Instant) -> Option<PathChange> {
-        if let Some(since) = self.unanswered_since {
-            let silent = now.saturating_duration_since(since);
-            if silent > self.dead_after() {
+        match self.consent.due(now) {
+            Err(silent) => {
                 self.dead = true;
-                return Some(PathChange::Relay { silent });
+                Some(PathChange::Relay { silent })
             }
+            Ok(Some(nonce)) => {
+                self.send_small(PROBE, nonce);
+                None
+            }
+            Ok(None) => None,
         }
-        if now >= self.next_probe {
-            self.nonce = self.nonce.wrapping_add(1);
-            self.send_small(PROBE, self.nonce);
-            self.last_probe = Some((self.nonce, now));
-            self.unanswered_since.get_or_insert(now);
-            self.next_probe = now + self.probe_every();
-        }
-        None
     }
 
     /// A 12-byte datagram of ours from the peer: answered or counted; `false` when it is
@@ -204,13 +248,7 @@ impl Direct {
             self.send_small(ANSWER, nonce);
             true
         } else if &data[..4] == ANSWER {
-            if let Some((n, sent)) = self.last_probe {
-                if n == nonce {
-                    self.rtt = now.saturating_duration_since(sent);
-                    self.unanswered_since = None;
-                    self.last_probe = None;
-                }
-            }
+            self.consent.answered(nonce, now);
             true
         } else {
             false
@@ -429,5 +467,71 @@ impl UdpPoller for SwitchPoller {
             Some(p) if !dead => p.as_mut().poll_writable(cx),
             _ => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A path whose round trip (150 ms) is as long as the probe interval: every answer comes
+    /// after the next probe went out, and the path must still count as alive.
+    #[test]
+    fn answers_that_cross_the_next_probe_keep_the_path_alive() {
+        let t0 = Instant::now();
+        let mut c = Consent::new(150 * MS, t0, 7);
+        let mut sent = Vec::new();
+        for step in 0..100u32 {
+            let now = t0 + step * 10 * MS;
+            // Answers arrive 155 ms after their probe, after the next one went out.
+            while let Some(&(n, at)) = sent.first() {
+                if now < at + 155 * MS {
+                    break;
+                }
+                c.answered(n, now);
+                sent.remove(0);
+            }
+            match c.due(now) {
+                Err(silent) => panic!("given up at {step} after {silent:?}"),
+                Ok(Some(n)) => sent.push((n, now)),
+                Ok(None) => {}
+            }
+        }
+        assert!(c.rtt >= 150 * MS && c.rtt <= 170 * MS, "{:?}", c.rtt);
+    }
+
+    /// Silence: given up once no answer came for six round trips, and not before a second.
+    #[test]
+    fn silence_gives_the_path_up_after_six_round_trips_and_a_second_at_least() {
+        for (rtt, after) in [(10 * MS, MIN_DEAD_AFTER), (400 * MS, 2400 * MS)] {
+            let t0 = Instant::now();
+            let mut c = Consent::new(rtt, t0, 0);
+            let mut now = t0;
+            let gave_up = loop {
+                match c.due(now) {
+                    Err(silent) => break silent,
+                    Ok(_) => now += 5 * MS,
+                }
+                assert!(now < t0 + 10 * after, "never given up");
+            };
+            assert!(gave_up > after && gave_up <= after + 10 * MS, "{rtt:?}: {gave_up:?}");
+        }
+    }
+
+    /// One answer ends the silence; a late answer to a forgotten probe changes nothing.
+    #[test]
+    fn an_answer_ends_the_silence() {
+        let t0 = Instant::now();
+        let mut c = Consent::new(20 * MS, t0, 100);
+        let first = c.due(t0).unwrap().expect("a probe at once");
+        assert_eq!(c.due(t0 + MS).unwrap(), None, "not again before the interval");
+        let second = c.due(t0 + 200 * MS).unwrap().expect("the next probe");
+        c.answered(second, t0 + 230 * MS);
+        assert!(c.outstanding.is_empty(), "the older probe is answered too");
+        c.answered(first, t0 + 240 * MS);
+        assert_eq!(c.rtt, 30 * MS);
+        assert!(c.due(t0 + 1500 * MS).is_ok(), "alive: the silence ended at 230 ms");
     }
 }
