@@ -5,6 +5,7 @@
 
 pub mod classify;
 pub mod hex;
+pub mod pairing;
 pub mod portmap;
 pub mod punch;
 pub mod rendezvous;

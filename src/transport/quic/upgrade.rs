@@ -516,7 +516,10 @@ mod tests {
                 }
                 assert!(now < t0 + 10 * after, "never given up");
             };
-            assert!(gave_up > after && gave_up <= after + 10 * MS, "{rtt:?}: {gave_up:?}");
+            assert!(
+                gave_up > after && gave_up <= after + 10 * MS,
+                "{rtt:?}: {gave_up:?}"
+            );
         }
     }
 
@@ -526,12 +529,19 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Consent::new(20 * MS, t0, 100);
         let first = c.due(t0).unwrap().expect("a probe at once");
-        assert_eq!(c.due(t0 + MS).unwrap(), None, "not again before the interval");
+        assert_eq!(
+            c.due(t0 + MS).unwrap(),
+            None,
+            "not again before the interval"
+        );
         let second = c.due(t0 + 200 * MS).unwrap().expect("the next probe");
         c.answered(second, t0 + 230 * MS);
         assert!(c.outstanding.is_empty(), "the older probe is answered too");
         c.answered(first, t0 + 240 * MS);
         assert_eq!(c.rtt, 30 * MS);
-        assert!(c.due(t0 + 1500 * MS).is_ok(), "alive: the silence ended at 230 ms");
+        assert!(
+            c.due(t0 + 1500 * MS).is_ok(),
+            "alive: the silence ended at 230 ms"
+        );
     }
 }
