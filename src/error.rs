@@ -16,6 +16,9 @@ pub enum Error {
     },
     #[error("no STUN answer from {server} over UDP within {waited_ms} ms: the server is down, unreachable, or UDP is blocked on the path")]
     ServerUnreachable { server: SocketAddr, waited_ms: u64 },
+    /// `connect --code`: the two sides did not derive the same key.
+    #[error("wrong code: the other side of session {session:?} typed another pairing code (or someone else tried to guess it); this code is used up, so start again with a new one (punchraw connect --code)")]
+    WrongCode { session: String },
     /// The host has no route (or no address) of the server's family.
     #[error("this host has no {} route to the server {server} ({error}): it may have no {} address; give the server's {} address or a name that has one", family(server), family(server), if server.is_ipv4() { "IPv6" } else { "IPv4" })]
     NoRoute {
@@ -164,6 +167,7 @@ impl Error {
             | Error::OfferAuthFailed
             | Error::SessionKeyMismatch { .. }
             | Error::WrongSecretPeer { .. }
+            | Error::WrongCode { .. }
             | Error::RelayCredentials { .. }
             | Error::RelayRefused { .. } => 7,
             Error::PunchFailed { .. } => 8,

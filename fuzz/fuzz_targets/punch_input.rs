@@ -102,6 +102,7 @@ fuzz_target!(|data: &[u8]| {
             mapped: None,
             relayed: None,
             udp_blocked: false,
+            pairing: None,
         },
         key: KEY,
         fingerprint: [0x24; 32],

@@ -12,6 +12,16 @@ pub fn encode(b: &[u8]) -> String {
     s
 }
 
+/// An even number of hex digits (either case) to their bytes; `None` for anything else.
+pub fn decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Exactly 64 hex digits (either case) to 32 bytes; `None` for anything else, so a
 /// malformed key or MAC from the network is refused, never a panic.
 pub fn decode32(s: &str) -> Option<[u8; 32]> {

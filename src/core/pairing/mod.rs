@@ -48,6 +48,10 @@ pub const WORDS: [&str; 256] = [
     "walrus", "whale", "whistle", "willow", "window", "wizard", "yogurt", "zebra", "zipper",
 ];
 
+/// The rendezvous secret of a pairing session: public, so the session key the server holds
+/// says nothing (the code's words never reach the rendezvous key).
+pub const RENDEZVOUS_SECRET: &[u8] = b"punchraw v1 pairing rendezvous";
+
 /// Session numbers are drawn from 1 to this.
 pub const NAMEPLATES: u16 = 9999;
 

@@ -62,6 +62,9 @@ const MAX_START_IN: Duration = Duration::from_secs(10);
 /// offers are known: the first peer's allocation needs the session, so it may come after the
 /// match; each re-register after it is answered with the other peer's latest data.
 pub const RELAY_SYNC: Duration = Duration::from_secs(3);
+/// Registers while a pairing's confirmations are exchanged: both peers are there, so the
+/// answers come at the server's round trip.
+const PAIRING_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -125,6 +128,8 @@ pub enum ClientEvent {
     /// [`COUNTER_REFRESH`] while we wait: extrapolating the drift alone misses a counter that
     /// wraps around its NAT's pool, whose bounds nobody told us.
     MeasureCounter,
+    /// The pairing's key, both confirmations matched (just before `Introduced`).
+    Paired([u8; 32]),
     Introduced(Box<Introduction>),
     Failed(Error),
 }
@@ -159,6 +164,25 @@ pub struct Client {
     offer_sent: bool,
     /// The introduction held back while the relayed offers are exchanged, and until when.
     held: Option<(Introduction, Instant)>,
+    /// `connect --code`: the pairing exchange ([`Client::with_pairing`]).
+    pairing: Option<Pairing>,
+}
+
+/// Our side of a pairing: the SPAKE2 state until the peer's message came, then the key and
+/// our confirmation of it.
+struct Pairing {
+    pake: Option<crate::core::pairing::Pake>,
+    msg: String,
+    key: Option<[u8; 32]>,
+    confirm: Option<String>,
+}
+
+/// Where a pairing stands after the peer's latest data.
+enum Paired {
+    /// Registers go on: our confirmation must reach the peer, or its own is not here yet.
+    Pending,
+    Done([u8; 32]),
+    Wrong,
 }
 
 impl Client {
@@ -196,6 +220,56 @@ impl Client {
             relay_pending: false,
             offer_sent: false,
             held: None,
+            pairing: None,
+        }
+    }
+
+    /// A pairing (`connect --code`): registers carry our SPAKE2 message `msg` (and then our
+    /// confirmation); the introduction comes only once the peer's confirmation matched the
+    /// key both derived, after [`ClientEvent::Paired`]; a mismatch is
+    /// [`Error::WrongCode`]. The session key comes from the session name alone (a code has
+    /// no secret the server may hold).
+    pub fn with_pairing(mut self, pake: crate::core::pairing::Pake, msg: &[u8]) -> Self {
+        self.pairing = Some(Pairing {
+            pake: Some(pake),
+            msg: crate::core::hex::encode(msg),
+            key: None,
+            confirm: None,
+        });
+        self
+    }
+
+    /// The pairing after the peer's data `peer`.
+    fn pair(&mut self, peer: &super::PeerData) -> Paired {
+        use crate::core::pairing::confirmation;
+        let Some(p) = self.pairing.as_mut() else {
+            return Paired::Pending;
+        };
+        // A peer that is not pairing, or whose message is no SPAKE2 message, did not type our
+        // code either.
+        let Some(theirs) = peer.pairing.as_ref() else {
+            return Paired::Wrong;
+        };
+        let key = match (p.key, p.pake.take()) {
+            (Some(k), _) => k,
+            (None, Some(pake)) => {
+                let Some(Ok(k)) = crate::core::hex::decode(&theirs.msg).map(|m| pake.finish(&m))
+                else {
+                    return Paired::Wrong;
+                };
+                p.key = Some(k);
+                p.confirm = Some(crate::core::hex::encode(&confirmation(
+                    &k,
+                    &self.cfg.peer_id,
+                )));
+                k
+            }
+            (None, None) => return Paired::Wrong,
+        };
+        match theirs.confirm.as_deref().map(crate::core::hex::decode32) {
+            None => Paired::Pending,
+            Some(Some(c)) if c == confirmation(&key, &peer.id) => Paired::Done(key),
+            Some(_) => Paired::Wrong,
         }
     }
 
@@ -315,6 +389,21 @@ impl Machine for Client {
                 peer,
                 start_in_ms,
             } => {
+                if self.pairing.is_some() {
+                    match self.pair(&peer) {
+                        Paired::Pending => {
+                            // Our confirmation goes out at once; the peer's comes with the
+                            // answer to a later register.
+                            self.next_send = self.next_send.min(now + PAIRING_EVERY);
+                            return;
+                        }
+                        Paired::Wrong => {
+                            let session = self.cfg.session.clone();
+                            return self.finish(ClientEvent::Failed(Error::WrongCode { session }));
+                        }
+                        Paired::Done(key) => self.events.push_back(ClientEvent::Paired(key)),
+                    }
+                }
                 let start = now
                     + Duration::from_millis(start_in_ms).min(MAX_START_IN)
                     + self.cfg.start_delay;
@@ -423,6 +512,10 @@ impl Machine for Client {
             mapped: self.cfg.mapped,
             relayed: self.cfg.relayed.clone(),
             udp_blocked: self.cfg.udp_blocked,
+            pairing: self.pairing.as_ref().map(|p| super::PairingData {
+                msg: p.msg.clone(),
+                confirm: p.confirm.clone(),
+            }),
             rtt_ms: self.cfg.rtt.as_millis().min(u128::from(u32::MAX)) as u32,
             mac: String::new(),
         };

@@ -105,10 +105,41 @@ pub struct PeerData {
     /// older peers neither send nor read it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub udp_blocked: bool,
+    /// The pairing exchange of `connect --code` (`crate::core::pairing`). Absent otherwise;
+    /// older peers neither send nor read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairing: Option<PairingData>,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// One side's part of a pairing: its SPAKE2 message, and once it computed the key, its
+/// confirmation that it holds it. The server relays both unchanged and can learn neither the
+/// code nor the key from them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingData {
+    /// The SPAKE2 message (hex).
+    pub msg: String,
+    /// HMAC-SHA256 under the agreed key (hex, `crate::core::pairing::confirmation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<String>,
+}
+
+/// A SPAKE2 message on Ed25519 is 33 bytes; a little room, and no more.
+const MAX_PAIRING_MSG: usize = 64;
+
+impl PairingData {
+    fn valid(&self) -> bool {
+        crate::core::hex::decode(&self.msg)
+            .is_some_and(|m| !m.is_empty() && m.len() <= MAX_PAIRING_MSG)
+            && self
+                .confirm
+                .as_deref()
+                .is_none_or(|c| crate::core::hex::decode32(c).is_some())
+    }
 }
 
 /// A peer's relayed address and the certificate its QUIC stream will present there, MACed
@@ -189,6 +220,9 @@ pub enum Msg {
         /// read the registers of every client whose UDP works.
         #[serde(default, skip_serializing_if = "is_false")]
         udp_blocked: bool,
+        /// [`PeerData::pairing`]; absent outside `connect --code`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pairing: Option<PairingData>,
         /// The client's measured RTT to the server, for the start time.
         rtt_ms: u32,
         /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].
@@ -291,6 +325,7 @@ impl Msg {
                 mac,
                 tcp,
                 relayed,
+                pairing,
                 ..
             } => {
                 valid_session(session)
@@ -298,6 +333,7 @@ impl Msg {
                     && locals.len() <= MAX_LOCALS
                     && tcp.as_ref().is_none_or(TcpOffer::valid)
                     && relayed.as_ref().is_none_or(RelayOffer::valid)
+                    && pairing.as_ref().is_none_or(PairingData::valid)
                     && key
                         .as_deref()
                         .is_none_or(|k| crate::core::hex::decode32(k).is_some())
@@ -315,6 +351,7 @@ impl Msg {
                     && peer.locals.len() <= MAX_LOCALS
                     && peer.tcp.as_ref().is_none_or(TcpOffer::valid)
                     && peer.relayed.as_ref().is_none_or(RelayOffer::valid)
+                    && peer.pairing.as_ref().is_none_or(PairingData::valid)
             }
             _ => true,
         }

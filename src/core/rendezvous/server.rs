@@ -107,6 +107,7 @@ impl Rendezvous {
                 mapped,
                 relayed,
                 udp_blocked,
+                pairing,
                 rtt_ms,
                 ..
             } => {
@@ -123,6 +124,7 @@ impl Rendezvous {
                         mapped,
                         relayed,
                         udp_blocked,
+                        pairing,
                     },
                     seq,
                     rtt_ms: rtt_ms.min(10_000),

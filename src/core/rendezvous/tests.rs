@@ -53,6 +53,7 @@ fn signed_register(
         mapped: None,
         relayed: None,
         udp_blocked: false,
+        pairing: None,
         rtt_ms,
         mac: String::new(),
     }
@@ -261,6 +262,7 @@ fn signed_messages_verify_and_tampering_fails() {
         mapped: None,
         relayed: None,
         udp_blocked: false,
+        pairing: None,
         rtt_ms: 1,
         mac: String::new(),
     }
@@ -512,6 +514,7 @@ fn a_mapped_endpoint_is_relayed_and_absent_when_there_is_none() {
             mapped,
             relayed: None,
             udp_blocked: false,
+            pairing: None,
             rtt_ms: 10,
             mac: String::new(),
         }
@@ -562,6 +565,7 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
             mapped: None,
             relayed,
             udp_blocked: false,
+            pairing: None,
             rtt_ms: 10,
             mac: String::new(),
         }
@@ -615,6 +619,7 @@ fn udp_blocked_reaches_the_peer_and_is_absent_when_false() {
             mapped: None,
             relayed: None,
             udp_blocked,
+            pairing: None,
             rtt_ms: 10,
             mac: String::new(),
         }

@@ -155,6 +155,8 @@ pub(super) fn rendezvous_on(
                         client.counter_measured(Instant::now(), port);
                     }
                 }
+                // Only a pairing client (`pairing.rs`) has a pairing.
+                ClientEvent::Paired(_) => {}
                 ClientEvent::Introduced(intro) => return Ok(*intro),
                 ClientEvent::Failed(e) => return Err(e),
             }

@@ -765,3 +765,5 @@ fn a_peer_without_a_relay_delays_the_introduction_by_the_sync_at_most() {
         "{waited:?}"
     );
 }
+
+mod pairing;
