@@ -59,6 +59,7 @@ fn registrations(n: usize, round: u32) -> Vec<(SocketAddr, Vec<u8>)> {
                 relayed: None,
                 rtt_ms: 20,
                 udp_blocked: false,
+                pairing: None,
                 mac: String::new(),
             };
             (src, msg.encode_signed(&key))
