@@ -7,11 +7,14 @@
 //! this session; the client ends (introduced or failed) by its deadline and is inert after.
 //!
 //! Input: records `[source: u8][advance: u8][len: u16 BE][len bytes]`; an even source is the
-//! server, an odd one a stranger.
+//! server, an odd one a stranger. When the first byte has its top bit set the client pairs
+//! (`connect --code`), so `peer` messages carry pairing data to check: the SPAKE2 message and
+//! the confirmation come from the input.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use punchraw::core::pairing::{Code, Pake};
 use punchraw::core::rendezvous::client::{Client, ClientConfig, ClientEvent};
 use punchraw::core::rendezvous::{Msg, NatInfo};
 use punchraw::core::Machine;
@@ -45,6 +48,11 @@ fuzz_target!(|data: &[u8]| {
         udp_blocked: false,
     };
     let mut c = Client::new(cfg, t0);
+    if data.first().is_some_and(|b| b & 0x80 != 0) {
+        let code: Code = "7-guitar-orbit".parse().expect("a valid code");
+        let (pake, msg) = Pake::start(&code, rand_core::OsRng);
+        c = c.with_pairing(pake, &msg);
+    }
     let mut now = t0;
     let mut ended = false;
     let turn = |c: &mut Client, now: Instant, ended: &mut bool| {

@@ -44,8 +44,21 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub server: String,
     /// Session name both peers give; the server introduces the two peers of a session.
-    #[arg(long, value_name = "NAME")]
-    pub session: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "code")]
+    pub session: Option<String>,
+    /// Pair with a short code instead of --session and --secret. Without a value: pick a
+    /// code, print it (read it out to the other side) and wait; with one (`--code
+    /// 7-guitar-orbit`): join the side that printed it. A password-authenticated key exchange
+    /// (SPAKE2) turns the code's words into the connection's secret, which neither the server
+    /// nor an eavesdropper learns; a wrong code ends both sides (exit 7) and uses the code up.
+    #[arg(
+        long,
+        value_name = "CODE",
+        num_args = 0..=1,
+        conflicts_with_all = ["session", "secret"],
+        value_parser = parse_code
+    )]
+    pub code: Option<Option<crate::core::pairing::Code>>,
     /// Shared secret that authenticates the peer (every punch packet carries a MAC keyed from
     /// it, and the QUIC certificates are pinned through it). Without it the session name is
     /// the key. Also read from PUNCHRAW_SECRET.
@@ -392,6 +405,11 @@ impl ServeArgs {
         out.sort_by_key(|f| !f.listen.is_ipv4());
         Ok(out)
     }
+}
+
+fn parse_code(s: &str) -> Result<crate::core::pairing::Code, String> {
+    s.parse()
+        .map_err(|e: crate::core::pairing::CodeError| e.to_string())
 }
 
 /// `probe -4`/`-6`: the one family to probe.

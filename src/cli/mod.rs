@@ -9,7 +9,7 @@ pub mod table;
 use crate::core::rendezvous::RendezvousConfig;
 use crate::core::server::ServerConfig;
 use crate::core::turn::server::TurnServerConfig;
-use crate::driver::connect::{ConnectConfig, RelayMode, RelayTransport};
+use crate::driver::connect::{ConnectConfig, Pairing, RelayMode, RelayTransport};
 use crate::driver::probe::ProbeConfig;
 use crate::driver::Status;
 use anyhow::{bail, Context, Result};
@@ -272,8 +272,10 @@ fn probe_config(a: ProbeArgs) -> Result<std::result::Result<ProbeConfig, String>
 }
 
 fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
-    if a.session.is_empty() || a.session.len() > 128 || a.session.chars().any(char::is_control) {
-        bail!("--session must be 1 to 128 printable characters");
+    if let Some(session) = &a.session {
+        if session.is_empty() || session.len() > 128 || session.chars().any(char::is_control) {
+            bail!("--session must be 1 to 128 printable characters");
+        }
     }
     if a.secret.as_deref() == Some("") {
         bail!("--secret must not be empty (leave it out to use the session name as the key)");
@@ -290,8 +292,9 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
     }
     Ok(ConnectConfig {
         server: resolve(&a.server)?,
-        session: a.session,
+        session: a.session.unwrap_or_default(),
         secret: a.secret,
+        pairing: a.code.map(|c| c.map_or(Pairing::New, Pairing::Join)),
         timeout: Duration::from_secs(a.timeout),
         report: a.report,
         capture: a.capture,

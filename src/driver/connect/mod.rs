@@ -5,6 +5,7 @@ mod announce;
 mod blocked;
 mod classify;
 mod main_socket;
+mod pairing;
 mod portmap;
 mod relay;
 mod relay_first;
@@ -68,7 +69,11 @@ pub struct ConnectConfig {
     pub port_mapping_lifetime: Duration,
     /// The TURN relay to fall back to when no hole opens (`--relay`).
     pub relay: RelayMode,
+    /// `--code`: pair with a short code first; `session` and `secret` then come from it.
+    pub pairing: Option<Pairing>,
 }
+
+pub use pairing::Pairing;
 
 pub use crate::core::punch::priming::PrimeTtl;
 pub use relay::{RelayMode, RelayTransport};
@@ -190,6 +195,20 @@ fn connect(
 ) -> Result<(), Error> {
     let shutdown =
         Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?;
+    let paired;
+    let cfg = match cfg.pairing {
+        Some(how) => {
+            let (session, secret) = pairing::pair(cfg, status, &shutdown, how)?;
+            paired = ConnectConfig {
+                session,
+                secret: Some(secret),
+                pairing: None,
+                ..cfg.clone()
+            };
+            &paired
+        }
+        None => cfg,
+    };
     if cfg.tcp {
         tcp_punch::check_privileges(cfg.syn_engine)?;
     }
