@@ -11,7 +11,7 @@
 #   allocations on each server from the server's namespace and holds them; the server's
 #   resident memory (VmRSS) before and while they are held, divided by ALLOCS. Also the rate
 #   at which they were made.
-# - Time to first byte: a port-restricted-cone pair (a hole opens) DELAY ms (default 40) one
+# - Time to first byte: a port-restricted-cone pair (a hole opens) FB_DELAY ms (default 40) one
 #   way from the server and each other, the server's relay on offer: B's time_to_first_byte_ms
 #   with relay first (the default) against direct only (`--relay off`), medians of RUNS.
 set -euo pipefail
@@ -19,19 +19,22 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-2}"
 MIB="${MIB:-64}"
 ALLOCS="${ALLOCS:-10000}"
-DELAY="${DELAY:-40}"
+FB_DELAY="${FB_DELAY:-40}"
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces); run: sudo $0 $*" >&2; exit 1; }
 command -v turnserver >/dev/null || { echo "bench: needs coturn's turnserver (apt-get install coturn)" >&2; exit 1; }
 cargo build --release --quiet -p punchraw -p punchraw-loadgen
 BIN="$PWD/target/release"
 LAB="${PUNCHRAW_BENCH_LAB:-prbrly}"
+# The cone pair's lab (set before `natlab.sh info` output, which names LAB, is evaluated).
+CLAB="${LAB}c"
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
+  local p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   PIDS=()
   tools/natlab.sh down --name "$LAB" >/dev/null 2>&1 || true
-  tools/natlab.sh down --name "${LAB}c" >/dev/null 2>&1 || true
+  tools/natlab.sh down --name "$CLAB" >/dev/null 2>&1 || true
 }
 trap 'cleanup; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
@@ -96,8 +99,8 @@ for r in $(seq "$RUNS"); do
   p+=("$(relayed_run "p$r")")
   c+=("$(relayed_run "c$r" --relay "turn://bench:bench@$SRV1:3480")")
 done
-mp=$(printf '%s\n' "${p[@]}" | grep -v fail | median)
-mc=$(printf '%s\n' "${c[@]}" | grep -v fail | median)
+mp=$(printf '%s\n' "${p[@]}" | { grep -v fail || true; } | median)
+mc=$(printf '%s\n' "${c[@]}" | { grep -v fail || true; } | median)
 
 # Memory: $1 = pid, $2 = TURN endpoint. Prints "KB_before KB_held allocs_per_s".
 alloc_run() {
@@ -121,20 +124,20 @@ cp=$(per "$cb" "$ca" "$cn")
 
 # Time to first byte on a cone pair: relay first against direct only. Prints B's ms.
 cleanup
-tools/natlab.sh up --name "${LAB}c" --delay "$DELAY" port-restricted-cone port-restricted-cone >/dev/null
-eval "$(tools/natlab.sh info --name "${LAB}c")"
-tools/natlab.sh exec --name "${LAB}c" srv -- "$BIN/punchraw" serve --listen "$SRV1" --alternate "$SRV2" \
+tools/natlab.sh up --name "$CLAB" --delay "$FB_DELAY" port-restricted-cone port-restricted-cone >/dev/null
+eval "$(tools/natlab.sh info --name "$CLAB")"
+tools/natlab.sh exec --name "$CLAB" srv -- "$BIN/punchraw" serve --listen "$SRV1" --alternate "$SRV2" \
   --relay 2>/dev/null &
 PIDS+=($!)
 sleep 0.5
 first_byte() {
   local session=$1; shift
   head -c 4096 /dev/urandom > "$WORK/small"
-  tools/natlab.sh exec --name "${LAB}c" a -- "$BIN/punchraw" connect --server "$SRV1" --session "$session" \
+  tools/natlab.sh exec --name "$CLAB" a -- "$BIN/punchraw" connect --server "$SRV1" --session "$session" \
     --secret bench --timeout 30 -q "$@" < "$WORK/small" > /dev/null 2>/dev/null &
   local a=$!
   sleep 0.3
-  if tools/natlab.sh exec --name "${LAB}c" b -- "$BIN/punchraw" connect --server "$SRV1" --session "$session" \
+  if tools/natlab.sh exec --name "$CLAB" b -- "$BIN/punchraw" connect --server "$SRV1" --session "$session" \
       --secret bench --timeout 30 -q --report "$WORK/f.json" "$@" < /dev/null > /dev/null 2>/dev/null; then
     wait "$a" || true
     field time_to_first_byte_ms "$WORK/f.json"
@@ -148,8 +151,8 @@ for r in $(seq "$RUNS"); do
   rf+=("$(first_byte "f$r")")
   d+=("$(first_byte "d$r" --relay off)")
 done
-mrf=$(printf '%s\n' "${rf[@]}" | grep -v fail | median)
-md=$(printf '%s\n' "${d[@]}" | grep -v fail | median)
+mrf=$(printf '%s\n' "${rf[@]}" | { grep -v fail || true; } | median)
+md=$(printf '%s\n' "${d[@]}" | { grep -v fail || true; } | median)
 
 printf '%-34s %12s %12s %8s\n' "" punchraw coturn ratio
 printf '%-34s %12s %12s %8s   (runs punchraw %s, coturn %s)\n' "relayed MiB/s ($MIB MiB one way)" \
@@ -159,5 +162,5 @@ printf '%-34s %12s %12s %8s   (%s and %s of %s held; RSS %s->%s KB, %s->%s KB)\n
   "$pb" "$pa" "$cb" "$ca"
 printf '%-34s %12s %12s %8s\n' "allocations made per second" "$prate" "$crate" "$(ratio "$prate" "$crate")"
 printf '\n%-34s %12s %12s %8s\n' "" "relay first" "direct only" ratio
-printf '%-34s %12s %12s %8s   (runs %s and %s)\n' "cone pair, ms to first byte ($DELAY ms)" \
+printf '%-34s %12s %12s %8s   (runs %s and %s)\n' "cone pair, ms to first byte ($FB_DELAY ms)" \
   "$mrf" "$md" "$(ratio "$mrf" "$md")" "${rf[*]}" "${d[*]}"
