@@ -54,9 +54,11 @@ pub enum RelayTransport {
 
 /// The longest a receive blocks: the bound on noticing a stop.
 const POLL: Duration = Duration::from_millis(50);
-/// A refused first Allocate is tried again this often (the server remembers a session it
-/// did not find for 1 s).
-const RETRY: Duration = Duration::from_millis(1200);
+/// A refused first Allocate is tried again this often, until the rendezvous ends: our own
+/// register creates the session within a round trip or two, and the sooner the allocation
+/// follows, the sooner a relay-first stream starts. Above the server's memory of a session
+/// it did not find (`core::turn::server::session::SESSION_MISS_CACHE`).
+const RETRY: Duration = Duration::from_millis(250);
 /// The wait for the server to confirm the freeing Refresh before giving up on it.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Binding indications toward the TURN server this often: below the 30 s after which some

@@ -24,9 +24,12 @@ pub const SESSION_PREFIX: &str = "session:";
 pub const MAX_PARKED: usize = 64;
 /// How long a lookup's answer (found or not) is reused.
 pub const SESSION_CACHE: Duration = Duration::from_secs(30);
-/// How long a lookup that found nothing is reused: enough to spare the registry a flood of
-/// requests with a wrong name, short enough for a peer that retries once its session exists.
-pub const SESSION_MISS_CACHE: Duration = Duration::from_secs(1);
+/// How long a lookup that found nothing is reused: enough to spare the registry a burst of
+/// requests with one wrong name, short enough that a session created moments after a miss is
+/// found by the next request -- the second peer of a session often allocates just after the
+/// first peer's early Allocate missed and just before (or as) the session appears, and each
+/// miss it meets costs the relayed stream's first byte a retry.
+pub const SESSION_MISS_CACHE: Duration = Duration::from_millis(100);
 /// Sessions remembered at once; beyond, the cache starts over.
 pub(super) const MAX_CACHED: usize = 4096;
 
