@@ -7,7 +7,7 @@
 mod common;
 
 use common::lab::{Lab, LabOptions, Node};
-use common::pair::{check_connected, check_connected_over, pair, pair_sides, MIB};
+use common::pair::{check_connected, check_connected_over, pair, pair_sides, Pair, Side, MIB};
 use serde_json::Value;
 use std::process::Output;
 
@@ -354,6 +354,22 @@ fn probe_classifies_ipv6_against_coturn_too() {
     assert_eq!(t["filtering"], "unknown", "{v:#}");
 }
 
+/// Both sides' reports name the other's IPv6 address as the peer; the sides, for more checks.
+fn connected_over_ipv6<'a>(p: &'a Pair, what: &str) -> [(&'static str, &'a Side); 2] {
+    for (n, s, other) in [
+        ("A", &p.a, "[2001:db8:2::2]:"),
+        ("B", &p.b, "[2001:db8:1::2]:"),
+    ] {
+        let peer = s.report["peer"].as_str().unwrap_or_default();
+        assert!(
+            peer.starts_with(other),
+            "{what}: {n}: peer {peer}\n{}",
+            s.stderr
+        );
+    }
+    [("A", &p.a), ("B", &p.b)]
+}
+
 /// `connect` beside IPv4 (issue 14, second phase): two hosts behind random-symmetric IPv4
 /// NATs (no IPv4 punch can be expected: a two-sided sweep over whole port ranges, or a TCP
 /// window around an unpredictable port) whose IPv6 is routed through the NAT namespaces'
@@ -384,16 +400,7 @@ fn random_symmetric_ipv4_pair_connects_over_ipv6_udp_and_tcp() {
         let p = pair(&lab, try_no, "right", MIB, extra);
         let what = format!("random x random, IPv6 beside, {transport}");
         check_connected_over(&p, transport, "direct", &what);
-        for (n, s, other) in [
-            ("A", &p.a, "[2001:db8:2::2]:"),
-            ("B", &p.b, "[2001:db8:1::2]:"),
-        ] {
-            let peer = s.report["peer"].as_str().unwrap_or_default();
-            assert!(
-                peer.starts_with(other),
-                "{what}: {n}: peer {peer}\n{}",
-                s.stderr
-            );
+        for (n, s) in connected_over_ipv6(&p, &what) {
             assert!(
                 s.stderr.contains(says),
                 "{what}: {n} says it tries IPv6:\n{}",
@@ -453,16 +460,7 @@ fn a_rendezvous_over_ipv6_connects_udp_and_tcp() {
         let p = pair(&lab, try_no, "right", MIB, &extra);
         let what = format!("IPv6 rendezvous, {transport}");
         check_connected_over(&p, transport, "direct", &what);
-        for (n, s, other) in [
-            ("A", &p.a, "[2001:db8:2::2]:"),
-            ("B", &p.b, "[2001:db8:1::2]:"),
-        ] {
-            let peer = s.report["peer"].as_str().unwrap_or_default();
-            assert!(
-                peer.starts_with(other),
-                "{what}: {n}: peer {peer}\n{}",
-                s.stderr
-            );
+        for (n, s) in connected_over_ipv6(&p, &what) {
             assert!(
                 !s.stderr.contains("beside IPv4") && !s.stderr.contains("came first"),
                 "{what}: {n} punched one family:\n{}",

@@ -181,22 +181,25 @@ fn loopback() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").unwrap()
 }
 
+/// Two loopback sockets, each the other's direct path.
+fn loopback_paths() -> [DirectPath; 2] {
+    let (sa, sb) = (loopback(), loopback());
+    let (a, b) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
+    [
+        DirectPath {
+            socket: sa,
+            remote: b,
+        },
+        DirectPath {
+            socket: sb,
+            remote: a,
+        },
+    ]
+}
+
 #[test]
 fn the_stream_moves_to_the_direct_path_while_data_flows() {
-    let r = run(Duration::from_millis(400), false, || {
-        let (sa, sb) = (loopback(), loopback());
-        let (a, b) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
-        [
-            DirectPath {
-                socket: sa,
-                remote: b,
-            },
-            DirectPath {
-                socket: sb,
-                remote: a,
-            },
-        ]
-    });
+    let r = run(Duration::from_millis(400), false, loopback_paths);
     assert!(r.relayed_at_switch > 100, "the stream started on the relay");
     for c in &r.changes {
         let c = c.lock().unwrap();
@@ -246,20 +249,7 @@ fn a_direct_path_that_never_answers_is_given_up_for_the_relay() {
 /// that moved to the direct path: the stream goes on there to its end.
 #[test]
 fn the_relay_going_away_under_a_direct_stream_costs_nothing() {
-    let r = run(Duration::from_millis(300), true, || {
-        let (sa, sb) = (loopback(), loopback());
-        let (a, b) = (sa.local_addr().unwrap(), sb.local_addr().unwrap());
-        [
-            DirectPath {
-                socket: sa,
-                remote: b,
-            },
-            DirectPath {
-                socket: sb,
-                remote: a,
-            },
-        ]
-    });
+    let r = run(Duration::from_millis(300), true, loopback_paths);
     for c in &r.changes {
         assert_eq!(c.lock().unwrap().len(), 1, "direct, and no change after");
     }
