@@ -295,6 +295,12 @@ impl Client {
         &self.cfg
     }
 
+    /// Whether the server has shown that our session exists (we waited in it, or met the
+    /// peer there): an allocation with session credentials can be made now.
+    pub fn session_exists(&self) -> bool {
+        self.said_waiting || self.held.is_some()
+    }
+
     /// The driver's answer to [`ClientEvent::MeasureCounter`]: the port `port` the counter
     /// gave a new flow at `now`. The search range starts there and reaches as far as the
     /// drift carries it in [`crate::core::classify::BUSY_AHEAD`], and drifts on from `now`.

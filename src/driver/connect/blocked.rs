@@ -144,12 +144,14 @@ pub(super) fn connect(
         range_drift: None,
         udp_blocked: true,
     };
-    let offer = || match relay.as_ref().map(|r| r.state()) {
+    let offer = |session_exists: bool| match relay.as_ref().map(|r| r.poll_state(session_exists)) {
         Some(relay::State::Allocated(a)) => RelayState::Offer(offer_of(a)),
         Some(relay::State::Allocating { .. }) => RelayState::Pending,
         _ => RelayState::GivenUp,
     };
-    let offer = relay.as_ref().map(|_| &offer as &dyn Fn() -> RelayState);
+    let offer = relay
+        .as_ref()
+        .map(|_| &offer as &dyn Fn(bool) -> RelayState);
     let from = blocked.stream.local_addr().unwrap_or(blocked.binding.local);
     status.say(format!(
         "rendezvous over TCP with {} (from {from}, seen as {})",

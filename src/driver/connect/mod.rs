@@ -487,14 +487,14 @@ fn meet(
         .range_drift
         .is_some()
         .then_some(&measure as &dyn Fn() -> Option<u16>);
-    let offer = || match relay.map(|r| r.state()) {
+    let offer = |session_exists: bool| match relay.map(|r| r.poll_state(session_exists)) {
         Some(relay::State::Allocated(a)) => rendezvous::RelayState::Offer(
             crate::core::turn::offer::make_offer(&me.key, &me.my_id, a, &me.fingerprint),
         ),
         Some(relay::State::Allocating { .. }) => rendezvous::RelayState::Pending,
         _ => rendezvous::RelayState::GivenUp,
     };
-    let offer = relay.map(|_| &offer as &dyn Fn() -> rendezvous::RelayState);
+    let offer = relay.map(|_| &offer as &dyn Fn(bool) -> rendezvous::RelayState);
     let intro = rendezvous(main, client, tcp.as_mut(), counter, offer, shutdown, status)?;
     if intro.peer.tcp.is_some() != cfg.tcp {
         return Err(Error::TransportMismatch {

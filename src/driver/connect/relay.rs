@@ -11,7 +11,7 @@
 //! rendezvous loop offers the relayed address as soon as there is one.
 
 use crate::core::rendezvous::derive_rendezvous_key;
-use crate::core::turn::server::session::session_credentials;
+use crate::core::turn::server::session::{session_credentials, SESSION_MISS_CACHE};
 use crate::core::turn::{Client, Event, Transport, TurnConfig, TurnError};
 use crate::core::Machine;
 use crate::transport::quic::RelayLink;
@@ -107,6 +107,9 @@ struct Shared {
     /// Since when the server's host refuses our datagrams, with nothing heard since.
     refused_since: Mutex<Option<Instant>>,
     allocated: AtomicBool,
+    /// The rendezvous has shown that the session exists: a refused first Allocate is tried
+    /// again at once rather than at its next [`RETRY`].
+    session_exists: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -262,6 +265,7 @@ impl Relay {
             gone: Mutex::new(None),
             refused_since: Mutex::new(None),
             allocated: AtomicBool::new(false),
+            session_exists: AtomicBool::new(false),
         });
         let s = shared.clone();
         let retry_until = retry.then_some(retry_until);
@@ -282,6 +286,15 @@ impl Relay {
 
     pub(super) fn state(&self) -> State {
         lock(&self.shared.state).clone()
+    }
+
+    /// [`Relay::state`], noting first whether the rendezvous has shown the session to
+    /// exist (then a refused first Allocate is tried again without waiting out [`RETRY`]).
+    pub(super) fn poll_state(&self, session_exists: bool) -> State {
+        if session_exists {
+            self.shared.session_exists.store(true, Ordering::Relaxed);
+        }
+        self.state()
     }
 
     pub(super) fn relayed(&self) -> Option<SocketAddr> {
@@ -396,6 +409,8 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>, dial_to: Optio
         return;
     };
     let mut retry_at: Option<Instant> = None;
+    // When the last refused Allocate was answered.
+    let mut failed_at: Option<Instant> = None;
     let mut closing: Option<Instant> = None;
     let mut allocated = false;
     // The client queued its first Allocate when it was made; it goes now, not when the
@@ -413,6 +428,13 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>, dial_to: Optio
         if closing.is_some_and(|t| now.duration_since(t) >= CLOSE_WAIT) {
             tracing::debug!("the TURN server did not confirm the freeing Refresh");
             return;
+        }
+        if let (Some(t), Some(failed)) = (retry_at, failed_at) {
+            // Not before the server forgot the miss it remembers of our last try.
+            let soon = failed + SESSION_MISS_CACHE;
+            if soon < t && s.session_exists.load(Ordering::Relaxed) {
+                retry_at = Some(soon.max(now));
+            }
         }
         if retry_at.is_some_and(|t| t <= now) {
             retry_at = None;
@@ -448,6 +470,7 @@ fn run(s: &Shared, cfg: TurnConfig, retry_until: Option<Instant>, dial_to: Optio
                         !allocated && retryable(&e) && retry_until.is_some_and(|u| now + RETRY < u);
                     *lock(&s.state) = if again {
                         retry_at = Some(now + RETRY);
+                        failed_at = Some(now);
                         State::Allocating {
                             last_error: Some(e.to_string()),
                         }

@@ -83,7 +83,7 @@ pub(super) fn rendezvous(
     cfg: ClientConfig,
     tcp: Option<&mut TcpOfferState<'_>>,
     counter: Option<&dyn Fn() -> Option<u16>>,
-    relayed: Option<&dyn Fn() -> RelayState>,
+    relayed: Option<&dyn Fn(bool) -> RelayState>,
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
@@ -98,7 +98,7 @@ pub(super) fn rendezvous_on(
     cfg: ClientConfig,
     mut tcp: Option<&mut TcpOfferState<'_>>,
     counter: Option<&dyn Fn() -> Option<u16>>,
-    relayed: Option<&dyn Fn() -> RelayState>,
+    relayed: Option<&dyn Fn(bool) -> RelayState>,
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
@@ -112,7 +112,9 @@ pub(super) fn rendezvous_on(
     }
     loop {
         if !offered {
-            match relayed.map_or(RelayState::GivenUp, |f| f()) {
+            // Told whether the session exists yet: a relay waiting to allocate with session
+            // credentials tries again at once when it does.
+            match relayed.map_or(RelayState::GivenUp, |f| f(client.session_exists())) {
                 RelayState::Offer(offer) => {
                     status.say(format!(
                         "relay: allocated; offering our relayed address {}",
