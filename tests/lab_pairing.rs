@@ -126,8 +126,9 @@ fn a_mistyped_code_ends_both_sides_with_exit_7() {
     };
     let _serve = common::punchraw_serve_5780(&lab);
     let dir = Dir::new(&format!("{}-wrong", lab.name()));
-    // The same number, another second word.
-    let sides = pair(&lab, &dir, &[], |c| {
+    // The same number, another second word; with --quiet, which still shows the code and
+    // the final error.
+    let sides = pair(&lab, &dir, &["-q"], |c| {
         let (rest, last) = c.rsplit_once('-').expect("N-word-word");
         let other = if last == "zebra" { "tiger" } else { "zebra" };
         format!("{rest}-{other}")

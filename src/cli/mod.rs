@@ -37,9 +37,9 @@ pub fn main() -> ExitCode {
             }
         }),
         Command::Connect(a) => {
-            // --quiet silences the status lines, not the final error.
+            // --quiet silences the status lines, not the final error nor a pairing code.
             let status = if a.quiet {
-                Status::silent()
+                Status::quiet()
             } else {
                 Status::stderr()
             };

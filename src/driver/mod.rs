@@ -25,6 +25,8 @@ pub(crate) fn kebab<T: serde::Serialize>(v: &T) -> String {
 #[derive(Clone)]
 pub struct Status {
     out: Option<Arc<Sink>>,
+    /// Where [`Status::announce`] goes: also with `--quiet`.
+    always: Option<Arc<Sink>>,
 }
 
 /// What receives the status lines.
@@ -34,24 +36,39 @@ impl Status {
     /// Lines on stderr as `punchraw: LINE`; with `-v` (tracing at info) they go to the log
     /// instead, so they interleave with it in order.
     pub fn stderr() -> Self {
-        Status::to(|line| {
-            if tracing::event_enabled!(tracing::Level::INFO) {
-                tracing::info!("{line}");
-            } else {
-                eprintln!("punchraw: {line}");
-            }
-        })
+        Status::to(stderr_line)
+    }
+
+    /// `--quiet`: nothing is said but what the user must see ([`Status::announce`]).
+    pub fn quiet() -> Self {
+        Status {
+            out: None,
+            always: Some(Arc::new(stderr_line)),
+        }
     }
 
     /// Nothing is said.
     pub fn silent() -> Self {
-        Status { out: None }
+        Status {
+            out: None,
+            always: None,
+        }
     }
 
     /// Every line goes to `f`.
     pub fn to(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        let f: Arc<Sink> = Arc::new(f);
         Status {
-            out: Some(Arc::new(f)),
+            out: Some(f.clone()),
+            always: Some(f),
+        }
+    }
+
+    /// A line the user must see to go on (a pairing code to read out): said even when the
+    /// status lines are not.
+    pub fn announce(&self, line: impl AsRef<str>) {
+        if let Some(out) = &self.always {
+            out(line.as_ref());
         }
     }
 
@@ -59,6 +76,14 @@ impl Status {
         if let Some(out) = &self.out {
             out(line.as_ref());
         }
+    }
+}
+
+fn stderr_line(line: &str) {
+    if tracing::event_enabled!(tracing::Level::INFO) {
+        tracing::info!("{line}");
+    } else {
+        eprintln!("punchraw: {line}");
     }
 }
 

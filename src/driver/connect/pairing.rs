@@ -35,9 +35,9 @@ pub(super) fn pair(
         Pairing::New => {
             let code = Code::random(&mut rand::rng());
             // Said even with --quiet: without it the other side cannot join.
-            eprintln!(
-                "punchraw: pairing code: {code}  (the other side runs: punchraw connect --server ... --code {code})"
-            );
+            status.announce(format!(
+                "pairing code: {code}  (the other side runs: punchraw connect --server ... --code {code})"
+            ));
             code
         }
         Pairing::Join(code) => code,
