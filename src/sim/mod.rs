@@ -68,6 +68,10 @@ pub struct NatBehavior {
     pub hairpin: bool,
     /// Idle time after which a binding is forgotten (RFC 4787 REQ-5 says at least 2 min).
     pub timeout: Duration,
+    /// The first flow toward this destination that would reuse an existing mapping finds
+    /// its port taken toward it (by another internal endpoint, not simulated) and gets a
+    /// port of its own, as Linux's NAT does when the 5-tuple is taken; later flows do not.
+    pub collide_toward: Option<SocketAddr>,
 }
 
 impl NatBehavior {
@@ -78,6 +82,7 @@ impl NatBehavior {
             alloc,
             hairpin: false,
             timeout: Duration::from_secs(120),
+            collide_toward: None,
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct SimNat {
     /// [`PortAlloc::SequentialBusy`]: when others' flows were last counted, and the
     /// fraction of a flow carried over.
     busy_since: Option<(Instant, f64)>,
+    /// [`NatBehavior::collide_toward`] has happened.
+    collided: bool,
     rng: StdRng,
 }
 
@@ -121,6 +128,7 @@ impl SimNat {
             next_seq,
             per_dst: HashMap::new(),
             busy_since: None,
+            collided: false,
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -165,7 +173,18 @@ impl SimNat {
         dst: SocketAddr,
     ) -> Option<SocketAddr> {
         self.expire(now);
-        let key = self.key(dst);
+        let mut key = self.key(dst);
+        let own = |b: &Binding| b.internal == src && b.key_dst == Some(dst);
+        if self.bindings.iter().any(own) {
+            // A flow that collided keeps the port it got.
+            key = Some(dst);
+        } else if self.behavior.collide_toward == Some(dst)
+            && !self.collided
+            && self.bindings.iter().any(|b| b.internal == src)
+        {
+            key = Some(dst);
+            self.collided = true;
+        }
         if let Some(b) = self
             .bindings
             .iter_mut()

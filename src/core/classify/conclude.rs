@@ -161,6 +161,13 @@ impl Classifier {
             return Behavior::Unknown;
         }
         let mapped_by = |k| self.answered(k).and_then(|a| a.1);
+        // A's tests disagreed, and the same tests from a fresh socket, spaced apart, kept one
+        // port: the NAT is endpoint-independent and gave one of A's flows a port of its own
+        // (see `Classifier::recheck_if_inconsistent`). The punch runs from yet another socket.
+        let recheck: Vec<_> = (0..3).filter_map(|i| mapped_by(Kind::Recheck(i))).collect();
+        if recheck.len() == 3 && recheck.iter().all(|&r| r == recheck[0]) {
+            return Behavior::EndpointIndependent;
+        }
         let m2 = mapped_by(Kind::MapAltIp);
         let m3 = mapped_by(Kind::MapAltBoth);
         match compare_mappings(mapped, m2, m3, mapped_by(Kind::MapAltPort)) {
@@ -474,6 +481,30 @@ pub(crate) fn compare_mappings(
         return Some(Behavior::EndpointIndependent);
     }
     alt_both.map(|_| Behavior::AddressDependent)
+}
+
+/// Whether socket A's mapping tests (test I `base`, II, III and the optional second port
+/// test) disagree in a way no consistent NAT explains: neither one port throughout
+/// (endpoint-independent), nor tests II and III sharing a port other than the base while the
+/// port test kept the base (address-dependent), nor a new port every time (address- and
+/// port-dependent).
+pub(super) fn mappings_inconsistent(
+    base: SocketAddr,
+    m2: SocketAddr,
+    m3: SocketAddr,
+    m4: Option<SocketAddr>,
+) -> bool {
+    let all: Vec<SocketAddr> = [Some(base), Some(m2), Some(m3), m4]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    let independent = distinct.len() == 1;
+    let address = m2 == m3 && m2 != base && m4.is_none_or(|m| m == base);
+    let address_and_port = distinct.len() == all.len();
+    !(independent || address || address_and_port)
 }
 
 pub(super) fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -> LegacyType {

@@ -128,8 +128,11 @@ impl ClassifierConfig {
     pub fn sockets_needed(&self) -> usize {
         let lifetime = self.lifetime_points().len();
         // A, B, C, H, allocation burst, lifetime probes plus the socket that checks them,
-        // the two late allocation probes.
-        4 + self.alloc_sockets + if lifetime > 0 { lifetime + 1 } else { 0 } + busy::LATE_SOCKETS
+        // the two late allocation probes, the mapping recheck.
+        4 + self.alloc_sockets
+            + if lifetime > 0 { lifetime + 1 } else { 0 }
+            + busy::LATE_SOCKETS
+            + 1
     }
 }
 
@@ -171,6 +174,10 @@ enum Kind {
     LifetimeCheck(usize),
     /// The late allocation probes that time a port counter ([`busy`]).
     Late(usize),
+    /// The mapping tests again from a fresh socket, when A's disagree
+    /// ([`Classifier::recheck_if_inconsistent`]): 0 to the primary endpoint, 1 to the
+    /// alternate IP, 2 to the alternate IP and port.
+    Recheck(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -479,6 +486,10 @@ impl Classifier {
                 }
                 self.add_late_pair(now);
             }
+            Kind::MapAltIp | Kind::MapAltBoth | Kind::MapAltPort => {
+                self.recheck_if_inconsistent(now)
+            }
+            Kind::Recheck(step) => self.recheck_next(now, step, other),
             Kind::LifetimeOpen(i) => {
                 // The clock starts at the answer: that is when the NAT last saw the binding used.
                 self.lifetime_opened[i] = Some(now);
@@ -491,6 +502,62 @@ impl Classifier {
             }
             _ => {}
         }
+    }
+
+    /// The socket of the second mapping look ([`Kind::Recheck`]): the last one.
+    fn recheck_socket(&self) -> usize {
+        self.cfg.sockets_needed() - 1
+    }
+
+    /// Once socket A's mapping tests have all answered and no consistent NAT explains them
+    /// ([`mappings_inconsistent`]), the same tests again from a fresh socket, one
+    /// destination at a time. The NAT may have given one of A's flows a port of its own:
+    /// an endpoint-independent NAT does so when the mapping's port is already taken toward
+    /// that destination by another internal endpoint, and Linux's NAT was seen doing it
+    /// about once in 40 runs for one of two flows it created within microseconds of each
+    /// other (a CGN with endpoint-independent mapping into a port block). A's tests go out
+    /// back to back to save time; the recheck spaces its own by an RTT each, and only runs
+    /// when A's answers need it, so a consistent NAT (and a port counter) sees no more flows.
+    fn recheck_if_inconsistent(&mut self, now: Instant) {
+        if self.txns.iter().any(|t| t.kind == Kind::Recheck(0)) {
+            return;
+        }
+        let Some((_, Some(base), Some(_))) = self.answered(Kind::Base) else {
+            return;
+        };
+        let mut seen = Vec::new();
+        for k in [Kind::MapAltIp, Kind::MapAltBoth, Kind::MapAltPort] {
+            match self.outcome(k) {
+                None => seen.push(None),
+                Some(Outcome::Answered {
+                    mapped: Some(m), ..
+                }) => seen.push(Some(*m)),
+                // Still waiting, or a test failed: nothing to check against.
+                Some(_) => return,
+            }
+        }
+        let (Some(m2), Some(m3)) = (seen[0], seen[1]) else {
+            return;
+        };
+        if conclude::mappings_inconsistent(base, m2, m3, seen[2]) {
+            let s = self.recheck_socket();
+            self.add(now, Kind::Recheck(0), s, self.cfg.server, None, None);
+        }
+    }
+
+    /// The recheck's next destination once its previous one answered: the alternate IP
+    /// (test II), then the alternate IP and port (test III).
+    fn recheck_next(&mut self, now: Instant, step: usize, other: Option<SocketAddr>) {
+        let Some(o) = other.or_else(|| self.answered(Kind::Base).and_then(|a| a.2)) else {
+            return;
+        };
+        let to = match step {
+            0 => SocketAddr::new(o.ip(), self.cfg.server.port()),
+            1 => o,
+            _ => return,
+        };
+        let s = self.recheck_socket();
+        self.add(now, Kind::Recheck(step + 1), s, to, None, None);
     }
 
     fn outcome(&self, kind: Kind) -> Option<&Outcome> {
