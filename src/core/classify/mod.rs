@@ -176,7 +176,7 @@ enum Kind {
     Late(usize),
     /// The mapping tests again from a fresh socket, when A's disagree
     /// ([`Classifier::recheck_if_inconsistent`]): 0 to the primary endpoint, 1 to the
-    /// alternate IP, 2 to the alternate IP and port.
+    /// alternate IP, 2 to the primary IP's alternate port.
     Recheck(usize),
 }
 
@@ -546,14 +546,17 @@ impl Classifier {
     }
 
     /// The recheck's next destination once its previous one answered: the alternate IP
-    /// (test II), then the alternate IP and port (test III).
+    /// (test II), then the primary IP's alternate port. Neither is a destination of the
+    /// allocation burst, so fewer earlier flows (this run's or a previous one's) hold tuples
+    /// toward them that could move the recheck's port as well.
     fn recheck_next(&mut self, now: Instant, step: usize, other: Option<SocketAddr>) {
         let Some(o) = other.or_else(|| self.answered(Kind::Base).and_then(|a| a.2)) else {
             return;
         };
+        let server = self.cfg.server;
         let to = match step {
-            0 => SocketAddr::new(o.ip(), self.cfg.server.port()),
-            1 => o,
+            0 => SocketAddr::new(o.ip(), server.port()),
+            1 => SocketAddr::new(server.ip(), o.port()),
             _ => return,
         };
         let s = self.recheck_socket();
