@@ -16,6 +16,8 @@
 
 mod busy;
 mod conclude;
+mod pacing;
+mod recheck;
 mod report;
 pub mod tcp;
 
@@ -32,6 +34,7 @@ use crate::core::stun::{
     attr_type, Attribute, Class, Encoder, Message, MessageType, TransactionId,
 };
 use crate::core::{Machine, Transmit};
+use pacing::after_send;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::VecDeque;
@@ -504,65 +507,6 @@ impl Classifier {
         }
     }
 
-    /// The socket of the second mapping look ([`Kind::Recheck`]): the last one.
-    fn recheck_socket(&self) -> usize {
-        self.cfg.sockets_needed() - 1
-    }
-
-    /// Once socket A's mapping tests have all answered and no consistent NAT explains them
-    /// ([`mappings_inconsistent`]), the same tests again from a fresh socket, one
-    /// destination at a time. The NAT may have given one of A's flows a port of its own:
-    /// an endpoint-independent NAT does so when the mapping's port is already taken toward
-    /// that destination by another internal endpoint, and Linux's NAT was seen doing it
-    /// about once in 40 runs for one of two flows it created within microseconds of each
-    /// other (a CGN with endpoint-independent mapping into a port block). A's tests go out
-    /// back to back to save time; the recheck spaces its own by an RTT each, and only runs
-    /// when A's answers need it, so a consistent NAT (and a port counter) sees no more flows.
-    fn recheck_if_inconsistent(&mut self, now: Instant) {
-        if self.txns.iter().any(|t| t.kind == Kind::Recheck(0)) {
-            return;
-        }
-        let Some((_, Some(base), Some(_))) = self.answered(Kind::Base) else {
-            return;
-        };
-        let mut seen = Vec::new();
-        for k in [Kind::MapAltIp, Kind::MapAltBoth, Kind::MapAltPort] {
-            match self.outcome(k) {
-                None => seen.push(None),
-                Some(Outcome::Answered {
-                    mapped: Some(m), ..
-                }) => seen.push(Some(*m)),
-                // Still waiting, or a test failed: nothing to check against.
-                Some(_) => return,
-            }
-        }
-        let (Some(m2), Some(m3)) = (seen[0], seen[1]) else {
-            return;
-        };
-        if conclude::mappings_inconsistent(base, m2, m3, seen[2]) {
-            let s = self.recheck_socket();
-            self.add(now, Kind::Recheck(0), s, self.cfg.server, None, None);
-        }
-    }
-
-    /// The recheck's next destination once its previous one answered: the alternate IP
-    /// (test II), then the primary IP's alternate port. Neither is a destination of the
-    /// allocation burst, so fewer earlier flows (this run's or a previous one's) hold tuples
-    /// toward them that could move the recheck's port as well.
-    fn recheck_next(&mut self, now: Instant, step: usize, other: Option<SocketAddr>) {
-        let Some(o) = other.or_else(|| self.answered(Kind::Base).and_then(|a| a.2)) else {
-            return;
-        };
-        let server = self.cfg.server;
-        let to = match step {
-            0 => SocketAddr::new(o.ip(), server.port()),
-            1 => SocketAddr::new(server.ip(), o.port()),
-            _ => return,
-        };
-        let s = self.recheck_socket();
-        self.add(now, Kind::Recheck(step + 1), s, to, None, None);
-    }
-
     fn outcome(&self, kind: Kind) -> Option<&Outcome> {
         self.txns
             .iter()
@@ -679,48 +623,6 @@ fn binding_request(
     }
     e.fingerprint();
     payload
-}
-
-/// Time from a send of `t` to its next send, or (after its last) to giving up on it.
-fn after_send(t: &Txn, srtt: Option<Duration>, rtt_wait: Duration) -> Duration {
-    match srtt {
-        // The first request has no RTT to go by: RFC 8489 section 6.2.1's doubling RTO,
-        // which also paces retries toward a server that may be down.
-        Some(rtt) if t.kind != Kind::Base => {
-            if t.sent < t.max_sends {
-                copy_gap(rtt)
-            } else {
-                answer_wait(rtt)
-            }
-        }
-        _ if t.kind == Kind::Base => {
-            if t.sent < t.max_sends {
-                (t.rto0 * (1u32 << (t.sent - 1).min(8))).min(MAX_BASE_GAP.max(t.rto0))
-            } else {
-                MAX_BASE_GAP.max(t.rto0).max(rtt_wait)
-            }
-        }
-        _ => {
-            if t.sent < t.max_sends {
-                t.rto0 * (1u32 << (t.sent - 1))
-            } else {
-                t.rto0.max(rtt_wait)
-            }
-        }
-    }
-}
-
-/// Between copies of a request: half an RTT, so a loss burst shorter than that does not
-/// take every copy; at least 10 ms for the same reason on a LAN, at most 250 ms.
-fn copy_gap(rtt: Duration) -> Duration {
-    (rtt / 2).clamp(Duration::from_millis(10), Duration::from_millis(250))
-}
-
-/// After the last copy, how long an answer may take: two RTTs (an RTT of queueing on top of
-/// the measured one), and at least one RTT plus 50 ms for a server or path that is slower
-/// on this request than on the first.
-fn answer_wait(rtt: Duration) -> Duration {
-    (rtt * 2).max(rtt + Duration::from_millis(50))
 }
 
 impl Machine for Classifier {
