@@ -36,6 +36,29 @@ pub enum Command {
     /// Punch a hole to a peer through both NATs and carry stdin/stdout over an encrypted,
     /// reliable stream on it (QUIC over UDP; TLS over TCP with --tcp).
     Connect(ConnectArgs),
+    /// Print a shell completion script to stdout, e.g. `punchraw completions bash >
+    /// /etc/bash_completion.d/punchraw` (bash), `punchraw completions zsh > ~/.zfunc/_punchraw`
+    /// (zsh, with ~/.zfunc on fpath), `punchraw completions fish >
+    /// ~/.config/fish/completions/punchraw.fish` (fish).
+    Completions(CompletionsArgs),
+    /// Write the man pages: punchraw(1) and one per command (punchraw-serve(1), ...).
+    /// Without --out-dir, print punchraw(1) to stdout (`punchraw man | man -l -`).
+    Man(ManArgs),
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+pub struct ManArgs {
+    /// Directory to write punchraw.1 and punchraw-COMMAND.1 into (created if missing),
+    /// e.g. /usr/local/share/man/man1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]

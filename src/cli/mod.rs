@@ -3,6 +3,7 @@
 //! `anyhow`; everything below returns [`crate::Error`].
 
 pub mod args;
+pub mod docs;
 pub mod logging;
 pub mod table;
 
@@ -36,6 +37,10 @@ pub fn main() -> ExitCode {
                 Ok(ExitCode::from(3))
             }
         }),
+        Command::Completions(a) => {
+            docs::completions(&a, &mut std::io::stdout().lock()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Man(a) => docs::man(&a, &mut std::io::stdout().lock()).map(|()| ExitCode::SUCCESS),
         Command::Connect(a) => {
             // --quiet silences the status lines, not the final error nor a pairing code.
             let status = if a.quiet {
