@@ -180,6 +180,22 @@ impl Error {
         }
     }
 
+    /// The failure as the outcome report names it (one of
+    /// [`crate::core::rendezvous::outcome::RESULTS`]): by what the exit code says.
+    pub fn outcome_reason(&self) -> &'static str {
+        match self.exit_code() {
+            3 => "server-unreachable",
+            4 => "local-setup",
+            5 => "peer-never-came",
+            6 => "session-taken",
+            7 => "auth-failed",
+            8 => "punch-failed",
+            9 => "stream-failed",
+            128.. => "interrupted",
+            _ => "other",
+        }
+    }
+
     /// `source`, said to have happened while doing `what`.
     pub fn context(what: impl Into<String>, source: Error) -> Self {
         Error::Context {

@@ -5,7 +5,8 @@
 //!
 //! Checks: no panic; the TCP stream framing round-trips; a decoded message re-encodes to something that decodes to the same
 //! message; replies only go to addresses that sent us something (the server cannot be aimed
-//! at a third party); held sessions stay within `max_sessions` and are freed by expiry.
+//! at a third party); held sessions stay within `max_sessions` and are freed by expiry; no
+//! more outcomes are counted than sessions were created (one per session, whatever is sent).
 //!
 //! Input: a sequence of records `[source: u8][advance: u8][len: u16 BE][len bytes]`; a source
 //! with the top bit set gets `PRV1` prepended so most records reach the JSON decoder.
@@ -59,6 +60,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!bytes.is_empty());
         }
         assert!(r.sessions() <= MAX_SESSIONS, "{} sessions", r.sessions());
+        // Whatever the outcome reports say, each counted one is one session's.
+        let counted: u64 = r.stats.outcomes.values().sum();
+        assert!(counted <= r.stats.sessions_created, "{:?}", r.stats);
     };
 
     let mut rest = data;
@@ -89,7 +93,10 @@ fuzz_target!(|data: &[u8]| {
         if let Some(m) = Msg::decode(&dgram) {
             let again = Msg::decode(&m.encode());
             assert_eq!(again.as_ref(), Some(&m), "re-encoding changed the message");
-            if matches!(m, Msg::Register { .. } | Msg::Bye { .. }) {
+            if matches!(
+                m,
+                Msg::Register { .. } | Msg::Bye { .. } | Msg::Outcome { .. }
+            ) {
                 feed(&mut r, &mut seen, now, src, &m.encode_signed(&KEY));
             }
         }

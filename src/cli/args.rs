@@ -156,6 +156,14 @@ pub struct ConnectArgs {
     /// that offers none or refuses is said and connect goes on without. "off" never asks.
     #[arg(long, value_name = "auto|off", default_value = "auto", action = clap::ArgAction::Set, value_parser = parse_port_mapping)]
     pub port_mapping: bool,
+    /// Do not tell the rendezvous server what the connect came to. By default, once it is
+    /// known (connected and on which path, or why not), both peers send the server one
+    /// message authenticated with the session key: the strategy, the path, the transport,
+    /// both NATs' classes, the time to connected or the failure reason -- nothing of the
+    /// data, the secret or the addresses. The server counts them per pair of NAT classes
+    /// (`punchraw serve --metrics`).
+    #[arg(long)]
+    pub no_report_outcome: bool,
     /// The port mapping's lifetime to ask for, in seconds (testing: a short one shows the
     /// renewals).
     // 600 s: renewals are rare, and a mapping left by a killed run (SIGKILL, power loss)
@@ -289,6 +297,14 @@ pub struct ServeArgs {
     /// on 2 addresses x 2 ports and honours CHANGE-REQUEST.
     #[arg(long, value_name = "IP2")]
     pub alternate: Vec<IpAddr>,
+    /// Serve the server's counters in the Prometheus text format at
+    /// http://ADDR:PORT/metrics: STUN requests and errors by endpoint, malformed packets,
+    /// rendezvous sessions waiting and introduced, relay allocations and bytes, and the
+    /// connect outcomes peers report, by pair of NAT classes
+    /// (`punchraw_connect_outcomes_total`). Give a loopback or management address: the
+    /// endpoint has no authentication of its own.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Primary port (UDP and TCP).
     #[arg(long, default_value_t = 3478)]
     pub port: u16,

@@ -25,9 +25,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::cli::logging::init(cli.verbose);
     let result = match cli.cmd {
-        Command::Serve(a) => serve_config(a).and_then(|(c, r, t)| {
-            crate::driver::serve::run(c, r, t, &Status::stderr()).map_err(Into::into)
-        }),
+        Command::Serve(a) => {
+            let metrics = a.metrics;
+            serve_config(a).and_then(|(c, r, t)| {
+                crate::driver::serve::run(c, r, t, metrics, &Status::stderr()).map_err(Into::into)
+            })
+        }
         Command::Probe(a) => probe_config(a).and_then(|c| match c {
             Ok(c) => probe(c),
             Err(unreachable) => {
@@ -315,6 +318,7 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         syn_engine: a.syn_engine,
         port_mapping: a.port_mapping,
         port_mapping_lifetime: Duration::from_secs(a.port_mapping_lifetime),
+        report_outcome: !a.no_report_outcome,
         start_delay: Duration::from_millis(a.start_delay_ms),
         relay: match a.relay {
             args::RelayArg::Off => RelayMode::Off,

@@ -13,10 +13,12 @@
 //! The client side is the sans-IO [`client::Client`].
 
 pub mod client;
+pub mod outcome;
 mod registry;
 mod server;
 mod stream;
 
+pub use outcome::{nat_class, Outcome, OutcomeLabels, RendezvousStats};
 pub use registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
 pub use server::{small_error, Rendezvous, RendezvousConfig};
 pub use stream::{
@@ -258,6 +260,16 @@ pub enum Msg {
         code: ErrorCode,
         message: String,
     },
+    /// Client to server, once the connect has come to something (issue #15): what it came
+    /// to, counted once per session for the server's metrics. Not answered. Sent before
+    /// `bye`, while the server still holds the session to check the MAC against.
+    Outcome {
+        session: String,
+        peer: String,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        mac: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,7 +304,9 @@ impl Msg {
     /// no JSON canonicalisation is needed on either side.
     pub fn encode_signed(&self, key: &[u8; 32]) -> Vec<u8> {
         let mut unsigned = self.clone();
-        if let Msg::Register { mac, .. } | Msg::Bye { mac, .. } = &mut unsigned {
+        if let Msg::Register { mac, .. } | Msg::Bye { mac, .. } | Msg::Outcome { mac, .. } =
+            &mut unsigned
+        {
             mac.clear();
         }
         let mut v = unsigned.encode();
@@ -344,6 +358,17 @@ impl Msg {
             } => {
                 valid_session(session)
                     && valid_peer_id(peer)
+                    && crate::core::hex::decode32(mac).is_some()
+            }
+            Msg::Outcome {
+                session,
+                peer,
+                outcome,
+                mac,
+            } => {
+                valid_session(session)
+                    && valid_peer_id(peer)
+                    && outcome.valid()
                     && crate::core::hex::decode32(mac).is_some()
             }
             Msg::Peer { peer, .. } => {

@@ -34,6 +34,9 @@ pub struct Session {
     /// Registrations refused for a MAC under another key (see [`Msg::Waiting`]).
     #[serde(default)]
     pub rejected: u32,
+    /// A member's outcome report was counted ([`super::Msg::Outcome`]): later ones are not.
+    #[serde(default)]
+    pub outcome_counted: bool,
 }
 
 /// What a transaction does to the stored session.
@@ -76,6 +79,12 @@ pub trait Registry: Send {
 
     /// Sessions held, when the store knows it cheaply (bounds `--max-sessions`).
     fn sessions(&self) -> Option<usize>;
+
+    /// Sessions held with a peer still waiting for the other, and those whose peers were
+    /// introduced (for the metrics), when the store can tell.
+    fn waiting_and_matched(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 /// The in-memory registry: one process, no lock of its own.
@@ -150,5 +159,10 @@ impl Registry for MemoryRegistry {
 
     fn sessions(&self) -> Option<usize> {
         Some(self.map.len())
+    }
+
+    fn waiting_and_matched(&self) -> Option<(usize, usize)> {
+        let matched = self.map.values().filter(|s| s.matched_at.is_some()).count();
+        Some((self.map.len() - matched, matched))
     }
 }

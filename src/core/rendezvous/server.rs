@@ -2,6 +2,7 @@
 //! key, introduces the two peers of a session with an agreed start, and expires what is idle.
 //! Every answer to a message that did not authenticate is no larger than that message.
 
+use super::outcome::RendezvousStats;
 use super::registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
 use super::{verify_mac, ErrorCode, Msg, PeerData};
 use std::net::SocketAddr;
@@ -50,6 +51,18 @@ pub struct Rendezvous {
     cfg: RendezvousConfig,
     pub(super) registry: Box<dyn Registry>,
     pub dropped: u64,
+    /// What happened to sessions, for `serve --metrics`.
+    pub stats: RendezvousStats,
+}
+
+/// What one transaction did to its session, counted once it has been applied (a registry
+/// may run a transaction more than once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Event {
+    None,
+    Created,
+    Introduced,
+    TimedOut,
 }
 
 impl Rendezvous {
@@ -63,6 +76,7 @@ impl Rendezvous {
             cfg,
             registry,
             dropped: 0,
+            stats: RendezvousStats::default(),
         }
     }
 
@@ -79,6 +93,12 @@ impl Rendezvous {
             (Change::Keep, Vec::new())
         });
         found
+    }
+
+    /// Sessions waiting for their second peer and sessions introduced, held now (in-memory
+    /// registry; `None` when the registry cannot tell).
+    pub fn waiting_and_matched(&self) -> Option<(usize, usize)> {
+        self.registry.waiting_and_matched()
     }
 
     /// Sessions held (in-memory registry; 0 when the registry cannot tell).
@@ -134,9 +154,15 @@ impl Rendezvous {
                     .sessions()
                     .is_some_and(|n| n >= self.cfg.max_sessions);
                 let cfg = &self.cfg;
+                let mut event = Event::None;
                 let r = self.registry.transact(now, &session, &mut |now, s| {
-                    register(cfg, now, s, &req, full)
+                    let (change, out, e) = register(cfg, now, s, &req, full);
+                    event = e;
+                    (change, out)
                 });
+                if r.is_ok() {
+                    self.count(event);
+                }
                 (session, r)
             }
             Msg::Bye {
@@ -161,6 +187,38 @@ impl Rendezvous {
                     }
                 });
                 (session, r)
+            }
+            Msg::Outcome {
+                session,
+                peer,
+                outcome,
+                ..
+            } => {
+                let mut counted = false;
+                let cfg = &self.cfg;
+                let r = self.registry.transact(now, &session, &mut |now, s| {
+                    counted = false;
+                    let Some(mut s) = s else {
+                        return (Change::Keep, Vec::new());
+                    };
+                    let member = s.members.iter().any(|m| m.data.id == peer);
+                    if s.outcome_counted || !member || !verify_mac(&s.key, data) {
+                        return (Change::Keep, Vec::new());
+                    }
+                    counted = true;
+                    s.outcome_counted = true;
+                    // Only the flag changes: the session keeps what time it had left.
+                    let t = ttl(cfg, &s, now);
+                    (Change::Put(s, t), Vec::new())
+                });
+                if r.is_ok() && counted {
+                    *self.stats.outcomes.entry(outcome.labels()).or_default() += 1;
+                } else {
+                    self.stats.outcomes_ignored += 1;
+                }
+                // Never answered: an outcome that did not authenticate earns nothing, and one
+                // that did needs nothing.
+                return Vec::new();
             }
             _ => {
                 self.dropped += 1;
@@ -187,8 +245,24 @@ impl Rendezvous {
     /// nothing here; their lone peers hear `peer-timeout` on their next register.
     pub fn expire(&mut self, now: Instant) -> Out {
         let cfg = &self.cfg;
-        self.registry
-            .sweep(now, &mut |now, s| expire_session(cfg, now, s.clone()))
+        let mut timeouts = 0;
+        let out = self.registry.sweep(now, &mut |now, s| {
+            let (change, out, event) = expire_session(cfg, now, s.clone());
+            timeouts += u64::from(event == Event::TimedOut);
+            (change, out)
+        });
+        self.stats.peer_timeouts += timeouts;
+        out
+    }
+
+    fn count(&mut self, e: Event) {
+        let st = &mut self.stats;
+        match e {
+            Event::None => {}
+            Event::Created => st.sessions_created += 1,
+            Event::Introduced => st.introductions += 1,
+            Event::TimedOut => st.peer_timeouts += 1,
+        }
     }
 }
 
@@ -204,12 +278,12 @@ struct Req<'a> {
 
 /// Applies the expiry rules to `s` at `now`: idle peers leave, a lone peer's wait ends, a
 /// matched session lingers then goes.
-fn expire_session(cfg: &RendezvousConfig, now: u64, mut s: Session) -> (Change, Out) {
+fn expire_session(cfg: &RendezvousConfig, now: u64, mut s: Session) -> (Change, Out, Event) {
     if let Some(at) = s.matched_at {
         return if now.saturating_sub(at) < ms(cfg.linger) {
-            (Change::Keep, Vec::new())
+            (Change::Keep, Vec::new(), Event::None)
         } else {
-            (Change::Delete, Vec::new())
+            (Change::Delete, Vec::new(), Event::None)
         };
     }
     let before = s.members.len();
@@ -224,16 +298,16 @@ fn expire_session(cfg: &RendezvousConfig, now: u64, mut s: Session) -> (Change, 
                     cfg.wait_timeout.as_secs()
                 ),
             );
-            return (Change::Delete, vec![(m.data.public, msg)]);
+            return (Change::Delete, vec![(m.data.public, msg)], Event::TimedOut);
         }
     }
     if s.members.is_empty() {
-        (Change::Delete, Vec::new())
+        (Change::Delete, Vec::new(), Event::None)
     } else if s.members.len() != before {
         let t = ttl(cfg, &s, now);
-        (Change::Put(s, t), Vec::new())
+        (Change::Put(s, t), Vec::new(), Event::None)
     } else {
-        (Change::Keep, Vec::new())
+        (Change::Keep, Vec::new(), Event::None)
     }
 }
 
@@ -243,18 +317,19 @@ fn register(
     stored: Option<Session>,
     req: &Req<'_>,
     full: bool,
-) -> (Change, Out) {
+) -> (Change, Out, Event) {
     let src = req.src;
-    let refuse = |code, message: &str| -> (Change, Out) {
+    let refuse = |code, message: &str| -> (Change, Out, Event) {
         let out = small_error(code, message, req.data.len())
             .map(|b| vec![(src, b)])
             .unwrap_or_default();
-        (Change::Keep, out)
+        (Change::Keep, out, Event::None)
     };
+    let mut event = Event::None;
     let mut s = match stored {
         Some(s) => {
             if !verify_mac(&s.key, req.data) || req.key.is_some_and(|k| k != s.key) {
-                let (_, out) = refuse(
+                let (_, out, _) = refuse(
                     ErrorCode::Unauthorized,
                     "this session was created with another secret",
                 );
@@ -263,22 +338,27 @@ fn register(
                     rejected: s.rejected.saturating_add(1),
                     ..s
                 };
-                return (Change::Put(s, t), out);
+                return (Change::Put(s, t), out, Event::None);
             }
             // Lazily apply the expiry rules, for registries without a sweep.
             match expire_session(cfg, now, s.clone()) {
-                (Change::Delete, out) if s.matched_at.is_none() && !out.is_empty() => {
+                (Change::Delete, out, e) if s.matched_at.is_none() && !out.is_empty() => {
                     // The lone peer's wait is over.
-                    return (Change::Delete, out);
+                    return (Change::Delete, out, e);
                 }
-                (Change::Delete, _) => Session {
-                    members: Vec::new(),
-                    start_at: None,
-                    matched_at: None,
-                    ..s
-                },
-                (Change::Put(n, _), _) => n,
-                (Change::Keep, _) => s,
+                (Change::Delete, _, _) => {
+                    // A finished session's name used again: a new session.
+                    event = Event::Created;
+                    Session {
+                        members: Vec::new(),
+                        start_at: None,
+                        matched_at: None,
+                        outcome_counted: false,
+                        ..s
+                    }
+                }
+                (Change::Put(n, _), _, _) => n,
+                (Change::Keep, _, _) => s,
             }
         }
         None => {
@@ -294,12 +374,14 @@ fn register(
                     "the rendezvous server is full; try again later",
                 );
             }
+            event = Event::Created;
             Session {
                 key,
                 members: Vec::new(),
                 start_at: None,
                 matched_at: None,
                 rejected: 0,
+                outcome_counted: false,
             }
         }
     };
@@ -307,7 +389,7 @@ fn register(
         if req.seq <= m.seq {
             // A replay (or a reordered duplicate): it may come from anywhere, so it must not
             // move the peer's endpoint, and it earns no answer.
-            return (Change::Keep, Vec::new());
+            return (Change::Keep, Vec::new(), Event::None);
         }
         // A re-registration; the public endpoint may change if the NAT rebinds.
         m.last_seen = now;
@@ -336,9 +418,12 @@ fn register(
             rejected: s.rejected,
         };
         let t = ttl(cfg, &s, now);
-        return (Change::Put(s, t), vec![(src, msg.encode())]);
+        return (Change::Put(s, t), vec![(src, msg.encode())], event);
     }
     let first_match = s.matched_at.is_none();
+    if first_match {
+        event = Event::Introduced;
+    }
     let start_at = *s.start_at.get_or_insert_with(|| {
         // Both peers should hear of each other before the start: the slower one-way delay
         // (half its RTT) plus what that estimate may be off by. Waiting longer only delays
@@ -373,7 +458,7 @@ fn register(
         }
     }
     let t = ttl(cfg, &s, now);
-    (Change::Put(s, t), out)
+    (Change::Put(s, t), out, event)
 }
 
 /// How long a store may keep `s` unseen, from `now`: a matched session until its linger

@@ -647,3 +647,140 @@ fn udp_blocked_reaches_the_peer_and_is_absent_when_false() {
     let p: PeerData = serde_json::from_value(old).expect("decodes");
     assert!(!p.udp_blocked);
 }
+
+fn outcome(session: &str, peer: &str, result: &str, mac_key: &[u8; 32]) -> Vec<u8> {
+    use crate::core::classify::{Allocation, Behavior};
+    let nat = NatInfo {
+        mapping: Behavior::EndpointIndependent,
+        filtering: Behavior::AddressAndPortDependent,
+        allocation: Allocation::Preserving,
+        delta: None,
+        range: None,
+    };
+    Msg::Outcome {
+        session: session.into(),
+        peer: peer.into(),
+        outcome: super::Outcome {
+            result: result.into(),
+            strategy: Some("direct".into()),
+            path: Some("direct".into()),
+            transport: "udp".into(),
+            nat,
+            peer_nat: NatInfo {
+                mapping: Behavior::AddressAndPortDependent,
+                allocation: Allocation::Random,
+                ..nat
+            },
+            time_to_connected_ms: Some(420),
+        },
+        mac: String::new(),
+    }
+    .encode_signed(mac_key)
+}
+
+/// Issue #15: an outcome counts once per session, only from a member, only under the
+/// session's key; the counters of sessions follow what happened.
+#[test]
+fn outcomes_count_once_per_introduced_session_and_only_authenticated() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t0 = Instant::now();
+    // Before the session exists: nothing to check the MAC against.
+    assert!(r
+        .handle(t0, addr(1, 1000), &outcome("s", A, "success", &key("s")))
+        .is_empty());
+    r.handle(t0, addr(1, 1000), &register("s", A, 40));
+    r.handle(t0, addr(2, 2000), &register("s", B, 40));
+    assert_eq!(r.stats.sessions_created, 1);
+    assert_eq!(r.stats.introductions, 1);
+    // A stranger's key, and a peer id that is not a member: not counted, not answered.
+    assert!(r
+        .handle(
+            t0,
+            addr(3, 3000),
+            &outcome("s", A, "success", &key("other"))
+        )
+        .is_empty());
+    assert!(r
+        .handle(t0, addr(3, 3000), &outcome("s", C, "success", &key("s")))
+        .is_empty());
+    assert!(r.stats.outcomes.is_empty());
+    // A member's: counted, once; the other's report and repeats are not.
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(r
+        .handle(t1, addr(1, 1000), &outcome("s", A, "success", &key("s")))
+        .is_empty());
+    r.handle(
+        t1,
+        addr(2, 2000),
+        &outcome("s", B, "punch-failed", &key("s")),
+    );
+    r.handle(t1, addr(1, 1000), &outcome("s", A, "success", &key("s")));
+    assert_eq!(r.stats.outcomes.values().sum::<u64>(), 1);
+    let (labels, _) = r.stats.outcomes.iter().next().unwrap();
+    assert_eq!(labels.result, "success");
+    assert_eq!(
+        (labels.nat_a, labels.nat_b),
+        ("port-restricted-cone", "symmetric-random")
+    );
+    assert_eq!(r.stats.outcomes_ignored, 5);
+}
+
+/// Whatever strings a peer reports, the labels come from fixed sets, so the number of
+/// counters the server can be made to keep is bounded.
+#[test]
+fn outcome_labels_come_from_fixed_sets() {
+    let mut o = match Msg::decode(&outcome("s", A, "success", &key("s"))) {
+        Some(Msg::Outcome { outcome, .. }) => outcome,
+        m => panic!("{m:?}"),
+    };
+    o.result = "x".repeat(30);
+    o.strategy = Some("teleport".into());
+    o.path = None;
+    o.transport = "sctp".into();
+    let l = o.labels();
+    assert_eq!(
+        (l.result, l.strategy, l.path, l.transport),
+        ("other", "other", "none", "other")
+    );
+    // Sorted: the same pair whichever side reported it.
+    let swapped = super::Outcome {
+        nat: o.peer_nat,
+        peer_nat: o.nat,
+        ..o.clone()
+    };
+    assert_eq!(swapped.labels(), l);
+    // Longer than any known value: the message does not decode.
+    let long = Msg::Outcome {
+        session: "s".into(),
+        peer: A.into(),
+        outcome: super::Outcome {
+            result: "y".repeat(100),
+            ..o
+        },
+        mac: String::new(),
+    }
+    .encode_signed(&key("s"));
+    assert!(Msg::decode(&long).is_none());
+}
+
+#[test]
+fn a_lone_peer_whose_wait_ends_counts_as_a_timeout() {
+    let cfg = RendezvousConfig {
+        wait_timeout: Duration::from_secs(2),
+        ..RendezvousConfig::default()
+    };
+    let mut r = Rendezvous::new(cfg);
+    let t0 = Instant::now();
+    // Until 2.1 s: the wait ends at the last register or the sweep after it, counted once.
+    for i in 0..8u64 {
+        r.handle(
+            t0 + Duration::from_millis(300 * i),
+            addr(1, 1000),
+            &signed_register("s", A, 40, i + 1, Some(&key("s")), &key("s")),
+        );
+        r.expire(t0 + Duration::from_millis(300 * i));
+    }
+    assert_eq!(r.stats.sessions_created, 1);
+    assert_eq!(r.stats.peer_timeouts, 1, "{:?}", r.stats);
+    assert_eq!(r.stats.introductions, 0);
+}

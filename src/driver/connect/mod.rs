@@ -5,6 +5,7 @@ mod announce;
 mod blocked;
 mod classify;
 mod main_socket;
+mod outcome;
 mod pairing;
 mod portmap;
 mod relay;
@@ -71,6 +72,8 @@ pub struct ConnectConfig {
     pub relay: RelayMode,
     /// `--code`: pair with a short code first; `session` and `secret` then come from it.
     pub pairing: Option<Pairing>,
+    /// Tell the rendezvous server what the connect came to (not `--no-report-outcome`).
+    pub report_outcome: bool,
 }
 
 pub use pairing::Pairing;
@@ -112,6 +115,9 @@ pub struct ConnectReport {
     /// From the start until the direct (punched) path carried the stream: the moment the
     /// punch confirmed it, before the stream's first byte; `null` when it never went direct.
     pub time_to_direct_ms: Option<u64>,
+    /// Where the outcome goes, once the peer is known (not part of the report).
+    #[serde(skip)]
+    pub(crate) outcome: Option<std::sync::Arc<outcome::OutcomeTo>>,
 }
 
 pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
@@ -145,8 +151,16 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
         relay: None,
         time_to_first_byte_ms: None,
         time_to_direct_ms: None,
+        outcome: None,
     };
     let result = connect(&cfg, status, started, &mut report);
+    // Whatever was not said on the way (a failure, mostly) is said now.
+    if let Some(o) = &report.outcome {
+        match &result {
+            Ok(()) => o.send_success(&report, report.path),
+            Err(e) => o.send(e.outcome_reason(), report.strategy, None, None),
+        }
+    }
     report.elapsed_ms = report.elapsed_ms.max(if report.connected {
         report.elapsed_ms
     } else {
@@ -286,6 +300,18 @@ fn connect(
         report.port_mapping = tcp_mapping.report.take();
     }
     let (intro, tcp_prep) = met?;
+    if cfg.report_outcome {
+        report.outcome = Some(std::sync::Arc::new(outcome::OutcomeTo {
+            server: cfg.server,
+            session: cfg.session.clone(),
+            peer_id: me.my_id.clone(),
+            key: crate::core::rendezvous::derive_rendezvous_key(me.secret.as_bytes(), &cfg.session),
+            nat: me.classified.nat,
+            peer_nat: intro.peer.nat,
+            transport: report.transport,
+            sent: Default::default(),
+        }));
+    }
     let peer = stream::RelayPeer {
         offer: intro.peer.relayed.clone(),
         peer_id: intro.peer.id.clone(),

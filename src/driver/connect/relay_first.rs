@@ -105,6 +105,9 @@ pub(super) fn run(
     // Ends the punch when the stream ends first (a short stream, or a failure).
     let punch_stop = Shutdown::manual();
     let mut punch_report = ConnectReport::default();
+    // The outcome waits for the punch: the path it leaves the stream on is the final one.
+    let outcome = report.outcome.clone();
+    let connected_ms = report.elapsed_ms;
     let first = FirstByte::new();
     let stats = std::thread::scope(|scope| {
         let punching = scope.spawn(|| {
@@ -119,6 +122,15 @@ pub(super) fn run(
                 capture,
                 &punch_stop,
             );
+            let path = if r.is_ok() { "direct" } else { "relay" };
+            if let (Some(o), false) = (&outcome, matches!(r, Err(Error::Interrupted { .. }))) {
+                o.send(
+                    "success",
+                    punch_report.strategy,
+                    Some(path),
+                    Some(connected_ms),
+                );
+            }
             match r {
                 Ok(p) => {
                     lock(&log).direct = Some((p.local, p.remote));

@@ -33,6 +33,7 @@ pub(super) fn stream_udp(
     report.path = Some("direct");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.time_to_direct_ms = Some(report.elapsed_ms);
+    report.path_settled();
     status.say(format!(
         "connected to {} via {} in {} ms ({} probes); starting the encrypted stream",
         punched.remote,
@@ -79,6 +80,7 @@ pub(super) fn stream_tcp(
     report.path = Some("direct");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.time_to_direct_ms = Some(report.elapsed_ms);
+    report.path_settled();
     status.say(format!(
         "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",
         punched.conn.remote,
@@ -245,6 +247,7 @@ pub(super) fn stream_relayed(
     report.connected = true;
     report.path = Some("relay");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.path_settled();
     status.say(format!(
         "no direct path: the stream goes through the relay {} (our relayed address {}, the peer's {}); starting the encrypted stream",
         relay.server, link.local, peer_relayed

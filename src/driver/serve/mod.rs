@@ -12,6 +12,7 @@
 //! in batches. Only rendezvous messages, which are rare, take the registry's lock.
 
 mod bind;
+mod metrics;
 pub mod registry;
 mod relay;
 mod tcp;
@@ -22,7 +23,7 @@ use bind::bind_all;
 use tcp::accept_loop;
 use udp::udp_loop;
 
-use crate::core::rendezvous::RendezvousConfig;
+use crate::core::rendezvous::{RendezvousConfig, RendezvousStats};
 use crate::core::server::{EndpointId, ServerConfig, SourceLimiter, Stats, StunServer};
 use crate::core::turn::server::{TurnServerConfig, TurnStats};
 use crate::driver::serve::registry::RendezvousService;
@@ -96,6 +97,10 @@ pub struct ServeStats {
     /// What the protocol logic saw over UDP (datagrams) and TCP (framed messages).
     pub udp: Stats,
     pub tcp: Stats,
+    /// The same per endpoint, indexed by [`EndpointId`] (0 primary, 1 alternate port, 2
+    /// alternate IP, 3 both).
+    pub udp_by_endpoint: [Stats; 4],
+    pub tcp_by_endpoint: [Stats; 4],
     pub udp_send_errors: u64,
     pub tcp_accepted: u64,
     /// Accepted and closed at once because [`MAX_TCP_CONNECTIONS`] were open.
@@ -257,12 +262,38 @@ impl Counters {
     }
 }
 
+/// Counters of one transport, one set per endpoint ([`EndpointId`]'s index).
+#[derive(Default)]
+struct ByEndpoint([Counters; 4]);
+
+impl ByEndpoint {
+    fn at(&self, id: EndpointId) -> &Counters {
+        &self.0[usize::from(id.0 & 3)]
+    }
+
+    fn load(&self) -> [Stats; 4] {
+        [0, 1, 2, 3].map(|i| self.0[i].load())
+    }
+}
+
+/// The counters of every endpoint added up.
+fn total(by: &[Stats; 4]) -> Stats {
+    by.iter().fold(Stats::default(), |a, b| Stats {
+        requests: a.requests + b.requests,
+        success: a.success + b.success,
+        errors: a.errors + b.errors,
+        malformed: a.malformed + b.malformed,
+        not_request: a.not_request + b.not_request,
+        rate_limited: a.rate_limited + b.rate_limited,
+    })
+}
+
 #[derive(Default)]
 struct Shared {
     /// `--per-source-limit`, shared by all UDP threads.
     limiter: Option<Arc<SourceLimiter>>,
-    udp: Counters,
-    tcp: Counters,
+    udp: ByEndpoint,
+    tcp: ByEndpoint,
     udp_send_errors: AtomicU64,
     tcp_accepted: AtomicU64,
     tcp_rejected: AtomicU64,
@@ -281,9 +312,12 @@ struct Shared {
 
 impl Shared {
     fn snapshot(&self) -> ServeStats {
+        let (udp, tcp) = (self.udp.load(), self.tcp.load());
         ServeStats {
-            udp: self.udp.load(),
-            tcp: self.tcp.load(),
+            udp: total(&udp),
+            tcp: total(&tcp),
+            udp_by_endpoint: udp,
+            tcp_by_endpoint: tcp,
             udp_send_errors: self.udp_send_errors.load(Ordering::Relaxed),
             tcp_accepted: self.tcp_accepted.load(Ordering::Relaxed),
             tcp_rejected: self.tcp_rejected.load(Ordering::Relaxed),
@@ -329,6 +363,8 @@ pub struct ServerHandle {
     stop: Stop,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The rendezvous of this server (its counters, for the metrics).
+    rdv: Option<Arc<RendezvousService>>,
 }
 
 impl ServerHandle {
@@ -351,6 +387,12 @@ impl ServerHandle {
 
     pub fn stats(&self) -> ServeStats {
         self.shared.snapshot()
+    }
+
+    /// The rendezvous counters, and the sessions waiting and introduced now when the
+    /// registry can tell.
+    pub fn rendezvous_stats(&self) -> (RendezvousStats, Option<(usize, usize)>) {
+        self.rdv.as_ref().map(|r| r.stats()).unwrap_or_default()
     }
 
     /// Asks the threads to stop without setting the caller's [`Shutdown`].
@@ -387,6 +429,7 @@ pub fn run(
     cfgs: Vec<ServerConfig>,
     rendezvous: RendezvousConfig,
     relay: Option<TurnServerConfig>,
+    metrics: Option<SocketAddr>,
     status: &Status,
 ) -> Result<ExitCode, Error> {
     // Installed before binding so a signal that arrives during startup still ends in the
@@ -417,6 +460,27 @@ pub fn run(
     for h in &handles {
         announce(h, status);
     }
+    let metrics_stop = Stop {
+        external: shutdown.clone(),
+        own: Arc::new(AtomicBool::new(false)),
+    };
+    let views = handles.iter().map(metrics::View::of).collect();
+    let metrics_thread = match metrics.map(|a| metrics::serve(a, metrics_stop.clone(), views)) {
+        Some(Ok((bound, thread))) => {
+            status.say(format!(
+                "metrics (Prometheus/OpenMetrics text) at http://{bound}/metrics"
+            ));
+            Some(thread)
+        }
+        Some(Err(e)) => {
+            for h in handles {
+                h.stop();
+                h.join();
+            }
+            return Err(Error::context("starting --metrics", e));
+        }
+        None => None,
+    };
     while !shutdown.requested() {
         if handles.iter().any(ServerHandle::degraded) {
             warn!("a server thread stopped unexpectedly; shutting down");
@@ -426,6 +490,10 @@ pub fn run(
     }
     for h in &handles {
         h.stop();
+    }
+    metrics_stop.trigger();
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
     }
     let several = handles.len() > 1;
     let mut panics = 0;
@@ -549,6 +617,7 @@ pub fn spawn_relay(
         stop: stop.clone(),
         shared: Arc::clone(&shared),
         threads: Vec::new(),
+        rdv: None,
     };
 
     // Only the primary endpoint introduces peers. Its sockets share one registry: the two
@@ -556,6 +625,7 @@ pub fn spawn_relay(
     // different sockets. With Redis (`rendezvous.registry`) a worker thread of its own talks
     // to Redis and answers from a clone of the primary socket.
     let rdv = Arc::new(RendezvousService::start(&rendezvous, &udp[0][0], status)?);
+    handle.rdv = Some(Arc::clone(&rdv));
     let started = (|| {
         for &(id, addr) in &endpoints {
             let group = udp.get(usize::from(id.0)).map_or(0, Vec::len);

@@ -7,7 +7,7 @@
 //! `registry-unavailable` at once for [`RETRY_AFTER`] and then reconnects by itself.
 
 use crate::core::rendezvous::{
-    Change, Out, Registry, RegistryError, Rendezvous, RendezvousConfig, Session,
+    Change, Out, Registry, RegistryError, Rendezvous, RendezvousConfig, RendezvousStats, Session,
 };
 use crate::driver::Status;
 use crate::Error;
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -202,6 +203,8 @@ pub enum RendezvousService {
 pub struct Worker {
     tx: Option<SyncSender<(Instant, SocketAddr, Vec<u8>)>>,
     thread: Option<JoinHandle<()>>,
+    /// The worker's counters, as of its last message.
+    stats: Arc<Mutex<RendezvousStats>>,
 }
 
 impl RendezvousService {
@@ -230,13 +233,16 @@ impl RendezvousService {
             .map_err(|e| Error::io("cannot clone the primary socket", e))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let rdv = Rendezvous::with_registry(cfg.clone(), Box::new(reg));
+        let stats = Arc::new(Mutex::new(RendezvousStats::default()));
+        let published = Arc::clone(&stats);
         let thread = thread::Builder::new()
             .name("rendezvous redis".into())
-            .spawn(move || worker(rdv, &rx, &sock))
+            .spawn(move || worker(rdv, &rx, &sock, &published))
             .map_err(|e| Error::io("cannot start the rendezvous thread", e))?;
         Ok(RendezvousService::Remote(Worker {
             tx: Some(tx),
             thread: Some(thread),
+            stats,
         }))
     }
 
@@ -277,6 +283,24 @@ impl RendezvousService {
         }
     }
 
+    /// The rendezvous counters, and the sessions waiting and introduced now when the registry
+    /// can tell (in memory).
+    pub fn stats(&self) -> (RendezvousStats, Option<(usize, usize)>) {
+        match self {
+            RendezvousService::Local(r) => {
+                let r = r.lock().unwrap_or_else(PoisonError::into_inner);
+                (r.stats.clone(), r.waiting_and_matched())
+            }
+            RendezvousService::Remote(w) => (
+                w.stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+                None,
+            ),
+        }
+    }
+
     /// The periodic expiry (in memory; Redis expires keys by itself).
     pub fn expire(&self, now: Instant) -> Out {
         match self {
@@ -298,12 +322,21 @@ impl Drop for Worker {
     }
 }
 
-fn worker(mut rdv: Rendezvous, rx: &Receiver<(Instant, SocketAddr, Vec<u8>)>, sock: &UdpSocket) {
+fn worker(
+    mut rdv: Rendezvous,
+    rx: &Receiver<(Instant, SocketAddr, Vec<u8>)>,
+    sock: &UdpSocket,
+    stats: &Mutex<RendezvousStats>,
+) {
     while let Ok((now, src, data)) = rx.recv() {
         for (to, bytes) in rdv.handle(now, src, &data) {
             if let Err(e) = sock.send_to(&bytes, to) {
                 debug!(%to, error = %e, "rendezvous send failed");
             }
         }
+        stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&rdv.stats);
     }
 }

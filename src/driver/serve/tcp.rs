@@ -203,7 +203,7 @@ pub(super) fn serve_connection(
             relay.map(|_| &mut to_relay as ToRelay<'_>),
             rdv.map(|_| &mut to_rdv as ToRelay<'_>),
         );
-        shared.tcp.drain_from(&mut server.stats);
+        shared.tcp.at(id).drain_from(&mut server.stats);
         buf.copy_within(used..have, 0);
         have -= used;
         // After the answers are written: the client learns the origin before the SYN comes.

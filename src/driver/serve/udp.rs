@@ -62,7 +62,7 @@ pub(super) fn udp_loop(
         let n = match rx.recv(sock) {
             Ok(n) => n,
             Err(e) if is_timeout(&e) => {
-                shared.udp.drain_from(&mut server.stats);
+                shared.udp.at(id).drain_from(&mut server.stats);
                 unflushed = 0;
                 continue;
             }
@@ -136,11 +136,11 @@ pub(super) fn udp_loop(
         }
         unflushed += n as u32;
         if unflushed >= UDP_FLUSH_EVERY {
-            shared.udp.drain_from(&mut server.stats);
+            shared.udp.at(id).drain_from(&mut server.stats);
             unflushed = 0;
         }
     }
-    shared.udp.drain_from(&mut server.stats);
+    shared.udp.at(id).drain_from(&mut server.stats);
 }
 
 pub(super) fn log_drop(
