@@ -8,6 +8,7 @@
 //! - [`transport`]: the encrypted streams over a punched path (QUIC, TLS).
 //! - [`driver`]: one thin loop per command feeding the core from `os` and `transport`.
 //! - [`cli`]: clap, messages, exit codes.
+//! - [`api`]: the same commands for programs that embed punchraw.
 //!
 //! Beside them, `sim` (tests only) simulates NATs and networks on a virtual clock.
 
@@ -15,6 +16,8 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[warn(missing_docs)]
+pub mod api;
 pub mod cli;
 pub mod core;
 pub mod driver;

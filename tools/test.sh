@@ -13,6 +13,10 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The API documentation builds without a warning, and its examples compile (doctests are not
+# among --all-targets).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+cargo test --doc --quiet
 
 # Fuzz targets must keep building; a few seconds each catches regressions in the parsers.
 if [ -x tools/fuzz.sh ]; then

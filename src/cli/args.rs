@@ -63,7 +63,7 @@ pub struct ManArgs {
 
 #[derive(Args)]
 pub struct ConnectArgs {
-    /// The punchraw server both peers use for the rendezvous, HOST[:PORT].
+    /// The punchraw server both peers use for the rendezvous, HOST or HOST:PORT.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub server: String,
     /// Session name both peers give; the server introduces the two peers of a session.
@@ -460,7 +460,7 @@ pub enum Family {
 
 #[derive(Args)]
 pub struct ProbeArgs {
-    /// STUN server as HOST[:PORT] (port defaults to 3478). Any RFC 5780 server works for the
+    /// STUN server as HOST or HOST:PORT (port defaults to 3478). Any RFC 5780 server works for the
     /// full classification; a plain STUN server gives a partial one. A name is probed on
     /// every family it resolves to (IPv4 and IPv6), one after the other.
     #[arg(long, value_name = "HOST[:PORT]")]

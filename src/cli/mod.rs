@@ -243,7 +243,7 @@ fn resolve_families(spec: &str, only: Option<Family>) -> Result<Result<Vec<Socke
 
 /// The probe's configuration, or (`Ok(Err)`) why the server cannot be probed at all: it has
 /// no address of the family asked for, or none this host can reach.
-fn probe_config(a: ProbeArgs) -> Result<std::result::Result<ProbeConfig, String>> {
+pub(crate) fn probe_config(a: ProbeArgs) -> Result<std::result::Result<ProbeConfig, String>> {
     let servers = match resolve_families(&a.server, a.family())? {
         Ok(s) => s,
         Err(why) => return Ok(Err(why)),
@@ -276,10 +276,11 @@ fn probe_config(a: ProbeArgs) -> Result<std::result::Result<ProbeConfig, String>
         bind: a.bind,
         capture: a.capture,
         port_mapping: !a.no_port_mapping,
+        shutdown: None,
     }))
 }
 
-fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
+pub(crate) fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
     if let Some(session) = &a.session {
         if session.is_empty() || session.len() > 128 || session.chars().any(char::is_control) {
             bail!("--session must be 1 to 128 printable characters");
@@ -319,6 +320,9 @@ fn connect_config(a: ConnectArgs) -> Result<ConnectConfig> {
         port_mapping: a.port_mapping,
         port_mapping_lifetime: Duration::from_secs(a.port_mapping_lifetime),
         report_outcome: !a.no_report_outcome,
+        io: crate::driver::connect::StreamIo::Stdio,
+        on_connected: None,
+        shutdown: None,
         start_delay: Duration::from_millis(a.start_delay_ms),
         relay: match a.relay {
             args::RelayArg::Off => RelayMode::Off,

@@ -2,6 +2,9 @@
 //! capabilities and privilege dropping, a pollable queue between threads, hop measurement, signals, capture files. The only
 //! module allowed `unsafe`; every block says why it is sound in a `// SAFETY:` comment.
 
+/// A local stream socket pair end: how an embedder's program and the connect driver hand
+/// the stream's bytes to each other (`crate::api`).
+pub use std::os::unix::net::UnixStream;
 pub mod capture;
 pub mod mmsg;
 pub mod nft;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// 0 while running; afterwards the number of the signal that asked for the stop.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Shutdown(Arc<AtomicUsize>);
 
 impl Shutdown {

@@ -68,7 +68,7 @@ pub struct TcpObservations {
     /// Test III: L to the alternate IP and port; `None` when not made.
     pub alt_both: Option<Result<SocketAddr, String>>,
     /// L to the primary IP and the alternate port, made only when test III matched test II
-    /// (see [`compare_mappings`]); `None` when not made.
+    /// (see `compare_mappings`); `None` when not made.
     pub alt_port: Option<Result<SocketAddr, String>>,
     /// Fresh connections to the primary endpoint in the order they were made: (local port,
     /// mapped port), `None` for one that failed.

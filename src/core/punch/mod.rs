@@ -227,7 +227,7 @@ impl PunchConfig {
     /// Sockets that send this side's probes in a two-sided sweep: one toward each port of
     /// the peer's range is all one socket can do (a second probe to the same port reuses the
     /// mapping), so when the budget allows more probes than the peer has ports, more
-    /// sockets make more distinct mappings, up to [`TWO_SIDED_MAX_SOCKETS`] and
+    /// sockets make more distinct mappings, up to `TWO_SIDED_MAX_SOCKETS` and
     /// `--sweep-sockets`.
     pub fn two_sided_sockets(&self) -> usize {
         Self::sockets_for(self.probes_in_budget(), &self.peer.nat, self.sweep_sockets)

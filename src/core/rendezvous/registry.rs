@@ -31,7 +31,7 @@ pub struct Session {
     /// Set once both peers are there: the agreed start, on the registry's clock.
     pub start_at: Option<u64>,
     pub matched_at: Option<u64>,
-    /// Registrations refused for a MAC under another key (see [`Msg::Waiting`]).
+    /// Registrations refused for a MAC under another key (see [`super::Msg::Waiting`]).
     #[serde(default)]
     pub rejected: u32,
     /// A member's outcome report was counted ([`super::Msg::Outcome`]): later ones are not.

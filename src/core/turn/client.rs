@@ -244,7 +244,7 @@ impl Client {
 
     /// Sends `data` to `peer` through the relay: as ChannelData when a channel is bound,
     /// else in a Send indication once the peer's permission is installed (created here if
-    /// there is none; until then the data waits, at most [`MAX_HELD`] datagrams).
+    /// there is none; until then the data waits, at most `MAX_HELD` datagrams).
     pub fn send_to(
         &mut self,
         now: Instant,

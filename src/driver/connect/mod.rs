@@ -4,6 +4,7 @@
 mod announce;
 mod blocked;
 mod classify;
+mod io;
 mod main_socket;
 mod outcome;
 mod pairing;
@@ -11,6 +12,7 @@ mod portmap;
 mod relay;
 mod relay_first;
 mod rendezvous;
+mod report;
 mod stream;
 pub mod tcp_punch;
 mod udp_punch;
@@ -29,7 +31,6 @@ use crate::Error;
 use announce::finish_capture;
 use classify::{classify, Classified};
 use rendezvous::{hex_id, rendezvous, TcpOfferState};
-use serde::Serialize;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,86 +75,48 @@ pub struct ConnectConfig {
     pub pairing: Option<Pairing>,
     /// Tell the rendezvous server what the connect came to (not `--no-report-outcome`).
     pub report_outcome: bool,
+    /// Where the stream's bytes come from and go to.
+    pub io: StreamIo,
+    /// Told when the stream's path is open.
+    pub on_connected: Option<OnConnected>,
+    /// Stops the connect when triggered. `None`: SIGINT and SIGTERM do (the command line);
+    /// an embedder gives its own and leaves its process's signals alone.
+    pub shutdown: Option<Shutdown>,
 }
 
+pub use io::{OnConnected, StreamIo};
 pub use pairing::Pairing;
+pub use report::ConnectReport;
 
 pub use crate::core::punch::priming::PrimeTtl;
 pub use relay::{RelayMode, RelayTransport};
 
-/// The `--report` object; its shape is a contract.
-#[derive(Debug, Default, Serialize)]
-pub struct ConnectReport {
-    pub connected: bool,
-    pub transport: &'static str,
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
-    pub strategy: Option<Strategy>,
-    pub elapsed_ms: u64,
-    pub probes_sent: u64,
-    pub error: Option<String>,
-    /// Bytes carried by the stream, once it ran.
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// From connected until both directions of the stream were done (its setup and close
-    /// included); `null` when no stream ran to its end.
-    pub stream_ms: Option<u64>,
-    /// The router's port mapping of our punch port, or why there was none; `null` with
-    /// `--port-mapping off`.
-    pub port_mapping: Option<portmap::MappingReport>,
-    /// TCP: SYNs sent to the peer (repeats included) and sockets the punch opened; `null`
-    /// for UDP and when no connection came up.
-    pub syns_sent: Option<u64>,
-    pub punch_sockets: Option<u64>,
-    /// The stream's path: "direct" (punched) or "relay" (TURN); `null` without a stream.
-    pub path: Option<&'static str>,
-    /// Our relayed address, when we held an allocation.
-    pub relay: Option<SocketAddr>,
-    /// From the start until the first byte of the peer's data was handed to our output;
-    /// `null` when none came (no stream, or an empty one).
-    pub time_to_first_byte_ms: Option<u64>,
-    /// From the start until the direct (punched) path carried the stream: the moment the
-    /// punch confirmed it, before the stream's first byte; `null` when it never went direct.
-    pub time_to_direct_ms: Option<u64>,
-    /// Where the outcome goes, once the peer is known (not part of the report).
-    #[serde(skip)]
-    pub(crate) outcome: Option<std::sync::Arc<outcome::OutcomeTo>>,
+pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
+    let (_, result) = run_report(cfg, status);
+    result.map(|()| ExitCode::SUCCESS)
 }
 
-pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
+/// [`run`], returning the report (also written to `cfg.report` when given) beside the result.
+pub fn run_report(cfg: ConnectConfig, status: &Status) -> (ConnectReport, Result<(), Error>) {
     let started = Instant::now();
+    let mut report = ConnectReport {
+        transport: if cfg.tcp { "tcp" } else { "udp" },
+        on_connected: cfg.on_connected.clone(),
+        ..ConnectReport::default()
+    };
     // Created now, while we may still write where root may: `--tcp` gives up root before
     // the report is written, and a bad path is better told before the punch than after.
-    let report_file = cfg
-        .report
-        .as_ref()
-        .map(|path| {
-            std::fs::File::create(path)
-                .map_err(|e| Error::io(format!("cannot write report {}", path.display()), e))
-        })
-        .transpose()?;
-    let mut report = ConnectReport {
-        connected: false,
-        transport: if cfg.tcp { "tcp" } else { "udp" },
-        local: None,
-        peer: None,
-        strategy: None,
-        elapsed_ms: 0,
-        probes_sent: 0,
-        error: None,
-        bytes_sent: 0,
-        bytes_received: 0,
-        stream_ms: None,
-        port_mapping: None,
-        syns_sent: None,
-        punch_sockets: None,
-        path: None,
-        relay: None,
-        time_to_first_byte_ms: None,
-        time_to_direct_ms: None,
-        outcome: None,
+    let report_file = match cfg.report.as_ref().map(std::fs::File::create).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            let path = cfg.report.as_deref().unwrap_or(std::path::Path::new(""));
+            let e = Error::io(format!("cannot write report {}", path.display()), e);
+            return (report, Err(e));
+        }
     };
-    let result = connect(&cfg, status, started, &mut report);
+    let mut result = connect(&cfg, status, started, &mut report);
+    // Whoever waited for the connection hears, by this going away, that none is coming.
+    report.on_connected = None;
     // Whatever was not said on the way (a failure, mostly) is said now.
     if let Some(o) = &report.outcome {
         match &result {
@@ -161,21 +124,24 @@ pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
             Err(e) => o.send(e.outcome_reason(), report.strategy, None, None),
         }
     }
-    report.elapsed_ms = report.elapsed_ms.max(if report.connected {
-        report.elapsed_ms
-    } else {
-        started.elapsed().as_millis() as u64
-    });
+    if !report.connected {
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+    }
     if let Err(e) = &result {
         report.error = Some(e.chain());
     }
     if let (Some(mut file), Some(path)) = (report_file, &cfg.report) {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::io("serialising the report", e.into()))?;
-        std::io::Write::write_all(&mut file, (json + "\n").as_bytes())
-            .map_err(|e| Error::io(format!("cannot write report {}", path.display()), e))?;
+        let written = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::io("serialising the report", e.into()))
+            .and_then(|json| {
+                std::io::Write::write_all(&mut file, (json + "\n").as_bytes())
+                    .map_err(|e| Error::io(format!("cannot write report {}", path.display()), e))
+            });
+        if let (Err(e), Ok(())) = (written, &result) {
+            result = Err(e);
+        }
     }
-    result.map(|()| ExitCode::SUCCESS)
+    (report, result)
 }
 
 /// Who we are in this run, settled before the rendezvous.
@@ -207,8 +173,10 @@ fn connect(
     started: Instant,
     report: &mut ConnectReport,
 ) -> Result<(), Error> {
-    let shutdown =
-        Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?;
+    let shutdown = match &cfg.shutdown {
+        Some(s) => s.clone(),
+        None => Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?,
+    };
     let paired;
     let cfg = match cfg.pairing {
         Some(how) => {
@@ -584,7 +552,7 @@ fn connect_tcp(
     } else {
         plan.strategy
     };
-    stream::stream_tcp(status, started, report, punched, strategy, shutdown)
+    stream::stream_tcp(cfg, status, started, report, punched, strategy, shutdown)
 }
 
 /// Verifies the peer's offer and settles what each side does; says so.

@@ -93,6 +93,7 @@ pub(super) fn run(
     report.connected = true;
     report.path = Some("relay");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report.now_connected();
     status.say(format!(
         "relay first: the stream starts through the relay {} (our relayed address {}, the peer's {}) while the punch goes on",
         relay.server, via.link.local, via.peer_relayed
@@ -108,7 +109,7 @@ pub(super) fn run(
     // The outcome waits for the punch: the path it leaves the stream on is the final one.
     let outcome = report.outcome.clone();
     let connected_ms = report.elapsed_ms;
-    let first = FirstByte::new();
+    let mut first = FirstByte::new(cfg)?;
     let stats = std::thread::scope(|scope| {
         let punching = scope.spawn(|| {
             let r = punch_udp(
@@ -153,7 +154,7 @@ pub(super) fn run(
             via.peer_fp,
             cfg,
             shutdown,
-            first.clone(),
+            first.writer(),
         );
         punch_stop.trigger();
         let _ = punching.join();

@@ -34,6 +34,7 @@ pub(super) fn stream_udp(
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.time_to_direct_ms = Some(report.elapsed_ms);
     report.path_settled();
+    report.now_connected();
     status.say(format!(
         "connected to {} via {} in {} ms ({} probes); starting the encrypted stream",
         punched.remote,
@@ -46,7 +47,7 @@ pub(super) fn stream_udp(
     } else {
         Role::Server
     };
-    let first = FirstByte::new();
+    let mut first = FirstByte::new(cfg)?;
     let stats = run_quic(
         Path::Udp(punched.socket),
         punched.remote,
@@ -55,7 +56,7 @@ pub(super) fn stream_udp(
         punched.peer_fp,
         cfg,
         shutdown,
-        first.clone(),
+        first.writer(),
     );
     first.report(report, started);
     done(report, status, stats?, started);
@@ -64,6 +65,7 @@ pub(super) fn stream_udp(
 
 /// Carries stdin/stdout over TLS on the punched TCP connection.
 pub(super) fn stream_tcp(
+    cfg: &ConnectConfig,
     status: &Status,
     started: Instant,
     report: &mut ConnectReport,
@@ -88,8 +90,9 @@ pub(super) fn stream_tcp(
         report.elapsed_ms,
         punched.conn.attempts
     ));
-    let first = FirstByte::new();
-    let stats = tcp_punch::transfer(punched, std::io::stdin(), first.clone(), shutdown);
+    report.now_connected();
+    let mut first = FirstByte::new(cfg)?;
+    let stats = tcp_punch::transfer(punched, cfg.io.input()?, first.writer(), shutdown);
     first.report(report, started);
     done(report, status, stats?, started);
     Ok(())
@@ -105,7 +108,7 @@ pub(super) fn run_quic(
     peer_fp: [u8; 32],
     cfg: &ConnectConfig,
     shutdown: &Shutdown,
-    first: FirstByte,
+    first: OutputWriter,
 ) -> Result<StreamStats, Error> {
     quic::run_stream_on(
         path,
@@ -113,7 +116,7 @@ pub(super) fn run_quic(
         role,
         identity,
         peer_fp,
-        std::io::stdin(),
+        cfg.io.input()?,
         first,
         cfg.keepalive,
         Duration::from_secs(10),
@@ -125,18 +128,29 @@ pub(super) fn run_quic(
     })
 }
 
-/// Stdout, noting when the first byte of the peer's data is written to it: the report's
-/// `time_to_first_byte_ms`. The output thread writes each chunk as soon as the stream
-/// hands it over, so this is when the byte arrived, give or take a thread switch.
-#[derive(Clone)]
+/// Notes when the first byte of the peer's data is written to the stream's output (stdout,
+/// or the embedder's socket): the report's `time_to_first_byte_ms`. The output thread writes
+/// each chunk as soon as the stream hands it over, so this is when the byte arrived, give or
+/// take a thread switch.
 pub(super) struct FirstByte {
     at: Arc<OnceLock<Instant>>,
+    out: Option<Box<dyn Write + Send>>,
 }
 
 impl FirstByte {
-    pub(super) fn new() -> FirstByte {
-        FirstByte {
+    pub(super) fn new(cfg: &ConnectConfig) -> Result<FirstByte, Error> {
+        Ok(FirstByte {
             at: Arc::new(OnceLock::new()),
+            out: Some(cfg.io.output()?),
+        })
+    }
+
+    /// The output for the stream's pump, which owns it: when the pump is done with it, the
+    /// output is closed (the embedder reads EOF then, not when the whole stream ends).
+    pub(super) fn writer(&mut self) -> OutputWriter {
+        OutputWriter {
+            at: Arc::clone(&self.at),
+            out: self.out.take().unwrap_or_else(|| Box::new(std::io::sink())),
         }
     }
 
@@ -149,23 +163,29 @@ impl FirstByte {
     }
 }
 
-impl Write for FirstByte {
+/// The stream's output, stamping the first byte ([`FirstByte`]).
+pub(super) struct OutputWriter {
+    at: Arc<OnceLock<Instant>>,
+    out: Box<dyn Write + Send>,
+}
+
+impl Write for OutputWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if !buf.is_empty() {
             self.at.get_or_init(Instant::now);
         }
-        std::io::stdout().write(buf)
+        self.out.write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         if !buf.is_empty() {
             self.at.get_or_init(Instant::now);
         }
-        std::io::stdout().write_all(buf)
+        self.out.write_all(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
+        self.out.flush()
     }
 }
 
@@ -248,6 +268,7 @@ pub(super) fn stream_relayed(
     report.path = Some("relay");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.path_settled();
+    report.now_connected();
     status.say(format!(
         "no direct path: the stream goes through the relay {} (our relayed address {}, the peer's {}); starting the encrypted stream",
         relay.server, link.local, peer_relayed
@@ -257,7 +278,7 @@ pub(super) fn stream_relayed(
     } else {
         Role::Server
     };
-    let first = FirstByte::new();
+    let mut first = FirstByte::new(cfg)?;
     let stats = run_quic(
         Path::Relayed(link),
         peer_relayed,
@@ -266,7 +287,7 @@ pub(super) fn stream_relayed(
         peer_fp,
         cfg,
         shutdown,
-        first.clone(),
+        first.writer(),
     );
     first.report(report, started);
     let stats = stats.map_err(|e| relay_lost(relay, e))?;

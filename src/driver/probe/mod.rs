@@ -30,6 +30,8 @@ pub struct ProbeConfig {
     pub capture: Option<PathBuf>,
     /// Ask the router for a test mapping (PCP, NAT-PMP, UPnP IGD) and delete it.
     pub port_mapping: bool,
+    /// Stops the probe when triggered; `None`: SIGINT and SIGTERM do (the command line).
+    pub shutdown: Option<Shutdown>,
 }
 
 /// The `--json` object. Field names and order are a contract with users' scripts.
@@ -115,8 +117,10 @@ pub fn classify_udp(
 /// report too (the CLI prints it, then exits 3). A later family this host has no route for
 /// is left out with a status line (the caller checks that a lone family is reachable).
 pub fn run(cfg: ProbeConfig, status: &Status) -> Result<ProbeReport, Error> {
-    let shutdown =
-        Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?;
+    let shutdown = match &cfg.shutdown {
+        Some(s) => s.clone(),
+        None => Shutdown::install().map_err(|e| Error::io("cannot install signal handlers", e))?,
+    };
     let mut capture = cfg.capture.as_deref().map(Capture::create).transpose()?;
     let started = Instant::now();
     // Families one after the other, never interleaved: each one's allocation tests must see

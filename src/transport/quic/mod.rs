@@ -87,7 +87,7 @@ pub mod upgrade;
 
 pub use relayed::{RelayLink, RelaySend};
 
-/// What QUIC runs on: the punched socket, or a TURN allocation ([`relayed`]).
+/// What QUIC runs on: the punched socket, or a TURN allocation (`relayed`).
 pub enum Path {
     Udp(UdpSocket),
     Relayed(RelayLink),

@@ -1,5 +1,5 @@
 //! Relay first, then direct: the socket quinn runs on while a punch may still open a direct
-//! path. It starts as the relayed socket ([`super::relayed`]); once the punch hands over its
+//! path. It starts as the relayed socket (`super::relayed`); once the punch hands over its
 //! socket ([`Upgrade::install`]) every datagram goes out on the direct path, and what comes
 //! in there from the punched peer endpoint is handed up as if it came from the peer's relayed
 //! address. quinn sees one path and one peer address throughout, so the switch costs its

@@ -1,0 +1,47 @@
+//! The `--report` object of `connect` (and what `crate::api` returns at the end).
+
+use super::{outcome, portmap, OnConnected};
+use crate::core::punch::Strategy;
+use serde::Serialize;
+use std::net::SocketAddr;
+
+/// The `--report` object; its shape is a contract.
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectReport {
+    pub connected: bool,
+    pub transport: &'static str,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub strategy: Option<Strategy>,
+    pub elapsed_ms: u64,
+    pub probes_sent: u64,
+    pub error: Option<String>,
+    /// Bytes carried by the stream, once it ran.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// From connected until both directions of the stream were done (its setup and close
+    /// included); `null` when no stream ran to its end.
+    pub stream_ms: Option<u64>,
+    /// The router's port mapping of our punch port, or why there was none; `null` with
+    /// `--port-mapping off`.
+    pub port_mapping: Option<portmap::MappingReport>,
+    /// TCP: SYNs sent to the peer (repeats included) and sockets the punch opened; `null`
+    /// for UDP and when no connection came up.
+    pub syns_sent: Option<u64>,
+    pub punch_sockets: Option<u64>,
+    /// The stream's path: "direct" (punched) or "relay" (TURN); `null` without a stream.
+    pub path: Option<&'static str>,
+    /// Our relayed address, when we held an allocation.
+    pub relay: Option<SocketAddr>,
+    /// From the start until the first byte of the peer's data was handed to our output;
+    /// `null` when none came (no stream, or an empty one).
+    pub time_to_first_byte_ms: Option<u64>,
+    /// From the start until the direct (punched) path carried the stream: the moment the
+    /// punch confirmed it, before the stream's first byte; `null` when it never went direct.
+    pub time_to_direct_ms: Option<u64>,
+    /// Where the outcome goes, once the peer is known (not part of the report).
+    #[serde(skip)]
+    pub(crate) outcome: Option<std::sync::Arc<outcome::OutcomeTo>>,
+    #[serde(skip)]
+    pub(crate) on_connected: Option<OnConnected>,
+}
