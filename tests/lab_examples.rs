@@ -1,6 +1,6 @@
 //! The embedding API's examples (issue #15) in the NAT lab against `punchraw serve`:
 //! `file_copy` moves 1 MiB from one NAT to the other (checked by hash), `chat` carries lines
-//! both ways. They are built with every target (`cargo test --all-targets`, as CI runs).
+//! both ways. `cargo build --examples` must have run first (tools/test.sh does it).
 //! Needs root; skipped otherwise unless PUNCHRAW_REQUIRE_LAB=1.
 
 mod common;
@@ -22,7 +22,8 @@ fn example(name: &str) -> PathBuf {
         .join(name);
     assert!(
         path.exists(),
-        "{} is not built: run `cargo build --examples` (cargo test --all-targets builds it)",
+        "{} is not built: run `cargo build --examples` first (tools/test.sh does; `cargo test \
+         --all-targets` builds examples only as test harnesses)",
         path.display()
     );
     path

@@ -23,6 +23,10 @@ if [ -x tools/fuzz.sh ]; then
   tools/fuzz.sh "${PUNCHRAW_FUZZ_SECONDS:-10}"
 fi
 
+# The examples as programs (`cargo test --all-targets` builds them only as test harnesses):
+# tests/lab_examples.rs runs them in the lab.
+cargo build --examples --quiet
+
 # Lab tests each build their own namespaces under unique names, so they may run in
 # parallel; two threads match the machine.
 cargo test --workspace --all-targets -- --test-threads="${PUNCHRAW_TEST_THREADS:-2}"

@@ -19,14 +19,17 @@ use std::path::PathBuf;
                   Exit codes: 0 success, 1 other failure, 2 usage, 3 server unreachable, 4 local setup, 5 peer never came, 6 session taken, \
                   7 peer authentication failed, 8 punching failed, 9 stream failed, 130 SIGINT, 143 SIGTERM."
 )]
+/// The whole command line (its help text is the `about` above, not this comment).
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The command to run.
     #[command(subcommand)]
     pub cmd: Command,
 }
 
+/// The commands; each variant's doc comment is its help text.
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the STUN server (and, with --alternate, RFC 5780 behaviour discovery).
@@ -46,6 +49,7 @@ pub enum Command {
     Man(ManArgs),
 }
 
+/// `punchraw completions`.
 #[derive(Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
@@ -53,6 +57,7 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// `punchraw man`.
 #[derive(Args)]
 pub struct ManArgs {
     /// Directory to write punchraw.1 and punchraw-COMMAND.1 into (created if missing),
@@ -61,6 +66,7 @@ pub struct ManArgs {
     pub out_dir: Option<PathBuf>,
 }
 
+/// `punchraw connect`.
 #[derive(Args)]
 pub struct ConnectArgs {
     /// The punchraw server both peers use for the rendezvous, HOST or HOST:PORT.
@@ -197,12 +203,19 @@ pub struct ConnectArgs {
 /// `--relay`, before the host is resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayArg {
+    /// `off`: never relay.
     Off,
+    /// `auto`: the rendezvous server's own relay, when it offers one.
     Auto,
+    /// `turn://USER:PASS@HOST[:PORT][?transport=...]`: that TURN server.
     Turn {
+        /// HOST or HOST:PORT, resolved later.
         host: String,
+        /// The long-term credential's user name (RFC 8489 section 9.2).
         username: String,
+        /// Its password.
         password: String,
+        /// How the TURN server is reached.
         transport: TurnTransport,
     },
 }
@@ -210,8 +223,11 @@ pub enum RelayArg {
 /// `?transport=` of a `turn://` URL: how we reach the TURN server (RFC 8656 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnTransport {
+    /// UDP (the default).
     Udp,
+    /// TCP, framed as RFC 8656 section 3.1 says.
     Tcp,
+    /// TLS over TCP (port 5349 by default).
     Tls,
 }
 
@@ -285,6 +301,7 @@ fn parse_prime_ttl(s: &str) -> std::result::Result<PrimeTtl, String> {
     }
 }
 
+/// `punchraw serve`.
 #[derive(Args)]
 pub struct ServeArgs {
     /// Primary IP address to listen on (must be an address of this host). Give it once per
@@ -396,7 +413,9 @@ fn parse_user(s: &str) -> Result<(String, String), String> {
 /// One family's addresses of `serve`: the primary (`--listen`) and the alternate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeFamily {
+    /// The primary address.
     pub listen: IpAddr,
+    /// The RFC 5780 alternate address, when given.
     pub alternate: Option<IpAddr>,
 }
 
@@ -454,10 +473,13 @@ fn parse_code(s: &str) -> Result<crate::core::pairing::Code, String> {
 /// `probe -4`/`-6`: the one family to probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// `-4`: IPv4 only.
     V4,
+    /// `-6`: IPv6 only.
     V6,
 }
 
+/// `punchraw probe`.
 #[derive(Args)]
 pub struct ProbeArgs {
     /// STUN server as HOST or HOST:PORT (port defaults to 3478). Any RFC 5780 server works for the
