@@ -15,8 +15,10 @@
 // `unsafe` lives in `os` alone, and there every block says why it is sound.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+// Everything public is documented: the crate is also a library (`api`, and the layers below
+// it for those who drive a machine themselves).
+#![warn(missing_docs)]
 
-#[warn(missing_docs)]
 pub mod api;
 pub mod cli;
 pub mod core;
@@ -28,6 +30,7 @@ pub mod os;
 /// tests' stand-in for the lab (and, with the `sim` feature, other crates'). Test support,
 /// not a layer: it may read the clock once for its virtual clock's origin.
 #[cfg(any(test, feature = "sim"))]
+#[allow(missing_docs)]
 pub mod sim;
 pub mod transport;
 

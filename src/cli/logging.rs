@@ -2,6 +2,8 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Sends tracing to stderr at a level set by the count of `-v` (none: warnings, then info,
+/// debug, trace), unless `RUST_LOG` sets the filter. A second call changes nothing.
 pub fn init(verbose: u8) {
     let default = match verbose {
         0 => "warn",

@@ -20,8 +20,11 @@ use std::time::Instant;
 /// A datagram a machine wants sent: from the driver's socket number `socket`, to `dst`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// Index of the driver's socket to send from, numbered as in [`Machine::handle_input`].
     pub socket: usize,
+    /// Where the datagram goes.
     pub dst: SocketAddr,
+    /// The datagram's bytes, exactly as they go on the wire.
     pub payload: Vec<u8>,
 }
 
@@ -43,11 +46,21 @@ pub struct Transmit {
 /// `classify::tcp::plan`) follow the same order with actions of their own in place of
 /// datagrams.
 pub trait Machine {
+    /// What the machine reports to the driver through [`poll_event`](Machine::poll_event).
     type Event;
+    /// Feeds in one datagram that arrived at `now` on the driver's socket number `socket` from
+    /// `from`. Never fails: a datagram the machine cannot use is dropped.
     fn handle_input(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]);
+    /// Lets the machine act on the time `now`: retransmits, next rounds, deadlines. Calling it
+    /// before [`poll_timeout`](Machine::poll_timeout) is harmless.
     fn handle_timeout(&mut self, now: Instant);
+    /// The next datagram to send, or `None` once the queue is drained.
     fn poll_transmit(&mut self) -> Option<Transmit>;
+    /// When [`handle_timeout`](Machine::handle_timeout) is next due; `None` when no timer is
+    /// pending, e.g. once done.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// The next event for the driver, or `None` once the queue is drained.
     fn poll_event(&mut self) -> Option<Self::Event>;
+    /// Whether the machine has finished, successfully or not; the driver stops looping then.
     fn is_done(&self) -> bool;
 }

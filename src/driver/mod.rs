@@ -72,6 +72,8 @@ impl Status {
         }
     }
 
+    /// A status line for the user ("waiting for the peer ..."); dropped with `--quiet` and
+    /// by [`Status::silent`].
     pub fn say(&self, line: impl AsRef<str>) {
         if let Some(out) = &self.out {
             out(line.as_ref());

@@ -16,33 +16,60 @@ use thiserror::Error;
 /// Longest response read; a Binding success is under 200 bytes.
 const MAX_RESPONSE: usize = 2048;
 
+/// Why a STUN Binding over TCP gave no mapped address.
 #[derive(Debug, Error)]
 pub enum TcpStunError {
+    /// The local socket could not be made or bound (the port in use without SO_REUSEPORT,
+    /// or no such local address).
     #[error("cannot open a TCP socket on {local}: {source}")]
     Socket {
+        /// The local endpoint we tried to bind.
         local: SocketAddr,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// The TCP connection to the server failed or broke: refused, reset, or unreachable.
     #[error("cannot connect to {server} over TCP from {local}: {source}")]
     Connect {
+        /// Our end (the bound port, or the asked-for endpoint when binding did not tell).
         local: SocketAddr,
+        /// The STUN server.
         server: SocketAddr,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// Connecting, sending or reading the answer took longer than the exchange's timeout.
     #[error("no STUN answer over TCP from {server} within {ms} ms")]
-    Timeout { server: SocketAddr, ms: u64 },
+    Timeout {
+        /// The STUN server.
+        server: SocketAddr,
+        /// The timeout that ran out, in milliseconds.
+        ms: u64,
+    },
+    /// The answer did not parse as STUN, or is not a Binding response to our transaction.
     #[error("{server} answered over TCP with something that is not a STUN Binding response")]
-    Garbage { server: SocketAddr },
+    Garbage {
+        /// The STUN server.
+        server: SocketAddr,
+    },
+    /// The server answered with a Binding error response.
     #[error("{server} answered the TCP Binding request with error {code}: {reason}")]
     ErrorResponse {
+        /// The STUN server.
         server: SocketAddr,
+        /// The STUN error code (RFC 8489 section 14.8; 0 when the response carried none).
         code: u16,
+        /// The reason phrase the server gave, possibly empty.
         reason: String,
     },
+    /// A Binding success without an XOR-MAPPED-ADDRESS or MAPPED-ADDRESS.
     #[error("{server}'s TCP Binding response has no mapped address")]
-    NoMapped { server: SocketAddr },
+    NoMapped {
+        /// The STUN server.
+        server: SocketAddr,
+    },
 }
 
 impl TcpStunError {
@@ -61,6 +88,7 @@ impl TcpStunError {
 pub struct TcpBinding {
     /// Our end of the connection (the port is the one asked for, or the OS's choice for 0).
     pub local: SocketAddr,
+    /// The STUN server's endpoint we connected to.
     pub server: SocketAddr,
     /// Where the server saw the connection come from.
     pub mapped: SocketAddr,

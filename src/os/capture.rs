@@ -12,14 +12,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A pcap file being written (`--capture`): every datagram or packet the command sent or
+/// received, in the order it happened.
 pub struct Capture {
     path: PathBuf,
     writer: PcapWriter<BufWriter<File>>,
     buf: Vec<u8>,
+    /// Packets written so far.
     pub packets: u64,
 }
 
 impl Capture {
+    /// Creates (or truncates) the file at `path` and writes the pcap header.
     pub fn create(path: &Path) -> Result<Self, Error> {
         let err = |source| Error::Capture {
             path: path.to_path_buf(),
@@ -77,6 +81,7 @@ impl Capture {
         Ok(())
     }
 
+    /// Flushes the file; returns its path and the number of packets in it.
     pub fn finish(self) -> Result<(PathBuf, u64), Error> {
         let path = self.path;
         let mut inner = self.writer.into_writer();

@@ -46,6 +46,7 @@ impl RecvBatch {
         self.n
     }
 
+    /// True when no datagram is held (none yet, or the last [`recv`](Self::recv) brought none).
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }
@@ -135,14 +136,17 @@ impl SendBatch {
         }
     }
 
+    /// Datagrams queued since the last [`flush`](Self::flush).
     pub fn len(&self) -> usize {
         self.n
     }
 
+    /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }
 
+    /// True when all [`MAX_BATCH`] buffers are queued: [`push`](Self::push) would refuse.
     pub fn is_full(&self) -> bool {
         self.n == MAX_BATCH
     }

@@ -141,6 +141,8 @@ impl PunchRules {
         Ok(guard)
     }
 
+    /// The name of our table in the `inet` family (`punchraw_` and our process id), for
+    /// status lines and for removing it by hand.
     pub fn table(&self) -> &str {
         &self.table
     }

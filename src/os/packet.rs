@@ -150,6 +150,7 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 /// A packet read off the socket.
 #[derive(Debug, Clone)]
 pub struct Packet {
+    /// When we read it off the socket (wall clock, not the kernel's timestamp).
     pub at: SystemTime,
     /// Sent by this host (PACKET_OUTGOING), rather than received.
     pub outgoing: bool,

@@ -3,6 +3,7 @@
 
 /// Linux capability numbers (linux/capability.h).
 pub const CAP_NET_ADMIN: u32 = 12;
+/// Raw and packet sockets: the AF_PACKET watcher and the raw SYN engine.
 pub const CAP_NET_RAW: u32 = 13;
 
 /// The effective capability set, from /proc (no syscall needed to read it).
@@ -17,6 +18,7 @@ pub fn effective() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether capability number `cap` is in the effective set.
 pub fn has(cap: u32) -> bool {
     effective() & (1u64 << cap) != 0
 }
@@ -53,6 +55,7 @@ struct CapData {
 pub struct Dropped {
     /// The user switched to (from SUDO_UID), when running under sudo.
     pub user: Option<u32>,
+    /// The capability numbers still held (those asked to be kept).
     pub kept: Vec<u32>,
 }
 

@@ -29,6 +29,7 @@ impl Shutdown {
         Shutdown(Arc::new(AtomicUsize::new(0)))
     }
 
+    /// Whether a stop was asked for (a signal came, or `trigger` was called).
     pub fn requested(&self) -> bool {
         self.0.load(Ordering::Relaxed) != 0
     }

@@ -26,6 +26,8 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A fresh certificate and key, made for this run only; the peer learns its fingerprint
+    /// through the authenticated punch or TCP offer.
     pub fn generate() -> Result<Self, StreamError> {
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
             .map_err(|e| StreamError::Identity(e.to_string()))?;
@@ -49,6 +51,7 @@ impl Identity {
         fingerprint(&self.cert)
     }
 
+    /// The certificate in DER, as shown to the peer in the handshake.
     pub fn certificate_der(&self) -> &[u8] {
         &self.cert
     }

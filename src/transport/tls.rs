@@ -53,6 +53,9 @@ pub struct TlsSide {
 }
 
 impl TlsSide {
+    /// Our side for one run: our role, our certificate and key, the SHA-256 of the
+    /// certificate we accept from the peer, and how long a handshake (and, on the server,
+    /// the wait for the commitment) may take.
     pub fn new(role: Role, me: Identity, peer_fingerprint: [u8; 32], timeout: Duration) -> Self {
         TlsSide {
             role,
@@ -62,6 +65,7 @@ impl TlsSide {
         }
     }
 
+    /// Whether we play the TLS client, which commits, or the server, which accepts.
     pub fn role(&self) -> Role {
         self.role
     }

@@ -325,7 +325,10 @@ const MAX_DELTA: i32 = 100;
 /// What the allocation samples say, with the disturbance the counter model needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllocationFit {
+    /// The allocation pattern the samples fit.
     pub allocation: Allocation,
+    /// For `sequential`: the counter's step, in ports per new mapping (negative for a counter that
+    /// counts down); `None` otherwise.
     pub delta: Option<i32>,
     /// For `sequential`: the fewest and most flows of other hosts that took a port between
     /// two of our consecutive samples, `[0, 0]` for an undisturbed counter; `None` otherwise.

@@ -71,9 +71,15 @@ const LIFETIME_GRID: [f64; 22] = [
     100.0, 128.0, 180.0, 256.0, 360.0,
 ];
 
+/// What the UDP classifier probes: the STUN server, how many allocation samples to take, and which
+/// optional tests to run.
 #[derive(Debug, Clone)]
 pub struct ClassifierConfig {
+    /// The STUN server's primary endpoint. Mapping and filtering need a server that also answers
+    /// from an RFC 5780 alternate address (OTHER-ADDRESS, CHANGE-REQUEST).
     pub server: SocketAddr,
+    /// Fresh sockets in the port-allocation burst, one mapping and one sample each
+    /// ([`DEFAULT_ALLOC_SOCKETS`], or [`QUICK_ALLOC_SOCKETS`] for [`ClassifierConfig::quick`]).
     pub alloc_sockets: usize,
     /// Run the binding-lifetime search, bounded by this duration.
     pub lifetime_max: Option<Duration>,
@@ -84,6 +90,8 @@ pub struct ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    /// The full probe of `server`: [`DEFAULT_ALLOC_SOCKETS`] allocation samples, every test
+    /// including hairpinning, no binding-lifetime search, seed 0.
     pub fn new(server: SocketAddr) -> Self {
         ClassifierConfig {
             server,
@@ -142,9 +150,25 @@ impl ClassifierConfig {
 /// Progress worth telling a person about while the classifier runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    ServerAnswered { mapped: SocketAddr, rtt: Duration },
-    LifetimeAlive { after: Duration },
-    LifetimeExpired { after: Duration },
+    /// Test I was answered: the server is reachable and the RTT is known.
+    ServerAnswered {
+        /// Socket A's external address as the server saw it (XOR-MAPPED-ADDRESS).
+        mapped: SocketAddr,
+        /// Round-trip time to the server's primary endpoint.
+        rtt: Duration,
+    },
+    /// A binding left idle for `after` still let the server's answer in (RFC 5780 section 4.6
+    /// lifetime test).
+    LifetimeAlive {
+        /// How long the binding was idle before the check.
+        after: Duration,
+    },
+    /// A binding left idle for `after` no longer let the server's answer in: the NAT had dropped
+    /// it by then.
+    LifetimeExpired {
+        /// How long the binding was idle before the check.
+        after: Duration,
+    },
 }
 
 const SOCK_A: usize = 0;
@@ -217,6 +241,8 @@ struct Txn {
     outcome: Outcome,
 }
 
+/// The UDP NAT classifier: runs the RFC 5780 tests against one STUN server and produces a
+/// [`UdpReport`]. Sans-IO; see the module documentation for how to drive it.
 pub struct Classifier {
     cfg: ClassifierConfig,
     locals: Vec<SocketAddr>,

@@ -10,9 +10,16 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Behavior {
+    /// Mapping: one external address and port for every destination (RFC 4787 section 4.1).
+    /// Filtering: once the mapping exists, any remote endpoint may send to it.
     EndpointIndependent,
+    /// Mapping: a new external port for each destination IP address. Filtering: only IPs the
+    /// internal endpoint has sent to may send in, from any port.
     AddressDependent,
+    /// Mapping: a new external port for each destination IP and port. Filtering: only the exact
+    /// remote IPs and ports the internal endpoint has sent to may send in.
     AddressAndPortDependent,
+    /// Not measured, or the tests disagreed; the report's `reasons` says why.
     Unknown,
 }
 
@@ -25,7 +32,11 @@ pub enum Allocation {
     /// Each new mapping takes the previous one's port plus a constant `delta`, once more for
     /// each flow of other hosts the NAT mapped in between (`delta_spread`).
     Sequential,
+    /// No usable pattern: the external ports look drawn at random (RFC 4787 section 4.2.1 port
+    /// randomisation), or come from a counter others move too fast to predict. A peer sweeps
+    /// `search_range` instead of predicting.
     Random,
+    /// Too few allocation samples were answered to tell; the report's `reasons` says why.
     Unknown,
 }
 
@@ -33,11 +44,20 @@ pub enum Allocation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LegacyType {
+    /// No NAT (the mapped address is the local one) and no filtering of unsolicited traffic.
     OpenInternet,
+    /// A NAT with endpoint-independent mapping and endpoint-independent filtering.
     FullCone,
+    /// Endpoint-independent mapping with address-dependent filtering (also a NAT-less host that
+    /// filters by address, RFC 3489's "symmetric UDP firewall").
     RestrictedCone,
+    /// Endpoint-independent mapping with address-and-port-dependent filtering.
     PortRestrictedCone,
+    /// Address-dependent or address-and-port-dependent mapping: each destination gets its own
+    /// external port, whatever the filtering.
     Symmetric,
+    /// The server never answered test I over UDP (or rejected it), so nothing could be measured;
+    /// UDP is likely blocked.
     Blocked,
     /// Not an RFC 3489 type: mapping or filtering could not be measured (for example the
     /// server has no alternate address), so no honest legacy name exists.
@@ -48,20 +68,38 @@ pub enum LegacyType {
 /// (`None` when it outlived the search bound).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LifetimeRange {
+    /// Longest idle time, in seconds, after which a binding was still alive (0 if none was).
     pub min_s: f64,
+    /// Shortest idle time, in seconds, after which a binding was gone, longer than `min_s`; `None`
+    /// when every binding outlived the search bound.
     pub max_s: Option<f64>,
 }
 
+/// What the UDP classifier concluded, in RFC 4787/5780 terms: the `udp` object of `probe --json`.
+/// Field names and value shapes are a contract.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UdpReport {
+    /// Local address of socket A, from which the mapping tests were sent.
     pub local: SocketAddr,
+    /// Socket A's external address as the server saw it in test I (XOR-MAPPED-ADDRESS); `None`
+    /// when the server did not answer.
     pub mapped: Option<SocketAddr>,
+    /// Whether `mapped` differs from `local`: some NAT rewrote the address or port.
     pub behind_nat: bool,
+    /// Mapping behaviour (RFC 4787 section 4.1), from RFC 5780 section 4.3 tests I-III.
     pub mapping: Behavior,
+    /// Filtering behaviour (RFC 4787 section 5), from RFC 5780 section 4.4 tests II and III
+    /// (answers requested from the alternate IP and port, and from the alternate port).
     pub filtering: Behavior,
+    /// How the NAT picks the external port of each new mapping, from the allocation burst.
     pub allocation: Allocation,
+    /// For `sequential` allocation: the counter's step, in ports per new mapping (negative when it
+    /// counts down); `None` otherwise.
     pub delta: Option<i32>,
+    /// Whether a datagram from another local socket to `mapped` was delivered back through the NAT
+    /// (RFC 5780 section 4.5); `None` when not tested or not finished.
     pub hairpinning: Option<bool>,
+    /// The RFC 3489 name of this mapping and filtering combination.
     pub legacy_type: LegacyType,
     /// Round-trip time to the server's primary endpoint (first answer without retransmission).
     pub rtt_ms: Option<f64>,

@@ -35,6 +35,8 @@ use std::time::Duration;
 /// What one STUN Binding over TCP answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpAnswer {
+    /// The connection's external address as the server saw it (XOR-MAPPED-ADDRESS, or
+    /// MAPPED-ADDRESS).
     pub mapped: SocketAddr,
     /// OTHER-ADDRESS, the server's alternate endpoint.
     pub other: Option<SocketAddr>,
@@ -45,7 +47,12 @@ pub struct TcpAnswer {
 pub enum SynTest {
     /// The server promised a SYN from `origin` (CONNECT-BACK-ORIGIN); `arrived` says whether
     /// one reached the local port within the wait.
-    Watched { origin: SocketAddr, arrived: bool },
+    Watched {
+        /// Where the server said the SYN will come from (CONNECT-BACK-ORIGIN).
+        origin: SocketAddr,
+        /// Whether a SYN from `origin` reached the local port within the wait.
+        arrived: bool,
+    },
     /// The test could not be made or watched, and why (no CAP_NET_RAW, a server without
     /// CONNECT-BACK, a failed connection, ...).
     Unknown(String),
@@ -83,15 +90,27 @@ pub struct TcpObservations {
 /// same names and value shapes. Field names and order are a contract.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TcpReport {
+    /// L, the local address the mapping tests connected from.
     pub local: SocketAddr,
+    /// L's external address as the server saw it in test I; `None` when test I failed.
     pub mapped: Option<SocketAddr>,
+    /// Whether `mapped` differs from `local`: some NAT rewrote the address or port.
     pub behind_nat: bool,
+    /// Mapping behaviour for TCP (RFC 5382, in RFC 4787 terms), from RFC 5780 section 4.3 tests
+    /// I-III over TCP.
     pub mapping: Behavior,
+    /// Filtering behaviour for TCP (RFC 5382), from whether the CONNECT-BACK SYNs from the
+    /// alternate port, and from the alternate IP and port, reached us.
     pub filtering: Behavior,
+    /// How the NAT picks the external port of each new connection, from the allocation
+    /// connections.
     pub allocation: Allocation,
+    /// For `sequential` allocation: the counter's step, in ports per new connection (negative when
+    /// it counts down); `None` otherwise.
     pub delta: Option<i32>,
     /// Connect plus Binding to the primary endpoint.
     pub rtt_ms: Option<f64>,
+    /// The server's RFC 5780 alternate endpoint (OTHER-ADDRESS of test I), when it has one.
     pub other_address: Option<SocketAddr>,
     /// External ports of the allocation test, in the order the connections were made.
     pub allocation_samples: Vec<u16>,

@@ -58,17 +58,23 @@ pub const NAMEPLATES: u16 = 9999;
 /// A pairing code: the session number and the two password words (indices into [`WORDS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Code {
+    /// The session number, 1 to [`NAMEPLATES`]. Not secret: it only names the rendezvous
+    /// session the two sides meet in ([`Code::session`]).
     pub nameplate: u16,
+    /// The two password words as indices into [`WORDS`]; secret, they never leave either host.
     pub words: [u8; 2],
 }
 
 /// Why a typed code is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodeError {
+    /// Not three parts (a number and two words) separated by dashes or blanks.
     #[error("a pairing code looks like 7-guitar-orbit: a number, then two words, joined by '-'")]
     Shape,
+    /// The first part (given as typed) is not a session number from 1 to [`NAMEPLATES`].
     #[error("{0:?} is not a session number from 1 to {NAMEPLATES}")]
     Number(String),
+    /// A word (given as typed) that is not in [`WORDS`].
     #[error("{0:?} is not a word of pairing codes; check the spelling the other side read out")]
     Word(String),
 }

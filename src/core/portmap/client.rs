@@ -46,26 +46,42 @@ const MIN_RENEW: Duration = Duration::from_secs(1);
 /// The longest wait between two retransmissions of a renewal.
 const MAX_RTO: Duration = Duration::from_secs(8);
 
+/// What to map and how to ask: the gateway, the port, the lifetime, which protocols to try, and
+/// the timing of retransmissions.
 #[derive(Debug, Clone)]
 pub struct PortMapConfig {
+    /// The gateway to ask, on its port 5351 (usually the default gateway).
     pub gateway: IpAddr,
     /// Our address on the link to the gateway: PCP's client address (RFC 6887 section 8.1).
     pub client: IpAddr,
+    /// The transport of the port to map.
     pub protocol: Protocol,
+    /// Our port to map: the one peers should reach.
     pub internal_port: u16,
     /// The external port we would like; 0 leaves it to the router.
     pub suggested_external: u16,
+    /// The lifetime to ask for; the router may grant less. Renewed at half of what it grants.
     pub lifetime: Duration,
+    /// Try PCP (RFC 6887) first.
     pub pcp: bool,
+    /// Try NAT-PMP (RFC 6886) when PCP is off or gave no mapping.
     pub nat_pmp: bool,
+    /// First retransmission timeout of a request, doubled after each send ([`FIRST_RTO`]).
     pub first_rto: Duration,
+    /// How long each protocol has to answer the first request before it counts as absent
+    /// ([`GIVE_UP`]); also how long the router gets to confirm a delete.
     pub give_up: Duration,
+    /// Upper bound of the random wait before asking again after a router announcement
+    /// ([`ANNOUNCE_JITTER`], RFC 6887 section 14.1.1).
     pub announce_jitter: Duration,
     /// Draws the PCP nonce and the wait after an announcement.
     pub seed: u64,
 }
 
 impl PortMapConfig {
+    /// Maps `internal_port` of `client` through `gateway`: suggests the same external port, asks
+    /// for 7200 s (RFC 6886 section 3.3's recommendation), tries PCP then NAT-PMP, with the
+    /// default timing and seed 0.
     pub fn new(gateway: IpAddr, client: IpAddr, protocol: Protocol, internal_port: u16) -> Self {
         PortMapConfig {
             gateway,
@@ -87,16 +103,22 @@ impl PortMapConfig {
 /// A granted mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    /// The protocol that granted it.
     pub via: Via,
+    /// The transport mapped.
     pub protocol: Protocol,
+    /// Our port that the mapping forwards to.
     pub internal_port: u16,
     /// Where peers reach us. NAT-PMP's address comes from its external-address request.
     pub external: SocketAddr,
+    /// The lifetime the router granted (which may be less than asked for).
     pub lifetime: Duration,
+    /// When the grant was heard: the lifetime counts from here.
     pub granted_at: Instant,
 }
 
 impl Mapping {
+    /// When the mapping lapses unless renewed: `granted_at + lifetime`.
     pub fn expires_at(&self) -> Instant {
         self.granted_at + self.lifetime
     }
@@ -106,10 +128,13 @@ impl Mapping {
 /// earlier one granted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reasons {
+    /// Why PCP gave no mapping.
     pub pcp: Option<String>,
+    /// Why NAT-PMP gave no mapping.
     pub nat_pmp: Option<String>,
 }
 
+/// What the port mapper tells its driver, drained with [`Machine::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A mapping was granted: the first time, and again after each renewal or remapping
@@ -118,12 +143,22 @@ pub enum Event {
     /// No protocol gave a mapping; the machine is done.
     Unavailable(Reasons),
     /// The router's epoch shows it lost its mappings; a new request follows.
-    RouterRestarted { via: Via },
+    RouterRestarted {
+        /// The protocol whose answer showed the restart.
+        via: Via,
+    },
     /// The mapping could not be kept (a renewal refused, or unanswered until it expired);
     /// the machine is done.
-    Lost { reason: String },
+    Lost {
+        /// Why, in words for the user.
+        reason: String,
+    },
     /// After [`PortMapper::delete`]: `confirmed` if the router answered the delete.
-    Deleted { confirmed: bool },
+    Deleted {
+        /// Whether the router answered the delete; `false` also when nothing was requested that
+        /// needed deleting.
+        confirmed: bool,
+    },
 }
 
 /// What is being asked of the router now.
@@ -155,6 +190,7 @@ struct Epoch {
     at: Instant,
 }
 
+/// The PCP / NAT-PMP client machine for one mapping; see the module documentation.
 pub struct PortMapper {
     cfg: PortMapConfig,
     rng: StdRng,
@@ -202,10 +238,12 @@ impl PortMapper {
         m
     }
 
+    /// The mapping currently held, if any.
     pub fn mapping(&self) -> Option<&Mapping> {
         self.mapping.as_ref()
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &PortMapConfig {
         &self.cfg
     }

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// UDP, IANA protocol number 17.
     Udp,
+    /// TCP, IANA protocol number 6.
     Tcp,
 }
 
@@ -30,6 +32,8 @@ impl Protocol {
         }
     }
 
+    /// The transport of an IANA protocol number as PCP carries it (RFC 6887 section 11.1); `None`
+    /// for anything but UDP and TCP.
     pub fn from_iana(n: u8) -> Option<Self> {
         match n {
             17 => Some(Protocol::Udp),
@@ -52,12 +56,18 @@ impl std::fmt::Display for Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
+    /// Port Control Protocol (RFC 6887): version 2 on the gateway's UDP port 5351.
     Pcp,
+    /// NAT Port Mapping Protocol (RFC 6886): version 0 on the same port 5351.
     NatPmp,
+    /// UPnP Internet Gateway Device: SSDP discovery, then SOAP `AddPortMapping` or
+    /// `AddAnyPortMapping` on its WANIPConnection service.
     Upnp,
 }
 
 impl Via {
+    /// The lowercase key used in JSON and in `reasons` maps: `pcp`, `nat_pmp` or `upnp` (the
+    /// serialised name); [`Display`](std::fmt::Display) gives the name a person reads.
     pub fn name(self) -> &'static str {
         match self {
             Via::Pcp => "pcp",
@@ -81,8 +91,11 @@ impl std::fmt::Display for Via {
 /// and order are a contract with users' scripts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Offer {
+    /// Whether a UPnP IGD granted the probe's test mapping.
     pub upnp: bool,
+    /// Whether the gateway granted the probe's test mapping over NAT-PMP.
     pub nat_pmp: bool,
+    /// Whether the gateway granted the probe's test mapping over PCP.
     pub pcp: bool,
     /// The external endpoint of the probe's test mapping (the first protocol that granted
     /// one, in the order PCP, NAT-PMP, UPnP), `ip:port`.

@@ -21,7 +21,10 @@ const OP_REPLY: u8 = 128;
 /// Result codes of RFC 6886 section 3.5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultCode {
+    /// Success (0).
     Success,
+    /// Unsupported Version (1): the gateway does not speak version 0, or not this one; a PCP
+    /// server may answer NAT-PMP this way.
     UnsupportedVersion,
     /// "Not Authorized/Refused": the box supports mapping but the user turned it off.
     NotAuthorized,
@@ -29,11 +32,15 @@ pub enum ResultCode {
     NetworkFailure,
     /// No free port, or no more mappings for this client.
     OutOfResources,
+    /// Unsupported Opcode (5).
     UnsupportedOpcode,
+    /// A result code RFC 6886 does not define, as received.
     Other(u16),
 }
 
 impl ResultCode {
+    /// The result code of a wire value (RFC 6886 section 3.5); unknown values become
+    /// [`ResultCode::Other`].
     pub fn from_u16(v: u16) -> Self {
         match v {
             0 => Self::Success,
@@ -46,6 +53,7 @@ impl ResultCode {
         }
     }
 
+    /// The wire value of this result code (RFC 6886 section 3.5).
     pub fn to_u16(self) -> u16 {
         match self {
             Self::Success => 0,
@@ -77,17 +85,24 @@ impl ResultCode {
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// Ask for the gateway's external IPv4 address (opcode 0, section 3.2).
     ExternalAddress,
     /// `lifetime_s` 0 with `suggested_external` 0 deletes the mapping (section 3.4).
     Map {
+        /// UDP (opcode 1) or TCP (opcode 2).
         protocol: Protocol,
+        /// Our port that the mapping forwards to.
         internal_port: u16,
+        /// The external port we would like; 0 leaves it to the gateway.
         suggested_external: u16,
+        /// Requested lifetime in seconds (RFC 6886 section 3.3 recommends 7200); 0 deletes.
         lifetime_s: u32,
     },
 }
 
 impl Request {
+    /// The request as sent to the gateway: 2 bytes for the external-address request, 12 for a
+    /// mapping request (section 3.3).
     pub fn encode(&self) -> Vec<u8> {
         match *self {
             Request::ExternalAddress => vec![VERSION, OP_EXTERNAL],
@@ -141,29 +156,43 @@ pub enum Response {
     /// Also sent unsolicited to 224.0.0.1:5350 when the external address changes or the
     /// gateway restarts (section 3.2.1).
     ExternalAddress {
+        /// The gateway's result code (section 3.5).
         result: ResultCode,
+        /// Seconds since the gateway started or lost its mappings (section 3.6).
         epoch: u32,
         /// Meaningless unless `result` is success.
         external: Ipv4Addr,
     },
+    /// The answer to a mapping request or a delete (opcode 128 + 1 or 2, section 3.3).
     Map {
+        /// UDP or TCP, from the answer's opcode.
         protocol: Protocol,
+        /// The gateway's result code (section 3.5).
         result: ResultCode,
+        /// Seconds since the gateway started or lost its mappings (section 3.6).
         epoch: u32,
+        /// Our port that the mapping forwards to.
         internal_port: u16,
+        /// The external port granted, which may differ from the one suggested.
         external_port: u16,
+        /// Granted lifetime in seconds; 0 in the answer to a delete.
         lifetime_s: u32,
     },
     /// An error answer too short to carry the opcode's fields: section 3.5 lets a gateway
     /// answer a request it cannot parse (a PCP request, say) with only the first 8 bytes.
     Error {
+        /// The request's opcode the answer is for (the answer's opcode minus 128).
         opcode: u8,
+        /// The gateway's result code (section 3.5); never success.
         result: ResultCode,
+        /// Seconds since the gateway started or lost its mappings (section 3.6).
         epoch: u32,
     },
 }
 
 impl Response {
+    /// The answer's epoch, seconds since the gateway started or lost its mappings (section 3.6),
+    /// whichever the kind of answer.
     pub fn epoch(&self) -> u32 {
         match self {
             Response::ExternalAddress { epoch, .. }
@@ -172,6 +201,7 @@ impl Response {
         }
     }
 
+    /// The answer's result code, whichever the kind of answer.
     pub fn result(&self) -> ResultCode {
         match self {
             Response::ExternalAddress { result, .. }

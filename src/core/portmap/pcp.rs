@@ -9,6 +9,8 @@ use super::natpmp::{be16, be32};
 use super::Protocol;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// The PCP version we send (RFC 6887 section 9); an answer of version 0 is NAT-PMP's, which shares
+/// the server port.
 pub const VERSION: u8 = 2;
 const OP_ANNOUNCE: u8 = 0;
 const OP_MAP: u8 = 1;
@@ -21,24 +23,45 @@ const MAX_LEN: usize = 1100;
 /// Result codes of RFC 6887 section 7.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResultCode {
+    /// SUCCESS (0).
     Success,
+    /// UNSUPP_VERSION (1): the server does not speak our version; the answer's `version` is the
+    /// one it does (section 9).
     UnsuppVersion,
+    /// NOT_AUTHORIZED (2): the server's policy refuses this operation for this client.
     NotAuthorized,
+    /// MALFORMED_REQUEST (3): the server could not parse the request.
     MalformedRequest,
+    /// UNSUPP_OPCODE (4): the server does not know the opcode.
     UnsuppOpcode,
+    /// UNSUPP_OPTION (5): a mandatory-to-process option the server does not know.
     UnsuppOption,
+    /// MALFORMED_OPTION (6): an option the server could not parse.
     MalformedOption,
+    /// NETWORK_FAILURE (7): the server or the NAT it controls has a network problem, such as no
+    /// external address yet; short-lived.
     NetworkFailure,
+    /// NO_RESOURCES (8): the server cannot create more mappings now; short-lived.
     NoResources,
+    /// UNSUPP_PROTOCOL (9): the server does not map this transport protocol.
     UnsuppProtocol,
+    /// USER_EX_QUOTA (10): the mapping would exceed this subscriber's port quota.
     UserExQuota,
+    /// CANNOT_PROVIDE_EXTERNAL (11): the suggested external port or address cannot be given (only
+    /// with the PREFER_FAILURE option, which we do not send).
     CannotProvideExternal,
+    /// ADDRESS_MISMATCH (12): the request's source address differs from its client address field,
+    /// because another NAT sits between the client and the server.
     AddressMismatch,
+    /// EXCESSIVE_REMOTE_PEERS (13): the server could not create the filters of a FILTER option.
     ExcessiveRemotePeers,
+    /// A result code RFC 6887 does not define, as received.
     Other(u8),
 }
 
 impl ResultCode {
+    /// The result code of a wire value (RFC 6887 section 7.4); unknown values become
+    /// [`ResultCode::Other`].
     pub fn from_u8(v: u8) -> Self {
         use ResultCode::*;
         match v {
@@ -60,6 +83,7 @@ impl ResultCode {
         }
     }
 
+    /// The wire value of this result code (RFC 6887 section 7.4).
     pub fn to_u8(self) -> u8 {
         use ResultCode::*;
         match self {
@@ -111,7 +135,9 @@ impl ResultCode {
 pub struct Map {
     /// Ties an answer to its request, and a renewal or a delete to the mapping (11.2).
     pub nonce: [u8; 12],
+    /// The transport to map, carried as its IANA protocol number.
     pub protocol: Protocol,
+    /// Our port that the mapping forwards to, on the request's client address.
     pub internal_port: u16,
     /// Suggested in a request (0: any), assigned in an answer.
     pub external_port: u16,
@@ -119,19 +145,25 @@ pub struct Map {
     pub external_ip: IpAddr,
 }
 
+/// A PCP opcode with its opcode-specific fields (RFC 6887 section 7.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opcode {
+    /// ANNOUNCE (opcode 0, section 14.1): no fields. Sent unsolicited by a server that lost its
+    /// state, so that clients renew their mappings.
     Announce,
+    /// MAP (opcode 1, section 11): create, renew or delete an inbound mapping.
     Map(Map),
 }
 
 /// A request (section 7.1). `lifetime_s` 0 on a MAP deletes the mapping (section 15).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// Requested lifetime of the mapping, in seconds; 0 deletes it.
     pub lifetime_s: u32,
     /// Our own address as we send from it; a NAT between us and the server that changes
     /// it makes the server answer ADDRESS_MISMATCH (section 8.1).
     pub client: IpAddr,
+    /// The opcode and its fields.
     pub op: Opcode,
 }
 
@@ -141,16 +173,22 @@ pub struct Request {
 pub struct Response {
     /// The server's version: on UNSUPP_VERSION, the highest it supports (section 9).
     pub version: u8,
+    /// The result code (section 7.4).
     pub result: ResultCode,
     /// Granted lifetime on success; on an error, how long the error will last.
     pub lifetime_s: u32,
+    /// The server's Epoch Time in seconds (section 8.5): one smaller than elapsed time says the
+    /// server lost its mappings.
     pub epoch: u32,
     /// `None` for an opcode we do not know, or for an error answer too short for its
     /// opcode's fields (a server that cannot parse a request may echo only the header).
     pub op: Option<Opcode>,
+    /// The opcode field without the R bit, kept also when `op` is `None`.
     pub opcode: u8,
 }
 
+/// An address as PCP's 16-byte field carries it: IPv6 as is, IPv4 as an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, section 5).
 pub fn addr_to_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
@@ -158,6 +196,8 @@ pub fn addr_to_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The inverse of [`addr_to_bytes`]: an IPv4-mapped IPv6 address becomes IPv4, anything else stays
+/// IPv6.
 pub fn addr_from_bytes(b: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(b);
     match v6.to_ipv4_mapped() {
@@ -206,6 +246,8 @@ fn opcode_of(op: &Opcode) -> u8 {
 }
 
 impl Request {
+    /// The request as sent to the server: the 24-byte header of section 7.1, plus the MAP body of
+    /// section 11.1 for a MAP.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(HEADER + MAP_BODY);
         b.push(VERSION);

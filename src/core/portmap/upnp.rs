@@ -51,10 +51,13 @@ pub enum UpnpRefusal {
     NoPortsAvailable,
     /// 401 Invalid Action: the router has no such action (no v2).
     NoSuchAction,
+    /// Any other UPnP error or failure, in words (code and description when there are any).
     Other(String),
 }
 
 impl UpnpRefusal {
+    /// The refusal for a UPnP error `code` and its description `text` from the SOAP fault; `text`
+    /// is kept only for codes not listed here.
     pub fn from_code(code: u16, text: &str) -> Self {
         match code {
             716 => Self::ExternalPortZero,
@@ -68,6 +71,7 @@ impl UpnpRefusal {
         }
     }
 
+    /// The words a user reads in a reason, with the UPnP error code.
     pub fn describe(&self) -> String {
         match self {
             Self::ExternalPortZero => "the router refuses external port 0 (error 716)".into(),

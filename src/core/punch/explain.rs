@@ -47,16 +47,25 @@ pub fn explain_lockstep_failure(l: &Lockstep) -> String {
 /// error's quoted SYN was going to; which ports our SYNs went to).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WatchCounts {
+    /// SYNs that arrived from the peer.
     pub syn_in: u64,
+    /// SYN-ACKs that arrived from the peer.
     pub synack_in: u64,
+    /// RSTs that arrived from the peer's address (its host, or its NAT refusing our SYN).
     pub rst_in: u64,
+    /// ICMP destination-unreachable errors quoting one of our SYNs to the peer.
     pub icmp_unreachable: u64,
     /// SYNs this host sent to the peer, repeats included.
     pub syn_out: u64,
+    /// Peer ports our SYNs went to.
     pub syn_to: PortSet,
+    /// Peer ports that SYNs came from.
     pub syn_from: PortSet,
+    /// Peer ports that SYN-ACKs came from.
     pub synack_from: PortSet,
+    /// Peer ports that RSTs came from.
     pub rst_from: PortSet,
+    /// Peer ports our SYNs were going to when an ICMP error quoted them.
     pub icmp_for: PortSet,
 }
 
@@ -68,14 +77,17 @@ pub struct PortSet(BTreeSet<u16>);
 const RANGES_SAID: usize = 6;
 
 impl PortSet {
+    /// Adds a port; one already in the set is not counted twice.
     pub fn insert(&mut self, port: u16) {
         self.0.insert(port);
     }
 
+    /// How many distinct ports the set holds.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether no port was added.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

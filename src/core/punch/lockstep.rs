@@ -40,12 +40,17 @@ pub fn applies(me: &NatInfo, peer: &NatInfo) -> bool {
 /// The plan both sides derive alike from the rendezvous data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lockstep {
+    /// Whether we are the controlling side (the larger id): its k-th window flow aims at the
+    /// follower's offset `2 + k`, the follower's l-th at its offset `2 + 2l`.
     pub controlling: bool,
     /// Most extra flows covered before our window, and before the peer's.
     pub my_extra_max: u16,
+    /// Most extra flows covered before the peer's window: its probes of our private candidates
+    /// plus [`tolerance`].
     pub peer_extra_max: u16,
     /// Our window flows, and the peer's.
     pub my_flows: u16,
+    /// How many window flows the peer opens (it derives the same plan from the same data).
     pub peer_flows: u16,
 }
 

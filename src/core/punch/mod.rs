@@ -63,6 +63,8 @@ use std::time::{Duration, Instant};
 /// Comprehension-optional attributes (RFC 8489 section 18.3: 0x8000-0xFFFF) private to
 /// punchraw: the sender's certificate fingerprint, and the controlling side's nomination.
 pub const ATTR_CERT_FINGERPRINT: u16 = 0xC0A1;
+/// The controlling side's nomination, with an empty value: the request carrying it names the pair
+/// both sides use, like ICE's USE-CANDIDATE (RFC 8445 section 7.1.2).
 pub const ATTR_NOMINATE: u16 = 0xC0A2;
 
 /// Ports a random-allocating NAT draws from when nothing narrower is known (Linux uses
@@ -91,17 +93,27 @@ fn port_count(n: &NatInfo) -> f64 {
     f64::from(hi - lo) + 1.0
 }
 
+/// How the pair punches, the same on both sides: [`choose_strategy`] from the two NAT
+/// classifications, or [`PunchConfig::strategy`] once port mappings are known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
+    /// Each side sends to the other's public endpoint and local candidates: enough when one side
+    /// maps endpoint-independently in a way the other can reach.
     Direct,
+    /// A symmetric side whose ports are predictable (sequential or preserved) is aimed at its next
+    /// ports: the predicted one and a window past it by the measured step.
     Predict,
+    /// A birthday sweep against random allocation: the random side opens many mappings toward the
+    /// other's fixed endpoint while the other probes random ports (both probe when neither side
+    /// can be predicted).
     Sweep,
     /// The peer sends to a port mapping the other side's router granted.
     Mapped,
 }
 
 impl Strategy {
+    /// The name in logs, reports and JSON: `direct`, `predict`, `sweep` or `mapped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Direct => "direct",
@@ -151,18 +163,27 @@ pub fn derive_key(secret: &[u8], session: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// What one side needs to punch: both sides' rendezvous data, the shared key and certificate
+/// fingerprint, and the budget and pacing of the probes.
 #[derive(Debug, Clone)]
 pub struct PunchConfig {
+    /// Our id in the session; the side with the larger id is controlling (it nominates).
     pub my_id: String,
+    /// Our NAT's classification, as the peer also learned it through the rendezvous.
     pub my_nat: NatInfo,
     /// Our socket 0 as the rendezvous saw it, and its local addresses: the peer targets
     /// these, and prediction must know how many flows the peer creates before its window.
     pub my_public: SocketAddr,
+    /// Socket 0's local addresses, which the peer probes as host candidates (a peer behind the
+    /// same NAT reaches us there).
     pub my_locals: Vec<SocketAddr>,
     /// Our socket 0's port as our router maps it, when it granted a mapping (the peer
     /// learns it as [`PeerData::mapped`]).
     pub my_mapped: Option<SocketAddr>,
+    /// What the rendezvous told us about the peer: its id, public endpoint, local addresses, NAT
+    /// classification and any router mapping.
     pub peer: PeerData,
+    /// The key of every packet's MESSAGE-INTEGRITY-SHA256, from [`derive_key`].
     pub key: [u8; 32],
     /// SHA-256 of our per-run certificate; the peer pins it.
     pub fingerprint: [u8; 32],
@@ -176,6 +197,8 @@ pub struct PunchConfig {
     pub window: u16,
     /// Extra sockets the random side opens in a sweep.
     pub sweep_sockets: usize,
+    /// Seeds transaction IDs, random probe ports and the sweep's order; the driver draws it, tests
+    /// fix it.
     pub seed: u64,
 }
 
@@ -299,29 +322,51 @@ impl PunchConfig {
     }
 }
 
+/// Why a punch gave up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// Packets claiming to be the peer failed the integrity check, and none passed.
-    AuthFailed { rejected: u64 },
+    AuthFailed {
+        /// Packets that failed MESSAGE-INTEGRITY-SHA256 or carried another certificate.
+        rejected: u64,
+    },
     /// Nothing got through within the budget.
-    NoPath { strategy: Strategy, probes: u64 },
+    NoPath {
+        /// The strategy that was tried.
+        strategy: Strategy,
+        /// STUN requests sent in all.
+        probes: u64,
+    },
 }
 
+/// What the punch tells its driver, through [`Machine::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// First event, queued at construction: the strategy both sides agreed on.
     Started {
+        /// The strategy in use ([`PunchConfig::strategy`]).
         strategy: Strategy,
     },
     /// A sweep's progress (probes sent so far).
     Progress {
+        /// STUN requests sent so far.
         probes: u64,
     },
+    /// A pair worked both ways and was nominated (by us when controlling, else by the peer); the
+    /// punch is done and the socket is the driver's.
     Connected {
+        /// Our socket the pair uses, by index into the driver's sockets.
         socket: usize,
+        /// Where the peer really is: the source of its packets, which for a symmetric peer may be
+        /// none of the ports we sent to.
         remote: SocketAddr,
+        /// SHA-256 of the peer's certificate, from its authenticated packets: the one to pin in
+        /// the QUIC handshake that follows.
         peer_fingerprint: [u8; 32],
+        /// STUN requests sent until then.
         probes: u64,
     },
+    /// Nothing connected within the budget; the punch is done.
     Failed(Failure),
 }
 
@@ -331,6 +376,8 @@ enum Role {
     Nominate,
 }
 
+/// The UDP hole punch of one side, a sans-IO [`Machine`] on the sockets
+/// [`PunchConfig::sockets_needed`] asks for; see the module documentation.
 pub struct Punch {
     cfg: PunchConfig,
     start: Instant,
@@ -348,8 +395,13 @@ pub struct Punch {
     peer_fingerprint: Option<[u8; 32]>,
     queue: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// STUN requests sent so far: checks, nominations and sweep probes.
     pub probes: u64,
+    /// Datagrams that claimed to be the peer but failed MESSAGE-INTEGRITY-SHA256, or carried
+    /// another certificate than the peer's first.
     pub rejected: u64,
+    /// Datagrams not for this punch: not STUN, a wrong USERNAME, an answer to no request of ours,
+    /// or another STUN class.
     pub stray: u64,
     done: bool,
     last_progress: u64,
@@ -402,6 +454,7 @@ impl Punch {
         }
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &PunchConfig {
         &self.cfg
     }

@@ -14,7 +14,9 @@ use std::time::Duration;
 pub enum PrimeTtl {
     /// Measured toward the peer at the start of the punch.
     Auto,
+    /// No priming: every SYN goes out with the normal TTL.
     Off,
+    /// First SYNs with this TTL, without measuring.
     Fixed(u8),
 }
 
@@ -78,6 +80,8 @@ pub fn settled(hops: &[Hop]) -> bool {
 /// Traceroute's customary first port; any closed port would do.
 pub const PROBE_PORT: u16 = 33434;
 
+/// What one TTL of the measurement met: a UDP datagram toward the peer's address (port
+/// [`PROBE_PORT`] + TTL - 1) whose TTL runs out at that hop, or does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hop {
     /// Time exceeded, from this router.
@@ -88,9 +92,13 @@ pub enum Hop {
     Silent,
 }
 
+/// The priming decision and the hops it rests on, from [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priming {
+    /// TTL of each attempt's first SYN: one hop past our outermost NAT; `None` for no priming (no
+    /// NAT of ours answered, or that TTL would reach the peer's NAT).
     pub ttl: Option<u32>,
+    /// What each TTL met; index 0 is TTL 1.
     pub hops: Vec<Hop>,
     /// Hops up to and including our outermost NAT.
     pub own: usize,
@@ -99,6 +107,7 @@ pub struct Priming {
 }
 
 impl Priming {
+    /// The line that tells the user what priming does and why.
     pub fn explain(&self) -> String {
         match (self.ttl, self.far) {
             (Some(t), Some(f)) => format!(

@@ -53,6 +53,8 @@ const RANDOM_PORTS: (u16, u16) = (1024, 65535);
 /// connection from that port will appear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prediction {
+    /// Our NAT's TCP behaviour as the samples show it: mapping, allocation, the counter's step
+    /// and, for random ports that cluster in a block, the range a peer should search.
     pub nat: NatInfo,
     /// 0 when unpredictable.
     pub port: u16,
@@ -241,13 +243,20 @@ pub enum Plan {
     /// One attempt at the peer's predicted port.
     Direct,
     /// The peer's predicted port, then the next ones by its step, then the ones before.
-    Window { delta: i32 },
+    Window {
+        /// The peer's counter step in ports per new connection (1 when unknown).
+        delta: i32,
+    },
     /// Random ports of the peer, from our one local port.
     Probe,
     /// Many attempts from fresh local ports toward the peer's one port.
     Spray,
 }
 
+/// This side's plan from both NATs (see the module documentation): `Direct` toward an
+/// endpoint-independent peer unless our ports are random (`Spray`), a `Window` around a sequential
+/// peer's prediction, `Probe` of a random peer's ports from an endpoint-independent side, and a
+/// window of step 1 as a last resort when neither side is predictable.
 pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
     if eim(peer) {
         if eim(me) || sequential(me) {
@@ -317,22 +326,30 @@ pub fn verify_offer(key: &[u8; 32], peer_id: &str, o: &TcpOffer) -> Option<[u8; 
     crate::core::hex::decode32(&o.fp)
 }
 
+/// What the attempt scheduler [`TcpPunch`] aims at, and how fast and how long.
 #[derive(Debug, Clone)]
 pub struct TcpPunchConfig {
+    /// This side's plan ([`plan()`], or [`mapped_plan`] under a port mapping).
     pub plan: Plan,
+    /// The IP every attempt connects to: the peer's public one, or its mapping's.
     pub peer_ip: IpAddr,
     /// The peer's predicted port (0: unknown).
     pub peer_port: u16,
     /// Our fixed local port (unused by `Spray`).
     pub local_port: u16,
+    /// How many ports past the prediction a `Window` tries, by the step; a quarter as many before
+    /// it.
     pub window: u16,
     /// Attempts per second at most.
     pub rate: u32,
+    /// How many attempts from fresh local ports a `Spray` makes.
     pub sweep_sockets: usize,
+    /// No new attempt or repeat after this long from the start.
     pub budget: Duration,
     /// The ports the peer's NAT draws random mappings from (`Probe` searches them):
     /// [`crate::core::punch::random_ports`] of its offer.
     pub peer_ports: [u16; 2],
+    /// Seeds the random probe ports and the pauses before repeats.
     pub seed: u64,
 }
 
@@ -341,12 +358,20 @@ pub struct TcpPunchConfig {
 pub enum Action {
     /// Open a socket bound to `from_port` (0: a fresh port) and `connect()` it to `to`.
     Connect {
+        /// The attempt's number, which [`TcpPunch::handle_failure`] and [`Action::Abandon`] name
+        /// it by.
         id: u64,
+        /// Local port to bind, shared by all attempts with SO_REUSEADDR/SO_REUSEPORT; 0 for a
+        /// fresh port (`Spray`).
         from_port: u16,
+        /// The peer endpoint to connect to.
         to: SocketAddr,
     },
     /// Close attempt `id`: it can no longer succeed.
-    Abandon { id: u64 },
+    Abandon {
+        /// The attempt to close, as numbered in its [`Action::Connect`].
+        id: u64,
+    },
 }
 
 /// Why an attempt ended without a connection.
@@ -387,11 +412,16 @@ pub struct TcpPunch {
     probed: HashSet<u16>,
     /// Attempts made (SYNs the kernel sent first; retransmissions not counted).
     pub attempts: u64,
+    /// Attempts refused with RST (ECONNREFUSED).
     pub refused: u64,
+    /// Attempts ended by an ICMP error (EHOSTUNREACH, ENETUNREACH, ...).
     pub unreachable: u64,
 }
 
 impl TcpPunch {
+    /// The schedule for `cfg` from `start`, the agreed moment. `Direct`, `Window` and `Spray` lay
+    /// out their targets now, `Probe` draws ports as it goes; nothing is attempted when the plan
+    /// needs the peer's port and it is 0 ([`TcpPunch::aimless`]).
     pub fn new(cfg: TcpPunchConfig, start: Instant) -> Self {
         let mut pending = VecDeque::new();
         // Port 0 is "unpredictable": aiming at the ports around it would only scan the peer's
@@ -449,14 +479,17 @@ impl TcpPunch {
         self.cfg.peer_port == 0 && self.cfg.plan != Plan::Probe
     }
 
+    /// Whether the budget has run out at `now`: no attempt or repeat is made after that.
     pub fn expired(&self, now: Instant) -> bool {
         now >= self.deadline
     }
 
+    /// The agreed moment the attempts start.
     pub fn start(&self) -> Instant {
         self.start
     }
 
+    /// The plan in use.
     pub fn plan(&self) -> Plan {
         self.cfg.plan
     }
@@ -505,6 +538,9 @@ impl TcpPunch {
             .push_back(Action::Connect { id, from_port, to });
     }
 
+    /// Queues what is due at `now` as [`Action`]s: repeats of refused attempts, abandons of random
+    /// probes unanswered for [`PROBE_LINGER`], and new attempts paced at `rate` (no burst to catch
+    /// up after a stall).
     pub fn handle_timeout(&mut self, now: Instant) {
         if now < self.start {
             return;
@@ -573,10 +609,13 @@ impl TcpPunch {
             .push((a.from_port, a.to));
     }
 
+    /// The next thing the driver must do, or `None` once the queue is drained.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
+    /// When [`TcpPunch::handle_timeout`] is next due: the next paced attempt, repeat or linger
+    /// end, at the latest the deadline; never `None`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.deadline;
         if let Some((&r, _)) = self.retries.iter().next() {

@@ -66,10 +66,15 @@ pub const RELAY_SYNC: Duration = Duration::from_secs(3);
 /// answers come at the server's round trip.
 const PAIRING_EVERY: Duration = Duration::from_millis(20);
 
+/// What a [`Client`] registers with, and the limits of its wait. Fixed for the run except
+/// the TCP offer, the relayed offer and the search range, which the driver updates while the
+/// client waits ([`Client::set_tcp_offer`], [`Client::set_relayed`],
+/// [`Client::counter_measured`]).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Where registers go; datagrams from anywhere else are ignored.
     pub server: SocketAddr,
+    /// The session name both peers give (1 to 128 bytes); the rendezvous key is derived from it.
     pub session: String,
     /// The shared secret; only the rendezvous key derived from it is ever sent.
     pub secret: Vec<u8>,
@@ -77,6 +82,7 @@ pub struct ClientConfig {
     pub peer_id: String,
     /// Addresses of our punching socket on our own interfaces.
     pub locals: Vec<SocketAddr>,
+    /// Our NAT as the quick classification saw it, sent in every register.
     pub nat: NatInfo,
     /// Our TCP offer, when we punch TCP; renewed through [`ClientEvent::RefreshTcpOffer`].
     pub tcp: Option<TcpOffer>,
@@ -104,20 +110,24 @@ pub struct ClientConfig {
 pub struct Introduction {
     /// Our public endpoint as the server saw it.
     pub me: SocketAddr,
+    /// The other peer as it registered: id, public endpoint, locals, NAT and its offers.
     pub peer: PeerData,
     /// The agreed moment to start punching, on the caller's clock.
     pub start: Instant,
 }
 
+/// What the rendezvous [`Client`] tells its driver, through [`Client::poll_event`].
 #[derive(Debug)]
 pub enum ClientEvent {
     /// Registered; the peer is not there yet. Said once, at the first `waiting`.
     Waiting {
+        /// How long the server still holds the session for the peer, in milliseconds.
         wait_left_ms: u64,
     },
     /// The server refused `count` registrations (in all so far) made with another secret;
     /// said each time the count grows.
     StrangerRejected {
+        /// The server's total of refused registrations for this session so far.
         count: u32,
     },
     /// Our TCP offer is [`OFFER_REFRESH`] old: redo the prediction and hand the new offer to
@@ -130,10 +140,18 @@ pub enum ClientEvent {
     MeasureCounter,
     /// The pairing's key, both confirmations matched (just before `Introduced`).
     Paired([u8; 32]),
+    /// The server introduced the peer: punch toward it from [`Introduction::start`]. With a
+    /// relay, held back (at most [`RELAY_SYNC`]) until both relayed offers are known; with a
+    /// pairing, until both confirmations matched. Ends the rendezvous.
     Introduced(Box<Introduction>),
+    /// The rendezvous failed: the server refused, fell silent for [`SERVER_SILENCE`], or the
+    /// deadline passed without the peer; a pairing whose code did not match ends here too.
     Failed(Error),
 }
 
+/// The rendezvous client of one connect: registers with the server until it introduces the
+/// peer, refuses, or time runs out. A [`Machine`] with one socket; see the module docs for the
+/// call order.
 pub struct Client {
     cfg: ClientConfig,
     key: [u8; 32],
@@ -291,6 +309,8 @@ impl Client {
         ours && (!self.offer_sent || intro.peer.relayed.is_none())
     }
 
+    /// The configuration as it stands now, with the offers and search range renewed since
+    /// [`Client::new`].
     pub fn config(&self) -> &ClientConfig {
         &self.cfg
     }

@@ -31,6 +31,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
+/// The 4 bytes every rendezvous message starts with, over UDP and TCP alike. The first byte,
+/// 0x50, has top bits 01, which STUN never has (RFC 8489 section 6), so the server tells
+/// rendezvous from STUN by it.
 pub const MAGIC: &[u8; 4] = b"PRV1";
 /// Keeps every message inside one unfragmented datagram on any sane path.
 pub const MAX_MESSAGE: usize = 1200;
@@ -56,9 +59,15 @@ pub fn derive_rendezvous_key(secret: &[u8], session: &str) -> [u8; 32] {
 /// What a peer knows about its own NAT, from the quick classification at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatInfo {
+    /// Mapping behaviour toward different destinations (RFC 4787 section 4.1).
     pub mapping: Behavior,
+    /// Filtering behaviour for inbound packets (RFC 4787 section 5).
     pub filtering: Behavior,
+    /// How the NAT picks the external port of a new mapping; with `sequential`, the peer predicts
+    /// the next port from `delta`.
     pub allocation: Allocation,
+    /// For [`Allocation::Sequential`]: the step between the external ports of consecutive
+    /// mappings (may be negative). `None` for every other allocation.
     pub delta: Option<i32>,
     /// With random allocation confined to a block (a carrier-grade NAT's per-subscriber
     /// ports): the ports to search, estimated from the probe's samples. Absent: the whole
@@ -68,6 +77,8 @@ pub struct NatInfo {
 }
 
 impl NatInfo {
+    /// Nothing measured: every behaviour `unknown`, no delta, no range. Sent by a peer that
+    /// has not classified its NAT, e.g. one whose UDP is blocked.
     pub fn unknown() -> Self {
         NatInfo {
             mapping: Behavior::Unknown,
@@ -88,6 +99,7 @@ pub struct PeerData {
     pub public: SocketAddr,
     /// Addresses of the peer's punching socket on its own interfaces (for peers on one LAN).
     pub locals: Vec<SocketAddr>,
+    /// The peer's own NAT classification, as it registered it.
     pub nat: NatInfo,
     /// Present when the peer punches TCP (`connect --tcp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +164,8 @@ impl PairingData {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayOffer {
+    /// The relayed transport address (RFC 8656 section 2) allocated to the peer on the TURN
+    /// server.
     pub addr: SocketAddr,
     /// SHA-256 of the certificate (hex).
     pub fp: String,
@@ -171,6 +185,7 @@ pub struct TcpOffer {
     pub local_port: u16,
     /// Predicted external port of the peer's next connection; 0 when unpredictable.
     pub port: u16,
+    /// The peer's NAT as measured over TCP from `local_port` (mapping, filtering, allocation).
     pub nat: NatInfo,
     /// SHA-256 of the certificate the peer's TLS will present (hex).
     pub fp: String,
@@ -192,21 +207,30 @@ impl TcpOffer {
     }
 }
 
+/// One rendezvous message: the JSON object after [`MAGIC`], its type named by the member `t`
+/// (`register`, `waiting`, `peer`, `bye`, `error`, `outcome`). Client messages carry a `mac`;
+/// see [`Msg::encode_signed`] and [`verify_mac`]. Wire format: `docs/rendezvous.md`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Msg {
     /// Client to server; repeated every few hundred ms until the peer arrives, which also
     /// keeps the client's NAT binding toward the server open.
     Register {
+        /// The session name both peers give: 1 to 128 bytes, no control characters.
         session: String,
+        /// This peer's id: exactly 16 hex digits, random per run.
         peer: String,
         /// Strictly increasing per peer: a replayed register is stale.
         seq: u64,
         /// The session key (hex), sent only to create the session (trust on first use).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// The punching socket's addresses on the peer's own interfaces, then, from a peer that
+        /// also punches over the other address family, that family's; at most [`MAX_LOCALS`].
         locals: Vec<SocketAddr>,
+        /// The peer's quick NAT classification, for the other side's punch strategy.
         nat: NatInfo,
+        /// The TCP punch offer, only from `connect --tcp`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tcp: Option<TcpOffer>,
         /// Our punch port as our router maps it ([`PeerData::mapped`]); absent without a
@@ -233,7 +257,10 @@ pub enum Msg {
     },
     /// Server to client: registered, the other peer is not there yet.
     Waiting {
+        /// The public endpoint the server saw this register come from.
         you: SocketAddr,
+        /// Milliseconds the server still holds the session for the other peer before it answers
+        /// `peer-timeout`.
         wait_left_ms: u64,
         /// Registrations for this session refused because their MAC was made with another
         /// secret: the waiting peer learns that someone tried, without the stranger being able
@@ -244,34 +271,54 @@ pub enum Msg {
     /// Server to client: the other peer, and when to start punching (relative, because the
     /// two clocks are not synchronised).
     Peer {
+        /// This peer's public endpoint as the server saw it.
         you: SocketAddr,
+        /// The other peer, as it registered (with the public endpoint the server saw).
         peer: PeerData,
+        /// Start punching this many milliseconds after receiving this message. The server aims
+        /// both peers at one start time and subtracts half the receiver's RTT, since the clocks
+        /// are not synchronised.
         start_in_ms: u64,
     },
     /// Client to server: leaving; frees the session early.
     Bye {
+        /// The session to leave.
         session: String,
+        /// The leaving peer's id; only its own entry is removed, and only from the endpoint that
+        /// registered it.
         peer: String,
+        /// Same counter as `Register`'s `seq`: a `bye` not newer than the peer's last accepted
+        /// register is a replay and ignored.
         seq: u64,
+        /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].
         #[serde(default, skip_serializing_if = "String::is_empty")]
         mac: String,
     },
+    /// Server to client: a message was refused, or the lone peer's wait ended.
     Error {
+        /// What went wrong, for the client to act on.
         code: ErrorCode,
+        /// A sentence for the user. May be shortened or empty: an answer to a message that did
+        /// not authenticate is never larger than that message ([`small_error`]).
         message: String,
     },
     /// Client to server, once the connect has come to something (issue #15): what it came
     /// to, counted once per session for the server's metrics. Not answered. Sent before
     /// `bye`, while the server still holds the session to check the MAC against.
     Outcome {
+        /// The session the outcome belongs to; counted only while the server still holds it.
         session: String,
+        /// The reporting peer's id; it must be a member of the session.
         peer: String,
+        /// What the connect came to, reduced to bounded labels by the server before counting.
         outcome: Outcome,
+        /// HMAC-SHA256 under the session key; see [`Msg::encode_signed`].
         #[serde(default, skip_serializing_if = "String::is_empty")]
         mac: String,
     },
 }
 
+/// The `code` of an [`Msg::Error`], serialised in kebab-case (`session-full`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorCode {
@@ -281,6 +328,8 @@ pub enum ErrorCode {
     PeerTimeout,
     /// The server holds as many sessions as it may.
     ServerBusy,
+    /// The message was malformed. The reference server never sends it (it drops what does not
+    /// decode, unanswered); a client reports it as a plain rendezvous error.
     BadRequest,
     /// The session does not exist and the register carried no `key` to create it.
     UnknownSession,
@@ -291,6 +340,8 @@ pub enum ErrorCode {
 }
 
 impl Msg {
+    /// [`MAGIC`] followed by the message's JSON, unsigned: how the server's answers go out.
+    /// Client messages go out through [`Msg::encode_signed`].
     pub fn encode(&self) -> Vec<u8> {
         let mut v = MAGIC.to_vec();
         // Serialising these plain structs cannot fail.
@@ -382,6 +433,8 @@ impl Msg {
         }
     }
 
+    /// Whether `data` starts with [`MAGIC`], i.e. belongs to the rendezvous rather than STUN or
+    /// TURN; says nothing about whether it decodes.
     pub fn is_rendezvous(data: &[u8]) -> bool {
         data.starts_with(MAGIC)
     }

@@ -23,6 +23,7 @@ pub struct Outcome {
     pub transport: String,
     /// Our NAT and the peer's, as the quick classifications saw them.
     pub nat: NatInfo,
+    /// The other peer's NAT, as its registration announced it.
     pub peer_nat: NatInfo,
     /// From the start of the connect until the stream's path was open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,15 +53,25 @@ const TRANSPORTS: &[&str] = &["udp", "tcp"];
 /// pair is one pair whichever side reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OutcomeLabels {
+    /// One of [`RESULTS`], `other` for anything else.
     pub result: &'static str,
+    /// `direct`, `predict`, `sweep` or `mapped`; `none` when no strategy was chosen, `other`
+    /// for anything else.
     pub strategy: &'static str,
+    /// `direct` or `relay`; `none` when no stream ran, `other` for anything else.
     pub path: &'static str,
+    /// `udp` or `tcp` (`other` otherwise).
     pub transport: &'static str,
+    /// The smaller of the two peers' [`nat_class`]es, compared as strings.
     pub nat_a: &'static str,
+    /// The larger of the two peers' [`nat_class`]es, so `(nat_a, nat_b)` is the same pair from
+    /// either side.
     pub nat_b: &'static str,
 }
 
 impl Outcome {
+    /// This report reduced to the labels the server counts it under: unknown values become
+    /// `other`, absent ones `none`, and the two NATs their sorted [`nat_class`]es.
     pub fn labels(&self) -> OutcomeLabels {
         let (a, b) = (nat_class(&self.nat), nat_class(&self.peer_nat));
         OutcomeLabels {

@@ -13,11 +13,15 @@ use super::PeerData;
 /// [`Registry::transact`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
+    /// What the peer registered; `public` is where its latest accepted register came from.
     pub data: PeerData,
+    /// The peer's RTT to the server as it reported it (capped at 10 s), for the agreed start.
     pub rtt_ms: u32,
     /// The last accepted `seq`.
     pub seq: u64,
+    /// When the peer first registered: a lone peer's wait timeout counts from here.
     pub first_seen: u64,
+    /// When the peer's latest accepted register arrived: a peer idle too long is removed.
     pub last_seen: u64,
 }
 
@@ -27,9 +31,12 @@ pub struct Session {
     /// The session key its creator supplied; later messages must carry a MAC under it. The
     /// secret itself never reaches the server.
     pub key: [u8; 32],
+    /// The peers that registered, at most two.
     pub members: Vec<Member>,
     /// Set once both peers are there: the agreed start, on the registry's clock.
     pub start_at: Option<u64>,
+    /// When the second peer arrived, on the registry's clock. From then on the session only
+    /// answers re-registrations (lost `peer` messages) for the linger time, then is freed.
     pub matched_at: Option<u64>,
     /// Registrations refused for a MAC under another key (see [`super::Msg::Waiting`]).
     #[serde(default)]
@@ -42,15 +49,18 @@ pub struct Session {
 /// What a transaction does to the stored session.
 #[derive(Debug)]
 pub enum Change {
+    /// Leave the stored session as it is (or absent).
     Keep,
     /// Store this state; the registry may forget it after `ttl_ms` (Redis `PX`).
     Put(Session, u64),
+    /// Forget the session: its last peer left, its wait ended, or its linger is over.
     Delete,
 }
 
 /// Datagrams to send: destination and bytes.
 pub type Out = Vec<(SocketAddr, Vec<u8>)>;
 
+/// Why a [`Registry`] transaction failed; the server then answers `registry-unavailable`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryError {
     /// The backing store cannot be reached; the text says why (for the log).
@@ -96,6 +106,7 @@ pub struct MemoryRegistry {
 }
 
 impl MemoryRegistry {
+    /// An empty registry; its clock starts at the first `now` it is given.
     pub fn new() -> Self {
         MemoryRegistry {
             epoch: None,

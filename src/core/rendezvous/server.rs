@@ -8,6 +8,9 @@ use super::{verify_mac, ErrorCode, Msg, PeerData};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// How the rendezvous server holds sessions: its limits, timings and registry (from
+/// `punchraw serve`'s options). The default is a 60 s wait, 5 s peer idle, 100,000 sessions,
+/// a 50 ms start margin, a 20 s linger and the in-memory registry.
 #[derive(Debug, Clone)]
 pub struct RendezvousConfig {
     /// How long a lone peer waits before it is told the other never came.
@@ -50,6 +53,8 @@ impl Default for RendezvousConfig {
 pub struct Rendezvous {
     cfg: RendezvousConfig,
     pub(super) registry: Box<dyn Registry>,
+    /// Datagrams dropped unanswered because they were not a well-formed client message
+    /// (junk, oversize, or a server-to-client type).
     pub dropped: u64,
     /// What happened to sessions, for `serve --metrics`.
     pub stats: RendezvousStats,
@@ -71,6 +76,7 @@ impl Rendezvous {
         Self::with_registry(cfg, Box::new(MemoryRegistry::new()))
     }
 
+    /// With `registry` holding the sessions, e.g. the Redis registry shared by several servers.
     pub fn with_registry(cfg: RendezvousConfig, registry: Box<dyn Registry>) -> Self {
         Rendezvous {
             cfg,

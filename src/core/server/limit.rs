@@ -24,6 +24,11 @@ use std::time::Instant;
 /// Buckets in the table: 8 bytes each, 512 KiB in all, allocated once when the limit is on.
 pub const BUCKETS: usize = 1 << 16;
 
+/// Per-source response budget for `--per-source-limit`: a GCRA (token bucket) per bucket of
+/// a fixed table indexed by a keyed hash of the source IPv4 address or IPv6 /64, so a flood
+/// from many spoofed sources cannot grow memory. In any `t` seconds a source is allowed at
+/// most `rate * t + rate` responses. Sans-IO (the caller passes `now`) and lock-free, so one
+/// limiter can be shared by every socket thread of a server.
 pub struct SourceLimiter {
     /// Per bucket the GCRA "theoretical arrival time", nanoseconds since `epoch`.
     tat: Box<[AtomicU64]>,
@@ -68,6 +73,7 @@ impl SourceLimiter {
         }
     }
 
+    /// The sustained budget in responses per second per source, after clamping to at least 1.
     pub fn rate(&self) -> u32 {
         self.rate
     }

@@ -36,7 +36,7 @@
 //! 88 for an IPv4 source. An error response is ERROR-CODE with its reason phrase cut to fit
 //! (RFC 8489 section 14.8 makes the phrase advisory) and, for a 420, as many
 //! UNKNOWN-ATTRIBUTES as fit (16 with the phrase, 26 without, for an IPv4 source at 92
-//! bytes; RFC 8489 section 14.9 sets no minimum, and every listed type took at least 4
+//! bytes; RFC 8489 section 14.13 sets no minimum, and every listed type took at least 4
 //! request bytes, so larger lists come with larger requests).
 //!
 //! RESPONSE-PORT and CHANGE-REQUEST change only the port and the local endpoint, never the
@@ -100,10 +100,13 @@ fn addr_attr_len(a: SocketAddr) -> usize {
 pub struct EndpointId(pub u8);
 
 impl EndpointId {
+    /// The primary address and port: where clients send their first Binding request.
     pub const PRIMARY: EndpointId = EndpointId(0);
+    /// Whether this endpoint is on the alternate IP (RFC 5780 "change IP").
     pub fn alt_ip(self) -> bool {
         self.0 & 2 != 0
     }
+    /// Whether this endpoint is on the alternate port (RFC 5780 "change port").
     pub fn alt_port(self) -> bool {
         self.0 & 1 != 0
     }
@@ -112,19 +115,32 @@ impl EndpointId {
     }
 }
 
+/// The transport a request arrived over, which decides what the server may do with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// UDP: the source may be spoofed, so the per-source limit applies; CHANGE-REQUEST and
+    /// RESPONSE-PORT can be honoured.
     Udp,
+    /// TCP: the source was proven by the handshake and the answer must go back on the same
+    /// connection, so CHANGE-REQUEST and RESPONSE-PORT are refused.
     Tcp,
 }
 
+/// The addresses and options of one STUN server: a plain RFC 8489 server on `ip`:`port`, or
+/// with `alt_ip` an RFC 5780 behaviour discovery server on all four combinations of the
+/// primary and alternate IP and port.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Primary address: endpoint 0, and the address clients are expected to know.
     pub ip: IpAddr,
     /// Second address for RFC 5780 behaviour discovery; `None` makes a plain STUN server.
     pub alt_ip: Option<IpAddr>,
+    /// Primary port.
     pub port: u16,
+    /// Alternate port for RFC 5780 behaviour discovery; unused without `alt_ip`.
     pub alt_port: u16,
+    /// `--software`: the SOFTWARE attribute's value (RFC 8489 section 14.14), left out of a
+    /// response it does not fit; `None` sends none.
     pub software: Option<String>,
     /// `--per-source-limit`: most UDP responses per second to one source (an IPv4 address
     /// or an IPv6 /64), bursts of as many; `None` answers everyone (the default, since many
@@ -134,6 +150,7 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// Whether RFC 5780 behaviour discovery is on, that is an alternate IP is configured.
     pub fn discovery(&self) -> bool {
         self.alt_ip.is_some()
     }
@@ -146,6 +163,8 @@ impl ServerConfig {
             .collect()
     }
 
+    /// The socket address of endpoint `e`. Without discovery the alternate IP falls back to the
+    /// primary one.
     pub fn addr(&self, e: EndpointId) -> SocketAddr {
         let ip = if e.alt_ip() {
             self.alt_ip.unwrap_or(self.ip)
@@ -166,7 +185,9 @@ impl ServerConfig {
 /// Why a datagram got no answer. Counted, never echoed to the sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
+    /// Not a valid STUN message: bad header, attribute framing or FINGERPRINT.
     Malformed,
+    /// An indication or a response, which a server never answers (RFC 8489 section 6.3).
     NotRequest,
     /// `--per-source-limit`: the source's response budget is spent.
     RateLimited,
@@ -177,9 +198,13 @@ pub enum DropReason {
 pub enum Outcome {
     /// Send the bytes written to `out` from endpoint `from` to `to`.
     Reply {
+        /// The local endpoint to send from: the one the request arrived on, or the one its
+        /// CHANGE-REQUEST selects.
         from: EndpointId,
+        /// The requester's IP, with the port from RESPONSE-PORT (RFC 5780 section 7.5) when given.
         to: SocketAddr,
     },
+    /// Send nothing; the reason has been counted in [`Stats`].
     Drop(DropReason),
 }
 
@@ -188,25 +213,36 @@ pub enum Outcome {
 /// to `to`, the requester's source address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectBack {
+    /// The server endpoint whose address and port the SYN leaves from.
     pub from: EndpointId,
+    /// The requester's source address, the only destination a CONNECT-BACK can have.
     pub to: SocketAddr,
 }
 
 /// Counters only: the server keeps no per-client state, so junk cannot grow its memory.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
+    /// Requests parsed and within the per-source limit: each gets a success or an error response.
     pub requests: u64,
+    /// Success responses sent.
     pub success: u64,
+    /// Error responses sent (400, 420 and the like).
     pub errors: u64,
+    /// Datagrams dropped as not parseable STUN ([`DropReason::Malformed`]).
     pub malformed: u64,
+    /// Indications and responses dropped unanswered ([`DropReason::NotRequest`]).
     pub not_request: u64,
     /// Well-formed requests left unanswered by `--per-source-limit`.
     pub rate_limited: u64,
 }
 
+/// The sans-IO STUN server: answers Binding requests (RFC 8489, RFC 5780, RFC 3489 clients)
+/// under the amplification bound described in the module docs. Holds only its configuration,
+/// the optional shared rate limiter and counters.
 pub struct StunServer {
     cfg: ServerConfig,
     limiter: Option<Arc<SourceLimiter>>,
+    /// Counters since creation; the caller reads and reports them.
     pub stats: Stats,
 }
 
@@ -234,6 +270,7 @@ impl StunServer {
             .map(|r| Arc::new(SourceLimiter::new(r, now)))
     }
 
+    /// The configuration this server answers with.
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
     }
@@ -520,7 +557,7 @@ impl StunServer {
             let keep = (limit.saturating_sub(fixed) & !3).min(reason.len());
             (reason.get(..keep).unwrap_or(""), 0)
         } else {
-            // The list is what the client acts on (RFC 8489 section 14.9): drop the phrase
+            // The list is what the client acts on (RFC 8489 section 14.13): drop the phrase
             // and list as many types as fit (an even number of bytes; 26 at 92 bytes).
             let left = limit.saturating_sub(fixed + 4) & !3;
             ("", left.min(unknown.len()))

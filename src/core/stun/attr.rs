@@ -5,47 +5,110 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Attribute type codes (RFC 8489 section 18.3, RFC 5780 section 7, RFC 3489 section 11.2).
 pub mod attr_type {
+    /// MAPPED-ADDRESS (RFC 8489 section 14.1): the reflexive transport address in the clear;
+    /// servers send it only for backwards compatibility with RFC 3489 clients.
     pub const MAPPED_ADDRESS: u16 = 0x0001;
     /// RFC 3489 only; deliberately not honoured (it lets anyone reflect traffic at a victim).
     pub const RESPONSE_ADDRESS: u16 = 0x0002;
+    /// CHANGE-REQUEST (RFC 5780 section 7.2, first RFC 3489 section 11.2.4): asks the server to
+    /// answer from its other IP and/or port.
     pub const CHANGE_REQUEST: u16 = 0x0003;
+    /// SOURCE-ADDRESS (RFC 3489 section 11.2.5): the endpoint a response left from; the RFC 3489
+    /// form of RESPONSE-ORIGIN.
     pub const SOURCE_ADDRESS: u16 = 0x0004;
+    /// CHANGED-ADDRESS (RFC 3489 section 11.2.3): the server's alternate endpoint; the RFC 3489
+    /// form of OTHER-ADDRESS.
     pub const CHANGED_ADDRESS: u16 = 0x0005;
+    /// USERNAME (RFC 8489 section 14.3): names the credentials a message-integrity check uses.
     pub const USERNAME: u16 = 0x0006;
+    /// PASSWORD (RFC 3489 section 11.2.7): obsolete since RFC 5389; recognised (see
+    /// [`is_known`]) so a request carrying it is not refused with 420, and otherwise ignored.
     pub const PASSWORD: u16 = 0x0007;
+    /// MESSAGE-INTEGRITY (RFC 8489 section 14.5): 20-byte HMAC-SHA1 over the message up to the
+    /// attribute before it.
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+    /// ERROR-CODE (RFC 8489 section 14.8): the code (300 to 699) and reason phrase of an error
+    /// response.
     pub const ERROR_CODE: u16 = 0x0009;
+    /// UNKNOWN-ATTRIBUTES (RFC 8489 section 14.13): in a 420 response, the comprehension-required
+    /// types the server did not understand.
     pub const UNKNOWN_ATTRIBUTES: u16 = 0x000a;
+    /// REFLECTED-FROM (RFC 3489 section 11.2.11): obsolete companion of RESPONSE-ADDRESS, never
+    /// sent since RESPONSE-ADDRESS is not honoured; recognised (see [`is_known`]) and ignored.
     pub const REFLECTED_FROM: u16 = 0x000b;
     /// RFC 8656 section 18: TURN's attributes (comprehension-required below 0x8000).
     pub const CHANNEL_NUMBER: u16 = 0x000c;
+    /// LIFETIME (RFC 8656 section 18.2): the allocation's lifetime in seconds.
     pub const LIFETIME: u16 = 0x000d;
+    /// XOR-PEER-ADDRESS (RFC 8656 section 18.3): a peer's transport address, XORed in the same
+    /// way as XOR-MAPPED-ADDRESS.
     pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// DATA (RFC 8656 section 18.4): the application payload of a Send or Data indication.
     pub const DATA: u16 = 0x0013;
+    /// REALM (RFC 8489 section 14.9): the realm of the long-term credentials a server asks for.
     pub const REALM: u16 = 0x0014;
+    /// NONCE (RFC 8489 section 14.10): the server's nonce, which the client returns in its
+    /// authenticated requests.
     pub const NONCE: u16 = 0x0015;
+    /// XOR-RELAYED-ADDRESS (RFC 8656 section 18.5): the relayed transport address a TURN server
+    /// allocated.
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// REQUESTED-ADDRESS-FAMILY (RFC 8656 section 18.6): the address family (IPv4 or IPv6) the
+    /// client wants its relayed address in.
     pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+    /// EVEN-PORT (RFC 8656 section 18.7): asks for an even relayed port, optionally reserving
+    /// the next one.
     pub const EVEN_PORT: u16 = 0x0018;
+    /// REQUESTED-TRANSPORT (RFC 8656 section 18.8): the IP protocol of the relayed transport
+    /// address (17 for UDP).
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+    /// DONT-FRAGMENT (RFC 8656 section 18.9): asks the relay to set DF on datagrams it sends to
+    /// peers; it has no value.
     pub const DONT_FRAGMENT: u16 = 0x001a;
+    /// MESSAGE-INTEGRITY-SHA256 (RFC 8489 section 14.6): HMAC-SHA256 over the message, 16 to 32
+    /// bytes.
     pub const MESSAGE_INTEGRITY_SHA256: u16 = 0x001c;
     /// RFC 8489 section 18.3: negotiated password hashing (kept as raw values).
     pub const PASSWORD_ALGORITHM: u16 = 0x001d;
+    /// USERHASH (RFC 8489 section 14.4): SHA-256 of username and realm, sent instead of USERNAME
+    /// for username anonymity (kept as a raw value).
     pub const USERHASH: u16 = 0x001e;
+    /// XOR-MAPPED-ADDRESS (RFC 8489 section 14.2): the reflexive transport address XORed with
+    /// the magic cookie (and the transaction ID for IPv6), so NAT ALGs do not rewrite it.
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    /// RESERVATION-TOKEN (RFC 8656 section 18.10): the 8-byte token that claims a relayed port
+    /// an earlier EVEN-PORT reserved.
     pub const RESERVATION_TOKEN: u16 = 0x0022;
+    /// PADDING (RFC 5780 section 7.6): filler that makes a message large, to test
+    /// fragmentation; a punchraw server pads its answer at most to the request's size.
     pub const PADDING: u16 = 0x0026;
+    /// RESPONSE-PORT (RFC 5780 section 7.5): the port, at the requester's own IP, that the
+    /// answer should go to.
     pub const RESPONSE_PORT: u16 = 0x0027;
     /// RFC 8656 section 18 (comprehension-optional, kept as raw values).
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+    /// ADDRESS-ERROR-CODE (RFC 8656 section 18.12): why one address family of a dual-stack
+    /// allocation could not be served.
     pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
+    /// PASSWORD-ALGORITHMS (RFC 8489 section 14.11): the password hashing algorithms a server
+    /// offers.
     pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
+    /// ICMP (RFC 8656 section 18.13): the type and code of an ICMP packet a TURN server passes
+    /// on in a Data indication.
     pub const ICMP: u16 = 0x8004;
+    /// SOFTWARE (RFC 8489 section 14.14): a description of the sender's software, informational
+    /// only.
     pub const SOFTWARE: u16 = 0x8022;
+    /// ALTERNATE-SERVER (RFC 8489 section 14.15): where a 300 (Try Alternate) response sends
+    /// the client instead.
     pub const ALTERNATE_SERVER: u16 = 0x8023;
+    /// FINGERPRINT (RFC 8489 section 14.7): CRC-32 of the message XOR 0x5354554e, always last;
+    /// tells STUN apart from other protocols sharing a port.
     pub const FINGERPRINT: u16 = 0x8028;
+    /// RESPONSE-ORIGIN (RFC 5780 section 7.3): the server endpoint a response left from.
     pub const RESPONSE_ORIGIN: u16 = 0x802b;
+    /// OTHER-ADDRESS (RFC 5780 section 7.4): the server's alternate IP and port, where a
+    /// client sends its behaviour tests.
     pub const OTHER_ADDRESS: u16 = 0x802c;
     /// punchraw's own, comprehension-optional (RFC 8489 section 18.3 leaves 0xC000-0xFFFF to
     /// private use), request side: over TCP, "after answering, open a TCP connection to my
@@ -94,24 +157,34 @@ pub mod attr_type {
 pub struct ErrorCode<'a> {
     /// 300..=699
     pub code: u16,
+    /// Reason phrase: advisory UTF-8 text for people, fewer than 128 characters.
     pub reason: &'a str,
 }
 
 /// A decoded attribute. Values borrow from the message; nothing is allocated to decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attribute<'a> {
+    /// MAPPED-ADDRESS (RFC 8489 section 14.1): the reflexive address in the clear.
     MappedAddress(SocketAddr),
+    /// XOR-MAPPED-ADDRESS (RFC 8489 section 14.2), held un-XORed: the reflexive address the
+    /// server saw.
     XorMappedAddress(SocketAddr),
     /// RFC 5780 section 7.2: ask the server to answer from its other IP and/or port.
     ChangeRequest {
+        /// Answer from the alternate IP (flag 0x04).
         change_ip: bool,
+        /// Answer from the alternate port (flag 0x02).
         change_port: bool,
     },
+    /// RESPONSE-ORIGIN (RFC 5780 section 7.3): the server endpoint the response left from.
     ResponseOrigin(SocketAddr),
+    /// OTHER-ADDRESS (RFC 5780 section 7.4): the server's alternate IP and port.
     OtherAddress(SocketAddr),
     /// punchraw's CONNECT-BACK ([`attr_type::CONNECT_BACK`]): same layout as CHANGE-REQUEST.
     ConnectBack {
+        /// Send the SYN from the server's alternate IP (flag 0x04).
         change_ip: bool,
+        /// Send the SYN from the server's alternate port (flag 0x02).
         change_port: bool,
     },
     /// punchraw's CONNECT-BACK-ORIGIN ([`attr_type::CONNECT_BACK_ORIGIN`]).
@@ -120,15 +193,29 @@ pub enum Attribute<'a> {
     ResponsePort(u16),
     /// RFC 5780 section 7.6: makes a response as large as this attribute's request.
     Padding(&'a [u8]),
+    /// CHANGED-ADDRESS (RFC 3489 section 11.2.3): the RFC 3489 form of OTHER-ADDRESS.
     ChangedAddress(SocketAddr),
+    /// SOURCE-ADDRESS (RFC 3489 section 11.2.5): the RFC 3489 form of RESPONSE-ORIGIN.
     SourceAddress(SocketAddr),
+    /// RESPONSE-ADDRESS (RFC 3489 section 11.2.2): decoded so it can be recognised, never
+    /// honoured (see [`attr_type::RESPONSE_ADDRESS`]).
     ResponseAddress(SocketAddr),
+    /// USERNAME (RFC 8489 section 14.3): raw bytes, fewer than 509.
     Username(&'a [u8]),
+    /// SOFTWARE (RFC 8489 section 14.14): the sender's description of its software.
     Software(&'a str),
+    /// ERROR-CODE (RFC 8489 section 14.8): code and reason phrase of an error response.
     ErrorCode(ErrorCode<'a>),
+    /// UNKNOWN-ATTRIBUTES (RFC 8489 section 14.13): the types a 420 response lists.
     UnknownAttributes(UnknownList<'a>),
+    /// MESSAGE-INTEGRITY (RFC 8489 section 14.5): the 20-byte HMAC-SHA1 as received; decoding
+    /// does not verify it.
     MessageIntegrity(&'a [u8]),
+    /// MESSAGE-INTEGRITY-SHA256 (RFC 8489 section 14.6): the HMAC-SHA256 (16 to 32 bytes) as
+    /// received; decoding does not verify it.
     MessageIntegritySha256(&'a [u8]),
+    /// FINGERPRINT (RFC 8489 section 14.7): the CRC value as received; `Message::parse` checks
+    /// it against the message.
     Fingerprint(u32),
     /// RFC 8489 section 14.9: UTF-8, fewer than 128 characters.
     Realm(&'a str),
@@ -148,6 +235,7 @@ pub enum Attribute<'a> {
     RequestedAddressFamily(u8),
     /// RFC 8656 section 18.7: the R bit asks the server to reserve port + 1 as well.
     EvenPort {
+        /// The R bit: also reserve the next higher port, for a later allocation to claim.
         reserve: bool,
     },
     /// RFC 8656 section 18.8: the IP protocol number of the relayed transport (17: UDP).
@@ -158,7 +246,9 @@ pub enum Attribute<'a> {
     ReservationToken([u8; 8]),
     /// Anything else: its type and raw value.
     Other {
+        /// The type code, one this decoder has no typed variant for.
         typ: u16,
+        /// The value as received, without the TLV header or padding.
         value: &'a [u8],
     },
 }
@@ -169,6 +259,7 @@ pub enum Attribute<'a> {
 pub struct UnknownList<'a>(pub &'a [u8]);
 
 impl<'a> UnknownList<'a> {
+    /// The listed attribute types, in message order.
     pub fn iter(&self) -> impl Iterator<Item = u16> + 'a {
         self.0
             .chunks_exact(2)
@@ -247,6 +338,7 @@ fn xor_address(addr: SocketAddr, tid: &TransactionId) -> SocketAddr {
 }
 
 impl<'a> Attribute<'a> {
+    /// The attribute type code this value is encoded under (see [`attr_type`]).
     pub fn typ(&self) -> u16 {
         use attr_type::*;
         match self {

@@ -17,19 +17,32 @@ pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 /// A checked view of a ChannelData message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelData<'a> {
+    /// The channel number the client bound to a peer with ChannelBind: 0x4000-0x4FFF are valid,
+    /// 0x5000-0x7FFF reserved (RFC 8656 section 12); parsing keeps any number.
     pub channel: u16,
     /// The application data, without padding.
     pub data: &'a [u8],
 }
 
+/// Why bytes could not be read as a ChannelData message (RFC 8656 section 12.4). Every
+/// variant is a property of the input.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ChannelDataError {
+    /// Fewer bytes than the 4-byte header; holds the length.
     #[error("shorter than the 4-byte ChannelData header ({0} bytes)")]
     TooShort(usize),
+    /// The first two bits are not 0b01: STUN (0b00) or another protocol.
     #[error("the first two bits are not 0b01, so this is not ChannelData")]
     NotChannelData,
+    /// The length field claims more application data than follows the header.
     #[error("ChannelData length {declared} runs past the {actual} bytes after the header")]
-    Truncated { declared: usize, actual: usize },
+    Truncated {
+        /// The length field: bytes of application data claimed.
+        declared: usize,
+        /// Bytes actually present after the header.
+        actual: usize,
+    },
+    /// More than 3 bytes follow the data, so they cannot be padding; holds how many follow.
     #[error("{0} bytes follow the ChannelData beyond the at most 3 of padding")]
     Trailing(usize),
 }

@@ -15,12 +15,17 @@ pub struct Message<'a> {
 /// excluded) and where its TLV header starts.
 #[derive(Debug, Clone, Copy)]
 pub struct RawAttr<'a> {
+    /// The attribute type code (see [`attr_type`]).
     pub typ: u16,
+    /// The value: exactly the declared length, without padding.
     pub value: &'a [u8],
+    /// Where the TLV header starts, in bytes from the start of the message.
     pub offset: usize,
 }
 
 impl<'a> RawAttr<'a> {
+    /// Decodes the value into a typed [`Attribute`]; `tid` is the message's transaction ID, which
+    /// the XOR-encoded addresses need.
     pub fn decode(&self, tid: &TransactionId) -> Result<Attribute<'a>, ParseError> {
         Attribute::decode(self.typ, self.value, tid)
     }
@@ -124,20 +129,24 @@ impl<'a> Message<'a> {
         Ok(msg)
     }
 
+    /// The whole message as parsed, header included.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.buf
     }
 
+    /// Method and class from the header's type field.
     pub fn message_type(&self) -> MessageType {
         MessageType::from_u16(u16::from_be_bytes([self.buf[0], self.buf[1]]))
     }
 
+    /// The 16 bytes after type and length: magic cookie and transaction ID, or an RFC 3489 ID.
     pub fn transaction_id(&self) -> TransactionId {
         let mut t = [0u8; 16];
         t.copy_from_slice(&self.buf[4..20]);
         TransactionId(t)
     }
 
+    /// The attributes in message order, undecoded.
     pub fn attributes(&self) -> AttrIter<'a> {
         AttrIter {
             buf: self.buf,
@@ -249,6 +258,8 @@ pub struct Encoder<'b> {
 }
 
 impl<'b> Encoder<'b> {
+    /// Starts a message of type `typ` with transaction ID `tid` by appending its 20-byte header
+    /// to `out`; what `out` already holds is left alone.
     pub fn new(out: &'b mut Vec<u8>, typ: MessageType, tid: TransactionId) -> Self {
         let start = out.len();
         out.extend_from_slice(&typ.to_u16().to_be_bytes());
@@ -326,6 +337,8 @@ impl<'b> Encoder<'b> {
         self.out.len() - self.start
     }
 
+    /// Always false: [`new`](Self::new) writes the 20-byte header at once. It pairs with
+    /// [`len`](Self::len).
     pub fn is_empty(&self) -> bool {
         false
     }

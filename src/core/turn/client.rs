@@ -161,6 +161,7 @@ impl Client {
         c
     }
 
+    /// The configuration the client was made with.
     pub fn config(&self) -> &TurnConfig {
         &self.cfg
     }
@@ -175,6 +176,7 @@ impl Client {
         self.mapped
     }
 
+    /// Whether the allocation exists and is usable: allocated, and not closing, closed or lost.
     pub fn is_allocated(&self) -> bool {
         self.state == State::Allocated
     }
@@ -184,6 +186,8 @@ impl Client {
         self.expires
     }
 
+    /// Whether a permission toward `peer` is installed (RFC 8656 section 9), by a successful
+    /// CreatePermission or ChannelBind: only then does the server relay data from that IP.
     pub fn has_permission(&self, peer: IpAddr) -> bool {
         self.perms.get(&peer).is_some_and(|p| p.installed)
     }

@@ -10,14 +10,22 @@ use thiserror::Error;
 pub enum TurnError {
     /// RFC 8489 section 9.2.5: a 401 to a request that carried our credentials.
     #[error("the TURN server refused user {username:?} in realm {realm:?} (401 Unauthorized after authenticating): check the relay's username and password")]
-    Unauthorized { username: String, realm: String },
+    Unauthorized {
+        /// The username our long-term credentials were made with (RFC 8489 section 9.2).
+        username: String,
+        /// The REALM (RFC 8489 section 14.9) of the server's challenge; empty if unknown.
+        realm: String,
+    },
     /// RFC 8656 section 19: 441, the credentials differ from the allocation's.
     #[error("the TURN server says the credentials differ from those the allocation was made with (441 Wrong Credentials); use one username and password per allocation")]
     WrongCredentials,
     /// 403: the server's policy forbids the request (a peer address it will not relay to,
     /// typically).
     #[error("the TURN server forbids this request (403 Forbidden: {reason}); the peer address may be one the relay refuses to relay to")]
-    Forbidden { reason: String },
+    Forbidden {
+        /// The reason phrase of the server's ERROR-CODE (RFC 8489 section 14.8).
+        reason: String,
+    },
     /// 437: no allocation for our 5-tuple (it expired or was freed), or an Allocate that
     /// clashes with an existing one.
     #[error("the TURN server has no matching allocation (437 Allocation Mismatch); it expired or another client holds this address and port")]
@@ -36,12 +44,18 @@ pub enum TurnError {
     InsufficientCapacity,
     /// 300: the server redirects to another one.
     #[error("the TURN server redirects to {} (300 Try Alternate); use that relay", alternate.map_or("another server".to_string(), |a| a.to_string()))]
-    TryAlternate { alternate: Option<SocketAddr> },
+    TryAlternate {
+        /// The server's ALTERNATE-SERVER (RFC 8489 section 14.15), when it sent a usable one.
+        alternate: Option<SocketAddr>,
+    },
     /// Any other error response.
     #[error("the TURN server refused the {request} request ({code} {reason})")]
     Refused {
+        /// The TURN method refused: `Allocate`, `Refresh`, `CreatePermission` or `ChannelBind`.
         request: &'static str,
+        /// The ERROR-CODE number (RFC 8489 section 14.8), e.g. 400 or 500.
         code: u16,
+        /// The ERROR-CODE reason phrase, as the server wrote it.
         reason: String,
     },
     /// The server kept answering 438 Stale Nonce to fresh nonces.
@@ -50,13 +64,17 @@ pub enum TurnError {
     /// No answer to a request within the RFC 8489 section 6.2.1 retransmission schedule.
     #[error("no answer from the TURN server to the {request} request within {waited_ms} ms: the relay is down or unreachable (is UDP to it blocked?)")]
     Timeout {
+        /// The TURN method that got no answer, e.g. `Allocate`.
         request: &'static str,
+        /// Milliseconds from the first transmission until the client gave up.
         waited_ms: u64,
     },
     /// An answer this client cannot use.
     #[error("the TURN server's answer to the {request} request is unusable: {reason}")]
     BadResponse {
+        /// The TURN method whose answer was unusable, e.g. `Allocate`.
         request: &'static str,
+        /// What was wrong with it, e.g. `401 without REALM and NONCE`.
         reason: &'static str,
     },
     /// The allocation's lifetime ran out before a Refresh succeeded.

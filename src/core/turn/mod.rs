@@ -51,12 +51,17 @@ use std::time::Duration;
 
 /// RFC 8656 section 9: a permission lasts 300 s; refreshed a minute early.
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// How often the client refreshes each permission: a minute before [`PERMISSION_LIFETIME`]
+/// runs out.
 pub const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// RFC 8656 section 12: a channel binding lasts 600 s; refreshed a minute early.
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// How often the client refreshes each channel binding: a minute before
+/// [`CHANNEL_LIFETIME`] runs out.
 pub const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
 /// RFC 8656 section 12: the channel numbers a client may bind.
 pub const CHANNEL_MIN: u16 = 0x4000;
+/// The highest channel number a client may bind; numbers from 0x5000 up are reserved.
 pub const CHANNEL_MAX: u16 = 0x4fff;
 /// The most application bytes one datagram may carry through the relay: what a ChannelData
 /// length field (16 bits) and a Send indication's DATA within a 16-bit STUN length both hold.
@@ -71,12 +76,18 @@ pub enum Transport {
     Stream,
 }
 
+/// How a [`Client`] reaches and authenticates to its TURN server, and its timers;
+/// [`TurnConfig::new`] fills in the recommended ones.
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
     /// The TURN server; input from anywhere else is ignored.
     pub server: SocketAddr,
+    /// The long-term credential's username (RFC 8489 section 9.2), sent in USERNAME.
     pub username: String,
+    /// The long-term credential's password; never sent, only keys MESSAGE-INTEGRITY through
+    /// MD5(username ":" realm ":" password).
     pub password: String,
+    /// UDP, or a TCP/TLS stream the driver frames; decides retransmission and ChannelData padding.
     pub transport: Transport,
     /// The driver's socket (or stream) number the transmits name.
     pub socket: usize,
@@ -121,22 +132,55 @@ impl TurnConfig {
 pub enum Event {
     /// The allocation exists: peers reach us at `relayed`; the server saw us at `mapped`.
     Allocated {
+        /// The relayed transport address (XOR-RELAYED-ADDRESS, RFC 8656 section 18.5).
         relayed: SocketAddr,
+        /// Our server-reflexive address (XOR-MAPPED-ADDRESS), when the server included it.
         mapped: Option<SocketAddr>,
+        /// The lifetime the server granted (LIFETIME, RFC 8656 section 18.2); 600 s, the
+        /// default of RFC 8656 section 7, when the answer carried none.
         lifetime: Duration,
     },
     /// A Refresh succeeded; the allocation lives `lifetime` from now.
-    Refreshed { lifetime: Duration },
+    Refreshed {
+        /// The lifetime the server granted (LIFETIME, RFC 8656 section 18.2); the one asked
+        /// for when the answer carried none.
+        lifetime: Duration,
+    },
     /// The permission toward `peer` is installed (said once per peer).
-    PermissionCreated { peer: IpAddr },
+    PermissionCreated {
+        /// The peer's IP address; permissions ignore the port (RFC 8656 section 9).
+        peer: IpAddr,
+    },
     /// The server refused or never answered a CreatePermission; data to `peer` is dropped.
-    PermissionFailed { peer: IpAddr, error: TurnError },
+    PermissionFailed {
+        /// The peer's IP address the permission was for.
+        peer: IpAddr,
+        /// Why: the server's error response, or no answer.
+        error: TurnError,
+    },
     /// `channel` is bound to `peer`: data to it now goes as ChannelData (said once).
-    ChannelBound { peer: SocketAddr, channel: u16 },
+    ChannelBound {
+        /// The peer's transport address; a channel is bound to IP and port.
+        peer: SocketAddr,
+        /// The channel number, [`CHANNEL_MIN`] to [`CHANNEL_MAX`] (CHANNEL-NUMBER, RFC 8656
+        /// section 18.1).
+        channel: u16,
+    },
     /// The ChannelBind failed; data to `peer` keeps going in Send indications.
-    ChannelBindFailed { peer: SocketAddr, error: TurnError },
+    ChannelBindFailed {
+        /// The peer's transport address the channel was for.
+        peer: SocketAddr,
+        /// Why: the server's error response, or no answer.
+        error: TurnError,
+    },
     /// `peer` sent `bytes` to our relayed address.
-    Data { peer: SocketAddr, bytes: Vec<u8> },
+    Data {
+        /// The peer's transport address, as the server reported it (XOR-PEER-ADDRESS of a
+        /// Data indication, or the peer bound to the ChannelData's channel).
+        peer: SocketAddr,
+        /// The application data the peer sent, without TURN framing or padding.
+        bytes: Vec<u8>,
+    },
     /// The allocation is lost or was never made; the client is done.
     Failed(TurnError),
     /// [`Client::close`] finished (the server freed the allocation, or did not answer).
@@ -146,10 +190,15 @@ pub enum Event {
 /// Why [`Client::send_to`] did not send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
+    /// The allocation does not exist yet, or is closing, closed or lost.
     #[error("no TURN allocation yet (or any more)")]
     NotAllocated,
+    /// The data is longer than [`MAX_DATA`]; carries its length in bytes.
     #[error("{0} bytes do not fit one relayed datagram (at most {MAX_DATA})")]
     TooLarge(usize),
+    /// The peer is IPv4 and the relayed address IPv6 or the other way round: a relayed
+    /// address reaches only peers of its own family (a server would answer 443 Peer Address
+    /// Family Mismatch, RFC 8656 section 19).
     #[error("the peer's address family differs from the relayed address's")]
     FamilyMismatch,
 }

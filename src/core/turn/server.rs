@@ -76,6 +76,8 @@ pub const MAX_CHANNELS: usize = 64;
 /// Ports tried for one Allocate when the OS refuses them.
 const OPEN_ATTEMPTS: u8 = 8;
 
+/// What the TURN server relays, for whom and within which bounds (`punchraw serve --relay`);
+/// [`TurnServerConfig::new`] fills in the defaults and [`TurnServerConfig::validate`] checks it.
 #[derive(Debug, Clone)]
 pub struct TurnServerConfig {
     /// RFC 8489 section 9.2: the realm of the long-term credentials.
@@ -90,6 +92,8 @@ pub struct TurnServerConfig {
     pub max_allocations: usize,
     /// Allocations at once per user (486 beyond).
     pub user_quota: usize,
+    /// The longest allocation lifetime granted (RFC 8656 section 7.2): a client asking for more
+    /// gets this; never less than [`DEFAULT_LIFETIME`].
     pub max_lifetime: Duration,
     /// Bytes one allocation may relay in both directions together; `None`: unbounded.
     pub max_bytes: Option<u64>,
@@ -159,16 +163,28 @@ impl TurnServerConfig {
 /// Why a [`TurnServerConfig`] cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// `ports` is empty (`lo > hi`) or starts at port 0.
     #[error("relay port range {lo}-{hi} is empty or starts at 0")]
-    Ports { lo: u16, hi: u16 },
+    Ports {
+        /// The first relay port.
+        lo: u16,
+        /// The last relay port, inclusive.
+        hi: u16,
+    },
+    /// The realm is empty, longer than [`MAX_REALM_LEN`], or not printable ASCII.
     #[error("realm {0:?} must be 1 to {MAX_REALM_LEN} printable ASCII characters (the 401 must fit the amplification bound)")]
     Realm(String),
+    /// No long-term user, and session credentials are off: nobody could authenticate.
     #[error("a relay needs at least one user (USER:PASS)")]
     NoUsers,
+    /// A username that is empty, longer than 508 bytes (RFC 8489 section 14.3), or not printable
+    /// ASCII.
     #[error("username {0:?} must be 1 to 508 printable ASCII characters")]
     User(String),
+    /// The password of this user is empty or not printable ASCII.
     #[error("the password of user {0:?} must be printable ASCII and not empty")]
     Password(String),
+    /// `max_allocations` or `user_quota` is 0.
     #[error("allocation limits must be at least 1")]
     ZeroBound,
 }
@@ -176,6 +192,7 @@ pub enum ConfigError {
 /// How a client reaches the primary port (RFC 8656 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Via {
+    /// UDP datagrams; the client retransmits requests, ChannelData is not padded.
     Udp,
     /// One TCP connection; ChannelData toward the client is padded (section 12.5).
     Tcp,
@@ -184,7 +201,9 @@ pub enum Via {
 /// The 5-tuple of an allocation, server side fixed: the client's address and transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
+    /// Whether the client came over UDP or a TCP connection.
     pub via: Via,
+    /// The client's address and port as the server sees them (after any NAT).
     pub addr: SocketAddr,
 }
 
@@ -197,10 +216,16 @@ pub enum Source {
     Relay(u16),
 }
 
+/// Something the TURN server wants sent: a message toward a client, or relayed data toward a
+/// peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayTransmit {
+    /// The socket it leaves from: the primary port (toward a client) or a relay port (toward a
+    /// peer).
     pub from: Source,
+    /// The client's or the peer's address; with [`Via::Tcp`], names the client's connection.
     pub to: SocketAddr,
+    /// The bytes: one datagram, or over TCP one whole message (ChannelData padded to 4 bytes).
     pub payload: Vec<u8>,
 }
 
@@ -209,12 +234,21 @@ pub struct RelayTransmit {
 pub enum RelayEvent {
     /// Bind a UDP socket on (relay IP, `port`) and say how it went with
     /// [`TurnServer::relay_opened`].
-    Open { port: u16 },
+    Open {
+        /// The relay port to bind, in [`TurnServerConfig::ports`].
+        port: u16,
+    },
     /// Close the socket of `port` (the allocation is freed or expired).
-    Close { port: u16 },
+    Close {
+        /// The relay port whose socket to close.
+        port: u16,
+    },
     /// Look session `session` up in the rendezvous registry and say what it holds with
     /// [`TurnServer::session_found`]; requests with its credentials wait until then.
-    Lookup { session: String },
+    Lookup {
+        /// The rendezvous session name: the client's USERNAME after `session:`.
+        session: String,
+    },
 }
 
 /// Why the driver could not open a relay socket.
@@ -229,19 +263,28 @@ pub enum OpenError {
 /// Counters, for the statistics `serve` prints at exit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TurnStats {
+    /// TURN requests handled (a request that waits for its session lookup counts once).
     pub requests: u64,
+    /// Allocations whose relay socket opened and whose Allocate succeeded.
     pub allocations_made: u64,
     /// Freed by a Refresh of lifetime 0.
     pub allocations_freed: u64,
+    /// Allocations whose lifetime ran out without a Refresh.
     pub allocations_expired: u64,
     /// Freed by [`TurnServer::shutdown`].
     pub allocations_closed: u64,
+    /// Permissions a CreatePermission installed for a new peer IP (RFC 8656 section 9);
+    /// refreshes are not counted.
     pub permissions_created: u64,
+    /// Channel numbers newly bound (RFC 8656 section 12); refreshes not counted.
     pub channels_bound: u64,
     /// Application bytes (and datagrams) relayed from clients to peers and back.
     pub bytes_to_peers: u64,
+    /// Application bytes relayed from peers to clients.
     pub bytes_to_clients: u64,
+    /// Datagrams relayed from clients to peers.
     pub datagrams_to_peers: u64,
+    /// Datagrams relayed from peers to clients.
     pub datagrams_to_clients: u64,
     /// Data dropped because there was no permission (either direction) or channel.
     pub dropped_no_permission: u64,
@@ -262,6 +305,7 @@ pub struct Refusals([u64; REFUSAL_CODES.len()]);
 pub const REFUSAL_CODES: [u16; 12] = [400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 508];
 
 impl Refusals {
+    /// How many error responses with `code` were sent; 0 for a code not in [`REFUSAL_CODES`].
     pub fn get(&self, code: u16) -> u64 {
         REFUSAL_CODES
             .iter()
@@ -309,6 +353,8 @@ pub struct TurnServer {
 }
 
 impl TurnServer {
+    /// A server for `cfg`, with `now` the zero of its nonces' clock; fails when
+    /// [`TurnServerConfig::validate`] does.
     pub fn new(cfg: TurnServerConfig, now: Instant) -> Result<TurnServer, ConfigError> {
         cfg.validate()?;
         let keys = cfg
@@ -339,10 +385,12 @@ impl TurnServer {
         })
     }
 
+    /// The configuration the server was made with.
     pub fn config(&self) -> &TurnServerConfig {
         &self.cfg
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> &TurnStats {
         &self.stats
     }
@@ -434,10 +482,12 @@ impl TurnServer {
         self.next_expiry
     }
 
+    /// The next message or datagram to send, or `None` once the queue is drained.
     pub fn poll_transmit(&mut self) -> Option<RelayTransmit> {
         self.out.pop_front()
     }
 
+    /// The next socket the driver must open or close, or session to look up; `None` once drained.
     pub fn poll_event(&mut self) -> Option<RelayEvent> {
         self.events.pop_front()
     }

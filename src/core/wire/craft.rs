@@ -16,23 +16,36 @@ use std::net::SocketAddrV4;
 /// The control bits of a crafted segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flags {
+    /// SYN: opens the connection toward the peer, with our ISN and our options.
     Syn,
+    /// SYN-ACK: our answer to the peer's SYN in a simultaneous open (RFC 9293 section 3.5).
     SynAck,
+    /// ACK: the handshake's third segment, after the peer's SYN-ACK to our SYN.
     Ack,
+    /// RST: aborts the connection; carries `seq` only (the ACK bit is not set).
     Rst,
 }
 
 /// One segment to send, without payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crafted {
+    /// Our address and punch port; the IP source of the packet.
     pub src: SocketAddrV4,
+    /// The peer's address and (predicted) port.
     pub dst: SocketAddrV4,
+    /// The IP TTL: the full one, or a low one that lets a priming SYN open our NAT's mapping
+    /// without reaching the peer's NAT.
     pub ttl: u8,
+    /// The sequence number: our ISN in a SYN or SYN-ACK, ISN + 1 after it.
     pub seq: u32,
     /// The acknowledgment number (sent only with `SynAck` and `Ack`).
     pub ack: u32,
+    /// Which control segment this is.
     pub flags: Flags,
+    /// The advertised receive window as written: unscaled in a SYN or SYN-ACK (RFC 7323 section
+    /// 2.2), shifted by our scale once both sides offered scaling.
     pub window: u16,
+    /// The TCP options to carry, written in Linux's order by [`option_bytes`].
     pub options: TcpOptions,
 }
 
@@ -40,7 +53,9 @@ pub struct Crafted {
 /// continues it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Established {
+    /// Our end of the connection: the local address and punch port.
     pub local: SocketAddrV4,
+    /// The peer's end, as its segments came from it (the port its NAT really used).
     pub remote: SocketAddrV4,
     /// Our next sequence number (our ISN + 1).
     pub snd_nxt: u32,
@@ -49,6 +64,7 @@ pub struct Established {
     /// What we sent in our SYN (or SYN-ACK) and what the peer sent in its own: the
     /// negotiated set is what both carried (RFC 7323 section 2.2, RFC 2018 section 2).
     pub ours: TcpOptions,
+    /// The options of the peer's SYN or SYN-ACK.
     pub theirs: TcpOptions,
     /// The peer's window from its SYN (never scaled, RFC 7323 section 2.2).
     pub peer_window: u16,

@@ -19,8 +19,11 @@ use std::net::{IpAddr, SocketAddr};
 /// kernel socket that continues the connection, and what the peer's SYN asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct TcpOptions {
+    /// Maximum segment size in bytes (kind 2, RFC 9293 section 3.7.1).
     pub mss: Option<u16>,
+    /// Window scale shift count (kind 3, RFC 7323 section 2).
     pub wscale: Option<u8>,
+    /// SACK-permitted (kind 4, RFC 2018 section 2).
     pub sack_permitted: bool,
     /// (TSval, TSecr).
     pub timestamps: Option<(u32, u32)>,
@@ -29,8 +32,11 @@ pub struct TcpOptions {
 /// The TCP control bits a punch cares about (RFC 9293 section 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Segment {
+    /// SYN without ACK: an active open, ours or the peer's.
     Syn,
+    /// SYN with ACK: the answer to a SYN, in a simultaneous open too (RFC 9293 section 3.5).
     SynAck,
+    /// Any segment with RST set, whatever the other bits.
     Rst,
     /// Anything else (data, pure ACK, FIN): not part of the handshake.
     Other,
@@ -48,25 +54,38 @@ pub enum IcmpKind {
 /// One captured packet, reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
+    /// A TCP segment, as captured.
     Tcp {
+        /// Source address and port, from the IP and TCP headers.
         src: SocketAddr,
+        /// Destination address and port.
         dst: SocketAddr,
+        /// Which control segment it is.
         segment: Segment,
+        /// The sequence number (RFC 9293 section 3.1).
         seq: u32,
+        /// The acknowledgment number, meaningful only when ACK is set.
         ack: u32,
+        /// IPv4 TTL or IPv6 hop limit as captured: the hops the packet had left.
         ttl: u8,
         /// The advertised window, unscaled as on the wire.
         window: u16,
+        /// The TCP options it carried, up to the first malformed one.
         options: TcpOptions,
     },
     /// An ICMP error from `from` about a TCP segment `quoted_src` -> `quoted_dst` (RFC 792 and
     /// RFC 4443 quote the offending packet's IP header and at least 8 bytes after it, which is
     /// where TCP keeps its ports).
     IcmpTcp {
+        /// The source of the ICMP error: the router or host that reports it.
         from: IpAddr,
+        /// The ICMP error's destination: the sender of the quoted segment, normally us.
         to: IpAddr,
+        /// What the error says happened to the quoted segment.
         kind: IcmpKind,
+        /// The quoted segment's source address and port.
         quoted_src: SocketAddr,
+        /// The quoted segment's destination address and port.
         quoted_dst: SocketAddr,
     },
 }

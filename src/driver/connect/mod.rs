@@ -38,21 +38,40 @@ use std::time::{Duration, Instant};
 use stream::stream_udp;
 use udp_punch::punch_udp;
 
+/// What one `punchraw connect` does, built by the command line's parser (also for
+/// `api::Connect`): where to meet the peer, how to punch, where the stream's bytes go.
 #[derive(Debug, Clone)]
 pub struct ConnectConfig {
+    /// The rendezvous server (`--server`); also the STUN server the NAT is classified
+    /// against.
     pub server: SocketAddr,
+    /// The session name both peers give; the server introduces the two peers of a session.
+    /// Empty with `pairing`, which supplies it.
     pub session: String,
+    /// The shared secret that keys the punch MACs and pins the certificates; `None`: the
+    /// session name is the key (with a warning).
     pub secret: Option<String>,
     /// Bounds the wait for the peer plus the punch.
     pub timeout: Duration,
+    /// Write the JSON [`ConnectReport`] to this file (`--report`), on success and failure.
     pub report: Option<PathBuf>,
+    /// Write every packet sent and received to this pcap file (`--capture`).
     pub capture: Option<PathBuf>,
+    /// Local IP to use (`--bind`); `None`: the one the OS routes to the server from.
     pub bind: Option<IpAddr>,
     /// Offer and try IPv6 host addresses beside the IPv4 path (not `-4`).
     pub ipv6: bool,
+    /// Keep-alive interval on the established stream (`--keepalive`), well under NAT UDP
+    /// timeouts.
     pub keepalive: Duration,
+    /// Most punch probes per second (`--rate`): the sweep's pace and the cap on all punch
+    /// traffic.
     pub rate: u32,
+    /// Ports past the peer's last seen port to try when predicting a sequential NAT
+    /// (`--window`); both peers should give the same value.
     pub window: u16,
+    /// Extra sockets (over TCP, connections from fresh ports) the side behind a random-port
+    /// NAT opens in a birthday sweep (`--sweep-sockets`).
     pub sweep_sockets: usize,
     /// Time allowed for the punch itself, from the agreed start.
     pub punch_budget: Duration,
@@ -91,6 +110,8 @@ pub use report::ConnectReport;
 pub use crate::core::punch::priming::PrimeTtl;
 pub use relay::{RelayMode, RelayTransport};
 
+/// `punchraw connect`: [`run_report`] without the report, the result as an exit code
+/// (success once the stream ended cleanly).
 pub fn run(cfg: ConnectConfig, status: &Status) -> Result<ExitCode, Error> {
     let (_, result) = run_report(cfg, status);
     result.map(|()| ExitCode::SUCCESS)

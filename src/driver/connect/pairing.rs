@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 /// `--code` without a value picks a code; with one, joins it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pairing {
+    /// Pick a fresh code, announce it for the other side, and wait for it to join.
     New,
+    /// Join the side that announced this code.
     Join(Code),
 }
 

@@ -28,13 +28,20 @@ mod stream;
 /// `connect --relay`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayMode {
+    /// `off`: never relay; a punch that fails ends the connect.
     Off,
     /// The rendezvous server's own relay, with session credentials.
     Auto,
+    /// An explicit TURN server (`turn://USER:PASS@HOST:PORT`), with long-term credentials.
     Turn {
+        /// The TURN server's address (HOST resolved; port 3478, or 5349 over TLS, when none
+        /// was given).
         server: SocketAddr,
+        /// The long-term credential's user name.
         username: String,
+        /// The long-term credential's password.
         password: String,
+        /// How we reach the server (`?transport=`).
         transport: RelayTransport,
     },
 }
@@ -43,11 +50,15 @@ pub enum RelayMode {
 /// whichever it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayTransport {
+    /// Plain UDP to the server (the default).
     Udp,
+    /// Over a TCP connection to the server.
     Tcp,
     /// TLS over TCP: the server's certificate must name `name` and chain to one of `roots`.
     Tls {
+        /// The name the server's certificate must carry: HOST without its port.
         name: String,
+        /// The CA certificates to trust (`--relay-ca`, or the system's bundle).
         roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
 }

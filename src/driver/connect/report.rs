@@ -8,16 +8,28 @@ use std::net::SocketAddr;
 /// The `--report` object; its shape is a contract.
 #[derive(Debug, Default, Serialize)]
 pub struct ConnectReport {
+    /// Whether a path to the peer opened and was authenticated (direct or relayed).
     pub connected: bool,
+    /// What was punched: "udp" (the QUIC stream) or "tcp" (`--tcp`, the TLS stream).
     pub transport: &'static str,
+    /// Our end of the stream's path: the punched socket's address, or our relayed address
+    /// when the stream ran through the relay; `null` when none opened.
     pub local: Option<SocketAddr>,
+    /// The peer's end of that path: its punched endpoint as we reached it, or its relayed
+    /// address; `null` when none opened.
     pub peer: Option<SocketAddr>,
+    /// The punch strategy tried ("direct", "predict", "sweep" or "mapped"); `null` when
+    /// no punch was planned.
     pub strategy: Option<Strategy>,
+    /// From the start of the run until connected, or until the end when never connected.
     pub elapsed_ms: u64,
+    /// UDP: punch probes sent; TCP: connection attempts made (first SYNs).
     pub probes_sent: u64,
+    /// Why the run failed, with every cause (`a: b: c`); `null` on success.
     pub error: Option<String>,
     /// Bytes carried by the stream, once it ran.
     pub bytes_sent: u64,
+    /// Bytes the stream received from the peer and wrote to our output.
     pub bytes_received: u64,
     /// From connected until both directions of the stream were done (its setup and close
     /// included); `null` when no stream ran to its end.
@@ -28,6 +40,8 @@ pub struct ConnectReport {
     /// TCP: SYNs sent to the peer (repeats included) and sockets the punch opened; `null`
     /// for UDP and when no connection came up.
     pub syns_sent: Option<u64>,
+    /// TCP: the sockets the punch opened (listener, attempts, accepted connections; the raw
+    /// engine's own); `null` as for `syns_sent`.
     pub punch_sockets: Option<u64>,
     /// The stream's path: "direct" (punched) or "relay" (TURN); `null` without a stream.
     pub path: Option<&'static str>,

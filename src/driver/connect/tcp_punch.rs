@@ -19,6 +19,7 @@
 mod dual;
 mod predict;
 mod raw;
+mod transfer;
 mod watch;
 
 use crate::core::punch::priming::{self, PrimeTtl};
@@ -35,7 +36,7 @@ use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
 use crate::os::ttl;
 use crate::transport::tls::{self, TlsSide};
-use crate::transport::{Role, StreamStats};
+use crate::transport::Role;
 use crate::Error;
 pub use dual::ipv6_setup;
 use dual::{first_connected, Lane};
@@ -53,6 +54,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsStream;
+pub use transfer::transfer;
 
 /// Time for the TLS handshake (and the commitment) on one punched connection.
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(6);
@@ -134,19 +136,33 @@ pub fn priming(
 
 /// Everything the punch needs, resolved by `connect`.
 pub struct PunchSetup {
+    /// This side's plan: where the attempts aim and from which ports.
     pub plan: Plan,
+    /// Our shared punch port (the one the TCP prediction measured), listened on and
+    /// connected from.
     pub local: SocketAddr,
+    /// The IP every attempt connects to: the peer's public one, or its mapping's.
     pub peer_ip: IpAddr,
+    /// The peer's predicted port (0: unknown).
     pub peer_port: u16,
     /// Where the peer's NAT draws random ports (a `Probe` searches them).
     pub peer_ports: [u16; 2],
+    /// Ports past the prediction a window tries (`--window`).
     pub window: u16,
+    /// Attempts per second at most (`--rate`).
     pub rate: u32,
+    /// Attempts from fresh local ports a spray makes (`--sweep-sockets`).
     pub sweep_sockets: usize,
+    /// Time for the attempts, from `start` (TLS handshakes under way may finish after it).
     pub budget: Duration,
+    /// The agreed start of the punch (never in the past).
     pub start: Instant,
+    /// TTL of each attempt's first SYN, low enough to open our NAT's mapping without
+    /// reaching the peer's; `None`: no priming.
     pub prime_ttl: Option<u32>,
+    /// TCP keep-alive idle time and interval on the connection kept (zero: none).
     pub keepalive: Duration,
+    /// Our TLS side: role, certificate, the peer's pinned fingerprint, handshake timeout.
     pub tls: Arc<TlsSide>,
     /// The round trip toward the peer as best known ([`peer_rtt`]): the raw engine's pace.
     pub rtt: Duration,
@@ -183,24 +199,32 @@ pub use crate::core::punch::explain::WatchCounts;
 /// How the punch ended without a connection.
 #[derive(Debug)]
 pub enum PunchEnd {
+    /// A signal or the caller's shutdown stopped the punch.
     Interrupted,
     /// The budget ran out.
     Exhausted {
+        /// Connection attempts made (first SYNs).
         attempts: u64,
+        /// Attempts refused by RST or ended by an ICMP error.
         refused: u64,
         /// TCP connections that came up (and then failed TLS).
         came_up: u64,
+        /// What the watcher saw of the peer, for the failure's explanation.
         seen: Box<WatchCounts>,
         /// A connection came up but failed authentication.
         auth: Option<Box<StreamError>>,
     },
+    /// The punch could not start (the async runtime, the watcher thread, the punch port).
     Setup(Error),
 }
 
 /// The authenticated connection the punch made.
 pub struct Connection {
+    /// The TLS stream, authenticated and committed to by both sides.
     pub stream: TlsStream<TcpStream>,
+    /// Our end of the connection.
     pub local: SocketAddr,
+    /// The peer's end, as we reached it through its NAT.
     pub remote: SocketAddr,
     /// Connection attempts made (first SYNs).
     pub attempts: u64,
@@ -215,6 +239,7 @@ pub struct Connection {
 pub struct Punched {
     /// The stream's sockets are registered with this runtime, so it carries the transfer.
     runtime: tokio::runtime::Runtime,
+    /// The connection, with the punch's counts.
     pub conn: Connection,
 }
 
@@ -763,31 +788,4 @@ fn concerns(p: &crate::os::packet::Packet, peer: IpAddr) -> bool {
         }) => quoted_src.ip() == peer || quoted_dst.ip() == peer,
         None => false,
     }
-}
-
-/// Carries the user's bytes over the punched connection.
-pub fn transfer(
-    p: Punched,
-    input: impl io::Read + Send + 'static,
-    output: impl io::Write + Send + 'static,
-    shutdown: &Shutdown,
-) -> Result<StreamStats, Error> {
-    let Punched {
-        runtime,
-        conn: Connection { stream, remote, .. },
-    } = p;
-    runtime.block_on(async {
-        let work = tls::transfer(stream, remote, input, output);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                r = &mut work => return r.map_err(Error::from),
-                () = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if shutdown.requested() {
-                        return Err(shutdown.interrupted());
-                    }
-                }
-            }
-        }
-    })
 }

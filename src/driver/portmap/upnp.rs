@@ -21,8 +21,12 @@ use std::time::Duration;
 /// A mapping a UPnP IGD granted.
 #[derive(Debug, Clone)]
 pub struct UpnpMapping {
+    /// The IGD that granted it, kept to renew and delete the mapping.
     pub gateway: Gateway<Tokio>,
+    /// UDP or TCP.
     pub protocol: Protocol,
+    /// The router's external address (GetExternalIPAddress) and the external port granted,
+    /// which may differ from our local port.
     pub external: SocketAddr,
     /// 0: permanent (the router grants no other): delete it on every exit.
     pub lease_s: u32,
@@ -157,6 +161,7 @@ pub async fn renew(m: &UpnpMapping, local: SocketAddrV4, description: &str) -> R
         .map_err(|e| format!("UPnP AddPortMapping (renewal) failed: {e}"))
 }
 
+/// Deletes `m` on its router (`DeletePortMapping`); the error says why it stayed.
 pub async fn unmap(m: &UpnpMapping) -> Result<(), String> {
     m.gateway
         .remove_port(proto(m.protocol), m.external.port())

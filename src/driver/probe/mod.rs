@@ -17,16 +17,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What `punchraw probe` does: which servers, which tests, where packets are recorded.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
     /// The server's address on each family to probe, one per family, IPv4 first: the IPv4
     /// one fills the report's top-level `udp` and `tcp`, the IPv6 one its `ipv6`.
     pub servers: Vec<SocketAddr>,
+    /// The caller prints the report as JSON (`--json`); the "probing the NAT toward ..." line
+    /// is then left out.
     pub json: bool,
+    /// Run the TCP tests after the UDP ones (off with `--no-tcp`).
     pub tcp: bool,
+    /// Also search the UDP binding lifetime, up to this long (`--lifetime`, bounded by
+    /// `--lifetime-max`); `None` skips the search.
     pub lifetime_max: Option<Duration>,
     /// Local IP to probe from; used for its own family, the route decides for the other.
     pub bind: Option<IpAddr>,
+    /// Write every packet the probe sends and receives to this pcap file (`--capture`).
     pub capture: Option<PathBuf>,
     /// Ask the router for a test mapping (PCP, NAT-PMP, UPnP IGD) and delete it.
     pub port_mapping: bool,
@@ -39,6 +46,8 @@ pub struct ProbeConfig {
 pub struct ProbeReport {
     /// The IPv4 server when IPv4 was probed, else the IPv6 one.
     pub server: SocketAddr,
+    /// Wall-clock time the whole probe took, every family and test included, in
+    /// milliseconds.
     pub elapsed_ms: u64,
     /// IPv4; `null` when IPv4 was not probed (`-6`, or a name with only an IPv6 address).
     pub udp: Option<UdpReport>,
@@ -53,6 +62,7 @@ pub struct ProbeReport {
 /// One family's results, the keys of the top-level IPv4 ones.
 #[derive(Debug, Serialize)]
 pub struct FamilyReport {
+    /// The UDP classification of this family.
     pub udp: UdpReport,
     /// `null` with `--no-tcp`.
     pub tcp: Option<TcpReport>,

@@ -96,22 +96,30 @@ const THREAD_STACK: usize = 256 * 1024;
 pub struct ServeStats {
     /// What the protocol logic saw over UDP (datagrams) and TCP (framed messages).
     pub udp: Stats,
+    /// The same over TCP, counting framed messages.
     pub tcp: Stats,
     /// The same per endpoint, indexed by [`EndpointId`] (0 primary, 1 alternate port, 2
     /// alternate IP, 3 both).
     pub udp_by_endpoint: [Stats; 4],
+    /// The TCP counters per endpoint, indexed the same way.
     pub tcp_by_endpoint: [Stats; 4],
+    /// UDP answers the kernel refused to send (each is logged at debug level).
     pub udp_send_errors: u64,
+    /// TCP connections taken into service (those in `tcp_rejected` not included).
     pub tcp_accepted: u64,
     /// Accepted and closed at once because [`MAX_TCP_CONNECTIONS`] were open.
     pub tcp_rejected: u64,
     /// Closed because the peer sent something that is not STUN or a frame too long.
     pub tcp_closed_junk: u64,
+    /// Closed because the peer sent nothing for [`TCP_IDLE_TIMEOUT`] (for a connection
+    /// holding a TURN allocation, [`TURN_TCP_IDLE_TIMEOUT`]).
     pub tcp_closed_idle: u64,
+    /// TCP connections open at the time of the snapshot.
     pub tcp_active: u64,
     /// CONNECT-BACK connections started, and those refused because [`MAX_CONNECT_BACKS`]
     /// were open.
     pub tcp_connect_backs: u64,
+    /// CONNECT-BACK requests refused because too many were already open.
     pub tcp_connect_backs_refused: u64,
     /// Server threads that panicked; non-zero means the server was degraded.
     pub thread_panics: u64,
@@ -122,11 +130,14 @@ pub struct ServeStats {
 /// The TURN relay's counters (`serve --relay`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayStats {
+    /// The TURN server machine's own counters: requests, allocations, permissions, channels,
+    /// bytes and datagrams relayed.
     pub turn: TurnStats,
     /// Allocations that exist now (0 after the server stopped: it frees them all).
     pub active: u64,
     /// TURN datagrams the UDP threads could not hand to the relay thread (queue full).
     pub forward_dropped: u64,
+    /// Datagrams the relay thread could not send, to a peer or to a client.
     pub send_errors: u64,
 }
 
@@ -378,6 +389,8 @@ impl ServerHandle {
         &self.endpoints
     }
 
+    /// The bound address of endpoint `e`; `None` when it is not served (without behaviour
+    /// discovery, that is without an alternate IP, only the primary one is).
     pub fn addr(&self, e: EndpointId) -> Option<SocketAddr> {
         self.endpoints
             .iter()
@@ -385,6 +398,7 @@ impl ServerHandle {
             .map(|(_, a)| *a)
     }
 
+    /// A snapshot of the counters so far.
     pub fn stats(&self) -> ServeStats {
         self.shared.snapshot()
     }

@@ -196,10 +196,14 @@ impl Registry for RedisRegistry {
 /// the work to the Redis worker, which sends its answers itself from a clone of the primary
 /// socket, and return nothing.
 pub enum RendezvousService {
+    /// The in-memory registry, handled on the UDP thread that received the datagram.
     Local(Mutex<Rendezvous>),
+    /// A Redis registry (`--registry`), handled by the worker thread.
     Remote(Worker),
 }
 
+/// The thread that runs the rendezvous over Redis, fed datagrams through a bounded queue;
+/// dropping this handle closes the queue and waits for the thread to finish the one at hand.
 pub struct Worker {
     tx: Option<SyncSender<(Instant, SocketAddr, Vec<u8>)>>,
     thread: Option<JoinHandle<()>>,

@@ -89,7 +89,9 @@ pub use relayed::{RelayLink, RelaySend};
 
 /// What QUIC runs on: the punched socket, or a TURN allocation (`relayed`).
 pub enum Path {
+    /// Directly on the punched UDP socket; QUIC sends to the peer's punched endpoint.
     Udp(UdpSocket),
+    /// Through our TURN allocation only; the peer is addressed by its relayed address.
     Relayed(RelayLink),
     /// Through the relay until a punch hands over a direct path ([`upgrade`]).
     RelayFirst(RelayLink, Arc<upgrade::Upgrade>),

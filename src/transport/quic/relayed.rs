@@ -25,6 +25,7 @@ pub type RelaySend = Box<dyn Fn(SocketAddr, &[u8]) + Send + Sync>;
 pub struct RelayLink {
     /// Our relayed transport address: what the peer sends to.
     pub local: SocketAddr,
+    /// Hands a datagram to the allocation for the given peer address.
     pub send: RelaySend,
     /// Datagrams relayed to us, with the peer address they came from.
     pub recv: mpsc::Receiver<(SocketAddr, Vec<u8>)>,

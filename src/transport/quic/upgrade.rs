@@ -40,7 +40,9 @@ pub const MIN_DEAD_AFTER: Duration = Duration::from_millis(1000);
 
 /// The punched socket and the peer's endpoint on it.
 pub struct DirectPath {
+    /// The socket the punch succeeded on, handed over to the stream.
     pub socket: UdpSocket,
+    /// The peer's punched endpoint (address and port as seen from our side).
     pub remote: SocketAddr,
 }
 
@@ -48,9 +50,15 @@ pub struct DirectPath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathChange {
     /// Our datagrams go to the peer's punched endpoint from now on.
-    Direct { remote: SocketAddr },
+    Direct {
+        /// The peer's punched endpoint.
+        remote: SocketAddr,
+    },
     /// The direct path stopped answering for `silent`; back through the relay.
-    Relay { silent: Duration },
+    Relay {
+        /// How long the direct path had been silent when it was given up.
+        silent: Duration,
+    },
 }
 
 type OnChange = Box<dyn Fn(PathChange) + Send + Sync>;

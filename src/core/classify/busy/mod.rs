@@ -38,6 +38,8 @@ fn late_gap(rtt: Duration) -> Duration {
 /// Flows of other hosts a sequential NAT mapped per second, from the late probes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Busy {
+    /// New flows of other hosts the counter mapped per second: the port gap between the two late
+    /// probes, divided by the counter's step, over the time between them.
     pub per_s: f64,
     /// Whether that many flows over [`punch_horizon`] exceed what a prediction tolerates.
     pub too_busy: bool,

@@ -61,6 +61,8 @@ pub const BINDING_TIMEOUT: Duration = Duration::from_millis(2500);
 /// The unsolicited SYN must arrive within this plus [`SYN_WAIT_RTTS`] measured round trips
 /// of test I; it leaves the server right after the CONNECT-BACK answer.
 pub const SYN_WAIT_BASE: Duration = Duration::from_millis(300);
+/// Round trips of test I (connect plus Binding) that the unsolicited SYN is awaited, on top of
+/// [`SYN_WAIT_BASE`].
 pub const SYN_WAIT_RTTS: u32 = 4;
 
 /// Why filtering is unknown without an alternate address. No privilege would help then, so
@@ -107,16 +109,23 @@ pub enum Filter {
 pub enum Step {
     /// Open a watcher for SYNs from `hosts`, replacing any earlier one (whose queue a
     /// [`Step::Drain`] has just read). Answer: [`TcpProbe::handle_watch`].
-    Watch { hosts: Vec<IpAddr> },
+    Watch {
+        /// The server IPs whose SYNs to watch for: the primary one and, once known, the alternate.
+        hosts: Vec<IpAddr>,
+    },
     /// Bind L: a fresh local port, shareable, not listening, held until [`Step::Release`].
     /// Answer: [`TcpProbe::handle_reserved`]; a failure ends the probe with an error.
     Reserve,
     /// One STUN Binding over a new TCP connection from `from` to `to`, closed afterwards.
     /// Answer: [`TcpProbe::handle_binding`].
     Binding {
+        /// Which test this Binding is.
         test: Test,
+        /// Whether it goes from L or from a fresh port.
         from: Source,
+        /// The server endpoint to connect to.
         to: SocketAddr,
+        /// Longest wait for the connection and the answer ([`BINDING_TIMEOUT`]).
         timeout: Duration,
     },
     /// Close L.
@@ -127,15 +136,24 @@ pub enum Step {
     /// fresh port to `to`, kept open until [`Step::Done`]. Answer:
     /// [`TcpProbe::handle_connect_back`].
     ConnectBack {
+        /// Which filtering test this is (RFC 5780 section 4.4 test III or II).
         filter: Filter,
+        /// The server endpoint the request goes to (its primary one).
         to: SocketAddr,
+        /// Ask for the SYN from the server's alternate IP.
         change_ip: bool,
+        /// Ask for the SYN from the server's alternate port.
         change_port: bool,
+        /// Longest wait for the request's answer ([`BINDING_TIMEOUT`]).
         timeout: Duration,
     },
     /// Hand every packet the watcher sees to [`TcpProbe::handle_seen`] and the time to
     /// [`TcpProbe::handle_timeout`], waiting no later than `until` between them.
-    AwaitSyns { until: Instant },
+    AwaitSyns {
+        /// When to stop waiting for promised SYNs that have not arrived: [`SYN_WAIT_BASE`] plus
+        /// [`SYN_WAIT_RTTS`] round trips after the last CONNECT-BACK answer.
+        until: Instant,
+    },
     /// Finished: [`TcpProbe::report`].
     Done,
 }
@@ -177,7 +195,9 @@ pub struct BindingAnswer {
 /// as received, whose CONNECT-BACK-ORIGIN says where the SYN will come from.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectBackAnswer<'a> {
+    /// Our end of the still-open connection: the port the SYN must reach.
     pub local: SocketAddr,
+    /// The STUN response as received; its CONNECT-BACK-ORIGIN names the SYN's source.
     pub response: &'a [u8],
 }
 
@@ -185,7 +205,10 @@ pub struct ConnectBackAnswer<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectBackError {
     /// The server answered with a STUN error response.
-    Refused { code: u16 },
+    Refused {
+        /// The STUN ERROR-CODE number the server answered with (RFC 8489 section 14.8).
+        code: u16,
+    },
     /// Anything else (no connection, no answer, garbage), in words.
     Failed(String),
 }

@@ -59,10 +59,13 @@ pub const MIN_RTO: Duration = Duration::from_millis(25);
 /// engine never waits longer than.
 pub const MAX_RTO: Duration = Duration::from_secs(1);
 
+/// What the raw engine needs beyond the plan: our IPv4 address, the round trip toward the peer,
+/// and the TTLs and TCP options of its segments.
 #[derive(Debug, Clone)]
 pub struct RawConfig {
     /// The plan; its `local_port` is the punch port P every SYN comes from.
     pub punch: TcpPunchConfig,
+    /// Our IPv4 address, the source of every crafted segment.
     pub local_ip: Ipv4Addr,
     /// The round trip toward the peer as best known (the driver: twice ours to the server).
     pub rtt: Duration,
@@ -70,6 +73,7 @@ pub struct RawConfig {
     pub prime_ttl: Option<u8>,
     /// The full TTL.
     pub ttl: u8,
+    /// The MSS our SYN and SYN-ACK announce (RFC 9293 section 3.7.1).
     pub mss: u16,
     /// Our window scale shift (RFC 7323 section 2.3).
     pub wscale: u8,
@@ -132,6 +136,7 @@ pub struct RawPunch {
     confirmed: VecDeque<SocketAddrV4>,
     /// SYNs sent (first ones and repeats), SYN-ACKs sent.
     pub syns: u64,
+    /// SYN-ACKs sent, repeats included.
     pub synacks: u64,
 }
 
@@ -183,6 +188,7 @@ impl RawPunch {
         self.isn
     }
 
+    /// The punch port P with our address: the source of every SYN.
     pub fn local(&self) -> SocketAddrV4 {
         self.local
     }
@@ -275,6 +281,9 @@ impl RawPunch {
         self.attempts.insert(id, Attempt { sent, next, ..a });
     }
 
+    /// Acts on the time `now`: the planner's new attempts get their first SYNs, unanswered SYNs
+    /// are repeated in free slots of the rate (not past the budget), and SYN-ACKs the peer has not
+    /// confirmed are repeated (past the budget too).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.planner.handle_timeout(now);
         self.take_actions(now);
@@ -549,10 +558,12 @@ impl RawPunch {
         self.dead.insert(remote);
     }
 
+    /// The next segment to send on the raw socket, or `None` once the queue is drained.
     pub fn poll_transmit(&mut self) -> Option<Crafted> {
         self.transmits.pop_front()
     }
 
+    /// The next finished handshake, for which the driver makes a TCP_REPAIR socket, or `None`.
     pub fn poll_established(&mut self) -> Option<Established> {
         self.established.pop_front()
     }
@@ -563,6 +574,8 @@ impl RawPunch {
         self.confirmed.pop_front()
     }
 
+    /// When [`RawPunch::handle_timeout`] is next due: the planner's next moment, the next SYN
+    /// repeat within the budget, or the next SYN-ACK repeat.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let planner = self.planner.poll_timeout();
         // Past the budget nothing is repeated.

@@ -22,12 +22,15 @@ const BINDING_TIMEOUT: Duration = Duration::from_millis(4500);
 pub struct TcpPrep {
     /// Our address and the local port every punch connection uses.
     pub local: SocketAddr,
+    /// Our NAT's TCP behaviour and where our next connection from `local` should appear.
     pub prediction: Prediction,
     /// (server endpoint, where it saw us), in the order the connections were made.
     pub samples: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl TcpPrep {
+    /// One status line: the ports the server saw, the mapping and allocation concluded, and
+    /// the predicted port (or that there is none).
     pub fn describe(&self) -> String {
         let ports: Vec<String> = self
             .samples
@@ -80,10 +83,12 @@ fn endpoints(server: SocketAddr, other: Option<SocketAddr>) -> Vec<SocketAddr> {
 /// shares it, so that nobody else gets it before the punch's connections use it.
 pub struct Reserved {
     _sock: socket2::Socket,
+    /// Our address and the reserved port.
     pub local: SocketAddr,
 }
 
 impl Reserved {
+    /// Binds a fresh port on `ip` (the OS picks it) and holds it.
     pub fn new(ip: IpAddr) -> Result<Self, Error> {
         tcp_stun::shared_port_socket(SocketAddr::new(ip, 0))
             .and_then(|s| {
