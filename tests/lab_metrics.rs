@@ -41,6 +41,15 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Asserts that the series of `name` with `labels` add up to `want`, showing the scrape if not.
+fn expect(text: &str, name: &str, labels: &[(&str, &str)], want: f64) {
+    assert_eq!(
+        value(text, name, labels),
+        want,
+        "{name} {labels:?} in:\n{text}"
+    );
+}
+
 /// Outcomes are sent as soon as the path is settled; give the datagrams a moment.
 fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -53,7 +62,7 @@ fn metrics_count_a_cone_pair_once_with_its_nat_classes() {
     };
     let _srv = common::punchraw_serve(&lab, &["--alternate", "203.0.113.2", "--metrics", METRICS]);
     let before = scrape(&lab);
-    assert_eq!(value(&before, "punchraw_connect_outcomes_total", &[]), 0.0);
+    expect(&before, "punchraw_connect_outcomes_total", &[], 0.0);
     let p = pair(&lab, 0, "right", MIB, &[]);
     assert!(
         p.a.code == Some(0) && p.b.code == Some(0) && p.data_ok,
@@ -63,22 +72,15 @@ fn metrics_count_a_cone_pair_once_with_its_nat_classes() {
     );
     settle();
     let text = scrape(&lab);
-    assert_eq!(
-        value(&text, "punchraw_rendezvous_sessions_created_total", &[]),
+    expect(
+        &text,
+        "punchraw_rendezvous_sessions_created_total",
+        &[],
         1.0,
-        "{text}"
     );
-    assert_eq!(
-        value(&text, "punchraw_rendezvous_introductions_total", &[]),
-        1.0,
-        "{text}"
-    );
+    expect(&text, "punchraw_rendezvous_introductions_total", &[], 1.0);
     // Both peers report; the server counts the session once.
-    assert_eq!(
-        value(&text, "punchraw_connect_outcomes_total", &[]),
-        1.0,
-        "{text}"
-    );
+    expect(&text, "punchraw_connect_outcomes_total", &[], 1.0);
     let want = [
         ("result", "success"),
         ("path", "direct"),
@@ -86,18 +88,10 @@ fn metrics_count_a_cone_pair_once_with_its_nat_classes() {
         ("nat_a", "port-restricted-cone"),
         ("nat_b", "port-restricted-cone"),
     ];
-    assert_eq!(
-        value(&text, "punchraw_connect_outcomes_total", &want),
-        1.0,
-        "{text}"
-    );
+    expect(&text, "punchraw_connect_outcomes_total", &want, 1.0);
     // Each side sends its report twice (against loss): the three after the first are not
     // counted.
-    assert_eq!(
-        value(&text, "punchraw_connect_outcomes_ignored_total", &[]),
-        3.0,
-        "{text}"
-    );
+    expect(&text, "punchraw_connect_outcomes_ignored_total", &[], 3.0);
     // The classifications and the registrations were STUN and rendezvous traffic it saw.
     assert!(
         value(
@@ -139,16 +133,8 @@ fn metrics_count_a_failed_punch_with_its_reason_and_no_report_outcome_is_heard()
         ("nat_a", "symmetric-random"),
         ("nat_b", "symmetric-random"),
     ];
-    assert_eq!(
-        value(&text, "punchraw_connect_outcomes_total", &want),
-        1.0,
-        "{text}"
-    );
-    assert_eq!(
-        value(&text, "punchraw_connect_outcomes_total", &[]),
-        1.0,
-        "{text}"
-    );
+    expect(&text, "punchraw_connect_outcomes_total", &want, 1.0);
+    expect(&text, "punchraw_connect_outcomes_total", &[], 1.0);
     // With --no-report-outcome on both sides the server hears nothing of the next pair.
     let quiet: Vec<&str> = fail
         .iter()
@@ -159,14 +145,6 @@ fn metrics_count_a_failed_punch_with_its_reason_and_no_report_outcome_is_heard()
     assert_eq!((p.a.code, p.b.code), (Some(8), Some(8)));
     settle();
     let text = scrape(&lab);
-    assert_eq!(
-        value(&text, "punchraw_rendezvous_introductions_total", &[]),
-        2.0,
-        "{text}"
-    );
-    assert_eq!(
-        value(&text, "punchraw_connect_outcomes_total", &[]),
-        1.0,
-        "{text}"
-    );
+    expect(&text, "punchraw_rendezvous_introductions_total", &[], 2.0);
+    expect(&text, "punchraw_connect_outcomes_total", &[], 1.0);
 }
