@@ -244,8 +244,12 @@ fn connect(
         c.nat.range = Some(moved);
     }
     let (main, main_local) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
-    if pre_local.is_some_and(|l| l != main_local[0]) {
-        // A fresh socket replaced the one mapped (a stale NAT mapping of its port).
+    // A fresh socket replaced the one mapped (a stale NAT mapping of its port): its port is
+    // mapped in turn -- when the router mapped the first one. One that offered no mapping
+    // would not now either, and asking again costs up to SSDP's 2 s, in which a busy port
+    // counter moves beyond what the punch's prediction absorbs (seen in the lab: a sequential
+    // pair with other subscribers' flows, at 40 ms).
+    if pre_local.is_some_and(|l| l != main_local[0]) && _mapping.is_some() {
         drop(_mapping.take());
         (_mapping, mapped) = portmap::for_connect(
             cfg,
