@@ -27,6 +27,13 @@ fi
 # tests/lab_examples.rs runs them in the lab.
 cargo build --examples --quiet
 
+# `cargo install --path .` gives a working binary (issue #15): into a temporary root, reusing
+# the debug build, then run and removed.
+inst=$(mktemp -d)
+cargo install --quiet --path . --debug --locked --root "$inst" --target-dir target
+"$inst/bin/punchraw" --version >/dev/null
+rm -rf "$inst"
+
 # Lab tests each build their own namespaces under unique names, so they may run in
 # parallel; two threads match the machine.
 cargo test --workspace --all-targets -- --test-threads="${PUNCHRAW_TEST_THREADS:-2}"
