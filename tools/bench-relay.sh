@@ -3,6 +3,7 @@
 # and run, with ratios (punchraw / coturn).
 #
 #   sudo tools/bench-relay.sh [RUNS]      (default 2 runs per throughput cell; medians printed)
+#   PARTS="throughput" sudo tools/bench-relay.sh 5   (only those parts: throughput memory firstbyte)
 #
 # - Relayed throughput: two random-symmetric NATs (no hole opens), A sends MIB (default 64)
 #   MiB to B through the relay: `connect` with the server's own relay (session credentials)
@@ -20,6 +21,8 @@ RUNS="${1:-2}"
 MIB="${MIB:-64}"
 ALLOCS="${ALLOCS:-10000}"
 FB_DELAY="${FB_DELAY:-40}"
+PARTS="${PARTS:-throughput memory firstbyte}"
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces); run: sudo $0 $*" >&2; exit 1; }
 command -v turnserver >/dev/null || { echo "bench: needs coturn's turnserver (apt-get install coturn)" >&2; exit 1; }
 cargo build --release --quiet -p punchraw -p punchraw-loadgen
@@ -95,7 +98,7 @@ relayed_run() {
 }
 
 p=() c=()
-for r in $(seq "$RUNS"); do
+part throughput && for r in $(seq "$RUNS"); do
   p+=("$(relayed_run "p$r")")
   c+=("$(relayed_run "c$r" --relay "turn://bench:bench@$SRV1:3480")")
 done
@@ -116,14 +119,19 @@ alloc_run() {
   wait "$l" || true
   echo "$before $after $(field allocations_per_s "$WORK/alloc.json" | cut -d. -f1) $(field allocated "$WORK/alloc.json")"
 }
-read -r pb pa prate pn <<< "$(alloc_run "$SERVE" "$SRV1:3478")"
-read -r cb ca crate cn <<< "$(alloc_run "$COTURN" "$SRV1:3480")"
+pb=0 pa=0 prate=nan pn=0 cb=0 ca=0 crate=nan cn=0
+if part memory; then
+  read -r pb pa prate pn <<< "$(alloc_run "$SERVE" "$SRV1:3478")"
+  read -r cb ca crate cn <<< "$(alloc_run "$COTURN" "$SRV1:3480")"
+fi
 per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { if (n <= 0) print "nan"; else printf "%.0f\n", (b - a) * 1024 / n }'; }
 pp=$(per "$pb" "$pa" "$pn")
 cp=$(per "$cb" "$ca" "$cn")
 
 # Time to first byte on a cone pair: relay first against direct only. Prints B's ms.
 cleanup
+rf=() d=()
+if part firstbyte; then
 tools/natlab.sh up --name "$CLAB" --delay "$FB_DELAY" port-restricted-cone port-restricted-cone >/dev/null
 eval "$(tools/natlab.sh info --name "$CLAB")"
 tools/natlab.sh exec --name "$CLAB" srv -- "$BIN/punchraw" serve --listen "$SRV1" --alternate "$SRV2" \
@@ -146,21 +154,27 @@ first_byte() {
     echo fail
   fi
 }
-rf=() d=()
 for r in $(seq "$RUNS"); do
   rf+=("$(first_byte "f$r")")
   d+=("$(first_byte "d$r" --relay off)")
 done
+fi
 mrf=$(printf '%s\n' "${rf[@]}" | { grep -v fail || true; } | median)
 md=$(printf '%s\n' "${d[@]}" | { grep -v fail || true; } | median)
 
-printf '%-34s %12s %12s %8s\n' "" punchraw coturn ratio
-printf '%-34s %12s %12s %8s   (runs punchraw %s, coturn %s)\n' "relayed MiB/s ($MIB MiB one way)" \
-  "$mp" "$mc" "$(ratio "$mp" "$mc")" "${p[*]}" "${c[*]}"
-printf '%-34s %12s %12s %8s   (%s and %s of %s held; RSS %s->%s KB, %s->%s KB)\n' \
-  "bytes of memory per allocation" "$pp" "$cp" "$(ratio "$pp" "$cp")" "$pn" "$cn" "$ALLOCS" \
-  "$pb" "$pa" "$cb" "$ca"
-printf '%-34s %12s %12s %8s\n' "allocations made per second" "$prate" "$crate" "$(ratio "$prate" "$crate")"
-printf '\n%-34s %12s %12s %8s\n' "" "relay first" "direct only" ratio
-printf '%-34s %12s %12s %8s   (runs %s and %s)\n' "cone pair, ms to first byte ($FB_DELAY ms)" \
-  "$mrf" "$md" "$(ratio "$mrf" "$md")" "${rf[*]}" "${d[*]}"
+if part throughput || part memory; then
+  printf '%-34s %12s %12s %8s\n' "" punchraw coturn ratio
+fi
+part throughput && printf '%-34s %12s %12s %8s   (runs punchraw %s, coturn %s)\n' \
+  "relayed MiB/s ($MIB MiB one way)" "$mp" "$mc" "$(ratio "$mp" "$mc")" "${p[*]}" "${c[*]}"
+if part memory; then
+  printf '%-34s %12s %12s %8s   (%s and %s of %s held; RSS %s->%s KB, %s->%s KB)\n' \
+    "bytes of memory per allocation" "$pp" "$cp" "$(ratio "$pp" "$cp")" "$pn" "$cn" "$ALLOCS" \
+    "$pb" "$pa" "$cb" "$ca"
+  printf '%-34s %12s %12s %8s\n' "allocations made per second" "$prate" "$crate" "$(ratio "$prate" "$crate")"
+fi
+if part firstbyte; then
+  printf '\n%-34s %12s %12s %8s\n' "" "relay first" "direct only" ratio
+  printf '%-34s %12s %12s %8s   (runs %s and %s)\n' "cone pair, ms to first byte ($FB_DELAY ms)" \
+    "$mrf" "$md" "$(ratio "$mrf" "$md")" "${rf[*]}" "${d[*]}"
+fi

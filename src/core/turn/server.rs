@@ -10,7 +10,10 @@
 //! [`RelayEvent`]s asking the driver to open or close the UDP socket of a relay port. An
 //! Allocate's success is held until the driver reports the socket open
 //! ([`TurnServer::relay_opened`]), so a client is never handed a relayed address that does not
-//! exist; a port the OS refuses is skipped and the next one tried.
+//! exist; a port the OS refuses is skipped and the next one tried. Data from one of our
+//! relayed addresses to another (both peers of a session relayed here) never becomes a
+//! transmit: it goes from one allocation to the other inside the machine, under the same
+//! permission checks a datagram read from the relay socket gets.
 //!
 //! # What it enforces
 //!

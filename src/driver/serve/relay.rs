@@ -21,6 +21,7 @@ use crate::core::turn::server::{
     ClientId, OpenError, RelayEvent, Source, TurnServer, TurnServerConfig, TurnStats, Via,
 };
 use crate::driver::serve::registry::RendezvousService;
+use crate::os::mmsg::SendBatch;
 use crate::os::poll;
 use crate::os::queue::{self, QueueRx, QueueTx};
 use socket2::{Protocol, Type};
@@ -40,6 +41,9 @@ const MAX_DATAGRAM: usize = 65_536;
 const READS_PER_ROUND: usize = 64;
 /// Receive buffer asked for each relay socket (the kernel caps it at rmem_max).
 const RELAY_RCVBUF: usize = 1 << 20;
+/// Room reserved per datagram of the batch toward clients (a full-size QUIC packet in
+/// ChannelData; larger ones grow their buffer).
+const BATCH_SLOT: usize = 2048;
 /// How often the counters are published to [`Shared`] while running.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -80,7 +84,7 @@ impl Forwarder {
         }
         buf.extend_from_slice(&src.port().to_be_bytes());
         buf.extend_from_slice(bytes);
-        if self.tx.send(&buf).is_err() {
+        if self.tx.send_owned(buf).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -115,7 +119,7 @@ pub(super) struct RelayParts {
 /// A connected pair: the forwarder for the UDP threads and the relay thread's parts.
 pub(super) fn channel(primary: &UdpSocket) -> io::Result<(Arc<Forwarder>, RelayParts)> {
     // Room for bursts of full-size datagrams.
-    let (tx, rx) = queue::pair(4 << 20)?;
+    let (tx, rx) = queue::pair(8 << 20)?;
     let primary = primary.try_clone()?;
     Ok((
         Arc::new(Forwarder {
@@ -165,7 +169,12 @@ pub(super) fn relay_loop(
             return;
         }
     };
-    let mut sockets: HashMap<u16, UdpSocket> = HashMap::new();
+    let mut io = RelayIo {
+        sockets: HashMap::new(),
+        primary: &parts.primary,
+        relay_ip,
+        to_clients: SendBatch::new(BATCH_SLOT),
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM + 19];
     let mut published = Instant::now();
     while !stop.requested() {
@@ -174,14 +183,14 @@ pub(super) fn relay_loop(
             .poll_timeout()
             .map_or(POLL_INTERVAL, |t| t.saturating_duration_since(now))
             .min(POLL_INTERVAL);
-        let ports: Vec<u16> = sockets.keys().copied().collect();
+        let ports: Vec<u16> = io.sockets.keys().copied().collect();
         let ready = {
             let mut fds = Vec::with_capacity(ports.len() + 1);
             fds.push(parts.rx.as_fd());
             fds.extend(
                 ports
                     .iter()
-                    .filter_map(|p| sockets.get(p))
+                    .filter_map(|p| io.sockets.get(p))
                     .map(|s| s.as_fd()),
             );
             match poll::readable(&fds, wait) {
@@ -196,11 +205,10 @@ pub(super) fn relay_loop(
         let now = Instant::now();
         if ready.first().copied().unwrap_or(false) {
             for _ in 0..READS_PER_ROUND {
-                let n = match parts.rx.recv(&mut buf) {
-                    Ok(n) => n,
-                    Err(_) => break,
+                let Ok(msg) = parts.rx.take() else {
+                    break;
                 };
-                match unwrap_forwarded(&buf[..n]) {
+                match unwrap_forwarded(&msg) {
                     Some((TCP_GONE, src, _)) => turn.client_gone(ClientId {
                         via: Via::Tcp,
                         addr: src,
@@ -211,19 +219,13 @@ pub(super) fn relay_loop(
                     }
                     None => {}
                 }
-                drain(
-                    &mut turn,
-                    &mut sockets,
-                    &parts.primary,
-                    relay_ip,
-                    rdv,
-                    shared,
-                );
+                drain(&mut turn, &mut io, rdv, shared);
             }
+            io.flush(shared);
         }
         for (port, _) in ports.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
             for _ in 0..READS_PER_ROUND {
-                let Some(s) = sockets.get(port) else {
+                let Some(s) = io.sockets.get(port) else {
                     break;
                 };
                 let (n, peer) = match s.recv_from(&mut buf) {
@@ -231,27 +233,14 @@ pub(super) fn relay_loop(
                     Err(_) => break,
                 };
                 turn.handle_peer(now, *port, peer, &buf[..n]);
-                drain(
-                    &mut turn,
-                    &mut sockets,
-                    &parts.primary,
-                    relay_ip,
-                    rdv,
-                    shared,
-                );
+                drain(&mut turn, &mut io, rdv, shared);
             }
         }
         if turn.poll_timeout().is_some_and(|t| t <= now) {
             turn.handle_timeout(now);
         }
-        drain(
-            &mut turn,
-            &mut sockets,
-            &parts.primary,
-            relay_ip,
-            rdv,
-            shared,
-        );
+        drain(&mut turn, &mut io, rdv, shared);
+        io.flush(shared);
         if published.elapsed() >= STATS_EVERY {
             published = Instant::now();
             publish(&turn, shared);
@@ -259,14 +248,8 @@ pub(super) fn relay_loop(
     }
     // SIGINT/SIGTERM: the allocations end with the server, and the statistics say so.
     turn.shutdown();
-    drain(
-        &mut turn,
-        &mut sockets,
-        &parts.primary,
-        relay_ip,
-        rdv,
-        shared,
-    );
+    drain(&mut turn, &mut io, rdv, shared);
+    io.flush(shared);
     publish(&turn, shared);
 }
 
@@ -277,12 +260,43 @@ fn publish(turn: &TurnServer, shared: &RelayShared) {
     }
 }
 
-/// Carries out what the machine asks: sockets to open and close, datagrams to send.
+/// The relay thread's sockets: one per relay port, and the primary one toward clients, whose
+/// datagrams go out in batches (`sendmmsg`): a relayed stream is mostly ChannelData toward
+/// clients, one system call per datagram otherwise.
+struct RelayIo<'a> {
+    sockets: HashMap<u16, UdpSocket>,
+    primary: &'a UdpSocket,
+    relay_ip: IpAddr,
+    to_clients: SendBatch,
+}
+
+impl RelayIo<'_> {
+    fn send_to_client(&mut self, payload: &[u8], to: SocketAddr, shared: &RelayShared) {
+        if !self.to_clients.push(payload, to) {
+            self.flush(shared);
+            self.to_clients.push(payload, to);
+        }
+    }
+
+    fn flush(&mut self, shared: &RelayShared) {
+        if self.to_clients.is_empty() {
+            return;
+        }
+        let (_, failed, err) = self.to_clients.flush(self.primary);
+        if failed > 0 {
+            shared
+                .send_errors
+                .fetch_add(failed as u64, Ordering::Relaxed);
+            debug!(failed, error = ?err, "relay sends to clients failed");
+        }
+    }
+}
+
+/// Carries out what the machine asks: sockets to open and close, datagrams to send (those
+/// to clients over UDP wait in the batch for [`RelayIo::flush`]).
 fn drain(
     turn: &mut TurnServer,
-    sockets: &mut HashMap<u16, UdpSocket>,
-    primary: &UdpSocket,
-    relay_ip: IpAddr,
+    io: &mut RelayIo<'_>,
     rdv: &RendezvousService,
     shared: &RelayShared,
 ) {
@@ -292,9 +306,9 @@ fn drain(
             moved = true;
             match ev {
                 RelayEvent::Open { port } => {
-                    let result = match bind_relay(relay_ip, port) {
+                    let result = match bind_relay(io.relay_ip, port) {
                         Ok(s) => {
-                            sockets.insert(port, s);
+                            io.sockets.insert(port, s);
                             Ok(())
                         }
                         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(OpenError::InUse),
@@ -306,7 +320,7 @@ fn drain(
                     turn.relay_opened(Instant::now(), port, result);
                 }
                 RelayEvent::Close { port } => {
-                    sockets.remove(&port);
+                    io.sockets.remove(&port);
                 }
                 RelayEvent::Lookup { session } => {
                     let now = Instant::now();
@@ -320,7 +334,10 @@ fn drain(
         while let Some(tx) = turn.poll_transmit() {
             moved = true;
             let sent = match tx.from {
-                Source::Primary(Via::Udp) => primary.send_to(&tx.payload, tx.to),
+                Source::Primary(Via::Udp) => {
+                    io.send_to_client(&tx.payload, tx.to, shared);
+                    continue;
+                }
                 // A reader that does not keep up holds the relay thread up to the connection's
                 // write timeout, once: a failed write may have left part of a frame on the
                 // stream, so the connection is shut down, which ends its allocation.
@@ -339,7 +356,7 @@ fn drain(
                     },
                     Err(_) => continue,
                 },
-                Source::Relay(port) => match sockets.get(&port) {
+                Source::Relay(port) => match io.sockets.get(&port) {
                     Some(s) => s.send_to(&tx.payload, tx.to),
                     None => continue,
                 },
