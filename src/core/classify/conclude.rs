@@ -357,7 +357,12 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
     if samples.len() < 2 || samples.windows(2).any(|w| w[1].0 <= w[0].0) {
         return fit(Allocation::Unknown, None, None);
     }
-    if samples.iter().all(|&(_, l, m)| l == m) {
+    // All kept, or all but one of four or more: a NAT that preserves ports must pick another
+    // when the local port's external twin is taken (by a flow of another host, or by one of
+    // this probe's own mappings toward another destination), and from consecutive local
+    // ports the kept ones look like a counter of step 1 as well.
+    let kept = samples.iter().filter(|&&(_, l, m)| l == m).count();
+    if kept == samples.len() || (samples.len() >= 4 && kept + 1 == samples.len()) {
         return fit(Allocation::Preserving, None, None);
     }
     let steps = steps_of(samples);

@@ -296,6 +296,29 @@ fn allocation_tolerates_one_interloper() {
     assert_eq!(classify_allocation(&random).0, Allocation::Random);
 }
 
+#[test]
+fn a_preserving_nat_that_could_not_keep_one_port_still_preserves() {
+    // Local ports 40001..40005; 40003's twin was taken, so the NAT picked another. The kept
+    // ones also look like a counter of step 1 (a proptest case once read it as sequential).
+    let s = [
+        (0, 40001, 40001),
+        (1, 40002, 40002),
+        (2, 40003, 10708),
+        (3, 40004, 40004),
+        (4, 40005, 40005),
+    ];
+    assert_eq!(classify_allocation(&s), (Allocation::Preserving, None));
+    // Two moved of five is no longer a preserving NAT's accident.
+    let two = [
+        (0, 40001, 40001),
+        (1, 40002, 31000),
+        (2, 40003, 10708),
+        (3, 40004, 40004),
+        (4, 40005, 40005),
+    ];
+    assert_ne!(classify_allocation(&two).0, Allocation::Preserving);
+}
+
 /// Ports from a NAT whose counter others' flows move between our samples (steps 1, 3, 1,
 /// 2, 5, as in #10): a counter of step 1 disturbed by up to 4 flows, which the modal-step
 /// rule alone called random. Steps that only grow by a few are a counter however they vary;
