@@ -179,7 +179,7 @@ pub(super) fn render(sources: &[Source]) -> String {
                 ("no-permission", t.dropped_no_permission),
                 ("over-bytes", t.dropped_over_bytes),
                 ("malformed", t.malformed),
-                ("queue-full", *forward_dropped),
+                ("relay-unavailable", *forward_dropped),
                 ("send-error", *relay_send_errors),
             ] {
                 add(&relay_dropped, &[("family", fam), ("reason", why)], n);

@@ -135,9 +135,9 @@ pub struct RelayStats {
     pub turn: TurnStats,
     /// Allocations that exist now (0 after the server stopped: it frees them all).
     pub active: u64,
-    /// TURN datagrams the UDP threads could not hand to the relay thread (queue full).
+    /// TURN inputs dropped because the machine was unusable (a thread panicked holding it).
     pub forward_dropped: u64,
-    /// Datagrams the relay thread could not send, to a peer or to a client.
+    /// Relayed datagrams or answers that could not be sent, to a peer or to a client.
     pub send_errors: u64,
 }
 
@@ -177,7 +177,7 @@ impl fmt::Display for RelayStats {
         if self.forward_dropped + self.send_errors > 0 {
             write!(
                 f,
-                "; {} queue drops, {} send errors",
+                "; {} inputs dropped, {} send errors",
                 self.forward_dropped, self.send_errors
             )?;
         }
@@ -315,7 +315,7 @@ struct Shared {
     tcp_connect_backs: AtomicU64,
     tcp_connect_backs_refused: AtomicU64,
     thread_panics: AtomicU64,
-    /// `--relay`: the forwarder's drops and the relay thread's counters.
+    /// `--relay`: the TURN machine (for its drops) and its published counters.
     relay: Option<(Arc<relay::Forwarder>, Arc<relay::RelayShared>)>,
     /// Peers that meet over TCP (UDP blocked), where their rendezvous messages go.
     rdv_tcp: tcp_rdv::RdvConns,
@@ -607,11 +607,23 @@ pub fn spawn_relay(
         external: shutdown,
         own: Arc::new(AtomicBool::new(false)),
     };
-    let relay_parts = match &relay {
-        Some(_) => Some(
-            relay::channel(&bound.udp[0][0])
-                .map_err(|e| Error::io("cannot set up the relay thread's queue", e))?,
-        ),
+    // Only the primary endpoint introduces peers. Its sockets share one registry: the two
+    // peers of a session come from different addresses, so the kernel may hand them to
+    // different sockets. With Redis (`rendezvous.registry`) a worker thread of its own talks
+    // to Redis and answers from a clone of the primary socket.
+    let rdv = Arc::new(RendezvousService::start(
+        &rendezvous,
+        &bound.udp[0][0],
+        status,
+    )?);
+    let relay_parts = match relay.clone() {
+        Some(turn) => {
+            let rs = Arc::new(relay::RelayShared::default());
+            let (fwd, parts) =
+                relay::channel(turn, &bound.udp[0][0], Arc::clone(&rdv), Arc::clone(&rs))
+                    .map_err(|e| Error::io("cannot set up the TURN relay", e))?;
+            Some((fwd, rs, parts))
+        }
         None => None,
     };
     // One per-source budget for every UDP thread of every endpoint.
@@ -619,10 +631,10 @@ pub fn spawn_relay(
         limiter: StunServer::limiter_for(&config, Instant::now()),
         relay: relay_parts
             .as_ref()
-            .map(|(fwd, _)| (Arc::clone(fwd), Arc::new(relay::RelayShared::default()))),
+            .map(|(fwd, rs, _)| (Arc::clone(fwd), Arc::clone(rs))),
         ..Shared::default()
     });
-    let forwarder = relay_parts.as_ref().map(|(fwd, _)| Arc::clone(fwd));
+    let forwarder = relay_parts.as_ref().map(|(fwd, _, _)| Arc::clone(fwd));
     let udp = Arc::new(bound.udp);
     let mut handle = ServerHandle {
         config: config.clone(),
@@ -634,11 +646,6 @@ pub fn spawn_relay(
         rdv: None,
     };
 
-    // Only the primary endpoint introduces peers. Its sockets share one registry: the two
-    // peers of a session come from different addresses, so the kernel may hand them to
-    // different sockets. With Redis (`rendezvous.registry`) a worker thread of its own talks
-    // to Redis and answers from a clone of the primary socket.
-    let rdv = Arc::new(RendezvousService::start(&rendezvous, &udp[0][0], status)?);
     handle.rdv = Some(Arc::clone(&rdv));
     let started = (|| {
         for &(id, addr) in &endpoints {
@@ -666,12 +673,10 @@ pub fn spawn_relay(
                     })?);
             }
         }
-        if let (Some(turn), Some((_, parts)), Some((_, rs))) =
-            (relay, relay_parts, shared.relay.clone())
-        {
-            let (stop, rdv) = (stop.clone(), Arc::clone(&rdv));
+        if let Some((fwd, _, parts)) = relay_parts {
+            let stop = stop.clone();
             handle.threads.push(start("turn relay".into(), move || {
-                relay::relay_loop(turn, parts, &rdv, &stop, &rs)
+                relay::relay_loop(&fwd, parts, &stop)
             })?);
         }
         for (&(id, addr), listener) in endpoints.iter().zip(bound.tcp) {

@@ -157,7 +157,7 @@ pub(super) fn serve_connection(
         return;
     }
     let mut server = StunServer::new(cfg.clone(), Instant::now());
-    // `--relay`: TURN frames on the primary port go to the relay thread, which answers on a
+    // `--relay`: TURN frames on the primary port go to the TURN machine, which answers on a
     // second handle of this stream, registered at the first TURN frame (RFC 8656 section 3.1).
     let relay = shared.relay.as_ref().filter(|_| id == EndpointId::PRIMARY);
     let mut turn_half = relay.and_then(|_| stream.try_clone().ok());
@@ -374,7 +374,7 @@ pub(super) fn reap_connect_backs(pending: &mut Vec<PendingBack<'_>>) {
     });
 }
 
-/// Where TURN frames go (`--relay`): hands one frame to the relay thread.
+/// Where TURN frames go (`--relay`): feeds one frame to the TURN machine.
 pub(super) type ToRelay<'f> = &'f mut dyn FnMut(&[u8]);
 
 /// Answers every complete message at the start of `input` (RFC 8489 section 6.2.2: over TCP

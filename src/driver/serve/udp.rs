@@ -5,7 +5,7 @@ use crate::core::rendezvous::Msg;
 use crate::core::server::{DropReason, EndpointId, Outcome, ServerConfig, StunServer, Transport};
 use crate::core::turn::TurnServer;
 use crate::driver::serve::registry::RendezvousService;
-use crate::driver::serve::relay::Forwarder;
+use crate::driver::serve::relay::{Forwarder, Outbox};
 use crate::os::mmsg::{RecvBatch, SendBatch, MAX_BATCH};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -18,7 +18,7 @@ use tracing::debug;
 pub(super) struct Services<'a> {
     /// The rendezvous registry.
     pub(super) rdv: Option<&'a RendezvousService>,
-    /// `--relay`: TURN datagrams go to the relay thread.
+    /// `--relay`: TURN datagrams go to the TURN machine.
     pub(super) relay: Option<&'a Forwarder>,
 }
 
@@ -47,6 +47,8 @@ pub(super) fn udp_loop(
     };
     let mut rx = RecvBatch::new(MAX_BATCH, slot);
     let mut tx = SendBatch::new(UDP_OUT_LEN);
+    // What the TURN machine answers, sent after each receive batch.
+    let mut relay_out = relay.map(|_| Outbox::batched());
     let mut out = Vec::with_capacity(UDP_OUT_LEN);
     let mut unflushed = 0u32;
     // Checked on every batch, not only on timeouts: under a flood recv never times out.
@@ -97,7 +99,9 @@ pub(super) fn udp_loop(
             }
             // After the rendezvous check: its magic starts with bits 01, like ChannelData.
             if let Some(f) = relay.filter(|_| TurnServer::is_turn(data)) {
-                f.forward(src, false, data);
+                if let Some(out) = relay_out.as_mut() {
+                    f.forward_udp(now, src, data, out);
+                }
                 continue;
             }
             // The common case answers from this very endpoint: straight into the send batch.
@@ -122,6 +126,9 @@ pub(super) fn udp_loop(
                 }
                 Outcome::Drop(reason) => log_drop(Transport::Udp, reason, src, local, data.len()),
             }
+        }
+        if let (Some(f), Some(out)) = (relay, relay_out.as_mut()) {
+            f.send(out, sock);
         }
         if !tx.is_empty() {
             let (_, failed, err) = tx.flush(sock);
