@@ -25,6 +25,18 @@ fn nat_a_forwards_no(lab: &Lab, protocols: &str) {
 
 #[test]
 fn udp_blocked_host_and_a_cone_connect_relayed_over_tcp() {
+    udp_blocked_pair(&[]);
+}
+
+/// The same with `--tcp` on both sides: the stream still goes through the relay (over TCP to
+/// the server on A's side), and neither side waits for a TCP punch toward a peer that met
+/// the server over TCP only.
+#[test]
+fn udp_blocked_host_and_a_cone_connect_relayed_with_tcp_too() {
+    udp_blocked_pair(&["--tcp"]);
+}
+
+fn udp_blocked_pair(extra: &[&str]) {
     let Some(lab) =
         Lab::up_with(LabOptions::new("port-restricted-cone").kind_b("port-restricted-cone"))
     else {
@@ -33,7 +45,7 @@ fn udp_blocked_host_and_a_cone_connect_relayed_over_tcp() {
     nat_a_forwards_no(&lab, "udp");
     let serve = Serve::start(&lab);
     let started = Instant::now();
-    let p = pair(&lab, 0, "right", 1 << 20, &[]);
+    let p = pair(&lab, 0, "right", 1 << 20, extra);
     let took = started.elapsed();
     let log = serve.stop();
     let what = format!(

@@ -10,7 +10,9 @@
 //!   sequence (write_seq, hence snd_una and snd_nxt) and the receive queue's (rcv_nxt) are
 //!   set before connect().
 //! - TCP_REPAIR_OPTIONS is refused (EPERM) unless the socket is ESTABLISHED and has sent
-//!   nothing: after connect(). Without a window-scale entry the socket keeps the receive
+//!   nothing: after connect(). A peer's segment arriving between the two (microseconds; seen
+//!   once with the peer's window probe at 0 ms delay) draws a duplicate ACK without options;
+//!   both ends are established by then, so at worst the peer drops that one ACK. Without a window-scale entry the socket keeps the receive
 //!   scale connect() chose for itself while the peer does not scale (it would read our
 //!   windows 2^scale times too small), so "no window scaling" is sent as the entry 0/0.
 //!   The MSS entry raises `mss_clamp` only; the segment size the socket uses was computed

@@ -515,7 +515,9 @@ fn meet(
     };
     let offer = relay.map(|_| &offer as &dyn Fn(bool) -> rendezvous::RelayState);
     let intro = rendezvous(main, client, tcp.as_mut(), counter, offer, shutdown, status)?;
-    if intro.peer.tcp.is_some() != cfg.tcp {
+    // A peer whose UDP is blocked offers nothing to punch, TCP or UDP (its `tcp` is empty
+    // whatever it was given): both sides go through the relay, which does not care.
+    if intro.peer.tcp.is_some() != cfg.tcp && !intro.peer.udp_blocked {
         return Err(Error::TransportMismatch {
             peer_tcp: intro.peer.tcp.is_some(),
         });
