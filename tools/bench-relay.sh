@@ -108,6 +108,11 @@ mc=$(printf '%s\n' "${c[@]}" | { grep -v fail || true; } | median)
 # Memory: $1 = pid, $2 = TURN endpoint. Prints "KB_before KB_held allocs_per_s".
 alloc_run() {
   local before after
+  if ! kill -0 "$1" 2>/dev/null; then
+    echo "bench: the server (pid $1) is gone; no memory figures for it" >&2
+    echo "0 0 nan 0"
+    return
+  fi
   rm -f "$WORK/ready"
   before=$(rss_kb "$1")
   tools/natlab.sh exec --name "$LAB" srv -- "$BIN/punchraw-turn-alloc" --server "$2" --user bench:bench \
