@@ -65,6 +65,8 @@ pub const RELAY_SYNC: Duration = Duration::from_secs(3);
 /// Registers while a pairing's confirmations are exchanged: both peers are there, so the
 /// answers come at the server's round trip.
 const PAIRING_EVERY: Duration = Duration::from_millis(20);
+/// The shortest pause between registers while an introduction waits for relayed offers.
+const HELD_EVERY_MIN: Duration = Duration::from_millis(20);
 
 /// What a [`Client`] registers with, and the limits of its wait. Fixed for the run except
 /// the TCP offer, the relayed offer and the search range, which the driver updates while the
@@ -182,6 +184,8 @@ pub struct Client {
     offer_sent: bool,
     /// The introduction held back while the relayed offers are exchanged, and until when.
     held: Option<(Introduction, Instant)>,
+    /// Registers sent early while an introduction is held (their pace backs off).
+    held_polls: u32,
     /// `connect --code`: the pairing exchange ([`Client::with_pairing`]).
     pairing: Option<Pairing>,
 }
@@ -238,6 +242,7 @@ impl Client {
             relay_pending: false,
             offer_sent: false,
             held: None,
+            held_polls: 0,
             pairing: None,
         }
     }
@@ -341,9 +346,11 @@ impl Client {
     /// Our relayed address, once the allocation exists: the next registers carry it (an
     /// allocation with session credentials needs the session, so the first of two peers
     /// learns its relayed address only after its first registers).
-    pub fn set_relayed(&mut self, relayed: RelayOffer) {
+    pub fn set_relayed(&mut self, now: Instant, relayed: RelayOffer) {
         self.cfg.relayed = Some(relayed);
         self.relay_pending = false;
+        // The peer's introduction may be waiting for it: the next register goes at once.
+        self.next_send = self.next_send.min(now);
     }
 
     /// The error for a server's refusal.
@@ -441,6 +448,17 @@ impl Machine for Client {
                 let until = self.held.as_ref().map_or(now + RELAY_SYNC, |h| h.1);
                 if self.relay_unsettled(&intro) && now < until {
                     // The registers go on; the next answers carry the peer's latest data.
+                    // The missing offer usually follows within a round trip or two (an
+                    // allocation finishing), so ask again after one round trip, backing off
+                    // toward the usual pace: at REGISTER_EVERY the stream would start up to
+                    // that much later than the relay allows.
+                    let wait = self
+                        .cfg
+                        .rtt
+                        .saturating_mul(1 << self.held_polls.min(8))
+                        .clamp(HELD_EVERY_MIN, REGISTER_EVERY);
+                    self.held_polls += 1;
+                    self.next_send = self.next_send.min(now + wait);
                     self.held = Some((intro, until));
                     return;
                 }

@@ -391,12 +391,14 @@ fn register(
             }
         }
     };
+    let mut offer_changed = false;
     if let Some(m) = s.members.iter_mut().find(|m| m.data.id == req.member.id) {
         if req.seq <= m.seq {
             // A replay (or a reordered duplicate): it may come from anywhere, so it must not
             // move the peer's endpoint, and it earns no answer.
             return (Change::Keep, Vec::new(), Event::None);
         }
+        offer_changed = m.data.relayed != req.member.relayed;
         // A re-registration; the public endpoint may change if the NAT rebinds.
         m.last_seen = now;
         m.seq = req.seq;
@@ -458,8 +460,10 @@ fn register(
             start_in_ms: start_in,
         };
         // The newcomer always hears; the other peer hears on the first match (its later
-        // re-registrations get their own answer).
-        if m.data.id == req.member.id || first_match {
+        // re-registrations get their own answer) and when the newcomer's relayed offer
+        // changed: an introduction held for that offer then goes at once instead of at the
+        // other's next register.
+        if m.data.id == req.member.id || first_match || offer_changed {
             out.push((m.data.public, msg.encode()));
         }
     }

@@ -590,6 +590,21 @@ fn a_relayed_address_is_relayed_and_absent_when_there_is_none() {
         [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, None),
         m => panic!("A is told of B: {m:?}"),
     }
+    // B's offer comes with a later register after the match: A, whose introduction waits
+    // for it, hears at once too; a register that changes nothing answers B alone.
+    let b_relayed = RelayOffer {
+        addr: addr(9, 50_002),
+        ..relayed.clone()
+    };
+    let out = r.handle(t0, addr(2, 2000), &with(B, Some(b_relayed.clone())));
+    match &decode(&out, addr(1, 1000))[..] {
+        [Msg::Peer { peer, .. }] => assert_eq!(peer.relayed, Some(b_relayed.clone())),
+        m => panic!("A is told of B's new offer: {m:?}"),
+    }
+    assert_eq!(decode(&out, addr(2, 2000)).len(), 1);
+    let out = r.handle(t0, addr(2, 2000), &with(B, Some(b_relayed)));
+    assert!(decode(&out, addr(1, 1000)).is_empty(), "nothing new for A");
+    assert_eq!(decode(&out, addr(2, 2000)).len(), 1);
     // A peer that predates the field decodes as no relayed address.
     let old: serde_json::Value = serde_json::json!({
         "id": A, "public": "198.51.100.1:1000", "locals": [],

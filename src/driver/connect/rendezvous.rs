@@ -120,7 +120,7 @@ pub(super) fn rendezvous_on(
                         "relay: allocated; offering our relayed address {}",
                         offer.addr
                     ));
-                    client.set_relayed(offer);
+                    client.set_relayed(Instant::now(), offer);
                     offered = true;
                 }
                 RelayState::Pending => {}
