@@ -649,6 +649,19 @@ fn random_ports_in_a_block_are_reported_as_one() {
     );
 }
 
+#[test]
+fn a_cluster_denser_than_any_block_is_searched_beyond_it() {
+    // Seven distinct ports within 14, read as random (a counter whose order loss scrambled):
+    // the peer's sweep must reach where the counter goes next, not only the 14 ports.
+    let s = search_range(Allocation::Random, Some([20143, 20152]), 7).expect("a range");
+    assert_eq!(s, [20143 - 256, 20152 + 256]);
+    // A real block's estimate is unchanged: the span plus one mean gap each side.
+    assert_eq!(
+        search_range(Allocation::Random, Some([40960, 41360]), 5),
+        Some([40859, 41461])
+    );
+}
+
 /// `connect`'s quick classification (#10: start punching as soon as the strategy's inputs
 /// are known) gives the same mapping, filtering and allocation as the full one for the
 /// kinds a punch distinguishes, skips hairpinning, and is done two RTTs (at least one plus
