@@ -241,7 +241,7 @@ const DENSE_REACH: u32 = 256;
 /// gap between neighbouring samples, `span / (n - 1)`, on each side. A cluster denser than
 /// any block (distinct ports nearly side by side) is a port counter whose order was lost
 /// (a CI run saw one at 5% loss, its counter read as random within 14 ports): its next
-/// mappings lie beyond the cluster, so the search reaches [`DENSE_REACH`] past it.
+/// mappings lie beyond the cluster, so the search reaches `DENSE_REACH` ports past it.
 pub fn search_range(allocation: Allocation, range: Option<[u16; 2]>, n: usize) -> Option<[u16; 2]> {
     if !is_block(allocation, range, n) {
         return None;
