@@ -3,10 +3,10 @@
 //!
 //! The messages themselves stay in memory (a locked deque); the descriptor, one end of a Unix
 //! datagram socket pair, only says "not empty": the sender writes one byte when it puts a
-//! message into an empty queue, and the receiver reads it back when it finds the queue empty.
-//! A relayed stream passes every datagram through here, and a socket per message cost two
-//! system calls and a kernel buffer each; now a burst costs one wake-up. Both changes of the
-//! flag happen under the lock, so a message never waits behind a consumed wake-up.
+//! message into an empty queue, and the receiver reads it back when it finds the queue empty,
+//! so a burst costs one wake-up, not a socket message each. Both changes of the flag happen
+//! under the lock, so a message never waits behind a consumed wake-up. (`serve --relay`'s
+//! thread is woken through one when another thread opens a relay socket.)
 //!
 //! Bounded: a queue holds at most the bytes it was made with, and a send beyond fails
 //! (`WouldBlock`), as a full socket buffer would; the sender decides what to drop.
@@ -70,11 +70,6 @@ fn full() -> io::Error {
 impl QueueTx {
     /// Queues a copy of `msg`; fails (`WouldBlock`) when the queue is full.
     pub fn send(&self, msg: &[u8]) -> io::Result<()> {
-        self.send_owned(msg.to_vec())
-    }
-
-    /// Queues `msg` without copying it; fails (`WouldBlock`) when the queue is full.
-    pub fn send_owned(&self, msg: Vec<u8>) -> io::Result<()> {
         let mut q = self
             .shared
             .inner
@@ -84,7 +79,7 @@ impl QueueTx {
             return Err(full());
         }
         q.bytes += msg.len();
-        q.msgs.push_back(msg);
+        q.msgs.push_back(msg.to_vec());
         if !q.signalled {
             // The socket holds at most this one byte, so the write cannot find it full.
             q.signalled = self.wake.send(&[1]).is_ok();

@@ -47,8 +47,8 @@ pub(super) fn udp_loop(
     };
     let mut rx = RecvBatch::new(MAX_BATCH, slot);
     let mut tx = SendBatch::new(UDP_OUT_LEN);
-    // What the TURN machine answers, sent after each receive batch.
-    let mut relay_out = relay.map(|_| Outbox::batched());
+    // The TURN machine and what it answers, sent after each receive batch.
+    let mut relay = relay.map(|f| (f, Outbox::batched()));
     let mut out = Vec::with_capacity(UDP_OUT_LEN);
     let mut unflushed = 0u32;
     // Checked on every batch, not only on timeouts: under a flood recv never times out.
@@ -98,10 +98,8 @@ pub(super) fn udp_loop(
                 continue;
             }
             // After the rendezvous check: its magic starts with bits 01, like ChannelData.
-            if let Some(f) = relay.filter(|_| TurnServer::is_turn(data)) {
-                if let Some(out) = relay_out.as_mut() {
-                    f.forward_udp(now, src, data, out);
-                }
+            if let Some((f, out)) = relay.as_mut().filter(|_| TurnServer::is_turn(data)) {
+                f.forward_udp(now, src, data, out);
                 continue;
             }
             // The common case answers from this very endpoint: straight into the send batch.
@@ -127,7 +125,7 @@ pub(super) fn udp_loop(
                 Outcome::Drop(reason) => log_drop(Transport::Udp, reason, src, local, data.len()),
             }
         }
-        if let (Some(f), Some(out)) = (relay, relay_out.as_mut()) {
+        if let Some((f, out)) = relay.as_mut() {
             f.send(out, sock);
         }
         if !tx.is_empty() {
