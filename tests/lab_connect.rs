@@ -625,7 +625,16 @@ fn all_connect_tcp_engine(
         let p = pair(&lab, t, "right", MIB, &["--tcp", "--syn-engine", engine]);
         let what = format!("{engine} TCP {kind_a} x {kind_b}{}, try {t}", at(delay_ms));
         check_connected_over(&p, "tcp", strategy, &what);
-        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+        for (n, s, kind) in [("A", &p.a, kind_a), ("B", &p.b, kind_b)] {
+            // A NAT that kept our port lets the TCP prediction run beside the UDP
+            // classification; a counter shared by both must see them one after the other.
+            let beside = s.stderr.contains("measured beside the UDP classification");
+            assert_eq!(
+                beside,
+                kind.contains("cone"),
+                "{what}: {n} ({kind}) predicted TCP at the wrong time:\n{}",
+                s.stderr
+            );
             let raw = s.stderr.contains("raw SYN engine") && s.stderr.contains("crafted handshake");
             assert_eq!(
                 raw,

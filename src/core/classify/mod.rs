@@ -152,10 +152,14 @@ impl ClassifierConfig {
 pub enum Event {
     /// Test I was answered: the server is reachable and the RTT is known.
     ServerAnswered {
+        /// Socket A's local address.
+        local: SocketAddr,
         /// Socket A's external address as the server saw it (XOR-MAPPED-ADDRESS).
         mapped: SocketAddr,
         /// Round-trip time to the server's primary endpoint.
         rtt: Duration,
+        /// The server's alternate endpoint (OTHER-ADDRESS), when it has one.
+        other: Option<SocketAddr>,
     },
     /// A binding left idle for `after` still let the server's answer in (RFC 5780 section 4.6
     /// lifetime test).
@@ -475,7 +479,12 @@ impl Classifier {
             Kind::Base => {
                 let Some(mapped) = mapped else { return };
                 if let Some(rtt) = self.srtt {
-                    self.events.push_back(Event::ServerAnswered { mapped, rtt });
+                    self.events.push_back(Event::ServerAnswered {
+                        local: self.locals[SOCK_A],
+                        mapped,
+                        rtt,
+                        other,
+                    });
                 }
                 // The allocation burst goes first and back to back, so the NAT creates these
                 // mappings consecutively and a sequential allocator shows its true step. It

@@ -2,8 +2,9 @@
 //! ([`crate::core::classify::ClassifierConfig::quick`]) reduced to what the rendezvous and the
 //! punch start from.
 
+use super::tcp_punch::{prepare_from, Reserved, TcpPrep};
 use super::ConnectConfig;
-use crate::core::classify::{ClassifierConfig, LegacyType};
+use crate::core::classify::{Behavior, ClassifierConfig, Event, LegacyType};
 use crate::core::rendezvous::NatInfo;
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
@@ -13,7 +14,85 @@ use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
 use crate::Error;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// With `--tcp`: the TCP prediction, begun beside the UDP classification once the server's
+/// first answer shows a NAT that kept our port. Such a NAT allocates no counter that the two
+/// measurements' flows could move for each other, and its TCP mapping is checked by the
+/// prediction itself (every server endpoint must see one port: endpoint-independent), so the
+/// prediction stays as true as one made after the classification, two round trips sooner.
+/// Anything else (a translated port, a TCP mapping that depends on the endpoint, a server
+/// without an alternate endpoint to compare with) waits for the classification, as the
+/// allocation tests of a sequential NAT, one counter for TCP and UDP in many, need.
+pub(super) struct EarlyTcp {
+    server: SocketAddr,
+    reserved: Option<Reserved>,
+    running: Option<JoinHandle<Result<TcpPrep, Error>>>,
+}
+
+impl EarlyTcp {
+    /// `reserved`: the punch port reserved at the start (`None` without `--tcp`).
+    pub(super) fn new(server: SocketAddr, reserved: Option<Reserved>) -> Self {
+        EarlyTcp {
+            server,
+            reserved,
+            running: None,
+        }
+    }
+
+    /// The server's first answer: socket `local` appeared as `mapped`; `other` is the
+    /// server's alternate endpoint.
+    fn answered(&mut self, local: SocketAddr, mapped: SocketAddr, other: Option<SocketAddr>) {
+        let kept_port = mapped.port() == local.port();
+        let same_ip = self.reserved.as_ref().map(|r| r.local.ip()) == Some(local.ip());
+        let (Some(other), true, true) = (other, kept_port, same_ip) else {
+            return;
+        };
+        let Some(reserved) = self.reserved.take() else {
+            return;
+        };
+        let server = self.server;
+        // What stands in for the UDP classification only matters with a single sample,
+        // which `finish` does not keep.
+        let guess = NatInfo {
+            mapping: Behavior::EndpointIndependent,
+            ..NatInfo::unknown()
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tcp-predict".into())
+            .spawn(move || prepare_from(reserved, server, Some(other), guess));
+        match spawned {
+            Ok(h) => self.running = Some(h),
+            Err(e) => tracing::debug!("cannot start the early TCP prediction: {e}"),
+        }
+    }
+
+    /// The port still reserved (when no prediction began), and the prediction when it
+    /// began and showed an endpoint-independent TCP mapping. Waits for it to end.
+    pub(super) fn finish(self) -> (Option<Reserved>, Option<TcpPrep>) {
+        let prep = self.running.and_then(|h| match h.join() {
+            Ok(Ok(prep)) => Some(prep),
+            Ok(Err(e)) => {
+                tracing::debug!("early TCP prediction failed ({e}); predicting again");
+                None
+            }
+            Err(_) => None,
+        });
+        let kept = prep.filter(|p| {
+            let eim =
+                p.samples.len() >= 2 && p.prediction.nat.mapping == Behavior::EndpointIndependent;
+            if !eim {
+                tracing::info!(
+                    "{}; predicting again after the classification",
+                    p.describe()
+                );
+            }
+            eim
+        });
+        (self.reserved, kept)
+    }
+}
 
 /// Our NAT as the quick classification saw it: what the rendezvous and the punch start from.
 pub(super) struct Classified {
@@ -46,6 +125,7 @@ pub(super) fn classify(
     started: Instant,
     shutdown: &Shutdown,
     capture: Option<&mut Capture>,
+    tcp: &mut EarlyTcp,
 ) -> Result<Result<Classified, UdpBlocked>, Error> {
     status.say(format!("classifying the NAT toward {} ...", cfg.server));
     let udp = classify_udp(
@@ -53,7 +133,17 @@ pub(super) fn classify(
         cfg.bind,
         capture,
         shutdown,
-        |_| {},
+        |ev| {
+            if let Event::ServerAnswered {
+                local,
+                mapped,
+                other,
+                ..
+            } = ev
+            {
+                tcp.answered(local, mapped, other);
+            }
+        },
     )?;
     if udp.legacy_type == LegacyType::Blocked {
         if shutdown.requested() {

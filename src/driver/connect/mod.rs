@@ -224,7 +224,16 @@ fn connect(
     let deadline = started + cfg.timeout;
     // Freed when dropped, on every way out of here.
     let relay = relay::begin(cfg, status, &secret, deadline);
-    let mut classified = match classify(cfg, status, started, &shutdown, capture.as_mut())? {
+    let mut early_tcp = classify::EarlyTcp::new(cfg.server, reserved);
+    let classified = classify(
+        cfg,
+        status,
+        started,
+        &shutdown,
+        capture.as_mut(),
+        &mut early_tcp,
+    )?;
+    let mut classified = match classified {
         Ok(c) => c,
         Err(b) => {
             return blocked::connect(cfg, status, started, report, b, relay, secret, &shutdown)
@@ -273,8 +282,10 @@ fn connect(
         fingerprint: identity.fingerprint(),
     };
     let (relay, refused) = relay::settled(relay, cfg, status, &|| shutdown.requested())?;
+    let (reserved, predicted) = early_tcp.finish();
     let mut tcp_mapping = portmap::TcpMapping {
         reserved,
+        predicted,
         early: tcp_early,
         ..portmap::TcpMapping::default()
     };
@@ -408,80 +419,90 @@ fn meet(
         Ok(with_offer(prep))
     };
     let mut first_offer = None;
-    let mut tcp = if cfg.tcp {
-        status.say(format!(
-            "predicting our NAT's TCP ports toward {} ...",
-            cfg.server
-        ));
-        // From the port reserved at the start, whose router mapping was asked for while the
-        // NAT was classified.
-        let reserved = mapping.reserved.take();
-        let early_local = reserved.as_ref().map(|r| r.local);
-        let (prep, offer) = match reserved {
-            Some(r) if r.local.ip() == c.local_ip => with_offer(tcp_punch::prepare_from(
-                r,
-                cfg.server,
-                c.other_address,
-                c.nat,
-            )?),
-            _ => predict_tcp()?,
-        };
-        status.say(prep.describe());
-        // Endpoint-independent: what the router settled since it was asked, nothing of
-        // SSDP's wait. A request not made early (another local address) gets a round trip
-        // to the server (the router is nearer) for PCP or NAT-PMP.
-        // The early request maps the reserved port; a prediction from another one (another
-        // local address) asks for its own mapping.
-        let early = mapping
-            .early
-            .take()
-            .filter(|_| early_local == Some(prep.local));
-        let extra = if early.is_some() {
-            Duration::ZERO
+    let mut tcp =
+        if cfg.tcp {
+            // From the port reserved at the start, whose router mapping was asked for while the
+            // NAT was classified; its prediction may be done already.
+            let reserved = mapping.reserved.take();
+            let predicted = mapping.predicted.take();
+            let early_local = predicted
+                .as_ref()
+                .map(|p| p.local)
+                .or(reserved.as_ref().map(|r| r.local));
+            if predicted.is_none() {
+                status.say(format!(
+                    "predicting our NAT's TCP ports toward {} ...",
+                    cfg.server
+                ));
+            }
+            let mut beside = "";
+            let (prep, offer) =
+                match (predicted, reserved) {
+                    (Some(p), _) if p.local.ip() == c.local_ip => {
+                        beside = " (measured beside the UDP classification)";
+                        with_offer(p)
+                    }
+                    (_, Some(r)) if r.local.ip() == c.local_ip => with_offer(
+                        tcp_punch::prepare_from(r, cfg.server, c.other_address, c.nat)?,
+                    ),
+                    _ => predict_tcp()?,
+                };
+            status.say(format!("{}{beside}", prep.describe()));
+            // Endpoint-independent: what the router settled since it was asked, nothing of
+            // SSDP's wait. A request not made early (another local address) gets a round trip
+            // to the server (the router is nearer) for PCP or NAT-PMP.
+            // The early request maps the reserved port; a prediction from another one (another
+            // local address) asks for its own mapping.
+            let early = mapping
+                .early
+                .take()
+                .filter(|_| early_local == Some(prep.local));
+            let extra = if early.is_some() {
+                Duration::ZERO
+            } else {
+                me.classified.rtt
+            };
+            let patience =
+                portmap::Patience::for_mapping(prep.prediction.nat.mapping, Instant::now() + extra);
+            let (keeper, mapped) = match early {
+                Some(started) => portmap::finish(
+                    Some(started),
+                    status,
+                    shutdown,
+                    &mut mapping.report,
+                    patience,
+                )?,
+                None => portmap::for_connect(
+                    cfg,
+                    crate::core::portmap::Protocol::Tcp,
+                    prep.local,
+                    status,
+                    shutdown,
+                    &mut mapping.report,
+                    patience,
+                )?,
+            };
+            let (prep, offer) = if mapped.is_some() {
+                let _ = pinned.set((prep.clone(), offer.clone()));
+                (prep, offer)
+            } else if cfg.port_mapping && matches!(patience, portmap::Patience::Full) {
+                // The wait for the router aged the prediction (a counter moves on with other
+                // hosts' flows): a fresh one.
+                let (prep, offer) = predict_tcp()?;
+                tracing::info!("{}", prep.describe());
+                (prep, offer)
+            } else {
+                (prep, offer)
+            };
+            (mapping.keeper, mapping.mapped) = (keeper, mapped);
+            first_offer = Some(offer);
+            Some(TcpOfferState {
+                prep,
+                redo: &predict_tcp,
+            })
         } else {
-            me.classified.rtt
+            None
         };
-        let patience =
-            portmap::Patience::for_mapping(prep.prediction.nat.mapping, Instant::now() + extra);
-        let (keeper, mapped) = match early {
-            Some(started) => portmap::finish(
-                Some(started),
-                status,
-                shutdown,
-                &mut mapping.report,
-                patience,
-            )?,
-            None => portmap::for_connect(
-                cfg,
-                crate::core::portmap::Protocol::Tcp,
-                prep.local,
-                status,
-                shutdown,
-                &mut mapping.report,
-                patience,
-            )?,
-        };
-        let (prep, offer) = if mapped.is_some() {
-            let _ = pinned.set((prep.clone(), offer.clone()));
-            (prep, offer)
-        } else if cfg.port_mapping && matches!(patience, portmap::Patience::Full) {
-            // The wait for the router aged the prediction (a counter moves on with other
-            // hosts' flows): a fresh one.
-            let (prep, offer) = predict_tcp()?;
-            tracing::info!("{}", prep.describe());
-            (prep, offer)
-        } else {
-            (prep, offer)
-        };
-        (mapping.keeper, mapping.mapped) = (keeper, mapped);
-        first_offer = Some(offer);
-        Some(TcpOfferState {
-            prep,
-            redo: &predict_tcp,
-        })
-    } else {
-        None
-    };
     let client = ClientConfig {
         server: cfg.server,
         session: cfg.session.clone(),

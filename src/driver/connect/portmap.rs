@@ -588,6 +588,8 @@ pub(super) fn finish(
 #[derive(Default)]
 pub(super) struct TcpMapping {
     pub reserved: Option<super::tcp_punch::Reserved>,
+    /// The prediction made from `reserved`'s port beside the classification, if any.
+    pub predicted: Option<super::tcp_punch::TcpPrep>,
     pub early: Option<Started>,
     pub keeper: Option<Keeper>,
     pub mapped: Option<SocketAddr>,

@@ -233,7 +233,7 @@ fn probe_family(
         capture.as_deref_mut(),
         shutdown,
         |ev| match ev {
-            Event::ServerAnswered { mapped, rtt } => {
+            Event::ServerAnswered { mapped, rtt, .. } => {
                 tracing::info!(%mapped, rtt_ms = rtt.as_secs_f64() * 1000.0, "server answered")
             }
             Event::LifetimeAlive { after } => status.say(format!(
