@@ -71,6 +71,14 @@ fn through_the_relay_with(lab: Option<Lab>, extra: &[&str]) {
         assert!(r["time_to_first_byte_ms"].is_u64(), "{n}: {r:#}");
         // UDP starts there at once (relay first); TCP falls back to it after the punch.
         assert!(s.stderr.contains("through the relay"), "{n}: {what}");
+        // With `--tcp` the punch starts without waiting for the relayed offers; they are
+        // exchanged once it failed.
+        assert_eq!(
+            s.stderr
+                .contains("exchanging relayed addresses with the peer"),
+            extra.contains(&"--tcp"),
+            "{n}: {what}"
+        );
     }
     assert!(p.data_ok, "data differs: {what}");
     assert_eq!(count(&log, "made"), 2, "{log}");

@@ -105,6 +105,11 @@ pub struct ClientConfig {
     pub range_drift: Option<f64>,
     /// Our UDP to the server is blocked: we register over TCP and can only be relayed.
     pub udp_blocked: bool,
+    /// Whether the introduction waits (at most [`RELAY_SYNC`]) for both relayed offers. A
+    /// punch that starts on the relay needs them at once; one that only falls back to the
+    /// relay after a failed punch (TCP) gets them then, from a second rendezvous, and starts
+    /// sooner.
+    pub relay_hold: bool,
 }
 
 /// What the rendezvous gave us.
@@ -247,6 +252,19 @@ impl Client {
         }
     }
 
+    /// A client that takes over from an earlier one of this run whose last register was
+    /// number `seq`: its registers go on from there, since the server ignores a lower one
+    /// from the same peer as a replay.
+    pub fn continuing(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    /// The number of the last register sent (see [`Client::continuing`]).
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// A pairing (`connect --code`): registers carry our SPAKE2 message `msg` (and then our
     /// confirmation); the introduction comes only once the peer's confirmation matched the
     /// key both derived, after [`ClientEvent::Paired`]; a mismatch is
@@ -311,7 +329,7 @@ impl Client {
     /// been sent or the peer's is missing.
     fn relay_unsettled(&self, intro: &Introduction) -> bool {
         let ours = self.relay_pending || self.cfg.relayed.is_some();
-        ours && (!self.offer_sent || intro.peer.relayed.is_none())
+        self.cfg.relay_hold && ours && (!self.offer_sent || intro.peer.relayed.is_none())
     }
 
     /// The configuration as it stands now, with the offers and search range renewed since

@@ -143,6 +143,7 @@ pub(super) fn connect(
         start_delay: cfg.start_delay,
         range_drift: None,
         udp_blocked: true,
+        relay_hold: true,
     };
     let offer = |session_exists: bool| match relay.as_ref().map(|r| r.poll_state(session_exists)) {
         Some(relay::State::Allocated(a)) => RelayState::Offer(offer_of(a)),

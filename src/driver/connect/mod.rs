@@ -19,8 +19,8 @@ mod udp_punch;
 
 use crate::core::punch::explain::{describe_plan, explain_tcp_failure};
 use crate::core::punch::{derive_key, tcp, Strategy};
-use crate::core::rendezvous::client::{ClientConfig, Introduction};
-use crate::core::rendezvous::{NatInfo, TcpOffer, MAX_LOCALS};
+use crate::core::rendezvous::client::{ClientConfig, Introduction, RELAY_SYNC};
+use crate::core::rendezvous::{NatInfo, RelayOffer, TcpOffer, MAX_LOCALS};
 use crate::driver::kebab;
 use crate::driver::Status;
 use crate::os::capture::Capture;
@@ -303,7 +303,7 @@ fn connect(
     if tcp_mapping.report.is_some() {
         report.port_mapping = tcp_mapping.report.take();
     }
-    let (intro, tcp_prep) = met?;
+    let (intro, tcp_prep, registered) = met?;
     if cfg.report_outcome {
         report.outcome = Some(std::sync::Arc::new(outcome::OutcomeTo {
             server: cfg.server,
@@ -316,6 +316,11 @@ fn connect(
             sent: Default::default(),
         }));
     }
+    let signer = me.offer_key();
+    // The socket the rendezvous ran on, for `relay_offers` once `main` went to the punch.
+    let rdv_sock = main
+        .try_clone()
+        .map_err(|e| Error::io("cannot duplicate the rendezvous socket", e))?;
     let peer = stream::RelayPeer {
         offer: intro.peer.relayed.clone(),
         peer_id: intro.peer.id.clone(),
@@ -331,6 +336,16 @@ fn connect(
     let relayed = |failed: Error, report: &mut ConnectReport| {
         let r = relay.as_ref();
         let failed = relay::no_direct_path(r, refused, failed);
+        let mut peer = peer;
+        if let (Some(r), false) = (r, registered.0.relay_hold) {
+            // The introduction did not wait for the offers (`--tcp`): ours may not have
+            // reached the peer, nor the peer's us. Both sides falling back come here.
+            let latest = relay_offers(
+                &rdv_sock, registered, &signer, r, deadline, &shutdown, status,
+            );
+            peer.offer = latest.or(peer.offer);
+            report.relay = r.relayed();
+        }
         stream::stream_relayed(
             cfg, status, started, report, r, peer, &identity, &shutdown, failed,
         )
@@ -386,7 +401,8 @@ fn connect(
 }
 
 /// Makes the first TCP offer (with `--tcp`) and meets the peer at the rendezvous; returns
-/// the introduction and, with `--tcp`, the TCP prediction as last refreshed.
+/// the introduction, with `--tcp` the TCP prediction as last refreshed, and what we
+/// registered with (for [`relay_offers`]).
 #[allow(clippy::too_many_arguments)]
 fn meet(
     cfg: &ConnectConfig,
@@ -397,7 +413,7 @@ fn meet(
     me: &Me,
     mapping: &mut portmap::TcpMapping,
     relay: Option<&relay::Relay>,
-) -> Result<(Introduction, Option<tcp_punch::TcpPrep>), Error> {
+) -> Result<(Introduction, Option<tcp_punch::TcpPrep>, Registered), Error> {
     let c = &me.classified;
     // Once the router maps the punch port, the prediction keeps that port.
     let pinned = std::cell::OnceCell::new();
@@ -521,21 +537,35 @@ fn meet(
         start_delay: cfg.start_delay,
         range_drift: c.range_drift,
         udp_blocked: false,
+        // With `--tcp` the stream starts on the punched connection, never on the relay: the
+        // offers are exchanged only should the punch fail (`relay_offers`).
+        relay_hold: !cfg.tcp,
     };
+    let resync = client.clone();
     let measure = || main_socket::fresh_mapped_port(c, cfg.server);
     let counter = c
         .range_drift
         .is_some()
         .then_some(&measure as &dyn Fn() -> Option<u16>);
-    let offer = |session_exists: bool| match relay.map(|r| r.poll_state(session_exists)) {
-        Some(relay::State::Allocated(a)) => rendezvous::RelayState::Offer(
-            crate::core::turn::offer::make_offer(&me.key, &me.my_id, a, &me.fingerprint),
-        ),
-        Some(relay::State::Allocating { .. }) => rendezvous::RelayState::Pending,
-        _ => rendezvous::RelayState::GivenUp,
-    };
+    let signer = me.offer_key();
+    let offer = |session_exists: bool| relay_state(relay, &signer, session_exists);
     let offer = relay.map(|_| &offer as &dyn Fn(bool) -> rendezvous::RelayState);
-    let intro = rendezvous(main, client, tcp.as_mut(), counter, offer, shutdown, status)?;
+    let (intro, seq) = rendezvous(
+        main,
+        client,
+        0,
+        tcp.as_mut(),
+        counter,
+        offer,
+        shutdown,
+        status,
+    )?;
+    if let Some(r) = relay {
+        // Introduced: the session exists, so an allocation refused for want of it is tried
+        // again now rather than after its retry interval (the introduction no longer waits
+        // for it with `--tcp`).
+        r.poll_state(true);
+    }
     // A peer whose UDP is blocked offers nothing to punch, TCP or UDP (its `tcp` is empty
     // whatever it was given): both sides go through the relay, which does not care.
     if intro.peer.tcp.is_some() != cfg.tcp && !intro.peer.udp_blocked {
@@ -543,7 +573,82 @@ fn meet(
             peer_tcp: intro.peer.tcp.is_some(),
         });
     }
-    Ok((intro, tcp.map(|t| t.prep)))
+    Ok((intro, tcp.map(|t| t.prep), (resync, seq)))
+}
+
+/// What the first rendezvous registered with, and the number of its last register: where
+/// [`relay_offers`] goes on from.
+type Registered = (ClientConfig, u64);
+
+/// What signs our relayed offer: the punch key, our peer id, our certificate's fingerprint.
+#[derive(Clone)]
+struct OfferKey {
+    key: [u8; 32],
+    my_id: String,
+    fingerprint: [u8; 32],
+}
+
+impl Me {
+    fn offer_key(&self) -> OfferKey {
+        OfferKey {
+            key: self.key,
+            my_id: self.my_id.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+/// Our relayed offer as it stands (see [`rendezvous::RelayState`]).
+fn relay_state(
+    relay: Option<&relay::Relay>,
+    k: &OfferKey,
+    session_exists: bool,
+) -> rendezvous::RelayState {
+    match relay.map(|r| r.poll_state(session_exists)) {
+        Some(relay::State::Allocated(a)) => rendezvous::RelayState::Offer(
+            crate::core::turn::offer::make_offer(&k.key, &k.my_id, a, &k.fingerprint),
+        ),
+        Some(relay::State::Allocating { .. }) => rendezvous::RelayState::Pending,
+        _ => rendezvous::RelayState::GivenUp,
+    }
+}
+
+/// The peer's latest relayed offer, after an introduction that did not wait for the offers
+/// (`--tcp`): registers again from `main`, now until our offer went out and the peer's came
+/// back, as the UDP punch's introduction waits ([`RELAY_SYNC`] at most). The peer, falling
+/// back too, does the same.
+#[allow(clippy::too_many_arguments)]
+fn relay_offers(
+    main: &UdpSocket,
+    (mut client, seq): Registered,
+    signer: &OfferKey,
+    relay: &relay::Relay,
+    deadline: Instant,
+    shutdown: &Shutdown,
+    status: &Status,
+) -> Option<RelayOffer> {
+    status.say("relay: exchanging relayed addresses with the peer through the rendezvous ...");
+    client.relay_hold = true;
+    client.relayed = None;
+    // The rendezvous itself fails at its deadline; the hold ends sooner.
+    client.deadline = deadline.min(Instant::now() + RELAY_SYNC * 2);
+    let offer = |session_exists: bool| relay_state(Some(relay), signer, session_exists);
+    match rendezvous(
+        main,
+        client,
+        seq,
+        None,
+        None,
+        Some(&offer),
+        shutdown,
+        status,
+    ) {
+        Ok((intro, _)) => intro.peer.relayed,
+        Err(e) => {
+            tracing::info!("no relayed offers exchanged: {e}");
+            None
+        }
+    }
 }
 
 /// What the TCP punch starts from.

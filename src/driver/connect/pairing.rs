@@ -67,6 +67,7 @@ pub(super) fn pair(
         start_delay: Duration::ZERO,
         range_drift: None,
         udp_blocked: false,
+        relay_hold: true,
     };
     let mut client = Client::new(client, now).with_pairing(pake, &msg);
     let (mut key, mut failed) = (None, None);

@@ -78,8 +78,36 @@ impl Wire for &UdpSocket {
 }
 
 /// Registers from `sock` until the server introduces the peer, it refuses, or time runs out.
+/// `cfg` and `seq` make the client ([`Client::continuing`] `seq`, 0 for the first); returns
+/// the introduction and the number of the last register sent.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn rendezvous(
     sock: &UdpSocket,
+    cfg: ClientConfig,
+    seq: u64,
+    tcp: Option<&mut TcpOfferState<'_>>,
+    counter: Option<&dyn Fn() -> Option<u16>>,
+    relayed: Option<&dyn Fn(bool) -> RelayState>,
+    shutdown: &Shutdown,
+    status: &Status,
+) -> Result<(Introduction, u64), Error> {
+    sock.set_nonblocking(false)
+        .map_err(|e| Error::io("socket option", e))?;
+    let client = Client::new(cfg, Instant::now()).continuing(seq);
+    rendezvous_with(
+        &mut { sock },
+        client,
+        tcp,
+        counter,
+        relayed,
+        shutdown,
+        status,
+    )
+}
+
+/// [`rendezvous`] over any [`Wire`].
+pub(super) fn rendezvous_on(
+    wire: &mut dyn Wire,
     cfg: ClientConfig,
     tcp: Option<&mut TcpOfferState<'_>>,
     counter: Option<&dyn Fn() -> Option<u16>>,
@@ -87,23 +115,21 @@ pub(super) fn rendezvous(
     shutdown: &Shutdown,
     status: &Status,
 ) -> Result<Introduction, Error> {
-    sock.set_nonblocking(false)
-        .map_err(|e| Error::io("socket option", e))?;
-    rendezvous_on(&mut { sock }, cfg, tcp, counter, relayed, shutdown, status)
+    let client = Client::new(cfg, Instant::now());
+    rendezvous_with(wire, client, tcp, counter, relayed, shutdown, status).map(|(i, _)| i)
 }
 
-/// [`rendezvous`] over any [`Wire`].
-pub(super) fn rendezvous_on(
+/// [`rendezvous_on`] with a client made by the caller.
+fn rendezvous_with(
     wire: &mut dyn Wire,
-    cfg: ClientConfig,
+    mut client: Client,
     mut tcp: Option<&mut TcpOfferState<'_>>,
     counter: Option<&dyn Fn() -> Option<u16>>,
     relayed: Option<&dyn Fn(bool) -> RelayState>,
     shutdown: &Shutdown,
     status: &Status,
-) -> Result<Introduction, Error> {
-    let session = cfg.session.clone();
-    let mut client = Client::new(cfg, Instant::now());
+) -> Result<(Introduction, u64), Error> {
+    let session = client.config().session.clone();
     let mut buf = [0u8; 2048];
     // The first peer's allocation exists only once its register created the session.
     let mut offered = client.config().relayed.is_some() || relayed.is_none();
@@ -159,7 +185,7 @@ pub(super) fn rendezvous_on(
                 }
                 // Only a pairing client (`pairing.rs`) has a pairing.
                 ClientEvent::Paired(_) => {}
-                ClientEvent::Introduced(intro) => return Ok(*intro),
+                ClientEvent::Introduced(intro) => return Ok((*intro, client.last_seq())),
                 ClientEvent::Failed(e) => return Err(e),
             }
         }

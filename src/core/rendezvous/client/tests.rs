@@ -159,6 +159,7 @@ impl Net {
             start_delay: Duration::ZERO,
             range_drift: None,
             udp_blocked: false,
+            relay_hold: true,
         }
     }
 
@@ -748,6 +749,45 @@ fn allocations_made_after_the_match_still_reach_both_introductions() {
             after <= ms(200),
             "{n} introduced {after:?} after the last offer"
         );
+    }
+}
+
+/// `connect --tcp`: the introduction comes at the match although both allocations are
+/// still pending; should the punch fail, each side registers again from a new client that
+/// holds, and the offers meet.
+#[test]
+fn without_the_relay_hold_the_introduction_comes_at_once_and_a_second_round_brings_the_offers() {
+    let mut net = Net::new();
+    let mut cfgs = Vec::new();
+    for n in [1, 2] {
+        let mut cfg = net.config(n, "s3cret", Duration::from_secs(30));
+        cfg.relay_hold = false;
+        let i = net.join(n, cfg.clone());
+        net.peers[i].client.relay_pending();
+        cfgs.push((i, n, cfg));
+        net.run_for(ms(300));
+    }
+    for &(i, _, _) in &cfgs {
+        let (t, intro) = net.peers[i]
+            .introduction()
+            .expect("introduced at the match");
+        assert!(t - net.t0 < ms(400), "{:?}", t - net.t0);
+        assert_eq!(intro.peer.relayed, None);
+    }
+    // The punch failed: a held round, each side with its offer by now.
+    let t = net.now;
+    for (i, n, mut cfg) in cfgs.clone() {
+        cfg.relay_hold = true;
+        cfg.relayed = Some(relay_offer(n));
+        let seq = net.peers[i].client.last_seq();
+        net.peers[i].client = Client::new(cfg, t).continuing(seq);
+        net.peers[i].events.clear();
+        net.peers[i].client.set_relayed(t, relay_offer(n));
+    }
+    net.run_for(ms(500));
+    for (i, n, _) in cfgs {
+        let (_, intro) = net.peers[i].introduction().expect("introduced again");
+        assert_eq!(intro.peer.relayed, Some(relay_offer(3 - n)), "peer {n}");
     }
 }
 
