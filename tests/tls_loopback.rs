@@ -78,8 +78,20 @@ async fn one_mebibyte_each_way_with_half_close() {
     let (in_a, in_b) = (bytes(1, 1 << 20), bytes(2, 1 << 20));
     let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     let (ra, rb) = tokio::join!(
-        tls::transfer(ca, peer, Cursor::new(in_a.clone()), out_a.clone()),
-        tls::transfer(sb, peer, Cursor::new(in_b.clone()), out_b.clone()),
+        tls::transfer(
+            ca,
+            Role::Client,
+            peer,
+            Cursor::new(in_a.clone()),
+            out_a.clone()
+        ),
+        tls::transfer(
+            sb,
+            Role::Server,
+            peer,
+            Cursor::new(in_b.clone()),
+            out_b.clone()
+        ),
     );
     let (ra, rb) = (ra.expect("client transfer"), rb.expect("server transfer"));
     assert_eq!((ra.sent, ra.received), (1 << 20, 1 << 20));
@@ -97,9 +109,16 @@ async fn an_empty_input_still_receives_everything() {
     let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     let data = bytes(9, 100_000);
     let (ra, rb) = tokio::join!(
-        tls::transfer(ca.unwrap(), peer, Cursor::new(Vec::new()), out.clone()),
+        tls::transfer(
+            ca.unwrap(),
+            Role::Client,
+            peer,
+            Cursor::new(Vec::new()),
+            out.clone()
+        ),
         tls::transfer(
             sb.unwrap(),
+            Role::Server,
             peer,
             Cursor::new(data.clone()),
             Sink::default()
@@ -126,8 +145,68 @@ async fn a_certificate_other_than_the_pinned_one_fails_authentication_on_both_si
         se.to_string().contains("peer authentication failed"),
         "{se}"
     );
-    let ce = ca.expect_err("the client must learn it was refused");
+    // The client's stream starts behind its COMMIT: the refusal is the first thing it reads.
+    let ce = match ca {
+        Err(e) => e,
+        Ok(s) => {
+            let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+            tls::transfer(
+                s,
+                Role::Client,
+                peer,
+                Cursor::new(Vec::new()),
+                Sink::default(),
+            )
+            .await
+            .expect_err("the client must learn it was refused")
+        }
+    };
     assert!(ce.is_auth_failure(), "client: {ce}");
+}
+
+/// The client's handshake ends with its COMMIT, not a round trip later with the server's
+/// ACCEPT: its first bytes follow the COMMIT at once, and the ACCEPT is read before the
+/// server's data.
+#[tokio::test]
+async fn the_client_sends_right_behind_its_commitment() {
+    let (client, server) = sides(true);
+    let (a, b) = tcp_pair().await;
+    let turn = tls::Commitment::default();
+    let (ca, sb) = tokio::join!(client.handshake(a, Some(&turn)), server.handshake(b, None));
+    let mut sb = sb.expect("server handshake (the COMMIT arrived)");
+    let mut ca = tokio::time::timeout(Duration::from_secs(2), async { ca })
+        .await
+        .expect("no wait")
+        .expect("the client's handshake ends without the server's ACCEPT");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ca.write_all(b"first").await.unwrap();
+    ca.flush().await.unwrap();
+    let mut got = [0u8; 5];
+    sb.read_exact(&mut got).await.unwrap();
+    assert_eq!(
+        &got, b"first",
+        "the client's data came before any ACCEPT was sent"
+    );
+    tls::accept_commitment(&mut sb).await.unwrap();
+    let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let out = Sink::default();
+    let (ra, rb) = tokio::join!(
+        tls::transfer(ca, Role::Client, peer, Cursor::new(Vec::new()), out.clone()),
+        tls::transfer(
+            sb,
+            Role::Server,
+            peer,
+            Cursor::new(b"reply".to_vec()),
+            Sink::default()
+        ),
+    );
+    assert_eq!(ra.expect("client transfer").received, 5);
+    rb.expect("server transfer");
+    assert_eq!(
+        *out.0.lock().unwrap(),
+        b"reply".to_vec(),
+        "ACCEPT is not data"
+    );
 }
 
 #[tokio::test]
@@ -205,6 +284,7 @@ async fn the_transfer_ends_after_the_peer_acknowledged_everything() {
     let ours = async {
         let r = tls::transfer(
             ca.unwrap(),
+            Role::Client,
             peer,
             Cursor::new(data.clone()),
             Sink::default(),
@@ -212,7 +292,13 @@ async fn the_transfer_ends_after_the_peer_acknowledged_everything() {
         .await;
         (r, std::time::Instant::now())
     };
-    let theirs = tls::transfer(sb.unwrap(), peer, Cursor::new(Vec::new()), sink.clone());
+    let theirs = tls::transfer(
+        sb.unwrap(),
+        Role::Server,
+        peer,
+        Cursor::new(Vec::new()),
+        sink.clone(),
+    );
     let ((ra, ended), rb) = tokio::join!(ours, theirs);
     assert_eq!(ra.expect("our transfer").sent, 300_000);
     assert_eq!(rb.expect("their transfer").received, 300_000);
@@ -224,8 +310,8 @@ async fn the_transfer_ends_after_the_peer_acknowledged_everything() {
     );
 }
 
-/// Two punches at once (one per address family) share one commitment: once the client's
-/// commitment on one connection was accepted, a second authenticated connection is refused
+/// Two punches at once (one per address family) share one commitment: once the client
+/// committed to one connection, a second authenticated connection is refused
 /// before any COMMIT goes out on it, so the server can never keep another one.
 #[tokio::test]
 async fn after_one_accepted_commitment_no_other_connection_commits() {

@@ -7,9 +7,16 @@
 //! before any user byte flows, and the two sides agree on one: after the handshake the TLS
 //! client sends [`COMMIT`] on the one connection it chose, and the server, which verified
 //! the client's certificate by then, answers [`ACCEPT`] on the first connection that brought
-//! a commitment and only there. The client commits on one connection at a time, so the two
+//! a commitment and only there. The client commits on one connection only, so the two
 //! cannot pick different ones. A connection that fails any of this is closed and the punch
 //! goes on.
+//!
+//! The client's stream starts right behind its COMMIT, as a TLS 1.3 client's data starts
+//! right behind its Finished (RFC 8446 section 2): it has authenticated the server, and the
+//! server's ACCEPT (or its refusal of our certificate) is the first thing [`transfer`] reads.
+//! Waiting for it would cost a round trip to the peer before the first byte. The price: a
+//! connection that dies in that round trip ends the stream instead of the punch going on
+//! with another one.
 //!
 //! After that, input goes out on the connection and the peer's bytes to the output; at the
 //! end of the input our side sends TLS close_notify and a TCP FIN (a half-close: TLS 1.3,
@@ -40,7 +47,7 @@ pub const COMMIT: u8 = 0xc1;
 pub const ACCEPT: u8 = 0xa1;
 
 /// The TLS client's turn to commit, shared by every connection of a punch (and by the
-/// punches of both address families): one commitment at a time, none after one was accepted.
+/// punches of both address families): one commitment at a time, none after one was made.
 #[derive(Default)]
 pub struct Commitment(tokio::sync::Mutex<bool>);
 
@@ -70,12 +77,13 @@ impl TlsSide {
         self.role
     }
 
-    /// The TLS handshake on `tcp`, within the timeout; the client then sends [`COMMIT`] and
-    /// waits for [`ACCEPT`] (holding `commit`, when given, which serialises commitments across
-    /// connections, and once one was accepted refuses every later one: two punches at once,
-    /// one per address family, share it; that part is bounded by the caller). The server
-    /// returns once the client's commitment arrived, also within the timeout; it still owes
-    /// the [`ACCEPT`], which [`accept_commitment`] sends on the one connection it keeps.
+    /// The TLS handshake on `tcp`, within the timeout; the client then sends [`COMMIT`]
+    /// (holding `commit`, when given, which serialises commitments across connections, and
+    /// once one was made refuses every later one: two punches at once, one per address
+    /// family, share it; that part is bounded by the caller) and returns: the server's
+    /// [`ACCEPT`] is for [`transfer`] to read. The server returns once the client's
+    /// commitment arrived, also within the timeout; it still owes the [`ACCEPT`], which
+    /// [`accept_commitment`] sends on the one connection it keeps.
     pub async fn handshake(
         &self,
         tcp: TcpStream,
@@ -106,10 +114,8 @@ impl TlsSide {
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(|e| self.error(peer, &verifier, e))?;
-                // Our turn to commit may take a while (another connection is committing);
-                // the punch bounds that wait. Once COMMIT is sent the server may have
-                // accepted this connection and dropped the others, so only the connection
-                // ending (not a timeout) lets us give it up.
+                // Our turn to commit may take a while (another connection is writing its
+                // COMMIT); the punch bounds that wait.
                 let mut turn = match commit {
                     Some(m) => Some(m.0.lock().await),
                     None => None,
@@ -125,14 +131,8 @@ impl TlsSide {
                 s.flush()
                     .await
                     .map_err(|e| self.error(peer, &verifier, e))?;
-                self.expect_byte(
-                    &mut s,
-                    peer,
-                    &verifier,
-                    ACCEPT,
-                    "its answer to our commitment",
-                )
-                .await?;
+                // The server may keep this connection now and drop the others: no other
+                // connection commits after it (its ACCEPT is `transfer`'s to read).
                 if let Some(decided) = turn.as_deref_mut() {
                     *decided = true;
                 }
@@ -188,36 +188,63 @@ impl TlsSide {
                 got: crate::core::hex::encode(&got),
             };
         }
-        let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
-        match inner {
-            Some(rustls::Error::AlertReceived(
-                a @ (AlertDescription::BadCertificate
-                | AlertDescription::UnsupportedCertificate
-                | AlertDescription::CertificateRevoked
-                | AlertDescription::CertificateExpired
-                | AlertDescription::CertificateUnknown
-                | AlertDescription::AccessDenied
-                | AlertDescription::CertificateRequired),
-            )) => StreamError::RejectedByPeer {
-                peer,
-                reason: format!("TLS alert {a:?}"),
+        handshake_error(peer, e)
+    }
+}
+
+/// What a failed handshake (or the peer's answer to it) means to the user: a refusal of our
+/// certificate, another TLS error, or the connection ending.
+fn handshake_error(peer: SocketAddr, e: io::Error) -> StreamError {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::AlertReceived(
+            a @ (AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::AccessDenied
+            | AlertDescription::CertificateRequired),
+        )) => StreamError::RejectedByPeer {
+            peer,
+            reason: format!("TLS alert {a:?}"),
+        },
+        Some(r) => StreamError::Handshake {
+            proto: "TLS",
+            peer,
+            reason: r.to_string(),
+        },
+        None => StreamError::Handshake {
+            proto: "TLS",
+            peer,
+            reason: match e.kind() {
+                io::ErrorKind::UnexpectedEof => "the connection closed during the handshake".into(),
+                _ => e.to_string(),
             },
-            Some(r) => StreamError::Handshake {
-                proto: "TLS",
-                peer,
-                reason: r.to_string(),
-            },
-            None => StreamError::Handshake {
-                proto: "TLS",
-                peer,
-                reason: match e.kind() {
-                    io::ErrorKind::UnexpectedEof => {
-                        "the connection closed during the handshake".into()
-                    }
-                    _ => e.to_string(),
-                },
-            },
-        }
+        },
+    }
+}
+
+/// The client's side of [`accept_commitment`]: the server's first byte must be [`ACCEPT`];
+/// its refusal of our certificate arrives here too, as a TLS alert.
+async fn accepted(
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+    peer: SocketAddr,
+) -> Result<(), StreamError> {
+    let mut b = [0u8; 1];
+    rd.read_exact(&mut b)
+        .await
+        .map_err(|e| handshake_error(peer, e))?;
+    if b[0] == ACCEPT {
+        Ok(())
+    } else {
+        Err(StreamError::Protocol {
+            peer,
+            reason: format!(
+                "its answer to our commitment was {:#04x}, not {ACCEPT:#04x}",
+                b[0]
+            ),
+        })
     }
 }
 
@@ -228,9 +255,11 @@ pub async fn accept_commitment(s: &mut TlsStream<TcpStream>) -> io::Result<()> {
 }
 
 /// Copies `input` to the peer and the peer's bytes to `output` until both directions have
-/// ended (see the module documentation). Blocking input and output each get a thread.
+/// ended (see the module documentation). Blocking input and output each get a thread. As
+/// the TLS client (`role`), the server's [`ACCEPT`] comes before its data.
 pub async fn transfer(
     stream: TlsStream<TcpStream>,
+    role: Role,
     peer: SocketAddr,
     input: impl Read + Send + 'static,
     output: impl Write + Send + 'static,
@@ -271,6 +300,9 @@ pub async fn transfer(
         Ok::<u64, StreamError>(sent)
     };
     let recv = async {
+        if role == Role::Client {
+            accepted(&mut rd, peer).await?;
+        }
         let mut received = 0u64;
         loop {
             let mut buf = vec![0u8; CHUNK];

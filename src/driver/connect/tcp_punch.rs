@@ -220,8 +220,11 @@ pub enum PunchEnd {
 
 /// The authenticated connection the punch made.
 pub struct Connection {
-    /// The TLS stream, authenticated and committed to by both sides.
+    /// The TLS stream, authenticated and committed to (the server's acceptance is the first
+    /// thing a TLS client reads: see [`crate::transport::tls`]).
     pub stream: TlsStream<TcpStream>,
+    /// Our TLS role on it.
+    pub role: Role,
     /// Our end of the connection.
     pub local: SocketAddr,
     /// The peer's end, as we reached it through its NAT.
@@ -709,6 +712,7 @@ impl<'a> PunchLoop<'a> {
         }
         Turn::Done(Box::new(Ok(Connection {
             stream,
+            role: self.setup.tls.role(),
             local,
             remote,
             attempts: self.planner.attempts,

@@ -17,10 +17,16 @@ pub fn transfer(
 ) -> Result<StreamStats, Error> {
     let Punched {
         runtime,
-        conn: Connection { stream, remote, .. },
+        conn:
+            Connection {
+                stream,
+                role,
+                remote,
+                ..
+            },
     } = p;
     runtime.block_on(async {
-        let work = tls::transfer(stream, remote, input, output);
+        let work = tls::transfer(stream, role, remote, input, output);
         tokio::pin!(work);
         loop {
             tokio::select! {
