@@ -64,6 +64,18 @@ pub fn wait_for(server_rtt: Duration) -> Duration {
     (server_rtt * 2 + Duration::from_millis(40)).clamp(MIN_WAIT, MAX_WAIT)
 }
 
+/// [`wait_for`], bounded by when our first SYN must be out (but 60 ms at least), `to_start`
+/// being the time left until the agreed start of the punch. The peer's first SYN leaves
+/// at the start whatever we measure and reaches our NAT one one-way delay to the peer later
+/// (about one server round trip: the peer is as far again), where it must find the mapping
+/// our first SYN opened; half of that delay is kept as margin for the estimate. A SYN of ours
+/// sent up to then cannot reach the peer's NAT before the peer's own SYN opened it, the very
+/// thing priming guards against. What has not answered by then is taken as silent: without
+/// priming, unless the answers so far settle it.
+pub fn wait_within(server_rtt: Duration, to_start: Duration) -> Duration {
+    wait_for(server_rtt).min((to_start + server_rtt / 2).max(MIN_WAIT))
+}
+
 /// Whether [`decide`] can no longer change whatever the silent hops answer later: our own
 /// routers from the first hop on have answered, and so has the first hop past them (a
 /// public router gives the TTL, the peer reached gives none). Hops beyond it never count.
@@ -183,6 +195,21 @@ mod tests {
             choose(PrimeTtl::Off, &nat),
             Choice::Decided(None, _)
         ));
+    }
+
+    #[test]
+    fn the_wait_ends_before_the_peers_first_syn_reaches_our_nat() {
+        let rtt = Duration::from_millis(80);
+        assert_eq!(wait_for(rtt), Duration::from_millis(200));
+        // 70 ms to the start, and 40 ms of the peer's SYN's way to our NAT.
+        let left = Duration::from_millis(70);
+        assert_eq!(wait_within(rtt, left), Duration::from_millis(110));
+        assert_eq!(wait_within(rtt, Duration::from_secs(1)), wait_for(rtt));
+        // The start passed already: the hops nearest us still get their moment.
+        assert_eq!(
+            wait_within(Duration::from_millis(20), Duration::ZERO),
+            MIN_WAIT
+        );
     }
 
     #[test]

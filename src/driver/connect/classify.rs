@@ -2,9 +2,9 @@
 //! ([`crate::core::classify::ClassifierConfig::quick`]) reduced to what the rendezvous and the
 //! punch start from.
 
-use super::tcp_punch::{prepare_from, Reserved, TcpPrep};
+use super::tcp_punch::{from_samples, sample, Reserved, TcpPrep};
 use super::ConnectConfig;
-use crate::core::classify::{Behavior, ClassifierConfig, Event, LegacyType};
+use crate::core::classify::{ClassifierConfig, Event, LegacyType};
 use crate::core::rendezvous::NatInfo;
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
@@ -17,80 +17,73 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// With `--tcp`: the TCP prediction, begun beside the UDP classification once the server's
-/// first answer shows a NAT that kept our port. Such a NAT allocates no counter that the two
-/// measurements' flows could move for each other, and its TCP mapping is checked by the
-/// prediction itself (every server endpoint must see one port: endpoint-independent), so the
-/// prediction stays as true as one made after the classification, two round trips sooner.
-/// Anything else (a translated port, a TCP mapping that depends on the endpoint, a server
-/// without an alternate endpoint to compare with) waits for the classification, as the
-/// allocation tests of a sequential NAT, one counter for TCP and UDP in many, need.
+/// With `--tcp`: the TCP prediction, begun with the UDP classification, from a port of its
+/// own toward the server's primary endpoint only (its alternate one is known a round trip
+/// later). It is kept only if the server's first UDP answer and this TCP
+/// answer both show a NAT that kept our port: such a NAT allocates no counter that the two
+/// measurements' flows could move for each other, and it keeps the port for the punch's
+/// connections too, whichever way it maps. Anything else (a translated port on either) is
+/// predicted after the classification from the port reserved at the start (whose router
+/// mapping was asked for meanwhile), toward every server endpoint, as before: a sequential
+/// NAT, one counter for TCP and UDP in many, then shows
+/// its allocation to the prediction undisturbed (this early connection came before the
+/// classification's allocation burst, which follows the first answer).
 pub(super) struct EarlyTcp {
-    server: SocketAddr,
-    reserved: Option<Reserved>,
-    running: Option<JoinHandle<Result<TcpPrep, Error>>>,
+    /// Whether the server's first UDP answer showed our port kept (`None`: no answer yet).
+    udp_kept: Option<bool>,
+    running: Option<(SocketAddr, JoinHandle<Result<Samples, Error>>)>,
 }
 
+type Samples = Vec<(SocketAddr, SocketAddr)>;
+
 impl EarlyTcp {
-    /// `reserved`: the punch port reserved at the start (`None` without `--tcp`).
-    pub(super) fn new(server: SocketAddr, reserved: Option<Reserved>) -> Self {
+    /// Starts the TCP Binding to `server` from a fresh port on `ip` (`None`: no early
+    /// prediction, as without `--tcp`).
+    pub(super) fn start(server: SocketAddr, ip: Option<IpAddr>) -> Self {
+        let reserved = ip.and_then(|ip| {
+            Reserved::new(ip)
+                .map_err(|e| tracing::debug!("no early TCP prediction: {e}"))
+                .ok()
+        });
+        let running = reserved.and_then(|r| {
+            let local = r.local;
+            std::thread::Builder::new()
+                .name("tcp-predict".into())
+                .spawn(move || sample(r, &[server]))
+                .map(|h| (local, h))
+                .map_err(|e| tracing::debug!("cannot start the early TCP prediction: {e}"))
+                .ok()
+        });
         EarlyTcp {
-            server,
-            reserved,
-            running: None,
+            udp_kept: None,
+            running,
         }
     }
 
-    /// The server's first answer: socket `local` appeared as `mapped`; `other` is the
-    /// server's alternate endpoint.
-    fn answered(&mut self, local: SocketAddr, mapped: SocketAddr, other: Option<SocketAddr>) {
-        let kept_port = mapped.port() == local.port();
-        let same_ip = self.reserved.as_ref().map(|r| r.local.ip()) == Some(local.ip());
-        let (Some(other), true, true) = (other, kept_port, same_ip) else {
-            return;
-        };
-        let Some(reserved) = self.reserved.take() else {
-            return;
-        };
-        let server = self.server;
-        // What stands in for the UDP classification only matters with a single sample,
-        // which `finish` does not keep.
-        let guess = NatInfo {
-            mapping: Behavior::EndpointIndependent,
-            ..NatInfo::unknown()
-        };
-        let spawned = std::thread::Builder::new()
-            .name("tcp-predict".into())
-            .spawn(move || prepare_from(reserved, server, Some(other), guess));
-        match spawned {
-            Ok(h) => self.running = Some(h),
-            Err(e) => tracing::debug!("cannot start the early TCP prediction: {e}"),
-        }
+    /// The server's first UDP answer: socket `local` appeared as `mapped`.
+    fn answered(&mut self, local: SocketAddr, mapped: SocketAddr) {
+        self.udp_kept = Some(mapped.port() == local.port());
     }
 
-    /// The port still reserved (when no prediction began), and the prediction when it
-    /// began and showed an endpoint-independent TCP mapping. Waits for it to end.
-    pub(super) fn finish(self) -> (Option<Reserved>, Option<TcpPrep>) {
-        let prep = self.running.and_then(|h| match h.join() {
-            Ok(Ok(prep)) => Some(prep),
+    /// The prediction, when both answers kept our port and it predicts that port (`udp`
+    /// from the classification decides what one sample cannot). Waits for the TCP answer;
+    /// `None` means: predict again.
+    pub(super) fn finish(self, udp: NatInfo) -> Option<TcpPrep> {
+        let (local, h) = self.running?;
+        let samples = match h.join() {
+            Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::debug!("early TCP prediction failed ({e}); predicting again");
-                None
+                tracing::info!("early TCP Binding failed ({e}); predicting again");
+                return None;
             }
-            Err(_) => None,
-        });
-        let kept = prep.filter(|p| {
-            let eim =
-                p.samples.len() >= 2 && p.prediction.nat.mapping == Behavior::EndpointIndependent;
-            if !eim {
-                tracing::info!(
-                    "{}; predicting again after the classification",
-                    p.describe()
-                );
-            }
-            eim
-        });
-        (self.reserved, kept)
+            Err(_) => return None,
+        };
+        let prep = from_samples(local, samples, udp);
+        let kept = self.udp_kept == Some(true) && prep.prediction.port == local.port();
+        if !kept {
+            tracing::info!("{}; predicting again", prep.describe());
+        }
+        kept.then_some(prep)
     }
 }
 
@@ -134,14 +127,8 @@ pub(super) fn classify(
         capture,
         shutdown,
         |ev| {
-            if let Event::ServerAnswered {
-                local,
-                mapped,
-                other,
-                ..
-            } = ev
-            {
-                tcp.answered(local, mapped, other);
+            if let Event::ServerAnswered { local, mapped, .. } = ev {
+                tcp.answered(local, mapped);
             }
         },
     )?;

@@ -224,7 +224,8 @@ fn connect(
     let deadline = started + cfg.timeout;
     // Freed when dropped, on every way out of here.
     let relay = relay::begin(cfg, status, &secret, deadline);
-    let mut early_tcp = classify::EarlyTcp::new(cfg.server, reserved);
+    let ip = reserved.as_ref().map(|r| r.local.ip());
+    let mut early_tcp = classify::EarlyTcp::start(cfg.server, ip);
     let classified = classify(
         cfg,
         status,
@@ -282,7 +283,7 @@ fn connect(
         fingerprint: identity.fingerprint(),
     };
     let (relay, refused) = relay::settled(relay, cfg, status, &|| shutdown.requested())?;
-    let (reserved, predicted) = early_tcp.finish();
+    let predicted = early_tcp.finish(me.classified.nat);
     let mut tcp_mapping = portmap::TcpMapping {
         reserved,
         predicted,
@@ -834,7 +835,14 @@ fn punch_tcp(
             "no low-TTL priming: the path goes through a port mapping".into(),
         )
     } else {
-        tcp_punch::priming(cfg.prime_ttl, &p.me, prep.local.ip(), peer_ip, rtt)
+        tcp_punch::priming(
+            cfg.prime_ttl,
+            &p.me,
+            prep.local.ip(),
+            peer_ip,
+            rtt,
+            intro.start,
+        )
     };
     status.say(line);
     let (watcher, rules, raw) = tcp_punch::arm(&peers, prime_ttl.is_some(), cfg.syn_engine)?;

@@ -40,7 +40,7 @@ use crate::transport::Role;
 use crate::Error;
 pub use dual::ipv6_setup;
 use dual::{first_connected, Lane};
-pub use predict::{prepare, prepare_from, Reserved, TcpPrep};
+pub use predict::{from_samples, prepare, prepare_from, sample, Reserved, TcpPrep};
 pub use raw::{peer_rtt, SynEngine};
 use socket2::{SockRef, TcpKeepalive};
 use std::cell::RefCell;
@@ -117,18 +117,20 @@ pub fn check_privileges(engine: SynEngine) -> Result<(), Error> {
 }
 
 /// `--prime-ttl` resolved for this punch, measuring the hops toward the peer when the core
-/// asks for it.
+/// asks for it, by the punch's `start` ([`priming::wait_within`]).
 pub fn priming(
     choice: PrimeTtl,
     my_nat: &NatInfo,
     local: IpAddr,
     peer: IpAddr,
     server_rtt: Duration,
+    start: std::time::Instant,
 ) -> (Option<u32>, String) {
     match priming::choose(choice, my_nat) {
         priming::Choice::Decided(ttl, why) => (ttl, why),
         priming::Choice::Measure => {
-            let p = ttl::priming_ttl(local, peer, priming::wait_for(server_rtt));
+            let left = start.saturating_duration_since(std::time::Instant::now());
+            let p = ttl::priming_ttl(local, peer, priming::wait_within(server_rtt, left));
             (p.ttl, p.explain())
         }
     }

@@ -120,11 +120,25 @@ pub fn prepare_from(
     udp: NatInfo,
 ) -> Result<TcpPrep, Error> {
     let eps = endpoints(server, other);
+    let local = reserved.local;
+    let samples = sample(reserved, &eps)?;
+    Ok(from_samples(local, samples, udp))
+}
+
+/// Where the server's endpoints `eps` (the primary first) saw TCP connections from
+/// `reserved`'s port: at least the primary's answer, or the error that it failed.
+pub fn sample(
+    reserved: Reserved,
+    eps: &[SocketAddr],
+) -> Result<Vec<(SocketAddr, SocketAddr)>, Error> {
+    let Some(&server) = eps.first() else {
+        return Ok(Vec::new());
+    };
     // Every connection leaves from the reserved port; their SYNs go side by side in `eps`'s
     // order, so that a sequential NAT numbers them in that order while the whole takes two
     // round trips (handshake, Binding) rather than two per endpoint.
     let local = reserved.local;
-    let mut results = tcp_stun::bindings_in_order(local, &eps, BINDING_TIMEOUT).into_iter();
+    let mut results = tcp_stun::bindings_in_order(local, eps, BINDING_TIMEOUT).into_iter();
     drop(reserved);
     let first = results
         .next()
@@ -145,6 +159,16 @@ pub fn prepare_from(
             Err(e) => tracing::warn!("TCP Binding to {ep} failed: {e}"),
         }
     }
+    Ok(samples)
+}
+
+/// The prediction from `samples` (see [`sample`]; at least one) of connections from
+/// `local`; `udp` stands in for what one sample cannot tell.
+pub fn from_samples(
+    local: SocketAddr,
+    samples: Vec<(SocketAddr, SocketAddr)>,
+    udp: NatInfo,
+) -> TcpPrep {
     let ports: Vec<u16> = samples.iter().map(|(_, m)| m.port()).collect();
     let prediction = if ports.len() >= 2 {
         let direction = udp
@@ -154,7 +178,7 @@ pub fn prepare_from(
     } else {
         // One sample says nothing about mapping; assume TCP maps as UDP does (Linux NATs
         // treat both alike).
-        let seen = ports[0];
+        let seen = ports.first().copied().unwrap_or(0);
         let port = match (udp.mapping, udp.delta) {
             (Behavior::EndpointIndependent, _) => seen,
             (_, Some(d)) if udp.allocation == Allocation::Sequential => {
@@ -164,9 +188,9 @@ pub fn prepare_from(
         };
         Prediction { nat: udp, port }
     };
-    Ok(TcpPrep {
+    TcpPrep {
         local,
         prediction,
         samples,
-    })
+    }
 }
