@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         start_delay: Duration::ZERO,
         range_drift: None,
         udp_blocked: false,
+        relay_hold: true,
     };
     let mut c = Client::new(cfg, t0);
     if data.first().is_some_and(|b| b & 0x80 != 0) {
