@@ -1,0 +1,273 @@
+//! `connect --tcp` after the rendezvous: the peer's offer verified into a plan, the punch
+//! armed (priming, the nft table) and run from the agreed start, then the TLS stream.
+
+use super::*;
+
+/// What the TCP punch starts from.
+pub(super) struct TcpStart {
+    pub(super) intro: Introduction,
+    pub(super) prep: tcp_punch::TcpPrep,
+    pub(super) identity: Identity,
+    pub(super) key: [u8; 32],
+    pub(super) my_id: String,
+    /// Round trip to the server, the scale of the hop measurement's wait.
+    pub(super) rtt: Duration,
+    /// Our TCP punch port as our router maps it.
+    pub(super) my_mapped: Option<SocketAddr>,
+    /// Our IPv6 TCP punch port, held, and the candidates the peer was offered.
+    pub(super) ipv6: Option<main_socket::Ipv6Side>,
+}
+
+/// The TCP punch both sides agreed on, from our prediction and the peer's verified offer.
+struct TcpPlan {
+    me: NatInfo,
+    them: NatInfo,
+    plan: tcp::Plan,
+    strategy: Strategy,
+    peer_ip: IpAddr,
+    /// The port the peer's next connection is predicted at (0: unpredictable).
+    peer_port: u16,
+    /// Where the peer's NAT draws random ports (its block, when it has one).
+    peer_ports: [u16; 2],
+    peer_fp: [u8; 32],
+    budget: Duration,
+}
+
+pub(super) fn connect_tcp(
+    cfg: &ConnectConfig,
+    status: &Status,
+    started: Instant,
+    report: &mut ConnectReport,
+    t: TcpStart,
+    capture: Option<Capture>,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    let plan = plan_tcp(cfg, status, started + cfg.timeout, &t)?;
+    report.strategy = Some(plan.strategy);
+    let registered_v4 = t.intro.me.is_ipv4();
+    let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
+    // The other family's path (IPv6 beside IPv4) is direct, whatever the IPv4 plan was.
+    let strategy = if punched.conn.remote.is_ipv4() != registered_v4 {
+        status.say(format!(
+            "the {} path came first: over IPv6",
+            punched.conn.remote
+        ));
+        report.strategy = Some(Strategy::Direct);
+        Strategy::Direct
+    } else {
+        plan.strategy
+    };
+    stream::stream_tcp(cfg, status, started, report, punched, strategy, shutdown)
+}
+
+/// Verifies the peer's offer and settles what each side does; says so.
+fn plan_tcp(
+    cfg: &ConnectConfig,
+    status: &Status,
+    deadline: Instant,
+    t: &TcpStart,
+) -> Result<TcpPlan, Error> {
+    let offer = t
+        .intro
+        .peer
+        .tcp
+        .as_ref()
+        .expect("checked by the caller: the peer punches TCP");
+    // The offer is MACed under the punch key, which the relaying server never has: a failed
+    // check means another secret (or a server that altered the offer).
+    let peer_fp =
+        tcp::verify_offer(&t.key, &t.intro.peer.id, offer).ok_or(Error::OfferAuthFailed)?;
+    let me = t.prep.prediction.nat;
+    let them = offer.nat;
+    let peer_mapped = t.intro.peer.mapped;
+    let strategy = tcp::strategy_mapped(&me, &them, t.my_mapped.is_some() || peer_mapped.is_some());
+    let (plan, peer_ip, peer_port) = if strategy == Strategy::Mapped {
+        tcp::mapped_plan(peer_mapped, t.intro.peer.public.ip())
+    } else {
+        (tcp::plan(&me, &them), t.intro.peer.public.ip(), offer.port)
+    };
+    let left = deadline.saturating_duration_since(t.intro.start);
+    let budget = cfg.punch_budget.min(left.max(Duration::from_secs(1)));
+    if strategy == Strategy::Mapped {
+        status.say(match peer_mapped {
+            Some(m) => format!("peer {peer_ip}: its router maps its TCP punch port at {m}; strategy mapped: connecting there"),
+            None => format!("peer {peer_ip}: strategy mapped: our router maps our TCP punch port, so the peer connects to it and we only accept"),
+        });
+    } else {
+        status.say(format!(
+            "peer {peer_ip}: TCP mapping {}, allocation {}, next port {}; strategy {} ({})",
+            kebab(&them.mapping),
+            kebab(&them.allocation),
+            if offer.port == 0 {
+                "unpredictable".to_string()
+            } else {
+                offer.port.to_string()
+            },
+            strategy.as_str(),
+            describe_plan(plan, cfg.window, cfg.sweep_sockets)
+        ));
+    }
+    if strategy == Strategy::Sweep && matches!(plan, tcp::Plan::Window { .. }) {
+        // A sweep's odds need one side that can be found; this window has none to offer.
+        status.say("no birthday sweep over TCP: both NATs are symmetric with random ports, so neither can be found by one; the window connects only by luck");
+    } else if strategy == Strategy::Sweep {
+        let probes = u64::from(cfg.rate) * budget.as_secs().max(1);
+        status.say(format!(
+            "birthday sweep over TCP: for {} s at {} attempts/s against {} mappings; expected success probability {:.1}%",
+            budget.as_secs(),
+            cfg.rate,
+            cfg.sweep_sockets,
+            100.0
+                * tcp::sweep_success_probability(
+                    cfg.sweep_sockets,
+                    probes,
+                    // The mappings are the random (spraying) side's.
+                    crate::core::punch::random_ports(if tcp::predictable(&me) {
+                        &them
+                    } else {
+                        &me
+                    }),
+                ),
+        ));
+    }
+    Ok(TcpPlan {
+        me,
+        them,
+        plan,
+        strategy,
+        peer_ip,
+        peer_port,
+        peer_ports: crate::core::punch::random_ports(&them),
+        peer_fp,
+        budget,
+    })
+}
+
+/// Arms the RST drop, punches from the agreed start, and takes the rules down again.
+fn punch_tcp(
+    cfg: &ConnectConfig,
+    status: &Status,
+    report: &mut ConnectReport,
+    p: &TcpPlan,
+    t: TcpStart,
+    mut capture: Option<Capture>,
+    shutdown: &Shutdown,
+) -> Result<tcp_punch::Punched, Error> {
+    let TcpStart {
+        intro,
+        prep,
+        identity,
+        my_id,
+        rtt,
+        ipv6,
+        ..
+    } = t;
+    let peer_ip = p.peer_ip;
+    // Our IPv6 punch port, when the peer offered an IPv6 address too; the port is let go
+    // here, as privileges are dropped, so the punch's own sockets can bind it.
+    let v6_local = ipv6.and_then(|s| {
+        drop(s.tcp_hold);
+        let port = s.candidates.first()?.port();
+        let peer = intro.peer.locals.iter().find(|a| a.is_ipv6())?;
+        status.say(format!(
+            "IPv6: punching TCP to {peer} from port {port} directly, beside IPv4; the first connection to authenticate is kept"
+        ));
+        Some(SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port))
+    });
+    let v6_peer = v6_local.and_then(|_| intro.peer.locals.iter().find(|a| a.is_ipv6()));
+    let peers: Vec<IpAddr> = std::iter::once(peer_ip)
+        .chain(v6_peer.map(SocketAddr::ip))
+        .collect();
+    let (prime_ttl, line) = if p.strategy == Strategy::Mapped {
+        // A SYN that dies on the way only delays the connection to a mapping by the
+        // kernel's 1 s retransmission: nothing needs opening in our NAT.
+        (
+            None,
+            "no low-TTL priming: the path goes through a port mapping".into(),
+        )
+    } else {
+        tcp_punch::priming(
+            cfg.prime_ttl,
+            &p.me,
+            prep.local.ip(),
+            peer_ip,
+            rtt,
+            intro.start,
+        )
+    };
+    status.say(line);
+    let (watcher, rules, raw) = tcp_punch::arm(&peers, prime_ttl.is_some(), cfg.syn_engine)?;
+    let shown: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    status.say(format!(
+        "nft table inet {} drops this host's RSTs to {} until the punch ends",
+        rules.table(),
+        shown.join(" and ")
+    ));
+    let role = if my_id > intro.peer.id {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let setup = tcp_punch::PunchSetup {
+        plan: p.plan,
+        local: prep.local,
+        peer_ip,
+        peer_port: p.peer_port,
+        peer_ports: p.peer_ports,
+        window: cfg.window,
+        rate: cfg.rate,
+        sweep_sockets: cfg.sweep_sockets,
+        budget: p.budget,
+        start: intro.start.max(Instant::now()),
+        prime_ttl,
+        keepalive: cfg.keepalive,
+        tls: std::sync::Arc::new(TlsSide::new(
+            role,
+            identity,
+            p.peer_fp,
+            tcp_punch::TLS_TIMEOUT,
+        )),
+        rtt: tcp_punch::peer_rtt(rtt),
+        first_syn_copies: tcp::first_syn_copies(&p.me),
+        raw,
+        commitment: Default::default(),
+    };
+    let also = v6_local.and_then(|l| tcp_punch::ipv6_setup(&setup, l, &intro.peer.locals));
+    status.say("punching TCP ...");
+    let outcome = tcp_punch::punch(
+        &setup,
+        also.as_ref(),
+        watcher,
+        capture.as_mut(),
+        shutdown,
+        &mut |line| status.say(line),
+    );
+    if let Err(e) = rules.remove() {
+        status.say(format!("warning: {e}"));
+    }
+    finish_capture(capture, status)?;
+    match outcome {
+        Ok(punched) => Ok(punched),
+        Err(tcp_punch::PunchEnd::Interrupted) => Err(shutdown.interrupted()),
+        Err(tcp_punch::PunchEnd::Setup(e)) => Err(e),
+        Err(tcp_punch::PunchEnd::Exhausted {
+            attempts,
+            refused,
+            came_up,
+            seen,
+            auth,
+        }) => {
+            report.probes_sent = attempts;
+            if let Some(e) = auth {
+                return Err(Error::Stream(*e));
+            }
+            Err(Error::PunchFailed {
+                strategy: p.strategy.as_str(),
+                probes: attempts,
+                explanation: explain_tcp_failure(
+                    &p.me, &p.them, p.strategy, refused, came_up, &seen,
+                ),
+            })
+        }
+    }
+}
