@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 
 /// With `--tcp`: the TCP prediction, begun with the UDP classification, from a port of its
 /// own toward the server's primary endpoint only (its alternate one is known a round trip
-/// later). It is kept only if the server's first UDP answer and this TCP
-/// answer both show a NAT that kept our port: such a NAT allocates no counter that the two
-/// measurements' flows could move for each other, and it keeps the port for the punch's
-/// connections too, whichever way it maps. Anything else (a translated port on either) is
-/// predicted after the classification from the port reserved at the start (whose router
-/// mapping was asked for meanwhile), toward every server endpoint, as before: a sequential
-/// NAT, one counter for TCP and UDP in many, then shows
-/// its allocation to the prediction undisturbed (this early connection came before the
-/// classification's allocation burst, which follows the first answer).
+/// later). It is kept only if the server's first UDP answer and this TCP answer both show a
+/// NAT that kept our port: such a NAT allocates no counter that the two measurements' flows
+/// could move for each other, and it keeps the port for the punch's connections too,
+/// whichever way it maps. Anything else (a translated port on either) is predicted after the
+/// classification from the port reserved at the start (whose router mapping was asked for
+/// meanwhile), toward every server endpoint, as before: a sequential NAT, one counter for TCP
+/// and UDP in many, then shows its allocation to the prediction undisturbed (this early
+/// connection came before the classification's allocation burst, which follows the first
+/// answer).
 pub(super) struct EarlyTcp {
     /// Whether the server's first UDP answer showed our port kept (`None`: no answer yet).
     udp_kept: Option<bool>,

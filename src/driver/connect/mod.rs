@@ -440,14 +440,11 @@ fn meet(
     let mut first_offer = None;
     let mut tcp =
         if cfg.tcp {
-            // From the port reserved at the start, whose router mapping was asked for while the
-            // NAT was classified; its prediction may be done already.
+            // The prediction made beside the classification, or one from the port reserved
+            // at the start, whose router mapping was asked for while the NAT was classified.
             let reserved = mapping.reserved.take();
             let predicted = mapping.predicted.take();
-            let early_local = predicted
-                .as_ref()
-                .map(|p| p.local)
-                .or(reserved.as_ref().map(|r| r.local));
+            let early_local = reserved.as_ref().map(|r| r.local);
             if predicted.is_none() {
                 status.say(format!(
                     "predicting our NAT's TCP ports toward {} ...",
