@@ -146,37 +146,16 @@ impl TlsSide {
                         .accept(tcp)
                         .await
                         .map_err(|e| self.error(peer, &verifier, e))?;
-                    self.expect_byte(&mut s, peer, &verifier, COMMIT, "its first byte")
-                        .await?;
+                    expect_byte(&mut s, peer, COMMIT, "its first byte", |e| {
+                        self.error(peer, &verifier, e)
+                    })
+                    .await?;
                     Ok(TlsStream::from(s))
                 };
                 tokio::time::timeout(self.timeout, work)
                     .await
                     .map_err(|_| timed_out())?
             }
-        }
-    }
-
-    /// Reads one byte of the stream protocol, which must be `want`.
-    async fn expect_byte(
-        &self,
-        s: &mut (impl tokio::io::AsyncRead + Unpin),
-        peer: SocketAddr,
-        verifier: &PinVerifier,
-        want: u8,
-        what: &str,
-    ) -> Result<(), StreamError> {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)
-            .await
-            .map_err(|e| self.error(peer, verifier, e))?;
-        if b[0] == want {
-            Ok(())
-        } else {
-            Err(StreamError::Protocol {
-                peer,
-                reason: format!("{what} was {:#04x}, not {want:#04x}", b[0]),
-            })
         }
     }
 
@@ -225,25 +204,23 @@ fn handshake_error(peer: SocketAddr, e: io::Error) -> StreamError {
     }
 }
 
-/// The client's side of [`accept_commitment`]: the server's first byte must be [`ACCEPT`];
-/// its refusal of our certificate arrives here too, as a TLS alert.
-async fn accepted(
-    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+/// Reads one byte of the stream protocol, which must be `want`; `failed` says what a failed
+/// read means.
+async fn expect_byte(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
     peer: SocketAddr,
+    want: u8,
+    what: &str,
+    failed: impl FnOnce(io::Error) -> StreamError,
 ) -> Result<(), StreamError> {
     let mut b = [0u8; 1];
-    rd.read_exact(&mut b)
-        .await
-        .map_err(|e| handshake_error(peer, e))?;
-    if b[0] == ACCEPT {
+    s.read_exact(&mut b).await.map_err(failed)?;
+    if b[0] == want {
         Ok(())
     } else {
         Err(StreamError::Protocol {
             peer,
-            reason: format!(
-                "its answer to our commitment was {:#04x}, not {ACCEPT:#04x}",
-                b[0]
-            ),
+            reason: format!("{what} was {:#04x}, not {want:#04x}", b[0]),
         })
     }
 }
@@ -301,7 +278,10 @@ pub async fn transfer(
     };
     let recv = async {
         if role == Role::Client {
-            accepted(&mut rd, peer).await?;
+            // The server's acceptance; its refusal of our certificate arrives here too, as a
+            // TLS alert.
+            let what = "its answer to our commitment";
+            expect_byte(&mut rd, peer, ACCEPT, what, |e| handshake_error(peer, e)).await?;
         }
         let mut received = 0u64;
         loop {
