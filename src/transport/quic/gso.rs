@@ -92,10 +92,17 @@ impl AsyncUdpSocket for GsoGate {
 /// was busy) does not, and closing on it halved a clean path's throughput for the rest of the
 /// transfer (single datagrams cost twice the CPU per byte on both sides).
 const LOSSY_INTERVALS: u32 = 2;
+/// Packets an interval must have sent, without being lossy, to count as clean. A quiet
+/// interval says nothing about the path: a connection stalled by loss sends next to nothing
+/// and declares nothing lost until an acknowledgement arrives, and when such intervals
+/// counted as clean they broke the lossy streak and reopened the switch, so a path losing 20%
+/// kept sending bursts, lost them whole, and stalled for minutes (lab, one transfer in 16).
+const BUSY: u64 = 20;
 
-/// The switch's rule, from one interval's counts: closed by [`LOSSY_INTERVALS`] intervals in
-/// a row in which more than one packet in a hundred was declared lost (at least two: one lost
-/// packet says nothing), open again once the path was clean for [`CLEAN_FOR`].
+/// The switch's rule, from one interval's counts: closed by [`LOSSY_INTERVALS`] lossy
+/// intervals in a row, lossy meaning more than one packet in a hundred declared lost (at
+/// least two: one lost packet says nothing); open again once busy intervals (at least
+/// [`BUSY`] packets sent) were clean for [`CLEAN_FOR`]. Quiet intervals change nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(super) struct Policy {
     pub closed: bool,
@@ -111,13 +118,11 @@ impl Policy {
             if self.lossy >= LOSSY_INTERVALS {
                 self.closed = true;
             }
-        } else if !self.closed {
+        } else if sent >= BUSY {
             self.lossy = 0;
-        } else {
             self.clean += length;
-            if lost == 0 && self.clean >= CLEAN_FOR {
+            if self.closed && lost == 0 && self.clean >= CLEAN_FOR {
                 self.closed = false;
-                self.lossy = 0;
             }
         }
     }
@@ -190,5 +195,27 @@ mod tests {
             p.interval(100, 20, I);
             assert!(p.closed);
         }
+    }
+
+    #[test]
+    fn quiet_intervals_neither_break_a_lossy_streak_nor_reopen() {
+        // A stall: a lossy interval, then next to nothing sent and nothing declared lost
+        // until an acknowledgement comes, which declares the next losses.
+        let mut p = Policy::default();
+        p.interval(100, 30, I);
+        for _ in 0..40 {
+            p.interval(2, 0, I);
+            assert!(!p.closed);
+        }
+        p.interval(10, 8, I);
+        assert!(p.closed, "two lossy intervals with only quiet ones between");
+        for _ in 0..100 {
+            p.interval(BUSY - 1, 0, I);
+        }
+        assert!(p.closed, "quiet intervals are not a clean path");
+        for _ in 0..20 {
+            p.interval(BUSY, 0, I);
+        }
+        assert!(!p.closed);
     }
 }

@@ -154,6 +154,8 @@ const WINDOW: u32 = 32 * 1024 * 1024;
 /// offload switch ([`gso`]) paid for. A bound, not an allocation. Without CAP_NET_ADMIN the
 /// kernel caps it at `net.core.rmem_max`.
 const SOCKET_BUFFER: usize = WINDOW as usize;
+/// Bytes of unread datagrams kept; older ones are dropped.
+const DATAGRAM_BUFFER: usize = 4096;
 /// Close reasons travel in one packet.
 const MAX_REASON: usize = 200;
 /// How often the stop flag is looked at: well below what a person notices.
@@ -187,6 +189,9 @@ fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
     t.ack_frequency_config(Some(acks));
     // Allowed here; the socket offers bursts only while the path is clean (`gso`).
     t.enable_segmentation_offload(true);
+    // Datagrams carry only repeated ACKs and close probes and are never read: one-byte
+    // repeats ([`transfer`]) count against this, so at most this many wait unread.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     Arc::new(t)
 }
 
