@@ -230,6 +230,17 @@ impl Watcher {
         crate::os::poll::wait_readable(self.fd.as_fd(), timeout)
     }
 
+    /// As [`Watcher::wait`], but also ends as soon as `wake` becomes readable (then `false`
+    /// unless the socket is readable too): how the owner of a watching thread stops it
+    /// without waiting out the timeout.
+    pub fn wait_or_woken(
+        &self,
+        wake: &crate::os::poll::WakeFd,
+        timeout: Duration,
+    ) -> io::Result<bool> {
+        Ok(crate::os::poll::readable(&[self.fd.as_fd(), wake.as_fd()], timeout)?[0])
+    }
+
     /// The next packet, if one is queued (never blocks).
     pub fn recv(&self) -> io::Result<Option<Packet>> {
         let mut buf = vec![0u8; SNAPLEN as usize];

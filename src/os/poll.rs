@@ -5,8 +5,9 @@
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use std::io;
-use std::os::fd::BorrowedFd;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// Waits up to `timeout` for any of `fds` to become readable; returns which are.
@@ -36,6 +37,32 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> 
     Ok(readable(&[fd], timeout)?.first().copied().unwrap_or(false))
 }
 
+/// Ends another thread's wait early: [`wake_pair`]'s [`Waker`] writes a byte that makes its
+/// [`WakeFd`] readable.
+pub struct Waker(UnixStream);
+
+/// The descriptor to wait on beside the others; see [`Waker`].
+pub struct WakeFd(UnixStream);
+
+/// A connected pair: wake with the first, wait on the second.
+pub fn wake_pair() -> io::Result<(Waker, WakeFd)> {
+    let (tx, rx) = UnixStream::pair()?;
+    Ok((Waker(tx), WakeFd(rx)))
+}
+
+impl Waker {
+    /// Wakes the waiting side; should that fail, the waiter still ends at its timeout.
+    pub fn wake(&self) {
+        let _ = (&self.0).write_all(&[1]);
+    }
+}
+
+impl AsFd for WakeFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +80,14 @@ mod tests {
             readable(&[b.as_fd(), a.as_fd()], Duration::from_secs(1)).unwrap(),
             vec![false, true]
         );
+    }
+
+    #[test]
+    fn a_wake_ends_the_wait_before_its_timeout() {
+        let (waker, woken) = wake_pair().unwrap();
+        let t = std::thread::spawn(move || readable(&[woken.as_fd()], Duration::from_secs(30)));
+        waker.wake();
+        // Readable, so the wake ended it (a timeout reports nothing ready).
+        assert_eq!(t.join().unwrap().unwrap(), vec![true]);
     }
 }

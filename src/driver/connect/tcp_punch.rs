@@ -25,7 +25,6 @@ mod watch;
 use crate::core::punch::priming::{self, PrimeTtl};
 use crate::core::punch::tcp::{Action, AttemptError, Plan, TcpPunch, TcpPunchConfig};
 use crate::core::rendezvous::NatInfo;
-use crate::core::wire::Seen;
 use crate::driver::tcp_stun;
 use crate::error::StreamError;
 use crate::os::capture::Capture;
@@ -47,7 +46,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -314,36 +312,11 @@ pub fn punch(
         .enable_all()
         .build()
         .map_err(|e| PunchEnd::Setup(Error::io("cannot start the async runtime", e)))?;
-    // The watcher blocks in poll(2); a thread feeds its packets in, each to its family's
-    // punch.
-    let stop = Arc::new(AtomicBool::new(false));
     let (pkt_tx, mut pkt_rx) = mpsc::unbounded_channel();
     let (also_tx, mut also_rx) = mpsc::unbounded_channel();
     let also_peer = also.map(|s| s.peer_ip);
-    let watch = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("tcp-watch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match watcher.wait(Duration::from_millis(50)) {
-                        Ok(true) => {}
-                        Ok(false) => continue,
-                        Err(_) => return,
-                    }
-                    while let Ok(Some(p)) = watcher.recv() {
-                        let to = match also_peer {
-                            Some(peer) if concerns(&p, peer) => &also_tx,
-                            _ => &pkt_tx,
-                        };
-                        if to.send(p).is_err() || stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                }
-            })
-            .map_err(|e| PunchEnd::Setup(Error::io("cannot start the watcher thread", e)))?
-    };
+    let watch = watch::WatchThread::spawn(watcher, also_peer, pkt_tx, also_tx)
+        .map_err(|e| PunchEnd::Setup(Error::io("cannot start the watcher thread", e)))?;
     let capture: CaptureCell<'_> = RefCell::new(capture);
     let engine = setup
         .raw
@@ -376,8 +349,7 @@ pub fn punch(
             }
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    let _ = watch.join();
+    watch.stop();
     // Packets seen up to the end still go to the capture.
     let mut capture = capture.into_inner();
     for (rx, peer) in [
@@ -386,7 +358,7 @@ pub fn punch(
     ] {
         while let Ok(p) = rx.try_recv() {
             if let (Some(c), Some(peer)) = (capture.as_deref_mut(), peer) {
-                if concerns(&p, peer) {
+                if watch::concerns(&p, peer) {
                     let _ = c.ip(&p.data, p.at);
                 }
             }
@@ -619,7 +591,7 @@ impl<'a> PunchLoop<'a> {
             }
         }
         if let Some(c) = capture.borrow_mut().as_deref_mut() {
-            if concerns(p, self.setup.peer_ip) {
+            if watch::concerns(p, self.setup.peer_ip) {
                 if let Err(e) = c.ip(&p.data, p.at) {
                     tracing::warn!("capture: {e}");
                 }
@@ -779,19 +751,5 @@ async fn attempt_outcome(id: u64, stream: TcpStream) -> Ev {
             Ok(_) => Ev::Connected { id, stream },
             Err(e) => failed(&e),
         },
-    }
-}
-
-/// Packets of the punch: TCP with the peer, and ICMP errors about such TCP (the filter lets
-/// every ICMP through, and IPv6 TCP with anyone).
-fn concerns(p: &crate::os::packet::Packet, peer: IpAddr) -> bool {
-    match p.seen {
-        Some(Seen::Tcp { src, dst, .. }) => src.ip() == peer || dst.ip() == peer,
-        Some(Seen::IcmpTcp {
-            quoted_src,
-            quoted_dst,
-            ..
-        }) => quoted_src.ip() == peer || quoted_dst.ip() == peer,
-        None => false,
     }
 }
