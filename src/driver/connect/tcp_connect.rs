@@ -2,6 +2,7 @@
 //! armed (priming, the nft table) and run from the agreed start, then the TLS stream.
 
 use super::*;
+use crate::os::nft::PunchRules;
 
 /// What the TCP punch starts from.
 pub(super) struct TcpStart {
@@ -45,7 +46,7 @@ pub(super) fn connect_tcp(
     let plan = plan_tcp(cfg, status, started + cfg.timeout, &t)?;
     report.strategy = Some(plan.strategy);
     let registered_v4 = t.intro.me.is_ipv4();
-    let punched = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
+    let (punched, removal) = punch_tcp(cfg, status, report, &plan, t, capture, shutdown)?;
     // The other family's path (IPv6 beside IPv4) is direct, whatever the IPv4 plan was.
     let strategy = if punched.conn.remote.is_ipv4() != registered_v4 {
         status.say(format!(
@@ -57,7 +58,35 @@ pub(super) fn connect_tcp(
     } else {
         plan.strategy
     };
-    stream::stream_tcp(cfg, status, started, report, punched, strategy, shutdown)
+    let streamed = stream::stream_tcp(cfg, status, started, report, punched, strategy, shutdown);
+    removal.finish(status);
+    streamed
+}
+
+/// The punch's nft table, removed by a thread of its own beside the stream: the `nft` run
+/// takes 10-20 ms (its commit waits for the kernel), which the connection waited for on its
+/// way to the stream. Until then the table drops only our RSTs and ICMP errors to the peer,
+/// which a connection that is up has no use for.
+struct Removal(Option<std::thread::JoinHandle<Result<(), Error>>>);
+
+impl Removal {
+    fn start(rules: PunchRules) -> Self {
+        // Should the thread not start, the rules go with the closure, and their drop removes
+        // them here and now.
+        let spawned = std::thread::Builder::new()
+            .name("nft-remove".into())
+            .spawn(move || rules.remove());
+        Removal(spawned.ok())
+    }
+
+    /// Waits for the removal and says if it failed.
+    fn finish(mut self, status: &Status) {
+        match self.0.take().map(|h| h.join()) {
+            Some(Ok(Err(e))) => status.say(format!("warning: {e}")),
+            Some(Err(_)) => status.say("warning: removing the punch's nft table failed unexpectedly; the next `punchraw connect --tcp` removes it"),
+            Some(Ok(Ok(()))) | None => {}
+        }
+    }
 }
 
 /// Verifies the peer's offer and settles what each side does; says so.
@@ -152,7 +181,7 @@ fn punch_tcp(
     t: TcpStart,
     mut capture: Option<Capture>,
     shutdown: &Shutdown,
-) -> Result<tcp_punch::Punched, Error> {
+) -> Result<(tcp_punch::Punched, Removal), Error> {
     let TcpStart {
         intro,
         prep,
@@ -242,21 +271,28 @@ fn punch_tcp(
         shutdown,
         &mut |line| status.say(line),
     );
-    if let Err(e) = rules.remove() {
-        status.say(format!("warning: {e}"));
+    let removal = Removal::start(rules);
+    if let Err(e) = finish_capture(capture, status) {
+        removal.finish(status);
+        return Err(e);
     }
-    finish_capture(capture, status)?;
-    match outcome {
-        Ok(punched) => Ok(punched),
-        Err(tcp_punch::PunchEnd::Interrupted) => Err(shutdown.interrupted()),
-        Err(tcp_punch::PunchEnd::Setup(e)) => Err(e),
-        Err(tcp_punch::PunchEnd::Exhausted {
+    let end = match outcome {
+        Ok(punched) => return Ok((punched, removal)),
+        Err(end) => {
+            removal.finish(status);
+            end
+        }
+    };
+    match end {
+        tcp_punch::PunchEnd::Interrupted => Err(shutdown.interrupted()),
+        tcp_punch::PunchEnd::Setup(e) => Err(e),
+        tcp_punch::PunchEnd::Exhausted {
             attempts,
             refused,
             came_up,
             seen,
             auth,
-        }) => {
+        } => {
             report.probes_sent = attempts;
             if let Some(e) = auth {
                 return Err(Error::Stream(*e));
