@@ -635,6 +635,13 @@ fn all_connect_tcp_engine(
                 "{what}: {n} ({kind}) predicted TCP at the wrong time:\n{}",
                 s.stderr
             );
+            // The router request for the reserved port, unused then, is kept to the end:
+            // stopping it waited out SSDP's 2 s on the way to the punch.
+            assert!(
+                !beside || !s.stderr.contains("stopped while asking the router"),
+                "{what}: {n} stopped the unused router request on its way to the punch:\n{}",
+                s.stderr
+            );
             let raw = s.stderr.contains("raw SYN engine") && s.stderr.contains("crafted handshake");
             assert_eq!(
                 raw,

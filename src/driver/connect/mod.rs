@@ -438,87 +438,100 @@ fn meet(
         Ok(with_offer(prep))
     };
     let mut first_offer = None;
-    let mut tcp =
-        if cfg.tcp {
-            // The prediction made beside the classification, or one from the port reserved
-            // at the start, whose router mapping was asked for while the NAT was classified.
-            let reserved = mapping.reserved.take();
-            let predicted = mapping.predicted.take();
-            let early_local = reserved.as_ref().map(|r| r.local);
-            if predicted.is_none() {
-                status.say(format!(
-                    "predicting our NAT's TCP ports toward {} ...",
-                    cfg.server
-                ));
+    let mut tcp = if cfg.tcp {
+        // The prediction made beside the classification, or one from the port reserved
+        // at the start, whose router mapping was asked for while the NAT was classified.
+        let reserved = mapping.reserved.take();
+        let predicted = mapping.predicted.take();
+        let early_local = reserved.as_ref().map(|r| r.local);
+        if predicted.is_none() {
+            status.say(format!(
+                "predicting our NAT's TCP ports toward {} ...",
+                cfg.server
+            ));
+        }
+        let mut beside = "";
+        let (prep, offer) = match (predicted, reserved) {
+            (Some(p), _) if p.local.ip() == c.local_ip => {
+                beside = " (measured beside the UDP classification)";
+                with_offer(p)
             }
-            let mut beside = "";
-            let (prep, offer) =
-                match (predicted, reserved) {
-                    (Some(p), _) if p.local.ip() == c.local_ip => {
-                        beside = " (measured beside the UDP classification)";
-                        with_offer(p)
-                    }
-                    (_, Some(r)) if r.local.ip() == c.local_ip => with_offer(
-                        tcp_punch::prepare_from(r, cfg.server, c.other_address, c.nat)?,
-                    ),
-                    _ => predict_tcp()?,
-                };
-            status.say(format!("{}{beside}", prep.describe()));
-            // Endpoint-independent: what the router settled since it was asked, nothing of
-            // SSDP's wait. A request not made early (another local address) gets a round trip
-            // to the server (the router is nearer) for PCP or NAT-PMP.
-            // The early request maps the reserved port; a prediction from another one (another
-            // local address) asks for its own mapping.
-            let early = mapping
-                .early
-                .take()
-                .filter(|_| early_local == Some(prep.local));
-            let extra = if early.is_some() {
-                Duration::ZERO
-            } else {
-                me.classified.rtt
-            };
-            let patience =
-                portmap::Patience::for_mapping(prep.prediction.nat.mapping, Instant::now() + extra);
-            let (keeper, mapped) = match early {
-                Some(started) => portmap::finish(
-                    Some(started),
-                    status,
-                    shutdown,
-                    &mut mapping.report,
-                    patience,
-                )?,
-                None => portmap::for_connect(
-                    cfg,
-                    crate::core::portmap::Protocol::Tcp,
-                    prep.local,
-                    status,
-                    shutdown,
-                    &mut mapping.report,
-                    patience,
-                )?,
-            };
-            let (prep, offer) = if mapped.is_some() {
-                let _ = pinned.set((prep.clone(), offer.clone()));
-                (prep, offer)
-            } else if cfg.port_mapping && matches!(patience, portmap::Patience::Full) {
-                // The wait for the router aged the prediction (a counter moves on with other
-                // hosts' flows): a fresh one.
-                let (prep, offer) = predict_tcp()?;
-                tracing::info!("{}", prep.describe());
-                (prep, offer)
-            } else {
-                (prep, offer)
-            };
-            (mapping.keeper, mapping.mapped) = (keeper, mapped);
-            first_offer = Some(offer);
-            Some(TcpOfferState {
-                prep,
-                redo: &predict_tcp,
-            })
-        } else {
-            None
+            (_, Some(r)) if r.local.ip() == c.local_ip => with_offer(tcp_punch::prepare_from(
+                r,
+                cfg.server,
+                c.other_address,
+                c.nat,
+            )?),
+            _ => predict_tcp()?,
         };
+        status.say(format!("{}{beside}", prep.describe()));
+        // Endpoint-independent: what the router settled since it was asked, nothing of
+        // SSDP's wait. A request not made early (another local address) gets a round trip
+        // to the server (the router is nearer) for PCP or NAT-PMP; not so the prediction made
+        // beside the classification, which such a NAT allows only when it kept our port:
+        // the punch needs no mapping then, and that round trip delayed it by as much.
+        // The early request maps the reserved port; a prediction from another one (another
+        // local address, or beside the classification) asks for its own mapping.
+        let early = match mapping.early.take() {
+            Some(e) if early_local != Some(prep.local) => {
+                if let Some(l) = early_local {
+                    status.say(format!(
+                            "port mapping of TCP port {} no longer wanted: the punch uses port {}; anything granted is deleted at exit",
+                            l.port(),
+                            prep.local.port()
+                        ));
+                }
+                mapping.set_aside = Some(e.set_aside());
+                None
+            }
+            e => e,
+        };
+        let extra = if early.is_some() || !beside.is_empty() {
+            Duration::ZERO
+        } else {
+            me.classified.rtt
+        };
+        let patience =
+            portmap::Patience::for_mapping(prep.prediction.nat.mapping, Instant::now() + extra);
+        let (keeper, mapped) = match early {
+            Some(started) => portmap::finish(
+                Some(started),
+                status,
+                shutdown,
+                &mut mapping.report,
+                patience,
+            )?,
+            None => portmap::for_connect(
+                cfg,
+                crate::core::portmap::Protocol::Tcp,
+                prep.local,
+                status,
+                shutdown,
+                &mut mapping.report,
+                patience,
+            )?,
+        };
+        let (prep, offer) = if mapped.is_some() {
+            let _ = pinned.set((prep.clone(), offer.clone()));
+            (prep, offer)
+        } else if cfg.port_mapping && matches!(patience, portmap::Patience::Full) {
+            // The wait for the router aged the prediction (a counter moves on with other
+            // hosts' flows): a fresh one.
+            let (prep, offer) = predict_tcp()?;
+            tracing::info!("{}", prep.describe());
+            (prep, offer)
+        } else {
+            (prep, offer)
+        };
+        (mapping.keeper, mapping.mapped) = (keeper, mapped);
+        first_offer = Some(offer);
+        Some(TcpOfferState {
+            prep,
+            redo: &predict_tcp,
+        })
+    } else {
+        None
+    };
     let client = ClientConfig {
         server: cfg.server,
         session: cfg.session.clone(),

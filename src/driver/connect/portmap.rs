@@ -183,6 +183,19 @@ pub(super) enum Started {
     Done(Option<Keeper>, MappingReport),
 }
 
+impl Started {
+    /// A request no longer wanted (the punch uses another port), silenced so that it can be
+    /// kept to the end, when dropping it deletes anything granted: dropping it at once waits
+    /// for the router's answers (SSDP's 2 s when nothing answers), which cost the punch those
+    /// 2 s.
+    pub(super) fn set_aside(mut self) -> Self {
+        if let Started::Pending(p) = &mut self {
+            p.unsettled.0 = None;
+        }
+        self
+    }
+}
+
 fn all_reasons(why: &str) -> BTreeMap<String, String> {
     ["pcp", "nat_pmp", "upnp"]
         .into_iter()
@@ -591,6 +604,8 @@ pub(super) struct TcpMapping {
     /// The prediction made from `reserved`'s port beside the classification, if any.
     pub predicted: Option<super::tcp_punch::TcpPrep>,
     pub early: Option<Started>,
+    /// `early`, when the punch uses another port: dropped with the rest at the end.
+    pub set_aside: Option<Started>,
     pub keeper: Option<Keeper>,
     pub mapped: Option<SocketAddr>,
     pub report: Option<MappingReport>,
