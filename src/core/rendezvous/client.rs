@@ -121,6 +121,9 @@ pub struct Introduction {
     pub peer: PeerData,
     /// The agreed moment to start punching, on the caller's clock.
     pub start: Instant,
+    /// Whether our registration completed the pair ([`Msg::Peer`]'s `joined_second`);
+    /// `None` from a server that does not say.
+    pub joined_second: Option<bool>,
 }
 
 /// What the rendezvous [`Client`] tells its driver, through [`Client::poll_event`].
@@ -439,6 +442,7 @@ impl Machine for Client {
                 you,
                 peer,
                 start_in_ms,
+                joined_second,
             } => {
                 if self.pairing.is_some() {
                     match self.pair(&peer) {
@@ -462,6 +466,7 @@ impl Machine for Client {
                     me: you,
                     peer,
                     start,
+                    joined_second,
                 };
                 let until = self.held.as_ref().map_or(now + RELAY_SYNC, |h| h.1);
                 if self.relay_unsettled(&intro) && now < until {

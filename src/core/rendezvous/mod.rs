@@ -279,6 +279,12 @@ pub enum Msg {
         /// both peers at one start time and subtracts half the receiver's RTT, since the clocks
         /// are not synchronised.
         start_in_ms: u64,
+        /// Whether this peer's registration completed the pair (the other peer was waiting):
+        /// it then plays the TLS client, whose handshake ends half a round trip before the
+        /// server's, so the peer that came last waits least. Absent from older servers
+        /// (the peers' ids decide instead).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        joined_second: Option<bool>,
     },
     /// Client to server: leaving; frees the session early.
     Bye {

@@ -44,6 +44,10 @@ pub struct Session {
     /// A member's outcome report was counted ([`super::Msg::Outcome`]): later ones are not.
     #[serde(default)]
     pub outcome_counted: bool,
+    /// The id of the peer whose arrival completed the pair (the other was there first):
+    /// both peers are told, so they agree on who plays the TLS client.
+    #[serde(default)]
+    pub completed_by: Option<String>,
 }
 
 /// What a transaction does to the stored session.

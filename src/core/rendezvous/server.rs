@@ -360,6 +360,7 @@ fn register(
                         start_at: None,
                         matched_at: None,
                         outcome_counted: false,
+                        completed_by: None,
                         ..s
                     }
                 }
@@ -388,6 +389,7 @@ fn register(
                 matched_at: None,
                 rejected: 0,
                 outcome_counted: false,
+                completed_by: None,
             }
         }
     };
@@ -447,6 +449,9 @@ fn register(
         now + slow / 2 + slow / 4 + ms(cfg.start_margin)
     });
     s.matched_at.get_or_insert(now);
+    if first_match {
+        s.completed_by = Some(req.member.id.clone());
+    }
     let mut out = Vec::new();
     for (i, m) in s.members.iter().enumerate() {
         let other = &s.members[1 - i];
@@ -458,6 +463,7 @@ fn register(
             you: m.data.public,
             peer: other.data.clone(),
             start_in_ms: start_in,
+            joined_second: s.completed_by.as_ref().map(|id| *id == m.data.id),
         };
         // The newcomer always hears; the other peer hears on the first match (its later
         // re-registrations get their own answer) and when the newcomer's relayed offer

@@ -89,10 +89,12 @@ fn two_peers_meet_with_start_times_that_coincide() {
             peer: pa,
             start_in_ms: sa,
             you: ya,
+            joined_second: second_a,
         },
         Msg::Peer {
             peer: pb,
             start_in_ms: sb,
+            joined_second: second_b,
             ..
         },
     ) = (&to_a[0], &to_b[0])
@@ -103,6 +105,8 @@ fn two_peers_meet_with_start_times_that_coincide() {
     assert_eq!(pa.public, addr(2, 2000));
     assert_eq!(pb.id, A);
     assert_eq!(*ya, addr(1, 1000));
+    // B came last: it plays the TLS client, and both are told alike.
+    assert_eq!((*second_a, *second_b), (Some(false), Some(true)));
     // Arrival (half the RTT) plus the wait must be the same moment for both.
     assert_eq!(sa + 20, sb + 50);
     // The slower peer (B, 100 ms RTT) hears 50 ms after the server sent; the start leaves
@@ -112,6 +116,19 @@ fn two_peers_meet_with_start_times_that_coincide() {
         *sb <= 100,
         "starts soon after the slower peer has heard: {sb}"
     );
+    // A peer that lost its introduction and registers again hears the same roles.
+    let out = r.handle(
+        t1 + Duration::from_millis(10),
+        addr(1, 1000),
+        &register("s", A, 40),
+    );
+    assert!(matches!(
+        decode(&out, addr(1, 1000))[..],
+        [Msg::Peer {
+            joined_second: Some(false),
+            ..
+        }]
+    ));
 }
 
 #[test]

@@ -232,11 +232,10 @@ fn punch_tcp(
         rules.table(),
         shown.join(" and ")
     ));
-    let role = if my_id > intro.peer.id {
-        Role::Client
-    } else {
-        Role::Server
-    };
+    // The peer that came last plays the client (see `Msg::Peer`'s `joined_second`); an
+    // older server leaves it to the ids, which the two sides order alike.
+    let client = intro.joined_second.unwrap_or_else(|| my_id > intro.peer.id);
+    let role = if client { Role::Client } else { Role::Server };
     let setup = tcp_punch::PunchSetup {
         plan: p.plan,
         local: prep.local,
