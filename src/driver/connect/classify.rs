@@ -99,6 +99,9 @@ pub(super) struct Classified {
     pub(super) samples: Vec<u16>,
     /// How fast a busy counter's search range moves, ports per second.
     pub(super) range_drift: Option<f64>,
+    /// A sequential counter's samples stepped by exactly its delta: no other host's flow
+    /// took a port between them (`delta_spread` `[0, 0]`).
+    pub(super) quiet_counter: bool,
 }
 
 /// The server answers STUN over TCP but nothing over UDP: UDP is blocked on our path
@@ -191,6 +194,7 @@ pub(super) fn classify(
         other_address: udp.other_address,
         rtt: Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0),
         range_drift: udp.range_drift(),
+        quiet_counter: udp.delta_spread == Some([0, 0]),
         samples: udp.allocation_samples,
     }))
 }

@@ -246,7 +246,8 @@ fn connect(
     let identity = Identity::generate()?;
     let pre_local = pre_bound.as_ref().map(|b| b.1);
     // Held until we return, whichever way: dropping it deletes the mapping.
-    let patience = portmap::Patience::for_mapping(classified.nat.mapping, classified_at);
+    let patience =
+        portmap::Patience::for_nat(&classified.nat, classified.quiet_counter, classified_at);
     let (mut _mapping, mut mapped) =
         portmap::finish(early, status, &shutdown, &mut report.port_mapping, patience)?;
     // A busy counter moved on while the router was asked: its range starts from here.
@@ -270,7 +271,7 @@ fn connect(
             status,
             &shutdown,
             &mut report.port_mapping,
-            portmap::Patience::for_mapping(classified.nat.mapping, Instant::now()),
+            portmap::Patience::for_nat(&classified.nat, classified.quiet_counter, Instant::now()),
         )?;
     }
     let ipv6 = main_socket::open_ipv6(cfg, status, MAX_LOCALS - main_local.len());
@@ -491,8 +492,10 @@ fn meet(
         } else {
             me.classified.rtt
         };
+        let ports: Vec<u16> = prep.samples.iter().map(|(_, m)| m.port()).collect();
+        let quiet = portmap::steps_exactly(&ports, prep.prediction.nat.delta);
         let patience =
-            portmap::Patience::for_mapping(prep.prediction.nat.mapping, Instant::now() + extra);
+            portmap::Patience::for_nat(&prep.prediction.nat, quiet, Instant::now() + extra);
         let (keeper, mapped) = match early {
             Some(started) => portmap::finish(
                 Some(started),

@@ -12,7 +12,9 @@
 //!
 //! That wait is paid only where the mapping is what makes us reachable: behind a NAT that maps
 //! endpoint-independently the punch itself opens the way, and a mapping only spares a sweep
-//! against a peer whose ports cannot be predicted. There connect takes what the router has
+//! against a peer whose ports cannot be predicted; behind a sequential counter that no other
+//! flow moved between our samples the peer's prediction finds our port as surely (a busy or
+//! random counter is where the mapping counts). There connect takes what the router has
 //! settled by the end of the classification ([`Patience::Until`]) and goes on; a grant that
 //! comes later is held and deleted on exit like any other.
 //!
@@ -27,8 +29,10 @@
 //!   `DeletePortMapping`) removes both rules at once, which `tests/lab_portmap.rs` checks
 //!   after every way out.
 
+use crate::core::classify::{Allocation, Behavior};
 use crate::core::portmap::client::{Event, PortMapConfig, PortMapper};
 use crate::core::portmap::{Protocol, Via};
+use crate::core::rendezvous::NatInfo;
 use crate::driver::portmap::{run as drive, upnp};
 use crate::driver::Status;
 use crate::os::route::default_gateway;
@@ -136,20 +140,60 @@ impl Drop for Keeper {
 pub(super) enum Patience {
     /// Until the router settles (within [`FIRST_ANSWER`]): our NAT needs the mapping.
     Full,
-    /// Until this moment only: our NAT maps endpoint-independently (see the module notes).
-    Until(Instant),
+    /// Until this moment only: the punch reaches us without a mapping, for the reason given
+    /// (see the module notes).
+    Until(Instant, Unneeded),
+}
+
+/// Why the punch reaches us without a router mapping, as measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unneeded {
+    /// Our NAT maps endpoint-independently: the punch opens the way itself.
+    EndpointIndependent,
+    /// Our NAT allocates ports in sequence and no other flow took one between our samples:
+    /// the peer's prediction of our port holds as a mapping would.
+    QuietCounter,
 }
 
 impl Patience {
-    /// The patience for a NAT whose `mapping` was just measured: full unless it is
-    /// endpoint-independent, then until `until`.
-    pub(super) fn for_mapping(mapping: crate::core::classify::Behavior, until: Instant) -> Self {
-        if mapping == crate::core::classify::Behavior::EndpointIndependent {
-            Patience::Until(until)
+    /// The patience for a NAT just measured as `nat`; `quiet`: a sequential counter's
+    /// samples stepped by exactly its delta (no other host's flow between them). Full
+    /// unless the punch reaches us anyway, then until `until`. A busy or random counter
+    /// is where a mapping is what makes us reachable, worth SSDP's wait.
+    pub(super) fn for_nat(nat: &NatInfo, quiet: bool, until: Instant) -> Self {
+        if nat.mapping == Behavior::EndpointIndependent {
+            Patience::Until(until, Unneeded::EndpointIndependent)
+        } else if nat.allocation == Allocation::Sequential && nat.delta.is_some() && quiet {
+            Patience::Until(until, Unneeded::QuietCounter)
         } else {
             Patience::Full
         }
     }
+}
+
+impl Unneeded {
+    fn explain(self, protocol: Protocol) -> String {
+        match self {
+            Unneeded::EndpointIndependent => format!(
+                "our NAT maps {protocol} endpoint-independently, so the punch reaches us \
+                 without a mapping"
+            ),
+            Unneeded::QuietCounter => format!(
+                "our NAT allocates {protocol} ports in sequence and no other flow took one \
+                 between our samples, so the peer's prediction reaches us without a mapping"
+            ),
+        }
+    }
+}
+
+/// Whether successive mapped `ports` stepped by exactly `delta` each time (a sequential
+/// counter no other flow moved between them); false with fewer than two.
+pub(super) fn steps_exactly(ports: &[u16], delta: Option<i32>) -> bool {
+    let Some(d) = delta else { return false };
+    ports.len() >= 2
+        && ports
+            .windows(2)
+            .all(|w| i32::from(w[1].wrapping_sub(w[0]) as i16) == d)
 }
 
 /// A request under way: the keeper (already asking) and where its first outcome comes.
@@ -275,16 +319,15 @@ fn wait(
     let none = |why: String| MappingReport::none(p.protocol, all_reasons(&why));
     let asked = Instant::now();
     let until = asked + FIRST_ANSWER;
-    if let Patience::Until(t) = patience {
+    if let Patience::Until(t, unneeded) = patience {
         if let Some(r) = settled_by(&p, t) {
             let keeper = r.via.is_some().then_some(p.keeper);
             return Ok((keeper, r));
         }
         let why = format!(
-            "not waited for: our NAT maps {} endpoint-independently, so the punch reaches us \
-             without a mapping, and the router had not settled one by the end of the \
+            "not waited for: {}, and the router had not settled one by the end of the \
              classification",
-            p.protocol
+            unneeded.explain(p.protocol)
         );
         // The keeper stays: should a grant still come, dropping it deletes it.
         return Ok((Some(p.keeper), none(why)));
@@ -703,5 +746,49 @@ mod tests {
             assert!(line.contains(part), "{line}");
         }
         assert_eq!(line.matches("no answer").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn the_router_is_waited_for_only_where_the_punch_needs_its_mapping() {
+        let now = Instant::now();
+        let nat = |mapping, allocation, delta| NatInfo {
+            mapping,
+            filtering: Behavior::AddressAndPortDependent,
+            allocation,
+            delta,
+            range: None,
+        };
+        let cone = nat(Behavior::EndpointIndependent, Allocation::Preserving, None);
+        let seq = nat(
+            Behavior::AddressAndPortDependent,
+            Allocation::Sequential,
+            Some(1),
+        );
+        let random = nat(Behavior::AddressAndPortDependent, Allocation::Random, None);
+        assert!(matches!(
+            Patience::for_nat(&cone, false, now),
+            Patience::Until(_, Unneeded::EndpointIndependent)
+        ));
+        assert!(matches!(
+            Patience::for_nat(&seq, true, now),
+            Patience::Until(_, Unneeded::QuietCounter)
+        ));
+        // Other hosts' flows moved the counter between our samples, or it is random: the
+        // mapping is what makes us reachable.
+        assert!(matches!(
+            Patience::for_nat(&seq, false, now),
+            Patience::Full
+        ));
+        assert!(matches!(
+            Patience::for_nat(&random, true, now),
+            Patience::Full
+        ));
+        // TCP's samples: exact steps, including across the end of the port range.
+        assert!(steps_exactly(&[20017, 20018, 20019], Some(1)));
+        assert!(steps_exactly(&[65535, 0], Some(1)));
+        assert!(steps_exactly(&[3000, 2998], Some(-2)));
+        assert!(!steps_exactly(&[20017, 20019, 20020], Some(1)));
+        assert!(!steps_exactly(&[20017], Some(1)));
+        assert!(!steps_exactly(&[20017, 20018], None));
     }
 }
