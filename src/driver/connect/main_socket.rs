@@ -32,18 +32,18 @@ pub(super) fn open_main(
                 (s.into_iter().next().expect("one socket"), l)
             }
         };
+        if cfg.tcp {
+            // The rendezvous socket is a new flow through our NAT. A NAT with a port counter
+            // shared by all flows would move it by one when the first register goes out,
+            // after the TCP prediction; a Binding request now opens that flow first, so the
+            // prediction counts it. Its port is no punch's target (the peer predicts our TCP
+            // port), so the answer is not waited for.
+            let _ = main.send_to(&binding_request().1, cfg.server);
+            return Ok((main, main_local));
+        }
         let delta = match (c.nat.allocation, c.nat.delta) {
             (Allocation::Sequential, Some(d)) if !c.samples.is_empty() => d,
-            _ => {
-                if cfg.tcp {
-                    // The rendezvous socket is a new flow through our NAT. A NAT with a port
-                    // counter shared by all flows would move it by one when the first
-                    // register goes out, after the TCP prediction; a Binding request now
-                    // opens that flow first, so the prediction counts it.
-                    let _ = main.send_to(&binding_request().1, cfg.server);
-                }
-                return Ok((main, main_local));
-            }
+            _ => return Ok((main, main_local)),
         };
         // Behind a port counter the peer predicts from this flow's port, so it must be the
         // counter's next one. The OS may hand out a local port that an earlier run used
