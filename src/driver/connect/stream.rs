@@ -184,6 +184,13 @@ impl Write for OutputWriter {
         self.out.write_all(buf)
     }
 
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        if bufs.iter().any(|b| !b.is_empty()) {
+            self.at.get_or_init(Instant::now);
+        }
+        self.out.write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }

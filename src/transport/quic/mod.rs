@@ -456,7 +456,7 @@ impl Session {
         &self,
         endpoint: &Endpoint,
         client: Option<quinn::ClientConfig>,
-        input: mpsc::Receiver<io::Result<Vec<u8>>>,
+        input: mpsc::Receiver<io::Result<bytes::Bytes>>,
         output: mpsc::Sender<Vec<bytes::Bytes>>,
         written: oneshot::Receiver<io::Result<()>>,
         established: &mut Vec<quinn::Connection>,

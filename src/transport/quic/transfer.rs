@@ -82,7 +82,7 @@ impl Session {
     pub(super) async fn transfer(
         &self,
         link: Link,
-        mut input: mpsc::Receiver<io::Result<Vec<u8>>>,
+        mut input: mpsc::Receiver<io::Result<Bytes>>,
         output: mpsc::Sender<Vec<Bytes>>,
         written: oneshot::Receiver<io::Result<()>>,
     ) -> Result<StreamStats, StreamError> {
@@ -102,7 +102,7 @@ impl Session {
                 let chunk = chunk.map_err(StreamError::Input)?;
                 // Handed over as it is: `write_all` would copy every byte into quinn.
                 sent += chunk.len() as u64;
-                send.write_chunk(Bytes::from(chunk))
+                send.write_chunk(chunk)
                     .await
                     .map_err(|e| self.write_error(e))?;
             }
