@@ -99,8 +99,9 @@ pub(super) struct Classified {
     pub(super) samples: Vec<u16>,
     /// How fast a busy counter's search range moves, ports per second.
     pub(super) range_drift: Option<f64>,
-    /// A sequential counter's samples stepped by exactly its delta: no other host's flow
-    /// took a port between them (`delta_spread` `[0, 0]`).
+    /// A sequential counter no other host's flow moved: the samples stepped by exactly its
+    /// delta (`delta_spread` `[0, 0]`) and the late probes, an interval apart, saw no other
+    /// flow either (`other_flows_per_s` 0).
     pub(super) quiet_counter: bool,
 }
 
@@ -194,7 +195,7 @@ pub(super) fn classify(
         other_address: udp.other_address,
         rtt: Duration::from_secs_f64(udp.rtt_ms.unwrap_or(50.0) / 1000.0),
         range_drift: udp.range_drift(),
-        quiet_counter: udp.delta_spread == Some([0, 0]),
+        quiet_counter: udp.delta_spread == Some([0, 0]) && udp.other_flows_per_s == Some(0.0),
         samples: udp.allocation_samples,
     }))
 }

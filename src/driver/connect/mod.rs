@@ -246,8 +246,11 @@ fn connect(
     let identity = Identity::generate()?;
     let pre_local = pre_bound.as_ref().map(|b| b.1);
     // Held until we return, whichever way: dropping it deletes the mapping.
-    let patience =
-        portmap::Patience::for_nat(&classified.nat, classified.quiet_counter, classified_at);
+    // A quiet counter spares no wait here: the UDP prediction is not redone while we wait
+    // for the peer at the rendezvous, so other hosts' flows meanwhile (a first peer may
+    // wait long) can carry the counter past it, where the mapping would still reach us (the
+    // lab: sequential NATs with 5 other flows a second, a first peer kept 2 s).
+    let patience = portmap::Patience::for_nat(&classified.nat, false, classified_at);
     let (mut _mapping, mut mapped) =
         portmap::finish(early, status, &shutdown, &mut report.port_mapping, patience)?;
     // A busy counter moved on while the router was asked: its range starts from here.
@@ -271,7 +274,7 @@ fn connect(
             status,
             &shutdown,
             &mut report.port_mapping,
-            portmap::Patience::for_nat(&classified.nat, classified.quiet_counter, Instant::now()),
+            portmap::Patience::for_nat(&classified.nat, false, Instant::now()),
         )?;
     }
     let ipv6 = main_socket::open_ipv6(cfg, status, MAX_LOCALS - main_local.len());
@@ -493,7 +496,10 @@ fn meet(
             me.classified.rtt
         };
         let ports: Vec<u16> = prep.samples.iter().map(|(_, m)| m.port()).collect();
-        let quiet = portmap::steps_exactly(&ports, prep.prediction.nat.delta);
+        // The TCP offer is redone while we wait for the peer (`OFFER_REFRESH`); the UDP
+        // late probes say whether other hosts' flows move the counter over time.
+        let quiet = me.classified.quiet_counter
+            && portmap::steps_exactly(&ports, prep.prediction.nat.delta);
         let patience =
             portmap::Patience::for_nat(&prep.prediction.nat, quiet, Instant::now() + extra);
         let (keeper, mapped) = match early {

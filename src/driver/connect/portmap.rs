@@ -13,8 +13,10 @@
 //! That wait is paid only where the mapping is what makes us reachable: behind a NAT that maps
 //! endpoint-independently the punch itself opens the way, and a mapping only spares a sweep
 //! against a peer whose ports cannot be predicted; behind a sequential counter that no other
-//! flow moved between our samples the peer's prediction finds our port as surely (a busy or
-//! random counter is where the mapping counts). There connect takes what the router has
+//! host's flow moved while we measured it, the TCP punch's prediction (redone while we wait
+//! for the peer) finds our port as surely. A busy or random counter is where the mapping
+//! counts, and so is UDP's prediction, which is not redone while we wait. There connect takes
+//! what the router has
 //! settled by the end of the classification ([`Patience::Until`]) and goes on; a grant that
 //! comes later is held and deleted on exit like any other.
 //!
@@ -150,8 +152,8 @@ pub(super) enum Patience {
 pub(super) enum Unneeded {
     /// Our NAT maps endpoint-independently: the punch opens the way itself.
     EndpointIndependent,
-    /// Our NAT allocates ports in sequence and no other flow took one between our samples:
-    /// the peer's prediction of our port holds as a mapping would.
+    /// Our NAT allocates ports in sequence and no other host's flow moved the counter while
+    /// we measured: the peer's prediction of our port holds as a mapping would.
     QuietCounter,
 }
 
@@ -179,8 +181,9 @@ impl Unneeded {
                  without a mapping"
             ),
             Unneeded::QuietCounter => format!(
-                "our NAT allocates {protocol} ports in sequence and no other flow took one \
-                 between our samples, so the peer's prediction reaches us without a mapping"
+                "our NAT allocates {protocol} ports in sequence and no other host's flow moved \
+                 its counter while we measured, so the peer's prediction reaches us without a \
+                 mapping"
             ),
         }
     }
