@@ -8,6 +8,7 @@
 # pair.
 #
 #   sudo tools/bench-connect.sh [--delay MS] [RUNS]   (default: no delay, 3 runs per pair)
+#   PAIRS="port-restricted-cone symmetric-random tcp" sudo tools/bench-connect.sh 6
 #
 # --delay MS puts MS one way on each NAT's uplink (tools/natlab.sh --delay), so the peers are
 # 4 x MS apart and the server 2 x MS from each.
@@ -40,10 +41,15 @@ trap 'exit 130' INT TERM
 field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 
 printf '%-44s %-10s %-8s %10s %10s %8s %8s %6s %6s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes syns socks
-for pair in "port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp" \
-            "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp" \
-            "port-restricted-cone symmetric-random udp tcp" \
-            "port-restricted-rst port-restricted-rst+router tcp"; do
+pairs=("port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp"
+       "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp"
+       "port-restricted-cone symmetric-random udp tcp"
+       "port-restricted-rst port-restricted-rst+router tcp")
+# PAIRS="KIND_A KIND_B TRANSPORT...; ..." runs only those, e.g. more runs of one random sweep.
+if [ -n "${PAIRS:-}" ]; then
+  IFS=';' read -r -a pairs <<< "$PAIRS"
+fi
+for pair in "${pairs[@]}"; do
   set -- $pair
   transports="${*:3}"
   # KIND_B+router: a router hop in front of NAT B, where low-TTL priming can work.
