@@ -124,6 +124,9 @@ fn check_offer(portmap: &str, upnp: bool, nat_pmp: bool, pcp: bool) {
             );
         }
     }
+    if portmap == "none" {
+        no_ssdp_refused(pm, &ctx);
+    }
     assert_eq!(
         router_rules(&lab),
         "",
@@ -405,7 +408,19 @@ fn fails_as_without(portmap: &str, extra: &[&str]) {
             assert_eq!(pm["reasons"][k], why.as_str(), "{what}: {pm:#}");
             assert!(p.a.stderr.contains(&why), "{what}: {}", p.a.stderr);
         }
+        no_ssdp_refused(pm, &what);
     }
+}
+
+/// A router with nothing on SSDP's port refuses the unicast search with ICMP port
+/// unreachable, and that (not 2 s of silence) is the UPnP reason: the discovery ended early.
+fn no_ssdp_refused(pm: &Value, what: &str) {
+    let why = pm["reasons"]["upnp"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("no UPnP IGD: the router at ")
+            && why.contains("answered SSDP with ICMP port unreachable"),
+        "{what}: {pm:#}"
+    );
 }
 
 fn check_without(pm: &Value, err: &str, extra: &[&str], what: &str) {

@@ -8,7 +8,8 @@
 //! PCP, then NAT-PMP (RFC 6887 section 9's order) on a socket of their own: both map the
 //! port named in the request, for the sender's address. UPnP IGD is discovered meanwhile
 //! (SSDP waits for answers) and asked only when neither of the two granted. A router that
-//! offers nothing or refuses costs the SSDP wait, about 2 s, and connect goes on without.
+//! offers nothing or refuses costs the SSDP wait, about 2 s (a quarter of a second when it refuses
+//! SSDP too, `upnp::discover`), and connect goes on without.
 //!
 //! That wait is paid only where the mapping is what makes us reachable: behind a NAT that maps
 //! endpoint-independently the punch itself opens the way, and a mapping only spares a sweep
@@ -206,6 +207,9 @@ pub(super) struct Pending {
     keeper: Keeper,
     rx: mpsc::Receiver<MappingReport>,
     protocol: Protocol,
+    /// The go-ahead for UPnP's unicast search of the gateway, given only where the wait is
+    /// paid in full; see [`wait`].
+    unicast_search: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Says that the mapping is being deleted when a [`Pending`] is dropped before [`wait`] took
@@ -279,6 +283,7 @@ fn begin(
     ));
     let stop = Shutdown::manual();
     let (tx, rx) = mpsc::channel();
+    let (unicast_search, go) = tokio::sync::oneshot::channel();
     let thread = {
         let (stop, status) = (stop.clone(), status.clone());
         std::thread::Builder::new()
@@ -291,7 +296,7 @@ fn begin(
                     port: local.port(),
                     lifetime,
                 };
-                keep(&ask, &stop, tx, &status)
+                keep(&ask, go, &stop, tx, &status)
             })
             .map_err(|e| Error::io("cannot start the port-mapping thread", e))?
     };
@@ -303,6 +308,7 @@ fn begin(
         },
         rx,
         protocol,
+        unicast_search: Some(unicast_search),
     }))
 }
 
@@ -322,6 +328,17 @@ fn wait(
     let none = |why: String| MappingReport::none(p.protocol, all_reasons(&why));
     let asked = Instant::now();
     let until = asked + FIRST_ANSWER;
+    // The unicast search may draw an ICMP port unreachable from the router, one more from
+    // its per-destination budget (a burst of six on Linux, then one a second) that the TTL
+    // measurement before a TCP punch needs for that router's time-exceeded answers -- and a
+    // CI run lost the measurement to it. That measurement is made only behind a NAT that
+    // maps endpoint-independently (`priming::choose`), which is never `Full`: so the
+    // search goes only where it can shorten a wait, never where the measurement follows.
+    if matches!(patience, Patience::Full) {
+        if let Some(go) = p.unicast_search.take() {
+            let _ = go.send(());
+        }
+    }
     if let Patience::Until(t, unneeded) = patience {
         if let Some(r) = settled_by(&p, t) {
             let keeper = r.via.is_some().then_some(p.keeper);
@@ -391,8 +408,16 @@ struct Ask {
 
 /// The thread: PCP / NAT-PMP, else UPnP; holds what it got until `stop`, then deletes it.
 /// The first outcome goes to `tx`.
-fn keep(ask: &Ask, stop: &Shutdown, tx: mpsc::Sender<MappingReport>, status: &Status) {
+/// `unicast_search`: the go-ahead for UPnP's unicast search (dropped: none).
+fn keep(
+    ask: &Ask,
+    unicast_search: tokio::sync::oneshot::Receiver<()>,
+    stop: &Shutdown,
+    tx: mpsc::Sender<MappingReport>,
+    status: &Status,
+) {
     let &Ask {
+        gw,
         client,
         protocol,
         port,
@@ -403,7 +428,8 @@ fn keep(ask: &Ask, stop: &Shutdown, tx: mpsc::Sender<MappingReport>, status: &St
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the UPnP client: {e}"))?;
-        rt.block_on(upnp::discover(client, UPNP_WAIT))
+        let unicast = async move { unicast_search.await.ok().map(|()| gw) };
+        rt.block_on(upnp::discover(client, unicast, UPNP_WAIT))
     });
     let mut reasons = BTreeMap::new();
     let mut tx = Some(tx);

@@ -37,6 +37,8 @@ pub(crate) fn run(
     // destination, then one per second (icmp_ratelimit) -- the budget the TTL measurement
     // before a TCP punch needs for the time-exceeded answers of that same router. The
     // machine learns of the refusal too: it settles the protocols with that reason at once.
+    // UPnP's unicast search (`upnp::discover`) may draw one more refusal from that router:
+    // two of the six, well within the burst.
     let mut answered = false;
     let mut refused = false;
     loop {
@@ -205,7 +207,7 @@ pub fn probe(bind: Option<IpAddr>, shutdown: &Shutdown) -> Offer {
             .local_addr()
             .map_err(|e| format!("getsockname: {e}"))?
             .port();
-        let r = upnp::probe(client4, SocketAddrV4::new(client4, port), UPNP_WAIT);
+        let r = upnp::probe(client4, gw, SocketAddrV4::new(client4, port), UPNP_WAIT);
         drop(hold);
         r
     });

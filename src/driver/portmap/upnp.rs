@@ -70,21 +70,93 @@ fn refusal_add_any(e: AddAnyPortError) -> UpnpRefusal {
     }
 }
 
-/// Finds the IGD by SSDP from `client` (multicast on the LAN the default route leaves by).
-pub async fn discover(client: Ipv4Addr, wait: Duration) -> Result<Gateway<Tokio>, String> {
+/// SSDP's port (UPnP Device Architecture 1.1, section 1.3.2).
+const SSDP_PORT: u16 = 1900;
+/// However soon the gateway refuses SSDP, the multicast search goes on this long: a device
+/// whose SSDP socket listens on the multicast group alone refuses a unicast search, and one
+/// that answers at once (miniupnpd does within about 50 ms) is still heard.
+const REFUSED_GRACE: Duration = Duration::from_millis(250);
+
+/// Finds the IGD by SSDP from `client` (multicast on the LAN the default route leaves by),
+/// waiting `wait` at most for an answer. When `unicast` yields the default gateway, one
+/// unicast M-SEARCH goes to it beside the multicast search (UDA 1.1 section 1.3.2 provides
+/// for unicast searches): a router with nothing on port 1900 answers it with ICMP port
+/// unreachable, and then an answer to the multicast is unlikely (the IGD that could map our
+/// port is the router our traffic leaves by), so the search ends a quarter of a second after
+/// it began instead of waiting out `wait` -- 2 s that every connect behind a NAT without UPnP
+/// paid before its punch. A router that drops the datagram silently costs `wait` as before.
+pub async fn discover(
+    client: Ipv4Addr,
+    unicast: impl std::future::Future<Output = Option<Ipv4Addr>>,
+    wait: Duration,
+) -> Result<Gateway<Tokio>, String> {
     let opts = SearchOptions {
         bind_addr: SocketAddr::V4(SocketAddrV4::new(client, 0)),
         timeout: Some(wait),
         single_search_timeout: Some(wait),
         ..SearchOptions::default()
     };
-    search_gateway(opts).await.map_err(|e| match e {
+    let started = tokio::time::Instant::now();
+    let search = search_gateway(opts);
+    tokio::pin!(search);
+    let gateway = tokio::select! {
+        r = &mut search => return r.map_err(|e| search_failed(e, wait)),
+        gateway = refused_by(client, unicast) => gateway,
+    };
+    let grace = (started + REFUSED_GRACE).min(started + wait);
+    match tokio::time::timeout_at(grace, search).await {
+        Ok(r) => r.map_err(|e| search_failed(e, wait)),
+        Err(_) => Err(format!(
+            "no UPnP IGD: the router at {gateway} answered SSDP with ICMP port unreachable \
+             (nothing listens on port {SSDP_PORT}), and nothing answered the multicast \
+             search within {} ms",
+            REFUSED_GRACE.min(wait).as_millis()
+        )),
+    }
+}
+
+fn search_failed(e: igd_next::SearchError, wait: Duration) -> String {
+    match e {
         igd_next::SearchError::NoResponseWithinTimeout => format!(
             "no UPnP IGD answered SSDP discovery on the LAN within {} ms",
             wait.as_millis()
         ),
         e => format!("UPnP discovery failed: {e}"),
-    })
+    }
+}
+
+/// Completes, with the gateway, only when the gateway `unicast` yields refuses a unicast
+/// M-SEARCH from `client` (a connected UDP socket reports the ICMP port unreachable as
+/// ECONNREFUSED); no go-ahead, an answer, a silent router or any other error leave it
+/// pending, and the multicast search decides.
+async fn refused_by(
+    client: Ipv4Addr,
+    unicast: impl std::future::Future<Output = Option<Ipv4Addr>>,
+) -> Ipv4Addr {
+    let Some(gateway) = unicast.await else {
+        return std::future::pending().await;
+    };
+    let ask = async {
+        let sock = tokio::net::UdpSocket::bind(SocketAddrV4::new(client, 0)).await?;
+        sock.connect(SocketAddrV4::new(gateway, SSDP_PORT)).await?;
+        let search = format!(
+            "M-SEARCH * HTTP/1.1\r\nHOST: {gateway}:{SSDP_PORT}\r\nMAN: \"ssdp:discover\"\r\n\
+             ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n"
+        );
+        sock.send(search.as_bytes()).await?;
+        let mut buf = [0u8; 1500];
+        loop {
+            sock.recv(&mut buf).await?;
+        }
+    };
+    let r: std::io::Result<()> = ask.await;
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => gateway,
+        r => {
+            tracing::debug!(result = ?r, "unicast SSDP search of the gateway: no refusal");
+            std::future::pending().await
+        }
+    }
 }
 
 /// Maps `local` (our address and port) on `gw`, working through the router's quirks.
@@ -172,6 +244,7 @@ pub async fn unmap(m: &UpnpMapping) -> Result<(), String> {
 /// The probe's check: discover, map `local`, delete. `Ok((external, lease_s, deleted))`.
 pub fn probe(
     client: Ipv4Addr,
+    gateway: Ipv4Addr,
     local: SocketAddrV4,
     wait: Duration,
 ) -> Result<(SocketAddr, u32, Result<(), String>), String> {
@@ -180,7 +253,7 @@ pub fn probe(
         .build()
         .map_err(|e| format!("cannot start the UPnP client: {e}"))?;
     rt.block_on(async {
-        let gw = discover(client, wait).await?;
+        let gw = discover(client, std::future::ready(Some(gateway)), wait).await?;
         let m = tokio::time::timeout(
             wait * 3,
             map(
