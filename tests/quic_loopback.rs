@@ -418,6 +418,17 @@ struct LossyRelay {
 
 impl LossyRelay {
     fn start(client: SocketAddr, server: SocketAddr, loss_pct: u64, seed: u64) -> Self {
+        Self::start_delayed(client, server, loss_pct, seed, Duration::ZERO)
+    }
+
+    /// As `start`, holding every datagram `one_way` before it goes on (in order).
+    fn start_delayed(
+        client: SocketAddr,
+        server: SocketAddr,
+        loss_pct: u64,
+        seed: u64,
+        one_way: Duration,
+    ) -> Self {
         let (to_client, for_client) = socket();
         let (to_server, for_server) = socket();
         let stop = Arc::new(AtomicBool::new(false));
@@ -426,7 +437,14 @@ impl LossyRelay {
             from.set_read_timeout(Some(Duration::from_millis(20)))
                 .unwrap();
             let stop = stop.clone();
-            thread::spawn(move || {
+            let (held_tx, held_rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+            let sender = thread::spawn(move || {
+                for (due, datagram) in held_rx {
+                    thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let _ = to.send_to(&datagram, dest);
+                }
+            });
+            let receiver = thread::spawn(move || {
                 let mut x = seed | 1;
                 let mut hop_drops = || {
                     x ^= x << 13;
@@ -442,15 +460,20 @@ impl LossyRelay {
                     // Two NATs on the way, each dropping on its own.
                     let dropped = hop_drops() | hop_drops();
                     if !dropped {
-                        let _ = to.send_to(&buf[..n], dest);
+                        let _ = held_tx.send((Instant::now() + one_way, buf[..n].to_vec()));
                     }
                 }
-            })
+                // Dropping `held_tx` ends the sender.
+            });
+            [receiver, sender]
         };
-        let threads = vec![
+        let threads = [
             forward(&to_client, &to_server, server, seed),
             forward(&to_server, &to_client, client, seed.wrapping_add(1)),
-        ];
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         LossyRelay {
             for_client,
             for_server,
@@ -469,6 +492,36 @@ impl Drop for LossyRelay {
     }
 }
 
+/// A client sending `a` and a server sending `b`, through the relay `start` makes between
+/// their addresses; returns it (still running) and each side's result and what it received.
+fn through_relay(
+    a: Vec<u8>,
+    b: Vec<u8>,
+    start: impl FnOnce(SocketAddr, SocketAddr) -> LossyRelay,
+) -> (LossyRelay, Outcome, Outcome) {
+    let (cs, ca) = socket();
+    let (ss, sa) = socket();
+    let relay = start(ca, sa);
+    let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let (cpin, spin) = (si.fingerprint(), ci.fingerprint());
+    let (cout, sout) = (Sink::default(), Sink::default());
+    let side = |socket, peer, role, me, pin, input, out: &Sink| Side {
+        socket,
+        peer,
+        role,
+        me,
+        pin,
+        input,
+        out: out.clone(),
+        timeout: LOSSY_TIMEOUT,
+    };
+    let client = spawn(side(cs, relay.for_client, Role::Client, ci, cpin, a, &cout));
+    let server = spawn(side(ss, relay.for_server, Role::Server, si, spin, b, &sout));
+    let c = client.join().unwrap();
+    let s = server.join().unwrap();
+    (relay, (c, cout.take()), (s, sout.take()))
+}
+
 #[test]
 fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
     // About 36% of the packets are lost in each direction, ACKs included, as between two
@@ -476,35 +529,10 @@ fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
     const LEN: usize = 1 << 20;
     for try_no in 0..3u64 {
         let (a, b) = (data(LEN, 10 + try_no), data(LEN, 20 + try_no));
-        let (cs, ca) = socket();
-        let (ss, sa) = socket();
-        let relay = LossyRelay::start(ca, sa, 20, 0x5eed + try_no);
-        let (ci, si) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-        let (cpin, spin) = (si.fingerprint(), ci.fingerprint());
-        let (cout, sout) = (Sink::default(), Sink::default());
         let started = Instant::now();
-        let client = spawn(Side {
-            socket: cs,
-            peer: relay.for_client,
-            role: Role::Client,
-            me: ci,
-            pin: cpin,
-            input: a.clone(),
-            out: cout.clone(),
-            timeout: LOSSY_TIMEOUT,
+        let (relay, (c, cout), (s, sout)) = through_relay(a.clone(), b.clone(), |ca, sa| {
+            LossyRelay::start(ca, sa, 20, 0x5eed + try_no)
         });
-        let server = spawn(Side {
-            socket: ss,
-            peer: relay.for_server,
-            role: Role::Server,
-            me: si,
-            pin: spin,
-            input: b.clone(),
-            out: sout.clone(),
-            timeout: LOSSY_TIMEOUT,
-        });
-        let c = client.join().unwrap();
-        let s = server.join().unwrap();
         let took = started.elapsed();
         drop(relay);
         eprintln!("try {try_no}: 1 MiB each way through ~36% loss per direction in {took:?}");
@@ -522,17 +550,35 @@ fn one_mebibyte_each_way_through_20_percent_loss_at_two_hops() {
             (LEN as u64, LEN as u64),
             "try {try_no}"
         );
-        assert!(
-            cout.take() == b,
-            "try {try_no}: client received the server's data"
-        );
-        assert!(
-            sout.take() == a,
-            "try {try_no}: server received the client's data"
-        );
+        assert!(cout == b, "try {try_no}: client received the server's data");
+        assert!(sout == a, "try {try_no}: server received the client's data");
         // How long it took is printed, not asserted: on a loaded 2-core CI machine the same
         // transfer took 31 s where it takes 3 s alone. Speed belongs in a benchmark.
     }
+}
+
+/// A long path with loss (10% at each of two hops, so about 19% per direction, 160 ms RTT)
+/// leaves many holes in what the receiver holds; quinn's ordered reassembly refuses more
+/// than 1,024 pieces and closed the connection ("too many gaps in stream buffer"): here, and
+/// in every lab run of 32 MiB with 5% loss at each NAT. Read unordered and put in order by
+/// punchraw, the stream arrives whole.
+#[test]
+fn thirty_two_mebibytes_through_loss_on_a_long_path_arrive_whole() {
+    const LEN: usize = 32 << 20;
+    let a = data(LEN, 77);
+    let started = Instant::now();
+    let (relay, (c, cout), (s, sout)) = through_relay(a.clone(), Vec::new(), |ca, sa| {
+        LossyRelay::start_delayed(ca, sa, 10, 0x10ad, Duration::from_millis(80))
+    });
+    let (c, s) = (c.expect("client"), s.expect("server"));
+    eprintln!(
+        "32 MiB through ~19% loss at 160 ms RTT in {:?}",
+        started.elapsed()
+    );
+    drop(relay);
+    assert_eq!((c.sent, s.received), (LEN as u64, LEN as u64));
+    assert!(sout == a, "the server received the client's data in order");
+    assert!(cout.is_empty());
 }
 
 /// An input that stays open, like a pipe whose writer never closes it: yields what is sent to

@@ -81,6 +81,7 @@ use tracing::{debug, info};
 
 mod gso;
 mod relayed;
+mod reorder;
 mod setup;
 mod transfer;
 pub mod upgrade;

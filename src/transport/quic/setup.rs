@@ -81,6 +81,10 @@ async fn confirmed_handshake(
     }
 }
 
+/// The commitment's length: the bytes of the client-to-server stream that the transfer finds
+/// already read.
+pub(super) const COMMITMENT_LEN: usize = 1;
+
 /// Reads the client's commitment from the first stream on a client-to-server connection: the
 /// attempt number of the server-to-client connection that goes with it. `Err(Ok(_))` means
 /// the connection ended first (an attempt the client dropped), `Err(Err(_))` a broken stream.
@@ -89,7 +93,7 @@ async fn read_commitment(
 ) -> Result<(quinn::Connection, RecvStream, u8), Result<ConnectionError, StreamError>> {
     let peer = conn.remote_address();
     let mut recv = conn.accept_uni().await.map_err(Ok)?;
-    let mut attempt = [0u8; 1];
+    let mut attempt = [0u8; COMMITMENT_LEN];
     match recv.read_exact(&mut attempt).await {
         Ok(()) => Ok((conn, recv, attempt[0])),
         Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) => Err(Ok(e)),

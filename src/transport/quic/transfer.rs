@@ -1,6 +1,7 @@
 //! Moving the bytes over the two connections and closing them: each by its sender once all
 //! of its data is acknowledged, or at once when the peer reports a failure.
 
+use super::reorder::Reorder;
 use super::setup::Link;
 use super::{
     Session, CLOSE_DONE, CLOSE_LINGER, CLOSE_PROBES, CLOSE_PROBE_INTERVAL, INITIAL_RTT,
@@ -20,6 +21,18 @@ use tracing::debug;
 /// Stream segments taken from quinn at once (each is about one packet's payload): what has
 /// arrived in order goes to the output thread as one message.
 const SEGMENTS: usize = 64;
+
+/// The output of `fut` if it is ready at its first poll.
+async fn ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
 
 fn is_done(e: &ConnectionError) -> bool {
     matches!(e, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(CLOSE_DONE))
@@ -126,12 +139,16 @@ impl Session {
         };
 
         let receiving = async {
-            let mut recv = match link.recv {
-                Some(recv) => recv,
-                None => incoming
-                    .accept_uni()
-                    .await
-                    .map_err(|e| self.connection_error(e))?,
+            // The client-to-server stream comes with the commitment read (`setup`).
+            let (mut recv, start) = match link.recv {
+                Some(recv) => (recv, super::setup::COMMITMENT_LEN as u64),
+                None => (
+                    incoming
+                        .accept_uni()
+                        .await
+                        .map_err(|e| self.connection_error(e))?,
+                    0,
+                ),
             };
             let mut received = 0u64;
             let output_failed = |written: oneshot::Receiver<io::Result<()>>| async {
@@ -140,20 +157,56 @@ impl Session {
                     _ => StreamError::Output(io::Error::other("the output thread ended")),
                 }
             };
-            let mut segments: [Bytes; SEGMENTS] = std::array::from_fn(|_| Bytes::new());
+            // Read out of order, put in order here: see `reorder`.
+            let mut reorder = Reorder::starting_at(start);
+            let full = u64::from(super::WINDOW);
+            let mut window = full;
+            let mut batch = Vec::new();
             loop {
-                match recv.read_chunks(&mut segments).await {
-                    Ok(Some(n)) => {
-                        let batch: Vec<Bytes> =
-                            segments[..n].iter_mut().map(std::mem::take).collect();
-                        received += batch.iter().map(|b| b.len() as u64).sum::<u64>();
-                        if output.send(batch).await.is_err() {
-                            let _ = recv.stop(STOP_OUTPUT_FAILED.into());
-                            return Err(output_failed(written).await);
+                let mut finished = false;
+                let mut next = Some(recv.read_chunk(usize::MAX, false).await);
+                let mut pieces = 0;
+                // Whatever else quinn holds already goes in the same message.
+                while let Some(r) = next.take() {
+                    match r {
+                        Ok(Some(chunk)) => reorder.push(chunk.offset, chunk.bytes, &mut batch),
+                        Ok(None) => {
+                            finished = true;
+                            break;
                         }
+                        Err(e) => return Err(self.read_error(e)),
                     }
-                    Ok(None) => break,
-                    Err(e) => return Err(self.read_error(e)),
+                    pieces += 1;
+                    if pieces < SEGMENTS {
+                        next = ready(recv.read_chunk(usize::MAX, false)).await;
+                    }
+                }
+                if !batch.is_empty() {
+                    received += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+                    if output.send(std::mem::take(&mut batch)).await.is_err() {
+                        let _ = recv.stop(STOP_OUTPUT_FAILED.into());
+                        return Err(output_failed(written).await);
+                    }
+                }
+                if finished {
+                    if reorder.waiting() {
+                        // quinn ends an unordered stream only once every byte was read.
+                        return Err(StreamError::Protocol {
+                            peer,
+                            reason: format!(
+                                "its stream ended with data missing after byte {}",
+                                reorder.delivered()
+                            ),
+                        });
+                    }
+                    break;
+                }
+                // Changed in steps of an eighth of the window (as quinn announces credit):
+                // each change takes the connection's lock.
+                let w = reorder.window(full);
+                if w.abs_diff(window) >= full / 8 || (w == full && window != full) {
+                    window = w;
+                    incoming.set_receive_window(VarInt::from_u64(w).unwrap_or(VarInt::MAX));
                 }
             }
             drop(output);
