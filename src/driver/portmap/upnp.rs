@@ -103,8 +103,7 @@ pub async fn discover(
         r = &mut search => return r.map_err(|e| search_failed(e, wait)),
         gateway = refused_by(client, unicast) => gateway,
     };
-    let grace = (started + REFUSED_GRACE).min(started + wait);
-    match tokio::time::timeout_at(grace, search).await {
+    match tokio::time::timeout_at(started + REFUSED_GRACE.min(wait), search).await {
         Ok(r) => r.map_err(|e| search_failed(e, wait)),
         Err(_) => Err(format!(
             "no UPnP IGD: the router at {gateway} answered SSDP with ICMP port unreachable \

@@ -13,7 +13,7 @@
 //! for every byte read, so the connection's window is lowered by what waits here
 //! ([`Reorder::window`]) and the peer may send no further past the hole than before.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use std::collections::BTreeMap;
 
 /// Pieces waiting for the hole before them, and where the stream goes on in order.
@@ -73,7 +73,7 @@ impl Reorder {
         if seen >= bytes.len() as u64 {
             return;
         }
-        let _ = bytes.split_to(seen as usize);
+        bytes.advance(seen as usize);
         self.next += bytes.len() as u64;
         out.push(bytes);
     }

@@ -22,6 +22,29 @@ use tracing::debug;
 /// arrived in order goes to the output thread as one message.
 const SEGMENTS: usize = 64;
 
+/// Takes what quinn holds of `recv` into `reorder` -- waiting for the first piece, then as
+/// many more as are ready, [`SEGMENTS`] in all at most -- and appends what is now in order to
+/// `batch`. `Ok(true)` once the stream has ended.
+async fn take_ready(
+    recv: &mut quinn::RecvStream,
+    reorder: &mut Reorder,
+    batch: &mut Vec<Bytes>,
+) -> Result<bool, quinn::ReadError> {
+    let mut read = Some(recv.read_chunk(usize::MAX, false).await);
+    let mut taken = 0;
+    while let Some(r) = read {
+        let Some(chunk) = r? else { return Ok(true) };
+        reorder.push(chunk.offset, chunk.bytes, batch);
+        taken += 1;
+        read = if taken < SEGMENTS {
+            ready(recv.read_chunk(usize::MAX, false)).await
+        } else {
+            None
+        };
+    }
+    Ok(false)
+}
+
 /// The output of `fut` if it is ready at its first poll.
 async fn ready<F: std::future::Future>(fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
@@ -150,7 +173,6 @@ impl Session {
                     0,
                 ),
             };
-            let mut received = 0u64;
             let output_failed = |written: oneshot::Receiver<io::Result<()>>| async {
                 match written.await {
                     Ok(Err(e)) => StreamError::Output(e),
@@ -163,30 +185,12 @@ impl Session {
             let mut window = full;
             let mut batch = Vec::new();
             loop {
-                let mut finished = false;
-                let mut next = Some(recv.read_chunk(usize::MAX, false).await);
-                let mut pieces = 0;
-                // Whatever else quinn holds already goes in the same message.
-                while let Some(r) = next.take() {
-                    match r {
-                        Ok(Some(chunk)) => reorder.push(chunk.offset, chunk.bytes, &mut batch),
-                        Ok(None) => {
-                            finished = true;
-                            break;
-                        }
-                        Err(e) => return Err(self.read_error(e)),
-                    }
-                    pieces += 1;
-                    if pieces < SEGMENTS {
-                        next = ready(recv.read_chunk(usize::MAX, false)).await;
-                    }
-                }
-                if !batch.is_empty() {
-                    received += batch.iter().map(|b| b.len() as u64).sum::<u64>();
-                    if output.send(std::mem::take(&mut batch)).await.is_err() {
-                        let _ = recv.stop(STOP_OUTPUT_FAILED.into());
-                        return Err(output_failed(written).await);
-                    }
+                let finished = take_ready(&mut recv, &mut reorder, &mut batch)
+                    .await
+                    .map_err(|e| self.read_error(e))?;
+                if !batch.is_empty() && output.send(std::mem::take(&mut batch)).await.is_err() {
+                    let _ = recv.stop(STOP_OUTPUT_FAILED.into());
+                    return Err(output_failed(written).await);
                 }
                 if finished {
                     if reorder.waiting() {
@@ -227,7 +231,7 @@ impl Session {
                 .min()
                 .unwrap_or(INITIAL_RTT);
             self.await_close(incoming, rtt).await?;
-            Ok(received)
+            Ok(reorder.delivered() - start)
         };
 
         let (sent, received) = tokio::select! {
