@@ -506,6 +506,20 @@ pub fn classify_configured(
     latency: Duration,
     tune: impl FnOnce(&mut ClassifierConfig),
 ) -> (UdpReport, Duration) {
+    classify_after(nat, alternate, loss, seed, latency, tune, |_, _| {})
+}
+
+/// [`classify_configured`] on a network that `before` has already used, given the local
+/// addresses the classifier's sockets will have: what an earlier run left in the NAT.
+pub fn classify_after(
+    nat: Option<NatBehavior>,
+    alternate: bool,
+    loss: f64,
+    seed: u64,
+    latency: Duration,
+    tune: impl FnOnce(&mut ClassifierConfig),
+    before: impl FnOnce(&mut SimNet, &[SocketAddr]),
+) -> (UdpReport, Duration) {
     let mut net = SimNet::new(nat, alternate, seed);
     net.loss = loss;
     net.latency = latency;
@@ -522,6 +536,9 @@ pub fn classify_configured(
     }
     let index: HashMap<SocketAddr, usize> =
         locals.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+    before(&mut net, &locals);
+    net.run_until(net.now + latency * 2);
+    net.delivered.clear();
     let start = net.now;
     let mut c = Classifier::new(cfg, locals.clone(), start);
     let limit = start + Duration::from_secs(3600);

@@ -184,56 +184,6 @@ impl Classifier {
         }
     }
 
-    pub(super) fn filtering(
-        &self,
-        other: Option<SocketAddr>,
-        reasons: &mut BTreeMap<&'static str, String>,
-    ) -> Behavior {
-        let server = self.cfg.server;
-        // Only an answer that really came from the changed address counts; a server that
-        // ignores CHANGE-REQUEST would otherwise make every NAT look like a full cone.
-        let changed_both =
-            |from: SocketAddr| from.ip() != server.ip() && from.port() != server.port();
-        let changed_port =
-            |from: SocketAddr| from.ip() == server.ip() && from.port() != server.port();
-        let b = self.outcome(Kind::FilterIpPort);
-        let c = self.outcome(Kind::FilterPort);
-        match (b, c) {
-            (Some(Outcome::Answered { from, .. }), _) if changed_both(*from) => {
-                Behavior::EndpointIndependent
-            }
-            (Some(Outcome::TimedOut), Some(Outcome::Answered { from, .. }))
-                if changed_port(*from) =>
-            {
-                Behavior::AddressDependent
-            }
-            (Some(Outcome::TimedOut), Some(Outcome::TimedOut)) if other.is_some() => {
-                Behavior::AddressAndPortDependent
-            }
-            (Some(Outcome::Rejected(code)), _) | (_, Some(Outcome::Rejected(code))) => {
-                reasons.insert(
-                    "filtering",
-                    format!("the server refused CHANGE-REQUEST (error {code}): it has no RFC 5780 alternate address"),
-                );
-                Behavior::Unknown
-            }
-            (Some(Outcome::TimedOut), Some(Outcome::TimedOut)) => {
-                reasons.insert(
-                    "filtering",
-                    "the server has no RFC 5780 alternate address and did not answer CHANGE-REQUEST".into(),
-                );
-                Behavior::Unknown
-            }
-            _ => {
-                reasons.insert(
-                    "filtering",
-                    "the server answered CHANGE-REQUEST from an unchanged address".into(),
-                );
-                Behavior::Unknown
-            }
-        }
-    }
-
     pub(super) fn allocation(
         &self,
         reasons: &mut BTreeMap<&'static str, String>,

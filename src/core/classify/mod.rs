@@ -9,13 +9,15 @@
 //! which the driver binds fresh, so no test can contaminate another's binding.
 //!
 //! All tests that do not depend on an earlier answer start at once: mapping (RFC 5780 section
-//! 4.3) on socket A and filtering (4.4) on two more sockets with one CHANGE-REQUEST each.
+//! 4.3) on socket A and filtering (4.4) with one CHANGE-REQUEST each, every filtering test
+//! from two fresh sockets (see the `filter` module).
 //! The first answer starts the rest: port allocation on a burst of fresh sockets toward the
 //! server's two endpoints in turn, hairpinning (4.5) toward A's mapping, and the optional
 //! binding-lifetime search (4.6).
 
 mod busy;
 mod conclude;
+mod filter;
 mod pacing;
 mod recheck;
 mod report;
@@ -139,10 +141,11 @@ impl ClassifierConfig {
     pub fn sockets_needed(&self) -> usize {
         let lifetime = self.lifetime_points().len();
         // A, B, C, H, allocation burst, lifetime probes plus the socket that checks them,
-        // the two late allocation probes, the mapping recheck.
+        // the two late allocation probes, the twins of B and C, the mapping recheck.
         4 + self.alloc_sockets
             + if lifetime > 0 { lifetime + 1 } else { 0 }
             + busy::LATE_SOCKETS
+            + 2
             + 1
     }
 }
@@ -197,6 +200,11 @@ enum Kind {
     FilterIpPort,
     /// Filtering test III: answer from the other port only.
     FilterPort,
+    /// Filtering test II again, at the same time, from a fresh socket of its own: the
+    /// `filter` module says why.
+    FilterIpPortTwin,
+    /// Filtering test III from its second socket, for the same reason.
+    FilterPortTwin,
     /// H sends to A's mapped address; success is A receiving it.
     Hairpin,
     Alloc(usize),
@@ -295,22 +303,7 @@ impl Classifier {
         // The allocation burst waits for the first answer, which names the server's other
         // endpoint (see `on_answer`).
         c.add(now, Kind::Base, SOCK_A, server, None, None);
-        c.add(
-            now,
-            Kind::FilterIpPort,
-            SOCK_B,
-            server,
-            Some((true, true)),
-            None,
-        );
-        c.add(
-            now,
-            Kind::FilterPort,
-            SOCK_C,
-            server,
-            Some((false, true)),
-            None,
-        );
+        c.add_filter_tests(now);
         c.flush(now);
         c
     }
@@ -413,36 +406,6 @@ impl Classifier {
         self.drop_moot_late();
         self.settle_quick(now);
         self.finish_if_settled();
-    }
-
-    /// Quick mode ([`ClassifierConfig::quick`]): a silent filtering test is settled two RTTs
-    /// (at least one plus 50 ms) after its first copy once nothing else is pending, and
-    /// wakes the caller then.
-    fn settle_quick(&mut self, now: Instant) {
-        let Some(rtt) = self.srtt.filter(|_| self.cfg.quick) else {
-            return;
-        };
-        let filter = |k: Kind| matches!(k, Kind::FilterIpPort | Kind::FilterPort);
-        let others_settled = self
-            .txns
-            .iter()
-            .all(|t| filter(t.kind) || t.outcome != Outcome::Pending);
-        for t in &mut self.txns {
-            if !filter(t.kind) || t.outcome != Outcome::Pending {
-                continue;
-            }
-            let Some(&(_, first)) = t.ids.first() else {
-                continue;
-            };
-            // Two RTTs, and never less than one RTT plus 50 ms: on a LAN-short path the
-            // answer's lateness is the hosts' scheduling, not the path (as in `answer_wait`).
-            let due = first + (rtt * 2).max(rtt + Duration::from_millis(50));
-            if others_settled && now >= due {
-                t.outcome = Outcome::TimedOut;
-            } else if due > now {
-                t.next = t.next.min(due);
-            }
-        }
     }
 
     /// Whether `poll_transmit` has something; lets a driver loop until the queue is empty.

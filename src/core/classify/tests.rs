@@ -946,3 +946,51 @@ fn which_mapping_patterns_need_a_recheck() {
         );
     }
 }
+
+/// A fresh socket whose local port an earlier run used toward one of the server's
+/// alternate endpoints gets that flow's permission on a port-preserving NAT (#10's
+/// port-restricted cone, taken for endpoint-independent filtering in the lab, and its punch
+/// failed). Whichever filtering socket has the stale flow, the NAT's filtering is read,
+/// by the full probe and by connect's quick look; without the second socket of each test
+/// these read endpoint-independent and address-dependent.
+#[test]
+fn a_permission_left_by_an_earlier_run_does_not_open_the_filtering() {
+    let alt_both = SocketAddr::from((sim::SIM_SERVER_ALT, 3479));
+    let alt_port = SocketAddr::from((sim::SIM_SERVER, 3479));
+    for quick in [false, true] {
+        for filtering in [AddressDependent, AddressAndPortDependent] {
+            let cfg = |c: &mut ClassifierConfig| c.quick = quick;
+            let n = nat(EndpointIndependent, filtering, PortAlloc::Preserve);
+            let twins = {
+                let mut c = ClassifierConfig::new(SocketAddr::from((sim::SIM_SERVER, 3478)));
+                cfg(&mut c);
+                let end = c.sockets_needed() - 1;
+                [end - 2, end - 1]
+            };
+            let mut cases = vec![(SOCK_B, alt_both), (twins[0], alt_both)];
+            if filtering == AddressAndPortDependent {
+                cases.extend([(SOCK_C, alt_port), (twins[1], alt_port)]);
+            }
+            for (socket, toward) in cases {
+                for seed in 0..4 {
+                    let (r, elapsed) = sim::classify_after(
+                        n,
+                        true,
+                        0.0,
+                        seed,
+                        Duration::from_millis(10),
+                        cfg,
+                        |net, locals| net.send_from_host(locals[socket], toward, b"old".to_vec()),
+                    );
+                    let what = format!(
+                        "quick {quick}, {filtering:?}, stale flow of socket {socket} to {toward}, seed {seed}"
+                    );
+                    assert_eq!(r.filtering, filtering, "{what}: {r:#?}");
+                    assert_eq!(r.mapping, EndpointIndependent, "{what}");
+                    // The stale socket's twin waits out all its copies: a few RTTs more.
+                    assert!(elapsed < Duration::from_millis(400), "{what}: {elapsed:?}");
+                }
+            }
+        }
+    }
+}
