@@ -40,7 +40,7 @@ trap 'exit 130' INT TERM
 
 field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 
-printf '%-44s %-10s %-8s %10s %10s %8s %8s %6s %6s\n' "pair (A x B)" "" strategy "B->conn" floor ratio probes syns socks
+printf '%-44s %-10s %-8s %10s %10s %10s %8s %8s %6s %6s\n' "pair (A x B)" "" strategy "B->conn" "B->punch" floor ratio probes syns socks
 pairs=("port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp"
        "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp"
        "port-restricted-cone symmetric-random udp tcp"
@@ -87,6 +87,7 @@ for pair in "${pairs[@]}"; do
       --report "$WORK/b.json" </dev/null >/dev/null 2>&1 || true
     wait "$a" || true
     ms=$(field elapsed_ms "$WORK/b.json"); probes=$(field probes_sent "$WORK/a.json")
+    punched=$(field time_to_punched_ms "$WORK/b.json")
     strat=$(field strategy "$WORK/b.json"); ok=$(field connected "$WORK/b.json")
     syns=$(field syns_sent "$WORK/a.json"); socks=$(field punch_sockets "$WORK/a.json")
     floor=$(awk -v r="$rtt" -v k="${ONEWAY:+3}" 'BEGIN { if (k == "") k = 2; printf "%.1f", k * r }')
@@ -95,7 +96,7 @@ for pair in "${pairs[@]}"; do
     if [ "$ok" = true ]; then
       total[$t]=$(( ${total[$t]:-0} + ms )); count[$t]=$(( ${count[$t]:-0} + 1 ))
     fi
-    printf '%-44s %-10s %-8s %8s ms %8s ms %8s %8s %6s %6s\n' "$label" "$t" "$strat" "$ms" "$floor" "$ratio" "$probes" "${syns:--}" "${socks:--}"
+    printf '%-44s %-10s %-8s %8s ms %8s ms %8s ms %8s %8s %6s %6s\n' "$label" "$t" "$strat" "$ms" "${punched:--}" "$floor" "$ratio" "$probes" "${syns:--}" "${socks:--}"
    done
   done
   if [ -n "${count[tcp-kernel]:-}" ] && [ -n "${count[tcp-raw]:-}" ]; then
@@ -108,4 +109,5 @@ done
 echo "B->conn includes B's own quick NAT classification (two RTTs to the server);"
 echo "probes = punch packets sent by A (the prober in a sweep); for tcp, connection attempts (SYNs) by A;"
 echo "syns, socks = tcp only: SYNs A sent (repeats included) and sockets A's punch opened (null: not connected);"
-echo "TCP's B->conn includes observing the NAT's TCP ports through the server and the TLS handshake."
+echo "TCP's B->conn includes observing the NAT's TCP ports through the server and the TLS handshake;"
+echo "B->punch is until the hole opened (time_to_punched_ms: for tcp the TCP handshake, before TLS)."

@@ -214,6 +214,14 @@ pub fn check_connected_over(p: &Pair, transport: &str, strategy: &str, what: &st
             r["elapsed_ms"].is_u64() && r["probes_sent"].is_u64(),
             "{what}: {n} {r:#}"
         );
+        // The hole opens before the direct path is authenticated (TCP: before TLS).
+        if r["path"] == "direct" {
+            let punched = r["time_to_punched_ms"].as_u64();
+            assert!(
+                punched.is_some_and(|t| Some(t) <= r["time_to_direct_ms"].as_u64()),
+                "{what}: {n} time_to_punched_ms: {r:#}"
+            );
+        }
     }
     assert!(p.data_ok, "{what}: data differs");
 }

@@ -166,6 +166,7 @@ pub(super) fn run(
     let l = lock(&log);
     if let Some(at) = l.direct_at {
         report.time_to_direct_ms = Some(at.saturating_duration_since(started).as_millis() as u64);
+        report.time_to_punched_ms = report.time_to_direct_ms;
     }
     if let (Some((local, remote)), true) = (l.direct, up.is_direct()) {
         report.path = Some("direct");

@@ -53,6 +53,11 @@ pub struct ConnectReport {
     /// From the start until the direct (punched) path carried the stream: the moment the
     /// punch confirmed it, before the stream's first byte; `null` when it never went direct.
     pub time_to_direct_ms: Option<u64>,
+    /// From the start until the punch opened the direct path: UDP, the punch confirmed it
+    /// (as `time_to_direct_ms`); TCP, the handshake of the connection that carries the
+    /// stream completed, before the TLS authentication that `connected` also waits for.
+    /// `null` when no hole opened.
+    pub time_to_punched_ms: Option<u64>,
     /// Where the outcome goes, once the peer is known (not part of the report).
     #[serde(skip)]
     pub(crate) outcome: Option<std::sync::Arc<outcome::OutcomeTo>>,

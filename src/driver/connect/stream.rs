@@ -33,6 +33,7 @@ pub(super) fn stream_udp(
     report.path = Some("direct");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.time_to_direct_ms = Some(report.elapsed_ms);
+    report.time_to_punched_ms = Some(report.elapsed_ms);
     report.path_settled();
     report.now_connected();
     status.say(format!(
@@ -82,6 +83,13 @@ pub(super) fn stream_tcp(
     report.path = Some("direct");
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report.time_to_direct_ms = Some(report.elapsed_ms);
+    report.time_to_punched_ms = Some(
+        punched
+            .conn
+            .up_at
+            .saturating_duration_since(started)
+            .as_millis() as u64,
+    );
     report.path_settled();
     status.say(format!(
         "connected to {} via {} in {} ms ({} connection attempt(s)); TLS authenticated, starting the stream",

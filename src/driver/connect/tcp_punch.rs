@@ -236,6 +236,8 @@ pub struct Connection {
     /// Sockets the punch opened (listener, one per kernel attempt, accepted connections; the
     /// raw engine's raw socket, held port and repaired sockets).
     pub sockets: u64,
+    /// When the TCP handshake of this connection completed, before its TLS handshake.
+    pub up_at: Instant,
 }
 
 /// The punch's outcome.
@@ -258,8 +260,13 @@ enum Ev {
     Accepted {
         stream: TcpStream,
     },
-    /// The TLS outcome of a connection, with the attempt it came from (none: accepted).
-    Tls(Option<u64>, Box<Result<TlsStream<TcpStream>, StreamError>>),
+    /// The TLS outcome of a connection, with the attempt it came from (none: accepted) and
+    /// when the connection came up.
+    Tls(
+        Option<u64>,
+        Instant,
+        Box<Result<TlsStream<TcpStream>, StreamError>>,
+    ),
 }
 
 /// Opens the watcher and the nft rules for `peers` (the peer's IPv4 address, and its IPv6
@@ -635,7 +642,9 @@ impl<'a> PunchLoop<'a> {
                 self.tasks.remove(&id);
                 self.planner.handle_failure(Instant::now(), id, why);
             }
-            Ev::Tls(attempt, r) => return self.on_handshake(attempt, *r, on_status).await,
+            Ev::Tls(attempt, up_at, r) => {
+                return self.on_handshake(attempt, up_at, *r, on_status).await
+            }
         }
         Turn::Go
     }
@@ -644,6 +653,7 @@ impl<'a> PunchLoop<'a> {
     async fn on_handshake(
         &mut self,
         attempt: Option<u64>,
+        up_at: Instant,
         r: Result<TlsStream<TcpStream>, StreamError>,
         on_status: &mut dyn FnMut(String),
     ) -> Turn {
@@ -692,6 +702,7 @@ impl<'a> PunchLoop<'a> {
             attempts: self.planner.attempts,
             syns: self.seen.syn_out,
             sockets: self.sockets,
+            up_at,
         })))
     }
 
@@ -701,9 +712,10 @@ impl<'a> PunchLoop<'a> {
         let turn = self.setup.commitment.clone();
         let side = self.setup.tls.clone();
         self.handshakes += 1;
+        let up_at = Instant::now();
         self.others.push(tokio::spawn(async move {
             let r = side.handshake(stream, Some(&turn)).await;
-            let _ = tx.send(Ev::Tls(attempt, Box::new(r)));
+            let _ = tx.send(Ev::Tls(attempt, up_at, Box::new(r)));
         }));
     }
 
