@@ -418,8 +418,13 @@ fn spread(extras: &[u16]) -> [u16; 2] {
 /// RFC 5780 section 4.3's mapping verdict from one local endpoint's mappings toward the
 /// server's primary endpoint (`base`), the alternate IP (test II), the alternate IP and port
 /// (test III) and the primary IP with the alternate port (`alt_port`, a second port test).
-/// `None` when the tests made cannot decide (test II unanswered, or test III unanswered
-/// after test II differed).
+/// `None` when the tests made cannot decide (test II unanswered, or test II differed and
+/// neither test III nor `alt_port` answered).
+///
+/// Test III asks whether the port matters once the address has changed; `alt_port` asks the
+/// same toward the primary IP. When test III is silent (a NAT that maps by a hash of the
+/// addresses drops a flow whose tuple an older flow holds: seen once in the lab, against
+/// coturn) a kept port there still decides: address-dependent.
 ///
 /// A random allocator can draw the same port for two mappings by chance (1 in the size of
 /// its range, a CGN's port block being small), so a single equality is not trusted where a
@@ -438,7 +443,7 @@ pub(crate) fn compare_mappings(
     if m2 == base {
         return Some(Behavior::EndpointIndependent);
     }
-    alt_both.map(|_| Behavior::AddressDependent)
+    alt_both.or(alt_port).map(|_| Behavior::AddressDependent)
 }
 
 /// Whether socket A's mapping tests (test I `base`, II, III and the optional second port
