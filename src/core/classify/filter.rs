@@ -7,14 +7,22 @@
 //! filtering and makes a punch wait for packets the NAT drops (seen in the lab: a
 //! port-restricted cone, in about one connect of a few hundred run back to back). Two fresh
 //! sockets rarely both hit such a port, so a test counts as answered only when both of its
-//! sockets were ([`Classifier::filter_outcome`]); they start together, so an open NAT's
-//! verdict costs no time.
+//! sockets were ([`Classifier::filter_outcome`]). The second socket asks only once the first
+//! was answered ([`Classifier::confirm_filter_answer`]): an open NAT's answer comes with the
+//! allocation burst's, one RTT later, so it costs no time, and a filtering NAT -- a port
+//! counter among them -- sees no flow more than before (a narrowed local port range made
+//! stale allocation samples more frequent with every extra flow toward the server).
 
 use super::report::Behavior;
 use super::{Classifier, Kind, Outcome, SOCK_B, SOCK_C};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// CHANGE-REQUEST of test II: answer from the other IP and port.
+const CHANGE_BOTH: Option<(bool, bool)> = Some((true, true));
+/// CHANGE-REQUEST of test III: answer from the other port.
+const CHANGE_PORT: Option<(bool, bool)> = Some((false, true));
 
 /// The other socket of the same filtering test ([`Kind::FilterIpPortTwin`]).
 fn twin_of(kind: Kind) -> Option<Kind> {
@@ -28,19 +36,35 @@ fn twin_of(kind: Kind) -> Option<Kind> {
 }
 
 impl Classifier {
-    /// Starts both filtering tests on both of their sockets.
+    /// Starts both filtering tests, each from its first socket.
     pub(super) fn add_filter_tests(&mut self, now: Instant) {
         let server = self.cfg.server;
+        self.add(now, Kind::FilterIpPort, SOCK_B, server, CHANGE_BOTH, None);
+        self.add(now, Kind::FilterPort, SOCK_C, server, CHANGE_PORT, None);
+    }
+
+    /// A filtering test answered from the changed endpoint: the same request from its
+    /// second socket, whose answer must come too for the test to count as answered.
+    pub(super) fn confirm_filter_answer(&mut self, now: Instant, kind: Kind, from: SocketAddr) {
+        let server = self.cfg.server;
         let [twin_b, twin_c] = self.twin_sockets();
-        let both = Some((true, true));
-        let port = Some((false, true));
-        for (kind, socket, change) in [
-            (Kind::FilterIpPort, SOCK_B, both),
-            (Kind::FilterPort, SOCK_C, port),
-            (Kind::FilterIpPortTwin, twin_b, both),
-            (Kind::FilterPortTwin, twin_c, port),
-        ] {
-            self.add(now, kind, socket, server, change, None);
+        let (twin, socket, change, changed) = match kind {
+            Kind::FilterIpPort => (
+                Kind::FilterIpPortTwin,
+                twin_b,
+                CHANGE_BOTH,
+                from.ip() != server.ip() && from.port() != server.port(),
+            ),
+            Kind::FilterPort => (
+                Kind::FilterPortTwin,
+                twin_c,
+                CHANGE_PORT,
+                from.ip() == server.ip() && from.port() != server.port(),
+            ),
+            _ => return,
+        };
+        if changed {
+            self.add(now, twin, socket, server, change, None);
         }
     }
 

@@ -9,8 +9,8 @@
 //! which the driver binds fresh, so no test can contaminate another's binding.
 //!
 //! All tests that do not depend on an earlier answer start at once: mapping (RFC 5780 section
-//! 4.3) on socket A and filtering (4.4) with one CHANGE-REQUEST each, every filtering test
-//! from two fresh sockets (see the `filter` module).
+//! 4.3) on socket A and filtering (4.4) on two more sockets with one CHANGE-REQUEST each; a
+//! filtering test answered asks again from a fresh socket (see the `filter` module).
 //! The first answer starts the rest: port allocation on a burst of fresh sockets toward the
 //! server's two endpoints in turn, hairpinning (4.5) toward A's mapping, and the optional
 //! binding-lifetime search (4.6).
@@ -200,7 +200,7 @@ enum Kind {
     FilterIpPort,
     /// Filtering test III: answer from the other port only.
     FilterPort,
-    /// Filtering test II again, at the same time, from a fresh socket of its own: the
+    /// Filtering test II again, once answered, from a fresh socket of its own: the
     /// `filter` module says why.
     FilterIpPortTwin,
     /// Filtering test III from its second socket, for the same reason.
@@ -489,6 +489,11 @@ impl Classifier {
             }
             Kind::MapAltIp | Kind::MapAltBoth | Kind::MapAltPort => {
                 self.recheck_if_inconsistent(now)
+            }
+            Kind::FilterIpPort | Kind::FilterPort => {
+                if let Some((from, ..)) = self.answered(kind) {
+                    self.confirm_filter_answer(now, kind, from);
+                }
             }
             Kind::Recheck(step) => self.recheck_next(now, step, other),
             Kind::LifetimeOpen(i) => {

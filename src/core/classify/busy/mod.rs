@@ -126,16 +126,23 @@ impl Classifier {
         if !counter_ahead(p0, samples, d, AHEAD) || steps % d != 0 || steps / d < 1 {
             return None;
         }
-        // A mapping of ours made between the two (the lifetime checker's first request)
-        // took a port too.
-        let ours = self
+        // A mapping of ours made between the two (the lifetime checker's first request, a
+        // filtering answer's confirmation) took a port too.
+        let first_in = |t: &super::Txn| t.ids.first().is_some_and(|&(_, at)| at > t0 && at < t1);
+        let checker = self
             .txns
             .iter()
             .filter(|t| matches!(t.kind, Kind::LifetimeCheck(_)))
-            .filter_map(|t| t.ids.first())
             .take(1)
-            .filter(|&&(_, at)| at > t0 && at < t1)
-            .count() as i32;
+            .filter(|t| first_in(t))
+            .count();
+        let twins = self
+            .txns
+            .iter()
+            .filter(|t| matches!(t.kind, Kind::FilterIpPortTwin | Kind::FilterPortTwin))
+            .filter(|t| first_in(t))
+            .count();
+        let ours = (checker + twins) as i32;
         let others = (steps / d - 1 - ours).max(0);
         let gap = t1
             .saturating_duration_since(t0)
