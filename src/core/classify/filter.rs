@@ -24,6 +24,18 @@ const CHANGE_BOTH: Option<(bool, bool)> = Some((true, true));
 /// CHANGE-REQUEST of test III: answer from the other port.
 const CHANGE_PORT: Option<(bool, bool)> = Some((false, true));
 
+/// Whether an answer to a filtering test came from the endpoint its CHANGE-REQUEST asked
+/// for. Only such an answer counts: a server that ignores CHANGE-REQUEST would otherwise make
+/// every NAT look like a full cone.
+fn from_changed(test: Kind, server: SocketAddr, from: SocketAddr) -> bool {
+    let port_changed = from.port() != server.port();
+    match test {
+        Kind::FilterIpPort | Kind::FilterIpPortTwin => from.ip() != server.ip() && port_changed,
+        Kind::FilterPort | Kind::FilterPortTwin => from.ip() == server.ip() && port_changed,
+        _ => false,
+    }
+}
+
 /// The other socket of the same filtering test ([`Kind::FilterIpPortTwin`]).
 fn twin_of(kind: Kind) -> Option<Kind> {
     match kind {
@@ -48,22 +60,12 @@ impl Classifier {
     pub(super) fn confirm_filter_answer(&mut self, now: Instant, kind: Kind, from: SocketAddr) {
         let server = self.cfg.server;
         let [twin_b, twin_c] = self.twin_sockets();
-        let (twin, socket, change, changed) = match kind {
-            Kind::FilterIpPort => (
-                Kind::FilterIpPortTwin,
-                twin_b,
-                CHANGE_BOTH,
-                from.ip() != server.ip() && from.port() != server.port(),
-            ),
-            Kind::FilterPort => (
-                Kind::FilterPortTwin,
-                twin_c,
-                CHANGE_PORT,
-                from.ip() == server.ip() && from.port() != server.port(),
-            ),
+        let (twin, socket, change) = match kind {
+            Kind::FilterIpPort => (Kind::FilterIpPortTwin, twin_b, CHANGE_BOTH),
+            Kind::FilterPort => (Kind::FilterPortTwin, twin_c, CHANGE_PORT),
             _ => return,
         };
-        if changed {
+        if from_changed(kind, server, from) {
             self.add(now, twin, socket, server, change, None);
         }
     }
@@ -86,20 +88,13 @@ impl Classifier {
             .txns
             .iter()
             .all(|t| twin_of(t.kind).is_some() || t.outcome != Outcome::Pending);
-        let answered: Vec<Kind> = self
-            .txns
-            .iter()
-            .filter(|t| matches!(t.outcome, Outcome::Answered { .. }))
-            .map(|t| t.kind)
-            .collect();
         for t in &mut self.txns {
-            let Some(twin) = twin_of(t.kind) else {
-                continue;
-            };
-            // A socket silent while its twin was answered is the one case where silence
-            // decides the verdict against an answer (a stale permission let the twin's in,
-            // or every copy but the twin's was lost): it gets all its copies.
-            if t.outcome != Outcome::Pending || answered.contains(&twin) {
+            // A twin asks only once its first socket was answered, and silence there decides
+            // the verdict against an answer (a stale permission let the first one's in, or
+            // every copy but the first one's was lost): it gets all its copies.
+            if !matches!(t.kind, Kind::FilterIpPort | Kind::FilterPort)
+                || t.outcome != Outcome::Pending
+            {
                 continue;
             }
             let Some(&(_, first)) = t.ids.first() else {
@@ -134,20 +129,16 @@ impl Classifier {
         reasons: &mut BTreeMap<&'static str, String>,
     ) -> Behavior {
         let server = self.cfg.server;
-        // Only an answer that really came from the changed address counts; a server that
-        // ignores CHANGE-REQUEST would otherwise make every NAT look like a full cone.
-        let changed_both =
-            |from: SocketAddr| from.ip() != server.ip() && from.port() != server.port();
-        let changed_port =
-            |from: SocketAddr| from.ip() == server.ip() && from.port() != server.port();
         let b = self.filter_outcome(Kind::FilterIpPort);
         let c = self.filter_outcome(Kind::FilterPort);
         match (b, c) {
-            (Some(Outcome::Answered { from, .. }), _) if changed_both(*from) => {
+            (Some(Outcome::Answered { from, .. }), _)
+                if from_changed(Kind::FilterIpPort, server, *from) =>
+            {
                 Behavior::EndpointIndependent
             }
             (Some(Outcome::TimedOut), Some(Outcome::Answered { from, .. }))
-                if changed_port(*from) =>
+                if from_changed(Kind::FilterPort, server, *from) =>
             {
                 Behavior::AddressDependent
             }
