@@ -324,8 +324,12 @@ pub struct SimNet {
     pub host_ip: IpAddr,
     /// One-way latency between the NAT (or host) and the server.
     pub latency: Duration,
-    /// Probability that any one packet is lost.
+    /// Probability that any one packet is lost (past the NAT, after it mapped the packet).
     pub loss: f64,
+    /// Probability that a packet from the host is lost on its way to the NAT, before it
+    /// mapped it: a port counter does not move for it, and the copy that gets through later
+    /// takes a later port (the lab's NATs drop in their forward chain, before translation).
+    pub loss_before_nat: f64,
     queue: BinaryHeap<InFlight>,
     seq: u64,
     rng: StdRng,
@@ -363,6 +367,7 @@ impl SimNet {
             host_ip,
             latency: Duration::from_millis(10),
             loss: 0.0,
+            loss_before_nat: 0.0,
             queue: BinaryHeap::new(),
             seq: 0,
             rng: StdRng::seed_from_u64(seed),
@@ -404,6 +409,8 @@ impl SimNet {
                 if let Some(internal) = nat.inbound(now, ext_src, dst) {
                     self.delivered.push((internal, ext_src, data));
                 }
+            }
+            Some(_) if self.loss_before_nat > 0.0 && self.rng.random_bool(self.loss_before_nat) => {
             }
             Some(nat) => {
                 if let Some(ext) = nat.outbound(now, src, dst) {

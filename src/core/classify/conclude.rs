@@ -190,7 +190,7 @@ impl Classifier {
     ) -> (AllocationFit, Vec<u16>) {
         let samples = self.alloc_samples();
         let ports: Vec<u16> = samples.iter().map(|s| s.2).collect();
-        let fit = fit_allocation(&samples);
+        let fit = self.alloc_fit(&samples);
         if fit.allocation == Allocation::Unknown {
             reasons.insert(
                 "allocation",
@@ -202,6 +202,30 @@ impl Classifier {
             );
         }
         (fit, ports)
+    }
+
+    /// [`fit_allocation`] of the burst's `samples`, or, where they fit nothing, what they fit
+    /// once loss before the NAT is allowed for ([`fit_despite_loss`]).
+    pub(super) fn alloc_fit(&self, samples: &[(usize, u16, u16)]) -> AllocationFit {
+        let fit = fit_allocation(samples);
+        if fit.allocation != Allocation::Random {
+            return fit;
+        }
+        let first_copy: Vec<usize> = (0..self.cfg.alloc_sockets)
+            .filter(|&i| self.first_copy_answered(Kind::Alloc(i)))
+            .collect();
+        fit_despite_loss(samples, &first_copy).unwrap_or(fit)
+    }
+
+    /// Whether the test was answered for its first copy, so the NAT mapped it when that left.
+    pub(super) fn first_copy_answered(&self, kind: Kind) -> bool {
+        matches!(
+            self.outcome(kind),
+            Some(Outcome::Answered {
+                first_copy: true,
+                ..
+            })
+        )
     }
 
     /// `(probe index, local port, external port)` of every answered allocation probe.
@@ -364,6 +388,48 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
     fit(Allocation::Random, None, None)
 }
 
+/// [`fit_allocation`] for samples taken through loss on the way to the NAT: a probe whose
+/// first copy was lost there was mapped when a later copy got through, after probes sent
+/// later, so it takes a port out of order (the lab's NATs drop in their forward chain, before
+/// translation; so does a congested Wi-Fi link before any NAT). Only the probes answered for
+/// their first copy (`first_copy`, probe indices) are known to have been mapped in probe
+/// order; each probe between two of them may have taken its port there or later, so the
+/// step between them spans from one flow (only the later sample's own) to the probe gap plus
+/// the usual extras. The others must lie ahead of the counter where their first copy left
+/// it. At least four such samples (three steps), as where [`fit_allocation`] leaves samples
+/// out, keep chance as unlikely as [`MAX_EXTRA_FLOWS`] says.
+fn fit_despite_loss(samples: &[(usize, u16, u16)], first_copy: &[usize]) -> Option<AllocationFit> {
+    let (sure, late): (Vec<_>, Vec<_>) = samples.iter().partition(|s| first_copy.contains(&s.0));
+    if sure.len() < 4 {
+        return None;
+    }
+    let sure: Vec<(usize, u16, u16)> = sure.into_iter().copied().collect();
+    let (d, extras) = counter_fit_with(&steps_of(&sure), extra_despite_loss)?;
+    let ahead = late.iter().all(|&&(i, _, port)| {
+        sure.iter().rev().find(|s| s.0 < i).is_none_or(|before| {
+            let diff = i32::from(port.wrapping_sub(before.2) as i16);
+            diff % d == 0 && diff / d >= 1
+        })
+    });
+    ahead.then(|| AllocationFit {
+        allocation: Allocation::Sequential,
+        delta: Some(d),
+        spread: Some(spread(&extras)),
+    })
+}
+
+/// [`extra`] where each of the `gap - 1` probes in between may have taken its port later:
+/// the step covers at least the sample's own flow, and its extras are what the whole gap
+/// does not explain.
+fn extra_despite_loss((diff, gap): (i32, i32), d: i32) -> Option<u16> {
+    if diff % d != 0 || diff / d < 1 {
+        return None;
+    }
+    u16::try_from((diff / d - gap).max(0))
+        .ok()
+        .filter(|&e| e <= MAX_EXTRA_FLOWS)
+}
+
 /// (port difference, probe-index gap) per consecutive pair of samples.
 fn steps_of(samples: &[(usize, u16, u16)]) -> Vec<(i32, i32)> {
     samples
@@ -381,6 +447,14 @@ fn steps_of(samples: &[(usize, u16, u16)]) -> Vec<(i32, i32)> {
 /// step smaller than `delta` fits no counter of that `delta`, since a step only grows. One
 /// step alone could be chance (see MAX_EXTRA_FLOWS).
 fn counter_fit(steps: &[(i32, i32)]) -> Option<(i32, Vec<u16>)> {
+    counter_fit_with(steps, extra)
+}
+
+/// [`counter_fit`] with the extras of each step counted by `extra`.
+fn counter_fit_with(
+    steps: &[(i32, i32)],
+    extra: fn((i32, i32), i32) -> Option<u16>,
+) -> Option<(i32, Vec<u16>)> {
     if steps.len() < 2 {
         return None;
     }

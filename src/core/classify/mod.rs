@@ -228,6 +228,10 @@ enum Outcome {
         other: Option<SocketAddr>,
         socket: usize,
         at: Instant,
+        /// The answer is to the first copy, so the NAT mapped the flow when that copy left;
+        /// after a later copy's answer it may have mapped it any time up to that copy (the
+        /// first one lost on its way to the NAT).
+        first_copy: bool,
     },
     /// The server answered with an error (e.g. 420: it cannot change address).
     Rejected(u16),
@@ -654,12 +658,14 @@ impl Machine for Classifier {
         if t.kind == Kind::Hairpin {
             // Our own request looped back by the NAT to socket A (RFC 5780 section 4.5).
             if class == Class::Request && socket == SOCK_A {
-                self.txns[ti].outcome = Outcome::Answered {
+                let t = &mut self.txns[ti];
+                t.outcome = Outcome::Answered {
                     from,
                     mapped: None,
                     other: None,
                     socket,
                     at: now,
+                    first_copy: t.ids.first().is_some_and(|&(first, _)| first == id),
                 };
             }
             self.flush(now);
@@ -709,6 +715,7 @@ impl Machine for Classifier {
                     other,
                     socket,
                     at: now,
+                    first_copy: t.ids.first().is_some_and(|&(first, _)| first == id),
                 };
                 let kind = t.kind;
                 self.on_answer(now, kind, mapped, other);

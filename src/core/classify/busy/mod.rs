@@ -89,7 +89,7 @@ impl Classifier {
         let same = |k: Kind| self.answered(k).and_then(|a| a.1) == base;
         let independent = same(Kind::MapAltIp) && same(Kind::MapAltBoth);
         let samples = self.alloc_samples();
-        independent || super::fit_allocation(&samples).allocation != Allocation::Sequential
+        independent || self.alloc_fit(&samples).allocation != Allocation::Sequential
     }
 
     /// The rate of others' flows through a counter with the fitted step; `None` when the
@@ -142,7 +142,26 @@ impl Classifier {
             .filter(|t| matches!(t.kind, Kind::FilterIpPortTwin | Kind::FilterPortTwin))
             .filter(|t| first_in(t))
             .count();
-        let ours = (checker + twins) as i32;
+        // A request of ours sent before them and answered only for a later copy may have
+        // been mapped when that copy left, between the two (loss before the NAT). A silent
+        // test's copies are no such evidence: the filtering tests' silence is their answer.
+        let resent = self
+            .txns
+            .iter()
+            .filter(|t| !matches!(t.kind, Kind::Late(_)))
+            .filter(|t| {
+                matches!(
+                    t.outcome,
+                    Outcome::Answered {
+                        first_copy: false,
+                        ..
+                    }
+                )
+            })
+            .filter(|t| t.ids.first().is_some_and(|&(_, at)| at <= t0))
+            .filter(|t| t.ids.iter().skip(1).any(|&(_, at)| at > t0 && at < t1))
+            .count();
+        let ours = (checker + twins + resent) as i32;
         let others = (steps / d - 1 - ours).max(0);
         let gap = t1
             .saturating_duration_since(t0)
