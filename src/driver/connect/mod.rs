@@ -172,6 +172,8 @@ struct Me {
     classified: Classified,
     /// Addresses of the rendezvous socket on our interfaces.
     main_local: Vec<SocketAddr>,
+    /// With `--tcp`: the request that opened the rendezvous flow before the TCP prediction.
+    opening: Option<crate::core::stun::TransactionId>,
     my_id: String,
     /// The punch key (never sent; the rendezvous key is derived apart from it).
     key: [u8; 32],
@@ -259,7 +261,7 @@ fn connect(
         let moved = crate::core::classify::drift_range(range, drift, classified_at.elapsed());
         c.nat.range = Some(moved);
     }
-    let (main, main_local) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
+    let (main, main_local, opening) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
     // A fresh socket replaced the one mapped (a stale NAT mapping of its port): its port is
     // mapped in turn -- when the router mapped the first one. One that offered no mapping
     // would not now either, and asking again costs up to SSDP's 2 s, in which a busy port
@@ -284,6 +286,7 @@ fn connect(
         secret,
         classified,
         main_local,
+        opening,
         my_id: hex_id(),
         key,
         fingerprint: identity.fingerprint(),
@@ -531,6 +534,21 @@ fn meet(
             (prep, offer)
         } else {
             (prep, offer)
+        };
+        let ports: Vec<u16> = prep.samples.iter().map(|(_, m)| m.port()).collect();
+        let (prep, offer) = match (me.opening, prep.prediction.nat.delta) {
+            (Some(opening), Some(d))
+                if mapped.is_none()
+                    && prep.prediction.nat.allocation
+                        == crate::core::classify::Allocation::Sequential
+                    && main_socket::opened_after(main, cfg.server, opening, c.rtt, &ports, d) =>
+            {
+                status.say("our rendezvous flow opened after the TCP prediction and took the port it predicted (the request meant to open it first was lost); predicting again");
+                let (prep, offer) = predict_tcp()?;
+                status.say(prep.describe());
+                (prep, offer)
+            }
+            _ => (prep, offer),
         };
         (mapping.keeper, mapping.mapped) = (keeper, mapped);
         first_offer = Some(offer);
