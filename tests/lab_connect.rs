@@ -255,6 +255,98 @@ fn sequential_pair_with_routed_private_candidates_connects_despite_other_flows()
     sequential_pair_with_one_more_flow(sequential_pair_with_routed_private_candidates(0), 10);
 }
 
+/// The same over TCP: every SYN of a window opens a mapping of the sender's own counter too,
+/// so one foreign flow after A's prediction used to keep every SYN from crossing (a window of
+/// step one on both sides meets only when neither counter moved). In lockstep one pair of
+/// SYNs is each other's reverse whichever side controls.
+#[test]
+fn tcp_sequential_pair_connects_despite_other_flows_before_the_window() {
+    let Some(lab) = lab_at(0, "symmetric-sequential", "symmetric-sequential") else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..4 {
+        let p = pair_between(&lab, t, "right", MIB, &["--tcp"], &[], &|| {
+            foreign_flow_after_registration(&lab)
+        });
+        let what = format!("TCP + 1 flow, try {t}");
+        check_connected_over(&p, "tcp", "predict", &what);
+        // The foreign flow came after A's prediction: it took the predicted port or a later one.
+        let predicted: u32 =
+            p.a.stderr
+                .rsplit("our next TCP port predicted: ")
+                .next()
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|port| port.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: A predicted no port:\n{}", p.a.stderr));
+        let foreign = foreign_flow_port(&lab);
+        assert!(
+            foreign.is_some_and(|f| f >= predicted),
+            "{what}: the foreign flow's port {foreign:?} is before A's predicted {predicted}"
+        );
+        assert!(
+            p.a.stderr.contains("in lockstep") && p.b.stderr.contains("in lockstep"),
+            "try {t}: not in lockstep:\n{}\n{}",
+            p.a.stderr,
+            p.b.stderr
+        );
+    }
+}
+
+/// While A waits for B: one flow of another program through A's NAT, after A's
+/// classification and registration (its TCP prediction too, with `--tcp`).
+fn foreign_flow_after_registration(lab: &Lab) {
+    // After A's classification (whose delta measurement a foreign flow would spoil, which
+    // is not the case here): its several sockets are closed and only the rendezvous
+    // socket is left.
+    let udp_sockets = || {
+        let out = lab.cmd(Node::A, "ss").args(["-Huan"]).output().expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    // The quick classification may be over between two looks (a few ms in the lab), so
+    // what is waited for is one socket left twice in a row.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let mut ones = 0;
+    while std::time::Instant::now() < until && ones < 2 {
+        match udp_sockets() {
+            1 => ones += 1,
+            _ => ones = 0,
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ones >= 2, "A's rendezvous socket was never seen alone");
+    // And its registration, which follows at once.
+    std::thread::sleep(Duration::from_millis(300));
+    // The redirection opens a new UDP socket: a new flow, a new port of the counter.
+    let st = lab
+        .cmd(Node::A, "bash")
+        .args(["-c", "echo x > /dev/udp/203.0.113.1/9"])
+        .status()
+        .expect("bash");
+    assert!(st.success());
+}
+
+/// The latest port NAT A gave a [`foreign_flow_after_registration`].
+fn foreign_flow_port(lab: &Lab) -> Option<u32> {
+    let table = lab
+        .cmd(Node::NatA, "cat")
+        .arg("/proc/net/nf_conntrack")
+        .output()
+        .expect("conntrack table");
+    String::from_utf8_lossy(&table.stdout)
+        .lines()
+        .filter(|l| l.contains("dport=9 "))
+        .filter_map(|l| {
+            l.rsplit("dport=")
+                .next()?
+                .split(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .max()
+}
+
 /// `tries` of [`sequential_pair_connects_despite_other_flows_before_the_window`] in `lab`
 /// (two sequential NATs).
 fn sequential_pair_with_one_more_flow(lab: Option<Lab>, tries: u32) {
@@ -263,36 +355,7 @@ fn sequential_pair_with_one_more_flow(lab: Option<Lab>, tries: u32) {
     };
     let label = lab_label(&lab);
     let _srv = common::punchraw_serve_5780(&lab);
-    let other_flows = || {
-        // After A's classification (whose delta measurement a foreign flow would spoil, which
-        // is not the case here): its several sockets are closed and only the rendezvous
-        // socket is left.
-        let udp_sockets = || {
-            let out = lab.cmd(Node::A, "ss").args(["-Huan"]).output().expect("ss");
-            String::from_utf8_lossy(&out.stdout).lines().count()
-        };
-        // The quick classification may be over between two looks (a few ms in the lab), so
-        // what is waited for is one socket left twice in a row.
-        let until = std::time::Instant::now() + Duration::from_secs(20);
-        let mut ones = 0;
-        while std::time::Instant::now() < until && ones < 2 {
-            match udp_sockets() {
-                1 => ones += 1,
-                _ => ones = 0,
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(ones >= 2, "A's rendezvous socket was never seen alone");
-        // And its registration, which follows at once.
-        std::thread::sleep(Duration::from_millis(300));
-        // The redirection opens a new UDP socket: a new flow, a new port of the counter.
-        let st = lab
-            .cmd(Node::A, "bash")
-            .args(["-c", "echo x > /dev/udp/203.0.113.1/9"])
-            .status()
-            .expect("bash");
-        assert!(st.success());
-    };
+    let other_flows = || foreign_flow_after_registration(&lab);
     for t in 0..tries {
         let p = pair_between(&lab, t, "right", MIB, &[], &[], &other_flows);
         let what = format!("{label} + 1 flow, try {t}");
@@ -306,23 +369,7 @@ fn sequential_pair_with_one_more_flow(lab: Option<Lab>, tries: u32) {
                 .and_then(|r| r.split(' ').next())
                 .and_then(|port| port.parse().ok())
                 .unwrap_or_else(|| panic!("{what}: B did not name A's port:\n{}", p.b.stderr));
-        let table = lab
-            .cmd(Node::NatA, "cat")
-            .arg("/proc/net/nf_conntrack")
-            .output()
-            .expect("conntrack table");
-        let foreign = String::from_utf8_lossy(&table.stdout)
-            .lines()
-            .filter(|l| l.contains("dport=9 "))
-            .filter_map(|l| {
-                l.rsplit("dport=")
-                    .next()?
-                    .split(' ')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .max();
+        let foreign = foreign_flow_port(&lab);
         assert!(
             foreign.is_some_and(|f| f > registered),
             "{what}: the foreign flow's port {foreign:?} is not past A's registered {registered}"

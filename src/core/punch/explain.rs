@@ -208,6 +208,17 @@ pub fn describe_plan(plan: tcp::Plan, window: u16, sweep_sockets: usize) -> Stri
         tcp::Plan::Window { delta } => format!(
             "simultaneous opens at the predicted port and the next {window} by step {delta}"
         ),
+        tcp::Plan::Lockstep { delta, controlling } => {
+            let t = super::lockstep::tolerance(window);
+            let (n, every) = if controlling {
+                (3 * t + 1, "every port")
+            } else {
+                (2 * t + 1, "every other port")
+            };
+            format!(
+                "simultaneous opens in lockstep with the peer's: {n} from the predicted port on, at {every} by step {delta}, covering up to {t} other flows through each NAT"
+            )
+        }
         tcp::Plan::Probe => "probing random ports of the peer from our one port".into(),
         tcp::Plan::Spray => {
             format!("{sweep_sockets} connections from fresh ports toward the peer's one port")

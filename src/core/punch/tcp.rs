@@ -14,7 +14,7 @@
 //! Per side, the plan depends on both NATs (RFC 5382 terms):
 //! - the peer maps endpoint-independently: one attempt, at its mapped port (`direct`);
 //! - the peer allocates sequentially: attempts at its predicted port and the next ones by its
-//!   step, paced (`predict`);
+//!   step, paced (`predict`); when ours does too, in lockstep ([`Plan::Lockstep`]);
 //! - the peer allocates randomly and we map endpoint-independently: attempts at random ports of
 //!   the peer, paced at the configured rate (`sweep`, probing side);
 //! - we allocate randomly and the peer maps endpoint-independently: many attempts from fresh
@@ -247,6 +247,19 @@ pub enum Plan {
         /// The peer's counter step in ports per new connection (1 when unknown).
         delta: i32,
     },
+    /// Both NATs give each new destination the next port of a counter: the lockstep of
+    /// [`super::lockstep`] over TCP. Every SYN of ours opens a mapping of our own counter as
+    /// well, so a window of step one on both sides meets only when neither counter moved
+    /// after its prediction (one flow of anything else, on either side, and no SYN crosses).
+    /// The controlling side's k-th SYN aims at the peer's prediction plus `k` steps, the
+    /// other side's l-th at plus `2l`: with `xc` and `xf` flows of others before the windows,
+    /// SYNs `k = xc + 2 xf` and `l = xc + xf` are each other's reverse.
+    Lockstep {
+        /// The peer's counter step in ports per new connection.
+        delta: i32,
+        /// Whether we are the controlling side (the larger id), which aims at every port.
+        controlling: bool,
+    },
     /// Random ports of the peer, from our one local port.
     Probe,
     /// Many attempts from fresh local ports toward the peer's one port.
@@ -274,6 +287,17 @@ pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
         // Neither side can be found by the other: a window around whatever the peer
         // predicted is the best left (it connects only by luck).
         Plan::Window { delta: 1 }
+    }
+}
+
+/// [`plan()`] for a pair that knows who controls (the larger id): two sequential NATs that
+/// map per destination go in [`Plan::Lockstep`].
+pub fn plan_in_pair(me: &NatInfo, peer: &NatInfo, controlling: bool) -> Plan {
+    match plan(me, peer) {
+        Plan::Window { delta } if sequential(me) && sequential(peer) => {
+            Plan::Lockstep { delta, controlling }
+        }
+        p => p,
     }
 }
 
@@ -338,7 +362,7 @@ pub struct TcpPunchConfig {
     /// Our fixed local port (unused by `Spray`).
     pub local_port: u16,
     /// How many ports past the prediction a `Window` tries, by the step; a quarter as many before
-    /// it.
+    /// it. A `Lockstep` covers a quarter of it in flows of others on each side.
     pub window: u16,
     /// Attempts per second at most.
     pub rate: u32,
@@ -439,6 +463,22 @@ impl TcpPunch {
                 let behind = (1..=i32::from(cfg.window / 4)).map(|k| base - k * d);
                 for p in ahead.chain(behind) {
                     if let Ok(p) = u16::try_from(p) {
+                        if p != 0 {
+                            pending.push_back(p);
+                        }
+                    }
+                }
+            }
+            Plan::Lockstep { delta, controlling } => {
+                let t = i32::from(super::lockstep::tolerance(cfg.window));
+                let (flows, stride) = if controlling {
+                    (3 * t + 1, 1)
+                } else {
+                    (2 * t + 1, 2)
+                };
+                let base = i32::from(cfg.peer_port);
+                for k in 0..flows {
+                    if let Ok(p) = u16::try_from(base + stride * k * delta) {
                         if p != 0 {
                             pending.push_back(p);
                         }

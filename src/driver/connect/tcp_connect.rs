@@ -113,7 +113,12 @@ fn plan_tcp(
     let (plan, peer_ip, peer_port) = if strategy == Strategy::Mapped {
         tcp::mapped_plan(peer_mapped, t.intro.peer.public.ip())
     } else {
-        (tcp::plan(&me, &them), t.intro.peer.public.ip(), offer.port)
+        let controlling = t.my_id > t.intro.peer.id;
+        (
+            tcp::plan_in_pair(&me, &them, controlling),
+            t.intro.peer.public.ip(),
+            offer.port,
+        )
     };
     let left = deadline.saturating_duration_since(t.intro.start);
     let budget = cfg.punch_budget.min(left.max(Duration::from_secs(1)));
