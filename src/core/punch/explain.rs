@@ -210,10 +210,11 @@ pub fn describe_plan(plan: tcp::Plan, window: u16, sweep_sockets: usize) -> Stri
         ),
         tcp::Plan::Lockstep { delta, controlling } => {
             let t = super::lockstep::tolerance(window);
-            let (n, every) = if controlling {
-                (3 * t + 1, "every port")
+            let (n, _) = super::lockstep::share(controlling, t, t);
+            let every = if controlling {
+                "every port"
             } else {
-                (2 * t + 1, "every other port")
+                "every other port"
             };
             format!(
                 "simultaneous opens in lockstep with the peer's: {n} from the predicted port on, at {every} by step {delta}, covering up to {t} other flows through each NAT"

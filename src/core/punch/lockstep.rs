@@ -29,6 +29,18 @@ pub fn tolerance(window: u16) -> u16 {
     (window / 4).max(1)
 }
 
+/// The flows a side opens in the lockstep and the stride, in the peer's flows, between the
+/// ports its flows aim at, given the extra flows covered before the controlling side's window
+/// (`c`) and before the other's (`f`): the controlling side `c + 2f + 1` flows at every port,
+/// the other `c + f + 1` at every second.
+pub fn share(controlling: bool, c: u16, f: u16) -> (u16, i32) {
+    if controlling {
+        (c.saturating_add(f.saturating_mul(2)).saturating_add(1), 1)
+    } else {
+        (c.saturating_add(f).saturating_add(1), 2)
+    }
+}
+
 /// Whether the pair uses the lockstep: both NATs map per destination and count their ports.
 pub fn applies(me: &NatInfo, peer: &NatInfo) -> bool {
     let counting = |n: &NatInfo| {
@@ -83,13 +95,8 @@ impl Lockstep {
         } else {
             (peer_extra_max, my_extra_max)
         };
-        let c_flows = c.saturating_add(f.saturating_mul(2)).saturating_add(1);
-        let f_flows = c.saturating_add(f).saturating_add(1);
-        let (my_flows, peer_flows) = if controlling {
-            (c_flows, f_flows)
-        } else {
-            (f_flows, c_flows)
-        };
+        let (my_flows, _) = share(controlling, c, f);
+        let (peer_flows, _) = share(!controlling, c, f);
         Some(Lockstep {
             controlling,
             my_extra_max,
@@ -102,7 +109,7 @@ impl Lockstep {
     /// The peer's offsets (in flows past its registered port) our window flows aim at, in
     /// the order they must be opened.
     pub fn peer_offsets(&self) -> impl Iterator<Item = i32> {
-        let stride = if self.controlling { 1 } else { 2 };
+        let (_, stride) = share(self.controlling, 0, 0);
         (0..i32::from(self.my_flows)).map(move |i| 2 + stride * i)
     }
 

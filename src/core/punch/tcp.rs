@@ -294,7 +294,7 @@ pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
 /// map per destination go in [`Plan::Lockstep`].
 pub fn plan_in_pair(me: &NatInfo, peer: &NatInfo, controlling: bool) -> Plan {
     match plan(me, peer) {
-        Plan::Window { delta } if sequential(me) && sequential(peer) => {
+        Plan::Window { delta } if super::lockstep::applies(me, peer) => {
             Plan::Lockstep { delta, controlling }
         }
         p => p,
@@ -470,14 +470,10 @@ impl TcpPunch {
                 }
             }
             Plan::Lockstep { delta, controlling } => {
-                let t = i32::from(super::lockstep::tolerance(cfg.window));
-                let (flows, stride) = if controlling {
-                    (3 * t + 1, 1)
-                } else {
-                    (2 * t + 1, 2)
-                };
+                let t = super::lockstep::tolerance(cfg.window);
+                let (flows, stride) = super::lockstep::share(controlling, t, t);
                 let base = i32::from(cfg.peer_port);
-                for k in 0..flows {
+                for k in 0..i32::from(flows) {
                     if let Ok(p) = u16::try_from(base + stride * k * delta) {
                         if p != 0 {
                             pending.push_back(p);
