@@ -476,6 +476,10 @@ EOF
 		;;
 	address-dependent)
 		# Same internal ip:port and same remote ip -> same hash -> same port.
+		# Unlike a NAT with a port table, two internal ports whose hashes
+		# meet toward the same remote ip:port cannot both be mapped: the
+		# second flow is dropped (about k/4096 for a new flow beside k
+		# others, TIME_WAIT ones included), its SYN retransmissions too.
 		snat="meta l4proto { tcp, udp } snat ip to $wan : jhash ip saddr . th sport . ip daddr mod $HASH_COUNT map { $(port_map_body "$HASH_BASE" "$HASH_COUNT") }"
 		;;
 	cgn-block-random)

@@ -81,6 +81,17 @@ impl TcpStunError {
             TcpStunError::Connect { .. } | TcpStunError::Timeout { .. }
         )
     }
+
+    /// Nothing came back in time: the handshake or the answer timed out (a lost packet, or a
+    /// NAT that dropped this flow), as opposed to a refusal or a reset, which another try
+    /// would meet again.
+    pub fn silent(&self) -> bool {
+        match self {
+            TcpStunError::Timeout { .. } => true,
+            TcpStunError::Connect { source, .. } => source.kind() == io::ErrorKind::TimedOut,
+            _ => false,
+        }
+    }
 }
 
 /// What one TCP Binding exchange showed.
@@ -367,4 +378,26 @@ fn decode(
         _ => None,
     };
     Ok((mapped, other))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_timed_out_is_silent() {
+        let server: SocketAddr = "192.0.2.1:3478".parse().unwrap();
+        let local: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let connect = |kind| TcpStunError::Connect {
+            local,
+            server,
+            source: io::Error::from(kind),
+        };
+        assert!(TcpStunError::Timeout { server, ms: 2500 }.silent());
+        assert!(connect(io::ErrorKind::TimedOut).silent());
+        // A refusal or a reset would meet the next try too.
+        assert!(!connect(io::ErrorKind::ConnectionRefused).silent());
+        assert!(!connect(io::ErrorKind::ConnectionReset).silent());
+        assert!(!TcpStunError::Garbage { server }.silent());
+    }
 }

@@ -176,6 +176,7 @@ impl Executor<'_> {
             Err(e) => {
                 let e = match e {
                     TcpStunError::ErrorResponse { code, .. } => ConnectBackError::Refused { code },
+                    e if e.silent() => ConnectBackError::Silent(e.to_string()),
                     e => ConnectBackError::Failed(e.to_string()),
                 };
                 plan.handle_connect_back(Instant::now(), Err(e));

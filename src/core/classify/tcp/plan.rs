@@ -45,8 +45,10 @@
 //! 5. the two CONNECT-BACK connections (change port, then change IP and port), each from a
 //!    fresh port and held open by the executor while the SYN is awaited (a NAT may drop a
 //!    closed connection's mapping, RFC 5382 section 5), for [`SYN_WAIT_RTTS`] round trips of
-//!    test I plus [`SYN_WAIT_BASE`]. Without an alternate address, or without a watcher,
-//!    they are not made and filtering is unknown, with the reason.
+//!    test I plus [`SYN_WAIT_BASE`]. A request that met silence (no handshake or no
+//!    answer, [`ConnectBackError::Silent`]) is made once more from another fresh port.
+//!    Without an alternate address, or without a watcher, they are not made and filtering
+//!    is unknown, with the reason.
 
 use super::{classify, SynTest, TcpAnswer, TcpObservations, TcpReport};
 use crate::core::classify::DEFAULT_ALLOC_SOCKETS;
@@ -209,7 +211,12 @@ pub enum ConnectBackError {
         /// The STUN ERROR-CODE number the server answered with (RFC 8489 section 14.8).
         code: u16,
     },
-    /// Anything else (no connection, no answer, garbage), in words.
+    /// Nothing came back in time (no SYN-ACK, or no answer to the request), in words: the
+    /// SYN, the request or the answer was lost, or a NAT dropped this one flow. Unlike a
+    /// refusal this says nothing about the server, so the request is made once more from
+    /// another fresh port.
+    Silent(String),
+    /// Anything else (refused or reset connection, garbage), in words.
     Failed(String),
 }
 
@@ -238,6 +245,8 @@ pub struct TcpProbe {
     current: Option<Step>,
     /// The CONNECT-BACK tests, [`Filter::Port`] then [`Filter::Both`]; `None` until asked.
     backs: [Option<Result<Back, String>>; 2],
+    /// Whether each CONNECT-BACK test was already made again after a silent first try.
+    retried: [bool; 2],
 }
 
 impl TcpProbe {
@@ -274,6 +283,7 @@ impl TcpProbe {
             queue,
             current: None,
             backs: [None, None],
+            retried: [false, false],
         }
     }
 
@@ -442,12 +452,23 @@ impl TcpProbe {
         now: Instant,
         r: Result<ConnectBackAnswer<'_>, ConnectBackError>,
     ) {
-        let Some(Step::ConnectBack { filter, .. }) = self.current else {
+        let Some(step @ Step::ConnectBack { filter, .. }) = self.current.clone() else {
             return;
         };
         self.current = None;
         let server = self.obs.server;
         let back = match r {
+            // Kernels retransmit a SYN from the same port, so a flow the NAT cannot map (a
+            // hashed port already taken toward this server) stays dropped; a fresh port is a
+            // fresh 5-tuple, and a second loss in a row is the rarer event.
+            Err(ConnectBackError::Silent(_)) if !self.retried[filter as usize] => {
+                self.retried[filter as usize] = true;
+                self.queue.push_front(step);
+                return;
+            }
+            Err(ConnectBackError::Silent(e)) => Err(format!(
+                "the CONNECT-BACK request failed twice, from two local ports: {e}"
+            )),
             Err(ConnectBackError::Refused { code }) => Err(format!(
                 "{server} refused the CONNECT-BACK request with error {code}"
             )),

@@ -498,6 +498,17 @@ fn to_connect_back(
     both: Result<ConnectBackAnswer<'_>, ConnectBackError>,
     at: Instant,
 ) -> (TcpProbe, Step) {
+    let mut p = to_first_connect_back();
+    for (filter, r) in [(Filter::Port, port), (Filter::Both, both)] {
+        connect_back_is(&mut p, filter);
+        p.handle_connect_back(at, r);
+    }
+    let s = p.next_step();
+    (p, s)
+}
+
+/// A probe whose next step is the first CONNECT-BACK.
+fn to_first_connect_back() -> TcpProbe {
     let mut p = up_to_test_ii();
     p.handle_binding(answer("198.51.100.7:40000", Some(alt())));
     p.next_step();
@@ -505,21 +516,65 @@ fn to_connect_back(
     loop {
         match p.next_step() {
             Step::Binding { .. } => p.handle_binding(answer("198.51.100.7:40001", None)),
-            Step::ConnectBack { .. } => break,
+            Step::ConnectBack { .. } => return p,
             _ => {}
         }
     }
-    for (filter, r) in [(Filter::Port, port), (Filter::Both, both)] {
-        let s = p.next_step();
-        assert!(
-            matches!(s, Step::ConnectBack { filter: f, change_port: true, change_ip, .. }
-                if f == filter && change_ip == (filter == Filter::Both)),
-            "{s:?}"
-        );
-        p.handle_connect_back(at, r);
-    }
+}
+
+/// Asserts that the next step is `filter`'s CONNECT-BACK.
+fn connect_back_is(p: &mut TcpProbe, filter: Filter) {
     let s = p.next_step();
-    (p, s)
+    assert!(
+        matches!(s, Step::ConnectBack { filter: f, change_port: true, change_ip, .. }
+            if f == filter && change_ip == (filter == Filter::Both)),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn a_silent_connect_back_is_made_once_more_from_a_fresh_port() {
+    let at = Instant::now();
+    let mut p = to_first_connect_back();
+    let silent = || {
+        Err(ConnectBackError::Silent(
+            "no STUN answer within 2500 ms".into(),
+        ))
+    };
+    // The port test: silent, then answered on the second try.
+    connect_back_is(&mut p, Filter::Port);
+    p.handle_connect_back(at, silent());
+    connect_back_is(&mut p, Filter::Port);
+    let local: SocketAddr = "10.0.0.2:41003".parse().unwrap();
+    let rp = promise(SocketAddr::new(server().ip(), alt().port()));
+    p.handle_connect_back(
+        at,
+        Ok(ConnectBackAnswer {
+            local,
+            response: &rp,
+        }),
+    );
+    // The other test: silent twice, which is its reason; a refusal is never retried.
+    connect_back_is(&mut p, Filter::Both);
+    p.handle_connect_back(at, silent());
+    connect_back_is(&mut p, Filter::Both);
+    p.handle_connect_back(at, silent());
+    let Step::AwaitSyns { until } = p.next_step() else {
+        panic!("the port test's SYN is not awaited");
+    };
+    p.handle_timeout(until);
+    assert_eq!(p.next_step(), Step::Done);
+    assert_eq!(
+        p.observations().filter_both,
+        SynTest::Unknown(
+            "the CONNECT-BACK request failed twice, from two local ports: no STUN answer within 2500 ms"
+                .into()
+        )
+    );
+    let mut p = to_first_connect_back();
+    connect_back_is(&mut p, Filter::Port);
+    p.handle_connect_back(at, Err(ConnectBackError::Refused { code: 420 }));
+    connect_back_is(&mut p, Filter::Both);
 }
 
 fn promise(origin: SocketAddr) -> Vec<u8> {
