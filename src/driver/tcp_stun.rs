@@ -153,56 +153,85 @@ pub fn exchange(
 }
 
 /// Binding requests over new TCP connections from `local` (a port already in use by this
-/// host's shared sockets, not 0) to each of `servers`, side by side: every SYN leaves from
-/// this thread in the order given, so a NAT that allocates ports in sequence meets them in
-/// that order, and the exchanges then run at once (a thread each), one round trip in all
-/// instead of one per server. Each connection is closed before returning.
+/// host's shared sockets, not 0) to each of `servers`, side by side: [`open_in_order`], then
+/// [`Opening::finish`]. Each connection is closed before returning.
 pub fn bindings_in_order(
     local: SocketAddr,
     servers: &[SocketAddr],
     timeout: Duration,
 ) -> Vec<Result<TcpBinding, TcpStunError>> {
+    open_in_order(local, servers).finish(timeout)
+}
+
+/// Connections from `local` to each of `servers` whose SYNs have left this thread, in that
+/// order; the handshakes complete while the caller goes on.
+pub struct Opening {
+    started: Instant,
+    local: SocketAddr,
+    conns: Vec<(SocketAddr, Result<TcpStream, TcpStunError>)>,
+}
+
+/// Starts a connection from `local` to each of `servers`: every SYN leaves before this
+/// returns, in the order given, so a NAT that allocates ports in sequence meets them in that
+/// order and before anything the caller sends afterwards.
+pub fn open_in_order(local: SocketAddr, servers: &[SocketAddr]) -> Opening {
     let started = Instant::now();
-    let opened: Vec<Result<(TcpStream, SocketAddr), TcpStunError>> = servers
+    let conns = servers
         .iter()
         .map(|&server| {
-            let sock = shared_port_socket(local)
-                .map_err(|source| TcpStunError::Socket { local, source })?;
-            let err = |source| TcpStunError::Connect {
-                local,
-                server,
-                source,
+            let open = || {
+                let sock = shared_port_socket(local)
+                    .map_err(|source| TcpStunError::Socket { local, source })?;
+                let err = |source| TcpStunError::Connect {
+                    local,
+                    server,
+                    source,
+                };
+                sock.set_nonblocking(true).map_err(err)?;
+                // The SYN goes out here; the connection completes while the others start.
+                match sock.connect(&server.into()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => return Err(err(e)),
+                }
+                // Blocking again: the request's write waits for the handshake (within the
+                // write timeout `finish` sets), and fails as the connect would have.
+                sock.set_nonblocking(false).map_err(err)?;
+                Ok(sock.into())
             };
-            sock.set_nonblocking(true).map_err(err)?;
-            // The SYN goes out here; the connection completes while the others start.
-            match sock.connect(&server.into()) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-                Err(e) => return Err(err(e)),
-            }
-            // Blocking again: the request's write waits for the handshake (within the
-            // write timeout `finish` sets), and fails as the connect would have.
-            sock.set_nonblocking(false).map_err(err)?;
-            Ok((sock.into(), local))
+            (server, open())
         })
         .collect();
-    std::thread::scope(|scope| {
-        let running: Vec<_> = opened
-            .into_iter()
-            .zip(servers)
-            .map(|(o, &server)| {
-                scope.spawn(move || {
-                    let (stream, bound) = o?;
-                    finish(stream, bound, server, &[], started, timeout).map(|(b, _)| b)
+    Opening {
+        started,
+        local,
+        conns,
+    }
+}
+
+impl Opening {
+    /// The Binding exchanges on the opened connections, at once (a thread each): one round
+    /// trip in all instead of one per server, within `timeout` of the first SYN. One result
+    /// per server, in the order opened.
+    pub fn finish(self, timeout: Duration) -> Vec<Result<TcpBinding, TcpStunError>> {
+        let (started, local) = (self.started, self.local);
+        std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .conns
+                .into_iter()
+                .map(|(server, o)| {
+                    let h = scope.spawn(move || {
+                        finish(o?, local, server, &[], started, timeout).map(|(b, _)| b)
+                    });
+                    (server, h)
                 })
-            })
-            .collect();
-        running
-            .into_iter()
-            .zip(servers)
-            .map(|(h, &server)| h.join().unwrap_or(Err(TcpStunError::Garbage { server })))
-            .collect()
-    })
+                .collect();
+            running
+                .into_iter()
+                .map(|(server, h)| h.join().unwrap_or(Err(TcpStunError::Garbage { server })))
+                .collect()
+        })
+    }
 }
 
 /// The request on the connected (or connecting) `stream` and its answer, within what is left

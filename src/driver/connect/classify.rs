@@ -2,13 +2,13 @@
 //! ([`crate::core::classify::ClassifierConfig::quick`]) reduced to what the rendezvous and the
 //! punch start from.
 
-use super::tcp_punch::{from_samples, sample, Reserved, TcpPrep};
+use super::tcp_punch::{from_samples, sample_opened, Reserved, TcpPrep};
 use super::ConnectConfig;
 use crate::core::classify::{ClassifierConfig, Event, LegacyType};
 use crate::core::rendezvous::NatInfo;
 use crate::driver::kebab;
 use crate::driver::probe::classify_udp;
-use crate::driver::tcp_stun::{exchange, TcpBinding};
+use crate::driver::tcp_stun::{exchange, open_in_order, TcpBinding};
 use crate::driver::Status;
 use crate::os::capture::Capture;
 use crate::os::signals::Shutdown;
@@ -47,9 +47,15 @@ impl EarlyTcp {
         });
         let running = reserved.and_then(|r| {
             let local = r.local;
+            // The SYN leaves from this thread, ahead of every UDP probe: from a thread of
+            // its own it could reach a sequential NAT inside the classification's allocation
+            // burst or between its late probes on a short path, and be taken for another
+            // host's flow (the counter would not read quiet; connect then waits for the
+            // router and predicts again).
+            let opening = open_in_order(local, &[server]);
             std::thread::Builder::new()
                 .name("tcp-predict".into())
-                .spawn(move || sample(r, &[server]))
+                .spawn(move || sample_opened(r, &[server], opening))
                 .map(|h| (local, h))
                 .map_err(|e| tracing::debug!("cannot start the early TCP prediction: {e}"))
                 .ok()
@@ -198,4 +204,25 @@ pub(super) fn classify(
         quiet_counter: udp.delta_spread == Some([0, 0]) && udp.other_flows_per_s == Some(0.0),
         samples: udp.allocation_samples,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn the_early_tcp_syn_has_left_when_it_starts() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let to = server.local_addr().unwrap();
+        let early = EarlyTcp::start(to, Some(to.ip()));
+        // Loopback completes the handshake within connect(): the connection is already
+        // queued, so the UDP classification started next comes after its SYN at any NAT.
+        let (conn, _) = server
+            .accept()
+            .expect("the early TCP SYN was sent before start returned");
+        drop(conn);
+        assert!(early.running.is_some());
+    }
 }

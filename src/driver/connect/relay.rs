@@ -278,6 +278,12 @@ impl Relay {
             allocated: AtomicBool::new(false),
             session_exists: AtomicBool::new(false),
         });
+        // Over UDP the first Allocate leaves from this thread, before the caller classifies
+        // the NAT: a sequential NAT then maps this flow ahead of the allocation burst, where
+        // from the relay's thread it could fall inside the burst or between the late probes
+        // on a short path and read as another host's flow (a counter not quiet). Without a
+        // link yet (TCP, TLS) the thread sends it once it has dialled.
+        shared.flush(&mut lock(&shared.client));
         let s = shared.clone();
         let retry_until = retry.then_some(retry_until);
         let thread = std::thread::Builder::new()
@@ -790,5 +796,40 @@ mod tests {
             "{text}"
         );
         assert_eq!(no_direct_path(None, None, punch()).exit_code(), 8);
+    }
+
+    #[test]
+    fn the_first_allocate_has_left_when_the_relay_starts() {
+        use crate::core::stun::{Class, Message, Method};
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let to = server.local_addr().unwrap();
+        let mode = RelayMode::Turn {
+            server: to,
+            username: "u".into(),
+            password: "p".into(),
+            transport: RelayTransport::Udp,
+        };
+        let relay = Relay::start(
+            &mode,
+            to,
+            "s",
+            "secret",
+            Some(to.ip()),
+            Instant::now() + Duration::from_secs(5),
+            &RelayTransport::Udp,
+        )
+        .unwrap()
+        .unwrap();
+        // Loopback delivers at send: without waiting, the request is already here, so a
+        // classification started next comes after it at any NAT.
+        let mut buf = [0u8; 1500];
+        let (n, _) = server
+            .recv_from(&mut buf)
+            .expect("the first Allocate was sent before start returned");
+        let m = Message::parse(&buf[..n]).unwrap().message_type();
+        assert_eq!((m.method, m.class), (Method::Allocate, Class::Request));
+        drop(server);
+        drop(relay);
     }
 }

@@ -39,7 +39,7 @@ use crate::transport::Role;
 use crate::Error;
 pub use dual::ipv6_setup;
 use dual::{first_connected, Lane};
-pub use predict::{from_samples, prepare, prepare_from, sample, Reserved, TcpPrep};
+pub use predict::{from_samples, prepare, prepare_from, sample, sample_opened, Reserved, TcpPrep};
 pub use raw::{peer_rtt, SynEngine};
 use socket2::{SockRef, TcpKeepalive};
 use std::cell::RefCell;

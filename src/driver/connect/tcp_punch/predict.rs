@@ -131,14 +131,24 @@ pub fn sample(
     reserved: Reserved,
     eps: &[SocketAddr],
 ) -> Result<Vec<(SocketAddr, SocketAddr)>, Error> {
-    let Some(&server) = eps.first() else {
-        return Ok(Vec::new());
-    };
     // Every connection leaves from the reserved port; their SYNs go side by side in `eps`'s
     // order, so that a sequential NAT numbers them in that order while the whole takes two
     // round trips (handshake, Binding) rather than two per endpoint.
-    let local = reserved.local;
-    let mut results = tcp_stun::bindings_in_order(local, eps, BINDING_TIMEOUT).into_iter();
+    let opening = tcp_stun::open_in_order(reserved.local, eps);
+    sample_opened(reserved, eps, opening)
+}
+
+/// [`sample`], its connections already opened ([`tcp_stun::open_in_order`] from
+/// `reserved`'s port to `eps`): the exchanges and their answers.
+pub fn sample_opened(
+    reserved: Reserved,
+    eps: &[SocketAddr],
+    opening: tcp_stun::Opening,
+) -> Result<Vec<(SocketAddr, SocketAddr)>, Error> {
+    let Some(&server) = eps.first() else {
+        return Ok(Vec::new());
+    };
+    let mut results = opening.finish(BINDING_TIMEOUT).into_iter();
     drop(reserved);
     let first = results
         .next()
