@@ -845,6 +845,53 @@ fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
         rows.len(),
         distinct(2)
     );
+    // Where a SYN-ACK of the peer's finished a handshake, the socket that continues it was
+    // made before the handshake's third segment left: its window probe (a pure ACK one
+    // sequence number before) comes first. Sent the other way round, the peer's first data
+    // could arrive before the socket existed and be lost to our RST, and TLS waited out a
+    // retransmission timeout.
+    let isn: u64 = rows
+        .first()
+        .and_then(|r| r.get(1))
+        .and_then(|s| s.parse().ok())
+        .expect("the SYNs' sequence number");
+    let synacks = tshark(&[
+        "-Y",
+        "tcp.flags.syn==1 && tcp.flags.ack==1 && ip.dst==10.0.1.2 \
+         && ip.src!=203.0.113.1 && ip.src!=203.0.113.2",
+        "-T",
+        "fields",
+        "-e",
+        "tcp.srcport",
+    ]);
+    let acks = tshark(&[
+        "-o",
+        "tcp.relative_sequence_numbers:FALSE",
+        "-Y",
+        "tcp.flags==0x010 && tcp.len==0 && ip.src==10.0.1.2 \
+         && ip.dst!=203.0.113.1 && ip.dst!=203.0.113.2",
+        "-T",
+        "fields",
+        "-e",
+        "tcp.dstport",
+        "-e",
+        "tcp.seq",
+    ]);
+    for port in synacks.lines().collect::<std::collections::BTreeSet<_>>() {
+        let seqs: Vec<u64> = acks
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(p, _)| *p == port)
+            .filter_map(|(_, s)| s.parse().ok())
+            .collect();
+        if let Some(third) = seqs.iter().position(|&s| s == isn + 1) {
+            assert!(
+                seqs[..third].contains(&isn),
+                "the third segment to port {port} left before its socket's window probe: \
+                 pure ACKs' sequence numbers {seqs:?} (ISN {isn})"
+            );
+        }
+    }
     // Nothing malformed or out of sequence in what we crafted. A repeat that crossed the
     // peer's ACK on a busy machine (a spurious retransmission, answered with a D-SACK) is
     // timing, not a fault of the packets.

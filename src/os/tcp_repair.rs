@@ -28,9 +28,9 @@
 //! - TCP_REPAIR_WINDOW after connect(), since connect() resets the windows (snd_wnd 0
 //!   would leave the socket probing a zero window until the peer's first ACK).
 //! - Leaving repair mode with TCP_REPAIR_OFF sends one window probe: an ACK with
-//!   seq = snd_una - 1 and ack = rcv_nxt. It is kept after a SYN-ACK of the peer's: it is
-//!   the handshake's final ACK for both NATs' conntrack, and the peer answers it with an ACK
-//!   that carries its window. After our own SYN-ACK ([`Established::awaiting_peer`]) the
+//!   seq = snd_una - 1 and ack = rcv_nxt. It is kept after a SYN-ACK of the peer's: the peer
+//!   answers it with an ACK that carries its window, and the crafted third segment of the
+//!   handshake follows it (the socket is made first, so the peer's first data finds it). After our own SYN-ACK ([`Established::awaiting_peer`]) the
 //!   socket leaves with TCP_REPAIR_OFF_NO_WP (-1) and sends nothing.
 
 use crate::core::wire::craft::Established;

@@ -296,15 +296,17 @@ impl RawHost {
         }
     }
 
+    /// In the driver's order: the sockets (whose window probes go out as they are made),
+    /// then the queued segments.
     fn drain(&mut self) {
-        while let Some(c) = self.engine.poll_transmit() {
-            self.out.push_back(c);
-        }
         while let Some(e) = self.engine.poll_established() {
             if !e.awaiting_peer {
                 self.out.push_back(ack(&e, e.snd_nxt.wrapping_sub(1)));
             }
             self.conns.push((e, false));
+        }
+        while let Some(c) = self.engine.poll_transmit() {
+            self.out.push_back(c);
         }
         while let Some(remote) = self.engine.poll_confirmed() {
             if let Some((e, _)) = self.conns.iter().find(|(e, _)| e.remote == remote) {

@@ -26,12 +26,15 @@
 //! Drive it in the order quinn-proto documents for its `Connection` (ARCHITECTURE.md):
 //! 1. [`RawPunch::handle_seen`] for each packet the watcher saw (inbound);
 //! 2. [`RawPunch::handle_timeout`] when [`RawPunch::poll_timeout`] has passed;
-//! 3. [`RawPunch::poll_transmit`] until `None`, sending each segment on the raw socket;
-//! 4. [`RawPunch::poll_established`] until `None`, making the socket for each;
+//! 3. [`RawPunch::poll_established`] until `None`, making the socket for each;
+//! 4. [`RawPunch::poll_transmit`] until `None`, sending each segment on the raw socket;
 //! 5. sleep until the next packet or `poll_timeout()`.
 //!
-//! A SYN-ACK answering the peer's SYN is queued by step 1, so it goes out in step 3 of the same
-//! turn: within one round trip of the SYN, as the punch needs.
+//! Sockets before segments: the handshake's third segment is queued with its connection, and
+//! the peer may send data as soon as it has it; data that reaches this host before the socket
+//! exists is lost (the host's RST is dropped by the punch's nft rule) until the peer's
+//! retransmission timeout. A SYN-ACK answering the peer's SYN is queued by step 1, so it goes
+//! out in step 4 of the same turn: within one round trip of the SYN, as the punch needs.
 //!
 //! A SYN-ACK can be lost, and nothing else brings it back: the socket is ESTABLISHED on our
 //! side, and once our NAT's connection tracking has seen our SYN-ACK it drops the peer's repeated
@@ -420,8 +423,9 @@ impl RawPunch {
                             timestamps: options.timestamps.map(|(v, _)| (self.tsval(now), v)),
                             ..self.syn_options(now)
                         };
-                        // The handshake's third segment (RFC 9293 section 3.5, figure 7), at
-                        // once: the TCP_REPAIR socket's own first segment is a window probe
+                        // The handshake's third segment (RFC 9293 section 3.5, figure 7),
+                        // queued with the connection (the driver sends it once the socket is
+                        // made): the TCP_REPAIR socket's own first segment is a window probe
                         // one byte before it, which a kernel peer in SYN-RECEIVED does not
                         // take as the ACK of its SYN (it would wait for its SYN-ACK's
                         // retransmission, a second later).
