@@ -125,12 +125,14 @@ impl TlsSide {
                         "another connection than the one with {peer} carries the stream"
                     )));
                 }
-                s.write_all(&[COMMIT])
-                    .await
-                    .map_err(|e| self.error(peer, &verifier, e))?;
-                s.flush()
-                    .await
-                    .map_err(|e| self.error(peer, &verifier, e))?;
+                let sent = match s.write_all(&[COMMIT]).await {
+                    Ok(()) => s.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    let e = self.error(peer, &verifier, e);
+                    return Err(refusal_or(read_reason(&mut s, peer).await, e));
+                }
                 // The server may keep this connection now and drop the others: no other
                 // connection commits after it (its ACCEPT is `transfer`'s to read).
                 if let Some(decided) = turn.as_deref_mut() {
@@ -225,6 +227,34 @@ async fn expect_byte(
     }
 }
 
+/// How long a failed write waits for the read that may explain it. The explanation, if any,
+/// is already in the receive queue; this only bounds a read that finds nothing there.
+const REASON_WAIT: Duration = Duration::from_secs(1);
+
+/// A write that failed on a reset connection may have met the reset that follows the
+/// peer's refusal of our certificate: a TCP closed with our unread bytes in its buffer
+/// resets the connection (RFC 1122 section 4.2.2.13), after the TLS alert it sent. The
+/// alert still lies in our receive queue ahead of the reset, so the read side's outcome
+/// says whether the refusal is the reason (the one a user can act on) or `e` stands.
+fn refusal_or<T>(read: Result<T, StreamError>, e: StreamError) -> StreamError {
+    match read {
+        Err(r) if r.is_auth_failure() => r,
+        _ => e,
+    }
+}
+
+/// One read on a client stream whose write failed, for [`refusal_or`].
+async fn read_reason(
+    s: &mut (impl tokio::io::AsyncRead + Unpin),
+    peer: SocketAddr,
+) -> Result<(), StreamError> {
+    let mut b = [0u8; 1];
+    match tokio::time::timeout(REASON_WAIT, s.read(&mut b)).await {
+        Ok(Err(e)) => Err(handshake_error(peer, e)),
+        _ => Ok(()),
+    }
+}
+
 /// The server's answer on the connection it keeps (see the module documentation).
 pub async fn accept_commitment(s: &mut TlsStream<TcpStream>) -> io::Result<()> {
     s.write_all(&[ACCEPT]).await?;
@@ -305,7 +335,29 @@ pub async fn transfer(
             ))),
         }
     };
-    let (sent, received) = tokio::try_join!(send, recv)?;
+    let (sent, received) = {
+        tokio::pin!(send, recv);
+        let (mut sent, mut received) = (None, None);
+        while sent.is_none() || received.is_none() {
+            tokio::select! {
+                s = &mut send, if sent.is_none() => match s {
+                    Ok(n) => sent = Some(n),
+                    // The reset may follow the peer's refusal of our certificate, whose alert
+                    // then waits for the receive side (see `refusal_or`); on a reset
+                    // connection that side ends at once.
+                    Err(e @ StreamError::ConnectionLost { .. }) if received.is_none() => {
+                        let reason = tokio::time::timeout(REASON_WAIT, &mut recv)
+                            .await
+                            .unwrap_or(Ok(0));
+                        return Err(refusal_or(reason, e));
+                    }
+                    Err(e) => return Err(e),
+                },
+                r = &mut recv, if received.is_none() => received = Some(r?),
+            }
+        }
+        (sent.unwrap_or(0), received.unwrap_or(0))
+    };
     let stream = rd.unsplit(wr);
     acknowledged(&stream, peer).await?;
     Ok(StreamStats { sent, received })
