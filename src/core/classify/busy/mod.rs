@@ -120,10 +120,25 @@ impl Classifier {
             );
             return None;
         };
+        // The first late probe's port may be off the counter: its local port still had an
+        // old mapping (the OS handed out a port used toward this server within the NAT's
+        // timeout: repeated runs), or others moved the counter further than we trust between
+        // the burst and it. Either way the count and the time start where the burst left the
+        // counter, with that probe's port one of ours only where it lies on the counter
+        // between there and the second one.
+        let (p0, from, late0) = if counter_ahead(p0, samples, d, AHEAD) {
+            (p0, t0, 0)
+        } else {
+            let (pb, tb) = self.burst_end(samples, d, t0)?;
+            let off = |p: u16| i32::from(p.wrapping_sub(pb) as i16);
+            let on = off(p0) % d == 0 && (1..off(p1) / d).contains(&(off(p0) / d));
+            (pb, tb, i32::from(on))
+        };
         let steps = i32::from(p1.wrapping_sub(p0) as i16);
-        // Off the counter: a reused local port's old mapping, or a fitted step that is a
-        // multiple of the counter's (every burst step disturbed alike). Nothing to time.
-        if !counter_ahead(p0, samples, d, AHEAD) || steps % d != 0 || steps / d < 1 {
+        // Off the counter: the second late probe's port an old mapping, or a fitted step
+        // that is a multiple of the counter's (every burst step disturbed alike). Nothing to
+        // time.
+        if steps % d != 0 || steps / d < 1 {
             return None;
         }
         // A mapping of ours made between the two (the lifetime checker's first request, a
@@ -161,10 +176,10 @@ impl Classifier {
             .filter(|t| t.ids.first().is_some_and(|&(_, at)| at <= t0))
             .filter(|t| t.ids.iter().skip(1).any(|&(_, at)| at > t0 && at < t1))
             .count();
-        let ours = (checker + twins + resent) as i32;
+        let ours = (checker + twins + resent) as i32 + late0;
         let others = (steps / d - 1 - ours).max(0);
         let gap = t1
-            .saturating_duration_since(t0)
+            .saturating_duration_since(from)
             .max(Duration::from_millis(1));
         let per_s = f64::from(others) / gap.as_secs_f64();
         let horizon = punch_horizon(self.srtt.unwrap_or_default());
@@ -172,6 +187,39 @@ impl Classifier {
             per_s: (per_s * 10.0).round() / 10.0,
             too_busy: per_s * horizon.as_secs_f64() > f64::from(MAX_EXTRA_FLOWS),
         })
+    }
+}
+
+impl Classifier {
+    /// The counter's port furthest along among our mappings made by `t0` (the burst and
+    /// the tests sent with it), answered for their first copy (a later copy may have been
+    /// mapped after `t0`), at most [`AHEAD`] flows past the last sample; with the time its
+    /// request left.
+    fn burst_end(&self, samples: &[u16], d: i32, t0: Instant) -> Option<(u16, Instant)> {
+        let last = *samples.last()?;
+        let mut best: Option<(i32, u16, Instant)> = None;
+        for t in &self.txns {
+            let Some(&(_, at)) = t.ids.first() else {
+                continue;
+            };
+            let Outcome::Answered {
+                mapped: Some(m),
+                first_copy: true,
+                ..
+            } = &t.outcome
+            else {
+                continue;
+            };
+            if matches!(t.kind, Kind::Late(_)) || at > t0 {
+                continue;
+            }
+            let steps = i32::from(m.port().wrapping_sub(last) as i16);
+            let flows = steps / d;
+            if steps % d == 0 && (0..=AHEAD).contains(&flows) && best.is_none_or(|b| flows > b.0) {
+                best = Some((flows, m.port(), at));
+            }
+        }
+        best.map(|(_, port, at)| (port, at))
     }
 }
 

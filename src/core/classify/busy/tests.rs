@@ -148,3 +148,51 @@ fn late_probes_are_dropped_where_moot() {
     assert_eq!(r.allocation, Allocation::Sequential, "{r:#?}");
     assert_eq!(r.other_flows_per_s, None, "{r:#?}");
 }
+
+/// The first late probe's local port still mapped from an earlier run toward the server (the
+/// OS handed it out again within the NAT's timeout): it comes back with that old port and
+/// takes none of the counter's. Others' flows are then counted from where the burst left the
+/// counter, so a quiet counter still reads 0 a second rather than untimed (seen in the lab:
+/// connect then waited for the router, as for a busy counter), and a busy one is still timed.
+#[test]
+fn a_stale_first_late_probe_is_timed_from_the_burst() {
+    let server = SocketAddr::from((sim::SIM_SERVER, 3478));
+    for quick in [false, true] {
+        let late0 = {
+            let mut c = ClassifierConfig::new(server);
+            c.quick = quick;
+            let lifetime = c.lifetime_points().len();
+            SOCK_ALLOC0 + c.alloc_sockets + lifetime + usize::from(lifetime > 0)
+        };
+        for (per_s, want) in [(0u32, 0.0..=0.0), (5, 0.0..=30.0)] {
+            let alloc = if per_s == 0 {
+                PortAlloc::Sequential {
+                    start: 20000,
+                    step: 1,
+                }
+            } else {
+                PortAlloc::SequentialBusy {
+                    start: 20000,
+                    step: 1,
+                    per_s,
+                }
+            };
+            let n = nat(AddressAndPortDependent, AddressAndPortDependent, alloc);
+            for seed in 0..4 {
+                let (r, _) = sim::classify_after(
+                    n,
+                    true,
+                    0.0,
+                    seed,
+                    Duration::from_millis(1),
+                    |c| c.quick = quick,
+                    |net, locals| net.send_from_host(locals[late0], server, b"old".to_vec()),
+                );
+                let what = format!("quick {quick}, {per_s} flows a second, seed {seed}");
+                assert_eq!(r.allocation, Allocation::Sequential, "{what}: {r:#?}");
+                let rate = r.other_flows_per_s.expect("timed despite the stale probe");
+                assert!(want.contains(&rate), "{what}: {rate}");
+            }
+        }
+    }
+}
