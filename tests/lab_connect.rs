@@ -939,7 +939,7 @@ fn tcp_kernel_engine_connects_every_kind_of_pair() {
 fn tcp_kernel_engine_through_hostile_nats_and_priming() {
     tcp_through_rst_nats("kernel", 0, 1);
     tcp_through_icmp_nats("kernel", 0, 1);
-    tcp_low_ttl_priming("kernel", 0, 1);
+    tcp_low_ttl_priming("kernel", 0, 1, false);
 }
 
 #[test]
@@ -1124,7 +1124,16 @@ fn tcp_through_rst_nats(engine: &str, delay_ms: u32, tries: u32) {
 /// the pair that fails above connects, every time.
 #[test]
 fn tcp_low_ttl_priming_gets_through_nats_that_answer_with_rst() {
-    tcp_low_ttl_priming("raw", 0, 3);
+    tcp_low_ttl_priming("raw", 0, 3, false);
+}
+
+/// NAT A never answers a TTL that runs out at it (as a NAT that rate-limits its ICMP does
+/// once the limit is spent): the first public router past it still gives A its TTL, where
+/// A used to give up priming and the two RST-answering NATs reset each other's SYNs for the
+/// whole punch.
+#[test]
+fn tcp_low_ttl_priming_passes_a_nat_of_ours_that_keeps_time_exceeded_to_itself() {
+    tcp_low_ttl_priming("raw", 0, 2, true);
 }
 
 /// A punch that ends before the peer's first SYN (its NAT refuses ours with RST all along)
@@ -1163,10 +1172,10 @@ fn tcp_failure_names_the_ports_syns_went_to_and_answers_came_from() {
 
 #[test]
 fn tcp_low_ttl_priming_gets_through_nats_that_answer_with_rst_at_40_ms() {
-    tcp_low_ttl_priming("raw", DELAY_MS, DELAYED_TRIES);
+    tcp_low_ttl_priming("raw", DELAY_MS, DELAYED_TRIES, false);
 }
 
-fn tcp_low_ttl_priming(engine: &str, delay_ms: u32, tries: u32) {
+fn tcp_low_ttl_priming(engine: &str, delay_ms: u32, tries: u32, silent_nat_a: bool) {
     let kind = "port-restricted-rst";
     let Some(lab) = Lab::up_with(
         LabOptions::new(kind)
@@ -1176,6 +1185,10 @@ fn tcp_low_ttl_priming(engine: &str, delay_ms: u32, tries: u32) {
     ) else {
         return;
     };
+    if silent_nat_a {
+        let rules = "table ip quiet {\n chain out {\n  type filter hook output priority filter;\n  oifname \"lan0\" icmp type time-exceeded drop\n }\n}\n";
+        lab.nft(Node::NatA, rules);
+    }
     let _srv = common::punchraw_serve_5780(&lab);
     for t in 0..tries {
         let p = pair(
@@ -1196,6 +1209,13 @@ fn tcp_low_ttl_priming(engine: &str, delay_ms: u32, tries: u32) {
                 s.stderr.contains("low-TTL priming: first SYNs with TTL 2"),
                 "{n} did not prime:\n{}",
                 s.stderr
+            );
+        }
+        if silent_nat_a {
+            assert!(
+                p.a.stderr.contains("where hop 1 stayed silent"),
+                "A's priming line does not name the silent hop:\n{}",
+                p.a.stderr
             );
         }
     }

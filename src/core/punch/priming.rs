@@ -76,15 +76,18 @@ pub fn wait_within(server_rtt: Duration, to_start: Duration) -> Duration {
     wait_for(server_rtt).min((to_start + server_rtt / 2).max(MIN_WAIT))
 }
 
-/// Whether [`decide`] can no longer change whatever the silent hops answer later: our own
-/// routers from the first hop on have answered, and so has the first hop past them (a
-/// public router gives the TTL, the peer reached gives none). Hops beyond it never count.
+/// Whether what the silent hops may still answer can no longer spoil [`decide`]'s answer:
+/// a router past our NATs (a public address) answered, with only our routers or silent hops
+/// before it -- the TTL that dies there passes our NATs whatever those say later -- or the
+/// peer was reached with nothing silent before it (no TTL fits). Hops beyond never count.
 pub fn settled(hops: &[Hop]) -> bool {
+    let mut silent = false;
     for h in hops {
         match h {
             Hop::Router(a) if inside(*a) => continue,
-            Hop::Silent => return false,
-            Hop::Router(_) | Hop::Reached => return true,
+            Hop::Silent => silent = true,
+            Hop::Router(_) => return true,
+            Hop::Reached => return !silent,
         }
     }
     false
@@ -107,12 +110,12 @@ pub enum Hop {
 /// The priming decision and the hops it rests on, from [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priming {
-    /// TTL of each attempt's first SYN: one hop past our outermost NAT; `None` for no priming (no
-    /// NAT of ours answered, or that TTL would reach the peer's NAT).
+    /// TTL of each attempt's first SYN: that of the first router past our NATs; `None` for no
+    /// priming (no such router answered before the peer's NAT or the silence).
     pub ttl: Option<u32>,
     /// What each TTL met; index 0 is TTL 1.
     pub hops: Vec<Hop>,
-    /// Hops up to and including our outermost NAT.
+    /// Hops up to and including our outermost NAT (at most, where some stayed silent).
     pub own: usize,
     /// Hops to the peer's NAT, when it was within reach of the probe.
     pub far: Option<usize>,
@@ -121,14 +124,29 @@ pub struct Priming {
 impl Priming {
     /// The line that tells the user what priming does and why.
     pub fn explain(&self) -> String {
+        let silent: Vec<String> = self
+            .hops
+            .iter()
+            .take(self.own)
+            .enumerate()
+            .filter(|(_, h)| **h == Hop::Silent)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
+        let ours = if silent.is_empty() || self.ttl.is_none() {
+            format!("our NAT is {} hop(s) away", self.own)
+        } else {
+            format!(
+                "our NAT within {} hop(s), where hop {} stayed silent (rate-limited ICMP?)",
+                self.own,
+                silent.join(", ")
+            )
+        };
         match (self.ttl, self.far) {
             (Some(t), Some(f)) => format!(
-                "low-TTL priming: first SYNs with TTL {t} (our NAT is {} hop(s) away, the peer's NAT {f})",
-                self.own
+                "low-TTL priming: first SYNs with TTL {t} ({ours}, the peer's NAT {f})"
             ),
             (Some(t), None) => format!(
-                "low-TTL priming: first SYNs with TTL {t} (our NAT is {} hop(s) away, the peer's NAT more than {MAX_HOPS})",
-                self.own
+                "low-TTL priming: first SYNs with TTL {t} ({ours}, the peer's NAT more than {MAX_HOPS})"
             ),
             (None, _) if self.own == 0 => "low-TTL priming off: no NAT of ours answered with time-exceeded, so no TTL is known to open it".to_string(),
             (None, f) => format!(
@@ -140,22 +158,36 @@ impl Priming {
     }
 }
 
-/// The decision from what each TTL met (index 0 is TTL 1).
+/// The decision from what each TTL met (index 0 is TTL 1): the TTL of the first router
+/// past our NATs (one answering from a public address), when only our routers or silent
+/// hops come before it. A silent hop there is one of ours that keeps its time-exceeded to
+/// itself -- most often one that rate-limits ICMP (Linux by default: about one a second per
+/// destination after a short burst; the port-mapping requests before a punch, which a router
+/// without PCP answers with port-unreachable, spend some of it) -- for
+/// the probes go to the peer's address, so whatever lies before an answering router is
+/// on the way to it, not the peer. The router that answered is no NAT of the peer's either
+/// (a NAT takes datagrams for its own address in; it does not forward them), so a SYN
+/// dying there has passed our NATs without reaching the peer's.
 pub fn decide(hops: &[Hop]) -> Priming {
-    let own = hops
-        .iter()
-        .take_while(|h| matches!(h, Hop::Router(a) if inside(*a)))
-        .count();
+    let ours = |h: &Hop| *h == Hop::Silent || matches!(h, Hop::Router(a) if inside(*a));
+    let past = hops.iter().position(|h| !ours(h));
+    let ttl = match past {
+        Some(i) if i > 0 && matches!(hops[i], Hop::Router(_)) => Some(i as u32 + 1),
+        _ => None,
+    };
+    let own = match ttl {
+        Some(t) => t as usize - 1,
+        None => hops
+            .iter()
+            .take_while(|h| matches!(h, Hop::Router(a) if inside(*a)))
+            .count(),
+    };
     let far = hops
         .iter()
-        .position(|h| !matches!(h, Hop::Router(_)))
-        .map(|i| i + 1);
-    let pass = own + 1;
-    let ttl = match far {
-        _ if own == 0 => None,
-        Some(f) if pass >= f => None,
-        _ => Some(pass as u32),
-    };
+        .enumerate()
+        .skip(past.unwrap_or(0))
+        .find(|(_, h)| !matches!(h, Hop::Router(_)))
+        .map(|(i, _)| i + 1);
     Priming {
         ttl,
         hops: hops.to_vec(),
@@ -256,21 +288,53 @@ mod tests {
             (vec![own, Hop::Reached, s], true),
             // The first hop already public: no NAT of ours answers, nothing to prime.
             (vec![public, s], true),
-            (vec![own, s, public], false),
+            // A silent hop of ours (rate-limited ICMP) before the first public router.
+            (vec![own, s, public], true),
+            (vec![s, public, s], true),
+            (vec![s, own, public], true),
             (vec![own, cgn, s], false),
-            (vec![s, own, public], false),
+            // The silent hop might still turn out a public router, which a TTL would fit.
+            (vec![own, s, Hop::Reached], false),
             (vec![own, own], false),
         ] {
             assert_eq!(settled(&hops), done, "{hops:?}");
             if done {
-                // Whatever the silent hops say later, the decision stays.
+                // Whatever the silent hops say later (ours before the hop that answered,
+                // the peer's past it), the decision stays.
+                let answered = hops.iter().rposition(|h| *h != s).unwrap_or(0);
                 let mut later = hops.clone();
-                for h in later.iter_mut().filter(|h| **h == s) {
-                    *h = Hop::Reached;
+                for (i, h) in later.iter_mut().enumerate().filter(|(_, h)| **h == s) {
+                    *h = if i < answered { own } else { Hop::Reached };
                 }
                 assert_eq!(decide(&later).ttl, decide(&hops).ttl, "{hops:?}");
             }
         }
+    }
+
+    /// Our NAT rate-limits its ICMP (seen in the lab: repeated punches, each after
+    /// port-mapping requests the NAT answered with port-unreachable, left TTL 1 silent in
+    /// one run of eight; without priming, two NATs that answer SYNs with RST then reset each
+    /// other's SYNs for the whole punch). The first public router past it still gives the
+    /// TTL: everything before it is on our side of the path.
+    #[test]
+    fn a_silent_nat_of_ours_before_a_public_router_still_gives_the_ttl() {
+        let public = r([203, 0, 113, 21]);
+        let p = decide(&[Hop::Silent, public, Hop::Silent, Hop::Silent]);
+        assert_eq!((p.own, p.far, p.ttl), (1, Some(3), Some(2)), "{p:?}");
+        let why = p.explain();
+        assert!(
+            why.contains("TTL 2") && why.contains("hop 1 stayed silent"),
+            "{why}"
+        );
+        let p = decide(&[r([10, 0, 1, 1]), Hop::Silent, public, Hop::Reached]);
+        assert_eq!((p.own, p.far, p.ttl), (2, Some(4), Some(3)), "{p:?}");
+        // Silence alone, or the peer right behind it, still gives none.
+        assert_eq!(decide(&[Hop::Silent, Hop::Silent]).ttl, None);
+        assert_eq!(decide(&[Hop::Silent, Hop::Reached]).ttl, None);
+        assert_eq!(
+            decide(&[r([10, 0, 1, 1]), Hop::Silent, Hop::Silent]).ttl,
+            None
+        );
     }
 
     #[test]
