@@ -92,11 +92,7 @@ fn trace(local: Ipv4Addr, peer: Ipv4Addr, wait: Duration) -> std::io::Result<Vec
                         continue;
                     }
                     let from = from.map(|a| Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)));
-                    // ICMP type 11: time exceeded (RFC 792).
-                    what = Some(match (err.ee_type, from) {
-                        (11, Some(a)) => Hop::Router(a),
-                        _ => Hop::Reached,
-                    });
+                    what = Some(Hop::from_icmp(err.ee_type, from, peer));
                 }
             }
         }

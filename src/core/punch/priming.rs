@@ -101,10 +101,25 @@ pub const PROBE_PORT: u16 = 33434;
 pub enum Hop {
     /// Time exceeded, from this router.
     Router(Ipv4Addr),
-    /// The datagram got to the peer's address (ICMP unreachable from it).
+    /// The datagram got to the peer's address (ICMP unreachable from it, or time exceeded
+    /// from it: see [`Hop::from_icmp`]).
     Reached,
     /// No answer.
     Silent,
+}
+
+impl Hop {
+    /// What an ICMP error of `icmp_type` from `from` says about the probe toward `peer`.
+    /// Time exceeded (type 11, RFC 792) comes from a router on the way -- unless it comes
+    /// from the peer's own address: a NAT that forwards unsolicited datagrams inward (a
+    /// "DMZ host", a port forward) sends it when the TTL runs out there, and a SYN dying at
+    /// the peer's NAT is what priming must avoid. Anything else came from the peer.
+    pub fn from_icmp(icmp_type: u8, from: Option<Ipv4Addr>, peer: Ipv4Addr) -> Hop {
+        match (icmp_type, from) {
+            (11, Some(a)) if a != peer => Hop::Router(a),
+            _ => Hop::Reached,
+        }
+    }
 }
 
 /// The priming decision and the hops it rests on, from [`decide`].
@@ -335,6 +350,21 @@ mod tests {
             decide(&[r([10, 0, 1, 1]), Hop::Silent, Hop::Silent]).ttl,
             None
         );
+    }
+
+    #[test]
+    fn time_exceeded_from_the_peers_address_is_the_peer() {
+        let peer = Ipv4Addr::new(203, 0, 113, 20);
+        let router = Ipv4Addr::new(203, 0, 113, 21);
+        assert_eq!(Hop::from_icmp(11, Some(router), peer), Hop::Router(router));
+        assert_eq!(Hop::from_icmp(11, Some(peer), peer), Hop::Reached);
+        assert_eq!(Hop::from_icmp(3, Some(peer), peer), Hop::Reached);
+        assert_eq!(Hop::from_icmp(11, None, peer), Hop::Reached);
+        // Our NAT, then the peer's NAT forwarding the probe inward until its TTL ran out:
+        // no TTL dies before the peer's NAT.
+        let own = Hop::from_icmp(11, Some(Ipv4Addr::new(10, 0, 1, 1)), peer);
+        let far = Hop::from_icmp(11, Some(peer), peer);
+        assert_eq!(decide(&[own, far, Hop::Silent]).ttl, None);
     }
 
     #[test]
