@@ -137,6 +137,12 @@ mode, addr = sys.argv[1], sys.argv[2]
 if mode == "serve":
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((addr, 7))
     o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); o.bind((addr, 9))
+    # Room for all 300 numbered datagrams while a loaded machine keeps this
+    # loop from reading (the default buffer holds fewer; SO_RCVBUFFORCE = 33).
+    try:
+        o.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)
+    except OSError:
+        pass
     l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     l.bind((addr, 7)); l.listen()
     last = -1; inversions = received = 0
@@ -185,7 +191,16 @@ elif mode == "rtt":
     print("rtt_min=%.1f rtt_median=%.1f udp=ok tcp=%s" % (
         min(rtts), statistics.median(rtts), "ok" if back == data else "fail(%d)" % len(back)))
 elif mode == "order":
-    o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); o.settimeout(3)
+    o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); o.settimeout(1)
+    # A report request answered first: the server has bound its socket (on a
+    # loaded machine it may not have yet), so no numbered datagram is refused.
+    for _ in range(10):
+        o.sendto(b"-1", (addr, 9))
+        try:
+            o.recv(64); break
+        except TimeoutError:
+            pass
+    o.settimeout(3)
     for i in range(300):
         o.sendto(b"%d" % i, (addr, 9)); time.sleep(0.001)
     time.sleep(0.5)
