@@ -130,6 +130,8 @@ impl TlsSide {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = sent {
+                    // Other connections may commit while we look for the reason.
+                    drop(turn);
                     let e = self.error(peer, &verifier, e);
                     return Err(refusal_or(read_reason(&mut s, peer).await, e));
                 }
@@ -344,7 +346,7 @@ pub async fn transfer(
                     Ok(n) => sent = Some(n),
                     // The reset may follow the peer's refusal of our certificate, whose alert
                     // then waits for the receive side (see `refusal_or`); on a reset
-                    // connection that side ends at once.
+                    // connection its read ends at once, and REASON_WAIT bounds the rest.
                     Err(e @ StreamError::ConnectionLost { .. }) if received.is_none() => {
                         let reason = tokio::time::timeout(REASON_WAIT, &mut recv)
                             .await

@@ -113,7 +113,8 @@ impl Hop {
     /// Time exceeded (type 11, RFC 792) comes from a router on the way -- unless it comes
     /// from the peer's own address: a NAT that forwards unsolicited datagrams inward (a
     /// "DMZ host", a port forward) sends it when the TTL runs out there, and a SYN dying at
-    /// the peer's NAT is what priming must avoid. Anything else came from the peer.
+    /// the peer's NAT is what priming must avoid. Anything else (port unreachable, and
+    /// whatever a router in between may send) is taken as the peer's: no TTL past it.
     pub fn from_icmp(icmp_type: u8, from: Option<Ipv4Addr>, peer: Ipv4Addr) -> Hop {
         match (icmp_type, from) {
             (11, Some(a)) if a != peer => Hop::Router(a),
@@ -182,7 +183,10 @@ impl Priming {
 /// the probes go to the peer's address, so whatever lies before an answering router is
 /// on the way to it, not the peer. The router that answered is no NAT of the peer's either
 /// (a NAT takes datagrams for its own address in; it does not forward them), so a SYN
-/// dying there has passed our NATs without reaching the peer's.
+/// dying there has passed our NATs without reaching the peer's. The one way this misleads:
+/// a NAT of ours answering from its public address after a silent hop; the first SYN then
+/// dies in it and opens nothing (Linux drops it before translating), costing that SYN only,
+/// as no priming would have cost the punch.
 pub fn decide(hops: &[Hop]) -> Priming {
     let ours = |h: &Hop| *h == Hop::Silent || matches!(h, Hop::Router(a) if inside(*a));
     let past = hops.iter().position(|h| !ours(h));
@@ -200,7 +204,9 @@ pub fn decide(hops: &[Hop]) -> Priming {
     let far = hops
         .iter()
         .enumerate()
-        .skip(past.unwrap_or(0))
+        // With a TTL, the peer lies past the router that gives it; without, the first hop
+        // we cannot see past is as far as the explanation may claim.
+        .skip(if ttl.is_some() { past.unwrap_or(0) } else { 0 })
         .find(|(_, h)| !matches!(h, Hop::Router(_)))
         .map(|(i, _)| i + 1);
     Priming {
@@ -350,6 +356,9 @@ mod tests {
             decide(&[r([10, 0, 1, 1]), Hop::Silent, Hop::Silent]).ttl,
             None
         );
+        // Without a TTL, the peer is claimed no further than the first hop not seen past.
+        let p = decide(&[r([10, 0, 1, 1]), Hop::Silent, Hop::Reached]);
+        assert_eq!((p.own, p.far, p.ttl), (1, Some(2), None), "{p:?}");
     }
 
     #[test]
