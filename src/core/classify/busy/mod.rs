@@ -129,7 +129,7 @@ impl Classifier {
         let (p0, from, late0) = if counter_ahead(p0, samples, d, AHEAD) {
             (p0, t0, 0)
         } else {
-            let (pb, tb) = self.burst_end(samples, d, t0)?;
+            let (pb, tb) = self.burst_end(p1, samples, d, t0)?;
             let off = |p: u16| i32::from(p.wrapping_sub(pb) as i16);
             let on = off(p0) % d == 0 && (1..off(p1) / d).contains(&(off(p0) / d));
             (pb, tb, i32::from(on))
@@ -143,7 +143,7 @@ impl Classifier {
         }
         // A mapping of ours made between the two (the lifetime checker's first request, a
         // filtering answer's confirmation) took a port too.
-        let first_in = |t: &super::Txn| t.ids.first().is_some_and(|&(_, at)| at > t0 && at < t1);
+        let first_in = |t: &super::Txn| t.ids.first().is_some_and(|&(_, at)| at > from && at < t1);
         let checker = self
             .txns
             .iter()
@@ -173,8 +173,8 @@ impl Classifier {
                     }
                 )
             })
-            .filter(|t| t.ids.first().is_some_and(|&(_, at)| at <= t0))
-            .filter(|t| t.ids.iter().skip(1).any(|&(_, at)| at > t0 && at < t1))
+            .filter(|t| t.ids.first().is_some_and(|&(_, at)| at <= from))
+            .filter(|t| t.ids.iter().skip(1).any(|&(_, at)| at > from && at < t1))
             .count();
         let ours = (checker + twins + resent) as i32 + late0;
         let others = (steps / d - 1 - ours).max(0);
@@ -191,12 +191,13 @@ impl Classifier {
 }
 
 impl Classifier {
-    /// The counter's port furthest along among our mappings made by `t0` (the burst and
-    /// the tests sent with it), answered for their first copy (a later copy may have been
-    /// mapped after `t0`), at most [`AHEAD`] flows past the last sample; with the time its
-    /// request left.
-    fn burst_end(&self, samples: &[u16], d: i32, t0: Instant) -> Option<(u16, Instant)> {
-        let last = *samples.last()?;
+    /// Where our requests sent by `t0` (the burst and the tests sent with it) left the
+    /// counter: the mapping closest behind the second late probe's port `p1`, among those
+    /// answered for their first copy (a later copy may have been mapped after `t0`) and on
+    /// the counter the samples show; with the time its request left. Anchored on `p1`, not
+    /// on a sample: a sample may itself be a reused port's old mapping, which the fit
+    /// tolerates, and lie far behind the rest.
+    fn burst_end(&self, p1: u16, samples: &[u16], d: i32, t0: Instant) -> Option<(u16, Instant)> {
         let mut best: Option<(i32, u16, Instant)> = None;
         for t in &self.txns {
             let Some(&(_, at)) = t.ids.first() else {
@@ -210,13 +211,15 @@ impl Classifier {
             else {
                 continue;
             };
-            if matches!(t.kind, Kind::Late(_)) || at > t0 {
+            let m = m.port();
+            let on = samples.contains(&m) || counter_ahead(m, samples, d, AHEAD);
+            if matches!(t.kind, Kind::Late(_)) || at > t0 || !on {
                 continue;
             }
-            let steps = i32::from(m.port().wrapping_sub(last) as i16);
-            let flows = steps / d;
-            if steps % d == 0 && (0..=AHEAD).contains(&flows) && best.is_none_or(|b| flows > b.0) {
-                best = Some((flows, m.port(), at));
+            let behind = i32::from(p1.wrapping_sub(m) as i16);
+            let flows = behind / d;
+            if behind % d == 0 && flows >= 1 && best.is_none_or(|b| flows < b.0) {
+                best = Some((flows, m, at));
             }
         }
         best.map(|(_, port, at)| (port, at))
