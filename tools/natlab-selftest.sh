@@ -153,8 +153,8 @@ if mode == "serve":
             d, a = u.recvfrom(2048); u.sendto(d, a)
         if o in r:
             d, a = o.recvfrom(64); n = int(d)
-            if n < 0:  # the report request
-                o.sendto(b"%d %d" % (received, inversions), a)
+            if n < 0:  # a report request, answered with its tag
+                o.sendto(b"%d %d %d" % (n, received, inversions), a)
                 continue
             received += 1; inversions += n < last; last = n
         if l in r:
@@ -204,8 +204,12 @@ elif mode == "order":
     for i in range(300):
         o.sendto(b"%d" % i, (addr, 9)); time.sleep(0.001)
     time.sleep(0.5)
-    o.sendto(b"-1", (addr, 9))
-    got, inv = o.recv(64).split()
+    # Tagged apart from the readiness requests, whose late answers may still be queued.
+    o.sendto(b"-2", (addr, 9))
+    while True:
+        tag, got, inv = o.recv(64).split()
+        if tag == b"-2":
+            break
     print("received=%s inversions=%s" % (got.decode(), inv.decode()))
 PY
 
