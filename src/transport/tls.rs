@@ -125,10 +125,11 @@ impl TlsSide {
                         "another connection than the one with {peer} carries the stream"
                     )));
                 }
-                let sent = match s.write_all(&[COMMIT]).await {
-                    Ok(()) => s.flush().await,
-                    Err(e) => Err(e),
-                };
+                let sent = async {
+                    s.write_all(&[COMMIT]).await?;
+                    s.flush().await
+                }
+                .await;
                 if let Err(e) = sent {
                     // Other connections may commit while we look for the reason.
                     drop(turn);

@@ -81,17 +81,18 @@ pub fn wait_within(server_rtt: Duration, to_start: Duration) -> Duration {
 /// before it -- the TTL that dies there passes our NATs whatever those say later -- or the
 /// peer was reached with nothing silent before it (no TTL fits). Hops beyond never count.
 pub fn settled(hops: &[Hop]) -> bool {
-    let mut silent = false;
-    for h in hops {
-        match h {
-            Hop::Router(a) if inside(*a) => continue,
-            Hop::Silent => silent = true,
-            Hop::Router(_) => return true,
-            Hop::Reached => return !silent,
-        }
+    match hops.iter().position(|h| !ours(h)) {
+        Some(i) => matches!(hops[i], Hop::Router(_)) || !hops[..i].contains(&Hop::Silent),
+        None => false,
     }
-    false
 }
+
+/// A hop that may be on our side of the path: one of our routers (see [`inside`]), or one
+/// that stayed silent.
+fn ours(h: &Hop) -> bool {
+    *h == Hop::Silent || matches!(h, Hop::Router(a) if inside(*a))
+}
+
 /// Traceroute's customary first port; any closed port would do.
 pub const PROBE_PORT: u16 = 33434;
 
@@ -179,16 +180,15 @@ impl Priming {
 /// hops come before it. A silent hop there is one of ours that keeps its time-exceeded to
 /// itself -- most often one that rate-limits ICMP (Linux by default: about one a second per
 /// destination after a short burst; the port-mapping requests before a punch, which a router
-/// without PCP answers with port-unreachable, spend some of it) -- for
-/// the probes go to the peer's address, so whatever lies before an answering router is
-/// on the way to it, not the peer. The router that answered is no NAT of the peer's either
+/// without PCP answers with port-unreachable, spend some of it). The probes go to the
+/// peer's address, so whatever lies before an answering router is on the way to it, not
+/// the peer. The router that answered is no NAT of the peer's either
 /// (a NAT takes datagrams for its own address in; it does not forward them), so a SYN
 /// dying there has passed our NATs without reaching the peer's. The one way this misleads:
 /// a NAT of ours answering from its public address after a silent hop; the first SYN then
 /// dies in it and opens nothing (Linux drops it before translating), costing that SYN only,
 /// as no priming would have cost the punch.
 pub fn decide(hops: &[Hop]) -> Priming {
-    let ours = |h: &Hop| *h == Hop::Silent || matches!(h, Hop::Router(a) if inside(*a));
     let past = hops.iter().position(|h| !ours(h));
     let ttl = match past {
         Some(i) if i > 0 && matches!(hops[i], Hop::Router(_)) => Some(i as u32 + 1),

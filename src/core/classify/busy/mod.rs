@@ -188,9 +188,7 @@ impl Classifier {
             too_busy: per_s * horizon.as_secs_f64() > f64::from(MAX_EXTRA_FLOWS),
         })
     }
-}
 
-impl Classifier {
     /// Where our requests sent by `t0` (the burst and the tests sent with it) left the
     /// counter: the mapping closest behind the second late probe's port `p1`, among those
     /// answered for their first copy (a later copy may have been mapped after `t0`) and on
