@@ -140,6 +140,20 @@ fn harness_brings_up_a_lab_with_a_delay_element() {
     let lab = Lab::up("port-restricted-cone", Some("full-cone")).expect("lab available");
     assert_eq!(lab.info("DELAY"), Some("none"));
     assert!(!ns_exists(&format!("{}-dla", lab.name())));
+    drop(lab);
+
+    // --delay-b: the sides' elements differ, and each says its own.
+    let lab = Lab::up_with(
+        LabOptions::new("port-restricted-cone")
+            .kind_b("full-cone")
+            .delay_ms(15)
+            .delay_b_ms(40),
+    )
+    .expect("lab available");
+    assert_eq!(lab.info("DELAY_A"), Some("15"));
+    assert_eq!(lab.info("DELAY_B"), Some("40"));
+    assert_eq!(lab.info("DELAY"), Some("mixed"));
+    assert!(ns_exists(&format!("{}-dlb", lab.name())));
 }
 
 /// With `--default-route` a packet from host A to B's private address leaves through NAT A,

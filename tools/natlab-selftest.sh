@@ -383,7 +383,8 @@ if "$NATLAB" up --name "$cli_lab" --loss 101 none >/dev/null 2>&1; then CLI_FAIL
 if "$NATLAB" up --name "$cli_lab" --delay 10/11 none >/dev/null 2>&1; then CLI_FAIL+=("--delay 10/11 accepted"); fi
 if "$NATLAB" up --name "$cli_lab" --reorder none >/dev/null 2>&1; then CLI_FAIL+=("--reorder without --delay accepted"); fi
 for args in "--hairpin none" "--hairpin cgn-block-sequential" "--hairpin b full-cone" \
-	"--background-flows 0 full-cone" "--background-flows 1001 full-cone" "--background-flows-b 5 full-cone"; do
+	"--background-flows 0 full-cone" "--background-flows 1001 full-cone" "--background-flows-b 5 full-cone" \
+	"--delay-a 5/6 none" "--delay-b x full-cone full-cone"; do
 	rc=0
 	# shellcheck disable=SC2086  # the arguments are words
 	"$NATLAB" up --name "$cli_lab" $args >/dev/null 2>&1 || rc=$?

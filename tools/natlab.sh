@@ -250,7 +250,8 @@ usage() {
 	cat <<EOF
 Usage:
   $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b]
-             [--delay MS[/JITTER] [--reorder]] [--default-route]
+             [--delay MS[/JITTER] [--reorder]] [--delay-a MS[/JITTER]]
+             [--delay-b MS[/JITTER]] [--default-route]
              [--hairpin [a|b|both]] [--background-flows RATE]
              [--background-flows-a RATE] [--background-flows-b RATE]
              [--portmap upnp,natpmp,pcp|none] [--ipv6|--nat66]
@@ -271,6 +272,9 @@ LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
                     (0-10000) one way, both directions (RTT host->server
                     +2*MS), +- uniform JITTER ms (0-MS); frames keep their
                     order unless --reorder; needs python3 and ethtool
+--delay-a MS[/JITTER], --delay-b MS[/JITTER]
+                    the same on one side's uplink only (overrides --delay
+                    there): peers at different distances from the server
 --reorder           with --delay: jitter may reorder frames
 --default-route     each side's public NAT routes unknown destinations (the
                     other side's private LAN among them) out to SRV1, which
@@ -688,6 +692,8 @@ CREATED=()   # namespaces made by this "up", removed again if it fails
 UP_DONE=0
 UP_LAB=""
 DELAY=""     # --delay: "MS JITTER" once parsed, empty without
+DELAY_A=""   # --delay-a (or --delay): side A's element, "MS JITTER" or empty
+DELAY_B=""   # --delay-b (or --delay): side B's
 REORDER=0
 DEFAULT_ROUTE=0  # --default-route
 HAIRPIN_A=0 HAIRPIN_B=0   # --hairpin, per side
@@ -817,9 +823,13 @@ tx_csum_off() {
 # it), and with --delay the delay element's namespace in between.
 uplink() {
 	local lab=$1 side=$2 peer_ns=$3 peer_if=$4 nat=$5
-	local dl="$lab-dl$side" delay_ms jitter_ms
-	if [[ -z $DELAY ]]; then
+	local dl="$lab-dl$side" delay_ms jitter_ms side_delay
+	[[ $side == a ]] && side_delay=$DELAY_A || side_delay=$DELAY_B
+	if [[ -z $side_delay ]]; then
 		ip -n "$peer_ns" link add "$peer_if" type veth peer name wan0 netns "$nat"
+		# The other side's element reads what these send, when only it delays.
+		tx_csum_off "$nat" wan0
+		tx_csum_off "$peer_ns" "$peer_if"
 		return
 	fi
 	new_ns "$dl"
@@ -834,7 +844,7 @@ uplink() {
 		nsx "$dl" ethtool -K "$dev" tx off gro off >/dev/null
 		ip -n "$dl" link set "$dev" up
 	done
-	read -r delay_ms jitter_ms <<<"$DELAY"
+	read -r delay_ms jitter_ms <<<"$side_delay"
 	start_delay "$dl" up0 dn0 "$delay_ms" "$jitter_ms"
 }
 
@@ -1002,10 +1012,11 @@ build_side() {
 
 	# The interface alias records the lab's parameters for "info"; it goes
 	# away with the namespace, so no state file can go stale.
-	local delay_info=none
-	if [[ -n $DELAY ]]; then
-		delay_info=${DELAY% *}
-		[[ ${DELAY#* } == 0 ]] || delay_info+="/${DELAY#* }"
+	local delay_info=none side_delay
+	[[ $side == a ]] && side_delay=$DELAY_A || side_delay=$DELAY_B
+	if [[ -n $side_delay ]]; then
+		delay_info=${side_delay% *}
+		[[ ${side_delay#* } == 0 ]] || delay_info+="/${side_delay#* }"
 	fi
 	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6 nat66=$NAT66"
 }
@@ -1116,8 +1127,19 @@ route_public_side() {
 	fi
 }
 
+# parse_delay OPTION VALUE: "MS JITTER" for MS[/JITTER], empty for an empty
+# VALUE (no element); a usage error otherwise.
+parse_delay() {
+	[[ -n $2 ]] || return 0
+	if ! [[ $2 =~ ^([0-9]{1,5})(/([0-9]{1,5}))?$ ]] ||
+		((10#${BASH_REMATCH[1]} > 10000 || 10#${BASH_REMATCH[3]:-0} > 10#${BASH_REMATCH[1]})); then
+		usage_error "$1 must be MS or MS/JITTER, integers with 0 <= JITTER <= MS <= 10000"
+	fi
+	echo "$((10#${BASH_REMATCH[1]})) $((10#${BASH_REMATCH[3]:-0}))"
+}
+
 cmd_up() {
-	local lab=$DEFAULT_LAB loss=0 udp_timeout="" delay="" kinds=() hairpin="" bg="" bg_a="" bg_b="" side k
+	local lab=$DEFAULT_LAB loss=0 udp_timeout="" delay="" delay_a="" delay_b="" kinds=() hairpin="" bg="" bg_a="" bg_b="" side k
 	ROUTER=0
 	while (($#)); do
 		case $1 in
@@ -1130,6 +1152,10 @@ cmd_up() {
 		--udp-timeout=*) udp_timeout=${1#*=}; shift ;;
 		--delay) delay=${2:?--delay needs a value}; shift 2 ;;
 		--delay=*) delay=${1#*=}; shift ;;
+		--delay-a) delay_a=${2:?--delay-a needs a value}; shift 2 ;;
+		--delay-a=*) delay_a=${1#*=}; shift ;;
+		--delay-b) delay_b=${2:?--delay-b needs a value}; shift 2 ;;
+		--delay-b=*) delay_b=${1#*=}; shift ;;
 		--reorder) REORDER=1; shift ;;
 		--default-route) DEFAULT_ROUTE=1; shift ;;
 		--hairpin)
@@ -1171,13 +1197,11 @@ cmd_up() {
 		fi
 		udp_timeout=$((10#$udp_timeout))
 	fi
-	if [[ -n $delay ]]; then
-		if ! [[ $delay =~ ^([0-9]{1,5})(/([0-9]{1,5}))?$ ]] ||
-			((10#${BASH_REMATCH[1]} > 10000 || 10#${BASH_REMATCH[3]:-0} > 10#${BASH_REMATCH[1]})); then
-			usage_error "--delay must be MS or MS/JITTER, integers with 0 <= JITTER <= MS <= 10000"
-		fi
-		DELAY="$((10#${BASH_REMATCH[1]})) $((10#${BASH_REMATCH[3]:-0}))"
-	elif ((REORDER == 1)); then
+	DELAY_A=$(parse_delay --delay-a "${delay_a:-$delay}") || exit 2
+	DELAY_B=$(parse_delay --delay-b "${delay_b:-$delay}") || exit 2
+	# Any element at all: the tools it needs, and checksums completed before it.
+	DELAY=$DELAY_A$DELAY_B
+	if [[ -z $DELAY ]] && ((REORDER == 1)); then
 		usage_error "--reorder needs --delay"
 	fi
 	case $hairpin in
@@ -1440,6 +1464,7 @@ read_alias() {
 }
 
 cmd_info() {
+	local delays=()
 	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0 portmap ipv6=0
 	while (($#)); do
 		case $1 in
@@ -1474,6 +1499,9 @@ cmd_info() {
 		done
 		side_vars "$side" "$kind"
 		upper=${side^^}
+		# This side's element: "none" or MS/JITTER (--delay-a, --delay-b, --delay).
+		echo "DELAY_$upper=$delay"
+		delays+=("$delay")
 		echo "KIND_$upper=$kind"
 		echo "NAT_$upper=$S_WAN"
 		echo "$upper=$S_HOST"
@@ -1511,8 +1539,13 @@ cmd_info() {
 	if ((any_bg == 1)); then echo "SRV_BG=$SRV_BG"; fi
 	echo "LOSS=$loss"
 	echo "UDP_TIMEOUT=$udp_timeout"
-	# "none", or MS/JITTER of --delay (one way, each direction).
-	echo "DELAY=$delay"
+	# "none", or MS/JITTER of --delay (one way, each direction); "mixed" when the
+	# sides differ (DELAY_A, DELAY_B).
+	if ((${#delays[@]} == 2)) && [[ ${delays[0]} != "${delays[1]}" ]]; then
+		echo "DELAY=mixed"
+	else
+		echo "DELAY=$delay"
+	fi
 	echo "REORDER=$reorder"
 	echo "DEFAULT_ROUTE=$default_route"
 }

@@ -100,6 +100,9 @@ pub struct LabOptions {
     pub delay_ms: Option<u32>,
     /// Uniform jitter in ms, +-, with `delay_ms` (`--delay MS/JITTER`).
     pub jitter_ms: u32,
+    /// NAT B's uplink delays this instead of `delay_ms` (`--delay-b MS`): the two peers at
+    /// different distances from the server.
+    pub delay_b_ms: Option<u32>,
     /// Let the jitter reorder frames (`--reorder`).
     pub reorder: bool,
     /// Each side's public NAT routes unknown destinations (the other side's private LAN
@@ -135,6 +138,7 @@ impl LabOptions {
             router_b: false,
             delay_ms: None,
             jitter_ms: 0,
+            delay_b_ms: None,
             reorder: false,
             default_route: false,
             hairpin_a: false,
@@ -195,6 +199,12 @@ impl LabOptions {
     /// (the RTT from a host to the server grows by `2 * ms`).
     pub fn delay_ms(mut self, ms: u32) -> LabOptions {
         self.delay_ms = Some(ms);
+        self
+    }
+
+    /// NAT B's uplink delays `ms` one way instead (with [`LabOptions::delay_ms`] for A's).
+    pub fn delay_b_ms(mut self, ms: u32) -> LabOptions {
+        self.delay_b_ms = Some(ms);
         self
     }
 
@@ -376,7 +386,7 @@ impl Lab {
         if !available(&what) {
             return None;
         }
-        if opts.delay_ms.is_some() {
+        if opts.delay_ms.is_some() || opts.delay_b_ms.is_some() {
             if let Some(reason) = delay_unavailable_reason() {
                 skip(&what, &reason);
                 return None;
@@ -387,6 +397,7 @@ impl Lab {
         let loss = opts.loss_pct.to_string();
         let timeout = opts.udp_timeout_s.map(|t| t.to_string());
         let delay = opts.delay_ms.map(|d| format!("{d}/{}", opts.jitter_ms));
+        let delay_b = opts.delay_b_ms.map(|d| format!("{d}/{}", opts.jitter_ms));
         let hairpin = match (opts.hairpin_a, opts.hairpin_b) {
             (true, true) => Some("both"),
             (true, false) => Some("a"),
@@ -417,6 +428,9 @@ impl Lab {
                 if opts.reorder {
                     args.push("--reorder");
                 }
+            }
+            if let Some(d) = &delay_b {
+                args.extend(["--delay-b", d.as_str()]);
             }
             if let Some(h) = hairpin {
                 args.extend(["--hairpin", h]);
