@@ -62,11 +62,15 @@ fn all_connect_in(lab: Option<Lab>, strategy: &str, tries: u32) {
 
 /// "KIND_A x KIND_B", with " at N ms" and " (default route)" as the lab has them.
 fn lab_label(lab: &Lab) -> String {
-    let delay = lab
-        .info("DELAY")
-        .filter(|d| *d != "none")
-        .map(|d| format!(" at {d} ms"))
-        .unwrap_or_default();
+    let delay = match lab.info("DELAY") {
+        Some("mixed") => format!(
+            " at {} ms (A), {} ms (B)",
+            lab.info("DELAY_A").unwrap_or("?"),
+            lab.info("DELAY_B").unwrap_or("?")
+        ),
+        Some(d) if d != "none" => format!(" at {d} ms"),
+        _ => String::new(),
+    };
     let route = if lab.info("DEFAULT_ROUTE") == Some("1") {
         " (default route)"
     } else {
@@ -734,6 +738,47 @@ fn tcp_raw_cone_and_cone_connect_directly_at_40_ms() {
         "direct",
         DELAYED_TRIES,
     );
+}
+
+/// Peers at different distances from the server -- A 5 ms one way from it, B 120 ms, so
+/// 250 ms apart. The raw engine repeats SYNs after the round trip between the peers, which
+/// both server RTTs give (`rendezvous::peer_rtt`); taken as twice its own server RTT, the
+/// near peer repeated every ~25 ms and the far one waited ~490 ms, and the far one's hop
+/// measurement ran ~120 ms past the agreed start, where the near peer's first SYN was
+/// already on its way to the far NAT.
+#[test]
+fn tcp_raw_peers_at_different_distances_pace_syns_by_the_path_between_them() {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("port-restricted-cone")
+            .kind_b("port-restricted-cone")
+            .delay_ms(5)
+            .delay_b_ms(120),
+    ) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let between = 2 * (5 + 120);
+    for t in 0..2 {
+        let p = pair(&lab, t, "right", MIB, &["--tcp", "--syn-engine", "raw"]);
+        let what = format!("raw TCP, A 5 ms and B 120 ms from the server, try {t}");
+        check_connected_over(&p, "tcp", "direct", &what);
+        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            let pace: u64 = s
+                .stderr
+                .split("repeated after ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("{what}: {n} did not say its pace:\n{}", s.stderr));
+            assert!(
+                (between..between + 100).contains(&pace),
+                "{what}: {n} repeats SYNs after {pace} ms, the peers being {between} ms apart:\n{}",
+                s.stderr
+            );
+            let sent = s.report["syns_sent"].as_u64().unwrap_or(u64::MAX);
+            eprintln!("{what}: {n} sent {sent} SYNs");
+        }
+    }
 }
 
 #[test]

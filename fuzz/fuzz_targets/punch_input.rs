@@ -103,6 +103,7 @@ fuzz_target!(|data: &[u8]| {
             relayed: None,
             udp_blocked: false,
             pairing: None,
+            rtt_ms: None,
         },
         key: KEY,
         fingerprint: [0x24; 32],

@@ -50,30 +50,29 @@ pub fn choose(choice: PrimeTtl, mine: &NatInfo) -> Choice {
 /// Hops probed at most.
 pub const MAX_HOPS: u8 = 8;
 /// Time for the answers, at most. A hop that stays silent (a NAT dropping the probe) never
-/// answers however long we wait, so the wait scales with the round trip to the server, the
-/// best estimate of the distance to the peer we have: [`wait_for`].
+/// answers however long we wait, so the wait scales with the estimated round trip to the
+/// peer (`crate::core::rendezvous::peer_rtt`): [`wait_for`].
 const MAX_WAIT: Duration = Duration::from_millis(400);
 const MIN_WAIT: Duration = Duration::from_millis(60);
 
-/// Waiting for ICMP answers: one round trip to the peer (about two to the server, as both
-/// are measured to one server) plus a margin, within bounds. Every hop that matters lies
-/// before the peer, so its answer is due within that; what stays silent longer is a hop that
-/// never answers (the peer's NAT dropping the probe), and [`settled`] ends the wait early
-/// when the answers already decide.
-pub fn wait_for(server_rtt: Duration) -> Duration {
-    (server_rtt * 2 + Duration::from_millis(40)).clamp(MIN_WAIT, MAX_WAIT)
+/// Waiting for ICMP answers: one round trip to the peer plus a margin, within bounds. Every
+/// hop that matters lies before the peer, so its answer is due within that; what stays
+/// silent longer is a hop that never answers (the peer's NAT dropping the probe), and
+/// [`settled`] ends the wait early when the answers already decide.
+pub fn wait_for(peer_rtt: Duration) -> Duration {
+    (peer_rtt + Duration::from_millis(40)).clamp(MIN_WAIT, MAX_WAIT)
 }
 
 /// [`wait_for`], bounded by when our first SYN must be out (but 60 ms at least), `to_start`
 /// being the time left until the agreed start of the punch. The peer's first SYN leaves
 /// at the start whatever we measure and reaches our NAT one one-way delay to the peer later
-/// (about one server round trip: the peer is as far again), where it must find the mapping
-/// our first SYN opened; half of that delay is kept as margin for the estimate. A SYN of ours
+/// (half `peer_rtt`), where it must find the mapping our first SYN opened; half of that
+/// delay is kept as margin for the estimate. A SYN of ours
 /// sent up to then cannot reach the peer's NAT before the peer's own SYN opened it, the very
 /// thing priming guards against. What has not answered by then is taken as silent: without
 /// priming, unless the answers so far settle it.
-pub fn wait_within(server_rtt: Duration, to_start: Duration) -> Duration {
-    wait_for(server_rtt).min((to_start + server_rtt / 2).max(MIN_WAIT))
+pub fn wait_within(peer_rtt: Duration, to_start: Duration) -> Duration {
+    wait_for(peer_rtt).min((to_start + peer_rtt / 4).max(MIN_WAIT))
 }
 
 /// Whether what the silent hops may still answer can no longer spoil [`decide`]'s answer:
@@ -252,7 +251,7 @@ mod tests {
 
     #[test]
     fn the_wait_ends_before_the_peers_first_syn_reaches_our_nat() {
-        let rtt = Duration::from_millis(80);
+        let rtt = Duration::from_millis(160);
         assert_eq!(wait_for(rtt), Duration::from_millis(200));
         // 70 ms to the start, and 40 ms of the peer's SYN's way to our NAT.
         let left = Duration::from_millis(70);
@@ -260,7 +259,7 @@ mod tests {
         assert_eq!(wait_within(rtt, Duration::from_secs(1)), wait_for(rtt));
         // The start passed already: the hops nearest us still get their moment.
         assert_eq!(
-            wait_within(Duration::from_millis(20), Duration::ZERO),
+            wait_within(Duration::from_millis(40), Duration::ZERO),
             MIN_WAIT
         );
     }
@@ -292,7 +291,7 @@ mod tests {
     fn the_wait_follows_the_round_trip_within_bounds() {
         assert_eq!(wait_for(Duration::ZERO), MIN_WAIT);
         assert_eq!(
-            wait_for(Duration::from_millis(30)),
+            wait_for(Duration::from_millis(60)),
             Duration::from_millis(100)
         );
         assert_eq!(wait_for(Duration::from_secs(1)), MAX_WAIT);

@@ -30,6 +30,7 @@ use crate::core::classify::{Allocation, Behavior};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// The 4 bytes every rendezvous message starts with, over UDP and TCP alike. The first byte,
 /// 0x50, has top bits 01, which STUN never has (RFC 8489 section 6), so the server tells
@@ -123,6 +124,20 @@ pub struct PeerData {
     /// older peers neither send nor read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairing: Option<PairingData>,
+    /// The peer's round trip to the server in milliseconds, as it registered it; the server
+    /// sets it (see [`peer_rtt`]). Absent from servers that predate it; older peers ignore
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<u32>,
+}
+
+/// The round trip between the two peers before anything crossed between them, from what
+/// each measured to the server: the sum of the two, the path through the server's
+/// surroundings (a peer near the server and one far from it are as far apart as the far one
+/// is from the server, not twice the near one's distance). Without the peer's figure (a
+/// server that predates it) the peer is taken to be as far from the server as we are.
+pub fn peer_rtt(mine: Duration, theirs: Option<u32>) -> Duration {
+    mine + theirs.map_or(mine, |ms| Duration::from_millis(u64::from(ms)))
 }
 
 fn is_false(b: &bool) -> bool {

@@ -151,6 +151,7 @@ impl Rendezvous {
                         relayed,
                         udp_blocked,
                         pairing,
+                        rtt_ms: Some(rtt_ms.min(10_000)),
                     },
                     seq,
                     rtt_ms: rtt_ms.min(10_000),

@@ -72,6 +72,16 @@ fn decode(out: &[(SocketAddr, Vec<u8>)], to: SocketAddr) -> Vec<Msg> {
 }
 
 #[test]
+fn the_peer_rtt_is_both_server_rtts_or_twice_ours_from_an_older_server() {
+    let ms = Duration::from_millis;
+    // A peer next to the server and one 250 ms from it: 260 ms apart, not 20.
+    assert_eq!(peer_rtt(ms(10), Some(250)), ms(260));
+    assert_eq!(peer_rtt(ms(250), Some(10)), ms(260));
+    assert_eq!(peer_rtt(ms(80), Some(80)), ms(160));
+    assert_eq!(peer_rtt(ms(80), None), ms(160));
+}
+
+#[test]
 fn two_peers_meet_with_start_times_that_coincide() {
     let mut r = Rendezvous::new(RendezvousConfig::default());
     let t0 = Instant::now();
@@ -105,6 +115,12 @@ fn two_peers_meet_with_start_times_that_coincide() {
     assert_eq!(pa.public, addr(2, 2000));
     assert_eq!(pb.id, A);
     assert_eq!(*ya, addr(1, 1000));
+    // Each hears how far the other is from the server, and so how far the other is.
+    assert_eq!((pa.rtt_ms, pb.rtt_ms), (Some(100), Some(40)));
+    assert_eq!(
+        peer_rtt(Duration::from_millis(40), pa.rtt_ms),
+        Duration::from_millis(140)
+    );
     // B came last: it plays the TLS client, and both are told alike.
     assert_eq!((*second_a, *second_b), (Some(false), Some(true)));
     // Arrival (half the RTT) plus the wait must be the same moment for both.

@@ -366,6 +366,7 @@ fn connect(
     if let Some(prep) = tcp_prep {
         // The rendezvous socket stays open until the end: it keeps our UDP mapping toward
         // the server, which nothing needs any more, but closing it costs nothing either.
+        let peer_rtt = crate::core::rendezvous::peer_rtt(me.classified.rtt, intro.peer.rtt_ms);
         let start = TcpStart {
             intro,
             prep,
@@ -374,7 +375,7 @@ fn connect(
             identity: identity.duplicate(),
             key: me.key,
             my_id: me.my_id,
-            rtt: me.classified.rtt,
+            peer_rtt,
             my_mapped: tcp_mapping.mapped,
             ipv6: me.ipv6,
         };

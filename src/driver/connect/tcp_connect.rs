@@ -11,8 +11,10 @@ pub(super) struct TcpStart {
     pub(super) identity: Identity,
     pub(super) key: [u8; 32],
     pub(super) my_id: String,
-    /// Round trip to the server, the scale of the hop measurement's wait.
-    pub(super) rtt: Duration,
+    /// Round trip to the peer as estimated before the punch
+    /// ([`crate::core::rendezvous::peer_rtt`]): the scale of the hop measurement's wait and
+    /// the raw engine's pace.
+    pub(super) peer_rtt: Duration,
     /// Our TCP punch port as our router maps it.
     pub(super) my_mapped: Option<SocketAddr>,
     /// Our IPv6 TCP punch port, held, and the candidates the peer was offered.
@@ -192,7 +194,7 @@ fn punch_tcp(
         prep,
         identity,
         my_id,
-        rtt,
+        peer_rtt,
         ipv6,
         ..
     } = t;
@@ -225,7 +227,7 @@ fn punch_tcp(
             &p.me,
             prep.local.ip(),
             peer_ip,
-            rtt,
+            peer_rtt,
             intro.start,
         )
     };
@@ -260,7 +262,7 @@ fn punch_tcp(
             p.peer_fp,
             tcp_punch::TLS_TIMEOUT,
         )),
-        rtt: tcp_punch::peer_rtt(rtt),
+        rtt: peer_rtt,
         first_syn_copies: tcp::first_syn_copies(&p.me),
         raw,
         commitment: Default::default(),

@@ -40,7 +40,7 @@ use crate::Error;
 pub use dual::ipv6_setup;
 use dual::{first_connected, Lane};
 pub use predict::{from_samples, prepare, prepare_from, sample, sample_opened, Reserved, TcpPrep};
-pub use raw::{peer_rtt, SynEngine};
+pub use raw::SynEngine;
 use socket2::{SockRef, TcpKeepalive};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -121,14 +121,14 @@ pub fn priming(
     my_nat: &NatInfo,
     local: IpAddr,
     peer: IpAddr,
-    server_rtt: Duration,
+    peer_rtt: Duration,
     start: std::time::Instant,
 ) -> (Option<u32>, String) {
     match priming::choose(choice, my_nat) {
         priming::Choice::Decided(ttl, why) => (ttl, why),
         priming::Choice::Measure => {
             let left = start.saturating_duration_since(std::time::Instant::now());
-            let p = ttl::priming_ttl(local, peer, priming::wait_within(server_rtt, left));
+            let p = ttl::priming_ttl(local, peer, priming::wait_within(peer_rtt, left));
             (p.ttl, p.explain())
         }
     }
@@ -164,7 +164,8 @@ pub struct PunchSetup {
     pub keepalive: Duration,
     /// Our TLS side: role, certificate, the peer's pinned fingerprint, handshake timeout.
     pub tls: Arc<TlsSide>,
-    /// The round trip toward the peer as best known ([`peer_rtt`]): the raw engine's pace.
+    /// The round trip toward the peer as best known
+    /// ([`crate::core::rendezvous::peer_rtt`]): the raw engine's pace.
     pub rtt: Duration,
     /// Copies of each first SYN on the raw engine ([`crate::core::punch::tcp::first_syn_copies`]).
     pub first_syn_copies: u8,

@@ -20,7 +20,7 @@ use crate::os::signals::Shutdown;
 use crate::Error;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -263,10 +263,4 @@ fn establish(
             up(l, s, remote, on_status);
         }
     }
-}
-
-/// How long the raw engine waits before repeating a SYN, from the round trip to the server:
-/// the peer is about as far again (both are measured to one server).
-pub fn peer_rtt(server_rtt: Duration) -> Duration {
-    server_rtt * 2
 }
