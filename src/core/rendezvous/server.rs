@@ -5,8 +5,24 @@
 use super::outcome::RendezvousStats;
 use super::registry::{Change, Member, MemoryRegistry, Out, Registry, RegistryError, Session};
 use super::{verify_mac, ErrorCode, Msg, PeerData};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// How long a register without a key for a session not created yet is kept, to be answered
+/// when its creator's keyed register comes (see [`Rendezvous::held`]): the creator's
+/// `unknown-session` round trip, on the slowest paths a few hundred milliseconds.
+pub(super) const HOLD_FOR: Duration = Duration::from_secs(3);
+/// Registers held at most; the oldest go first. At most `MAX_MESSAGE` bytes each.
+const HOLD_MAX: usize = 1024;
+
+/// A register that came before its session existed.
+struct Held {
+    at: Instant,
+    session: String,
+    src: SocketAddr,
+    data: Vec<u8>,
+}
 
 /// How the rendezvous server holds sessions: its limits, timings and registry (from
 /// `punchraw serve`'s options). The default is a 60 s wait, 5 s peer idle, 100,000 sessions,
@@ -58,6 +74,13 @@ pub struct Rendezvous {
     pub dropped: u64,
     /// What happened to sessions, for `serve --metrics`.
     pub stats: RendezvousStats,
+    /// Registers without a key that found no session. A client sends its key only when told
+    /// `unknown-session` (docs/rendezvous.md), so the creator's first register is always
+    /// refused, and a second peer whose first register arrives between the creator's first
+    /// and its keyed one is refused too: without this it would learn of the session one
+    /// round trip later than it could. Answered (as if they had just come) when their
+    /// session is created, if their MAC verifies under its key.
+    held: VecDeque<Held>,
 }
 
 /// What one transaction did to its session, counted once it has been applied (a registry
@@ -68,6 +91,8 @@ enum Event {
     Created,
     Introduced,
     TimedOut,
+    /// A register without a key found no session (answered `unknown-session`).
+    Unknown,
 }
 
 impl Rendezvous {
@@ -83,6 +108,7 @@ impl Rendezvous {
             registry,
             dropped: 0,
             stats: RendezvousStats::default(),
+            held: VecDeque::new(),
         }
     }
 
@@ -169,6 +195,18 @@ impl Rendezvous {
                 });
                 if r.is_ok() {
                     self.count(event);
+                }
+                match (event, &r) {
+                    (Event::Unknown, Ok(_)) => self.hold(now, &session, src, data),
+                    (Event::Created, Ok(out)) => {
+                        let mut out = out.clone();
+                        // The creator's key is what the session now holds.
+                        if let Some(k) = key.as_deref().and_then(crate::core::hex::decode32) {
+                            out.extend(self.release(now, &session, &k));
+                        }
+                        return out;
+                    }
+                    _ => {}
                 }
                 (session, r)
             }
@@ -262,10 +300,42 @@ impl Rendezvous {
         out
     }
 
+    /// Keeps a register that found no session ([`Rendezvous::held`]).
+    fn hold(&mut self, now: Instant, session: &str, src: SocketAddr, data: &[u8]) {
+        self.held
+            .retain(|h| now.saturating_duration_since(h.at) < HOLD_FOR);
+        if self.held.len() >= HOLD_MAX {
+            self.held.pop_front();
+        }
+        self.held.push_back(Held {
+            at: now,
+            session: session.to_owned(),
+            src,
+            data: data.to_vec(),
+        });
+    }
+
+    /// The answers to the registers held for `session`, just created under `key`: those
+    /// whose MAC verifies are handled now (the creator's own is a replay by then, which
+    /// earns nothing); the others are dropped unanswered, as they were answered once.
+    fn release(&mut self, now: Instant, session: &str, key: &[u8; 32]) -> Out {
+        let (mine, rest): (VecDeque<Held>, VecDeque<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.session == session);
+        self.held = rest;
+        let mut out = Vec::new();
+        for h in mine {
+            if now.saturating_duration_since(h.at) < HOLD_FOR && verify_mac(key, &h.data) {
+                out.extend(self.handle(now, h.src, &h.data));
+            }
+        }
+        out
+    }
+
     fn count(&mut self, e: Event) {
         let st = &mut self.stats;
         match e {
-            Event::None => {}
+            Event::None | Event::Unknown => {}
             Event::Created => st.sessions_created += 1,
             Event::Introduced => st.introductions += 1,
             Event::TimedOut => st.peer_timeouts += 1,
@@ -371,7 +441,9 @@ fn register(
         }
         None => {
             let Some(key) = req.key else {
-                return refuse(ErrorCode::UnknownSession, "no such session; send the key");
+                let (change, out, _) =
+                    refuse(ErrorCode::UnknownSession, "no such session; send the key");
+                return (change, out, Event::Unknown);
             };
             if !verify_mac(&key, req.data) {
                 return refuse(ErrorCode::Unauthorized, "the MAC does not match the key");

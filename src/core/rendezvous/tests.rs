@@ -313,6 +313,57 @@ fn the_key_matches_the_documented_derivation() {
     assert_eq!(k, <[u8; 32]>::from(m.finalize().into_bytes()));
 }
 
+/// The creator's first register has no key, so it is refused and re-sent with the key one
+/// round trip later. A second peer whose first register came in between is refused too, but
+/// held: the creation introduces it at once instead of at its own keyed register, a round
+/// trip later. Held registers under another key, or older than the hold, earn nothing.
+#[test]
+fn a_register_that_came_before_its_session_is_introduced_when_it_is_created() {
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    let a_first = signed_register("s", A, 300, 1, None, &key("s"));
+    let b_first = signed_register("s", B, 300, 1, None, &key("s"));
+    let stranger = signed_register("s", C, 300, 1, None, &derive_rendezvous_key(b"wrong", "s"));
+    for (from, m) in [(1, &a_first), (2, &b_first), (3, &stranger)] {
+        let out = r.handle(t + ms(10 * from as u64), addr(from, 1), m);
+        assert_eq!(
+            error_code(&out, addr(from, 1)),
+            Some(ErrorCode::UnknownSession)
+        );
+    }
+    let out = r.handle(
+        t + ms(300),
+        addr(1, 1),
+        &signed_register("s", A, 300, 2, Some(&key("s")), &key("s")),
+    );
+    assert!(
+        matches!(
+            decode(&out, addr(2, 1))[..],
+            [Msg::Peer { ref peer, .. }] if peer.id == A
+        ),
+        "{out:?}"
+    );
+    assert!(
+        matches!(
+            decode(&out, addr(1, 1))[..],
+            [Msg::Waiting { .. }, Msg::Peer { ref peer, .. }] if peer.id == B
+        ),
+        "{out:?}"
+    );
+    assert!(decode(&out, addr(3, 1)).is_empty(), "{out:?}");
+
+    // Held too long: the late creator's peer learns of it from its own keyed register.
+    let mut r = Rendezvous::new(RendezvousConfig::default());
+    r.handle(t, addr(2, 1), &b_first);
+    let out = r.handle(
+        t + server::HOLD_FOR,
+        addr(1, 1),
+        &signed_register("s", A, 300, 2, Some(&key("s")), &key("s")),
+    );
+    assert!(decode(&out, addr(2, 1)).is_empty(), "{out:?}");
+}
+
 #[test]
 fn unknown_session_without_key_asks_for_it_in_a_small_answer() {
     let mut r = Rendezvous::new(RendezvousConfig::default());
