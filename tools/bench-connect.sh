@@ -7,18 +7,22 @@
 # pair the raw engine's mean time over the kernel engine's (#11: never above 1). One lab per
 # pair.
 #
-#   sudo tools/bench-connect.sh [--delay MS] [RUNS]   (default: no delay, 3 runs per pair)
+#   sudo tools/bench-connect.sh [--delay MS] [--delay-b MS] [RUNS]   (default: no delay, 3 runs)
 #   PAIRS="port-restricted-cone symmetric-random tcp" sudo tools/bench-connect.sh 6
 #
 # --delay MS puts MS one way on each NAT's uplink (tools/natlab.sh --delay), so the peers are
-# 4 x MS apart and the server 2 x MS from each.
+# 4 x MS apart and the server 2 x MS from each. --delay-b MS puts MS on NAT B's uplink instead
+# (peers at different distances from the server; A's is --delay's, or none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ONEWAY=""
-if [ "${1:-}" = --delay ]; then
-  ONEWAY="${2:?--delay needs MS}"
-  shift 2
-fi
+ONEWAY="" ONEWAY_B=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --delay) ONEWAY="${2:?--delay needs MS}"; shift 2 ;;
+    --delay-b) ONEWAY_B="${2:?--delay-b needs MS}"; shift 2 ;;
+    *) break ;;
+  esac
+done
 RUNS="${1:-3}"
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (network namespaces); run: sudo $0 $*" >&2; exit 1; }
 BIN="${PUNCHRAW_BIN:-}"
@@ -55,19 +59,30 @@ for pair in "${pairs[@]}"; do
   # KIND_B+router: a router hop in front of NAT B, where low-TTL priming can work.
   lab_opts=()
   case "$2" in *+router) lab_opts=(--router-b); set -- "$1" "${2%+router}" "${@:3}" ;; esac
-  label="$1 x $2${lab_opts[*]:+ (router)}"
-  tools/natlab.sh up --name "$LAB" ${ONEWAY:+--delay "$ONEWAY"} "${lab_opts[@]}" "$1" "$2" >/dev/null
+  label="$1 x $2${lab_opts[*]:+ (router)}${ONEWAY_B:+ (B +${ONEWAY_B} ms)}"
+  tools/natlab.sh up --name "$LAB" ${ONEWAY:+--delay "$ONEWAY"} ${ONEWAY_B:+--delay-b "$ONEWAY_B"} \
+    "${lab_opts[@]}" "$1" "$2" >/dev/null
   eval "$(tools/natlab.sh info --name "$LAB")"
   tools/natlab.sh exec --name "$LAB" srv -- "$BIN" serve --listen "$SRV1" --alternate "$SRV2" 2>/dev/null &
   SRV_PID=$!
   sleep 0.5
-  # The floor: RTT to the server (from the probe) plus one RTT between the peers. Without
-  # --delay the peers cross the same bridge as the server path, so that is the RTT again;
-  # with --delay they cross both delayed uplinks where the server path crosses one, so the
-  # peer RTT is twice the server's and the floor three server RTTs (#10: 240 ms at 80 ms).
+  # The floor: B's RTT to the server (from the probe) plus one RTT between the peers.
+  # Without delay elements the peers cross the same bridge as the server path, so that is the
+  # RTT again; with them they cross both delayed uplinks where each server path crosses one,
+  # so the peer RTT is the sum of A's and B's server RTTs, and with --delay alone the floor
+  # is three server RTTs (#10: 240 ms at 80 ms).
   # The first rtt_ms is the UDP one (a greedy match would take a later, possibly null, one).
-  rtt=$(tools/natlab.sh exec --name "$LAB" b -- "$BIN" probe --server "$SRV1" --json --no-tcp --no-port-mapping \
-        | grep -o '"rtt_ms":[0-9.]*' | head -n 1 | cut -d: -f2)
+  server_rtt() {
+    tools/natlab.sh exec --name "$LAB" "$1" -- "$BIN" probe --server "$SRV1" --json --no-tcp --no-port-mapping \
+      | grep -o '"rtt_ms":[0-9.]*' | head -n 1 | cut -d: -f2
+  }
+  rtt=$(server_rtt b)
+  if [ -n "$ONEWAY$ONEWAY_B" ]; then
+    rtt_a=$(server_rtt a)
+    floor=$(awk -v a="$rtt_a" -v b="$rtt" 'BEGIN { printf "%.1f", 2 * b + a }')
+  else
+    floor=$(awk -v b="$rtt" 'BEGIN { printf "%.1f", 2 * b }')
+  fi
   declare -A total=() count=()
   variants=""
   for t in $transports; do
@@ -90,7 +105,6 @@ for pair in "${pairs[@]}"; do
     punched=$(field time_to_punched_ms "$WORK/b.json")
     strat=$(field strategy "$WORK/b.json"); ok=$(field connected "$WORK/b.json")
     syns=$(field syns_sent "$WORK/a.json"); socks=$(field punch_sockets "$WORK/a.json")
-    floor=$(awk -v r="$rtt" -v k="${ONEWAY:+3}" 'BEGIN { if (k == "") k = 2; printf "%.1f", k * r }')
     ratio=$(awk -v m="$ms" -v f="$floor" 'BEGIN { if (f > 0) printf "%.0f", m / f; else print "-" }')
     [ "$ok" = true ] || strat="FAILED"
     if [ "$ok" = true ]; then

@@ -70,7 +70,7 @@ pub(super) fn run(
     let up = {
         let (log, status) = (log.clone(), status.clone());
         Upgrade::new(
-            me.classified.rtt,
+            crate::core::rendezvous::peer_rtt(me.classified.rtt, intro.peer.rtt_ms),
             Box::new(move |change| match change {
                 PathChange::Direct { remote } => {
                     lock(&log).direct_at.get_or_insert_with(Instant::now);
