@@ -164,6 +164,12 @@ impl Priming {
                 "low-TTL priming: first SYNs with TTL {t} ({ours}, the peer's NAT more than {MAX_HOPS})"
             ),
             (None, _) if self.own == 0 => "low-TTL priming off: no NAT of ours answered with time-exceeded, so no TTL is known to open it".to_string(),
+            // The wait ends when our first SYN must leave; a router past a long access link
+            // may answer only after that, and a NAT that drops the probe never does.
+            (None, Some(f)) if self.hops.get(f - 1) == Some(&Hop::Silent) => format!(
+                "low-TTL priming off: our NAT is {} hop(s) away and hop {f} did not answer before our first SYN had to leave (the peer's NAT dropping the probe, or a router too far to hear from in time); first SYNs go out with the normal TTL",
+                self.own
+            ),
             (None, f) => format!(
                 "low-TTL priming off: no TTL passes our NAT ({} hop(s) away) without reaching the peer's ({} hop(s)); first SYNs go out with the normal TTL",
                 self.own,
@@ -269,6 +275,18 @@ mod tests {
         let p = decide(&[r([10, 0, 1, 1]), Hop::Reached, Hop::Reached]);
         assert_eq!((p.own, p.far, p.ttl), (1, Some(2), None));
         assert!(p.explain().contains("off"));
+        assert!(p
+            .explain()
+            .contains("without reaching the peer's (2 hop(s))"));
+        // Silent past our NAT: not claimed as the peer's NAT (a router behind a long
+        // uplink answers after the first SYN must leave).
+        let p = decide(&[r([10, 0, 1, 1]), Hop::Silent, Hop::Silent]);
+        assert_eq!((p.own, p.far, p.ttl), (1, Some(2), None));
+        let why = p.explain();
+        assert!(
+            why.contains("hop 2 did not answer") && !why.contains("the peer's (2"),
+            "{why}"
+        );
     }
 
     #[test]
