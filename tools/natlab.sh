@@ -818,25 +818,29 @@ tx_csum_off() {
 	nsx "$1" ethtool -K "$2" tx off >/dev/null
 }
 
+# side_delay SIDE: that side's element, "MS JITTER", or empty for none.
+side_delay() {
+	if [[ $1 == a ]]; then echo "$DELAY_A"; else echo "$DELAY_B"; fi
+}
+
 # uplink LAB SIDE PEER_NS PEER_IF NAT_NS: the NAT's wan0, its peer PEER_IF in
 # PEER_NS (the bridge's or the router's namespace; the caller configures
 # it), and with --delay the delay element's namespace in between.
 uplink() {
 	local lab=$1 side=$2 peer_ns=$3 peer_if=$4 nat=$5
-	local dl="$lab-dl$side" delay_ms jitter_ms side_delay
-	[[ $side == a ]] && side_delay=$DELAY_A || side_delay=$DELAY_B
-	if [[ -z $side_delay ]]; then
+	local dl="$lab-dl$side" delay_ms jitter_ms delay
+	delay=$(side_delay "$side")
+	if [[ -z $delay ]]; then
 		ip -n "$peer_ns" link add "$peer_if" type veth peer name wan0 netns "$nat"
-		# The other side's element reads what these send, when only it delays.
-		tx_csum_off "$nat" wan0
-		tx_csum_off "$peer_ns" "$peer_if"
-		return
+	else
+		new_ns "$dl"
+		ip -n "$peer_ns" link add "$peer_if" type veth peer name up0 netns "$dl"
+		ip -n "$dl" link add dn0 type veth peer name wan0 netns "$nat"
 	fi
-	new_ns "$dl"
-	ip -n "$peer_ns" link add "$peer_if" type veth peer name up0 netns "$dl"
-	ip -n "$dl" link add dn0 type veth peer name wan0 netns "$nat"
+	# Also without an element of its own: the other side's reads what these send.
 	tx_csum_off "$nat" wan0
 	tx_csum_off "$peer_ns" "$peer_if"
+	[[ -n $delay ]] || return 0
 	local dev
 	for dev in up0 dn0; do
 		# GRO could merge frames into one larger than the MTU, which the
@@ -844,7 +848,7 @@ uplink() {
 		nsx "$dl" ethtool -K "$dev" tx off gro off >/dev/null
 		ip -n "$dl" link set "$dev" up
 	done
-	read -r delay_ms jitter_ms <<<"$side_delay"
+	read -r delay_ms jitter_ms <<<"$delay"
 	start_delay "$dl" up0 dn0 "$delay_ms" "$jitter_ms"
 }
 
@@ -1012,11 +1016,11 @@ build_side() {
 
 	# The interface alias records the lab's parameters for "info"; it goes
 	# away with the namespace, so no state file can go stale.
-	local delay_info=none side_delay
-	[[ $side == a ]] && side_delay=$DELAY_A || side_delay=$DELAY_B
-	if [[ -n $side_delay ]]; then
-		delay_info=${side_delay% *}
-		[[ ${side_delay#* } == 0 ]] || delay_info+="/${side_delay#* }"
+	local delay_info=none delay
+	delay=$(side_delay "$side")
+	if [[ -n $delay ]]; then
+		delay_info=${delay% *}
+		[[ ${delay#* } == 0 ]] || delay_info+="/${delay#* }"
 	fi
 	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6 nat66=$NAT66"
 }

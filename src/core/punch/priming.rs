@@ -68,8 +68,9 @@ pub fn wait_for(peer_rtt: Duration) -> Duration {
 /// at the start whatever we measure and reaches our NAT one one-way delay to the peer later
 /// (half `peer_rtt`), where it must find the mapping our first SYN opened; half of that
 /// delay is kept as margin for the estimate. A SYN of ours sent up to then cannot reach the
-/// peer's NAT before the peer's own SYN opened it, the very thing priming guards against. What has not answered by then is taken as silent: without
-/// priming, unless the answers so far settle it.
+/// peer's NAT before the peer's own SYN opened it, the very thing priming guards against.
+/// What has not answered by then is taken as silent: without priming, unless the answers so
+/// far settle it.
 pub fn wait_within(peer_rtt: Duration, to_start: Duration) -> Duration {
     wait_for(peer_rtt).min((to_start + peer_rtt / 4).max(MIN_WAIT))
 }

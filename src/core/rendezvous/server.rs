@@ -163,6 +163,7 @@ impl Rendezvous {
                 rtt_ms,
                 ..
             } => {
+                let rtt_ms = rtt_ms.min(10_000);
                 let req = Req {
                     src,
                     data,
@@ -177,10 +178,10 @@ impl Rendezvous {
                         relayed,
                         udp_blocked,
                         pairing,
-                        rtt_ms: Some(rtt_ms.min(10_000)),
+                        rtt_ms: Some(rtt_ms),
                     },
                     seq,
-                    rtt_ms: rtt_ms.min(10_000),
+                    rtt_ms,
                 };
                 let full = self
                     .registry
@@ -196,19 +197,20 @@ impl Rendezvous {
                 if r.is_ok() {
                     self.count(event);
                 }
-                match (event, &r) {
-                    (Event::Unknown, Ok(_)) => self.hold(now, &session, src, data),
-                    (Event::Created, Ok(out)) => {
-                        let mut out = out.clone();
+                match (event, r) {
+                    (Event::Unknown, r @ Ok(_)) => {
+                        self.hold(now, &session, src, data);
+                        (session, r)
+                    }
+                    (Event::Created, Ok(mut out)) => {
                         // The creator's key is what the session now holds.
-                        if let Some(k) = key.as_deref().and_then(crate::core::hex::decode32) {
+                        if let Some(k) = req.key {
                             out.extend(self.release(now, &session, &k));
                         }
                         return out;
                     }
-                    _ => {}
+                    (_, r) => (session, r),
                 }
-                (session, r)
             }
             Msg::Bye {
                 session, peer, seq, ..
