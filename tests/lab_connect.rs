@@ -1761,6 +1761,47 @@ fn sequential_pair_connects_with_other_subscribers_flows() {
     }
 }
 
+/// A first peer kept waiting 2 s for the second behind a sequential NAT whose other
+/// subscribers open 30 flows a second: its counter is ~60 flows past its registration when
+/// the window opens, beyond what any window tolerates, so the first window cannot meet.
+/// Both peers give it up and register again from fresh sockets, a server round trip apart
+/// at most, and the second window meets (each try failed before the retries: "no predicted
+/// port pair met").
+#[test]
+fn sequential_pair_registers_again_when_the_first_window_misses() {
+    let Some(lab) = Lab::up_with(
+        LabOptions::new("symmetric-sequential")
+            .kind_b("symmetric-sequential")
+            .background_flows_a(30),
+    ) else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    for t in 0..2 {
+        // No router to ask: its wait would keep A from registering until B came.
+        let p = pair_between(
+            &lab,
+            t,
+            "right",
+            MIB,
+            &["--port-mapping", "off"],
+            &[],
+            &|| std::thread::sleep(Duration::from_secs(2)),
+        );
+        let what = format!("try {t}");
+        check_connected(&p, "predict", &what);
+        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            assert!(
+                s.report["punch_attempts"].as_u64() >= Some(2),
+                "{what}: {n} connected in the first window: {:#}\n{}",
+                s.report,
+                s.stderr
+            );
+        }
+        assert!(p.a.stderr.contains("registering again"), "{}", p.a.stderr);
+    }
+}
+
 /// #10: a sequential NAT whose other subscribers open 300 new flows a second moves its
 /// counter further between the probe and the punch than a prediction absorbs. Its probe
 /// times the counter and calls it random within where it moves; the cone's sweep searches

@@ -124,6 +124,57 @@ impl Lockstep {
     }
 }
 
+/// Lockstep attempts at most, the first included: each later one starts from a fresh
+/// registration (see [`Retry`]).
+pub const ATTEMPTS: u32 = 3;
+
+/// Whether a window that did not meet is given up early for a fresh one, and when.
+///
+/// Both sides' windows start at the agreed moment, so once each has run for a few peer round
+/// trips and a second of rounds (a check and its answer through 20% loss at each NAT still
+/// cross within ten rounds of 100 ms), a window that has not met never will: some flow
+/// through one NAT went where the plan did not count it (other hosts' flows beyond the
+/// tolerance, a first peer's long wait for the second while its counter moved on, a window
+/// flow's first packets all lost or overtaken on their way to the NAT). Then both sides
+/// register again from fresh sockets, in a session derived from the agreed one
+/// ([`crate::core::rendezvous::retry_session`]): the new registrations show where both
+/// counters are now, both wait for the other only a server round trip, and the next window
+/// tolerates twice as many extra flows. Both sides derive the same plan from the same data
+/// (the agreed start, both server RTTs, `--punch-budget` and `--window` as both were given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// How long this attempt's window runs before it is given up.
+    pub window_time: std::time::Duration,
+}
+
+impl Retry {
+    /// The window's run before it is given up: two peer RTTs and two seconds.
+    pub fn window_time(peer_rtt: std::time::Duration) -> std::time::Duration {
+        std::time::Duration::from_secs(2) + peer_rtt * 2
+    }
+
+    /// `Some` when attempt `attempt` (1-based), starting `since_first` after the first
+    /// attempt's start, should end early for another: the lockstep applies, attempts remain,
+    /// and the punch budget still holds this window and a whole next one after it (the next
+    /// registration takes a server round trip or two, well inside the second window's margin).
+    pub fn plan(
+        attempt: u32,
+        since_first: std::time::Duration,
+        budget: std::time::Duration,
+        peer_rtt: std::time::Duration,
+    ) -> Option<Retry> {
+        let window_time = Self::window_time(peer_rtt);
+        (attempt < ATTEMPTS && since_first + window_time * 2 <= budget)
+            .then_some(Retry { window_time })
+    }
+
+    /// The `--window` of attempt `attempt`: doubled for each earlier window that missed,
+    /// since a miss says the counter moved more than the last window tolerated.
+    pub fn window(window: u16, attempt: u32) -> u16 {
+        window.saturating_mul(1u16 << attempt.saturating_sub(1).min(4))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +219,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The default budget holds three attempts on a near path, two on a long one, and a
+    /// short budget only the one.
+    #[test]
+    fn retries_fit_the_budget() {
+        let ms = std::time::Duration::from_millis;
+        let budget = ms(12_000);
+        assert!(Retry::plan(1, ms(0), budget, ms(10)).is_some());
+        assert!(Retry::plan(2, ms(2_300), budget, ms(10)).is_some());
+        assert!(
+            Retry::plan(3, ms(4_600), budget, ms(10)).is_none(),
+            "at most three"
+        );
+        assert_eq!(
+            Retry::plan(1, ms(0), budget, ms(160)).map(|r| r.window_time),
+            Some(ms(2_320))
+        );
+        assert!(Retry::plan(2, ms(7_000), budget, ms(1_000)).is_none());
+        assert!(Retry::plan(1, ms(0), ms(3_000), ms(10)).is_none());
+        assert_eq!(Retry::window(24, 1), 24);
+        assert_eq!(Retry::window(24, 3), 96);
+        assert_eq!(Retry::window(u16::MAX, 2), u16::MAX);
     }
 }

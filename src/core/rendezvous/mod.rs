@@ -140,6 +140,22 @@ pub fn peer_rtt(mine: Duration, theirs: Option<u32>) -> Duration {
     mine + theirs.map_or(mine, |ms| Duration::from_millis(u64::from(ms)))
 }
 
+/// The session of lockstep attempt `attempt` (2 and on) after a window that did not meet
+/// ([`crate::core::punch::lockstep::Retry`]): both peers derive the same name from the agreed
+/// one, so the server introduces them again without knowing of attempts, and neither meets a
+/// stale registration of the other's earlier attempt. Cut at a character boundary to stay
+/// within the 128 bytes a session name may have.
+pub fn retry_session(session: &str, attempt: u32) -> String {
+    let suffix = format!("#{attempt}");
+    let mut keep = MAX_SESSION_NAME
+        .saturating_sub(suffix.len())
+        .min(session.len());
+    while !session.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &session[..keep])
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }

@@ -81,6 +81,18 @@ fn the_peer_rtt_is_both_server_rtts_or_twice_ours_from_an_older_server() {
     assert_eq!(peer_rtt(ms(80), None), ms(160));
 }
 
+/// A retry's session is a valid name for the server whatever the agreed one was, and the
+/// same on both sides.
+#[test]
+fn a_retry_session_is_the_agreed_one_with_the_attempt_and_still_valid() {
+    assert_eq!(retry_session("game-42", 2), "game-42#2");
+    let long = "é".repeat(64); // 128 bytes, the most a name may have
+    let r = retry_session(&long, 3);
+    assert!(valid_session(&r), "{} bytes", r.len());
+    assert!(r.ends_with("#3") && r.starts_with("éé"));
+    assert_ne!(retry_session(&long, 2), r);
+}
+
 #[test]
 fn two_peers_meet_with_start_times_that_coincide() {
     let mut r = Rendezvous::new(RendezvousConfig::default());

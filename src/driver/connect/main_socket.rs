@@ -21,14 +21,22 @@ const AHEAD: i32 = 64;
 const OPENING_COPIES: usize = 2;
 
 /// `first`: a socket bound earlier (non-blocking, nothing sent yet; its port may already be
-/// asked to be mapped), the first to try. With `--tcp` also the transaction of the Binding
-/// request that opened the rendezvous flow ([`opened_after`] checks its answer).
+/// asked to be mapped), the first to try. `since`: a later punch attempt's last registered
+/// port, where our counter was last seen: any port past it is new (others' flows may have
+/// moved the counter any distance since, over a whole window), one behind it an old mapping.
+/// With `--tcp` also the transaction of the Binding request that
+/// opened the rendezvous flow ([`opened_after`] checks its answer).
 pub(super) fn open_main(
     cfg: &ConnectConfig,
     status: &Status,
     c: &Classified,
     mut first: Option<(UdpSocket, SocketAddr)>,
+    since: Option<u16>,
 ) -> Result<(UdpSocket, Vec<SocketAddr>, Option<TransactionId>), Error> {
+    let (samples, ahead) = match since {
+        Some(port) => (vec![port], i32::from(i16::MAX)),
+        None => (c.samples.clone(), AHEAD),
+    };
     for attempt in 1..=TRIES {
         let (main, main_local) = match first.take() {
             Some((s, local)) => (s, vec![local]),
@@ -61,10 +69,9 @@ pub(super) fn open_main(
         // Asking the server (this opens the flow the register will use, so the count of
         // flows is the same) shows it; a fresh socket gets a new mapping.
         match mapped_port(&main, cfg.server, c.rtt) {
-            Some(port) if !counter_ahead(port, &c.samples, delta, AHEAD) && attempt < TRIES => {
+            Some(port) if !counter_ahead(port, &samples, delta, ahead) && attempt < TRIES => {
                 status.say(format!(
-                    "our NAT mapped the rendezvous socket to port {port}, behind its counter ({:?}): an old mapping of a reused local port; trying a fresh socket",
-                    c.samples
+                    "our NAT mapped the rendezvous socket to port {port}, not just past its counter ({samples:?}): an old mapping of a reused local port, or others' flows moved the counter far; trying a fresh socket"
                 ));
             }
             _ => return Ok((main, main_local, None)),

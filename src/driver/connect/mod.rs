@@ -19,8 +19,10 @@ pub mod tcp_punch;
 mod udp_punch;
 
 use crate::core::punch::explain::{describe_plan, explain_tcp_failure};
+use crate::core::punch::lockstep::Retry;
 use crate::core::punch::{derive_key, tcp, Strategy};
 use crate::core::rendezvous::client::{ClientConfig, Introduction, RELAY_SYNC};
+use crate::core::rendezvous::retry_session;
 use crate::core::rendezvous::{NatInfo, RelayOffer, TcpOffer, MAX_LOCALS};
 use crate::driver::kebab;
 use crate::driver::Status;
@@ -38,7 +40,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use stream::stream_udp;
 use tcp_connect::{connect_tcp, TcpStart};
-use udp_punch::punch_udp;
+use udp_punch::{punch_udp, Attempt, Attempted};
 
 /// What one `punchraw connect` does, built by the command line's parser (also for
 /// `api::Connect`): where to meet the peer, how to punch, where the stream's bytes go.
@@ -261,7 +263,8 @@ fn connect(
         let moved = crate::core::classify::drift_range(range, drift, classified_at.elapsed());
         c.nat.range = Some(moved);
     }
-    let (main, main_local, opening) = main_socket::open_main(cfg, status, &classified, pre_bound)?;
+    let (main, main_local, opening) =
+        main_socket::open_main(cfg, status, &classified, pre_bound, None)?;
     // A fresh socket replaced the one mapped (a stale NAT mapping of its port): its port is
     // mapped in turn -- when the router mapped the first one. One that offered no mapping
     // would not now either, and asking again costs up to SSDP's 2 s, in which a busy port
@@ -342,6 +345,8 @@ fn connect(
         .then(|| relay_first::ready(relay.as_ref(), &peer))
         .flatten();
     let controlling = peer.controlling;
+    // What a later lockstep attempt registers with (`meet_again`).
+    let again = registered.0.clone();
     // No hole opened: through the relay, when both sides hold allocations.
     let relayed = |failed: Error, report: &mut ConnectReport| {
         let r = relay.as_ref();
@@ -402,13 +407,90 @@ fn connect(
             controlling,
         );
     }
-    let punched = match punch_udp(
-        cfg, status, deadline, report, intro, main, me, capture, &shutdown,
-    ) {
-        Err(failed @ Error::PunchFailed { .. }) => return relayed(failed, report),
-        punched => punched?,
+    let (mut me, mut intro, mut main, mut capture) = (me, intro, main, capture);
+    let first_start = intro.start;
+    let mut attempt = 1;
+    let punched = loop {
+        let at = Attempt {
+            number: attempt,
+            first_start,
+            may_retry: true,
+        };
+        let failed = match punch_udp(
+            cfg,
+            status,
+            deadline,
+            report,
+            &intro,
+            main,
+            &mut me,
+            &mut capture,
+            &shutdown,
+            at,
+        ) {
+            Ok(Attempted::Punched(p)) => break p,
+            Ok(Attempted::Missed(failed)) => failed,
+            Err(failed @ Error::PunchFailed { .. }) => return relayed(failed, report),
+            Err(e) => return Err(e),
+        };
+        attempt += 1;
+        let wait = Retry::window_time(crate::core::rendezvous::peer_rtt(
+            me.classified.rtt,
+            intro.peer.rtt_ms,
+        ));
+        let since = intro.me.port();
+        match meet_again(
+            cfg, status, &shutdown, deadline, &mut me, &again, attempt, wait, since,
+        ) {
+            Ok((m, i)) => (main, intro) = (m, i),
+            Err(e @ Error::Interrupted { .. }) => return Err(e),
+            Err(e) => {
+                status.say(format!("no fresh window: {e}"));
+                return relayed(failed, report);
+            }
+        }
     };
     stream_udp(cfg, status, started, report, punched, &identity, &shutdown)
+}
+
+/// After a lockstep window that did not meet ([`Retry`]): a fresh socket registers in the
+/// attempt's session ([`retry_session`]) and waits at most `wait` for the peer's fresh
+/// registration, which shows where both port counters are now. `since`: our last
+/// registered port (a new flow's port past it is fresh, see [`main_socket::open_main`]).
+#[allow(clippy::too_many_arguments)]
+fn meet_again(
+    cfg: &ConnectConfig,
+    status: &Status,
+    shutdown: &Shutdown,
+    deadline: Instant,
+    me: &mut Me,
+    registered: &ClientConfig,
+    attempt: u32,
+    wait: Duration,
+    since: u16,
+) -> Result<(UdpSocket, Introduction), Error> {
+    let (main, main_local, _) =
+        main_socket::open_main(cfg, status, &me.classified, None, Some(since))?;
+    me.main_local = main_local;
+    // A router's mapping was of the first socket's port (and with one the punch aims there,
+    // never in a lockstep).
+    me.mapped = None;
+    let session = retry_session(&cfg.session, attempt);
+    status.say(format!(
+        "the window did not meet: registering again from a fresh socket (session \"{session}\"), where both port counters are now"
+    ));
+    let client = ClientConfig {
+        session,
+        locals: me.locals(),
+        tcp: None,
+        mapped: None,
+        relayed: None,
+        relay_hold: false,
+        deadline: deadline.min(Instant::now() + wait),
+        ..registered.clone()
+    };
+    let (intro, _) = rendezvous(&main, client, 0, None, None, None, shutdown, status)?;
+    Ok((main, intro))
 }
 
 /// Makes the first TCP offer (with `--tcp`) and meets the peer at the rendezvous; returns

@@ -6,7 +6,7 @@
 
 use super::relay::Relay;
 use super::stream::{done, run_quic, FirstByte, RelayPeer};
-use super::udp_punch::punch_udp;
+use super::udp_punch::{punch_udp, Attempt, Attempted};
 use super::{ConnectConfig, ConnectReport, Me};
 use crate::core::rendezvous::client::Introduction;
 use crate::driver::Status;
@@ -112,17 +112,28 @@ pub(super) fn run(
     let mut first = FirstByte::new(cfg)?;
     let stats = std::thread::scope(|scope| {
         let punching = scope.spawn(|| {
-            let r = punch_udp(
+            let (mut me, mut capture) = (me, capture);
+            // One attempt with the whole budget: the stream already runs on the relay.
+            let at = Attempt {
+                number: 1,
+                first_start: intro.start,
+                may_retry: false,
+            };
+            let r = match punch_udp(
                 cfg,
                 status,
                 deadline,
                 &mut punch_report,
-                intro,
+                &intro,
                 main,
-                me,
-                capture,
+                &mut me,
+                &mut capture,
                 &punch_stop,
-            );
+                at,
+            ) {
+                Ok(Attempted::Punched(p)) => Ok(p),
+                Ok(Attempted::Missed(e)) | Err(e) => Err(e),
+            };
             let path = if r.is_ok() { "direct" } else { "relay" };
             if let (Some(o), false) = (&outcome, matches!(r, Err(Error::Interrupted { .. }))) {
                 o.send(
@@ -163,6 +174,7 @@ pub(super) fn run(
     first.report(report, started);
     report.strategy = punch_report.strategy;
     report.probes_sent = punch_report.probes_sent;
+    report.punch_attempts = punch_report.punch_attempts;
     let l = lock(&log);
     if let Some(at) = l.direct_at {
         report.time_to_direct_ms = Some(at.saturating_duration_since(started).as_millis() as u64);

@@ -58,6 +58,10 @@ pub struct ConnectReport {
     /// stream completed, before the TLS authentication that `connected` also waits for.
     /// `null` when no hole opened.
     pub time_to_punched_ms: Option<u64>,
+    /// UDP: the punch attempts made, more than 1 when lockstep windows missed and both peers
+    /// registered again (`crate::core::punch::lockstep::Retry`); `null` with `--tcp` or when
+    /// no UDP punch ran.
+    pub punch_attempts: Option<u32>,
     /// Where the outcome goes, once the peer is known (not part of the report).
     #[serde(skip)]
     pub(crate) outcome: Option<std::sync::Arc<outcome::OutcomeTo>>,
