@@ -955,6 +955,65 @@ fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
     );
 }
 
+/// A host whose link is narrower than Ethernet's (MTU 1400: a tunnel, a container network):
+/// the crafted SYNs announce the MSS the kernel's own would, the link's MTU less 40. With
+/// Ethernet's 1460 the peer sent full-size segments that A's link dropped without a word
+/// (no ICMP: the router before it forwarded them), and a 1 MiB stream toward A stalled for
+/// good. The exchange here is short so that such a stall cannot hang the test; the MSS is
+/// what it checks.
+#[test]
+fn tcp_raw_syns_announce_the_mss_of_a_narrow_link() {
+    let Some(lab) = lab_at(0, "port-restricted-cone", "port-restricted-cone") else {
+        return;
+    };
+    if common::lab::find_program("tshark").is_none() {
+        eprintln!("skipped: tshark not installed");
+        return;
+    }
+    let mtu = lab
+        .cmd(Node::A, "ip")
+        .args(["link", "set", "dev", "eth0", "mtu", "1400"])
+        .status()
+        .expect("run ip");
+    assert!(mtu.success(), "cannot set A's MTU");
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-mtu", lab.name()));
+    let cap = dir.0.join("a.pcap");
+    let cap_arg = cap.to_str().expect("a UTF-8 temp path");
+    let p = pair_sides(
+        &lab,
+        0,
+        "right",
+        1024,
+        [
+            &["--tcp", "--syn-engine", "raw"],
+            &["--capture", cap_arg],
+            &[],
+        ],
+        &|| std::thread::sleep(Duration::from_millis(300)),
+    );
+    check_connected_over(&p, "tcp", "direct", "MTU 1400 at A");
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(&cap)
+        .args([
+            "-Y",
+            "tcp.flags.syn==1 && ip.src==10.0.1.2 && ip.dst!=203.0.113.1 && ip.dst!=203.0.113.2",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.options.mss_val",
+        ])
+        .output()
+        .expect("run tshark");
+    let mss = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        !mss.trim().is_empty() && mss.lines().all(|l| l.trim() == "1360"),
+        "MSS of A's SYNs and SYN-ACKs to the peer (1360 expected):\n{mss}\n{}",
+        p.a.stderr
+    );
+}
+
 /// The kernel engine stays tested now that the raw one is the default.
 #[test]
 fn tcp_kernel_engine_connects_every_kind_of_pair() {

@@ -19,6 +19,19 @@ pub fn route_source(server: SocketAddr) -> Result<IpAddr, Error> {
         .ip())
 }
 
+/// The IPv4 path MTU from `local` toward `remote` as the kernel knows it (the route's or the
+/// interface's MTU, or less once PMTU discovery learned a smaller one), read from a connected
+/// UDP socket, which sends nothing; `None` when there is no route or for IPv6.
+pub fn path_mtu(local: IpAddr, remote: IpAddr) -> Option<u32> {
+    if !(local.is_ipv4() && remote.is_ipv4()) {
+        return None;
+    }
+    let s = UdpSocket::bind((local, 0)).ok()?;
+    s.connect((remote, 9)).ok()?;
+    let mtu = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::IpMtu).ok()?;
+    u32::try_from(mtu).ok()
+}
+
 /// This host's IPv6 addresses another host may reach: global unicast and unique-local
 /// (RFC 4193; reachable inside a site, and behind a NAT66 all a host has), in interface
 /// order, without loopback, link-local (which needs a scope), multicast or IPv4-mapped.

@@ -35,7 +35,8 @@ pub enum SynEngine {
 }
 
 /// Linux's defaults for a SYN on an Ethernet path: MSS 1460, window 64240 (44 segments),
-/// window scale 7. The TCP_REPAIR socket continues with what was negotiated.
+/// window scale 7. The TCP_REPAIR socket continues with what was negotiated. The MSS is the
+/// path's instead where its MTU is known ([`mss_for`]).
 const MSS: u16 = 1460;
 const WINDOW: u16 = 64240;
 const WSCALE: u8 = 7;
@@ -57,13 +58,26 @@ pub(super) fn engine(setup: &PunchSetup) -> Option<RawPunch> {
             rtt: setup.rtt,
             prime_ttl: setup.prime_ttl.map(|t| t.min(255) as u8),
             ttl: TTL,
-            mss: MSS,
+            mss: mss_for(crate::os::udp::path_mtu(
+                IpAddr::V4(local_ip),
+                setup.peer_ip,
+            )),
             wscale: WSCALE,
             window: WINDOW,
             first_copies: setup.first_syn_copies,
         },
         setup.start,
     )
+}
+
+/// The MSS our SYNs announce: what the kernel's own SYN would (RFC 9293 section 3.7.1), the
+/// path MTU less the IPv4 and TCP headers, so that a host whose link is narrower than
+/// Ethernet's (a tunnel, a container network) is never sent segments its link drops; 1460
+/// when the MTU is unknown.
+fn mss_for(mtu: Option<u32>) -> u16 {
+    mtu.map_or(MSS, |m| {
+        u16::try_from(m.saturating_sub(40).clamp(536, 65_495)).unwrap_or(MSS)
+    })
 }
 
 /// Opens the raw socket (needs CAP_NET_RAW, so before privileges are dropped).
@@ -262,5 +276,20 @@ fn establish(
         if let Some(s) = waiting.remove(&remote) {
             up(l, s, remote, on_status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tunnel's or a container's narrower link shows in the MSS; no MTU gives Ethernet's.
+    #[test]
+    fn the_mss_is_the_path_mtu_less_the_headers() {
+        assert_eq!(mss_for(Some(1500)), 1460);
+        assert_eq!(mss_for(Some(1420)), 1380);
+        assert_eq!(mss_for(Some(9000)), 8960);
+        assert_eq!(mss_for(Some(100)), 536);
+        assert_eq!(mss_for(None), 1460);
     }
 }
