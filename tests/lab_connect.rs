@@ -1014,6 +1014,59 @@ fn tcp_raw_syns_announce_the_mss_of_a_narrow_link() {
     );
 }
 
+/// Two peers behind one NAT that does not hairpin (many do not; RFC 4787 REQ-9): host A and
+/// another host on its LAN. UDP found the peer at its LAN candidate all along; the TCP punch
+/// aimed only at the peer's public endpoint, our own NAT's address, and failed behind every
+/// kind of NAT (exit 8). It now also punches to the peer's LAN address when the peer
+/// registered from our public address, and the LAN path carries the stream.
+#[test]
+fn peers_behind_one_nat_connect_over_their_lan() {
+    let cases: [(&str, &[&str]); 5] = [
+        ("port-restricted-cone", &["--tcp", "--syn-engine", "raw"]),
+        ("port-restricted-cone", &["--tcp", "--syn-engine", "kernel"]),
+        ("symmetric-sequential", &["--tcp"]),
+        ("symmetric-random", &["--tcp"]),
+        ("symmetric-random", &[]),
+    ];
+    let mut lab: Option<(&str, Lab)> = None;
+    for (t, (kind, extra)) in (0..).zip(cases) {
+        if lab.as_ref().is_none_or(|(k, _)| *k != kind) {
+            // The other host on A's LAN exists with background flows (one a second here).
+            drop(lab.take());
+            let Some(l) = Lab::up_with(LabOptions::new(kind).background_flows_a(1)) else {
+                return;
+            };
+            lab = Some((kind, l));
+        }
+        let (_, l) = lab.as_ref().expect("a lab");
+        let _srv = common::punchraw_serve_5780(l);
+        let p = pair_on(
+            l,
+            [Node::A, Node::BgA],
+            t,
+            "right",
+            MIB,
+            [extra, &[], &[]],
+            &|| std::thread::sleep(Duration::from_millis(300)),
+        );
+        let what = format!("{kind} {extra:?}");
+        let transport = if extra.contains(&"--tcp") {
+            "tcp"
+        } else {
+            "udp"
+        };
+        check_connected_over(&p, transport, "direct|predict|sweep", &what);
+        for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            let peer = s.report["peer"].as_str().unwrap_or("");
+            assert!(
+                peer.starts_with("10.0.1."),
+                "{what}: {n} went to {peer}, not over the LAN:\n{}",
+                s.stderr
+            );
+        }
+    }
+}
+
 /// The kernel engine stays tested now that the raw one is the default.
 #[test]
 fn tcp_kernel_engine_connects_every_kind_of_pair() {

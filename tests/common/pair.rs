@@ -130,6 +130,28 @@ pub fn pair_sides(
     try_no: u32,
     secret_b: &str,
     len: usize,
+    extras: [&[&str]; 3],
+    between: &dyn Fn(),
+) -> Pair {
+    pair_on(
+        lab,
+        [Node::A, Node::B],
+        try_no,
+        secret_b,
+        len,
+        extras,
+        between,
+    )
+}
+
+/// [`pair_sides`] between any two hosts of the lab (`nodes`, playing A and B), such as two
+/// behind the same NAT.
+pub fn pair_on(
+    lab: &Lab,
+    [node_a, node_b]: [Node; 2],
+    try_no: u32,
+    secret_b: &str,
+    len: usize,
     [extra, extra_a, extra_b]: [&[&str]; 3],
     between: &dyn Fn(),
 ) -> Pair {
@@ -138,13 +160,13 @@ pub fn pair_sides(
     std::fs::write(dir.0.join("b.in"), data(u64::from(try_no) * 2 + 2, len)).expect("write");
     let session = format!("{}-{try_no}", lab.name());
     let extra_a: Vec<&str> = extra.iter().chain(extra_a).copied().collect();
-    let a = connect_cmd(lab, Node::A, &dir.0, "a", &session, "right", &extra_a)
+    let a = connect_cmd(lab, node_a, &dir.0, "a", &session, "right", &extra_a)
         .spawn()
         .expect("start connect A");
     let mut a = ChildGuard(a);
     between();
     let extra_b: Vec<&str> = extra.iter().chain(extra_b).copied().collect();
-    let b = connect_cmd(lab, Node::B, &dir.0, "b", &session, secret_b, &extra_b)
+    let b = connect_cmd(lab, node_b, &dir.0, "b", &session, secret_b, &extra_b)
         .output()
         .expect("run connect B");
     let a_out = a.0.wait_with_output_ref();
@@ -157,7 +179,7 @@ pub fn pair_sides(
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
     if extra.contains(&"--tcp") {
-        assert_no_punch_rules(lab);
+        assert_no_punch_rules_on(lab, &[node_a, node_b]);
         lab.assert_strict_tcp_tracking();
     }
     let data_ok = sha(&dir.0.join("a.in")) == sha(&dir.0.join("b.out"))
@@ -228,7 +250,12 @@ pub fn check_connected_over(p: &Pair, transport: &str, strategy: &str, what: &st
 
 /// No punchraw nft table left on either host.
 pub fn assert_no_punch_rules(lab: &Lab) {
-    for node in [Node::A, Node::B] {
+    assert_no_punch_rules_on(lab, &[Node::A, Node::B]);
+}
+
+/// No punchraw nft table left on these hosts.
+pub fn assert_no_punch_rules_on(lab: &Lab, nodes: &[Node]) {
+    for &node in nodes {
         let out = lab
             .cmd(node, "nft")
             .args(["list", "tables"])

@@ -29,7 +29,7 @@ pub mod raw;
 
 use super::Strategy;
 use crate::core::classify::{Allocation, Behavior};
-use crate::core::rendezvous::{NatInfo, TcpOffer};
+use crate::core::rendezvous::{NatInfo, PeerData, TcpOffer};
 use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -182,6 +182,28 @@ fn eim(n: &NatInfo) -> bool {
 
 fn sequential(n: &NatInfo) -> bool {
     !eim(n) && n.allocation == Allocation::Sequential
+}
+
+/// The peer's LAN endpoint for a direct TCP punch beside the public one, when the peer
+/// registered from our own public IPv4 address (`my_public`, one NAT or one carrier NAT in
+/// front of both): its first private IPv4 candidate's address with the port its TCP punch
+/// uses. `None` at another public address, without an IPv4 candidate, or when the peer opens
+/// each connection from a fresh port (an offer's `local_port` 0).
+pub fn lan_peer(my_public: SocketAddr, peer: &PeerData) -> Option<SocketAddr> {
+    if !my_public.is_ipv4() || my_public.ip() != peer.public.ip() {
+        return None;
+    }
+    let port = peer
+        .tcp
+        .as_ref()
+        .map(|o| o.local_port)
+        .filter(|p| *p != 0)?;
+    let ip = peer
+        .locals
+        .iter()
+        .map(SocketAddr::ip)
+        .find(|ip| ip.is_ipv4() && *ip != peer.public.ip())?;
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Copies of each first SYN the raw engine sends, given our NAT. Behind a NAT that takes the

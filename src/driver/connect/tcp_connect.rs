@@ -211,8 +211,19 @@ fn punch_tcp(
         Some(SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port))
     });
     let v6_peer = v6_local.and_then(|_| intro.peer.locals.iter().find(|a| a.is_ipv6()));
+    let lan_peer = v6_peer
+        .is_none()
+        .then(|| tcp::lan_peer(intro.me, &intro.peer))
+        .flatten();
+    if let Some(to) = lan_peer {
+        status.say(format!(
+            "the peer has our public address {} (one NAT in front of both of us): punching TCP to its LAN address {to} directly, beside the public path, which only a hairpinning NAT passes",
+            intro.me.ip()
+        ));
+    }
     let peers: Vec<IpAddr> = std::iter::once(peer_ip)
         .chain(v6_peer.map(SocketAddr::ip))
+        .chain(lan_peer.map(|a| a.ip()))
         .collect();
     let (prime_ttl, line) = if p.strategy == Strategy::Mapped {
         // A SYN that dies on the way only delays the connection to a mapping by the
@@ -267,7 +278,9 @@ fn punch_tcp(
         raw,
         commitment: Default::default(),
     };
-    let also = v6_local.and_then(|l| tcp_punch::ipv6_setup(&setup, l, &intro.peer.locals));
+    let also = v6_local
+        .and_then(|l| tcp_punch::ipv6_setup(&setup, l, &intro.peer.locals))
+        .or_else(|| lan_peer.map(|to| tcp_punch::direct_setup(&setup, prep.local, to)));
     status.say("punching TCP ...");
     let outcome = tcp_punch::punch(
         &setup,

@@ -37,7 +37,7 @@ use crate::os::ttl;
 use crate::transport::tls::{self, TlsSide};
 use crate::transport::Role;
 use crate::Error;
-pub use dual::ipv6_setup;
+pub use dual::{direct_setup, ipv6_setup};
 use dual::{first_connected, Lane};
 pub use predict::{from_samples, prepare, prepare_from, sample, sample_opened, Reserved, TcpPrep};
 pub use raw::SynEngine;
@@ -303,9 +303,10 @@ pub fn arm(
 /// The capture, shared by the punches of both families.
 type CaptureCell<'a> = RefCell<Option<&'a mut Capture>>;
 
-/// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C. With
-/// `also` (the peer's IPv6 beside IPv4), that punch runs at the same time on kernel sockets
-/// and the first connection to authenticate is kept: the TLS client commits to one only
+/// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C. With `also`
+/// (the peer's IPv6 or LAN address beside its public IPv4 one, see [`direct_setup`]), that
+/// punch runs at the same time on kernel sockets and the first connection to authenticate
+/// is kept: the TLS client commits to one only
 /// (the two share [`PunchSetup::commitment`]), and the other punch is dropped with all it
 /// opened. `on_status` gets the lines worth telling the user.
 pub fn punch(
@@ -335,7 +336,12 @@ pub fn punch(
     }
     let status = RefCell::new(on_status);
     let mut say = |line: String| (*status.borrow_mut())(line);
-    let mut say_also = |line: String| (*status.borrow_mut())(format!("IPv6: {line}"));
+    let lane = if also_peer.is_some_and(|ip| ip.is_ipv6()) {
+        "IPv6"
+    } else {
+        "LAN"
+    };
+    let mut say_also = |line: String| (*status.borrow_mut())(format!("{lane}: {line}"));
     let result = runtime.block_on(async {
         let first: Lane<'_> = match engine {
             Some((sender, engine)) => Box::pin(raw::run(

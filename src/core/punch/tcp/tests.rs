@@ -109,6 +109,50 @@ fn strategy_is_symmetric_and_plans_fit_it() {
     assert_eq!(plan(&random(), &cone()), Plan::Spray);
 }
 
+/// The LAN lane goes only to a peer at our own public address, at its LAN address and TCP
+/// punch port.
+#[test]
+fn a_peer_at_our_public_address_is_punched_at_its_lan_address_too() {
+    let offer = make_offer(
+        &[7; 32],
+        "aaaaaaaaaaaaaaaa",
+        40000,
+        &Prediction {
+            nat: cone(),
+            port: 40000,
+        },
+        &[9; 32],
+    );
+    let peer = |public: &str, locals: &[&str], local_port: u16| PeerData {
+        id: "a".repeat(16),
+        public: public.parse().unwrap(),
+        locals: locals.iter().map(|a| a.parse().unwrap()).collect(),
+        nat: cone(),
+        tcp: Some(TcpOffer {
+            local_port,
+            ..offer.clone()
+        }),
+        mapped: None,
+        relayed: None,
+        udp_blocked: false,
+        pairing: None,
+        rtt_ms: None,
+    };
+    let me: SocketAddr = "203.0.113.10:20000".parse().unwrap();
+    let lan = ["[2001:db8::3]:5000", "10.0.1.3:5000"];
+    assert_eq!(
+        lan_peer(me, &peer("203.0.113.10:20001", &lan, 40000)),
+        Some("10.0.1.3:40000".parse().unwrap())
+    );
+    // Another public address, no IPv4 candidate, or a fresh port per connection: none.
+    assert_eq!(lan_peer(me, &peer("203.0.113.20:20001", &lan, 40000)), None);
+    assert_eq!(
+        lan_peer(me, &peer("203.0.113.10:20001", &lan[..1], 40000)),
+        None
+    );
+    assert_eq!(lan_peer(me, &peer("203.0.113.10:20001", &lan, 0)), None);
+}
+
 #[test]
 fn offers_verify_only_unaltered_and_under_the_same_key() {
     let key = [7u8; 32];

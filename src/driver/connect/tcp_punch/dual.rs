@@ -1,7 +1,13 @@
-//! The TCP punch over IPv6 beside the one over IPv4: a host behind an IPv4 NAT usually has
-//! a global IPv6 address behind a stateful firewall (RFC 6092), which a simultaneous open
-//! passes as a port-preserving, endpoint-independent NAT would. Both punches run at once and
-//! the first connection to authenticate carries the stream.
+//! A second TCP punch beside the one to the peer's public IPv4 endpoint, both at once, the
+//! first connection to authenticate carrying the stream:
+//! - over IPv6: a host behind an IPv4 NAT usually has a global IPv6 address behind a stateful
+//!   firewall (RFC 6092), which a simultaneous open passes as a port-preserving,
+//!   endpoint-independent NAT would;
+//! - to the peer's LAN address, when the peer has the same public IPv4 address as we do (one
+//!   NAT, or one carrier NAT, in front of both): a packet to our own NAT's public address
+//!   comes back only from a NAT that hairpins (RFC 4787 REQ-9, which many lack), while the LAN
+//!   between us translates nothing. Under a shared carrier NAT the LAN address may be another
+//!   home's: that lane then fails (the peer's certificate is pinned) and the public one goes on.
 
 use super::{Connection, PunchEnd, PunchSetup};
 use crate::core::punch::tcp::Plan;
@@ -18,7 +24,14 @@ pub(super) type Lane<'a, T = Connection> = Pin<Box<dyn Future<Output = Result<T,
 /// only), without low-TTL priming. `None` when the peer offered no IPv6 address.
 pub fn ipv6_setup(v4: &PunchSetup, local: SocketAddr, peer: &[SocketAddr]) -> Option<PunchSetup> {
     let to = peer.iter().find(|a| a.is_ipv6())?;
-    Some(PunchSetup {
+    Some(direct_setup(v4, local, *to))
+}
+
+/// The punch from `local` straight to `to` that goes with `main`: nothing translates the
+/// ports between them, so on kernel sockets and without priming.
+pub fn direct_setup(main: &PunchSetup, local: SocketAddr, to: SocketAddr) -> PunchSetup {
+    let v4 = main;
+    PunchSetup {
         plan: Plan::Direct,
         local,
         peer_ip: to.ip(),
@@ -36,7 +49,7 @@ pub fn ipv6_setup(v4: &PunchSetup, local: SocketAddr, peer: &[SocketAddr]) -> Op
         first_syn_copies: 1,
         raw: None,
         commitment: v4.commitment.clone(),
-    })
+    }
 }
 
 /// The first of two punches to connect; when neither does, the first one's end explains
