@@ -1014,6 +1014,36 @@ fn tcp_raw_syns_announce_the_mss_of_a_narrow_link() {
     );
 }
 
+/// The first data segment each way (the TLS ClientHello and the server's flight) lost once
+/// in a NAT: a TCP_REPAIR socket has no RTT sample, so its own first retransmission waits
+/// the kernel's initial 1 s, where a kernel-engine socket repeats after about three round
+/// trips. The raw engine sends a copy of that first segment itself at three round trips
+/// (at least 200 ms) while no ACK covers it, and says so.
+#[test]
+fn tcp_raw_repeats_a_lost_first_data_segment_at_the_round_trip() {
+    let Some(lab) = lab_at(0, "port-restricted-cone", "port-restricted-cone") else {
+        return;
+    };
+    // Only the first matching segment draws 0 from the counter: dropped once per NAT.
+    for (nat, peer) in [(Node::NatA, "203.0.113.20"), (Node::NatB, "203.0.113.10")] {
+        let rule = format!(
+            "insert rule ip natlab forward ip daddr {peer} tcp flags & (syn | rst) == 0 \
+             ip length > 120 numgen inc mod 1000000 0 counter drop"
+        );
+        let o = lab.cmd(nat, "nft").arg(&rule).output().expect("run nft");
+        assert!(o.status.success(), "{rule}: {o:?}");
+    }
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair(&lab, 0, "right", MIB, &["--tcp", "--syn-engine", "raw"]);
+    check_connected_over(&p, "tcp", "direct", "first data lost once each way");
+    assert!(
+        p.a.stderr.contains("sent it again") || p.b.stderr.contains("sent it again"),
+        "no copy of the lost first data:\nA:\n{}\nB:\n{}",
+        p.a.stderr,
+        p.b.stderr
+    );
+}
+
 /// Two peers behind one NAT that does not hairpin (many do not; RFC 4787 REQ-9): host A and
 /// another host on its LAN. UDP found the peer at its LAN candidate all along; the TCP punch
 /// aimed only at the peer's public endpoint, our own NAT's address, and failed behind every

@@ -169,6 +169,33 @@ impl Seen {
     }
 }
 
+/// The payload length of the TCP segment in `packet` (from its first IP header byte);
+/// `None` when it is no TCP segment.
+pub fn tcp_payload_len(packet: &[u8]) -> Option<usize> {
+    match SlicedPacket::from_ip(packet).ok()?.transport? {
+        TransportSlice::Tcp(t) => Some(t.payload().len()),
+        _ => None,
+    }
+}
+
+/// `packet`, an IPv4 TCP segment as it left this host, with its TCP checksum computed: what
+/// AF_PACKET shows of an outgoing segment may hold only the pseudo-header's sum, the rest
+/// left to the interface (checksum offload), and a copy sent again on a raw socket gets no
+/// such help. `None` for anything else.
+pub fn with_tcp_checksum_v4(packet: &[u8]) -> Option<Vec<u8>> {
+    let p = SlicedPacket::from_ip(packet).ok()?;
+    let (NetSlice::Ipv4(ip), TransportSlice::Tcp(t)) = (p.net?, p.transport?) else {
+        return None;
+    };
+    let h = ip.header();
+    let sum = t.calc_checksum_ipv4(h.source(), h.destination()).ok()?;
+    // The checksum is bytes 16 and 17 of the TCP header, right after the IPv4 header.
+    let at = h.slice().len() + 16;
+    let mut out = packet.to_vec();
+    out.get_mut(at..at + 2)?.copy_from_slice(&sum.to_be_bytes());
+    Some(out)
+}
+
 /// Known options are read until the first malformed one (whatever came before it stays).
 fn tcp_options(
     iter: impl Iterator<Item = Result<TcpOptionElement, etherparse::TcpOptionReadError>>,

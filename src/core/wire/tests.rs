@@ -216,3 +216,32 @@ fn a_syns_options_are_read() {
         }
     );
 }
+
+/// A segment that left with the checksum left to the interface goes out again whole: the
+/// copy's checksum is the one a full computation gives, and nothing else changes.
+#[test]
+fn an_outgoing_segment_gets_its_checksum_for_sending_again() {
+    let mut full = Vec::new();
+    PacketBuilder::ipv4(A, B, 64)
+        .tcp(40000, 5000, 7, 64240)
+        .ack(9)
+        .write(&mut full, b"client hello")
+        .expect("build");
+    assert_eq!(tcp_payload_len(&full), Some(12));
+    let at = 20 + 16;
+    let mut partial = full.clone();
+    partial[at..at + 2].copy_from_slice(&[0x12, 0x34]);
+    assert_eq!(with_tcp_checksum_v4(&partial), Some(full.clone()));
+    assert_eq!(tcp_payload_len(&tcp("a", 1, 2)), Some(0));
+    assert_eq!(with_tcp_checksum_v4(&full[..30]), None);
+    assert_eq!(with_tcp_checksum_v4(b"not a packet"), None);
+}
+
+proptest! {
+    /// Whatever the bytes, neither helper panics.
+    #[test]
+    fn the_segment_helpers_take_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = tcp_payload_len(&bytes);
+        let _ = with_tcp_checksum_v4(&bytes);
+    }
+}

@@ -11,15 +11,17 @@
 //! (it drops every RST of this host's to the peer while the punch runs).
 
 use super::{Connection, PunchEnd, PunchLoop, PunchSetup, Turn, TICK};
+use crate::core::punch::tcp::first_flight::FirstFlight;
 use crate::core::punch::tcp::raw::{RawConfig, RawPunch};
 use crate::core::punch::tcp::Plan;
+use crate::core::wire::{self, Seen, Segment};
 use crate::driver::tcp_stun;
 use crate::os::packet::Packet;
 use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
 use crate::Error;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -126,6 +128,7 @@ pub(super) async fn run(
     let sweeping = setup.plan == Plan::Probe;
     let mut next_progress = setup.start + super::PROGRESS;
     let mut send_errors = 0u64;
+    let mut first = FirstFlight::new(setup.rtt);
     let result = loop {
         if shutdown.requested() {
             break Err(PunchEnd::Interrupted);
@@ -138,8 +141,10 @@ pub(super) async fn run(
             &mut send_errors,
             &mut l,
             &mut waiting,
+            &mut first,
             on_status,
         );
+        repeat_first_data(&mut first, now, sender, on_status);
         if sweeping && now >= next_progress {
             next_progress = now + super::PROGRESS;
             on_status(format!(
@@ -174,17 +179,27 @@ pub(super) async fn run(
             }
             break Err(end);
         }
-        let wake = engine
-            .poll_timeout()
-            .map_or(now + TICK, |t| t.min(now + TICK).max(now));
+        let due = match (engine.poll_timeout(), first.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wake = due.map_or(now + TICK, |t| t.min(now + TICK).max(now));
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
             Some(p) = packets.recv() => {
                 l.on_packet(&p, capture, on_status);
+                if let Some(Seen::Tcp { src, dst, seq, ack, segment, .. }) = p.seen {
+                    if p.outgoing {
+                        let len = wire::tcp_payload_len(&p.data).unwrap_or(0);
+                        first.on_sent(Instant::now(), dst, seq, len, &p.data);
+                    } else if segment == Segment::Other {
+                        first.on_ack(src, ack);
+                    }
+                }
                 if let (false, Some(s)) = (p.outgoing, &p.seen) {
                     engine.handle_seen(Instant::now(), s);
                     // A SYN-ACK to the peer's SYN goes out now, not at the next tick.
-                    establish(&mut engine, sender, &mut send_errors, &mut l, &mut waiting, on_status);
+                    establish(&mut engine, sender, &mut send_errors, &mut l, &mut waiting, &mut first, on_status);
                 }
             }
             Some(ev) = rx.recv() => {
@@ -199,6 +214,28 @@ pub(super) async fn run(
     };
     l.abort_all();
     result
+}
+
+/// Sends the copies of first data that are due ([`FirstFlight`]), with their checksums
+/// computed (the captured segment may have left that to the interface).
+fn repeat_first_data(
+    first: &mut FirstFlight,
+    now: Instant,
+    sender: &RawTcpSender,
+    on_status: &mut dyn FnMut(String),
+) {
+    while let Some((to, packet, after)) = first.poll_repeat(now) {
+        let (SocketAddr::V4(dst), Some(packet)) = (to, wire::with_tcp_checksum_v4(&packet)) else {
+            continue;
+        };
+        match sender.send_bytes(&packet, dst) {
+            Ok(()) => on_status(format!(
+                "no ACK yet for our first data to {to} after {} ms: sent it again from the raw socket (the repaired socket's own first timeout is 1 s)",
+                after.as_millis()
+            )),
+            Err(e) => tracing::debug!("copy of our first data to {to} not sent: {e}"),
+        }
+    }
 }
 
 fn flush(engine: &mut RawPunch, sender: &RawTcpSender, errors: &mut u64) {
@@ -229,10 +266,12 @@ fn establish(
     send_errors: &mut u64,
     l: &mut PunchLoop<'_>,
     waiting: &mut HashMap<SocketAddrV4, TcpStream>,
+    first: &mut FirstFlight,
     on_status: &mut dyn FnMut(String),
 ) {
     fn up(
         l: &mut PunchLoop<'_>,
+        first: &mut FirstFlight,
         s: TcpStream,
         remote: SocketAddrV4,
         on_status: &mut dyn FnMut(String),
@@ -240,6 +279,7 @@ fn establish(
         on_status(format!(
             "TCP connection up with {remote} (crafted handshake); authenticating (TLS)"
         ));
+        first.watch(SocketAddr::V4(remote));
         l.came_up += 1;
         l.spawn_tls(s, None);
     }
@@ -270,11 +310,11 @@ fn establish(
     }
     flush(engine, sender, send_errors);
     for (s, remote) in ready {
-        up(l, s, remote, on_status);
+        up(l, first, s, remote, on_status);
     }
     while let Some(remote) = engine.poll_confirmed() {
         if let Some(s) = waiting.remove(&remote) {
-            up(l, s, remote, on_status);
+            up(l, first, s, remote, on_status);
         }
     }
 }

@@ -1,0 +1,55 @@
+use super::*;
+
+fn peer() -> SocketAddr {
+    "203.0.113.20:40000".parse().unwrap()
+}
+
+/// Unacknowledged first data goes again at three round trips and at twice that; an ACK
+/// ends it, and nothing goes once the kernel's own 1 s timer is near.
+#[test]
+fn the_first_data_is_repeated_at_the_round_trip_until_acknowledged() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut f = FirstFlight::new(ms(80));
+    // Not watched: ignored.
+    f.on_sent(t0, peer(), 100, 10, b"x");
+    assert_eq!(f.poll_timeout(), None);
+    f.watch(peer());
+    // A pure ACK is no data.
+    f.on_sent(t0, peer(), 100, 0, b"ack");
+    assert_eq!(f.poll_timeout(), None);
+    f.on_sent(t0, peer(), 100, 10, b"hello");
+    // Only the first data segment is kept.
+    f.on_sent(t0 + ms(1), peer(), 110, 10, b"later");
+    assert_eq!(f.poll_timeout(), Some(t0 + ms(240)));
+    assert!(f.poll_repeat(t0 + ms(239)).is_none());
+    let (to, bytes, after) = f.poll_repeat(t0 + ms(240)).expect("a copy");
+    assert_eq!((to, &bytes[..], after), (peer(), &b"hello"[..], ms(240)));
+    // An ACK short of the end does not cover it.
+    f.on_ack(peer(), 105);
+    assert_eq!(f.poll_timeout(), Some(t0 + ms(720)));
+    let second = f.poll_repeat(t0 + ms(720)).expect("a second copy");
+    assert_eq!(second.2, ms(720));
+    assert_eq!((f.poll_timeout(), f.repeats), (None, 2));
+
+    // Acknowledged (across the sequence space's wrap): no copy.
+    let mut f = FirstFlight::new(ms(80));
+    f.watch(peer());
+    f.on_sent(t0, peer(), u32::MAX - 4, 10, b"hello");
+    f.on_ack(peer(), 5);
+    assert_eq!(f.poll_timeout(), None);
+
+    // A long path: one copy at 600 ms, none after the kernel's own at 1 s.
+    let mut f = FirstFlight::new(ms(200));
+    f.watch(peer());
+    f.on_sent(t0, peer(), 1, 10, b"hello");
+    assert!(f.poll_repeat(t0 + ms(600)).is_some());
+    assert_eq!(f.poll_timeout(), None);
+    // The floor: 200 ms on a short path.
+    let mut f = FirstFlight::new(ms(1));
+    f.watch(peer());
+    f.on_sent(t0, peer(), 1, 10, b"hello");
+    assert_eq!(f.poll_timeout(), Some(t0 + ms(200)));
+    f.forget(peer());
+    assert_eq!(f.poll_timeout(), None);
+}
