@@ -50,8 +50,9 @@ pub struct FirstFlight {
 }
 
 impl FirstFlight {
-    /// `rtt`: the round trip to the peer as best known; the copies go at three of them (the
-    /// RTO a kernel socket has after one sample of it), at least 200 ms.
+    /// `rtt`: the round trip to the peer as estimated before anything crossed, until
+    /// [`FirstFlight::sampled`] gives a measured one; the copies go at three of them (the RTO
+    /// a kernel socket has after one sample of it), at least 200 ms.
     pub fn new(rtt: Duration) -> Self {
         FirstFlight {
             rto: (rtt * 3).max(RTO_MIN),
@@ -59,6 +60,12 @@ impl FirstFlight {
             pending: HashMap::new(),
             repeats: 0,
         }
+    }
+
+    /// A round trip measured on the path itself (a timestamp echo of the handshake) replaces
+    /// the estimate for copies scheduled from now on.
+    pub fn sampled(&mut self, rtt: Duration) {
+        self.rto = (rtt * 3).max(RTO_MIN);
     }
 
     /// A connection to `peer` was handed to its kernel socket: its first data is watched.

@@ -137,6 +137,8 @@ pub struct RawPunch {
     transmits: VecDeque<Crafted>,
     established: VecDeque<Established>,
     confirmed: VecDeque<SocketAddrV4>,
+    /// The shortest round trip a timestamp echo showed ([`RawPunch::rtt_sample`]).
+    rtt: Option<Duration>,
     /// SYNs sent (first ones and repeats), SYN-ACKs sent.
     pub syns: u64,
     /// SYN-ACKs sent, repeats included.
@@ -175,6 +177,7 @@ impl RawPunch {
             transmits: VecDeque::new(),
             established: VecDeque::new(),
             confirmed: VecDeque::new(),
+            rtt: None,
             syns: 0,
             synacks: 0,
             cfg,
@@ -333,6 +336,26 @@ impl RawPunch {
     /// Whether `segment` from the peer on the answered 4-tuple `src` shows our SYN-ACK arrived:
     /// anything but a SYN or RST that acknowledges our SYN (the peer's ACK, its data, or the
     /// SYN-ACK to our own SYN, which says the peer is established too).
+    /// The shortest round trip to the peer measured so far, from the timestamps its segments
+    /// echoed (RFC 7323 section 4.1): every SYN of ours carries the clock's value when it
+    /// left, so the echo names the very SYN answered, repeats or not (no ambiguity for Karn's
+    /// rule). `None` until a segment of the peer's echoed one of ours.
+    pub fn rtt_sample(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    fn sample_rtt(&mut self, now: Instant, options: &TcpOptions) {
+        // A SYN echoes nothing (TSecr 0); an echo from beyond a minute is no echo of ours.
+        let Some((_, echo)) = options.timestamps.filter(|(_, e)| *e != 0) else {
+            return;
+        };
+        let ms = self.tsval(now).wrapping_sub(echo);
+        if ms < 60_000 {
+            let r = Duration::from_millis(u64::from(ms));
+            self.rtt = Some(self.rtt.map_or(r, |old| old.min(r)));
+        }
+    }
+
     fn confirm(&mut self, src: SocketAddrV4, segment: Segment, ack: u32) {
         let Some(d) = self.done.get_mut(&src) else {
             return;
@@ -409,6 +432,7 @@ impl RawPunch {
                 if self.dead.contains(&src) {
                     return;
                 }
+                self.sample_rtt(now, &options);
                 self.confirm(src, segment, ack);
                 match segment {
                     Segment::Syn => self.on_syn(now, src, seq, window, options),

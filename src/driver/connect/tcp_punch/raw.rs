@@ -198,6 +198,9 @@ pub(super) async fn run(
                 }
                 if let (false, Some(s)) = (p.outgoing, &p.seen) {
                     engine.handle_seen(Instant::now(), s);
+                    if let Some(rtt) = engine.rtt_sample() {
+                        first.sampled(rtt);
+                    }
                     // A SYN-ACK to the peer's SYN goes out now, not at the next tick.
                     establish(&mut engine, sender, &mut send_errors, &mut l, &mut waiting, &mut first, on_status);
                 }

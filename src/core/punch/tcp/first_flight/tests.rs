@@ -53,3 +53,16 @@ fn the_first_data_is_repeated_at_the_round_trip_until_acknowledged() {
     f.forget(peer());
     assert_eq!(f.poll_timeout(), None);
 }
+
+/// A round trip measured on the path replaces the estimate: peers near each other but far
+/// from the server get their copy at the floor, not at three times the estimate.
+#[test]
+fn a_measured_round_trip_replaces_the_estimate() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut f = FirstFlight::new(ms(300));
+    f.sampled(ms(20));
+    f.watch(peer());
+    f.on_sent(t0, peer(), 1, 10, b"hello");
+    assert_eq!(f.poll_timeout(), Some(t0 + ms(200)));
+}

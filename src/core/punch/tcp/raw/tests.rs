@@ -304,6 +304,53 @@ fn a_syn_ack_of_our_isn_establishes_and_others_are_ignored() {
     assert!(drain(&mut e).is_empty() && e.poll_established().is_none());
 }
 
+/// The peer's SYN-ACK echoes the timestamp of the SYN it answers: the round trip from that
+/// SYN, however many went before it; the shortest sample is kept, and a SYN's empty echo or
+/// a value not of our clock is none.
+#[test]
+fn a_timestamp_echo_measures_the_round_trip_from_the_syn_it_answers() {
+    let t0 = Instant::now();
+    let mut e = RawPunch::new(config(Plan::Window { delta: 1 }, 20000), t0).expect("raw");
+    let ms = Duration::from_millis;
+    let sent = run(&mut e, t0, ms(400));
+    let (at, syn) = sent
+        .iter()
+        .rev()
+        .find(|(_, c)| c.flags == Flags::Syn)
+        .expect("a SYN");
+    let (tsval, _) = syn.options.timestamps.expect("timestamps");
+    let echo = |v: u32| TcpOptions {
+        timestamps: Some((5, v)),
+        ..TcpOptions::default()
+    };
+    let isn1 = e.isn().wrapping_add(1);
+    e.handle_seen(t0, &tcp(peer(20001), Segment::Syn, 1, 0, echo(0)));
+    assert_eq!(e.rtt_sample(), None);
+    e.handle_seen(
+        t0,
+        &tcp(
+            peer(20001),
+            Segment::Other,
+            1,
+            0,
+            echo(tsval.wrapping_add(999_999)),
+        ),
+    );
+    assert_eq!(e.rtt_sample(), None);
+    e.handle_seen(
+        t0 + *at + ms(90),
+        &tcp(peer(20000), Segment::SynAck, 9, isn1, echo(tsval)),
+    );
+    // The clock ticks in even milliseconds.
+    let r = e.rtt_sample().expect("a sample");
+    assert!(r >= ms(88) && r <= ms(92), "{r:?}");
+    e.handle_seen(
+        t0 + *at + ms(300),
+        &tcp(peer(20000), Segment::Other, 10, isn1, echo(tsval)),
+    );
+    assert_eq!(e.rtt_sample(), Some(r), "the shortest is kept");
+}
+
 #[test]
 fn rst_and_router_icmp_fail_the_attempt_peer_icmp_does_not() {
     let t0 = Instant::now();
