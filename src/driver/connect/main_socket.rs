@@ -24,8 +24,8 @@ const OPENING_COPIES: usize = 2;
 /// asked to be mapped), the first to try. `since`: a later punch attempt's last registered
 /// port, where our counter was last seen: any port past it is new (others' flows may have
 /// moved the counter any distance since, over a whole window), one behind it an old mapping.
-/// With `--tcp` also the transaction of the Binding request that
-/// opened the rendezvous flow ([`opened_after`] checks its answer).
+/// With `--tcp` also the transaction of the Binding request that opened the rendezvous flow
+/// ([`opened_after`] checks its answer).
 pub(super) fn open_main(
     cfg: &ConnectConfig,
     status: &Status,

@@ -306,9 +306,9 @@ type CaptureCell<'a> = RefCell<Option<&'a mut Capture>>;
 /// Runs the punch until a connection authenticates, the budget ends, or Ctrl-C. With `also`
 /// (the peer's IPv6 or LAN address beside its public IPv4 one, see [`direct_setup`]), that
 /// punch runs at the same time on kernel sockets and the first connection to authenticate
-/// is kept: the TLS client commits to one only
-/// (the two share [`PunchSetup::commitment`]), and the other punch is dropped with all it
-/// opened. `on_status` gets the lines worth telling the user.
+/// is kept: the TLS client commits to one only (the two share [`PunchSetup::commitment`]),
+/// and the other punch is dropped with all it opened. `on_status` gets the lines worth
+/// telling the user.
 pub fn punch(
     setup: &PunchSetup,
     also: Option<&PunchSetup>,
