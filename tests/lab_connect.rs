@@ -1045,21 +1045,32 @@ fn tcp_raw_repeats_a_lost_first_data_segment_at_the_round_trip() {
 }
 
 /// Two peers behind one NAT that does not hairpin (many do not; RFC 4787 REQ-9): host A and
-/// another host on its LAN. UDP found the peer at its LAN candidate all along; the TCP punch
-/// aimed only at the peer's public endpoint, our own NAT's address, and failed behind every
-/// kind of NAT (exit 8). It now also punches to the peer's LAN address when the peer
-/// registered from our public address, and the LAN path carries the stream.
+/// another host on its LAN, or both on host A (someone trying the tool out). UDP found the
+/// peer at its LAN candidate all along; the TCP punch aimed only at the peer's public
+/// endpoint, our own NAT's address, and failed behind every kind of NAT (exit 8). It now
+/// also punches to the peer's LAN address when the peer registered from our public address,
+/// and the LAN path carries the stream.
 #[test]
 fn peers_behind_one_nat_connect_over_their_lan() {
-    let cases: [(&str, &[&str]); 5] = [
-        ("port-restricted-cone", &["--tcp", "--syn-engine", "raw"]),
-        ("port-restricted-cone", &["--tcp", "--syn-engine", "kernel"]),
-        ("symmetric-sequential", &["--tcp"]),
-        ("symmetric-random", &["--tcp"]),
-        ("symmetric-random", &[]),
+    let other = [Node::A, Node::BgA];
+    let cases: [(&str, &[&str], [Node; 2]); 6] = [
+        (
+            "port-restricted-cone",
+            &["--tcp", "--syn-engine", "raw"],
+            other,
+        ),
+        (
+            "port-restricted-cone",
+            &["--tcp", "--syn-engine", "kernel"],
+            other,
+        ),
+        ("symmetric-sequential", &["--tcp"], other),
+        ("symmetric-random", &["--tcp"], other),
+        ("symmetric-random", &[], other),
+        ("symmetric-random", &["--tcp"], [Node::A, Node::A]),
     ];
     let mut lab: Option<(&str, Lab)> = None;
-    for (t, (kind, extra)) in (0..).zip(cases) {
+    for (t, (kind, extra, nodes)) in (0..).zip(cases) {
         if lab.as_ref().is_none_or(|(k, _)| *k != kind) {
             // The other host on A's LAN exists with background flows (one a second here).
             drop(lab.take());
@@ -1070,16 +1081,10 @@ fn peers_behind_one_nat_connect_over_their_lan() {
         }
         let (_, l) = lab.as_ref().expect("a lab");
         let _srv = common::punchraw_serve_5780(l);
-        let p = pair_on(
-            l,
-            [Node::A, Node::BgA],
-            t,
-            "right",
-            MIB,
-            [extra, &[], &[]],
-            &|| std::thread::sleep(Duration::from_millis(300)),
-        );
-        let what = format!("{kind} {extra:?}");
+        let p = pair_on(l, nodes, t, "right", MIB, [extra, &[], &[]], &|| {
+            std::thread::sleep(Duration::from_millis(300))
+        });
+        let what = format!("{kind} {extra:?} {nodes:?}");
         let transport = if extra.contains(&"--tcp") {
             "tcp"
         } else {

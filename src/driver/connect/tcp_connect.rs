@@ -258,6 +258,7 @@ fn punch_tcp(
         plan: p.plan,
         local: prep.local,
         peer_ip,
+        also_from: lan_peer.map(|a| a.ip()),
         peer_port: p.peer_port,
         peer_ports: p.peer_ports,
         window: cfg.window,

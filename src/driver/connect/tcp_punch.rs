@@ -143,6 +143,10 @@ pub struct PunchSetup {
     pub local: SocketAddr,
     /// The IP every attempt connects to: the peer's public one, or its mapping's.
     pub peer_ip: IpAddr,
+    /// Another address of the peer's whose connections our listener takes: its LAN address
+    /// when a second punch goes there from the same port ([`direct_setup`]). Both punches'
+    /// listeners share the port, so the kernel hands a connection to either.
+    pub also_from: Option<IpAddr>,
     /// The peer's predicted port (0: unknown).
     pub peer_port: u16,
     /// Where the peer's NAT draws random ports (a `Probe` searches them).
@@ -628,7 +632,8 @@ impl<'a> PunchLoop<'a> {
                 // Anyone may connect to the listener; only the peer's address gets a
                 // handshake, and only so many at once.
                 let from = stream.peer_addr().ok();
-                if from.map(|r| r.ip()) != Some(self.setup.peer_ip)
+                let peers = [Some(self.setup.peer_ip), self.setup.also_from];
+                if !from.is_some_and(|r| peers.contains(&Some(r.ip())))
                     || self.handshakes >= MAX_HANDSHAKES
                 {
                     tracing::debug!(

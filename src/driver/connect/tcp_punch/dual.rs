@@ -35,6 +35,10 @@ pub fn direct_setup(main: &PunchSetup, local: SocketAddr, to: SocketAddr) -> Pun
         plan: Plan::Direct,
         local,
         peer_ip: to.ip(),
+        also_from: v4
+            .also_from
+            .filter(|_| v4.local == local)
+            .map(|_| v4.peer_ip),
         peer_port: to.port(),
         peer_ports: [to.port(), to.port()],
         window: v4.window,
