@@ -787,24 +787,39 @@ fn tcp_raw_cone_and_random_connect_by_sweep() {
     sweep_connects_at(0, 5, &["--tcp", "--syn-engine", "raw"]);
 }
 
-/// #11: the raw engine's sweep as `--capture` shows it: every crafted SYN toward the peer
-/// leaves from the one punch port with the one sequence number of the socket that finishes
-/// the handshake, to many ports of the peer, and tshark finds nothing to warn about.
-#[test]
-fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
-    let Some(lab) = lab_at(0, "port-restricted-cone", "symmetric-random") else {
-        return;
-    };
+/// A raw-engine TCP pair (1 KiB each way, B 300 ms after A) with A's capture, which
+/// [`Captured::tshark`] reads; `None` (the test skipped) without tshark.
+struct Captured {
+    pair: Pair,
+    cap: std::path::PathBuf,
+    _dir: Dir,
+}
+
+impl Captured {
+    /// tshark's output for `args` over the capture; it must run cleanly.
+    fn tshark(&self, args: &[&str]) -> String {
+        let o = Command::new("tshark")
+            .arg("-r")
+            .arg(&self.cap)
+            .args(args)
+            .output()
+            .expect("run tshark");
+        assert!(o.status.success(), "tshark {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn raw_pair_captured(lab: &Lab, tag: &str) -> Option<Captured> {
     if common::lab::find_program("tshark").is_none() {
         eprintln!("skipped: tshark not installed");
-        return;
+        return None;
     }
-    let _srv = common::punchraw_serve_5780(&lab);
-    let dir = Dir::new(&format!("{}-capture", lab.name()));
+    let _srv = common::punchraw_serve_5780(lab);
+    let dir = Dir::new(&format!("{}-{tag}", lab.name()));
     let cap = dir.0.join("a.pcap");
     let cap_arg = cap.to_str().expect("a UTF-8 temp path");
-    let p = pair_sides(
-        &lab,
+    let pair = pair_sides(
+        lab,
         0,
         "right",
         1024,
@@ -815,17 +830,26 @@ fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
         ],
         &|| std::thread::sleep(Duration::from_millis(300)),
     );
-    assert_eq!(p.a.report["strategy"], "sweep", "{}", p.a.stderr);
-    let tshark = |args: &[&str]| {
-        let o = Command::new("tshark")
-            .arg("-r")
-            .arg(&cap)
-            .args(args)
-            .output()
-            .expect("run tshark");
-        assert!(o.status.success(), "tshark {args:?}: {o:?}");
-        String::from_utf8_lossy(&o.stdout).into_owned()
+    Some(Captured {
+        pair,
+        cap,
+        _dir: dir,
+    })
+}
+
+/// #11: the raw engine's sweep as `--capture` shows it: every crafted SYN toward the peer
+/// leaves from the one punch port with the one sequence number of the socket that finishes
+/// the handshake, to many ports of the peer, and tshark finds nothing to warn about.
+#[test]
+fn tcp_raw_sweep_capture_shows_one_port_and_one_sequence() {
+    let Some(lab) = lab_at(0, "port-restricted-cone", "symmetric-random") else {
+        return;
     };
+    let Some(c) = raw_pair_captured(&lab, "capture") else {
+        return;
+    };
+    let (p, tshark) = (&c.pair, |args: &[&str]| c.tshark(args));
+    assert_eq!(p.a.report["strategy"], "sweep", "{}", p.a.stderr);
     // The server's addresses carry the probe's own connections, not the sweep.
     let syns = tshark(&[
         "-o",
@@ -966,47 +990,25 @@ fn tcp_raw_syns_announce_the_mss_of_a_narrow_link() {
     let Some(lab) = lab_at(0, "port-restricted-cone", "port-restricted-cone") else {
         return;
     };
-    if common::lab::find_program("tshark").is_none() {
-        eprintln!("skipped: tshark not installed");
-        return;
-    }
     let mtu = lab
         .cmd(Node::A, "ip")
         .args(["link", "set", "dev", "eth0", "mtu", "1400"])
         .status()
         .expect("run ip");
     assert!(mtu.success(), "cannot set A's MTU");
-    let _srv = common::punchraw_serve_5780(&lab);
-    let dir = Dir::new(&format!("{}-mtu", lab.name()));
-    let cap = dir.0.join("a.pcap");
-    let cap_arg = cap.to_str().expect("a UTF-8 temp path");
-    let p = pair_sides(
-        &lab,
-        0,
-        "right",
-        1024,
-        [
-            &["--tcp", "--syn-engine", "raw"],
-            &["--capture", cap_arg],
-            &[],
-        ],
-        &|| std::thread::sleep(Duration::from_millis(300)),
-    );
-    check_connected_over(&p, "tcp", "direct", "MTU 1400 at A");
-    let o = Command::new("tshark")
-        .arg("-r")
-        .arg(&cap)
-        .args([
-            "-Y",
-            "tcp.flags.syn==1 && ip.src==10.0.1.2 && ip.dst!=203.0.113.1 && ip.dst!=203.0.113.2",
-            "-T",
-            "fields",
-            "-e",
-            "tcp.options.mss_val",
-        ])
-        .output()
-        .expect("run tshark");
-    let mss = String::from_utf8_lossy(&o.stdout).into_owned();
+    let Some(c) = raw_pair_captured(&lab, "mtu") else {
+        return;
+    };
+    let p = &c.pair;
+    check_connected_over(p, "tcp", "direct", "MTU 1400 at A");
+    let mss = c.tshark(&[
+        "-Y",
+        "tcp.flags.syn==1 && ip.src==10.0.1.2 && ip.dst!=203.0.113.1 && ip.dst!=203.0.113.2",
+        "-T",
+        "fields",
+        "-e",
+        "tcp.options.mss_val",
+    ]);
     assert!(
         !mss.trim().is_empty() && mss.lines().all(|l| l.trim() == "1360"),
         "MSS of A's SYNs and SYN-ACKs to the peer (1360 expected):\n{mss}\n{}",

@@ -19,7 +19,6 @@ pub mod tcp_punch;
 mod udp_punch;
 
 use crate::core::punch::explain::{describe_plan, explain_tcp_failure};
-use crate::core::punch::lockstep::Retry;
 use crate::core::punch::{derive_key, tcp, Strategy};
 use crate::core::rendezvous::client::{ClientConfig, Introduction, RELAY_SYNC};
 use crate::core::rendezvous::retry_session;
@@ -416,7 +415,7 @@ fn connect(
             first_start,
             may_retry: true,
         };
-        let failed = match punch_udp(
+        let (failed, retry) = match punch_udp(
             cfg,
             status,
             deadline,
@@ -429,16 +428,12 @@ fn connect(
             at,
         ) {
             Ok(Attempted::Punched(p)) => break p,
-            Ok(Attempted::Missed(failed)) => failed,
+            Ok(Attempted::Missed(failed, retry)) => (failed, retry),
             Err(failed @ Error::PunchFailed { .. }) => return relayed(failed, report),
             Err(e) => return Err(e),
         };
         attempt += 1;
-        let wait = Retry::window_time(crate::core::rendezvous::peer_rtt(
-            me.classified.rtt,
-            intro.peer.rtt_ms,
-        ));
-        let since = intro.me.port();
+        let (wait, since) = (retry.window_time, intro.me.port());
         match meet_again(
             cfg, status, &shutdown, deadline, &mut me, &again, attempt, wait, since,
         ) {
@@ -453,10 +448,11 @@ fn connect(
     stream_udp(cfg, status, started, report, punched, &identity, &shutdown)
 }
 
-/// After a lockstep window that did not meet ([`Retry`]): a fresh socket registers in the
-/// attempt's session ([`retry_session`]) and waits at most `wait` for the peer's fresh
-/// registration, which shows where both port counters are now. `since`: our last
-/// registered port (a new flow's port past it is fresh, see [`main_socket::open_main`]).
+/// After a lockstep window that did not meet ([`crate::core::punch::lockstep::Retry`]): a
+/// fresh socket registers in the attempt's session ([`retry_session`]) and waits at most
+/// `wait` for the peer's fresh registration, which shows where both port counters are now.
+/// `since`: our last registered port (a new flow's port past it is fresh, see
+/// [`main_socket::open_main`]).
 #[allow(clippy::too_many_arguments)]
 fn meet_again(
     cfg: &ConnectConfig,

@@ -132,7 +132,7 @@ pub(super) fn run(
                 at,
             ) {
                 Ok(Attempted::Punched(p)) => Ok(p),
-                Ok(Attempted::Missed(e)) | Err(e) => Err(e),
+                Ok(Attempted::Missed(e, _)) | Err(e) => Err(e),
             };
             let path = if r.is_ok() { "direct" } else { "relay" };
             if let (Some(o), false) = (&outcome, matches!(r, Err(Error::Interrupted { .. }))) {

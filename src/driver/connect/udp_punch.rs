@@ -23,8 +23,9 @@ pub(super) enum Attempted {
     /// A pair works both ways.
     Punched(UdpPunched),
     /// The lockstep's window did not meet in its time and the plan holds another attempt
-    /// ([`Retry`]); the error is what the run ends with should the next registration fail.
-    Missed(Error),
+    /// ([`Retry`], whose window time also bounds the wait for the peer's next registration);
+    /// the error is what the run ends with should that registration fail.
+    Missed(Error, Retry),
 }
 
 /// Which attempt of the punch this is.
@@ -165,7 +166,7 @@ pub(super) fn punch_udp(
                 explanation,
             };
             return match retry {
-                Some(_) if !shutdown.requested() => Ok(Attempted::Missed(failed)),
+                Some(r) if !shutdown.requested() => Ok(Attempted::Missed(failed, r)),
                 _ => Err(failed),
             };
         }

@@ -30,29 +30,28 @@ pub fn ipv6_setup(v4: &PunchSetup, local: SocketAddr, peer: &[SocketAddr]) -> Op
 /// The punch from `local` straight to `to` that goes with `main`: nothing translates the
 /// ports between them, so on kernel sockets and without priming.
 pub fn direct_setup(main: &PunchSetup, local: SocketAddr, to: SocketAddr) -> PunchSetup {
-    let v4 = main;
     PunchSetup {
         plan: Plan::Direct,
         local,
         peer_ip: to.ip(),
-        also_from: v4
+        also_from: main
             .also_from
-            .filter(|_| v4.local == local)
-            .map(|_| v4.peer_ip),
+            .filter(|_| main.local == local)
+            .map(|_| main.peer_ip),
         peer_port: to.port(),
         peer_ports: [to.port(), to.port()],
-        window: v4.window,
-        rate: v4.rate,
-        sweep_sockets: v4.sweep_sockets,
-        budget: v4.budget,
-        start: v4.start,
+        window: main.window,
+        rate: main.rate,
+        sweep_sockets: main.sweep_sockets,
+        budget: main.budget,
+        start: main.start,
         prime_ttl: None,
-        keepalive: v4.keepalive,
-        tls: v4.tls.clone(),
-        rtt: v4.rtt,
+        keepalive: main.keepalive,
+        tls: main.tls.clone(),
+        rtt: main.rtt,
         first_syn_copies: 1,
         raw: None,
-        commitment: v4.commitment.clone(),
+        commitment: main.commitment.clone(),
     }
 }
 
