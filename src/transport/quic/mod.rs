@@ -35,7 +35,9 @@
 //! BBR 4/7, CUBIC 0.3 and one stall; 160 ms RTT, no loss: BBR 7/9, CUBIC 9/9 (the lab's
 //! delay element caps those); 1%: BBR 5/5. CUBIC is ahead only on clean or nearly clean
 //! paths, by less than a factor of two; BBR keeps lossy ones alive, which is where a punched
-//! path across carrier NATs and radio links tends to be.
+//! path across carrier NATs and radio links tends to be. quinn's BBR holds every new
+//! connection at a few packets for its first 200 ms, so a CUBIC controller runs beside it and
+//! the larger of the two windows counts (`congestion`).
 //!
 //! Ending cleanly: each connection is closed by its sender, with [`CLOSE_DONE`], as soon as all
 //! of its data is acknowledged; until then it may need acknowledgements of retransmissions, so
@@ -79,6 +81,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+mod congestion;
 mod gso;
 mod relayed;
 mod reorder;
@@ -179,7 +182,7 @@ fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
     t.max_concurrent_bidi_streams(0u32.into());
     t.max_concurrent_uni_streams(1u32.into());
     // Random loss is not congestion; see the module documentation.
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.congestion_controller_factory(Arc::new(congestion::BbrBesideConfig));
     t.initial_rtt(INITIAL_RTT);
     t.stream_receive_window(WINDOW.into());
     t.receive_window(WINDOW.into());
