@@ -1760,6 +1760,24 @@ fn cone_and_cgn_block_random_connect_by_sweep() {
     );
 }
 
+/// A carrier-grade NAT's random block facing a symmetric NAT with a port counter: the
+/// counter side's probes each leave from its counter's next port, so the random side's
+/// mappings aim at those ports, and the counter side keeps probing a few ports of the block
+/// so that its counter stays among them. Failed every time before (the mappings aimed at the
+/// endpoint the counter side registered, which its probes never come from).
+#[test]
+fn cgn_block_random_and_sequential_symmetric_connect_by_sweep() {
+    mostly_connect(
+        "cgn-block-random",
+        "symmetric-sequential",
+        &[],
+        "udp",
+        "sweep",
+        5,
+        4,
+    );
+}
+
 /// The same over TCP.
 #[test]
 fn tcp_cone_and_cgn_block_random_connect_by_sweep() {

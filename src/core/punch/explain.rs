@@ -26,6 +26,13 @@ pub fn explain_failure(me: &NatInfo, peer: &NatInfo, s: Strategy) -> String {
         }
         return "both NATs are symmetric with random ports: neither side's port can be predicted or reached by a sweep within the budget; a relay is needed (or a longer --punch-budget and more --sweep-sockets for a small chance)".into();
     }
+    let random = |n: &NatInfo| {
+        n.allocation == Allocation::Random && n.mapping != Behavior::EndpointIndependent
+    };
+    let counter = super::counter;
+    if s == Strategy::Sweep && ((random(me) && counter(peer)) || (counter(me) && random(peer))) {
+        return "one NAT draws random ports and the other gives each new destination the next port of a counter: the random side's mappings aimed at the counter's next ports while the counter side probed a few random ports of the other's; other traffic moved the counter past them, or chance did not meet; try a larger --window or more --sweep-sockets, or a relay".into();
+    }
     match s {
         Strategy::Direct => "no punch packet got through: a firewall may block UDP between the peers, or one side's NAT changed its mapping".into(),
         Strategy::Predict => "the predicted ports were wrong: other traffic through the sequential NAT moved its counter; try a larger --window".into(),

@@ -39,6 +39,7 @@
 pub mod explain;
 pub mod lockstep;
 pub mod priming;
+mod sweep;
 mod targets;
 use targets::{same_family, targets};
 pub mod tcp;
@@ -53,7 +54,7 @@ use crate::core::stun::{
 use crate::core::{Machine, Transmit};
 use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -126,6 +127,11 @@ impl Strategy {
 
 fn eim(n: &NatInfo) -> bool {
     n.mapping == Behavior::EndpointIndependent
+}
+
+/// A NAT that gives each new destination the next port of a counter.
+fn counter(n: &NatInfo) -> bool {
+    !eim(n) && n.allocation == Allocation::Sequential
 }
 
 fn predictable(n: &NatInfo) -> bool {
@@ -214,107 +220,6 @@ impl PunchConfig {
         } else {
             s
         }
-    }
-
-    /// Whether this side opens many mappings toward the peer's registered endpoint (it is
-    /// the random, symmetric side of a sweep against a peer that can be found). Against a
-    /// peer that is random too that endpoint leads nowhere, so nothing is sprayed.
-    pub fn i_spray(&self) -> bool {
-        self.strategy() == Strategy::Sweep
-            && !predictable(&self.my_nat)
-            && predictable(&self.peer.nat)
-    }
-
-    /// Whether this side probes random ports of the peer.
-    pub fn i_probe_random(&self) -> bool {
-        self.strategy() == Strategy::Sweep && !predictable(&self.peer.nat)
-    }
-
-    /// Socket 0 is the one registered at the rendezvous; a sprayer needs more, and so does
-    /// each side of a two-sided sweep ([`PunchConfig::two_sided_sockets`]).
-    pub fn sockets_needed(&self) -> usize {
-        if self.two_sided() {
-            self.two_sided_sockets()
-        } else if self.i_spray() {
-            1 + self.sweep_sockets
-        } else {
-            1
-        }
-    }
-
-    /// Probes one side sends within the budget at the rate.
-    fn probes_in_budget(&self) -> f64 {
-        f64::from(self.rate) * self.budget.as_secs_f64()
-    }
-
-    /// Sockets that send this side's probes in a two-sided sweep: one toward each port of
-    /// the peer's range is all one socket can do (a second probe to the same port reuses the
-    /// mapping), so when the budget allows more probes than the peer has ports, more
-    /// sockets make more distinct mappings, up to `TWO_SIDED_MAX_SOCKETS` and
-    /// `--sweep-sockets`.
-    pub fn two_sided_sockets(&self) -> usize {
-        Self::sockets_for(self.probes_in_budget(), &self.peer.nat, self.sweep_sockets)
-    }
-
-    fn sockets_for(probes: f64, toward: &NatInfo, cap: usize) -> usize {
-        let k = (probes / port_count(toward)).ceil() as usize;
-        k.clamp(1, TWO_SIDED_MAX_SOCKETS.min(cap.max(1)))
-    }
-
-    /// Neither side can be found by the other (both map per destination and allocate at
-    /// random), so only a two-sided birthday sweep can meet: each side probes the ports of
-    /// the other from its sockets ([`PunchConfig::two_sided_sockets`]), every probe a new
-    /// random mapping of its own NAT, and a probe gets through when it happens to be the
-    /// reverse of one of the peer's.
-    /// Endpoint-independent mapping is reachable at its mapped port whatever its allocation
-    /// (RFC 4787 section 4.1), so it never makes a sweep two-sided.
-    pub fn two_sided(&self) -> bool {
-        self.strategy() == Strategy::Sweep
-            && !predictable(&self.my_nat)
-            && !predictable(&self.peer.nat)
-    }
-
-    /// A two-sided sweep with under 1% chance: over whole port ranges it is, inside two
-    /// carrier-grade port blocks it is not.
-    pub fn sweep_hopeless(&self) -> bool {
-        self.two_sided() && self.sweep_success_probability() < 0.01
-    }
-
-    /// Chance that a sweep finds a pair within the budget. One-sided: every probe hits one
-    /// of the sprayer's mappings with probability sockets / port space. Two-sided: see
-    /// [`PunchConfig::two_sided_probabilities`]; this is the larger of the two.
-    pub fn sweep_success_probability(&self) -> f64 {
-        if self.two_sided() {
-            return self.two_sided_probabilities().0;
-        }
-        let probes = self.probes_in_budget();
-        // The sprayer's mappings lie in its NAT's ports, which the prober searches.
-        let sprayer = if self.i_spray() {
-            &self.my_nat
-        } else {
-            &self.peer.nat
-        };
-        let per_probe = (self.sweep_sockets as f64 / port_count(sprayer)).min(1.0);
-        1.0 - (1.0 - per_probe).powf(probes)
-    }
-
-    /// A two-sided sweep's chance, as (if the NATs give a port to several destinations, if
-    /// they do not). Each side's probes are distinct (socket, peer port) pairs, at most
-    /// sockets x the peer's ports, each a new mapping at a random port of its own NAT; a
-    /// probe meets when the peer sent the exact reverse, so `n_a * n_b / (|A| * |B|)` pairs
-    /// meet on average and a Poisson count is zero with probability `e^-that`. A NAT that
-    /// keeps each port for one mapping (no reuse across destinations; Linux's conntrack
-    /// reuses, since the reply tuples differ) holds at most its block's size of them, which
-    /// caps the mean at one meeting: 63%. The peer is assumed to run the same rate, budget
-    /// and socket cap.
-    pub fn two_sided_probabilities(&self) -> (f64, f64) {
-        let probes = self.probes_in_budget();
-        let (a, b) = (port_count(&self.my_nat), port_count(&self.peer.nat));
-        let cap = self.sweep_sockets;
-        let n_a = probes.min(Self::sockets_for(probes, &self.peer.nat, cap) as f64 * b);
-        let n_b = probes.min(Self::sockets_for(probes, &self.my_nat, cap) as f64 * a);
-        let p = |meet: f64| 1.0 - (-meet).exp();
-        (p(n_a * n_b / (a * b)), p(n_a.min(a) * n_b.min(b) / (a * b)))
     }
 
     fn controlling(&self) -> bool {
@@ -406,7 +311,9 @@ pub struct Punch {
     done: bool,
     last_progress: u64,
     /// A two-sided sweep's probes in the order they go out: every (socket, peer port) pair
-    /// once, shuffled, so no probe repeats a mapping before all were made.
+    /// once, shuffled, so no probe repeats a mapping before all were made. Against a counter
+    /// ([`PunchConfig::spray_at_counter`]): every sprayed socket toward each of the counter's
+    /// ports; from it: the few ports of the peer that it probes.
     sweep: Vec<(usize, u16)>,
     sweep_next: usize,
 }
@@ -430,6 +337,17 @@ impl Punch {
                 sweep.extend((lo..=hi).map(|p| (socket, p)));
             }
             sweep.shuffle(&mut rng);
+        } else if cfg.spray_at_counter() {
+            for port in cfg.counter_ports() {
+                sweep.extend((1..cfg.sockets_needed()).map(|socket| (socket, port)));
+            }
+        } else if cfg.probe_from_counter() {
+            let [lo, hi] = random_ports(&cfg.peer.nat);
+            let ports: Vec<u16> = (lo..=hi).collect();
+            sweep = ports
+                .choose_multiple(&mut rng, cfg.counter_flows())
+                .map(|&p| (0, p))
+                .collect();
         }
         Punch {
             cfg,
@@ -452,6 +370,12 @@ impl Punch {
             done: false,
             last_progress: 0,
         }
+    }
+
+    /// Whether probes go out at the rate: toward the peer's random ports, or our mappings
+    /// toward its counter's ports.
+    fn sweeps(&self) -> bool {
+        self.cfg.i_probe_random() || self.cfg.spray_at_counter()
     }
 
     /// The configuration it was built with.
@@ -679,7 +603,7 @@ impl Machine for Punch {
             }
             self.next_round = now + ROUND;
         }
-        if self.cfg.i_spray() && now >= self.next_spray {
+        if self.cfg.i_spray() && !self.cfg.spray_at_counter() && now >= self.next_spray {
             // Each extra socket keeps a mapping toward the peer's fixed endpoint open; the
             // peer's random probes are what have to land on one of them.
             for s in 1..self.cfg.sockets_needed() {
@@ -687,7 +611,7 @@ impl Machine for Punch {
             }
             self.next_spray = now + SPRAY_EVERY;
         }
-        if self.cfg.i_probe_random() && now >= self.next_random {
+        if self.sweeps() && now >= self.next_random {
             // Catch up on the probes the rate allows since the last call, in 10 ms slices.
             let per_slice = (self.cfg.rate / 100).max(1);
             for _ in 0..per_slice {
@@ -726,10 +650,10 @@ impl Machine for Punch {
             return None;
         }
         let mut t = self.next_round.min(self.start + self.cfg.budget);
-        if self.cfg.i_probe_random() {
+        if self.sweeps() {
             t = t.min(self.next_random);
         }
-        if self.cfg.i_spray() {
+        if self.cfg.i_spray() && !self.cfg.spray_at_counter() {
             t = t.min(self.next_spray);
         }
         Some(t)

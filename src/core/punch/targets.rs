@@ -103,19 +103,40 @@ fn same_family_targets(cfg: &PunchConfig) -> Vec<SocketAddr> {
     let first = if eim(&cfg.my_nat) {
         1
     } else {
-        1 + base_targets(cfg.my_public, &cfg.my_locals).len() as i32
+        first_flow_after(cfg)
     };
-    let base = i32::from(cfg.peer.public.port());
-    // The ports below the expected first one come last, so they do not shift our own
-    // window flows' ports.
-    for k in (first..first + i32::from(cfg.window)).chain(1..first) {
-        let p = (base + step * k).rem_euclid(65536) as u16;
-        if p != 0 {
-            let a = SocketAddr::new(cfg.peer.public.ip(), p);
-            if !v.contains(&a) {
-                v.push(a);
-            }
+    for p in window_ports(cfg, first, step) {
+        let a = SocketAddr::new(cfg.peer.public.ip(), p);
+        if !v.contains(&a) {
+            v.push(a);
         }
     }
     v
+}
+
+/// The peer's flow (counted from 1 after its registration) that follows its flows toward
+/// our candidates, which it contacts first every round.
+fn first_flow_after(cfg: &PunchConfig) -> i32 {
+    1 + base_targets(cfg.my_public, &cfg.my_locals).len() as i32
+}
+
+/// The peer's ports for its flows `first` to `first + window - 1` by `step` from its
+/// registered one, then those before `first`, last so that they do not shift our own window
+/// flows' ports.
+fn window_ports(cfg: &PunchConfig, first: i32, step: i32) -> Vec<u16> {
+    let base = i32::from(cfg.peer.public.port());
+    let mut v = Vec::new();
+    for k in (first..first + i32::from(cfg.window)).chain(1..first) {
+        let p = (base + step * k).rem_euclid(65536) as u16;
+        if p != 0 && !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+/// [`PunchConfig::counter_ports`]: a counter side probes our candidates first, then the
+/// few random ports of ours it keeps probing, each a new flow of its counter.
+pub(super) fn counter_ports(cfg: &PunchConfig) -> Vec<u16> {
+    window_ports(cfg, first_flow_after(cfg), cfg.peer.nat.delta.unwrap_or(1))
 }

@@ -555,6 +555,36 @@ fn the_sweep_searches_the_peers_port_block() {
     assert_eq!(random_ports(&cfg.peer.nat), [1024, 65535]);
 }
 
+/// Random ports in the 512-port block from `lo`; `reuse`: a port may serve several
+/// destinations (as Linux's conntrack allows).
+fn random_block(lo: u16, reuse: bool) -> Option<NatBehavior> {
+    nat(
+        AddressAndPortDependent,
+        AddressAndPortDependent,
+        PortAlloc::RandomIn {
+            lo,
+            hi: lo + 511,
+            reuse,
+        },
+    )
+}
+
+/// Of 20 seeds, the pairs of `a` and `b` that met, each by a sweep.
+fn sweeps_met(a: Option<NatBehavior>, b: Option<NatBehavior>) -> u32 {
+    let mut met = 0;
+    for seed in 0..20 {
+        let o = run(a, b, 0.0, seed, true);
+        assert_eq!(o.strategy, Strategy::Sweep);
+        if o.events
+            .iter()
+            .all(|e| matches!(e, Some(Event::Connected { .. })))
+        {
+            met += 1;
+        }
+    }
+    met
+}
+
 /// Issue #10: two carrier-grade NATs with random ports in 512-port blocks. Each side sends
 /// from four sockets to every port of the other's block, 2048 distinct mappings a side, so
 /// NATs that give a port to several destinations (as Linux does) meet 16 times on average
@@ -563,31 +593,8 @@ fn the_sweep_searches_the_peers_port_block() {
 /// whole port ranges the same sweep is hopeless.
 #[test]
 fn two_random_nats_in_blocks_meet_by_a_two_sided_sweep() {
-    let block = |lo: u16, reuse: bool| {
-        nat(
-            AddressAndPortDependent,
-            AddressAndPortDependent,
-            PortAlloc::RandomIn {
-                lo,
-                hi: lo + 511,
-                reuse,
-            },
-        )
-    };
-    let met = |reuse: bool| {
-        let mut met = 0;
-        for seed in 0..20 {
-            let o = run(block(40960, reuse), block(20480, reuse), 0.0, seed, true);
-            assert_eq!(o.strategy, Strategy::Sweep);
-            if o.events
-                .iter()
-                .all(|e| matches!(e, Some(Event::Connected { .. })))
-            {
-                met += 1;
-            }
-        }
-        met
-    };
+    let block = random_block;
+    let met = |reuse: bool| sweeps_met(block(40960, reuse), block(20480, reuse));
     let (shared, single) = (met(true), met(false));
     eprintln!("two blocks of 512: {shared}/20 met with ports reused, {single}/20 without");
     assert!(shared >= 19, "{shared}/20");
@@ -605,6 +612,44 @@ fn two_random_nats_in_blocks_meet_by_a_two_sided_sweep() {
     assert!((not - (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{not}");
     assert_eq!(cfg.sweep_success_probability(), reused);
     assert!(!cfg.i_spray() && cfg.i_probe_random());
+}
+
+/// A carrier-grade NAT's random block facing a symmetric NAT with a port counter (the lab
+/// pair `cgn-block-random` x `symmetric-sequential`, and a sequential NAT that a stale
+/// sample made look random): the counter side's probes leave from a new port each, so
+/// mappings toward the endpoint it registered caught nothing and every such pair failed.
+/// The random side's mappings aim at the counter's next ports, and the counter side probes
+/// eight ports of the block over and over: with 256 sockets in a 512-port block each of
+/// its flows meets with a chance of one half, when the NAT gives a port to several
+/// destinations (Linux does). One that keeps a port for one mapping runs out of its block
+/// after two of the counter's ports, so about three pairs in four meet; before, none did.
+#[test]
+fn a_random_block_and_a_port_counter_meet_by_a_sweep_at_the_counter() {
+    let met = |reuse: bool| sweeps_met(random_block(40960, reuse), sym_seq());
+    let (shared, single) = (met(true), met(false));
+    eprintln!(
+        "a block of 512 and a counter: {shared}/20 met with ports reused, {single}/20 without"
+    );
+    assert!(shared >= 19, "{shared}/20");
+    assert!(single >= 8, "{single}/20");
+    let (random, counter) = (info(&sym_random_in_block()), info(&sym_seq()));
+    let sprayer = sweep_config(random, counter, Duration::from_secs(10));
+    assert!(sprayer.spray_at_counter() && !sprayer.probe_from_counter());
+    let prober = sweep_config(counter, random, Duration::from_secs(10));
+    assert!(prober.probe_from_counter() && !prober.spray_at_counter());
+    let p = 1.0 - 0.5f64.powi(8);
+    for c in [&sprayer, &prober] {
+        assert!((c.sweep_success_probability() - p).abs() < 1e-9);
+    }
+    // The counter's next 16 ports after its flow toward our one candidate, then that one.
+    let base = sprayer.peer.public.port();
+    let ports = sprayer.counter_ports();
+    assert_eq!(ports.len(), 17);
+    assert_eq!(ports[0], base + 2);
+    assert_eq!(ports[16], base + 1);
+    // Toward a counter that keeps one port for every destination the old spray stays.
+    let cone_side = sweep_config(random, info(&cone()), Duration::from_secs(10));
+    assert!(cone_side.i_spray() && !cone_side.spray_at_counter());
 }
 
 /// Where each side's punch sends in its first round, as (socket, destination).

@@ -59,8 +59,20 @@ pub(super) fn announce_udp_punch(
 
 /// The status line that says what a UDP sweep does and how likely it is to work.
 fn udp_sweep_line(cfg: &ConnectConfig, pcfg: &PunchConfig) -> String {
-    let what = if pcfg.i_spray() {
+    let what = if pcfg.spray_at_counter() {
+        let ports = pcfg.counter_ports();
+        format!(
+            "opening {} mappings toward each of the peer's next {} ports (its NAT gives every new destination the next port of a counter)",
+            cfg.sweep_sockets,
+            ports.len()
+        )
+    } else if pcfg.i_spray() {
         format!("opening {} mappings toward the peer", cfg.sweep_sockets)
+    } else if pcfg.probe_from_counter() {
+        format!(
+            "probing {} random ports of the peer over and over (our NAT gives each new destination the next port of a counter, which the peer's mappings aim at)",
+            pcfg.counter_flows()
+        )
     } else {
         let ports = match pcfg.peer.nat.range {
             Some(_) => {

@@ -39,6 +39,14 @@ fn udp_failure_blames_two_random_symmetric_nats_whatever_the_strategy() {
 }
 
 #[test]
+fn udp_failure_between_random_ports_and_a_counter_says_so() {
+    for (me, peer) in [(random(), sequential()), (sequential(), random())] {
+        let why = explain_failure(&me, &peer, Strategy::Sweep);
+        assert!(why.contains("next port of a counter"), "{why}");
+    }
+}
+
+#[test]
 fn udp_failure_otherwise_follows_the_strategy() {
     assert_eq!(
         explain_failure(&cone(), &cone(), Strategy::Direct),
