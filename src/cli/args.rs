@@ -131,7 +131,9 @@ pub struct ConnectArgs {
     pub rate: u32,
     /// Ports past the peer's last seen port to try when predicting a sequential NAT. Between
     /// two sequential NATs a quarter of it is how many other flows through each NAT the
-    /// prediction tolerates; give both peers the same value.
+    /// prediction tolerates. In a sweep between a random NAT and a sequential symmetric one,
+    /// the random side aims at this many of the other's next ports and the sequential side
+    /// probes half as many ports of the random one. Give both peers the same value.
     #[arg(long, value_name = "N", default_value_t = 24)]
     pub window: u16,
     /// Mappings the random side opens in a birthday sweep.
