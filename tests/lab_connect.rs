@@ -1778,6 +1778,23 @@ fn cgn_block_random_and_sequential_symmetric_connect_by_sweep() {
     );
 }
 
+/// The same over TCP: the random side's connections from fresh ports aim at the counter's
+/// next ports in turn, the counter side's raw engine keeps half a window of probes of the
+/// block open from its one port. Failed every time before (the random side aimed a window
+/// from one port, the counter side, with no port of ours to predict, made no attempt).
+#[test]
+fn tcp_cgn_block_random_and_sequential_symmetric_connect_by_sweep() {
+    mostly_connect(
+        "cgn-block-random",
+        "symmetric-sequential",
+        &["--tcp"],
+        "tcp",
+        "sweep",
+        5,
+        4,
+    );
+}
+
 /// The same over TCP.
 #[test]
 fn tcp_cone_and_cgn_block_random_connect_by_sweep() {

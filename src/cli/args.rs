@@ -136,7 +136,8 @@ pub struct ConnectArgs {
     /// probes half as many ports of the random one. Give both peers the same value.
     #[arg(long, value_name = "N", default_value_t = 24)]
     pub window: u16,
-    /// Mappings the random side opens in a birthday sweep.
+    /// Mappings the random side opens in a birthday sweep; in a sweep at a sequential
+    /// symmetric NAT's port counter, toward each of the counter's next ports.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub sweep_sockets: u16,
     /// Punch TCP instead of UDP: simultaneous open toward the peer's predicted port, with

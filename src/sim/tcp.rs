@@ -39,8 +39,10 @@ pub struct SimTcpNat {
     next: u16,
     rng: StdRng,
     flows: HashMap<(u16, SocketAddr), u16>,
-    /// Per external port: the local port and every destination it sent to.
-    externals: HashMap<u16, (u16, Vec<SocketAddr>)>,
+    /// Per external port: each local port mapped to it and every destination it sent to
+    /// from there. A random NAT may give one port to several flows toward different
+    /// destinations (Linux's conntrack does, as their reply tuples differ).
+    externals: HashMap<u16, Vec<(u16, Vec<SocketAddr>)>>,
 }
 
 impl SimTcpNat {
@@ -70,15 +72,26 @@ impl SimTcpNat {
                         self.next = (i32::from(self.next) + self.kind.delta.unwrap_or(1)) as u16;
                         p
                     }
-                    _ => self.rng.random_range(1024..=65535),
+                    // A carrier-grade NAT's random ports stay in the subscriber's block.
+                    _ => match self.kind.range {
+                        Some([lo, hi]) if lo <= hi => self.rng.random_range(lo..=hi),
+                        _ => self.rng.random_range(1024..=65535),
+                    },
                 };
                 self.flows.insert((local, key), p);
                 p
             }
         };
-        let (_, sent) = self.externals.entry(p).or_insert((local, Vec::new()));
-        if !sent.contains(&to) {
-            sent.push(to);
+        let flows = self.externals.entry(p).or_default();
+        let i = match flows.iter().position(|(l, _)| *l == local) {
+            Some(i) => i,
+            None => {
+                flows.push((local, Vec::new()));
+                flows.len() - 1
+            }
+        };
+        if !flows[i].1.contains(&to) {
+            flows[i].1.push(to);
         }
         p
     }
@@ -86,13 +99,15 @@ impl SimTcpNat {
     /// The local port an unsolicited SYN from `src` to external port `port` reaches, if the
     /// filter lets it in.
     pub fn inbound(&self, src: SocketAddr, port: u16) -> Option<u16> {
-        let (local, sent) = self.externals.get(&port)?;
-        let passes = match self.kind.filtering {
-            Behavior::EndpointIndependent => true,
-            Behavior::AddressDependent => sent.iter().any(|d| d.ip() == src.ip()),
-            _ => sent.contains(&src),
-        };
-        passes.then_some(*local)
+        let flows = self.externals.get(&port)?;
+        flows.iter().find_map(|(local, sent)| {
+            let passes = match self.kind.filtering {
+                Behavior::EndpointIndependent => true,
+                Behavior::AddressDependent => sent.iter().any(|d| d.ip() == src.ip()),
+                _ => sent.contains(&src),
+            };
+            passes.then_some(*local)
+        })
     }
 
     /// Three observation connections from `local` to the server, as `connect --tcp` makes.

@@ -22,7 +22,7 @@
 
 use super::tcp::SimTcpNat;
 use crate::core::punch::tcp::raw::RawPunch;
-use crate::core::punch::tcp::{Action, Plan, TcpPunch, TcpPunchConfig};
+use crate::core::punch::tcp::{Action, TcpPunch, TcpPunchConfig};
 use crate::core::rendezvous::NatInfo;
 use crate::core::wire::craft::{Crafted, Established, Flags};
 use crate::core::wire::{Seen, Segment, TcpOptions};
@@ -444,7 +444,7 @@ impl WireHost for KernelHost {
             Some(i) => i,
             // The listener answers a SYN on the punch port.
             None if s.flags == Flags::Syn
-                && self.planner.plan() != Plan::Spray
+                && !self.planner.plan().fresh_ports()
                 && s.dst.port() == self.planner.local_port() =>
             {
                 self.socks.push(Sock {

@@ -231,6 +231,13 @@ pub fn describe_plan(plan: tcp::Plan, window: u16, sweep_sockets: usize) -> Stri
         tcp::Plan::Spray => {
             format!("{sweep_sockets} connections from fresh ports toward the peer's one port")
         }
+        tcp::Plan::SprayAtCounter { delta } => format!(
+            "connections from fresh ports at the peer's predicted port and the next {window} by step {delta} in turn, {sweep_sockets} at each"
+        ),
+        tcp::Plan::ProbeFromCounter => format!(
+            "probing {} random ports of the peer from our one port, each from the next port of our NAT's counter, kept open for the peer's connections at those ports",
+            tcp::counter_flows(window)
+        ),
     }
 }
 

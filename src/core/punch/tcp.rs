@@ -20,13 +20,19 @@
 //! - we allocate randomly and the peer maps endpoint-independently: many attempts from fresh
 //!   local ports toward the peer's one port, each a new random mapping in our NAT that the
 //!   peer's probes may hit (`sweep`, spraying side; the birthday paradox of the Super
-//!   Holepunch design).
+//!   Holepunch design);
+//! - we allocate randomly and the peer's NAT is a counter that maps per destination: attempts
+//!   from fresh local ports at the counter's next ports in turn, while the peer probes a few
+//!   random ports of ours from those counter ports and keeps them open ([`counter`]).
 //!
 //! A refused attempt (the far NAT answered with RST or ICMP, which also wipes the mapping our
 //! SYN opened in our own NAT) is repeated after a short random pause, until the budget ends.
 
+pub mod counter;
 pub mod first_flight;
 pub mod raw;
+
+pub use counter::{counter_flows, counter_sweep_success_probability, counter_targets};
 
 use super::Strategy;
 use crate::core::classify::{Allocation, Behavior};
@@ -287,12 +293,48 @@ pub enum Plan {
     Probe,
     /// Many attempts from fresh local ports toward the peer's one port.
     Spray,
+    /// We allocate at random and the peer's NAT gives each new destination the next port of
+    /// its counter (symmetric, sequential): the peer's probes toward our ports each leave
+    /// from a new port of its counter, so attempts from fresh local ports aim at the
+    /// counter's next ports in turn, each a new random mapping of ours, `--sweep-sockets`
+    /// times over (the TCP form of [`super::PunchConfig::spray_at_counter`]).
+    SprayAtCounter {
+        /// The peer's counter step in ports per new connection.
+        delta: i32,
+    },
+    /// The other side of [`Plan::SprayAtCounter`]: our NAT is the counter, and from our one
+    /// local port we probe half a window of random ports of the peer, each the next port of
+    /// our counter, and keep them open for the whole budget, so that the peer's attempts at
+    /// those counter ports find them.
+    ProbeFromCounter,
+}
+
+impl Plan {
+    /// Whether each attempt leaves from a fresh local port (a mapping of its own in a random
+    /// NAT); such attempts are the kernel engine's, and no listener shares a punch port.
+    pub fn fresh_ports(self) -> bool {
+        matches!(self, Plan::Spray | Plan::SprayAtCounter { .. })
+    }
+
+    /// Whether the plan is one side of a sweep, whose progress is reported as it goes.
+    pub fn sweeping(self) -> bool {
+        matches!(
+            self,
+            Plan::Probe | Plan::Spray | Plan::SprayAtCounter { .. } | Plan::ProbeFromCounter
+        )
+    }
+
+    /// Whether the plan draws random ports of the peer instead of aiming at its prediction.
+    fn probes(self) -> bool {
+        matches!(self, Plan::Probe | Plan::ProbeFromCounter)
+    }
 }
 
 /// This side's plan from both NATs (see the module documentation): `Direct` toward an
 /// endpoint-independent peer unless our ports are random (`Spray`), a `Window` around a sequential
-/// peer's prediction, `Probe` of a random peer's ports from an endpoint-independent side, and a
-/// window of step 1 as a last resort when neither side is predictable.
+/// peer's prediction (`SprayAtCounter` when our ports are random), `Probe` of a random peer's
+/// ports from an endpoint-independent side (`ProbeFromCounter` from a sequential symmetric
+/// one), and a window of step 1 as a last resort when neither side is predictable.
 pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
     if eim(peer) {
         if eim(me) || sequential(me) {
@@ -301,11 +343,16 @@ pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
             Plan::Spray
         }
     } else if sequential(peer) {
-        Plan::Window {
-            delta: peer.delta.unwrap_or(1),
+        let delta = peer.delta.unwrap_or(1);
+        if predictable(me) {
+            Plan::Window { delta }
+        } else {
+            Plan::SprayAtCounter { delta }
         }
     } else if eim(me) {
         Plan::Probe
+    } else if sequential(me) {
+        Plan::ProbeFromCounter
     } else {
         // Neither side can be found by the other: a window around whatever the peer
         // predicted is the best left (it connects only by luck).
@@ -473,23 +520,19 @@ impl TcpPunch {
         let mut pending = VecDeque::new();
         // Port 0 is "unpredictable": aiming at the ports around it would only scan the peer's
         // address. Such a plan makes no attempt and leaves the peer's to the listener.
-        let aimless = cfg.peer_port == 0 && cfg.plan != Plan::Probe;
+        let aimless = cfg.peer_port == 0 && !cfg.plan.probes();
         match cfg.plan {
             _ if aimless => {}
             Plan::Direct => pending.push_back(cfg.peer_port),
             Plan::Window { delta } => {
-                let d = if delta == 0 { 1 } else { delta };
-                let base = i32::from(cfg.peer_port);
-                // Other traffic through a sequential NAT only moves its counter forward, so
-                // the ports after the prediction come first.
-                let ahead = (0..=i32::from(cfg.window)).map(|k| base + k * d);
-                let behind = (1..=i32::from(cfg.window / 4)).map(|k| base - k * d);
-                for p in ahead.chain(behind) {
-                    if let Ok(p) = u16::try_from(p) {
-                        if p != 0 {
-                            pending.push_back(p);
-                        }
-                    }
+                pending.extend(counter_targets(cfg.peer_port, delta, cfg.window));
+            }
+            Plan::SprayAtCounter { delta } => {
+                // Round by round over the counter's ports, so that each gets mappings all
+                // through the budget.
+                let ports = counter_targets(cfg.peer_port, delta, cfg.window);
+                for _ in 0..cfg.sweep_sockets.max(1) {
+                    pending.extend(ports.iter().copied());
                 }
             }
             Plan::Lockstep { delta, controlling } => {
@@ -507,8 +550,8 @@ impl TcpPunch {
             Plan::Spray => {
                 pending.extend(std::iter::repeat_n(cfg.peer_port, cfg.sweep_sockets.max(1)))
             }
-            // Drawn lazily, as many as the budget allows.
-            Plan::Probe => {}
+            // Drawn lazily, as many as the budget allows (a few, for the counter).
+            Plan::Probe | Plan::ProbeFromCounter => {}
         }
         let rng = StdRng::seed_from_u64(cfg.seed);
         TcpPunch {
@@ -535,7 +578,7 @@ impl TcpPunch {
 
     /// No attempt will be made: the peer's port is unknown and the plan needs one.
     pub fn aimless(&self) -> bool {
-        self.cfg.peer_port == 0 && self.cfg.plan != Plan::Probe
+        self.cfg.peer_port == 0 && !self.cfg.plan.probes()
     }
 
     /// Whether the budget has run out at `now`: no attempt or repeat is made after that.
@@ -559,9 +602,10 @@ impl TcpPunch {
     }
 
     fn source_port(&self) -> u16 {
-        match self.cfg.plan {
-            Plan::Spray => 0,
-            _ => self.cfg.local_port,
+        if self.cfg.plan.fresh_ports() {
+            0
+        } else {
+            self.cfg.local_port
         }
     }
 
@@ -569,7 +613,11 @@ impl TcpPunch {
         let [lo, hi] = self.cfg.peer_ports;
         let (lo, hi) = if lo <= hi { (lo, hi) } else { RANDOM_PORTS };
         let space = usize::from(hi - lo) + 1;
-        if self.probed.len() >= space {
+        let cap = match self.cfg.plan {
+            Plan::ProbeFromCounter => space.min(counter_flows(self.cfg.window)),
+            _ => space,
+        };
+        if self.probed.len() >= cap {
             return None;
         }
         loop {
@@ -584,7 +632,11 @@ impl TcpPunch {
         let id = self.next_id;
         self.next_id += 1;
         self.attempts += 1;
-        let linger_until = (self.cfg.plan == Plan::Probe).then(|| now + PROBE_LINGER);
+        // A random probe or a sprayed mapping that found nothing within the linger will not:
+        // the far side's SYN or SYN-ACK would have come in a round trip. The counter's few
+        // probes stay open: the peer's attempts at their ports may come at any time.
+        let lingers = matches!(self.cfg.plan, Plan::Probe | Plan::SprayAtCounter { .. });
+        let linger_until = lingers.then(|| now + PROBE_LINGER);
         self.live.insert(
             id,
             Attempt {
@@ -630,9 +682,10 @@ impl TcpPunch {
         let interval = self.interval();
         let mut budget = 64;
         while now >= self.next_send && budget > 0 {
-            let port = match self.cfg.plan {
-                Plan::Probe => self.random_port(),
-                _ => self.pending.pop_front(),
+            let port = if self.cfg.plan.probes() {
+                self.random_port()
+            } else {
+                self.pending.pop_front()
             };
             let Some(port) = port else { break };
             let to = SocketAddr::new(self.cfg.peer_ip, port);
@@ -658,7 +711,9 @@ impl TcpPunch {
             AttemptError::Unreachable => self.unreachable += 1,
             AttemptError::TimedOut => {}
         }
-        if self.cfg.plan == Plan::Probe || self.expired(now) {
+        // A sprayed mapping is one of many: the next ones replace it.
+        let one_of_many = matches!(self.cfg.plan, Plan::Probe | Plan::SprayAtCounter { .. });
+        if one_of_many || self.expired(now) {
             return;
         }
         let pause = Duration::from_millis(self.rng.random_range(RETRY_PAUSE.0..=RETRY_PAUSE.1));
@@ -680,7 +735,12 @@ impl TcpPunch {
         if let Some((&r, _)) = self.retries.iter().next() {
             t = t.min(r);
         }
-        if !self.pending.is_empty() || self.cfg.plan == Plan::Probe {
+        let more_probes = match self.cfg.plan {
+            Plan::Probe => true,
+            Plan::ProbeFromCounter => self.probed.len() < counter_flows(self.cfg.window),
+            _ => false,
+        };
+        if !self.pending.is_empty() || more_probes {
             t = t.min(self.next_send.max(self.start));
         }
         if let Some(l) = self.live.values().filter_map(|a| a.linger_until).min() {

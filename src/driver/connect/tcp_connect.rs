@@ -146,6 +146,30 @@ fn plan_tcp(
     if strategy == Strategy::Sweep && matches!(plan, tcp::Plan::Window { .. }) {
         // A sweep's odds need one side that can be found; this window has none to offer.
         status.say("no birthday sweep over TCP: both NATs are symmetric with random ports, so neither can be found by one; the window connects only by luck");
+    } else if let (
+        Strategy::Sweep,
+        tcp::Plan::SprayAtCounter { .. } | tcp::Plan::ProbeFromCounter,
+    ) = (strategy, plan)
+    {
+        let (sprayer, counter_port) = if matches!(plan, tcp::Plan::ProbeFromCounter) {
+            (&them, t.prep.prediction.port)
+        } else {
+            (&me, offer.port)
+        };
+        let aimed = tcp::counter_targets(counter_port, 1, cfg.window).len();
+        status.say(format!(
+            "sweep at a port counter over TCP: the random side aims {} fresh-port connections at each of the counter's next {aimed} ports, the counter side keeps {} probes of random ports open; expected success probability {:.1}%",
+            cfg.sweep_sockets,
+            tcp::counter_flows(cfg.window),
+            100.0
+                * tcp::counter_sweep_success_probability(
+                    f64::from(cfg.rate) * budget.as_secs_f64(),
+                    aimed,
+                    cfg.sweep_sockets,
+                    tcp::counter_flows(cfg.window),
+                    crate::core::punch::random_ports(sprayer),
+                ),
+        ));
     } else if strategy == Strategy::Sweep {
         let probes = u64::from(cfg.rate) * budget.as_secs().max(1);
         status.say(format!(

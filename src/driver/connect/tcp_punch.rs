@@ -461,13 +461,13 @@ async fn run_punch(
     }
     // A SYN from the peer on a 4-tuple no attempt has (the peer's NAT chose another port than
     // we tried) is completed by the kernel here.
-    if setup.plan != Plan::Spray {
+    if !setup.plan.fresh_ports() {
         l.open_listener();
     }
     // Handshakes still running when the budget ends get their timeout, then the punch ends
     // whatever they do.
     let hard_stop = setup.start + setup.budget + TLS_TIMEOUT;
-    let sweeping = matches!(setup.plan, Plan::Probe | Plan::Spray);
+    let sweeping = setup.plan.sweeping();
     let mut next_progress = setup.start + PROGRESS;
     let result = loop {
         if shutdown.requested() {

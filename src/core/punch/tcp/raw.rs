@@ -17,10 +17,10 @@
 //! kernel's 1 s initial RTO (RFC 6298 section 2.1), and repeats share the configured rate
 //! with the planner's first SYNs.
 //!
-//! Attempts from fresh local ports ([`Plan::Spray`]) are not the raw engine's: each needs a
+//! Attempts from fresh local ports ([`Plan::Spray`], [`Plan::SprayAtCounter`]) are not the raw engine's: each needs a
 //! port of its own to open a mapping of its own in a random-allocating NAT, so a descriptor per
 //! attempt is spent anyway, and a kernel socket's SYN already carries the sequence number its
-//! own handshake continues. [`RawPunch::new`] declines that plan (and IPv6 peers); the driver
+//! own handshake continues. [`RawPunch::new`] declines those plans (and IPv6 peers); the driver
 //! runs the kernel engine for them. A raw prober and a kernel sprayer meet as any pair does.
 //!
 //! Drive it in the order quinn-proto documents for its `Connection` (ARCHITECTURE.md):
@@ -46,7 +46,9 @@
 //! NAT's tracking to ESTABLISHED, in which it drops our repeated SYN-ACKs as invalid too
 //! (net/netfilter/nf_conntrack_proto_tcp.c, the state table).
 
-use super::{Action, AttemptError, Plan, TcpPunch, TcpPunchConfig};
+#[cfg(doc)]
+use super::Plan;
+use super::{Action, AttemptError, TcpPunch, TcpPunchConfig};
 use crate::core::wire::craft::{Crafted, Established, Flags};
 use crate::core::wire::{IcmpKind, Seen, Segment, TcpOptions};
 use rand::rngs::StdRng;
@@ -152,7 +154,7 @@ impl RawPunch {
         let IpAddr::V4(peer) = cfg.punch.peer_ip else {
             return None;
         };
-        if cfg.punch.plan == Plan::Spray {
+        if cfg.punch.plan.fresh_ports() {
             return None;
         }
         // The sequence number and the timestamp clock come from the seeded generator, apart

@@ -107,6 +107,11 @@ fn strategy_is_symmetric_and_plans_fit_it() {
     assert_eq!(plan(&cone(), &seq(2)), Plan::Window { delta: 2 });
     assert_eq!(plan(&cone(), &random()), Plan::Probe);
     assert_eq!(plan(&random(), &cone()), Plan::Spray);
+    // A random NAT and a sequential symmetric one: a sweep at the counter.
+    assert_eq!(strategy(&random(), &seq(1)), Strategy::Sweep);
+    assert_eq!(plan(&random(), &seq(2)), Plan::SprayAtCounter { delta: 2 });
+    assert_eq!(plan(&seq(2), &random()), Plan::ProbeFromCounter);
+    assert_eq!(plan(&random(), &random()), Plan::Window { delta: 1 });
 }
 
 /// The LAN lane goes only to a peer at our own public address, at its LAN address and TCP
@@ -194,6 +199,21 @@ fn drain(p: &mut TcpPunch) -> Vec<Action> {
     std::iter::from_fn(|| p.poll_action()).collect()
 }
 
+/// Drives `p` from `start` until its budget ends, handing every action to `on`; returns the
+/// moment it ended.
+fn run_to_budget(p: &mut TcpPunch, start: Instant, mut on: impl FnMut(Action)) -> Instant {
+    let mut now = start;
+    while !p.expired(now) {
+        p.handle_timeout(now);
+        drain(p).into_iter().for_each(&mut on);
+        now = p
+            .poll_timeout()
+            .unwrap()
+            .max(now + Duration::from_millis(1));
+    }
+    now
+}
+
 #[test]
 fn nothing_before_the_start_then_one_direct_attempt() {
     let start = t0() + Duration::from_secs(1);
@@ -275,24 +295,14 @@ fn probes_are_distinct_paced_and_closed_when_stale() {
     let mut p = TcpPunch::new(cfg(Plan::Probe, 0), start);
     let mut seen = HashSet::new();
     let mut abandoned = 0;
-    let mut now = start;
-    while !p.expired(now) {
-        p.handle_timeout(now);
-        for a in drain(&mut p) {
-            match a {
-                Action::Connect { to, from_port, .. } => {
-                    assert_eq!(from_port, 40000);
-                    assert!(to.port() >= 1024);
-                    assert!(seen.insert(to.port()));
-                }
-                Action::Abandon { .. } => abandoned += 1,
-            }
+    let now = run_to_budget(&mut p, start, |a| match a {
+        Action::Connect { to, from_port, .. } => {
+            assert_eq!(from_port, 40000);
+            assert!(to.port() >= 1024);
+            assert!(seen.insert(to.port()));
         }
-        now = p
-            .poll_timeout()
-            .unwrap()
-            .max(now + Duration::from_millis(1));
-    }
+        Action::Abandon { .. } => abandoned += 1,
+    });
     // 5 s at 100 per second.
     assert!((495..=505).contains(&seen.len()), "{}", seen.len());
     // Everything older than the linger time was closed.
@@ -321,6 +331,72 @@ fn spray_opens_fresh_ports_toward_the_one_port() {
         now += Duration::from_millis(10);
     }
     assert_eq!(n, 16);
+}
+
+#[test]
+fn a_spray_at_a_counter_takes_its_ports_in_turn_from_fresh_ports() {
+    let start = t0();
+    let mut c = cfg(Plan::SprayAtCounter { delta: 2 }, 7000);
+    c.budget = Duration::from_secs(60);
+    let mut p = TcpPunch::new(c, start);
+    let mut targets = Vec::new();
+    let mut abandoned = 0;
+    run_to_budget(&mut p, start, |a| match a {
+        Action::Connect { to, from_port, .. } => {
+            assert_eq!(from_port, 0, "every mapping from a fresh port");
+            targets.push(to.port());
+        }
+        Action::Abandon { .. } => abandoned += 1,
+    });
+    // The predicted port, the window of 8 after it by the step, 2 before it; each
+    // `sweep_sockets` (16) times, one round after another.
+    let round = [
+        7000, 7002, 7004, 7006, 7008, 7010, 7012, 7014, 7016, 6998, 6996,
+    ];
+    assert_eq!(targets.len(), 16 * round.len());
+    assert!(targets.chunks(round.len()).all(|c| c == round));
+    // Unanswered mappings are closed after the linger: descriptors stay bounded.
+    assert_eq!(abandoned, targets.len());
+    assert_eq!(counter_targets(7000, 2, 8), round);
+}
+
+#[test]
+fn a_counter_probes_half_a_window_of_ports_and_keeps_them_open() {
+    let start = t0();
+    let mut c = cfg(Plan::ProbeFromCounter, 0);
+    c.peer_ports = [20000, 20511];
+    let mut p = TcpPunch::new(c, start);
+    assert!(!p.aimless());
+    let mut seen = HashSet::new();
+    run_to_budget(&mut p, start, |a| match a {
+        Action::Connect { to, from_port, .. } => {
+            assert_eq!(from_port, 40000, "from our one punch port");
+            assert!((20000..=20511).contains(&to.port()));
+            assert!(seen.insert(to.port()));
+        }
+        Action::Abandon { .. } => panic!("a counter's probe was closed"),
+    });
+    assert_eq!(seen.len(), counter_flows(8));
+    assert_eq!(counter_flows(8), 4);
+}
+
+#[test]
+fn the_counter_sweep_chance_grows_with_mappings_per_port_and_probes() {
+    let block = [20000, 20511];
+    // 64 mappings at each of 31 ports (the budget allows 6000): 1/8 per probe, 12 probes.
+    let p = counter_sweep_success_probability(6000.0, 31, 64, 12, block);
+    assert!((p - (1.0 - 0.875f64.powi(12))).abs() < 1e-9, "{p}");
+    // The budget bounds the mappings per port: 310 attempts give 10 each.
+    let p = counter_sweep_success_probability(310.0, 31, 64, 12, block);
+    assert!(
+        (p - (1.0 - (1.0 - 10.0 / 512.0f64).powi(12))).abs() < 1e-9,
+        "{p}"
+    );
+    // More mappings than ports: certain.
+    assert_eq!(
+        counter_sweep_success_probability(1e6, 1, 4096, 1, block),
+        1.0
+    );
 }
 
 /// Runs both planners on simulated NATs, `extra` other flows through B's NAT between its

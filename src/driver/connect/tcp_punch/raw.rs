@@ -13,7 +13,6 @@
 use super::{Connection, PunchEnd, PunchLoop, PunchSetup, Turn, TICK};
 use crate::core::punch::tcp::first_flight::FirstFlight;
 use crate::core::punch::tcp::raw::{RawConfig, RawPunch};
-use crate::core::punch::tcp::Plan;
 use crate::core::wire::{self, Seen, Segment};
 use crate::driver::tcp_stun;
 use crate::os::packet::Packet;
@@ -50,7 +49,7 @@ pub(super) fn engine(setup: &PunchSetup) -> Option<RawPunch> {
     let IpAddr::V4(local_ip) = setup.local.ip() else {
         return None;
     };
-    if setup.plan == Plan::Spray {
+    if setup.plan.fresh_ports() {
         return None;
     }
     RawPunch::new(
@@ -125,7 +124,7 @@ pub(super) async fn run(
     let hard_stop = setup.start + setup.budget + super::TLS_TIMEOUT;
     // Sockets built from a SYN we answered, silent until the peer shows it has our SYN-ACK.
     let mut waiting: HashMap<SocketAddrV4, TcpStream> = HashMap::new();
-    let sweeping = setup.plan == Plan::Probe;
+    let sweeping = setup.plan.sweeping();
     let mut next_progress = setup.start + super::PROGRESS;
     let mut send_errors = 0u64;
     let mut first = FirstFlight::new(setup.rtt);

@@ -1,6 +1,6 @@
 use super::*;
 use crate::core::classify::{Allocation, Behavior};
-use crate::core::punch::tcp::{first_syn_copies, plan};
+use crate::core::punch::tcp::{counter_flows, first_syn_copies, plan, Plan};
 use crate::core::rendezvous::NatInfo;
 use crate::sim::tcp_wire::{KernelHost, RawHost, WireWorld, WIRE_HOSTS, WIRE_PUBLIC};
 
@@ -683,4 +683,60 @@ fn sim_raw_sequential_nats_meet_when_a_first_syn_is_lost_before_the_nat() {
         .expect("the second copy takes the lost SYN's port");
     assert!(w.lose_before_nat.is_empty(), "no SYN was lost");
     assert_one_connection(&w, r);
+}
+
+/// A carrier-grade NAT's random ports within one block of 512, as the lab's
+/// cgn-block-random draws them.
+fn random_block() -> NatInfo {
+    NatInfo {
+        range: Some([20000, 20511]),
+        ..symmetric(Allocation::Random)
+    }
+}
+
+/// A random NAT against a sequential symmetric one (a carrier-grade block against a home
+/// router that counts): the random side's fresh-port connections aim at the counter's next
+/// ports, the counter side's raw engine keeps half a window of probes of the block open.
+/// Before, the random side aimed a window from one port and the counter side, with no port
+/// of ours to predict, made no attempt at all.
+#[test]
+fn sim_a_random_block_and_a_port_counter_meet_by_a_sweep_at_the_counter() {
+    let mut met = 0;
+    for seed in 0..10u64 {
+        let mut w = WireWorld::new(
+            [random_block(), symmetric(Allocation::Sequential)],
+            Duration::from_millis(20),
+            0,
+            seed,
+        );
+        let t0 = w.now;
+        // The classifications connect makes: UDP's many samples tell a block of random
+        // ports (three TCP samples in 512 ports can look like a counter by chance).
+        let counter = w.nats[1].nat.observe(PORTS[1]);
+        let (mut ca, _) = side(&mut w, 0, 100 + seed);
+        let (mut cb, _) = side(&mut w, 1, 200 + seed);
+        ca.plan = plan(&random_block(), &counter.nat);
+        cb.plan = plan(&counter.nat, &random_block());
+        assert!(
+            matches!(ca.plan, Plan::SprayAtCounter { delta: 1 }),
+            "{:?}",
+            ca.plan
+        );
+        assert_eq!(cb.plan, Plan::ProbeFromCounter);
+        (ca.peer_port, cb.peer_port) = (counter.port, 0);
+        cb.peer_ports = crate::core::punch::random_ports(&random_block());
+        ca.sweep_sockets = 64;
+        (ca.rate, cb.rate) = (500, 500);
+        let mut a = KernelHost::new(ca, WIRE_HOSTS[0], None, t0);
+        let mut b = raw_host(cb, 1, 1, Duration::from_millis(80), None, t0);
+        if let Some(r) = w.run([&mut a, &mut b], t0 + Duration::from_secs(12)) {
+            assert_one_connection(&w, r);
+            met += 1;
+        }
+        // The counter side's probes are few and from its one port.
+        let probed: HashSet<u16> = w.sent[1].iter().map(|c| c.dst.port()).collect();
+        assert!(probed.len() <= counter_flows(24), "{}", probed.len());
+        assert!(w.sent[1].iter().all(|c| c.src.port() == PORTS[1]));
+    }
+    assert!(met >= 6, "met in {met} of 10 worlds");
 }
