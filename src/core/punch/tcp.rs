@@ -28,6 +28,7 @@
 //! A refused attempt (the far NAT answered with RST or ICMP, which also wipes the mapping our
 //! SYN opened in our own NAT) is repeated after a short random pause, until the budget ends.
 
+pub mod address_dependent;
 pub mod counter;
 pub mod first_flight;
 pub mod raw;

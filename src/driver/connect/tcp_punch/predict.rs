@@ -180,7 +180,10 @@ pub fn from_samples(
     udp: NatInfo,
 ) -> TcpPrep {
     let ports: Vec<u16> = samples.iter().map(|(_, m)| m.port()).collect();
-    let prediction = if ports.len() >= 2 {
+    let by_endpoint: Vec<(SocketAddr, u16)> = samples.iter().map(|(s, m)| (*s, m.port())).collect();
+    let prediction = if let Some(p) = plan_tcp::address_dependent::predict(&by_endpoint, &udp) {
+        p
+    } else if ports.len() >= 2 {
         let direction = udp
             .delta
             .filter(|_| udp.allocation == Allocation::Sequential);
