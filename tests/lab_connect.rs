@@ -1124,6 +1124,16 @@ fn tcp_kernel_engine_connects_every_kind_of_pair() {
         2,
     );
     sweep_connects_at(0, 3, &["--tcp", "--syn-engine", "kernel"]);
+    // The sweep at a counter: the counter side's few probes as kernel sockets, kept open.
+    mostly_connect(
+        "cgn-block-random",
+        "symmetric-sequential",
+        &["--tcp", "--syn-engine", "kernel"],
+        "tcp",
+        "sweep",
+        3,
+        2,
+    );
 }
 
 /// The kernel engine with the NATs that answer early SYNs (RST, ICMP) and with low-TTL

@@ -47,7 +47,7 @@ field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
 printf '%-44s %-10s %-8s %10s %10s %10s %8s %8s %6s %6s\n' "pair (A x B)" "" strategy "B->conn" "B->punch" floor ratio probes syns socks
 pairs=("port-restricted-cone port-restricted-cone udp tcp" "full-cone symmetric-random udp"
        "port-restricted-cone symmetric-sequential udp tcp" "symmetric-sequential symmetric-sequential tcp"
-       "port-restricted-cone symmetric-random udp tcp" "cgn-block-random symmetric-sequential udp"
+       "port-restricted-cone symmetric-random udp tcp" "cgn-block-random symmetric-sequential udp tcp"
        "port-restricted-rst port-restricted-rst+router tcp")
 # PAIRS="KIND_A KIND_B TRANSPORT...; ..." runs only those, e.g. more runs of one random sweep.
 if [ -n "${PAIRS:-}" ]; then
