@@ -167,6 +167,11 @@ pub fn explain_tcp_failure(
         "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
     } else if let Some(h) = seen.hostile() {
         h
+    } else if s == Strategy::Sweep
+        && ((!tcp::predictable(me) && super::counter(peer))
+            || (super::counter(me) && !tcp::predictable(peer)))
+    {
+        "one NAT draws random TCP ports and the other gives each new destination the next port of a counter: the random side's connections from fresh ports aimed at the counter's next ports while the counter side kept a few probes of random ports open; other connections moved the counter past them, or chance did not meet; try a larger --window or more --sweep-sockets, or a relay".into()
     } else {
         match s {
             Strategy::Direct => "no SYN got through: a firewall may block TCP between the peers, or a NAT changed its mapping".into(),

@@ -119,6 +119,18 @@ fn tcp_failure_between_two_unpredictable_nats_needs_a_relay() {
 }
 
 #[test]
+fn tcp_failure_between_a_random_nat_and_a_counter_says_what_the_sweep_aimed_at() {
+    for (me, peer) in [(random(), sequential()), (sequential(), random())] {
+        let why = explain_tcp_failure(&me, &peer, Strategy::Sweep, 0, 0, &WatchCounts::default());
+        assert!(
+            why.starts_with("one NAT draws random TCP ports and the other gives each new destination the next port of a counter"),
+            "{why}"
+        );
+        assert!(why.ends_with(NOTHING_SEEN), "{why}");
+    }
+}
+
+#[test]
 fn tcp_failure_names_a_hostile_nat_and_counts_what_was_seen() {
     let seen = WatchCounts {
         syn_in: 1,
