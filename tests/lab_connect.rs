@@ -1866,6 +1866,22 @@ fn cgn_block_random_pair_connects_by_two_sided_sweep() {
     );
 }
 
+/// The same over TCP: both sides connect from fresh ports (kernel sockets) to random ports
+/// of the other's block until two attempts are each other's reverse. Before, neither side
+/// made an attempt (no port of either could be predicted).
+#[test]
+fn tcp_cgn_block_random_pair_connects_by_two_sided_sweep() {
+    mostly_connect(
+        "cgn-block-random",
+        "cgn-block-random",
+        &["--tcp"],
+        "tcp",
+        "sweep",
+        5,
+        4,
+    );
+}
+
 /// The same at 40 ms one way on each uplink.
 #[test]
 fn cgn_block_random_pair_connects_by_two_sided_sweep_at_40_ms() {

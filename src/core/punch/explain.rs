@@ -163,6 +163,12 @@ pub fn explain_tcp_failure(
 ) -> String {
     let mut why = if came_up > 0 {
         format!("{came_up} TCP connection(s) came up but none completed the authenticated TLS setup (see the lines above)")
+    } else if !tcp::predictable(me)
+        && !tcp::predictable(peer)
+        && me.range.is_some()
+        && peer.range.is_some()
+    {
+        "both NATs are symmetric with random TCP ports, each within a port block: the two-sided sweep meets by chance or not at all, and this time it did not; try again, or use a relay".to_string()
     } else if !tcp::predictable(me) && !tcp::predictable(peer) {
         "neither NAT maps TCP endpoint-independently or allocates its ports predictably (both are symmetric with random ports): no port of either side can be predicted or found by a sweep; a relay is needed".to_string()
     } else if let Some(h) = seen.hostile() {
@@ -239,6 +245,9 @@ pub fn describe_plan(plan: tcp::Plan, window: u16, sweep_sockets: usize) -> Stri
         tcp::Plan::SprayAtCounter { delta } => format!(
             "connections from fresh ports at the peer's predicted port and the next {window} by step {delta} in turn, {sweep_sockets} at each"
         ),
+        tcp::Plan::TwoSided => {
+            "connections from fresh ports at random ports of the peer, while the peer does the same (a two-sided sweep)".into()
+        }
         tcp::Plan::ProbeFromCounter => format!(
             "probing {} random ports of the peer from our one port, each from the next port of our NAT's counter, kept open for the peer's connections at those ports",
             tcp::counter_flows(window)

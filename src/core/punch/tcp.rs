@@ -23,17 +23,23 @@
 //!   Holepunch design);
 //! - we allocate randomly and the peer's NAT is a counter that maps per destination: attempts
 //!   from fresh local ports at the counter's next ports in turn, while the peer probes a few
-//!   random ports of ours from those counter ports and keeps them open ([`counter`]).
+//!   random ports of ours from those counter ports and keeps them open ([`sweeps`]);
+//! - both allocate randomly: attempts from fresh local ports at random ports of the other's
+//!   range on both sides, when the two ranges are small enough (carrier-grade blocks) for two
+//!   attempts to be each other's reverse within the budget ([`sweeps::two_sided_or_none`]).
 //!
 //! A refused attempt (the far NAT answered with RST or ICMP, which also wipes the mapping our
 //! SYN opened in our own NAT) is repeated after a short random pause, until the budget ends.
 
 pub mod address_dependent;
-pub mod counter;
 pub mod first_flight;
 pub mod raw;
+pub mod sweeps;
 
-pub use counter::{counter_flows, counter_sweep_success_probability, counter_targets};
+pub use sweeps::{
+    counter_flows, counter_sweep_success_probability, counter_targets, sweep_success_probability,
+    two_sided_or_none, two_sided_success_probability,
+};
 
 use super::Strategy;
 use crate::core::classify::{Allocation, Behavior};
@@ -308,26 +314,47 @@ pub enum Plan {
     /// our counter, and keep them open for the whole budget, so that the peer's attempts at
     /// those counter ports find them.
     ProbeFromCounter,
+    /// Neither side can be found: attempts from fresh local ports at random ports of the
+    /// peer's range, each a new random mapping of ours, while the peer does the same (a
+    /// two-sided birthday sweep, as [`super::PunchConfig::two_sided`] over UDP); an attempt
+    /// meets when the peer's came from the very mapping it aims at, toward ours.
+    TwoSided,
 }
 
 impl Plan {
     /// Whether each attempt leaves from a fresh local port (a mapping of its own in a random
     /// NAT); such attempts are the kernel engine's, and no listener shares a punch port.
     pub fn fresh_ports(self) -> bool {
-        matches!(self, Plan::Spray | Plan::SprayAtCounter { .. })
+        matches!(
+            self,
+            Plan::Spray | Plan::SprayAtCounter { .. } | Plan::TwoSided
+        )
     }
 
     /// Whether the plan is one side of a sweep, whose progress is reported as it goes.
     pub fn sweeping(self) -> bool {
         matches!(
             self,
-            Plan::Probe | Plan::Spray | Plan::SprayAtCounter { .. } | Plan::ProbeFromCounter
+            Plan::Probe
+                | Plan::Spray
+                | Plan::SprayAtCounter { .. }
+                | Plan::ProbeFromCounter
+                | Plan::TwoSided
         )
     }
 
     /// Whether the plan draws random ports of the peer instead of aiming at its prediction.
     fn probes(self) -> bool {
-        matches!(self, Plan::Probe | Plan::ProbeFromCounter)
+        matches!(self, Plan::Probe | Plan::ProbeFromCounter | Plan::TwoSided)
+    }
+
+    /// Whether an unanswered attempt is closed after [`PROBE_LINGER`] and a failed one left
+    /// alone: it is one of many, and the next ones replace it.
+    fn one_of_many(self) -> bool {
+        matches!(
+            self,
+            Plan::Probe | Plan::SprayAtCounter { .. } | Plan::TwoSided
+        )
     }
 }
 
@@ -355,9 +382,8 @@ pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
     } else if sequential(me) {
         Plan::ProbeFromCounter
     } else {
-        // Neither side can be found by the other: a window around whatever the peer
-        // predicted is the best left (it connects only by luck).
-        Plan::Window { delta: 1 }
+        // Neither side can be found by the other: only both sides' sweeps can meet.
+        Plan::TwoSided
     }
 }
 
@@ -370,14 +396,6 @@ pub fn plan_in_pair(me: &NatInfo, peer: &NatInfo, controlling: bool) -> Plan {
         }
         p => p,
     }
-}
-
-/// The chance that a sweep connects: `mappings` random ports open on the spraying side,
-/// within its NAT's `ports`, and `probes` random ports of those tried by the probing side.
-pub fn sweep_success_probability(mappings: usize, probes: u64, ports: [u16; 2]) -> f64 {
-    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
-    let miss = 1.0 - (mappings as f64 / space).min(1.0);
-    1.0 - miss.powf(probes as f64)
 }
 
 type HmacSha256 = Hmac<sha2::Sha256>;
@@ -552,7 +570,7 @@ impl TcpPunch {
                 pending.extend(std::iter::repeat_n(cfg.peer_port, cfg.sweep_sockets.max(1)))
             }
             // Drawn lazily, as many as the budget allows (a few, for the counter).
-            Plan::Probe | Plan::ProbeFromCounter => {}
+            Plan::Probe | Plan::ProbeFromCounter | Plan::TwoSided => {}
         }
         let rng = StdRng::seed_from_u64(cfg.seed);
         TcpPunch {
@@ -613,6 +631,11 @@ impl TcpPunch {
     fn random_port(&mut self) -> Option<u16> {
         let [lo, hi] = self.cfg.peer_ports;
         let (lo, hi) = if lo <= hi { (lo, hi) } else { RANDOM_PORTS };
+        if self.cfg.plan == Plan::TwoSided {
+            // Every attempt is a new mapping of ours, so a port of the peer's already
+            // tried is as good a target as any other.
+            return Some(self.rng.random_range(lo..=hi));
+        }
         let space = usize::from(hi - lo) + 1;
         let cap = match self.cfg.plan {
             Plan::ProbeFromCounter => space.min(counter_flows(self.cfg.window)),
@@ -636,8 +659,7 @@ impl TcpPunch {
         // A random probe or a sprayed mapping that found nothing within the linger will not:
         // the far side's SYN or SYN-ACK would have come in a round trip. The counter's few
         // probes stay open: the peer's attempts at their ports may come at any time.
-        let lingers = matches!(self.cfg.plan, Plan::Probe | Plan::SprayAtCounter { .. });
-        let linger_until = lingers.then(|| now + PROBE_LINGER);
+        let linger_until = self.cfg.plan.one_of_many().then(|| now + PROBE_LINGER);
         self.live.insert(
             id,
             Attempt {
@@ -712,9 +734,7 @@ impl TcpPunch {
             AttemptError::Unreachable => self.unreachable += 1,
             AttemptError::TimedOut => {}
         }
-        // A sprayed mapping is one of many: the next ones replace it.
-        let one_of_many = matches!(self.cfg.plan, Plan::Probe | Plan::SprayAtCounter { .. });
-        if one_of_many || self.expired(now) {
+        if self.cfg.plan.one_of_many() || self.expired(now) {
             return;
         }
         let pause = Duration::from_millis(self.rng.random_range(RETRY_PAUSE.0..=RETRY_PAUSE.1));
@@ -737,7 +757,7 @@ impl TcpPunch {
             t = t.min(r);
         }
         let more_probes = match self.cfg.plan {
-            Plan::Probe => true,
+            Plan::Probe | Plan::TwoSided => true,
             Plan::ProbeFromCounter => self.probed.len() < counter_flows(self.cfg.window),
             _ => false,
         };

@@ -124,6 +124,7 @@ fn plan_tcp(
     };
     let left = deadline.saturating_duration_since(t.intro.start);
     let budget = cfg.punch_budget.min(left.max(Duration::from_secs(1)));
+    let (plan, two_sided) = tcp::two_sided_or_none(plan, &me, &them, cfg.rate, budget);
     if strategy == Strategy::Mapped {
         status.say(match peer_mapped {
             Some(m) => format!("peer {peer_ip}: its router maps its TCP punch port at {m}; strategy mapped: connecting there"),
@@ -143,9 +144,20 @@ fn plan_tcp(
             describe_plan(plan, cfg.window, cfg.sweep_sockets)
         ));
     }
-    if strategy == Strategy::Sweep && matches!(plan, tcp::Plan::Window { .. }) {
+    if let (Some(p), tcp::Plan::Window { .. }) = (two_sided, plan) {
+        status.say(format!("no sweep over TCP: both NATs are symmetric with random ports over ranges too wide for a two-sided sweep ({:.2}% in the budget), so neither can be found; only luck connects", 100.0 * p));
+    } else if strategy == Strategy::Sweep && matches!(plan, tcp::Plan::Window { .. }) {
         // A sweep's odds need one side that can be found; this window has none to offer.
         status.say("no birthday sweep over TCP: both NATs are symmetric with random ports, so neither can be found by one; the window connects only by luck");
+    } else if let (Some(p), tcp::Plan::TwoSided) = (two_sided, plan) {
+        status.say(format!(
+            "two-sided sweep over TCP: both NATs draw random ports, so both sides connect from fresh ports to random ports of the other ({}-{} of theirs) at {} attempts/s for {} s; expected success probability {:.1}%",
+            crate::core::punch::random_ports(&them)[0],
+            crate::core::punch::random_ports(&them)[1],
+            cfg.rate,
+            budget.as_secs(),
+            100.0 * p
+        ));
     } else if let (
         Strategy::Sweep,
         tcp::Plan::SprayAtCounter { .. } | tcp::Plan::ProbeFromCounter,
@@ -157,13 +169,15 @@ fn plan_tcp(
             (&me, offer.port)
         };
         let aimed = tcp::counter_targets(counter_port, 1, cfg.window).len();
+        let attempts = f64::from(cfg.rate) * budget.as_secs_f64();
+        // What the budget allows at the rate, when that is fewer than --sweep-sockets.
+        let per_port = (attempts / aimed as f64).min(cfg.sweep_sockets as f64) as u64;
         status.say(format!(
-            "sweep at a port counter over TCP: the random side aims {} fresh-port connections at each of the counter's next {aimed} ports, the counter side keeps {} probes of random ports open; expected success probability {:.1}%",
-            cfg.sweep_sockets,
+            "sweep at a port counter over TCP: the random side aims {per_port} fresh-port connections at each of the counter's next {aimed} ports, the counter side keeps {} probes of random ports open; expected success probability {:.1}%",
             tcp::counter_flows(cfg.window),
             100.0
                 * tcp::counter_sweep_success_probability(
-                    f64::from(cfg.rate) * budget.as_secs_f64(),
+                    attempts,
                     aimed,
                     cfg.sweep_sockets,
                     tcp::counter_flows(cfg.window),

@@ -119,6 +119,26 @@ fn tcp_failure_between_two_unpredictable_nats_needs_a_relay() {
 }
 
 #[test]
+fn tcp_failure_between_two_random_blocks_was_a_two_sided_sweeps_chance() {
+    let block = NatInfo {
+        range: Some([20000, 20511]),
+        ..random()
+    };
+    let why = explain_tcp_failure(
+        &block,
+        &block,
+        Strategy::Sweep,
+        0,
+        0,
+        &WatchCounts::default(),
+    );
+    assert!(
+        why.starts_with("both NATs are symmetric with random TCP ports, each within a port block"),
+        "{why}"
+    );
+}
+
+#[test]
 fn tcp_failure_between_a_random_nat_and_a_counter_says_what_the_sweep_aimed_at() {
     for (me, peer) in [(random(), sequential()), (sequential(), random())] {
         let why = explain_tcp_failure(&me, &peer, Strategy::Sweep, 0, 0, &WatchCounts::default());

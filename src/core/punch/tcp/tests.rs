@@ -111,7 +111,7 @@ fn strategy_is_symmetric_and_plans_fit_it() {
     assert_eq!(strategy(&random(), &seq(1)), Strategy::Sweep);
     assert_eq!(plan(&random(), &seq(2)), Plan::SprayAtCounter { delta: 2 });
     assert_eq!(plan(&seq(2), &random()), Plan::ProbeFromCounter);
-    assert_eq!(plan(&random(), &random()), Plan::Window { delta: 1 });
+    assert_eq!(plan(&random(), &random()), Plan::TwoSided);
 }
 
 /// The LAN lane goes only to a peer at our own public address, at its LAN address and TCP
@@ -381,6 +381,36 @@ fn a_counter_probes_half_a_window_of_ports_and_keeps_them_open() {
 }
 
 #[test]
+fn a_two_sided_sweep_is_tried_inside_blocks_and_not_over_whole_ranges() {
+    let budget = Duration::from_secs(12);
+    let block = NatInfo {
+        range: Some([20000, 20511]),
+        ..random()
+    };
+    let (p, chance) = two_sided_or_none(plan(&block, &block), &block, &block, 500, budget);
+    assert_eq!(p, Plan::TwoSided);
+    assert!(chance.unwrap() > 0.99, "{chance:?}");
+    // 6000 attempts each over 1024-65535: about 0.4%.
+    let (p, chance) = two_sided_or_none(
+        plan(&random(), &random()),
+        &random(),
+        &random(),
+        500,
+        budget,
+    );
+    assert_eq!(p, Plan::Window { delta: 1 });
+    assert!(chance.unwrap() < sweeps::TWO_SIDED_HOPELESS, "{chance:?}");
+    // Other plans pass unchanged.
+    assert_eq!(
+        two_sided_or_none(Plan::Probe, &cone(), &random(), 500, budget),
+        (Plan::Probe, None)
+    );
+    // The linger bounds the meetings: with a budget no longer than it, every pair overlaps.
+    let whole = two_sided_success_probability(100.0, [1, 100], [1, 100], PROBE_LINGER);
+    assert!((whole - (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{whole}");
+}
+
+#[test]
 fn the_counter_sweep_chance_grows_with_mappings_per_port_and_probes() {
     let block = [20000, 20511];
     // 64 mappings at each of 31 ports (the budget allows 6000): 1/8 per probe, 12 probes.
@@ -421,15 +451,23 @@ fn sim_pair(a_kind: NatInfo, b_kind: NatInfo, extra: [u16; 2], seed: u64) -> boo
     let start = t0();
     let mk = |me: usize| {
         let peer = 1 - me;
+        let budget = Duration::from_secs(10);
+        let (plan, _) = two_sided_or_none(
+            plan_in_pair(&preds[me].nat, &preds[peer].nat, me == 0),
+            &preds[me].nat,
+            &preds[peer].nat,
+            500,
+            budget,
+        );
         let c = TcpPunchConfig {
-            plan: plan_in_pair(&preds[me].nat, &preds[peer].nat, me == 0),
+            plan,
             peer_ip: [ip_a, ip_b][peer],
             peer_port: preds[peer].port,
             local_port: locals[me],
             window: 24,
             rate: 500,
             sweep_sockets: 256,
-            budget: Duration::from_secs(10),
+            budget,
             peer_ports: crate::core::punch::random_ports(&preds[peer].nat),
             seed: seed.wrapping_add(me as u64),
         };

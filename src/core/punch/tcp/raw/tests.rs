@@ -1,6 +1,6 @@
 use super::*;
 use crate::core::classify::{Allocation, Behavior};
-use crate::core::punch::tcp::{counter_flows, first_syn_copies, plan, Plan};
+use crate::core::punch::tcp::{counter_flows, first_syn_copies, plan, two_sided_or_none, Plan};
 use crate::core::rendezvous::NatInfo;
 use crate::sim::tcp_wire::{KernelHost, RawHost, WireWorld, WIRE_HOSTS, WIRE_PUBLIC};
 
@@ -739,4 +739,42 @@ fn sim_a_random_block_and_a_port_counter_meet_by_a_sweep_at_the_counter() {
         assert!(w.sent[1].iter().all(|c| c.src.port() == PORTS[1]));
     }
     assert!(met >= 6, "met in {met} of 10 worlds");
+}
+
+/// Two carrier-grade blocks over TCP: neither side can be found, so both connect from fresh
+/// ports to random ports of the other's block (kernel sockets on both sides) until two
+/// attempts are each other's reverse. Before, neither side made an attempt.
+#[test]
+fn sim_two_random_blocks_meet_by_a_two_sided_sweep() {
+    let mut met = 0;
+    for seed in 0..10u64 {
+        let mut w = WireWorld::new(
+            [random_block(), random_block()],
+            Duration::from_millis(20),
+            0,
+            seed,
+        );
+        let t0 = w.now;
+        let (mut ca, _) = side(&mut w, 0, 300 + seed);
+        let (mut cb, _) = side(&mut w, 1, 400 + seed);
+        for c in [&mut ca, &mut cb] {
+            let budget = c.budget;
+            (c.plan, _) = two_sided_or_none(
+                plan(&random_block(), &random_block()),
+                &random_block(),
+                &random_block(),
+                200,
+                budget,
+            );
+            assert_eq!(c.plan, Plan::TwoSided);
+            (c.rate, c.peer_port, c.peer_ports) = (200, 0, [20000, 20511]);
+        }
+        let mut a = KernelHost::new(ca, WIRE_HOSTS[0], None, t0);
+        let mut b = KernelHost::new(cb, WIRE_HOSTS[1], None, t0 + Duration::from_millis(7));
+        if let Some(r) = w.run([&mut a, &mut b], t0 + Duration::from_secs(12)) {
+            assert_one_connection(&w, r);
+            met += 1;
+        }
+    }
+    assert!(met >= 9, "met in {met} of 10 worlds");
 }

@@ -1,0 +1,116 @@
+//! The sweeps of a TCP punch where a side cannot be predicted: where they aim and their
+//! chance of meeting.
+//!
+//! - One side random, the other endpoint-independent ([`Plan::Spray`] and
+//!   [`Plan::Probe`]): the random side's mappings toward the other's one port, found
+//!   by the other's probes of random ports.
+//! - One side random, the other a counter ([`Plan::SprayAtCounter`] and
+//!   [`Plan::ProbeFromCounter`]). A sequential symmetric NAT gives each new
+//!   destination the next port of its counter, so the counter side's probe toward a random
+//!   port of ours leaves from a port we can predict, and only from it. The random side
+//!   cannot be predicted, but it can be many: each of its attempts from a fresh port is a new
+//!   random mapping aimed at one of the counter's next ports. A probe meets when one of the
+//!   mappings aimed at its counter port got the port it probes; with the probe kept open for
+//!   the whole budget, every later mapping aimed at that counter port is another draw.
+//! - Both random ([`Plan::TwoSided`]): both sides' attempts from fresh ports at random
+//!   ports of the other, meeting when two are each other's reverse.
+
+use super::{Plan, PROBE_LINGER};
+use crate::core::punch::random_ports;
+use crate::core::rendezvous::NatInfo;
+use std::time::Duration;
+
+/// Below this chance a two-sided sweep is not tried: its thousands of connections would buy
+/// nothing (over whole port ranges it is hopeless, inside two carrier-grade blocks it is not).
+pub const TWO_SIDED_HOPELESS: f64 = 0.01;
+
+/// `plan` as it goes out, with a two-sided sweep's chance when it is one: a hopeless
+/// [`Plan::TwoSided`] (below [`TWO_SIDED_HOPELESS`], each side making `rate` attempts a
+/// second for `budget`) becomes a window around the peer's port, which is unknown for a
+/// random NAT, so no attempt goes out and the listener waits for luck.
+pub fn two_sided_or_none(
+    plan: Plan,
+    me: &NatInfo,
+    peer: &NatInfo,
+    rate: u32,
+    budget: Duration,
+) -> (Plan, Option<f64>) {
+    if plan != Plan::TwoSided {
+        return (plan, None);
+    }
+    let attempts = f64::from(rate) * budget.as_secs_f64();
+    let p = two_sided_success_probability(attempts, random_ports(me), random_ports(peer), budget);
+    if p < TWO_SIDED_HOPELESS {
+        (Plan::Window { delta: 1 }, Some(p))
+    } else {
+        (plan, Some(p))
+    }
+}
+
+/// The chance that a sweep at a port counter ([`Plan::SprayAtCounter`]) connects: `attempts`
+/// from fresh ports within the budget, shared by `aimed` counter ports and at most
+/// `sweep_sockets` toward each, every one a random port within the sprayer's `ports`; the
+/// counter side's `flows` probes each meet when one of the mappings aimed at its port got
+/// the port it probes.
+pub fn counter_sweep_success_probability(
+    attempts: f64,
+    aimed: usize,
+    sweep_sockets: usize,
+    flows: usize,
+    ports: [u16; 2],
+) -> f64 {
+    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
+    let per_port = (attempts / aimed.max(1) as f64).min(sweep_sockets as f64);
+    let per_flow = (per_port / space).min(1.0);
+    1.0 - (1.0 - per_flow).powi(i32::try_from(flows).unwrap_or(i32::MAX))
+}
+
+/// The counter ports a [`Plan::SprayAtCounter`] aims at, most likely first: the predicted
+/// port and a window's worth after it by the step (other traffic only moves a counter
+/// forward), then a quarter as many before it.
+pub fn counter_targets(port: u16, delta: i32, window: u16) -> Vec<u16> {
+    let d = if delta == 0 { 1 } else { delta };
+    let base = i32::from(port);
+    let ahead = (0..=i32::from(window)).map(|k| base + k * d);
+    let behind = (1..=i32::from(window / 4)).map(|k| base - k * d);
+    ahead
+        .chain(behind)
+        .filter_map(|p| u16::try_from(p).ok())
+        .filter(|&p| p != 0)
+        .collect()
+}
+
+/// The distinct ports of the peer a [`Plan::ProbeFromCounter`] probes: half the window (at
+/// least one), so that the other half absorbs flows of other hosts through our NAT between
+/// our registration and the probes, as [`crate::core::punch::PunchConfig::counter_flows`] does for UDP.
+pub fn counter_flows(window: u16) -> usize {
+    usize::from(window / 2).max(1)
+}
+
+/// The chance that a two-sided sweep ([`Plan::TwoSided`]) connects: `attempts` on each side
+/// within `budget`, each a new mapping at a random port of its own NAT's range and aimed at a
+/// random port of the other's (`mine`, `theirs`). A pair meets when each aims at the other's
+/// mapping, `n^2 / (|A| |B|)` pairs on average, and only while both are open: an attempt
+/// lingers [`PROBE_LINGER`], so of two attempts at random moments of the budget the later
+/// one finds the earlier still there with probability `1 - (1 - linger/budget)^2`. A
+/// Poisson count of meetings is zero with probability `e^-mean`.
+pub fn two_sided_success_probability(
+    attempts: f64,
+    mine: [u16; 2],
+    theirs: [u16; 2],
+    budget: Duration,
+) -> f64 {
+    let space = |r: [u16; 2]| f64::from(r[1].saturating_sub(r[0])) + 1.0;
+    let apart = 1.0 - (PROBE_LINGER.as_secs_f64() / budget.as_secs_f64().max(1e-3)).min(1.0);
+    let overlap = 1.0 - apart * apart;
+    let mean = attempts * attempts / (space(mine) * space(theirs)) * overlap;
+    1.0 - (-mean).exp()
+}
+
+/// The chance that a sweep connects: `mappings` random ports open on the spraying side,
+/// within its NAT's `ports`, and `probes` random ports of those tried by the probing side.
+pub fn sweep_success_probability(mappings: usize, probes: u64, ports: [u16; 2]) -> f64 {
+    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
+    let miss = 1.0 - (mappings as f64 / space).min(1.0);
+    1.0 - miss.powf(probes as f64)
+}
