@@ -362,7 +362,8 @@ impl Plan {
 /// endpoint-independent peer unless our ports are random (`Spray`), a `Window` around a sequential
 /// peer's prediction (`SprayAtCounter` when our ports are random), `Probe` of a random peer's
 /// ports from an endpoint-independent side (`ProbeFromCounter` from a sequential symmetric
-/// one), and a window of step 1 as a last resort when neither side is predictable.
+/// one), and `TwoSided` when neither side is predictable ([`two_sided_or_none`] turns a
+/// hopeless one into a window around the unknown port, which makes no attempt).
 pub fn plan(me: &NatInfo, peer: &NatInfo) -> Plan {
     if eim(peer) {
         if eim(me) || sequential(me) {
