@@ -40,6 +40,7 @@ pub mod explain;
 pub mod lockstep;
 pub mod priming;
 mod sweep;
+pub use sweep::{counter_flows, counter_sweep_success_probability, TWO_SIDED_HOPELESS};
 mod targets;
 use targets::{same_family, targets};
 pub mod tcp;
@@ -378,6 +379,12 @@ impl Punch {
         self.cfg.i_probe_random() || self.cfg.spray_at_counter()
     }
 
+    /// Whether the extra sockets keep mappings toward the peer's registered endpoint open,
+    /// refreshed every [`SPRAY_EVERY`] (against a counter they go out in the sweep instead).
+    fn sprays_at_endpoint(&self) -> bool {
+        self.cfg.i_spray() && !self.cfg.spray_at_counter()
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &PunchConfig {
         &self.cfg
@@ -603,7 +610,7 @@ impl Machine for Punch {
             }
             self.next_round = now + ROUND;
         }
-        if self.cfg.i_spray() && !self.cfg.spray_at_counter() && now >= self.next_spray {
+        if self.sprays_at_endpoint() && now >= self.next_spray {
             // Each extra socket keeps a mapping toward the peer's fixed endpoint open; the
             // peer's random probes are what have to land on one of them.
             for s in 1..self.cfg.sockets_needed() {
@@ -653,7 +660,7 @@ impl Machine for Punch {
         if self.sweeps() {
             t = t.min(self.next_random);
         }
-        if self.cfg.i_spray() && !self.cfg.spray_at_counter() {
+        if self.sprays_at_endpoint() {
             t = t.min(self.next_spray);
         }
         Some(t)

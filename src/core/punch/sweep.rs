@@ -5,6 +5,36 @@
 use super::{counter, port_count, predictable, PunchConfig, Strategy, TWO_SIDED_MAX_SOCKETS};
 use crate::core::rendezvous::NatInfo;
 
+/// Below this chance a two-sided sweep is not tried, UDP or TCP: its mappings would buy
+/// nothing (over whole port ranges it is hopeless, inside two carrier-grade blocks it is not).
+pub const TWO_SIDED_HOPELESS: f64 = 0.01;
+
+/// The distinct ports of the random side that a counter side probes in a sweep at its
+/// counter, UDP or TCP: half the window (at least one), so that the other half absorbs
+/// flows of the counter side's other hosts or programs between its registration and its
+/// probes.
+pub fn counter_flows(window: u16) -> usize {
+    usize::from(window / 2).max(1)
+}
+
+/// The chance that a sweep at a port counter connects, UDP or TCP: `attempts` of the random
+/// side within the budget, shared by the `aimed` counter ports and at most `sweep_sockets`
+/// toward each, every one a random port within the sprayer's `ports`; each of the counter
+/// side's `flows` probes meets when one of the mappings aimed at its port got the port it
+/// probes.
+pub fn counter_sweep_success_probability(
+    attempts: f64,
+    aimed: usize,
+    sweep_sockets: usize,
+    flows: usize,
+    ports: [u16; 2],
+) -> f64 {
+    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
+    let per_port = (attempts / aimed.max(1) as f64).min(sweep_sockets as f64);
+    let per_flow = (per_port / space).min(1.0);
+    1.0 - (1.0 - per_flow).powi(i32::try_from(flows).unwrap_or(i32::MAX))
+}
+
 impl PunchConfig {
     /// Whether this side opens many mappings toward the peer's registered endpoint (it is
     /// the random, symmetric side of a sweep against a peer that can be found). Against a
@@ -42,7 +72,7 @@ impl PunchConfig {
     /// (at least one), so the other half absorbs flows of the counter side's other hosts
     /// or programs between its registration and its probes.
     pub fn counter_flows(&self) -> usize {
-        usize::from(self.window / 2).max(1)
+        counter_flows(self.window)
     }
 
     /// The counter side's ports the sprayer aims at, most likely first: its flows after
@@ -98,7 +128,7 @@ impl PunchConfig {
     /// A two-sided sweep with under 1% chance: over whole port ranges it is, inside two
     /// carrier-grade port blocks it is not.
     pub fn sweep_hopeless(&self) -> bool {
-        self.two_sided() && self.sweep_success_probability() < 0.01
+        self.two_sided() && self.sweep_success_probability() < TWO_SIDED_HOPELESS
     }
 
     /// Chance that a sweep finds a pair within the budget. One-sided: every probe hits one
@@ -118,9 +148,13 @@ impl PunchConfig {
             } else {
                 &self.peer.nat
             };
-            let per_port = (probes / f64::from(self.window.max(1))).min(self.sweep_sockets as f64);
-            let per_flow = (per_port / port_count(sprayer)).min(1.0);
-            return 1.0 - (1.0 - per_flow).powi(self.counter_flows() as i32);
+            return counter_sweep_success_probability(
+                probes,
+                usize::from(self.window),
+                self.sweep_sockets,
+                self.counter_flows(),
+                super::random_ports(sprayer),
+            );
         }
         // The sprayer's mappings lie in its NAT's ports, which the prober searches.
         let sprayer = if self.i_spray() {

@@ -150,10 +150,9 @@ fn plan_tcp(
         // A sweep's odds need one side that can be found; this window has none to offer.
         status.say("no birthday sweep over TCP: both NATs are symmetric with random ports, so neither can be found by one; the window connects only by luck");
     } else if let (Some(p), tcp::Plan::TwoSided) = (two_sided, plan) {
+        let [lo, hi] = crate::core::punch::random_ports(&them);
         status.say(format!(
-            "two-sided sweep over TCP: both NATs draw random ports, so both sides connect from fresh ports to random ports of the other ({}-{} of theirs) at {} attempts/s for {} s; expected success probability {:.1}%",
-            crate::core::punch::random_ports(&them)[0],
-            crate::core::punch::random_ports(&them)[1],
+            "two-sided sweep over TCP: both NATs draw random ports, so both sides connect from fresh ports to random ports of the other ({lo}-{hi} of theirs) at {} attempts/s for {} s; expected success probability {:.1}%",
             cfg.rate,
             budget.as_secs(),
             100.0 * p

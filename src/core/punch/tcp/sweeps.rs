@@ -17,12 +17,11 @@
 
 use super::{Plan, PROBE_LINGER};
 use crate::core::punch::random_ports;
+pub use crate::core::punch::{
+    counter_flows, counter_sweep_success_probability, TWO_SIDED_HOPELESS,
+};
 use crate::core::rendezvous::NatInfo;
 use std::time::Duration;
-
-/// Below this chance a two-sided sweep is not tried: its thousands of connections would buy
-/// nothing (over whole port ranges it is hopeless, inside two carrier-grade blocks it is not).
-pub const TWO_SIDED_HOPELESS: f64 = 0.01;
 
 /// `plan` as it goes out, with a two-sided sweep's chance when it is one: a hopeless
 /// [`Plan::TwoSided`] (below [`TWO_SIDED_HOPELESS`], each side making `rate` attempts a
@@ -47,24 +46,6 @@ pub fn two_sided_or_none(
     }
 }
 
-/// The chance that a sweep at a port counter ([`Plan::SprayAtCounter`]) connects: `attempts`
-/// from fresh ports within the budget, shared by `aimed` counter ports and at most
-/// `sweep_sockets` toward each, every one a random port within the sprayer's `ports`; the
-/// counter side's `flows` probes each meet when one of the mappings aimed at its port got
-/// the port it probes.
-pub fn counter_sweep_success_probability(
-    attempts: f64,
-    aimed: usize,
-    sweep_sockets: usize,
-    flows: usize,
-    ports: [u16; 2],
-) -> f64 {
-    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
-    let per_port = (attempts / aimed.max(1) as f64).min(sweep_sockets as f64);
-    let per_flow = (per_port / space).min(1.0);
-    1.0 - (1.0 - per_flow).powi(i32::try_from(flows).unwrap_or(i32::MAX))
-}
-
 /// The counter ports a [`Plan::SprayAtCounter`] aims at, most likely first: the predicted
 /// port and a window's worth after it by the step (other traffic only moves a counter
 /// forward), then a quarter as many before it.
@@ -78,13 +59,6 @@ pub fn counter_targets(port: u16, delta: i32, window: u16) -> Vec<u16> {
         .filter_map(|p| u16::try_from(p).ok())
         .filter(|&p| p != 0)
         .collect()
-}
-
-/// The distinct ports of the peer a [`Plan::ProbeFromCounter`] probes: half the window (at
-/// least one), so that the other half absorbs flows of other hosts through our NAT between
-/// our registration and the probes, as [`crate::core::punch::PunchConfig::counter_flows`] does for UDP.
-pub fn counter_flows(window: u16) -> usize {
-    usize::from(window / 2).max(1)
 }
 
 /// The chance that a two-sided sweep ([`Plan::TwoSided`]) connects: `attempts` on each side
