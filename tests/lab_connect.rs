@@ -1016,6 +1016,61 @@ fn tcp_raw_syns_announce_the_mss_of_a_narrow_link() {
     );
 }
 
+/// #11: the TLS client (B, which joined second) sends its first flight right behind its
+/// SYN-ACK to the peer's SYN, not a round trip later when the peer's SYN-ACK shows ours
+/// arrived: in B's capture at 40 ms one way, B's first data to the peer leaves before any
+/// segment of the peer's that acknowledges B's SYN.
+#[test]
+fn tcp_raw_tls_client_speaks_with_its_answer_to_the_peers_syn() {
+    if common::lab::find_program("tshark").is_none() {
+        eprintln!("skipped: tshark not installed");
+        return;
+    }
+    let Some(lab) = lab_at(40, "port-restricted-cone", "port-restricted-cone") else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let dir = Dir::new(&format!("{}-early", lab.name()));
+    let cap = dir.0.join("b.pcap");
+    let cap_arg = cap.to_str().expect("a UTF-8 temp path");
+    let p = pair_sides(
+        &lab,
+        0,
+        "right",
+        1024,
+        [
+            &["--tcp", "--syn-engine", "raw"],
+            &[],
+            &["--capture", cap_arg],
+        ],
+        &|| std::thread::sleep(Duration::from_millis(300)),
+    );
+    check_connected_over(&p, "tcp", "direct", "raw TCP at 40 ms");
+    let frame = |filter: &str| -> Option<u64> {
+        let o = Command::new("tshark")
+            .arg("-r")
+            .arg(&cap)
+            .args(["-Y", filter, "-T", "fields", "-e", "frame.number"])
+            .output()
+            .expect("run tshark");
+        assert!(o.status.success(), "tshark {filter}: {o:?}");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+    };
+    // The peer is A's NAT; the server's two addresses carry other connections.
+    let data = frame("ip.src==10.0.2.2 && ip.dst==203.0.113.10 && tcp.len>0")
+        .expect("B's first data to the peer in its capture");
+    let confirmation = frame("ip.src==203.0.113.10 && ip.dst==10.0.2.2 && tcp.flags.ack==1")
+        .expect("the peer's SYN-ACK or ACK in B's capture");
+    assert!(
+        data < confirmation,
+        "B's first data (frame {data}) waited for the peer's confirmation (frame {confirmation}):\n{}",
+        p.b.stderr
+    );
+}
+
 /// The first data segment each way (the TLS ClientHello and the server's flight) lost once
 /// in a NAT: a TCP_REPAIR socket has no RTT sample, so its own first retransmission waits
 /// the kernel's initial 1 s, where a kernel-engine socket repeats after about three round

@@ -280,11 +280,14 @@ pub fn seen(s: &Crafted) -> Seen {
 /// A host running the raw engine. Each [`Established`] becomes a socket that, leaving repair
 /// mode, sends one ACK: a window probe at `snd_nxt - 1` (what `os::tcp_repair` does), unless
 /// it is [`Established::awaiting_peer`]; such a socket sends its first segment (an ACK at
-/// `snd_nxt`, standing for TLS's first record) once the engine confirms it.
+/// `snd_nxt`, standing for TLS's first record) once the engine confirms it, or, on a host that
+/// plays the TLS client ([`RawHost::early`]), right behind our SYN-ACK, and again when the
+/// engine asks for it ([`RawPunch::poll_data_again`]).
 pub struct RawHost {
     pub engine: RawPunch,
     conns: Vec<(Established, bool)>,
     out: VecDeque<Crafted>,
+    early: bool,
 }
 
 impl RawHost {
@@ -293,22 +296,43 @@ impl RawHost {
             engine,
             conns: Vec::new(),
             out: VecDeque::new(),
+            early: false,
         }
+    }
+
+    /// The TLS client's host: an answered socket speaks at once.
+    pub fn early(mut self) -> Self {
+        self.early = true;
+        self
     }
 
     /// In the driver's order: the sockets (whose window probes go out as they are made),
     /// then the queued segments.
     fn drain(&mut self) {
+        let mut speaking = Vec::new();
         while let Some(e) = self.engine.poll_established() {
             if !e.awaiting_peer {
                 self.out.push_back(ack(&e, e.snd_nxt.wrapping_sub(1)));
+            } else if self.early {
+                self.engine.sending_early(e.remote);
+                speaking.push(ack(&e, e.snd_nxt));
             }
             self.conns.push((e, false));
         }
         while let Some(c) = self.engine.poll_transmit() {
             self.out.push_back(c);
         }
+        self.out.extend(speaking);
+        let mut again = Vec::new();
         while let Some(remote) = self.engine.poll_confirmed() {
+            if !self.early {
+                again.push(remote);
+            }
+        }
+        while let Some(remote) = self.engine.poll_data_again() {
+            again.push(remote);
+        }
+        for remote in again {
             if let Some((e, _)) = self.conns.iter().find(|(e, _)| e.remote == remote) {
                 self.out.push_back(ack(e, e.snd_nxt));
             }

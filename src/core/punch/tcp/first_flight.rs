@@ -108,6 +108,15 @@ impl FirstFlight {
         }
     }
 
+    /// The first data to `peer` may have missed the peer's socket (it left before the peer
+    /// confirmed the handshake, see [`super::raw::RawPunch::poll_data_again`]): a copy is due
+    /// at once unless an ACK already covered it.
+    pub fn again_now(&mut self, now: Instant, peer: SocketAddr) {
+        if let Some(p) = self.pending.get_mut(&peer) {
+            p.next = p.next.min(now);
+        }
+    }
+
     /// The connection to `peer` ended (or was never kept): nothing more for it.
     pub fn forget(&mut self, peer: SocketAddr) {
         self.watched.retain(|p| *p != peer);

@@ -42,9 +42,13 @@
 //! repeats never reach us to be answered. The engine therefore repeats that SYN-ACK itself,
 //! paced like its SYNs, until the peer shows it arrived (its ACK, data, or its own SYN-ACK on
 //! that 4-tuple), and reports the 4-tuple through [`RawPunch::poll_confirmed`] then. Until
-//! then the socket must send nothing (no window probe, no TLS): an ACK of ours would move our
-//! NAT's tracking to ESTABLISHED, in which it drops our repeated SYN-ACKs as invalid too
-//! (net/netfilter/nf_conntrack_proto_tcp.c, the state table).
+//! then the socket should send nothing (no window probe): an ACK of ours would move our NAT's
+//! tracking to ESTABLISHED, in which it drops our repeated SYN-ACKs as invalid too
+//! (net/netfilter/nf_conntrack_proto_tcp.c, the state table). The one exception is the TLS
+//! client's first flight, which waiting would delay by a round trip to the peer: the driver
+//! says so ([`RawPunch::sending_early`]), and the engine then repeats our SYN on that
+//! 4-tuple instead, which the tracking in ESTABLISHED lets through and the peer's SYN-ACK to
+//! it brings back in step.
 
 #[cfg(doc)]
 use super::Plan;
@@ -113,6 +117,11 @@ struct Done {
     /// answer it only with a rate-limited challenge ACK (RFC 5961 section 4), and a peer
     /// that waits for it before its first byte (as ours does) would wait in vain.
     third: Option<Crafted>,
+    /// Our socket on this answered 4-tuple sent data before the peer confirmed
+    /// ([`RawPunch::sending_early`]): our SYN is repeated instead of the SYN-ACK.
+    early: bool,
+    /// Such a SYN went out: the peer's socket, if any, dates from it, after our data.
+    resynced: bool,
 }
 
 /// The engine. See the module documentation for the order of calls.
@@ -139,6 +148,8 @@ pub struct RawPunch {
     transmits: VecDeque<Crafted>,
     established: VecDeque<Established>,
     confirmed: VecDeque<SocketAddrV4>,
+    /// Early-speaking 4-tuples whose confirmation leaves our first data in doubt.
+    data_again: VecDeque<SocketAddrV4>,
     /// The shortest round trip a timestamp echo showed ([`RawPunch::rtt_sample`]).
     rtt: Option<Duration>,
     /// SYNs sent (first ones and repeats), SYN-ACKs sent.
@@ -179,6 +190,7 @@ impl RawPunch {
             transmits: VecDeque::new(),
             established: VecDeque::new(),
             confirmed: VecDeque::new(),
+            data_again: VecDeque::new(),
             rtt: None,
             syns: 0,
             synacks: 0,
@@ -327,7 +339,11 @@ impl RawPunch {
             })
             .collect();
         for (to, isn, sent, options) in due {
-            self.synack(to, isn, options);
+            if self.done.get(&to).is_some_and(|d| d.early) {
+                self.syn_again(to, options);
+            } else {
+                self.synack(to, isn, options);
+            }
             let next = now + self.backoff(sent + 1);
             if let Some(d) = self.done.get_mut(&to) {
                 d.unconfirmed = Some((sent + 1, next));
@@ -335,9 +351,43 @@ impl RawPunch {
         }
     }
 
-    /// Whether `segment` from the peer on the answered 4-tuple `src` shows our SYN-ACK arrived:
-    /// anything but a SYN or RST that acknowledges our SYN (the peer's ACK, its data, or the
-    /// SYN-ACK to our own SYN, which says the peer is established too).
+    /// Our SYN once more on the answered 4-tuple `to`, whose socket has sent data: our NAT's
+    /// tracking took that data's ACK to ESTABLISHED, where it drops our SYN-ACK as invalid but
+    /// lets our SYN pass as possibly out of sync (Linux's conntrack ignores a SYN in the
+    /// original direction there, and the peer's SYN-ACK acknowledging it puts the entry back
+    /// in step). A peer that never had our SYN nor our SYN-ACK answers it like any SYN, so the
+    /// handshake completes in the sequence space our socket already uses. The options are our
+    /// SYN-ACK's, TSval included (the socket's clock continues from it), echoing nothing.
+    fn syn_again(&mut self, to: SocketAddrV4, options: TcpOptions) {
+        self.transmits.push_back(Crafted {
+            src: self.local,
+            dst: to,
+            ttl: self.cfg.ttl,
+            seq: self.isn,
+            ack: 0,
+            flags: Flags::Syn,
+            window: self.cfg.window,
+            options: TcpOptions {
+                timestamps: options.timestamps.map(|(v, _)| (v, 0)),
+                ..options
+            },
+        });
+        self.syns += 1;
+        if let Some(d) = self.done.get_mut(&to) {
+            d.resynced = true;
+        }
+    }
+
+    /// The socket of the answered 4-tuple `remote` sends before the peer confirmed it has our
+    /// SYN-ACK (the TLS client's first flight, a round trip sooner than after the
+    /// confirmation). What that costs when our SYN-ACK was lost is covered by repeating our
+    /// SYN instead (see `syn_again`).
+    pub fn sending_early(&mut self, remote: SocketAddrV4) {
+        if let Some(d) = self.done.get_mut(&remote) {
+            d.early = d.answered.is_some();
+        }
+    }
+
     /// The shortest round trip to the peer measured so far, from the timestamps its segments
     /// echoed (RFC 7323 section 4.1): every SYN of ours carries the clock's value when it
     /// left, so the echo names the very SYN answered, repeats or not (no ambiguity for Karn's
@@ -358,6 +408,9 @@ impl RawPunch {
         }
     }
 
+    /// Whether `segment` from the peer on the answered 4-tuple `src` shows our SYN-ACK arrived:
+    /// anything but a SYN or RST that acknowledges our SYN (the peer's ACK, its data, or the
+    /// SYN-ACK to our own SYN, which says the peer is established too).
     fn confirm(&mut self, src: SocketAddrV4, segment: Segment, ack: u32) {
         let Some(d) = self.done.get_mut(&src) else {
             return;
@@ -369,6 +422,12 @@ impl RawPunch {
         {
             d.unconfirmed = None;
             self.confirmed.push_back(src);
+            // A SYN-ACK to our first SYN: the peer made its socket when that SYN came, before
+            // our data. Otherwise its socket came with our SYN-ACK or our later SYN, possibly
+            // after the data, which it then never had.
+            if d.early && (segment != Segment::SynAck || d.resynced) {
+                self.data_again.push_back(src);
+            }
         }
     }
 
@@ -566,6 +625,8 @@ impl RawPunch {
                 options: ours,
                 unconfirmed: None,
                 third: None,
+                early: false,
+                resynced: false,
             },
         );
         self.established.push_back(Established {
@@ -602,6 +663,13 @@ impl RawPunch {
     /// SYN-ACK: its socket may send now.
     pub fn poll_confirmed(&mut self) -> Option<SocketAddrV4> {
         self.confirmed.pop_front()
+    }
+
+    /// A 4-tuple whose socket spoke early ([`RawPunch::sending_early`]) and whose peer has
+    /// now confirmed in a way that says our first data may have come before its socket (or
+    /// before the handshake was made again): that data is best sent again at once.
+    pub fn poll_data_again(&mut self) -> Option<SocketAddrV4> {
+        self.data_again.pop_front()
     }
 
     /// When [`RawPunch::handle_timeout`] is next due: the planner's next moment, the next SYN

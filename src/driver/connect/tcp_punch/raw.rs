@@ -18,8 +18,9 @@ use crate::driver::tcp_stun;
 use crate::os::packet::Packet;
 use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
+use crate::transport::Role;
 use crate::Error;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -122,8 +123,7 @@ pub(super) async fn run(
         setup.rtt.as_millis().max(25)
     ));
     let hard_stop = setup.start + setup.budget + super::TLS_TIMEOUT;
-    // Sockets built from a SYN we answered, silent until the peer shows it has our SYN-ACK.
-    let mut waiting: HashMap<SocketAddrV4, TcpStream> = HashMap::new();
+    let mut answered = Answered::default();
     let sweeping = setup.plan.sweeping();
     let mut next_progress = setup.start + super::PROGRESS;
     let mut send_errors = 0u64;
@@ -139,7 +139,7 @@ pub(super) async fn run(
             sender,
             &mut send_errors,
             &mut l,
-            &mut waiting,
+            &mut answered,
             &mut first,
             on_status,
         );
@@ -154,9 +154,9 @@ pub(super) async fn run(
             ));
         }
         if engine.planner().expired(now)
-            && ((l.handshakes == 0 && waiting.is_empty()) || now >= hard_stop)
+            && ((l.handshakes == 0 && answered.waiting.is_empty()) || now >= hard_stop)
         {
-            for remote in waiting.keys() {
+            for remote in answered.waiting.keys().chain(&answered.early) {
                 on_status(format!(
                     "the peer never showed that our SYN-ACK to {remote} arrived ({} SYN-ACKs sent in all, repeated at the round trip); its NAT may drop them",
                     engine.synacks
@@ -201,7 +201,7 @@ pub(super) async fn run(
                         first.sampled(rtt);
                     }
                     // A SYN-ACK to the peer's SYN goes out now, not at the next tick.
-                    establish(&mut engine, sender, &mut send_errors, &mut l, &mut waiting, &mut first, on_status);
+                    establish(&mut engine, sender, &mut send_errors, &mut l, &mut answered, &mut first, on_status);
                 }
             }
             Some(ev) = rx.recv() => {
@@ -216,6 +216,15 @@ pub(super) async fn run(
     };
     l.abort_all();
     result
+}
+
+/// Sockets built from a SYN we answered, before the peer showed it has our SYN-ACK.
+#[derive(Default)]
+struct Answered {
+    /// Silent until then (the TLS server's; see [`RawPunch`]'s documentation).
+    waiting: HashMap<SocketAddrV4, TcpStream>,
+    /// Already speaking: the TLS client's, whose first flight left with our SYN-ACK.
+    early: HashSet<SocketAddrV4>,
 }
 
 /// Sends the copies of first data that are due ([`FirstFlight`]), with their checksums
@@ -250,8 +259,10 @@ fn flush(engine: &mut RawPunch, sender: &RawTcpSender, errors: &mut u64) {
 }
 
 /// Each finished handshake becomes a kernel socket in the sequence space the NATs saw, and
-/// goes to TLS: at once after the peer's SYN-ACK, after the peer's confirmation when we
-/// answered its SYN (until then the socket waits in `waiting`, sending nothing). Then the
+/// goes to TLS: at once after the peer's SYN-ACK; when we answered its SYN, the TLS client's
+/// at once too (its first flight then follows our SYN-ACK, and is sent again when the
+/// peer's confirmation shows it may have come before the peer's socket), the server's after the peer's
+/// confirmation (until then it waits in `Answered::waiting`, sending nothing). Then the
 /// engine's queued segments go out.
 ///
 /// The sockets come first: the handshake's third segment is queued with its socket, and the
@@ -267,7 +278,7 @@ fn establish(
     sender: &RawTcpSender,
     send_errors: &mut u64,
     l: &mut PunchLoop<'_>,
-    waiting: &mut HashMap<SocketAddrV4, TcpStream>,
+    answered: &mut Answered,
     first: &mut FirstFlight,
     on_status: &mut dyn FnMut(String),
 ) {
@@ -293,12 +304,20 @@ fn establish(
             TcpStream::from_std(s)
         });
         match stream {
+            // The TLS client's first flight leaves with our answer to the peer's SYN, a round
+            // trip sooner than after the peer's confirmation; the server only listens. The
+            // engine says when the peer's confirmation calls for that flight again.
+            Ok(s) if e.awaiting_peer && l.setup.tls.role() == Role::Client => {
+                engine.sending_early(e.remote);
+                answered.early.insert(e.remote);
+                ready.push((s, e.remote));
+            }
             Ok(s) if e.awaiting_peer => {
                 tracing::debug!(
                     "answered the SYN from {}; waiting for the peer to show it has our SYN-ACK",
                     e.remote
                 );
-                waiting.insert(e.remote, s);
+                answered.waiting.insert(e.remote, s);
             }
             Ok(s) => ready.push((s, e.remote)),
             Err(err) => {
@@ -315,9 +334,13 @@ fn establish(
         up(l, first, s, remote, on_status);
     }
     while let Some(remote) = engine.poll_confirmed() {
-        if let Some(s) = waiting.remove(&remote) {
+        answered.early.remove(&remote);
+        if let Some(s) = answered.waiting.remove(&remote) {
             up(l, first, s, remote, on_status);
         }
+    }
+    while let Some(remote) = engine.poll_data_again() {
+        first.again_now(Instant::now(), SocketAddr::V4(remote));
     }
 }
 

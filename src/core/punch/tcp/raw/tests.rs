@@ -608,11 +608,10 @@ fn sim_raw_probe_finds_a_kernel_spray_of_a_random_nat() {
     );
 }
 
-#[test]
-fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns() {
-    // B's SYNs are lost; A's SYN reaches B, whose SYN-ACK is lost beyond B's NAT. From then
-    // on B's NAT drops A's repeated SYNs (reply SYN in SYN_RECV), so only B's own repeats can
-    // finish the handshake.
+/// B's SYNs are lost; A's SYN reaches B, whose SYN-ACK is lost beyond B's NAT (A starts
+/// 60 ms after B, 40 ms apart). `early`: B plays the TLS client and speaks at once
+/// ([`RawHost::early`]). The world, B's host and what the run came to.
+fn lost_syn_ack(early: bool) -> (WireWorld, RawHost, Option<[Established; 2]>) {
     let latency = 40;
     let mut w = world([cone(), cone()], latency, 0);
     w.lose = vec![(1, Flags::Syn), (1, Flags::Syn), (1, Flags::SynAck)];
@@ -622,8 +621,19 @@ fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns(
     let (cb, _) = side(&mut w, 1, 10);
     let mut a = raw_host(ca, 0, 1, rtt, None, t0 + Duration::from_millis(60));
     let mut b = raw_host(cb, 1, 1, rtt, None, t0);
+    if early {
+        b = b.early();
+    }
     let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
     assert!(w.lose.is_empty(), "a segment to lose was never sent");
+    (w, b, r)
+}
+
+#[test]
+fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns() {
+    // From then on B's NAT drops A's repeated SYNs (reply SYN in SYN_RECV), so only B's own
+    // repeats can finish the handshake.
+    let (w, b, r) = lost_syn_ack(false);
     assert!(
         w.nats[1].out_of_state > 0,
         "B's NAT never dropped A's repeated SYN"
@@ -778,3 +788,5 @@ fn sim_two_random_blocks_meet_by_a_two_sided_sweep() {
     }
     assert!(met >= 9, "met in {met} of 10 worlds");
 }
+
+mod early;
