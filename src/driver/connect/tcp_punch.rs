@@ -367,9 +367,9 @@ pub fn punch(
             }
         }
     });
-    watch.stop();
     // Packets seen up to the end still go to the capture.
     let mut capture = capture.into_inner();
+    watch.stop(capture.is_some());
     for (rx, peer) in [
         (&mut pkt_rx, Some(setup.peer_ip)),
         (&mut also_rx, also_peer),
