@@ -156,10 +156,15 @@ pub(super) async fn run(
         if engine.planner().expired(now)
             && ((l.handshakes == 0 && answered.waiting.is_empty()) || now >= hard_stop)
         {
-            for remote in answered.waiting.keys().chain(&answered.early) {
+            for remote in answered.waiting.keys() {
                 on_status(format!(
                     "the peer never showed that our SYN-ACK to {remote} arrived ({} SYN-ACKs sent in all, repeated at the round trip); its NAT may drop them",
                     engine.synacks
+                ));
+            }
+            for remote in &answered.early {
+                on_status(format!(
+                    "the peer never showed that our SYN-ACK to {remote} arrived (our first data went right behind it, so our SYN was repeated at the round trip instead); its NAT may drop them"
                 ));
             }
             let p = engine.planner();
@@ -260,10 +265,10 @@ fn flush(engine: &mut RawPunch, sender: &RawTcpSender, errors: &mut u64) {
 
 /// Each finished handshake becomes a kernel socket in the sequence space the NATs saw, and
 /// goes to TLS: at once after the peer's SYN-ACK; when we answered its SYN, the TLS client's
-/// at once too (its first flight then follows our SYN-ACK, and is sent again when the
-/// peer's confirmation shows it may have come before the peer's socket), the server's after the peer's
-/// confirmation (until then it waits in `Answered::waiting`, sending nothing). Then the
-/// engine's queued segments go out.
+/// at once too (its first flight then follows our SYN-ACK, and is sent again when the peer's
+/// confirmation shows it may have come before the peer's socket), the server's after the
+/// peer's confirmation (until then it waits in `Answered::waiting`, sending nothing). Then
+/// the engine's queued segments go out.
 ///
 /// The sockets come first: the handshake's third segment is queued with its socket, and the
 /// peer's first data (its TLS ClientHello) follows it within a round trip -- on a short path
