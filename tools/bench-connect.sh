@@ -116,6 +116,9 @@ for pair in "${pairs[@]}"; do
   if [ -n "${count[tcp-kernel]:-}" ] && [ -n "${count[tcp-raw]:-}" ]; then
     awk -v l="$label" -v r="${total[tcp-raw]}" -v rn="${count[tcp-raw]}" -v k="${total[tcp-kernel]}" -v kn="${count[tcp-kernel]}" \
       'BEGIN { printf "%-44s raw/kernel mean time to connected: %.0f / %.0f ms = %.2f\n", l, r / rn, k / kn, (r / rn) / (k / kn) }'
+    # #11's goal for a cone pair: 2 x (server RTT + peer RTT) + 100 ms, i.e. twice the floor.
+    awk -v l="$label" -v r="${total[tcp-raw]}" -v rn="${count[tcp-raw]}" -v f="$floor" \
+      'BEGIN { g = 2 * f + 100; printf "%-44s raw mean %.0f ms against 2 x floor + 100 = %.0f ms: %s\n", l, r / rn, g, (r / rn <= g ? "within" : "over") }'
   fi
   unset total count
   cleanup
