@@ -97,7 +97,9 @@ fn cone_pair_ends_direct() {
         return;
     };
     let serve = Serve::start(&lab);
-    let p = pair(&lab, 0, "right", 1 << 20, &[]);
+    // Enough data each way for the stream to outlast the punch: 1 MiB on a LAN-short path is
+    // through the relay before the hole opens, and the stream rightly ends where it was.
+    let p = pair(&lab, 0, "right", 16 << 20, &[]);
     let log = serve.stop();
     let what = format!(
         "stderr of A:\n{}\nstderr of B:\n{}\nserve:\n{log}",

@@ -45,7 +45,9 @@
 //! lost close is repeated by the sender (quinn does so for every packet it receives in its
 //! closing period of 3 PTO), so the waiting receiver sends small datagrams to draw it out;
 //! after that period the sender's endpoint answers with a stateless reset, which also ends the
-//! wait, and `CLOSE_LINGER` (3 s) bounds it in any case. Nothing the receiver still needs
+//! wait, and `CLOSE_LINGER` (3 s) bounds it in any case. At the end of a stream a side stays
+//! for two round trips after its last close, not the whole closing period (`linger_for`): the
+//! waiting peer's datagrams reach it well within that. Nothing the receiver still needs
 //! hangs on the close: it has all data by then, and data already received stays readable after
 //! a close or reset (quinn reads buffered data before reporting the error). A side that fails
 //! closes both connections with [`CLOSE_ERROR`] and a reason.
@@ -120,6 +122,22 @@ const STOP_OUTPUT_FAILED: u32 = 1;
 /// bad path could be long; the peer's idle timeout is the fallback), and on waiting for the
 /// peer's close of a connection whose data we have read.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// The shortest wait after our close at the end of a stream: a short path's scheduling.
+const LINGER_MIN: Duration = Duration::from_millis(10);
+
+/// How long the endpoint stays after our last close, for a peer whose copy of it was lost.
+/// That peer sends a datagram every quarter of a round trip while it waits (see
+/// `transfer`'s `await_close`), each of which draws the close again while we are still there
+/// (quinn repeats it in its closing period), and the first of them reaches us within about a
+/// round trip of our close: two round trips answer several. quinn's own closing period, 3 PTO,
+/// was spent after every stream -- 21 ms at 0 ms and ~820 ms at 160 ms RTT in the lab -- where
+/// a TLS stream simply ends. A peer that never gets our close still ends by its own bound
+/// ([`CLOSE_LINGER`]), successfully: it has all our data by then. No RTT known (no
+/// connection): [`CLOSE_LINGER`].
+fn linger_for(rtt: Option<Duration>) -> Duration {
+    rtt.map_or(CLOSE_LINGER, |r| (r * 2).clamp(LINGER_MIN, CLOSE_LINGER))
+}
+
 /// Datagrams sent at most to draw out a lost close: few enough that unacknowledged ones never
 /// fill the congestion window, which would hold back our ACKs (see the module documentation).
 const CLOSE_PROBES: u32 = 40;
@@ -375,12 +393,14 @@ pub fn run_stream_on(
             Err(e) => (CLOSE_ERROR, close_reason(e)),
         };
         endpoint.close(code.into(), reason.as_bytes());
+        let rtt = conns.iter().map(quinn::Connection::rtt).max();
+        let bound = linger_for(rtt);
         if linger
-            && tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle())
+            && tokio::time::timeout(bound, endpoint.wait_idle())
                 .await
                 .is_err()
         {
-            debug!("the close did not complete within {CLOSE_LINGER:?}; leaving it to the peer's idle timeout");
+            debug!("stopped waiting for the close to complete after {bound:?}; a peer that lost it ends by its own bound");
         }
         result
     });
@@ -569,5 +589,21 @@ impl Session {
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_close_lingers_two_round_trips_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(linger_for(Some(ms(160))), ms(320));
+        // A LAN's fraction of a millisecond: the floor.
+        assert_eq!(linger_for(Some(Duration::from_micros(300))), LINGER_MIN);
+        // An estimate inflated by a queue: never past the bound the peer waits itself.
+        assert_eq!(linger_for(Some(Duration::from_secs(5))), CLOSE_LINGER);
+        assert_eq!(linger_for(None), CLOSE_LINGER);
     }
 }
