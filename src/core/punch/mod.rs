@@ -40,7 +40,9 @@ pub mod explain;
 pub mod lockstep;
 pub mod priming;
 mod sweep;
-pub use sweep::{counter_flows, counter_sweep_success_probability, TWO_SIDED_HOPELESS};
+pub use sweep::{
+    counter_flows, counter_sweep_per_port, counter_sweep_success_probability, TWO_SIDED_HOPELESS,
+};
 mod targets;
 use targets::{same_family, targets};
 pub mod tcp;
@@ -91,8 +93,12 @@ pub fn random_ports(n: &NatInfo) -> [u16; 2] {
 
 /// How many ports [`random_ports`] spans.
 fn port_count(n: &NatInfo) -> f64 {
-    let [lo, hi] = random_ports(n);
-    f64::from(hi - lo) + 1.0
+    span(random_ports(n))
+}
+
+/// How many ports `[lo, hi]` holds, both ends included.
+pub fn span([lo, hi]: [u16; 2]) -> f64 {
+    f64::from(hi.saturating_sub(lo)) + 1.0
 }
 
 /// How the pair punches, the same on both sides: [`choose_strategy`] from the two NAT

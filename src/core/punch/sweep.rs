@@ -2,7 +2,7 @@
 //! side's probes of random ports, the two-sided sweep between two random NATs, and the sweep
 //! at a port counter.
 
-use super::{counter, port_count, predictable, PunchConfig, Strategy, TWO_SIDED_MAX_SOCKETS};
+use super::{counter, port_count, predictable, span, PunchConfig, Strategy, TWO_SIDED_MAX_SOCKETS};
 use crate::core::rendezvous::NatInfo;
 
 /// Below this chance a two-sided sweep is not tried, UDP or TCP: its mappings would buy
@@ -17,6 +17,12 @@ pub fn counter_flows(window: u16) -> usize {
     usize::from(window / 2).max(1)
 }
 
+/// How many of the random side's `attempts` within the budget go toward each of the `aimed`
+/// counter ports: an equal share, at most `sweep_sockets`.
+pub fn counter_sweep_per_port(attempts: f64, aimed: usize, sweep_sockets: usize) -> f64 {
+    (attempts / aimed.max(1) as f64).min(sweep_sockets as f64)
+}
+
 /// The chance that a sweep at a port counter connects, UDP or TCP: `attempts` of the random
 /// side within the budget, shared by the `aimed` counter ports and at most `sweep_sockets`
 /// toward each, every one a random port within the sprayer's `ports`; each of the counter
@@ -29,9 +35,8 @@ pub fn counter_sweep_success_probability(
     flows: usize,
     ports: [u16; 2],
 ) -> f64 {
-    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
-    let per_port = (attempts / aimed.max(1) as f64).min(sweep_sockets as f64);
-    let per_flow = (per_port / space).min(1.0);
+    let per_port = counter_sweep_per_port(attempts, aimed, sweep_sockets);
+    let per_flow = (per_port / span(ports)).min(1.0);
     1.0 - (1.0 - per_flow).powi(i32::try_from(flows).unwrap_or(i32::MAX))
 }
 

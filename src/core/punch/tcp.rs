@@ -37,8 +37,8 @@ pub mod raw;
 pub mod sweeps;
 
 pub use sweeps::{
-    counter_flows, counter_sweep_success_probability, counter_targets, sweep_success_probability,
-    two_sided_or_none, two_sided_success_probability,
+    counter_flows, counter_sweep_per_port, counter_sweep_success_probability, counter_targets,
+    sweep_success_probability, two_sided_or_none, two_sided_success_probability,
 };
 
 use super::Strategy;

@@ -170,7 +170,7 @@ fn plan_tcp(
         let aimed = tcp::counter_targets(counter_port, 1, cfg.window).len();
         let attempts = f64::from(cfg.rate) * budget.as_secs_f64();
         // What the budget allows at the rate, when that is fewer than --sweep-sockets.
-        let per_port = (attempts / aimed as f64).min(cfg.sweep_sockets as f64) as u64;
+        let per_port = tcp::counter_sweep_per_port(attempts, aimed, cfg.sweep_sockets) as u64;
         status.say(format!(
             "sweep at a port counter over TCP: the random side aims {per_port} fresh-port connections at each of the counter's next {aimed} ports, the counter side keeps {} probes of random ports open; expected success probability {:.1}%",
             tcp::counter_flows(cfg.window),

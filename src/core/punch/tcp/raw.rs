@@ -120,8 +120,6 @@ struct Done {
     /// Our socket on this answered 4-tuple sent data before the peer confirmed
     /// ([`RawPunch::sending_early`]): our SYN is repeated instead of the SYN-ACK.
     early: bool,
-    /// Such a SYN went out: the peer's socket, if any, dates from it, after our data.
-    resynced: bool,
 }
 
 /// The engine. See the module documentation for the order of calls.
@@ -330,16 +328,18 @@ impl RawPunch {
     /// SYN-ACKs the peer has not shown it received, again (see the module documentation).
     /// Outside the rate: one per answered 4-tuple and round trip at most.
     fn repeat_synacks(&mut self, now: Instant) {
-        let due: Vec<(SocketAddrV4, u32, u32, TcpOptions)> = self
+        let due: Vec<(SocketAddrV4, u32, u32, TcpOptions, bool)> = self
             .done
             .iter()
             .filter_map(|(to, d)| match (d.answered, d.unconfirmed) {
-                (Some(isn), Some((sent, next))) if next <= now => Some((*to, isn, sent, d.options)),
+                (Some(isn), Some((sent, next))) if next <= now => {
+                    Some((*to, isn, sent, d.options, d.early))
+                }
                 _ => None,
             })
             .collect();
-        for (to, isn, sent, options) in due {
-            if self.done.get(&to).is_some_and(|d| d.early) {
+        for (to, isn, sent, options, early) in due {
+            if early {
                 self.syn_again(to, options);
             } else {
                 self.synack(to, isn, options);
@@ -373,9 +373,6 @@ impl RawPunch {
             },
         });
         self.syns += 1;
-        if let Some(d) = self.done.get_mut(&to) {
-            d.resynced = true;
-        }
     }
 
     /// The socket of the answered 4-tuple `remote` sends before the peer confirmed it has our
@@ -416,16 +413,18 @@ impl RawPunch {
             return;
         };
         let acks_ours = ack.wrapping_sub(self.isn.wrapping_add(1)) < 1 << 30;
-        if d.unconfirmed.is_some()
-            && acks_ours
-            && matches!(segment, Segment::Other | Segment::SynAck)
-        {
+        let Some((sent, _)) = d.unconfirmed else {
+            return;
+        };
+        if acks_ours && matches!(segment, Segment::Other | Segment::SynAck) {
             d.unconfirmed = None;
             self.confirmed.push_back(src);
             // A SYN-ACK to our first SYN: the peer made its socket when that SYN came, before
-            // our data. Otherwise its socket came with our SYN-ACK or our later SYN, possibly
-            // after the data, which it then never had.
-            if d.early && (segment != Segment::SynAck || d.resynced) {
+            // our data. Otherwise its socket came with our SYN-ACK or a SYN of ours sent again
+            // (an early 4-tuple's repeats, `sent` past the first answer), possibly after the
+            // data, which it then never had.
+            let resynced = sent > 1;
+            if d.early && (segment != Segment::SynAck || resynced) {
                 self.data_again.push_back(src);
             }
         }
@@ -626,7 +625,6 @@ impl RawPunch {
                 unconfirmed: None,
                 third: None,
                 early: false,
-                resynced: false,
             },
         );
         self.established.push_back(Established {

@@ -16,10 +16,10 @@
 //!   ports of the other, meeting when two are each other's reverse.
 
 use super::{Plan, PROBE_LINGER};
-use crate::core::punch::random_ports;
 pub use crate::core::punch::{
-    counter_flows, counter_sweep_success_probability, TWO_SIDED_HOPELESS,
+    counter_flows, counter_sweep_per_port, counter_sweep_success_probability, TWO_SIDED_HOPELESS,
 };
+use crate::core::punch::{random_ports, span};
 use crate::core::rendezvous::NatInfo;
 use std::time::Duration;
 
@@ -74,17 +74,15 @@ pub fn two_sided_success_probability(
     theirs: [u16; 2],
     budget: Duration,
 ) -> f64 {
-    let space = |r: [u16; 2]| f64::from(r[1].saturating_sub(r[0])) + 1.0;
     let apart = 1.0 - (PROBE_LINGER.as_secs_f64() / budget.as_secs_f64().max(1e-3)).min(1.0);
     let overlap = 1.0 - apart * apart;
-    let mean = attempts * attempts / (space(mine) * space(theirs)) * overlap;
+    let mean = attempts * attempts / (span(mine) * span(theirs)) * overlap;
     1.0 - (-mean).exp()
 }
 
 /// The chance that a sweep connects: `mappings` random ports open on the spraying side,
 /// within its NAT's `ports`, and `probes` random ports of those tried by the probing side.
 pub fn sweep_success_probability(mappings: usize, probes: u64, ports: [u16; 2]) -> f64 {
-    let space = f64::from(ports[1].saturating_sub(ports[0])) + 1.0;
-    let miss = 1.0 - (mappings as f64 / space).min(1.0);
+    let miss = 1.0 - (mappings as f64 / span(ports)).min(1.0);
     1.0 - miss.powf(probes as f64)
 }
