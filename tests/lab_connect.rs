@@ -1016,12 +1016,14 @@ fn tcp_raw_syns_announce_the_mss_of_a_narrow_link() {
     );
 }
 
-/// #11: the TLS client (B, which joined second) sends its first flight right behind its
-/// SYN-ACK to the peer's SYN, not a round trip later when the peer's SYN-ACK shows ours
-/// arrived: in B's capture at 40 ms one way, B's first data to the peer leaves before any
-/// segment of the peer's that acknowledges B's SYN.
+/// #11: the TLS client (B, which joined second) sends its hello in its SYNs to the predicted
+/// port, and the peer (A) takes it: A's SYN-ACK acknowledges B's SYN and its data, so A's
+/// answer to the hello leaves with it. B also sends the hello right behind its SYN-ACK to
+/// A's SYN (A may not have taken it), not a round trip later when A's SYN-ACK shows ours
+/// arrived: in B's capture at 40 ms one way, that data leaves before any segment of A's
+/// that acknowledges B's SYN.
 #[test]
-fn tcp_raw_tls_client_speaks_with_its_answer_to_the_peers_syn() {
+fn tcp_raw_tls_client_speaks_in_its_syn_and_with_its_answer_to_the_peers_syn() {
     if common::lab::find_program("tshark").is_none() {
         eprintln!("skipped: tshark not installed");
         return;
@@ -1059,14 +1061,84 @@ fn tcp_raw_tls_client_speaks_with_its_answer_to_the_peers_syn() {
             .next()
             .and_then(|l| l.trim().parse().ok())
     };
+    let fields = |filter: &str, f: &[&str]| -> Vec<u64> {
+        let mut c = Command::new("tshark");
+        c.arg("-r").arg(&cap).args(["-Y", filter, "-T", "fields"]);
+        for f in f {
+            c.args(["-e", f]);
+        }
+        let o = c.output().expect("run tshark");
+        assert!(o.status.success(), "tshark {filter}: {o:?}");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .map(|l| {
+                l.split('\t')
+                    .filter_map(|v| v.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        p.b.stderr.contains("carry our TLS ClientHello"),
+        "B did not put its hello in its SYNs:\n{}",
+        p.b.stderr
+    );
     // The peer is A's NAT; the server's two addresses carry other connections.
-    let data = frame("ip.src==10.0.2.2 && ip.dst==203.0.113.10 && tcp.len>0")
+    let syn = fields(
+        "ip.src==10.0.2.2 && ip.dst==203.0.113.10 && tcp.flags.syn==1 && tcp.flags.ack==0",
+        &["tcp.seq_raw", "tcp.len"],
+    );
+    let synack = fields(
+        "ip.src==203.0.113.10 && ip.dst==10.0.2.2 && tcp.flags.syn==1 && tcp.flags.ack==1",
+        &["tcp.ack_raw"],
+    );
+    let [isn, len] = syn[..] else {
+        panic!("no SYN of B's to the peer in its capture: {syn:?}");
+    };
+    assert!(len > 0, "B's SYN carried no data:\n{}", p.b.stderr);
+    assert_eq!(
+        synack.first().copied(),
+        Some((isn + 1 + len) % (1 << 32)),
+        "A's SYN-ACK does not acknowledge B's SYN and its {len} bytes"
+    );
+    let data = frame("ip.src==10.0.2.2 && ip.dst==203.0.113.10 && tcp.len>0 && tcp.flags.syn==0")
         .expect("B's first data to the peer in its capture");
     let confirmation = frame("ip.src==203.0.113.10 && ip.dst==10.0.2.2 && tcp.flags.ack==1")
         .expect("the peer's SYN-ACK or ACK in B's capture");
     assert!(
         data < confirmation,
         "B's first data (frame {data}) waited for the peer's confirmation (frame {confirmation}):\n{}",
+        p.b.stderr
+    );
+}
+
+/// A peer on kernel sockets ignores the hello in B's SYN (Linux drops the data of a SYN in a
+/// simultaneous open): its SYN-ACK acknowledges the SYN alone, and B's socket sends the hello
+/// again as ordinary data. At 40 ms one way, where the SYNs cross.
+#[test]
+fn tcp_raw_hello_in_the_syn_is_sent_again_to_a_peer_that_ignores_it() {
+    let Some(lab) = lab_at(40, "port-restricted-cone", "port-restricted-cone") else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let p = pair_sides(
+        &lab,
+        0,
+        "right",
+        MIB,
+        [
+            &["--tcp"],
+            &["--syn-engine", "kernel"],
+            &["--syn-engine", "raw"],
+        ],
+        &|| std::thread::sleep(Duration::from_millis(300)),
+    );
+    check_connected_over(&p, "tcp", "direct", "kernel A, raw B at 40 ms");
+    assert!(p.data_ok, "data differs");
+    assert!(
+        p.b.stderr.contains("carry our TLS ClientHello"),
+        "B did not put its hello in its SYNs:\n{}",
         p.b.stderr
     );
 }

@@ -148,6 +148,7 @@ fn run_side(side: Side, start: Arc<Barrier>) -> Result<Outcome, String> {
         flags: Flags::Syn,
         window: OUR_WINDOW,
         options: ours,
+        data: false,
     };
     start.wait();
     let started = Instant::now();
@@ -206,6 +207,8 @@ fn run_side(side: Side, start: Arc<Barrier>) -> Result<Outcome, String> {
                 our_window: OUR_WINDOW,
                 // Both sides answer at once here; the window probe is the test's final ACK.
                 awaiting_peer: false,
+                received: Vec::new(),
+                first_flight: None,
             };
             match segment {
                 Segment::Syn if side.answer == Answer::Prompt => {
@@ -579,6 +582,8 @@ fn a_socket_awaiting_the_peer_sends_nothing_until_written_to() {
                 peer_window: 64240,
                 our_window: OUR_WINDOW,
                 awaiting_peer,
+                received: Vec::new(),
+                first_flight: None,
             };
             let mut s = tcp_repair::established(&e).map_err(|e| format!("TCP_REPAIR: {e}"))?;
             let sent = |wait: Duration| -> Result<Vec<(Segment, u32)>, String> {

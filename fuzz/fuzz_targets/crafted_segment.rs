@@ -1,8 +1,9 @@
 //! Builds arbitrary crafted TCP segments (`wire::craft::Crafted`, what the raw SYN engine
 //! sends) and reads them back with `wire::Seen::parse`, the reader of the AF_PACKET watcher.
 //!
-//! Checks: no panic; every field and option reads back as it was written; the IPv4 length
-//! field matches the packet.
+//! Checks: no panic; every field and option reads back as it was written, the payload (what
+//! input is left, as a SYN carries the TLS client's hello) too; the IPv4 length field
+//! matches the packet.
 
 #![no_main]
 
@@ -20,7 +21,8 @@ fn take<const N: usize>(data: &mut &[u8]) -> [u8; N] {
     out
 }
 
-fn crafted(mut d: &[u8]) -> Crafted {
+/// The segment, and the input left over for its payload (at most an Ethernet MSS).
+fn crafted(mut d: &[u8]) -> (Crafted, &[u8]) {
     let d = &mut d;
     let src = SocketAddrV4::new(Ipv4Addr::from(take::<4>(d)), u16::from_be_bytes(take(d)));
     let dst = SocketAddrV4::new(Ipv4Addr::from(take::<4>(d)), u16::from_be_bytes(take(d)));
@@ -44,7 +46,7 @@ fn crafted(mut d: &[u8]) -> Crafted {
         sack_permitted: which & 16 != 0,
         timestamps: (which & 32 != 0).then_some((tsval, tsecr)),
     };
-    Crafted {
+    let c = Crafted {
         src,
         dst,
         ttl,
@@ -53,12 +55,15 @@ fn crafted(mut d: &[u8]) -> Crafted {
         flags,
         window,
         options,
-    }
+        data: !d.is_empty(),
+    };
+    (c, &d[..d.len().min(1460)])
 }
 
 fuzz_target!(|data: &[u8]| {
-    let c = crafted(data);
-    let bytes = c.to_bytes();
+    let (c, payload) = crafted(data);
+    let bytes = c.to_bytes_with(payload);
+    assert_eq!(punchraw::core::wire::tcp_payload(&bytes), Some(payload));
     assert_eq!(
         usize::from(u16::from_be_bytes([bytes[2], bytes[3]])),
         bytes.len()

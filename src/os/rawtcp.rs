@@ -46,7 +46,12 @@ impl RawTcpSender {
 
     /// Sends `segment` (its bytes from [`Crafted::to_bytes`]).
     pub fn send(&self, segment: &Crafted) -> io::Result<()> {
-        self.send_bytes(&segment.to_bytes(), segment.dst)
+        self.send_with(segment, &[])
+    }
+
+    /// Sends `segment` with `payload` after its header ([`Crafted::to_bytes_with`]).
+    pub fn send_with(&self, segment: &Crafted, payload: &[u8]) -> io::Result<()> {
+        self.send_bytes(&segment.to_bytes_with(payload), segment.dst)
     }
 
     /// Sends an IPv4 packet that starts with its header, routed to `dst`'s address (the port

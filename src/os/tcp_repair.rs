@@ -196,10 +196,13 @@ pub fn established_pausing(e: &Established, pause: impl FnOnce()) -> io::Result<
         &TCP_RECV_QUEUE,
         "select the receive queue",
     )?;
+    // The receive queue starts where the data the peer's SYN carried begins; writing that
+    // data into it below moves rcv_nxt past it.
+    let received = u32::try_from(e.received.len()).unwrap_or(0);
     set(
         fd,
         libc::TCP_QUEUE_SEQ,
-        &e.rcv_nxt,
+        &e.rcv_nxt.wrapping_sub(received),
         "set the receive sequence",
     )?;
     // Before connect(): from then on the kernel may answer a peer's segment although the
@@ -242,6 +245,26 @@ pub fn established_pausing(e: &Established, pause: impl FnOnce()) -> io::Result<
         "set the negotiated options",
     )?;
     pause();
+    // Still TCP_RECV_QUEUE: in repair mode a write appends to the receive queue
+    // (tcp_send_rcvq), which the application then reads as if it had arrived.
+    let mut queued = 0;
+    while queued < e.received.len() {
+        match socket.send(&e.received[queued..]) {
+            Ok(0) => {
+                return Err(io::Error::other(
+                    "the receive queue took none of the SYN's data",
+                ))
+            }
+            Ok(n) => queued += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("cannot queue the data of the peer's SYN: {err}"),
+                ))
+            }
+        }
+    }
     let window = RepairWindow {
         // The peer's SYN (sequence rcv_nxt - 1) last updated the send window.
         snd_wl1: e.rcv_nxt.wrapping_sub(1),
@@ -276,6 +299,8 @@ mod tests {
             peer_window: 1000,
             our_window: 2000,
             awaiting_peer: false,
+            received: Vec::new(),
+            first_flight: None,
         }
     }
 
@@ -321,6 +346,66 @@ mod tests {
         assert_eq!(ms_clock(76), 76);
         assert_eq!(ms_clock(77), 78);
         assert_eq!(ms_clock(u32::MAX), 0);
+    }
+
+    /// The data of the peer's SYN is what the application reads first. In a network
+    /// namespace of its own (a thread's), so that nothing the socket might send leaves it;
+    /// skipped without the privileges.
+    #[test]
+    fn the_data_of_the_peers_syn_is_read_first() {
+        let t = std::thread::spawn(|| -> Option<(Vec<u8>, u32)> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .ok()?;
+            assert!(up.success(), "ip link set lo up");
+            let mut e = est(TcpOptions::default(), TcpOptions::default());
+            e.local = "127.0.0.1:40001".parse().expect("addr");
+            e.remote = "127.0.0.1:40002".parse().expect("addr");
+            e.received = b"client hello".to_vec();
+            e.rcv_nxt = 2000 + 12;
+            e.awaiting_peer = true;
+            let mut s = match established(&e) {
+                Ok(s) => s,
+                Err(err) if err.kind() == io::ErrorKind::PermissionDenied => return None,
+                Err(err) => panic!("{err}"),
+            };
+            let mut got = vec![0u8; 64];
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .expect("timeout");
+            let n = std::io::Read::read(&mut s, &mut got).expect("read the queued data");
+            got.truncate(n);
+            // TCP_QUEUE_SEQ reads the receive queue's next sequence back in repair mode.
+            set(s.as_raw_fd(), libc::TCP_REPAIR, &TCP_REPAIR_ON, "repair").expect("repair");
+            set(
+                s.as_raw_fd(),
+                libc::TCP_REPAIR_QUEUE,
+                &TCP_RECV_QUEUE,
+                "queue",
+            )
+            .expect("queue");
+            let mut seq: u32 = 0;
+            let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+            // SAFETY: `seq` is a u32 the kernel writes at most `len` bytes of, and `len`
+            // says so.
+            let r = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUEUE_SEQ,
+                    (&mut seq as *mut u32).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            // Closed in repair mode: the socket goes without a FIN or RST.
+            Some((got, seq))
+        });
+        if let Some((got, rcv_nxt)) = t.join().expect("the test thread") {
+            assert_eq!(got, b"client hello");
+            assert_eq!(rcv_nxt, 2012);
+        }
     }
 
     #[test]

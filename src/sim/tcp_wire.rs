@@ -351,6 +351,7 @@ fn ack(e: &Established, seq: u32) -> Crafted {
         flags: Flags::Ack,
         window: e.our_window,
         options: TcpOptions::default(),
+        data: false,
     }
 }
 
@@ -452,6 +453,7 @@ impl KernelHost {
             ack: if flags == Flags::Syn { 0 } else { s.rcv_nxt },
             flags,
             window: 64240,
+            data: false,
             options: TcpOptions::default(),
         });
     }
@@ -581,6 +583,8 @@ impl WireHost for KernelHost {
                         peer_window: 64240,
                         our_window: 64240,
                         awaiting_peer: false,
+                        received: Vec::new(),
+                        first_flight: None,
                     },
                     acked,
                 )),
@@ -696,8 +700,8 @@ impl WireWorld {
                         .map(|(e, _)| e)
                 })
                 .collect();
-            if let (Some(x), Some(y)) = (done[0], done[1]) {
-                return Some([x, y]);
+            if let [Some(x), Some(y)] = done.as_slice() {
+                return Some([x.clone(), y.clone()]);
             }
             // Segments sent without latency are delivered at once, in the next turn.
             let next = hosts

@@ -51,6 +51,24 @@ pub const ACCEPT: u8 = 0xa1;
 #[derive(Default)]
 pub struct Commitment(tokio::sync::Mutex<bool>);
 
+/// A TLS client session made before its connection exists, its ClientHello already taken
+/// out ([`TlsSide::prepare_client`]): the raw TCP punch sends that hello in its SYNs, and the
+/// session continues on whichever socket carries them ([`TlsSide::handshake_prepared`]).
+pub struct PreparedClient {
+    conn: rustls::ClientConnection,
+    verifier: Arc<PinVerifier>,
+    /// The ClientHello as it goes on the wire (TLS records).
+    pub hello: Vec<u8>,
+}
+
+impl std::fmt::Debug for PreparedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedClient")
+            .field("hello", &self.hello.len())
+            .finish()
+    }
+}
+
 /// Our side of the TLS setup: who we are, whom we accept, and which role we play.
 pub struct TlsSide {
     role: Role,
@@ -77,6 +95,41 @@ impl TlsSide {
         self.role
     }
 
+    /// A client session whose ClientHello is taken out now, for a connection that does not
+    /// exist yet (the client only: the server speaks second).
+    pub fn prepare_client(&self) -> Result<PreparedClient, StreamError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinVerifier::new(self.peer_fingerprint, provider.clone()));
+        let setup = |e: String| StreamError::Setup(format!("TLS: {e}"));
+        let tls = pin::client_tls(&self.me, verifier.clone(), provider, ALPN)
+            .map_err(|e| setup(e.to_string()))?;
+        let name = ServerName::try_from(SERVER_NAME).map_err(|e| setup(e.to_string()))?;
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| setup(e.to_string()))?;
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello)
+                .map_err(|e| setup(e.to_string()))?;
+        }
+        Ok(PreparedClient {
+            conn,
+            verifier,
+            hello,
+        })
+    }
+
+    /// [`TlsSide::handshake`] continuing `prepared` (a client's, see
+    /// [`TlsSide::prepare_client`]) on `tcp`, which has sent or will have sent its hello
+    /// before anything else; without it, a fresh session.
+    pub async fn handshake_prepared(
+        &self,
+        tcp: TcpStream,
+        commit: Option<&Commitment>,
+        prepared: Option<PreparedClient>,
+    ) -> Result<TlsStream<TcpStream>, StreamError> {
+        self.handshake_with(tcp, commit, prepared).await
+    }
+
     /// The TLS handshake on `tcp`, within the timeout; the client then sends [`COMMIT`]
     /// (holding `commit`, when given, which serialises commitments across connections, and
     /// once one was made refuses every later one: two punches at once, one per address
@@ -89,6 +142,15 @@ impl TlsSide {
         tcp: TcpStream,
         commit: Option<&Commitment>,
     ) -> Result<TlsStream<TcpStream>, StreamError> {
+        self.handshake_with(tcp, commit, None).await
+    }
+
+    async fn handshake_with(
+        &self,
+        tcp: TcpStream,
+        commit: Option<&Commitment>,
+        prepared: Option<PreparedClient>,
+    ) -> Result<TlsStream<TcpStream>, StreamError> {
         let peer = tcp.peer_addr().map_err(|e| StreamError::ConnectionLost {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             reason: e.to_string(),
@@ -96,7 +158,13 @@ impl TlsSide {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // A verifier per connection, so a stranger's mismatch is never reported as the
         // peer's.
-        let verifier = Arc::new(PinVerifier::new(self.peer_fingerprint, provider.clone()));
+        let (verifier, prepared) = match prepared {
+            Some(p) => (p.verifier, Some(p.conn)),
+            None => (
+                Arc::new(PinVerifier::new(self.peer_fingerprint, provider.clone())),
+                None,
+            ),
+        };
         let timed_out = || StreamError::HandshakeTimeout {
             proto: "TLS",
             peer,
@@ -109,7 +177,13 @@ impl TlsSide {
                     .map_err(|e| StreamError::Setup(format!("TLS: {e}")))?;
                 let name = ServerName::try_from(SERVER_NAME)
                     .map_err(|e| StreamError::Setup(format!("TLS: {e}")))?;
-                let connecting = TlsConnector::from(Arc::new(tls)).connect(name, tcp);
+                // A prepared session replaces the one the connector makes: its hello is on
+                // the wire already, so the connector goes straight to reading the answer.
+                let connecting = TlsConnector::from(Arc::new(tls)).connect_with(name, tcp, |c| {
+                    if let Some(p) = prepared {
+                        *c = p;
+                    }
+                });
                 let mut s = tokio::time::timeout(self.timeout, connecting)
                     .await
                     .map_err(|_| timed_out())?

@@ -26,7 +26,8 @@ pub enum Flags {
     Rst,
 }
 
-/// One segment to send, without payload.
+/// One segment to send: a header, and as payload at most the first flight its sender keeps
+/// (see `data`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crafted {
     /// Our address and punch port; the IP source of the packet.
@@ -47,11 +48,15 @@ pub struct Crafted {
     pub window: u16,
     /// The TCP options to carry, written in Linux's order by [`option_bytes`].
     pub options: TcpOptions,
+    /// A SYN that carries the sender's first flight after its header (RFC 9293 section
+    /// 3.5 lets a SYN carry data; the receiver holds it until the handshake is done): the
+    /// bytes are the sender's to give, to [`Crafted::to_bytes_with`].
+    pub data: bool,
 }
 
 /// A handshake both sides finished on one 4-tuple: the state of the kernel socket that
 /// continues it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Established {
     /// Our end of the connection: the local address and punch port.
     pub local: SocketAddrV4,
@@ -59,8 +64,15 @@ pub struct Established {
     pub remote: SocketAddrV4,
     /// Our next sequence number (our ISN + 1).
     pub snd_nxt: u32,
-    /// The peer's next sequence number (its ISN + 1).
+    /// The peer's next sequence number: its ISN + 1, past the data its SYN carried.
     pub rcv_nxt: u32,
+    /// The data the peer's SYN carried, taken (our SYN-ACK acknowledged it): the socket's
+    /// receive queue starts with it, ending at `rcv_nxt`.
+    pub received: Vec<u8>,
+    /// Whether our SYNs on this 4-tuple carried our first flight, and if so whether the
+    /// peer's SYN-ACK acknowledged it (`snd_nxt` then lies past it). `Some(false)`: the
+    /// socket starts before it and must send it first.
+    pub first_flight: Option<bool>,
     /// What we sent in our SYN (or SYN-ACK) and what the peer sent in its own: the
     /// negotiated set is what both carried (RFC 7323 section 2.2, RFC 2018 section 2).
     pub ours: TcpOptions,
@@ -85,14 +97,21 @@ const TCP_HEADER: usize = 20;
 const IPPROTO_TCP: u8 = 6;
 
 impl Crafted {
-    /// The IPv4 packet, checksums filled in, ready for a raw socket with IP_HDRINCL.
+    /// The IPv4 packet without payload, checksums filled in, ready for a raw socket with
+    /// IP_HDRINCL ([`Crafted::to_bytes_with`] with none).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_bytes_with(&[])
+    }
+
+    /// The IPv4 packet with `payload` after the TCP header, checksums filled in, ready for a
+    /// raw socket with IP_HDRINCL.
     ///
     /// Don't Fragment is set, as Linux sets it on every TCP segment (path MTU discovery,
     /// RFC 1191). The identification field of such an atomic datagram means nothing to the
     /// receiver (RFC 6864 section 4.1); it is derived from the segment, so the packets of a
     /// sweep differ and a retransmitted one is byte-identical. The raw socket sends it
     /// unchanged except that Linux rewrites a zero id (see [`Crafted::ip_id`]).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub fn to_bytes_with(&self, payload: &[u8]) -> Vec<u8> {
         use pnet_packet::ip::IpNextHeaderProtocol;
         use pnet_packet::ipv4::{self, Ipv4Flags, MutableIpv4Packet};
         use pnet_packet::tcp::{self, MutableTcpPacket, TcpFlags};
@@ -100,7 +119,7 @@ impl Crafted {
 
         let options = option_bytes(&self.options);
         let tcp_len = TCP_HEADER + options.len();
-        let total = IPV4_HEADER + tcp_len;
+        let total = IPV4_HEADER + tcp_len + payload.len();
         let mut buf = vec![0u8; total];
         {
             let mut t = MutableTcpPacket::new(&mut buf[IPV4_HEADER..])
@@ -120,7 +139,8 @@ impl Crafted {
             t.set_data_offset((tcp_len / 4) as u8);
             t.set_window(self.window);
             t.set_urgent_ptr(0);
-            t.packet_mut()[TCP_HEADER..].copy_from_slice(&options);
+            t.packet_mut()[TCP_HEADER..tcp_len].copy_from_slice(&options);
+            t.packet_mut()[tcp_len..].copy_from_slice(payload);
             let sum = tcp::ipv4_checksum(&t.to_immutable(), self.src.ip(), self.dst.ip());
             t.set_checksum(sum);
         }

@@ -172,8 +172,13 @@ impl Seen {
 /// The payload length of the TCP segment in `packet` (from its first IP header byte);
 /// `None` when it is no TCP segment.
 pub fn tcp_payload_len(packet: &[u8]) -> Option<usize> {
+    tcp_payload(packet).map(<[u8]>::len)
+}
+
+/// The data of the TCP segment in `packet` (an IP packet); `None` for anything else.
+pub fn tcp_payload(packet: &[u8]) -> Option<&[u8]> {
     match SlicedPacket::from_ip(packet).ok()?.transport? {
-        TransportSlice::Tcp(t) => Some(t.payload().len()),
+        TransportSlice::Tcp(t) => Some(t.payload()),
         _ => None,
     }
 }

@@ -334,7 +334,7 @@ pub fn punch(
     let engine = setup
         .raw
         .as_ref()
-        .and_then(|s| Some((s, raw::engine(setup)?)));
+        .and_then(|s| Some((s, raw::engine(setup, on_status)?)));
     if setup.raw.is_some() && engine.is_none() {
         on_status("the raw SYN engine leaves the spraying side of a sweep to kernel sockets (a fresh port per attempt); punching with them".into());
     }
@@ -348,9 +348,10 @@ pub fn punch(
     let mut say_also = |line: String| (*status.borrow_mut())(format!("{lane}: {line}"));
     let result = runtime.block_on(async {
         let first: Lane<'_> = match engine {
-            Some((sender, engine)) => Box::pin(raw::run(
+            Some((sender, (engine, hello))) => Box::pin(raw::run(
                 setup,
                 engine,
+                hello,
                 sender,
                 &mut pkt_rx,
                 &capture,
@@ -719,6 +720,17 @@ impl<'a> PunchLoop<'a> {
     }
 
     fn spawn_tls(&mut self, stream: TcpStream, attempt: Option<u64>) {
+        self.spawn_tls_prepared(stream, attempt, None);
+    }
+
+    /// [`PunchLoop::spawn_tls`], the TLS client continuing `prepared` when given (its hello
+    /// went in our SYNs).
+    fn spawn_tls_prepared(
+        &mut self,
+        stream: TcpStream,
+        attempt: Option<u64>,
+        prepared: Option<crate::transport::tls::PreparedClient>,
+    ) {
         let _ = stream.set_nodelay(true);
         let tx = self.tx.clone();
         let turn = self.setup.commitment.clone();
@@ -726,7 +738,7 @@ impl<'a> PunchLoop<'a> {
         self.handshakes += 1;
         let up_at = Instant::now();
         self.others.push(tokio::spawn(async move {
-            let r = side.handshake(stream, Some(&turn)).await;
+            let r = side.handshake_prepared(stream, Some(&turn), prepared).await;
             let _ = tx.send(Ev::Tls(attempt, up_at, Box::new(r)));
         }));
     }

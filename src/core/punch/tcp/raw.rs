@@ -49,6 +49,20 @@
 //! says so ([`RawPunch::sending_early`]), and the engine then repeats our SYN on that
 //! 4-tuple instead, which the tracking in ESTABLISHED lets through and the peer's SYN-ACK to
 //! it brings back in step.
+//!
+//! The TLS client's hello goes sooner still: in the SYNs themselves ([`RawConfig::syn_data`];
+//! RFC 9293 section 3.5 lets a SYN carry data, held by the receiver until the handshake is
+//! done). Only full-TTL SYNs to the predicted port carry it: a primed one dies on the way, and
+//! on the other ports of a sweep one hello would open several connections. A peer engine
+//! takes the data of a SYN ([`RawPunch::handle_seen_with`]), acknowledges it in its SYN-ACK and
+//! hands it to its socket's receive queue ([`Established::received`]); its TLS server then
+//! answers at once (it speaks early like the client above), and the client has the server's
+//! flight one round trip to the peer after its SYN instead of two. A peer that ignores the
+//! data (Linux drops a SYN's data in a simultaneous open, net/ipv4/tcp_input.c) acknowledges
+//! the SYN alone; our socket then starts before the hello ([`Established::first_flight`])
+//! and sends it as data, as it does when we answered the peer's SYN before knowing. Every SYN
+//! on that 4-tuple carries the same bytes, so the NATs' tracking keeps one sequence space:
+//! conntrack counts a SYN's data in the sender's window, and a repeated SYN never lowers it.
 
 #[cfg(doc)]
 use super::Plan;
@@ -91,6 +105,10 @@ pub struct RawConfig {
     pub first_copies: u8,
     /// The window our SYN and SYN-ACK advertise (never scaled in a SYN, RFC 7323 section 2.2).
     pub window: u16,
+    /// Our first flight (the TLS client's ClientHello), carried by every full-TTL SYN to the
+    /// predicted port: a peer that takes it answers with its SYN-ACK, a round trip sooner
+    /// than after a handshake. Empty: SYNs carry nothing. See the module documentation.
+    pub syn_data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +118,8 @@ struct Attempt {
     sent: u32,
     /// When to send the next.
     next: Instant,
+    /// Its SYNs carry [`RawConfig::syn_data`].
+    data: bool,
 }
 
 /// How a 4-tuple's handshake finished, for repeating our SYN-ACK.
@@ -107,6 +127,10 @@ struct Attempt {
 struct Done {
     /// The peer's ISN, when we answered its SYN (a repeated SYN gets the same SYN-ACK again).
     answered: Option<u32>,
+    /// Bytes of data from the peer's SYN that our SYN-ACK acknowledged.
+    taken: u32,
+    /// Our SYNs on this 4-tuple carried [`RawConfig::syn_data`].
+    carried: bool,
     /// Our SYN-ACK's options. A repeat carries them unchanged, its TSval too: the socket's clock
     /// continues from that TSval, and a later one would run ahead of it (RFC 7323 section 5).
     options: TcpOptions,
@@ -273,6 +297,8 @@ impl RawPunch {
             Some(t) if a.sent == 0 => t,
             _ => self.cfg.ttl,
         };
+        // A priming SYN dies on the way: its data would reach nobody.
+        let data = a.data && ttl == self.cfg.ttl;
         let syn = Crafted {
             src: self.local,
             dst: a.to,
@@ -282,6 +308,7 @@ impl RawPunch {
             flags: Flags::Syn,
             window: self.cfg.window,
             options: self.syn_options(now),
+            data,
         };
         // Identical copies: one 4-tuple, one sequence number, one tracking entry.
         let copies = if a.sent == 0 {
@@ -328,21 +355,19 @@ impl RawPunch {
     /// SYN-ACKs the peer has not shown it received, again (see the module documentation).
     /// Outside the rate: one per answered 4-tuple and round trip at most.
     fn repeat_synacks(&mut self, now: Instant) {
-        let due: Vec<(SocketAddrV4, u32, u32, TcpOptions, bool)> = self
+        let due: Vec<(SocketAddrV4, Done, u32)> = self
             .done
             .iter()
             .filter_map(|(to, d)| match (d.answered, d.unconfirmed) {
-                (Some(isn), Some((sent, next))) if next <= now => {
-                    Some((*to, isn, sent, d.options, d.early))
-                }
+                (Some(_), Some((sent, next))) if next <= now => Some((*to, *d, sent)),
                 _ => None,
             })
             .collect();
-        for (to, isn, sent, options, early) in due {
-            if early {
-                self.syn_again(to, options);
-            } else {
-                self.synack(to, isn, options);
+        for (to, d, sent) in due {
+            match d.answered {
+                Some(_) if d.early => self.syn_again(to, d.options),
+                Some(isn) => self.synack(to, isn, d.taken, d.options),
+                None => {}
             }
             let next = now + self.backoff(sent + 1);
             if let Some(d) = self.done.get_mut(&to) {
@@ -371,6 +396,7 @@ impl RawPunch {
                 timestamps: options.timestamps.map(|(v, _)| (v, 0)),
                 ..options
             },
+            data: false,
         });
         self.syns += 1;
     }
@@ -441,12 +467,15 @@ impl RawPunch {
                     if let Some(old) = self.by_target.insert(to, id) {
                         self.attempts.remove(&old);
                     }
+                    let data =
+                        !self.cfg.syn_data.is_empty() && to.port() == self.cfg.punch.peer_port;
                     self.attempts.insert(
                         id,
                         Attempt {
                             to,
                             sent: 0,
                             next: now,
+                            data,
                         },
                     );
                     // First SYNs go out when the planner says: it paces them itself.
@@ -478,6 +507,13 @@ impl RawPunch {
     /// is ignored, as is what does not fit our handshake (a SYN-ACK or RST that does not
     /// acknowledge our ISN, RFC 9293 section 3.10.7.3).
     pub fn handle_seen(&mut self, now: Instant, seen: &Seen) {
+        self.handle_seen_with(now, seen, &[]);
+    }
+
+    /// [`RawPunch::handle_seen`] for a segment that carried `payload`: the data of a peer's
+    /// SYN is taken (our SYN-ACK acknowledges it, and [`Established::received`] hands it to
+    /// the socket), anything else's is the kernel socket's.
+    pub fn handle_seen_with(&mut self, now: Instant, seen: &Seen, payload: &[u8]) {
         match *seen {
             Seen::Tcp {
                 src: SocketAddr::V4(src),
@@ -495,8 +531,8 @@ impl RawPunch {
                 self.sample_rtt(now, &options);
                 self.confirm(src, segment, ack);
                 match segment {
-                    Segment::Syn => self.on_syn(now, src, seq, window, options),
-                    Segment::SynAck if ack == self.isn.wrapping_add(1) => {
+                    Segment::Syn => self.on_syn(now, src, seq, window, options, payload),
+                    Segment::SynAck if self.acks_syn(src, ack) => {
                         if let Some(d) = self.done.get(&src) {
                             if let Some(t) = d.third.filter(|t| t.ack == seq.wrapping_add(1)) {
                                 self.transmits.push_back(t);
@@ -517,7 +553,8 @@ impl RawPunch {
                             src: self.local,
                             dst: src,
                             ttl: self.cfg.ttl,
-                            seq: self.isn.wrapping_add(1),
+                            // Past our SYN's data when the peer took it.
+                            seq: ack,
                             ack: seq.wrapping_add(1),
                             flags: Flags::Ack,
                             // Scaled once both sides offered scaling (RFC 7323 section 2.2).
@@ -529,16 +566,22 @@ impl RawPunch {
                                 timestamps: ours.timestamps,
                                 ..TcpOptions::default()
                             },
+                            data: false,
                         };
                         self.transmits.push_back(third);
                         self.finish(src, seq, window, ours, options, None);
+                        // The peer's ACK tells whether it took the hello our SYN carried.
+                        let took = ack != self.isn.wrapping_add(1);
+                        if let Some(e) = self.established.back_mut() {
+                            e.snd_nxt = ack;
+                            e.first_flight = e.first_flight.map(|_| took);
+                        }
                         if let Some(d) = self.done.get_mut(&src) {
                             d.third = Some(third);
                         }
                     }
                     // Once the handshake finished, the kernel socket owns the 4-tuple.
-                    Segment::Rst
-                        if ack == self.isn.wrapping_add(1) && !self.done.contains_key(&src) =>
+                    Segment::Rst if self.acks_syn(src, ack) && !self.done.contains_key(&src) =>
                     {
                         self.fail(now, src, AttemptError::Refused)
                     }
@@ -565,6 +608,35 @@ impl RawPunch {
         }
     }
 
+    /// Whether `ack`, in a SYN-ACK or RST from `src`, acknowledges our SYN: its sequence
+    /// number alone, or with the data our SYNs to `src` carried (RFC 9293 section 3.10.7.3).
+    fn acks_syn(&self, src: SocketAddrV4, ack: u32) -> bool {
+        let after_syn = self.isn.wrapping_add(1);
+        ack == after_syn
+            || (self.carried(src) && ack == after_syn.wrapping_add(self.syn_data_len()))
+    }
+
+    /// Whether our SYNs to `src` carried [`RawConfig::syn_data`].
+    fn carried(&self, src: SocketAddrV4) -> bool {
+        match self.done.get(&src) {
+            Some(d) => d.carried,
+            None => self
+                .by_target
+                .get(&src)
+                .and_then(|id| self.attempts.get(id))
+                .is_some_and(|a| a.data),
+        }
+    }
+
+    fn syn_data_len(&self) -> u32 {
+        u32::try_from(self.cfg.syn_data.len()).unwrap_or(0)
+    }
+
+    /// What SYNs marked [`Crafted::data`] carry after their header.
+    pub fn syn_data(&self) -> &[u8] {
+        &self.cfg.syn_data
+    }
+
     fn on_syn(
         &mut self,
         now: Instant,
@@ -572,33 +644,43 @@ impl RawPunch {
         seq: u32,
         window: u16,
         theirs: TcpOptions,
+        payload: &[u8],
     ) {
         if let Some(d) = self.done.get(&src).copied() {
             // The peer repeated its SYN: our SYN-ACK may have been lost. Anything else on a
             // finished 4-tuple is the kernel socket's.
             if d.answered == Some(seq) {
-                self.synack(src, seq, d.options);
+                self.synack(src, seq, d.taken, d.options);
             }
             return;
         }
         let ours = self.synack_options(now, &theirs);
-        self.synack(src, seq, ours);
+        // Data in a SYN is the sender's first flight (ours carry the TLS ClientHello); taking
+        // it saves the peer sending it again after the handshake.
+        let taken = u32::try_from(payload.len()).unwrap_or(0);
+        self.synack(src, seq, taken, ours);
         self.finish(src, seq, window, ours, theirs, Some(seq));
         let next = now + self.backoff(1);
         if let Some(d) = self.done.get_mut(&src) {
             d.unconfirmed = Some((1, next));
+            d.taken = taken;
+        }
+        if let Some(e) = self.established.back_mut() {
+            e.rcv_nxt = e.rcv_nxt.wrapping_add(taken);
+            e.received = payload.to_vec();
         }
     }
 
-    fn synack(&mut self, to: SocketAddrV4, their_isn: u32, options: TcpOptions) {
+    fn synack(&mut self, to: SocketAddrV4, their_isn: u32, taken: u32, options: TcpOptions) {
         self.transmits.push_back(Crafted {
             src: self.local,
             dst: to,
             ttl: self.cfg.ttl,
             seq: self.isn,
-            ack: their_isn.wrapping_add(1),
+            ack: their_isn.wrapping_add(1).wrapping_add(taken),
             flags: Flags::SynAck,
             window: self.cfg.window,
+            data: false,
             options,
         });
         self.synacks += 1;
@@ -613,6 +695,8 @@ impl RawPunch {
         theirs: TcpOptions,
         answered: Option<u32>,
     ) {
+        // Whether the peer took our hello is known from its SYN-ACK only (the caller's).
+        let carried = self.carried(remote);
         // No more SYNs on this 4-tuple; the planner keeps the attempt as live (it succeeded).
         if let Some(id) = self.by_target.remove(&remote) {
             self.attempts.remove(&id);
@@ -621,6 +705,8 @@ impl RawPunch {
             remote,
             Done {
                 answered,
+                taken: 0,
+                carried,
                 options: ours,
                 unconfirmed: None,
                 third: None,
@@ -637,6 +723,8 @@ impl RawPunch {
             peer_window,
             our_window: self.cfg.window,
             awaiting_peer: answered.is_some(),
+            received: Vec::new(),
+            first_flight: carried.then_some(false),
         });
     }
 

@@ -19,6 +19,7 @@ fn syn() -> Crafted {
             sack_permitted: true,
             timestamps: Some((0xdead_beef, 0)),
         },
+        data: false,
     }
 }
 
@@ -181,6 +182,7 @@ fn arb_crafted() -> impl Strategy<Value = Crafted> {
                 flags,
                 window,
                 options,
+                data: false,
             },
         )
 }
@@ -190,4 +192,24 @@ proptest! {
     fn any_crafted_segment_reads_back_unchanged(c in arb_crafted()) {
         round_trip(&c);
     }
+}
+
+#[test]
+fn a_syn_carries_its_payload_after_the_options_under_both_checksums() {
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    let c = Crafted {
+        data: true,
+        ..syn()
+    };
+    let bytes = c.to_bytes_with(hello);
+    checksums_hold(&bytes);
+    let ip = Ipv4HeaderSlice::from_slice(&bytes).expect("IPv4 header");
+    assert_eq!(usize::from(ip.total_len()), bytes.len());
+    assert_eq!(crate::core::wire::tcp_payload(&bytes), Some(&hello[..]));
+    // The TCP header is the one without payload, but for its checksum (bytes 16 and 17).
+    let bare = c.to_bytes();
+    assert_eq!(bytes.len(), bare.len() + hello.len());
+    assert_eq!(bytes[20..36], bare[20..36]);
+    assert_eq!(bytes[38..bare.len()], bare[38..]);
+    assert_eq!(crate::core::wire::tcp_payload(&bare), Some(&[][..]));
 }

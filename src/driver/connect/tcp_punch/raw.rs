@@ -2,7 +2,9 @@
 //! ([`RawPunch`]) decides every SYN and SYN-ACK; this loop sends them on one raw socket
 //! ([`RawTcpSender`]), feeds it what the AF_PACKET watcher sees, and turns each finished
 //! handshake into a kernel socket with TCP_REPAIR ([`crate::os::tcp_repair`]), which then
-//! takes the same TLS and commitment path as the kernel engine's connections.
+//! takes the same TLS and commitment path as the kernel engine's connections. The TLS
+//! client's session is made before the punch so that its hello can ride in the SYNs to the
+//! predicted port; the socket on that 4-tuple continues it ([`PreparedClient`]).
 //!
 //! The punch port is held by a socket bound to it (SO_REUSEADDR/SO_REUSEPORT, not listening)
 //! so that no other program takes it. Nothing listens on it: a listening socket would answer
@@ -18,6 +20,7 @@ use crate::driver::tcp_stun;
 use crate::os::packet::Packet;
 use crate::os::rawtcp::RawTcpSender;
 use crate::os::signals::Shutdown;
+use crate::transport::tls::PreparedClient;
 use crate::transport::Role;
 use crate::Error;
 use std::collections::{HashMap, HashSet};
@@ -45,31 +48,68 @@ const WSCALE: u8 = 7;
 const TTL: u8 = 64;
 
 /// The engine for `setup`, when the raw engine takes this punch (IPv4, not the spraying side
-/// of a sweep, which stays with kernel sockets: see [`crate::core::punch::tcp::raw`]).
-pub(super) fn engine(setup: &PunchSetup) -> Option<RawPunch> {
+/// of a sweep, which stays with kernel sockets: see [`crate::core::punch::tcp::raw`]), and the
+/// TLS client's session whose ClientHello its SYNs to the predicted port carry.
+pub(super) fn engine(
+    setup: &PunchSetup,
+    on_status: &mut dyn FnMut(String),
+) -> Option<(RawPunch, Option<PreparedClient>)> {
     let IpAddr::V4(local_ip) = setup.local.ip() else {
         return None;
     };
     if setup.plan.fresh_ports() {
         return None;
     }
-    RawPunch::new(
+    let mss = mss_for(crate::os::udp::path_mtu(
+        IpAddr::V4(local_ip),
+        setup.peer_ip,
+    ));
+    let hello = hello_for_syns(setup, mss, on_status);
+    let engine = RawPunch::new(
         RawConfig {
             punch: setup.punch_config(),
             local_ip,
             rtt: setup.rtt,
             prime_ttl: setup.prime_ttl.map(|t| t.min(255) as u8),
             ttl: TTL,
-            mss: mss_for(crate::os::udp::path_mtu(
-                IpAddr::V4(local_ip),
-                setup.peer_ip,
-            )),
+            mss,
             wscale: WSCALE,
             window: WINDOW,
             first_copies: setup.first_syn_copies,
+            syn_data: hello.as_ref().map(|h| h.hello.clone()).unwrap_or_default(),
         },
         setup.start,
-    )
+    )?;
+    Some((engine, hello))
+}
+
+/// The TLS client's session for the SYNs to the predicted port to carry its hello (a round
+/// trip sooner than after the handshake: the peer's SYN-ACK brings the server's answer).
+/// `None` for the server, without a predicted port, or when the hello would not fit in one
+/// segment of `mss`.
+fn hello_for_syns(
+    setup: &PunchSetup,
+    mss: u16,
+    on_status: &mut dyn FnMut(String),
+) -> Option<PreparedClient> {
+    if setup.tls.role() != Role::Client || setup.peer_port == 0 {
+        return None;
+    }
+    let prepared = setup
+        .tls
+        .prepare_client()
+        .map_err(|e| tracing::debug!("no ClientHello for the SYNs: {e}"))
+        .ok()?;
+    // Options take up to 20 bytes of the segment's MSS.
+    if prepared.hello.len() + 20 > usize::from(mss) {
+        return None;
+    }
+    on_status(format!(
+        "our SYNs to the predicted port {} carry our TLS ClientHello ({} bytes)",
+        setup.peer_port,
+        prepared.hello.len()
+    ));
+    Some(prepared)
 }
 
 /// The MSS our SYNs announce: what the kernel's own SYN would (RFC 9293 section 3.7.1), the
@@ -93,9 +133,11 @@ pub fn open_sender() -> Result<RawTcpSender, Error> {
 }
 
 /// The raw punch loop; the kernel engine's [`PunchLoop`] carries the TLS handshakes.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     setup: &PunchSetup,
     mut engine: RawPunch,
+    hello: Option<PreparedClient>,
     sender: &RawTcpSender,
     packets: &mut mpsc::UnboundedReceiver<Packet>,
     capture: &super::CaptureCell<'_>,
@@ -123,7 +165,10 @@ pub(super) async fn run(
         setup.rtt.as_millis().max(25)
     ));
     let hard_stop = setup.start + setup.budget + super::TLS_TIMEOUT;
-    let mut answered = Answered::default();
+    let mut answered = Answered {
+        hello,
+        ..Answered::default()
+    };
     let sweeping = setup.plan.sweeping();
     let mut next_progress = setup.start + super::PROGRESS;
     let mut send_errors = 0u64;
@@ -201,7 +246,8 @@ pub(super) async fn run(
                     }
                 }
                 if let (false, Some(s)) = (p.outgoing, &p.seen) {
-                    engine.handle_seen(Instant::now(), s);
+                    let payload = wire::tcp_payload(&p.data).unwrap_or_default();
+                    engine.handle_seen_with(Instant::now(), s, payload);
                     if let Some(rtt) = engine.rtt_sample() {
                         first.sampled(rtt);
                     }
@@ -228,8 +274,12 @@ pub(super) async fn run(
 struct Answered {
     /// Silent until then (the TLS server's; see [`RawPunch`]'s documentation).
     waiting: HashMap<SocketAddrV4, TcpStream>,
-    /// Already speaking: the TLS client's, whose first flight left with our SYN-ACK.
+    /// Already speaking: the TLS client's, whose first flight left with our SYN-ACK, and the
+    /// server's that took the client's hello from its SYN.
     early: HashSet<SocketAddrV4>,
+    /// The TLS client's session whose hello our SYNs to the predicted port carried, until the
+    /// socket on that 4-tuple takes it.
+    hello: Option<PreparedClient>,
 }
 
 /// Sends the copies of first data that are due ([`FirstFlight`]), with their checksums
@@ -256,7 +306,8 @@ fn repeat_first_data(
 
 fn flush(engine: &mut RawPunch, sender: &RawTcpSender, errors: &mut u64) {
     while let Some(c) = engine.poll_transmit() {
-        if let Err(e) = sender.send(&c) {
+        let payload = if c.data { engine.syn_data() } else { &[] };
+        if let Err(e) = sender.send_with(&c, payload) {
             *errors += 1;
             tracing::debug!("crafted {:?} to {} not sent: {e}", c.flags, c.dst);
         }
@@ -290,8 +341,7 @@ fn establish(
     fn up(
         l: &mut PunchLoop<'_>,
         first: &mut FirstFlight,
-        s: TcpStream,
-        remote: SocketAddrV4,
+        (s, remote, prepared): (TcpStream, SocketAddrV4, Option<PreparedClient>),
         on_status: &mut dyn FnMut(String),
     ) {
         on_status(format!(
@@ -299,23 +349,32 @@ fn establish(
         ));
         first.watch(SocketAddr::V4(remote));
         l.came_up += 1;
-        l.spawn_tls(s, None);
+        l.spawn_tls_prepared(s, None, prepared);
     }
     let mut ready = Vec::new();
     while let Some(e) = engine.poll_established() {
         l.sockets += 1;
-        let stream = crate::os::tcp_repair::established(&e).and_then(|s| {
+        // Our SYNs on this 4-tuple carried the TLS client's hello: its session goes on here,
+        // and the socket sends the hello first unless the peer's SYN-ACK took it.
+        let prepared = e.first_flight.and_then(|_| answered.hello.take());
+        let stream = crate::os::tcp_repair::established(&e).and_then(|mut s| {
+            if let (Some(false), Some(p)) = (e.first_flight, &prepared) {
+                std::io::Write::write_all(&mut s, &p.hello)?;
+            }
             s.set_nonblocking(true)?;
             TcpStream::from_std(s)
         });
+        // The server that took the client's hello from its SYN answers at once too.
+        let speaks = l.setup.tls.role() == Role::Client || !e.received.is_empty();
         match stream {
             // The TLS client's first flight leaves with our answer to the peer's SYN, a round
-            // trip sooner than after the peer's confirmation; the server only listens. The
-            // engine says when the peer's confirmation calls for that flight again.
-            Ok(s) if e.awaiting_peer && l.setup.tls.role() == Role::Client => {
+            // trip sooner than after the peer's confirmation; the server only listens, unless
+            // it has the client's hello. The engine says when the peer's confirmation calls
+            // for that flight again.
+            Ok(s) if e.awaiting_peer && speaks => {
                 engine.sending_early(e.remote);
                 answered.early.insert(e.remote);
-                ready.push((s, e.remote));
+                ready.push((s, e.remote, prepared));
             }
             Ok(s) if e.awaiting_peer => {
                 tracing::debug!(
@@ -324,7 +383,7 @@ fn establish(
                 );
                 answered.waiting.insert(e.remote, s);
             }
-            Ok(s) => ready.push((s, e.remote)),
+            Ok(s) => ready.push((s, e.remote, prepared)),
             Err(err) => {
                 on_status(format!(
                     "the handshake with {} finished, but its socket could not be made (TCP_REPAIR needs CAP_NET_ADMIN): {err}",
@@ -335,13 +394,13 @@ fn establish(
         }
     }
     flush(engine, sender, send_errors);
-    for (s, remote) in ready {
-        up(l, first, s, remote, on_status);
+    for r in ready {
+        up(l, first, r, on_status);
     }
     while let Some(remote) = engine.poll_confirmed() {
         answered.early.remove(&remote);
         if let Some(s) = answered.waiting.remove(&remote) {
-            up(l, first, s, remote, on_status);
+            up(l, first, (s, remote, None), on_status);
         }
     }
     while let Some(remote) = engine.poll_data_again() {

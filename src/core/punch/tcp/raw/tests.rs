@@ -30,6 +30,7 @@ fn config(plan: Plan, peer_port: u16) -> RawConfig {
         wscale: 7,
         window: 64240,
         first_copies: 1,
+        syn_data: Vec::new(),
     }
 }
 
@@ -472,6 +473,7 @@ fn raw_host(
                 wscale: 7,
                 window: 64240,
                 first_copies,
+                syn_data: Vec::new(),
             },
             t0,
         )
@@ -481,7 +483,7 @@ fn raw_host(
 
 /// Both sides on one connection: each one's remote is the other's NAT mapping of it, and
 /// each one's next sequence number is what the other expects.
-fn assert_one_connection(world: &WireWorld, [a, b]: [Established; 2]) {
+fn assert_one_connection(world: &WireWorld, [a, b]: &[Established; 2]) {
     assert_eq!(*a.remote.ip(), WIRE_PUBLIC[1]);
     assert_eq!(*b.remote.ip(), WIRE_PUBLIC[0]);
     assert_eq!(
@@ -525,7 +527,7 @@ fn sim_raw_cones_meet_on_one_4_tuple_with_one_sequence_space() {
         );
         let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
         let r = r.unwrap_or_else(|| panic!("no connection at {latency} ms, priming {prime:?}"));
-        assert_one_connection(&w, r);
+        assert_one_connection(&w, &r);
         assert_eq!(r[0].local.port(), PORTS[0]);
         // Within a few round trips, not the kernel's 1 s repeat.
         let took = w.now - t0;
@@ -551,7 +553,7 @@ fn sim_raw_and_kernel_engines_meet() {
     let mut a = raw_host(ca, 0, 1, Duration::from_millis(80), None, t0);
     let mut b = KernelHost::new(cb, WIRE_HOSTS[1], None, t0 + Duration::from_millis(15));
     let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
-    assert_one_connection(&w, r.expect("raw and kernel connect"));
+    assert_one_connection(&w, &r.expect("raw and kernel connect"));
 }
 
 #[test]
@@ -579,7 +581,7 @@ fn sim_raw_cone_and_sequential_meet_through_the_prediction_window() {
         let r = w
             .run([&mut a, &mut b], t0 + Duration::from_secs(12))
             .unwrap_or_else(|| panic!("no connection with {disturbance} other flows"));
-        assert_one_connection(&w, r);
+        assert_one_connection(&w, &r);
         assert_eq!(r[0].remote.port(), 20003 + disturbance);
         // The whole window from one port, one ISN: one raw socket, no descriptor per port.
         let targets: HashSet<u16> = w.sent[0].iter().map(|c| c.dst.port()).collect();
@@ -600,7 +602,7 @@ fn sim_raw_probe_finds_a_kernel_spray_of_a_random_nat() {
     let r = w
         .run([&mut a, &mut b], t0 + Duration::from_secs(12))
         .expect("the sweep finds a mapping");
-    assert_one_connection(&w, r);
+    assert_one_connection(&w, &r);
     assert!(
         a.engine.syns > 10,
         "found only after some probes ({})",
@@ -638,7 +640,7 @@ fn sim_raw_a_lost_syn_ack_is_repeated_through_the_nats_that_drop_the_peers_syns(
         w.nats[1].out_of_state > 0,
         "B's NAT never dropped A's repeated SYN"
     );
-    assert_one_connection(&w, r.expect("B's repeated SYN-ACK finishes the handshake"));
+    assert_one_connection(&w, &r.expect("B's repeated SYN-ACK finishes the handshake"));
     assert!(b.engine.synacks >= 2);
 }
 
@@ -663,7 +665,7 @@ fn sim_raw_a_lost_handshake_ack_is_sent_again_when_the_peer_repeats_its_syn_ack(
     let mut b = raw_host(cb, 1, 1, rtt, None, t0);
     let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
     assert!(w.lose.is_empty(), "a segment to lose was never sent");
-    assert_one_connection(&w, r.expect("A's repeated ACK confirms B's SYN-ACK"));
+    assert_one_connection(&w, &r.expect("A's repeated ACK confirms B's SYN-ACK"));
     assert!(b.engine.synacks >= 2);
 }
 
@@ -692,7 +694,7 @@ fn sim_raw_sequential_nats_meet_when_a_first_syn_is_lost_before_the_nat() {
         .run([&mut a, &mut b], t0 + Duration::from_secs(12))
         .expect("the second copy takes the lost SYN's port");
     assert!(w.lose_before_nat.is_empty(), "no SYN was lost");
-    assert_one_connection(&w, r);
+    assert_one_connection(&w, &r);
 }
 
 /// A carrier-grade NAT's random ports within one block of 512, as the lab's
@@ -740,7 +742,7 @@ fn sim_a_random_block_and_a_port_counter_meet_by_a_sweep_at_the_counter() {
         let mut a = KernelHost::new(ca, WIRE_HOSTS[0], None, t0);
         let mut b = raw_host(cb, 1, 1, Duration::from_millis(80), None, t0);
         if let Some(r) = w.run([&mut a, &mut b], t0 + Duration::from_secs(12)) {
-            assert_one_connection(&w, r);
+            assert_one_connection(&w, &r);
             met += 1;
         }
         // The counter side's probes are few and from its one port.
@@ -782,7 +784,7 @@ fn sim_two_random_blocks_meet_by_a_two_sided_sweep() {
         let mut a = KernelHost::new(ca, WIRE_HOSTS[0], None, t0);
         let mut b = KernelHost::new(cb, WIRE_HOSTS[1], None, t0 + Duration::from_millis(7));
         if let Some(r) = w.run([&mut a, &mut b], t0 + Duration::from_secs(12)) {
-            assert_one_connection(&w, r);
+            assert_one_connection(&w, &r);
             met += 1;
         }
     }
@@ -790,3 +792,4 @@ fn sim_two_random_blocks_meet_by_a_two_sided_sweep() {
 }
 
 mod early;
+mod syn_data;

@@ -99,7 +99,7 @@ fn sim_raw_cones_meet_when_the_tls_client_speaks_early() {
         let mut a = raw_host(ca, 0, 1, rtt, None, t0);
         let mut b = raw_host(cb, 1, 1, rtt, None, t0).early();
         let r = w.run([&mut a, &mut b], t0 + Duration::from_secs(12));
-        assert_one_connection(&w, r.expect("connected"));
+        assert_one_connection(&w, &r.expect("connected"));
     }
 }
 

@@ -1,0 +1,153 @@
+//! The TLS client's hello in our SYNs ([`RawConfig::syn_data`]), and the peer's taken from
+//! its SYN.
+
+use super::*;
+
+const HELLO: &[u8] = b"client hello";
+
+fn with_hello(plan: Plan, peer_port: u16) -> RawConfig {
+    RawConfig {
+        syn_data: HELLO.to_vec(),
+        ..config(plan, peer_port)
+    }
+}
+
+/// The engine for `cfg` with its first SYN out.
+fn sent_first(cfg: RawConfig, t0: Instant) -> RawPunch {
+    let mut e = RawPunch::new(cfg, t0).expect("raw");
+    e.handle_timeout(t0);
+    drain(&mut e);
+    e
+}
+
+fn len() -> u32 {
+    HELLO.len() as u32
+}
+
+#[test]
+fn full_ttl_syns_to_the_predicted_port_carry_the_hello_and_no_others() {
+    let t0 = Instant::now();
+    let mut cfg = with_hello(Plan::Window { delta: 1 }, 20000);
+    cfg.prime_ttl = Some(2);
+    let mut e = RawPunch::new(cfg, t0).expect("raw");
+    assert_eq!(e.syn_data(), HELLO);
+    let sent = run(&mut e, t0, Duration::from_secs(2));
+    let to_predicted: Vec<(u8, bool)> = sent
+        .iter()
+        .filter(|(_, c)| c.dst.port() == 20000)
+        .map(|(_, c)| (c.ttl, c.data))
+        .collect();
+    // The primed first SYN dies on the way: no hello; every full-TTL one carries it.
+    assert_eq!(to_predicted[0], (2, false));
+    assert!(to_predicted.len() > 2);
+    assert!(to_predicted[1..]
+        .iter()
+        .all(|&(ttl, data)| ttl == 64 && data));
+    assert!(sent
+        .iter()
+        .filter(|(_, c)| c.dst.port() != 20000)
+        .all(|(_, c)| !c.data));
+    // Nothing to carry: no SYN is marked.
+    let mut e = RawPunch::new(config(Plan::Direct, 20000), t0).expect("raw");
+    assert!(run(&mut e, t0, Duration::from_secs(1))
+        .iter()
+        .all(|(_, c)| !c.data));
+}
+
+#[test]
+fn a_syn_ack_that_takes_the_hello_puts_the_socket_past_it() {
+    let t0 = Instant::now();
+    let mut e = sent_first(with_hello(Plan::Direct, 20000), t0);
+    let past = e.isn().wrapping_add(1).wrapping_add(len());
+    let o = TcpOptions::default();
+    e.handle_seen(t0, &tcp(peer(20000), Segment::SynAck, 7000, past, o));
+    let third = drain(&mut e);
+    assert_eq!(
+        third
+            .iter()
+            .map(|c| (c.flags, c.seq, c.ack))
+            .collect::<Vec<_>>(),
+        [(Flags::Ack, past, 7001)]
+    );
+    let est = e.poll_established().expect("established");
+    assert_eq!((est.snd_nxt, est.first_flight), (past, Some(true)));
+    // The peer repeats its SYN-ACK: our third segment again.
+    e.handle_seen(t0, &tcp(peer(20000), Segment::SynAck, 7000, past, o));
+    assert_eq!(drain(&mut e).len(), 1);
+
+    // A peer that ignores data in a SYN (Linux does, RFC 9293 allows it) acknowledges the
+    // SYN alone: the socket starts before the hello and sends it.
+    let mut e = sent_first(with_hello(Plan::Direct, 20000), t0);
+    let after_syn = e.isn().wrapping_add(1);
+    e.handle_seen(t0, &tcp(peer(20000), Segment::SynAck, 7000, after_syn, o));
+    let est = e.poll_established().expect("established");
+    assert_eq!((est.snd_nxt, est.first_flight), (after_syn, Some(false)));
+}
+
+#[test]
+fn only_the_4_tuple_our_hello_went_to_accepts_an_ack_past_it() {
+    let t0 = Instant::now();
+    let mut e = RawPunch::new(with_hello(Plan::Window { delta: 1 }, 20000), t0).expect("raw");
+    run(&mut e, t0, Duration::from_millis(50));
+    let past = e.isn().wrapping_add(1).wrapping_add(len());
+    let o = TcpOptions::default();
+    // Port 20001 got SYNs without the hello: an ACK past it acknowledges nothing we sent.
+    e.handle_seen(t0, &tcp(peer(20001), Segment::SynAck, 7000, past, o));
+    e.handle_seen(t0, &tcp(peer(20001), Segment::Rst, 0, past, o));
+    assert!(e.poll_established().is_none());
+    assert_eq!(e.planner().refused, 0);
+    // On the predicted port, a RST acknowledging the SYN and its data refuses the attempt.
+    e.handle_seen(t0, &tcp(peer(20000), Segment::Rst, 0, past, o));
+    assert_eq!(e.planner().refused, 1);
+}
+
+#[test]
+fn the_peers_syn_answered_on_the_hellos_4_tuple_leaves_the_hello_to_the_socket() {
+    let t0 = Instant::now();
+    let mut e = sent_first(with_hello(Plan::Direct, 20000), t0);
+    e.handle_seen(
+        t0,
+        &tcp(peer(20000), Segment::Syn, 1000, 0, TcpOptions::default()),
+    );
+    let est = e.poll_established().expect("established");
+    // Whether the peer took our hello is not known yet: the socket sends it.
+    assert_eq!(
+        (est.snd_nxt, est.first_flight),
+        (e.isn().wrapping_add(1), Some(false))
+    );
+    // Elsewhere our SYNs carried nothing.
+    e.handle_seen(
+        t0,
+        &tcp(peer(20005), Segment::Syn, 1000, 0, TcpOptions::default()),
+    );
+    assert_eq!(
+        e.poll_established().expect("established").first_flight,
+        None
+    );
+}
+
+#[test]
+fn the_data_of_the_peers_syn_is_taken_and_acknowledged_again_on_its_repeat() {
+    let t0 = Instant::now();
+    let mut e = sent_first(config(Plan::Direct, 20000), t0);
+    let syn = tcp(peer(20000), Segment::Syn, 1000, 0, TcpOptions::default());
+    e.handle_seen_with(t0, &syn, b"their hello");
+    let sa = drain(&mut e);
+    assert_eq!(
+        sa.iter().map(|c| (c.flags, c.ack)).collect::<Vec<_>>(),
+        [(Flags::SynAck, 1001 + 11)]
+    );
+    let est = e.poll_established().expect("established");
+    assert_eq!(
+        (est.rcv_nxt, est.received.as_slice(), est.awaiting_peer),
+        (1012, &b"their hello"[..], true)
+    );
+    // Our SYN-ACK was lost: the peer's repeat (with or without the data) gets the same ack.
+    e.handle_seen(t0, &syn);
+    assert_eq!(drain(&mut e)[0].ack, 1012);
+    // Unconfirmed, our SYN-ACK is repeated with it too.
+    let later = run(&mut e, t0, Duration::from_millis(150));
+    assert!(later
+        .iter()
+        .any(|(_, c)| c.flags == Flags::SynAck && c.ack == 1012));
+}
