@@ -201,6 +201,35 @@ pub fn with_tcp_checksum_v4(packet: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// `packet`, an IPv4 TCP segment with data as it left this host, cut down to the last byte of
+/// its data (the sequence number moved to match, both checksums computed): a retransmission
+/// that fits any link, whatever size the captured segment had (segmentation offload shows a
+/// whole burst as one). `None` for anything else or a segment without data.
+pub fn tcp_last_byte_v4(packet: &[u8]) -> Option<Vec<u8>> {
+    let p = SlicedPacket::from_ip(packet).ok()?;
+    let (NetSlice::Ipv4(ip), TransportSlice::Tcp(t)) = (p.net?, p.transport?) else {
+        return None;
+    };
+    let len = t.payload().len();
+    let ip_len = ip.header().slice().len();
+    let tcp_len = t.header_len();
+    if len == 0 {
+        return None;
+    }
+    let mut out = packet.get(..ip_len + tcp_len)?.to_vec();
+    out.push(*t.payload().last()?);
+    let seq = t.sequence_number().wrapping_add(len as u32 - 1);
+    out.get_mut(ip_len + 4..ip_len + 8)?
+        .copy_from_slice(&seq.to_be_bytes());
+    let total = u16::try_from(out.len()).ok()?;
+    out.get_mut(2..4)?.copy_from_slice(&total.to_be_bytes());
+    let mut h = Ipv4HeaderSlice::from_slice(&out).ok()?.to_header();
+    h.header_checksum = h.calc_header_checksum();
+    out.get_mut(10..12)?
+        .copy_from_slice(&h.header_checksum.to_be_bytes());
+    with_tcp_checksum_v4(&out)
+}
+
 /// Known options are read until the first malformed one (whatever came before it stays).
 fn tcp_options(
     iter: impl Iterator<Item = Result<TcpOptionElement, etherparse::TcpOptionReadError>>,

@@ -12,6 +12,15 @@
 //! before the kernel's own timer would. The copy is the same bytes in the same sequence
 //! space, so the peer takes whichever arrives and its ACK reaches the kernel socket, which
 //! then has its sample. Sans-IO: the caller passes the time and what the watcher saw.
+//!
+//! The last data segment sent so far (the end of a flight of several, like the TLS server's)
+//! is kept too and goes with the copy that [`FirstFlight::again_now`] asks for. That call
+//! comes when the peer's confirmation shows our NAT's tracking was put back in step by the
+//! peer's SYN-ACK to a SYN of ours that it had ignored (`core::punch::tcp::raw`): Linux's
+//! conntrack then takes our window from that SYN, as if we had sent nothing after it, and
+//! holds the peer's ACKs of our data as beyond what we sent, invalid, so none arrives and our
+//! kernel repeats only the flight's first segment. The copy of the last segment shows the
+//! tracking how far we really sent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +45,17 @@ struct Pending {
     /// When the next copy is due.
     next: Instant,
     repeats: u8,
+    /// The data segment sent since with the highest end, and that end.
+    tail: Option<(u32, Vec<u8>)>,
+    /// [`FirstFlight::again_now`] asked for the tail too.
+    tail_due: bool,
+}
+
+impl Pending {
+    /// Where our data so far ends: an ACK there covers everything sent.
+    fn sent_end(&self) -> u32 {
+        self.tail.as_ref().map_or(self.end, |t| t.0)
+    }
 }
 
 /// See the module documentation. Connections are named by the peer's endpoint.
@@ -81,28 +101,37 @@ impl FirstFlight {
         if len == 0 {
             return;
         }
+        let end = seq.wrapping_add(u32::try_from(len).unwrap_or(u32::MAX));
+        if let Some(p) = self.pending.get_mut(&peer) {
+            if end.wrapping_sub(p.sent_end()) as i32 > 0 {
+                // Its last byte tells the tracking as much as the whole, and fits any link.
+                p.tail = crate::core::wire::tcp_last_byte_v4(packet).map(|b| (end, b));
+            }
+            return;
+        }
         let Some(i) = self.watched.iter().position(|p| *p == peer) else {
             return;
         };
         self.watched.swap_remove(i);
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
         self.pending.insert(
             peer,
             Pending {
-                end: seq.wrapping_add(len),
+                end,
                 packet: packet.to_vec(),
                 sent: now,
                 next: now + self.rto,
                 repeats: 0,
+                tail: None,
+                tail_due: false,
             },
         );
     }
 
     /// The peer's segment acknowledged up to `ack` (RFC 9293 section 3.4: sequence numbers
-    /// compare modulo 2^32).
+    /// compare modulo 2^32); it covers the first data once it covers all sent so far.
     pub fn on_ack(&mut self, peer: SocketAddr, ack: u32) {
         if let Some(p) = self.pending.get(&peer) {
-            if ack.wrapping_sub(p.end) as i32 >= 0 {
+            if ack.wrapping_sub(p.sent_end()) as i32 >= 0 {
                 self.pending.remove(&peer);
             }
         }
@@ -110,10 +139,12 @@ impl FirstFlight {
 
     /// The first data to `peer` may have missed the peer's socket (it left before the peer
     /// confirmed the handshake, see [`super::raw::RawPunch::poll_data_again`]): a copy is due
-    /// at once unless an ACK already covered it.
+    /// at once unless an ACK already covered it, and with it a copy of the last data
+    /// segment sent (see the module documentation).
     pub fn again_now(&mut self, now: Instant, peer: SocketAddr) {
         if let Some(p) = self.pending.get_mut(&peer) {
             p.next = p.next.min(now);
+            p.tail_due = p.tail.is_some();
         }
     }
 
@@ -132,6 +163,11 @@ impl FirstFlight {
     /// sending. Once a connection had its copies, or the kernel's own timer is near, it is
     /// dropped.
     pub fn poll_repeat(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>, Duration)> {
+        if let Some((peer, p)) = self.pending.iter_mut().find(|(_, p)| p.tail_due) {
+            p.tail_due = false;
+            let tail = p.tail.as_ref().map(|t| t.1.clone())?;
+            return Some((*peer, tail, now.saturating_duration_since(p.sent)));
+        }
         let peer = *self
             .pending
             .iter()

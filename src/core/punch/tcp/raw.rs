@@ -660,7 +660,13 @@ impl RawPunch {
         let taken = u32::try_from(payload.len()).unwrap_or(0);
         self.synack(src, seq, taken, ours);
         self.finish(src, seq, window, ours, theirs, Some(seq));
-        let next = now + self.backoff(1);
+        // A socket that took the peer's hello answers it at once, so its repeats will be our
+        // SYN (`syn_again`); one that crosses our SYN-ACK on a path slower than the estimate
+        // makes the NATs' tracking resync from that SYN, as if our answer had never left. The
+        // peer's confirmation is due a round trip after ours; three estimates leave room for
+        // the jitter of a path whose round trip the estimate (its least) understates.
+        let wait = if taken > 0 { 3 } else { 1 };
+        let next = now + self.backoff(1) * wait;
         if let Some(d) = self.done.get_mut(&src) {
             d.unconfirmed = Some((1, next));
             d.taken = taken;

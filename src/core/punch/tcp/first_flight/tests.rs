@@ -66,3 +66,54 @@ fn a_measured_round_trip_replaces_the_estimate() {
     f.on_sent(t0, peer(), 1, 10, b"hello");
     assert_eq!(f.poll_timeout(), Some(t0 + ms(200)));
 }
+
+/// A data segment of ours as captured: ten bytes at `seq`.
+fn segment(seq: u32, fill: u8) -> Vec<u8> {
+    use crate::core::wire::craft::{Crafted, Flags};
+    let c = Crafted {
+        src: "10.0.1.2:40000".parse().unwrap(),
+        dst: "203.0.113.20:40000".parse().unwrap(),
+        ttl: 64,
+        seq,
+        ack: 1,
+        flags: Flags::Ack,
+        window: 500,
+        options: Default::default(),
+        data: true,
+    };
+    c.to_bytes_with(&[fill; 10])
+}
+
+/// A flight of several segments: the copy asked for at once takes the last byte of its last
+/// segment along (a captured burst may exceed the link), and only an ACK of everything sent
+/// ends the watch.
+#[test]
+fn a_copy_asked_for_at_once_brings_the_last_byte_along() {
+    use crate::core::wire::{tcp_payload, Seen};
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut f = FirstFlight::new(ms(80));
+    f.watch(peer());
+    let first = segment(100, 1);
+    f.on_sent(t0, peer(), 100, 10, &first);
+    f.on_sent(t0, peer(), 110, 10, &segment(110, 2));
+    f.on_sent(t0, peer(), 120, 10, &segment(120, 3));
+    // A retransmission of the middle moves nothing.
+    f.on_sent(t0, peer(), 110, 10, &segment(110, 4));
+    f.again_now(t0 + ms(50), peer());
+    let copies: Vec<Vec<u8>> = std::iter::from_fn(|| f.poll_repeat(t0 + ms(50)))
+        .map(|(_, b, _)| b)
+        .collect();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(tcp_payload(&copies[0]), Some(&[3u8][..]));
+    assert!(matches!(
+        Seen::parse(&copies[0]),
+        Some(Seen::Tcp { seq: 129, .. })
+    ));
+    assert_eq!(copies[1], first);
+    // The first segment's ACK alone leaves the watch on; the end's ends it.
+    f.on_ack(peer(), 110);
+    assert!(f.poll_timeout().is_some());
+    f.on_ack(peer(), 130);
+    assert_eq!(f.poll_timeout(), None);
+}
