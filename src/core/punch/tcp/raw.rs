@@ -355,19 +355,19 @@ impl RawPunch {
     /// SYN-ACKs the peer has not shown it received, again (see the module documentation).
     /// Outside the rate: one per answered 4-tuple and round trip at most.
     fn repeat_synacks(&mut self, now: Instant) {
-        let due: Vec<(SocketAddrV4, Done, u32)> = self
+        let due: Vec<(SocketAddrV4, u32, Done, u32)> = self
             .done
             .iter()
             .filter_map(|(to, d)| match (d.answered, d.unconfirmed) {
-                (Some(_), Some((sent, next))) if next <= now => Some((*to, *d, sent)),
+                (Some(isn), Some((sent, next))) if next <= now => Some((*to, isn, *d, sent)),
                 _ => None,
             })
             .collect();
-        for (to, d, sent) in due {
-            match d.answered {
-                Some(_) if d.early => self.syn_again(to, d.options),
-                Some(isn) => self.synack(to, isn, d.taken, d.options),
-                None => {}
+        for (to, isn, d, sent) in due {
+            if d.early {
+                self.syn_again(to, d.options);
+            } else {
+                self.synack(to, isn, d.taken, d.options);
             }
             let next = now + self.backoff(sent + 1);
             if let Some(d) = self.done.get_mut(&to) {
