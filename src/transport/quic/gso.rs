@@ -9,34 +9,153 @@
 //! the connections see (almost) no loss, and single datagrams after an interval with loss,
 //! until the path has been clean for a while. quinn asks the socket for the largest burst
 //! before every transmit, so the change takes effect at once.
+//!
+//! While the switch is open the socket also joins quinn's bursts into larger ones
+//! ([`Joined`]): at 0 ms in the lab (two port-restricted cones, 256 MiB, 5 runs each,
+//! alternating) the QUIC stream went from 342 to 413 MiB/s (medians) and the CPU time of both
+//! peers from 1.42 to 1.13 s.
 
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use std::convert::Infallible;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// How often the connections' loss counters are read.
 const INTERVAL: Duration = Duration::from_millis(250);
 /// A clean stretch this long lets bursts out again.
 const CLEAN_FOR: Duration = Duration::from_secs(5);
 
-/// The socket quinn runs on, with the offload switch.
+/// The socket quinn runs on, with the offload switch, joining quinn's bursts.
 pub(super) struct GsoGate {
     inner: Arc<dyn AsyncUdpSocket>,
     open: Arc<AtomicBool>,
+    /// Bursts not yet handed to the kernel; `None` where no runtime could take the flusher
+    /// (every transmit then goes out as it comes).
+    joined: Option<Joined>,
+}
+
+/// quinn (0.11) hands the socket at most ten datagrams per transmit, a fixed cap in its
+/// connection driver, while one GSO `sendmsg` takes up to 64 KiB. Every `sendmsg` crosses the
+/// whole stack (and, on a Linux NAT, its forwarding path) once, whatever its size: on the lab's
+/// clean path the sender's kernel time was mostly that per-call cost (19,000 calls for
+/// 256 MiB). So consecutive bursts to the same place are joined here, and what is joined goes
+/// out when the driver yields -- after its own 20-datagram turn, or when it has nothing more
+/// to send -- by a task that runs right behind it, or at once when the next burst would not
+/// fit. The copy is of data the encryption just wrote (in cache), a fraction of the call it
+/// saves.
+struct Joined {
+    pending: Mutex<Pending>,
+    wake: Arc<Notify>,
+}
+
+/// One burst being joined: its datagrams back to back, all of `segment` bytes but the last.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    to: Option<(SocketAddr, Option<IpAddr>, Option<EcnCodepoint>)>,
+    segment: usize,
+}
+
+/// The most one joined burst carries: the kernel's limit on a UDP GSO send (64 segments,
+/// and a datagram's 64 KiB less the headers).
+const JOINED_BYTES: usize = 65_000;
+const JOINED_SEGMENTS: usize = 64;
+
+impl Pending {
+    fn takes(&self, t: &Transmit, segment: usize, most: usize) -> bool {
+        self.to == Some((t.destination, t.src_ip, t.ecn))
+            && self.segment == segment
+            // Only a burst's last datagram may be short.
+            && self.buf.len() % segment == 0
+            && self.buf.len() + t.contents.len() <= JOINED_BYTES
+            && (self.buf.len() + t.contents.len()).div_ceil(segment) <= most
+    }
+
+    fn transmit(&self) -> Option<Transmit<'_>> {
+        let (destination, src_ip, ecn) = self.to?;
+        Some(Transmit {
+            destination,
+            ecn,
+            contents: &self.buf,
+            segment_size: (self.buf.len() > self.segment).then_some(self.segment),
+            src_ip,
+        })
+    }
 }
 
 impl GsoGate {
     /// `open` is the switch [`watch`] sets.
     pub(super) fn new(inner: Arc<dyn AsyncUdpSocket>, open: Arc<AtomicBool>) -> Arc<Self> {
-        Arc::new(GsoGate { inner, open })
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let joined = runtime.as_ref().map(|_| Joined {
+            pending: Mutex::new(Pending::default()),
+            wake: Arc::new(Notify::new()),
+        });
+        let gate = Arc::new(GsoGate {
+            inner,
+            open,
+            joined,
+        });
+        if let (Some(runtime), Some(joined)) = (runtime, &gate.joined) {
+            runtime.spawn(flusher(
+                Arc::downgrade(&gate),
+                joined.wake.clone(),
+                gate.inner.clone().create_io_poller(),
+            ));
+        }
+        gate
+    }
+
+    /// Hands the joined burst to the kernel. `WouldBlock` keeps it for the next try.
+    fn flush(&self, pending: &mut Pending) -> io::Result<()> {
+        let Some(t) = pending.transmit() else {
+            return Ok(());
+        };
+        self.inner.try_send(&t)?;
+        pending.buf.clear();
+        pending.to = None;
+        Ok(())
+    }
+
+    fn flush_now(&self) -> io::Result<()> {
+        match &self.joined {
+            Some(j) => self.flush(&mut j.pending.lock().unwrap_or_else(|e| e.into_inner())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sends what was joined once the driver that queued it has yielded; waits for the socket
+/// when it is full. Ends with the socket.
+async fn flusher(gate: Weak<GsoGate>, wake: Arc<Notify>, mut writable: Pin<Box<dyn UdpPoller>>) {
+    loop {
+        wake.notified().await;
+        // Let the connection driver, when it woke itself for another turn, add that turn.
+        tokio::task::yield_now().await;
+        loop {
+            let Some(gate) = gate.upgrade() else { return };
+            match gate.flush_now() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(gate);
+                    if std::future::poll_fn(|cx| writable.as_mut().poll_writable(cx))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // quinn-udp reports no other send error (it logs and drops them).
+                _ => break,
+            }
+        }
     }
 }
 
@@ -54,7 +173,39 @@ impl AsyncUdpSocket for GsoGate {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        let Some(joined) = &self.joined else {
+            return self.inner.try_send(transmit);
+        };
+        let mut pending = joined.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.open.load(Ordering::Relaxed) {
+            // No bursts while the path loses packets: what is still joined goes first.
+            self.flush(&mut pending)?;
+            return self.inner.try_send(transmit);
+        }
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let most = self.inner.max_transmit_segments().min(JOINED_SEGMENTS);
+        if !pending.takes(transmit, segment, most) {
+            // Sent before this one, so the order stays; full socket: quinn tries this
+            // transmit again once the socket is writable, after what is joined.
+            self.flush(&mut pending)?;
+            pending.to = Some((transmit.destination, transmit.src_ip, transmit.ecn));
+            pending.segment = segment;
+        }
+        pending.buf.extend_from_slice(transmit.contents);
+        if pending.buf.len() + segment > JOINED_BYTES {
+            // Full: out now. A full socket leaves it to the flusher.
+            match self.flush(&mut pending) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+        if pending.to.is_some() {
+            joined.wake.notify_one();
+        }
+        Ok(())
     }
 
     fn poll_recv(
@@ -158,6 +309,167 @@ mod tests {
     use super::*;
 
     const I: Duration = INTERVAL;
+
+    /// One send: where to, the bytes, the segment size.
+    type Sent = (SocketAddr, Vec<u8>, Option<usize>);
+
+    /// A socket that records what it is asked to send, and refuses while told to.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        sent: Mutex<Vec<Sent>>,
+        full: AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct Ready;
+
+    impl UdpPoller for Ready {
+        fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncUdpSocket for Recorder {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            Box::pin(Ready)
+        }
+        fn try_send(&self, t: &Transmit) -> io::Result<()> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut sent = self.sent.lock().unwrap();
+            sent.push((t.destination, t.contents.to_vec(), t.segment_size));
+            Ok(())
+        }
+        fn poll_recv(
+            &self,
+            _: &mut Context,
+            _: &mut [IoSliceMut<'_>],
+            _: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok("127.0.0.1:1".parse().unwrap())
+        }
+        fn max_transmit_segments(&self) -> usize {
+            64
+        }
+    }
+
+    fn burst(
+        to: SocketAddr,
+        first: u8,
+        segments: usize,
+        size: usize,
+        last: usize,
+    ) -> Transmit<'static> {
+        let mut data = Vec::new();
+        for i in 0..segments {
+            let len = if i + 1 == segments { last } else { size };
+            data.extend(std::iter::repeat_n(first.wrapping_add(i as u8), len));
+        }
+        Transmit {
+            destination: to,
+            ecn: None,
+            contents: Box::leak(data.into_boxed_slice()),
+            segment_size: (segments > 1).then_some(size),
+            src_ip: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bursts_to_one_place_leave_as_one_send_after_the_driver_yields() {
+        let rec = Arc::new(Recorder::default());
+        let open = Arc::new(AtomicBool::new(true));
+        let gate = GsoGate::new(rec.clone(), open.clone());
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        // A driver's turn: two bursts of ten full datagrams, then a short one that ends it.
+        gate.try_send(&burst(peer, 0, 10, 1200, 1200)).unwrap();
+        gate.try_send(&burst(peer, 10, 10, 1200, 1200)).unwrap();
+        gate.try_send(&burst(peer, 20, 3, 1200, 500)).unwrap();
+        assert!(
+            rec.sent.lock().unwrap().is_empty(),
+            "nothing before the driver yields"
+        );
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        {
+            let sent = rec.sent.lock().unwrap();
+            assert_eq!(sent.len(), 1, "one send for the whole turn");
+            assert_eq!(sent[0].1.len(), 22 * 1200 + 500);
+            assert_eq!(sent[0].2, Some(1200));
+        }
+        // After a short datagram, or to another place, a new burst starts; order is kept.
+        gate.try_send(&burst(peer, 30, 1, 1200, 700)).unwrap();
+        gate.try_send(&burst(peer, 31, 2, 1200, 1200)).unwrap();
+        gate.try_send(&burst(other, 33, 2, 1200, 1200)).unwrap();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        {
+            let sent = rec.sent.lock().unwrap();
+            let shape: Vec<_> = sent[1..]
+                .iter()
+                .map(|(to, d, s)| (*to, d.len(), *s, d[0]))
+                .collect();
+            assert_eq!(
+                shape,
+                [
+                    (peer, 700, None, 30),
+                    (peer, 2400, Some(1200), 31),
+                    (other, 2400, Some(1200), 33)
+                ]
+            );
+        }
+        // More than one send takes (64 KiB) goes out in full sends as it comes.
+        for i in 0..6 {
+            gate.try_send(&burst(peer, 40 + i * 10, 10, 1400, 1400))
+                .unwrap();
+        }
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let sent = rec.sent.lock().unwrap();
+        let sizes: Vec<_> = sent[4..].iter().map(|(_, d, _)| d.len()).collect();
+        assert!(sizes.iter().all(|&n| n <= JOINED_BYTES), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 60 * 1400);
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_closed_gate_sends_each_datagram_at_once_after_what_was_joined() {
+        let rec = Arc::new(Recorder::default());
+        let open = Arc::new(AtomicBool::new(true));
+        let gate = GsoGate::new(rec.clone(), open.clone());
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        gate.try_send(&burst(peer, 0, 4, 1200, 1200)).unwrap();
+        open.store(false, Ordering::Relaxed);
+        gate.try_send(&burst(peer, 4, 1, 1200, 1200)).unwrap();
+        let sent = rec.sent.lock().unwrap();
+        let firsts: Vec<_> = sent.iter().map(|(_, d, _)| (d.len(), d[0])).collect();
+        assert_eq!(firsts, [(4800, 0), (1200, 4)]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_socket_keeps_the_joined_burst_until_it_can_send() {
+        let rec = Arc::new(Recorder::default());
+        let gate = GsoGate::new(rec.clone(), Arc::new(AtomicBool::new(true)));
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        rec.full.store(true, Ordering::Relaxed);
+        gate.try_send(&burst(peer, 0, 10, 1200, 1200)).unwrap();
+        // The next burst cannot start while the joined one is stuck: quinn hears WouldBlock
+        // and tries it again later.
+        let e = gate.try_send(&burst(other, 10, 1, 1200, 1200)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        rec.full.store(false, Ordering::Relaxed);
+        gate.try_send(&burst(other, 10, 1, 1200, 1200)).unwrap();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let sent = rec.sent.lock().unwrap();
+        let shape: Vec<_> = sent.iter().map(|(to, d, _)| (*to, d.len(), d[0])).collect();
+        assert_eq!(shape, [(peer, 12_000, 0), (other, 1200, 10)]);
+    }
 
     #[test]
     fn loss_closes_the_gate_and_a_clean_stretch_opens_it() {
