@@ -133,6 +133,14 @@ impl GsoGate {
     }
 }
 
+/// What is still joined when the endpoint lets go of the socket (a close sent just before the
+/// runtime ends) goes out then, if the socket takes it.
+impl Drop for GsoGate {
+    fn drop(&mut self) {
+        let _ = self.flush_now();
+    }
+}
+
 /// Sends what was joined once the driver that queued it has yielded; waits for the socket
 /// when it is full. Ends with the socket.
 async fn flusher(gate: Weak<GsoGate>, wake: Arc<Notify>, mut writable: Pin<Box<dyn UdpPoller>>) {
@@ -448,6 +456,20 @@ mod tests {
         let sent = rec.sent.lock().unwrap();
         let firsts: Vec<_> = sent.iter().map(|(_, d, _)| (d.len(), d[0])).collect();
         assert_eq!(firsts, [(4800, 0), (1200, 4)]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn what_is_joined_when_the_socket_is_dropped_goes_out() {
+        let rec = Arc::new(Recorder::default());
+        let gate = GsoGate::new(rec.clone(), Arc::new(AtomicBool::new(true)));
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        gate.try_send(&burst(peer, 0, 1, 1200, 60)).unwrap();
+        drop(gate);
+        assert_eq!(
+            rec.sent.lock().unwrap().len(),
+            1,
+            "the last close is not lost"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
