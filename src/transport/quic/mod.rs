@@ -161,13 +161,31 @@ const INITIAL_RTT: Duration = Duration::from_millis(25);
 /// after 25 ms, leaves a lone packet whose partner was lost unacknowledged for 25 ms, and the
 /// probe timeout includes the peer's delay, which dominates it on short paths.
 const MAX_ACK_DELAY: Duration = Duration::from_millis(5);
-/// Flow-control credit per stream and per connection, and the send buffer: the
-/// bandwidth-delay product of 1 Gbit/s at 200 ms RTT (25 MB), rounded up. quinn's defaults
-/// (1.25 MB per stream) cap a stream at ~7.8 MB/s on a 160 ms path whatever its capacity.
-/// The receiver's pump drains the stream as it arrives, so this is a bound, not an
-/// allocation: at most this much waits in memory per direction when the output is slower
-/// than the path.
+/// The smallest flow-control credit per connection, and send buffer: the bandwidth-delay
+/// product of [`TARGET_RATE`] at 200 ms RTT (25 MB), rounded up; paths with a longer RTT get
+/// more ([`window_for`]). quinn's defaults (1.25 MB per stream) cap a stream at ~7.8 MB/s on
+/// a 160 ms path whatever its capacity. The receiver's pump drains the stream as it arrives,
+/// so this is a bound, not an allocation: at most the window waits in memory per direction
+/// when the output is slower than the path.
 const WINDOW: u32 = 32 * 1024 * 1024;
+/// The rate a window is sized for: 1 Gbit/s, in bytes per second.
+const TARGET_RATE: u64 = 125_000_000;
+/// The largest window, whatever the RTT: it keeps [`TARGET_RATE`] up to a smallest RTT of
+/// ~860 ms (geostationary satellite paths are ~600 ms), and bounds what one direction may
+/// hold in memory.
+const MAX_WINDOW: u64 = 128 * 1024 * 1024;
+
+/// Flow-control credit and send buffer for a path whose smallest RTT so far is `min_rtt`:
+/// the bandwidth-delay product of [`TARGET_RATE`] and a quarter more (quinn announces new
+/// credit only once an eighth of the window is used, and the sender must not run dry while
+/// the announcement travels), within [`WINDOW`] and [`MAX_WINDOW`]. The smallest RTT, not the
+/// smoothed one: the queue that a full window builds in front of a slower receiver raises
+/// the smoothed RTT, which must not raise the window that fills the queue.
+pub(super) fn window_for(min_rtt: Duration) -> u64 {
+    let bdp = u128::from(TARGET_RATE) * min_rtt.as_micros() / 1_000_000;
+    let window = u64::try_from(bdp * 5 / 4).unwrap_or(u64::MAX);
+    window.clamp(u64::from(WINDOW), MAX_WINDOW)
+}
 /// Socket buffers each way (the kernel grants twice this, for its bookkeeping): room for a
 /// whole [`WINDOW`] of datagrams with their per-buffer overhead. On a short path the sender's
 /// congestion window is never the limit, so when the receiving runtime falls behind, up to a
@@ -202,7 +220,9 @@ fn transport_config(keepalive: Duration) -> Arc<TransportConfig> {
     // Random loss is not congestion; see the module documentation.
     t.congestion_controller_factory(Arc::new(congestion::BbrBesideConfig));
     t.initial_rtt(INITIAL_RTT);
-    t.stream_receive_window(WINDOW.into());
+    // The stream's own credit is the largest window, so the connection's credit, which
+    // follows the path's RTT (`window_for`, set as the transfer goes), is the one that binds.
+    t.stream_receive_window(VarInt::from_u64(MAX_WINDOW).expect("128 MiB is a valid varint"));
     t.receive_window(WINDOW.into());
     t.send_window(u64::from(WINDOW));
     let mut acks = AckFrequencyConfig::default();
@@ -605,5 +625,27 @@ mod tests {
         // An estimate inflated by a queue: never past the bound the peer waits itself.
         assert_eq!(linger_for(Some(Duration::from_secs(5))), CLOSE_LINGER);
         assert_eq!(linger_for(None), CLOSE_LINGER);
+    }
+
+    #[test]
+    fn the_window_follows_the_smallest_rtt_between_its_bounds() {
+        let ms = Duration::from_millis;
+        let floor = u64::from(WINDOW);
+        // Up to ~210 ms the floor already holds 1 Gbit/s.
+        assert_eq!(window_for(Duration::ZERO), floor);
+        assert_eq!(window_for(ms(160)), floor);
+        assert_eq!(window_for(ms(214)), floor);
+        // Past it: the bandwidth-delay product and a quarter (a 600 ms satellite path).
+        assert_eq!(window_for(ms(400)), 62_500_000);
+        assert_eq!(window_for(ms(600)), 93_750_000);
+        // A path that slow still gets no more than the bound.
+        assert_eq!(window_for(ms(2_000)), MAX_WINDOW);
+        assert_eq!(window_for(Duration::MAX), MAX_WINDOW);
+        // Never less than the rate needs, for every RTT the bounds allow.
+        for rtt in (0..=900).step_by(7).map(ms) {
+            let w = window_for(rtt);
+            let need = TARGET_RATE as f64 * rtt.as_secs_f64();
+            assert!(w as f64 >= need.min(MAX_WINDOW as f64), "{rtt:?}: {w}");
+        }
     }
 }

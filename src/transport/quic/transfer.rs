@@ -4,7 +4,7 @@
 use super::reorder::Reorder;
 use super::setup::Link;
 use super::{
-    Session, CLOSE_DONE, CLOSE_LINGER, CLOSE_PROBES, CLOSE_PROBE_INTERVAL, INITIAL_RTT,
+    window_for, Session, CLOSE_DONE, CLOSE_LINGER, CLOSE_PROBES, CLOSE_PROBE_INTERVAL, INITIAL_RTT,
     STOP_OUTPUT_FAILED,
 };
 use crate::error::StreamError;
@@ -134,6 +134,7 @@ impl Session {
                     .map_err(|e| self.connection_error(e))?,
             };
             let mut sent = 0u64;
+            let mut send_window = u64::from(super::WINDOW);
             while let Some(chunk) = input.recv().await {
                 let chunk = chunk.map_err(StreamError::Input)?;
                 // Handed over as it is: `write_all` would copy every byte into quinn.
@@ -141,6 +142,13 @@ impl Session {
                 send.write_chunk(chunk)
                     .await
                     .map_err(|e| self.write_error(e))?;
+                // As large as the peer's credit for this path, so that the send buffer is
+                // never what holds the stream back on a long path.
+                let w = window_for(outgoing.min_rtt());
+                if w != send_window {
+                    send_window = w;
+                    outgoing.set_send_window(w);
+                }
             }
             // Fails only if the stream is already reset, which `stopped` reports below.
             let _ = send.finish();
@@ -181,8 +189,7 @@ impl Session {
             };
             // Read out of order, put in order here: see `reorder`.
             let mut reorder = Reorder::starting_at(start);
-            let full = u64::from(super::WINDOW);
-            let mut window = full;
+            let mut window = u64::from(super::WINDOW);
             let mut batch = Vec::new();
             loop {
                 let finished = take_ready(&mut recv, &mut reorder, &mut batch)
@@ -207,6 +214,7 @@ impl Session {
                 }
                 // Changed in steps of an eighth of the window (as quinn announces credit):
                 // each change takes the connection's lock.
+                let full = window_for(incoming.min_rtt());
                 let w = reorder.window(full);
                 if w.abs_diff(window) >= full / 8 || (w == full && window != full) {
                     window = w;
