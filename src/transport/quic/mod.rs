@@ -138,6 +138,15 @@ fn linger_for(rtt: Option<Duration>) -> Duration {
     rtt.map_or(CLOSE_LINGER, |r| (r * 2).clamp(LINGER_MIN, CLOSE_LINGER))
 }
 
+/// What is left of [`linger_for`] once the stream is done, counted from our last close that
+/// the peer may wait for, `since_close` ago (`None`: a close made now). That close is the one
+/// of the direction we sent on, which on the receiving side of a one-way transfer came right
+/// at the start (its stream was empty): the peer's datagrams for it came and went long before
+/// the end, and staying on only delayed our exit by two round trips (320 ms on a 160 ms path).
+fn linger_left(rtt: Option<Duration>, since_close: Option<Duration>) -> Duration {
+    linger_for(rtt).saturating_sub(since_close.unwrap_or_default())
+}
+
 /// Datagrams sent at most to draw out a lost close: few enough that unacknowledged ones never
 /// fill the congestion window, which would hold back our ACKs (see the module documentation).
 const CLOSE_PROBES: u32 = 40;
@@ -394,6 +403,7 @@ pub fn run_stream_on(
         verifier,
         timeout,
         gso_open: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        last_close: std::sync::Mutex::new(None),
     };
     let result = runtime.block_on(async {
         // quinn's socket wrapper needs the runtime's reactor, so it is built in here.
@@ -442,10 +452,19 @@ pub fn run_stream_on(
             Ok(_) => (CLOSE_DONE, "done".to_string()),
             Err(e) => (CLOSE_ERROR, close_reason(e)),
         };
+        // After success every connection is closed already, by us or by the peer, unless
+        // something ended early; then the close below is the last one, made now.
+        let since_close = match &result {
+            Ok(_) if conns.iter().all(|c| c.close_reason().is_some()) => {
+                session.last_close().map(|at| at.elapsed())
+            }
+            _ => None,
+        };
         endpoint.close(code.into(), reason.as_bytes());
         let rtt = conns.iter().map(quinn::Connection::rtt).max();
-        let bound = linger_for(rtt);
+        let bound = linger_left(rtt, since_close);
         if linger
+            && !bound.is_zero()
             && tokio::time::timeout(bound, endpoint.wait_idle())
                 .await
                 .is_err()
@@ -523,9 +542,21 @@ struct Session {
     timeout: Duration,
     /// The socket's offload switch ([`gso`]), set while the stream runs.
     gso_open: Arc<std::sync::atomic::AtomicBool>,
+    /// When we last closed a connection whose close the peer waits for ([`linger_left`]).
+    last_close: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Session {
+    /// Closes `conn` as done, noting when ([`linger_left`]).
+    fn close_done(&self, conn: &quinn::Connection) {
+        conn.close(CLOSE_DONE.into(), b"done");
+        *self.last_close.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    fn last_close(&self) -> Option<Instant> {
+        *self.last_close.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn run(
         &self,
         endpoint: &Endpoint,
@@ -655,6 +686,18 @@ mod tests {
         // An estimate inflated by a queue: never past the bound the peer waits itself.
         assert_eq!(linger_for(Some(Duration::from_secs(5))), CLOSE_LINGER);
         assert_eq!(linger_for(None), CLOSE_LINGER);
+    }
+
+    #[test]
+    fn the_linger_counts_from_our_last_close() {
+        let ms = Duration::from_millis;
+        // A close made just now (the sender's, at the end): the whole two round trips.
+        assert_eq!(linger_left(Some(ms(160)), None), ms(320));
+        assert_eq!(linger_left(Some(ms(160)), Some(ms(100))), ms(220));
+        // A close long past (the receiver's empty direction): nothing left to wait for.
+        assert_eq!(linger_left(Some(ms(160)), Some(ms(2_500))), Duration::ZERO);
+        assert_eq!(linger_left(Some(ms(1)), Some(ms(4))), ms(6));
+        assert_eq!(linger_left(None, Some(ms(500))), CLOSE_LINGER - ms(500));
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl Session {
             match send.stopped().await {
                 Ok(None) => {
                     // All acknowledged: the peer needs nothing more on this connection.
-                    outgoing.close(CLOSE_DONE.into(), b"done");
+                    self.close_done(outgoing);
                     Ok(sent)
                 }
                 Ok(Some(_)) => Err(StreamError::PeerStopped { peer }),
@@ -294,7 +294,7 @@ impl Session {
                 e = &mut closed => break e,
                 () = &mut give_up => {
                     debug!(peer = %self.peer, "no close from the peer after its data; closing");
-                    conn.close(CLOSE_DONE.into(), b"done");
+                    self.close_done(conn);
                     return Ok(());
                 }
                 () = tokio::time::sleep(interval), if probes < CLOSE_PROBES => {
