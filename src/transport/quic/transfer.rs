@@ -213,7 +213,8 @@ impl Session {
                     break;
                 }
                 // Changed in steps of an eighth of the window (as quinn announces credit):
-                // each change takes the connection's lock.
+                // each change takes the connection's lock, as reading its RTT does, once
+                // per batch of up to `SEGMENTS` pieces.
                 let full = window_for(incoming.min_rtt());
                 let w = reorder.window(full);
                 if w.abs_diff(window) >= full / 8 || (w == full && window != full) {
