@@ -1428,11 +1428,13 @@ fn tcp_through_rst_nats(engine: &str, delay_ms: u32, tries: u32) {
             p.a.stderr
         );
         for (n, s) in [("A", &p.a), ("B", &p.b)] {
+            // Both sides' lines: a TLS failure on one end is often explained on the other.
             assert!(
                 matches!(s.code, Some(0) | Some(8)),
-                "{kind} try {t}: {n} ended with {:?}:\n{}",
+                "{kind} try {t}: {n} ended with {:?}:\nA:\n{}\nB:\n{}",
                 s.code,
-                s.stderr
+                p.a.stderr,
+                p.b.stderr
             );
             assert_eq!(s.report["transport"], "tcp", "{n}: {:#}", s.report);
             if s.code == Some(8) {

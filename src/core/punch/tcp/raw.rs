@@ -129,8 +129,6 @@ struct Done {
     answered: Option<u32>,
     /// Bytes of data from the peer's SYN that our SYN-ACK acknowledged.
     taken: u32,
-    /// Our SYNs on this 4-tuple carried [`RawConfig::syn_data`].
-    carried: bool,
     /// Our SYN-ACK's options. A repeat carries them unchanged, its TSval too: the socket's clock
     /// continues from that TSval, and a later one would run ahead of it (RFC 7323 section 5).
     options: TcpOptions,
@@ -165,6 +163,13 @@ pub struct RawPunch {
     /// 4-tuples given up on after their connection failed: never tried again (their
     /// connection tracking entry has a history a new handshake would not match).
     dead: HashSet<SocketAddrV4>,
+    /// Targets a SYN of ours carried [`RawConfig::syn_data`] to, kept when their attempt ends:
+    /// every SYN has the same sequence number, so a RST to an earlier one fails the attempt
+    /// while a later one is still on its way, and the peer that takes that SYN's hello answers
+    /// it. Our socket on that 4-tuple must then go on with the same TLS session; a fresh one's
+    /// different key share leaves both ends unable to decrypt the other (seen in the lab
+    /// between two NATs that answer early SYNs with RST, at 40 ms).
+    carried_to: HashSet<SocketAddrV4>,
     /// The earliest moment a repeat may go out (the rate is shared with first SYNs).
     next_slot: Instant,
     transmits: VecDeque<Crafted>,
@@ -208,6 +213,7 @@ impl RawPunch {
             by_target: HashMap::new(),
             done: HashMap::new(),
             dead: HashSet::new(),
+            carried_to: HashSet::new(),
             next_slot: start,
             transmits: VecDeque::new(),
             established: VecDeque::new(),
@@ -299,6 +305,9 @@ impl RawPunch {
         };
         // A priming SYN dies on the way: its data would reach nobody.
         let data = a.data && ttl == self.cfg.ttl;
+        if data {
+            self.carried_to.insert(a.to);
+        }
         let syn = Crafted {
             src: self.local,
             dst: a.to,
@@ -616,16 +625,9 @@ impl RawPunch {
             || (self.carried(src) && ack == after_syn.wrapping_add(self.syn_data_len()))
     }
 
-    /// Whether our SYNs to `src` carried [`RawConfig::syn_data`].
+    /// Whether any SYN of ours to `src` carried [`RawConfig::syn_data`].
     fn carried(&self, src: SocketAddrV4) -> bool {
-        match self.done.get(&src) {
-            Some(d) => d.carried,
-            None => self
-                .by_target
-                .get(&src)
-                .and_then(|id| self.attempts.get(id))
-                .is_some_and(|a| a.data),
-        }
+        self.carried_to.contains(&src)
     }
 
     fn syn_data_len(&self) -> u32 {
@@ -712,7 +714,6 @@ impl RawPunch {
             Done {
                 answered,
                 taken: 0,
-                carried,
                 options: ours,
                 unconfirmed: None,
                 third: None,

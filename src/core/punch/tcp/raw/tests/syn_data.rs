@@ -156,3 +156,34 @@ fn the_data_of_the_peers_syn_is_taken_and_acknowledged_again_on_its_repeat() {
         .collect();
     assert_eq!(repeats, [300]);
 }
+
+/// Every SYN has one sequence number, so a RST to an earlier one fails the attempt while a
+/// later one, with the hello, is still on its way to a peer that may take it. Whatever comes
+/// back on that 4-tuple before the repeat belongs to the session whose hello went out.
+#[test]
+fn the_hello_stays_ours_after_its_attempt_was_refused() {
+    let t0 = Instant::now();
+    let past = |e: &RawPunch| e.isn().wrapping_add(1).wrapping_add(len());
+    let o = TcpOptions::default();
+    let refused = |t0| {
+        let mut e = sent_first(with_hello(Plan::Direct, 20000), t0);
+        let rst = tcp(peer(20000), Segment::Rst, 0, past(&e), o);
+        e.handle_seen(t0, &rst);
+        assert_eq!(e.planner().refused, 1);
+        e
+    };
+    // The peer's SYN before our repeat: the socket sends the same hello.
+    let mut e = refused(t0);
+    e.handle_seen(t0, &tcp(peer(20000), Segment::Syn, 1000, 0, o));
+    let est = e.poll_established().expect("established");
+    assert_eq!(
+        (est.snd_nxt, est.first_flight),
+        (e.isn().wrapping_add(1), Some(false))
+    );
+    // The peer's SYN-ACK that took the hello: the socket is past it.
+    let mut e = refused(t0);
+    let ack = past(&e);
+    e.handle_seen(t0, &tcp(peer(20000), Segment::SynAck, 7000, ack, o));
+    let est = e.poll_established().expect("established");
+    assert_eq!((est.snd_nxt, est.first_flight), (ack, Some(true)));
+}
