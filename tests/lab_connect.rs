@@ -162,7 +162,10 @@ fn sequential_and_sequential_connect_by_prediction() {
 /// tries: about one try in 70 failed with the normal range before the fixes, one in ten
 /// with this one (9/10 twice); leaving one stale sample out of five still lost 8/10 once
 /// (two stale samples); connect's seven samples with two left out: 10/10 four times (9/10
-/// with 200 ports).
+/// with 200 ports), yet 7/10 and 8/10 in eight runs on a later machine (three stale of
+/// seven: "random", and a sweep that cannot meet a counter); three left out behind a quiet
+/// counter: 118 of 120 tries (both failures the tenth try; the one logged had four stale of
+/// seven).
 #[test]
 fn sequential_pair_connects_when_local_ports_are_reused() {
     let ports = std::env::var("PUNCHRAW_TEST_PORTS").unwrap_or_else(|_| "45000 45399".into());
@@ -178,7 +181,8 @@ fn sequential_pair_connects_when_local_ports_are_reused() {
     let _srv = common::punchraw_serve_5780(&lab);
     let (tries, mut ok, mut failures) = (10, 0, Vec::new());
     for t in 0..tries {
-        let p = pair(&lab, t, "right", MIB, &[]);
+        // -v: the allocation samples, stale ones among them, are in a failure's lines.
+        let p = pair(&lab, t, "right", MIB, &["-v"]);
         if p.a.code == Some(0) && p.b.code == Some(0) && p.data_ok {
             check_connected(&p, "predict", &format!("reused ports, try {t}"));
             ok += 1;
@@ -187,6 +191,10 @@ fn sequential_pair_connects_when_local_ports_are_reused() {
         }
     }
     eprintln!("sequential pair, A's local ports {ports}: {ok}/{tries} connected");
+    // A tolerated failure is worth reading too (`--nocapture`).
+    for f in failures.iter().filter(|_| ok >= 9) {
+        eprintln!("{f}");
+    }
     assert!(ok >= 9, "{ok}/{tries}:\n{}", failures.join("\n---\n"));
 }
 

@@ -115,7 +115,8 @@ impl ClassifierConfig {
     ///
     /// It also takes seven allocation samples instead of five (in the same burst, so no
     /// time): a rerun within the NAT's mapping timeout may get local ports whose old mappings
-    /// the NAT still holds, and seven samples let the fit leave two such stale ones out.
+    /// the NAT still holds, and seven samples let the fit leave two such stale ones out
+    /// (three when the rest is an undisturbed counter, see [`fit_allocation`]).
     pub fn quick(server: SocketAddr) -> Self {
         ClassifierConfig {
             quick: true,
