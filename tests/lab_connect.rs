@@ -164,8 +164,8 @@ fn sequential_and_sequential_connect_by_prediction() {
 /// (two stale samples); connect's seven samples with two left out: 10/10 four times (9/10
 /// with 200 ports), yet 7/10 and 8/10 in eight runs on a later machine (three stale of
 /// seven: "random", and a sweep that cannot meet a counter); three left out behind a quiet
-/// counter: 118 of 120 tries (both failures the tenth try; the one logged had four stale of
-/// seven).
+/// counter: 157 of 160 tries (each failure the ninth or tenth try; those logged had four
+/// stale of seven).
 #[test]
 fn sequential_pair_connects_when_local_ports_are_reused() {
     let ports = std::env::var("PUNCHRAW_TEST_PORTS").unwrap_or_else(|_| "45000 45399".into());

@@ -351,10 +351,13 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
     //
     // Three of seven are left out only under stricter terms, since three stale samples are
     // what repeated runs through a narrow local port range give (lab: two runs in ten, 400
-    // ports): the other four must be an undisturbed counter (every step exactly `delta`) and
-    // each left-out port must lie behind it, as a mapping made before it does. A uniform
-    // allocator passes that with probability about 35 * 200 / S^3 / 8 over `S` ports, below
-    // 1e-5 even within a 512-port block.
+    // ports): the other four must be an undisturbed counter (every step exactly `delta`),
+    // each left-out port must lie behind it, as a mapping made before it does, and the three
+    // must be no counter of their own. A NAT that counts per destination (RFC 6056
+    // algorithms 3 and 4) gives exactly that to the probes toward the server's other
+    // endpoint (every second one), and toward a new peer it is as good as random. A uniform
+    // allocator passes with probability about 35 * 200 / S^3 / 8 over `S` ports, below 1e-5
+    // even within a 512-port block.
     let n = samples.len();
     let singles = (0..n).filter(|_| n >= 5).map(|a| vec![a]);
     let pairs = (0..n)
@@ -376,7 +379,17 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
             continue;
         };
         let behind = |&i: &usize| i32::from(rest[0].2.wrapping_sub(samples[i].2) as i16) * d > 0;
-        if skip.len() < 3 || (extras.iter().all(|&e| e == 0) && skip.iter().all(behind)) {
+        // One flow apart at least: others' flows are the extras.
+        let left_out: Vec<(usize, u16, u16)> = skip
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| (k, samples[i].1, samples[i].2))
+            .collect();
+        if skip.len() < 3
+            || (extras.iter().all(|&e| e == 0)
+                && skip.iter().all(behind)
+                && counter_fit(&steps_of(&left_out)).is_none())
+        {
             return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
         }
     }

@@ -1133,3 +1133,32 @@ fn three_left_out_do_not_make_random_ports_a_counter() {
     // these 20,000 either way).
     assert!(sequential <= 5, "{sequential} of 20,000");
 }
+
+/// Connect's seven samples alternate between the server's two endpoints: four toward one,
+/// three toward the other. A counter per destination (RFC 6056 algorithms 3 and 4) is an
+/// undisturbed counter toward each, so leaving the other destination's three out must not
+/// make it sequential: toward a new peer it is as good as random.
+#[test]
+fn per_destination_counters_stay_random_with_seven_samples() {
+    let a = PortAlloc::PerDestination { step: 1 };
+    for seed in 0..64 {
+        let (r, _) = sim::classify_configured(
+            nat(EndpointIndependent, EndpointIndependent, a),
+            true,
+            0.0,
+            seed,
+            Duration::from_millis(20),
+            |c| {
+                c.quick = true;
+                c.alloc_sockets = QUICK_ALLOC_SOCKETS;
+            },
+        );
+        assert_eq!(r.allocation_samples.len(), 7, "seed {seed}");
+        assert_eq!(
+            r.allocation,
+            Allocation::Random,
+            "seed {seed}: {:?}",
+            r.allocation_samples
+        );
+    }
+}
