@@ -378,18 +378,7 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
         let Some((d, extras)) = counter_fit(&steps_of(&rest)) else {
             continue;
         };
-        let behind = |&i: &usize| i32::from(rest[0].2.wrapping_sub(samples[i].2) as i16) * d > 0;
-        // One flow apart at least: others' flows are the extras.
-        let left_out: Vec<(usize, u16, u16)> = skip
-            .iter()
-            .enumerate()
-            .map(|(k, &i)| (k, samples[i].1, samples[i].2))
-            .collect();
-        if skip.len() < 3
-            || (extras.iter().all(|&e| e == 0)
-                && skip.iter().all(behind)
-                && counter_fit(&steps_of(&left_out)).is_none())
-        {
+        if skip.len() < 3 || stale_behind(samples, &skip, rest[0].2, d, &extras) {
             return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
         }
     }
@@ -413,6 +402,28 @@ pub fn fit_allocation(samples: &[(usize, u16, u16)]) -> AllocationFit {
         return fit(Allocation::Sequential, Some(d), Some(spread(&extras)));
     }
     fit(Allocation::Random, None, None)
+}
+
+/// The stricter terms on which [`fit_allocation`] leaves three samples (`skip`) out: the
+/// rest, from `first` on, is a counter of step `d` that needed no `extras`, every left-out
+/// port lies behind `first`, and the left-out ones are no counter of their own.
+fn stale_behind(
+    samples: &[(usize, u16, u16)],
+    skip: &[usize],
+    first: u16,
+    d: i32,
+    extras: &[u16],
+) -> bool {
+    let behind = |&i: &usize| i32::from(first.wrapping_sub(samples[i].2) as i16) * d > 0;
+    // One flow apart at least: others' flows are the extras.
+    let left_out: Vec<(usize, u16, u16)> = skip
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| (k, samples[i].1, samples[i].2))
+        .collect();
+    extras.iter().all(|&e| e == 0)
+        && skip.iter().all(behind)
+        && counter_fit(&steps_of(&left_out)).is_none()
 }
 
 /// [`fit_allocation`] for samples taken through loss on the way to the NAT: a probe whose
@@ -588,8 +599,7 @@ pub(super) fn legacy(behind_nat: bool, mapping: Behavior, filtering: Behavior) -
 /// Whether `port`, the mapping of a new flow through a NAT whose counter gave `samples`
 /// (in probe order) with step `delta`, comes after them on the counter: ahead of all but
 /// about a third of them, three of seven (which may themselves be stale), by at most `ahead`
-/// flows. A mapping that
-/// is not is stale: the OS reused a local port whose old mapping toward the same server
+/// flows. A mapping that is not is stale: the OS reused a local port whose old mapping toward the same server
 /// the NAT still holds, so the port is an old one and a peer predicting from it misses.
 pub fn counter_ahead(port: u16, samples: &[u16], delta: i32, ahead: i32) -> bool {
     if delta == 0 || samples.is_empty() {
