@@ -1183,6 +1183,47 @@ fn tcp_raw_repeats_a_lost_first_data_segment_at_the_round_trip() {
     );
 }
 
+/// The peer's SYN-ACK lost once each way, from a peer that spoke right behind it (the TLS
+/// server answering the hello our SYN carried, or the client): only its data gets through,
+/// acknowledging our SYN, and the engine finishes the handshake from it. Lost between our NAT
+/// and us (as on a lossy LAN or radio link), our NAT's tracking is in SYN_RECV and drops the
+/// peer's repeated SYNs, while the peer's NAT, which saw its data, drops repeated SYN-ACKs;
+/// lost before our NAT, our NAT is still in SYN_SENT and drops our ACKs until we answer the
+/// peer's repeated SYN. Before, the first case failed ("no SYN got through" on one side, a TLS
+/// timeout on the other; 1 bench run in 10 at 5% loss per NAT), and finishing from the data
+/// without answering that SYN left the second one hanging.
+#[test]
+fn tcp_raw_finishes_the_handshake_from_data_when_the_peers_syn_ack_was_lost() {
+    // Behind the NATs' tracking (the forward hook runs after it): the first SYN-ACK from the
+    // peer toward our host, or the first one our host sends toward the peer.
+    for (case, iface, dir) in [
+        ("behind our NAT", "lan0", "saddr"),
+        ("before it", "wan0", "daddr"),
+    ] {
+        let Some(lab) = lab_at(0, "port-restricted-cone", "port-restricted-cone") else {
+            return;
+        };
+        for (nat, peer) in [(Node::NatA, "203.0.113.20"), (Node::NatB, "203.0.113.10")] {
+            let rule = format!(
+                "insert rule ip natlab forward oifname \"{iface}\" ip {dir} {peer} \
+                 tcp flags & (syn | ack) == syn | ack numgen inc mod 1000000 0 counter drop"
+            );
+            let o = lab.cmd(nat, "nft").arg(&rule).output().expect("run nft");
+            assert!(o.status.success(), "{rule}: {o:?}");
+        }
+        let _srv = common::punchraw_serve_5780(&lab);
+        let p = pair(
+            &lab,
+            0,
+            "right",
+            MIB,
+            &["--tcp", "--syn-engine", "raw", "-v"],
+        );
+        check_connected_over(&p, "tcp", "direct", &format!("first SYN-ACK lost {case}"));
+        assert!(p.data_ok, "{case}: data differs");
+    }
+}
+
 /// Two peers behind one NAT that does not hairpin (many do not; RFC 4787 REQ-9): host A and
 /// another host on its LAN, or both on host A (someone trying the tool out). UDP found the
 /// peer at its LAN candidate all along; the TCP punch aimed only at the peer's public

@@ -48,9 +48,9 @@ pub struct Crafted {
     pub window: u16,
     /// The TCP options to carry, written in Linux's order by [`option_bytes`].
     pub options: TcpOptions,
-    /// A SYN that carries the sender's first flight after its header (RFC 9293 section
-    /// 3.5 lets a SYN carry data; the receiver holds it until the handshake is done): the
-    /// bytes are the sender's to give, to [`Crafted::to_bytes_with`].
+    /// A SYN (or SYN-ACK) that carries the sender's first flight after its header (RFC 9293
+    /// section 3.5 lets a SYN carry data; the receiver holds it until the handshake is done):
+    /// the bytes are the sender's to give, to [`Crafted::to_bytes_with`].
     pub data: bool,
 }
 

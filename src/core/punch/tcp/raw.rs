@@ -36,19 +36,10 @@
 //! retransmission timeout. A SYN-ACK answering the peer's SYN is queued by step 1, so it goes
 //! out in step 4 of the same turn: within one round trip of the SYN, as the punch needs.
 //!
-//! A SYN-ACK can be lost, and nothing else brings it back: the socket is ESTABLISHED on our
-//! side, and once our NAT's connection tracking has seen our SYN-ACK it drops the peer's repeated
-//! SYNs (a SYN from the reply side in SYN_RECV is invalid for Linux's conntrack), so the peer's
-//! repeats never reach us to be answered. The engine therefore repeats that SYN-ACK itself,
-//! paced like its SYNs, until the peer shows it arrived (its ACK, data, or its own SYN-ACK on
-//! that 4-tuple), and reports the 4-tuple through [`RawPunch::poll_confirmed`] then. Until
-//! then the socket should send nothing (no window probe): an ACK of ours would move our NAT's
-//! tracking to ESTABLISHED, in which it drops our repeated SYN-ACKs as invalid too
-//! (net/netfilter/nf_conntrack_proto_tcp.c, the state table). The one exception is the TLS
-//! client's first flight, which waiting would delay by a round trip to the peer: the driver
-//! says so ([`RawPunch::sending_early`]), and the engine then repeats our SYN on that
-//! 4-tuple instead, which the tracking in ESTABLISHED lets through and the peer's SYN-ACK to
-//! it brings back in step.
+//! A SYN-ACK can be lost either way, and what brings the handshake back through two NATs
+//! whose tracking saw part of it is in `raw/lost.rs`: the SYN-ACK repeated, our SYN repeated
+//! by a socket that spoke early ([`RawPunch::sending_early`]), and the handshake finished from
+//! the peer's data ([`RawPunch::awaiting_ack_of_data`]).
 //!
 //! The TLS client's hello goes sooner still: in the SYNs themselves ([`RawConfig::syn_data`];
 //! RFC 9293 section 3.5 lets a SYN carry data, held by the receiver until the handshake is
@@ -142,6 +133,8 @@ struct Done {
     /// Our socket on this answered 4-tuple sent data before the peer confirmed
     /// ([`RawPunch::sending_early`]): our SYN is repeated instead of the SYN-ACK.
     early: bool,
+    /// When the peer's data finished the handshake (`finish_from_data`).
+    from_data: Option<FromData>,
 }
 
 /// The engine. See the module documentation for the order of calls.
@@ -361,65 +354,6 @@ impl RawPunch {
         self.repeat_synacks(now);
     }
 
-    /// SYN-ACKs the peer has not shown it received, again (see the module documentation).
-    /// Outside the rate: one per answered 4-tuple and round trip at most.
-    fn repeat_synacks(&mut self, now: Instant) {
-        let due: Vec<(SocketAddrV4, u32, Done, u32)> = self
-            .done
-            .iter()
-            .filter_map(|(to, d)| match (d.answered, d.unconfirmed) {
-                (Some(isn), Some((sent, next))) if next <= now => Some((*to, isn, *d, sent)),
-                _ => None,
-            })
-            .collect();
-        for (to, isn, d, sent) in due {
-            if d.early {
-                self.syn_again(to, d.options);
-            } else {
-                self.synack(to, isn, d.taken, d.options);
-            }
-            let next = now + self.backoff(sent + 1);
-            if let Some(d) = self.done.get_mut(&to) {
-                d.unconfirmed = Some((sent + 1, next));
-            }
-        }
-    }
-
-    /// Our SYN once more on the answered 4-tuple `to`, whose socket has sent data: our NAT's
-    /// tracking took that data's ACK to ESTABLISHED, where it drops our SYN-ACK as invalid but
-    /// lets our SYN pass as possibly out of sync (Linux's conntrack ignores a SYN in the
-    /// original direction there, and the peer's SYN-ACK acknowledging it puts the entry back
-    /// in step). A peer that never had our SYN nor our SYN-ACK answers it like any SYN, so the
-    /// handshake completes in the sequence space our socket already uses. The options are our
-    /// SYN-ACK's, TSval included (the socket's clock continues from it), echoing nothing.
-    fn syn_again(&mut self, to: SocketAddrV4, options: TcpOptions) {
-        self.transmits.push_back(Crafted {
-            src: self.local,
-            dst: to,
-            ttl: self.cfg.ttl,
-            seq: self.isn,
-            ack: 0,
-            flags: Flags::Syn,
-            window: self.cfg.window,
-            options: TcpOptions {
-                timestamps: options.timestamps.map(|(v, _)| (v, 0)),
-                ..options
-            },
-            data: false,
-        });
-        self.syns += 1;
-    }
-
-    /// The socket of the answered 4-tuple `remote` sends before the peer confirmed it has our
-    /// SYN-ACK (the TLS client's first flight, a round trip sooner than after the
-    /// confirmation). What that costs when our SYN-ACK was lost is covered by repeating our
-    /// SYN instead (see `syn_again`).
-    pub fn sending_early(&mut self, remote: SocketAddrV4) {
-        if let Some(d) = self.done.get_mut(&remote) {
-            d.early = d.answered.is_some();
-        }
-    }
-
     /// The shortest round trip to the peer measured so far, from the timestamps its segments
     /// echoed (RFC 7323 section 4.1): every SYN of ours carries the clock's value when it
     /// left, so the echo names the very SYN answered, repeats or not (no ambiguity for Karn's
@@ -437,31 +371,6 @@ impl RawPunch {
         if ms < 60_000 {
             let r = Duration::from_millis(u64::from(ms));
             self.rtt = Some(self.rtt.map_or(r, |old| old.min(r)));
-        }
-    }
-
-    /// Whether `segment` from the peer on the answered 4-tuple `src` shows our SYN-ACK arrived:
-    /// anything but a SYN or RST that acknowledges our SYN (the peer's ACK, its data, or the
-    /// SYN-ACK to our own SYN, which says the peer is established too).
-    fn confirm(&mut self, src: SocketAddrV4, segment: Segment, ack: u32) {
-        let Some(d) = self.done.get_mut(&src) else {
-            return;
-        };
-        let acks_ours = ack.wrapping_sub(self.isn.wrapping_add(1)) < 1 << 30;
-        let Some((sent, _)) = d.unconfirmed else {
-            return;
-        };
-        if acks_ours && matches!(segment, Segment::Other | Segment::SynAck) {
-            d.unconfirmed = None;
-            self.confirmed.push_back(src);
-            // A SYN-ACK to our first SYN: the peer made its socket when that SYN came, before
-            // our data. Otherwise its socket came with our SYN-ACK or a SYN of ours sent again
-            // (an early 4-tuple's repeats, `sent` past the first answer), possibly after the
-            // data, which it then never had.
-            let resynced = sent > 1;
-            if d.early && (segment != Segment::SynAck || resynced) {
-                self.data_again.push_back(src);
-            }
         }
     }
 
@@ -521,7 +430,8 @@ impl RawPunch {
 
     /// [`RawPunch::handle_seen`] for a segment that carried `payload`: the data of a peer's
     /// SYN is taken (our SYN-ACK acknowledges it, and [`Established::received`] hands it to
-    /// the socket), anything else's is the kernel socket's.
+    /// the socket), as is data acknowledging our SYN on a 4-tuple whose SYN-ACK never came
+    /// (`finish_from_data`); anything else's is the kernel socket's.
     pub fn handle_seen_with(&mut self, now: Instant, seen: &Seen, payload: &[u8]) {
         match *seen {
             Seen::Tcp {
@@ -589,6 +499,13 @@ impl RawPunch {
                             d.third = Some(third);
                         }
                     }
+                    Segment::Other
+                        if !payload.is_empty()
+                            && !self.done.contains_key(&src)
+                            && self.acks_syn(src, ack) =>
+                    {
+                        self.finish_from_data(now, src, seq, ack, window, options, payload)
+                    }
                     // Once the handshake finished, the kernel socket owns the 4-tuple.
                     Segment::Rst if self.acks_syn(src, ack) && !self.done.contains_key(&src) =>
                     {
@@ -653,6 +570,8 @@ impl RawPunch {
             // finished 4-tuple is the kernel socket's.
             if d.answered == Some(seq) {
                 self.synack(src, seq, d.taken, d.options);
+            } else {
+                self.answer_after_data(src, seq, &d);
             }
             return;
         }
@@ -718,6 +637,7 @@ impl RawPunch {
                 unconfirmed: None,
                 third: None,
                 early: false,
+                from_data: None,
             },
         );
         self.established.push_back(Established {
@@ -753,7 +673,8 @@ impl RawPunch {
     }
 
     /// A 4-tuple given out with [`Established::awaiting_peer`] whose peer has shown it has our
-    /// SYN-ACK: its socket may send now.
+    /// SYN-ACK: its socket may send now; or one finished from the peer's data whose peer
+    /// acknowledged our data ([`RawPunch::awaiting_ack_of_data`]).
     pub fn poll_confirmed(&mut self) -> Option<SocketAddrV4> {
         self.confirmed.pop_front()
     }
@@ -788,6 +709,9 @@ impl RawPunch {
         [planner, repeat, synack].into_iter().flatten().min()
     }
 }
+
+mod lost;
+use lost::FromData;
 
 #[cfg(test)]
 mod tests;

@@ -173,6 +173,9 @@ pub(super) async fn run(
     let mut next_progress = setup.start + super::PROGRESS;
     let mut send_errors = 0u64;
     let mut first = FirstFlight::new(setup.rtt);
+    // A connection whose TLS is done but whose handshake finished from the peer's data, until
+    // the peer acknowledges ours (`RawPunch::awaiting_ack_of_data`), with when that began.
+    let mut held: Option<(Connection, Instant)> = None;
     let result = loop {
         if shutdown.requested() {
             break Err(PunchEnd::Interrupted);
@@ -189,6 +192,22 @@ pub(super) async fn run(
             on_status,
         );
         repeat_first_data(&mut first, now, sender, on_status);
+        if let Some((c, since)) = held.take() {
+            let SocketAddr::V4(remote) = c.remote else {
+                break Ok(c);
+            };
+            if !engine.awaiting_ack_of_data(remote) {
+                break Ok(c);
+            }
+            if now < since + super::TLS_TIMEOUT {
+                held = Some((c, since));
+            } else {
+                on_status(format!(
+                    "the peer never acknowledged our data on {remote} (after its SYN-ACK went missing); closing that connection and punching on"
+                ));
+                engine.handle_closed(remote);
+            }
+        }
         if sweeping && now >= next_progress {
             next_progress = now + super::PROGRESS;
             on_status(format!(
@@ -199,6 +218,7 @@ pub(super) async fn run(
             ));
         }
         if engine.planner().expired(now)
+            && held.is_none()
             && ((l.handshakes == 0 && answered.waiting.is_empty()) || now >= hard_stop)
         {
             for remote in answered.waiting.keys() {
@@ -257,10 +277,19 @@ pub(super) async fn run(
             }
             Some(ev) = rx.recv() => {
                 if let Turn::Done(r) = l.on_event(ev, on_status).await {
-                    break r.map(|mut c| {
+                    match r.map(|mut c| {
                         c.attempts = engine.planner().attempts;
                         c
-                    });
+                    }) {
+                        Ok(c) if matches!(c.remote, SocketAddr::V4(v) if engine.awaiting_ack_of_data(v)) => {
+                            on_status(format!(
+                                "TLS done with {}, whose SYN-ACK never reached us (the handshake finished from its data); waiting for it to acknowledge our data, which our NAT may drop until we answer the peer's repeated SYN",
+                                c.remote
+                            ));
+                            held = Some((c, Instant::now()));
+                        }
+                        r => break r,
+                    }
                 }
             }
         }

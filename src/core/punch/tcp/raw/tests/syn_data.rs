@@ -187,3 +187,81 @@ fn the_hello_stays_ours_after_its_attempt_was_refused() {
     let est = e.poll_established().expect("established");
     assert_eq!((est.snd_nxt, est.first_flight), (ack, Some(true)));
 }
+
+/// The peer's SYN-ACK was lost between our NAT and us, and the peer spoke right behind it:
+/// only its data gets through (the NATs' tracking drops the repeats of both SYN and SYN-ACK),
+/// acknowledging our SYN. The handshake finishes from it: the data starts the peer's stream,
+/// goes to the socket, and is acknowledged at once. A pure ACK names no ISN, and what does
+/// not acknowledge our SYN is not ours; once finished, the 4-tuple is the socket's.
+#[test]
+fn the_peers_data_finishes_the_handshake_when_its_syn_ack_was_lost() {
+    let t0 = Instant::now();
+    let flight = b"server flight";
+    let flight_end = 7001 + flight.len() as u32;
+    let o = TcpOptions {
+        timestamps: Some((5000, 0)),
+        ..TcpOptions::default()
+    };
+    let data = |seq, ack| tcp(peer(20000), Segment::Other, seq, ack, o);
+
+    let mut e = sent_first(with_hello(Plan::Direct, 20000), t0);
+    let past = e.isn().wrapping_add(1).wrapping_add(len());
+    e.handle_seen(t0, &data(7001, past));
+    e.handle_seen_with(t0, &data(7001, past.wrapping_add(9)), flight);
+    e.handle_seen_with(t0, &data(7001, 12345), flight);
+    assert!(drain(&mut e).is_empty() && e.poll_established().is_none());
+    e.handle_seen_with(t0, &data(7001, past), flight);
+    let est = e.poll_established().expect("established from the data");
+    assert_eq!(
+        (est.remote, est.snd_nxt, est.rcv_nxt, est.first_flight),
+        (peer(20000), past, flight_end, Some(true))
+    );
+    assert_eq!(est.received, flight);
+    assert!(!est.awaiting_peer, "nothing to wait for: the peer is up");
+    assert_eq!(est.theirs.timestamps, Some((5000, 0)));
+    assert_eq!(est.ours.timestamps.map(|t| t.1), Some(5000));
+    let sent: Vec<_> = drain(&mut e)
+        .iter()
+        .map(|c| (c.flags, c.seq, c.ack, c.dst))
+        .collect();
+    assert_eq!(sent, [(Flags::Ack, past, flight_end, peer(20000))]);
+    // Its repeat is the socket's now.
+    e.handle_seen_with(t0, &data(7001, past), flight);
+    assert!(drain(&mut e).is_empty() && e.poll_established().is_none());
+    // Until the peer acknowledges what our socket sends next, our NAT may be dropping it (its
+    // SYN-ACK never reached our NAT, which is then in SYN_SENT): the peer's repeated SYN is
+    // answered, acknowledging the SYN alone, and our first data is due again right behind.
+    assert!(e.awaiting_ack_of_data(peer(20000)));
+    e.handle_seen(t0, &tcp(peer(20000), Segment::Syn, 6999, 0, o));
+    assert!(drain(&mut e).is_empty(), "not the ISN the data named");
+    e.handle_seen(t0, &tcp(peer(20000), Segment::Syn, 7000, 0, o));
+    let sent: Vec<_> = drain(&mut e)
+        .iter()
+        .map(|c| (c.flags, c.seq, c.ack, c.data))
+        .collect();
+    // With the hello the peer took: the peer's NAT resyncs from it (see `on_syn`).
+    assert_eq!(sent, [(Flags::SynAck, e.isn(), 7001, true)]);
+    assert_eq!(e.poll_data_again(), Some(peer(20000)));
+    // The peer's challenge ACK acknowledges no more than before; its ACK of our data does.
+    e.handle_seen(t0, &data(flight_end, past));
+    assert!(e.awaiting_ack_of_data(peer(20000)) && e.poll_confirmed().is_none());
+    e.handle_seen(t0, &data(flight_end, past.wrapping_add(40)));
+    assert!(!e.awaiting_ack_of_data(peer(20000)));
+    assert_eq!(e.poll_confirmed(), Some(peer(20000)));
+
+    // A peer that did not take the hello acknowledges the SYN alone: the socket starts
+    // before the hello and sends it.
+    let mut e = sent_first(with_hello(Plan::Direct, 20000), t0);
+    let after_syn = e.isn().wrapping_add(1);
+    e.handle_seen_with(t0, &data(7001, after_syn), flight);
+    let est = e.poll_established().expect("established from the data");
+    assert_eq!(
+        (est.snd_nxt, est.rcv_nxt, est.first_flight),
+        (after_syn, flight_end, Some(false))
+    );
+    drain(&mut e);
+    e.handle_seen(t0, &tcp(peer(20000), Segment::Syn, 7000, 0, o));
+    let synack = drain(&mut e);
+    assert_eq!(synack.len(), 1);
+    assert!(!synack[0].data, "a hello the peer did not take stays out");
+}
