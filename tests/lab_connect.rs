@@ -1224,6 +1224,39 @@ fn tcp_raw_finishes_the_handshake_from_data_when_the_peers_syn_ack_was_lost() {
     }
 }
 
+/// The path dies under a busy TLS stream (both NATs drop everything between the peers from
+/// then on, as when an uplink goes or a NAT forgets the binding): both sides end with exit 9
+/// once their data has gone unacknowledged for the QUIC stream's idle timeout (30 s,
+/// TCP_USER_TIMEOUT), not after the kernel's ~15 minutes of retransmissions (tcp_retries2),
+/// which is what a side with data in flight waited before.
+#[test]
+fn tcp_stream_ends_when_the_path_dies() {
+    let Some(lab) = lab_at(0, "port-restricted-cone", "port-restricted-cone") else {
+        return;
+    };
+    let _srv = common::punchraw_serve_5780(&lab);
+    let (_dir, sides) = common::relay::endless_pair(&lab, "tcpdies", &["--tcp"]);
+    for (nat, peer) in [(Node::NatA, "203.0.113.20"), (Node::NatB, "203.0.113.10")] {
+        for dir in ["saddr", "daddr"] {
+            let rule = format!("insert rule ip natlab forward ip {dir} {peer} drop");
+            let o = lab.cmd(nat, "nft").arg(&rule).output().expect("run nft");
+            assert!(o.status.success(), "{rule}: {o:?}");
+        }
+    }
+    let cut = Instant::now();
+    for (name, mut c) in sides {
+        let (code, stderr) = c.0.wait_with_output_ref();
+        let took = cut.elapsed();
+        let stderr = String::from_utf8_lossy(&stderr);
+        assert_eq!(code, Some(9), "{name}: {stderr}");
+        // 30 s and the retransmission in flight then (backed off to a few seconds at most).
+        assert!(
+            took < Duration::from_secs(90),
+            "{name} took {took:?}: {stderr}"
+        );
+    }
+}
+
 /// Two peers behind one NAT that does not hairpin (many do not; RFC 4787 REQ-9): host A and
 /// another host on its LAN, or both on host A (someone trying the tool out). UDP found the
 /// peer at its LAN candidate all along; the TCP punch aimed only at the peer's public

@@ -9,7 +9,7 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use common::pair::*;
-use common::relay::{kill_under, random_pair, relayed_endless, Ended, Serve};
+use common::relay::{endless_pair, kill_under, random_pair, Ended, Serve};
 use std::time::{Duration, Instant};
 
 /// The number before `what` in the relay statistics.
@@ -397,7 +397,7 @@ fn relay_dying_mid_stream_is_exit_9() {
         return;
     };
     let mut serve = Serve::start(&lab);
-    let (dir, sides) = relayed_endless(&lab, "relaydies", &[]);
+    let (dir, sides) = endless_pair(&lab, "relaydies", &[]);
     for Ended {
         name,
         code,
@@ -441,7 +441,7 @@ fn sigint_mid_relayed_stream_frees_both_allocations() {
         return;
     };
     let serve = Serve::start(&lab);
-    let (_dir, mut sides) = relayed_endless(&lab, "sigintrelayed", &[]);
+    let (_dir, mut sides) = endless_pair(&lab, "sigintrelayed", &[]);
     let pid = nix::unistd::Pid::from_raw(sides[0].1 .0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("signal A");
     let stopped = Instant::now();

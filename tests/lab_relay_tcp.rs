@@ -8,7 +8,7 @@ mod common;
 
 use common::lab::{ChildGuard, Lab, LabOptions, Node};
 use common::pair::*;
-use common::relay::{count, kill_under, random_pair, relayed_endless, Ended, Serve};
+use common::relay::{count, endless_pair, kill_under, random_pair, Ended, Serve};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -157,7 +157,7 @@ fn tcp_relay_dying_mid_stream_is_exit_9() {
     };
     let mut serve = serve(&lab);
     let relay = "turn://relayuser:relaypass@203.0.113.1:3478?transport=tcp";
-    let (_dir, sides) = relayed_endless(&lab, "tcpdies", &["--relay", relay]);
+    let (_dir, sides) = endless_pair(&lab, "tcpdies", &["--relay", relay]);
     for Ended {
         name,
         code,

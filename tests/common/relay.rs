@@ -66,7 +66,7 @@ pub fn count(log: &str, section: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number before {what:?} in {part}"))
 }
 
-/// How one side of a [`relayed_endless`] pair ended after [`kill_under`].
+/// How one side of a [`endless_pair`] pair ended after [`kill_under`].
 pub struct Ended {
     pub name: &'static str,
     pub code: Option<i32>,
@@ -99,10 +99,10 @@ pub fn random_pair() -> Option<Lab> {
     Lab::up_with(LabOptions::new("symmetric-random").kind_b("symmetric-random"))
 }
 
-/// A random x random pair (`serve --relay` already running) with endless input on both
-/// sides and `extra` connect options, once data flows both ways through the relay: the
-/// stream is busy at that moment.
-pub fn relayed_endless(
+/// A pair of the lab's hosts (for the relay tests a random x random pair, `serve --relay`
+/// already running) with endless input on both sides and `extra` connect options, once data
+/// flows both ways (through the relay, for those): the stream is busy at that moment.
+pub fn endless_pair(
     lab: &Lab,
     tag: &str,
     extra: &[&str],
@@ -140,7 +140,7 @@ pub fn relayed_endless(
     let received =
         |name: &str| std::fs::metadata(dir.0.join(format!("{name}.out"))).map_or(0, |m| m.len());
     while received("a") == 0 || received("b") == 0 {
-        assert!(Instant::now() < deadline, "no relayed stream came up");
+        assert!(Instant::now() < deadline, "no stream came up");
         for (name, c) in &mut sides {
             assert!(
                 c.0.try_wait().expect("wait").is_none(),

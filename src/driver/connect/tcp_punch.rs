@@ -56,6 +56,13 @@ pub use transfer::transfer;
 
 /// Time for the TLS handshake (and the commitment) on one punched connection.
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long the stream's data may go unacknowledged before the connection counts as lost
+/// (TCP_USER_TIMEOUT, RFC 5482 section 3): the QUIC stream's idle timeout. Without it a
+/// peer that vanished (switched off, or its NAT's binding gone) while we had data in flight
+/// held us for the kernel's ~15 minutes of retransmissions (tcp_retries2); seen in the lab
+/// when a punch left one side's segments dropped by its NAT. On an idle connection it also
+/// decides when unanswered keep-alive probes end it (tcp(7)), instead of their count.
+const STREAM_TIMEOUT: Duration = crate::transport::quic::IDLE_TIMEOUT;
 /// TLS handshakes at most at once: a sweep may bring up several connections, but a flood of
 /// them at the listener is someone else.
 const MAX_HANDSHAKES: usize = 16;
@@ -701,12 +708,14 @@ impl<'a> PunchLoop<'a> {
                 return Turn::Go;
             }
         };
+        let sock = SockRef::from(tcp);
         if !self.setup.keepalive.is_zero() {
             let ka = TcpKeepalive::new()
                 .with_time(self.setup.keepalive)
                 .with_interval(self.setup.keepalive);
-            let _ = SockRef::from(tcp).set_tcp_keepalive(&ka);
+            let _ = sock.set_tcp_keepalive(&ka);
         }
+        let _ = sock.set_tcp_user_timeout(Some(STREAM_TIMEOUT));
         Turn::Done(Box::new(Ok(Connection {
             stream,
             role: self.setup.tls.role(),
