@@ -468,33 +468,13 @@ impl RawPunch {
                         // one byte before it, which a kernel peer in SYN-RECEIVED does not
                         // take as the ACK of its SYN (it would wait for its SYN-ACK's
                         // retransmission, a second later).
-                        let third = Crafted {
-                            src: self.local,
-                            dst: src,
-                            ttl: self.cfg.ttl,
-                            // Past our SYN's data when the peer took it.
-                            seq: ack,
-                            ack: seq.wrapping_add(1),
-                            flags: Flags::Ack,
-                            // Scaled once both sides offered scaling (RFC 7323 section 2.2).
-                            window: match options.wscale {
-                                Some(_) => self.cfg.window >> self.cfg.wscale.min(14),
-                                None => self.cfg.window,
-                            },
-                            options: TcpOptions {
-                                timestamps: ours.timestamps,
-                                ..TcpOptions::default()
-                            },
-                            data: false,
-                        };
+                        // Past our SYN's data when the peer took it; scaled once both sides
+                        // offered scaling (RFC 7323 section 2.2).
+                        let scaled = options.wscale.is_some();
+                        let third = self.bare_ack(src, ack, seq.wrapping_add(1), scaled, &ours);
                         self.transmits.push_back(third);
                         self.finish(src, seq, window, ours, options, None);
-                        // The peer's ACK tells whether it took the hello our SYN carried.
-                        let took = ack != self.isn.wrapping_add(1);
-                        if let Some(e) = self.established.back_mut() {
-                            e.snd_nxt = ack;
-                            e.first_flight = e.first_flight.map(|_| took);
-                        }
+                        self.continue_at(ack);
                         if let Some(d) = self.done.get_mut(&src) {
                             d.third = Some(third);
                         }
@@ -531,6 +511,44 @@ impl RawPunch {
                 self.fail(now, qd, AttemptError::Unreachable)
             }
             _ => {}
+        }
+    }
+
+    /// A segment that only acknowledges, to `dst`: our next byte `seq`, theirs `ack`, our
+    /// window (`scaled`: in the unit our SYN's window scale announced) and the timestamps of
+    /// `ours`.
+    fn bare_ack(
+        &self,
+        dst: SocketAddrV4,
+        seq: u32,
+        ack: u32,
+        scaled: bool,
+        ours: &TcpOptions,
+    ) -> Crafted {
+        let shift = if scaled { self.cfg.wscale.min(14) } else { 0 };
+        Crafted {
+            src: self.local,
+            dst,
+            ttl: self.cfg.ttl,
+            seq,
+            ack,
+            flags: Flags::Ack,
+            window: self.cfg.window >> shift,
+            options: TcpOptions {
+                timestamps: ours.timestamps,
+                ..TcpOptions::default()
+            },
+            data: false,
+        }
+    }
+
+    /// The connection just finished continues at `ack`, the peer's acknowledgement of our
+    /// SYN, which also tells whether the peer took the hello our SYN carried.
+    fn continue_at(&mut self, ack: u32) {
+        let took = ack != self.isn.wrapping_add(1);
+        if let Some(e) = self.established.back_mut() {
+            e.snd_nxt = ack;
+            e.first_flight = e.first_flight.map(|_| took);
         }
     }
 

@@ -174,27 +174,12 @@ impl RawPunch {
         let shift = self.cfg.wscale.min(14);
         let end = seq.wrapping_add(u32::try_from(payload.len()).unwrap_or(0));
         // Acknowledges the data, and so shows the peer our end is up.
-        let acked = Crafted {
-            src: self.local,
-            dst: src,
-            ttl: self.cfg.ttl,
-            seq: ack,
-            ack: end,
-            flags: Flags::Ack,
-            window: self.cfg.window >> shift,
-            options: TcpOptions {
-                timestamps: ours.timestamps,
-                ..TcpOptions::default()
-            },
-            data: false,
-        };
+        let acked = self.bare_ack(src, ack, end, true, &ours);
         self.transmits.push_back(acked);
         let peer_window = u16::try_from(u32::from(window) << shift).unwrap_or(u16::MAX);
         self.finish(src, seq.wrapping_sub(1), peer_window, ours, theirs, None);
-        let took = ack != self.isn.wrapping_add(1);
+        self.continue_at(ack);
         if let Some(e) = self.established.back_mut() {
-            e.snd_nxt = ack;
-            e.first_flight = e.first_flight.map(|_| took);
             e.rcv_nxt = end;
             e.received = payload.to_vec();
         }
