@@ -16,6 +16,11 @@
 # baseline's receiver, B discards what it receives (to /dev/null; its report's byte count is
 # checked), so that no side's number includes writing a file; A reads its input from a file
 # (in the page cache), as a user sending one does, where the baseline sends from memory.
+#
+# Each cell also prints the CPU time both ends spent per GiB moved (user + system, medians):
+# punchraw's `stream_cpu_ms` of A and B (from connected until done, as `stream_ms`), the
+# baseline's two socket loops from their first byte. On the clean 0 ms path both hosts and
+# both NATs share the machine's cores, so that cost, more than the path, bounds each stream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-2}"
@@ -39,21 +44,24 @@ trap 'cleanup; rm -rf "$WORK"' EXIT
 trap 'exit 130' INT TERM
 
 field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p" "$2" | tr -d '" '; }
-median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 mibs() { awk -v b="$1" -v ms="$2" 'BEGIN { if (ms <= 0) print "nan"; else printf "%.1f\n", b / 1048576 / (ms / 1000) }'; }
+# CPU seconds per GiB: milliseconds $2 + $3 spent on $1 MiB.
+per_gib() { awk -v m="$1" -v a="$2" -v b="$3" 'BEGIN { if (a == "" || b == "" || a == "null" || b == "null") print "nan"; else printf "%.2f\n", (a + b) / 1000 * 1024 / m }'; }
 
-# One punchraw transfer of $1 MiB from A to B; prints MiB/s (or "fail").
+# One punchraw transfer of $1 MiB from A to B; prints MiB/s and CPU s/GiB (or "fail").
 punchraw_run() {
   local mib=$1 session=$2; shift 2
   head -c $((mib * 1048576)) /dev/zero > "$WORK/in"
   tools/natlab.sh exec --name "$LAB" a -- "$BIN" connect --server "$SRV1" --session "$session" \
-    --secret bench --timeout 60 -q "$@" < "$WORK/in" > /dev/null 2>"$WORK/a.err" &
+    --secret bench --timeout 60 -q --report "$WORK/a.json" "$@" < "$WORK/in" > /dev/null 2>"$WORK/a.err" &
   local a=$!
   sleep 0.3
   if tools/natlab.sh exec --name "$LAB" b -- "$BIN" connect --server "$SRV1" --session "$session" \
       --secret bench --timeout 60 -q --report "$WORK/b.json" "$@" < /dev/null > /dev/null 2>"$WORK/b.err" \
      && wait "$a" && [ "$(field bytes_received "$WORK/b.json")" = $((mib * 1048576)) ]; then
-    mibs "$((mib * 1048576))" "$(field stream_ms "$WORK/b.json")"
+    echo "$(mibs "$((mib * 1048576))" "$(field stream_ms "$WORK/b.json")")" \
+      "$(per_gib "$mib" "$(field stream_cpu_ms "$WORK/a.json")" "$(field stream_cpu_ms "$WORK/b.json")")"
   else
     wait "$a" 2>/dev/null || true
     echo fail
@@ -70,20 +78,26 @@ s.bind(("0.0.0.0", 5201)); s.listen(1); c, _ = s.accept(); n = 0; t0 = None
 while True:
     d = c.recv(1 << 20)
     if not d: break
-    if t0 is None: t0 = time.monotonic()
+    if t0 is None: t0 = time.monotonic(); c0 = time.process_time()
     n += len(d)
-print(n, int((time.monotonic() - t0) * 1000))' > "$WORK/sink" &
+print(n, int((time.monotonic() - t0) * 1000), int((time.process_time() - c0) * 1000))' > "$WORK/sink" &
   SINK_PID=$!
   sleep 0.3
   tools/natlab.sh exec --name "$LAB" a -- timeout 600 python3 -c '
-import socket, sys
-c = socket.create_connection((sys.argv[1], 5201)); buf = bytes(1 << 20)
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 5201)); buf = bytes(1 << 20); c0 = time.process_time()
 for _ in range(int(sys.argv[2])): c.sendall(buf)
-c.close()' "$NAT_B" "$mib" || true
+c.close()
+print(int((time.process_time() - c0) * 1000))' "$NAT_B" "$mib" > "$WORK/source" || true
   wait "$SINK_PID" || true
   SINK_PID=""
-  read -r bytes ms < "$WORK/sink" || { echo fail; return; }
-  [ "$bytes" = $((mib * 1048576)) ] && mibs "$bytes" "$ms" || echo fail
+  read -r bytes ms sink_cpu < "$WORK/sink" || { echo fail; return; }
+  read -r source_cpu < "$WORK/source" || source_cpu=""
+  if [ "$bytes" = $((mib * 1048576)) ]; then
+    echo "$(mibs "$bytes" "$ms")" "$(per_gib "$mib" "$source_cpu" "$sink_cpu")"
+  else
+    echo fail
+  fi
 }
 
 printf '%-16s %8s %8s %8s %10s %10s\n' "delay/loss" QUIC TLS TCP "QUIC/TLS" "QUIC/TCP"
@@ -115,14 +129,18 @@ for delay in ${DELAYS:-0 40}; do
       n=$((n + 1)); t+=("$(punchraw_run "$mib" "s$n" --tcp)")
       p+=("$(tcp_run "$mib")")
     done
-    # A cell whose runs all failed prints nan and the runs' "fail", not an abort.
-    mq=$(printf '%s\n' "${q[@]}" | { grep -v fail || true; } | median)
-    mt=$(printf '%s\n' "${t[@]}" | { grep -v fail || true; } | median)
-    mp=$(printf '%s\n' "${p[@]}" | { grep -v fail || true; } | median)
+    # A cell whose runs all failed prints nan and the runs' "fail", not an abort. Each run is
+    # "MiB/s CPU-s/GiB"; column $1 of the runs that did not fail.
+    med() { printf '%s\n' "$@" | { grep -v fail || true; } | awk -v c="$col" '{print $c}' | { grep -v nan || true; } | median; }
+    col=1; mq=$(med "${q[@]}"); mt=$(med "${t[@]}"); mp=$(med "${p[@]}")
+    col=2; cq=$(med "${q[@]}"); ct=$(med "${t[@]}"); cp=$(med "${p[@]}")
+    speeds() { printf '%s\n' "$@" | awk '{printf "%s%s", (NR > 1 ? " " : ""), $1} END {print ""}'; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f\n", a / b }'; }
     printf '%-16s %8s %8s %8s %10s %10s   (%s MiB; runs QUIC %s, TLS %s, TCP %s)\n' \
       "${delay} ms / ${loss}%" "$mq" "$mt" "$mp" "$(ratio "$mq" "$mt")" "$(ratio "$mq" "$mp")" \
-      "$mib" "${q[*]}" "${t[*]}" "${p[*]}"
+      "$mib" "$(speeds "${q[@]}")" "$(speeds "${t[@]}")" "$(speeds "${p[@]}")"
+    printf '%-16s %8s %8s %8s %10s %10s   (CPU s per GiB, both ends)\n' \
+      "" "$cq" "$ct" "$cp" "$(ratio "$cq" "$ct")" "$(ratio "$cq" "$cp")"
     cleanup
   done
 done

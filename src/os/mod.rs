@@ -19,3 +19,16 @@ pub mod tcp_queue;
 pub mod tcp_repair;
 pub mod ttl;
 pub mod udp;
+
+/// CPU time this process has used so far, all threads, user and system (getrusage(2));
+/// `None` where the kernel does not say.
+pub fn cpu_time() -> Option<std::time::Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let u = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let micros = |t: nix::sys::time::TimeVal| -> Option<u64> {
+        Some(u64::try_from(t.tv_sec()).ok()? * 1_000_000 + u64::try_from(t.tv_usec()).ok()?)
+    };
+    Some(std::time::Duration::from_micros(
+        micros(u.user_time())? + micros(u.system_time())?,
+    ))
+}

@@ -236,6 +236,11 @@ pub fn check_connected_over(p: &Pair, transport: &str, strategy: &str, what: &st
             r["elapsed_ms"].is_u64() && r["probes_sent"].is_u64(),
             "{what}: {n} {r:#}"
         );
+        // The stream ran to its end, and what it cost is reported beside how long it took.
+        assert!(
+            r["stream_ms"].is_u64() && r["stream_cpu_ms"].is_u64(),
+            "{what}: {n} {r:#}"
+        );
         // The hole opens before the direct path is authenticated (TCP: before TLS).
         if r["path"] == "direct" {
             let punched = r["time_to_punched_ms"].as_u64();

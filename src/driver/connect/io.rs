@@ -85,8 +85,10 @@ impl std::fmt::Debug for OnConnected {
 }
 
 impl ConnectReport {
-    /// The stream's path is open: whoever waits for that hears it.
-    pub(super) fn now_connected(&self) {
+    /// The stream's path is open: whoever waits for that hears it. The stream's CPU time
+    /// counts from here.
+    pub(super) fn now_connected(&mut self) {
+        self.cpu_at_connect = crate::os::cpu_time();
         if let Some(n) = &self.on_connected {
             (n.0)(self);
         }

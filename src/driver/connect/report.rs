@@ -62,6 +62,14 @@ pub struct ConnectReport {
     /// registered again (`crate::core::punch::lockstep::Retry`); `null` with `--tcp` or when
     /// no UDP punch ran.
     pub punch_attempts: Option<u32>,
+    /// CPU time (user and system, all threads) this process spent from connected until the
+    /// stream was done, the span of `stream_ms`; `null` as that is. What the stream cost the
+    /// host, to compare transports by.
+    pub stream_cpu_ms: Option<u64>,
+    /// The process's CPU time when the stream's path opened ([`ConnectReport::stream_cpu_ms`]
+    /// counts from it).
+    #[serde(skip)]
+    pub(crate) cpu_at_connect: Option<std::time::Duration>,
     /// Where the outcome goes, once the peer is known (not part of the report).
     #[serde(skip)]
     pub(crate) outcome: Option<std::sync::Arc<outcome::OutcomeTo>>,

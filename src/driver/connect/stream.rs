@@ -214,6 +214,10 @@ pub(super) fn done(
     report.bytes_received = stats.received;
     let total = started.elapsed().as_millis() as u64;
     report.stream_ms = Some(total.saturating_sub(report.elapsed_ms));
+    report.stream_cpu_ms = report
+        .cpu_at_connect
+        .zip(crate::os::cpu_time())
+        .map(|(from, to)| to.saturating_sub(from).as_millis() as u64);
     status.say(format!(
         "done: {} bytes sent, {} bytes received",
         stats.sent, stats.received
@@ -330,5 +334,33 @@ pub(super) fn relay_lost(relay: &Relay, e: Error) -> Error {
             ),
         },
         e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `stream_cpu_ms` is the CPU spent between connected and done, not the whole run's.
+    #[test]
+    fn the_streams_cpu_time_counts_from_connected() {
+        let started = Instant::now();
+        let mut report = ConnectReport::default();
+        report.now_connected();
+        let from = crate::os::cpu_time().expect("getrusage");
+        // Work until this process has used 20 ms more (bounded, should the count not move).
+        let mut x = 0u64;
+        while crate::os::cpu_time().is_some_and(|t| t < from + Duration::from_millis(20))
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let stats = quic::StreamStats {
+            sent: 1,
+            received: 2,
+        };
+        done(&mut report, &Status::silent(), stats, started);
+        let cpu = report.stream_cpu_ms.expect("set at done");
+        assert!(cpu >= 20, "{cpu} ms");
     }
 }
