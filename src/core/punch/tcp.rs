@@ -497,6 +497,11 @@ pub enum AttemptError {
     Unreachable,
     /// The kernel gave up retransmitting the SYN.
     TimedOut,
+    /// The connection came up and failed after its handshake (TLS). Not repeated: our closing
+    /// socket holds the 4-tuple (a repeat cannot even start, EADDRNOTAVAIL), and both NATs'
+    /// tracking of it outlives the punch budget (SYN_RECV 60 s, closing states 10-120 s on
+    /// Linux), in which a new SYN from the far side is dropped as invalid.
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -725,7 +730,8 @@ impl TcpPunch {
 
     /// Attempt `id` failed. Refused or unreachable attempts at a target chosen on purpose are
     /// repeated (the far NAT may have answered before the peer's own SYN opened it); random
-    /// probes are not, a refusal there just means a wrong port.
+    /// probes are not, a refusal there just means a wrong port, and neither is a connection
+    /// that came up ([`AttemptError::Failed`]).
     pub fn handle_failure(&mut self, now: Instant, id: u64, why: AttemptError) {
         let Some(a) = self.live.remove(&id) else {
             return;
@@ -734,6 +740,7 @@ impl TcpPunch {
             AttemptError::Refused => self.refused += 1,
             AttemptError::Unreachable => self.unreachable += 1,
             AttemptError::TimedOut => {}
+            AttemptError::Failed => return,
         }
         if self.cfg.plan.one_of_many() || self.expired(now) {
             return;

@@ -682,10 +682,10 @@ impl<'a> PunchLoop<'a> {
             Err(e) => {
                 self.handshakes -= 1;
                 on_status(format!("{e}; closing that connection and punching on"));
-                // An attempt whose connection failed is the planner's to repeat.
+                // Ends the attempt; its 4-tuple is spent (see `AttemptError::Failed`).
                 if let Some(id) = attempt {
                     self.planner
-                        .handle_failure(Instant::now(), id, AttemptError::TimedOut);
+                        .handle_failure(Instant::now(), id, AttemptError::Failed);
                 }
                 if e.is_auth_failure() {
                     self.auth_failure = Some(Box::new(e));

@@ -265,6 +265,24 @@ fn refused_attempts_are_repeated_until_the_budget_ends() {
     assert_eq!(p.refused, repeats + 1);
 }
 
+/// A connection that came up and then failed (TLS) leaves its 4-tuple held by our closing
+/// socket and by both NATs' tracking: repeating it made the lab's kernel-engine punch start
+/// two dozen attempts that failed at once (EADDRNOTAVAIL), reported as refused.
+#[test]
+fn a_connection_that_failed_after_its_handshake_is_not_repeated() {
+    let start = t0();
+    let mut p = TcpPunch::new(cfg(Plan::Direct, 5000), start);
+    p.handle_timeout(start);
+    let [Action::Connect { id, .. }] = drain(&mut p).as_slice()[..] else {
+        panic!("one attempt");
+    };
+    p.handle_failure(start, id, AttemptError::Failed);
+    let mut more = Vec::new();
+    run_to_budget(&mut p, start, |a| more.push(a));
+    assert!(more.is_empty(), "{more:?}");
+    assert_eq!((p.refused, p.unreachable, p.attempts), (0, 0, 1));
+}
+
 #[test]
 fn window_goes_ahead_of_the_prediction_first_and_is_paced() {
     let start = t0();
