@@ -130,10 +130,10 @@ for delay in ${DELAYS:-0 40}; do
       p+=("$(tcp_run "$mib")")
     done
     # A cell whose runs all failed prints nan and the runs' "fail", not an abort. Each run is
-    # "MiB/s CPU-s/GiB"; column $1 of the runs that did not fail.
-    med() { printf '%s\n' "$@" | { grep -v fail || true; } | awk -v c="$col" '{print $c}' | { grep -v nan || true; } | median; }
-    col=1; mq=$(med "${q[@]}"); mt=$(med "${t[@]}"); mp=$(med "${p[@]}")
-    col=2; cq=$(med "${q[@]}"); ct=$(med "${t[@]}"); cp=$(med "${p[@]}")
+    # "MiB/s CPU-s/GiB"; `med COLUMN RUNS...` over the runs that did not fail.
+    med() { local c=$1; shift; printf '%s\n' "$@" | { grep -v fail || true; } | awk -v c="$c" '{print $c}' | { grep -v nan || true; } | median; }
+    mq=$(med 1 "${q[@]}"); mt=$(med 1 "${t[@]}"); mp=$(med 1 "${p[@]}")
+    cq=$(med 2 "${q[@]}"); ct=$(med 2 "${t[@]}"); cp=$(med 2 "${p[@]}")
     speeds() { printf '%s\n' "$@" | awk '{printf "%s%s", (NR > 1 ? " " : ""), $1} END {print ""}'; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f\n", a / b }'; }
     printf '%-16s %8s %8s %8s %10s %10s   (%s MiB; runs QUIC %s, TLS %s, TCP %s)\n' \
