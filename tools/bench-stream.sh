@@ -6,11 +6,15 @@
 # >= 0.5 x plain TCP on clean paths).
 #
 #   sudo tools/bench-stream.sh [RUNS]     (default 2 runs per cell; medians printed)
-#   DELAYS="0" LOSSES="0 1" sudo tools/bench-stream.sh 3   (only those cells)
+#   DELAYS="0" LOSSES="0 1" RATES=0 sudo tools/bench-stream.sh 3   (only those cells)
 #
 # Configurations: 0 and 40 ms one way on each NAT uplink (tools/natlab.sh --delay; that delay
 # element is a userspace bridge, so it is also the capacity limit of the delayed cells), each
-# with 0, 1 and 5% random loss at each NAT. Sizes: 256 MiB without delay and loss, 8 MiB
+# with 0, 1 and 5% random loss at each NAT; and the 0 ms cells again with each NAT uplink
+# shaped to 1 Gbit/s each way (natlab.sh --rate 1000; RATES lists the rates in Mbit/s, 0 for
+# none). Without a shaper the lab's path is as fast as the machine's cores move packets, so
+# the unshaped 0 ms cells compare what each stream costs in CPU; the shaped ones compare
+# them on a path whose capacity, as on a real line, is below that. Sizes: 256 MiB without delay and loss, 8 MiB
 # with delay and 5% loss, 32 MiB otherwise. Throughput = bytes / stream_ms of B's --report
 # (from connected to done) for punchraw, bytes / transfer time for the baseline. Like the
 # baseline's receiver, B discards what it receives (to /dev/null; its report's byte count is
@@ -100,11 +104,15 @@ print(int((time.process_time() - c0) * 1000))' "$NAT_B" "$mib" > "$WORK/source" 
   fi
 }
 
-printf '%-16s %8s %8s %8s %10s %10s\n' "delay/loss" QUIC TLS TCP "QUIC/TLS" "QUIC/TCP"
+printf '%-16s %8s %8s %8s %10s %10s\n' "delay/loss@rate" QUIC TLS TCP "QUIC/TLS" "QUIC/TCP"
 n=0
+for rate in ${RATES:-0 1000}; do
 for delay in ${DELAYS:-0 40}; do
+  # The delay element carries far less than a shaped line: a shaper behind it would not bind.
+  [ "$rate" != 0 ] && [ "$delay" != 0 ] && continue
   for loss in ${LOSSES:-0 1 5}; do
     opts=()
+    [ "$rate" != 0 ] && opts+=(--rate "$rate")
     [ "$delay" != 0 ] && opts+=(--delay "$delay")
     [ "$loss" != 0 ] && opts+=(--loss "$loss")
     mib=32
@@ -136,11 +144,14 @@ for delay in ${DELAYS:-0 40}; do
     cq=$(med 2 "${q[@]}"); ct=$(med 2 "${t[@]}"); cp=$(med 2 "${p[@]}")
     speeds() { printf '%s\n' "$@" | awk '{printf "%s%s", (NR > 1 ? " " : ""), $1} END {print ""}'; }
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.2f\n", a / b }'; }
+    cell="${delay} ms / ${loss}%"
+    [ "$rate" != 0 ] && cell+=" @${rate}M"
     printf '%-16s %8s %8s %8s %10s %10s   (%s MiB; runs QUIC %s, TLS %s, TCP %s)\n' \
-      "${delay} ms / ${loss}%" "$mq" "$mt" "$mp" "$(ratio "$mq" "$mt")" "$(ratio "$mq" "$mp")" \
+      "$cell" "$mq" "$mt" "$mp" "$(ratio "$mq" "$mt")" "$(ratio "$mq" "$mp")" \
       "$mib" "$(speeds "${q[@]}")" "$(speeds "${t[@]}")" "$(speeds "${p[@]}")"
     printf '%-16s %8s %8s %8s %10s %10s   (CPU s per GiB, both ends)\n' \
       "" "$cq" "$ct" "$cp" "$(ratio "$cq" "$ct")" "$(ratio "$cq" "$cp")"
     cleanup
   done
+done
 done

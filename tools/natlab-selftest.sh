@@ -239,6 +239,33 @@ delay_job() {
 }
 readonly SRV1=203.0.113.1
 
+# rate_job ID LAB: up with --rate 100 (port-restricted-cone on both sides),
+# the shapers on each NAT's wan0 and lan0 (tc), info's RATE, down, then what
+# is left of the lab.
+rate_job() {
+	local id=$1 lab=$2
+	(
+		line="" rc=0 left="" dev="" side=""
+		{
+			"$NATLAB" up --name "$lab" --rate 100 port-restricted-cone port-restricted-cone &&
+				for side in a b; do
+					for dev in wan0 lan0; do
+						if tc -n "$lab-nat$side" qdisc show dev "$dev" | grep -q "tbf .*rate 100Mbit"; then
+							line+="$side.$dev=tbf "
+						else
+							line+="$side.$dev=none "
+						fi
+					done
+				done &&
+				line+=$("$NATLAB" info --name "$lab" | grep '^RATE=')
+		} 2>"$TMP/$id.err" || rc=$?
+		"$NATLAB" down --name "$lab" >/dev/null 2>>"$TMP/$id.err" || rc=1
+		left+=$(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$lab-" | tr '\n' ' ' || true)
+		echo "$line left=${left:-none}" >"$TMP/$id.out"
+		echo "$rc" >"$TMP/$id.rc"
+	) &
+}
+
 # bg_job ID LAB RATE KIND: up with --background-flows-a RATE, whether the
 # generator runs (pid file, process), "natlab-probe.py seqgap 4", down, then
 # what is left of the lab: namespaces, pid files, generator processes.
@@ -363,6 +390,8 @@ portmap_job portmap-upnp "$LAB" upnp
 new_lab
 delay_job delay "$LAB" 40 rtt
 new_lab
+rate_job rate "$LAB"
+new_lab
 delay_job delay-jitter "$LAB" 20/15 order
 
 # Command-line behaviour, checked while the jobs run.
@@ -384,7 +413,8 @@ if "$NATLAB" up --name "$cli_lab" --delay 10/11 none >/dev/null 2>&1; then CLI_F
 if "$NATLAB" up --name "$cli_lab" --reorder none >/dev/null 2>&1; then CLI_FAIL+=("--reorder without --delay accepted"); fi
 for args in "--hairpin none" "--hairpin cgn-block-sequential" "--hairpin b full-cone" \
 	"--background-flows 0 full-cone" "--background-flows 1001 full-cone" "--background-flows-b 5 full-cone" \
-	"--delay-a 5/6 none" "--delay-b x full-cone full-cone"; do
+	"--delay-a 5/6 none" "--delay-b x full-cone full-cone" "--rate 0 none" "--rate 100001 none" \
+	"--rate x full-cone"; do
 	rc=0
 	# shellcheck disable=SC2086  # the arguments are words
 	"$NATLAB" up --name "$cli_lab" $args >/dev/null 2>&1 || rc=$?
@@ -528,6 +558,9 @@ line=$(job_line loss)
 up=$(field up_passed "$line") down=$(field down_passed "$line")
 [[ $up =~ ^[0-9]+$ && $down =~ ^[0-9]+$ ]] && ((up >= 230 && up <= 330 && down >= 230 && down <= 330)) && r=ok || r=no
 verdict "$r" "--loss 30: $line (want 230..330 of 400 each way)" "$line"
+line=$(job_line rate)
+[[ $line == "a.wan0=tbf a.lan0=tbf b.wan0=tbf b.lan0=tbf RATE=100 left=none" ]] && r=ok || r=no
+verdict "$r" "--rate 100: a 100 Mbit/s token bucket each way on both NATs, in info, gone after down: $line" "$line"
 line=$(job_line hops)
 [[ $line == "ttl1=10.0.1.1 ttl2=203.0.113.21 ttl3=silent" ]] && r=ok || r=no
 verdict "$r" "--router-b: TTL 1 dies at NAT A, TTL 2 at the router, NAT B silent: $line" "$line"

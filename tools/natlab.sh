@@ -249,7 +249,7 @@ readonly DELAY_PROG="$HERE/natlab-delay.py" BG_PROG="$HERE/natlab-bgflows.py" RU
 usage() {
 	cat <<EOF
 Usage:
-  $PROG up   [--name LAB] [--loss PCT] [--udp-timeout SECS] [--router-b]
+  $PROG up   [--name LAB] [--loss PCT] [--rate MBIT] [--udp-timeout SECS] [--router-b]
              [--delay MS[/JITTER] [--reorder]] [--delay-a MS[/JITTER]]
              [--delay-b MS[/JITTER]] [--default-route]
              [--hairpin [a|b|both]] [--background-flows RATE]
@@ -266,6 +266,9 @@ Usage:
 
 LAB defaults to '$DEFAULT_LAB' and must match ^[a-z][a-z0-9]{0,9}\$.
 --loss PCT          drop PCT% (0-100) of the packets each NAT forwards, both ways
+--rate MBIT         each NAT's uplink carries at most MBIT Mbit/s (1-100000)
+                    each way: a token bucket (tc tbf) on the NAT's WAN and LAN
+                    interfaces, queueing up to 20 ms, then dropping
 --udp-timeout SECS  nf_conntrack_udp_timeout{,_stream} inside the NATs
 --router-b          a router hop ($ROUTER_B) between the bridge and NAT B
 --delay MS[/JITTER] a userspace delay element on each NAT's uplink: MS ms
@@ -354,6 +357,9 @@ need_tools() {
 	[[ $(id -u) -eq 0 ]] || die "must run as root"
 	command -v ip >/dev/null || die "'ip' (iproute2) not found"
 	command -v nft >/dev/null || die "'nft' not found (apt-get install nftables)"
+	if ((RATE > 0)); then
+		command -v tc >/dev/null || die "--rate needs 'tc' (apt-get install iproute2)"
+	fi
 	if [[ -n $DELAY ]]; then
 		command -v python3 >/dev/null || die "--delay needs 'python3'"
 		command -v ethtool >/dev/null || die "--delay needs 'ethtool' (apt-get install ethtool)"
@@ -695,6 +701,7 @@ DELAY=""     # --delay: "MS JITTER" once parsed, empty without
 DELAY_A=""   # --delay-a (or --delay): side A's element, "MS JITTER" or empty
 DELAY_B=""   # --delay-b (or --delay): side B's
 REORDER=0
+RATE=0           # --rate, Mbit/s; 0: no shaper
 DEFAULT_ROUTE=0  # --default-route
 HAIRPIN_A=0 HAIRPIN_B=0   # --hairpin, per side
 BG_RATE_A=0 BG_RATE_B=0   # --background-flows*, per side (0: none)
@@ -909,6 +916,20 @@ stop_helpers() {
 	done
 }
 
+# shape_uplink NS (--rate): a token bucket on the NAT's WAN side (what its
+# LAN sends out) and its LAN side (what the LAN receives), as on a subscriber
+# line of RATE Mbit/s each way.  Bucket: 1 ms at the rate, at least ten
+# full-size frames (tbf splits a larger offload super-packet into frames);
+# queue: 20 ms at the rate, beyond which the line drops, as a router's buffer
+# does, so a sender that overruns it sees congestion loss.
+shape_uplink() {
+	local burst=$((RATE * 125)) dev
+	((burst >= 15140)) || burst=15140
+	for dev in wan0 lan0; do
+		tc -n "$1" qdisc add dev "$dev" root tbf rate "${RATE}mbit" burst "$burst" latency 20ms
+	done
+}
+
 # build_side LAB SIDE KIND LOSS UDP_TIMEOUT HAIRPIN BG_RATE
 build_side() {
 	local lab=$1 side=$2 kind=$3 loss=$4 udp_timeout=$5 hairpin=$6 bg_rate=$7
@@ -1013,6 +1034,7 @@ build_side() {
 	fi
 
 	if ((IPV6 == 1)); then build_side_v6 "$lab" "$side" "$kind" "$loss"; fi
+	if ((RATE > 0)); then shape_uplink "$nat"; fi
 
 	# The interface alias records the lab's parameters for "info"; it goes
 	# away with the namespace, so no state file can go stale.
@@ -1022,7 +1044,7 @@ build_side() {
 		delay_info=${delay% *}
 		[[ ${delay#* } == 0 ]] || delay_info+="/${delay#* }"
 	fi
-	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6 nat66=$NAT66"
+	ip -n "$nat" link set dev wan0 alias "natlab kind=$kind loss=$loss udp_timeout=${udp_timeout:-default} delay=$delay_info rate=$RATE reorder=$REORDER default_route=$DEFAULT_ROUTE hairpin=$hairpin bg_flows=$bg_rate portmap=$(is_upnp "$kind" && echo "${PORTMAP:-none}" || echo none) ipv6=$IPV6 nat66=$NAT66"
 }
 
 # The router in front of NAT B: a bridge port up0 with the router's address,
@@ -1143,7 +1165,7 @@ parse_delay() {
 }
 
 cmd_up() {
-	local lab=$DEFAULT_LAB loss=0 udp_timeout="" delay="" delay_a="" delay_b="" kinds=() hairpin="" bg="" bg_a="" bg_b="" side k
+	local lab=$DEFAULT_LAB loss=0 rate="" udp_timeout="" delay="" delay_a="" delay_b="" kinds=() hairpin="" bg="" bg_a="" bg_b="" side k
 	ROUTER=0
 	while (($#)); do
 		case $1 in
@@ -1152,6 +1174,8 @@ cmd_up() {
 		--router-b) ROUTER=1; shift ;;
 		--loss) loss=${2:?--loss needs a value}; shift 2 ;;
 		--loss=*) loss=${1#*=}; shift ;;
+		--rate) rate=${2:?--rate needs a value}; shift 2 ;;
+		--rate=*) rate=${1#*=}; shift ;;
 		--udp-timeout) udp_timeout=${2:?--udp-timeout needs a value}; shift 2 ;;
 		--udp-timeout=*) udp_timeout=${1#*=}; shift ;;
 		--delay) delay=${2:?--delay needs a value}; shift 2 ;;
@@ -1195,6 +1219,12 @@ cmd_up() {
 		usage_error "--loss must be an integer 0-100"
 	fi
 	loss=$((10#$loss))
+	if [[ -n $rate ]]; then
+		if ! [[ $rate =~ ^[0-9]{1,6}$ ]] || ((10#$rate < 1 || 10#$rate > 100000)); then
+			usage_error "--rate must be an integer 1-100000 (Mbit/s)"
+		fi
+		RATE=$((10#$rate))
+	fi
 	if [[ -n $udp_timeout ]]; then
 		if ! [[ $udp_timeout =~ ^[0-9]{1,7}$ ]] || ((10#$udp_timeout < 1)); then
 			usage_error "--udp-timeout must be a positive integer (seconds)"
@@ -1469,7 +1499,7 @@ read_alias() {
 
 cmd_info() {
 	local delays=()
-	local lab=$DEFAULT_LAB side kv kind loss="" udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0 portmap ipv6=0
+	local lab=$DEFAULT_LAB side kv kind loss="" rate=0 udp_timeout="" delay=none reorder=0 default_route=0 upper hairpin bg_flows any_bg=0 portmap ipv6=0
 	while (($#)); do
 		case $1 in
 		--name) lab=${2:?--name needs a value}; shift 2 ;;
@@ -1490,6 +1520,7 @@ cmd_info() {
 			case $kv in
 			kind=*) kind=${kv#kind=} ;;
 			loss=*) loss=${kv#loss=} ;;
+			rate=*) rate=${kv#rate=} ;;
 			udp_timeout=*) udp_timeout=${kv#udp_timeout=} ;;
 			delay=*) delay=${kv#delay=} ;;
 			reorder=*) reorder=${kv#reorder=} ;;
@@ -1542,6 +1573,8 @@ cmd_info() {
 	fi
 	if ((any_bg == 1)); then echo "SRV_BG=$SRV_BG"; fi
 	echo "LOSS=$loss"
+	# --rate in Mbit/s, 0 without a shaper.
+	echo "RATE=$rate"
 	echo "UDP_TIMEOUT=$udp_timeout"
 	# "none", or MS/JITTER of --delay (one way, each direction); "mixed" when the
 	# sides differ (DELAY_A, DELAY_B).
