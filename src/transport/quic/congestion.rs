@@ -16,6 +16,11 @@
 //! with every loss, so on a lossy path the window is BBR's, as before; on a clean one BBR's
 //! grows past CUBIC's. Nothing else changes: pacing follows the window quinn is given.
 //!
+//! BBR's window counts only up to twice the bandwidth-delay product that the acknowledgements
+//! measure (`Delivery`): quinn's BBR estimates the bandwidth from single packets, and on a
+//! rate-limited link that estimate, and the window with it, sometimes ran away, which flooded
+//! the link's queue (numbers there).
+//!
 //! Measured (lab, two port-restricted cones, one way, 2026-12-06): at 0 ms without loss a
 //! 256 MiB stream took 530-580 ms with BBR alone (3 runs; ~200 ms of it the probe) and
 //! 360-390 ms with CUBIC beside it. `tools/bench-stream.sh` with CUBIC beside, MiB/s, QUIC
@@ -26,22 +31,218 @@
 use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 use quinn_proto::RttEstimator;
 use std::any::Any;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// The controller quinn runs: BBR and CUBIC on the same events, the larger window.
+/// The controller quinn runs: BBR, bounded by the delivery rate the path showed, and CUBIC on
+/// the same events; the larger window.
 pub(super) struct BbrBeside {
     bbr: Box<dyn Controller>,
     cubic: Box<dyn Controller>,
+    delivery: Delivery,
 }
 
 impl BbrBeside {
-    fn larger(&self) -> &dyn Controller {
-        if self.cubic.window() > self.bbr.window() {
-            self.cubic.as_ref()
-        } else {
-            self.bbr.as_ref()
+    fn new(bbr: Box<dyn Controller>, cubic: Box<dyn Controller>) -> Self {
+        BbrBeside {
+            bbr,
+            cubic,
+            delivery: Delivery::default(),
         }
+    }
+
+    /// BBR's window within what the measured delivery rate justifies ([`Delivery::cap`]).
+    fn bbr_window(&self) -> u64 {
+        let floor = self.bbr.initial_window();
+        self.bbr.window().min(self.delivery.cap().max(floor))
+    }
+
+    fn cubic_leads(&self) -> bool {
+        self.cubic.window() > self.bbr_window()
+    }
+}
+
+/// What multiplies the bandwidth-delay product in [`Delivery::cap`], in thousandths: BBR's
+/// own gains -- 2/ln 2 while the rate still grows (STARTUP), which lets what arrives double
+/// every round trip however late the samples show it, then 2 (`cwnd_gain`).
+const STARTUP_GAIN: u128 = 2_885;
+const CAP_GAIN: u128 = 2_000;
+/// The rate still grows while it rose by a quarter within this many round trips (BBR's
+/// "full pipe" test).
+const GROWTH_ROUNDS: u32 = 3;
+/// Added to the smallest RTT in [`Delivery::cap`]: the delay the receiver may add to its
+/// acknowledgements (`MAX_ACK_DELAY`) and a timer's granularity, which a sender must cover
+/// to keep sending while acknowledgements are held back.
+const ACK_ALLOWANCE: Duration = Duration::from_millis(6);
+/// The shortest spacing of the delivery marks, and the shortest epoch of the rate's
+/// maximum: below the resolution that a short path's ACK batches give.
+const MARK_SPACING: Duration = Duration::from_micros(100);
+const MIN_EPOCH: Duration = Duration::from_millis(250);
+/// Round trips (smoothed) per epoch of the rate's maximum; the estimate is the larger of the
+/// current and the previous epoch's, so it forgets a rate the path no longer carries within
+/// two epochs.
+const EPOCH_RTTS: u32 = 10;
+
+/// The delivery rate of the path, measured as BBR defines it (draft-cheng-iccrg-delivery-rate-
+/// estimation): the bytes acknowledged between a packet's sending and its acknowledgement,
+/// over that interval -- at least a round trip, so a burst of held-back acknowledgements
+/// cannot make a path look faster than it is.
+///
+/// quinn's BBR (0.11.19) estimates the bandwidth from single packets instead: one packet's
+/// bytes over the gap since the previous acknowledgement, or since the previous send. On a
+/// path through a rate-limited link those gaps are sometimes microseconds (acknowledgements
+/// read from the socket in one batch, datagrams sent in one burst), the estimate jumps to many
+/// times the link's rate, and BBR's window with it. Measured in the lab (`natlab.sh --rate
+/// 1000`, 1 Gbit/s each way on each NAT uplink with 20 ms of queue, 256 MiB, 2026-12-07): in
+/// 4 of 11 transfers BBR's window went from 2.5 MB to 190 MB, the sender overran the link's
+/// queue with 59% of its packets lost in 100 ms and ~14% over the transfer, the offload switch
+/// (`gso`) closed on that loss, and both ends spent 3x the CPU per byte (~15 against ~5.5
+/// CPU-s per GiB); in the others the window stayed at ~2 MB, losing ~1.4% in the first slow
+/// start only. CUBIC beside it does not help there: the larger window counts. So BBR's window
+/// is bounded here by twice the bandwidth-delay product that the acknowledgements show (2/ln 2
+/// times while the rate still grows): with the bound, 21 of 21 traced transfers ran as the
+/// good ones, at the same speed. On a link that drops when its queue is full this keeps the queue near a
+/// round trip of data and the allowance instead of filling it; on a path with random loss the
+/// bound grows about as fast as BBR's own STARTUP (the rate that arrives doubles each round
+/// trip until the path is full): 160 ms RTT and 1% loss at each NAT, 32 MiB, 6 runs each,
+/// 10.5 against 11.3 MiB/s (medians; runs 9.3-12.0 against 9.2-12.1), 20% loss with 40 ms
+/// one way: 1 MiB in 4.4-5.5 s against 4.6-24 s.
+#[derive(Clone, Debug, Default)]
+struct Delivery {
+    /// Bytes acknowledged so far.
+    delivered: u64,
+    /// `(when, delivered then)`, oldest first, at most one per [`MARK_SPACING`] (or per
+    /// eighth of the smallest RTT on a longer path).
+    marks: VecDeque<(Instant, u64)>,
+    /// The latest sending time among the packets of the acknowledgement being processed.
+    newest_sent: Option<Instant>,
+    /// Bytes per second: the largest sample of this epoch, then of the previous one.
+    best: [u64; 2],
+    epoch_start: Option<Instant>,
+    min_rtt: Duration,
+    srtt: Duration,
+    /// Start of the current round trip (a smoothed RTT long), for the full-pipe test.
+    round_start: Option<Instant>,
+    /// The rate at the last round that raised it by a quarter, and rounds since.
+    full_rate: u64,
+    rounds_flat: u32,
+    /// The sender ran out of data in this round: its rate says nothing about the path.
+    app_limited_in_round: bool,
+    /// The bound held BBR's window down in this round (see [`Delivery::next_round`]).
+    capped_in_round: bool,
+}
+
+impl Delivery {
+    /// A packet sent at `sent` was acknowledged; `min_rtt` and `srtt` are the connection's.
+    fn on_ack(&mut self, sent: Instant, bytes: u64, min_rtt: Duration, srtt: Duration) {
+        self.delivered += bytes;
+        self.newest_sent = Some(self.newest_sent.map_or(sent, |s| s.max(sent)));
+        self.min_rtt = min_rtt;
+        self.srtt = srtt;
+    }
+
+    /// One acknowledgement fully processed: one rate sample, from the latest packet it covers.
+    /// `app_limited`: the sender had less to send than its window allowed; `capped`: BBR's
+    /// window was above [`Delivery::cap`].
+    fn on_end_acks(&mut self, now: Instant, app_limited: bool, capped: bool) {
+        self.app_limited_in_round |= app_limited;
+        self.capped_in_round |= capped;
+        if let Some(sent) = self.newest_sent.take() {
+            // What had been delivered when that packet left: the newest mark not after it,
+            // and at least [`ACK_ALLOWANCE`] and the smallest RTT back, over which held-back
+            // acknowledgements average out.
+            let window_start = now.checked_sub(self.min_rtt + ACK_ALLOWANCE).unwrap_or(now);
+            let before = self
+                .marks
+                .partition_point(|&(t, _)| t <= sent.min(window_start));
+            if let Some(&(then, delivered_then)) = before.checked_sub(1).map(|i| &self.marks[i]) {
+                let elapsed = now.saturating_duration_since(then);
+                if !elapsed.is_zero() {
+                    let bytes = u128::from(self.delivered - delivered_then);
+                    let rate = bytes * 1_000_000_000 / elapsed.as_nanos();
+                    self.sample(now, u64::try_from(rate).unwrap_or(u64::MAX));
+                }
+            }
+        }
+        self.next_round(now);
+        // A mark says what was delivered by its time, acknowledgements read at that instant
+        // included (one receive batch is many of them): within the spacing the newest mark
+        // takes them in, so that no sample counts them as delivered after it. The rates then
+        // miss at most a spacing's worth of bytes, over an interval of at least
+        // [`ACK_ALLOWANCE`]: an estimate a little low, never high.
+        let spacing = (self.min_rtt / 8).max(MARK_SPACING);
+        match self.marks.back_mut() {
+            Some((t, delivered)) if now.saturating_duration_since(*t) < spacing => {
+                *delivered = self.delivered;
+            }
+            _ => self.marks.push_back((now, self.delivered)),
+        }
+        // Marks older than any packet still likely to be acknowledged: a few round trips.
+        let horizon = (self.srtt * 4).max(MIN_EPOCH);
+        while self
+            .marks
+            .front()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) > horizon)
+        {
+            self.marks.pop_front();
+        }
+    }
+
+    /// Once per round trip: has the rate stopped growing? Only a round in which this bound
+    /// was what held the sender back can say so: not one in which the sender ran out of data
+    /// (a stream waiting for its first bytes, a slow input), nor one in which BBR's own window
+    /// was smaller (quinn's BBR sits at four packets for 200 ms at the start), which counted
+    /// and ended the growth before the path was full: a 160 ms path with 1% loss then took
+    /// twice as long to fill.
+    fn next_round(&mut self, now: Instant) {
+        match self.round_start {
+            Some(start) if now.saturating_duration_since(start) < self.srtt => return,
+            _ => self.round_start = Some(now),
+        }
+        let limited = std::mem::take(&mut self.app_limited_in_round);
+        let capped = std::mem::take(&mut self.capped_in_round);
+        if limited || !capped || self.rounds_flat >= GROWTH_ROUNDS {
+            return;
+        }
+        let rate = self.rate();
+        if rate >= self.full_rate.saturating_add(self.full_rate / 4) {
+            self.full_rate = rate;
+            self.rounds_flat = 0;
+        } else {
+            self.rounds_flat += 1;
+        }
+    }
+
+    fn sample(&mut self, now: Instant, rate: u64) {
+        let epoch = (self.srtt * EPOCH_RTTS).max(MIN_EPOCH);
+        match self.epoch_start {
+            Some(start) if now.saturating_duration_since(start) < epoch => {}
+            _ => {
+                self.best = [0, self.best[0]];
+                self.epoch_start = Some(now);
+            }
+        }
+        self.best[0] = self.best[0].max(rate);
+    }
+
+    /// Bytes per second: the largest rate of this epoch and the previous one.
+    fn rate(&self) -> u64 {
+        self.best[0].max(self.best[1])
+    }
+
+    /// The most BBR may have in flight: the gain ([`STARTUP_GAIN`] while the rate grows,
+    /// then [`CAP_GAIN`]) times the measured rate over the smallest RTT and
+    /// [`ACK_ALLOWANCE`]. Zero before the first sample.
+    fn cap(&self) -> u64 {
+        let gain = if self.rounds_flat >= GROWTH_ROUNDS {
+            CAP_GAIN
+        } else {
+            STARTUP_GAIN
+        };
+        let span = (self.min_rtt + ACK_ALLOWANCE).as_nanos();
+        let cap = u128::from(self.rate()) * span / 1_000_000_000 * gain / 1_000;
+        u64::try_from(cap).unwrap_or(u64::MAX)
     }
 }
 
@@ -61,6 +262,7 @@ impl Controller for BbrBeside {
     ) {
         self.bbr.on_ack(now, sent, bytes, app_limited, rtt);
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
+        self.delivery.on_ack(sent, bytes, rtt.min(), rtt.get());
     }
 
     fn on_end_acks(
@@ -74,6 +276,8 @@ impl Controller for BbrBeside {
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
         self.cubic
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        let capped = self.bbr.window() > self.bbr_window();
+        self.delivery.on_end_acks(now, app_limited, capped);
     }
 
     fn on_congestion_event(
@@ -95,17 +299,24 @@ impl Controller for BbrBeside {
     }
 
     fn window(&self) -> u64 {
-        self.larger().window()
+        self.cubic.window().max(self.bbr_window())
     }
 
     fn metrics(&self) -> ControllerMetrics {
-        self.larger().metrics()
+        if self.cubic_leads() {
+            self.cubic.metrics()
+        } else {
+            let mut m = self.bbr.metrics();
+            m.congestion_window = self.bbr_window();
+            m
+        }
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(BbrBeside {
             bbr: self.bbr.clone_box(),
             cubic: self.cubic.clone_box(),
+            delivery: self.delivery.clone(),
         })
     }
 
@@ -124,10 +335,10 @@ pub(super) struct BbrBesideConfig;
 
 impl ControllerFactory for BbrBesideConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(BbrBeside {
-            bbr: Arc::new(BbrConfig::default()).build(now, current_mtu),
-            cubic: Arc::new(CubicConfig::default()).build(now, current_mtu),
-        })
+        Box::new(BbrBeside::new(
+            Arc::new(BbrConfig::default()).build(now, current_mtu),
+            Arc::new(CubicConfig::default()).build(now, current_mtu),
+        ))
     }
 }
 

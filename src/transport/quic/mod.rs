@@ -37,7 +37,9 @@
 //! paths, by less than a factor of two; BBR keeps lossy ones alive, which is where a punched
 //! path across carrier NATs and radio links tends to be. quinn's BBR holds every new
 //! connection at a few packets for its first 200 ms, so a CUBIC controller runs beside it and
-//! the larger of the two windows counts (`congestion`).
+//! the larger of the two windows counts; and its window is held to twice the bandwidth-delay
+//! product that the acknowledgements show, which quinn's estimate sometimes overshot by 100
+//! times on a rate-limited link (`congestion`).
 //!
 //! Ending cleanly: each connection is closed by its sender, with [`CLOSE_DONE`], as soon as all
 //! of its data is acknowledged; until then it may need acknowledgements of retransmissions, so

@@ -94,3 +94,158 @@ fn a_new_connection_is_not_held_at_four_packets() {
         );
     }
 }
+
+/// A controller whose window never shrinks, as quinn's BBR behaves once its per-packet
+/// bandwidth estimate has jumped (see [`Delivery`]).
+struct Runaway;
+
+impl Controller for Runaway {
+    fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {}
+    fn on_mtu_update(&mut self, _: u16) {}
+    fn window(&self) -> u64 {
+        200_000_000
+    }
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(Runaway)
+    }
+    fn initial_window(&self) -> u64 {
+        14_720
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+use std::time::Duration;
+
+const PACKET: u64 = 1250;
+
+/// A link of 12.5 MB/s (one 1,250-byte packet per 100 us) with a round trip of 1 ms, kept
+/// full for `for_ms`; the receiver acknowledges every second packet at once, except that
+/// every 20 ms it holds its acknowledgements back for 4 ms and then sends them together (a
+/// receiver that was not scheduled), all read by the sender at one instant. Feeds `d`.
+fn full_link_with_held_back_acks(d: &mut Delivery, start: Instant, for_ms: u64) {
+    feed_link(d, start, for_ms, true, false, true);
+}
+
+/// [`full_link_with_held_back_acks`], the stalls only if `held_back`; every acknowledgement
+/// reported `app_limited` and `capped` (the bound held BBR's window) or not.
+fn feed_link(
+    d: &mut Delivery,
+    start: Instant,
+    for_ms: u64,
+    held_back: bool,
+    app_limited: bool,
+    capped: bool,
+) {
+    let rtt = Duration::from_millis(1);
+    let gap = Duration::from_micros(100);
+    let packets = for_ms * 10;
+    for pair in 0..packets / 2 {
+        let sent = start + gap * (pair as u32 * 2 + 1);
+        let mut acked = sent + rtt;
+        let since_start = acked.duration_since(start);
+        let in_period = since_start.as_micros() % 20_000;
+        if held_back && in_period < 4_000 {
+            // Held until the end of the stall.
+            acked += Duration::from_micros(4_000 - in_period as u64);
+        }
+        d.on_ack(sent - gap, PACKET, rtt, rtt);
+        d.on_ack(sent, PACKET, rtt, rtt);
+        d.on_end_acks(acked, app_limited, capped);
+    }
+}
+
+/// The rate stops counting as growing only over rounds in which the sender had data for its
+/// whole window and the bound held it back: a stream that trickles at first, or a BBR that holds
+/// itself at four packets, keeps the startup gain for when the bound matters.
+#[test]
+fn only_rounds_with_data_to_send_end_the_growth() {
+    let start = Instant::now();
+    let mut d = Delivery::default();
+    let bdp = 12_500_000 * 7 / 1000;
+    let ms = Duration::from_millis;
+    // Out of data, then held back by BBR's own window: neither says the path is full.
+    feed_link(&mut d, start, 30, false, true, true);
+    feed_link(&mut d, start + ms(30), 30, false, false, false);
+    assert!(d.rounds_flat < GROWTH_ROUNDS);
+    assert_eq!(u128::from(d.cap()), bdp * STARTUP_GAIN / 1000);
+    feed_link(&mut d, start + ms(60), 30, false, false, true);
+    assert_eq!(d.rounds_flat, GROWTH_ROUNDS);
+    assert_eq!(u128::from(d.cap()), bdp * CAP_GAIN / 1000);
+}
+
+#[test]
+fn the_delivery_rate_is_the_links_through_held_back_acknowledgements() {
+    let mut d = Delivery::default();
+    assert_eq!(d.cap(), 0, "no sample, no cap");
+    full_link_with_held_back_acks(&mut d, Instant::now(), 1_000);
+    let link = 12_500_000;
+    // Within the marks' spacing of the link's rate; quinn's BBR took single packets over
+    // microseconds and saw up to several times the link.
+    assert!(
+        d.rate() >= link * 9 / 10 && d.rate() <= link * 11 / 10,
+        "{} B/s on a {link} B/s link",
+        d.rate()
+    );
+    let bdp = link * 7 / 1000; // the link's rate over the smallest RTT and the allowance
+    assert!(d.cap() >= 2 * bdp * 9 / 10 && d.cap() <= 2 * bdp * 11 / 10);
+    assert!(d.marks.len() < 4_000, "marks are pruned: {}", d.marks.len());
+}
+
+/// On a rate-limited link the window quinn's BBR asks for can be 100 times the path's; the
+/// composite's stays within twice the measured bandwidth-delay product (or CUBIC's).
+#[test]
+fn a_runaway_bbr_window_is_held_to_twice_the_measured_bdp() {
+    let now = Instant::now();
+    let cubic = Arc::new(CubicConfig::default()).build(now, 1200);
+    let mut c = BbrBeside::new(Box::new(Runaway), cubic);
+    assert_eq!(
+        c.window(),
+        c.cubic.window().max(14_720),
+        "before any sample"
+    );
+    full_link_with_held_back_acks(&mut c.delivery, now, 1_000);
+    let bound = 2 * 12_500_000 * 7 / 1000 * 11 / 10;
+    assert!(
+        c.window() <= bound.max(c.cubic.window()),
+        "window {} with the measured path allowing {bound}",
+        c.window()
+    );
+    assert_eq!(c.metrics().congestion_window, c.window());
+}
+
+/// Random loss is not congestion: on a 160 ms path losing every fifth packet, where CUBIC
+/// collapses, the bounded BBR window still grows from its first packets to a 10 MB window
+/// within 25 round trips, as the rate that arrives grows with it.
+#[test]
+fn the_bound_grows_with_the_rate_on_a_lossy_long_path() {
+    let start = Instant::now();
+    let cubic = Arc::new(CubicConfig::default()).build(start, 1200);
+    let mut c = BbrBeside::new(Box::new(Runaway), cubic);
+    let rtt = Duration::from_millis(160);
+    let mut rounds = 0;
+    let mut packet = 0u64;
+    while c.window() < 10_000_000 {
+        assert!(
+            rounds < 25,
+            "window {} after {rounds} round trips",
+            c.window()
+        );
+        let round_start = start + rtt * rounds;
+        let n = (c.window() / PACKET).max(1);
+        for j in 0..n {
+            let sent = round_start + rtt * j as u32 / n as u32;
+            packet += 1;
+            c.on_sent(sent, PACKET, packet);
+            if packet % 5 == 0 {
+                c.on_congestion_event(sent + rtt, sent, false, PACKET);
+                continue;
+            }
+            c.delivery.on_ack(sent, PACKET, rtt, rtt);
+            c.delivery.on_end_acks(sent + rtt, false, true);
+        }
+        rounds += 1;
+    }
+    assert!(c.cubic.window() < 100_000, "the premise: CUBIC collapsed");
+}
