@@ -302,12 +302,22 @@ pub(super) async fn watch(open: &AtomicBool, conns: [&quinn::Connection; 2]) -> 
     loop {
         tick.tick().await;
         let now = counts();
-        policy.interval(
-            now.0.saturating_sub(last.0),
-            now.1.saturating_sub(last.1),
-            INTERVAL,
-        );
+        let (sent, lost) = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
+        let was_closed = policy.closed;
+        policy.interval(sent, lost, INTERVAL);
         last = now;
+        if policy.closed != was_closed {
+            tracing::debug!(
+                sent,
+                lost,
+                "segmentation offload {}",
+                if policy.closed {
+                    "off: the path loses packets"
+                } else {
+                    "on again: the path is clean"
+                }
+            );
+        }
         open.store(!policy.closed, Ordering::Relaxed);
     }
 }
