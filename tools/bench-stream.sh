@@ -12,10 +12,10 @@
 # element is a userspace bridge, so it is also the capacity limit of the delayed cells), each
 # with 0, 1 and 5% random loss at each NAT; and the 0 ms cells again with each NAT uplink
 # shaped to 1 Gbit/s each way (natlab.sh --rate 1000; RATES lists the rates in Mbit/s, 0 for
-# none). Without a shaper the lab's path is as fast as the machine's cores move packets, so
-# the unshaped 0 ms cells compare what each stream costs in CPU; the shaped ones compare
-# them on a path whose capacity, as on a real line, is below that. Sizes: 256 MiB without delay and loss, 8 MiB
-# with delay and 5% loss, 32 MiB otherwise. Throughput = bytes / stream_ms of B's --report
+# none; rates up to 100 also with the delays). Without a shaper the lab's path is as fast as
+# the machine's cores move packets, so the unshaped 0 ms cells compare what each stream costs
+# in CPU; the shaped ones compare them on a path whose capacity, as on a real line, is below
+# that. Sizes: 256 MiB without delay and loss, 8 MiB with delay and 5% loss, 32 MiB otherwise. Throughput = bytes / stream_ms of B's --report
 # (from connected to done) for punchraw, bytes / transfer time for the baseline. Like the
 # baseline's receiver, B discards what it receives (to /dev/null; its report's byte count is
 # checked), so that no side's number includes writing a file; A reads its input from a file
@@ -108,8 +108,9 @@ printf '%-16s %8s %8s %8s %10s %10s\n' "delay/loss@rate" QUIC TLS TCP "QUIC/TLS"
 n=0
 for rate in ${RATES:-0 1000}; do
 for delay in ${DELAYS:-0 40}; do
-  # The delay element carries far less than a shaped line: a shaper behind it would not bind.
-  [ "$rate" != 0 ] && [ "$delay" != 0 ] && continue
+  # The delay element moves at most ~60 MB/s, in bursts (lab, 2026-12-07): a faster shaper
+  # behind it would not bind. RATES=100 DELAYS=40 is a long path on a 100 Mbit/s line.
+  [ "$rate" -gt 100 ] && [ "$delay" != 0 ] && continue
   for loss in ${LOSSES:-0 1 5}; do
     opts=()
     [ "$rate" != 0 ] && opts+=(--rate "$rate")
