@@ -15,9 +15,9 @@
 # none; rates up to 100 also with the delays). Without a shaper the lab's path is as fast as
 # the machine's cores move packets, so the unshaped 0 ms cells compare what each stream costs
 # in CPU; the shaped ones compare them on a path whose capacity, as on a real line, is below
-# that. Sizes: 256 MiB without delay and loss, 8 MiB with delay and 5% loss, 32 MiB otherwise. Throughput = bytes / stream_ms of B's --report
-# (from connected to done) for punchraw, bytes / transfer time for the baseline. Like the
-# baseline's receiver, B discards what it receives (to /dev/null; its report's byte count is
+# that. Sizes: 256 MiB without delay and loss, 8 MiB with delay and 5% loss, 32 MiB otherwise.
+# Throughput = bytes / stream_ms of B's --report (from connected to done) for punchraw,
+# bytes / transfer time for the baseline. Like the baseline's receiver, B discards what it receives (to /dev/null; its report's byte count is
 # checked), so that no side's number includes writing a file; A reads its input from a file
 # (in the page cache), as a user sending one does, where the baseline sends from memory.
 #

@@ -102,9 +102,10 @@ const EPOCH_RTTS: u32 = 10;
 /// start only. CUBIC beside it does not help there: the larger window counts. So BBR's window
 /// is bounded here by twice the bandwidth-delay product that the acknowledgements show (2/ln 2
 /// times while the rate still grows): with the bound, 21 of 21 traced transfers ran as the
-/// good ones, at the same speed. On a link that drops when its queue is full this keeps the queue near a
-/// round trip of data and the allowance instead of filling it; on a path with random loss the
-/// bound grows about as fast as BBR's own STARTUP (the rate that arrives doubles each round
+/// good ones, at the same speed. On a link that drops when its queue is full this keeps the
+/// queue near a round trip of data and the allowance instead of filling it (but see
+/// `quic`'s documentation on slow lines with long round trips); on a path with random loss
+/// the bound grows about as fast as BBR's own STARTUP (the rate that arrives doubles each round
 /// trip until the path is full): 160 ms RTT and 1% loss at each NAT, 32 MiB, 6 runs each,
 /// 10.5 against 11.3 MiB/s (medians; runs 9.3-12.0 against 9.2-12.1), 20% loss with 40 ms
 /// one way: 1 MiB in 4.4-5.5 s against 4.6-24 s.
