@@ -74,7 +74,7 @@ const GROWTH_ROUNDS: u32 = 3;
 /// Added to the smallest RTT in [`Delivery::cap`]: the delay the receiver may add to its
 /// acknowledgements (`MAX_ACK_DELAY`) and a timer's granularity, which a sender must cover
 /// to keep sending while acknowledgements are held back.
-const ACK_ALLOWANCE: Duration = Duration::from_millis(6);
+const ACK_ALLOWANCE: Duration = super::MAX_ACK_DELAY.saturating_add(Duration::from_millis(1));
 /// The shortest spacing of the delivery marks, and the shortest epoch of the rate's
 /// maximum: below the resolution that a short path's ACK batches give.
 const MARK_SPACING: Duration = Duration::from_micros(100);
