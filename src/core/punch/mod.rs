@@ -401,6 +401,16 @@ impl Punch {
         lockstep::Lockstep::new(&self.cfg)
     }
 
+    /// The socket that checks a fixed target: the main one, or the other family's
+    /// (`None` without one).
+    fn target_socket(&self, dst: &SocketAddr) -> Option<usize> {
+        if same_family(dst, &self.cfg.my_public) {
+            Some(0)
+        } else {
+            self.cfg.other_family_socket()
+        }
+    }
+
     fn request(&mut self, socket: usize, dst: SocketAddr, role: Role) {
         let tid = TransactionId::random(&mut self.rng);
         let mut payload = Vec::with_capacity(120);
@@ -598,14 +608,24 @@ impl Machine for Punch {
                 } else {
                     1
                 };
+            // Remotes that reached us with a valid request (peer-reflexive candidates, RFC
+            // 8445 section 7.3.1.3) stay on the check list like the fixed targets: the one
+            // triggered check may be lost, or the request may have come before our start,
+            // when nothing is sent; and behind a symmetric NAT the peer is only there.
+            let heard: Vec<(usize, SocketAddr)> = self
+                .heard_from
+                .iter()
+                .filter(|&&(s, a)| {
+                    !(self.fixed_targets.contains(&a) && self.target_socket(&a) == Some(s))
+                })
+                .copied()
+                .collect();
+            for (socket, dst) in heard {
+                self.request(socket, dst, Role::Check);
+            }
             for dst in self.fixed_targets.clone() {
-                let socket = if same_family(&dst, &self.cfg.my_public) {
-                    0
-                } else {
-                    match self.cfg.other_family_socket() {
-                        Some(s) => s,
-                        None => continue,
-                    }
+                let Some(socket) = self.target_socket(&dst) else {
+                    continue;
                 };
                 self.request(socket, dst, Role::Check);
                 if let Some(t) = self.queue.back().cloned() {

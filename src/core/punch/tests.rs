@@ -62,6 +62,8 @@ struct Paths {
     /// Which sides also have a global IPv6 address behind a stateful firewall
     /// (address-and-port-dependent filtering), offered among their locals.
     ipv6: [bool; 2],
+    /// How long after the agreed moment each side starts (its clock, or a busy machine).
+    late: [Duration; 2],
 }
 
 const PLAIN: Paths = Paths {
@@ -70,6 +72,7 @@ const PLAIN: Paths = Paths {
     budget: Duration::from_secs(10),
     loss_before_nat: 0.0,
     ipv6: [false; 2],
+    late: [Duration::ZERO; 2],
 };
 
 fn run(
@@ -148,7 +151,7 @@ fn run_on(
                 sweep_sockets: 256,
                 seed: seed * 2 + i as u64,
             };
-            Punch::new(cfg, start)
+            Punch::new(cfg, start + paths.late[i])
         })
         .collect();
     let strategy = punches[0].config().strategy();
@@ -321,6 +324,27 @@ fn full_cone_reaches_random_symmetric_directly() {
         let o = run(full_cone(), sym_random(), 0.0, seed, true);
         assert_eq!(o.strategy, Strategy::Direct);
         assert_connected(&o, "full-cone vs symmetric-random");
+    }
+}
+
+#[test]
+fn a_controlling_full_cone_that_starts_late_still_checks_the_symmetric_peer() {
+    // The symmetric side's first request reaches the full cone before it starts (it sends
+    // nothing then); the full cone must still check the address that request came from,
+    // the only one where the peer can be reached. Both orders of control.
+    for late in [0, 1] {
+        for seed in 0..5 {
+            let mut paths = PLAIN;
+            paths.late[late] = Duration::from_millis(300);
+            let (a, b) = if late == 1 {
+                (sym_random(), full_cone())
+            } else {
+                (full_cone(), sym_random())
+            };
+            let o = run_on(a, b, 0.0, seed, true, paths);
+            assert_eq!(o.strategy, Strategy::Direct);
+            assert_connected(&o, &format!("late full cone on side {late}, seed {seed}"));
+        }
     }
 }
 
