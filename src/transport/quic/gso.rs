@@ -25,8 +25,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+use super::pace::{Pace, PacedPoller};
 
 /// How often the connections' loss counters are read.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -40,6 +42,8 @@ pub(super) struct GsoGate {
     /// Bursts not yet handed to the kernel; `None` where no runtime could take the flusher
     /// (every transmit then goes out as it comes).
     joined: Option<Joined>,
+    /// The pacing of quinn's sends (`pace`), where there is one.
+    pace: Option<Arc<Pace>>,
 }
 
 /// quinn (0.11) hands the socket at most ten datagrams per transmit, a fixed cap in its
@@ -92,8 +96,12 @@ impl Pending {
 }
 
 impl GsoGate {
-    /// `open` is the switch [`watch`] sets.
-    pub(super) fn new(inner: Arc<dyn AsyncUdpSocket>, open: Arc<AtomicBool>) -> Arc<Self> {
+    /// `open` is the switch [`watch`] sets; `pace` paces quinn's sends.
+    pub(super) fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        open: Arc<AtomicBool>,
+        pace: Option<Arc<Pace>>,
+    ) -> Arc<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok();
         let joined = runtime.as_ref().map(|_| Joined {
             pending: Mutex::new(Pending::default()),
@@ -103,6 +111,7 @@ impl GsoGate {
             inner,
             open,
             joined,
+            pace,
         });
         if let (Some(runtime), Some(joined)) = (runtime, &gate.joined) {
             runtime.spawn(flusher(
@@ -130,6 +139,44 @@ impl GsoGate {
             Some(j) => self.flush(&mut j.pending.lock().unwrap_or_else(|e| e.into_inner())),
             None => Ok(()),
         }
+    }
+
+    /// Hands one of quinn's transmits on: joined to the burst being built while the switch is
+    /// open, on its own when it is closed.
+    fn send(&self, transmit: &Transmit) -> io::Result<()> {
+        let Some(joined) = &self.joined else {
+            return self.inner.try_send(transmit);
+        };
+        let mut pending = joined.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.open.load(Ordering::Relaxed) {
+            // No bursts while the path loses packets: what is still joined goes first.
+            self.flush(&mut pending)?;
+            return self.inner.try_send(transmit);
+        }
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        let most = self.inner.max_transmit_segments().min(JOINED_SEGMENTS);
+        if !pending.takes(transmit, segment, most) {
+            // Sent before this one, so the order stays; full socket: quinn tries this
+            // transmit again once the socket is writable, after what is joined.
+            self.flush(&mut pending)?;
+            pending.to = Some((transmit.destination, transmit.src_ip, transmit.ecn));
+            pending.segment = segment;
+        }
+        pending.buf.extend_from_slice(transmit.contents);
+        if pending.buf.len() + segment > JOINED_BYTES {
+            // Full: out now. A full socket leaves it to the flusher.
+            match self.flush(&mut pending) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+        if pending.to.is_some() {
+            joined.wake.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -177,45 +224,20 @@ impl fmt::Debug for GsoGate {
 
 impl AsyncUdpSocket for GsoGate {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.inner.clone().create_io_poller()
+        let inner = self.inner.clone().create_io_poller();
+        match &self.pace {
+            Some(pace) => Box::pin(PacedPoller::new(pace.clone(), inner)),
+            None => inner,
+        }
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let Some(joined) = &self.joined else {
-            return self.inner.try_send(transmit);
-        };
-        let mut pending = joined.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.open.load(Ordering::Relaxed) {
-            // No bursts while the path loses packets: what is still joined goes first.
-            self.flush(&mut pending)?;
-            return self.inner.try_send(transmit);
-        }
-        let segment = transmit
-            .segment_size
-            .unwrap_or(transmit.contents.len())
-            .max(1);
-        let most = self.inner.max_transmit_segments().min(JOINED_SEGMENTS);
-        if !pending.takes(transmit, segment, most) {
-            // Sent before this one, so the order stays; full socket: quinn tries this
-            // transmit again once the socket is writable, after what is joined.
-            self.flush(&mut pending)?;
-            pending.to = Some((transmit.destination, transmit.src_ip, transmit.ecn));
-            pending.segment = segment;
-        }
-        pending.buf.extend_from_slice(transmit.contents);
-        if pending.buf.len() + segment > JOINED_BYTES {
-            // Full: out now. A full socket leaves it to the flusher.
-            match self.flush(&mut pending) {
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
-                _ => {}
-            }
-        }
-        if pending.to.is_some() {
-            joined.wake.notify_one();
+        self.send(transmit)?;
+        if let Some(pace) = &self.pace {
+            pace.sent(Instant::now(), transmit.contents.len());
         }
         Ok(())
     }
-
     fn poll_recv(
         &self,
         cx: &mut Context,
@@ -400,7 +422,7 @@ mod tests {
     async fn bursts_to_one_place_leave_as_one_send_after_the_driver_yields() {
         let rec = Arc::new(Recorder::default());
         let open = Arc::new(AtomicBool::new(true));
-        let gate = GsoGate::new(rec.clone(), open.clone());
+        let gate = GsoGate::new(rec.clone(), open.clone(), None);
         let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         let other: SocketAddr = "192.0.2.2:4000".parse().unwrap();
         // A driver's turn: two bursts of ten full datagrams, then a short one that ends it.
@@ -458,7 +480,7 @@ mod tests {
     async fn a_closed_gate_sends_each_datagram_at_once_after_what_was_joined() {
         let rec = Arc::new(Recorder::default());
         let open = Arc::new(AtomicBool::new(true));
-        let gate = GsoGate::new(rec.clone(), open.clone());
+        let gate = GsoGate::new(rec.clone(), open.clone(), None);
         let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         gate.try_send(&burst(peer, 0, 4, 1200, 1200)).unwrap();
         open.store(false, Ordering::Relaxed);
@@ -471,7 +493,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn what_is_joined_when_the_socket_is_dropped_goes_out() {
         let rec = Arc::new(Recorder::default());
-        let gate = GsoGate::new(rec.clone(), Arc::new(AtomicBool::new(true)));
+        let gate = GsoGate::new(rec.clone(), Arc::new(AtomicBool::new(true)), None);
         let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         gate.try_send(&burst(peer, 0, 1, 1200, 60)).unwrap();
         drop(gate);
@@ -485,7 +507,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_full_socket_keeps_the_joined_burst_until_it_can_send() {
         let rec = Arc::new(Recorder::default());
-        let gate = GsoGate::new(rec.clone(), Arc::new(AtomicBool::new(true)));
+        let gate = GsoGate::new(rec.clone(), Arc::new(AtomicBool::new(true)), None);
         let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
         let other: SocketAddr = "192.0.2.2:4000".parse().unwrap();
         rec.full.store(true, Ordering::Relaxed);
@@ -501,6 +523,48 @@ mod tests {
         let sent = rec.sent.lock().unwrap();
         let shape: Vec<_> = sent.iter().map(|(to, d, _)| (*to, d.len(), d[0])).collect();
         assert_eq!(shape, [(peer, 12_000, 0), (other, 1200, 10)]);
+    }
+
+    /// quinn's driver asks the socket's poller before every transmit: with a pacing rate
+    /// published, a send beyond the bucket holds the next one back for the time the rate needs
+    /// for the excess, and no longer.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_paced_socket_holds_the_driver_back_for_the_rate() {
+        let rec = Arc::new(Recorder::default());
+        let pace = Pace::new();
+        let gate = GsoGate::new(
+            rec.clone(),
+            Arc::new(AtomicBool::new(true)),
+            Some(pace.clone()),
+        );
+        let mut poller = gate.clone().create_io_poller();
+        let peer: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let writable = |p: &mut Pin<Box<dyn UdpPoller>>| {
+            let waker = std::task::Waker::noop();
+            p.as_mut()
+                .poll_writable(&mut Context::from_waker(waker))
+                .is_ready()
+        };
+        // No rate yet: never held back.
+        for i in 0..10 {
+            gate.try_send(&burst(peer, i, 10, 1200, 1200)).unwrap();
+        }
+        assert!(writable(&mut poller));
+        // 1.2 MB/s: 16 KiB of bucket, then 60 KB more is 50 ms of debt.
+        let slot = pace.slot();
+        slot.store(1_200_000, Ordering::Relaxed);
+        gate.try_send(&burst(peer, 0, 10, 1200, 1200)).unwrap();
+        gate.try_send(&burst(peer, 0, 50, 1200, 1200)).unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(!writable(&mut poller), "in debt");
+        std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))
+            .await
+            .unwrap();
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(30) && waited < Duration::from_millis(500),
+            "{waited:?}"
+        );
     }
 
     #[test]

@@ -204,7 +204,8 @@ impl State {
             }
         };
         self.direct = Some(Direct {
-            socket: GsoGate::new(inner, gso_open.clone()),
+            // Not paced yet: the switching socket polls its paths itself.
+            socket: GsoGate::new(inner, gso_open.clone(), None),
             remote: p.remote,
             dead: false,
             consent: Consent::new(self.rtt, Instant::now(), rand::random()),

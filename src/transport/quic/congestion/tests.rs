@@ -3,7 +3,7 @@ use super::*;
 #[test]
 fn the_window_is_the_larger_of_bbrs_and_cubics() {
     let now = Instant::now();
-    let mut c = Arc::new(BbrBesideConfig).build(now, 1200);
+    let mut c = Arc::new(BbrBesideConfig::default()).build(now, 1200);
     let mut bbr = Arc::new(BbrConfig::default()).build(now, 1200);
     let mut cubic = Arc::new(CubicConfig::default()).build(now, 1200);
     assert_eq!(c.window(), bbr.window().max(cubic.window()));
@@ -43,9 +43,10 @@ fn a_new_connection_is_not_held_at_four_packets() {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let pin = |who: &Identity| Arc::new(PinVerifier::new(who.fingerprint(), provider.clone()));
-    let server = super::super::server_config(&b, pin(&a), provider.clone(), Duration::ZERO)
+    let pace = super::super::pace::Pace::new();
+    let server = super::super::server_config(&b, pin(&a), provider.clone(), Duration::ZERO, &pace)
         .expect("server config");
-    let client = super::super::client_config(&a, pin(&b), provider.clone(), Duration::ZERO)
+    let client = super::super::client_config(&a, pin(&b), provider.clone(), Duration::ZERO, &pace)
         .expect("client config");
     let samples = runtime.block_on(async move {
         let loopback = "127.0.0.1:0".parse().unwrap();
@@ -199,7 +200,7 @@ fn the_delivery_rate_is_the_links_through_held_back_acknowledgements() {
 fn a_runaway_bbr_window_is_held_to_twice_the_measured_bdp() {
     let now = Instant::now();
     let cubic = Arc::new(CubicConfig::default()).build(now, 1200);
-    let mut c = BbrBeside::new(Box::new(Runaway), cubic);
+    let mut c = BbrBeside::new(Box::new(Runaway), cubic, None);
     assert_eq!(
         c.window(),
         c.cubic.window().max(14_720),
@@ -222,7 +223,7 @@ fn a_runaway_bbr_window_is_held_to_twice_the_measured_bdp() {
 fn the_bound_grows_with_the_rate_on_a_lossy_long_path() {
     let start = Instant::now();
     let cubic = Arc::new(CubicConfig::default()).build(start, 1200);
-    let mut c = BbrBeside::new(Box::new(Runaway), cubic);
+    let mut c = BbrBeside::new(Box::new(Runaway), cubic, None);
     let rtt = Duration::from_millis(160);
     let mut rounds = 0;
     let mut packet = 0u64;
@@ -248,4 +249,87 @@ fn the_bound_grows_with_the_rate_on_a_lossy_long_path() {
         rounds += 1;
     }
     assert!(c.cubic.window() < 100_000, "the premise: CUBIC collapsed");
+}
+
+/// A round whose rate did not grow and which lost half its bytes ends the growth at once (a
+/// queue overflowing under the startup gain), with BBR's window never capped; a tenth lost,
+/// as random loss does, leaves the growth to the full-pipe test.
+#[test]
+fn a_round_that_overflows_a_queue_ends_the_growth_at_once() {
+    for (lost_per_ms, ends) in [(12_500, true), (1_389, false)] {
+        let start = Instant::now();
+        let mut d = Delivery::default();
+        // The rate found and flat, BBR's own window below the bound: no round counts.
+        feed_link(&mut d, start, 30, false, false, false);
+        assert_eq!(d.rounds_flat, 0);
+        for ms in 30..33 {
+            d.lost_in_round += lost_per_ms;
+            feed_link(
+                &mut d,
+                start + Duration::from_millis(ms),
+                1,
+                false,
+                false,
+                false,
+            );
+        }
+        assert_eq!(
+            d.rounds_flat >= GROWTH_ROUNDS,
+            ends,
+            "{lost_per_ms} bytes lost per ms"
+        );
+        assert_eq!(d.cycle_start.is_some(), ends);
+    }
+}
+
+/// The pacing gain: the startup gain while the rate grows, then BBR's cycle, a phase per
+/// smallest RTT and allowance, starting with the drain.
+#[test]
+fn the_pacing_gain_drains_after_startup_then_cycles() {
+    let start = Instant::now();
+    let mut d = Delivery::default();
+    feed_link(&mut d, start, 30, false, false, false);
+    assert_eq!(d.pacing_gain(start), STARTUP_GAIN);
+    feed_link(
+        &mut d,
+        start + Duration::from_millis(30),
+        30,
+        false,
+        false,
+        true,
+    );
+    let Some(cycle) = d.cycle_start else {
+        panic!("the growth ended");
+    };
+    let phase = Duration::from_millis(1) + ACK_ALLOWANCE;
+    let gains: Vec<u128> = (0..9).map(|i| d.pacing_gain(cycle + phase * i)).collect();
+    assert_eq!(
+        gains,
+        [750, 1_000, 1_000, 1_000, 1_000, 1_000, 1_000, 1_250, 750]
+    );
+}
+
+/// A sender that ran short of data shows its own rate: after a second at the link's rate,
+/// three seconds of a packet every 10 ms leave the estimate (and so the pacing) at the link's
+/// rate if reported app-limited, and let it fall otherwise.
+#[test]
+fn a_trickle_does_not_lower_the_estimate() {
+    let link = 12_500_000;
+    for app_limited in [true, false] {
+        let start = Instant::now();
+        let mut d = Delivery::default();
+        full_link_with_held_back_acks(&mut d, start, 1_000);
+        let rtt = Duration::from_millis(1);
+        for i in 0..300u32 {
+            let sent = start + Duration::from_secs(1) + Duration::from_millis(10) * i;
+            d.on_ack(sent, PACKET, rtt, rtt);
+            d.on_end_acks(sent + rtt, app_limited, false);
+        }
+        assert_eq!(
+            d.rate() >= link * 9 / 10,
+            app_limited,
+            "app-limited {app_limited}: {} B/s",
+            d.rate()
+        );
+    }
 }
