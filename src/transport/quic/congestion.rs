@@ -65,10 +65,12 @@ impl BbrBeside {
     }
 
     /// The rate the socket paces this connection at: BBR's pacing gain over the measured
-    /// rate, and at least the initial window per smoothed RTT (quinn's own first round).
+    /// rate, and at least CUBIC's initial window (RFC 9002's ten packets) per smoothed RTT.
+    /// Not quinn's BBR's initial window: at 240 KB that floor was twice and more the rate of a
+    /// 10 Mbit/s line under an 80 ms RTT (lab: 38% of the packets lost).
     fn pacing_rate(&self, now: Instant) -> u64 {
         let srtt = self.delivery.srtt.max(MARK_SPACING);
-        let floor = u128::from(self.initial_window()) * 1_000_000_000 / srtt.as_nanos();
+        let floor = u128::from(self.cubic.initial_window()) * 1_000_000_000 / srtt.as_nanos();
         pace::pacing_rate(
             self.delivery.rate(),
             self.delivery.pacing_gain(now),

@@ -252,10 +252,13 @@ impl AsyncUdpSocket for GsoGate {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        if self.open.load(Ordering::Relaxed) {
-            self.inner.max_transmit_segments()
-        } else {
-            1
+        if !self.open.load(Ordering::Relaxed) {
+            return 1;
+        }
+        let most = self.inner.max_transmit_segments();
+        match &self.pace {
+            Some(pace) => most.min(pace.max_segments()),
+            None => most,
         }
     }
 

@@ -18,9 +18,10 @@
 //! form while the driver may send).
 //!
 //! Measured (lab, two port-restricted cones, one way, 2026-12-07, against the same build
-//! without pacing): on that slow long line ~12% of the packets lost instead of ~43% -- what
+//! without pacing): on that slow long line ~8% of the packets lost instead of ~43% -- what
 //! is left is the first STARTUP's overshoot, which `congestion` ends at the first round that
-//! overflows -- at the same 7.5-8.0 MiB/s; elsewhere within the runs' spread: 0 ms 256 MiB
+//! overflows -- at the same 7.2-8.0 MiB/s (10 Mbit/s under 80 ms, 4 MiB: ~11% instead of 38%;
+//! both directions at once, ~20% each instead of ~33%); elsewhere within the runs' spread: 0 ms 256 MiB
 //! 555-686 against 543-647 MiB/s (3 runs each), 1% loss 351-428 against 354-410, 40 ms one way
 //! 32 MiB 14.0-14.2 against 14.3-15.3, with 1% loss 10.9-12.2 against 10.0-11.4, 5% 4.9-5.3
 //! against 4.3-5.3, a 1 Gbit/s line 113 MiB/s both.
@@ -40,6 +41,8 @@ use std::time::{Duration, Instant};
 const BURST_TIME: Duration = Duration::from_millis(2);
 /// The smallest bucket: one transmit of quinn's (ten datagrams) and a little more.
 const MIN_BURST: u64 = 16 * 1024;
+/// A full datagram on a common path (1,500-byte MTU), for [`Pace::max_segments`].
+const TYPICAL_DATAGRAM: u64 = 1_452;
 
 /// The pacing of one socket: the rates its connections' controllers publish, and the bucket
 /// their sends draw from.
@@ -88,6 +91,21 @@ impl Pace {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         b.refill(now, rate);
         b.debit(bytes as u64);
+    }
+
+    /// The most datagrams one transmit should carry: about a millisecond of the rate, at least
+    /// one. A transmit goes out whole and leaves the bucket in debt by its size, and every
+    /// connection on the socket waits that debt out -- also the one that only acknowledges the
+    /// peer's stream -- so on a slow line a ten-datagram transmit (14.5 KB, 116 ms at 1
+    /// Mbit/s) would hold the acknowledgements of the other direction back for as long.
+    /// Unpaced: no limit.
+    pub(super) fn max_segments(&self) -> usize {
+        match self.rate() {
+            0 => usize::MAX,
+            rate => usize::try_from(rate / 1_000 / TYPICAL_DATAGRAM)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        }
     }
 
     /// How long the sender must wait before its next transmit; `None`: send now.
@@ -242,6 +260,19 @@ mod tests {
             (12_500_000..=12_500_000 + burst).contains(&sent),
             "{sent} bytes in a second"
         );
+    }
+
+    #[test]
+    fn a_transmit_carries_about_a_millisecond_of_the_rate() {
+        let pace = Pace::new();
+        let slot = pace.slot();
+        assert_eq!(pace.max_segments(), usize::MAX, "unpaced");
+        slot.store(125_000, Ordering::Relaxed);
+        assert_eq!(pace.max_segments(), 1, "1 Mbit/s");
+        slot.store(12_500_000, Ordering::Relaxed);
+        assert_eq!(pace.max_segments(), 8, "100 Mbit/s");
+        slot.store(125_000_000, Ordering::Relaxed);
+        assert_eq!(pace.max_segments(), 86, "1 Gbit/s");
     }
 
     #[test]

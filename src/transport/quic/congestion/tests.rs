@@ -333,3 +333,26 @@ fn a_trickle_does_not_lower_the_estimate() {
         );
     }
 }
+
+/// Before the rate is known the pacing floor is CUBIC's initial window per round trip, not
+/// quinn's BBR's (240 KB), which on a 10 Mbit/s line with an 80 ms round trip is twice the
+/// line.
+#[test]
+fn the_pacing_floor_is_ten_packets_per_round_trip() {
+    let now = Instant::now();
+    let c = Arc::new(BbrBesideConfig::default()).build(now, 1200);
+    let Ok(c) = c.into_any().downcast::<BbrBeside>() else {
+        panic!("the factory builds a BbrBeside");
+    };
+    let mut c = *c;
+    let rtt = Duration::from_millis(80);
+    // A packet per round trip: a rate far below any floor.
+    for i in 0..5 {
+        c.delivery.on_ack(now + rtt * i, 1_000, rtt, rtt);
+        c.delivery.on_end_acks(now + rtt * (i + 1), false, false);
+    }
+    let floor = c.cubic.initial_window() * 1_000 / 80;
+    assert!(c.delivery.rate() > 0 && c.delivery.rate() < floor / 3);
+    assert_eq!(c.pacing_rate(now + rtt * 5), floor);
+    assert!(floor < 1_250_000 / 4, "well under a 10 Mbit/s line");
+}
