@@ -21,10 +21,10 @@
 //! without pacing): on that slow long line ~8% of the packets lost instead of ~43% -- what
 //! is left is the first STARTUP's overshoot, which `congestion` ends at the first round that
 //! overflows -- at the same 7.2-8.0 MiB/s (10 Mbit/s under 80 ms, 4 MiB: ~11% instead of 38%;
-//! both directions at once, ~20% each instead of ~33%); elsewhere within the runs' spread: 0 ms 256 MiB
-//! 555-686 against 543-647 MiB/s (3 runs each), 1% loss 351-428 against 354-410, 40 ms one way
-//! 32 MiB 14.0-14.2 against 14.3-15.3, with 1% loss 10.9-12.2 against 10.0-11.4, 5% 4.9-5.3
-//! against 4.3-5.3, a 1 Gbit/s line 113 MiB/s both.
+//! both directions at once, ~20% each instead of ~33%); elsewhere within the runs' spread:
+//! 0 ms 256 MiB 555-686 against 543-647 MiB/s (3 runs each), 1% loss 351-428 against 354-410,
+//! 40 ms one way 32 MiB 14.0-14.2 against 14.3-15.3, with 1% loss 10.9-12.2 against 10.0-11.4,
+//! 5% 4.9-5.3 against 4.3-5.3, a 1 Gbit/s line 113 MiB/s both.
 
 use quinn::UdpPoller;
 use std::fmt;
