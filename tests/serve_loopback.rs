@@ -27,6 +27,7 @@ fn start(alternate: bool) -> (ServerHandle, Shutdown) {
         alt_port: 0,
         software: Some("punchraw-test".into()),
         per_source_limit: None,
+        seed: 0,
     };
     let h = serve::spawn(cfg, shutdown.clone()).expect("server starts on loopback");
     (h, shutdown)
@@ -783,6 +784,7 @@ fn tcp_port_held_by_a_reuseport_listener_is_refused() {
         alt_port: 0,
         software: None,
         per_source_limit: None,
+        seed: 0,
     };
     match serve::spawn(cfg, Shutdown::manual()) {
         Ok(h) => {

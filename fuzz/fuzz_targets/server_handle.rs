@@ -29,6 +29,7 @@ fn configs() -> Vec<ServerConfig> {
             alt_port: 3479,
             software: None,
             per_source_limit: None,
+            seed: 0,
         },
         ServerConfig {
             ip: v4(1),
@@ -37,6 +38,7 @@ fn configs() -> Vec<ServerConfig> {
             alt_port: 3479,
             software: None,
             per_source_limit: None,
+            seed: 0,
         },
         ServerConfig {
             ip: v6(1),
@@ -45,6 +47,7 @@ fn configs() -> Vec<ServerConfig> {
             alt_port: 3479,
             software: Some("punchraw fuzz".into()),
             per_source_limit: None,
+            seed: 0,
         },
         // A long SOFTWARE that never fits a small answer, and a per-source limit of 2.
         ServerConfig {
@@ -54,6 +57,7 @@ fn configs() -> Vec<ServerConfig> {
             alt_port: 3479,
             software: Some("s".repeat(300)),
             per_source_limit: Some(2),
+            seed: 0,
         },
     ]
 }
@@ -75,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
         // A small table: the default 64 Ki buckets per input would dominate the run time.
         let limiter = cfg
             .per_source_limit
-            .map(|r| Arc::new(SourceLimiter::with_buckets(r, t0, 64)));
+            .map(|r| Arc::new(SourceLimiter::with_buckets(r, t0, 64, cfg.seed)));
         let mut server = StunServer::with_limiter(cfg.clone(), limiter);
         for transport in [Transport::Udp, Transport::Tcp] {
             for &(local, _) in &endpoints {

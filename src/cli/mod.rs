@@ -108,6 +108,7 @@ fn serve_config(
             alt_port,
             software: (!a.software.is_empty()).then(|| a.software.clone()),
             per_source_limit: a.per_source_limit,
+            seed: rand::random(),
         })
         .collect();
     Ok((servers, rendezvous, relay))

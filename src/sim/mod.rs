@@ -361,6 +361,7 @@ impl SimNet {
                     alt_port: 3479,
                     software: None,
                     per_source_limit: None,
+                    seed: 0,
                 },
                 now,
             ),

@@ -190,6 +190,7 @@ impl SimTcpNet {
                     alt_port: 3479,
                     software: None,
                     per_source_limit: None,
+                    seed: 0,
                 },
                 now,
             ),

@@ -5,8 +5,9 @@
 //! or the /64 prefix of an IPv6 address (one subscriber's network, so a spoofer cannot spread
 //! a flood over a victim's 2^64 addresses). The table never grows, so a flood from many
 //! (spoofed) sources cannot grow memory; sources that share a bucket share one budget, which
-//! only ever lowers what each of them receives. The hash key is random per process, so an
-//! attacker cannot aim collisions at a chosen victim's bucket.
+//! only ever lowers what each of them receives. The hash is SipHash keyed from a seed the caller
+//! draws at random (sans-IO: no randomness of our own), so an attacker who cannot learn the
+//! seed cannot aim collisions at a chosen victim's bucket, and a test's seed reproduces a run.
 //!
 //! Guarantee, for a budget of `rate` responses per second: in any interval of `t` seconds a
 //! source is answered at most `rate * t + rate` times (a sustained `rate` per second and one
@@ -15,8 +16,10 @@
 //! Buckets are atomics, so one limiter can be shared by every socket thread of a server
 //! (`Arc<SourceLimiter>`): the budget is per source, not per source and thread.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use siphasher::sip::SipHasher13;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -38,7 +41,7 @@ pub struct SourceLimiter {
     interval: u64,
     /// How far `tat` may run ahead of now: the burst beyond the first response.
     tolerance: u64,
-    key: RandomState,
+    key: [u64; 2],
     rate: u32,
 }
 
@@ -53,22 +56,24 @@ impl std::fmt::Debug for SourceLimiter {
 
 impl SourceLimiter {
     /// `rate` responses per second per source (at least 1), with a burst of `rate`. `now` is
-    /// the clock's zero; earlier instants count as `now`.
-    pub fn new(rate: u32, now: Instant) -> Self {
-        Self::with_buckets(rate, now, BUCKETS)
+    /// the clock's zero; earlier instants count as `now`. `seed` keys the bucket hash: draw it
+    /// at random in a server, or collisions with a victim's bucket can be aimed.
+    pub fn new(rate: u32, now: Instant, seed: u64) -> Self {
+        Self::with_buckets(rate, now, BUCKETS, seed)
     }
 
     /// As [`new`](Self::new) with a table of `buckets` entries (tests use small tables to
     /// exercise sharing).
-    pub fn with_buckets(rate: u32, now: Instant, buckets: usize) -> Self {
+    pub fn with_buckets(rate: u32, now: Instant, buckets: usize, seed: u64) -> Self {
         let rate = rate.max(1);
+        let mut rng = StdRng::seed_from_u64(seed);
         let interval = 1_000_000_000u64.div_ceil(u64::from(rate));
         SourceLimiter {
             tat: (0..buckets.max(1)).map(|_| AtomicU64::new(0)).collect(),
             epoch: now,
             interval,
             tolerance: interval * (u64::from(rate) - 1),
-            key: RandomState::new(),
+            key: [rng.next_u64(), rng.next_u64()],
             rate,
         }
     }
@@ -79,7 +84,7 @@ impl SourceLimiter {
     }
 
     fn bucket(&self, ip: IpAddr) -> &AtomicU64 {
-        let mut h = self.key.build_hasher();
+        let mut h = SipHasher13::new_with_keys(self.key[0], self.key[1]);
         match ip.to_canonical() {
             IpAddr::V4(v4) => v4.octets().hash(&mut h),
             IpAddr::V6(v6) => v6.octets()[..8].hash(&mut h),

@@ -147,6 +147,8 @@ pub struct ServerConfig {
     /// users can share one address behind carrier-grade NAT). TCP is not limited: its
     /// source cannot be spoofed.
     pub per_source_limit: Option<u32>,
+    /// Keys the per-source limiter's bucket hash; the driver draws it at random, tests fix it.
+    pub seed: u64,
 }
 
 impl ServerConfig {
@@ -267,7 +269,7 @@ impl StunServer {
     /// The limiter for `cfg.per_source_limit`, for [`with_limiter`](Self::with_limiter).
     pub fn limiter_for(cfg: &ServerConfig, now: Instant) -> Option<Arc<SourceLimiter>> {
         cfg.per_source_limit
-            .map(|r| Arc::new(SourceLimiter::new(r, now)))
+            .map(|r| Arc::new(SourceLimiter::new(r, now, cfg.seed)))
     }
 
     /// The configuration this server answers with.

@@ -16,6 +16,7 @@ fn config(discovery: bool) -> ServerConfig {
         alt_port: 3479,
         software: Some("punchraw".to_string()),
         per_source_limit: None,
+        seed: 0,
     }
 }
 
@@ -27,6 +28,7 @@ fn config_v6() -> ServerConfig {
         alt_port: 3479,
         software: None,
         per_source_limit: None,
+        seed: 0,
     }
 }
 
@@ -957,6 +959,7 @@ proptest! {
 fn limited(rate: u32) -> ServerConfig {
     ServerConfig {
         per_source_limit: Some(rate),
+        seed: 0,
         ..config(true)
     }
 }
@@ -1079,7 +1082,7 @@ fn one_limiter_shared_by_threads_bounds_the_total() {
 #[test]
 fn other_sources_keep_their_own_budget_and_memory_is_fixed() {
     let t0 = Instant::now();
-    let lim = SourceLimiter::new(2, t0);
+    let lim = SourceLimiter::new(2, t0, 7);
     // A spoofed flood from a million sources: the table does not grow.
     for i in 0..1_000_000u32 {
         lim.allow(t0, IpAddr::from(i.to_be_bytes()));
@@ -1097,7 +1100,12 @@ fn other_sources_keep_their_own_budget_and_memory_is_fixed() {
         .filter(|&i| lim.allow(t1, IpAddr::from([100, 64, 7, i])))
         .count();
     assert!(others >= 190, "{others}");
-    // IPv6 sources in one /64 share a budget; another /64 has its own.
+}
+
+#[test]
+fn ipv6_sources_share_the_budget_of_their_64() {
+    let t1 = Instant::now();
+    let lim = SourceLimiter::new(2, t1, 7);
     let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
     let b: IpAddr = "2001:db8:1:2:ffff::99".parse().unwrap();
     let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
@@ -1107,9 +1115,27 @@ fn other_sources_keep_their_own_budget_and_memory_is_fixed() {
 }
 
 #[test]
+fn the_seed_decides_which_sources_share_a_bucket() {
+    let t0 = Instant::now();
+    let victim = IpAddr::from([198, 51, 100, 9]);
+    // Which of 256 sources lost their answer to a drained victim's bucket.
+    let sharers = |seed| {
+        let lim = SourceLimiter::with_buckets(1, t0, 64, seed);
+        while lim.allow(t0, victim) {}
+        (0..=255u8)
+            .filter(|&i| !lim.allow(t0, IpAddr::from([100, 64, 7, i])))
+            .collect::<Vec<_>>()
+    };
+    let (one, two) = (sharers(1), sharers(2));
+    assert!(!one.is_empty() && !two.is_empty());
+    assert_eq!(one, sharers(1), "a seed reproduces the table");
+    assert_ne!(one, two, "another seed shares with other sources");
+}
+
+#[test]
 fn a_tiny_table_only_lowers_what_each_source_gets() {
     let t0 = Instant::now();
-    let lim = SourceLimiter::with_buckets(10, t0, 1);
+    let lim = SourceLimiter::with_buckets(10, t0, 1, 0);
     let mut n = 0;
     for i in 0..100u8 {
         if lim.allow(t0, IpAddr::from([10, 0, 0, i])) {

@@ -156,7 +156,9 @@ pub(super) fn serve_connection(
         debug!(%peer, error = %e, "cannot set up tcp connection");
         return;
     }
-    let mut server = StunServer::new(cfg.clone(), Instant::now());
+    // No limiter: TCP sources cannot be spoofed, so `--per-source-limit` is UDP's only, and a
+    // limiter of its own would cost every connection a 512 KiB table.
+    let mut server = StunServer::with_limiter(cfg.clone(), None);
     // `--relay`: TURN frames on the primary port go to the TURN machine, which answers on a
     // second handle of this stream, registered at the first TURN frame (RFC 8656 section 3.1).
     let relay = shared.relay.as_ref().filter(|_| id == EndpointId::PRIMARY);
@@ -477,6 +479,7 @@ pub(super) mod tests {
                 alt_port: 3479,
                 software: None,
                 per_source_limit: None,
+                seed: 0,
             },
             Instant::now(),
         )

@@ -24,6 +24,7 @@ fn loadgen_gets_matched_answers_from_punchraw_serve() {
         alt_port: 0,
         software: None,
         per_source_limit: None,
+        seed: 0,
     };
     let h = serve::spawn(cfg, shutdown.clone()).expect("server starts on loopback");
     let target = h.endpoints()[0].1;
