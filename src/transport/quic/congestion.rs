@@ -48,6 +48,13 @@ pub(super) struct BbrBeside {
     delivery: Delivery,
     /// Where the pacing rate goes (`pace`); `None` where the socket does not pace.
     pacing: Option<Arc<AtomicU64>>,
+    /// The socket's pacing, which counts its path changes, and the count this controller's
+    /// state was measured under ([`BbrBeside::follow_path`]).
+    path: Option<(Arc<Pace>, u64)>,
+    /// Packets sent before this went on an earlier path: what becomes of them tells nothing
+    /// about the current one.
+    path_since: Option<Instant>,
+    mtu: u16,
 }
 
 impl BbrBeside {
@@ -61,7 +68,49 @@ impl BbrBeside {
             cubic,
             delivery: Delivery::default(),
             pacing,
+            path: None,
+            path_since: None,
+            mtu: 1200,
         }
+    }
+
+    fn build(now: Instant, mtu: u16, pace: Option<&Arc<Pace>>) -> Self {
+        let mut c = BbrBeside::new(
+            Arc::new(BbrConfig::default()).build(now, mtu),
+            Arc::new(CubicConfig::default()).build(now, mtu),
+            pace.map(|p| p.slot()),
+        );
+        c.path = pace.map(|p| (p.clone(), p.path()));
+        c.mtu = mtu;
+        c
+    }
+
+    /// After the socket moved the stream to another path (relay first, then direct), the
+    /// controllers start over as on a new connection: RFC 9000 section 9.4 asks that of a
+    /// migration, and the relay's rate and round trip say nothing of the direct path's --
+    /// paced at the relay's rate, a faster direct path would be found only by BBR's probes
+    /// of a quarter more every eight round trips. quinn sees one path throughout, so the
+    /// socket counts the changes and the controller looks at the count on every event.
+    fn follow_path(&mut self, now: Instant) {
+        let Some((pace, seen)) = &mut self.path else {
+            return;
+        };
+        let path = pace.path();
+        if path == *seen {
+            return;
+        }
+        *seen = path;
+        self.bbr = Arc::new(BbrConfig::default()).build(now, self.mtu);
+        self.cubic = Arc::new(CubicConfig::default()).build(now, self.mtu);
+        self.delivery = Delivery::default();
+        self.path_since = Some(now);
+        if let Some(slot) = &self.pacing {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn on_old_path(&self, sent: Instant) -> bool {
+        self.path_since.is_some_and(|t| sent < t)
     }
 
     /// The rate the socket paces this connection at: BBR's pacing gain over the measured
@@ -335,6 +384,7 @@ impl Delivery {
 
 impl Controller for BbrBeside {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.follow_path(now);
         self.bbr.on_sent(now, bytes, last_packet_number);
         self.cubic.on_sent(now, bytes, last_packet_number);
     }
@@ -347,6 +397,10 @@ impl Controller for BbrBeside {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
+        self.follow_path(now);
+        if self.on_old_path(sent) {
+            return;
+        }
         self.bbr.on_ack(now, sent, bytes, app_limited, rtt);
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
         self.delivery.on_ack(sent, bytes, rtt.min(), rtt.get());
@@ -359,6 +413,7 @@ impl Controller for BbrBeside {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
+        self.follow_path(now);
         self.bbr
             .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
         self.cubic
@@ -377,6 +432,10 @@ impl Controller for BbrBeside {
         is_persistent_congestion: bool,
         lost_bytes: u64,
     ) {
+        self.follow_path(now);
+        if self.on_old_path(sent) {
+            return;
+        }
         self.bbr
             .on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
         self.cubic
@@ -385,6 +444,7 @@ impl Controller for BbrBeside {
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = new_mtu;
         self.bbr.on_mtu_update(new_mtu);
         self.cubic.on_mtu_update(new_mtu);
     }
@@ -409,6 +469,9 @@ impl Controller for BbrBeside {
             cubic: self.cubic.clone_box(),
             delivery: self.delivery.clone(),
             pacing: self.pacing.clone(),
+            path: self.path.clone(),
+            path_since: self.path_since,
+            mtu: self.mtu,
         })
     }
 
@@ -430,11 +493,7 @@ pub(super) struct BbrBesideConfig {
 
 impl ControllerFactory for BbrBesideConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(BbrBeside::new(
-            Arc::new(BbrConfig::default()).build(now, current_mtu),
-            Arc::new(CubicConfig::default()).build(now, current_mtu),
-            self.pace.as_ref().map(|p| p.slot()),
-        ))
+        Box::new(BbrBeside::build(now, current_mtu, self.pace.as_ref()))
     }
 }
 

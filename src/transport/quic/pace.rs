@@ -50,6 +50,8 @@ const TYPICAL_DATAGRAM: u64 = 1_452;
 pub(super) struct Pace {
     slots: Mutex<Vec<Weak<AtomicU64>>>,
     bucket: Mutex<Bucket>,
+    /// Counts the changes of the path the socket sends on ([`Pace::path_changed`]).
+    path: AtomicU64,
 }
 
 impl fmt::Debug for Pace {
@@ -83,6 +85,19 @@ impl Pace {
             .filter_map(Weak::upgrade)
             .map(|s| s.load(Ordering::Relaxed))
             .fold(0u64, u64::saturating_add)
+    }
+
+    /// The datagrams take another path from now on (relay first, then direct, and back): the
+    /// controllers start over from their initial state when they next see the count move
+    /// (RFC 9000 section 9.4), and the bucket forgets the old path's debt.
+    pub(super) fn path_changed(&self) {
+        self.path.fetch_add(1, Ordering::Relaxed);
+        *self.bucket.lock().unwrap_or_else(|e| e.into_inner()) = Bucket::default();
+    }
+
+    /// How many times the path changed so far.
+    pub(super) fn path(&self) -> u64 {
+        self.path.load(Ordering::Relaxed)
     }
 
     /// `bytes` went to the socket at `now`.

@@ -14,6 +14,7 @@
 //! `PRPA`) and a nonce, shorter than any QUIC packet, so neither side mistakes it for one.
 
 use super::gso::GsoGate;
+use super::pace::Pace;
 use super::relayed::RelayedSocket;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
@@ -193,7 +194,7 @@ impl Upgrade {
 
 impl State {
     /// Registers a freshly installed socket with the runtime (we are inside it here).
-    fn take_pending(&mut self, gso_open: &Arc<AtomicBool>) -> Option<PathChange> {
+    fn take_pending(&mut self, gso_open: &Arc<AtomicBool>, pace: &Arc<Pace>) -> Option<PathChange> {
         let p = self.pending.take()?;
         let _ = p.socket.set_nonblocking(true);
         // As a punched socket's (`quic::run`): at the default buffer a fast stream overflows
@@ -208,8 +209,8 @@ impl State {
             }
         };
         self.direct = Some(Direct {
-            // Not paced yet: the switching socket polls its paths itself.
-            socket: GsoGate::new(inner, gso_open.clone(), None),
+            // Paced like a punched socket; the relay's leg is not (its rate is the relay's).
+            socket: GsoGate::new(inner, gso_open.clone(), Some(pace.clone())),
             remote: p.remote,
             dead: false,
             consent: Consent::new(self.rtt, Instant::now(), rand::random()),
@@ -276,6 +277,8 @@ pub(super) struct SwitchingSocket {
     /// The peer's relayed address: where quinn believes the peer is, on either path.
     peer: SocketAddr,
     gso_open: Arc<AtomicBool>,
+    /// The connections' pacing, told of every path change (the controllers start over).
+    pace: Arc<Pace>,
     /// Receive batch size of a UDP socket here (quinn sizes its buffers once, at the start).
     max_receive: usize,
     /// Which path is polled first, alternated so neither starves the other.
@@ -290,6 +293,7 @@ impl SwitchingSocket {
         up: Arc<Upgrade>,
         peer: SocketAddr,
         gso_open: Arc<AtomicBool>,
+        pace: Arc<Pace>,
     ) -> io::Result<Arc<Self>> {
         // What a UDP socket of this host takes per receive call (GRO), learnt from one.
         let probe = TokioRuntime.wrap_udp_socket(UdpSocket::bind("0.0.0.0:0")?)?;
@@ -298,6 +302,7 @@ impl SwitchingSocket {
             up,
             peer,
             gso_open,
+            pace,
             max_receive: probe.max_receive_segments(),
             direct_first: AtomicBool::new(true),
             relay_gone: AtomicBool::new(false),
@@ -306,10 +311,15 @@ impl SwitchingSocket {
 
     fn state(&self) -> MutexGuard<'_, State> {
         let mut s = self.up.lock();
-        if let Some(change) = s.take_pending(&self.gso_open) {
-            (self.up.on_change)(change);
+        if let Some(change) = s.take_pending(&self.gso_open, &self.pace) {
+            self.changed(change);
         }
         s
+    }
+
+    fn changed(&self, change: PathChange) {
+        self.pace.path_changed();
+        (self.up.on_change)(change);
     }
 
     fn poll_direct(
@@ -397,7 +407,7 @@ impl AsyncUdpSocket for SwitchingSocket {
         let mut s = self.state();
         if let Some(d) = s.direct.as_mut().filter(|d| !d.dead) {
             match d.check(Instant::now()) {
-                Some(change) => (self.up.on_change)(change),
+                Some(change) => self.changed(change),
                 None => {
                     return d.socket.try_send(&Transmit {
                         destination: d.remote,
@@ -513,7 +523,7 @@ mod tests {
             waker: None,
             rtt: 10 * MS,
         };
-        let change = state.take_pending(&Arc::new(AtomicBool::new(true)));
+        let change = state.take_pending(&Arc::new(AtomicBool::new(true)), &Pace::new());
         assert!(matches!(change, Some(PathChange::Direct { .. })));
         let granted = socket2::SockRef::from(&same).recv_buffer_size().unwrap();
         assert_eq!(granted, wanted);

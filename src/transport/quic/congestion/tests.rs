@@ -356,3 +356,45 @@ fn the_pacing_floor_is_ten_packets_per_round_trip() {
     assert_eq!(c.pacing_rate(now + rtt * 5), floor);
     assert!(floor < 1_250_000 / 4, "well under a 10 Mbit/s line");
 }
+
+/// A relay-first stream moved to the direct path (or back): the controller starts over as on
+/// a new connection, unpaced until the new path's acknowledgements bring an estimate, and
+/// the loss of a packet sent on the old path does not count against the new one.
+#[test]
+fn a_path_change_starts_the_controller_over() {
+    let now = Instant::now();
+    let pace = Pace::new();
+    let mut c = BbrBeside::build(now, 1200, Some(&pace));
+    let slot = c
+        .pacing
+        .clone()
+        .expect("a paced socket's controller has a slot");
+    full_link_with_held_back_acks(&mut c.delivery, now, 1_000);
+    let t = now + Duration::from_secs(1);
+    c.on_end_acks(t, 0, false, None);
+    assert!(c.delivery.rate() > 0 && slot.load(Ordering::Relaxed) > 0);
+    c.on_sent(t, 1200, 1);
+    c.on_congestion_event(t, t, false, 1200);
+    assert!(c.cubic.window() < c.cubic.initial_window(), "the premise");
+
+    pace.path_changed();
+    let t2 = t + Duration::from_millis(1);
+    c.on_sent(t2, 1200, 2);
+    assert_eq!(c.delivery.rate(), 0, "the old path's rate is forgotten");
+    assert_eq!(
+        slot.load(Ordering::Relaxed),
+        0,
+        "unpaced until a new estimate"
+    );
+    assert_eq!(c.window(), c.initial_window());
+    // Lost on the relay, declared after the switch.
+    c.on_congestion_event(t2, t, false, 100_000);
+    assert_eq!(c.cubic.window(), c.cubic.initial_window());
+    assert_eq!(c.delivery.lost_in_round, 0);
+    // Lost on the new path: counts.
+    c.on_congestion_event(t2, t2, false, 1200);
+    assert!(c.cubic.window() < c.cubic.initial_window());
+    // Without a further change nothing starts over.
+    c.on_sent(t2, 1200, 3);
+    assert!(c.cubic.window() < c.cubic.initial_window());
+}
