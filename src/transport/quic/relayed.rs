@@ -8,6 +8,7 @@
 //! the allocation alive, RFC 8656 section 8): this socket only needs a way to send one
 //! datagram through it and a queue of what was relayed to us.
 
+use super::pace::{Pace, PacedPoller};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use std::fmt;
@@ -16,6 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Sends one datagram to a peer through the allocation. Losing it is allowed, as on UDP.
@@ -35,14 +37,18 @@ pub(super) struct RelayedSocket {
     local: SocketAddr,
     send: RelaySend,
     recv: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    /// Paced like a punched socket (`pace`): the path through the relay has a bottleneck and a
+    /// queue like any other, and unpaced, quinn sends at 1.25 x its window per round trip.
+    pace: Option<Arc<Pace>>,
 }
 
 impl RelayedSocket {
-    pub(super) fn new(link: RelayLink) -> Arc<Self> {
+    pub(super) fn new(link: RelayLink, pace: Option<Arc<Pace>>) -> Arc<Self> {
         Arc::new(RelayedSocket {
             local: link.local,
             send: link.send,
             recv: Mutex::new(link.recv),
+            pace,
         })
     }
 }
@@ -67,10 +73,16 @@ impl UdpPoller for AlwaysWritable {
 
 impl AsyncUdpSocket for RelayedSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(AlwaysWritable)
+        match &self.pace {
+            Some(pace) => Box::pin(PacedPoller::new(pace.clone(), Box::pin(AlwaysWritable))),
+            None => Box::pin(AlwaysWritable),
+        }
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if let Some(pace) = &self.pace {
+            pace.sent(Instant::now(), transmit.contents.len());
+        }
         // One relayed datagram per QUIC datagram: each travels in its own ChannelData
         // message (RFC 8656 section 12), so a burst is split here.
         match transmit.segment_size {
@@ -142,5 +154,59 @@ impl AsyncUdpSocket for RelayedSocket {
 
     fn may_fragment(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::task::Waker;
+
+    /// The relayed path is paced like a punched one: past its rate's burst the poller holds
+    /// the sender back, and every datagram still reaches the allocation.
+    #[test]
+    fn the_relayed_socket_is_paced() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _inside = runtime.enter();
+        let handed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = handed.clone();
+        let (_tx, recv) = mpsc::channel(1);
+        let pace = Pace::new();
+        let slot = pace.slot();
+        slot.store(1_000_000, Ordering::Relaxed);
+        let socket = RelayedSocket::new(
+            RelayLink {
+                local: "192.0.2.1:3478".parse().unwrap(),
+                send: Box::new(move |_, d| {
+                    count.fetch_add(d.len(), Ordering::Relaxed);
+                }),
+                recv,
+            },
+            Some(pace),
+        );
+        let mut poller = socket.clone().create_io_poller();
+        let mut cx = Context::from_waker(Waker::noop());
+        let datagram = [0u8; 1200];
+        let t = Transmit {
+            destination: "192.0.2.2:5000".parse().unwrap(),
+            ecn: None,
+            contents: &datagram,
+            segment_size: None,
+            src_ip: None,
+        };
+        let mut sent = 0;
+        while poller.as_mut().poll_writable(&mut cx).is_ready() {
+            socket.try_send(&t).unwrap();
+            sent += 1;
+            assert!(sent < 100, "never held back");
+        }
+        // The bucket's smallest burst (16 KiB) and the transmit that overdraws it, and what
+        // the rate (a kilobyte per millisecond) refilled if this thread was held up.
+        assert!((16 * 1024 / 1200 + 1..=20).contains(&sent), "{sent}");
+        assert_eq!(handed.load(Ordering::Relaxed), sent * 1200);
     }
 }

@@ -209,7 +209,7 @@ impl State {
             }
         };
         self.direct = Some(Direct {
-            // Paced like a punched socket; the relay's leg is not (its rate is the relay's).
+            // Paced like a punched socket, from the same bucket as the relay's leg.
             socket: GsoGate::new(inner, gso_open.clone(), Some(pace.clone())),
             remote: p.remote,
             dead: false,
@@ -398,6 +398,7 @@ impl fmt::Debug for SwitchingSocket {
 impl AsyncUdpSocket for SwitchingSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(SwitchPoller {
+            relay: self.relay.clone().create_io_poller(),
             socket: self,
             direct: None,
         })
@@ -460,10 +461,10 @@ impl AsyncUdpSocket for SwitchingSocket {
     }
 }
 
-/// Writable when the path in use is: the relay always, the direct socket when its own
-/// poller says so.
+/// Writable when the path in use is, as that path's own poller says (both are paced).
 struct SwitchPoller {
     socket: Arc<SwitchingSocket>,
+    relay: Pin<Box<dyn UdpPoller>>,
     direct: Option<Pin<Box<dyn UdpPoller>>>,
 }
 
@@ -488,7 +489,7 @@ impl UdpPoller for SwitchPoller {
         let dead = self.socket.state().direct.as_ref().is_none_or(|d| d.dead);
         match self.direct.as_mut() {
             Some(p) if !dead => p.as_mut().poll_writable(cx),
-            _ => Poll::Ready(Ok(())),
+            _ => self.relay.as_mut().poll_writable(cx),
         }
     }
 }
