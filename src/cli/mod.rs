@@ -51,6 +51,8 @@ pub fn main() -> ExitCode {
             } else {
                 Status::stderr()
             };
+            // The stream's buffers come and go at its rate: keep their pages (`os::memory`).
+            crate::os::memory::keep_freed_heap();
             connect_config(a)
                 .and_then(|c| crate::driver::connect::run(c, &status).map_err(Into::into))
         }

@@ -6,6 +6,7 @@
 /// the stream's bytes to each other (`crate::api`).
 pub use std::os::unix::net::UnixStream;
 pub mod capture;
+pub mod memory;
 pub mod mmsg;
 pub mod nft;
 pub mod packet;
