@@ -457,9 +457,9 @@ pub fn run_stream_on(
                 let inner = TokioRuntime.wrap_udp_socket(socket).map_err(setup)?;
                 gso::GsoGate::new(inner, session.gso_open.clone(), Some(pace.clone()))
             }
-            Path::Relayed(link) => relayed::RelayedSocket::new(link, Some(pace.clone())),
+            Path::Relayed(link) => relayed::RelayedSocket::new(link, pace.clone()),
             Path::RelayFirst(link, up) => upgrade::SwitchingSocket::new(
-                relayed::RelayedSocket::new(link, Some(pace.clone())),
+                relayed::RelayedSocket::new(link, pace.clone()),
                 up,
                 peer,
                 session.gso_open.clone(),

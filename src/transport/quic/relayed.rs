@@ -39,11 +39,11 @@ pub(super) struct RelayedSocket {
     recv: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
     /// Paced like a punched socket (`pace`): the path through the relay has a bottleneck and a
     /// queue like any other, and unpaced, quinn sends at 1.25 x its window per round trip.
-    pace: Option<Arc<Pace>>,
+    pace: Arc<Pace>,
 }
 
 impl RelayedSocket {
-    pub(super) fn new(link: RelayLink, pace: Option<Arc<Pace>>) -> Arc<Self> {
+    pub(super) fn new(link: RelayLink, pace: Arc<Pace>) -> Arc<Self> {
         Arc::new(RelayedSocket {
             local: link.local,
             send: link.send,
@@ -73,16 +73,14 @@ impl UdpPoller for AlwaysWritable {
 
 impl AsyncUdpSocket for RelayedSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        match &self.pace {
-            Some(pace) => Box::pin(PacedPoller::new(pace.clone(), Box::pin(AlwaysWritable))),
-            None => Box::pin(AlwaysWritable),
-        }
+        Box::pin(PacedPoller::new(
+            self.pace.clone(),
+            Box::pin(AlwaysWritable),
+        ))
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if let Some(pace) = &self.pace {
-            pace.sent(Instant::now(), transmit.contents.len());
-        }
+        self.pace.sent(Instant::now(), transmit.contents.len());
         // One relayed datagram per QUIC datagram: each travels in its own ChannelData
         // message (RFC 8656 section 12), so a burst is split here.
         match transmit.segment_size {
@@ -188,7 +186,7 @@ mod tests {
                 }),
                 recv,
             },
-            Some(pace),
+            pace,
         );
         let mut poller = socket.clone().create_io_poller();
         let mut cx = Context::from_waker(Waker::noop());
