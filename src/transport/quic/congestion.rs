@@ -74,12 +74,17 @@ impl BbrBeside {
         }
     }
 
-    fn build(now: Instant, mtu: u16, pace: Option<&Arc<Pace>>) -> Self {
-        let mut c = BbrBeside::new(
+    /// A new BBR and a new CUBIC, as on a new connection.
+    fn fresh(now: Instant, mtu: u16) -> (Box<dyn Controller>, Box<dyn Controller>) {
+        (
             Arc::new(BbrConfig::default()).build(now, mtu),
             Arc::new(CubicConfig::default()).build(now, mtu),
-            pace.map(|p| p.slot()),
-        );
+        )
+    }
+
+    fn build(now: Instant, mtu: u16, pace: Option<&Arc<Pace>>) -> Self {
+        let (bbr, cubic) = Self::fresh(now, mtu);
+        let mut c = BbrBeside::new(bbr, cubic, pace.map(|p| p.slot()));
         c.path = pace.map(|p| (p.clone(), p.path()));
         c.mtu = mtu;
         c
@@ -100,8 +105,7 @@ impl BbrBeside {
             return;
         }
         *seen = path;
-        self.bbr = Arc::new(BbrConfig::default()).build(now, self.mtu);
-        self.cubic = Arc::new(CubicConfig::default()).build(now, self.mtu);
+        (self.bbr, self.cubic) = Self::fresh(now, self.mtu);
         self.delivery = Delivery::default();
         self.path_since = Some(now);
         if let Some(slot) = &self.pacing {

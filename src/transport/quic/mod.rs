@@ -261,6 +261,11 @@ pub(super) fn window_for(min_rtt: Duration) -> u64 {
 /// offload switch ([`gso`]) paid for. A bound, not an allocation. Without CAP_NET_ADMIN the
 /// kernel caps it at `net.core.rmem_max`.
 const SOCKET_BUFFER: usize = WINDOW as usize;
+/// Gives a socket that will carry a stream its [`SOCKET_BUFFER`]s; `path` names it in the log.
+fn grow_buffers(socket: &std::net::UdpSocket, path: &'static str) {
+    let granted = crate::os::udp::grow_buffers(socket, SOCKET_BUFFER);
+    debug!(granted, path, "UDP receive buffer");
+}
 /// Bytes of unread datagrams kept; older ones are dropped.
 const DATAGRAM_BUFFER: usize = 4096;
 /// Close reasons travel in one packet.
@@ -452,8 +457,7 @@ pub fn run_stream_on(
         let setup = |e: io::Error| StreamError::Setup(format!("cannot run QUIC on the socket: {e}"));
         let socket: Arc<dyn quinn::AsyncUdpSocket> = match path {
             Path::Udp(socket) => {
-                let granted = crate::os::udp::grow_buffers(&socket, SOCKET_BUFFER);
-                debug!(granted, "UDP receive buffer");
+                grow_buffers(&socket, "punched");
                 let inner = TokioRuntime.wrap_udp_socket(socket).map_err(setup)?;
                 gso::GsoGate::new(inner, session.gso_open.clone(), Some(pace.clone()))
             }

@@ -199,8 +199,7 @@ impl State {
         let _ = p.socket.set_nonblocking(true);
         // As a punched socket's (`quic::run`): at the default buffer a fast stream overflows
         // the receiver's socket between two polls.
-        let granted = crate::os::udp::grow_buffers(&p.socket, super::SOCKET_BUFFER);
-        tracing::debug!(granted, "UDP receive buffer of the direct path");
+        super::grow_buffers(&p.socket, "direct");
         let inner = match TokioRuntime.wrap_udp_socket(p.socket) {
             Ok(s) => s,
             Err(e) => {
