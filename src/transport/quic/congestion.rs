@@ -34,7 +34,7 @@ use quinn::congestion::{BbrConfig, Controller, ControllerFactory, ControllerMetr
 use quinn_proto::RttEstimator;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ pub(super) struct BbrBeside {
     /// about the current one.
     path_since: Option<Instant>,
     mtu: u16,
+    /// Where this controller says whether it still probes for the rate ([`Pace::probing`]).
+    probing: Option<Arc<AtomicBool>>,
 }
 
 impl BbrBeside {
@@ -71,6 +73,7 @@ impl BbrBeside {
             path: None,
             path_since: None,
             mtu: 1200,
+            probing: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl BbrBeside {
         let (bbr, cubic) = Self::fresh(now, mtu);
         let mut c = BbrBeside::new(bbr, cubic, pace.map(|p| p.slot()));
         c.path = pace.map(|p| (p.clone(), p.path()));
+        c.probing = pace.map(|p| p.probe_flag());
         c.mtu = mtu;
         c
     }
@@ -231,6 +235,9 @@ struct Delivery {
     /// Bytes declared lost in this round, and `delivered` at its start.
     lost_in_round: u64,
     delivered_at_round: u64,
+    /// The last round had data to send and the rate still grew (STARTUP): a queue it
+    /// overruns is its own doing.
+    probing: bool,
 }
 
 impl Delivery {
@@ -311,6 +318,7 @@ impl Delivery {
         let lost = std::mem::take(&mut self.lost_in_round);
         let delivered =
             self.delivered - std::mem::replace(&mut self.delivered_at_round, self.delivered);
+        self.probing = false;
         if limited || self.rounds_flat >= GROWTH_ROUNDS {
             return;
         }
@@ -318,6 +326,7 @@ impl Delivery {
         if rate >= self.full_rate.saturating_add(self.full_rate / 4) {
             self.full_rate = rate;
             self.rounds_flat = 0;
+            self.probing = true;
             return;
         }
         let overflow = u128::from(lost) * OVERFLOW_LOSS.1
@@ -330,6 +339,7 @@ impl Delivery {
         if self.rounds_flat >= GROWTH_ROUNDS {
             self.cycle_start = Some(now);
         }
+        self.probing = self.rounds_flat < GROWTH_ROUNDS;
     }
 
     /// The gain of [`Delivery::cap`], in thousandths.
@@ -427,6 +437,9 @@ impl Controller for BbrBeside {
         if let Some(slot) = &self.pacing {
             slot.store(self.pacing_rate(now), Ordering::Relaxed);
         }
+        if let Some(flag) = &self.probing {
+            flag.store(self.delivery.probing, Ordering::Relaxed);
+        }
     }
 
     fn on_congestion_event(
@@ -476,6 +489,7 @@ impl Controller for BbrBeside {
             path: self.path.clone(),
             path_since: self.path_since,
             mtu: self.mtu,
+            probing: self.probing.clone(),
         })
     }
 

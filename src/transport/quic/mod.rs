@@ -450,6 +450,7 @@ pub fn run_stream_on(
         verifier,
         timeout,
         gso_open: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        pace: pace.clone(),
         last_close: std::sync::Mutex::new(None),
     };
     let result = runtime.block_on(async {
@@ -589,6 +590,8 @@ struct Session {
     timeout: Duration,
     /// The socket's offload switch ([`gso`]), set while the stream runs.
     gso_open: Arc<std::sync::atomic::AtomicBool>,
+    /// The socket's pacing, which also says whether a connection still probes for the rate.
+    pace: Arc<pace::Pace>,
     /// When we last closed a connection whose close the peer waits for ([`linger_left`]).
     last_close: std::sync::Mutex<Option<Instant>>,
 }

@@ -31,7 +31,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -52,6 +52,9 @@ pub(super) struct Pace {
     bucket: Mutex<Bucket>,
     /// Counts the changes of the path the socket sends on ([`Pace::path_changed`]).
     path: AtomicU64,
+    /// Where the controllers say whether they are still probing for the path's rate
+    /// ([`Pace::probing`]).
+    probes: Mutex<Vec<Weak<AtomicBool>>>,
 }
 
 impl fmt::Debug for Pace {
@@ -73,6 +76,26 @@ impl Pace {
         slots.retain(|s| s.strong_count() > 0);
         slots.push(Arc::downgrade(&slot));
         slot
+    }
+
+    /// Where one connection's controller says whether it is still probing for the path's
+    /// rate with data to send (BBR's STARTUP). Dropped with the controller.
+    pub(super) fn probe_flag(&self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        probes.retain(|p| p.strong_count() > 0);
+        probes.push(Arc::downgrade(&flag));
+        flag
+    }
+
+    /// Whether a connection on this socket is still probing for the path's rate: loss now
+    /// may be its own overrun of a queue rather than the path's (`gso`).
+    pub(super) fn probing(&self) -> bool {
+        let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        probes
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|p| p.load(Ordering::Relaxed))
     }
 
     /// The sum of the connections' rates (zero: unpaced). A connection without an estimate
@@ -317,6 +340,20 @@ mod tests {
         assert_eq!(b.balance, -1_000_000, "no more debt than the last transmit");
         b.refill(t + Duration::from_millis(400), 1_000_000);
         assert_eq!(b.wait(1_000_000), Some(Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn the_socket_probes_while_a_live_controller_does() {
+        let pace = Pace::new();
+        assert!(!pace.probing(), "no controller");
+        let (a, b) = (pace.probe_flag(), pace.probe_flag());
+        assert!(!pace.probing(), "none probes yet");
+        b.store(true, Ordering::Relaxed);
+        assert!(pace.probing());
+        drop(b);
+        assert!(!pace.probing(), "the probing one is gone");
+        a.store(true, Ordering::Relaxed);
+        assert!(pace.probing());
     }
 
     #[test]

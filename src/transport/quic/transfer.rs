@@ -246,7 +246,7 @@ impl Session {
         let (sent, received) = tokio::select! {
             both = async { tokio::try_join!(sending, receiving) } => both?,
             e = self.peer_failed(outgoing, incoming) => return Err(e),
-            never = super::gso::watch(&self.gso_open, [outgoing, incoming]) => match never {},
+            never = super::gso::watch(&self.gso_open, [outgoing, incoming], &self.pace) => match never {},
             never = acknowledge_again(incoming) => match never {},
         };
         let path = outgoing.stats().path;

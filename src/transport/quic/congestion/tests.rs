@@ -176,6 +176,21 @@ fn only_rounds_with_data_to_send_end_the_growth() {
     assert_eq!(u128::from(d.cap()), bdp * CAP_GAIN / 1000);
 }
 
+/// It counts as probing (for `Pace::probing`) only while the rate may still grow and the
+/// sender has data to send.
+#[test]
+fn it_probes_while_the_rate_may_grow_with_data_to_send() {
+    let start = Instant::now();
+    let ms = Duration::from_millis;
+    let mut d = Delivery::default();
+    feed_link(&mut d, start, 30, false, true, true);
+    assert!(!d.probing, "out of data");
+    feed_link(&mut d, start + ms(30), 30, false, false, false);
+    assert!(d.probing, "the rate may still grow");
+    feed_link(&mut d, start + ms(60), 30, false, false, true);
+    assert!(!d.probing, "the pipe is full");
+}
+
 #[test]
 fn the_delivery_rate_is_the_links_through_held_back_acknowledgements() {
     let mut d = Delivery::default();
