@@ -307,8 +307,8 @@ pub(super) struct Policy {
 }
 
 impl Policy {
-    /// `probing`: a connection was still probing for the path's rate (`Pace::probing`) at
-    /// the interval's start or end.
+    /// `probing`: the loss may still be that of a connection probing for the path's rate
+    /// (`Pace::probing`, [`probe_shows`]).
     pub(super) fn interval(&mut self, sent: u64, lost: u64, length: Duration, probing: bool) {
         let lossy = lost >= 2 && lost * 100 > sent;
         if lossy && probing {
@@ -334,6 +334,14 @@ impl Policy {
     }
 }
 
+/// Whether the loss counted at `now` may still be a probe's, the probe last seen at
+/// `last_probe`: for an interval after it, and for two round trips more, since a loss is
+/// declared up to about a round trip after the packet left (RFC 9002 section 6.1), and the
+/// probe's last round trip sent the most.
+fn probe_shows(last_probe: Option<Instant>, now: Instant, rtt: Duration) -> bool {
+    last_probe.is_some_and(|t| now.saturating_duration_since(t) <= INTERVAL + rtt * 2)
+}
+
 /// Runs while the connections carry the stream: reads their loss counters every
 /// [`INTERVAL`] and sets the switch. Never returns.
 pub(super) async fn watch(
@@ -350,15 +358,19 @@ pub(super) async fn watch(
     let mut policy = Policy::default();
     let mut last = counts();
     let mut tick = tokio::time::interval(INTERVAL);
-    let mut probing = pace.probing();
+    let mut last_probe = pace.probing().then(Instant::now);
     loop {
         tick.tick().await;
         let now = counts();
         let (sent, lost) = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
         let was_closed = policy.closed;
-        // At the start too: losses are declared up to a round trip after the sending.
-        let was_probing = std::mem::replace(&mut probing, pace.probing());
-        policy.interval(sent, lost, INTERVAL, probing || was_probing);
+        let at = Instant::now();
+        if pace.probing() {
+            last_probe = Some(at);
+        }
+        let rtt = conns.iter().map(|c| c.stats().path.rtt).max();
+        let probing = probe_shows(last_probe, at, rtt.unwrap_or_default());
+        policy.interval(sent, lost, INTERVAL, probing);
         last = now;
         if policy.closed != was_closed {
             tracing::debug!(
@@ -642,6 +654,18 @@ mod tests {
             p.interval(100, 20, I, false);
             assert!(p.closed);
         }
+    }
+
+    #[test]
+    fn a_probes_loss_shows_for_an_interval_and_two_round_trips_after_it() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(!probe_shows(None, t, ms(10)), "never probed");
+        assert!(probe_shows(Some(t), t + I, ms(1)));
+        assert!(!probe_shows(Some(t), t + I + ms(3), ms(1)), "a short path");
+        // A satellite path: its last losses are declared long after the probe ended.
+        assert!(probe_shows(Some(t), t + I * 5, ms(600)));
+        assert!(!probe_shows(Some(t), t + I * 6, ms(600)));
     }
 
     #[test]
